@@ -1,0 +1,345 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Transposed convolution by phase decomposition
+#
+# `phaseconv` computes `torch.nn.functional.conv_transpose3d` as a handful of ordinary
+# stride-1 convolutions, one per output *phase*, without inserting zeros and without scattering.
+# This notebook derives the method on one axis, checks it numerically in 1-D, and then lifts
+# it to 3-D, where a phase is just a product of three axis phases.
+#
+# Every table used below comes from the library's geometry (`phaseconv.geometry.axis_plan`);
+# the notebook only reads it.
+#
+# Notation for one axis: input length $L$, kernel size $K$, stride $s$, padding $p$,
+# dilation $d$, output padding $q$; input index $i$, tap $k$, output index $o$.
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import phaseconv
+from phaseconv.geometry import axis_plan
+from phaseconv.packing import pack_conv3d_phases
+
+torch.manual_seed(0)
+DT = torch.float64
+TOL = 1e-12  # float64 round-off is ~1e-15; any indexing bug is O(1)
+
+# %% [markdown]
+# ## 1. Scatter view and output length
+#
+# A transposed convolution *scatters*: input sample $i$, weighted by tap $k$, is added to
+#
+# $$o = i\,s - p + k\,d .$$
+#
+# Over all $i \in [0, L)$ and $k \in [0, K)$ the scatter reaches $o \in [-p,\ (L-1)s - p + (K-1)d]$.
+# torch keeps the outputs $o \in [0, L_\text{out})$ with
+#
+# $$L_\text{out} = (L-1)\,s - 2p + d\,(K-1) + q + 1,$$
+#
+# i.e. it drops $p$ positions at the start and $p - q$ at the end (if $q > p$, the last $q - p$
+# outputs lie beyond the scatter's reach and hold only the bias). The output padding $q$ only
+# chooses among the output lengths that a stride-$s$ convolution would map back to $L$
+# (torch requires $q < \max(s, d)$); it never changes which tap meets which input.
+#
+# **Zero-insertion view.** The same result is an ordinary stride-1 correlation with the
+# flipped kernel (dilation $d$) over an "upsampled" input: put $s-1$ zeros between neighbouring
+# samples, then pad $d(K-1) - p$ zeros on the left and $d(K-1) - p + q$ on the right (a negative
+# pad is a crop). Every output visits all $K$ taps, but consecutive real samples sit $s$ apart,
+# so only about $K/s$ of those taps land on a real sample: a fraction $\approx 1 - 1/s$ of the
+# multiplies hit inserted zeros. In 3-D that is $1 - 1/(s_d s_h s_w)$, e.g. 7/8 of the work
+# for stride 2. The cell below builds this view with torch and counts the wasted multiplies.
+
+
+# %%
+def zero_insertion_conv_transpose1d(x, weight, stride, padding, dilation, output_padding):
+    """The textbook method: zero-insert, pad, correlate with the flipped kernel (groups=1)."""
+    n, c, length = x.shape
+    k = weight.shape[-1]
+    up = x.new_zeros(n, c, (length - 1) * stride + 1)
+    up[..., ::stride] = x
+    edge = dilation * (k - 1) - padding  # negative: F.pad crops
+    up = F.pad(up, (edge, edge + output_padding))
+    return F.conv1d(up, weight.flip(-1).transpose(0, 1), dilation=dilation)
+
+
+for cfg in [{"stride": 2, "padding": 2, "dilation": 1, "output_padding": 1},
+            {"stride": 3, "padding": 3, "dilation": 2, "output_padding": 1}]:
+    x, w = torch.randn(1, 3, 8, dtype=DT), torch.randn(3, 2, 5, dtype=DT)
+    y = zero_insertion_conv_transpose1d(x, w, **cfg)
+    assert (y - F.conv_transpose1d(x, w, **cfg)).abs().max() < TOL
+    # Multiplies that meet a real sample: the same method on an all-ones input and kernel.
+    hits = zero_insertion_conv_transpose1d(torch.ones(1, 1, 8, dtype=DT),
+                                           torch.ones(1, 1, 5, dtype=DT), **cfg)
+    useful, total = int(hits.sum()), y.shape[-1] * w.shape[-1]
+    print(f"{cfg}: {useful} of {total} tap visits touch a real sample "
+          f"({1 - useful / total:.0%} wasted)")
+
+# %% [markdown]
+# (The "useful" count also excludes visits to the padding, so the waste is slightly above
+# $1 - 1/s$.)
+#
+# ## 2. Gather view: phases
+#
+# Fix an output $o$ and ask which taps reach it. Tap $k$ contributes iff some integer $i$
+# solves $o = i s - p + k d$, that is iff
+#
+# $$o + p - k\,d \equiv 0 \pmod s, \qquad\text{and then}\qquad i = \frac{o + p - k\,d}{s}$$
+#
+# (a read with $i \notin [0, L)$ is a read of zero padding). The condition depends on $o$ only
+# through $r = o \bmod s$, so the outputs split into $s$ **phases**. Write $o = r + s\,j$;
+# then tap $k$ of phase $r$ reads input
+#
+# $$i = j + \delta_k, \qquad \delta_k = \frac{r + p - k\,d}{s}\quad\text{(exact; floor division
+# in code).}$$
+#
+# Which taps belong to phase $r$: $k\,d \equiv r + p \pmod s$. With $g = \gcd(s, d)$ this has a
+# solution iff $g \mid r + p$, and the solutions form one residue class modulo $s/g$. So
+#
+# * the taps of a phase are **$s/g$ apart** in the kernel, and
+# * consecutive taps $k$ and $k + s/g$ have offsets differing by $(s/g)\,d/s = $ **$d/g$**.
+#
+# Sorting the taps by ascending offset (= descending $k$):
+#
+# $$y[r + s j] = \sum_t w[k_t]\; x\!\left[j + \delta_{k_0} + t\,\tfrac{d}{g}\right],$$
+#
+# a **dense stride-1 correlation with dilation $d/g$** of the phase's *sub-kernel*
+# $(w[k_0], w[k_1], \dots)$ — the kernel flipped and sampled every $s/g$ taps. Each tap
+# belongs to exactly one phase, so the sub-kernels partition the kernel, and no multiply ever
+# meets an inserted zero. `axis_plan` returns this table: per phase its `residue`, first
+# output `first` $= r$, number of outputs `count`, `taps` (ascending offset), `offsets`
+# $\delta$, and the phase's own `dilation` $d/g$.
+#
+# The corner cases all fall out of the same algebra:
+#
+# * **Kernel smaller than stride** ($K < s$): at most $K$ phases own a tap; the outputs of the
+#   others receive only the bias.
+# * **Dilation with $g > 1$**: only residues with $g \mid r + p$ get taps, about $Kg/s$ each; the
+#   rest are bias-only. For $s = d = 2$ one phase takes *all* $K$ taps at dilation 1 and the
+#   other takes none. For $s = 3, d = 2$ ($g = 1$) the taps are 3 apart and read inputs 2 apart.
+# * **Padding beyond the kernel extent** ($p > d(K-1)$): nothing special. The offsets are all
+#   positive, so a phase's input window starts inside the input (in the zero-insertion view
+#   this is the negative pad, a crop).
+# * **Output padding** changes neither taps nor offsets, only $L_\text{out}$ and hence how
+#   many outputs each phase owns: $\lceil (L_\text{out} - r)/s \rceil$, which is 0 when
+#   $L_\text{out} \le r$.
+# * **Input window**: phase $r$ reads $x[\delta_{k_0} : \delta_{k_\text{last}} + \text{count})$;
+#   the part outside $[0, L)$ is zero padding, so a phase needs at most a small crop or pad
+#   of the input.
+
+# %%
+for plan in [axis_plan(5, 5, stride=3, padding=3, dilation=2, output_padding=1),  # g = 1
+             axis_plan(6, 2, stride=3, padding=0, dilation=1, output_padding=2),  # K < s
+             axis_plan(5, 3, stride=2, padding=1, dilation=2, output_padding=1),  # g = 2
+             axis_plan(8, 3, stride=2, padding=4, dilation=1, output_padding=1)]:  # p > d(K-1)
+    print(f"L={plan.in_size} K={plan.kernel} s={plan.stride} p={plan.padding} "
+          f"d={plan.dilation} q={plan.output_padding} -> L_out={plan.out_size}")
+    for ph in plan.phases:
+        print(f"   r={ph.residue} count={ph.count:2d} taps={ph.taps!s:9} "
+              f"offsets={ph.offsets!s:11} phase_dilation={ph.phase_dilation} "
+              f"window={ph.input_window}")
+
+# %% [markdown]
+# ## 3. Picture: which tap reaches which output
+#
+# Each column is an output $o$, each row a tap $k$; a filled cell means tap $k$ contributes to
+# output $o$, coloured by the phase of $o$, and the number is the input index it reads (pale
+# cells read zero padding). Within a column the filled rows are $s/g$ apart; along a phase the
+# input index grows by one per output. Top: the common case. Middle: $s = 3$, $d = 2$ — taps
+# 3 apart read inputs 2 apart. Bottom: $s = d = 2$ — the even outputs take all five taps, the
+# odd ones none. The figure is drawn from `axis_plan` alone.
+
+
+# %%
+def draw_plan(ax, plan, title):
+    colours = plt.get_cmap("tab10").colors
+    img = [[(1.0, 1.0, 1.0)] * plan.out_size for _ in range(plan.kernel)]
+    for ph in plan.phases:
+        colour = colours[ph.residue % 10]
+        for j in range(ph.count):
+            o = ph.first + plan.stride * j
+            for k, off in zip(ph.taps, ph.offsets):
+                i = j + off
+                real = 0 <= i < plan.in_size
+                img[k][o] = colour if real else tuple(0.75 + 0.25 * c for c in colour)
+                ax.text(o, k, str(i), ha="center", va="center", fontsize=7,
+                        color="black" if real else "0.55")
+    ax.imshow(img, aspect="auto")
+    ax.set_xticks(range(plan.out_size))
+    ax.set_xticklabels([str(o) for o in range(plan.out_size)], fontsize=7)
+    for o in range(plan.out_size):  # colour each output label by its phase
+        ax.get_xticklabels()[o].set_color(colours[(o % plan.stride) % 10])
+    ax.set_yticks(range(plan.kernel))
+    ax.set_ylabel("tap k", fontsize=8)
+    ax.set_title(title, fontsize=9)
+
+
+plans = [axis_plan(6, 5, stride=2, padding=2, dilation=1),
+         axis_plan(5, 5, stride=3, padding=3, dilation=2, output_padding=1),
+         axis_plan(5, 5, stride=2, padding=2, dilation=2, output_padding=1)]
+fig, axes = plt.subplots(len(plans), 1, figsize=(8, 6.3))
+for ax, plan in zip(axes, plans):
+    g = math.gcd(plan.stride, plan.dilation)
+    draw_plan(ax, plan, f"L={plan.in_size} K={plan.kernel} s={plan.stride} p={plan.padding} "
+              f"d={plan.dilation} q={plan.output_padding}  (gcd {g}: taps {plan.stride // g} "
+              f"apart, phase dilation {plan.phases[0].phase_dilation})")
+axes[-1].set_xlabel("output o (label colour = phase r = o mod s)", fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 4. Numeric check in 1-D
+#
+# The phase method, written directly from the table: for each phase, slice its input window
+# (padding with zeros where it leaves the input), run `F.conv1d` with the sub-kernel
+# `weight[:, :, taps]` at the phase's dilation, and write the result to `out[..., first::s]`.
+# Phases without taps are left at zero and get only the bias.
+
+
+# %%
+def phase_conv_transpose1d(x, weight, bias, stride=1, padding=0, dilation=1, output_padding=0):
+    """conv_transpose1d (groups=1) as one stride-1 conv1d per phase of ``axis_plan``."""
+    n, _, length = x.shape
+    plan = axis_plan(length, weight.shape[-1], stride, padding, dilation=dilation,
+                     output_padding=output_padding)
+    out = x.new_zeros(n, weight.shape[1], plan.out_size)
+    for ph in plan.phases:
+        if not ph.taps or ph.count == 0:
+            continue  # bias only
+        start, stop = ph.input_window
+        lo, hi = max(0, -start), max(0, stop - length)
+        window = F.pad(x, (lo, hi))[..., start + lo:stop + lo]
+        sub = weight[:, :, list(ph.taps)].transpose(0, 1)  # (C_out, C_in, T): conv1d's layout
+        y = F.conv1d(window, sub, dilation=ph.phase_dilation)
+        assert y.shape[-1] == ph.count
+        out[..., ph.first::stride] = y
+    return out if bias is None else out + bias[:, None]
+
+
+def max_error_1d(length, k, **cfg):
+    x = torch.randn(2, 3, length, dtype=DT)
+    w, b = torch.randn(3, 4, k, dtype=DT), torch.randn(4, dtype=DT)
+    ref = F.conv_transpose1d(x, w, b, **cfg)
+    ours = phase_conv_transpose1d(x, w, b, **cfg)
+    assert ours.shape == ref.shape
+    return (ours - ref).abs().max().item()
+
+
+cases = [  # name, L, K, s, p, d, q
+    ("picture 1", 6, 5, 2, 2, 1, 0),
+    ("picture 2", 5, 5, 3, 3, 2, 1),
+    ("picture 3", 5, 5, 2, 2, 2, 1),
+    ("kernel < stride (K=1, s=3)", 6, 1, 3, 0, 1, 2),
+    ("kernel < stride (K=2, s=3)", 6, 2, 3, 1, 1, 1),
+    ("dilation 2, stride 2", 7, 3, 2, 1, 2, 1),
+    ("dilation 2, stride 3", 6, 4, 3, 2, 2, 0),
+    ("dilation 2, stride 4 (gcd 2)", 5, 5, 4, 3, 2, 3),
+    ("padding > extent", 8, 3, 2, 4, 1, 1),
+    ("stride 1", 5, 3, 1, 1, 1, 0),
+]
+for name, length, k, s, p, d, q in cases:
+    err = max_error_1d(length, k, stride=s, padding=p, dilation=d, output_padding=q)
+    print(f"{name:30} max |error| = {err:.1e}")
+    assert err < TOL, name
+
+# A small exhaustive sweep over valid 1-D geometries.
+worst, n_cfg = 0.0, 0
+for s in range(1, 5):
+    for d in range(1, 4):
+        for k in range(1, 6):
+            for p in range(5):
+                for q in range(max(s, d)):
+                    for length in (1, 4):
+                        if axis_plan(length, k, s, p, dilation=d, output_padding=q).out_size <= 0:
+                            continue
+                        err = max_error_1d(length, k, stride=s, padding=p, dilation=d,
+                                           output_padding=q)
+                        worst = max(worst, err)
+                        n_cfg += 1
+print(f"sweep: {n_cfg} configurations, worst max |error| = {worst:.1e}")
+assert worst < TOL
+
+# %% [markdown]
+# ## 5. Three dimensions
+#
+# The scatter $o = i s - p + k d$ holds independently on each axis, so a 3-D output
+# $(o_d, o_h, o_w)$ receives tap $(k_d, k_h, k_w)$ iff each axis condition holds. A 3-D phase
+# is therefore a triple of axis phases $(r_d, r_h, r_w)$: it owns the outputs
+# `out[..., r_d::s_d, r_h::s_h, r_w::s_w]`, its taps are the Cartesian product of the axis
+# taps, and it is one dense stride-1 `conv3d` with the sub-kernel
+# `w[..., taps_d, :, :][..., taps_h, :][..., taps_w]` at dilation $(d_d/g_d, d_h/g_h, d_w/g_w)$.
+# There are $s_d s_h s_w$ phases; groups and channels are untouched.
+#
+# Because both the outputs and the taps of a phase factor over the axes, so does the work:
+# the phase method's multiply-adds are $\prod_\text{axes} \sum_r \text{count}_r\,|T_r|$
+# against $\prod_\text{axes} L_\text{out} K$ for zero insertion.
+#
+# The founding example: `ConvTranspose3d(32, 32, kernel_size=(3, 5, 7), stride=2,
+# padding=(1, 2, 3), output_padding=1, groups=4)` on an input of shape (8, 32, 12, 24, 48).
+
+# %%
+layer = nn.ConvTranspose3d(32, 32, kernel_size=(3, 5, 7), stride=2, padding=(1, 2, 3),
+                           output_padding=1, groups=4)
+info = phaseconv.explain(layer, (8, 32, 12, 24, 48))
+print(info)
+
+per_axis = [a.out_size * a.kernel / sum(ph.count * len(ph.taps) for ph in a.phases)
+            for a in info.plan.axes]
+print("\nsaving per axis:", per_axis, "-> product", math.prod(per_axis))
+assert info.zero_insertion_macs == 8 * info.macs
+
+packed = pack_conv3d_phases(layer.weight.detach(), layer.groups, layer.stride, layer.padding,
+                            layer.dilation)
+print("packed sub-kernels (C_out, C_in/groups, Td, Th, Tw):",
+      [tuple(w.shape[2:]) for w in packed])
+
+# %% [markdown]
+# With even output lengths both phases of each axis own the same number of outputs and
+# together hold all $K$ taps, so each axis saves exactly a factor $s = 2$: $2^3 = 8\times$
+# fewer multiply-adds than zero insertion.
+#
+# Numeric check: the same layer in float64 on a small input (batch 1, spatial 3×4×5), and a
+# second geometry mixing kernel < stride, dilation with $\gcd > 1$ and padding beyond the
+# kernel extent.
+
+# %%
+with torch.no_grad():
+    small = nn.ConvTranspose3d(32, 32, kernel_size=(3, 5, 7), stride=2, padding=(1, 2, 3),
+                               output_padding=1, groups=4, dtype=DT)
+    x = torch.randn(1, 32, 3, 4, 5, dtype=DT)
+    ours = phaseconv.conv_transpose3d(x, small.weight, small.bias, stride=small.stride,
+                                      padding=small.padding, output_padding=small.output_padding,
+                                      groups=small.groups, dilation=small.dilation)
+    ref = small(x)
+    err = (ours - ref).abs().max().item()
+    print(f"founding layer, input {tuple(x.shape)} -> output {tuple(ref.shape)}: "
+          f"max |error| = {err:.1e}")
+    assert ours.shape == ref.shape and err < TOL
+
+    mixed = {"stride": (3, 2, 3), "padding": (0, 1, 5), "output_padding": (2, 1, 0),
+             "dilation": (1, 2, 2), "groups": 2}
+    x = torch.randn(2, 4, 3, 4, 5, dtype=DT)
+    w, b = torch.randn(4, 3, 2, 3, 3, dtype=DT), torch.randn(6, dtype=DT)
+    ref = F.conv_transpose3d(x, w, b, **mixed)
+    err = (phaseconv.conv_transpose3d(x, w, b, **mixed) - ref).abs().max().item()
+    print(f"mixed geometry, output {tuple(ref.shape)}: max |error| = {err:.1e}")
+    assert err < TOL
+    spec = {"in_channels": 4, "out_channels": 6, "kernel_size": (2, 3, 3), **mixed}
+    print(str(phaseconv.explain(spec, x.shape)).splitlines()[-1])

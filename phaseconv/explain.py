@@ -1,0 +1,134 @@
+"""``phaseconv.explain``: the phase table of a layer for an input shape, as text."""
+from typing import Mapping, NamedTuple, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from . import engines
+from .checks import triple
+from .geometry import Phase, PhasePlan, phase_plan, transposed_output_size
+
+
+class Explanation(NamedTuple):
+    """What one layer does on one input shape; ``str()`` renders the table."""
+    plan: PhasePlan
+    batch: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    engine: engines.EngineChoice
+    macs: int
+    zero_insertion_macs: int
+
+    @property
+    def macs_saved(self) -> float:
+        """Fraction of the zero-insertion method's multiply-adds the phase method skips."""
+        if self.zero_insertion_macs == 0:
+            return 0.0
+        return 1.0 - self.macs / self.zero_insertion_macs
+
+    def __str__(self) -> str:
+        plan = self.plan
+        lines = [
+            f"ConvTranspose3d {self.in_channels}->{self.out_channels} groups={self.groups} "
+            f"kernel={plan.kernel} stride={plan.stride} "
+            f"padding={tuple(a.padding for a in plan.axes)} "
+            f"dilation={tuple(a.dilation for a in plan.axes)} "
+            f"output_padding={tuple(a.output_padding for a in plan.axes)}",
+            "input ({}, {}, {}) -> output ({}, {}, {})   engine: {} ({})".format(
+                self.batch, self.in_channels, ", ".join(map(str, plan.in_shape)),
+                self.batch, self.out_channels, ", ".join(map(str, plan.out_shape)),
+                self.engine.name, self.engine.reason),
+            "",
+            "{:<9}  {:<30}  {:<27}  {:>9}  {:>4}  {:>14}".format(
+                "phase", "taps (d | h | w)", "output slice", "outputs", "taps", "MACs"),
+        ]
+        per_output = (self.in_channels // self.groups) * self.out_channels * self.batch
+        for phase in plan.phases:
+            lines.append("{:<9}  {:<30}  {:<27}  {:>9}  {:>4}  {:>14,}".format(
+                "({},{},{})".format(*phase.index), _taps_text(phase), _slice_text(phase, plan),
+                phase.num_outputs, phase.num_taps,
+                per_output * phase.num_outputs * phase.num_taps))
+        lines += [
+            "",
+            "MACs: phase method {:,} vs zero-insertion {:,}: {:.1%} saved ({:.2f}x fewer)"
+            .format(self.macs, self.zero_insertion_macs, self.macs_saved,
+                    self.zero_insertion_macs / self.macs if self.macs else float("inf")),
+        ]
+        empty = [p for p in plan.phases if p.num_taps == 0 and p.num_outputs]
+        if empty:
+            lines.append(f"{len(empty)} phase(s) have no taps (kernel < stride, or stride and "
+                         "dilation share a factor): only the bias lands there")
+        return "\n".join(lines)
+
+
+def _taps_text(phase: Phase) -> str:
+    return " | ".join(",".join(map(str, a.taps)) or "-" for a in phase.axes)
+
+
+def _slice_text(phase: Phase, plan: PhasePlan) -> str:
+    return ", ".join(f"{a.first}::{s}" if a.count else "(none)"
+                     for a, s in zip(phase.axes, plan.stride))
+
+
+LayerSpec = Union[nn.ConvTranspose3d, Mapping]
+
+
+def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
+            device: Optional[Union[str, torch.device]] = None,
+            output_size: Optional[Sequence[int]] = None) -> Explanation:
+    """Explain ``layer_or_args`` on an input of ``input_shape``.
+
+    ``layer_or_args`` is an ``nn.ConvTranspose3d`` (torch's or phaseconv's) or a mapping of
+    its constructor arguments (``in_channels``, ``out_channels``, ``kernel_size``, ``stride``,
+    ``padding``, ``output_padding``, ``groups``, ``dilation``).  ``input_shape`` is
+    (N, C, D, H, W) or (C, D, H, W).  ``print(explain(...))`` shows the table; the returned
+    object also carries the plan, MAC counts and the engine that would run.
+    """
+    from .geometry import output_padding_for_size  # local: keeps the import list short
+
+    if isinstance(layer_or_args, nn.ConvTranspose3d):
+        layer = layer_or_args
+        spec = dict(in_channels=layer.in_channels, out_channels=layer.out_channels,
+                    kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                    output_padding=layer.output_padding, groups=layer.groups,
+                    dilation=layer.dilation)
+        device = device or layer.weight.device
+        requested = getattr(layer, "engine", None)
+    elif isinstance(layer_or_args, Mapping):
+        spec = dict(layer_or_args)
+        requested = spec.pop("engine", None)
+    else:
+        raise TypeError("explain(): layer_or_args must be an nn.ConvTranspose3d or a mapping of "
+                        f"its constructor arguments, not {type(layer_or_args).__name__}")
+    shape = tuple(int(n) for n in input_shape)
+    if len(shape) not in (4, 5):
+        raise ValueError(f"explain(): input_shape must be (N, C, D, H, W) or (C, D, H, W), got "
+                         f"{shape}")
+    batch, channels = (shape[0], shape[1]) if len(shape) == 5 else (1, shape[0])
+    in_channels, out_channels = int(spec["in_channels"]), int(spec["out_channels"])
+    groups = int(spec.get("groups", 1))
+    if channels != in_channels:
+        raise ValueError(f"explain(): input_shape has {channels} channels but the layer expects "
+                         f"{in_channels}")
+    kernel = triple(spec["kernel_size"], "kernel_size")
+    stride = triple(spec.get("stride", 1), "stride")
+    padding = triple(spec.get("padding", 0), "padding")
+    dilation = triple(spec.get("dilation", 1), "dilation")
+    output_padding = triple(spec.get("output_padding", 0), "output_padding")
+    if output_size is not None:
+        output_padding = output_padding_for_size(shape[-3:], output_size, kernel, stride,
+                                                 padding, dilation)
+    out = [transposed_output_size(n, k, s, p, dilation=d, output_padding=op)
+           for n, k, s, p, d, op
+           in zip(shape[-3:], kernel, stride, padding, dilation, output_padding)]
+    if any(n <= 0 for n in out):
+        raise ValueError(f"explain(): output size {out} is not positive for input {shape}")
+    plan = phase_plan(shape[-3:], kernel, stride, padding, dilation=dilation,
+                      output_padding=output_padding)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    engine = engines.choose(device, requested)
+    return Explanation(plan, batch, in_channels, out_channels, groups, engine,
+                       batch * plan.macs_per_sample(in_channels, out_channels, groups),
+                       batch * plan.zero_insertion_macs_per_sample(in_channels, out_channels,
+                                                                   groups))

@@ -1,0 +1,77 @@
+"""``phaseconv.ConvTranspose3d`` (a drop-in ``nn.ConvTranspose3d``) and ``convert``."""
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+
+from .checks import check_conv_transpose3d, check_output_size
+from .functional import run
+from .geometry import output_padding_for_size
+from .packing import PhaseCache
+
+
+class ConvTranspose3d(nn.ConvTranspose3d):
+    """``torch.nn.ConvTranspose3d`` computed by phase decomposition.
+
+    Same constructor, parameters, ``state_dict`` keys and ``forward(input, output_size=None)``
+    as torch's class.  The weight is split into phase sub-kernels on first use and again only
+    when it changes (see ``phaseconv.packing.PhaseCache``); call :meth:`clear_phase_cache`
+    after writing through ``weight.data``, which torch does not track.
+    """
+
+    def __init__(self, *args, engine: Optional[str] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine = engine
+        self._phase_cache = PhaseCache()
+
+    @classmethod
+    def from_torch(cls, module: nn.ConvTranspose3d) -> "ConvTranspose3d":
+        """A phaseconv layer that shares ``module``'s parameters, buffers and hooks."""
+        new = cls.__new__(cls)
+        new.__dict__.update(module.__dict__)
+        # Fresh containers holding the same tensors, so later edits to one module's
+        # parameter dict do not leak into the other.
+        for name, value in module.__dict__.items():
+            if isinstance(value, dict) and name.startswith("_"):
+                new.__dict__[name] = value.copy()
+        new.engine = None
+        new._phase_cache = PhaseCache()
+        return new
+
+    def clear_phase_cache(self) -> None:
+        self._phase_cache.clear()
+
+    def forward(self, input: torch.Tensor, output_size: Optional[List[int]] = None):
+        if self.padding_mode != "zeros":
+            raise ValueError("padding_mode: only 'zeros' padding mode is supported for "
+                             f"ConvTranspose3d, got {self.padding_mode!r}")
+        output_padding = self.output_padding
+        if output_size is not None:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"input must be a Tensor, not {type(input).__name__}")
+            check_output_size(output_size, input.dim())
+            if input.dim() in (4, 5):
+                output_padding = output_padding_for_size(
+                    input.shape[-3:], output_size, self.kernel_size, self.stride,
+                    self.padding, self.dilation)
+        args = check_conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding,
+                                      output_padding, self.groups, self.dilation)
+        return run(input, self.weight, self.bias, args, self._phase_cache, self.engine)
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Swap every ``torch.nn.ConvTranspose3d`` inside ``model`` for phaseconv's, in place.
+
+    The new layers share the original parameter tensors (an optimizer built before the call
+    keeps working).  Only modules whose type is exactly ``nn.ConvTranspose3d`` are swapped:
+    a user subclass may override ``forward``, and parametrized layers compute their weight
+    differently, so both are left as they are.  Returns the model (the new layer itself when
+    ``model`` is a bare ``nn.ConvTranspose3d``).
+    """
+    if type(model) is nn.ConvTranspose3d:
+        return ConvTranspose3d.from_torch(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.ConvTranspose3d:
+                setattr(parent, name, ConvTranspose3d.from_torch(child))
+    return model

@@ -1,0 +1,32 @@
+"""Shared test settings: hypothesis profiles and the GPU marker.
+
+Profiles: ``ci`` (selected when $CI is set: derandomized, no deadline, 300 examples for the
+main forward property), ``dev`` (the default), ``quick`` (the founding-stack venv in CI).
+$HYPOTHESIS_PROFILE overrides the choice.
+"""
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=300, derandomize=True, print_blob=True, **_COMMON)
+settings.register_profile("dev", max_examples=100, **_COMMON)
+settings.register_profile("quick", max_examples=40, derandomize=True, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or
+                      ("ci" if os.environ.get("CI") else "dev"))
+
+
+def examples(fraction: float) -> int:
+    """A share of the profile's example budget, for properties costlier than the main one."""
+    return max(10, int(settings().max_examples * fraction))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
