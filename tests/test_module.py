@@ -223,14 +223,17 @@ def test_convert_bare_layer_and_leaves_subclasses_alone():
     assert type(model[0]) is Custom
 
 
-def test_monai_unet_if_installed():
-    monai = pytest.importorskip("monai")
+def test_monai_unet():
+    monai = __import__("monai")  # in the test extras: a missing install fails, never skips
+    torch.manual_seed(0)
     net = monai.networks.nets.UNet(spatial_dims=3, in_channels=1, out_channels=2,
-                                   channels=(4, 8), strides=(2,), num_res_units=0).double()
+                                   channels=(4, 8, 8), strides=(2, 2), num_res_units=1).double()
     reference = copy.deepcopy(net)
     phaseconv.convert(net)
-    assert any(isinstance(m, phaseconv.ConvTranspose3d) for m in net.modules())
-    x = torch.randn(1, 1, 8, 8, 8, dtype=torch.float64)
+    swapped = [m for m in net.modules() if isinstance(m, phaseconv.ConvTranspose3d)]
+    assert len(swapped) == 2
+    assert not any(type(m) is nn.ConvTranspose3d for m in net.modules())
+    x = torch.randn(2, 1, 8, 8, 8, dtype=torch.float64)
     net.eval()
     reference.eval()
     torch.testing.assert_close(net(x), reference(x), **TIGHT)
