@@ -1,5 +1,7 @@
 """``python -m phaseconv``: run the founding example, check it against torch, show the phases.
 
+``python -m phaseconv bench`` times the sweep against cuDNN instead (see ``phaseconv.bench``).
+
 Uses the GPU when there is one, else the CPU, and finishes in well under a minute on two
 CPU cores.  Exits non-zero when phaseconv and torch disagree.
 """
@@ -70,6 +72,11 @@ def run_founding_example(device: torch.device) -> bool:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "bench":
+        from phaseconv import bench
+
+        return bench.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m phaseconv", description=__doc__)
     parser.add_argument("--device", default=None,
                         help="cpu or cuda[:i] (default: cuda if available, else cpu)")

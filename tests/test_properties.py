@@ -21,7 +21,7 @@ def test_forward_matches_torch(cfg):
     torch.testing.assert_close(got, expected, **TIGHT)
 
 
-@settings(max_examples=examples(0.3))
+@settings(max_examples=examples(1.0))
 @given(cfg=configs(max_batch=2))
 def test_gradients_match_torch(cfg):
     x, w, b = cfg.tensors(requires_grad=True)
@@ -36,7 +36,7 @@ def test_gradients_match_torch(cfg):
         assert torch.allclose(a, e, **TIGHT), f"grad of {name} differs from torch's"
 
 
-@settings(max_examples=examples(0.2))
+@settings(max_examples=examples(0.5))
 @given(cfg=configs(max_batch=2))
 def test_module_inference_with_cached_phases(cfg):
     layer = torch.nn.ConvTranspose3d(cfg.in_channels, cfg.out_channels, cfg.kernel,

@@ -1,15 +1,21 @@
 """Engines compute a planned, packed transposed convolution.
 
-``reference`` (pure torch, any device) is the only engine so far; ``choose`` is the single
-place that decides which engine runs a call, so ``explain()`` and the functional API agree.
+* ``reference``: every phase as a dense stride-1 ``F.conv3d`` in pure torch; any device.
+* ``cuda``: one custom CUDA kernel for all phases (``csrc/``), built on first use.
+
+The rule, in one place so that ``explain()`` and the functional API agree: a CUDA tensor runs
+the ``cuda`` engine, anything else the ``reference`` engine.  The ``engine=`` argument or the
+``PHASECONV_ENGINE`` environment variable (``auto``, ``reference`` or ``cuda``) overrides it.
+There is no silent fallback: if the CUDA engine cannot be built, the call fails with the
+compiler's message, and ``PHASECONV_ENGINE=reference`` is the documented way round it.
 """
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
 ENGINE_ENV = "PHASECONV_ENGINE"
-ENGINES = ("reference",)
+ENGINES = ("reference", "cuda")
 
 
 class EngineChoice(NamedTuple):
@@ -17,15 +23,19 @@ class EngineChoice(NamedTuple):
     reason: str
 
 
-def choose(device: torch.device, requested=None) -> EngineChoice:
+def choose(device: torch.device, requested: Optional[str] = None) -> EngineChoice:
     """Which engine runs on ``device``: the ``engine=`` argument, else ``$PHASECONV_ENGINE``,
     else the default for the device."""
-    name = requested or os.environ.get(ENGINE_ENV) or None
-    if name is not None:
-        if name not in ENGINES + ("auto",):
-            raise ValueError("engine: unknown engine {!r}; choose one of {}"
-                             .format(name, ("auto",) + ENGINES))
-        if name != "auto":
-            source = "engine= argument" if requested else f"${ENGINE_ENV}"
-            return EngineChoice(name, f"forced by {source}")
-    return EngineChoice("reference", f"pure-torch phase engine on {device.type}")
+    name = requested or os.environ.get(ENGINE_ENV) or "auto"
+    if name not in ENGINES + ("auto",):
+        raise ValueError(f"engine: unknown engine {name!r}; choose one of "
+                         f"{('auto',) + ENGINES}")
+    if name == "auto":
+        if device.type == "cuda":
+            return EngineChoice("cuda", "custom CUDA phase kernel (default for CUDA tensors)")
+        return EngineChoice("reference", f"pure-torch phase engine (default on {device.type})")
+    source = "engine= argument" if requested else f"${ENGINE_ENV}"
+    if name == "cuda" and device.type != "cuda":
+        raise ValueError(f"engine: the cuda engine needs CUDA tensors, got tensors on {device} "
+                         f"(forced by {source})")
+    return EngineChoice(name, f"forced by {source}")

@@ -1,0 +1,208 @@
+"""``python -m phaseconv bench``: phaseconv against cuDNN on the sweep of issue 4.
+
+Times ``torch.nn.functional.conv_transpose3d`` (cuDNN; TF32 off for float32, and also with
+torch's default flags) and phaseconv's layer (packed weight cached, as in inference) in the
+same process: CUDA events, warm-up, median of >= 50 runs, bias off.  Prints a table, writes
+``benchmarks/RESULTS.md`` and a PNG bar chart of the speed-ups.
+"""
+import datetime
+import os
+import platform
+import statistics
+import sys
+from typing import List, NamedTuple, Tuple
+
+import torch
+import torch.nn.functional as F
+
+import phaseconv
+
+
+class Shape(NamedTuple):
+    name: str
+    batch: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    size: Tuple[int, int, int]
+    kernel: Tuple[int, int, int]
+    stride: Tuple[int, int, int]
+    padding: Tuple[int, int, int]
+    output_padding: Tuple[int, int, int]
+
+
+def _t(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
+
+SWEEP = [Shape(n, b, ci, co, g, _t(s), _t(k), _t(st), _t(p), _t(op)) for n, b, ci, co, g, s, k,
+         st, p, op in [
+             ("1 founding", 8, 32, 32, 4, (12, 24, 48), (3, 5, 7), 2, (1, 2, 3), 1),
+             ("2", 2, 64, 32, 1, 32, 3, 2, 1, 1),
+             ("3", 2, 128, 64, 1, 32, 2, 2, 0, 0),
+             ("4", 1, 512, 256, 1, 16, 2, 2, 0, 0),
+             ("5", 16, 256, 128, 1, 8, 4, 2, 1, 0),
+             ("6", 2, 128, 64, 1, (8, 32, 32), (3, 4, 4), (1, 2, 2), 1, 0),
+             ("7", 4, 64, 64, 64, 24, 4, 2, 1, 0),
+             ("8", 1, 16, 8, 1, 64, 3, 2, 1, 1),
+         ]]
+
+
+class Row(NamedTuple):
+    shape: Shape
+    dtype: str
+    cudnn_us: float          # TF32 off for float32
+    cudnn_default_us: float  # torch's default flags
+    phaseconv_us: float
+    max_rel_err: float
+    gflop: float
+
+    @property
+    def speedup(self) -> float:
+        return self.cudnn_us / self.phaseconv_us
+
+
+def _median_us(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop) * 1e3)
+    return statistics.median(times)
+
+
+def bench_one(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> Row:
+    torch.manual_seed(0)
+    dev = "cuda"
+    layer = phaseconv.ConvTranspose3d(shape.in_channels, shape.out_channels, shape.kernel,
+                                      stride=shape.stride, padding=shape.padding,
+                                      output_padding=shape.output_padding,
+                                      groups=shape.groups, bias=False).to(dev, dtype).eval()
+    x = torch.rand((shape.batch, shape.in_channels) + shape.size, device=dev, dtype=dtype)
+    w = layer.weight.detach()
+    kw = dict(stride=shape.stride, padding=shape.padding, output_padding=shape.output_padding,
+              groups=shape.groups)
+    tf32 = torch.backends.cudnn.allow_tf32
+    with torch.no_grad():
+        try:
+            torch.backends.cudnn.allow_tf32 = False
+            ref = F.conv_transpose3d(x.double(), w.double(), **kw) if shape.batch * \
+                w.numel() < 2**26 else F.conv_transpose3d(x.float(), w.float(), **kw)
+            got = layer(x)
+            err = ((got.double() - ref.double()).norm() / ref.double().norm()).item()
+            del ref, got
+            cudnn = _median_us(lambda: F.conv_transpose3d(x, w, **kw), repeats, warmup)
+            torch.backends.cudnn.allow_tf32 = True
+            cudnn_default = _median_us(lambda: F.conv_transpose3d(x, w, **kw), repeats, warmup)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+        ours = _median_us(lambda: layer(x), repeats, warmup)
+    report = phaseconv.explain(layer, x.shape)
+    return Row(shape, str(dtype).replace("torch.", ""), cudnn, cudnn_default, ours, err,
+               2 * report.macs / 1e9)
+
+
+def _describe(s: Shape) -> str:
+    size = "x".join(map(str, s.size))
+    k = s.kernel[0] if len(set(s.kernel)) == 1 else s.kernel
+    st = s.stride[0] if len(set(s.stride)) == 1 else s.stride
+    p = s.padding[0] if len(set(s.padding)) == 1 else s.padding
+    op = s.output_padding[0] if len(set(s.output_padding)) == 1 else s.output_padding
+    return (f"{s.batch}, {s.in_channels}->{s.out_channels}, g{s.groups}, {size}, k{k}, s{st}, "
+            f"p{p}, op{op}")
+
+
+def table(rows: List[Row]) -> str:
+    lines = ["| # | shape (N, C_in->C_out, groups, DxHxW, k, s, p, op) | dtype | cuDNN µs | "
+             "cuDNN default µs | phaseconv µs | speed-up | TFLOP/s | rel. error |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.shape.name} | {_describe(r.shape)} | {r.dtype} | {r.cudnn_us:.1f} | "
+                     f"{r.cudnn_default_us:.1f} | {r.phaseconv_us:.1f} | {r.speedup:.2f}x | "
+                     f"{r.gflop / r.phaseconv_us * 1e-3:.1f} | {r.max_rel_err:.1e} |")
+    return "\n".join(lines)
+
+
+def write_results(rows: List[Row], path: str, command: str) -> None:
+    props = torch.cuda.get_device_properties(0)
+    header = [
+        "# Benchmark results",
+        "",
+        f"Written by `{command}` on {datetime.date.today().isoformat()}.",
+        "",
+        f"- device: {props.name} ({props.multi_processor_count} SMs)",
+        f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
+        f"{torch.backends.cudnn.version()}, Python {platform.python_version()}",
+        "- method: CUDA events after warm-up, median of the runs, bias off, inference "
+        "(phaseconv's packed weight cached). cuDNN µs: `F.conv_transpose3d` with TF32 off "
+        "(true fp32); cuDNN default: torch's default flags (TF32 allowed for fp32 convolutions). "
+        "Speed-up is against the TF32-off time. rel. error: ‖phaseconv − float64 torch‖ / ‖torch‖.",
+        "",
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(header) + table(rows) + "\n")
+
+
+def plot(rows: List[Row], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({r.shape.name for r in rows}, key=lambda n: int(n.split()[0]))
+    dtypes = sorted({r.dtype for r in rows})
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(dtypes)
+    for i, dt in enumerate(dtypes):
+        vals = {r.shape.name: r.speedup for r in rows if r.dtype == dt}
+        ax.bar([j + i * width for j in range(len(names))], [vals.get(n, 0) for n in names],
+               width, label=dt)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks([j + width * (len(dtypes) - 1) / 2 for j in range(len(names))])
+    ax.set_xticklabels(names)
+    ax.set_ylabel("speed-up over cuDNN")
+    ax.set_title(f"phaseconv vs cuDNN, {torch.cuda.get_device_name(0)}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m phaseconv bench", description=__doc__)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--shapes", default="", help="comma-separated 1-based shape numbers")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--out", default="benchmarks", help="folder for RESULTS.md and the PNG")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    if args.repeats < 50:
+        print("bench: note: fewer than 50 repeats", file=sys.stderr)
+    picked = [SWEEP[int(i) - 1] for i in args.shapes.split(",")] if args.shapes else SWEEP
+    rows = []
+    for shape in picked:
+        for name in args.dtypes.split(","):
+            row = bench_one(shape, getattr(torch, name), args.repeats, args.warmup)
+            rows.append(row)
+            print(f"{shape.name:>10} {row.dtype:>8}: cuDNN {row.cudnn_us:9.1f} µs  "
+                  f"phaseconv {row.phaseconv_us:9.1f} µs  {row.speedup:6.2f}x  "
+                  f"err {row.max_rel_err:.1e}", flush=True)
+    print()
+    print(table(rows))
+    os.makedirs(args.out, exist_ok=True)
+    command = "python -m phaseconv bench" + (" " + " ".join(argv) if argv else "")
+    write_results(rows, os.path.join(args.out, "RESULTS.md"), command)
+    plot(rows, os.path.join(args.out, "speedup.png"))
+    print(f"\nwrote {os.path.join(args.out, 'RESULTS.md')} and speedup.png")
+    return 0

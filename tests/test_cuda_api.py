@@ -1,0 +1,169 @@
+"""The public API on CUDA tensors (the CUDA engine) against torch.  Needs a GPU.
+
+Run on the device machine; CI has no GPU and skips these.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import examples
+from hypothesis import given, settings
+from strategies import configs
+
+import phaseconv
+
+pytestmark = pytest.mark.cuda
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Relative to the output's scale: fp32 accumulates in fp32; 16-bit types round their inputs
+# and output but accumulate in fp32.
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _close(got, expected, dtype):
+    assert got.shape == expected.shape and got.dtype == dtype
+    got, expected = got.double().cpu(), expected.double().cpu()
+    assert torch.isfinite(got).all()
+    if expected.numel() == 0:
+        return
+    scale = max(1.0, expected.abs().max().item())
+    err = (got - expected).abs().max().item()
+    assert err <= TOL[dtype] * scale, f"max error {err:.3e} (scale {scale:.3e}) in {dtype}"
+
+
+def _reference(cfg, x, w, b):
+    """torch in float64 on the CPU, from the same (rounded) values."""
+    return F.conv_transpose3d(x.double().cpu(), w.double().cpu(),
+                              None if b is None else b.double().cpu(), **cfg.kwargs)
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@settings(max_examples=examples(0.5))
+@given(cfg=configs())
+def test_forward_property_on_cuda(dtype, cfg):
+    x, w, b = cfg.tensors(dtype=dtype, device="cuda")
+    out = phaseconv.conv_transpose3d(x, w, b, **cfg.kwargs)
+    _close(out, _reference(cfg, x, w, b), dtype)
+
+
+@settings(max_examples=examples(0.3))
+@given(cfg=configs())
+def test_gradients_on_cuda(cfg):
+    x, w, b = cfg.tensors(device="cuda", requires_grad=True)
+    ours = phaseconv.conv_transpose3d(x, w, b, **cfg.kwargs)
+    theirs = F.conv_transpose3d(x, w, b, **cfg.kwargs)
+    _close(ours.detach(), theirs.detach(), torch.float64)
+    g = torch.randn_like(theirs)
+    inputs = [t for t in (x, w, b) if t is not None]
+    for a, e in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(theirs, inputs, g)):
+        _close(a, e, torch.float64)
+
+
+def test_engine_choice_and_explain():
+    layer = phaseconv.ConvTranspose3d(4, 4, 3, stride=2).cuda()
+    assert phaseconv.explain(layer, (1, 4, 5, 5, 5)).engine.name == "cuda"
+    forced = phaseconv.explain(dict(in_channels=4, out_channels=4, kernel_size=3,
+                                    engine="reference"), (1, 4, 5, 5, 5), device="cuda")
+    assert forced.engine.name == "reference"
+    x = torch.randn(1, 4, 5, 5, 5, device="cuda", dtype=torch.float64)
+    w = torch.randn(4, 4, 3, 3, 3, device="cuda", dtype=torch.float64)
+    a = phaseconv.conv_transpose3d(x, w, stride=2, engine="cuda")
+    b = phaseconv.conv_transpose3d(x, w, stride=2, engine="reference")
+    _close(a, b, torch.float64)
+    with pytest.raises(ValueError, match="engine"):
+        phaseconv.conv_transpose3d(x.cpu(), w.cpu(), engine="cuda")
+
+
+def test_non_contiguous_and_channels_last_on_cuda():
+    base = torch.randn(2, 8, 6, 7, 16, device="cuda")
+    w = torch.randn(8, 3, 3, 4, 2, device="cuda")
+    kw = dict(stride=(2, 1, 3), padding=1, groups=2)
+    for x in (base[..., ::2], base.to(memory_format=torch.channels_last_3d),
+              base.transpose(2, 4), base[1:, :, 1:-1]):
+        _close(phaseconv.conv_transpose3d(x, w, **kw),
+               F.conv_transpose3d(x.double().cpu(), w.double().cpu(), **kw), torch.float32)
+
+
+def test_large_channels_on_cuda():
+    x = torch.randn(2, 256, 5, 6, 7, device="cuda")
+    w = torch.randn(256, 192, 4, 4, 4, device="cuda") / 64
+    kw = dict(stride=2, padding=1)
+    _close(phaseconv.conv_transpose3d(x, w, **kw),
+           F.conv_transpose3d(x.double().cpu(), w.double().cpu(), **kw), torch.float32)
+
+
+def test_module_cache_on_cuda_and_training_step():
+    torch.manual_seed(0)
+    ref = torch.nn.ConvTranspose3d(8, 6, 3, stride=2, padding=1, output_padding=1,
+                                   groups=2).cuda().double()
+    ours = phaseconv.convert(torch.nn.Sequential(ref))[0]
+    x = torch.randn(2, 8, 4, 5, 6, device="cuda", dtype=torch.float64)
+    with torch.no_grad():
+        _close(ours(x), F.conv_transpose3d(x, ref.weight, ref.bias, 2, 1, 1, 2), torch.float64)
+        ours(x)
+    assert ours._phase_cache.packs == 1
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
+    ours(x).square().mean().backward()
+    opt.step()
+    with torch.no_grad():
+        _close(ours(x), F.conv_transpose3d(x, ref.weight, ref.bias, 2, 1, 1, 2), torch.float64)
+    assert ours._phase_cache.packs == 3  # training call packed once, refreshed after the step
+
+
+def test_founding_example_fp32_on_cuda():
+    from phaseconv import founding
+
+    torch.manual_seed(0)
+    original = torch.nn.ConvTranspose3d(**founding.LAYER_ARGS).cuda()
+    layer = phaseconv.convert(torch.nn.Sequential(original))[0]
+    x = torch.rand(*founding.INPUT_SHAPE, device="cuda")
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            expected = F.conv_transpose3d(x, original.weight, None, 2, (1, 2, 3), 1, 4)
+            got = layer(x)
+    finally:
+        torch.backends.cudnn.allow_tf32 = prev
+    assert got.shape == founding.OUTPUT_SHAPE
+    assert torch.allclose(got, expected, atol=founding.ATOL)
+
+
+def test_kernelbench_check_on_cuda():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "kernelbench",
+                                                          "check.py")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout
+    assert "Models match! All outputs are close." in result.stdout
+    assert "note: no CUDA" not in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_second_device():
+    x = torch.randn(1, 4, 3, 4, 5, device="cuda:1", dtype=torch.float64)
+    w = torch.randn(4, 2, 3, 3, 3, device="cuda:1", dtype=torch.float64)
+    out = phaseconv.conv_transpose3d(x, w, stride=2)
+    assert out.device == x.device
+    _close(out, F.conv_transpose3d(x.cpu(), w.cpu(), stride=2), torch.float64)
+
+
+def test_output_over_two_to_the_31_elements():
+    # 1 x 2 x 1024 x 1024 x 1026 = 2.15e9 > 2**31 output elements (4.3 GB in float16).
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip("needs 24 GiB of free GPU memory")
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 512, 512, 513, device="cuda", dtype=torch.float16)
+    w = torch.randn(2, 2, 2, 2, 2, device="cuda", dtype=torch.float16)
+    b = torch.randn(2, device="cuda", dtype=torch.float16)
+    out = phaseconv.conv_transpose3d(x, w, b, stride=2)
+    assert out.numel() > 2**31
+    expected = F.conv_transpose3d(x, w, b, stride=2)
+    # Compare the tail (where 32-bit indices would have wrapped) and a strided sample.
+    for sl in ((0, slice(None), slice(-4, None)), (0, slice(None), slice(None, None, 97))):
+        torch.testing.assert_close(out[sl].float(), expected[sl].float(), rtol=2e-2, atol=2e-2)
+    del expected
+    assert torch.isfinite(out[0, 1, -1]).all()
