@@ -3,6 +3,7 @@
 Every message names the offending argument so that a wrong call fails here, in Python, with a
 ValueError/RuntimeError/TypeError, rather than as an IndexError deep inside an engine.
 """
+import functools
 import numbers
 from typing import NamedTuple, Optional, Sequence
 
@@ -15,6 +16,11 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def triple(value, name: str) -> Triple:
     """``value`` as a 3-tuple of ints: an int, or a sequence of 1 or 3 ints (torch's rule)."""
+    # Fast path for what modules store (a tuple of 3 ints); the checks below cost microseconds.
+    if type(value) is tuple and len(value) == 3 and all(type(v) is int for v in value):
+        return value  # type: ignore[return-value]
+    if type(value) is int:
+        return (value, value, value)
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, Sequence, torch.Size)):
         raise TypeError(f"conv_transpose3d(): argument '{name}' must be an int or a tuple of 3 "
                         f"ints, not {type(value).__name__}")
@@ -66,7 +72,29 @@ def check_conv_transpose3d(input, weight, bias, stride, padding, output_padding,
     padding = triple(padding, "padding")
     output_padding = triple(output_padding, "output_padding")
     dilation = triple(dilation, "dilation")
+    return _check_metadata(TensorMeta.of(input), TensorMeta.of(weight),
+                           None if bias is None else TensorMeta.of(bias),
+                           stride, padding, output_padding, groups, dilation)
 
+
+class TensorMeta(NamedTuple):
+    """What the checks read of a tensor: hashable, so a repeated call is a cache hit."""
+    shape: tuple
+    dtype: torch.dtype
+    device: torch.device
+
+    @staticmethod
+    def of(t: torch.Tensor) -> "TensorMeta":
+        return TensorMeta(tuple(t.shape), t.dtype, t.device)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_metadata(input: TensorMeta, weight: TensorMeta, bias: Optional[TensorMeta],
+                    stride: Triple, padding: Triple, output_padding: Triple, groups: int,
+                    dilation: Triple) -> ConvArgs:
     if input.dim() not in (4, 5):
         raise RuntimeError("Expected 4D (unbatched) or 5D (batched) input to conv_transpose3d, "
                            f"but got input of size: {list(input.shape)}")

@@ -17,6 +17,7 @@ ordinary stride-1 correlation of the input with a slice of the kernel; its taps 
 Nothing here needs a tensor; engines, packing, ``explain`` and the notebooks all read these
 tables.
 """
+import functools
 import itertools
 import math
 from typing import NamedTuple, Sequence, Tuple
@@ -192,8 +193,7 @@ class PhasePlan(NamedTuple):
     @property
     def phases(self) -> Tuple[Phase, ...]:
         """All ``prod(stride)`` phases in (depth, height, width) row-major order."""
-        return tuple(Phase(tuple(a.residue for a in combo), combo, self.in_shape)  # type: ignore
-                     for combo in itertools.product(*(a.phases for a in self.axes)))
+        return _product_phases(self.axes)
 
     def macs_per_sample(self, in_channels: int, out_channels: int, groups: int) -> int:
         """Multiply-adds of the phase method for one sample: every tap of every output of
@@ -209,12 +209,28 @@ class PhasePlan(NamedTuple):
         return per_voxel * _prod(self.out_shape) * _prod(self.kernel)
 
 
+# Plans are pure functions of a few ints and every call of a layer asks for one: memoise them
+# (the Python cost of a call matters next to a fast kernel).
+@functools.lru_cache(maxsize=512)
+def _product_phases(axes: Tuple[AxisPlan, AxisPlan, AxisPlan]) -> Tuple[Phase, ...]:
+    in_shape = tuple(a.in_size for a in axes)
+    return tuple(Phase(tuple(a.residue for a in combo), combo, in_shape)  # type: ignore
+                 for combo in itertools.product(*(a.phases for a in axes)))
+
+
+@functools.lru_cache(maxsize=512)
+def _phase_plan(in_shape: Triple, kernel: Triple, stride: Triple, padding: Triple,
+                dilation: Triple, output_padding: Triple) -> PhasePlan:
+    return PhasePlan(tuple(  # type: ignore[arg-type]
+        axis_plan(n, k, s, p, dilation=d, output_padding=op) for n, k, s, p, d, op
+        in zip(in_shape, kernel, stride, padding, dilation, output_padding)))
+
+
 def phase_plan(in_shape: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
                padding: Sequence[int], *, dilation: Sequence[int],
                output_padding: Sequence[int]) -> PhasePlan:
     """The 3-D phase plan for spatial input ``in_shape`` (D, H, W)."""
-    return PhasePlan(tuple(  # type: ignore[arg-type]
-        axis_plan(n, k, s, p, dilation=d, output_padding=op) for n, k, s, p, d, op
-        in zip(in_shape, kernel, stride, padding, dilation, output_padding)))
+    return _phase_plan(*(tuple(int(v) for v in seq) for seq in  # type: ignore[arg-type]
+                         (in_shape, kernel, stride, padding, dilation, output_padding)))
 
 

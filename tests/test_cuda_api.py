@@ -109,7 +109,9 @@ def test_module_cache_on_cuda_and_training_step():
     opt.step()
     with torch.no_grad():
         _close(ours(x), F.conv_transpose3d(x, ref.weight, ref.bias, 2, 1, 1, 2), torch.float64)
-    assert ours._phase_cache.packs == 3  # training call packed once, refreshed after the step
+    # The CUDA engine's autograd never needs a differentiable pack: the training call reused
+    # the cached phases, and only the optimizer step made them stale.
+    assert ours._phase_cache.packs == 2
 
 
 def test_founding_example_fp32_on_cuda():

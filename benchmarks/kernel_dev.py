@@ -1,0 +1,175 @@
+"""Kernel development bench: build the CUDA engine, check it against torch, time it against
+torch's conv_transpose3d (cuDNN), fp32 (TF32 off) and bf16.  Run on a GPU machine:
+
+    PYTHONPATH=. python benchmarks/kernel_dev.py [--reps 50] [--shapes 0,1,...] [--dtypes fp32,bf16]
+
+Writes the table and a JSON log under $OUT when it is set.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from phaseconv.engines import cuda  # noqa: E402
+from phaseconv.geometry import phase_plan  # noqa: E402
+
+# (name, N, C_in, C_out, groups, DHW, kernel, stride, padding, output_padding)
+SHAPES = [
+    ("founding", 8, 32, 32, 4, (12, 24, 48), (3, 5, 7), 2, (1, 2, 3), 1),
+    ("u64-32", 2, 64, 32, 1, (32, 32, 32), 3, 2, 1, 1),
+    ("k2-128", 2, 128, 64, 1, (32, 32, 32), 2, 2, 0, 0),
+    ("k2-512", 1, 512, 256, 1, (16, 16, 16), 2, 2, 0, 0),
+    ("k4-256", 16, 256, 128, 1, (8, 8, 8), 4, 2, 1, 0),
+    ("aniso", 2, 128, 64, 1, (8, 32, 32), (3, 4, 4), (1, 2, 2), 1, 0),
+    ("dw64", 4, 64, 64, 64, (24, 24, 24), 4, 2, 1, 0),
+    ("u16-8", 1, 16, 8, 1, (64, 64, 64), 3, 2, 1, 1),
+]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def t3(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
+
+def time_fn(fn, reps, warmup=5):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1000.0)
+    return statistics.median(times), min(times)
+
+
+def bench_shape(spec, dtype, reps, check=True):
+    name, n, cin, cout, g, dhw, k, s, p, op = spec
+    k, s, p, op = t3(k), t3(s), t3(p), t3(op)
+    torch.manual_seed(0)
+    x = torch.rand((n, cin) + tuple(dhw), device="cuda").to(dtype)
+    bound = 1.0 / (cin // g * k[0] * k[1] * k[2]) ** 0.5
+    w = ((torch.rand((cin, cout // g) + k, device="cuda") * 2 - 1) * bound).to(dtype)
+    plan = phase_plan(tuple(dhw), k, s, p, dilation=(1, 1, 1), output_padding=op)
+    packed = cuda.pack(w, g, s, p, (1, 1, 1))
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    def ours():
+        return cuda.forward(x, packed, None, plan, g, cout)
+
+    def theirs():
+        return F.conv_transpose3d(x, w, None, s, p, op, g, 1)
+
+    row = {"shape": name, "dtype": str(dtype).replace("torch.", "")}
+    row["config"] = cuda.describe(x, packed, None, plan, g, cout)
+    y = ours()
+    torch.cuda.synchronize()
+    if check:
+        ref = F.conv_transpose3d(x.float(), w.float(), None, s, p, op, g, 1)
+        err = (y.float() - ref).abs().max().item()
+        row["max_abs_err"] = err
+        row["rel_err"] = err / max(ref.abs().max().item(), 1e-30)
+        row["allclose_1e-5"] = bool(torch.allclose(y.float(), ref, atol=1e-5)) \
+            if dtype == torch.float32 else None
+        row["finite"] = bool(torch.isfinite(y).all())
+        del ref
+    del y
+    row["ours_us"], row["ours_min_us"] = time_fn(ours, reps)
+    if dtype == torch.float32 and "mma" in row["config"]:
+        row["simt_us"], _ = time_fn(
+            lambda: cuda.forward(x, packed, None, plan, g, cout, force_path=1), reps)
+    row["cudnn_us"], row["cudnn_min_us"] = time_fn(theirs, reps)
+    row["speedup"] = row["cudnn_us"] / row["ours_us"]
+    macs = plan.macs_per_sample(cin, cout, g) * n
+    row["gflops_ours"] = 2 * macs / row["ours_us"] / 1e3
+    return row
+
+
+def small_cases():
+    """Tiny configurations covering every kernel variant family; checked against float64."""
+    cases = [  # n, cin, cout, g, dhw, k, s, p, op, d, bias
+        (2, 8, 8, 2, (3, 4, 5), (3, 5, 7), 2, (1, 2, 3), 1, 1, True),
+        (1, 4, 2, 2, (2, 3, 4), (1, 2, 1), (3, 4, 2), 0, (2, 3, 1), 1, True),
+        (1, 3, 5, 1, (1, 2, 1), 3, 4, (3, 2, 1), (3, 2, 1), 3, False),
+        (1, 6, 6, 6, (4, 4, 4), 4, 2, 1, 0, 1, True),
+        (1, 32, 24, 1, (3, 3, 3), 4, 2, 1, 0, (1, 2, 1), True),
+    ]
+    worst = 0.0
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        for (n, cin, cout, g, dhw, k, s, p, op, d, bias) in cases:
+            k, s, p, op, d = t3(k), t3(s), t3(p), t3(op), t3(d)
+            x = torch.randn((n, cin) + tuple(dhw), device="cuda").to(dtype)
+            w = torch.randn((cin, cout // g) + k, device="cuda").to(dtype)
+            b = torch.randn(cout, device="cuda").to(dtype) if bias else None
+            ref = F.conv_transpose3d(x.double(), w.double(), b.double() if bias else None,
+                                     s, p, op, g, d)
+            plan = phase_plan(tuple(dhw), k, s, p, dilation=d, output_padding=op)
+            packed = cuda.pack(w, g, s, p, d)
+            for path in (0, 1, 2, 3):
+                y = cuda.forward(x, packed, b, plan, g, cout, force_path=path)
+                err = ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1)).item()
+                worst = max(worst, err if dtype in (torch.float32, torch.float64) else 0.0)
+                assert torch.isfinite(y).all()
+                tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 2e-2,
+                       torch.float16: 3e-3}[dtype]
+                assert err < tol, (dtype, n, cin, cout, g, dhw, k, s, p, op, d, path, err)
+    torch.cuda.synchronize()
+    print(f"small cases OK (worst fp32/fp64 relative error {worst:.2e})")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--shapes", default="")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--small", action="store_true",
+                    help="a few tiny cases only (for compute-sanitizer), then exit")
+    args = ap.parse_args()
+    if args.small:
+        small_cases()
+        return
+    t0 = time.time()
+    cuda.load()
+    print(f"build/load: {time.time() - t0:.1f} s; device {torch.cuda.get_device_name()}; torch "
+          f"{torch.__version__}; cuDNN {torch.backends.cudnn.version()}", flush=True)
+    idx = [int(i) for i in args.shapes.split(",")] if args.shapes else range(len(SHAPES))
+    rows = []
+    for dname in args.dtypes.split(","):
+        for i in idx:
+            row = bench_shape(SHAPES[i], DTYPES[dname], args.reps, check=not args.no_check)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    lines = ["{:<9} {:<9} {:>10} {:>10} {:>8} {:>9} {:>10} {:>6} {:>9}".format(
+        "shape", "dtype", "ours_us", "cudnn_us", "speedup", "GFLOP/s", "rel_err", "ok",
+        "simt_us")]
+    for r in rows:
+        ok = r.get("allclose_1e-5")
+        lines.append("{:<9} {:<9} {:>10.1f} {:>10.1f} {:>8.2f} {:>9.0f} {:>10.2e} {:>6} "
+                     "{:>9}".format(
+            r["shape"], r["dtype"], r["ours_us"], r["cudnn_us"], r["speedup"], r["gflops_ours"],
+            r.get("rel_err", float("nan")), "" if ok is None else str(ok),
+            "{:.1f}".format(r["simt_us"]) if "simt_us" in r else ""))
+    table = "\n".join(lines)
+    print(table)
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "bench_table.txt").write_text(table + "\n")
+        Path(out, "bench_rows.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+// phaseconv CUDA engine: the torch binding.  Checks arguments, picks the device and stream,
+// allocates the output and calls the launcher in phase_conv_fwd.cu.
+#include <torch/extension.h>
+
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "phase_conv_fwd.cuh"
+
+namespace {
+
+int dtype_code_of(const torch::Tensor& t) {
+  switch (t.scalar_type()) {
+    case torch::kFloat32: return PHASECONV_FLOAT32;
+    case torch::kFloat64: return PHASECONV_FLOAT64;
+    case torch::kFloat16: return PHASECONV_FLOAT16;
+    case torch::kBFloat16: return PHASECONV_BFLOAT16;
+    default: break;
+  }
+  TORCH_CHECK(false, "phaseconv cuda engine: the input's dtype is ", t.scalar_type(),
+              "; supported dtypes are float32, float64, float16 and bfloat16.");
+  return -1;
+}
+
+void check_triple(const std::vector<int64_t>& v, const char* name, int64_t lo) {
+  TORCH_CHECK(v.size() == 3, "phaseconv cuda engine: ", name, " must have 3 entries, got ",
+              v.size(), ".");
+  for (int64_t e : v) {
+    TORCH_CHECK(e >= lo, "phaseconv cuda engine: every entry of ", name, " must be at least ",
+                lo, ", got ", e, ".");
+  }
+}
+
+// Validates everything and fills the launcher's parameters (output pointer left null).
+PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpack,
+                               const torch::Tensor& table,
+                               const c10::optional<torch::Tensor>& bias,
+                               const std::vector<int64_t>& out_size,
+                               const std::vector<int64_t>& stride,
+                               const std::vector<int64_t>& phase_dilation,
+                               const std::vector<int64_t>& max_taps, int64_t total_taps,
+                               int64_t groups, int64_t out_channels, int64_t force_path) {
+  TORCH_CHECK(x.is_cuda(), "phaseconv cuda engine: the input must be a CUDA tensor, got one on ",
+              x.device(), ".");
+  TORCH_CHECK(x.dim() == 5, "phaseconv cuda engine: the input must be 5-D (N, C_in, D, H, W), "
+              "got ", x.dim(), " dimensions.");
+  TORCH_CHECK(x.is_contiguous(), "phaseconv cuda engine: the input must be contiguous.");
+  dtype_code_of(x);
+  TORCH_CHECK(wpack.device() == x.device(), "phaseconv cuda engine: the packed weight is on ",
+              wpack.device(), " but the input is on ", x.device(), ".");
+  TORCH_CHECK(wpack.scalar_type() == x.scalar_type(), "phaseconv cuda engine: the packed "
+              "weight's dtype ", wpack.scalar_type(), " differs from the input's ",
+              x.scalar_type(), ".");
+  TORCH_CHECK(wpack.dim() == 1 && wpack.is_contiguous(), "phaseconv cuda engine: the packed "
+              "weight must be a contiguous 1-D tensor (use phaseconv.engines.cuda.pack).");
+  TORCH_CHECK(table.device() == x.device(), "phaseconv cuda engine: the phase table is on ",
+              table.device(), " but the input is on ", x.device(), ".");
+  TORCH_CHECK(table.scalar_type() == torch::kInt64 && table.is_contiguous(),
+              "phaseconv cuda engine: the phase table must be a contiguous int64 tensor.");
+  check_triple(out_size, "out_size", 0);
+  check_triple(stride, "stride", 1);
+  check_triple(phase_dilation, "phase_dilation", 1);
+  check_triple(max_taps, "max_taps", 0);
+  TORCH_CHECK(groups >= 1, "phaseconv cuda engine: groups must be positive, got ", groups, ".");
+  const int64_t n = x.size(0), c_in = x.size(1);
+  TORCH_CHECK(c_in % groups == 0, "phaseconv cuda engine: the input's ", c_in,
+              " channels are not divisible by groups=", groups, ".");
+  TORCH_CHECK(out_channels >= 1 && out_channels % groups == 0, "phaseconv cuda engine: "
+              "out_channels=", out_channels, " must be a positive multiple of groups=", groups,
+              ".");
+  const int64_t num_phases = stride[0] * stride[1] * stride[2];
+  TORCH_CHECK(table.numel() == num_phases * PHASECONV_TABLE_STRIDE, "phaseconv cuda engine: the "
+              "phase table has ", table.numel(), " entries; stride ", stride, " needs ",
+              num_phases * PHASECONV_TABLE_STRIDE, " (was the weight packed for another "
+              "stride?).");
+  TORCH_CHECK(total_taps >= 0, "phaseconv cuda engine: total_taps must be non-negative.");
+  const int64_t want_w = c_in * (out_channels / groups) * total_taps;
+  TORCH_CHECK(wpack.numel() == want_w, "phaseconv cuda engine: the packed weight has ",
+              wpack.numel(), " elements but ", want_w, " are expected for C_in=", c_in,
+              ", C_out/groups=", out_channels / groups, " and ", total_taps,
+              " taps (was it packed for another layer?).");
+  if (bias.has_value() && bias->defined()) {
+    const torch::Tensor& b = *bias;
+    TORCH_CHECK(b.device() == x.device(), "phaseconv cuda engine: the bias is on ", b.device(),
+                " but the input is on ", x.device(), ".");
+    TORCH_CHECK(b.scalar_type() == x.scalar_type(), "phaseconv cuda engine: the bias dtype ",
+                b.scalar_type(), " differs from the input's ", x.scalar_type(), ".");
+    TORCH_CHECK(b.dim() == 1 && b.numel() == out_channels && b.is_contiguous(),
+                "phaseconv cuda engine: the bias must be a contiguous 1-D tensor of ",
+                out_channels, " elements.");
+  }
+  const int64_t int_max = std::numeric_limits<int32_t>::max();
+  for (int d = 2; d < 5; ++d) {
+    TORCH_CHECK(x.size(d) >= 1 && x.size(d) < int_max, "phaseconv cuda engine: input spatial "
+                "sizes must be in [1, 2^31), got ", x.sizes(), ".");
+  }
+  for (int d = 0; d < 3; ++d) {
+    TORCH_CHECK(out_size[d] < int_max, "phaseconv cuda engine: output sizes must be below "
+                "2^31, got ", out_size, ".");
+  }
+  TORCH_CHECK(c_in < int_max && out_channels < int_max, "phaseconv cuda engine: channel counts "
+              "must be below 2^31.");
+
+  PhaseConvFwdParams p;
+  p.x = x.data_ptr();
+  p.weight = wpack.data_ptr();
+  p.bias = (bias.has_value() && bias->defined()) ? bias->data_ptr() : nullptr;
+  p.y = nullptr;
+  p.table = table.data_ptr<int64_t>();
+  p.n = n; p.c_in = c_in; p.c_out = out_channels; p.groups = groups;
+  p.in_d = x.size(2); p.in_h = x.size(3); p.in_w = x.size(4);
+  p.out_d = out_size[0]; p.out_h = out_size[1]; p.out_w = out_size[2];
+  p.stride_d = stride[0]; p.stride_h = stride[1]; p.stride_w = stride[2];
+  p.pdil_d = phase_dilation[0]; p.pdil_h = phase_dilation[1]; p.pdil_w = phase_dilation[2];
+  p.max_taps_d = max_taps[0]; p.max_taps_h = max_taps[1]; p.max_taps_w = max_taps[2];
+  p.total_taps = total_taps;
+  p.force_path = (int)force_path;
+  return p;
+}
+
+torch::Tensor phase_conv_fwd_binding(const torch::Tensor& x, const torch::Tensor& wpack,
+                                     const torch::Tensor& table,
+                                     const c10::optional<torch::Tensor>& bias,
+                                     std::vector<int64_t> out_size, std::vector<int64_t> stride,
+                                     std::vector<int64_t> phase_dilation,
+                                     std::vector<int64_t> max_taps, int64_t total_taps,
+                                     int64_t groups, int64_t out_channels, int64_t force_path) {
+  PhaseConvFwdParams p = make_params(x, wpack, table, bias, out_size, stride, phase_dilation,
+                                     max_taps, total_taps, groups, out_channels, force_path);
+  const c10::cuda::CUDAGuard guard(x.device());
+  torch::Tensor y = torch::empty({x.size(0), out_channels, out_size[0], out_size[1], out_size[2]},
+                                 x.options());
+  if (y.numel() == 0) return y;
+  p.y = y.data_ptr();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const cudaError_t err = phase_conv_fwd(p, dtype_code_of(x), stream);
+  TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: the kernel launch failed: ",
+              cudaGetErrorString(err), ".");
+  return y;
+}
+
+std::string describe_binding(const torch::Tensor& x, const torch::Tensor& wpack,
+                             const torch::Tensor& table,
+                             const c10::optional<torch::Tensor>& bias,
+                             std::vector<int64_t> out_size, std::vector<int64_t> stride,
+                             std::vector<int64_t> phase_dilation, std::vector<int64_t> max_taps,
+                             int64_t total_taps, int64_t groups, int64_t out_channels,
+                             int64_t force_path) {
+  PhaseConvFwdParams p = make_params(x, wpack, table, bias, out_size, stride, phase_dilation,
+                                     max_taps, total_taps, groups, out_channels, force_path);
+  const c10::cuda::CUDAGuard guard(x.device());
+  char buf[512];
+  phase_conv_fwd_describe(p, dtype_code_of(x), buf, (int)sizeof(buf));
+  return std::string(buf);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "phaseconv CUDA forward engine (conv_transpose3d by sub-pixel phases)";
+  m.def("phase_conv_fwd", &phase_conv_fwd_binding,
+        "Transposed 3-D convolution forward from a packed weight (see phaseconv.engines.cuda).",
+        py::arg("x"), py::arg("wpack"), py::arg("table"), py::arg("bias"), py::arg("out_size"),
+        py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
+        py::arg("total_taps"), py::arg("groups"), py::arg("out_channels"),
+        py::arg("force_path") = 0);
+  m.def("describe", &describe_binding, "The kernel configuration phase_conv_fwd would use.",
+        py::arg("x"), py::arg("wpack"), py::arg("table"), py::arg("bias"), py::arg("out_size"),
+        py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
+        py::arg("total_taps"), py::arg("groups"), py::arg("out_channels"),
+        py::arg("force_path") = 0);
+}

@@ -1,0 +1,58 @@
+// phaseconv CUDA forward engine: host launcher API.
+//
+// conv_transpose3d computed phase by phase.  Along one axis, phase r owns the outputs
+// o = r + s*j (j < count); its taps t read input j + off0 + t*pdil (pdil = d / gcd(s, d)).
+// A 3-D phase is the product of one phase per axis: a dense stride-1 correlation.
+//
+// This header includes only CUDA's own headers, so it builds without torch.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+// dtype codes for phase_conv_fwd
+enum PhaseConvDtype {
+  PHASECONV_FLOAT32 = 0,
+  PHASECONV_FLOAT64 = 1,
+  PHASECONV_FLOAT16 = 2,
+  PHASECONV_BFLOAT16 = 3,
+};
+
+// One row of the device phase table (int64, PHASECONV_TABLE_STRIDE entries per phase;
+// phases in row-major order over the residues (rd, rh, rw)).
+enum PhaseTableField {
+  PT_RES_D = 0, PT_RES_H = 1, PT_RES_W = 2,      // residues (first outputs) of the phase
+  PT_TAPS_D = 3, PT_TAPS_H = 4, PT_TAPS_W = 5,   // taps per axis (0: bias-only phase)
+  PT_OFF_D = 6, PT_OFF_H = 7, PT_OFF_W = 8,      // input offset of the first tap per axis
+  PT_WOFS = 9,                                   // element offset of the phase in the packed weight
+};
+#define PHASECONV_TABLE_STRIDE 12
+
+// Packed weight: for each phase p (table order), a block at element offset table[p].PT_WOFS,
+// laid out [groups][C_in/groups][taps_d][taps_h][taps_w][C_out/groups] (C-contiguous), where
+// the taps of each axis are in ascending input offset order.  Bias-only phases own no block.
+struct PhaseConvFwdParams {
+  const void* x;          // (N, C_in, in_d, in_h, in_w), contiguous
+  const void* weight;     // packed weight (see above), same dtype as x
+  const void* bias;       // (C_out,) same dtype as x, or nullptr
+  void* y;                // (N, C_out, out_d, out_h, out_w), contiguous; every element written
+  const int64_t* table;   // device pointer, num_phases * PHASECONV_TABLE_STRIDE int64
+  int64_t n, c_in, c_out, groups;
+  int64_t in_d, in_h, in_w;
+  int64_t out_d, out_h, out_w;
+  int64_t stride_d, stride_h, stride_w;            // num_phases = product of strides
+  int64_t pdil_d, pdil_h, pdil_w;                  // phase dilation d / gcd(s, d) per axis
+  int64_t max_taps_d, max_taps_h, max_taps_w;      // max taps per axis over the phases
+  int64_t total_taps;                              // sum over phases of taps_d*taps_h*taps_w
+  int force_path;                                  // 0 auto, 1 tiled, 2 naive (tests)
+};
+
+// Launches the forward on `stream`.  Returns cudaSuccess or the first CUDA error.
+// dtype_code is a PhaseConvDtype.
+cudaError_t phase_conv_fwd(const PhaseConvFwdParams& params, int dtype_code,
+                           cudaStream_t stream);
+
+// Describes the configuration phase_conv_fwd would pick (for benchmarks/debugging): writes a
+// NUL-terminated line into buf (at most len bytes).
+void phase_conv_fwd_describe(const PhaseConvFwdParams& params, int dtype_code, char* buf,
+                             int len);

@@ -1,0 +1,49 @@
+"""A reduced GPU workload for compute-sanitizer (memcheck, racecheck): every kernel path of
+the CUDA engine on a few small, awkward configurations, checked against torch.
+
+    compute-sanitizer --tool memcheck python tests/gpu_sanitize.py
+"""
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from phaseconv.engines import cuda
+from phaseconv.geometry import phase_plan
+
+# (N, C_in, C_out, groups, in DHW, kernel, stride, padding, output_padding, dilation)
+CASES = [
+    (2, 8, 8, 1, (3, 4, 5), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1)),
+    (1, 8, 16, 2, (2, 3, 4), (2, 3, 4), (3, 2, 1), (0, 1, 2), (2, 1, 0), (1, 2, 1)),
+    (2, 4, 4, 4, (3, 3, 3), (1, 2, 3), (4, 3, 2), (0, 0, 1), (3, 2, 1), (1, 1, 1)),
+    (1, 16, 8, 1, (2, 2, 3), (3, 3, 3), (2, 2, 2), (4, 4, 4), (1, 1, 1), (3, 3, 3)),
+    (3, 12, 12, 3, (1, 2, 1), (4, 1, 2), (2, 3, 2), (1, 0, 0), (0, 2, 1), (2, 1, 3)),
+]
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def main() -> int:
+    failures = 0
+    for n, ci, co, g, size, k, s, p, op, d in CASES:
+        plan = phase_plan(size, k, s, p, dilation=d, output_padding=op)
+        for dtype in DTYPES:
+            x = torch.randn((n, ci) + size, device="cuda").to(dtype)
+            w = torch.randn((ci, co // g) + k, device="cuda").to(dtype)
+            b = torch.randn(co, device="cuda").to(dtype)
+            ref = F.conv_transpose3d(x.double(), w.double(), b.double(), s, p, op, g, d)
+            packed = cuda.pack(w, g, s, p, d)
+            for path in (0, 1, 2, 3):
+                # 0 auto, 1 SIMT tiled, 2 naive, 3 tensor cores (where the dtype allows)
+                y = cuda.forward(x, packed, b, plan, g, co, force_path=path)
+                err = (y.double() - ref).abs().max().item() / max(1.0, ref.abs().max().item())
+                tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 2e-5
+                if not err <= tol:
+                    failures += 1
+                    print("FAIL", (n, ci, co, g, size, k, s, p, op, d), dtype, path, err)
+    torch.cuda.synchronize()
+    print(f"gpu_sanitize: {len(CASES) * len(DTYPES) * 4} runs, {failures} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

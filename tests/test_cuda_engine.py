@@ -1,0 +1,199 @@
+"""The CUDA engine against torch's conv_transpose3d (needs a GPU; skipped without one)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phaseconv.geometry import phase_plan
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+DEV = "cuda"
+
+
+def _cuda():
+    from phaseconv.engines import cuda
+    return cuda
+
+
+@st.composite
+def configs(draw, max_channels=3):
+    k = [draw(st.integers(1, 5)) for _ in range(3)]
+    s = [draw(st.integers(1, 4)) for _ in range(3)]
+    d = [draw(st.integers(1, 3)) for _ in range(3)]
+    p = [draw(st.integers(0, d[i] * (k[i] - 1))) for i in range(3)]
+    op = [draw(st.integers(0, max(s[i], d[i]) - 1)) for i in range(3)]
+    groups = draw(st.integers(1, 4))
+    cin_g = draw(st.integers(1, max_channels))
+    cout_g = draw(st.sampled_from([1, 2, 3, 4, 5, 8, 9, 16, 17, 24, 40, 70, 130]
+                                  [:max_channels + 3]))
+    n = draw(st.integers(0, 2))
+    ins = [draw(st.integers(1, 6)) for _ in range(3)]
+    outs = [(ins[i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + op[i] + 1 for i in range(3)]
+    if min(outs) <= 0:
+        # shrink the padding until every axis has an output
+        p = [0, 0, 0]
+    bias = draw(st.booleans())
+    return dict(k=tuple(k), s=tuple(s), d=tuple(d), p=tuple(p), op=tuple(op), groups=groups,
+                cin=cin_g * groups, cout=cout_g * groups, n=n, ins=tuple(ins), bias=bias)
+
+
+def _run(cfg, dtype, force_path=0, seed=0):
+    cuda = _cuda()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], generator=gen, dtype=torch.float64)
+    w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], generator=gen,
+                    dtype=torch.float64)
+    b = torch.randn(cfg["cout"], generator=gen, dtype=torch.float64) if cfg["bias"] else None
+    xl, wl = x.to(dtype), w.to(dtype)
+    bl = b.to(dtype) if b is not None else None
+    # reference in float64 from the same (rounded) values, on the CPU
+    ref = F.conv_transpose3d(xl.double(), wl.double(), bl.double() if bl is not None else None,
+                             cfg["s"], cfg["p"], cfg["op"], cfg["groups"], cfg["d"])
+    plan = phase_plan(cfg["ins"], cfg["k"], cfg["s"], cfg["p"], dilation=cfg["d"],
+                      output_padding=cfg["op"])
+    packed = cuda.pack(wl.to(DEV), cfg["groups"], cfg["s"], cfg["p"], cfg["d"])
+    y = cuda.forward(xl.to(DEV), packed, bl.to(DEV) if bl is not None else None, plan,
+                     cfg["groups"], cfg["cout"], force_path=force_path)
+    return y, ref
+
+
+def _check(y, ref, dtype):
+    assert y.shape == ref.shape
+    assert y.dtype == dtype
+    yd = y.double().cpu()
+    assert torch.isfinite(yd).all(), "non-finite output (unwritten or corrupted elements)"
+    scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3,
+           torch.bfloat16: 1.6e-2}[dtype]
+    err = float((yd - ref).abs().max()) if ref.numel() else 0.0
+    assert err <= tol * scale, f"max error {err} > {tol * scale} (scale {scale})"
+
+
+@settings(deadline=None, max_examples=150)
+@given(cfg=configs())
+def test_float64_matches_torch(cfg):
+    y, ref = _run(cfg, torch.float64)
+    _check(y, ref, torch.float64)
+
+
+@settings(deadline=None, max_examples=60)
+@given(cfg=configs())
+def test_naive_path_matches_torch(cfg):
+    y, ref = _run(cfg, torch.float64, force_path=2)
+    _check(y, ref, torch.float64)
+
+
+# force_path: 0 automatic, 1 SIMT tiled kernel, 3 tensor-core kernel (3xTF32 for float32)
+@pytest.mark.parametrize("path", [0, 1, 3])
+@settings(deadline=None, max_examples=60)
+@given(cfg=configs(max_channels=10))
+def test_float32_matches_torch(cfg, path):
+    y, ref = _run(cfg, torch.float32, force_path=path)
+    _check(y, ref, torch.float32)
+
+
+@pytest.mark.parametrize("path", [0, 1, 3])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@settings(deadline=None, max_examples=40)
+@given(cfg=configs(max_channels=10))
+def test_half_dtypes_match_torch(cfg, dtype, path):
+    y, ref = _run(cfg, dtype, force_path=path)
+    _check(y, ref, dtype)
+
+
+def _layer_case(n, cin, cout, groups, dhw, k, s, p, op, dtype, bias=True, seed=1):
+    cuda = _cuda()
+    torch.manual_seed(seed)
+    k, s, p, op = [(v,) * 3 if isinstance(v, int) else tuple(v) for v in (k, s, p, op)]
+    x = torch.rand((n, cin) + tuple(dhw), device=DEV, dtype=torch.float64)
+    w = (torch.rand((cin, cout // groups) + k, device=DEV, dtype=torch.float64) - 0.5) * 0.2
+    b = torch.rand(cout, device=DEV, dtype=torch.float64) if bias else None
+    ref = F.conv_transpose3d(x, w, b, s, p, op, groups, 1).cpu()
+    plan = phase_plan(tuple(dhw), k, s, p, dilation=(1, 1, 1), output_padding=op)
+    packed = cuda.pack(w.to(dtype), groups, s, p, (1, 1, 1))
+    y = cuda.forward(x.to(dtype), packed, b.to(dtype) if b is not None else None, plan, groups,
+                     cout)
+    return y, ref
+
+
+def test_founding_example_float32():
+    cuda = _cuda()
+    torch.manual_seed(0)
+    m = torch.nn.ConvTranspose3d(32, 32, kernel_size=(3, 5, 7), stride=2, padding=(1, 2, 3),
+                                 output_padding=1, groups=4, bias=False).to(DEV)
+    x = torch.rand(8, 32, 12, 24, 48, device=DEV)
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        ref = m(x)
+    finally:
+        torch.backends.cudnn.allow_tf32 = prev
+    plan = phase_plan((12, 24, 48), (3, 5, 7), (2, 2, 2), (1, 2, 3), dilation=(1, 1, 1),
+                      output_padding=(1, 1, 1))
+    packed = cuda.pack(m.weight, 4, (2, 2, 2), (1, 2, 3), (1, 1, 1))
+    y = cuda.forward(x, packed, None, plan, 4, 32)
+    assert y.shape == (8, 32, 24, 48, 96)
+    assert torch.allclose(y, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_large_channels(dtype):
+    y, ref = _layer_case(2, 256, 128, 1, (6, 7, 5), 4, 2, 1, 0, dtype)
+    _check(y, ref, dtype)
+    y, ref = _layer_case(1, 96, 200, 2, (5, 9, 17), 3, (1, 2, 2), 1, 0, dtype)
+    _check(y, ref, dtype)
+
+
+def test_wide_grouped_and_depthwise():
+    y, ref = _layer_case(2, 64, 64, 64, (9, 8, 7), 4, 2, 1, 0, torch.float32)
+    _check(y, ref, torch.float32)
+    y, ref = _layer_case(1, 48, 96, 3, (5, 6, 7), (3, 4, 4), (1, 2, 2), 1, 0, torch.float32)
+    _check(y, ref, torch.float32)
+
+
+def test_every_output_written_exactly():
+    """The kernel allocates its output, so poisoning is impossible; instead: fp64 results are
+    finite and match the reference tightly everywhere, including bias-only phases (kernel
+    shorter than the stride) and phases whose window misses the input."""
+    cfgs = [
+        dict(k=(1, 2, 1), s=(3, 4, 2), d=(1, 1, 1), p=(0, 0, 0), op=(2, 3, 1), groups=2, cin=4,
+             cout=6, n=2, ins=(3, 4, 5), bias=True),
+        dict(k=(3, 3, 3), s=(4, 4, 4), d=(3, 3, 3), p=(3, 2, 1), op=(3, 2, 1), groups=1, cin=3,
+             cout=5, n=1, ins=(1, 2, 1), bias=True),
+        dict(k=(5, 5, 5), s=(1, 1, 1), d=(3, 2, 1), p=(6, 4, 2), op=(0, 1, 0), groups=1, cin=2,
+             cout=3, n=1, ins=(1, 1, 1), bias=False),
+    ]
+    for cfg in cfgs:
+        y, ref = _run(cfg, torch.float64)
+        _check(y, ref, torch.float64)
+        assert torch.equal(torch.isnan(y).cpu(), torch.zeros_like(ref, dtype=torch.bool))
+
+
+def test_noncontiguous_input_and_empty_batch():
+    cuda = _cuda()
+    x = torch.randn(2, 3, 5, 6, 7, device=DEV, dtype=torch.float64).transpose(3, 4)
+    w = torch.randn(3, 2, 3, 3, 3, device=DEV, dtype=torch.float64)
+    plan = phase_plan(tuple(x.shape[2:]), (3, 3, 3), (2, 2, 2), (1, 1, 1), dilation=(1, 1, 1),
+                      output_padding=(0, 0, 0))
+    packed = cuda.pack(w, 1, (2, 2, 2), (1, 1, 1), (1, 1, 1))
+    y = cuda.forward(x, packed, None, plan, 1, 2)
+    ref = F.conv_transpose3d(x, w, None, 2, 1)
+    assert torch.allclose(y, ref, rtol=1e-10, atol=1e-10)
+    y0 = cuda.forward(x[:0], packed, None, plan, 1, 2)
+    assert y0.shape == (0, 2) + tuple(ref.shape[2:])
+
+
+def test_bad_arguments_raise():
+    cuda = _cuda()
+    x = torch.randn(1, 4, 3, 3, 3, device=DEV)
+    w = torch.randn(4, 2, 3, 3, 3, device=DEV)
+    plan = phase_plan((3, 3, 3), (3, 3, 3), (2, 2, 2), (0, 0, 0), dilation=(1, 1, 1),
+                      output_padding=(0, 0, 0))
+    packed = cuda.pack(w, 1, 2, 0, 1)
+    with pytest.raises(ValueError, match="dtype"):
+        cuda.forward(x.double(), packed, None, plan, 1, 2)
+    with pytest.raises(ValueError, match="bias"):
+        cuda.forward(x, packed, torch.randn(3, device=DEV), plan, 1, 2)
