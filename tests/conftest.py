@@ -5,6 +5,8 @@ main forward property), ``dev`` (the default), ``quick`` (the founding-stack ven
 $HYPOTHESIS_PROFILE overrides the choice.
 """
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -30,3 +32,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_kernelbench_check() -> str:
+    """Run the user's verification script (examples/kernelbench/check.py); its output."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "kernelbench",
+                                                          "check.py")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout
+    assert "Models match! All outputs are close." in result.stdout
+    return result.stdout

@@ -2,21 +2,16 @@
 
 Run on the device machine; CI has no GPU and skips these.
 """
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import examples
+from conftest import examples, run_kernelbench_check
 from hypothesis import given, settings
 from strategies import configs
 
 import phaseconv
 
 pytestmark = pytest.mark.cuda
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Relative to the output's scale: fp32 accumulates in fp32; 16-bit types round their inputs
 # and output but accumulate in fp32.
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -134,13 +129,7 @@ def test_founding_example_fp32_on_cuda():
 
 
 def test_kernelbench_check_on_cuda():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "kernelbench",
-                                                          "check.py")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, timeout=900)
-    assert result.returncode == 0, result.stdout
-    assert "Models match! All outputs are close." in result.stdout
-    assert "note: no CUDA" not in result.stdout
+    assert "note: no CUDA" not in run_kernelbench_check()
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

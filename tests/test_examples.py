@@ -1,20 +1,14 @@
 """The founding example, end to end: the KernelBench check and ``python -m phaseconv``."""
 import os
-import subprocess
 import sys
+
+from conftest import ROOT, run_kernelbench_check
 
 import phaseconv.__main__ as main_job
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def test_kernelbench_check_prints_models_match():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "kernelbench",
-                                                          "check.py")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stdout
-    assert "Models match! All outputs are close." in result.stdout
+    run_kernelbench_check()
 
 
 def test_kernelbench_model_new_loads_original_state_dict():
