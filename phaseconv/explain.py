@@ -40,15 +40,18 @@ class Explanation(NamedTuple):
                 self.batch, self.out_channels, ", ".join(map(str, plan.out_shape)),
                 self.engine.name, self.engine.reason),
             "",
-            "{:<9}  {:<30}  {:<27}  {:>9}  {:>4}  {:>14}".format(
-                "phase", "taps (d | h | w)", "output slice", "outputs", "taps", "MACs"),
+            "{:<9}  {:<24}  {:<20}  {:>8}  {:>4}  {:>14}  {:>15}".format(
+                "phase", "taps (d | h | w)", "output slice", "outputs", "taps", "MACs",
+                "zero-ins. MACs"),
         ]
         per_output = (self.in_channels // self.groups) * self.out_channels * self.batch
+        kernel_taps = plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
         for phase in plan.phases:
-            lines.append("{:<9}  {:<30}  {:<27}  {:>9}  {:>4}  {:>14,}".format(
+            lines.append("{:<9}  {:<24}  {:<20}  {:>8}  {:>4}  {:>14,}  {:>15,}".format(
                 "({},{},{})".format(*phase.index), _taps_text(phase), _slice_text(phase, plan),
                 phase.num_outputs, phase.num_taps,
-                per_output * phase.num_outputs * phase.num_taps))
+                per_output * phase.num_outputs * phase.num_taps,
+                per_output * phase.num_outputs * kernel_taps))
         lines += [
             "",
             "MACs: phase method {:,} vs zero-insertion {:,}: {:.1%} saved ({:.2f}x fewer)"

@@ -32,8 +32,8 @@ def choose(device: torch.device, requested: Optional[str] = None) -> EngineChoic
                          f"{('auto',) + ENGINES}")
     if name == "auto":
         if device.type == "cuda":
-            return EngineChoice("cuda", "custom CUDA phase kernel (default for CUDA tensors)")
-        return EngineChoice("reference", f"pure-torch phase engine (default on {device.type})")
+            return EngineChoice("cuda", "custom CUDA phase kernel, the default for CUDA tensors")
+        return EngineChoice("reference", f"pure-torch phase engine, the default on {device.type}")
     source = "engine= argument" if requested else f"${ENGINE_ENV}"
     if name == "cuda" and device.type != "cuda":
         raise ValueError(f"engine: the cuda engine needs CUDA tensors, got tensors on {device} "
