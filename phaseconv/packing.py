@@ -50,6 +50,43 @@ def pack_conv3d_phases(weight: torch.Tensor, groups: int, stride: Triple, paddin
     return tuple(out)
 
 
+def unpack_conv3d_phases(phase_grads, weight_shape, groups: int, stride: Triple,
+                         padding: Triple, dilation: Triple) -> torch.Tensor:
+    """The inverse of :func:`pack_conv3d_phases`: scatter per-phase (C_out, C_in/g, Td, Th, Tw)
+    tensors back into the transposed weight's layout (C_in, C_out/g, kD, kH, kW).
+
+    Every tap belongs to exactly one phase, so this is a plain scatter with no sums:
+    ``unpack(pack(w)) == w``.  An entry may be None (a phase with no taps, or one whose
+    gradient is known to be zero); its taps come back as zeros.  The reference engine's
+    weight gradient is ``unpack(grad_weight_phases(...))``; differentiable in the entries.
+    """
+    c_in, c_out_g = int(weight_shape[0]), int(weight_shape[1])
+    kernel = tuple(int(k) for k in weight_shape[2:])
+    phase_taps = kernel_phase_taps(kernel, stride, padding, dilation)
+    if len(phase_grads) != len(phase_taps):
+        raise ValueError(f"unpack_conv3d_phases: got {len(phase_grads)} phases, the geometry "
+                         f"has {len(phase_taps)}")
+    template = next((g for g in phase_grads if g is not None), None)
+    if template is None:
+        return torch.zeros((c_in, c_out_g) + kernel)
+    c_in_g = c_in // groups
+    # Work in conv3d's layout (C_out, C_in/g, k...), the one the phases are packed in.
+    w = template.new_zeros((groups * c_out_g, c_in_g) + kernel)
+    for taps, g in zip(phase_taps, phase_grads):
+        if g is None or not all(taps):
+            continue
+        expected = (groups * c_out_g, c_in_g) + tuple(len(t) for t in taps)
+        if tuple(g.shape) != expected:
+            raise ValueError(f"unpack_conv3d_phases: a phase with taps {taps} needs shape "
+                             f"{expected}, got {tuple(g.shape)}")
+        td, th, tw = (torch.tensor(t, dtype=torch.long, device=w.device) for t in taps)
+        # The index tensors broadcast to (Td, Th, Tw): the phase's taps in offset order.
+        w[:, :, td.view(-1, 1, 1), th.view(1, -1, 1), tw.view(1, 1, -1)] = g
+    # (G*C_out/g, C_in/g, k...) -> (G, C_out/g, C_in/g, k...) -> (C_in, C_out/g, k...)
+    w = w.reshape((groups, c_out_g, c_in_g) + kernel).transpose(1, 2)
+    return w.reshape((c_in, c_out_g) + kernel)
+
+
 class PhaseCache:
     """Holds one packed weight and knows when it went stale.
 

@@ -52,3 +52,140 @@ def forward(x: torch.Tensor, phase_weights, bias: Optional[torch.Tensor], plan: 
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1, 1)
     return out
+
+
+# --- Backward, phase by phase ------------------------------------------------------------------
+#
+# The forward above is linear in the input and in the weight, and each phase is an ordinary
+# stride-1 conv3d of a window of the input with a sub-kernel.  So the backward splits the same
+# way: per phase, the gradient of that small conv3d, read off the phase's strided slice of
+# ``grad_out``.  Nothing below multiplies an inserted zero either.
+
+
+def _phase_slice(grad_out: torch.Tensor, phase, stride) -> torch.Tensor:
+    """``grad_out[:, :, rd::sd, rh::sh, rw::sw]``: the outputs owned by ``phase`` (its shape
+    is ``phase.out_shape``)."""
+    rd, rh, rw = phase.index
+    return grad_out[:, :, rd::stride[0], rh::stride[1], rw::stride[2]]
+
+
+def grad_input(grad_out: torch.Tensor, phase_weights, plan: PhasePlan, groups: int,
+               in_channels: int) -> torch.Tensor:
+    """Gradient of :func:`forward` with respect to its batched input ``x`` (N, C_in, D, H, W).
+
+    **The whole operator.**  Along one axis the transposed convolution scatters
+    ``y[i*s - p + k*d] += w[k] x[i]`` (channels and groups ride along as a matrix product per
+    tap).  Its adjoint with respect to ``x`` gathers along the same edges::
+
+        grad_x[i] = sum_k  w[k] . grad_y[i*s - p + k*d]      (terms outside [0, L_out) are 0)
+
+    which is, term for term, an ordinary *strided* convolution (a cross-correlation, no flip)
+    of ``grad_y`` with stride ``s``, padding ``p`` and dilation ``d``.  The transposed weight
+    (C_in, C_out/g, k...) is already in conv3d's (out_channels, in_channels/g, k...) layout,
+    so in 3-D::
+
+        grad_input = F.conv3d(grad_out, weight, stride=s, padding=p, dilation=d,
+                              groups=g)[..., :D, :H, :W]
+
+    (the crop only matters when ``output_padding >= stride``, possible when ``d > s``: conv3d
+    then yields ``floor(output_padding / s)`` extra rows per axis that no input owns).
+
+    **Split by output residue.**  For a fixed tap ``k`` every input lands on the same output
+    residue ``r = (k*d - p) mod s``, i.e. every tap reads exactly one phase of ``grad_y``.
+    Grouping the sum over ``k`` by phase and writing ``o = r + s*j`` with ``j = i - offset_k``
+    (``offset_k = (r + p - k*d) / s``, the forward's offset table)::
+
+        grad_x[i] = sum_r  sum_{t}  w[k_t] . grad_y_r[i - offset_{k_t}],
+        grad_y_r[j] = grad_y[r + s*j],   offset_{k_t} = offset_{k_0} + t * phase_dilation
+
+    The inner sum is a stride-1 transposed convolution (a "full" correlation) of the phase
+    slice ``grad_y_r`` with the phase's sub-kernel at the phase dilation; its result index
+    ``m`` is input ``i = m + offset_{k_0}``, so it covers exactly the forward's input window
+    ``[offsets[0], offsets[-1] + count)``.  Cropping that window to ``[0, L)`` (the rest was
+    zero padding in the forward) and summing over phases is the strided convolution above,
+    each of its multiply-adds done once (the strided convolution multiplies no inserted zeros
+    either; the split lets the backward reuse the forward's packed sub-kernels and windows).
+
+    ``phase_weights`` is :func:`phaseconv.packing.pack_conv3d_phases`'s output for the same
+    geometry.  Returns (N, in_channels, D, H, W).
+    """
+    n = grad_out.shape[0]
+    grad_x = grad_out.new_zeros((n, in_channels) + plan.in_shape)
+    for phase, w in zip(plan.phases, phase_weights):
+        if w is None or phase.num_outputs == 0 or not phase.reads_input:
+            continue
+        g = _phase_slice(grad_out, phase, plan.stride)
+        # (N, C_out, counts) -> (N, C_in, window): conv_transpose3d reads w (C_out, C_in/g, T)
+        # as (its in_channels, its out_channels / groups, T).
+        win = F.conv_transpose3d(g, w, None, 1, 0, 0, groups, phase.phase_dilation)
+        src, dst = [slice(None), slice(None)], [slice(None), slice(None)]
+        for axis, size in zip(phase.axes, plan.in_shape):
+            start, stop = axis.input_window
+            lo, hi = max(start, 0), min(stop, size)
+            src.append(slice(lo - start, hi - start))
+            dst.append(slice(lo, hi))
+        grad_x[tuple(dst)] += win[tuple(src)]
+    return grad_x
+
+
+def grad_weight_phases(x: torch.Tensor, grad_out: torch.Tensor, plan: PhasePlan, groups: int,
+                       out_channels: int, weight_shape: Sequence[int]):
+    """Per phase, the gradient of :func:`forward` with respect to that phase's sub-kernel, in
+    :func:`phaseconv.packing.pack_conv3d_phases`'s layout (C_out, C_in/g, Td, Th, Tw); None
+    where the phase has no taps (where packing gives None).  Feed the result to
+    :func:`phaseconv.packing.unpack_conv3d_phases` for the gradient of the original weight.
+
+    A phase computes ``y_r[n, o, j] = sum_{c, t} w_r[o, c, t] window[n, c, j + t*pd]`` (``pd``
+    the phase dilation, ``c`` over the group of ``o``), so::
+
+        grad_w_r[o, c, t] = sum_{n, j} grad_y_r[n, o, j] * window[n, c, j + t*pd]
+
+    a correlation of the input window with the phase slice of ``grad_out``, reduced over batch
+    and space.  One ``einsum`` per tap does that reduction (plain torch ops, no scatter and no
+    atomics).  A phase with taps whose window misses the input, or that owns no outputs, gets
+    zeros: its taps never touch real data.  ``x`` is the batched input (N, C_in, D, H, W) and
+    ``weight_shape`` the transposed weight's shape (C_in, C_out/g, kD, kH, kW).
+    """
+    n, c_in = x.shape[:2]
+    c_in_g = c_in // groups
+    c_out_g = out_channels // groups
+    if tuple(weight_shape[:2]) != (c_in, c_out_g) or tuple(weight_shape[2:]) != plan.kernel:
+        raise ValueError(f"weight_shape {tuple(weight_shape)} does not match the input "
+                         f"({c_in} channels), out_channels={out_channels}, groups={groups} "
+                         f"and the plan's kernel {plan.kernel}")
+    out = []
+    for phase in plan.phases:
+        tap_shape = phase.tap_shape
+        if not all(tap_shape):
+            out.append(None)
+            continue
+        grad_w = x.new_zeros((out_channels, c_in_g) + tap_shape)
+        window = None
+        if phase.num_outputs and n:
+            window = _phase_window(x, phase.axes)
+        if window is None:
+            out.append(grad_w)
+            continue
+        counts = phase.out_shape
+        # (N, G, C_out/g, S) and, per tap, (N, G, C_in/g, S) with S the phase's outputs.
+        g = _phase_slice(grad_out, phase, plan.stride).reshape(n, groups, c_out_g, -1)
+        window = window.reshape((n, groups, c_in_g) + tuple(window.shape[2:]))
+        pd = phase.phase_dilation
+        for td in range(tap_shape[0]):
+            for th in range(tap_shape[1]):
+                for tw in range(tap_shape[2]):
+                    patch = window[:, :, :,
+                                   td * pd[0]:td * pd[0] + counts[0],
+                                   th * pd[1]:th * pd[1] + counts[1],
+                                   tw * pd[2]:tw * pd[2] + counts[2]]
+                    patch = patch.reshape(n, groups, c_in_g, -1)
+                    grad_w[:, :, td, th, tw] = torch.einsum(
+                        "ngos,ngcs->goc", g, patch).reshape(out_channels, c_in_g)
+        out.append(grad_w)
+    return tuple(out)
+
+
+def grad_bias(grad_out: torch.Tensor) -> torch.Tensor:
+    """Gradient of :func:`forward` with respect to the bias: ``grad_out`` summed over batch
+    and space (C_out,).  Every output, bias-only phases included, carries the bias once."""
+    return grad_out.sum(dim=(0, 2, 3, 4))

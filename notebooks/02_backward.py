@@ -1,0 +1,274 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The backward pass in phase form
+#
+# Notebook 1 split the transposed convolution into one stride-1 correlation per output phase.
+# Training also needs the gradients with respect to the input and the weight. This notebook
+# derives both on one axis, shows that they split into phases along the *same* table (same
+# sub-kernels, same input windows, same phase dilation), and then checks the library's
+# pure-torch versions (`phaseconv.engines.reference.grad_input`, `grad_weight_phases`,
+# `grad_bias` and `phaseconv.packing.unpack_conv3d_phases`) against torch autograd in 3-D.
+#
+# Notation as in notebook 1: input length $L$, kernel $K$, stride $s$, padding $p$, dilation
+# $d$, output padding $q$, output length $L_\text{out}$; $g = \gcd(s, d)$. A phase $r$ owns
+# the outputs $o = r + s\,j$, $0 \le j < \text{count}_r$; its taps $k_0, k_1, \dots$ (ascending
+# offset) read input $j + \delta_{k_t}$ with $\delta_{k_t} = \delta_{k_0} + t\,d/g$.
+# $L$ is the training loss, $\bar y = \partial L / \partial y$ the incoming gradient.
+
+# %%
+import torch
+import torch.nn.functional as F
+
+from phaseconv.engines import reference
+from phaseconv.geometry import axis_plan, phase_plan
+from phaseconv.packing import pack_conv3d_phases, unpack_conv3d_phases
+
+torch.manual_seed(0)
+DT = torch.float64
+TOL = 1e-12  # relative; float64 round-off is ~1e-15, any indexing bug is O(1)
+
+
+def err(ours, ref):
+    """Max |error| relative to the reference's largest entry (absolute below 1)."""
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    if not ref.numel():
+        return 0.0
+    return (ours - ref).abs().max().item() / max(1.0, ref.abs().max().item())
+
+
+# %% [markdown]
+# ## 1. The input gradient: a gather, i.e. a strided convolution
+#
+# With one channel, the transposed convolution is a linear map $y = A x$ that scatters
+#
+# $$y[i s - p + k d] \mathrel{+}= w[k]\, x[i] \qquad (0 \le i < L,\ 0 \le k < K),$$
+#
+# dropping the terms that land outside $[0, L_\text{out})$. So $A[o, i] = w[k]$ exactly when
+# $o = i s - p + k d$. The input gradient is $\bar x = A^\top \bar y$: the same edges walked the
+# other way, a **gather**,
+#
+# $$\bar x[i] = \sum_{k} w[k]\; \bar y[i s - p + k d] \qquad (\bar y \text{ read as } 0
+# \text{ outside } [0, L_\text{out})).$$
+#
+# Read as a function of $i$, this is an ordinary cross-correlation of $\bar y$ with the
+# kernel (no flip) at **stride $s$, padding $p$, dilation $d$**: precisely the convolution
+# that the transposed convolution is the transpose of. With channels, $w[k]$ is a
+# $C_\text{in} \times C_\text{out}$ matrix and $A^\top$ uses its transpose; torch's
+# transposed weight $(C_\text{in}, C_\text{out}/\text{groups}, K)$ is already laid out as the
+# conv weight $(\text{out}, \text{in}/\text{groups}, K)$ of that convolution, groups
+# included. One detail: a strided convolution of $L_\text{out}$ samples returns
+# $L + \lfloor q / s \rfloor$ of them; torch allows $q \ge s$ when $d > s$, and the extra
+# rows (fed only by outputs beyond the scatter's reach) are dropped.
+
+# %%
+for cfg in [{"stride": 2, "padding": 2, "dilation": 1, "output_padding": 1},
+            {"stride": 2, "padding": 1, "dilation": 3, "output_padding": 2},  # q >= s
+            {"stride": 3, "padding": 3, "dilation": 2, "output_padding": 1, "groups": 2}]:
+    x = torch.randn(2, 4, 7, dtype=DT, requires_grad=True)
+    w = torch.randn(4, 3, 5, dtype=DT)
+    y = F.conv_transpose1d(x, w, **cfg)
+    gy = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, gy)
+    conv = F.conv1d(gy, w, stride=cfg["stride"], padding=cfg["padding"],
+                    dilation=cfg["dilation"], groups=cfg.get("groups", 1))
+    print(f"{cfg}: conv1d gives {conv.shape[-1]} rows for L={x.shape[-1]}, "
+          f"error = {err(conv[..., :x.shape[-1]], gx):.1e}")
+    assert err(conv[..., :x.shape[-1]], gx) < TOL
+
+# %% [markdown]
+# ## 2. Split by residue: one stride-1 transposed correlation per phase
+#
+# The strided convolution above still visits, for every $i$, all $K$ taps; the output index
+# $i s - p + k d$ they read has residue $r = (k d - p) \bmod s$, which depends on $k$ only.
+# So each tap reads exactly one phase of $\bar y$, the phase that owns the tap in the forward
+# ($k d \equiv r + p \pmod s$ is the same condition). Group the sum by phase and write the
+# read position as $r + s j$, so $j = i - \delta_k$:
+#
+# $$\bar x[i] = \sum_r \sum_t w[k_t]\; \bar y_r[i - \delta_{k_t}], \qquad
+# \bar y_r[j] = \bar y[r + s j],\quad \delta_{k_t} = \delta_{k_0} + t\, d/g .$$
+#
+# With $m = i - \delta_{k_0}$ the inner sum is $\sum_t w[k_t]\, \bar y_r[m - t\,d/g]$: a
+# **stride-1 transposed convolution** (a "full" correlation) of the phase slice $\bar y_r$
+# with the phase's sub-kernel at the phase dilation $d/g$, i.e. exactly the adjoint of the
+# forward phase's stride-1 correlation. Its result has
+# $\text{count}_r + (T_r - 1)\,d/g$ entries, $m = 0$ being input $\delta_{k_0}$: it covers the
+# forward's input window $[\delta_{k_0}, \delta_{k_\text{last}} + \text{count}_r)$. Crop that
+# window to $[0, L)$ (the rest was zero padding in the forward, whose gradient is discarded)
+# and add the phases up. Every term of the strided convolution appears exactly once. (The
+# strided convolution on its own multiplies no inserted zeros either; what the split buys is
+# that the backward runs on the forward's own packed sub-kernels, input windows and phase
+# slices, so one phase kernel can serve both directions.) Phases without taps or outputs
+# contribute nothing.
+
+# %% [markdown]
+# The same in code, straight from the `axis_plan` table. The forward phase runs
+# `F.conv1d(window, sub)` with `sub = weight[:, :, taps].transpose(0, 1)` of shape
+# $(C_\text{out}, C_\text{in}, T)$ (notebook 1); its adjoint is `F.conv_transpose1d` with the
+# *same* tensor, which reads it as mapping $C_\text{out}$ channels back to $C_\text{in}$.
+
+
+# %%
+def phase_grad_input_1d(gy, weight, length, stride, padding, dilation, output_padding):
+    """Input gradient of conv_transpose1d (groups=1): one conv_transpose1d per phase."""
+    plan = axis_plan(length, weight.shape[-1], stride, padding, dilation=dilation,
+                     output_padding=output_padding)
+    gx = gy.new_zeros(gy.shape[0], weight.shape[0], length)
+    for ph in plan.phases:
+        if not ph.taps or ph.count == 0:
+            continue
+        sub = weight[:, :, list(ph.taps)].transpose(0, 1)  # the forward phase's conv1d weight
+        win = F.conv_transpose1d(gy[..., ph.first::stride], sub, dilation=ph.phase_dilation)
+        start, stop = ph.input_window
+        assert win.shape[-1] == stop - start  # exactly the forward's input window
+        lo, hi = max(start, 0), min(stop, length)
+        if hi > lo:
+            gx[..., lo:hi] += win[..., lo - start:hi - start]
+    return gx
+
+
+# %% [markdown]
+# ## 3. The weight gradient: a correlation of the input with a phase slice
+#
+# Differentiating the scatter with respect to $w[k]$ collects every edge that uses tap $k$:
+#
+# $$\bar w[k] = \sum_i x[i]\; \bar y[i s - p + k d]$$
+#
+# (with channels, $x[i]\,\bar y[\cdot]^\top$, an outer product; summed over the batch too).
+# Tap $k$ belongs to exactly one phase $r$, and with $i = j + \delta_k$ the read position is
+# $r + s j$:
+#
+# $$\bar w[k] = \sum_j \bar y_r[j]\; x[j + \delta_k], \qquad k = k_t,\ \delta_k =
+# \delta_{k_0} + t\,d/g .$$
+#
+# That is the correlation of the input with the phase slice $\bar y_r$ evaluated at lag
+# $\delta_k$: for the forward phase $y_r[j] = \sum_t w[k_t]\,\text{window}[j + t\,d/g]$ it is
+# just $\partial L / \partial w[k_t] = \sum_j \bar y_r[j]\,\text{window}[j + t\,d/g]$, the
+# weight gradient of an ordinary stride-1 correlation, computed on the phase's input window
+# (zero-padded as in the forward) and reduced over $j$ and the batch. The result for sub-kernel
+# entry $t$ belongs at kernel index $k_t$ of the original layout. Because the phases partition
+# the taps, putting the per-phase results back is a pure scatter, no sums: it is the inverse
+# of packing (`unpack_conv3d_phases`). A tap whose phase owns no outputs, or whose reads all
+# fall in the padding, gets exactly zero.
+#
+# The bias is added once to every output, so $\bar b = \sum_{n, o} \bar y[n, :, o]$.
+
+
+# %%
+def phase_grad_weight_1d(x, gy, kernel, stride, padding, dilation, output_padding):
+    """Weight gradient of conv_transpose1d (groups=1) in the original (C_in, C_out, K) layout."""
+    length = x.shape[-1]
+    plan = axis_plan(length, kernel, stride, padding, dilation=dilation,
+                     output_padding=output_padding)
+    gw = x.new_zeros(x.shape[1], gy.shape[1], kernel)
+    margin = kernel * dilation + padding + stride  # more than any read leaves [0, L) by
+    xp = F.pad(x, (margin, margin))  # reads outside [0, L) see zeros
+    for ph in plan.phases:
+        gr = gy[..., ph.first::stride]  # (N, C_out, count)
+        for k, off in zip(ph.taps, ph.offsets):
+            start = off + margin
+            gw[:, :, k] = torch.einsum("nij,noj->io", xp[..., start:start + ph.count], gr)
+    return gw
+
+
+worst, n_cfg = 0.0, 0
+for s in range(1, 5):
+    for d in range(1, 4):
+        for k in range(1, 6):
+            for p in range(4):
+                for q in range(max(s, d)):
+                    for length in (1, 3):
+                        cfg = {"stride": s, "padding": p, "dilation": d, "output_padding": q}
+                        if axis_plan(length, k, s, p, dilation=d, output_padding=q).out_size <= 0:
+                            continue
+                        x = torch.randn(2, 3, length, dtype=DT, requires_grad=True)
+                        w = torch.randn(3, 2, k, dtype=DT, requires_grad=True)
+                        y = F.conv_transpose1d(x, w, **cfg)
+                        gy = torch.randn_like(y)
+                        gx, gw = torch.autograd.grad(y, (x, w), gy)
+                        e_x = err(phase_grad_input_1d(gy, w.detach(), length, **cfg), gx)
+                        e_w = err(phase_grad_weight_1d(x.detach(), gy, k, **cfg), gw)
+                        worst = max(worst, e_x, e_w)
+                        n_cfg += 1
+print(f"1-D sweep: {n_cfg} configurations, worst error (input and weight) = {worst:.1e}")
+assert worst < TOL
+
+# %% [markdown]
+# ## 4. Three dimensions and groups
+#
+# The scatter condition holds per axis, so a 3-D phase is a triple of axis phases and
+# everything above factors: the phase slice is `grad_out[:, :, rd::sd, rh::sh, rw::sw]`, the
+# adjoint of the phase is `F.conv_transpose3d(slice, w_phase, stride=1,
+# dilation=phase_dilation, groups=groups)` over the 3-D input window, and
+#
+# $$\bar w[k_d, k_h, k_w] = \sum_{n,\,j_d, j_h, j_w} \bar y_r[n, :, j]\;
+# x[n, :, j_d + \delta_{k_d}, j_h + \delta_{k_h}, j_w + \delta_{k_w}]$$
+#
+# per 3-D tap. Groups change nothing in the geometry: each group is an independent
+# transposed convolution on its own channel block, so in the weight gradient output channel
+# $o$ only meets the input channels of its own group. The library keeps the packed layout
+# $(C_\text{out}, C_\text{in}/\text{groups}, T_d, T_h, T_w)$, where a group is a contiguous
+# block of output rows, and computes each tap as one `einsum` over (batch, space) per group.
+#
+# The library's versions, against torch autograd: the founding layer's geometry on a small
+# input, a mixed geometry (kernel < stride, $\gcd(s, d) > 1$, padding beyond the kernel
+# extent, $q \ge s$), and an empty batch.
+
+# %%
+geometries = {
+    "founding layer (small input)": dict(
+        x=(1, 32, 3, 4, 5), kernel=(3, 5, 7), stride=(2, 2, 2), padding=(1, 2, 3),
+        output_padding=(1, 1, 1), dilation=(1, 1, 1), groups=4, out_channels=32),
+    "mixed": dict(
+        x=(2, 4, 3, 4, 2), kernel=(2, 3, 3), stride=(3, 2, 2), padding=(0, 5, 2),
+        output_padding=(2, 1, 2), dilation=(1, 2, 3), groups=2, out_channels=6),
+    "empty batch": dict(
+        x=(0, 4, 2, 3, 2), kernel=(3, 3, 3), stride=(2, 2, 2), padding=(1, 1, 1),
+        output_padding=(1, 0, 1), dilation=(1, 1, 1), groups=1, out_channels=2),
+}
+for name, g in geometries.items():
+    c_in, groups, c_out = g["x"][1], g["groups"], g["out_channels"]
+    conv = {key: g[key] for key in ("stride", "padding", "output_padding", "dilation", "groups")}
+    x = torch.randn(g["x"], dtype=DT, requires_grad=True)
+    w = torch.randn((c_in, c_out // groups) + g["kernel"], dtype=DT, requires_grad=True)
+    b = torch.randn(c_out, dtype=DT, requires_grad=True)
+    y = F.conv_transpose3d(x, w, b, **conv)
+    gy = torch.randn_like(y)
+    gx_ref, gw_ref, gb_ref = torch.autograd.grad(y, (x, w, b), gy, allow_unused=True)
+    if gx_ref is None:  # autograd's zero for an empty batch
+        gx_ref, gw_ref = torch.zeros_like(x), torch.zeros_like(w)
+
+    plan = phase_plan(g["x"][2:], g["kernel"], g["stride"], g["padding"],
+                      dilation=g["dilation"], output_padding=g["output_padding"])
+    packed = pack_conv3d_phases(w.detach(), groups, g["stride"], g["padding"], g["dilation"])
+    gx = reference.grad_input(gy, packed, plan, groups, c_in)
+    per_phase = reference.grad_weight_phases(x.detach(), gy, plan, groups, c_out, w.shape)
+    gw = unpack_conv3d_phases(per_phase, w.shape, groups, g["stride"], g["padding"],
+                              g["dilation"])
+    gb = reference.grad_bias(gy)
+    errors = (err(gx, gx_ref), err(gw, gw_ref), err(gb, gb_ref))
+    shapes = sorted({tuple(t.shape[2:]) for t in per_phase if t is not None})
+    print(f"{name}: output {tuple(y.shape)}, {len(plan.phases)} phases, sub-kernels {shapes}; "
+          f"error input {errors[0]:.1e}, weight {errors[1]:.1e}, bias {errors[2]:.1e}")
+    assert max(errors) < TOL
+
+# %% [markdown]
+# ## 5. Cost
+#
+# Each backward product does one multiply-add per (output, tap of its phase) pair and per
+# channel pair, the forward's count (`PhasePlan.macs_per_sample`); the zero-insertion method's
+# backward, like its forward, would spend $1 - 1/(s_d s_h s_w)$ of its work on inserted zeros.
+# The weight gradient is a reduction over batch and space; here it is a fixed sequence of
+# dense torch ops (one `einsum` per tap), with no scatter-adds.
