@@ -88,6 +88,9 @@ def bench_shape(spec, dtype, reps, check=True):
         del ref
     del y
     row["ours_us"], row["ours_min_us"] = time_fn(ours, reps)
+    if "allphase" in row["config"]:
+        row["perphase_us"], _ = time_fn(
+            lambda: cuda.forward(x, packed, None, plan, g, cout, force_path=4), reps)
     if dtype == torch.float32 and "mma" in row["config"]:
         row["simt_us"], _ = time_fn(
             lambda: cuda.forward(x, packed, None, plan, g, cout, force_path=1), reps)
@@ -106,6 +109,7 @@ def small_cases():
         (1, 3, 5, 1, (1, 2, 1), 3, 4, (3, 2, 1), (3, 2, 1), 3, False),
         (1, 6, 6, 6, (4, 4, 4), 4, 2, 1, 0, 1, True),
         (1, 32, 24, 1, (3, 3, 3), 4, 2, 1, 0, (1, 2, 1), True),
+        (1, 10, 15, 1, (3, 5, 4), (3, 4, 2), (2, 3, 1), (1, 2, 0), (1, 2, 0), (1, 2, 1), True),
     ]
     worst = 0.0
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
@@ -118,7 +122,7 @@ def small_cases():
                                      s, p, op, g, d)
             plan = phase_plan(tuple(dhw), k, s, p, dilation=d, output_padding=op)
             packed = cuda.pack(w, g, s, p, d)
-            for path in (0, 1, 2, 3):
+            for path in (0, 1, 2, 3, 4):
                 y = cuda.forward(x, packed, b, plan, g, cout, force_path=path)
                 err = ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1)).item()
                 worst = max(worst, err if dtype in (torch.float32, torch.float64) else 0.0)
@@ -153,16 +157,17 @@ def main():
             row = bench_shape(SHAPES[i], DTYPES[dname], args.reps, check=not args.no_check)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    lines = ["{:<9} {:<9} {:>10} {:>10} {:>8} {:>9} {:>10} {:>6} {:>9}".format(
+    lines = ["{:<9} {:<9} {:>10} {:>10} {:>8} {:>9} {:>10} {:>6} {:>9} {:>9}".format(
         "shape", "dtype", "ours_us", "cudnn_us", "speedup", "GFLOP/s", "rel_err", "ok",
-        "simt_us")]
+        "simt_us", "perphase_us")]
     for r in rows:
         ok = r.get("allclose_1e-5")
         lines.append("{:<9} {:<9} {:>10.1f} {:>10.1f} {:>8.2f} {:>9.0f} {:>10.2e} {:>6} "
-                     "{:>9}".format(
+                     "{:>9} {:>9}".format(
             r["shape"], r["dtype"], r["ours_us"], r["cudnn_us"], r["speedup"], r["gflops_ours"],
             r.get("rel_err", float("nan")), "" if ok is None else str(ok),
-            "{:.1f}".format(r["simt_us"]) if "simt_us" in r else ""))
+            "{:.1f}".format(r["simt_us"]) if "simt_us" in r else "",
+            "{:.1f}".format(r["perphase_us"]) if "perphase_us" in r else ""))
     table = "\n".join(lines)
     print(table)
     out = os.environ.get("OUT")

@@ -44,7 +44,9 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
                                const std::vector<int64_t>& stride,
                                const std::vector<int64_t>& phase_dilation,
                                const std::vector<int64_t>& max_taps, int64_t total_taps,
-                               int64_t groups, int64_t out_channels, int64_t force_path) {
+                               int64_t groups, int64_t out_channels, int64_t force_path,
+                               const c10::optional<torch::Tensor>& wmma,
+                               const std::vector<int64_t>& union_box) {
   TORCH_CHECK(x.is_cuda(), "phaseconv cuda engine: the input must be a CUDA tensor, got one on ",
               x.device(), ".");
   TORCH_CHECK(x.dim() == 5, "phaseconv cuda engine: the input must be 5-D (N, C_in, D, H, W), "
@@ -106,7 +108,34 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
   TORCH_CHECK(c_in < int_max && out_channels < int_max, "phaseconv cuda engine: channel counts "
               "must be below 2^31.");
 
+  // optional tensor-core weight layout (see phase_conv_fwd.cuh) and the phases' union window
+  const void* wmma_ptr = nullptr;
+  if (wmma.has_value() && wmma->defined() && wmma->numel() > 0 &&
+      x.scalar_type() != torch::kFloat64) {
+    const torch::Tensor& wm = *wmma;
+    TORCH_CHECK(wm.device() == x.device() && wm.scalar_type() == x.scalar_type() &&
+                wm.dim() == 1 && wm.is_contiguous(), "phaseconv cuda engine: the tensor-core "
+                "weight must be a contiguous 1-D tensor with the input's dtype and device.");
+    const int64_t cg = x.element_size() == 4 ? 4 : 8;
+    const int64_t gcount = (c_in / groups + cg - 1) / cg;
+    const int64_t want_m = groups * (out_channels / groups) * total_taps * gcount * cg;
+    TORCH_CHECK(wm.numel() == want_m, "phaseconv cuda engine: the tensor-core weight has ",
+                wm.numel(), " elements but ", want_m, " are expected (was it packed for "
+                "another layer or dtype?).");
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(wm.data_ptr()) % 16 == 0, "phaseconv cuda "
+                "engine: the tensor-core weight must be 16-byte aligned.");
+    wmma_ptr = wm.data_ptr();
+  }
+  TORCH_CHECK(union_box.size() == 6, "phaseconv cuda engine: union_box must have 6 entries.");
+  for (int d = 3; d < 6; ++d) {
+    TORCH_CHECK(union_box[d] >= 0 && union_box[d] < (int64_t)1 << 20, "phaseconv cuda engine: "
+                "bad union_box ", union_box, ".");
+  }
+
   PhaseConvFwdParams p;
+  p.weight_mma = wmma_ptr;
+  p.union_lo_d = union_box[0]; p.union_lo_h = union_box[1]; p.union_lo_w = union_box[2];
+  p.union_ext_d = union_box[3]; p.union_ext_h = union_box[4]; p.union_ext_w = union_box[5];
   p.x = x.data_ptr();
   p.weight = wpack.data_ptr();
   p.bias = (bias.has_value() && bias->defined()) ? bias->data_ptr() : nullptr;
@@ -129,9 +158,12 @@ torch::Tensor phase_conv_fwd_binding(const torch::Tensor& x, const torch::Tensor
                                      std::vector<int64_t> out_size, std::vector<int64_t> stride,
                                      std::vector<int64_t> phase_dilation,
                                      std::vector<int64_t> max_taps, int64_t total_taps,
-                                     int64_t groups, int64_t out_channels, int64_t force_path) {
+                                     int64_t groups, int64_t out_channels, int64_t force_path,
+                                     const c10::optional<torch::Tensor>& wmma,
+                                     std::vector<int64_t> union_box) {
   PhaseConvFwdParams p = make_params(x, wpack, table, bias, out_size, stride, phase_dilation,
-                                     max_taps, total_taps, groups, out_channels, force_path);
+                                     max_taps, total_taps, groups, out_channels, force_path,
+                                     wmma, union_box);
   const c10::cuda::CUDAGuard guard(x.device());
   torch::Tensor y = torch::empty({x.size(0), out_channels, out_size[0], out_size[1], out_size[2]},
                                  x.options());
@@ -150,9 +182,11 @@ std::string describe_binding(const torch::Tensor& x, const torch::Tensor& wpack,
                              std::vector<int64_t> out_size, std::vector<int64_t> stride,
                              std::vector<int64_t> phase_dilation, std::vector<int64_t> max_taps,
                              int64_t total_taps, int64_t groups, int64_t out_channels,
-                             int64_t force_path) {
+                             int64_t force_path, const c10::optional<torch::Tensor>& wmma,
+                             std::vector<int64_t> union_box) {
   PhaseConvFwdParams p = make_params(x, wpack, table, bias, out_size, stride, phase_dilation,
-                                     max_taps, total_taps, groups, out_channels, force_path);
+                                     max_taps, total_taps, groups, out_channels, force_path,
+                                     wmma, union_box);
   const c10::cuda::CUDAGuard guard(x.device());
   char buf[512];
   phase_conv_fwd_describe(p, dtype_code_of(x), buf, (int)sizeof(buf));
@@ -168,10 +202,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("wpack"), py::arg("table"), py::arg("bias"), py::arg("out_size"),
         py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
         py::arg("total_taps"), py::arg("groups"), py::arg("out_channels"),
-        py::arg("force_path") = 0);
+        py::arg("force_path") = 0, py::arg("wmma") = py::none(),
+        py::arg("union_box") = std::vector<int64_t>{0, 0, 0, 0, 0, 0});
   m.def("describe", &describe_binding, "The kernel configuration phase_conv_fwd would use.",
         py::arg("x"), py::arg("wpack"), py::arg("table"), py::arg("bias"), py::arg("out_size"),
         py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
         py::arg("total_taps"), py::arg("groups"), py::arg("out_channels"),
-        py::arg("force_path") = 0);
+        py::arg("force_path") = 0, py::arg("wmma") = py::none(),
+        py::arg("union_box") = std::vector<int64_t>{0, 0, 0, 0, 0, 0});
 }

@@ -738,6 +738,329 @@ mma_kernel(const MmaArgs a) {
   }
 }
 
+// ---------------------------------------------------------------- all-phase tensor-core kernel
+// One block computes EVERY phase of one tile of the phase grid (TD x TH x TW phase-local
+// voxels, the same j range for all phases), for one (batch, group, block of C_out/g).  The
+// input halo of the union of the phases' windows is staged once (channels-last, as above) and
+// serves all phases; the per-phase half-step offsets are built once per block (they depend on
+// no tile), and the weights (pre-laid out by pack() as 16-byte rows [g][tap][grp][co][CG]) are
+// copied with 16-byte loads and re-staged only when (group, C_out block) changes.  Needs the
+// whole C_in/g in one chunk.  The phases' outputs of a tile interleave in the same sectors
+// and are written back to back, so L2 merges them.
+#define PHASECONV_ALLPH_MAXPH 32
+struct AllArgs {
+  const void* x;
+  const void* wm;           // pack()'s tensor-core weight layout
+  const void* bias;
+  void* y;
+  const int64_t* table;
+  int64_t nbatch;
+  int c_in, c_out, cin_g, cout_g;
+  int in_d, in_h, in_w, out_d, out_h, out_w;
+  int sd, sh, sw, pdd, pdh, pdw;
+  int num_phases;
+  int TD, TH, TW, lg_tw, lg_thw;  // tile (powers of two), TD*TH*TW == BM
+  int hd, hh, hw;                 // union halo
+  int ulo_d, ulo_h, ulo_w;        // union's first input offset per axis
+  int tiles_w, tiles_h, tiles_d, co_blocks;
+  int G;                          // 16-byte channel groups covering C_in/g
+  int x_bytes, w_bytes;
+  int64_t total_blocks, per_cta;
+};
+
+// fp32 (3xTF32) small tiles are shared-memory limited to ~3-4 blocks: give them registers.
+template <typename T, int MT, int NT, int THREADS> struct AllMinBlocks {
+  enum { value = (MT * NT <= 4) ? (sizeof(T) == 4 ? 4 : 6) : (THREADS >= 256 ? 1 : 3) };
+};
+
+template <typename T, int MT, int NT, int WARPS_M, int WARPS_N>
+__global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
+                                  (AllMinBlocks<T, MT, NT, WARPS_M * WARPS_N * 32>::value))
+mma_allph_kernel(const AllArgs a) {
+  constexpr int CG = MmaT<T>::CG;
+  constexpr int NTHR = WARPS_M * WARPS_N * 32;
+  constexpr int BN = WARPS_N * NT * 8;
+  constexpr bool TF32 = sizeof(T) == 4;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ int s_pi[PHASECONV_ALLPH_MAXPH][8];  // rd rh rw cd ch cw hbase nh2
+  unsigned char* s_x = smem_raw;
+  unsigned char* s_w = smem_raw + a.x_bytes;
+  int* s_hoff = reinterpret_cast<int*>(smem_raw + a.x_bytes + a.w_bytes);
+  const uint32_t sx_addr = (uint32_t)__cvta_generic_to_shared(s_x);
+  const uint32_t sw_addr = (uint32_t)__cvta_generic_to_shared(s_w);
+
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ wm = static_cast<const T*>(a.wm);
+  const T* __restrict__ bias = static_cast<const T*>(a.bias);
+  T* __restrict__ y = static_cast<T*>(a.y);
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wm_ = warp % WARPS_M;
+  const int wn = warp / WARPS_M;
+  const int G = a.G;
+  const int rowstride = G * 16 + ((G & 1) ? 0 : 16);  // odd multiple of 16 bytes
+  const int np = a.num_phases;
+  const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
+  const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  const int hhw = a.hh * a.hw;
+  const int npos = a.hd * hhw;
+  const int thw_mask = (1 << a.lg_thw) - 1, tw_mask = a.TW - 1;
+
+  // ---- prologue (once per CTA): phase table, half-step bases, half-step offsets
+  if (warp == 0) {
+    int nh2 = 0;
+    int info[6] = {0, 0, 0, 0, 0, 0};
+    if (lane < np) {
+      const int64_t* e = a.table + (int64_t)lane * PHASECONV_TABLE_STRIDE;
+      info[0] = (int)ldg_i64(e + PT_RES_D); info[1] = (int)ldg_i64(e + PT_RES_H);
+      info[2] = (int)ldg_i64(e + PT_RES_W);
+      info[3] = axis_count(a.out_d, info[0], a.sd);
+      info[4] = axis_count(a.out_h, info[1], a.sh);
+      info[5] = axis_count(a.out_w, info[2], a.sw);
+      const int taps = (int)(ldg_i64(e + PT_TAPS_D) * ldg_i64(e + PT_TAPS_H) *
+                             ldg_i64(e + PT_TAPS_W));
+      nh2 = (taps * G + 1) & ~1;
+    }
+    int incl = nh2;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    if (lane < np) {
+#pragma unroll
+      for (int k = 0; k < 6; ++k) s_pi[lane][k] = info[k];
+      s_pi[lane][6] = incl - nh2;
+      s_pi[lane][7] = nh2;
+    }
+  }
+  __syncthreads();
+  for (int p = 0; p < np; ++p) {
+    const int nh2 = s_pi[p][7];
+    if (nh2 == 0) continue;
+    const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+    const int Th = (int)ldg_i64(e + PT_TAPS_H), Tw = (int)ldg_i64(e + PT_TAPS_W);
+    const int od = (int)ldg_i64(e + PT_OFF_D) - a.ulo_d;
+    const int oh = (int)ldg_i64(e + PT_OFF_H) - a.ulo_h;
+    const int ow = (int)ldg_i64(e + PT_OFF_W) - a.ulo_w;
+    const int nh = (int)(ldg_i64(e + PT_TAPS_D) * Th * Tw) * G;
+    const int hbase = s_pi[p][6];
+    for (int h = tid; h < nh2; h += NTHR) {
+      int off = 0;
+      if (h < nh) {
+        const int tap = h / G, grp = h - tap * G;
+        const int tw_ = tap % Tw, q2 = tap / Tw;
+        const int th_ = q2 % Th, td_ = q2 / Th;
+        off = (((td_ * a.pdd + od) * a.hh + th_ * a.pdh + oh) * a.hw + tw_ * a.pdw + ow) *
+                  rowstride + grp * 16;
+      }
+      s_hoff[hbase + h] = off;
+    }
+  }
+
+  // ldmatrix row of this lane in each m tile (position in the union halo, no tap offset)
+  const int arow = (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int ahalf = lane >> 4;
+  int apos[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int m = (wm_ * MT + mt) * 16 + arow;
+    const int ld = m >> a.lg_thw;
+    const int rem = m & thw_mask;
+    const int lh = rem >> a.lg_tw;
+    const int lw = rem & tw_mask;
+    apos[mt] = ((ld * a.hh + lh) * a.hw + lw) * rowstride;
+  }
+
+  int last_gc = -1;  // (group, C_out block) whose weights are staged
+  const int64_t b_lo = (int64_t)blockIdx.x * a.per_cta;
+  int64_t b_hi = b_lo + a.per_cta;
+  if (b_hi > a.total_blocks) b_hi = a.total_blocks;
+  for (int64_t blk = b_lo; blk < b_hi; ++blk) {
+    int bw, bh, bd, cb, g;
+    int64_t n;
+    if (a.total_blocks <= 0xffffffffLL) {  // 32-bit decode: 64-bit division is slow
+      uint32_t r = (uint32_t)blk;
+      bw = (int)(r % (uint32_t)a.tiles_w); r /= (uint32_t)a.tiles_w;
+      bh = (int)(r % (uint32_t)a.tiles_h); r /= (uint32_t)a.tiles_h;
+      bd = (int)(r % (uint32_t)a.tiles_d); r /= (uint32_t)a.tiles_d;
+      n = (int64_t)(r % (uint32_t)a.nbatch); r /= (uint32_t)a.nbatch;
+      cb = (int)(r % (uint32_t)a.co_blocks); r /= (uint32_t)a.co_blocks;
+      g = (int)r;
+    } else {
+      int64_t r = blk;
+      bw = (int)(r % a.tiles_w); r /= a.tiles_w;
+      bh = (int)(r % a.tiles_h); r /= a.tiles_h;
+      bd = (int)(r % a.tiles_d); r /= a.tiles_d;
+      n = r % a.nbatch; r /= a.nbatch;
+      cb = (int)(r % a.co_blocks); r /= a.co_blocks;
+      g = (int)r;
+    }
+    const int d0 = bd * a.TD, h0 = bh * a.TH, w0 = bw * a.TW;
+    const int co_base = cb * BN;
+    const int gc = g * a.co_blocks + cb;
+    __syncthreads();  // the previous tile is done with shared memory (and s_hoff is built)
+    if (gc != last_gc) {  // uniform over the block
+      last_gc = gc;
+      for (int p = 0; p < np; ++p) {
+        const int nh2 = s_pi[p][7];
+        if (nh2 == 0) continue;
+        const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+        const int nh = (int)(ldg_i64(e + PT_TAPS_D) * ldg_i64(e + PT_TAPS_H) *
+                             ldg_i64(e + PT_TAPS_W)) * G;
+        // rows (h, co) of 16 bytes: row (g * nh + h) * cout_g + co
+        const uint4* src = reinterpret_cast<const uint4*>(wm + ldg_i64(e + PT_MOFS)) +
+                           (int64_t)g * nh * a.cout_g + co_base;
+        uint4* dst = reinterpret_cast<uint4*>(s_w) + (size_t)s_pi[p][6] * BN;
+        for (int it = tid; it < nh2 * BN; it += NTHR) {
+          const int co = it % BN;
+          const int h = it / BN;
+          uint4 v = make_uint4(0, 0, 0, 0);
+          if (h < nh && co_base + co < a.cout_g) v = __ldg(src + (int64_t)h * a.cout_g + co);
+          dst[it] = v;
+        }
+      }
+    }
+    // union input halo, channels-last: s_x[pos][grp][CG]
+    {
+      const int id0 = d0 + a.ulo_d, ih0 = h0 + a.ulo_h, iw0 = w0 + a.ulo_w;
+      const int64_t xg = ((int64_t)n * a.c_in + (int64_t)g * a.cin_g) * in_plane;
+      constexpr int SU = 4;
+      const int nitems = G * npos;
+      for (int it0 = tid; it0 < nitems; it0 += NTHR * SU) {
+        uint4 v[SU];
+        int dst[SU];
+#pragma unroll
+        for (int u = 0; u < SU; ++u) {
+          const int it = it0 + u * NTHR;
+          v[u] = make_uint4(0, 0, 0, 0);
+          dst[u] = -1;
+          if (it < nitems) {
+            const int grp = it / npos;
+            const int pos = it - grp * npos;
+            const int dd = pos / hhw;
+            const int rem = pos - dd * hhw;
+            const int hr = rem / a.hw;
+            const int wl = rem - hr * a.hw;
+            const int gd = id0 + dd, gh = ih0 + hr, gw = iw0 + wl;
+            dst[u] = pos * rowstride + grp * 16;
+            if ((unsigned)gd < (unsigned)a.in_d && (unsigned)gh < (unsigned)a.in_h &&
+                (unsigned)gw < (unsigned)a.in_w) {
+              const int ci = grp * CG;
+              v[u] = Gather16<T>::run(x + xg + (int64_t)ci * in_plane +
+                                          ((int64_t)gd * a.in_h + gh) * a.in_w + gw,
+                                      in_plane, min(CG, a.cin_g - ci));
+            }
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < SU; ++u)
+          if (dst[u] >= 0) *reinterpret_cast<uint4*>(s_x + dst[u]) = v[u];
+      }
+    }
+    __syncthreads();
+
+    // bias of this thread's columns
+    float bv[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
+        bv[j][c] = (bias != nullptr && co < a.cout_g)
+                       ? to_acc<float>(ldg(bias + g * a.cout_g + co)) : 0.f;
+      }
+    const int64_t ybase = ((int64_t)n * a.c_out + (int64_t)g * a.cout_g) * out_plane;
+
+    for (int p = 0; p < np; ++p) {
+      const int cd = s_pi[p][3], ch = s_pi[p][4], cw = s_pi[p][5];
+      if (d0 >= cd || h0 >= ch || w0 >= cw) continue;  // uniform over the block
+      const int hbase = s_pi[p][6], hend = hbase + s_pi[p][7];
+      float acc[MT][NT][4];
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+      for (int h = hbase; h < hend; h += 2) {
+        const int off = s_hoff[h + ahalf];
+        uint32_t af[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) ldsm_x4(af[mt], sx_addr + apos[mt] + off);
+        uint32_t bf[NT][2];
+        {
+          const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
+#pragma unroll
+          for (int j = 0; j < NT; j += 2) {
+            if (j + 1 < NT) {
+              uint32_t rr[4];
+              const int row = (h + bhalf) * BN + (wn * NT + j + bj) * 8 + bro;
+              ldsm_x4(rr, sw_addr + row * 16);
+              bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
+            } else {
+              const int row = (h + bhalf) * BN + (wn * NT + j) * 8 + bro;
+              ldsm_x2(bf[j][0], bf[j][1], sw_addr + row * 16);
+            }
+          }
+        }
+        if (TF32) {
+          uint32_t bb[NT][2], bs[NT][2];
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            split_tf32(bf[j][0], bb[j][0], bs[j][0]);
+            split_tf32(bf[j][1], bb[j][1], bs[j][1]);
+          }
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            uint32_t ab[4], as[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) split_tf32(af[mt][k], ab[k], as[k]);
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+              mma_tf32(acc[mt][j], as, bb[j][0], bb[j][1]);
+              mma_tf32(acc[mt][j], ab, bs[j][0], bs[j][1]);
+              mma_tf32(acc[mt][j], ab, bb[j][0], bb[j][1]);
+            }
+          }
+        } else {
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+        }
+      }
+      // store: C fragment rows lane/4 and lane/4 + 8, columns 2*(lane%4) + {0, 1}
+      const int rd = s_pi[p][0], rh = s_pi[p][1], rw = s_pi[p][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int m = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
+          const int ld = m >> a.lg_thw;
+          const int rem = m & thw_mask;
+          const int jd = d0 + ld, jh = h0 + (rem >> a.lg_tw), jw = w0 + (rem & tw_mask);
+          if (jd < cd && jh < ch && jw < cw) {
+            T* yp = y + ybase +
+                    (((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w + rw +
+                     (int64_t)a.sw * jw);
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
+                if (co < a.cout_g)
+                  yp[(int64_t)co * out_plane] = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- host side
 struct TileCfg {
   int LW, NY, NZ, WC, MD, MH, M, CO_T, threads;
@@ -1053,10 +1376,155 @@ cudaError_t run_mma(const PhaseConvFwdParams& p, const MmaCfg& c, cudaStream_t s
   return cudaErrorInvalidConfiguration;
 }
 
+// ---------------------------------------------------------------- all-phase host side
+struct AllCfg {
+  int kind;  // as MmaCfg::kind
+  int BM, BN, threads;
+  int TD, TH, TW, G;
+  int hd, hh, hw;
+  int x_bytes, w_bytes;
+  size_t smem;
+  int64_t grid, per_cta, total_blocks;
+  double cost;
+};
+
+inline int ilog2(int v) {
+  int r = 0;
+  while ((1 << (r + 1)) <= v) ++r;
+  return r;
+}
+
+bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
+                  AllCfg* best) {
+  if (p.weight_mma == nullptr || dtype_code == PHASECONV_FLOAT64) return false;
+  const int64_t num_phases = p.stride_d * p.stride_h * p.stride_w;
+  if (num_phases < 1 || num_phases > PHASECONV_ALLPH_MAXPH) return false;
+  const int CG = dtype_code == PHASECONV_FLOAT32 ? 4 : 8;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  const int64_t G = cdiv(cin_g, CG);
+  const int64_t rowstride = G * 16 + ((G & 1) ? 0 : 16);
+  const int64_t hbound = p.total_taps * G + num_phases;  // >= sum over phases of even(taps*G)
+  const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
+                cw = cdiv(p.out_w, p.stride_w);
+  const double avg_taps = (double)p.total_taps / (double)num_phases;
+  const int kinds_bm[4] = {256, 256, 128, 128};
+  const int kinds_bn[4] = {8, 16, 64, 128};
+  const int kinds_thr[4] = {128, 128, 128, 256};
+  // static s_pi takes 1 KB; past ~120 KB a block runs alone on its SM and the per-phase
+  // kernel (which chunks C_in/g) measured faster (k2-128, 2026-11-25)
+  size_t cap = dev.smem_optin > 2048 ? dev.smem_optin - 2048 : 0;
+  if (cap > 120 * 1024) cap = 120 * 1024;
+  bool found = false;
+  for (int kind = 0; kind < 4; ++kind) {
+    const int BM = kinds_bm[kind], BN = kinds_bn[kind];
+    if (kind > 0 && kinds_bn[kind - 1] >= cout_g) continue;
+    const int64_t co_blocks = cdiv(cout_g, BN);
+    const int64_t wb = hbound * BN * 16;
+    const int64_t hb = (hbound * 4 + 15) / 16 * 16;
+    for (int TW = 8; TW <= 32; TW *= 2) {
+      for (int TH = 1; TW * TH <= BM; TH *= 2) {
+        const int TD = BM / (TW * TH);
+        if (TD * TH * TW != BM) continue;
+        if (TH > 2 * ch + 8 || TD > 2 * cd + 8 || TW > 2 * cw + 8) continue;
+        const int64_t hd = TD + p.union_ext_d, hh = TH + p.union_ext_h, hw = TW + p.union_ext_w;
+        const int64_t npos = hd * hh * hw;
+        const int64_t xb = npos * rowstride;
+        if (xb >= ((int64_t)1 << 30) || wb >= ((int64_t)1 << 30)) continue;
+        const size_t smem = (size_t)(xb + wb + hb);
+        if (smem > cap) continue;
+        const int64_t tiles = cdiv(cw, TW) * cdiv(ch, TH) * cdiv(cd, TD);
+        const double blocks = (double)tiles * p.n * co_blocks * p.groups;
+        const double kpad = (double)G * CG;
+        const double compute = blocks * num_phases * BM * (double)BN * avg_taps * kpad / 64.0;
+        const double stage = blocks * ((double)npos * kpad * 2.0);
+        const double store = blocks * num_phases * BM * (double)BN * 1.0;
+        double cost = compute + stage + store;
+        int64_t res = 2048 / kinds_thr[kind];
+        const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024 + 2048));
+        if (by_smem < res) res = by_smem;
+        const int64_t reg_cap = kind == 0 ? (CG == 4 ? 4 : 6) : (kind == 3 ? 1 : 3);
+        if (res > reg_cap) res = reg_cap;  // __launch_bounds__ of the kernel (AllMinBlocks)
+        if (res < 1) continue;
+        const double occ = (double)res * kinds_thr[kind] / 1024.0;
+        cost /= (occ >= 1.0 ? 1.0 : 0.4 + 0.6 * occ);
+        const double slots = (double)dev.sms * res;
+        const double waves = blocks / slots;
+        const double full = waves < 1.0 ? 1.0 : (double)(int64_t)(waves + 0.999999);
+        if (waves > 0) cost *= full / waves > 1.5 ? 1.5 : full / waves;
+        if (!found || cost < best->cost) {
+          AllCfg c;
+          c.kind = kind; c.BM = BM; c.BN = BN; c.threads = kinds_thr[kind];
+          c.TD = TD; c.TH = TH; c.TW = TW; c.G = (int)G;
+          c.hd = (int)hd; c.hh = (int)hh; c.hw = (int)hw;
+          c.x_bytes = (int)xb; c.w_bytes = (int)wb; c.smem = smem; c.cost = cost;
+          c.total_blocks = (int64_t)tiles * p.n * co_blocks * p.groups;
+          // each CTA takes per_cta consecutive tiles (same group: the weights stay staged),
+          // but never fewer CTAs than resident slots (a first full wave hides latency)
+          int64_t per = c.total_blocks / (int64_t)slots;
+          if (per < 1) per = 1;
+          c.per_cta = per;
+          c.grid = cdiv(c.total_blocks, per);
+          if (c.grid > 0x7fffffffLL) {
+            c.per_cta = cdiv(c.total_blocks, 0x7fffffffLL);
+            c.grid = cdiv(c.total_blocks, c.per_cta);
+          }
+          *best = c;
+          found = true;
+        }
+      }
+    }
+  }
+  return found;
+}
+
+template <typename T, int MT, int NT, int WM, int WN>
+cudaError_t launch_allph_t(const AllArgs& a, const AllCfg& c, cudaStream_t stream) {
+  if (c.smem + 1024 > 48 * 1024) {  // static + dynamic past 48 KB needs the opt-in
+    cudaError_t err = cudaFuncSetAttribute(mma_allph_kernel<T, MT, NT, WM, WN>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)c.smem);
+    if (err != cudaSuccess) return err;
+  }
+  if (c.total_blocks == 0) return cudaSuccess;
+  mma_allph_kernel<T, MT, NT, WM, WN><<<(unsigned)c.grid, WM * WN * 32, c.smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t stream) {
+  AllArgs a;
+  a.x = p.x; a.wm = p.weight_mma; a.bias = p.bias; a.y = p.y; a.table = p.table;
+  a.nbatch = p.n;
+  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out;
+  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
+  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
+  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
+  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
+  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
+  a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
+  a.TD = c.TD; a.TH = c.TH; a.TW = c.TW;
+  a.lg_tw = ilog2(c.TW); a.lg_thw = ilog2(c.TH * c.TW);
+  a.hd = c.hd; a.hh = c.hh; a.hw = c.hw;
+  a.ulo_d = (int)p.union_lo_d; a.ulo_h = (int)p.union_lo_h; a.ulo_w = (int)p.union_lo_w;
+  a.tiles_w = (int)cdiv(cdiv(p.out_w, p.stride_w), c.TW);
+  a.tiles_h = (int)cdiv(cdiv(p.out_h, p.stride_h), c.TH);
+  a.tiles_d = (int)cdiv(cdiv(p.out_d, p.stride_d), c.TD);
+  a.co_blocks = (int)cdiv(a.cout_g, c.BN);
+  a.G = c.G; a.x_bytes = c.x_bytes; a.w_bytes = c.w_bytes;
+  a.total_blocks = c.total_blocks; a.per_cta = c.per_cta;
+  switch (c.kind) {
+    case 0: return launch_allph_t<T, 4, 1, 4, 1>(a, c, stream);
+    case 1: return launch_allph_t<T, 4, 2, 4, 1>(a, c, stream);
+    case 2: return launch_allph_t<T, 4, 4, 2, 2>(a, c, stream);
+    case 3: return launch_allph_t<T, 4, 4, 2, 4>(a, c, stream);
+  }
+  return cudaErrorInvalidConfiguration;
+}
+
 // Whether the tensor-core path runs (force_path: 0 auto, 1 SIMT tiled, 2 naive, 3 tensor cores).
 bool want_mma(const PhaseConvFwdParams& p, int dtype_code) {
   if (dtype_code == PHASECONV_FLOAT64) return false;
-  if (p.force_path == 3) return true;
+  if (p.force_path == 3 || p.force_path == 4) return true;
   if (p.force_path != 0) return false;
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   if (dtype_code == PHASECONV_FLOAT32) {
@@ -1076,6 +1544,14 @@ template <>
 cudaError_t run_mma_typed<double>(const PhaseConvFwdParams&, const MmaCfg&, cudaStream_t) {
   return cudaErrorInvalidValue;
 }
+template <typename T>
+cudaError_t run_allph_typed(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t stream) {
+  return run_allph<T>(p, c, stream);
+}
+template <>
+cudaError_t run_allph_typed<double>(const PhaseConvFwdParams&, const AllCfg&, cudaStream_t) {
+  return cudaErrorInvalidValue;
+}
 
 template <typename T>
 cudaError_t run_typed(const PhaseConvFwdParams& p, int dtype_code, cudaStream_t stream) {
@@ -1085,6 +1561,9 @@ cudaError_t run_typed(const PhaseConvFwdParams& p, int dtype_code, cudaStream_t 
   cudaError_t err = dev_info(&dev);
   if (err != cudaSuccess) return err;
   if (want_mma(p, dtype_code)) {
+    AllCfg ac;
+    if (p.force_path != 4 && choose_allph(p, dtype_code, dev, &ac))
+      return run_allph_typed<T>(p, ac, stream);
     MmaCfg mc;
     if (choose_mma(p, dtype_code, dev, &mc)) return run_mma_typed<T>(p, mc, stream);
   }
@@ -1154,6 +1633,16 @@ void phase_conv_fwd_describe(const PhaseConvFwdParams& params, int dtype_code, c
   DevInfo dev;
   if (dev_info(&dev) != cudaSuccess) {
     snprintf(buf, len, "no device");
+    return;
+  }
+  AllCfg ac;
+  if (want_mma(params, dtype_code) && params.force_path != 4 &&
+      choose_allph(params, dtype_code, dev, &ac)) {
+    snprintf(buf, len,
+             "mma-allphase kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) halo=(%d,%d,%d) "
+             "G=%d smem=%zu grid=%lld per_cta=%lld",
+             ac.kind, ac.BM, ac.BN, ac.threads, ac.TD, ac.TH, ac.TW, ac.hd, ac.hh, ac.hw, ac.G,
+             ac.smem, (long long)ac.grid, (long long)ac.per_cta);
     return;
   }
   MmaCfg mc;

@@ -25,12 +25,19 @@ enum PhaseTableField {
   PT_TAPS_D = 3, PT_TAPS_H = 4, PT_TAPS_W = 5,   // taps per axis (0: bias-only phase)
   PT_OFF_D = 6, PT_OFF_H = 7, PT_OFF_W = 8,      // input offset of the first tap per axis
   PT_WOFS = 9,                                   // element offset of the phase in the packed weight
+  PT_MOFS = 10,                                  // element offset of the phase in weight_mma
 };
 #define PHASECONV_TABLE_STRIDE 12
 
 // Packed weight: for each phase p (table order), a block at element offset table[p].PT_WOFS,
 // laid out [groups][C_in/groups][taps_d][taps_h][taps_w][C_out/groups] (C-contiguous), where
 // the taps of each axis are in ascending input offset order.  Bias-only phases own no block.
+//
+// Tensor-core weight (weight_mma, optional; float32/float16/bfloat16 only): for each phase, a
+// block at element offset table[p].PT_MOFS laid out [groups][taps][G][C_out/groups][CG]
+// (CG = 16 bytes / element size = 4 or 8 channels; G = ceil((C_in/groups) / CG); channels
+// past C_in/groups are zero), taps row-major over (taps_d, taps_h, taps_w) as above: every
+// 16-byte row (tap, channel group, output channel) is one contiguous vector.
 struct PhaseConvFwdParams {
   const void* x;          // (N, C_in, in_d, in_h, in_w), contiguous
   const void* weight;     // packed weight (see above), same dtype as x
@@ -44,7 +51,10 @@ struct PhaseConvFwdParams {
   int64_t pdil_d, pdil_h, pdil_w;                  // phase dilation d / gcd(s, d) per axis
   int64_t max_taps_d, max_taps_h, max_taps_w;      // max taps per axis over the phases
   int64_t total_taps;                              // sum over phases of taps_d*taps_h*taps_w
-  int force_path;                                  // 0 auto, 1 tiled, 2 naive (tests)
+  const void* weight_mma;                          // see above, or nullptr
+  int64_t union_lo_d, union_lo_h, union_lo_w;      // first input offset over all phases' taps
+  int64_t union_ext_d, union_ext_h, union_ext_w;   // last minus first such offset, per axis
+  int force_path;  // 0 auto, 1 tiled (SIMT), 2 naive, 3 tensor cores, 4 per-phase tensor cores
 };
 
 // Launches the forward on `stream`.  Returns cudaSuccess or the first CUDA error.

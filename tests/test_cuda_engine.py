@@ -197,3 +197,26 @@ def test_bad_arguments_raise():
         cuda.forward(x.double(), packed, None, plan, 1, 2)
     with pytest.raises(ValueError, match="bias"):
         cuda.forward(x, packed, torch.randn(3, device=DEV), plan, 1, 2)
+
+
+_TC_CASES = [  # grouped, dilated, odd channel counts, several C_out tilings (BN 8/16/64/128)
+    dict(k=(3, 5, 7), s=(2, 2, 2), d=(1, 1, 1), p=(1, 2, 3), op=(1, 1, 1), groups=4, cin=32,
+         cout=32, n=2, ins=(3, 6, 9), bias=True),
+    dict(k=(3, 4, 2), s=(2, 3, 1), d=(1, 2, 1), p=(1, 2, 0), op=(1, 2, 0), groups=1, cin=10,
+         cout=15, n=1, ins=(3, 5, 4), bias=True),
+    dict(k=(2, 3, 3), s=(3, 1, 2), d=(2, 1, 3), p=(0, 1, 2), op=(1, 0, 2), groups=2, cin=14,
+         cout=34, n=2, ins=(4, 3, 5), bias=False),
+    dict(k=(4, 4, 4), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(0, 0, 0), groups=1, cin=12,
+         cout=130, n=1, ins=(3, 4, 5), bias=True),
+    dict(k=(1, 1, 1), s=(1, 1, 1), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=3, cin=9,
+         cout=24, n=2, ins=(2, 9, 33), bias=True),
+]
+
+
+# 3: tensor cores (the all-phase kernel where it fits); 4: the per-phase tensor-core kernel
+@pytest.mark.parametrize("path", [3, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(_TC_CASES)))
+def test_tensor_core_kernels(case, dtype, path):
+    y, ref = _run(_TC_CASES[case], dtype, force_path=path, seed=case)
+    _check(y, ref, dtype)

@@ -8,7 +8,13 @@ copy, no im2col buffer) and a packed weight made once per weight by :func:`pack`
   taps in ascending input-offset order (the flipped, strided kernel slice).  Bias-only phases
   (a kernel axis shorter than the stride) hold nothing.
 * ``table``: int64 (num_phases, 12) on the weight's device: residues (3), taps per axis (3),
-  input offset of each axis' first tap (3), element offset of the phase in ``weight`` (1), 2 spare.
+  input offset of each axis' first tap (3), element offset of the phase in ``weight`` (1),
+  element offset of the phase in ``weight_mma`` (1), 1 spare.
+* ``weight_mma`` (float32/float16/bfloat16 only, else None): the tensor-core layout, phase p
+  holding ``[groups][taps][G][C_out/groups][CG]`` with ``CG`` channels of 16 bytes
+  (4 for float32, 8 for 16-bit types), ``G = ceil((C_in/groups) / CG)``, zero-padded channels.
+* ``union_lo``/``union_ext``: per axis, the first input offset read by any phase's taps and the
+  span to the last one: the window that one tile of all phases reads, less the tile.
 
 Both depend on kernel, stride, padding and dilation, not on the input size.  The output
 sizes come from the ``PhasePlan`` at each call; the kernel derives each phase's output count.
@@ -52,6 +58,9 @@ class CudaPacked(NamedTuple):
     groups: int
     in_channels: int
     out_channels: int
+    weight_mma: Optional[torch.Tensor] = None  # tensor-core layout (see the module docstring)
+    union_lo: Tuple[int, int, int] = (0, 0, 0)
+    union_ext: Tuple[int, int, int] = (0, 0, 0)
 
 
 def _arch() -> Tuple[int, int]:
@@ -152,8 +161,12 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
     wg = w.reshape(groups, cin_g, cout_g, *kernel)
     rows = []
     parts = []
+    mparts = []
     offset = 0
+    moffset = 0
     dev = w.device
+    cg = {torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}.get(w.dtype, 0)
+    ngrp = -(-cin_g // cg) if cg else 0
     for pd in plans[0].phases:
         for ph in plans[1].phases:
             for pw in plans[2].phases:
@@ -162,7 +175,7 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
                 offs = tuple(a.offsets[0] if a.taps else 0 for a in (pd, ph, pw))
                 rows.append([pd.residue, ph.residue, pw.residue,
                              len(pd.taps), len(ph.taps), len(pw.taps),
-                             offs[0], offs[1], offs[2], offset, 0, 0])
+                             offs[0], offs[1], offs[2], offset, moffset, 0])
                 if ntaps:
                     sub = wg
                     for axis, t in enumerate(taps):
@@ -171,13 +184,31 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
                     # (g, ci, co, td, th, tw) -> (g, ci, td, th, tw, co)
                     parts.append(sub.permute(0, 1, 3, 4, 5, 2).reshape(-1))
                     offset += groups * cin_g * cout_g * ntaps
+                    if cg:
+                        # (g, ci, co, td, th, tw) -> (g, tap, ci, co) -> (g, tap, G, co, CG)
+                        m = sub.permute(0, 3, 4, 5, 1, 2).reshape(groups, ntaps, cin_g, cout_g)
+                        m = torch.nn.functional.pad(m, (0, 0, 0, ngrp * cg - cin_g))
+                        m = m.reshape(groups, ntaps, ngrp, cg, cout_g).permute(0, 1, 2, 4, 3)
+                        mparts.append(m.reshape(-1))
+                        moffset += groups * ntaps * ngrp * cg * cout_g
     packed_w = torch.cat(parts) if parts else w.new_zeros((0,))
     table = torch.tensor(rows, dtype=torch.int64).to(dev)
     max_taps = tuple(max(len(ph.taps) for ph in a.phases) for a in plans)
     total_taps = sum(r[3] * r[4] * r[5] for r in rows)
     pdil = tuple(d // math.gcd(s, d) for s, d in zip(stride, dilation))
+    packed_m = None
+    if cg:
+        packed_m = (torch.cat(mparts) if mparts else w.new_zeros((0,))).contiguous()
+    lo, ext = [], []
+    for a in plans:
+        spans = [(ph.offsets[0], ph.offsets[-1]) for ph in a.phases if ph.taps]
+        first = min(sp[0] for sp in spans) if spans else 0
+        last = max(sp[1] for sp in spans) if spans else 0
+        lo.append(first)
+        ext.append(last - first)
     return CudaPacked(packed_w.contiguous(), table, kernel, stride, padding, dilation,  # type: ignore
-                      pdil, max_taps, total_taps, groups, c_in, cout_g * groups)
+                      pdil, max_taps, total_taps, groups, c_in, cout_g * groups, packed_m,
+                      tuple(lo), tuple(ext))
 
 
 def _args(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor], plan: PhasePlan,
@@ -215,21 +246,27 @@ def _args(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor], pla
             out_channels)
 
 
+def _extra(packed: CudaPacked):
+    return dict(wmma=packed.weight_mma, union_box=list(packed.union_lo) + list(packed.union_ext))
+
+
 def forward(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor], plan: PhasePlan,
             groups: int, out_channels: int, force_path: int = 0) -> torch.Tensor:
     """Transposed convolution of a batched input ``x`` (N, C_in, D, H, W) on the GPU.
 
     Same meaning as ``reference.forward`` but takes :func:`pack`'s output.  Returns a new
     tensor; no autograd.  A non-contiguous ``x`` is copied once (contiguous).  ``force_path``
-    (tests): 0 lets the launcher choose, 1 forces the tiled kernel, 2 the naive kernel.
+    (tests): 0 lets the launcher choose, 1 forces the SIMT tiled kernel, 2 the naive kernel,
+    3 the tensor-core kernels (all-phase when it fits, else per-phase), 4 (benchmarks) the
+    per-phase tensor-core kernel.
     """
     mod = load()
     args = _args(x, packed, bias, plan, groups, out_channels)
-    return mod.phase_conv_fwd(*args, force_path=force_path)
+    return mod.phase_conv_fwd(*args, force_path=force_path, **_extra(packed))
 
 
 def describe(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor],
              plan: PhasePlan, groups: int, out_channels: int) -> str:
     """The kernel configuration :func:`forward` would launch for these arguments."""
     mod = load()
-    return mod.describe(*_args(x, packed, bias, plan, groups, out_channels))
+    return mod.describe(*_args(x, packed, bias, plan, groups, out_channels), **_extra(packed))
