@@ -160,6 +160,7 @@ def write_results(rows: List[Row], path: str, command: str) -> None:
         "GPU queue, Python overhead included. rel. error: ‖phaseconv − torch‖ / ‖torch‖ with "
         "torch in float64 (float32 for the largest shapes).",
         "",
+        "",
     ]
     with open(path, "w") as f:
         f.write("\n".join(header) + table(rows) + "\n")

@@ -54,9 +54,8 @@ class ConvArgs(NamedTuple):
     out_shape: Triple
 
 
-def check_conv_transpose3d(input, weight, bias, stride, padding, output_padding, groups,
-                           dilation) -> ConvArgs:
-    """Validate a conv_transpose3d call the way torch does; return normalised arguments."""
+def check_types(input, weight, bias, groups) -> None:
+    """The argument types torch's binding would refuse (TypeError, naming the argument)."""
     for name, t in (("input", input), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"conv_transpose3d(): argument '{name}' must be a Tensor, not "
@@ -67,14 +66,23 @@ def check_conv_transpose3d(input, weight, bias, stride, padding, output_padding,
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
         raise TypeError(f"conv_transpose3d(): argument 'groups' must be int, not "
                         f"{type(groups).__name__}")
+
+
+def check_conv_transpose3d(input, weight, bias, stride, padding, output_padding, groups,
+                           dilation) -> ConvArgs:
+    """Validate a conv_transpose3d call the way torch does; return normalised arguments."""
+    check_types(input, weight, bias, groups)
     groups = int(groups)
     stride = triple(stride, "stride")
     padding = triple(padding, "padding")
     output_padding = triple(output_padding, "output_padding")
     dilation = triple(dilation, "dilation")
-    return _check_metadata(TensorMeta.of(input), TensorMeta.of(weight),
-                           None if bias is None else TensorMeta.of(bias),
-                           stride, padding, output_padding, groups, dilation)
+    metas = (TensorMeta.of(input), TensorMeta.of(weight),
+             None if bias is None else TensorMeta.of(bias))
+    check = _check_metadata
+    if not all(type(n) is int for m in metas if m is not None for n in m.shape):
+        check = _check_metadata.__wrapped__  # symbolic sizes (torch.compile): not hashable
+    return check(*metas, stride, padding, output_padding, groups, dilation)
 
 
 class TensorMeta(NamedTuple):

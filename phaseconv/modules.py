@@ -4,10 +4,10 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
-from .checks import check_conv_transpose3d, check_output_size
-from .functional import run
+from .checks import check_output_size
+from .functional import conv_transpose3d
 from .geometry import output_padding_for_size
-from .packing import PhaseCache
+from .packing import CACHE
 
 
 class ConvTranspose3d(nn.ConvTranspose3d):
@@ -15,14 +15,14 @@ class ConvTranspose3d(nn.ConvTranspose3d):
 
     Same constructor, parameters, ``state_dict`` keys and ``forward(input, output_size=None)``
     as torch's class.  The weight is split into phase sub-kernels on first use and again only
-    when it changes (see ``phaseconv.packing.PhaseCache``); call :meth:`clear_phase_cache`
-    after writing through ``weight.data``, which torch does not track.
+    when it changes (see ``phaseconv.packing.PackCache``); call :meth:`clear_phase_cache`
+    after writing through ``weight.data``, which torch does not track.  ``engine`` forces an
+    engine for this layer (see ``phaseconv.engines``).
     """
 
     def __init__(self, *args, engine: Optional[str] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.engine = engine
-        self._phase_cache = PhaseCache()
 
     @classmethod
     def from_torch(cls, module: nn.ConvTranspose3d) -> "ConvTranspose3d":
@@ -35,11 +35,11 @@ class ConvTranspose3d(nn.ConvTranspose3d):
             if isinstance(value, dict) and name.startswith("_"):
                 new.__dict__[name] = value.copy()
         new.engine = None
-        new._phase_cache = PhaseCache()
         return new
 
     def clear_phase_cache(self) -> None:
-        self._phase_cache.clear()
+        """Forget this layer's packed phases (after a write through ``weight.data``)."""
+        CACHE.forget(self.weight)
 
     def forward(self, input: torch.Tensor, output_size: Optional[List[int]] = None):
         if self.padding_mode != "zeros":
@@ -54,9 +54,9 @@ class ConvTranspose3d(nn.ConvTranspose3d):
                 output_padding = output_padding_for_size(
                     input.shape[-3:], output_size, self.kernel_size, self.stride,
                     self.padding, self.dilation)
-        args = check_conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding,
-                                      output_padding, self.groups, self.dilation)
-        return run(input, self.weight, self.bias, args, self._phase_cache, self.engine)
+        return conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding,
+                                output_padding, self.groups, self.dilation, self.engine,
+                                cache=True)
 
 
 def convert(model: nn.Module) -> nn.Module:

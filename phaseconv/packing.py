@@ -87,53 +87,67 @@ def unpack_conv3d_phases(phase_grads, weight_shape, groups: int, stride: Triple,
     return w.reshape((c_in, c_out_g) + kernel)
 
 
-class PhaseCache:
-    """Holds one packed weight and knows when it went stale.
+class PackCache:
+    """Packed forms of weights, reused until the weight changes.
 
-    The key is everything that can change a weight's values without our seeing it as a new
-    call: the tensor object itself (held weakly), its storage address, torch's version counter
-    (bumped by every in-place op: optimizer steps, ``mul_``, ``load_state_dict``'s ``copy_``),
-    dtype, device, shape and strides.  One blind spot is torch's, not ours: writes through
-    ``weight.data`` bypass the version counter, so call :meth:`clear` after such a write.
+    One process-wide cache (``CACHE``) serves every layer and the functional API, so a
+    compiled graph, a plain call and a module all find the same packs.  Entries are keyed by
+    the weight tensor itself (held weakly: an entry dies with its weight) and by the packing
+    (layout, groups, stride, padding, dilation); an entry is fresh while the weight's storage
+    address, torch's version counter (bumped by every in-place op: optimizer steps, ``mul_``,
+    ``load_state_dict``'s ``copy_``), dtype, device, shape and strides are unchanged.  One
+    blind spot is torch's, not ours: writes through ``weight.data`` bypass the version counter;
+    call :meth:`forget` (``ConvTranspose3d.clear_phase_cache``) after such a write.
     """
 
     def __init__(self) -> None:
-        self._ref = None  # type: Optional[weakref.ref]
-        self._key = None  # type: Optional[tuple]
-        self._packed = None  # type: Optional[object]
-        self.packs = 0  # how many times a pack really ran (tests and explain() read it)
-
-    def clear(self) -> None:
-        self._ref = self._key = self._packed = None
-
-    # A pickled or deep-copied layer starts with an empty cache (weak references don't pickle,
-    # and the copy's weight is another tensor anyway).
-    def __getstate__(self):
-        return {"packs": 0}
-
-    def __setstate__(self, state) -> None:
-        self.__init__()
+        self._entries = {}  # type: dict  # id(weight) -> (weakref, {packing: (state, packed)})
+        self.packs = 0  # packs really computed (tests and explain() read it)
 
     @staticmethod
-    def _key_of(weight: torch.Tensor, extra: tuple) -> Optional[tuple]:
+    def _state(weight: torch.Tensor) -> Optional[tuple]:
         try:
             version = weight._version
         except RuntimeError:  # inference-mode tensors have no version counter: never cache
             return None
         return (weight.data_ptr(), version, weight.dtype, weight.device, tuple(weight.shape),
-                weight.stride()) + extra
+                weight.stride())
 
-    def get(self, weight: torch.Tensor, extra: tuple, pack: Callable[[torch.Tensor], object]):
+    def get(self, weight: torch.Tensor, packing: tuple, pack: Callable[[torch.Tensor], object]):
         """The packed form of ``weight`` (packed from a detached view: no autograd history)."""
-        key = self._key_of(weight, extra)
-        fresh = (key is not None and key == self._key and self._ref is not None
-                 and self._ref() is weight)
-        if not fresh:
-            with torch.no_grad():
-                packed = pack(weight.detach())
-            self.packs += 1
-            if key is None:
-                self.clear()
-                return packed
-            self._ref, self._key, self._packed = weakref.ref(weight), key, packed
-        return self._packed
+        state = self._state(weight)
+        entry = self._entries.get(id(weight))
+        if entry is not None and entry[0]() is not weight:
+            entry = None  # a dead weight's id was reused
+        if entry is not None and state is not None:
+            hit = entry[1].get(packing)
+            if hit is not None and hit[0] == state:
+                return hit[1]
+        with torch.no_grad():
+            packed = pack(weight.detach())
+        self.packs += 1
+        if state is not None:
+            if entry is None:
+                key = id(weight)
+                ref = weakref.ref(weight, lambda _, key=key: self._drop(key, _))
+                entry = (ref, {})
+                self._entries[key] = entry
+            entry[1][packing] = (state, packed)
+        return packed
+
+    def _drop(self, key: int, ref) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is ref:
+            del self._entries[key]
+
+    def forget(self, weight: torch.Tensor) -> None:
+        """Drop every pack of ``weight``."""
+        self._entries.pop(id(weight), None)
+
+    def packs_of(self, weight: torch.Tensor) -> int:
+        """How many packings of ``weight`` are held (0 after :meth:`forget`)."""
+        entry = self._entries.get(id(weight))
+        return len(entry[1]) if entry is not None and entry[0]() is weight else 0
+
+
+CACHE = PackCache()

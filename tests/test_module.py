@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import phaseconv
+from phaseconv.packing import CACHE
 
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 ARGS = dict(in_channels=4, out_channels=6, kernel_size=(3, 4, 2), stride=(2, 3, 1),
@@ -93,15 +94,24 @@ def _inference(ref, ours, x, tol=1e-10):
 def test_phases_are_cached_and_refreshed_after_every_kind_of_update():
     ref, ours = pair()
     x = x_for(ref)
-    cache = ours._phase_cache
+    start = CACHE.packs
+
+    class Counter:  # packs computed since the start of the test
+        @property
+        def packs(self):
+            return CACHE.packs - start
+
+    cache = Counter()
     _inference(ref, ours, x)
     _inference(ref, ours, x)
     assert cache.packs == 1, "a second inference call must reuse the packed phases"
 
-    # 1. an optimizer step (on both layers, same gradients)
+    # 1. an optimizer step (on both layers, same gradients); the training call itself reuses
+    # the packs (the backward is explicit, no differentiable pack is needed)
     for layer in (ref, ours):
         opt = torch.optim.SGD(layer.parameters(), lr=0.5)
         layer(x).square().sum().backward()
+        assert cache.packs == 1
         opt.step()
     _inference(ref, ours, x)
     assert cache.packs == 2
@@ -132,6 +142,7 @@ def test_phases_are_cached_and_refreshed_after_every_kind_of_update():
     ref.weight.data.add_(1.0)
     ours.weight.data.add_(1.0)
     ours.clear_phase_cache()
+    assert CACHE.packs_of(ours.weight) == 0
     with torch.no_grad():
         torch.testing.assert_close(ours(x.float()), ref(x.float()), rtol=1e-5, atol=1e-5)
     assert cache.packs == 7
