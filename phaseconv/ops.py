@@ -8,8 +8,9 @@
 
 On torch >= 2.4 both are ``torch.library`` custom ops (``phaseconv::conv_transpose3d`` and
 ``phaseconv::conv_transpose3d_backward``) with fake implementations, so ``torch.compile``
-keeps phaseconv's layers in its graph.  Older torch (1.13) runs the same two functions through
-a plain ``torch.autograd.Function``.  Double backward raises a clear error on both paths.
+keeps phaseconv's layers in its graph.  Eager calls, and every call on older torch (1.13), run
+the same two functions through a plain ``torch.autograd.Function``.  Double backward raises a
+clear error on both paths.
 """
 from typing import List, Optional, Tuple
 
@@ -25,6 +26,13 @@ from .packing import CACHE, pack_conv3d_phases, unpack_conv3d_phases
 HAS_CUSTOM_OPS = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_fake")
 _DOUBLE_BACKWARD = ("phaseconv: double backward (create_graph=True through the backward) is "
                     "not supported")
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return False
 
 
 def _plan(args: ConvArgs) -> PhasePlan:
@@ -118,7 +126,8 @@ def _fake_backward(grad_out, x, weight, stride, padding, output_padding, groups,
 
 
 class _ConvTranspose3dFunction(torch.autograd.Function):
-    """torch < 2.4: the same forward and backward through a plain autograd.Function."""
+    """The same forward and backward through a plain autograd.Function (torch < 2.4, and eager
+    calls on any torch)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, output_padding, groups, dilation, engine,
@@ -198,7 +207,9 @@ def conv_transpose3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     the op, so a compiled graph validates at trace time (fake) and at run time alike."""
     stride, padding, output_padding, dilation = (list(v) for v in
                                                  (stride, padding, output_padding, dilation))
-    if HAS_CUSTOM_OPS:
+    # Eager calls take the autograd.Function: the same two functions without the dispatcher's
+    # round trip (tens of µs of Python per call); graphs being compiled need the custom op.
+    if HAS_CUSTOM_OPS and _is_compiling():
         return torch.ops.phaseconv.conv_transpose3d(x, weight, bias, stride, padding,
                                                     output_padding, groups, dilation,
                                                     engine or "", use_cache)

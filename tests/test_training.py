@@ -120,3 +120,19 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(out, eager_out, rtol=1e-12, atol=1e-12)
     for p, g in zip(model.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-12)
+
+
+@needs_custom_ops
+def test_compiled_graph_holds_the_custom_op():
+    torch._dynamo.reset()
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm
+
+    layer = phaseconv.ConvTranspose3d(2, 2, 3, stride=2)
+    x = torch.randn(1, 2, 3, 3, 3)
+    out = torch.compile(layer, backend=record, fullgraph=True)(x)
+    torch.testing.assert_close(out, layer(x))
+    assert len(graphs) == 1 and "phaseconv.conv_transpose3d" in graphs[0]
