@@ -1459,8 +1459,9 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& de
           c.x_bytes = (int)xb; c.w_bytes = (int)wb; c.smem = smem; c.cost = cost;
           c.total_blocks = (int64_t)tiles * p.n * co_blocks * p.groups;
           // each CTA takes per_cta consecutive tiles (same group: the weights stay staged),
-          // but never fewer CTAs than resident slots (a first full wave hides latency)
-          int64_t per = c.total_blocks / (int64_t)slots;
+          // and all CTAs fit in one wave: with floor(total / slots) tiles a CTA, the few CTAs
+          // past the first wave ran a whole second round alone (ncu, founding: 1.09 waves)
+          int64_t per = cdiv(c.total_blocks, (int64_t)slots);
           if (per < 1) per = 1;
           c.per_cta = per;
           c.grid = cdiv(c.total_blocks, per);
