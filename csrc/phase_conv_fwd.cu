@@ -788,6 +788,7 @@ mma_allph_kernel(const AllArgs a) {
   int* s_hoff = reinterpret_cast<int*>(smem_raw + a.x_bytes + a.w_bytes);
   const uint32_t sx_addr = (uint32_t)__cvta_generic_to_shared(s_x);
   const uint32_t sw_addr = (uint32_t)__cvta_generic_to_shared(s_w);
+  const int x_small = TF32 ? a.x_bytes / 2 : 0;  // byte offset of the tf32 small parts
 
   const T* __restrict__ x = static_cast<const T*>(a.x);
   const T* __restrict__ wm = static_cast<const T*>(a.wm);
@@ -955,8 +956,18 @@ mma_allph_kernel(const AllArgs a) {
           }
         }
 #pragma unroll
-        for (int u = 0; u < SU; ++u)
-          if (dst[u] >= 0) *reinterpret_cast<uint4*>(s_x + dst[u]) = v[u];
+        for (int u = 0; u < SU; ++u) {
+          if (dst[u] < 0) continue;
+          if (TF32) {
+            uint4 big, small;
+            split_tf32(v[u].x, big.x, small.x); split_tf32(v[u].y, big.y, small.y);
+            split_tf32(v[u].z, big.z, small.z); split_tf32(v[u].w, big.w, small.w);
+            *reinterpret_cast<uint4*>(s_x + dst[u]) = big;
+            *reinterpret_cast<uint4*>(s_x + x_small + dst[u]) = small;
+          } else {
+            *reinterpret_cast<uint4*>(s_x + dst[u]) = v[u];
+          }
+        }
       }
     }
     __syncthreads();
@@ -1014,14 +1025,13 @@ mma_allph_kernel(const AllArgs a) {
           }
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
-            uint32_t ab[4], as[4];
-#pragma unroll
-            for (int k = 0; k < 4; ++k) split_tf32(af[mt][k], ab[k], as[k]);
+            uint32_t as[4];  // af[mt] holds the big parts already (the halo is staged split)
+            ldsm_x4(as, sx_addr + x_small + apos[mt] + off);
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
               mma_tf32(acc[mt][j], as, bb[j][0], bb[j][1]);
-              mma_tf32(acc[mt][j], ab, bs[j][0], bs[j][1]);
-              mma_tf32(acc[mt][j], ab, bb[j][0], bb[j][1]);
+              mma_tf32(acc[mt][j], af[mt], bs[j][0], bs[j][1]);
+              mma_tf32(acc[mt][j], af[mt], bb[j][0], bb[j][1]);
             }
           }
         } else {
@@ -1428,7 +1438,9 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& de
         if (TH > 2 * ch + 8 || TD > 2 * cd + 8 || TW > 2 * cw + 8) continue;
         const int64_t hd = TD + p.union_ext_d, hh = TH + p.union_ext_h, hw = TW + p.union_ext_w;
         const int64_t npos = hd * hh * hw;
-        const int64_t xb = npos * rowstride;
+        // fp32 stages the halo twice, already split into its tf32 big and small parts, so the
+        // inner loop does no conversions (each A fragment meets only NT n-tiles)
+        const int64_t xb = npos * rowstride * (CG == 4 ? 2 : 1);
         if (xb >= ((int64_t)1 << 30) || wb >= ((int64_t)1 << 30)) continue;
         const size_t smem = (size_t)(xb + wb + hb);
         if (smem > cap) continue;
