@@ -195,7 +195,8 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m phaseconv bench", description=__doc__)
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="comma-separated; the founding shape always adds float16")
     parser.add_argument("--shapes", default="", help="comma-separated 1-based shape numbers")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
@@ -209,7 +210,10 @@ def main(argv=None) -> int:
     picked = [SWEEP[int(i) - 1] for i in args.shapes.split(",")] if args.shapes else SWEEP
     rows = []
     for shape in picked:
-        for name in args.dtypes.split(","):
+        names = args.dtypes.split(",")
+        if shape is SWEEP[0] and "float16" not in names:
+            names.append("float16")  # the founding example's goals name float16 too
+        for name in names:
             row = bench_one(shape, getattr(torch, name), args.repeats, args.warmup)
             rows.append(row)
             print(f"{shape.name:>10} {row.dtype:>8}: cuDNN {row.cudnn_us:9.1f} µs  "
