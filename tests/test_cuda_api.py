@@ -201,3 +201,34 @@ def test_torch_compile_on_cuda():
     x = torch.randn(2, 8, 4, 5, 6, device="cuda")
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+_BAD_BIAS_SCRIPT = """
+import torch
+from phaseconv.engines import cuda
+from phaseconv.geometry import phase_plan
+mod = cuda.load()
+w = torch.randn(8, 4, 3, 3, 3, device="cuda")
+x = torch.randn(1, 8, 4, 4, 4, device="cuda")
+packed = cuda.pack(w, 2, (2, 2, 2), (1, 1, 1), (1, 1, 1))
+plan = phase_plan((4, 4, 4), (3, 3, 3), (2, 2, 2), (1, 1, 1), dilation=(1, 1, 1),
+                  output_padding=(0, 0, 0))
+args = list(cuda._args(x, packed, None, plan, 2, 8))
+args[3] = torch.randn(5, device="cuda")  # a wrong-sized bias, past the Python checks
+try:
+    mod.phase_conv_fwd(*args, **cuda._extra(packed))
+except RuntimeError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="known bug (2026-11-25): a TORCH_CHECK that fires inside "
+                   "the compiled binding kills the process (SIGSEGV) instead of raising; the "
+                   "public API validates in Python first, so only direct calls reach it")
+def test_binding_refuses_bad_bias_without_crashing():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _BAD_BIAS_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert result.returncode == 0 and "refused:" in result.stdout, result.stdout[-2000:]
