@@ -61,3 +61,10 @@ def test_load_without_cuda_is_a_clear_error():
 
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         cuda.load()
+
+
+def test_package_carries_its_cuda_sources():
+    from phaseconv.engines import cuda
+
+    names = {p.name for p in cuda.CSRC.iterdir()}
+    assert {"phase_conv_fwd.cu", "phase_conv_fwd.cuh", "phase_conv.cpp"} <= names

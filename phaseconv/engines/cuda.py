@@ -36,7 +36,8 @@ import torch
 
 from ..geometry import PhasePlan, axis_plan
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+# phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCES = ("phase_conv_fwd.cuh", "phase_conv_fwd.cu", "phase_conv.cpp")
 TABLE_STRIDE = 12
 
