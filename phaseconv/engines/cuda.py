@@ -34,6 +34,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+from ..checks import triple
 from ..geometry import PhasePlan, axis_plan
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
@@ -136,18 +137,10 @@ def _build(major: int, minor: int):
             from exc
 
 
-def _triple(v) -> Tuple[int, int, int]:
-    if isinstance(v, int):
-        return (v, v, v)
-    t = tuple(int(e) for e in v)
-    if len(t) != 3:
-        raise ValueError(f"expected an int or 3 ints, got {v!r}")
-    return t  # type: ignore[return-value]
-
-
 def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPacked:
     """Packs ``weight`` (C_in, C_out/groups, kD, kH, kW) for the CUDA kernel (detached)."""
-    stride, padding, dilation = _triple(stride), _triple(padding), _triple(dilation)
+    stride, padding, dilation = (triple(v, name) for v, name in
+                                 ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
     w = weight.detach()
     if w.dim() != 5:
         raise ValueError(f"pack: weight must be 5-D (C_in, C_out/groups, kD, kH, kW), got shape "
