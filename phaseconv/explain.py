@@ -6,7 +6,13 @@ import torch.nn as nn
 
 from . import engines
 from .checks import triple
-from .geometry import Phase, PhasePlan, phase_plan, transposed_output_size
+from .geometry import (
+    Phase,
+    PhasePlan,
+    output_padding_for_size,
+    phase_plan,
+    transposed_output_size,
+)
 
 
 class Explanation(NamedTuple):
@@ -88,8 +94,6 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
     (N, C, D, H, W) or (C, D, H, W).  ``print(explain(...))`` shows the table; the returned
     object also carries the plan, MAC counts and the engine that would run.
     """
-    from .geometry import output_padding_for_size  # local: keeps the import list short
-
     if isinstance(layer_or_args, nn.ConvTranspose3d):
         layer = layer_or_args
         spec = dict(in_channels=layer.in_channels, out_channels=layer.out_channels,

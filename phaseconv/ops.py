@@ -103,7 +103,7 @@ def backward_impl(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
             phases = reference.grad_weight_phases(xb, gb, plan, args.groups, args.out_channels,
                                                   tuple(weight.shape))
             gw = unpack_conv3d_phases(phases, tuple(weight.shape), args.groups, args.stride,
-                                      args.padding, args.dilation).to(weight.dtype)
+                                      args.padding, args.dilation)
         if mask[2]:
             gbias = reference.grad_bias(gb)
     return gx, gw, gbias

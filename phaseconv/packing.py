@@ -90,14 +90,14 @@ def unpack_conv3d_phases(phase_grads, weight_shape, groups: int, stride: Triple,
 class PackCache:
     """Packed forms of weights, reused until the weight changes.
 
-    One process-wide cache (``CACHE``) serves every layer and the functional API, so a
-    compiled graph, a plain call and a module all find the same packs.  Entries are keyed by
-    the weight tensor itself (held weakly: an entry dies with its weight) and by the packing
-    (layout, groups, stride, padding, dilation); an entry is fresh while the weight's storage
-    address, torch's version counter (bumped by every in-place op: optimizer steps, ``mul_``,
-    ``load_state_dict``'s ``copy_``), dtype, device, shape and strides are unchanged.  One
-    blind spot is torch's, not ours: writes through ``weight.data`` bypass the version counter;
-    call :meth:`forget` (``ConvTranspose3d.clear_phase_cache``) after such a write.
+    One process-wide cache (``CACHE``) serves every layer (and functional calls made with
+    ``cache=True``), so a compiled graph and an eager call find the same packs. Entries are
+    keyed by the weight tensor itself (held weakly: an entry dies with its weight) and by the
+    packing (layout, groups, stride, padding, dilation); an entry is fresh while the weight's
+    storage address, torch's version counter (bumped by every in-place op: optimizer steps,
+    ``mul_``, ``load_state_dict``'s ``copy_``), dtype, device, shape and strides are unchanged.
+    One blind spot is torch's, not ours: writes through ``weight.data`` bypass the version
+    counter; call :meth:`forget` (``ConvTranspose3d.clear_phase_cache``) after such a write.
     """
 
     def __init__(self) -> None:
