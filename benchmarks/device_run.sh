@@ -33,7 +33,7 @@ if [ "${1:-}" != "quick" ]; then
 fi
 logged bench 20 python -m phaseconv bench --out "$OUT"
 if [ "${1:-}" != "quick" ] && command -v ncu >/dev/null; then
-    logged profile 40 ncu -k "regex:mma_|tiled_" --launch-skip 1 --launch-count 4 \
+    logged profile 40 ncu -k "regex:mma_|tiled_|gemm_" --launch-skip 1 --launch-count 4 \
         --section SpeedOfLight \
         --section Occupancy --section WarpStateStats --section LaunchStats \
         python benchmarks/profile_founding.py

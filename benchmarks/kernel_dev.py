@@ -39,7 +39,9 @@ def t3(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 
 
-def time_fn(fn, reps, warmup=5):
+def time_fn(fn, reps, warmup=5, batch=10):
+    """GPU time per call: median over reps of (batch back-to-back calls between two events) /
+    batch, so that the host's launch overhead overlaps the GPU work."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -47,11 +49,13 @@ def time_fn(fn, reps, warmup=5):
     for _ in range(reps):
         a = torch.cuda.Event(enable_timing=True)
         b = torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1_000_000)  # queue the batch behind ~0.5 ms of GPU sleep
         a.record()
-        fn()
+        for _ in range(batch):
+            fn()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b) * 1000.0)
+        times.append(a.elapsed_time(b) * 1000.0 / batch)
     return statistics.median(times), min(times)
 
 
@@ -88,12 +92,26 @@ def bench_shape(spec, dtype, reps, check=True):
         del ref
     del y
     row["ours_us"], row["ours_min_us"] = time_fn(ours, reps)
-    if "allphase" in row["config"]:
-        row["perphase_us"], _ = time_fn(
-            lambda: cuda.forward(x, packed, None, plan, g, cout, force_path=4), reps)
-    if dtype == torch.float32 and "mma" in row["config"]:
-        row["simt_us"], _ = time_fn(
-            lambda: cuda.forward(x, packed, None, plan, g, cout, force_path=1), reps)
+    # other kernel paths for comparison (force_path codes: see cuda.forward)
+    variants = {"ncdhw": 16, "perphase": 4 | 16, "simt": 1, "direct": 32}
+    if dtype != torch.float32 and (cin // g) % 8 == 0:
+        variants.update({"gemm_bn32": 5 | 1 << 8, "gemm_bn64": 5 | 2 << 8,
+                         "gemm_bn128": 5 | 3 << 8, "allph_cl": 3, "gemm_1ph": 5 | 64,
+                         "gemm_bn64w8": 5 | 4 << 8, "gemm_bk32": 5 | 128,
+                         "gemm_bn64w8_bk32": 5 | 4 << 8 | 128})
+    for vname, code in variants.items():
+        yv = cuda.forward(x, packed, None, plan, g, cout, force_path=code)
+        if check:
+            ref = F.conv_transpose3d(x.float(), w.float(), None, s, p, op, g, 1)
+            verr = (yv.float() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
+            row[vname + "_rel_err"] = verr
+            del ref
+        del yv
+        row[vname + "_us"], _ = time_fn(
+            lambda code=code: cuda.forward(x, packed, None, plan, g, cout, force_path=code), reps)
+        row[vname + "_config"] = cuda.describe(x, packed, None, plan, g, cout, force_path=code)
+    xcl = x.contiguous(memory_format=torch.channels_last_3d)
+    row["cl_input_us"], _ = time_fn(lambda: cuda.forward(xcl, packed, None, plan, g, cout), reps)
     row["cudnn_us"], row["cudnn_min_us"] = time_fn(theirs, reps)
     row["speedup"] = row["cudnn_us"] / row["ours_us"]
     macs = plan.macs_per_sample(cin, cout, g) * n
@@ -110,6 +128,8 @@ def small_cases():
         (1, 6, 6, 6, (4, 4, 4), 4, 2, 1, 0, 1, True),
         (1, 32, 24, 1, (3, 3, 3), 4, 2, 1, 0, (1, 2, 1), True),
         (1, 10, 15, 1, (3, 5, 4), (3, 4, 2), (2, 3, 1), (1, 2, 0), (1, 2, 0), (1, 2, 1), True),
+        (2, 48, 40, 2, (3, 5, 4), (3, 4, 2), (2, 3, 1), (1, 2, 0), (1, 2, 0), (1, 2, 1), True),
+        (2, 32, 72, 1, (4, 3, 5), 3, 2, 1, 1, 1, True),
     ]
     worst = 0.0
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
@@ -122,7 +142,7 @@ def small_cases():
                                      s, p, op, g, d)
             plan = phase_plan(tuple(dhw), k, s, p, dilation=d, output_padding=op)
             packed = cuda.pack(w, g, s, p, d)
-            for path in (0, 1, 2, 3, 4):
+            for path in (0, 1, 2, 3, 4, 5, 16, 3 | 16, 3 | 32):
                 y = cuda.forward(x, packed, b, plan, g, cout, force_path=path)
                 err = ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1)).item()
                 worst = max(worst, err if dtype in (torch.float32, torch.float64) else 0.0)
@@ -157,17 +177,19 @@ def main():
             row = bench_shape(SHAPES[i], DTYPES[dname], args.reps, check=not args.no_check)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    lines = ["{:<9} {:<9} {:>10} {:>10} {:>8} {:>9} {:>10} {:>6} {:>9} {:>9}".format(
-        "shape", "dtype", "ours_us", "cudnn_us", "speedup", "GFLOP/s", "rel_err", "ok",
-        "simt_us", "perphase_us")]
+    extra = ["cl_input", "ncdhw", "direct", "perphase", "simt", "allph_cl", "gemm_1ph",
+             "gemm_bn32", "gemm_bn64", "gemm_bn128", "gemm_bn64w8", "gemm_bk32",
+             "gemm_bn64w8_bk32"]
+    lines = ["{:<9} {:<9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>5} ".format(
+        "shape", "dtype", "ours_us", "cudnn_us", "speedup", "GFLOP/s", "rel_err", "ok")
+        + " ".join(f"{e:>10}" for e in extra)]
     for r in rows:
         ok = r.get("allclose_1e-5")
-        lines.append("{:<9} {:<9} {:>10.1f} {:>10.1f} {:>8.2f} {:>9.0f} {:>10.2e} {:>6} "
-                     "{:>9} {:>9}".format(
+        lines.append("{:<9} {:<9} {:>9.1f} {:>9.1f} {:>7.2f} {:>7.0f} {:>9.2e} {:>5} ".format(
             r["shape"], r["dtype"], r["ours_us"], r["cudnn_us"], r["speedup"], r["gflops_ours"],
-            r.get("rel_err", float("nan")), "" if ok is None else str(ok),
-            "{:.1f}".format(r["simt_us"]) if "simt_us" in r else "",
-            "{:.1f}".format(r["perphase_us"]) if "perphase_us" in r else ""))
+            r.get("rel_err", float("nan")), "" if ok is None else str(ok))
+            + " ".join("{:>10}".format("{:.1f}".format(r[e + "_us"]) if e + "_us" in r else "")
+                       for e in extra))
     table = "\n".join(lines)
     print(table)
     out = os.environ.get("OUT")

@@ -51,7 +51,6 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
               x.device(), ".");
   TORCH_CHECK(x.dim() == 5, "phaseconv cuda engine: the input must be 5-D (N, C_in, D, H, W), "
               "got ", x.dim(), " dimensions.");
-  TORCH_CHECK(x.is_contiguous(), "phaseconv cuda engine: the input must be contiguous.");
   dtype_code_of(x);
   TORCH_CHECK(wpack.device() == x.device(), "phaseconv cuda engine: the packed weight is on ",
               wpack.device(), " but the input is on ", x.device(), ".");
@@ -149,7 +148,38 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
   p.max_taps_d = max_taps[0]; p.max_taps_h = max_taps[1]; p.max_taps_w = max_taps[2];
   p.total_taps = total_taps;
   p.force_path = (int)force_path;
+  p.x_channels_last = 0;
   return p;
+}
+
+// Lays x out as the chosen kernel reads it (one copy unless it already is) and points p at it.
+torch::Tensor lay_out_input(const torch::Tensor& x, PhaseConvFwdParams* p, int dtype_code) {
+  torch::Tensor xl;
+  const auto cl = at::MemoryFormat::ChannelsLast3d;
+  // offered: x is channels-last already (the all-phase kernel then reads it in place)
+  p->x_channels_last = x.is_contiguous(cl) && !x.is_contiguous() &&
+                       reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  if (phase_conv_fwd_input_layout(*p, dtype_code) == 1) {
+    if (x.is_contiguous() && !x.is_contiguous(cl) && x.element_size() != 8) {
+      xl = torch::empty_like(x, x.options().memory_format(cl));
+      const cudaError_t err = phase_conv_to_channels_last(
+          x.data_ptr(), xl.data_ptr(), x.size(0), x.size(1), x.size(2) * x.size(3) * x.size(4),
+          (int)x.element_size(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+      TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: the channels-last copy failed: ",
+                  cudaGetErrorString(err), ".");
+    } else {
+      xl = x.contiguous(cl);
+    }
+    if (!xl.is_contiguous(cl) || reinterpret_cast<uintptr_t>(xl.data_ptr()) % 16 != 0) {
+      xl = x.clone(cl);  // an unaligned view
+    }
+    p->x_channels_last = 1;
+  } else {
+    xl = x.contiguous();
+    p->x_channels_last = 0;
+  }
+  p->x = xl.data_ptr();
+  return xl;
 }
 
 torch::Tensor phase_conv_fwd_binding(const torch::Tensor& x, const torch::Tensor& wpack,
@@ -165,6 +195,7 @@ torch::Tensor phase_conv_fwd_binding(const torch::Tensor& x, const torch::Tensor
                                      max_taps, total_taps, groups, out_channels, force_path,
                                      wmma, union_box);
   const c10::cuda::CUDAGuard guard(x.device());
+  const torch::Tensor xl = lay_out_input(x, &p, dtype_code_of(x));
   torch::Tensor y = torch::empty({x.size(0), out_channels, out_size[0], out_size[1], out_size[2]},
                                  x.options());
   if (y.numel() == 0) return y;
@@ -188,6 +219,7 @@ std::string describe_binding(const torch::Tensor& x, const torch::Tensor& wpack,
                                      max_taps, total_taps, groups, out_channels, force_path,
                                      wmma, union_box);
   const c10::cuda::CUDAGuard guard(x.device());
+  const torch::Tensor xl = lay_out_input(x, &p, dtype_code_of(x));
   char buf[512];
   phase_conv_fwd_describe(p, dtype_code_of(x), buf, (int)sizeof(buf));
   return std::string(buf);

@@ -403,9 +403,28 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
 __device__ __forceinline__ void ldsm_x2(uint32_t& r0, uint32_t& r1, uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
                : "=r"(r0), "=r"(r1) : "r"(addr));
+}
+
+// ---------------------------------------------------------------- cp.async (sm_80+)
+// 16-byte global -> shared copy; src_bytes 0 zero-fills the destination (borders, padding).
+__device__ __forceinline__ void cp_async16_ca(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n"
+               :: "r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async16_cg(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+               :: "r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
 }
 
 template <typename T> struct MmaOp;
@@ -764,13 +783,20 @@ struct AllArgs {
   int ulo_d, ulo_h, ulo_w;        // union's first input offset per axis
   int tiles_w, tiles_h, tiles_d, co_blocks;
   int G;                          // 16-byte channel groups covering C_in/g
-  int x_bytes, w_bytes;
+  int x_bytes, w_bytes;           // shared-memory regions: halo buffers, weights
+  int x_buf;                      // bytes of one halo buffer (x_bytes holds two when x_cl or fp32)
+  int x_cl;                       // 1: x is channels-last (N, D, H, W, C_in), C_in/g % CG == 0
+  // staged output (16-bit, BN <= 16): the phases sharing a D residue rd fill one slab of the
+  // tile's output box (TD planes od = sd*d0 + rd + sd*l, all of TH*sh x TW*sw, BN channels at
+  // a stride of box_cs elements) in shared memory at byte box_off; the slab is then written
+  // back with 16-byte stores along W (box_vec: out_w % 8 == 0) instead of 2-byte scatters
+  int stage_out, box_off, box_cs, box_vec;
   int64_t total_blocks, per_cta;
 };
 
 // fp32 (3xTF32) small tiles are shared-memory limited to ~3-4 blocks: give them registers.
 template <typename T, int MT, int NT, int THREADS> struct AllMinBlocks {
-  enum { value = (MT * NT <= 4) ? (sizeof(T) == 4 ? 4 : 6) : (THREADS >= 256 ? 1 : 3) };
+  enum { value = (MT * NT <= 4) ? (sizeof(T) == 4 ? 4 : 5) : (THREADS >= 256 ? 1 : 3) };
 };
 
 template <typename T, int MT, int NT, int WARPS_M, int WARPS_N>
@@ -788,7 +814,7 @@ mma_allph_kernel(const AllArgs a) {
   int* s_hoff = reinterpret_cast<int*>(smem_raw + a.x_bytes + a.w_bytes);
   const uint32_t sx_addr = (uint32_t)__cvta_generic_to_shared(s_x);
   const uint32_t sw_addr = (uint32_t)__cvta_generic_to_shared(s_w);
-  const int x_small = TF32 ? a.x_bytes / 2 : 0;  // byte offset of the tf32 small parts
+  const int x_small = TF32 ? a.x_buf : 0;  // byte offset of the tf32 small parts
 
   const T* __restrict__ x = static_cast<const T*>(a.x);
   const T* __restrict__ wm = static_cast<const T*>(a.wm);
@@ -874,13 +900,7 @@ mma_allph_kernel(const AllArgs a) {
     apos[mt] = ((ld * a.hh + lh) * a.hw + lw) * rowstride;
   }
 
-  int last_gc = -1;  // (group, C_out block) whose weights are staged
-  const int64_t b_lo = (int64_t)blockIdx.x * a.per_cta;
-  int64_t b_hi = b_lo + a.per_cta;
-  if (b_hi > a.total_blocks) b_hi = a.total_blocks;
-  for (int64_t blk = b_lo; blk < b_hi; ++blk) {
-    int bw, bh, bd, cb, g;
-    int64_t n;
+  auto decode = [&](int64_t blk, int& bw, int& bh, int& bd, int64_t& n, int& cb, int& g) {
     if (a.total_blocks <= 0xffffffffLL) {  // 32-bit decode: 64-bit division is slow
       uint32_t r = (uint32_t)blk;
       bw = (int)(r % (uint32_t)a.tiles_w); r /= (uint32_t)a.tiles_w;
@@ -898,6 +918,48 @@ mma_allph_kernel(const AllArgs a) {
       cb = (int)(r % a.co_blocks); r /= a.co_blocks;
       g = (int)r;
     }
+  };
+  // 16-bit dtypes with a channels-last input: the halo of tile `blk` goes into buffer `buf`
+  // by cp.async (one 16-byte copy per position and channel group, zero-filled outside the
+  // input), issued while the block computes the previous tile.
+  auto issue_halo = [&](int64_t blk, int buf) {
+    int bw, bh, bd, cb, g;
+    int64_t n;
+    decode(blk, bw, bh, bd, n, cb, g);
+    const int id0 = bd * a.TD + a.ulo_d, ih0 = bh * a.TH + a.ulo_h, iw0 = bw * a.TW + a.ulo_w;
+    const T* xn = x + n * in_plane * a.c_in + (int64_t)g * a.cin_g;
+    const uint32_t base = sx_addr + buf * a.x_buf;
+    const int nitems = G * npos;
+    for (int it = tid; it < nitems; it += NTHR) {
+      const int pos = G == 1 ? it : it / G;
+      const int grp = it - pos * G;
+      const int dd = pos / hhw;
+      const int rem = pos - dd * hhw;
+      const int hr = rem / a.hw;
+      const int wl = rem - hr * a.hw;
+      const int gd = id0 + dd, gh = ih0 + hr, gw = iw0 + wl;
+      const bool ok = (unsigned)gd < (unsigned)a.in_d && (unsigned)gh < (unsigned)a.in_h &&
+                      (unsigned)gw < (unsigned)a.in_w;
+      const T* src = xn + (((int64_t)gd * a.in_h + gh) * a.in_w + gw) * a.c_in + grp * CG;
+      cp_async16_ca(base + pos * rowstride + grp * 16, ok ? (const void*)src : (const void*)x,
+                    ok);
+    }
+  };
+  const bool async = !TF32 && a.x_cl != 0;
+  int buf = 0;
+
+  int last_gc = -1;  // (group, C_out block) whose weights are staged
+  const int64_t b_lo = (int64_t)blockIdx.x * a.per_cta;
+  int64_t b_hi = b_lo + a.per_cta;
+  if (b_hi > a.total_blocks) b_hi = a.total_blocks;
+  if (async && b_lo < b_hi) {
+    issue_halo(b_lo, 0);
+    cp_async_commit();
+  }
+  for (int64_t blk = b_lo; blk < b_hi; ++blk) {
+    int bw, bh, bd, cb, g;
+    int64_t n;
+    decode(blk, bw, bh, bd, n, cb, g);
     const int d0 = bd * a.TD, h0 = bh * a.TH, w0 = bw * a.TW;
     const int co_base = cb * BN;
     const int gc = g * a.co_blocks + cb;
@@ -924,7 +986,11 @@ mma_allph_kernel(const AllArgs a) {
       }
     }
     // union input halo, channels-last: s_x[pos][grp][CG]
-    {
+    if (async) {
+      if (blk + 1 < b_hi) issue_halo(blk + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();  // this tile's halo has landed (the next one may be in flight)
+    } else {
       const int id0 = d0 + a.ulo_d, ih0 = h0 + a.ulo_h, iw0 = w0 + a.ulo_w;
       const int64_t xg = ((int64_t)n * a.c_in + (int64_t)g * a.cin_g) * in_plane;
       constexpr int SU = 4;
@@ -949,9 +1015,14 @@ mma_allph_kernel(const AllArgs a) {
             if ((unsigned)gd < (unsigned)a.in_d && (unsigned)gh < (unsigned)a.in_h &&
                 (unsigned)gw < (unsigned)a.in_w) {
               const int ci = grp * CG;
-              v[u] = Gather16<T>::run(x + xg + (int64_t)ci * in_plane +
-                                          ((int64_t)gd * a.in_h + gh) * a.in_w + gw,
-                                      in_plane, min(CG, a.cin_g - ci));
+              if (a.x_cl)
+                v[u] = __ldg(reinterpret_cast<const uint4*>(
+                    x + (((n * a.in_d + gd) * a.in_h + gh) * a.in_w + gw) * a.c_in +
+                    (int64_t)g * a.cin_g + ci));
+              else
+                v[u] = Gather16<T>::run(x + xg + (int64_t)ci * in_plane +
+                                            ((int64_t)gd * a.in_h + gh) * a.in_w + gw,
+                                        in_plane, min(CG, a.cin_g - ci));
             }
           }
         }
@@ -971,6 +1042,8 @@ mma_allph_kernel(const AllArgs a) {
       }
     }
     __syncthreads();
+    const uint32_t sxb = sx_addr + buf * a.x_buf;  // this tile's halo
+    if (async) buf ^= 1;
 
     // bias of this thread's columns
     float bv[NT][2];
@@ -984,7 +1057,39 @@ mma_allph_kernel(const AllArgs a) {
       }
     const int64_t ybase = ((int64_t)n * a.c_out + (int64_t)g * a.cout_g) * out_plane;
 
+    const bool stage = !TF32 && a.stage_out;
+    const int nhw = a.sh * a.sw;  // phases per D residue (consecutive in table order)
+    // writes back the slab of D residue rd (every phase with that residue has filled it)
+    auto flush = [&](int rd) {
+      __syncthreads();
+      const T* box = reinterpret_cast<const T*>(smem_raw + a.box_off);
+      const int BH = a.TH * a.sh, BW = a.TW * a.sw;
+      const int nv = BW >> 3;
+      const int oh0 = h0 * a.sh, ow0 = w0 * a.sw;
+      const int nitems = BN * a.TD * BH * nv;
+      for (int it = tid; it < nitems; it += NTHR) {
+        const int v = it % nv;
+        int q = it / nv;
+        const int bh_ = q % BH;
+        q /= BH;
+        const int l = q % a.TD;
+        const int col = q / a.TD;
+        const int od = (d0 + l) * a.sd + rd, oh = oh0 + bh_, ow = ow0 + v * 8;
+        if (co_base + col >= a.cout_g || od >= a.out_d || oh >= a.out_h || ow >= a.out_w)
+          continue;
+        const T* src = box + col * a.box_cs + (l * BH + bh_) * BW + v * 8;
+        T* dst = y + ybase + (int64_t)(co_base + col) * out_plane +
+                 ((int64_t)od * a.out_h + oh) * a.out_w + ow;
+        if (a.box_vec && ow + 8 <= a.out_w) {
+          *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+        } else {
+          for (int e = 0; e < 8 && ow + e < a.out_w; ++e) dst[e] = src[e];
+        }
+      }
+      __syncthreads();  // the slab is free for the next D residue
+    };
     for (int p = 0; p < np; ++p) {
+      if (stage && p > 0 && p % nhw == 0) flush(s_pi[p - 1][0]);
       const int cd = s_pi[p][3], ch = s_pi[p][4], cw = s_pi[p][5];
       if (d0 >= cd || h0 >= ch || w0 >= cw) continue;  // uniform over the block
       const int hbase = s_pi[p][6], hend = hbase + s_pi[p][7];
@@ -999,7 +1104,7 @@ mma_allph_kernel(const AllArgs a) {
         const int off = s_hoff[h + ahalf];
         uint32_t af[MT][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) ldsm_x4(af[mt], sx_addr + apos[mt] + off);
+        for (int mt = 0; mt < MT; ++mt) ldsm_x4(af[mt], sxb + apos[mt] + off);
         uint32_t bf[NT][2];
         {
           const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
@@ -1026,7 +1131,7 @@ mma_allph_kernel(const AllArgs a) {
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
             uint32_t as[4];  // af[mt] holds the big parts already (the halo is staged split)
-            ldsm_x4(as, sx_addr + x_small + apos[mt] + off);
+            ldsm_x4(as, sxb + x_small + apos[mt] + off);
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
               mma_tf32(acc[mt][j], as, bb[j][0], bb[j][1]);
@@ -1043,6 +1148,31 @@ mma_allph_kernel(const AllArgs a) {
       }
       // store: C fragment rows lane/4 and lane/4 + 8, columns 2*(lane%4) + {0, 1}
       const int rd = s_pi[p][0], rh = s_pi[p][1], rw = s_pi[p][2];
+      if (stage) {  // into the shared output slab (see AllArgs)
+        T* box = reinterpret_cast<T*>(smem_raw + a.box_off);
+        const int BH = a.TH * a.sh, BW = a.TW * a.sw;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int m = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
+            const int ld = m >> a.lg_thw;
+            const int rem = m & thw_mask;
+            const int lh = rem >> a.lg_tw, lw = rem & tw_mask;
+            if (d0 + ld < cd && h0 + lh < ch && w0 + lw < cw) {
+              T* bp = box + (ld * BH + lh * a.sh + rh) * BW + lw * a.sw + rw;
+#pragma unroll
+              for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                  const int col = (wn * NT + j) * 8 + (lane & 3) * 2 + c;
+                  bp[col * a.box_cs] = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+                }
+            }
+          }
+        }
+        continue;
+      }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -1068,6 +1198,457 @@ mma_allph_kernel(const AllArgs a) {
         }
       }
     }
+    if (stage) flush(s_pi[np - 1][0]);
+  }
+}
+
+// ---------------------------------------------------------------- implicit-GEMM kernel
+// For wide layers (16-bit dtypes, C_in/g a multiple of 8, channels-last input): every phase
+// is an implicit GEMM, rows = the phase's output voxels over the batch (n, jd, jh, jw),
+// columns = C_out/g, reduction = taps x C_in/g.  A block owns BM rows x BN columns of one
+// phase and walks the reduction in k steps of (one tap, 32 channels): per step it copies
+// the BM input rows (16-byte cp.async straight from the channels-last input, zero-filled
+// outside it) and the 32 x BN weights into one of STAGES shared-memory buffers, so the copies
+// of the next STAGES-1 steps overlap the mma.sync of this one.  Blocks are ordered
+// phase-fastest: the phases of one row tile run together and their interleaved output
+// writes merge in L2.  Each output is written once (no atomics, deterministic).
+struct GemmArgs {
+  const void* x;   // channels-last input (N, D, H, W, C_in)
+  const void* wm;  // pack()'s tensor-core weight layout
+  const void* bias;
+  void* y;
+  const int64_t* table;
+  int64_t nbatch;
+  int c_in, c_out, cin_g, cout_g;
+  int in_d, in_h, in_w, out_d, out_h, out_w;
+  int sd, sh, sw, pdd, pdh, pdw;
+  int num_phases, G, m_tiles, co_blocks;
+  int y_even;  // out_w and the output's base are even: pairs of W phases store 4-byte words
+  int64_t total_blocks;
+};
+
+// XOR swizzle of the 16-byte chunks of row `row` of a channels-last A stage (rows of BKG
+// chunks), so that ldmatrix's 8 rows x 16 bytes hit distinct banks.
+template <int BKG> __device__ __forceinline__ int a_swz(int row) {
+  return BKG == 4 ? ((row >> 1) & 3) : (row & 7);
+}
+
+// Row m of a phase's implicit GEMM -> (n, jd, jh, jw); 32-bit division when it fits.
+__device__ __forceinline__ int64_t decode_row(int64_t m, int cw, int ch, int cd, int& jd,
+                                              int& jh, int& jw) {
+  if (m <= 0x7fffffffLL) {
+    uint32_t q = (uint32_t)m;
+    jw = (int)(q % (uint32_t)cw); q /= (uint32_t)cw;
+    jh = (int)(q % (uint32_t)ch); q /= (uint32_t)ch;
+    jd = (int)(q % (uint32_t)cd);
+    return (int64_t)(q / (uint32_t)cd);
+  }
+  int64_t q = m;
+  jw = (int)(q % cw); q /= cw;
+  jh = (int)(q % ch); q /= ch;
+  jd = (int)(q % cd);
+  return q / cd;
+}
+
+template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, int STAGES, bool WGROUP,
+          bool A_NCDHW, int BKG>
+__global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
+                                  (WARPS_M * WARPS_N >= 8 ? (MT * NT >= 16 ? 1 : 2)
+                                                          : (MT * NT >= 16 ? 3 : 4)))
+gemm_cl_kernel(const GemmArgs a) {
+  constexpr int NTHR = WARPS_M * WARPS_N * 32;
+  constexpr int BM = WARPS_M * MT * 16, BN = WARPS_N * NT * 8;
+  // BKG: 16-byte channel groups per k step (4: 32 channels, 8: 64)
+  static_assert(BKG == 4 || BKG == 8, "k step of 32 or 64 channels");
+  constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
+  constexpr int A_IT = BM * BKG / NTHR, B_IT = BKG * BN / NTHR;
+  constexpr int MG = BM / 8;  // A_NCDHW: 8-row groups (16-byte vectors along W) per k row
+  static_assert(A_IT * NTHR == BM * BKG && B_IT * NTHR == BKG * BN, "loader split");
+  static_assert(NT % 2 == 0, "B fragments are loaded two n tiles at a time");
+  static_assert(NTHR >= BM && NTHR % BM == 0, "write-out: whole rows per thread");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem_raw);
+  const uint32_t sb = sa + STAGES * A_STAGE;
+  // per row of the tile: input coordinates (d, h of its first tap; its own w; d far negative
+  // past the last row), the element offset of (n, d, h, w, group's first channel) in x and
+  // the element offset in y of its output at W residue 0, channel co_base (-1: past the end)
+  int4* s_rc = reinterpret_cast<int4*>(smem_raw + STAGES * (A_STAGE + B_STAGE));
+  int64_t* s_ro = reinterpret_cast<int64_t*>(s_rc + BM);
+  int64_t* s_yo = s_ro + BM;
+  // A_NCDHW: s_rc and s_ro of each 8-row group (row 8 * i), packed: conflict-free reads
+  int4* s_grc = reinterpret_cast<int4*>(s_yo + BM);
+  int64_t* s_gro = reinterpret_cast<int64_t*>(s_grc + MG);
+  // WGROUP: the output tile of all W phases, [BN][BM * sw + 8] (see GemmArgs)
+  T* s_c = reinterpret_cast<T*>(s_gro + MG);
+
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ wm = static_cast<const T*>(a.wm);
+  const T* __restrict__ bias = static_cast<const T*>(a.bias);
+  T* __restrict__ y = static_cast<T*>(a.y);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm_ = warp % WARPS_M, wn = warp / WARPS_M;
+  const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  const int G = a.G;
+  const int nw = WGROUP ? a.sw : 1;                 // W phases per block
+  const int units = a.num_phases / nw;              // (rd, rh) pairs, or phases
+  const int c_cs = BM * nw + 8;                     // s_c channel stride (elements)
+
+  for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x) {
+    int unit, mtile, cb, g;
+    if (a.total_blocks <= 0xffffffffLL) {  // 32-bit decode: 64-bit division is slow
+      uint32_t r = (uint32_t)blk;
+      unit = (int)(r % (uint32_t)units); r /= (uint32_t)units;
+      mtile = (int)(r % (uint32_t)a.m_tiles); r /= (uint32_t)a.m_tiles;
+      cb = (int)(r % (uint32_t)a.co_blocks);
+      g = (int)(r / (uint32_t)a.co_blocks);
+    } else {
+      int64_t r = blk;
+      unit = (int)(r % units); r /= units;
+      mtile = (int)(r % a.m_tiles); r /= a.m_tiles;
+      cb = (int)(r % a.co_blocks);
+      g = (int)(r / a.co_blocks);
+    }
+    // the unit's first phase (table order is row-major over (rd, rh, rw): the W phases of
+    // one (rd, rh) are consecutive, residue 0 first, which has the most outputs)
+    const int64_t* e0 = a.table + (int64_t)unit * nw * PHASECONV_TABLE_STRIDE;
+    const int rd = (int)ldg_i64(e0 + PT_RES_D), rh = (int)ldg_i64(e0 + PT_RES_H);
+    const int cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
+              cw = axis_count(a.out_w, (int)ldg_i64(e0 + PT_RES_W), a.sw);
+    const int64_t Mp = a.nbatch * cd * ch * cw;
+    const int64_t m0 = (int64_t)mtile * BM;
+    if (m0 >= Mp) continue;  // uniform over the block
+    const int offd = (int)ldg_i64(e0 + PT_OFF_D), offh = (int)ldg_i64(e0 + PT_OFF_H);
+    const int co_base = cb * BN;
+
+    for (int row = tid; row < BM; row += NTHR) {
+      const int64_t m = m0 + row;
+      int4 rc = make_int4(-(1 << 30), 0, 0, 0);
+      int64_t ro = 0, yo = -1;
+      if (m < Mp) {
+        int jd, jh, jw;
+        const int64_t n = decode_row(m, cw, ch, cd, jd, jh, jw);
+        rc = make_int4(jd + offd, jh + offh, jw, 0);
+        if (A_NCDHW)  // (n, group's first channel, d, h, w)
+          ro = (((n * a.c_in + (int64_t)g * a.cin_g) * a.in_d + rc.x) * a.in_h + rc.y) *
+                   a.in_w + jw;
+        else          // (n, d, h, w, group's first channel)
+          ro = (((n * a.in_d + rc.x) * a.in_h + rc.y) * a.in_w + jw) * a.c_in +
+               (int64_t)g * a.cin_g;
+        yo = (n * a.c_out + (int64_t)g * a.cout_g + co_base) * out_plane +
+             ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w +
+             (int64_t)a.sw * jw;
+      }
+      s_rc[row] = rc;
+      s_ro[row] = ro;
+      s_yo[row] = yo;
+      if (A_NCDHW && row % 8 == 0) {
+        s_grc[row / 8] = rc;
+        s_gro[row / 8] = ro;
+      }
+    }
+    __syncthreads();
+    float bv[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
+        bv[j][c] = (bias != nullptr && co < a.cout_g)
+                       ? to_acc<float>(ldg(bias + g * a.cout_g + co)) : 0.f;
+      }
+    const bool full_cols = co_base + BN <= a.cout_g;
+    const int col0 = wn * NT * 8 + (lane & 3) * 2;
+
+    for (int q = 0; q < nw; ++q) {  // the W phases of the unit, one after the other
+      const int64_t* e = e0 + (int64_t)q * PHASECONV_TABLE_STRIDE;
+      const int rw = (int)ldg_i64(e + PT_RES_W);
+      const int Td = (int)ldg_i64(e + PT_TAPS_D), Th = (int)ldg_i64(e + PT_TAPS_H),
+                Tw = (int)ldg_i64(e + PT_TAPS_W);
+      const int taps = Td * Th * Tw;
+      const int offw = (int)ldg_i64(e + PT_OFF_W);
+      const int nkc = (G + BKG - 1) / BKG;
+      const int nk = taps * nkc;
+      // Loader state of the next k step (tap (td, th, tw), channel chunk kc), advanced by
+      // one step per call: no divisions in the main loop.
+      const int ac = tid % BKG;  // A: channel group ac of rows tid / BKG + i * (NTHR / BKG)
+      int kc = 0, tw = 0, th = 0, dd = 0, dh = 0, dw = offw;
+      int64_t dofs = A_NCDHW ? (int64_t)offw : (int64_t)offw * a.c_in;  // x offset of the tap
+      const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
+      const T* wtap = wm + ldg_i64(e + PT_MOFS) + (int64_t)g * taps * G * a.cout_g * 8;
+      auto load_stage = [&](int stage) {
+        const bool cvalid = kc * BKG + ac < G;
+        const T* xk = x + dofs + kc * (BKG * 8) + ac * 8;
+        const uint32_t sA = sa + stage * A_STAGE, sB = sb + stage * B_STAGE;
+        if (A_NCDHW) {  // A^T tile [32 k][BM m], 16-byte chunks swizzled by k & 7
+#pragma unroll
+          for (int i = 0; i < A_IT; ++i) {
+            const int v = tid + i * NTHR;
+            const int kk = v / MG, mg = v % MG;
+            const int4 rc = s_grc[mg];
+            const bool ok = (kc * BKG * 8 + kk < a.cin_g) &
+                            ((unsigned)(rc.x + dd) < (unsigned)a.in_d) &
+                            ((unsigned)(rc.y + dh) < (unsigned)a.in_h) &
+                            ((unsigned)(rc.z + dw) < (unsigned)a.in_w);
+            const T* src = x + s_gro[mg] + dofs + (int64_t)(kc * BKG * 8 + kk) * in_plane;
+            cp_async16_ca(sA + kk * (BM * 2) + ((mg ^ (kk & 7)) << 4),
+                          ok ? (const void*)src : (const void*)x, ok);
+          }
+        } else {
+#pragma unroll
+        for (int i = 0; i < A_IT; ++i) {
+          const int row = tid / BKG + i * (NTHR / BKG);
+          const int4 rc = s_rc[row];
+          // bitwise, not short-circuit: no branches around the copies
+          const bool ok = cvalid & ((unsigned)(rc.x + dd) < (unsigned)a.in_d) &
+                          ((unsigned)(rc.y + dh) < (unsigned)a.in_h) &
+                          ((unsigned)(rc.z + dw) < (unsigned)a.in_w);
+          const T* src = xk + s_ro[row];
+          cp_async16_ca(sA + row * (BKG * 16) + ((ac ^ a_swz<BKG>(row)) << 4),
+                        ok ? (const void*)src : (const void*)x, ok);
+        }
+        }  // A layout
+#pragma unroll
+        for (int j = 0; j < B_IT; ++j) {
+          const int v = tid + j * NTHR;
+          const int bgrp = v / BN, bco = v % BN;
+          const int grp = kc * BKG + bgrp;
+          const bool ok = (grp < G) & (co_base + bco < a.cout_g);
+          const T* src = wtap + ((int64_t)grp * a.cout_g + co_base + bco) * 8;
+          cp_async16_cg(sB + v * 16, ok ? (const void*)src : (const void*)wm, ok);
+        }
+        if (++kc == nkc) {  // next tap
+          kc = 0;
+          wtap += (int64_t)G * a.cout_g * 8;
+          if (++tw == Tw) {
+            tw = 0;
+            if (++th == Th) {
+              th = 0;
+              dd += a.pdd;
+            }
+          }
+          dh = th * a.pdh;
+          dw = offw + tw * a.pdw;
+          dofs = ((int64_t)dd * a.in_h + dh) * a.in_w + dw;
+          if (!A_NCDHW) dofs *= a.c_in;
+        }
+      };
+
+      float acc[MT][NT][4];
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+
+#pragma unroll
+      for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < nk) load_stage(s);
+        cp_async_commit();
+      }
+      for (int k = 0; k < nk; ++k) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // step k has landed for every thread; step k-1's buffer is free
+        const int kn = k + STAGES - 1;
+        if (kn < nk) load_stage(kn % STAGES);
+        cp_async_commit();
+        const int stage = k % STAGES;
+        const uint32_t sA = sa + stage * A_STAGE, sB = sb + stage * B_STAGE;
+#pragma unroll
+        for (int ks = 0; ks < BKG / 2; ++ks) {
+          uint32_t af[MT][4];
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            if (A_NCDHW) {  // matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), ...
+              const int mi = lane >> 3;
+              const int kk = ks * 16 + (mi >> 1) * 8 + (lane & 7);
+              const int mg = (wm_ * MT + mt) * 2 + (mi & 1);
+              ldsm_x4_trans(af[mt], sA + kk * (BM * 2) + ((mg ^ (kk & 7)) << 4));
+            } else {
+              const int row = (wm_ * MT + mt) * 16 + (lane & 15);
+              const int kg = ks * 2 + (lane >> 4);
+              ldsm_x4(af[mt], sA + row * (BKG * 16) + ((kg ^ a_swz<BKG>(row)) << 4));
+            }
+          }
+          uint32_t bf[NT][2];
+          const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
+#pragma unroll
+          for (int j = 0; j < NT; j += 2) {
+            uint32_t rr[4];
+            const int row = (ks * 2 + bhalf) * BN + (wn * NT + j + bj) * 8 + bro;
+            ldsm_x4(rr, sB + row * 16);
+            bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
+          }
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+        }
+      }
+      cp_async_wait<0>();
+      __syncthreads();  // every warp is past the last stage (the next W phase refills them)
+
+      // C fragment rows lane/4 and lane/4 + 8, columns 2*(lane%4) + {0, 1}
+      if (WGROUP) {  // into s_c[col][row * sw + rw]
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            T* cp = s_c + ((wm_ * MT + mt) * 16 + (lane >> 2) + half * 8) * nw + rw;
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+              for (int c = 0; c < 2; ++c)
+                cp[(col0 + j * 8 + c) * c_cs] = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+          }
+      } else {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
+          const int64_t yo = s_yo[row];
+          if (yo < 0 || a.sw * s_rc[row].z + rw >= a.out_w) continue;
+          T* yp = y + yo + rw + (int64_t)col0 * out_plane;
+          if (full_cols) {
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+              for (int c = 0; c < 2; ++c)
+                yp[(int64_t)(j * 8 + c) * out_plane] =
+                    from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+          } else {
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+              for (int c = 0; c < 2; ++c)
+                if (co_base + col0 + j * 8 + c < a.cout_g)
+                  yp[(int64_t)(j * 8 + c) * out_plane] =
+                      from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+          }
+        }
+      }
+      }  // !WGROUP
+    }
+    if (WGROUP) {  // write the W phases' outputs: a warp stores 32 rows x sw contiguous values
+      __syncthreads();
+      const int row = tid % BM;
+      const int64_t yo = s_yo[row];
+      if (yo >= 0) {
+        const int ow = a.sw * s_rc[row].z;
+        const bool pair = nw == 2 && ow + 2 <= a.out_w && a.y_even;
+        constexpr int CSTEP = NTHR / BM;
+        int col = tid / BM;
+        const T* src = s_c + col * c_cs + row * nw;
+        T* dst = y + yo + (int64_t)col * out_plane;
+        const int cols = min(BN, a.cout_g - co_base);
+        for (; col < cols; col += CSTEP, src += CSTEP * c_cs, dst += CSTEP * out_plane) {
+          if (pair) {
+            *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(src);
+          } else {
+            for (int q = 0; q < nw && ow + q < a.out_w; ++q) dst[q] = src[q];
+          }
+        }
+      }
+    }
+    __syncthreads();  // the next tile rewrites the row tables (and s_c)
+  }
+}
+// ---------------------------------------------------------------- layout: to channels-last
+// (N, C, P) -> (N, P, C) for P = D*H*W, through a 32-channel x 64-position shared-memory tile:
+// reads coalesced along P, writes coalesced along C.  Feeds the channels-last kernels when the
+// caller's input is contiguous (torch's generic permuted copy measured ~3x slower).
+// 2-byte elements, C even: 64 channels x 32 positions, moved as 4-byte channel pairs (bank
+// conflict free both ways, 128-byte coalesced writes).
+__global__ void __launch_bounds__(256) to_channels_last_pairs_kernel(
+    const uint16_t* __restrict__ x, uint32_t* __restrict__ y, int64_t nb, int64_t c,
+    int64_t p) {
+  __shared__ uint32_t tile[32][33];
+  const int tx = threadIdx.x, ty = threadIdx.y;  // 32 x 8
+  const int64_t p0 = (int64_t)blockIdx.x * 32, c0 = (int64_t)blockIdx.y * 64;
+  const int64_t c2 = c >> 1;
+  for (int64_t n = blockIdx.z; n < nb; n += gridDim.z) {
+    const uint16_t* xn = x + n * c * p;
+    uint32_t* yn = y + n * c2 * p;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int lc2 = ty + 8 * i;  // channel pair
+      const int64_t ch = c0 + 2 * lc2, pos = p0 + tx;
+      if (ch < c && pos < p) {
+        const uint32_t lo = xn[ch * p + pos], hi = xn[(ch + 1) * p + pos];
+        tile[tx][lc2] = lo | (hi << 16);
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int lp = ty + 8 * i;
+      const int64_t pos = p0 + lp, ch2 = (c0 >> 1) + tx;
+      if (pos < p && ch2 < c2) yn[pos * c2 + ch2] = tile[lp][tx];
+    }
+    __syncthreads();
+  }
+}
+
+// 2-byte elements, C and P even: 64 channels x 64 positions; each thread reads two positions
+// of two channels (two 4-byte loads) and regroups them into two channel pairs.
+__global__ void __launch_bounds__(256) to_channels_last_quads_kernel(
+    const uint32_t* __restrict__ x, uint32_t* __restrict__ y, int64_t nb, int64_t c,
+    int64_t p) {
+  __shared__ uint32_t tile[64][33];
+  const int tx = threadIdx.x, ty = threadIdx.y;  // 32 x 8
+  const int64_t p0 = (int64_t)blockIdx.x * 64, c0 = (int64_t)blockIdx.y * 64;
+  const int64_t c2 = c >> 1, p2 = p >> 1;
+  for (int64_t n = blockIdx.z; n < nb; n += gridDim.z) {
+    const uint32_t* xn = x + n * c * p2;  // (c, p/2) words
+    uint32_t* yn = y + n * c2 * p;        // (p, c/2) words
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int lc2 = ty + 8 * i;  // channel pair
+      const int64_t ch = c0 + 2 * lc2, pp = (p0 >> 1) + tx;  // position pair
+      if (ch < c && pp < p2) {
+        const uint32_t a = xn[ch * p2 + pp], b = xn[(ch + 1) * p2 + pp];
+        tile[2 * tx][lc2] = __byte_perm(a, b, 0x5410);      // position 2pp: (ch, ch + 1)
+        tile[2 * tx + 1][lc2] = __byte_perm(a, b, 0x7632);  // position 2pp + 1
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int lp = ty + 8 * i;
+      const int64_t pos = p0 + lp, ch2 = (c0 >> 1) + tx;
+      if (pos < p && ch2 < c2) yn[pos * c2 + ch2] = tile[lp][tx];
+    }
+    __syncthreads();
+  }
+}
+
+template <typename U>
+__global__ void __launch_bounds__(256) to_channels_last_kernel(const U* __restrict__ x,
+                                                               U* __restrict__ y, int64_t nb,
+                                                               int64_t c, int64_t p) {
+  __shared__ U tile[32][65];
+  const int tx = threadIdx.x, ty = threadIdx.y;  // 32 x 8
+  const int64_t p0 = (int64_t)blockIdx.x * 64, c0 = (int64_t)blockIdx.y * 32;
+  for (int64_t n = blockIdx.z; n < nb; n += gridDim.z) {
+    const U* xn = x + n * c * p;
+    U* yn = y + n * c * p;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int lc = ty + 8 * i;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int lp = tx + 32 * h;
+        if (c0 + lc < c && p0 + lp < p) tile[lc][lp] = xn[(c0 + lc) * p + p0 + lp];
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int lp = ty + 8 * i;
+      if (c0 + tx < c && p0 + lp < p) yn[(p0 + lp) * c + c0 + tx] = tile[tx][lp];
+    }
+    __syncthreads();
   }
 }
 
@@ -1392,7 +1973,8 @@ struct AllCfg {
   int BM, BN, threads;
   int TD, TH, TW, G;
   int hd, hh, hw;
-  int x_bytes, w_bytes;
+  int x_bytes, w_bytes, x_buf;
+  int stage_out, box_off, box_cs;  // see AllArgs
   size_t smem;
   int64_t grid, per_cta, total_blocks;
   double cost;
@@ -1404,7 +1986,8 @@ inline int ilog2(int v) {
   return r;
 }
 
-bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
+// cl: the input is channels-last; 16-bit dtypes then double-buffer the halo (cp.async).
+bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, bool cl,
                   AllCfg* best) {
   if (p.weight_mma == nullptr || dtype_code == PHASECONV_FLOAT64) return false;
   const int64_t num_phases = p.stride_d * p.stride_h * p.stride_w;
@@ -1439,22 +2022,30 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& de
         const int64_t hd = TD + p.union_ext_d, hh = TH + p.union_ext_h, hw = TW + p.union_ext_w;
         const int64_t npos = hd * hh * hw;
         // fp32 stages the halo twice, already split into its tf32 big and small parts, so the
-        // inner loop does no conversions (each A fragment meets only NT n-tiles)
-        const int64_t xb = npos * rowstride * (CG == 4 ? 2 : 1);
+        // inner loop does no conversions (each A fragment meets only NT n-tiles); 16-bit
+        // dtypes with a channels-last input keep two halo buffers (the next tile's in flight)
+        const int64_t xbuf = npos * rowstride;
+        const int64_t xb = xbuf * ((CG == 4 || cl) ? 2 : 1);
         if (xb >= ((int64_t)1 << 30) || wb >= ((int64_t)1 << 30)) continue;
-        const size_t smem = (size_t)(xb + wb + hb);
+        size_t smem = (size_t)(xb + wb + hb);
         if (smem > cap) continue;
+        // staged output slab (16-bit, BN <= 16) when it fits
+        const int64_t box_cs = (int64_t)TD * TH * p.stride_h * TW * p.stride_w + 8;
+        const int64_t box_bytes = (BN * box_cs * 2 + 15) / 16 * 16;
+        const bool stage_out = CG == 8 && BN <= 16 && !(p.force_path & PHASECONV_DIRECT_STORES) &&
+                               smem + box_bytes <= cap && box_cs < ((int64_t)1 << 24);
+        if (stage_out) smem += (size_t)box_bytes;
         const int64_t tiles = cdiv(cw, TW) * cdiv(ch, TH) * cdiv(cd, TD);
         const double blocks = (double)tiles * p.n * co_blocks * p.groups;
         const double kpad = (double)G * CG;
         const double compute = blocks * num_phases * BM * (double)BN * avg_taps * kpad / 64.0;
         const double stage = blocks * ((double)npos * kpad * 2.0);
-        const double store = blocks * num_phases * BM * (double)BN * 1.0;
+        const double store = blocks * num_phases * BM * (double)BN * (stage_out ? 0.3 : 1.0);
         double cost = compute + stage + store;
         int64_t res = 2048 / kinds_thr[kind];
-        const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024 + 2048));
+        const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024 + 1024));
         if (by_smem < res) res = by_smem;
-        const int64_t reg_cap = kind == 0 ? (CG == 4 ? 4 : 6) : (kind == 3 ? 1 : 3);
+        const int64_t reg_cap = kind == 0 ? (CG == 4 ? 4 : 5) : (kind == 3 ? 1 : 3);
         if (res > reg_cap) res = reg_cap;  // __launch_bounds__ of the kernel (AllMinBlocks)
         if (res < 1) continue;
         const double occ = (double)res * kinds_thr[kind] / 1024.0;
@@ -1468,13 +2059,25 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& de
           c.kind = kind; c.BM = BM; c.BN = BN; c.threads = kinds_thr[kind];
           c.TD = TD; c.TH = TH; c.TW = TW; c.G = (int)G;
           c.hd = (int)hd; c.hh = (int)hh; c.hw = (int)hw;
-          c.x_bytes = (int)xb; c.w_bytes = (int)wb; c.smem = smem; c.cost = cost;
+          c.x_bytes = (int)xb; c.w_bytes = (int)wb; c.x_buf = (int)xbuf;
+          c.stage_out = stage_out ? 1 : 0;
+          c.box_off = (int)(xb + wb + hb); c.box_cs = (int)box_cs;
+          c.smem = smem; c.cost = cost;
           c.total_blocks = (int64_t)tiles * p.n * co_blocks * p.groups;
-          // each CTA takes per_cta consecutive tiles (same group: the weights stay staged),
-          // and all CTAs fit in one wave: with floor(total / slots) tiles a CTA, the few CTAs
-          // past the first wave ran a whole second round alone (ncu, founding: 1.09 waves)
-          int64_t per = cdiv(c.total_blocks, (int64_t)slots);
-          if (per < 1) per = 1;
+          // each CTA takes per_cta consecutive tiles (same group: the weights stay staged).
+          // Rounds of tiles per slot = per * waves(ceil(total / per) CTAs): take the fewest.
+          // On a tie, with >= 4 CTAs per SM the smallest per (the others overlap each CTA's
+          // prologue; founding bf16: 112 us at per 1), else the largest (fewer weight
+          // restagings; founding fp32, 2 CTAs/SM: 246 us at per 7, 275 at per 1).
+          const int64_t islots = (int64_t)slots;
+          int64_t per = 1, best_rounds = -1;
+          for (int64_t q = 1; q <= cdiv(c.total_blocks, islots); ++q) {
+            const int64_t rounds = q * cdiv(cdiv(c.total_blocks, q), islots);
+            if (best_rounds < 0 || rounds < best_rounds || (rounds == best_rounds && res < 4)) {
+              best_rounds = rounds;
+              per = q;
+            }
+          }
           c.per_cta = per;
           c.grid = cdiv(c.total_blocks, per);
           if (c.grid > 0x7fffffffLL) {
@@ -1523,7 +2126,10 @@ cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t
   a.tiles_h = (int)cdiv(cdiv(p.out_h, p.stride_h), c.TH);
   a.tiles_d = (int)cdiv(cdiv(p.out_d, p.stride_d), c.TD);
   a.co_blocks = (int)cdiv(a.cout_g, c.BN);
-  a.G = c.G; a.x_bytes = c.x_bytes; a.w_bytes = c.w_bytes;
+  a.G = c.G; a.x_bytes = c.x_bytes; a.w_bytes = c.w_bytes; a.x_buf = c.x_buf;
+  a.x_cl = p.x_channels_last;
+  a.stage_out = c.stage_out; a.box_off = c.box_off; a.box_cs = c.box_cs;
+  a.box_vec = p.out_w % 8 == 0 ? 1 : 0;
   a.total_blocks = c.total_blocks; a.per_cta = c.per_cta;
   switch (c.kind) {
     case 0: return launch_allph_t<T, 4, 1, 4, 1>(a, c, stream);
@@ -1534,11 +2140,134 @@ cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t
   return cudaErrorInvalidConfiguration;
 }
 
-// Whether the tensor-core path runs (force_path: 0 auto, 1 SIMT tiled, 2 naive, 3 tensor cores).
+// ---------------------------------------------------------------- implicit-GEMM host side
+struct GemmCfg {
+  int kind;  // 0: BN 32 (MT2 NT4, 4x1 warps); 1: BN 64 (MT4 NT4, 2x2); 2: BN 128 (MT4 NT4, 2x4);
+             // 3: BN 64 (MT2 NT4, 4x2: twice the warps of 1)
+  int BM, BN, threads, m_tiles, co_blocks;
+  bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together
+  bool a_ncdhw;  // A read from a contiguous (N, C, D, H, W) input (16-byte vectors along W)
+  int bkg;       // 16-byte channel groups per k step (4 or 8)
+  size_t smem;
+  int64_t total_blocks, grid;
+};
+constexpr int kGemmStages = 4;        // one phase per block
+constexpr int kGemmGroupStages = 3;   // W phases grouped (shared memory also holds the output)
+constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
+
+// Whether a channels-last copy of x can feed the 16-byte staging (CG channels per vector).
+bool cl_possible(const PhaseConvFwdParams& p, int dtype_code) {
+  if (dtype_code == PHASECONV_FLOAT64 || p.weight_mma == nullptr) return false;
+  if (p.force_path & PHASECONV_FORCE_NCDHW) return false;
+  const int64_t cg = dtype_code == PHASECONV_FLOAT32 ? 4 : 8;
+  return (p.c_in / p.groups) % cg == 0;
+}
+
+// cl: the input is channels-last.  A contiguous input serves only when every phase reads W
+// at one offset, a multiple of 8, and the phases' rows come in whole 16-byte vectors along W
+// (k == s, no padding: the "pure GEMM" layers), so no layout copy is needed.
+bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, bool cl,
+                 GemmCfg* c) {
+  if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16) return false;
+  if (p.weight_mma == nullptr || (p.c_in / p.groups) % 8 != 0) return false;
+  if (cl && !cl_possible(p, dtype_code)) return false;
+  if (!cl && !(p.in_w % 8 == 0 && p.out_w % p.stride_w == 0 && (p.out_w / p.stride_w) % 8 == 0 &&
+               p.max_taps_w <= 1 && p.union_ext_w == 0 && p.union_lo_w % 8 == 0 &&
+               reinterpret_cast<uintptr_t>(p.x) % 16 == 0))
+    return false;
+  c->a_ncdhw = !cl;
+  const int force = p.force_path & 15;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  // wide layers only: narrow ones (C_out/g < 32) waste most of a BN >= 32 tile, and the
+  // all-phase kernel's shared halo serves them better
+  if (force != 5 && !(force == 0 && cin_g >= 16 && cout_g >= 32)) return false;
+  // tile: the narrowest BN that covers C_out/g; for BN 64 with a long reduction (>= 512 per
+  // phase) the 8-warp tile with 64-channel k steps (measured 2026-11-25, H100: 8x32x32
+  // k(3,4,4) 128->64 bf16 67.9 vs 78.6 us; 32^3 k2 128->64, K = 128: 83.7 vs 80.0 us)
+  const double k_per_phase = (double)cin_g * (double)p.total_taps /
+                             (double)(p.stride_d * p.stride_h * p.stride_w);
+  int kind = cout_g <= 32 ? 0 : (cout_g <= 64 ? (k_per_phase >= 512 && cin_g >= 64 ? 3 : 1) : 2);
+  if ((p.force_path >> 8) & 7) kind = ((p.force_path >> 8) & 7) - 1;  // benchmarks: a tile
+  if (kind > 3) return false;
+  const int bn[4] = {32, 64, 128, 64}, thr[4] = {128, 128, 256, 256};
+  c->kind = kind; c->BM = 128; c->BN = bn[kind]; c->threads = thr[kind];
+  // group the W phases (stores of whole output rows) unless told not to (benchmarks)
+  c->wgroup = p.stride_w >= 2 && p.stride_w <= kGemmMaxGroup &&
+              !(p.force_path & PHASECONV_GEMM_NO_WGROUP);
+  // the 8-warp tiles take 64 channels a k step (half the barriers) when C_in/g allows
+  c->bkg = (kind >= 2 && cin_g >= 64 && !(p.force_path & PHASECONV_GEMM_BK32)) ? 8 : 4;
+  const size_t tables = (size_t)c->BM * 32 + (size_t)(c->BM / 8) * 24;
+  const size_t stage = (size_t)c->bkg * 16 * (c->BM + c->BN);
+  if (c->wgroup) {
+    c->smem = (size_t)kGemmGroupStages * stage + tables +
+              (size_t)c->BN * (c->BM * p.stride_w + 8) * 2;
+    if (c->smem > dev.smem_optin) c->wgroup = false;
+  }
+  if (!c->wgroup) c->smem = (size_t)kGemmStages * stage + tables;
+  if (c->smem > dev.smem_optin) return false;
+  const int64_t rows = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
+                       cdiv(p.out_w, p.stride_w);  // the largest phase (residue 0)
+  const int64_t m_tiles = cdiv(rows, c->BM);
+  if (m_tiles >= ((int64_t)1 << 31)) return false;
+  c->m_tiles = (int)m_tiles;
+  c->co_blocks = (int)cdiv(cout_g, c->BN);
+  c->total_blocks = p.stride_d * p.stride_h * (c->wgroup ? 1 : p.stride_w) * m_tiles *
+                    c->co_blocks * p.groups;
+  c->grid = c->total_blocks > 0x7fffffffLL ? 0x7fffffffLL : c->total_blocks;
+  return true;
+}
+
+template <typename T, int MT, int NT, int WM, int WN, int BKG>
+cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stream) {
+  constexpr int GS = kGemmGroupStages, S1 = kGemmStages;
+  auto kern = c.wgroup ? (c.a_ncdhw ? gemm_cl_kernel<T, MT, NT, WM, WN, GS, true, true, BKG>
+                                    : gemm_cl_kernel<T, MT, NT, WM, WN, GS, true, false, BKG>)
+                       : (c.a_ncdhw ? gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, true, BKG>
+                                    : gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG>);
+  if (c.smem > 48 * 1024) {
+    cudaError_t err =
+        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)c.smem);
+    if (err != cudaSuccess) return err;
+  }
+  if (c.total_blocks == 0) return cudaSuccess;
+  kern<<<(unsigned)c.grid, WM * WN * 32, c.smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream) {
+  if ((p.x_channels_last != 0) == c.a_ncdhw) return cudaErrorInvalidValue;
+  GemmArgs a;
+  a.x = p.x; a.wm = p.weight_mma; a.bias = p.bias; a.y = p.y; a.table = p.table;
+  a.nbatch = p.n;
+  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out;
+  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
+  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
+  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
+  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
+  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
+  a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
+  a.G = a.cin_g / 8; a.m_tiles = c.m_tiles; a.co_blocks = c.co_blocks;
+  a.y_even = (p.out_w % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % 4 == 0) ? 1 : 0;
+  a.total_blocks = c.total_blocks;
+  switch (c.kind * 2 + (c.bkg == 8 ? 1 : 0)) {
+    case 0: return launch_gemm_t<T, 2, 4, 4, 1, 4>(a, c, stream);
+    case 2: return launch_gemm_t<T, 4, 4, 2, 2, 4>(a, c, stream);
+    case 4: return launch_gemm_t<T, 4, 4, 2, 4, 4>(a, c, stream);
+    case 5: return launch_gemm_t<T, 4, 4, 2, 4, 8>(a, c, stream);
+    case 6: return launch_gemm_t<T, 2, 4, 4, 2, 4>(a, c, stream);
+    case 7: return launch_gemm_t<T, 2, 4, 4, 2, 8>(a, c, stream);
+  }
+  return cudaErrorInvalidConfiguration;
+}
+
+// Whether the tensor-core path runs (force_path & 15: 0 auto, 1 SIMT tiled, 2 naive,
+// 3 tensor cores, 4 per-phase tensor cores, 5 implicit GEMM).
 bool want_mma(const PhaseConvFwdParams& p, int dtype_code) {
   if (dtype_code == PHASECONV_FLOAT64) return false;
-  if (p.force_path == 3 || p.force_path == 4) return true;
-  if (p.force_path != 0) return false;
+  const int force = p.force_path & 15;
+  if (force == 3 || force == 4 || force == 5) return true;
+  if (force != 0) return false;
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   if (dtype_code == PHASECONV_FLOAT32) {
     // 3xTF32: the tensor cores' fp32 accumulation truncates, an error that grows with the
@@ -1558,6 +2287,18 @@ cudaError_t run_mma_typed<double>(const PhaseConvFwdParams&, const MmaCfg&, cuda
   return cudaErrorInvalidValue;
 }
 template <typename T>
+cudaError_t run_gemm_typed(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream) {
+  return run_gemm<T>(p, c, stream);
+}
+template <>
+cudaError_t run_gemm_typed<float>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t) {
+  return cudaErrorInvalidValue;
+}
+template <>
+cudaError_t run_gemm_typed<double>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t) {
+  return cudaErrorInvalidValue;
+}
+template <typename T>
 cudaError_t run_allph_typed(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t stream) {
   return run_allph<T>(p, c, stream);
 }
@@ -1573,15 +2314,20 @@ cudaError_t run_typed(const PhaseConvFwdParams& p, int dtype_code, cudaStream_t 
   DevInfo dev;
   cudaError_t err = dev_info(&dev);
   if (err != cudaSuccess) return err;
+  const bool cl = p.x_channels_last != 0;
+  if (cl && !cl_possible(p, dtype_code)) return cudaErrorInvalidValue;
   if (want_mma(p, dtype_code)) {
+    GemmCfg gc;
+    if (choose_gemm(p, dtype_code, dev, cl, &gc)) return run_gemm_typed<T>(p, gc, stream);
     AllCfg ac;
-    if (p.force_path != 4 && choose_allph(p, dtype_code, dev, &ac))
+    if ((p.force_path & 15) != 4 && choose_allph(p, dtype_code, dev, cl, &ac))
       return run_allph_typed<T>(p, ac, stream);
     MmaCfg mc;
-    if (choose_mma(p, dtype_code, dev, &mc)) return run_mma_typed<T>(p, mc, stream);
+    if (!cl && choose_mma(p, dtype_code, dev, &mc)) return run_mma_typed<T>(p, mc, stream);
   }
+  if (cl) return cudaErrorInvalidValue;  // phase_conv_fwd_input_layout said contiguous
   TileCfg c;
-  const bool tiled = p.force_path != 2 && choose_tiled(p, dtype_code, dev, &c);
+  const bool tiled = (p.force_path & 15) != 2 && choose_tiled(p, dtype_code, dev, &c);
   if (tiled) {
     TiledArgs a;
     a.x = p.x; a.w = p.weight; a.bias = p.bias; a.y = p.y; a.table = p.table;
@@ -1639,6 +2385,25 @@ cudaError_t phase_conv_fwd(const PhaseConvFwdParams& params, int dtype_code,
   return cudaErrorInvalidValue;
 }
 
+int phase_conv_fwd_input_layout(const PhaseConvFwdParams& params, int dtype_code) {
+  using namespace phaseconv;
+  if (!want_mma(params, dtype_code)) return 0;
+  DevInfo dev;
+  if (dev_info(&dev) != cudaSuccess) return 0;
+  GemmCfg gc;
+  AllCfg ac;
+  const bool offered = params.x_channels_last != 0;
+  if (!offered && choose_gemm(params, dtype_code, dev, false, &gc)) return 0;  // reads NCDHW
+  if (!cl_possible(params, dtype_code)) return 0;
+  if (choose_gemm(params, dtype_code, dev, true, &gc)) return 1;  // needs channels-last
+  // the all-phase kernel reads either layout: channels-last only when x already is (a copy
+  // measured as costly as the 16-byte staging saves, on the founding example)
+  if (params.x_channels_last && (params.force_path & 15) != 4 &&
+      choose_allph(params, dtype_code, dev, true, &ac))
+    return 1;
+  return 0;
+}
+
 void phase_conv_fwd_describe(const PhaseConvFwdParams& params, int dtype_code, char* buf,
                              int len) {
   using namespace phaseconv;
@@ -1648,14 +2413,26 @@ void phase_conv_fwd_describe(const PhaseConvFwdParams& params, int dtype_code, c
     snprintf(buf, len, "no device");
     return;
   }
+  const bool cl = params.x_channels_last != 0;
+  const char* layout = cl ? "channels-last input" : "contiguous input";
+  GemmCfg gc;
+  if (want_mma(params, dtype_code) && choose_gemm(params, dtype_code, dev, cl, &gc)) {
+    snprintf(buf, len,
+             "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d smem=%zu "
+             "grid=%lld %s (%s)", gc.kind, gc.BM, gc.BN, gc.bkg * 8, gc.threads,
+             gc.wgroup ? kGemmGroupStages : kGemmStages, gc.m_tiles, gc.smem,
+             (long long)gc.grid, gc.wgroup ? "w-phases-grouped" : "one-phase", layout);
+    return;
+  }
   AllCfg ac;
-  if (want_mma(params, dtype_code) && params.force_path != 4 &&
-      choose_allph(params, dtype_code, dev, &ac)) {
+  if (want_mma(params, dtype_code) && (params.force_path & 15) != 4 &&
+      choose_allph(params, dtype_code, dev, cl, &ac)) {
     snprintf(buf, len,
              "mma-allphase kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) halo=(%d,%d,%d) "
-             "G=%d smem=%zu grid=%lld per_cta=%lld",
+             "G=%d smem=%zu grid=%lld per_cta=%lld %s (%s)",
              ac.kind, ac.BM, ac.BN, ac.threads, ac.TD, ac.TH, ac.TW, ac.hd, ac.hh, ac.hw, ac.G,
-             ac.smem, (long long)ac.grid, (long long)ac.per_cta);
+             ac.smem, (long long)ac.grid, (long long)ac.per_cta,
+             ac.stage_out ? "staged-output" : "direct-stores", layout);
     return;
   }
   MmaCfg mc;
@@ -1665,7 +2442,7 @@ void phase_conv_fwd_describe(const PhaseConvFwdParams& params, int dtype_code, c
     return;
   }
   TileCfg c;
-  if (params.force_path != 2 && choose_tiled(params, dtype_code, dev, &c)) {
+  if ((params.force_path & 15) != 2 && choose_tiled(params, dtype_code, dev, &c)) {
     snprintf(buf, len,
              "tiled LW=%d NY=%d NZ=%d WC=%d MD=%d MH=%d M=%d CO_T=%d threads=%d "
              "tile(d,h,w)=(%d,%d,%d) co_blk=%d ci_chunk=%d smem=%zu",
@@ -1674,4 +2451,36 @@ void phase_conv_fwd_describe(const PhaseConvFwdParams& params, int dtype_code, c
   } else {
     snprintf(buf, len, "naive");
   }
+}
+
+cudaError_t phase_conv_to_channels_last(const void* x, void* y, int64_t n, int64_t c, int64_t p,
+                                        int elem_size, cudaStream_t stream) {
+  using namespace phaseconv;
+  if (n == 0 || c == 0 || p == 0) return cudaSuccess;
+  const int64_t gx = cdiv(p, 64), gy = cdiv(c, 32);
+  if (gx > 0x7fffffffLL || gy > 65535) return cudaErrorInvalidValue;
+  const dim3 grid((unsigned)gx, (unsigned)gy, (unsigned)(n < 65535 ? n : 65535));
+  const dim3 block(32, 8);
+  switch (elem_size) {
+    case 2:
+      if (c % 2 == 0 && p % 2 == 0 && cdiv(c, 64) <= 65535) {
+        const dim3 grid4((unsigned)cdiv(p, 64), (unsigned)cdiv(c, 64), grid.z);
+        to_channels_last_quads_kernel<<<grid4, block, 0, stream>>>(
+            static_cast<const uint32_t*>(x), static_cast<uint32_t*>(y), n, c, p);
+      } else if (c % 2 == 0 && cdiv(p, 32) <= 0x7fffffffLL && cdiv(c, 64) <= 65535) {
+        const dim3 grid2((unsigned)cdiv(p, 32), (unsigned)cdiv(c, 64), grid.z);
+        to_channels_last_pairs_kernel<<<grid2, block, 0, stream>>>(
+            static_cast<const uint16_t*>(x), static_cast<uint32_t*>(y), n, c, p);
+      } else {
+        to_channels_last_kernel<uint16_t><<<grid, block, 0, stream>>>(
+            static_cast<const uint16_t*>(x), static_cast<uint16_t*>(y), n, c, p);
+      }
+      break;
+    case 4:
+      to_channels_last_kernel<uint32_t><<<grid, block, 0, stream>>>(
+          static_cast<const uint32_t*>(x), static_cast<uint32_t*>(y), n, c, p);
+      break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
 }

@@ -54,13 +54,31 @@ struct PhaseConvFwdParams {
   const void* weight_mma;                          // see above, or nullptr
   int64_t union_lo_d, union_lo_h, union_lo_w;      // first input offset over all phases' taps
   int64_t union_ext_d, union_ext_h, union_ext_w;   // last minus first such offset, per axis
-  int force_path;  // 0 auto, 1 tiled (SIMT), 2 naive, 3 tensor cores, 4 per-phase tensor cores
+  // low 4 bits: 0 auto, 1 tiled (SIMT), 2 naive, 3 tensor cores, 4 per-phase tensor cores,
+  // 5 implicit GEMM (16-bit, channels-last); | PHASECONV_FORCE_NCDHW: never channels-last;
+  // | PHASECONV_DIRECT_STORES | PHASECONV_GEMM_NO_WGROUP | PHASECONV_GEMM_BK32
+  // (benchmarks); bits 8-10
+  // (benchmarks): the GEMM tile, kind + 1
+  int force_path;
+  int x_channels_last;  // 1: x is laid out (N, D, H, W, C_in) (see phase_conv_fwd_input_layout)
 };
+#define PHASECONV_FORCE_NCDHW 16
+#define PHASECONV_DIRECT_STORES 32  // force_path flag: no staged output in the all-phase kernel
+#define PHASECONV_GEMM_NO_WGROUP 64  // force_path flag: implicit GEMM, one phase per block
+#define PHASECONV_GEMM_BK32 128      // force_path flag: implicit GEMM, 32 channels a k step
 
 // Launches the forward on `stream`.  Returns cudaSuccess or the first CUDA error.
 // dtype_code is a PhaseConvDtype.
 cudaError_t phase_conv_fwd(const PhaseConvFwdParams& params, int dtype_code,
                            cudaStream_t stream);
+
+// The input layout the chosen kernel reads: 0 contiguous (N, C_in, D, H, W), 1 channels-last
+// (N, D, H, W, C_in; 16-byte aligned).  The caller lays x out so and sets x_channels_last.
+int phase_conv_fwd_input_layout(const PhaseConvFwdParams& params, int dtype_code);
+
+// Copies x (n, c, p) contiguous into y laid out (n, p, c) (2- or 4-byte elements).
+cudaError_t phase_conv_to_channels_last(const void* x, void* y, int64_t n, int64_t c, int64_t p,
+                                        int elem_size, cudaStream_t stream);
 
 // Describes the configuration phase_conv_fwd would pick (for benchmarks/debugging): writes a
 // NUL-terminated line into buf (at most len bytes).

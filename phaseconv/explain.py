@@ -25,6 +25,8 @@ class Explanation(NamedTuple):
     engine: engines.EngineChoice
     macs: int
     zero_insertion_macs: int
+    # the CUDA engine's kernel configuration for this shape and dtype (None off the GPU)
+    kernel: Optional[str] = None
 
     @property
     def macs_saved(self) -> float:
@@ -45,6 +47,10 @@ class Explanation(NamedTuple):
                 self.batch, self.in_channels, ", ".join(map(str, plan.in_shape)),
                 self.batch, self.out_channels, ", ".join(map(str, plan.out_shape)),
                 self.engine.name, self.engine.reason),
+        ]
+        if self.kernel is not None:
+            lines.append(f"kernel: {self.kernel}")
+        lines += [
             "",
             "{:<9}  {:<24}  {:<20}  {:>8}  {:>4}  {:>14}  {:>15}".format(
                 "phase", "taps (d | h | w)", "output slice", "outputs", "taps", "MACs",
@@ -85,14 +91,18 @@ LayerSpec = Union[nn.ConvTranspose3d, Mapping]
 
 def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
             device: Optional[Union[str, torch.device]] = None,
-            output_size: Optional[Sequence[int]] = None) -> Explanation:
+            output_size: Optional[Sequence[int]] = None,
+            dtype: Optional[torch.dtype] = None) -> Explanation:
     """Explain ``layer_or_args`` on an input of ``input_shape``.
 
     ``layer_or_args`` is an ``nn.ConvTranspose3d`` (torch's or phaseconv's) or a mapping of
     its constructor arguments (``in_channels``, ``out_channels``, ``kernel_size``, ``stride``,
     ``padding``, ``output_padding``, ``groups``, ``dilation``).  ``input_shape`` is
     (N, C, D, H, W) or (C, D, H, W).  ``print(explain(...))`` shows the table; the returned
-    object also carries the plan, MAC counts and the engine that would run.
+    object also carries the plan, MAC counts and the engine that would run.  When that engine
+    is the CUDA one, ``kernel`` names the kernel and tile it launches for ``dtype`` (default:
+    the layer's weight dtype, else float32) and a contiguous input; this builds the extension
+    and allocates an input-sized tensor on the GPU.
     """
     if isinstance(layer_or_args, nn.ConvTranspose3d):
         layer = layer_or_args
@@ -101,6 +111,7 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
                     output_padding=layer.output_padding, groups=layer.groups,
                     dilation=layer.dilation)
         device = device or layer.weight.device
+        dtype = dtype or layer.weight.dtype
         requested = getattr(layer, "engine", None)
     elif isinstance(layer_or_args, Mapping):
         spec = dict(layer_or_args)
@@ -135,7 +146,24 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
                       output_padding=output_padding)
     device = torch.device(device) if device is not None else torch.device("cpu")
     engine = engines.choose(device, requested)
+    kernel_text = None
+    if engine.name == "cuda" and device.type == "cuda" and torch.cuda.is_available():
+        kernel_text = _cuda_kernel(plan, batch, in_channels, out_channels, groups, kernel, stride,
+                                   padding, dilation, device, dtype or torch.float32)
     return Explanation(plan, batch, in_channels, out_channels, groups, engine,
                        batch * plan.macs_per_sample(in_channels, out_channels, groups),
                        batch * plan.zero_insertion_macs_per_sample(in_channels, out_channels,
-                                                                   groups))
+                                                                   groups),
+                       kernel_text)
+
+
+def _cuda_kernel(plan, batch, in_channels, out_channels, groups, kernel, stride, padding,
+                 dilation, device, dtype) -> str:
+    from .engines import cuda  # builds the extension on first use
+
+    weight = torch.zeros((in_channels, out_channels // groups) + tuple(kernel), device=device,
+                         dtype=dtype)
+    x = torch.empty((max(batch, 1), in_channels) + tuple(plan.in_shape), device=device,
+                    dtype=dtype)
+    packed = cuda.pack(weight, groups, stride, padding, dilation)
+    return cuda.describe(x, packed, None, plan, groups, out_channels)

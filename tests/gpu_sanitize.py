@@ -18,7 +18,13 @@ CASES = [
     (2, 4, 4, 4, (3, 3, 3), (1, 2, 3), (4, 3, 2), (0, 0, 1), (3, 2, 1), (1, 1, 1)),
     (1, 16, 8, 1, (2, 2, 3), (3, 3, 3), (2, 2, 2), (4, 4, 4), (1, 1, 1), (3, 3, 3)),
     (3, 12, 12, 3, (1, 2, 1), (4, 1, 2), (2, 3, 2), (1, 0, 0), (0, 2, 1), (2, 1, 3)),
+    (2, 48, 40, 2, (3, 5, 4), (3, 4, 2), (2, 3, 1), (1, 2, 0), (1, 2, 0), (1, 2, 1)),
 ]
+# 0 auto, 1 SIMT tiled, 2 naive, 3 tensor cores (where the dtype allows), 4 per-phase tensor
+# cores, 5 implicit GEMM (16-bit, C_in/groups % 8 == 0), 16 + 3: tensor cores, contiguous
+# input, 32 + 3: the all-phase kernel without staged output, 64 + 5: implicit GEMM, one phase
+# per block; -3: path 3, channels-last input
+PATHS = (0, 1, 2, 3, 4, 5, 64 + 5, 16 + 3, 32 + 3, -3)
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -32,16 +38,16 @@ def main() -> int:
             b = torch.randn(co, device="cuda").to(dtype)
             ref = F.conv_transpose3d(x.double(), w.double(), b.double(), s, p, op, g, d)
             packed = cuda.pack(w, g, s, p, d)
-            for path in (0, 1, 2, 3):
-                # 0 auto, 1 SIMT tiled, 2 naive, 3 tensor cores (where the dtype allows)
-                y = cuda.forward(x, packed, b, plan, g, co, force_path=path)
+            for path in PATHS:
+                xin = x.contiguous(memory_format=torch.channels_last_3d) if path < 0 else x
+                y = cuda.forward(xin, packed, b, plan, g, co, force_path=abs(path))
                 err = (y.double() - ref).abs().max().item() / max(1.0, ref.abs().max().item())
                 tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 2e-5
                 if not err <= tol:
                     failures += 1
                     print("FAIL", (n, ci, co, g, size, k, s, p, op, d), dtype, path, err)
     torch.cuda.synchronize()
-    print(f"gpu_sanitize: {len(CASES) * len(DTYPES) * 4} runs, {failures} failures")
+    print(f"gpu_sanitize: {len(CASES) * len(DTYPES) * len(PATHS)} runs, {failures} failures")
     return 1 if failures else 0
 
 

@@ -57,6 +57,26 @@ def test_gradients_on_cuda(cfg):
         _close(a, e, torch.float64)
 
 
+def test_explain_names_the_cuda_kernel():
+    """explain() shows which kernel the documented rule picks, per dtype."""
+    founding = phaseconv.ConvTranspose3d(32, 32, (3, 5, 7), stride=2, padding=(1, 2, 3),
+                                         output_padding=1, groups=4, bias=False).cuda()
+    report = phaseconv.explain(founding, (8, 32, 12, 24, 48))
+    assert report.kernel.startswith("mma-allphase") and "direct-stores" in report.kernel
+    assert "kernel: mma-allphase" in str(report)
+    half = phaseconv.explain(founding, (8, 32, 12, 24, 48), dtype=torch.bfloat16)
+    assert half.kernel.startswith("mma-allphase") and "staged-output" in half.kernel
+    wide = dict(in_channels=128, out_channels=64, kernel_size=2, stride=2)
+    report = phaseconv.explain(wide, (2, 128, 8, 8, 16), device="cuda", dtype=torch.bfloat16)
+    assert report.kernel.startswith("implicit-gemm") and "contiguous input" in report.kernel
+    wide3 = dict(in_channels=64, out_channels=32, kernel_size=3, stride=2, padding=1)
+    report = phaseconv.explain(wide3, (2, 64, 8, 8, 8), device="cuda", dtype=torch.bfloat16)
+    assert report.kernel.startswith("implicit-gemm") and "channels-last input" in report.kernel
+    assert phaseconv.explain(wide, (2, 128, 8, 8, 16), device="cuda",
+                             dtype=torch.float64).kernel.startswith("tiled")
+    assert phaseconv.explain(wide, (2, 128, 8, 8, 16)).kernel is None  # CPU
+
+
 def test_engine_choice_and_explain():
     layer = phaseconv.ConvTranspose3d(4, 4, 3, stride=2).cuda()
     assert phaseconv.explain(layer, (1, 4, 5, 5, 5)).engine.name == "cuda"

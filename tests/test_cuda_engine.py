@@ -213,10 +213,148 @@ _TC_CASES = [  # grouped, dilated, odd channel counts, several C_out tilings (BN
 ]
 
 
-# 3: tensor cores (the all-phase kernel where it fits); 4: the per-phase tensor-core kernel
-@pytest.mark.parametrize("path", [3, 4])
+# 3: tensor cores (the all-phase kernel where it fits); 4: the per-phase tensor-core kernel;
+# 3 | 32: the all-phase kernel without the staged output
+@pytest.mark.parametrize("path", [3, 4, 3 | 32])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_TC_CASES)))
 def test_tensor_core_kernels(case, dtype, path):
     y, ref = _run(_TC_CASES[case], dtype, force_path=path, seed=case)
     _check(y, ref, dtype)
+
+
+# The implicit-GEMM kernel (16-bit dtypes, C_in/groups a multiple of 8, channels-last input):
+# partial channel groups and C_out tiles, dilation, kernel < stride, 1x1x1, several row tiles.
+_GEMM_CASES = [
+    dict(k=(3, 3, 3), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(1, 1, 1), groups=1, cin=16,
+         cout=32, n=2, ins=(3, 5, 9), bias=True),
+    dict(k=(2, 2, 2), s=(2, 2, 2), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=64,
+         cout=72, n=1, ins=(4, 4, 5), bias=True),
+    dict(k=(3, 4, 2), s=(2, 3, 1), d=(1, 2, 1), p=(1, 2, 0), op=(1, 2, 0), groups=2, cin=48,
+         cout=40, n=2, ins=(3, 5, 4), bias=False),
+    dict(k=(1, 2, 1), s=(3, 4, 2), d=(1, 1, 1), p=(0, 0, 0), op=(2, 1, 1), groups=1, cin=8,
+         cout=32, n=1, ins=(2, 3, 4), bias=True),
+    dict(k=(1, 1, 1), s=(1, 1, 1), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=40,
+         cout=96, n=2, ins=(2, 9, 33), bias=True),
+    dict(k=(3, 3, 3), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(1, 1, 1), groups=1, cin=32,
+         cout=64, n=2, ins=(6, 7, 9), bias=True),
+    # three W phases, odd output width; four W phases of one tap each
+    dict(k=(2, 3, 3), s=(1, 2, 3), d=(1, 1, 1), p=(0, 1, 1), op=(0, 1, 2), groups=1, cin=16,
+         cout=48, n=1, ins=(3, 4, 5), bias=True),
+    dict(k=(1, 1, 4), s=(1, 1, 4), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=2, cin=16,
+         cout=80, n=2, ins=(2, 3, 5), bias=False),
+]
+
+
+# 5: implicit GEMM with the automatic tile; 5 | (kind + 1) << 8: tiles BN = 32, 64, 128, 64
+# (8 warps);
+# 5 | 64: one phase per block (no grouping of the W phases); 5 | 128: 32 channels a k step
+@pytest.mark.parametrize("path", [5, 5 | 1 << 8, 5 | 2 << 8, 5 | 3 << 8, 5 | 4 << 8, 5 | 64,
+                                  5 | 64 | 3 << 8, 5 | 128 | 3 << 8])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(_GEMM_CASES)))
+def test_implicit_gemm_kernel(case, dtype, path):
+    y, ref = _run(_GEMM_CASES[case], dtype, force_path=path, seed=case)
+    _check(y, ref, dtype)
+
+
+# Layers whose phases all read W at one offset (k == s along W, no padding there) and whose
+# rows come in whole 16-byte vectors along W: the implicit GEMM reads a contiguous input in
+# place (no channels-last copy).
+_GEMM_NCDHW_CASES = [
+    dict(k=(2, 2, 2), s=(2, 2, 2), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=16,
+         cout=32, n=2, ins=(3, 5, 8), bias=True),
+    dict(k=(3, 3, 2), s=(2, 1, 2), d=(1, 1, 1), p=(1, 1, 0), op=(1, 0, 0), groups=2, cin=48,
+         cout=80, n=1, ins=(3, 4, 16), bias=True),
+    dict(k=(1, 1, 1), s=(1, 1, 1), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=32,
+         cout=64, n=2, ins=(2, 3, 24), bias=False),
+    # 64-channel k steps with a partial last one (C_in/g = 96), a partial C_out tile
+    dict(k=(2, 2, 2), s=(2, 2, 2), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=96,
+         cout=136, n=1, ins=(2, 3, 8), bias=True),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("path", [0, 5 | 64, 5 | 3 << 8, 5 | 4 << 8])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(_GEMM_NCDHW_CASES)))
+def test_implicit_gemm_reads_either_layout(case, dtype, path, layout):
+    cfg = _GEMM_NCDHW_CASES[case]
+    fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
+    desc = _describe(cfg, dtype, force_path=path, memory_format=fmt)
+    assert desc.startswith("implicit-gemm")
+    assert ("contiguous input" if layout == "contiguous" else "channels-last input") in desc
+    cuda = _cuda()
+    gen = torch.Generator().manual_seed(case)
+    x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], generator=gen).to(dtype)
+    w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], generator=gen).to(dtype)
+    b = torch.randn(cfg["cout"], generator=gen).to(dtype) if cfg["bias"] else None
+    ref = F.conv_transpose3d(x.double(), w.double(), b.double() if b is not None else None,
+                             cfg["s"], cfg["p"], cfg["op"], cfg["groups"], cfg["d"])
+    plan = phase_plan(cfg["ins"], cfg["k"], cfg["s"], cfg["p"], dilation=cfg["d"],
+                      output_padding=cfg["op"])
+    packed = cuda.pack(w.to(DEV), cfg["groups"], cfg["s"], cfg["p"], cfg["d"])
+    y = cuda.forward(x.to(DEV).contiguous(memory_format=fmt), packed,
+                     b.to(DEV) if b is not None else None, plan, cfg["groups"], cfg["cout"],
+                     force_path=path)
+    _check(y, ref, dtype)
+
+
+def _describe(cfg, dtype, force_path=0, memory_format=torch.contiguous_format):
+    cuda = _cuda()
+    x = torch.randn((max(cfg["n"], 1), cfg["cin"]) + cfg["ins"], device=DEV, dtype=dtype)
+    w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], device=DEV,
+                    dtype=dtype)
+    plan = phase_plan(cfg["ins"], cfg["k"], cfg["s"], cfg["p"], dilation=cfg["d"],
+                      output_padding=cfg["op"])
+    packed = cuda.pack(w, cfg["groups"], cfg["s"], cfg["p"], cfg["d"])
+    return cuda.describe(x.contiguous(memory_format=memory_format), packed, None, plan,
+                         cfg["groups"], cfg["cout"], force_path=force_path)
+
+
+def test_path_rules_are_visible():
+    cuda = _cuda()
+    wide, grouped = _GEMM_CASES[5], _TC_CASES[0]
+    assert _describe(wide, torch.bfloat16).startswith("implicit-gemm")
+    assert "channels-last input" in _describe(wide, torch.bfloat16)
+    # narrow C_out/groups: the all-phase kernel, reading the input in the layout it comes in,
+    # its 16-bit output staged in shared memory
+    desc = _describe(grouped, torch.bfloat16)
+    assert desc.startswith("mma-allphase") and "contiguous input" in desc
+    assert "staged-output" in desc
+    desc = _describe(grouped, torch.bfloat16, memory_format=torch.channels_last_3d)
+    assert desc.startswith("mma-allphase") and "channels-last input" in desc
+    assert "direct-stores" in _describe(grouped, torch.float32)
+    # FORCE_NCDHW keeps the input contiguous; float64 never uses tensor cores
+    desc = _describe(grouped, torch.bfloat16, force_path=3 | cuda.FORCE_NCDHW,
+                     memory_format=torch.channels_last_3d)
+    assert desc.startswith("mma-allphase") and "contiguous input" in desc
+    assert _describe(wide, torch.float64).startswith("tiled")
+    # C_in/groups not a multiple of 8: no channels-last kernel for 16-bit dtypes
+    assert "channels-last" not in _describe(_TC_CASES[1], torch.bfloat16)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("path", [0, 3, 3 | 16, 4, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_input_layouts(layout, path, dtype):
+    """Channels-last and strided inputs give the same result on every path."""
+    cuda = _cuda()
+    cfg = dict(_GEMM_CASES[2]) if path != 1 else dict(_TC_CASES[0])
+    torch.manual_seed(3)
+    x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], device=DEV).to(dtype)
+    w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], device=DEV).to(dtype)
+    plan = phase_plan(cfg["ins"], cfg["k"], cfg["s"], cfg["p"], dilation=cfg["d"],
+                      output_padding=cfg["op"])
+    packed = cuda.pack(w, cfg["groups"], cfg["s"], cfg["p"], cfg["d"])
+    if layout == "channels_last":
+        xin = x.contiguous(memory_format=torch.channels_last_3d)
+    else:  # every other element along W of a twice-as-wide tensor
+        wide = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), device=DEV, dtype=dtype)
+        wide[..., ::2] = x
+        xin = wide[..., ::2]
+        assert not xin.is_contiguous()
+    want = cuda.forward(x, packed, None, plan, cfg["groups"], cfg["cout"], force_path=path)
+    got = cuda.forward(xin, packed, None, plan, cfg["groups"], cfg["cout"], force_path=path)
+    assert got.is_contiguous()
+    assert torch.equal(got, want)

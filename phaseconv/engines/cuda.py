@@ -40,6 +40,7 @@ from ..geometry import PhasePlan, axis_plan
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCES = ("phase_conv_fwd.cuh", "phase_conv_fwd.cu", "phase_conv.cpp")
+FORCE_NCDHW = 16  # force_path flag: never the channels-last kernels (phase_conv_fwd.cuh)
 TABLE_STRIDE = 12
 
 _lock = threading.Lock()
@@ -231,8 +232,7 @@ def _args(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor], pla
         raise ValueError(f"cuda engine: the bias must be a 1-D tensor of {out_channels} elements "
                          f"with the input's dtype and device, got shape {tuple(bias.shape)} "
                          f"({bias.dtype}, {bias.device})")
-    # The kernel needs a contiguous input: a non-contiguous one costs one copy here.
-    x = x.contiguous()
+    # Layout: the binding lays x out as the chosen kernel reads it (see forward's docstring).
     if bias is not None:
         bias = bias.detach().contiguous()
     return (x, packed.weight, packed.table, bias, list(plan.out_shape), list(packed.stride),
@@ -249,10 +249,18 @@ def forward(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor], p
     """Transposed convolution of a batched input ``x`` (N, C_in, D, H, W) on the GPU.
 
     Same meaning as ``reference.forward`` but takes :func:`pack`'s output.  Returns a new
-    tensor; no autograd.  A non-contiguous ``x`` is copied once (contiguous).  ``force_path``
-    (tests): 0 lets the launcher choose, 1 forces the SIMT tiled kernel, 2 the naive kernel,
-    3 the tensor-core kernels (all-phase when it fits, else per-phase), 4 (benchmarks) the
-    per-phase tensor-core kernel.
+    tensor (contiguous, N, C_out, D, H, W); no autograd.
+
+    Input layout: the tensor-core kernels for 16-byte channel groups (C_in/groups a multiple
+    of 8 for float16/bfloat16, of 4 for float32) read a channels-last input (N, D, H, W, C):
+    a ``torch.channels_last_3d`` input is read in place, any other costs one layout copy.
+    The other kernels read a contiguous input: any other layout costs one copy.
+
+    ``force_path`` (tests, benchmarks): 0 lets the launcher choose, 1 forces the SIMT tiled
+    kernel, 2 the naive kernel, 3 the tensor-core kernels (all-phase when it fits, else
+    per-phase), 4 the per-phase tensor-core kernel, 5 the implicit-GEMM kernel (16-bit,
+    C_in/groups a multiple of 8); adding 16 (``FORCE_NCDHW``) keeps the input contiguous
+    (no channels-last kernels).
     """
     mod = load()
     args = _args(x, packed, bias, plan, groups, out_channels)
@@ -260,7 +268,8 @@ def forward(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor], p
 
 
 def describe(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor],
-             plan: PhasePlan, groups: int, out_channels: int) -> str:
+             plan: PhasePlan, groups: int, out_channels: int, force_path: int = 0) -> str:
     """The kernel configuration :func:`forward` would launch for these arguments."""
     mod = load()
-    return mod.describe(*_args(x, packed, bias, plan, groups, out_channels), **_extra(packed))
+    return mod.describe(*_args(x, packed, bias, plan, groups, out_channels),
+                        force_path=force_path, **_extra(packed))
