@@ -10,9 +10,20 @@
 #include <string>
 #include <vector>
 
+#include "phase_conv_bwd.cuh"
 #include "phase_conv_fwd.cuh"
 
 namespace {
+
+// Numbers and lists for error messages, formatted as strings: TORCH_CHECK messages that
+// stream integers from this extension crashed the process (SIGSEGV) on the device's torch
+// build instead of raising (2026-11-25; strings, and torch's own types, stream fine).
+std::string num(int64_t v) { return std::to_string(v); }
+std::string nums(c10::IntArrayRef v) {
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + std::to_string(v[i]);
+  return out + "]";
+}
 
 int dtype_code_of(const torch::Tensor& t) {
   switch (t.scalar_type()) {
@@ -29,10 +40,10 @@ int dtype_code_of(const torch::Tensor& t) {
 
 void check_triple(const std::vector<int64_t>& v, const char* name, int64_t lo) {
   TORCH_CHECK(v.size() == 3, "phaseconv cuda engine: ", name, " must have 3 entries, got ",
-              v.size(), ".");
+              num((int64_t)v.size()), ".");
   for (int64_t e : v) {
     TORCH_CHECK(e >= lo, "phaseconv cuda engine: every entry of ", name, " must be at least ",
-                lo, ", got ", e, ".");
+                num(lo), ", got ", num(e), ".");
   }
 }
 
@@ -50,7 +61,7 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
   TORCH_CHECK(x.is_cuda(), "phaseconv cuda engine: the input must be a CUDA tensor, got one on ",
               x.device(), ".");
   TORCH_CHECK(x.dim() == 5, "phaseconv cuda engine: the input must be 5-D (N, C_in, D, H, W), "
-              "got ", x.dim(), " dimensions.");
+              "got ", num(x.dim()), " dimensions.");
   dtype_code_of(x);
   TORCH_CHECK(wpack.device() == x.device(), "phaseconv cuda engine: the packed weight is on ",
               wpack.device(), " but the input is on ", x.device(), ".");
@@ -67,23 +78,23 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
   check_triple(stride, "stride", 1);
   check_triple(phase_dilation, "phase_dilation", 1);
   check_triple(max_taps, "max_taps", 0);
-  TORCH_CHECK(groups >= 1, "phaseconv cuda engine: groups must be positive, got ", groups, ".");
+  TORCH_CHECK(groups >= 1, "phaseconv cuda engine: groups must be positive, got ", num(groups), ".");
   const int64_t n = x.size(0), c_in = x.size(1);
-  TORCH_CHECK(c_in % groups == 0, "phaseconv cuda engine: the input's ", c_in,
-              " channels are not divisible by groups=", groups, ".");
+  TORCH_CHECK(c_in % groups == 0, "phaseconv cuda engine: the input's ", num(c_in),
+              " channels are not divisible by groups=", num(groups), ".");
   TORCH_CHECK(out_channels >= 1 && out_channels % groups == 0, "phaseconv cuda engine: "
-              "out_channels=", out_channels, " must be a positive multiple of groups=", groups,
-              ".");
+              "out_channels=", num(out_channels), " must be a positive multiple of groups=",
+              num(groups), ".");
   const int64_t num_phases = stride[0] * stride[1] * stride[2];
   TORCH_CHECK(table.numel() == num_phases * PHASECONV_TABLE_STRIDE, "phaseconv cuda engine: the "
-              "phase table has ", table.numel(), " entries; stride ", stride, " needs ",
-              num_phases * PHASECONV_TABLE_STRIDE, " (was the weight packed for another "
+              "phase table has ", num(table.numel()), " entries; stride ", nums(stride),
+              " needs ", num(num_phases * PHASECONV_TABLE_STRIDE), " (was the weight packed for another "
               "stride?).");
   TORCH_CHECK(total_taps >= 0, "phaseconv cuda engine: total_taps must be non-negative.");
   const int64_t want_w = c_in * (out_channels / groups) * total_taps;
   TORCH_CHECK(wpack.numel() == want_w, "phaseconv cuda engine: the packed weight has ",
-              wpack.numel(), " elements but ", want_w, " are expected for C_in=", c_in,
-              ", C_out/groups=", out_channels / groups, " and ", total_taps,
+              num(wpack.numel()), " elements but ", num(want_w), " are expected for C_in=",
+              num(c_in), ", C_out/groups=", num(out_channels / groups), " and ", num(total_taps),
               " taps (was it packed for another layer?).");
   if (bias.has_value() && bias->defined()) {
     const torch::Tensor& b = *bias;
@@ -93,16 +104,16 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
                 b.scalar_type(), " differs from the input's ", x.scalar_type(), ".");
     TORCH_CHECK(b.dim() == 1 && b.numel() == out_channels && b.is_contiguous(),
                 "phaseconv cuda engine: the bias must be a contiguous 1-D tensor of ",
-                out_channels, " elements.");
+                num(out_channels), " elements.");
   }
   const int64_t int_max = std::numeric_limits<int32_t>::max();
   for (int d = 2; d < 5; ++d) {
     TORCH_CHECK(x.size(d) >= 1 && x.size(d) < int_max, "phaseconv cuda engine: input spatial "
-                "sizes must be in [1, 2^31), got ", x.sizes(), ".");
+                "sizes must be in [1, 2^31), got ", nums(x.sizes()), ".");
   }
   for (int d = 0; d < 3; ++d) {
     TORCH_CHECK(out_size[d] < int_max, "phaseconv cuda engine: output sizes must be below "
-                "2^31, got ", out_size, ".");
+                "2^31, got ", nums(out_size), ".");
   }
   TORCH_CHECK(c_in < int_max && out_channels < int_max, "phaseconv cuda engine: channel counts "
               "must be below 2^31.");
@@ -119,7 +130,7 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
     const int64_t gcount = (c_in / groups + cg - 1) / cg;
     const int64_t want_m = groups * (out_channels / groups) * total_taps * gcount * cg;
     TORCH_CHECK(wm.numel() == want_m, "phaseconv cuda engine: the tensor-core weight has ",
-                wm.numel(), " elements but ", want_m, " are expected (was it packed for "
+                num(wm.numel()), " elements but ", num(want_m), " are expected (was it packed for "
                 "another layer or dtype?).");
     TORCH_CHECK(reinterpret_cast<uintptr_t>(wm.data_ptr()) % 16 == 0, "phaseconv cuda "
                 "engine: the tensor-core weight must be 16-byte aligned.");
@@ -128,7 +139,7 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
   TORCH_CHECK(union_box.size() == 6, "phaseconv cuda engine: union_box must have 6 entries.");
   for (int d = 3; d < 6; ++d) {
     TORCH_CHECK(union_box[d] >= 0 && union_box[d] < (int64_t)1 << 20, "phaseconv cuda engine: "
-                "bad union_box ", union_box, ".");
+                "bad union_box ", nums(union_box), ".");
   }
 
   PhaseConvFwdParams p;
@@ -225,6 +236,56 @@ std::string describe_binding(const torch::Tensor& x, const torch::Tensor& wpack,
   return std::string(buf);
 }
 
+// The weight gradient in the forward's packed layout (phase_conv_bwd.cuh).
+torch::Tensor phase_conv_bwd_weight_binding(const torch::Tensor& x, const torch::Tensor& grad_y,
+                                            const torch::Tensor& table, int64_t packed_elems,
+                                            std::vector<int64_t> stride,
+                                            std::vector<int64_t> phase_dilation,
+                                            std::vector<int64_t> max_taps, int64_t groups) {
+  TORCH_CHECK(x.is_cuda() && grad_y.device() == x.device() && table.device() == x.device(),
+              "phaseconv cuda engine: x, grad_y and the phase table must be on one CUDA "
+              "device.");
+  TORCH_CHECK(x.dim() == 5 && grad_y.dim() == 5 && x.size(0) == grad_y.size(0),
+              "phaseconv cuda engine: x and grad_y must be batched 5-D tensors of one batch.");
+  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(), "phaseconv cuda engine: grad_y's dtype ",
+              grad_y.scalar_type(), " differs from x's ", x.scalar_type(), ".");
+  const int dtype_code = dtype_code_of(x);
+  check_triple(stride, "stride", 1);
+  check_triple(phase_dilation, "phase_dilation", 1);
+  check_triple(max_taps, "max_taps", 0);
+  const int64_t c_in = x.size(1), c_out = grad_y.size(1);
+  TORCH_CHECK(groups >= 1 && c_in % groups == 0 && c_out % groups == 0,
+              "phaseconv cuda engine: groups=", num(groups), " must divide C_in=", num(c_in),
+              " and C_out=", num(c_out), ".");
+  TORCH_CHECK(table.scalar_type() == torch::kInt64 && table.is_contiguous() &&
+              table.numel() == stride[0] * stride[1] * stride[2] * PHASECONV_TABLE_STRIDE,
+              "phaseconv cuda engine: the phase table does not match the stride.");
+  TORCH_CHECK(packed_elems >= 0, "phaseconv cuda engine: packed_elems must be non-negative.");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const torch::Tensor xc = x.contiguous(), gc = grad_y.contiguous();
+  torch::Tensor gw = torch::empty({packed_elems}, x.options());
+  PhaseConvBwdWeightParams p;
+  p.x = xc.data_ptr(); p.grad_y = gc.data_ptr(); p.grad_w = gw.data_ptr();
+  p.workspace = nullptr; p.table = table.data_ptr<int64_t>();
+  p.n = x.size(0); p.c_in = c_in; p.c_out = c_out; p.groups = groups;
+  p.in_d = x.size(2); p.in_h = x.size(3); p.in_w = x.size(4);
+  p.out_d = grad_y.size(2); p.out_h = grad_y.size(3); p.out_w = grad_y.size(4);
+  p.stride_d = stride[0]; p.stride_h = stride[1]; p.stride_w = stride[2];
+  p.pdil_d = phase_dilation[0]; p.pdil_h = phase_dilation[1]; p.pdil_w = phase_dilation[2];
+  p.max_taps_d = max_taps[0]; p.max_taps_h = max_taps[1]; p.max_taps_w = max_taps[2];
+  p.packed_elems = packed_elems;
+  if (packed_elems == 0) return gw;
+  if (x.size(0) == 0) return gw.zero_();
+  const size_t ws_bytes = phase_conv_bwd_weight_workspace(p, dtype_code);
+  torch::Tensor ws = torch::empty({(int64_t)ws_bytes + 16}, x.options().dtype(torch::kUInt8));
+  p.workspace = ws.data_ptr();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const cudaError_t err = phase_conv_bwd_weight(p, dtype_code, stream);
+  TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: the weight-gradient launch failed: ",
+              cudaGetErrorString(err), ".");
+  return gw;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -236,6 +297,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("total_taps"), py::arg("groups"), py::arg("out_channels"),
         py::arg("force_path") = 0, py::arg("wmma") = py::none(),
         py::arg("union_box") = std::vector<int64_t>{0, 0, 0, 0, 0, 0});
+  m.def("phase_conv_bwd_weight", &phase_conv_bwd_weight_binding,
+        "Weight gradient of the transposed 3-D convolution in the packed layout.", py::arg("x"),
+        py::arg("grad_y"), py::arg("table"), py::arg("packed_elems"), py::arg("stride"),
+        py::arg("phase_dilation"), py::arg("max_taps"), py::arg("groups"));
   m.def("describe", &describe_binding, "The kernel configuration phase_conv_fwd would use.",
         py::arg("x"), py::arg("wpack"), py::arg("table"), py::arg("bias"), py::arg("out_size"),
         py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),

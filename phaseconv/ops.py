@@ -2,9 +2,12 @@
 
 * forward: the chosen engine (the CUDA kernel or the reference engine) on the weight's cached
   phase pack;
-* backward: the phase-form gradients (``engines/reference.py``: ``grad_input``,
-  ``grad_weight_phases`` + ``packing.unpack_conv3d_phases``, ``grad_bias``), in torch ops on
-  the gradient's device, in a fixed order (deterministic; no atomics of ours).
+* backward: the phase-form gradients, on the same engine as the forward, in a fixed order
+  (deterministic; no atomics).  On the CUDA engine grad_input runs each phase's stride-1
+  transposed convolution through the forward kernels (``engines/cuda.py: grad_input``) and
+  grad_weight is a kernel of its own (``csrc/phase_conv_bwd.cu``); the reference engine uses
+  torch ops (``engines/reference.py``: ``grad_input``, ``grad_weight_phases`` +
+  ``packing.unpack_conv3d_phases``).  grad_bias is a sum over batch and space.
 
 On torch >= 2.4 both are ``torch.library`` custom ops (``phaseconv::conv_transpose3d`` and
 ``phaseconv::conv_transpose3d_backward``) with fake implementations, so ``torch.compile``
@@ -84,26 +87,47 @@ def forward_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 
 def backward_impl(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                   stride: List[int], padding: List[int], output_padding: List[int], groups: int,
-                  dilation: List[int], mask: List[bool], use_cache: bool
+                  dilation: List[int], mask: List[bool], use_cache: bool, engine: str = ""
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients for (input, weight, bias) where ``mask`` asks; empty tensors elsewhere."""
+    """Gradients for (input, weight, bias) where ``mask`` asks; empty tensors elsewhere, on the
+    engine the forward used (``engines.choose`` on the gradient's device)."""
     args = check_conv_transpose3d(x, weight, None, stride, padding, output_padding, groups,
                                   dilation)
+    choice = engines.choose(grad_out.device, engine or None)
     xb = x if args.batched else x.unsqueeze(0)
     gb = grad_out if args.batched else grad_out.unsqueeze(0)
     plan = _plan(args)
     empty = grad_out.new_empty((0,))
     with torch.no_grad():
         gx = gw = gbias = empty
-        if mask[0]:
-            gx = reference.grad_input(gb, _conv3d_phases(weight, args, use_cache), plan,
-                                      args.groups, args.in_channels)
-            gx = gx if args.batched else gx.squeeze(0)
-        if mask[1]:
-            phases = reference.grad_weight_phases(xb, gb, plan, args.groups, args.out_channels,
-                                                  tuple(weight.shape))
-            gw = unpack_conv3d_phases(phases, tuple(weight.shape), args.groups, args.stride,
-                                      args.padding, args.dilation)
+        if choice.name == "cuda" and (mask[0] or mask[1]):
+            from .engines import cuda
+
+            def pack(w):
+                return cuda.pack(w, args.groups, args.stride, args.padding, args.dilation)
+
+            def pack_gi(w):
+                return cuda.pack_grad_input(w, args.groups, args.stride, args.padding,
+                                            args.dilation)
+
+            if mask[0]:
+                gi_packs = _packed(weight, "cuda-grad-input", args, pack_gi, use_cache)
+                gx = cuda.grad_input(gb, _conv3d_phases(weight, args, use_cache), gi_packs,
+                                     plan, args.groups, args.in_channels)
+            if mask[1]:
+                gw = cuda.grad_weight(xb, gb, _packed(weight, "cuda", args, pack, use_cache),
+                                      tuple(weight.shape))
+        else:
+            if mask[0]:
+                gx = reference.grad_input(gb, _conv3d_phases(weight, args, use_cache), plan,
+                                          args.groups, args.in_channels)
+            if mask[1]:
+                phases = reference.grad_weight_phases(xb, gb, plan, args.groups,
+                                                      args.out_channels, tuple(weight.shape))
+                gw = unpack_conv3d_phases(phases, tuple(weight.shape), args.groups,
+                                          args.stride, args.padding, args.dilation)
+        if mask[0] and not args.batched:
+            gx = gx.squeeze(0)
         if mask[2]:
             gbias = reference.grad_bias(gb)
     return gx, gw, gbias
@@ -118,7 +142,7 @@ def _fake_forward(x, weight, bias, stride, padding, output_padding, groups, dila
 
 
 def _fake_backward(grad_out, x, weight, stride, padding, output_padding, groups, dilation,
-                   mask, use_cache):
+                   mask, use_cache, engine):
     empty = grad_out.new_empty((0,))
     return (x.new_empty(x.shape) if mask[0] else empty,
             weight.new_empty(weight.shape) if mask[1] else empty,
@@ -134,7 +158,7 @@ class _ConvTranspose3dFunction(torch.autograd.Function):
                 use_cache):
         ctx.save_for_backward(x, weight)
         ctx.conf = (bias is not None, stride, padding, output_padding, groups, dilation,
-                    use_cache)
+                    use_cache, engine)
         return forward_impl(x, weight, bias, stride, padding, output_padding, groups, dilation,
                             engine, use_cache)
 
@@ -142,11 +166,11 @@ class _ConvTranspose3dFunction(torch.autograd.Function):
     @once_differentiable  # a second backward through it raises torch's own clear error
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        has_bias, stride, padding, output_padding, groups, dilation, use_cache = ctx.conf
+        has_bias, stride, padding, output_padding, groups, dilation, use_cache, engine = ctx.conf
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 has_bias and ctx.needs_input_grad[2]]
         gx, gw, gb = backward_impl(grad_out.contiguous(), x, weight, stride, padding,
-                                   output_padding, groups, dilation, mask, use_cache)
+                                   output_padding, groups, dilation, mask, use_cache, engine)
         return ((gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None)
                 + (None,) * 7)
 
@@ -163,28 +187,29 @@ if HAS_CUSTOM_OPS:
     @torch.library.custom_op("phaseconv::conv_transpose3d_backward", mutates_args=())
     def _backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                      stride: List[int], padding: List[int], output_padding: List[int],
-                     groups: int, dilation: List[int], mask: List[bool], use_cache: bool
-                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     groups: int, dilation: List[int], mask: List[bool], use_cache: bool,
+                     engine: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return backward_impl(grad_out, x, weight, stride, padding, output_padding, groups,
-                             dilation, mask, use_cache)
+                             dilation, mask, use_cache, engine)
 
     _forward_op.register_fake(_fake_forward)
     _backward_op.register_fake(_fake_backward)
 
     def _setup_context(ctx, inputs, output):
-        x, weight, bias, stride, padding, output_padding, groups, dilation, _, use_cache = inputs
+        x, weight, bias, stride, padding, output_padding, groups, dilation, engine, use_cache = \
+            inputs
         ctx.save_for_backward(x, weight)
         ctx.conf = (bias is not None, stride, padding, output_padding, groups, dilation,
-                    use_cache)
+                    use_cache, engine)
 
     def _op_backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        has_bias, stride, padding, output_padding, groups, dilation, use_cache = ctx.conf
+        has_bias, stride, padding, output_padding, groups, dilation, use_cache, engine = ctx.conf
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 has_bias and ctx.needs_input_grad[2]]
         gx, gw, gb = torch.ops.phaseconv.conv_transpose3d_backward(
             grad_out.contiguous(), x, weight, stride, padding, output_padding, groups,
-            dilation, mask, use_cache)
+            dilation, mask, use_cache, engine)
         return ((gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None)
                 + (None,) * 7)
 

@@ -8,6 +8,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+import phaseconv
 from phaseconv.engines import cuda
 from phaseconv.geometry import phase_plan
 
@@ -46,8 +47,24 @@ def main() -> int:
                 if not err <= tol:
                     failures += 1
                     print("FAIL", (n, ci, co, g, size, k, s, p, op, d), dtype, path, err)
+        # the CUDA backward (grad_input through the forward kernels, the grad_weight kernel)
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            x = torch.randn((n, ci) + size, device="cuda").to(dtype).requires_grad_()
+            w = torch.randn((ci, co // g) + k, device="cuda").to(dtype).requires_grad_()
+            out = phaseconv.conv_transpose3d(x, w, stride=s, padding=p, output_padding=op,
+                                             groups=g, dilation=d)
+            gx, gw = torch.autograd.grad(out, (x, w), torch.ones_like(out))
+            x64, w64 = (t.detach().double().requires_grad_() for t in (x, w))
+            ref = F.conv_transpose3d(x64, w64, None, s, p, op, g, d)
+            rx, rw = torch.autograd.grad(ref, (x64, w64), torch.ones_like(ref))
+            for a, e in ((gx, rx), (gw, rw)):
+                err = (a.double() - e).abs().max().item() / max(1.0, e.abs().max().item())
+                tol = 3e-2 if dtype == torch.bfloat16 else 2e-5
+                if not err <= tol:
+                    failures += 1
+                    print("FAIL backward", (n, ci, co, g, size, k, s, p, op, d), dtype, err)
     torch.cuda.synchronize()
-    print(f"gpu_sanitize: {len(CASES) * len(DTYPES) * len(PATHS)} runs, {failures} failures")
+    print(f"gpu_sanitize: {len(CASES) * (len(DTYPES) * len(PATHS) + 3)} runs, {failures} failures")
     return 1 if failures else 0
 
 

@@ -39,7 +39,8 @@ from ..geometry import PhasePlan, axis_plan
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_SOURCES = ("phase_conv_fwd.cuh", "phase_conv_fwd.cu", "phase_conv.cpp")
+_SOURCES = ("phase_conv_fwd.cuh", "phase_conv_fwd.cu", "phase_conv_bwd.cuh", "phase_conv_bwd.cu",
+            "phase_conv.cpp")
 FORCE_NCDHW = 16  # force_path flag: never the channels-last kernels (phase_conv_fwd.cuh)
 TABLE_STRIDE = 12
 
@@ -64,6 +65,8 @@ class CudaPacked(NamedTuple):
     weight_mma: Optional[torch.Tensor] = None  # tensor-core layout (see the module docstring)
     union_lo: Tuple[int, int, int] = (0, 0, 0)
     union_ext: Tuple[int, int, int] = (0, 0, 0)
+    # per phase (table order), the kernel taps of each axis in packed (input-offset) order
+    phase_taps: Tuple[Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]], ...] = ()
 
 
 def _arch() -> Tuple[int, int]:
@@ -107,7 +110,7 @@ def _build(major: int, minor: int):
     kwargs = dict(
         name=name,
         cpp_sources=[texts["phase_conv.cpp"]],
-        cuda_sources=[texts["phase_conv_fwd.cu"]],
+        cuda_sources=[texts["phase_conv_fwd.cu"], texts["phase_conv_bwd.cu"]],
         extra_cflags=["-O3"],
         extra_cuda_cflags=cuda_flags,
         extra_include_paths=[str(CSRC)],
@@ -155,6 +158,7 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
     cin_g = c_in // groups
     wg = w.reshape(groups, cin_g, cout_g, *kernel)
     rows = []
+    phase_taps = []
     parts = []
     mparts = []
     offset = 0
@@ -166,6 +170,7 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
         for ph in plans[1].phases:
             for pw in plans[2].phases:
                 taps = (pd.taps, ph.taps, pw.taps)
+                phase_taps.append(tuple(tuple(t) for t in taps))
                 ntaps = len(pd.taps) * len(ph.taps) * len(pw.taps)
                 offs = tuple(a.offsets[0] if a.taps else 0 for a in (pd, ph, pw))
                 rows.append([pd.residue, ph.residue, pw.residue,
@@ -203,7 +208,7 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
         ext.append(last - first)
     return CudaPacked(packed_w.contiguous(), table, kernel, stride, padding, dilation,  # type: ignore
                       pdil, max_taps, total_taps, groups, c_in, cout_g * groups, packed_m,
-                      tuple(lo), tuple(ext))
+                      tuple(lo), tuple(ext), tuple(phase_taps))
 
 
 def _args(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor], plan: PhasePlan,
@@ -273,3 +278,80 @@ def describe(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor],
     mod = load()
     return mod.describe(*_args(x, packed, bias, plan, groups, out_channels),
                         force_path=force_path, **_extra(packed))
+
+
+def grad_weight(x: torch.Tensor, grad_out: torch.Tensor, packed: CudaPacked,
+                weight_shape) -> torch.Tensor:
+    """Gradient of the weight (C_in, C_out/groups, kD, kH, kW) for a batched input ``x`` and
+    ``grad_out`` (N, C_out, OD, OH, OW), from the CUDA kernel (``csrc/phase_conv_bwd.cu``):
+    per phase, the correlation of the input with the phase's slice of ``grad_out``, reduced
+    over batch and space in a fixed order (bitwise reproducible, no atomics), then moved from
+    the packed layout back to the original one."""
+    mod = load()
+    gpacked = mod.phase_conv_bwd_weight(x, grad_out, packed.table, packed.weight.numel(),
+                                        list(packed.stride), list(packed.phase_dilation),
+                                        list(packed.max_taps), packed.groups)
+    return unpack_weight_grad(gpacked, packed, weight_shape)
+
+
+def unpack_weight_grad(gpacked: torch.Tensor, packed: CudaPacked, weight_shape) -> torch.Tensor:
+    """The inverse of :func:`pack`'s ``weight`` layout for a gradient: every kernel tap belongs
+    to exactly one phase, and a phase's taps along an axis are a strided slice of the kernel
+    (in descending kernel order), so each phase block is one strided copy (no scatter)."""
+    c_in, cout_g = int(weight_shape[0]), int(weight_shape[1])
+    groups = packed.groups
+    cin_g = c_in // groups
+    gw = gpacked.new_zeros((groups, cin_g, cout_g) + tuple(packed.kernel))
+    offset = 0
+    for taps in packed.phase_taps:
+        shape = tuple(len(t) for t in taps)
+        n = shape[0] * shape[1] * shape[2]
+        if n == 0:
+            continue
+        size = groups * cin_g * n * cout_g
+        block = gpacked[offset:offset + size].view((groups, cin_g) + shape + (cout_g,))
+        block = block.permute(0, 1, 5, 2, 3, 4)  # (g, ci, co, td, th, tw)
+        index = [slice(None)] * 3
+        flip = []
+        for axis, t in enumerate(taps):
+            lo, hi = min(t), max(t)
+            step = (hi - lo) // (len(t) - 1) if len(t) > 1 else 1
+            index.append(slice(lo, hi + 1, step))
+            if len(t) > 1 and t[0] > t[-1]:
+                flip.append(3 + axis)
+        gw[tuple(index)] = block.flip(flip) if flip else block
+        offset += size
+    return gw.reshape(tuple(weight_shape))
+
+
+def pack_grad_input(weight: torch.Tensor, groups: int, stride, padding, dilation):
+    """Per phase (table order), the phase sub-kernel packed for this engine as a stride-1
+    transposed convolution from C_out to C_in channels at the phase dilation (None for a phase
+    without taps): the input gradient of phase p is that convolution of grad_out's phase-p
+    slice (see ``reference.grad_input``), so the forward kernels compute it."""
+    from ..packing import pack_conv3d_phases
+
+    stride, padding, dilation = (triple(v, name) for v, name in
+                                 ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+    pdil = tuple(d // math.gcd(s, d) for s, d in zip(stride, dilation))
+    phases = pack_conv3d_phases(weight.detach(), groups, stride, padding, dilation)
+    return tuple(None if w is None else pack(w, groups, (1, 1, 1), (0, 0, 0), pdil)
+                 for w in phases)
+
+
+def grad_input(grad_out: torch.Tensor, phase_weights, grad_input_packs, plan: PhasePlan,
+               groups: int, in_channels: int) -> torch.Tensor:
+    """Gradient of the input (N, C_in, D, H, W) for a batched ``grad_out``: the reference
+    engine's phase split (``reference.grad_input``), each phase's stride-1 transposed
+    convolution run by this engine's forward kernels (tensor cores where the dtype allows),
+    the phases added in table order (deterministic)."""
+    from ..geometry import phase_plan
+    from . import reference
+
+    def window(g, p, phase):
+        pplan = phase_plan(phase.out_shape, phase.tap_shape, (1, 1, 1), (0, 0, 0),
+                           dilation=phase.phase_dilation, output_padding=(0, 0, 0))
+        return forward(g, grad_input_packs[p], None, pplan, groups, in_channels)
+
+    return reference.grad_input(grad_out, phase_weights, plan, groups, in_channels,
+                                phase_window=window)

@@ -70,7 +70,7 @@ def _phase_slice(grad_out: torch.Tensor, phase, stride) -> torch.Tensor:
 
 
 def grad_input(grad_out: torch.Tensor, phase_weights, plan: PhasePlan, groups: int,
-               in_channels: int) -> torch.Tensor:
+               in_channels: int, phase_window=None) -> torch.Tensor:
     """Gradient of :func:`forward` with respect to its batched input ``x`` (N, C_in, D, H, W).
 
     **The whole operator.**  Along one axis the transposed convolution scatters
@@ -107,17 +107,22 @@ def grad_input(grad_out: torch.Tensor, phase_weights, plan: PhasePlan, groups: i
     either; the split lets the backward reuse the forward's packed sub-kernels and windows).
 
     ``phase_weights`` is :func:`phaseconv.packing.pack_conv3d_phases`'s output for the same
-    geometry.  Returns (N, in_channels, D, H, W).
+    geometry.  ``phase_window(g, p, phase)``, if given, computes that stride-1 transposed
+    convolution of phase ``p``'s slice ``g`` instead of ``F.conv_transpose3d`` (the CUDA
+    engine runs its own kernel there).  Returns (N, in_channels, D, H, W).
     """
     n = grad_out.shape[0]
     grad_x = grad_out.new_zeros((n, in_channels) + plan.in_shape)
-    for phase, w in zip(plan.phases, phase_weights):
+    for p, (phase, w) in enumerate(zip(plan.phases, phase_weights)):
         if w is None or phase.num_outputs == 0 or not phase.reads_input:
             continue
         g = _phase_slice(grad_out, phase, plan.stride)
         # (N, C_out, counts) -> (N, C_in, window): conv_transpose3d reads w (C_out, C_in/g, T)
         # as (its in_channels, its out_channels / groups, T).
-        win = F.conv_transpose3d(g, w, None, 1, 0, 0, groups, phase.phase_dilation)
+        if phase_window is not None:
+            win = phase_window(g, p, phase)
+        else:
+            win = F.conv_transpose3d(g, w, None, 1, 0, 0, groups, phase.phase_dilation)
         src, dst = [slice(None), slice(None)], [slice(None), slice(None)]
         for axis, size in zip(phase.axes, plan.in_shape):
             start, stop = axis.input_window

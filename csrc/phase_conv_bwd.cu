@@ -1,0 +1,361 @@
+// phaseconv CUDA backward: the weight gradient, phase by phase (see phase_conv_bwd.cuh).
+// CUDA headers only.
+//
+// A block stages, per tile of phase outputs (one D row of TH x TW), the input window the
+// tile's taps read (up to 32 channels, zero outside the input: no padded copy) and the tile's
+// grad_y values (a strided gather of the phase's outputs) in shared memory; each thread owns a
+// 4 x 4 tile of (input channel, output channel) for one tap and walks a share of the tile's
+// outputs.  FMAs in fp32 (fp64 for double).
+#include "phase_conv_bwd.cuh"
+#include "phase_conv_fwd.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace phaseconv_bwd {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T> struct Acc { typedef float type; };
+template <> struct Acc<double> { typedef double type; };
+
+template <typename A, typename T> __device__ __forceinline__ A load_as(const T* p) {
+  return (A)__ldg(p);
+}
+template <> __device__ __forceinline__ float load_as<float, __half>(const __half* p) {
+  return __half2float(__ldg(p));
+}
+template <> __device__ __forceinline__ float load_as<float, __nv_bfloat16>(
+    const __nv_bfloat16* p) {
+  return __bfloat162float(__ldg(p));
+}
+template <typename T, typename A> __device__ __forceinline__ T store_as(A v) { return (T)v; }
+template <> __device__ __forceinline__ __half store_as<__half, float>(float v) {
+  return __float2half_rn(v);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ int count_of(int out, int r, int s) {
+  return out > r ? (out - r + s - 1) / s : 0;
+}
+
+struct GwArgs {
+  const void* x;
+  const void* gy;
+  void* ws;
+  const int64_t* table;
+  int64_t nbatch;
+  int c_in, c_out, cin_g, cout_g;
+  int in_d, in_h, in_w, out_d, out_h, out_w;
+  int sd, sh, sw, pdd, pdh, pdw;
+  int num_phases, groups;
+  int ci_b, co_b, tc;            // input channels, output channels and taps per block
+  int n_cib, n_cob, n_tch, splits;
+  int lg_tpos;                   // phase outputs per tile: 1 << lg_tpos (one D row)
+  int win_max;                   // window positions staged at most (smem sizing)
+  int64_t packed_elems;          // one workspace slice
+};
+
+// 4 consecutive accumulator-type values from shared memory (16-byte aligned for float)
+__device__ __forceinline__ void lds4(const float* p, float (&v)[4]) {
+  const float4 f = *reinterpret_cast<const float4*>(p);
+  v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+}
+__device__ __forceinline__ void lds4(const double* p, double (&v)[4]) {
+  const double2 a = *reinterpret_cast<const double2*>(p);
+  const double2 b = *reinterpret_cast<const double2*>(p + 2);
+  v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
+}
+
+// A thread owns a 4 x 4 register tile: 4 input channels of one tap x 4 output channels, and
+// walks a share (`part`) of each tile's outputs: per output two 16-byte shared loads feed 16
+// FMAs (an outer product, as in a SIMT GEMM with k = the phase's outputs).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
+  typedef typename Acc<T>::type A;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int tpos = 1 << a.lg_tpos;
+  // row strides of the staged tiles (unpadded: padding by 4 measured slower, 2026-11-25)
+  const int xs = a.ci_b, gs = a.co_b;
+  A* s_x = reinterpret_cast<A*>(smem_raw);               // [window position][xs]
+  A* s_g = s_x + (size_t)a.win_max * xs;                  // [tile output][gs]
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ gy = static_cast<const T*>(a.gy);
+  A* __restrict__ ws = static_cast<A*>(a.ws);
+  const int tid = threadIdx.x;
+
+  int64_t r = blockIdx.x;
+  const int tch = (int)(r % a.n_tch); r /= a.n_tch;
+  const int cob = (int)(r % a.n_cob); r /= a.n_cob;
+  const int cib = (int)(r % a.n_cib); r /= a.n_cib;
+  const int g = (int)(r % a.groups); r /= a.groups;
+  const int p = (int)(r % a.num_phases);
+  const int split = (int)(r / a.num_phases);
+
+  const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+  const int Td = (int)e[PT_TAPS_D], Th = (int)e[PT_TAPS_H], Tw = (int)e[PT_TAPS_W];
+  const int ntaps = Td * Th * Tw;
+  const int t0 = tch * a.tc;
+  if (ntaps == 0 || t0 >= ntaps) return;  // no packed block / no taps left (uniform)
+  const int tn = min(a.tc, ntaps - t0);
+  const int rd = (int)e[PT_RES_D], rh = (int)e[PT_RES_H], rw = (int)e[PT_RES_W];
+  const int offd = (int)e[PT_OFF_D], offh = (int)e[PT_OFF_H], offw = (int)e[PT_OFF_W];
+  const int64_t wofs = e[PT_WOFS];
+  const int cd = count_of(a.out_d, rd, a.sd), ch = count_of(a.out_h, rh, a.sh),
+            cw = count_of(a.out_w, rw, a.sw);
+  const int co0 = cob * a.co_b, con = min(a.co_b, a.cout_g - co0);
+  const int ci0 = cib * a.ci_b, cin_n = min(a.ci_b, a.cin_g - ci0);
+
+  // tile: one D row, TH x TW phase outputs (TW: power of two covering cw, <= tpos and 32)
+  int lg_tw = 0;
+  while ((1 << lg_tw) < cw && lg_tw < 5 && lg_tw < a.lg_tpos) ++lg_tw;
+  const int TW = 1 << lg_tw, TH = tpos >> lg_tw;
+  const int WH = TH + (Th - 1) * a.pdh, WW = TW + (Tw - 1) * a.pdw;
+  const int WD = 1 + (Td - 1) * a.pdd;
+
+  // this thread: a (tap, 4 input channels, 4 output channels) tile and a part of the outputs
+  const int nci4 = a.ci_b >> 2, nco4 = a.co_b >> 2;
+  const int ni = tn * nci4 * nco4;
+  const int parts = ni >= kThreads ? 1 : kThreads / ni;
+  const bool has_item = tid < ni * parts;
+  const int item = tid % ni, part = tid / ni;
+  const int co4 = item % nco4, ci4 = (item / nco4) % nci4, t = t0 + item / (nco4 * nci4);
+  const int tw = t % Tw, th = (t / Tw) % Th, td = t / (Tw * Th);
+  const int tap_pos = (td * a.pdd * WH + th * a.pdh) * WW + tw * a.pdw;
+
+  A acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0;
+
+  const int tiles_w = (cw + TW - 1) / TW, tiles_h = (ch + TH - 1) / TH;
+  const int64_t tiles = a.nbatch * cd * tiles_h * tiles_w;
+  const int64_t per = (tiles + a.splits - 1) / a.splits;
+  const int64_t tb = (int64_t)split * per;
+  const int64_t te = min(tiles, tb + per);
+  const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
+  const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  for (int64_t tile = tb; tile < te; ++tile) {
+    int64_t q = tile;
+    const int bw = (int)(q % tiles_w); q /= tiles_w;
+    const int bh = (int)(q % tiles_h); q /= tiles_h;
+    const int jd = (int)(q % cd);
+    const int64_t n = q / cd;
+    const int h0 = bh * TH, w0 = bw * TW;
+    __syncthreads();  // the previous tile's readers are done
+    // input window (ci_b channels; zero outside the input and past C_in/g), [pos][ci]
+    const T* xg = x + (n * a.c_in + (int64_t)g * a.cin_g + ci0) * in_plane;
+    const int npos = WD * WH * WW;
+    for (int it = tid; it < a.ci_b * npos; it += kThreads) {
+      const int c = it / npos, pos = it - c * npos;
+      const int wd = pos / (WH * WW), rem = pos - wd * (WH * WW);
+      const int wh = rem / WW, ww = rem - wh * WW;
+      const int id = jd + offd + wd, ih = h0 + offh + wh, iw = w0 + offw + ww;
+      A v = 0;
+      if (c < cin_n && (unsigned)id < (unsigned)a.in_d && (unsigned)ih < (unsigned)a.in_h &&
+          (unsigned)iw < (unsigned)a.in_w)
+        v = load_as<A>(xg + c * in_plane + ((int64_t)id * a.in_h + ih) * a.in_w + iw);
+      s_x[pos * xs + c] = v;
+    }
+    // grad_y at the tile's phase outputs (zero past the phase's counts), [output][co]
+    const T* gg = gy + (n * a.c_out + (int64_t)g * a.cout_g + co0) * out_plane;
+    for (int it = tid; it < a.co_b * tpos; it += kThreads) {
+      const int c = it >> a.lg_tpos, qq = it & (tpos - 1);
+      const int jh = h0 + (qq >> lg_tw), jw = w0 + (qq & (TW - 1));
+      A v = 0;
+      if (c < con && jh < ch && jw < cw)
+        v = load_as<A>(gg + c * out_plane +
+                       ((int64_t)(rd + a.sd * jd) * a.out_h + rh + a.sh * jh) * a.out_w + rw +
+                       (int64_t)a.sw * jw);
+      s_g[qq * gs + c] = v;
+    }
+    __syncthreads();
+    if (has_item) {
+      for (int qq = part; qq < tpos; qq += parts) {
+        A xv[4], gv[4];
+        lds4(s_x + (size_t)(tap_pos + (qq >> lg_tw) * WW + (qq & (TW - 1))) * xs + ci4 * 4, xv);
+        lds4(s_g + (size_t)qq * gs + co4 * 4, gv);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] += xv[i] * gv[j];
+      }
+    }
+  }
+  // add the parts of each item in part order, then write this split's slice
+  __syncthreads();
+  A* s_red = s_x;  // kThreads x 16
+  if (has_item) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) s_red[tid * 16 + i * 4 + j] = acc[i][j];
+  }
+  __syncthreads();
+  if (has_item && part == 0) {
+    for (int k = 1; k < parts; ++k) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += s_red[(k * ni + item) * 16 + i * 4 + j];
+    }
+    A* out = ws + (int64_t)split * a.packed_elems + wofs;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int ci = ci4 * 4 + i;
+      if (ci >= cin_n) continue;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int co = co4 * 4 + j;
+        if (co < con)
+          out[(((int64_t)g * a.cin_g + ci0 + ci) * ntaps + t) * a.cout_g + co0 + co] =
+              acc[i][j];
+      }
+    }
+  }
+}
+
+// grad_w[i] = sum over splits (in order) of the workspace slices
+template <typename T>
+__global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* gw_, int splits,
+                                                        int64_t elems) {
+  typedef typename Acc<T>::type A;
+  const A* ws = static_cast<const A*>(ws_);
+  T* gw = static_cast<T*>(gw_);
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < elems;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    A s = 0;
+    for (int k = 0; k < splits; ++k) s += ws[(int64_t)k * elems + i];
+    gw[i] = store_as<T, A>(s);
+  }
+}
+
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct GwPlan {
+  GwArgs a;
+  int64_t grid;
+  size_t smem, ws_bytes;
+};
+
+inline int round4(int64_t v) { return (int)((v + 3) / 4 * 4); }
+
+bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, GwPlan* out) {
+  const size_t acc_size = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
+  GwArgs& a = out->a;
+  a.x = p.x; a.gy = p.grad_y; a.ws = p.workspace; a.table = p.table;
+  a.nbatch = p.n;
+  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out; a.groups = (int)p.groups;
+  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
+  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
+  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
+  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
+  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
+  a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
+  a.packed_elems = p.packed_elems;
+  const int64_t max_taps = p.max_taps_d * p.max_taps_h * p.max_taps_w;
+  if (max_taps == 0 || p.packed_elems == 0) return false;
+  // block tile: up to 32 x 32 channels (4-channel register tiles), taps to fill the threads
+  // (64 x 64 measured slower: one block per SM, 2026-11-25)
+  a.ci_b = a.cin_g >= 32 ? 32 : round4(a.cin_g);
+  a.co_b = a.cout_g >= 32 ? 32 : round4(a.cout_g);
+  const int64_t per_tap = (int64_t)(a.ci_b / 4) * (a.co_b / 4);
+  int64_t tc = kThreads / per_tap;
+  if (tc < 1) tc = 1;
+  if (tc > max_taps) tc = max_taps;
+  a.tc = (int)tc;
+  a.n_tch = (int)cdiv(max_taps, a.tc);
+  a.n_cib = (int)cdiv(a.cin_g, a.ci_b);
+  a.n_cob = (int)cdiv(a.cout_g, a.co_b);
+  // the tile's window: TW covers a phase's W count (the largest and smallest phases may
+  // differ by one), TH = tpos / TW; the largest tile that fits ~160 KB of shared memory
+  const int64_t wd = 1 + (p.max_taps_d - 1) * p.pdil_d;
+  const int64_t cw_hi = cdiv(p.out_w, p.stride_w), cw_lo = p.out_w / p.stride_w;
+  bool fits = false;
+  for (int lg_tpos = 7; lg_tpos >= 0 && !fits; --lg_tpos) {
+    int64_t win = 0;
+    for (int k = 0; k < 2; ++k) {
+      const int64_t cwk = k == 0 ? cw_hi : cw_lo;
+      int lg = 0;
+      while (((int64_t)1 << lg) < cwk && lg < 5 && lg < lg_tpos) ++lg;
+      const int64_t tw = (int64_t)1 << lg, th = ((int64_t)1 << lg_tpos) >> lg;
+      const int64_t w = wd * (th + (p.max_taps_h - 1) * p.pdil_h) *
+                        (tw + (p.max_taps_w - 1) * p.pdil_w);
+      if (w > win) win = w;
+    }
+    const int64_t xs = a.ci_b, gs = a.co_b;
+    if (win * xs < kThreads * 16) win = cdiv(kThreads * 16, xs);  // reduction buffer
+    const size_t smem = (size_t)(win * xs + (gs << lg_tpos)) * acc_size;
+    if (smem <= 160 * 1024 && win < (1 << 24)) {
+      a.lg_tpos = lg_tpos;
+      a.win_max = (int)win;
+      out->smem = smem;
+      fits = true;
+    }
+  }
+  if (!fits) return false;
+  const int64_t base = (int64_t)a.num_phases * a.groups * a.n_cib * a.n_cob * a.n_tch;
+  // splits of the reduction: enough blocks for ~4 per multiprocessor (132 on an H100)
+  const int64_t tiles = p.n * cdiv(p.out_d, p.stride_d) *
+                        cdiv(cdiv(p.out_h, p.stride_h) * cdiv(p.out_w, p.stride_w),
+                             (int64_t)1 << a.lg_tpos);  // about the tiles of a phase
+  int64_t splits = cdiv(4 * 132, base);
+  if (splits > tiles) splits = tiles;
+  if (splits < 1) splits = 1;
+  if (splits > 64) splits = 64;
+  a.splits = (int)splits;
+  out->grid = base * splits;
+  out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * acc_size;
+  return out->grid < ((int64_t)1 << 31);
+}
+
+template <typename T>
+cudaError_t launch_gw(const PhaseConvBwdWeightParams& p, const GwPlan& plan,
+                      cudaStream_t stream) {
+  if (plan.smem > 48 * 1024) {
+    cudaError_t err = cudaFuncSetAttribute(gw_partial_kernel<T>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)plan.smem);
+    if (err != cudaSuccess) return err;
+  }
+  // slices of blocks that find no taps stay unwritten: start from zeros
+  cudaError_t err = cudaMemsetAsync(p.workspace, 0, plan.ws_bytes, stream);
+  if (err != cudaSuccess) return err;
+  gw_partial_kernel<T><<<(unsigned)plan.grid, kThreads, plan.smem, stream>>>(plan.a);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  int64_t blocks = cdiv(p.packed_elems, 256);
+  if (blocks > 65535) blocks = 65535;
+  gw_reduce_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(p.workspace, p.grad_w,
+                                                            plan.a.splits, p.packed_elems);
+  return cudaGetLastError();
+}
+
+}  // namespace
+}  // namespace phaseconv_bwd
+
+size_t phase_conv_bwd_weight_workspace(const PhaseConvBwdWeightParams& params, int dtype_code) {
+  phaseconv_bwd::GwPlan plan;
+  if (!phaseconv_bwd::plan_gw(params, dtype_code, &plan)) return 0;
+  return plan.ws_bytes;
+}
+
+cudaError_t phase_conv_bwd_weight(const PhaseConvBwdWeightParams& params, int dtype_code,
+                                  cudaStream_t stream) {
+  using namespace phaseconv_bwd;
+  if (params.packed_elems == 0) return cudaSuccess;  // no phase has taps: nothing to write
+  GwPlan plan;
+  if (!plan_gw(params, dtype_code, &plan) || plan.smem > 227 * 1024)
+    return cudaErrorInvalidConfiguration;  // window too large for shared memory
+  switch (dtype_code) {
+    case PHASECONV_FLOAT32: return launch_gw<float>(params, plan, stream);
+    case PHASECONV_FLOAT64: return launch_gw<double>(params, plan, stream);
+    case PHASECONV_FLOAT16: return launch_gw<__half>(params, plan, stream);
+    case PHASECONV_BFLOAT16: return launch_gw<__nv_bfloat16>(params, plan, stream);
+  }
+  return cudaErrorInvalidValue;
+}

@@ -1,0 +1,40 @@
+// phaseconv CUDA backward: host launcher API of the weight gradient.
+//
+// Phase p computes y_p[n, o, j] = sum_{c, t} w_p[c, t, o] x[n, c, j + off_t] (j over the
+// phase's outputs), so its weight gradient is a correlation reduced over batch and space:
+//
+//   grad_w_p[c, t, o] = sum_{n, j} x[n, c, j + off_t] * grad_y[n, o, r + s * j]
+//
+// Blocks own (phase, group, block of C_in/g, block of C_out/g, block of taps, split of the
+// phase's outputs); each writes its partial sums to a workspace slice of its own, and a
+// second kernel adds the slices in split order: a fixed reduction order, no atomics, so the
+// result is bitwise reproducible.  The gradient comes out in the forward's packed layout
+// (phase_conv_fwd.cuh: [groups][C_in/groups][taps_d][taps_h][taps_w][C_out/groups] per phase).
+//
+// This header includes only CUDA's own headers, so it builds without torch.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+struct PhaseConvBwdWeightParams {
+  const void* x;          // (N, C_in, D, H, W) contiguous
+  const void* grad_y;     // (N, C_out, OD, OH, OW) contiguous
+  void* grad_w;           // packed layout (see above), x's dtype; every element written
+  void* workspace;        // phase_conv_bwd_weight_workspace() bytes, 16-byte aligned
+  const int64_t* table;   // the forward's phase table (device)
+  int64_t n, c_in, c_out, groups;
+  int64_t in_d, in_h, in_w;
+  int64_t out_d, out_h, out_w;
+  int64_t stride_d, stride_h, stride_w;
+  int64_t pdil_d, pdil_h, pdil_w;
+  int64_t max_taps_d, max_taps_h, max_taps_w;
+  int64_t packed_elems;   // elements of the packed weight
+};
+
+// Bytes of workspace the launch needs (0 when nothing is to be computed).
+size_t phase_conv_bwd_weight_workspace(const PhaseConvBwdWeightParams& params, int dtype_code);
+
+// Launches the weight gradient on `stream`; dtype_code as in phase_conv_fwd.cuh.
+cudaError_t phase_conv_bwd_weight(const PhaseConvBwdWeightParams& params, int dtype_code,
+                                  cudaStream_t stream);
