@@ -7,6 +7,7 @@
 // 4 x 4 tile of (input channel, output channel) for one tap and walks a share of the tile's
 // outputs.  FMAs in fp32 (fp64 for double).
 #include "phase_conv_bwd.cuh"
+#include "phase_conv_dtype.cuh"
 #include "phase_conv_fwd.cuh"
 
 #include <cuda_bf16.h>
@@ -18,30 +19,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T> struct Acc { typedef float type; };
-template <> struct Acc<double> { typedef double type; };
-
-template <typename A, typename T> __device__ __forceinline__ A load_as(const T* p) {
-  return (A)__ldg(p);
-}
-template <> __device__ __forceinline__ float load_as<float, __half>(const __half* p) {
-  return __half2float(__ldg(p));
-}
-template <> __device__ __forceinline__ float load_as<float, __nv_bfloat16>(
-    const __nv_bfloat16* p) {
-  return __bfloat162float(__ldg(p));
-}
-template <typename T, typename A> __device__ __forceinline__ T store_as(A v) { return (T)v; }
-template <> __device__ __forceinline__ __half store_as<__half, float>(float v) {
-  return __float2half_rn(v);
-}
-template <> __device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-__device__ __forceinline__ int count_of(int out, int r, int s) {
-  return out > r ? (out - r + s - 1) / s : 0;
-}
+using namespace phaseconv_dtype;  // AccOf, to_acc, from_acc, ldg, axis_count
 
 struct GwArgs {
   const void* x;
@@ -76,7 +54,7 @@ __device__ __forceinline__ void lds4(const double* p, double (&v)[4]) {
 // FMAs (an outer product, as in a SIMT GEMM with k = the phase's outputs).
 template <typename T>
 __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
-  typedef typename Acc<T>::type A;
+  typedef typename AccOf<T>::type A;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int tpos = 1 << a.lg_tpos;
   // row strides of the staged tiles (unpadded: padding by 4 measured slower, 2026-11-25)
@@ -105,8 +83,8 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
   const int rd = (int)e[PT_RES_D], rh = (int)e[PT_RES_H], rw = (int)e[PT_RES_W];
   const int offd = (int)e[PT_OFF_D], offh = (int)e[PT_OFF_H], offw = (int)e[PT_OFF_W];
   const int64_t wofs = e[PT_WOFS];
-  const int cd = count_of(a.out_d, rd, a.sd), ch = count_of(a.out_h, rh, a.sh),
-            cw = count_of(a.out_w, rw, a.sw);
+  const int cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
+            cw = axis_count(a.out_w, rw, a.sw);
   const int co0 = cob * a.co_b, con = min(a.co_b, a.cout_g - co0);
   const int ci0 = cib * a.ci_b, cin_n = min(a.ci_b, a.cin_g - ci0);
 
@@ -159,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
       A v = 0;
       if (c < cin_n && (unsigned)id < (unsigned)a.in_d && (unsigned)ih < (unsigned)a.in_h &&
           (unsigned)iw < (unsigned)a.in_w)
-        v = load_as<A>(xg + c * in_plane + ((int64_t)id * a.in_h + ih) * a.in_w + iw);
+        v = to_acc<A>(ldg(xg + c * in_plane + ((int64_t)id * a.in_h + ih) * a.in_w + iw));
       s_x[pos * xs + c] = v;
     }
     // grad_y at the tile's phase outputs (zero past the phase's counts), [output][co]
@@ -169,9 +147,9 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
       const int jh = h0 + (qq >> lg_tw), jw = w0 + (qq & (TW - 1));
       A v = 0;
       if (c < con && jh < ch && jw < cw)
-        v = load_as<A>(gg + c * out_plane +
+        v = to_acc<A>(ldg(gg + c * out_plane +
                        ((int64_t)(rd + a.sd * jd) * a.out_h + rh + a.sh * jh) * a.out_w + rw +
-                       (int64_t)a.sw * jw);
+                       (int64_t)a.sw * jw));
       s_g[qq * gs + c] = v;
     }
     __syncthreads();
@@ -224,14 +202,14 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
 template <typename T>
 __global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* gw_, int splits,
                                                         int64_t elems) {
-  typedef typename Acc<T>::type A;
+  typedef typename AccOf<T>::type A;
   const A* ws = static_cast<const A*>(ws_);
   T* gw = static_cast<T*>(gw_);
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < elems;
        i += (int64_t)gridDim.x * blockDim.x) {
     A s = 0;
     for (int k = 0; k < splits; ++k) s += ws[(int64_t)k * elems + i];
-    gw[i] = store_as<T, A>(s);
+    gw[i] = from_acc<T>(s);
   }
 }
 

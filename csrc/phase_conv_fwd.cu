@@ -15,6 +15,7 @@
 // shared memory (huge dilated kernels).  No atomics: each output is written once by the
 // block that owns it; results are deterministic.
 #include "phase_conv_fwd.cuh"
+#include "phase_conv_dtype.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -25,39 +26,7 @@ namespace phaseconv {
 namespace {
 
 // ---------------------------------------------------------------- dtype helpers
-template <typename T> struct AccOf { typedef float type; };
-template <> struct AccOf<double> { typedef double type; };
-
-template <typename A, typename T> __device__ __forceinline__ A to_acc(T v) { return (A)v; }
-template <> __device__ __forceinline__ float to_acc<float, __half>(__half v) {
-  return __half2float(v);
-}
-template <> __device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename T, typename A> __device__ __forceinline__ T from_acc(A v) { return (T)v; }
-template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) {
-  return __float2half_rn(v);
-}
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename T> __device__ __forceinline__ T ldg(const T* p) { return __ldg(p); }
-template <> __device__ __forceinline__ __half ldg<__half>(const __half* p) {
-  unsigned short r = __ldg(reinterpret_cast<const unsigned short*>(p));
-  return __ushort_as_half(r);
-}
-template <> __device__ __forceinline__ __nv_bfloat16 ldg<__nv_bfloat16>(const __nv_bfloat16* p) {
-  unsigned short r = __ldg(reinterpret_cast<const unsigned short*>(p));
-  __nv_bfloat16 out;
-  *reinterpret_cast<unsigned short*>(&out) = r;
-  return out;
-}
-
-__device__ __forceinline__ int64_t ldg_i64(const int64_t* p) {
-  return (int64_t)__ldg(reinterpret_cast<const long long*>(p));
-}
+using namespace phaseconv_dtype;  // AccOf, to_acc, from_acc, ldg, ldg_i64, axis_count
 
 // Weight vector load from shared memory (offsets are multiples of CO_T: aligned).
 template <typename A, int CO_T> struct WLoad {
@@ -96,9 +65,6 @@ template <> struct WLoad<double, 8> {
   }
 };
 
-__device__ __forceinline__ int axis_count(int out, int r, int s) {
-  return out > r ? (out - r + s - 1) / s : 0;
-}
 
 // ---------------------------------------------------------------- tiled kernel
 struct TiledArgs {
@@ -1662,6 +1628,19 @@ struct TileCfg {
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The fields every kernel's argument struct shares, from the launcher's parameters (sizes
+// were checked to fit in int by the binding).
+template <typename Args> void set_geometry(Args& a, const PhaseConvFwdParams& p) {
+  a.x = p.x; a.bias = p.bias; a.y = p.y; a.table = p.table;
+  a.nbatch = p.n;
+  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out;
+  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
+  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
+  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
+  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
+  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
+}
+
 struct DevInfo {
   int sms;
   size_t smem_optin;  // per block
@@ -1939,14 +1918,8 @@ cudaError_t launch_mma_t(const MmaArgs& a, const MmaCfg& c, int64_t grid, cudaSt
 template <typename T>
 cudaError_t run_mma(const PhaseConvFwdParams& p, const MmaCfg& c, cudaStream_t stream) {
   MmaArgs a;
-  a.x = p.x; a.w = p.weight; a.bias = p.bias; a.y = p.y; a.table = p.table;
-  a.nbatch = p.n;
-  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out;
-  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
-  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
-  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
-  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
-  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
+  set_geometry(a, p);
+  a.w = p.weight;
   a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
   a.TD = c.TD; a.TH = c.TH; a.TW = c.TW;
   a.tiles_w = (int)cdiv(cdiv(p.out_w, p.stride_w), c.TW);
@@ -2109,14 +2082,8 @@ cudaError_t launch_allph_t(const AllArgs& a, const AllCfg& c, cudaStream_t strea
 template <typename T>
 cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t stream) {
   AllArgs a;
-  a.x = p.x; a.wm = p.weight_mma; a.bias = p.bias; a.y = p.y; a.table = p.table;
-  a.nbatch = p.n;
-  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out;
-  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
-  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
-  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
-  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
-  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
+  set_geometry(a, p);
+  a.wm = p.weight_mma;
   a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
   a.TD = c.TD; a.TH = c.TH; a.TW = c.TW;
   a.lg_tw = ilog2(c.TW); a.lg_thw = ilog2(c.TH * c.TW);
@@ -2238,14 +2205,8 @@ template <typename T>
 cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream) {
   if ((p.x_channels_last != 0) == c.a_ncdhw) return cudaErrorInvalidValue;
   GemmArgs a;
-  a.x = p.x; a.wm = p.weight_mma; a.bias = p.bias; a.y = p.y; a.table = p.table;
-  a.nbatch = p.n;
-  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out;
-  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
-  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
-  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
-  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
-  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
+  set_geometry(a, p);
+  a.wm = p.weight_mma;
   a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
   a.G = a.cin_g / 8; a.m_tiles = c.m_tiles; a.co_blocks = c.co_blocks;
   a.y_even = (p.out_w % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % 4 == 0) ? 1 : 0;
@@ -2330,14 +2291,8 @@ cudaError_t run_typed(const PhaseConvFwdParams& p, int dtype_code, cudaStream_t 
   const bool tiled = (p.force_path & 15) != 2 && choose_tiled(p, dtype_code, dev, &c);
   if (tiled) {
     TiledArgs a;
-    a.x = p.x; a.w = p.weight; a.bias = p.bias; a.y = p.y; a.table = p.table;
-    a.nbatch = p.n;
-    a.c_in = (int)p.c_in; a.c_out = (int)p.c_out;
-    a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
-    a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
-    a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
-    a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
-    a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
+    set_geometry(a, p);
+    a.w = p.weight;
     a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
     a.LW = c.LW; a.NY = c.NY; a.NZ = c.NZ; a.WC = c.WC; a.MD = c.MD; a.MH = c.MH;
     a.TW = c.LW; a.TH = c.NY * c.MH; a.TD = c.NZ * c.MD; a.co_blk = c.WC * c.CO_T;
@@ -2354,14 +2309,8 @@ cudaError_t run_typed(const PhaseConvFwdParams& p, int dtype_code, cudaStream_t 
     return launch_tiled_co<T>(a, c, grid, stream);
   }
   NaiveArgs a;
-  a.x = p.x; a.w = p.weight; a.bias = p.bias; a.y = p.y; a.table = p.table;
-  a.nbatch = p.n;
-  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out;
-  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
-  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
-  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
-  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
-  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
+  set_geometry(a, p);
+  a.w = p.weight;
   a.total = total;
   int64_t blocks = cdiv(total, 256);
   const int64_t cap = (int64_t)dev.sms * 32;

@@ -39,8 +39,8 @@ from ..geometry import PhasePlan, axis_plan
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_SOURCES = ("phase_conv_fwd.cuh", "phase_conv_fwd.cu", "phase_conv_bwd.cuh", "phase_conv_bwd.cu",
-            "phase_conv.cpp")
+_SOURCES = ("phase_conv_dtype.cuh", "phase_conv_fwd.cuh", "phase_conv_fwd.cu",
+            "phase_conv_bwd.cuh", "phase_conv_bwd.cu", "phase_conv.cpp")
 FORCE_NCDHW = 16  # force_path flag: never the channels-last kernels (phase_conv_fwd.cuh)
 TABLE_STRIDE = 12
 
