@@ -1,7 +1,10 @@
 """The CUDA engine: all phases of a transposed convolution in one kernel launch.
 
-The kernel (``csrc/phase_conv_fwd.cu``) reads the input directly (no padded or zero-inserted
-copy, no im2col buffer) and a packed weight made once per weight by :func:`pack`:
+The forward kernels (``csrc/phase_conv_fwd.cu``) read the input directly (no padded or
+zero-inserted copy, no im2col buffer) and a packed weight made once per weight by :func:`pack`.
+The backward: :func:`grad_input` runs each phase's adjoint (a stride-1 transposed convolution
+of grad_output's phase slice) on the same kernels, :func:`grad_weight` is the deterministic
+kernel of ``csrc/phase_conv_bwd.cu``.  The packed layouts:
 
 * ``weight``: 1-D, the phases in row-major order over their residues (rd, rh, rw); phase p
   holds ``[groups][C_in/groups][taps_d][taps_h][taps_w][C_out/groups]`` (C order), each axis'
