@@ -106,14 +106,16 @@ def backward_impl(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
             def pack(w):
                 return cuda.pack(w, args.groups, args.stride, args.padding, args.dilation)
 
-            def pack_gi(w):
-                return cuda.pack_grad_input(w, args.groups, args.stride, args.padding,
-                                            args.dilation)
-
             if mask[0]:
+                phases = _conv3d_phases(weight, args, use_cache)
+
+                def pack_gi(w):  # the phase sub-kernels of this same weight
+                    return cuda.pack_grad_input(phases, args.groups, args.stride,
+                                                args.dilation)
+
                 gi_packs = _packed(weight, "cuda-grad-input", args, pack_gi, use_cache)
-                gx = cuda.grad_input(gb, _conv3d_phases(weight, args, use_cache), gi_packs,
-                                     plan, args.groups, args.in_channels)
+                gx = cuda.grad_input(gb, phases, gi_packs, plan, args.groups,
+                                     args.in_channels)
             if mask[1]:
                 gw = cuda.grad_weight(xb, gb, _packed(weight, "cuda", args, pack, use_cache),
                                       tuple(weight.shape))

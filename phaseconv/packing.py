@@ -50,15 +50,28 @@ def pack_conv3d_phases(weight: torch.Tensor, groups: int, stride: Triple, paddin
     return tuple(out)
 
 
+def _tap_slice(taps: Tuple[int, ...]) -> Tuple[slice, bool]:
+    """One axis of a phase: its taps as a strided slice of the kernel axis (they are evenly
+    spaced, s / gcd(s, d) apart), and whether the packed (input-offset) order runs backwards
+    along the kernel."""
+    lo, hi = min(taps), max(taps)
+    step = (hi - lo) // (len(taps) - 1) if len(taps) > 1 else 1
+    if sorted(taps) != list(range(lo, hi + 1, step)):
+        raise ValueError(f"phase taps {taps} are not evenly spaced")
+    return slice(lo, hi + 1, step), len(taps) > 1 and taps[0] > taps[-1]
+
+
 def unpack_conv3d_phases(phase_grads, weight_shape, groups: int, stride: Triple,
                          padding: Triple, dilation: Triple) -> torch.Tensor:
     """The inverse of :func:`pack_conv3d_phases`: scatter per-phase (C_out, C_in/g, Td, Th, Tw)
     tensors back into the transposed weight's layout (C_in, C_out/g, kD, kH, kW).
 
     Every tap belongs to exactly one phase, so this is a plain scatter with no sums:
-    ``unpack(pack(w)) == w``.  An entry may be None (a phase with no taps, or one whose
-    gradient is known to be zero); its taps come back as zeros.  The reference engine's
-    weight gradient is ``unpack(grad_weight_phases(...))``; differentiable in the entries.
+    ``unpack(pack(w)) == w``; a phase's taps are a strided slice of each kernel axis, so each
+    phase is one strided copy (no index_put: deterministic on every device).  An entry may
+    be None (a phase with no taps, or one whose gradient is known to be zero); its taps come
+    back as zeros.  The reference engine's weight gradient is
+    ``unpack(grad_weight_phases(...))``; differentiable in the entries.
     """
     c_in, c_out_g = int(weight_shape[0]), int(weight_shape[1])
     kernel = tuple(int(k) for k in weight_shape[2:])
@@ -79,9 +92,13 @@ def unpack_conv3d_phases(phase_grads, weight_shape, groups: int, stride: Triple,
         if tuple(g.shape) != expected:
             raise ValueError(f"unpack_conv3d_phases: a phase with taps {taps} needs shape "
                              f"{expected}, got {tuple(g.shape)}")
-        td, th, tw = (torch.tensor(t, dtype=torch.long, device=w.device) for t in taps)
-        # The index tensors broadcast to (Td, Th, Tw): the phase's taps in offset order.
-        w[:, :, td.view(-1, 1, 1), th.view(1, -1, 1), tw.view(1, 1, -1)] = g
+        index, flip = [slice(None), slice(None)], []
+        for axis, t in enumerate(taps):
+            sl, backwards = _tap_slice(t)
+            index.append(sl)
+            if backwards:  # packed in offset order: descending kernel index
+                flip.append(2 + axis)
+        w[tuple(index)] = g.flip(flip) if flip else g
     # (G*C_out/g, C_in/g, k...) -> (G, C_out/g, C_in/g, k...) -> (C_in, C_out/g, k...)
     w = w.reshape((groups, c_out_g, c_in_g) + kernel).transpose(1, 2)
     return w.reshape((c_in, c_out_g) + kernel)

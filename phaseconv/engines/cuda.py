@@ -68,8 +68,6 @@ class CudaPacked(NamedTuple):
     weight_mma: Optional[torch.Tensor] = None  # tensor-core layout (see the module docstring)
     union_lo: Tuple[int, int, int] = (0, 0, 0)
     union_ext: Tuple[int, int, int] = (0, 0, 0)
-    # per phase (table order), the kernel taps of each axis in packed (input-offset) order
-    phase_taps: Tuple[Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]], ...] = ()
 
 
 def _arch() -> Tuple[int, int]:
@@ -161,7 +159,6 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
     cin_g = c_in // groups
     wg = w.reshape(groups, cin_g, cout_g, *kernel)
     rows = []
-    phase_taps = []
     parts = []
     mparts = []
     offset = 0
@@ -173,7 +170,6 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
         for ph in plans[1].phases:
             for pw in plans[2].phases:
                 taps = (pd.taps, ph.taps, pw.taps)
-                phase_taps.append(tuple(tuple(t) for t in taps))
                 ntaps = len(pd.taps) * len(ph.taps) * len(pw.taps)
                 offs = tuple(a.offsets[0] if a.taps else 0 for a in (pd, ph, pw))
                 rows.append([pd.residue, ph.residue, pw.residue,
@@ -211,7 +207,7 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
         ext.append(last - first)
     return CudaPacked(packed_w.contiguous(), table, kernel, stride, padding, dilation,  # type: ignore
                       pdil, max_taps, total_taps, groups, c_in, cout_g * groups, packed_m,
-                      tuple(lo), tuple(ext), tuple(phase_taps))
+                      tuple(lo), tuple(ext))
 
 
 def _args(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor], plan: PhasePlan,
@@ -298,48 +294,42 @@ def grad_weight(x: torch.Tensor, grad_out: torch.Tensor, packed: CudaPacked,
 
 
 def unpack_weight_grad(gpacked: torch.Tensor, packed: CudaPacked, weight_shape) -> torch.Tensor:
-    """The inverse of :func:`pack`'s ``weight`` layout for a gradient: every kernel tap belongs
-    to exactly one phase, and a phase's taps along an axis are a strided slice of the kernel
-    (in descending kernel order), so each phase block is one strided copy (no scatter)."""
+    """The inverse of :func:`pack`'s ``weight`` layout for a gradient: each phase block
+    [g][ci][taps][co] is viewed in the reference engine's per-phase layout and
+    ``packing.unpack_conv3d_phases`` puts it back into the weight's layout."""
+    from ..packing import kernel_phase_taps, unpack_conv3d_phases
+
     c_in, cout_g = int(weight_shape[0]), int(weight_shape[1])
     groups = packed.groups
     cin_g = c_in // groups
-    gw = gpacked.new_zeros((groups, cin_g, cout_g) + tuple(packed.kernel))
+    phases = []
     offset = 0
-    for taps in packed.phase_taps:
+    for taps in kernel_phase_taps(packed.kernel, packed.stride, packed.padding,
+                                  packed.dilation):
         shape = tuple(len(t) for t in taps)
         n = shape[0] * shape[1] * shape[2]
         if n == 0:
+            phases.append(None)
             continue
         size = groups * cin_g * n * cout_g
         block = gpacked[offset:offset + size].view((groups, cin_g) + shape + (cout_g,))
-        block = block.permute(0, 1, 5, 2, 3, 4)  # (g, ci, co, td, th, tw)
-        index = [slice(None)] * 3
-        flip = []
-        for axis, t in enumerate(taps):
-            lo, hi = min(t), max(t)
-            step = (hi - lo) // (len(t) - 1) if len(t) > 1 else 1
-            index.append(slice(lo, hi + 1, step))
-            if len(t) > 1 and t[0] > t[-1]:
-                flip.append(3 + axis)
-        gw[tuple(index)] = block.flip(flip) if flip else block
+        # (g, ci, td, th, tw, co) -> (g * co, ci, td, th, tw)
+        phases.append(block.permute(0, 5, 1, 2, 3, 4).reshape((groups * cout_g, cin_g) + shape))
         offset += size
-    return gw.reshape(tuple(weight_shape))
+    return unpack_conv3d_phases(phases, tuple(weight_shape), groups, packed.stride,
+                                packed.padding, packed.dilation)
 
 
-def pack_grad_input(weight: torch.Tensor, groups: int, stride, padding, dilation):
-    """Per phase (table order), the phase sub-kernel packed for this engine as a stride-1
-    transposed convolution from C_out to C_in channels at the phase dilation (None for a phase
-    without taps): the input gradient of phase p is that convolution of grad_out's phase-p
-    slice (see ``reference.grad_input``), so the forward kernels compute it."""
-    from ..packing import pack_conv3d_phases
-
-    stride, padding, dilation = (triple(v, name) for v, name in
-                                 ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+def pack_grad_input(phase_weights, groups: int, stride, dilation):
+    """Per phase (table order), the phase sub-kernel (``packing.pack_conv3d_phases``'s
+    output, None for a phase without taps) packed for this engine as a stride-1 transposed
+    convolution from C_out to C_in channels at the phase dilation: the input gradient of phase
+    p is that convolution of grad_out's phase-p slice (see ``reference.grad_input``), so the
+    forward kernels compute it."""
+    stride, dilation = triple(stride, "stride"), triple(dilation, "dilation")
     pdil = tuple(d // math.gcd(s, d) for s, d in zip(stride, dilation))
-    phases = pack_conv3d_phases(weight.detach(), groups, stride, padding, dilation)
-    return tuple(None if w is None else pack(w, groups, (1, 1, 1), (0, 0, 0), pdil)
-                 for w in phases)
+    return tuple(None if w is None else pack(w.detach(), groups, (1, 1, 1), (0, 0, 0), pdil)
+                 for w in phase_weights)
 
 
 def grad_input(grad_out: torch.Tensor, phase_weights, grad_input_packs, plan: PhasePlan,
