@@ -2,6 +2,7 @@
 torch's conv_transpose3d (cuDNN), fp32 (TF32 off) and bf16.  Run on a GPU machine:
 
     PYTHONPATH=. python benchmarks/kernel_dev.py [--reps 50] [--shapes 0,1,...] [--dtypes fp32,bf16]
+        [--backward]
 
 Writes the table and a JSON log under $OUT when it is set.
 """
@@ -119,6 +120,67 @@ def bench_shape(spec, dtype, reps, check=True):
     return row
 
 
+def bench_backward(spec, dtype, reps):
+    """The backward's two halves against torch's convolution_backward (cuDNN, TF32 off) and
+    float64: grad_weight per kernel (SIMT, tensor cores at each tile) and grad_input per
+    forward path."""
+    from phaseconv.packing import pack_conv3d_phases
+
+    name, n, cin, cout, g, dhw, k, s, p, op = spec
+    k, s, p, op = t3(k), t3(s), t3(p), t3(op)
+    torch.manual_seed(0)
+    x = torch.rand((n, cin) + tuple(dhw), device="cuda", dtype=dtype)
+    bound = 1.0 / (cin // g * k[0] * k[1] * k[2]) ** 0.5
+    w = ((torch.rand((cin, cout // g) + k, device="cuda") * 2 - 1) * bound).to(dtype)
+    plan = phase_plan(tuple(dhw), k, s, p, dilation=(1, 1, 1), output_padding=op)
+    gy = torch.randn((n, cout) + tuple(plan.out_shape), device="cuda", dtype=dtype)
+    torch.backends.cudnn.allow_tf32 = False
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    gi_ref, gw_ref = torch.autograd.grad(F.conv_transpose3d(x64, w64, None, s, p, op, g),
+                                         (x64, w64), gy.double())
+    packed = cuda.pack(w, g, s, p, (1, 1, 1))
+    mod = cuda.load()
+    row = {"shape": name, "dtype": str(dtype).replace("torch.", "")}
+
+    def rel(a, e):
+        return ((a.double() - e).norm() / e.norm()).item()
+
+    args = cuda._grad_weight_args(x, gy, packed, "auto")[:-1]
+    for vname, code in (("gw_auto", 0), ("gw_simt", 1), ("gw_tc64", 3), ("gw_tc128", 4)):
+        try:
+            gp = mod.phase_conv_bwd_weight(*args, code)
+        except RuntimeError as exc:
+            row[vname] = str(exc)[:60]
+            continue
+        row[vname + "_err"] = rel(cuda.unpack_weight_grad(gp, packed, tuple(w.shape)), gw_ref)
+        row[vname + "_us"], _ = time_fn(lambda code=code: mod.phase_conv_bwd_weight(*args, code),
+                                        reps)
+        row[vname + "_config"] = mod.describe_bwd_weight(*args, code)
+    phases = pack_conv3d_phases(w, g, s, p, (1, 1, 1))
+    gi_packs = cuda.pack_grad_input(phases, g, k, s, p, (1, 1, 1))
+    row["gi_config"] = cuda.describe_grad_input(gy, gi_packs, plan, g, cin)
+    for vname, code, one in (("gi_auto", 0, None), ("gi_fused", 0, True), ("gi_simt", 1, False),
+                             ("gi_tc", 3, False), ("gi_perphase", 4, False)):
+        try:
+            gi = cuda.grad_input(gy, phases, gi_packs, plan, g, cin, force_path=code,
+                                 one_launch=one)
+        except RuntimeError as exc:
+            row[vname] = str(exc)[:80]
+            continue
+        row[vname + "_err"] = rel(gi, gi_ref)
+        row[vname + "_us"], _ = time_fn(
+            lambda code=code, one=one: cuda.grad_input(gy, phases, gi_packs, plan, g, cin,
+                                                       force_path=code, one_launch=one), reps)
+    del gi_ref, gw_ref, x64, w64
+
+    def theirs():
+        torch.ops.aten.convolution_backward(gy, x, w, None, list(s), list(p), [1, 1, 1], True,
+                                            list(op), g, [True, True, False])
+
+    row["cudnn_bwd_us"], _ = time_fn(theirs, reps)
+    return row
+
+
 def small_cases():
     """Tiny configurations covering every kernel variant family; checked against float64."""
     cases = [  # n, cin, cout, g, dhw, k, s, p, op, d, bias
@@ -160,6 +222,8 @@ def main():
     ap.add_argument("--shapes", default="")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--backward", action="store_true",
+                    help="time grad_weight and grad_input variants instead of the forward")
     ap.add_argument("--small", action="store_true",
                     help="a few tiny cases only (for compute-sanitizer), then exit")
     args = ap.parse_args()
@@ -172,6 +236,16 @@ def main():
           f"{torch.__version__}; cuDNN {torch.backends.cudnn.version()}", flush=True)
     idx = [int(i) for i in args.shapes.split(",")] if args.shapes else range(len(SHAPES))
     rows = []
+    if args.backward:
+        for dname in args.dtypes.split(","):
+            for i in idx:
+                row = bench_backward(SHAPES[i], DTYPES[dname], args.reps)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        out = os.environ.get("OUT")
+        if out:
+            Path(out, "bwd_rows.json").write_text(json.dumps(rows, indent=1))
+        return
     for dname in args.dtypes.split(","):
         for i in idx:
             row = bench_shape(SHAPES[i], DTYPES[dname], args.reps, check=not args.no_check)

@@ -57,7 +57,8 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
                                const std::vector<int64_t>& max_taps, int64_t total_taps,
                                int64_t groups, int64_t out_channels, int64_t force_path,
                                const c10::optional<torch::Tensor>& wmma,
-                               const std::vector<int64_t>& union_box) {
+                               const std::vector<int64_t>& union_box,
+                               int64_t table_rows = -1) {  // -1: one row per phase
   TORCH_CHECK(x.is_cuda(), "phaseconv cuda engine: the input must be a CUDA tensor, got one on ",
               x.device(), ".");
   TORCH_CHECK(x.dim() == 5, "phaseconv cuda engine: the input must be 5-D (N, C_in, D, H, W), "
@@ -86,9 +87,10 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
               "out_channels=", num(out_channels), " must be a positive multiple of groups=",
               num(groups), ".");
   const int64_t num_phases = stride[0] * stride[1] * stride[2];
-  TORCH_CHECK(table.numel() == num_phases * PHASECONV_TABLE_STRIDE, "phaseconv cuda engine: the "
+  const int64_t rows = table_rows >= 0 ? table_rows : num_phases;
+  TORCH_CHECK(table.numel() == rows * PHASECONV_TABLE_STRIDE, "phaseconv cuda engine: the "
               "phase table has ", num(table.numel()), " entries; stride ", nums(stride),
-              " needs ", num(num_phases * PHASECONV_TABLE_STRIDE), " (was the weight packed for another "
+              " needs ", num(rows * PHASECONV_TABLE_STRIDE), " (was the weight packed for another "
               "stride?).");
   TORCH_CHECK(total_taps >= 0, "phaseconv cuda engine: total_taps must be non-negative.");
   const int64_t want_w = c_in * (out_channels / groups) * total_taps;
@@ -236,12 +238,82 @@ std::string describe_binding(const torch::Tensor& x, const torch::Tensor& wpack,
   return std::string(buf);
 }
 
-// The weight gradient in the forward's packed layout (phase_conv_bwd.cuh).
-torch::Tensor phase_conv_bwd_weight_binding(const torch::Tensor& x, const torch::Tensor& grad_y,
-                                            const torch::Tensor& table, int64_t packed_elems,
-                                            std::vector<int64_t> stride,
-                                            std::vector<int64_t> phase_dilation,
-                                            std::vector<int64_t> max_taps, int64_t groups) {
+// Parameters of the one-launch input gradient (grad-input mode of the tensor-core kernel, see
+// phase_conv_fwd.cuh), validated like the forward's; y left null.
+PhaseConvFwdParams make_bwd_input_params(const torch::Tensor& grad_y, const torch::Tensor& wcat,
+                                         const torch::Tensor& sub_table,
+                                         const std::vector<int64_t>& in_size,
+                                         const std::vector<int64_t>& stride,
+                                         const std::vector<int64_t>& phase_dilation,
+                                         const std::vector<int64_t>& max_taps,
+                                         int64_t total_taps, int64_t groups,
+                                         int64_t in_channels) {
+  check_triple(stride, "stride", 1);
+  TORCH_CHECK(sub_table.numel() > 0 && sub_table.numel() % PHASECONV_TABLE_STRIDE == 0,
+              "phaseconv cuda engine: the grad-input table must hold whole rows of ",
+              num(PHASECONV_TABLE_STRIDE), " entries.");
+  const int64_t nsub = sub_table.numel() / PHASECONV_TABLE_STRIDE;
+  PhaseConvFwdParams p = make_params(grad_y, wcat, sub_table, c10::nullopt, in_size, {1, 1, 1},
+                                     phase_dilation, max_taps, total_taps, groups, in_channels,
+                                     0, c10::nullopt, {0, 0, 0, 0, 0, 0}, nsub);
+  p.table = nullptr;
+  p.sub_table = sub_table.data_ptr<int64_t>();
+  p.nsub = (int)nsub;
+  p.in_stride_d = stride[0]; p.in_stride_h = stride[1]; p.in_stride_w = stride[2];
+  return p;
+}
+
+torch::Tensor phase_conv_bwd_input_binding(const torch::Tensor& grad_y, const torch::Tensor& wcat,
+                                           const torch::Tensor& sub_table,
+                                           std::vector<int64_t> in_size,
+                                           std::vector<int64_t> stride,
+                                           std::vector<int64_t> phase_dilation,
+                                           std::vector<int64_t> max_taps, int64_t total_taps,
+                                           int64_t groups, int64_t in_channels) {
+  const torch::Tensor gc = grad_y.contiguous();
+  PhaseConvFwdParams p = make_bwd_input_params(gc, wcat, sub_table, in_size, stride,
+                                               phase_dilation, max_taps, total_taps, groups,
+                                               in_channels);
+  const int dtype_code = dtype_code_of(gc);
+  const c10::cuda::CUDAGuard guard(gc.device());
+  TORCH_CHECK(phase_conv_bwd_input_plan(p, dtype_code, nullptr, 0), "phaseconv cuda engine: the "
+              "one-launch input gradient does not take this layer (see describe_bwd_input).");
+  torch::Tensor gx = torch::empty({gc.size(0), in_channels, in_size[0], in_size[1], in_size[2]},
+                                  gc.options());
+  p.y = gx.data_ptr();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(gc.device().index()).stream();
+  const cudaError_t err = phase_conv_bwd_input(p, dtype_code, stream);
+  TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: the input-gradient launch failed: ",
+              cudaGetErrorString(err), ".");
+  return gx;
+}
+
+// The one-launch input gradient's configuration, or "" where it does not take the layer.
+std::string describe_bwd_input_binding(const torch::Tensor& grad_y, const torch::Tensor& wcat,
+                                       const torch::Tensor& sub_table,
+                                       std::vector<int64_t> in_size, std::vector<int64_t> stride,
+                                       std::vector<int64_t> phase_dilation,
+                                       std::vector<int64_t> max_taps, int64_t total_taps,
+                                       int64_t groups, int64_t in_channels) {
+  const PhaseConvFwdParams p = make_bwd_input_params(grad_y, wcat, sub_table, in_size, stride,
+                                                     phase_dilation, max_taps, total_taps,
+                                                     groups, in_channels);
+  const c10::cuda::CUDAGuard guard(grad_y.device());
+  char buf[256];
+  if (!phase_conv_bwd_input_plan(p, dtype_code_of(grad_y), buf, (int)sizeof(buf))) return "";
+  return std::string(buf);
+}
+
+// Validates the weight-gradient arguments and fills the launcher's parameters (grad_w and
+// workspace left null; x and grad_y as given: the caller makes them contiguous).
+PhaseConvBwdWeightParams make_bwd_weight_params(const torch::Tensor& x,
+                                                const torch::Tensor& grad_y,
+                                                const torch::Tensor& table,
+                                                int64_t packed_elems,
+                                                const std::vector<int64_t>& stride,
+                                                const std::vector<int64_t>& phase_dilation,
+                                                const std::vector<int64_t>& max_taps,
+                                                int64_t groups, int64_t kernel) {
   TORCH_CHECK(x.is_cuda() && grad_y.device() == x.device() && table.device() == x.device(),
               "phaseconv cuda engine: x, grad_y and the phase table must be on one CUDA "
               "device.");
@@ -249,7 +321,6 @@ torch::Tensor phase_conv_bwd_weight_binding(const torch::Tensor& x, const torch:
               "phaseconv cuda engine: x and grad_y must be batched 5-D tensors of one batch.");
   TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(), "phaseconv cuda engine: grad_y's dtype ",
               grad_y.scalar_type(), " differs from x's ", x.scalar_type(), ".");
-  const int dtype_code = dtype_code_of(x);
   check_triple(stride, "stride", 1);
   check_triple(phase_dilation, "phase_dilation", 1);
   check_triple(max_taps, "max_taps", 0);
@@ -261,12 +332,11 @@ torch::Tensor phase_conv_bwd_weight_binding(const torch::Tensor& x, const torch:
               table.numel() == stride[0] * stride[1] * stride[2] * PHASECONV_TABLE_STRIDE,
               "phaseconv cuda engine: the phase table does not match the stride.");
   TORCH_CHECK(packed_elems >= 0, "phaseconv cuda engine: packed_elems must be non-negative.");
-  const c10::cuda::CUDAGuard guard(x.device());
-  const torch::Tensor xc = x.contiguous(), gc = grad_y.contiguous();
-  torch::Tensor gw = torch::empty({packed_elems}, x.options());
+  TORCH_CHECK(kernel >= 0 && kernel <= 4, "phaseconv cuda engine: kernel must be 0 (the rule), "
+              "1 (SIMT) or 2-4 (tensor cores), got ", num(kernel), ".");
   PhaseConvBwdWeightParams p;
-  p.x = xc.data_ptr(); p.grad_y = gc.data_ptr(); p.grad_w = gw.data_ptr();
-  p.workspace = nullptr; p.table = table.data_ptr<int64_t>();
+  p.x = nullptr; p.grad_y = nullptr; p.grad_w = nullptr; p.workspace = nullptr;
+  p.table = table.data_ptr<int64_t>();
   p.n = x.size(0); p.c_in = c_in; p.c_out = c_out; p.groups = groups;
   p.in_d = x.size(2); p.in_h = x.size(3); p.in_w = x.size(4);
   p.out_d = grad_y.size(2); p.out_h = grad_y.size(3); p.out_w = grad_y.size(4);
@@ -274,6 +344,24 @@ torch::Tensor phase_conv_bwd_weight_binding(const torch::Tensor& x, const torch:
   p.pdil_d = phase_dilation[0]; p.pdil_h = phase_dilation[1]; p.pdil_w = phase_dilation[2];
   p.max_taps_d = max_taps[0]; p.max_taps_h = max_taps[1]; p.max_taps_w = max_taps[2];
   p.packed_elems = packed_elems;
+  p.kernel = kernel;
+  return p;
+}
+
+// The weight gradient in the forward's packed layout (phase_conv_bwd.cuh).
+torch::Tensor phase_conv_bwd_weight_binding(const torch::Tensor& x, const torch::Tensor& grad_y,
+                                            const torch::Tensor& table, int64_t packed_elems,
+                                            std::vector<int64_t> stride,
+                                            std::vector<int64_t> phase_dilation,
+                                            std::vector<int64_t> max_taps, int64_t groups,
+                                            int64_t kernel) {
+  PhaseConvBwdWeightParams p = make_bwd_weight_params(x, grad_y, table, packed_elems, stride,
+                                                      phase_dilation, max_taps, groups, kernel);
+  const int dtype_code = dtype_code_of(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const torch::Tensor xc = x.contiguous(), gc = grad_y.contiguous();
+  torch::Tensor gw = torch::empty({packed_elems}, x.options());
+  p.x = xc.data_ptr(); p.grad_y = gc.data_ptr(); p.grad_w = gw.data_ptr();
   if (packed_elems == 0) return gw;
   if (x.size(0) == 0) return gw.zero_();
   const size_t ws_bytes = phase_conv_bwd_weight_workspace(p, dtype_code);
@@ -284,6 +372,20 @@ torch::Tensor phase_conv_bwd_weight_binding(const torch::Tensor& x, const torch:
   TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: the weight-gradient launch failed: ",
               cudaGetErrorString(err), ".");
   return gw;
+}
+
+// The kernel the weight gradient would launch (no allocation, no launch).
+std::string describe_bwd_weight_binding(const torch::Tensor& x, const torch::Tensor& grad_y,
+                                        const torch::Tensor& table, int64_t packed_elems,
+                                        std::vector<int64_t> stride,
+                                        std::vector<int64_t> phase_dilation,
+                                        std::vector<int64_t> max_taps, int64_t groups,
+                                        int64_t kernel) {
+  const PhaseConvBwdWeightParams p = make_bwd_weight_params(
+      x, grad_y, table, packed_elems, stride, phase_dilation, max_taps, groups, kernel);
+  char buf[256];
+  phase_conv_bwd_weight_describe(p, dtype_code_of(x), buf, (int)sizeof(buf));
+  return std::string(buf);
 }
 
 }  // namespace
@@ -300,7 +402,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("phase_conv_bwd_weight", &phase_conv_bwd_weight_binding,
         "Weight gradient of the transposed 3-D convolution in the packed layout.", py::arg("x"),
         py::arg("grad_y"), py::arg("table"), py::arg("packed_elems"), py::arg("stride"),
-        py::arg("phase_dilation"), py::arg("max_taps"), py::arg("groups"));
+        py::arg("phase_dilation"), py::arg("max_taps"), py::arg("groups"),
+        py::arg("kernel") = 0);
+  m.def("phase_conv_bwd_input", &phase_conv_bwd_input_binding,
+        "Input gradient of the transposed 3-D convolution in one launch.", py::arg("grad_y"),
+        py::arg("wcat"), py::arg("sub_table"), py::arg("in_size"), py::arg("stride"),
+        py::arg("phase_dilation"), py::arg("max_taps"), py::arg("total_taps"), py::arg("groups"),
+        py::arg("in_channels"));
+  m.def("describe_bwd_input", &describe_bwd_input_binding,
+        "The configuration phase_conv_bwd_input would use, or '' where it does not apply.",
+        py::arg("grad_y"), py::arg("wcat"), py::arg("sub_table"), py::arg("in_size"),
+        py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
+        py::arg("total_taps"), py::arg("groups"), py::arg("in_channels"));
+  m.def("describe_bwd_weight", &describe_bwd_weight_binding,
+        "The kernel configuration phase_conv_bwd_weight would use.", py::arg("x"),
+        py::arg("grad_y"), py::arg("table"), py::arg("packed_elems"), py::arg("stride"),
+        py::arg("phase_dilation"), py::arg("max_taps"), py::arg("groups"),
+        py::arg("kernel") = 0);
   m.def("describe", &describe_binding, "The kernel configuration phase_conv_fwd would use.",
         py::arg("x"), py::arg("wpack"), py::arg("table"), py::arg("bias"), py::arg("out_size"),
         py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),

@@ -1,18 +1,25 @@
 // phaseconv CUDA backward: the weight gradient, phase by phase (see phase_conv_bwd.cuh).
-// CUDA headers only.
+// CUDA headers only.  Two kernels, chosen by the rule in phase_conv_bwd.cuh:
 //
-// A block stages, per tile of phase outputs (one D row of TH x TW), the input window the
-// tile's taps read (up to 32 channels, zero outside the input: no padded copy) and the tile's
-// grad_y values (a strided gather of the phase's outputs) in shared memory; each thread owns a
-// 4 x 4 tile of (input channel, output channel) for one tap and walks a share of the tile's
-// outputs.  FMAs in fp32 (fp64 for double).
+// * gw_mma_kernel (float32/float16/bfloat16, C_in/g and C_out/g >= 16): per (phase, tap) a
+//   GEMM on mma.sync over the phase's outputs, described where it is defined.
+// * gw_partial_kernel (float64 and narrow layers): a block stages, per tile of phase outputs
+//   (one D row of TH x TW), the input window the tile's taps read (up to 32 channels, zero
+//   outside the input: no padded copy) and the tile's grad_y values (a strided gather of the
+//   phase's outputs) in shared memory; each thread owns a 4 x 4 tile of (input channel,
+//   output channel) for one tap and walks a share of the tile's outputs.  FMAs in fp32 (fp64
+//   for double).
+//
+// Both write per-split workspace slices that gw_reduce_kernel adds in split order.
 #include "phase_conv_bwd.cuh"
 #include "phase_conv_dtype.cuh"
 #include "phase_conv_fwd.cuh"
+#include "phase_conv_mma.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+#include <stdio.h>
 
 namespace phaseconv_bwd {
 namespace {
@@ -20,6 +27,7 @@ namespace {
 constexpr int kThreads = 256;
 
 using namespace phaseconv_dtype;  // AccOf, to_acc, from_acc, ldg, axis_count
+using namespace phaseconv_mma;    // ldmatrix, mma.sync, 3xTF32 split, flush_acc
 
 struct GwArgs {
   const void* x;
@@ -213,6 +221,206 @@ __global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* g
   }
 }
 
+// ---------------------------------------------------------------- tensor-core weight gradient
+// Per (phase, tap) the gradient is the GEMM  grad_w[c, o] = sum_k A[c, k] B[o, k]  with
+// k = (n, jd, jh, jw) over the phase's outputs, A = the input shifted by the tap (zero outside
+// it) and B = grad_y at the phase's outputs.  Both operands are k-contiguous in shared memory
+// ([row][k], rows padded by 16 bytes so that ldmatrix's eight row addresses fall on distinct
+// banks), which is the row.col form mma.sync wants.  A block owns (split of k, group, phase,
+// tap, BM x BN channel tile); k advances in chunks of BK = 32, the next chunk's global loads in
+// registers while the current one's mmas run (two shared-memory stages, one barrier per
+// chunk).  fp32 uses 3xTF32 with the accumulators flushed every kFlushTerms terms; fp16/bf16
+// use m16n8k16.  Splits write workspace slices that gw_reduce_kernel adds in order.
+struct GmArgs {
+  const void* x;
+  const void* gy;
+  void* ws;
+  const int64_t* table;
+  int64_t nbatch;
+  int c_in, c_out, cin_g, cout_g;
+  int in_d, in_h, in_w, out_d, out_h, out_w;
+  int sd, sh, sw, pdd, pdh, pdw;
+  int num_phases, groups, max_taps;
+  int n_cib, n_cob, splits;
+  int64_t packed_elems;  // one workspace slice
+};
+
+constexpr int kGmBK = 32;
+
+template <typename T, int WM, int WN>
+__global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
+  constexpr int NTHR = WM * WN * 32;
+  constexpr int BM = WM * 32, BN = WN * 32, BK = kGmBK;
+  constexpr int RS = BK * (int)sizeof(T) + 16;  // row stride in bytes: an odd multiple of 16
+  constexpr int RSTEP = NTHR / BK;              // rows one load pass covers
+  constexpr int LA = BM / RSTEP, LB = BN / RSTEP;
+  constexpr int STAGE = (BM + BN) * RS;
+  constexpr int KSTEPS = BK * (int)sizeof(T) / 32;  // mma k steps per chunk (32 bytes each)
+  constexpr bool TF32 = sizeof(T) == 4;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t s_base = (uint32_t)__cvta_generic_to_shared(smem_raw);
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ gy = static_cast<const T*>(a.gy);
+  float* __restrict__ ws = static_cast<float*>(a.ws);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp % WM, wn = warp / WM;
+
+  uint32_t r = blockIdx.x;
+  const int cob = (int)(r % (uint32_t)a.n_cob); r /= (uint32_t)a.n_cob;
+  const int cib = (int)(r % (uint32_t)a.n_cib); r /= (uint32_t)a.n_cib;
+  const int t = (int)(r % (uint32_t)a.max_taps); r /= (uint32_t)a.max_taps;
+  const int p = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
+  const int g = (int)(r % (uint32_t)a.groups);
+  const int split = (int)(r / (uint32_t)a.groups);
+
+  const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+  const int Td = (int)e[PT_TAPS_D], Th = (int)e[PT_TAPS_H], Tw = (int)e[PT_TAPS_W];
+  const int ntaps = Td * Th * Tw;
+  if (t >= ntaps) return;  // uniform: this phase has fewer taps
+  const int rd = (int)e[PT_RES_D], rh = (int)e[PT_RES_H], rw = (int)e[PT_RES_W];
+  const int tw = t % Tw, th = (t / Tw) % Th, td = t / (Tw * Th);
+  const int xd = (int)e[PT_OFF_D] + td * a.pdd, xh = (int)e[PT_OFF_H] + th * a.pdh,
+            xw = (int)e[PT_OFF_W] + tw * a.pdw;  // input offset of this tap
+  const int64_t wofs = e[PT_WOFS];
+  const uint32_t cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
+                 cw = axis_count(a.out_w, rw, a.sw);
+  const int64_t kp = a.nbatch * cd * ch * cw;  // < 2^31 (plan_gm)
+  const int chunks = (int)((kp + BK - 1) / BK);
+  const int per = (chunks + a.splits - 1) / a.splits;
+  const int c_beg = split * per, c_end = min(chunks, c_beg + per);
+  const int ci0 = cib * BM, co0 = cob * BN;
+  const int cin_n = min(BM, a.cin_g - ci0), con = min(BN, a.cout_g - co0);
+
+  // loads: this thread's k column and rows row0 + i * RSTEP
+  const int kq = tid % BK, row0 = tid / BK;
+  const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
+  const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  const T* xrow = x + ((int64_t)g * a.cin_g + ci0 + row0) * in_plane;
+  const T* grow = gy + ((int64_t)g * a.cout_g + co0 + row0) * out_plane;
+  T va[LA], vb[LB];
+  auto load = [&](int c) {
+    const uint32_t kk = (uint32_t)c * BK + kq;
+    const bool valid = kk < (uint32_t)kp;
+    uint32_t q = kk;
+    const uint32_t jw = q % cw; q /= cw;
+    const uint32_t jh = q % ch; q /= ch;
+    const uint32_t jd = q % cd;
+    const uint32_t n = q / cd;
+    const int id = (int)jd + xd, ih = (int)jh + xh, iw = (int)jw + xw;
+    const bool xin = valid && (unsigned)id < (unsigned)a.in_d &&
+                     (unsigned)ih < (unsigned)a.in_h && (unsigned)iw < (unsigned)a.in_w;
+    const int64_t xo = (int64_t)n * a.c_in * in_plane +
+                       ((int64_t)id * a.in_h + ih) * a.in_w + iw;
+    const int64_t go = (int64_t)n * a.c_out * out_plane +
+                       ((int64_t)(rd + a.sd * (int)jd) * a.out_h + rh + a.sh * (int)jh) *
+                           a.out_w + rw + (int64_t)a.sw * jw;
+#pragma unroll
+    for (int i = 0; i < LA; ++i)
+      va[i] = (xin && row0 + i * RSTEP < cin_n) ? ldg(xrow + xo + (int64_t)i * RSTEP * in_plane)
+                                                : from_acc<T>(0.f);
+#pragma unroll
+    for (int i = 0; i < LB; ++i)
+      vb[i] = (valid && row0 + i * RSTEP < con)
+                  ? ldg(grow + go + (int64_t)i * RSTEP * out_plane) : from_acc<T>(0.f);
+  };
+  auto store = [&](int stage) {
+    unsigned char* sa = smem_raw + stage * STAGE + row0 * RS + kq * (int)sizeof(T);
+#pragma unroll
+    for (int i = 0; i < LA; ++i) *reinterpret_cast<T*>(sa + i * RSTEP * RS) = va[i];
+    unsigned char* sb = sa + BM * RS;
+#pragma unroll
+    for (int i = 0; i < LB; ++i) *reinterpret_cast<T*>(sb + i * RSTEP * RS) = vb[i];
+  };
+
+  float acc[2][4][4], tot[2][4][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) acc[i][j][k] = tot[i][j][k] = 0.f;
+  // ldmatrix lane addresses (bytes within a stage): A rows of the warp's two m16 tiles, B rows
+  // of its two n16 pairs; the 16-byte half of the 32-byte k step follows from the lane
+  const int a_lane = (wm * 32 + (lane & 7) + ((lane >> 3) & 1) * 8) * RS + (lane >> 4) * 16;
+  const int mi = lane >> 3;
+  const int b_lane = BM * RS + (wn * 32 + (mi >> 1) * 8 + (lane & 7)) * RS + (mi & 1) * 16;
+
+  if (c_beg < c_end) {  // uniform; a split without chunks writes its zeros
+    load(c_beg);
+    store(0);
+    __syncthreads();
+  }
+  int since = 0;
+  for (int c = c_beg; c < c_end; ++c) {
+    const int stage = (c - c_beg) & 1;
+    if (c + 1 < c_end) load(c + 1);  // in flight during this chunk's mmas
+    const uint32_t sbase = s_base + stage * STAGE;
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      uint32_t af[2][4], bf[4][2];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) ldsm_x4(af[mt], sbase + a_lane + mt * 16 * RS + ks * 32);
+#pragma unroll
+      for (int jp = 0; jp < 2; ++jp) {
+        uint32_t rr[4];
+        ldsm_x4(rr, sbase + b_lane + jp * 16 * RS + ks * 32);
+        bf[2 * jp][0] = rr[0]; bf[2 * jp][1] = rr[1];
+        bf[2 * jp + 1][0] = rr[2]; bf[2 * jp + 1][1] = rr[3];
+      }
+      if (TF32) {
+        uint32_t bb[4][2], bs[4][2];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          split_tf32(bf[j][0], bb[j][0], bs[j][0]);
+          split_tf32(bf[j][1], bb[j][1], bs[j][1]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          uint32_t ab[4], as[4];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) split_tf32(af[mt][k], ab[k], as[k]);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            mma_tf32(acc[mt][j], as, bb[j][0], bb[j][1]);
+            mma_tf32(acc[mt][j], ab, bs[j][0], bs[j][1]);
+            mma_tf32(acc[mt][j], ab, bb[j][0], bb[j][1]);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+      }
+    }
+    if (++since == kFlushTerms / BK) {
+      flush_acc(tot, acc);
+      since = 0;
+    }
+    if (c + 1 < c_end) store(stage ^ 1);
+    __syncthreads();  // the next stage is written, this one's readers are done
+  }
+  merge_acc(acc, tot);
+
+  // C fragments: rows (input channels) lane/4 (+8), columns (output channels) 2*(lane%4) + c
+  float* out = ws + (int64_t)split * a.packed_elems + wofs;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int ci = wm * 32 + mt * 16 + (lane >> 2) + half * 8;
+      if (ci >= cin_n) continue;
+      float* orow = out + (((int64_t)g * a.cin_g + ci0 + ci) * ntaps + t) * a.cout_g + co0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int cc = 0; cc < 2; ++cc) {
+          const int co = wn * 32 + j * 8 + (lane & 3) * 2 + cc;
+          if (co < con) orow[co] = acc[mt][j][half * 2 + cc];
+        }
+    }
+}
+
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 struct GwPlan {
@@ -292,6 +500,89 @@ bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, GwPlan* out) {
   return out->grid < ((int64_t)1 << 31);
 }
 
+// Tensor-core plan: the rule of phase_conv_bwd.cuh; params.kernel 2 picks the tile by the
+// channel counts, 3 forces 64 x 64 and 4 forces 128 x 64 (development and tests).
+struct GmPlan {
+  GmArgs a;
+  int wm, wn;
+  int64_t grid;
+  size_t ws_bytes;
+};
+
+bool mma_possible(const PhaseConvBwdWeightParams& p, int dtype_code) {
+  if (dtype_code == PHASECONV_FLOAT64) return false;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
+                     cdiv(p.out_w, p.stride_w);  // the largest phase's reduction length
+  return cin_g >= 16 && cout_g >= 16 && kp < ((int64_t)1 << 31) - 64;
+}
+
+bool want_mma(const PhaseConvBwdWeightParams& p, int dtype_code) {
+  return p.kernel != 1 && mma_possible(p, dtype_code);
+}
+
+bool plan_gm(const PhaseConvBwdWeightParams& p, GmPlan* out) {
+  GmArgs& a = out->a;
+  a.x = p.x; a.gy = p.grad_y; a.ws = p.workspace; a.table = p.table;
+  a.nbatch = p.n;
+  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out; a.groups = (int)p.groups;
+  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
+  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
+  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
+  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
+  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
+  a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
+  a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
+  a.packed_elems = p.packed_elems;
+  if (a.max_taps == 0 || p.packed_elems == 0) return false;
+  const bool tall = p.kernel == 4 || (p.kernel != 3 && a.cin_g >= 128 && a.cout_g <= 64);
+  out->wm = tall ? 4 : 2;
+  out->wn = 2;
+  const int bm = out->wm * 32, bn = out->wn * 32;
+  a.n_cib = (int)cdiv(a.cin_g, bm);
+  a.n_cob = (int)cdiv(a.cout_g, bn);
+  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
+                     cdiv(p.out_w, p.stride_w);
+  const int64_t chunks = cdiv(kp, kGmBK);
+  const int64_t base = (int64_t)a.num_phases * a.max_taps * a.groups * a.n_cib * a.n_cob;
+  // splits of the reduction: about 8 blocks per multiprocessor (132 on an H100), each split
+  // at least 16 chunks (512 terms) long
+  int64_t splits = cdiv(8 * 132, base);
+  if (splits > chunks / 16) splits = chunks / 16;
+  if (splits > 64) splits = 64;
+  if (splits < 1) splits = 1;
+  a.splits = (int)splits;
+  out->grid = base * splits;
+  out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * sizeof(float);
+  return out->grid < ((int64_t)1 << 31);
+}
+
+template <typename T, int WM, int WN>
+cudaError_t launch_gm_t(const GmPlan& plan, cudaStream_t stream) {
+  constexpr int RS = kGmBK * (int)sizeof(T) + 16;
+  const int smem = 2 * (WM + WN) * 32 * RS;
+  if (smem > 48 * 1024) {
+    cudaError_t err = cudaFuncSetAttribute(gw_mma_kernel<T, WM, WN>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+  }
+  gw_mma_kernel<T, WM, WN><<<(unsigned)plan.grid, WM * WN * 32, smem, stream>>>(plan.a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_gm(const PhaseConvBwdWeightParams& p, const GmPlan& plan,
+                      cudaStream_t stream) {
+  cudaError_t err = plan.wm == 4 ? launch_gm_t<T, 4, 2>(plan, stream)
+                                 : launch_gm_t<T, 2, 2>(plan, stream);
+  if (err != cudaSuccess) return err;
+  int64_t blocks = cdiv(p.packed_elems, 256);
+  if (blocks > 65535) blocks = 65535;
+  gw_reduce_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(p.workspace, p.grad_w,
+                                                            plan.a.splits, p.packed_elems);
+  return cudaGetLastError();
+}
+
 template <typename T>
 cudaError_t launch_gw(const PhaseConvBwdWeightParams& p, const GwPlan& plan,
                       cudaStream_t stream) {
@@ -317,8 +608,13 @@ cudaError_t launch_gw(const PhaseConvBwdWeightParams& p, const GwPlan& plan,
 }  // namespace phaseconv_bwd
 
 size_t phase_conv_bwd_weight_workspace(const PhaseConvBwdWeightParams& params, int dtype_code) {
-  phaseconv_bwd::GwPlan plan;
-  if (!phaseconv_bwd::plan_gw(params, dtype_code, &plan)) return 0;
+  using namespace phaseconv_bwd;
+  if (want_mma(params, dtype_code)) {
+    GmPlan plan;
+    return plan_gm(params, &plan) ? plan.ws_bytes : 0;
+  }
+  GwPlan plan;
+  if (!plan_gw(params, dtype_code, &plan)) return 0;
   return plan.ws_bytes;
 }
 
@@ -326,6 +622,17 @@ cudaError_t phase_conv_bwd_weight(const PhaseConvBwdWeightParams& params, int dt
                                   cudaStream_t stream) {
   using namespace phaseconv_bwd;
   if (params.packed_elems == 0) return cudaSuccess;  // no phase has taps: nothing to write
+  if (params.kernel >= 2 && !mma_possible(params, dtype_code)) return cudaErrorInvalidValue;
+  if (want_mma(params, dtype_code)) {
+    GmPlan plan;
+    if (!plan_gm(params, &plan)) return cudaErrorInvalidConfiguration;
+    switch (dtype_code) {
+      case PHASECONV_FLOAT32: return launch_gm<float>(params, plan, stream);
+      case PHASECONV_FLOAT16: return launch_gm<__half>(params, plan, stream);
+      case PHASECONV_BFLOAT16: return launch_gm<__nv_bfloat16>(params, plan, stream);
+    }
+    return cudaErrorInvalidValue;
+  }
   GwPlan plan;
   if (!plan_gw(params, dtype_code, &plan) || plan.smem > 227 * 1024)
     return cudaErrorInvalidConfiguration;  // window too large for shared memory
@@ -336,4 +643,37 @@ cudaError_t phase_conv_bwd_weight(const PhaseConvBwdWeightParams& params, int dt
     case PHASECONV_BFLOAT16: return launch_gw<__nv_bfloat16>(params, plan, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+void phase_conv_bwd_weight_describe(const PhaseConvBwdWeightParams& params, int dtype_code,
+                                    char* buf, int len) {
+  using namespace phaseconv_bwd;
+  if (len <= 0) return;
+  buf[0] = 0;
+  if (params.packed_elems == 0) {
+    snprintf(buf, len, "none (no phase has taps)");
+    return;
+  }
+  if (params.kernel >= 2 && !mma_possible(params, dtype_code)) {
+    snprintf(buf, len, "refused (tensor cores forced on a layer they cannot take)");
+    return;
+  }
+  if (want_mma(params, dtype_code)) {
+    GmPlan plan;
+    if (!plan_gm(params, &plan)) {
+      snprintf(buf, len, "refused (grid too large)");
+      return;
+    }
+    snprintf(buf, len, "tensor-core gemm %s, %dx%d channel tile, %d split(s), %lld blocks",
+             dtype_code == PHASECONV_FLOAT32 ? "3xTF32" : "fp32-accumulate",
+             plan.wm * 32, plan.wn * 32, plan.a.splits, (long long)plan.grid);
+    return;
+  }
+  GwPlan plan;
+  if (!plan_gw(params, dtype_code, &plan) || plan.smem > 227 * 1024) {
+    snprintf(buf, len, "refused (window too large for shared memory)");
+    return;
+  }
+  snprintf(buf, len, "simt %dx%d channel tile, %d tap(s) per block, %d split(s), %lld blocks",
+           plan.a.ci_b, plan.a.co_b, plan.a.tc, plan.a.splits, (long long)plan.grid);
 }

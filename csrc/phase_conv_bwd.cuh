@@ -5,10 +5,11 @@
 //
 //   grad_w_p[c, t, o] = sum_{n, j} x[n, c, j + off_t] * grad_y[n, o, r + s * j]
 //
-// Blocks own (phase, group, block of C_in/g, block of C_out/g, block of taps, split of the
-// phase's outputs); each writes its partial sums to a workspace slice of its own, and a
-// second kernel adds the slices in split order: a fixed reduction order, no atomics, so the
-// result is bitwise reproducible.  The gradient comes out in the forward's packed layout
+// Per (phase, tap) this is a GEMM: rows C_in/g, columns C_out/g, reduction over the phase's
+// outputs and the batch.  Blocks own (phase, group, block of C_in/g, block of C_out/g, taps,
+// split of the phase's outputs); each writes its partial sums to a workspace slice of its
+// own, and a second kernel adds the slices in split order: a fixed reduction order, no
+// atomics, so the result is bitwise reproducible.  The gradient comes out in the forward's packed layout
 // (phase_conv_fwd.cuh: [groups][C_in/groups][taps_d][taps_h][taps_w][C_out/groups] per phase).
 //
 // This header includes only CUDA's own headers, so it builds without torch.
@@ -30,7 +31,13 @@ struct PhaseConvBwdWeightParams {
   int64_t pdil_d, pdil_h, pdil_w;
   int64_t max_taps_d, max_taps_h, max_taps_w;
   int64_t packed_elems;   // elements of the packed weight
+  int64_t kernel;         // 0: the launcher's rule (see below), 1: SIMT, 2: tensor cores
 };
+
+// The rule: float32/float16/bfloat16 with C_in/groups and C_out/groups both >= 16 (and a
+// phase's outputs over the batch below 2^31) run the tensor-core kernel; float64 and
+// narrower layers the SIMT one.  kernel = 2 on a layer the tensor cores cannot take is
+// refused (cudaErrorInvalidValue), never silently rerouted.
 
 // Bytes of workspace the launch needs (0 when nothing is to be computed).
 size_t phase_conv_bwd_weight_workspace(const PhaseConvBwdWeightParams& params, int dtype_code);
@@ -38,3 +45,7 @@ size_t phase_conv_bwd_weight_workspace(const PhaseConvBwdWeightParams& params, i
 // Launches the weight gradient on `stream`; dtype_code as in phase_conv_fwd.cuh.
 cudaError_t phase_conv_bwd_weight(const PhaseConvBwdWeightParams& params, int dtype_code,
                                   cudaStream_t stream);
+
+// Writes a one-line description of the kernel and tile the launch would use into buf.
+void phase_conv_bwd_weight_describe(const PhaseConvBwdWeightParams& params, int dtype_code,
+                                    char* buf, int len);

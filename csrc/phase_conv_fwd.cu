@@ -16,6 +16,7 @@
 // block that owns it; results are deterministic.
 #include "phase_conv_fwd.cuh"
 #include "phase_conv_dtype.cuh"
+#include "phase_conv_mma.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -27,6 +28,7 @@ namespace {
 
 // ---------------------------------------------------------------- dtype helpers
 using namespace phaseconv_dtype;  // AccOf, to_acc, from_acc, ldg, ldg_i64, axis_count
+using namespace phaseconv_mma;    // ldmatrix, cp.async, mma.sync, 3xTF32 split, flush_acc
 
 // Weight vector load from shared memory (offsets are multiples of CO_T: aligned).
 template <typename A, int CO_T> struct WLoad {
@@ -358,86 +360,18 @@ struct MmaArgs {
   int ng;                   // 16-byte channel groups per chunk (chunk = ng * CG channels)
   int x_bytes, w_bytes;     // shared-memory regions (halo, weights); hoff table follows
   int64_t total_blocks;
+  // grad-input mode (nsub > 0, see phase_conv_bwd_input): one output "phase" (stride 1), and
+  // each tile sums nsub sub-problems (sub_table rows); sub-problem q reads its input at
+  // r_q + is * j per axis (one phase of grad_y).  Forward mode: nsub = 0, is = 1.
+  const int64_t* sub_table;
+  int nsub;
+  int isd, ish, isw;
 };
 
 template <typename T> struct MmaT;
 template <> struct MmaT<__nv_bfloat16> { enum { CG = 8 }; };
 template <> struct MmaT<__half> { enum { CG = 8 }; };
 template <> struct MmaT<float> { enum { CG = 4 }; };
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x2(uint32_t& r0, uint32_t& r1, uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-               : "=r"(r0), "=r"(r1) : "r"(addr));
-}
-
-// ---------------------------------------------------------------- cp.async (sm_80+)
-// 16-byte global -> shared copy; src_bytes 0 zero-fills the destination (borders, padding).
-__device__ __forceinline__ void cp_async16_ca(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n"
-               :: "r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async16_cg(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
-               :: "r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
-}
-
-template <typename T> struct MmaOp;
-template <> struct MmaOp<__nv_bfloat16> {
-  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                             uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-template <> struct MmaOp<__half> {
-  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                             uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-// float goes through the 3xTF32 branch of mma_kernel; this keeps that branch compilable.
-template <> struct MmaOp<float> {
-  static __device__ __forceinline__ void run(float (&)[4], const uint32_t (&)[4], uint32_t,
-                                             uint32_t) {}
-};
-__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t to_tf32(float f) {
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(f));
-  return r;
-}
-// x = big + small, both representable in tf32
-__device__ __forceinline__ void split_tf32(uint32_t x, uint32_t& big, uint32_t& small) {
-  const float f = __uint_as_float(x);
-  big = to_tf32(f);
-  small = to_tf32(f - __uint_as_float(big));
-}
 
 template <typename T> __device__ __forceinline__ unsigned short bits16(T v);
 template <> __device__ __forceinline__ unsigned short bits16<__half>(__half v) {
@@ -469,19 +403,22 @@ template <> struct Gather16<float> {
   }
 };
 
-// Register cap from the occupancy wanted (small tiles: 6 blocks of 4 warps per SM).
-template <int MT, int NT, int THREADS> struct MmaMinBlocks {
-  enum { value = (MT * NT <= 4) ? 6 : (THREADS >= 256 ? 1 : 3) };
+// Register cap from the occupancy wanted (small tiles: 6 blocks of 4 warps per SM).  FLUSH
+// variants (3xTF32 past kFlushTerms reduction terms) hold a second accumulator set: fewer
+// blocks, so that they do not spill.
+template <int MT, int NT, int THREADS, bool FLUSH> struct MmaMinBlocks {
+  enum { value = (MT * NT <= 4) ? (FLUSH ? 4 : 6) : (THREADS >= 256 ? 1 : (FLUSH ? 2 : 3)) };
 };
 
-template <typename T, int MT, int NT, int WARPS_M, int WARPS_N>
+template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, bool FLUSH>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
-                                  (MmaMinBlocks<MT, NT, WARPS_M * WARPS_N * 32>::value))
+                                  (MmaMinBlocks<MT, NT, WARPS_M * WARPS_N * 32, FLUSH>::value))
 mma_kernel(const MmaArgs a) {
   constexpr int CG = MmaT<T>::CG;
   constexpr int NTHR = WARPS_M * WARPS_N * 32;
   constexpr int BN = WARPS_N * NT * 8;
   constexpr bool TF32 = sizeof(T) == 4;
+  constexpr bool FL = TF32 && FLUSH;  // accumulators flushed every kFlushTerms terms
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* s_x = smem_raw;
   unsigned char* s_w = smem_raw + a.x_bytes;
@@ -526,16 +463,14 @@ mma_kernel(const MmaArgs a) {
       g = (int)r;
     }
 
-    const int64_t* e = a.table + (int64_t)ph * PHASECONV_TABLE_STRIDE;
-    const int rd = (int)ldg_i64(e + PT_RES_D), rh = (int)ldg_i64(e + PT_RES_H),
-              rw = (int)ldg_i64(e + PT_RES_W);
-    const int Td = (int)ldg_i64(e + PT_TAPS_D), Th = (int)ldg_i64(e + PT_TAPS_H),
-              Tw = (int)ldg_i64(e + PT_TAPS_W);
+    const bool gi = a.nsub > 0;  // grad-input mode: one output phase, residues 0
+    const int64_t* e = a.table + (int64_t)(gi ? 0 : ph) * PHASECONV_TABLE_STRIDE;
+    const int rd = gi ? 0 : (int)ldg_i64(e + PT_RES_D), rh = gi ? 0 : (int)ldg_i64(e + PT_RES_H),
+              rw = gi ? 0 : (int)ldg_i64(e + PT_RES_W);
     const int cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
               cw = axis_count(a.out_w, rw, a.sw);
     const int d0 = bd * a.TD, h0 = bh * a.TH, w0 = bw * a.TW;
     if (d0 >= cd || h0 >= ch || w0 >= cw) continue;  // uniform over the block
-    const int taps = Td * Th * Tw;
 
     float acc[MT][NT][4];
 #pragma unroll
@@ -544,11 +479,32 @@ mma_kernel(const MmaArgs a) {
       for (int j = 0; j < NT; ++j)
 #pragma unroll
         for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+    float tot[MT][NT][4];  // FL: flushed sums (see flush_acc)
+    int since = 0;         // reduction steps (8 terms each) since the last flush
+    if (FL) {
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) tot[i][j][k] = 0.f;
+    }
 
-    if (taps > 0) {
-      const int offd = (int)ldg_i64(e + PT_OFF_D), offh = (int)ldg_i64(e + PT_OFF_H),
-                offw = (int)ldg_i64(e + PT_OFF_W);
-      const int64_t wofs = ldg_i64(e + PT_WOFS);
+    for (int sub = 0; sub < (gi ? a.nsub : 1); ++sub) {
+      const int64_t* es = gi ? a.sub_table + (int64_t)sub * PHASECONV_TABLE_STRIDE : e;
+      const int Td = (int)ldg_i64(es + PT_TAPS_D), Th = (int)ldg_i64(es + PT_TAPS_H),
+                Tw = (int)ldg_i64(es + PT_TAPS_W);
+      const int taps = Td * Th * Tw;
+      if (taps == 0) continue;  // uniform
+      // the input this sub-problem reads: x[r + is * j] for j below the bounds
+      const int ird = gi ? (int)ldg_i64(es + PT_RES_D) : 0,
+                irh = gi ? (int)ldg_i64(es + PT_RES_H) : 0,
+                irw = gi ? (int)ldg_i64(es + PT_RES_W) : 0;
+      const int bnd_d = axis_count(a.in_d, ird, a.isd), bnd_h = axis_count(a.in_h, irh, a.ish),
+                bnd_w = axis_count(a.in_w, irw, a.isw);
+      const int offd = (int)ldg_i64(es + PT_OFF_D), offh = (int)ldg_i64(es + PT_OFF_H),
+                offw = (int)ldg_i64(es + PT_OFF_W);
+      const int64_t wofs = ldg_i64(es + PT_WOFS);
       const int hd = a.TD + (Td - 1) * a.pdd;
       const int hh = a.TH + (Th - 1) * a.pdh;
       const int hw = a.TW + (Tw - 1) * a.pdw;
@@ -623,12 +579,14 @@ mma_kernel(const MmaArgs a) {
               const int wl = rem - hr * hw;
               const int gd = id0 + dd, gh = ih0 + hr, gw = iw0 + wl;
               dst[u] = pos * rowstride + grp * 16;
-              if ((unsigned)gd < (unsigned)a.in_d && (unsigned)gh < (unsigned)a.in_h &&
-                  (unsigned)gw < (unsigned)a.in_w) {
+              if ((unsigned)gd < (unsigned)bnd_d && (unsigned)gh < (unsigned)bnd_h &&
+                  (unsigned)gw < (unsigned)bnd_w) {
                 const int ci = c0 + grp * CG;
-                v[u] = Gather16<T>::run(x + xg + (int64_t)ci * in_plane +
-                                            ((int64_t)gd * a.in_h + gh) * a.in_w + gw,
-                                        in_plane, min(CG, a.cin_g - ci));
+                v[u] = Gather16<T>::run(
+                    x + xg + (int64_t)ci * in_plane +
+                        ((int64_t)(ird + a.isd * gd) * a.in_h + irh + a.ish * gh) * a.in_w +
+                        irw + a.isw * gw,
+                    in_plane, min(CG, a.cin_g - ci));
               }
             }
           }
@@ -680,6 +638,10 @@ mma_kernel(const MmaArgs a) {
                 mma_tf32(acc[mt][j], ab, bb[j][0], bb[j][1]);
               }
             }
+            if (FL && ++since == kFlushTerms / 8) {
+              flush_acc(tot, acc);
+              since = 0;
+            }
           } else {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
@@ -690,6 +652,7 @@ mma_kernel(const MmaArgs a) {
       }
     }
 
+    if (FL) merge_acc(acc, tot);
     // store: C fragment rows lane/4 and lane/4 + 8, columns 2*(lane%4) + {0, 1}
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
@@ -760,19 +723,24 @@ struct AllArgs {
   int64_t total_blocks, per_cta;
 };
 
-// fp32 (3xTF32) small tiles are shared-memory limited to ~3-4 blocks: give them registers.
-template <typename T, int MT, int NT, int THREADS> struct AllMinBlocks {
-  enum { value = (MT * NT <= 4) ? (sizeof(T) == 4 ? 4 : 5) : (THREADS >= 256 ? 1 : 3) };
+// fp32 (3xTF32) small tiles are shared-memory limited to ~3-4 blocks: give them registers
+// (FLUSH variants, as for mma_kernel, more; choose_allph's reg_cap mirrors this).
+template <typename T, int MT, int NT, int THREADS, bool FLUSH> struct AllMinBlocks {
+  enum {
+    value = (MT * NT <= 4) ? (sizeof(T) == 4 ? (FLUSH ? 3 : 4) : 5)
+                           : (THREADS >= 256 ? 1 : (FLUSH ? 2 : 3))
+  };
 };
 
-template <typename T, int MT, int NT, int WARPS_M, int WARPS_N>
+template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, bool FLUSH>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
-                                  (AllMinBlocks<T, MT, NT, WARPS_M * WARPS_N * 32>::value))
+                                  (AllMinBlocks<T, MT, NT, WARPS_M * WARPS_N * 32, FLUSH>::value))
 mma_allph_kernel(const AllArgs a) {
   constexpr int CG = MmaT<T>::CG;
   constexpr int NTHR = WARPS_M * WARPS_N * 32;
   constexpr int BN = WARPS_N * NT * 8;
   constexpr bool TF32 = sizeof(T) == 4;
+  constexpr bool FL = TF32 && FLUSH;  // accumulators flushed every kFlushTerms terms
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ int s_pi[PHASECONV_ALLPH_MAXPH][8];  // rd rh rw cd ch cw hbase nh2
   unsigned char* s_x = smem_raw;
@@ -1066,6 +1034,16 @@ mma_allph_kernel(const AllArgs a) {
         for (int j = 0; j < NT; ++j)
 #pragma unroll
           for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+      float tot[MT][NT][4];  // FL: flushed sums (see flush_acc)
+      int since = 0;
+      if (FL) {
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+          for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) tot[i][j][k] = 0.f;
+      }
       for (int h = hbase; h < hend; h += 2) {
         const int off = s_hoff[h + ahalf];
         uint32_t af[MT][4];
@@ -1105,6 +1083,10 @@ mma_allph_kernel(const AllArgs a) {
               mma_tf32(acc[mt][j], af[mt], bb[j][0], bb[j][1]);
             }
           }
+          if (FL && ++since == kFlushTerms / 8) {
+            flush_acc(tot, acc);
+            since = 0;
+          }
         } else {
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt)
@@ -1112,6 +1094,7 @@ mma_allph_kernel(const AllArgs a) {
             for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
         }
       }
+      if (FL) merge_acc(acc, tot);
       // store: C fragment rows lane/4 and lane/4 + 8, columns 2*(lane%4) + {0, 1}
       const int rd = s_pi[p][0], rh = s_pi[p][1], rw = s_pi[p][2];
       if (stage) {  // into the shared output slab (see AllArgs)
@@ -1641,6 +1624,16 @@ template <typename Args> void set_geometry(Args& a, const PhaseConvFwdParams& p)
   a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
 }
 
+// Whether a 3xTF32 launch needs the FLUSH kernel variant: a reduction (per output voxel)
+// longer than kFlushTerms.  Forward: C_in/g x the most taps of a phase; grad-input mode:
+// C_in/g (grad_y's channels) x the taps of all sub-problems.
+bool needs_flush(const PhaseConvFwdParams& p, int dtype_code) {
+  if (dtype_code != PHASECONV_FLOAT32) return false;
+  const int64_t taps = p.nsub > 0 ? p.total_taps
+                                  : p.max_taps_d * p.max_taps_h * p.max_taps_w;
+  return (p.c_in / p.groups) * taps > kFlushTerms;
+}
+
 struct DevInfo {
   int sms;
   size_t smem_optin;  // per block
@@ -1903,15 +1896,15 @@ bool choose_mma(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
   return found;
 }
 
-template <typename T, int MT, int NT, int WM, int WN>
+template <typename T, int MT, int NT, int WM, int WN, bool FLUSH>
 cudaError_t launch_mma_t(const MmaArgs& a, const MmaCfg& c, int64_t grid, cudaStream_t stream) {
   if (c.smem > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(mma_kernel<T, MT, NT, WM, WN>,
+    cudaError_t err = cudaFuncSetAttribute(mma_kernel<T, MT, NT, WM, WN, FLUSH>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)c.smem);
     if (err != cudaSuccess) return err;
   }
-  mma_kernel<T, MT, NT, WM, WN><<<(unsigned)grid, WM * WN * 32, c.smem, stream>>>(a);
+  mma_kernel<T, MT, NT, WM, WN, FLUSH><<<(unsigned)grid, WM * WN * 32, c.smem, stream>>>(a);
   return cudaGetLastError();
 }
 
@@ -1929,13 +1922,21 @@ cudaError_t run_mma(const PhaseConvFwdParams& p, const MmaCfg& c, cudaStream_t s
   a.ng = c.ng; a.x_bytes = c.x_bytes; a.w_bytes = c.w_bytes;
   a.total_blocks = (int64_t)a.num_phases * a.tiles_w * a.tiles_h * a.tiles_d * p.n *
                    a.co_blocks * p.groups;
+  a.sub_table = p.sub_table; a.nsub = p.nsub;
+  a.isd = (int)p.in_stride_d; a.ish = (int)p.in_stride_h; a.isw = (int)p.in_stride_w;
   int64_t grid = a.total_blocks;
   if (grid > 0x7fffffffLL) grid = 0x7fffffffLL;
-  switch (c.kind) {
-    case 0: return launch_mma_t<T, 4, 1, 4, 1>(a, c, grid, stream);
-    case 1: return launch_mma_t<T, 4, 2, 4, 1>(a, c, grid, stream);
-    case 2: return launch_mma_t<T, 4, 4, 2, 2>(a, c, grid, stream);
-    case 3: return launch_mma_t<T, 4, 4, 2, 4>(a, c, grid, stream);
+  constexpr bool F = sizeof(T) == 4;  // the FLUSH variant exists for float only
+  const bool fl = needs_flush(p, F ? PHASECONV_FLOAT32 : PHASECONV_FLOAT16);
+  switch (c.kind * 2 + (fl ? 1 : 0)) {
+    case 0: return launch_mma_t<T, 4, 1, 4, 1, false>(a, c, grid, stream);
+    case 1: return launch_mma_t<T, 4, 1, 4, 1, F>(a, c, grid, stream);
+    case 2: return launch_mma_t<T, 4, 2, 4, 1, false>(a, c, grid, stream);
+    case 3: return launch_mma_t<T, 4, 2, 4, 1, F>(a, c, grid, stream);
+    case 4: return launch_mma_t<T, 4, 4, 2, 2, false>(a, c, grid, stream);
+    case 5: return launch_mma_t<T, 4, 4, 2, 2, F>(a, c, grid, stream);
+    case 6: return launch_mma_t<T, 4, 4, 2, 4, false>(a, c, grid, stream);
+    case 7: return launch_mma_t<T, 4, 4, 2, 4, F>(a, c, grid, stream);
   }
   return cudaErrorInvalidConfiguration;
 }
@@ -2018,7 +2019,9 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& de
         int64_t res = 2048 / kinds_thr[kind];
         const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024 + 1024));
         if (by_smem < res) res = by_smem;
-        const int64_t reg_cap = kind == 0 ? (CG == 4 ? 4 : 5) : (kind == 3 ? 1 : 3);
+        const bool fl = needs_flush(p, dtype_code);
+        const int64_t reg_cap =
+            kind == 0 ? (CG == 4 ? (fl ? 3 : 4) : 5) : (kind == 3 ? 1 : (fl ? 2 : 3));
         if (res > reg_cap) res = reg_cap;  // __launch_bounds__ of the kernel (AllMinBlocks)
         if (res < 1) continue;
         const double occ = (double)res * kinds_thr[kind] / 1024.0;
@@ -2066,16 +2069,17 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& de
   return found;
 }
 
-template <typename T, int MT, int NT, int WM, int WN>
+template <typename T, int MT, int NT, int WM, int WN, bool FLUSH>
 cudaError_t launch_allph_t(const AllArgs& a, const AllCfg& c, cudaStream_t stream) {
   if (c.smem + 1024 > 48 * 1024) {  // static + dynamic past 48 KB needs the opt-in
-    cudaError_t err = cudaFuncSetAttribute(mma_allph_kernel<T, MT, NT, WM, WN>,
+    cudaError_t err = cudaFuncSetAttribute(mma_allph_kernel<T, MT, NT, WM, WN, FLUSH>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)c.smem);
     if (err != cudaSuccess) return err;
   }
   if (c.total_blocks == 0) return cudaSuccess;
-  mma_allph_kernel<T, MT, NT, WM, WN><<<(unsigned)c.grid, WM * WN * 32, c.smem, stream>>>(a);
+  mma_allph_kernel<T, MT, NT, WM, WN, FLUSH><<<(unsigned)c.grid, WM * WN * 32, c.smem,
+                                               stream>>>(a);
   return cudaGetLastError();
 }
 
@@ -2098,11 +2102,17 @@ cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t
   a.stage_out = c.stage_out; a.box_off = c.box_off; a.box_cs = c.box_cs;
   a.box_vec = p.out_w % 8 == 0 ? 1 : 0;
   a.total_blocks = c.total_blocks; a.per_cta = c.per_cta;
-  switch (c.kind) {
-    case 0: return launch_allph_t<T, 4, 1, 4, 1>(a, c, stream);
-    case 1: return launch_allph_t<T, 4, 2, 4, 1>(a, c, stream);
-    case 2: return launch_allph_t<T, 4, 4, 2, 2>(a, c, stream);
-    case 3: return launch_allph_t<T, 4, 4, 2, 4>(a, c, stream);
+  constexpr bool F = sizeof(T) == 4;  // the FLUSH variant exists for float only
+  const bool fl = needs_flush(p, F ? PHASECONV_FLOAT32 : PHASECONV_FLOAT16);
+  switch (c.kind * 2 + (fl ? 1 : 0)) {
+    case 0: return launch_allph_t<T, 4, 1, 4, 1, false>(a, c, stream);
+    case 1: return launch_allph_t<T, 4, 1, 4, 1, F>(a, c, stream);
+    case 2: return launch_allph_t<T, 4, 2, 4, 1, false>(a, c, stream);
+    case 3: return launch_allph_t<T, 4, 2, 4, 1, F>(a, c, stream);
+    case 4: return launch_allph_t<T, 4, 4, 2, 2, false>(a, c, stream);
+    case 5: return launch_allph_t<T, 4, 4, 2, 2, F>(a, c, stream);
+    case 6: return launch_allph_t<T, 4, 4, 2, 4, false>(a, c, stream);
+    case 7: return launch_allph_t<T, 4, 4, 2, 4, F>(a, c, stream);
   }
   return cudaErrorInvalidConfiguration;
 }
@@ -2230,12 +2240,12 @@ bool want_mma(const PhaseConvFwdParams& p, int dtype_code) {
   if (force == 3 || force == 4 || force == 5) return true;
   if (force != 0) return false;
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  if (dtype_code == PHASECONV_FLOAT32) {
-    // 3xTF32: the tensor cores' fp32 accumulation truncates, an error that grows with the
-    // reduction length; past 256 terms (measured 1.4e-5 relative at 2048) FFMA runs instead.
-    const int64_t red = cin_g * p.max_taps_d * p.max_taps_h * p.max_taps_w;
-    if (red > 256) return false;
-  }
+  // float32 runs 3xTF32; past kFlushTerms reduction terms its accumulators are flushed
+  // (flush_acc: as accurate as FFMA at any length; unflushed, 1.4e-5 relative at 2048 terms).
+  // Those FLUSH variants beat the SIMT kernel only on wide tiles (2026-11-26, H100: C_out 32,
+  // K 512: 666 vs 452 us; C_out 64-256, K 512-2048: 0.70-0.95x the SIMT time): narrower layers
+  // stay on FFMA.
+  if (needs_flush(p, dtype_code) && cout_g < 64) return false;
   return cin_g >= 4 && cout_g >= 4;
 }
 
@@ -2325,6 +2335,7 @@ cudaError_t run_typed(const PhaseConvFwdParams& p, int dtype_code, cudaStream_t 
 cudaError_t phase_conv_fwd(const PhaseConvFwdParams& params, int dtype_code,
                            cudaStream_t stream) {
   using namespace phaseconv;
+  if (params.nsub != 0) return cudaErrorInvalidValue;  // grad-input mode: phase_conv_bwd_input
   switch (dtype_code) {
     case PHASECONV_FLOAT32: return run_typed<float>(params, dtype_code, stream);
     case PHASECONV_FLOAT64: return run_typed<double>(params, dtype_code, stream);
@@ -2432,4 +2443,42 @@ cudaError_t phase_conv_to_channels_last(const void* x, void* y, int64_t n, int64
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
+}
+
+bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, char* buf,
+                               int len) {
+  using namespace phaseconv;
+  if (buf != nullptr && len > 0) buf[0] = 0;
+  if (params.nsub <= 0 || params.stride_d != 1 || params.stride_h != 1 || params.stride_w != 1)
+    return false;
+  if (dtype_code == PHASECONV_FLOAT64) return false;
+  if (params.c_in / params.groups < 4 || params.c_out / params.groups < 4) return false;
+  DevInfo dev;
+  if (dev_info(&dev) != cudaSuccess) return false;
+  MmaCfg mc;
+  if (!choose_mma(params, dtype_code, dev, &mc)) return false;
+  if (buf != nullptr && len > 0)
+    snprintf(buf, len, "mma grad-input kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) "
+             "ng=%d smem=%zu phases=%d", mc.kind, mc.BM, mc.BN, mc.threads, mc.TD, mc.TH, mc.TW,
+             mc.ng, mc.smem, params.nsub);
+  return true;
+}
+
+cudaError_t phase_conv_bwd_input(const PhaseConvFwdParams& params, int dtype_code,
+                                 cudaStream_t stream) {
+  using namespace phaseconv;
+  if (!phase_conv_bwd_input_plan(params, dtype_code, nullptr, 0)) return cudaErrorInvalidValue;
+  if (params.n * params.c_out * params.out_d * params.out_h * params.out_w == 0)
+    return cudaSuccess;
+  DevInfo dev;
+  cudaError_t err = dev_info(&dev);
+  if (err != cudaSuccess) return err;
+  MmaCfg mc;
+  if (!choose_mma(params, dtype_code, dev, &mc)) return cudaErrorInvalidConfiguration;
+  switch (dtype_code) {
+    case PHASECONV_FLOAT32: return run_mma<float>(params, mc, stream);
+    case PHASECONV_FLOAT16: return run_mma<__half>(params, mc, stream);
+    case PHASECONV_BFLOAT16: return run_mma<__nv_bfloat16>(params, mc, stream);
+  }
+  return cudaErrorInvalidValue;
 }

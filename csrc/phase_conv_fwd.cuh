@@ -61,6 +61,10 @@ struct PhaseConvFwdParams {
   // (benchmarks): the GEMM tile, kind + 1
   int force_path;
   int x_channels_last;  // 1: x is laid out (N, D, H, W, C_in) (see phase_conv_fwd_input_layout)
+  // grad-input mode only (phase_conv_bwd_input; the forward refuses nsub != 0)
+  const int64_t* sub_table = nullptr;  // device, nsub rows of PHASECONV_TABLE_STRIDE int64
+  int nsub = 0;
+  int64_t in_stride_d = 1, in_stride_h = 1, in_stride_w = 1;
 };
 #define PHASECONV_FORCE_NCDHW 16
 #define PHASECONV_DIRECT_STORES 32  // force_path flag: no staged output in the all-phase kernel
@@ -84,3 +88,23 @@ cudaError_t phase_conv_to_channels_last(const void* x, void* y, int64_t n, int64
 // NUL-terminated line into buf (at most len bytes).
 void phase_conv_fwd_describe(const PhaseConvFwdParams& params, int dtype_code, char* buf,
                              int len);
+
+// ---- grad-input mode: the input gradient of a transposed convolution in one launch.
+// grad_x[n, c, i] = sum over phases q, taps t of q, output channels o of the group:
+//   w_q[o, t, c] * grad_y[n, o, r_q + s * (i + off_q + t * pdil)]   (zero outside grad_y)
+// run by the per-phase tensor-core kernel as ONE stride-1 "phase" whose tiles sum nsub
+// sub-problems (no zero-insertion, no per-phase buffers or adds).  Parameters as for the
+// forward, read as: x = grad_y (N, C_out, OD, OH, OW) contiguous, c_in = C_out, c_out = C_in,
+// in_* = grad_y's sizes, out_* = grad_x's sizes, y = grad_x, stride 1, in_stride_* = the
+// transposed convolution's stride, weight = the sub-problems' packed blocks (layout as the
+// forward's packed weight with C_in and C_out swapped), sub_table rows: residues r_q
+// (PT_RES_*), taps, offsets off_q (PT_OFF_*) and the block's offset (PT_WOFS); table unused,
+// max_taps / total_taps over the sub-problems.  float32/float16/bfloat16 only.
+//
+// Whether the kernel takes these parameters (the rule: float32/float16/bfloat16, C_out/g and
+// C_in/g >= 4, a tile that fits shared memory); describes the launch into buf when it does.
+bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, char* buf,
+                               int len);
+// Launches it (cudaErrorInvalidValue where phase_conv_bwd_input_plan says no).
+cudaError_t phase_conv_bwd_input(const PhaseConvFwdParams& params, int dtype_code,
+                                 cudaStream_t stream);

@@ -27,6 +27,9 @@ class Explanation(NamedTuple):
     zero_insertion_macs: int
     # the CUDA engine's kernel configuration for this shape and dtype (None off the GPU)
     kernel: Optional[str] = None
+    # the CUDA engine's backward kernels for this shape and dtype (None off the GPU)
+    grad_input_kernel: Optional[str] = None
+    grad_weight_kernel: Optional[str] = None
 
     @property
     def macs_saved(self) -> float:
@@ -50,6 +53,10 @@ class Explanation(NamedTuple):
         ]
         if self.kernel is not None:
             lines.append(f"kernel: {self.kernel}")
+        if self.grad_input_kernel is not None:
+            lines.append(f"grad_input kernel: {self.grad_input_kernel}")
+        if self.grad_weight_kernel is not None:
+            lines.append(f"grad_weight kernel: {self.grad_weight_kernel}")
         lines += [
             "",
             "{:<9}  {:<24}  {:<20}  {:>8}  {:>4}  {:>14}  {:>15}".format(
@@ -101,8 +108,9 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
     (N, C, D, H, W) or (C, D, H, W).  ``print(explain(...))`` shows the table; the returned
     object also carries the plan, MAC counts and the engine that would run.  When that engine
     is the CUDA one, ``kernel`` names the kernel and tile it launches for ``dtype`` (default:
-    the layer's weight dtype, else float32) and a contiguous input; this builds the extension
-    and allocates an input-sized tensor on the GPU.
+    the layer's weight dtype, else float32) and a contiguous input, ``grad_input_kernel`` and
+    ``grad_weight_kernel`` those of the backward; this builds the extension and allocates an
+    input-sized tensor on the GPU.
     """
     if isinstance(layer_or_args, nn.ConvTranspose3d):
         layer = layer_or_args
@@ -146,24 +154,33 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
                       output_padding=output_padding)
     device = torch.device(device) if device is not None else torch.device("cpu")
     engine = engines.choose(device, requested)
-    kernel_text = None
+    kernel_text = grad_input_text = grad_weight_text = None
     if engine.name == "cuda" and device.type == "cuda" and torch.cuda.is_available():
-        kernel_text = _cuda_kernel(plan, batch, in_channels, out_channels, groups, kernel, stride,
-                                   padding, dilation, device, dtype or torch.float32)
+        kernel_text, grad_input_text, grad_weight_text = _cuda_kernels(
+            plan, batch, in_channels, out_channels, groups, kernel, stride, padding, dilation,
+            device, dtype or torch.float32)
     return Explanation(plan, batch, in_channels, out_channels, groups, engine,
                        batch * plan.macs_per_sample(in_channels, out_channels, groups),
                        batch * plan.zero_insertion_macs_per_sample(in_channels, out_channels,
                                                                    groups),
-                       kernel_text)
+                       kernel_text, grad_input_text, grad_weight_text)
 
 
-def _cuda_kernel(plan, batch, in_channels, out_channels, groups, kernel, stride, padding,
-                 dilation, device, dtype) -> str:
+def _cuda_kernels(plan, batch, in_channels, out_channels, groups, kernel, stride, padding,
+                  dilation, device, dtype):
+    """(forward, input-gradient, weight-gradient) kernel descriptions from the CUDA engine."""
     from .engines import cuda  # builds the extension on first use
+    from .packing import pack_conv3d_phases
 
     weight = torch.zeros((in_channels, out_channels // groups) + tuple(kernel), device=device,
                          dtype=dtype)
     x = torch.empty((max(batch, 1), in_channels) + tuple(plan.in_shape), device=device,
                     dtype=dtype)
     packed = cuda.pack(weight, groups, stride, padding, dilation)
-    return cuda.describe(x, packed, None, plan, groups, out_channels)
+    forward = cuda.describe(x, packed, None, plan, groups, out_channels)
+    # the weight gradient reads only shapes: a broadcast view stands in for grad_output
+    grad_out = x.new_empty(1).expand((max(batch, 1), out_channels) + tuple(plan.out_shape))
+    phases = pack_conv3d_phases(weight, groups, stride, padding, dilation)
+    gi = cuda.pack_grad_input(phases, groups, kernel, stride, padding, dilation)
+    return (forward, cuda.describe_grad_input(grad_out, gi, plan, groups, in_channels),
+            cuda.describe_grad_weight(x, grad_out, packed))

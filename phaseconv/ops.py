@@ -110,8 +110,8 @@ def backward_impl(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                 phases = _conv3d_phases(weight, args, use_cache)
 
                 def pack_gi(w):  # the phase sub-kernels of this same weight
-                    return cuda.pack_grad_input(phases, args.groups, args.stride,
-                                                args.dilation)
+                    return cuda.pack_grad_input(phases, args.groups, args.kernel, args.stride,
+                                                args.padding, args.dilation)
 
                 gi_packs = _packed(weight, "cuda-grad-input", args, pack_gi, use_cache)
                 gx = cuda.grad_input(gb, phases, gi_packs, plan, args.groups,

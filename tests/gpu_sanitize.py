@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import phaseconv
 from phaseconv.engines import cuda
 from phaseconv.geometry import phase_plan
+from phaseconv.packing import pack_conv3d_phases
 
 # (N, C_in, C_out, groups, in DHW, kernel, stride, padding, output_padding, dilation)
 CASES = [
@@ -20,6 +21,7 @@ CASES = [
     (1, 16, 8, 1, (2, 2, 3), (3, 3, 3), (2, 2, 2), (4, 4, 4), (1, 1, 1), (3, 3, 3)),
     (3, 12, 12, 3, (1, 2, 1), (4, 1, 2), (2, 3, 2), (1, 0, 0), (0, 2, 1), (2, 1, 3)),
     (2, 48, 40, 2, (3, 5, 4), (3, 4, 2), (2, 3, 1), (1, 2, 0), (1, 2, 0), (1, 2, 1)),
+    (2, 40, 36, 1, (3, 4, 5), (3, 5, 4), (2, 2, 2), (1, 2, 1), (1, 1, 1), (1, 1, 1)),
 ]
 # 0 auto, 1 SIMT tiled, 2 naive, 3 tensor cores (where the dtype allows), 4 per-phase tensor
 # cores, 5 implicit GEMM (16-bit, C_in/groups % 8 == 0), 16 + 3: tensor cores, contiguous
@@ -47,7 +49,9 @@ def main() -> int:
                 if not err <= tol:
                     failures += 1
                     print("FAIL", (n, ci, co, g, size, k, s, p, op, d), dtype, path, err)
-        # the CUDA backward (grad_input through the forward kernels, the grad_weight kernel)
+        # the CUDA backward (grad_input: one launch where the rule allows, else per phase on
+        # the forward kernels; grad_weight: tensor cores where the rule allows, else SIMT),
+        # then both alternatives forced
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
             x = torch.randn((n, ci) + size, device="cuda").to(dtype).requires_grad_()
             w = torch.randn((ci, co // g) + k, device="cuda").to(dtype).requires_grad_()
@@ -63,8 +67,30 @@ def main() -> int:
                 if not err <= tol:
                     failures += 1
                     print("FAIL backward", (n, ci, co, g, size, k, s, p, op, d), dtype, err)
+            if dtype == torch.float64:
+                continue
+            gy = torch.ones_like(out).detach()
+            packed = cuda.pack(w.detach(), g, s, p, d)
+            phases = pack_conv3d_phases(w.detach(), g, s, p, d)
+            gi = cuda.pack_grad_input(phases, g, k, s, p, d)
+            forced = [cuda.grad_input(gy, phases, gi, plan, g, ci, one_launch=False)]
+            if cuda.describe_grad_input(gy, gi, plan, g, ci).startswith("mma"):
+                forced.append(cuda.grad_input(gy, phases, gi, plan, g, ci, one_launch=True))
+            forced.append(cuda.grad_weight(x.detach(), gy, packed, tuple(w.shape), "simt"))
+            if min(ci, co) // g >= 16:
+                forced.append(cuda.grad_weight(x.detach(), gy, packed, tuple(w.shape),
+                                               "tensor-cores"))
+            for a in forced:
+                e = rx if a.shape == rx.shape else rw
+                err = (a.double() - e).abs().max().item() / max(1.0, e.abs().max().item())
+                tol = 3e-2 if dtype == torch.bfloat16 else 2e-5
+                if not err <= tol:
+                    failures += 1
+                    print("FAIL forced backward", (n, ci, co, g, size, k, s, p, op, d), dtype,
+                          a.shape, err)
     torch.cuda.synchronize()
-    print(f"gpu_sanitize: {len(CASES) * (len(DTYPES) * len(PATHS) + 3)} runs, {failures} failures")
+    print(f"gpu_sanitize: {len(CASES) * (len(DTYPES) * len(PATHS) + 3)} runs and the forced "
+          f"backward kernels, {failures} failures")
     return 1 if failures else 0
 
 

@@ -199,3 +199,54 @@ def test_unpack_is_differentiable():
     back = unpack_conv3d_phases(packed, w.shape, *geometry)
     (grad,) = torch.autograd.grad((back * back).sum(), w)
     assert torch.equal(grad, 2 * w.detach())
+
+
+def _one_launch_grad_input(gy, gi, in_shape, groups, in_channels):
+    """What the CUDA engine's one-launch input-gradient kernel computes from
+    ``pack_grad_input``'s concatenated blocks and table, written with torch ops."""
+    n, c_out = gy.shape[:2]
+    cout_g, cin_g = c_out // groups, in_channels // groups
+    gx = gy.new_zeros((n, in_channels) + tuple(in_shape))
+    for row in gi.sub_table.tolist():
+        res, taps, first, wofs = row[0:3], row[3:6], row[6:9], row[9]
+        ntaps = taps[0] * taps[1] * taps[2]
+        block = gi.weight[wofs:wofs + groups * cout_g * ntaps * cin_g]
+        block = block.view((groups, cout_g) + tuple(taps) + (cin_g,))
+        phase = gy[:, :, res[0]::gi.stride[0], res[1]::gi.stride[1], res[2]::gi.stride[2]]
+        for t in itertools.product(*(range(k) for k in taps)):
+            shifted = gy.new_zeros((n, c_out) + tuple(in_shape))
+            dst, src = [slice(None)] * 2, [slice(None)] * 2
+            for a in range(3):  # grad_x voxel i reads phase index i + first + t * pdil
+                shift = first[a] + t[a] * gi.phase_dilation[a]
+                lo, hi = max(0, -shift), min(in_shape[a], phase.shape[2 + a] - shift)
+                dst.append(slice(lo, max(lo, hi)))
+                src.append(slice(lo + shift, max(lo, hi) + shift))
+            shifted[tuple(dst)] = phase[tuple(src)]
+            shifted = shifted.view((n, groups, cout_g) + tuple(in_shape))
+            tap = block[(slice(None), slice(None)) + t]  # (groups, cout_g, cin_g)
+            gx += torch.einsum("ngoxyz,goc->ngcxyz", shifted, tap).reshape(gx.shape)
+    return gx
+
+
+@pytest.mark.parametrize("k, s, p, d, g", [
+    ((3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), 4),   # the founding geometry
+    ((4, 4, 4), (2, 2, 2), (1, 1, 1), (1, 1, 1), 1),   # windows overhanging both ends
+    ((2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 1, 3), 2),   # dilation sharing a factor
+    ((1, 2, 1), (3, 4, 2), (0, 0, 0), (1, 1, 1), 1),   # kernel < stride: empty phases
+])
+def test_one_launch_grad_input_table(k, s, p, d, g):
+    """pack_grad_input's concatenated blocks and table, read as the CUDA kernel reads them,
+    give torch's input gradient (float64, on the CPU: the table's geometry is checked where CI
+    runs)."""
+    from phaseconv.engines import cuda
+
+    torch.manual_seed(0)
+    size = (4, 3, 5)
+    x = torch.randn(2, 4 * g, *size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4 * g, 3, *k, dtype=torch.float64)
+    out = F.conv_transpose3d(x, w, stride=s, padding=p, groups=g, dilation=d)
+    gy = torch.randn_like(out)
+    expected, = torch.autograd.grad(out, x, gy)
+    gi = cuda.pack_grad_input(pack_conv3d_phases(w, g, s, p, d), g, k, s, p, d)
+    got = _one_launch_grad_input(gy, gi, size, g, 4 * g)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

@@ -367,3 +367,134 @@ def test_cuda_weight_gradient_kernel_against_reference():
         phases = reference.grad_weight_phases(x, gy, plan, g, 12, tuple(w.shape))
         theirs = unpack_conv3d_phases(phases, tuple(w.shape), g, s, p, d)
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-9)
+
+
+_GW_MMA_CASES = [  # (n, cin, cout, groups, size, k, s, p, d): C_in/g and C_out/g >= 16
+    (2, 32, 16, 1, (5, 6, 7), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1)),  # ragged phases
+    (2, 40, 34, 2, (4, 5, 6), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 1, 3)),  # 20/17: tails
+    (1, 160, 48, 1, (5, 6, 6), (4, 4, 4), (2, 2, 2), (1, 1, 1), (1, 1, 1)),  # 128-row tile
+    (3, 16, 96, 1, (9, 10, 40), (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1)),  # 10800 terms
+    (2, 64, 64, 1, (3, 3, 3), (1, 2, 1), (3, 4, 2), (0, 0, 0), (1, 1, 1)),  # empty phases
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", range(len(_GW_MMA_CASES)))
+def test_tensor_core_weight_gradient(case, dtype):
+    """The tensor-core grad_weight kernel (3xTF32 for float32, flushed every 256 terms)
+    against the reference phase-form gradient in float64 from the same rounded values: every
+    tile shape, channel tails, ragged and empty phases, dilation, long reductions (splits)."""
+    from phaseconv.engines import cuda, reference
+    from phaseconv.geometry import phase_plan
+    from phaseconv.packing import unpack_conv3d_phases
+
+    n, cin, cout, g, size, k, s, p, d = _GW_MMA_CASES[case]
+    gen = torch.Generator().manual_seed(case)
+    x = torch.randn((n, cin) + size, generator=gen).to(dtype)
+    w = torch.randn((cin, cout // g) + k, generator=gen).to(dtype)
+    plan = phase_plan(size, k, s, p, dilation=d, output_padding=(0, 0, 0))
+    gy = torch.randn((n, cout) + plan.out_shape, generator=gen).to(dtype)
+    packed = cuda.pack(w.cuda(), g, s, p, d)
+    assert cuda.describe_grad_weight(x.cuda(), gy.cuda(), packed).startswith("tensor-core")
+    ours = cuda.grad_weight(x.cuda(), gy.cuda(), packed, tuple(w.shape), kernel="tensor-cores")
+    assert ours.dtype == dtype
+    phases = reference.grad_weight_phases(x.double(), gy.double(), plan, g, cout,
+                                          tuple(w.shape))
+    theirs = unpack_conv3d_phases(phases, tuple(w.shape), g, s, p, d)
+    ours = ours.double().cpu()
+    rel = ((ours - theirs).norm() / theirs.norm()).item()
+    worst = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+    tol = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
+    assert rel < tol and worst < 4 * tol, (rel, worst)
+    simt = cuda.grad_weight(x.cuda(), gy.cuda(), packed, tuple(w.shape), kernel="simt")
+    assert ((simt.double().cpu() - theirs).norm() / theirs.norm()).item() < tol
+
+
+def test_weight_gradient_kernel_rule():
+    """The rule (phase_conv_bwd.cuh) is visible and forcing is checked, never rerouted."""
+    from phaseconv.engines import cuda
+
+    x = torch.randn(1, 8, 4, 4, 4, device="cuda")
+    w = torch.randn(8, 4, 3, 3, 3, device="cuda")
+    gy = torch.randn(1, 8, 7, 7, 7, device="cuda")
+    narrow = cuda.pack(w, 2, (2, 2, 2), (1, 1, 1), (1, 1, 1))  # C_in/g = 4
+    assert cuda.describe_grad_weight(x, gy, narrow).startswith("simt")
+    with pytest.raises(RuntimeError, match="weight-gradient launch failed"):
+        cuda.grad_weight(x, gy, narrow, tuple(w.shape), kernel="tensor-cores")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        cuda.grad_weight(x, gy, narrow, tuple(w.shape), kernel="fast")
+    wide = dict(in_channels=64, out_channels=32, kernel_size=4, stride=2, padding=1)
+    report = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda")
+    assert report.grad_weight_kernel.startswith("tensor-core gemm 3xTF32")
+    assert "grad_weight kernel: tensor-core" in str(report)
+    half = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda", dtype=torch.bfloat16)
+    assert half.grad_weight_kernel.startswith("tensor-core gemm fp32-accumulate")
+    assert phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda",
+                             dtype=torch.float64).grad_weight_kernel.startswith("simt")
+    assert report.grad_input_kernel.startswith("mma grad-input")
+    assert "grad_input kernel: mma grad-input" in str(report)
+    assert phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda",
+                             dtype=torch.float64).grad_input_kernel.startswith("per-phase")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", range(len(_BWD_CASES)))
+def test_input_gradient_one_launch_and_per_phase(case, dtype):
+    """grad_input by the one-launch kernel (every phase's adjoint summed per tile) and by the
+    per-phase path, against torch in float64; the rule picks the one-launch kernel exactly
+    where describe_grad_input says so."""
+    from phaseconv.engines import cuda
+    from phaseconv.geometry import phase_plan
+    from phaseconv.packing import pack_conv3d_phases
+
+    c = _BWD_CASES[case]
+    gen = torch.Generator().manual_seed(case)
+    x = torch.randn((c["n"], c["cin"]) + c["size"], generator=gen).to(dtype)
+    w = (torch.randn((c["cin"], c["cout"] // c["groups"]) + c["k"], generator=gen) / 4).to(dtype)
+    plan = phase_plan(c["size"], c["k"], c["s"], c["p"], dilation=c["d"],
+                      output_padding=c["op"])
+    gy = torch.randn((c["n"], c["cout"]) + plan.out_shape, generator=gen).to(dtype)
+    x64 = x.double().requires_grad_()
+    out = F.conv_transpose3d(x64, w.double(), stride=c["s"], padding=c["p"],
+                             output_padding=c["op"], groups=c["groups"], dilation=c["d"])
+    expected, = torch.autograd.grad(out, x64, gy.double())
+    phases = pack_conv3d_phases(w.cuda(), c["groups"], c["s"], c["p"], c["d"])
+    gi = cuda.pack_grad_input(phases, c["groups"], c["k"], c["s"], c["p"], c["d"])
+    gyc = gy.cuda()
+    desc = cuda.describe_grad_input(gyc, gi, plan, c["groups"], c["cin"])
+    narrow = c["cin"] // c["groups"] < 4 or c["cout"] // c["groups"] < 4
+    assert desc.startswith("per-phase" if narrow else "mma grad-input"), desc
+    tol = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
+    runs = [False] if narrow else [True, False, None]
+    for one in runs:
+        got = cuda.grad_input(gyc, phases, gi, plan, c["groups"], c["cin"], one_launch=one)
+        assert got.dtype == dtype and got.shape == expected.shape
+        rel = ((got.double().cpu() - expected).norm() / expected.norm()).item()
+        assert rel < tol, (one, rel)
+    if narrow:
+        with pytest.raises(RuntimeError, match="does not take this layer"):
+            cuda.grad_input(gyc, phases, gi, plan, c["groups"], c["cin"], one_launch=True)
+
+
+def test_input_gradient_one_launch_long_reduction_float32():
+    """3xTF32 flushed every 256 terms: the one-launch input gradient of a wide layer (8192
+    terms per voxel: 128 channels x 64 taps) stays fp32-accurate, and is deterministic."""
+    from phaseconv.engines import cuda
+    from phaseconv.geometry import phase_plan
+    from phaseconv.packing import pack_conv3d_phases
+
+    torch.manual_seed(0)
+    k, s, p = (4, 4, 4), (2, 2, 2), (1, 1, 1)
+    x = torch.randn(2, 96, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(96, 128, *k, dtype=torch.float64) / 32
+    out = F.conv_transpose3d(x, w, stride=s, padding=p)
+    gy = torch.randn_like(out)
+    expected, = torch.autograd.grad(out, x, gy)
+    plan = phase_plan((5, 6, 7), k, s, p, dilation=(1, 1, 1), output_padding=(0, 0, 0))
+    phases = pack_conv3d_phases(w.float().cuda(), 1, s, p, (1, 1, 1))
+    gi = cuda.pack_grad_input(phases, 1, k, s, p, (1, 1, 1))
+    gyc = gy.float().cuda()
+    got = cuda.grad_input(gyc, phases, gi, plan, 1, 96, one_launch=True)
+    again = cuda.grad_input(gyc, phases, gi, plan, 1, 96, one_launch=True)
+    assert torch.equal(got, again)
+    _close(got, expected, torch.float32)

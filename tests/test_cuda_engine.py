@@ -104,7 +104,8 @@ def test_half_dtypes_match_torch(cfg, dtype, path):
     _check(y, ref, dtype)
 
 
-def _layer_case(n, cin, cout, groups, dhw, k, s, p, op, dtype, bias=True, seed=1):
+def _layer_case(n, cin, cout, groups, dhw, k, s, p, op, dtype, bias=True, seed=1,
+                force_path=0):
     cuda = _cuda()
     torch.manual_seed(seed)
     k, s, p, op = [(v,) * 3 if isinstance(v, int) else tuple(v) for v in (k, s, p, op)]
@@ -115,7 +116,7 @@ def _layer_case(n, cin, cout, groups, dhw, k, s, p, op, dtype, bias=True, seed=1
     plan = phase_plan(tuple(dhw), k, s, p, dilation=(1, 1, 1), output_padding=op)
     packed = cuda.pack(w.to(dtype), groups, s, p, (1, 1, 1))
     y = cuda.forward(x.to(dtype), packed, b.to(dtype) if b is not None else None, plan, groups,
-                     cout)
+                     cout, force_path=force_path)
     return y, ref
 
 
@@ -145,6 +146,21 @@ def test_large_channels(dtype):
     _check(y, ref, dtype)
     y, ref = _layer_case(1, 96, 200, 2, (5, 9, 17), 3, (1, 2, 2), 1, 0, dtype)
     _check(y, ref, dtype)
+
+
+@pytest.mark.parametrize("path", [3, 3 | 16, 4])
+def test_float32_long_reductions_on_tensor_cores(path):
+    """3xTF32 flushes its accumulators every 256 terms: fp32-accurate at 4096 terms (512
+    channels x 8 taps) on the all-phase and per-phase kernels, either input layout."""
+    cuda = _cuda()
+    y, ref = _layer_case(1, 512, 24, 1, (4, 5, 6), 4, 2, 1, 0, torch.float32, force_path=path)
+    _check(y, ref, torch.float32)
+    w = torch.zeros(512, 24, 4, 4, 4, device=DEV)
+    packed = cuda.pack(w, 1, (2, 2, 2), (1, 1, 1), (1, 1, 1))
+    plan = phase_plan((4, 5, 6), (4, 4, 4), (2, 2, 2), (1, 1, 1), dilation=(1, 1, 1),
+                      output_padding=(0, 0, 0))
+    x = torch.zeros(1, 512, 4, 5, 6, device=DEV)
+    assert cuda.describe(x, packed, None, plan, 1, 24, force_path=path).startswith("mma")
 
 
 def test_wide_grouped_and_depthwise():

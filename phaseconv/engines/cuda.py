@@ -42,8 +42,8 @@ from ..geometry import PhasePlan, axis_plan
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_SOURCES = ("phase_conv_dtype.cuh", "phase_conv_fwd.cuh", "phase_conv_fwd.cu",
-            "phase_conv_bwd.cuh", "phase_conv_bwd.cu", "phase_conv.cpp")
+_SOURCES = ("phase_conv_dtype.cuh", "phase_conv_mma.cuh", "phase_conv_fwd.cuh",
+            "phase_conv_fwd.cu", "phase_conv_bwd.cuh", "phase_conv_bwd.cu", "phase_conv.cpp")
 FORCE_NCDHW = 16  # force_path flag: never the channels-last kernels (phase_conv_fwd.cuh)
 TABLE_STRIDE = 12
 
@@ -279,18 +279,39 @@ def describe(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor],
                         force_path=force_path, **_extra(packed))
 
 
+GRAD_WEIGHT_KERNELS = {"auto": 0, "simt": 1, "tensor-cores": 2}
+
+
+def _grad_weight_args(x, grad_out, packed: CudaPacked, kernel: str):
+    if kernel not in GRAD_WEIGHT_KERNELS:
+        raise ValueError(f"grad_weight: kernel must be one of {sorted(GRAD_WEIGHT_KERNELS)}, "
+                         f"got {kernel!r}")
+    return (x, grad_out, packed.table, packed.weight.numel(), list(packed.stride),
+            list(packed.phase_dilation), list(packed.max_taps), packed.groups,
+            GRAD_WEIGHT_KERNELS[kernel])
+
+
 def grad_weight(x: torch.Tensor, grad_out: torch.Tensor, packed: CudaPacked,
-                weight_shape) -> torch.Tensor:
+                weight_shape, kernel: str = "auto") -> torch.Tensor:
     """Gradient of the weight (C_in, C_out/groups, kD, kH, kW) for a batched input ``x`` and
-    ``grad_out`` (N, C_out, OD, OH, OW), from the CUDA kernel (``csrc/phase_conv_bwd.cu``):
-    per phase, the correlation of the input with the phase's slice of ``grad_out``, reduced
-    over batch and space in a fixed order (bitwise reproducible, no atomics), then moved from
-    the packed layout back to the original one."""
+    ``grad_out`` (N, C_out, OD, OH, OW), from the CUDA kernels (``csrc/phase_conv_bwd.cu``):
+    per phase and tap, the correlation of the input with the phase's slice of ``grad_out``,
+    reduced over batch and space in a fixed order (bitwise reproducible, no atomics), then
+    moved from the packed layout back to the original one.
+
+    ``kernel``: "auto" applies the rule (tensor cores for float32/float16/bfloat16 when
+    C_in/groups and C_out/groups are both >= 16, else the SIMT kernel); "simt" and
+    "tensor-cores" force one (tests, benchmarks; forcing tensor cores on a layer they cannot
+    take raises)."""
     mod = load()
-    gpacked = mod.phase_conv_bwd_weight(x, grad_out, packed.table, packed.weight.numel(),
-                                        list(packed.stride), list(packed.phase_dilation),
-                                        list(packed.max_taps), packed.groups)
+    gpacked = mod.phase_conv_bwd_weight(*_grad_weight_args(x, grad_out, packed, kernel))
     return unpack_weight_grad(gpacked, packed, weight_shape)
+
+
+def describe_grad_weight(x: torch.Tensor, grad_out: torch.Tensor, packed: CudaPacked,
+                         kernel: str = "auto") -> str:
+    """The kernel configuration :func:`grad_weight` would launch (reads only the shapes)."""
+    return load().describe_bwd_weight(*_grad_weight_args(x, grad_out, packed, kernel))
 
 
 def unpack_weight_grad(gpacked: torch.Tensor, packed: CudaPacked, weight_shape) -> torch.Tensor:
@@ -320,31 +341,111 @@ def unpack_weight_grad(gpacked: torch.Tensor, packed: CudaPacked, weight_shape) 
                                 packed.padding, packed.dilation)
 
 
-def pack_grad_input(phase_weights, groups: int, stride, dilation):
-    """Per phase (table order), the phase sub-kernel (``packing.pack_conv3d_phases``'s
-    output, None for a phase without taps) packed for this engine as a stride-1 transposed
-    convolution from C_out to C_in channels at the phase dilation: the input gradient of phase
-    p is that convolution of grad_out's phase-p slice (see ``reference.grad_input``), so the
-    forward kernels compute it."""
-    stride, dilation = triple(stride, "stride"), triple(dilation, "dilation")
+class GradInputPacked(NamedTuple):
+    """The input gradient's packed weights (:func:`pack_grad_input`)."""
+    phases: Tuple[Optional[CudaPacked], ...]  # per phase: its stride-1 adjoint, packed
+    weight: torch.Tensor             # the phases' blocks concatenated (one-launch kernel)
+    sub_table: Optional[torch.Tensor]  # int64 (phases with taps, 12) on the device, or None
+    stride: Tuple[int, int, int]
+    phase_dilation: Tuple[int, int, int]
+    max_taps: Tuple[int, int, int]
+    total_taps: int
+
+
+def pack_grad_input(phase_weights, groups: int, kernel, stride, padding,
+                    dilation) -> GradInputPacked:
+    """The input gradient's weights, from the phase sub-kernels
+    (``packing.pack_conv3d_phases``'s output, None for a phase without taps).
+
+    Phase p's input gradient is a stride-1 transposed convolution of grad_out's phase-p slice
+    from C_out to C_in channels at the phase dilation (see ``reference.grad_input``), so each
+    sub-kernel is packed as such a layer (``phases``: the per-phase path runs the forward
+    kernels on it).  The one-launch kernel reads the same blocks concatenated, with a table
+    row per phase with taps: the phase's residues (where its slice starts in grad_out), its
+    taps, and the offset of its first tap measured from grad_input's voxel (the adjoint's
+    first offset less the start of the phase's input window) - see ``phase_conv_fwd.cuh``."""
+    kernel, stride, padding, dilation = (triple(v, name) for v, name in (
+        (kernel, "kernel"), (stride, "stride"), (padding, "padding"), (dilation, "dilation")))
     pdil = tuple(d // math.gcd(s, d) for s, d in zip(stride, dilation))
-    return tuple(None if w is None else pack(w.detach(), groups, (1, 1, 1), (0, 0, 0), pdil)
-                 for w in phase_weights)
+    packs = tuple(None if w is None else pack(w.detach(), groups, (1, 1, 1), (0, 0, 0), pdil)
+                  for w in phase_weights)
+    axes = [axis_plan(1, k, s, p, dilation=d).phases
+            for k, s, p, d in zip(kernel, stride, padding, dilation)]
+    rows, blocks, offset = [], [], 0
+    index = 0
+    for pd in axes[0]:
+        for ph in axes[1]:
+            for pw in axes[2]:
+                packed = packs[index]
+                index += 1
+                if packed is None:
+                    continue
+                taps = tuple(len(a.taps) for a in (pd, ph, pw))
+                # the adjoint's first tap offset (stride 1, no padding: taps ascend from
+                # -(T-1)*pdil), less the phase's window start
+                firsts = [axis_plan(1, t, 1, 0, dilation=q).phases[0].offsets[0] - a.offsets[0]
+                          for t, q, a in zip(taps, pdil, (pd, ph, pw))]
+                rows.append([pd.residue, ph.residue, pw.residue, *taps, *firsts, offset, 0, 0])
+                blocks.append(packed.weight)
+                offset += packed.weight.numel()
+    if len(packs) != index:
+        raise ValueError(f"pack_grad_input: {len(packs)} phase weights for {index} phases")
+    ref = next((w for w in phase_weights if w is not None), None)
+    if ref is None or not rows:
+        return GradInputPacked(packs, torch.zeros(0), None, stride, pdil, (0, 0, 0), 0)
+    weight = torch.cat(blocks).contiguous()
+    table = torch.tensor(rows, dtype=torch.int64).to(ref.device)
+    max_taps = tuple(max(r[3 + i] for r in rows) for i in range(3))
+    total = sum(r[3] * r[4] * r[5] for r in rows)
+    return GradInputPacked(packs, weight, table, stride, pdil, max_taps, total)
 
 
-def grad_input(grad_out: torch.Tensor, phase_weights, grad_input_packs, plan: PhasePlan,
-               groups: int, in_channels: int) -> torch.Tensor:
-    """Gradient of the input (N, C_in, D, H, W) for a batched ``grad_out``: the reference
+def _grad_input_args(grad_out, gi: GradInputPacked, plan: PhasePlan, groups, in_channels):
+    return (grad_out, gi.weight, gi.sub_table, list(plan.in_shape), list(gi.stride),
+            list(gi.phase_dilation), list(gi.max_taps), gi.total_taps, groups, in_channels)
+
+
+def describe_grad_input(grad_out: torch.Tensor, gi: GradInputPacked, plan: PhasePlan,
+                        groups: int, in_channels: int) -> str:
+    """How :func:`grad_input` computes this layer: the one-launch kernel's configuration, or
+    the per-phase path and why."""
+    if gi.sub_table is None:
+        return "none (no phase has taps)"
+    desc = load().describe_bwd_input(*_grad_input_args(grad_out, gi, plan, groups,
+                                                       in_channels))
+    if desc:
+        return desc
+    return ("per-phase: each phase's adjoint on the forward kernels, added in order (the "
+            "one-launch kernel takes float32/float16/bfloat16 with C_in/groups and "
+            "C_out/groups >= 4)")
+
+
+def grad_input(grad_out: torch.Tensor, phase_weights, gi: GradInputPacked, plan: PhasePlan,
+               groups: int, in_channels: int, force_path: int = 0,
+               one_launch: Optional[bool] = None) -> torch.Tensor:
+    """Gradient of the input (N, C_in, D, H, W) for a batched ``grad_out``.
+
+    The rule: where the one-launch kernel takes the layer (:func:`describe_grad_input`; the
+    tensor-core kernel in grad-input mode, every phase's adjoint summed in each tile, in table
+    order) it runs; elsewhere (float64, narrow layers) the per-phase path: the reference
     engine's phase split (``reference.grad_input``), each phase's stride-1 transposed
-    convolution run by this engine's forward kernels (tensor cores where the dtype allows),
-    the phases added in table order (deterministic)."""
+    convolution on this engine's forward kernels (``force_path`` as in :func:`forward`), added
+    in table order.  Both are deterministic.  ``one_launch`` True/False forces a path (tests,
+    benchmarks; True raises where the kernel does not apply)."""
     from ..geometry import phase_plan
     from . import reference
+
+    if one_launch is not False and gi.sub_table is not None:
+        args = _grad_input_args(grad_out, gi, plan, groups, in_channels)
+        mod = load()
+        if one_launch or mod.describe_bwd_input(*args):
+            return mod.phase_conv_bwd_input(*args)
 
     def window(g, p, phase):
         pplan = phase_plan(phase.out_shape, phase.tap_shape, (1, 1, 1), (0, 0, 0),
                            dilation=phase.phase_dilation, output_padding=(0, 0, 0))
-        return forward(g, grad_input_packs[p], None, pplan, groups, in_channels)
+        return forward(g, gi.phases[p], None, pplan, groups, in_channels,
+                       force_path=force_path)
 
     return reference.grad_input(grad_out, phase_weights, plan, groups, in_channels,
                                 phase_window=window)
