@@ -165,14 +165,22 @@ PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpac
   return p;
 }
 
-// Lays x out as the chosen kernel reads it (one copy unless it already is) and points p at it.
-torch::Tensor lay_out_input(const torch::Tensor& x, PhaseConvFwdParams* p, int dtype_code) {
-  torch::Tensor xl;
+// Whether the chosen kernel reads x channels-last; sets p->x_channels_last (no copy).
+bool wants_channels_last(const torch::Tensor& x, PhaseConvFwdParams* p, int dtype_code) {
   const auto cl = at::MemoryFormat::ChannelsLast3d;
   // offered: x is channels-last already (the all-phase kernel then reads it in place)
   p->x_channels_last = x.is_contiguous(cl) && !x.is_contiguous() &&
                        reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
-  if (phase_conv_fwd_input_layout(*p, dtype_code) == 1) {
+  const bool want = phase_conv_fwd_input_layout(*p, dtype_code) == 1;
+  p->x_channels_last = want ? 1 : 0;
+  return want;
+}
+
+// Lays x out as the chosen kernel reads it (one copy unless it already is) and points p at it.
+torch::Tensor lay_out_input(const torch::Tensor& x, PhaseConvFwdParams* p, int dtype_code) {
+  torch::Tensor xl;
+  const auto cl = at::MemoryFormat::ChannelsLast3d;
+  if (wants_channels_last(x, p, dtype_code)) {
     if (x.is_contiguous() && !x.is_contiguous(cl) && x.element_size() != 8) {
       xl = torch::empty_like(x, x.options().memory_format(cl));
       const cudaError_t err = phase_conv_to_channels_last(
@@ -186,10 +194,8 @@ torch::Tensor lay_out_input(const torch::Tensor& x, PhaseConvFwdParams* p, int d
     if (!xl.is_contiguous(cl) || reinterpret_cast<uintptr_t>(xl.data_ptr()) % 16 != 0) {
       xl = x.clone(cl);  // an unaligned view
     }
-    p->x_channels_last = 1;
   } else {
     xl = x.contiguous();
-    p->x_channels_last = 0;
   }
   p->x = xl.data_ptr();
   return xl;
@@ -232,7 +238,13 @@ std::string describe_binding(const torch::Tensor& x, const torch::Tensor& wpack,
                                      max_taps, total_taps, groups, out_channels, force_path,
                                      wmma, union_box);
   const c10::cuda::CUDAGuard guard(x.device());
-  const torch::Tensor xl = lay_out_input(x, &p, dtype_code_of(x));
+  // the layout decision only: where the forward would copy x, the copy is a fresh (aligned)
+  // allocation, which a null pointer stands for
+  const bool cl = wants_channels_last(x, &p, dtype_code_of(x));
+  const bool in_place = cl ? x.is_contiguous(at::MemoryFormat::ChannelsLast3d) &&
+                                 reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0
+                           : x.is_contiguous();
+  p.x = in_place ? x.data_ptr() : nullptr;
   char buf[512];
   phase_conv_fwd_describe(p, dtype_code_of(x), buf, (int)sizeof(buf));
   return std::string(buf);

@@ -333,12 +333,8 @@ __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
   };
 
   float acc[2][4][4], tot[2][4][4];
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int k = 0; k < 4; ++k) acc[i][j][k] = tot[i][j][k] = 0.f;
+  zero_acc(acc);
+  zero_acc(tot);
   // ldmatrix lane addresses (bytes within a stage): A rows of the warp's two m16 tiles, B rows
   // of its two n16 pairs; the 16-byte half of the 32-byte k step follows from the lane
   const int a_lane = (wm * 32 + (lane & 7) + ((lane >> 3) & 1) * 8) * RS + (lane >> 4) * 16;
@@ -431,9 +427,8 @@ struct GwPlan {
 
 inline int round4(int64_t v) { return (int)((v + 3) / 4 * 4); }
 
-bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, GwPlan* out) {
-  const size_t acc_size = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
-  GwArgs& a = out->a;
+// The fields both weight-gradient kernels' arguments share, from the launcher's parameters.
+template <typename Args> void set_geometry(Args& a, const PhaseConvBwdWeightParams& p) {
   a.x = p.x; a.gy = p.grad_y; a.ws = p.workspace; a.table = p.table;
   a.nbatch = p.n;
   a.c_in = (int)p.c_in; a.c_out = (int)p.c_out; a.groups = (int)p.groups;
@@ -443,6 +438,12 @@ bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, GwPlan* out) {
   a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
   a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
   a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
+}
+
+bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, GwPlan* out) {
+  const size_t acc_size = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
+  GwArgs& a = out->a;
+  set_geometry(a, p);
   a.packed_elems = p.packed_elems;
   const int64_t max_taps = p.max_taps_d * p.max_taps_h * p.max_taps_w;
   if (max_taps == 0 || p.packed_elems == 0) return false;
@@ -523,15 +524,7 @@ bool want_mma(const PhaseConvBwdWeightParams& p, int dtype_code) {
 
 bool plan_gm(const PhaseConvBwdWeightParams& p, GmPlan* out) {
   GmArgs& a = out->a;
-  a.x = p.x; a.gy = p.grad_y; a.ws = p.workspace; a.table = p.table;
-  a.nbatch = p.n;
-  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out; a.groups = (int)p.groups;
-  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
-  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
-  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
-  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
-  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
-  a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
+  set_geometry(a, p);
   a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
   a.packed_elems = p.packed_elems;
   if (a.max_taps == 0 || p.packed_elems == 0) return false;

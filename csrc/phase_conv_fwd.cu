@@ -68,6 +68,40 @@ template <> struct WLoad<double, 8> {
 };
 
 
+// ---------------------------------------------------------------- block index
+// A block index of the tiled, per-phase and all-phase kernels, fastest first: phase, W tile,
+// H tile, D tile, batch, C_out/g block, group.  32-bit division where the grid allows it
+// (64-bit division is slow).
+struct TileIndex {
+  int ph, bw, bh, bd, cb, g;
+  int64_t n;
+};
+__device__ __forceinline__ TileIndex decode_tile(int64_t blk, int64_t total, int phases,
+                                                 int tiles_w, int tiles_h, int tiles_d,
+                                                 int64_t nbatch, int co_blocks) {
+  TileIndex t;
+  if (total <= 0xffffffffLL) {
+    uint32_t r = (uint32_t)blk;
+    t.ph = (int)(r % (uint32_t)phases); r /= (uint32_t)phases;
+    t.bw = (int)(r % (uint32_t)tiles_w); r /= (uint32_t)tiles_w;
+    t.bh = (int)(r % (uint32_t)tiles_h); r /= (uint32_t)tiles_h;
+    t.bd = (int)(r % (uint32_t)tiles_d); r /= (uint32_t)tiles_d;
+    t.n = (int64_t)(r % (uint32_t)nbatch); r /= (uint32_t)nbatch;
+    t.cb = (int)(r % (uint32_t)co_blocks);
+    t.g = (int)(r / (uint32_t)co_blocks);
+  } else {
+    int64_t r = blk;
+    t.ph = (int)(r % phases); r /= phases;
+    t.bw = (int)(r % tiles_w); r /= tiles_w;
+    t.bh = (int)(r % tiles_h); r /= tiles_h;
+    t.bd = (int)(r % tiles_d); r /= tiles_d;
+    t.n = r % nbatch; r /= nbatch;
+    t.cb = (int)(r % co_blocks);
+    t.g = (int)(r / co_blocks);
+  }
+  return t;
+}
+
 // ---------------------------------------------------------------- tiled kernel
 struct TiledArgs {
   const void* x;
@@ -121,27 +155,10 @@ __global__ void __launch_bounds__(256, 2) tiled_kernel(const TiledArgs a) {
   const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
 
   for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x) {
-    int ph, bw, bh, bd, cb, g;
-    int64_t n;
-    if (a.total_blocks <= 0xffffffffLL) {  // 32-bit decode: 64-bit division is slow
-      uint32_t r = (uint32_t)blk;
-      ph = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
-      bw = (int)(r % (uint32_t)a.tiles_w); r /= (uint32_t)a.tiles_w;
-      bh = (int)(r % (uint32_t)a.tiles_h); r /= (uint32_t)a.tiles_h;
-      bd = (int)(r % (uint32_t)a.tiles_d); r /= (uint32_t)a.tiles_d;
-      n = (int64_t)(r % (uint32_t)a.nbatch); r /= (uint32_t)a.nbatch;
-      cb = (int)(r % (uint32_t)a.co_blocks); r /= (uint32_t)a.co_blocks;
-      g = (int)r;
-    } else {
-      int64_t r = blk;
-      ph = (int)(r % a.num_phases); r /= a.num_phases;
-      bw = (int)(r % a.tiles_w); r /= a.tiles_w;
-      bh = (int)(r % a.tiles_h); r /= a.tiles_h;
-      bd = (int)(r % a.tiles_d); r /= a.tiles_d;
-      n = r % a.nbatch; r /= a.nbatch;
-      cb = (int)(r % a.co_blocks); r /= a.co_blocks;
-      g = (int)r;
-    }
+    const TileIndex ti = decode_tile(blk, a.total_blocks, a.num_phases, a.tiles_w, a.tiles_h,
+                                     a.tiles_d, a.nbatch, a.co_blocks);
+    const int ph = ti.ph, bw = ti.bw, bh = ti.bh, bd = ti.bd, cb = ti.cb, g = ti.g;
+    const int64_t n = ti.n;
 
     const int64_t* e = a.table + (int64_t)ph * PHASECONV_TABLE_STRIDE;
     const int rd = (int)ldg_i64(e + PT_RES_D), rh = (int)ldg_i64(e + PT_RES_H),
@@ -441,27 +458,10 @@ mma_kernel(const MmaArgs a) {
   const int thw = a.TH * a.TW;
 
   for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x) {
-    int ph, bw, bh, bd, cb, g;
-    int64_t n;
-    if (a.total_blocks <= 0xffffffffLL) {  // 32-bit decode: 64-bit division is slow
-      uint32_t r = (uint32_t)blk;
-      ph = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
-      bw = (int)(r % (uint32_t)a.tiles_w); r /= (uint32_t)a.tiles_w;
-      bh = (int)(r % (uint32_t)a.tiles_h); r /= (uint32_t)a.tiles_h;
-      bd = (int)(r % (uint32_t)a.tiles_d); r /= (uint32_t)a.tiles_d;
-      n = (int64_t)(r % (uint32_t)a.nbatch); r /= (uint32_t)a.nbatch;
-      cb = (int)(r % (uint32_t)a.co_blocks); r /= (uint32_t)a.co_blocks;
-      g = (int)r;
-    } else {
-      int64_t r = blk;
-      ph = (int)(r % a.num_phases); r /= a.num_phases;
-      bw = (int)(r % a.tiles_w); r /= a.tiles_w;
-      bh = (int)(r % a.tiles_h); r /= a.tiles_h;
-      bd = (int)(r % a.tiles_d); r /= a.tiles_d;
-      n = r % a.nbatch; r /= a.nbatch;
-      cb = (int)(r % a.co_blocks); r /= a.co_blocks;
-      g = (int)r;
-    }
+    const TileIndex ti = decode_tile(blk, a.total_blocks, a.num_phases, a.tiles_w, a.tiles_h,
+                                     a.tiles_d, a.nbatch, a.co_blocks);
+    const int ph = ti.ph, bw = ti.bw, bh = ti.bh, bd = ti.bd, cb = ti.cb, g = ti.g;
+    const int64_t n = ti.n;
 
     const bool gi = a.nsub > 0;  // grad-input mode: one output phase, residues 0
     const int64_t* e = a.table + (int64_t)(gi ? 0 : ph) * PHASECONV_TABLE_STRIDE;
@@ -473,22 +473,10 @@ mma_kernel(const MmaArgs a) {
     if (d0 >= cd || h0 >= ch || w0 >= cw) continue;  // uniform over the block
 
     float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+    zero_acc(acc);
     float tot[MT][NT][4];  // FL: flushed sums (see flush_acc)
     int since = 0;         // reduction steps (8 terms each) since the last flush
-    if (FL) {
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-          for (int k = 0; k < 4; ++k) tot[i][j][k] = 0.f;
-    }
+    if (FL) zero_acc(tot);
 
     for (int sub = 0; sub < (gi ? a.nsub : 1); ++sub) {
       const int64_t* es = gi ? a.sub_table + (int64_t)sub * PHASECONV_TABLE_STRIDE : e;
@@ -835,23 +823,9 @@ mma_allph_kernel(const AllArgs a) {
   }
 
   auto decode = [&](int64_t blk, int& bw, int& bh, int& bd, int64_t& n, int& cb, int& g) {
-    if (a.total_blocks <= 0xffffffffLL) {  // 32-bit decode: 64-bit division is slow
-      uint32_t r = (uint32_t)blk;
-      bw = (int)(r % (uint32_t)a.tiles_w); r /= (uint32_t)a.tiles_w;
-      bh = (int)(r % (uint32_t)a.tiles_h); r /= (uint32_t)a.tiles_h;
-      bd = (int)(r % (uint32_t)a.tiles_d); r /= (uint32_t)a.tiles_d;
-      n = (int64_t)(r % (uint32_t)a.nbatch); r /= (uint32_t)a.nbatch;
-      cb = (int)(r % (uint32_t)a.co_blocks); r /= (uint32_t)a.co_blocks;
-      g = (int)r;
-    } else {
-      int64_t r = blk;
-      bw = (int)(r % a.tiles_w); r /= a.tiles_w;
-      bh = (int)(r % a.tiles_h); r /= a.tiles_h;
-      bd = (int)(r % a.tiles_d); r /= a.tiles_d;
-      n = r % a.nbatch; r /= a.nbatch;
-      cb = (int)(r % a.co_blocks); r /= a.co_blocks;
-      g = (int)r;
-    }
+    const TileIndex ti = decode_tile(blk, a.total_blocks, 1, a.tiles_w, a.tiles_h, a.tiles_d,
+                                     a.nbatch, a.co_blocks);
+    bw = ti.bw; bh = ti.bh; bd = ti.bd; n = ti.n; cb = ti.cb; g = ti.g;
   };
   // 16-bit dtypes with a channels-last input: the halo of tile `blk` goes into buffer `buf`
   // by cp.async (one 16-byte copy per position and channel group, zero-filled outside the
@@ -1028,22 +1002,10 @@ mma_allph_kernel(const AllArgs a) {
       if (d0 >= cd || h0 >= ch || w0 >= cw) continue;  // uniform over the block
       const int hbase = s_pi[p][6], hend = hbase + s_pi[p][7];
       float acc[MT][NT][4];
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-          for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+      zero_acc(acc);
       float tot[MT][NT][4];  // FL: flushed sums (see flush_acc)
       int since = 0;
-      if (FL) {
-#pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-          for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int k = 0; k < 4; ++k) tot[i][j][k] = 0.f;
-      }
+      if (FL) zero_acc(tot);
       for (int h = hbase; h < hend; h += 2) {
         const int off = s_hoff[h + ahalf];
         uint32_t af[MT][4];
@@ -1383,12 +1345,7 @@ gemm_cl_kernel(const GemmArgs a) {
       };
 
       float acc[MT][NT][4];
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-          for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+      zero_acc(acc);
 
 #pragma unroll
       for (int s = 0; s < STAGES - 1; ++s) {

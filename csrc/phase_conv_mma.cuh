@@ -87,6 +87,14 @@ __device__ __forceinline__ void split_tf32(uint32_t x, uint32_t& big, uint32_t& 
 // length: 3xTF32 kernels add their accumulators into a second set every kFlushTerms
 // reduction terms (fp32 adds, round to nearest), which bounds the error at that length's.
 constexpr int kFlushTerms = 256;
+template <int MT, int NT> __device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+}
 template <int MT, int NT>
 __device__ __forceinline__ void flush_acc(float (&tot)[MT][NT][4], float (&acc)[MT][NT][4]) {
 #pragma unroll

@@ -350,6 +350,25 @@ def test_path_rules_are_visible():
     assert "channels-last" not in _describe(_TC_CASES[1], torch.bfloat16)
 
 
+def test_describe_reads_shapes_only():
+    """describe() (and so explain()) decides the input layout without making the copy the
+    forward makes: no allocation, yet the same kernel the forward launches is named."""
+    wide = _GEMM_CASES[5]  # needs a channels-last copy of a contiguous input
+    cuda = _cuda()
+    x = torch.randn((wide["n"], wide["cin"]) + wide["ins"], device=DEV, dtype=torch.bfloat16)
+    w = torch.randn((wide["cin"], wide["cout"]) + wide["k"], device=DEV, dtype=torch.bfloat16)
+    plan = phase_plan(wide["ins"], wide["k"], wide["s"], wide["p"], dilation=wide["d"],
+                      output_padding=wide["op"])
+    packed = cuda.pack(w, 1, wide["s"], wide["p"], wide["d"])
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    desc = cuda.describe(x, packed, None, plan, 1, wide["cout"])
+    assert torch.cuda.max_memory_allocated() == torch.cuda.memory_allocated()
+    assert desc.startswith("implicit-gemm") and "channels-last input" in desc
+    strided = x.transpose(3, 4).contiguous().transpose(3, 4)  # same values, not contiguous
+    assert cuda.describe(strided, packed, None, plan, 1, wide["cout"]) == desc
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 @pytest.mark.parametrize("path", [0, 3, 3 | 16, 4, 1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
