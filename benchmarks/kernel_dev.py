@@ -146,7 +146,7 @@ def bench_backward(spec, dtype, reps):
         return ((a.double() - e).norm() / e.norm()).item()
 
     args = cuda._grad_weight_args(x, gy, packed, "auto")[:-1]
-    for vname, code in (("gw_auto", 0), ("gw_simt", 1), ("gw_tc64", 3), ("gw_tc128", 4)):
+    for vname, code in (("gw_auto", 0), ("gw_simt", 1), ("gw_tc", 2)):
         try:
             gp = mod.phase_conv_bwd_weight(*args, code)
         except RuntimeError as exc:

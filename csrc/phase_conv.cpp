@@ -344,8 +344,8 @@ PhaseConvBwdWeightParams make_bwd_weight_params(const torch::Tensor& x,
               table.numel() == stride[0] * stride[1] * stride[2] * PHASECONV_TABLE_STRIDE,
               "phaseconv cuda engine: the phase table does not match the stride.");
   TORCH_CHECK(packed_elems >= 0, "phaseconv cuda engine: packed_elems must be non-negative.");
-  TORCH_CHECK(kernel >= 0 && kernel <= 4, "phaseconv cuda engine: kernel must be 0 (the rule), "
-              "1 (SIMT) or 2-4 (tensor cores), got ", num(kernel), ".");
+  TORCH_CHECK(kernel >= 0 && kernel <= 2, "phaseconv cuda engine: kernel must be 0 (the rule), "
+              "1 (SIMT) or 2 (tensor cores), got ", num(kernel), ".");
   PhaseConvBwdWeightParams p;
   p.x = nullptr; p.grad_y = nullptr; p.grad_w = nullptr; p.workspace = nullptr;
   p.table = table.data_ptr<int64_t>();

@@ -501,11 +501,12 @@ bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, GwPlan* out) {
   return out->grid < ((int64_t)1 << 31);
 }
 
-// Tensor-core plan: the rule of phase_conv_bwd.cuh; params.kernel 2 picks the tile by the
-// channel counts, 3 forces 64 x 64 and 4 forces 128 x 64 (development and tests).
+// Tensor-core plan (the rule of phase_conv_bwd.cuh): 64 x 64 channel tiles.  Measured on
+// an H100 (2026-11-26): 128 x 64 tied in fp32 and lost in bf16 (shape 3: 217 vs 175 us);
+// 64 x 32 for C_out/g <= 32 lost too (shape 2: 699 vs 536 us fp32, 400 vs 333 bf16).
+constexpr int kGmWM = 2, kGmWN = 2;
 struct GmPlan {
   GmArgs a;
-  int wm, wn;
   int64_t grid;
   size_t ws_bytes;
 };
@@ -528,10 +529,7 @@ bool plan_gm(const PhaseConvBwdWeightParams& p, GmPlan* out) {
   a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
   a.packed_elems = p.packed_elems;
   if (a.max_taps == 0 || p.packed_elems == 0) return false;
-  const bool tall = p.kernel == 4 || (p.kernel != 3 && a.cin_g >= 128 && a.cout_g <= 64);
-  out->wm = tall ? 4 : 2;
-  out->wn = 2;
-  const int bm = out->wm * 32, bn = out->wn * 32;
+  const int bm = kGmWM * 32, bn = kGmWN * 32;
   a.n_cib = (int)cdiv(a.cin_g, bm);
   a.n_cob = (int)cdiv(a.cout_g, bn);
   const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
@@ -566,8 +564,7 @@ cudaError_t launch_gm_t(const GmPlan& plan, cudaStream_t stream) {
 template <typename T>
 cudaError_t launch_gm(const PhaseConvBwdWeightParams& p, const GmPlan& plan,
                       cudaStream_t stream) {
-  cudaError_t err = plan.wm == 4 ? launch_gm_t<T, 4, 2>(plan, stream)
-                                 : launch_gm_t<T, 2, 2>(plan, stream);
+  cudaError_t err = launch_gm_t<T, kGmWM, kGmWN>(plan, stream);
   if (err != cudaSuccess) return err;
   int64_t blocks = cdiv(p.packed_elems, 256);
   if (blocks > 65535) blocks = 65535;
@@ -659,7 +656,7 @@ void phase_conv_bwd_weight_describe(const PhaseConvBwdWeightParams& params, int 
     }
     snprintf(buf, len, "tensor-core gemm %s, %dx%d channel tile, %d split(s), %lld blocks",
              dtype_code == PHASECONV_FLOAT32 ? "3xTF32" : "fp32-accumulate",
-             plan.wm * 32, plan.wn * 32, plan.a.splits, (long long)plan.grid);
+             kGmWM * 32, kGmWN * 32, plan.a.splits, (long long)plan.grid);
     return;
   }
   GwPlan plan;

@@ -42,12 +42,24 @@ def pack_conv3d_phases(weight: torch.Tensor, groups: int, stride: Triple, paddin
         if not all(taps):
             out.append(None)
             continue
-        sub = w
-        for axis, t in enumerate(taps):
-            index = torch.tensor(t, dtype=torch.long, device=weight.device)
-            sub = sub.index_select(2 + axis, index)
-        out.append(sub.contiguous())
+        out.append(select_taps(w, 2, taps).contiguous())
     return tuple(out)
+
+
+def select_taps(w: torch.Tensor, first_axis: int, taps) -> torch.Tensor:
+    """``w`` restricted to one phase's taps along its three kernel axes (``first_axis`` on),
+    in the phase's order: a strided slice, flipped where the order runs backwards.  The same
+    as ``index_select`` with the tap lists, without building index tensors (on a GPU each
+    would be a host-to-device copy, at every weight update)."""
+    sub = w
+    for axis, t in enumerate(taps):
+        sl, backwards = _tap_slice(tuple(t))
+        index = [slice(None)] * sub.dim()
+        index[first_axis + axis] = sl
+        sub = sub[tuple(index)]
+        if backwards:
+            sub = sub.flip(first_axis + axis)
+    return sub
 
 
 def _tap_slice(taps: Tuple[int, ...]) -> Tuple[slice, bool]:

@@ -39,6 +39,7 @@ import torch
 
 from ..checks import triple
 from ..geometry import PhasePlan, axis_plan
+from ..packing import select_taps
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
@@ -142,6 +143,25 @@ def _build(major: int, minor: int):
             from exc
 
 
+_tables = {}  # (rows, device) -> int64 tensor on that device
+
+
+def _device_table(rows, device) -> torch.Tensor:
+    """The phase table ``rows`` as an int64 tensor on ``device``, made once per geometry and
+    device: a table depends on no weight value, and a fresh one at every weight update would
+    be a host-to-device copy (which waits for the stream) per layer and training step.
+    Nothing writes to a table."""
+    key = (tuple(tuple(int(v) for v in r) for r in rows), str(torch.device(device)))
+    with _lock:
+        table = _tables.get(key)
+        if table is None:
+            if len(_tables) >= 1024:  # many distinct geometries: start over
+                _tables.clear()
+            table = torch.tensor(rows, dtype=torch.int64).to(device)
+            _tables[key] = table
+        return table
+
+
 def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPacked:
     """Packs ``weight`` (C_in, C_out/groups, kD, kH, kW) for the CUDA kernel (detached)."""
     stride, padding, dilation = (triple(v, name) for v, name in
@@ -176,10 +196,7 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
                              len(pd.taps), len(ph.taps), len(pw.taps),
                              offs[0], offs[1], offs[2], offset, moffset, 0])
                 if ntaps:
-                    sub = wg
-                    for axis, t in enumerate(taps):
-                        idx = torch.tensor(t, dtype=torch.long, device=dev)
-                        sub = sub.index_select(3 + axis, idx)
+                    sub = select_taps(wg, 3, taps)
                     # (g, ci, co, td, th, tw) -> (g, ci, td, th, tw, co)
                     parts.append(sub.permute(0, 1, 3, 4, 5, 2).reshape(-1))
                     offset += groups * cin_g * cout_g * ntaps
@@ -191,7 +208,7 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
                         mparts.append(m.reshape(-1))
                         moffset += groups * ntaps * ngrp * cg * cout_g
     packed_w = torch.cat(parts) if parts else w.new_zeros((0,))
-    table = torch.tensor(rows, dtype=torch.int64).to(dev)
+    table = _device_table(rows, dev)
     max_taps = tuple(max(len(ph.taps) for ph in a.phases) for a in plans)
     total_taps = sum(r[3] * r[4] * r[5] for r in rows)
     pdil = tuple(d // math.gcd(s, d) for s, d in zip(stride, dilation))
@@ -394,7 +411,7 @@ def pack_grad_input(phase_weights, groups: int, kernel, stride, padding,
     if ref is None or not rows:
         return GradInputPacked(packs, torch.zeros(0), None, stride, pdil, (0, 0, 0), 0)
     weight = torch.cat(blocks).contiguous()
-    table = torch.tensor(rows, dtype=torch.int64).to(ref.device)
+    table = _device_table(rows, ref.device)
     max_taps = tuple(max(r[3 + i] for r in rows) for i in range(3))
     total = sum(r[3] * r[4] * r[5] for r in rows)
     return GradInputPacked(packs, weight, table, stride, pdil, max_taps, total)
