@@ -29,7 +29,8 @@ constexpr int kThreads = 256;
 using namespace phaseconv_dtype;  // AccOf, to_acc, from_acc, ldg, axis_count
 using namespace phaseconv_mma;    // ldmatrix, mma.sync, 3xTF32 split, flush_acc
 
-struct GwArgs {
+// What both weight-gradient kernels read (filled by set_geometry).
+struct BwdGeometry {
   const void* x;
   const void* gy;
   void* ws;
@@ -39,11 +40,14 @@ struct GwArgs {
   int in_d, in_h, in_w, out_d, out_h, out_w;
   int sd, sh, sw, pdd, pdh, pdw;
   int num_phases, groups;
+  int64_t packed_elems;          // one workspace slice
+};
+
+struct GwArgs : BwdGeometry {
   int ci_b, co_b, tc;            // input channels, output channels and taps per block
   int n_cib, n_cob, n_tch, splits;
   int lg_tpos;                   // phase outputs per tile: 1 << lg_tpos (one D row)
   int win_max;                   // window positions staged at most (smem sizing)
-  int64_t packed_elems;          // one workspace slice
 };
 
 // 4 consecutive accumulator-type values from shared memory (16-byte aligned for float)
@@ -231,18 +235,9 @@ __global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* g
 // registers while the current one's mmas run (two shared-memory stages, one barrier per
 // chunk).  fp32 uses 3xTF32 with the accumulators flushed every kFlushTerms terms; fp16/bf16
 // use m16n8k16.  Splits write workspace slices that gw_reduce_kernel adds in order.
-struct GmArgs {
-  const void* x;
-  const void* gy;
-  void* ws;
-  const int64_t* table;
-  int64_t nbatch;
-  int c_in, c_out, cin_g, cout_g;
-  int in_d, in_h, in_w, out_d, out_h, out_w;
-  int sd, sh, sw, pdd, pdh, pdw;
-  int num_phases, groups, max_taps;
+struct GmArgs : BwdGeometry {
+  int max_taps;
   int n_cib, n_cob, splits;
-  int64_t packed_elems;  // one workspace slice
 };
 
 constexpr int kGmBK = 32;
@@ -427,8 +422,8 @@ struct GwPlan {
 
 inline int round4(int64_t v) { return (int)((v + 3) / 4 * 4); }
 
-// The fields both weight-gradient kernels' arguments share, from the launcher's parameters.
-template <typename Args> void set_geometry(Args& a, const PhaseConvBwdWeightParams& p) {
+// BwdGeometry from the launcher's parameters.
+void set_geometry(BwdGeometry& a, const PhaseConvBwdWeightParams& p) {
   a.x = p.x; a.gy = p.grad_y; a.ws = p.workspace; a.table = p.table;
   a.nbatch = p.n;
   a.c_in = (int)p.c_in; a.c_out = (int)p.c_out; a.groups = (int)p.groups;
@@ -438,13 +433,13 @@ template <typename Args> void set_geometry(Args& a, const PhaseConvBwdWeightPara
   a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
   a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
   a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
+  a.packed_elems = p.packed_elems;
 }
 
 bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, GwPlan* out) {
   const size_t acc_size = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
   GwArgs& a = out->a;
   set_geometry(a, p);
-  a.packed_elems = p.packed_elems;
   const int64_t max_taps = p.max_taps_d * p.max_taps_h * p.max_taps_w;
   if (max_taps == 0 || p.packed_elems == 0) return false;
   // block tile: up to 32 x 32 channels (4-channel register tiles), taps to fill the threads
@@ -527,7 +522,6 @@ bool plan_gm(const PhaseConvBwdWeightParams& p, GmPlan* out) {
   GmArgs& a = out->a;
   set_geometry(a, p);
   a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
-  a.packed_elems = p.packed_elems;
   if (a.max_taps == 0 || p.packed_elems == 0) return false;
   const int bm = kGmWM * 32, bn = kGmWN * 32;
   a.n_cib = (int)cdiv(a.cin_g, bm);
