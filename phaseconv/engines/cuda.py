@@ -2,9 +2,11 @@
 
 The forward kernels (``csrc/phase_conv_fwd.cu``) read the input directly (no padded or
 zero-inserted copy, no im2col buffer) and a packed weight made once per weight by :func:`pack`.
-The backward: :func:`grad_input` runs each phase's adjoint (a stride-1 transposed convolution
-of grad_output's phase slice) on the same kernels, :func:`grad_weight` is the deterministic
-kernel of ``csrc/phase_conv_bwd.cu``.  The packed layouts:
+The backward: :func:`grad_input` sums every phase's adjoint (a stride-1 transposed
+convolution of grad_output's phase slice) in one launch of the per-phase tensor-core kernel
+(or runs them phase by phase on the forward kernels, by the rule in its docstring);
+:func:`grad_weight` runs the deterministic kernels of ``csrc/phase_conv_bwd.cu``.  The packed
+layouts:
 
 * ``weight``: 1-D, the phases in row-major order over their residues (rd, rh, rw); phase p
   holds ``[groups][C_in/groups][taps_d][taps_h][taps_w][C_out/groups]`` (C order), each axis'
