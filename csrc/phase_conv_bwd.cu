@@ -361,21 +361,13 @@ __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
       if (TF32) {
         uint32_t bb[4][2], bs[4][2];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          split_tf32(bf[j][0], bb[j][0], bs[j][0]);
-          split_tf32(bf[j][1], bb[j][1], bs[j][1]);
-        }
+        for (int j = 0; j < 4; ++j) split_tf32(bf[j], bb[j], bs[j]);
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           uint32_t ab[4], as[4];
+          split_tf32(af[mt], ab, as);
 #pragma unroll
-          for (int k = 0; k < 4; ++k) split_tf32(af[mt][k], ab[k], as[k]);
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            mma_tf32(acc[mt][j], as, bb[j][0], bb[j][1]);
-            mma_tf32(acc[mt][j], ab, bs[j][0], bs[j][1]);
-            mma_tf32(acc[mt][j], ab, bb[j][0], bb[j][1]);
-          }
+          for (int j = 0; j < 4; ++j) mma_3xtf32(acc[mt][j], ab, as, bb[j], bs[j]);
         }
       } else {
 #pragma unroll
@@ -384,10 +376,7 @@ __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
           for (int j = 0; j < 4; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
       }
     }
-    if (++since == kFlushTerms / BK) {
-      flush_acc(tot, acc);
-      since = 0;
-    }
+    step_flush<true>(tot, acc, since, kFlushTerms / BK);
     if (c + 1 < c_end) store(stage ^ 1);
     __syncthreads();  // the next stage is written, this one's readers are done
   }

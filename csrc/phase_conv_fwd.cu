@@ -420,6 +420,27 @@ template <> struct Gather16<float> {
   }
 };
 
+// B fragments of half steps h and h + 1 for the warp's NT n tiles, from the shared weight
+// rows [half step][BN output channels][16 bytes] (the per-phase and all-phase kernels).
+// ldmatrix lanes 0-7: (n tile j, half 0), 8-15: (j, half 1), 16-23: (j+1, 0), 24-31: (j+1, 1)
+template <int NT, int BN>
+__device__ __forceinline__ void load_b_halfsteps(uint32_t (&bf)[NT][2], uint32_t sw_addr, int h,
+                                                 int wn, int lane) {
+  const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
+#pragma unroll
+  for (int j = 0; j < NT; j += 2) {
+    if (j + 1 < NT) {
+      uint32_t rr[4];
+      const int row = (h + bhalf) * BN + (wn * NT + j + bj) * 8 + bro;
+      ldsm_x4(rr, sw_addr + row * 16);
+      bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
+    } else {
+      const int row = (h + bhalf) * BN + (wn * NT + j) * 8 + bro;
+      ldsm_x2(bf[j][0], bf[j][1], sw_addr + row * 16);
+    }
+  }
+}
+
 // Register cap from the occupancy wanted (small tiles: 6 blocks of 4 warps per SM).  FLUSH
 // variants (3xTF32 past kFlushTerms reduction terms) hold a second accumulator set: fewer
 // blocks, so that they do not spill.
@@ -591,45 +612,19 @@ mma_kernel(const MmaArgs a) {
           for (int mt = 0; mt < MT; ++mt)
             ldsm_x4(af[mt], sx_addr + apos[mt] * rowstride + off);
           uint32_t bf[NT][2];
-          {
-            // lanes 0-7: (n tile j, half 0), 8-15: (j, half 1), 16-23: (j+1, 0), 24-31: (j+1, 1)
-            const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
-#pragma unroll
-            for (int j = 0; j < NT; j += 2) {
-              if (j + 1 < NT) {
-                uint32_t rr[4];
-                const int row = (h + bhalf) * BN + (wn * NT + j + bj) * 8 + bro;
-                ldsm_x4(rr, sw_addr + row * 16);
-                bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
-              } else {
-                const int row = (h + bhalf) * BN + (wn * NT + j) * 8 + bro;
-                ldsm_x2(bf[j][0], bf[j][1], sw_addr + row * 16);
-              }
-            }
-          }
+          load_b_halfsteps<NT, BN>(bf, sw_addr, h, wn, lane);
           if (TF32) {
             uint32_t bb[NT][2], bs[NT][2];
 #pragma unroll
-            for (int j = 0; j < NT; ++j) {
-              split_tf32(bf[j][0], bb[j][0], bs[j][0]);
-              split_tf32(bf[j][1], bb[j][1], bs[j][1]);
-            }
+            for (int j = 0; j < NT; ++j) split_tf32(bf[j], bb[j], bs[j]);
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
               uint32_t ab[4], as[4];
+              split_tf32(af[mt], ab, as);
 #pragma unroll
-              for (int k = 0; k < 4; ++k) split_tf32(af[mt][k], ab[k], as[k]);
-#pragma unroll
-              for (int j = 0; j < NT; ++j) {
-                mma_tf32(acc[mt][j], as, bb[j][0], bb[j][1]);
-                mma_tf32(acc[mt][j], ab, bs[j][0], bs[j][1]);
-                mma_tf32(acc[mt][j], ab, bb[j][0], bb[j][1]);
-              }
+              for (int j = 0; j < NT; ++j) mma_3xtf32(acc[mt][j], ab, as, bb[j], bs[j]);
             }
-            if (FL && ++since == kFlushTerms / 8) {
-              flush_acc(tot, acc);
-              since = 0;
-            }
+            step_flush<FL>(tot, acc, since, kFlushTerms / 8);
           } else {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
@@ -1012,43 +1007,19 @@ mma_allph_kernel(const AllArgs a) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) ldsm_x4(af[mt], sxb + apos[mt] + off);
         uint32_t bf[NT][2];
-        {
-          const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
-#pragma unroll
-          for (int j = 0; j < NT; j += 2) {
-            if (j + 1 < NT) {
-              uint32_t rr[4];
-              const int row = (h + bhalf) * BN + (wn * NT + j + bj) * 8 + bro;
-              ldsm_x4(rr, sw_addr + row * 16);
-              bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
-            } else {
-              const int row = (h + bhalf) * BN + (wn * NT + j) * 8 + bro;
-              ldsm_x2(bf[j][0], bf[j][1], sw_addr + row * 16);
-            }
-          }
-        }
+        load_b_halfsteps<NT, BN>(bf, sw_addr, h, wn, lane);
         if (TF32) {
           uint32_t bb[NT][2], bs[NT][2];
 #pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            split_tf32(bf[j][0], bb[j][0], bs[j][0]);
-            split_tf32(bf[j][1], bb[j][1], bs[j][1]);
-          }
+          for (int j = 0; j < NT; ++j) split_tf32(bf[j], bb[j], bs[j]);
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
             uint32_t as[4];  // af[mt] holds the big parts already (the halo is staged split)
             ldsm_x4(as, sxb + x_small + apos[mt] + off);
 #pragma unroll
-            for (int j = 0; j < NT; ++j) {
-              mma_tf32(acc[mt][j], as, bb[j][0], bb[j][1]);
-              mma_tf32(acc[mt][j], af[mt], bs[j][0], bs[j][1]);
-              mma_tf32(acc[mt][j], af[mt], bb[j][0], bb[j][1]);
-            }
+            for (int j = 0; j < NT; ++j) mma_3xtf32(acc[mt][j], af[mt], as, bb[j], bs[j]);
           }
-          if (FL && ++since == kFlushTerms / 8) {
-            flush_acc(tot, acc);
-            since = 0;
-          }
+          step_flush<FL>(tot, acc, since, kFlushTerms / 8);
         } else {
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt)
@@ -2402,18 +2373,27 @@ cudaError_t phase_conv_to_channels_last(const void* x, void* y, int64_t n, int64
   return cudaGetLastError();
 }
 
-bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, char* buf,
-                               int len) {
-  using namespace phaseconv;
-  if (buf != nullptr && len > 0) buf[0] = 0;
+namespace phaseconv {
+namespace {
+// The grad-input rule (phase_conv_fwd.cuh) and the tile: false where the kernel does not apply.
+bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, MmaCfg* mc) {
   if (params.nsub <= 0 || params.stride_d != 1 || params.stride_h != 1 || params.stride_w != 1)
     return false;
   if (dtype_code == PHASECONV_FLOAT64) return false;
   if (params.c_in / params.groups < 4 || params.c_out / params.groups < 4) return false;
   DevInfo dev;
   if (dev_info(&dev) != cudaSuccess) return false;
+  return choose_mma(params, dtype_code, dev, mc);
+}
+}  // namespace
+}  // namespace phaseconv
+
+bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, char* buf,
+                               int len) {
+  using namespace phaseconv;
+  if (buf != nullptr && len > 0) buf[0] = 0;
   MmaCfg mc;
-  if (!choose_mma(params, dtype_code, dev, &mc)) return false;
+  if (!plan_bwd_input(params, dtype_code, &mc)) return false;
   if (buf != nullptr && len > 0)
     snprintf(buf, len, "mma grad-input kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) "
              "ng=%d smem=%zu phases=%d", mc.kind, mc.BM, mc.BN, mc.threads, mc.TD, mc.TH, mc.TW,
@@ -2424,14 +2404,10 @@ bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code,
 cudaError_t phase_conv_bwd_input(const PhaseConvFwdParams& params, int dtype_code,
                                  cudaStream_t stream) {
   using namespace phaseconv;
-  if (!phase_conv_bwd_input_plan(params, dtype_code, nullptr, 0)) return cudaErrorInvalidValue;
+  MmaCfg mc;
+  if (!plan_bwd_input(params, dtype_code, &mc)) return cudaErrorInvalidValue;
   if (params.n * params.c_out * params.out_d * params.out_h * params.out_w == 0)
     return cudaSuccess;
-  DevInfo dev;
-  cudaError_t err = dev_info(&dev);
-  if (err != cudaSuccess) return err;
-  MmaCfg mc;
-  if (!choose_mma(params, dtype_code, dev, &mc)) return cudaErrorInvalidConfiguration;
   switch (dtype_code) {
     case PHASECONV_FLOAT32: return run_mma<float>(params, mc, stream);
     case PHASECONV_FLOAT16: return run_mma<__half>(params, mc, stream);

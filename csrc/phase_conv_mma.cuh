@@ -82,6 +82,22 @@ __device__ __forceinline__ void split_tf32(uint32_t x, uint32_t& big, uint32_t& 
   big = to_tf32(f);
   small = to_tf32(f - __uint_as_float(big));
 }
+// the same for every register of a fragment
+template <int K>
+__device__ __forceinline__ void split_tf32(const uint32_t (&x)[K], uint32_t (&big)[K],
+                                           uint32_t (&small)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) split_tf32(x[k], big[k], small[k]);
+}
+// 3xTF32 on one m16n8k8 tile: d += a_small b_big + a_big b_small + a_big b_big (in this order)
+__device__ __forceinline__ void mma_3xtf32(float (&d)[4], const uint32_t (&a_big)[4],
+                                           const uint32_t (&a_small)[4],
+                                           const uint32_t (&b_big)[2],
+                                           const uint32_t (&b_small)[2]) {
+  mma_tf32(d, a_small, b_big[0], b_big[1]);
+  mma_tf32(d, a_big, b_small[0], b_small[1]);
+  mma_tf32(d, a_big, b_big[0], b_big[1]);
+}
 
 // The tensor cores' fp32 accumulation truncates, an error that grows with the reduction
 // length: 3xTF32 kernels add their accumulators into a second set every kFlushTerms
@@ -106,6 +122,16 @@ __device__ __forceinline__ void flush_acc(float (&tot)[MT][NT][4], float (&acc)[
         tot[i][j][k] += acc[i][j][k];
         acc[i][j][k] = 0.f;
       }
+}
+
+// One reduction step done (`steps` of them between flushes): flushes when FL and due.
+template <bool FL, int MT, int NT>
+__device__ __forceinline__ void step_flush(float (&tot)[MT][NT][4], float (&acc)[MT][NT][4],
+                                           int& since, int steps) {
+  if (FL && ++since == steps) {
+    flush_acc(tot, acc);
+    since = 0;
+  }
 }
 
 // acc += tot: the reduction's total, once its last terms are in acc
