@@ -275,7 +275,10 @@ PhaseConvFwdParams make_bwd_input_params(const torch::Tensor& grad_y, const torc
   return p;
 }
 
-torch::Tensor phase_conv_bwd_input_binding(const torch::Tensor& grad_y, const torch::Tensor& wcat,
+// The input gradient in one launch, or None where the one-launch kernel does not take the
+// layer (the caller then runs the per-phase path).
+c10::optional<torch::Tensor> phase_conv_bwd_input_binding(const torch::Tensor& grad_y,
+                                                          const torch::Tensor& wcat,
                                            const torch::Tensor& sub_table,
                                            std::vector<int64_t> in_size,
                                            std::vector<int64_t> stride,
@@ -288,8 +291,7 @@ torch::Tensor phase_conv_bwd_input_binding(const torch::Tensor& grad_y, const to
                                                in_channels);
   const int dtype_code = dtype_code_of(gc);
   const c10::cuda::CUDAGuard guard(gc.device());
-  TORCH_CHECK(phase_conv_bwd_input_plan(p, dtype_code, nullptr, 0), "phaseconv cuda engine: the "
-              "one-launch input gradient does not take this layer (see describe_bwd_input).");
+  if (!phase_conv_bwd_input_plan(p, dtype_code, nullptr, 0)) return c10::nullopt;
   torch::Tensor gx = torch::empty({gc.size(0), in_channels, in_size[0], in_size[1], in_size[2]},
                                   gc.options());
   p.y = gx.data_ptr();
@@ -417,7 +419,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("phase_dilation"), py::arg("max_taps"), py::arg("groups"),
         py::arg("kernel") = 0);
   m.def("phase_conv_bwd_input", &phase_conv_bwd_input_binding,
-        "Input gradient of the transposed 3-D convolution in one launch.", py::arg("grad_y"),
+        "Input gradient of the transposed 3-D convolution in one launch (None where the "
+        "one-launch kernel does not take the layer).", py::arg("grad_y"),
         py::arg("wcat"), py::arg("sub_table"), py::arg("in_size"), py::arg("stride"),
         py::arg("phase_dilation"), py::arg("max_taps"), py::arg("total_taps"), py::arg("groups"),
         py::arg("in_channels"));

@@ -87,5 +87,11 @@ def test_repacking_a_new_weight_reuses_the_phase_tables():
     g1 = cuda.pack_grad_input(pack_conv3d_phases(w1, *(args[:1] + args[2:])), *args)
     g2 = cuda.pack_grad_input(pack_conv3d_phases(w2, *(args[:1] + args[2:])), *args)
     assert g1.sub_table is g2.sub_table
+    # the per-phase packs are views into the one-launch kernel's concatenated blocks
+    lo = g1.weight.data_ptr()
+    hi = lo + g1.weight.numel() * g1.weight.element_size()
+    views = [p.weight for p in g1.phases if p is not None]
+    assert views and all(lo <= v.data_ptr() < hi for v in views)
+    assert torch.equal(torch.cat(views), g1.weight)
     other = cuda.pack(w1, 2, (2, 2, 3), (1, 0, 2), (2, 1, 3))
     assert other.table is not p1.table

@@ -413,6 +413,11 @@ def pack_grad_input(phase_weights, groups: int, kernel, stride, padding,
     if ref is None or not rows:
         return GradInputPacked(packs, torch.zeros(0), None, stride, pdil, (0, 0, 0), 0)
     weight = torch.cat(blocks).contiguous()
+    # the per-phase packs read the same blocks: views into the concatenation, not a 2nd copy
+    starts = iter(r[9] for r in rows)
+    packs = tuple(None if p is None else
+                  p._replace(weight=weight.narrow(0, next(starts), p.weight.numel()))
+                  for p in packs)
     table = _device_table(rows, ref.device)
     max_taps = tuple(max(r[3 + i] for r in rows) for i in range(3))
     total = sum(r[3] * r[4] * r[5] for r in rows)
@@ -455,10 +460,13 @@ def grad_input(grad_out: torch.Tensor, phase_weights, gi: GradInputPacked, plan:
     from . import reference
 
     if one_launch is not False and gi.sub_table is not None:
-        args = _grad_input_args(grad_out, gi, plan, groups, in_channels)
-        mod = load()
-        if one_launch or mod.describe_bwd_input(*args):
-            return mod.phase_conv_bwd_input(*args)
+        gx = load().phase_conv_bwd_input(*_grad_input_args(grad_out, gi, plan, groups,
+                                                           in_channels))
+        if gx is not None:
+            return gx
+        if one_launch:
+            raise RuntimeError("phaseconv cuda engine: the one-launch input gradient does not "
+                               "take this layer (see describe_grad_input).")
 
     def window(g, p, phase):
         pplan = phase_plan(phase.out_shape, phase.tap_shape, (1, 1, 1), (0, 0, 0),
