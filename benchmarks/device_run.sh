@@ -1,46 +1,58 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: install, build, GPU tests, sanitizers, the founding example,
-# the KernelBench check, the benchmark and a short Nsight Compute profile of the founding
-# example, with logs under $OUT (all.log, gpu_tests.log, RESULTS.md, speedup.png).
-#   usage: bash benchmarks/device_run.sh [quick]     (quick: build, tests and bench only)
-#   SKIP_TESTS=1 skips the GPU test suite (when a call that just ran it on the same tree
-#   passed: the whole script can exceed one 10-minute device call).
+# One call on the GPU machine, in stages, logs under $OUT (all.log, one <stage>.log each):
+#   bash benchmarks/device_run.sh STAGE...
+#   build       install (editable, no deps), carried wheels (.whl/), build the CUDA engine
+#   tests       the GPU test suite (pytest -m cuda, 8 workers)
+#   sanitize    compute-sanitizer memcheck and racecheck on tests/gpu_sanitize.py
+#   main        python -m phaseconv, the KernelBench check
+#   bench:S     python -m phaseconv bench --sections S (comma-separated sections)
+#   profile     a short Nsight Compute profile of the founding example
+# Every stage runs even when an earlier one failed; the exit status says whether any did.
 set -u
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/phaseconv-out}"; mkdir -p "$OUT"
 status=0
-# logged NAME LINES CMD...: run CMD, append its output to $OUT/all.log, show its last LINES.
-logged() {
+stage() {  # stage NAME LINES CMD...: run CMD, log it, show its last LINES
     local name=$1 lines=$2; shift 2
-    echo; echo "== $name: $*" | tee -a "$OUT/all.log"
-    "$@" >"$OUT/step.log" 2>&1; local rc=$?
-    cat "$OUT/step.log" >>"$OUT/all.log"; tail -n "$lines" "$OUT/step.log"
-    if [ $rc -ne 0 ]; then echo "!! $name failed (exit $rc)" | tee -a "$OUT/all.log"; status=1; fi
+    echo "== $name: $*" | tee -a "$OUT/all.log"
+    local t0=$SECONDS
+    "$@" >"$OUT/$name.log" 2>&1; local rc=$?
+    cat "$OUT/$name.log" >>"$OUT/all.log"; tail -n "$lines" "$OUT/$name.log"
+    echo "   ($name: $((SECONDS - t0)) s, exit $rc)"
+    if [ $rc -ne 0 ]; then status=1; fi
 }
-
-nvidia-smi -L
-pip install -q --no-build-isolation --no-deps -e . >"$OUT/all.log" 2>&1
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the editable install alone was not seen
-logged build 3 python -c "import time; t=time.time(); from phaseconv.engines import cuda; \
-cuda.load(); print(f'built in {time.time()-t:.1f} s')"
-if [ -z "${SKIP_TESTS:-}" ]; then
-    logged gpu_tests 15 python -m pytest -o addopts="" -p no:cacheprovider -q -m cuda tests
-    cp "$OUT/step.log" "$OUT/gpu_tests.log"
-fi
-if [ "${1:-}" != "quick" ]; then
-    logged memcheck 3 compute-sanitizer --tool memcheck --error-exitcode 9 \
-        python tests/gpu_sanitize.py
-    logged racecheck 3 compute-sanitizer --tool racecheck --error-exitcode 9 \
-        python tests/gpu_sanitize.py
-    logged kernelbench 2 python examples/kernelbench/check.py
-    logged main 8 python -m phaseconv
-fi
-logged bench 20 python -m phaseconv bench --out "$OUT"
-if [ "${1:-}" != "quick" ] && command -v ncu >/dev/null; then
-    logged profile 40 ncu -k "regex:mma_|tiled_|gemm_" --launch-skip 1 --launch-count 4 \
-        --section SpeedOfLight \
-        --section Occupancy --section WarpStateStats --section LaunchStats \
-        python benchmarks/profile_founding.py
-fi
-rm -f "$OUT/step.log"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+for s in "$@"; do
+    case "$s" in
+    build)
+        nvidia-smi -L
+        if ls .whl/*.whl >/dev/null 2>&1; then
+            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+                --upgrade --target /tmp/site .whl/*.whl >>"$OUT/all.log" 2>&1
+        fi
+        export PYTHONPATH="$PYTHONPATH:/tmp/site"
+        python3 -m pip install -q --no-build-isolation --no-deps -e . >>"$OUT/all.log" 2>&1
+        stage build 3 python3 -c "import time; t=time.time(); from phaseconv.engines import \
+cuda; cuda.load(); print(f'built in {time.time()-t:.1f} s')" ;;
+    tests)
+        stage tests 25 python3 -m pytest -o addopts="" -p no:cacheprovider -q -m cuda -n 8 \
+            tests ;;
+    sanitize)
+        stage memcheck 3 compute-sanitizer --tool memcheck --error-exitcode 9 \
+            python3 tests/gpu_sanitize.py
+        stage racecheck 3 compute-sanitizer --tool racecheck --error-exitcode 9 \
+            python3 tests/gpu_sanitize.py ;;
+    main)
+        stage main 6 python3 -m phaseconv
+        stage kernelbench 2 python3 examples/kernelbench/check.py ;;
+    bench:*)
+        stage "bench-${s#bench:}" 60 python3 -m phaseconv bench --sections "${s#bench:}" \
+            --out "$OUT" ${BENCH_ARGS:-} ;;
+    profile)
+        stage profile 40 ncu -k "regex:mma_|tiled_|gemm_|gather" --launch-skip 2 \
+            --launch-count 4 --section SpeedOfLight --section Occupancy \
+            python3 benchmarks/profile_founding.py ;;
+    *) echo "unknown stage $s"; status=1 ;;
+    esac
+done
 exit $status

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from phaseconv.checks import check_conv_transpose3d  # noqa: E402
 from phaseconv.engines import cuda  # noqa: E402
 from phaseconv.geometry import phase_plan  # noqa: E402
 
@@ -68,18 +69,21 @@ def bench_shape(spec, dtype, reps, check=True):
     bound = 1.0 / (cin // g * k[0] * k[1] * k[2]) ** 0.5
     w = ((torch.rand((cin, cout // g) + k, device="cuda") * 2 - 1) * bound).to(dtype)
     plan = phase_plan(tuple(dhw), k, s, p, dilation=(1, 1, 1), output_padding=op)
-    packed = cuda.pack(w, g, s, p, (1, 1, 1))
+    args = check_conv_transpose3d(x, w, None, s, p, op, g, (1, 1, 1))
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
 
-    def ours():
-        return cuda.forward(x, packed, None, plan, g, cout)
+    def ours(code=0, xin=x):
+        return cuda.forward(xin, w, None, args, force_path=code)
+
+    def describe(code=0):
+        return cuda.describe(args, n, dtype, x.device, force_path=code)
 
     def theirs():
         return F.conv_transpose3d(x, w, None, s, p, op, g, 1)
 
     row = {"shape": name, "dtype": str(dtype).replace("torch.", "")}
-    row["config"] = cuda.describe(x, packed, None, plan, g, cout)
+    row["config"] = describe()
     y = ours()
     torch.cuda.synchronize()
     if check:
@@ -101,18 +105,17 @@ def bench_shape(spec, dtype, reps, check=True):
                          "gemm_bn64w8": 5 | 4 << 8, "gemm_bk32": 5 | 128,
                          "gemm_bn64w8_bk32": 5 | 4 << 8 | 128})
     for vname, code in variants.items():
-        yv = cuda.forward(x, packed, None, plan, g, cout, force_path=code)
+        yv = ours(code)
         if check:
             ref = F.conv_transpose3d(x.float(), w.float(), None, s, p, op, g, 1)
             verr = (yv.float() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
             row[vname + "_rel_err"] = verr
             del ref
         del yv
-        row[vname + "_us"], _ = time_fn(
-            lambda code=code: cuda.forward(x, packed, None, plan, g, cout, force_path=code), reps)
-        row[vname + "_config"] = cuda.describe(x, packed, None, plan, g, cout, force_path=code)
+        row[vname + "_us"], _ = time_fn(lambda code=code: ours(code), reps)
+        row[vname + "_config"] = describe(code)
     xcl = x.contiguous(memory_format=torch.channels_last_3d)
-    row["cl_input_us"], _ = time_fn(lambda: cuda.forward(xcl, packed, None, plan, g, cout), reps)
+    row["cl_input_us"], _ = time_fn(lambda: ours(0, xcl), reps)
     row["cudnn_us"], row["cudnn_min_us"] = time_fn(theirs, reps)
     row["speedup"] = row["cudnn_us"] / row["ours_us"]
     macs = plan.macs_per_sample(cin, cout, g) * n
@@ -122,10 +125,8 @@ def bench_shape(spec, dtype, reps, check=True):
 
 def bench_backward(spec, dtype, reps):
     """The backward's two halves against torch's convolution_backward (cuDNN, TF32 off) and
-    float64: grad_weight per kernel (SIMT, tensor cores at each tile) and grad_input per
-    forward path."""
-    from phaseconv.packing import pack_conv3d_phases
-
+    float64: grad_weight per kernel (SIMT, tensor cores) and grad_input per kernel (tensor
+    cores, naive), each timed with its weight gather."""
     name, n, cin, cout, g, dhw, k, s, p, op = spec
     k, s, p, op = t3(k), t3(s), t3(p), t3(op)
     torch.manual_seed(0)
@@ -138,39 +139,31 @@ def bench_backward(spec, dtype, reps):
     x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
     gi_ref, gw_ref = torch.autograd.grad(F.conv_transpose3d(x64, w64, None, s, p, op, g),
                                          (x64, w64), gy.double())
-    packed = cuda.pack(w, g, s, p, (1, 1, 1))
-    mod = cuda.load()
+    args = check_conv_transpose3d(x, w, None, s, p, op, g, (1, 1, 1))
     row = {"shape": name, "dtype": str(dtype).replace("torch.", "")}
+    row["gi_config"], row["gw_config"] = cuda.describe_backward(args, n, dtype, x.device)
 
     def rel(a, e):
         return ((a.double() - e).norm() / e.norm()).item()
 
-    args = cuda._grad_weight_args(x, gy, packed, "auto")[:-1]
-    for vname, code in (("gw_auto", 0), ("gw_simt", 1), ("gw_tc", 2)):
+    for vname, kernel in (("gw_auto", "auto"), ("gw_simt", "simt"), ("gw_tc", "tensor-cores")):
+        def run(kernel=kernel):
+            return cuda.backward(gy, x, w, args, need_input=False, grad_weight_kernel=kernel)[1]
         try:
-            gp = mod.phase_conv_bwd_weight(*args, code)
+            row[vname + "_err"] = rel(run(), gw_ref)
         except RuntimeError as exc:
             row[vname] = str(exc)[:60]
             continue
-        row[vname + "_err"] = rel(cuda.unpack_weight_grad(gp, packed, tuple(w.shape)), gw_ref)
-        row[vname + "_us"], _ = time_fn(lambda code=code: mod.phase_conv_bwd_weight(*args, code),
-                                        reps)
-        row[vname + "_config"] = mod.describe_bwd_weight(*args, code)
-    phases = pack_conv3d_phases(w, g, s, p, (1, 1, 1))
-    gi_packs = cuda.pack_grad_input(phases, g, k, s, p, (1, 1, 1))
-    row["gi_config"] = cuda.describe_grad_input(gy, gi_packs, plan, g, cin)
-    for vname, code, one in (("gi_auto", 0, None), ("gi_fused", 0, True), ("gi_simt", 1, False),
-                             ("gi_tc", 3, False), ("gi_perphase", 4, False)):
+        row[vname + "_us"], _ = time_fn(run, reps)
+    for vname, kernel in (("gi_auto", "auto"), ("gi_tc", "tensor-cores"), ("gi_naive", "naive")):
+        def run(kernel=kernel):
+            return cuda.backward(gy, x, w, args, need_weight=False, grad_input_kernel=kernel)[0]
         try:
-            gi = cuda.grad_input(gy, phases, gi_packs, plan, g, cin, force_path=code,
-                                 one_launch=one)
+            row[vname + "_err"] = rel(run(), gi_ref)
         except RuntimeError as exc:
             row[vname] = str(exc)[:80]
             continue
-        row[vname + "_err"] = rel(gi, gi_ref)
-        row[vname + "_us"], _ = time_fn(
-            lambda code=code, one=one: cuda.grad_input(gy, phases, gi_packs, plan, g, cin,
-                                                       force_path=code, one_launch=one), reps)
+        row[vname + "_us"], _ = time_fn(run, reps)
     del gi_ref, gw_ref, x64, w64
 
     def theirs():
@@ -202,10 +195,9 @@ def small_cases():
             b = torch.randn(cout, device="cuda").to(dtype) if bias else None
             ref = F.conv_transpose3d(x.double(), w.double(), b.double() if bias else None,
                                      s, p, op, g, d)
-            plan = phase_plan(tuple(dhw), k, s, p, dilation=d, output_padding=op)
-            packed = cuda.pack(w, g, s, p, d)
+            args = check_conv_transpose3d(x, w, b, s, p, op, g, d)
             for path in (0, 1, 2, 3, 4, 5, 16, 3 | 16, 3 | 32):
-                y = cuda.forward(x, packed, b, plan, g, cout, force_path=path)
+                y = cuda.forward(x, w, b, args, force_path=path)
                 err = ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1)).item()
                 worst = max(worst, err if dtype in (torch.float32, torch.float64) else 0.0)
                 assert torch.isfinite(y).all()

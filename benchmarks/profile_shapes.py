@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernel_dev import DTYPES, SHAPES, t3  # noqa: E402
 
+from phaseconv.checks import check_conv_transpose3d  # noqa: E402
 from phaseconv.engines import cuda  # noqa: E402
-from phaseconv.geometry import phase_plan  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--shapes", default="0")
@@ -30,9 +30,9 @@ for i in (int(v) for v in args.shapes.split(",")):
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     w = (torch.rand((cin, cout // g) + k, device="cuda") * 0.1).to(dtype)
-    plan = phase_plan(tuple(dhw), k, s, p, dilation=(1, 1, 1), output_padding=op)
-    packed = cuda.pack(w, g, s, p, (1, 1, 1))
-    print(name, cuda.describe(x, packed, None, plan, g, cout, force_path=args.force), flush=True)
+    conv = check_conv_transpose3d(x, w, None, s, p, op, g, (1, 1, 1))
+    print(name, cuda.describe(conv, n, dtype, x.device, args.channels_last, args.force),
+          flush=True)
     for _ in range(args.calls):
-        cuda.forward(x, packed, None, plan, g, cout, force_path=args.force)
+        cuda.forward(x, w, None, conv, force_path=args.force)
     torch.cuda.synchronize()

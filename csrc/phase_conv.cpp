@@ -1,5 +1,12 @@
-// phaseconv CUDA engine: the torch binding.  Checks arguments, picks the device and stream,
-// allocates the output and calls the launcher in phase_conv_fwd.cu.
+// phaseconv CUDA engine: the torch binding.
+//
+// A layer's launches are planned once per (input shape, input layout, dtype, device) by
+// phaseconv/engines/cuda.py, which builds a ForwardPlan / BackwardPlan from the layer's
+// device tables (made once per geometry).  A plan checks its arguments once, keeps the
+// launch parameters and the kernel plan (phase_conv_plan.cuh), and each call only checks
+// that the tensors still match, gathers the weight into the layout the kernel reads (one
+// launch, phase_conv_pack.cuh), allocates the result and launches.  No call waits for the
+// GPU.
 #include <torch/extension.h>
 
 #include <c10/cuda/CUDAGuard.h>
@@ -8,16 +15,19 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "phase_conv_bwd.cuh"
 #include "phase_conv_fwd.cuh"
+#include "phase_conv_pack.cuh"
+#include "phase_conv_plan.cuh"
 
 namespace {
 
 // Numbers and lists for error messages, formatted as strings: TORCH_CHECK messages that
 // stream integers from this extension crashed the process (SIGSEGV) on the device's torch
-// build instead of raising (2026-11-25; strings, and torch's own types, stream fine).
+// build instead of raising (strings, and torch's own types, stream fine).
 std::string num(int64_t v) { return std::to_string(v); }
 std::string nums(c10::IntArrayRef v) {
   std::string out = "[";
@@ -33,7 +43,7 @@ int dtype_code_of(const torch::Tensor& t) {
     case torch::kBFloat16: return PHASECONV_BFLOAT16;
     default: break;
   }
-  TORCH_CHECK(false, "phaseconv cuda engine: the input's dtype is ", t.scalar_type(),
+  TORCH_CHECK(false, "phaseconv cuda engine: the dtype is ", t.scalar_type(),
               "; supported dtypes are float32, float64, float16 and bfloat16.");
   return -1;
 }
@@ -47,397 +57,423 @@ void check_triple(const std::vector<int64_t>& v, const char* name, int64_t lo) {
   }
 }
 
-// Validates everything and fills the launcher's parameters (output pointer left null).
-PhaseConvFwdParams make_params(const torch::Tensor& x, const torch::Tensor& wpack,
-                               const torch::Tensor& table,
-                               const c10::optional<torch::Tensor>& bias,
-                               const std::vector<int64_t>& out_size,
-                               const std::vector<int64_t>& stride,
-                               const std::vector<int64_t>& phase_dilation,
-                               const std::vector<int64_t>& max_taps, int64_t total_taps,
-                               int64_t groups, int64_t out_channels, int64_t force_path,
-                               const c10::optional<torch::Tensor>& wmma,
-                               const std::vector<int64_t>& union_box,
-                               int64_t table_rows = -1) {  // -1: one row per phase
-  TORCH_CHECK(x.is_cuda(), "phaseconv cuda engine: the input must be a CUDA tensor, got one on ",
-              x.device(), ".");
-  TORCH_CHECK(x.dim() == 5, "phaseconv cuda engine: the input must be 5-D (N, C_in, D, H, W), "
-              "got ", num(x.dim()), " dimensions.");
-  dtype_code_of(x);
-  TORCH_CHECK(wpack.device() == x.device(), "phaseconv cuda engine: the packed weight is on ",
-              wpack.device(), " but the input is on ", x.device(), ".");
-  TORCH_CHECK(wpack.scalar_type() == x.scalar_type(), "phaseconv cuda engine: the packed "
-              "weight's dtype ", wpack.scalar_type(), " differs from the input's ",
-              x.scalar_type(), ".");
-  TORCH_CHECK(wpack.dim() == 1 && wpack.is_contiguous(), "phaseconv cuda engine: the packed "
-              "weight must be a contiguous 1-D tensor (use phaseconv.engines.cuda.pack).");
-  TORCH_CHECK(table.device() == x.device(), "phaseconv cuda engine: the phase table is on ",
-              table.device(), " but the input is on ", x.device(), ".");
-  TORCH_CHECK(table.scalar_type() == torch::kInt64 && table.is_contiguous(),
-              "phaseconv cuda engine: the phase table must be a contiguous int64 tensor.");
-  check_triple(out_size, "out_size", 0);
-  check_triple(stride, "stride", 1);
-  check_triple(phase_dilation, "phase_dilation", 1);
-  check_triple(max_taps, "max_taps", 0);
-  TORCH_CHECK(groups >= 1, "phaseconv cuda engine: groups must be positive, got ", num(groups), ".");
-  const int64_t n = x.size(0), c_in = x.size(1);
-  TORCH_CHECK(c_in % groups == 0, "phaseconv cuda engine: the input's ", num(c_in),
-              " channels are not divisible by groups=", num(groups), ".");
-  TORCH_CHECK(out_channels >= 1 && out_channels % groups == 0, "phaseconv cuda engine: "
-              "out_channels=", num(out_channels), " must be a positive multiple of groups=",
-              num(groups), ".");
-  const int64_t num_phases = stride[0] * stride[1] * stride[2];
-  const int64_t rows = table_rows >= 0 ? table_rows : num_phases;
-  TORCH_CHECK(table.numel() == rows * PHASECONV_TABLE_STRIDE, "phaseconv cuda engine: the "
-              "phase table has ", num(table.numel()), " entries; stride ", nums(stride),
-              " needs ", num(rows * PHASECONV_TABLE_STRIDE), " (was the weight packed for another "
-              "stride?).");
-  TORCH_CHECK(total_taps >= 0, "phaseconv cuda engine: total_taps must be non-negative.");
-  const int64_t want_w = c_in * (out_channels / groups) * total_taps;
-  TORCH_CHECK(wpack.numel() == want_w, "phaseconv cuda engine: the packed weight has ",
-              num(wpack.numel()), " elements but ", num(want_w), " are expected for C_in=",
-              num(c_in), ", C_out/groups=", num(out_channels / groups), " and ", num(total_taps),
-              " taps (was it packed for another layer?).");
-  if (bias.has_value() && bias->defined()) {
-    const torch::Tensor& b = *bias;
-    TORCH_CHECK(b.device() == x.device(), "phaseconv cuda engine: the bias is on ", b.device(),
-                " but the input is on ", x.device(), ".");
-    TORCH_CHECK(b.scalar_type() == x.scalar_type(), "phaseconv cuda engine: the bias dtype ",
-                b.scalar_type(), " differs from the input's ", x.scalar_type(), ".");
-    TORCH_CHECK(b.dim() == 1 && b.numel() == out_channels && b.is_contiguous(),
-                "phaseconv cuda engine: the bias must be a contiguous 1-D tensor of ",
-                num(out_channels), " elements.");
-  }
-  const int64_t int_max = std::numeric_limits<int32_t>::max();
-  for (int d = 2; d < 5; ++d) {
-    TORCH_CHECK(x.size(d) >= 1 && x.size(d) < int_max, "phaseconv cuda engine: input spatial "
-                "sizes must be in [1, 2^31), got ", nums(x.sizes()), ".");
-  }
-  for (int d = 0; d < 3; ++d) {
-    TORCH_CHECK(out_size[d] < int_max, "phaseconv cuda engine: output sizes must be below "
-                "2^31, got ", nums(out_size), ".");
-  }
-  TORCH_CHECK(c_in < int_max && out_channels < int_max, "phaseconv cuda engine: channel counts "
-              "must be below 2^31.");
-
-  // optional tensor-core weight layout (see phase_conv_fwd.cuh) and the phases' union window
-  const void* wmma_ptr = nullptr;
-  if (wmma.has_value() && wmma->defined() && wmma->numel() > 0 &&
-      x.scalar_type() != torch::kFloat64) {
-    const torch::Tensor& wm = *wmma;
-    TORCH_CHECK(wm.device() == x.device() && wm.scalar_type() == x.scalar_type() &&
-                wm.dim() == 1 && wm.is_contiguous(), "phaseconv cuda engine: the tensor-core "
-                "weight must be a contiguous 1-D tensor with the input's dtype and device.");
-    const int64_t cg = x.element_size() == 4 ? 4 : 8;
-    const int64_t gcount = (c_in / groups + cg - 1) / cg;
-    const int64_t want_m = groups * (out_channels / groups) * total_taps * gcount * cg;
-    TORCH_CHECK(wm.numel() == want_m, "phaseconv cuda engine: the tensor-core weight has ",
-                num(wm.numel()), " elements but ", num(want_m), " are expected (was it packed for "
-                "another layer or dtype?).");
-    TORCH_CHECK(reinterpret_cast<uintptr_t>(wm.data_ptr()) % 16 == 0, "phaseconv cuda "
-                "engine: the tensor-core weight must be 16-byte aligned.");
-    wmma_ptr = wm.data_ptr();
-  }
-  TORCH_CHECK(union_box.size() == 6, "phaseconv cuda engine: union_box must have 6 entries.");
-  for (int d = 3; d < 6; ++d) {
-    TORCH_CHECK(union_box[d] >= 0 && union_box[d] < (int64_t)1 << 20, "phaseconv cuda engine: "
-                "bad union_box ", nums(union_box), ".");
-  }
-
-  PhaseConvFwdParams p;
-  p.weight_mma = wmma_ptr;
-  p.union_lo_d = union_box[0]; p.union_lo_h = union_box[1]; p.union_lo_w = union_box[2];
-  p.union_ext_d = union_box[3]; p.union_ext_h = union_box[4]; p.union_ext_w = union_box[5];
-  p.x = x.data_ptr();
-  p.weight = wpack.data_ptr();
-  p.bias = (bias.has_value() && bias->defined()) ? bias->data_ptr() : nullptr;
-  p.y = nullptr;
-  p.table = table.data_ptr<int64_t>();
-  p.n = n; p.c_in = c_in; p.c_out = out_channels; p.groups = groups;
-  p.in_d = x.size(2); p.in_h = x.size(3); p.in_w = x.size(4);
-  p.out_d = out_size[0]; p.out_h = out_size[1]; p.out_w = out_size[2];
-  p.stride_d = stride[0]; p.stride_h = stride[1]; p.stride_w = stride[2];
-  p.pdil_d = phase_dilation[0]; p.pdil_h = phase_dilation[1]; p.pdil_w = phase_dilation[2];
-  p.max_taps_d = max_taps[0]; p.max_taps_h = max_taps[1]; p.max_taps_w = max_taps[2];
-  p.total_taps = total_taps;
-  p.force_path = (int)force_path;
-  p.x_channels_last = 0;
-  return p;
+void check_table(const torch::Tensor& table, const torch::Device& device, int64_t rows,
+                 const char* what) {
+  TORCH_CHECK(table.device() == device && table.scalar_type() == torch::kInt64 &&
+              table.is_contiguous() && table.numel() == rows * PHASECONV_TABLE_STRIDE,
+              "phaseconv cuda engine: the ", what, " must be a contiguous int64 tensor of ",
+              num(rows), " rows on ", device.str(), ".");
 }
 
-// Whether the chosen kernel reads x channels-last; sets p->x_channels_last (no copy).
-bool wants_channels_last(const torch::Tensor& x, PhaseConvFwdParams* p, int dtype_code) {
+void check_index(const torch::Tensor& index, const torch::Device& device, int64_t elems,
+                 const char* what) {
+  TORCH_CHECK(index.device() == device && index.scalar_type() == torch::kInt32 &&
+              index.dim() == 1 && index.is_contiguous() && index.numel() == elems,
+              "phaseconv cuda engine: the ", what, " index must be a contiguous 1-D int32 tensor "
+              "of ", num(elems), " elements on ", device.str(), ", got ",
+              num(index.numel()), " elements.");
+}
+
+PhaseConvWeightView view_of(const torch::Tensor& t) {
+  PhaseConvWeightView v;
+  for (int d = 0; d < 5; ++d) {
+    v.size[d] = t.size(d);
+    v.stride[d] = t.stride(d);
+  }
+  v.contiguous = t.is_contiguous() ? 1 : 0;
+  return v;
+}
+
+cudaStream_t stream_of(const torch::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: the ", what, " launch failed: ",
+              cudaGetErrorString(err), ".");
+}
+
+// The weight in a kernel's layout: one gather through `index` (phase_conv_pack.cuh).
+torch::Tensor gather(const torch::Tensor& weight, const torch::Tensor& index,
+                     cudaStream_t stream) {
+  torch::Tensor out = torch::empty({index.numel()}, weight.options());
+  check_launch(phase_conv_gather_weight(weight.data_ptr(), view_of(weight),
+                                        index.data_ptr<int32_t>(), out.data_ptr(),
+                                        index.numel(), (int)weight.element_size(), stream),
+               "weight gather");
+  return out;
+}
+
+// What every call checks: the tensors are those the plan was made for (shapes, dtype,
+// device), so the plan's launch parameters hold.
+void check_matches(const torch::Tensor& t, const char* name, c10::IntArrayRef sizes,
+                   const torch::Device& device, c10::ScalarType dtype) {
+  TORCH_CHECK(t.defined() && t.device() == device && t.scalar_type() == dtype &&
+              t.sizes() == sizes, "phaseconv cuda engine: ", name, " of shape ",
+              nums(t.sizes()), " does not match the plan (", nums(sizes), ", ",
+              c10::toString(dtype), ", ", device.str(), ").");
+}
+
+void check_weight_size(const torch::Tensor& w) {
+  TORCH_CHECK(w.is_cuda() && w.dim() == 5, "phaseconv cuda engine: the weight must be a 5-D "
+              "CUDA tensor.");
+  TORCH_CHECK(w.numel() < std::numeric_limits<int32_t>::max(), "phaseconv cuda engine: the "
+              "weight has ", num(w.numel()), " elements; at most 2^31 - 1 are supported.");
+}
+
+// A tensor laid out as a channels-last kernel reads it: (N, D, H, W, C), 16-byte aligned.
+torch::Tensor channels_last_input(const torch::Tensor& x, cudaStream_t stream) {
   const auto cl = at::MemoryFormat::ChannelsLast3d;
-  // offered: x is channels-last already (the all-phase kernel then reads it in place)
-  p->x_channels_last = x.is_contiguous(cl) && !x.is_contiguous() &&
-                       reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
-  const bool want = phase_conv_fwd_input_layout(*p, dtype_code) == 1;
-  p->x_channels_last = want ? 1 : 0;
-  return want;
-}
-
-// Lays x out as the chosen kernel reads it (one copy unless it already is) and points p at it.
-torch::Tensor lay_out_input(const torch::Tensor& x, PhaseConvFwdParams* p, int dtype_code) {
   torch::Tensor xl;
-  const auto cl = at::MemoryFormat::ChannelsLast3d;
-  if (wants_channels_last(x, p, dtype_code)) {
-    if (x.is_contiguous() && !x.is_contiguous(cl) && x.element_size() != 8) {
-      xl = torch::empty_like(x, x.options().memory_format(cl));
-      const cudaError_t err = phase_conv_to_channels_last(
-          x.data_ptr(), xl.data_ptr(), x.size(0), x.size(1), x.size(2) * x.size(3) * x.size(4),
-          (int)x.element_size(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
-      TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: the channels-last copy failed: ",
-                  cudaGetErrorString(err), ".");
-    } else {
-      xl = x.contiguous(cl);
-    }
-    if (!xl.is_contiguous(cl) || reinterpret_cast<uintptr_t>(xl.data_ptr()) % 16 != 0) {
-      xl = x.clone(cl);  // an unaligned view
-    }
-  } else {
-    xl = x.contiguous();
+  if (x.is_contiguous(cl) && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0) return x;
+  if (x.is_contiguous() && x.element_size() != 8) {
+    xl = torch::empty_like(x, x.options().memory_format(cl));
+    check_launch(phase_conv_to_channels_last(x.data_ptr(), xl.data_ptr(), x.size(0), x.size(1),
+                                             x.size(2) * x.size(3) * x.size(4),
+                                             (int)x.element_size(), stream),
+                 "channels-last copy");
+    return xl;
   }
-  p->x = xl.data_ptr();
+  xl = x.contiguous(cl);
+  if (!xl.is_contiguous(cl) || reinterpret_cast<uintptr_t>(xl.data_ptr()) % 16 != 0)
+    xl = x.clone(cl);  // an unaligned view
   return xl;
 }
 
-torch::Tensor phase_conv_fwd_binding(const torch::Tensor& x, const torch::Tensor& wpack,
-                                     const torch::Tensor& table,
-                                     const c10::optional<torch::Tensor>& bias,
-                                     std::vector<int64_t> out_size, std::vector<int64_t> stride,
-                                     std::vector<int64_t> phase_dilation,
-                                     std::vector<int64_t> max_taps, int64_t total_taps,
-                                     int64_t groups, int64_t out_channels, int64_t force_path,
-                                     const c10::optional<torch::Tensor>& wmma,
-                                     std::vector<int64_t> union_box) {
-  PhaseConvFwdParams p = make_params(x, wpack, table, bias, out_size, stride, phase_dilation,
-                                     max_taps, total_taps, groups, out_channels, force_path,
-                                     wmma, union_box);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const torch::Tensor xl = lay_out_input(x, &p, dtype_code_of(x));
-  torch::Tensor y = torch::empty({x.size(0), out_channels, out_size[0], out_size[1], out_size[2]},
-                                 x.options());
-  if (y.numel() == 0) return y;
-  p.y = y.data_ptr();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const cudaError_t err = phase_conv_fwd(p, dtype_code_of(x), stream);
-  TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: the kernel launch failed: ",
-              cudaGetErrorString(err), ".");
-  return y;
-}
+// ---------------------------------------------------------------------------------------------
+// The forward of one layer for one input shape, layout, dtype and device.
+class ForwardPlan {
+ public:
+  // x, weight: tensors of the planned shapes, dtype and device (only their metadata is read);
+  // x_channels_last: x will come channels-last; table, index, index_mma: the layer's device
+  // tables (phaseconv/engines/cuda.py: LayerTables); index_mma undefined where the dtype has
+  // no tensor-core layout.
+  ForwardPlan(const torch::Tensor& x, const torch::Tensor& weight, bool has_bias,
+              bool x_channels_last, const torch::Tensor& table, const torch::Tensor& index,
+              const c10::optional<torch::Tensor>& index_mma, std::vector<int64_t> out_size,
+              std::vector<int64_t> stride, std::vector<int64_t> phase_dilation,
+              std::vector<int64_t> max_taps, int64_t total_taps, int64_t groups,
+              std::vector<int64_t> union_box, int64_t force_path)
+      : device_(x.device()), dtype_(x.scalar_type()), has_bias_(has_bias),
+        x_sizes_(x.sizes().vec()), w_sizes_(weight.sizes().vec()), table_(table),
+        index_(index) {
+    TORCH_CHECK(x.is_cuda() && x.dim() == 5, "phaseconv cuda engine: the input must be a 5-D "
+                "(N, C_in, D, H, W) CUDA tensor.");
+    dtype_code_ = dtype_code_of(x);
+    check_weight_size(weight);
+    TORCH_CHECK(weight.device() == device_ && weight.scalar_type() == dtype_,
+                "phaseconv cuda engine: the weight must have the input's dtype and device.");
+    check_triple(out_size, "out_size", 0);
+    check_triple(stride, "stride", 1);
+    check_triple(phase_dilation, "phase_dilation", 1);
+    check_triple(max_taps, "max_taps", 0);
+    TORCH_CHECK(union_box.size() == 6, "phaseconv cuda engine: union_box must have 6 entries.");
+    const int64_t c_in = x.size(1), cout_g = weight.size(1);
+    TORCH_CHECK(groups >= 1 && weight.size(0) == c_in && c_in % groups == 0,
+                "phaseconv cuda engine: the weight ", nums(weight.sizes()), " does not fit ",
+                num(c_in), " input channels in ", num(groups), " groups.");
+    const int64_t out_channels = cout_g * groups;
+    const int64_t int_max = std::numeric_limits<int32_t>::max();
+    for (int d = 2; d < 5; ++d) {
+      TORCH_CHECK(x.size(d) >= 1 && x.size(d) < int_max && out_size[d - 2] < int_max,
+                  "phaseconv cuda engine: spatial sizes must be in [1, 2^31), got input ",
+                  nums(x.sizes()), " and output ", nums(out_size), ".");
+    }
+    TORCH_CHECK(c_in < int_max && out_channels < int_max, "phaseconv cuda engine: channel "
+                "counts must be below 2^31.");
+    const int64_t num_phases = stride[0] * stride[1] * stride[2];
+    check_table(table, device_, num_phases, "phase table");
+    check_index(index, device_, weight.numel(), "packed-weight");
+    TORCH_CHECK(total_taps * c_in * cout_g == weight.numel(), "phaseconv cuda engine: ",
+                num(total_taps), " taps do not cover the weight ", nums(weight.sizes()), ".");
+    const int64_t cg = x.element_size() == 4 ? 4 : 8;
+    const bool mma_layout = dtype_code_ != PHASECONV_FLOAT64 && index_mma.has_value() &&
+                            index_mma->defined();
+    if (mma_layout) {
+      const int64_t gcount = (c_in / groups + cg - 1) / cg;
+      check_index(*index_mma, device_, groups * cout_g * total_taps * gcount * cg,
+                  "tensor-core weight");
+      index_mma_ = *index_mma;
+    }
 
-std::string describe_binding(const torch::Tensor& x, const torch::Tensor& wpack,
-                             const torch::Tensor& table,
-                             const c10::optional<torch::Tensor>& bias,
-                             std::vector<int64_t> out_size, std::vector<int64_t> stride,
-                             std::vector<int64_t> phase_dilation, std::vector<int64_t> max_taps,
-                             int64_t total_taps, int64_t groups, int64_t out_channels,
-                             int64_t force_path, const c10::optional<torch::Tensor>& wmma,
-                             std::vector<int64_t> union_box) {
-  PhaseConvFwdParams p = make_params(x, wpack, table, bias, out_size, stride, phase_dilation,
-                                     max_taps, total_taps, groups, out_channels, force_path,
-                                     wmma, union_box);
-  const c10::cuda::CUDAGuard guard(x.device());
-  // the layout decision only: where the forward would copy x, the copy is a fresh (aligned)
-  // allocation, which a null pointer stands for
-  const bool cl = wants_channels_last(x, &p, dtype_code_of(x));
-  const bool in_place = cl ? x.is_contiguous(at::MemoryFormat::ChannelsLast3d) &&
-                                 reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0
-                           : x.is_contiguous();
-  p.x = in_place ? x.data_ptr() : nullptr;
-  char buf[512];
-  phase_conv_fwd_describe(p, dtype_code_of(x), buf, (int)sizeof(buf));
-  return std::string(buf);
-}
+    PhaseConvFwdParams& p = params_;
+    p.x = nullptr; p.weight = nullptr; p.bias = nullptr; p.y = nullptr;
+    // planning: a non-null weight_mma says the tensor-core layout can be provided
+    p.weight_mma = mma_layout ? reinterpret_cast<const void*>(16) : nullptr;
+    p.table = table.data_ptr<int64_t>();
+    p.n = x.size(0); p.c_in = c_in; p.c_out = out_channels; p.groups = groups;
+    p.in_d = x.size(2); p.in_h = x.size(3); p.in_w = x.size(4);
+    p.out_d = out_size[0]; p.out_h = out_size[1]; p.out_w = out_size[2];
+    p.stride_d = stride[0]; p.stride_h = stride[1]; p.stride_w = stride[2];
+    p.pdil_d = phase_dilation[0]; p.pdil_h = phase_dilation[1]; p.pdil_w = phase_dilation[2];
+    p.max_taps_d = max_taps[0]; p.max_taps_h = max_taps[1]; p.max_taps_w = max_taps[2];
+    p.total_taps = total_taps;
+    p.union_lo_d = union_box[0]; p.union_lo_h = union_box[1]; p.union_lo_w = union_box[2];
+    p.union_ext_d = union_box[3]; p.union_ext_h = union_box[4]; p.union_ext_w = union_box[5];
+    p.force_path = (int)force_path;
+    p.x_channels_last = x_channels_last && x.element_size() != 8 ? 1 : 0;
+    const c10::cuda::CUDAGuard guard(device_);
+    TORCH_CHECK(phase_conv_fwd_plan(p, dtype_code_, &plan_), "phaseconv cuda engine: no "
+                "forward kernel takes this layer (force_path ", num(force_path), ").");
+    p.x_channels_last = plan_.x_channels_last;
+    out_sizes_ = {x.size(0), out_channels, out_size[0], out_size[1], out_size[2]};
+  }
 
-// Parameters of the one-launch input gradient (grad-input mode of the tensor-core kernel, see
-// phase_conv_fwd.cuh), validated like the forward's; y left null.
-PhaseConvFwdParams make_bwd_input_params(const torch::Tensor& grad_y, const torch::Tensor& wcat,
-                                         const torch::Tensor& sub_table,
-                                         const std::vector<int64_t>& in_size,
-                                         const std::vector<int64_t>& stride,
-                                         const std::vector<int64_t>& phase_dilation,
-                                         const std::vector<int64_t>& max_taps,
-                                         int64_t total_taps, int64_t groups,
-                                         int64_t in_channels) {
-  check_triple(stride, "stride", 1);
-  TORCH_CHECK(sub_table.numel() > 0 && sub_table.numel() % PHASECONV_TABLE_STRIDE == 0,
-              "phaseconv cuda engine: the grad-input table must hold whole rows of ",
-              num(PHASECONV_TABLE_STRIDE), " entries.");
-  const int64_t nsub = sub_table.numel() / PHASECONV_TABLE_STRIDE;
-  PhaseConvFwdParams p = make_params(grad_y, wcat, sub_table, c10::nullopt, in_size, {1, 1, 1},
-                                     phase_dilation, max_taps, total_taps, groups, in_channels,
-                                     0, c10::nullopt, {0, 0, 0, 0, 0, 0}, nsub);
-  p.table = nullptr;
-  p.sub_table = sub_table.data_ptr<int64_t>();
-  p.nsub = (int)nsub;
-  p.in_stride_d = stride[0]; p.in_stride_h = stride[1]; p.in_stride_w = stride[2];
-  return p;
-}
+  torch::Tensor operator()(const torch::Tensor& x, const torch::Tensor& weight,
+                           const c10::optional<torch::Tensor>& bias) const {
+    check_matches(x, "the input", x_sizes_, device_, dtype_);
+    check_matches(weight, "the weight", w_sizes_, device_, dtype_);
+    const bool with_bias = bias.has_value() && bias->defined();
+    TORCH_CHECK(with_bias == has_bias_, "phaseconv cuda engine: the plan was made ",
+                has_bias_ ? "with" : "without", " a bias.");
+    const c10::cuda::CUDAGuard guard(device_);
+    const cudaStream_t stream = stream_of(x);
+    torch::Tensor y = torch::empty(out_sizes_, x.options());
+    if (plan_.family == PHASECONV_EMPTY) return y;
+    PhaseConvFwdParams p = params_;
+    const torch::Tensor wl = gather(weight, plan_.weight_mma ? index_mma_ : index_, stream);
+    torch::Tensor xl;
+    if (plan_.x_channels_last) {
+      xl = channels_last_input(x, stream);
+    } else {
+      xl = x.contiguous();
+      // the implicit GEMM reads a contiguous input in place with 16-byte vectors
+      if (plan_.family == PHASECONV_GEMM && reinterpret_cast<uintptr_t>(xl.data_ptr()) % 16)
+        xl = xl.clone();
+    }
+    torch::Tensor b;
+    if (with_bias) {
+      check_matches(*bias, "the bias", {params_.c_out}, device_, dtype_);
+      b = bias->contiguous();
+      p.bias = b.data_ptr();
+    }
+    p.x = xl.data_ptr();
+    if (plan_.weight_mma) {
+      p.weight_mma = wl.data_ptr();
+    } else {
+      p.weight = wl.data_ptr();
+      p.weight_mma = nullptr;
+    }
+    p.y = y.data_ptr();
+    check_launch(phase_conv_fwd_run(p, plan_, dtype_code_, stream), "forward");
+    return y;
+  }
 
-// The input gradient in one launch, or None where the one-launch kernel does not take the
-// layer (the caller then runs the per-phase path).
-c10::optional<torch::Tensor> phase_conv_bwd_input_binding(const torch::Tensor& grad_y,
-                                                          const torch::Tensor& wcat,
-                                           const torch::Tensor& sub_table,
-                                           std::vector<int64_t> in_size,
-                                           std::vector<int64_t> stride,
-                                           std::vector<int64_t> phase_dilation,
-                                           std::vector<int64_t> max_taps, int64_t total_taps,
-                                           int64_t groups, int64_t in_channels) {
-  const torch::Tensor gc = grad_y.contiguous();
-  PhaseConvFwdParams p = make_bwd_input_params(gc, wcat, sub_table, in_size, stride,
-                                               phase_dilation, max_taps, total_taps, groups,
-                                               in_channels);
-  const int dtype_code = dtype_code_of(gc);
-  const c10::cuda::CUDAGuard guard(gc.device());
-  if (!phase_conv_bwd_input_plan(p, dtype_code, nullptr, 0)) return c10::nullopt;
-  torch::Tensor gx = torch::empty({gc.size(0), in_channels, in_size[0], in_size[1], in_size[2]},
-                                  gc.options());
-  p.y = gx.data_ptr();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(gc.device().index()).stream();
-  const cudaError_t err = phase_conv_bwd_input(p, dtype_code, stream);
-  TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: the input-gradient launch failed: ",
-              cudaGetErrorString(err), ".");
-  return gx;
-}
+  std::string description() const { return plan_.text; }
+  bool reads_channels_last() const { return plan_.x_channels_last != 0; }
+  bool reads_tensor_core_weight() const { return plan_.weight_mma != 0; }
 
-// The one-launch input gradient's configuration, or "" where it does not take the layer.
-std::string describe_bwd_input_binding(const torch::Tensor& grad_y, const torch::Tensor& wcat,
-                                       const torch::Tensor& sub_table,
-                                       std::vector<int64_t> in_size, std::vector<int64_t> stride,
-                                       std::vector<int64_t> phase_dilation,
-                                       std::vector<int64_t> max_taps, int64_t total_taps,
-                                       int64_t groups, int64_t in_channels) {
-  const PhaseConvFwdParams p = make_bwd_input_params(grad_y, wcat, sub_table, in_size, stride,
-                                                     phase_dilation, max_taps, total_taps,
-                                                     groups, in_channels);
-  const c10::cuda::CUDAGuard guard(grad_y.device());
-  char buf[256];
-  if (!phase_conv_bwd_input_plan(p, dtype_code_of(grad_y), buf, (int)sizeof(buf))) return "";
-  return std::string(buf);
-}
+ private:
+  torch::Device device_;
+  c10::ScalarType dtype_;
+  int dtype_code_ = -1;
+  bool has_bias_;
+  std::vector<int64_t> x_sizes_, w_sizes_, out_sizes_;
+  torch::Tensor table_, index_, index_mma_;
+  PhaseConvFwdParams params_;
+  PhaseConvFwdPlan plan_;
+};
 
-// Validates the weight-gradient arguments and fills the launcher's parameters (grad_w and
-// workspace left null; x and grad_y as given: the caller makes them contiguous).
-PhaseConvBwdWeightParams make_bwd_weight_params(const torch::Tensor& x,
-                                                const torch::Tensor& grad_y,
-                                                const torch::Tensor& table,
-                                                int64_t packed_elems,
-                                                const std::vector<int64_t>& stride,
-                                                const std::vector<int64_t>& phase_dilation,
-                                                const std::vector<int64_t>& max_taps,
-                                                int64_t groups, int64_t kernel) {
-  TORCH_CHECK(x.is_cuda() && grad_y.device() == x.device() && table.device() == x.device(),
-              "phaseconv cuda engine: x, grad_y and the phase table must be on one CUDA "
-              "device.");
-  TORCH_CHECK(x.dim() == 5 && grad_y.dim() == 5 && x.size(0) == grad_y.size(0),
-              "phaseconv cuda engine: x and grad_y must be batched 5-D tensors of one batch.");
-  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(), "phaseconv cuda engine: grad_y's dtype ",
-              grad_y.scalar_type(), " differs from x's ", x.scalar_type(), ".");
-  check_triple(stride, "stride", 1);
-  check_triple(phase_dilation, "phase_dilation", 1);
-  check_triple(max_taps, "max_taps", 0);
-  const int64_t c_in = x.size(1), c_out = grad_y.size(1);
-  TORCH_CHECK(groups >= 1 && c_in % groups == 0 && c_out % groups == 0,
-              "phaseconv cuda engine: groups=", num(groups), " must divide C_in=", num(c_in),
-              " and C_out=", num(c_out), ".");
-  TORCH_CHECK(table.scalar_type() == torch::kInt64 && table.is_contiguous() &&
-              table.numel() == stride[0] * stride[1] * stride[2] * PHASECONV_TABLE_STRIDE,
-              "phaseconv cuda engine: the phase table does not match the stride.");
-  TORCH_CHECK(packed_elems >= 0, "phaseconv cuda engine: packed_elems must be non-negative.");
-  TORCH_CHECK(kernel >= 0 && kernel <= 2, "phaseconv cuda engine: kernel must be 0 (the rule), "
-              "1 (SIMT) or 2 (tensor cores), got ", num(kernel), ".");
-  PhaseConvBwdWeightParams p;
-  p.x = nullptr; p.grad_y = nullptr; p.grad_w = nullptr; p.workspace = nullptr;
-  p.table = table.data_ptr<int64_t>();
-  p.n = x.size(0); p.c_in = c_in; p.c_out = c_out; p.groups = groups;
-  p.in_d = x.size(2); p.in_h = x.size(3); p.in_w = x.size(4);
-  p.out_d = grad_y.size(2); p.out_h = grad_y.size(3); p.out_w = grad_y.size(4);
-  p.stride_d = stride[0]; p.stride_h = stride[1]; p.stride_w = stride[2];
-  p.pdil_d = phase_dilation[0]; p.pdil_h = phase_dilation[1]; p.pdil_w = phase_dilation[2];
-  p.max_taps_d = max_taps[0]; p.max_taps_h = max_taps[1]; p.max_taps_w = max_taps[2];
-  p.packed_elems = packed_elems;
-  p.kernel = kernel;
-  return p;
-}
+// ---------------------------------------------------------------------------------------------
+// The backward of one layer for one input shape, dtype and device: the input gradient in one
+// launch (grad-input mode, phase_conv_fwd.cuh) and the weight gradient (phase_conv_bwd.cuh),
+// written straight into a tensor with the weight's own strides.
+class BackwardPlan {
+ public:
+  // x, weight, grad_y: tensors of the planned shapes, dtype and device (metadata only);
+  // gi_*: the input gradient's tables (sub-problem table, block index, taps);
+  // table, index: the forward's phase table and packed-weight index (the weight gradient's
+  // scatter); gi_kernel: 0 the rule, 1 tensor cores, 2 naive; gw_kernel: 0 the rule, 1 SIMT,
+  // 2 tensor cores.
+  BackwardPlan(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& grad_y,
+               int64_t groups, std::vector<int64_t> stride, std::vector<int64_t> phase_dilation,
+               const torch::Tensor& table, const torch::Tensor& index,
+               std::vector<int64_t> max_taps, const torch::Tensor& gi_table,
+               const torch::Tensor& gi_index, std::vector<int64_t> gi_max_taps,
+               int64_t gi_total_taps, int64_t gi_kernel, int64_t gw_kernel)
+      : device_(x.device()), dtype_(x.scalar_type()), x_sizes_(x.sizes().vec()),
+        w_sizes_(weight.sizes().vec()), gy_sizes_(grad_y.sizes().vec()), table_(table),
+        index_(index), gi_table_(gi_table), gi_index_(gi_index) {
+    TORCH_CHECK(x.is_cuda() && x.dim() == 5 && grad_y.dim() == 5 &&
+                grad_y.size(0) == x.size(0), "phaseconv cuda engine: x and grad_y must be "
+                "batched 5-D CUDA tensors of one batch.");
+    dtype_code_ = dtype_code_of(x);
+    check_weight_size(weight);
+    check_triple(stride, "stride", 1);
+    check_triple(phase_dilation, "phase_dilation", 1);
+    check_triple(max_taps, "max_taps", 0);
+    check_triple(gi_max_taps, "gi_max_taps", 0);
+    const int64_t c_in = x.size(1), c_out = grad_y.size(1);
+    TORCH_CHECK(groups >= 1 && c_in % groups == 0 && c_out % groups == 0 &&
+                weight.size(0) == c_in && weight.size(1) * groups == c_out,
+                "phaseconv cuda engine: groups=", num(groups), ", x ", nums(x.sizes()),
+                ", weight ", nums(weight.sizes()), " and grad_y ", nums(grad_y.sizes()),
+                " do not fit together.");
+    const int64_t num_phases = stride[0] * stride[1] * stride[2];
+    check_table(table, device_, num_phases, "phase table");
+    check_index(index, device_, weight.numel(), "packed-weight");
+    TORCH_CHECK(gi_table.numel() % PHASECONV_TABLE_STRIDE == 0 && gi_table.numel() > 0,
+                "phaseconv cuda engine: the grad-input table must hold whole rows.");
+    const int64_t nsub = gi_table.numel() / PHASECONV_TABLE_STRIDE;
+    check_table(gi_table, device_, nsub, "grad-input table");
+    check_index(gi_index, device_, weight.numel(), "grad-input weight");
+    TORCH_CHECK(gi_kernel >= 0 && gi_kernel <= 2 && gw_kernel >= 0 && gw_kernel <= 2,
+                "phaseconv cuda engine: bad kernel choice.");
+    const c10::cuda::CUDAGuard guard(device_);
 
-// The weight gradient in the forward's packed layout (phase_conv_bwd.cuh).
-torch::Tensor phase_conv_bwd_weight_binding(const torch::Tensor& x, const torch::Tensor& grad_y,
-                                            const torch::Tensor& table, int64_t packed_elems,
-                                            std::vector<int64_t> stride,
-                                            std::vector<int64_t> phase_dilation,
-                                            std::vector<int64_t> max_taps, int64_t groups,
-                                            int64_t kernel) {
-  PhaseConvBwdWeightParams p = make_bwd_weight_params(x, grad_y, table, packed_elems, stride,
-                                                      phase_dilation, max_taps, groups, kernel);
-  const int dtype_code = dtype_code_of(x);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const torch::Tensor xc = x.contiguous(), gc = grad_y.contiguous();
-  torch::Tensor gw = torch::empty({packed_elems}, x.options());
-  p.x = xc.data_ptr(); p.grad_y = gc.data_ptr(); p.grad_w = gw.data_ptr();
-  if (packed_elems == 0) return gw;
-  if (x.size(0) == 0) return gw.zero_();
-  const size_t ws_bytes = phase_conv_bwd_weight_workspace(p, dtype_code);
-  torch::Tensor ws = torch::empty({(int64_t)ws_bytes + 16}, x.options().dtype(torch::kUInt8));
-  p.workspace = ws.data_ptr();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const cudaError_t err = phase_conv_bwd_weight(p, dtype_code, stream);
-  TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: the weight-gradient launch failed: ",
-              cudaGetErrorString(err), ".");
-  return gw;
-}
+    // input gradient (grad-input mode: grad_y read as the input, grad_x written)
+    PhaseConvFwdParams& q = gi_params_;
+    q.x = nullptr; q.weight = nullptr; q.bias = nullptr; q.y = nullptr; q.weight_mma = nullptr;
+    q.table = nullptr;
+    q.n = x.size(0); q.c_in = c_out; q.c_out = c_in; q.groups = groups;
+    q.in_d = grad_y.size(2); q.in_h = grad_y.size(3); q.in_w = grad_y.size(4);
+    q.out_d = x.size(2); q.out_h = x.size(3); q.out_w = x.size(4);
+    q.stride_d = q.stride_h = q.stride_w = 1;
+    q.pdil_d = phase_dilation[0]; q.pdil_h = phase_dilation[1]; q.pdil_w = phase_dilation[2];
+    q.max_taps_d = gi_max_taps[0]; q.max_taps_h = gi_max_taps[1]; q.max_taps_w = gi_max_taps[2];
+    q.total_taps = gi_total_taps;
+    q.union_lo_d = q.union_lo_h = q.union_lo_w = 0;
+    q.union_ext_d = q.union_ext_h = q.union_ext_w = 0;
+    q.force_path = 0;
+    q.x_channels_last = 0;
+    q.sub_table = gi_table.data_ptr<int64_t>();
+    q.nsub = (int)nsub;
+    q.in_stride_d = stride[0]; q.in_stride_h = stride[1]; q.in_stride_w = stride[2];
+    TORCH_CHECK(phase_conv_bwd_input_plan(q, dtype_code_, (int)gi_kernel, &gi_plan_),
+                "phaseconv cuda engine: the input-gradient kernel forced (",
+                gi_kernel == 1 ? "tensor cores" : "naive", ") does not take this layer.");
 
-// The kernel the weight gradient would launch (no allocation, no launch).
-std::string describe_bwd_weight_binding(const torch::Tensor& x, const torch::Tensor& grad_y,
-                                        const torch::Tensor& table, int64_t packed_elems,
-                                        std::vector<int64_t> stride,
-                                        std::vector<int64_t> phase_dilation,
-                                        std::vector<int64_t> max_taps, int64_t groups,
-                                        int64_t kernel) {
-  const PhaseConvBwdWeightParams p = make_bwd_weight_params(
-      x, grad_y, table, packed_elems, stride, phase_dilation, max_taps, groups, kernel);
-  char buf[256];
-  phase_conv_bwd_weight_describe(p, dtype_code_of(x), buf, (int)sizeof(buf));
-  return std::string(buf);
+    // weight gradient
+    PhaseConvBwdWeightParams& w = gw_params_;
+    w.x = nullptr; w.grad_y = nullptr; w.grad_w = nullptr; w.workspace = nullptr;
+    w.grad_w_index = index.data_ptr<int32_t>();
+    w.table = table.data_ptr<int64_t>();
+    w.n = x.size(0); w.c_in = c_in; w.c_out = c_out; w.groups = groups;
+    w.in_d = x.size(2); w.in_h = x.size(3); w.in_w = x.size(4);
+    w.out_d = grad_y.size(2); w.out_h = grad_y.size(3); w.out_w = grad_y.size(4);
+    w.stride_d = stride[0]; w.stride_h = stride[1]; w.stride_w = stride[2];
+    w.pdil_d = phase_dilation[0]; w.pdil_h = phase_dilation[1]; w.pdil_w = phase_dilation[2];
+    w.max_taps_d = max_taps[0]; w.max_taps_h = max_taps[1]; w.max_taps_w = max_taps[2];
+    w.packed_elems = weight.numel();
+    w.kernel = gw_kernel;
+    char buf[256];
+    phase_conv_bwd_weight_describe(w, dtype_code_, buf, (int)sizeof(buf));
+    gw_text_ = buf;
+    TORCH_CHECK(gw_text_.rfind("refused", 0) != 0, "phaseconv cuda engine: the weight "
+                "gradient ", gw_text_, ".");
+    ws_bytes_ = phase_conv_bwd_weight_workspace(w, dtype_code_);
+  }
+
+  // (grad_input, grad_weight), None where not asked for.
+  std::tuple<c10::optional<torch::Tensor>, c10::optional<torch::Tensor>> operator()(
+      const torch::Tensor& grad_y, const torch::Tensor& x, const torch::Tensor& weight,
+      bool need_input, bool need_weight) const {
+    check_matches(grad_y, "grad_output", gy_sizes_, device_, dtype_);
+    check_matches(x, "the input", x_sizes_, device_, dtype_);
+    check_matches(weight, "the weight", w_sizes_, device_, dtype_);
+    const c10::cuda::CUDAGuard guard(device_);
+    const cudaStream_t stream = stream_of(x);
+    const torch::Tensor gy = grad_y.contiguous();
+    c10::optional<torch::Tensor> gx, gw;
+    if (need_input) {
+      torch::Tensor out = torch::empty(x_sizes_, x.options());
+      if (gi_plan_.family != PHASECONV_EMPTY) {
+        const torch::Tensor wl = gather(weight, gi_index_, stream);
+        PhaseConvFwdParams q = gi_params_;
+        q.x = gy.data_ptr();
+        q.weight = wl.data_ptr();
+        q.y = out.data_ptr();
+        check_launch(phase_conv_bwd_input_run(q, gi_plan_, dtype_code_, stream),
+                     "input-gradient");
+      }
+      gx = out;
+    }
+    if (need_weight) {
+      // the weight's own layout where it is dense, so that autograd accumulates in place
+      const auto cl = at::MemoryFormat::ChannelsLast3d;
+      const auto fmt = !weight.is_contiguous() && weight.is_contiguous(cl)
+                           ? cl : at::MemoryFormat::Contiguous;
+      torch::Tensor out = torch::empty(w_sizes_, weight.options().memory_format(fmt));
+      if (x.size(0) == 0) {
+        out.zero_();
+      } else {
+        const torch::Tensor xc = x.contiguous();
+        torch::Tensor ws = torch::empty({(int64_t)ws_bytes_ + 16},
+                                        x.options().dtype(torch::kUInt8));
+        PhaseConvBwdWeightParams w = gw_params_;
+        w.x = xc.data_ptr();
+        w.grad_y = gy.data_ptr();
+        w.grad_w = out.data_ptr();
+        w.grad_w_view = view_of(out);
+        w.workspace = ws.data_ptr();
+        check_launch(phase_conv_bwd_weight(w, dtype_code_, stream), "weight-gradient");
+      }
+      gw = out;
+    }
+    return std::make_tuple(gx, gw);
+  }
+
+  std::string grad_input_description() const { return gi_plan_.text; }
+  std::string grad_weight_description() const { return gw_text_; }
+
+ private:
+  torch::Device device_;
+  c10::ScalarType dtype_;
+  int dtype_code_ = -1;
+  std::vector<int64_t> x_sizes_, w_sizes_, gy_sizes_;
+  torch::Tensor table_, index_, gi_table_, gi_index_;
+  PhaseConvFwdParams gi_params_;
+  PhaseConvBwdInputPlan gi_plan_;
+  PhaseConvBwdWeightParams gw_params_;
+  std::string gw_text_;
+  size_t ws_bytes_ = 0;
+};
+
+// A weight in the layout `index` describes (phase_conv_pack.cuh; tests read layouts so).
+torch::Tensor gather_binding(const torch::Tensor& weight, const torch::Tensor& index) {
+  check_weight_size(weight);
+  check_index(index, weight.device(), index.numel(), "gather");
+  const c10::cuda::CUDAGuard guard(weight.device());
+  return gather(weight, index, stream_of(weight));
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "phaseconv CUDA forward engine (conv_transpose3d by sub-pixel phases)";
-  m.def("phase_conv_fwd", &phase_conv_fwd_binding,
-        "Transposed 3-D convolution forward from a packed weight (see phaseconv.engines.cuda).",
-        py::arg("x"), py::arg("wpack"), py::arg("table"), py::arg("bias"), py::arg("out_size"),
-        py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
-        py::arg("total_taps"), py::arg("groups"), py::arg("out_channels"),
-        py::arg("force_path") = 0, py::arg("wmma") = py::none(),
-        py::arg("union_box") = std::vector<int64_t>{0, 0, 0, 0, 0, 0});
-  m.def("phase_conv_bwd_weight", &phase_conv_bwd_weight_binding,
-        "Weight gradient of the transposed 3-D convolution in the packed layout.", py::arg("x"),
-        py::arg("grad_y"), py::arg("table"), py::arg("packed_elems"), py::arg("stride"),
-        py::arg("phase_dilation"), py::arg("max_taps"), py::arg("groups"),
-        py::arg("kernel") = 0);
-  m.def("phase_conv_bwd_input", &phase_conv_bwd_input_binding,
-        "Input gradient of the transposed 3-D convolution in one launch (None where the "
-        "one-launch kernel does not take the layer).", py::arg("grad_y"),
-        py::arg("wcat"), py::arg("sub_table"), py::arg("in_size"), py::arg("stride"),
-        py::arg("phase_dilation"), py::arg("max_taps"), py::arg("total_taps"), py::arg("groups"),
-        py::arg("in_channels"));
-  m.def("describe_bwd_input", &describe_bwd_input_binding,
-        "The configuration phase_conv_bwd_input would use, or '' where it does not apply.",
-        py::arg("grad_y"), py::arg("wcat"), py::arg("sub_table"), py::arg("in_size"),
-        py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
-        py::arg("total_taps"), py::arg("groups"), py::arg("in_channels"));
-  m.def("describe_bwd_weight", &describe_bwd_weight_binding,
-        "The kernel configuration phase_conv_bwd_weight would use.", py::arg("x"),
-        py::arg("grad_y"), py::arg("table"), py::arg("packed_elems"), py::arg("stride"),
-        py::arg("phase_dilation"), py::arg("max_taps"), py::arg("groups"),
-        py::arg("kernel") = 0);
-  m.def("describe", &describe_binding, "The kernel configuration phase_conv_fwd would use.",
-        py::arg("x"), py::arg("wpack"), py::arg("table"), py::arg("bias"), py::arg("out_size"),
-        py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
-        py::arg("total_taps"), py::arg("groups"), py::arg("out_channels"),
-        py::arg("force_path") = 0, py::arg("wmma") = py::none(),
-        py::arg("union_box") = std::vector<int64_t>{0, 0, 0, 0, 0, 0});
+  m.doc() = "phaseconv CUDA engine (conv_transpose3d by sub-pixel phases)";
+  py::class_<ForwardPlan>(m, "ForwardPlan")
+      .def(py::init<const torch::Tensor&, const torch::Tensor&, bool, bool, const torch::Tensor&,
+                    const torch::Tensor&, const c10::optional<torch::Tensor>&,
+                    std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
+                    std::vector<int64_t>, int64_t, int64_t, std::vector<int64_t>, int64_t>(),
+           py::arg("x"), py::arg("weight"), py::arg("has_bias"), py::arg("x_channels_last"),
+           py::arg("table"), py::arg("index"), py::arg("index_mma"), py::arg("out_size"),
+           py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
+           py::arg("total_taps"), py::arg("groups"), py::arg("union_box"),
+           py::arg("force_path"))
+      .def("__call__", &ForwardPlan::operator(), py::arg("x"), py::arg("weight"),
+           py::arg("bias"))
+      .def_property_readonly("description", &ForwardPlan::description)
+      .def_property_readonly("reads_channels_last", &ForwardPlan::reads_channels_last)
+      .def_property_readonly("reads_tensor_core_weight",
+                             &ForwardPlan::reads_tensor_core_weight);
+  py::class_<BackwardPlan>(m, "BackwardPlan")
+      .def(py::init<const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,
+                    std::vector<int64_t>, std::vector<int64_t>, const torch::Tensor&,
+                    const torch::Tensor&, std::vector<int64_t>, const torch::Tensor&,
+                    const torch::Tensor&, std::vector<int64_t>, int64_t, int64_t, int64_t>(),
+           py::arg("x"), py::arg("weight"), py::arg("grad_y"), py::arg("groups"),
+           py::arg("stride"), py::arg("phase_dilation"), py::arg("table"), py::arg("index"),
+           py::arg("max_taps"), py::arg("gi_table"), py::arg("gi_index"),
+           py::arg("gi_max_taps"), py::arg("gi_total_taps"), py::arg("gi_kernel"),
+           py::arg("gw_kernel"))
+      .def("__call__", &BackwardPlan::operator(), py::arg("grad_y"), py::arg("x"),
+           py::arg("weight"), py::arg("need_input"), py::arg("need_weight"))
+      .def_property_readonly("grad_input_description",
+                             &BackwardPlan::grad_input_description)
+      .def_property_readonly("grad_weight_description",
+                             &BackwardPlan::grad_weight_description);
+  m.def("gather_weight", &gather_binding,
+        "The weight gathered through an int32 index map (phase_conv_pack.cuh).",
+        py::arg("weight"), py::arg("index"));
 }

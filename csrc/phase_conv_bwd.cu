@@ -210,10 +210,13 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
   }
 }
 
-// grad_w[i] = sum over splits (in order) of the workspace slices
+// Packed element i of the gradient = sum over splits (in order) of the workspace slices,
+// written to its place in the weight's layout (grad_w_index, phase_conv_pack.cuh).
 template <typename T>
-__global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* gw_, int splits,
-                                                        int64_t elems) {
+__global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* gw_,
+                                                        const int32_t* __restrict__ index,
+                                                        const PhaseConvWeightView view,
+                                                        int splits, int64_t elems) {
   typedef typename AccOf<T>::type A;
   const A* ws = static_cast<const A*>(ws_);
   T* gw = static_cast<T*>(gw_);
@@ -221,7 +224,77 @@ __global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* g
        i += (int64_t)gridDim.x * blockDim.x) {
     A s = 0;
     for (int k = 0; k < splits; ++k) s += ws[(int64_t)k * elems + i];
-    gw[i] = from_acc<T>(s);
+    gw[phaseconv_strided_offset(view, index[i])] = from_acc<T>(s);
+  }
+}
+
+template <typename T>
+cudaError_t launch_reduce(const PhaseConvBwdWeightParams& p, int splits, cudaStream_t stream) {
+  int64_t blocks = (p.packed_elems + 255) / 256;
+  if (blocks > 65535) blocks = 65535;
+  gw_reduce_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(
+      p.workspace, p.grad_w, p.grad_w_index, p.grad_w_view, splits, p.packed_elems);
+  return cudaGetLastError();
+}
+
+// Layers whose input window does not fit shared memory (huge dilations): one thread per
+// weight element sums over the batch and the phase's outputs in a fixed order and writes its
+// place in the weight's layout.  Slow, but every layer gets a gradient.
+template <typename T>
+__global__ void __launch_bounds__(256) gw_naive_kernel(const BwdGeometry a,
+                                                       const int32_t* __restrict__ index,
+                                                       const PhaseConvWeightView view,
+                                                       void* gw_) {
+  typedef typename AccOf<T>::type A;
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ gy = static_cast<const T*>(a.gy);
+  T* gw = static_cast<T*>(gw_);
+  const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
+  const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < a.packed_elems;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    // the phase holding packed element i: the last whose block starts at or before it
+    int p = 0;
+    for (int q = 0; q < a.num_phases; ++q) {
+      const int64_t* e = a.table + (int64_t)q * PHASECONV_TABLE_STRIDE;
+      if (e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W] > 0 && e[PT_WOFS] <= i) p = q;
+    }
+    const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+    const int Td = (int)e[PT_TAPS_D], Th = (int)e[PT_TAPS_H], Tw = (int)e[PT_TAPS_W];
+    const int ntaps = Td * Th * Tw;
+    // [g][ci][tap][co] within the phase's block
+    int64_t r = i - e[PT_WOFS];
+    const int co = (int)(r % a.cout_g); r /= a.cout_g;
+    const int t = (int)(r % ntaps); r /= ntaps;
+    const int ci = (int)(r % a.cin_g);
+    const int g = (int)(r / a.cin_g);
+    const int tw = t % Tw, th = (t / Tw) % Th, td = t / (Tw * Th);
+    const int rd = (int)e[PT_RES_D], rh = (int)e[PT_RES_H], rw = (int)e[PT_RES_W];
+    const int xd = (int)e[PT_OFF_D] + td * a.pdd, xh = (int)e[PT_OFF_H] + th * a.pdh,
+              xw = (int)e[PT_OFF_W] + tw * a.pdw;
+    const int cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
+              cw = axis_count(a.out_w, rw, a.sw);
+    A acc = A(0);
+    for (int64_t n = 0; n < a.nbatch; ++n) {
+      const T* xc = x + (n * a.c_in + (int64_t)g * a.cin_g + ci) * in_plane;
+      const T* gc = gy + (n * a.c_out + (int64_t)g * a.cout_g + co) * out_plane;
+      for (int jd = 0; jd < cd; ++jd) {
+        const int id = jd + xd;
+        if ((unsigned)id >= (unsigned)a.in_d) continue;
+        for (int jh = 0; jh < ch; ++jh) {
+          const int ih = jh + xh;
+          if ((unsigned)ih >= (unsigned)a.in_h) continue;
+          for (int jw = 0; jw < cw; ++jw) {
+            const int iw = jw + xw;
+            if ((unsigned)iw >= (unsigned)a.in_w) continue;
+            acc += to_acc<A>(ldg(xc + ((int64_t)id * a.in_h + ih) * a.in_w + iw)) *
+                   to_acc<A>(ldg(gc + ((int64_t)(rd + a.sd * jd) * a.out_h + rh + a.sh * jh) *
+                                          a.out_w + rw + (int64_t)a.sw * jw));
+          }
+        }
+      }
+    }
+    gw[phaseconv_strided_offset(view, index[i])] = from_acc<T>(acc);
   }
 }
 
@@ -549,11 +622,7 @@ cudaError_t launch_gm(const PhaseConvBwdWeightParams& p, const GmPlan& plan,
                       cudaStream_t stream) {
   cudaError_t err = launch_gm_t<T, kGmWM, kGmWN>(plan, stream);
   if (err != cudaSuccess) return err;
-  int64_t blocks = cdiv(p.packed_elems, 256);
-  if (blocks > 65535) blocks = 65535;
-  gw_reduce_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(p.workspace, p.grad_w,
-                                                            plan.a.splits, p.packed_elems);
-  return cudaGetLastError();
+  return launch_reduce<T>(p, plan.a.splits, stream);
 }
 
 template <typename T>
@@ -570,10 +639,17 @@ cudaError_t launch_gw(const PhaseConvBwdWeightParams& p, const GwPlan& plan,
   if (err != cudaSuccess) return err;
   gw_partial_kernel<T><<<(unsigned)plan.grid, kThreads, plan.smem, stream>>>(plan.a);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  int64_t blocks = cdiv(p.packed_elems, 256);
+  return launch_reduce<T>(p, plan.a.splits, stream);
+}
+
+template <typename T>
+cudaError_t launch_gw_naive(const PhaseConvBwdWeightParams& p, cudaStream_t stream) {
+  BwdGeometry a;
+  set_geometry(a, p);
+  int64_t blocks = (p.packed_elems + 255) / 256;
   if (blocks > 65535) blocks = 65535;
-  gw_reduce_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(p.workspace, p.grad_w,
-                                                            plan.a.splits, p.packed_elems);
+  gw_naive_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(a, p.grad_w_index, p.grad_w_view,
+                                                            p.grad_w);
   return cudaGetLastError();
 }
 
@@ -587,7 +663,7 @@ size_t phase_conv_bwd_weight_workspace(const PhaseConvBwdWeightParams& params, i
     return plan_gm(params, &plan) ? plan.ws_bytes : 0;
   }
   GwPlan plan;
-  if (!plan_gw(params, dtype_code, &plan)) return 0;
+  if (!plan_gw(params, dtype_code, &plan) || plan.smem > 227 * 1024) return 0;  // naive
   return plan.ws_bytes;
 }
 
@@ -607,8 +683,15 @@ cudaError_t phase_conv_bwd_weight(const PhaseConvBwdWeightParams& params, int dt
     return cudaErrorInvalidValue;
   }
   GwPlan plan;
-  if (!plan_gw(params, dtype_code, &plan) || plan.smem > 227 * 1024)
-    return cudaErrorInvalidConfiguration;  // window too large for shared memory
+  if (!plan_gw(params, dtype_code, &plan) || plan.smem > 227 * 1024) {
+    switch (dtype_code) {  // the window does not fit shared memory: the naive kernel
+      case PHASECONV_FLOAT32: return launch_gw_naive<float>(params, stream);
+      case PHASECONV_FLOAT64: return launch_gw_naive<double>(params, stream);
+      case PHASECONV_FLOAT16: return launch_gw_naive<__half>(params, stream);
+      case PHASECONV_BFLOAT16: return launch_gw_naive<__nv_bfloat16>(params, stream);
+    }
+    return cudaErrorInvalidValue;
+  }
   switch (dtype_code) {
     case PHASECONV_FLOAT32: return launch_gw<float>(params, plan, stream);
     case PHASECONV_FLOAT64: return launch_gw<double>(params, plan, stream);
@@ -644,7 +727,8 @@ void phase_conv_bwd_weight_describe(const PhaseConvBwdWeightParams& params, int 
   }
   GwPlan plan;
   if (!plan_gw(params, dtype_code, &plan) || plan.smem > 227 * 1024) {
-    snprintf(buf, len, "refused (window too large for shared memory)");
+    snprintf(buf, len, "naive (one thread per weight element: the input window does not fit "
+             "shared memory)");
     return;
   }
   snprintf(buf, len, "simt %dx%d channel tile, %d tap(s) per block, %d split(s), %lld blocks",

@@ -17,6 +17,7 @@
 #include "phase_conv_fwd.cuh"
 #include "phase_conv_dtype.cuh"
 #include "phase_conv_mma.cuh"
+#include "phase_conv_plan.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -302,6 +303,10 @@ struct NaiveArgs {
   int in_d, in_h, in_w, out_d, out_h, out_w;
   int sd, sh, sw, pdd, pdh, pdw;
   int64_t total;
+  // grad-input mode (naive_bwd_input_kernel), as in MmaArgs
+  const int64_t* sub_table;
+  int nsub;
+  int isd, ish, isw;
 };
 
 template <typename T>
@@ -344,6 +349,65 @@ __global__ void __launch_bounds__(256) naive_kernel(const NaiveArgs a) {
             const A xv = to_acc<A>(x[((xc + gd) * a.in_h + gh) * a.in_w + gw]);
             const A wv = to_acc<A>(wt[wc + (int64_t)((td * Th + th) * Tw + tw) * a.cout_g]);
             acc = fma(xv, wv, acc);
+          }
+        }
+      }
+    }
+    y[idx] = from_acc<T>(acc);
+  }
+}
+
+// grad-input mode of the naive kernel (phase_conv_bwd_input where the tensor-core kernel does
+// not apply: float64, narrow or depthwise layers): one thread per grad_x element sums every
+// sub-problem's taps and channels, in table order (deterministic), reading grad_y where the
+// sub-problem's phase has an output (phase_conv_fwd.cuh).  Here x is grad_y and y grad_x.
+template <typename T>
+__global__ void __launch_bounds__(256) naive_bwd_input_kernel(const NaiveArgs a) {
+  typedef typename AccOf<T>::type A;
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ wt = static_cast<const T*>(a.w);
+  T* __restrict__ y = static_cast<T*>(a.y);
+  const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < a.total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    int64_t r = idx;
+    const int ow = (int)(r % a.out_w); r /= a.out_w;
+    const int oh = (int)(r % a.out_h); r /= a.out_h;
+    const int od = (int)(r % a.out_d); r /= a.out_d;
+    const int oc = (int)(r % a.c_out);
+    const int64_t n = r / a.c_out;
+    const int g = oc / a.cout_g, co = oc - g * a.cout_g;
+    A acc = A(0);
+    for (int q = 0; q < a.nsub; ++q) {
+      const int64_t* e = a.sub_table + (int64_t)q * PHASECONV_TABLE_STRIDE;
+      const int Td = (int)ldg_i64(e + PT_TAPS_D), Th = (int)ldg_i64(e + PT_TAPS_H),
+                Tw = (int)ldg_i64(e + PT_TAPS_W);
+      const int rd = (int)ldg_i64(e + PT_RES_D), rh = (int)ldg_i64(e + PT_RES_H),
+                rw = (int)ldg_i64(e + PT_RES_W);
+      const int offd = (int)ldg_i64(e + PT_OFF_D), offh = (int)ldg_i64(e + PT_OFF_H),
+                offw = (int)ldg_i64(e + PT_OFF_W);
+      const int64_t wofs = ldg_i64(e + PT_WOFS);
+      const int bnd_d = axis_count(a.in_d, rd, a.isd), bnd_h = axis_count(a.in_h, rh, a.ish),
+                bnd_w = axis_count(a.in_w, rw, a.isw);
+      const int taps = Td * Th * Tw;
+      for (int ci = 0; ci < a.cin_g; ++ci) {
+        const T* xc = x + (n * a.c_in + (int64_t)g * a.cin_g + ci) * in_plane;
+        const T* wc = wt + wofs + ((int64_t)g * a.cin_g + ci) * taps * a.cout_g + co;
+        for (int td = 0; td < Td; ++td) {
+          const int jd = od + offd + td * a.pdd;
+          if ((unsigned)jd >= (unsigned)bnd_d) continue;
+          const int64_t xd = (int64_t)(rd + a.isd * jd) * a.in_h;
+          for (int th = 0; th < Th; ++th) {
+            const int jh = oh + offh + th * a.pdh;
+            if ((unsigned)jh >= (unsigned)bnd_h) continue;
+            const int64_t xh = (xd + rh + (int64_t)a.ish * jh) * a.in_w;
+            for (int tw = 0; tw < Tw; ++tw) {
+              const int jw = ow + offw + tw * a.pdw;
+              if ((unsigned)jw >= (unsigned)bnd_w) continue;
+              const A xv = to_acc<A>(ldg(xc + xh + rw + (int64_t)a.isw * jw));
+              const A wv = to_acc<A>(ldg(wc + (int64_t)((td * Th + th) * Tw + tw) * a.cout_g));
+              acc = fma(xv, wv, acc);
+            }
           }
         }
       }
@@ -1530,12 +1594,6 @@ __global__ void __launch_bounds__(256) to_channels_last_kernel(const U* __restri
 }
 
 // ---------------------------------------------------------------- host side
-struct TileCfg {
-  int LW, NY, NZ, WC, MD, MH, M, CO_T, threads;
-  int ci_chunk, pitch, hh_max, hd_max, plane, s_w_elems;
-  size_t smem;
-  double cost;
-};
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -1742,15 +1800,6 @@ cudaError_t launch_tiled_co<double>(const TiledArgs& a, const TileCfg& c, int64_
 }
 
 // ---------------------------------------------------------------- tensor-core host side
-struct MmaCfg {
-  int kind;  // 0: MT4 NT1 4x1 warps (BN 8); 1: MT4 NT2 4x1 (BN 16); 2: MT4 NT4 2x2 (BN 64);
-             // 3: MT4 NT4 2x4 (BN 128)
-  int BM, BN, threads;
-  int TD, TH, TW, ng;
-  int x_bytes, w_bytes;
-  size_t smem;
-  double cost;
-};
 
 bool choose_mma(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, MmaCfg* best) {
   const int CG = dtype_code == PHASECONV_FLOAT32 ? 4 : 8;
@@ -1870,17 +1919,6 @@ cudaError_t run_mma(const PhaseConvFwdParams& p, const MmaCfg& c, cudaStream_t s
 }
 
 // ---------------------------------------------------------------- all-phase host side
-struct AllCfg {
-  int kind;  // as MmaCfg::kind
-  int BM, BN, threads;
-  int TD, TH, TW, G;
-  int hd, hh, hw;
-  int x_bytes, w_bytes, x_buf;
-  int stage_out, box_off, box_cs;  // see AllArgs
-  size_t smem;
-  int64_t grid, per_cta, total_blocks;
-  double cost;
-};
 
 inline int ilog2(int v) {
   int r = 0;
@@ -2046,16 +2084,6 @@ cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t
 }
 
 // ---------------------------------------------------------------- implicit-GEMM host side
-struct GemmCfg {
-  int kind;  // 0: BN 32 (MT2 NT4, 4x1 warps); 1: BN 64 (MT4 NT4, 2x2); 2: BN 128 (MT4 NT4, 2x4);
-             // 3: BN 64 (MT2 NT4, 4x2: twice the warps of 1)
-  int BM, BN, threads, m_tiles, co_blocks;
-  bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together
-  bool a_ncdhw;  // A read from a contiguous (N, C, D, H, W) input (16-byte vectors along W)
-  int bkg;       // 16-byte channel groups per k step (4 or 8)
-  size_t smem;
-  int64_t total_blocks, grid;
-};
 constexpr int kGemmStages = 4;        // one phase per block
 constexpr int kGemmGroupStages = 3;   // W phases grouped (shared memory also holds the output)
 constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
@@ -2207,138 +2235,175 @@ cudaError_t run_allph_typed<double>(const PhaseConvFwdParams&, const AllCfg&, cu
 }
 
 template <typename T>
-cudaError_t run_typed(const PhaseConvFwdParams& p, int dtype_code, cudaStream_t stream) {
-  const int64_t total = p.n * p.c_out * p.out_d * p.out_h * p.out_w;
-  if (total == 0) return cudaSuccess;
-  DevInfo dev;
-  cudaError_t err = dev_info(&dev);
-  if (err != cudaSuccess) return err;
-  const bool cl = p.x_channels_last != 0;
-  if (cl && !cl_possible(p, dtype_code)) return cudaErrorInvalidValue;
-  if (want_mma(p, dtype_code)) {
-    GemmCfg gc;
-    if (choose_gemm(p, dtype_code, dev, cl, &gc)) return run_gemm_typed<T>(p, gc, stream);
-    AllCfg ac;
-    if ((p.force_path & 15) != 4 && choose_allph(p, dtype_code, dev, cl, &ac))
-      return run_allph_typed<T>(p, ac, stream);
-    MmaCfg mc;
-    if (!cl && choose_mma(p, dtype_code, dev, &mc)) return run_mma_typed<T>(p, mc, stream);
-  }
-  if (cl) return cudaErrorInvalidValue;  // phase_conv_fwd_input_layout said contiguous
-  TileCfg c;
-  const bool tiled = (p.force_path & 15) != 2 && choose_tiled(p, dtype_code, dev, &c);
-  if (tiled) {
-    TiledArgs a;
-    set_geometry(a, p);
-    a.w = p.weight;
-    a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
-    a.LW = c.LW; a.NY = c.NY; a.NZ = c.NZ; a.WC = c.WC; a.MD = c.MD; a.MH = c.MH;
-    a.TW = c.LW; a.TH = c.NY * c.MH; a.TD = c.NZ * c.MD; a.co_blk = c.WC * c.CO_T;
-    a.tiles_w = (int)cdiv(cdiv(p.out_w, p.stride_w), a.TW);
-    a.tiles_h = (int)cdiv(cdiv(p.out_h, p.stride_h), a.TH);
-    a.tiles_d = (int)cdiv(cdiv(p.out_d, p.stride_d), a.TD);
-    a.co_blocks = (int)cdiv(a.cout_g, a.co_blk);
-    a.ci_chunk = c.ci_chunk; a.pitch = c.pitch; a.hh_max = c.hh_max; a.plane = c.plane;
-    a.s_w_elems = c.s_w_elems;
-    a.total_blocks = (int64_t)a.num_phases * a.tiles_w * a.tiles_h * a.tiles_d * p.n *
-                     a.co_blocks * p.groups;
-    int64_t grid = a.total_blocks;
-    if (grid > 0x7fffffffLL) grid = 0x7fffffffLL;
-    return launch_tiled_co<T>(a, c, grid, stream);
-  }
+cudaError_t run_tiled(const PhaseConvFwdParams& p, const TileCfg& c, cudaStream_t stream) {
+  TiledArgs a;
+  set_geometry(a, p);
+  a.w = p.weight;
+  a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
+  a.LW = c.LW; a.NY = c.NY; a.NZ = c.NZ; a.WC = c.WC; a.MD = c.MD; a.MH = c.MH;
+  a.TW = c.LW; a.TH = c.NY * c.MH; a.TD = c.NZ * c.MD; a.co_blk = c.WC * c.CO_T;
+  a.tiles_w = (int)cdiv(cdiv(p.out_w, p.stride_w), a.TW);
+  a.tiles_h = (int)cdiv(cdiv(p.out_h, p.stride_h), a.TH);
+  a.tiles_d = (int)cdiv(cdiv(p.out_d, p.stride_d), a.TD);
+  a.co_blocks = (int)cdiv(a.cout_g, a.co_blk);
+  a.ci_chunk = c.ci_chunk; a.pitch = c.pitch; a.hh_max = c.hh_max; a.plane = c.plane;
+  a.s_w_elems = c.s_w_elems;
+  a.total_blocks = (int64_t)a.num_phases * a.tiles_w * a.tiles_h * a.tiles_d * p.n *
+                   a.co_blocks * p.groups;
+  int64_t grid = a.total_blocks;
+  if (grid > 0x7fffffffLL) grid = 0x7fffffffLL;
+  return launch_tiled_co<T>(a, c, grid, stream);
+}
+
+// The naive kernel, forward or (nsub > 0) grad-input mode.
+template <typename T>
+cudaError_t run_naive(const PhaseConvFwdParams& p, const DevInfo& dev, cudaStream_t stream) {
   NaiveArgs a;
   set_geometry(a, p);
   a.w = p.weight;
-  a.total = total;
-  int64_t blocks = cdiv(total, 256);
+  a.total = p.n * p.c_out * p.out_d * p.out_h * p.out_w;
+  a.sub_table = p.sub_table; a.nsub = p.nsub;
+  a.isd = (int)p.in_stride_d; a.ish = (int)p.in_stride_h; a.isw = (int)p.in_stride_w;
+  int64_t blocks = cdiv(a.total, 256);
   const int64_t cap = (int64_t)dev.sms * 32;
   if (blocks > cap) blocks = cap;
-  naive_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(a);
+  if (p.nsub > 0)
+    naive_bwd_input_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(a);
+  else
+    naive_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
-}  // namespace
-}  // namespace phaseconv
-
-cudaError_t phase_conv_fwd(const PhaseConvFwdParams& params, int dtype_code,
-                           cudaStream_t stream) {
-  using namespace phaseconv;
-  if (params.nsub != 0) return cudaErrorInvalidValue;  // grad-input mode: phase_conv_bwd_input
-  switch (dtype_code) {
-    case PHASECONV_FLOAT32: return run_typed<float>(params, dtype_code, stream);
-    case PHASECONV_FLOAT64: return run_typed<double>(params, dtype_code, stream);
-    case PHASECONV_FLOAT16: return run_typed<__half>(params, dtype_code, stream);
-    case PHASECONV_BFLOAT16: return run_typed<__nv_bfloat16>(params, dtype_code, stream);
+template <typename T>
+cudaError_t run_plan(const PhaseConvFwdParams& p, const PhaseConvFwdPlan& plan,
+                     cudaStream_t stream) {
+  if ((p.x_channels_last != 0) != (plan.x_channels_last != 0)) return cudaErrorInvalidValue;
+  switch (plan.family) {
+    case PHASECONV_EMPTY: return cudaSuccess;
+    case PHASECONV_GEMM: return run_gemm_typed<T>(p, plan.gemm, stream);
+    case PHASECONV_ALLPHASE: return run_allph_typed<T>(p, plan.allph, stream);
+    case PHASECONV_MMA: return run_mma_typed<T>(p, plan.mma, stream);
+    case PHASECONV_TILED: return run_tiled<T>(p, plan.tiled, stream);
+    case PHASECONV_NAIVE: {
+      DevInfo dev;
+      const cudaError_t err = dev_info(&dev);
+      if (err != cudaSuccess) return err;
+      return run_naive<T>(p, dev, stream);
+    }
   }
   return cudaErrorInvalidValue;
 }
 
-int phase_conv_fwd_input_layout(const PhaseConvFwdParams& params, int dtype_code) {
-  using namespace phaseconv;
-  if (!want_mma(params, dtype_code)) return 0;
-  DevInfo dev;
-  if (dev_info(&dev) != cudaSuccess) return 0;
-  GemmCfg gc;
-  AllCfg ac;
-  const bool offered = params.x_channels_last != 0;
-  if (!offered && choose_gemm(params, dtype_code, dev, false, &gc)) return 0;  // reads NCDHW
-  if (!cl_possible(params, dtype_code)) return 0;
-  if (choose_gemm(params, dtype_code, dev, true, &gc)) return 1;  // needs channels-last
-  // the all-phase kernel reads either layout: channels-last only when x already is (a copy
-  // measured as costly as the 16-byte staging saves, on the founding example)
-  if (params.x_channels_last && (params.force_path & 15) != 4 &&
-      choose_allph(params, dtype_code, dev, true, &ac))
-    return 1;
-  return 0;
+template <typename F>
+cudaError_t by_dtype(int dtype_code, F&& f) {
+  switch (dtype_code) {
+    case PHASECONV_FLOAT32: return f(float());
+    case PHASECONV_FLOAT64: return f(double());
+    case PHASECONV_FLOAT16: return f(__half());
+    case PHASECONV_BFLOAT16: return f(__nv_bfloat16());
+  }
+  return cudaErrorInvalidValue;
 }
 
-void phase_conv_fwd_describe(const PhaseConvFwdParams& params, int dtype_code, char* buf,
-                             int len) {
-  using namespace phaseconv;
-  if (len <= 0) return;
-  DevInfo dev;
-  if (dev_info(&dev) != cudaSuccess) {
-    snprintf(buf, len, "no device");
-    return;
-  }
-  const bool cl = params.x_channels_last != 0;
-  const char* layout = cl ? "channels-last input" : "contiguous input";
+// The input layout the plan reads (see phase_conv_fwd_plan): channels-last where only the
+// channels-last kernels take the layer, or where x already is channels-last and the
+// all-phase kernel takes it so.
+bool plan_reads_channels_last(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev) {
+  if (!want_mma(p, dtype_code)) return false;
   GemmCfg gc;
-  if (want_mma(params, dtype_code) && choose_gemm(params, dtype_code, dev, cl, &gc)) {
-    snprintf(buf, len,
-             "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d smem=%zu "
-             "grid=%lld %s (%s)", gc.kind, gc.BM, gc.BN, gc.bkg * 8, gc.threads,
-             gc.wgroup ? kGemmGroupStages : kGemmStages, gc.m_tiles, gc.smem,
-             (long long)gc.grid, gc.wgroup ? "w-phases-grouped" : "one-phase", layout);
-    return;
-  }
   AllCfg ac;
-  if (want_mma(params, dtype_code) && (params.force_path & 15) != 4 &&
-      choose_allph(params, dtype_code, dev, cl, &ac)) {
-    snprintf(buf, len,
-             "mma-allphase kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) halo=(%d,%d,%d) "
-             "G=%d smem=%zu grid=%lld per_cta=%lld %s (%s)",
-             ac.kind, ac.BM, ac.BN, ac.threads, ac.TD, ac.TH, ac.TW, ac.hd, ac.hh, ac.hw, ac.G,
-             ac.smem, (long long)ac.grid, (long long)ac.per_cta,
-             ac.stage_out ? "staged-output" : "direct-stores", layout);
-    return;
+  const bool offered = p.x_channels_last != 0;
+  if (!offered && choose_gemm(p, dtype_code, dev, false, &gc)) return false;  // reads NCDHW
+  if (!cl_possible(p, dtype_code)) return false;
+  if (choose_gemm(p, dtype_code, dev, true, &gc)) return true;  // needs channels-last
+  // the all-phase kernel reads either layout: channels-last only when x already is (a copy
+  // measured as costly as the 16-byte staging saves, on the founding example)
+  return offered && (p.force_path & 15) != 4 && choose_allph(p, dtype_code, dev, true, &ac);
+}
+
+bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, PhaseConvFwdPlan* out) {
+  DevInfo dev;
+  if (dev_info(&dev) != cudaSuccess) return false;
+  PhaseConvFwdParams p = params;
+  p.x_channels_last = plan_reads_channels_last(params, dtype_code, dev) ? 1 : 0;
+  const bool cl = p.x_channels_last != 0;
+  out->x_channels_last = p.x_channels_last;
+  out->weight_mma = 0;
+  const char* layout = cl ? "channels-last input" : "contiguous input";
+  char* buf = out->text;
+  const int len = (int)sizeof(out->text);
+  if (p.n * p.c_out * p.out_d * p.out_h * p.out_w == 0) {
+    out->family = PHASECONV_EMPTY;
+    snprintf(buf, len, "none (empty output)");
+    return true;
   }
-  MmaCfg mc;
-  if (want_mma(params, dtype_code) && choose_mma(params, dtype_code, dev, &mc)) {
-    snprintf(buf, len, "mma kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) ng=%d smem=%zu",
-             mc.kind, mc.BM, mc.BN, mc.threads, mc.TD, mc.TH, mc.TW, mc.ng, mc.smem);
-    return;
+  if (want_mma(p, dtype_code)) {
+    GemmCfg& gc = out->gemm;
+    if (choose_gemm(p, dtype_code, dev, cl, &gc)) {
+      out->family = PHASECONV_GEMM;
+      out->weight_mma = 1;
+      snprintf(buf, len,
+               "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d "
+               "smem=%zu grid=%lld %s (%s)", gc.kind, gc.BM, gc.BN, gc.bkg * 8, gc.threads,
+               gc.wgroup ? kGemmGroupStages : kGemmStages, gc.m_tiles, gc.smem,
+               (long long)gc.grid, gc.wgroup ? "w-phases-grouped" : "one-phase", layout);
+      return true;
+    }
+    AllCfg& ac = out->allph;
+    if ((p.force_path & 15) != 4 && choose_allph(p, dtype_code, dev, cl, &ac)) {
+      out->family = PHASECONV_ALLPHASE;
+      out->weight_mma = 1;
+      snprintf(buf, len,
+               "mma-allphase kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) "
+               "halo=(%d,%d,%d) G=%d smem=%zu grid=%lld per_cta=%lld %s (%s)",
+               ac.kind, ac.BM, ac.BN, ac.threads, ac.TD, ac.TH, ac.TW, ac.hd, ac.hh, ac.hw, ac.G,
+               ac.smem, (long long)ac.grid, (long long)ac.per_cta,
+               ac.stage_out ? "staged-output" : "direct-stores", layout);
+      return true;
+    }
+    MmaCfg& mc = out->mma;
+    if (!cl && choose_mma(p, dtype_code, dev, &mc)) {
+      out->family = PHASECONV_MMA;
+      snprintf(buf, len,
+               "mma kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) ng=%d smem=%zu",
+               mc.kind, mc.BM, mc.BN, mc.threads, mc.TD, mc.TH, mc.TW, mc.ng, mc.smem);
+      return true;
+    }
   }
-  TileCfg c;
-  if ((params.force_path & 15) != 2 && choose_tiled(params, dtype_code, dev, &c)) {
+  if (cl) return false;  // plan_reads_channels_last said so only where a kernel takes it
+  TileCfg& c = out->tiled;
+  if ((p.force_path & 15) != 2 && choose_tiled(p, dtype_code, dev, &c)) {
+    out->family = PHASECONV_TILED;
     snprintf(buf, len,
              "tiled LW=%d NY=%d NZ=%d WC=%d MD=%d MH=%d M=%d CO_T=%d threads=%d "
              "tile(d,h,w)=(%d,%d,%d) co_blk=%d ci_chunk=%d smem=%zu",
              c.LW, c.NY, c.NZ, c.WC, c.MD, c.MH, c.M, c.CO_T, c.threads, c.NZ * c.MD,
              c.NY * c.MH, c.LW, c.WC * c.CO_T, c.ci_chunk, c.smem);
-  } else {
-    snprintf(buf, len, "naive");
+    return true;
   }
+  out->family = PHASECONV_NAIVE;
+  snprintf(buf, len, "naive");
+  return true;
+}
+
+}  // namespace
+}  // namespace phaseconv
+
+bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
+                         PhaseConvFwdPlan* plan) {
+  using namespace phaseconv;
+  if (params.nsub != 0) return false;  // grad-input mode: phase_conv_bwd_input_plan
+  if (dtype_code < PHASECONV_FLOAT32 || dtype_code > PHASECONV_BFLOAT16) return false;
+  return plan_fwd(params, dtype_code, plan);
+}
+
+cudaError_t phase_conv_fwd_run(const PhaseConvFwdParams& params, const PhaseConvFwdPlan& plan,
+                               int dtype_code, cudaStream_t stream) {
+  using namespace phaseconv;
+  if (params.nsub != 0) return cudaErrorInvalidValue;
+  return by_dtype(dtype_code, [&](auto t) {
+    return run_plan<decltype(t)>(params, plan, stream);
+  });
 }
 
 cudaError_t phase_conv_to_channels_last(const void* x, void* y, int64_t n, int64_t c, int64_t p,
@@ -2375,43 +2440,69 @@ cudaError_t phase_conv_to_channels_last(const void* x, void* y, int64_t n, int64
 
 namespace phaseconv {
 namespace {
-// The grad-input rule (phase_conv_fwd.cuh) and the tile: false where the kernel does not apply.
-bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, MmaCfg* mc) {
+// The grad-input rule (phase_conv_fwd.cuh): the tensor-core kernel where it applies
+// (float32/float16/bfloat16, C_in/g and C_out/g >= 4, a tile that fits), else the naive
+// kernel.  force: 0 the rule, 1 the tensor-core kernel (false where it does not apply),
+// 2 the naive kernel.
+bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
+                    PhaseConvBwdInputPlan* out) {
   if (params.nsub <= 0 || params.stride_d != 1 || params.stride_h != 1 || params.stride_w != 1)
     return false;
-  if (dtype_code == PHASECONV_FLOAT64) return false;
-  if (params.c_in / params.groups < 4 || params.c_out / params.groups < 4) return false;
+  if (dtype_code < PHASECONV_FLOAT32 || dtype_code > PHASECONV_BFLOAT16) return false;
   DevInfo dev;
   if (dev_info(&dev) != cudaSuccess) return false;
-  return choose_mma(params, dtype_code, dev, mc);
+  if (params.n * params.c_out * params.out_d * params.out_h * params.out_w == 0) {
+    out->family = PHASECONV_EMPTY;
+    snprintf(out->text, sizeof(out->text), "none (empty input gradient)");
+    return true;
+  }
+  const bool mma_ok = dtype_code != PHASECONV_FLOAT64 && params.c_in / params.groups >= 4 &&
+                      params.c_out / params.groups >= 4 && force != 2;
+  MmaCfg& mc = out->mma;
+  if (mma_ok && choose_mma(params, dtype_code, dev, &mc)) {
+    out->family = PHASECONV_MMA;
+    snprintf(out->text, sizeof(out->text),
+             "mma grad-input kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) ng=%d "
+             "smem=%zu phases=%d", mc.kind, mc.BM, mc.BN, mc.threads, mc.TD, mc.TH, mc.TW,
+             mc.ng, mc.smem, params.nsub);
+    return true;
+  }
+  if (force == 1) return false;
+  out->family = PHASECONV_NAIVE;
+  snprintf(out->text, sizeof(out->text), "naive grad-input (one thread per input voxel, "
+           "phases=%d)", params.nsub);
+  return true;
+}
+
+template <typename T>
+cudaError_t run_bwd_input(const PhaseConvFwdParams& p, const PhaseConvBwdInputPlan& plan,
+                          cudaStream_t stream) {
+  switch (plan.family) {
+    case PHASECONV_EMPTY: return cudaSuccess;
+    case PHASECONV_MMA: return run_mma_typed<T>(p, plan.mma, stream);
+    case PHASECONV_NAIVE: {
+      DevInfo dev;
+      const cudaError_t err = dev_info(&dev);
+      if (err != cudaSuccess) return err;
+      return run_naive<T>(p, dev, stream);
+    }
+  }
+  return cudaErrorInvalidValue;
 }
 }  // namespace
 }  // namespace phaseconv
 
-bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, char* buf,
-                               int len) {
-  using namespace phaseconv;
-  if (buf != nullptr && len > 0) buf[0] = 0;
-  MmaCfg mc;
-  if (!plan_bwd_input(params, dtype_code, &mc)) return false;
-  if (buf != nullptr && len > 0)
-    snprintf(buf, len, "mma grad-input kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) "
-             "ng=%d smem=%zu phases=%d", mc.kind, mc.BM, mc.BN, mc.threads, mc.TD, mc.TH, mc.TW,
-             mc.ng, mc.smem, params.nsub);
-  return true;
+bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
+                               PhaseConvBwdInputPlan* plan) {
+  return phaseconv::plan_bwd_input(params, dtype_code, force, plan);
 }
 
-cudaError_t phase_conv_bwd_input(const PhaseConvFwdParams& params, int dtype_code,
-                                 cudaStream_t stream) {
+cudaError_t phase_conv_bwd_input_run(const PhaseConvFwdParams& params,
+                                     const PhaseConvBwdInputPlan& plan, int dtype_code,
+                                     cudaStream_t stream) {
   using namespace phaseconv;
-  MmaCfg mc;
-  if (!plan_bwd_input(params, dtype_code, &mc)) return cudaErrorInvalidValue;
-  if (params.n * params.c_out * params.out_d * params.out_h * params.out_w == 0)
-    return cudaSuccess;
-  switch (dtype_code) {
-    case PHASECONV_FLOAT32: return run_mma<float>(params, mc, stream);
-    case PHASECONV_FLOAT16: return run_mma<__half>(params, mc, stream);
-    case PHASECONV_BFLOAT16: return run_mma<__nv_bfloat16>(params, mc, stream);
-  }
-  return cudaErrorInvalidValue;
+  if (params.nsub <= 0) return cudaErrorInvalidValue;
+  return by_dtype(dtype_code, [&](auto t) {
+    return run_bwd_input<decltype(t)>(params, plan, stream);
+  });
 }

@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "phase_conv_plan.cuh"
+
 // dtype codes for phase_conv_fwd
 enum PhaseConvDtype {
   PHASECONV_FLOAT32 = 0,
@@ -71,40 +73,41 @@ struct PhaseConvFwdParams {
 #define PHASECONV_GEMM_NO_WGROUP 64  // force_path flag: implicit GEMM, one phase per block
 #define PHASECONV_GEMM_BK32 128      // force_path flag: implicit GEMM, 32 channels a k step
 
-// Launches the forward on `stream`.  Returns cudaSuccess or the first CUDA error.
-// dtype_code is a PhaseConvDtype.
-cudaError_t phase_conv_fwd(const PhaseConvFwdParams& params, int dtype_code,
-                           cudaStream_t stream);
+// Plans the forward (phase_conv_plan.cuh): the kernel family, its tile and the layouts it
+// reads.  Pointers in params are not read, except that weight_mma non-null says the
+// tensor-core weight layout can be provided (float32/float16/bfloat16) and x_channels_last
+// says x is offered channels-last; the plan then says which input layout the kernel reads
+// (plan->x_channels_last) and which weight layout (plan->weight_mma).  False: no kernel
+// takes these parameters.  dtype_code is a PhaseConvDtype.
+bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
+                         PhaseConvFwdPlan* plan);
 
-// The input layout the chosen kernel reads: 0 contiguous (N, C_in, D, H, W), 1 channels-last
-// (N, D, H, W, C_in; 16-byte aligned).  The caller lays x out so and sets x_channels_last.
-int phase_conv_fwd_input_layout(const PhaseConvFwdParams& params, int dtype_code);
+// Launches a planned forward on `stream` (params with the plan's layouts and every pointer
+// set).  Returns cudaSuccess or the first CUDA error.
+cudaError_t phase_conv_fwd_run(const PhaseConvFwdParams& params, const PhaseConvFwdPlan& plan,
+                               int dtype_code, cudaStream_t stream);
 
 // Copies x (n, c, p) contiguous into y laid out (n, p, c) (2- or 4-byte elements).
 cudaError_t phase_conv_to_channels_last(const void* x, void* y, int64_t n, int64_t c, int64_t p,
                                         int elem_size, cudaStream_t stream);
 
-// Describes the configuration phase_conv_fwd would pick (for benchmarks/debugging): writes a
-// NUL-terminated line into buf (at most len bytes).
-void phase_conv_fwd_describe(const PhaseConvFwdParams& params, int dtype_code, char* buf,
-                             int len);
-
 // ---- grad-input mode: the input gradient of a transposed convolution in one launch.
 // grad_x[n, c, i] = sum over phases q, taps t of q, output channels o of the group:
 //   w_q[o, t, c] * grad_y[n, o, r_q + s * (i + off_q + t * pdil)]   (zero outside grad_y)
-// run by the per-phase tensor-core kernel as ONE stride-1 "phase" whose tiles sum nsub
-// sub-problems (no zero-insertion, no per-phase buffers or adds).  Parameters as for the
-// forward, read as: x = grad_y (N, C_out, OD, OH, OW) contiguous, c_in = C_out, c_out = C_in,
-// in_* = grad_y's sizes, out_* = grad_x's sizes, y = grad_x, stride 1, in_stride_* = the
-// transposed convolution's stride, weight = the sub-problems' packed blocks (layout as the
-// forward's packed weight with C_in and C_out swapped), sub_table rows: residues r_q
-// (PT_RES_*), taps, offsets off_q (PT_OFF_*) and the block's offset (PT_WOFS); table unused,
-// max_taps / total_taps over the sub-problems.  float32/float16/bfloat16 only.
+// run by the per-phase tensor-core kernel, or the naive kernel, as ONE stride-1 "phase"
+// whose tiles sum nsub sub-problems (no zero-insertion, no per-phase buffers or adds).
+// Parameters as for the forward, read as: x = grad_y (N, C_out, OD, OH, OW) contiguous,
+// c_in = C_out, c_out = C_in, in_* = grad_y's sizes, out_* = grad_x's sizes, y = grad_x,
+// stride 1, in_stride_* = the transposed convolution's stride, weight = the sub-problems'
+// packed blocks (layout as the forward's packed weight with C_in and C_out swapped),
+// sub_table rows: residues r_q (PT_RES_*), taps, offsets off_q (PT_OFF_*) and the block's
+// offset (PT_WOFS); table unused, max_taps / total_taps over the sub-problems.
 //
-// Whether the kernel takes these parameters (the rule: float32/float16/bfloat16, C_out/g and
-// C_in/g >= 4, a tile that fits shared memory); describes the launch into buf when it does.
-bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, char* buf,
-                               int len);
-// Launches it (cudaErrorInvalidValue where phase_conv_bwd_input_plan says no).
-cudaError_t phase_conv_bwd_input(const PhaseConvFwdParams& params, int dtype_code,
-                                 cudaStream_t stream);
+// The rule: the tensor-core kernel for float32/float16/bfloat16 with C_out/g and C_in/g >= 4
+// when a tile fits shared memory, else the naive kernel (any dtype).  force: 0 the rule,
+// 1 the tensor-core kernel (false where it does not apply), 2 the naive kernel.
+bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
+                               PhaseConvBwdInputPlan* plan);
+cudaError_t phase_conv_bwd_input_run(const PhaseConvFwdParams& params,
+                                     const PhaseConvBwdInputPlan& plan, int dtype_code,
+                                     cudaStream_t stream);

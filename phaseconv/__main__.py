@@ -20,9 +20,9 @@ def _time_ms(fn, device: torch.device, repeats: int, warmup: int) -> float:
     """Median time of ``fn()`` in ms: GPU time between CUDA events (as ``bench`` measures it),
     or wall time on the CPU."""
     if device.type == "cuda":
-        from phaseconv.bench import _median_us
+        from phaseconv.bench import median_gpu_us
 
-        return _median_us(fn, repeats, warmup) / 1e3
+        return median_gpu_us(fn, repeats, warmup) / 1e3
     for _ in range(warmup):
         fn()
     times = []

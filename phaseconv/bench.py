@@ -1,12 +1,22 @@
-"""``python -m phaseconv bench``: phaseconv against cuDNN on the sweep of issue 4.
+"""``python -m phaseconv bench``: phaseconv against torch (cuDNN) on the sweep of shapes.
 
-Times ``torch.nn.functional.conv_transpose3d`` (cuDNN; TF32 off for float32, and also with
-torch's default flags) and phaseconv's layer (packed weight cached, as in inference) in the
-same process: CUDA events, warm-up, median of >= 50 runs, bias off.  Then the training side
-(issue 5): the backward (grad_input + grad_weight) and forward + backward of the founding
-example and sweep shapes 2, 3 and 5 against torch's layer, and one SGD step of a small 3-D
-encoder-decoder, torch's against its ``phaseconv.convert``-ed copy (time and peak memory).
-Prints the tables, writes ``benchmarks/RESULTS.md`` and a PNG bar chart of the speed-ups.
+Sections (``--sections``, all by default):
+
+* ``forward``: one call, GPU time, phaseconv's layer against ``F.conv_transpose3d`` (TF32 off,
+  and torch's default flags).  Every call reads the weight as it is (one gather included).
+* ``backward``: the backward (grad_input + grad_weight) and one forward + backward with the
+  weight fixed, torch's layer against phaseconv's, every sweep shape.
+* ``host``: host (Python + launch) µs per call, phaseconv's module and functional form next to
+  torch's, in inference; the GPU is kept busy so that no call can hide a wait.
+* ``loop``: the real training loop, one layer: forward, loss, backward and an SGD step that
+  changes the weight, every step.  GPU µs, host µs and loop µs (consecutive steps, what a user
+  sees) per step, and the kernels each step launches.
+* ``client``: MONAI networks (``phaseconv.bench_client``), torch against
+  ``phaseconv.convert``, fp32 and AMP bf16, eager and ``torch.compile``.
+
+GPU time: CUDA events after warm-up, median of the runs, a GPU sleep queued before each timed
+call so that the events time GPU work, not Python.  Each section writes
+``results-<section>.md`` into ``--out``, and ``RESULTS.md`` there gathers every section found.
 """
 import copy
 import datetime
@@ -14,7 +24,8 @@ import os
 import platform
 import statistics
 import sys
-from typing import List, NamedTuple, Tuple
+import time
+from typing import Callable, List, NamedTuple, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +45,23 @@ class Shape(NamedTuple):
     padding: Tuple[int, int, int]
     output_padding: Tuple[int, int, int]
 
+    def layer_args(self) -> dict:
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels,
+                    kernel_size=self.kernel, stride=self.stride, padding=self.padding,
+                    output_padding=self.output_padding, groups=self.groups)
+
+    def input_shape(self) -> Tuple[int, ...]:
+        return (self.batch, self.in_channels) + self.size
+
+    def describe(self) -> str:
+        def one(v):
+            return v[0] if len(set(v)) == 1 else v
+
+        size = "x".join(map(str, self.size))
+        return (f"{self.batch}, {self.in_channels}->{self.out_channels}, g{self.groups}, {size}, "
+                f"k{one(self.kernel)}, s{one(self.stride)}, p{one(self.padding)}, "
+                f"op{one(self.output_padding)}")
+
 
 def _t(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
@@ -52,27 +80,15 @@ SWEEP = [Shape(n, b, ci, co, g, _t(s), _t(k), _t(st), _t(p), _t(op)) for n, b, c
          ]]
 
 
-class Row(NamedTuple):
-    shape: Shape
-    dtype: str
-    cudnn_us: float          # TF32 off for float32
-    cudnn_default_us: float  # torch's default flags
-    phaseconv_us: float
-    eager_us: float          # one call with an idle queue: host overhead included
-    max_rel_err: float
-    gflop: float
+# ---------------------------------------------------------------------------------- timers
 
-    @property
-    def speedup(self) -> float:
-        return self.cudnn_us / self.phaseconv_us
-
-
-def _median_us(fn, repeats: int, warmup: int, primed: bool = True) -> float:
+def median_gpu_us(fn: Callable[[], object], repeats: int, warmup: int,
+                  primed: bool = True) -> float:
     """Median GPU time of ``fn()`` in µs, between CUDA events.
 
-    ``primed``: a short GPU sleep is queued before the start event, so the host's Python
-    overhead of the call overlaps it and the events time the GPU work alone (as in a network,
-    where the queue is rarely empty).  Unprimed, the host overhead is part of the time.
+    ``primed``: a GPU sleep is queued before the start event, so the host's work for the call
+    overlaps it and the events time the GPU work alone (as in a network, where the queue is
+    rarely empty).  Unprimed, the host's time is part of the result.
     """
     for _ in range(warmup):
         fn()
@@ -81,7 +97,7 @@ def _median_us(fn, repeats: int, warmup: int, primed: bool = True) -> float:
     for _ in range(repeats):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         if primed:
-            torch.cuda._sleep(1_000_000)  # ~0.5 ms at H100 clocks
+            torch.cuda._sleep(2_000_000)  # ~1 ms at H100/H200 clocks
         start.record()
         fn()
         stop.record()
@@ -90,37 +106,122 @@ def _median_us(fn, repeats: int, warmup: int, primed: bool = True) -> float:
     return statistics.median(times)
 
 
-def bench_one(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> Row:
-    torch.manual_seed(0)
-    dev = "cuda"
-    layer = phaseconv.ConvTranspose3d(shape.in_channels, shape.out_channels, shape.kernel,
-                                      stride=shape.stride, padding=shape.padding,
-                                      output_padding=shape.output_padding,
-                                      groups=shape.groups, bias=False).to(dev, dtype).eval()
-    x = torch.rand((shape.batch, shape.in_channels) + shape.size, device=dev, dtype=dtype)
-    w = layer.weight.detach()
+def median_host_us(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+    """Median host time of ``fn()`` in µs, with the GPU kept busy by a queued sleep: the time
+    the host spends issuing the call; a call that waited for the GPU would show the sleep."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for i in range(repeats):
+        if i % 10 == 0:
+            torch.cuda.synchronize()
+            torch.cuda._sleep(20_000_000)  # ~10 ms: covers the host time of 10 calls
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def loop_us(fn: Callable[[], object], steps: int, warmup: int) -> float:
+    """Wall time per call of ``steps`` consecutive calls (synchronized at the ends only): the
+    throughput of a loop, host and GPU together."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps * 1e6
+
+
+def cuda_activities(fn: Callable[[], object]) -> int:
+    """Kernels, copies and memsets one call of ``fn`` puts on the GPU (torch.profiler)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+
+
+class _NoTF32:
+    """cuDNN's true fp32 (TF32 off) inside the block."""
+
+    def __enter__(self):
+        self.prev = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cudnn.allow_tf32 = self.prev
+
+
+def _layers(shape: Shape, dtype: torch.dtype, bias: bool = False, seed: int = 0):
+    """torch's layer and phaseconv's sharing its parameters."""
+    torch.manual_seed(seed)
+    theirs = torch.nn.ConvTranspose3d(**shape.layer_args(), bias=bias).to("cuda", dtype)
+    return theirs, phaseconv.ConvTranspose3d.from_torch(theirs)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+# ---------------------------------------------------------------------------------- forward
+
+class ForwardRow(NamedTuple):
+    shape: Shape
+    dtype: str
+    cudnn_us: float          # TF32 off for float32
+    cudnn_default_us: float  # torch's default flags
+    phaseconv_us: float
+    rel_err: float
+    gflop: float
+    kernel: str
+
+
+def bench_forward(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> ForwardRow:
+    theirs, ours = _layers(shape, dtype)
+    x = torch.rand(shape.input_shape(), device="cuda", dtype=dtype)
+    w = theirs.weight.detach()
     kw = dict(stride=shape.stride, padding=shape.padding, output_padding=shape.output_padding,
               groups=shape.groups)
-    tf32 = torch.backends.cudnn.allow_tf32
+    with torch.no_grad(), _NoTF32():
+        ref = (F.conv_transpose3d(x.double(), w.double(), **kw)
+               if shape.batch * w.numel() < 2**26 else F.conv_transpose3d(x.float(), w.float(),
+                                                                            **kw))
+        err = _rel(ours(x), ref)
+        del ref
+        cudnn = median_gpu_us(lambda: F.conv_transpose3d(x, w, **kw), repeats, warmup)
+        mine = median_gpu_us(lambda: ours(x), repeats, warmup)
     with torch.no_grad():
-        try:
-            torch.backends.cudnn.allow_tf32 = False
-            ref = F.conv_transpose3d(x.double(), w.double(), **kw) if shape.batch * \
-                w.numel() < 2**26 else F.conv_transpose3d(x.float(), w.float(), **kw)
-            got = layer(x)
-            err = ((got.double() - ref.double()).norm() / ref.double().norm()).item()
-            del ref, got
-            cudnn = _median_us(lambda: F.conv_transpose3d(x, w, **kw), repeats, warmup)
-            torch.backends.cudnn.allow_tf32 = True
-            cudnn_default = _median_us(lambda: F.conv_transpose3d(x, w, **kw), repeats, warmup)
-        finally:
-            torch.backends.cudnn.allow_tf32 = tf32
-        ours = _median_us(lambda: layer(x), repeats, warmup)
-        eager = _median_us(lambda: layer(x), repeats, warmup, primed=False)
-    report = phaseconv.explain(layer, x.shape)
-    return Row(shape, str(dtype).replace("torch.", ""), cudnn, cudnn_default, ours, eager, err,
-               2 * report.macs / 1e9)
+        cudnn_default = median_gpu_us(lambda: F.conv_transpose3d(x, w, **kw), repeats, warmup)
+    report = phaseconv.explain(ours, x.shape)
+    return ForwardRow(shape, _dtype_name(dtype), cudnn, cudnn_default, mine, err,
+                      2 * report.macs / 1e9, report.kernel or "")
 
+
+def forward_table(rows: List[ForwardRow]) -> str:
+    lines = ["| # | shape (N, C_in->C_out, groups, DxHxW, k, s, p, op) | dtype | cuDNN µs | "
+             "cuDNN default µs | phaseconv µs | speed-up | TFLOP/s | rel. error |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.shape.name} | {r.shape.describe()} | {r.dtype} | {r.cudnn_us:.1f} | "
+                     f"{r.cudnn_default_us:.1f} | {r.phaseconv_us:.1f} | "
+                     f"{r.cudnn_us / r.phaseconv_us:.2f}x | "
+                     f"{r.gflop / r.phaseconv_us * 1e3:.1f} | {r.rel_err:.1e} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- backward
 
 class BackwardRow(NamedTuple):
     shape: Shape
@@ -129,26 +230,16 @@ class BackwardRow(NamedTuple):
     ours_bwd_us: float
     torch_step_us: float  # forward + backward
     ours_step_us: float
-    rel_err: float        # worst of grad_input and grad_weight against torch's, relative norm
+    rel_err: float        # worst of grad_input and grad_weight against torch's
 
 
 def bench_backward(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> BackwardRow:
-    """Backward alone (autograd.grad on a kept graph) and forward + backward, torch's layer
-    against phaseconv's (the same weights), TF32 off."""
-    torch.manual_seed(0)
-    dev = "cuda"
-    theirs = torch.nn.ConvTranspose3d(shape.in_channels, shape.out_channels, shape.kernel,
-                                      stride=shape.stride, padding=shape.padding,
-                                      output_padding=shape.output_padding, groups=shape.groups,
-                                      bias=False).to(dev, dtype)
-    ours = phaseconv.ConvTranspose3d.from_torch(theirs)
-    x = torch.rand((shape.batch, shape.in_channels) + shape.size, device=dev, dtype=dtype,
-                   requires_grad=True)
-    tf32 = torch.backends.cudnn.allow_tf32
-    times = {}
-    grads = {}
-    try:
-        torch.backends.cudnn.allow_tf32 = False
+    """Backward alone (autograd.grad on a kept graph) and forward + backward, the weight fixed,
+    torch's layer against phaseconv's (the same parameters), TF32 off."""
+    theirs, ours = _layers(shape, dtype)
+    x = torch.rand(shape.input_shape(), device="cuda", dtype=dtype, requires_grad=True)
+    times, grads = {}, {}
+    with _NoTF32():
         g = None
         for name, layer in (("torch", theirs), ("ours", ours)):
             out = layer(x)
@@ -156,87 +247,18 @@ def bench_backward(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) 
                 g = torch.randn_like(out)  # one upstream gradient for both
             grads[name] = torch.autograd.grad(out, (x, layer.weight), g, retain_graph=True)
 
-            def bwd(out=out, g=g, layer=layer):
+            def bwd(out=out, layer=layer, g=g):
                 torch.autograd.grad(out, (x, layer.weight), g, retain_graph=True)
 
             def step(layer=layer, g=g):
                 torch.autograd.grad(layer(x), (x, layer.weight), g)
 
-            times[name] = (_median_us(bwd, repeats, warmup), _median_us(step, repeats, warmup))
+            times[name] = (median_gpu_us(bwd, repeats, warmup),
+                           median_gpu_us(step, repeats, warmup))
             del out
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
-    err = max(((a.double() - b.double()).norm() / b.double().norm()).item()
-              for a, b in zip(grads["ours"], grads["torch"]))
-    return BackwardRow(shape, str(dtype).replace("torch.", ""), times["torch"][0],
-                       times["ours"][0], times["torch"][1], times["ours"][1], err)
-
-
-class EncoderDecoder(torch.nn.Module):
-    """A small 3-D encoder-decoder (a U-Net without skips): two strided convolutions down,
-    three transposed convolutions up (stride 2 with output_padding, an anisotropic grouped
-    one, a 1x1x1 head)."""
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        nn = torch.nn
-        self.enc = nn.Sequential(nn.Conv3d(1, width, 3, stride=2, padding=1), nn.ReLU(),
-                                 nn.Conv3d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
-        self.dec = nn.Sequential(
-            nn.ConvTranspose3d(2 * width, width, 3, stride=2, padding=1, output_padding=1),
-            nn.ReLU(),
-            nn.ConvTranspose3d(width, width, (2, 4, 4), stride=2, padding=(0, 1, 1), groups=2),
-            nn.ReLU(), nn.ConvTranspose3d(width, 1, 1))
-
-    def forward(self, x):
-        return self.dec(self.enc(x))
-
-
-class TrainingRow(NamedTuple):
-    model: str
-    dtype: str
-    step_us: float
-    peak_mib: float
-    loss: float
-
-
-def bench_training_step(dtype: torch.dtype, repeats: int, warmup: int,
-                        size: int = 64, batch: int = 4) -> List[TrainingRow]:
-    """One SGD step (forward, loss, backward, update) of :class:`EncoderDecoder` on a
-    (batch, 1, size^3) volume: torch's model against its converted copy, same weights.
-    Peak memory: ``torch.cuda.max_memory_allocated`` over one step, after a warm-up."""
-    torch.manual_seed(0)
-    reference = EncoderDecoder().to("cuda", dtype)
-    converted = phaseconv.convert(copy.deepcopy(reference))
-    x = torch.randn(batch, 1, size, size, size, device="cuda", dtype=dtype)
-    y = torch.randn_like(x)
-    rows = []
-    tf32 = torch.backends.cudnn.allow_tf32
-    try:
-        torch.backends.cudnn.allow_tf32 = False
-        for name, model in (("torch", reference), ("phaseconv.convert", converted)):
-            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-            losses = []
-
-            def step(model=model, opt=opt, losses=losses):
-                opt.zero_grad(set_to_none=True)
-                loss = (model(x) - y).square().mean()
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach())
-
-            us = _median_us(step, repeats, warmup)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            step()
-            torch.cuda.synchronize()
-            peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-            rows.append(TrainingRow(name, str(dtype).replace("torch.", ""), us, peak,
-                                    losses[-1].item()))
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
-    return rows
+    err = max(_rel(a, b) for a, b in zip(grads["ours"], grads["torch"]))
+    return BackwardRow(shape, _dtype_name(dtype), times["torch"][0], times["ours"][0],
+                       times["torch"][1], times["ours"][1], err)
 
 
 def backward_table(rows: List[BackwardRow]) -> str:
@@ -244,7 +266,7 @@ def backward_table(rows: List[BackwardRow]) -> str:
              "torch fwd+bwd µs | phaseconv fwd+bwd µs | speed-up | grad rel. error |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.shape.name} | {_describe(r.shape)} | {r.dtype} | "
+        lines.append(f"| {r.shape.name} | {r.shape.describe()} | {r.dtype} | "
                      f"{r.torch_bwd_us:.1f} | {r.ours_bwd_us:.1f} | "
                      f"{r.torch_bwd_us / r.ours_bwd_us:.2f}x | {r.torch_step_us:.1f} | "
                      f"{r.ours_step_us:.1f} | {r.torch_step_us / r.ours_step_us:.2f}x | "
@@ -252,81 +274,170 @@ def backward_table(rows: List[BackwardRow]) -> str:
     return "\n".join(lines)
 
 
-def training_table(rows: List[TrainingRow]) -> str:
-    lines = ["| model | dtype | step µs | peak memory MiB (over the step) | loss after the "
-             "timed steps |", "|---|---|---:|---:|---:|"]
+# ---------------------------------------------------------------------------------- host
+
+class HostRow(NamedTuple):
+    shape: Shape
+    dtype: str
+    torch_module_us: float
+    torch_functional_us: float
+    ours_module_us: float
+    ours_functional_us: float
+    ours_gpu_us: float
+
+
+def bench_host(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> HostRow:
+    theirs, ours = _layers(shape, dtype, bias=True)
+    x = torch.rand(shape.input_shape(), device="cuda", dtype=dtype)
+    w, b = theirs.weight, theirs.bias
+    kw = dict(stride=shape.stride, padding=shape.padding, output_padding=shape.output_padding,
+              groups=shape.groups)
+    with torch.no_grad():
+        res = [median_host_us(fn, repeats, warmup) for fn in (
+            lambda: theirs(x), lambda: F.conv_transpose3d(x, w, b, **kw), lambda: ours(x),
+            lambda: phaseconv.conv_transpose3d(x, w, b, **kw))]
+        gpu = median_gpu_us(lambda: ours(x), 20, 3)
+    return HostRow(shape, _dtype_name(dtype), *res, gpu)
+
+
+def host_table(rows: List[HostRow]) -> str:
+    lines = ["| # | shape | dtype | torch module µs | torch functional µs | phaseconv module µs "
+             "| phaseconv functional µs | module - torch's µs | functional / module | "
+             "phaseconv GPU µs |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.model} | {r.dtype} | {r.step_us:.1f} | {r.peak_mib:.1f} | "
-                     f"{r.loss:.6f} |")
+        lines.append(f"| {r.shape.name} | {r.shape.describe()} | {r.dtype} | "
+                     f"{r.torch_module_us:.1f} | {r.torch_functional_us:.1f} | "
+                     f"{r.ours_module_us:.1f} | {r.ours_functional_us:.1f} | "
+                     f"{r.ours_module_us - r.torch_module_us:+.1f} | "
+                     f"{r.ours_functional_us / r.ours_module_us:.2f} | {r.ours_gpu_us:.1f} |")
     return "\n".join(lines)
 
 
-def _describe(s: Shape) -> str:
-    size = "x".join(map(str, s.size))
-    k = s.kernel[0] if len(set(s.kernel)) == 1 else s.kernel
-    st = s.stride[0] if len(set(s.stride)) == 1 else s.stride
-    p = s.padding[0] if len(set(s.padding)) == 1 else s.padding
-    op = s.output_padding[0] if len(set(s.output_padding)) == 1 else s.output_padding
-    return (f"{s.batch}, {s.in_channels}->{s.out_channels}, g{s.groups}, {size}, k{k}, s{st}, "
-            f"p{p}, op{op}")
+# ---------------------------------------------------------------------------------- loop
+
+class LoopRow(NamedTuple):
+    shape: Shape
+    dtype: str
+    impl: str
+    gpu_us: float
+    host_us: float
+    loop_us: float
+    kernels: int
+    loss: float
 
 
-def table(rows: List[Row]) -> str:
-    lines = ["| # | shape (N, C_in->C_out, groups, DxHxW, k, s, p, op) | dtype | cuDNN µs | "
-             "cuDNN default µs | phaseconv µs | speed-up | TFLOP/s | eager call µs | "
-             "rel. error |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+def bench_loop(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> List[LoopRow]:
+    """One training step of one layer, the weight changing every step: forward, a loss,
+    backward (input and parameter gradients), an SGD step with momentum."""
+    theirs, _ = _layers(shape, dtype, bias=True)
+    rows = []
+    with _NoTF32():
+        for impl in ("torch", "phaseconv"):
+            layer = copy.deepcopy(theirs)
+            if impl == "phaseconv":
+                layer = phaseconv.convert(layer)
+            x = torch.rand(shape.input_shape(), device="cuda", dtype=dtype, requires_grad=True)
+            opt = torch.optim.SGD(layer.parameters(), lr=1e-4, momentum=0.9)
+            losses = []
+
+            def step(layer=layer, x=x, opt=opt, losses=losses):
+                opt.zero_grad(set_to_none=True)
+                x.grad = None
+                loss = layer(x).float().square().mean()
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
+
+            step()
+            first = losses[0].item()
+            gpu = median_gpu_us(step, repeats, warmup)
+            host = median_host_us(step, repeats, warmup)
+            wall = loop_us(step, repeats, warmup)
+            kernels = cuda_activities(step)
+            rows.append(LoopRow(shape, _dtype_name(dtype), impl, gpu, host, wall, kernels, first))
+            del losses[:]
+    return rows
+
+
+def loop_table(rows: List[LoopRow], fixed: List[BackwardRow] = ()) -> str:
+    fixed_speedup = {(r.shape.name, r.dtype): r.torch_step_us / r.ours_step_us for r in fixed}
+    lines = ["| # | shape | dtype | torch loop µs | phaseconv loop µs | speed-up | "
+             "fixed-weight fwd+bwd speed-up | torch GPU µs | phaseconv GPU µs | torch host µs | "
+             "phaseconv host µs | torch kernels | phaseconv kernels | first loss rel. diff |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    pairs = {}
     for r in rows:
-        lines.append(f"| {r.shape.name} | {_describe(r.shape)} | {r.dtype} | {r.cudnn_us:.1f} | "
-                     f"{r.cudnn_default_us:.1f} | {r.phaseconv_us:.1f} | {r.speedup:.2f}x | "
-                     f"{r.gflop / r.phaseconv_us * 1e3:.1f} | {r.eager_us:.1f} | "
-                     f"{r.max_rel_err:.1e} |")
+        pairs.setdefault((r.shape.name, r.dtype), {})[r.impl] = r
+    for (name, dtype), pair in pairs.items():
+        t, o = pair["torch"], pair["phaseconv"]
+        fixed_text = (f"{fixed_speedup[(name, dtype)]:.2f}x" if (name, dtype) in fixed_speedup
+                      else "-")
+        lines.append(f"| {name} | {t.shape.describe()} | {dtype} | {t.loop_us:.1f} | "
+                     f"{o.loop_us:.1f} | {t.loop_us / o.loop_us:.2f}x | {fixed_text} | "
+                     f"{t.gpu_us:.1f} | {o.gpu_us:.1f} | {t.host_us:.1f} | {o.host_us:.1f} | "
+                     f"{t.kernels} | {o.kernels} | "
+                     f"{abs(o.loss - t.loss) / max(abs(t.loss), 1e-30):.1e} |")
     return "\n".join(lines)
 
 
-def write_results(rows: List[Row], path: str, command: str,
-                  backward_rows: List[BackwardRow] = (),
-                  training_rows: List[TrainingRow] = ()) -> None:
+# ---------------------------------------------------------------------------------- output
+
+def environment() -> str:
     props = torch.cuda.get_device_properties(0)
-    header = [
-        "# Benchmark results",
-        "",
-        f"Written by `{command}` on {datetime.date.today().isoformat()}.",
-        "",
-        f"- device: {props.name} ({props.multi_processor_count} SMs)",
-        f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
-        f"{torch.backends.cudnn.version()}, Python {platform.python_version()}",
-        "- method: CUDA events after warm-up, median of the runs, bias off, inference "
-        "(phaseconv's packed weight cached), a short GPU sleep queued before each timed call so "
-        "that the events time GPU work, not Python. cuDNN µs: `F.conv_transpose3d` with TF32 "
-        "off (true fp32); cuDNN default: torch's default flags (TF32 allowed for fp32 "
-        "convolutions). Speed-up is against the TF32-off time. TFLOP/s: useful work (every tap "
-        "of every phase) over phaseconv's time. eager call µs: one phaseconv call with an idle "
-        "GPU queue, Python overhead included. rel. error: ‖phaseconv − torch‖ / ‖torch‖ with "
-        "torch in float64 (float32 for the largest shapes).",
-        "",
-        "",
-    ]
-    text = "\n".join(header) + table(rows) + "\n"
-    if backward_rows:
-        text += ("\n## Backward (issue 5)\n\nGradients of the input and the weight "
+    return (f"- device: {props.name} ({props.multi_processor_count} SMs)\n"
+            f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
+            f"{torch.backends.cudnn.version()}, Python {platform.python_version()}, "
+            f"phaseconv {phaseconv.__version__}")
+
+
+SECTION_TEXT = {
+    "forward": ("Forward", "One call, GPU time (CUDA events after warm-up, median of the runs, "
+                "bias off, a GPU sleep queued before each call so that the events time GPU "
+                "work). phaseconv reads the weight as it is at every call (its one gather "
+                "kernel included). cuDNN µs: `F.conv_transpose3d` with TF32 off (true fp32); "
+                "cuDNN default: torch's default flags. Speed-up is against the TF32-off time. "
+                "TFLOP/s: useful work (every tap of every phase) over phaseconv's time. rel. "
+                "error: ‖phaseconv − torch‖ / ‖torch‖, torch in float64 (float32 for the "
+                "largest shapes)."),
+    "backward": ("Backward, weight fixed", "Gradients of the input and the weight "
                  "(`torch.autograd.grad` on a kept graph, bias off) and one forward + backward, "
-                 "torch's `nn.ConvTranspose3d` (cuDNN, TF32 off) against phaseconv's layer with "
-                 "the same weight; median of the runs, GPU time as above. grad rel. error: the "
-                 "worse of the two gradients, ‖phaseconv − torch‖ / ‖torch‖.\n\n"
-                 + backward_table(list(backward_rows)) + "\n")
-    if training_rows:
-        text += ("\n## Training step (issue 5)\n\nOne SGD step (forward, MSE loss, backward, "
-                 "momentum update) of `phaseconv.bench.EncoderDecoder` (two strided Conv3d "
-                 "down, three ConvTranspose3d up) on a (4, 1, 64, 64, 64) volume: torch's model "
-                 "against its `phaseconv.convert` copy with the same weights, TF32 off. Peak "
-                 "memory: `torch.cuda.max_memory_allocated` during one step, above what was "
-                 "allocated before it.\n\n" + training_table(list(training_rows)) + "\n")
-    with open(path, "w") as f:
+                 "torch's `nn.ConvTranspose3d` (cuDNN, TF32 off) against phaseconv's layer on "
+                 "the same parameters; GPU time as above. grad rel. error: the worse of the two "
+                 "gradients, ‖phaseconv − torch‖ / ‖torch‖."),
+    "host": ("Host time per call", "Host µs per inference call (`torch.no_grad`, bias on), "
+             "median of the runs, with the GPU kept busy by a queued sleep so that a call that "
+             "waited for the GPU would show it: torch's `nn.ConvTranspose3d` and "
+             "`F.conv_transpose3d` against phaseconv's module and `phaseconv.conv_transpose3d`."),
+    "loop": ("Training loop, the weight changing every step", "One step of one layer "
+             "(bias on, input requiring grad): forward, `out.float().square().mean()`, "
+             "backward, SGD with momentum, `zero_grad(set_to_none=True)`; TF32 off. loop µs: "
+             "wall time per step over consecutive steps (host and GPU together, what a "
+             "training loop sees); GPU µs: CUDA events with the queue primed; host µs: the "
+             "host's time to issue a step with the GPU busy; kernels: CUDA kernels, copies and "
+             "memsets per step (torch.profiler). The fixed-weight speed-up is the forward + "
+             "backward one of the backward section, same run."),
+    "client": ("Client networks (MONAI)", ""),
+}
+
+
+def write_section(out: str, section: str, body: str, command: str) -> None:
+    title, method = SECTION_TEXT[section]
+    text = (f"## {title}\n\nWritten by `{command}` on {datetime.date.today().isoformat()}.\n\n"
+            f"{environment()}\n\n{method}\n\n{body}\n")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"results-{section}.md"), "w") as f:
         f.write(text)
+    parts = []
+    for name in SECTION_TEXT:
+        path = os.path.join(out, f"results-{name}.md")
+        if os.path.exists(path):
+            with open(path) as f:
+                parts.append(f.read())
+    with open(os.path.join(out, "RESULTS.md"), "w") as f:
+        f.write("# Benchmark results\n\n" + "\n".join(parts))
 
 
-def plot(rows: List[Row], path: str) -> None:
+def plot(rows: List[ForwardRow], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -337,7 +448,7 @@ def plot(rows: List[Row], path: str) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.6))
     width = 0.8 / len(dtypes)
     for i, dt in enumerate(dtypes):
-        vals = {r.shape.name: r.speedup for r in rows if r.dtype == dt}
+        vals = {r.shape.name: r.cudnn_us / r.phaseconv_us for r in rows if r.dtype == dt}
         ax.bar([j + i * width for j in range(len(names))], [vals.get(n, 0) for n in names],
                width, label=dt)
     ax.axhline(1.0, color="k", lw=0.8)
@@ -354,54 +465,59 @@ def plot(rows: List[Row], path: str) -> None:
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m phaseconv bench", description=__doc__)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="python -m phaseconv bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="forward,backward,host,loop,client")
     parser.add_argument("--dtypes", default="float32,bfloat16",
-                        help="comma-separated; the founding shape always adds float16")
+                        help="comma-separated; the founding shape's forward adds float16")
     parser.add_argument("--shapes", default="", help="comma-separated 1-based shape numbers")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--out", default="benchmarks", help="folder for RESULTS.md and the PNG")
-    parser.add_argument("--no-training", action="store_true",
-                        help="skip the backward and training-step sections")
+    parser.add_argument("--out", default="benchmarks", help="folder for the results")
+    parser.add_argument("--client", default="", help="options for the client section, "
+                        "e.g. 'nets=unet,steps=10' (see phaseconv.bench_client)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench: needs a CUDA GPU", file=sys.stderr)
         return 2
-    if args.repeats < 50:
-        print("bench: note: fewer than 50 repeats", file=sys.stderr)
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTION_TEXT)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {list(SECTION_TEXT)}")
     picked = [SWEEP[int(i) - 1] for i in args.shapes.split(",")] if args.shapes else SWEEP
-    rows = []
-    for shape in picked:
-        names = args.dtypes.split(",")
-        if shape is SWEEP[0] and "float16" not in names:
-            names.append("float16")  # the founding example's goals name float16 too
-        for name in names:
-            row = bench_one(shape, getattr(torch, name), args.repeats, args.warmup)
-            rows.append(row)
-            print(f"{shape.name:>10} {row.dtype:>8}: cuDNN {row.cudnn_us:9.1f} µs  "
-                  f"phaseconv {row.phaseconv_us:9.1f} µs  {row.speedup:6.2f}x  "
-                  f"err {row.max_rel_err:.1e}", flush=True)
-    print()
-    print(table(rows))
-    backward_rows, training_rows = [], []
-    if not args.no_training:
-        for shape in (SWEEP[0], SWEEP[1], SWEEP[2], SWEEP[4]):
-            for name in ("float32", "bfloat16"):
-                row = bench_backward(shape, getattr(torch, name), args.repeats, args.warmup)
-                backward_rows.append(row)
-                print(f"backward {shape.name:>10} {row.dtype:>8}: torch {row.torch_bwd_us:9.1f} "
-                      f"µs  phaseconv {row.ours_bwd_us:9.1f} µs; fwd+bwd {row.torch_step_us:9.1f}"
-                      f" vs {row.ours_step_us:9.1f} µs  err {row.rel_err:.1e}", flush=True)
-        print()
-        print(backward_table(backward_rows))
-        training_rows = bench_training_step(torch.float32, max(20, args.repeats // 2),
-                                            args.warmup)
-        print()
-        print(training_table(training_rows))
-    os.makedirs(args.out, exist_ok=True)
-    command = "python -m phaseconv bench" + (" " + " ".join(argv) if argv else "")
-    write_results(rows, os.path.join(args.out, "RESULTS.md"), command, backward_rows,
-                  training_rows)
-    plot(rows, os.path.join(args.out, "speedup.png"))
-    print(f"\nwrote {os.path.join(args.out, 'RESULTS.md')} and speedup.png")
+    dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
+    command = "python -m phaseconv bench " + " ".join(argv)
+    r, w = args.repeats, args.warmup
+
+    def run(section, fn, table, extra=()):
+        rows = []
+        for shape in picked:
+            for dtype in (list(dtypes) + list(extra) if shape is SWEEP[0] else dtypes):
+                got = fn(shape, dtype, r, w)
+                rows.extend(got if isinstance(got, list) else [got])
+                print(f"{section} {shape.name} {_dtype_name(dtype)} done", flush=True)
+        print(table(rows), flush=True)
+        return rows
+
+    backward_rows = []
+    if "forward" in sections:
+        rows = run("forward", bench_forward, forward_table, extra=[torch.float16])
+        write_section(args.out, "forward", forward_table(rows), command)
+        plot(rows, os.path.join(args.out, "speedup.png"))
+    if "backward" in sections:
+        backward_rows = run("backward", bench_backward, backward_table)
+        write_section(args.out, "backward", backward_table(backward_rows), command)
+    if "host" in sections:
+        rows = run("host", lambda s, d, r, w: bench_host(s, d, max(r, 100), w), host_table)
+        write_section(args.out, "host", host_table(rows), command)
+    if "loop" in sections:
+        rows = run("loop", bench_loop, lambda rows: loop_table(rows, backward_rows))
+        write_section(args.out, "loop", loop_table(rows, backward_rows), command)
+    if "client" in sections:
+        from . import bench_client
+
+        body = bench_client.run_section(args.client)
+        write_section(args.out, "client", body, command)
+    print(f"\nwrote {os.path.join(args.out, 'RESULTS.md')}")
     return 0

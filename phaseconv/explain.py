@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from . import engines
-from .checks import triple
+from .checks import ConvArgs, triple
 from .geometry import (
     Phase,
     PhasePlan,
@@ -109,8 +109,7 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
     object also carries the plan, MAC counts and the engine that would run.  When that engine
     is the CUDA one, ``kernel`` names the kernel and tile it launches for ``dtype`` (default:
     the layer's weight dtype, else float32) and a contiguous input, ``grad_input_kernel`` and
-    ``grad_weight_kernel`` those of the backward; this builds the extension and allocates an
-    input-sized tensor on the GPU.
+    ``grad_weight_kernel`` those of the backward (this builds the extension on first use).
     """
     if isinstance(layer_or_args, nn.ConvTranspose3d):
         layer = layer_or_args
@@ -168,19 +167,14 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
 
 def _cuda_kernels(plan, batch, in_channels, out_channels, groups, kernel, stride, padding,
                   dilation, device, dtype):
-    """(forward, input-gradient, weight-gradient) kernel descriptions from the CUDA engine."""
+    """(forward, input-gradient, weight-gradient) kernel descriptions from the CUDA engine's
+    plans for these arguments (the plans a call would use; no tensor of the input's size)."""
     from .engines import cuda  # builds the extension on first use
-    from .packing import pack_conv3d_phases
 
-    weight = torch.zeros((in_channels, out_channels // groups) + tuple(kernel), device=device,
-                         dtype=dtype)
-    x = torch.empty((max(batch, 1), in_channels) + tuple(plan.in_shape), device=device,
-                    dtype=dtype)
-    packed = cuda.pack(weight, groups, stride, padding, dilation)
-    forward = cuda.describe(x, packed, None, plan, groups, out_channels)
-    # the weight gradient reads only shapes: a broadcast view stands in for grad_output
-    grad_out = x.new_empty(1).expand((max(batch, 1), out_channels) + tuple(plan.out_shape))
-    phases = pack_conv3d_phases(weight, groups, stride, padding, dilation)
-    gi = cuda.pack_grad_input(phases, groups, kernel, stride, padding, dilation)
-    return (forward, cuda.describe_grad_input(grad_out, gi, plan, groups, in_channels),
-            cuda.describe_grad_weight(x, grad_out, packed))
+    args = ConvArgs(True, tuple(stride), tuple(padding),
+                    tuple(a.output_padding for a in plan.axes), tuple(dilation), groups,
+                    tuple(kernel), in_channels, out_channels, plan.in_shape, plan.out_shape)
+    batch = max(batch, 1)
+    forward = cuda.describe(args, batch, dtype, device)
+    grad_input, grad_weight = cuda.describe_backward(args, batch, dtype, device)
+    return forward, grad_input, grad_weight

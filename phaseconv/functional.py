@@ -10,7 +10,7 @@ from .checks import check_types, triple
 def conv_transpose3d(input: torch.Tensor, weight: torch.Tensor,
                      bias: Optional[torch.Tensor] = None, stride=1, padding=0,
                      output_padding=0, groups: int = 1, dilation=1,
-                     engine: Optional[str] = None, cache: bool = False) -> torch.Tensor:
+                     engine: Optional[str] = None) -> torch.Tensor:
     """3-D transposed convolution, computed phase by phase; same contract as
     ``torch.nn.functional.conv_transpose3d``.
 
@@ -26,10 +26,10 @@ def conv_transpose3d(input: torch.Tensor, weight: torch.Tensor,
     ``stride``, ``padding``, ``output_padding`` and ``dilation`` are ints or 3-tuples.
     ``engine`` forces an engine (see ``phaseconv.engines``); by default CUDA tensors run the
     CUDA kernel and others the reference engine, and ``phaseconv.explain`` tells which.
-    ``cache=True`` keeps the weight's phase sub-kernels packed until the weight changes
-    (``phaseconv.packing.CACHE``; ``phaseconv.ConvTranspose3d`` always does); by default the
-    functional form packs on every call.  Gradients flow to input, weight and bias
-    (phase-form backward, ``phaseconv.ops``).
+    Every call reads the weight as it is (nothing is cached that depends on its values), and
+    costs the same as the module's call.  Gradients flow to input, weight and bias
+    (phase-form backward, ``phaseconv.ops``); under ``torch.autocast`` the inputs are cast as
+    torch's ``conv_transpose3d`` casts them.
     """
     check_types(input, weight, bias, groups)
     stride, padding, output_padding, dilation = (
@@ -37,4 +37,4 @@ def conv_transpose3d(input: torch.Tensor, weight: torch.Tensor,
                                         (output_padding, "output_padding"),
                                         (dilation, "dilation")))
     return ops.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
-                                int(groups), dilation, engine, bool(cache))
+                                int(groups), dilation, engine)

@@ -7,17 +7,15 @@ import torch.nn as nn
 from .checks import check_output_size
 from .functional import conv_transpose3d
 from .geometry import output_padding_for_size
-from .packing import CACHE
 
 
 class ConvTranspose3d(nn.ConvTranspose3d):
     """``torch.nn.ConvTranspose3d`` computed by phase decomposition.
 
     Same constructor, parameters, ``state_dict`` keys and ``forward(input, output_size=None)``
-    as torch's class.  The weight is split into phase sub-kernels on first use and again only
-    when it changes (see ``phaseconv.packing.PackCache``); call :meth:`clear_phase_cache`
-    after writing through ``weight.data``, which torch does not track.  ``engine`` forces an
-    engine for this layer (see ``phaseconv.engines``).
+    as torch's class.  Every call reads the weight as it is, so any way of changing it
+    (optimizers, fused or not, ``.data``, numpy, DLPack, ``load_state_dict``) is seen by the
+    next call.  ``engine`` forces an engine for this layer (see ``phaseconv.engines``).
     """
 
     def __init__(self, *args, engine: Optional[str] = None, **kwargs) -> None:
@@ -37,10 +35,6 @@ class ConvTranspose3d(nn.ConvTranspose3d):
         new.engine = None
         return new
 
-    def clear_phase_cache(self) -> None:
-        """Forget this layer's packed phases (after a write through ``weight.data``)."""
-        CACHE.forget(self.weight)
-
     def forward(self, input: torch.Tensor, output_size: Optional[List[int]] = None):
         if self.padding_mode != "zeros":
             raise ValueError("padding_mode: only 'zeros' padding mode is supported for "
@@ -55,8 +49,7 @@ class ConvTranspose3d(nn.ConvTranspose3d):
                     input.shape[-3:], output_size, self.kernel_size, self.stride,
                     self.padding, self.dilation)
         return conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding,
-                                output_padding, self.groups, self.dilation, self.engine,
-                                cache=True)
+                                output_padding, self.groups, self.dilation, self.engine)
 
 
 def convert(model: nn.Module) -> nn.Module:

@@ -2,11 +2,11 @@
 
 Each kernel tap belongs to exactly one phase per axis, so the phase sub-kernels are a
 partition of the weight: packing is a gather, and its gradient is the matching scatter.
-The split depends only on kernel size, stride, padding and dilation (not on the input size),
-so a layer packs once and reuses the result until its weight changes.
+The split depends only on kernel size, stride, padding and dilation (not on the input size or
+the weight's values): the CUDA engine turns it, once per geometry, into index maps on the
+device (``engines/cuda.py``), and every call gathers the weight through them.
 """
-import weakref
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -113,70 +113,4 @@ def unpack_conv3d_phases(phase_grads, weight_shape, groups: int, stride: Triple,
         w[tuple(index)] = g.flip(flip) if flip else g
     # (G*C_out/g, C_in/g, k...) -> (G, C_out/g, C_in/g, k...) -> (C_in, C_out/g, k...)
     w = w.reshape((groups, c_out_g, c_in_g) + kernel).transpose(1, 2)
-    return w.reshape((c_in, c_out_g) + kernel)
-
-
-class PackCache:
-    """Packed forms of weights, reused until the weight changes.
-
-    One process-wide cache (``CACHE``) serves every layer (and functional calls made with
-    ``cache=True``), so a compiled graph and an eager call find the same packs. Entries are
-    keyed by the weight tensor itself (held weakly: an entry dies with its weight) and by the
-    packing (layout, groups, stride, padding, dilation); an entry is fresh while the weight's
-    storage address, torch's version counter (bumped by every in-place op: optimizer steps,
-    ``mul_``, ``load_state_dict``'s ``copy_``), dtype, device, shape and strides are unchanged.
-    One blind spot is torch's, not ours: writes through ``weight.data`` bypass the version
-    counter; call :meth:`forget` (``ConvTranspose3d.clear_phase_cache``) after such a write.
-    """
-
-    def __init__(self) -> None:
-        self._entries = {}  # type: dict  # id(weight) -> (weakref, {packing: (state, packed)})
-        self.packs = 0  # packs really computed (tests and explain() read it)
-
-    @staticmethod
-    def _state(weight: torch.Tensor) -> Optional[tuple]:
-        try:
-            version = weight._version
-        except RuntimeError:  # inference-mode tensors have no version counter: never cache
-            return None
-        return (weight.data_ptr(), version, weight.dtype, weight.device, tuple(weight.shape),
-                weight.stride())
-
-    def get(self, weight: torch.Tensor, packing: tuple, pack: Callable[[torch.Tensor], object]):
-        """The packed form of ``weight`` (packed from a detached view: no autograd history)."""
-        state = self._state(weight)
-        entry = self._entries.get(id(weight))
-        if entry is not None and entry[0]() is not weight:
-            entry = None  # a dead weight's id was reused
-        if entry is not None and state is not None:
-            hit = entry[1].get(packing)
-            if hit is not None and hit[0] == state:
-                return hit[1]
-        with torch.no_grad():
-            packed = pack(weight.detach())
-        self.packs += 1
-        if state is not None:
-            if entry is None:
-                key = id(weight)
-                ref = weakref.ref(weight, lambda _, key=key: self._drop(key, _))
-                entry = (ref, {})
-                self._entries[key] = entry
-            entry[1][packing] = (state, packed)
-        return packed
-
-    def _drop(self, key: int, ref) -> None:
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] is ref:
-            del self._entries[key]
-
-    def forget(self, weight: torch.Tensor) -> None:
-        """Drop every pack of ``weight``."""
-        self._entries.pop(id(weight), None)
-
-    def packs_of(self, weight: torch.Tensor) -> int:
-        """How many packings of ``weight`` are held (0 after :meth:`forget`)."""
-        entry = self._entries.get(id(weight))
-        return len(entry[1]) if entry is not None and entry[0]() is weight else 0
-
-
-CACHE = PackCache()
+    return w.reshape((c_in, c_out_g) + kernel).contiguous()

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import phaseconv
+from phaseconv.checks import check_conv_transpose3d
 from phaseconv.engines import cuda
-from phaseconv.geometry import phase_plan
-from phaseconv.packing import pack_conv3d_phases
 
 # (N, C_in, C_out, groups, in DHW, kernel, stride, padding, output_padding, dilation)
 CASES = [
@@ -34,24 +33,23 @@ DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 def main() -> int:
     failures = 0
     for n, ci, co, g, size, k, s, p, op, d in CASES:
-        plan = phase_plan(size, k, s, p, dilation=d, output_padding=op)
         for dtype in DTYPES:
             x = torch.randn((n, ci) + size, device="cuda").to(dtype)
             w = torch.randn((ci, co // g) + k, device="cuda").to(dtype)
             b = torch.randn(co, device="cuda").to(dtype)
             ref = F.conv_transpose3d(x.double(), w.double(), b.double(), s, p, op, g, d)
-            packed = cuda.pack(w, g, s, p, d)
+            args = check_conv_transpose3d(x, w, b, s, p, op, g, d)
             for path in PATHS:
                 xin = x.contiguous(memory_format=torch.channels_last_3d) if path < 0 else x
-                y = cuda.forward(xin, packed, b, plan, g, co, force_path=abs(path))
+                y = cuda.forward(xin, w, b, args, force_path=abs(path))
                 err = (y.double() - ref).abs().max().item() / max(1.0, ref.abs().max().item())
                 tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 2e-5
                 if not err <= tol:
                     failures += 1
                     print("FAIL", (n, ci, co, g, size, k, s, p, op, d), dtype, path, err)
-        # the CUDA backward (grad_input: one launch where the rule allows, else per phase on
-        # the forward kernels; grad_weight: tensor cores where the rule allows, else SIMT),
-        # then both alternatives forced
+        # the CUDA backward by the rule, then every kernel forced: grad_input on the
+        # tensor-core kernel (where it applies) and the naive kernel, grad_weight on tensor
+        # cores (where they apply) and the SIMT kernel
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
             x = torch.randn((n, ci) + size, device="cuda").to(dtype).requires_grad_()
             w = torch.randn((ci, co // g) + k, device="cuda").to(dtype).requires_grad_()
@@ -70,16 +68,17 @@ def main() -> int:
             if dtype == torch.float64:
                 continue
             gy = torch.ones_like(out).detach()
-            packed = cuda.pack(w.detach(), g, s, p, d)
-            phases = pack_conv3d_phases(w.detach(), g, s, p, d)
-            gi = cuda.pack_grad_input(phases, g, k, s, p, d)
-            forced = [cuda.grad_input(gy, phases, gi, plan, g, ci, one_launch=False)]
-            if cuda.describe_grad_input(gy, gi, plan, g, ci).startswith("mma"):
-                forced.append(cuda.grad_input(gy, phases, gi, plan, g, ci, one_launch=True))
-            forced.append(cuda.grad_weight(x.detach(), gy, packed, tuple(w.shape), "simt"))
+            args = check_conv_transpose3d(x, w, None, s, p, op, g, d)
+            xd, wd = x.detach(), w.detach()
+            forced = [cuda.backward(gy, xd, wd, args, grad_input_kernel="naive",
+                                    grad_weight_kernel="simt")]
+            if min(ci, co) // g >= 4:
+                forced.append(cuda.backward(gy, xd, wd, args, need_weight=False,
+                                            grad_input_kernel="tensor-cores"))
             if min(ci, co) // g >= 16:
-                forced.append(cuda.grad_weight(x.detach(), gy, packed, tuple(w.shape),
-                                               "tensor-cores"))
+                forced.append(cuda.backward(gy, xd, wd, args, need_input=False,
+                                            grad_weight_kernel="tensor-cores"))
+            forced = [t for pair in forced for t in pair if t is not None]
             for a in forced:
                 e = rx if a.shape == rx.shape else rw
                 err = (a.double() - e).abs().max().item() / max(1.0, e.abs().max().item())

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from strategies import configs
 
 import phaseconv
-from phaseconv.packing import CACHE
+from phaseconv.checks import check_conv_transpose3d
 
 pytestmark = pytest.mark.cuda
 # Relative to the output's scale: fp32 accumulates in fp32; 16-bit types round their inputs
@@ -110,25 +110,19 @@ def test_large_channels_on_cuda():
            F.conv_transpose3d(x.double().cpu(), w.double().cpu(), **kw), torch.float32)
 
 
-def test_module_cache_on_cuda_and_training_step():
+def test_module_training_step_on_cuda():
     torch.manual_seed(0)
     ref = torch.nn.ConvTranspose3d(8, 6, 3, stride=2, padding=1, output_padding=1,
                                    groups=2).cuda().double()
     ours = phaseconv.convert(torch.nn.Sequential(ref))[0]
     x = torch.randn(2, 8, 4, 5, 6, device="cuda", dtype=torch.float64)
-    start = CACHE.packs
     with torch.no_grad():
         _close(ours(x), F.conv_transpose3d(x, ref.weight, ref.bias, 2, 1, 1, 2), torch.float64)
-        ours(x)
-    assert CACHE.packs - start == 1
     opt = torch.optim.SGD(ours.parameters(), lr=0.1)
     ours(x).square().mean().backward()
     opt.step()
     with torch.no_grad():
         _close(ours(x), F.conv_transpose3d(x, ref.weight, ref.bias, 2, 1, 1, 2), torch.float64)
-    # The training call reused the CUDA pack (its backward needs no pack for the weight's
-    # gradient alone); the optimizer step made it stale.
-    assert CACHE.packs - start == 2
 
 
 def test_founding_example_fp32_on_cuda():
@@ -226,34 +220,45 @@ def test_torch_compile_on_cuda():
 _BAD_BINDING_CALLS = """
 import torch
 from phaseconv.engines import cuda
-from phaseconv.geometry import phase_plan
+from phaseconv.checks import check_conv_transpose3d
 mod = cuda.load()
 w = torch.randn(8, 4, 3, 3, 3, device="cuda")
 x = torch.randn(1, 8, 4, 4, 4, device="cuda")
-packed = cuda.pack(w, 2, (2, 2, 2), (1, 1, 1), (1, 1, 1))
-plan = phase_plan((4, 4, 4), (3, 3, 3), (2, 2, 2), (1, 1, 1), dilation=(1, 1, 1),
-                  output_padding=(0, 0, 0))
-good = list(cuda._args(x, packed, None, plan, 2, 8))
-gy = torch.randn(1, 8, 7, 7, 7, device="cuda")
+args = check_conv_transpose3d(x, w, None, (2, 2, 2), (1, 1, 1), (0, 0, 0), 2, (1, 1, 1))
+t = cuda.layer_tables(w.shape, 2, (2, 2, 2), (1, 1, 1), (1, 1, 1), w.dtype, x.device)
+h = t.host
+good = [x, w, False, False, t.table, t.index, t.index_mma, list(args.out_shape),
+        list(h.stride), list(h.phase_dilation), list(h.max_taps), h.total_taps, 2,
+        list(h.union_box), 0]
 cases = {  # each past the Python checks, straight into the binding
-    "bias": lambda a: a.__setitem__(3, torch.randn(5, device="cuda")),
-    "groups": lambda a: a.__setitem__(9, 3),
-    "stride": lambda a: a.__setitem__(5, [2, 2]),
+    "groups": lambda a: a.__setitem__(12, 3),
+    "stride": lambda a: a.__setitem__(8, [2, 2]),
     "dims": lambda a: a.__setitem__(0, x[0]),
+    "index": lambda a: a.__setitem__(5, t.index[1:]),
+    "dtype": lambda a: a.__setitem__(1, w.double()),
 }
 for name, spoil in cases.items():
-    for fn in (mod.phase_conv_fwd, mod.describe):
-        args = list(good)
-        spoil(args)
-        try:
-            fn(*args, **cuda._extra(packed))
-        except RuntimeError as exc:
-            print("refused:", name, fn.__name__, "|", str(exc).splitlines()[0][:120])
+    args_ = list(good)
+    spoil(args_)
+    try:
+        mod.ForwardPlan(*args_)
+    except RuntimeError as exc:
+        print("refused:", name, "|", str(exc).splitlines()[0][:120])
+plan = mod.ForwardPlan(*good)
+with_bias = mod.ForwardPlan(*(good[:2] + [True] + good[3:]))
+for name, call in {"bias": lambda: with_bias(x, w, torch.randn(5, device="cuda")),
+                   "shape": lambda: plan(x[:, :, 1:], w, None),
+                   "weight": lambda: plan(x, w[:, :2], None)}.items():
+    try:
+        call()
+    except RuntimeError as exc:
+        print("refused:", name, "|", str(exc).splitlines()[0][:120])
+gy = torch.randn(1, 8, 7, 7, 7, device="cuda")
 try:
-    mod.phase_conv_bwd_weight(x, gy, packed.table, packed.weight.numel(), [2, 2, 2],
-                              [1, 1, 1], [2, 2, 2], 3)
+    mod.BackwardPlan(x, w, gy, 3, [2, 2, 2], [1, 1, 1], t.table, t.index, list(h.max_taps),
+                     t.gi_table, t.gi_index, list(h.gi_max_taps), h.gi_total_taps, 0, 0)
 except RuntimeError as exc:
-    print("refused: groups bwd_weight |", str(exc).splitlines()[0][:120])
+    print("refused: groups backward |", str(exc).splitlines()[0][:120])
 """
 
 
@@ -268,8 +273,8 @@ def test_binding_refuses_bad_arguments_without_crashing():
     assert result.returncode == 0, result.stdout[-2000:]
     refused = [line for line in result.stdout.splitlines() if line.startswith("refused:")]
     assert len(refused) == 9, result.stdout[-2000:]
-    assert any("bias must be a contiguous 1-D tensor of 8 elements" in line for line in refused)
-    assert any("not divisible by groups=3" in line for line in refused)
+    assert any("does not fit 8 input channels in 3 groups" in line for line in refused)
+    assert any("bias of shape [5] does not match the plan" in line for line in refused)
 
 
 # ---- the CUDA backward (grad_input through the forward kernels, grad_weight kernel)
@@ -347,8 +352,12 @@ def test_cuda_backward_runs_under_deterministic_algorithms():
         assert torch.equal(a, c)
 
 
+def _args(x, w, s, p, d, g, op=(0, 0, 0)):
+    return check_conv_transpose3d(x, w, None, s, p, op, g, d)
+
+
 def test_cuda_weight_gradient_kernel_against_reference():
-    """The grad_weight kernel alone, in the packed layout unpacked back, against the
+    """The grad_weight kernels alone, written straight into the weight's layout, against the
     reference engine's phase-form gradient (float64; many output tiles: several splits)."""
     from phaseconv.engines import cuda, reference
     from phaseconv.geometry import phase_plan
@@ -362,8 +371,8 @@ def test_cuda_weight_gradient_kernel_against_reference():
         w = torch.randn(8, 12 // g, *k, device="cuda", dtype=torch.float64)
         plan = phase_plan((9, 10, 40), k, s, p, dilation=d, output_padding=(0, 0, 0))
         gy = torch.randn((2, 12) + plan.out_shape, device="cuda", dtype=torch.float64)
-        packed = cuda.pack(w, g, s, p, d)
-        ours = cuda.grad_weight(x, gy, packed, tuple(w.shape))
+        _, ours = cuda.backward(gy, x, w, _args(x, w, s, p, d, g), need_input=False)
+        assert ours.is_contiguous()
         phases = reference.grad_weight_phases(x, gy, plan, g, 12, tuple(w.shape))
         theirs = unpack_conv3d_phases(phases, tuple(w.shape), g, s, p, d)
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-9)
@@ -384,7 +393,7 @@ def test_tensor_core_weight_gradient(case, dtype):
     """The tensor-core grad_weight kernel (3xTF32 for float32, flushed every 256 terms)
     against the reference phase-form gradient in float64 from the same rounded values:
     channel tails, several channel blocks, ragged and empty phases, dilation, long reductions
-    (splits)."""
+    (splits); the SIMT kernel on the same layer too."""
     from phaseconv.engines import cuda, reference
     from phaseconv.geometry import phase_plan
     from phaseconv.packing import unpack_conv3d_phases
@@ -395,9 +404,11 @@ def test_tensor_core_weight_gradient(case, dtype):
     w = torch.randn((cin, cout // g) + k, generator=gen).to(dtype)
     plan = phase_plan(size, k, s, p, dilation=d, output_padding=(0, 0, 0))
     gy = torch.randn((n, cout) + plan.out_shape, generator=gen).to(dtype)
-    packed = cuda.pack(w.cuda(), g, s, p, d)
-    assert cuda.describe_grad_weight(x.cuda(), gy.cuda(), packed).startswith("tensor-core")
-    ours = cuda.grad_weight(x.cuda(), gy.cuda(), packed, tuple(w.shape), kernel="tensor-cores")
+    xc, wc, gyc = x.cuda(), w.cuda(), gy.cuda()
+    args = _args(xc, wc, s, p, d, g)
+    assert cuda.describe_backward(args, n, dtype, xc.device)[1].startswith("tensor-core")
+    _, ours = cuda.backward(gyc, xc, wc, args, need_input=False,
+                            grad_weight_kernel="tensor-cores")
     assert ours.dtype == dtype
     phases = reference.grad_weight_phases(x.double(), gy.double(), plan, g, cout,
                                           tuple(w.shape))
@@ -407,82 +418,78 @@ def test_tensor_core_weight_gradient(case, dtype):
     worst = ((ours - theirs).abs().max() / theirs.abs().max()).item()
     tol = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
     assert rel < tol and worst < 4 * tol, (rel, worst)
-    simt = cuda.grad_weight(x.cuda(), gy.cuda(), packed, tuple(w.shape), kernel="simt")
+    _, simt = cuda.backward(gyc, xc, wc, args, need_input=False, grad_weight_kernel="simt")
     assert ((simt.double().cpu() - theirs).norm() / theirs.norm()).item() < tol
 
 
-def test_weight_gradient_kernel_rule():
-    """The rule (phase_conv_bwd.cuh) is visible and forcing is checked, never rerouted."""
+def test_backward_kernel_rules():
+    """The rules (phase_conv_bwd.cuh, phase_conv_fwd.cuh) are visible and forcing is checked,
+    never rerouted."""
     from phaseconv.engines import cuda
 
     x = torch.randn(1, 8, 4, 4, 4, device="cuda")
     w = torch.randn(8, 4, 3, 3, 3, device="cuda")
     gy = torch.randn(1, 8, 7, 7, 7, device="cuda")
-    narrow = cuda.pack(w, 2, (2, 2, 2), (1, 1, 1), (1, 1, 1))  # C_in/g = 4
-    assert cuda.describe_grad_weight(x, gy, narrow).startswith("simt")
-    with pytest.raises(RuntimeError, match="weight-gradient launch failed"):
-        cuda.grad_weight(x, gy, narrow, tuple(w.shape), kernel="tensor-cores")
-    with pytest.raises(ValueError, match="kernel must be one of"):
-        cuda.grad_weight(x, gy, narrow, tuple(w.shape), kernel="fast")
+    narrow = _args(x, w, (2, 2, 2), (1, 1, 1), (1, 1, 1), 2)  # C_in/g = 4
+    assert cuda.describe_backward(narrow, 1, x.dtype, x.device)[1].startswith("simt")
+    with pytest.raises(RuntimeError, match="weight gradient refused"):
+        cuda.backward(gy, x, w, narrow, grad_weight_kernel="tensor-cores")
+    with pytest.raises(ValueError, match="grad_weight_kernel must be one of"):
+        cuda.backward(gy, x, w, narrow, grad_weight_kernel="fast")
+    depthwise = _args(x, torch.randn(8, 1, 3, 3, 3, device="cuda"), (2, 2, 2), (1, 1, 1),
+                      (1, 1, 1), 8)
+    assert cuda.describe_backward(depthwise, 1, x.dtype, x.device)[0].startswith("naive")
+    with pytest.raises(RuntimeError, match="input-gradient kernel forced"):
+        cuda.backward(gy, x, w[:, :1], depthwise, grad_input_kernel="tensor-cores")
     wide = dict(in_channels=64, out_channels=32, kernel_size=4, stride=2, padding=1)
     report = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda")
     assert report.grad_weight_kernel.startswith("tensor-core gemm 3xTF32")
     assert "grad_weight kernel: tensor-core" in str(report)
     half = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda", dtype=torch.bfloat16)
     assert half.grad_weight_kernel.startswith("tensor-core gemm fp32-accumulate")
-    assert phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda",
-                             dtype=torch.float64).grad_weight_kernel.startswith("simt")
+    double = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda", dtype=torch.float64)
+    assert double.grad_weight_kernel.startswith("simt")
+    assert double.grad_input_kernel.startswith("naive grad-input")
     assert report.grad_input_kernel.startswith("mma grad-input")
     assert "grad_input kernel: mma grad-input" in str(report)
-    assert phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda",
-                             dtype=torch.float64).grad_input_kernel.startswith("per-phase")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16,
+                                   torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", range(len(_BWD_CASES)))
-def test_input_gradient_one_launch_and_per_phase(case, dtype):
-    """grad_input by the one-launch kernel (every phase's adjoint summed per tile) and by the
-    per-phase path, against torch in float64; the rule picks the one-launch kernel exactly
-    where describe_grad_input says so."""
+def test_input_gradient_kernels(case, dtype):
+    """grad_input in one launch by the tensor-core kernel (where the rule takes it) and by the
+    naive kernel, against torch in float64."""
     from phaseconv.engines import cuda
-    from phaseconv.geometry import phase_plan
-    from phaseconv.packing import pack_conv3d_phases
 
     c = _BWD_CASES[case]
     gen = torch.Generator().manual_seed(case)
     x = torch.randn((c["n"], c["cin"]) + c["size"], generator=gen).to(dtype)
     w = (torch.randn((c["cin"], c["cout"] // c["groups"]) + c["k"], generator=gen) / 4).to(dtype)
-    plan = phase_plan(c["size"], c["k"], c["s"], c["p"], dilation=c["d"],
-                      output_padding=c["op"])
-    gy = torch.randn((c["n"], c["cout"]) + plan.out_shape, generator=gen).to(dtype)
     x64 = x.double().requires_grad_()
     out = F.conv_transpose3d(x64, w.double(), stride=c["s"], padding=c["p"],
                              output_padding=c["op"], groups=c["groups"], dilation=c["d"])
+    gy = torch.randn(out.shape, generator=gen).to(dtype)
     expected, = torch.autograd.grad(out, x64, gy.double())
-    phases = pack_conv3d_phases(w.cuda(), c["groups"], c["s"], c["p"], c["d"])
-    gi = cuda.pack_grad_input(phases, c["groups"], c["k"], c["s"], c["p"], c["d"])
-    gyc = gy.cuda()
-    desc = cuda.describe_grad_input(gyc, gi, plan, c["groups"], c["cin"])
-    narrow = c["cin"] // c["groups"] < 4 or c["cout"] // c["groups"] < 4
-    assert desc.startswith("per-phase" if narrow else "mma grad-input"), desc
-    tol = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
-    runs = [False] if narrow else [True, False, None]
-    for one in runs:
-        got = cuda.grad_input(gyc, phases, gi, plan, c["groups"], c["cin"], one_launch=one)
+    xc, wc, gyc = x.cuda(), w.cuda(), gy.cuda()
+    args = _args(xc, wc, c["s"], c["p"], c["d"], c["groups"], c["op"])
+    desc = cuda.describe_backward(args, c["n"], dtype, xc.device)[0]
+    mma = (dtype != torch.float64 and c["cin"] // c["groups"] >= 4
+           and c["cout"] // c["groups"] >= 4)
+    assert desc.startswith("mma grad-input" if mma else "naive grad-input"), desc
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3,
+           torch.bfloat16: 2e-2}[dtype]
+    for kernel in (["auto", "tensor-cores", "naive"] if mma else ["auto", "naive"]):
+        got, _ = cuda.backward(gyc, xc, wc, args, need_weight=False, grad_input_kernel=kernel)
         assert got.dtype == dtype and got.shape == expected.shape
         rel = ((got.double().cpu() - expected).norm() / expected.norm()).item()
-        assert rel < tol, (one, rel)
-    if narrow:
-        with pytest.raises(RuntimeError, match="does not take this layer"):
-            cuda.grad_input(gyc, phases, gi, plan, c["groups"], c["cin"], one_launch=True)
+        assert rel < tol, (kernel, rel)
 
 
 def test_input_gradient_one_launch_long_reduction_float32():
     """3xTF32 flushed every 256 terms: the one-launch input gradient of a wide layer (8192
     terms per voxel: 128 channels x 64 taps) stays fp32-accurate, and is deterministic."""
     from phaseconv.engines import cuda
-    from phaseconv.geometry import phase_plan
-    from phaseconv.packing import pack_conv3d_phases
 
     torch.manual_seed(0)
     k, s, p = (4, 4, 4), (2, 2, 2), (1, 1, 1)
@@ -491,11 +498,11 @@ def test_input_gradient_one_launch_long_reduction_float32():
     out = F.conv_transpose3d(x, w, stride=s, padding=p)
     gy = torch.randn_like(out)
     expected, = torch.autograd.grad(out, x, gy)
-    plan = phase_plan((5, 6, 7), k, s, p, dilation=(1, 1, 1), output_padding=(0, 0, 0))
-    phases = pack_conv3d_phases(w.float().cuda(), 1, s, p, (1, 1, 1))
-    gi = cuda.pack_grad_input(phases, 1, k, s, p, (1, 1, 1))
-    gyc = gy.float().cuda()
-    got = cuda.grad_input(gyc, phases, gi, plan, 1, 96, one_launch=True)
-    again = cuda.grad_input(gyc, phases, gi, plan, 1, 96, one_launch=True)
+    xc, wc, gyc = x.detach().float().cuda(), w.float().cuda(), gy.float().cuda()
+    args = _args(xc, wc, s, p, (1, 1, 1), 1)
+    got, _ = cuda.backward(gyc, xc, wc, args, need_weight=False,
+                           grad_input_kernel="tensor-cores")
+    again, _ = cuda.backward(gyc, xc, wc, args, need_weight=False,
+                             grad_input_kernel="tensor-cores")
     assert torch.equal(got, again)
     _close(got, expected, torch.float32)

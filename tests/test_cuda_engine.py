@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phaseconv.geometry import phase_plan
+from phaseconv.checks import check_conv_transpose3d
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -41,7 +41,6 @@ def configs(draw, max_channels=3):
 
 
 def _run(cfg, dtype, force_path=0, seed=0):
-    cuda = _cuda()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], generator=gen, dtype=torch.float64)
     w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], generator=gen,
@@ -52,12 +51,16 @@ def _run(cfg, dtype, force_path=0, seed=0):
     # reference in float64 from the same (rounded) values, on the CPU
     ref = F.conv_transpose3d(xl.double(), wl.double(), bl.double() if bl is not None else None,
                              cfg["s"], cfg["p"], cfg["op"], cfg["groups"], cfg["d"])
-    plan = phase_plan(cfg["ins"], cfg["k"], cfg["s"], cfg["p"], dilation=cfg["d"],
-                      output_padding=cfg["op"])
-    packed = cuda.pack(wl.to(DEV), cfg["groups"], cfg["s"], cfg["p"], cfg["d"])
-    y = cuda.forward(xl.to(DEV), packed, bl.to(DEV) if bl is not None else None, plan,
-                     cfg["groups"], cfg["cout"], force_path=force_path)
+    y = _forward(xl.to(DEV), wl.to(DEV), bl.to(DEV) if bl is not None else None, cfg,
+                 force_path=force_path)
     return y, ref
+
+
+def _forward(x, w, b, cfg, force_path=0):
+    """The CUDA engine's forward on a batched input, ``cfg`` giving the geometry."""
+    args = check_conv_transpose3d(x, w, b, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
+                                  cfg["d"])
+    return _cuda().forward(x, w, b, args, force_path=force_path)
 
 
 def _check(y, ref, dtype):
@@ -106,22 +109,19 @@ def test_half_dtypes_match_torch(cfg, dtype, path):
 
 def _layer_case(n, cin, cout, groups, dhw, k, s, p, op, dtype, bias=True, seed=1,
                 force_path=0):
-    cuda = _cuda()
     torch.manual_seed(seed)
     k, s, p, op = [(v,) * 3 if isinstance(v, int) else tuple(v) for v in (k, s, p, op)]
     x = torch.rand((n, cin) + tuple(dhw), device=DEV, dtype=torch.float64)
     w = (torch.rand((cin, cout // groups) + k, device=DEV, dtype=torch.float64) - 0.5) * 0.2
     b = torch.rand(cout, device=DEV, dtype=torch.float64) if bias else None
     ref = F.conv_transpose3d(x, w, b, s, p, op, groups, 1).cpu()
-    plan = phase_plan(tuple(dhw), k, s, p, dilation=(1, 1, 1), output_padding=op)
-    packed = cuda.pack(w.to(dtype), groups, s, p, (1, 1, 1))
-    y = cuda.forward(x.to(dtype), packed, b.to(dtype) if b is not None else None, plan, groups,
-                     cout, force_path=force_path)
+    cfg = dict(s=s, p=p, op=op, d=(1, 1, 1), groups=groups)
+    y = _forward(x.to(dtype), w.to(dtype), b.to(dtype) if b is not None else None, cfg,
+                 force_path=force_path)
     return y, ref
 
 
 def test_founding_example_float32():
-    cuda = _cuda()
     torch.manual_seed(0)
     m = torch.nn.ConvTranspose3d(32, 32, kernel_size=(3, 5, 7), stride=2, padding=(1, 2, 3),
                                  output_padding=1, groups=4, bias=False).to(DEV)
@@ -132,10 +132,8 @@ def test_founding_example_float32():
         ref = m(x)
     finally:
         torch.backends.cudnn.allow_tf32 = prev
-    plan = phase_plan((12, 24, 48), (3, 5, 7), (2, 2, 2), (1, 2, 3), dilation=(1, 1, 1),
-                      output_padding=(1, 1, 1))
-    packed = cuda.pack(m.weight, 4, (2, 2, 2), (1, 2, 3), (1, 1, 1))
-    y = cuda.forward(x, packed, None, plan, 4, 32)
+    cfg = dict(s=(2, 2, 2), p=(1, 2, 3), op=(1, 1, 1), d=(1, 1, 1), groups=4)
+    y = _forward(x, m.weight.detach(), None, cfg)
     assert y.shape == (8, 32, 24, 48, 96)
     assert torch.allclose(y, ref, atol=1e-5)
 
@@ -152,15 +150,11 @@ def test_large_channels(dtype):
 def test_float32_long_reductions_on_tensor_cores(path):
     """3xTF32 flushes its accumulators every 256 terms: fp32-accurate at 4096 terms (512
     channels x 8 taps) on the all-phase and per-phase kernels, either input layout."""
-    cuda = _cuda()
     y, ref = _layer_case(1, 512, 24, 1, (4, 5, 6), 4, 2, 1, 0, torch.float32, force_path=path)
     _check(y, ref, torch.float32)
-    w = torch.zeros(512, 24, 4, 4, 4, device=DEV)
-    packed = cuda.pack(w, 1, (2, 2, 2), (1, 1, 1), (1, 1, 1))
-    plan = phase_plan((4, 5, 6), (4, 4, 4), (2, 2, 2), (1, 1, 1), dilation=(1, 1, 1),
-                      output_padding=(0, 0, 0))
-    x = torch.zeros(1, 512, 4, 5, 6, device=DEV)
-    assert cuda.describe(x, packed, None, plan, 1, 24, force_path=path).startswith("mma")
+    cfg = dict(k=(4, 4, 4), s=(2, 2, 2), p=(1, 1, 1), op=(0, 0, 0), d=(1, 1, 1), groups=1,
+               cin=512, cout=24, n=1, ins=(4, 5, 6))
+    assert _describe(cfg, torch.float32, force_path=path).startswith("mma")
 
 
 def test_wide_grouped_and_depthwise():
@@ -189,30 +183,25 @@ def test_every_output_written_exactly():
 
 
 def test_noncontiguous_input_and_empty_batch():
-    cuda = _cuda()
     x = torch.randn(2, 3, 5, 6, 7, device=DEV, dtype=torch.float64).transpose(3, 4)
     w = torch.randn(3, 2, 3, 3, 3, device=DEV, dtype=torch.float64)
-    plan = phase_plan(tuple(x.shape[2:]), (3, 3, 3), (2, 2, 2), (1, 1, 1), dilation=(1, 1, 1),
-                      output_padding=(0, 0, 0))
-    packed = cuda.pack(w, 1, (2, 2, 2), (1, 1, 1), (1, 1, 1))
-    y = cuda.forward(x, packed, None, plan, 1, 2)
+    cfg = dict(s=(2, 2, 2), p=(1, 1, 1), op=(0, 0, 0), d=(1, 1, 1), groups=1)
+    y = _forward(x, w, None, cfg)
     ref = F.conv_transpose3d(x, w, None, 2, 1)
     assert torch.allclose(y, ref, rtol=1e-10, atol=1e-10)
-    y0 = cuda.forward(x[:0], packed, None, plan, 1, 2)
+    y0 = _forward(x[:0], w, None, cfg)
     assert y0.shape == (0, 2) + tuple(ref.shape[2:])
 
 
 def test_bad_arguments_raise():
-    cuda = _cuda()
     x = torch.randn(1, 4, 3, 3, 3, device=DEV)
     w = torch.randn(4, 2, 3, 3, 3, device=DEV)
-    plan = phase_plan((3, 3, 3), (3, 3, 3), (2, 2, 2), (0, 0, 0), dilation=(1, 1, 1),
-                      output_padding=(0, 0, 0))
-    packed = cuda.pack(w, 1, 2, 0, 1)
-    with pytest.raises(ValueError, match="dtype"):
-        cuda.forward(x.double(), packed, None, plan, 1, 2)
-    with pytest.raises(ValueError, match="bias"):
-        cuda.forward(x, packed, torch.randn(3, device=DEV), plan, 1, 2)
+    cfg = dict(s=(2, 2, 2), p=(0, 0, 0), op=(0, 0, 0), d=(1, 1, 1), groups=1)
+    args = check_conv_transpose3d(x, w, None, cfg["s"], cfg["p"], cfg["op"], 1, cfg["d"])
+    with pytest.raises(RuntimeError, match="dtype"):
+        _cuda().forward(x.double(), w, None, args)
+    with pytest.raises(RuntimeError, match="bias"):
+        _cuda().forward(x, w, torch.randn(3, device=DEV), args)
 
 
 _TC_CASES = [  # grouped, dilated, odd channel counts, several C_out tilings (BN 8/16/64/128)
@@ -300,32 +289,26 @@ def test_implicit_gemm_reads_either_layout(case, dtype, path, layout):
     desc = _describe(cfg, dtype, force_path=path, memory_format=fmt)
     assert desc.startswith("implicit-gemm")
     assert ("contiguous input" if layout == "contiguous" else "channels-last input") in desc
-    cuda = _cuda()
     gen = torch.Generator().manual_seed(case)
     x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], generator=gen).to(dtype)
     w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], generator=gen).to(dtype)
     b = torch.randn(cfg["cout"], generator=gen).to(dtype) if cfg["bias"] else None
     ref = F.conv_transpose3d(x.double(), w.double(), b.double() if b is not None else None,
                              cfg["s"], cfg["p"], cfg["op"], cfg["groups"], cfg["d"])
-    plan = phase_plan(cfg["ins"], cfg["k"], cfg["s"], cfg["p"], dilation=cfg["d"],
-                      output_padding=cfg["op"])
-    packed = cuda.pack(w.to(DEV), cfg["groups"], cfg["s"], cfg["p"], cfg["d"])
-    y = cuda.forward(x.to(DEV).contiguous(memory_format=fmt), packed,
-                     b.to(DEV) if b is not None else None, plan, cfg["groups"], cfg["cout"],
-                     force_path=path)
+    y = _forward(x.to(DEV).contiguous(memory_format=fmt), w.to(DEV),
+                 b.to(DEV) if b is not None else None, cfg, force_path=path)
     _check(y, ref, dtype)
 
 
 def _describe(cfg, dtype, force_path=0, memory_format=torch.contiguous_format):
-    cuda = _cuda()
-    x = torch.randn((max(cfg["n"], 1), cfg["cin"]) + cfg["ins"], device=DEV, dtype=dtype)
-    w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], device=DEV,
+    x = torch.empty((max(cfg["n"], 1), cfg["cin"]) + cfg["ins"], device=DEV, dtype=dtype)
+    w = torch.empty((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], device=DEV,
                     dtype=dtype)
-    plan = phase_plan(cfg["ins"], cfg["k"], cfg["s"], cfg["p"], dilation=cfg["d"],
-                      output_padding=cfg["op"])
-    packed = cuda.pack(w, cfg["groups"], cfg["s"], cfg["p"], cfg["d"])
-    return cuda.describe(x.contiguous(memory_format=memory_format), packed, None, plan,
-                         cfg["groups"], cfg["cout"], force_path=force_path)
+    args = check_conv_transpose3d(x, w, None, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
+                                  cfg["d"])
+    return _cuda().describe(args, x.shape[0], dtype, x.device,
+                            channels_last=memory_format == torch.channels_last_3d,
+                            force_path=force_path)
 
 
 def test_path_rules_are_visible():
@@ -351,22 +334,15 @@ def test_path_rules_are_visible():
 
 
 def test_describe_reads_shapes_only():
-    """describe() (and so explain()) decides the input layout without making the copy the
-    forward makes: no allocation, yet the same kernel the forward launches is named."""
+    """describe() (and so explain()) plans without an input: it allocates nothing of the
+    input's size, yet names the kernel the forward launches."""
     wide = _GEMM_CASES[5]  # needs a channels-last copy of a contiguous input
-    cuda = _cuda()
-    x = torch.randn((wide["n"], wide["cin"]) + wide["ins"], device=DEV, dtype=torch.bfloat16)
-    w = torch.randn((wide["cin"], wide["cout"]) + wide["k"], device=DEV, dtype=torch.bfloat16)
-    plan = phase_plan(wide["ins"], wide["k"], wide["s"], wide["p"], dilation=wide["d"],
-                      output_padding=wide["op"])
-    packed = cuda.pack(w, 1, wide["s"], wide["p"], wide["d"])
     torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    desc = cuda.describe(x, packed, None, plan, 1, wide["cout"])
-    assert torch.cuda.max_memory_allocated() == torch.cuda.memory_allocated()
+    desc = _describe(dict(wide, ins=(32, 32, 32)), torch.bfloat16)
+    assert torch.cuda.max_memory_allocated() - before < 2**20
     assert desc.startswith("implicit-gemm") and "channels-last input" in desc
-    strided = x.transpose(3, 4).contiguous().transpose(3, 4)  # same values, not contiguous
-    assert cuda.describe(strided, packed, None, plan, 1, wide["cout"]) == desc
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
@@ -374,14 +350,10 @@ def test_describe_reads_shapes_only():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_input_layouts(layout, path, dtype):
     """Channels-last and strided inputs give the same result on every path."""
-    cuda = _cuda()
     cfg = dict(_GEMM_CASES[2]) if path != 1 else dict(_TC_CASES[0])
     torch.manual_seed(3)
     x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], device=DEV).to(dtype)
     w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], device=DEV).to(dtype)
-    plan = phase_plan(cfg["ins"], cfg["k"], cfg["s"], cfg["p"], dilation=cfg["d"],
-                      output_padding=cfg["op"])
-    packed = cuda.pack(w, cfg["groups"], cfg["s"], cfg["p"], cfg["d"])
     if layout == "channels_last":
         xin = x.contiguous(memory_format=torch.channels_last_3d)
     else:  # every other element along W of a twice-as-wide tensor
@@ -389,7 +361,24 @@ def test_input_layouts(layout, path, dtype):
         wide[..., ::2] = x
         xin = wide[..., ::2]
         assert not xin.is_contiguous()
-    want = cuda.forward(x, packed, None, plan, cfg["groups"], cfg["cout"], force_path=path)
-    got = cuda.forward(xin, packed, None, plan, cfg["groups"], cfg["cout"], force_path=path)
+    want = _forward(x, w, None, cfg, force_path=path)
+    got = _forward(xin, w, None, cfg, force_path=path)
     assert got.is_contiguous()
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last_3d])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_strided_weights_are_gathered_in_place(dtype, fmt):
+    """The weight gather reads any strides: a channels-last or sliced weight gives the same
+    result as its contiguous copy, on every weight layout the kernels read."""
+    for path in (0, 1, 3):
+        cfg = dict(_TC_CASES[0])
+        torch.manual_seed(4)
+        x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], device=DEV).to(dtype)
+        big = torch.randn((cfg["cin"], 2 * cfg["cout"] // cfg["groups"]) + cfg["k"],
+                          device=DEV).to(dtype).contiguous(memory_format=fmt)
+        w = big[:, ::2]
+        assert not w.is_contiguous()
+        want = _forward(x, w.contiguous(), None, cfg, force_path=path)
+        assert torch.equal(_forward(x, w, None, cfg, force_path=path), want)

@@ -68,30 +68,3 @@ def test_package_carries_its_cuda_sources():
 
     names = {p.name for p in cuda.CSRC.iterdir()}
     assert {"phase_conv_fwd.cu", "phase_conv_fwd.cuh", "phase_conv.cpp"} <= names
-
-
-def test_repacking_a_new_weight_reuses_the_phase_tables():
-    """A weight update re-packs the weight but not the geometry: the CUDA engine's phase
-    tables (device tensors) are made once per geometry, so a training step makes no
-    host-to-device copy for them; the packed sub-kernels follow the new values."""
-    from phaseconv.engines import cuda
-    from phaseconv.packing import pack_conv3d_phases
-
-    geometry = dict(groups=2, stride=(2, 1, 3), padding=(1, 0, 2), dilation=(2, 1, 3))
-    k = (3, 2, 4)
-    w1, w2 = torch.randn(4, 3, *k), torch.randn(4, 3, *k)
-    p1, p2 = cuda.pack(w1, **geometry), cuda.pack(w2, **geometry)
-    assert p1.table is p2.table
-    assert not torch.equal(p1.weight, p2.weight)
-    args = (geometry["groups"], k, geometry["stride"], geometry["padding"], geometry["dilation"])
-    g1 = cuda.pack_grad_input(pack_conv3d_phases(w1, *(args[:1] + args[2:])), *args)
-    g2 = cuda.pack_grad_input(pack_conv3d_phases(w2, *(args[:1] + args[2:])), *args)
-    assert g1.sub_table is g2.sub_table
-    # the per-phase packs are views into the one-launch kernel's concatenated blocks
-    lo = g1.weight.data_ptr()
-    hi = lo + g1.weight.numel() * g1.weight.element_size()
-    views = [p.weight for p in g1.phases if p is not None]
-    assert views and all(lo <= v.data_ptr() < hi for v in views)
-    assert torch.equal(torch.cat(views), g1.weight)
-    other = cuda.pack(w1, 2, (2, 2, 3), (1, 0, 2), (2, 1, 3))
-    assert other.table is not p1.table

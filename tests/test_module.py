@@ -1,4 +1,4 @@
-"""The module, its phase cache, convert and explain."""
+"""The module, convert and explain."""
 import copy
 import io
 import pickle
@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 
 import phaseconv
-from phaseconv.packing import CACHE
 
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 ARGS = dict(in_channels=4, out_channels=6, kernel_size=(3, 4, 2), stride=(2, 3, 1),
@@ -84,68 +83,6 @@ def test_unsupported_padding_mode_refused():
     layer.padding_mode = "reflect"  # set after construction: refused at the call
     with pytest.raises(ValueError, match="padding_mode"):
         layer(torch.randn(1, 2, 3, 3, 3))
-
-
-def _inference(ref, ours, x, tol=1e-10):
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x), rtol=tol, atol=tol)
-
-
-def test_phases_are_cached_and_refreshed_after_every_kind_of_update():
-    ref, ours = pair()
-    x = x_for(ref)
-    start = CACHE.packs
-
-    class Counter:  # packs computed since the start of the test
-        @property
-        def packs(self):
-            return CACHE.packs - start
-
-    cache = Counter()
-    _inference(ref, ours, x)
-    _inference(ref, ours, x)
-    assert cache.packs == 1, "a second inference call must reuse the packed phases"
-
-    # 1. an optimizer step (on both layers, same gradients); the training call itself reuses
-    # the packs (the backward is explicit, no differentiable pack is needed)
-    for layer in (ref, ours):
-        opt = torch.optim.SGD(layer.parameters(), lr=0.5)
-        layer(x).square().sum().backward()
-        assert cache.packs == 1
-        opt.step()
-    _inference(ref, ours, x)
-    assert cache.packs == 2
-
-    # 2. an in-place op
-    with torch.no_grad():
-        ref.weight.mul_(-2.0)
-        ours.weight.mul_(-2.0)
-    _inference(ref, ours, x)
-    assert cache.packs == 3
-
-    # 3. load_state_dict
-    fresh = nn.ConvTranspose3d(**ARGS).double()
-    ref.load_state_dict(fresh.state_dict())
-    ours.load_state_dict(fresh.state_dict())
-    _inference(ref, ours, x)
-
-    # 4. a new Parameter
-    new_weight = torch.randn_like(ref.weight)
-    ref.weight = nn.Parameter(new_weight.clone())
-    ours.weight = nn.Parameter(new_weight.clone())
-    _inference(ref, ours, x)
-
-    # 5. a dtype change, then a write through .data (untracked by torch: clear by hand)
-    ref.float()
-    ours.float()
-    _inference(ref, ours, x.float(), tol=1e-5)
-    ref.weight.data.add_(1.0)
-    ours.weight.data.add_(1.0)
-    ours.clear_phase_cache()
-    assert CACHE.packs_of(ours.weight) == 0
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x.float()), ref(x.float()), rtol=1e-5, atol=1e-5)
-    assert cache.packs == 7
 
 
 def test_training_mode_gradients_reach_the_original_weight():

@@ -101,7 +101,14 @@ def test_custom_op_passes_opcheck():
     w = torch.randn(4, 3, 3, 2, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(6, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(torch.ops.phaseconv.conv_transpose3d.default,
-                          (x, w, b, [2, 1, 2], [1, 0, 1], [1, 0, 0], 2, [1, 1, 1], "", False))
+                          (x, w, b, [2, 1, 2], [1, 0, 1], [1, 0, 0], 2, [1, 1, 1], ""))
+    out = phaseconv.conv_transpose3d(x, w, b, stride=(2, 1, 2), padding=(1, 0, 1),
+                                     output_padding=(1, 0, 0), groups=2)
+    gy = torch.randn_like(out)
+    for mask in ([True, True, True], [True, False, False], [False, True, False]):
+        torch.library.opcheck(torch.ops.phaseconv.conv_transpose3d_backward.default,
+                              (gy, x.detach(), w.detach(), [2, 1, 2], [1, 0, 1], [1, 0, 0], 2,
+                               [1, 1, 1], mask, ""))
 
 
 @needs_custom_ops

@@ -1,28 +1,30 @@
 """The CUDA engine: all phases of a transposed convolution in one kernel launch.
 
-The forward kernels (``csrc/phase_conv_fwd.cu``) read the input directly (no padded or
-zero-inserted copy, no im2col buffer) and a packed weight made once per weight by :func:`pack`.
-The backward: :func:`grad_input` sums every phase's adjoint (a stride-1 transposed
-convolution of grad_output's phase slice) in one launch of the per-phase tensor-core kernel
-(or runs them phase by phase on the forward kernels, by the rule in its docstring);
-:func:`grad_weight` runs the deterministic kernels of ``csrc/phase_conv_bwd.cu``.  The packed
-layouts:
+Every call sees the weight as it is.  A layer's geometry (kernel, stride, padding, dilation,
+groups, channels) fixes, once, a few small device tables (:func:`layer_tables`):
 
-* ``weight``: 1-D, the phases in row-major order over their residues (rd, rh, rw); phase p
-  holds ``[groups][C_in/groups][taps_d][taps_h][taps_w][C_out/groups]`` (C order), each axis'
-  taps in ascending input-offset order (the flipped, strided kernel slice).  Bias-only phases
-  (a kernel axis shorter than the stride) hold nothing.
-* ``table``: int64 (num_phases, 12) on the weight's device: residues (3), taps per axis (3),
-  input offset of each axis' first tap (3), element offset of the phase in ``weight`` (1),
-  element offset of the phase in ``weight_mma`` (1), 1 spare.
-* ``weight_mma`` (float32/float16/bfloat16 only, else None): the tensor-core layout, phase p
-  holding ``[groups][taps][G][C_out/groups][CG]`` with ``CG`` channels of 16 bytes
-  (4 for float32, 8 for 16-bit types), ``G = ceil((C_in/groups) / CG)``, zero-padded channels.
-* ``union_lo``/``union_ext``: per axis, the first input offset read by any phase's taps and the
-  span to the last one: the window that one tile of all phases reads, less the tile.
+* ``table``: int64 (num_phases, 12): per phase its residues (3), taps per axis (3), the input
+  offset of each axis' first tap (3), the element offset of its block in the packed weight,
+  the offset of its block in the tensor-core weight, 1 spare (``csrc/phase_conv_fwd.cuh``).
+* ``index``: int32, one entry per weight element: the packed layout, phases in row-major
+  order over their residues, phase p holding ``[groups][C_in/groups][taps_d][taps_h][taps_w]
+  [C_out/groups]``, each axis' taps in ascending input-offset order (the flipped, strided
+  kernel slice).  Entry i names the weight element (C order) that lands at i: every tap
+  belongs to exactly one phase, so this is a permutation, and the weight gradient is the
+  scatter through the same map.
+* ``index_mma`` (float32/float16/bfloat16): the tensor-core layout, phase p holding
+  ``[groups][taps][G][C_out/groups][CG]`` with ``CG`` channels of 16 bytes (4 for float32, 8
+  for 16-bit types), ``G = ceil((C_in/groups) / CG)``; -1 marks the zero padding.
+* ``gi_table``/``gi_index``: the input gradient's sub-kernels (each phase's stride-1 adjoint,
+  its blocks concatenated) and one table row per phase with taps.
 
-Both depend on kernel, stride, padding and dilation, not on the input size.  The output
-sizes come from the ``PhasePlan`` at each call; the kernel derives each phase's output count.
+Each forward gathers the weight into the layout its kernel reads (one launch,
+``csrc/phase_conv_pack.cu``) and runs the kernel; the backward gathers the input gradient's
+blocks (one launch), runs the one-launch input gradient and the weight gradient, which writes
+straight into a tensor with the weight's own strides.  The launches are planned once per
+(input shape, layout, dtype, device): :class:`ForwardPlan` / :class:`BackwardPlan` in
+``csrc/phase_conv.cpp`` keep the kernel plan, so a call does no tile search, and no call
+waits for the GPU (the tables reach the device by asynchronous copies from pinned memory).
 
 :func:`load` builds the extension on first use (one line on stderr while nvcc runs) for the
 present GPU's architecture only, and caches it across processes in torch's extension
@@ -39,38 +41,24 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from ..checks import triple
-from ..geometry import PhasePlan, axis_plan
-from ..packing import select_taps
+from ..checks import ConvArgs, triple
+from ..geometry import axis_plan
+from ..packing import pack_conv3d_phases, select_taps
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_SOURCES = ("phase_conv_dtype.cuh", "phase_conv_mma.cuh", "phase_conv_fwd.cuh",
-            "phase_conv_fwd.cu", "phase_conv_bwd.cuh", "phase_conv_bwd.cu", "phase_conv.cpp")
+_SOURCES = ("phase_conv_dtype.cuh", "phase_conv_mma.cuh", "phase_conv_plan.cuh",
+            "phase_conv_pack.cuh", "phase_conv_fwd.cuh", "phase_conv_bwd.cuh",
+            "phase_conv_pack.cu", "phase_conv_fwd.cu", "phase_conv_bwd.cu", "phase_conv.cpp")
+_CUDA_SOURCES = ("phase_conv_pack.cu", "phase_conv_fwd.cu", "phase_conv_bwd.cu")
 FORCE_NCDHW = 16  # force_path flag: never the channels-last kernels (phase_conv_fwd.cuh)
 TABLE_STRIDE = 12
+GRAD_INPUT_KERNELS = {"auto": 0, "tensor-cores": 1, "naive": 2}
+GRAD_WEIGHT_KERNELS = {"auto": 0, "simt": 1, "tensor-cores": 2}
+_MMA_CHANNELS = {torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}  # CG: 16 bytes
 
 _lock = threading.Lock()
 _modules = {}  # arch -> module
-
-
-class CudaPacked(NamedTuple):
-    """A weight packed for the CUDA kernel (see the module docstring)."""
-    weight: torch.Tensor          # 1-D, weight's dtype and device
-    table: torch.Tensor           # int64 (num_phases, 12), weight's device
-    kernel: Tuple[int, int, int]
-    stride: Tuple[int, int, int]
-    padding: Tuple[int, int, int]
-    dilation: Tuple[int, int, int]
-    phase_dilation: Tuple[int, int, int]
-    max_taps: Tuple[int, int, int]
-    total_taps: int               # sum over phases of taps_d * taps_h * taps_w
-    groups: int
-    in_channels: int
-    out_channels: int
-    weight_mma: Optional[torch.Tensor] = None  # tensor-core layout (see the module docstring)
-    union_lo: Tuple[int, int, int] = (0, 0, 0)
-    union_ext: Tuple[int, int, int] = (0, 0, 0)
 
 
 def _arch() -> Tuple[int, int]:
@@ -83,12 +71,14 @@ def load():
         raise RuntimeError("phaseconv cuda engine: CUDA is not available")
     major, minor = _arch()
     key = (major, minor)
+    mod = _modules.get(key)
+    if mod is not None:
+        return mod
     with _lock:
         mod = _modules.get(key)
-        if mod is not None:
-            return mod
-        mod = _build(major, minor)
-        _modules[key] = mod
+        if mod is None:
+            mod = _build(major, minor)
+            _modules[key] = mod
         return mod
 
 
@@ -114,14 +104,14 @@ def _build(major: int, minor: int):
     kwargs = dict(
         name=name,
         cpp_sources=[texts["phase_conv.cpp"]],
-        cuda_sources=[texts["phase_conv_fwd.cu"], texts["phase_conv_bwd.cu"]],
+        cuda_sources=[texts[n] for n in _CUDA_SOURCES],
         extra_cflags=["-O3"],
         extra_cuda_cflags=cuda_flags,
         extra_include_paths=[str(CSRC)],
         verbose=False,
     )
     # Newer torch prepends <torch/types.h> to the CUDA source unless told not to; the kernel
-    # file needs only CUDA's headers, and skipping torch's cuts nvcc's time about 4x.
+    # files need only CUDA's headers, and skipping torch's cuts nvcc's time about 4x.
     if "no_implicit_headers" in inspect.signature(cpp_extension.load_inline).parameters:
         kwargs["no_implicit_headers"] = True
     try:
@@ -145,48 +135,37 @@ def _build(major: int, minor: int):
             from exc
 
 
-_tables = {}  # (rows, device) -> int64 tensor on that device
+# ---------------------------------------------------------------------------- layer tables
+
+class HostTables(NamedTuple):
+    """A layer geometry's tables on the host (see the module docstring); pure function of
+    the weight's shape, groups, stride, padding, dilation and the tensor-core channel group
+    (0: no tensor-core layout)."""
+    table: torch.Tensor               # int64 (num_phases, 12)
+    index: torch.Tensor               # int32 (weight elements,)
+    index_mma: Optional[torch.Tensor]  # int32, -1 for padding; None without the layout
+    gi_table: torch.Tensor            # int64 (phases with taps, 12)
+    gi_index: torch.Tensor            # int32 (weight elements,)
+    stride: Tuple[int, int, int]
+    phase_dilation: Tuple[int, int, int]
+    max_taps: Tuple[int, int, int]
+    total_taps: int
+    union_box: Tuple[int, ...]        # first input offset over all phases' taps, then span
+    gi_max_taps: Tuple[int, int, int]
+    gi_total_taps: int
 
 
-def _device_table(rows, device) -> torch.Tensor:
-    """The phase table ``rows`` as an int64 tensor on ``device``, made once per geometry and
-    device: a table depends on no weight value, and a fresh one at every weight update would
-    be a host-to-device copy (which waits for the stream) per layer and training step.
-    Nothing writes to a table."""
-    key = (tuple(tuple(int(v) for v in r) for r in rows), str(torch.device(device)))
-    with _lock:
-        table = _tables.get(key)
-        if table is None:
-            if len(_tables) >= 1024:  # many distinct geometries: start over
-                _tables.clear()
-            table = torch.tensor(rows, dtype=torch.int64).to(device)
-            _tables[key] = table
-        return table
-
-
-def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPacked:
-    """Packs ``weight`` (C_in, C_out/groups, kD, kH, kW) for the CUDA kernel (detached)."""
-    stride, padding, dilation = (triple(v, name) for v, name in
-                                 ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
-    w = weight.detach()
-    if w.dim() != 5:
-        raise ValueError(f"pack: weight must be 5-D (C_in, C_out/groups, kD, kH, kW), got shape "
-                         f"{tuple(w.shape)}")
+def _packed_layouts(w: torch.Tensor, groups: int, stride, padding, dilation, cg: int):
+    """The packed (and, with ``cg``, tensor-core) layouts of ``w`` in torch ops, with the
+    phase table rows: how the index maps are made (``w`` holds element numbers)."""
     c_in, cout_g = int(w.shape[0]), int(w.shape[1])
     kernel = tuple(int(k) for k in w.shape[2:])
-    if groups < 1 or c_in % groups:
-        raise ValueError(f"pack: C_in={c_in} is not divisible by groups={groups}")
     plans = [axis_plan(1, k, s, p, dilation=d)
              for k, s, p, d in zip(kernel, stride, padding, dilation)]
     cin_g = c_in // groups
     wg = w.reshape(groups, cin_g, cout_g, *kernel)
-    rows = []
-    parts = []
-    mparts = []
-    offset = 0
-    moffset = 0
-    dev = w.device
-    cg = {torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}.get(w.dtype, 0)
+    rows, parts, mparts = [], [], []
+    offset = moffset = 0
     ngrp = -(-cin_g // cg) if cg else 0
     for pd in plans[0].phases:
         for ph in plans[1].phases:
@@ -197,207 +176,51 @@ def pack(weight: torch.Tensor, groups: int, stride, padding, dilation) -> CudaPa
                 rows.append([pd.residue, ph.residue, pw.residue,
                              len(pd.taps), len(ph.taps), len(pw.taps),
                              offs[0], offs[1], offs[2], offset, moffset, 0])
-                if ntaps:
-                    sub = select_taps(wg, 3, taps)
-                    # (g, ci, co, td, th, tw) -> (g, ci, td, th, tw, co)
-                    parts.append(sub.permute(0, 1, 3, 4, 5, 2).reshape(-1))
-                    offset += groups * cin_g * cout_g * ntaps
-                    if cg:
-                        # (g, ci, co, td, th, tw) -> (g, tap, ci, co) -> (g, tap, G, co, CG)
-                        m = sub.permute(0, 3, 4, 5, 1, 2).reshape(groups, ntaps, cin_g, cout_g)
-                        m = torch.nn.functional.pad(m, (0, 0, 0, ngrp * cg - cin_g))
-                        m = m.reshape(groups, ntaps, ngrp, cg, cout_g).permute(0, 1, 2, 4, 3)
-                        mparts.append(m.reshape(-1))
-                        moffset += groups * ntaps * ngrp * cg * cout_g
-    packed_w = torch.cat(parts) if parts else w.new_zeros((0,))
-    table = _device_table(rows, dev)
+                if not ntaps:
+                    continue
+                sub = select_taps(wg, 3, taps)
+                # (g, ci, co, td, th, tw) -> (g, ci, td, th, tw, co)
+                parts.append(sub.permute(0, 1, 3, 4, 5, 2).reshape(-1))
+                offset += groups * cin_g * cout_g * ntaps
+                if cg:
+                    # (g, ci, co, td, th, tw) -> (g, tap, ci, co) -> (g, tap, G, co, CG)
+                    m = sub.permute(0, 3, 4, 5, 1, 2).reshape(groups, ntaps, cin_g, cout_g)
+                    m = torch.nn.functional.pad(m, (0, 0, 0, ngrp * cg - cin_g))
+                    m = m.reshape(groups, ntaps, ngrp, cg, cout_g).permute(0, 1, 2, 4, 3)
+                    mparts.append(m.reshape(-1))
+                    moffset += groups * ntaps * ngrp * cg * cout_g
+    packed = torch.cat(parts)
+    packed_mma = torch.cat(mparts) if cg else None
     max_taps = tuple(max(len(ph.taps) for ph in a.phases) for a in plans)
-    total_taps = sum(r[3] * r[4] * r[5] for r in rows)
-    pdil = tuple(d // math.gcd(s, d) for s, d in zip(stride, dilation))
-    packed_m = None
-    if cg:
-        packed_m = (torch.cat(mparts) if mparts else w.new_zeros((0,))).contiguous()
     lo, ext = [], []
     for a in plans:
         spans = [(ph.offsets[0], ph.offsets[-1]) for ph in a.phases if ph.taps]
-        first = min(sp[0] for sp in spans) if spans else 0
-        last = max(sp[1] for sp in spans) if spans else 0
-        lo.append(first)
-        ext.append(last - first)
-    return CudaPacked(packed_w.contiguous(), table, kernel, stride, padding, dilation,  # type: ignore
-                      pdil, max_taps, total_taps, groups, c_in, cout_g * groups, packed_m,
-                      tuple(lo), tuple(ext))
+        lo.append(min(sp[0] for sp in spans))
+        ext.append(max(sp[1] for sp in spans) - lo[-1])
+    return rows, packed, packed_mma, max_taps, tuple(lo) + tuple(ext)
 
 
-def _args(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor], plan: PhasePlan,
-          groups: int, out_channels: int):
-    if tuple(plan.stride) != packed.stride or tuple(plan.kernel) != packed.kernel:
-        raise ValueError(f"cuda engine: the plan (kernel {plan.kernel}, stride {plan.stride}) "
-                         f"does not match the packed weight (kernel {packed.kernel}, stride "
-                         f"{packed.stride})")
-    if groups != packed.groups or out_channels != packed.out_channels:
-        raise ValueError(f"cuda engine: groups/out_channels ({groups}, {out_channels}) differ "
-                         f"from the packed weight's ({packed.groups}, {packed.out_channels})")
-    if x.dim() != 5:
-        raise ValueError(f"cuda engine: expected a batched 5-D input, got shape {tuple(x.shape)}")
-    if x.shape[1] != packed.in_channels:
-        raise ValueError(f"cuda engine: the input has {x.shape[1]} channels, the weight expects "
-                         f"{packed.in_channels}")
-    if tuple(x.shape[2:]) != tuple(plan.in_shape):
-        raise ValueError(f"cuda engine: the input's spatial shape {tuple(x.shape[2:])} differs "
-                         f"from the plan's {plan.in_shape}")
-    if x.dtype != packed.weight.dtype or x.device != packed.weight.device:
-        raise ValueError(f"cuda engine: the input ({x.dtype}, {x.device}) and the packed weight "
-                         f"({packed.weight.dtype}, {packed.weight.device}) differ "
-                         "in dtype or device")
-    if bias is not None and (bias.dtype != x.dtype or bias.device != x.device
-                             or bias.dim() != 1 or bias.numel() != out_channels):
-        raise ValueError(f"cuda engine: the bias must be a 1-D tensor of {out_channels} elements "
-                         f"with the input's dtype and device, got shape {tuple(bias.shape)} "
-                         f"({bias.dtype}, {bias.device})")
-    # Layout: the binding lays x out as the chosen kernel reads it (see forward's docstring).
-    if bias is not None:
-        bias = bias.detach().contiguous()
-    return (x, packed.weight, packed.table, bias, list(plan.out_shape), list(packed.stride),
-            list(packed.phase_dilation), list(packed.max_taps), packed.total_taps, groups,
-            out_channels)
-
-
-def _extra(packed: CudaPacked):
-    return dict(wmma=packed.weight_mma, union_box=list(packed.union_lo) + list(packed.union_ext))
-
-
-def forward(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor], plan: PhasePlan,
-            groups: int, out_channels: int, force_path: int = 0) -> torch.Tensor:
-    """Transposed convolution of a batched input ``x`` (N, C_in, D, H, W) on the GPU.
-
-    Same meaning as ``reference.forward`` but takes :func:`pack`'s output.  Returns a new
-    tensor (contiguous, N, C_out, D, H, W); no autograd.
-
-    Input layout: the tensor-core kernels for 16-byte channel groups (C_in/groups a multiple
-    of 8 for float16/bfloat16, of 4 for float32) read a channels-last input (N, D, H, W, C):
-    a ``torch.channels_last_3d`` input is read in place, any other costs one layout copy.
-    The other kernels read a contiguous input: any other layout costs one copy.
-
-    ``force_path`` (tests, benchmarks): 0 lets the launcher choose, 1 forces the SIMT tiled
-    kernel, 2 the naive kernel, 3 the tensor-core kernels (all-phase when it fits, else
-    per-phase), 4 the per-phase tensor-core kernel, 5 the implicit-GEMM kernel (16-bit,
-    C_in/groups a multiple of 8); adding 16 (``FORCE_NCDHW``) keeps the input contiguous
-    (no channels-last kernels).
-    """
-    mod = load()
-    args = _args(x, packed, bias, plan, groups, out_channels)
-    return mod.phase_conv_fwd(*args, force_path=force_path, **_extra(packed))
-
-
-def describe(x: torch.Tensor, packed: CudaPacked, bias: Optional[torch.Tensor],
-             plan: PhasePlan, groups: int, out_channels: int, force_path: int = 0) -> str:
-    """The kernel configuration :func:`forward` would launch for these arguments."""
-    mod = load()
-    return mod.describe(*_args(x, packed, bias, plan, groups, out_channels),
-                        force_path=force_path, **_extra(packed))
-
-
-GRAD_WEIGHT_KERNELS = {"auto": 0, "simt": 1, "tensor-cores": 2}
-
-
-def _grad_weight_args(x, grad_out, packed: CudaPacked, kernel: str):
-    if kernel not in GRAD_WEIGHT_KERNELS:
-        raise ValueError(f"grad_weight: kernel must be one of {sorted(GRAD_WEIGHT_KERNELS)}, "
-                         f"got {kernel!r}")
-    return (x, grad_out, packed.table, packed.weight.numel(), list(packed.stride),
-            list(packed.phase_dilation), list(packed.max_taps), packed.groups,
-            GRAD_WEIGHT_KERNELS[kernel])
-
-
-def grad_weight(x: torch.Tensor, grad_out: torch.Tensor, packed: CudaPacked,
-                weight_shape, kernel: str = "auto") -> torch.Tensor:
-    """Gradient of the weight (C_in, C_out/groups, kD, kH, kW) for a batched input ``x`` and
-    ``grad_out`` (N, C_out, OD, OH, OW), from the CUDA kernels (``csrc/phase_conv_bwd.cu``):
-    per phase and tap, the correlation of the input with the phase's slice of ``grad_out``,
-    reduced over batch and space in a fixed order (bitwise reproducible, no atomics), then
-    moved from the packed layout back to the original one.
-
-    ``kernel``: "auto" applies the rule (tensor cores for float32/float16/bfloat16 when
-    C_in/groups and C_out/groups are both >= 16, else the SIMT kernel); "simt" and
-    "tensor-cores" force one (tests, benchmarks; forcing tensor cores on a layer they cannot
-    take raises)."""
-    mod = load()
-    gpacked = mod.phase_conv_bwd_weight(*_grad_weight_args(x, grad_out, packed, kernel))
-    return unpack_weight_grad(gpacked, packed, weight_shape)
-
-
-def describe_grad_weight(x: torch.Tensor, grad_out: torch.Tensor, packed: CudaPacked,
-                         kernel: str = "auto") -> str:
-    """The kernel configuration :func:`grad_weight` would launch (reads only the shapes)."""
-    return load().describe_bwd_weight(*_grad_weight_args(x, grad_out, packed, kernel))
-
-
-def unpack_weight_grad(gpacked: torch.Tensor, packed: CudaPacked, weight_shape) -> torch.Tensor:
-    """The inverse of :func:`pack`'s ``weight`` layout for a gradient: each phase block
-    [g][ci][taps][co] is viewed in the reference engine's per-phase layout and
-    ``packing.unpack_conv3d_phases`` puts it back into the weight's layout."""
-    from ..packing import kernel_phase_taps, unpack_conv3d_phases
-
-    c_in, cout_g = int(weight_shape[0]), int(weight_shape[1])
-    groups = packed.groups
-    cin_g = c_in // groups
-    phases = []
-    offset = 0
-    for taps in kernel_phase_taps(packed.kernel, packed.stride, packed.padding,
-                                  packed.dilation):
-        shape = tuple(len(t) for t in taps)
-        n = shape[0] * shape[1] * shape[2]
-        if n == 0:
-            phases.append(None)
-            continue
-        size = groups * cin_g * n * cout_g
-        block = gpacked[offset:offset + size].view((groups, cin_g) + shape + (cout_g,))
-        # (g, ci, td, th, tw, co) -> (g * co, ci, td, th, tw)
-        phases.append(block.permute(0, 5, 1, 2, 3, 4).reshape((groups * cout_g, cin_g) + shape))
-        offset += size
-    return unpack_conv3d_phases(phases, tuple(weight_shape), groups, packed.stride,
-                                packed.padding, packed.dilation)
-
-
-class GradInputPacked(NamedTuple):
-    """The input gradient's packed weights (:func:`pack_grad_input`)."""
-    phases: Tuple[Optional[CudaPacked], ...]  # per phase: its stride-1 adjoint, packed
-    weight: torch.Tensor             # the phases' blocks concatenated (one-launch kernel)
-    sub_table: Optional[torch.Tensor]  # int64 (phases with taps, 12) on the device, or None
-    stride: Tuple[int, int, int]
-    phase_dilation: Tuple[int, int, int]
-    max_taps: Tuple[int, int, int]
-    total_taps: int
-
-
-def pack_grad_input(phase_weights, groups: int, kernel, stride, padding,
-                    dilation) -> GradInputPacked:
-    """The input gradient's weights, from the phase sub-kernels
-    (``packing.pack_conv3d_phases``'s output, None for a phase without taps).
-
-    Phase p's input gradient is a stride-1 transposed convolution of grad_out's phase-p slice
-    from C_out to C_in channels at the phase dilation (see ``reference.grad_input``), so each
-    sub-kernel is packed as such a layer (``phases``: the per-phase path runs the forward
-    kernels on it).  The one-launch kernel reads the same blocks concatenated, with a table
-    row per phase with taps: the phase's residues (where its slice starts in grad_out), its
-    taps, and the offset of its first tap measured from grad_input's voxel (the adjoint's
-    first offset less the start of the phase's input window) - see ``phase_conv_fwd.cuh``."""
-    kernel, stride, padding, dilation = (triple(v, name) for v, name in (
-        (kernel, "kernel"), (stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+def _grad_input_layout(w: torch.Tensor, groups: int, stride, padding, dilation):
+    """The input gradient's blocks and table rows.  Phase p's input gradient is a stride-1
+    transposed convolution of grad_out's phase-p slice from C_out to C_in channels at the
+    phase dilation (``reference.grad_input``), so each phase sub-kernel
+    (``packing.pack_conv3d_phases``) is packed as such a layer; the one-launch kernel reads
+    the blocks concatenated, with a row per phase with taps: the phase's residues (where its
+    slice starts in grad_out), its taps, and the offset of its first tap measured from
+    grad_input's voxel (the adjoint's first offset less the start of the phase's input
+    window)."""
+    kernel = tuple(int(k) for k in w.shape[2:])
     pdil = tuple(d // math.gcd(s, d) for s, d in zip(stride, dilation))
-    packs = tuple(None if w is None else pack(w.detach(), groups, (1, 1, 1), (0, 0, 0), pdil)
-                  for w in phase_weights)
+    phase_weights = pack_conv3d_phases(w, groups, stride, padding, dilation)
     axes = [axis_plan(1, k, s, p, dilation=d).phases
             for k, s, p, d in zip(kernel, stride, padding, dilation)]
-    rows, blocks, offset = [], [], 0
-    index = 0
+    rows, blocks, offset, index = [], [], 0, 0
     for pd in axes[0]:
         for ph in axes[1]:
             for pw in axes[2]:
-                packed = packs[index]
+                sub = phase_weights[index]
                 index += 1
-                if packed is None:
+                if sub is None:
                     continue
                 taps = tuple(len(a.taps) for a in (pd, ph, pw))
                 # the adjoint's first tap offset (stride 1, no padding: taps ascend from
@@ -405,74 +228,230 @@ def pack_grad_input(phase_weights, groups: int, kernel, stride, padding,
                 firsts = [axis_plan(1, t, 1, 0, dilation=q).phases[0].offsets[0] - a.offsets[0]
                           for t, q, a in zip(taps, pdil, (pd, ph, pw))]
                 rows.append([pd.residue, ph.residue, pw.residue, *taps, *firsts, offset, 0, 0])
-                blocks.append(packed.weight)
-                offset += packed.weight.numel()
-    if len(packs) != index:
-        raise ValueError(f"pack_grad_input: {len(packs)} phase weights for {index} phases")
-    ref = next((w for w in phase_weights if w is not None), None)
-    if ref is None or not rows:
-        return GradInputPacked(packs, torch.zeros(0), None, stride, pdil, (0, 0, 0), 0)
-    weight = torch.cat(blocks).contiguous()
-    # the per-phase packs read the same blocks: views into the concatenation, not a 2nd copy
-    starts = iter(r[9] for r in rows)
-    packs = tuple(None if p is None else
-                  p._replace(weight=weight.narrow(0, next(starts), p.weight.numel()))
-                  for p in packs)
-    table = _device_table(rows, ref.device)
+                block = _packed_layouts(sub, groups, (1, 1, 1), (0, 0, 0), pdil, 0)[1]
+                blocks.append(block)
+                offset += block.numel()
     max_taps = tuple(max(r[3 + i] for r in rows) for i in range(3))
     total = sum(r[3] * r[4] * r[5] for r in rows)
-    return GradInputPacked(packs, weight, table, stride, pdil, max_taps, total)
+    return rows, torch.cat(blocks), max_taps, total
 
 
-def _grad_input_args(grad_out, gi: GradInputPacked, plan: PhasePlan, groups, in_channels):
-    return (grad_out, gi.weight, gi.sub_table, list(plan.in_shape), list(gi.stride),
-            list(gi.phase_dilation), list(gi.max_taps), gi.total_taps, groups, in_channels)
+def host_tables(weight_shape, groups: int, stride, padding, dilation, cg: int) -> HostTables:
+    """The tables of a layer geometry, made on the host from element numbers run through the
+    packing code (so an index map is the packing itself, by construction)."""
+    stride, padding, dilation = (triple(v, name) for v, name in
+                                 ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+    shape = tuple(int(n) for n in weight_shape)
+    numel = math.prod(shape)
+    if numel >= 2**31 - 1:
+        raise ValueError(f"weight: the cuda engine takes weights below 2^31 elements, got shape "
+                         f"{shape}")
+    # element k is stored as k + 1, so that zero padding reads -1 after the shift back
+    ids = torch.arange(1, numel + 1, dtype=torch.int64).reshape(shape)
+    rows, packed, packed_mma, max_taps, union = _packed_layouts(ids, groups, stride, padding,
+                                                                dilation, cg)
+    gi_rows, gi_packed, gi_max, gi_total = _grad_input_layout(ids, groups, stride, padding,
+                                                              dilation)
+    pdil = tuple(d // math.gcd(s, d) for s, d in zip(stride, dilation))
+    return HostTables(
+        torch.tensor(rows, dtype=torch.int64), (packed - 1).to(torch.int32),
+        None if packed_mma is None else (packed_mma - 1).to(torch.int32),
+        torch.tensor(gi_rows, dtype=torch.int64), (gi_packed - 1).to(torch.int32),
+        stride, pdil, max_taps, sum(r[3] * r[4] * r[5] for r in rows), union, gi_max, gi_total)
 
 
-def describe_grad_input(grad_out: torch.Tensor, gi: GradInputPacked, plan: PhasePlan,
-                        groups: int, in_channels: int) -> str:
-    """How :func:`grad_input` computes this layer: the one-launch kernel's configuration, or
-    the per-phase path and why."""
-    if gi.sub_table is None:
-        return "none (no phase has taps)"
-    desc = load().describe_bwd_input(*_grad_input_args(grad_out, gi, plan, groups,
-                                                       in_channels))
-    if desc:
-        return desc
-    return ("per-phase: each phase's adjoint on the forward kernels, added in order (the "
-            "one-launch kernel takes float32/float16/bfloat16 with C_in/groups and "
-            "C_out/groups >= 4)")
+class LayerTables(NamedTuple):
+    """:class:`HostTables` on a device, plus the event that marks their copies done."""
+    host: HostTables
+    table: torch.Tensor
+    index: torch.Tensor
+    index_mma: Optional[torch.Tensor]
+    gi_table: torch.Tensor
+    gi_index: torch.Tensor
+    ready: list  # [the copies' CUDA event, device], emptied once the event has completed
 
 
-def grad_input(grad_out: torch.Tensor, phase_weights, gi: GradInputPacked, plan: PhasePlan,
-               groups: int, in_channels: int, force_path: int = 0,
-               one_launch: Optional[bool] = None) -> torch.Tensor:
-    """Gradient of the input (N, C_in, D, H, W) for a batched ``grad_out``.
+_tables = {}  # (weight shape, groups, stride, padding, dilation, cg, device) -> LayerTables
 
-    The rule: where the one-launch kernel takes the layer (:func:`describe_grad_input`; the
-    tensor-core kernel in grad-input mode, every phase's adjoint summed in each tile, in table
-    order) it runs; elsewhere (float64, narrow layers) the per-phase path: the reference
-    engine's phase split (``reference.grad_input``), each phase's stride-1 transposed
-    convolution on this engine's forward kernels (``force_path`` as in :func:`forward`), added
-    in table order.  Both are deterministic.  ``one_launch`` True/False forces a path (tests,
-    benchmarks; True raises where the kernel does not apply)."""
-    from ..geometry import phase_plan
-    from . import reference
 
-    if one_launch is not False and gi.sub_table is not None:
-        gx = load().phase_conv_bwd_input(*_grad_input_args(grad_out, gi, plan, groups,
-                                                           in_channels))
-        if gx is not None:
-            return gx
-        if one_launch:
-            raise RuntimeError("phaseconv cuda engine: the one-launch input gradient does not "
-                               "take this layer (see describe_grad_input).")
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # pinned and asynchronous: a pageable copy would wait for the stream
+    return t.pin_memory().to(device, non_blocking=True)
 
-    def window(g, p, phase):
-        pplan = phase_plan(phase.out_shape, phase.tap_shape, (1, 1, 1), (0, 0, 0),
-                           dilation=phase.phase_dilation, output_padding=(0, 0, 0))
-        return forward(g, gi.phases[p], None, pplan, groups, in_channels,
-                       force_path=force_path)
 
-    return reference.grad_input(grad_out, phase_weights, plan, groups, in_channels,
-                                phase_window=window)
+def layer_tables(weight_shape, groups: int, stride, padding, dilation, dtype: torch.dtype,
+                 device: torch.device) -> LayerTables:
+    """The device tables of a layer geometry, made once per (geometry, dtype class, device).
+    Nothing writes to them."""
+    cg = _MMA_CHANNELS.get(dtype, 0)
+    key = (tuple(weight_shape), groups, tuple(stride), tuple(padding), tuple(dilation), cg,
+           device)
+    found = _tables.get(key)
+    if found is not None:
+        return found
+    host = host_tables(weight_shape, groups, stride, padding, dilation, cg)
+    with torch.cuda.device(device):
+        moved = [None if t is None else _to_device(t, device)
+                 for t in (host.table, host.index, host.index_mma, host.gi_table, host.gi_index)]
+        event = torch.cuda.Event()
+        event.record()
+    tables = LayerTables(host, *moved, [event, device])
+    with _lock:
+        if len(_tables) >= 256:  # many distinct geometries: start over
+            _tables.clear()
+        return _tables.setdefault(key, tables)
+
+
+def _await(tables: LayerTables) -> None:
+    """Orders the current stream after the tables' copies (they were queued on the stream of
+    the call that made them; another stream may come first)."""
+    try:
+        event, device = tables.ready  # emptied by another thread: nothing left to wait for
+    except ValueError:
+        return
+    if event.query():
+        tables.ready.clear()
+    else:
+        torch.cuda.current_stream(device).wait_event(event)
+
+
+# ---------------------------------------------------------------------------- planned calls
+
+def _meta(shape, dtype, device) -> torch.Tensor:
+    """A tensor of ``shape`` that a plan reads the metadata of (no storage of that size)."""
+    return torch.empty((1,), dtype=dtype, device=device).expand(tuple(shape))
+
+
+def _device(device) -> torch.device:
+    device = torch.device(device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _weight_shape(args: ConvArgs):
+    return (args.in_channels, args.out_channels // args.groups) + tuple(args.kernel)
+
+
+_forward_plans = {}
+_backward_plans = {}
+
+
+def _bounded_put(cache: dict, key, value):
+    if len(cache) >= 2048:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def forward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
+                 channels_last: bool = False, has_bias: bool = False, force_path: int = 0):
+    """The forward of ``args`` for a batch, dtype, device and input layout, planned once:
+    ``(tables, plan)`` with ``plan(x, weight, bias)`` the launch (C++ ``ForwardPlan``).
+
+    ``force_path`` (tests, benchmarks): 0 lets the planner choose, 1 forces the SIMT tiled
+    kernel, 2 the naive kernel, 3 the tensor-core kernels (all-phase when it fits, else
+    per-phase), 4 the per-phase tensor-core kernel, 5 the implicit-GEMM kernel (16-bit,
+    C_in/groups a multiple of 8); adding 16 (``FORCE_NCDHW``) keeps the input contiguous
+    (no channels-last kernels)."""
+    key = (args, batch, dtype, device, channels_last, has_bias, force_path)
+    found = _forward_plans.get(key)
+    if found is not None:
+        return found
+    device = _device(device)
+    tables = layer_tables(_weight_shape(args), args.groups, args.stride, args.padding,
+                          args.dilation, dtype, device)
+    host = tables.host
+    plan = load().ForwardPlan(
+        _meta((batch, args.in_channels) + tuple(args.in_shape), dtype, device),
+        _meta(_weight_shape(args), dtype, device), has_bias, channels_last, tables.table,
+        tables.index, tables.index_mma, list(args.out_shape), list(host.stride),
+        list(host.phase_dilation), list(host.max_taps), host.total_taps, args.groups,
+        list(host.union_box), force_path)
+    return _bounded_put(_forward_plans, key, (tables, plan))
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], args: ConvArgs,
+            force_path: int = 0) -> torch.Tensor:
+    """Transposed convolution of a batched input ``x`` (N, C_in, D, H, W); ``args`` from
+    ``checks.check_conv_transpose3d``.  Returns a new contiguous (N, C_out, D, H, W) tensor;
+    no autograd.  The planned kernel reads a ``torch.channels_last_3d`` input in place where
+    it reads that layout; any other layout it does not read costs one copy."""
+    tables, plan = forward_plan(args, x.shape[0], x.dtype, x.device, _channels_last(x),
+                                bias is not None, force_path)
+    if tables.ready:
+        _await(tables)
+    return plan(x, weight, bias)
+
+
+def describe(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
+             channels_last: bool = False, force_path: int = 0) -> str:
+    """The kernel and tile :func:`forward` launches for these arguments."""
+    return forward_plan(args, batch, dtype, device, channels_last, False,
+                        force_path)[1].description
+
+
+def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
+                  grad_input_kernel: str = "auto", grad_weight_kernel: str = "auto"):
+    """The backward of ``args`` planned once: ``(tables, plan)`` with
+    ``plan(grad_y, x, weight, need_input, need_weight)`` the launches (C++ ``BackwardPlan``).
+
+    The rules: the input gradient runs in one launch on the tensor-core kernel for
+    float32/float16/bfloat16 with C_in/groups and C_out/groups >= 4, else on the naive kernel
+    (``csrc/phase_conv_fwd.cuh``); the weight gradient on tensor cores for
+    float32/float16/bfloat16 with both >= 16, else on the SIMT kernel
+    (``csrc/phase_conv_bwd.cuh``).  ``grad_input_kernel`` ("auto", "tensor-cores", "naive")
+    and ``grad_weight_kernel`` ("auto", "simt", "tensor-cores") force one (tests,
+    benchmarks); forcing tensor cores on a layer they cannot take raises."""
+    if grad_input_kernel not in GRAD_INPUT_KERNELS:
+        raise ValueError(f"grad_input_kernel must be one of {sorted(GRAD_INPUT_KERNELS)}, got "
+                         f"{grad_input_kernel!r}")
+    if grad_weight_kernel not in GRAD_WEIGHT_KERNELS:
+        raise ValueError(f"grad_weight_kernel must be one of {sorted(GRAD_WEIGHT_KERNELS)}, "
+                         f"got {grad_weight_kernel!r}")
+    key = (args, batch, dtype, device, grad_input_kernel, grad_weight_kernel)
+    found = _backward_plans.get(key)
+    if found is not None:
+        return found
+    device = _device(device)
+    tables = layer_tables(_weight_shape(args), args.groups, args.stride, args.padding,
+                          args.dilation, dtype, device)
+    host = tables.host
+    plan = load().BackwardPlan(
+        _meta((batch, args.in_channels) + tuple(args.in_shape), dtype, device),
+        _meta(_weight_shape(args), dtype, device),
+        _meta((batch, args.out_channels) + tuple(args.out_shape), dtype, device),
+        args.groups, list(host.stride), list(host.phase_dilation), tables.table, tables.index,
+        list(host.max_taps), tables.gi_table, tables.gi_index, list(host.gi_max_taps),
+        host.gi_total_taps, GRAD_INPUT_KERNELS[grad_input_kernel],
+        GRAD_WEIGHT_KERNELS[grad_weight_kernel])
+    return _bounded_put(_backward_plans, key, (tables, plan))
+
+
+def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, args: ConvArgs,
+             need_input: bool = True, need_weight: bool = True,
+             grad_input_kernel: str = "auto", grad_weight_kernel: str = "auto"):
+    """(grad_input, grad_weight) of a batched call, None where not asked for.  Deterministic:
+    fixed summation orders, no atomics.  grad_weight has the weight's strides where the
+    weight is contiguous or ``channels_last_3d``, else it is contiguous."""
+    tables, plan = backward_plan(args, x.shape[0], x.dtype, x.device, grad_input_kernel,
+                                 grad_weight_kernel)
+    if tables.ready:
+        _await(tables)
+    return plan(grad_y, x, weight, need_input, need_weight)
+
+
+def describe_backward(args: ConvArgs, batch: int, dtype: torch.dtype,
+                      device: torch.device) -> Tuple[str, str]:
+    """(input-gradient, weight-gradient) kernels :func:`backward` launches."""
+    plan = backward_plan(args, batch, dtype, device)[1]
+    return plan.grad_input_description, plan.grad_weight_description
+
+
+def gather(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``weight`` in the layout of an index map (tests read the kernels' layouts so)."""
+    return load().gather_weight(weight, index)
