@@ -109,8 +109,9 @@ torch::Tensor gather(const torch::Tensor& weight, const torch::Tensor& index,
 void check_matches(const torch::Tensor& t, const char* name, c10::IntArrayRef sizes,
                    const torch::Device& device, c10::ScalarType dtype) {
   TORCH_CHECK(t.defined() && t.device() == device && t.scalar_type() == dtype &&
-              t.sizes() == sizes, "phaseconv cuda engine: ", name, " of shape ",
-              nums(t.sizes()), " does not match the plan (", nums(sizes), ", ",
+              t.sizes() == sizes, "phaseconv cuda engine: ", name, " (shape ",
+              nums(t.sizes()), ", dtype ", c10::toString(t.scalar_type()), ", ",
+              t.device().str(), ") does not match the plan (shape ", nums(sizes), ", dtype ",
               c10::toString(dtype), ", ", device.str(), ").");
 }
 

@@ -78,22 +78,29 @@ def _transposed_share(model, step) -> float:
 
 def run_one(net: str, impl: str, precision: str, mode: str, steps: int = 10,
             warmup: int = 3, size: int = 96, batch: int = 2,
-            barrier: Optional[str] = None, parties: int = 1) -> Dict:
+            barrier: Optional[str] = None, parties: int = 1, device: str = "cuda") -> Dict:
     """One configuration; ``barrier``/``parties``: wait there for the other compiled
-    configurations, then take the GPU in turn (a lock file)."""
+    configurations, then take the GPU in turn (a lock file).  ``device="cpu"`` (small sizes)
+    checks the plumbing without a GPU."""
     import phaseconv
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
-    model = build(net).cuda()
+    model = build(net).to(device)
+    cuda = device == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
     converted = 0
     if impl == "phaseconv":
         phaseconv.convert(model)
         converted = sum(isinstance(m, phaseconv.ConvTranspose3d) for m in model.modules())
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.randn(batch, 1, size, size, size, device="cuda", generator=gen)
-    target = torch.randn(batch, 2, size, size, size, device="cuda", generator=gen)
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(batch, 1, size, size, size, device=device, generator=gen)
+    target = torch.randn(batch, 2, size, size, size, device=device, generator=gen)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     forward = torch.compile(model) if mode == "compile" else model
     amp = precision == "amp"
@@ -101,7 +108,7 @@ def run_one(net: str, impl: str, precision: str, mode: str, steps: int = 10,
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
             out = forward(x)
         loss = torch.nn.functional.mse_loss(out.float(), target)
         loss.backward()
@@ -110,11 +117,11 @@ def run_one(net: str, impl: str, precision: str, mode: str, steps: int = 10,
 
     t0 = time.perf_counter()
     step()
-    torch.cuda.synchronize()
+    sync()
     first_step_s = time.perf_counter() - t0
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
+    sync()
     if barrier:
         _wait_for_all(barrier, parties)
     lock = open(barrier + ".lock", "w") if barrier else None
@@ -123,19 +130,20 @@ def run_one(net: str, impl: str, precision: str, mode: str, steps: int = 10,
             import fcntl
 
             fcntl.flock(lock, fcntl.LOCK_EX)
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
-        torch.cuda.synchronize()
+        sync()
         step_ms = (time.perf_counter() - t0) / steps * 1e3
-        share = _transposed_share(model, step) if mode == "eager" else None
+        share = _transposed_share(model, step) if mode == "eager" and cuda else None
     finally:
         if lock is not None:
             lock.close()
     return dict(net=net, impl=impl, precision=precision, mode=mode, converted=converted,
                 first_loss=losses[0].item(), step_ms=step_ms, first_step_s=first_step_s,
-                transposed_share=share, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+                transposed_share=share,
+                peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
 
 
 def _wait_for_all(barrier: str, parties: int, timeout_s: float = 1200) -> None:
@@ -225,6 +233,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--barrier")
     parser.add_argument("--parties", type=int, default=1)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--options", default="",
                         help="for the whole section: nets=a+b,steps=N,parallel=K")
     args = parser.parse_args(argv)
@@ -232,7 +242,7 @@ def main(argv=None) -> int:
         net, impl, precision, mode = args.one.split(",")
         try:
             result = run_one(net, impl, precision, mode, steps=args.steps, barrier=args.barrier,
-                             parties=args.parties)
+                             parties=args.parties, device=args.device, size=args.size)
         except Exception as exc:  # reported in the table; the traceback goes to the log
             if args.barrier:
                 _wait_for_all(args.barrier, args.parties)  # do not leave the others waiting

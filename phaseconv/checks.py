@@ -17,7 +17,8 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def triple(value, name: str) -> Triple:
     """``value`` as a 3-tuple of ints: an int, or a sequence of 1 or 3 ints (torch's rule)."""
     # Fast path for what modules store (a tuple of 3 ints); the checks below cost microseconds.
-    if type(value) is tuple and len(value) == 3 and all(type(v) is int for v in value):
+    if (type(value) is tuple and len(value) == 3 and type(value[0]) is int
+            and type(value[1]) is int and type(value[2]) is int):
         return value  # type: ignore[return-value]
     if type(value) is int:
         return (value, value, value)

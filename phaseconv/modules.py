@@ -4,6 +4,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from . import ops
 from .checks import check_output_size
 from .functional import conv_transpose3d
 from .geometry import output_padding_for_size
@@ -39,6 +40,11 @@ class ConvTranspose3d(nn.ConvTranspose3d):
         if self.padding_mode != "zeros":
             raise ValueError("padding_mode: only 'zeros' padding mode is supported for "
                              f"ConvTranspose3d, got {self.padding_mode!r}")
+        if output_size is None and isinstance(input, torch.Tensor):
+            # the layer's sizes were checked by its constructor; the call's by the operator
+            return ops.conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding,
+                                        self.output_padding, self.groups, self.dilation,
+                                        self.engine)
         output_padding = self.output_padding
         if output_size is not None:
             if not isinstance(input, torch.Tensor):

@@ -29,6 +29,7 @@ phaseconv's layers in its graph, for inference and training.  Eager calls, and e
 older torch (1.13), run the same two functions through a plain ``torch.autograd.Function``.
 Double backward raises a clear error on both paths.
 """
+import contextlib
 import os
 from typing import List, Optional, Tuple
 
@@ -36,7 +37,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import engines
-from .checks import ConvArgs, check_conv_transpose3d
+from .checks import ConvArgs, check_conv_transpose3d, triple
 from .engines import reference
 from .geometry import phase_plan
 from .packing import pack_conv3d_phases, unpack_conv3d_phases
@@ -68,6 +69,14 @@ def _layout(x: torch.Tensor) -> int:
     if x.is_contiguous():
         return 0
     return 1 if x.is_contiguous(memory_format=torch.channels_last_3d) else 2
+
+
+def _autocast_off(device_type: str):
+    """The reference engine computes in the dtype it is given: torch's own convolutions
+    inside it must not be autocast again (their policy may differ from conv_transpose3d's)."""
+    if device_type in ("cuda", "cpu"):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class CallPlan:
@@ -102,10 +111,11 @@ class CallPlan:
                 _await(tables)
             out = launch(xb, weight, bias)
         else:
-            phases = pack_conv3d_phases(weight, args.groups, args.stride, args.padding,
-                                        args.dilation)
-            out = reference.forward(xb, phases, bias, self.plan, args.groups,
-                                    args.out_channels)
+            with _autocast_off(x.device.type):
+                phases = pack_conv3d_phases(weight, args.groups, args.stride, args.padding,
+                                            args.dilation)
+                out = reference.forward(xb, phases, bias, self.plan, args.groups,
+                                        args.out_channels)
         return out if args.batched else out.squeeze(0)
 
     def backward(self, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
@@ -128,18 +138,20 @@ class CallPlan:
                     _await(tables)
                 gx, gw = launch(gb, xb, weight, bool(mask[0]), bool(mask[1]))
         else:
-            if mask[0]:
-                phases = pack_conv3d_phases(weight, args.groups, args.stride, args.padding,
-                                            args.dilation)
-                gx = reference.grad_input(gb, phases, self.plan, args.groups, args.in_channels)
-            if mask[1]:
-                phases = reference.grad_weight_phases(xb, gb, self.plan, args.groups,
-                                                      args.out_channels, tuple(weight.shape))
-                unpacked = unpack_conv3d_phases(phases, tuple(weight.shape), args.groups,
-                                                args.stride, args.padding, args.dilation)
-                gw = torch.empty(weight.shape, dtype=unpacked.dtype, device=unpacked.device,
-                                 memory_format=weight_grad_format(weight))
-                gw.copy_(unpacked)
+            with _autocast_off(x.device.type):
+                if mask[0]:
+                    phases = pack_conv3d_phases(weight, args.groups, args.stride, args.padding,
+                                                args.dilation)
+                    gx = reference.grad_input(gb, phases, self.plan, args.groups,
+                                              args.in_channels)
+                if mask[1]:
+                    phases = reference.grad_weight_phases(xb, gb, self.plan, args.groups,
+                                                          args.out_channels, tuple(weight.shape))
+                    unpacked = unpack_conv3d_phases(phases, tuple(weight.shape), args.groups,
+                                                    args.stride, args.padding, args.dilation)
+                    gw = torch.empty(weight.shape, dtype=unpacked.dtype, device=unpacked.device,
+                                     memory_format=weight_grad_format(weight))
+                    gw.copy_(unpacked)
         if gx is not None and not args.batched:
             gx = gx.squeeze(0)
         if mask[2]:
@@ -154,20 +166,24 @@ def call_plan(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
               padding, output_padding, groups: int, dilation, engine: str) -> CallPlan:
     """The :class:`CallPlan` of a call (made on its first occurrence; invalid calls raise
     torch's error, or a clearer one naming the argument, every time)."""
-    layout = _layout(x)
-    key = (x.shape, x.dtype, x.device, layout, weight.shape, weight.dtype, weight.device,
-           None if bias is None else (bias.shape, bias.dtype, bias.device), stride, padding,
-           output_padding, groups, dilation, engine, os.environ.get(engines.ENGINE_ENV))
-    found = _CALLS.get(key)
+    try:
+        layout = _layout(x)
+        key = (x.shape, x.dtype, x.device, layout, weight.shape, weight.dtype, weight.device,
+               None if bias is None else (bias.shape, bias.dtype, bias.device), stride, padding,
+               output_padding, groups, dilation, engine, os.environ.get(engines.ENGINE_ENV))
+        found = _CALLS.get(key)
+    except (AttributeError, TypeError):  # not tensors, unhashable sizes: the checks say what
+        key = found = None
     if found is not None:
         return found
     args = check_conv_transpose3d(x, weight, bias, stride, padding, output_padding, groups,
                                   dilation)
     plan = CallPlan(args, engines.choose(x.device, engine or None), x, bias is not None,
                     layout)
-    if len(_CALLS) >= 4096:  # many distinct calls (shapes that never repeat): start over
-        _CALLS.clear()
-    _CALLS[key] = plan
+    if key is not None:
+        if len(_CALLS) >= 4096:  # many distinct calls (shapes that never repeat): start over
+            _CALLS.clear()
+        _CALLS[key] = plan
     return plan
 
 
@@ -335,15 +351,23 @@ def conv_transpose3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     autograd.Function, after autocast's casts.  ``stride``, ``padding``, ``output_padding`` and
     ``dilation`` are tuples of 3 ints; the checks run inside the op, so a compiled graph
     validates at trace time (fake) and at run time alike."""
-    device_type = x.device.type
+    device_type = "cuda" if x.is_cuda else x.device.type
     cast_to = autocast_dtype(device_type)
     if cast_to is not None:
         x, weight, bias = (_autocast(t, device_type, cast_to) for t in (x, weight, bias))
     # Eager calls take the autograd.Function: the same two functions without the dispatcher's
     # round trip (tens of µs of Python per call); graphs being compiled need the custom op.
     if HAS_CUSTOM_OPS and _is_compiling():
-        return torch.ops.phaseconv.conv_transpose3d(x, weight, bias, list(stride), list(padding),
-                                                    list(output_padding), groups,
-                                                    list(dilation), engine or "")
+        sizes = [list(triple(v, name)) for v, name in
+                 ((stride, "stride"), (padding, "padding"), (output_padding, "output_padding"),
+                  (dilation, "dilation"))]
+        return torch.ops.phaseconv.conv_transpose3d(x, weight, bias, sizes[0], sizes[1],
+                                                    sizes[2], groups, sizes[3], engine or "")
+    if not torch.is_grad_enabled() or not (
+            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        # no graph to record: the same forward without autograd.Function's machinery
+        plan = call_plan(x, weight, bias, stride, padding, output_padding, groups, dilation,
+                         engine or "")
+        return plan.forward(x, weight, bias)
     return _ConvTranspose3dFunction.apply(x, weight, bias, stride, padding, output_padding,
                                           groups, dilation, engine or "")

@@ -301,12 +301,13 @@ def test_implicit_gemm_reads_either_layout(case, dtype, path, layout):
 
 
 def _describe(cfg, dtype, force_path=0, memory_format=torch.contiguous_format):
-    x = torch.empty((max(cfg["n"], 1), cfg["cin"]) + cfg["ins"], device=DEV, dtype=dtype)
-    w = torch.empty((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], device=DEV,
+    # shapes only: the arguments are checked on meta tensors
+    x = torch.empty((max(cfg["n"], 1), cfg["cin"]) + cfg["ins"], device="meta", dtype=dtype)
+    w = torch.empty((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], device="meta",
                     dtype=dtype)
     args = check_conv_transpose3d(x, w, None, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
                                   cfg["d"])
-    return _cuda().describe(args, x.shape[0], dtype, x.device,
+    return _cuda().describe(args, x.shape[0], dtype, torch.device(DEV),
                             channels_last=memory_format == torch.channels_last_3d,
                             force_path=force_path)
 
