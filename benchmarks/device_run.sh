@@ -3,7 +3,7 @@
 #   bash benchmarks/device_run.sh STAGE...
 #   build       install (editable, no deps), carried wheels (.whl/), build the CUDA engine
 #   tests       the GPU test suite (pytest -m cuda, 8 workers)
-#   sanitize    compute-sanitizer memcheck and racecheck on tests/gpu_sanitize.py
+#   memcheck, racecheck   compute-sanitizer on tests/gpu_sanitize.py ($SANITIZE_TIMEOUT s each)
 #   main        python -m phaseconv, the KernelBench check
 #   bench:S     python -m phaseconv bench --sections S (comma-separated sections)
 #   profile     a short Nsight Compute profile of the founding example
@@ -37,16 +37,14 @@ cuda; cuda.load(); print(f'built in {time.time()-t:.1f} s')" ;;
     tests)
         stage tests 25 python3 -m pytest -o addopts="" -p no:cacheprovider -q -m cuda -n 8 \
             tests ;;
-    sanitize)
-        stage memcheck 3 compute-sanitizer --tool memcheck --error-exitcode 9 \
-            python3 tests/gpu_sanitize.py
-        stage racecheck 3 compute-sanitizer --tool racecheck --error-exitcode 9 \
-            python3 tests/gpu_sanitize.py ;;
+    memcheck|racecheck)
+        stage "$s" 3 timeout "${SANITIZE_TIMEOUT:-900}" compute-sanitizer --tool "$s" \
+            --error-exitcode 9 python3 tests/gpu_sanitize.py ;;
     main)
         stage main 6 python3 -m phaseconv
         stage kernelbench 2 python3 examples/kernelbench/check.py ;;
     bench:*)
-        stage "bench-${s#bench:}" 60 python3 -m phaseconv bench --sections "${s#bench:}" \
+        stage "bench-$(echo "${s#bench:}" | tr , -)" 60 python3 -m phaseconv bench --sections "${s#bench:}" \
             --out "$OUT" ${BENCH_ARGS:-} ;;
     profile)
         stage profile 40 ncu -k "regex:mma_|tiled_|gemm_|gather" --launch-skip 2 \

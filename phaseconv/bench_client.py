@@ -162,11 +162,14 @@ def _spawn(config: str, out: str, extra: List[str]) -> subprocess.Popen:
 def run_section(options: str = "") -> str:
     """Every configuration, the compiled ones side by side; the markdown table."""
     opts = dict(kv.split("=", 1) for kv in options.split(",") if kv)
-    nets = opts.get("nets", ",".join(NETS)).split("+")
+    nets = opts.get("nets", "+".join(NETS)).split("+")
     steps = opts.get("steps", "10")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        compiled = [f"{n},{i},{p},compile" for n in nets for i in IMPLS for p in PRECISIONS]
+        modes = opts.get("modes", "+".join(MODES)).split("+")
+        precisions = opts.get("precisions", "+".join(PRECISIONS)).split("+")
+        compiled = [f"{n},{i},{p},compile" for n in nets for i in IMPLS for p in precisions
+                    if "compile" in modes]
         procs = [(c, os.path.join(tmp, f"c{k}.json")) for k, c in enumerate(compiled)]
         group = int(opts.get("parallel", "6"))  # compiled models held on the GPU at once
         for g0 in range(0, len(procs), group):
@@ -176,7 +179,8 @@ def run_section(options: str = "") -> str:
                                         "--parties", str(len(batch))]) for c, path in batch]
             for p in running:
                 p.wait()
-        eager = [f"{n},{i},{p},eager" for n in nets for i in IMPLS for p in PRECISIONS]
+        eager = [f"{n},{i},{p},eager" for n in nets for i in IMPLS for p in precisions
+                 if "eager" in modes]
         for k, c in enumerate(eager):
             path = os.path.join(tmp, f"e{k}.json")
             _spawn(c, path, ["--steps", steps]).wait()
@@ -236,7 +240,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--options", default="",
-                        help="for the whole section: nets=a+b,steps=N,parallel=K")
+                        help="for the whole section: nets=a+b,modes=eager+compile,"
+                        "precisions=fp32+amp,steps=N,parallel=K")
     args = parser.parse_args(argv)
     if args.one:
         net, impl, precision, mode = args.one.split(",")
