@@ -106,22 +106,25 @@ def median_gpu_us(fn: Callable[[], object], repeats: int, warmup: int,
     return statistics.median(times)
 
 
-def median_host_us(fn: Callable[[], object], repeats: int, warmup: int) -> float:
-    """Median host time of ``fn()`` in µs, with the GPU kept busy by a queued sleep: the time
-    the host spends issuing the call; a call that waited for the GPU would show the sleep."""
+def median_host_us(fns, repeats: int, warmup: int) -> List[float]:
+    """Median host time in µs of each of ``fns``, called in turn (so that the machine's
+    drift touches them alike), with the GPU kept busy by a queued sleep: the time the host
+    spends issuing a call; a call that waited for the GPU would show the sleep."""
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     torch.cuda.synchronize()
-    times = []
+    times = [[] for _ in fns]
     for i in range(repeats):
-        if i % 10 == 0:
+        if i % 5 == 0:
             torch.cuda.synchronize()
-            torch.cuda._sleep(20_000_000)  # ~10 ms: covers the host time of 10 calls
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e6)
+            torch.cuda._sleep(20_000_000)  # ~10 ms: covers the host time of 5 rounds
+        for fn, spent in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            spent.append((time.perf_counter() - t0) * 1e6)
     torch.cuda.synchronize()
-    return statistics.median(times)
+    return [statistics.median(t) for t in times]
 
 
 def loop_us(fn: Callable[[], object], steps: int, warmup: int) -> float:
@@ -293,9 +296,9 @@ def bench_host(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> H
     kw = dict(stride=shape.stride, padding=shape.padding, output_padding=shape.output_padding,
               groups=shape.groups)
     with torch.no_grad():
-        res = [median_host_us(fn, repeats, warmup) for fn in (
-            lambda: theirs(x), lambda: F.conv_transpose3d(x, w, b, **kw), lambda: ours(x),
-            lambda: phaseconv.conv_transpose3d(x, w, b, **kw))]
+        res = median_host_us([lambda: theirs(x), lambda: F.conv_transpose3d(x, w, b, **kw),
+                              lambda: ours(x), lambda: phaseconv.conv_transpose3d(x, w, b, **kw)],
+                             repeats, warmup)
         gpu = median_gpu_us(lambda: ours(x), 20, 3)
     return HostRow(shape, _dtype_name(dtype), *res, gpu)
 
@@ -357,7 +360,7 @@ def bench_loop(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> L
 
             step()
             gpu = median_gpu_us(step, repeats, warmup)
-            host = median_host_us(step, repeats, warmup)
+            host, = median_host_us([step], repeats, warmup)
             wall = loop_us(step, repeats, warmup)
             kernels = cuda_activities(step)
             rows.append(LoopRow(shape, _dtype_name(dtype), impl, gpu, host, wall, kernels,
@@ -410,7 +413,8 @@ SECTION_TEXT = {
                  "the same parameters; GPU time as above. grad rel. error: the worse of the two "
                  "gradients, ‖phaseconv − torch‖ / ‖torch‖."),
     "host": ("Host time per call", "Host µs per inference call (`torch.no_grad`, bias on), "
-             "median of the runs, with the GPU kept busy by a queued sleep so that a call that "
+             "median of at least 300 rounds in which the four calls take turns, with the GPU "
+             "kept busy by a queued sleep so that a call that "
              "waited for the GPU would show it: torch's `nn.ConvTranspose3d` and "
              "`F.conv_transpose3d` against phaseconv's module and `phaseconv.conv_transpose3d`."),
     "loop": ("Training loop, the weight changing every step", "One step of one layer "
@@ -528,7 +532,7 @@ def main(argv=None) -> int:
         backward_rows = run("backward", bench_backward, backward_table)
         write_section(args.out, "backward", backward_table(backward_rows), command)
     if "host" in sections:
-        rows = run("host", lambda s, d, r, w: bench_host(s, d, max(r, 100), w), host_table)
+        rows = run("host", lambda s, d, r, w: bench_host(s, d, max(r, 300), w), host_table)
         write_section(args.out, "host", host_table(rows), command)
     if "loop" in sections:
         rows = run("loop", bench_loop, lambda rows: loop_table(rows, backward_rows))
