@@ -107,8 +107,8 @@ class CallPlan:
         if self.cuda_forward is not None:
             tables, launch = self.cuda_forward
             if tables.ready:
-                from .engines.cuda import _await
-                _await(tables)
+                from .engines.cuda import wait_for_tables
+                wait_for_tables(tables)
             out = launch(xb, weight, bias)
         else:
             with _autocast_off(x.device.type):
@@ -134,8 +134,8 @@ class CallPlan:
                                                             self._device)
                 tables, launch = self.cuda_backward
                 if tables.ready:
-                    from .engines.cuda import _await
-                    _await(tables)
+                    from .engines.cuda import wait_for_tables
+                    wait_for_tables(tables)
                 gx, gw = launch(gb, xb, weight, bool(mask[0]), bool(mask[1]))
         else:
             with _autocast_off(x.device.type):

@@ -302,7 +302,7 @@ def layer_tables(weight_shape, groups: int, stride, padding, dilation, dtype: to
         return _tables.setdefault(key, tables)
 
 
-def _await(tables: LayerTables) -> None:
+def wait_for_tables(tables: LayerTables) -> None:
     """Orders the current stream after the tables' copies (they were queued on the stream of
     the call that made them; another stream may come first)."""
     try:
@@ -384,7 +384,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     tables, plan = forward_plan(args, x.shape[0], x.dtype, x.device, _channels_last(x),
                                 bias is not None, force_path)
     if tables.ready:
-        _await(tables)
+        wait_for_tables(tables)
     return plan(x, weight, bias)
 
 
@@ -441,7 +441,7 @@ def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, args: 
     tables, plan = backward_plan(args, x.shape[0], x.dtype, x.device, grad_input_kernel,
                                  grad_weight_kernel)
     if tables.ready:
-        _await(tables)
+        wait_for_tables(tables)
     return plan(grad_y, x, weight, need_input, need_weight)
 
 
