@@ -5,7 +5,7 @@ ValueError/RuntimeError/TypeError, rather than as an IndexError deep inside an e
 """
 import functools
 import numbers
-from typing import NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -21,11 +21,13 @@ def triple(value, name: str) -> Triple:
             and type(value[1]) is int and type(value[2]) is int):
         return value  # type: ignore[return-value]
     if type(value) is int:
+        _check_int64((value,), name)
         return (value, value, value)
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, Sequence, torch.Size)):
         raise TypeError(f"conv_transpose3d(): argument '{name}' must be an int or a tuple of 3 "
                         f"ints, not {type(value).__name__}")
     if isinstance(value, numbers.Integral):
+        _check_int64((int(value),), name)
         return (int(value),) * 3
     items = list(value)
     for item in items:
@@ -37,7 +39,21 @@ def triple(value, name: str) -> Triple:
     if len(items) != 3:
         raise RuntimeError(f"expected {name} to be a single integer value or a list of 3 values to "
                            f"match the convolution dimensions, but got {name}={list(value)}")
-    return tuple(int(v) for v in items)  # type: ignore[return-value]
+    out = tuple(int(v) for v in items)
+    _check_int64(out, name)
+    return out  # type: ignore[return-value]
+
+
+_INT64 = (-2**63, 2**63 - 1)
+
+
+def _check_int64(values, name: str) -> None:
+    """torch's ``int[]`` arguments are 64-bit; its parser refuses wider ints with a ValueError
+    that names no argument: this one does."""
+    for v in values:
+        if not _INT64[0] <= v <= _INT64[1]:
+            raise ValueError(f"conv_transpose3d(): argument '{name}' has a value that does not fit "
+                             f"in 64 bits: {v}")
 
 
 class ConvArgs(NamedTuple):
@@ -67,6 +83,7 @@ def check_types(input, weight, bias, groups) -> None:
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
         raise TypeError(f"conv_transpose3d(): argument 'groups' must be int, not "
                         f"{type(groups).__name__}")
+    _check_int64((int(groups),), "groups")
 
 
 def check_conv_transpose3d(input, weight, bias, stride, padding, output_padding, groups,
@@ -181,14 +198,39 @@ def _check_metadata(input: TensorMeta, weight: TensorMeta, bias: Optional[Tensor
                     kernel, in_channels, out_channels, in_shape, out_shape)  # type: ignore
 
 
-def check_output_size(output_size: Optional[Sequence[int]], input_dim: int) -> None:
-    """torch's rule: output_size names the 3 spatial sizes or the whole output shape."""
-    if output_size is None:
-        return
-    if isinstance(output_size, numbers.Integral) or not isinstance(output_size,
-                                                                    (Sequence, torch.Size)):
+def output_size_ints(output_size) -> List[int]:
+    """``output_size`` as a list of ints, accepted as torch accepts it (a sequence of ints, a
+    ``torch.Size``, a 1-D integer tensor, 0-dim integer tensors as elements); anything else
+    (floats, NaN, strings, ...) is a TypeError naming the argument."""
+    if isinstance(output_size, torch.Tensor):
+        if output_size.dim() != 1 or output_size.is_floating_point() or output_size.is_complex():
+            raise TypeError("output_size must be a sequence of ints or a 1-D integer tensor, got "
+                            f"a tensor of shape {tuple(output_size.shape)} and dtype "
+                            f"{output_size.dtype}")
+        return [int(v) for v in output_size.tolist()]
+    if isinstance(output_size, (str, bytes)) or not isinstance(output_size,
+                                                                (Sequence, torch.Size)):
         raise TypeError(f"output_size must be a sequence of ints, not {type(output_size).__name__}")
+    sizes = []
+    for v in output_size:
+        if isinstance(v, torch.Tensor) and v.dim() == 0 and not (v.is_floating_point()
+                                                                 or v.is_complex()):
+            v = int(v)
+        if not isinstance(v, numbers.Integral):
+            raise TypeError(f"output_size must be a sequence of ints, but got an element "
+                            f"{v!r} of type {type(v).__name__}")
+        sizes.append(int(v))
+    return sizes
+
+
+def check_output_size(output_size, input_dim: int) -> Optional[List[int]]:
+    """torch's rule: output_size names the 3 spatial sizes or the whole output shape.
+    Returns it as a list of ints (None for None)."""
+    if output_size is None:
+        return None
+    sizes = output_size_ints(output_size)
     non_spatial = 2 if input_dim == 5 else 1
-    if len(output_size) not in (3, 3 + non_spatial):
+    if len(sizes) not in (3, 3 + non_spatial):
         raise ValueError(f"ConvTranspose3D: for {input_dim}D input, output_size must have 3 or "
-                         f"{3 + non_spatial} elements (got {len(output_size)})")
+                         f"{3 + non_spatial} elements (got {len(sizes)})")
+    return sizes

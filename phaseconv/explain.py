@@ -1,17 +1,17 @@
 """``phaseconv.explain``: the phase table of a layer for an input shape, as text."""
+import numbers
 from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from . import engines
-from .checks import ConvArgs, triple
+from .checks import ConvArgs, check_conv_transpose3d, check_output_size, triple
 from .geometry import (
     Phase,
     PhasePlan,
     output_padding_for_size,
     phase_plan,
-    transposed_output_size,
 )
 
 
@@ -96,6 +96,19 @@ def _slice_text(phase: Phase, plan: PhasePlan) -> str:
 LayerSpec = Union[nn.ConvTranspose3d, Mapping]
 
 
+def _int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"explain(): {name} must be an int, not {type(value).__name__}")
+    return int(value)
+
+
+def _ints(values, name: str) -> tuple:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, torch.Size)):
+        raise TypeError(f"explain(): {name} must be a sequence of ints, not "
+                        f"{type(values).__name__}")
+    return tuple(_int(v, name) for v in values)
+
+
 def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
             device: Optional[Union[str, torch.device]] = None,
             output_size: Optional[Sequence[int]] = None,
@@ -126,29 +139,40 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
     else:
         raise TypeError("explain(): layer_or_args must be an nn.ConvTranspose3d or a mapping of "
                         f"its constructor arguments, not {type(layer_or_args).__name__}")
-    shape = tuple(int(n) for n in input_shape)
+    shape = _ints(input_shape, "input_shape")
     if len(shape) not in (4, 5):
         raise ValueError(f"explain(): input_shape must be (N, C, D, H, W) or (C, D, H, W), got "
                          f"{shape}")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"explain(): input_shape must not be negative, got {shape}")
     batch, channels = (shape[0], shape[1]) if len(shape) == 5 else (1, shape[0])
-    in_channels, out_channels = int(spec["in_channels"]), int(spec["out_channels"])
-    groups = int(spec.get("groups", 1))
+    in_channels = _int(spec["in_channels"], "in_channels")
+    out_channels = _int(spec["out_channels"], "out_channels")
+    groups = _int(spec.get("groups", 1), "groups")
+    # torch's module constructor refuses these before any call
+    if groups <= 0:
+        raise ValueError("groups must be a positive integer")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must "
+                         f"be divisible by groups ({groups})")
     if channels != in_channels:
         raise ValueError(f"explain(): input_shape has {channels} channels but the layer expects "
                          f"{in_channels}")
     kernel = triple(spec["kernel_size"], "kernel_size")
+    if any(k <= 0 for k in kernel):
+        raise ValueError(f"kernel_size must be positive, got {kernel}")
     stride = triple(spec.get("stride", 1), "stride")
     padding = triple(spec.get("padding", 0), "padding")
     dilation = triple(spec.get("dilation", 1), "dilation")
     output_padding = triple(spec.get("output_padding", 0), "output_padding")
     if output_size is not None:
-        output_padding = output_padding_for_size(shape[-3:], output_size, kernel, stride,
-                                                 padding, dilation)
-    out = [transposed_output_size(n, k, s, p, dilation=d, output_padding=op)
-           for n, k, s, p, d, op
-           in zip(shape[-3:], kernel, stride, padding, dilation, output_padding)]
-    if any(n <= 0 for n in out):
-        raise ValueError(f"explain(): output size {out} is not positive for input {shape}")
+        sizes = check_output_size(output_size, len(shape))
+        output_padding = output_padding_for_size(shape[-3:], sizes, kernel, stride, padding,
+                                                 dilation)
+    # the operator's own checks, on tensors that hold no data
+    x = torch.empty(shape, device="meta")
+    w = torch.empty((in_channels, out_channels // groups) + kernel, device="meta")
+    check_conv_transpose3d(x, w, None, stride, padding, output_padding, groups, dilation)
     plan = phase_plan(shape[-3:], kernel, stride, padding, dilation=dilation,
                       output_padding=output_padding)
     device = torch.device(device) if device is not None else torch.device("cpu")

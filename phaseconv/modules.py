@@ -49,10 +49,10 @@ class ConvTranspose3d(nn.ConvTranspose3d):
         if output_size is not None:
             if not isinstance(input, torch.Tensor):
                 raise TypeError(f"input must be a Tensor, not {type(input).__name__}")
-            check_output_size(output_size, input.dim())
+            sizes = check_output_size(output_size, input.dim())
             if input.dim() in (4, 5):
                 output_padding = output_padding_for_size(
-                    input.shape[-3:], output_size, self.kernel_size, self.stride,
+                    input.shape[-3:], sizes, self.kernel_size, self.stride,
                     self.padding, self.dilation)
         return conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding,
                                 output_padding, self.groups, self.dilation, self.engine)
@@ -62,15 +62,22 @@ def convert(model: nn.Module) -> nn.Module:
     """Swap every ``torch.nn.ConvTranspose3d`` inside ``model`` for phaseconv's, in place.
 
     The new layers share the original parameter tensors (an optimizer built before the call
-    keeps working).  Only modules whose type is exactly ``nn.ConvTranspose3d`` are swapped:
-    a user subclass may override ``forward``, and parametrized layers compute their weight
-    differently, so both are left as they are.  Returns the model (the new layer itself when
-    ``model`` is a bare ``nn.ConvTranspose3d``).
+    keeps working), and sharing is kept: a layer used at several places (``Sequential(up,
+    ReLU(), up)``, or in two submodules) becomes one phaseconv layer used at the same places.
+    Only modules whose type is exactly ``nn.ConvTranspose3d`` are swapped: a user subclass may
+    override ``forward``, and parametrized layers compute their weight differently, so both
+    are left as they are.  Returns the model (the new layer itself when ``model`` is a bare
+    ``nn.ConvTranspose3d``).
     """
     if type(model) is nn.ConvTranspose3d:
         return ConvTranspose3d.from_torch(model)
+    converted = {}  # id(original layer) -> its phaseconv layer
     for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
+        # every registered entry, also a layer registered twice (named_children skips those)
+        for name, child in list(parent._modules.items()):
             if type(child) is nn.ConvTranspose3d:
-                setattr(parent, name, ConvTranspose3d.from_torch(child))
+                new = converted.get(id(child))
+                if new is None:
+                    new = converted[id(child)] = ConvTranspose3d.from_torch(child)
+                setattr(parent, name, new)
     return model

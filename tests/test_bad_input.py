@@ -45,6 +45,11 @@ CASES = [
     ("bias-2d", dict(bias=torch.randn(2, 1)), "bias"),
     ("bias-dtype", dict(bias=torch.randn(2, dtype=torch.float64)), "bias"),
     ("bias-not-tensor", dict(bias=[0.0, 0.0]), "bias"),
+    ("stride-past-64-bits", dict(stride=2**63), "stride"),
+    ("padding-past-64-bits", dict(padding=(0, -2**63 - 1, 0)), "padding"),
+    ("dilation-past-64-bits", dict(dilation=2**63), "dilation"),
+    ("output-padding-past-64-bits", dict(output_padding=2**64), "output_padding"),
+    ("groups-past-64-bits", dict(groups=2**63), "groups"),
 ]
 
 
@@ -91,3 +96,47 @@ def test_module_call_refusals():
         layer(torch.randn(1, 4, 3, 3, 3), output_size=7)
     with pytest.raises(RuntimeError, match="type"):
         layer(torch.randn(1, 4, 3, 3, 3, dtype=torch.float64))
+
+
+# output_size as torch takes it: a sequence of ints, torch.Size, a 1-D integer tensor, 0-dim
+# integer tensors as elements; floats, NaN, infinities and strings refused by name
+OUTPUT_SIZES = [(7, 7, 7), torch.Size([8, 7, 7]), torch.tensor([7, 8, 7]),
+                [torch.tensor(7), 7, 8], (1, 2, 7, 7, 7), range(7, 10), (True, 7, 7),
+                (5.9, 6, 6), (7.0, 7, 7), ("7", 7, 7), (float("nan"), 7, 7),
+                (float("inf"), 7, 7), (2**63, 7, 7), "777", 7.0, (7, 7)]
+
+
+@pytest.mark.parametrize("output_size", OUTPUT_SIZES, ids=[repr(o) for o in OUTPUT_SIZES])
+def test_output_size_taken_or_refused_like_torch(output_size):
+    torch.manual_seed(0)
+    ref = torch.nn.ConvTranspose3d(2, 2, 3, stride=2).double()
+    ours = phaseconv.convert(torch.nn.Sequential(ref))[0]
+    x = torch.randn(1, 2, 3, 3, 3, dtype=torch.float64)
+    try:
+        expected = ref(x, output_size=output_size)
+    except ALLOWED:
+        with pytest.raises(ALLOWED) as info:
+            ours(x, output_size=output_size)
+        assert "output_size" in str(info.value), str(info.value)
+        return
+    torch.testing.assert_close(ours(x, output_size=output_size), expected, rtol=1e-12,
+                               atol=1e-12)
+
+
+EXPLAIN_REFUSALS = [  # layer arguments every torch call would refuse, and the word named
+    (dict(stride=0), "stride"), (dict(stride=(1, -1, 1)), "stride"),
+    (dict(padding=-1), "padding"), (dict(dilation=0), "dilation"),
+    (dict(output_padding=3, stride=2), "output_padding"), (dict(groups=-1), "groups"),
+    (dict(groups=0), "groups"), (dict(groups=4), "groups"), (dict(kernel_size=0), "kernel_size"),
+    (dict(padding=5), "output size"), (dict(dilation=2**63), "dilation"),
+    (dict(stride=1.5), "stride"), (dict(groups="1"), "groups"),
+]
+
+
+@pytest.mark.parametrize("changes,word", EXPLAIN_REFUSALS,
+                         ids=[f"{sorted(c)[0]}={c[sorted(c)[0]]}" for c, _ in EXPLAIN_REFUSALS])
+def test_explain_refuses_what_the_operator_refuses(changes, word):
+    spec = dict(dict(in_channels=6, out_channels=6, kernel_size=3), **changes)
+    with pytest.raises(ALLOWED) as info:
+        phaseconv.explain(spec, (1, 6, 3, 3, 3))
+    assert word in str(info.value), str(info.value)

@@ -1,5 +1,6 @@
 """The module, convert and explain."""
 import copy
+import inspect
 import io
 import pickle
 
@@ -156,6 +157,33 @@ def test_convert_swaps_every_layer_and_shares_parameters():
         o.step()
     torch.testing.assert_close(model(x), reference(x), **TIGHT)
     assert phaseconv.convert(model) is model  # idempotent
+
+
+def test_convert_keeps_a_layer_shared_where_it_was():
+    """One torch layer used at several places becomes one phaseconv layer used at the same
+    places: hooks fire per call as torch's do, and assign-loading keeps the places tied."""
+    torch.manual_seed(0)
+    up = nn.ConvTranspose3d(2, 2, 3, padding=1)
+    reference = nn.Sequential(up, nn.ReLU(), up, nn.Sequential(up)).double()
+    model = phaseconv.convert(copy.deepcopy(reference))
+    assert isinstance(model[0], phaseconv.ConvTranspose3d)
+    assert model[0] is model[2] is model[3][0]
+    x = torch.randn(1, 2, 3, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(model(x), reference(x), **TIGHT)
+    calls = {"torch": 0, "ours": 0}
+    reference[0].register_forward_hook(lambda *_: calls.__setitem__("torch", calls["torch"] + 1))
+    model[0].register_forward_hook(lambda *_: calls.__setitem__("ours", calls["ours"] + 1))
+    reference(x)
+    model(x)
+    assert calls["ours"] == calls["torch"] == 3
+    state = {k: torch.randn_like(v) for k, v in reference.state_dict().items()}
+    if "assign" in inspect.signature(nn.Module.load_state_dict).parameters:
+        model.load_state_dict(state, assign=True)
+        assert model[0] is model[2] and model[0].weight is model[2].weight
+    else:
+        model.load_state_dict(state)
+    reference.load_state_dict(state)
+    torch.testing.assert_close(model(x), reference(x), **TIGHT)
 
 
 def test_convert_bare_layer_and_leaves_subclasses_alone():
