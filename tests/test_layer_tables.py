@@ -29,9 +29,33 @@ def _gather(w: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.where(index >= 0, out, torch.zeros_like(out))
 
 
+def _correlate(src, block, taps, first, pdil, extent):
+    """``out[j] = sum_t block[t] . src[j + first + t * pdil]`` (zero outside ``src``) over a
+    table row's taps, ``block`` viewed (groups, C_src/g, *taps, C_out/g): what both kinds of
+    kernel compute from a row, written with torch ops.  Returns (N, C_out, *extent)."""
+    n, c_src = src.shape[:2]
+    groups, c_src_g = block.shape[:2]
+    out = None
+    for t in itertools.product(*(range(k) for k in taps)):
+        shifted = src.new_zeros((n, c_src) + tuple(extent))
+        dst, cut = [slice(None)] * 2, [slice(None)] * 2
+        for a in range(3):
+            shift = first[a] + t[a] * pdil[a]
+            lo, hi = max(0, -shift), min(extent[a], src.shape[2 + a] - shift)
+            dst.append(slice(lo, max(lo, hi)))
+            cut.append(slice(lo + shift, max(lo, hi) + shift))
+        shifted[tuple(dst)] = src[tuple(cut)]
+        shifted = shifted.view((n, groups, c_src_g) + tuple(extent))
+        tap = block[(slice(None), slice(None)) + t]  # (groups, C_src/g, C_out/g)
+        term = torch.einsum("ngcxyz,gco->ngoxyz", shifted, tap)
+        out = term if out is None else out + term
+    return out.reshape((n, -1) + tuple(extent))
+
+
 def _forward_from_packed(x, packed, table, groups, c_out_g, stride, pdil, out_shape):
     """The transposed convolution as the SIMT kernels compute it from the packed layout and
-    the phase table: per phase, per tap, a channel contraction of the shifted input."""
+    the phase table: per phase, per tap, a channel contraction of the shifted input (phase
+    output j reads input j + first + t * pdil)."""
     n, c_in = x.shape[:2]
     cin_g = c_in // groups
     y = x.new_zeros((n, groups * c_out_g) + tuple(out_shape))
@@ -43,25 +67,14 @@ def _forward_from_packed(x, packed, table, groups, c_out_g, stride, pdil, out_sh
         counts = [max(0, -(-(o - r) // s)) for o, r, s in zip(out_shape, res, stride)]
         block = packed[wofs:wofs + groups * cin_g * ntaps * c_out_g]
         block = block.view((groups, cin_g) + tuple(taps) + (c_out_g,))
-        phase = y[:, :, res[0]::stride[0], res[1]::stride[1], res[2]::stride[2]]
-        for t in itertools.product(*(range(k) for k in taps)):
-            shifted = x.new_zeros((n, c_in) + tuple(counts))
-            dst, src = [slice(None)] * 2, [slice(None)] * 2
-            for a in range(3):  # phase output j reads input j + first + t * pdil
-                shift = first[a] + t[a] * pdil[a]
-                lo, hi = max(0, -shift), min(counts[a], x.shape[2 + a] - shift)
-                dst.append(slice(lo, max(lo, hi)))
-                src.append(slice(lo + shift, max(lo, hi) + shift))
-            shifted[tuple(dst)] = x[tuple(src)]
-            shifted = shifted.view((n, groups, cin_g) + tuple(counts))
-            tap = block[(slice(None), slice(None)) + t]  # (groups, cin_g, c_out_g)
-            phase += torch.einsum("ngcxyz,gco->ngoxyz", shifted, tap).reshape(phase.shape)
+        y[:, :, res[0]::stride[0], res[1]::stride[1], res[2]::stride[2]] += _correlate(
+            x, block, taps, first, pdil, counts)
     return y
 
 
 def _grad_input_from_blocks(gy, blocks, gi_table, groups, in_channels, stride, pdil, in_shape):
     """What the one-launch input-gradient kernels compute from the concatenated blocks and
-    the grad-input table, written with torch ops."""
+    the grad-input table (grad_x voxel i reads phase index i + first + t * pdil)."""
     n, c_out = gy.shape[:2]
     cout_g, cin_g = c_out // groups, in_channels // groups
     gx = gy.new_zeros((n, in_channels) + tuple(in_shape))
@@ -71,18 +84,7 @@ def _grad_input_from_blocks(gy, blocks, gi_table, groups, in_channels, stride, p
         block = blocks[wofs:wofs + groups * cout_g * ntaps * cin_g]
         block = block.view((groups, cout_g) + tuple(taps) + (cin_g,))
         phase = gy[:, :, res[0]::stride[0], res[1]::stride[1], res[2]::stride[2]]
-        for t in itertools.product(*(range(k) for k in taps)):
-            shifted = gy.new_zeros((n, c_out) + tuple(in_shape))
-            dst, src = [slice(None)] * 2, [slice(None)] * 2
-            for a in range(3):  # grad_x voxel i reads phase index i + first + t * pdil
-                shift = first[a] + t[a] * pdil[a]
-                lo, hi = max(0, -shift), min(in_shape[a], phase.shape[2 + a] - shift)
-                dst.append(slice(lo, max(lo, hi)))
-                src.append(slice(lo + shift, max(lo, hi) + shift))
-            shifted[tuple(dst)] = phase[tuple(src)]
-            shifted = shifted.view((n, groups, cout_g) + tuple(in_shape))
-            tap = block[(slice(None), slice(None)) + t]  # (groups, cout_g, cin_g)
-            gx += torch.einsum("ngoxyz,goc->ngcxyz", shifted, tap).reshape(gx.shape)
+        gx += _correlate(phase, block, taps, first, pdil, in_shape)
     return gx
 
 
