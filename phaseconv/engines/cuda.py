@@ -329,19 +329,28 @@ def _device(device) -> torch.device:
     return device
 
 
-def _weight_shape(args: ConvArgs):
-    return (args.in_channels, args.out_channels // args.groups) + tuple(args.kernel)
-
-
 _forward_plans = {}
 _backward_plans = {}
 
 
-def _bounded_put(cache: dict, key, value):
-    if len(cache) >= 2048:
+def _planned(cache: dict, key, args: ConvArgs, batch: int, dtype: torch.dtype, device,
+             make):
+    """``(tables, plan)`` for ``key``, made once: ``make(tables, x, weight, device)`` builds
+    the C++ plan from the layer's device tables and metadata-only stand-ins for the input and
+    the weight."""
+    found = cache.get(key)
+    if found is not None:
+        return found
+    device = _device(device)
+    weight_shape = (args.in_channels, args.out_channels // args.groups) + tuple(args.kernel)
+    tables = layer_tables(weight_shape, args.groups, args.stride, args.padding, args.dilation,
+                          dtype, device)
+    plan = make(tables, _meta((batch, args.in_channels) + tuple(args.in_shape), dtype, device),
+                _meta(weight_shape, dtype, device), device)
+    if len(cache) >= 2048:  # many distinct calls: start over
         cache.clear()
-    cache[key] = value
-    return value
+    cache[key] = (tables, plan)
+    return tables, plan
 
 
 def forward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
@@ -354,21 +363,16 @@ def forward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.d
     per-phase), 4 the per-phase tensor-core kernel, 5 the implicit-GEMM kernel (16-bit,
     C_in/groups a multiple of 8); adding 16 (``FORCE_NCDHW``) keeps the input contiguous
     (no channels-last kernels)."""
+    def make(tables, x, weight, device):
+        host = tables.host
+        return load().ForwardPlan(
+            x, weight, has_bias, channels_last, tables.table, tables.index, tables.index_mma,
+            list(args.out_shape), list(host.stride), list(host.phase_dilation),
+            list(host.max_taps), host.total_taps, args.groups, list(host.union_box),
+            force_path)
+
     key = (args, batch, dtype, device, channels_last, has_bias, force_path)
-    found = _forward_plans.get(key)
-    if found is not None:
-        return found
-    device = _device(device)
-    tables = layer_tables(_weight_shape(args), args.groups, args.stride, args.padding,
-                          args.dilation, dtype, device)
-    host = tables.host
-    plan = load().ForwardPlan(
-        _meta((batch, args.in_channels) + tuple(args.in_shape), dtype, device),
-        _meta(_weight_shape(args), dtype, device), has_bias, channels_last, tables.table,
-        tables.index, tables.index_mma, list(args.out_shape), list(host.stride),
-        list(host.phase_dilation), list(host.max_taps), host.total_taps, args.groups,
-        list(host.union_box), force_path)
-    return _bounded_put(_forward_plans, key, (tables, plan))
+    return _planned(_forward_plans, key, args, batch, dtype, device, make)
 
 
 def _channels_last(x: torch.Tensor) -> bool:
@@ -413,23 +417,18 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     if grad_weight_kernel not in GRAD_WEIGHT_KERNELS:
         raise ValueError(f"grad_weight_kernel must be one of {sorted(GRAD_WEIGHT_KERNELS)}, "
                          f"got {grad_weight_kernel!r}")
+    def make(tables, x, weight, device):
+        host = tables.host
+        return load().BackwardPlan(
+            x, weight,
+            _meta((batch, args.out_channels) + tuple(args.out_shape), dtype, device),
+            args.groups, list(host.stride), list(host.phase_dilation), tables.table,
+            tables.index, list(host.max_taps), tables.gi_table, tables.gi_index,
+            list(host.gi_max_taps), host.gi_total_taps, GRAD_INPUT_KERNELS[grad_input_kernel],
+            GRAD_WEIGHT_KERNELS[grad_weight_kernel])
+
     key = (args, batch, dtype, device, grad_input_kernel, grad_weight_kernel)
-    found = _backward_plans.get(key)
-    if found is not None:
-        return found
-    device = _device(device)
-    tables = layer_tables(_weight_shape(args), args.groups, args.stride, args.padding,
-                          args.dilation, dtype, device)
-    host = tables.host
-    plan = load().BackwardPlan(
-        _meta((batch, args.in_channels) + tuple(args.in_shape), dtype, device),
-        _meta(_weight_shape(args), dtype, device),
-        _meta((batch, args.out_channels) + tuple(args.out_shape), dtype, device),
-        args.groups, list(host.stride), list(host.phase_dilation), tables.table, tables.index,
-        list(host.max_taps), tables.gi_table, tables.gi_index, list(host.gi_max_taps),
-        host.gi_total_taps, GRAD_INPUT_KERNELS[grad_input_kernel],
-        GRAD_WEIGHT_KERNELS[grad_weight_kernel])
-    return _bounded_put(_backward_plans, key, (tables, plan))
+    return _planned(_backward_plans, key, args, batch, dtype, device, make)
 
 
 def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, args: ConvArgs,
