@@ -77,10 +77,11 @@ class Explanation(NamedTuple):
             .format(self.macs, self.zero_insertion_macs, self.macs_saved,
                     self.zero_insertion_macs / self.macs if self.macs else float("inf")),
         ]
-        empty = [p for p in plan.phases if p.num_taps == 0 and p.num_outputs]
-        if empty:
-            lines.append(f"{len(empty)} phase(s) have no taps (kernel < stride, or stride and "
-                         "dilation share a factor): only the bias lands there")
+        bias_only = plan.bias_only_outputs
+        if bias_only:
+            lines.append(f"{bias_only:,} output voxel(s) per channel lie in residues without taps "
+                         "(kernel < stride, or stride and dilation share a factor): only the "
+                         "bias lands there")
         return "\n".join(lines)
 
 
@@ -176,7 +177,7 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
     plan = phase_plan(shape[-3:], kernel, stride, padding, dilation=dilation,
                       output_padding=output_padding)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    engine = engines.choose(device, requested)
+    engine = engines.choose(device, requested, stride)
     kernel_text = grad_input_text = grad_weight_text = None
     if engine.name == "cuda" and device.type == "cuda" and torch.cuda.is_available():
         kernel_text, grad_input_text, grad_weight_text = _cuda_kernels(

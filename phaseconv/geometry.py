@@ -86,7 +86,8 @@ class AxisPhase(NamedTuple):
 
 
 class AxisPlan(NamedTuple):
-    """All phases of one axis of a transposed convolution."""
+    """The phases of one axis of a transposed convolution: one per residue that has taps
+    (at most ``kernel`` of them, whatever the stride)."""
     in_size: int
     out_size: int
     kernel: int
@@ -94,36 +95,41 @@ class AxisPlan(NamedTuple):
     padding: int
     dilation: int
     output_padding: int
-    phases: Tuple[AxisPhase, ...]
+    phases: Tuple[AxisPhase, ...]  # the residues with taps, ascending
+    bias_only: int  # outputs in the residues without taps: they receive only the bias
 
 
 def axis_taps(kernel: int, stride: int = 1, padding: int = 0, *,
-              dilation: int = 1) -> Tuple[Tuple[Tuple[int, ...], Tuple[int, ...]], ...]:
-    """Per residue ``r`` in ``range(stride)``: (taps, offsets) of that phase.
+              dilation: int = 1) -> Tuple[Tuple[int, Tuple[int, ...], Tuple[int, ...]], ...]:
+    """The residues that receive taps, ascending, each as (residue, taps, offsets).
 
-    Independent of the input size: this is all that packing the weight needs.
+    Tap ``k`` lands on residue ``(k * dilation - padding) % stride``, so at most ``kernel``
+    residues have taps and the rest receive only the bias: the table costs O(kernel), however
+    large the stride.  Independent of the input size: this is all that packing the weight
+    needs.
     """
-    out = []
-    for r in range(stride):
-        # Descending k is ascending offset: the sub-kernel is the flipped slice of the kernel.
-        taps = tuple(k for k in reversed(range(kernel))
-                     if (r + padding - k * dilation) % stride == 0)
-        out.append((taps, tuple((r + padding - k * dilation) // stride for k in taps)))
-    return tuple(out)
+    by_residue = {}
+    # Descending k is ascending offset: the sub-kernel is the flipped slice of the kernel.
+    for k in reversed(range(kernel)):
+        by_residue.setdefault((k * dilation - padding) % stride, []).append(k)
+    return tuple((r, tuple(taps), tuple((r + padding - k * dilation) // stride for k in taps))
+                 for r, taps in sorted(by_residue.items()))
 
 
 def axis_plan(in_size: int, kernel: int, stride: int = 1, padding: int = 0, *,
               dilation: int = 1, output_padding: int = 0) -> AxisPlan:
-    """The phase table of one axis (arguments assumed valid; see ``checks``)."""
+    """The phase table of one axis (arguments assumed valid; see ``checks``): the residues
+    with taps, and how many outputs no tap reaches."""
     out_size = transposed_output_size(in_size, kernel, stride, padding, dilation=dilation,
                                       output_padding=output_padding)
     phase_dilation = dilation // math.gcd(stride, dilation)
     phases = []
-    for r, (taps, offsets) in enumerate(axis_taps(kernel, stride, padding, dilation=dilation)):
+    for r, taps, offsets in axis_taps(kernel, stride, padding, dilation=dilation):
         count = max(0, -(-(out_size - r) // stride))
         phases.append(AxisPhase(r, r, count, taps, offsets, phase_dilation))
+    bias_only = max(out_size, 0) - sum(ph.count for ph in phases)
     return AxisPlan(in_size, out_size, kernel, stride, padding, dilation, output_padding,
-                    tuple(phases))
+                    tuple(phases), bias_only)
 
 
 class Phase(NamedTuple):
@@ -192,8 +198,16 @@ class PhasePlan(NamedTuple):
 
     @property
     def phases(self) -> Tuple[Phase, ...]:
-        """All ``prod(stride)`` phases in (depth, height, width) row-major order."""
+        """The phases with taps (at most the kernel's taps many), in (depth, height, width)
+        row-major order over their residues."""
         return _product_phases(self.axes)
+
+    @property
+    def bias_only_outputs(self) -> int:
+        """Output voxels (per sample and channel) in a residue without taps along some axis:
+        they hold only the bias (0 without one)."""
+        covered = _prod(a.out_size - a.bias_only for a in self.axes)
+        return _prod(max(a.out_size, 0) for a in self.axes) - covered
 
     def macs_per_sample(self, in_channels: int, out_channels: int, groups: int) -> int:
         """Multiply-adds of the phase method for one sample: every tap of every output of

@@ -26,15 +26,20 @@ On torch >= 2.4 the forward and backward are ``torch.library`` custom ops
 (``phaseconv::conv_transpose3d``, ``phaseconv::conv_transpose3d_backward``) whose fake
 implementations give exactly the real results' sizes and strides, so ``torch.compile`` keeps
 phaseconv's layers in its graph, for inference and training.  Eager calls, and every call on
-older torch (1.13), run the same two functions through a plain ``torch.autograd.Function``.
-Double backward raises a clear error on both paths.
+older torch (1.13), run the same two functions through ``torch.autograd.Function`` classes.
+
+Every derivative is again the forward or the backward of the same layer (see "autograd"
+below), so both paths differentiate to any order: double backward (gradient penalties),
+forward mode (``torch.autograd.forward_ad``, ``torch.func.jvp``) and, on torch >= 2.0,
+``torch.func``'s ``vmap``, ``grad``, ``jacrev`` and ``jacfwd`` (a vmapped call is one call of
+the operator, the vmapped copies folded into the batch or the groups).  On torch 1.13 double
+backward and forward mode work; ``functorch``'s transforms do not take custom functions there.
 """
 import contextlib
 import os
 from typing import List, Optional, Tuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import engines
 from .checks import ConvArgs, check_conv_transpose3d, triple
@@ -43,8 +48,6 @@ from .geometry import phase_plan
 from .packing import pack_conv3d_phases, unpack_conv3d_phases
 
 HAS_CUSTOM_OPS = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_fake")
-_DOUBLE_BACKWARD = ("phaseconv: double backward (create_graph=True through the backward) is "
-                    "not supported")
 _NEW_AUTOCAST_API = hasattr(torch, "get_autocast_dtype")  # torch >= 2.4: per device type
 
 
@@ -122,6 +125,14 @@ class CallPlan:
                  mask) -> Tuple[Optional[torch.Tensor], ...]:
         """Gradients for (input, weight, bias) where ``mask`` asks, None elsewhere."""
         args = self.args
+        expected = (tuple(x.shape[:1]) if args.batched else ()) + (args.out_channels,) \
+            + tuple(args.out_shape)
+        if (tuple(grad_out.shape) != expected or grad_out.dtype != x.dtype
+                or grad_out.device != x.device):
+            raise RuntimeError(
+                f"conv_transpose3d backward: grad_output must match the forward's output "
+                f"({list(expected)}, {x.dtype}, {x.device}), got {list(grad_out.shape)}, "
+                f"{grad_out.dtype}, {grad_out.device}")
         xb = x if args.batched else x.unsqueeze(0)
         gb = grad_out if args.batched else grad_out.unsqueeze(0)
         gx = gw = gbias = None
@@ -178,7 +189,7 @@ def call_plan(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
         return found
     args = check_conv_transpose3d(x, weight, bias, stride, padding, output_padding, groups,
                                   dilation)
-    plan = CallPlan(args, engines.choose(x.device, engine or None), x, bias is not None,
+    plan = CallPlan(args, engines.choose(x.device, engine or None, args.stride), x, bias is not None,
                     layout)
     if key is not None:
         if len(_CALLS) >= 4096:  # many distinct calls (shapes that never repeat): start over
@@ -227,27 +238,267 @@ def _fake_backward(grad_out, x, weight, stride, padding, output_padding, groups,
             grad_out.new_empty((grad_out.shape[-4],)) if mask[2] else grad_out.new_empty((0,)))
 
 
-class _ConvTranspose3dFunction(torch.autograd.Function):
-    """The same forward and backward through a plain autograd.Function (torch < 2.4, and eager
-    calls on any torch)."""
+# --- autograd ----------------------------------------------------------------------------------
+#
+# The operator is bilinear: y = F(x, w) + b.  Its backward is two more bilinear maps of the
+# same layer, G(gy, w) = grad_input (F's adjoint in x) and H(x, gy) = grad_weight (F's adjoint
+# in w), plus grad_bias = sum(gy).  Each is the adjoint of the others:
+#
+#     <F(x, w), gy> = <x, G(gy, w)> = <w, H(x, gy)>
+#
+# so every derivative of F, G or H, of any order and in either mode, is again F, G or H of
+# other arguments.  Two autograd.Functions carry that: one for F (the forward) and one for
+# (G, H, sum) (the backward), each with a backward, a jvp and a vmap rule made of the two.
+# ``conf`` is (stride, padding, output_padding, groups, dilation, engine).
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, output_padding, groups, dilation, engine):
-        plan = call_plan(x, weight, bias, stride, padding, output_padding, groups, dilation,
-                         engine)
-        ctx.save_for_backward(x, weight)
-        ctx.plan = plan
-        ctx.has_bias = bias is not None
-        return plan.forward(x, weight, bias)
+_SETUP_CONTEXT = hasattr(torch.autograd.Function, "setup_context")  # torch >= 2.0: torch.func
 
-    @staticmethod
-    @once_differentiable  # a second backward through it raises torch's own clear error
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        gx, gw, gb = ctx.plan.backward(grad_out, x, weight,
-                                       (needs[0], needs[1], ctx.has_bias and needs[2]))
-        return gx, gw, gb, None, None, None, None, None, None
+try:
+    from torch._C._functorch import peek_interpreter_stack as _transform_stack
+except ImportError:  # torch 1.13: no torch.func transforms in core
+    def _transform_stack():
+        return None
+
+import torch.autograd.forward_ad as _forward_ad  # noqa: E402
+
+
+def _needs_function(*tensors) -> bool:
+    """Whether a call must go through autograd.Function: a graph to record, a forward-mode
+    tangent possible, or a torch.func transform active.  Otherwise the plain call is the same
+    result without the Function's cost."""
+    if _transform_stack() is not None or _forward_ad._current_level >= 0:
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _forward(x, weight, bias, conf):
+    """F(x, w) + b, differentiable in every mode."""
+    if _needs_function(x, weight, bias):
+        return _ConvTranspose3dFunction.apply(x, weight, bias, *conf)
+    return call_plan(x, weight, bias, *conf).forward(x, weight, bias)
+
+
+def _backward(grad_out, x, weight, conf, mask):
+    """(G(grad_out, w), H(x, grad_out), sum(grad_out)) where ``mask`` asks, None elsewhere;
+    differentiable in every mode."""
+    if _needs_function(grad_out, x, weight):
+        return _ConvTranspose3dBackward.apply(grad_out, x, weight, conf, tuple(mask))
+    return call_plan(x, weight, None, *conf).backward(grad_out, x, weight, mask)
+
+
+def _bias_view(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``bias`` (C,) broadcast over ``like``, an output of the layer (batched or not)."""
+    return bias.view((-1,) + (1,) * 3).expand_as(like)
+
+
+def _with_groups(conf, factor: int):
+    stride, padding, output_padding, groups, dilation, engine = conf
+    return (stride, padding, output_padding, groups * factor, dilation, engine)
+
+
+def _batch_first(t, dim, size: int):
+    """``t`` with its vmapped dimension first (expanded to ``size`` where it has none)."""
+    return t.movedim(dim, 0) if dim is not None else t.expand((size,) + tuple(t.shape))
+
+
+def _shape_without(t, dim) -> Tuple[int, ...]:
+    """``t``'s shape less its vmapped dimension."""
+    shape = list(t.shape)
+    if dim is not None:
+        del shape[dim]
+    return tuple(shape)
+
+
+# F
+
+
+def _function_value(x, weight, bias, *conf):
+    return call_plan(x, weight, bias, *conf).forward(x, weight, bias)
+
+
+def _function_setup(ctx, inputs, output):
+    x, weight, bias = inputs[:3]
+    ctx.conf = tuple(inputs[3:])
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight)
+    ctx.save_for_forward(x, weight)
+    ctx.set_materialize_grads(False)
+
+
+def _function_backward(ctx, grad_out):
+    if grad_out is None:
+        return (None,) * 9
+    x, weight = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = (needs[0], needs[1], ctx.has_bias and needs[2])
+    return _backward(grad_out, x, weight, ctx.conf, mask) + (None,) * 6
+
+
+def _function_jvp(ctx, dx, dweight, dbias, *_):
+    x, weight = ctx.saved_tensors
+    out = None
+    if dx is not None:
+        out, dbias = _forward(dx, weight, dbias, ctx.conf), None
+    if dweight is not None:
+        term, dbias = _forward(x, dweight, dbias, ctx.conf), None
+        out = term if out is None else out + term
+    if dbias is not None:  # only the bias moves
+        out = _forward(torch.zeros_like(x), weight, dbias, ctx.conf)
+    return out
+
+
+def _function_vmap(info, in_dims, x, weight, bias, *conf):
+    """A vmapped F is one call of F: a vmapped input folds into the batch; a vmapped weight
+    or bias folds into the groups (each vmapped copy becomes its own set of groups)."""
+    x_dim, w_dim, b_dim = in_dims[:3]
+    size = info.batch_size
+    batched = x.dim() - (x_dim is not None) == 5
+    if size == 0:  # nothing to compute (jacrev of an empty output): the shape only
+        x_shape = _shape_without(x, x_dim)
+        args = check_conv_transpose3d(x.new_empty(x_shape),
+                                      weight.new_empty(_shape_without(weight, w_dim)), None,
+                                      *conf[:5])
+        return x.new_zeros((0,) + x_shape[:batched] + (args.out_channels,) + args.out_shape), 0
+    if w_dim is None and b_dim is None:
+        x = x.movedim(x_dim, 0)
+        if not batched:  # a vmapped unbatched input is a batch
+            return _forward(x, weight, bias, conf), 0
+        out = _forward(x.flatten(0, 1), weight, bias, conf)
+        return out.unflatten(0, (size, x.shape[1])), 0
+    x = _batch_first(x, x_dim, size)
+    if not batched:
+        x = x.unsqueeze(1)
+    xg = x.transpose(0, 1).flatten(1, 2)
+    wg = _batch_first(weight, w_dim, size).flatten(0, 1)
+    bg = None if bias is None else _batch_first(bias, b_dim, size).flatten(0, 1)
+    out = _forward(xg, wg, bg, _with_groups(conf, size))
+    out = out.unflatten(1, (size, -1)).transpose(0, 1)
+    return (out if batched else out.squeeze(1)), 0
+
+
+# (G, H, sum)
+
+
+def _backward_value(grad_out, x, weight, conf, mask):
+    return call_plan(x, weight, None, *conf).backward(grad_out, x, weight, mask)
+
+
+def _backward_setup(ctx, inputs, output):
+    grad_out, x, weight, conf, mask = inputs
+    ctx.conf, ctx.mask = conf, mask
+    ctx.save_for_backward(grad_out, x, weight)
+    ctx.save_for_forward(grad_out, x, weight)
+    ctx.set_materialize_grads(False)
+
+
+def _backward_backward(ctx, ggx, ggw, ggb):
+    """The backward's own backward (double backward): the adjoints of G, H and sum."""
+    grad_out, x, weight = ctx.saved_tensors
+    conf = ctx.conf
+    needs = ctx.needs_input_grad
+    d_grad_out = d_x = d_weight = None
+    if needs[0]:  # gx = G(gy, w), gw = H(x, gy), gb = sum(gy): all linear in gy
+        bias = ggb
+        if ggx is not None:
+            d_grad_out, bias = _forward(ggx, weight, bias, conf), None
+        if ggw is not None:
+            term, bias = _forward(x, ggw, bias, conf), None
+            d_grad_out = term if d_grad_out is None else d_grad_out + term
+        if bias is not None:
+            d_grad_out = _bias_view(bias, grad_out).contiguous()
+    if needs[1] and ggw is not None:  # gw = H(x, gy)
+        d_x = _backward(grad_out, x, ggw, conf, (True, False, False))[0]
+    if needs[2] and ggx is not None:  # gx = G(gy, w)
+        d_weight = _backward(grad_out, ggx, weight, conf, (False, True, False))[1]
+    return d_grad_out, d_x, d_weight, None, None
+
+
+def _backward_jvp(ctx, d_grad_out, dx, dweight, *_):
+    grad_out, x, weight = ctx.saved_tensors
+    conf, mask = ctx.conf, ctx.mask
+    tx = tw = tb = None
+    if mask[0]:  # gx = G(gy, w)
+        if d_grad_out is not None:
+            tx = _backward(d_grad_out, x, weight, conf, (True, False, False))[0]
+        if dweight is not None:
+            term = _backward(grad_out, x, dweight, conf, (True, False, False))[0]
+            tx = term if tx is None else tx + term
+    if mask[1]:  # gw = H(x, gy)
+        if dx is not None:
+            tw = _backward(grad_out, dx, weight, conf, (False, True, False))[1]
+        if d_grad_out is not None:
+            term = _backward(d_grad_out, x, weight, conf, (False, True, False))[1]
+            tw = term if tw is None else tw + term
+    if mask[2] and d_grad_out is not None:
+        tb = _backward(d_grad_out, x, weight, conf, (False, False, True))[2]
+    return tx, tw, tb
+
+
+def _backward_vmap(info, in_dims, grad_out, x, weight, conf, mask):
+    """A vmapped backward is one backward: folded into the batch when only the input's
+    gradient is asked of an unvmapped weight, into the groups otherwise (each vmapped copy
+    gets its own weight gradient)."""
+    g_dim, x_dim, w_dim = in_dims[:3]
+    size = info.batch_size
+    batched = x.dim() - (x_dim is not None) == 5
+    if size == 0:  # nothing to compute: the shapes only
+        shapes = (_shape_without(x, x_dim), _shape_without(weight, w_dim),
+                  _shape_without(grad_out, g_dim)[batched:batched + 1])
+        return (tuple(x.new_zeros((0,) + tuple(s)) if m else None for m, s in zip(mask, shapes)),
+                tuple(0 if m else None for m in mask))
+    grad_out = _batch_first(grad_out, g_dim, size)
+    gb = None
+    if mask[2]:
+        gb = grad_out.sum(dim=(1, 3, 4, 5) if batched else (2, 3, 4))
+    inner = (mask[0], mask[1], False)
+    out_dims = (0 if mask[0] else None, 0 if mask[1] else None, 0 if mask[2] else None)
+    if not (mask[0] or mask[1]):
+        return (None, None, gb), out_dims
+    x = _batch_first(x, x_dim, size)
+    if w_dim is None and not mask[1]:
+        if not batched:
+            gx = _backward(grad_out, x, weight, conf, inner)[0]
+        else:
+            gx = _backward(grad_out.flatten(0, 1), x.flatten(0, 1), weight, conf, inner)[0]
+            gx = gx.unflatten(0, (size, x.shape[1]))
+        return (gx, None, gb), out_dims
+    if not batched:
+        x, grad_out = x.unsqueeze(1), grad_out.unsqueeze(1)
+    xg = x.transpose(0, 1).flatten(1, 2)
+    gg = grad_out.transpose(0, 1).flatten(1, 2)
+    wg = _batch_first(weight, w_dim, size).flatten(0, 1)
+    gx, gw, _ = _backward(gg, xg, wg, _with_groups(conf, size), inner)
+    if gx is not None:
+        gx = gx.unflatten(1, (size, -1)).transpose(0, 1)
+        gx = gx if batched else gx.squeeze(1)
+    if gw is not None:
+        gw = gw.unflatten(0, (size, -1))
+    return (gx, gw, gb), out_dims
+
+
+def _autograd_function(name: str, doc: str, value, setup, backward, jvp, vmap):
+    """An autograd.Function from its parts: torch.func's form (forward without ctx,
+    setup_context, vmap) on torch >= 2.0, the classic form (ctx first) on 1.13."""
+    body = {"__doc__": doc, "backward": staticmethod(backward), "jvp": staticmethod(jvp)}
+    if _SETUP_CONTEXT:
+        body.update(forward=staticmethod(value), setup_context=staticmethod(setup),
+                    vmap=staticmethod(vmap))
+    else:
+        def forward(ctx, *inputs):
+            output = value(*inputs)
+            setup(ctx, inputs, output)
+            return output
+        body["forward"] = staticmethod(forward)
+    return type(name, (torch.autograd.Function,), body)
+
+
+_ConvTranspose3dFunction = _autograd_function(
+    "_ConvTranspose3dFunction", "F(x, w) + b: the forward, differentiable in every mode.",
+    _function_value, _function_setup, _function_backward, _function_jvp, _function_vmap)
+_ConvTranspose3dBackward = _autograd_function(
+    "_ConvTranspose3dBackward", "(G(gy, w), H(x, gy), sum(gy)): the backward, differentiable "
+    "in every mode.", _backward_value, _backward_setup, _backward_backward, _backward_jvp,
+    _backward_vmap)
 
 
 if HAS_CUSTOM_OPS:
@@ -285,14 +536,43 @@ if HAS_CUSTOM_OPS:
         return ((gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None)
                 + (None,) * 6)
 
-    def _no_double_backward(ctx, *grads):
-        raise RuntimeError(_DOUBLE_BACKWARD)
+    def _setup_backward_context(ctx, inputs, output):
+        grad_out, x, weight = inputs[:3]
+        ctx.save_for_backward(grad_out, x, weight)
+        ctx.conf = inputs[3:]
 
-    def _no_setup(ctx, inputs, output):
-        pass
+    def _op_double_backward(ctx, ggx, ggw, ggb):
+        """The same adjoints as ``_backward_backward``, through the two ops (an output that
+        ``mask`` left out is an empty tensor; its gradient is ignored)."""
+        grad_out, x, weight = ctx.saved_tensors
+        stride, padding, output_padding, groups, dilation, mask, engine = ctx.conf
+        conf = (stride, padding, output_padding, groups, dilation)
+        ops = torch.ops.phaseconv
+        needs = ctx.needs_input_grad
+        d_grad_out = d_x = d_weight = None
+        if needs[0]:
+            bias = ggb if mask[2] else None
+            parts = []
+            if mask[0]:
+                parts.append(ops.conv_transpose3d(ggx, weight, bias, *conf, engine))
+                bias = None
+            if mask[1]:
+                parts.append(ops.conv_transpose3d(x, ggw, bias, *conf, engine))
+                bias = None
+            if bias is not None:
+                parts.append(_bias_view(bias, grad_out).contiguous())
+            for part in parts:
+                d_grad_out = part if d_grad_out is None else d_grad_out + part
+        if needs[1] and mask[1]:
+            d_x = ops.conv_transpose3d_backward(grad_out, x, ggw, *conf, [True, False, False],
+                                                engine)[0]
+        if needs[2] and mask[0]:
+            d_weight = ops.conv_transpose3d_backward(grad_out, ggx, weight, *conf,
+                                                     [False, True, False], engine)[1]
+        return (d_grad_out, d_x, d_weight) + (None,) * 7
 
     _forward_op.register_autograd(_op_backward, setup_context=_setup_context)
-    _backward_op.register_autograd(_no_double_backward, setup_context=_no_setup)
+    _backward_op.register_autograd(_op_double_backward, setup_context=_setup_backward_context)
 
 
 def _cpu_autocast_policy() -> Optional[str]:
@@ -363,11 +643,5 @@ def conv_transpose3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                   (dilation, "dilation"))]
         return torch.ops.phaseconv.conv_transpose3d(x, weight, bias, sizes[0], sizes[1],
                                                     sizes[2], groups, sizes[3], engine or "")
-    if not torch.is_grad_enabled() or not (
-            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
-        # no graph to record: the same forward without autograd.Function's machinery
-        plan = call_plan(x, weight, bias, stride, padding, output_padding, groups, dilation,
-                         engine or "")
-        return plan.forward(x, weight, bias)
-    return _ConvTranspose3dFunction.apply(x, weight, bias, stride, padding, output_padding,
-                                          groups, dilation, engine or "")
+    return _forward(x, weight, bias, (stride, padding, output_padding, groups, dilation,
+                                      engine or ""))

@@ -17,8 +17,9 @@ PhaseTaps = Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]
 
 def kernel_phase_taps(kernel: Triple, stride: Triple, padding: Triple,
                       dilation: Triple) -> Tuple[PhaseTaps, ...]:
-    """Per 3-D phase (row-major over the residues), the taps of each axis in offset order."""
-    per_axis = [[taps for taps, _ in axis_taps(k, s, p, dilation=d)]
+    """Per 3-D phase with taps (row-major over the residues), the taps of each axis in offset
+    order: the phases of ``geometry.PhasePlan.phases``, in the same order."""
+    per_axis = [[taps for _, taps, _ in axis_taps(k, s, p, dilation=d)]
                 for k, s, p, d in zip(kernel, stride, padding, dilation)]
     return tuple((td, th, tw) for td in per_axis[0] for th in per_axis[1] for tw in per_axis[2])
 
@@ -33,17 +34,12 @@ def grouped_conv_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 def pack_conv3d_phases(weight: torch.Tensor, groups: int, stride: Triple, padding: Triple,
                        dilation: Triple) -> Tuple[Optional[torch.Tensor], ...]:
-    """The reference engine's layout: per phase a conv3d weight (C_out, C_in/g, Td, Th, Tw)
-    holding the flipped, strided slice of the kernel, or None for a phase with no taps.
+    """The reference engine's layout: per phase with taps a conv3d weight
+    (C_out, C_in/g, Td, Th, Tw) holding the flipped, strided slice of the kernel.
     Differentiable with respect to ``weight``."""
     w = grouped_conv_weight(weight, groups)
-    out = []
-    for taps in kernel_phase_taps(tuple(weight.shape[2:]), stride, padding, dilation):
-        if not all(taps):
-            out.append(None)
-            continue
-        out.append(select_taps(w, 2, taps).contiguous())
-    return tuple(out)
+    return tuple(select_taps(w, 2, taps).contiguous() for taps in
+                 kernel_phase_taps(tuple(weight.shape[2:]), stride, padding, dilation))
 
 
 def select_taps(w: torch.Tensor, first_axis: int, taps) -> torch.Tensor:
@@ -81,8 +77,7 @@ def unpack_conv3d_phases(phase_grads, weight_shape, groups: int, stride: Triple,
     Every tap belongs to exactly one phase, so this is a plain scatter with no sums:
     ``unpack(pack(w)) == w``; a phase's taps are a strided slice of each kernel axis, so each
     phase is one strided copy (no index_put: deterministic on every device).  An entry may
-    be None (a phase with no taps, or one whose gradient is known to be zero); its taps come
-    back as zeros.  The reference engine's weight gradient is
+    be None (a phase whose gradient is known to be zero); its taps come back as zeros.  The reference engine's weight gradient is
     ``unpack(grad_weight_phases(...))``; differentiable in the entries.
     """
     c_in, c_out_g = int(weight_shape[0]), int(weight_shape[1])
@@ -98,7 +93,7 @@ def unpack_conv3d_phases(phase_grads, weight_shape, groups: int, stride: Triple,
     # Work in conv3d's layout (C_out, C_in/g, k...), the one the phases are packed in.
     w = template.new_zeros((groups * c_out_g, c_in_g) + kernel)
     for taps, g in zip(phase_taps, phase_grads):
-        if g is None or not all(taps):
+        if g is None:
             continue
         expected = (groups * c_out_g, c_in_g) + tuple(len(t) for t in taps)
         if tuple(g.shape) != expected:

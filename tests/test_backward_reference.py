@@ -156,6 +156,11 @@ def _owner(k, s, p, d) -> int:
     return (k * d - p) % s
 
 
+def _residues(kernel, s, p, d):
+    """The residues that receive taps, ascending."""
+    return sorted({_owner(k, s, p, d) for k in range(kernel)})
+
+
 @settings(max_examples=examples(0.5))
 @given(geometry=packings(), drop=st.sets(st.integers(0, 124)), seed=st.integers(0, 2**16))
 def test_unpack_inverts_pack(geometry, drop, seed):
@@ -170,8 +175,12 @@ def test_unpack_inverts_pack(geometry, drop, seed):
     partial = [None if i in dropped else p for i, p in enumerate(packed)]
     expected = w.clone()
     for kd, kh, kw in itertools.product(*(range(k) for k in shape[2:])):
-        r = [_owner(k, s, p, d) for k, s, p, d in zip((kd, kh, kw), stride, padding, dilation)]
-        index = (r[0] * stride[1] + r[1]) * stride[2] + r[2]
+        # phases are the residue triples with taps, row-major over the residues
+        pos = [_residues(n, s, p, d).index(_owner(k, s, p, d))
+               for k, n, s, p, d in zip((kd, kh, kw), shape[2:], stride, padding, dilation)]
+        counts = [len(_residues(n, s, p, d))
+                  for n, s, p, d in zip(shape[2:], stride, padding, dilation)]
+        index = (pos[0] * counts[1] + pos[1]) * counts[2] + pos[2]
         if index in dropped:
             expected[:, :, kd, kh, kw] = 0
     got = unpack_conv3d_phases(partial, shape, groups, stride, padding, dilation)
@@ -186,7 +195,8 @@ def test_every_tap_belongs_to_exactly_one_phase():
         taps = kernel_phase_taps((k, 1, 1), (s, 1, 1), (p, 0, 0), (d, 1, 1))
         owned = sorted(t for phase in taps for t in phase[0])
         assert owned == list(range(k))
-        for r, phase in enumerate(taps):
+        assert len(taps) == len(_residues(k, s, p, d))
+        for r, phase in zip(_residues(k, s, p, d), taps):
             assert all(_owner(t, s, p, d) == r for t in phase[0])
             # Taps of a phase are s / gcd(s, d) apart.
             assert all(a - b == s // math.gcd(s, d) for a, b in zip(phase[0], phase[0][1:]))

@@ -35,17 +35,19 @@ def test_stride2_kernel3_hand_checked():
 def test_kernel_smaller_than_stride_leaves_phases_empty():
     plan = axis_plan(3, kernel=1, stride=3, padding=0, output_padding=2)
     assert plan.out_size == 9
-    assert [p.taps for p in plan.phases] == [(0,), (), ()]
-    assert [p.count for p in plan.phases] == [3, 3, 3]
+    # only residue 0 has a tap: residues 1 and 2 (6 outputs) receive only the bias
+    assert [(p.residue, p.taps, p.count) for p in plan.phases] == [(0, (0,), 3)]
+    assert plan.bias_only == 6
 
 
 def test_dilation_sharing_a_factor_with_stride():
     # s=2, d=2: every tap lands on even outputs, one input apart; odd outputs get nothing.
     plan = axis_plan(3, kernel=3, stride=2, padding=0, dilation=2)
     assert plan.out_size == 9
-    even, odd = plan.phases
+    (even,) = plan.phases
+    assert even.residue == 0
     assert even.taps == (2, 1, 0) and even.offsets == (-2, -1, 0) and even.phase_dilation == 1
-    assert odd.taps == ()
+    assert plan.bias_only == 4
 
 
 def test_dilation_coprime_with_stride():
@@ -59,9 +61,11 @@ def test_dilation_coprime_with_stride():
 def test_padding_beyond_kernel_extent_and_size_one_axis():
     plan = axis_plan(1, kernel=2, stride=4, padding=1, output_padding=3)
     assert plan.out_size == 3  # fewer outputs than phases: phase 3 owns none
-    assert [p.count for p in plan.phases] == [1, 1, 1, 0]
-    assert [p.taps for p in plan.phases] == [(1,), (), (), (0,)]
-    assert plan.phases[0].offsets == (0,) and plan.phases[3].offsets == (1,)
+    assert [p.residue for p in plan.phases] == [0, 3]
+    assert [p.count for p in plan.phases] == [1, 0]
+    assert [p.taps for p in plan.phases] == [(1,), (0,)]
+    assert plan.phases[0].offsets == (0,) and plan.phases[1].offsets == (1,)
+    assert plan.bias_only == 2
 
 
 def test_phase_plan_is_the_product_of_axes():
@@ -114,5 +118,21 @@ def test_phase_table_equals_brute_force_scatter(n, k, s, d, data):
                 if 0 <= j + off < n:
                     gathered.add((phase.first + s * j, tap, j + off))
     assert gathered == scatter
-    # Each tap belongs to exactly one phase.
+    # Each tap belongs to exactly one phase; the outputs no phase owns are counted.
     assert sorted(t for ph in plan.phases for t in ph.taps) == list(range(k))
+    assert all(ph.taps for ph in plan.phases)
+    assert plan.bias_only == plan.out_size - sum(ph.count for ph in plan.phases)
+    assert plan.bias_only == sum(1 for o in range(plan.out_size)
+                                 if not any((o + p - kk * d) % s == 0 for kk in range(k)))
+
+
+def test_huge_stride_is_o_of_taps():
+    """A stride of 10**9 plans instantly: only residues with taps are listed."""
+    plan = phase_plan((1, 2, 1), (3, 2, 1), (10**9, 10**9, 7), (0, 1, 0), dilation=(1, 1, 1),
+                      output_padding=(0, 0, 0))
+    assert [len(a.phases) for a in plan.axes] == [3, 2, 1]
+    assert plan.out_shape == (3, 10**9 + 1 - 1, 1)
+    assert sum(p.num_taps for p in plan.phases) == 6
+    # depth: 3 outputs, one per tap; height: taps 0 and 1 at residues 10**9 - 1 and 0
+    assert [a.residue for a in plan.axes[1].phases] == [0, 10**9 - 1]
+    assert plan.bias_only_outputs == 3 * (10**9 - 2)

@@ -4,18 +4,22 @@
 * ``cuda``: one custom CUDA kernel for all phases (``csrc/``), built on first use.
 
 The rule, in one place so that ``explain()`` and the functional API agree: a CUDA tensor runs
-the ``cuda`` engine, anything else the ``reference`` engine.  The ``engine=`` argument or the
+the ``cuda`` engine, anything else the ``reference`` engine; a layer whose strides multiply to
+more than ``CUDA_MAX_RESIDUES`` runs the reference engine on CUDA tensors too (the kernels'
+phase table has a row per residue triple, with taps or not; the reference engine's phases are
+only those with taps, at most the kernel's taps many).  The ``engine=`` argument or the
 ``PHASECONV_ENGINE`` environment variable (``auto``, ``reference`` or ``cuda``) overrides it.
 There is no silent fallback: if the CUDA engine cannot be built, the call fails with the
 compiler's message, and ``PHASECONV_ENGINE=reference`` is the documented way round it.
 """
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
 ENGINE_ENV = "PHASECONV_ENGINE"
 ENGINES = ("reference", "cuda")
+CUDA_MAX_RESIDUES = 4096
 
 
 class EngineChoice(NamedTuple):
@@ -23,19 +27,30 @@ class EngineChoice(NamedTuple):
     reason: str
 
 
-def choose(device: torch.device, requested: Optional[str] = None) -> EngineChoice:
+def choose(device: torch.device, requested: Optional[str] = None,
+           stride: Sequence[int] = (1, 1, 1)) -> EngineChoice:
     """Which engine runs on ``device``: the ``engine=`` argument, else ``$PHASECONV_ENGINE``,
-    else the default for the device."""
+    else the default for the device and the layer's ``stride``."""
     name = requested or os.environ.get(ENGINE_ENV) or "auto"
     if name not in ENGINES + ("auto",):
         raise ValueError(f"engine: unknown engine {name!r}; choose one of "
                          f"{('auto',) + ENGINES}")
+    residues = 1
+    for s in stride:
+        residues *= int(s)
+    too_many = (f"stride {tuple(stride)} has {residues} residue triples, more than the CUDA "
+                f"kernels' {CUDA_MAX_RESIDUES}")
     if name == "auto":
         if device.type == "cuda":
+            if residues > CUDA_MAX_RESIDUES:
+                return EngineChoice("reference", f"pure-torch phase engine: {too_many}")
             return EngineChoice("cuda", "custom CUDA phase kernel, the default for CUDA tensors")
         return EngineChoice("reference", f"pure-torch phase engine, the default on {device.type}")
     source = "engine= argument" if requested else f"${ENGINE_ENV}"
     if name == "cuda" and device.type != "cuda":
         raise ValueError(f"engine: the cuda engine needs CUDA tensors, got tensors on {device} "
                          f"(forced by {source})")
+    if name == "cuda" and residues > CUDA_MAX_RESIDUES:
+        raise ValueError(f"stride: the cuda engine (forced by {source}) cannot run this layer: "
+                         f"{too_many}")
     return EngineChoice(name, f"forced by {source}")

@@ -42,7 +42,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from ..checks import ConvArgs, triple
-from ..geometry import axis_plan
+from ..geometry import AxisPhase, axis_plan
 from ..packing import pack_conv3d_phases, select_taps
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
@@ -160,16 +160,15 @@ def _packed_layouts(w: torch.Tensor, groups: int, stride, padding, dilation, cg:
     phase table rows: how the index maps are made (``w`` holds element numbers)."""
     c_in, cout_g = int(w.shape[0]), int(w.shape[1])
     kernel = tuple(int(k) for k in w.shape[2:])
-    plans = [axis_plan(1, k, s, p, dilation=d)
-             for k, s, p, d in zip(kernel, stride, padding, dilation)]
+    plans = [_residue_phases(k, s, p, d) for k, s, p, d in zip(kernel, stride, padding, dilation)]
     cin_g = c_in // groups
     wg = w.reshape(groups, cin_g, cout_g, *kernel)
     rows, parts, mparts = [], [], []
     offset = moffset = 0
     ngrp = -(-cin_g // cg) if cg else 0
-    for pd in plans[0].phases:
-        for ph in plans[1].phases:
-            for pw in plans[2].phases:
+    for pd in plans[0]:
+        for ph in plans[1]:
+            for pw in plans[2]:
                 taps = (pd.taps, ph.taps, pw.taps)
                 ntaps = len(pd.taps) * len(ph.taps) * len(pw.taps)
                 offs = tuple(a.offsets[0] if a.taps else 0 for a in (pd, ph, pw))
@@ -191,13 +190,22 @@ def _packed_layouts(w: torch.Tensor, groups: int, stride, padding, dilation, cg:
                     moffset += groups * ntaps * ngrp * cg * cout_g
     packed = torch.cat(parts)
     packed_mma = torch.cat(mparts) if cg else None
-    max_taps = tuple(max(len(ph.taps) for ph in a.phases) for a in plans)
+    max_taps = tuple(max(len(ph.taps) for ph in a) for a in plans)
     lo, ext = [], []
     for a in plans:
-        spans = [(ph.offsets[0], ph.offsets[-1]) for ph in a.phases if ph.taps]
+        spans = [(ph.offsets[0], ph.offsets[-1]) for ph in a if ph.taps]
         lo.append(min(sp[0] for sp in spans))
         ext.append(max(sp[1] for sp in spans) - lo[-1])
     return rows, packed, packed_mma, max_taps, tuple(lo) + tuple(ext)
+
+
+def _residue_phases(kernel: int, stride: int, padding: int, dilation: int):
+    """Every residue of one axis, those without taps included: the kernels' phase table has
+    a row per residue (``engines.choose`` bounds their number)."""
+    phases = axis_plan(1, kernel, stride, padding, dilation=dilation).phases
+    with_taps = {ph.residue: ph for ph in phases}
+    return [with_taps.get(r, AxisPhase(r, r, 0, (), (), phases[0].phase_dilation))
+            for r in range(stride)]
 
 
 def _grad_input_layout(w: torch.Tensor, groups: int, stride, padding, dilation):
@@ -220,8 +228,6 @@ def _grad_input_layout(w: torch.Tensor, groups: int, stride, padding, dilation):
             for pw in axes[2]:
                 sub = phase_weights[index]
                 index += 1
-                if sub is None:
-                    continue
                 taps = tuple(len(a.taps) for a in (pd, ph, pw))
                 # the adjoint's first tap offset (stride 1, no padding: taps ascend from
                 # -(T-1)*pdil), less the phase's window start

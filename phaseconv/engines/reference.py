@@ -5,6 +5,7 @@ own ops.  Nothing is zero-inserted and nothing is scattered: each phase's correl
 its own strided slice ``out[..., rd::sd, rh::sh, rw::sw]`` of the output.  The only copy of
 the input is the small crop/pad of the window a phase reads.
 """
+import itertools
 from typing import Optional, Sequence
 
 import torch
@@ -35,23 +36,59 @@ def forward(x: torch.Tensor, phase_weights, bias: Optional[torch.Tensor], plan: 
     """Transposed convolution of a batched input ``x`` (N, C_in, D, H, W).
 
     ``phase_weights`` is ``packing.pack_conv3d_phases``'s output, one entry per phase of
-    ``plan.phases``, in the same order.
+    ``plan.phases``, in the same order.  Outputs in residues without taps keep only the bias.
+
+    Only real (input, tap) pairs are multiplied, as in torch: a phase whose window reaches
+    into the zero padding runs as one padded ``conv3d`` while its sub-kernel is finite (a
+    padding zero times a finite tap adds nothing) and tap by tap over the real inputs
+    otherwise, so an Inf or NaN tap reaches exactly the outputs whose inputs it meets.
     """
     n = x.shape[0]
     out = x.new_zeros((n, out_channels) + plan.out_shape)
     stride = plan.stride
     for phase, w in zip(plan.phases, phase_weights):
-        if w is None or phase.num_outputs == 0:
+        if phase.num_outputs == 0 or not phase.reads_input:
             continue
         window = _phase_window(x, phase.axes)
         if window is None:
             continue
-        y = F.conv3d(window, w, None, 1, 0, phase.phase_dilation, groups)
         rd, rh, rw = phase.index
-        out[:, :, rd::stride[0], rh::stride[1], rw::stride[2]] = y
+        target = out[:, :, rd::stride[0], rh::stride[1], rw::stride[2]]
+        if window.shape[2:] != x.shape[2:] and not bool(torch.isfinite(w).all()):
+            _accumulate_taps(target, x, w, phase, groups)
+        else:
+            target.copy_(F.conv3d(window, w, None, 1, 0, phase.phase_dilation, groups))
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1, 1)
     return out
+
+
+def _tap_ranges(phase, tap, in_shape):
+    """For one tap (an index per axis into the phase's taps): per axis the range of the
+    phase's outputs ``[lo, hi)`` whose input ``j + offset`` is real, and that offset; None
+    when no output of the phase meets a real input through this tap."""
+    ranges = []
+    for axis, t, size in zip(phase.axes, tap, in_shape):
+        offset = axis.offsets[t]
+        lo, hi = max(0, -offset), min(axis.count, size - offset)
+        if hi <= lo:
+            return None
+        ranges.append((lo, hi, offset))
+    return ranges
+
+
+def _accumulate_taps(target: torch.Tensor, x: torch.Tensor, w: torch.Tensor, phase,
+                     groups: int) -> None:
+    """``target`` (a phase's outputs) += the phase's correlation, one tap at a time over the
+    real inputs only (a 1x1x1 grouped conv3d per tap)."""
+    for tap in itertools.product(*(range(len(a.taps)) for a in phase.axes)):
+        ranges = _tap_ranges(phase, tap, x.shape[2:])
+        if ranges is None:
+            continue
+        src = x[(slice(None), slice(None)) + tuple(slice(lo + o, hi + o) for lo, hi, o in ranges)]
+        dst = (slice(None), slice(None)) + tuple(slice(lo, hi) for lo, hi, _ in ranges)
+        target[dst] += F.conv3d(src, w[(slice(None), slice(None)) + tap][..., None, None, None],
+                                None, 1, 0, 1, groups)
 
 
 # --- Backward, phase by phase ------------------------------------------------------------------
@@ -114,7 +151,7 @@ def grad_input(grad_out: torch.Tensor, phase_weights, plan: PhasePlan, groups: i
     n = grad_out.shape[0]
     grad_x = grad_out.new_zeros((n, in_channels) + plan.in_shape)
     for p, (phase, w) in enumerate(zip(plan.phases, phase_weights)):
-        if w is None or phase.num_outputs == 0 or not phase.reads_input:
+        if phase.num_outputs == 0 or not phase.reads_input:
             continue
         g = _phase_slice(grad_out, phase, plan.stride)
         # (N, C_out, counts) -> (N, C_in, window): conv_transpose3d reads w (C_out, C_in/g, T)
@@ -136,8 +173,8 @@ def grad_input(grad_out: torch.Tensor, phase_weights, plan: PhasePlan, groups: i
 def grad_weight_phases(x: torch.Tensor, grad_out: torch.Tensor, plan: PhasePlan, groups: int,
                        out_channels: int, weight_shape: Sequence[int]):
     """Per phase, the gradient of :func:`forward` with respect to that phase's sub-kernel, in
-    :func:`phaseconv.packing.pack_conv3d_phases`'s layout (C_out, C_in/g, Td, Th, Tw); None
-    where the phase has no taps (where packing gives None).  Feed the result to
+    :func:`phaseconv.packing.pack_conv3d_phases`'s layout (C_out, C_in/g, Td, Th, Tw).  Feed
+    the result to
     :func:`phaseconv.packing.unpack_conv3d_phases` for the gradient of the original weight.
 
     A phase computes ``y_r[n, o, j] = sum_{c, t} w_r[o, c, t] window[n, c, j + t*pd]`` (``pd``
@@ -147,8 +184,9 @@ def grad_weight_phases(x: torch.Tensor, grad_out: torch.Tensor, plan: PhasePlan,
 
     a correlation of the input window with the phase slice of ``grad_out``, reduced over batch
     and space.  One ``einsum`` per tap does that reduction (plain torch ops, no scatter and no
-    atomics).  A phase with taps whose window misses the input, or that owns no outputs, gets
-    zeros: its taps never touch real data.  ``x`` is the batched input (N, C_in, D, H, W) and
+    atomics) over the outputs whose input through that tap is real: a padding zero never
+    meets ``grad_out`` (an Inf or NaN there reaches only the taps it truly meets, as in
+    torch).  A tap that meets no real input gets zeros.  ``x`` is the batched input (N, C_in, D, H, W) and
     ``weight_shape`` the transposed weight's shape (C_in, C_out/g, kD, kH, kW).
     """
     n, c_in = x.shape[:2]
@@ -160,33 +198,23 @@ def grad_weight_phases(x: torch.Tensor, grad_out: torch.Tensor, plan: PhasePlan,
                          f"and the plan's kernel {plan.kernel}")
     out = []
     for phase in plan.phases:
-        tap_shape = phase.tap_shape
-        if not all(tap_shape):
-            out.append(None)
-            continue
-        grad_w = x.new_zeros((out_channels, c_in_g) + tap_shape)
-        window = None
-        if phase.num_outputs and n:
-            window = _phase_window(x, phase.axes)
-        if window is None:
-            out.append(grad_w)
-            continue
-        counts = phase.out_shape
-        # (N, G, C_out/g, S) and, per tap, (N, G, C_in/g, S) with S the phase's outputs.
-        g = _phase_slice(grad_out, phase, plan.stride).reshape(n, groups, c_out_g, -1)
-        window = window.reshape((n, groups, c_in_g) + tuple(window.shape[2:]))
-        pd = phase.phase_dilation
-        for td in range(tap_shape[0]):
-            for th in range(tap_shape[1]):
-                for tw in range(tap_shape[2]):
-                    patch = window[:, :, :,
-                                   td * pd[0]:td * pd[0] + counts[0],
-                                   th * pd[1]:th * pd[1] + counts[1],
-                                   tw * pd[2]:tw * pd[2] + counts[2]]
-                    patch = patch.reshape(n, groups, c_in_g, -1)
-                    grad_w[:, :, td, th, tw] = torch.einsum(
-                        "ngos,ngcs->goc", g, patch).reshape(out_channels, c_in_g)
+        grad_w = x.new_zeros((out_channels, c_in_g) + phase.tap_shape)
         out.append(grad_w)
+        if not (phase.num_outputs and n):
+            continue
+        # (N, G, C_out/g, outputs of the phase), and per tap the inputs it meets
+        g = _phase_slice(grad_out, phase, plan.stride)
+        for tap in itertools.product(*(range(len(a.taps)) for a in phase.axes)):
+            ranges = _tap_ranges(phase, tap, plan.in_shape)
+            if ranges is None:
+                continue
+            sel = tuple(slice(lo, hi) for lo, hi, _ in ranges)
+            patch = x[(slice(None), slice(None))
+                      + tuple(slice(lo + o, hi + o) for lo, hi, o in ranges)]
+            gs = g[(slice(None), slice(None)) + sel].reshape(n, groups, c_out_g, -1)
+            patch = patch.reshape(n, groups, c_in_g, -1)
+            grad_w[(slice(None), slice(None)) + tap] = torch.einsum(
+                "ngos,ngcs->goc", gs, patch).reshape(out_channels, c_in_g)
     return tuple(out)
 
 
