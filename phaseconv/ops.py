@@ -189,8 +189,8 @@ def call_plan(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
         return found
     args = check_conv_transpose3d(x, weight, bias, stride, padding, output_padding, groups,
                                   dilation)
-    plan = CallPlan(args, engines.choose(x.device, engine or None, args.stride), x, bias is not None,
-                    layout)
+    plan = CallPlan(args, engines.choose(x.device, engine or None, args.stride), x,
+                    bias is not None, layout)
     if key is not None:
         if len(_CALLS) >= 4096:  # many distinct calls (shapes that never repeat): start over
             _CALLS.clear()

@@ -77,8 +77,9 @@ def unpack_conv3d_phases(phase_grads, weight_shape, groups: int, stride: Triple,
     Every tap belongs to exactly one phase, so this is a plain scatter with no sums:
     ``unpack(pack(w)) == w``; a phase's taps are a strided slice of each kernel axis, so each
     phase is one strided copy (no index_put: deterministic on every device).  An entry may
-    be None (a phase whose gradient is known to be zero); its taps come back as zeros.  The reference engine's weight gradient is
-    ``unpack(grad_weight_phases(...))``; differentiable in the entries.
+    be None (a phase whose gradient is known to be zero); its taps come back as zeros.  The
+    reference engine's weight gradient is ``unpack(grad_weight_phases(...))``; differentiable
+    in the entries.
     """
     c_in, c_out_g = int(weight_shape[0]), int(weight_shape[1])
     kernel = tuple(int(k) for k in weight_shape[2:])

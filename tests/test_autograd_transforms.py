@@ -124,7 +124,7 @@ def test_func_per_sample_gradients(device, cfg):
     x, w, b = cfg.tensors(device=device)
     results = []
     for conv in (_ours(cfg), _theirs(cfg)):
-        def loss(w, b, sample):
+        def loss(w, b, sample, conv=conv):
             return conv(sample.unsqueeze(0), w, b).sin().sum()
         argnums = (0, 1) if b is not None else 0
         results.append(torch.func.vmap(torch.func.grad(loss, argnums=argnums),
@@ -181,7 +181,7 @@ def test_func_jvp_and_vjp_match_torch(device):
     tangents = tuple(torch.randn_like(t) for t in (x, w, b))
     results = []
     for fn in (phaseconv.conv_transpose3d, F.conv_transpose3d):
-        def conv(x, w, b):
+        def conv(x, w, b, fn=fn):
             return fn(x, w, b, **kwargs)
         out, jvp_out = torch.func.jvp(conv, (x, w, b), tangents)
         _, vjp_fn = torch.func.vjp(conv, x, w, b)
@@ -203,7 +203,7 @@ def test_func_per_sample_gradients_cuda_low_precision(dtype):
     kwargs = dict(stride=2, padding=1, output_padding=1, groups=2)
     results = []
     for fn in (phaseconv.conv_transpose3d, F.conv_transpose3d):
-        def loss(w, sample):
+        def loss(w, sample, fn=fn):
             return fn(sample.unsqueeze(0), w, **kwargs).float().square().sum()
         results.append(torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(w, x))
     tol = 2e-3 if dtype == torch.float32 else 5e-2

@@ -186,7 +186,8 @@ def grad_weight_phases(x: torch.Tensor, grad_out: torch.Tensor, plan: PhasePlan,
     and space.  One ``einsum`` per tap does that reduction (plain torch ops, no scatter and no
     atomics) over the outputs whose input through that tap is real: a padding zero never
     meets ``grad_out`` (an Inf or NaN there reaches only the taps it truly meets, as in
-    torch).  A tap that meets no real input gets zeros.  ``x`` is the batched input (N, C_in, D, H, W) and
+    torch).  A tap that meets no real input gets zeros.  ``x`` is the batched input
+    (N, C_in, D, H, W) and
     ``weight_shape`` the transposed weight's shape (C_in, C_out/g, kD, kH, kW).
     """
     n, c_in = x.shape[:2]
