@@ -12,6 +12,7 @@ import torch
 from .geometry import Triple, transposed_output_size
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_ITEMSIZE = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4, torch.float64: 8}
 
 
 def triple(value, name: str) -> Triple:
@@ -23,13 +24,14 @@ def triple(value, name: str) -> Triple:
     if type(value) is int:
         _check_int64((value,), name)
         return (value, value, value)
+    value = _scalar_int(value)
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, Sequence, torch.Size)):
         raise TypeError(f"conv_transpose3d(): argument '{name}' must be an int or a tuple of 3 "
                         f"ints, not {type(value).__name__}")
     if isinstance(value, numbers.Integral):
         _check_int64((int(value),), name)
         return (int(value),) * 3
-    items = list(value)
+    items = [_scalar_int(item) for item in value]
     for item in items:
         if isinstance(item, bool) or not isinstance(item, numbers.Integral):
             raise TypeError(f"conv_transpose3d(): argument '{name}' must be a tuple of ints, but "
@@ -45,6 +47,16 @@ def triple(value, name: str) -> Triple:
 
 
 _INT64 = (-2**63, 2**63 - 1)
+
+
+def _scalar_int(value):
+    """A 0-d integer tensor read as the int it holds, as torch's argument parser reads it;
+    anything else unchanged (a float or bool tensor, or one with elements, is refused later
+    by type)."""
+    if (isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point()
+            and not value.is_complex() and value.dtype != torch.bool):
+        return int(value)
+    return value
 
 
 def _check_int64(values, name: str) -> None:
@@ -80,6 +92,7 @@ def check_types(input, weight, bias, groups) -> None:
     if bias is not None and not isinstance(bias, torch.Tensor):
         raise TypeError(f"conv_transpose3d(): argument 'bias' must be a Tensor or None, not "
                         f"{type(bias).__name__}")
+    groups = _scalar_int(groups)
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
         raise TypeError(f"conv_transpose3d(): argument 'groups' must be int, not "
                         f"{type(groups).__name__}")
@@ -90,7 +103,7 @@ def check_conv_transpose3d(input, weight, bias, stride, padding, output_padding,
                            dilation) -> ConvArgs:
     """Validate a conv_transpose3d call the way torch does; return normalised arguments."""
     check_types(input, weight, bias, groups)
-    groups = int(groups)
+    groups = int(_scalar_int(groups))
     stride = triple(stride, "stride")
     padding = triple(padding, "padding")
     output_padding = triple(output_padding, "output_padding")
@@ -148,6 +161,10 @@ def _check_metadata(input: TensorMeta, weight: TensorMeta, bias: Optional[Tensor
                            f"{output_padding}")
     if any(d <= 0 for d in dilation):
         raise RuntimeError(f"dilation should be greater than zero, got dilation={dilation}")
+    for name, values in (("stride", stride), ("dilation", dilation)):
+        if any(v >= 2**31 for v in values):  # torch's convolutions take them as 32-bit ints
+            raise RuntimeError(f"{name}: values from 2**31 on are not supported (torch's "
+                               f"convolutions refuse them too), got {name}={values}")
     if groups <= 0:
         raise RuntimeError(f"groups: non-positive groups is not supported, got {groups}")
     if any(op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation)):
@@ -194,6 +211,14 @@ def _check_metadata(input: TensorMeta, weight: TensorMeta, bias: Optional[Tensor
         raise RuntimeError(f"Given input size per channel: {in_shape}. Calculated output size per "
                            f"channel: {out_shape}. Output size is too small (check padding, "
                            "kernel and dilation)")
+    numel = (input.shape[0] if batched else 1) * out_channels
+    for n in out_shape:
+        numel *= n
+    if numel * _ITEMSIZE.get(input.dtype, 8) > _INT64[1]:
+        raise RuntimeError(f"output: an output of {list(input.shape[:-4])} x {out_channels} "
+                           f"channels x {list(out_shape)} voxels does not fit in 64-bit memory "
+                           f"(stride={stride}, padding={padding}, dilation={dilation}, "
+                           f"output_padding={output_padding})")
     return ConvArgs(batched, stride, padding, output_padding, dilation, groups,
                     kernel, in_channels, out_channels, in_shape, out_shape)  # type: ignore
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from . import engines
-from .checks import ConvArgs, check_conv_transpose3d, check_output_size, triple
+from .checks import ConvArgs, _scalar_int, check_conv_transpose3d, check_output_size, triple
 from .geometry import (
     Phase,
     PhasePlan,
@@ -98,6 +98,7 @@ LayerSpec = Union[nn.ConvTranspose3d, Mapping]
 
 
 def _int(value, name: str) -> int:
+    value = _scalar_int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"explain(): {name} must be an int, not {type(value).__name__}")
     return int(value)

@@ -152,6 +152,26 @@ def test_swap_tensors_after_a_forward(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_swap_on_module_conversion_after_a_forward(device):
+    """``.float()``/``.double()`` and ``load_state_dict`` swap the parameter tensors in place
+    when torch is told to (``set_swap_module_params_on_conversion``)."""
+    future = getattr(torch, "__future__", None)
+    if future is None or not hasattr(future, "set_swap_module_params_on_conversion"):
+        pytest.skip(f"torch {torch.__version__} cannot swap parameters on conversion")
+    before = future.get_swap_module_params_on_conversion()
+    future.set_swap_module_params_on_conversion(True)
+    try:
+        layer, x = _layer(device), _x(device)
+        assert_matches_torch(layer, x)
+        layer.float().double()
+        assert_matches_torch(layer, x)
+        layer.load_state_dict(_layer(device, seed=7).state_dict())
+        assert_matches_torch(layer, x)
+    finally:
+        future.set_swap_module_params_on_conversion(before)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_ema_copy_updated_in_place(device):
     """An EMA / target network updated through ``.data`` (no optimizer step on it)."""
     model = torch.nn.Sequential(torch.nn.ConvTranspose3d(**ARGS)).to(device).double()

@@ -1,0 +1,155 @@
+"""NaN and Inf go where torch sends them: only real (input, tap) pairs are multiplied, so a
+non-finite value in the input, the weight, the bias or grad_output reaches exactly the
+outputs and gradients it truly meets - never through the zero padding.
+
+The oracle scatters every real pair tap by tap in float64 (the definition of the operator);
+torch's own forward agrees with it on the CPU.  (torch's CPU input gradient runs a padded
+convolution, so a non-finite tap meets padding zeros there: the oracle, not torch, is the
+reference for the gradients.)"""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import examples
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import configs
+
+import phaseconv
+
+SPECIAL = [float("nan"), float("inf"), float("-inf")]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def _pairs(n, k, s, p, d, out):
+    """Along one axis and for tap ``k``: the inputs ``i`` and outputs ``o = i*s - p + k*d``
+    of every real pair."""
+    i = torch.arange(n)
+    o = i * s - p + k * d
+    keep = (o >= 0) & (o < out)
+    return i[keep], o[keep]
+
+
+def oracle(x, w, b, grad_out, cfg):
+    """(output, grad_input, grad_weight, grad_bias) of a batched call, pair by pair."""
+    groups = cfg.groups
+    n, c_in = x.shape[:2]
+    c_out_g = w.shape[1]
+    out = x.new_zeros((n, c_out_g * groups) + cfg.out_shape)
+    gx, gw = torch.zeros_like(x), torch.zeros_like(w)
+    xg = x.reshape((n, groups, c_in // groups) + x.shape[2:])
+    gg = grad_out.reshape((n, groups, c_out_g) + grad_out.shape[2:])
+    for tap in itertools.product(*(range(k) for k in cfg.kernel)):
+        axes = [_pairs(size, k, s, p, d, o) for size, k, s, p, d, o in
+                zip(x.shape[2:], tap, cfg.stride, cfg.padding, cfg.dilation, cfg.out_shape)]
+        if any(len(i) == 0 for i, _ in axes):
+            continue
+        (id_, od), (ih, oh), (iw, ow) = axes
+        ii = (id_[:, None, None], ih[None, :, None], iw[None, None, :])
+        oo = (od[:, None, None], oh[None, :, None], ow[None, None, :])
+        wt = w[(slice(None), slice(None)) + tap].reshape(groups, c_in // groups, c_out_g)
+        xs = xg[(slice(None), slice(None), slice(None)) + ii]
+        gs = gg[(slice(None), slice(None), slice(None)) + oo]
+        out[(slice(None), slice(None)) + oo] += torch.einsum(
+            "ngcabe,gco->ngoabe", xs, wt).reshape((n, -1) + xs.shape[3:])
+        gx[(slice(None), slice(None)) + ii] += torch.einsum(
+            "ngoabe,gco->ngcabe", gs, wt).reshape((n, -1) + gs.shape[3:])
+        gw[(slice(None), slice(None)) + tap] = torch.einsum(
+            "ngcabe,ngoabe->gco", xs, gs).reshape(c_in, c_out_g)
+    if b is not None:
+        out = out + b.view(1, -1, 1, 1, 1)
+    return out, gx, gw, grad_out.sum(dim=(0, 2, 3, 4))
+
+
+def _poison(t, draw_positions, values):
+    t = t.clone()
+    flat = t.view(-1)
+    for pos, v in zip(draw_positions, values):
+        flat[pos % flat.numel()] = v
+    return t
+
+
+def _run(cfg, x, w, b, grad_out, device, dtype):
+    leaves = [None if t is None else t.to(device, dtype).requires_grad_() for t in (x, w, b)]
+    out = phaseconv.conv_transpose3d(*leaves, **cfg.kwargs)
+    grads = torch.autograd.grad(out, [t for t in leaves if t is not None],
+                                grad_out.to(device, dtype))
+    return [out] + list(grads)
+
+
+def _check(ours, expected, dtype):
+    tol = {torch.float64: 1e-9, torch.float32: 1e-4}[dtype]
+    for name, a, e in zip(("output", "grad_input", "grad_weight", "grad_bias"), ours, expected):
+        a = a.detach().double().cpu()
+        assert torch.equal(a.isnan(), e.isnan()), f"{name}: NaN where the real pairs have none"
+        assert torch.equal(a == float("inf"), e == float("inf")), f"{name}: +Inf differs"
+        assert torch.equal(a == float("-inf"), e == float("-inf")), f"{name}: -Inf differs"
+        torch.testing.assert_close(a, e, rtol=tol, atol=tol, equal_nan=True, msg=name)
+
+
+@pytest.mark.parametrize("device,dtype", [("cpu", torch.float64),
+                                          pytest.param("cuda", torch.float64,
+                                                       marks=pytest.mark.cuda),
+                                          pytest.param("cuda", torch.float32,
+                                                       marks=pytest.mark.cuda)])
+@settings(max_examples=examples(0.2))
+@given(cfg=configs(max_kernel=4, max_stride=3, max_dilation=2, max_size=4, max_batch=2),
+       where=st.sampled_from(["input", "weight", "bias", "grad_out", "all"]),
+       positions=st.lists(st.integers(0, 10**6), min_size=1, max_size=3),
+       values=st.lists(st.sampled_from(SPECIAL), min_size=3, max_size=3))
+def test_nonfinite_values_reach_only_real_pairs(device, dtype, cfg, where, positions, values):
+    if cfg.batch is None or cfg.batch == 0:
+        return
+    x, w, b = cfg.tensors()
+    grad_out = torch.randn((cfg.batch, cfg.out_channels) + cfg.out_shape, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(1))
+    if where in ("input", "all"):
+        x = _poison(x, positions, values)
+    if where in ("weight", "all"):
+        w = _poison(w, positions, values)
+    if where in ("bias", "all") and b is not None:
+        b = _poison(b, positions, values)
+    if where in ("grad_out", "all"):
+        grad_out = _poison(grad_out, positions, values)
+    expected = oracle(x, w, b, grad_out, cfg)
+    ours = _run(cfg, x, w, b, grad_out, device, dtype)
+    if b is None:
+        expected = expected[:3]
+    _check(ours, expected, dtype)
+    if device == "cpu":  # the oracle is torch's forward
+        theirs = F.conv_transpose3d(x, w, b, **cfg.kwargs)
+        torch.testing.assert_close(expected[0], theirs, rtol=1e-9, atol=1e-9, equal_nan=True)
+
+
+# Layers the CUDA engine routes to its tensor-core kernels (names as explain() prints them).
+TENSOR_CORE_LAYERS = [
+    (dict(in_channels=32, out_channels=32, kernel_size=(3, 5, 7), stride=2, padding=(1, 2, 3),
+          output_padding=1, groups=4), (2, 32, 3, 4, 5)),
+    (dict(in_channels=64, out_channels=64, kernel_size=2, stride=2), (2, 64, 3, 4, 5)),
+    (dict(in_channels=32, out_channels=48, kernel_size=3, stride=2, padding=1),
+     (2, 32, 3, 4, 5)),
+    (dict(in_channels=16, out_channels=16, kernel_size=5, stride=4, padding=1),
+     (1, 16, 3, 3, 4)),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layer", range(len(TENSOR_CORE_LAYERS)))
+@pytest.mark.parametrize("where", ["input", "weight", "grad_out"])
+def test_nonfinite_on_tensor_core_kernels(layer, where):
+    from strategies import Config
+
+    spec, shape = TENSOR_CORE_LAYERS[layer]
+    module = torch.nn.ConvTranspose3d(**spec, bias=False)
+    cfg = Config(shape[0], spec["in_channels"], spec["out_channels"], module.groups,
+                 tuple(shape[2:]), module.kernel_size, module.stride, module.padding,
+                 module.output_padding, module.dilation, False)
+    x, w, _ = cfg.tensors()
+    grad_out = torch.randn((cfg.batch, cfg.out_channels) + cfg.out_shape, dtype=torch.float64)
+    target = {"input": x, "weight": w, "grad_out": grad_out}[where]
+    # the first and last elements: both meet the padding at a border
+    flat = target.view(-1)
+    flat[0], flat[-1] = float("nan"), float("inf")
+    expected = oracle(x, w, None, grad_out, cfg)[:3]
+    _check(_run(cfg, x, w, None, grad_out, "cuda", torch.float32), expected, torch.float32)
