@@ -202,9 +202,14 @@ def test_func_per_sample_gradients_cuda_low_precision(dtype):
     w = torch.randn(32, 16, 3, 3, 3, device="cuda", dtype=dtype) * 0.1
     kwargs = dict(stride=2, padding=1, output_padding=1, groups=2)
     results = []
-    for fn in (phaseconv.conv_transpose3d, F.conv_transpose3d):
-        def loss(w, sample, fn=fn):
-            return fn(sample.unsqueeze(0), w, **kwargs).float().square().sum()
-        results.append(torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(w, x))
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # torch's float32 as float32 (phaseconv: 3xTF32)
+    try:
+        for fn in (phaseconv.conv_transpose3d, F.conv_transpose3d):
+            def loss(w, sample, fn=fn):
+                return fn(sample.unsqueeze(0), w, **kwargs).float().square().sum()
+            results.append(torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(w, x))
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
     tol = 2e-3 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(results[0].float(), results[1].float(), rtol=tol, atol=tol * 10)
