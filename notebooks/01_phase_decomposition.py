@@ -123,14 +123,15 @@ for cfg in [{"stride": 2, "padding": 2, "dilation": 1, "output_padding": 1},
 # a **dense stride-1 correlation with dilation $d/g$** of the phase's *sub-kernel*
 # $(w[k_0], w[k_1], \dots)$ — the kernel flipped and sampled every $s/g$ taps. Each tap
 # belongs to exactly one phase, so the sub-kernels partition the kernel, and no multiply ever
-# meets an inserted zero. `axis_plan` returns this table: per phase its `residue`, first
+# meets an inserted zero. `axis_plan` returns this table for the residues that receive taps
+# (at most $K$ of them, found in $O(K)$ whatever the stride): per phase its `residue`, first
 # output `first` $= r$, number of outputs `count`, `taps` (ascending offset), `offsets`
 # $\delta$, and the phase's own `dilation` $d/g$.
 #
 # The corner cases all fall out of the same algebra:
 #
 # * **Kernel smaller than stride** ($K < s$): at most $K$ phases own a tap; the outputs of the
-#   others receive only the bias.
+#   others receive only the bias (`axis_plan` counts them in `bias_only`).
 # * **Dilation with $g > 1$**: only residues with $g \mid r + p$ get taps, about $Kg/s$ each; the
 #   rest are bias-only. For $s = d = 2$ one phase takes *all* $K$ taps at dilation 1 and the
 #   other takes none. For $s = 3, d = 2$ ($g = 1$) the taps are 3 apart and read inputs 2 apart.
@@ -150,7 +151,8 @@ for plan in [axis_plan(5, 5, stride=3, padding=3, dilation=2, output_padding=1),
              axis_plan(5, 3, stride=2, padding=1, dilation=2, output_padding=1),  # g = 2
              axis_plan(8, 3, stride=2, padding=4, dilation=1, output_padding=1)]:  # p > d(K-1)
     print(f"L={plan.in_size} K={plan.kernel} s={plan.stride} p={plan.padding} "
-          f"d={plan.dilation} q={plan.output_padding} -> L_out={plan.out_size}")
+          f"d={plan.dilation} q={plan.output_padding} -> L_out={plan.out_size}, "
+          f"{plan.bias_only} bias-only outputs")
     for ph in plan.phases:
         print(f"   r={ph.residue} count={ph.count:2d} taps={ph.taps!s:9} "
               f"offsets={ph.offsets!s:11} phase_dilation={ph.phase_dilation} "
@@ -285,7 +287,8 @@ assert worst < TOL
 # `out[..., r_d::s_d, r_h::s_h, r_w::s_w]`, its taps are the Cartesian product of the axis
 # taps, and it is one dense stride-1 `conv3d` with the sub-kernel
 # `w[..., taps_d, :, :][..., taps_h, :][..., taps_w]` at dilation $(d_d/g_d, d_h/g_h, d_w/g_w)$.
-# There are $s_d s_h s_w$ phases; groups and channels are untouched.
+# There are at most $s_d s_h s_w$ phases, and only those with taps are listed (at most the
+# kernel's $K_d K_h K_w$); groups and channels are untouched.
 #
 # Because both the outputs and the taps of a phase factor over the axes, so does the work:
 # the phase method's multiply-adds are $\prod_\text{axes} \sum_r \text{count}_r\,|T_r|$
