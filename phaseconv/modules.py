@@ -23,6 +23,14 @@ class ConvTranspose3d(nn.ConvTranspose3d):
         super().__init__(*args, **kwargs)
         self.engine = engine
 
+    def _get_name(self) -> str:
+        # the repr says whose layer this is: a converted model shows where phaseconv runs
+        return "phaseconv.ConvTranspose3d"
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text if self.engine is None else f"{text}, engine={self.engine!r}"
+
     @classmethod
     def from_torch(cls, module: nn.ConvTranspose3d) -> "ConvTranspose3d":
         """A phaseconv layer that shares ``module``'s parameters, buffers and hooks."""

@@ -34,7 +34,7 @@ def test_same_parameters_and_state_dict_keys_as_torch():
     assert isinstance(ours, nn.ConvTranspose3d)
     assert list(ours.state_dict()) == list(ref.state_dict()) == ["weight", "bias"]
     assert ours.weight.shape == (4, 3, 3, 4, 2)
-    assert repr(ours) == repr(ref)
+    assert repr(ours) == "phaseconv." + repr(ref)  # the same arguments, named as ours
     # state_dict both ways
     back = nn.ConvTranspose3d(**ARGS).double()
     back.load_state_dict(ours.state_dict())
@@ -244,3 +244,14 @@ def test_explain_kernel_smaller_than_stride_and_errors():
         phaseconv.explain(dict(in_channels=2, out_channels=2, kernel_size=1), (2, 3, 3))
     with pytest.raises(ValueError, match="channels"):
         phaseconv.explain(dict(in_channels=2, out_channels=2, kernel_size=1), (1, 3, 3, 3, 3))
+
+
+def test_repr_says_phaseconv():
+    layer = torch.nn.ConvTranspose3d(4, 6, 3, stride=2, padding=1, groups=2, bias=False)
+    model = torch.nn.Sequential(layer, torch.nn.ReLU())
+    torch_text = repr(layer)
+    phaseconv.convert(model)
+    assert repr(model[0]) == "phaseconv." + torch_text
+    assert "phaseconv.ConvTranspose3d(4, 6" in repr(model)
+    forced = phaseconv.ConvTranspose3d(4, 6, 3, engine="reference")
+    assert repr(forced).endswith("engine='reference')")
