@@ -104,6 +104,26 @@ torch::Tensor gather(const torch::Tensor& weight, const torch::Tensor& index,
   return out;
 }
 
+// The geometry part of PhaseConvExact (phase_conv_exact.cuh): the operands are set per call.
+PhaseConvExact exact_geometry(int mode, const torch::Tensor& x, const torch::Tensor& weight,
+                              int64_t c_out, int64_t groups, const std::vector<int64_t>& out,
+                              const std::vector<int64_t>& stride,
+                              const std::vector<int64_t>& padding,
+                              const std::vector<int64_t>& dilation) {
+  PhaseConvExact e;
+  e.mode = mode;
+  e.n = x.size(0); e.c_in = x.size(1); e.c_out = c_out; e.groups = groups;
+  for (int i = 0; i < 3; ++i) {
+    e.in[i] = x.size(2 + i); e.out[i] = out[i]; e.k[i] = weight.size(2 + i);
+    e.s[i] = stride[i]; e.p[i] = padding[i]; e.d[i] = dilation[i];
+  }
+  return e;
+}
+
+void set_strides(int64_t* dst, const torch::Tensor& t) {
+  for (int i = 0; i < 5; ++i) dst[i] = t.stride(i);
+}
+
 // What every call checks: the tensors are those the plan was made for (shapes, dtype,
 // device), so the plan's launch parameters hold.
 void check_matches(const torch::Tensor& t, const char* name, c10::IntArrayRef sizes,
@@ -154,7 +174,8 @@ class ForwardPlan {
               const c10::optional<torch::Tensor>& index_mma, std::vector<int64_t> out_size,
               std::vector<int64_t> stride, std::vector<int64_t> phase_dilation,
               std::vector<int64_t> max_taps, int64_t total_taps, int64_t groups,
-              std::vector<int64_t> union_box, int64_t force_path)
+              std::vector<int64_t> union_box, std::vector<int64_t> padding,
+              std::vector<int64_t> dilation, int64_t force_path)
       : device_(x.device()), dtype_(x.scalar_type()), has_bias_(has_bias),
         x_sizes_(x.sizes().vec()), w_sizes_(weight.sizes().vec()), table_(table),
         index_(index) {
@@ -168,6 +189,8 @@ class ForwardPlan {
     check_triple(stride, "stride", 1);
     check_triple(phase_dilation, "phase_dilation", 1);
     check_triple(max_taps, "max_taps", 0);
+    check_triple(padding, "padding", 0);
+    check_triple(dilation, "dilation", 1);
     TORCH_CHECK(union_box.size() == 6, "phaseconv cuda engine: union_box must have 6 entries.");
     const int64_t c_in = x.size(1), cout_g = weight.size(1);
     TORCH_CHECK(groups >= 1 && weight.size(0) == c_in && c_in % groups == 0,
@@ -217,6 +240,8 @@ class ForwardPlan {
     TORCH_CHECK(phase_conv_fwd_plan(p, dtype_code_, &plan_), "phaseconv cuda engine: no "
                 "forward kernel takes this layer (force_path ", num(force_path), ").");
     p.x_channels_last = plan_.x_channels_last;
+    p.exact = exact_geometry(PHASECONV_EXACT_FORWARD, x, weight, out_channels, groups,
+                             out_size, stride, padding, dilation);
     out_sizes_ = {x.size(0), out_channels, out_size[0], out_size[1], out_size[2]};
   }
 
@@ -256,6 +281,11 @@ class ForwardPlan {
       p.weight_mma = nullptr;
     }
     p.y = y.data_ptr();
+    p.exact.a = x.data_ptr();
+    set_strides(p.exact.as, x);
+    p.exact.b = weight.data_ptr();
+    set_strides(p.exact.bs, weight);
+    p.exact.bias = p.bias;
     check_launch(phase_conv_fwd_run(p, plan_, dtype_code_, stream), "forward");
     return y;
   }
@@ -291,7 +321,8 @@ class BackwardPlan {
                const torch::Tensor& table, const torch::Tensor& index,
                std::vector<int64_t> max_taps, const torch::Tensor& gi_table,
                const torch::Tensor& gi_index, std::vector<int64_t> gi_max_taps,
-               int64_t gi_total_taps, int64_t gi_kernel, int64_t gw_kernel)
+               int64_t gi_total_taps, std::vector<int64_t> padding,
+               std::vector<int64_t> dilation, int64_t gi_kernel, int64_t gw_kernel)
       : device_(x.device()), dtype_(x.scalar_type()), x_sizes_(x.sizes().vec()),
         w_sizes_(weight.sizes().vec()), gy_sizes_(grad_y.sizes().vec()), table_(table),
         index_(index), gi_table_(gi_table), gi_index_(gi_index) {
@@ -304,6 +335,8 @@ class BackwardPlan {
     check_triple(phase_dilation, "phase_dilation", 1);
     check_triple(max_taps, "max_taps", 0);
     check_triple(gi_max_taps, "gi_max_taps", 0);
+    check_triple(padding, "padding", 0);
+    check_triple(dilation, "dilation", 1);
     const int64_t c_in = x.size(1), c_out = grad_y.size(1);
     TORCH_CHECK(groups >= 1 && c_in % groups == 0 && c_out % groups == 0 &&
                 weight.size(0) == c_in && weight.size(1) * groups == c_out,
@@ -340,6 +373,9 @@ class BackwardPlan {
     q.sub_table = gi_table.data_ptr<int64_t>();
     q.nsub = (int)nsub;
     q.in_stride_d = stride[0]; q.in_stride_h = stride[1]; q.in_stride_w = stride[2];
+    const std::vector<int64_t> gy_spatial = {grad_y.size(2), grad_y.size(3), grad_y.size(4)};
+    q.exact = exact_geometry(PHASECONV_EXACT_GRAD_INPUT, x, weight, c_out, groups, gy_spatial,
+                             stride, padding, dilation);
     TORCH_CHECK(phase_conv_bwd_input_plan(q, dtype_code_, (int)gi_kernel, &gi_plan_),
                 "phaseconv cuda engine: the input-gradient kernel forced (",
                 gi_kernel == 1 ? "tensor cores" : "naive", ") does not take this layer.");
@@ -357,6 +393,8 @@ class BackwardPlan {
     w.max_taps_d = max_taps[0]; w.max_taps_h = max_taps[1]; w.max_taps_w = max_taps[2];
     w.packed_elems = weight.numel();
     w.kernel = gw_kernel;
+    w.exact = exact_geometry(PHASECONV_EXACT_GRAD_WEIGHT, x, weight, c_out, groups, gy_spatial,
+                             stride, padding, dilation);
     char buf[256];
     phase_conv_bwd_weight_describe(w, dtype_code_, buf, (int)sizeof(buf));
     gw_text_ = buf;
@@ -384,6 +422,10 @@ class BackwardPlan {
         q.x = gy.data_ptr();
         q.weight = wl.data_ptr();
         q.y = out.data_ptr();
+        q.exact.a = gy.data_ptr();
+        set_strides(q.exact.as, gy);
+        q.exact.b = weight.data_ptr();
+        set_strides(q.exact.bs, weight);
         check_launch(phase_conv_bwd_input_run(q, gi_plan_, dtype_code_, stream),
                      "input-gradient");
       }
@@ -407,6 +449,10 @@ class BackwardPlan {
         w.grad_w = out.data_ptr();
         w.grad_w_view = view_of(out);
         w.workspace = ws.data_ptr();
+        w.exact.a = xc.data_ptr();
+        set_strides(w.exact.as, xc);
+        w.exact.b = gy.data_ptr();
+        set_strides(w.exact.bs, gy);
         check_launch(phase_conv_bwd_weight(w, dtype_code_, stream), "weight-gradient");
       }
       gw = out;
@@ -446,12 +492,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<const torch::Tensor&, const torch::Tensor&, bool, bool, const torch::Tensor&,
                     const torch::Tensor&, const c10::optional<torch::Tensor>&,
                     std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
-                    std::vector<int64_t>, int64_t, int64_t, std::vector<int64_t>, int64_t>(),
+                    std::vector<int64_t>, int64_t, int64_t, std::vector<int64_t>,
+                    std::vector<int64_t>, std::vector<int64_t>, int64_t>(),
            py::arg("x"), py::arg("weight"), py::arg("has_bias"), py::arg("x_channels_last"),
            py::arg("table"), py::arg("index"), py::arg("index_mma"), py::arg("out_size"),
            py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
            py::arg("total_taps"), py::arg("groups"), py::arg("union_box"),
-           py::arg("force_path"))
+           py::arg("padding"), py::arg("dilation"), py::arg("force_path"))
       .def("__call__", &ForwardPlan::operator(), py::arg("x"), py::arg("weight"),
            py::arg("bias"))
       .def_property_readonly("description", &ForwardPlan::description)
@@ -462,12 +509,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,
                     std::vector<int64_t>, std::vector<int64_t>, const torch::Tensor&,
                     const torch::Tensor&, std::vector<int64_t>, const torch::Tensor&,
-                    const torch::Tensor&, std::vector<int64_t>, int64_t, int64_t, int64_t>(),
+                    const torch::Tensor&, std::vector<int64_t>, int64_t, std::vector<int64_t>,
+                    std::vector<int64_t>, int64_t, int64_t>(),
            py::arg("x"), py::arg("weight"), py::arg("grad_y"), py::arg("groups"),
            py::arg("stride"), py::arg("phase_dilation"), py::arg("table"), py::arg("index"),
            py::arg("max_taps"), py::arg("gi_table"), py::arg("gi_index"),
-           py::arg("gi_max_taps"), py::arg("gi_total_taps"), py::arg("gi_kernel"),
-           py::arg("gw_kernel"))
+           py::arg("gi_max_taps"), py::arg("gi_total_taps"), py::arg("padding"),
+           py::arg("dilation"), py::arg("gi_kernel"), py::arg("gw_kernel"))
       .def("__call__", &BackwardPlan::operator(), py::arg("grad_y"), py::arg("x"),
            py::arg("weight"), py::arg("need_input"), py::arg("need_weight"))
       .def_property_readonly("grad_input_description",

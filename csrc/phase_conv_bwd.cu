@@ -216,7 +216,8 @@ template <typename T>
 __global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* gw_,
                                                         const int32_t* __restrict__ index,
                                                         const PhaseConvWeightView view,
-                                                        int splits, int64_t elems) {
+                                                        int splits, int64_t elems,
+                                                        const PhaseConvExact ex) {
   typedef typename AccOf<T>::type A;
   const A* ws = static_cast<const A*>(ws_);
   T* gw = static_cast<T*>(gw_);
@@ -224,7 +225,10 @@ __global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* g
        i += (int64_t)gridDim.x * blockDim.x) {
     A s = 0;
     for (int k = 0; k < splits; ++k) s += ws[(int64_t)k * elems + i];
-    gw[phaseconv_strided_offset(view, index[i])] = from_acc<T>(s);
+    // a non-finite sum may hold padding * Inf: recomputed from the real pairs
+    const int64_t k = index[i];
+    gw[phaseconv_strided_offset(view, k)] =
+        phaseconv_exact::exact_if_nonfinite(from_acc<T>(s), k, ex);
   }
 }
 
@@ -233,7 +237,7 @@ cudaError_t launch_reduce(const PhaseConvBwdWeightParams& p, int splits, cudaStr
   int64_t blocks = (p.packed_elems + 255) / 256;
   if (blocks > 65535) blocks = 65535;
   gw_reduce_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(
-      p.workspace, p.grad_w, p.grad_w_index, p.grad_w_view, splits, p.packed_elems);
+      p.workspace, p.grad_w, p.grad_w_index, p.grad_w_view, splits, p.packed_elems, p.exact);
   return cudaGetLastError();
 }
 

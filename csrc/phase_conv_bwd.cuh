@@ -21,6 +21,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "phase_conv_exact.cuh"
 #include "phase_conv_pack.cuh"
 
 struct PhaseConvBwdWeightParams {
@@ -39,6 +40,9 @@ struct PhaseConvBwdWeightParams {
   int64_t max_taps_d, max_taps_h, max_taps_w;
   int64_t packed_elems;   // elements of the packed weight
   int64_t kernel;         // 0: the launcher's rule (see below), 1: SIMT, 2: tensor cores
+  // x and grad_y as the definition reads them: a non-finite gradient element is recomputed
+  // from its real pairs (phase_conv_exact.cuh)
+  PhaseConvExact exact;
 };
 
 // The rule: float32/float16/bfloat16 with C_in/groups and C_out/groups both >= 16 (and a

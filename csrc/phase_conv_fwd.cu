@@ -29,6 +29,8 @@ namespace {
 
 // ---------------------------------------------------------------- dtype helpers
 using namespace phaseconv_dtype;  // AccOf, to_acc, from_acc, ldg, ldg_i64, axis_count
+using phaseconv_exact::exact_if_nonfinite;
+using phaseconv_exact::exact_if_nonfinite_vec;
 using namespace phaseconv_mma;    // ldmatrix, cp.async, mma.sync, 3xTF32 split, flush_acc
 
 // Weight vector load from shared memory (offsets are multiples of CO_T: aligned).
@@ -109,6 +111,7 @@ struct TiledArgs {
   const void* w;
   const void* bias;
   void* y;
+  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
   const int64_t* table;
   int64_t nbatch;
   int c_in, c_out, cin_g, cout_g;
@@ -283,7 +286,8 @@ __global__ void __launch_bounds__(256, 2) tiled_kernel(const TiledArgs a) {
             const int oc = g * a.cout_g + co;
             A v = acc[i][c];
             if (bias != nullptr) v += to_acc<A>(ldg(bias + oc));
-            y[(n * a.c_out + oc) * out_plane + sp] = from_acc<T>(v);
+            const int64_t yo = (n * a.c_out + oc) * out_plane + sp;
+            y[yo] = exact_if_nonfinite(from_acc<T>(v), yo, a.ex);
           }
         }
       }
@@ -297,6 +301,7 @@ struct NaiveArgs {
   const void* w;
   const void* bias;
   void* y;
+  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
   const int64_t* table;
   int64_t nbatch;
   int c_in, c_out, cin_g, cout_g;
@@ -430,6 +435,7 @@ struct MmaArgs {
   const void* w;
   const void* bias;
   void* y;
+  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
   const int64_t* table;
   int64_t nbatch;
   int c_in, c_out, cin_g, cout_g;
@@ -723,7 +729,8 @@ mma_kernel(const MmaArgs a) {
                 const int oc = g * a.cout_g + co;
                 float v = acc[mt][j][half * 2 + c];
                 if (bias != nullptr) v += to_acc<float>(ldg(bias + oc));
-                y[(n * a.c_out + oc) * out_plane + sp] = from_acc<T>(v);
+                const int64_t yo = (n * a.c_out + oc) * out_plane + sp;
+                y[yo] = exact_if_nonfinite(from_acc<T>(v), yo, a.ex);
               }
             }
           }
@@ -748,6 +755,7 @@ struct AllArgs {
   const void* wm;           // pack()'s tensor-core weight layout
   const void* bias;
   void* y;
+  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
   const int64_t* table;
   int64_t nbatch;
   int c_in, c_out, cin_g, cout_g;
@@ -1047,10 +1055,13 @@ mma_allph_kernel(const AllArgs a) {
         const T* src = box + col * a.box_cs + (l * BH + bh_) * BW + v * 8;
         T* dst = y + ybase + (int64_t)(co_base + col) * out_plane +
                  ((int64_t)od * a.out_h + oh) * a.out_w + ow;
+        const int64_t yo = dst - y;
         if (a.box_vec && ow + 8 <= a.out_w) {
-          *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+          *reinterpret_cast<uint4*>(dst) = exact_if_nonfinite_vec<T>(
+              *reinterpret_cast<const uint4*>(src), yo, a.ex);
         } else {
-          for (int e = 0; e < 8 && ow + e < a.out_w; ++e) dst[e] = src[e];
+          for (int e = 0; e < 8 && ow + e < a.out_w; ++e)
+            dst[e] = exact_if_nonfinite(src[e], yo + e, a.ex);
         }
       }
       __syncthreads();  // the slab is free for the next D residue
@@ -1136,8 +1147,11 @@ mma_allph_kernel(const AllArgs a) {
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
                 const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
-                if (co < a.cout_g)
-                  yp[(int64_t)co * out_plane] = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+                if (co < a.cout_g) {
+                  T* out = yp + (int64_t)co * out_plane;
+                  *out = exact_if_nonfinite(from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]),
+                                            out - y, a.ex);
+                }
               }
             }
           }
@@ -1163,6 +1177,7 @@ struct GemmArgs {
   const void* wm;  // pack()'s tensor-core weight layout
   const void* bias;
   void* y;
+  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
   const int64_t* table;
   int64_t nbatch;
   int c_in, c_out, cin_g, cout_g;
@@ -1456,16 +1471,18 @@ gemm_cl_kernel(const GemmArgs a) {
             for (int j = 0; j < NT; ++j)
 #pragma unroll
               for (int c = 0; c < 2; ++c)
-                yp[(int64_t)(j * 8 + c) * out_plane] =
-                    from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+                yp[(int64_t)(j * 8 + c) * out_plane] = exact_if_nonfinite(
+                    from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]),
+                    yp + (int64_t)(j * 8 + c) * out_plane - y, a.ex);
           } else {
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
               for (int c = 0; c < 2; ++c)
                 if (co_base + col0 + j * 8 + c < a.cout_g)
-                  yp[(int64_t)(j * 8 + c) * out_plane] =
-                      from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+                  yp[(int64_t)(j * 8 + c) * out_plane] = exact_if_nonfinite(
+                      from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]),
+                      yp + (int64_t)(j * 8 + c) * out_plane - y, a.ex);
           }
         }
       }
@@ -1485,9 +1502,11 @@ gemm_cl_kernel(const GemmArgs a) {
         const int cols = min(BN, a.cout_g - co_base);
         for (; col < cols; col += CSTEP, src += CSTEP * c_cs, dst += CSTEP * out_plane) {
           if (pair) {
-            *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(src);
+            *reinterpret_cast<uint32_t*>(dst) = exact_if_nonfinite_vec<T>(
+                *reinterpret_cast<const uint32_t*>(src), dst - y, a.ex);
           } else {
-            for (int q = 0; q < nw && ow + q < a.out_w; ++q) dst[q] = src[q];
+            for (int q = 0; q < nw && ow + q < a.out_w; ++q)
+              dst[q] = exact_if_nonfinite(src[q], dst - y + q, a.ex);
           }
         }
       }
@@ -1601,6 +1620,7 @@ inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // were checked to fit in int by the binding).
 template <typename Args> void set_geometry(Args& a, const PhaseConvFwdParams& p) {
   a.x = p.x; a.bias = p.bias; a.y = p.y; a.table = p.table;
+  a.ex = p.exact;
   a.nbatch = p.n;
   a.c_in = (int)p.c_in; a.c_out = (int)p.c_out;
   a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);

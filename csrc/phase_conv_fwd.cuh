@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "phase_conv_exact.cuh"
 #include "phase_conv_plan.cuh"
 
 // dtype codes for phase_conv_fwd
@@ -67,6 +68,9 @@ struct PhaseConvFwdParams {
   const int64_t* sub_table = nullptr;  // device, nsub rows of PHASECONV_TABLE_STRIDE int64
   int nsub = 0;
   int64_t in_stride_d = 1, in_stride_h = 1, in_stride_w = 1;
+  // the operands as the definition reads them: where a stored element is not finite, the
+  // kernels recompute it from its real pairs (phase_conv_exact.cuh)
+  PhaseConvExact exact;
 };
 #define PHASECONV_FORCE_NCDHW 16
 #define PHASECONV_DIRECT_STORES 32  // force_path flag: no staged output in the all-phase kernel

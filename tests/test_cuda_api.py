@@ -229,7 +229,7 @@ t = cuda.layer_tables(w.shape, 2, (2, 2, 2), (1, 1, 1), (1, 1, 1), w.dtype, x.de
 h = t.host
 good = [x, w, False, False, t.table, t.index, t.index_mma, list(args.out_shape),
         list(h.stride), list(h.phase_dilation), list(h.max_taps), h.total_taps, 2,
-        list(h.union_box), 0]
+        list(h.union_box), [1, 1, 1], [1, 1, 1], 0]
 cases = {  # each past the Python checks, straight into the binding
     "groups": lambda a: a.__setitem__(12, 3),
     "stride": lambda a: a.__setitem__(8, [2, 2]),
@@ -256,7 +256,8 @@ for name, call in {"bias": lambda: with_bias(x, w, torch.randn(5, device="cuda")
 gy = torch.randn(1, 8, 7, 7, 7, device="cuda")
 try:
     mod.BackwardPlan(x, w, gy, 3, [2, 2, 2], [1, 1, 1], t.table, t.index, list(h.max_taps),
-                     t.gi_table, t.gi_index, list(h.gi_max_taps), h.gi_total_taps, 0, 0)
+                     t.gi_table, t.gi_index, list(h.gi_max_taps), h.gi_total_taps,
+                     [1, 1, 1], [1, 1, 1], 0, 0)
 except RuntimeError as exc:
     print("refused: groups backward |", str(exc).splitlines()[0][:120])
 """

@@ -47,9 +47,10 @@ from ..packing import pack_conv3d_phases, select_taps
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_SOURCES = ("phase_conv_dtype.cuh", "phase_conv_mma.cuh", "phase_conv_plan.cuh",
-            "phase_conv_pack.cuh", "phase_conv_fwd.cuh", "phase_conv_bwd.cuh",
-            "phase_conv_pack.cu", "phase_conv_fwd.cu", "phase_conv_bwd.cu", "phase_conv.cpp")
+_SOURCES = ("phase_conv_dtype.cuh", "phase_conv_exact.cuh", "phase_conv_mma.cuh",
+            "phase_conv_plan.cuh", "phase_conv_pack.cuh", "phase_conv_fwd.cuh",
+            "phase_conv_bwd.cuh", "phase_conv_pack.cu", "phase_conv_fwd.cu",
+            "phase_conv_bwd.cu", "phase_conv.cpp")
 _CUDA_SOURCES = ("phase_conv_pack.cu", "phase_conv_fwd.cu", "phase_conv_bwd.cu")
 FORCE_NCDHW = 16  # force_path flag: never the channels-last kernels (phase_conv_fwd.cuh)
 TABLE_STRIDE = 12
@@ -375,7 +376,7 @@ def forward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.d
             x, weight, has_bias, channels_last, tables.table, tables.index, tables.index_mma,
             list(args.out_shape), list(host.stride), list(host.phase_dilation),
             list(host.max_taps), host.total_taps, args.groups, list(host.union_box),
-            force_path)
+            list(args.padding), list(args.dilation), force_path)
 
     key = (args, batch, dtype, device, channels_last, has_bias, force_path)
     return _planned(_forward_plans, key, args, batch, dtype, device, make)
@@ -430,7 +431,8 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
             _meta((batch, args.out_channels) + tuple(args.out_shape), dtype, device),
             args.groups, list(host.stride), list(host.phase_dilation), tables.table,
             tables.index, list(host.max_taps), tables.gi_table, tables.gi_index,
-            list(host.gi_max_taps), host.gi_total_taps, GRAD_INPUT_KERNELS[grad_input_kernel],
+            list(host.gi_max_taps), host.gi_total_taps, list(args.padding),
+            list(args.dilation), GRAD_INPUT_KERNELS[grad_input_kernel],
             GRAD_WEIGHT_KERNELS[grad_weight_kernel])
 
     key = (args, batch, dtype, device, grad_input_kernel, grad_weight_kernel)

@@ -1,0 +1,173 @@
+// phaseconv: the exact value of one element, from its real (input, tap) pairs only.
+//
+// The fast kernels stage the zero padding (and zero-filled channel and tap blocks) and let it
+// meet the other operand, and float32 splits every operand for 3xTF32.  A product 0 * finite
+// adds nothing, so an element that comes out finite is exact.  One that comes out Inf or NaN
+// met a non-finite value somewhere: maybe only through the padding (0 * Inf = NaN) or the
+// split (Inf - tf32(Inf) = NaN).  The kernels recompute such an element here, from the
+// definition, reading every operand through its own strides, so that NaN and Inf reach
+// exactly the elements whose real pairs hold them, as torch's forward does.  The check costs
+// one compare per stored element; the recomputation runs only for non-finite elements.
+//
+// This header includes only CUDA's own headers, so it builds without torch.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+enum PhaseConvExactMode {
+  PHASECONV_EXACT_FORWARD = 0,      // y (N, C_out, out...) contiguous; a = x, b = weight
+  PHASECONV_EXACT_GRAD_INPUT = 1,   // grad_x (N, C_in, in...) contiguous; a = grad_y, b = weight
+  PHASECONV_EXACT_GRAD_WEIGHT = 2,  // grad_w, by logical (C-order) element; a = x, b = grad_y
+};
+
+// The operands of one launch as the definition reads them (sizes are the transposed
+// convolution's: in = the input's spatial sizes, out = the output's).
+struct PhaseConvExact {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  const void* bias = nullptr;  // forward only, or nullptr
+  int64_t as[5] = {0, 0, 0, 0, 0};  // element strides of a (n, c, d, h, w)
+  int64_t bs[5] = {0, 0, 0, 0, 0};  // of b: weight (ci, co, kd, kh, kw) or grad_y (n, c, ...)
+  int64_t n = 0, c_in = 0, c_out = 0, groups = 1;
+  int64_t in[3] = {0, 0, 0}, out[3] = {0, 0, 0}, k[3] = {0, 0, 0};
+  int64_t s[3] = {1, 1, 1}, p[3] = {0, 0, 0}, d[3] = {1, 1, 1};
+  int mode = PHASECONV_EXACT_FORWARD;
+};
+
+#ifdef __CUDACC__
+#include "phase_conv_dtype.cuh"
+
+namespace phaseconv_exact {
+
+template <typename T>
+__device__ __forceinline__ bool finite_value(T v) {
+  return isfinite(phaseconv_dtype::to_acc<float>(v));
+}
+template <>
+__device__ __forceinline__ bool finite_value<double>(double v) {
+  return isfinite(v);
+}
+
+// The input index that output o meets through tap k along one axis, or -1.
+__device__ __forceinline__ int64_t input_of(int64_t o, int64_t k, const PhaseConvExact& e,
+                                           int axis) {
+  const int64_t t = o + e.p[axis] - k * e.d[axis];
+  if (t < 0 || t % e.s[axis] != 0) return -1;
+  const int64_t i = t / e.s[axis];
+  return i < e.in[axis] ? i : -1;
+}
+
+// The output index that input i meets through tap k along one axis, or -1.
+__device__ __forceinline__ int64_t output_of(int64_t i, int64_t k, const PhaseConvExact& e,
+                                            int axis) {
+  const int64_t o = i * e.s[axis] - e.p[axis] + k * e.d[axis];
+  return o >= 0 && o < e.out[axis] ? o : -1;
+}
+
+__device__ __forceinline__ int64_t offset5(const int64_t* st, int64_t a0, int64_t a1,
+                                           int64_t a2, int64_t a3, int64_t a4) {
+  return a0 * st[0] + a1 * st[1] + a2 * st[2] + a3 * st[3] + a4 * st[4];
+}
+
+// Element `off` of the launch's result (see PhaseConvExactMode), summed in a fixed order.
+template <typename T>
+__device__ __noinline__ T exact_element(const PhaseConvExact& e, int64_t off) {
+  typedef typename phaseconv_dtype::AccOf<T>::type A;
+  using phaseconv_dtype::from_acc;
+  using phaseconv_dtype::to_acc;
+  const T* a = static_cast<const T*>(e.a);
+  const T* b = static_cast<const T*>(e.b);
+  const int64_t cin_g = e.c_in / e.groups, cout_g = e.c_out / e.groups;
+  A acc = A(0);
+  if (e.mode == PHASECONV_EXACT_FORWARD) {
+    int64_t r = off;
+    const int64_t ow = r % e.out[2]; r /= e.out[2];
+    const int64_t oh = r % e.out[1]; r /= e.out[1];
+    const int64_t od = r % e.out[0]; r /= e.out[0];
+    const int64_t oc = r % e.c_out, n = r / e.c_out;
+    const int64_t g = oc / cout_g, co = oc - g * cout_g;
+    if (e.bias != nullptr) acc = to_acc<A>(static_cast<const T*>(e.bias)[oc]);
+    for (int64_t kd = 0; kd < e.k[0]; ++kd) {
+      const int64_t id = input_of(od, kd, e, 0);
+      if (id < 0) continue;
+      for (int64_t kh = 0; kh < e.k[1]; ++kh) {
+        const int64_t ih = input_of(oh, kh, e, 1);
+        if (ih < 0) continue;
+        for (int64_t kw = 0; kw < e.k[2]; ++kw) {
+          const int64_t iw = input_of(ow, kw, e, 2);
+          if (iw < 0) continue;
+          for (int64_t ci = 0; ci < cin_g; ++ci) {
+            const int64_t c = g * cin_g + ci;
+            acc = fma(to_acc<A>(a[offset5(e.as, n, c, id, ih, iw)]),
+                      to_acc<A>(b[offset5(e.bs, c, co, kd, kh, kw)]), acc);
+          }
+        }
+      }
+    }
+  } else if (e.mode == PHASECONV_EXACT_GRAD_INPUT) {
+    int64_t r = off;
+    const int64_t iw = r % e.in[2]; r /= e.in[2];
+    const int64_t ih = r % e.in[1]; r /= e.in[1];
+    const int64_t id = r % e.in[0]; r /= e.in[0];
+    const int64_t c = r % e.c_in, n = r / e.c_in;
+    const int64_t g = c / cin_g;
+    for (int64_t kd = 0; kd < e.k[0]; ++kd) {
+      const int64_t od = output_of(id, kd, e, 0);
+      if (od < 0) continue;
+      for (int64_t kh = 0; kh < e.k[1]; ++kh) {
+        const int64_t oh = output_of(ih, kh, e, 1);
+        if (oh < 0) continue;
+        for (int64_t kw = 0; kw < e.k[2]; ++kw) {
+          const int64_t ow = output_of(iw, kw, e, 2);
+          if (ow < 0) continue;
+          for (int64_t co = 0; co < cout_g; ++co)
+            acc = fma(to_acc<A>(a[offset5(e.as, n, g * cout_g + co, od, oh, ow)]),
+                      to_acc<A>(b[offset5(e.bs, c, co, kd, kh, kw)]), acc);
+        }
+      }
+    }
+  } else {  // PHASECONV_EXACT_GRAD_WEIGHT: off is the logical element (c, co, kd, kh, kw)
+    int64_t r = off;
+    const int64_t kw = r % e.k[2]; r /= e.k[2];
+    const int64_t kh = r % e.k[1]; r /= e.k[1];
+    const int64_t kd = r % e.k[0]; r /= e.k[0];
+    const int64_t co = r % cout_g, c = r / cout_g;
+    const int64_t oc = (c / cin_g) * cout_g + co;
+    for (int64_t n = 0; n < e.n; ++n)
+      for (int64_t id = 0; id < e.in[0]; ++id) {
+        const int64_t od = output_of(id, kd, e, 0);
+        if (od < 0) continue;
+        for (int64_t ih = 0; ih < e.in[1]; ++ih) {
+          const int64_t oh = output_of(ih, kh, e, 1);
+          if (oh < 0) continue;
+          for (int64_t iw = 0; iw < e.in[2]; ++iw) {
+            const int64_t ow = output_of(iw, kw, e, 2);
+            if (ow < 0) continue;
+            acc = fma(to_acc<A>(a[offset5(e.as, n, c, id, ih, iw)]),
+                      to_acc<A>(b[offset5(e.bs, n, oc, od, oh, ow)]), acc);
+          }
+        }
+      }
+  }
+  return from_acc<T>(acc);
+}
+
+// v, the fast path's value of element `off`, or its exact value where v is not finite.
+template <typename T>
+__device__ __forceinline__ T exact_if_nonfinite(T v, int64_t off, const PhaseConvExact& e) {
+  return finite_value(v) ? v : exact_element<T>(e, off);
+}
+
+// The same for N consecutive elements held in a vector register (a 16- or 4-byte store).
+template <typename T, typename V>
+__device__ __forceinline__ V exact_if_nonfinite_vec(V v, int64_t off, const PhaseConvExact& e) {
+  constexpr int N = sizeof(V) / sizeof(T);
+  T* t = reinterpret_cast<T*>(&v);
+#pragma unroll
+  for (int i = 0; i < N; ++i) t[i] = exact_if_nonfinite<T>(t[i], off + i, e);
+  return v;
+}
+
+}  // namespace phaseconv_exact
+#endif
