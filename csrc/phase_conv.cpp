@@ -93,15 +93,25 @@ void check_launch(cudaError_t err, const char* what) {
               cudaGetErrorString(err), ".");
 }
 
-// The weight in a kernel's layout: one gather through `index` (phase_conv_pack.cuh).
+// The weight in a kernel's layout: one gather through `index` (phase_conv_pack.cuh).  With
+// `flag`, the buffer also holds the call's non-finite flag (phase_conv_exact.cuh) past the
+// weight, zeroed by the same launch.
 torch::Tensor gather(const torch::Tensor& weight, const torch::Tensor& index,
-                     cudaStream_t stream) {
-  torch::Tensor out = torch::empty({index.numel()}, weight.options());
+                     cudaStream_t stream, int** flag = nullptr) {
+  const int64_t n = index.numel();
+  const int64_t tail = flag != nullptr ? 32 / weight.element_size() : 0;  // 16-byte aligned
+  torch::Tensor out = torch::empty({n + tail}, weight.options());
+  int* flag_ptr = nullptr;
+  if (flag != nullptr) {
+    const uintptr_t end = reinterpret_cast<uintptr_t>(out.data_ptr()) + n * weight.element_size();
+    flag_ptr = reinterpret_cast<int*>((end + 15) & ~uintptr_t(15));
+    *flag = flag_ptr;
+  }
   check_launch(phase_conv_gather_weight(weight.data_ptr(), view_of(weight),
-                                        index.data_ptr<int32_t>(), out.data_ptr(),
-                                        index.numel(), (int)weight.element_size(), stream),
+                                        index.data_ptr<int32_t>(), out.data_ptr(), n,
+                                        (int)weight.element_size(), flag_ptr, stream),
                "weight gather");
-  return out;
+  return flag != nullptr ? out.narrow(0, 0, n) : out;
 }
 
 // The geometry part of PhaseConvExact (phase_conv_exact.cuh): the operands are set per call.
@@ -257,7 +267,9 @@ class ForwardPlan {
     torch::Tensor y = torch::empty(out_sizes_, x.options());
     if (plan_.family == PHASECONV_EMPTY) return y;
     PhaseConvFwdParams p = params_;
-    const torch::Tensor wl = gather(weight, plan_.weight_mma ? index_mma_ : index_, stream);
+    int* flag = nullptr;
+    const torch::Tensor wl =
+        gather(weight, plan_.weight_mma ? index_mma_ : index_, stream, &flag);
     torch::Tensor xl;
     if (plan_.x_channels_last) {
       xl = channels_last_input(x, stream);
@@ -286,6 +298,7 @@ class ForwardPlan {
     p.exact.b = weight.data_ptr();
     set_strides(p.exact.bs, weight);
     p.exact.bias = p.bias;
+    p.exact.flag = flag;
     check_launch(phase_conv_fwd_run(p, plan_, dtype_code_, stream), "forward");
     return y;
   }
@@ -417,7 +430,8 @@ class BackwardPlan {
     if (need_input) {
       torch::Tensor out = torch::empty(x_sizes_, x.options());
       if (gi_plan_.family != PHASECONV_EMPTY) {
-        const torch::Tensor wl = gather(weight, gi_index_, stream);
+        int* flag = nullptr;
+        const torch::Tensor wl = gather(weight, gi_index_, stream, &flag);
         PhaseConvFwdParams q = gi_params_;
         q.x = gy.data_ptr();
         q.weight = wl.data_ptr();
@@ -426,6 +440,7 @@ class BackwardPlan {
         set_strides(q.exact.as, gy);
         q.exact.b = weight.data_ptr();
         set_strides(q.exact.bs, weight);
+        q.exact.flag = flag;
         check_launch(phase_conv_bwd_input_run(q, gi_plan_, dtype_code_, stream),
                      "input-gradient");
       }

@@ -4,10 +4,15 @@
 // meet the other operand, and float32 splits every operand for 3xTF32.  A product 0 * finite
 // adds nothing, so an element that comes out finite is exact.  One that comes out Inf or NaN
 // met a non-finite value somewhere: maybe only through the padding (0 * Inf = NaN) or the
-// split (Inf - tf32(Inf) = NaN).  The kernels recompute such an element here, from the
-// definition, reading every operand through its own strides, so that NaN and Inf reach
-// exactly the elements whose real pairs hold them, as torch's forward does.  The check costs
-// one compare per stored element; the recomputation runs only for non-finite elements.
+// split (Inf - tf32(Inf) = NaN).  Such an element is recomputed here, from the definition,
+// reading every operand through its own strides, so that NaN and Inf reach exactly the
+// elements whose real pairs hold them, as torch's forward does.
+//
+// The hot kernels only note that they stored a non-finite element (one compare and a
+// predicated store of 1 to a per-call flag that the weight gather zeroes), and a fix-up
+// kernel launched after them recomputes the non-finite elements when the flag is set: a
+// call inside the hot kernels would cost them registers even when never taken.  The weight
+// gradient's reduction is a light kernel and recomputes in place.
 //
 // This header includes only CUDA's own headers, so it builds without torch.
 #pragma once
@@ -33,6 +38,7 @@ struct PhaseConvExact {
   int64_t in[3] = {0, 0, 0}, out[3] = {0, 0, 0}, k[3] = {0, 0, 0};
   int64_t s[3] = {1, 1, 1}, p[3] = {0, 0, 0}, d[3] = {1, 1, 1};
   int mode = PHASECONV_EXACT_FORWARD;
+  int* flag = nullptr;  // set to 1 by a kernel that stored a non-finite element
 };
 
 #ifdef __CUDACC__
@@ -159,14 +165,43 @@ __device__ __forceinline__ T exact_if_nonfinite(T v, int64_t off, const PhaseCon
   return finite_value(v) ? v : exact_element<T>(e, off);
 }
 
-// The same for N consecutive elements held in a vector register (a 16- or 4-byte store).
+// Marks the launch for the fix-up where v (a stored element) is not finite.
+template <typename T>
+__device__ __forceinline__ void note_nonfinite(T v, const PhaseConvExact& e) {
+  if (!finite_value(v)) *e.flag = 1;
+}
+
+// The same for the elements of a vector store (V: uint4 or uint32_t).
 template <typename T, typename V>
-__device__ __forceinline__ V exact_if_nonfinite_vec(V v, int64_t off, const PhaseConvExact& e) {
+__device__ __forceinline__ void note_nonfinite_vec(V v, const PhaseConvExact& e) {
   constexpr int N = sizeof(V) / sizeof(T);
-  T* t = reinterpret_cast<T*>(&v);
+  const T* t = reinterpret_cast<const T*>(&v);
+  bool finite = true;
 #pragma unroll
-  for (int i = 0; i < N; ++i) t[i] = exact_if_nonfinite<T>(t[i], off + i, e);
-  return v;
+  for (int i = 0; i < N; ++i) finite = finite && finite_value(t[i]);
+  if (!finite) *e.flag = 1;
+}
+
+// After a hot kernel: nothing when its flag is clear, else every non-finite element of out
+// (numel elements, the layout of e.mode) recomputed from its real pairs.
+template <typename T>
+__global__ void __launch_bounds__(256) fixup_kernel(const PhaseConvExact e, T* out,
+                                                    int64_t numel) {
+  if (*reinterpret_cast<volatile const int*>(e.flag) == 0) return;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < numel;
+       i += (int64_t)gridDim.x * blockDim.x)
+    if (!finite_value(out[i])) out[i] = exact_element<T>(e, i);
+}
+
+template <typename T>
+cudaError_t launch_fixup(const PhaseConvExact& e, void* out, int64_t numel,
+                         cudaStream_t stream) {
+  if (numel == 0) return cudaSuccess;
+  if (e.flag == nullptr) return cudaErrorInvalidValue;
+  int64_t blocks = (numel + 255) / 256;
+  if (blocks > 264) blocks = 264;  // two waves of an H100: an early exit costs one launch
+  fixup_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(e, static_cast<T*>(out), numel);
+  return cudaGetLastError();
 }
 
 }  // namespace phaseconv_exact

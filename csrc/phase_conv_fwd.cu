@@ -29,8 +29,8 @@ namespace {
 
 // ---------------------------------------------------------------- dtype helpers
 using namespace phaseconv_dtype;  // AccOf, to_acc, from_acc, ldg, ldg_i64, axis_count
-using phaseconv_exact::exact_if_nonfinite;
-using phaseconv_exact::exact_if_nonfinite_vec;
+using phaseconv_exact::note_nonfinite;
+using phaseconv_exact::note_nonfinite_vec;
 using namespace phaseconv_mma;    // ldmatrix, cp.async, mma.sync, 3xTF32 split, flush_acc
 
 // Weight vector load from shared memory (offsets are multiples of CO_T: aligned).
@@ -287,7 +287,9 @@ __global__ void __launch_bounds__(256, 2) tiled_kernel(const TiledArgs a) {
             A v = acc[i][c];
             if (bias != nullptr) v += to_acc<A>(ldg(bias + oc));
             const int64_t yo = (n * a.c_out + oc) * out_plane + sp;
-            y[yo] = exact_if_nonfinite(from_acc<T>(v), yo, a.ex);
+            const T out = from_acc<T>(v);
+            y[yo] = out;
+            note_nonfinite(out, a.ex);
           }
         }
       }
@@ -730,7 +732,9 @@ mma_kernel(const MmaArgs a) {
                 float v = acc[mt][j][half * 2 + c];
                 if (bias != nullptr) v += to_acc<float>(ldg(bias + oc));
                 const int64_t yo = (n * a.c_out + oc) * out_plane + sp;
-                y[yo] = exact_if_nonfinite(from_acc<T>(v), yo, a.ex);
+                const T out = from_acc<T>(v);
+                y[yo] = out;
+                note_nonfinite(out, a.ex);
               }
             }
           }
@@ -1055,13 +1059,15 @@ mma_allph_kernel(const AllArgs a) {
         const T* src = box + col * a.box_cs + (l * BH + bh_) * BW + v * 8;
         T* dst = y + ybase + (int64_t)(co_base + col) * out_plane +
                  ((int64_t)od * a.out_h + oh) * a.out_w + ow;
-        const int64_t yo = dst - y;
         if (a.box_vec && ow + 8 <= a.out_w) {
-          *reinterpret_cast<uint4*>(dst) = exact_if_nonfinite_vec<T>(
-              *reinterpret_cast<const uint4*>(src), yo, a.ex);
+          const uint4 v8 = *reinterpret_cast<const uint4*>(src);
+          *reinterpret_cast<uint4*>(dst) = v8;
+          note_nonfinite_vec<T>(v8, a.ex);
         } else {
-          for (int e = 0; e < 8 && ow + e < a.out_w; ++e)
-            dst[e] = exact_if_nonfinite(src[e], yo + e, a.ex);
+          for (int e = 0; e < 8 && ow + e < a.out_w; ++e) {
+            dst[e] = src[e];
+            note_nonfinite(src[e], a.ex);
+          }
         }
       }
       __syncthreads();  // the slab is free for the next D residue
@@ -1148,9 +1154,9 @@ mma_allph_kernel(const AllArgs a) {
               for (int c = 0; c < 2; ++c) {
                 const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
                 if (co < a.cout_g) {
-                  T* out = yp + (int64_t)co * out_plane;
-                  *out = exact_if_nonfinite(from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]),
-                                            out - y, a.ex);
+                  const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+                  yp[(int64_t)co * out_plane] = out;
+                  note_nonfinite(out, a.ex);
                 }
               }
             }
@@ -1470,19 +1476,21 @@ gemm_cl_kernel(const GemmArgs a) {
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
-              for (int c = 0; c < 2; ++c)
-                yp[(int64_t)(j * 8 + c) * out_plane] = exact_if_nonfinite(
-                    from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]),
-                    yp + (int64_t)(j * 8 + c) * out_plane - y, a.ex);
+              for (int c = 0; c < 2; ++c) {
+                const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+                yp[(int64_t)(j * 8 + c) * out_plane] = out;
+                note_nonfinite(out, a.ex);
+              }
           } else {
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
               for (int c = 0; c < 2; ++c)
-                if (co_base + col0 + j * 8 + c < a.cout_g)
-                  yp[(int64_t)(j * 8 + c) * out_plane] = exact_if_nonfinite(
-                      from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]),
-                      yp + (int64_t)(j * 8 + c) * out_plane - y, a.ex);
+                if (co_base + col0 + j * 8 + c < a.cout_g) {
+                  const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+                  yp[(int64_t)(j * 8 + c) * out_plane] = out;
+                  note_nonfinite(out, a.ex);
+                }
           }
         }
       }
@@ -1502,11 +1510,14 @@ gemm_cl_kernel(const GemmArgs a) {
         const int cols = min(BN, a.cout_g - co_base);
         for (; col < cols; col += CSTEP, src += CSTEP * c_cs, dst += CSTEP * out_plane) {
           if (pair) {
-            *reinterpret_cast<uint32_t*>(dst) = exact_if_nonfinite_vec<T>(
-                *reinterpret_cast<const uint32_t*>(src), dst - y, a.ex);
+            const uint32_t v2 = *reinterpret_cast<const uint32_t*>(src);
+            *reinterpret_cast<uint32_t*>(dst) = v2;
+            note_nonfinite_vec<T>(v2, a.ex);
           } else {
-            for (int q = 0; q < nw && ow + q < a.out_w; ++q)
-              dst[q] = exact_if_nonfinite(src[q], dst - y + q, a.ex);
+            for (int q = 0; q < nw && ow + q < a.out_w; ++q) {
+              dst[q] = src[q];
+              note_nonfinite(src[q], a.ex);
+            }
           }
         }
       }
@@ -2294,17 +2305,27 @@ cudaError_t run_naive(const PhaseConvFwdParams& p, const DevInfo& dev, cudaStrea
   return cudaGetLastError();
 }
 
+// After a kernel that notes non-finite stores: the fix-up (phase_conv_exact.cuh) over its
+// output, (N, C_out, out...) contiguous.
+template <typename T>
+cudaError_t with_fixup(const PhaseConvFwdParams& p, cudaError_t launched, cudaStream_t stream) {
+  if (launched != cudaSuccess) return launched;
+  return phaseconv_exact::launch_fixup<T>(p.exact, p.y,
+                                          p.n * p.c_out * p.out_d * p.out_h * p.out_w, stream);
+}
+
 template <typename T>
 cudaError_t run_plan(const PhaseConvFwdParams& p, const PhaseConvFwdPlan& plan,
                      cudaStream_t stream) {
   if ((p.x_channels_last != 0) != (plan.x_channels_last != 0)) return cudaErrorInvalidValue;
   switch (plan.family) {
     case PHASECONV_EMPTY: return cudaSuccess;
-    case PHASECONV_GEMM: return run_gemm_typed<T>(p, plan.gemm, stream);
-    case PHASECONV_ALLPHASE: return run_allph_typed<T>(p, plan.allph, stream);
-    case PHASECONV_MMA: return run_mma_typed<T>(p, plan.mma, stream);
-    case PHASECONV_TILED: return run_tiled<T>(p, plan.tiled, stream);
-    case PHASECONV_NAIVE: {
+    case PHASECONV_GEMM: return with_fixup<T>(p, run_gemm_typed<T>(p, plan.gemm, stream), stream);
+    case PHASECONV_ALLPHASE:
+      return with_fixup<T>(p, run_allph_typed<T>(p, plan.allph, stream), stream);
+    case PHASECONV_MMA: return with_fixup<T>(p, run_mma_typed<T>(p, plan.mma, stream), stream);
+    case PHASECONV_TILED: return with_fixup<T>(p, run_tiled<T>(p, plan.tiled, stream), stream);
+    case PHASECONV_NAIVE: {  // sums only real pairs: exact as it is
       DevInfo dev;
       const cudaError_t err = dev_info(&dev);
       if (err != cudaSuccess) return err;
@@ -2499,8 +2520,8 @@ cudaError_t run_bwd_input(const PhaseConvFwdParams& p, const PhaseConvBwdInputPl
                           cudaStream_t stream) {
   switch (plan.family) {
     case PHASECONV_EMPTY: return cudaSuccess;
-    case PHASECONV_MMA: return run_mma_typed<T>(p, plan.mma, stream);
-    case PHASECONV_NAIVE: {
+    case PHASECONV_MMA: return with_fixup<T>(p, run_mma_typed<T>(p, plan.mma, stream), stream);
+    case PHASECONV_NAIVE: {  // sums only real pairs: exact as it is
       DevInfo dev;
       const cudaError_t err = dev_info(&dev);
       if (err != cudaSuccess) return err;

@@ -40,7 +40,8 @@ __device__ __forceinline__ int64_t phaseconv_strided_offset(const PhaseConvWeigh
 #endif
 
 // out[i] = index[i] >= 0 ? w[offset(index[i])] : 0 for i < n, elements of elem_size bytes
-// (2, 4 or 8).  Returns cudaSuccess or the launch error.
+// (2, 4 or 8); *flag = 0 when flag is not null (the call's non-finite flag, which the kernels
+// that read out may then set: phase_conv_exact.cuh).  Returns cudaSuccess or the launch error.
 cudaError_t phase_conv_gather_weight(const void* w, const PhaseConvWeightView& view,
                                      const int32_t* index, void* out, int64_t n, int elem_size,
-                                     cudaStream_t stream);
+                                     int* flag, cudaStream_t stream);
