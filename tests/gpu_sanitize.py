@@ -30,6 +30,29 @@ PATHS = (0, 1, 2, 3, 4, 5, 64 + 5, 16 + 3, 32 + 3, -3)
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def _nonfinite(n, ci, co, g, size, k, s, p, op, d) -> int:
+    """The fix-up path (csrc/phase_conv_exact.cuh): an Inf in the weight and a NaN in the
+    input; the non-finite pattern must be the float64 reference's (torch's CPU forward and
+    the real pairs of the gradients)."""
+    failures = 0
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn((n, ci) + size, dtype=torch.float64)
+        w = torch.randn((ci, co // g) + k, dtype=torch.float64)
+        w.view(-1)[0] = float("inf")
+        x.view(-1)[-1] = float("nan")
+        x, w = (t.to(dtype).double() for t in (x, w))
+        ref = F.conv_transpose3d(x, w, None, s, p, op, g, d)
+        xc, wc = (t.to("cuda", dtype).requires_grad_() for t in (x, w))
+        out = phaseconv.conv_transpose3d(xc, wc, stride=s, padding=p, output_padding=op,
+                                         groups=g, dilation=d)
+        torch.autograd.grad(out, (xc, wc), torch.ones_like(out))  # runs the gradients' paths
+        got = out.detach().double().cpu()
+        if not (torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.isinf(), ref.isinf())):
+            failures += 1
+            print("FAIL non-finite", (n, ci, co, g, size, k, s, p, op, d), dtype)
+    return failures
+
+
 def main() -> int:
     failures = 0
     for n, ci, co, g, size, k, s, p, op, d in CASES:
@@ -87,8 +110,9 @@ def main() -> int:
                     failures += 1
                     print("FAIL forced backward", (n, ci, co, g, size, k, s, p, op, d), dtype,
                           a.shape, err)
+        failures += _nonfinite(n, ci, co, g, size, k, s, p, op, d)
     torch.cuda.synchronize()
-    print(f"gpu_sanitize: {len(CASES) * (len(DTYPES) * len(PATHS) + 3)} runs and the forced "
+    print(f"gpu_sanitize: {len(CASES) * (len(DTYPES) * len(PATHS) + 5)} runs and the forced "
           f"backward kernels, {failures} failures")
     return 1 if failures else 0
 
