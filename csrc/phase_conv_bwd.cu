@@ -221,14 +221,23 @@ __global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* g
   typedef typename AccOf<T>::type A;
   const A* ws = static_cast<const A*>(ws_);
   T* gw = static_cast<T*>(gw_);
+  bool nonfinite = false;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < elems;
        i += (int64_t)gridDim.x * blockDim.x) {
     A s = 0;
     for (int k = 0; k < splits; ++k) s += ws[(int64_t)k * elems + i];
-    // a non-finite sum may hold padding * Inf: recomputed from the real pairs
+    const T v = from_acc<T>(s);
+    gw[phaseconv_strided_offset(view, index[i])] = v;
+    nonfinite |= !phaseconv_exact::finite_value(v);
+  }
+  if (!nonfinite) return;
+  // a non-finite sum may hold padding * Inf: this thread's such elements, recomputed from
+  // the real pairs (a second pass keeps the call out of the loop above)
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < elems;
+       i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t k = index[i];
-    gw[phaseconv_strided_offset(view, k)] =
-        phaseconv_exact::exact_if_nonfinite(from_acc<T>(s), k, ex);
+    T* out = gw + phaseconv_strided_offset(view, k);
+    if (!phaseconv_exact::finite_value(*out)) *out = phaseconv_exact::exact_element<T>(ex, k);
   }
 }
 

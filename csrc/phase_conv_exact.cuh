@@ -8,11 +8,12 @@
 // reading every operand through its own strides, so that NaN and Inf reach exactly the
 // elements whose real pairs hold them, as torch's forward does.
 //
-// The hot kernels only note that they stored a non-finite element (one compare and a
-// predicated store of 1 to a per-call flag that the weight gather zeroes), and a fix-up
-// kernel launched after them recomputes the non-finite elements when the flag is set: a
-// call inside the hot kernels would cost them registers even when never taken.  The weight
-// gradient's reduction is a light kernel and recomputes in place.
+// The hot kernels only note that they stored a non-finite element (an exponent test per
+// element, or-ed into a register, and at the end one store of 1 to a per-call flag that the
+// weight gather zeroes), and a fix-up kernel launched after them recomputes the non-finite
+// elements when the flag is set: a call inside the hot kernels would cost them registers
+// even when never taken.  The weight gradient's reduction recomputes in place, in a second
+// pass over a thread's elements that runs only when one of them is not finite.
 //
 // This header includes only CUDA's own headers, so it builds without torch.
 #pragma once
@@ -46,13 +47,35 @@ struct PhaseConvExact {
 
 namespace phaseconv_exact {
 
+// Finite: the exponent bits are not all ones (integer tests: cheap in an epilogue).
 template <typename T>
-__device__ __forceinline__ bool finite_value(T v) {
-  return isfinite(phaseconv_dtype::to_acc<float>(v));
+__device__ __forceinline__ bool finite_value(T v);
+template <>
+__device__ __forceinline__ bool finite_value<float>(float v) {
+  return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;
 }
 template <>
 __device__ __forceinline__ bool finite_value<double>(double v) {
   return isfinite(v);
+}
+template <>
+__device__ __forceinline__ bool finite_value<__half>(__half v) {
+  return (__half_as_ushort(v) & 0x7c00u) != 0x7c00u;
+}
+template <>
+__device__ __forceinline__ bool finite_value<__nv_bfloat16>(__nv_bfloat16 v) {
+  return (*reinterpret_cast<const unsigned short*>(&v) & 0x7f80u) != 0x7f80u;
+}
+
+// Every element of a vector store (V: uint4 or uint32_t holding elements of T) is finite.
+template <typename T, typename V>
+__device__ __forceinline__ bool all_finite(V v) {
+  constexpr int N = sizeof(V) / sizeof(T);
+  const T* t = reinterpret_cast<const T*>(&v);
+  bool finite = true;
+#pragma unroll
+  for (int i = 0; i < N; ++i) finite = finite && finite_value(t[i]);
+  return finite;
 }
 
 // The input index that output o meets through tap k along one axis, or -1.
@@ -159,29 +182,6 @@ __device__ __noinline__ T exact_element(const PhaseConvExact& e, int64_t off) {
   return from_acc<T>(acc);
 }
 
-// v, the fast path's value of element `off`, or its exact value where v is not finite.
-template <typename T>
-__device__ __forceinline__ T exact_if_nonfinite(T v, int64_t off, const PhaseConvExact& e) {
-  return finite_value(v) ? v : exact_element<T>(e, off);
-}
-
-// Marks the launch for the fix-up where v (a stored element) is not finite.
-template <typename T>
-__device__ __forceinline__ void note_nonfinite(T v, const PhaseConvExact& e) {
-  if (!finite_value(v)) *e.flag = 1;
-}
-
-// The same for the elements of a vector store (V: uint4 or uint32_t).
-template <typename T, typename V>
-__device__ __forceinline__ void note_nonfinite_vec(V v, const PhaseConvExact& e) {
-  constexpr int N = sizeof(V) / sizeof(T);
-  const T* t = reinterpret_cast<const T*>(&v);
-  bool finite = true;
-#pragma unroll
-  for (int i = 0; i < N; ++i) finite = finite && finite_value(t[i]);
-  if (!finite) *e.flag = 1;
-}
-
 // After a hot kernel: nothing when its flag is clear, else every non-finite element of out
 // (numel elements, the layout of e.mode) recomputed from its real pairs.
 template <typename T>
@@ -199,7 +199,7 @@ cudaError_t launch_fixup(const PhaseConvExact& e, void* out, int64_t numel,
   if (numel == 0) return cudaSuccess;
   if (e.flag == nullptr) return cudaErrorInvalidValue;
   int64_t blocks = (numel + 255) / 256;
-  if (blocks > 264) blocks = 264;  // two waves of an H100: an early exit costs one launch
+  if (blocks > 32) blocks = 32;  // few blocks: on finite data each only reads the flag
   fixup_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(e, static_cast<T*>(out), numel);
   return cudaGetLastError();
 }

@@ -29,8 +29,8 @@ namespace {
 
 // ---------------------------------------------------------------- dtype helpers
 using namespace phaseconv_dtype;  // AccOf, to_acc, from_acc, ldg, ldg_i64, axis_count
-using phaseconv_exact::note_nonfinite;
-using phaseconv_exact::note_nonfinite_vec;
+using phaseconv_exact::all_finite;
+using phaseconv_exact::finite_value;
 using namespace phaseconv_mma;    // ldmatrix, cp.async, mma.sync, 3xTF32 split, flush_acc
 
 // Weight vector load from shared memory (offsets are multiples of CO_T: aligned).
@@ -127,6 +127,7 @@ struct TiledArgs {
 
 template <typename T, int CO_T, int M>
 __global__ void __launch_bounds__(256, 2) tiled_kernel(const TiledArgs a) {
+  bool nonfinite = false;  // a stored element is Inf or NaN
   typedef typename AccOf<T>::type A;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* s_w = reinterpret_cast<A*>(smem_raw);
@@ -289,12 +290,13 @@ __global__ void __launch_bounds__(256, 2) tiled_kernel(const TiledArgs a) {
             const int64_t yo = (n * a.c_out + oc) * out_plane + sp;
             const T out = from_acc<T>(v);
             y[yo] = out;
-            note_nonfinite(out, a.ex);
+            nonfinite |= !finite_value(out);
           }
         }
       }
     }
   }
+  if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
 }
 
 // ---------------------------------------------------------------- naive kernel
@@ -524,6 +526,7 @@ template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, bool FLUSH>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
                                   (MmaMinBlocks<MT, NT, WARPS_M * WARPS_N * 32, FLUSH>::value))
 mma_kernel(const MmaArgs a) {
+  bool nonfinite = false;  // a stored element is Inf or NaN
   constexpr int CG = MmaT<T>::CG;
   constexpr int NTHR = WARPS_M * WARPS_N * 32;
   constexpr int BN = WARPS_N * NT * 8;
@@ -734,7 +737,7 @@ mma_kernel(const MmaArgs a) {
                 const int64_t yo = (n * a.c_out + oc) * out_plane + sp;
                 const T out = from_acc<T>(v);
                 y[yo] = out;
-                note_nonfinite(out, a.ex);
+                nonfinite |= !finite_value(out);
               }
             }
           }
@@ -742,6 +745,7 @@ mma_kernel(const MmaArgs a) {
       }
     }
   }
+  if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
 }
 
 // ---------------------------------------------------------------- all-phase tensor-core kernel
@@ -795,6 +799,7 @@ template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, bool FLUSH>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
                                   (AllMinBlocks<T, MT, NT, WARPS_M * WARPS_N * 32, FLUSH>::value))
 mma_allph_kernel(const AllArgs a) {
+  bool nonfinite = false;  // a stored element is Inf or NaN
   constexpr int CG = MmaT<T>::CG;
   constexpr int NTHR = WARPS_M * WARPS_N * 32;
   constexpr int BN = WARPS_N * NT * 8;
@@ -1062,11 +1067,11 @@ mma_allph_kernel(const AllArgs a) {
         if (a.box_vec && ow + 8 <= a.out_w) {
           const uint4 v8 = *reinterpret_cast<const uint4*>(src);
           *reinterpret_cast<uint4*>(dst) = v8;
-          note_nonfinite_vec<T>(v8, a.ex);
+          nonfinite |= !all_finite<T>(v8);
         } else {
           for (int e = 0; e < 8 && ow + e < a.out_w; ++e) {
             dst[e] = src[e];
-            note_nonfinite(src[e], a.ex);
+            nonfinite |= !finite_value(src[e]);
           }
         }
       }
@@ -1156,7 +1161,7 @@ mma_allph_kernel(const AllArgs a) {
                 if (co < a.cout_g) {
                   const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
                   yp[(int64_t)co * out_plane] = out;
-                  note_nonfinite(out, a.ex);
+                  nonfinite |= !finite_value(out);
                 }
               }
             }
@@ -1166,6 +1171,7 @@ mma_allph_kernel(const AllArgs a) {
     }
     if (stage) flush(s_pi[np - 1][0]);
   }
+  if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
 }
 
 // ---------------------------------------------------------------- implicit-GEMM kernel
@@ -1223,6 +1229,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
                                   (WARPS_M * WARPS_N >= 8 ? (MT * NT >= 16 ? 1 : 2)
                                                           : (MT * NT >= 16 ? 3 : 4)))
 gemm_cl_kernel(const GemmArgs a) {
+  bool nonfinite = false;  // a stored element is Inf or NaN
   constexpr int NTHR = WARPS_M * WARPS_N * 32;
   constexpr int BM = WARPS_M * MT * 16, BN = WARPS_N * NT * 8;
   // BKG: 16-byte channel groups per k step (4: 32 channels, 8: 64)
@@ -1479,7 +1486,7 @@ gemm_cl_kernel(const GemmArgs a) {
               for (int c = 0; c < 2; ++c) {
                 const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
                 yp[(int64_t)(j * 8 + c) * out_plane] = out;
-                note_nonfinite(out, a.ex);
+                nonfinite |= !finite_value(out);
               }
           } else {
 #pragma unroll
@@ -1489,7 +1496,7 @@ gemm_cl_kernel(const GemmArgs a) {
                 if (co_base + col0 + j * 8 + c < a.cout_g) {
                   const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
                   yp[(int64_t)(j * 8 + c) * out_plane] = out;
-                  note_nonfinite(out, a.ex);
+                  nonfinite |= !finite_value(out);
                 }
           }
         }
@@ -1512,11 +1519,11 @@ gemm_cl_kernel(const GemmArgs a) {
           if (pair) {
             const uint32_t v2 = *reinterpret_cast<const uint32_t*>(src);
             *reinterpret_cast<uint32_t*>(dst) = v2;
-            note_nonfinite_vec<T>(v2, a.ex);
+            nonfinite |= !all_finite<T>(v2);
           } else {
             for (int q = 0; q < nw && ow + q < a.out_w; ++q) {
               dst[q] = src[q];
-              note_nonfinite(src[q], a.ex);
+              nonfinite |= !finite_value(src[q]);
             }
           }
         }
@@ -1524,6 +1531,7 @@ gemm_cl_kernel(const GemmArgs a) {
     }
     __syncthreads();  // the next tile rewrites the row tables (and s_c)
   }
+  if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
 }
 // ---------------------------------------------------------------- layout: to channels-last
 // (N, C, P) -> (N, P, C) for P = D*H*W, through a 32-channel x 64-position shared-memory tile:
