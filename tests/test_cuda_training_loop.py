@@ -126,21 +126,24 @@ def _cuda_activities(fn) -> list:
 
 
 def test_one_weight_gather_per_call():
-    """A forward launches the weight gather and its kernel; a backward one gather, the input
-    gradient, the weight gradient and its ordered reduction (and the bias' sum)."""
+    """A forward launches the weight gather, its kernel and the non-finite fix-up (which
+    exits at once on finite data); a backward one gather, the input gradient and its fix-up,
+    the weight gradient and its ordered reduction (and the bias' sum)."""
     layer, x = _layer_and_input(PATHS[0][1], PATHS[0][2], torch.float32, "ncdhw")
     with torch.no_grad():
         layer(x)  # plans made
         names = _cuda_activities(lambda: layer(x))
-    assert len(names) == 2, names
+    assert len(names) == 3, names
     assert sum("gather" in n for n in names) == 1, names
+    assert sum("fixup" in n for n in names) == 1, names
     out = layer(x)
     g = torch.randn_like(out)
     torch.autograd.grad(out, (x, layer.weight, layer.bias), g, retain_graph=True)
     names = _cuda_activities(lambda: torch.autograd.grad(out, (x, layer.weight, layer.bias), g,
                                                          retain_graph=True))
     assert sum("gather" in n for n in names) == 1, names
-    assert len(names) <= 6, names  # gather, grad_input, grad_weight, reduction, [memset], bias
+    # gather, grad_input, fix-up, grad_weight, reduction, [memset], bias
+    assert len(names) <= 7, names
 
 
 def test_plans_are_made_once():
