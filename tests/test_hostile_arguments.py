@@ -123,3 +123,18 @@ def test_explain_refuses_what_the_operator_refuses(arg, label, value):
         assert not isinstance(op, Exception), f"explain computed, the operator raised {op!r}"
         assert "phase" in text
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("kernel,stride,size", [((2000, 1, 1), (1, 1, 1), (4, 4, 4)),
+                                                ((2000, 1, 1), (7, 1, 1), (3, 2, 2)),
+                                                ((1, 300, 1), (1, 1, 1), (2, 3, 2))])
+def test_kernels_far_larger_than_the_input(kernel, stride, size):
+    """A kernel of thousands of taps on a few voxels: each phase scatters its real inputs
+    instead of gathering a window that is mostly padding (same result, work ~ the input)."""
+    x = torch.rand((1, 2) + size, dtype=torch.float64)
+    w = torch.rand((2, 3) + kernel, dtype=torch.float64)
+    start = time.perf_counter()
+    ours = phaseconv.conv_transpose3d(x, w, stride=stride)
+    assert time.perf_counter() - start < 1.0
+    torch.testing.assert_close(ours, F.conv_transpose3d(x, w, stride=stride), rtol=1e-12,
+                               atol=1e-12)

@@ -49,11 +49,14 @@ def forward(x: torch.Tensor, phase_weights, bias: Optional[torch.Tensor], plan: 
     for phase, w in zip(plan.phases, phase_weights):
         if phase.num_outputs == 0 or not phase.reads_input:
             continue
+        rd, rh, rw = phase.index
+        target = out[:, :, rd::stride[0], rh::stride[1], rw::stride[2]]
+        if _scatter_is_cheaper(phase, x.shape[2:]):
+            target.copy_(_phase_by_scatter(x, w, phase, groups))
+            continue
         window = _phase_window(x, phase.axes)
         if window is None:
             continue
-        rd, rh, rw = phase.index
-        target = out[:, :, rd::stride[0], rh::stride[1], rw::stride[2]]
         if window.shape[2:] != x.shape[2:] and not bool(torch.isfinite(w).all()):
             _accumulate_taps(target, x, w, phase, groups)
         else:
@@ -61,6 +64,45 @@ def forward(x: torch.Tensor, phase_weights, bias: Optional[torch.Tensor], plan: 
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1, 1)
     return out
+
+
+def _scatter_is_cheaper(phase, in_shape) -> bool:
+    """Whether the phase's real inputs times its taps are far fewer than its outputs times
+    its taps: a kernel much larger than the input, where most of a gathered window is
+    padding."""
+    gathered = scattered = 1
+    for axis, size in zip(phase.axes, in_shape):
+        start, stop = axis.input_window
+        gathered *= axis.count
+        scattered *= max(min(stop, size) - max(start, 0), 0)
+    return gathered > 4 * scattered
+
+
+def _phase_by_scatter(x: torch.Tensor, w: torch.Tensor, phase, groups: int) -> torch.Tensor:
+    """The phase's outputs as a stride-1 transposed convolution of the real input (only real
+    pairs are multiplied; the work grows with the input, not with the outputs).
+
+    The phase computes ``y[j] = sum_t w[t] x[j + off_0 + t*pd]``; the transposed convolution
+    with the taps reversed, ``z[m] = sum_t w[T-1-t] x[m - t*pd]``, holds it at
+    ``m = j + off_0 + (T-1)*pd``; entries of ``z`` outside its range are empty sums."""
+    c_out, cin_g = w.shape[:2]
+    taps = tuple(w.shape[2:])
+    # conv3d layout (C_out, C_in/g, T...) -> conv_transpose3d's (C_in, C_out/g, T...)
+    wt = w.flip((2, 3, 4)).reshape((groups, c_out // groups, cin_g) + taps).transpose(1, 2)
+    wt = wt.reshape((groups * cin_g, c_out // groups) + taps)
+    z = F.conv_transpose3d(x, wt, None, 1, 0, 0, groups, phase.phase_dilation)
+    index, pads = [slice(None), slice(None)], []
+    for axis, length in zip(phase.axes, z.shape[2:]):
+        lo = axis.offsets[0] + (len(axis.taps) - 1) * axis.phase_dilation
+        hi = lo + axis.count
+        a = min(max(lo, 0), length)
+        b = max(min(hi, length), a)
+        index.append(slice(a, b))
+        low = max(0, min(a, hi) - lo)  # outputs before z's range, then those after it
+        pads.append((low, axis.count - low - (b - a)))
+    y = z[tuple(index)]
+    flat = [p for pair in reversed(pads) for p in pair]
+    return F.pad(y, flat) if any(flat) else y
 
 
 def _tap_ranges(phase, tap, in_shape):
