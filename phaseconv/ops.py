@@ -413,24 +413,32 @@ def _backward_backward(ctx, ggx, ggw, ggb):
     return d_grad_out, d_x, d_weight, None, None
 
 
+_GX, _GW, _GB = (True, False, False), (False, True, False), (False, False, True)
+
+
+def _sum_present(terms):
+    """The sum of the terms (None when there are none)."""
+    total = None
+    for term in terms:
+        total = term if total is None else total + term
+    return total
+
+
 def _backward_jvp(ctx, d_grad_out, dx, dweight, *_):
+    """Each output is bilinear in two inputs: its tangent is one term per moving input."""
     grad_out, x, weight = ctx.saved_tensors
     conf, mask = ctx.conf, ctx.mask
     tx = tw = tb = None
     if mask[0]:  # gx = G(gy, w)
-        if d_grad_out is not None:
-            tx = _backward(d_grad_out, x, weight, conf, (True, False, False))[0]
-        if dweight is not None:
-            term = _backward(grad_out, x, dweight, conf, (True, False, False))[0]
-            tx = term if tx is None else tx + term
+        tx = _sum_present(_backward(g, x, w, conf, _GX)[0] for g, w, moving in
+                          ((d_grad_out, weight, d_grad_out), (grad_out, dweight, dweight))
+                          if moving is not None)
     if mask[1]:  # gw = H(x, gy)
-        if dx is not None:
-            tw = _backward(grad_out, dx, weight, conf, (False, True, False))[1]
-        if d_grad_out is not None:
-            term = _backward(d_grad_out, x, weight, conf, (False, True, False))[1]
-            tw = term if tw is None else tw + term
-    if mask[2] and d_grad_out is not None:
-        tb = _backward(d_grad_out, x, weight, conf, (False, False, True))[2]
+        tw = _sum_present(_backward(g, xx, weight, conf, _GW)[1] for g, xx, moving in
+                          ((grad_out, dx, dx), (d_grad_out, x, d_grad_out))
+                          if moving is not None)
+    if mask[2] and d_grad_out is not None:  # gb = sum(gy)
+        tb = _backward(d_grad_out, x, weight, conf, _GB)[2]
     return tx, tw, tb
 
 
