@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.nn.grad
 
 from ..geometry import AxisPhase, PhasePlan
 
@@ -85,24 +86,47 @@ def _phase_by_scatter(x: torch.Tensor, w: torch.Tensor, phase, groups: int) -> t
     The phase computes ``y[j] = sum_t w[t] x[j + off_0 + t*pd]``; the transposed convolution
     with the taps reversed, ``z[m] = sum_t w[T-1-t] x[m - t*pd]``, holds it at
     ``m = j + off_0 + (T-1)*pd``; entries of ``z`` outside its range are empty sums."""
+    z = F.conv_transpose3d(x, _transposed_taps(w, groups), None, 1, 0, 0, groups,
+                           phase.phase_dilation)
+    z_index, y_index = _scatter_ranges(phase, z.shape[2:])
+    y = z.new_zeros(z.shape[:2] + phase.out_shape)
+    y[y_index] = z[z_index]
+    return y
+
+
+def _transposed_taps(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """A phase's sub-kernel in conv3d's layout and offset order (C_out, C_in/g, T...) as
+    conv_transpose3d's weight in kernel order (C_in, C_out/g, T...); an involution up to the
+    roles of C_in and C_out."""
     c_out, cin_g = w.shape[:2]
     taps = tuple(w.shape[2:])
-    # conv3d layout (C_out, C_in/g, T...) -> conv_transpose3d's (C_in, C_out/g, T...)
     wt = w.flip((2, 3, 4)).reshape((groups, c_out // groups, cin_g) + taps).transpose(1, 2)
-    wt = wt.reshape((groups * cin_g, c_out // groups) + taps)
-    z = F.conv_transpose3d(x, wt, None, 1, 0, 0, groups, phase.phase_dilation)
-    index, pads = [slice(None), slice(None)], []
-    for axis, length in zip(phase.axes, z.shape[2:]):
+    return wt.reshape((groups * cin_g, c_out // groups) + taps)
+
+
+def _scatter_ranges(phase, z_shape):
+    """Where the phase's outputs ``j`` sit in the scatter's ``z`` (at ``m = j + off_0 +
+    (T-1)*pd``): the index into ``z`` and the matching index into the outputs (outputs
+    outside ``z`` meet no real input)."""
+    z_index, y_index = [slice(None), slice(None)], [slice(None), slice(None)]
+    for axis, length in zip(phase.axes, z_shape):
         lo = axis.offsets[0] + (len(axis.taps) - 1) * axis.phase_dilation
-        hi = lo + axis.count
         a = min(max(lo, 0), length)
-        b = max(min(hi, length), a)
-        index.append(slice(a, b))
-        low = max(0, min(a, hi) - lo)  # outputs before z's range, then those after it
-        pads.append((low, axis.count - low - (b - a)))
-    y = z[tuple(index)]
-    flat = [p for pair in reversed(pads) for p in pair]
-    return F.pad(y, flat) if any(flat) else y
+        b = max(min(lo + axis.count, length), a)
+        z_index.append(slice(a, b))
+        y_index.append(slice(a - lo, b - lo))
+    return tuple(z_index), tuple(y_index)
+
+
+def _scatter_grad_z(g: torch.Tensor, x_shape, w: torch.Tensor, phase) -> torch.Tensor:
+    """The phase's output gradient ``g`` placed where the scatter's ``z`` holds its outputs
+    (zeros elsewhere)."""
+    z_shape = tuple(n + (t - 1) * a.phase_dilation
+                    for n, t, a in zip(x_shape, w.shape[2:], phase.axes))
+    gz = g.new_zeros(g.shape[:2] + z_shape)
+    z_index, y_index = _scatter_ranges(phase, z_shape)
+    gz[z_index] = g[y_index]
+    return gz
 
 
 def _tap_ranges(phase, tap, in_shape):
@@ -196,6 +220,14 @@ def grad_input(grad_out: torch.Tensor, phase_weights, plan: PhasePlan, groups: i
         if phase.num_outputs == 0 or not phase.reads_input:
             continue
         g = _phase_slice(grad_out, phase, plan.stride)
+        if (phase_window is None and _scatter_is_cheaper(phase, plan.in_shape)
+                and bool(torch.isfinite(w).all())):
+            # the forward's scatter, adjoint: a conv3d of grad_z back onto the whole input
+            # (grad_z's zeros meet only finite taps)
+            gz = _scatter_grad_z(g, plan.in_shape, w, phase)
+            grad_x += F.conv3d(gz, _transposed_taps(w, groups), None, 1, 0,
+                               phase.phase_dilation, groups)
+            continue
         # (N, C_out, counts) -> (N, C_in, window): conv_transpose3d reads w (C_out, C_in/g, T)
         # as (its in_channels, its out_channels / groups, T).
         if phase_window is not None:
@@ -240,6 +272,7 @@ def grad_weight_phases(x: torch.Tensor, grad_out: torch.Tensor, plan: PhasePlan,
                          f"({c_in} channels), out_channels={out_channels}, groups={groups} "
                          f"and the plan's kernel {plan.kernel}")
     out = []
+    x_finite = None
     for phase in plan.phases:
         grad_w = x.new_zeros((out_channels, c_in_g) + phase.tap_shape)
         out.append(grad_w)
@@ -247,6 +280,17 @@ def grad_weight_phases(x: torch.Tensor, grad_out: torch.Tensor, plan: PhasePlan,
             continue
         # (N, G, C_out/g, outputs of the phase), and per tap the inputs it meets
         g = _phase_slice(grad_out, phase, plan.stride)
+        if _scatter_is_cheaper(phase, plan.in_shape):
+            if x_finite is None:
+                x_finite = bool(torch.isfinite(x).all())
+            if x_finite:  # grad_z's zeros meet only finite inputs
+                # the forward's scatter z = conv_transpose3d(x, wt) is <x, conv3d(grad_z, wt)>
+                gz = _scatter_grad_z(g, plan.in_shape, grad_w, phase)
+                shape = (c_in, c_out_g) + phase.tap_shape
+                gwt = torch.nn.grad.conv3d_weight(gz, shape, x, 1, 0, phase.phase_dilation,
+                                                  groups)
+                grad_w.copy_(_transposed_taps(gwt, groups))
+                continue
         for tap in itertools.product(*(range(len(a.taps)) for a in phase.axes)):
             ranges = _tap_ranges(phase, tap, plan.in_shape)
             if ranges is None:
