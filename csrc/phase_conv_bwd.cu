@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
   typedef typename AccOf<T>::type A;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int tpos = 1 << a.lg_tpos;
-  // row strides of the staged tiles (unpadded: padding by 4 measured slower, 2026-11-25)
+  // row strides of the staged tiles (unpadded: padding by 4 measured slower on an H100)
   const int xs = a.ci_b, gs = a.co_b;
   A* s_x = reinterpret_cast<A*>(smem_raw);               // [window position][xs]
   A* s_g = s_x + (size_t)a.win_max * xs;                  // [tile output][gs]
@@ -518,7 +518,7 @@ bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, GwPlan* out) {
   const int64_t max_taps = p.max_taps_d * p.max_taps_h * p.max_taps_w;
   if (max_taps == 0 || p.packed_elems == 0) return false;
   // block tile: up to 32 x 32 channels (4-channel register tiles), taps to fill the threads
-  // (64 x 64 measured slower: one block per SM, 2026-11-25)
+  // (64 x 64 measured slower: one block per SM)
   a.ci_b = a.cin_g >= 32 ? 32 : round4(a.cin_g);
   a.co_b = a.cout_g >= 32 ? 32 : round4(a.cout_g);
   const int64_t per_tap = (int64_t)(a.ci_b / 4) * (a.co_b / 4);
@@ -572,7 +572,7 @@ bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, GwPlan* out) {
 }
 
 // Tensor-core plan (the rule of phase_conv_bwd.cuh): 64 x 64 channel tiles.  Measured on
-// an H100 (2026-11-26): 128 x 64 tied in fp32 and lost in bf16 (shape 3: 217 vs 175 us);
+// an H100: 128 x 64 tied in fp32 and lost in bf16 (shape 3: 217 vs 175 us);
 // 64 x 32 for C_out/g <= 32 lost too (shape 2: 699 vs 536 us fp32, 400 vs 333 bf16).
 constexpr int kGmWM = 2, kGmWN = 2;
 struct GmPlan {

@@ -1983,7 +1983,7 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& de
   const int kinds_bn[4] = {8, 16, 64, 128};
   const int kinds_thr[4] = {128, 128, 128, 256};
   // static s_pi takes 1 KB; past ~120 KB a block runs alone on its SM and the per-phase
-  // kernel (which chunks C_in/g) measured faster (k2-128, 2026-11-25)
+  // kernel (which chunks C_in/g) measured faster (k2-128, H100)
   size_t cap = dev.smem_optin > 2048 ? dev.smem_optin - 2048 : 0;
   if (cap > 120 * 1024) cap = 120 * 1024;
   bool found = false;
@@ -2154,7 +2154,7 @@ bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev
   // all-phase kernel's shared halo serves them better
   if (force != 5 && !(force == 0 && cin_g >= 16 && cout_g >= 32)) return false;
   // tile: the narrowest BN that covers C_out/g; for BN 64 with a long reduction (>= 512 per
-  // phase) the 8-warp tile with 64-channel k steps (measured 2026-11-25, H100: 8x32x32
+  // phase) the 8-warp tile with 64-channel k steps (measured on an H100: 8x32x32
   // k(3,4,4) 128->64 bf16 67.9 vs 78.6 us; 32^3 k2 128->64, K = 128: 83.7 vs 80.0 us)
   const double k_per_phase = (double)cin_g * (double)p.total_taps /
                              (double)(p.stride_d * p.stride_h * p.stride_w);
@@ -2237,7 +2237,7 @@ bool want_mma(const PhaseConvFwdParams& p, int dtype_code) {
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   // float32 runs 3xTF32; past kFlushTerms reduction terms its accumulators are flushed
   // (flush_acc: as accurate as FFMA at any length; unflushed, 1.4e-5 relative at 2048 terms).
-  // Those FLUSH variants beat the SIMT kernel only on wide tiles (2026-11-26, H100: C_out 32,
+  // Those FLUSH variants beat the SIMT kernel only on wide tiles (H100: C_out 32,
   // K 512: 666 vs 452 us; C_out 64-256, K 512-2048: 0.70-0.95x the SIMT time): narrower layers
   // stay on FFMA.
   if (needs_flush(p, dtype_code) && cout_g < 64) return false;

@@ -1,6 +1,8 @@
 """``python -m phaseconv``: run the founding example, check it against torch, show the phases.
 
-``python -m phaseconv bench`` times the sweep against cuDNN instead (see ``phaseconv.bench``).
+``python -m phaseconv bench`` times the sweep against cuDNN instead (see ``phaseconv.bench``);
+``python -m phaseconv info`` says what this machine offers (versions, GPUs and their engines,
+the CUDA engine's build tools and cache).
 
 Uses the GPU when there is one, else the CPU, and finishes in well under a minute on two
 CPU cores.  Exits non-zero when phaseconv and torch disagree.
@@ -74,6 +76,11 @@ def main(argv=None) -> int:
         from phaseconv import bench
 
         return bench.main(argv[1:])
+    if argv and argv[0] == "info":
+        from phaseconv import info
+
+        print(info.report())
+        return 0
     parser = argparse.ArgumentParser(prog="python -m phaseconv", description=__doc__)
     parser.add_argument("--device", default=None,
                         help="cpu or cuda[:i] (default: cuda if available, else cpu)")

@@ -1,5 +1,6 @@
 """Engine choice and the CUDA engine's build path, checked without a GPU."""
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -25,6 +26,34 @@ def test_engine_forced_by_argument_or_environment(monkeypatch):
     monkeypatch.setenv(engines.ENGINE_ENV, "turbo")
     with pytest.raises(ValueError, match="engine"):
         engines.choose(torch.device("cpu"))
+
+
+def test_gpus_below_sm80_run_the_reference_engine_by_rule(monkeypatch):
+    """Checked before anything compiles: the default is the reference engine, explain()
+    says why, and forcing the cuda engine names the GPU and the requirement."""
+    monkeypatch.delenv(engines.ENGINE_ENV, raising=False)
+    monkeypatch.setattr(engines, "capability", lambda device: (7, 5))
+    cuda0 = torch.device("cuda", 0)
+    choice = engines.choose(cuda0)
+    assert choice.name == "reference" and "sm_75" in choice.reason and "sm_80" in choice.reason
+    with pytest.raises(RuntimeError, match="sm_75.*sm_80"):
+        engines.choose(cuda0, "cuda")
+    report = phaseconv.explain(dict(in_channels=2, out_channels=2, kernel_size=3),
+                               (1, 2, 3, 3, 3), device="cuda")
+    assert report.engine.name == "reference" and "sm_75" in str(report)
+    monkeypatch.setattr(engines, "capability", lambda device: (8, 0))
+    assert engines.choose(cuda0).name == "cuda"
+
+
+def test_strides_past_the_kernels_residue_table_run_the_reference_engine(monkeypatch):
+    monkeypatch.delenv(engines.ENGINE_ENV, raising=False)
+    monkeypatch.setattr(engines, "capability", lambda device: (9, 0))
+    cuda0 = torch.device("cuda", 0)
+    assert engines.choose(cuda0, stride=(16, 16, 16)).name == "cuda"  # 4096 residues
+    choice = engines.choose(cuda0, stride=(17, 16, 16))
+    assert choice.name == "reference" and "4352 residue triples" in choice.reason
+    with pytest.raises(ValueError, match="stride"):
+        engines.choose(cuda0, "cuda", stride=(10**9, 1, 1))
 
 
 def test_cuda_engine_refuses_cpu_tensors(monkeypatch):
@@ -68,3 +97,15 @@ def test_package_carries_its_cuda_sources():
 
     names = {p.name for p in cuda.CSRC.iterdir()}
     assert {"phase_conv_fwd.cu", "phase_conv_fwd.cuh", "phase_conv.cpp"} <= names
+
+
+def test_info_reports_versions_engines_and_the_build_cache():
+    result = subprocess.run([sys.executable, "-m", "phaseconv", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout
+    assert f"torch {torch.__version__}" in result.stdout
+    assert "build cache:" in result.stdout and "prebuilt engine:" in result.stdout
+    if torch.cuda.is_available():
+        assert "GPU 0:" in result.stdout and " engine (" in result.stdout
+    else:
+        assert "GPU: none" in result.stdout

@@ -7,19 +7,43 @@ The rule, in one place so that ``explain()`` and the functional API agree: a CUD
 the ``cuda`` engine, anything else the ``reference`` engine; a layer whose strides multiply to
 more than ``CUDA_MAX_RESIDUES`` runs the reference engine on CUDA tensors too (the kernels'
 phase table has a row per residue triple, with taps or not; the reference engine's phases are
-only those with taps, at most the kernel's taps many).  The ``engine=`` argument or the
+only those with taps, at most the kernel's taps many); and a GPU below compute capability 8.0
+runs the reference engine (the kernels use ``mma.sync`` and ``cp.async``): the rule is
+checked before anything is compiled, and forcing ``engine="cuda"`` there raises an error
+naming the GPU.  The ``engine=`` argument or the
 ``PHASECONV_ENGINE`` environment variable (``auto``, ``reference`` or ``cuda``) overrides it.
 There is no silent fallback: if the CUDA engine cannot be built, the call fails with the
 compiler's message, and ``PHASECONV_ENGINE=reference`` is the documented way round it.
 """
 import os
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 ENGINE_ENV = "PHASECONV_ENGINE"
 ENGINES = ("reference", "cuda")
 CUDA_MAX_RESIDUES = 4096
+CUDA_MIN_CAPABILITY = (8, 0)
+_capabilities = {}  # device index -> (major, minor)
+
+
+def capability(device: torch.device) -> Optional[Tuple[int, int]]:
+    """The compute capability of a CUDA device, or None where CUDA is not available."""
+    if not torch.cuda.is_available():
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    found = _capabilities.get(index)
+    if found is None:
+        found = _capabilities[index] = tuple(torch.cuda.get_device_capability(index))
+    return found  # type: ignore[return-value]
+
+
+def _gpu_text(device: torch.device, cap: Tuple[int, int]) -> str:
+    try:
+        name = torch.cuda.get_device_name(device)
+    except (RuntimeError, AssertionError):
+        name = str(device)
+    return f"{name} (sm_{cap[0]}{cap[1]})"
 
 
 class EngineChoice(NamedTuple):
@@ -40,8 +64,14 @@ def choose(device: torch.device, requested: Optional[str] = None,
         residues *= int(s)
     too_many = (f"stride {tuple(stride)} has {residues} residue triples, more than the CUDA "
                 f"kernels' {CUDA_MAX_RESIDUES}")
+    cap = capability(device) if device.type == "cuda" and name in ("auto", "cuda") else None
+    too_old = cap is not None and cap < CUDA_MIN_CAPABILITY
+    old_text = (f"{_gpu_text(device, cap)} is below the CUDA kernels' sm_80 (they use mma.sync "
+                "and cp.async)") if too_old else ""
     if name == "auto":
         if device.type == "cuda":
+            if too_old:
+                return EngineChoice("reference", f"pure-torch phase engine: {old_text}")
             if residues > CUDA_MAX_RESIDUES:
                 return EngineChoice("reference", f"pure-torch phase engine: {too_many}")
             return EngineChoice("cuda", "custom CUDA phase kernel, the default for CUDA tensors")
@@ -50,6 +80,9 @@ def choose(device: torch.device, requested: Optional[str] = None,
     if name == "cuda" and device.type != "cuda":
         raise ValueError(f"engine: the cuda engine needs CUDA tensors, got tensors on {device} "
                          f"(forced by {source})")
+    if name == "cuda" and too_old:
+        raise RuntimeError(f"engine: the cuda engine (forced by {source}) cannot run on "
+                           f"{old_text}")
     if name == "cuda" and residues > CUDA_MAX_RESIDUES:
         raise ValueError(f"stride: the cuda engine (forced by {source}) cannot run this layer: "
                          f"{too_many}")

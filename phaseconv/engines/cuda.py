@@ -83,9 +83,9 @@ def load():
         return mod
 
 
-def _build(major: int, minor: int):
-    from torch.utils import cpp_extension
-
+def _extension(major: int, minor: int):
+    """(name, source texts, nvcc flags) of the extension for one architecture: the name
+    carries a hash of the sources, flags and torch build, so an edit builds anew."""
     try:
         texts = {name: (CSRC / name).read_text() for name in _SOURCES}
     except OSError as exc:
@@ -100,7 +100,32 @@ def _build(major: int, minor: int):
     digest.update(" ".join(cuda_flags).encode())
     digest.update(torch.__version__.encode())
     digest.update(str(torch.version.cuda).encode())
-    name = f"phaseconv_cuda_sm{arch}_{digest.hexdigest()[:12]}"
+    return f"phaseconv_cuda_sm{arch}_{digest.hexdigest()[:12]}", texts, cuda_flags
+
+
+def build_root() -> Path:
+    """Where torch keeps built extensions (``$TORCH_EXTENSIONS_DIR`` or its default)."""
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    return Path(root) if root else Path(cpp_extension.get_default_build_root())
+
+
+def built(major: int, minor: int) -> Optional[Path]:
+    """The built extension for these sources and this architecture, if the cache holds it."""
+    name = _extension(major, minor)[0]
+    for path in build_root().glob(f"*/{name}/{name}*.so"):
+        return path
+    for path in build_root().glob(f"{name}/{name}*.so"):
+        return path
+    return None
+
+
+def _build(major: int, minor: int):
+    from torch.utils import cpp_extension
+
+    name, texts, cuda_flags = _extension(major, minor)
+    arch = f"{major}{minor}"
 
     kwargs = dict(
         name=name,

@@ -1,0 +1,42 @@
+"""``python -m phaseconv info``: what this machine offers phaseconv - versions, GPUs and the
+engine each one runs by rule, the build tools the CUDA engine needs, and its build cache."""
+import platform
+from typing import List
+
+import torch
+
+from . import __version__, engines
+
+
+def report() -> str:
+    lines: List[str] = [
+        f"phaseconv {__version__}, Python {platform.python_version()}, torch {torch.__version__}"
+        f" (CUDA {torch.version.cuda or 'none'}, cuDNN "
+        f"{torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else 'none'})",
+    ]
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        lines.append("GPU: none - every call runs the reference engine (pure torch)")
+    for index in range(count):
+        device = torch.device("cuda", index)
+        major, minor = engines.capability(device)  # type: ignore[misc]
+        choice = engines.choose(device)
+        lines.append(f"GPU {index}: {torch.cuda.get_device_name(index)}, sm_{major}{minor}: "
+                     f"{choice.name} engine ({choice.reason})")
+    from torch.utils import cpp_extension
+
+    from .engines import cuda
+
+    cuda_home = getattr(cpp_extension, "CUDA_HOME", None)
+    lines.append(f"CUDA engine build: nvcc {'in ' + cuda_home if cuda_home else 'not found'}, "
+                 f"ninja {'found' if cpp_extension.is_ninja_available() else 'not found'}; "
+                 f"compiled on first use (about a minute) for the present GPU only")
+    lines.append(f"build cache: {cuda.build_root()}")
+    for index in range(count):
+        major, minor = engines.capability(torch.device("cuda", index))  # type: ignore[misc]
+        path = cuda.built(major, minor)
+        lines.append(f"  sm_{major}{minor}: " + (f"built for these sources ({path})" if path
+                                                  else "not built yet for these sources"))
+    lines.append("prebuilt engine: none (phaseconv builds its engine on first use)")
+    lines.append(f"engine override: ${engines.ENGINE_ENV} (auto, reference, cuda)")
+    return "\n".join(lines)
