@@ -1,5 +1,6 @@
 """``python -m phaseconv info``: what this machine offers phaseconv - versions, GPUs and the
 engine each one runs by rule, the build tools the CUDA engine needs, and its build cache."""
+import os
 import platform
 from typing import List
 
@@ -28,7 +29,9 @@ def report() -> str:
     from .engines import cuda
 
     cuda_home = getattr(cpp_extension, "CUDA_HOME", None)
-    lines.append(f"CUDA engine build: nvcc {'in ' + cuda_home if cuda_home else 'not found'}, "
+    nvcc = os.path.join(cuda_home, "bin", "nvcc") if cuda_home else None
+    nvcc_text = nvcc if nvcc and os.path.exists(nvcc) else "not found"
+    lines.append(f"CUDA engine build: nvcc {nvcc_text}, "
                  f"ninja {'found' if cpp_extension.is_ninja_available() else 'not found'}; "
                  f"compiled on first use (about a minute) for the present GPU only")
     lines.append(f"build cache: {cuda.build_root()}")
