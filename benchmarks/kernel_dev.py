@@ -18,21 +18,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from phaseconv.bench import SWEEP, gpu_times_us  # noqa: E402
 from phaseconv.checks import check_conv_transpose3d  # noqa: E402
 from phaseconv.engines import cuda  # noqa: E402
 from phaseconv.geometry import phase_plan  # noqa: E402
 
-# (name, N, C_in, C_out, groups, DHW, kernel, stride, padding, output_padding)
-SHAPES = [
-    ("founding", 8, 32, 32, 4, (12, 24, 48), (3, 5, 7), 2, (1, 2, 3), 1),
-    ("u64-32", 2, 64, 32, 1, (32, 32, 32), 3, 2, 1, 1),
-    ("k2-128", 2, 128, 64, 1, (32, 32, 32), 2, 2, 0, 0),
-    ("k2-512", 1, 512, 256, 1, (16, 16, 16), 2, 2, 0, 0),
-    ("k4-256", 16, 256, 128, 1, (8, 8, 8), 4, 2, 1, 0),
-    ("aniso", 2, 128, 64, 1, (8, 32, 32), (3, 4, 4), (1, 2, 2), 1, 0),
-    ("dw64", 4, 64, 64, 64, (24, 24, 24), 4, 2, 1, 0),
-    ("u16-8", 1, 16, 8, 1, (64, 64, 64), 3, 2, 1, 1),
-]
+# (name, N, C_in, C_out, groups, DHW, kernel, stride, padding, output_padding): the sweep of
+# `python -m phaseconv bench` (phaseconv/bench.py: SWEEP), one definition for every benchmark
+SHAPES = [tuple(shape) for shape in SWEEP]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,23 +34,9 @@ def t3(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 
 
-def time_fn(fn, reps, warmup=5, batch=10):
-    """GPU time per call: median over reps of (batch back-to-back calls between two events) /
-    batch, so that the host's launch overhead overlaps the GPU work."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(1_000_000)  # queue the batch behind ~0.5 ms of GPU sleep
-        a.record()
-        for _ in range(batch):
-            fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1000.0 / batch)
+def time_fn(fn, reps, warmup=5):
+    """GPU time per call in µs (median) and the fastest of the runs: bench.py's timer."""
+    times = gpu_times_us(fn, reps, warmup)
     return statistics.median(times), min(times)
 
 

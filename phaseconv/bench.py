@@ -84,7 +84,14 @@ SWEEP = [Shape(n, b, ci, co, g, _t(s), _t(k), _t(st), _t(p), _t(op)) for n, b, c
 
 def median_gpu_us(fn: Callable[[], object], repeats: int, warmup: int,
                   primed: bool = True) -> float:
-    """Median GPU time of ``fn()`` in µs, between CUDA events.
+    """Median GPU time of ``fn()`` in µs, between CUDA events (:func:`gpu_times_us`)."""
+    return statistics.median(gpu_times_us(fn, repeats, warmup, primed))
+
+
+def gpu_times_us(fn: Callable[[], object], repeats: int, warmup: int,
+                 primed: bool = True) -> List[float]:
+    """GPU times of ``repeats`` calls of ``fn()`` in µs, each between two CUDA events: the
+    one timer of every benchmark.
 
     ``primed``: a GPU sleep is queued before the start event, so the host's work for the call
     overlaps it and the events time the GPU work alone (as in a network, where the queue is
@@ -103,7 +110,7 @@ def median_gpu_us(fn: Callable[[], object], repeats: int, warmup: int,
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop) * 1e3)
-    return statistics.median(times)
+    return times
 
 
 def median_host_us(fns, repeats: int, warmup: int) -> List[float]:
