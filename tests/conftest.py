@@ -20,6 +20,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or
                       ("ci" if os.environ.get("CI") else "dev"))
 
 
+def pytest_make_parametrize_id(config, val, argname):
+    """Readable test ids: a dtype by its name, a layer case by its number."""
+    if isinstance(val, torch.dtype):
+        return str(val).replace("torch.", "")
+    if argname in ("case", "layer") and isinstance(val, int):
+        return f"{argname}{val}"
+    return None
+
+
 def examples(fraction: float) -> int:
     """A share of the profile's example budget, for properties costlier than the main one."""
     return max(10, int(settings().max_examples * fraction))

@@ -255,7 +255,9 @@ _GEMM_CASES = [
 # (8 warps);
 # 5 | 64: one phase per block (no grouping of the W phases); 5 | 128: 32 channels a k step
 @pytest.mark.parametrize("path", [5, 5 | 1 << 8, 5 | 2 << 8, 5 | 3 << 8, 5 | 4 << 8, 5 | 64,
-                                  5 | 64 | 3 << 8, 5 | 128 | 3 << 8])
+                                  5 | 64 | 3 << 8, 5 | 128 | 3 << 8],
+                         ids=["auto-tile", "BN32", "BN64", "BN128", "BN64-8warps",
+                              "phase-per-block", "phase-per-block-BN128", "k32-BN128"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_GEMM_CASES)))
 def test_implicit_gemm_kernel(case, dtype, path):
