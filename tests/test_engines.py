@@ -1,6 +1,7 @@
 """Engine choice and the CUDA engine's build path, checked without a GPU."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,10 +75,12 @@ def test_build_failure_carries_the_compiler_message(monkeypatch, capsys):
     def broken(**kwargs):
         assert kwargs["name"].startswith("phaseconv_cuda_sm90_")
         assert any("arch=compute_90" in f for f in kwargs["extra_cuda_cflags"])
+        assert sorted(Path(s).name for s in kwargs["sources"]) == [
+            "phase_conv.cpp", "phase_conv_bwd.cu", "phase_conv_fwd.cu", "phase_conv_pack.cu"]
         raise subprocess.CalledProcessError(1, ["ninja"], output=b"phase_conv_fwd.cu(12): "
                                             b"error: expected a \";\"")
 
-    monkeypatch.setattr(cpp_extension, "load_inline", broken)
+    monkeypatch.setattr(cpp_extension, "load", broken)
     with pytest.raises(RuntimeError, match="building the extension failed") as info:
         cuda._build(9, 0)
     assert 'error: expected a ";"' in str(info.value)

@@ -31,7 +31,6 @@ present GPU's architecture only, and caches it across processes in torch's exten
 directory under a name carrying a hash of the sources, so edits rebuild.
 """
 import hashlib
-import inspect
 import math
 import os
 import sys
@@ -124,22 +123,18 @@ def built(major: int, minor: int) -> Optional[Path]:
 def _build(major: int, minor: int):
     from torch.utils import cpp_extension
 
-    name, texts, cuda_flags = _extension(major, minor)
+    name, _, cuda_flags = _extension(major, minor)
     arch = f"{major}{minor}"
-
+    # Each source its own translation unit, compiled as it is (the kernel files include only
+    # CUDA's headers), in parallel by ninja, and only what changed is rebuilt.
     kwargs = dict(
         name=name,
-        cpp_sources=[texts["phase_conv.cpp"]],
-        cuda_sources=[texts[n] for n in _CUDA_SOURCES],
+        sources=[str(CSRC / n) for n in ("phase_conv.cpp",) + _CUDA_SOURCES],
         extra_cflags=["-O3"],
         extra_cuda_cflags=cuda_flags,
         extra_include_paths=[str(CSRC)],
         verbose=False,
     )
-    # Newer torch prepends <torch/types.h> to the CUDA source unless told not to; the kernel
-    # files need only CUDA's headers, and skipping torch's cuts nvcc's time about 4x.
-    if "no_implicit_headers" in inspect.signature(cpp_extension.load_inline).parameters:
-        kwargs["no_implicit_headers"] = True
     try:
         build_root = cpp_extension._get_build_directory(name, verbose=False)
         built = os.path.isdir(build_root) and any(Path(build_root).glob(name + "*.so"))
@@ -149,7 +144,7 @@ def _build(major: int, minor: int):
         print(f"phaseconv: compiling the CUDA engine for sm_{arch} (once; cached in {build_root})"
               , file=sys.stderr, flush=True)
     try:
-        return cpp_extension.load_inline(**kwargs)
+        return cpp_extension.load(**kwargs)
     except Exception as exc:  # nvcc / ninja errors carry the compiler's output
         msg = str(exc)
         out = getattr(exc, "output", None)
