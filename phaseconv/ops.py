@@ -66,14 +66,6 @@ def weight_grad_format(weight: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _layout(x: torch.Tensor) -> int:
-    """0 contiguous, 1 channels_last_3d, 2 anything else (the CUDA kernels read the first two
-    in place)."""
-    if x.is_contiguous():
-        return 0
-    return 1 if x.is_contiguous(memory_format=torch.channels_last_3d) else 2
-
-
 def _autocast_off(device_type: str):
     """The reference engine computes in the dtype it is given: torch's own convolutions
     inside it must not be autocast again (their policy may differ from conv_transpose3d's)."""
@@ -86,7 +78,7 @@ class CallPlan:
     """What one call description fixes: validated arguments, the engine and its plans."""
 
     __slots__ = ("args", "engine", "plan", "cuda_forward", "cuda_backward", "_batch", "_dtype",
-                 "_device")
+                 "_device", "_channels_last", "_has_bias")
 
     def __init__(self, args: ConvArgs, engine: engines.EngineChoice, x: torch.Tensor,
                  has_bias: bool, layout: int) -> None:
@@ -96,18 +88,22 @@ class CallPlan:
                                dilation=args.dilation, output_padding=args.output_padding)
         self._batch = int(x.shape[0]) if args.batched else 1
         self._dtype, self._device = x.dtype, x.device
+        self._channels_last, self._has_bias = layout == 1, has_bias
+        # the CUDA plans are made on first use: a description only ever used by the
+        # backward (the compiled path's backward op) never plans a forward
         self.cuda_forward = self.cuda_backward = None
-        if engine.name == "cuda":
-            from .engines import cuda
-
-            self.cuda_forward = cuda.forward_plan(args, self._batch, x.dtype, x.device,
-                                                  layout == 1, has_bias)
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
         args = self.args
         xb = x if args.batched else x.unsqueeze(0)
-        if self.cuda_forward is not None:
+        if self.engine.name == "cuda":
+            if self.cuda_forward is None:
+                from .engines import cuda
+
+                self.cuda_forward = cuda.forward_plan(args, self._batch, self._dtype,
+                                                      self._device, self._channels_last,
+                                                      self._has_bias)
             tables, launch = self.cuda_forward
             if tables.ready:
                 from .engines.cuda import wait_for_tables
@@ -178,7 +174,7 @@ def call_plan(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     """The :class:`CallPlan` of a call (made on its first occurrence; invalid calls raise
     torch's error, or a clearer one naming the argument, every time)."""
     try:
-        layout = _layout(x)
+        layout = engines.input_layout(x)
         key = (x.shape, x.dtype, x.device, layout, weight.shape, weight.dtype, weight.device,
                None if bias is None else (bias.shape, bias.dtype, bias.device), stride, padding,
                output_padding, groups, dilation, engine, os.environ.get(engines.ENGINE_ENV))

@@ -27,6 +27,14 @@ CUDA_MIN_CAPABILITY = (8, 0)
 _capabilities = {}  # device index -> (major, minor)
 
 
+def input_layout(x: torch.Tensor) -> int:
+    """0 contiguous, 1 channels_last_3d, 2 anything else (the CUDA kernels read the first two
+    in place; a call's plan depends on it)."""
+    if x.is_contiguous():
+        return 0
+    return 1 if x.is_contiguous(memory_format=torch.channels_last_3d) else 2
+
+
 def capability(device: torch.device) -> Optional[Tuple[int, int]]:
     """The compute capability of a CUDA device, or None where CUDA is not available."""
     if not torch.cuda.is_available():

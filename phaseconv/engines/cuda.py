@@ -43,6 +43,7 @@ import torch
 from ..checks import ConvArgs, triple
 from ..geometry import AxisPhase, axis_plan
 from ..packing import pack_conv3d_phases, select_taps
+from . import input_layout
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
@@ -402,17 +403,13 @@ def forward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.d
     return _planned(_forward_plans, key, args, batch, dtype, device, make)
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
-
-
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], args: ConvArgs,
             force_path: int = 0) -> torch.Tensor:
     """Transposed convolution of a batched input ``x`` (N, C_in, D, H, W); ``args`` from
     ``checks.check_conv_transpose3d``.  Returns a new contiguous (N, C_out, D, H, W) tensor;
     no autograd.  The planned kernel reads a ``torch.channels_last_3d`` input in place where
     it reads that layout; any other layout it does not read costs one copy."""
-    tables, plan = forward_plan(args, x.shape[0], x.dtype, x.device, _channels_last(x),
+    tables, plan = forward_plan(args, x.shape[0], x.dtype, x.device, input_layout(x) == 1,
                                 bias is not None, force_path)
     if tables.ready:
         wait_for_tables(tables)
