@@ -11,7 +11,7 @@
 
 namespace phaseconv {
 
-// SIMT tiled kernel (phase_conv_fwd.cu: tiled_kernel)
+// SIMT tiled kernel (phase_conv_fwd_tiled.cu: tiled_kernel)
 struct TileCfg {
   int LW, NY, NZ, WC, MD, MH, M, CO_T, threads;
   int ci_chunk, pitch, hh_max, hd_max, plane, s_w_elems;
@@ -19,7 +19,7 @@ struct TileCfg {
   double cost;
 };
 
-// per-phase tensor-core kernel (mma_kernel)
+// per-phase tensor-core kernel (phase_conv_fwd_mma.cu: mma_kernel)
 struct MmaCfg {
   int kind;  // 0: MT4 NT1 4x1 warps (BN 8); 1: MT4 NT2 4x1 (BN 16); 2: MT4 NT4 2x2 (BN 64);
              // 3: MT4 NT4 2x4 (BN 128)
@@ -30,7 +30,7 @@ struct MmaCfg {
   double cost;
 };
 
-// all-phase tensor-core kernel (mma_allph_kernel)
+// all-phase tensor-core kernel (phase_conv_fwd_allphase.cu: mma_allph_kernel)
 struct AllCfg {
   int kind;  // as MmaCfg::kind
   int BM, BN, threads;
@@ -43,7 +43,7 @@ struct AllCfg {
   double cost;
 };
 
-// implicit-GEMM kernel (gemm_cl_kernel)
+// implicit-GEMM kernel (phase_conv_fwd_gemm.cu: gemm_cl_kernel)
 struct GemmCfg {
   int kind;  // 0: BN 32 (MT2 NT4, 4x1 warps); 1: BN 64 (MT4 NT4, 2x2); 2: BN 128 (MT4 NT4, 2x4);
              // 3: BN 64 (MT2 NT4, 4x2: twice the warps of 1)

@@ -47,11 +47,15 @@ from . import input_layout
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_SOURCES = ("phase_conv_dtype.cuh", "phase_conv_exact.cuh", "phase_conv_mma.cuh",
+_HEADERS = ("phase_conv_dtype.cuh", "phase_conv_exact.cuh", "phase_conv_mma.cuh",
             "phase_conv_plan.cuh", "phase_conv_pack.cuh", "phase_conv_fwd.cuh",
-            "phase_conv_bwd.cuh", "phase_conv_pack.cu", "phase_conv_fwd.cu",
-            "phase_conv_bwd.cu", "phase_conv.cpp")
-_CUDA_SOURCES = ("phase_conv_pack.cu", "phase_conv_fwd.cu", "phase_conv_bwd.cu")
+            "phase_conv_fwd_common.cuh", "phase_conv_bwd.cuh")
+# one translation unit each, compiled in parallel (kernel families: phase_conv_fwd_common.cuh)
+_CUDA_SOURCES = ("phase_conv_pack.cu", "phase_conv_layout.cu", "phase_conv_fwd_tiled.cu",
+                 "phase_conv_fwd_naive.cu", "phase_conv_fwd_mma.cu",
+                 "phase_conv_fwd_allphase.cu", "phase_conv_fwd_gemm.cu", "phase_conv_fwd.cu",
+                 "phase_conv_bwd.cu")
+_SOURCES = _HEADERS + _CUDA_SOURCES + ("phase_conv.cpp",)
 FORCE_NCDHW = 16  # force_path flag: never the channels-last kernels (phase_conv_fwd.cuh)
 TABLE_STRIDE = 12
 GRAD_INPUT_KERNELS = {"auto": 0, "tensor-cores": 1, "naive": 2}

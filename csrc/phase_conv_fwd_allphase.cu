@@ -1,0 +1,612 @@
+#include "phase_conv_fwd_common.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace phaseconv {
+
+// ---------------------------------------------------------------- all-phase tensor-core kernel
+// One block computes EVERY phase of one tile of the phase grid (TD x TH x TW phase-local
+// voxels, the same j range for all phases), for one (batch, group, block of C_out/g).  The
+// input halo of the union of the phases' windows is staged once (channels-last, as above) and
+// serves all phases; the per-phase half-step offsets are built once per block (they depend on
+// no tile), and the weights (pre-laid out by pack() as 16-byte rows [g][tap][grp][co][CG]) are
+// copied with 16-byte loads and re-staged only when (group, C_out block) changes.  Needs the
+// whole C_in/g in one chunk.  The phases' outputs of a tile interleave in the same sectors
+// and are written back to back, so L2 merges them.
+#define PHASECONV_ALLPH_MAXPH 32
+struct AllArgs {
+  const void* x;
+  const void* wm;           // pack()'s tensor-core weight layout
+  const void* bias;
+  void* y;
+  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
+  const int64_t* table;
+  int64_t nbatch;
+  int c_in, c_out, cin_g, cout_g;
+  int in_d, in_h, in_w, out_d, out_h, out_w;
+  int sd, sh, sw, pdd, pdh, pdw;
+  int num_phases;
+  int TD, TH, TW, lg_tw, lg_thw;  // tile (powers of two), TD*TH*TW == BM
+  int hd, hh, hw;                 // union halo
+  int ulo_d, ulo_h, ulo_w;        // union's first input offset per axis
+  int tiles_w, tiles_h, tiles_d, co_blocks;
+  int G;                          // 16-byte channel groups covering C_in/g
+  int x_bytes, w_bytes;           // shared-memory regions: halo buffers, weights
+  int x_buf;                      // bytes of one halo buffer (x_bytes holds two when x_cl or fp32)
+  int x_cl;                       // 1: x is channels-last (N, D, H, W, C_in), C_in/g % CG == 0
+  // staged output (16-bit, BN <= 16): the phases sharing a D residue rd fill one slab of the
+  // tile's output box (TD planes od = sd*d0 + rd + sd*l, all of TH*sh x TW*sw, BN channels at
+  // a stride of box_cs elements) in shared memory at byte box_off; the slab is then written
+  // back with 16-byte stores along W (box_vec: out_w % 8 == 0) instead of 2-byte scatters
+  int stage_out, box_off, box_cs, box_vec;
+  int64_t total_blocks, per_cta;
+};
+
+// fp32 (3xTF32) small tiles are shared-memory limited to ~3-4 blocks: give them registers
+// (FLUSH variants, as for mma_kernel, more; choose_allph's reg_cap mirrors this).
+template <typename T, int MT, int NT, int THREADS, bool FLUSH> struct AllMinBlocks {
+  enum {
+    value = (MT * NT <= 4) ? (sizeof(T) == 4 ? (FLUSH ? 3 : 4) : 5)
+                           : (THREADS >= 256 ? 1 : (FLUSH ? 2 : 3))
+  };
+};
+
+template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, bool FLUSH>
+__global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
+                                  (AllMinBlocks<T, MT, NT, WARPS_M * WARPS_N * 32, FLUSH>::value))
+mma_allph_kernel(const AllArgs a) {
+  bool nonfinite = false;  // a stored element is Inf or NaN
+  constexpr int CG = MmaT<T>::CG;
+  constexpr int NTHR = WARPS_M * WARPS_N * 32;
+  constexpr int BN = WARPS_N * NT * 8;
+  constexpr bool TF32 = sizeof(T) == 4;
+  constexpr bool FL = TF32 && FLUSH;  // accumulators flushed every kFlushTerms terms
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ int s_pi[PHASECONV_ALLPH_MAXPH][8];  // rd rh rw cd ch cw hbase nh2
+  unsigned char* s_x = smem_raw;
+  unsigned char* s_w = smem_raw + a.x_bytes;
+  int* s_hoff = reinterpret_cast<int*>(smem_raw + a.x_bytes + a.w_bytes);
+  const uint32_t sx_addr = (uint32_t)__cvta_generic_to_shared(s_x);
+  const uint32_t sw_addr = (uint32_t)__cvta_generic_to_shared(s_w);
+  const int x_small = TF32 ? a.x_buf : 0;  // byte offset of the tf32 small parts
+
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ wm = static_cast<const T*>(a.wm);
+  const T* __restrict__ bias = static_cast<const T*>(a.bias);
+  T* __restrict__ y = static_cast<T*>(a.y);
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wm_ = warp % WARPS_M;
+  const int wn = warp / WARPS_M;
+  const int G = a.G;
+  const int rowstride = G * 16 + ((G & 1) ? 0 : 16);  // odd multiple of 16 bytes
+  const int np = a.num_phases;
+  const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
+  const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  const int hhw = a.hh * a.hw;
+  const int npos = a.hd * hhw;
+  const int thw_mask = (1 << a.lg_thw) - 1, tw_mask = a.TW - 1;
+
+  // ---- prologue (once per CTA): phase table, half-step bases, half-step offsets
+  if (warp == 0) {
+    int nh2 = 0;
+    int info[6] = {0, 0, 0, 0, 0, 0};
+    if (lane < np) {
+      const int64_t* e = a.table + (int64_t)lane * PHASECONV_TABLE_STRIDE;
+      info[0] = (int)ldg_i64(e + PT_RES_D); info[1] = (int)ldg_i64(e + PT_RES_H);
+      info[2] = (int)ldg_i64(e + PT_RES_W);
+      info[3] = axis_count(a.out_d, info[0], a.sd);
+      info[4] = axis_count(a.out_h, info[1], a.sh);
+      info[5] = axis_count(a.out_w, info[2], a.sw);
+      const int taps = (int)(ldg_i64(e + PT_TAPS_D) * ldg_i64(e + PT_TAPS_H) *
+                             ldg_i64(e + PT_TAPS_W));
+      nh2 = (taps * G + 1) & ~1;
+    }
+    int incl = nh2;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    if (lane < np) {
+#pragma unroll
+      for (int k = 0; k < 6; ++k) s_pi[lane][k] = info[k];
+      s_pi[lane][6] = incl - nh2;
+      s_pi[lane][7] = nh2;
+    }
+  }
+  __syncthreads();
+  for (int p = 0; p < np; ++p) {
+    const int nh2 = s_pi[p][7];
+    if (nh2 == 0) continue;
+    const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+    const int Th = (int)ldg_i64(e + PT_TAPS_H), Tw = (int)ldg_i64(e + PT_TAPS_W);
+    const int od = (int)ldg_i64(e + PT_OFF_D) - a.ulo_d;
+    const int oh = (int)ldg_i64(e + PT_OFF_H) - a.ulo_h;
+    const int ow = (int)ldg_i64(e + PT_OFF_W) - a.ulo_w;
+    const int nh = (int)(ldg_i64(e + PT_TAPS_D) * Th * Tw) * G;
+    const int hbase = s_pi[p][6];
+    for (int h = tid; h < nh2; h += NTHR) {
+      int off = 0;
+      if (h < nh) {
+        const int tap = h / G, grp = h - tap * G;
+        const int tw_ = tap % Tw, q2 = tap / Tw;
+        const int th_ = q2 % Th, td_ = q2 / Th;
+        off = (((td_ * a.pdd + od) * a.hh + th_ * a.pdh + oh) * a.hw + tw_ * a.pdw + ow) *
+                  rowstride + grp * 16;
+      }
+      s_hoff[hbase + h] = off;
+    }
+  }
+
+  // ldmatrix row of this lane in each m tile (position in the union halo, no tap offset)
+  const int arow = (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int ahalf = lane >> 4;
+  int apos[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int m = (wm_ * MT + mt) * 16 + arow;
+    const int ld = m >> a.lg_thw;
+    const int rem = m & thw_mask;
+    const int lh = rem >> a.lg_tw;
+    const int lw = rem & tw_mask;
+    apos[mt] = ((ld * a.hh + lh) * a.hw + lw) * rowstride;
+  }
+
+  auto decode = [&](int64_t blk, int& bw, int& bh, int& bd, int64_t& n, int& cb, int& g) {
+    const TileIndex ti = decode_tile(blk, a.total_blocks, 1, a.tiles_w, a.tiles_h, a.tiles_d,
+                                     a.nbatch, a.co_blocks);
+    bw = ti.bw; bh = ti.bh; bd = ti.bd; n = ti.n; cb = ti.cb; g = ti.g;
+  };
+  // 16-bit dtypes with a channels-last input: the halo of tile `blk` goes into buffer `buf`
+  // by cp.async (one 16-byte copy per position and channel group, zero-filled outside the
+  // input), issued while the block computes the previous tile.
+  auto issue_halo = [&](int64_t blk, int buf) {
+    int bw, bh, bd, cb, g;
+    int64_t n;
+    decode(blk, bw, bh, bd, n, cb, g);
+    const int id0 = bd * a.TD + a.ulo_d, ih0 = bh * a.TH + a.ulo_h, iw0 = bw * a.TW + a.ulo_w;
+    const T* xn = x + n * in_plane * a.c_in + (int64_t)g * a.cin_g;
+    const uint32_t base = sx_addr + buf * a.x_buf;
+    const int nitems = G * npos;
+    for (int it = tid; it < nitems; it += NTHR) {
+      const int pos = G == 1 ? it : it / G;
+      const int grp = it - pos * G;
+      const int dd = pos / hhw;
+      const int rem = pos - dd * hhw;
+      const int hr = rem / a.hw;
+      const int wl = rem - hr * a.hw;
+      const int gd = id0 + dd, gh = ih0 + hr, gw = iw0 + wl;
+      const bool ok = (unsigned)gd < (unsigned)a.in_d && (unsigned)gh < (unsigned)a.in_h &&
+                      (unsigned)gw < (unsigned)a.in_w;
+      const T* src = xn + (((int64_t)gd * a.in_h + gh) * a.in_w + gw) * a.c_in + grp * CG;
+      cp_async16_ca(base + pos * rowstride + grp * 16, ok ? (const void*)src : (const void*)x,
+                    ok);
+    }
+  };
+  const bool async = !TF32 && a.x_cl != 0;
+  int buf = 0;
+
+  int last_gc = -1;  // (group, C_out block) whose weights are staged
+  const int64_t b_lo = (int64_t)blockIdx.x * a.per_cta;
+  int64_t b_hi = b_lo + a.per_cta;
+  if (b_hi > a.total_blocks) b_hi = a.total_blocks;
+  if (async && b_lo < b_hi) {
+    issue_halo(b_lo, 0);
+    cp_async_commit();
+  }
+  for (int64_t blk = b_lo; blk < b_hi; ++blk) {
+    int bw, bh, bd, cb, g;
+    int64_t n;
+    decode(blk, bw, bh, bd, n, cb, g);
+    const int d0 = bd * a.TD, h0 = bh * a.TH, w0 = bw * a.TW;
+    const int co_base = cb * BN;
+    const int gc = g * a.co_blocks + cb;
+    __syncthreads();  // the previous tile is done with shared memory (and s_hoff is built)
+    if (gc != last_gc) {  // uniform over the block
+      last_gc = gc;
+      for (int p = 0; p < np; ++p) {
+        const int nh2 = s_pi[p][7];
+        if (nh2 == 0) continue;
+        const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+        const int nh = (int)(ldg_i64(e + PT_TAPS_D) * ldg_i64(e + PT_TAPS_H) *
+                             ldg_i64(e + PT_TAPS_W)) * G;
+        // rows (h, co) of 16 bytes: row (g * nh + h) * cout_g + co
+        const uint4* src = reinterpret_cast<const uint4*>(wm + ldg_i64(e + PT_MOFS)) +
+                           (int64_t)g * nh * a.cout_g + co_base;
+        uint4* dst = reinterpret_cast<uint4*>(s_w) + (size_t)s_pi[p][6] * BN;
+        for (int it = tid; it < nh2 * BN; it += NTHR) {
+          const int co = it % BN;
+          const int h = it / BN;
+          uint4 v = make_uint4(0, 0, 0, 0);
+          if (h < nh && co_base + co < a.cout_g) v = __ldg(src + (int64_t)h * a.cout_g + co);
+          dst[it] = v;
+        }
+      }
+    }
+    // union input halo, channels-last: s_x[pos][grp][CG]
+    if (async) {
+      if (blk + 1 < b_hi) issue_halo(blk + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();  // this tile's halo has landed (the next one may be in flight)
+    } else {
+      const int id0 = d0 + a.ulo_d, ih0 = h0 + a.ulo_h, iw0 = w0 + a.ulo_w;
+      const int64_t xg = ((int64_t)n * a.c_in + (int64_t)g * a.cin_g) * in_plane;
+      constexpr int SU = 4;
+      const int nitems = G * npos;
+      for (int it0 = tid; it0 < nitems; it0 += NTHR * SU) {
+        uint4 v[SU];
+        int dst[SU];
+#pragma unroll
+        for (int u = 0; u < SU; ++u) {
+          const int it = it0 + u * NTHR;
+          v[u] = make_uint4(0, 0, 0, 0);
+          dst[u] = -1;
+          if (it < nitems) {
+            const int grp = it / npos;
+            const int pos = it - grp * npos;
+            const int dd = pos / hhw;
+            const int rem = pos - dd * hhw;
+            const int hr = rem / a.hw;
+            const int wl = rem - hr * a.hw;
+            const int gd = id0 + dd, gh = ih0 + hr, gw = iw0 + wl;
+            dst[u] = pos * rowstride + grp * 16;
+            if ((unsigned)gd < (unsigned)a.in_d && (unsigned)gh < (unsigned)a.in_h &&
+                (unsigned)gw < (unsigned)a.in_w) {
+              const int ci = grp * CG;
+              if (a.x_cl)
+                v[u] = __ldg(reinterpret_cast<const uint4*>(
+                    x + (((n * a.in_d + gd) * a.in_h + gh) * a.in_w + gw) * a.c_in +
+                    (int64_t)g * a.cin_g + ci));
+              else
+                v[u] = Gather16<T>::run(x + xg + (int64_t)ci * in_plane +
+                                            ((int64_t)gd * a.in_h + gh) * a.in_w + gw,
+                                        in_plane, min(CG, a.cin_g - ci));
+            }
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < SU; ++u) {
+          if (dst[u] < 0) continue;
+          if (TF32) {
+            uint4 big, small;
+            split_tf32(v[u].x, big.x, small.x); split_tf32(v[u].y, big.y, small.y);
+            split_tf32(v[u].z, big.z, small.z); split_tf32(v[u].w, big.w, small.w);
+            *reinterpret_cast<uint4*>(s_x + dst[u]) = big;
+            *reinterpret_cast<uint4*>(s_x + x_small + dst[u]) = small;
+          } else {
+            *reinterpret_cast<uint4*>(s_x + dst[u]) = v[u];
+          }
+        }
+      }
+    }
+    __syncthreads();
+    const uint32_t sxb = sx_addr + buf * a.x_buf;  // this tile's halo
+    if (async) buf ^= 1;
+
+    // bias of this thread's columns
+    float bv[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
+        bv[j][c] = (bias != nullptr && co < a.cout_g)
+                       ? to_acc<float>(ldg(bias + g * a.cout_g + co)) : 0.f;
+      }
+    const int64_t ybase = ((int64_t)n * a.c_out + (int64_t)g * a.cout_g) * out_plane;
+
+    const bool stage = !TF32 && a.stage_out;
+    const int nhw = a.sh * a.sw;  // phases per D residue (consecutive in table order)
+    // writes back the slab of D residue rd (every phase with that residue has filled it)
+    auto flush = [&](int rd) {
+      __syncthreads();
+      const T* box = reinterpret_cast<const T*>(smem_raw + a.box_off);
+      const int BH = a.TH * a.sh, BW = a.TW * a.sw;
+      const int nv = BW >> 3;
+      const int oh0 = h0 * a.sh, ow0 = w0 * a.sw;
+      const int nitems = BN * a.TD * BH * nv;
+      for (int it = tid; it < nitems; it += NTHR) {
+        const int v = it % nv;
+        int q = it / nv;
+        const int bh_ = q % BH;
+        q /= BH;
+        const int l = q % a.TD;
+        const int col = q / a.TD;
+        const int od = (d0 + l) * a.sd + rd, oh = oh0 + bh_, ow = ow0 + v * 8;
+        if (co_base + col >= a.cout_g || od >= a.out_d || oh >= a.out_h || ow >= a.out_w)
+          continue;
+        const T* src = box + col * a.box_cs + (l * BH + bh_) * BW + v * 8;
+        T* dst = y + ybase + (int64_t)(co_base + col) * out_plane +
+                 ((int64_t)od * a.out_h + oh) * a.out_w + ow;
+        if (a.box_vec && ow + 8 <= a.out_w) {
+          const uint4 v8 = *reinterpret_cast<const uint4*>(src);
+          *reinterpret_cast<uint4*>(dst) = v8;
+          nonfinite |= !all_finite<T>(v8);
+        } else {
+          for (int e = 0; e < 8 && ow + e < a.out_w; ++e) {
+            dst[e] = src[e];
+            nonfinite |= !finite_value(src[e]);
+          }
+        }
+      }
+      __syncthreads();  // the slab is free for the next D residue
+    };
+    for (int p = 0; p < np; ++p) {
+      if (stage && p > 0 && p % nhw == 0) flush(s_pi[p - 1][0]);
+      const int cd = s_pi[p][3], ch = s_pi[p][4], cw = s_pi[p][5];
+      if (d0 >= cd || h0 >= ch || w0 >= cw) continue;  // uniform over the block
+      const int hbase = s_pi[p][6], hend = hbase + s_pi[p][7];
+      float acc[MT][NT][4];
+      zero_acc(acc);
+      float tot[MT][NT][4];  // FL: flushed sums (see flush_acc)
+      int since = 0;
+      if (FL) zero_acc(tot);
+      for (int h = hbase; h < hend; h += 2) {
+        const int off = s_hoff[h + ahalf];
+        uint32_t af[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) ldsm_x4(af[mt], sxb + apos[mt] + off);
+        uint32_t bf[NT][2];
+        load_b_halfsteps<NT, BN>(bf, sw_addr, h, wn, lane);
+        if (TF32) {
+          uint32_t bb[NT][2], bs[NT][2];
+#pragma unroll
+          for (int j = 0; j < NT; ++j) split_tf32(bf[j], bb[j], bs[j]);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            uint32_t as[4];  // af[mt] holds the big parts already (the halo is staged split)
+            ldsm_x4(as, sxb + x_small + apos[mt] + off);
+#pragma unroll
+            for (int j = 0; j < NT; ++j) mma_3xtf32(acc[mt][j], af[mt], as, bb[j], bs[j]);
+          }
+          step_flush<FL>(tot, acc, since, kFlushTerms / 8);
+        } else {
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+        }
+      }
+      if (FL) merge_acc(acc, tot);
+      // store: C fragment rows lane/4 and lane/4 + 8, columns 2*(lane%4) + {0, 1}
+      const int rd = s_pi[p][0], rh = s_pi[p][1], rw = s_pi[p][2];
+      if (stage) {  // into the shared output slab (see AllArgs)
+        T* box = reinterpret_cast<T*>(smem_raw + a.box_off);
+        const int BH = a.TH * a.sh, BW = a.TW * a.sw;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int m = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
+            const int ld = m >> a.lg_thw;
+            const int rem = m & thw_mask;
+            const int lh = rem >> a.lg_tw, lw = rem & tw_mask;
+            if (d0 + ld < cd && h0 + lh < ch && w0 + lw < cw) {
+              T* bp = box + (ld * BH + lh * a.sh + rh) * BW + lw * a.sw + rw;
+#pragma unroll
+              for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                  const int col = (wn * NT + j) * 8 + (lane & 3) * 2 + c;
+                  bp[col * a.box_cs] = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+                }
+            }
+          }
+        }
+        continue;
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int m = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
+          const int ld = m >> a.lg_thw;
+          const int rem = m & thw_mask;
+          const int jd = d0 + ld, jh = h0 + (rem >> a.lg_tw), jw = w0 + (rem & tw_mask);
+          if (jd < cd && jh < ch && jw < cw) {
+            T* yp = y + ybase +
+                    (((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w + rw +
+                     (int64_t)a.sw * jw);
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
+                if (co < a.cout_g) {
+                  const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+                  yp[(int64_t)co * out_plane] = out;
+                  nonfinite |= !finite_value(out);
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    if (stage) flush(s_pi[np - 1][0]);
+  }
+  if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
+}
+
+// ---------------------------------------------------------------- all-phase host side
+
+inline int ilog2(int v) {
+  int r = 0;
+  while ((1 << (r + 1)) <= v) ++r;
+  return r;
+}
+
+// cl: the input is channels-last; 16-bit dtypes then double-buffer the halo (cp.async).
+bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, bool cl,
+                  AllCfg* best) {
+  if (p.weight_mma == nullptr || dtype_code == PHASECONV_FLOAT64) return false;
+  const int64_t num_phases = p.stride_d * p.stride_h * p.stride_w;
+  if (num_phases < 1 || num_phases > PHASECONV_ALLPH_MAXPH) return false;
+  const int CG = dtype_code == PHASECONV_FLOAT32 ? 4 : 8;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  const int64_t G = cdiv(cin_g, CG);
+  const int64_t rowstride = G * 16 + ((G & 1) ? 0 : 16);
+  const int64_t hbound = p.total_taps * G + num_phases;  // >= sum over phases of even(taps*G)
+  const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
+                cw = cdiv(p.out_w, p.stride_w);
+  const double avg_taps = (double)p.total_taps / (double)num_phases;
+  const int kinds_bm[4] = {256, 256, 128, 128};
+  const int kinds_bn[4] = {8, 16, 64, 128};
+  const int kinds_thr[4] = {128, 128, 128, 256};
+  // static s_pi takes 1 KB; past ~120 KB a block runs alone on its SM and the per-phase
+  // kernel (which chunks C_in/g) measured faster (k2-128, H100)
+  size_t cap = dev.smem_optin > 2048 ? dev.smem_optin - 2048 : 0;
+  if (cap > 120 * 1024) cap = 120 * 1024;
+  bool found = false;
+  for (int kind = 0; kind < 4; ++kind) {
+    const int BM = kinds_bm[kind], BN = kinds_bn[kind];
+    if (kind > 0 && kinds_bn[kind - 1] >= cout_g) continue;
+    const int64_t co_blocks = cdiv(cout_g, BN);
+    const int64_t wb = hbound * BN * 16;
+    const int64_t hb = (hbound * 4 + 15) / 16 * 16;
+    for (int TW = 8; TW <= 32; TW *= 2) {
+      for (int TH = 1; TW * TH <= BM; TH *= 2) {
+        const int TD = BM / (TW * TH);
+        if (TD * TH * TW != BM) continue;
+        if (TH > 2 * ch + 8 || TD > 2 * cd + 8 || TW > 2 * cw + 8) continue;
+        const int64_t hd = TD + p.union_ext_d, hh = TH + p.union_ext_h, hw = TW + p.union_ext_w;
+        const int64_t npos = hd * hh * hw;
+        // fp32 stages the halo twice, already split into its tf32 big and small parts, so the
+        // inner loop does no conversions (each A fragment meets only NT n-tiles); 16-bit
+        // dtypes with a channels-last input keep two halo buffers (the next tile's in flight)
+        const int64_t xbuf = npos * rowstride;
+        const int64_t xb = xbuf * ((CG == 4 || cl) ? 2 : 1);
+        if (xb >= ((int64_t)1 << 30) || wb >= ((int64_t)1 << 30)) continue;
+        size_t smem = (size_t)(xb + wb + hb);
+        if (smem > cap) continue;
+        // staged output slab (16-bit, BN <= 16) when it fits
+        const int64_t box_cs = (int64_t)TD * TH * p.stride_h * TW * p.stride_w + 8;
+        const int64_t box_bytes = (BN * box_cs * 2 + 15) / 16 * 16;
+        const bool stage_out = CG == 8 && BN <= 16 && !(p.force_path & PHASECONV_DIRECT_STORES) &&
+                               smem + box_bytes <= cap && box_cs < ((int64_t)1 << 24);
+        if (stage_out) smem += (size_t)box_bytes;
+        const int64_t tiles = cdiv(cw, TW) * cdiv(ch, TH) * cdiv(cd, TD);
+        const double blocks = (double)tiles * p.n * co_blocks * p.groups;
+        const double kpad = (double)G * CG;
+        const double compute = blocks * num_phases * BM * (double)BN * avg_taps * kpad / 64.0;
+        const double stage = blocks * ((double)npos * kpad * 2.0);
+        const double store = blocks * num_phases * BM * (double)BN * (stage_out ? 0.3 : 1.0);
+        double cost = compute + stage + store;
+        int64_t res = 2048 / kinds_thr[kind];
+        const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024 + 1024));
+        if (by_smem < res) res = by_smem;
+        const bool fl = needs_flush(p, dtype_code);
+        const int64_t reg_cap =
+            kind == 0 ? (CG == 4 ? (fl ? 3 : 4) : 5) : (kind == 3 ? 1 : (fl ? 2 : 3));
+        if (res > reg_cap) res = reg_cap;  // __launch_bounds__ of the kernel (AllMinBlocks)
+        if (res < 1) continue;
+        const double occ = (double)res * kinds_thr[kind] / 1024.0;
+        cost /= (occ >= 1.0 ? 1.0 : 0.4 + 0.6 * occ);
+        const double slots = (double)dev.sms * res;
+        const double waves = blocks / slots;
+        const double full = waves < 1.0 ? 1.0 : (double)(int64_t)(waves + 0.999999);
+        if (waves > 0) cost *= full / waves > 1.5 ? 1.5 : full / waves;
+        if (!found || cost < best->cost) {
+          AllCfg c;
+          c.kind = kind; c.BM = BM; c.BN = BN; c.threads = kinds_thr[kind];
+          c.TD = TD; c.TH = TH; c.TW = TW; c.G = (int)G;
+          c.hd = (int)hd; c.hh = (int)hh; c.hw = (int)hw;
+          c.x_bytes = (int)xb; c.w_bytes = (int)wb; c.x_buf = (int)xbuf;
+          c.stage_out = stage_out ? 1 : 0;
+          c.box_off = (int)(xb + wb + hb); c.box_cs = (int)box_cs;
+          c.smem = smem; c.cost = cost;
+          c.total_blocks = (int64_t)tiles * p.n * co_blocks * p.groups;
+          // each CTA takes per_cta consecutive tiles (same group: the weights stay staged).
+          // Rounds of tiles per slot = per * waves(ceil(total / per) CTAs): take the fewest.
+          // On a tie, with >= 4 CTAs per SM the smallest per (the others overlap each CTA's
+          // prologue; founding bf16: 112 us at per 1), else the largest (fewer weight
+          // restagings; founding fp32, 2 CTAs/SM: 246 us at per 7, 275 at per 1).
+          const int64_t islots = (int64_t)slots;
+          int64_t per = 1, best_rounds = -1;
+          for (int64_t q = 1; q <= cdiv(c.total_blocks, islots); ++q) {
+            const int64_t rounds = q * cdiv(cdiv(c.total_blocks, q), islots);
+            if (best_rounds < 0 || rounds < best_rounds || (rounds == best_rounds && res < 4)) {
+              best_rounds = rounds;
+              per = q;
+            }
+          }
+          c.per_cta = per;
+          c.grid = cdiv(c.total_blocks, per);
+          if (c.grid > 0x7fffffffLL) {
+            c.per_cta = cdiv(c.total_blocks, 0x7fffffffLL);
+            c.grid = cdiv(c.total_blocks, c.per_cta);
+          }
+          *best = c;
+          found = true;
+        }
+      }
+    }
+  }
+  return found;
+}
+
+template <typename T, int MT, int NT, int WM, int WN, bool FLUSH>
+cudaError_t launch_allph_t(const AllArgs& a, const AllCfg& c, cudaStream_t stream) {
+  if (c.smem + 1024 > 48 * 1024) {  // static + dynamic past 48 KB needs the opt-in
+    cudaError_t err = cudaFuncSetAttribute(mma_allph_kernel<T, MT, NT, WM, WN, FLUSH>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)c.smem);
+    if (err != cudaSuccess) return err;
+  }
+  if (c.total_blocks == 0) return cudaSuccess;
+  mma_allph_kernel<T, MT, NT, WM, WN, FLUSH><<<(unsigned)c.grid, WM * WN * 32, c.smem,
+                                               stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t stream) {
+  AllArgs a;
+  set_geometry(a, p);
+  a.wm = p.weight_mma;
+  a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
+  a.TD = c.TD; a.TH = c.TH; a.TW = c.TW;
+  a.lg_tw = ilog2(c.TW); a.lg_thw = ilog2(c.TH * c.TW);
+  a.hd = c.hd; a.hh = c.hh; a.hw = c.hw;
+  a.ulo_d = (int)p.union_lo_d; a.ulo_h = (int)p.union_lo_h; a.ulo_w = (int)p.union_lo_w;
+  a.tiles_w = (int)cdiv(cdiv(p.out_w, p.stride_w), c.TW);
+  a.tiles_h = (int)cdiv(cdiv(p.out_h, p.stride_h), c.TH);
+  a.tiles_d = (int)cdiv(cdiv(p.out_d, p.stride_d), c.TD);
+  a.co_blocks = (int)cdiv(a.cout_g, c.BN);
+  a.G = c.G; a.x_bytes = c.x_bytes; a.w_bytes = c.w_bytes; a.x_buf = c.x_buf;
+  a.x_cl = p.x_channels_last;
+  a.stage_out = c.stage_out; a.box_off = c.box_off; a.box_cs = c.box_cs;
+  a.box_vec = p.out_w % 8 == 0 ? 1 : 0;
+  a.total_blocks = c.total_blocks; a.per_cta = c.per_cta;
+  constexpr bool F = sizeof(T) == 4;  // the FLUSH variant exists for float only
+  const bool fl = needs_flush(p, F ? PHASECONV_FLOAT32 : PHASECONV_FLOAT16);
+  switch (c.kind * 2 + (fl ? 1 : 0)) {
+    case 0: return launch_allph_t<T, 4, 1, 4, 1, false>(a, c, stream);
+    case 1: return launch_allph_t<T, 4, 1, 4, 1, F>(a, c, stream);
+    case 2: return launch_allph_t<T, 4, 2, 4, 1, false>(a, c, stream);
+    case 3: return launch_allph_t<T, 4, 2, 4, 1, F>(a, c, stream);
+    case 4: return launch_allph_t<T, 4, 4, 2, 2, false>(a, c, stream);
+    case 5: return launch_allph_t<T, 4, 4, 2, 2, F>(a, c, stream);
+    case 6: return launch_allph_t<T, 4, 4, 2, 4, false>(a, c, stream);
+    case 7: return launch_allph_t<T, 4, 4, 2, 4, F>(a, c, stream);
+  }
+  return cudaErrorInvalidConfiguration;
+}
+
+template <typename T>
+cudaError_t run_allph_typed(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t stream) {
+  return run_allph<T>(p, c, stream);
+}
+template <>
+cudaError_t run_allph_typed<double>(const PhaseConvFwdParams&, const AllCfg&, cudaStream_t) {
+  return cudaErrorInvalidValue;
+}
+template cudaError_t run_allph_typed<float>(const PhaseConvFwdParams&, const AllCfg&, cudaStream_t);
+template cudaError_t run_allph_typed<__half>(const PhaseConvFwdParams&, const AllCfg&, cudaStream_t);
+template cudaError_t run_allph_typed<__nv_bfloat16>(const PhaseConvFwdParams&, const AllCfg&, cudaStream_t);
+
+}  // namespace phaseconv

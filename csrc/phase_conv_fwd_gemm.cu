@@ -1,0 +1,489 @@
+#include "phase_conv_fwd_common.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace phaseconv {
+
+// ---------------------------------------------------------------- implicit-GEMM kernel
+// For wide layers (16-bit dtypes, C_in/g a multiple of 8, channels-last input): every phase
+// is an implicit GEMM, rows = the phase's output voxels over the batch (n, jd, jh, jw),
+// columns = C_out/g, reduction = taps x C_in/g.  A block owns BM rows x BN columns of one
+// phase and walks the reduction in k steps of (one tap, 32 channels): per step it copies
+// the BM input rows (16-byte cp.async straight from the channels-last input, zero-filled
+// outside it) and the 32 x BN weights into one of STAGES shared-memory buffers, so the copies
+// of the next STAGES-1 steps overlap the mma.sync of this one.  Blocks are ordered
+// phase-fastest: the phases of one row tile run together and their interleaved output
+// writes merge in L2.  Each output is written once (no atomics, deterministic).
+struct GemmArgs {
+  const void* x;   // channels-last input (N, D, H, W, C_in)
+  const void* wm;  // pack()'s tensor-core weight layout
+  const void* bias;
+  void* y;
+  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
+  const int64_t* table;
+  int64_t nbatch;
+  int c_in, c_out, cin_g, cout_g;
+  int in_d, in_h, in_w, out_d, out_h, out_w;
+  int sd, sh, sw, pdd, pdh, pdw;
+  int num_phases, G, m_tiles, co_blocks;
+  int y_even;  // out_w and the output's base are even: pairs of W phases store 4-byte words
+  int64_t total_blocks;
+};
+
+// XOR swizzle of the 16-byte chunks of row `row` of a channels-last A stage (rows of BKG
+// chunks), so that ldmatrix's 8 rows x 16 bytes hit distinct banks.
+template <int BKG> __device__ __forceinline__ int a_swz(int row) {
+  return BKG == 4 ? ((row >> 1) & 3) : (row & 7);
+}
+
+// Row m of a phase's implicit GEMM -> (n, jd, jh, jw); 32-bit division when it fits.
+__device__ __forceinline__ int64_t decode_row(int64_t m, int cw, int ch, int cd, int& jd,
+                                              int& jh, int& jw) {
+  if (m <= 0x7fffffffLL) {
+    uint32_t q = (uint32_t)m;
+    jw = (int)(q % (uint32_t)cw); q /= (uint32_t)cw;
+    jh = (int)(q % (uint32_t)ch); q /= (uint32_t)ch;
+    jd = (int)(q % (uint32_t)cd);
+    return (int64_t)(q / (uint32_t)cd);
+  }
+  int64_t q = m;
+  jw = (int)(q % cw); q /= cw;
+  jh = (int)(q % ch); q /= ch;
+  jd = (int)(q % cd);
+  return q / cd;
+}
+
+template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, int STAGES, bool WGROUP,
+          bool A_NCDHW, int BKG>
+__global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
+                                  (WARPS_M * WARPS_N >= 8 ? (MT * NT >= 16 ? 1 : 2)
+                                                          : (MT * NT >= 16 ? 3 : 4)))
+gemm_cl_kernel(const GemmArgs a) {
+  bool nonfinite = false;  // a stored element is Inf or NaN
+  constexpr int NTHR = WARPS_M * WARPS_N * 32;
+  constexpr int BM = WARPS_M * MT * 16, BN = WARPS_N * NT * 8;
+  // BKG: 16-byte channel groups per k step (4: 32 channels, 8: 64)
+  static_assert(BKG == 4 || BKG == 8, "k step of 32 or 64 channels");
+  constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
+  constexpr int A_IT = BM * BKG / NTHR, B_IT = BKG * BN / NTHR;
+  constexpr int MG = BM / 8;  // A_NCDHW: 8-row groups (16-byte vectors along W) per k row
+  static_assert(A_IT * NTHR == BM * BKG && B_IT * NTHR == BKG * BN, "loader split");
+  static_assert(NT % 2 == 0, "B fragments are loaded two n tiles at a time");
+  static_assert(NTHR >= BM && NTHR % BM == 0, "write-out: whole rows per thread");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem_raw);
+  const uint32_t sb = sa + STAGES * A_STAGE;
+  // per row of the tile: input coordinates (d, h of its first tap; its own w; d far negative
+  // past the last row), the element offset of (n, d, h, w, group's first channel) in x and
+  // the element offset in y of its output at W residue 0, channel co_base (-1: past the end)
+  int4* s_rc = reinterpret_cast<int4*>(smem_raw + STAGES * (A_STAGE + B_STAGE));
+  int64_t* s_ro = reinterpret_cast<int64_t*>(s_rc + BM);
+  int64_t* s_yo = s_ro + BM;
+  // A_NCDHW: s_rc and s_ro of each 8-row group (row 8 * i), packed: conflict-free reads
+  int4* s_grc = reinterpret_cast<int4*>(s_yo + BM);
+  int64_t* s_gro = reinterpret_cast<int64_t*>(s_grc + MG);
+  // WGROUP: the output tile of all W phases, [BN][BM * sw + 8] (see GemmArgs)
+  T* s_c = reinterpret_cast<T*>(s_gro + MG);
+
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ wm = static_cast<const T*>(a.wm);
+  const T* __restrict__ bias = static_cast<const T*>(a.bias);
+  T* __restrict__ y = static_cast<T*>(a.y);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm_ = warp % WARPS_M, wn = warp / WARPS_M;
+  const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  const int G = a.G;
+  const int nw = WGROUP ? a.sw : 1;                 // W phases per block
+  const int units = a.num_phases / nw;              // (rd, rh) pairs, or phases
+  const int c_cs = BM * nw + 8;                     // s_c channel stride (elements)
+
+  for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x) {
+    int unit, mtile, cb, g;
+    if (a.total_blocks <= 0xffffffffLL) {  // 32-bit decode: 64-bit division is slow
+      uint32_t r = (uint32_t)blk;
+      unit = (int)(r % (uint32_t)units); r /= (uint32_t)units;
+      mtile = (int)(r % (uint32_t)a.m_tiles); r /= (uint32_t)a.m_tiles;
+      cb = (int)(r % (uint32_t)a.co_blocks);
+      g = (int)(r / (uint32_t)a.co_blocks);
+    } else {
+      int64_t r = blk;
+      unit = (int)(r % units); r /= units;
+      mtile = (int)(r % a.m_tiles); r /= a.m_tiles;
+      cb = (int)(r % a.co_blocks);
+      g = (int)(r / a.co_blocks);
+    }
+    // the unit's first phase (table order is row-major over (rd, rh, rw): the W phases of
+    // one (rd, rh) are consecutive, residue 0 first, which has the most outputs)
+    const int64_t* e0 = a.table + (int64_t)unit * nw * PHASECONV_TABLE_STRIDE;
+    const int rd = (int)ldg_i64(e0 + PT_RES_D), rh = (int)ldg_i64(e0 + PT_RES_H);
+    const int cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
+              cw = axis_count(a.out_w, (int)ldg_i64(e0 + PT_RES_W), a.sw);
+    const int64_t Mp = a.nbatch * cd * ch * cw;
+    const int64_t m0 = (int64_t)mtile * BM;
+    if (m0 >= Mp) continue;  // uniform over the block
+    const int offd = (int)ldg_i64(e0 + PT_OFF_D), offh = (int)ldg_i64(e0 + PT_OFF_H);
+    const int co_base = cb * BN;
+
+    for (int row = tid; row < BM; row += NTHR) {
+      const int64_t m = m0 + row;
+      int4 rc = make_int4(-(1 << 30), 0, 0, 0);
+      int64_t ro = 0, yo = -1;
+      if (m < Mp) {
+        int jd, jh, jw;
+        const int64_t n = decode_row(m, cw, ch, cd, jd, jh, jw);
+        rc = make_int4(jd + offd, jh + offh, jw, 0);
+        if (A_NCDHW)  // (n, group's first channel, d, h, w)
+          ro = (((n * a.c_in + (int64_t)g * a.cin_g) * a.in_d + rc.x) * a.in_h + rc.y) *
+                   a.in_w + jw;
+        else          // (n, d, h, w, group's first channel)
+          ro = (((n * a.in_d + rc.x) * a.in_h + rc.y) * a.in_w + jw) * a.c_in +
+               (int64_t)g * a.cin_g;
+        yo = (n * a.c_out + (int64_t)g * a.cout_g + co_base) * out_plane +
+             ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w +
+             (int64_t)a.sw * jw;
+      }
+      s_rc[row] = rc;
+      s_ro[row] = ro;
+      s_yo[row] = yo;
+      if (A_NCDHW && row % 8 == 0) {
+        s_grc[row / 8] = rc;
+        s_gro[row / 8] = ro;
+      }
+    }
+    __syncthreads();
+    float bv[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
+        bv[j][c] = (bias != nullptr && co < a.cout_g)
+                       ? to_acc<float>(ldg(bias + g * a.cout_g + co)) : 0.f;
+      }
+    const bool full_cols = co_base + BN <= a.cout_g;
+    const int col0 = wn * NT * 8 + (lane & 3) * 2;
+
+    for (int q = 0; q < nw; ++q) {  // the W phases of the unit, one after the other
+      const int64_t* e = e0 + (int64_t)q * PHASECONV_TABLE_STRIDE;
+      const int rw = (int)ldg_i64(e + PT_RES_W);
+      const int Td = (int)ldg_i64(e + PT_TAPS_D), Th = (int)ldg_i64(e + PT_TAPS_H),
+                Tw = (int)ldg_i64(e + PT_TAPS_W);
+      const int taps = Td * Th * Tw;
+      const int offw = (int)ldg_i64(e + PT_OFF_W);
+      const int nkc = (G + BKG - 1) / BKG;
+      const int nk = taps * nkc;
+      // Loader state of the next k step (tap (td, th, tw), channel chunk kc), advanced by
+      // one step per call: no divisions in the main loop.
+      const int ac = tid % BKG;  // A: channel group ac of rows tid / BKG + i * (NTHR / BKG)
+      int kc = 0, tw = 0, th = 0, dd = 0, dh = 0, dw = offw;
+      int64_t dofs = A_NCDHW ? (int64_t)offw : (int64_t)offw * a.c_in;  // x offset of the tap
+      const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
+      const T* wtap = wm + ldg_i64(e + PT_MOFS) + (int64_t)g * taps * G * a.cout_g * 8;
+      auto load_stage = [&](int stage) {
+        const bool cvalid = kc * BKG + ac < G;
+        const T* xk = x + dofs + kc * (BKG * 8) + ac * 8;
+        const uint32_t sA = sa + stage * A_STAGE, sB = sb + stage * B_STAGE;
+        if (A_NCDHW) {  // A^T tile [32 k][BM m], 16-byte chunks swizzled by k & 7
+#pragma unroll
+          for (int i = 0; i < A_IT; ++i) {
+            const int v = tid + i * NTHR;
+            const int kk = v / MG, mg = v % MG;
+            const int4 rc = s_grc[mg];
+            const bool ok = (kc * BKG * 8 + kk < a.cin_g) &
+                            ((unsigned)(rc.x + dd) < (unsigned)a.in_d) &
+                            ((unsigned)(rc.y + dh) < (unsigned)a.in_h) &
+                            ((unsigned)(rc.z + dw) < (unsigned)a.in_w);
+            const T* src = x + s_gro[mg] + dofs + (int64_t)(kc * BKG * 8 + kk) * in_plane;
+            cp_async16_ca(sA + kk * (BM * 2) + ((mg ^ (kk & 7)) << 4),
+                          ok ? (const void*)src : (const void*)x, ok);
+          }
+        } else {
+#pragma unroll
+        for (int i = 0; i < A_IT; ++i) {
+          const int row = tid / BKG + i * (NTHR / BKG);
+          const int4 rc = s_rc[row];
+          // bitwise, not short-circuit: no branches around the copies
+          const bool ok = cvalid & ((unsigned)(rc.x + dd) < (unsigned)a.in_d) &
+                          ((unsigned)(rc.y + dh) < (unsigned)a.in_h) &
+                          ((unsigned)(rc.z + dw) < (unsigned)a.in_w);
+          const T* src = xk + s_ro[row];
+          cp_async16_ca(sA + row * (BKG * 16) + ((ac ^ a_swz<BKG>(row)) << 4),
+                        ok ? (const void*)src : (const void*)x, ok);
+        }
+        }  // A layout
+#pragma unroll
+        for (int j = 0; j < B_IT; ++j) {
+          const int v = tid + j * NTHR;
+          const int bgrp = v / BN, bco = v % BN;
+          const int grp = kc * BKG + bgrp;
+          const bool ok = (grp < G) & (co_base + bco < a.cout_g);
+          const T* src = wtap + ((int64_t)grp * a.cout_g + co_base + bco) * 8;
+          cp_async16_cg(sB + v * 16, ok ? (const void*)src : (const void*)wm, ok);
+        }
+        if (++kc == nkc) {  // next tap
+          kc = 0;
+          wtap += (int64_t)G * a.cout_g * 8;
+          if (++tw == Tw) {
+            tw = 0;
+            if (++th == Th) {
+              th = 0;
+              dd += a.pdd;
+            }
+          }
+          dh = th * a.pdh;
+          dw = offw + tw * a.pdw;
+          dofs = ((int64_t)dd * a.in_h + dh) * a.in_w + dw;
+          if (!A_NCDHW) dofs *= a.c_in;
+        }
+      };
+
+      float acc[MT][NT][4];
+      zero_acc(acc);
+
+#pragma unroll
+      for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < nk) load_stage(s);
+        cp_async_commit();
+      }
+      for (int k = 0; k < nk; ++k) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // step k has landed for every thread; step k-1's buffer is free
+        const int kn = k + STAGES - 1;
+        if (kn < nk) load_stage(kn % STAGES);
+        cp_async_commit();
+        const int stage = k % STAGES;
+        const uint32_t sA = sa + stage * A_STAGE, sB = sb + stage * B_STAGE;
+#pragma unroll
+        for (int ks = 0; ks < BKG / 2; ++ks) {
+          uint32_t af[MT][4];
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            if (A_NCDHW) {  // matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), ...
+              const int mi = lane >> 3;
+              const int kk = ks * 16 + (mi >> 1) * 8 + (lane & 7);
+              const int mg = (wm_ * MT + mt) * 2 + (mi & 1);
+              ldsm_x4_trans(af[mt], sA + kk * (BM * 2) + ((mg ^ (kk & 7)) << 4));
+            } else {
+              const int row = (wm_ * MT + mt) * 16 + (lane & 15);
+              const int kg = ks * 2 + (lane >> 4);
+              ldsm_x4(af[mt], sA + row * (BKG * 16) + ((kg ^ a_swz<BKG>(row)) << 4));
+            }
+          }
+          uint32_t bf[NT][2];
+          const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
+#pragma unroll
+          for (int j = 0; j < NT; j += 2) {
+            uint32_t rr[4];
+            const int row = (ks * 2 + bhalf) * BN + (wn * NT + j + bj) * 8 + bro;
+            ldsm_x4(rr, sB + row * 16);
+            bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
+          }
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+        }
+      }
+      cp_async_wait<0>();
+      __syncthreads();  // every warp is past the last stage (the next W phase refills them)
+
+      // C fragment rows lane/4 and lane/4 + 8, columns 2*(lane%4) + {0, 1}
+      if (WGROUP) {  // into s_c[col][row * sw + rw]
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            T* cp = s_c + ((wm_ * MT + mt) * 16 + (lane >> 2) + half * 8) * nw + rw;
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+              for (int c = 0; c < 2; ++c)
+                cp[(col0 + j * 8 + c) * c_cs] = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+          }
+      } else {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
+          const int64_t yo = s_yo[row];
+          if (yo < 0 || a.sw * s_rc[row].z + rw >= a.out_w) continue;
+          T* yp = y + yo + rw + (int64_t)col0 * out_plane;
+          if (full_cols) {
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+                yp[(int64_t)(j * 8 + c) * out_plane] = out;
+                nonfinite |= !finite_value(out);
+              }
+          } else {
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+              for (int c = 0; c < 2; ++c)
+                if (co_base + col0 + j * 8 + c < a.cout_g) {
+                  const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+                  yp[(int64_t)(j * 8 + c) * out_plane] = out;
+                  nonfinite |= !finite_value(out);
+                }
+          }
+        }
+      }
+      }  // !WGROUP
+    }
+    if (WGROUP) {  // write the W phases' outputs: a warp stores 32 rows x sw contiguous values
+      __syncthreads();
+      const int row = tid % BM;
+      const int64_t yo = s_yo[row];
+      if (yo >= 0) {
+        const int ow = a.sw * s_rc[row].z;
+        const bool pair = nw == 2 && ow + 2 <= a.out_w && a.y_even;
+        constexpr int CSTEP = NTHR / BM;
+        int col = tid / BM;
+        const T* src = s_c + col * c_cs + row * nw;
+        T* dst = y + yo + (int64_t)col * out_plane;
+        const int cols = min(BN, a.cout_g - co_base);
+        for (; col < cols; col += CSTEP, src += CSTEP * c_cs, dst += CSTEP * out_plane) {
+          if (pair) {
+            const uint32_t v2 = *reinterpret_cast<const uint32_t*>(src);
+            *reinterpret_cast<uint32_t*>(dst) = v2;
+            nonfinite |= !all_finite<T>(v2);
+          } else {
+            for (int q = 0; q < nw && ow + q < a.out_w; ++q) {
+              dst[q] = src[q];
+              nonfinite |= !finite_value(src[q]);
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();  // the next tile rewrites the row tables (and s_c)
+  }
+  if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
+}
+
+// ---------------------------------------------------------------- implicit-GEMM host side
+
+// Whether a channels-last copy of x can feed the 16-byte staging (CG channels per vector).
+bool cl_possible(const PhaseConvFwdParams& p, int dtype_code) {
+  if (dtype_code == PHASECONV_FLOAT64 || p.weight_mma == nullptr) return false;
+  if (p.force_path & PHASECONV_FORCE_NCDHW) return false;
+  const int64_t cg = dtype_code == PHASECONV_FLOAT32 ? 4 : 8;
+  return (p.c_in / p.groups) % cg == 0;
+}
+
+// cl: the input is channels-last.  A contiguous input serves only when every phase reads W
+// at one offset, a multiple of 8, and the phases' rows come in whole 16-byte vectors along W
+// (k == s, no padding: the "pure GEMM" layers), so no layout copy is needed.
+bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, bool cl,
+                 GemmCfg* c) {
+  if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16) return false;
+  if (p.weight_mma == nullptr || (p.c_in / p.groups) % 8 != 0) return false;
+  if (cl && !cl_possible(p, dtype_code)) return false;
+  if (!cl && !(p.in_w % 8 == 0 && p.out_w % p.stride_w == 0 && (p.out_w / p.stride_w) % 8 == 0 &&
+               p.max_taps_w <= 1 && p.union_ext_w == 0 && p.union_lo_w % 8 == 0 &&
+               reinterpret_cast<uintptr_t>(p.x) % 16 == 0))
+    return false;
+  c->a_ncdhw = !cl;
+  const int force = p.force_path & 15;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  // wide layers only: narrow ones (C_out/g < 32) waste most of a BN >= 32 tile, and the
+  // all-phase kernel's shared halo serves them better
+  if (force != 5 && !(force == 0 && cin_g >= 16 && cout_g >= 32)) return false;
+  // tile: the narrowest BN that covers C_out/g; for BN 64 with a long reduction (>= 512 per
+  // phase) the 8-warp tile with 64-channel k steps (measured on an H100: 8x32x32
+  // k(3,4,4) 128->64 bf16 67.9 vs 78.6 us; 32^3 k2 128->64, K = 128: 83.7 vs 80.0 us)
+  const double k_per_phase = (double)cin_g * (double)p.total_taps /
+                             (double)(p.stride_d * p.stride_h * p.stride_w);
+  int kind = cout_g <= 32 ? 0 : (cout_g <= 64 ? (k_per_phase >= 512 && cin_g >= 64 ? 3 : 1) : 2);
+  if ((p.force_path >> 8) & 7) kind = ((p.force_path >> 8) & 7) - 1;  // benchmarks: a tile
+  if (kind > 3) return false;
+  const int bn[4] = {32, 64, 128, 64}, thr[4] = {128, 128, 256, 256};
+  c->kind = kind; c->BM = 128; c->BN = bn[kind]; c->threads = thr[kind];
+  // group the W phases (stores of whole output rows) unless told not to (benchmarks)
+  c->wgroup = p.stride_w >= 2 && p.stride_w <= kGemmMaxGroup &&
+              !(p.force_path & PHASECONV_GEMM_NO_WGROUP);
+  // the 8-warp tiles take 64 channels a k step (half the barriers) when C_in/g allows
+  c->bkg = (kind >= 2 && cin_g >= 64 && !(p.force_path & PHASECONV_GEMM_BK32)) ? 8 : 4;
+  const size_t tables = (size_t)c->BM * 32 + (size_t)(c->BM / 8) * 24;
+  const size_t stage = (size_t)c->bkg * 16 * (c->BM + c->BN);
+  if (c->wgroup) {
+    c->smem = (size_t)kGemmGroupStages * stage + tables +
+              (size_t)c->BN * (c->BM * p.stride_w + 8) * 2;
+    if (c->smem > dev.smem_optin) c->wgroup = false;
+  }
+  if (!c->wgroup) c->smem = (size_t)kGemmStages * stage + tables;
+  if (c->smem > dev.smem_optin) return false;
+  const int64_t rows = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
+                       cdiv(p.out_w, p.stride_w);  // the largest phase (residue 0)
+  const int64_t m_tiles = cdiv(rows, c->BM);
+  if (m_tiles >= ((int64_t)1 << 31)) return false;
+  c->m_tiles = (int)m_tiles;
+  c->co_blocks = (int)cdiv(cout_g, c->BN);
+  c->total_blocks = p.stride_d * p.stride_h * (c->wgroup ? 1 : p.stride_w) * m_tiles *
+                    c->co_blocks * p.groups;
+  c->grid = c->total_blocks > 0x7fffffffLL ? 0x7fffffffLL : c->total_blocks;
+  return true;
+}
+
+template <typename T, int MT, int NT, int WM, int WN, int BKG>
+cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stream) {
+  constexpr int GS = kGemmGroupStages, S1 = kGemmStages;
+  auto kern = c.wgroup ? (c.a_ncdhw ? gemm_cl_kernel<T, MT, NT, WM, WN, GS, true, true, BKG>
+                                    : gemm_cl_kernel<T, MT, NT, WM, WN, GS, true, false, BKG>)
+                       : (c.a_ncdhw ? gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, true, BKG>
+                                    : gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG>);
+  if (c.smem > 48 * 1024) {
+    cudaError_t err =
+        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)c.smem);
+    if (err != cudaSuccess) return err;
+  }
+  if (c.total_blocks == 0) return cudaSuccess;
+  kern<<<(unsigned)c.grid, WM * WN * 32, c.smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream) {
+  if ((p.x_channels_last != 0) == c.a_ncdhw) return cudaErrorInvalidValue;
+  GemmArgs a;
+  set_geometry(a, p);
+  a.wm = p.weight_mma;
+  a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
+  a.G = a.cin_g / 8; a.m_tiles = c.m_tiles; a.co_blocks = c.co_blocks;
+  a.y_even = (p.out_w % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % 4 == 0) ? 1 : 0;
+  a.total_blocks = c.total_blocks;
+  switch (c.kind * 2 + (c.bkg == 8 ? 1 : 0)) {
+    case 0: return launch_gemm_t<T, 2, 4, 4, 1, 4>(a, c, stream);
+    case 2: return launch_gemm_t<T, 4, 4, 2, 2, 4>(a, c, stream);
+    case 4: return launch_gemm_t<T, 4, 4, 2, 4, 4>(a, c, stream);
+    case 5: return launch_gemm_t<T, 4, 4, 2, 4, 8>(a, c, stream);
+    case 6: return launch_gemm_t<T, 2, 4, 4, 2, 4>(a, c, stream);
+    case 7: return launch_gemm_t<T, 2, 4, 4, 2, 8>(a, c, stream);
+  }
+  return cudaErrorInvalidConfiguration;
+}
+
+// Whether the tensor-core path runs (force_path & 15: 0 auto, 1 SIMT tiled, 2 naive,
+// 3 tensor cores, 4 per-phase tensor cores, 5 implicit GEMM).
+
+template <typename T>
+cudaError_t run_gemm_typed(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream) {
+  return run_gemm<T>(p, c, stream);
+}
+template <>
+cudaError_t run_gemm_typed<float>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t) {
+  return cudaErrorInvalidValue;
+}
+template <>
+cudaError_t run_gemm_typed<double>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t) {
+  return cudaErrorInvalidValue;
+}
+template cudaError_t run_gemm_typed<__half>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t);
+template cudaError_t run_gemm_typed<__nv_bfloat16>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t);
+
+}  // namespace phaseconv
