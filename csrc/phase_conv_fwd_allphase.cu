@@ -16,17 +16,8 @@ namespace phaseconv {
 // whole C_in/g in one chunk.  The phases' outputs of a tile interleave in the same sectors
 // and are written back to back, so L2 merges them.
 #define PHASECONV_ALLPH_MAXPH 32
-struct AllArgs {
-  const void* x;
+struct AllArgs : FwdGeometry {
   const void* wm;           // pack()'s tensor-core weight layout
-  const void* bias;
-  void* y;
-  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
-  const int64_t* table;
-  int64_t nbatch;
-  int c_in, c_out, cin_g, cout_g;
-  int in_d, in_h, in_w, out_d, out_h, out_w;
-  int sd, sh, sw, pdd, pdh, pdw;
   int num_phases;
   int TD, TH, TW, lg_tw, lg_thw;  // tile (powers of two), TD*TH*TW == BM
   int hd, hh, hw;                 // union halo

@@ -126,9 +126,22 @@ __device__ __forceinline__ void load_b_halfsteps(uint32_t (&bf)[NT][2], uint32_t
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The fields every kernel's argument struct shares, from the launcher's parameters (sizes
-// were checked to fit in int by the binding).
-template <typename Args> void set_geometry(Args& a, const PhaseConvFwdParams& p) {
+// The fields every forward kernel's argument struct shares (each family's Args derives from
+// it and adds its weight pointer and tile), filled from the launcher's parameters (sizes were
+// checked to fit in int by the binding).
+struct FwdGeometry {
+  const void* x;
+  const void* bias;
+  void* y;
+  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
+  const int64_t* table;
+  int64_t nbatch;
+  int c_in, c_out, cin_g, cout_g;
+  int in_d, in_h, in_w, out_d, out_h, out_w;
+  int sd, sh, sw, pdd, pdh, pdw;
+};
+
+inline void set_geometry(FwdGeometry& a, const PhaseConvFwdParams& p) {
   a.x = p.x; a.bias = p.bias; a.y = p.y; a.table = p.table;
   a.ex = p.exact;
   a.nbatch = p.n;

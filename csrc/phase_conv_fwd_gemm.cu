@@ -16,17 +16,8 @@ namespace phaseconv {
 // of the next STAGES-1 steps overlap the mma.sync of this one.  Blocks are ordered
 // phase-fastest: the phases of one row tile run together and their interleaved output
 // writes merge in L2.  Each output is written once (no atomics, deterministic).
-struct GemmArgs {
-  const void* x;   // channels-last input (N, D, H, W, C_in)
+struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in)
   const void* wm;  // pack()'s tensor-core weight layout
-  const void* bias;
-  void* y;
-  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
-  const int64_t* table;
-  int64_t nbatch;
-  int c_in, c_out, cin_g, cout_g;
-  int in_d, in_h, in_w, out_d, out_h, out_w;
-  int sd, sh, sw, pdd, pdh, pdw;
   int num_phases, G, m_tiles, co_blocks;
   int y_even;  // out_w and the output's base are even: pairs of W phases store 4-byte words
   int64_t total_blocks;

@@ -15,17 +15,8 @@ namespace phaseconv {
 // (tap, 16-byte channel group), so narrow channel counts (C_in/g = 8) pair taps instead of
 // padding channels.  bf16/fp16 use m16n8k16 (fp32 accumulate); fp32 uses m16n8k8 TF32 with
 // the 3xTF32 split (big*big + big*small + small*big), accurate to about fp32.
-struct MmaArgs {
-  const void* x;
+struct MmaArgs : FwdGeometry {
   const void* w;
-  const void* bias;
-  void* y;
-  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
-  const int64_t* table;
-  int64_t nbatch;
-  int c_in, c_out, cin_g, cout_g;
-  int in_d, in_h, in_w, out_d, out_h, out_w;
-  int sd, sh, sw, pdd, pdh, pdw;
   int num_phases;
   int TD, TH, TW;           // spatial tile; TD*TH*TW == BM
   int tiles_w, tiles_h, tiles_d, co_blocks;

@@ -10,17 +10,8 @@
 namespace phaseconv {
 
 // ---------------------------------------------------------------- naive kernel
-struct NaiveArgs {
-  const void* x;
+struct NaiveArgs : FwdGeometry {
   const void* w;
-  const void* bias;
-  void* y;
-  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
-  const int64_t* table;
-  int64_t nbatch;
-  int c_in, c_out, cin_g, cout_g;
-  int in_d, in_h, in_w, out_d, out_h, out_w;
-  int sd, sh, sw, pdd, pdh, pdw;
   int64_t total;
   // grad-input mode (naive_bwd_input_kernel), as in MmaArgs
   const int64_t* sub_table;

@@ -52,17 +52,8 @@ template <> struct WLoad<double, 8> {
 };
 
 // ---------------------------------------------------------------- tiled kernel
-struct TiledArgs {
-  const void* x;
+struct TiledArgs : FwdGeometry {
   const void* w;
-  const void* bias;
-  void* y;
-  PhaseConvExact ex;  // non-finite elements recomputed exactly (phase_conv_exact.cuh)
-  const int64_t* table;
-  int64_t nbatch;
-  int c_in, c_out, cin_g, cout_g;
-  int in_d, in_h, in_w, out_d, out_h, out_w;
-  int sd, sh, sw, pdd, pdh, pdw;
   int num_phases;
   int LW, NY, NZ, WC, MD, MH;
   int TW, TH, TD, co_blk;
