@@ -540,4 +540,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_weight", &gather_binding,
         "The weight gathered through an int32 index map (phase_conv_pack.cuh).",
         py::arg("weight"), py::arg("index"));
+#ifdef PHASECONV_SOURCE_HASH
+  // an ahead-of-time build (setup.py): which sources and architectures it holds (passed as
+  // plain tokens, h<hash> and sm80_sm90, so that no quoting reaches the build's shell)
+#define PHASECONV_STR2(x) #x
+#define PHASECONV_STR(x) PHASECONV_STR2(x)
+  m.attr("source_hash") = PHASECONV_STR(PHASECONV_SOURCE_HASH);
+  m.attr("archs") = PHASECONV_STR(PHASECONV_ARCHS);
+#endif
 }

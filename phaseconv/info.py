@@ -9,6 +9,19 @@ import torch
 from . import __version__, engines
 
 
+def _prebuilt_text(cuda) -> str:
+    try:
+        import importlib
+
+        mod = importlib.import_module("phaseconv._engine")
+    except (ImportError, OSError):
+        return ("none (PHASECONV_BUILD_CUDA=1 and TORCH_CUDA_ARCH_LIST at install time build "
+                "one; else the engine is compiled on first use)")
+    same = getattr(mod, "source_hash", None) == "h" + cuda.source_hash()
+    return (f"phaseconv._engine for {getattr(mod, 'archs', '?')}, "
+            + ("built from these sources" if same else "built from other sources: not used"))
+
+
 def report() -> str:
     lines: List[str] = [
         f"phaseconv {__version__}, Python {platform.python_version()}, torch {torch.__version__}"
@@ -40,6 +53,6 @@ def report() -> str:
         path = cuda.built(major, minor)
         lines.append(f"  sm_{major}{minor}: " + (f"built for these sources ({path})" if path
                                                   else "not built yet for these sources"))
-    lines.append("prebuilt engine: none (phaseconv builds its engine on first use)")
+    lines.append("prebuilt engine: " + _prebuilt_text(cuda))
     lines.append(f"engine override: ${engines.ENGINE_ENV} (auto, reference, cuda)")
     return "\n".join(lines)

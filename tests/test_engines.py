@@ -113,3 +113,23 @@ def test_info_reports_versions_engines_and_the_build_cache():
         assert "GPU 0:" in result.stdout and " engine (" in result.stdout
     else:
         assert "GPU: none" in result.stdout
+
+
+def test_prebuilt_engine_is_used_only_for_its_sources_and_architectures(monkeypatch):
+    """An ahead-of-time engine (setup.py, PHASECONV_BUILD_CUDA=1) replaces the first-use
+    build only where it holds the GPU's architecture and was built from the shipped
+    sources."""
+    import types
+
+    from phaseconv.engines import cuda
+
+    fake = types.ModuleType("phaseconv._engine")
+    fake.source_hash = "h" + cuda.source_hash()
+    fake.archs = "sm80_sm90"
+    monkeypatch.setitem(sys.modules, "phaseconv._engine", fake)
+    assert cuda.prebuilt(9, 0) is fake and cuda.prebuilt(8, 0) is fake
+    assert cuda.prebuilt(8, 6) is None  # not among its architectures: compiled on first use
+    fake.source_hash = "h0123456789abcdef"
+    assert cuda.prebuilt(9, 0) is None  # other sources
+    monkeypatch.delitem(sys.modules, "phaseconv._engine")
+    assert cuda.prebuilt(9, 0) is None  # none installed

@@ -33,6 +33,7 @@ directory under a name carrying a hash of the sources, so edits rebuild.
 import hashlib
 import math
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -82,9 +83,37 @@ def load():
     with _lock:
         mod = _modules.get(key)
         if mod is None:
-            mod = _build(major, minor)
+            mod = prebuilt(major, minor) or _build(major, minor)
             _modules[key] = mod
         return mod
+
+
+def source_hash() -> str:
+    """A hash of the CUDA sources as shipped: an engine built from other sources is not used."""
+    digest = hashlib.sha1()
+    for name in _SOURCES:
+        digest.update(name.encode())
+        try:
+            digest.update((CSRC / name).read_bytes())
+        except OSError as exc:
+            raise RuntimeError(f"phaseconv cuda engine: cannot read the CUDA sources in {CSRC}: "
+                               f"{exc}") from exc
+    return digest.hexdigest()[:16]
+
+
+def prebuilt(major: int, minor: int):
+    """The ahead-of-time engine (``phaseconv._engine``, built by ``PHASECONV_BUILD_CUDA=1 pip
+    install ...`` for ``$TORCH_CUDA_ARCH_LIST``) when it holds this architecture and was
+    built from these sources; else None, and the engine is compiled on first use."""
+    try:
+        import importlib
+
+        mod = importlib.import_module("phaseconv._engine")
+    except (ImportError, OSError):
+        return None
+    if getattr(mod, "source_hash", None) != "h" + source_hash():
+        return None
+    return mod if f"{major}{minor}" in re.findall(r"sm(\d+)", getattr(mod, "archs", "")) else None
 
 
 def _extension(major: int, minor: int):

@@ -1,0 +1,43 @@
+"""Packaging: the metadata lives in setup.cfg; this file adds the optional ahead-of-time
+CUDA engine.
+
+    PHASECONV_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" \\
+        pip install --no-build-isolation .
+
+compiles csrc/ into ``phaseconv._engine`` for the listed architectures (torch and nvcc must
+be installed; the CUDA engine then needs neither nvcc nor a first-use build).  Without the
+variable nothing is compiled and the engine is built on first use, as before.
+"""
+import os
+import sys
+
+from setuptools import setup
+
+
+def cuda_extension() -> dict:
+    if os.environ.get("PHASECONV_BUILD_CUDA") != "1":
+        return {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    from phaseconv.engines import cuda  # the source list and hash the runtime checks
+
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    if not archs:
+        raise SystemExit("PHASECONV_BUILD_CUDA=1 needs TORCH_CUDA_ARCH_LIST (e.g. \"8.0;9.0\")")
+    sources = [os.path.join("csrc", n) for n in ("phase_conv.cpp",) + cuda._CUDA_SOURCES]
+    arch_tokens = "_".join("sm" + a.split("+")[0].replace(".", "")
+                           for a in archs.replace(";", " ").split())
+    macros = [("PHASECONV_SOURCE_HASH", "h" + cuda.source_hash()),
+              ("PHASECONV_ARCHS", arch_tokens)]
+    return dict(
+        ext_modules=[CUDAExtension("phaseconv._engine", sources,
+                                   include_dirs=[os.path.join(here, "csrc")],
+                                   define_macros=macros,
+                                   extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]})],
+        cmdclass={"build_ext": BuildExtension},
+    )
+
+
+setup(**cuda_extension())
