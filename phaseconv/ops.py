@@ -271,7 +271,7 @@ def _forward(x, weight, bias, conf):
     """F(x, w) + b, differentiable in every mode."""
     if _needs_function(x, weight, bias):
         return _ConvTranspose3dFunction.apply(x, weight, bias, *conf)
-    return call_plan(x, weight, bias, *conf).forward(x, weight, bias)
+    return _function_value(x, weight, bias, *conf)
 
 
 def _backward(grad_out, x, weight, conf, mask):
@@ -279,12 +279,37 @@ def _backward(grad_out, x, weight, conf, mask):
     differentiable in every mode."""
     if _needs_function(grad_out, x, weight):
         return _ConvTranspose3dBackward.apply(grad_out, x, weight, conf, tuple(mask))
-    return call_plan(x, weight, None, *conf).backward(grad_out, x, weight, mask)
+    return _backward_value(grad_out, x, weight, conf, mask)
 
 
-def _bias_view(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``bias`` (C,) broadcast over ``like``, an output of the layer (batched or not)."""
-    return bias.view((-1,) + (1,) * 3).expand_as(like)
+def _bias_view(bias: torch.Tensor, shape) -> torch.Tensor:
+    """``bias`` (C,) broadcast over an output of the layer of ``shape`` (batched or not)."""
+    return bias.view((-1,) + (1,) * 3).expand(tuple(shape)).contiguous()
+
+
+_GX, _GW, _GB = (True, False, False), (False, True, False), (False, False, True)
+
+
+def _double_backward(forward, backward, grad_out, x, weight, ggx, ggw, ggb, needs):
+    """The backward's own backward (double backward), the adjoints of G, H and sum, through
+    ``forward(x, w, b)`` and ``backward(gy, x, w, mask)``; ``ggx``, ``ggw``, ``ggb`` are None
+    where no gradient flows.  gx = G(gy, w), gw = H(x, gy) and gb = sum(gy) are all linear in
+    gy; gx is linear in w and gw in x."""
+    d_grad_out = d_x = d_weight = None
+    if needs[0]:
+        bias = ggb
+        if ggx is not None:
+            d_grad_out, bias = forward(ggx, weight, bias), None
+        if ggw is not None:
+            term, bias = forward(x, ggw, bias), None
+            d_grad_out = term if d_grad_out is None else d_grad_out + term
+        if bias is not None:
+            d_grad_out = _bias_view(bias, grad_out.shape)
+    if needs[1] and ggw is not None:
+        d_x = backward(grad_out, x, ggw, _GX)[0]
+    if needs[2] and ggx is not None:
+        d_weight = backward(grad_out, ggx, weight, _GW)[1]
+    return d_grad_out, d_x, d_weight
 
 
 def _with_groups(conf, factor: int):
@@ -316,6 +341,7 @@ def _function_setup(ctx, inputs, output):
     x, weight, bias = inputs[:3]
     ctx.conf = tuple(inputs[3:])
     ctx.has_bias = bias is not None
+    ctx.out_shape = tuple(output.shape)
     ctx.save_for_backward(x, weight)
     ctx.save_for_forward(x, weight)
     ctx.set_materialize_grads(False)
@@ -339,7 +365,7 @@ def _function_jvp(ctx, dx, dweight, dbias, *_):
         term, dbias = _forward(x, dweight, dbias, ctx.conf), None
         out = term if out is None else out + term
     if dbias is not None:  # only the bias moves
-        out = _forward(torch.zeros_like(x), weight, dbias, ctx.conf)
+        out = _bias_view(dbias, ctx.out_shape)
     return out
 
 
@@ -388,28 +414,12 @@ def _backward_setup(ctx, inputs, output):
 
 
 def _backward_backward(ctx, ggx, ggw, ggb):
-    """The backward's own backward (double backward): the adjoints of G, H and sum."""
     grad_out, x, weight = ctx.saved_tensors
     conf = ctx.conf
-    needs = ctx.needs_input_grad
-    d_grad_out = d_x = d_weight = None
-    if needs[0]:  # gx = G(gy, w), gw = H(x, gy), gb = sum(gy): all linear in gy
-        bias = ggb
-        if ggx is not None:
-            d_grad_out, bias = _forward(ggx, weight, bias, conf), None
-        if ggw is not None:
-            term, bias = _forward(x, ggw, bias, conf), None
-            d_grad_out = term if d_grad_out is None else d_grad_out + term
-        if bias is not None:
-            d_grad_out = _bias_view(bias, grad_out).contiguous()
-    if needs[1] and ggw is not None:  # gw = H(x, gy)
-        d_x = _backward(grad_out, x, ggw, conf, (True, False, False))[0]
-    if needs[2] and ggx is not None:  # gx = G(gy, w)
-        d_weight = _backward(grad_out, ggx, weight, conf, (False, True, False))[1]
-    return d_grad_out, d_x, d_weight, None, None
-
-
-_GX, _GW, _GB = (True, False, False), (False, True, False), (False, False, True)
+    return _double_backward(lambda a, w, b: _forward(a, w, b, conf),
+                            lambda g, a, w, mask: _backward(g, a, w, conf, mask),
+                            grad_out, x, weight, ggx, ggw, ggb,
+                            ctx.needs_input_grad) + (None, None)
 
 
 def _sum_present(terms):
@@ -546,34 +556,18 @@ if HAS_CUSTOM_OPS:
         ctx.conf = inputs[3:]
 
     def _op_double_backward(ctx, ggx, ggw, ggb):
-        """The same adjoints as ``_backward_backward``, through the two ops (an output that
-        ``mask`` left out is an empty tensor; its gradient is ignored)."""
+        """``_double_backward`` through the two ops (an output that ``mask`` left out is an
+        empty tensor: its gradient is ignored)."""
         grad_out, x, weight = ctx.saved_tensors
         stride, padding, output_padding, groups, dilation, mask, engine = ctx.conf
         conf = (stride, padding, output_padding, groups, dilation)
         ops = torch.ops.phaseconv
-        needs = ctx.needs_input_grad
-        d_grad_out = d_x = d_weight = None
-        if needs[0]:
-            bias = ggb if mask[2] else None
-            parts = []
-            if mask[0]:
-                parts.append(ops.conv_transpose3d(ggx, weight, bias, *conf, engine))
-                bias = None
-            if mask[1]:
-                parts.append(ops.conv_transpose3d(x, ggw, bias, *conf, engine))
-                bias = None
-            if bias is not None:
-                parts.append(_bias_view(bias, grad_out).contiguous())
-            for part in parts:
-                d_grad_out = part if d_grad_out is None else d_grad_out + part
-        if needs[1] and mask[1]:
-            d_x = ops.conv_transpose3d_backward(grad_out, x, ggw, *conf, [True, False, False],
-                                                engine)[0]
-        if needs[2] and mask[0]:
-            d_weight = ops.conv_transpose3d_backward(grad_out, ggx, weight, *conf,
-                                                     [False, True, False], engine)[1]
-        return (d_grad_out, d_x, d_weight) + (None,) * 7
+        grads = _double_backward(
+            lambda a, w, b: ops.conv_transpose3d(a, w, b, *conf, engine),
+            lambda g, a, w, m: ops.conv_transpose3d_backward(g, a, w, *conf, list(m), engine),
+            grad_out, x, weight, *(g if m else None for g, m in zip((ggx, ggw, ggb), mask)),
+            ctx.needs_input_grad)
+        return grads + (None,) * 7
 
     _forward_op.register_autograd(_op_backward, setup_context=_setup_context)
     _backward_op.register_autograd(_op_double_backward, setup_context=_setup_backward_context)
