@@ -10,16 +10,13 @@ from . import __version__, engines
 
 
 def _prebuilt_text(cuda) -> str:
-    try:
-        import importlib
-
-        mod = importlib.import_module("phaseconv._engine")
-    except (ImportError, OSError):
+    mod = cuda.installed_engine()
+    if mod is None:
         return ("none (PHASECONV_BUILD_CUDA=1 and TORCH_CUDA_ARCH_LIST at install time build "
                 "one; else the engine is compiled on first use)")
-    same = getattr(mod, "source_hash", None) == "h" + cuda.source_hash()
     return (f"phaseconv._engine for {getattr(mod, 'archs', '?')}, "
-            + ("built from these sources" if same else "built from other sources: not used"))
+            + ("built from these sources" if cuda.from_these_sources(mod)
+               else "built from other sources: not used"))
 
 
 def report() -> str:

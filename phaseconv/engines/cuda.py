@@ -101,39 +101,41 @@ def source_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-def prebuilt(major: int, minor: int):
-    """The ahead-of-time engine (``phaseconv._engine``, built by ``PHASECONV_BUILD_CUDA=1 pip
-    install ...`` for ``$TORCH_CUDA_ARCH_LIST``) when it holds this architecture and was
-    built from these sources; else None, and the engine is compiled on first use."""
+def installed_engine():
+    """The ahead-of-time engine module (``phaseconv._engine``, built by
+    ``PHASECONV_BUILD_CUDA=1 pip install ...`` for ``$TORCH_CUDA_ARCH_LIST``), or None."""
     try:
         import importlib
 
-        mod = importlib.import_module("phaseconv._engine")
+        return importlib.import_module("phaseconv._engine")
     except (ImportError, OSError):
         return None
-    if getattr(mod, "source_hash", None) != "h" + source_hash():
+
+
+def from_these_sources(mod) -> bool:
+    """Whether an ahead-of-time engine was built from the shipped sources."""
+    return getattr(mod, "source_hash", None) == "h" + source_hash()
+
+
+def prebuilt(major: int, minor: int):
+    """The ahead-of-time engine when it holds this architecture and was built from these
+    sources; else None, and the engine is compiled on first use."""
+    mod = installed_engine()
+    if mod is None or not from_these_sources(mod):
         return None
     return mod if f"{major}{minor}" in re.findall(r"sm(\d+)", getattr(mod, "archs", "")) else None
 
 
 def _extension(major: int, minor: int):
-    """(name, source texts, nvcc flags) of the extension for one architecture: the name
-    carries a hash of the sources, flags and torch build, so an edit builds anew."""
-    try:
-        texts = {name: (CSRC / name).read_text() for name in _SOURCES}
-    except OSError as exc:
-        raise RuntimeError(f"phaseconv cuda engine: cannot read the CUDA sources in {CSRC}: "
-                           f"{exc}") from exc
+    """(name, nvcc flags) of the extension for one architecture: the name carries a hash of
+    the sources, flags and torch build, so an edit builds anew."""
     arch = f"{major}{minor}"
     cuda_flags = ["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}"]
-    digest = hashlib.sha1()
-    for name in _SOURCES:
-        digest.update(name.encode())
-        digest.update(texts[name].encode())
+    digest = hashlib.sha1(source_hash().encode())
     digest.update(" ".join(cuda_flags).encode())
     digest.update(torch.__version__.encode())
     digest.update(str(torch.version.cuda).encode())
-    return f"phaseconv_cuda_sm{arch}_{digest.hexdigest()[:12]}", texts, cuda_flags
+    return f"phaseconv_cuda_sm{arch}_{digest.hexdigest()[:12]}", cuda_flags
 
 
 def build_root() -> Path:
@@ -157,7 +159,7 @@ def built(major: int, minor: int) -> Optional[Path]:
 def _build(major: int, minor: int):
     from torch.utils import cpp_extension
 
-    name, _, cuda_flags = _extension(major, minor)
+    name, cuda_flags = _extension(major, minor)
     arch = f"{major}{minor}"
     # Each source its own translation unit, compiled as it is (the kernel files include only
     # CUDA's headers), in parallel by ninja, and only what changed is rebuilt.
