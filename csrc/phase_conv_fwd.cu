@@ -45,12 +45,8 @@ cudaError_t run_plan(const PhaseConvFwdParams& p, const PhaseConvFwdPlan& plan,
       return with_fixup<T>(p, run_allph_typed<T>(p, plan.allph, stream), stream);
     case PHASECONV_MMA: return with_fixup<T>(p, run_mma_typed<T>(p, plan.mma, stream), stream);
     case PHASECONV_TILED: return with_fixup<T>(p, run_tiled<T>(p, plan.tiled, stream), stream);
-    case PHASECONV_NAIVE: {  // sums only real pairs: exact as it is
-      DevInfo dev;
-      const cudaError_t err = dev_info(&dev);
-      if (err != cudaSuccess) return err;
-      return run_naive<T>(p, dev, stream);
-    }
+    case PHASECONV_NAIVE:  // sums only real pairs: exact as it is
+      return run_naive<T>(p, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -209,12 +205,8 @@ cudaError_t run_bwd_input(const PhaseConvFwdParams& p, const PhaseConvBwdInputPl
   switch (plan.family) {
     case PHASECONV_EMPTY: return cudaSuccess;
     case PHASECONV_MMA: return with_fixup<T>(p, run_mma_typed<T>(p, plan.mma, stream), stream);
-    case PHASECONV_NAIVE: {  // sums only real pairs: exact as it is
-      DevInfo dev;
-      const cudaError_t err = dev_info(&dev);
-      if (err != cudaSuccess) return err;
-      return run_naive<T>(p, dev, stream);
-    }
+    case PHASECONV_NAIVE:  // sums only real pairs: exact as it is
+      return run_naive<T>(p, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -201,7 +201,7 @@ cudaError_t run_tiled(const PhaseConvFwdParams& p, const TileCfg& c, cudaStream_
 
 // The naive kernel, forward or (nsub > 0) grad-input mode.
 template <typename T>
-cudaError_t run_naive(const PhaseConvFwdParams& p, const DevInfo& dev, cudaStream_t stream);
+cudaError_t run_naive(const PhaseConvFwdParams& p, cudaStream_t stream);
 
 bool choose_mma(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, MmaCfg* best);
 template <typename T>

@@ -128,7 +128,10 @@ __global__ void __launch_bounds__(256) naive_bwd_input_kernel(const NaiveArgs a)
 
 // The naive kernel, forward or (nsub > 0) grad-input mode.
 template <typename T>
-cudaError_t run_naive(const PhaseConvFwdParams& p, const DevInfo& dev, cudaStream_t stream) {
+cudaError_t run_naive(const PhaseConvFwdParams& p, cudaStream_t stream) {
+  DevInfo dev;
+  const cudaError_t err = dev_info(&dev);
+  if (err != cudaSuccess) return err;
   NaiveArgs a;
   set_geometry(a, p);
   a.w = p.weight;
@@ -145,9 +148,9 @@ cudaError_t run_naive(const PhaseConvFwdParams& p, const DevInfo& dev, cudaStrea
   return cudaGetLastError();
 }
 
-template cudaError_t run_naive<float>(const PhaseConvFwdParams&, const DevInfo&, cudaStream_t);
-template cudaError_t run_naive<double>(const PhaseConvFwdParams&, const DevInfo&, cudaStream_t);
-template cudaError_t run_naive<__half>(const PhaseConvFwdParams&, const DevInfo&, cudaStream_t);
-template cudaError_t run_naive<__nv_bfloat16>(const PhaseConvFwdParams&, const DevInfo&, cudaStream_t);
+template cudaError_t run_naive<float>(const PhaseConvFwdParams&, cudaStream_t);
+template cudaError_t run_naive<double>(const PhaseConvFwdParams&, cudaStream_t);
+template cudaError_t run_naive<__half>(const PhaseConvFwdParams&, cudaStream_t);
+template cudaError_t run_naive<__nv_bfloat16>(const PhaseConvFwdParams&, cudaStream_t);
 
 }  // namespace phaseconv
