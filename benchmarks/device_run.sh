@@ -2,6 +2,8 @@
 # One call on the GPU machine, in stages, logs under $OUT (all.log, one <stage>.log each):
 #   bash benchmarks/device_run.sh STAGE...
 #   build       install (editable, no deps), carried wheels (.whl/), build the CUDA engine
+#               (timed, each unit's compile time)
+#   rebuild     edit one kernel family's unit and rebuild, timed (what ninja recompiled)
 #   tests       the GPU test suite (pytest -m cuda, 8 workers)
 #   memcheck, racecheck   compute-sanitizer on tests/gpu_sanitize.py ($SANITIZE_TIMEOUT s each)
 #   main        python -m phaseconv, the KernelBench check
@@ -32,8 +34,9 @@ for s in "$@"; do
         fi
         export PYTHONPATH="$PYTHONPATH:/tmp/site"
         python3 -m pip install -q --no-build-isolation --no-deps -e . >>"$OUT/all.log" 2>&1
-        stage build 3 python3 -c "import time; t=time.time(); from phaseconv.engines import \
-cuda; cuda.load(); print(f'built in {time.time()-t:.1f} s')" ;;
+        stage build 14 python3 benchmarks/build_times.py ;;
+    rebuild)
+        stage rebuild 6 python3 benchmarks/build_times.py --touch phase_conv_fwd_tiled.cu ;;
     tests)
         stage tests 25 python3 -m pytest -o addopts="" -p no:cacheprovider -q -m cuda -n 8 \
             tests ;;

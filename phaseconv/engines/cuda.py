@@ -28,7 +28,8 @@ waits for the GPU (the tables reach the device by asynchronous copies from pinne
 
 :func:`load` builds the extension on first use (one line on stderr while nvcc runs) for the
 present GPU's architecture only, and caches it across processes in torch's extension
-directory under a name carrying a hash of the sources, so edits rebuild.
+directory, one build directory per architecture and toolchain: ninja compiles the translation
+units in parallel and, after an edit, only those whose sources changed.
 """
 import hashlib
 import math
@@ -127,12 +128,13 @@ def prebuilt(major: int, minor: int):
 
 
 def _extension(major: int, minor: int):
-    """(name, nvcc flags) of the extension for one architecture: the name carries a hash of
-    the sources, flags and torch build, so an edit builds anew."""
+    """(name, nvcc flags) of the extension for one architecture.  The name carries a hash of
+    the flags and the torch build but not of the sources: one build directory per
+    architecture and toolchain, where ninja recompiles only the units whose sources (or the
+    headers they include) changed."""
     arch = f"{major}{minor}"
     cuda_flags = ["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}"]
-    digest = hashlib.sha1(source_hash().encode())
-    digest.update(" ".join(cuda_flags).encode())
+    digest = hashlib.sha1(" ".join(cuda_flags).encode())
     digest.update(torch.__version__.encode())
     digest.update(str(torch.version.cuda).encode())
     return f"phaseconv_cuda_sm{arch}_{digest.hexdigest()[:12]}", cuda_flags
@@ -146,13 +148,18 @@ def build_root() -> Path:
     return Path(root) if root else Path(cpp_extension.get_default_build_root())
 
 
+_STAMP = "phaseconv-sources.sha1"  # beside the module: the source hash it was last built from
+
+
 def built(major: int, minor: int) -> Optional[Path]:
-    """The built extension for these sources and this architecture, if the cache holds it."""
+    """The built extension for this architecture if the cache holds one built from these
+    sources (else None: the next :func:`load` compiles what changed)."""
     name = _extension(major, minor)[0]
-    for path in build_root().glob(f"*/{name}/{name}*.so"):
-        return path
-    for path in build_root().glob(f"{name}/{name}*.so"):
-        return path
+    for directory in (build_root() / name, *build_root().glob(f"*/{name}")):
+        stamp = directory / _STAMP
+        if stamp.is_file() and stamp.read_text().strip() == source_hash():
+            for path in sorted(directory.glob(f"{name}*.so")):
+                return path
     return None
 
 
@@ -161,6 +168,8 @@ def _build(major: int, minor: int):
 
     name, cuda_flags = _extension(major, minor)
     arch = f"{major}{minor}"
+    directory = build_root() / name
+    directory.mkdir(parents=True, exist_ok=True)
     # Each source its own translation unit, compiled as it is (the kernel files include only
     # CUDA's headers), in parallel by ninja, and only what changed is rebuilt.
     kwargs = dict(
@@ -169,18 +178,16 @@ def _build(major: int, minor: int):
         extra_cflags=["-O3"],
         extra_cuda_cflags=cuda_flags,
         extra_include_paths=[str(CSRC)],
+        build_directory=str(directory),
         verbose=False,
     )
+    if built(major, minor) is None:
+        what = ("compiling the CUDA engine" if not any(directory.glob(f"{name}*.so")) else
+                "recompiling the changed parts of the CUDA engine")
+        print(f"phaseconv: {what} for sm_{arch} (once; cached in {directory})",
+              file=sys.stderr, flush=True)
     try:
-        build_root = cpp_extension._get_build_directory(name, verbose=False)
-        built = os.path.isdir(build_root) and any(Path(build_root).glob(name + "*.so"))
-    except Exception:  # private helper: only used to decide whether to announce the build
-        build_root, built = "torch's extension directory", False
-    if not built:
-        print(f"phaseconv: compiling the CUDA engine for sm_{arch} (once; cached in {build_root})"
-              , file=sys.stderr, flush=True)
-    try:
-        return cpp_extension.load(**kwargs)
+        mod = cpp_extension.load(**kwargs)
     except Exception as exc:  # nvcc / ninja errors carry the compiler's output
         msg = str(exc)
         out = getattr(exc, "output", None)
@@ -190,6 +197,8 @@ def _build(major: int, minor: int):
             msg += "\n" + out
         raise RuntimeError("phaseconv cuda engine: building the extension failed:\n" + msg) \
             from exc
+    (directory / _STAMP).write_text(source_hash() + "\n")
+    return mod
 
 
 # ---------------------------------------------------------------------------- layer tables
