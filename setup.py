@@ -26,7 +26,7 @@ def cuda_extension() -> dict:
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
     if not archs:
         raise SystemExit("PHASECONV_BUILD_CUDA=1 needs TORCH_CUDA_ARCH_LIST (e.g. \"8.0;9.0\")")
-    sources = [os.path.join("csrc", n) for n in ("phase_conv.cpp",) + cuda._CUDA_SOURCES]
+    sources = [os.path.join("csrc", n) for n in cuda._CPP_SOURCES + cuda._CUDA_SOURCES]
     arch_tokens = "_".join("sm" + a.split("+")[0].replace(".", "")
                            for a in archs.replace(";", " ").split())
     macros = [("PHASECONV_SOURCE_HASH", "h" + cuda.source_hash()),

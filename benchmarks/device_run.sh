@@ -9,6 +9,10 @@
 #   main        python -m phaseconv, the KernelBench check
 #   bench:S     python -m phaseconv bench --sections S (comma-separated sections)
 #   profile     a short Nsight Compute profile of the founding example
+#   aot         the ahead-of-time engine: a wheel built with PHASECONV_BUILD_CUDA=1 for
+#               TORCH_CUDA_ARCH_LIST="8.0;9.0", installed alone (no checkout, no editable
+#               install on the path), then the GPU suite with no nvcc on PATH, no CUDA_HOME
+#               and an empty extension cache that must stay empty (nothing compiled)
 # Every stage runs even when an earlier one failed; the exit status says whether any did.
 set -u
 export PYTHONUNBUFFERED=1
@@ -53,6 +57,28 @@ for s in "$@"; do
         stage profile 40 ncu -k "regex:mma_|tiled_|gemm_|gather" --launch-skip 2 \
             --launch-count 4 --section SpeedOfLight --section Occupancy \
             python3 benchmarks/profile_founding.py ;;
+    aot)
+        python3 -m pip uninstall -y -q phaseconv >>"$OUT/all.log" 2>&1
+        rm -rf /tmp/aot && mkdir -p /tmp/aot/wheel /tmp/aot/site /tmp/aot/ext /tmp/aot/run
+        stage aot-build 3 env PHASECONV_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" \
+            MAX_JOBS="$(nproc)" python3 -m pip wheel -q --no-build-isolation --no-deps \
+            -w /tmp/aot/wheel .
+        ls -la /tmp/aot/wheel | tee -a "$OUT/all.log"
+        python3 -m pip install -q --no-index --no-deps --target /tmp/aot/site \
+            /tmp/aot/wheel/phaseconv-*.whl >>"$OUT/all.log" 2>&1
+        cp -r tests /tmp/aot/run/tests
+        cp -r examples /tmp/aot/run/examples
+        # no nvcc, no CUDA_HOME, no checkout: the installed wheel and the carried wheels only
+        py="$(python3 -c 'import sys; print(sys.executable)')"
+        nocuda_path="$(echo "$PATH" | tr : '\n' | grep -vi cuda | paste -sd: -)"
+        stage aot-tests 25 env -u CUDA_HOME -u CUDA_PATH PATH="$nocuda_path" \
+            PYTHONPATH=/tmp/aot/site:/tmp/site TORCH_EXTENSIONS_DIR=/tmp/aot/ext PY="$py" \
+            sh -c 'cd /tmp/aot/run && ! command -v nvcc && echo "no nvcc on PATH" &&
+"$PY" -c "import phaseconv, sys; from phaseconv.engines import cuda; m = cuda.load();
+print(phaseconv.__file__, m.__name__, m.archs); sys.exit(m.__name__ != \"phaseconv._engine\")" &&
+"$PY" -m pytest -o addopts="" -p no:cacheprovider -q -m cuda -n 8 tests &&
+test -z "$(ls -A /tmp/aot/ext)" && echo "extension cache still empty: nothing was compiled"'
+        ;;
     *) echo "unknown stage $s"; status=1 ;;
     esac
 done

@@ -18,7 +18,8 @@ from phaseconv.engines import cuda  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--shapes", default="0")
 ap.add_argument("--dtype", default="bf16")
-ap.add_argument("--force", type=int, default=0, help="force_path code (see cuda.forward)")
+ap.add_argument("--kernel", default="auto", choices=sorted(cuda.FORWARD_KERNELS),
+                help="a forward kernel forced by name (cuda.FORWARD_KERNELS)")
 ap.add_argument("--channels-last", action="store_true", help="pass a channels_last_3d input")
 ap.add_argument("--calls", type=int, default=2)
 args = ap.parse_args()
@@ -31,8 +32,8 @@ for i in (int(v) for v in args.shapes.split(",")):
         x = x.contiguous(memory_format=torch.channels_last_3d)
     w = (torch.rand((cin, cout // g) + k, device="cuda") * 0.1).to(dtype)
     conv = check_conv_transpose3d(x, w, None, s, p, op, g, (1, 1, 1))
-    print(name, cuda.describe(conv, n, dtype, x.device, args.channels_last, args.force),
+    print(name, cuda.describe(conv, n, dtype, x.device, args.channels_last, args.kernel),
           flush=True)
     for _ in range(args.calls):
-        cuda.forward(x, w, None, conv, force_path=args.force)
+        cuda.forward(x, w, None, conv, kernel=args.kernel)
     torch.cuda.synchronize()

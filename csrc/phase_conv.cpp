@@ -7,7 +7,12 @@
 // that the tensors still match, gathers the weight into the layout the kernel reads (one
 // launch, phase_conv_pack.cuh), allocates the result and launches.  No call waits for the
 // GPU.
-#include <torch/extension.h>
+// Light torch headers (the tensor, two operators, the pybind casters): the binding compiles
+// in a fraction of <torch/extension.h>'s time.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -21,7 +26,9 @@
 #include "phase_conv_bwd.cuh"
 #include "phase_conv_fwd.cuh"
 #include "phase_conv_pack.cuh"
-#include "phase_conv_plan.cuh"
+#include "phase_conv_plan.h"
+
+namespace py = pybind11;
 
 namespace {
 
@@ -35,12 +42,12 @@ std::string nums(c10::IntArrayRef v) {
   return out + "]";
 }
 
-int dtype_code_of(const torch::Tensor& t) {
+int dtype_code_of(const at::Tensor& t) {
   switch (t.scalar_type()) {
-    case torch::kFloat32: return PHASECONV_FLOAT32;
-    case torch::kFloat64: return PHASECONV_FLOAT64;
-    case torch::kFloat16: return PHASECONV_FLOAT16;
-    case torch::kBFloat16: return PHASECONV_BFLOAT16;
+    case at::kFloat: return PHASECONV_FLOAT32;
+    case at::kDouble: return PHASECONV_FLOAT64;
+    case at::kHalf: return PHASECONV_FLOAT16;
+    case at::kBFloat16: return PHASECONV_BFLOAT16;
     default: break;
   }
   TORCH_CHECK(false, "phaseconv cuda engine: the dtype is ", t.scalar_type(),
@@ -57,24 +64,24 @@ void check_triple(const std::vector<int64_t>& v, const char* name, int64_t lo) {
   }
 }
 
-void check_table(const torch::Tensor& table, const torch::Device& device, int64_t rows,
+void check_table(const at::Tensor& table, const c10::Device& device, int64_t rows,
                  const char* what) {
-  TORCH_CHECK(table.device() == device && table.scalar_type() == torch::kInt64 &&
+  TORCH_CHECK(table.device() == device && table.scalar_type() == at::kLong &&
               table.is_contiguous() && table.numel() == rows * PHASECONV_TABLE_STRIDE,
               "phaseconv cuda engine: the ", what, " must be a contiguous int64 tensor of ",
               num(rows), " rows on ", device.str(), ".");
 }
 
-void check_index(const torch::Tensor& index, const torch::Device& device, int64_t elems,
+void check_index(const at::Tensor& index, const c10::Device& device, int64_t elems,
                  const char* what) {
-  TORCH_CHECK(index.device() == device && index.scalar_type() == torch::kInt32 &&
+  TORCH_CHECK(index.device() == device && index.scalar_type() == at::kInt &&
               index.dim() == 1 && index.is_contiguous() && index.numel() == elems,
               "phaseconv cuda engine: the ", what, " index must be a contiguous 1-D int32 tensor "
               "of ", num(elems), " elements on ", device.str(), ", got ",
               num(index.numel()), " elements.");
 }
 
-PhaseConvWeightView view_of(const torch::Tensor& t) {
+PhaseConvWeightView view_of(const at::Tensor& t) {
   PhaseConvWeightView v;
   for (int d = 0; d < 5; ++d) {
     v.size[d] = t.size(d);
@@ -84,7 +91,7 @@ PhaseConvWeightView view_of(const torch::Tensor& t) {
   return v;
 }
 
-cudaStream_t stream_of(const torch::Tensor& t) {
+cudaStream_t stream_of(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
 }
 
@@ -93,14 +100,47 @@ void check_launch(cudaError_t err, const char* what) {
               cudaGetErrorString(err), ".");
 }
 
+void check_cuda(cudaError_t err) {
+  TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: ", cudaGetErrorString(err), ".");
+}
+
+// The properties the plan reads, of the device a plan is made for.
+phaseconv::DevInfo device_info(const c10::Device& device) {
+  const int index = device.index();
+  int sms = 0, optin = 0, per_sm = 0;
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, index));
+  check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, index));
+  check_cuda(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor,
+                                    index));
+  phaseconv::DevInfo info;
+  info.sms = sms;
+  info.smem_optin = (size_t)optin;
+  info.smem_sm = (size_t)per_sm;
+  return info;
+}
+
+// A forward kernel forced by name (phaseconv/engines/cuda.py: ForwardKernel): family,
+// input layout, implicit-GEMM tile, one phase per block, 32-channel k steps, direct stores.
+PhaseConvForce forward_force(const std::vector<int64_t>& f) {
+  TORCH_CHECK(f.size() == 6, "phaseconv cuda engine: the forced kernel has 6 fields.");
+  PhaseConvForce force;
+  force.family = (int)f[0];
+  force.input_layout = (int)f[1];
+  force.gemm_tile = (int)f[2];
+  force.gemm_one_phase = (int)f[3];
+  force.gemm_k32 = (int)f[4];
+  force.direct_stores = (int)f[5];
+  return force;
+}
+
 // The weight in a kernel's layout: one gather through `index` (phase_conv_pack.cuh).  With
 // `flag`, the buffer also holds the call's non-finite flag (phase_conv_exact.cuh) past the
 // weight, zeroed by the same launch.
-torch::Tensor gather(const torch::Tensor& weight, const torch::Tensor& index,
+at::Tensor gather(const at::Tensor& weight, const at::Tensor& index,
                      cudaStream_t stream, int** flag = nullptr) {
   const int64_t n = index.numel();
   const int64_t tail = flag != nullptr ? 32 / weight.element_size() : 0;  // 16-byte aligned
-  torch::Tensor out = torch::empty({n + tail}, weight.options());
+  at::Tensor out = at::empty({n + tail}, weight.options());
   int* flag_ptr = nullptr;
   if (flag != nullptr) {
     const uintptr_t end = reinterpret_cast<uintptr_t>(out.data_ptr()) + n * weight.element_size();
@@ -115,7 +155,7 @@ torch::Tensor gather(const torch::Tensor& weight, const torch::Tensor& index,
 }
 
 // The geometry part of PhaseConvExact (phase_conv_exact.cuh): the operands are set per call.
-PhaseConvExact exact_geometry(int mode, const torch::Tensor& x, const torch::Tensor& weight,
+PhaseConvExact exact_geometry(int mode, const at::Tensor& x, const at::Tensor& weight,
                               int64_t c_out, int64_t groups, const std::vector<int64_t>& out,
                               const std::vector<int64_t>& stride,
                               const std::vector<int64_t>& padding,
@@ -130,14 +170,14 @@ PhaseConvExact exact_geometry(int mode, const torch::Tensor& x, const torch::Ten
   return e;
 }
 
-void set_strides(int64_t* dst, const torch::Tensor& t) {
+void set_strides(int64_t* dst, const at::Tensor& t) {
   for (int i = 0; i < 5; ++i) dst[i] = t.stride(i);
 }
 
 // What every call checks: the tensors are those the plan was made for (shapes, dtype,
 // device), so the plan's launch parameters hold.
-void check_matches(const torch::Tensor& t, const char* name, c10::IntArrayRef sizes,
-                   const torch::Device& device, c10::ScalarType dtype) {
+void check_matches(const at::Tensor& t, const char* name, c10::IntArrayRef sizes,
+                   const c10::Device& device, c10::ScalarType dtype) {
   TORCH_CHECK(t.defined() && t.device() == device && t.scalar_type() == dtype &&
               t.sizes() == sizes, "phaseconv cuda engine: ", name, " (shape ",
               nums(t.sizes()), ", dtype ", c10::toString(t.scalar_type()), ", ",
@@ -145,7 +185,7 @@ void check_matches(const torch::Tensor& t, const char* name, c10::IntArrayRef si
               c10::toString(dtype), ", ", device.str(), ").");
 }
 
-void check_weight_size(const torch::Tensor& w) {
+void check_weight_size(const at::Tensor& w) {
   TORCH_CHECK(w.is_cuda() && w.dim() == 5, "phaseconv cuda engine: the weight must be a 5-D "
               "CUDA tensor.");
   TORCH_CHECK(w.numel() < std::numeric_limits<int32_t>::max(), "phaseconv cuda engine: the "
@@ -153,12 +193,12 @@ void check_weight_size(const torch::Tensor& w) {
 }
 
 // A tensor laid out as a channels-last kernel reads it: (N, D, H, W, C), 16-byte aligned.
-torch::Tensor channels_last_input(const torch::Tensor& x, cudaStream_t stream) {
+at::Tensor channels_last_input(const at::Tensor& x, cudaStream_t stream) {
   const auto cl = at::MemoryFormat::ChannelsLast3d;
-  torch::Tensor xl;
+  at::Tensor xl;
   if (x.is_contiguous(cl) && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0) return x;
   if (x.is_contiguous() && x.element_size() != 8) {
-    xl = torch::empty_like(x, x.options().memory_format(cl));
+    xl = at::empty_like(x, x.options().memory_format(cl));
     check_launch(phase_conv_to_channels_last(x.data_ptr(), xl.data_ptr(), x.size(0), x.size(1),
                                              x.size(2) * x.size(3) * x.size(4),
                                              (int)x.element_size(), stream),
@@ -179,13 +219,13 @@ class ForwardPlan {
   // x_channels_last: x will come channels-last; table, index, index_mma: the layer's device
   // tables (phaseconv/engines/cuda.py: LayerTables); index_mma undefined where the dtype has
   // no tensor-core layout.
-  ForwardPlan(const torch::Tensor& x, const torch::Tensor& weight, bool has_bias,
-              bool x_channels_last, const torch::Tensor& table, const torch::Tensor& index,
-              const c10::optional<torch::Tensor>& index_mma, std::vector<int64_t> out_size,
+  ForwardPlan(const at::Tensor& x, const at::Tensor& weight, bool has_bias,
+              bool x_channels_last, const at::Tensor& table, const at::Tensor& index,
+              const c10::optional<at::Tensor>& index_mma, std::vector<int64_t> out_size,
               std::vector<int64_t> stride, std::vector<int64_t> phase_dilation,
               std::vector<int64_t> max_taps, int64_t total_taps, int64_t groups,
               std::vector<int64_t> union_box, std::vector<int64_t> padding,
-              std::vector<int64_t> dilation, int64_t force_path)
+              std::vector<int64_t> dilation, std::vector<int64_t> force)
       : device_(x.device()), dtype_(x.scalar_type()), has_bias_(has_bias),
         x_sizes_(x.sizes().vec()), w_sizes_(weight.sizes().vec()), table_(table),
         index_(index) {
@@ -244,19 +284,18 @@ class ForwardPlan {
     p.total_taps = total_taps;
     p.union_lo_d = union_box[0]; p.union_lo_h = union_box[1]; p.union_lo_w = union_box[2];
     p.union_ext_d = union_box[3]; p.union_ext_h = union_box[4]; p.union_ext_w = union_box[5];
-    p.force_path = (int)force_path;
     p.x_channels_last = x_channels_last && x.element_size() != 8 ? 1 : 0;
-    const c10::cuda::CUDAGuard guard(device_);
-    TORCH_CHECK(phase_conv_fwd_plan(p, dtype_code_, &plan_), "phaseconv cuda engine: no "
-                "forward kernel takes this layer (force_path ", num(force_path), ").");
+    TORCH_CHECK(phase_conv_fwd_plan(p, dtype_code_, forward_force(force),
+                                    device_info(device_), &plan_),
+                "phaseconv cuda engine: no forward kernel takes this layer: ", plan_.text, ".");
     p.x_channels_last = plan_.x_channels_last;
     p.exact = exact_geometry(PHASECONV_EXACT_FORWARD, x, weight, out_channels, groups,
                              out_size, stride, padding, dilation);
     out_sizes_ = {x.size(0), out_channels, out_size[0], out_size[1], out_size[2]};
   }
 
-  torch::Tensor operator()(const torch::Tensor& x, const torch::Tensor& weight,
-                           const c10::optional<torch::Tensor>& bias) const {
+  at::Tensor operator()(const at::Tensor& x, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias) const {
     check_matches(x, "the input", x_sizes_, device_, dtype_);
     check_matches(weight, "the weight", w_sizes_, device_, dtype_);
     const bool with_bias = bias.has_value() && bias->defined();
@@ -264,13 +303,13 @@ class ForwardPlan {
                 has_bias_ ? "with" : "without", " a bias.");
     const c10::cuda::CUDAGuard guard(device_);
     const cudaStream_t stream = stream_of(x);
-    torch::Tensor y = torch::empty(out_sizes_, x.options());
+    at::Tensor y = at::empty(out_sizes_, x.options());
     if (plan_.family == PHASECONV_EMPTY) return y;
     PhaseConvFwdParams p = params_;
     int* flag = nullptr;
-    const torch::Tensor wl =
+    const at::Tensor wl =
         gather(weight, plan_.weight_mma ? index_mma_ : index_, stream, &flag);
-    torch::Tensor xl;
+    at::Tensor xl;
     if (plan_.x_channels_last) {
       xl = channels_last_input(x, stream);
     } else {
@@ -279,7 +318,7 @@ class ForwardPlan {
       if (plan_.family == PHASECONV_GEMM && reinterpret_cast<uintptr_t>(xl.data_ptr()) % 16)
         xl = xl.clone();
     }
-    torch::Tensor b;
+    at::Tensor b;
     if (with_bias) {
       check_matches(*bias, "the bias", {params_.c_out}, device_, dtype_);
       b = bias->contiguous();
@@ -308,12 +347,12 @@ class ForwardPlan {
   bool reads_tensor_core_weight() const { return plan_.weight_mma != 0; }
 
  private:
-  torch::Device device_;
+  c10::Device device_;
   c10::ScalarType dtype_;
   int dtype_code_ = -1;
   bool has_bias_;
   std::vector<int64_t> x_sizes_, w_sizes_, out_sizes_;
-  torch::Tensor table_, index_, index_mma_;
+  at::Tensor table_, index_, index_mma_;
   PhaseConvFwdParams params_;
   PhaseConvFwdPlan plan_;
 };
@@ -327,13 +366,13 @@ class BackwardPlan {
   // x, weight, grad_y: tensors of the planned shapes, dtype and device (metadata only);
   // gi_*: the input gradient's tables (sub-problem table, block index, taps);
   // table, index: the forward's phase table and packed-weight index (the weight gradient's
-  // scatter); gi_kernel: 0 the rule, 1 tensor cores, 2 naive; gw_kernel: 0 the rule, 1 SIMT,
-  // 2 tensor cores.
-  BackwardPlan(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& grad_y,
+  // scatter); gi_kernel, gw_kernel: 0 the rule, else the PhaseConvFamily forced
+  // (phase_conv_plan.h).
+  BackwardPlan(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& grad_y,
                int64_t groups, std::vector<int64_t> stride, std::vector<int64_t> phase_dilation,
-               const torch::Tensor& table, const torch::Tensor& index,
-               std::vector<int64_t> max_taps, const torch::Tensor& gi_table,
-               const torch::Tensor& gi_index, std::vector<int64_t> gi_max_taps,
+               const at::Tensor& table, const at::Tensor& index,
+               std::vector<int64_t> max_taps, const at::Tensor& gi_table,
+               const at::Tensor& gi_index, std::vector<int64_t> gi_max_taps,
                int64_t gi_total_taps, std::vector<int64_t> padding,
                std::vector<int64_t> dilation, int64_t gi_kernel, int64_t gw_kernel)
       : device_(x.device()), dtype_(x.scalar_type()), x_sizes_(x.sizes().vec()),
@@ -364,9 +403,7 @@ class BackwardPlan {
     const int64_t nsub = gi_table.numel() / PHASECONV_TABLE_STRIDE;
     check_table(gi_table, device_, nsub, "grad-input table");
     check_index(gi_index, device_, weight.numel(), "grad-input weight");
-    TORCH_CHECK(gi_kernel >= 0 && gi_kernel <= 2 && gw_kernel >= 0 && gw_kernel <= 2,
-                "phaseconv cuda engine: bad kernel choice.");
-    const c10::cuda::CUDAGuard guard(device_);
+    const phaseconv::DevInfo dev = device_info(device_);
 
     // input gradient (grad-input mode: grad_y read as the input, grad_x written)
     PhaseConvFwdParams& q = gi_params_;
@@ -381,7 +418,6 @@ class BackwardPlan {
     q.total_taps = gi_total_taps;
     q.union_lo_d = q.union_lo_h = q.union_lo_w = 0;
     q.union_ext_d = q.union_ext_h = q.union_ext_w = 0;
-    q.force_path = 0;
     q.x_channels_last = 0;
     q.sub_table = gi_table.data_ptr<int64_t>();
     q.nsub = (int)nsub;
@@ -389,9 +425,8 @@ class BackwardPlan {
     const std::vector<int64_t> gy_spatial = {grad_y.size(2), grad_y.size(3), grad_y.size(4)};
     q.exact = exact_geometry(PHASECONV_EXACT_GRAD_INPUT, x, weight, c_out, groups, gy_spatial,
                              stride, padding, dilation);
-    TORCH_CHECK(phase_conv_bwd_input_plan(q, dtype_code_, (int)gi_kernel, &gi_plan_),
-                "phaseconv cuda engine: the input-gradient kernel forced (",
-                gi_kernel == 1 ? "tensor cores" : "naive", ") does not take this layer.");
+    TORCH_CHECK(phase_conv_bwd_input_plan(q, dtype_code_, (int)gi_kernel, dev, &gi_plan_),
+                "phaseconv cuda engine: the input gradient: ", gi_plan_.text, ".");
 
     // weight gradient
     PhaseConvBwdWeightParams& w = gw_params_;
@@ -405,33 +440,28 @@ class BackwardPlan {
     w.pdil_d = phase_dilation[0]; w.pdil_h = phase_dilation[1]; w.pdil_w = phase_dilation[2];
     w.max_taps_d = max_taps[0]; w.max_taps_h = max_taps[1]; w.max_taps_w = max_taps[2];
     w.packed_elems = weight.numel();
-    w.kernel = gw_kernel;
     w.exact = exact_geometry(PHASECONV_EXACT_GRAD_WEIGHT, x, weight, c_out, groups, gy_spatial,
                              stride, padding, dilation);
-    char buf[256];
-    phase_conv_bwd_weight_describe(w, dtype_code_, buf, (int)sizeof(buf));
-    gw_text_ = buf;
-    TORCH_CHECK(gw_text_.rfind("refused", 0) != 0, "phaseconv cuda engine: the weight "
-                "gradient ", gw_text_, ".");
-    ws_bytes_ = phase_conv_bwd_weight_workspace(w, dtype_code_);
+    TORCH_CHECK(phase_conv_bwd_weight_plan(w, dtype_code_, (int)gw_kernel, dev, &gw_plan_),
+                "phaseconv cuda engine: the weight gradient: ", gw_plan_.text, ".");
   }
 
   // (grad_input, grad_weight), None where not asked for.
-  std::tuple<c10::optional<torch::Tensor>, c10::optional<torch::Tensor>> operator()(
-      const torch::Tensor& grad_y, const torch::Tensor& x, const torch::Tensor& weight,
+  std::tuple<c10::optional<at::Tensor>, c10::optional<at::Tensor>> operator()(
+      const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
       bool need_input, bool need_weight) const {
     check_matches(grad_y, "grad_output", gy_sizes_, device_, dtype_);
     check_matches(x, "the input", x_sizes_, device_, dtype_);
     check_matches(weight, "the weight", w_sizes_, device_, dtype_);
     const c10::cuda::CUDAGuard guard(device_);
     const cudaStream_t stream = stream_of(x);
-    const torch::Tensor gy = grad_y.contiguous();
-    c10::optional<torch::Tensor> gx, gw;
+    const at::Tensor gy = grad_y.contiguous();
+    c10::optional<at::Tensor> gx, gw;
     if (need_input) {
-      torch::Tensor out = torch::empty(x_sizes_, x.options());
+      at::Tensor out = at::empty(x_sizes_, x.options());
       if (gi_plan_.family != PHASECONV_EMPTY) {
         int* flag = nullptr;
-        const torch::Tensor wl = gather(weight, gi_index_, stream, &flag);
+        const at::Tensor wl = gather(weight, gi_index_, stream, &flag);
         PhaseConvFwdParams q = gi_params_;
         q.x = gy.data_ptr();
         q.weight = wl.data_ptr();
@@ -451,13 +481,13 @@ class BackwardPlan {
       const auto cl = at::MemoryFormat::ChannelsLast3d;
       const auto fmt = !weight.is_contiguous() && weight.is_contiguous(cl)
                            ? cl : at::MemoryFormat::Contiguous;
-      torch::Tensor out = torch::empty(w_sizes_, weight.options().memory_format(fmt));
+      at::Tensor out = at::empty(w_sizes_, weight.options().memory_format(fmt));
       if (x.size(0) == 0) {
         out.zero_();
       } else {
-        const torch::Tensor xc = x.contiguous();
-        torch::Tensor ws = torch::empty({(int64_t)ws_bytes_ + 16},
-                                        x.options().dtype(torch::kUInt8));
+        const at::Tensor xc = x.contiguous();
+        at::Tensor ws = at::empty({(int64_t)gw_plan_.ws_bytes + 16},
+                                        x.options().dtype(at::kByte));
         PhaseConvBwdWeightParams w = gw_params_;
         w.x = xc.data_ptr();
         w.grad_y = gy.data_ptr();
@@ -468,7 +498,8 @@ class BackwardPlan {
         set_strides(w.exact.as, xc);
         w.exact.b = gy.data_ptr();
         set_strides(w.exact.bs, gy);
-        check_launch(phase_conv_bwd_weight(w, dtype_code_, stream), "weight-gradient");
+        check_launch(phase_conv_bwd_weight(w, gw_plan_, dtype_code_, stream),
+                     "weight-gradient");
       }
       gw = out;
     }
@@ -476,23 +507,22 @@ class BackwardPlan {
   }
 
   std::string grad_input_description() const { return gi_plan_.text; }
-  std::string grad_weight_description() const { return gw_text_; }
+  std::string grad_weight_description() const { return gw_plan_.text; }
 
  private:
-  torch::Device device_;
+  c10::Device device_;
   c10::ScalarType dtype_;
   int dtype_code_ = -1;
   std::vector<int64_t> x_sizes_, w_sizes_, gy_sizes_;
-  torch::Tensor table_, index_, gi_table_, gi_index_;
+  at::Tensor table_, index_, gi_table_, gi_index_;
   PhaseConvFwdParams gi_params_;
   PhaseConvBwdInputPlan gi_plan_;
   PhaseConvBwdWeightParams gw_params_;
-  std::string gw_text_;
-  size_t ws_bytes_ = 0;
+  PhaseConvBwdWeightPlan gw_plan_;
 };
 
 // A weight in the layout `index` describes (phase_conv_pack.cuh; tests read layouts so).
-torch::Tensor gather_binding(const torch::Tensor& weight, const torch::Tensor& index) {
+at::Tensor gather_binding(const at::Tensor& weight, const at::Tensor& index) {
   check_weight_size(weight);
   check_index(index, weight.device(), index.numel(), "gather");
   const c10::cuda::CUDAGuard guard(weight.device());
@@ -504,16 +534,16 @@ torch::Tensor gather_binding(const torch::Tensor& weight, const torch::Tensor& i
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "phaseconv CUDA engine (conv_transpose3d by sub-pixel phases)";
   py::class_<ForwardPlan>(m, "ForwardPlan")
-      .def(py::init<const torch::Tensor&, const torch::Tensor&, bool, bool, const torch::Tensor&,
-                    const torch::Tensor&, const c10::optional<torch::Tensor>&,
+      .def(py::init<const at::Tensor&, const at::Tensor&, bool, bool, const at::Tensor&,
+                    const at::Tensor&, const c10::optional<at::Tensor>&,
                     std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
                     std::vector<int64_t>, int64_t, int64_t, std::vector<int64_t>,
-                    std::vector<int64_t>, std::vector<int64_t>, int64_t>(),
+                    std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>>(),
            py::arg("x"), py::arg("weight"), py::arg("has_bias"), py::arg("x_channels_last"),
            py::arg("table"), py::arg("index"), py::arg("index_mma"), py::arg("out_size"),
            py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
            py::arg("total_taps"), py::arg("groups"), py::arg("union_box"),
-           py::arg("padding"), py::arg("dilation"), py::arg("force_path"))
+           py::arg("padding"), py::arg("dilation"), py::arg("force"))
       .def("__call__", &ForwardPlan::operator(), py::arg("x"), py::arg("weight"),
            py::arg("bias"))
       .def_property_readonly("description", &ForwardPlan::description)
@@ -521,10 +551,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("reads_tensor_core_weight",
                              &ForwardPlan::reads_tensor_core_weight);
   py::class_<BackwardPlan>(m, "BackwardPlan")
-      .def(py::init<const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,
-                    std::vector<int64_t>, std::vector<int64_t>, const torch::Tensor&,
-                    const torch::Tensor&, std::vector<int64_t>, const torch::Tensor&,
-                    const torch::Tensor&, std::vector<int64_t>, int64_t, std::vector<int64_t>,
+      .def(py::init<const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                    std::vector<int64_t>, std::vector<int64_t>, const at::Tensor&,
+                    const at::Tensor&, std::vector<int64_t>, const at::Tensor&,
+                    const at::Tensor&, std::vector<int64_t>, int64_t, std::vector<int64_t>,
                     std::vector<int64_t>, int64_t, int64_t>(),
            py::arg("x"), py::arg("weight"), py::arg("grad_y"), py::arg("groups"),
            py::arg("stride"), py::arg("phase_dilation"), py::arg("table"), py::arg("index"),

@@ -10,7 +10,9 @@
 //   output channel) for one tap and walks a share of the tile's outputs.  FMAs in fp32 (fp64
 //   for double).
 //
-// Both write per-split workspace slices that gw_reduce_kernel adds in split order.
+// Both write per-split workspace slices that gw_reduce_kernel adds in split order; a naive
+// kernel (one thread per weight element) takes layers whose window does not fit.  The plan
+// (phase_conv_plan.cpp) picks one and its tile.
 #include "phase_conv_bwd.cuh"
 #include "phase_conv_dtype.cuh"
 #include "phase_conv_fwd.cuh"
@@ -19,12 +21,15 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
-#include <stdio.h>
 
 namespace phaseconv_bwd {
 namespace {
 
-constexpr int kThreads = 256;
+using phaseconv::kGmBK;
+using phaseconv::kGmWM;
+using phaseconv::kGmWN;
+using phaseconv::GwCfg;
+constexpr int kThreads = phaseconv::kGwThreads;
 
 using namespace phaseconv_dtype;  // AccOf, to_acc, from_acc, ldg, axis_count
 using namespace phaseconv_mma;    // ldmatrix, mma.sync, 3xTF32 split, flush_acc
@@ -326,7 +331,6 @@ struct GmArgs : BwdGeometry {
   int n_cib, n_cob, splits;
 };
 
-constexpr int kGmBK = 32;
 
 template <typename T, int WM, int WN>
 __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
@@ -487,16 +491,6 @@ __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
     }
 }
 
-inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-struct GwPlan {
-  GwArgs a;
-  int64_t grid;
-  size_t smem, ws_bytes;
-};
-
-inline int round4(int64_t v) { return (int)((v + 3) / 4 * 4); }
-
 // BwdGeometry from the launcher's parameters.
 void set_geometry(BwdGeometry& a, const PhaseConvBwdWeightParams& p) {
   a.x = p.x; a.gy = p.grad_y; a.ws = p.workspace; a.table = p.table;
@@ -511,114 +505,13 @@ void set_geometry(BwdGeometry& a, const PhaseConvBwdWeightParams& p) {
   a.packed_elems = p.packed_elems;
 }
 
-bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, GwPlan* out) {
-  const size_t acc_size = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
-  GwArgs& a = out->a;
-  set_geometry(a, p);
-  const int64_t max_taps = p.max_taps_d * p.max_taps_h * p.max_taps_w;
-  if (max_taps == 0 || p.packed_elems == 0) return false;
-  // block tile: up to 32 x 32 channels (4-channel register tiles), taps to fill the threads
-  // (64 x 64 measured slower: one block per SM)
-  a.ci_b = a.cin_g >= 32 ? 32 : round4(a.cin_g);
-  a.co_b = a.cout_g >= 32 ? 32 : round4(a.cout_g);
-  const int64_t per_tap = (int64_t)(a.ci_b / 4) * (a.co_b / 4);
-  int64_t tc = kThreads / per_tap;
-  if (tc < 1) tc = 1;
-  if (tc > max_taps) tc = max_taps;
-  a.tc = (int)tc;
-  a.n_tch = (int)cdiv(max_taps, a.tc);
-  a.n_cib = (int)cdiv(a.cin_g, a.ci_b);
-  a.n_cob = (int)cdiv(a.cout_g, a.co_b);
-  // the tile's window: TW covers a phase's W count (the largest and smallest phases may
-  // differ by one), TH = tpos / TW; the largest tile that fits ~160 KB of shared memory
-  const int64_t wd = 1 + (p.max_taps_d - 1) * p.pdil_d;
-  const int64_t cw_hi = cdiv(p.out_w, p.stride_w), cw_lo = p.out_w / p.stride_w;
-  bool fits = false;
-  for (int lg_tpos = 7; lg_tpos >= 0 && !fits; --lg_tpos) {
-    int64_t win = 0;
-    for (int k = 0; k < 2; ++k) {
-      const int64_t cwk = k == 0 ? cw_hi : cw_lo;
-      int lg = 0;
-      while (((int64_t)1 << lg) < cwk && lg < 5 && lg < lg_tpos) ++lg;
-      const int64_t tw = (int64_t)1 << lg, th = ((int64_t)1 << lg_tpos) >> lg;
-      const int64_t w = wd * (th + (p.max_taps_h - 1) * p.pdil_h) *
-                        (tw + (p.max_taps_w - 1) * p.pdil_w);
-      if (w > win) win = w;
-    }
-    const int64_t xs = a.ci_b, gs = a.co_b;
-    if (win * xs < kThreads * 16) win = cdiv(kThreads * 16, xs);  // reduction buffer
-    const size_t smem = (size_t)(win * xs + (gs << lg_tpos)) * acc_size;
-    if (smem <= 160 * 1024 && win < (1 << 24)) {
-      a.lg_tpos = lg_tpos;
-      a.win_max = (int)win;
-      out->smem = smem;
-      fits = true;
-    }
-  }
-  if (!fits) return false;
-  const int64_t base = (int64_t)a.num_phases * a.groups * a.n_cib * a.n_cob * a.n_tch;
-  // splits of the reduction: enough blocks for ~4 per multiprocessor (132 on an H100)
-  const int64_t tiles = p.n * cdiv(p.out_d, p.stride_d) *
-                        cdiv(cdiv(p.out_h, p.stride_h) * cdiv(p.out_w, p.stride_w),
-                             (int64_t)1 << a.lg_tpos);  // about the tiles of a phase
-  int64_t splits = cdiv(4 * 132, base);
-  if (splits > tiles) splits = tiles;
-  if (splits < 1) splits = 1;
-  if (splits > 64) splits = 64;
-  a.splits = (int)splits;
-  out->grid = base * splits;
-  out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * acc_size;
-  return out->grid < ((int64_t)1 << 31);
-}
-
-// Tensor-core plan (the rule of phase_conv_bwd.cuh): 64 x 64 channel tiles.  Measured on
-// an H100: 128 x 64 tied in fp32 and lost in bf16 (shape 3: 217 vs 175 us);
-// 64 x 32 for C_out/g <= 32 lost too (shape 2: 699 vs 536 us fp32, 400 vs 333 bf16).
-constexpr int kGmWM = 2, kGmWN = 2;
-struct GmPlan {
-  GmArgs a;
-  int64_t grid;
-  size_t ws_bytes;
-};
-
-bool mma_possible(const PhaseConvBwdWeightParams& p, int dtype_code) {
-  if (dtype_code == PHASECONV_FLOAT64) return false;
-  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
-                     cdiv(p.out_w, p.stride_w);  // the largest phase's reduction length
-  return cin_g >= 16 && cout_g >= 16 && kp < ((int64_t)1 << 31) - 64;
-}
-
-bool want_mma(const PhaseConvBwdWeightParams& p, int dtype_code) {
-  return p.kernel != 1 && mma_possible(p, dtype_code);
-}
-
-bool plan_gm(const PhaseConvBwdWeightParams& p, GmPlan* out) {
-  GmArgs& a = out->a;
-  set_geometry(a, p);
-  a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
-  if (a.max_taps == 0 || p.packed_elems == 0) return false;
-  const int bm = kGmWM * 32, bn = kGmWN * 32;
-  a.n_cib = (int)cdiv(a.cin_g, bm);
-  a.n_cob = (int)cdiv(a.cout_g, bn);
-  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
-                     cdiv(p.out_w, p.stride_w);
-  const int64_t chunks = cdiv(kp, kGmBK);
-  const int64_t base = (int64_t)a.num_phases * a.max_taps * a.groups * a.n_cib * a.n_cob;
-  // splits of the reduction: about 8 blocks per multiprocessor (132 on an H100), each split
-  // at least 16 chunks (512 terms) long
-  int64_t splits = cdiv(8 * 132, base);
-  if (splits > chunks / 16) splits = chunks / 16;
-  if (splits > 64) splits = 64;
-  if (splits < 1) splits = 1;
-  a.splits = (int)splits;
-  out->grid = base * splits;
-  out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * sizeof(float);
-  return out->grid < ((int64_t)1 << 31);
-}
-
 template <typename T, int WM, int WN>
-cudaError_t launch_gm_t(const GmPlan& plan, cudaStream_t stream) {
+cudaError_t launch_gm_t(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
+                        cudaStream_t stream) {
+  GmArgs a;
+  set_geometry(a, p);
+  a.max_taps = plan.gm.max_taps;
+  a.n_cib = plan.gm.n_cib; a.n_cob = plan.gm.n_cob; a.splits = plan.gm.splits;
   constexpr int RS = kGmBK * (int)sizeof(T) + 16;
   const int smem = 2 * (WM + WN) * 32 * RS;
   if (smem > 48 * 1024) {
@@ -626,21 +519,32 @@ cudaError_t launch_gm_t(const GmPlan& plan, cudaStream_t stream) {
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
   }
-  gw_mma_kernel<T, WM, WN><<<(unsigned)plan.grid, WM * WN * 32, smem, stream>>>(plan.a);
+  gw_mma_kernel<T, WM, WN><<<(unsigned)plan.grid, WM * WN * 32, smem, stream>>>(a);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t launch_gm(const PhaseConvBwdWeightParams& p, const GmPlan& plan,
+cudaError_t launch_gm(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
                       cudaStream_t stream) {
-  cudaError_t err = launch_gm_t<T, kGmWM, kGmWN>(plan, stream);
+  cudaError_t err = launch_gm_t<T, kGmWM, kGmWN>(p, plan, stream);
   if (err != cudaSuccess) return err;
-  return launch_reduce<T>(p, plan.a.splits, stream);
+  return launch_reduce<T>(p, plan.gm.splits, stream);
+}
+template <>
+cudaError_t launch_gm<double>(const PhaseConvBwdWeightParams&, const PhaseConvBwdWeightPlan&,
+                              cudaStream_t) {
+  return cudaErrorInvalidValue;  // the plan never picks tensor cores for float64
 }
 
 template <typename T>
-cudaError_t launch_gw(const PhaseConvBwdWeightParams& p, const GwPlan& plan,
+cudaError_t launch_gw(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
                       cudaStream_t stream) {
+  GwArgs a;
+  set_geometry(a, p);
+  const GwCfg& c = plan.gw;
+  a.ci_b = c.ci_b; a.co_b = c.co_b; a.tc = c.tc;
+  a.n_cib = c.n_cib; a.n_cob = c.n_cob; a.n_tch = c.n_tch; a.splits = c.splits;
+  a.lg_tpos = c.lg_tpos; a.win_max = c.win_max;
   if (plan.smem > 48 * 1024) {
     cudaError_t err = cudaFuncSetAttribute(gw_partial_kernel<T>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -650,100 +554,45 @@ cudaError_t launch_gw(const PhaseConvBwdWeightParams& p, const GwPlan& plan,
   // slices of blocks that find no taps stay unwritten: start from zeros
   cudaError_t err = cudaMemsetAsync(p.workspace, 0, plan.ws_bytes, stream);
   if (err != cudaSuccess) return err;
-  gw_partial_kernel<T><<<(unsigned)plan.grid, kThreads, plan.smem, stream>>>(plan.a);
+  gw_partial_kernel<T><<<(unsigned)plan.grid, kThreads, plan.smem, stream>>>(a);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  return launch_reduce<T>(p, plan.a.splits, stream);
+  return launch_reduce<T>(p, c.splits, stream);
 }
 
 template <typename T>
-cudaError_t launch_gw_naive(const PhaseConvBwdWeightParams& p, cudaStream_t stream) {
+cudaError_t launch_gw_naive(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
+                            cudaStream_t stream) {
   BwdGeometry a;
   set_geometry(a, p);
-  int64_t blocks = (p.packed_elems + 255) / 256;
-  if (blocks > 65535) blocks = 65535;
-  gw_naive_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(a, p.grad_w_index, p.grad_w_view,
-                                                            p.grad_w);
+  gw_naive_kernel<T><<<(unsigned)plan.grid, 256, 0, stream>>>(a, p.grad_w_index,
+                                                               p.grad_w_view, p.grad_w);
   return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t run_plan(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
+                     cudaStream_t stream) {
+  switch (plan.family) {
+    case PHASECONV_EMPTY: return cudaSuccess;  // no phase has taps: nothing to write
+    case PHASECONV_GW_MMA: return launch_gm<T>(p, plan, stream);
+    case PHASECONV_GW_SIMT: return launch_gw<T>(p, plan, stream);
+    case PHASECONV_GW_NAIVE: return launch_gw_naive<T>(p, plan, stream);
+  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace
 }  // namespace phaseconv_bwd
 
-size_t phase_conv_bwd_weight_workspace(const PhaseConvBwdWeightParams& params, int dtype_code) {
-  using namespace phaseconv_bwd;
-  if (want_mma(params, dtype_code)) {
-    GmPlan plan;
-    return plan_gm(params, &plan) ? plan.ws_bytes : 0;
-  }
-  GwPlan plan;
-  if (!plan_gw(params, dtype_code, &plan) || plan.smem > 227 * 1024) return 0;  // naive
-  return plan.ws_bytes;
-}
-
-cudaError_t phase_conv_bwd_weight(const PhaseConvBwdWeightParams& params, int dtype_code,
+cudaError_t phase_conv_bwd_weight(const PhaseConvBwdWeightParams& params,
+                                  const PhaseConvBwdWeightPlan& plan, int dtype_code,
                                   cudaStream_t stream) {
   using namespace phaseconv_bwd;
-  if (params.packed_elems == 0) return cudaSuccess;  // no phase has taps: nothing to write
-  if (params.kernel >= 2 && !mma_possible(params, dtype_code)) return cudaErrorInvalidValue;
-  if (want_mma(params, dtype_code)) {
-    GmPlan plan;
-    if (!plan_gm(params, &plan)) return cudaErrorInvalidConfiguration;
-    switch (dtype_code) {
-      case PHASECONV_FLOAT32: return launch_gm<float>(params, plan, stream);
-      case PHASECONV_FLOAT16: return launch_gm<__half>(params, plan, stream);
-      case PHASECONV_BFLOAT16: return launch_gm<__nv_bfloat16>(params, plan, stream);
-    }
-    return cudaErrorInvalidValue;
-  }
-  GwPlan plan;
-  if (!plan_gw(params, dtype_code, &plan) || plan.smem > 227 * 1024) {
-    switch (dtype_code) {  // the window does not fit shared memory: the naive kernel
-      case PHASECONV_FLOAT32: return launch_gw_naive<float>(params, stream);
-      case PHASECONV_FLOAT64: return launch_gw_naive<double>(params, stream);
-      case PHASECONV_FLOAT16: return launch_gw_naive<__half>(params, stream);
-      case PHASECONV_BFLOAT16: return launch_gw_naive<__nv_bfloat16>(params, stream);
-    }
-    return cudaErrorInvalidValue;
-  }
   switch (dtype_code) {
-    case PHASECONV_FLOAT32: return launch_gw<float>(params, plan, stream);
-    case PHASECONV_FLOAT64: return launch_gw<double>(params, plan, stream);
-    case PHASECONV_FLOAT16: return launch_gw<__half>(params, plan, stream);
-    case PHASECONV_BFLOAT16: return launch_gw<__nv_bfloat16>(params, plan, stream);
+    case PHASECONV_FLOAT32: return run_plan<float>(params, plan, stream);
+    case PHASECONV_FLOAT64: return run_plan<double>(params, plan, stream);
+    case PHASECONV_FLOAT16: return run_plan<__half>(params, plan, stream);
+    case PHASECONV_BFLOAT16: return run_plan<__nv_bfloat16>(params, plan, stream);
   }
   return cudaErrorInvalidValue;
-}
-
-void phase_conv_bwd_weight_describe(const PhaseConvBwdWeightParams& params, int dtype_code,
-                                    char* buf, int len) {
-  using namespace phaseconv_bwd;
-  if (len <= 0) return;
-  buf[0] = 0;
-  if (params.packed_elems == 0) {
-    snprintf(buf, len, "none (no phase has taps)");
-    return;
-  }
-  if (params.kernel >= 2 && !mma_possible(params, dtype_code)) {
-    snprintf(buf, len, "refused (tensor cores forced on a layer they cannot take)");
-    return;
-  }
-  if (want_mma(params, dtype_code)) {
-    GmPlan plan;
-    if (!plan_gm(params, &plan)) {
-      snprintf(buf, len, "refused (grid too large)");
-      return;
-    }
-    snprintf(buf, len, "tensor-core gemm %s, %dx%d channel tile, %d split(s), %lld blocks",
-             dtype_code == PHASECONV_FLOAT32 ? "3xTF32" : "fp32-accumulate",
-             kGmWM * 32, kGmWN * 32, plan.a.splits, (long long)plan.grid);
-    return;
-  }
-  GwPlan plan;
-  if (!plan_gw(params, dtype_code, &plan) || plan.smem > 227 * 1024) {
-    snprintf(buf, len, "naive (one thread per weight element: the input window does not fit "
-             "shared memory)");
-    return;
-  }
-  snprintf(buf, len, "simt %dx%d channel tile, %d tap(s) per block, %d split(s), %lld blocks",
-           plan.a.ci_b, plan.a.co_b, plan.a.tc, plan.a.splits, (long long)plan.grid);
 }

@@ -21,26 +21,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-enum PhaseConvExactMode {
-  PHASECONV_EXACT_FORWARD = 0,      // y (N, C_out, out...) contiguous; a = x, b = weight
-  PHASECONV_EXACT_GRAD_INPUT = 1,   // grad_x (N, C_in, in...) contiguous; a = grad_y, b = weight
-  PHASECONV_EXACT_GRAD_WEIGHT = 2,  // grad_w, by logical (C-order) element; a = x, b = grad_y
-};
-
-// The operands of one launch as the definition reads them (sizes are the transposed
-// convolution's: in = the input's spatial sizes, out = the output's).
-struct PhaseConvExact {
-  const void* a = nullptr;
-  const void* b = nullptr;
-  const void* bias = nullptr;  // forward only, or nullptr
-  int64_t as[5] = {0, 0, 0, 0, 0};  // element strides of a (n, c, d, h, w)
-  int64_t bs[5] = {0, 0, 0, 0, 0};  // of b: weight (ci, co, kd, kh, kw) or grad_y (n, c, ...)
-  int64_t n = 0, c_in = 0, c_out = 0, groups = 1;
-  int64_t in[3] = {0, 0, 0}, out[3] = {0, 0, 0}, k[3] = {0, 0, 0};
-  int64_t s[3] = {1, 1, 1}, p[3] = {0, 0, 0}, d[3] = {1, 1, 1};
-  int mode = PHASECONV_EXACT_FORWARD;
-  int* flag = nullptr;  // set to 1 by a kernel that stored a non-finite element
-};
+#include "phase_conv_plan.h"
 
 #ifdef __CUDACC__
 #include "phase_conv_dtype.cuh"

@@ -15,7 +15,6 @@ namespace phaseconv {
 // copied with 16-byte loads and re-staged only when (group, C_out block) changes.  Needs the
 // whole C_in/g in one chunk.  The phases' outputs of a tile interleave in the same sectors
 // and are written back to back, so L2 merges them.
-#define PHASECONV_ALLPH_MAXPH 32
 struct AllArgs : FwdGeometry {
   const void* wm;           // pack()'s tensor-core weight layout
   int num_phases;
@@ -55,7 +54,7 @@ mma_allph_kernel(const AllArgs a) {
   constexpr bool TF32 = sizeof(T) == 4;
   constexpr bool FL = TF32 && FLUSH;  // accumulators flushed every kFlushTerms terms
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ int s_pi[PHASECONV_ALLPH_MAXPH][8];  // rd rh rw cd ch cw hbase nh2
+  __shared__ int s_pi[kAllphMaxPhases][8];  // rd rh rw cd ch cw hbase nh2
   unsigned char* s_x = smem_raw;
   unsigned char* s_w = smem_raw + a.x_bytes;
   int* s_hoff = reinterpret_cast<int*>(smem_raw + a.x_bytes + a.w_bytes);
@@ -431,115 +430,6 @@ inline int ilog2(int v) {
   return r;
 }
 
-// cl: the input is channels-last; 16-bit dtypes then double-buffer the halo (cp.async).
-bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, bool cl,
-                  AllCfg* best) {
-  if (p.weight_mma == nullptr || dtype_code == PHASECONV_FLOAT64) return false;
-  const int64_t num_phases = p.stride_d * p.stride_h * p.stride_w;
-  if (num_phases < 1 || num_phases > PHASECONV_ALLPH_MAXPH) return false;
-  const int CG = dtype_code == PHASECONV_FLOAT32 ? 4 : 8;
-  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  const int64_t G = cdiv(cin_g, CG);
-  const int64_t rowstride = G * 16 + ((G & 1) ? 0 : 16);
-  const int64_t hbound = p.total_taps * G + num_phases;  // >= sum over phases of even(taps*G)
-  const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
-                cw = cdiv(p.out_w, p.stride_w);
-  const double avg_taps = (double)p.total_taps / (double)num_phases;
-  const int kinds_bm[4] = {256, 256, 128, 128};
-  const int kinds_bn[4] = {8, 16, 64, 128};
-  const int kinds_thr[4] = {128, 128, 128, 256};
-  // static s_pi takes 1 KB; past ~120 KB a block runs alone on its SM and the per-phase
-  // kernel (which chunks C_in/g) measured faster (k2-128, H100)
-  size_t cap = dev.smem_optin > 2048 ? dev.smem_optin - 2048 : 0;
-  if (cap > 120 * 1024) cap = 120 * 1024;
-  bool found = false;
-  for (int kind = 0; kind < 4; ++kind) {
-    const int BM = kinds_bm[kind], BN = kinds_bn[kind];
-    if (kind > 0 && kinds_bn[kind - 1] >= cout_g) continue;
-    const int64_t co_blocks = cdiv(cout_g, BN);
-    const int64_t wb = hbound * BN * 16;
-    const int64_t hb = (hbound * 4 + 15) / 16 * 16;
-    for (int TW = 8; TW <= 32; TW *= 2) {
-      for (int TH = 1; TW * TH <= BM; TH *= 2) {
-        const int TD = BM / (TW * TH);
-        if (TD * TH * TW != BM) continue;
-        if (TH > 2 * ch + 8 || TD > 2 * cd + 8 || TW > 2 * cw + 8) continue;
-        const int64_t hd = TD + p.union_ext_d, hh = TH + p.union_ext_h, hw = TW + p.union_ext_w;
-        const int64_t npos = hd * hh * hw;
-        // fp32 stages the halo twice, already split into its tf32 big and small parts, so the
-        // inner loop does no conversions (each A fragment meets only NT n-tiles); 16-bit
-        // dtypes with a channels-last input keep two halo buffers (the next tile's in flight)
-        const int64_t xbuf = npos * rowstride;
-        const int64_t xb = xbuf * ((CG == 4 || cl) ? 2 : 1);
-        if (xb >= ((int64_t)1 << 30) || wb >= ((int64_t)1 << 30)) continue;
-        size_t smem = (size_t)(xb + wb + hb);
-        if (smem > cap) continue;
-        // staged output slab (16-bit, BN <= 16) when it fits
-        const int64_t box_cs = (int64_t)TD * TH * p.stride_h * TW * p.stride_w + 8;
-        const int64_t box_bytes = (BN * box_cs * 2 + 15) / 16 * 16;
-        const bool stage_out = CG == 8 && BN <= 16 && !(p.force_path & PHASECONV_DIRECT_STORES) &&
-                               smem + box_bytes <= cap && box_cs < ((int64_t)1 << 24);
-        if (stage_out) smem += (size_t)box_bytes;
-        const int64_t tiles = cdiv(cw, TW) * cdiv(ch, TH) * cdiv(cd, TD);
-        const double blocks = (double)tiles * p.n * co_blocks * p.groups;
-        const double kpad = (double)G * CG;
-        const double compute = blocks * num_phases * BM * (double)BN * avg_taps * kpad / 64.0;
-        const double stage = blocks * ((double)npos * kpad * 2.0);
-        const double store = blocks * num_phases * BM * (double)BN * (stage_out ? 0.3 : 1.0);
-        double cost = compute + stage + store;
-        int64_t res = 2048 / kinds_thr[kind];
-        const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024 + 1024));
-        if (by_smem < res) res = by_smem;
-        const bool fl = needs_flush(p, dtype_code);
-        const int64_t reg_cap =
-            kind == 0 ? (CG == 4 ? (fl ? 3 : 4) : 5) : (kind == 3 ? 1 : (fl ? 2 : 3));
-        if (res > reg_cap) res = reg_cap;  // __launch_bounds__ of the kernel (AllMinBlocks)
-        if (res < 1) continue;
-        const double occ = (double)res * kinds_thr[kind] / 1024.0;
-        cost /= (occ >= 1.0 ? 1.0 : 0.4 + 0.6 * occ);
-        const double slots = (double)dev.sms * res;
-        const double waves = blocks / slots;
-        const double full = waves < 1.0 ? 1.0 : (double)(int64_t)(waves + 0.999999);
-        if (waves > 0) cost *= full / waves > 1.5 ? 1.5 : full / waves;
-        if (!found || cost < best->cost) {
-          AllCfg c;
-          c.kind = kind; c.BM = BM; c.BN = BN; c.threads = kinds_thr[kind];
-          c.TD = TD; c.TH = TH; c.TW = TW; c.G = (int)G;
-          c.hd = (int)hd; c.hh = (int)hh; c.hw = (int)hw;
-          c.x_bytes = (int)xb; c.w_bytes = (int)wb; c.x_buf = (int)xbuf;
-          c.stage_out = stage_out ? 1 : 0;
-          c.box_off = (int)(xb + wb + hb); c.box_cs = (int)box_cs;
-          c.smem = smem; c.cost = cost;
-          c.total_blocks = (int64_t)tiles * p.n * co_blocks * p.groups;
-          // each CTA takes per_cta consecutive tiles (same group: the weights stay staged).
-          // Rounds of tiles per slot = per * waves(ceil(total / per) CTAs): take the fewest.
-          // On a tie, with >= 4 CTAs per SM the smallest per (the others overlap each CTA's
-          // prologue; founding bf16: 112 us at per 1), else the largest (fewer weight
-          // restagings; founding fp32, 2 CTAs/SM: 246 us at per 7, 275 at per 1).
-          const int64_t islots = (int64_t)slots;
-          int64_t per = 1, best_rounds = -1;
-          for (int64_t q = 1; q <= cdiv(c.total_blocks, islots); ++q) {
-            const int64_t rounds = q * cdiv(cdiv(c.total_blocks, q), islots);
-            if (best_rounds < 0 || rounds < best_rounds || (rounds == best_rounds && res < 4)) {
-              best_rounds = rounds;
-              per = q;
-            }
-          }
-          c.per_cta = per;
-          c.grid = cdiv(c.total_blocks, per);
-          if (c.grid > 0x7fffffffLL) {
-            c.per_cta = cdiv(c.total_blocks, 0x7fffffffLL);
-            c.grid = cdiv(c.total_blocks, c.per_cta);
-          }
-          *best = c;
-          found = true;
-        }
-      }
-    }
-  }
-  return found;
-}
-
 template <typename T, int MT, int NT, int WM, int WN, bool FLUSH>
 cudaError_t launch_allph_t(const AllArgs& a, const AllCfg& c, cudaStream_t stream) {
   if (c.smem + 1024 > 48 * 1024) {  // static + dynamic past 48 KB needs the opt-in
@@ -574,7 +464,7 @@ cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t
   a.box_vec = p.out_w % 8 == 0 ? 1 : 0;
   a.total_blocks = c.total_blocks; a.per_cta = c.per_cta;
   constexpr bool F = sizeof(T) == 4;  // the FLUSH variant exists for float only
-  const bool fl = needs_flush(p, F ? PHASECONV_FLOAT32 : PHASECONV_FLOAT16);
+  const bool fl = phase_conv_needs_flush(p, F ? PHASECONV_FLOAT32 : PHASECONV_FLOAT16);
   switch (c.kind * 2 + (fl ? 1 : 0)) {
     case 0: return launch_allph_t<T, 4, 1, 4, 1, false>(a, c, stream);
     case 1: return launch_allph_t<T, 4, 1, 4, 1, F>(a, c, stream);

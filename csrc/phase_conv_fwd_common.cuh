@@ -8,9 +8,10 @@
 //   phase_conv_fwd_allphase.cu  every phase of a tile in one block, on mma.sync
 //   phase_conv_fwd_gemm.cu      implicit GEMM of wide 16-bit layers, channels-last input
 //   phase_conv_layout.cu        the channels-last copy of a contiguous input
-// phase_conv_fwd.cu holds the rule that picks one (the plan) and the dispatch by dtype.
-// Each family exposes `choose_<family>` (its tile search, host only) and `run_<family>`
-// (its launch), declared below and instantiated in its own file for every dtype.
+// phase_conv_plan.cpp holds the rule that picks one and each family's tile search (the plan,
+// plain C++); phase_conv_fwd.cu the dispatch by dtype.  Each family exposes `run_<family>`
+// (its launch of a planned tile), declared below and instantiated in its own file for every
+// dtype.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -21,7 +22,7 @@
 #include "phase_conv_exact.cuh"
 #include "phase_conv_fwd.cuh"
 #include "phase_conv_mma.cuh"
-#include "phase_conv_plan.cuh"
+#include "phase_conv_plan.h"
 
 namespace phaseconv {
 
@@ -153,72 +154,24 @@ inline void set_geometry(FwdGeometry& a, const PhaseConvFwdParams& p) {
   a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
 }
 
-// Whether a 3xTF32 launch needs the FLUSH kernel variant: a reduction (per output voxel)
-// longer than kFlushTerms.  Forward: C_in/g x the most taps of a phase; grad-input mode:
-// C_in/g (grad_y's channels) x the taps of all sub-problems.
-inline bool needs_flush(const PhaseConvFwdParams& p, int dtype_code) {
-  if (dtype_code != PHASECONV_FLOAT32) return false;
-  const int64_t taps = p.nsub > 0 ? p.total_taps
-                                  : p.max_taps_d * p.max_taps_h * p.max_taps_w;
-  return (p.c_in / p.groups) * taps > kFlushTerms;
-}
-
-struct DevInfo {
-  int sms;
-  size_t smem_optin;  // per block
-  size_t smem_sm;     // per multiprocessor
-};
-
-inline cudaError_t dev_info(DevInfo* info) {
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return err;
-  int sms = 0, optin = 0, per_sm = 0;
-  if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess)
-    return err;
-  if ((err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) !=
-      cudaSuccess)
-    return err;
-  if ((err = cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev)) !=
-      cudaSuccess)
-    return err;
-  info->sms = sms;
-  info->smem_optin = (size_t)optin;
-  info->smem_sm = (size_t)per_sm;
-  return cudaSuccess;
-}
-
-// implicit-GEMM pipeline depths (the plan's description names them)
-constexpr int kGemmStages = 4;        // one phase per block
-constexpr int kGemmGroupStages = 3;   // W phases grouped (shared memory also holds the output)
-constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
-
 // ---------------------------------------------------------------- the families
-bool choose_tiled(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
-                  TileCfg* best);
 template <typename T>
 cudaError_t run_tiled(const PhaseConvFwdParams& p, const TileCfg& c, cudaStream_t stream);
 
-// The naive kernel, forward or (nsub > 0) grad-input mode.
+// The naive kernel, forward or (nsub > 0) grad-input mode, on `grid` blocks of 256 threads.
 template <typename T>
-cudaError_t run_naive(const PhaseConvFwdParams& p, cudaStream_t stream);
+cudaError_t run_naive(const PhaseConvFwdParams& p, int64_t grid, cudaStream_t stream);
 
-bool choose_mma(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, MmaCfg* best);
 template <typename T>
 cudaError_t run_mma_typed(const PhaseConvFwdParams& p, const MmaCfg& c, cudaStream_t stream);
 template <>
 cudaError_t run_mma_typed<double>(const PhaseConvFwdParams&, const MmaCfg&, cudaStream_t);
 
-bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, bool cl,
-                  AllCfg* best);
 template <typename T>
 cudaError_t run_allph_typed(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t stream);
 template <>
 cudaError_t run_allph_typed<double>(const PhaseConvFwdParams&, const AllCfg&, cudaStream_t);
 
-bool cl_possible(const PhaseConvFwdParams& p, int dtype_code);
-bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, bool cl,
-                 GemmCfg* best);
 template <typename T>
 cudaError_t run_gemm_typed(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream);
 template <>

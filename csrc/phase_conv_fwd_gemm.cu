@@ -359,68 +359,6 @@ gemm_cl_kernel(const GemmArgs a) {
 
 // ---------------------------------------------------------------- implicit-GEMM host side
 
-// Whether a channels-last copy of x can feed the 16-byte staging (CG channels per vector).
-bool cl_possible(const PhaseConvFwdParams& p, int dtype_code) {
-  if (dtype_code == PHASECONV_FLOAT64 || p.weight_mma == nullptr) return false;
-  if (p.force_path & PHASECONV_FORCE_NCDHW) return false;
-  const int64_t cg = dtype_code == PHASECONV_FLOAT32 ? 4 : 8;
-  return (p.c_in / p.groups) % cg == 0;
-}
-
-// cl: the input is channels-last.  A contiguous input serves only when every phase reads W
-// at one offset, a multiple of 8, and the phases' rows come in whole 16-byte vectors along W
-// (k == s, no padding: the "pure GEMM" layers), so no layout copy is needed.
-bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, bool cl,
-                 GemmCfg* c) {
-  if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16) return false;
-  if (p.weight_mma == nullptr || (p.c_in / p.groups) % 8 != 0) return false;
-  if (cl && !cl_possible(p, dtype_code)) return false;
-  if (!cl && !(p.in_w % 8 == 0 && p.out_w % p.stride_w == 0 && (p.out_w / p.stride_w) % 8 == 0 &&
-               p.max_taps_w <= 1 && p.union_ext_w == 0 && p.union_lo_w % 8 == 0 &&
-               reinterpret_cast<uintptr_t>(p.x) % 16 == 0))
-    return false;
-  c->a_ncdhw = !cl;
-  const int force = p.force_path & 15;
-  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  // wide layers only: narrow ones (C_out/g < 32) waste most of a BN >= 32 tile, and the
-  // all-phase kernel's shared halo serves them better
-  if (force != 5 && !(force == 0 && cin_g >= 16 && cout_g >= 32)) return false;
-  // tile: the narrowest BN that covers C_out/g; for BN 64 with a long reduction (>= 512 per
-  // phase) the 8-warp tile with 64-channel k steps (measured on an H100: 8x32x32
-  // k(3,4,4) 128->64 bf16 67.9 vs 78.6 us; 32^3 k2 128->64, K = 128: 83.7 vs 80.0 us)
-  const double k_per_phase = (double)cin_g * (double)p.total_taps /
-                             (double)(p.stride_d * p.stride_h * p.stride_w);
-  int kind = cout_g <= 32 ? 0 : (cout_g <= 64 ? (k_per_phase >= 512 && cin_g >= 64 ? 3 : 1) : 2);
-  if ((p.force_path >> 8) & 7) kind = ((p.force_path >> 8) & 7) - 1;  // benchmarks: a tile
-  if (kind > 3) return false;
-  const int bn[4] = {32, 64, 128, 64}, thr[4] = {128, 128, 256, 256};
-  c->kind = kind; c->BM = 128; c->BN = bn[kind]; c->threads = thr[kind];
-  // group the W phases (stores of whole output rows) unless told not to (benchmarks)
-  c->wgroup = p.stride_w >= 2 && p.stride_w <= kGemmMaxGroup &&
-              !(p.force_path & PHASECONV_GEMM_NO_WGROUP);
-  // the 8-warp tiles take 64 channels a k step (half the barriers) when C_in/g allows
-  c->bkg = (kind >= 2 && cin_g >= 64 && !(p.force_path & PHASECONV_GEMM_BK32)) ? 8 : 4;
-  const size_t tables = (size_t)c->BM * 32 + (size_t)(c->BM / 8) * 24;
-  const size_t stage = (size_t)c->bkg * 16 * (c->BM + c->BN);
-  if (c->wgroup) {
-    c->smem = (size_t)kGemmGroupStages * stage + tables +
-              (size_t)c->BN * (c->BM * p.stride_w + 8) * 2;
-    if (c->smem > dev.smem_optin) c->wgroup = false;
-  }
-  if (!c->wgroup) c->smem = (size_t)kGemmStages * stage + tables;
-  if (c->smem > dev.smem_optin) return false;
-  const int64_t rows = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
-                       cdiv(p.out_w, p.stride_w);  // the largest phase (residue 0)
-  const int64_t m_tiles = cdiv(rows, c->BM);
-  if (m_tiles >= ((int64_t)1 << 31)) return false;
-  c->m_tiles = (int)m_tiles;
-  c->co_blocks = (int)cdiv(cout_g, c->BN);
-  c->total_blocks = p.stride_d * p.stride_h * (c->wgroup ? 1 : p.stride_w) * m_tiles *
-                    c->co_blocks * p.groups;
-  c->grid = c->total_blocks > 0x7fffffffLL ? 0x7fffffffLL : c->total_blocks;
-  return true;
-}
-
 template <typename T, int MT, int NT, int WM, int WN, int BKG>
 cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stream) {
   constexpr int GS = kGemmGroupStages, S1 = kGemmStages;
@@ -458,9 +396,6 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
   }
   return cudaErrorInvalidConfiguration;
 }
-
-// Whether the tensor-core path runs (force_path & 15: 0 auto, 1 SIMT tiled, 2 naive,
-// 3 tensor cores, 4 per-phase tensor cores, 5 implicit GEMM).
 
 template <typename T>
 cudaError_t run_gemm_typed(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream) {

@@ -265,79 +265,6 @@ mma_kernel(const MmaArgs a) {
 }
 
 // ---------------------------------------------------------------- tensor-core host side
-
-bool choose_mma(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, MmaCfg* best) {
-  const int CG = dtype_code == PHASECONV_FLOAT32 ? 4 : 8;
-  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  const int64_t num_phases = p.stride_d * p.stride_h * p.stride_w;
-  const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
-                cw = cdiv(p.out_w, p.stride_w);
-  const int64_t mtd = p.max_taps_d > 0 ? p.max_taps_d : 1;
-  const int64_t mth = p.max_taps_h > 0 ? p.max_taps_h : 1;
-  const int64_t mtw = p.max_taps_w > 0 ? p.max_taps_w : 1;
-  const int64_t taps_max = mtd * mth * mtw;
-  const double avg_taps = num_phases > 0 ? (double)p.total_taps / (double)num_phases : 0.0;
-  const int kinds_bm[4] = {256, 256, 128, 128};
-  const int kinds_bn[4] = {8, 16, 64, 128};
-  const int kinds_thr[4] = {128, 128, 128, 256};
-  const size_t soft = 48 * 1024;
-  bool found = false;
-  for (int kind = 0; kind < 4; ++kind) {
-    const int BM = kinds_bm[kind], BN = kinds_bn[kind];
-    if (kind > 0 && kinds_bn[kind - 1] >= cout_g) continue;  // a narrower tile covers it
-    const int64_t co_blocks = cdiv(cout_g, BN);
-    for (int TW = 8; TW <= 32; TW *= 2) {
-      for (int TH = 1; TW * TH <= BM; TH *= 2) {
-        const int TD = BM / (TW * TH);
-        if (TD * TH * TW != BM) continue;
-        if (TH > 2 * ch + 8 || TD > 2 * cd + 8 || TW > 2 * cw + 8) continue;
-        const int64_t hd = TD + (mtd - 1) * p.pdil_d, hh = TH + (mth - 1) * p.pdil_h,
-                      hw = TW + (mtw - 1) * p.pdil_w;
-        const int64_t npos = hd * hh * hw;
-        int64_t ng = cdiv(cin_g, CG);
-        size_t smem = 0;
-        int64_t xb = 0, wb = 0;
-        for (;;) {
-          const int64_t rowstride = ng * 16 + ((ng & 1) ? 0 : 16);
-          xb = npos * rowstride;
-          wb = (taps_max * ng + 1) * BN * 16;
-          const int64_t hb = (taps_max * ng + 2) * 4;
-          smem = (size_t)(xb + wb + hb);
-          if (smem <= soft || ng == 1) break;
-          ng = (ng + 1) / 2;
-        }
-        if (smem > dev.smem_optin || xb >= ((int64_t)1 << 30)) continue;
-        const int64_t tiles = cdiv(cw, TW) * cdiv(ch, TH) * cdiv(cd, TD);
-        const double blocks = (double)num_phases * tiles * p.n * co_blocks * p.groups;
-        const double kpad = (double)cdiv(cin_g, CG) * CG;
-        const double compute = blocks * BM * (double)BN * avg_taps * kpad / 64.0;
-        const double stage = blocks * ((double)npos * kpad * 2.0 + taps_max * kpad * BN * 0.5);
-        const double store = blocks * BM * (double)BN * 1.0;
-        double cost = compute + stage + store;
-        int64_t res = 2048 / kinds_thr[kind];
-        const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024));
-        if (by_smem < res) res = by_smem;
-        if (res < 1) continue;
-        const double occ = (double)res * kinds_thr[kind] / 1024.0;
-        cost /= (occ >= 1.0 ? 1.0 : 0.4 + 0.6 * occ);
-        const double slots = (double)dev.sms * res;
-        const double waves = blocks / slots;
-        const double full = waves < 1.0 ? 1.0 : (double)(int64_t)(waves + 0.999999);
-        if (waves > 0) cost *= full / waves > 1.5 ? 1.5 : full / waves;
-        if (!found || cost < best->cost) {
-          MmaCfg c;
-          c.kind = kind; c.BM = BM; c.BN = BN; c.threads = kinds_thr[kind];
-          c.TD = TD; c.TH = TH; c.TW = TW; c.ng = (int)ng;
-          c.x_bytes = (int)xb; c.w_bytes = (int)wb; c.smem = smem; c.cost = cost;
-          *best = c;
-          found = true;
-        }
-      }
-    }
-  }
-  return found;
-}
-
 template <typename T, int MT, int NT, int WM, int WN, bool FLUSH>
 cudaError_t launch_mma_t(const MmaArgs& a, const MmaCfg& c, int64_t grid, cudaStream_t stream) {
   if (c.smem > 48 * 1024) {
@@ -369,7 +296,7 @@ cudaError_t run_mma(const PhaseConvFwdParams& p, const MmaCfg& c, cudaStream_t s
   int64_t grid = a.total_blocks;
   if (grid > 0x7fffffffLL) grid = 0x7fffffffLL;
   constexpr bool F = sizeof(T) == 4;  // the FLUSH variant exists for float only
-  const bool fl = needs_flush(p, F ? PHASECONV_FLOAT32 : PHASECONV_FLOAT16);
+  const bool fl = phase_conv_needs_flush(p, F ? PHASECONV_FLOAT32 : PHASECONV_FLOAT16);
   switch (c.kind * 2 + (fl ? 1 : 0)) {
     case 0: return launch_mma_t<T, 4, 1, 4, 1, false>(a, c, grid, stream);
     case 1: return launch_mma_t<T, 4, 1, 4, 1, F>(a, c, grid, stream);

@@ -126,31 +126,26 @@ __global__ void __launch_bounds__(256) naive_bwd_input_kernel(const NaiveArgs a)
   }
 }
 
-// The naive kernel, forward or (nsub > 0) grad-input mode.
+// The naive kernel, forward or (nsub > 0) grad-input mode (a grid-stride loop).
 template <typename T>
-cudaError_t run_naive(const PhaseConvFwdParams& p, cudaStream_t stream) {
-  DevInfo dev;
-  const cudaError_t err = dev_info(&dev);
-  if (err != cudaSuccess) return err;
+cudaError_t run_naive(const PhaseConvFwdParams& p, int64_t grid, cudaStream_t stream) {
   NaiveArgs a;
   set_geometry(a, p);
   a.w = p.weight;
   a.total = p.n * p.c_out * p.out_d * p.out_h * p.out_w;
   a.sub_table = p.sub_table; a.nsub = p.nsub;
   a.isd = (int)p.in_stride_d; a.ish = (int)p.in_stride_h; a.isw = (int)p.in_stride_w;
-  int64_t blocks = cdiv(a.total, 256);
-  const int64_t cap = (int64_t)dev.sms * 32;
-  if (blocks > cap) blocks = cap;
+  if (grid < 1 || grid > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
   if (p.nsub > 0)
-    naive_bwd_input_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(a);
+    naive_bwd_input_kernel<T><<<(unsigned)grid, 256, 0, stream>>>(a);
   else
-    naive_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(a);
+    naive_kernel<T><<<(unsigned)grid, 256, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
-template cudaError_t run_naive<float>(const PhaseConvFwdParams&, cudaStream_t);
-template cudaError_t run_naive<double>(const PhaseConvFwdParams&, cudaStream_t);
-template cudaError_t run_naive<__half>(const PhaseConvFwdParams&, cudaStream_t);
-template cudaError_t run_naive<__nv_bfloat16>(const PhaseConvFwdParams&, cudaStream_t);
+template cudaError_t run_naive<float>(const PhaseConvFwdParams&, int64_t, cudaStream_t);
+template cudaError_t run_naive<double>(const PhaseConvFwdParams&, int64_t, cudaStream_t);
+template cudaError_t run_naive<__half>(const PhaseConvFwdParams&, int64_t, cudaStream_t);
+template cudaError_t run_naive<__nv_bfloat16>(const PhaseConvFwdParams&, int64_t, cudaStream_t);
 
 }  // namespace phaseconv

@@ -7,6 +7,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "phase_conv_plan.h"
+
 namespace phaseconv_mma {
 
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
@@ -102,7 +104,7 @@ __device__ __forceinline__ void mma_3xtf32(float (&d)[4], const uint32_t (&a_big
 // The tensor cores' fp32 accumulation truncates, an error that grows with the reduction
 // length: 3xTF32 kernels add their accumulators into a second set every kFlushTerms
 // reduction terms (fp32 adds, round to nearest), which bounds the error at that length's.
-constexpr int kFlushTerms = 256;
+using phaseconv::kFlushTerms;
 template <int MT, int NT> __device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
 #pragma unroll
   for (int i = 0; i < MT; ++i)

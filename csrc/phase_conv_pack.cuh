@@ -15,13 +15,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-// A 5-D tensor's sizes and element strides; contiguous: strides are the C-order ones, so a
-// logical index is the storage offset.
-struct PhaseConvWeightView {
-  int64_t size[5];
-  int64_t stride[5];
-  int contiguous;
-};
+#include "phase_conv_plan.h"
 
 #ifdef __CUDACC__
 // Storage offset of logical (C-order) element k.

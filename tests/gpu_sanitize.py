@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import phaseconv
 from phaseconv.checks import check_conv_transpose3d
 from phaseconv.engines import cuda
+from phaseconv.engines.cuda import ForwardKernel
 
 # (N, C_in, C_out, groups, in DHW, kernel, stride, padding, output_padding, dilation)
 CASES = [
@@ -26,7 +27,14 @@ CASES = [
 # cores, 5 implicit GEMM (16-bit, C_in/groups % 8 == 0), 16 + 3: tensor cores, contiguous
 # input, 32 + 3: the all-phase kernel without staged output, 64 + 5: implicit GEMM, one phase
 # per block; -3: path 3, channels-last input
-PATHS = (0, 1, 2, 3, 4, 5, 64 + 5, 16 + 3, 32 + 3, -3)
+# every forward kernel by name (csrc/phase_conv_plan.h), and its variants; channels-last: the
+# input comes channels-last.  A kernel that refuses a case is skipped (tests/test_plan.py).
+KERNELS = [(k, False) for k in ("auto", "tiled", "naive", "tensor-cores", "mma", "gemm")] + [
+    (ForwardKernel("gemm", gemm_one_phase=True), False),
+    (ForwardKernel("tensor-cores", contiguous_input=True), False),
+    (ForwardKernel("tensor-cores", direct_stores=True), False),
+    ("tensor-cores", True),
+]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -54,7 +62,7 @@ def _nonfinite(n, ci, co, g, size, k, s, p, op, d) -> int:
 
 
 def main() -> int:
-    failures = 0
+    failures = runs = refused = 0
     for n, ci, co, g, size, k, s, p, op, d in CASES:
         for dtype in DTYPES:
             x = torch.randn((n, ci) + size, device="cuda").to(dtype)
@@ -62,14 +70,21 @@ def main() -> int:
             b = torch.randn(co, device="cuda").to(dtype)
             ref = F.conv_transpose3d(x.double(), w.double(), b.double(), s, p, op, g, d)
             args = check_conv_transpose3d(x, w, b, s, p, op, g, d)
-            for path in PATHS:
-                xin = x.contiguous(memory_format=torch.channels_last_3d) if path < 0 else x
-                y = cuda.forward(xin, w, b, args, force_path=abs(path))
+            for kernel, channels_last in KERNELS:
+                xin = x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+                try:
+                    y = cuda.forward(xin, w, b, args, kernel=kernel)
+                except RuntimeError as exc:
+                    if "was forced and" not in str(exc):
+                        raise
+                    refused += 1
+                    continue
+                runs += 1
                 err = (y.double() - ref).abs().max().item() / max(1.0, ref.abs().max().item())
                 tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 2e-5
                 if not err <= tol:
                     failures += 1
-                    print("FAIL", (n, ci, co, g, size, k, s, p, op, d), dtype, path, err)
+                    print("FAIL", (n, ci, co, g, size, k, s, p, op, d), dtype, kernel, err)
         # the CUDA backward by the rule, then every kernel forced: grad_input on the
         # tensor-core kernel (where it applies) and the naive kernel, grad_weight on tensor
         # cores (where they apply) and the SIMT kernel
@@ -112,8 +127,9 @@ def main() -> int:
                           a.shape, err)
         failures += _nonfinite(n, ci, co, g, size, k, s, p, op, d)
     torch.cuda.synchronize()
-    print(f"gpu_sanitize: {len(CASES) * (len(DTYPES) * len(PATHS) + 5)} runs and the forced "
-          f"backward kernels, {failures} failures")
+    print(f"gpu_sanitize: {runs} forward runs ({refused} forced kernels refused a case), "
+          f"{len(CASES) * 5} backward and non-finite runs and the forced backward kernels, "
+          f"{failures} failures")
     return 1 if failures else 0
 
 

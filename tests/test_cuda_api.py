@@ -433,14 +433,16 @@ def test_backward_kernel_rules():
     gy = torch.randn(1, 8, 7, 7, 7, device="cuda")
     narrow = _args(x, w, (2, 2, 2), (1, 1, 1), (1, 1, 1), 2)  # C_in/g = 4
     assert cuda.describe_backward(narrow, 1, x.dtype, x.device)[1].startswith("simt")
-    with pytest.raises(RuntimeError, match="weight gradient refused"):
+    with pytest.raises(RuntimeError, match="weight gradient: refused: the tensor-core gemm "
+                       "kernel was forced"):
         cuda.backward(gy, x, w, narrow, grad_weight_kernel="tensor-cores")
     with pytest.raises(ValueError, match="grad_weight_kernel must be one of"):
         cuda.backward(gy, x, w, narrow, grad_weight_kernel="fast")
     depthwise = _args(x, torch.randn(8, 1, 3, 3, 3, device="cuda"), (2, 2, 2), (1, 1, 1),
                       (1, 1, 1), 8)
     assert cuda.describe_backward(depthwise, 1, x.dtype, x.device)[0].startswith("naive")
-    with pytest.raises(RuntimeError, match="input-gradient kernel forced"):
+    with pytest.raises(RuntimeError, match="input gradient: refused: the mma kernel was "
+                       "forced"):
         cuda.backward(gy, x, w[:, :1], depthwise, grad_input_kernel="tensor-cores")
     wide = dict(in_channels=64, out_channels=32, kernel_size=4, stride=2, padding=1)
     report = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda")

@@ -2,10 +2,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from phaseconv.checks import check_conv_transpose3d
+from phaseconv.engines.cuda import ForwardKernel
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -40,7 +41,10 @@ def configs(draw, max_channels=3):
                 cin=cin_g * groups, cout=cout_g * groups, n=n, ins=tuple(ins), bias=bias)
 
 
-def _run(cfg, dtype, force_path=0, seed=0):
+def _run(cfg, dtype, kernel="auto", seed=0, refusal_ok=False):
+    """(engine output, float64 reference) of a random call; ``kernel`` forces one by name.
+    With ``refusal_ok`` (properties over drawn layers) a layer the forced kernel refuses is
+    skipped: the refusals themselves are tests/test_plan.py's."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], generator=gen, dtype=torch.float64)
     w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], generator=gen,
@@ -51,16 +55,21 @@ def _run(cfg, dtype, force_path=0, seed=0):
     # reference in float64 from the same (rounded) values, on the CPU
     ref = F.conv_transpose3d(xl.double(), wl.double(), bl.double() if bl is not None else None,
                              cfg["s"], cfg["p"], cfg["op"], cfg["groups"], cfg["d"])
-    y = _forward(xl.to(DEV), wl.to(DEV), bl.to(DEV) if bl is not None else None, cfg,
-                 force_path=force_path)
+    try:
+        y = _forward(xl.to(DEV), wl.to(DEV), bl.to(DEV) if bl is not None else None, cfg,
+                     kernel=kernel)
+    except RuntimeError as exc:
+        if not (refusal_ok and "was forced and" in str(exc)):
+            raise
+        assume(False)
     return y, ref
 
 
-def _forward(x, w, b, cfg, force_path=0):
+def _forward(x, w, b, cfg, kernel="auto"):
     """The CUDA engine's forward on a batched input, ``cfg`` giving the geometry."""
     args = check_conv_transpose3d(x, w, b, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
                                   cfg["d"])
-    return _cuda().forward(x, w, b, args, force_path=force_path)
+    return _cuda().forward(x, w, b, args, kernel=kernel)
 
 
 def _check(y, ref, dtype):
@@ -85,30 +94,30 @@ def test_float64_matches_torch(cfg):
 @settings(deadline=None, max_examples=60)
 @given(cfg=configs())
 def test_naive_path_matches_torch(cfg):
-    y, ref = _run(cfg, torch.float64, force_path=2)
+    y, ref = _run(cfg, torch.float64, kernel="naive")
     _check(y, ref, torch.float64)
 
 
-# force_path: 0 automatic, 1 SIMT tiled kernel, 3 tensor-core kernel (3xTF32 for float32)
-@pytest.mark.parametrize("path", [0, 1, 3])
+# the rule, the SIMT tiles, the tensor cores (3xTF32 for float32)
+@pytest.mark.parametrize("kernel", ["auto", "tiled", "tensor-cores"])
 @settings(deadline=None, max_examples=60)
 @given(cfg=configs(max_channels=10))
-def test_float32_matches_torch(cfg, path):
-    y, ref = _run(cfg, torch.float32, force_path=path)
+def test_float32_matches_torch(cfg, kernel):
+    y, ref = _run(cfg, torch.float32, kernel=kernel, refusal_ok=True)
     _check(y, ref, torch.float32)
 
 
-@pytest.mark.parametrize("path", [0, 1, 3])
+@pytest.mark.parametrize("kernel", ["auto", "tiled", "tensor-cores"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @settings(deadline=None, max_examples=40)
 @given(cfg=configs(max_channels=10))
-def test_half_dtypes_match_torch(cfg, dtype, path):
-    y, ref = _run(cfg, dtype, force_path=path)
+def test_half_dtypes_match_torch(cfg, dtype, kernel):
+    y, ref = _run(cfg, dtype, kernel=kernel, refusal_ok=True)
     _check(y, ref, dtype)
 
 
 def _layer_case(n, cin, cout, groups, dhw, k, s, p, op, dtype, bias=True, seed=1,
-                force_path=0):
+                kernel="auto"):
     torch.manual_seed(seed)
     k, s, p, op = [(v,) * 3 if isinstance(v, int) else tuple(v) for v in (k, s, p, op)]
     x = torch.rand((n, cin) + tuple(dhw), device=DEV, dtype=torch.float64)
@@ -117,7 +126,7 @@ def _layer_case(n, cin, cout, groups, dhw, k, s, p, op, dtype, bias=True, seed=1
     ref = F.conv_transpose3d(x, w, b, s, p, op, groups, 1).cpu()
     cfg = dict(s=s, p=p, op=op, d=(1, 1, 1), groups=groups)
     y = _forward(x.to(dtype), w.to(dtype), b.to(dtype) if b is not None else None, cfg,
-                 force_path=force_path)
+                 kernel=kernel)
     return y, ref
 
 
@@ -146,15 +155,19 @@ def test_large_channels(dtype):
     _check(y, ref, dtype)
 
 
-@pytest.mark.parametrize("path", [3, 3 | 16, 4])
-def test_float32_long_reductions_on_tensor_cores(path):
+CONTIGUOUS_TC = ForwardKernel("tensor-cores", contiguous_input=True)
+
+
+@pytest.mark.parametrize("kernel", ["tensor-cores", CONTIGUOUS_TC, "mma"],
+                         ids=["tensor-cores", "tensor-cores-contiguous", "mma"])
+def test_float32_long_reductions_on_tensor_cores(kernel):
     """3xTF32 flushes its accumulators every 256 terms: fp32-accurate at 4096 terms (512
     channels x 8 taps) on the all-phase and per-phase kernels, either input layout."""
-    y, ref = _layer_case(1, 512, 24, 1, (4, 5, 6), 4, 2, 1, 0, torch.float32, force_path=path)
+    y, ref = _layer_case(1, 512, 24, 1, (4, 5, 6), 4, 2, 1, 0, torch.float32, kernel=kernel)
     _check(y, ref, torch.float32)
     cfg = dict(k=(4, 4, 4), s=(2, 2, 2), p=(1, 1, 1), op=(0, 0, 0), d=(1, 1, 1), groups=1,
                cin=512, cout=24, n=1, ins=(4, 5, 6))
-    assert _describe(cfg, torch.float32, force_path=path).startswith("mma")
+    assert _describe(cfg, torch.float32, kernel=kernel).startswith("mma")
 
 
 def test_wide_grouped_and_depthwise():
@@ -218,13 +231,15 @@ _TC_CASES = [  # grouped, dilated, odd channel counts, several C_out tilings (BN
 ]
 
 
-# 3: tensor cores (the all-phase kernel where it fits); 4: the per-phase tensor-core kernel;
-# 3 | 32: the all-phase kernel without the staged output
-@pytest.mark.parametrize("path", [3, 4, 3 | 32])
+# tensor cores (the all-phase kernel where it fits), the per-phase kernel, the all-phase
+# kernel without the staged output
+@pytest.mark.parametrize("kernel", ["tensor-cores", "mma",
+                                    ForwardKernel("tensor-cores", direct_stores=True)],
+                         ids=["tensor-cores", "mma", "direct-stores"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_TC_CASES)))
-def test_tensor_core_kernels(case, dtype, path):
-    y, ref = _run(_TC_CASES[case], dtype, force_path=path, seed=case)
+def test_tensor_core_kernels(case, dtype, kernel):
+    y, ref = _run(_TC_CASES[case], dtype, kernel=kernel, seed=case)
     _check(y, ref, dtype)
 
 
@@ -251,17 +266,25 @@ _GEMM_CASES = [
 ]
 
 
-# 5: implicit GEMM with the automatic tile; 5 | (kind + 1) << 8: tiles BN = 32, 64, 128, 64
-# (8 warps);
-# 5 | 64: one phase per block (no grouping of the W phases); 5 | 128: 32 channels a k step
-@pytest.mark.parametrize("path", [5, 5 | 1 << 8, 5 | 2 << 8, 5 | 3 << 8, 5 | 4 << 8, 5 | 64,
-                                  5 | 64 | 3 << 8, 5 | 128 | 3 << 8],
-                         ids=["auto-tile", "BN32", "BN64", "BN128", "BN64-8warps",
-                              "phase-per-block", "phase-per-block-BN128", "k32-BN128"])
+# the implicit GEMM with the rule's tile; tiles BN = 32, 64, 128, 64 (8 warps); one phase per
+# block (no grouping of the W phases); 32 channels a k step
+_GEMM_VARIANTS = {
+    "auto-tile": ForwardKernel("gemm"),
+    "BN32": ForwardKernel("gemm", gemm_tile=0),
+    "BN64": ForwardKernel("gemm", gemm_tile=1),
+    "BN128": ForwardKernel("gemm", gemm_tile=2),
+    "BN64-8warps": ForwardKernel("gemm", gemm_tile=3),
+    "phase-per-block": ForwardKernel("gemm", gemm_one_phase=True),
+    "phase-per-block-BN128": ForwardKernel("gemm", gemm_tile=2, gemm_one_phase=True),
+    "k32-BN128": ForwardKernel("gemm", gemm_tile=2, gemm_k32=True),
+}
+
+
+@pytest.mark.parametrize("variant", list(_GEMM_VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_GEMM_CASES)))
-def test_implicit_gemm_kernel(case, dtype, path):
-    y, ref = _run(_GEMM_CASES[case], dtype, force_path=path, seed=case)
+def test_implicit_gemm_kernel(case, dtype, variant):
+    y, ref = _run(_GEMM_CASES[case], dtype, kernel=_GEMM_VARIANTS[variant], seed=case)
     _check(y, ref, dtype)
 
 
@@ -282,13 +305,14 @@ _GEMM_NCDHW_CASES = [
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("path", [0, 5 | 64, 5 | 3 << 8, 5 | 4 << 8])
+@pytest.mark.parametrize("variant", ["auto", "phase-per-block", "BN128", "BN64-8warps"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_GEMM_NCDHW_CASES)))
-def test_implicit_gemm_reads_either_layout(case, dtype, path, layout):
+def test_implicit_gemm_reads_either_layout(case, dtype, variant, layout):
     cfg = _GEMM_NCDHW_CASES[case]
+    kernel = _GEMM_VARIANTS.get(variant, "auto")
     fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
-    desc = _describe(cfg, dtype, force_path=path, memory_format=fmt)
+    desc = _describe(cfg, dtype, kernel=kernel, memory_format=fmt)
     assert desc.startswith("implicit-gemm")
     assert ("contiguous input" if layout == "contiguous" else "channels-last input") in desc
     gen = torch.Generator().manual_seed(case)
@@ -298,11 +322,11 @@ def test_implicit_gemm_reads_either_layout(case, dtype, path, layout):
     ref = F.conv_transpose3d(x.double(), w.double(), b.double() if b is not None else None,
                              cfg["s"], cfg["p"], cfg["op"], cfg["groups"], cfg["d"])
     y = _forward(x.to(DEV).contiguous(memory_format=fmt), w.to(DEV),
-                 b.to(DEV) if b is not None else None, cfg, force_path=path)
+                 b.to(DEV) if b is not None else None, cfg, kernel=kernel)
     _check(y, ref, dtype)
 
 
-def _describe(cfg, dtype, force_path=0, memory_format=torch.contiguous_format):
+def _describe(cfg, dtype, kernel="auto", memory_format=torch.contiguous_format):
     # shapes only: the arguments are checked on meta tensors
     x = torch.empty((max(cfg["n"], 1), cfg["cin"]) + cfg["ins"], device="meta", dtype=dtype)
     w = torch.empty((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], device="meta",
@@ -311,11 +335,10 @@ def _describe(cfg, dtype, force_path=0, memory_format=torch.contiguous_format):
                                   cfg["d"])
     return _cuda().describe(args, x.shape[0], dtype, torch.device(DEV),
                             channels_last=memory_format == torch.channels_last_3d,
-                            force_path=force_path)
+                            kernel=kernel)
 
 
 def test_path_rules_are_visible():
-    cuda = _cuda()
     wide, grouped = _GEMM_CASES[5], _TC_CASES[0]
     assert _describe(wide, torch.bfloat16).startswith("implicit-gemm")
     assert "channels-last input" in _describe(wide, torch.bfloat16)
@@ -327,8 +350,8 @@ def test_path_rules_are_visible():
     desc = _describe(grouped, torch.bfloat16, memory_format=torch.channels_last_3d)
     assert desc.startswith("mma-allphase") and "channels-last input" in desc
     assert "direct-stores" in _describe(grouped, torch.float32)
-    # FORCE_NCDHW keeps the input contiguous; float64 never uses tensor cores
-    desc = _describe(grouped, torch.bfloat16, force_path=3 | cuda.FORCE_NCDHW,
+    # contiguous_input keeps the input contiguous; float64 never uses tensor cores
+    desc = _describe(grouped, torch.bfloat16, kernel=CONTIGUOUS_TC,
                      memory_format=torch.channels_last_3d)
     assert desc.startswith("mma-allphase") and "contiguous input" in desc
     assert _describe(wide, torch.float64).startswith("tiled")
@@ -349,11 +372,12 @@ def test_describe_reads_shapes_only():
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
-@pytest.mark.parametrize("path", [0, 3, 3 | 16, 4, 1])
+@pytest.mark.parametrize("kernel", ["auto", "tensor-cores", CONTIGUOUS_TC, "mma", "tiled"],
+                         ids=["auto", "tensor-cores", "tensor-cores-contiguous", "mma", "tiled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_input_layouts(layout, path, dtype):
+def test_input_layouts(layout, kernel, dtype):
     """Channels-last and strided inputs give the same result on every path."""
-    cfg = dict(_GEMM_CASES[2]) if path != 1 else dict(_TC_CASES[0])
+    cfg = dict(_GEMM_CASES[2]) if kernel != "tiled" else dict(_TC_CASES[0])
     torch.manual_seed(3)
     x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], device=DEV).to(dtype)
     w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], device=DEV).to(dtype)
@@ -364,8 +388,8 @@ def test_input_layouts(layout, path, dtype):
         wide[..., ::2] = x
         xin = wide[..., ::2]
         assert not xin.is_contiguous()
-    want = _forward(x, w, None, cfg, force_path=path)
-    got = _forward(xin, w, None, cfg, force_path=path)
+    want = _forward(x, w, None, cfg, kernel=kernel)
+    got = _forward(xin, w, None, cfg, kernel=kernel)
     assert got.is_contiguous()
     assert torch.equal(got, want)
 
@@ -375,7 +399,7 @@ def test_input_layouts(layout, path, dtype):
 def test_strided_weights_are_gathered_in_place(dtype, fmt):
     """The weight gather reads any strides: a channels-last or sliced weight gives the same
     result as its contiguous copy, on every weight layout the kernels read."""
-    for path in (0, 1, 3):
+    for kernel in ("auto", "tiled", "tensor-cores"):
         cfg = dict(_TC_CASES[0])
         torch.manual_seed(4)
         x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], device=DEV).to(dtype)
@@ -383,5 +407,33 @@ def test_strided_weights_are_gathered_in_place(dtype, fmt):
                           device=DEV).to(dtype).contiguous(memory_format=fmt)
         w = big[:, ::2]
         assert not w.is_contiguous()
-        want = _forward(x, w.contiguous(), None, cfg, force_path=path)
-        assert torch.equal(_forward(x, w, None, cfg, force_path=path), want)
+        want = _forward(x, w.contiguous(), None, cfg, kernel=kernel)
+        assert torch.equal(_forward(x, w, None, cfg, kernel=kernel), want)
+
+
+def test_the_engine_launches_the_plan_computed_on_the_host():
+    """The plan the engine launches is the host-built plan (tests/test_plan.py) for this GPU's
+    properties: forward, input gradient and weight gradient, over the sweep."""
+    import plan_harness as ph
+
+    from phaseconv.bench import SWEEP
+
+    if ph.compiler() is None:
+        pytest.skip("needs a C++ compiler")
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    optin = getattr(props, "shared_memory_per_block_optin", None)
+    per_sm = getattr(props, "shared_memory_per_multiprocessor", None)
+    if optin is None or per_sm is None:
+        pytest.skip("this torch does not report the shared-memory properties")
+    device = ph.Device(props.name, props.multi_processor_count, optin, per_sm)
+    cuda = _cuda()
+    for shape in SWEEP:
+        args = ph.sweep_args(shape)
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+            for channels_last in (False, True):
+                assert cuda.describe(args, shape.batch, dtype, torch.device(DEV),
+                                     channels_last) == \
+                    ph.forward(args, shape.batch, dtype, device, channels_last).text
+            gi, gw = cuda.describe_backward(args, shape.batch, dtype, torch.device(DEV))
+            assert gi == ph.grad_input(args, shape.batch, dtype, device).text
+            assert gw == ph.grad_weight(args, shape.batch, dtype, device).text

@@ -49,19 +49,54 @@ from . import input_layout
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_HEADERS = ("phase_conv_dtype.cuh", "phase_conv_exact.cuh", "phase_conv_mma.cuh",
-            "phase_conv_plan.cuh", "phase_conv_pack.cuh", "phase_conv_fwd.cuh",
+_HEADERS = ("phase_conv_plan.h", "phase_conv_dtype.cuh", "phase_conv_exact.cuh",
+            "phase_conv_mma.cuh", "phase_conv_pack.cuh", "phase_conv_fwd.cuh",
             "phase_conv_fwd_common.cuh", "phase_conv_bwd.cuh")
 # one translation unit each, compiled in parallel (kernel families: phase_conv_fwd_common.cuh)
 _CUDA_SOURCES = ("phase_conv_pack.cu", "phase_conv_layout.cu", "phase_conv_fwd_tiled.cu",
                  "phase_conv_fwd_naive.cu", "phase_conv_fwd_mma.cu",
                  "phase_conv_fwd_allphase.cu", "phase_conv_fwd_gemm.cu", "phase_conv_fwd.cu",
                  "phase_conv_bwd.cu")
-_SOURCES = _HEADERS + _CUDA_SOURCES + ("phase_conv.cpp",)
-FORCE_NCDHW = 16  # force_path flag: never the channels-last kernels (phase_conv_fwd.cuh)
+# the torch binding and the kernel plan (plain C++: tests/test_plan.py builds it alone)
+_CPP_SOURCES = ("phase_conv.cpp", "phase_conv_plan.cpp")
+_SOURCES = _HEADERS + _CUDA_SOURCES + _CPP_SOURCES
 TABLE_STRIDE = 12
-GRAD_INPUT_KERNELS = {"auto": 0, "tensor-cores": 1, "naive": 2}
-GRAD_WEIGHT_KERNELS = {"auto": 0, "simt": 1, "tensor-cores": 2}
+# kernels by name (csrc/phase_conv_plan.h: PhaseConvFamily); "auto": the plan's rule
+FORWARD_KERNELS = {"auto": 0, "gemm": 1, "allphase": 2, "mma": 3, "tiled": 4, "naive": 5,
+                   "tensor-cores": 9}  # tensor-cores: all-phase where a tile fits, else mma
+GRAD_INPUT_KERNELS = {"auto": 0, "tensor-cores": 3, "naive": 5}
+GRAD_WEIGHT_KERNELS = {"auto": 0, "tensor-cores": 6, "simt": 7, "naive": 8}
+
+
+class ForwardKernel(NamedTuple):
+    """A forward kernel named instead of chosen by the plan's rule (tests, benchmarks).  The
+    plan refuses a layer the named kernel cannot take; nothing is rerouted."""
+    family: str = "auto"            # a key of FORWARD_KERNELS
+    contiguous_input: bool = False  # never the channels-last kernels
+    gemm_tile: int = -1             # implicit GEMM tile kind 0-3 (-1: the rule)
+    gemm_one_phase: bool = False    # implicit GEMM: one phase per block
+    gemm_k32: bool = False          # implicit GEMM: 32 channels a k step
+    direct_stores: bool = False     # all-phase kernel: no staged output
+
+    def codes(self):
+        """The C++ PhaseConvForce fields, in order."""
+        if self.family not in FORWARD_KERNELS:
+            raise ValueError(f"kernel must be one of {sorted(FORWARD_KERNELS)}, got "
+                             f"{self.family!r}")
+        return [FORWARD_KERNELS[self.family], int(self.contiguous_input), int(self.gemm_tile),
+                int(self.gemm_one_phase), int(self.gemm_k32), int(self.direct_stores)]
+
+
+_AUTO = ForwardKernel()
+
+
+def forward_kernel(kernel) -> ForwardKernel:
+    """A :class:`ForwardKernel` from itself or a family name."""
+    if isinstance(kernel, ForwardKernel):
+        return kernel
+    return _AUTO if kernel == "auto" else ForwardKernel(kernel)
+
+
 _MMA_CHANNELS = {torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}  # CG: 16 bytes
 
 _lock = threading.Lock()
@@ -174,7 +209,7 @@ def _build(major: int, minor: int):
     # CUDA's headers), in parallel by ninja, and only what changed is rebuilt.
     kwargs = dict(
         name=name,
-        sources=[str(CSRC / n) for n in ("phase_conv.cpp",) + _CUDA_SOURCES],
+        sources=[str(CSRC / n) for n in _CPP_SOURCES + _CUDA_SOURCES],
         extra_cflags=["-O3"],
         extra_cuda_cflags=cuda_flags,
         extra_include_paths=[str(CSRC)],
@@ -426,45 +461,44 @@ def _planned(cache: dict, key, args: ConvArgs, batch: int, dtype: torch.dtype, d
 
 
 def forward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
-                 channels_last: bool = False, has_bias: bool = False, force_path: int = 0):
+                 channels_last: bool = False, has_bias: bool = False, kernel="auto"):
     """The forward of ``args`` for a batch, dtype, device and input layout, planned once:
     ``(tables, plan)`` with ``plan(x, weight, bias)`` the launch (C++ ``ForwardPlan``).
 
-    ``force_path`` (tests, benchmarks): 0 lets the planner choose, 1 forces the SIMT tiled
-    kernel, 2 the naive kernel, 3 the tensor-core kernels (all-phase when it fits, else
-    per-phase), 4 the per-phase tensor-core kernel, 5 the implicit-GEMM kernel (16-bit,
-    C_in/groups a multiple of 8); adding 16 (``FORCE_NCDHW``) keeps the input contiguous
-    (no channels-last kernels)."""
+    ``kernel`` (tests, benchmarks): "auto" lets the plan choose; a family name of
+    :data:`FORWARD_KERNELS` or a :class:`ForwardKernel` forces one."""
+    kernel = forward_kernel(kernel)
+
     def make(tables, x, weight, device):
         host = tables.host
         return load().ForwardPlan(
             x, weight, has_bias, channels_last, tables.table, tables.index, tables.index_mma,
             list(args.out_shape), list(host.stride), list(host.phase_dilation),
             list(host.max_taps), host.total_taps, args.groups, list(host.union_box),
-            list(args.padding), list(args.dilation), force_path)
+            list(args.padding), list(args.dilation), kernel.codes())
 
-    key = (args, batch, dtype, device, channels_last, has_bias, force_path)
+    key = (args, batch, dtype, device, channels_last, has_bias, kernel)
     return _planned(_forward_plans, key, args, batch, dtype, device, make)
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], args: ConvArgs,
-            force_path: int = 0) -> torch.Tensor:
+            kernel="auto") -> torch.Tensor:
     """Transposed convolution of a batched input ``x`` (N, C_in, D, H, W); ``args`` from
     ``checks.check_conv_transpose3d``.  Returns a new contiguous (N, C_out, D, H, W) tensor;
     no autograd.  The planned kernel reads a ``torch.channels_last_3d`` input in place where
     it reads that layout; any other layout it does not read costs one copy."""
     tables, plan = forward_plan(args, x.shape[0], x.dtype, x.device, input_layout(x) == 1,
-                                bias is not None, force_path)
+                                bias is not None, kernel)
     if tables.ready:
         wait_for_tables(tables)
     return plan(x, weight, bias)
 
 
 def describe(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
-             channels_last: bool = False, force_path: int = 0) -> str:
+             channels_last: bool = False, kernel="auto") -> str:
     """The kernel and tile :func:`forward` launches for these arguments."""
     return forward_plan(args, batch, dtype, device, channels_last, False,
-                        force_path)[1].description
+                        kernel)[1].description
 
 
 def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
@@ -476,9 +510,9 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     float32/float16/bfloat16 with C_in/groups and C_out/groups >= 4, else on the naive kernel
     (``csrc/phase_conv_fwd.cuh``); the weight gradient on tensor cores for
     float32/float16/bfloat16 with both >= 16, else on the SIMT kernel
-    (``csrc/phase_conv_bwd.cuh``).  ``grad_input_kernel`` ("auto", "tensor-cores", "naive")
-    and ``grad_weight_kernel`` ("auto", "simt", "tensor-cores") force one (tests,
-    benchmarks); forcing tensor cores on a layer they cannot take raises."""
+    (``csrc/phase_conv_plan.h``).  ``grad_input_kernel`` ("auto", "tensor-cores", "naive")
+    and ``grad_weight_kernel`` ("auto", "tensor-cores", "simt", "naive") force one (tests,
+    benchmarks); forcing a kernel on a layer it cannot take raises."""
     if grad_input_kernel not in GRAD_INPUT_KERNELS:
         raise ValueError(f"grad_input_kernel must be one of {sorted(GRAD_INPUT_KERNELS)}, got "
                          f"{grad_input_kernel!r}")

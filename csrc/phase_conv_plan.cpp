@@ -1,0 +1,718 @@
+// phaseconv: the kernel plan (phase_conv_plan.h), in plain C++: no CUDA or torch header, so
+// that it builds and is tested without a GPU (tests/test_plan.py feeds it recorded device
+// properties).  Each family's tile search models its kernel's cost (thread instructions,
+// staging, stores, occupancy and wave quantisation) and keeps the cheapest tile that fits.
+#include "phase_conv_plan.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+namespace phaseconv {
+namespace {
+
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int round4(int64_t v) { return (int)((v + 3) / 4 * 4); }
+
+bool is_tensor_core_family(int family) {
+  return family == PHASECONV_GEMM || family == PHASECONV_ALLPHASE || family == PHASECONV_MMA ||
+         family == PHASECONV_TENSOR_CORES;
+}
+
+// Whether the rule, or the kernel forced, lets `family` run.
+bool may(const PhaseConvForce& force, int family) {
+  if (force.family == PHASECONV_TENSOR_CORES)
+    return family == PHASECONV_ALLPHASE || family == PHASECONV_MMA;
+  return force.family == 0 || force.family == family;
+}
+
+// ---------------------------------------------------------------- SIMT tiles (fwd_tiled.cu)
+int co_tile_for(int cout_g, int dtype_code) {
+  if (dtype_code == PHASECONV_FLOAT64) return cout_g == 1 ? 1 : 8;
+  if (cout_g == 1) return 1;
+  if (cout_g == 2) return 2;
+  if (cout_g <= 4) return 4;
+  return 8;
+}
+
+// Picks the tile configuration with the lowest modelled cost; false when none fits.
+bool choose_tiled(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
+                  TileCfg* best) {
+  const int esize = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  const int co_t = co_tile_for((int)cout_g, dtype_code);
+  const int64_t num_phases = p.stride_d * p.stride_h * p.stride_w;
+  const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
+                cw = cdiv(p.out_w, p.stride_w);
+  const int64_t mtd = p.max_taps_d > 0 ? p.max_taps_d : 1;
+  const int64_t mth = p.max_taps_h > 0 ? p.max_taps_h : 1;
+  const int64_t mtw = p.max_taps_w > 0 ? p.max_taps_w : 1;
+  const int64_t taps_max = mtd * mth * mtw;
+  const double avg_taps =
+      num_phases > 0 ? (double)p.total_taps / (double)num_phases : 0.0;
+  const int Ms_full[2] = {4, 8};
+  const int Ms_dbl[1] = {4};
+  const int* Ms = dtype_code == PHASECONV_FLOAT64 ? Ms_dbl : Ms_full;
+  const int nM = dtype_code == PHASECONV_FLOAT64 ? 1 : 2;
+  const size_t budget = dev.smem_optin < (size_t)100 * 1024 ? dev.smem_optin : (size_t)100 * 1024;
+  bool found = false;
+  const int64_t max_wc = cdiv(cout_g, co_t);
+  for (int LW = 8; LW <= 32; LW *= 2) {
+    for (int mi = 0; mi < nM; ++mi) {
+      const int M = Ms[mi];
+      for (int MD = 1; MD <= M; MD *= 2) {
+        const int MH = M / MD;
+        for (int threads = 128; threads <= 256; threads *= 2) {
+          for (int WC = 1; WC <= 32 && WC <= max_wc; WC *= 2) {
+            for (int NY = 1; NY <= 32; NY *= 2) {
+              if (LW * NY < 32) continue;  // a warp stays in one D plane
+              const int denom = LW * NY * WC;
+              if (threads % denom != 0) continue;
+              const int NZ = threads / denom;
+              TileCfg c;
+              c.LW = LW; c.NY = NY; c.NZ = NZ; c.WC = WC; c.MD = MD; c.MH = MH; c.M = M;
+              c.CO_T = co_t; c.threads = threads;
+              const int64_t TW = LW, TH = (int64_t)NY * MH, TD = (int64_t)NZ * MD;
+              const int64_t co_blk = (int64_t)WC * co_t;
+              // avoid tiles far larger than the phase along an axis
+              if (TH > 2 * ch + 8 || TD > 2 * cd + 8) continue;
+              const int64_t hw = TW + (mtw - 1) * p.pdil_w;
+              const int64_t hh = TH + (mth - 1) * p.pdil_h;
+              const int64_t hd = TD + (mtd - 1) * p.pdil_d;
+              int64_t pitch = hw;
+              if (LW < 32) {
+                while (pitch % (2 * LW) != LW) ++pitch;
+              }
+              const int64_t plane = hd * hh * pitch;
+              const int64_t per_ci = plane + taps_max * co_blk;
+              if (per_ci * esize > (int64_t)budget) continue;
+              int64_t ci_chunk = (int64_t)budget / (per_ci * esize);
+              // prefer about 48 KB so that several blocks share a multiprocessor
+              const int64_t soft = (int64_t)(48 * 1024) / (per_ci * esize);
+              if (soft >= 1 && soft < ci_chunk) ci_chunk = soft;
+              if (ci_chunk > cin_g) ci_chunk = cin_g;
+              if (ci_chunk > 64) ci_chunk = 64;
+              if (ci_chunk < 1) ci_chunk = 1;
+              const int64_t s_w_elems = cdiv(ci_chunk * taps_max * co_blk, 4) * 4;
+              const size_t smem = (size_t)(s_w_elems + ci_chunk * plane) * esize;
+              if (smem > dev.smem_optin) continue;
+              if (plane * ci_chunk >= ((int64_t)1 << 30)) continue;
+              // cost model (thread instructions)
+              const int64_t tiles = cdiv(cw, TW) * cdiv(ch, TH) * cdiv(cd, TD);
+              const int64_t co_blocks = cdiv(cout_g, co_blk);
+              const double blocks =
+                  (double)num_phases * tiles * p.n * co_blocks * p.groups;
+              const double per_tap = (double)M * co_t + 2.0 * M + (co_t >= 4 ? co_t / 4 : 1) + 2.0;
+              const double compute = blocks * threads * (double)cin_g * avg_taps * per_tap;
+              const double stage =
+                  blocks * (double)cin_g *
+                      ((double)hd * hh * cdiv(hw, 32) * 32 * 5.0 + avg_taps * co_blk * 6.0) +
+                  blocks * (double)cdiv(cin_g, ci_chunk) * threads * 30.0;
+              const double store = blocks * threads * (double)M * co_t * 4.0 + blocks * 2000.0;
+              double cost = compute + stage + store;
+              const int regs = 128;  // __launch_bounds__(256, 2): ptxas uses up to 128
+              int64_t res = 2048 / threads;
+              const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024));
+              const int64_t by_regs = 65536 / ((int64_t)threads * (regs > 255 ? 255 : regs));
+              if (by_smem < res) res = by_smem;
+              if (by_regs < res) res = by_regs;
+              if (res < 1) continue;
+              const double occ = (double)res * threads / 1024.0;
+              cost /= (occ >= 1.0 ? 1.0 : 0.4 + 0.6 * occ);
+              const double slots = (double)dev.sms * res;
+              const double waves = blocks / slots;
+              const double full = waves < 1.0 ? 1.0 : (double)(int64_t)(waves + 0.999999);
+              if (waves > 0) cost *= full / waves > 1.5 ? 1.5 : full / waves;
+              c.ci_chunk = (int)ci_chunk; c.pitch = (int)pitch; c.hh_max = (int)hh;
+              c.hd_max = (int)hd; c.plane = (int)plane; c.s_w_elems = (int)s_w_elems;
+              c.smem = smem; c.cost = cost;
+              if (!found || cost < best->cost) {
+                *best = c;
+                found = true;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return found;
+}
+
+// ---------------------------------------------------------------- per-phase mma (fwd_mma.cu)
+bool choose_mma(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev, MmaCfg* best) {
+  const int CG = dtype_code == PHASECONV_FLOAT32 ? 4 : 8;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  const int64_t num_phases = p.stride_d * p.stride_h * p.stride_w;
+  const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
+                cw = cdiv(p.out_w, p.stride_w);
+  const int64_t mtd = p.max_taps_d > 0 ? p.max_taps_d : 1;
+  const int64_t mth = p.max_taps_h > 0 ? p.max_taps_h : 1;
+  const int64_t mtw = p.max_taps_w > 0 ? p.max_taps_w : 1;
+  const int64_t taps_max = mtd * mth * mtw;
+  const double avg_taps = num_phases > 0 ? (double)p.total_taps / (double)num_phases : 0.0;
+  const int kinds_bm[4] = {256, 256, 128, 128};
+  const int kinds_bn[4] = {8, 16, 64, 128};
+  const int kinds_thr[4] = {128, 128, 128, 256};
+  const size_t soft = 48 * 1024;
+  bool found = false;
+  for (int kind = 0; kind < 4; ++kind) {
+    const int BM = kinds_bm[kind], BN = kinds_bn[kind];
+    if (kind > 0 && kinds_bn[kind - 1] >= cout_g) continue;  // a narrower tile covers it
+    const int64_t co_blocks = cdiv(cout_g, BN);
+    for (int TW = 8; TW <= 32; TW *= 2) {
+      for (int TH = 1; TW * TH <= BM; TH *= 2) {
+        const int TD = BM / (TW * TH);
+        if (TD * TH * TW != BM) continue;
+        if (TH > 2 * ch + 8 || TD > 2 * cd + 8 || TW > 2 * cw + 8) continue;
+        const int64_t hd = TD + (mtd - 1) * p.pdil_d, hh = TH + (mth - 1) * p.pdil_h,
+                      hw = TW + (mtw - 1) * p.pdil_w;
+        const int64_t npos = hd * hh * hw;
+        int64_t ng = cdiv(cin_g, CG);
+        size_t smem = 0;
+        int64_t xb = 0, wb = 0;
+        for (;;) {
+          const int64_t rowstride = ng * 16 + ((ng & 1) ? 0 : 16);
+          xb = npos * rowstride;
+          wb = (taps_max * ng + 1) * BN * 16;
+          const int64_t hb = (taps_max * ng + 2) * 4;
+          smem = (size_t)(xb + wb + hb);
+          if (smem <= soft || ng == 1) break;
+          ng = (ng + 1) / 2;
+        }
+        if (smem > dev.smem_optin || xb >= ((int64_t)1 << 30)) continue;
+        const int64_t tiles = cdiv(cw, TW) * cdiv(ch, TH) * cdiv(cd, TD);
+        const double blocks = (double)num_phases * tiles * p.n * co_blocks * p.groups;
+        const double kpad = (double)cdiv(cin_g, CG) * CG;
+        const double compute = blocks * BM * (double)BN * avg_taps * kpad / 64.0;
+        const double stage = blocks * ((double)npos * kpad * 2.0 + taps_max * kpad * BN * 0.5);
+        const double store = blocks * BM * (double)BN * 1.0;
+        double cost = compute + stage + store;
+        int64_t res = 2048 / kinds_thr[kind];
+        const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024));
+        if (by_smem < res) res = by_smem;
+        if (res < 1) continue;
+        const double occ = (double)res * kinds_thr[kind] / 1024.0;
+        cost /= (occ >= 1.0 ? 1.0 : 0.4 + 0.6 * occ);
+        const double slots = (double)dev.sms * res;
+        const double waves = blocks / slots;
+        const double full = waves < 1.0 ? 1.0 : (double)(int64_t)(waves + 0.999999);
+        if (waves > 0) cost *= full / waves > 1.5 ? 1.5 : full / waves;
+        if (!found || cost < best->cost) {
+          MmaCfg c;
+          c.kind = kind; c.BM = BM; c.BN = BN; c.threads = kinds_thr[kind];
+          c.TD = TD; c.TH = TH; c.TW = TW; c.ng = (int)ng;
+          c.x_bytes = (int)xb; c.w_bytes = (int)wb; c.smem = smem; c.cost = cost;
+          *best = c;
+          found = true;
+        }
+      }
+    }
+  }
+  return found;
+}
+
+// ---------------------------------------------------------------- all-phase (fwd_allphase.cu)
+// cl: the input is channels-last; 16-bit dtypes then double-buffer the halo (cp.async).
+bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvForce& force,
+                  const DevInfo& dev, bool cl, AllCfg* best) {
+  if (p.weight_mma == nullptr || dtype_code == PHASECONV_FLOAT64) return false;
+  const int64_t num_phases = p.stride_d * p.stride_h * p.stride_w;
+  if (num_phases < 1 || num_phases > kAllphMaxPhases) return false;
+  const int CG = dtype_code == PHASECONV_FLOAT32 ? 4 : 8;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  const int64_t G = cdiv(cin_g, CG);
+  const int64_t rowstride = G * 16 + ((G & 1) ? 0 : 16);
+  const int64_t hbound = p.total_taps * G + num_phases;  // >= sum over phases of even(taps*G)
+  const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
+                cw = cdiv(p.out_w, p.stride_w);
+  const double avg_taps = (double)p.total_taps / (double)num_phases;
+  const int kinds_bm[4] = {256, 256, 128, 128};
+  const int kinds_bn[4] = {8, 16, 64, 128};
+  const int kinds_thr[4] = {128, 128, 128, 256};
+  // static s_pi takes 1 KB; past ~120 KB a block runs alone on its SM and the per-phase
+  // kernel (which chunks C_in/g) measured faster (k2-128, H100)
+  size_t cap = dev.smem_optin > 2048 ? dev.smem_optin - 2048 : 0;
+  if (cap > 120 * 1024) cap = 120 * 1024;
+  bool found = false;
+  for (int kind = 0; kind < 4; ++kind) {
+    const int BM = kinds_bm[kind], BN = kinds_bn[kind];
+    if (kind > 0 && kinds_bn[kind - 1] >= cout_g) continue;
+    const int64_t co_blocks = cdiv(cout_g, BN);
+    const int64_t wb = hbound * BN * 16;
+    const int64_t hb = (hbound * 4 + 15) / 16 * 16;
+    for (int TW = 8; TW <= 32; TW *= 2) {
+      for (int TH = 1; TW * TH <= BM; TH *= 2) {
+        const int TD = BM / (TW * TH);
+        if (TD * TH * TW != BM) continue;
+        if (TH > 2 * ch + 8 || TD > 2 * cd + 8 || TW > 2 * cw + 8) continue;
+        const int64_t hd = TD + p.union_ext_d, hh = TH + p.union_ext_h, hw = TW + p.union_ext_w;
+        const int64_t npos = hd * hh * hw;
+        // fp32 stages the halo twice, already split into its tf32 big and small parts, so the
+        // inner loop does no conversions (each A fragment meets only NT n-tiles); 16-bit
+        // dtypes with a channels-last input keep two halo buffers (the next tile's in flight)
+        const int64_t xbuf = npos * rowstride;
+        const int64_t xb = xbuf * ((CG == 4 || cl) ? 2 : 1);
+        if (xb >= ((int64_t)1 << 30) || wb >= ((int64_t)1 << 30)) continue;
+        size_t smem = (size_t)(xb + wb + hb);
+        if (smem > cap) continue;
+        // staged output slab (16-bit, BN <= 16) when it fits
+        const int64_t box_cs = (int64_t)TD * TH * p.stride_h * TW * p.stride_w + 8;
+        const int64_t box_bytes = (BN * box_cs * 2 + 15) / 16 * 16;
+        const bool stage_out = CG == 8 && BN <= 16 && !force.direct_stores &&
+                               smem + box_bytes <= cap && box_cs < ((int64_t)1 << 24);
+        if (stage_out) smem += (size_t)box_bytes;
+        const int64_t tiles = cdiv(cw, TW) * cdiv(ch, TH) * cdiv(cd, TD);
+        const double blocks = (double)tiles * p.n * co_blocks * p.groups;
+        const double kpad = (double)G * CG;
+        const double compute = blocks * num_phases * BM * (double)BN * avg_taps * kpad / 64.0;
+        const double stage = blocks * ((double)npos * kpad * 2.0);
+        const double store = blocks * num_phases * BM * (double)BN * (stage_out ? 0.3 : 1.0);
+        double cost = compute + stage + store;
+        int64_t res = 2048 / kinds_thr[kind];
+        const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024 + 1024));
+        if (by_smem < res) res = by_smem;
+        const bool fl = phase_conv_needs_flush(p, dtype_code);
+        const int64_t reg_cap =
+            kind == 0 ? (CG == 4 ? (fl ? 3 : 4) : 5) : (kind == 3 ? 1 : (fl ? 2 : 3));
+        if (res > reg_cap) res = reg_cap;  // __launch_bounds__ of the kernel (AllMinBlocks)
+        if (res < 1) continue;
+        const double occ = (double)res * kinds_thr[kind] / 1024.0;
+        cost /= (occ >= 1.0 ? 1.0 : 0.4 + 0.6 * occ);
+        const double slots = (double)dev.sms * res;
+        const double waves = blocks / slots;
+        const double full = waves < 1.0 ? 1.0 : (double)(int64_t)(waves + 0.999999);
+        if (waves > 0) cost *= full / waves > 1.5 ? 1.5 : full / waves;
+        if (!found || cost < best->cost) {
+          AllCfg c;
+          c.kind = kind; c.BM = BM; c.BN = BN; c.threads = kinds_thr[kind];
+          c.TD = TD; c.TH = TH; c.TW = TW; c.G = (int)G;
+          c.hd = (int)hd; c.hh = (int)hh; c.hw = (int)hw;
+          c.x_bytes = (int)xb; c.w_bytes = (int)wb; c.x_buf = (int)xbuf;
+          c.stage_out = stage_out ? 1 : 0;
+          c.box_off = (int)(xb + wb + hb); c.box_cs = (int)box_cs;
+          c.smem = smem; c.cost = cost;
+          c.total_blocks = (int64_t)tiles * p.n * co_blocks * p.groups;
+          // each CTA takes per_cta consecutive tiles (same group: the weights stay staged).
+          // Rounds of tiles per slot = per * waves(ceil(total / per) CTAs): take the fewest.
+          // On a tie, with >= 4 CTAs per SM the smallest per (the others overlap each CTA's
+          // prologue; founding bf16: 112 us at per 1), else the largest (fewer weight
+          // restagings; founding fp32, 2 CTAs/SM: 246 us at per 7, 275 at per 1).
+          const int64_t islots = (int64_t)slots;
+          int64_t per = 1, best_rounds = -1;
+          for (int64_t q = 1; q <= cdiv(c.total_blocks, islots); ++q) {
+            const int64_t rounds = q * cdiv(cdiv(c.total_blocks, q), islots);
+            if (best_rounds < 0 || rounds < best_rounds || (rounds == best_rounds && res < 4)) {
+              best_rounds = rounds;
+              per = q;
+            }
+          }
+          c.per_cta = per;
+          c.grid = cdiv(c.total_blocks, per);
+          if (c.grid > 0x7fffffffLL) {
+            c.per_cta = cdiv(c.total_blocks, 0x7fffffffLL);
+            c.grid = cdiv(c.total_blocks, c.per_cta);
+          }
+          *best = c;
+          found = true;
+        }
+      }
+    }
+  }
+  return found;
+}
+
+// ---------------------------------------------------------------- implicit GEMM (fwd_gemm.cu)
+// Whether a channels-last copy of x can feed the 16-byte staging (CG channels per vector).
+bool cl_possible(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvForce& force) {
+  if (dtype_code == PHASECONV_FLOAT64 || p.weight_mma == nullptr) return false;
+  if (force.input_layout == PHASECONV_LAYOUT_CONTIGUOUS) return false;
+  const int64_t cg = dtype_code == PHASECONV_FLOAT32 ? 4 : 8;
+  return (p.c_in / p.groups) % cg == 0;
+}
+
+// cl: the input is channels-last.  A contiguous input serves only when every phase reads W
+// at one offset, a multiple of 8, and the phases' rows come in whole 16-byte vectors along W
+// (k == s, no padding: the "pure GEMM" layers), so no layout copy is needed.
+bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvForce& force,
+                 const DevInfo& dev, bool cl, GemmCfg* c) {
+  if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16) return false;
+  if (p.weight_mma == nullptr || (p.c_in / p.groups) % 8 != 0) return false;
+  if (cl && !cl_possible(p, dtype_code, force)) return false;
+  if (!cl && !(p.in_w % 8 == 0 && p.out_w % p.stride_w == 0 && (p.out_w / p.stride_w) % 8 == 0 &&
+               p.max_taps_w <= 1 && p.union_ext_w == 0 && p.union_lo_w % 8 == 0 &&
+               reinterpret_cast<uintptr_t>(p.x) % 16 == 0))
+    return false;
+  c->a_ncdhw = !cl;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  // wide layers only: narrow ones (C_out/g < 32) waste most of a BN >= 32 tile, and the
+  // all-phase kernel's shared halo serves them better
+  if (force.family != PHASECONV_GEMM && !(force.family == 0 && cin_g >= 16 && cout_g >= 32))
+    return false;
+  // tile: the narrowest BN that covers C_out/g; for BN 64 with a long reduction (>= 512 per
+  // phase) the 8-warp tile with 64-channel k steps (measured on an H100: 8x32x32
+  // k(3,4,4) 128->64 bf16 67.9 vs 78.6 us; 32^3 k2 128->64, K = 128: 83.7 vs 80.0 us)
+  const double k_per_phase = (double)cin_g * (double)p.total_taps /
+                             (double)(p.stride_d * p.stride_h * p.stride_w);
+  int kind = cout_g <= 32 ? 0 : (cout_g <= 64 ? (k_per_phase >= 512 && cin_g >= 64 ? 3 : 1) : 2);
+  if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
+  if (kind > 3) return false;
+  const int bn[4] = {32, 64, 128, 64}, thr[4] = {128, 128, 256, 256};
+  c->kind = kind; c->BM = 128; c->BN = bn[kind]; c->threads = thr[kind];
+  // group the W phases (stores of whole output rows) unless told not to (benchmarks)
+  c->wgroup = p.stride_w >= 2 && p.stride_w <= kGemmMaxGroup &&
+              !force.gemm_one_phase;
+  // the 8-warp tiles take 64 channels a k step (half the barriers) when C_in/g allows
+  c->bkg = (kind >= 2 && cin_g >= 64 && !force.gemm_k32) ? 8 : 4;
+  const size_t tables = (size_t)c->BM * 32 + (size_t)(c->BM / 8) * 24;
+  const size_t stage = (size_t)c->bkg * 16 * (c->BM + c->BN);
+  if (c->wgroup) {
+    c->smem = (size_t)kGemmGroupStages * stage + tables +
+              (size_t)c->BN * (c->BM * p.stride_w + 8) * 2;
+    if (c->smem > dev.smem_optin) c->wgroup = false;
+  }
+  if (!c->wgroup) c->smem = (size_t)kGemmStages * stage + tables;
+  if (c->smem > dev.smem_optin) return false;
+  const int64_t rows = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
+                       cdiv(p.out_w, p.stride_w);  // the largest phase (residue 0)
+  const int64_t m_tiles = cdiv(rows, c->BM);
+  if (m_tiles >= ((int64_t)1 << 31)) return false;
+  c->m_tiles = (int)m_tiles;
+  c->co_blocks = (int)cdiv(cout_g, c->BN);
+  c->total_blocks = p.stride_d * p.stride_h * (c->wgroup ? 1 : p.stride_w) * m_tiles *
+                    c->co_blocks * p.groups;
+  c->grid = c->total_blocks > 0x7fffffffLL ? 0x7fffffffLL : c->total_blocks;
+  return true;
+}
+
+// ---------------------------------------------------------------- the forward's rule
+bool want_tensor_cores(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvForce& force) {
+  if (dtype_code == PHASECONV_FLOAT64) return false;
+  if (force.family != 0) return is_tensor_core_family(force.family);
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  // float32 runs 3xTF32; past kFlushTerms reduction terms its accumulators are flushed
+  // (flush_acc: as accurate as FFMA at any length; unflushed, 1.4e-5 relative at 2048 terms).
+  // Those FLUSH variants beat the SIMT kernel only on wide tiles (H100: C_out 32,
+  // K 512: 666 vs 452 us; C_out 64-256, K 512-2048: 0.70-0.95x the SIMT time): narrower layers
+  // stay on FFMA.
+  if (phase_conv_needs_flush(p, dtype_code) && cout_g < 64) return false;
+  return cin_g >= 4 && cout_g >= 4;
+}
+
+// The input layout the plan reads (see phase_conv_fwd_plan): channels-last where only the
+// channels-last kernels take the layer, or where x already is channels-last and the
+// all-phase kernel takes it so.
+bool plan_reads_channels_last(const PhaseConvFwdParams& p, int dtype_code,
+                              const PhaseConvForce& force, const DevInfo& dev) {
+  if (!want_tensor_cores(p, dtype_code, force)) return false;
+  GemmCfg gc;
+  AllCfg ac;
+  const bool offered = p.x_channels_last != 0;
+  if (!offered && may(force, PHASECONV_GEMM) && choose_gemm(p, dtype_code, force, dev, false, &gc)) return false;  // reads NCDHW
+  if (!cl_possible(p, dtype_code, force)) return false;
+  if (may(force, PHASECONV_GEMM) && choose_gemm(p, dtype_code, force, dev, true, &gc)) return true;  // needs channels-last
+  // the all-phase kernel reads either layout: channels-last only when x already is (a copy
+  // measured as costly as the 16-byte staging saves, on the founding example)
+  return offered && may(force, PHASECONV_ALLPHASE) &&
+         choose_allph(p, dtype_code, force, dev, true, &ac);
+}
+
+const char* family_name(int family) {
+  switch (family) {
+    case PHASECONV_GEMM: return "implicit-gemm";
+    case PHASECONV_ALLPHASE: return "mma-allphase";
+    case PHASECONV_MMA: return "mma";
+    case PHASECONV_TILED: return "tiled";
+    case PHASECONV_NAIVE: return "naive";
+    case PHASECONV_GW_MMA: return "tensor-core gemm";
+    case PHASECONV_GW_SIMT: return "simt";
+    case PHASECONV_GW_NAIVE: return "naive";
+    case PHASECONV_TENSOR_CORES: return "tensor-core (all-phase or per-phase)";
+  }
+  return "?";
+}
+
+// The naive kernel's blocks of 256 threads: a grid-stride loop over `outputs`, at most 32
+// blocks per multiprocessor.
+int64_t naive_grid(int64_t outputs, const DevInfo& dev) {
+  const int64_t blocks = cdiv(outputs, 256), cap = (int64_t)dev.sms * 32;
+  return blocks < cap ? blocks : cap;
+}
+
+bool refuse(char* buf, int len, int family, const char* why) {
+  snprintf(buf, len, "refused: the %s kernel was forced and %s", family_name(family), why);
+  return false;
+}
+
+bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvForce& force,
+              const DevInfo& dev, PhaseConvFwdPlan* out) {
+  PhaseConvFwdParams p = params;
+  p.x_channels_last = plan_reads_channels_last(params, dtype_code, force, dev) ? 1 : 0;
+  const bool cl = p.x_channels_last != 0;
+  out->x_channels_last = p.x_channels_last;
+  out->weight_mma = 0;
+  out->naive_grid = 0;
+  const char* layout = cl ? "channels-last input" : "contiguous input";
+  char* buf = out->text;
+  const int len = (int)sizeof(out->text);
+  const int64_t outputs = p.n * p.c_out * p.out_d * p.out_h * p.out_w;
+  if (outputs == 0) {
+    out->family = PHASECONV_EMPTY;
+    snprintf(buf, len, "none (empty output)");
+    return true;
+  }
+  if (want_tensor_cores(p, dtype_code, force)) {
+    GemmCfg& gc = out->gemm;
+    if (may(force, PHASECONV_GEMM) && choose_gemm(p, dtype_code, force, dev, cl, &gc)) {
+      out->family = PHASECONV_GEMM;
+      out->weight_mma = 1;
+      snprintf(buf, len,
+               "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d "
+               "smem=%zu grid=%lld %s (%s)", gc.kind, gc.BM, gc.BN, gc.bkg * 8, gc.threads,
+               gc.wgroup ? kGemmGroupStages : kGemmStages, gc.m_tiles, gc.smem,
+               (long long)gc.grid, gc.wgroup ? "w-phases-grouped" : "one-phase", layout);
+      return true;
+    }
+    AllCfg& ac = out->allph;
+    if (may(force, PHASECONV_ALLPHASE) && choose_allph(p, dtype_code, force, dev, cl, &ac)) {
+      out->family = PHASECONV_ALLPHASE;
+      out->weight_mma = 1;
+      snprintf(buf, len,
+               "mma-allphase kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) "
+               "halo=(%d,%d,%d) G=%d smem=%zu grid=%lld per_cta=%lld %s (%s)",
+               ac.kind, ac.BM, ac.BN, ac.threads, ac.TD, ac.TH, ac.TW, ac.hd, ac.hh, ac.hw, ac.G,
+               ac.smem, (long long)ac.grid, (long long)ac.per_cta,
+               ac.stage_out ? "staged-output" : "direct-stores", layout);
+      return true;
+    }
+    MmaCfg& mc = out->mma;
+    if (may(force, PHASECONV_MMA) && !cl && choose_mma(p, dtype_code, dev, &mc)) {
+      out->family = PHASECONV_MMA;
+      snprintf(buf, len,
+               "mma kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) ng=%d smem=%zu",
+               mc.kind, mc.BM, mc.BN, mc.threads, mc.TD, mc.TH, mc.TW, mc.ng, mc.smem);
+      return true;
+    }
+  }
+  if (force.family != 0 && force.family != PHASECONV_TILED && force.family != PHASECONV_NAIVE)
+    return refuse(buf, len, force.family, dtype_code == PHASECONV_FLOAT64
+                  ? "float64 has no tensor-core kernel" : "no tile of it takes this layer");
+  if (cl) return false;  // plan_reads_channels_last said so only where a kernel takes it
+  TileCfg& c = out->tiled;
+  if (may(force, PHASECONV_TILED) && choose_tiled(p, dtype_code, dev, &c)) {
+    out->family = PHASECONV_TILED;
+    snprintf(buf, len,
+             "tiled LW=%d NY=%d NZ=%d WC=%d MD=%d MH=%d M=%d CO_T=%d threads=%d "
+             "tile(d,h,w)=(%d,%d,%d) co_blk=%d ci_chunk=%d smem=%zu",
+             c.LW, c.NY, c.NZ, c.WC, c.MD, c.MH, c.M, c.CO_T, c.threads, c.NZ * c.MD,
+             c.NY * c.MH, c.LW, c.WC * c.CO_T, c.ci_chunk, c.smem);
+    return true;
+  }
+  if (force.family == PHASECONV_TILED)
+    return refuse(buf, len, force.family, "no tile of it fits shared memory");
+  out->family = PHASECONV_NAIVE;
+  out->naive_grid = naive_grid(outputs, dev);
+  snprintf(buf, len, "naive");
+  return true;
+}
+
+// ---------------------------------------------------------------- the input gradient's rule
+bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
+                    const DevInfo& dev, PhaseConvBwdInputPlan* out) {
+  char* buf = out->text;
+  const int len = (int)sizeof(out->text);
+  out->naive_grid = 0;
+  const int64_t outputs = params.n * params.c_out * params.out_d * params.out_h * params.out_w;
+  if (outputs == 0) {
+    out->family = PHASECONV_EMPTY;
+    snprintf(buf, len, "none (empty input gradient)");
+    return true;
+  }
+  const bool mma_ok = dtype_code != PHASECONV_FLOAT64 && params.c_in / params.groups >= 4 &&
+                      params.c_out / params.groups >= 4 && force != PHASECONV_NAIVE;
+  MmaCfg& mc = out->mma;
+  if (mma_ok && choose_mma(params, dtype_code, dev, &mc)) {
+    out->family = PHASECONV_MMA;
+    snprintf(buf, len,
+             "mma grad-input kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) ng=%d "
+             "smem=%zu phases=%d", mc.kind, mc.BM, mc.BN, mc.threads, mc.TD, mc.TH, mc.TW,
+             mc.ng, mc.smem, params.nsub);
+    return true;
+  }
+  if (force == PHASECONV_MMA)
+    return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_in/groups and "
+                  "C_out/groups >= 4 and a tile that fits shared memory");
+  out->family = PHASECONV_NAIVE;
+  out->naive_grid = naive_grid(outputs, dev);
+  snprintf(buf, len, "naive grad-input (one thread per input voxel, phases=%d)", params.nsub);
+  return true;
+}
+
+// ---------------------------------------------------------------- the weight gradient's rule
+bool mma_possible(const PhaseConvBwdWeightParams& p, int dtype_code) {
+  if (dtype_code == PHASECONV_FLOAT64) return false;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
+                     cdiv(p.out_w, p.stride_w);  // the largest phase's reduction length
+  return cin_g >= 16 && cout_g >= 16 && kp < ((int64_t)1 << 31) - 64;
+}
+
+// SIMT tile: false where the input window does not fit shared memory.
+bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& dev,
+             PhaseConvBwdWeightPlan* out) {
+  const size_t acc_size = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
+  GwCfg& a = out->gw;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  const int64_t max_taps = p.max_taps_d * p.max_taps_h * p.max_taps_w;
+  if (max_taps == 0 || p.packed_elems == 0) return false;
+  // block tile: up to 32 x 32 channels (4-channel register tiles), taps to fill the threads
+  // (64 x 64 measured slower: one block per SM)
+  a.ci_b = cin_g >= 32 ? 32 : round4(cin_g);
+  a.co_b = cout_g >= 32 ? 32 : round4(cout_g);
+  const int64_t per_tap = (int64_t)(a.ci_b / 4) * (a.co_b / 4);
+  int64_t tc = kGwThreads / per_tap;
+  if (tc < 1) tc = 1;
+  if (tc > max_taps) tc = max_taps;
+  a.tc = (int)tc;
+  a.n_tch = (int)cdiv(max_taps, a.tc);
+  a.n_cib = (int)cdiv(cin_g, a.ci_b);
+  a.n_cob = (int)cdiv(cout_g, a.co_b);
+  // the tile's window: TW covers a phase's W count (the largest and smallest phases may
+  // differ by one), TH = tpos / TW; the largest tile that fits ~160 KB of shared memory
+  const size_t smem_cap = dev.smem_optin < (size_t)160 * 1024 ? dev.smem_optin : 160 * 1024;
+  const int64_t wd = 1 + (p.max_taps_d - 1) * p.pdil_d;
+  const int64_t cw_hi = cdiv(p.out_w, p.stride_w), cw_lo = p.out_w / p.stride_w;
+  bool fits = false;
+  for (int lg_tpos = 7; lg_tpos >= 0 && !fits; --lg_tpos) {
+    int64_t win = 0;
+    for (int k = 0; k < 2; ++k) {
+      const int64_t cwk = k == 0 ? cw_hi : cw_lo;
+      int lg = 0;
+      while (((int64_t)1 << lg) < cwk && lg < 5 && lg < lg_tpos) ++lg;
+      const int64_t tw = (int64_t)1 << lg, th = ((int64_t)1 << lg_tpos) >> lg;
+      const int64_t w = wd * (th + (p.max_taps_h - 1) * p.pdil_h) *
+                        (tw + (p.max_taps_w - 1) * p.pdil_w);
+      if (w > win) win = w;
+    }
+    const int64_t xs = a.ci_b, gs = a.co_b;
+    if (win * xs < kGwThreads * 16) win = cdiv(kGwThreads * 16, xs);  // reduction buffer
+    const size_t smem = (size_t)(win * xs + (gs << lg_tpos)) * acc_size;
+    if (smem <= smem_cap && win < (1 << 24)) {
+      a.lg_tpos = lg_tpos;
+      a.win_max = (int)win;
+      out->smem = smem;
+      fits = true;
+    }
+  }
+  if (!fits) return false;
+  const int64_t base = p.stride_d * p.stride_h * p.stride_w * p.groups * a.n_cib * a.n_cob * a.n_tch;
+  // splits of the reduction: enough blocks for ~4 per multiprocessor
+  const int64_t tiles = p.n * cdiv(p.out_d, p.stride_d) *
+                        cdiv(cdiv(p.out_h, p.stride_h) * cdiv(p.out_w, p.stride_w),
+                             (int64_t)1 << a.lg_tpos);  // about the tiles of a phase
+  int64_t splits = cdiv(4 * (int64_t)dev.sms, base);
+  if (splits > tiles) splits = tiles;
+  if (splits < 1) splits = 1;
+  if (splits > 64) splits = 64;
+  a.splits = (int)splits;
+  out->grid = base * splits;
+  out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * acc_size;
+  return out->grid < ((int64_t)1 << 31);
+}
+
+// Tensor-core tile: 64 x 64 channels.  Measured on an H100: 128 x 64 tied in fp32 and lost in
+// bf16 (shape 3: 217 vs 175 us); 64 x 32 for C_out/g <= 32 lost too (shape 2: 699 vs 536 us
+// fp32, 400 vs 333 bf16).
+bool plan_gm(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& dev,
+             PhaseConvBwdWeightPlan* out) {
+  GmCfg& a = out->gm;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
+  if (a.max_taps == 0 || p.packed_elems == 0) return false;
+  const int bm = kGmWM * 32, bn = kGmWN * 32;
+  a.n_cib = (int)cdiv(cin_g, bm);
+  a.n_cob = (int)cdiv(cout_g, bn);
+  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
+                     cdiv(p.out_w, p.stride_w);
+  const int64_t chunks = cdiv(kp, kGmBK);
+  const int64_t base = p.stride_d * p.stride_h * p.stride_w * a.max_taps * p.groups * a.n_cib * a.n_cob;
+  // splits of the reduction: about 8 blocks per multiprocessor, each split
+  // at least 16 chunks (512 terms) long
+  int64_t splits = cdiv(8 * (int64_t)dev.sms, base);
+  if (splits > chunks / 16) splits = chunks / 16;
+  if (splits > 64) splits = 64;
+  if (splits < 1) splits = 1;
+  a.splits = (int)splits;
+  out->grid = base * splits;
+  const int elem = dtype_code == PHASECONV_FLOAT32 ? 4 : 2;
+  out->smem = (size_t)2 * (kGmWM + kGmWN) * 32 * (kGmBK * elem + 16);  // two stages of rows
+  out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * sizeof(float);
+  return out->grid < ((int64_t)1 << 31);
+}
+
+bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int force,
+                     const DevInfo& dev, PhaseConvBwdWeightPlan* out) {
+  char* buf = out->text;
+  const int len = (int)sizeof(out->text);
+  out->grid = 0;
+  out->smem = out->ws_bytes = 0;
+  if (p.packed_elems == 0) {
+    out->family = PHASECONV_EMPTY;
+    snprintf(buf, len, "none (no phase has taps)");
+    return true;
+  }
+  const bool tensor_cores = mma_possible(p, dtype_code);
+  if (force == PHASECONV_GW_MMA && !tensor_cores)
+    return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_in/groups and "
+                  "C_out/groups >= 16");
+  if (tensor_cores && (force == 0 || force == PHASECONV_GW_MMA)) {
+    if (!plan_gm(p, dtype_code, dev, out)) return refuse(buf, len, PHASECONV_GW_MMA, "its grid is too large");
+    out->family = PHASECONV_GW_MMA;
+    snprintf(buf, len, "tensor-core gemm %s, %dx%d channel tile, %d split(s), %lld blocks",
+             dtype_code == PHASECONV_FLOAT32 ? "3xTF32" : "fp32-accumulate",
+             kGmWM * 32, kGmWN * 32, out->gm.splits, (long long)out->grid);
+    return true;
+  }
+  if (force != PHASECONV_GW_NAIVE && plan_gw(p, dtype_code, dev, out)) {
+    out->family = PHASECONV_GW_SIMT;
+    snprintf(buf, len, "simt %dx%d channel tile, %d tap(s) per block, %d split(s), %lld blocks",
+             out->gw.ci_b, out->gw.co_b, out->gw.tc, out->gw.splits, (long long)out->grid);
+    return true;
+  }
+  if (force == PHASECONV_GW_SIMT)
+    return refuse(buf, len, force, "its input window does not fit shared memory");
+  out->family = PHASECONV_GW_NAIVE;
+  out->grid = cdiv(p.packed_elems, 256) < 65535 ? cdiv(p.packed_elems, 256) : 65535;
+  out->smem = out->ws_bytes = 0;
+  snprintf(buf, len, "naive (one thread per weight element%s)",
+           force == PHASECONV_GW_NAIVE ? "" : ": the input window does not fit shared memory");
+  return true;
+}
+
+}  // namespace
+}  // namespace phaseconv
+
+bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
+                         const PhaseConvForce& force, const phaseconv::DevInfo& dev,
+                         PhaseConvFwdPlan* plan) {
+  plan->text[0] = 0;
+  if (params.nsub != 0) return false;  // grad-input mode: phase_conv_bwd_input_plan
+  if (dtype_code < PHASECONV_FLOAT32 || dtype_code > PHASECONV_BFLOAT16) return false;
+  return phaseconv::plan_fwd(params, dtype_code, force, dev, plan);
+}
+
+bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
+                               const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan) {
+  plan->text[0] = 0;
+  if (params.nsub <= 0 || params.stride_d != 1 || params.stride_h != 1 || params.stride_w != 1)
+    return false;
+  if (dtype_code < PHASECONV_FLOAT32 || dtype_code > PHASECONV_BFLOAT16) return false;
+  return phaseconv::plan_bwd_input(params, dtype_code, force, dev, plan);
+}
+
+bool phase_conv_bwd_weight_plan(const PhaseConvBwdWeightParams& params, int dtype_code,
+                                int force, const phaseconv::DevInfo& dev,
+                                PhaseConvBwdWeightPlan* plan) {
+  plan->text[0] = 0;
+  if (dtype_code < PHASECONV_FLOAT32 || dtype_code > PHASECONV_BFLOAT16) return false;
+  return phaseconv::plan_bwd_weight(params, dtype_code, force, dev, plan);
+}

@@ -1,0 +1,294 @@
+// phaseconv: the launch parameters and the kernel plan.
+//
+// A plan is a pure function of the launch parameters (shapes, dtype, layout, arguments), a
+// kernel forced by name (tests, benchmarks) and the device's properties (DevInfo): which
+// kernel family runs, its tile and grid, and which input and weight layouts it reads.  It is
+// computed once per layer and input shape (phase_conv.cpp: ForwardPlan, BackwardPlan); the
+// launchers take it, and describe() prints it.  phase_conv_plan.cpp implements it in plain
+// C++: this header includes no CUDA or torch header, so the plan also builds and runs on a
+// machine without a GPU (tests/test_plan.py, with recorded device properties).
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum PhaseConvExactMode {
+  PHASECONV_EXACT_FORWARD = 0,      // y (N, C_out, out...) contiguous; a = x, b = weight
+  PHASECONV_EXACT_GRAD_INPUT = 1,   // grad_x (N, C_in, in...) contiguous; a = grad_y, b = weight
+  PHASECONV_EXACT_GRAD_WEIGHT = 2,  // grad_w, by logical (C-order) element; a = x, b = grad_y
+};
+
+// The operands of one launch as the definition reads them (sizes are the transposed
+// convolution's: in = the input's spatial sizes, out = the output's).
+struct PhaseConvExact {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  const void* bias = nullptr;  // forward only, or nullptr
+  int64_t as[5] = {0, 0, 0, 0, 0};  // element strides of a (n, c, d, h, w)
+  int64_t bs[5] = {0, 0, 0, 0, 0};  // of b: weight (ci, co, kd, kh, kw) or grad_y (n, c, ...)
+  int64_t n = 0, c_in = 0, c_out = 0, groups = 1;
+  int64_t in[3] = {0, 0, 0}, out[3] = {0, 0, 0}, k[3] = {0, 0, 0};
+  int64_t s[3] = {1, 1, 1}, p[3] = {0, 0, 0}, d[3] = {1, 1, 1};
+  int mode = PHASECONV_EXACT_FORWARD;
+  int* flag = nullptr;  // set to 1 by a kernel that stored a non-finite element
+};
+
+// A 5-D tensor's sizes and element strides; contiguous: strides are the C-order ones, so a
+// logical index is the storage offset.
+struct PhaseConvWeightView {
+  int64_t size[5];
+  int64_t stride[5];
+  int contiguous;
+};
+
+// dtype codes
+enum PhaseConvDtype {
+  PHASECONV_FLOAT32 = 0,
+  PHASECONV_FLOAT64 = 1,
+  PHASECONV_FLOAT16 = 2,
+  PHASECONV_BFLOAT16 = 3,
+};
+
+// One row of the device phase table (int64, PHASECONV_TABLE_STRIDE entries per phase;
+// phases in row-major order over the residues (rd, rh, rw)).
+enum PhaseTableField {
+  PT_RES_D = 0, PT_RES_H = 1, PT_RES_W = 2,      // residues (first outputs) of the phase
+  PT_TAPS_D = 3, PT_TAPS_H = 4, PT_TAPS_W = 5,   // taps per axis (0: bias-only phase)
+  PT_OFF_D = 6, PT_OFF_H = 7, PT_OFF_W = 8,      // input offset of the first tap per axis
+  PT_WOFS = 9,                                   // element offset of the phase in the packed weight
+  PT_MOFS = 10,                                  // element offset of the phase in weight_mma
+};
+#define PHASECONV_TABLE_STRIDE 12
+
+// Packed weight: for each phase p (table order), a block at element offset table[p].PT_WOFS,
+// laid out [groups][C_in/groups][taps_d][taps_h][taps_w][C_out/groups] (C-contiguous), where
+// the taps of each axis are in ascending input offset order.  Bias-only phases own no block.
+//
+// Tensor-core weight (weight_mma, optional; float32/float16/bfloat16 only): for each phase, a
+// block at element offset table[p].PT_MOFS laid out [groups][taps][G][C_out/groups][CG]
+// (CG = 16 bytes / element size = 4 or 8 channels; G = ceil((C_in/groups) / CG); channels
+// past C_in/groups are zero), taps row-major over (taps_d, taps_h, taps_w) as above: every
+// 16-byte row (tap, channel group, output channel) is one contiguous vector.
+struct PhaseConvFwdParams {
+  const void* x;          // (N, C_in, in_d, in_h, in_w), contiguous
+  const void* weight;     // packed weight (see above), same dtype as x
+  const void* bias;       // (C_out,) same dtype as x, or nullptr
+  void* y;                // (N, C_out, out_d, out_h, out_w), contiguous; every element written
+  const int64_t* table;   // device pointer, num_phases * PHASECONV_TABLE_STRIDE int64
+  int64_t n, c_in, c_out, groups;
+  int64_t in_d, in_h, in_w;
+  int64_t out_d, out_h, out_w;
+  int64_t stride_d, stride_h, stride_w;            // num_phases = product of strides
+  int64_t pdil_d, pdil_h, pdil_w;                  // phase dilation d / gcd(s, d) per axis
+  int64_t max_taps_d, max_taps_h, max_taps_w;      // max taps per axis over the phases
+  int64_t total_taps;                              // sum over phases of taps_d*taps_h*taps_w
+  const void* weight_mma;                          // see above, or nullptr
+  int64_t union_lo_d, union_lo_h, union_lo_w;      // first input offset over all phases' taps
+  int64_t union_ext_d, union_ext_h, union_ext_w;   // last minus first such offset, per axis
+  int x_channels_last;  // 1: x is laid out (N, D, H, W, C_in) (see phase_conv_fwd_input_layout)
+  // grad-input mode only (phase_conv_bwd_input; the forward refuses nsub != 0)
+  const int64_t* sub_table = nullptr;  // device, nsub rows of PHASECONV_TABLE_STRIDE int64
+  int nsub = 0;
+  int64_t in_stride_d = 1, in_stride_h = 1, in_stride_w = 1;
+  // the operands as the definition reads them: where a stored element is not finite, the
+  // kernels recompute it from its real pairs (phase_conv_exact.cuh)
+  PhaseConvExact exact;
+};
+
+struct PhaseConvBwdWeightParams {
+  const void* x;          // (N, C_in, D, H, W) contiguous
+  const void* grad_y;     // (N, C_out, OD, OH, OW) contiguous
+  void* grad_w;           // (C_in, C_out/groups, kD, kH, kW) as grad_w_view; every element written
+  const int32_t* grad_w_index;       // packed element -> logical element of grad_w (device)
+  PhaseConvWeightView grad_w_view;   // grad_w's sizes and strides
+  void* workspace;        // the plan's ws_bytes, 16-byte aligned
+  const int64_t* table;   // the forward's phase table (device)
+  int64_t n, c_in, c_out, groups;
+  int64_t in_d, in_h, in_w;
+  int64_t out_d, out_h, out_w;
+  int64_t stride_d, stride_h, stride_w;
+  int64_t pdil_d, pdil_h, pdil_w;
+  int64_t max_taps_d, max_taps_h, max_taps_w;
+  int64_t packed_elems;   // elements of the packed weight
+  // x and grad_y as the definition reads them: a non-finite gradient element is recomputed
+  // from its real pairs (phase_conv_exact.cuh)
+  PhaseConvExact exact;
+};
+
+enum PhaseConvFamily {
+  PHASECONV_EMPTY = 0,      // nothing to compute (an empty output)
+  PHASECONV_GEMM = 1,       // implicit GEMM (16-bit, wide layers)
+  PHASECONV_ALLPHASE = 2,   // all-phase tensor-core kernel
+  PHASECONV_MMA = 3,        // per-phase tensor-core kernel (grad-input mode too)
+  PHASECONV_TILED = 4,      // SIMT tiles
+  PHASECONV_NAIVE = 5,      // one thread per output (grad-input mode too)
+  // the weight gradient's (phase_conv_bwd.cu)
+  PHASECONV_GW_MMA = 6,     // per (phase, tap) GEMM on tensor cores
+  PHASECONV_GW_SIMT = 7,    // SIMT register tiles over a staged input window
+  PHASECONV_GW_NAIVE = 8,   // one thread per weight element (the window does not fit)
+  // forcing only: the all-phase kernel where a tile fits, else the per-phase one
+  PHASECONV_TENSOR_CORES = 9,
+};
+
+// A kernel chosen by name instead of by the rule (tests, benchmarks).  The plan refuses a
+// layer the named kernel cannot take: nothing is silently rerouted.
+enum PhaseConvLayoutChoice {
+  PHASECONV_LAYOUT_RULE = 0,
+  PHASECONV_LAYOUT_CONTIGUOUS = 1,  // never the channels-last kernels
+};
+struct PhaseConvForce {
+  int family = 0;        // 0: the rule; else a PhaseConvFamily
+  int input_layout = PHASECONV_LAYOUT_RULE;
+  int gemm_tile = -1;    // implicit GEMM tile kind (GemmCfg::kind), -1: the rule
+  int gemm_one_phase = 0;  // implicit GEMM: one phase per block (no W-phase grouping)
+  int gemm_k32 = 0;        // implicit GEMM: 32 channels a k step
+  int direct_stores = 0;   // all-phase kernel: no staged output
+};
+
+namespace phaseconv {
+
+// The device properties a plan reads.
+struct DevInfo {
+  int sms;
+  size_t smem_optin;  // per block
+  size_t smem_sm;     // per multiprocessor
+};
+
+// Constants the kernels and the plan share.
+constexpr int kFlushTerms = 256;      // 3xTF32: accumulators flushed every this many terms
+constexpr int kAllphMaxPhases = 32;   // the all-phase kernel's phase table (static smem)
+constexpr int kGemmStages = 4;        // implicit GEMM pipeline depth, one phase per block
+constexpr int kGemmGroupStages = 3;   // W phases grouped (shared memory also holds the output)
+constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
+constexpr int kGwThreads = 256;       // SIMT weight-gradient block
+constexpr int kGmBK = 32;             // tensor-core weight gradient: reduction chunk
+constexpr int kGmWM = 2, kGmWN = 2;   // its warps (a 64 x 64 channel tile)
+
+
+// SIMT tiled kernel (phase_conv_fwd_tiled.cu: tiled_kernel)
+struct TileCfg {
+  int LW, NY, NZ, WC, MD, MH, M, CO_T, threads;
+  int ci_chunk, pitch, hh_max, hd_max, plane, s_w_elems;
+  size_t smem;
+  double cost;
+};
+
+// per-phase tensor-core kernel (phase_conv_fwd_mma.cu: mma_kernel)
+struct MmaCfg {
+  int kind;  // 0: MT4 NT1 4x1 warps (BN 8); 1: MT4 NT2 4x1 (BN 16); 2: MT4 NT4 2x2 (BN 64);
+             // 3: MT4 NT4 2x4 (BN 128)
+  int BM, BN, threads;
+  int TD, TH, TW, ng;
+  int x_bytes, w_bytes;
+  size_t smem;
+  double cost;
+};
+
+// all-phase tensor-core kernel (phase_conv_fwd_allphase.cu: mma_allph_kernel)
+struct AllCfg {
+  int kind;  // as MmaCfg::kind
+  int BM, BN, threads;
+  int TD, TH, TW, G;
+  int hd, hh, hw;
+  int x_bytes, w_bytes, x_buf;
+  int stage_out, box_off, box_cs;  // see AllArgs
+  size_t smem;
+  int64_t grid, per_cta, total_blocks;
+  double cost;
+};
+
+// implicit-GEMM kernel (phase_conv_fwd_gemm.cu: gemm_cl_kernel)
+struct GemmCfg {
+  int kind;  // 0: BN 32 (MT2 NT4, 4x1 warps); 1: BN 64 (MT4 NT4, 2x2); 2: BN 128 (MT4 NT4, 2x4);
+             // 3: BN 64 (MT2 NT4, 4x2: twice the warps of 1)
+  int BM, BN, threads, m_tiles, co_blocks;
+  bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together
+  bool a_ncdhw;  // A read from a contiguous (N, C, D, H, W) input (16-byte vectors along W)
+  int bkg;       // 16-byte channel groups per k step (4 or 8)
+  size_t smem;
+  int64_t total_blocks, grid;
+};
+
+// SIMT weight gradient (phase_conv_bwd.cu: gw_partial_kernel)
+struct GwCfg {
+  int ci_b, co_b, tc;    // input channels, output channels and taps per block
+  int n_cib, n_cob, n_tch, splits;
+  int lg_tpos;           // phase outputs per tile: 1 << lg_tpos (one D row)
+  int win_max;           // window positions staged at most (smem sizing)
+};
+
+// tensor-core weight gradient (phase_conv_bwd.cu: gw_mma_kernel)
+struct GmCfg {
+  int max_taps, n_cib, n_cob, splits;
+};
+
+}  // namespace phaseconv
+
+// The forward's plan (phase_conv_fwd_plan).
+struct PhaseConvFwdPlan {
+  int family;            // PhaseConvFamily
+  int x_channels_last;   // the kernel reads x as (N, D, H, W, C_in), 16-byte aligned
+  int weight_mma;        // the kernel reads the tensor-core weight layout, else the packed one
+  int64_t naive_grid;    // blocks of the naive kernel
+  phaseconv::GemmCfg gemm;
+  phaseconv::AllCfg allph;
+  phaseconv::MmaCfg mma;
+  phaseconv::TileCfg tiled;
+  char text[384];        // what describe() prints
+};
+
+// The input gradient's plan (phase_conv_bwd_input_plan): the per-phase tensor-core kernel or
+// the naive kernel, both in grad-input mode (one launch for all phases).
+struct PhaseConvBwdInputPlan {
+  int family;  // PHASECONV_EMPTY, PHASECONV_MMA or PHASECONV_NAIVE
+  int64_t naive_grid;
+  phaseconv::MmaCfg mma;
+  char text[256];
+};
+
+// The weight gradient's plan (phase_conv_bwd_weight_plan).
+struct PhaseConvBwdWeightPlan {
+  int family;  // PHASECONV_EMPTY, PHASECONV_GW_MMA, PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE
+  phaseconv::GwCfg gw;
+  phaseconv::GmCfg gm;
+  int64_t grid;
+  size_t smem, ws_bytes;  // dynamic shared memory, workspace bytes (16-byte aligned base)
+  char text[256];
+};
+
+// The forward (phase_conv_fwd.cu runs it).  Pointers in params are not read, except that
+// weight_mma non-null says the tensor-core weight layout can be provided
+// (float32/float16/bfloat16); x_channels_last says x is offered channels-last.  The plan
+// says which input layout the kernel reads (plan->x_channels_last) and which weight layout
+// (plan->weight_mma).  False: no kernel takes these parameters (or not the one forced);
+// plan->text then says why.  dtype_code is a PhaseConvDtype.
+bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
+                         const PhaseConvForce& force, const phaseconv::DevInfo& dev,
+                         PhaseConvFwdPlan* plan);
+
+// The input gradient in grad-input mode (phase_conv_fwd.cuh).  The rule: the tensor-core
+// kernel for float32/float16/bfloat16 with C_out/g and C_in/g >= 4 when a tile fits shared
+// memory, else the naive kernel (any dtype).  force: 0 the rule, PHASECONV_MMA or
+// PHASECONV_NAIVE (false where the forced kernel does not apply).
+bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
+                               const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan);
+
+// The weight gradient (phase_conv_bwd.cuh).  The rule: float32/float16/bfloat16 with
+// C_in/groups and C_out/groups both >= 16 (and a phase's outputs over the batch below 2^31)
+// run the tensor-core kernel; float64 and narrower layers the SIMT one, and layers whose
+// input window does not fit shared memory (huge dilations) a naive kernel, one thread per
+// weight element.  force: 0 the rule, PHASECONV_GW_MMA, PHASECONV_GW_SIMT or
+// PHASECONV_GW_NAIVE; false where the forced kernel cannot take the layer.
+bool phase_conv_bwd_weight_plan(const PhaseConvBwdWeightParams& params, int dtype_code,
+                                int force, const phaseconv::DevInfo& dev,
+                                PhaseConvBwdWeightPlan* plan);
+
+// Whether a 3xTF32 launch needs the FLUSH kernel variant: a reduction (per output voxel)
+// longer than kFlushTerms.  Forward: C_in/g x the most taps of a phase; grad-input mode:
+// C_in/g (grad_y's channels) x the taps of all sub-problems.
+inline bool phase_conv_needs_flush(const PhaseConvFwdParams& p, int dtype_code) {
+  if (dtype_code != PHASECONV_FLOAT32) return false;
+  const int64_t taps = p.nsub > 0 ? p.total_taps
+                                  : p.max_taps_d * p.max_taps_h * p.max_taps_w;
+  return (p.c_in / p.groups) * taps > phaseconv::kFlushTerms;
+}

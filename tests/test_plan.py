@@ -1,0 +1,166 @@
+"""The CUDA engine's kernel plan, on the CPU: which kernel family, tile and input layout a GPU
+with recorded properties (H100, A100) launches for a layer, and what forcing a kernel by name
+does.  The plan is csrc/phase_conv_plan.cpp itself, built with the host compiler
+(tests/plan_harness.py); tests/test_cuda_engine.py checks on a GPU that the engine launches
+the plan this computes."""
+import plan_harness as ph
+import pytest
+import torch
+
+from phaseconv.bench import SWEEP
+
+pytestmark = pytest.mark.skipif(ph.compiler() is None, reason="needs a C++ compiler")
+
+BF16, F32, F64 = torch.bfloat16, torch.float32, torch.float64
+FOUNDING = ph.conv_args(32, 32, (3, 5, 7), (12, 24, 48), 2, (1, 2, 3), 1, 4, batch=8)
+WIDE = ph.sweep_args(SWEEP[1])                              # 64 -> 32, 32^3, k3 s2
+WIDER = ph.sweep_args(SWEEP[2])                             # 128 -> 64, 32^3, k2 s2
+NARROW = ph.conv_args(2, 3, 3, 8, 2, 1, 1)                  # C_in/groups < 4
+DEPTHWISE = ph.sweep_args(SWEEP[6])                         # 64 groups of one channel
+MANY_PHASES = ph.conv_args(32, 32, 4, 8, 4)                 # 64 phases: past the all-phase table
+PURE_GEMM = ph.conv_args(64, 64, 2, 16, 2)                  # k == s, no padding
+HUGE_DILATION = ph.conv_args(8, 8, 3, 4, dilation=150)      # no tile's window fits
+EMPTY = ph.conv_args(8, 8, 3, 4, 2, 1, 1, batch=0)
+
+# (layer, batch, dtype, x offered channels-last) -> (family, reads channels-last)
+FORWARD_RULE = [
+    ("founding fp32", FOUNDING, 8, F32, False, "allphase", False),
+    ("founding fp32 channels-last", FOUNDING, 8, F32, True, "allphase", True),
+    ("founding bf16", FOUNDING, 8, BF16, False, "allphase", False),
+    ("founding fp64", FOUNDING, 8, F64, False, "tiled", False),
+    ("wide bf16", WIDE, 2, BF16, False, "gemm", True),     # copies x channels-last
+    ("wide fp32", WIDE, 2, F32, False, "tiled", False),
+    ("wider fp32", WIDER, 2, F32, False, "mma", False),
+    ("pure gemm bf16", PURE_GEMM, 1, BF16, False, "gemm", False),  # reads NCDHW in place
+    ("many phases fp32", MANY_PHASES, 1, F32, False, "mma", False),
+    ("narrow fp32", NARROW, 1, F32, False, "tiled", False),
+    ("depthwise bf16", DEPTHWISE, 4, BF16, False, "tiled", False),
+    ("huge dilation fp32", HUGE_DILATION, 1, F32, False, "naive", False),
+    ("empty", EMPTY, 0, F32, False, "none", False),
+]
+
+
+@pytest.mark.parametrize("device", ph.DEVICES, ids=lambda d: d.name.split()[0])
+@pytest.mark.parametrize("name, args, batch, dtype, offered, family, reads_cl", FORWARD_RULE,
+                         ids=[c[0] for c in FORWARD_RULE])
+def test_forward_rule_routes_every_family(device, name, args, batch, dtype, offered, family,
+                                          reads_cl):
+    plan = ph.forward(args, batch, dtype, device, channels_last=offered)
+    assert plan.ok and plan.family == family, plan.text
+    assert plan.channels_last == reads_cl, plan.text
+    assert plan.text.startswith({"gemm": "implicit-gemm", "allphase": "mma-allphase",
+                                 "mma": "mma kind", "tiled": "tiled", "naive": "naive",
+                                 "none": "none"}[family])
+
+
+@pytest.mark.parametrize("device", ph.DEVICES, ids=lambda d: d.name.split()[0])
+def test_every_sweep_shape_has_a_plan(device):
+    for shape in SWEEP:
+        args = ph.sweep_args(shape)
+        for dtype in (F32, BF16, torch.float16, F64):
+            for offered in (False, True):
+                plan = ph.forward(args, shape.batch, dtype, device, channels_last=offered)
+                assert plan.ok and plan.family != "naive", (shape.name, dtype, plan.text)
+            assert ph.grad_input(args, shape.batch, dtype, device).ok
+            assert ph.grad_weight(args, shape.batch, dtype, device).ok
+
+
+# (layer, dtype) -> (input-gradient family, weight-gradient family)
+BACKWARD_RULE = [
+    ("founding fp32", FOUNDING, F32, "mma", "simt"),         # C_out/groups 8 < 16
+    ("founding fp64", FOUNDING, F64, "naive", "simt"),
+    ("wide bf16", WIDE, BF16, "mma", "tensor-cores"),
+    ("wide fp32", WIDE, F32, "mma", "tensor-cores"),
+    ("narrow fp32", NARROW, F32, "naive", "simt"),
+    ("depthwise bf16", DEPTHWISE, BF16, "naive", "simt"),
+    ("huge dilation fp32", HUGE_DILATION, F32, "naive", "naive"),
+]
+
+
+@pytest.mark.parametrize("device", ph.DEVICES, ids=lambda d: d.name.split()[0])
+@pytest.mark.parametrize("name, args, dtype, gi, gw", BACKWARD_RULE,
+                         ids=[c[0] for c in BACKWARD_RULE])
+def test_backward_rule_routes_every_family(device, name, args, dtype, gi, gw):
+    assert ph.grad_input(args, 2, dtype, device).family == gi
+    assert ph.grad_weight(args, 2, dtype, device).family == gw
+
+
+FORCED = [  # (kernel, layer, dtype): the kernel takes the layer
+    ("gemm", WIDE, BF16), ("allphase", FOUNDING, F32), ("mma", FOUNDING, BF16),
+    ("tiled", WIDE, BF16), ("naive", WIDE, F32), ("tensor-cores", FOUNDING, F32),
+]
+
+
+@pytest.mark.parametrize("kernel, args, dtype", FORCED, ids=[c[0] for c in FORCED])
+def test_a_forced_kernel_runs_by_name(kernel, args, dtype):
+    plan = ph.forward(args, 2, dtype, ph.H100, kernel=kernel)
+    want = "allphase" if kernel == "tensor-cores" else kernel
+    assert plan.ok and plan.family == want, plan.text
+
+
+REFUSED = [  # (kernel, layer, dtype, why): a forced kernel that cannot take the layer
+    ("gemm", WIDE, F32, "no tile of it takes this layer"),          # 16-bit only
+    ("gemm", NARROW, BF16, "no tile of it takes this layer"),       # C_in/groups % 8
+    ("mma", HUGE_DILATION, F32, "no tile of it takes this layer"),
+    ("allphase", MANY_PHASES, F32, "no tile of it takes this layer"),
+    ("mma", FOUNDING, F64, "float64 has no tensor-core kernel"),
+    ("tensor-cores", FOUNDING, F64, "float64 has no tensor-core kernel"),
+    ("tiled", HUGE_DILATION, F32, "no tile of it fits shared memory"),
+]
+
+
+@pytest.mark.parametrize("kernel, args, dtype, why", REFUSED,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(REFUSED)])
+def test_a_forced_kernel_that_cannot_run_is_refused(kernel, args, dtype, why):
+    plan = ph.forward(args, 1, dtype, ph.H100, kernel=kernel)
+    assert not plan.ok and plan.text.startswith("refused: the ") and plan.text.endswith(why)
+
+
+def test_forced_backward_kernels():
+    for device in ph.DEVICES:
+        assert ph.grad_input(WIDE, 2, F32, device, "naive").family == "naive"
+        assert not ph.grad_input(FOUNDING, 2, F64, device, "tensor-cores").ok
+        assert ph.grad_weight(WIDE, 2, F32, device, "simt").family == "simt"
+        assert ph.grad_weight(WIDE, 2, F32, device, "naive").family == "naive"
+        assert not ph.grad_weight(FOUNDING, 2, F64, device, "tensor-cores").ok
+        assert not ph.grad_weight(HUGE_DILATION, 2, F32, device, "simt").ok
+
+
+def test_forced_variants_of_the_implicit_gemm():
+    from phaseconv.engines.cuda import ForwardKernel
+
+    base = ph.forward(WIDE, 2, BF16, ph.H100, kernel="gemm").text
+    assert "w-phases-grouped" in base and "BK=32" in base
+    one = ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("gemm", gemm_one_phase=True))
+    assert "one-phase" in one.text
+    for tile, bn in ((0, 32), (1, 64), (2, 128), (3, 64)):
+        plan = ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("gemm", gemm_tile=tile))
+        assert f"kind={tile} " in plan.text and f"BN={bn} " in plan.text
+    wide = ph.forward(ph.sweep_args(SWEEP[4]), 1, BF16, ph.H100, kernel="gemm").text
+    assert "BK=64" in wide
+    k32 = ph.forward(ph.sweep_args(SWEEP[4]), 1, BF16, ph.H100,
+                     kernel=ForwardKernel("gemm", gemm_k32=True)).text
+    assert "BK=32" in k32
+    contiguous = ph.forward(WIDE, 2, BF16, ph.H100, channels_last=True,
+                            kernel=ForwardKernel(contiguous_input=True))
+    assert not contiguous.channels_last and contiguous.family != "gemm"
+
+
+def test_the_plan_reads_the_device():
+    # the weight gradient's splits fill the multiprocessors: 132 on an H100, 108 on an A100
+    h100 = ph.grad_weight(FOUNDING, 8, F32, ph.H100)
+    a100 = ph.grad_weight(FOUNDING, 8, F32, ph.A100)
+    assert h100.splits > a100.splits >= 1
+    small = ph.Device("small", 16, 48 * 1024, 64 * 1024)  # less shared memory, fewer SMs
+    assert ph.grad_weight(FOUNDING, 8, F32, small).splits < a100.splits
+    # tiles are searched within the device's shared memory
+    assert "smem=" in ph.forward(FOUNDING, 8, F32, small).text
+    for shape in SWEEP:
+        plan = ph.forward(ph.sweep_args(shape), shape.batch, F32, small)
+        smem = int(plan.text.split("smem=")[1].split()[0]) if "smem=" in plan.text else 0
+        assert plan.ok and smem <= small.smem_optin, plan.text
+
+
+def test_unknown_kernel_names_are_refused():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        ph.forward(FOUNDING, 8, F32, ph.H100, kernel="fast")
