@@ -1,5 +1,5 @@
 // phaseconv: the kernel plan (phase_conv_plan.h), in plain C++: no CUDA or torch header, so
-// that it builds and is tested without a GPU (tests/test_plan.py feeds it recorded device
+// that it builds and is tested without a GPU (tests/plan/test_plan.py feeds it recorded device
 // properties).  Each family's tile search models its kernel's cost (thread instructions,
 // staging, stores, occupancy and wave quantisation) and keeps the cheapest tile that fits.
 #include "phase_conv_plan.h"

@@ -6,7 +6,7 @@
 // computed once per layer and input shape (phase_conv.cpp: ForwardPlan, BackwardPlan); the
 // launchers take it, and describe() prints it.  phase_conv_plan.cpp implements it in plain
 // C++: this header includes no CUDA or torch header, so the plan also builds and runs on a
-// machine without a GPU (tests/test_plan.py, with recorded device properties).
+// machine without a GPU (tests/plan/test_plan.py, with recorded device properties).
 #pragma once
 
 #include <stddef.h>

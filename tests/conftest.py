@@ -1,5 +1,13 @@
 """Shared test settings: hypothesis profiles and the GPU marker.
 
+The tests follow the package's layers, one folder each: geometry/ (phase tables), packing/
+(weight layouts and index maps), plan/ (the CUDA kernel plan, on the CPU), engines/ (engine
+choice, the reference engine's backward), ops/ (derivatives, NaN/Inf, the functional against
+torch), api/ (modules, convert, explain, bad and hostile input, training, AMP, compile,
+examples) and gpu/ (the CUDA engine and the public API on a GPU; gpu_sanitize.py is the
+compute-sanitizer driver).  Helpers shared across folders live here: strategies.py,
+plan_harness.py (with plan_shim.cpp).
+
 Profiles: ``ci`` (selected when $CI is set: derandomized, no deadline, 300 examples for the
 main forward property), ``dev`` (the default), ``quick`` (the founding-stack venv in CI).
 $HYPOTHESIS_PROFILE overrides the choice.

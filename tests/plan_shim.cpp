@@ -1,4 +1,4 @@
-// A C entry point to the kernel plan (csrc/phase_conv_plan.cpp) for tests/test_plan.py, which
+// A C entry point to the kernel plan (csrc/phase_conv_plan.cpp) for tests/plan/test_plan.py, which
 // builds the two files alone with the host compiler and calls them through ctypes: the plan
 // the CUDA engine launches, computed on a machine without a GPU from recorded device
 // properties.  Arrays are flat int64 (see tests/plan_harness.py for their order).

@@ -57,7 +57,7 @@ _CUDA_SOURCES = ("phase_conv_pack.cu", "phase_conv_layout.cu", "phase_conv_fwd_t
                  "phase_conv_fwd_naive.cu", "phase_conv_fwd_mma.cu",
                  "phase_conv_fwd_allphase.cu", "phase_conv_fwd_gemm.cu", "phase_conv_fwd.cu",
                  "phase_conv_bwd.cu")
-# the torch binding and the kernel plan (plain C++: tests/test_plan.py builds it alone)
+# the torch binding and the kernel plan (plain C++: tests/plan/test_plan.py builds it alone)
 _CPP_SOURCES = ("phase_conv.cpp", "phase_conv_plan.cpp")
 _SOURCES = _HEADERS + _CUDA_SOURCES + _CPP_SOURCES
 TABLE_STRIDE = 12

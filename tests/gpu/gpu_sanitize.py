@@ -1,7 +1,7 @@
 """A reduced GPU workload for compute-sanitizer (memcheck, racecheck): every kernel path of
 the CUDA engine on a few small, awkward configurations, checked against torch.
 
-    compute-sanitizer --tool memcheck python tests/gpu_sanitize.py
+    compute-sanitizer --tool memcheck python tests/gpu/gpu_sanitize.py
 """
 import sys
 
@@ -28,7 +28,7 @@ CASES = [
 # input, 32 + 3: the all-phase kernel without staged output, 64 + 5: implicit GEMM, one phase
 # per block; -3: path 3, channels-last input
 # every forward kernel by name (csrc/phase_conv_plan.h), and its variants; channels-last: the
-# input comes channels-last.  A kernel that refuses a case is skipped (tests/test_plan.py).
+# input comes channels-last.  A kernel that refuses a case is skipped (tests/plan/test_plan.py).
 KERNELS = [(k, False) for k in ("auto", "tiled", "naive", "tensor-cores", "mma", "gemm")] + [
     (ForwardKernel("gemm", gemm_one_phase=True), False),
     (ForwardKernel("tensor-cores", contiguous_input=True), False),

@@ -44,7 +44,7 @@ def configs(draw, max_channels=3):
 def _run(cfg, dtype, kernel="auto", seed=0, refusal_ok=False):
     """(engine output, float64 reference) of a random call; ``kernel`` forces one by name.
     With ``refusal_ok`` (properties over drawn layers) a layer the forced kernel refuses is
-    skipped: the refusals themselves are tests/test_plan.py's."""
+    skipped: the refusals themselves are tests/plan/test_plan.py's."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], generator=gen, dtype=torch.float64)
     w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], generator=gen,
@@ -412,7 +412,7 @@ def test_strided_weights_are_gathered_in_place(dtype, fmt):
 
 
 def test_the_engine_launches_the_plan_computed_on_the_host():
-    """The plan the engine launches is the host-built plan (tests/test_plan.py) for this GPU's
+    """The plan the engine launches is the host-built plan (tests/plan/test_plan.py) for this GPU's
     properties: forward, input gradient and weight gradient, over the sweep."""
     import plan_harness as ph
 

@@ -1,7 +1,7 @@
 """The CUDA engine's kernel plan, on the CPU: which kernel family, tile and input layout a GPU
 with recorded properties (H100, A100) launches for a layer, and what forcing a kernel by name
 does.  The plan is csrc/phase_conv_plan.cpp itself, built with the host compiler
-(tests/plan_harness.py); tests/test_cuda_engine.py checks on a GPU that the engine launches
+(tests/plan_harness.py); tests/gpu/test_cuda_engine.py checks on a GPU that the engine launches
 the plan this computes."""
 import plan_harness as ph
 import pytest
