@@ -399,7 +399,8 @@ def test_input_layouts(layout, kernel, dtype):
 def test_strided_weights_are_gathered_in_place(dtype, fmt):
     """The weight gather reads any strides: a channels-last or sliced weight gives the same
     result as its contiguous copy, on every weight layout the kernels read."""
-    for kernel in ("auto", "tiled", "tensor-cores"):
+    kernels = ("auto", "tiled") + (("tensor-cores",) if dtype != torch.float64 else ())
+    for kernel in kernels:
         cfg = dict(_TC_CASES[0])
         torch.manual_seed(4)
         x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], device=DEV).to(dtype)
