@@ -9,6 +9,8 @@
 #   main        python -m phaseconv, the KernelBench check
 #   bench:S     python -m phaseconv bench --sections S (comma-separated sections)
 #   profile     a short Nsight Compute profile of the founding example
+#   macs        executed against useful multiply-adds, every kernel family (ncu,
+#               benchmarks/executed_macs.py, executed-macs.md)
 #   aot         the ahead-of-time engine: a wheel built with PHASECONV_BUILD_CUDA=1 for
 #               TORCH_CUDA_ARCH_LIST="8.0;9.0", installed alone (no checkout, no editable
 #               install on the path), then the GPU suite with no nvcc on PATH, no CUDA_HOME
@@ -57,6 +59,8 @@ for s in "$@"; do
         stage profile 40 ncu -k "regex:mma_|tiled_|gemm_|gather" --launch-skip 2 \
             --launch-count 4 --section SpeedOfLight --section Occupancy \
             python3 benchmarks/profile_founding.py ;;
+    macs)
+        stage macs 22 python3 benchmarks/executed_macs.py --out "$OUT" ;;
     aot)
         python3 -m pip uninstall -y -q phaseconv >>"$OUT/all.log" 2>&1
         rm -rf /tmp/aot && mkdir -p /tmp/aot/wheel /tmp/aot/site /tmp/aot/ext /tmp/aot/run

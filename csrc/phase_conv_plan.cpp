@@ -13,6 +13,19 @@ namespace {
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int round4(int64_t v) { return (int)((v + 3) / 4 * 4); }
 
+// A tile's modelled cost scaled for latency hiding (fewer than 1024 resident threads per SM
+// hide less) and wave quantisation (the last partial wave of `blocks` costs a full one,
+// counted up to 1.5x), with `res` blocks of `threads` resident per SM.
+double occupancy_and_waves(double cost, double blocks, int64_t res, int threads,
+                           const DevInfo& dev) {
+  const double occ = (double)res * threads / 1024.0;
+  cost /= (occ >= 1.0 ? 1.0 : 0.4 + 0.6 * occ);
+  const double waves = blocks / ((double)dev.sms * res);
+  const double full = waves < 1.0 ? 1.0 : (double)(int64_t)(waves + 0.999999);
+  if (waves > 0) cost *= full / waves > 1.5 ? 1.5 : full / waves;
+  return cost;
+}
+
 bool is_tensor_core_family(int family) {
   return family == PHASECONV_GEMM || family == PHASECONV_ALLPHASE || family == PHASECONV_MMA ||
          family == PHASECONV_TENSOR_CORES;
@@ -116,12 +129,7 @@ bool choose_tiled(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& de
               if (by_smem < res) res = by_smem;
               if (by_regs < res) res = by_regs;
               if (res < 1) continue;
-              const double occ = (double)res * threads / 1024.0;
-              cost /= (occ >= 1.0 ? 1.0 : 0.4 + 0.6 * occ);
-              const double slots = (double)dev.sms * res;
-              const double waves = blocks / slots;
-              const double full = waves < 1.0 ? 1.0 : (double)(int64_t)(waves + 0.999999);
-              if (waves > 0) cost *= full / waves > 1.5 ? 1.5 : full / waves;
+              cost = occupancy_and_waves(cost, blocks, res, threads, dev);
               c.ci_chunk = (int)ci_chunk; c.pitch = (int)pitch; c.hh_max = (int)hh;
               c.hd_max = (int)hd; c.plane = (int)plane; c.s_w_elems = (int)s_w_elems;
               c.smem = smem; c.cost = cost;
@@ -191,12 +199,7 @@ bool choose_mma(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
         const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024));
         if (by_smem < res) res = by_smem;
         if (res < 1) continue;
-        const double occ = (double)res * kinds_thr[kind] / 1024.0;
-        cost /= (occ >= 1.0 ? 1.0 : 0.4 + 0.6 * occ);
-        const double slots = (double)dev.sms * res;
-        const double waves = blocks / slots;
-        const double full = waves < 1.0 ? 1.0 : (double)(int64_t)(waves + 0.999999);
-        if (waves > 0) cost *= full / waves > 1.5 ? 1.5 : full / waves;
+        cost = occupancy_and_waves(cost, blocks, res, kinds_thr[kind], dev);
         if (!found || cost < best->cost) {
           MmaCfg c;
           c.kind = kind; c.BM = BM; c.BN = BN; c.threads = kinds_thr[kind];
@@ -276,12 +279,7 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
             kind == 0 ? (CG == 4 ? (fl ? 3 : 4) : 5) : (kind == 3 ? 1 : (fl ? 2 : 3));
         if (res > reg_cap) res = reg_cap;  // __launch_bounds__ of the kernel (AllMinBlocks)
         if (res < 1) continue;
-        const double occ = (double)res * kinds_thr[kind] / 1024.0;
-        cost /= (occ >= 1.0 ? 1.0 : 0.4 + 0.6 * occ);
-        const double slots = (double)dev.sms * res;
-        const double waves = blocks / slots;
-        const double full = waves < 1.0 ? 1.0 : (double)(int64_t)(waves + 0.999999);
-        if (waves > 0) cost *= full / waves > 1.5 ? 1.5 : full / waves;
+        cost = occupancy_and_waves(cost, blocks, res, kinds_thr[kind], dev);
         if (!found || cost < best->cost) {
           AllCfg c;
           c.kind = kind; c.BM = BM; c.BN = BN; c.threads = kinds_thr[kind];
@@ -297,7 +295,7 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
           // On a tie, with >= 4 CTAs per SM the smallest per (the others overlap each CTA's
           // prologue; founding bf16: 112 us at per 1), else the largest (fewer weight
           // restagings; founding fp32, 2 CTAs/SM: 246 us at per 7, 275 at per 1).
-          const int64_t islots = (int64_t)slots;
+          const int64_t islots = (int64_t)dev.sms * res;
           int64_t per = 1, best_rounds = -1;
           for (int64_t q = 1; q <= cdiv(c.total_blocks, islots); ++q) {
             const int64_t rounds = q * cdiv(cdiv(c.total_blocks, q), islots);

@@ -20,6 +20,7 @@ call so that the events time GPU work, not Python.  Each section writes
 """
 import copy
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -185,6 +186,75 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+class Variant(NamedTuple):
+    """A dtype and a memory format: what a row runs in (``--dtypes`` names it, ``-cl`` for
+    ``channels_last_3d`` inputs, weights and upstream gradients, as a user who set the model's
+    memory format feeds both libraries)."""
+    dtype: torch.dtype
+    channels_last: bool = False
+
+    @staticmethod
+    def parse(text: str) -> "Variant":
+        name, cl = (text[:-3], True) if text.endswith("-cl") else (text, False)
+        dtype = getattr(torch, name, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown dtype {name!r} in --dtypes")
+        return Variant(dtype, cl)
+
+    @property
+    def name(self) -> str:
+        return _dtype_name(self.dtype) + (" cl" if self.channels_last else "")
+
+    def fmt(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` in this variant's memory format (5-D tensors)."""
+        return t.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else t
+
+
+def _variant(v) -> Variant:
+    return v if isinstance(v, Variant) else Variant(v)
+
+
+# ---------------------------------------------------------------------------------- floors
+
+# Dense tensor-core peaks (TFLOP/s, 16-bit and TF32) and DRAM bandwidth (TB/s) from the
+# vendor's data sheets, by a substring of the device name (first match).
+PEAKS = [("H200", 989.4, 494.7, 4.8), ("H100 PCIe", 756.0, 378.0, 2.0),
+         ("H100 NVL", 835.5, 417.8, 3.9), ("H100", 989.4, 494.7, 3.35),
+         ("A100-SXM4-80GB", 312.0, 156.0, 2.039), ("A100", 312.0, 156.0, 1.555)]
+
+
+def floor_us(device_name: str, dtype: torch.dtype, macs: int, nbytes: int) -> float:
+    """The hardware floor of a piece of work: the larger of its tensor-pipe time (``macs``
+    at the data-sheet rate; float32 as 3xTF32, three TF32 products per MAC) and its DRAM time
+    (``nbytes`` moved once).  NaN where the device or dtype has no entry."""
+    peaks = next((row[1:] for row in PEAKS if row[0] in device_name), None)
+    if peaks is None:
+        return float("nan")
+    tc16, tf32, tbs = peaks
+    rate = {torch.float16: tc16, torch.bfloat16: tc16, torch.float32: tf32 / 3}.get(dtype)
+    if rate is None:
+        return float("nan")
+    return max(2 * macs / (rate * 1e12), nbytes / (tbs * 1e12)) * 1e6
+
+
+def _work(shape: Shape, dtype: torch.dtype):
+    """(useful MACs, bytes of input + weight + output) of one forward."""
+    w_shape = (shape.in_channels, shape.out_channels // shape.groups) + shape.kernel
+    report = phaseconv.explain(phaseconv.ConvTranspose3d(**shape.layer_args(), bias=False,
+                                                         device="meta"), shape.input_shape())
+    size = torch.empty((), dtype=dtype).element_size()
+    out = shape.batch * shape.out_channels
+    for n, k, s, p, op in zip(shape.size, shape.kernel, shape.stride, shape.padding,
+                              shape.output_padding):
+        out *= (n - 1) * s - 2 * p + k + op
+    elems = math.prod(shape.input_shape()) + math.prod(w_shape) + out
+    return report.macs, elems * size
+
+
+def _floor_text(us: float, floor: float) -> str:
+    return "-" if math.isnan(floor) else f"{floor:.1f} ({floor / us:.0%})"
+
+
 # ---------------------------------------------------------------------------------- forward
 
 class ForwardRow(NamedTuple):
@@ -196,11 +266,16 @@ class ForwardRow(NamedTuple):
     rel_err: float
     gflop: float
     kernel: str
+    floor_us: float          # the hardware floor (floor_us)
 
 
-def bench_forward(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> ForwardRow:
+def bench_forward(shape: Shape, variant, repeats: int, warmup: int) -> ForwardRow:
+    variant = _variant(variant)
+    dtype = variant.dtype
     theirs, ours = _layers(shape, dtype)
-    x = torch.rand(shape.input_shape(), device="cuda", dtype=dtype)
+    theirs.to(memory_format=torch.channels_last_3d if variant.channels_last
+              else torch.contiguous_format)
+    x = variant.fmt(torch.rand(shape.input_shape(), device="cuda", dtype=dtype))
     w = theirs.weight.detach()
     kw = dict(stride=shape.stride, padding=shape.padding, output_padding=shape.output_padding,
               groups=shape.groups)
@@ -215,19 +290,23 @@ def bench_forward(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -
     with torch.no_grad():
         cudnn_default = median_gpu_us(lambda: F.conv_transpose3d(x, w, **kw), repeats, warmup)
     report = phaseconv.explain(ours, x.shape)
-    return ForwardRow(shape, _dtype_name(dtype), cudnn, cudnn_default, mine, err,
-                      2 * report.macs / 1e9, report.kernel or "")
+    macs, nbytes = _work(shape, dtype)
+    floor = floor_us(torch.cuda.get_device_name(), dtype, macs, nbytes)
+    return ForwardRow(shape, variant.name, cudnn, cudnn_default, mine, err,
+                      2 * report.macs / 1e9, report.kernel or "", floor)
 
 
 def forward_table(rows: List[ForwardRow]) -> str:
     lines = ["| # | shape (N, C_in->C_out, groups, DxHxW, k, s, p, op) | dtype | cuDNN µs | "
-             "cuDNN default µs | phaseconv µs | speed-up | TFLOP/s | rel. error |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "cuDNN default µs | phaseconv µs | speed-up | TFLOP/s | floor µs (reached) | "
+             "rel. error |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.shape.name} | {r.shape.describe()} | {r.dtype} | {r.cudnn_us:.1f} | "
                      f"{r.cudnn_default_us:.1f} | {r.phaseconv_us:.1f} | "
                      f"{r.cudnn_us / r.phaseconv_us:.2f}x | "
-                     f"{r.gflop / r.phaseconv_us * 1e3:.1f} | {r.rel_err:.1e} |")
+                     f"{r.gflop / r.phaseconv_us * 1e3:.1f} | "
+                     f"{_floor_text(r.phaseconv_us, r.floor_us)} | {r.rel_err:.1e} |")
     return "\n".join(lines)
 
 
@@ -241,20 +320,27 @@ class BackwardRow(NamedTuple):
     torch_step_us: float  # forward + backward
     ours_step_us: float
     rel_err: float        # worst of grad_input and grad_weight against torch's
+    bwd_floor_us: float   # twice the forward's MACs; grad_out, input, weight and both grads
+    step_floor_us: float
 
 
-def bench_backward(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> BackwardRow:
+def bench_backward(shape: Shape, variant, repeats: int, warmup: int) -> BackwardRow:
     """Backward alone (autograd.grad on a kept graph) and forward + backward, the weight fixed,
     torch's layer against phaseconv's (the same parameters), TF32 off."""
+    variant = _variant(variant)
+    dtype = variant.dtype
     theirs, ours = _layers(shape, dtype)
-    x = torch.rand(shape.input_shape(), device="cuda", dtype=dtype, requires_grad=True)
+    theirs.to(memory_format=torch.channels_last_3d if variant.channels_last
+              else torch.contiguous_format)
+    x = variant.fmt(torch.rand(shape.input_shape(), device="cuda", dtype=dtype)
+                    ).requires_grad_()
     times, grads = {}, {}
     with _NoTF32():
         g = None
         for name, layer in (("torch", theirs), ("ours", ours)):
             out = layer(x)
             if g is None:
-                g = torch.randn_like(out)  # one upstream gradient for both
+                g = variant.fmt(torch.randn_like(out))  # one upstream gradient for both
             grads[name] = torch.autograd.grad(out, (x, layer.weight), g, retain_graph=True)
 
             def bwd(out=out, layer=layer, g=g):
@@ -267,20 +353,26 @@ def bench_backward(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) 
                            median_gpu_us(step, repeats, warmup))
             del out
     err = max(_rel(a, b) for a, b in zip(grads["ours"], grads["torch"]))
-    return BackwardRow(shape, _dtype_name(dtype), times["torch"][0], times["ours"][0],
-                       times["torch"][1], times["ours"][1], err)
+    macs, nbytes = _work(shape, dtype)
+    name = torch.cuda.get_device_name()
+    bwd_floor = floor_us(name, dtype, 2 * macs, 2 * nbytes)
+    step_floor = floor_us(name, dtype, 3 * macs, 3 * nbytes)
+    return BackwardRow(shape, variant.name, times["torch"][0], times["ours"][0],
+                       times["torch"][1], times["ours"][1], err, bwd_floor, step_floor)
 
 
 def backward_table(rows: List[BackwardRow]) -> str:
     lines = ["| # | shape | dtype | torch backward µs | phaseconv backward µs | speed-up | "
-             "torch fwd+bwd µs | phaseconv fwd+bwd µs | speed-up | grad rel. error |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "backward floor µs (reached) | torch fwd+bwd µs | phaseconv fwd+bwd µs | "
+             "speed-up | fwd+bwd floor µs (reached) | grad rel. error |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.shape.name} | {r.shape.describe()} | {r.dtype} | "
                      f"{r.torch_bwd_us:.1f} | {r.ours_bwd_us:.1f} | "
-                     f"{r.torch_bwd_us / r.ours_bwd_us:.2f}x | {r.torch_step_us:.1f} | "
+                     f"{r.torch_bwd_us / r.ours_bwd_us:.2f}x | "
+                     f"{_floor_text(r.ours_bwd_us, r.bwd_floor_us)} | {r.torch_step_us:.1f} | "
                      f"{r.ours_step_us:.1f} | {r.torch_step_us / r.ours_step_us:.2f}x | "
-                     f"{r.rel_err:.1e} |")
+                     f"{_floor_text(r.ours_step_us, r.step_floor_us)} | {r.rel_err:.1e} |")
     return "\n".join(lines)
 
 
@@ -296,9 +388,11 @@ class HostRow(NamedTuple):
     ours_gpu_us: float
 
 
-def bench_host(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> HostRow:
+def bench_host(shape: Shape, variant, repeats: int, warmup: int) -> HostRow:
+    variant = _variant(variant)
+    dtype = variant.dtype
     theirs, ours = _layers(shape, dtype, bias=True)
-    x = torch.rand(shape.input_shape(), device="cuda", dtype=dtype)
+    x = variant.fmt(torch.rand(shape.input_shape(), device="cuda", dtype=dtype))
     w, b = theirs.weight, theirs.bias
     kw = dict(stride=shape.stride, padding=shape.padding, output_padding=shape.output_padding,
               groups=shape.groups)
@@ -307,7 +401,7 @@ def bench_host(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> H
                               lambda: ours(x), lambda: phaseconv.conv_transpose3d(x, w, b, **kw)],
                              repeats, warmup)
         gpu = median_gpu_us(lambda: ours(x), 20, 3)
-    return HostRow(shape, _dtype_name(dtype), *res, gpu)
+    return HostRow(shape, variant.name, *res, gpu)
 
 
 def host_table(rows: List[HostRow]) -> str:
@@ -336,20 +430,22 @@ class LoopRow(NamedTuple):
     output: torch.Tensor  # the first step's output (compared between the two)
 
 
-def bench_loop(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> List[LoopRow]:
+def bench_loop(shape: Shape, variant, repeats: int, warmup: int) -> List[LoopRow]:
     """One training step of one layer, the weight changing every step: forward, backward from
     a fixed upstream gradient (input and weight gradients, as in the backward section), an
     SGD step with momentum, ``zero_grad``.  Both layers start from the same weights and see
     the same input."""
+    variant = _variant(variant)
+    dtype = variant.dtype
     theirs, _ = _layers(shape, dtype)
-    x0 = torch.rand(shape.input_shape(), device="cuda", dtype=dtype)
+    x0 = variant.fmt(torch.rand(shape.input_shape(), device="cuda", dtype=dtype))
     rows, g = [], None
     with _NoTF32():
         for impl in ("torch", "phaseconv"):
             layer = copy.deepcopy(theirs)
             if impl == "phaseconv":
                 layer = phaseconv.convert(layer)
-            x = x0.clone().requires_grad_()
+            x = x0.clone(memory_format=torch.preserve_format).requires_grad_()
             opt = torch.optim.SGD(layer.parameters(), lr=1e-4, momentum=0.9)
             outputs = []
 
@@ -370,7 +466,7 @@ def bench_loop(shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> L
             host, = median_host_us([step], repeats, warmup)
             wall = loop_us(step, repeats, warmup)
             kernels = cuda_activities(step)
-            rows.append(LoopRow(shape, _dtype_name(dtype), impl, gpu, host, wall, kernels,
+            rows.append(LoopRow(shape, variant.name, impl, gpu, host, wall, kernels,
                                 outputs[0]))
     return rows
 
@@ -499,8 +595,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m phaseconv bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="forward,backward,host,loop,client")
-    parser.add_argument("--dtypes", default="float32,bfloat16",
-                        help="comma-separated; the founding shape's forward adds float16")
+    parser.add_argument("--dtypes", default="float32,bfloat16,bfloat16-cl",
+                        help="comma-separated; -cl: channels_last_3d tensors; the founding "
+                        "shape's forward adds float16")
     parser.add_argument("--shapes", default="", help="comma-separated 1-based shape numbers")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
@@ -516,23 +613,26 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {list(SECTION_TEXT)}")
     picked = [SWEEP[int(i) - 1] for i in args.shapes.split(",")] if args.shapes else SWEEP
-    dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
+    try:
+        dtypes = [Variant.parse(name) for name in args.dtypes.split(",")]
+    except ValueError as exc:
+        parser.error(str(exc))
     command = "python -m phaseconv bench " + " ".join(argv)
     r, w = args.repeats, args.warmup
 
     def run(section, fn, table, extra=()):
         rows = []
         for shape in picked:
-            for dtype in (list(dtypes) + list(extra) if shape is SWEEP[0] else dtypes):
-                got = fn(shape, dtype, r, w)
+            for variant in (list(dtypes) + list(extra) if shape is SWEEP[0] else dtypes):
+                got = fn(shape, variant, r, w)
                 rows.extend(got if isinstance(got, list) else [got])
-                print(f"{section} {shape.name} {_dtype_name(dtype)} done", flush=True)
+                print(f"{section} {shape.name} {_variant(variant).name} done", flush=True)
         print(table(rows), flush=True)
         return rows
 
     backward_rows = []
     if "forward" in sections:
-        rows = run("forward", bench_forward, forward_table, extra=[torch.float16])
+        rows = run("forward", bench_forward, forward_table, extra=[Variant(torch.float16)])
         write_section(args.out, "forward", forward_table(rows), command)
         plot(rows, os.path.join(args.out, "speedup.png"))
     if "backward" in sections:

@@ -23,10 +23,6 @@ CASES = [
     (2, 48, 40, 2, (3, 5, 4), (3, 4, 2), (2, 3, 1), (1, 2, 0), (1, 2, 0), (1, 2, 1)),
     (2, 40, 36, 1, (3, 4, 5), (3, 5, 4), (2, 2, 2), (1, 2, 1), (1, 1, 1), (1, 1, 1)),
 ]
-# 0 auto, 1 SIMT tiled, 2 naive, 3 tensor cores (where the dtype allows), 4 per-phase tensor
-# cores, 5 implicit GEMM (16-bit, C_in/groups % 8 == 0), 16 + 3: tensor cores, contiguous
-# input, 32 + 3: the all-phase kernel without staged output, 64 + 5: implicit GEMM, one phase
-# per block; -3: path 3, channels-last input
 # every forward kernel by name (csrc/phase_conv_plan.h), and its variants; channels-last: the
 # input comes channels-last.  A kernel that refuses a case is skipped (tests/plan/test_plan.py).
 KERNELS = [(k, False) for k in ("auto", "tiled", "naive", "tensor-cores", "mma", "gemm")] + [

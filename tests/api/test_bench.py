@@ -1,0 +1,57 @@
+"""The benchmark's own arithmetic (``phaseconv.bench``): the work a sweep shape does, the
+hardware floor it is measured against, and the variants ``--dtypes`` names."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from phaseconv import bench
+
+
+@pytest.mark.parametrize("shape", bench.SWEEP, ids=lambda s: s.name.split()[0])
+def test_work_counts_the_useful_macs_and_the_tensors_bytes(shape):
+    macs, nbytes = bench._work(shape, torch.float32)
+    w = torch.empty((shape.in_channels, shape.out_channels // shape.groups) + shape.kernel,
+                    device="meta")
+    x = torch.empty(shape.input_shape(), device="meta")
+    y = F.conv_transpose3d(x, w, None, shape.stride, shape.padding, shape.output_padding,
+                           shape.groups)
+    assert nbytes == 4 * (x.numel() + w.numel() + y.numel())
+    # every output voxel meets, per axis, the taps of its phase (k with o + p - k = 0 mod s;
+    # at the border some read the input's zero padding), times the channels
+    per_axis = [sum(sum(1 for k in range(kk) if (o + p - k) % s == 0) for o in range(n_out))
+                for kk, s, p, n_out in zip(shape.kernel, shape.stride, shape.padding,
+                                           y.shape[2:])]
+    assert macs == (shape.batch * math.prod(per_axis) * shape.out_channels
+                    * (shape.in_channels // shape.groups))
+
+
+def test_floor_is_the_slower_of_the_tensor_pipe_and_dram():
+    # 1e12 MACs at 989.4 TFLOP/s: 2.02 ms; 1 GB at 3.35 TB/s: 0.30 ms
+    assert bench.floor_us("NVIDIA H100 80GB HBM3", torch.bfloat16, 10**12, 10**9) == \
+        pytest.approx(2e12 / 989.4e12 * 1e6)
+    assert bench.floor_us("NVIDIA H100 80GB HBM3", torch.bfloat16, 10**6, 10**9) == \
+        pytest.approx(1e9 / 3.35e12 * 1e6)
+    # float32 is 3xTF32: three TF32 products a MAC
+    assert bench.floor_us("NVIDIA H200", torch.float32, 10**12, 0) == \
+        pytest.approx(3 * 2e12 / 494.7e12 * 1e6)
+    # the PCIe H100 is its own row, not the SXM one
+    assert bench.floor_us("NVIDIA H100 PCIe", torch.float16, 10**12, 0) == \
+        pytest.approx(2e12 / 756e12 * 1e6)
+    assert math.isnan(bench.floor_us("NVIDIA H200", torch.float64, 10**12, 0))
+    assert math.isnan(bench.floor_us("Some GPU", torch.bfloat16, 10**12, 0))
+
+
+def test_variants_by_name():
+    v = bench.Variant.parse("bfloat16-cl")
+    assert (v.dtype, v.channels_last, v.name) == (torch.bfloat16, True, "bfloat16 cl")
+    assert bench.Variant.parse("float32") == bench.Variant(torch.float32, False)
+    assert v.fmt(torch.zeros(1, 2, 3, 4, 5)).is_contiguous(memory_format=torch.channels_last_3d)
+    with pytest.raises(ValueError, match="float33"):
+        bench.Variant.parse("float33")
+
+
+def test_floor_text_says_how_much_of_the_floor_a_time_reaches():
+    assert bench._floor_text(200.0, 50.0) == "50.0 (25%)"
+    assert bench._floor_text(200.0, float("nan")) == "-"
