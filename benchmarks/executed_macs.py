@@ -8,10 +8,13 @@ inside an NVTX range that holds that one call (plans, tables and a warm-up run b
 Per case: the useful MACs (``phaseconv.explain``: every tap of every phase, the work the
 decomposition cannot avoid), and what the kernels in the range executed:
 
-* tensor cores: warp-level HMMA instructions (``sm__inst_executed_pipe_tensor_op_hmma``)
-  times the MACs of one: m16n8k16 (2,048) for 16-bit dtypes, m16n8k8 TF32 (1,024) for
-  float32, where 3xTF32 takes three of them for each MAC counted;
-* SIMT: thread-level FFMA instructions with their predicate on (one MAC each).
+* tensor-core kernels: warp-level HMMA instructions
+  (``sm__inst_executed_pipe_tensor_op_hmma``) times the MACs of one: m16n8k16 (2,048) for
+  16-bit dtypes, m16n8k8 TF32 (1,024) for float32, where 3xTF32 takes three of them for each
+  MAC counted;
+* SIMT kernels: thread-level FFMA instructions with their predicate on (one MAC each).  Their
+  HMMA column is not zero: the compiler issues register moves on that pipe (HFMA2.MMA), which
+  the metric counts, so a SIMT kernel's executed MACs are its FFMAs alone.
 
 A ratio of 1.00 means no multiply touched a zero the decomposition had removed; above 1 is
 the padding of tiles and channel groups.  Writes ``executed-macs.md`` into ``--out``.
@@ -26,6 +29,7 @@ import sys
 HMMA = "sm__inst_executed_pipe_tensor_op_hmma.sum"
 FFMA = "smsp__sass_thread_inst_executed_op_ffma_pred_on.sum"
 RANGE = "phaseconv"
+TENSOR_CORE_FAMILIES = ("gemm", "allphase", "mma", "tensor-cores")
 
 # (label, sweep shape number, dtype, direction, kernel): direction "forward" forces a
 # forward family; "grad_input" / "grad_weight" force one backward kernel and run only it
@@ -39,6 +43,7 @@ CASES = [
     ("forward tiled", 4, "float32", "forward", "tiled"),
     ("forward tiled", 7, "float32", "forward", "tiled"),
     ("forward naive", 8, "float32", "forward", "naive"),
+    ("forward depthwise", 7, "float32", "forward", "depthwise"),
     ("grad_input tensor-cores", 2, "bfloat16", "grad_input", "tensor-cores"),
     ("grad_input tensor-cores", 1, "float32", "grad_input", "tensor-cores"),
     ("grad_input naive", 7, "float32", "grad_input", "naive"),
@@ -115,8 +120,10 @@ def measure(ncu: str, metrics, case):
         names.append(row.get("Kernel Name", "?").split("(")[0].split("<")[0])
         for m in metrics:
             sums[m] += float(str(row.get(m, "0")).replace(",", "") or 0)
-    per_hmma = 1024 / 3 if dtype == "float32" else 2048
-    executed = sums.get(HMMA, 0.0) * per_hmma + sums.get(FFMA, 0.0)
+    if kernel == "tensor-cores" or direction == "forward" and kernel in TENSOR_CORE_FAMILIES:
+        executed = sums[HMMA] * (1024 / 3 if dtype == "float32" else 2048)
+    else:
+        executed = sums[FFMA]
     return (useful, sums.get(HMMA, 0.0), sums.get(FFMA, 0.0), executed,
             sorted(set(names))), ""
 

@@ -6,8 +6,9 @@
 // * gw_partial_kernel (float64 and narrow layers): a block stages, per tile of phase outputs
 //   (one D row of TH x TW), the input window the tile's taps read (up to 32 channels, zero
 //   outside the input: no padded copy) and the tile's grad_y values (a strided gather of the
-//   phase's outputs) in shared memory; each thread owns a 4 x 4 tile of (input channel,
-//   output channel) for one tap and walks a share of the tile's outputs.  FMAs in fp32 (fp64
+//   phase's outputs) in shared memory; each thread owns an R x R tile of (input channel,
+//   output channel) for one tap (R = 4, or 1 for layers of one or two channels per group)
+//   and walks a share of the tile's outputs.  FMAs in fp32 (fp64
 //   for double).
 //
 // Both write per-split workspace slices that gw_reduce_kernel adds in split order; a naive
@@ -66,10 +67,21 @@ __device__ __forceinline__ void lds4(const double* p, double (&v)[4]) {
   v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
 }
 
-// A thread owns a 4 x 4 register tile: 4 input channels of one tap x 4 output channels, and
-// walks a share (`part`) of each tile's outputs: per output two 16-byte shared loads feed 16
+// R consecutive accumulator-type values from shared memory
+template <int R, typename A>
+__device__ __forceinline__ void lds(const A* p, A (&v)[R]) {
+  if constexpr (R == 4) {
+    lds4(p, v);
+  } else {
+#pragma unroll
+    for (int i = 0; i < R; ++i) v[i] = p[i];
+  }
+}
+
+// A thread owns an R x R register tile: R input channels of one tap x R output channels, and
+// walks a share (`part`) of each tile's outputs: per output two shared loads feed R x R
 // FMAs (an outer product, as in a SIMT GEMM with k = the phase's outputs).
-template <typename T>
+template <typename T, int R>
 __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
   typedef typename AccOf<T>::type A;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -112,8 +124,8 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
   const int WH = TH + (Th - 1) * a.pdh, WW = TW + (Tw - 1) * a.pdw;
   const int WD = 1 + (Td - 1) * a.pdd;
 
-  // this thread: a (tap, 4 input channels, 4 output channels) tile and a part of the outputs
-  const int nci4 = a.ci_b >> 2, nco4 = a.co_b >> 2;
+  // this thread: a (tap, R input channels, R output channels) tile and a part of the outputs
+  const int nci4 = a.ci_b / R, nco4 = a.co_b / R;
   const int ni = tn * nci4 * nco4;
   const int parts = ni >= kThreads ? 1 : kThreads / ni;
   const bool has_item = tid < ni * parts;
@@ -122,11 +134,11 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
   const int tw = t % Tw, th = (t / Tw) % Th, td = t / (Tw * Th);
   const int tap_pos = (td * a.pdd * WH + th * a.pdh) * WW + tw * a.pdw;
 
-  A acc[4][4];
+  A acc[R][R];
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < R; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j] = 0;
+    for (int j = 0; j < R; ++j) acc[i][j] = 0;
 
   const int tiles_w = (cw + TW - 1) / TW, tiles_h = (ch + TH - 1) / TH;
   const int64_t tiles = a.nbatch * cd * tiles_h * tiles_w;
@@ -172,41 +184,42 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
     __syncthreads();
     if (has_item) {
       for (int qq = part; qq < tpos; qq += parts) {
-        A xv[4], gv[4];
-        lds4(s_x + (size_t)(tap_pos + (qq >> lg_tw) * WW + (qq & (TW - 1))) * xs + ci4 * 4, xv);
-        lds4(s_g + (size_t)qq * gs + co4 * 4, gv);
+        A xv[R], gv[R];
+        lds<R>(s_x + (size_t)(tap_pos + (qq >> lg_tw) * WW + (qq & (TW - 1))) * xs + ci4 * R,
+               xv);
+        lds<R>(s_g + (size_t)qq * gs + co4 * R, gv);
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < R; ++i)
 #pragma unroll
-          for (int j = 0; j < 4; ++j) acc[i][j] += xv[i] * gv[j];
+          for (int j = 0; j < R; ++j) acc[i][j] += xv[i] * gv[j];
       }
     }
   }
   // add the parts of each item in part order, then write this split's slice
   __syncthreads();
-  A* s_red = s_x;  // kThreads x 16
+  A* s_red = s_x;  // kThreads x R x R
   if (has_item) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < R; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) s_red[tid * 16 + i * 4 + j] = acc[i][j];
+      for (int j = 0; j < R; ++j) s_red[tid * R * R + i * R + j] = acc[i][j];
   }
   __syncthreads();
   if (has_item && part == 0) {
     for (int k = 1; k < parts; ++k) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < R; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += s_red[(k * ni + item) * 16 + i * 4 + j];
+        for (int j = 0; j < R; ++j) acc[i][j] += s_red[(k * ni + item) * R * R + i * R + j];
     }
     A* out = ws + (int64_t)split * a.packed_elems + wofs;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int ci = ci4 * 4 + i;
+    for (int i = 0; i < R; ++i) {
+      const int ci = ci4 * R + i;
       if (ci >= cin_n) continue;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int co = co4 * 4 + j;
+      for (int j = 0; j < R; ++j) {
+        const int co = co4 * R + j;
         if (co < con)
           out[(((int64_t)g * a.cin_g + ci0 + ci) * ntaps + t) * a.cout_g + co0 + co] =
               acc[i][j];
@@ -545,16 +558,16 @@ cudaError_t launch_gw(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeigh
   a.ci_b = c.ci_b; a.co_b = c.co_b; a.tc = c.tc;
   a.n_cib = c.n_cib; a.n_cob = c.n_cob; a.n_tch = c.n_tch; a.splits = c.splits;
   a.lg_tpos = c.lg_tpos; a.win_max = c.win_max;
+  auto kernel = c.reg == 1 ? gw_partial_kernel<T, 1> : gw_partial_kernel<T, 4>;
   if (plan.smem > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(gw_partial_kernel<T>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)plan.smem);
     if (err != cudaSuccess) return err;
   }
   // slices of blocks that find no taps stay unwritten: start from zeros
   cudaError_t err = cudaMemsetAsync(p.workspace, 0, plan.ws_bytes, stream);
   if (err != cudaSuccess) return err;
-  gw_partial_kernel<T><<<(unsigned)plan.grid, kThreads, plan.smem, stream>>>(a);
+  kernel<<<(unsigned)plan.grid, kThreads, plan.smem, stream>>>(a);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   return launch_reduce<T>(p, c.splits, stream);
 }

@@ -425,6 +425,7 @@ const char* family_name(int family) {
     case PHASECONV_GW_SIMT: return "simt";
     case PHASECONV_GW_NAIVE: return "naive";
     case PHASECONV_TENSOR_CORES: return "tensor-core (all-phase or per-phase)";
+    case PHASECONV_DEPTHWISE: return "depthwise";
   }
   return "?";
 }
@@ -433,6 +434,13 @@ const char* family_name(int family) {
 // blocks per multiprocessor.
 int64_t naive_grid(int64_t outputs, const DevInfo& dev) {
   const int64_t blocks = cdiv(outputs, 256), cap = (int64_t)dev.sms * 32;
+  return blocks < cap ? blocks : cap;
+}
+
+// The depthwise kernel's blocks of 8 warps, a warp per output row: a grid-stride loop over
+// the rows, at most 16 blocks per multiprocessor.
+int64_t depthwise_grid(int64_t rows, const DevInfo& dev) {
+  const int64_t blocks = cdiv(rows, 8), cap = (int64_t)dev.sms * 16;
   return blocks < cap ? blocks : cap;
 }
 
@@ -449,6 +457,7 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
   out->x_channels_last = p.x_channels_last;
   out->weight_mma = 0;
   out->naive_grid = 0;
+  out->depthwise_grid = 0;
   const char* layout = cl ? "channels-last input" : "contiguous input";
   char* buf = out->text;
   const int len = (int)sizeof(out->text);
@@ -491,10 +500,23 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
       return true;
     }
   }
-  if (force.family != 0 && force.family != PHASECONV_TILED && force.family != PHASECONV_NAIVE)
+  // depthwise layers stream: one warp per output row, each output its phase's taps
+  const bool depthwise = p.c_in == p.groups && p.c_out == p.groups;
+  if (force.family == PHASECONV_DEPTHWISE && !depthwise)
+    return refuse(buf, len, force.family, "the layer is not depthwise (C_in/groups and "
+                  "C_out/groups must be 1)");
+  if (force.family != 0 && force.family != PHASECONV_TILED && force.family != PHASECONV_NAIVE &&
+      force.family != PHASECONV_DEPTHWISE)
     return refuse(buf, len, force.family, dtype_code == PHASECONV_FLOAT64
                   ? "float64 has no tensor-core kernel" : "no tile of it takes this layer");
   if (cl) return false;  // plan_reads_channels_last said so only where a kernel takes it
+  if (depthwise && may(force, PHASECONV_DEPTHWISE)) {
+    out->family = PHASECONV_DEPTHWISE;
+    out->depthwise_grid = depthwise_grid(outputs / p.out_w, dev);
+    snprintf(buf, len, "depthwise (a warp per output row) grid=%lld",
+             (long long)out->depthwise_grid);
+    return true;
+  }
   TileCfg& c = out->tiled;
   if (may(force, PHASECONV_TILED) && choose_tiled(p, dtype_code, dev, &c)) {
     out->family = PHASECONV_TILED;
@@ -563,10 +585,12 @@ bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& d
   const int64_t max_taps = p.max_taps_d * p.max_taps_h * p.max_taps_w;
   if (max_taps == 0 || p.packed_elems == 0) return false;
   // block tile: up to 32 x 32 channels (4-channel register tiles), taps to fill the threads
-  // (64 x 64 measured slower: one block per SM)
-  a.ci_b = cin_g >= 32 ? 32 : round4(cin_g);
-  a.co_b = cout_g >= 32 ? 32 : round4(cout_g);
-  const int64_t per_tap = (int64_t)(a.ci_b / 4) * (a.co_b / 4);
+  // (64 x 64 measured slower: one block per SM); one or two channels per group (depthwise
+  // layers): 1 x 1 register tiles, where 4 x 4 would multiply 15 padding pairs of 16
+  a.reg = cin_g <= 2 && cout_g <= 2 ? 1 : 4;
+  a.ci_b = a.reg == 1 ? (int)cin_g : cin_g >= 32 ? 32 : round4(cin_g);
+  a.co_b = a.reg == 1 ? (int)cout_g : cout_g >= 32 ? 32 : round4(cout_g);
+  const int64_t per_tap = (int64_t)(a.ci_b / a.reg) * (a.co_b / a.reg);
   int64_t tc = kGwThreads / per_tap;
   if (tc < 1) tc = 1;
   if (tc > max_taps) tc = max_taps;

@@ -128,6 +128,7 @@ enum PhaseConvFamily {
   PHASECONV_GW_NAIVE = 8,   // one thread per weight element (the window does not fit)
   // forcing only: the all-phase kernel where a tile fits, else the per-phase one
   PHASECONV_TENSOR_CORES = 9,
+  PHASECONV_DEPTHWISE = 10, // one warp per output row (C_in/groups = C_out/groups = 1)
 };
 
 // A kernel chosen by name instead of by the rule (tests, benchmarks).  The plan refuses a
@@ -211,6 +212,7 @@ struct GemmCfg {
 
 // SIMT weight gradient (phase_conv_bwd.cu: gw_partial_kernel)
 struct GwCfg {
+  int reg;               // a thread's register tile: reg x reg (input, output) channels
   int ci_b, co_b, tc;    // input channels, output channels and taps per block
   int n_cib, n_cob, n_tch, splits;
   int lg_tpos;           // phase outputs per tile: 1 << lg_tpos (one D row)
@@ -230,6 +232,7 @@ struct PhaseConvFwdPlan {
   int x_channels_last;   // the kernel reads x as (N, D, H, W, C_in), 16-byte aligned
   int weight_mma;        // the kernel reads the tensor-core weight layout, else the packed one
   int64_t naive_grid;    // blocks of the naive kernel
+  int64_t depthwise_grid;  // blocks of the depthwise kernel
   phaseconv::GemmCfg gemm;
   phaseconv::AllCfg allph;
   phaseconv::MmaCfg mma;

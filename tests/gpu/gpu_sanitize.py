@@ -22,10 +22,12 @@ CASES = [
     (3, 12, 12, 3, (1, 2, 1), (4, 1, 2), (2, 3, 2), (1, 0, 0), (0, 2, 1), (2, 1, 3)),
     (2, 48, 40, 2, (3, 5, 4), (3, 4, 2), (2, 3, 1), (1, 2, 0), (1, 2, 0), (1, 2, 1)),
     (2, 40, 36, 1, (3, 4, 5), (3, 5, 4), (2, 2, 2), (1, 2, 1), (1, 1, 1), (1, 1, 1)),
+    (1, 3, 3, 3, (2, 3, 20), (3, 3, 4), (2, 1, 2), (1, 0, 1), (1, 0, 1), (1, 2, 1)),
 ]
 # every forward kernel by name (csrc/phase_conv_plan.h), and its variants; channels-last: the
 # input comes channels-last.  A kernel that refuses a case is skipped (tests/plan/test_plan.py).
-KERNELS = [(k, False) for k in ("auto", "tiled", "naive", "tensor-cores", "mma", "gemm")] + [
+KERNELS = [(k, False) for k in ("auto", "tiled", "naive", "tensor-cores", "mma", "gemm",
+                                 "depthwise")] + [
     (ForwardKernel("gemm", gemm_one_phase=True), False),
     (ForwardKernel("tensor-cores", contiguous_input=True), False),
     (ForwardKernel("tensor-cores", direct_stores=True), False),

@@ -116,6 +116,25 @@ def test_half_dtypes_match_torch(cfg, dtype, kernel):
     _check(y, ref, dtype)
 
 
+@st.composite
+def depthwise_configs(draw):
+    cfg = draw(configs(max_channels=1))
+    groups = draw(st.integers(1, 6))
+    return dict(cfg, groups=groups, cin=groups, cout=groups,
+                ins=tuple(draw(st.integers(1, 40)) if i == 2 else v
+                          for i, v in enumerate(cfg["ins"])))
+
+
+# the depthwise kernel on every dtype, by the rule and forced (rows longer than a warp too)
+@pytest.mark.parametrize("kernel", ["auto", "depthwise"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@settings(deadline=None, max_examples=40)
+@given(cfg=depthwise_configs())
+def test_depthwise_kernel_matches_torch(cfg, dtype, kernel):
+    y, ref = _run(cfg, dtype, kernel=kernel)
+    _check(y, ref, dtype)
+
+
 def _layer_case(n, cin, cout, groups, dhw, k, s, p, op, dtype, bias=True, seed=1,
                 kernel="auto"):
     torch.manual_seed(seed)
@@ -173,6 +192,9 @@ def test_float32_long_reductions_on_tensor_cores(kernel):
 def test_wide_grouped_and_depthwise():
     y, ref = _layer_case(2, 64, 64, 64, (9, 8, 7), 4, 2, 1, 0, torch.float32)
     _check(y, ref, torch.float32)
+    assert _describe(dict(s=(2, 2, 2), p=(1, 1, 1), op=(0, 0, 0), d=(1, 1, 1), groups=64,
+                          cin=64, cout=64, n=2, ins=(9, 8, 7), k=(4, 4, 4)),
+                     torch.float32).startswith("depthwise")
     y, ref = _layer_case(1, 48, 96, 3, (5, 6, 7), (3, 4, 4), (1, 2, 2), 1, 0, torch.float32)
     _check(y, ref, torch.float32)
 

@@ -34,7 +34,9 @@ FORWARD_RULE = [
     ("pure gemm bf16", PURE_GEMM, 1, BF16, False, "gemm", False),  # reads NCDHW in place
     ("many phases fp32", MANY_PHASES, 1, F32, False, "mma", False),
     ("narrow fp32", NARROW, 1, F32, False, "tiled", False),
-    ("depthwise bf16", DEPTHWISE, 4, BF16, False, "tiled", False),
+    ("depthwise bf16", DEPTHWISE, 4, BF16, False, "depthwise", False),
+    ("depthwise fp64", DEPTHWISE, 4, F64, False, "depthwise", False),
+    ("depthwise bf16 channels-last", DEPTHWISE, 4, BF16, True, "depthwise", False),
     ("huge dilation fp32", HUGE_DILATION, 1, F32, False, "naive", False),
     ("empty", EMPTY, 0, F32, False, "none", False),
 ]
@@ -50,7 +52,7 @@ def test_forward_rule_routes_every_family(device, name, args, batch, dtype, offe
     assert plan.channels_last == reads_cl, plan.text
     assert plan.text.startswith({"gemm": "implicit-gemm", "allphase": "mma-allphase",
                                  "mma": "mma kind", "tiled": "tiled", "naive": "naive",
-                                 "none": "none"}[family])
+                                 "depthwise": "depthwise", "none": "none"}[family])
 
 
 @pytest.mark.parametrize("device", ph.DEVICES, ids=lambda d: d.name.split()[0])
@@ -88,10 +90,12 @@ def test_backward_rule_routes_every_family(device, name, args, dtype, gi, gw):
 FORCED = [  # (kernel, layer, dtype): the kernel takes the layer
     ("gemm", WIDE, BF16), ("allphase", FOUNDING, F32), ("mma", FOUNDING, BF16),
     ("tiled", WIDE, BF16), ("naive", WIDE, F32), ("tensor-cores", FOUNDING, F32),
+    ("depthwise", DEPTHWISE, F32), ("tiled", DEPTHWISE, BF16),
 ]
 
 
-@pytest.mark.parametrize("kernel, args, dtype", FORCED, ids=[c[0] for c in FORCED])
+@pytest.mark.parametrize("kernel, args, dtype", FORCED,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(FORCED)])
 def test_a_forced_kernel_runs_by_name(kernel, args, dtype):
     plan = ph.forward(args, 2, dtype, ph.H100, kernel=kernel)
     want = "allphase" if kernel == "tensor-cores" else kernel
@@ -106,6 +110,10 @@ REFUSED = [  # (kernel, layer, dtype, why): a forced kernel that cannot take the
     ("mma", FOUNDING, F64, "float64 has no tensor-core kernel"),
     ("tensor-cores", FOUNDING, F64, "float64 has no tensor-core kernel"),
     ("tiled", HUGE_DILATION, F32, "no tile of it fits shared memory"),
+    ("depthwise", WIDE, F32, "the layer is not depthwise (C_in/groups and C_out/groups must "
+     "be 1)"),
+    ("depthwise", FOUNDING, BF16, "the layer is not depthwise (C_in/groups and C_out/groups "
+     "must be 1)"),
 ]
 
 
@@ -164,3 +172,13 @@ def test_the_plan_reads_the_device():
 def test_unknown_kernel_names_are_refused():
     with pytest.raises(ValueError, match="kernel must be one of"):
         ph.forward(FOUNDING, 8, F32, ph.H100, kernel="fast")
+
+
+def test_weight_gradient_tiles_fit_the_channels():
+    """A depthwise layer's weight gradient runs 1 x 1 register tiles (a 4 x 4 tile would
+    multiply 15 padding pairs for each real one); wider layers 4-channel tiles."""
+    for device in ph.DEVICES:
+        plan = ph.grad_weight(DEPTHWISE, 4, F32, device)
+        assert plan.family == "simt" and "simt 1x1 channel tile" in plan.text, plan.text
+        plan = ph.grad_weight(FOUNDING, 8, F32, device)
+        assert plan.family == "simt" and "simt 8x8 channel tile" in plan.text, plan.text
