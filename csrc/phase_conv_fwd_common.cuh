@@ -162,9 +162,10 @@ cudaError_t run_tiled(const PhaseConvFwdParams& p, const TileCfg& c, cudaStream_
 template <typename T>
 cudaError_t run_naive(const PhaseConvFwdParams& p, int64_t grid, cudaStream_t stream);
 
-// The depthwise kernel (C_in/groups = C_out/groups = 1) on `grid` blocks of 8 warps.
+// The depthwise kernel (C_in/groups = C_out/groups = 1), each plane's rows in `row_splits`.
 template <typename T>
-cudaError_t run_depthwise(const PhaseConvFwdParams& p, int64_t grid, cudaStream_t stream);
+cudaError_t run_depthwise(const PhaseConvFwdParams& p, int64_t row_splits,
+                          cudaStream_t stream);
 
 template <typename T>
 cudaError_t run_mma_typed(const PhaseConvFwdParams& p, const MmaCfg& c, cudaStream_t stream);

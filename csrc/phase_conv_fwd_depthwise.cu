@@ -1,10 +1,10 @@
 // phaseconv forward, depthwise kernel (C_in/groups = C_out/groups = 1): a streaming kernel.
-// One warp per output row (n, c, od, oh), its lanes along W: the row's D and H phase (taps,
-// first input row) is read once, each lane reads only its W phase's taps, and the 32 lanes
-// store 32 consecutive outputs.  Only real (input, tap) pairs are summed, in a fixed order:
-// exact as it is (no non-finite fix-up), one writer per output, deterministic.  Each output
-// costs its phase's taps in FMAs: the tensor pipe has nothing to do here, the kernel moves the
-// input once through L1/L2 and the output once to DRAM.
+// A block owns one (n, c) plane, a group of up to 128 W outputs and a share of the plane's
+// rows (od, oh); each warp takes one row at a time, its lanes along W.  What depends on W
+// alone (phase residue, taps, first input column) is decoded once per block into registers,
+// what depends on the row (D and H taps, first input row) once per row; an output then costs
+// its phase's taps and nothing else.  Only real (input, tap) pairs are summed, in a fixed
+// order: exact as it is (no non-finite fix-up), one writer per output, deterministic.
 #include "phase_conv_fwd_common.cuh"
 
 #include <cuda_bf16.h>
@@ -15,10 +15,10 @@ namespace phaseconv {
 
 struct DepthwiseArgs : FwdGeometry {
   const void* w;
-  int64_t rows;  // N * C_out * out_d * out_h
 };
 
-constexpr int kDwWarps = 8;  // warps (rows in flight) per block
+constexpr int kDwWarps = 8;   // warps per block
+constexpr int kDwChunks = 4;  // W outputs per lane: a block's W group is 128 outputs
 
 template <typename T>
 __global__ void __launch_bounds__(kDwWarps * 32) depthwise_kernel(const DepthwiseArgs a) {
@@ -27,32 +27,43 @@ __global__ void __launch_bounds__(kDwWarps * 32) depthwise_kernel(const Depthwis
   const T* __restrict__ wt = static_cast<const T*>(a.w);
   const T* __restrict__ bias = static_cast<const T*>(a.bias);
   T* __restrict__ y = static_cast<T*>(a.y);
-  const int lane = threadIdx.x & 31;
-  const int64_t step = (int64_t)gridDim.x * kDwWarps;
-  for (int64_t row = (int64_t)blockIdx.x * kDwWarps + (threadIdx.x >> 5); row < a.rows;
-       row += step) {
-    int64_t r = row;
-    const int oh = (int)(r % a.out_h); r /= a.out_h;
-    const int od = (int)(r % a.out_d); r /= a.out_d;
-    const int c = (int)(r % a.c_out);
-    const int64_t n = r / a.c_out;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t plane = blockIdx.x;  // n * C_out + c
+  const int c = (int)(plane % a.c_out);
+  const int64_t n = plane / a.c_out;
+  const int in_hw = a.in_h * a.in_w;
+  const T* xc = x + (n * a.c_in + c) * a.in_d * (int64_t)in_hw;
+  T* yc = y + plane * a.out_d * (int64_t)a.out_h * a.out_w;
+  const A b = bias != nullptr ? to_acc<A>(ldg(bias + c)) : A(0);
+
+  // this lane's W outputs: residue, taps and first input column of each
+  int ow[kDwChunks], rw[kDwChunks], tw_n[kDwChunks], w0[kDwChunks];
+#pragma unroll
+  for (int k = 0; k < kDwChunks; ++k) {
+    ow[k] = blockIdx.y * (32 * kDwChunks) + k * 32 + lane;
+    rw[k] = ow[k] % a.sw;
+    const int64_t* e = a.table + (int64_t)rw[k] * PHASECONV_TABLE_STRIDE;  // (0, 0, rw)
+    tw_n[k] = ow[k] < a.out_w ? (int)ldg_i64(e + PT_TAPS_W) : 0;
+    w0[k] = ow[k] / a.sw + (int)ldg_i64(e + PT_OFF_W);
+  }
+
+  const int64_t rows = (int64_t)a.out_d * a.out_h;
+  for (int64_t row = (int64_t)blockIdx.z * kDwWarps + warp; row < rows;
+       row += (int64_t)gridDim.z * kDwWarps) {
+    const int od = (int)(row / a.out_h), oh = (int)(row - (int64_t)od * a.out_h);
     const int rd = od % a.sd, rh = oh % a.sh;
-    const int jd = od / a.sd, jh = oh / a.sh;
-    // the D and H taps are the same for every W phase of this row (the table is separable)
     const int64_t* e_row = a.table + (int64_t)(rd * a.sh + rh) * a.sw * PHASECONV_TABLE_STRIDE;
     const int Td = (int)ldg_i64(e_row + PT_TAPS_D), Th = (int)ldg_i64(e_row + PT_TAPS_H);
-    const int d0 = jd + (int)ldg_i64(e_row + PT_OFF_D);
-    const int h0 = jh + (int)ldg_i64(e_row + PT_OFF_H);
-    const T* xc = x + (n * a.c_in + c) * a.in_d * a.in_h * a.in_w;
-    T* yrow = y + (((n * a.c_out + c) * a.out_d + od) * a.out_h + oh) * a.out_w;
-    const A b = bias != nullptr ? to_acc<A>(ldg(bias + c)) : A(0);
-    for (int ow = lane; ow < a.out_w; ow += 32) {
-      const int rw = ow % a.sw, jw = ow / a.sw;
-      const int64_t* e = e_row + (int64_t)rw * PHASECONV_TABLE_STRIDE;
-      const int Tw = (int)ldg_i64(e + PT_TAPS_W);
-      const int w0 = jw + (int)ldg_i64(e + PT_OFF_W);
+    const int d0 = od / a.sd + (int)ldg_i64(e_row + PT_OFF_D);
+    const int h0 = oh / a.sh + (int)ldg_i64(e_row + PT_OFF_H);
+    T* yrow = yc + (int64_t)row * a.out_w;
+#pragma unroll
+    for (int k = 0; k < kDwChunks; ++k) {
+      if (ow[k] >= a.out_w) continue;
+      const int Tw = tw_n[k];
       // packed block [groups][1][Td][Th][Tw][1]: the channel's taps are consecutive
-      const T* wc = wt + ldg_i64(e + PT_WOFS) + (int64_t)c * Td * Th * Tw;
+      const T* wc = wt + ldg_i64(e_row + rw[k] * PHASECONV_TABLE_STRIDE + PT_WOFS) +
+                    (int64_t)c * Td * Th * Tw;
       A acc = b;
       for (int td = 0; td < Td; ++td) {
         const int id = d0 + td * a.pdd;
@@ -60,29 +71,34 @@ __global__ void __launch_bounds__(kDwWarps * 32) depthwise_kernel(const Depthwis
         for (int th = 0; th < Th; ++th) {
           const int ih = h0 + th * a.pdh;
           if ((unsigned)ih >= (unsigned)a.in_h) continue;
-          const T* xr = xc + ((int64_t)id * a.in_h + ih) * a.in_w;
+          const T* xr = xc + (int64_t)id * in_hw + (int64_t)ih * a.in_w;
           const T* wr = wc + (td * Th + th) * Tw;
           for (int tw = 0; tw < Tw; ++tw) {
-            const int iw = w0 + tw * a.pdw;
+            const int iw = w0[k] + tw * a.pdw;
             if ((unsigned)iw >= (unsigned)a.in_w) continue;
             acc = fma(to_acc<A>(ldg(xr + iw)), to_acc<A>(ldg(wr + tw)), acc);
           }
         }
       }
-      yrow[ow] = from_acc<T>(acc);
+      yrow[ow[k]] = from_acc<T>(acc);
     }
   }
 }
 
+// grid: (N * C_out planes, W groups of 128, `row_splits` shares of each plane's rows)
 template <typename T>
-cudaError_t run_depthwise(const PhaseConvFwdParams& p, int64_t grid, cudaStream_t stream) {
+cudaError_t run_depthwise(const PhaseConvFwdParams& p, int64_t row_splits,
+                          cudaStream_t stream) {
   if (p.c_in != p.groups || p.c_out != p.groups) return cudaErrorInvalidValue;
-  if (grid < 1 || grid > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  const int64_t planes = p.n * p.c_out, w_groups = (p.out_w + 127) / 128;
+  if (planes < 1 || planes > 0x7fffffffLL || w_groups > 65535 || row_splits < 1 ||
+      row_splits > 65535)
+    return cudaErrorInvalidConfiguration;
   DepthwiseArgs a;
   set_geometry(a, p);
   a.w = p.weight;
-  a.rows = p.n * p.c_out * p.out_d * p.out_h;
-  depthwise_kernel<T><<<(unsigned)grid, kDwWarps * 32, 0, stream>>>(a);
+  const dim3 grid((unsigned)planes, (unsigned)w_groups, (unsigned)row_splits);
+  depthwise_kernel<T><<<grid, kDwWarps * 32, 0, stream>>>(a);
   return cudaGetLastError();
 }
 

@@ -437,11 +437,15 @@ int64_t naive_grid(int64_t outputs, const DevInfo& dev) {
   return blocks < cap ? blocks : cap;
 }
 
-// The depthwise kernel's blocks of 8 warps, a warp per output row: a grid-stride loop over
-// the rows, at most 16 blocks per multiprocessor.
-int64_t depthwise_grid(int64_t rows, const DevInfo& dev) {
-  const int64_t blocks = cdiv(rows, 8), cap = (int64_t)dev.sms * 16;
-  return blocks < cap ? blocks : cap;
+// The depthwise kernel's shares of each plane's rows: blocks (N * C_out planes x W groups of
+// 128 x shares) for ~8 per multiprocessor, a share at least a row per warp.
+int64_t depthwise_row_splits(const PhaseConvFwdParams& p, const DevInfo& dev) {
+  const int64_t blocks = p.n * p.c_out * cdiv(p.out_w, 128);
+  int64_t splits = cdiv(8 * (int64_t)dev.sms, blocks);
+  const int64_t most = cdiv(p.out_d * p.out_h, 8);
+  if (splits > most) splits = most;
+  if (splits > 65535) splits = 65535;
+  return splits < 1 ? 1 : splits;
 }
 
 bool refuse(char* buf, int len, int family, const char* why) {
@@ -512,8 +516,9 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
   if (cl) return false;  // plan_reads_channels_last said so only where a kernel takes it
   if (depthwise && may(force, PHASECONV_DEPTHWISE)) {
     out->family = PHASECONV_DEPTHWISE;
-    out->depthwise_grid = depthwise_grid(outputs / p.out_w, dev);
-    snprintf(buf, len, "depthwise (a warp per output row) grid=%lld",
+    out->depthwise_grid = depthwise_row_splits(p, dev);
+    snprintf(buf, len, "depthwise (a warp per output row) grid=(%lld, %lld, %lld)",
+             (long long)(p.n * p.c_out), (long long)cdiv(p.out_w, 128),
              (long long)out->depthwise_grid);
     return true;
   }

@@ -232,7 +232,7 @@ struct PhaseConvFwdPlan {
   int x_channels_last;   // the kernel reads x as (N, D, H, W, C_in), 16-byte aligned
   int weight_mma;        // the kernel reads the tensor-core weight layout, else the packed one
   int64_t naive_grid;    // blocks of the naive kernel
-  int64_t depthwise_grid;  // blocks of the depthwise kernel
+  int64_t depthwise_grid;  // the depthwise kernel's shares of each plane's rows (grid z)
   phaseconv::GemmCfg gemm;
   phaseconv::AllCfg allph;
   phaseconv::MmaCfg mma;
