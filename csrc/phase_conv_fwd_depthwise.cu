@@ -1,9 +1,10 @@
 // phaseconv forward, depthwise kernel (C_in/groups = C_out/groups = 1): a streaming kernel.
 // A block owns one (n, c) plane, a group of up to 128 W outputs and a share of the plane's
-// rows (od, oh); each warp takes one row at a time, its lanes along W.  What depends on W
-// alone (phase residue, taps, first input column) is decoded once per block into registers,
-// what depends on the row (D and H taps, first input row) once per row; an output then costs
-// its phase's taps and nothing else.  Only real (input, tap) pairs are summed, in a fixed
+// row groups; a row group is kDwRows rows of one D and H phase (oh = rh + sh * j for
+// consecutive j), which share their taps and weights.  Each warp takes one row group at a
+// time, its lanes along W: what depends on W alone (phase residue, taps, first input column)
+// is decoded once per block into registers, what depends on the row group once per group,
+// and each weight load feeds kDwRows FMAs.  Only real (input, tap) pairs are summed, in tap
 // order: exact as it is (no non-finite fix-up), one writer per output, deterministic.
 #include "phase_conv_fwd_common.cuh"
 
@@ -15,10 +16,12 @@ namespace phaseconv {
 
 struct DepthwiseArgs : FwdGeometry {
   const void* w;
+  int groups_per_d;  // row groups per output D position: sum over rh of ceil(count / kDwRows)
 };
 
 constexpr int kDwWarps = 8;   // warps per block
 constexpr int kDwChunks = 4;  // W outputs per lane: a block's W group is 128 outputs
+constexpr int kDwRows = 4;    // rows of one D and H phase per row group
 
 template <typename T>
 __global__ void __launch_bounds__(kDwWarps * 32) depthwise_kernel(const DepthwiseArgs a) {
@@ -47,16 +50,24 @@ __global__ void __launch_bounds__(kDwWarps * 32) depthwise_kernel(const Depthwis
     w0[k] = ow[k] / a.sw + (int)ldg_i64(e + PT_OFF_W);
   }
 
-  const int64_t rows = (int64_t)a.out_d * a.out_h;
-  for (int64_t row = (int64_t)blockIdx.z * kDwWarps + warp; row < rows;
-       row += (int64_t)gridDim.z * kDwWarps) {
-    const int od = (int)(row / a.out_h), oh = (int)(row - (int64_t)od * a.out_h);
-    const int rd = od % a.sd, rh = oh % a.sh;
+  const int64_t groups = (int64_t)a.out_d * a.groups_per_d;
+  for (int64_t grp = (int64_t)blockIdx.z * kDwWarps + warp; grp < groups;
+       grp += (int64_t)gridDim.z * kDwWarps) {
+    const int od = (int)(grp / a.groups_per_d);
+    int q = (int)(grp - (int64_t)od * a.groups_per_d), rh = 0, cnt_h = 0;
+    for (;; ++rh) {  // which H residue, and which group of its rows
+      cnt_h = axis_count(a.out_h, rh, a.sh);
+      const int ng = (cnt_h + kDwRows - 1) / kDwRows;
+      if (q < ng) break;
+      q -= ng;
+    }
+    const int j0 = q * kDwRows;  // the group's first H index within the phase
+    const int rd = od % a.sd;
     const int64_t* e_row = a.table + (int64_t)(rd * a.sh + rh) * a.sw * PHASECONV_TABLE_STRIDE;
     const int Td = (int)ldg_i64(e_row + PT_TAPS_D), Th = (int)ldg_i64(e_row + PT_TAPS_H);
     const int d0 = od / a.sd + (int)ldg_i64(e_row + PT_OFF_D);
-    const int h0 = oh / a.sh + (int)ldg_i64(e_row + PT_OFF_H);
-    T* yrow = yc + (int64_t)row * a.out_w;
+    const int h0 = j0 + (int)ldg_i64(e_row + PT_OFF_H);
+    const int nrows = min(kDwRows, cnt_h - j0);
 #pragma unroll
     for (int k = 0; k < kDwChunks; ++k) {
       if (ow[k] >= a.out_w) continue;
@@ -64,28 +75,40 @@ __global__ void __launch_bounds__(kDwWarps * 32) depthwise_kernel(const Depthwis
       // packed block [groups][1][Td][Th][Tw][1]: the channel's taps are consecutive
       const T* wc = wt + ldg_i64(e_row + rw[k] * PHASECONV_TABLE_STRIDE + PT_WOFS) +
                     (int64_t)c * Td * Th * Tw;
-      A acc = b;
+      A acc[kDwRows];
+#pragma unroll
+      for (int i = 0; i < kDwRows; ++i) acc[i] = b;
       for (int td = 0; td < Td; ++td) {
         const int id = d0 + td * a.pdd;
         if ((unsigned)id >= (unsigned)a.in_d) continue;
+        const T* xd = xc + (int64_t)id * in_hw;
         for (int th = 0; th < Th; ++th) {
-          const int ih = h0 + th * a.pdh;
-          if ((unsigned)ih >= (unsigned)a.in_h) continue;
-          const T* xr = xc + (int64_t)id * in_hw + (int64_t)ih * a.in_w;
           const T* wr = wc + (td * Th + th) * Tw;
+          const int ih = h0 + th * a.pdh;  // row i reads input row ih + i
           for (int tw = 0; tw < Tw; ++tw) {
             const int iw = w0[k] + tw * a.pdw;
             if ((unsigned)iw >= (unsigned)a.in_w) continue;
-            acc = fma(to_acc<A>(ldg(xr + iw)), to_acc<A>(ldg(wr + tw)), acc);
+            const A wv = to_acc<A>(ldg(wr + tw));
+            const T* xw = xd + iw;
+#pragma unroll
+            for (int i = 0; i < kDwRows; ++i) {
+              if ((unsigned)(ih + i) < (unsigned)a.in_h)
+                acc[i] = fma(to_acc<A>(ldg(xw + (int64_t)(ih + i) * a.in_w)), wv, acc[i]);
+            }
           }
         }
       }
-      yrow[ow[k]] = from_acc<T>(acc);
+#pragma unroll
+      for (int i = 0; i < kDwRows; ++i) {
+        if (i < nrows)
+          yc[((int64_t)od * a.out_h + rh + (int64_t)a.sh * (j0 + i)) * a.out_w + ow[k]] =
+              from_acc<T>(acc[i]);
+      }
     }
   }
 }
 
-// grid: (N * C_out planes, W groups of 128, `row_splits` shares of each plane's rows)
+// grid: (N * C_out planes, W groups of 128, `row_splits` shares of each plane's row groups)
 template <typename T>
 cudaError_t run_depthwise(const PhaseConvFwdParams& p, int64_t row_splits,
                           cudaStream_t stream) {
@@ -97,6 +120,11 @@ cudaError_t run_depthwise(const PhaseConvFwdParams& p, int64_t row_splits,
   DepthwiseArgs a;
   set_geometry(a, p);
   a.w = p.weight;
+  int64_t per_d = 0;
+  for (int64_t rh = 0; rh < p.stride_h && rh < p.out_h; ++rh)
+    per_d += ((p.out_h - rh + p.stride_h - 1) / p.stride_h + kDwRows - 1) / kDwRows;
+  if (per_d < 1 || per_d > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  a.groups_per_d = (int)per_d;
   const dim3 grid((unsigned)planes, (unsigned)w_groups, (unsigned)row_splits);
   depthwise_kernel<T><<<grid, kDwWarps * 32, 0, stream>>>(a);
   return cudaGetLastError();

@@ -437,12 +437,12 @@ int64_t naive_grid(int64_t outputs, const DevInfo& dev) {
   return blocks < cap ? blocks : cap;
 }
 
-// The depthwise kernel's shares of each plane's rows: blocks (N * C_out planes x W groups of
-// 128 x shares) for ~8 per multiprocessor, a share at least a row per warp.
+// The depthwise kernel's shares of each plane's row groups: blocks (N * C_out planes x W
+// groups of 128 x shares) for ~8 per multiprocessor, a share about a row group per warp.
 int64_t depthwise_row_splits(const PhaseConvFwdParams& p, const DevInfo& dev) {
   const int64_t blocks = p.n * p.c_out * cdiv(p.out_w, 128);
   int64_t splits = cdiv(8 * (int64_t)dev.sms, blocks);
-  const int64_t most = cdiv(p.out_d * p.out_h, 8);
+  const int64_t most = cdiv(p.out_d * cdiv(p.out_h, 4), 8);  // row groups of 4 rows
   if (splits > most) splits = most;
   if (splits > 65535) splits = 65535;
   return splits < 1 ? 1 : splits;
