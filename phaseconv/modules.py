@@ -1,4 +1,5 @@
-"""``phaseconv.ConvTranspose3d`` (a drop-in ``nn.ConvTranspose3d``) and ``convert``."""
+"""``phaseconv.ConvTranspose3d`` (a drop-in ``nn.ConvTranspose3d``), ``convert`` and its
+inverse ``revert``."""
 from typing import List, Optional
 
 import torch
@@ -34,14 +35,15 @@ class ConvTranspose3d(nn.ConvTranspose3d):
     @classmethod
     def from_torch(cls, module: nn.ConvTranspose3d) -> "ConvTranspose3d":
         """A phaseconv layer that shares ``module``'s parameters, buffers and hooks."""
-        new = cls.__new__(cls)
-        new.__dict__.update(module.__dict__)
-        # Fresh containers holding the same tensors, so later edits to one module's
-        # parameter dict do not leak into the other.
-        for name, value in module.__dict__.items():
-            if isinstance(value, dict) and name.startswith("_"):
-                new.__dict__[name] = value.copy()
+        new = _sharing(cls, module)
         new.engine = None
+        return new
+
+    def to_torch(self) -> nn.ConvTranspose3d:
+        """A ``torch.nn.ConvTranspose3d`` that shares this layer's parameters, buffers and
+        hooks: what TorchScript, ONNX and other exporters take (see ``revert``)."""
+        new = _sharing(nn.ConvTranspose3d, self)
+        new.__dict__.pop("engine", None)
         return new
 
     def forward(self, input: torch.Tensor, output_size: Optional[List[int]] = None):
@@ -66,6 +68,36 @@ class ConvTranspose3d(nn.ConvTranspose3d):
                                 output_padding, self.groups, self.dilation, self.engine)
 
 
+def _sharing(cls, module: nn.Module) -> nn.Module:
+    """A ``cls`` instance holding ``module``'s state: the same parameter, buffer and hook
+    objects, in fresh containers, so that later edits to one module's dicts do not leak into
+    the other."""
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    for name, value in module.__dict__.items():
+        if isinstance(value, dict) and name.startswith("_"):
+            new.__dict__[name] = value.copy()
+    return new
+
+
+def _swap(model: nn.Module, wanted, make) -> nn.Module:
+    """Replace every submodule whose type is exactly ``wanted`` by ``make(it)``, in place,
+    keeping sharing: a layer registered at several places becomes one new layer at the same
+    places."""
+    if type(model) is wanted:
+        return make(model)
+    swapped = {}  # id(original layer) -> its replacement
+    for parent in list(model.modules()):
+        # every registered entry, also a layer registered twice (named_children skips those)
+        for name, child in list(parent._modules.items()):
+            if type(child) is wanted:
+                new = swapped.get(id(child))
+                if new is None:
+                    new = swapped[id(child)] = make(child)
+                setattr(parent, name, new)
+    return model
+
+
 def convert(model: nn.Module) -> nn.Module:
     """Swap every ``torch.nn.ConvTranspose3d`` inside ``model`` for phaseconv's, in place.
 
@@ -77,15 +109,17 @@ def convert(model: nn.Module) -> nn.Module:
     are left as they are.  Returns the model (the new layer itself when ``model`` is a bare
     ``nn.ConvTranspose3d``).
     """
-    if type(model) is nn.ConvTranspose3d:
-        return ConvTranspose3d.from_torch(model)
-    converted = {}  # id(original layer) -> its phaseconv layer
-    for parent in list(model.modules()):
-        # every registered entry, also a layer registered twice (named_children skips those)
-        for name, child in list(parent._modules.items()):
-            if type(child) is nn.ConvTranspose3d:
-                new = converted.get(id(child))
-                if new is None:
-                    new = converted[id(child)] = ConvTranspose3d.from_torch(child)
-                setattr(parent, name, new)
-    return model
+    return _swap(model, nn.ConvTranspose3d, ConvTranspose3d.from_torch)
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """The inverse of :func:`convert`: swap every ``phaseconv.ConvTranspose3d`` inside
+    ``model`` back to a ``torch.nn.ConvTranspose3d``, in place, sharing the parameter tensors
+    (and keeping sharing, as ``convert`` does).  Returns the model (the torch layer itself for
+    a bare phaseconv layer).
+
+    The deployment route: ``torch.jit.script``, ``torch.jit.trace`` and ``torch.onnx.export``
+    take the reverted model, which computes the same function with torch's kernels and exports
+    as a standard ``ConvTranspose`` node.  ``revert(convert(m))`` has ``m``'s state dict.
+    """
+    return _swap(model, ConvTranspose3d, ConvTranspose3d.to_torch)
