@@ -1,4 +1,4 @@
-"""Packaging: the metadata lives in setup.cfg; this file adds the optional ahead-of-time
+"""Packaging: the metadata lives in pyproject.toml; this file adds the optional ahead-of-time
 CUDA engine.
 
     PHASECONV_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" \\
