@@ -59,18 +59,20 @@ class Explanation(NamedTuple):
             lines.append(f"grad_weight kernel: {self.grad_weight_kernel}")
         lines += [
             "",
-            "{:<9}  {:<24}  {:<20}  {:>8}  {:>4}  {:>14}  {:>15}".format(
+            "{:<9}  {:<24}  {:<20}  {:>8}  {:>4}  {:>14}  {:>6}".format(
                 "phase", "taps (d | h | w)", "output slice", "outputs", "taps", "MACs",
-                "zero-ins. MACs"),
+                "saved"),
         ]
         per_output = (self.in_channels // self.groups) * self.out_channels * self.batch
         kernel_taps = plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
         for phase in plan.phases:
-            lines.append("{:<9}  {:<24}  {:<20}  {:>8}  {:>4}  {:>14,}  {:>15,}".format(
+            # saved: the share of the zero-insertion method's MACs for these outputs (every
+            # kernel tap at every output) that the phase skips
+            lines.append("{:<9}  {:<24}  {:<20}  {:>8}  {:>4}  {:>14,}  {:>6.1%}".format(
                 "({},{},{})".format(*phase.index), _taps_text(phase), _slice_text(phase, plan),
                 phase.num_outputs, phase.num_taps,
                 per_output * phase.num_outputs * phase.num_taps,
-                per_output * phase.num_outputs * kernel_taps))
+                1 - phase.num_taps / kernel_taps if kernel_taps else 0.0))
         lines += [
             "",
             "MACs: phase method {:,} vs zero-insertion {:,}: {:.1%} saved ({:.2f}x fewer)"

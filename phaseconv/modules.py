@@ -1,6 +1,6 @@
 """``phaseconv.ConvTranspose3d`` (a drop-in ``nn.ConvTranspose3d``), ``convert`` and its
 inverse ``revert``."""
-from typing import List, Optional
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -17,11 +17,26 @@ class ConvTranspose3d(nn.ConvTranspose3d):
     Same constructor, parameters, ``state_dict`` keys and ``forward(input, output_size=None)``
     as torch's class.  Every call reads the weight as it is, so any way of changing it
     (optimizers, fused or not, ``.data``, numpy, DLPack, ``load_state_dict``) is seen by the
-    next call.  ``engine`` forces an engine for this layer (see ``phaseconv.engines``).
+    next call.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, output_padding, groups,
+        bias, dilation, padding_mode, device, dtype: as ``torch.nn.ConvTranspose3d``
+            (``padding_mode`` must be ``"zeros"``, as there).
+        engine: force an engine for this layer ("cuda" or "reference"; see
+            ``phaseconv.engines``); ``None`` lets the rule choose per call.
     """
 
-    def __init__(self, *args, engine: Optional[str] = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int, int]],
+                 stride: Union[int, Tuple[int, int, int]] = 1,
+                 padding: Union[int, Tuple[int, int, int]] = 0,
+                 output_padding: Union[int, Tuple[int, int, int]] = 0, groups: int = 1,
+                 bias: bool = True, dilation: Union[int, Tuple[int, int, int]] = 1,
+                 padding_mode: str = "zeros", device=None, dtype=None, *,
+                 engine: Optional[str] = None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding,
+                         output_padding, groups, bias, dilation, padding_mode, device, dtype)
         self.engine = engine
 
     def _get_name(self) -> str:

@@ -29,3 +29,7 @@ def test_main_job_on_cpu(capsys):
     out = capsys.readouterr().out
     assert "allclose(atol=1e-05): PASS" in out
     assert "87.5% saved" in out and "(1,1,1)" in out
+    assert out.count("MACs:") == 1  # the total, once
+    # per phase the share of zero insertion's MACs it skips: (0,0,0) has 9 of 105 taps
+    assert "91.4%" in out and "77.1%" in out
+    assert "the reference engine: each phase runs as one of torch's dense convolutions" in out

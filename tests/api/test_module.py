@@ -255,3 +255,14 @@ def test_repr_says_phaseconv():
     assert "phaseconv.ConvTranspose3d(4, 6" in repr(model)
     forced = phaseconv.ConvTranspose3d(4, 6, 3, engine="reference")
     assert repr(forced).endswith("engine='reference')")
+
+
+def test_the_constructor_shows_its_parameters():
+    """help() and IDEs see torch's parameters and phaseconv's engine, in torch's order."""
+    import inspect
+
+    names = list(inspect.signature(phaseconv.ConvTranspose3d).parameters)
+    torch_names = list(inspect.signature(torch.nn.ConvTranspose3d).parameters)
+    assert names == torch_names + ["engine"]
+    assert inspect.signature(phaseconv.ConvTranspose3d).parameters["engine"].kind == \
+        inspect.Parameter.KEYWORD_ONLY
