@@ -100,7 +100,7 @@ def _metrics_known(ncu: str):
 
 
 def measure(ncu: str, metrics, case):
-    label, shape_no, dtype, direction, kernel = case
+    _, shape_no, dtype, direction, kernel = case
     cmd = [ncu, "--csv", "--page", "raw", "--nvtx", "--nvtx-include", f"{RANGE}/",
            "--metrics", ",".join(metrics), sys.executable, os.path.abspath(__file__),
            "--child", str(shape_no), dtype, direction, kernel]
@@ -120,7 +120,7 @@ def measure(ncu: str, metrics, case):
         names.append(row.get("Kernel Name", "?").split("(")[0].split("<")[0])
         for m in metrics:
             sums[m] += float(str(row.get(m, "0")).replace(",", "") or 0)
-    if kernel == "tensor-cores" or direction == "forward" and kernel in TENSOR_CORE_FAMILIES:
+    if kernel in TENSOR_CORE_FAMILIES:
         executed = sums[HMMA] * (1024 / 3 if dtype == "float32" else 2048)
     else:
         executed = sums[FFMA]

@@ -125,12 +125,13 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
   const int WD = 1 + (Td - 1) * a.pdd;
 
   // this thread: a (tap, R input channels, R output channels) tile and a part of the outputs
-  const int nci4 = a.ci_b / R, nco4 = a.co_b / R;
-  const int ni = tn * nci4 * nco4;
+  const int n_ci_tiles = a.ci_b / R, n_co_tiles = a.co_b / R;
+  const int ni = tn * n_ci_tiles * n_co_tiles;
   const int parts = ni >= kThreads ? 1 : kThreads / ni;
   const bool has_item = tid < ni * parts;
   const int item = tid % ni, part = tid / ni;
-  const int co4 = item % nco4, ci4 = (item / nco4) % nci4, t = t0 + item / (nco4 * nci4);
+  const int co_tile = item % n_co_tiles, ci_tile = (item / n_co_tiles) % n_ci_tiles;
+  const int t = t0 + item / (n_co_tiles * n_ci_tiles);
   const int tw = t % Tw, th = (t / Tw) % Th, td = t / (Tw * Th);
   const int tap_pos = (td * a.pdd * WH + th * a.pdh) * WW + tw * a.pdw;
 
@@ -185,9 +186,9 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
     if (has_item) {
       for (int qq = part; qq < tpos; qq += parts) {
         A xv[R], gv[R];
-        lds<R>(s_x + (size_t)(tap_pos + (qq >> lg_tw) * WW + (qq & (TW - 1))) * xs + ci4 * R,
-               xv);
-        lds<R>(s_g + (size_t)qq * gs + co4 * R, gv);
+        const int pos = tap_pos + (qq >> lg_tw) * WW + (qq & (TW - 1));
+        lds<R>(s_x + (size_t)pos * xs + ci_tile * R, xv);
+        lds<R>(s_g + (size_t)qq * gs + co_tile * R, gv);
 #pragma unroll
         for (int i = 0; i < R; ++i)
 #pragma unroll
@@ -215,11 +216,11 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
     A* out = ws + (int64_t)split * a.packed_elems + wofs;
 #pragma unroll
     for (int i = 0; i < R; ++i) {
-      const int ci = ci4 * R + i;
+      const int ci = ci_tile * R + i;
       if (ci >= cin_n) continue;
 #pragma unroll
       for (int j = 0; j < R; ++j) {
-        const int co = co4 * R + j;
+        const int co = co_tile * R + j;
         if (co < con)
           out[(((int64_t)g * a.cin_g + ci0 + ci) * ntaps + t) * a.cout_g + co0 + co] =
               acc[i][j];

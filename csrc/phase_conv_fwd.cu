@@ -32,7 +32,7 @@ cudaError_t run_plan(const PhaseConvFwdParams& p, const PhaseConvFwdPlan& plan,
     case PHASECONV_NAIVE:  // sums only real pairs: exact as it is
       return run_naive<T>(p, plan.naive_grid, stream);
     case PHASECONV_DEPTHWISE:  // sums only real pairs too
-      return run_depthwise<T>(p, plan.depthwise_grid, stream);
+      return run_depthwise<T>(p, plan.depthwise, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -162,9 +162,9 @@ cudaError_t run_tiled(const PhaseConvFwdParams& p, const TileCfg& c, cudaStream_
 template <typename T>
 cudaError_t run_naive(const PhaseConvFwdParams& p, int64_t grid, cudaStream_t stream);
 
-// The depthwise kernel (C_in/groups = C_out/groups = 1), each plane's rows in `row_splits`.
+// The depthwise kernel (C_in/groups = C_out/groups = 1) on the plan's grid.
 template <typename T>
-cudaError_t run_depthwise(const PhaseConvFwdParams& p, int64_t row_splits,
+cudaError_t run_depthwise(const PhaseConvFwdParams& p, const DepthwiseCfg& c,
                           cudaStream_t stream);
 
 template <typename T>

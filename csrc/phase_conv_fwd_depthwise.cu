@@ -19,10 +19,6 @@ struct DepthwiseArgs : FwdGeometry {
   int groups_per_d;  // row groups per output D position: sum over rh of ceil(count / kDwRows)
 };
 
-constexpr int kDwWarps = 8;   // warps per block
-constexpr int kDwChunks = 4;  // W outputs per lane: a block's W group is 128 outputs
-constexpr int kDwRows = 4;    // rows of one D and H phase per row group
-
 template <typename T>
 __global__ void __launch_bounds__(kDwWarps * 32) depthwise_kernel(const DepthwiseArgs a) {
   typedef typename AccOf<T>::type A;
@@ -108,31 +104,30 @@ __global__ void __launch_bounds__(kDwWarps * 32) depthwise_kernel(const Depthwis
   }
 }
 
-// grid: (N * C_out planes, W groups of 128, `row_splits` shares of each plane's row groups)
+// grid: (N * C_out planes, W groups of 32 * kDwChunks outputs, shares of the row groups)
 template <typename T>
-cudaError_t run_depthwise(const PhaseConvFwdParams& p, int64_t row_splits,
+cudaError_t run_depthwise(const PhaseConvFwdParams& p, const DepthwiseCfg& c,
                           cudaStream_t stream) {
-  if (p.c_in != p.groups || p.c_out != p.groups) return cudaErrorInvalidValue;
-  const int64_t planes = p.n * p.c_out, w_groups = (p.out_w + 127) / 128;
-  if (planes < 1 || planes > 0x7fffffffLL || w_groups > 65535 || row_splits < 1 ||
-      row_splits > 65535)
+  if (p.c_in != p.groups || p.c_out != p.groups || c.planes != p.n * p.c_out)
+    return cudaErrorInvalidValue;
+  if (c.planes < 1 || c.w_groups < 1 || c.groups_per_d < 1 || c.row_splits < 1)
     return cudaErrorInvalidConfiguration;
   DepthwiseArgs a;
   set_geometry(a, p);
   a.w = p.weight;
-  int64_t per_d = 0;
-  for (int64_t rh = 0; rh < p.stride_h && rh < p.out_h; ++rh)
-    per_d += ((p.out_h - rh + p.stride_h - 1) / p.stride_h + kDwRows - 1) / kDwRows;
-  if (per_d < 1 || per_d > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  a.groups_per_d = (int)per_d;
-  const dim3 grid((unsigned)planes, (unsigned)w_groups, (unsigned)row_splits);
+  a.groups_per_d = c.groups_per_d;
+  const dim3 grid((unsigned)c.planes, (unsigned)c.w_groups, (unsigned)c.row_splits);
   depthwise_kernel<T><<<grid, kDwWarps * 32, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
-template cudaError_t run_depthwise<float>(const PhaseConvFwdParams&, int64_t, cudaStream_t);
-template cudaError_t run_depthwise<double>(const PhaseConvFwdParams&, int64_t, cudaStream_t);
-template cudaError_t run_depthwise<__half>(const PhaseConvFwdParams&, int64_t, cudaStream_t);
-template cudaError_t run_depthwise<__nv_bfloat16>(const PhaseConvFwdParams&, int64_t, cudaStream_t);
+template cudaError_t run_depthwise<float>(const PhaseConvFwdParams&, const DepthwiseCfg&,
+                                          cudaStream_t);
+template cudaError_t run_depthwise<double>(const PhaseConvFwdParams&, const DepthwiseCfg&,
+                                          cudaStream_t);
+template cudaError_t run_depthwise<__half>(const PhaseConvFwdParams&, const DepthwiseCfg&,
+                                          cudaStream_t);
+template cudaError_t run_depthwise<__nv_bfloat16>(const PhaseConvFwdParams&, const DepthwiseCfg&,
+                                          cudaStream_t);
 
 }  // namespace phaseconv

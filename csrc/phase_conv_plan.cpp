@@ -437,15 +437,25 @@ int64_t naive_grid(int64_t outputs, const DevInfo& dev) {
   return blocks < cap ? blocks : cap;
 }
 
-// The depthwise kernel's shares of each plane's row groups: blocks (N * C_out planes x W
-// groups of 128 x shares) for ~8 per multiprocessor, a share about a row group per warp.
-int64_t depthwise_row_splits(const PhaseConvFwdParams& p, const DevInfo& dev) {
-  const int64_t blocks = p.n * p.c_out * cdiv(p.out_w, 128);
-  int64_t splits = cdiv(8 * (int64_t)dev.sms, blocks);
-  const int64_t most = cdiv(p.out_d * cdiv(p.out_h, 4), 8);  // row groups of 4 rows
+// The depthwise kernel's grid: N * C_out planes x W groups x shares of each plane's row
+// groups, for ~8 blocks per multiprocessor and at least a row group per warp.  False where a
+// grid dimension would not fit (the tiled kernel takes the layer then).
+bool choose_depthwise(const PhaseConvFwdParams& p, const DevInfo& dev, DepthwiseCfg* c) {
+  c->planes = p.n * p.c_out;
+  const int64_t w_groups = cdiv(p.out_w, 32 * kDwChunks);
+  int64_t per_d = 0;
+  for (int64_t rh = 0; rh < p.stride_h && rh < p.out_h; ++rh)
+    per_d += cdiv(cdiv(p.out_h - rh, p.stride_h), kDwRows);
+  if (c->planes > 0x7fffffffLL || w_groups > 65535 || per_d < 1 || per_d > 0x7fffffffLL)
+    return false;
+  c->w_groups = (int)w_groups;
+  c->groups_per_d = (int)per_d;
+  int64_t splits = cdiv(8 * (int64_t)dev.sms, c->planes * w_groups);
+  const int64_t most = cdiv(p.out_d * per_d, kDwWarps);
   if (splits > most) splits = most;
   if (splits > 65535) splits = 65535;
-  return splits < 1 ? 1 : splits;
+  c->row_splits = splits < 1 ? 1 : (int)splits;
+  return true;
 }
 
 bool refuse(char* buf, int len, int family, const char* why) {
@@ -461,7 +471,6 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
   out->x_channels_last = p.x_channels_last;
   out->weight_mma = 0;
   out->naive_grid = 0;
-  out->depthwise_grid = 0;
   const char* layout = cl ? "channels-last input" : "contiguous input";
   char* buf = out->text;
   const int len = (int)sizeof(out->text);
@@ -504,7 +513,7 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
       return true;
     }
   }
-  // depthwise layers stream: one warp per output row, each output its phase's taps
+  // depthwise layers stream: a warp per row group, each output its phase's taps
   const bool depthwise = p.c_in == p.groups && p.c_out == p.groups;
   if (force.family == PHASECONV_DEPTHWISE && !depthwise)
     return refuse(buf, len, force.family, "the layer is not depthwise (C_in/groups and "
@@ -514,12 +523,11 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
     return refuse(buf, len, force.family, dtype_code == PHASECONV_FLOAT64
                   ? "float64 has no tensor-core kernel" : "no tile of it takes this layer");
   if (cl) return false;  // plan_reads_channels_last said so only where a kernel takes it
-  if (depthwise && may(force, PHASECONV_DEPTHWISE)) {
+  DepthwiseCfg& dc = out->depthwise;
+  if (depthwise && may(force, PHASECONV_DEPTHWISE) && choose_depthwise(p, dev, &dc)) {
     out->family = PHASECONV_DEPTHWISE;
-    out->depthwise_grid = depthwise_row_splits(p, dev);
-    snprintf(buf, len, "depthwise (a warp per output row) grid=(%lld, %lld, %lld)",
-             (long long)(p.n * p.c_out), (long long)cdiv(p.out_w, 128),
-             (long long)out->depthwise_grid);
+    snprintf(buf, len, "depthwise (a warp per row group) grid=(%lld, %d, %d)",
+             (long long)dc.planes, dc.w_groups, dc.row_splits);
     return true;
   }
   TileCfg& c = out->tiled;

@@ -128,7 +128,7 @@ enum PhaseConvFamily {
   PHASECONV_GW_NAIVE = 8,   // one thread per weight element (the window does not fit)
   // forcing only: the all-phase kernel where a tile fits, else the per-phase one
   PHASECONV_TENSOR_CORES = 9,
-  PHASECONV_DEPTHWISE = 10, // one warp per output row (C_in/groups = C_out/groups = 1)
+  PHASECONV_DEPTHWISE = 10, // a warp per row group (C_in/groups = C_out/groups = 1)
 };
 
 // A kernel chosen by name instead of by the rule (tests, benchmarks).  The plan refuses a
@@ -164,7 +164,19 @@ constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
 constexpr int kGwThreads = 256;       // SIMT weight-gradient block
 constexpr int kGmBK = 32;             // tensor-core weight gradient: reduction chunk
 constexpr int kGmWM = 2, kGmWN = 2;   // its warps (a 64 x 64 channel tile)
+constexpr int kDwWarps = 8;           // depthwise kernel: warps per block
+constexpr int kDwChunks = 4;          // its W outputs per lane (a W group of 128 outputs)
+constexpr int kDwRows = 4;            // its rows of one D and H phase per row group
 
+
+// depthwise kernel (phase_conv_fwd_depthwise.cu: depthwise_kernel): grid (planes, w_groups,
+// row_splits)
+struct DepthwiseCfg {
+  int64_t planes;        // N * C_out
+  int w_groups;          // W groups of 32 * kDwChunks outputs
+  int groups_per_d;      // row groups per output D position: sum over rh of ceil(count / kDwRows)
+  int row_splits;        // shares of each plane's row groups
+};
 
 // SIMT tiled kernel (phase_conv_fwd_tiled.cu: tiled_kernel)
 struct TileCfg {
@@ -232,11 +244,11 @@ struct PhaseConvFwdPlan {
   int x_channels_last;   // the kernel reads x as (N, D, H, W, C_in), 16-byte aligned
   int weight_mma;        // the kernel reads the tensor-core weight layout, else the packed one
   int64_t naive_grid;    // blocks of the naive kernel
-  int64_t depthwise_grid;  // the depthwise kernel's shares of each plane's rows (grid z)
   phaseconv::GemmCfg gemm;
   phaseconv::AllCfg allph;
   phaseconv::MmaCfg mma;
   phaseconv::TileCfg tiled;
+  phaseconv::DepthwiseCfg depthwise;
   char text[384];        // what describe() prints
 };
 

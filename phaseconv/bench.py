@@ -210,10 +210,6 @@ class Variant(NamedTuple):
         return t.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else t
 
 
-def _variant(v) -> Variant:
-    return v if isinstance(v, Variant) else Variant(v)
-
-
 # ---------------------------------------------------------------------------------- floors
 
 # Dense tensor-core peaks (TFLOP/s, 16-bit and TF32) and DRAM bandwidth (TB/s) from the
@@ -243,10 +239,7 @@ def _work(shape: Shape, dtype: torch.dtype):
     report = phaseconv.explain(phaseconv.ConvTranspose3d(**shape.layer_args(), bias=False,
                                                          device="meta"), shape.input_shape())
     size = torch.empty((), dtype=dtype).element_size()
-    out = shape.batch * shape.out_channels
-    for n, k, s, p, op in zip(shape.size, shape.kernel, shape.stride, shape.padding,
-                              shape.output_padding):
-        out *= (n - 1) * s - 2 * p + k + op
+    out = shape.batch * shape.out_channels * math.prod(report.plan.out_shape)
     elems = math.prod(shape.input_shape()) + math.prod(w_shape) + out
     return report.macs, elems * size
 
@@ -269,8 +262,7 @@ class ForwardRow(NamedTuple):
     floor_us: float          # the hardware floor (floor_us)
 
 
-def bench_forward(shape: Shape, variant, repeats: int, warmup: int) -> ForwardRow:
-    variant = _variant(variant)
+def bench_forward(shape: Shape, variant: Variant, repeats: int, warmup: int) -> ForwardRow:
     dtype = variant.dtype
     theirs, ours = _layers(shape, dtype)
     theirs.to(memory_format=torch.channels_last_3d if variant.channels_last
@@ -324,10 +316,9 @@ class BackwardRow(NamedTuple):
     step_floor_us: float
 
 
-def bench_backward(shape: Shape, variant, repeats: int, warmup: int) -> BackwardRow:
+def bench_backward(shape: Shape, variant: Variant, repeats: int, warmup: int) -> BackwardRow:
     """Backward alone (autograd.grad on a kept graph) and forward + backward, the weight fixed,
     torch's layer against phaseconv's (the same parameters), TF32 off."""
-    variant = _variant(variant)
     dtype = variant.dtype
     theirs, ours = _layers(shape, dtype)
     theirs.to(memory_format=torch.channels_last_3d if variant.channels_last
@@ -388,8 +379,7 @@ class HostRow(NamedTuple):
     ours_gpu_us: float
 
 
-def bench_host(shape: Shape, variant, repeats: int, warmup: int) -> HostRow:
-    variant = _variant(variant)
+def bench_host(shape: Shape, variant: Variant, repeats: int, warmup: int) -> HostRow:
     dtype = variant.dtype
     theirs, ours = _layers(shape, dtype, bias=True)
     x = variant.fmt(torch.rand(shape.input_shape(), device="cuda", dtype=dtype))
@@ -430,12 +420,11 @@ class LoopRow(NamedTuple):
     output: torch.Tensor  # the first step's output (compared between the two)
 
 
-def bench_loop(shape: Shape, variant, repeats: int, warmup: int) -> List[LoopRow]:
+def bench_loop(shape: Shape, variant: Variant, repeats: int, warmup: int) -> List[LoopRow]:
     """One training step of one layer, the weight changing every step: forward, backward from
     a fixed upstream gradient (input and weight gradients, as in the backward section), an
     SGD step with momentum, ``zero_grad``.  Both layers start from the same weights and see
     the same input."""
-    variant = _variant(variant)
     dtype = variant.dtype
     theirs, _ = _layers(shape, dtype)
     x0 = variant.fmt(torch.rand(shape.input_shape(), device="cuda", dtype=dtype))
@@ -626,7 +615,7 @@ def main(argv=None) -> int:
             for variant in (list(dtypes) + list(extra) if shape is SWEEP[0] else dtypes):
                 got = fn(shape, variant, r, w)
                 rows.extend(got if isinstance(got, list) else [got])
-                print(f"{section} {shape.name} {_variant(variant).name} done", flush=True)
+                print(f"{section} {shape.name} {variant.name} done", flush=True)
         print(table(rows), flush=True)
         return rows
 

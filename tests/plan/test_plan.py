@@ -182,3 +182,16 @@ def test_weight_gradient_tiles_fit_the_channels():
         assert plan.family == "simt" and "simt 1x1 channel tile" in plan.text, plan.text
         plan = ph.grad_weight(FOUNDING, 8, F32, device)
         assert plan.family == "simt" and "simt 8x8 channel tile" in plan.text, plan.text
+
+
+def test_depthwise_grid_covers_the_row_groups():
+    """Shape 7 (4 x 64 planes, 48^3 outputs, stride 2): one W group of 128 outputs, 2 H
+    residues x 6 row groups of 4 rows per D position, and enough shares of those for ~8 blocks
+    per multiprocessor (132 SMs: 5 shares; 108: 4)."""
+    for device, splits in ((ph.H100, 5), (ph.A100, 4)):
+        plan = ph.forward(DEPTHWISE, 4, BF16, device)
+        assert plan.text == f"depthwise (a warp per row group) grid=(256, 1, {splits})"
+    one_plane = ph.conv_args(1, 1, 3, (2, 3, 300), 2, 1, 1, 1)  # out (4, 6, 600)
+    plan = ph.forward(one_plane, 1, F32, ph.H100)
+    # 5 W groups; 2 residues x 1 row group per D position, 4 positions: 1 share of 8 warps
+    assert plan.text == "depthwise (a warp per row group) grid=(1, 5, 1)", plan.text
