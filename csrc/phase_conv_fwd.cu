@@ -31,8 +31,8 @@ cudaError_t run_plan(const PhaseConvFwdParams& p, const PhaseConvFwdPlan& plan,
     case PHASECONV_TILED: return with_fixup<T>(p, run_tiled<T>(p, plan.tiled, stream), stream);
     case PHASECONV_NAIVE:  // sums only real pairs: exact as it is
       return run_naive<T>(p, plan.naive_grid, stream);
-    case PHASECONV_DEPTHWISE:  // sums only real pairs too
-      return run_depthwise<T>(p, plan.depthwise, stream);
+    case PHASECONV_DEPTHWISE:
+      return with_fixup<T>(p, run_depthwise<T>(p, plan.depthwise, stream), stream);
   }
   return cudaErrorInvalidValue;
 }

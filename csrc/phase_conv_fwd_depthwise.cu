@@ -1,11 +1,12 @@
 // phaseconv forward, depthwise kernel (C_in/groups = C_out/groups = 1): a streaming kernel.
-// A block owns one (n, c) plane, a group of up to 128 W outputs and a share of the plane's
-// row groups; a row group is kDwRows rows of one D and H phase (oh = rh + sh * j for
-// consecutive j), which share their taps and weights.  Each warp takes one row group at a
-// time, its lanes along W: what depends on W alone (phase residue, taps, first input column)
-// is decoded once per block into registers, what depends on the row group once per group,
-// and each weight load feeds kDwRows FMAs.  Only real (input, tap) pairs are summed, in tap
-// order: exact as it is (no non-finite fix-up), one writer per output, deterministic.
+// A block owns one (n, c) plane, one output D position (so one D phase) and a tile of output
+// rows and columns that holds whole H and W phases.  It stages in shared memory the input slab
+// the tile reads, as the accumulator type, column-major (a thread's rows are consecutive
+// words), the channel's taps of its D phase and each (H, W) phase's decode; then each thread
+// item is kDwRows rows of one H phase at one output column, so each weight read feeds kDwRows
+// FMAs and each input read one, with no index arithmetic or bounds test inside the tap loops.
+// The slab's zero padding can meet a non-finite tap: such outputs are noted and recomputed by
+// the fix-up (phase_conv_exact.cuh).  One writer per output, deterministic.
 #include "phase_conv_fwd_common.cuh"
 
 #include <cuda_bf16.h>
@@ -16,118 +17,136 @@ namespace phaseconv {
 
 struct DepthwiseArgs : FwdGeometry {
   const void* w;
-  int groups_per_d;  // row groups per output D position: sum over rh of ceil(count / kDwRows)
+  DepthwiseCfg c;
+  int lo_h, lo_w;  // first input offset over all phases' taps, per axis
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kDwWarps * 32) depthwise_kernel(const DepthwiseArgs a) {
+__global__ void __launch_bounds__(kDwThreads) depthwise_kernel(const DepthwiseArgs a) {
   typedef typename AccOf<T>::type A;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int nph = a.sh * a.sw;
+  int4* s_ph = reinterpret_cast<int4*>(smem);  // (taps_h, taps_w, slab row, slab column)
+  A* s_w = reinterpret_cast<A*>(smem + nph * sizeof(int4));  // [nph][taps_max]
+  A* s_x = s_w + nph * a.c.taps_max;                         // [taps_d][cols][pitch]
   const T* __restrict__ x = static_cast<const T*>(a.x);
   const T* __restrict__ wt = static_cast<const T*>(a.w);
   const T* __restrict__ bias = static_cast<const T*>(a.bias);
   T* __restrict__ y = static_cast<T*>(a.y);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tid = threadIdx.x;
   const int64_t plane = blockIdx.x;  // n * C_out + c
   const int c = (int)(plane % a.c_out);
   const int64_t n = plane / a.c_out;
+  const int tile_h = blockIdx.y / a.c.w_tiles, tile_w = blockIdx.y - tile_h * a.c.w_tiles;
+  const int od = blockIdx.z;
+  const int oh0 = tile_h * a.c.tile_h, ow0 = tile_w * a.c.tile_w;  // multiples of sh, sw
+  const int jh0 = oh0 / a.sh, jw0 = ow0 / a.sw;
+
+  // the block's D phase: its rows of the table are (rd, rh, rw) for every rh, rw
+  const int64_t* e_d = a.table + (int64_t)(od % a.sd) * nph * PHASECONV_TABLE_STRIDE;
+  const int Td = (int)ldg_i64(e_d + PT_TAPS_D);
+  const int d0 = od / a.sd + (int)ldg_i64(e_d + PT_OFF_D);
+  for (int p = tid; p < nph; p += kDwThreads) {
+    const int64_t* e = e_d + (int64_t)p * PHASECONV_TABLE_STRIDE;
+    s_ph[p] = make_int4((int)ldg_i64(e + PT_TAPS_H), (int)ldg_i64(e + PT_TAPS_W),
+                        (int)ldg_i64(e + PT_OFF_H) - a.lo_h, (int)ldg_i64(e + PT_OFF_W) - a.lo_w);
+  }
+  for (int i = tid; i < nph * a.c.taps_max; i += kDwThreads) {
+    const int p = i / a.c.taps_max, t = i - p * a.c.taps_max;
+    const int64_t* e = e_d + (int64_t)p * PHASECONV_TABLE_STRIDE;
+    const int taps = Td * (int)ldg_i64(e + PT_TAPS_H) * (int)ldg_i64(e + PT_TAPS_W);
+    // packed block [groups][1][Td][Th][Tw][1]: the channel's taps are consecutive
+    if (t < taps) s_w[i] = to_acc<A>(ldg(wt + ldg_i64(e + PT_WOFS) + (int64_t)c * taps + t));
+  }
+  // the slab: rows jh0 + lo_h.., columns jw0 + lo_w.. of each D tap's input plane, zero outside
   const int in_hw = a.in_h * a.in_w;
   const T* xc = x + (n * a.c_in + c) * a.in_d * (int64_t)in_hw;
-  T* yc = y + plane * a.out_d * (int64_t)a.out_h * a.out_w;
-  const A b = bias != nullptr ? to_acc<A>(ldg(bias + c)) : A(0);
-
-  // this lane's W outputs: residue, taps and first input column of each
-  int ow[kDwChunks], rw[kDwChunks], tw_n[kDwChunks], w0[kDwChunks];
-#pragma unroll
-  for (int k = 0; k < kDwChunks; ++k) {
-    ow[k] = blockIdx.y * (32 * kDwChunks) + k * 32 + lane;
-    rw[k] = ow[k] % a.sw;
-    const int64_t* e = a.table + (int64_t)rw[k] * PHASECONV_TABLE_STRIDE;  // (0, 0, rw)
-    tw_n[k] = ow[k] < a.out_w ? (int)ldg_i64(e + PT_TAPS_W) : 0;
-    w0[k] = ow[k] / a.sw + (int)ldg_i64(e + PT_OFF_W);
-  }
-
-  const int64_t groups = (int64_t)a.out_d * a.groups_per_d;
-  for (int64_t grp = (int64_t)blockIdx.z * kDwWarps + warp; grp < groups;
-       grp += (int64_t)gridDim.z * kDwWarps) {
-    const int od = (int)(grp / a.groups_per_d);
-    int q = (int)(grp - (int64_t)od * a.groups_per_d), rh = 0, cnt_h = 0;
-    for (;; ++rh) {  // which H residue, and which group of its rows
-      cnt_h = axis_count(a.out_h, rh, a.sh);
-      const int ng = (cnt_h + kDwRows - 1) / kDwRows;
-      if (q < ng) break;
-      q -= ng;
+  const int ih_lo = jh0 + a.lo_h, iw_lo = jw0 + a.lo_w;
+  const int lane = tid & 31, warp = tid >> 5;
+  for (int tr = warp; tr < Td * a.c.rows; tr += kDwThreads / 32) {
+    const int td = tr / a.c.rows, r = tr - td * a.c.rows;
+    const int id = d0 + td * a.pdd, ih = ih_lo + r;
+    const bool row_in = (unsigned)id < (unsigned)a.in_d && (unsigned)ih < (unsigned)a.in_h;
+    const T* xr = xc + (int64_t)id * in_hw + (int64_t)ih * a.in_w;
+    for (int col = lane; col < a.c.cols; col += 32) {
+      const int iw = iw_lo + col;
+      A v = A(0);
+      if (row_in && (unsigned)iw < (unsigned)a.in_w) v = to_acc<A>(ldg(xr + iw));
+      s_x[(td * a.c.cols + col) * a.c.pitch + r] = v;
     }
-    const int j0 = q * kDwRows;  // the group's first H index within the phase
-    const int rd = od % a.sd;
-    const int64_t* e_row = a.table + (int64_t)(rd * a.sh + rh) * a.sw * PHASECONV_TABLE_STRIDE;
-    const int Td = (int)ldg_i64(e_row + PT_TAPS_D), Th = (int)ldg_i64(e_row + PT_TAPS_H);
-    const int d0 = od / a.sd + (int)ldg_i64(e_row + PT_OFF_D);
-    const int h0 = j0 + (int)ldg_i64(e_row + PT_OFF_H);
-    const int nrows = min(kDwRows, cnt_h - j0);
+  }
+  __syncthreads();
+
+  const A b = bias != nullptr ? to_acc<A>(ldg(bias + c)) : A(0);
+  const int bw = min(a.c.tile_w, a.out_w - ow0);  // this tile's output columns
+  const int items = bw * a.sh * a.c.row_groups;
+  const int col_step = a.pdw * a.c.pitch, td_step = a.c.cols * a.c.pitch;
+  T* yp = y + (plane * a.out_d + od) * (int64_t)a.out_h * a.out_w;
+  bool nonfinite = false;  // a stored element is Inf or NaN
+  for (int q = tid; q < items; q += kDwThreads) {
+    const int rg = q / bw, owl = q - rg * bw;
+    const int g = rg / a.sh, rh = rg - g * a.sh;
+    const int oh = oh0 + rh + a.sh * kDwRows * g;  // the item's first row
+    if (oh >= a.out_h) continue;
+    const int ow = ow0 + owl, jw = jw0 + owl / a.sw, rw = owl - (owl / a.sw) * a.sw;
+    const int4 ph = s_ph[rh * a.sw + rw];
+    const A* wp = s_w + (rh * a.sw + rw) * a.c.taps_max;
+    const A* xs = s_x + (jw - jw0 + ph.w) * a.c.pitch + kDwRows * g + ph.z;
+    A acc[kDwRows];
 #pragma unroll
-    for (int k = 0; k < kDwChunks; ++k) {
-      if (ow[k] >= a.out_w) continue;
-      const int Tw = tw_n[k];
-      // packed block [groups][1][Td][Th][Tw][1]: the channel's taps are consecutive
-      const T* wc = wt + ldg_i64(e_row + rw[k] * PHASECONV_TABLE_STRIDE + PT_WOFS) +
-                    (int64_t)c * Td * Th * Tw;
-      A acc[kDwRows];
+    for (int i = 0; i < kDwRows; ++i) acc[i] = b;
+    for (int td = 0; td < Td; ++td, xs += td_step) {
+      if ((unsigned)(d0 + td * a.pdd) >= (unsigned)a.in_d) {  // a whole plane of padding
+        wp += ph.x * ph.y;
+        continue;
+      }
+      for (int th = 0; th < ph.x; ++th) {
+        const A* xr = xs + th * a.pdh;
+        for (int tw = 0; tw < ph.y; ++tw, xr += col_step) {
+          const A wv = *wp++;
 #pragma unroll
-      for (int i = 0; i < kDwRows; ++i) acc[i] = b;
-      for (int td = 0; td < Td; ++td) {
-        const int id = d0 + td * a.pdd;
-        if ((unsigned)id >= (unsigned)a.in_d) continue;
-        const T* xd = xc + (int64_t)id * in_hw;
-        for (int th = 0; th < Th; ++th) {
-          const T* wr = wc + (td * Th + th) * Tw;
-          const int ih = h0 + th * a.pdh;  // row i reads input row ih + i
-          for (int tw = 0; tw < Tw; ++tw) {
-            const int iw = w0[k] + tw * a.pdw;
-            if ((unsigned)iw >= (unsigned)a.in_w) continue;
-            const A wv = to_acc<A>(ldg(wr + tw));
-            const T* xw = xd + iw;
-#pragma unroll
-            for (int i = 0; i < kDwRows; ++i) {
-              if ((unsigned)(ih + i) < (unsigned)a.in_h)
-                acc[i] = fma(to_acc<A>(ldg(xw + (int64_t)(ih + i) * a.in_w)), wv, acc[i]);
-            }
-          }
+          for (int i = 0; i < kDwRows; ++i) acc[i] = fma(xr[i], wv, acc[i]);
         }
       }
+    }
+    T* yo = yp + (int64_t)oh * a.out_w + ow;
 #pragma unroll
-      for (int i = 0; i < kDwRows; ++i) {
-        if (i < nrows)
-          yc[((int64_t)od * a.out_h + rh + (int64_t)a.sh * (j0 + i)) * a.out_w + ow[k]] =
-              from_acc<T>(acc[i]);
+    for (int i = 0; i < kDwRows; ++i) {
+      if (oh + a.sh * i < a.out_h) {
+        const T out = from_acc<T>(acc[i]);
+        nonfinite |= !phaseconv_exact::finite_value(out);
+        yo[(int64_t)a.sh * i * a.out_w] = out;
       }
     }
   }
+  if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
 }
 
-// grid: (N * C_out planes, W groups of 32 * kDwChunks outputs, shares of the row groups)
 template <typename T>
 cudaError_t run_depthwise(const PhaseConvFwdParams& p, const DepthwiseCfg& c,
                           cudaStream_t stream) {
   if (p.c_in != p.groups || p.c_out != p.groups || c.planes != p.n * p.c_out)
     return cudaErrorInvalidValue;
-  if (c.planes < 1 || c.w_groups < 1 || c.groups_per_d < 1 || c.row_splits < 1)
+  if (c.planes < 1 || c.h_tiles < 1 || c.w_tiles < 1 || p.out_d < 1 || c.smem > kDwMaxSmem)
     return cudaErrorInvalidConfiguration;
   DepthwiseArgs a;
   set_geometry(a, p);
   a.w = p.weight;
-  a.groups_per_d = c.groups_per_d;
-  const dim3 grid((unsigned)c.planes, (unsigned)c.w_groups, (unsigned)c.row_splits);
-  depthwise_kernel<T><<<grid, kDwWarps * 32, 0, stream>>>(a);
+  a.c = c;
+  a.lo_h = (int)p.union_lo_h;
+  a.lo_w = (int)p.union_lo_w;
+  const dim3 grid((unsigned)c.planes, (unsigned)(c.h_tiles * c.w_tiles), (unsigned)p.out_d);
+  depthwise_kernel<T><<<grid, kDwThreads, c.smem, stream>>>(a);
   return cudaGetLastError();
 }
 
 template cudaError_t run_depthwise<float>(const PhaseConvFwdParams&, const DepthwiseCfg&,
                                           cudaStream_t);
 template cudaError_t run_depthwise<double>(const PhaseConvFwdParams&, const DepthwiseCfg&,
-                                          cudaStream_t);
+                                           cudaStream_t);
 template cudaError_t run_depthwise<__half>(const PhaseConvFwdParams&, const DepthwiseCfg&,
-                                          cudaStream_t);
+                                           cudaStream_t);
 template cudaError_t run_depthwise<__nv_bfloat16>(const PhaseConvFwdParams&, const DepthwiseCfg&,
-                                          cudaStream_t);
+                                                  cudaStream_t);
 
 }  // namespace phaseconv

@@ -4,6 +4,7 @@
 // staging, stores, occupancy and wave quantisation) and keeps the cheapest tile that fits.
 #include "phase_conv_plan.h"
 
+#include <algorithm>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -437,24 +438,39 @@ int64_t naive_grid(int64_t outputs, const DevInfo& dev) {
   return blocks < cap ? blocks : cap;
 }
 
-// The depthwise kernel's grid: N * C_out planes x W groups x shares of each plane's row
-// groups, for ~8 blocks per multiprocessor and at least a row group per warp.  False where a
-// grid dimension would not fit (the tiled kernel takes the layer then).
-bool choose_depthwise(const PhaseConvFwdParams& p, const DevInfo& dev, DepthwiseCfg* c) {
+// The depthwise kernel's tiles: up to 128 output columns (whole W phases), rows in row groups
+// of kDwRows for about kDwTileOutputs outputs per block, split evenly over the height.  False
+// where the slab does not fit kDwMaxSmem or a grid dimension would not fit (the tiled kernel
+// takes the layer then).
+bool choose_depthwise(const PhaseConvFwdParams& p, int dtype_code, DepthwiseCfg* c) {
+  const int64_t sh = p.stride_h, sw = p.stride_w;
   c->planes = p.n * p.c_out;
-  const int64_t w_groups = cdiv(p.out_w, 32 * kDwChunks);
-  int64_t per_d = 0;
-  for (int64_t rh = 0; rh < p.stride_h && rh < p.out_h; ++rh)
-    per_d += cdiv(cdiv(p.out_h - rh, p.stride_h), kDwRows);
-  if (c->planes > 0x7fffffffLL || w_groups > 65535 || per_d < 1 || per_d > 0x7fffffffLL)
+  const int64_t tile_w = sw * std::max<int64_t>(1, std::min(cdiv(p.out_w, sw), 128 / sw));
+  const int64_t w_eff = std::min(tile_w, p.out_w);
+  const int64_t groups_total = cdiv(cdiv(p.out_h, sh), kDwRows);
+  const int64_t g_most = std::max<int64_t>(1, kDwTileOutputs / (w_eff * sh * kDwRows));
+  const int64_t row_groups = cdiv(groups_total, cdiv(groups_total, g_most));
+  const int64_t h_tiles = cdiv(groups_total, row_groups), w_tiles = cdiv(p.out_w, tile_w);
+  const int64_t rows = kDwRows * row_groups + p.union_ext_h;
+  const int64_t cols = tile_w / sw + p.union_ext_w;
+  const int64_t pitch = rows | 1;
+  const int64_t taps_max = p.max_taps_d * p.max_taps_h * p.max_taps_w;
+  const size_t acc = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
+  const int64_t nph = sh * sw;
+  const double smem = 16.0 * nph + (double)acc * (nph * taps_max + p.max_taps_d * cols * pitch);
+  if (c->planes > 0x7fffffffLL || h_tiles * w_tiles > 65535 || p.out_d > 65535 ||
+      smem > kDwMaxSmem)
     return false;
-  c->w_groups = (int)w_groups;
-  c->groups_per_d = (int)per_d;
-  int64_t splits = cdiv(8 * (int64_t)dev.sms, c->planes * w_groups);
-  const int64_t most = cdiv(p.out_d * per_d, kDwWarps);
-  if (splits > most) splits = most;
-  if (splits > 65535) splits = 65535;
-  c->row_splits = splits < 1 ? 1 : (int)splits;
+  c->h_tiles = (int)h_tiles;
+  c->w_tiles = (int)w_tiles;
+  c->tile_h = (int)(sh * kDwRows * row_groups);
+  c->tile_w = (int)tile_w;
+  c->row_groups = (int)row_groups;
+  c->rows = (int)rows;
+  c->cols = (int)cols;
+  c->pitch = (int)pitch;
+  c->taps_max = (int)taps_max;
+  c->smem = (size_t)smem;
   return true;
 }
 
@@ -513,7 +529,7 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
       return true;
     }
   }
-  // depthwise layers stream: a warp per row group, each output its phase's taps
+  // depthwise layers stream: a block per plane tile, each output its phase's taps
   const bool depthwise = p.c_in == p.groups && p.c_out == p.groups;
   if (force.family == PHASECONV_DEPTHWISE && !depthwise)
     return refuse(buf, len, force.family, "the layer is not depthwise (C_in/groups and "
@@ -524,12 +540,16 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                   ? "float64 has no tensor-core kernel" : "no tile of it takes this layer");
   if (cl) return false;  // plan_reads_channels_last said so only where a kernel takes it
   DepthwiseCfg& dc = out->depthwise;
-  if (depthwise && may(force, PHASECONV_DEPTHWISE) && choose_depthwise(p, dev, &dc)) {
+  if (depthwise && may(force, PHASECONV_DEPTHWISE) && choose_depthwise(p, dtype_code, &dc)) {
     out->family = PHASECONV_DEPTHWISE;
-    snprintf(buf, len, "depthwise (a warp per row group) grid=(%lld, %d, %d)",
-             (long long)dc.planes, dc.w_groups, dc.row_splits);
+    snprintf(buf, len, "depthwise (rows of a shared-memory slab) tile(h,w)=(%d,%d) smem=%zu "
+             "grid=(%lld, %d, %lld)", dc.tile_h, dc.tile_w, dc.smem, (long long)dc.planes,
+             dc.h_tiles * dc.w_tiles, (long long)p.out_d);
     return true;
   }
+  if (force.family == PHASECONV_DEPTHWISE)
+    return refuse(buf, len, force.family, "a tile's input slab needs more than 48 KB of "
+                  "shared memory or its grid does not fit");
   TileCfg& c = out->tiled;
   if (may(force, PHASECONV_TILED) && choose_tiled(p, dtype_code, dev, &c)) {
     out->family = PHASECONV_TILED;

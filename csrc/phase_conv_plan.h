@@ -128,7 +128,7 @@ enum PhaseConvFamily {
   PHASECONV_GW_NAIVE = 8,   // one thread per weight element (the window does not fit)
   // forcing only: the all-phase kernel where a tile fits, else the per-phase one
   PHASECONV_TENSOR_CORES = 9,
-  PHASECONV_DEPTHWISE = 10, // a warp per row group (C_in/groups = C_out/groups = 1)
+  PHASECONV_DEPTHWISE = 10, // a block per plane tile (C_in/groups = C_out/groups = 1)
 };
 
 // A kernel chosen by name instead of by the rule (tests, benchmarks).  The plan refuses a
@@ -164,18 +164,27 @@ constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
 constexpr int kGwThreads = 256;       // SIMT weight-gradient block
 constexpr int kGmBK = 32;             // tensor-core weight gradient: reduction chunk
 constexpr int kGmWM = 2, kGmWN = 2;   // its warps (a 64 x 64 channel tile)
-constexpr int kDwWarps = 8;           // depthwise kernel: warps per block
-constexpr int kDwChunks = 4;          // its W outputs per lane (a W group of 128 outputs)
-constexpr int kDwRows = 4;            // its rows of one D and H phase per row group
+constexpr int kDwThreads = 256;       // depthwise kernel: threads per block
+constexpr int kDwRows = 4;            // its rows of one H phase per thread item
+constexpr int kDwTileOutputs = 2048;  // its outputs per block, about
+constexpr int kDwMaxSmem = 48 * 1024; // its shared memory at most (no opt-in)
 
 
-// depthwise kernel (phase_conv_fwd_depthwise.cu: depthwise_kernel): grid (planes, w_groups,
-// row_splits)
+// depthwise kernel (phase_conv_fwd_depthwise.cu: depthwise_kernel): a block owns one (n, c)
+// plane, one output D position and a tile of output rows and columns; grid (planes,
+// h_tiles * w_tiles, out_d).  Its shared memory: the tile's phase decode, the channel's taps
+// of the block's D phase, and the input slab the tile reads, [taps_d][cols][pitch] (column
+// major, so a thread's rows are consecutive words; pitch odd, so lanes on different columns
+// hit different banks).
 struct DepthwiseCfg {
   int64_t planes;        // N * C_out
-  int w_groups;          // W groups of 32 * kDwChunks outputs
-  int groups_per_d;      // row groups per output D position: sum over rh of ceil(count / kDwRows)
-  int row_splits;        // shares of each plane's row groups
+  int h_tiles, w_tiles;  // tiles of tile_h x tile_w outputs
+  int tile_h;            // stride_h * kDwRows * row_groups output rows
+  int tile_w;            // a multiple of stride_w output columns
+  int row_groups;        // row groups of kDwRows rows per H phase in a tile
+  int rows, cols, pitch; // the input slab: rows and columns a tile reads, rows padded odd
+  int taps_max;          // max over the phases of taps_d * taps_h * taps_w
+  size_t smem;
 };
 
 // SIMT tiled kernel (phase_conv_fwd_tiled.cu: tiled_kernel)

@@ -184,14 +184,29 @@ def test_weight_gradient_tiles_fit_the_channels():
         assert plan.family == "simt" and "simt 8x8 channel tile" in plan.text, plan.text
 
 
-def test_depthwise_grid_covers_the_row_groups():
-    """Shape 7 (4 x 64 planes, 48^3 outputs, stride 2): one W group of 128 outputs, 2 H
-    residues x 6 row groups of 4 rows per D position, and enough shares of those for ~8 blocks
-    per multiprocessor (132 SMs: 5 shares; 108: 4)."""
-    for device, splits in ((ph.H100, 5), (ph.A100, 4)):
+def test_depthwise_tiles_hold_whole_phases():
+    """Shape 7 (4 x 64 planes, 48^3 outputs, k4 s2 p1): 48 columns (24 per W phase), 6 row
+    groups of 4 per H phase split into 2 tiles of 3 (24 rows), a block per D position; the slab
+    is 3 x 4 + 2 rows (the phases' input offsets span 2) by 24 + 2 columns, pitch 15, for
+    each of the 2 D taps: 4 * (4 phases * 8 taps + 2 * 26 * 15) + 4 * 16 bytes."""
+    for device in ph.DEVICES:
         plan = ph.forward(DEPTHWISE, 4, BF16, device)
-        assert plan.text == f"depthwise (a warp per row group) grid=(256, 1, {splits})"
-    one_plane = ph.conv_args(1, 1, 3, (2, 3, 300), 2, 1, 1, 1)  # out (4, 6, 600)
-    plan = ph.forward(one_plane, 1, F32, ph.H100)
-    # 5 W groups; 2 residues x 1 row group per D position, 4 positions: 1 share of 8 warps
-    assert plan.text == "depthwise (a warp per row group) grid=(1, 5, 1)", plan.text
+        assert plan.text == ("depthwise (rows of a shared-memory slab) tile(h,w)=(24,48) "
+                             "smem=3312 grid=(256, 2, 48)"), plan.text
+    # 600 columns: W tiles of 128 (5), 2 x 4 rows of one H tile
+    wide_row = ph.conv_args(1, 1, 3, (2, 3, 300), 2, 1, 1, 1)
+    plan = ph.forward(wide_row, 1, F32, ph.H100)
+    assert "tile(h,w)=(8,128)" in plan.text and "grid=(1, 5, 4)" in plan.text, plan.text
+    # float64 slabs take twice the bytes
+    plan = ph.forward(DEPTHWISE, 4, F64, ph.H100)
+    assert "smem=6560" in plan.text, plan.text
+
+
+def test_depthwise_slabs_that_do_not_fit_go_to_the_tiled_kernel():
+    """A dilation of 60 widens each tile's slab past 48 KB: the rule moves on; forced, the
+    depthwise kernel is refused."""
+    dilated = ph.conv_args(4, 4, 3, 16, 1, 0, 0, 4, dilation=60)
+    plan = ph.forward(dilated, 1, F32, ph.H100)
+    assert plan.ok and plan.family != "depthwise", plan.text
+    forced = ph.forward(dilated, 1, F32, ph.H100, kernel="depthwise")
+    assert not forced.ok and "input slab needs more than 48 KB" in forced.text, forced.text
