@@ -439,11 +439,13 @@ int64_t naive_grid(int64_t outputs, const DevInfo& dev) {
 }
 
 // The depthwise kernel's tiles: up to 128 output columns (whole W phases), rows in row groups
-// of kDwRows for about kDwTileOutputs outputs per block, split evenly over the height.  False
-// where the slab does not fit kDwMaxSmem or a grid dimension would not fit (the tiled kernel
-// takes the layer then).
-bool choose_depthwise(const PhaseConvFwdParams& p, int dtype_code, DepthwiseCfg* c) {
-  const int64_t sh = p.stride_h, sw = p.stride_w;
+// of kDwRows for about kDwTileOutputs outputs per D position, split evenly over the height,
+// and runs of up to kDwMaxRun D positions (shorter while the grid would not fill every
+// multiprocessor with 8 blocks, or the slab would not fit).  False where the slab does not fit
+// kDwMaxSmem or a grid dimension would not fit (the tiled kernel takes the layer then).
+bool choose_depthwise(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
+                      DepthwiseCfg* c) {
+  const int64_t sd = p.stride_d, sh = p.stride_h, sw = p.stride_w;
   c->planes = p.n * p.c_out;
   const int64_t tile_w = sw * std::max<int64_t>(1, std::min(cdiv(p.out_w, sw), 128 / sw));
   const int64_t w_eff = std::min(tile_w, p.out_w);
@@ -456,21 +458,33 @@ bool choose_depthwise(const PhaseConvFwdParams& p, int dtype_code, DepthwiseCfg*
   const int64_t pitch = rows | 1;
   const int64_t taps_max = p.max_taps_d * p.max_taps_h * p.max_taps_w;
   const size_t acc = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
-  const int64_t nph = sh * sw;
-  const double smem = 16.0 * nph + (double)acc * (nph * taps_max + p.max_taps_d * cols * pitch);
-  if (c->planes > 0x7fffffffLL || h_tiles * w_tiles > 65535 || p.out_d > 65535 ||
-      smem > kDwMaxSmem)
+  const int64_t nph = sh * sw, per_phase_d = cdiv(p.out_d, sd);
+  auto smem_of = [&](int64_t run) {
+    const int64_t slices = run + (p.max_taps_d - 1) * p.pdil_d;
+    return 16.0 * nph + (double)acc * (nph * taps_max + slices * cols * pitch);
+  };
+  auto blocks_of = [&](int64_t run) {
+    return (double)c->planes * h_tiles * w_tiles * sd * cdiv(per_phase_d, run);
+  };
+  int64_t run = std::min<int64_t>(kDwMaxRun, per_phase_d);
+  while (run > 1 && (smem_of(run) > kDwMaxSmem || blocks_of(run) < 8.0 * dev.sms)) run /= 2;
+  const int64_t d_chunks = cdiv(per_phase_d, run);
+  if (c->planes > 0x7fffffffLL || h_tiles * w_tiles > 65535 || sd * d_chunks > 65535 ||
+      smem_of(run) > kDwMaxSmem)
     return false;
   c->h_tiles = (int)h_tiles;
   c->w_tiles = (int)w_tiles;
   c->tile_h = (int)(sh * kDwRows * row_groups);
   c->tile_w = (int)tile_w;
   c->row_groups = (int)row_groups;
+  c->d_run = (int)run;
+  c->d_chunks = (int)d_chunks;
+  c->slices = (int)(run + (p.max_taps_d - 1) * p.pdil_d);
   c->rows = (int)rows;
   c->cols = (int)cols;
   c->pitch = (int)pitch;
   c->taps_max = (int)taps_max;
-  c->smem = (size_t)smem;
+  c->smem = (size_t)smem_of(run);
   return true;
 }
 
@@ -540,11 +554,11 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                   ? "float64 has no tensor-core kernel" : "no tile of it takes this layer");
   if (cl) return false;  // plan_reads_channels_last said so only where a kernel takes it
   DepthwiseCfg& dc = out->depthwise;
-  if (depthwise && may(force, PHASECONV_DEPTHWISE) && choose_depthwise(p, dtype_code, &dc)) {
+  if (depthwise && may(force, PHASECONV_DEPTHWISE) && choose_depthwise(p, dtype_code, dev, &dc)) {
     out->family = PHASECONV_DEPTHWISE;
-    snprintf(buf, len, "depthwise (rows of a shared-memory slab) tile(h,w)=(%d,%d) smem=%zu "
-             "grid=(%lld, %d, %lld)", dc.tile_h, dc.tile_w, dc.smem, (long long)dc.planes,
-             dc.h_tiles * dc.w_tiles, (long long)p.out_d);
+    snprintf(buf, len, "depthwise (rows of a shared-memory slab) tile(d,h,w)=(%d,%d,%d) "
+             "smem=%zu grid=(%lld, %d, %lld)", dc.d_run, dc.tile_h, dc.tile_w, dc.smem,
+             (long long)dc.planes, dc.h_tiles * dc.w_tiles, (long long)(p.stride_d * dc.d_chunks));
     return true;
   }
   if (force.family == PHASECONV_DEPTHWISE)

@@ -166,23 +166,27 @@ constexpr int kGmBK = 32;             // tensor-core weight gradient: reduction 
 constexpr int kGmWM = 2, kGmWN = 2;   // its warps (a 64 x 64 channel tile)
 constexpr int kDwThreads = 256;       // depthwise kernel: threads per block
 constexpr int kDwRows = 4;            // its rows of one H phase per thread item
-constexpr int kDwTileOutputs = 2048;  // its outputs per block, about
+constexpr int kDwTileOutputs = 2048;  // its outputs per D position of a block, about
+constexpr int kDwMaxRun = 8;          // its D positions per block (one D phase), at most
 constexpr int kDwMaxSmem = 48 * 1024; // its shared memory at most (no opt-in)
 
 
 // depthwise kernel (phase_conv_fwd_depthwise.cu: depthwise_kernel): a block owns one (n, c)
-// plane, one output D position and a tile of output rows and columns; grid (planes,
-// h_tiles * w_tiles, out_d).  Its shared memory: the tile's phase decode, the channel's taps
-// of the block's D phase, and the input slab the tile reads, [taps_d][cols][pitch] (column
-// major, so a thread's rows are consecutive words; pitch odd, so lanes on different columns
-// hit different banks).
+// plane, a run of d_run output D positions of one D phase (od = rd + stride_d * j for
+// consecutive j) and a tile of output rows and columns that holds whole H and W phases; grid
+// (planes, h_tiles * w_tiles, stride_d * d_chunks).  Its shared memory: the tile's phase
+// decode, the channel's taps of its D phase, and the input slab the block reads,
+// [slices][cols][pitch] (column major, so a thread's rows are consecutive words; pitch odd,
+// so lanes on different columns hit different banks).
 struct DepthwiseCfg {
   int64_t planes;        // N * C_out
   int h_tiles, w_tiles;  // tiles of tile_h x tile_w outputs
   int tile_h;            // stride_h * kDwRows * row_groups output rows
   int tile_w;            // a multiple of stride_w output columns
   int row_groups;        // row groups of kDwRows rows per H phase in a tile
-  int rows, cols, pitch; // the input slab: rows and columns a tile reads, rows padded odd
+  int d_run, d_chunks;   // D positions per block; runs per D phase (the longest phase's)
+  int slices;            // input D slices a run reads: d_run + (max taps_d - 1) * pdil_d
+  int rows, cols, pitch; // the input rows and columns a tile reads, rows padded odd
   int taps_max;          // max over the phases of taps_d * taps_h * taps_w
   size_t smem;
 };

@@ -186,20 +186,22 @@ def test_weight_gradient_tiles_fit_the_channels():
 
 def test_depthwise_tiles_hold_whole_phases():
     """Shape 7 (4 x 64 planes, 48^3 outputs, k4 s2 p1): 48 columns (24 per W phase), 6 row
-    groups of 4 per H phase split into 2 tiles of 3 (24 rows), a block per D position; the slab
-    is 3 x 4 + 2 rows (the phases' input offsets span 2) by 24 + 2 columns, pitch 15, for
-    each of the 2 D taps: 4 * (4 phases * 8 taps + 2 * 26 * 15) + 4 * 16 bytes."""
+    groups of 4 per H phase split into 2 tiles of 3 (24 rows), runs of 8 of a D phase's 24
+    positions (3 runs x 2 phases); the slab is 8 + 1 slices (2 D taps) of 3 x 4 + 2 rows (the
+    phases' input offsets span 2) by 24 + 2 columns, pitch 15:
+    4 * (4 phases * 8 taps + 9 * 26 * 15) + 4 * 16 bytes."""
     for device in ph.DEVICES:
         plan = ph.forward(DEPTHWISE, 4, BF16, device)
-        assert plan.text == ("depthwise (rows of a shared-memory slab) tile(h,w)=(24,48) "
-                             "smem=3312 grid=(256, 2, 48)"), plan.text
-    # 600 columns: W tiles of 128 (5), 2 x 4 rows of one H tile
-    wide_row = ph.conv_args(1, 1, 3, (2, 3, 300), 2, 1, 1, 1)
-    plan = ph.forward(wide_row, 1, F32, ph.H100)
-    assert "tile(h,w)=(8,128)" in plan.text and "grid=(1, 5, 4)" in plan.text, plan.text
+        assert plan.text == ("depthwise (rows of a shared-memory slab) tile(d,h,w)=(8,24,48) "
+                             "smem=14232 grid=(256, 2, 6)"), plan.text
     # float64 slabs take twice the bytes
     plan = ph.forward(DEPTHWISE, 4, F64, ph.H100)
-    assert "smem=6560" in plan.text, plan.text
+    assert "smem=28400" in plan.text, plan.text
+    # 600 columns: W tiles of 128 (5), 2 x 4 rows of one H tile; 10 blocks would leave most
+    # multiprocessors idle, so runs of one D position (2 per D phase)
+    wide_row = ph.conv_args(1, 1, 3, (2, 3, 300), 2, 1, 1, 1)
+    plan = ph.forward(wide_row, 1, F32, ph.H100)
+    assert "tile(d,h,w)=(1,8,128)" in plan.text and "grid=(1, 5, 4)" in plan.text, plan.text
 
 
 def test_depthwise_slabs_that_do_not_fit_go_to_the_tiled_kernel():
