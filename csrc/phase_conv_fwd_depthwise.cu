@@ -22,14 +22,16 @@ struct DepthwiseArgs : FwdGeometry {
   int lo_h, lo_w;  // first input offset over all phases' taps, per axis
 };
 
-template <typename T>
+// KT > 0: at most KT taps per H and W axis (loops unrolled, each tap's weight at a fixed
+// place, the H taps of a column read once into a register window: phase dilation 1 in H)
+template <typename T, int KT>
 __global__ void __launch_bounds__(kDwThreads) depthwise_kernel(const DepthwiseArgs a) {
   typedef typename AccOf<T>::type A;
   extern __shared__ __align__(16) unsigned char smem[];
   const int nph = a.sh * a.sw;
   int4* s_ph = reinterpret_cast<int4*>(smem);  // (taps_h, taps_w, slab row, slab column)
-  A* s_w = reinterpret_cast<A*>(smem + nph * sizeof(int4));  // [nph][taps_max]
-  A* s_x = s_w + nph * a.c.taps_max;                         // [slices][cols][pitch]
+  A* s_w = reinterpret_cast<A*>(smem + nph * sizeof(int4));  // [nph][taps_stride]
+  A* s_x = s_w + nph * a.c.taps_stride;                      // [slices][cols][pitch]
   const T* __restrict__ x = static_cast<const T*>(a.x);
   const T* __restrict__ wt = static_cast<const T*>(a.w);
   const T* __restrict__ bias = static_cast<const T*>(a.bias);
@@ -54,12 +56,20 @@ __global__ void __launch_bounds__(kDwThreads) depthwise_kernel(const DepthwiseAr
     s_ph[p] = make_int4((int)ldg_i64(e + PT_TAPS_H), (int)ldg_i64(e + PT_TAPS_W),
                         (int)ldg_i64(e + PT_OFF_H) - a.lo_h, (int)ldg_i64(e + PT_OFF_W) - a.lo_w);
   }
-  for (int i = tid; i < nph * a.c.taps_max; i += kDwThreads) {
-    const int p = i / a.c.taps_max, t = i - p * a.c.taps_max;
+  for (int i = tid; i < nph * a.c.taps_stride; i += kDwThreads) {
+    const int p = i / a.c.taps_stride, t = i - p * a.c.taps_stride;
     const int64_t* e = e_d + (int64_t)p * PHASECONV_TABLE_STRIDE;
-    const int taps = Td * (int)ldg_i64(e + PT_TAPS_H) * (int)ldg_i64(e + PT_TAPS_W);
+    const int Th = (int)ldg_i64(e + PT_TAPS_H), Tw = (int)ldg_i64(e + PT_TAPS_W);
     // packed block [groups][1][Td][Th][Tw][1]: the channel's taps are consecutive
-    if (t < taps) s_w[i] = to_acc<A>(ldg(wt + ldg_i64(e + PT_WOFS) + (int64_t)c * taps + t));
+    const T* wc = wt + ldg_i64(e + PT_WOFS) + (int64_t)c * Td * Th * Tw;
+    A v = A(0);
+    if constexpr (KT > 0) {  // [Td][KT][KT], zeros past the phase's taps
+      const int td = t / (KT * KT), th = (t / KT) % KT, tw = t % KT;
+      if (td < Td && th < Th && tw < Tw) v = to_acc<A>(ldg(wc + (td * Th + th) * Tw + tw));
+    } else if (t < Td * Th * Tw) {
+      v = to_acc<A>(ldg(wc + t));
+    }
+    s_w[i] = v;
   }
   // the slab: input slices id0.., rows jh0 + lo_h.., columns jw0 + lo_w.., zero outside
   const int in_hw = a.in_h * a.in_w;
@@ -67,16 +77,20 @@ __global__ void __launch_bounds__(kDwThreads) depthwise_kernel(const DepthwiseAr
   const int ih_lo = jh0 + a.lo_h, iw_lo = jw0 + a.lo_w;
   const int slices = run + (Td - 1) * a.pdd;
   const int lane = tid & 31, warp = tid >> 5;
-  for (int sr = warp; sr < slices * a.c.rows; sr += kDwThreads / 32) {
-    const int sl = sr / a.c.rows, r = sr - sl * a.c.rows;
-    const int id = id0 + sl, ih = ih_lo + r;
-    const bool row_in = (unsigned)id < (unsigned)a.in_d && (unsigned)ih < (unsigned)a.in_h;
-    const T* xr = xc + (int64_t)id * in_hw + (int64_t)ih * a.in_w;
-    for (int col = lane; col < a.c.cols; col += 32) {
-      const int iw = iw_lo + col;
-      A v = A(0);
-      if (row_in && (unsigned)iw < (unsigned)a.in_w) v = to_acc<A>(ldg(xr + iw));
-      s_x[(sl * a.c.cols + col) * a.c.pitch + r] = v;
+  for (int sl = 0; sl < slices; ++sl) {
+    const int id = id0 + sl;
+    const bool slice_in = (unsigned)id < (unsigned)a.in_d;
+    for (int r = warp; r < a.c.rows; r += kDwThreads / 32) {
+      const int ih = ih_lo + r;
+      const bool row_in = slice_in && (unsigned)ih < (unsigned)a.in_h;
+      const T* xr = xc + (int64_t)id * in_hw + (int64_t)ih * a.in_w;
+      A* sr = s_x + sl * a.c.cols * a.c.pitch + r;
+      for (int col = lane; col < a.c.cols; col += 32) {
+        const int iw = iw_lo + col;
+        A v = A(0);
+        if (row_in && (unsigned)iw < (unsigned)a.in_w) v = to_acc<A>(ldg(xr + iw));
+        sr[col * a.c.pitch] = v;
+      }
     }
   }
   __syncthreads();
@@ -95,27 +109,52 @@ __global__ void __launch_bounds__(kDwThreads) depthwise_kernel(const DepthwiseAr
     if (oh >= a.out_h) continue;
     const int ow = ow0 + owl, wq = owl / a.sw, rw = owl - wq * a.sw;
     const int4 ph = s_ph[rh * a.sw + rw];
-    const A* w_item = s_w + (rh * a.sw + rw) * a.c.taps_max;
+    const A* w_item = s_w + (rh * a.sw + rw) * a.c.taps_stride;
     const A* x_item = s_x + (wq + ph.w) * a.c.pitch + kDwRows * g + ph.z;
     T* y_item = yp + (int64_t)oh * a.out_w + ow;
     for (int m = 0; m < run; ++m) {
       A acc[kDwRows];
 #pragma unroll
       for (int i = 0; i < kDwRows; ++i) acc[i] = b;
-      const A* wp = w_item;
-      for (int td = 0; td < Td; ++td) {
-        const int sl = m + td * a.pdd;
-        if ((unsigned)(id0 + sl) >= (unsigned)a.in_d) {  // a whole slice of padding
-          wp += ph.x * ph.y;
-          continue;
-        }
-        const A* xs = x_item + sl * slice_step;
-        for (int th = 0; th < ph.x; ++th) {
-          const A* xr = xs + th * a.pdh;
-          for (int tw = 0; tw < ph.y; ++tw, xr += col_step) {
-            const A wv = *wp++;
+      if constexpr (KT > 0) {
+        for (int td = 0; td < Td; ++td) {
+          const int sl = m + td * a.pdd;
+          if ((unsigned)(id0 + sl) >= (unsigned)a.in_d) continue;  // a slice of padding
+          const A* xs = x_item + sl * slice_step;
+          const A* wd = w_item + td * KT * KT;
 #pragma unroll
-            for (int i = 0; i < kDwRows; ++i) acc[i] = fma(xr[i], wv, acc[i]);
+          for (int tw = 0; tw < KT; ++tw) {
+            if (tw < ph.y) {
+              A xv[kDwRows + KT - 1];  // the column's rows for every H tap
+#pragma unroll
+              for (int k = 0; k < kDwRows + KT - 1; ++k) xv[k] = xs[tw * col_step + k];
+#pragma unroll
+              for (int th = 0; th < KT; ++th) {
+                if (th < ph.x) {
+                  const A wv = wd[th * KT + tw];
+#pragma unroll
+                  for (int i = 0; i < kDwRows; ++i) acc[i] = fma(xv[i + th], wv, acc[i]);
+                }
+              }
+            }
+          }
+        }
+      } else {
+        const A* wp = w_item;
+        for (int td = 0; td < Td; ++td) {
+          const int sl = m + td * a.pdd;
+          if ((unsigned)(id0 + sl) >= (unsigned)a.in_d) {  // a slice of padding
+            wp += ph.x * ph.y;
+            continue;
+          }
+          const A* xs = x_item + sl * slice_step;
+          for (int th = 0; th < ph.x; ++th) {
+            const A* xr = xs + th * a.pdh;
+            for (int tw = 0; tw < ph.y; ++tw, xr += col_step) {
+              const A wv = *wp++;
+#pragma unroll
+              for (int i = 0; i < kDwRows; ++i) acc[i] = fma(xr[i], wv, acc[i]);
+            }
           }
         }
       }
@@ -141,6 +180,9 @@ cudaError_t run_depthwise(const PhaseConvFwdParams& p, const DepthwiseCfg& c,
   if (c.planes < 1 || c.h_tiles < 1 || c.w_tiles < 1 || c.d_run < 1 || c.d_chunks < 1 ||
       c.smem > kDwMaxSmem)
     return cudaErrorInvalidConfiguration;
+  if (c.fixed_taps > 0 && (p.pdil_h != 1 || p.max_taps_h > c.fixed_taps ||
+                           p.max_taps_w > c.fixed_taps))
+    return cudaErrorInvalidConfiguration;
   DepthwiseArgs a;
   set_geometry(a, p);
   a.w = p.weight;
@@ -149,7 +191,12 @@ cudaError_t run_depthwise(const PhaseConvFwdParams& p, const DepthwiseCfg& c,
   a.lo_w = (int)p.union_lo_w;
   const dim3 grid((unsigned)c.planes, (unsigned)(c.h_tiles * c.w_tiles),
                   (unsigned)(p.stride_d * c.d_chunks));
-  depthwise_kernel<T><<<grid, kDwThreads, c.smem, stream>>>(a);
+  switch (c.fixed_taps) {
+    case 2: depthwise_kernel<T, 2><<<grid, kDwThreads, c.smem, stream>>>(a); break;
+    case 4: depthwise_kernel<T, 4><<<grid, kDwThreads, c.smem, stream>>>(a); break;
+    case 0: depthwise_kernel<T, 0><<<grid, kDwThreads, c.smem, stream>>>(a); break;
+    default: return cudaErrorInvalidConfiguration;
+  }
   return cudaGetLastError();
 }
 

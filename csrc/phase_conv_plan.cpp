@@ -456,12 +456,15 @@ bool choose_depthwise(const PhaseConvFwdParams& p, int dtype_code, const DevInfo
   const int64_t rows = kDwRows * row_groups + p.union_ext_h;
   const int64_t cols = tile_w / sw + p.union_ext_w;
   const int64_t pitch = rows | 1;
-  const int64_t taps_max = p.max_taps_d * p.max_taps_h * p.max_taps_w;
+  const int64_t taps_hw = std::max(p.max_taps_h, p.max_taps_w);
+  const int64_t fixed = p.pdil_h != 1 ? 0 : taps_hw <= 2 ? 2 : taps_hw <= 4 ? 4 : 0;
+  const int64_t taps_stride = fixed > 0 ? p.max_taps_d * fixed * fixed
+                                        : p.max_taps_d * p.max_taps_h * p.max_taps_w;
   const size_t acc = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
   const int64_t nph = sh * sw, per_phase_d = cdiv(p.out_d, sd);
-  auto smem_of = [&](int64_t run) {
+  auto smem_of = [&](int64_t run) {  // the register window reads up to `fixed` words past
     const int64_t slices = run + (p.max_taps_d - 1) * p.pdil_d;
-    return 16.0 * nph + (double)acc * (nph * taps_max + slices * cols * pitch);
+    return 16.0 * nph + (double)acc * (nph * taps_stride + slices * cols * pitch + fixed);
   };
   auto blocks_of = [&](int64_t run) {
     return (double)c->planes * h_tiles * w_tiles * sd * cdiv(per_phase_d, run);
@@ -483,7 +486,8 @@ bool choose_depthwise(const PhaseConvFwdParams& p, int dtype_code, const DevInfo
   c->rows = (int)rows;
   c->cols = (int)cols;
   c->pitch = (int)pitch;
-  c->taps_max = (int)taps_max;
+  c->fixed_taps = (int)fixed;
+  c->taps_stride = (int)taps_stride;
   c->smem = (size_t)smem_of(run);
   return true;
 }
@@ -557,7 +561,8 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
   if (depthwise && may(force, PHASECONV_DEPTHWISE) && choose_depthwise(p, dtype_code, dev, &dc)) {
     out->family = PHASECONV_DEPTHWISE;
     snprintf(buf, len, "depthwise (rows of a shared-memory slab) tile(d,h,w)=(%d,%d,%d) "
-             "smem=%zu grid=(%lld, %d, %lld)", dc.d_run, dc.tile_h, dc.tile_w, dc.smem,
+             "taps<=%d smem=%zu grid=(%lld, %d, %lld)", dc.d_run, dc.tile_h, dc.tile_w,
+             dc.fixed_taps, dc.smem,
              (long long)dc.planes, dc.h_tiles * dc.w_tiles, (long long)(p.stride_d * dc.d_chunks));
     return true;
   }

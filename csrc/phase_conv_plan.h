@@ -187,7 +187,10 @@ struct DepthwiseCfg {
   int d_run, d_chunks;   // D positions per block; runs per D phase (the longest phase's)
   int slices;            // input D slices a run reads: d_run + (max taps_d - 1) * pdil_d
   int rows, cols, pitch; // the input rows and columns a tile reads, rows padded odd
-  int taps_max;          // max over the phases of taps_d * taps_h * taps_w
+  int fixed_taps;        // 2 or 4: taps per H and W axis at most, loops unrolled and H taps
+                         // read from a register window (phase dilation 1 in H); 0: any
+  int taps_stride;       // a phase's taps in shared memory: max taps_d * fixed_taps^2 (padded
+                         // with zeros), or max taps_d * taps_h * taps_w
   size_t smem;
 };
 

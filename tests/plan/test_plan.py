@@ -189,19 +189,30 @@ def test_depthwise_tiles_hold_whole_phases():
     groups of 4 per H phase split into 2 tiles of 3 (24 rows), runs of 8 of a D phase's 24
     positions (3 runs x 2 phases); the slab is 8 + 1 slices (2 D taps) of 3 x 4 + 2 rows (the
     phases' input offsets span 2) by 24 + 2 columns, pitch 15:
-    4 * (4 phases * 8 taps + 9 * 26 * 15) + 4 * 16 bytes."""
+    4 * (4 phases * 8 taps + 9 * 26 * 15 + 2) + 4 * 16 bytes (2 words past the slab: the
+    register window of up to 2 H taps reads them)."""
     for device in ph.DEVICES:
         plan = ph.forward(DEPTHWISE, 4, BF16, device)
         assert plan.text == ("depthwise (rows of a shared-memory slab) tile(d,h,w)=(8,24,48) "
-                             "smem=14232 grid=(256, 2, 6)"), plan.text
+                             "taps<=2 smem=14240 grid=(256, 2, 6)"), plan.text
     # float64 slabs take twice the bytes
     plan = ph.forward(DEPTHWISE, 4, F64, ph.H100)
-    assert "smem=28400" in plan.text, plan.text
+    assert "smem=28416" in plan.text, plan.text
     # 600 columns: W tiles of 128 (5), 2 x 4 rows of one H tile; 10 blocks would leave most
     # multiprocessors idle, so runs of one D position (2 per D phase)
     wide_row = ph.conv_args(1, 1, 3, (2, 3, 300), 2, 1, 1, 1)
     plan = ph.forward(wide_row, 1, F32, ph.H100)
     assert "tile(d,h,w)=(1,8,128)" in plan.text and "grid=(1, 5, 4)" in plan.text, plan.text
+
+
+@pytest.mark.parametrize("kernel, stride, dilation, fixed", [
+    (4, 2, 1, 2), (3, 1, 1, 4), (7, 2, 1, 4), (5, 1, 1, 0), (3, 2, 2, 4), (3, 3, 2, 0)])
+def test_depthwise_tap_loops_unrolled_up_to_four_taps(kernel, stride, dilation, fixed):
+    """Up to 2 or 4 taps per H and W axis, with phase dilation 1 in H, run unrolled loops
+    (k3 s2 d2: the three taps meet one phase, at phase dilation 1); otherwise runtime loops."""
+    layer = ph.conv_args(8, 8, kernel, 10, stride, 0, 0, 8, dilation=dilation)
+    plan = ph.forward(layer, 2, F32, ph.H100)
+    assert plan.family == "depthwise" and f"taps<={fixed} " in plan.text, plan.text
 
 
 def test_depthwise_slabs_that_do_not_fit_go_to_the_tiled_kernel():
