@@ -1,5 +1,8 @@
 """``python -m phaseconv bench``: phaseconv against torch (cuDNN) on the sweep of shapes.
 
+``python -m phaseconv bench --device cpu`` times the CPU engine against torch's CPU kernels
+(oneDNN) instead: the section ``cpu`` (:func:`bench_cpu_forward`, :func:`bench_cpu_small`).
+
 Sections (``--sections``, all by default):
 
 * ``forward``: one call, GPU time, phaseconv's layer against ``F.conv_transpose3d`` (TF32 off,
@@ -480,14 +483,130 @@ def loop_table(rows: List[LoopRow], fixed: List[BackwardRow] = ()) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------- cpu
+
+def alternating_times(fns, repeats: int, warmup: int) -> List[List[float]]:
+    """Wall-clock times in µs of ``repeats`` calls of each of ``fns``, called in turn (so that
+    the machine's drift and its neighbours' load touch them alike), after ``warmup`` rounds:
+    the CPU timer of every benchmark."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            spent.append((time.perf_counter() - t0) * 1e6)
+    return times
+
+
+class CpuForwardRow(NamedTuple):
+    shape: Shape
+    threads: int
+    torch_ms: float      # torch.nn.ConvTranspose3d (oneDNN), median
+    phaseconv_ms: float  # phaseconv.ConvTranspose3d on the CPU engine, median
+    max_abs_err: float   # against torch's float32 output
+
+
+def bench_cpu_forward(shape: Shape, repeats: int, warmup: int) -> CpuForwardRow:
+    """One forward in float32 (``torch.no_grad``, bias off), torch's module against
+    phaseconv's on the same parameters, taking turns."""
+    torch.manual_seed(0)
+    theirs = torch.nn.ConvTranspose3d(**shape.layer_args(), bias=False)
+    ours = phaseconv.ConvTranspose3d.from_torch(theirs)
+    x = torch.rand(shape.input_shape())
+    with torch.no_grad():
+        err = (ours(x) - theirs(x)).abs().max().item()
+        t_torch, t_ours = alternating_times([lambda: theirs(x), lambda: ours(x)], repeats, warmup)
+    return CpuForwardRow(shape, torch.get_num_threads(), statistics.median(t_torch) / 1e3,
+                         statistics.median(t_ours) / 1e3, err)
+
+
+def cpu_forward_table(rows: List[CpuForwardRow]) -> str:
+    lines = ["| # | shape (N, C_in->C_out, groups, DxHxW, k, s, p, op) | threads | torch ms | "
+             "phaseconv ms | speed-up | max abs error |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.shape.name} | {r.shape.describe()} | {r.threads} | {r.torch_ms:.1f} "
+                     f"| {r.phaseconv_ms:.1f} | {r.torch_ms / r.phaseconv_ms:.2f}x | "
+                     f"{r.max_abs_err:.1e} |")
+    return "\n".join(lines)
+
+
+# A layer whose call is all overhead: what a call costs the host beyond the arithmetic.
+SMALL = Shape("small", 1, 4, 4, 1, (4, 4, 4), (3, 3, 3), (2, 2, 2), (0, 0, 0), (0, 0, 0))
+
+
+class CpuSmallRow(NamedTuple):
+    what: str
+    torch_us: float
+    phaseconv_us: float
+
+
+def bench_cpu_small(shape: Shape, repeats: int, warmup: int) -> List[CpuSmallRow]:
+    """Host µs per call of a small layer (bias on, float32): the module's forward in
+    inference, and forward + backward (input and parameters requiring grad, a fixed upstream
+    gradient), torch's module against phaseconv's on the same parameters, taking turns."""
+    torch.manual_seed(0)
+    theirs = torch.nn.ConvTranspose3d(**shape.layer_args(), bias=True)
+    ours = phaseconv.ConvTranspose3d.from_torch(theirs)
+    x = torch.rand(shape.input_shape())
+    xg = x.clone().requires_grad_()
+    g = torch.randn_like(theirs(x))
+    params = (xg, theirs.weight, theirs.bias)
+
+    def step(layer):
+        return lambda: torch.autograd.grad(layer(xg), params, g)
+
+    with torch.no_grad():
+        forward = alternating_times([lambda: theirs(x), lambda: ours(x)], repeats, warmup)
+    both = alternating_times([step(theirs), step(ours)], repeats, warmup)
+    return [CpuSmallRow(what, statistics.median(t), statistics.median(o))
+            for what, (t, o) in (("module forward", forward), ("forward + backward", both))]
+
+
+def cpu_small_table(shape: Shape, rows: List[CpuSmallRow]) -> str:
+    lines = [f"| {shape.describe()}, bias | torch µs | phaseconv µs | phaseconv / torch |",
+             "|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.what} | {r.torch_us:.1f} | {r.phaseconv_us:.1f} | "
+                     f"{r.phaseconv_us / r.torch_us:.2f}x |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------- output
 
-def environment() -> str:
+def environment(device: str = "cuda") -> str:
+    if device == "cpu":
+        return (f"- device: {cpu_name()}, {os.cpu_count()} logical CPUs, "
+                f"{torch.get_num_threads()} torch threads\n"
+                f"- torch {torch.__version__} (oneDNN {_onednn_version()}), Python "
+                f"{platform.python_version()}, phaseconv {phaseconv.__version__}")
     props = torch.cuda.get_device_properties(0)
     return (f"- device: {props.name} ({props.multi_processor_count} SMs)\n"
             f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
             f"{torch.backends.cudnn.version()}, Python {platform.python_version()}, "
             f"phaseconv {phaseconv.__version__}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _onednn_version() -> str:
+    """oneDNN's version as torch's build configuration names it (older torch: MKL-DNN)."""
+    for line in torch.__config__.show().splitlines():
+        if "DNN v" in line:
+            return line.split("DNN ", 1)[1].split()[0]
+    return "version unknown"
 
 
 SECTION_TEXT = {
@@ -532,13 +651,25 @@ SECTION_TEXT = {
                "forward and backward hooks around each ConvTranspose3d, over the step's GPU "
                "time, in one extra step (the hooks' own events included). First step s: "
                "compile time included."),
+    "cpu": ("CPU: the reference engine against torch's CPU kernels", "float32, "
+            "`torch.nn.ConvTranspose3d` (torch's CPU kernels, oneDNN) against "
+            "`phaseconv.ConvTranspose3d` (the reference engine, the CPU default) on the same "
+            "parameters, the machine's torch threads. Forward: one call in `torch.no_grad`, "
+            "bias off, full sweep batch; wall-clock ms per call, median of the runs after "
+            "warm-up, the two libraries taking turns call by call (the machine's drift and "
+            "its neighbours' load touch both alike); speed-up = torch / phaseconv; max abs "
+            "error of phaseconv's float32 output against torch's. Small layer: host µs per "
+            "call, median of the same alternating runs: the module's forward in inference, "
+            "and forward + backward (`torch.autograd.grad` of the input, weight and bias for "
+            "a fixed upstream gradient)."),
 }
 
 
 def write_section(out: str, section: str, body: str, command: str) -> None:
     title, method = SECTION_TEXT[section]
+    device = "cpu" if section == "cpu" else "cuda"
     text = (f"## {title}\n\nWritten by `{command}` on {datetime.date.today().isoformat()}.\n\n"
-            f"{environment()}\n\n{method}\n\n{body}\n")
+            f"{environment(device)}\n\n{method}\n\n{body}\n")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"results-{section}.md"), "w") as f:
         f.write(text)
@@ -583,21 +714,28 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m phaseconv bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="forward,backward,host,loop,client")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                        help="cpu: the CPU engine against torch's CPU kernels (section cpu)")
+    parser.add_argument("--sections", default=None,
+                        help="default: forward,backward,host,loop,client (cuda); cpu (cpu)")
     parser.add_argument("--dtypes", default="float32,bfloat16,bfloat16-cl",
                         help="comma-separated; -cl: channels_last_3d tensors; the founding "
                         "shape's forward adds float16")
     parser.add_argument("--shapes", default="", help="comma-separated 1-based shape numbers")
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="default: 50 (cuda); 7 per forward, 400 per small-layer call (cpu)")
+    parser.add_argument("--warmup", type=int, default=None, help="default: 10 (cuda); 1 (cpu)")
     parser.add_argument("--out", default="benchmarks", help="folder for the results")
     parser.add_argument("--client", default="", help="options for the client section, "
                         "e.g. 'nets=unet,steps=10' (see phaseconv.bench_client)")
     args = parser.parse_args(argv)
+    command = "python -m phaseconv bench " + " ".join(argv)
+    if args.device == "cpu":
+        return _main_cpu(args, parser, command)
     if not torch.cuda.is_available():
-        print("bench: needs a CUDA GPU", file=sys.stderr)
+        print("bench: needs a CUDA GPU (--device cpu times the CPU engine)", file=sys.stderr)
         return 2
-    sections = args.sections.split(",")
+    sections = (args.sections or "forward,backward,host,loop,client").split(",")
     unknown = set(sections) - set(SECTION_TEXT)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {list(SECTION_TEXT)}")
@@ -606,8 +744,8 @@ def main(argv=None) -> int:
         dtypes = [Variant.parse(name) for name in args.dtypes.split(",")]
     except ValueError as exc:
         parser.error(str(exc))
-    command = "python -m phaseconv bench " + " ".join(argv)
-    r, w = args.repeats, args.warmup
+    r = 50 if args.repeats is None else args.repeats
+    w = 10 if args.warmup is None else args.warmup
 
     def run(section, fn, table, extra=()):
         rows = []
@@ -638,5 +776,26 @@ def main(argv=None) -> int:
 
         body = bench_client.run_section(args.client)
         write_section(args.out, "client", body, command)
+    print(f"\nwrote {os.path.join(args.out, 'RESULTS.md')}")
+    return 0
+
+
+def _main_cpu(args, parser, command: str) -> int:
+    sections = (args.sections or "cpu").split(",")
+    if sections != ["cpu"]:
+        parser.error("--device cpu has one section: cpu")
+    picked = [SWEEP[int(i) - 1] for i in args.shapes.split(",")] if args.shapes else SWEEP
+    warmup = 1 if args.warmup is None else args.warmup
+    rows = []
+    for shape in picked:
+        rows.append(bench_cpu_forward(shape, 7 if args.repeats is None else args.repeats,
+                                      warmup))
+        print(f"cpu {shape.name} done", flush=True)
+    small = bench_cpu_small(SMALL, 400 if args.repeats is None else args.repeats * 80,
+                            max(warmup, 20))
+    body = (cpu_forward_table(rows) + "\n\nSmall layer, host time per call:\n\n"
+            + cpu_small_table(SMALL, small))
+    print(body, flush=True)
+    write_section(args.out, "cpu", body, command)
     print(f"\nwrote {os.path.join(args.out, 'RESULTS.md')}")
     return 0

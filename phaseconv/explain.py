@@ -5,8 +5,9 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from . import engines
+from . import engines, ops
 from .checks import ConvArgs, _scalar_int, check_conv_transpose3d, check_output_size, triple
+from .engines import phase_gemm
 from .geometry import (
     Phase,
     PhasePlan,
@@ -25,7 +26,8 @@ class Explanation(NamedTuple):
     engine: engines.EngineChoice
     macs: int
     zero_insertion_macs: int
-    # the CUDA engine's kernel configuration for this shape and dtype (None off the GPU)
+    # the CUDA engine's kernel configuration for this shape and dtype (None off the GPU), or
+    # the reference engine's path
     kernel: Optional[str] = None
     # the CUDA engine's backward kernels for this shape and dtype (None off the GPU)
     grad_input_kernel: Optional[str] = None
@@ -84,7 +86,15 @@ class Explanation(NamedTuple):
             lines.append(f"{bias_only:,} output voxel(s) per channel lie in residues without taps "
                          "(kernel < stride, or stride and dilation share a factor): only the "
                          "bias lands there")
+        lines.append(_EXPORT_TEXT)
         return "\n".join(lines)
+
+
+# what the exporters record (phaseconv.ops, "Export")
+_EXPORT_TEXT = ("export: torch.jit.script, torch.jit.trace and torch.onnx.export record torch's "
+                "conv_transpose3d, the same function (ONNX: ConvTranspose)"
+                + ("; torch.export records phaseconv::conv_transpose3d" if ops.HAS_CUSTOM_OPS
+                   else ""))
 
 
 def _taps_text(phase: Phase) -> str:
@@ -124,6 +134,7 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
     ``padding``, ``output_padding``, ``groups``, ``dilation``).  ``input_shape`` is
     (N, C, D, H, W) or (C, D, H, W).  ``print(explain(...))`` shows the table; the returned
     object also carries the plan, MAC counts and the engine that would run.  When that engine
+    is the reference one, ``kernel`` names its path (``engines.phase_gemm``); where it
     is the CUDA one, ``kernel`` names the kernel and tile it launches for ``dtype`` (default:
     the layer's weight dtype, else float32) and a contiguous input, ``grad_input_kernel`` and
     ``grad_weight_kernel`` those of the backward (this builds the extension on first use).
@@ -182,6 +193,9 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
     device = torch.device(device) if device is not None else torch.device("cpu")
     engine = engines.choose(device, requested, stride)
     kernel_text = grad_input_text = grad_weight_text = None
+    if engine.name == "reference":
+        kernel_text = _reference_path(plan, in_channels, out_channels, groups, device,
+                                      dtype or torch.float32)
     if engine.name == "cuda" and device.type == "cuda" and torch.cuda.is_available():
         kernel_text, grad_input_text, grad_weight_text = _cuda_kernels(
             plan, batch, in_channels, out_channels, groups, kernel, stride, padding, dilation,
@@ -191,6 +205,14 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
                        batch * plan.zero_insertion_macs_per_sample(in_channels, out_channels,
                                                                    groups),
                        kernel_text, grad_input_text, grad_weight_text)
+
+
+def _reference_path(plan, in_channels, out_channels, groups, device, dtype) -> str:
+    """Which of the reference engine's two paths a call takes (``engines.phase_gemm``)."""
+    if phase_gemm.applies(device, dtype, plan, in_channels, out_channels, groups):
+        return ("reference, all phases in one batched GEMM (a small CPU layer: at most "
+                f"{phase_gemm.MAX_MACS_PER_SAMPLE:,} MACs per sample, float32/float64)")
+    return "reference, one conv3d per phase"
 
 
 def _cuda_kernels(plan, batch, in_channels, out_channels, groups, kernel, stride, padding,

@@ -29,7 +29,9 @@ def conv_transpose3d(input: torch.Tensor, weight: torch.Tensor,
     Every call reads the weight as it is (nothing is cached that depends on its values), and
     costs the same as the module's call.  Gradients flow to input, weight and bias
     (phase-form backward, ``phaseconv.ops``); under ``torch.autocast`` the inputs are cast as
-    torch's ``conv_transpose3d`` casts them.
+    torch's ``conv_transpose3d`` casts them.  Under ``torch.jit.trace`` and
+    ``torch.onnx.export`` a call records torch's ``conv_transpose3d`` (see ``phaseconv.ops``,
+    "Export"); ``torch.jit.script`` takes the module, not this function.
     """
     check_types(input, weight, bias, groups)
     stride, padding, output_padding, dilation = (

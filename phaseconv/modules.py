@@ -4,6 +4,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import ops
 from .checks import check_output_size
@@ -18,6 +19,14 @@ class ConvTranspose3d(nn.ConvTranspose3d):
     as torch's class.  Every call reads the weight as it is, so any way of changing it
     (optimizers, fused or not, ``.data``, numpy, DLPack, ``load_state_dict``) is seen by the
     next call.
+
+    Export, directly or after :func:`revert` (the same graphs): ``torch.jit.script`` compiles
+    torch's ``forward`` (``F.conv_transpose3d``), and ``torch.jit.trace`` and
+    ``torch.onnx.export`` (both exporters) record torch's ``conv_transpose3d``, the same
+    function: the saved graphs load without phaseconv and ONNX holds a standard
+    ``ConvTranspose`` node.  ``torch.export`` records ``phaseconv::conv_transpose3d`` (torch >=
+    2.4; ``phaseconv.ops.decompositions()`` turns it into torch's op).  Eager calls always run
+    phaseconv's engines.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, output_padding, groups,
@@ -62,9 +71,13 @@ class ConvTranspose3d(nn.ConvTranspose3d):
         return new
 
     def forward(self, input: torch.Tensor, output_size: Optional[List[int]] = None):
+        if torch.jit.is_scripting():
+            # TorchScript compiles this branch alone (is_scripting() is a constant there), so
+            # the rest of forward need only parse: no f-strings below
+            return self._torch_forward(input, output_size)
         if self.padding_mode != "zeros":
             raise ValueError("padding_mode: only 'zeros' padding mode is supported for "
-                             f"ConvTranspose3d, got {self.padding_mode!r}")
+                             "ConvTranspose3d, got " + repr(self.padding_mode))
         if output_size is None and isinstance(input, torch.Tensor):
             # the layer's sizes were checked by its constructor; the call's by the operator
             return ops.conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding,
@@ -73,7 +86,7 @@ class ConvTranspose3d(nn.ConvTranspose3d):
         output_padding = self.output_padding
         if output_size is not None:
             if not isinstance(input, torch.Tensor):
-                raise TypeError(f"input must be a Tensor, not {type(input).__name__}")
+                raise TypeError("input must be a Tensor, not " + type(input).__name__)
             sizes = check_output_size(output_size, input.dim())
             if input.dim() in (4, 5):
                 output_padding = output_padding_for_size(
@@ -81,6 +94,16 @@ class ConvTranspose3d(nn.ConvTranspose3d):
                     self.padding, self.dilation)
         return conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding,
                                 output_padding, self.groups, self.dilation, self.engine)
+
+    def _torch_forward(self, input: torch.Tensor,
+                       output_size: Optional[List[int]] = None) -> torch.Tensor:
+        """torch's ``nn.ConvTranspose3d.forward``, in the form TorchScript compiles."""
+        if self.padding_mode != "zeros":
+            raise ValueError("Only 'zeros' padding mode is supported for ConvTranspose3d")
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, 3, self.dilation)
+        return F.conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding,
+                                  output_padding, self.groups, self.dilation)
 
 
 def _sharing(cls, module: nn.Module) -> nn.Module:
@@ -133,8 +156,9 @@ def revert(model: nn.Module) -> nn.Module:
     (and keeping sharing, as ``convert`` does).  Returns the model (the torch layer itself for
     a bare phaseconv layer).
 
-    The deployment route: ``torch.jit.script``, ``torch.jit.trace`` and ``torch.onnx.export``
-    take the reverted model, which computes the same function with torch's kernels and exports
-    as a standard ``ConvTranspose`` node.  ``revert(convert(m))`` has ``m``'s state dict.
+    The reverted model computes the same function with torch's kernels; ``torch.jit.script``,
+    ``torch.jit.trace`` and ``torch.onnx.export`` record the same graphs from it as from the
+    converted model (see :class:`ConvTranspose3d`), while ``torch.export`` then records torch's
+    op instead of phaseconv's.  ``revert(convert(m))`` has ``m``'s state dict.
     """
     return _swap(model, ConvTranspose3d, ConvTranspose3d.to_torch)

@@ -28,6 +28,15 @@ implementations give exactly the real results' sizes and strides, so ``torch.com
 phaseconv's layers in its graph, for inference and training.  Eager calls, and every call on
 older torch (1.13), run the same two functions through ``torch.autograd.Function`` classes.
 
+Export: where a graph must hold standard ops, a call records torch's own ``conv_transpose3d``
+(:func:`torch_conv_transpose3d`, the same function) instead of phaseconv's operator: under
+``torch.jit.trace`` (``torch.jit.is_tracing()``, which the TorchScript-based ONNX exporter also
+sets) and under the torch.export-based ONNX exporter (``torch.onnx.is_in_onnx_export()``).
+ONNX graphs so hold standard ``ConvTranspose`` nodes, and traced graphs load without
+phaseconv.  ``torch.export`` and ``torch.compile`` record ``phaseconv::conv_transpose3d``;
+:func:`decompositions` turns an ExportedProgram's calls into torch's.  ``torch.jit.script``
+compiles the module's scriptable branch (``modules.py``).  Eager calls are unaffected.
+
 Every derivative is again the forward or the backward of the same layer (see "autograd"
 below), so both paths differentiate to any order: double backward (gradient penalties),
 forward mode (``torch.autograd.forward_ad``, ``torch.func.jvp``) and, on torch >= 2.0,
@@ -36,6 +45,7 @@ the operator, the vmapped copies folded into the batch or the groups).  On torch
 backward and forward mode work; ``functorch``'s transforms do not take custom functions there.
 """
 import contextlib
+import inspect
 import os
 from typing import List, Optional, Tuple
 
@@ -43,9 +53,9 @@ import torch
 
 from . import engines
 from .checks import ConvArgs, check_conv_transpose3d, triple
-from .engines import reference
+from .engines import phase_gemm, reference
 from .geometry import phase_plan
-from .packing import pack_conv3d_phases, unpack_conv3d_phases
+from .packing import phase_sub_kernels, unpack_conv3d_phases
 
 HAS_CUSTOM_OPS = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_fake")
 _NEW_AUTOCAST_API = hasattr(torch, "get_autocast_dtype")  # torch >= 2.4: per device type
@@ -58,6 +68,24 @@ def _is_compiling() -> bool:
     return False
 
 
+_is_tracing = torch.jit.is_tracing  # bound once: every eager call asks it
+
+
+def _is_onnx_export() -> bool:
+    import torch.onnx  # loaded lazily by torch 2.x
+
+    return torch.onnx.is_in_onnx_export()
+
+
+def torch_conv_transpose3d(x: torch.Tensor, weight: torch.Tensor,
+                           bias: Optional[torch.Tensor], stride, padding, output_padding,
+                           groups: int, dilation) -> torch.Tensor:
+    """torch's own ``conv_transpose3d``: what a call records where the graph must hold
+    standard ops (``torch.jit.trace``, ``torch.onnx.export``; module docstring, "Export")."""
+    return torch.nn.functional.conv_transpose3d(x, weight, bias, stride, padding,
+                                                output_padding, groups, dilation)
+
+
 def weight_grad_format(weight: torch.Tensor) -> torch.memory_format:
     """The weight gradient's memory format: the weight's own where it is ``channels_last_3d``
     (so autograd accumulates it without a copy), else contiguous."""
@@ -66,10 +94,19 @@ def weight_grad_format(weight: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    if _NEW_AUTOCAST_API:
+        return torch.is_autocast_enabled(device_type)
+    if device_type == "cpu":
+        return torch.is_autocast_cpu_enabled()
+    return torch.is_autocast_enabled()
+
+
 def _autocast_off(device_type: str):
     """The reference engine computes in the dtype it is given: torch's own convolutions
-    inside it must not be autocast again (their policy may differ from conv_transpose3d's)."""
-    if device_type in ("cuda", "cpu"):
+    inside it must not be autocast again (their policy may differ from conv_transpose3d's).
+    Outside autocast nothing needs turning off (entering the context costs microseconds)."""
+    if device_type in ("cuda", "cpu") and _autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -78,7 +115,7 @@ class CallPlan:
     """What one call description fixes: validated arguments, the engine and its plans."""
 
     __slots__ = ("args", "engine", "plan", "cuda_forward", "cuda_backward", "_batch", "_dtype",
-                 "_device", "_channels_last", "_has_bias")
+                 "_device", "_channels_last", "_has_bias", "_gemm")
 
     def __init__(self, args: ConvArgs, engine: engines.EngineChoice, x: torch.Tensor,
                  has_bias: bool, layout: int) -> None:
@@ -92,6 +129,12 @@ class CallPlan:
         # the CUDA plans are made on first use: a description only ever used by the
         # backward (the compiled path's backward op) never plans a forward
         self.cuda_forward = self.cuda_backward = None
+        # a small layer on the CPU runs all its phases in one batched GEMM
+        small = engine.name == "reference" and phase_gemm.applies(
+            x.device, x.dtype, self.plan, args.in_channels, args.out_channels, args.groups)
+        self._gemm = phase_gemm.gemm_plan(
+            self.plan, self._batch, args.in_channels, args.out_channels, args.groups
+        ) if small else None
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -111,11 +154,40 @@ class CallPlan:
             out = launch(xb, weight, bias)
         else:
             with _autocast_off(x.device.type):
-                phases = pack_conv3d_phases(weight, args.groups, args.stride, args.padding,
-                                            args.dilation)
-                out = reference.forward(xb, phases, bias, self.plan, args.groups,
-                                        args.out_channels)
+                out = self._reference_forward(xb, weight, bias)
         return out if args.batched else out.squeeze(0)
+
+    def _reference_forward(self, x: torch.Tensor, weight: torch.Tensor,
+                           bias: Optional[torch.Tensor]) -> torch.Tensor:
+        args = self.args
+        gemm = self._gemm
+        if gemm is not None and (not gemm.reads_padding or reference.is_finite(weight)):
+            return phase_gemm.forward(x, weight, bias, gemm)
+        phases = phase_sub_kernels(weight, args.groups, args.stride, args.padding,
+                                   args.dilation)
+        return reference.forward(x, phases, bias, self.plan, args.groups, args.out_channels,
+                                 lambda: reference.is_finite(weight))
+
+    def _reference_backward(self, grad_out: torch.Tensor, x: torch.Tensor,
+                            weight: torch.Tensor, need_input: bool, need_weight: bool):
+        args = self.args
+        gemm = self._gemm
+        if gemm is not None and (not (need_weight and gemm.reads_padding)
+                                 or reference.is_finite(grad_out)):
+            gx, gw = phase_gemm.backward(x, grad_out, weight, gemm, need_input, need_weight)
+        else:
+            phases = phase_sub_kernels(weight, args.groups, args.stride, args.padding,
+                                       args.dilation) if need_input else None
+            gx, phase_grads = reference.backward(
+                x, grad_out, phases, self.plan, args.groups, args.in_channels, need_input,
+                need_weight, lambda: reference.is_finite(weight))
+            gw = None if phase_grads is None else unpack_conv3d_phases(
+                phase_grads, tuple(weight.shape), args.groups, args.stride, args.padding,
+                args.dilation)
+        fmt = weight_grad_format(weight)
+        if gw is not None and fmt != torch.contiguous_format:
+            gw = gw.contiguous(memory_format=fmt)
+        return gx, gw
 
     def backward(self, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                  mask) -> Tuple[Optional[torch.Tensor], ...]:
@@ -145,20 +217,10 @@ class CallPlan:
                     wait_for_tables(tables)
                 gx, gw = launch(gb, xb, weight, bool(mask[0]), bool(mask[1]))
         else:
-            with _autocast_off(x.device.type):
-                if mask[0]:
-                    phases = pack_conv3d_phases(weight, args.groups, args.stride, args.padding,
-                                                args.dilation)
-                    gx = reference.grad_input(gb, phases, self.plan, args.groups,
-                                              args.in_channels)
-                if mask[1]:
-                    phases = reference.grad_weight_phases(xb, gb, self.plan, args.groups,
-                                                          args.out_channels, tuple(weight.shape))
-                    unpacked = unpack_conv3d_phases(phases, tuple(weight.shape), args.groups,
-                                                    args.stride, args.padding, args.dilation)
-                    gw = torch.empty(weight.shape, dtype=unpacked.dtype, device=unpacked.device,
-                                     memory_format=weight_grad_format(weight))
-                    gw.copy_(unpacked)
+            if mask[0] or mask[1]:
+                with _autocast_off(x.device.type):
+                    gx, gw = self._reference_backward(gb, xb, weight, bool(mask[0]),
+                                                      bool(mask[1]))
         if gx is not None and not args.batched:
             gx = gx.squeeze(0)
         if mask[2]:
@@ -495,6 +557,9 @@ def _autograd_function(name: str, doc: str, value, setup, backward, jvp, vmap):
     setup_context, vmap) on torch >= 2.0, the classic form (ctx first) on 1.13."""
     body = {"__doc__": doc, "backward": staticmethod(backward), "jvp": staticmethod(jvp)}
     if _SETUP_CONTEXT:
+        # torch binds every call's arguments to forward's signature: computed once here, not
+        # by inspect at every call (tens of µs)
+        value.__signature__ = inspect.signature(value)
         body.update(forward=staticmethod(value), setup_context=staticmethod(setup),
                     vmap=staticmethod(vmap))
     else:
@@ -573,6 +638,21 @@ if HAS_CUSTOM_OPS:
     _backward_op.register_autograd(_op_double_backward, setup_context=_setup_backward_context)
 
 
+def _forward_as_torch(x, weight, bias, stride, padding, output_padding, groups, dilation, engine):
+    return torch_conv_transpose3d(x, weight, bias, stride, padding, output_padding, groups,
+                                  dilation)
+
+
+def decompositions() -> dict:
+    """``{phaseconv::conv_transpose3d: torch's conv_transpose3d}`` for
+    ``ExportedProgram.run_decompositions``: turns a ``torch.export`` graph of phaseconv's layers
+    into one of torch's (what ``torch.onnx.export`` of an ExportedProgram and other consumers
+    of standard ATen graphs take).  Empty where torch has no custom ops (< 2.4)."""
+    if not HAS_CUSTOM_OPS:
+        return {}
+    return {torch.ops.phaseconv.conv_transpose3d.default: _forward_as_torch}
+
+
 def _cpu_autocast_policy() -> Optional[str]:
     """How torch's ``conv_transpose3d`` behaves under CPU autocast in this torch release:
     "lower" (inputs cast to the autocast dtype), "float32" (inputs cast to float32) or None
@@ -629,6 +709,9 @@ def conv_transpose3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     autograd.Function, after autocast's casts.  ``stride``, ``padding``, ``output_padding`` and
     ``dilation`` are tuples of 3 ints; the checks run inside the op, so a compiled graph
     validates at trace time (fake) and at run time alike."""
+    if _is_tracing():  # torch.jit.trace and the TorchScript-based ONNX exporter
+        return torch_conv_transpose3d(x, weight, bias, stride, padding, output_padding, groups,
+                                      dilation)
     device_type = "cuda" if x.is_cuda else x.device.type
     cast_to = autocast_dtype(device_type)
     if cast_to is not None:
@@ -636,6 +719,9 @@ def conv_transpose3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     # Eager calls take the autograd.Function: the same two functions without the dispatcher's
     # round trip (tens of µs of Python per call); graphs being compiled need the custom op.
     if HAS_CUSTOM_OPS and _is_compiling():
+        if _is_onnx_export():  # the torch.export-based ONNX exporter
+            return torch_conv_transpose3d(x, weight, bias, stride, padding, output_padding,
+                                          groups, dilation)
         sizes = [list(triple(v, name)) for v, name in
                  ((stride, "stride"), (padding, "padding"), (output_padding, "output_padding"),
                   (dilation, "dilation"))]

@@ -6,6 +6,7 @@ The split depends only on kernel size, stride, padding and dilation (not on the 
 the weight's values): the CUDA engine turns it, once per geometry, into index maps on the
 device (``engines/cuda.py``), and every call gathers the weight through them.
 """
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -19,6 +20,13 @@ def kernel_phase_taps(kernel: Triple, stride: Triple, padding: Triple,
                       dilation: Triple) -> Tuple[PhaseTaps, ...]:
     """Per 3-D phase with taps (row-major over the residues), the taps of each axis in offset
     order: the phases of ``geometry.PhasePlan.phases``, in the same order."""
+    return _kernel_phase_taps(*(tuple(int(v) for v in seq)
+                                for seq in (kernel, stride, padding, dilation)))
+
+
+@functools.lru_cache(maxsize=512)
+def _kernel_phase_taps(kernel: Triple, stride: Triple, padding: Triple,
+                       dilation: Triple) -> Tuple[PhaseTaps, ...]:
     per_axis = [[taps for _, taps, _ in axis_taps(k, s, p, dilation=d)]
                 for k, s, p, d in zip(kernel, stride, padding, dilation)]
     return tuple((td, th, tw) for td in per_axis[0] for th in per_axis[1] for tw in per_axis[2])
@@ -37,9 +45,39 @@ def pack_conv3d_phases(weight: torch.Tensor, groups: int, stride: Triple, paddin
     """The reference engine's layout: per phase with taps a conv3d weight
     (C_out, C_in/g, Td, Th, Tw) holding the flipped, strided slice of the kernel.
     Differentiable with respect to ``weight``."""
-    w = grouped_conv_weight(weight, groups)
-    return tuple(select_taps(w, 2, taps).contiguous() for taps in
-                 kernel_phase_taps(tuple(weight.shape[2:]), stride, padding, dilation))
+    return tuple(sub.contiguous() for sub in
+                 phase_sub_kernels(weight, groups, stride, padding, dilation))
+
+
+def phase_sub_kernels(weight: torch.Tensor, groups: int, stride: Triple, padding: Triple,
+                      dilation: Triple) -> Tuple[torch.Tensor, ...]:
+    """:func:`pack_conv3d_phases`'s sub-kernels as strided views of one flipped copy of the
+    weight (one copy per call, however many phases: a phase's taps, in offset order, are
+    an ascending strided slice of the flipped kernel)."""
+    # contiguous: for one group the conv3d view is the weight transposed, which flip keeps
+    flipped = grouped_conv_weight(weight, groups).flip((2, 3, 4)).contiguous()
+    return tuple(flipped[(slice(None), slice(None)) + index] for index in
+                 flipped_tap_slices(tuple(weight.shape[2:]), stride, padding, dilation))
+
+
+def flipped_tap_slices(kernel: Triple, stride: Triple, padding: Triple, dilation: Triple):
+    """Per phase (:func:`kernel_phase_taps`' order) the index of its taps in the kernel flipped
+    along all three axes: tap ``k`` of an axis of ``K`` taps sits at ``K - 1 - k``, so the
+    phase's descending taps (its offset order) are an ascending strided slice."""
+    return _flipped_tap_slices(*(tuple(int(v) for v in seq)
+                                 for seq in (kernel, stride, padding, dilation)))
+
+
+@functools.lru_cache(maxsize=512)
+def _flipped_tap_slices(kernel: Triple, stride: Triple, padding: Triple, dilation: Triple):
+    out = []
+    for taps in kernel_phase_taps(kernel, stride, padding, dilation):
+        index = []
+        for k, t in zip(kernel, taps):
+            sl, _ = _tap_slice(t)
+            index.append(slice(k - 1 - t[0], k - t[-1], sl.step))
+        out.append(tuple(index))
+    return tuple(out)
 
 
 def select_taps(w: torch.Tensor, first_axis: int, taps) -> torch.Tensor:
@@ -91,22 +129,23 @@ def unpack_conv3d_phases(phase_grads, weight_shape, groups: int, stride: Triple,
     if template is None:
         return torch.zeros((c_in, c_out_g) + kernel)
     c_in_g = c_in // groups
-    # Work in conv3d's layout (C_out, C_in/g, k...), the one the phases are packed in.
-    w = template.new_zeros((groups * c_out_g, c_in_g) + kernel)
-    for taps, g in zip(phase_taps, phase_grads):
+    # Work in conv3d's layout (C_out, C_in/g, k...) flipped, where every phase is an ascending
+    # strided slice (no flip per phase); every tap is written unless a phase is missing.
+    shape = (groups * c_out_g, c_in_g) + kernel
+    complete = all(g is not None for g in phase_grads)
+    flipped = template.new_empty(shape) if complete else template.new_zeros(shape)
+    for taps, index, g in zip(phase_taps, flipped_tap_slices(kernel, stride, padding, dilation),
+                              phase_grads):
         if g is None:
             continue
         expected = (groups * c_out_g, c_in_g) + tuple(len(t) for t in taps)
         if tuple(g.shape) != expected:
             raise ValueError(f"unpack_conv3d_phases: a phase with taps {taps} needs shape "
                              f"{expected}, got {tuple(g.shape)}")
-        index, flip = [slice(None), slice(None)], []
-        for axis, t in enumerate(taps):
-            sl, backwards = _tap_slice(t)
-            index.append(sl)
-            if backwards:  # packed in offset order: descending kernel index
-                flip.append(2 + axis)
-        w[tuple(index)] = g.flip(flip) if flip else g
+        flipped[(slice(None), slice(None)) + index] = g
     # (G*C_out/g, C_in/g, k...) -> (G, C_out/g, C_in/g, k...) -> (C_in, C_out/g, k...)
+    w = flipped.flip((2, 3, 4))
+    if groups == 1:
+        return w.transpose(0, 1).contiguous()
     w = w.reshape((groups, c_out_g, c_in_g) + kernel).transpose(1, 2)
     return w.reshape((c_in, c_out_g) + kernel).contiguous()

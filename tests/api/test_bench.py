@@ -55,3 +55,35 @@ def test_variants_by_name():
 def test_floor_text_says_how_much_of_the_floor_a_time_reaches():
     assert bench._floor_text(200.0, 50.0) == "50.0 (25%)"
     assert bench._floor_text(200.0, float("nan")) == "-"
+
+
+def test_alternating_times_calls_each_function_in_turn():
+    calls = []
+    times = bench.alternating_times([lambda: calls.append("a"), lambda: calls.append("b")],
+                                    repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert [len(t) for t in times] == [3, 3] and all(v >= 0 for t in times for v in t)
+
+
+def test_cpu_tables_on_a_tiny_layer():
+    """The CPU section's rows and tables, run for real on a layer small enough for CI."""
+    shape = bench.Shape("t", 1, 2, 2, 1, (3, 3, 3), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1))
+    row = bench.bench_cpu_forward(shape, repeats=2, warmup=1)
+    assert row.threads == torch.get_num_threads() and row.max_abs_err < 1e-5
+    assert row.torch_ms > 0 and row.phaseconv_ms > 0
+    text = bench.cpu_forward_table([row._replace(torch_ms=3.0, phaseconv_ms=2.0)])
+    assert "| t | 1, 2->2, g1, 3x3x3, k3, s2, p1, op1 |" in text and "| 1.50x |" in text
+    small = bench.bench_cpu_small(shape, repeats=2, warmup=1)
+    assert [r.what for r in small] == ["module forward", "forward + backward"]
+    text = bench.cpu_small_table(shape, [small[0]._replace(torch_us=10.0, phaseconv_us=15.0)])
+    assert "| module forward | 10.0 | 15.0 | 1.50x |" in text
+
+
+def test_cpu_section_writes_its_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "SWEEP", [bench.Shape("1", 1, 2, 2, 1, (2, 2, 2), (2, 2, 2),
+                                                     (2, 2, 2), (0, 0, 0), (0, 0, 0))])
+    assert bench.main(["--device", "cpu", "--repeats", "1", "--warmup", "0",
+                       "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "results-cpu.md").read_text()
+    assert "torch threads" in text and "| 1 | 1, 2->2, g1, 2x2x2" in text
+    assert "| forward + backward |" in text

@@ -133,3 +133,34 @@ def test_prebuilt_engine_is_used_only_for_its_sources_and_architectures(monkeypa
     assert cuda.prebuilt(9, 0) is None  # other sources
     monkeypatch.delitem(sys.modules, "phaseconv._engine")
     assert cuda.prebuilt(9, 0) is None  # none installed
+
+
+@pytest.mark.parametrize("dtype, size, batched_gemm", [
+    (torch.float32, 4, True),     # 4 -> 4 channels, k3 s2: a small layer
+    (torch.float64, 4, True),
+    (torch.bfloat16, 4, False),   # the batched GEMM is float32 / float64 only
+    (torch.float32, 40, False),   # 80^3 outputs: past the MACs-per-sample bound
+])
+def test_reference_paths_follow_the_rule_explain_shows(dtype, size, batched_gemm):
+    """The reference engine's two paths (one batched GEMM over all phases for small CPU
+    layers, else one conv3d per phase) are chosen by phase_gemm.applies; explain() names the
+    one a call takes, and both match torch."""
+    from phaseconv.engines import phase_gemm
+
+    torch.manual_seed(0)
+    layer = phaseconv.ConvTranspose3d(4, 4, 3, stride=2, padding=1, output_padding=1,
+                                      dtype=dtype)
+    x = torch.rand(2, 4, size, size, size, dtype=dtype)
+    text = phaseconv.explain(layer, x.shape, dtype=dtype).kernel
+    assert ("one batched GEMM" in text) == batched_gemm, text
+    plan = phaseconv.explain(layer, x.shape).plan
+    assert phase_gemm.applies(x.device, dtype, plan, 4, 4, 1) == batched_gemm
+    ref = torch.nn.functional.conv_transpose3d(x.double(), layer.weight.double(),
+                                               layer.bias.double(), 2, 1, 1)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(layer(x).double(), ref, atol=tol, rtol=0)
+
+
+def test_a_large_layer_runs_one_conv3d_per_phase():
+    layer = phaseconv.ConvTranspose3d(64, 64, 3, stride=2)
+    assert phaseconv.explain(layer, (1, 64, 8, 8, 8)).kernel == "reference, one conv3d per phase"
