@@ -74,7 +74,8 @@ def test_explain_names_the_cuda_kernel():
     assert report.kernel.startswith("implicit-gemm") and "channels-last input" in report.kernel
     assert phaseconv.explain(wide, (2, 128, 8, 8, 16), device="cuda",
                              dtype=torch.float64).kernel.startswith("tiled")
-    assert phaseconv.explain(wide, (2, 128, 8, 8, 16)).kernel is None  # CPU
+    # on the CPU: the reference engine's path
+    assert phaseconv.explain(wide, (2, 128, 8, 8, 16)).kernel == "reference, one conv3d per phase"
 
 
 def test_engine_choice_and_explain():
