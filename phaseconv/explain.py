@@ -210,7 +210,7 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
 def _reference_path(plan, in_channels, out_channels, groups, device, dtype) -> str:
     """Which of the reference engine's two paths a call takes (``engines.phase_gemm``)."""
     if phase_gemm.applies(device, dtype, plan, in_channels, out_channels, groups):
-        return ("reference, all phases in one batched GEMM (a small CPU layer: at most "
+        return ("reference, all phases in one GEMM and one index_add (a small CPU layer: at most "
                 f"{phase_gemm.MAX_MACS_PER_SAMPLE:,} MACs per sample, float32/float64)")
     return "reference, one conv3d per phase"
 

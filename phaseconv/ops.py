@@ -129,7 +129,7 @@ class CallPlan:
         # the CUDA plans are made on first use: a description only ever used by the
         # backward (the compiled path's backward op) never plans a forward
         self.cuda_forward = self.cuda_backward = None
-        # a small layer on the CPU runs all its phases in one batched GEMM
+        # a small layer on the CPU runs all its phases in one GEMM (engines.phase_gemm)
         small = engine.name == "reference" and phase_gemm.applies(
             x.device, x.dtype, self.plan, args.in_channels, args.out_channels, args.groups)
         self._gemm = phase_gemm.gemm_plan(
@@ -161,7 +161,7 @@ class CallPlan:
                            bias: Optional[torch.Tensor]) -> torch.Tensor:
         args = self.args
         gemm = self._gemm
-        if gemm is not None and (not gemm.reads_padding or reference.is_finite(weight)):
+        if gemm is not None:  # exact for any weight: it reads no padding
             return phase_gemm.forward(x, weight, bias, gemm)
         phases = phase_sub_kernels(weight, args.groups, args.stride, args.padding,
                                    args.dilation)
@@ -172,8 +172,11 @@ class CallPlan:
                             weight: torch.Tensor, need_input: bool, need_weight: bool):
         args = self.args
         gemm = self._gemm
-        if gemm is not None and (not (need_weight and gemm.reads_padding)
-                                 or reference.is_finite(grad_out)):
+        # a cropped pair meets a zero gradient: exact where the weight (input gradient) and
+        # the input (weight gradient) are finite
+        if gemm is not None and (not gemm.cropped or (
+                (not need_input or reference.is_finite(weight))
+                and (not need_weight or reference.is_finite(x)))):
             gx, gw = phase_gemm.backward(x, grad_out, weight, gemm, need_input, need_weight)
         else:
             phases = phase_sub_kernels(weight, args.groups, args.stride, args.padding,

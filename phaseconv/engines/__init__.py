@@ -1,7 +1,7 @@
 """Engines compute a planned, packed transposed convolution.
 
 * ``reference``: every phase as a dense stride-1 ``F.conv3d`` in pure torch; any device (small
-  CPU layers: all phases in one batched GEMM, ``phase_gemm.py``).
+  CPU layers: all phases in one GEMM, ``phase_gemm.py``).
 * ``cuda``: one custom CUDA kernel for all phases (``csrc/``), built on first use.
 
 The rule, in one place so that ``explain()`` and the functional API agree: a CUDA tensor runs

@@ -138,11 +138,11 @@ def test_prebuilt_engine_is_used_only_for_its_sources_and_architectures(monkeypa
 @pytest.mark.parametrize("dtype, size, batched_gemm", [
     (torch.float32, 4, True),     # 4 -> 4 channels, k3 s2: a small layer
     (torch.float64, 4, True),
-    (torch.bfloat16, 4, False),   # the batched GEMM is float32 / float64 only
+    (torch.bfloat16, 4, False),   # the one-GEMM path is float32 / float64 only
     (torch.float32, 40, False),   # 80^3 outputs: past the MACs-per-sample bound
 ])
 def test_reference_paths_follow_the_rule_explain_shows(dtype, size, batched_gemm):
-    """The reference engine's two paths (one batched GEMM over all phases for small CPU
+    """The reference engine's two paths (all phases in one GEMM for small CPU
     layers, else one conv3d per phase) are chosen by phase_gemm.applies; explain() names the
     one a call takes, and both match torch."""
     from phaseconv.engines import phase_gemm
@@ -152,7 +152,7 @@ def test_reference_paths_follow_the_rule_explain_shows(dtype, size, batched_gemm
                                       dtype=dtype)
     x = torch.rand(2, 4, size, size, size, dtype=dtype)
     text = phaseconv.explain(layer, x.shape, dtype=dtype).kernel
-    assert ("one batched GEMM" in text) == batched_gemm, text
+    assert ("all phases in one GEMM" in text) == batched_gemm, text
     plan = phaseconv.explain(layer, x.shape).plan
     assert phase_gemm.applies(x.device, dtype, plan, 4, 4, 1) == batched_gemm
     ref = torch.nn.functional.conv_transpose3d(x.double(), layer.weight.double(),

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import configs
+from strategies import Config, configs
 
 import phaseconv
 
@@ -154,3 +154,33 @@ def test_nonfinite_on_tensor_core_kernels(layer, where, dtype):
     x, w, grad_out = (t.to(dtype).double() for t in (x, w, grad_out))
     expected = oracle(x, w, None, grad_out, cfg)[:3]
     _check(_run(cfg, x, w, None, grad_out, "cuda", dtype), expected, dtype)
+
+
+@pytest.mark.parametrize("where", ["input", "weight", "grad_out", "all"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_nonfinite_on_the_small_layer_path(where, value):
+    """Small CPU layers run all phases in one GEMM from the input's side (engines.phase_gemm):
+    padding 1 crops pairs off every border, so the backward's cropped pairs meet a zero
+    gradient, and must not turn a non-finite weight or input into NaN where the real pairs
+    have none."""
+    from phaseconv.engines import phase_gemm
+
+    cfg = Config(batch=2, in_channels=4, out_channels=6, groups=2, in_shape=(3, 4, 3),
+                 kernel=(3, 3, 2), stride=(2, 2, 2), padding=(1, 1, 0),
+                 output_padding=(1, 0, 1), dilation=(1, 1, 1), bias=True)
+    layer = phaseconv.explain(dict(in_channels=4, out_channels=6, kernel_size=cfg.kernel,
+                                   **cfg.kwargs), (2, 4) + cfg.in_shape, dtype=torch.float64)
+    assert "all phases in one GEMM" in layer.kernel
+    assert phase_gemm.gemm_plan(layer.plan, 2, 4, 6, 2).cropped
+    x, w, b = cfg.tensors()
+    grad_out = torch.randn((2, 6) + cfg.out_shape, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(1))
+    positions, values = [5, 17, 40], [value] * 3
+    if where in ("input", "all"):
+        x = _poison(x, positions, values)
+    if where in ("weight", "all"):
+        w = _poison(w, positions, values)
+    if where in ("grad_out", "all"):
+        grad_out = _poison(grad_out, positions, values)
+    expected = oracle(x, w, b, grad_out, cfg)
+    _check(_run(cfg, x, w, b, grad_out, "cpu", torch.float64), expected, torch.float64)
