@@ -103,10 +103,12 @@ def _tap_weights(weight: torch.Tensor, gp: GemmPlan) -> torch.Tensor:
 
 def _columns(x: torch.Tensor, gp: GemmPlan) -> torch.Tensor:
     """(G, C_in/g, N * D*H*W): the input, a view for one sample."""
-    groups, c_in_g = gp.weight[:2]
-    n, volume = x.shape[0], math.prod(x.shape[2:])
-    cols = x.reshape(n, groups, c_in_g, volume)
-    return cols[0] if n == 1 else cols.permute(1, 2, 0, 3).reshape(groups, c_in_g, n * volume)
+    n, groups, c_in_g = x.shape[0], gp.weight[0], gp.weight[1]
+    if n == 1:
+        return x.view(groups, c_in_g, -1) if x.is_contiguous() else \
+            x.reshape(groups, c_in_g, math.prod(gp.inp[2:]))
+    cols = x.reshape(n, groups, c_in_g, math.prod(gp.inp[2:]))
+    return cols.permute(1, 2, 0, 3).reshape(groups, c_in_g, n * cols.shape[3])
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -116,8 +118,12 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     into the output it lands on.  Reads no padding: exact for any weight and input."""
     # (G, N * voxels, C_in/g) @ (G, C_in/g, C_out/g * taps)
     products = torch.bmm(_columns(x, gp).transpose(1, 2), _tap_weights(weight, gp))
+    if not gp.cropped:  # every product lands inside: sum straight into the output
+        out = x.new_zeros(gp.out)
+        out.view(-1).index_add_(0, gp.landing, products.view(-1))
+        return out if bias is None else out.add_(bias.view(1, -1, 1, 1, 1))
     flat = x.new_zeros(gp.out_numel + 1)  # the last element takes what lands past the output
-    flat.index_add_(0, gp.landing, products.reshape(-1))
+    flat.index_add_(0, gp.landing, products.view(-1))
     out = flat[:-1].view(gp.out)  # a view: the result is a new tensor (autograd tells them apart)
     return out.clone() if bias is None else out + bias.view(1, -1, 1, 1, 1)
 
@@ -128,8 +134,9 @@ def backward(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor, gp: 
     Where ``gp.cropped``, a cropped pair meets a zero gradient: the weight must be finite for
     the input gradient and the input for the weight gradient (the caller checks)."""
     groups, c_in_g, c_out_g, taps = gp.weight
-    flat = grad_out.new_zeros(gp.out_numel + 1)
-    flat[:-1] = grad_out.reshape(-1)
+    flat = grad_out.reshape(-1)
+    if gp.cropped:  # what landed past the output meets a zero
+        flat = torch.cat((flat, flat.new_zeros(1)))
     # (G, N * voxels, C_out/g * taps): the gradient where each product landed
     landed = flat.index_select(0, gp.landing).view(groups, -1, c_out_g * taps)
     grad_x = grad_w = None
