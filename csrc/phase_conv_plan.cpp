@@ -482,7 +482,6 @@ bool choose_depthwise(const PhaseConvFwdParams& p, int dtype_code, const DevInfo
   c->row_groups = (int)row_groups;
   c->d_run = (int)run;
   c->d_chunks = (int)d_chunks;
-  c->slices = (int)(run + (p.max_taps_d - 1) * p.pdil_d);
   c->rows = (int)rows;
   c->cols = (int)cols;
   c->pitch = (int)pitch;

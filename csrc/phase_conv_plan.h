@@ -185,7 +185,6 @@ struct DepthwiseCfg {
   int tile_w;            // a multiple of stride_w output columns
   int row_groups;        // row groups of kDwRows rows per H phase in a tile
   int d_run, d_chunks;   // D positions per block; runs per D phase (the longest phase's)
-  int slices;            // input D slices a run reads: d_run + (max taps_d - 1) * pdil_d
   int rows, cols, pitch; // the input rows and columns a tile reads, rows padded odd
   int fixed_taps;        // 2 or 4: taps per H and W axis at most, loops unrolled and H taps
                          // read from a register window (phase dilation 1 in H); 0: any

@@ -29,7 +29,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, List, NamedTuple, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -117,23 +117,35 @@ def gpu_times_us(fn: Callable[[], object], repeats: int, warmup: int,
     return times
 
 
-def median_host_us(fns, repeats: int, warmup: int) -> List[float]:
-    """Median host time in µs of each of ``fns``, called in turn (so that the machine's
-    drift touches them alike), with the GPU kept busy by a queued sleep: the time the host
-    spends issuing a call; a call that waited for the GPU would show the sleep."""
+def alternating_times(fns, repeats: int, warmup: int,
+                      before_round: Optional[Callable[[int], None]] = None) -> List[List[float]]:
+    """Wall-clock times in µs of ``repeats`` calls of each of ``fns``, called in turn (so that
+    the machine's drift and its neighbours' load touch them alike), after ``warmup`` rounds;
+    ``before_round(i)`` runs untimed before round ``i``: the host timer of every benchmark."""
     for _ in range(warmup):
         for fn in fns:
             fn()
-    torch.cuda.synchronize()
     times = [[] for _ in fns]
     for i in range(repeats):
-        if i % 5 == 0:
-            torch.cuda.synchronize()
-            torch.cuda._sleep(20_000_000)  # ~10 ms: covers the host time of 5 rounds
+        if before_round is not None:
+            before_round(i)
         for fn, spent in zip(fns, times):
             t0 = time.perf_counter()
             fn()
             spent.append((time.perf_counter() - t0) * 1e6)
+    return times
+
+
+def median_host_us(fns, repeats: int, warmup: int) -> List[float]:
+    """Median host time in µs of each of ``fns``, called in turn (:func:`alternating_times`),
+    with the GPU kept busy by a queued sleep: the time the host spends issuing a call; a call
+    that waited for the GPU would show the sleep."""
+    def keep_gpu_busy(i: int) -> None:
+        if i % 5 == 0:
+            torch.cuda.synchronize()
+            torch.cuda._sleep(20_000_000)  # ~10 ms: covers the host time of 5 rounds
+
+    times = alternating_times(fns, repeats, warmup, before_round=keep_gpu_busy)
     torch.cuda.synchronize()
     return [statistics.median(t) for t in times]
 
@@ -484,22 +496,6 @@ def loop_table(rows: List[LoopRow], fixed: List[BackwardRow] = ()) -> str:
 
 
 # ---------------------------------------------------------------------------------- cpu
-
-def alternating_times(fns, repeats: int, warmup: int) -> List[List[float]]:
-    """Wall-clock times in µs of ``repeats`` calls of each of ``fns``, called in turn (so that
-    the machine's drift and its neighbours' load touch them alike), after ``warmup`` rounds:
-    the CPU timer of every benchmark."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, spent in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            spent.append((time.perf_counter() - t0) * 1e6)
-    return times
-
 
 class CpuForwardRow(NamedTuple):
     shape: Shape

@@ -681,18 +681,15 @@ def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     """The dtype torch's ``conv_transpose3d`` casts its inputs to under the autocast state in
     force for ``device_type`` now, or None when it casts nothing."""
     if device_type == "cuda":
-        if _NEW_AUTOCAST_API:
-            return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        if not _autocast_enabled("cuda"):
+            return None
+        return torch.get_autocast_dtype("cuda") if _NEW_AUTOCAST_API else \
+            torch.get_autocast_gpu_dtype()
     if device_type == "cpu" and _CPU_AUTOCAST_POLICY is not None:
-        if _NEW_AUTOCAST_API:
-            if not torch.is_autocast_enabled("cpu"):
-                return None
-            lower = torch.get_autocast_dtype("cpu")
-        else:
-            if not torch.is_autocast_cpu_enabled():
-                return None
-            lower = torch.get_autocast_cpu_dtype()
+        if not _autocast_enabled("cpu"):
+            return None
+        lower = torch.get_autocast_dtype("cpu") if _NEW_AUTOCAST_API else \
+            torch.get_autocast_cpu_dtype()
         return lower if _CPU_AUTOCAST_POLICY == "lower" else torch.float32
     return None
 

@@ -103,12 +103,11 @@ def _tap_weights(weight: torch.Tensor, gp: GemmPlan) -> torch.Tensor:
 
 def _columns(x: torch.Tensor, gp: GemmPlan) -> torch.Tensor:
     """(G, C_in/g, N * D*H*W): the input, a view for one sample."""
-    n, groups, c_in_g = x.shape[0], gp.weight[0], gp.weight[1]
+    n, groups, c_in_g, volume = x.shape[0], gp.weight[0], gp.weight[1], math.prod(gp.inp[2:])
     if n == 1:
-        return x.view(groups, c_in_g, -1) if x.is_contiguous() else \
-            x.reshape(groups, c_in_g, math.prod(gp.inp[2:]))
-    cols = x.reshape(n, groups, c_in_g, math.prod(gp.inp[2:]))
-    return cols.permute(1, 2, 0, 3).reshape(groups, c_in_g, n * cols.shape[3])
+        return x.reshape(groups, c_in_g, volume)
+    cols = x.reshape(n, groups, c_in_g, volume)
+    return cols.permute(1, 2, 0, 3).reshape(groups, c_in_g, n * volume)
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
