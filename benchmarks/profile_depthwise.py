@@ -5,6 +5,7 @@ torch (cuDNN), CUDA-event GPU time, and the module's kernels under torch.profile
     python benchmarks/profile_depthwise.py [--shape 7]
     ncu -k regex:depthwise_kernel --launch-skip 1 --launch-count 1 \\
         python benchmarks/profile_depthwise.py --ncu
+    ncu -k regex:dw_grad --launch-count 4 python benchmarks/profile_depthwise.py --ncu --backward
 """
 import argparse
 import statistics
@@ -22,6 +23,8 @@ from phaseconv.engines import cuda  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--shape", type=int, default=7, help="sweep shape number (1-based)")
 ap.add_argument("--ncu", action="store_true", help="two forced calls per kernel and dtype")
+ap.add_argument("--backward", action="store_true",
+                help="the input and weight gradients' kernels instead of the forward's")
 args = ap.parse_args()
 shape = SWEEP[args.shape - 1]
 
@@ -33,6 +36,24 @@ def run(dtype: torch.dtype) -> None:
     w = theirs.weight.detach()
     conv = check_conv_transpose3d(x, w, None, shape.stride, shape.padding, shape.output_padding,
                                   shape.groups, (1, 1, 1))
+    if args.backward:
+        gy = torch.randn(theirs(x).shape, device="cuda", dtype=dtype)
+        for gi, gw in (("depthwise", "depthwise"), ("naive", "simt")):
+            if not args.ncu:
+                print(dtype, cuda.describe_backward(conv, shape.batch, dtype, x.device))
+            for need_input in (True, False):
+                def fn(gi=gi, gw=gw, need_input=need_input):
+                    return cuda.backward(gy, x, w, conv, need_input=need_input,
+                                         need_weight=not need_input, grad_input_kernel=gi,
+                                         grad_weight_kernel=gw)
+                if args.ncu:
+                    fn(), fn()
+                    continue
+                t = statistics.median(gpu_times_us(fn, 30, 5))
+                print(f"   {gi if need_input else gw} {'input' if need_input else 'weight'} "
+                      f"gradient: {t:.1f} us")
+        torch.cuda.synchronize()
+        return
     if args.ncu:
         for kernel in ("depthwise", "tiled"):
             for _ in range(2):

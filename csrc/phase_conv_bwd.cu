@@ -15,6 +15,7 @@
 // kernel (one thread per weight element) takes layers whose window does not fit.  The plan
 // (phase_conv_plan.cpp) picks one and its tile.
 #include "phase_conv_bwd.cuh"
+#include "phase_conv_bwd_depthwise.cuh"
 #include "phase_conv_dtype.cuh"
 #include "phase_conv_fwd.cuh"
 #include "phase_conv_mma.cuh"
@@ -591,6 +592,11 @@ cudaError_t run_plan(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeight
     case PHASECONV_GW_MMA: return launch_gm<T>(p, plan, stream);
     case PHASECONV_GW_SIMT: return launch_gw<T>(p, plan, stream);
     case PHASECONV_GW_NAIVE: return launch_gw_naive<T>(p, plan, stream);
+    case PHASECONV_GW_DEPTHWISE: {
+      const cudaError_t err = phaseconv::run_dw_grad_weight<T>(p, plan.depthwise, stream);
+      if (err != cudaSuccess) return err;
+      return launch_reduce<T>(p, plan.depthwise.splits, stream);
+    }
   }
   return cudaErrorInvalidValue;
 }

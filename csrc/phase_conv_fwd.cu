@@ -2,6 +2,7 @@
 // its tile and its layouts), dispatched by dtype, for the forward and the grad-input mode.
 // The families live in their own translation units (phase_conv_fwd_common.cuh lists them).  No atomics: each
 // output is written once by the block that owns it; results are deterministic.
+#include "phase_conv_bwd_depthwise.cuh"
 #include "phase_conv_fwd_common.cuh"
 
 #include <stdint.h>
@@ -54,6 +55,8 @@ cudaError_t run_bwd_input(const PhaseConvFwdParams& p, const PhaseConvBwdInputPl
   switch (plan.family) {
     case PHASECONV_EMPTY: return cudaSuccess;
     case PHASECONV_MMA: return with_fixup<T>(p, run_mma_typed<T>(p, plan.mma, stream), stream);
+    case PHASECONV_DEPTHWISE:
+      return with_fixup<T>(p, run_dw_grad_input<T>(p, plan.depthwise, stream), stream);
     case PHASECONV_NAIVE:  // sums only real pairs: exact as it is
       return run_naive<T>(p, plan.naive_grid, stream);
   }

@@ -427,6 +427,7 @@ const char* family_name(int family) {
     case PHASECONV_GW_NAIVE: return "naive";
     case PHASECONV_TENSOR_CORES: return "tensor-core (all-phase or per-phase)";
     case PHASECONV_DEPTHWISE: return "depthwise";
+    case PHASECONV_GW_DEPTHWISE: return "depthwise";
   }
   return "?";
 }
@@ -586,6 +587,73 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
   return true;
 }
 
+// ---------------------------------------------------------------- the depthwise backward
+// Its tile (DwBwdCfg): input positions x_sz (per axis) read grad_y at
+// stride * i + k * dilation - padding, so a tile of t positions reads a box of
+// stride * (t - 1) + (k - 1) * dilation + 1 along each axis (along W at most
+// kDwBwdThreads / 2: a thread stages one column).  Up to 32 whole columns (fewer
+// where the box would not fit), rows in groups of kDwBwdRows, D slices: of the tiles whose
+// shared memory (tap list, box, and for the weight gradient the tile's inputs) fits
+// kDwMaxSmem, with up to two items per thread, the most busy threads per round of items, the
+// fewest box words per position among those.  False where
+// no tile fits or the taps number over kDwBwdMaxTaps (the layer then takes another kernel).
+bool choose_dw_bwd(const int64_t x_sz[3], const PhaseConvExact& ex, int64_t taps,
+                   size_t acc, bool weight_grad, DwBwdCfg* c) {
+  if (taps < 1 || taps > kDwBwdMaxTaps) return false;
+  int64_t span[3];
+  for (int a = 0; a < 3; ++a) {
+    if (x_sz[a] < 1 || ex.k[a] < 1) return false;
+    span[a] = (ex.k[a] - 1) * ex.d[a] + 1;
+  }
+  const int64_t s_d = ex.s[0], s_h = ex.s[1], s_w = ex.s[2];
+  const int64_t tap_bytes = (taps * (weight_grad ? 8 : (acc == 8 ? 16 : 8)) + 15) / 16 * 16;
+  const int64_t h_most = std::min<int64_t>(cdiv(x_sz[1], kDwBwdRows) * kDwBwdRows, 32);
+  const int64_t d_most = std::min<int64_t>(x_sz[0], 16);
+  bool found = false;
+  double best_items = 0, best_ratio = 0;
+  for (int64_t tw = std::min<int64_t>(x_sz[2], 32); tw >= 1 && !found; tw /= 2) {
+    for (int64_t th = kDwBwdRows; th <= h_most; th += kDwBwdRows) {
+      for (int64_t td = 1; td <= d_most; ++td) {
+        const int64_t items = td * (th / kDwBwdRows) * tw;
+        if (items > 2 * kDwBwdThreads) break;
+        const int64_t bd = s_d * (td - 1) + span[0], bh = s_h * (th - 1) + span[1];
+        const int64_t bw = s_w * (tw - 1) + span[2];
+        const int64_t cols = cdiv(bw, s_w), box = bd * s_w * cols * (bh | 1);
+        const double smem = (double)tap_bytes +
+                            (double)acc * (box + (weight_grad ? td * tw * (th | 1) : 0));
+        if (smem > kDwMaxSmem || bw > kDwBwdThreads / 2) break;
+        // busy threads per round of items
+        const double fill = (double)items / (double)cdiv(items, kDwBwdThreads);
+        const double ratio = (double)box / (double)(td * th * tw);
+        if (!found || fill > best_items || (fill == best_items && ratio < best_ratio)) {
+          found = true;
+          best_items = fill;
+          best_ratio = ratio;
+          c->tile_d = (int)td; c->tile_h = (int)th; c->tile_w = (int)tw;
+          c->box_d = (int)bd; c->box_h = (int)bh; c->box_w = (int)bw;
+          c->box_cols = (int)cols; c->ncols = (int)(s_w * cols);
+          c->hpitch = (int)(bh | 1); c->xpitch = (int)(th | 1);
+          c->smem = (size_t)smem;
+        }
+      }
+    }
+  }
+  if (!found) return false;
+  c->d_tiles = (int)cdiv(x_sz[0], c->tile_d);
+  c->h_tiles = (int)cdiv(x_sz[1], c->tile_h);
+  c->w_tiles = (int)cdiv(x_sz[2], c->tile_w);
+  c->taps = (int)taps;
+  c->tap_bytes = (int)tap_bytes;
+  c->tap_chunks = c->splits = 1;
+  return true;
+}
+
+int print_dw_bwd(char* buf, int len, const char* what, const DwBwdCfg& c) {
+  return snprintf(buf, len, "depthwise %s (a grad_y box in shared memory) tile(d,h,w)=(%d,%d,%d) "
+                  "box=(%d,%d,%d) taps=%d smem=%zu", what, c.tile_d, c.tile_h, c.tile_w,
+                  c.box_d, c.box_h, c.box_w, c.taps, c.smem);
+}
+
 // ---------------------------------------------------------------- the input gradient's rule
 bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
                     const DevInfo& dev, PhaseConvBwdInputPlan* out) {
@@ -598,6 +666,26 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     snprintf(buf, len, "none (empty input gradient)");
     return true;
   }
+  const bool depthwise = params.c_in == params.groups && params.c_out == params.groups;
+  DwBwdCfg& dc = out->depthwise;
+  if (force == PHASECONV_DEPTHWISE && !depthwise)
+    return refuse(buf, len, force, "the layer is not depthwise (C_in/groups and C_out/groups "
+                  "must be 1)");
+  const int64_t x_sz[3] = {params.out_d, params.out_h, params.out_w};  // grad_x
+  const size_t acc = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
+  if (depthwise && (force == 0 || force == PHASECONV_DEPTHWISE) &&
+      choose_dw_bwd(x_sz, params.exact, params.total_taps, acc, false, &dc)) {
+    const int64_t tiles = (int64_t)dc.d_tiles * dc.h_tiles * dc.w_tiles;
+    dc.grid = params.n * params.c_out * tiles;
+    if (dc.grid < ((int64_t)1 << 31)) {
+      out->family = PHASECONV_DEPTHWISE;
+      print_dw_bwd(buf, len, "grad-input", dc);
+      return true;
+    }
+  }
+  if (force == PHASECONV_DEPTHWISE)
+    return refuse(buf, len, force, "its taps number over 512, no tile's grad_y box fits 48 KB "
+                  "of shared memory or its grid does not fit");
   const bool mma_ok = dtype_code != PHASECONV_FLOAT64 && params.c_in / params.groups >= 4 &&
                       params.c_out / params.groups >= 4 && force != PHASECONV_NAIVE;
   MmaCfg& mc = out->mma;
@@ -733,6 +821,37 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
     snprintf(buf, len, "none (no phase has taps)");
     return true;
   }
+  const bool depthwise = p.c_in == p.groups && p.c_out == p.groups;
+  if (force == PHASECONV_GW_DEPTHWISE && !depthwise)
+    return refuse(buf, len, force, "the layer is not depthwise (C_in/groups and C_out/groups "
+                  "must be 1)");
+  DwBwdCfg& dc = out->depthwise;
+  const int64_t x_sz[3] = {p.in_d, p.in_h, p.in_w};
+  const size_t acc = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
+  if (depthwise && (force == 0 || force == PHASECONV_GW_DEPTHWISE) &&
+      choose_dw_bwd(x_sz, p.exact, p.packed_elems / p.c_in, acc, true, &dc)) {
+    // splits of a channel's tiles over the batch: one wave of kDwBwdGwBlocks blocks per
+    // multiprocessor
+    const int64_t per_channel = p.n * dc.d_tiles * dc.h_tiles * dc.w_tiles;
+    dc.tap_chunks = (int)cdiv(dc.taps, kDwBwdWarpTaps * (kDwBwdThreads / 32));
+    const int64_t base = p.c_in * dc.tap_chunks;
+    int64_t splits = kDwBwdGwBlocks * (int64_t)dev.sms / base;
+    splits = std::max<int64_t>(1, std::min<int64_t>({splits, per_channel, 64}));
+    dc.splits = (int)splits;
+    dc.grid = base * splits;
+    if (dc.grid < ((int64_t)1 << 31)) {
+      out->family = PHASECONV_GW_DEPTHWISE;
+      out->grid = dc.grid;
+      out->smem = dc.smem;
+      out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * acc;
+      const int n = print_dw_bwd(buf, len, "weight-gradient", dc);
+      if (n > 0 && n < len) snprintf(buf + n, len - n, " %d split(s)", dc.splits);
+      return true;
+    }
+  }
+  if (force == PHASECONV_GW_DEPTHWISE)
+    return refuse(buf, len, force, "its taps number over 512, no tile's grad_y box fits 48 KB "
+                  "of shared memory or its grid does not fit");
   const bool tensor_cores = mma_possible(p, dtype_code);
   if (force == PHASECONV_GW_MMA && !tensor_cores)
     return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_in/groups and "

@@ -128,7 +128,9 @@ enum PhaseConvFamily {
   PHASECONV_GW_NAIVE = 8,   // one thread per weight element (the window does not fit)
   // forcing only: the all-phase kernel where a tile fits, else the per-phase one
   PHASECONV_TENSOR_CORES = 9,
-  PHASECONV_DEPTHWISE = 10, // a block per plane tile (C_in/groups = C_out/groups = 1)
+  PHASECONV_DEPTHWISE = 10, // a block per plane tile (C_in/groups = C_out/groups = 1);
+                            // also the input gradient's depthwise kernel
+  PHASECONV_GW_DEPTHWISE = 11,  // the weight gradient's depthwise kernel
 };
 
 // A kernel chosen by name instead of by the rule (tests, benchmarks).  The plan refuses a
@@ -169,6 +171,12 @@ constexpr int kDwRows = 4;            // its rows of one H phase per thread item
 constexpr int kDwTileOutputs = 2048;  // its outputs per D position of a block, about
 constexpr int kDwMaxRun = 8;          // its D positions per block (one D phase), at most
 constexpr int kDwMaxSmem = 48 * 1024; // its shared memory at most (no opt-in)
+constexpr int kDwBwdThreads = 256;    // depthwise backward kernels: threads per block
+constexpr int kDwBwdRows = 4;         // their input rows per thread item
+constexpr int kDwBwdWarpTaps = 8;     // weight gradient: taps a warp sums at once
+constexpr int kDwBwdMaxTaps = 512;    // taps of all phases at most
+constexpr int kDwBwdStageRows = 4;    // rows a thread stages per step (loads in flight)
+constexpr int kDwBwdGwBlocks = 3;     // weight gradient: blocks per SM (launch bounds, splits)
 
 
 // depthwise kernel (phase_conv_fwd_depthwise.cu: depthwise_kernel): a block owns one (n, c)
@@ -190,6 +198,27 @@ struct DepthwiseCfg {
                          // read from a register window (phase dilation 1 in H); 0: any
   int taps_stride;       // a phase's taps in shared memory: max taps_d * fixed_taps^2 (padded
                          // with zeros), or max taps_d * taps_h * taps_w
+  size_t smem;
+};
+
+// depthwise backward kernels (phase_conv_bwd_depthwise.cu): a block owns a tile of
+// tile_d x tile_h x tile_w input positions of one (n, c) plane and stages the box of grad_y
+// their taps read, box_d x box_h x box_w from stride * (first position) - padding, column
+// major ([slice][column][row], rows padded to hpitch, odd) with the columns split by W residue
+// (ncols = stride_w * box_cols).  The input gradient: one block per (plane, tile), grid
+// planes * tiles.  The weight gradient: one block per (channel, chunk of kDwBwdWarpTaps taps
+// per warp, split of the channel's tiles over the batch), grid channels * tap_chunks * splits,
+// each split writing a workspace slice; it stages the tile's inputs too ([d][w][h], rows
+// padded to xpitch, odd).
+struct DwBwdCfg {
+  int tile_d, tile_h, tile_w;  // tile_h a multiple of kDwBwdRows, tile_w <= 32
+  int d_tiles, h_tiles, w_tiles;
+  int box_d, box_h, box_w;     // box_w <= kDwBwdThreads / 2
+  int box_cols, ncols, hpitch, xpitch;
+  int taps;                    // taps of all phases (or sub-problems)
+  int tap_bytes;               // the tap list in shared memory, 16-byte multiple
+  int tap_chunks, splits;      // weight gradient only (1, 1 for the input gradient)
+  int64_t grid;
   size_t smem;
 };
 
@@ -270,17 +299,20 @@ struct PhaseConvFwdPlan {
 // The input gradient's plan (phase_conv_bwd_input_plan): the per-phase tensor-core kernel or
 // the naive kernel, both in grad-input mode (one launch for all phases).
 struct PhaseConvBwdInputPlan {
-  int family;  // PHASECONV_EMPTY, PHASECONV_MMA or PHASECONV_NAIVE
+  int family;  // PHASECONV_EMPTY, PHASECONV_DEPTHWISE, PHASECONV_MMA or PHASECONV_NAIVE
   int64_t naive_grid;
   phaseconv::MmaCfg mma;
+  phaseconv::DwBwdCfg depthwise;
   char text[256];
 };
 
 // The weight gradient's plan (phase_conv_bwd_weight_plan).
 struct PhaseConvBwdWeightPlan {
-  int family;  // PHASECONV_EMPTY, PHASECONV_GW_MMA, PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE
+  int family;  // PHASECONV_EMPTY, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA, PHASECONV_GW_SIMT
+               // or PHASECONV_GW_NAIVE
   phaseconv::GwCfg gw;
   phaseconv::GmCfg gm;
+  phaseconv::DwBwdCfg depthwise;
   int64_t grid;
   size_t smem, ws_bytes;  // dynamic shared memory, workspace bytes (16-byte aligned base)
   char text[256];
@@ -296,19 +328,24 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
                          const PhaseConvForce& force, const phaseconv::DevInfo& dev,
                          PhaseConvFwdPlan* plan);
 
-// The input gradient in grad-input mode (phase_conv_fwd.cuh).  The rule: the tensor-core
-// kernel for float32/float16/bfloat16 with C_out/g and C_in/g >= 4 when a tile fits shared
-// memory, else the naive kernel (any dtype).  force: 0 the rule, PHASECONV_MMA or
-// PHASECONV_NAIVE (false where the forced kernel does not apply).
+// The input gradient in grad-input mode (phase_conv_fwd.cuh).  The rule: depthwise layers
+// (C_in/groups = C_out/groups = 1, any dtype) the depthwise kernel where a tile's grad_y box
+// fits 48 KB of shared memory and the taps of all phases number at most kDwBwdMaxTaps; the
+// tensor-core kernel for float32/float16/bfloat16 with C_out/g and C_in/g >= 4 when a tile
+// fits shared memory; else the naive kernel (any dtype).  force: 0 the rule,
+// PHASECONV_DEPTHWISE, PHASECONV_MMA or PHASECONV_NAIVE (false where the forced kernel does
+// not apply).
 bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
                                const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan);
 
-// The weight gradient (phase_conv_bwd.cuh).  The rule: float32/float16/bfloat16 with
+// The weight gradient (phase_conv_bwd.cuh).  The rule: depthwise layers (any dtype) the
+// depthwise kernel under the input gradient's conditions; float32/float16/bfloat16 with
 // C_in/groups and C_out/groups both >= 16 (and a phase's outputs over the batch below 2^31)
 // run the tensor-core kernel; float64 and narrower layers the SIMT one, and layers whose
 // input window does not fit shared memory (huge dilations) a naive kernel, one thread per
-// weight element.  force: 0 the rule, PHASECONV_GW_MMA, PHASECONV_GW_SIMT or
-// PHASECONV_GW_NAIVE; false where the forced kernel cannot take the layer.
+// weight element.  force: 0 the rule, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA,
+// PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE; false where the forced kernel cannot take the
+// layer.
 bool phase_conv_bwd_weight_plan(const PhaseConvBwdWeightParams& params, int dtype_code,
                                 int force, const phaseconv::DevInfo& dev,
                                 PhaseConvBwdWeightPlan* plan);

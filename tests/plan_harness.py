@@ -33,7 +33,7 @@ DEVICES = (H100, A100)
 
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 FAMILIES = {0: "none", 1: "gemm", 2: "allphase", 3: "mma", 4: "tiled", 5: "naive",
-            6: "tensor-cores", 7: "simt", 8: "naive", 10: "depthwise"}
+            6: "tensor-cores", 7: "simt", 8: "naive", 10: "depthwise", 11: "depthwise"}
 _SOURCES = (cuda.CSRC / "phase_conv_plan.cpp", Path(__file__).with_name("plan_shim.cpp"))
 
 
@@ -107,7 +107,8 @@ def grad_input(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,
     host = _tables(args, dtype)
     geometry = [batch, args.out_channels, args.in_channels, args.groups, *args.out_shape,
                 *args.in_shape, *host.phase_dilation, *host.gi_max_taps, host.gi_total_taps,
-                host.gi_table.shape[0], *host.stride]
+                host.gi_table.shape[0], *host.stride, *args.kernel, *args.padding,
+                *args.dilation]
     fn = library().phaseconv_plan_grad_input
     ok, out, text = _call(fn, geometry, dtype, cuda.GRAD_INPUT_KERNELS[kernel], device, 1)
     return Plan(ok, FAMILIES[out[0]] if ok else "refused", text)
@@ -121,7 +122,8 @@ def grad_weight(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,
     for k in args.kernel:
         numel *= k
     geometry = [batch, args.in_channels, args.out_channels, args.groups, *args.in_shape,
-                *args.out_shape, *host.stride, *host.phase_dilation, *host.max_taps, numel]
+                *args.out_shape, *host.stride, *host.phase_dilation, *host.max_taps, numel,
+                *args.kernel, *args.padding, *args.dilation]
     fn = library().phaseconv_plan_grad_weight
     ok, out, text = _call(fn, geometry, dtype, cuda.GRAD_WEIGHT_KERNELS[kernel], device, 4)
     return Plan(ok, FAMILIES[out[0]] if ok else "refused", text, splits=out[3])

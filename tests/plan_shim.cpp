@@ -50,8 +50,16 @@ extern "C" int phaseconv_plan_forward(const int64_t* g, int dtype, const int64_t
   return ok ? 1 : 0;
 }
 
+// The layer's kernel, padding and dilation (g[0..8]) with its stride, as the exact geometry.
+static void set_layer(PhaseConvExact& e, const int64_t* g, const int64_t* stride) {
+  for (int a = 0; a < 3; ++a) {
+    e.k[a] = g[a]; e.p[a] = g[3 + a]; e.d[a] = g[6 + a]; e.s[a] = stride[a];
+  }
+}
+
 // g (grad-input mode): n, c_in (grad_y's channels), c_out (x's), groups, in[3] (grad_y's
-// sizes), out[3] (x's), phase_dilation[3], max_taps[3], total_taps, nsub, in_stride[3].
+// sizes), out[3] (x's), phase_dilation[3], max_taps[3], total_taps, nsub, in_stride[3],
+// kernel[3], padding[3], dilation[3].
 extern "C" int phaseconv_plan_grad_input(const int64_t* g, int dtype, int force,
                                          const int64_t* dev, int64_t* out, char* text,
                                          int len) {
@@ -65,6 +73,7 @@ extern "C" int phaseconv_plan_grad_input(const int64_t* g, int dtype, int force,
   p.total_taps = g[16];
   p.nsub = (int)g[17];
   p.in_stride_d = g[18]; p.in_stride_h = g[19]; p.in_stride_w = g[20];
+  set_layer(p.exact, g + 21, g + 18);
   PhaseConvBwdInputPlan plan;
   const bool ok = phase_conv_bwd_input_plan(p, dtype, force, device(dev), &plan);
   out[0] = plan.family;
@@ -73,7 +82,8 @@ extern "C" int phaseconv_plan_grad_input(const int64_t* g, int dtype, int force,
 }
 
 // g: n, c_in, c_out, groups, in[3], out[3], stride[3], phase_dilation[3], max_taps[3],
-// packed elements.  out: family, grid, workspace bytes, splits.
+// packed elements, kernel[3], padding[3], dilation[3].  out: family, grid, workspace bytes,
+// splits.
 extern "C" int phaseconv_plan_grad_weight(const int64_t* g, int dtype, int force,
                                           const int64_t* dev, int64_t* out, char* text,
                                           int len) {
@@ -85,13 +95,15 @@ extern "C" int phaseconv_plan_grad_weight(const int64_t* g, int dtype, int force
   p.pdil_d = g[13]; p.pdil_h = g[14]; p.pdil_w = g[15];
   p.max_taps_d = g[16]; p.max_taps_h = g[17]; p.max_taps_w = g[18];
   p.packed_elems = g[19];
+  set_layer(p.exact, g + 20, g + 10);
   PhaseConvBwdWeightPlan plan;
   const bool ok = phase_conv_bwd_weight_plan(p, dtype, force, device(dev), &plan);
   out[0] = plan.family;
   out[1] = plan.grid;
   out[2] = (int64_t)plan.ws_bytes;
   out[3] = plan.family == PHASECONV_GW_MMA ? plan.gm.splits
-           : plan.family == PHASECONV_GW_SIMT ? plan.gw.splits : 0;
+           : plan.family == PHASECONV_GW_SIMT ? plan.gw.splits
+           : plan.family == PHASECONV_GW_DEPTHWISE ? plan.depthwise.splits : 0;
   copy_text(plan.text, text, len);
   return ok ? 1 : 0;
 }

@@ -85,7 +85,8 @@ def main() -> int:
                     print("FAIL", (n, ci, co, g, size, k, s, p, op, d), dtype, kernel, err)
         # the CUDA backward by the rule, then every kernel forced: grad_input on the
         # tensor-core kernel (where it applies) and the naive kernel, grad_weight on tensor
-        # cores (where they apply) and the SIMT kernel
+        # cores (where they apply) and the SIMT kernel, both depthwise kernels on depthwise
+        # layers
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
             x = torch.randn((n, ci) + size, device="cuda").to(dtype).requires_grad_()
             w = torch.randn((ci, co // g) + k, device="cuda").to(dtype).requires_grad_()
@@ -111,6 +112,9 @@ def main() -> int:
             if min(ci, co) // g >= 4:
                 forced.append(cuda.backward(gy, xd, wd, args, need_weight=False,
                                             grad_input_kernel="tensor-cores"))
+            if ci == co == g:
+                forced.append(cuda.backward(gy, xd, wd, args, grad_input_kernel="depthwise",
+                                            grad_weight_kernel="depthwise"))
             if min(ci, co) // g >= 16:
                 forced.append(cuda.backward(gy, xd, wd, args, need_input=False,
                                             grad_weight_kernel="tensor-cores"))

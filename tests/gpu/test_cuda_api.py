@@ -441,10 +441,17 @@ def test_backward_kernel_rules():
         cuda.backward(gy, x, w, narrow, grad_weight_kernel="fast")
     depthwise = _args(x, torch.randn(8, 1, 3, 3, 3, device="cuda"), (2, 2, 2), (1, 1, 1),
                       (1, 1, 1), 8)
-    assert cuda.describe_backward(depthwise, 1, x.dtype, x.device)[0].startswith("naive")
+    gi, gw = cuda.describe_backward(depthwise, 1, x.dtype, x.device)
+    assert gi.startswith("depthwise grad-input") and gw.startswith("depthwise weight-gradient")
     with pytest.raises(RuntimeError, match="input gradient: refused: the mma kernel was "
                        "forced"):
         cuda.backward(gy, x, w[:, :1], depthwise, grad_input_kernel="tensor-cores")
+    with pytest.raises(RuntimeError, match="input gradient: refused: the depthwise kernel was "
+                       "forced and the layer is not depthwise"):
+        cuda.backward(gy, x, w, narrow, grad_input_kernel="depthwise")
+    with pytest.raises(RuntimeError, match="weight gradient: refused: the depthwise kernel was "
+                       "forced and the layer is not depthwise"):
+        cuda.backward(gy, x, w, narrow, grad_weight_kernel="depthwise")
     wide = dict(in_channels=64, out_channels=32, kernel_size=4, stride=2, padding=1)
     report = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda")
     assert report.grad_weight_kernel.startswith("tensor-core gemm 3xTF32")
@@ -478,16 +485,63 @@ def test_input_gradient_kernels(case, dtype):
     xc, wc, gyc = x.cuda(), w.cuda(), gy.cuda()
     args = _args(xc, wc, c["s"], c["p"], c["d"], c["groups"], c["op"])
     desc = cuda.describe_backward(args, c["n"], dtype, xc.device)[0]
-    mma = (dtype != torch.float64 and c["cin"] // c["groups"] >= 4
+    depthwise = c["cin"] == c["groups"] == c["cout"]
+    mma = (not depthwise and dtype != torch.float64 and c["cin"] // c["groups"] >= 4
            and c["cout"] // c["groups"] >= 4)
-    assert desc.startswith("mma grad-input" if mma else "naive grad-input"), desc
+    rule = "depthwise" if depthwise else "mma" if mma else "naive"
+    assert desc.startswith(rule + " grad-input"), desc
     tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3,
            torch.bfloat16: 2e-2}[dtype]
-    for kernel in (["auto", "tensor-cores", "naive"] if mma else ["auto", "naive"]):
+    forced = {"depthwise": ["depthwise"], "mma": ["tensor-cores"], "naive": []}[rule]
+    for kernel in ["auto", "naive"] + forced:
         got, _ = cuda.backward(gyc, xc, wc, args, need_weight=False, grad_input_kernel=kernel)
         assert got.dtype == dtype and got.shape == expected.shape
         rel = ((got.double().cpu() - expected).norm() / expected.norm()).item()
         assert rel < tol, (kernel, rel)
+
+
+_DW_CASES = [  # (n, channels, size, k, s, p, op, d)
+    (2, 3, (5, 7, 9), (4, 4, 4), (2, 2, 2), (1, 1, 1), (0, 0, 0), (1, 1, 1)),
+    (1, 4, (3, 9, 40), (3, 5, 2), (2, 3, 1), (1, 2, 0), (1, 2, 0), (1, 1, 1)),  # ragged, wide
+    (2, 2, (4, 5, 6), (1, 2, 1), (3, 4, 2), (0, 0, 0), (2, 1, 1), (1, 1, 1)),  # empty phases
+    (1, 5, (6, 4, 33), (3, 3, 3), (2, 1, 2), (2, 1, 0), (1, 0, 1), (2, 1, 3)),  # dilation
+    (3, 2, (17, 18, 19), (2, 2, 2), (1, 1, 1), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # many tiles
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16,
+                                   torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", range(len(_DW_CASES)))
+def test_depthwise_backward_kernels(case, dtype):
+    """The depthwise input- and weight-gradient kernels, by the rule and forced, against
+    torch in float64 (ragged and empty phases, dilation, tiles cut at every border), and
+    bitwise repeatable."""
+    from phaseconv.engines import cuda
+
+    n, c, size, k, s, p, op, d = _DW_CASES[case]
+    gen = torch.Generator().manual_seed(case)
+    x = torch.randn((n, c) + size, generator=gen).to(dtype)
+    w = (torch.randn((c, 1) + k, generator=gen) / 4).to(dtype)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    out = F.conv_transpose3d(x64, w64, None, s, p, op, c, d)
+    gy = torch.randn(out.shape, generator=gen).to(dtype)
+    expected = torch.autograd.grad(out, (x64, w64), gy.double())
+    xc, wc, gyc = x.cuda(), w.cuda(), gy.cuda()
+    args = _args(xc, wc, s, p, d, c, op)
+    gi_desc, gw_desc = cuda.describe_backward(args, n, dtype, xc.device)
+    assert gi_desc.startswith("depthwise grad-input"), gi_desc
+    assert gw_desc.startswith("depthwise weight-gradient"), gw_desc
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3,
+           torch.bfloat16: 2e-2}[dtype]
+    for kernel in ("auto", "depthwise"):
+        got = cuda.backward(gyc, xc, wc, args, grad_input_kernel=kernel,
+                            grad_weight_kernel=kernel)
+        for name, a, e in zip(("grad_input", "grad_weight"), got, expected):
+            assert a.dtype == dtype and a.shape == e.shape, name
+            rel = ((a.double().cpu() - e).norm() / e.norm().clamp_min(1e-30)).item()
+            assert rel < tol, (name, kernel, rel)
+    again = cuda.backward(gyc, xc, wc, args)
+    assert torch.equal(again[0], got[0]) and torch.equal(again[1], got[1])
 
 
 def test_input_gradient_one_launch_long_reduction_float32():

@@ -34,7 +34,7 @@ PATHS = [
      "tiled", "naive grad-input", "simt"),
     ("depthwise fp32", dict(in_channels=8, out_channels=8, kernel_size=4, stride=2, padding=1,
                             groups=8), (2, 8, 5, 6, 7), torch.float32, "ncdhw", "depthwise",
-     "naive grad-input", "simt"),
+     "depthwise grad-input", "depthwise weight-gradient"),
     ("naive (huge dilation)", dict(in_channels=2, out_channels=3, kernel_size=3, stride=1,
                                    dilation=(40, 40, 40)), (1, 2, 1, 2, 1), torch.float32,
      "ncdhw", "naive", "naive grad-input", "naive"),

@@ -120,8 +120,9 @@ def test_nonfinite_values_reach_only_real_pairs(device, dtype, cfg, where, posit
         torch.testing.assert_close(expected[0], theirs, rtol=1e-9, atol=1e-9, equal_nan=True)
 
 
-# Layers the CUDA engine routes to its tensor-core kernels (names as explain() prints them).
-TENSOR_CORE_LAYERS = [
+# Layers the CUDA engine routes to its tensor-core and depthwise kernels, whose staged tiles
+# pad with zeros (the last two: depthwise, every kernel of the forward and the backward).
+FAST_LAYERS = [
     (dict(in_channels=32, out_channels=32, kernel_size=(3, 5, 7), stride=2, padding=(1, 2, 3),
           output_padding=1, groups=4), (2, 32, 3, 4, 5)),
     (dict(in_channels=64, out_channels=64, kernel_size=2, stride=2), (2, 64, 3, 4, 5)),
@@ -129,17 +130,21 @@ TENSOR_CORE_LAYERS = [
      (2, 32, 3, 4, 5)),
     (dict(in_channels=16, out_channels=16, kernel_size=5, stride=4, padding=1),
      (1, 16, 3, 3, 4)),
+    (dict(in_channels=4, out_channels=4, kernel_size=4, stride=2, padding=1, groups=4),
+     (2, 4, 3, 4, 5)),
+    (dict(in_channels=3, out_channels=3, kernel_size=(3, 2, 5), stride=(2, 1, 3),
+          padding=(1, 0, 2), output_padding=(1, 0, 1), groups=3), (1, 3, 4, 3, 5)),
 ]
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("layer", range(len(TENSOR_CORE_LAYERS)))
+@pytest.mark.parametrize("layer", range(len(FAST_LAYERS)))
 @pytest.mark.parametrize("where", ["input", "weight", "grad_out"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_nonfinite_on_tensor_core_kernels(layer, where, dtype):
+def test_nonfinite_on_tensor_core_and_depthwise_kernels(layer, where, dtype):
     from strategies import Config
 
-    spec, shape = TENSOR_CORE_LAYERS[layer]
+    spec, shape = FAST_LAYERS[layer]
     module = torch.nn.ConvTranspose3d(**spec, bias=False)
     cfg = Config(shape[0], spec["in_channels"], spec["out_channels"], module.groups,
                  tuple(shape[2:]), module.kernel_size, module.stride, module.padding,

@@ -74,7 +74,10 @@ BACKWARD_RULE = [
     ("wide bf16", WIDE, BF16, "mma", "tensor-cores"),
     ("wide fp32", WIDE, F32, "mma", "tensor-cores"),
     ("narrow fp32", NARROW, F32, "naive", "simt"),
-    ("depthwise bf16", DEPTHWISE, BF16, "naive", "simt"),
+    ("depthwise bf16", DEPTHWISE, BF16, "depthwise", "depthwise"),
+    ("depthwise fp64", DEPTHWISE, F64, "depthwise", "depthwise"),
+    ("depthwise huge dilation fp32", ph.conv_args(8, 8, 3, 4, dilation=150, groups=8), F32,
+     "naive", "naive"),                                     # no grad_y box fits
     ("huge dilation fp32", HUGE_DILATION, F32, "naive", "naive"),
 ]
 
@@ -175,10 +178,11 @@ def test_unknown_kernel_names_are_refused():
 
 
 def test_weight_gradient_tiles_fit_the_channels():
-    """A depthwise layer's weight gradient runs 1 x 1 register tiles (a 4 x 4 tile would
-    multiply 15 padding pairs for each real one); wider layers 4-channel tiles."""
+    """The SIMT kernel runs a depthwise layer's weight gradient (forced) on 1 x 1 register
+    tiles (a 4 x 4 tile would multiply 15 padding pairs for each real one); wider layers on
+    4-channel tiles."""
     for device in ph.DEVICES:
-        plan = ph.grad_weight(DEPTHWISE, 4, F32, device)
+        plan = ph.grad_weight(DEPTHWISE, 4, F32, device, "simt")
         assert plan.family == "simt" and "simt 1x1 channel tile" in plan.text, plan.text
         plan = ph.grad_weight(FOUNDING, 8, F32, device)
         assert plan.family == "simt" and "simt 8x8 channel tile" in plan.text, plan.text
@@ -223,3 +227,36 @@ def test_depthwise_slabs_that_do_not_fit_go_to_the_tiled_kernel():
     assert plan.ok and plan.family != "depthwise", plan.text
     forced = ph.forward(dilated, 1, F32, ph.H100, kernel="depthwise")
     assert not forced.ok and "input slab needs more than 48 KB" in forced.text, forced.text
+
+
+def test_depthwise_backward_tiles():
+    """Shape 7's backward (4 x 64 planes of 24^3 inputs, k4 s2 p1: 64 taps over the 8
+    phases).  The input gradient: a tile of 5 x 8 x 24 positions reads a grad_y box of
+    (2 * 4 + 4) x (2 * 7 + 4) x (2 * 23 + 4), 5 D slices x 2 row groups x 24 columns = 240
+    items for 256 threads; its shared memory: 64 (weight, offset) taps of 8 bytes and the box
+    with rows padded to 19 words, 512 + 4 * 12 * 50 * 19.  The weight gradient: (offset,
+    packed element) taps, the box and the tile's inputs, its splits one wave of 3 blocks per
+    multiprocessor (3 * 132 / 64 channels -> 6; 3 * 108 / 64 -> 5)."""
+    gi = ph.grad_input(DEPTHWISE, 4, F32, ph.H100)
+    assert gi.text == ("depthwise grad-input (a grad_y box in shared memory) "
+                       "tile(d,h,w)=(5,8,24) box=(12,18,50) taps=64 smem=46112"), gi.text
+    gw = ph.grad_weight(DEPTHWISE, 4, BF16, ph.H100)
+    assert gw.text == ("depthwise weight-gradient (a grad_y box in shared memory) "
+                       "tile(d,h,w)=(3,12,24) box=(8,26,50) taps=64 smem=47456 6 split(s)"), \
+        gw.text
+    assert gw.splits == 6 and ph.grad_weight(DEPTHWISE, 4, BF16, ph.A100).splits == 5
+    for device in ph.DEVICES:
+        for dtype in (F32, BF16, F64):
+            for plan in (ph.grad_input(DEPTHWISE, 4, dtype, device),
+                         ph.grad_weight(DEPTHWISE, 4, dtype, device)):
+                smem = int(plan.text.split("smem=")[1].split()[0])
+                assert plan.family == "depthwise" and smem <= 48 * 1024, plan.text
+    # more taps than the tap list holds (9^3 > 512): the other kernels, and forcing is refused
+    many = ph.conv_args(2, 2, 9, 6, groups=2)
+    assert ph.grad_input(many, 1, F32, ph.H100).family == "naive"
+    assert ph.grad_weight(many, 1, F32, ph.H100).family == "simt"
+    for plan in (ph.grad_input(many, 1, F32, ph.H100, "depthwise"),
+                 ph.grad_weight(many, 1, F32, ph.H100, "depthwise"),
+                 ph.grad_input(WIDE, 1, F32, ph.H100, "depthwise"),
+                 ph.grad_weight(WIDE, 1, F32, ph.H100, "depthwise")):
+        assert not plan.ok and plan.text.startswith("refused: the depthwise kernel was forced")
