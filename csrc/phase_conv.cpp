@@ -218,15 +218,17 @@ class ForwardPlan {
   // x, weight: tensors of the planned shapes, dtype and device (only their metadata is read);
   // x_channels_last: x will come channels-last; table, index, index_mma: the layer's device
   // tables (phaseconv/engines/cuda.py: LayerTables); index_mma undefined where the dtype has
-  // no tensor-core layout.
+  // no tensor-core layout; out_channels_last: return y channels_last_3d (written so by the
+  // kernel where the plan's kernel writes that layout, else copied once).
   ForwardPlan(const at::Tensor& x, const at::Tensor& weight, bool has_bias,
               bool x_channels_last, const at::Tensor& table, const at::Tensor& index,
               const c10::optional<at::Tensor>& index_mma, std::vector<int64_t> out_size,
               std::vector<int64_t> stride, std::vector<int64_t> phase_dilation,
               std::vector<int64_t> max_taps, int64_t total_taps, int64_t groups,
               std::vector<int64_t> union_box, std::vector<int64_t> padding,
-              std::vector<int64_t> dilation, std::vector<int64_t> force)
+              std::vector<int64_t> dilation, std::vector<int64_t> force, bool out_channels_last)
       : device_(x.device()), dtype_(x.scalar_type()), has_bias_(has_bias),
+        out_channels_last_(out_channels_last),
         x_sizes_(x.sizes().vec()), w_sizes_(weight.sizes().vec()), table_(table),
         index_(index) {
     TORCH_CHECK(x.is_cuda() && x.dim() == 5, "phaseconv cuda engine: the input must be a 5-D "
@@ -285,12 +287,15 @@ class ForwardPlan {
     p.union_lo_d = union_box[0]; p.union_lo_h = union_box[1]; p.union_lo_w = union_box[2];
     p.union_ext_d = union_box[3]; p.union_ext_h = union_box[4]; p.union_ext_w = union_box[5];
     p.x_channels_last = x_channels_last && x.element_size() != 8 ? 1 : 0;
+    p.y_channels_last = out_channels_last ? 1 : 0;
     TORCH_CHECK(phase_conv_fwd_plan(p, dtype_code_, forward_force(force),
                                     device_info(device_), &plan_),
                 "phaseconv cuda engine: no forward kernel takes this layer: ", plan_.text, ".");
+    p.y_channels_last = plan_.y_channels_last;
     p.x_channels_last = plan_.x_channels_last;
     p.exact = exact_geometry(PHASECONV_EXACT_FORWARD, x, weight, out_channels, groups,
                              out_size, stride, padding, dilation);
+    p.exact.out_channels_last = p.y_channels_last;
     out_sizes_ = {x.size(0), out_channels, out_size[0], out_size[1], out_size[2]};
   }
 
@@ -303,8 +308,13 @@ class ForwardPlan {
                 has_bias_ ? "with" : "without", " a bias.");
     const c10::cuda::CUDAGuard guard(device_);
     const cudaStream_t stream = stream_of(x);
-    at::Tensor y = at::empty(out_sizes_, x.options());
+    const auto fmt = out_channels_last_ ? at::MemoryFormat::ChannelsLast3d
+                                        : at::MemoryFormat::Contiguous;
+    at::Tensor y = at::empty(out_sizes_, x.options().memory_format(fmt));
     if (plan_.family == PHASECONV_EMPTY) return y;
+    // where the kernel writes (N, C_out, D, H, W) but channels-last is asked: one copy after
+    const bool copy_out = out_channels_last_ && !plan_.y_channels_last;
+    at::Tensor yk = copy_out ? at::empty(out_sizes_, x.options()) : y;
     PhaseConvFwdParams p = params_;
     int* flag = nullptr;
     const at::Tensor wl =
@@ -331,7 +341,7 @@ class ForwardPlan {
       p.weight = wl.data_ptr();
       p.weight_mma = nullptr;
     }
-    p.y = y.data_ptr();
+    p.y = yk.data_ptr();
     p.exact.a = x.data_ptr();
     set_strides(p.exact.as, x);
     p.exact.b = weight.data_ptr();
@@ -339,10 +349,14 @@ class ForwardPlan {
     p.exact.bias = p.bias;
     p.exact.flag = flag;
     check_launch(phase_conv_fwd_run(p, plan_, dtype_code_, stream), "forward");
+    if (copy_out) y.copy_(yk);
     return y;
   }
 
-  std::string description() const { return plan_.text; }
+  std::string description() const {
+    const bool copy_out = out_channels_last_ && !plan_.y_channels_last;
+    return std::string(plan_.text) + (copy_out ? ", channels-last output (one copy)" : "");
+  }
   bool reads_channels_last() const { return plan_.x_channels_last != 0; }
   bool reads_tensor_core_weight() const { return plan_.weight_mma != 0; }
 
@@ -351,6 +365,7 @@ class ForwardPlan {
   c10::ScalarType dtype_;
   int dtype_code_ = -1;
   bool has_bias_;
+  bool out_channels_last_;
   std::vector<int64_t> x_sizes_, w_sizes_, out_sizes_;
   at::Tensor table_, index_, index_mma_;
   PhaseConvFwdParams params_;
@@ -538,12 +553,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                     const at::Tensor&, const c10::optional<at::Tensor>&,
                     std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
                     std::vector<int64_t>, int64_t, int64_t, std::vector<int64_t>,
-                    std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>>(),
+                    std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, bool>(),
            py::arg("x"), py::arg("weight"), py::arg("has_bias"), py::arg("x_channels_last"),
            py::arg("table"), py::arg("index"), py::arg("index_mma"), py::arg("out_size"),
            py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
            py::arg("total_taps"), py::arg("groups"), py::arg("union_box"),
-           py::arg("padding"), py::arg("dilation"), py::arg("force"))
+           py::arg("padding"), py::arg("dilation"), py::arg("force"),
+           py::arg("out_channels_last") = false)
       .def("__call__", &ForwardPlan::operator(), py::arg("x"), py::arg("weight"),
            py::arg("bias"))
       .def_property_readonly("description", &ForwardPlan::description)

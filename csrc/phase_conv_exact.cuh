@@ -170,8 +170,16 @@ __global__ void __launch_bounds__(256) fixup_kernel(const PhaseConvExact e, T* o
                                                     int64_t numel) {
   if (*reinterpret_cast<volatile const int*>(e.flag) == 0) return;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < numel;
-       i += (int64_t)gridDim.x * blockDim.x)
-    if (!finite_value(out[i])) out[i] = exact_element<T>(e, i);
+       i += (int64_t)gridDim.x * blockDim.x) {
+    if (finite_value(out[i])) continue;
+    int64_t off = i;
+    if (e.out_channels_last) {  // storage (n, d, h, w, c) -> logical (n, c, d, h, w)
+      const int64_t c = i % e.c_out, pix = i / e.c_out;
+      const int64_t spatial = e.out[0] * e.out[1] * e.out[2];
+      off = ((pix / spatial) * e.c_out + c) * spatial + pix % spatial;
+    }
+    out[i] = exact_element<T>(e, off);
+  }
 }
 
 template <typename T>

@@ -22,7 +22,10 @@ cudaError_t with_fixup(const PhaseConvFwdParams& p, cudaError_t launched, cudaSt
 template <typename T>
 cudaError_t run_plan(const PhaseConvFwdParams& p, const PhaseConvFwdPlan& plan,
                      cudaStream_t stream) {
-  if ((p.x_channels_last != 0) != (plan.x_channels_last != 0)) return cudaErrorInvalidValue;
+  if ((p.x_channels_last != 0) != (plan.x_channels_last != 0) ||
+      (p.y_channels_last != 0) != (plan.y_channels_last != 0) ||
+      (p.y_channels_last != 0) != (p.exact.out_channels_last != 0))
+    return cudaErrorInvalidValue;
   switch (plan.family) {
     case PHASECONV_EMPTY: return cudaSuccess;
     case PHASECONV_GEMM: return with_fixup<T>(p, run_gemm_typed<T>(p, plan.gemm, stream), stream);

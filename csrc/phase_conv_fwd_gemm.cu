@@ -20,6 +20,7 @@ struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in
   const void* wm;  // pack()'s tensor-core weight layout
   int num_phases, G, m_tiles, co_blocks;
   int y_even;  // out_w and the output's base are even: pairs of W phases store 4-byte words
+  int y_cl;    // y is (N, D, H, W, C_out): a channel's stride 1, a W step's C_out
   int64_t total_blocks;
 };
 
@@ -85,6 +86,8 @@ gemm_cl_kernel(const GemmArgs a) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm_ = warp % WARPS_M, wn = warp / WARPS_M;
   const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  const int64_t y_cs = a.y_cl ? 1 : out_plane;     // y's strides: one channel,
+  const int64_t y_ws = a.y_cl ? a.c_out : 1;       // one W position
   const int G = a.G;
   const int nw = WGROUP ? a.sw : 1;                 // W phases per block
   const int units = a.num_phases / nw;              // (rd, rh) pairs, or phases
@@ -131,9 +134,10 @@ gemm_cl_kernel(const GemmArgs a) {
         else          // (n, d, h, w, group's first channel)
           ro = (((n * a.in_d + rc.x) * a.in_h + rc.y) * a.in_w + jw) * a.c_in +
                (int64_t)g * a.cin_g;
-        yo = (n * a.c_out + (int64_t)g * a.cout_g + co_base) * out_plane +
-             ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w +
-             (int64_t)a.sw * jw;
+        const int64_t pix = ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w +
+                            (int64_t)a.sw * jw;
+        yo = a.y_cl ? (n * out_plane + pix) * a.c_out + (int64_t)g * a.cout_g + co_base
+                    : (n * a.c_out + (int64_t)g * a.cout_g + co_base) * out_plane + pix;
       }
       s_rc[row] = rc;
       s_ro[row] = ro;
@@ -301,14 +305,14 @@ gemm_cl_kernel(const GemmArgs a) {
           const int row = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
           const int64_t yo = s_yo[row];
           if (yo < 0 || a.sw * s_rc[row].z + rw >= a.out_w) continue;
-          T* yp = y + yo + rw + (int64_t)col0 * out_plane;
+          T* yp = y + yo + rw * y_ws + col0 * y_cs;
           if (full_cols) {
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
                 const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
-                yp[(int64_t)(j * 8 + c) * out_plane] = out;
+                yp[(j * 8 + c) * y_cs] = out;
                 nonfinite |= !finite_value(out);
               }
           } else {
@@ -318,7 +322,7 @@ gemm_cl_kernel(const GemmArgs a) {
               for (int c = 0; c < 2; ++c)
                 if (co_base + col0 + j * 8 + c < a.cout_g) {
                   const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
-                  yp[(int64_t)(j * 8 + c) * out_plane] = out;
+                  yp[(j * 8 + c) * y_cs] = out;
                   nonfinite |= !finite_value(out);
                 }
           }
@@ -326,7 +330,21 @@ gemm_cl_kernel(const GemmArgs a) {
       }
       }  // !WGROUP
     }
-    if (WGROUP) {  // write the W phases' outputs: a warp stores 32 rows x sw contiguous values
+    if (WGROUP && a.y_cl) {  // channels-last: consecutive threads store consecutive channels
+      __syncthreads();
+      const int cols = min(BN, a.cout_g - co_base);
+      for (int f = tid; f < BM * BN; f += NTHR) {
+        const int col = f % BN, row = f / BN;
+        const int64_t yo = s_yo[row];
+        if (col >= cols || yo < 0) continue;
+        const int ow = a.sw * s_rc[row].z;
+        const T* src = s_c + col * c_cs + row * nw;
+        for (int q = 0; q < nw && ow + q < a.out_w; ++q) {
+          y[yo + q * y_ws + col] = src[q];
+          nonfinite |= !finite_value(src[q]);
+        }
+      }
+    } else if (WGROUP) {  // write the W phases' outputs: a warp stores 32 rows x sw values
       __syncthreads();
       const int row = tid % BM;
       const int64_t yo = s_yo[row];
@@ -385,6 +403,7 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
   a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
   a.G = a.cin_g / 8; a.m_tiles = c.m_tiles; a.co_blocks = c.co_blocks;
   a.y_even = (p.out_w % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % 4 == 0) ? 1 : 0;
+  a.y_cl = p.y_channels_last;
   a.total_blocks = c.total_blocks;
   switch (c.kind * 2 + (c.bkg == 8 ? 1 : 0)) {
     case 0: return launch_gemm_t<T, 2, 4, 4, 1, 4>(a, c, stream);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 namespace phaseconv {
 namespace {
@@ -889,7 +890,14 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
   plan->text[0] = 0;
   if (params.nsub != 0) return false;  // grad-input mode: phase_conv_bwd_input_plan
   if (dtype_code < PHASECONV_FLOAT32 || dtype_code > PHASECONV_BFLOAT16) return false;
-  return phaseconv::plan_fwd(params, dtype_code, force, dev, plan);
+  plan->y_channels_last = 0;
+  if (!phaseconv::plan_fwd(params, dtype_code, force, dev, plan)) return false;
+  if (params.y_channels_last && plan->family == PHASECONV_GEMM) {
+    plan->y_channels_last = 1;
+    const size_t n = strlen(plan->text);
+    snprintf(plan->text + n, sizeof(plan->text) - n, ", channels-last output");
+  }
+  return true;
 }
 
 bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,

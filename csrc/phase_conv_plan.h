@@ -30,6 +30,7 @@ struct PhaseConvExact {
   int64_t in[3] = {0, 0, 0}, out[3] = {0, 0, 0}, k[3] = {0, 0, 0};
   int64_t s[3] = {1, 1, 1}, p[3] = {0, 0, 0}, d[3] = {1, 1, 1};
   int mode = PHASECONV_EXACT_FORWARD;
+  int out_channels_last = 0;  // forward: y is stored (N, D, H, W, C_out)
   int* flag = nullptr;  // set to 1 by a kernel that stored a non-finite element
 };
 
@@ -86,6 +87,9 @@ struct PhaseConvFwdParams {
   int64_t union_lo_d, union_lo_h, union_lo_w;      // first input offset over all phases' taps
   int64_t union_ext_d, union_ext_h, union_ext_w;   // last minus first such offset, per axis
   int x_channels_last;  // 1: x is laid out (N, D, H, W, C_in) (see phase_conv_fwd_input_layout)
+  // planning: the output is wanted channels-last; launching: y is laid out (N, D, H, W, C_out)
+  // (only where the plan's y_channels_last says the kernel writes it so)
+  int y_channels_last = 0;
   // grad-input mode only (phase_conv_bwd_input; the forward refuses nsub != 0)
   const int64_t* sub_table = nullptr;  // device, nsub rows of PHASECONV_TABLE_STRIDE int64
   int nsub = 0;
@@ -286,6 +290,8 @@ struct GmCfg {
 struct PhaseConvFwdPlan {
   int family;            // PhaseConvFamily
   int x_channels_last;   // the kernel reads x as (N, D, H, W, C_in), 16-byte aligned
+  int y_channels_last;   // the kernel writes y as (N, D, H, W, C_out) (the implicit GEMM,
+                         // where params.y_channels_last asked for it)
   int weight_mma;        // the kernel reads the tensor-core weight layout, else the packed one
   int64_t naive_grid;    // blocks of the naive kernel
   phaseconv::GemmCfg gemm;

@@ -115,10 +115,10 @@ class CallPlan:
     """What one call description fixes: validated arguments, the engine and its plans."""
 
     __slots__ = ("args", "engine", "plan", "cuda_forward", "cuda_backward", "_batch", "_dtype",
-                 "_device", "_channels_last", "_has_bias", "_gemm")
+                 "_device", "_channels_last", "_has_bias", "_gemm", "out_channels_last")
 
     def __init__(self, args: ConvArgs, engine: engines.EngineChoice, x: torch.Tensor,
-                 has_bias: bool, layout: int) -> None:
+                 has_bias: bool, layout: int, out_channels_last: bool = False) -> None:
         self.args = args
         self.engine = engine
         self.plan = phase_plan(args.in_shape, args.kernel, args.stride, args.padding,
@@ -126,6 +126,8 @@ class CallPlan:
         self._batch = int(x.shape[0]) if args.batched else 1
         self._dtype, self._device = x.dtype, x.device
         self._channels_last, self._has_bias = layout == 1, has_bias
+        # the result's layout: torch's on the device (engines.output_channels_last)
+        self.out_channels_last = out_channels_last
         # the CUDA plans are made on first use: a description only ever used by the
         # backward (the compiled path's backward op) never plans a forward
         self.cuda_forward = self.cuda_backward = None
@@ -144,9 +146,9 @@ class CallPlan:
             if self.cuda_forward is None:
                 from .engines import cuda
 
-                self.cuda_forward = cuda.forward_plan(args, self._batch, self._dtype,
-                                                      self._device, self._channels_last,
-                                                      self._has_bias)
+                self.cuda_forward = cuda.forward_plan(
+                    args, self._batch, self._dtype, self._device, self._channels_last,
+                    self._has_bias, out_channels_last=self.out_channels_last)
             tables, launch = self.cuda_forward
             if tables.ready:
                 from .engines.cuda import wait_for_tables
@@ -155,6 +157,8 @@ class CallPlan:
         else:
             with _autocast_off(x.device.type):
                 out = self._reference_forward(xb, weight, bias)
+            if self.out_channels_last:
+                out = out.contiguous(memory_format=torch.channels_last_3d)
         return out if args.batched else out.squeeze(0)
 
     def _reference_forward(self, x: torch.Tensor, weight: torch.Tensor,
@@ -240,7 +244,8 @@ def call_plan(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     torch's error, or a clearer one naming the argument, every time)."""
     try:
         layout = engines.input_layout(x)
-        key = (x.shape, x.dtype, x.device, layout, weight.shape, weight.dtype, weight.device,
+        key = (x.shape, x.dtype, x.device, layout, x.stride(), weight.shape, weight.dtype,
+               weight.device, weight.stride(),
                None if bias is None else (bias.shape, bias.dtype, bias.device), stride, padding,
                output_padding, groups, dilation, engine, os.environ.get(engines.ENGINE_ENV))
         found = _CALLS.get(key)
@@ -251,7 +256,7 @@ def call_plan(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     args = check_conv_transpose3d(x, weight, bias, stride, padding, output_padding, groups,
                                   dilation)
     plan = CallPlan(args, engines.choose(x.device, engine or None, args.stride), x,
-                    bias is not None, layout)
+                    bias is not None, layout, engines.output_channels_last(x, weight))
     if key is not None:
         if len(_CALLS) >= 4096:  # many distinct calls (shapes that never repeat): start over
             _CALLS.clear()
@@ -287,7 +292,10 @@ def _fake_forward(x, weight, bias, stride, padding, output_padding, groups, dila
     args = check_conv_transpose3d(x, weight, bias, stride, padding, output_padding, groups,
                                   dilation)
     batch = (x.shape[0],) if args.batched else ()
-    return x.new_empty(batch + (args.out_channels,) + args.out_shape)
+    fmt = torch.channels_last_3d if engines.output_channels_last(x, weight) else \
+        torch.contiguous_format
+    return torch.empty(batch + (args.out_channels,) + args.out_shape, dtype=x.dtype,
+                       device=x.device, memory_format=fmt)
 
 
 def _fake_backward(grad_out, x, weight, stride, padding, output_padding, groups, dilation,

@@ -36,6 +36,40 @@ def input_layout(x: torch.Tensor) -> int:
     return 1 if x.is_contiguous(memory_format=torch.channels_last_3d) else 2
 
 
+def _strides_like_channels_last_3d(t: torch.Tensor) -> bool:
+    """torch's reading of a 5-D tensor's strides as channels_last_3d (the rule behind
+    ``suggest_memory_format``; ambiguous strides read as contiguous)."""
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return False
+    low = 0
+    for d in (1, 4, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < low or (d == 0 and low == strides[1]):
+            return False
+        low = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return True
+
+
+def suggests_channels_last_3d(t: torch.Tensor) -> bool:
+    """Whether torch suggests ``channels_last_3d`` for ``t`` (5-D): a channels-last tensor
+    that is not contiguous, and tensors both or neither are by their strides."""
+    if t.dim() != 5:
+        return False
+    cl = t.is_contiguous(memory_format=torch.channels_last_3d)
+    if t.is_contiguous():
+        return cl and _strides_like_channels_last_3d(t)
+    return cl or _strides_like_channels_last_3d(t)
+
+
+def output_channels_last(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the result is ``channels_last_3d``, as torch (cuDNN) returns it on CUDA: a
+    batched input or the weight suggesting channels_last_3d, any dtype but float64.  On
+    other devices, and for float64, the result is contiguous."""
+    if x.device.type != "cuda" or x.dim() != 5 or x.dtype == torch.float64:
+        return False
+    return suggests_channels_last_3d(x) or suggests_channels_last_3d(weight)
+
+
 def capability(device: torch.device) -> Optional[Tuple[int, int]]:
     """The compute capability of a CUDA device, or None where CUDA is not available."""
     if not torch.cuda.is_available():

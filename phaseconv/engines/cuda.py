@@ -463,9 +463,12 @@ def _planned(cache: dict, key, args: ConvArgs, batch: int, dtype: torch.dtype, d
 
 
 def forward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
-                 channels_last: bool = False, has_bias: bool = False, kernel="auto"):
+                 channels_last: bool = False, has_bias: bool = False, kernel="auto",
+                 out_channels_last: bool = False):
     """The forward of ``args`` for a batch, dtype, device and input layout, planned once:
     ``(tables, plan)`` with ``plan(x, weight, bias)`` the launch (C++ ``ForwardPlan``).
+    ``out_channels_last``: the result comes ``channels_last_3d`` (the implicit GEMM writes it
+    so; the other kernels' result is copied once, which the description says).
 
     ``kernel`` (tests, benchmarks): "auto" lets the plan choose; a family name of
     :data:`FORWARD_KERNELS` or a :class:`ForwardKernel` forces one."""
@@ -477,30 +480,31 @@ def forward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.d
             x, weight, has_bias, channels_last, tables.table, tables.index, tables.index_mma,
             list(args.out_shape), list(host.stride), list(host.phase_dilation),
             list(host.max_taps), host.total_taps, args.groups, list(host.union_box),
-            list(args.padding), list(args.dilation), kernel.codes())
+            list(args.padding), list(args.dilation), kernel.codes(), out_channels_last)
 
-    key = (args, batch, dtype, device, channels_last, has_bias, kernel)
+    key = (args, batch, dtype, device, channels_last, has_bias, kernel, out_channels_last)
     return _planned(_forward_plans, key, args, batch, dtype, device, make)
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], args: ConvArgs,
-            kernel="auto") -> torch.Tensor:
+            kernel="auto", out_channels_last: bool = False) -> torch.Tensor:
     """Transposed convolution of a batched input ``x`` (N, C_in, D, H, W); ``args`` from
-    ``checks.check_conv_transpose3d``.  Returns a new contiguous (N, C_out, D, H, W) tensor;
-    no autograd.  The planned kernel reads a ``torch.channels_last_3d`` input in place where
-    it reads that layout; any other layout it does not read costs one copy."""
+    ``checks.check_conv_transpose3d``.  Returns a new (N, C_out, D, H, W) tensor, contiguous
+    or (``out_channels_last``) ``channels_last_3d``; no autograd.  The planned kernel reads a
+    ``torch.channels_last_3d`` input in place where it reads that layout; any other layout it
+    does not read costs one copy."""
     tables, plan = forward_plan(args, x.shape[0], x.dtype, x.device, input_layout(x) == 1,
-                                bias is not None, kernel)
+                                bias is not None, kernel, out_channels_last)
     if tables.ready:
         wait_for_tables(tables)
     return plan(x, weight, bias)
 
 
 def describe(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
-             channels_last: bool = False, kernel="auto") -> str:
+             channels_last: bool = False, kernel="auto", out_channels_last: bool = False) -> str:
     """The kernel and tile :func:`forward` launches for these arguments."""
     return forward_plan(args, batch, dtype, device, channels_last, False,
-                        kernel)[1].description
+                        kernel, out_channels_last)[1].description
 
 
 def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,

@@ -207,15 +207,80 @@ def test_low_precision_gradients_on_cuda(dtype):
 
 
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
-def test_torch_compile_on_cuda():
+@pytest.mark.parametrize("layout", ["ncdhw", "channels_last_3d"])
+def test_torch_compile_on_cuda(layout):
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = phaseconv.convert(torch.nn.Sequential(
         torch.nn.ConvTranspose3d(8, 4, 3, stride=2, padding=1, output_padding=1),
         torch.nn.ReLU(), torch.nn.ConvTranspose3d(4, 2, 2, stride=2))).cuda()
     x = torch.randn(2, 8, 4, 5, 6, device="cuda")
+    if layout != "ncdhw":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     compiled = torch.compile(model, fullgraph=True)
-    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    got, expected = compiled(x), model(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.stride() == expected.stride()
+
+
+# (layer, input shape): the implicit GEMM (wide 16-bit), the all-phase kernel, depthwise
+_FORMAT_LAYERS = [
+    (dict(in_channels=32, out_channels=48, kernel_size=3, stride=2, padding=1,
+          output_padding=1), (2, 32, 4, 5, 6)),
+    (dict(in_channels=32, out_channels=32, kernel_size=(3, 5, 7), stride=2, padding=(1, 2, 3),
+          output_padding=1, groups=4), (2, 32, 3, 4, 5)),
+    (dict(in_channels=8, out_channels=8, kernel_size=4, stride=2, padding=1, groups=8),
+     (2, 8, 3, 4, 5)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16,
+                                   torch.float64], ids=str)
+@pytest.mark.parametrize("layer", range(len(_FORMAT_LAYERS)))
+def test_output_memory_format_matches_torch(layer, dtype):
+    """The result comes in torch's memory format on CUDA (channels_last_3d for a
+    channels_last_3d input or weight, except float64), with torch's values; the implicit GEMM
+    writes channels-last in place, the other kernels copy once, and the description says so."""
+    from phaseconv.engines import cuda
+
+    spec, shape = _FORMAT_LAYERS[layer]
+    theirs = torch.nn.ConvTranspose3d(**spec).to("cuda", dtype)
+    ours = phaseconv.ConvTranspose3d.from_torch(theirs)
+    cl = torch.channels_last_3d
+    gen = torch.Generator().manual_seed(layer)
+    x = torch.randn(shape, generator=gen).to("cuda", dtype)
+    for x_cl, w_cl in ((False, False), (True, False), (False, True)):
+        xin = x.contiguous(memory_format=cl) if x_cl else x
+        w = theirs.weight.detach()
+        w = w.contiguous(memory_format=cl) if w_cl else w.contiguous()
+        kw = dict(stride=theirs.stride, padding=theirs.padding,
+                  output_padding=theirs.output_padding, groups=theirs.groups)
+        expected = F.conv_transpose3d(xin, w, theirs.bias, **kw)
+        got = phaseconv.conv_transpose3d(xin, w, theirs.bias, **kw)
+        assert got.is_contiguous(memory_format=cl) == expected.is_contiguous(memory_format=cl)
+        assert got.is_contiguous() == expected.is_contiguous(), (x_cl, w_cl)
+        assert got.stride() == expected.stride(), (x_cl, w_cl)
+        ref = F.conv_transpose3d(xin.double(), w.double(), theirs.bias.double(), **kw)
+        _close(got, ref, dtype)
+    if dtype in (torch.float16, torch.bfloat16) and layer == 0:
+        from phaseconv.checks import check_conv_transpose3d
+        conv = check_conv_transpose3d(x, theirs.weight, None, theirs.stride, theirs.padding,
+                                      theirs.output_padding, 1, (1, 1, 1))
+        text = cuda.describe(conv, shape[0], dtype, x.device, True, out_channels_last=True)
+        assert text.startswith("implicit-gemm") and text.endswith(", channels-last output")
+    if layer == 2:
+        from phaseconv.checks import check_conv_transpose3d
+        conv = check_conv_transpose3d(x, theirs.weight, None, theirs.stride, theirs.padding,
+                                      theirs.output_padding, theirs.groups, (1, 1, 1))
+        text = cuda.describe(conv, shape[0], dtype, x.device, True, out_channels_last=True)
+        assert text.endswith(", channels-last output (one copy)"), text
+    # training through a channels-last result
+    xg = x.contiguous(memory_format=cl).requires_grad_()
+    out = ours(xg)
+    out.float().square().mean().backward()
+    xr = x.contiguous(memory_format=cl).requires_grad_()
+    theirs(xr).float().square().mean().backward()
+    _close(xg.grad, xr.grad, dtype)
 
 
 _BAD_BINDING_CALLS = """
