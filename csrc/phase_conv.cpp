@@ -349,7 +349,17 @@ class ForwardPlan {
     p.exact.bias = p.bias;
     p.exact.flag = flag;
     check_launch(phase_conv_fwd_run(p, plan_, dtype_code_, stream), "forward");
-    if (copy_out) y.copy_(yk);
+    if (copy_out) {  // (N, C_out, spatial) -> (N, spatial, C_out)
+      if (yk.element_size() == 8) {
+        y.copy_(yk);
+      } else {
+        check_launch(phase_conv_to_channels_last(yk.data_ptr(), y.data_ptr(), yk.size(0),
+                                                 yk.size(1),
+                                                 yk.size(2) * yk.size(3) * yk.size(4),
+                                                 (int)yk.element_size(), stream),
+                     "channels-last output copy");
+      }
+    }
     return y;
   }
 

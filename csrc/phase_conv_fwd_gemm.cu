@@ -21,6 +21,7 @@ struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in
   int num_phases, G, m_tiles, co_blocks;
   int y_even;  // out_w and the output's base are even: pairs of W phases store 4-byte words
   int y_cl;    // y is (N, D, H, W, C_out): a channel's stride 1, a W step's C_out
+  int y_vec;   // y_cl with C_out, C_out/g and y's base 16-byte aligned: 16-byte stores
   int64_t total_blocks;
 };
 
@@ -92,6 +93,9 @@ gemm_cl_kernel(const GemmArgs a) {
   const int nw = WGROUP ? a.sw : 1;                 // W phases per block
   const int units = a.num_phases / nw;              // (rd, rh) pairs, or phases
   const int c_cs = BM * nw + 8;                     // s_c channel stride (elements)
+  // channels-last output: s_c holds [row * nw + rw][BN] instead, its 16-byte chunks XOR
+  // swizzled by the row (fragment stores and 16-byte reads both conflict-free)
+  constexpr int CH = BN / 8, CSWZ = CH < 8 ? CH - 1 : 7;
 
   for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x) {
     int unit, mtile, cb, g;
@@ -285,7 +289,23 @@ gemm_cl_kernel(const GemmArgs a) {
       __syncthreads();  // every warp is past the last stage (the next W phase refills them)
 
       // C fragment rows lane/4 and lane/4 + 8, columns 2*(lane%4) + {0, 1}
-      if (WGROUP) {  // into s_c[col][row * sw + rw]
+      if (WGROUP && a.y_cl) {  // into s_c[row * sw + rw][chunk ^ swizzle], pairs of channels
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int rq = ((wm_ * MT + mt) * 16 + (lane >> 2) + half * 8) * nw + rw;
+            T* cp = s_c + rq * BN + (lane & 3) * 2;
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+              const int chunk = (wn * NT + j) ^ (rq & CSWZ);
+              const T pair[2] = {from_acc<T>(acc[mt][j][half * 2] + bv[j][0]),
+                                 from_acc<T>(acc[mt][j][half * 2 + 1] + bv[j][1])};
+              *reinterpret_cast<uint32_t*>(cp + chunk * 8) =
+                  *reinterpret_cast<const uint32_t*>(pair);
+            }
+          }
+      } else if (WGROUP) {  // into s_c[col][row * sw + rw]
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -330,18 +350,24 @@ gemm_cl_kernel(const GemmArgs a) {
       }
       }  // !WGROUP
     }
-    if (WGROUP && a.y_cl) {  // channels-last: consecutive threads store consecutive channels
+    if (WGROUP && a.y_cl) {  // channels-last: a thread stores one 8-channel chunk of an output
       __syncthreads();
       const int cols = min(BN, a.cout_g - co_base);
-      for (int f = tid; f < BM * BN; f += NTHR) {
-        const int col = f % BN, row = f / BN;
+      for (int f = tid; f < BM * nw * CH; f += NTHR) {
+        const int chunk = f % CH, rq = f / CH, row = rq / nw, q = rq - row * nw;
         const int64_t yo = s_yo[row];
-        if (col >= cols || yo < 0) continue;
-        const int ow = a.sw * s_rc[row].z;
-        const T* src = s_c + col * c_cs + row * nw;
-        for (int q = 0; q < nw && ow + q < a.out_w; ++q) {
-          y[yo + q * y_ws + col] = src[q];
-          nonfinite |= !finite_value(src[q]);
+        if (chunk * 8 >= cols || yo < 0 || a.sw * s_rc[row].z + q >= a.out_w) continue;
+        const T* src = s_c + rq * BN + (chunk ^ (rq & CSWZ)) * 8;
+        T* dst = y + yo + q * y_ws + chunk * 8;
+        if (a.y_vec && chunk * 8 + 8 <= cols) {
+          const uint4 v = *reinterpret_cast<const uint4*>(src);
+          *reinterpret_cast<uint4*>(dst) = v;
+          nonfinite |= !all_finite<T>(v);
+        } else {
+          for (int c = 0; c < 8 && chunk * 8 + c < cols; ++c) {
+            dst[c] = src[c];
+            nonfinite |= !finite_value(src[c]);
+          }
         }
       }
     } else if (WGROUP) {  // write the W phases' outputs: a warp stores 32 rows x sw values
@@ -404,6 +430,8 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
   a.G = a.cin_g / 8; a.m_tiles = c.m_tiles; a.co_blocks = c.co_blocks;
   a.y_even = (p.out_w % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % 4 == 0) ? 1 : 0;
   a.y_cl = p.y_channels_last;
+  a.y_vec = (a.y_cl && p.c_out % 8 == 0 && a.cout_g % 8 == 0 &&
+             reinterpret_cast<uintptr_t>(p.y) % 16 == 0) ? 1 : 0;
   a.total_blocks = c.total_blocks;
   switch (c.kind * 2 + (c.bkg == 8 ? 1 : 0)) {
     case 0: return launch_gemm_t<T, 2, 4, 4, 1, 4>(a, c, stream);
