@@ -75,6 +75,55 @@ __global__ void __launch_bounds__(256) to_channels_last_quads_kernel(
   }
 }
 
+// Few channels (C of 2, 4, 8 or 16): a thread per position gathers its C values (each load
+// coalesced along P across the warp) and stores them as one run, in 16-byte vectors where the
+// run is a multiple of 16 bytes (y 16-byte aligned); a tile would leave most threads idle.
+template <typename U, int C>
+__global__ void __launch_bounds__(256) to_channels_last_narrow_kernel(const U* __restrict__ x,
+                                                                      U* __restrict__ y,
+                                                                      int64_t nb, int64_t p) {
+  constexpr int BYTES = C * (int)sizeof(U);
+  union Run {
+    U u[C];
+    uint4 v[BYTES >= 16 ? BYTES / 16 : 1];
+  };
+  for (int64_t n = blockIdx.y; n < nb; n += gridDim.y) {
+    const U* xn = x + n * C * p;
+    U* yn = y + n * C * p;
+    for (int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; q < p;
+         q += (int64_t)gridDim.x * blockDim.x) {
+      Run r;
+#pragma unroll
+      for (int c = 0; c < C; ++c) r.u[c] = xn[c * p + q];
+      if constexpr (BYTES % 16 == 0) {
+        uint4* dst = reinterpret_cast<uint4*>(yn + q * C);
+#pragma unroll
+        for (int k = 0; k < BYTES / 16; ++k) dst[k] = r.v[k];
+      } else {
+#pragma unroll
+        for (int c = 0; c < C; ++c) yn[q * C + c] = r.u[c];
+      }
+    }
+  }
+}
+
+template <typename U>
+cudaError_t launch_narrow(const void* x, void* y, int64_t n, int64_t c, int64_t p,
+                          cudaStream_t stream) {
+  const int64_t gx = cdiv(p, 256);
+  const dim3 grid((unsigned)(gx < 65535 ? gx : 65535), (unsigned)(n < 65535 ? n : 65535));
+  const U* xs = static_cast<const U*>(x);
+  U* ys = static_cast<U*>(y);
+  switch (c) {
+    case 2: to_channels_last_narrow_kernel<U, 2><<<grid, 256, 0, stream>>>(xs, ys, n, p); break;
+    case 4: to_channels_last_narrow_kernel<U, 4><<<grid, 256, 0, stream>>>(xs, ys, n, p); break;
+    case 8: to_channels_last_narrow_kernel<U, 8><<<grid, 256, 0, stream>>>(xs, ys, n, p); break;
+    case 16: to_channels_last_narrow_kernel<U, 16><<<grid, 256, 0, stream>>>(xs, ys, n, p); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
 template <typename U>
 __global__ void __launch_bounds__(256) to_channels_last_kernel(const U* __restrict__ x,
                                                                U* __restrict__ y, int64_t nb,
@@ -114,6 +163,10 @@ cudaError_t phase_conv_to_channels_last(const void* x, void* y, int64_t n, int64
   if (gx > 0x7fffffffLL || gy > 65535) return cudaErrorInvalidValue;
   const dim3 grid((unsigned)gx, (unsigned)gy, (unsigned)(n < 65535 ? n : 65535));
   const dim3 block(32, 8);
+  if ((c == 2 || c == 4 || c == 8 || c == 16) && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
+      (elem_size == 2 || elem_size == 4))
+    return elem_size == 2 ? launch_narrow<uint16_t>(x, y, n, c, p, stream)
+                          : launch_narrow<uint32_t>(x, y, n, c, p, stream);
   switch (elem_size) {
     case 2:
       if (c % 2 == 0 && p % 2 == 0 && cdiv(c, 64) <= 65535) {

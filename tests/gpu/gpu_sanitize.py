@@ -59,6 +59,27 @@ def _nonfinite(n, ci, co, g, size, k, s, p, op, d) -> int:
     return failures
 
 
+def _channels_last_results() -> int:
+    """Channels-last results: written by the implicit GEMM, or transposed once after the
+    other kernels (the few-channel and tiled copies)."""
+    failures = 0
+    cl = torch.channels_last_3d
+    for co, dtype in ((1, torch.float32), (2, torch.bfloat16), (4, torch.float32),
+                      (8, torch.bfloat16), (16, torch.float32), (24, torch.bfloat16),
+                      (48, torch.bfloat16)):
+        ci = 32 if co == 48 else 8
+        x = torch.randn(2, ci, 3, 4, 5, device="cuda").to(dtype).contiguous(memory_format=cl)
+        w = torch.randn(ci, co, 3, 3, 3, device="cuda").to(dtype)
+        y = phaseconv.conv_transpose3d(x, w, stride=2, padding=1, output_padding=1)
+        ref = F.conv_transpose3d(x.double(), w.double(), stride=2, padding=1, output_padding=1)
+        err = (y.double() - ref).abs().max().item() / max(1.0, ref.abs().max().item())
+        tol = 3e-2 if dtype == torch.bfloat16 else 2e-5
+        if not (err <= tol and y.is_contiguous(memory_format=cl)):
+            failures += 1
+            print("FAIL channels-last result", co, dtype, err)
+    return failures
+
+
 def main() -> int:
     failures = runs = refused = 0
     for n, ci, co, g, size, k, s, p, op, d in CASES:
@@ -128,6 +149,7 @@ def main() -> int:
                     print("FAIL forced backward", (n, ci, co, g, size, k, s, p, op, d), dtype,
                           a.shape, err)
         failures += _nonfinite(n, ci, co, g, size, k, s, p, op, d)
+    failures += _channels_last_results()
     torch.cuda.synchronize()
     print(f"gpu_sanitize: {runs} forward runs ({refused} forced kernels refused a case), "
           f"{len(CASES) * 5} backward and non-finite runs and the forced backward kernels, "

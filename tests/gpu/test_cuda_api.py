@@ -234,6 +234,26 @@ _FORMAT_LAYERS = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("c_out", [1, 2, 3, 4, 8, 16, 24])
+def test_channels_last_result_of_narrow_layers(c_out, dtype):
+    """A channels-last input to a layer whose kernel writes (N, C, D, H, W): the result is
+    transposed once (by the few-channel copy for 2, 4, 8 and 16 channels, the tiled one
+    otherwise), in torch's format and with torch's values."""
+    cl = torch.channels_last_3d
+    gen = torch.Generator().manual_seed(c_out)
+    x = torch.randn((2, 8, 3, 5, 7), generator=gen).to("cuda", dtype)
+    x = x.contiguous(memory_format=cl)
+    w = torch.randn((8, c_out, 3, 3, 3), generator=gen).to("cuda", dtype)
+    got = phaseconv.conv_transpose3d(x, w, stride=2, padding=1)
+    expected = F.conv_transpose3d(x, w, stride=2, padding=1)
+    assert got.is_contiguous(memory_format=cl) == expected.is_contiguous(memory_format=cl)
+    assert got.is_contiguous() == expected.is_contiguous()
+    if c_out > 1:
+        assert got.stride() == expected.stride()
+    _close(got, F.conv_transpose3d(x.double(), w.double(), stride=2, padding=1), dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16,
                                    torch.float64], ids=str)
 @pytest.mark.parametrize("layer", range(len(_FORMAT_LAYERS)))
