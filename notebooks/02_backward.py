@@ -272,3 +272,63 @@ for name, g in geometries.items():
 # backward, like its forward, would spend $1 - 1/(s_d s_h s_w)$ of its work on inserted zeros.
 # The weight gradient is a reduction over batch and space; here it is a fixed sequence of
 # dense torch ops (one `einsum` per tap), with no scatter-adds.
+
+# %% [markdown]
+# ## 6. Depthwise layers: one box of $\bar y$ per tile, one list of offsets
+#
+# With one input and one output channel per group there is nothing to multiply across
+# channels, and the CUDA engine computes both gradients straight from the gather form of
+# sections 1 and 3, per channel:
+#
+# $$\bar x[i] = \sum_k w[k]\,\bar y[s i - p + k d], \qquad
+# \bar w[k] = \sum_{n,\,i} x[i]\,\bar y[s i - p + k d].$$
+#
+# Every tap of every phase appears once in the sum over $k$ (a phase only groups taps), so the
+# kernels walk one list of taps. A tile of $T$ consecutive inputs from $i_0$ reads $\bar y$ only
+# in the **box** $[s i_0 - p,\ s (i_0 + T - 1) - p + (K - 1) d]$, of
+# $s (T - 1) + (K - 1) d + 1$ samples (zero outside $[0, L_\text{out})$). In box coordinates
+# input $i_0 + l$ and tap $k$ read position $s\,l + k d$. Stored with its positions split by
+# residue, position $b$ at word $(b \bmod s)\cdot\lceil B/s \rceil + \lfloor b/s \rfloor$, that
+# read is word $\text{off}_k + l$ with $\text{off}_k = (k d \bmod s)\lceil B/s\rceil +
+# \lfloor k d / s \rfloor$: for a fixed tap, consecutive inputs read consecutive words (on the
+# GPU, lanes on distinct shared-memory banks), and a tap is one offset. In 3-D the box is the
+# product of the three axes' boxes and an offset is the sum of the axes' offsets. The check
+# below emulates that in 1-D, tile by tile, against torch autograd.
+
+
+# %%
+def depthwise_box_gradients_1d(x, w, gy, stride, padding, dilation, tile):
+    """Both gradients of a depthwise conv_transpose1d from per-tile boxes of grad_y."""
+    n, c, length = x.shape
+    k = w.shape[-1]
+    box = stride * (tile - 1) + (k - 1) * dilation + 1
+    cols = -(-box // stride)
+    offsets = [(t * dilation) % stride * cols + t * dilation // stride for t in range(k)]
+    gx, gw = torch.zeros_like(x), torch.zeros_like(w)
+    for i0 in range(0, length, tile):
+        start = stride * i0 - padding
+        words = gy.new_zeros(n, c, stride * cols)
+        for b in range(box):  # the box, zero outside grad_y, split by residue
+            if 0 <= start + b < gy.shape[-1]:
+                words[..., b % stride * cols + b // stride] = gy[..., start + b]
+        count = min(tile, length - i0)
+        for t in range(k):
+            read = words[..., offsets[t]:offsets[t] + count]  # inputs i0 .. i0 + count - 1
+            gx[..., i0:i0 + count] += w[:, 0, t].view(1, c, 1) * read
+            gw[:, 0, t] += (x[..., i0:i0 + count] * read).sum(dim=(0, 2))
+    return gx, gw
+
+
+for cfg in [dict(stride=2, padding=1, dilation=1, output_padding=0, k=4),
+            dict(stride=3, padding=2, dilation=2, output_padding=1, k=3),
+            dict(stride=2, padding=0, dilation=1, output_padding=1, k=1)]:  # empty phases
+    k = cfg.pop("k")
+    x = torch.randn(2, 3, 11, dtype=DT, requires_grad=True)
+    w = torch.randn(3, 1, k, dtype=DT, requires_grad=True)
+    y = F.conv_transpose1d(x, w, groups=3, **cfg)
+    gy = torch.randn_like(y)
+    gx_ref, gw_ref = torch.autograd.grad(y, (x, w), gy)
+    gx, gw = depthwise_box_gradients_1d(x.detach(), w.detach(), gy, cfg["stride"],
+                                        cfg["padding"], cfg["dilation"], tile=4)
+    print(f"k={k} {cfg}: error input {err(gx, gx_ref):.1e}, weight {err(gw, gw_ref):.1e}")
+    assert max(err(gx, gx_ref), err(gw, gw_ref)) < TOL
