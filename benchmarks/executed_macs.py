@@ -46,9 +46,13 @@ CASES = [
     ("forward depthwise", 7, "float32", "forward", "depthwise"),
     ("grad_input tensor-cores", 2, "bfloat16", "grad_input", "tensor-cores"),
     ("grad_input tensor-cores", 1, "float32", "grad_input", "tensor-cores"),
+    ("grad_input depthwise", 7, "float32", "grad_input", "depthwise"),
+    ("grad_input depthwise", 7, "bfloat16", "grad_input", "depthwise"),
     ("grad_input naive", 7, "float32", "grad_input", "naive"),
     ("grad_weight tensor-cores", 2, "bfloat16", "grad_weight", "tensor-cores"),
     ("grad_weight tensor-cores", 5, "float32", "grad_weight", "tensor-cores"),
+    ("grad_weight depthwise", 7, "float32", "grad_weight", "depthwise"),
+    ("grad_weight depthwise", 7, "bfloat16", "grad_weight", "depthwise"),
     ("grad_weight simt", 7, "float32", "grad_weight", "simt"),
 ]
 
