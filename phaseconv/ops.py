@@ -243,8 +243,9 @@ def call_plan(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     """The :class:`CallPlan` of a call (made on its first occurrence; invalid calls raise
     torch's error, or a clearer one naming the argument, every time)."""
     try:
-        layout = engines.input_layout(x)
-        key = (x.shape, x.dtype, x.device, layout, x.stride(), weight.shape, weight.dtype,
+        # the strides fix the input's layout and the result's (engines.input_layout,
+        # engines.output_channels_last): both are read on a miss only
+        key = (x.shape, x.dtype, x.device, x.stride(), weight.shape, weight.dtype,
                weight.device, weight.stride(),
                None if bias is None else (bias.shape, bias.dtype, bias.device), stride, padding,
                output_padding, groups, dilation, engine, os.environ.get(engines.ENGINE_ENV))
@@ -256,7 +257,8 @@ def call_plan(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     args = check_conv_transpose3d(x, weight, bias, stride, padding, output_padding, groups,
                                   dilation)
     plan = CallPlan(args, engines.choose(x.device, engine or None, args.stride), x,
-                    bias is not None, layout, engines.output_channels_last(x, weight))
+                    bias is not None, engines.input_layout(x),
+                    engines.output_channels_last(x, weight))
     if key is not None:
         if len(_CALLS) >= 4096:  # many distinct calls (shapes that never repeat): start over
             _CALLS.clear()
