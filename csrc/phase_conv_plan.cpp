@@ -493,6 +493,14 @@ bool choose_depthwise(const PhaseConvFwdParams& p, int dtype_code, const DevInfo
   return true;
 }
 
+// Why a forced depthwise kernel (forward or backward) cannot take a layer.
+constexpr const char* kNotDepthwise =
+    "the layer is not depthwise (C_in/groups and C_out/groups must be 1)";
+static_assert(kDwBwdMaxTaps == 512 && kDwMaxSmem == 48 * 1024, "kNoDepthwiseBackwardTile");
+constexpr const char* kNoDepthwiseBackwardTile =
+    "its taps number over 512, no tile's grad_y box fits 48 KB of shared memory or its grid "
+    "does not fit";
+
 bool refuse(char* buf, int len, int family, const char* why) {
   snprintf(buf, len, "refused: the %s kernel was forced and %s", family_name(family), why);
   return false;
@@ -551,8 +559,7 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
   // depthwise layers stream: a block per plane tile, each output its phase's taps
   const bool depthwise = p.c_in == p.groups && p.c_out == p.groups;
   if (force.family == PHASECONV_DEPTHWISE && !depthwise)
-    return refuse(buf, len, force.family, "the layer is not depthwise (C_in/groups and "
-                  "C_out/groups must be 1)");
+    return refuse(buf, len, force.family, kNotDepthwise);
   if (force.family != 0 && force.family != PHASECONV_TILED && force.family != PHASECONV_NAIVE &&
       force.family != PHASECONV_DEPTHWISE)
     return refuse(buf, len, force.family, dtype_code == PHASECONV_FLOAT64
@@ -596,8 +603,8 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
 // where the box would not fit), rows in groups of kDwBwdRows, D slices: of the tiles whose
 // shared memory (tap list, box, and for the weight gradient the tile's inputs) fits
 // kDwMaxSmem, with up to two items per thread, the most busy threads per round of items, the
-// fewest box words per position among those.  False where
-// no tile fits or the taps number over kDwBwdMaxTaps (the layer then takes another kernel).
+// fewest box words per position among those.  False where no tile fits or the taps number
+// over kDwBwdMaxTaps (the layer then takes another kernel).
 bool choose_dw_bwd(const int64_t x_sz[3], const PhaseConvExact& ex, int64_t taps,
                    size_t acc, bool weight_grad, DwBwdCfg* c) {
   if (taps < 1 || taps > kDwBwdMaxTaps) return false;
@@ -670,8 +677,7 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
   const bool depthwise = params.c_in == params.groups && params.c_out == params.groups;
   DwBwdCfg& dc = out->depthwise;
   if (force == PHASECONV_DEPTHWISE && !depthwise)
-    return refuse(buf, len, force, "the layer is not depthwise (C_in/groups and C_out/groups "
-                  "must be 1)");
+    return refuse(buf, len, force, kNotDepthwise);
   const int64_t x_sz[3] = {params.out_d, params.out_h, params.out_w};  // grad_x
   const size_t acc = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
   if (depthwise && (force == 0 || force == PHASECONV_DEPTHWISE) &&
@@ -685,8 +691,7 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     }
   }
   if (force == PHASECONV_DEPTHWISE)
-    return refuse(buf, len, force, "its taps number over 512, no tile's grad_y box fits 48 KB "
-                  "of shared memory or its grid does not fit");
+    return refuse(buf, len, force, kNoDepthwiseBackwardTile);
   const bool mma_ok = dtype_code != PHASECONV_FLOAT64 && params.c_in / params.groups >= 4 &&
                       params.c_out / params.groups >= 4 && force != PHASECONV_NAIVE;
   MmaCfg& mc = out->mma;
@@ -824,8 +829,7 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   }
   const bool depthwise = p.c_in == p.groups && p.c_out == p.groups;
   if (force == PHASECONV_GW_DEPTHWISE && !depthwise)
-    return refuse(buf, len, force, "the layer is not depthwise (C_in/groups and C_out/groups "
-                  "must be 1)");
+    return refuse(buf, len, force, kNotDepthwise);
   DwBwdCfg& dc = out->depthwise;
   const int64_t x_sz[3] = {p.in_d, p.in_h, p.in_w};
   const size_t acc = dtype_code == PHASECONV_FLOAT64 ? 8 : 4;
@@ -851,8 +855,7 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
     }
   }
   if (force == PHASECONV_GW_DEPTHWISE)
-    return refuse(buf, len, force, "its taps number over 512, no tile's grad_y box fits 48 KB "
-                  "of shared memory or its grid does not fit");
+    return refuse(buf, len, force, kNoDepthwiseBackwardTile);
   const bool tensor_cores = mma_possible(p, dtype_code);
   if (force == PHASECONV_GW_MMA && !tensor_cores)
     return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_in/groups and "
