@@ -135,7 +135,8 @@ def bench_backward(spec, dtype, reps):
     def rel(a, e):
         return ((a.double() - e).norm() / e.norm()).item()
 
-    for vname, kernel in (("gw_auto", "auto"), ("gw_simt", "simt"), ("gw_tc", "tensor-cores")):
+    for vname, kernel in (("gw_auto", "auto"), ("gw_simt", "simt"), ("gw_tc", "tensor-cores"),
+                          ("gw_tc_cl", "tensor-cores-cl")):
         def run(kernel=kernel):
             return cuda.backward(gy, x, w, args, need_input=False, grad_weight_kernel=kernel)[1]
         try:
@@ -144,7 +145,8 @@ def bench_backward(spec, dtype, reps):
             row[vname] = str(exc)[:60]
             continue
         row[vname + "_us"], _ = time_fn(run, reps)
-    for vname, kernel in (("gi_auto", "auto"), ("gi_tc", "tensor-cores"), ("gi_naive", "naive")):
+    for vname, kernel in (("gi_auto", "auto"), ("gi_tc", "tensor-cores"), ("gi_naive", "naive"),
+                          ("gi_gemm", "implicit-gemm")):
         def run(kernel=kernel):
             return cuda.backward(gy, x, w, args, need_weight=False, grad_input_kernel=kernel)[0]
         try:

@@ -10,6 +10,7 @@
 // Light torch headers (the tensor, two operators, the pybind casters): the binding compiles
 // in a fraction of <torch/extension.h>'s time.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/csrc/utils/pybind.h>
@@ -17,6 +18,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -401,8 +403,7 @@ class BackwardPlan {
                int64_t gi_total_taps, std::vector<int64_t> padding,
                std::vector<int64_t> dilation, int64_t gi_kernel, int64_t gw_kernel)
       : device_(x.device()), dtype_(x.scalar_type()), x_sizes_(x.sizes().vec()),
-        w_sizes_(weight.sizes().vec()), gy_sizes_(grad_y.sizes().vec()), table_(table),
-        index_(index), gi_table_(gi_table), gi_index_(gi_index) {
+        w_sizes_(weight.sizes().vec()), gy_sizes_(grad_y.sizes().vec()), table_(table), index_(index), gi_table_(gi_table), gi_index_(gi_index) {
     TORCH_CHECK(x.is_cuda() && x.dim() == 5 && grad_y.dim() == 5 &&
                 grad_y.size(0) == x.size(0), "phaseconv cuda engine: x and grad_y must be "
                 "batched 5-D CUDA tensors of one batch.");
@@ -452,6 +453,31 @@ class BackwardPlan {
                              stride, padding, dilation);
     TORCH_CHECK(phase_conv_bwd_input_plan(q, dtype_code_, (int)gi_kernel, dev, &gi_plan_),
                 "phaseconv cuda engine: the input gradient: ", gi_plan_.text, ".");
+    if (gi_plan_.family == PHASECONV_GEMM) {
+      // the implicit GEMM's one sub-problem: residue 0, every tap, first tap at -padding
+      const int64_t row[PHASECONV_TABLE_STRIDE] = {
+          0, 0, 0, weight.size(2), weight.size(3), weight.size(4),
+          -padding[0], -padding[1], -padding[2], 0, 0, 0};
+      // (both tables reach the device by asynchronous copies from pinned memory: planning
+      // never waits for the GPU)
+      at::Tensor host = at::empty({PHASECONV_TABLE_STRIDE},
+                                  at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+      std::copy(row, row + PHASECONV_TABLE_STRIDE, host.data_ptr<int64_t>());
+      gi_gemm_table_ = host.to(device_, /*non_blocking=*/true);
+      q.table = gi_gemm_table_.data_ptr<int64_t>();
+      q.x_channels_last = 1;
+      // its weight layout, [groups][kD][kH][kW][C_out/g / 8][C_in/g][8] (no flip: grad_x is a
+      // plain correlation of grad_y), as a gather index of the weight's logical elements
+      const int64_t cin_g = c_in / groups, cout_g = c_out / groups;
+      gi_gemm_index_ = at::arange(weight.numel(), at::TensorOptions().dtype(at::kInt))
+                           .view({groups, cin_g, cout_g / 8, 8, weight.size(2), weight.size(3),
+                                  weight.size(4)})
+                           .permute({0, 4, 5, 6, 2, 1, 3})
+                           .contiguous()
+                           .view({-1})
+                           .pin_memory()
+                           .to(device_, /*non_blocking=*/true);
+    }
 
     // weight gradient
     PhaseConvBwdWeightParams& w = gw_params_;
@@ -480,19 +506,27 @@ class BackwardPlan {
     check_matches(weight, "the weight", w_sizes_, device_, dtype_);
     const c10::cuda::CUDAGuard guard(device_);
     const cudaStream_t stream = stream_of(x);
-    const at::Tensor gy = grad_y.contiguous();
+    // grad_y in the layouts the planned kernels read: channels-last for the implicit GEMM and
+    // the channels-last weight gradient (one copy where it is not), else contiguous
+    const bool gi_cl = need_input && gi_plan_.family == PHASECONV_GEMM;
+    const bool gw_cl = need_weight && gw_plan_.family == PHASECONV_GW_MMA_CL;
+    const at::Tensor gy_cl = gi_cl || gw_cl ? channels_last_input(grad_y, stream) : at::Tensor();
+    const at::Tensor gy = (need_input && !gi_cl) || (need_weight && !gw_cl)
+                              ? grad_y.contiguous() : at::Tensor();
     c10::optional<at::Tensor> gx, gw;
     if (need_input) {
       at::Tensor out = at::empty(x_sizes_, x.options());
       if (gi_plan_.family != PHASECONV_EMPTY) {
         int* flag = nullptr;
-        const at::Tensor wl = gather(weight, gi_index_, stream, &flag);
+        const at::Tensor& gyi = gi_cl ? gy_cl : gy;
+        const at::Tensor wl = gather(weight, gi_cl ? gi_gemm_index_ : gi_index_, stream, &flag);
         PhaseConvFwdParams q = gi_params_;
-        q.x = gy.data_ptr();
+        q.x = gyi.data_ptr();
         q.weight = wl.data_ptr();
+        q.weight_mma = gi_cl ? wl.data_ptr() : nullptr;
         q.y = out.data_ptr();
-        q.exact.a = gy.data_ptr();
-        set_strides(q.exact.as, gy);
+        q.exact.a = gyi.data_ptr();
+        set_strides(q.exact.as, gyi);
         q.exact.b = weight.data_ptr();
         set_strides(q.exact.bs, weight);
         q.exact.flag = flag;
@@ -510,19 +544,20 @@ class BackwardPlan {
       if (x.size(0) == 0) {
         out.zero_();
       } else {
-        const at::Tensor xc = x.contiguous();
+        const at::Tensor xc = gw_cl ? channels_last_input(x, stream) : x.contiguous();
+        const at::Tensor& gyw = gw_cl ? gy_cl : gy;
         at::Tensor ws = at::empty({(int64_t)gw_plan_.ws_bytes + 16},
                                         x.options().dtype(at::kByte));
         PhaseConvBwdWeightParams w = gw_params_;
         w.x = xc.data_ptr();
-        w.grad_y = gy.data_ptr();
+        w.grad_y = gyw.data_ptr();
         w.grad_w = out.data_ptr();
         w.grad_w_view = view_of(out);
         w.workspace = ws.data_ptr();
         w.exact.a = xc.data_ptr();
         set_strides(w.exact.as, xc);
-        w.exact.b = gy.data_ptr();
-        set_strides(w.exact.bs, gy);
+        w.exact.b = gyw.data_ptr();
+        set_strides(w.exact.bs, gyw);
         check_launch(phase_conv_bwd_weight(w, gw_plan_, dtype_code_, stream),
                      "weight-gradient");
       }
@@ -539,7 +574,7 @@ class BackwardPlan {
   c10::ScalarType dtype_;
   int dtype_code_ = -1;
   std::vector<int64_t> x_sizes_, w_sizes_, gy_sizes_;
-  at::Tensor table_, index_, gi_table_, gi_index_;
+  at::Tensor table_, index_, gi_table_, gi_index_, gi_gemm_table_, gi_gemm_index_;
   PhaseConvFwdParams gi_params_;
   PhaseConvBwdInputPlan gi_plan_;
   PhaseConvBwdWeightParams gw_params_;

@@ -1,8 +1,11 @@
 // phaseconv CUDA backward: the weight gradient, phase by phase (see phase_conv_bwd.cuh).
-// CUDA headers only.  Two kernels, chosen by the rule in phase_conv_bwd.cuh:
+// CUDA headers only.  The kernels, chosen by the rule in phase_conv_plan.h:
 //
-// * gw_mma_kernel (float32/float16/bfloat16, C_in/g and C_out/g >= 16): per (phase, tap) a
-//   GEMM on mma.sync over the phase's outputs, described where it is defined.
+// * gw_cl_kernel (float16/bfloat16, C_in/g and C_out/g multiples of 8 and >= 16): per
+//   (phase, tap) a GEMM on mma.sync over the phase's outputs, its operands channels-last and
+//   copied by cp.async, described where it is defined.
+// * gw_mma_kernel (float32, and the 16-bit layers the channels-last kernel does not take):
+//   the same GEMM from contiguous (N, C, D, H, W) operands, element-wise loads.
 // * gw_partial_kernel (float64 and narrow layers): a block stages, per tile of phase outputs
 //   (one D row of TH x TW), the input window the tile's taps read (up to 32 channels, zero
 //   outside the input: no padded copy) and the tile's grad_y values (a strided gather of the
@@ -347,6 +350,30 @@ struct GmArgs : BwdGeometry {
 };
 
 
+// A warp's 32 x 32 tile of (input channel, output channel) sums of one tap into its split's
+// workspace slice (out: the slice's phase block), packed [g][C_in/g][taps][C_out/g].  C
+// fragments: rows (input channels) lane/4 (+8), columns (output channels) 2*(lane%4) + c.
+__device__ __forceinline__ void write_warp_tile(const float (&acc)[2][4][4], float* out,
+                                                const GmArgs& a, int g, int ci0, int co0,
+                                                int cin_n, int con, int t, int ntaps, int wm,
+                                                int wn, int lane) {
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int ci = wm * 32 + mt * 16 + (lane >> 2) + half * 8;
+      if (ci >= cin_n) continue;
+      float* orow = out + (((int64_t)g * a.cin_g + ci0 + ci) * ntaps + t) * a.cout_g + co0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int cc = 0; cc < 2; ++cc) {
+          const int co = wn * 32 + j * 8 + (lane & 3) * 2 + cc;
+          if (co < con) orow[co] = acc[mt][j][half * 2 + cc];
+        }
+    }
+}
+
 template <typename T, int WM, int WN>
 __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
   constexpr int NTHR = WM * WN * 32;
@@ -486,24 +513,166 @@ __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
     __syncthreads();  // the next stage is written, this one's readers are done
   }
   merge_acc(acc, tot);
+  write_warp_tile(acc, ws + (int64_t)split * a.packed_elems + wofs, a, g, ci0, co0, cin_n, con,
+                  t, ntaps, wm, wn, lane);
+}
 
-  // C fragments: rows (input channels) lane/4 (+8), columns (output channels) 2*(lane%4) + c
-  float* out = ws + (int64_t)split * a.packed_elems + wofs;
+// ---------------------------------------------------------------- channels-last weight gradient
+// The same per-(phase, tap) GEMM with both operands channels-last: x (N, D, H, W, C_in) and
+// grad_y (N, OD, OH, OW, C_out), 16-byte aligned, C_in/g and C_out/g multiples of 8.  A k chunk
+// of 32 phase outputs is then 32 rows of 16-byte channel vectors per operand, copied by
+// cp.async (zero-filled outside the input and past the reduction) into one of kGwClStages
+// buffers laid out [k][channel], 16-byte chunks XOR-swizzled by k so that ldmatrix.trans (which
+// turns them into k-contiguous fragments) reads distinct banks: no element-wise loads, and the
+// copies of the next stages overlap this one's mmas.  A block owns a 64 x BN channel tile
+// (BN = 32 * WN) of one (phase, tap) and a split of the reduction, as gw_mma_kernel, and its
+// accumulators are added into a second set every kFlushTerms terms as there.
+template <int CH> __device__ __forceinline__ int k_swz(int k) {
+  return CH >= 8 ? (k & 7) : ((k >> 1) & 3);  // 8 chunks a row: 128 bytes; 4: two rows share
+}
+
+template <typename T, int WN>
+__global__ void __launch_bounds__(2 * WN * 32) gw_cl_kernel(const GmArgs a) {
+  constexpr int WM = 2, NTHR = WM * WN * 32;
+  constexpr int BM = WM * 32, BN = WN * 32, BK = kGmBK, STAGES = phaseconv::kGwClStages;
+  constexpr int CHA = BM / 8, CHB = BN / 8;  // 16-byte chunks per k row
+  constexpr int A_STAGE = BK * BM * 2, STAGE = BK * (BM + BN) * 2;
+  constexpr int PA = BK * CHA / NTHR, PB = BK * CHB / NTHR;  // chunks a thread copies
+  static_assert(sizeof(T) == 2, "16-bit operands");
+  static_assert(PA * NTHR == BK * CHA && PB * NTHR == BK * CHB, "loader split");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t s_base = (uint32_t)__cvta_generic_to_shared(smem_raw);
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ gy = static_cast<const T*>(a.gy);
+  float* __restrict__ ws = static_cast<float*>(a.ws);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp % WM, wn = warp / WM;
+
+  uint32_t r = blockIdx.x;
+  const int cob = (int)(r % (uint32_t)a.n_cob); r /= (uint32_t)a.n_cob;
+  const int cib = (int)(r % (uint32_t)a.n_cib); r /= (uint32_t)a.n_cib;
+  const int t = (int)(r % (uint32_t)a.max_taps); r /= (uint32_t)a.max_taps;
+  const int p = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
+  const int g = (int)(r % (uint32_t)a.groups);
+  const int split = (int)(r / (uint32_t)a.groups);
+
+  const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+  const int Td = (int)e[PT_TAPS_D], Th = (int)e[PT_TAPS_H], Tw = (int)e[PT_TAPS_W];
+  const int ntaps = Td * Th * Tw;
+  if (t >= ntaps) return;  // uniform: this phase has fewer taps
+  const int rd = (int)e[PT_RES_D], rh = (int)e[PT_RES_H], rw = (int)e[PT_RES_W];
+  const int tw = t % Tw, th = (t / Tw) % Th, td = t / (Tw * Th);
+  const int xd = (int)e[PT_OFF_D] + td * a.pdd, xh = (int)e[PT_OFF_H] + th * a.pdh,
+            xw = (int)e[PT_OFF_W] + tw * a.pdw;  // input offset of this tap
+  const int64_t wofs = e[PT_WOFS];
+  const uint32_t cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
+                 cw = axis_count(a.out_w, rw, a.sw);
+  const int64_t kp = a.nbatch * cd * ch * cw;  // < 2^31 (plan_gm)
+  const int chunks = (int)((kp + BK - 1) / BK);
+  const int per = (chunks + a.splits - 1) / a.splits;
+  const int c_beg = split * per, c_end = min(chunks, c_beg + per);
+  const int ci0 = cib * BM, co0 = cob * BN;
+  const int cin_n = min(BM, a.cin_g - ci0), con = min(BN, a.cout_g - co0);
+
+  // this thread's chunks: channel vector a_ch (b_ch) of k rows a_pos + i * (NTHR / CHA)
+  const int a_ch = tid % CHA, a_pos = tid / CHA, b_ch = tid % CHB, b_pos = tid / CHB;
+  const bool a_ok = a_ch * 8 < cin_n, b_ok = b_ch * 8 < con;  // whole vectors (C/g % 8 == 0)
+  const T* xb = x + (int64_t)g * a.cin_g + ci0 + a_ch * 8;
+  const T* gb = gy + (int64_t)g * a.cout_g + co0 + b_ch * 8;
+  // k row kk of the phase -> element offsets of its (n, d, h, w) in x (tap applied; -1 outside
+  // the input or past the reduction) and in grad_y (-1 past the reduction)
+  auto locate = [&](uint32_t kk, int64_t& xo, int64_t& go) {
+    xo = go = -1;
+    if (kk >= (uint32_t)kp) return;
+    uint32_t q = kk;
+    const uint32_t jw = q % cw; q /= cw;
+    const uint32_t jh = q % ch; q /= ch;
+    const uint32_t jd = q % cd;
+    const int64_t n = q / cd;
+    const int id = (int)jd + xd, ih = (int)jh + xh, iw = (int)jw + xw;
+    if ((unsigned)id < (unsigned)a.in_d && (unsigned)ih < (unsigned)a.in_h &&
+        (unsigned)iw < (unsigned)a.in_w)
+      xo = (((n * a.in_d + id) * a.in_h + ih) * a.in_w + iw) * a.c_in;
+    go = (((n * a.out_d + rd + (int64_t)a.sd * jd) * a.out_h + rh + (int64_t)a.sh * jh) *
+              a.out_w + rw + (int64_t)a.sw * jw) * a.c_out;
+  };
+  auto load_stage = [&](int c, int stage) {
+    const uint32_t sA = s_base + stage * STAGE, sB = sA + A_STAGE;
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int ci = wm * 32 + mt * 16 + (lane >> 2) + half * 8;
-      if (ci >= cin_n) continue;
-      float* orow = out + (((int64_t)g * a.cin_g + ci0 + ci) * ntaps + t) * a.cout_g + co0;
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int cc = 0; cc < 2; ++cc) {
-          const int co = wn * 32 + j * 8 + (lane & 3) * 2 + cc;
-          if (co < con) orow[co] = acc[mt][j][half * 2 + cc];
-        }
+    for (int i = 0; i < PA; ++i) {
+      const int k = a_pos + i * (NTHR / CHA);
+      int64_t xo, go;
+      locate((uint32_t)c * BK + k, xo, go);
+      const bool ok = a_ok && xo >= 0;
+      cp_async16_ca(sA + k * (BM * 2) + ((a_ch ^ k_swz<CHA>(k)) << 4),
+                    ok ? (const void*)(xb + xo) : (const void*)x, ok);
+      if (CHA == CHB) {  // the same k rows: one decode serves both operands
+        const bool okb = b_ok && go >= 0;
+        cp_async16_ca(sB + k * (BN * 2) + ((b_ch ^ k_swz<CHB>(k)) << 4),
+                      okb ? (const void*)(gb + go) : (const void*)gy, okb);
+      }
     }
+    if (CHA != CHB) {
+#pragma unroll
+      for (int i = 0; i < PB; ++i) {
+        const int k = b_pos + i * (NTHR / CHB);
+        int64_t xo, go;
+        locate((uint32_t)c * BK + k, xo, go);
+        const bool ok = b_ok && go >= 0;
+        cp_async16_ca(sB + k * (BN * 2) + ((b_ch ^ k_swz<CHB>(k)) << 4),
+                      ok ? (const void*)(gb + go) : (const void*)gy, ok);
+      }
+    }
+  };
+
+  float acc[2][4][4], tot[2][4][4];
+  zero_acc(acc);
+  zero_acc(tot);
+  const int mi = lane >> 3;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (c_beg + s < c_end) load_stage(c_beg + s, s);
+    cp_async_commit();
+  }
+  int since = 0;
+  for (int c = c_beg; c < c_end; ++c) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // chunk c has landed for every thread; chunk c-1's buffer is free
+    const int cn = c + STAGES - 1;
+    if (cn < c_end) load_stage(cn, (cn - c_beg) % STAGES);
+    cp_async_commit();
+    const uint32_t sA = s_base + ((c - c_beg) % STAGES) * STAGE, sB = sA + A_STAGE;
+#pragma unroll
+    for (int ks = 0; ks < BK / 16; ++ks) {
+      uint32_t af[2][4], bf[4][2];
+      // A: matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15)
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int kk = ks * 16 + (mi >> 1) * 8 + (lane & 7);
+        const int mg = (wm * 2 + mt) * 2 + (mi & 1);
+        ldsm_x4_trans(af[mt], sA + kk * (BM * 2) + ((mg ^ k_swz<CHA>(kk)) << 4));
+      }
+      // B: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15)
+#pragma unroll
+      for (int jp = 0; jp < 2; ++jp) {
+        uint32_t rr[4];
+        const int kk = ks * 16 + (mi & 1) * 8 + (lane & 7);
+        const int ng = wn * 4 + jp * 2 + (mi >> 1);
+        ldsm_x4_trans(rr, sB + kk * (BN * 2) + ((ng ^ k_swz<CHB>(kk)) << 4));
+        bf[2 * jp][0] = rr[0]; bf[2 * jp][1] = rr[1];
+        bf[2 * jp + 1][0] = rr[2]; bf[2 * jp + 1][1] = rr[3];
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+    }
+    step_flush<true>(tot, acc, since, kFlushTerms / BK);
+  }
+  cp_async_wait<0>();
+  merge_acc(acc, tot);
+  write_warp_tile(acc, ws + (int64_t)split * a.packed_elems + wofs, a, g, ci0, co0, cin_n, con,
+                  t, ntaps, wm, wn, lane);
 }
 
 // BwdGeometry from the launcher's parameters.
@@ -551,6 +720,36 @@ cudaError_t launch_gm<double>(const PhaseConvBwdWeightParams&, const PhaseConvBw
   return cudaErrorInvalidValue;  // the plan never picks tensor cores for float64
 }
 
+template <typename T, int WN>
+cudaError_t launch_gw_cl_t(const GmArgs& a, const PhaseConvBwdWeightPlan& plan,
+                           cudaStream_t stream) {
+  gw_cl_kernel<T, WN><<<(unsigned)plan.grid, 2 * WN * 32, plan.smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_gw_cl(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
+                         cudaStream_t stream) {
+  GmArgs a;
+  set_geometry(a, p);
+  a.max_taps = plan.gm.max_taps;
+  a.n_cib = plan.gm.n_cib; a.n_cob = plan.gm.n_cob; a.splits = plan.gm.splits;
+  const cudaError_t err = plan.gm.wn == 1 ? launch_gw_cl_t<T, 1>(a, plan, stream)
+                                          : launch_gw_cl_t<T, 2>(a, plan, stream);
+  if (err != cudaSuccess) return err;
+  return launch_reduce<T>(p, plan.gm.splits, stream);
+}
+template <>
+cudaError_t launch_gw_cl<float>(const PhaseConvBwdWeightParams&,
+                                const PhaseConvBwdWeightPlan&, cudaStream_t) {
+  return cudaErrorInvalidValue;  // the plan picks it for float16/bfloat16 only
+}
+template <>
+cudaError_t launch_gw_cl<double>(const PhaseConvBwdWeightParams&,
+                                 const PhaseConvBwdWeightPlan&, cudaStream_t) {
+  return cudaErrorInvalidValue;
+}
+
 template <typename T>
 cudaError_t launch_gw(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
                       cudaStream_t stream) {
@@ -590,6 +789,7 @@ cudaError_t run_plan(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeight
   switch (plan.family) {
     case PHASECONV_EMPTY: return cudaSuccess;  // no phase has taps: nothing to write
     case PHASECONV_GW_MMA: return launch_gm<T>(p, plan, stream);
+    case PHASECONV_GW_MMA_CL: return launch_gw_cl<T>(p, plan, stream);
     case PHASECONV_GW_SIMT: return launch_gw<T>(p, plan, stream);
     case PHASECONV_GW_NAIVE: return launch_gw_naive<T>(p, plan, stream);
     case PHASECONV_GW_DEPTHWISE: {

@@ -19,6 +19,9 @@ namespace phaseconv {
 struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in)
   const void* wm;  // pack()'s tensor-core weight layout
   int num_phases, G, m_tiles, co_blocks;
+  // input steps per output step: 1 for the forward's phases; the stride for the input
+  // gradient, one stride-1 "phase" that reads grad_y at stride * j - padding + tap * dilation
+  int in_sd, in_sh, in_sw;
   int y_even;  // out_w and the output's base are even: pairs of W phases store 4-byte words
   int y_cl;    // y is (N, D, H, W, C_out): a channel's stride 1, a W step's C_out
   int y_vec;   // y_cl with C_out, C_out/g and y's base 16-byte aligned: 16-byte stores
@@ -68,8 +71,9 @@ gemm_cl_kernel(const GemmArgs a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem_raw);
   const uint32_t sb = sa + STAGES * A_STAGE;
-  // per row of the tile: input coordinates (d, h of its first tap; its own w; d far negative
-  // past the last row), the element offset of (n, d, h, w, group's first channel) in x and
+  // per row of the tile: input coordinates (d, h of its first tap; w at in_sw * jw; d far
+  // negative past the last row) and jw, the element offset of (n, d, h, w, group's first
+  // channel) in x and
   // the element offset in y of its output at W residue 0, channel co_base (-1: past the end)
   int4* s_rc = reinterpret_cast<int4*>(smem_raw + STAGES * (A_STAGE + B_STAGE));
   int64_t* s_ro = reinterpret_cast<int64_t*>(s_rc + BM);
@@ -131,12 +135,12 @@ gemm_cl_kernel(const GemmArgs a) {
       if (m < Mp) {
         int jd, jh, jw;
         const int64_t n = decode_row(m, cw, ch, cd, jd, jh, jw);
-        rc = make_int4(jd + offd, jh + offh, jw, 0);
+        rc = make_int4(a.in_sd * jd + offd, a.in_sh * jh + offh, a.in_sw * jw, jw);
         if (A_NCDHW)  // (n, group's first channel, d, h, w)
           ro = (((n * a.c_in + (int64_t)g * a.cin_g) * a.in_d + rc.x) * a.in_h + rc.y) *
-                   a.in_w + jw;
+                   a.in_w + rc.z;
         else          // (n, d, h, w, group's first channel)
-          ro = (((n * a.in_d + rc.x) * a.in_h + rc.y) * a.in_w + jw) * a.c_in +
+          ro = (((n * a.in_d + rc.x) * a.in_h + rc.y) * a.in_w + rc.z) * a.c_in +
                (int64_t)g * a.cin_g;
         const int64_t pix = ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w +
                             (int64_t)a.sw * jw;
@@ -324,7 +328,7 @@ gemm_cl_kernel(const GemmArgs a) {
         for (int half = 0; half < 2; ++half) {
           const int row = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
           const int64_t yo = s_yo[row];
-          if (yo < 0 || a.sw * s_rc[row].z + rw >= a.out_w) continue;
+          if (yo < 0 || a.sw * s_rc[row].w + rw >= a.out_w) continue;
           T* yp = y + yo + rw * y_ws + col0 * y_cs;
           if (full_cols) {
 #pragma unroll
@@ -356,7 +360,7 @@ gemm_cl_kernel(const GemmArgs a) {
       for (int f = tid; f < BM * nw * CH; f += NTHR) {
         const int chunk = f % CH, rq = f / CH, row = rq / nw, q = rq - row * nw;
         const int64_t yo = s_yo[row];
-        if (chunk * 8 >= cols || yo < 0 || a.sw * s_rc[row].z + q >= a.out_w) continue;
+        if (chunk * 8 >= cols || yo < 0 || a.sw * s_rc[row].w + q >= a.out_w) continue;
         const T* src = s_c + rq * BN + (chunk ^ (rq & CSWZ)) * 8;
         T* dst = y + yo + q * y_ws + chunk * 8;
         if (a.y_vec && chunk * 8 + 8 <= cols) {
@@ -375,7 +379,7 @@ gemm_cl_kernel(const GemmArgs a) {
       const int row = tid % BM;
       const int64_t yo = s_yo[row];
       if (yo >= 0) {
-        const int ow = a.sw * s_rc[row].z;
+        const int ow = a.sw * s_rc[row].w;
         const bool pair = nw == 2 && ow + 2 <= a.out_w && a.y_even;
         constexpr int CSTEP = NTHR / BM;
         int col = tid / BM;
@@ -432,6 +436,7 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
   a.y_cl = p.y_channels_last;
   a.y_vec = (a.y_cl && p.c_out % 8 == 0 && a.cout_g % 8 == 0 &&
              reinterpret_cast<uintptr_t>(p.y) % 16 == 0) ? 1 : 0;
+  a.in_sd = (int)p.in_stride_d; a.in_sh = (int)p.in_stride_h; a.in_sw = (int)p.in_stride_w;
   a.total_blocks = c.total_blocks;
   switch (c.kind * 2 + (c.bkg == 8 ? 1 : 0)) {
     case 0: return launch_gemm_t<T, 2, 4, 4, 1, 4>(a, c, stream);

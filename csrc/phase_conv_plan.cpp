@@ -322,6 +322,9 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
 }
 
 // ---------------------------------------------------------------- implicit GEMM (fwd_gemm.cu)
+bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
+               GemmCfg* c);
+
 // Whether a channels-last copy of x can feed the 16-byte staging (CG channels per vector).
 bool cl_possible(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvForce& force) {
   if (dtype_code == PHASECONV_FLOAT64 || p.weight_mma == nullptr) return false;
@@ -343,6 +346,26 @@ bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
                reinterpret_cast<uintptr_t>(p.x) % 16 == 0))
     return false;
   c->a_ncdhw = !cl;
+  return gemm_tile(p, force, dev, c);
+}
+
+// The input gradient on the implicit GEMM: one stride-1 "phase" whose rows are grad_x's
+// voxels, reduction over every tap x C_out/g, grad_y read channels-last at stride * j -
+// padding + tap * dilation (a plain strided convolution: no tap meets an inserted zero).
+bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, const DevInfo& dev,
+                    GemmCfg* c) {
+  if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16) return false;
+  if ((p.c_in / p.groups) % 8 != 0) return false;  // grad_y's channels: 16-byte vectors
+  PhaseConvForce f;
+  f.family = force == PHASECONV_GEMM ? PHASECONV_GEMM : 0;
+  c->a_ncdhw = false;
+  return gemm_tile(p, f, dev, c);
+}
+
+// The implicit GEMM's tile, shared memory and grid for parameters whose layouts the caller
+// checked (c->a_ncdhw set); false for narrow layers unless forced, or where it does not fit.
+bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
+               GemmCfg* c) {
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   // wide layers only: narrow ones (C_out/g < 32) waste most of a BN >= 32 tile, and the
   // all-phase kernel's shared halo serves them better
@@ -424,6 +447,7 @@ const char* family_name(int family) {
     case PHASECONV_TILED: return "tiled";
     case PHASECONV_NAIVE: return "naive";
     case PHASECONV_GW_MMA: return "tensor-core gemm";
+    case PHASECONV_GW_MMA_CL: return "channels-last tensor-core gemm";
     case PHASECONV_GW_SIMT: return "simt";
     case PHASECONV_GW_NAIVE: return "naive";
     case PHASECONV_TENSOR_CORES: return "tensor-core (all-phase or per-phase)";
@@ -692,6 +716,19 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
   }
   if (force == PHASECONV_DEPTHWISE)
     return refuse(buf, len, force, kNoDepthwiseBackwardTile);
+  GemmCfg& gc = out->gemm;
+  if ((force == 0 || force == PHASECONV_GEMM) &&
+      choose_gi_gemm(params, dtype_code, force, dev, &gc)) {
+    out->family = PHASECONV_GEMM;
+    snprintf(buf, len,
+             "implicit-gemm grad-input kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d "
+             "m_tiles=%d smem=%zu, grad_y channels-last", gc.kind, gc.BM, gc.BN, gc.bkg * 8,
+             gc.threads, kGemmStages, gc.m_tiles, gc.smem);
+    return true;
+  }
+  if (force == PHASECONV_GEMM)
+    return refuse(buf, len, force, "it takes float16/bfloat16 with C_out/groups a multiple "
+                  "of 8 and a tile that fits shared memory");
   const bool mma_ok = dtype_code != PHASECONV_FLOAT64 && params.c_in / params.groups >= 4 &&
                       params.c_out / params.groups >= 4 && force != PHASECONV_NAIVE;
   MmaCfg& mc = out->mma;
@@ -795,6 +832,7 @@ bool plan_gm(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& d
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
   if (a.max_taps == 0 || p.packed_elems == 0) return false;
+  a.wn = kGmWN;
   const int bm = kGmWM * 32, bn = kGmWN * 32;
   a.n_cib = (int)cdiv(cin_g, bm);
   a.n_cob = (int)cdiv(cout_g, bn);
@@ -812,6 +850,33 @@ bool plan_gm(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& d
   out->grid = base * splits;
   const int elem = dtype_code == PHASECONV_FLOAT32 ? 4 : 2;
   out->smem = (size_t)2 * (kGmWM + kGmWN) * 32 * (kGmBK * elem + 16);  // two stages of rows
+  out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * sizeof(float);
+  return out->grid < ((int64_t)1 << 31);
+}
+
+// The channels-last tensor-core weight gradient: a 64 x 32 tile where C_out/g <= 32, else
+// 64 x 64; splits as plan_gm's, for kGwClBlocksPerSm blocks per multiprocessor.
+bool plan_gw_cl(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
+                PhaseConvBwdWeightPlan* out) {
+  GmCfg& a = out->gm;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
+  if (a.max_taps == 0 || p.packed_elems == 0) return false;
+  a.wn = cout_g <= 32 ? 1 : 2;
+  a.n_cib = (int)cdiv(cin_g, kGmWM * 32);
+  a.n_cob = (int)cdiv(cout_g, a.wn * 32);
+  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
+                     cdiv(p.out_w, p.stride_w);
+  const int64_t chunks = cdiv(kp, kGmBK);
+  const int64_t base = p.stride_d * p.stride_h * p.stride_w * a.max_taps * p.groups *
+                       a.n_cib * a.n_cob;
+  int64_t splits = cdiv(kGwClBlocksPerSm * (int64_t)dev.sms, base);
+  if (splits > chunks / 16) splits = chunks / 16;
+  if (splits > 64) splits = 64;
+  if (splits < 1) splits = 1;
+  a.splits = (int)splits;
+  out->grid = base * splits;
+  out->smem = (size_t)kGwClStages * kGmBK * (kGmWM + a.wn) * 32 * 2;
   out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * sizeof(float);
   return out->grid < ((int64_t)1 << 31);
 }
@@ -857,6 +922,23 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   if (force == PHASECONV_GW_DEPTHWISE)
     return refuse(buf, len, force, kNoDepthwiseBackwardTile);
   const bool tensor_cores = mma_possible(p, dtype_code);
+  const bool cl_ok = tensor_cores && dtype_code != PHASECONV_FLOAT32 &&
+                     (p.c_in / p.groups) % 8 == 0 && (p.c_out / p.groups) % 8 == 0;
+  if (force == PHASECONV_GW_MMA_CL && !cl_ok)
+    return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups and "
+                  "C_out/groups multiples of 8 and >= 16");
+  // by the rule only with C_out/g >= 64 (its 64 x 64 tile): its 64 x 32 tile measured slower
+  // than the contiguous kernel (H200, bf16, 2x64->32 32^3 k3 s2: 420 vs 345 us, copies
+  // included), and on 64 and wider it pays its copies (128->64 16^3 k2 s2: 215 vs 245 us)
+  const bool cl_rule = cl_ok && p.c_out / p.groups >= 64;
+  if ((cl_rule && force == 0) || (cl_ok && force == PHASECONV_GW_MMA_CL)) {
+    if (!plan_gw_cl(p, dev, out)) return refuse(buf, len, PHASECONV_GW_MMA_CL, "its grid is too large");
+    out->family = PHASECONV_GW_MMA_CL;
+    snprintf(buf, len, "tensor-core gemm fp32-accumulate, channels-last operands, %dx%d "
+             "channel tile, %d stages, %d split(s), %lld blocks", kGmWM * 32,
+             out->gm.wn * 32, kGwClStages, out->gm.splits, (long long)out->grid);
+    return true;
+  }
   if (force == PHASECONV_GW_MMA && !tensor_cores)
     return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_in/groups and "
                   "C_out/groups >= 16");

@@ -100,8 +100,8 @@ struct PhaseConvFwdParams {
 };
 
 struct PhaseConvBwdWeightParams {
-  const void* x;          // (N, C_in, D, H, W) contiguous
-  const void* grad_y;     // (N, C_out, OD, OH, OW) contiguous
+  const void* x;          // (N, C_in, D, H, W) contiguous (PHASECONV_GW_MMA_CL: channels-last)
+  const void* grad_y;     // (N, C_out, OD, OH, OW) contiguous (as x)
   void* grad_w;           // (C_in, C_out/groups, kD, kH, kW) as grad_w_view; every element written
   const int32_t* grad_w_index;       // packed element -> logical element of grad_w (device)
   PhaseConvWeightView grad_w_view;   // grad_w's sizes and strides
@@ -135,6 +135,7 @@ enum PhaseConvFamily {
   PHASECONV_DEPTHWISE = 10, // a block per plane tile (C_in/groups = C_out/groups = 1);
                             // also the input gradient's depthwise kernel
   PHASECONV_GW_DEPTHWISE = 11,  // the weight gradient's depthwise kernel
+  PHASECONV_GW_MMA_CL = 12, // per (phase, tap) GEMM on tensor cores, channels-last operands
 };
 
 // A kernel chosen by name instead of by the rule (tests, benchmarks).  The plan refuses a
@@ -170,6 +171,8 @@ constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
 constexpr int kGwThreads = 256;       // SIMT weight-gradient block
 constexpr int kGmBK = 32;             // tensor-core weight gradient: reduction chunk
 constexpr int kGmWM = 2, kGmWN = 2;   // its warps (a 64 x 64 channel tile)
+constexpr int kGwClStages = 4;        // channels-last weight gradient: pipeline depth
+constexpr int kGwClBlocksPerSm = 8;   // its splits: about this many blocks per multiprocessor
 constexpr int kDwThreads = 256;       // depthwise kernel: threads per block
 constexpr int kDwRows = 4;            // its rows of one H phase per thread item
 constexpr int kDwTileOutputs = 2048;  // its outputs per D position of a block, about
@@ -279,9 +282,10 @@ struct GwCfg {
   int win_max;           // window positions staged at most (smem sizing)
 };
 
-// tensor-core weight gradient (phase_conv_bwd.cu: gw_mma_kernel)
+// tensor-core weight gradient (phase_conv_bwd.cu: gw_mma_kernel, gw_cl_kernel)
 struct GmCfg {
   int max_taps, n_cib, n_cob, splits;
+  int wn;  // gw_cl_kernel: warps along C_out/g (a 64 x 32 * wn channel tile)
 };
 
 }  // namespace phaseconv
@@ -302,11 +306,12 @@ struct PhaseConvFwdPlan {
   char text[384];        // what describe() prints
 };
 
-// The input gradient's plan (phase_conv_bwd_input_plan): the per-phase tensor-core kernel or
-// the naive kernel, both in grad-input mode (one launch for all phases).
+// The input gradient's plan (phase_conv_bwd_input_plan): one launch for all phases.
 struct PhaseConvBwdInputPlan {
-  int family;  // PHASECONV_EMPTY, PHASECONV_DEPTHWISE, PHASECONV_MMA or PHASECONV_NAIVE
+  int family;  // PHASECONV_EMPTY, PHASECONV_DEPTHWISE, PHASECONV_GEMM, PHASECONV_MMA or
+               // PHASECONV_NAIVE
   int64_t naive_grid;
+  phaseconv::GemmCfg gemm;  // reads grad_y channels-last (see phase_conv_bwd_input_plan)
   phaseconv::MmaCfg mma;
   phaseconv::DwBwdCfg depthwise;
   char text[256];
@@ -314,8 +319,8 @@ struct PhaseConvBwdInputPlan {
 
 // The weight gradient's plan (phase_conv_bwd_weight_plan).
 struct PhaseConvBwdWeightPlan {
-  int family;  // PHASECONV_EMPTY, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA, PHASECONV_GW_SIMT
-               // or PHASECONV_GW_NAIVE
+  int family;  // PHASECONV_EMPTY, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA_CL,
+               // PHASECONV_GW_MMA, PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE
   phaseconv::GwCfg gw;
   phaseconv::GmCfg gm;
   phaseconv::DwBwdCfg depthwise;
@@ -336,22 +341,28 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
 
 // The input gradient in grad-input mode (phase_conv_fwd.cuh).  The rule: depthwise layers
 // (C_in/groups = C_out/groups = 1, any dtype) the depthwise kernel where a tile's grad_y box
-// fits 48 KB of shared memory and the taps of all phases number at most kDwBwdMaxTaps; the
-// tensor-core kernel for float32/float16/bfloat16 with C_out/g and C_in/g >= 4 when a tile
-// fits shared memory; else the naive kernel (any dtype).  force: 0 the rule,
-// PHASECONV_DEPTHWISE, PHASECONV_MMA or PHASECONV_NAIVE (false where the forced kernel does
-// not apply).
+// fits 48 KB of shared memory and the taps of all phases number at most kDwBwdMaxTaps;
+// float16/bfloat16 wide layers (C_out/g a multiple of 8 and >= 16, C_in/g >= 32) the implicit
+// GEMM, which reads grad_y channels-last (16-byte aligned), taps stepping by the dilation from
+// -padding (params.table: one row, residue 0, every tap; weight_mma: the weight laid out
+// [groups][kD][kH][kW][C_out/g / 8][C_in/g][8]); the tensor-core kernel for
+// float32/float16/bfloat16 with C_out/g and C_in/g >= 4 when a tile fits shared memory; else
+// the naive kernel (any dtype).  force: 0 the rule, PHASECONV_DEPTHWISE, PHASECONV_GEMM,
+// PHASECONV_MMA or PHASECONV_NAIVE (false where the forced kernel does not apply).
 bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
                                const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan);
 
 // The weight gradient (phase_conv_bwd.cuh).  The rule: depthwise layers (any dtype) the
 // depthwise kernel under the input gradient's conditions; float32/float16/bfloat16 with
 // C_in/groups and C_out/groups both >= 16 (and a phase's outputs over the batch below 2^31)
-// run the tensor-core kernel; float64 and narrower layers the SIMT one, and layers whose
-// input window does not fit shared memory (huge dilations) a naive kernel, one thread per
-// weight element.  force: 0 the rule, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA,
-// PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE; false where the forced kernel cannot take the
-// layer.
+// run a tensor-core kernel: float16/bfloat16 with both multiples of 8 and C_out/groups >= 64
+// the one that reads x and grad_y channels-last (16-byte aligned; PHASECONV_GW_MMA_CL, which
+// takes C_out/groups >= 16 when forced), the others the one that reads them contiguous
+// (PHASECONV_GW_MMA); float64 and narrower layers the SIMT one, and layers
+// whose input window does not fit shared memory (huge dilations) a naive kernel, one thread
+// per weight element.  force: 0 the rule, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA_CL,
+// PHASECONV_GW_MMA, PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE; false where the forced kernel
+// cannot take the layer.
 bool phase_conv_bwd_weight_plan(const PhaseConvBwdWeightParams& params, int dtype_code,
                                 int force, const phaseconv::DevInfo& dev,
                                 PhaseConvBwdWeightPlan* plan);

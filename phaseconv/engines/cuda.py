@@ -66,8 +66,10 @@ TABLE_STRIDE = 12
 # tensor-cores: all-phase where a tile fits, else mma
 FORWARD_KERNELS = {"auto": 0, "gemm": 1, "allphase": 2, "mma": 3, "tiled": 4, "naive": 5,
                    "tensor-cores": 9, "depthwise": 10}
-GRAD_INPUT_KERNELS = {"auto": 0, "tensor-cores": 3, "naive": 5, "depthwise": 10}
-GRAD_WEIGHT_KERNELS = {"auto": 0, "tensor-cores": 6, "simt": 7, "naive": 8, "depthwise": 11}
+GRAD_INPUT_KERNELS = {"auto": 0, "implicit-gemm": 1, "tensor-cores": 3, "naive": 5,
+                      "depthwise": 10}
+GRAD_WEIGHT_KERNELS = {"auto": 0, "tensor-cores": 6, "simt": 7, "naive": 8, "depthwise": 11,
+                       "tensor-cores-cl": 12}
 
 
 class ForwardKernel(NamedTuple):

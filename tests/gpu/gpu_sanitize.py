@@ -23,6 +23,7 @@ CASES = [
     (2, 48, 40, 2, (3, 5, 4), (3, 4, 2), (2, 3, 1), (1, 2, 0), (1, 2, 0), (1, 2, 1)),
     (2, 40, 36, 1, (3, 4, 5), (3, 5, 4), (2, 2, 2), (1, 2, 1), (1, 1, 1), (1, 1, 1)),
     (1, 3, 3, 3, (2, 3, 20), (3, 3, 4), (2, 1, 2), (1, 0, 1), (1, 0, 1), (1, 2, 1)),
+    (2, 40, 24, 1, (3, 4, 5), (3, 4, 3), (2, 3, 2), (1, 1, 1), (1, 2, 1), (1, 1, 2)),
 ]
 # every forward kernel by name (csrc/phase_conv_plan.h), and its variants; channels-last: the
 # input comes channels-last.  A kernel that refuses a case is skipped (tests/plan/test_plan.py).
@@ -107,7 +108,7 @@ def main() -> int:
         # the CUDA backward by the rule, then every kernel forced: grad_input on the
         # tensor-core kernel (where it applies) and the naive kernel, grad_weight on tensor
         # cores (where they apply) and the SIMT kernel, both depthwise kernels on depthwise
-        # layers
+        # layers, both channels-last kernels on wide 16-bit layers
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
             x = torch.randn((n, ci) + size, device="cuda").to(dtype).requires_grad_()
             w = torch.randn((ci, co // g) + k, device="cuda").to(dtype).requires_grad_()
@@ -139,6 +140,14 @@ def main() -> int:
             if min(ci, co) // g >= 16:
                 forced.append(cuda.backward(gy, xd, wd, args, need_input=False,
                                             grad_weight_kernel="tensor-cores"))
+            if dtype == torch.bfloat16 and ci // g >= 32 and (co // g) % 8 == 0 and co // g >= 16:
+                # the channels-last kernels, operands copied and read in place
+                cl = torch.channels_last_3d
+                for gy_, x_ in ((gy, xd), (gy.contiguous(memory_format=cl),
+                                           xd.contiguous(memory_format=cl))):
+                    forced.append(cuda.backward(gy_, x_, wd, args,
+                                                grad_input_kernel="implicit-gemm",
+                                                grad_weight_kernel="tensor-cores-cl"))
             forced = [t for pair in forced for t in pair if t is not None]
             for a in forced:
                 e = rx if a.shape == rx.shape else rw

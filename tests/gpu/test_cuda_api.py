@@ -505,6 +505,58 @@ def test_tensor_core_weight_gradient(case, dtype):
     assert ((simt.double().cpu() - theirs).norm() / theirs.norm()).item() < tol
 
 
+_CL_BWD_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): the channels-last kernels
+    (2, 32, 16, 1, (5, 6, 7), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1)),  # ragged
+    (2, 80, 48, 2, (4, 5, 6), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 0, 1), (2, 1, 3)),  # tails
+    (1, 160, 64, 1, (5, 6, 6), (4, 4, 4), (2, 2, 2), (1, 1, 1), (0, 0, 0), (1, 1, 1)),  # blocks
+    (3, 32, 96, 1, (9, 10, 40), (1, 1, 1), (1, 1, 1), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # splits
+    (2, 64, 64, 1, (3, 3, 3), (1, 2, 1), (3, 4, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # empty
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", range(len(_CL_BWD_CASES)))
+def test_channels_last_backward_kernels(case, dtype):
+    """The 16-bit backward of wide layers: grad_input on the implicit GEMM (grad_y read
+    channels-last at the stride) and grad_weight on the channels-last tensor-core GEMM, by
+    the rule and forced, against torch in float64 from the same rounded values (ragged and
+    empty phases, dilation, groups, channel tails, several channel blocks, split reductions);
+    channels-last operands are read in place with the same bits as contiguous ones, and
+    results repeat bitwise."""
+    from phaseconv.engines import cuda
+
+    n, cin, cout, g, size, k, s, p, op, d = _CL_BWD_CASES[case]
+    gen = torch.Generator().manual_seed(case)
+    x = torch.randn((n, cin) + size, generator=gen).to(dtype)
+    w = (torch.randn((cin, cout // g) + k, generator=gen) / 4).to(dtype)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    out = F.conv_transpose3d(x64, w64, None, s, p, op, g, d)
+    gy = torch.randn(out.shape, generator=gen).to(dtype)
+    expected = torch.autograd.grad(out, (x64, w64), gy.double())
+    xc, wc, gyc = x.cuda(), w.cuda(), gy.cuda()
+    args = _args(xc, wc, s, p, d, g, op)
+    gi_desc, gw_desc = cuda.describe_backward(args, n, dtype, xc.device)
+    assert gi_desc.startswith("implicit-gemm grad-input"), gi_desc
+    assert "grad_y channels-last" in gi_desc
+    cl_rule = cout // g >= 64  # the channels-last weight gradient's rule; narrower: forced
+    assert gw_desc.startswith("tensor-core gemm fp32-accumulate" +
+                              (", channels-last operands" if cl_rule else ", 64x64")), gw_desc
+    tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
+    runs = [cuda.backward(gyc, xc, wc, args),
+            cuda.backward(gyc, xc, wc, args, grad_input_kernel="implicit-gemm",
+                          grad_weight_kernel="tensor-cores-cl")]
+    for got in runs:
+        for name, a, e in zip(("grad_input", "grad_weight"), got, expected):
+            assert a.dtype == dtype and a.shape == e.shape, name
+            rel = ((a.double().cpu() - e).norm() / e.norm()).item()
+            assert rel < tol, (name, rel)
+    cl = torch.channels_last_3d
+    in_place = cuda.backward(gyc.contiguous(memory_format=cl), xc.contiguous(memory_format=cl),
+                             wc, args)
+    for rule, forced, read_in_place in zip(runs[0], runs[1], in_place):
+        assert torch.equal(rule, forced) and torch.equal(rule, read_in_place)
+
+
 def test_backward_kernel_rules():
     """The rules (phase_conv_bwd.cuh, phase_conv_fwd.cuh) are visible and forcing is checked,
     never rerouted."""
@@ -538,7 +590,17 @@ def test_backward_kernel_rules():
     assert report.grad_weight_kernel.startswith("tensor-core gemm 3xTF32")
     assert "grad_weight kernel: tensor-core" in str(report)
     half = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda", dtype=torch.bfloat16)
-    assert half.grad_weight_kernel.startswith("tensor-core gemm fp32-accumulate")
+    assert half.grad_weight_kernel.startswith("tensor-core gemm fp32-accumulate, 64x64")
+    wider = dict(wide, out_channels=64)
+    assert phaseconv.explain(wider, (2, 64, 6, 6, 6), device="cuda", dtype=torch.bfloat16) \
+        .grad_weight_kernel.startswith("tensor-core gemm fp32-accumulate, channels-last operands")
+    assert half.grad_input_kernel.startswith("implicit-gemm grad-input")
+    with pytest.raises(RuntimeError, match="weight gradient: refused: the channels-last "
+                       "tensor-core gemm kernel was forced"):
+        cuda.backward(gy, x, w, narrow, grad_weight_kernel="tensor-cores-cl")
+    with pytest.raises(RuntimeError, match="input gradient: refused: the implicit-gemm kernel "
+                       "was forced"):
+        cuda.backward(gy, x, w, narrow, grad_input_kernel="implicit-gemm")
     double = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda", dtype=torch.float64)
     assert double.grad_weight_kernel.startswith("simt")
     assert double.grad_input_kernel.startswith("naive grad-input")
@@ -567,13 +629,17 @@ def test_input_gradient_kernels(case, dtype):
     args = _args(xc, wc, c["s"], c["p"], c["d"], c["groups"], c["op"])
     desc = cuda.describe_backward(args, c["n"], dtype, xc.device)[0]
     depthwise = c["cin"] == c["groups"] == c["cout"]
-    mma = (not depthwise and dtype != torch.float64 and c["cin"] // c["groups"] >= 4
-           and c["cout"] // c["groups"] >= 4)
-    rule = "depthwise" if depthwise else "mma" if mma else "naive"
+    cin_g, cout_g = c["cin"] // c["groups"], c["cout"] // c["groups"]
+    mma = not depthwise and dtype != torch.float64 and cin_g >= 4 and cout_g >= 4
+    gemm = (dtype in (torch.float16, torch.bfloat16) and cout_g % 8 == 0 and cout_g >= 16
+            and cin_g >= 32)
+    rule = ("depthwise" if depthwise else "implicit-gemm" if gemm else "mma" if mma
+            else "naive")
     assert desc.startswith(rule + " grad-input"), desc
     tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3,
            torch.bfloat16: 2e-2}[dtype]
-    forced = {"depthwise": ["depthwise"], "mma": ["tensor-cores"], "naive": []}[rule]
+    forced = {"depthwise": ["depthwise"], "mma": ["tensor-cores"], "naive": [],
+              "implicit-gemm": ["implicit-gemm", "tensor-cores"]}[rule]
     for kernel in ["auto", "naive"] + forced:
         got, _ = cuda.backward(gyc, xc, wc, args, need_weight=False, grad_input_kernel=kernel)
         assert got.dtype == dtype and got.shape == expected.shape

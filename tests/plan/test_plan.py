@@ -71,8 +71,14 @@ def test_every_sweep_shape_has_a_plan(device):
 BACKWARD_RULE = [
     ("founding fp32", FOUNDING, F32, "mma", "simt"),         # C_out/groups 8 < 16
     ("founding fp64", FOUNDING, F64, "naive", "simt"),
-    ("wide bf16", WIDE, BF16, "mma", "tensor-cores"),
+    ("wide bf16", WIDE, BF16, "gemm", "tensor-cores"),       # grad_y read channels-last
+    ("wider fp16", WIDER, torch.float16, "gemm", "tensor-cores-cl"),
     ("wide fp32", WIDE, F32, "mma", "tensor-cores"),
+    ("channel tails bf16", ph.conv_args(40, 36, 3, 6, 2, 1, 1), BF16, "mma", "tensor-cores"),
+    ("few output channels bf16", ph.conv_args(64, 16, 3, 6, 2, 1, 1), BF16, "gemm",
+     "tensor-cores"),                                       # grad-input reduction 16 x taps
+    ("few input channels bf16", ph.conv_args(16, 64, 3, 6, 2, 1, 1), BF16, "mma",
+     "tensor-cores-cl"),                                    # grad_x: C_in/g 16 < 32
     ("narrow fp32", NARROW, F32, "naive", "simt"),
     ("depthwise bf16", DEPTHWISE, BF16, "depthwise", "depthwise"),
     ("depthwise fp64", DEPTHWISE, F64, "depthwise", "depthwise"),
@@ -135,6 +141,18 @@ def test_forced_backward_kernels():
         assert ph.grad_weight(WIDE, 2, F32, device, "naive").family == "naive"
         assert not ph.grad_weight(FOUNDING, 2, F64, device, "tensor-cores").ok
         assert not ph.grad_weight(HUGE_DILATION, 2, F32, device, "simt").ok
+        # the 16-bit wide layers' channels-last kernels, and the older ones still by name
+        assert ph.grad_input(WIDE, 2, BF16, device, "implicit-gemm").family == "gemm"
+        assert ph.grad_input(FOUNDING, 2, BF16, device, "implicit-gemm").family == "gemm"
+        assert ph.grad_input(WIDE, 2, BF16, device, "tensor-cores").family == "mma"
+        assert ph.grad_weight(WIDER, 2, BF16, device, "tensor-cores").family == "tensor-cores"
+        assert ph.grad_weight(WIDE, 2, BF16, device, "tensor-cores-cl").family == \
+            "tensor-cores-cl"
+        for refused in (ph.grad_input(WIDE, 2, F32, device, "implicit-gemm"),
+                        ph.grad_input(NARROW, 1, BF16, device, "implicit-gemm"),
+                        ph.grad_weight(WIDE, 2, F32, device, "tensor-cores-cl"),
+                        ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-cl")):
+            assert not refused.ok and refused.text.startswith("refused: the "), refused.text
 
 
 def test_forced_variants_of_the_implicit_gemm():
