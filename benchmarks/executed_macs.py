@@ -29,7 +29,8 @@ import sys
 HMMA = "sm__inst_executed_pipe_tensor_op_hmma.sum"
 FFMA = "smsp__sass_thread_inst_executed_op_ffma_pred_on.sum"
 RANGE = "phaseconv"
-TENSOR_CORE_FAMILIES = ("gemm", "allphase", "mma", "tensor-cores")
+TENSOR_CORE_FAMILIES = ("gemm", "allphase", "mma", "tensor-cores", "implicit-gemm",
+                        "tensor-cores-cl")
 
 # (label, sweep shape number, dtype, direction, kernel): direction "forward" forces a
 # forward family; "grad_input" / "grad_weight" force one backward kernel and run only it
@@ -45,12 +46,14 @@ CASES = [
     ("forward naive", 8, "float32", "forward", "naive"),
     ("forward depthwise", 7, "float32", "forward", "depthwise"),
     ("grad_input tensor-cores", 2, "bfloat16", "grad_input", "tensor-cores"),
+    ("grad_input implicit-gemm", 3, "bfloat16", "grad_input", "implicit-gemm"),
     ("grad_input tensor-cores", 1, "float32", "grad_input", "tensor-cores"),
     ("grad_input depthwise", 7, "float32", "grad_input", "depthwise"),
     ("grad_input depthwise", 7, "bfloat16", "grad_input", "depthwise"),
     ("grad_input naive", 7, "float32", "grad_input", "naive"),
     ("grad_weight tensor-cores", 2, "bfloat16", "grad_weight", "tensor-cores"),
     ("grad_weight tensor-cores", 5, "float32", "grad_weight", "tensor-cores"),
+    ("grad_weight tensor-cores-cl", 3, "bfloat16", "grad_weight", "tensor-cores-cl"),
     ("grad_weight depthwise", 7, "float32", "grad_weight", "depthwise"),
     ("grad_weight depthwise", 7, "bfloat16", "grad_weight", "depthwise"),
     ("grad_weight simt", 7, "float32", "grad_weight", "simt"),
