@@ -332,3 +332,66 @@ for cfg in [dict(stride=2, padding=1, dilation=1, output_padding=0, k=4),
                                         cfg["padding"], cfg["dilation"], tile=4)
     print(f"k={k} {cfg}: error input {err(gx, gx_ref):.1e}, weight {err(gw, gw_ref):.1e}")
     assert max(err(gx, gx_ref), err(gw, gw_ref)) < TOL
+
+# %% [markdown]
+# ## 7. Wide layers: the input gradient as one implicit GEMM
+#
+# Section 1's gather form, $\bar x[i] = \sum_k w[k]\,\bar y[s i - p + k d]$, is itself an
+# ordinary strided convolution, and it has no inserted zeros to avoid: every tap of every
+# phase is a useful product. So for wide float16/bfloat16 layers the CUDA engine does not split
+# it by phase at all. It runs the forward's implicit GEMM on it as one stride-1 "phase":
+#
+# * rows: the voxels $i$ of $\bar x$ over the batch;
+# * reduction: (tap $k$, channel group of 8, channel in the group), $\bar y$ read
+#   channels-last at $s i - p + k d$ (zero outside it), 16 bytes per row and step;
+# * columns: the input channels of the group.
+#
+# The weight reaches the kernel as $[g][k_D][k_H][k_W][C_\text{out}/g/8][C_\text{in}/g][8]$,
+# gathered through an index built once per geometry (`csrc/phase_conv.cpp`). The check below
+# builds that index the way the binding does and computes $\bar x$ as one matrix product per
+# (group, tap), against torch autograd.
+
+
+# %%
+def grad_input_implicit_gemm(gy, w, x_shape, groups, stride, padding, dilation):
+    """grad_x of conv_transpose3d as the implicit GEMM's rows x (taps, channel groups)."""
+    n, c_out = gy.shape[:2]
+    c_in, k = w.shape[0], w.shape[2:]
+    cin_g, cout_g = c_in // groups, c_out // groups
+    index = (torch.arange(w.numel()).view(groups, cin_g, cout_g // 8, 8, *k)
+             .permute(0, 4, 5, 6, 2, 1, 3).reshape(-1))  # the binding's gather index
+    taps = k[0] * k[1] * k[2]
+    wm = w.reshape(-1)[index].view(groups, taps, cout_g // 8, cin_g, 8)
+    gy_cl = gy.permute(0, 2, 3, 4, 1)  # (N, OD, OH, OW, C_out)
+    gx = gy.new_zeros((n, c_in) + tuple(x_shape))
+    for g in range(groups):
+        acc = gy.new_zeros((n,) + tuple(x_shape) + (cin_g,))
+        for t in range(taps):
+            tap = (t // (k[1] * k[2]), t // k[2] % k[1], t % k[2])
+            a = gy_cl[..., g * cout_g:(g + 1) * cout_g]
+            for axis in range(3):  # grad_y positions s * i - p + k * d, zero outside
+                pos = (stride[axis] * torch.arange(x_shape[axis]) - padding[axis]
+                       + tap[axis] * dilation[axis])
+                inside = (pos >= 0) & (pos < gy.shape[2 + axis])
+                a = a.index_select(1 + axis, pos.clamp(0, gy.shape[2 + axis] - 1))
+                a = a * inside.view([-1 if d == 1 + axis else 1 for d in range(5)]).to(a)
+            b = wm[g, t].permute(0, 2, 1).reshape(cout_g, cin_g)  # row: channel G * 8 + e
+            acc += a @ b
+        gx[:, g * cin_g:(g + 1) * cin_g] = acc.permute(0, 4, 1, 2, 3)
+    return gx
+
+
+for cfg in [dict(stride=(2, 2, 2), padding=(1, 1, 1), dilation=(1, 1, 1),
+                 output_padding=(1, 1, 1), k=(3, 3, 3), groups=1),
+            dict(stride=(3, 1, 2), padding=(0, 1, 2), dilation=(2, 1, 3),
+                 output_padding=(2, 0, 1), k=(2, 3, 4), groups=2)]:
+    k, groups = cfg.pop("k"), cfg.pop("groups")
+    x = torch.randn(2, 8 * groups, 3, 4, 5, dtype=DT, requires_grad=True)
+    w = torch.randn(8 * groups, 16, *k, dtype=DT)
+    y = F.conv_transpose3d(x, w, groups=groups, **cfg)
+    gy = torch.randn_like(y)
+    gx_ref, = torch.autograd.grad(y, x, gy)
+    gx = grad_input_implicit_gemm(gy, w, x.shape[2:], groups, cfg["stride"], cfg["padding"],
+                                  cfg["dilation"])
+    print(f"k={k} groups={groups} {cfg}: error input {err(gx, gx_ref):.1e}")
+    assert err(gx, gx_ref) < TOL
