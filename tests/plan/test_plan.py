@@ -195,6 +195,23 @@ def test_unknown_kernel_names_are_refused():
         ph.forward(FOUNDING, 8, F32, ph.H100, kernel="fast")
 
 
+def test_channels_last_backward_tiles():
+    """The channels-last weight gradient: a 64 x 64 tile from C_out/g = 64 (the rule), a
+    64 x 32 one where C_out/g <= 32 (forced only), splits that fill the device; the input
+    gradient's implicit GEMM: its rows over grad_x (one stride-1 phase)."""
+    layer = ph.sweep_args(SWEEP[3])  # 512 -> 256, 16^3, k2 s2
+    for device in ph.DEVICES:
+        gw = ph.grad_weight(layer, 1, BF16, device)
+        assert gw.family == "tensor-cores-cl", gw.text
+        assert "channels-last operands, 64x64 channel tile, 4 stages" in gw.text
+        blocks = int(gw.text.split(" blocks")[0].split()[-1])
+        assert blocks >= 8 * device.sms and blocks == 8 * (512 // 64) * (256 // 64) * gw.splits
+        narrow = ph.grad_weight(WIDE, 2, BF16, device, "tensor-cores-cl")
+        assert "64x32 channel tile" in narrow.text, narrow.text
+        gi = ph.grad_input(layer, 1, BF16, device)
+        assert gi.family == "gemm" and "m_tiles=32 " in gi.text, gi.text  # 16^3 / 128 rows
+
+
 def test_weight_gradient_tiles_fit_the_channels():
     """The SIMT kernel runs a depthwise layer's weight gradient (forced) on 1 x 1 register
     tiles (a 4 x 4 tile would multiply 15 padding pairs for each real one); wider layers on
