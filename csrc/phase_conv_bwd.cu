@@ -350,26 +350,73 @@ struct GmArgs : BwdGeometry {
 };
 
 
+// A tensor-core weight-gradient block's share (gw_mma_kernel, gw_cl_kernel): blockIdx.x as
+// (split, group, phase, tap, C_in block, C_out block), the tap's input offset, the phase's
+// output counts and reduction length, and the split's chunks of kGmBK reduction terms.
+struct GmBlock {
+  int g, split, t, ntaps;
+  int rd, rh, rw;               // the phase's residues
+  int xd, xh, xw;               // input offset of the tap
+  uint32_t cd, ch, cw;          // the phase's outputs per axis
+  int64_t kp, wofs;             // reduction length (< 2^31, plan_gm); the phase's packed block
+  int c_beg, c_end;             // the split's chunks
+  int ci0, co0, cin_n, con;     // the channel tile: first channels and counts
+};
+
+// False where the tap is past the phase's taps (a whole block: the grid covers the most taps).
+template <int BM, int BN>
+__device__ __forceinline__ bool decode_block(const GmArgs& a, GmBlock& b) {
+  uint32_t r = blockIdx.x;
+  const int cob = (int)(r % (uint32_t)a.n_cob); r /= (uint32_t)a.n_cob;
+  const int cib = (int)(r % (uint32_t)a.n_cib); r /= (uint32_t)a.n_cib;
+  b.t = (int)(r % (uint32_t)a.max_taps); r /= (uint32_t)a.max_taps;
+  const int p = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
+  b.g = (int)(r % (uint32_t)a.groups);
+  b.split = (int)(r / (uint32_t)a.groups);
+
+  const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+  const int Td = (int)e[PT_TAPS_D], Th = (int)e[PT_TAPS_H], Tw = (int)e[PT_TAPS_W];
+  b.ntaps = Td * Th * Tw;
+  if (b.t >= b.ntaps) return false;
+  b.rd = (int)e[PT_RES_D]; b.rh = (int)e[PT_RES_H]; b.rw = (int)e[PT_RES_W];
+  const int tw = b.t % Tw, th = (b.t / Tw) % Th, td = b.t / (Tw * Th);
+  b.xd = (int)e[PT_OFF_D] + td * a.pdd;
+  b.xh = (int)e[PT_OFF_H] + th * a.pdh;
+  b.xw = (int)e[PT_OFF_W] + tw * a.pdw;
+  b.wofs = e[PT_WOFS];
+  b.cd = axis_count(a.out_d, b.rd, a.sd);
+  b.ch = axis_count(a.out_h, b.rh, a.sh);
+  b.cw = axis_count(a.out_w, b.rw, a.sw);
+  b.kp = a.nbatch * b.cd * b.ch * b.cw;
+  const int chunks = (int)((b.kp + kGmBK - 1) / kGmBK);
+  const int per = (chunks + a.splits - 1) / a.splits;
+  b.c_beg = b.split * per;
+  b.c_end = min(chunks, b.c_beg + per);
+  b.ci0 = cib * BM; b.co0 = cob * BN;
+  b.cin_n = min(BM, a.cin_g - b.ci0); b.con = min(BN, a.cout_g - b.co0);
+  return true;
+}
+
 // A warp's 32 x 32 tile of (input channel, output channel) sums of one tap into its split's
 // workspace slice (out: the slice's phase block), packed [g][C_in/g][taps][C_out/g].  C
 // fragments: rows (input channels) lane/4 (+8), columns (output channels) 2*(lane%4) + c.
 __device__ __forceinline__ void write_warp_tile(const float (&acc)[2][4][4], float* out,
-                                                const GmArgs& a, int g, int ci0, int co0,
-                                                int cin_n, int con, int t, int ntaps, int wm,
+                                                const GmArgs& a, const GmBlock& b, int wm,
                                                 int wn, int lane) {
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int ci = wm * 32 + mt * 16 + (lane >> 2) + half * 8;
-      if (ci >= cin_n) continue;
-      float* orow = out + (((int64_t)g * a.cin_g + ci0 + ci) * ntaps + t) * a.cout_g + co0;
+      if (ci >= b.cin_n) continue;
+      float* orow = out + (((int64_t)b.g * a.cin_g + b.ci0 + ci) * b.ntaps + b.t) * a.cout_g +
+                    b.co0;
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int cc = 0; cc < 2; ++cc) {
           const int co = wn * 32 + j * 8 + (lane & 3) * 2 + cc;
-          if (co < con) orow[co] = acc[mt][j][half * 2 + cc];
+          if (co < b.con) orow[co] = acc[mt][j][half * 2 + cc];
         }
     }
 }
@@ -392,62 +439,39 @@ __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp % WM, wn = warp / WM;
 
-  uint32_t r = blockIdx.x;
-  const int cob = (int)(r % (uint32_t)a.n_cob); r /= (uint32_t)a.n_cob;
-  const int cib = (int)(r % (uint32_t)a.n_cib); r /= (uint32_t)a.n_cib;
-  const int t = (int)(r % (uint32_t)a.max_taps); r /= (uint32_t)a.max_taps;
-  const int p = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
-  const int g = (int)(r % (uint32_t)a.groups);
-  const int split = (int)(r / (uint32_t)a.groups);
-
-  const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
-  const int Td = (int)e[PT_TAPS_D], Th = (int)e[PT_TAPS_H], Tw = (int)e[PT_TAPS_W];
-  const int ntaps = Td * Th * Tw;
-  if (t >= ntaps) return;  // uniform: this phase has fewer taps
-  const int rd = (int)e[PT_RES_D], rh = (int)e[PT_RES_H], rw = (int)e[PT_RES_W];
-  const int tw = t % Tw, th = (t / Tw) % Th, td = t / (Tw * Th);
-  const int xd = (int)e[PT_OFF_D] + td * a.pdd, xh = (int)e[PT_OFF_H] + th * a.pdh,
-            xw = (int)e[PT_OFF_W] + tw * a.pdw;  // input offset of this tap
-  const int64_t wofs = e[PT_WOFS];
-  const uint32_t cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
-                 cw = axis_count(a.out_w, rw, a.sw);
-  const int64_t kp = a.nbatch * cd * ch * cw;  // < 2^31 (plan_gm)
-  const int chunks = (int)((kp + BK - 1) / BK);
-  const int per = (chunks + a.splits - 1) / a.splits;
-  const int c_beg = split * per, c_end = min(chunks, c_beg + per);
-  const int ci0 = cib * BM, co0 = cob * BN;
-  const int cin_n = min(BM, a.cin_g - ci0), con = min(BN, a.cout_g - co0);
+  GmBlock b;
+  if (!decode_block<BM, BN>(a, b)) return;  // uniform: this phase has fewer taps
 
   // loads: this thread's k column and rows row0 + i * RSTEP
   const int kq = tid % BK, row0 = tid / BK;
   const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
   const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
-  const T* xrow = x + ((int64_t)g * a.cin_g + ci0 + row0) * in_plane;
-  const T* grow = gy + ((int64_t)g * a.cout_g + co0 + row0) * out_plane;
+  const T* xrow = x + ((int64_t)b.g * a.cin_g + b.ci0 + row0) * in_plane;
+  const T* grow = gy + ((int64_t)b.g * a.cout_g + b.co0 + row0) * out_plane;
   T va[LA], vb[LB];
   auto load = [&](int c) {
     const uint32_t kk = (uint32_t)c * BK + kq;
-    const bool valid = kk < (uint32_t)kp;
+    const bool valid = kk < (uint32_t)b.kp;
     uint32_t q = kk;
-    const uint32_t jw = q % cw; q /= cw;
-    const uint32_t jh = q % ch; q /= ch;
-    const uint32_t jd = q % cd;
-    const uint32_t n = q / cd;
-    const int id = (int)jd + xd, ih = (int)jh + xh, iw = (int)jw + xw;
+    const uint32_t jw = q % b.cw; q /= b.cw;
+    const uint32_t jh = q % b.ch; q /= b.ch;
+    const uint32_t jd = q % b.cd;
+    const uint32_t n = q / b.cd;
+    const int id = (int)jd + b.xd, ih = (int)jh + b.xh, iw = (int)jw + b.xw;
     const bool xin = valid && (unsigned)id < (unsigned)a.in_d &&
                      (unsigned)ih < (unsigned)a.in_h && (unsigned)iw < (unsigned)a.in_w;
     const int64_t xo = (int64_t)n * a.c_in * in_plane +
                        ((int64_t)id * a.in_h + ih) * a.in_w + iw;
     const int64_t go = (int64_t)n * a.c_out * out_plane +
-                       ((int64_t)(rd + a.sd * (int)jd) * a.out_h + rh + a.sh * (int)jh) *
-                           a.out_w + rw + (int64_t)a.sw * jw;
+                       ((int64_t)(b.rd + a.sd * (int)jd) * a.out_h + b.rh + a.sh * (int)jh) *
+                           a.out_w + b.rw + (int64_t)a.sw * jw;
 #pragma unroll
     for (int i = 0; i < LA; ++i)
-      va[i] = (xin && row0 + i * RSTEP < cin_n) ? ldg(xrow + xo + (int64_t)i * RSTEP * in_plane)
-                                                : from_acc<T>(0.f);
+      va[i] = (xin && row0 + i * RSTEP < b.cin_n)
+                  ? ldg(xrow + xo + (int64_t)i * RSTEP * in_plane) : from_acc<T>(0.f);
 #pragma unroll
     for (int i = 0; i < LB; ++i)
-      vb[i] = (valid && row0 + i * RSTEP < con)
+      vb[i] = (valid && row0 + i * RSTEP < b.con)
                   ? ldg(grow + go + (int64_t)i * RSTEP * out_plane) : from_acc<T>(0.f);
   };
   auto store = [&](int stage) {
@@ -468,15 +492,15 @@ __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
   const int mi = lane >> 3;
   const int b_lane = BM * RS + (wn * 32 + (mi >> 1) * 8 + (lane & 7)) * RS + (mi & 1) * 16;
 
-  if (c_beg < c_end) {  // uniform; a split without chunks writes its zeros
-    load(c_beg);
+  if (b.c_beg < b.c_end) {  // uniform; a split without chunks writes its zeros
+    load(b.c_beg);
     store(0);
     __syncthreads();
   }
   int since = 0;
-  for (int c = c_beg; c < c_end; ++c) {
-    const int stage = (c - c_beg) & 1;
-    if (c + 1 < c_end) load(c + 1);  // in flight during this chunk's mmas
+  for (int c = b.c_beg; c < b.c_end; ++c) {
+    const int stage = (c - b.c_beg) & 1;
+    if (c + 1 < b.c_end) load(c + 1);  // in flight during this chunk's mmas
     const uint32_t sbase = s_base + stage * STAGE;
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks) {
@@ -509,12 +533,11 @@ __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
       }
     }
     step_flush<true>(tot, acc, since, kFlushTerms / BK);
-    if (c + 1 < c_end) store(stage ^ 1);
+    if (c + 1 < b.c_end) store(stage ^ 1);
     __syncthreads();  // the next stage is written, this one's readers are done
   }
   merge_acc(acc, tot);
-  write_warp_tile(acc, ws + (int64_t)split * a.packed_elems + wofs, a, g, ci0, co0, cin_n, con,
-                  t, ntaps, wm, wn, lane);
+  write_warp_tile(acc, ws + (int64_t)b.split * a.packed_elems + b.wofs, a, b, wm, wn, lane);
 }
 
 // ---------------------------------------------------------------- channels-last weight gradient
@@ -548,53 +571,30 @@ __global__ void __launch_bounds__(2 * WN * 32) gw_cl_kernel(const GmArgs a) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp % WM, wn = warp / WM;
 
-  uint32_t r = blockIdx.x;
-  const int cob = (int)(r % (uint32_t)a.n_cob); r /= (uint32_t)a.n_cob;
-  const int cib = (int)(r % (uint32_t)a.n_cib); r /= (uint32_t)a.n_cib;
-  const int t = (int)(r % (uint32_t)a.max_taps); r /= (uint32_t)a.max_taps;
-  const int p = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
-  const int g = (int)(r % (uint32_t)a.groups);
-  const int split = (int)(r / (uint32_t)a.groups);
-
-  const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
-  const int Td = (int)e[PT_TAPS_D], Th = (int)e[PT_TAPS_H], Tw = (int)e[PT_TAPS_W];
-  const int ntaps = Td * Th * Tw;
-  if (t >= ntaps) return;  // uniform: this phase has fewer taps
-  const int rd = (int)e[PT_RES_D], rh = (int)e[PT_RES_H], rw = (int)e[PT_RES_W];
-  const int tw = t % Tw, th = (t / Tw) % Th, td = t / (Tw * Th);
-  const int xd = (int)e[PT_OFF_D] + td * a.pdd, xh = (int)e[PT_OFF_H] + th * a.pdh,
-            xw = (int)e[PT_OFF_W] + tw * a.pdw;  // input offset of this tap
-  const int64_t wofs = e[PT_WOFS];
-  const uint32_t cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
-                 cw = axis_count(a.out_w, rw, a.sw);
-  const int64_t kp = a.nbatch * cd * ch * cw;  // < 2^31 (plan_gm)
-  const int chunks = (int)((kp + BK - 1) / BK);
-  const int per = (chunks + a.splits - 1) / a.splits;
-  const int c_beg = split * per, c_end = min(chunks, c_beg + per);
-  const int ci0 = cib * BM, co0 = cob * BN;
-  const int cin_n = min(BM, a.cin_g - ci0), con = min(BN, a.cout_g - co0);
+  GmBlock b;
+  if (!decode_block<BM, BN>(a, b)) return;  // uniform: this phase has fewer taps
 
   // this thread's chunks: channel vector a_ch (b_ch) of k rows a_pos + i * (NTHR / CHA)
   const int a_ch = tid % CHA, a_pos = tid / CHA, b_ch = tid % CHB, b_pos = tid / CHB;
-  const bool a_ok = a_ch * 8 < cin_n, b_ok = b_ch * 8 < con;  // whole vectors (C/g % 8 == 0)
-  const T* xb = x + (int64_t)g * a.cin_g + ci0 + a_ch * 8;
-  const T* gb = gy + (int64_t)g * a.cout_g + co0 + b_ch * 8;
+  const bool a_ok = a_ch * 8 < b.cin_n, b_ok = b_ch * 8 < b.con;  // whole vectors: C/g % 8 == 0
+  const T* xb = x + (int64_t)b.g * a.cin_g + b.ci0 + a_ch * 8;
+  const T* gb = gy + (int64_t)b.g * a.cout_g + b.co0 + b_ch * 8;
   // k row kk of the phase -> element offsets of its (n, d, h, w) in x (tap applied; -1 outside
   // the input or past the reduction) and in grad_y (-1 past the reduction)
   auto locate = [&](uint32_t kk, int64_t& xo, int64_t& go) {
     xo = go = -1;
-    if (kk >= (uint32_t)kp) return;
+    if (kk >= (uint32_t)b.kp) return;
     uint32_t q = kk;
-    const uint32_t jw = q % cw; q /= cw;
-    const uint32_t jh = q % ch; q /= ch;
-    const uint32_t jd = q % cd;
-    const int64_t n = q / cd;
-    const int id = (int)jd + xd, ih = (int)jh + xh, iw = (int)jw + xw;
+    const uint32_t jw = q % b.cw; q /= b.cw;
+    const uint32_t jh = q % b.ch; q /= b.ch;
+    const uint32_t jd = q % b.cd;
+    const int64_t n = q / b.cd;
+    const int id = (int)jd + b.xd, ih = (int)jh + b.xh, iw = (int)jw + b.xw;
     if ((unsigned)id < (unsigned)a.in_d && (unsigned)ih < (unsigned)a.in_h &&
         (unsigned)iw < (unsigned)a.in_w)
       xo = (((n * a.in_d + id) * a.in_h + ih) * a.in_w + iw) * a.c_in;
-    go = (((n * a.out_d + rd + (int64_t)a.sd * jd) * a.out_h + rh + (int64_t)a.sh * jh) *
-              a.out_w + rw + (int64_t)a.sw * jw) * a.c_out;
+    go = (((n * a.out_d + b.rd + (int64_t)a.sd * jd) * a.out_h + b.rh + (int64_t)a.sh * jh) *
+              a.out_w + b.rw + (int64_t)a.sw * jw) * a.c_out;
   };
   auto load_stage = [&](int c, int stage) {
     const uint32_t sA = s_base + stage * STAGE, sB = sA + A_STAGE;
@@ -631,17 +631,17 @@ __global__ void __launch_bounds__(2 * WN * 32) gw_cl_kernel(const GmArgs a) {
   const int mi = lane >> 3;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (c_beg + s < c_end) load_stage(c_beg + s, s);
+    if (b.c_beg + s < b.c_end) load_stage(b.c_beg + s, s);
     cp_async_commit();
   }
   int since = 0;
-  for (int c = c_beg; c < c_end; ++c) {
+  for (int c = b.c_beg; c < b.c_end; ++c) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();  // chunk c has landed for every thread; chunk c-1's buffer is free
     const int cn = c + STAGES - 1;
-    if (cn < c_end) load_stage(cn, (cn - c_beg) % STAGES);
+    if (cn < b.c_end) load_stage(cn, (cn - b.c_beg) % STAGES);
     cp_async_commit();
-    const uint32_t sA = s_base + ((c - c_beg) % STAGES) * STAGE, sB = sA + A_STAGE;
+    const uint32_t sA = s_base + ((c - b.c_beg) % STAGES) * STAGE, sB = sA + A_STAGE;
 #pragma unroll
     for (int ks = 0; ks < BK / 16; ++ks) {
       uint32_t af[2][4], bf[4][2];
@@ -671,8 +671,7 @@ __global__ void __launch_bounds__(2 * WN * 32) gw_cl_kernel(const GmArgs a) {
   }
   cp_async_wait<0>();
   merge_acc(acc, tot);
-  write_warp_tile(acc, ws + (int64_t)split * a.packed_elems + wofs, a, g, ci0, co0, cin_n, con,
-                  t, ntaps, wm, wn, lane);
+  write_warp_tile(acc, ws + (int64_t)b.split * a.packed_elems + b.wofs, a, b, wm, wn, lane);
 }
 
 // BwdGeometry from the launcher's parameters.

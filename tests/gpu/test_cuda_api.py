@@ -505,6 +505,20 @@ def test_tensor_core_weight_gradient(case, dtype):
     assert ((simt.double().cpu() - theirs).norm() / theirs.norm()).item() < tol
 
 
+def _layer_case(n, cin, cout, g, size, k, s, p, op, d, dtype, seed):
+    """A layer's input, weight (scaled by 1/4) and grad_output in `dtype` on the GPU, its
+    call arguments, and torch's float64 gradients (input, weight) from the same values."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, cin) + size, generator=gen).to(dtype)
+    w = (torch.randn((cin, cout // g) + k, generator=gen) / 4).to(dtype)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    out = F.conv_transpose3d(x64, w64, None, s, p, op, g, d)
+    gy = torch.randn(out.shape, generator=gen).to(dtype)
+    expected = torch.autograd.grad(out, (x64, w64), gy.double())
+    xc, wc, gyc = x.cuda(), w.cuda(), gy.cuda()
+    return xc, wc, gyc, _args(xc, wc, s, p, d, g, op), expected
+
+
 _CL_BWD_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): the channels-last kernels
     (2, 32, 16, 1, (5, 6, 7), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1)),  # ragged
     (2, 80, 48, 2, (4, 5, 6), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 0, 1), (2, 1, 3)),  # tails
@@ -526,15 +540,8 @@ def test_channels_last_backward_kernels(case, dtype):
     from phaseconv.engines import cuda
 
     n, cin, cout, g, size, k, s, p, op, d = _CL_BWD_CASES[case]
-    gen = torch.Generator().manual_seed(case)
-    x = torch.randn((n, cin) + size, generator=gen).to(dtype)
-    w = (torch.randn((cin, cout // g) + k, generator=gen) / 4).to(dtype)
-    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
-    out = F.conv_transpose3d(x64, w64, None, s, p, op, g, d)
-    gy = torch.randn(out.shape, generator=gen).to(dtype)
-    expected = torch.autograd.grad(out, (x64, w64), gy.double())
-    xc, wc, gyc = x.cuda(), w.cuda(), gy.cuda()
-    args = _args(xc, wc, s, p, d, g, op)
+    xc, wc, gyc, args, expected = _layer_case(n, cin, cout, g, size, k, s, p, op, d, dtype,
+                                              case)
     gi_desc, gw_desc = cuda.describe_backward(args, n, dtype, xc.device)
     assert gi_desc.startswith("implicit-gemm grad-input"), gi_desc
     assert "grad_y channels-last" in gi_desc
@@ -576,15 +583,20 @@ def test_backward_kernel_rules():
                       (1, 1, 1), 8)
     gi, gw = cuda.describe_backward(depthwise, 1, x.dtype, x.device)
     assert gi.startswith("depthwise grad-input") and gw.startswith("depthwise weight-gradient")
-    with pytest.raises(RuntimeError, match="input gradient: refused: the mma kernel was "
-                       "forced"):
-        cuda.backward(gy, x, w[:, :1], depthwise, grad_input_kernel="tensor-cores")
-    with pytest.raises(RuntimeError, match="input gradient: refused: the depthwise kernel was "
-                       "forced and the layer is not depthwise"):
-        cuda.backward(gy, x, w, narrow, grad_input_kernel="depthwise")
-    with pytest.raises(RuntimeError, match="weight gradient: refused: the depthwise kernel was "
-                       "forced and the layer is not depthwise"):
-        cuda.backward(gy, x, w, narrow, grad_weight_kernel="depthwise")
+    not_depthwise = "kernel was forced and the layer is not depthwise"
+    for why, weight, layer, forced in [
+            ("input gradient: refused: the mma kernel was forced", w[:, :1], depthwise,
+             dict(grad_input_kernel="tensor-cores")),
+            ("input gradient: refused: the depthwise " + not_depthwise, w, narrow,
+             dict(grad_input_kernel="depthwise")),
+            ("weight gradient: refused: the depthwise " + not_depthwise, w, narrow,
+             dict(grad_weight_kernel="depthwise")),
+            ("weight gradient: refused: the channels-last tensor-core gemm kernel was forced",
+             w, narrow, dict(grad_weight_kernel="tensor-cores-cl")),
+            ("input gradient: refused: the implicit-gemm kernel was forced", w, narrow,
+             dict(grad_input_kernel="implicit-gemm"))]:
+        with pytest.raises(RuntimeError, match=why):
+            cuda.backward(gy, x, weight, layer, **forced)
     wide = dict(in_channels=64, out_channels=32, kernel_size=4, stride=2, padding=1)
     report = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda")
     assert report.grad_weight_kernel.startswith("tensor-core gemm 3xTF32")
@@ -595,12 +607,6 @@ def test_backward_kernel_rules():
     assert phaseconv.explain(wider, (2, 64, 6, 6, 6), device="cuda", dtype=torch.bfloat16) \
         .grad_weight_kernel.startswith("tensor-core gemm fp32-accumulate, channels-last operands")
     assert half.grad_input_kernel.startswith("implicit-gemm grad-input")
-    with pytest.raises(RuntimeError, match="weight gradient: refused: the channels-last "
-                       "tensor-core gemm kernel was forced"):
-        cuda.backward(gy, x, w, narrow, grad_weight_kernel="tensor-cores-cl")
-    with pytest.raises(RuntimeError, match="input gradient: refused: the implicit-gemm kernel "
-                       "was forced"):
-        cuda.backward(gy, x, w, narrow, grad_input_kernel="implicit-gemm")
     double = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda", dtype=torch.float64)
     assert double.grad_weight_kernel.startswith("simt")
     assert double.grad_input_kernel.startswith("naive grad-input")
@@ -666,15 +672,7 @@ def test_depthwise_backward_kernels(case, dtype):
     from phaseconv.engines import cuda
 
     n, c, size, k, s, p, op, d = _DW_CASES[case]
-    gen = torch.Generator().manual_seed(case)
-    x = torch.randn((n, c) + size, generator=gen).to(dtype)
-    w = (torch.randn((c, 1) + k, generator=gen) / 4).to(dtype)
-    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
-    out = F.conv_transpose3d(x64, w64, None, s, p, op, c, d)
-    gy = torch.randn(out.shape, generator=gen).to(dtype)
-    expected = torch.autograd.grad(out, (x64, w64), gy.double())
-    xc, wc, gyc = x.cuda(), w.cuda(), gy.cuda()
-    args = _args(xc, wc, s, p, d, c, op)
+    xc, wc, gyc, args, expected = _layer_case(n, c, c, c, size, k, s, p, op, d, dtype, case)
     gi_desc, gw_desc = cuda.describe_backward(args, n, dtype, xc.device)
     assert gi_desc.startswith("depthwise grad-input"), gi_desc
     assert gw_desc.startswith("depthwise weight-gradient"), gw_desc
