@@ -823,46 +823,17 @@ bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& d
   return out->grid < ((int64_t)1 << 31);
 }
 
-// Tensor-core tile: 64 x 64 channels.  Measured on an H100: 128 x 64 tied in fp32 and lost in
-// bf16 (shape 3: 217 vs 175 us); 64 x 32 for C_out/g <= 32 lost too (shape 2: 699 vs 536 us
-// fp32, 400 vs 333 bf16).
-bool plan_gm(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& dev,
-             PhaseConvBwdWeightPlan* out) {
+// Tensor-core tile of the contiguous kernel: 64 x 64 channels.  Measured on an H100: 128 x 64
+// tied in fp32 and lost in bf16 (shape 3: 217 vs 175 us); 64 x 32 for C_out/g <= 32 lost too
+// (shape 2: 699 vs 536 us fp32, 400 vs 333 bf16).  The channels-last kernel
+// (channels_last): 64 x 32 where C_out/g <= 32, else 64 x 64.
+bool plan_gm(const PhaseConvBwdWeightParams& p, int dtype_code, bool channels_last,
+             const DevInfo& dev, PhaseConvBwdWeightPlan* out) {
   GmCfg& a = out->gm;
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
   if (a.max_taps == 0 || p.packed_elems == 0) return false;
-  a.wn = kGmWN;
-  const int bm = kGmWM * 32, bn = kGmWN * 32;
-  a.n_cib = (int)cdiv(cin_g, bm);
-  a.n_cob = (int)cdiv(cout_g, bn);
-  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
-                     cdiv(p.out_w, p.stride_w);
-  const int64_t chunks = cdiv(kp, kGmBK);
-  const int64_t base = p.stride_d * p.stride_h * p.stride_w * a.max_taps * p.groups * a.n_cib * a.n_cob;
-  // splits of the reduction: about 8 blocks per multiprocessor, each split
-  // at least 16 chunks (512 terms) long
-  int64_t splits = cdiv(8 * (int64_t)dev.sms, base);
-  if (splits > chunks / 16) splits = chunks / 16;
-  if (splits > 64) splits = 64;
-  if (splits < 1) splits = 1;
-  a.splits = (int)splits;
-  out->grid = base * splits;
-  const int elem = dtype_code == PHASECONV_FLOAT32 ? 4 : 2;
-  out->smem = (size_t)2 * (kGmWM + kGmWN) * 32 * (kGmBK * elem + 16);  // two stages of rows
-  out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * sizeof(float);
-  return out->grid < ((int64_t)1 << 31);
-}
-
-// The channels-last tensor-core weight gradient: a 64 x 32 tile where C_out/g <= 32, else
-// 64 x 64; splits as plan_gm's, for kGwClBlocksPerSm blocks per multiprocessor.
-bool plan_gw_cl(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
-                PhaseConvBwdWeightPlan* out) {
-  GmCfg& a = out->gm;
-  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
-  if (a.max_taps == 0 || p.packed_elems == 0) return false;
-  a.wn = cout_g <= 32 ? 1 : 2;
+  a.wn = channels_last && cout_g <= 32 ? 1 : kGmWN;
   a.n_cib = (int)cdiv(cin_g, kGmWM * 32);
   a.n_cob = (int)cdiv(cout_g, a.wn * 32);
   const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
@@ -870,13 +841,18 @@ bool plan_gw_cl(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
   const int64_t chunks = cdiv(kp, kGmBK);
   const int64_t base = p.stride_d * p.stride_h * p.stride_w * a.max_taps * p.groups *
                        a.n_cib * a.n_cob;
-  int64_t splits = cdiv(kGwClBlocksPerSm * (int64_t)dev.sms, base);
+  // splits of the reduction: about kGmBlocksPerSm blocks per multiprocessor, each split at
+  // least 16 chunks (512 terms) long
+  int64_t splits = cdiv(kGmBlocksPerSm * (int64_t)dev.sms, base);
   if (splits > chunks / 16) splits = chunks / 16;
   if (splits > 64) splits = 64;
   if (splits < 1) splits = 1;
   a.splits = (int)splits;
   out->grid = base * splits;
-  out->smem = (size_t)kGwClStages * kGmBK * (kGmWM + a.wn) * 32 * 2;
+  const int elem = dtype_code == PHASECONV_FLOAT32 ? 4 : 2;
+  out->smem = channels_last
+                  ? (size_t)kGwClStages * kGmBK * (kGmWM + a.wn) * 32 * 2  // [k][channel] stages
+                  : (size_t)2 * (kGmWM + kGmWN) * 32 * (kGmBK * elem + 16);  // two stages of rows
   out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * sizeof(float);
   return out->grid < ((int64_t)1 << 31);
 }
@@ -932,7 +908,8 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   // included), and on 64 and wider it pays its copies (128->64 16^3 k2 s2: 215 vs 245 us)
   const bool cl_rule = cl_ok && p.c_out / p.groups >= 64;
   if ((cl_rule && force == 0) || (cl_ok && force == PHASECONV_GW_MMA_CL)) {
-    if (!plan_gw_cl(p, dev, out)) return refuse(buf, len, PHASECONV_GW_MMA_CL, "its grid is too large");
+    if (!plan_gm(p, dtype_code, true, dev, out))
+      return refuse(buf, len, PHASECONV_GW_MMA_CL, "its grid is too large");
     out->family = PHASECONV_GW_MMA_CL;
     snprintf(buf, len, "tensor-core gemm fp32-accumulate, channels-last operands, %dx%d "
              "channel tile, %d stages, %d split(s), %lld blocks", kGmWM * 32,
@@ -943,7 +920,8 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
     return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_in/groups and "
                   "C_out/groups >= 16");
   if (tensor_cores && (force == 0 || force == PHASECONV_GW_MMA)) {
-    if (!plan_gm(p, dtype_code, dev, out)) return refuse(buf, len, PHASECONV_GW_MMA, "its grid is too large");
+    if (!plan_gm(p, dtype_code, false, dev, out))
+      return refuse(buf, len, PHASECONV_GW_MMA, "its grid is too large");
     out->family = PHASECONV_GW_MMA;
     snprintf(buf, len, "tensor-core gemm %s, %dx%d channel tile, %d split(s), %lld blocks",
              dtype_code == PHASECONV_FLOAT32 ? "3xTF32" : "fp32-accumulate",

@@ -171,8 +171,8 @@ constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
 constexpr int kGwThreads = 256;       // SIMT weight-gradient block
 constexpr int kGmBK = 32;             // tensor-core weight gradient: reduction chunk
 constexpr int kGmWM = 2, kGmWN = 2;   // its warps (a 64 x 64 channel tile)
+constexpr int kGmBlocksPerSm = 8;     // its splits: about this many blocks per multiprocessor
 constexpr int kGwClStages = 4;        // channels-last weight gradient: pipeline depth
-constexpr int kGwClBlocksPerSm = 8;   // its splits: about this many blocks per multiprocessor
 constexpr int kDwThreads = 256;       // depthwise kernel: threads per block
 constexpr int kDwRows = 4;            // its rows of one H phase per thread item
 constexpr int kDwTileOutputs = 2048;  // its outputs per D position of a block, about
@@ -344,8 +344,9 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
 // fits 48 KB of shared memory and the taps of all phases number at most kDwBwdMaxTaps;
 // float16/bfloat16 wide layers (C_out/g a multiple of 8 and >= 16, C_in/g >= 32) the implicit
 // GEMM, which reads grad_y channels-last (16-byte aligned), taps stepping by the dilation from
-// -padding (params.table: one row, residue 0, every tap; weight_mma: the weight laid out
-// [groups][kD][kH][kW][C_out/g / 8][C_in/g][8]); the tensor-core kernel for
+// -padding (launch parameters: table one row, residue 0, every tap; pdil_* the dilation;
+// weight_mma the weight laid out [groups][kD][kH][kW][C_out/g / 8][C_in/g][8]); the
+// tensor-core kernel for
 // float32/float16/bfloat16 with C_out/g and C_in/g >= 4 when a tile fits shared memory; else
 // the naive kernel (any dtype).  force: 0 the rule, PHASECONV_DEPTHWISE, PHASECONV_GEMM,
 // PHASECONV_MMA or PHASECONV_NAIVE (false where the forced kernel does not apply).
