@@ -294,6 +294,8 @@ class ForwardPlan {
                                     device_info(device_), &plan_),
                 "phaseconv cuda engine: no forward kernel takes this layer: ", plan_.text, ".");
     p.y_channels_last = plan_.y_channels_last;
+    // where the kernel writes (N, C_out, D, H, W) but channels-last is asked: one copy after
+    copy_out_ = out_channels_last && !plan_.y_channels_last;
     p.x_channels_last = plan_.x_channels_last;
     p.exact = exact_geometry(PHASECONV_EXACT_FORWARD, x, weight, out_channels, groups,
                              out_size, stride, padding, dilation);
@@ -314,9 +316,7 @@ class ForwardPlan {
                                         : at::MemoryFormat::Contiguous;
     at::Tensor y = at::empty(out_sizes_, x.options().memory_format(fmt));
     if (plan_.family == PHASECONV_EMPTY) return y;
-    // where the kernel writes (N, C_out, D, H, W) but channels-last is asked: one copy after
-    const bool copy_out = out_channels_last_ && !plan_.y_channels_last;
-    at::Tensor yk = copy_out ? at::empty(out_sizes_, x.options()) : y;
+    at::Tensor yk = copy_out_ ? at::empty(out_sizes_, x.options()) : y;
     PhaseConvFwdParams p = params_;
     int* flag = nullptr;
     const at::Tensor wl =
@@ -351,7 +351,7 @@ class ForwardPlan {
     p.exact.bias = p.bias;
     p.exact.flag = flag;
     check_launch(phase_conv_fwd_run(p, plan_, dtype_code_, stream), "forward");
-    if (copy_out) {  // (N, C_out, spatial) -> (N, spatial, C_out)
+    if (copy_out_) {  // (N, C_out, spatial) -> (N, spatial, C_out)
       if (yk.element_size() == 8) {
         y.copy_(yk);
       } else {
@@ -366,8 +366,7 @@ class ForwardPlan {
   }
 
   std::string description() const {
-    const bool copy_out = out_channels_last_ && !plan_.y_channels_last;
-    return std::string(plan_.text) + (copy_out ? ", channels-last output (one copy)" : "");
+    return std::string(plan_.text) + (copy_out_ ? ", channels-last output (one copy)" : "");
   }
   bool reads_channels_last() const { return plan_.x_channels_last != 0; }
   bool reads_tensor_core_weight() const { return plan_.weight_mma != 0; }
@@ -378,6 +377,7 @@ class ForwardPlan {
   int dtype_code_ = -1;
   bool has_bias_;
   bool out_channels_last_;
+  bool copy_out_ = false;  // the result is transposed to channels-last after the kernel
   std::vector<int64_t> x_sizes_, w_sizes_, out_sizes_;
   at::Tensor table_, index_, index_mma_;
   PhaseConvFwdParams params_;
@@ -403,7 +403,8 @@ class BackwardPlan {
                int64_t gi_total_taps, std::vector<int64_t> padding,
                std::vector<int64_t> dilation, int64_t gi_kernel, int64_t gw_kernel)
       : device_(x.device()), dtype_(x.scalar_type()), x_sizes_(x.sizes().vec()),
-        w_sizes_(weight.sizes().vec()), gy_sizes_(grad_y.sizes().vec()), table_(table), index_(index), gi_table_(gi_table), gi_index_(gi_index) {
+        w_sizes_(weight.sizes().vec()), gy_sizes_(grad_y.sizes().vec()), table_(table),
+        index_(index), gi_table_(gi_table), gi_index_(gi_index) {
     TORCH_CHECK(x.is_cuda() && x.dim() == 5 && grad_y.dim() == 5 &&
                 grad_y.size(0) == x.size(0), "phaseconv cuda engine: x and grad_y must be "
                 "batched 5-D CUDA tensors of one batch.");
@@ -466,6 +467,7 @@ class BackwardPlan {
       gi_gemm_table_ = host.to(device_, /*non_blocking=*/true);
       q.table = gi_gemm_table_.data_ptr<int64_t>();
       q.x_channels_last = 1;
+      q.pdil_d = dilation[0]; q.pdil_h = dilation[1]; q.pdil_w = dilation[2];  // in grad_y
       // its weight layout, [groups][kD][kH][kW][C_out/g / 8][C_in/g][8] (no flip: grad_x is a
       // plain correlation of grad_y), as a gather index of the weight's logical elements
       const int64_t cin_g = c_in / groups, cout_g = c_out / groups;

@@ -57,12 +57,8 @@ cudaError_t run_bwd_input(const PhaseConvFwdParams& p, const PhaseConvBwdInputPl
                           cudaStream_t stream) {
   switch (plan.family) {
     case PHASECONV_EMPTY: return cudaSuccess;
-    case PHASECONV_GEMM: {
-      // one sub-problem of every tap (params.table): the taps step by the dilation in grad_y
-      PhaseConvFwdParams q = p;
-      q.pdil_d = p.exact.d[0]; q.pdil_h = p.exact.d[1]; q.pdil_w = p.exact.d[2];
-      return with_fixup<T>(q, run_gemm_typed<T>(q, plan.gemm, stream), stream);
-    }
+    case PHASECONV_GEMM:  // one sub-problem of every tap (phase_conv_bwd_input_plan)
+      return with_fixup<T>(p, run_gemm_typed<T>(p, plan.gemm, stream), stream);
     case PHASECONV_MMA: return with_fixup<T>(p, run_mma_typed<T>(p, plan.mma, stream), stream);
     case PHASECONV_DEPTHWISE:
       return with_fixup<T>(p, run_dw_grad_input<T>(p, plan.depthwise, stream), stream);

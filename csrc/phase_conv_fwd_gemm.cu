@@ -73,8 +73,8 @@ gemm_cl_kernel(const GemmArgs a) {
   const uint32_t sb = sa + STAGES * A_STAGE;
   // per row of the tile: input coordinates (d, h of its first tap; w at in_sw * jw; d far
   // negative past the last row) and jw, the element offset of (n, d, h, w, group's first
-  // channel) in x and
-  // the element offset in y of its output at W residue 0, channel co_base (-1: past the end)
+  // channel) in x and the element offset in y of its output at W residue 0, channel co_base
+  // (-1: past the end)
   int4* s_rc = reinterpret_cast<int4*>(smem_raw + STAGES * (A_STAGE + B_STAGE));
   int64_t* s_ro = reinterpret_cast<int64_t*>(s_rc + BM);
   int64_t* s_yo = s_ro + BM;
