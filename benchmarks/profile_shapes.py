@@ -1,6 +1,11 @@
-"""A few forward calls of kernel_dev's shapes, for Nsight Compute:
+"""A few forward (or backward) calls of kernel_dev's shapes, for Nsight Compute:
 
     ncu -k regex:gemm_cl python benchmarks/profile_shapes.py --shapes 2,4 --dtype bf16
+    ncu -k regex:gw_ python benchmarks/profile_shapes.py --shapes 3 --backward weight
+
+or with --kernels, the CUDA time of every kernel a call launches (torch.profiler, the mean of
+--calls calls after one warm-up), what a backward's copies, gathers and reductions cost
+beside its main kernel.
 """
 import argparse
 import sys
@@ -21,8 +26,33 @@ ap.add_argument("--dtype", default="bf16")
 ap.add_argument("--kernel", default="auto", choices=sorted(cuda.FORWARD_KERNELS),
                 help="a forward kernel forced by name (cuda.FORWARD_KERNELS)")
 ap.add_argument("--channels-last", action="store_true", help="pass a channels_last_3d input")
+ap.add_argument("--backward", choices=("weight", "input", "both"),
+                help="time the backward (of the weight, the input or both) instead")
+ap.add_argument("--grad-weight-kernel", default="auto")
+ap.add_argument("--grad-input-kernel", default="auto")
+ap.add_argument("--kernels", action="store_true",
+                help="print each launched kernel's mean CUDA time (torch.profiler)")
 ap.add_argument("--calls", type=int, default=2)
 args = ap.parse_args()
+
+
+def kernel_table(fn, calls):
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            rows.setdefault(ev.name, []).append(ev.device_time)
+    total = sum(sum(v) for v in rows.values()) / calls
+    for name, times in sorted(rows.items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {sum(times) / calls:9.1f} us  x{len(times) / calls:g}  {name[:110]}")
+    print(f"  {total:9.1f} us  total per call", flush=True)
+
+
 for i in (int(v) for v in args.shapes.split(",")):
     name, n, cin, cout, g, dhw, k, s, p, op = SHAPES[i]
     k, s, p, op = t3(k), t3(s), t3(p), t3(op)
@@ -32,8 +62,28 @@ for i in (int(v) for v in args.shapes.split(",")):
         x = x.contiguous(memory_format=torch.channels_last_3d)
     w = (torch.rand((cin, cout // g) + k, device="cuda") * 0.1).to(dtype)
     conv = check_conv_transpose3d(x, w, None, s, p, op, g, (1, 1, 1))
-    print(name, cuda.describe(conv, n, dtype, x.device, args.channels_last, args.kernel),
-          flush=True)
-    for _ in range(args.calls):
-        cuda.forward(x, w, None, conv, kernel=args.kernel)
-    torch.cuda.synchronize()
+    if args.backward:
+        out_size = cuda.forward(x, w, None, conv).shape
+        gy = torch.randn(out_size, device="cuda", dtype=dtype)
+        if args.channels_last:
+            gy = gy.contiguous(memory_format=torch.channels_last_3d)
+        print(name, args.dtype, "backward:", *cuda.describe_backward(conv, n, dtype, x.device),
+              sep="\n  ", flush=True)
+
+        def call(gy=gy, x=x, w=w, conv=conv):
+            cuda.backward(gy, x, w, conv, need_input=args.backward != "weight",
+                          need_weight=args.backward != "input",
+                          grad_weight_kernel=args.grad_weight_kernel,
+                          grad_input_kernel=args.grad_input_kernel)
+    else:
+        print(name, cuda.describe(conv, n, dtype, x.device, args.channels_last, args.kernel),
+              flush=True)
+
+        def call(x=x, w=w, conv=conv):
+            cuda.forward(x, w, None, conv, kernel=args.kernel)
+    if args.kernels:
+        kernel_table(call, args.calls)
+    else:
+        for _ in range(args.calls):
+            call()
+        torch.cuda.synchronize()
