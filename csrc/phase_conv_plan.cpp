@@ -467,8 +467,9 @@ int64_t naive_grid(int64_t outputs, const DevInfo& dev) {
 // The depthwise kernel's tiles: up to 128 output columns (whole W phases), rows in row groups
 // of kDwRows for about kDwTileOutputs outputs per D position, split evenly over the height,
 // and runs of up to kDwMaxRun D positions (shorter while the grid would not fill every
-// multiprocessor with 8 blocks, or the slab would not fit).  False where the slab does not fit
-// kDwMaxSmem or a grid dimension would not fit (the tiled kernel takes the layer then).
+// multiprocessor with 8 blocks, or the slab would not fit; where one D position's slab does not
+// fit, fewer row groups).  False where the slab of one row group does not fit kDwMaxSmem or a
+// grid dimension would not fit (the tiled kernel takes the layer then).
 bool choose_depthwise(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
                       DepthwiseCfg* c) {
   const int64_t sd = p.stride_d, sh = p.stride_h, sw = p.stride_w;
@@ -477,11 +478,10 @@ bool choose_depthwise(const PhaseConvFwdParams& p, int dtype_code, const DevInfo
   const int64_t w_eff = std::min(tile_w, p.out_w);
   const int64_t groups_total = cdiv(cdiv(p.out_h, sh), kDwRows);
   const int64_t g_most = std::max<int64_t>(1, kDwTileOutputs / (w_eff * sh * kDwRows));
-  const int64_t row_groups = cdiv(groups_total, cdiv(groups_total, g_most));
-  const int64_t h_tiles = cdiv(groups_total, row_groups), w_tiles = cdiv(p.out_w, tile_w);
-  const int64_t rows = kDwRows * row_groups + p.union_ext_h;
+  int64_t row_groups = cdiv(groups_total, cdiv(groups_total, g_most));
+  int64_t h_tiles = 0, rows = 0, pitch = 0;
+  const int64_t w_tiles = cdiv(p.out_w, tile_w);
   const int64_t cols = tile_w / sw + p.union_ext_w;
-  const int64_t pitch = rows | 1;
   const int64_t taps_hw = std::max(p.max_taps_h, p.max_taps_w);
   const int64_t fixed = p.pdil_h != 1 ? 0 : taps_hw <= 2 ? 2 : taps_hw <= 4 ? 4 : 0;
   const int64_t taps_stride = fixed > 0 ? p.max_taps_d * fixed * fixed
@@ -495,8 +495,16 @@ bool choose_depthwise(const PhaseConvFwdParams& p, int dtype_code, const DevInfo
   auto blocks_of = [&](int64_t run) {
     return (double)c->planes * h_tiles * w_tiles * sd * cdiv(per_phase_d, run);
   };
-  int64_t run = std::min<int64_t>(kDwMaxRun, per_phase_d);
-  while (run > 1 && (smem_of(run) > kDwMaxSmem || blocks_of(run) < 8.0 * dev.sms)) run /= 2;
+  int64_t run = 1;
+  for (;;) {
+    h_tiles = cdiv(groups_total, row_groups);
+    rows = kDwRows * row_groups + p.union_ext_h;
+    pitch = rows | 1;
+    run = std::min<int64_t>(kDwMaxRun, per_phase_d);
+    while (run > 1 && (smem_of(run) > kDwMaxSmem || blocks_of(run) < 8.0 * dev.sms)) run /= 2;
+    if (smem_of(run) <= kDwMaxSmem || row_groups == 1) break;
+    row_groups = cdiv(row_groups, 2);
+  }
   const int64_t d_chunks = cdiv(per_phase_d, run);
   if (c->planes > 0x7fffffffLL || h_tiles * w_tiles > 65535 || sd * d_chunks > 65535 ||
       smem_of(run) > kDwMaxSmem)

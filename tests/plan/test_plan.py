@@ -264,6 +264,19 @@ def test_depthwise_slabs_that_do_not_fit_go_to_the_tiled_kernel():
     assert not forced.ok and "input slab needs more than 48 KB" in forced.text, forced.text
 
 
+def test_depthwise_slabs_shrink_their_row_groups_to_fit():
+    """Where one D position's slab does not fit, fewer row groups: a float64 layer dilated 3
+    in D and H (13 output rows) takes 8 rows a tile instead of 16 and stays depthwise."""
+    dilated = ph.conv_args(1, 1, (4, 5, 1), (1, 1, 22), dilation=(3, 3, 1))
+    f32 = ph.forward(dilated, 1, F32, ph.H100, kernel="depthwise")
+    assert "tile(d,h,w)=(1,16,22)" in f32.text, f32.text
+    for device in ph.DEVICES:
+        plan = ph.forward(dilated, 1, F64, device)
+        assert plan.family == "depthwise" and "tile(d,h,w)=(1,8,22)" in plan.text, plan.text
+        smem = int(plan.text.split("smem=")[1].split()[0])
+        assert smem <= 48 * 1024
+
+
 def test_depthwise_backward_tiles():
     """Shape 7's backward (4 x 64 planes of 24^3 inputs, k4 s2 p1: 64 taps over the 8
     phases).  The input gradient: a tile of 5 x 8 x 24 positions reads a grad_y box of
