@@ -14,9 +14,10 @@
 //   and walks a share of the tile's outputs.  FMAs in fp32 (fp64
 //   for double).
 //
-// Both write per-split workspace slices that gw_reduce_kernel adds in split order; a naive
-// kernel (one thread per weight element) takes layers whose window does not fit.  The plan
-// (phase_conv_plan.cpp) picks one and its tile.
+// Both write per-split workspace slices that a reduction adds in split order and stores in the
+// weight's layout (gw_reduce_rows_kernel, coalesced through shared memory, or gw_reduce_kernel
+// element-wise where a run does not fit); a naive kernel (one thread per weight element) takes
+// layers whose window does not fit.  The plan (phase_conv_plan.cpp) picks one and its tile.
 #include "phase_conv_bwd.cuh"
 #include "phase_conv_bwd_depthwise.cuh"
 #include "phase_conv_dtype.cuh"
@@ -264,8 +265,112 @@ __global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* g
   }
 }
 
+// The same sums stored in the weight's order.  A block owns input channel ci and a block of
+// `co_block` output channels of its group (a multiple of 32): in the weight (C_in, C_out/g, kD,
+// kH, kW) one contiguous run of co_block x taps elements.  A thread takes kReduceUnroll
+// (tap, output channel) pairs of it at a time, their splits' loads issued together; a tap of a
+// phase is a row of that phase's packed block ([g][ci][tap][co]), so consecutive threads read
+// consecutive channels of a row.  The sums go to shared memory at their places in the run
+// (grad_w_index), which is then stored in order: one element-wise store per packed element had
+// every warp store touch 32 sectors (1x512->256 16^3 k2 s2: 77 us for a 2 MB gradient).  Every
+// element of the run is written: the packed layout holds each weight element once.
+constexpr int kReduceUnroll = 4;
+constexpr int kReduceRunElems = 1024;  // a run's elements at most, past one 32-channel block
+
+template <typename T>
+__global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
+    const void* ws_, void* gw_, const int32_t* __restrict__ index,
+    const PhaseConvWeightView view, const int64_t* __restrict__ table, int num_phases,
+    int64_t c_in, int cout_g, int taps, int co_block, int splits, int64_t elems,
+    const PhaseConvExact ex) {
+  typedef typename AccOf<T>::type A;
+  constexpr int U = kReduceUnroll;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* run = reinterpret_cast<T*>(smem_raw);
+  const A* ws = static_cast<const A*>(ws_);
+  T* gw = static_cast<T*>(gw_);
+  const int co_blocks = (cout_g + co_block - 1) / co_block;
+  const int64_t blocks = c_in * co_blocks;
+  bool nonfinite = false;
+  for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
+    const int64_t ci = blk / co_blocks;
+    const int co0 = (int)(blk % co_blocks) * co_block, ncols = min(co_block, cout_g - co0);
+    const int64_t base = (ci * cout_g + co0) * taps;  // the run's first weight element
+    const int len = ncols * taps;
+    __syncthreads();  // the previous run is stored
+    for (int j0 = threadIdx.x; j0 < len; j0 += U * blockDim.x) {
+      int64_t at[U];  // packed element of pair u, -1 past the run
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int j = j0 + u * blockDim.x;
+        at[u] = -1;
+        if (j >= len) continue;
+        // tap row r of the layer (phases in table order: phase p, its tap r - first)
+        const int r = j / ncols, co = co0 + j % ncols;
+        int p = 0, first = 0, seen = 0;
+        for (int q = 0; q < num_phases; ++q) {
+          const int64_t* e = table + (int64_t)q * PHASECONV_TABLE_STRIDE;
+          const int tq = (int)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
+          if (tq > 0 && seen <= r) { p = q; first = seen; }
+          seen += tq;
+        }
+        const int64_t* e = table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+        const int64_t tp = e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W];
+        at[u] = e[PT_WOFS] + (ci * tp + (r - first)) * cout_g + co;
+      }
+      A sum[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) sum[u] = 0;
+      for (int k = 0; k < splits; ++k)
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (at[u] >= 0) sum[u] += ws[(int64_t)k * elems + at[u]];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (at[u] >= 0) run[index[at[u]] - base] = from_acc<T>(sum[u]);
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+      const T v = run[j];
+      gw[phaseconv_strided_offset(view, base + j)] = v;
+      nonfinite |= !phaseconv_exact::finite_value(v);
+    }
+  }
+  if (!nonfinite) return;
+  // as gw_reduce_kernel: this thread's non-finite elements, recomputed from the real pairs
+  for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
+    const int64_t ci = blk / co_blocks;
+    const int co0 = (int)(blk % co_blocks) * co_block, ncols = min(co_block, cout_g - co0);
+    const int64_t base = (ci * cout_g + co0) * taps;
+    for (int j = threadIdx.x; j < ncols * taps; j += blockDim.x) {
+      T* out = gw + phaseconv_strided_offset(view, base + j);
+      if (!phaseconv_exact::finite_value(*out))
+        *out = phaseconv_exact::exact_element<T>(ex, base + j);
+    }
+  }
+}
+
+// The rows kernel where a run of 32 channels fits its shared memory (and the packed layout
+// holds the weight's elements once, as pack() makes it), else the element-wise kernel.  Both
+// add the splits in order: the same bits.
 template <typename T>
 cudaError_t launch_reduce(const PhaseConvBwdWeightParams& p, int splits, cudaStream_t stream) {
+  const PhaseConvWeightView& v = p.grad_w_view;
+  const int64_t cout_g = v.size[1], taps = v.size[2] * v.size[3] * v.size[4];
+  if ((size_t)32 * taps * sizeof(T) <= 48 * 1024 && p.c_in * cout_g * taps == p.packed_elems) {
+    // 32-channel blocks, as many as keep the run within kReduceRunElems
+    int64_t per32 = kReduceRunElems / (32 * taps);  // 32-channel blocks a run
+    if (per32 > (cout_g + 31) / 32) per32 = (cout_g + 31) / 32;
+    if (per32 < 1) per32 = 1;
+    const int co_block = (int)(32 * per32);
+    const int64_t runs = p.c_in * ((cout_g + co_block - 1) / co_block);
+    gw_reduce_rows_kernel<T><<<(unsigned)(runs < 65535 ? runs : 65535), 256,
+                               (size_t)co_block * taps * sizeof(T), stream>>>(
+        p.workspace, p.grad_w, p.grad_w_index, v, p.table,
+        (int)(p.stride_d * p.stride_h * p.stride_w), p.c_in, (int)cout_g, (int)taps, co_block,
+        splits, p.packed_elems, p.exact);
+    return cudaGetLastError();
+  }
   int64_t blocks = (p.packed_elems + 255) / 256;
   if (blocks > 65535) blocks = 65535;
   gw_reduce_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(
@@ -397,6 +502,73 @@ __device__ __forceinline__ bool decode_block(const GmArgs& a, GmBlock& b) {
   return true;
 }
 
+// Element offsets, in one operand, of one step of each digit of a k row (below).
+struct KStrides {
+  int64_t n, d, h, w;
+};
+
+// A k row of a phase's GEMM: its output (n, jd, jh, jw), jw fastest, and that output's element
+// offsets in x (the untapped input position: the tap's shift is the block's) and in grad_y
+// (past the phase's residues: also the block's).  Past the reduction exactly where n reaches
+// the batch.
+struct KRow {
+  uint32_t w, h, d, n;
+  int64_t xo, go;
+};
+
+// The step from a thread's k row in one chunk to its row in the next (BK rows on): that many
+// rows split into the same mixed radix (with what its digits add to the offsets), and what a
+// carry out of each digit adds.  Every digit stays below its radix (one conditional
+// subtraction each): the main loops add, never divide or multiply.
+struct KStep {
+  KRow by;
+  int64_t xc[3], gc[3];  // a carry out of w, h, d
+};
+
+__device__ __forceinline__ int64_t krow_offset(const KRow& r, const KStrides& s) {
+  return (int64_t)r.n * s.n + (int64_t)r.d * s.d + (int64_t)r.h * s.h + (int64_t)r.w * s.w;
+}
+
+__device__ __forceinline__ KRow krow_at(uint32_t k, const GmBlock& b, const KStrides& xs,
+                                        const KStrides& gs) {
+  KRow r;
+  r.w = k % b.cw; k /= b.cw;
+  r.h = k % b.ch; k /= b.ch;
+  r.d = k % b.cd;
+  r.n = k / b.cd;
+  r.xo = krow_offset(r, xs);
+  r.go = krow_offset(r, gs);
+  return r;
+}
+
+__device__ __forceinline__ KStep kstep_of(uint32_t rows, const GmBlock& b, const KStrides& xs,
+                                          const KStrides& gs) {
+  KStep s;
+  s.by = krow_at(rows, b, xs, gs);
+  s.xc[0] = xs.h - (int64_t)b.cw * xs.w; s.gc[0] = gs.h - (int64_t)b.cw * gs.w;
+  s.xc[1] = xs.d - (int64_t)b.ch * xs.h; s.gc[1] = gs.d - (int64_t)b.ch * gs.h;
+  s.xc[2] = xs.n - (int64_t)b.cd * xs.d; s.gc[2] = gs.n - (int64_t)b.cd * gs.d;
+  return s;
+}
+
+__device__ __forceinline__ void krow_add(KRow& r, const KStep& s, const GmBlock& b) {
+  r.w += s.by.w; r.xo += s.by.xo; r.go += s.by.go;
+  if (r.w >= b.cw) { r.w -= b.cw; r.h += 1; r.xo += s.xc[0]; r.go += s.gc[0]; }
+  r.h += s.by.h;
+  if (r.h >= b.ch) { r.h -= b.ch; r.d += 1; r.xo += s.xc[1]; r.go += s.gc[1]; }
+  r.d += s.by.d;
+  if (r.d >= b.cd) { r.d -= b.cd; r.n += 1; r.xo += s.xc[2]; r.go += s.gc[2]; }
+  r.n += s.by.n;
+}
+
+// The tap's input position of a k row inside the input (n checked apart).
+__device__ __forceinline__ bool krow_in_input(const KRow& r, const GmBlock& b,
+                                              const BwdGeometry& a) {
+  return (unsigned)((int)r.d + b.xd) < (unsigned)a.in_d &&
+         (unsigned)((int)r.h + b.xh) < (unsigned)a.in_h &&
+         (unsigned)((int)r.w + b.xw) < (unsigned)a.in_w;
+}
+
 // A warp's 32 x 32 tile of (input channel, output channel) sums of one tap into its split's
 // workspace slice (out: the slice's phase block), packed [g][C_in/g][taps][C_out/g].  C
 // fragments: rows (input channels) lane/4 (+8), columns (output channels) 2*(lane%4) + c.
@@ -421,8 +593,9 @@ __device__ __forceinline__ void write_warp_tile(const float (&acc)[2][4][4], flo
     }
 }
 
+// Three blocks a multiprocessor (the k-row walk's registers would leave room for two).
 template <typename T, int WM, int WN>
-__global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
+__global__ void __launch_bounds__(WM * WN * 32, 3) gw_mma_kernel(const GmArgs a) {
   constexpr int NTHR = WM * WN * 32;
   constexpr int BM = WM * 32, BN = WN * 32, BK = kGmBK;
   constexpr int RS = BK * (int)sizeof(T) + 16;  // row stride in bytes: an odd multiple of 16
@@ -447,24 +620,25 @@ __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
   const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
   const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
   const T* xrow = x + ((int64_t)b.g * a.cin_g + b.ci0 + row0) * in_plane;
-  const T* grow = gy + ((int64_t)b.g * a.cout_g + b.co0 + row0) * out_plane;
+  const T* grow = gy + ((int64_t)b.g * a.cout_g + b.co0 + row0) * out_plane +
+                   ((int64_t)b.rd * a.out_h + b.rh) * a.out_w + b.rw;  // the phase's residues
+  // (N, C, D, H, W) strides of a k row's digits, and the tap's offset in x
+  const KStrides xs{(int64_t)a.c_in * in_plane, (int64_t)a.in_h * a.in_w, a.in_w, 1};
+  const KStrides gs{(int64_t)a.c_out * out_plane, (int64_t)a.sd * a.out_h * a.out_w,
+                    (int64_t)a.sh * a.out_w, a.sw};
+  const int64_t x_tap = ((int64_t)b.xd * a.in_h + b.xh) * a.in_w + b.xw;
   T va[LA], vb[LB];
-  auto load = [&](int c) {
-    const uint32_t kk = (uint32_t)c * BK + kq;
-    const bool valid = kk < (uint32_t)b.kp;
-    uint32_t q = kk;
-    const uint32_t jw = q % b.cw; q /= b.cw;
-    const uint32_t jh = q % b.ch; q /= b.ch;
-    const uint32_t jd = q % b.cd;
-    const uint32_t n = q / b.cd;
-    const int id = (int)jd + b.xd, ih = (int)jh + b.xh, iw = (int)jw + b.xw;
-    const bool xin = valid && (unsigned)id < (unsigned)a.in_d &&
-                     (unsigned)ih < (unsigned)a.in_h && (unsigned)iw < (unsigned)a.in_w;
-    const int64_t xo = (int64_t)n * a.c_in * in_plane +
-                       ((int64_t)id * a.in_h + ih) * a.in_w + iw;
-    const int64_t go = (int64_t)n * a.c_out * out_plane +
-                       ((int64_t)(b.rd + a.sd * (int)jd) * a.out_h + b.rh + a.sh * (int)jh) *
-                           a.out_w + b.rw + (int64_t)a.sw * jw;
+  KRow kr{};   // this thread's k row of the next chunk to load
+  KStep ks{};  // one chunk on
+  if (b.c_beg < b.c_end) {  // a phase without outputs has no chunks (and zero counts)
+    kr = krow_at((uint32_t)b.c_beg * BK + kq, b, xs, gs);
+    ks = kstep_of(BK, b, xs, gs);
+  }
+  auto load_next = [&]() {  // the chunk after the previous call's (c_beg first)
+    const bool valid = kr.n < (uint32_t)a.nbatch;
+    const bool xin = valid && krow_in_input(kr, b, a);
+    const int64_t xo = kr.xo + x_tap, go = kr.go;
+    krow_add(kr, ks, b);
 #pragma unroll
     for (int i = 0; i < LA; ++i)
       va[i] = (xin && row0 + i * RSTEP < b.cin_n)
@@ -493,14 +667,14 @@ __global__ void __launch_bounds__(WM * WN * 32) gw_mma_kernel(const GmArgs a) {
   const int b_lane = BM * RS + (wn * 32 + (mi >> 1) * 8 + (lane & 7)) * RS + (mi & 1) * 16;
 
   if (b.c_beg < b.c_end) {  // uniform; a split without chunks writes its zeros
-    load(b.c_beg);
+    load_next();
     store(0);
     __syncthreads();
   }
   int since = 0;
   for (int c = b.c_beg; c < b.c_end; ++c) {
     const int stage = (c - b.c_beg) & 1;
-    if (c + 1 < b.c_end) load(c + 1);  // in flight during this chunk's mmas
+    if (c + 1 < b.c_end) load_next();  // in flight during this chunk's mmas
     const uint32_t sbase = s_base + stage * STAGE;
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks) {
@@ -554,8 +728,10 @@ template <int CH> __device__ __forceinline__ int k_swz(int k) {
   return CH >= 8 ? (k & 7) : ((k >> 1) & 3);  // 8 chunks a row: 128 bytes; 4: two rows share
 }
 
+// Four 128-thread blocks a multiprocessor, six of 64 threads (the k-row walk's registers
+// would leave room for three and five).
 template <typename T, int WN>
-__global__ void __launch_bounds__(2 * WN * 32) gw_cl_kernel(const GmArgs a) {
+__global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(const GmArgs a) {
   constexpr int WM = 2, NTHR = WM * WN * 32;
   constexpr int BM = WM * 32, BN = WN * 32, BK = kGmBK, STAGES = phaseconv::kGwClStages;
   constexpr int CHA = BM / 8, CHB = BN / 8;  // 16-byte chunks per k row
@@ -578,49 +754,53 @@ __global__ void __launch_bounds__(2 * WN * 32) gw_cl_kernel(const GmArgs a) {
   const int a_ch = tid % CHA, a_pos = tid / CHA, b_ch = tid % CHB, b_pos = tid / CHB;
   const bool a_ok = a_ch * 8 < b.cin_n, b_ok = b_ch * 8 < b.con;  // whole vectors: C/g % 8 == 0
   const T* xb = x + (int64_t)b.g * a.cin_g + b.ci0 + a_ch * 8;
-  const T* gb = gy + (int64_t)b.g * a.cout_g + b.co0 + b_ch * 8;
-  // k row kk of the phase -> element offsets of its (n, d, h, w) in x (tap applied; -1 outside
-  // the input or past the reduction) and in grad_y (-1 past the reduction)
-  auto locate = [&](uint32_t kk, int64_t& xo, int64_t& go) {
-    xo = go = -1;
-    if (kk >= (uint32_t)b.kp) return;
-    uint32_t q = kk;
-    const uint32_t jw = q % b.cw; q /= b.cw;
-    const uint32_t jh = q % b.ch; q /= b.ch;
-    const uint32_t jd = q % b.cd;
-    const int64_t n = q / b.cd;
-    const int id = (int)jd + b.xd, ih = (int)jh + b.xh, iw = (int)jw + b.xw;
-    if ((unsigned)id < (unsigned)a.in_d && (unsigned)ih < (unsigned)a.in_h &&
-        (unsigned)iw < (unsigned)a.in_w)
-      xo = (((n * a.in_d + id) * a.in_h + ih) * a.in_w + iw) * a.c_in;
-    go = (((n * a.out_d + b.rd + (int64_t)a.sd * jd) * a.out_h + b.rh + (int64_t)a.sh * jh) *
-              a.out_w + b.rw + (int64_t)a.sw * jw) * a.c_out;
-  };
-  auto load_stage = [&](int c, int stage) {
+  const T* gb = gy + (int64_t)b.g * a.cout_g + b.co0 + b_ch * 8 +
+                 (((int64_t)b.rd * a.out_h + b.rh) * a.out_w + b.rw) * a.c_out;  // residues
+  // (N, D, H, W, C) strides of a k row's digits, and the tap's offset in x
+  const KStrides xs{(int64_t)a.in_d * a.in_h * a.in_w * a.c_in,
+                    (int64_t)a.in_h * a.in_w * a.c_in, (int64_t)a.in_w * a.c_in, a.c_in};
+  const KStrides gs{(int64_t)a.out_d * a.out_h * a.out_w * a.c_out,
+                    (int64_t)a.sd * a.out_h * a.out_w * a.c_out,
+                    (int64_t)a.sh * a.out_w * a.c_out, (int64_t)a.sw * a.c_out};
+  const int64_t x_tap = (((int64_t)b.xd * a.in_h + b.xh) * a.in_w + b.xw) * a.c_in;
+  // the k rows of the next chunk this thread copies (A's; B's where its rows differ), and the
+  // step to the chunk after
+  constexpr bool SAME_ROWS = CHA == CHB;  // one row serves both operands
+  constexpr int NRB = SAME_ROWS ? 1 : PB;
+  KRow ra[PA], rb[NRB];
+  KStep ks{};
+  if (b.c_beg < b.c_end) {  // a phase without outputs has no chunks (and zero counts)
+    const uint32_t k0 = (uint32_t)b.c_beg * BK;
+#pragma unroll
+    for (int i = 0; i < PA; ++i) ra[i] = krow_at(k0 + a_pos + i * (NTHR / CHA), b, xs, gs);
+#pragma unroll
+    for (int i = 0; i < NRB; ++i) rb[i] = krow_at(k0 + b_pos + i * (NTHR / CHB), b, xs, gs);
+    ks = kstep_of(BK, b, xs, gs);
+  }
+  auto load_next = [&](int stage) {  // the chunk after the previous call's (c_beg first)
     const uint32_t sA = s_base + stage * STAGE, sB = sA + A_STAGE;
 #pragma unroll
     for (int i = 0; i < PA; ++i) {
       const int k = a_pos + i * (NTHR / CHA);
-      int64_t xo, go;
-      locate((uint32_t)c * BK + k, xo, go);
-      const bool ok = a_ok && xo >= 0;
+      const bool valid = ra[i].n < (uint32_t)a.nbatch;
+      const bool ok = a_ok && valid && krow_in_input(ra[i], b, a);
       cp_async16_ca(sA + k * (BM * 2) + ((a_ch ^ k_swz<CHA>(k)) << 4),
-                    ok ? (const void*)(xb + xo) : (const void*)x, ok);
-      if (CHA == CHB) {  // the same k rows: one decode serves both operands
-        const bool okb = b_ok && go >= 0;
+                    ok ? (const void*)(xb + (ra[i].xo + x_tap)) : (const void*)x, ok);
+      if (SAME_ROWS) {
+        const bool okb = b_ok && valid;
         cp_async16_ca(sB + k * (BN * 2) + ((b_ch ^ k_swz<CHB>(k)) << 4),
-                      okb ? (const void*)(gb + go) : (const void*)gy, okb);
+                      okb ? (const void*)(gb + ra[i].go) : (const void*)gy, okb);
       }
+      krow_add(ra[i], ks, b);
     }
-    if (CHA != CHB) {
+    if (!SAME_ROWS) {
 #pragma unroll
-      for (int i = 0; i < PB; ++i) {
+      for (int i = 0; i < NRB; ++i) {
         const int k = b_pos + i * (NTHR / CHB);
-        int64_t xo, go;
-        locate((uint32_t)c * BK + k, xo, go);
-        const bool ok = b_ok && go >= 0;
+        const bool ok = b_ok && rb[i].n < (uint32_t)a.nbatch;
         cp_async16_ca(sB + k * (BN * 2) + ((b_ch ^ k_swz<CHB>(k)) << 4),
-                      ok ? (const void*)(gb + go) : (const void*)gy, ok);
+                      ok ? (const void*)(gb + rb[i].go) : (const void*)gy, ok);
+        krow_add(rb[i], ks, b);
       }
     }
   };
@@ -631,7 +811,7 @@ __global__ void __launch_bounds__(2 * WN * 32) gw_cl_kernel(const GmArgs a) {
   const int mi = lane >> 3;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (b.c_beg + s < b.c_end) load_stage(b.c_beg + s, s);
+    if (b.c_beg + s < b.c_end) load_next(s);
     cp_async_commit();
   }
   int since = 0;
@@ -639,7 +819,7 @@ __global__ void __launch_bounds__(2 * WN * 32) gw_cl_kernel(const GmArgs a) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();  // chunk c has landed for every thread; chunk c-1's buffer is free
     const int cn = c + STAGES - 1;
-    if (cn < b.c_end) load_stage(cn, (cn - b.c_beg) % STAGES);
+    if (cn < b.c_end) load_next((cn - b.c_beg) % STAGES);
     cp_async_commit();
     const uint32_t sA = s_base + ((c - b.c_beg) % STAGES) * STAGE, sB = sA + A_STAGE;
 #pragma unroll

@@ -911,11 +911,9 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   if (force == PHASECONV_GW_MMA_CL && !cl_ok)
     return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups and "
                   "C_out/groups multiples of 8 and >= 16");
-  // by the rule only with C_out/g >= 64 (its 64 x 64 tile): its 64 x 32 tile measured slower
-  // than the contiguous kernel (H200, bf16, 2x64->32 32^3 k3 s2: 420 vs 345 us, copies
-  // included), and on 64 and wider it pays its copies (128->64 16^3 k2 s2: 215 vs 245 us)
-  const bool cl_rule = cl_ok && p.c_out / p.groups >= 64;
-  if ((cl_rule && force == 0) || (cl_ok && force == PHASECONV_GW_MMA_CL)) {
+  // by the rule wherever it can: it pays its copies (H200, bf16, copies included: 2x64->32
+  // 32^3 k3 s2 224 vs 303 us, 1x512->256 16^3 k2 s2 192 vs 234 us)
+  if (cl_ok && (force == 0 || force == PHASECONV_GW_MMA_CL)) {
     if (!plan_gm(p, dtype_code, true, dev, out))
       return refuse(buf, len, PHASECONV_GW_MMA_CL, "its grid is too large");
     out->family = PHASECONV_GW_MMA_CL;

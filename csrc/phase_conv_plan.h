@@ -356,10 +356,9 @@ bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code,
 // The weight gradient (phase_conv_bwd.cuh).  The rule: depthwise layers (any dtype) the
 // depthwise kernel under the input gradient's conditions; float32/float16/bfloat16 with
 // C_in/groups and C_out/groups both >= 16 (and a phase's outputs over the batch below 2^31)
-// run a tensor-core kernel: float16/bfloat16 with both multiples of 8 and C_out/groups >= 64
-// the one that reads x and grad_y channels-last (16-byte aligned; PHASECONV_GW_MMA_CL, which
-// takes C_out/groups >= 16 when forced), the others the one that reads them contiguous
-// (PHASECONV_GW_MMA); float64 and narrower layers the SIMT one, and layers
+// run a tensor-core kernel: float16/bfloat16 with both multiples of 8 the one that reads x
+// and grad_y channels-last (16-byte aligned; PHASECONV_GW_MMA_CL), the others the one that
+// reads them contiguous (PHASECONV_GW_MMA); float64 and narrower layers the SIMT one, and layers
 // whose input window does not fit shared memory (huge dilations) a naive kernel, one thread
 // per weight element.  force: 0 the rule, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA_CL,
 // PHASECONV_GW_MMA, PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE; false where the forced kernel

@@ -514,13 +514,16 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     """The backward of ``args`` planned once: ``(tables, plan)`` with
     ``plan(grad_y, x, weight, need_input, need_weight)`` the launches (C++ ``BackwardPlan``).
 
-    The rules: the input gradient runs in one launch on the tensor-core kernel for
-    float32/float16/bfloat16 with C_in/groups and C_out/groups >= 4, else on the naive kernel
-    (``csrc/phase_conv_fwd.cuh``); the weight gradient on tensor cores for
-    float32/float16/bfloat16 with both >= 16, else on the SIMT kernel
-    (``csrc/phase_conv_plan.h``).  ``grad_input_kernel`` ("auto", "tensor-cores", "naive")
-    and ``grad_weight_kernel`` ("auto", "tensor-cores", "simt", "naive") force one (tests,
-    benchmarks); forcing a kernel on a layer it cannot take raises."""
+    The rules (``csrc/phase_conv_plan.h``; visible in :func:`describe_backward` and
+    ``explain()``):
+    depthwise layers run the depthwise kernels; the input gradient of wide 16-bit layers the
+    implicit GEMM, of other float32/float16/bfloat16 layers the tensor-core kernel, else the
+    naive one; the weight gradient of 16-bit layers with channel counts per group multiples of
+    8 (and >= 16) the channels-last tensor-core GEMM, of other float32/float16/bfloat16 layers
+    with both >= 16 the contiguous one, else the SIMT kernel.  ``grad_input_kernel`` and
+    ``grad_weight_kernel`` force one by name (``GRAD_INPUT_KERNELS``, ``GRAD_WEIGHT_KERNELS``:
+    tests, benchmarks); forcing a kernel on a layer it cannot take raises.
+    """
     if grad_input_kernel not in GRAD_INPUT_KERNELS:
         raise ValueError(f"grad_input_kernel must be one of {sorted(GRAD_INPUT_KERNELS)}, got "
                          f"{grad_input_kernel!r}")

@@ -71,12 +71,12 @@ def test_every_sweep_shape_has_a_plan(device):
 BACKWARD_RULE = [
     ("founding fp32", FOUNDING, F32, "mma", "simt"),         # C_out/groups 8 < 16
     ("founding fp64", FOUNDING, F64, "naive", "simt"),
-    ("wide bf16", WIDE, BF16, "gemm", "tensor-cores"),       # grad_y read channels-last
+    ("wide bf16", WIDE, BF16, "gemm", "tensor-cores-cl"),    # grad_y read channels-last
     ("wider fp16", WIDER, torch.float16, "gemm", "tensor-cores-cl"),
     ("wide fp32", WIDE, F32, "mma", "tensor-cores"),
     ("channel tails bf16", ph.conv_args(40, 36, 3, 6, 2, 1, 1), BF16, "mma", "tensor-cores"),
     ("few output channels bf16", ph.conv_args(64, 16, 3, 6, 2, 1, 1), BF16, "gemm",
-     "tensor-cores"),                                       # grad-input reduction 16 x taps
+     "tensor-cores-cl"),                                    # grad-input reduction 16 x taps
     ("few input channels bf16", ph.conv_args(16, 64, 3, 6, 2, 1, 1), BF16, "mma",
      "tensor-cores-cl"),                                    # grad_x: C_in/g 16 < 32
     ("narrow fp32", NARROW, F32, "naive", "simt"),
@@ -196,8 +196,8 @@ def test_unknown_kernel_names_are_refused():
 
 
 def test_channels_last_backward_tiles():
-    """The channels-last weight gradient: a 64 x 64 tile from C_out/g = 64 (the rule), a
-    64 x 32 one where C_out/g <= 32 (forced only), splits that fill the device; the input
+    """The channels-last weight gradient: a 64 x 64 tile from C_out/g = 64, a 64 x 32 one where
+    C_out/g <= 32, splits that fill the device; the input
     gradient's implicit GEMM: its rows over grad_x (one stride-1 phase)."""
     layer = ph.sweep_args(SWEEP[3])  # 512 -> 256, 16^3, k2 s2
     for device in ph.DEVICES:
@@ -206,8 +206,9 @@ def test_channels_last_backward_tiles():
         assert "channels-last operands, 64x64 channel tile, 4 stages" in gw.text
         blocks = int(gw.text.split(" blocks")[0].split()[-1])
         assert blocks >= 8 * device.sms and blocks == 8 * (512 // 64) * (256 // 64) * gw.splits
-        narrow = ph.grad_weight(WIDE, 2, BF16, device, "tensor-cores-cl")
-        assert "64x32 channel tile" in narrow.text, narrow.text
+        narrow = ph.grad_weight(WIDE, 2, BF16, device)
+        assert narrow.family == "tensor-cores-cl" and "64x32 channel tile" in narrow.text, \
+            narrow.text
         gi = ph.grad_input(layer, 1, BF16, device)
         assert gi.family == "gemm" and "m_tiles=32 " in gi.text, gi.text  # 16^3 / 128 rows
 
