@@ -176,10 +176,17 @@ class CallPlan:
                             weight: torch.Tensor, need_input: bool, need_weight: bool):
         args = self.args
         gemm = self._gemm
+        known: List[bool] = []  # the weight's finiteness, tested at most once a call
+
+        def weight_finite() -> bool:
+            if not known:
+                known.append(reference.is_finite(weight))
+            return known[0]
+
         # a cropped pair meets a zero gradient: exact where the weight (input gradient) and
         # the input (weight gradient) are finite
         if gemm is not None and (not gemm.cropped or (
-                (not need_input or reference.is_finite(weight))
+                (not need_input or weight_finite())
                 and (not need_weight or reference.is_finite(x)))):
             gx, gw = phase_gemm.backward(x, grad_out, weight, gemm, need_input, need_weight)
         else:
@@ -187,7 +194,7 @@ class CallPlan:
                                        args.dilation) if need_input else None
             gx, phase_grads = reference.backward(
                 x, grad_out, phases, self.plan, args.groups, args.in_channels, need_input,
-                need_weight, lambda: reference.is_finite(weight))
+                need_weight, weight_finite)
             gw = None if phase_grads is None else unpack_conv3d_phases(
                 phase_grads, tuple(weight.shape), args.groups, args.stride, args.padding,
                 args.dilation)
