@@ -395,3 +395,121 @@ for cfg in [dict(stride=(2, 2, 2), padding=(1, 1, 1), dilation=(1, 1, 1),
                                   cfg["dilation"])
     print(f"k={k} groups={groups} {cfg}: error input {err(gx, gx_ref):.1e}")
     assert err(gx, gx_ref) < TOL
+
+
+# %% [markdown]
+# ## 8. The weight gradient's rows: walked by carries, stored by runs
+#
+# Section 3's weight gradient of one (phase, tap) is a GEMM whose reduction runs over the
+# phase's outputs over the batch: row $k \leftrightarrow (n, j_D, j_H, j_W)$ in the mixed radix
+# $(N, c_D, c_H, c_W)$, $j_W$ fastest. A CUDA thread copies rows $k_0, k_0 + B, k_0 + 2B,
+# \dots$ ($B = 32$ rows a chunk). Dividing each row into its digits costs three divisions;
+# instead `KStep` splits $B$ once into the same radix, $B \leftrightarrow (b_N, b_D, b_H, b_W)$,
+# and `KRow` adds it digit by digit from $j_W$ up: a digit plus its step digit plus an incoming
+# carry stays below twice its radix, so one conditional subtraction leaves it in range and
+# passes a carry on. The row's element offsets in $x$ and $\bar y$ are linear in the digits, so
+# they follow by adding what each step digit adds and what each carry adds (a carry out of
+# $j_W$ adds one $j_H$ step and removes $c_W$ $j_W$ steps). Rows past the reduction are
+# exactly those whose $n$ reached $N$.
+#
+# The check below walks rows of ragged phase shapes (counts 1 and 2 included, where $b_W$ or
+# $b_H$ wrap several times) and compares digits and offsets with direct division.
+
+
+# %%
+def digits(k, radix):
+    """k -> (n, jd, jh, jw) in the radix (cd, ch, cw), jw fastest."""
+    cd, ch, cw = radix
+    return k // (cd * ch * cw), k // (ch * cw) % cd, k // cw % ch, k % cw
+
+
+def walk(k0, step, rows, radix, strides):
+    """Rows k0, k0 + step, ...: digits and offset by adding the step with carries."""
+    cd, ch, cw = radix
+    sn, sd, sh, sw = strides
+    n, d, h, w = digits(k0, radix)
+    off = n * sn + d * sd + h * sh + w * sw
+    bn, bd, bh, bw = digits(step, radix)
+    by = bn * sn + bd * sd + bh * sh + bw * sw
+    carry = (sh - cw * sw, sd - ch * sh, sn - cd * sd)
+    out = []
+    for _ in range(rows):
+        out.append(((n, d, h, w), off))
+        w, off = w + bw, off + by
+        if w >= cw:
+            w, h, off = w - cw, h + 1, off + carry[0]
+        h += bh
+        if h >= ch:
+            h, d, off = h - ch, d + 1, off + carry[1]
+        d += bd
+        if d >= cd:
+            d, n, off = d - cd, n + 1, off + carry[2]
+        n += bn
+    return out
+
+
+gen = torch.Generator().manual_seed(8)
+for radix in [(3, 5, 7), (1, 1, 1), (2, 1, 33), (4, 2, 1), (5, 6, 16)]:
+    strides = tuple(int(v) for v in torch.randint(1, 1000, (4,), generator=gen))
+    k0 = int(torch.randint(0, 40, (1,), generator=gen))
+    for k, (dig, off) in zip(range(k0, 10**6, 32), walk(k0, 32, 200, radix, strides)):
+        assert dig == digits(k, radix), (radix, k)
+        assert off == sum(a * b for a, b in zip(dig, strides)), (radix, k)
+print("rows walked by carries = rows decoded by division")
+
+# %% [markdown]
+# Each split of the reduction writes its own workspace slice in the packed layout (per phase,
+# $[g][c_\text{in}][\text{tap}][c_\text{out}/g]$), and a second kernel adds the slices in
+# order. Stored element by element at its place in the weight $(C_\text{in}, C_\text{out}/g,
+# k_D, k_H, k_W)$, consecutive packed elements (consecutive output channels) land
+# $k_D k_H k_W$ apart. So the reduction takes the weight in runs instead: input channel
+# $c_\text{in}$ and a block of output channels own one contiguous run of the weight; the kernel
+# enumerates the run's (tap row, channel) pairs, tap rows in phase-table order, finds each
+# pair's packed element from the table's offsets, and writes its sum into shared memory at its
+# place in the run, which it then stores in order. Below, that enumeration (the kernel's
+# arithmetic, over the engine's own phase table and index) lands on every element of every
+# run exactly once, for ragged, empty and grouped layers.
+
+# %%
+from phaseconv.engines.cuda import TABLE_STRIDE, host_tables  # noqa: E402
+
+PT_TAPS, PT_WOFS = (3, 4, 5), 9
+
+
+def reduction_runs(weight_shape, groups, stride, padding, dilation, co_block):
+    """Each run's positions as the rows kernel finds them (gw_reduce_rows_kernel)."""
+    host = host_tables(weight_shape, groups, stride, padding, dilation, 0)
+    table = host.table.view(-1, TABLE_STRIDE).tolist()
+    index = host.index.tolist()  # packed element -> weight element
+    c_in, cout_g = weight_shape[:2]
+    taps = weight_shape[2] * weight_shape[3] * weight_shape[4]
+    runs = []
+    for ci in range(c_in):
+        for co0 in range(0, cout_g, co_block):
+            ncols = min(co_block, cout_g - co0)
+            base = (ci * cout_g + co0) * taps
+            places = []
+            for j in range(ncols * taps):
+                r, co = j // ncols, co0 + j % ncols
+                p = first = seen = 0
+                for q, row in enumerate(table):
+                    tq = row[PT_TAPS[0]] * row[PT_TAPS[1]] * row[PT_TAPS[2]]
+                    if tq > 0 and seen <= r:
+                        p, first = q, seen
+                    seen += tq
+                row = table[p]
+                tp = row[PT_TAPS[0]] * row[PT_TAPS[1]] * row[PT_TAPS[2]]
+                i = row[PT_WOFS] + (ci * tp + (r - first)) * cout_g + co
+                places.append(index[i] - base)
+            runs.append((ncols * taps, places))
+    return runs
+
+
+for shape, groups, stride, padding, dilation, co_block in [
+        ((4, 3, 3, 5, 7), 2, (2, 2, 2), (1, 2, 3), (1, 1, 1), 32),  # ragged phases, groups
+        ((2, 40, 2, 2, 2), 1, (2, 2, 2), (0, 0, 0), (1, 1, 1), 32),  # 2 channel blocks
+        ((3, 2, 1, 2, 3), 3, (3, 2, 4), (0, 1, 1), (1, 2, 1), 64),   # kernel < stride: empty
+        ((2, 5, 3, 3, 3), 1, (2, 2, 2), (1, 1, 1), (2, 2, 2), 32)]:  # dilation
+    for length, places in reduction_runs(shape, groups, stride, padding, dilation, co_block):
+        assert sorted(places) == list(range(length)), (shape, places)
+print("every run of the weight written exactly once")
