@@ -911,8 +911,8 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   if (force == PHASECONV_GW_MMA_CL && !cl_ok)
     return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups and "
                   "C_out/groups multiples of 8 and >= 16");
-  // by the rule wherever it can: it pays its copies (H200, bf16, copies included: 2x64->32
-  // 32^3 k3 s2 224 vs 303 us, 1x512->256 16^3 k2 s2 192 vs 234 us)
+  // by the rule wherever it can: it pays its copies (H200, bf16, copies and reduction
+  // included: 2x64->32 32^3 k3 s2 211 vs 296 us, 1x512->256 16^3 k2 s2 126 vs 178 us)
   if (cl_ok && (force == 0 || force == PHASECONV_GW_MMA_CL)) {
     if (!plan_gm(p, dtype_code, true, dev, out))
       return refuse(buf, len, PHASECONV_GW_MMA_CL, "its grid is too large");
