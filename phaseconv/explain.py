@@ -126,7 +126,8 @@ def _ints(values, name: str) -> tuple:
 def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
             device: Optional[Union[str, torch.device]] = None,
             output_size: Optional[Sequence[int]] = None,
-            dtype: Optional[torch.dtype] = None) -> Explanation:
+            dtype: Optional[torch.dtype] = None,
+            memory_format: Optional[torch.memory_format] = None) -> Explanation:
     """Explain ``layer_or_args`` on an input of ``input_shape``.
 
     ``layer_or_args`` is an ``nn.ConvTranspose3d`` (torch's or phaseconv's) or a mapping of
@@ -136,11 +137,23 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
     object also carries the plan, MAC counts and the engine that would run.  When that engine
     is the reference one, ``kernel`` names its path (``engines.phase_gemm``); where it
     is the CUDA one, ``kernel`` names the kernel and tile it launches for ``dtype`` (default:
-    the layer's weight dtype, else float32) and a contiguous input, ``grad_input_kernel`` and
-    ``grad_weight_kernel`` those of the backward (this builds the extension on first use).
+    the layer's weight dtype, else float32) and an input in ``memory_format``
+    (``torch.contiguous_format``, the default, or ``torch.channels_last_3d``; with a module, its
+    weight's layout counts too, as in a call), ``grad_input_kernel`` and ``grad_weight_kernel``
+    those of the backward (this builds the extension on first use).
     """
+    if memory_format is None:
+        memory_format = torch.contiguous_format
+    if not isinstance(memory_format, torch.memory_format):
+        raise TypeError("explain(): memory_format must be a torch.memory_format, not "
+                        f"{type(memory_format).__name__}")
+    if memory_format not in (torch.contiguous_format, torch.channels_last_3d):
+        raise ValueError("explain(): memory_format must be torch.contiguous_format or "
+                         f"torch.channels_last_3d, got {memory_format}")
+    weight_strides = None  # a module's weight layout (a call reads it)
     if isinstance(layer_or_args, nn.ConvTranspose3d):
         layer = layer_or_args
+        weight_strides = layer.weight.stride()
         spec = dict(in_channels=layer.in_channels, out_channels=layer.out_channels,
                     kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
                     output_padding=layer.output_padding, groups=layer.groups,
@@ -160,6 +173,9 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
                          f"{shape}")
     if any(n < 0 for n in shape):
         raise ValueError(f"explain(): input_shape must not be negative, got {shape}")
+    if memory_format == torch.channels_last_3d and len(shape) != 5:
+        raise ValueError("explain(): memory_format torch.channels_last_3d needs a batched "
+                         f"input_shape (N, C, D, H, W), got {shape}")
     batch, channels = (shape[0], shape[1]) if len(shape) == 5 else (1, shape[0])
     in_channels = _int(spec["in_channels"], "in_channels")
     out_channels = _int(spec["out_channels"], "out_channels")
@@ -197,9 +213,15 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
         kernel_text = _reference_path(plan, in_channels, out_channels, groups, device,
                                       dtype or torch.float32)
     if engine.name == "cuda" and device.type == "cuda" and torch.cuda.is_available():
+        # the layouts a call of this input and weight would plan for (ops.call_plan)
+        dtype = dtype or torch.float32
+        xm = torch.empty(shape, device="meta", dtype=dtype, memory_format=memory_format)
+        wm = (w if weight_strides is None else
+              torch.empty_strided(w.shape, weight_strides, device="meta"))
         kernel_text, grad_input_text, grad_weight_text = _cuda_kernels(
             plan, batch, in_channels, out_channels, groups, kernel, stride, padding, dilation,
-            device, dtype or torch.float32)
+            device, dtype, engines.input_layout(xm) == 1,
+            engines.output_channels_last(xm, wm, device))
     return Explanation(plan, batch, in_channels, out_channels, groups, engine,
                        batch * plan.macs_per_sample(in_channels, out_channels, groups),
                        batch * plan.zero_insertion_macs_per_sample(in_channels, out_channels,
@@ -216,7 +238,7 @@ def _reference_path(plan, in_channels, out_channels, groups, device, dtype) -> s
 
 
 def _cuda_kernels(plan, batch, in_channels, out_channels, groups, kernel, stride, padding,
-                  dilation, device, dtype):
+                  dilation, device, dtype, channels_last, out_channels_last):
     """(forward, input-gradient, weight-gradient) kernel descriptions from the CUDA engine's
     plans for these arguments (the plans a call would use; no tensor of the input's size)."""
     from .engines import cuda  # builds the extension on first use
@@ -225,6 +247,7 @@ def _cuda_kernels(plan, batch, in_channels, out_channels, groups, kernel, stride
                     tuple(a.output_padding for a in plan.axes), tuple(dilation), groups,
                     tuple(kernel), in_channels, out_channels, plan.in_shape, plan.out_shape)
     batch = max(batch, 1)
-    forward = cuda.describe(args, batch, dtype, device)
+    forward = cuda.describe(args, batch, dtype, device, channels_last,
+                            out_channels_last=out_channels_last)
     grad_input, grad_weight = cuda.describe_backward(args, batch, dtype, device)
     return forward, grad_input, grad_weight

@@ -61,11 +61,14 @@ def suggests_channels_last_3d(t: torch.Tensor) -> bool:
     return cl or _strides_like_channels_last_3d(t)
 
 
-def output_channels_last(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def output_channels_last(x: torch.Tensor, weight: torch.Tensor,
+                         device: Optional[torch.device] = None) -> bool:
     """Whether the result is ``channels_last_3d``, as torch (cuDNN) returns it on CUDA: a
     batched input or the weight suggesting channels_last_3d, any dtype but float64.  On
-    other devices, and for float64, the result is contiguous."""
-    if x.device.type != "cuda" or x.dim() != 5 or x.dtype == torch.float64:
+    other devices, and for float64, the result is contiguous.  ``device``: the call's, where
+    ``x`` stands in for its input (``explain``: meta tensors)."""
+    device = x.device if device is None else device
+    if device.type != "cuda" or x.dim() != 5 or x.dtype == torch.float64:
         return False
     return suggests_channels_last_3d(x) or suggests_channels_last_3d(weight)
 

@@ -246,6 +246,24 @@ def test_explain_kernel_smaller_than_stride_and_errors():
         phaseconv.explain(dict(in_channels=2, out_channels=2, kernel_size=1), (1, 3, 3, 3, 3))
 
 
+def test_explain_memory_format():
+    """The input's memory format: contiguous or channels_last_3d (a batched shape); other
+    values are refused naming the argument; the reference engine's path does not depend on
+    it."""
+    spec = dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1)
+    plain = phaseconv.explain(spec, (2, 4, 5, 6, 7))
+    cl = phaseconv.explain(spec, (2, 4, 5, 6, 7), memory_format=torch.channels_last_3d)
+    assert str(cl) == str(plain) and cl.kernel.startswith("reference")
+    assert str(phaseconv.explain(spec, (4, 5, 6, 7), memory_format=torch.contiguous_format)) \
+        == str(phaseconv.explain(spec, (4, 5, 6, 7)))
+    with pytest.raises(TypeError, match="memory_format must be a torch.memory_format"):
+        phaseconv.explain(spec, (2, 4, 5, 6, 7), memory_format="channels_last_3d")
+    with pytest.raises(ValueError, match="memory_format must be torch.contiguous_format or"):
+        phaseconv.explain(spec, (2, 4, 5, 6, 7), memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="needs a batched input_shape"):
+        phaseconv.explain(spec, (4, 5, 6, 7), memory_format=torch.channels_last_3d)
+
+
 def test_repr_says_phaseconv():
     layer = torch.nn.ConvTranspose3d(4, 6, 3, stride=2, padding=1, groups=2, bias=False)
     model = torch.nn.Sequential(layer, torch.nn.ReLU())

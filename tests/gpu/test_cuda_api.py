@@ -615,6 +615,35 @@ def test_backward_kernel_rules():
     assert "grad_input kernel: mma grad-input" in str(report)
 
 
+def test_explain_follows_the_input_memory_format():
+    """explain(memory_format=...) names the kernels a call with such an input launches: a
+    channels-last input read in place by the implicit GEMM, which writes the channels-last
+    result; other kernels' results are copied once; a module's channels-last weight counts
+    too; float64 results stay contiguous, as torch's."""
+    cl = torch.channels_last_3d
+    wide = dict(in_channels=64, out_channels=64, kernel_size=2, stride=2)
+    shape = (2, 64, 6, 6, 6)
+    report = phaseconv.explain(wide, shape, device="cuda", dtype=torch.bfloat16,
+                               memory_format=cl)
+    assert report.kernel.startswith("implicit-gemm") and "(channels-last input)" in \
+        report.kernel and report.kernel.endswith(", channels-last output"), report.kernel
+    layer = phaseconv.ConvTranspose3d(**wide).cuda().to(torch.bfloat16)
+    x = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=cl)
+    assert layer(x).is_contiguous(memory_format=cl)
+    plain = phaseconv.explain(wide, shape, device="cuda", dtype=torch.bfloat16)
+    assert "channels-last output" not in plain.kernel, plain.kernel
+    founding = dict(in_channels=32, out_channels=32, kernel_size=(3, 5, 7), stride=2,
+                    padding=(1, 2, 3), output_padding=1, groups=4)
+    copied = phaseconv.explain(founding, (2, 32, 4, 6, 8), device="cuda", memory_format=cl)
+    assert copied.kernel.endswith(", channels-last output (one copy)"), copied.kernel
+    module = phaseconv.ConvTranspose3d(**founding).cuda().to(memory_format=cl)
+    by_weight = phaseconv.explain(module, (2, 32, 4, 6, 8))
+    assert by_weight.kernel.endswith(", channels-last output (one copy)"), by_weight.kernel
+    double = phaseconv.explain(founding, (2, 32, 4, 6, 8), device="cuda", dtype=torch.float64,
+                               memory_format=cl)
+    assert "channels-last output" not in double.kernel, double.kernel
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16,
                                    torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", range(len(_BWD_CASES)))
