@@ -291,12 +291,24 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
   T* gw = static_cast<T*>(gw_);
   const int co_blocks = (cout_g + co_block - 1) / co_block;
   const int64_t blocks = c_in * co_blocks;
+  // run blk: input channel ci, output channels co0 .. co0 + ncols - 1, from weight element base
+  struct Run {
+    int64_t ci, base;
+    int co0, ncols;
+  };
+  auto run_of = [&](int64_t blk) {
+    Run r;
+    r.ci = blk / co_blocks;
+    r.co0 = (int)(blk % co_blocks) * co_block;
+    r.ncols = min(co_block, cout_g - r.co0);
+    r.base = (r.ci * cout_g + r.co0) * taps;
+    return r;
+  };
   bool nonfinite = false;
   for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
-    const int64_t ci = blk / co_blocks;
-    const int co0 = (int)(blk % co_blocks) * co_block, ncols = min(co_block, cout_g - co0);
-    const int64_t base = (ci * cout_g + co0) * taps;  // the run's first weight element
-    const int len = ncols * taps;
+    const Run rn = run_of(blk);
+    const int64_t ci = rn.ci, base = rn.base;
+    const int co0 = rn.co0, ncols = rn.ncols, len = ncols * taps;
     __syncthreads();  // the previous run is stored
     for (int j0 = threadIdx.x; j0 < len; j0 += U * blockDim.x) {
       int64_t at[U];  // packed element of pair u, -1 past the run
@@ -339,13 +351,11 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
   if (!nonfinite) return;
   // as gw_reduce_kernel: this thread's non-finite elements, recomputed from the real pairs
   for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
-    const int64_t ci = blk / co_blocks;
-    const int co0 = (int)(blk % co_blocks) * co_block, ncols = min(co_block, cout_g - co0);
-    const int64_t base = (ci * cout_g + co0) * taps;
-    for (int j = threadIdx.x; j < ncols * taps; j += blockDim.x) {
-      T* out = gw + phaseconv_strided_offset(view, base + j);
+    const Run rn = run_of(blk);
+    for (int j = threadIdx.x; j < rn.ncols * taps; j += blockDim.x) {
+      T* out = gw + phaseconv_strided_offset(view, rn.base + j);
       if (!phaseconv_exact::finite_value(*out))
-        *out = phaseconv_exact::exact_element<T>(ex, base + j);
+        *out = phaseconv_exact::exact_element<T>(ex, rn.base + j);
     }
   }
 }
@@ -463,7 +473,7 @@ struct GmBlock {
   int rd, rh, rw;               // the phase's residues
   int xd, xh, xw;               // input offset of the tap
   uint32_t cd, ch, cw;          // the phase's outputs per axis
-  int64_t kp, wofs;             // reduction length (< 2^31, plan_gm); the phase's packed block
+  int64_t wofs;                 // the phase's packed block
   int c_beg, c_end;             // the split's chunks
   int ci0, co0, cin_n, con;     // the channel tile: first channels and counts
 };
@@ -492,8 +502,8 @@ __device__ __forceinline__ bool decode_block(const GmArgs& a, GmBlock& b) {
   b.cd = axis_count(a.out_d, b.rd, a.sd);
   b.ch = axis_count(a.out_h, b.rh, a.sh);
   b.cw = axis_count(a.out_w, b.rw, a.sw);
-  b.kp = a.nbatch * b.cd * b.ch * b.cw;
-  const int chunks = (int)((b.kp + kGmBK - 1) / kGmBK);
+  const int64_t kp = a.nbatch * b.cd * b.ch * b.cw;  // reduction length (< 2^31, plan_gm)
+  const int chunks = (int)((kp + kGmBK - 1) / kGmBK);
   const int per = (chunks + a.splits - 1) / a.splits;
   b.c_beg = b.split * per;
   b.c_end = min(chunks, b.c_beg + per);
@@ -561,6 +571,30 @@ __device__ __forceinline__ void krow_add(KRow& r, const KStep& s, const GmBlock&
   r.n += s.by.n;
 }
 
+// What a block's k rows walk over in its two operands: the element strides of each digit, the
+// tap's offset in x and the phase's residues' offset in grad_y.  A position (voxel) step is
+// 1 element in (N, C, D, H, W) operands and C elements channels-last; a sample step is
+// C x D x H x W either way.
+struct GmWalk {
+  KStrides xs, gs;
+  int64_t x_tap, gy_res;
+};
+
+template <bool CHANNELS_LAST>
+__device__ __forceinline__ GmWalk gm_walk(const BwdGeometry& a, const GmBlock& b) {
+  const int64_t xp = CHANNELS_LAST ? a.c_in : 1, gp = CHANNELS_LAST ? a.c_out : 1;
+  const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
+  const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  GmWalk w;
+  w.xs = KStrides{(int64_t)a.c_in * in_plane, (int64_t)a.in_h * a.in_w * xp,
+                  (int64_t)a.in_w * xp, xp};
+  w.gs = KStrides{(int64_t)a.c_out * out_plane, (int64_t)a.sd * a.out_h * a.out_w * gp,
+                  (int64_t)a.sh * a.out_w * gp, (int64_t)a.sw * gp};
+  w.x_tap = (((int64_t)b.xd * a.in_h + b.xh) * a.in_w + b.xw) * xp;
+  w.gy_res = (((int64_t)b.rd * a.out_h + b.rh) * a.out_w + b.rw) * gp;
+  return w;
+}
+
 // The tap's input position of a k row inside the input (n checked apart).
 __device__ __forceinline__ bool krow_in_input(const KRow& r, const GmBlock& b,
                                               const BwdGeometry& a) {
@@ -619,25 +653,20 @@ __global__ void __launch_bounds__(WM * WN * 32, 3) gw_mma_kernel(const GmArgs a)
   const int kq = tid % BK, row0 = tid / BK;
   const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
   const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  const GmWalk wk = gm_walk<false>(a, b);
   const T* xrow = x + ((int64_t)b.g * a.cin_g + b.ci0 + row0) * in_plane;
-  const T* grow = gy + ((int64_t)b.g * a.cout_g + b.co0 + row0) * out_plane +
-                   ((int64_t)b.rd * a.out_h + b.rh) * a.out_w + b.rw;  // the phase's residues
-  // (N, C, D, H, W) strides of a k row's digits, and the tap's offset in x
-  const KStrides xs{(int64_t)a.c_in * in_plane, (int64_t)a.in_h * a.in_w, a.in_w, 1};
-  const KStrides gs{(int64_t)a.c_out * out_plane, (int64_t)a.sd * a.out_h * a.out_w,
-                    (int64_t)a.sh * a.out_w, a.sw};
-  const int64_t x_tap = ((int64_t)b.xd * a.in_h + b.xh) * a.in_w + b.xw;
+  const T* grow = gy + ((int64_t)b.g * a.cout_g + b.co0 + row0) * out_plane + wk.gy_res;
   T va[LA], vb[LB];
   KRow kr{};   // this thread's k row of the next chunk to load
   KStep ks{};  // one chunk on
   if (b.c_beg < b.c_end) {  // a phase without outputs has no chunks (and zero counts)
-    kr = krow_at((uint32_t)b.c_beg * BK + kq, b, xs, gs);
-    ks = kstep_of(BK, b, xs, gs);
+    kr = krow_at((uint32_t)b.c_beg * BK + kq, b, wk.xs, wk.gs);
+    ks = kstep_of(BK, b, wk.xs, wk.gs);
   }
   auto load_next = [&]() {  // the chunk after the previous call's (c_beg first)
     const bool valid = kr.n < (uint32_t)a.nbatch;
     const bool xin = valid && krow_in_input(kr, b, a);
-    const int64_t xo = kr.xo + x_tap, go = kr.go;
+    const int64_t xo = kr.xo + wk.x_tap, go = kr.go;
     krow_add(kr, ks, b);
 #pragma unroll
     for (int i = 0; i < LA; ++i)
@@ -753,16 +782,9 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
   // this thread's chunks: channel vector a_ch (b_ch) of k rows a_pos + i * (NTHR / CHA)
   const int a_ch = tid % CHA, a_pos = tid / CHA, b_ch = tid % CHB, b_pos = tid / CHB;
   const bool a_ok = a_ch * 8 < b.cin_n, b_ok = b_ch * 8 < b.con;  // whole vectors: C/g % 8 == 0
+  const GmWalk wk = gm_walk<true>(a, b);
   const T* xb = x + (int64_t)b.g * a.cin_g + b.ci0 + a_ch * 8;
-  const T* gb = gy + (int64_t)b.g * a.cout_g + b.co0 + b_ch * 8 +
-                 (((int64_t)b.rd * a.out_h + b.rh) * a.out_w + b.rw) * a.c_out;  // residues
-  // (N, D, H, W, C) strides of a k row's digits, and the tap's offset in x
-  const KStrides xs{(int64_t)a.in_d * a.in_h * a.in_w * a.c_in,
-                    (int64_t)a.in_h * a.in_w * a.c_in, (int64_t)a.in_w * a.c_in, a.c_in};
-  const KStrides gs{(int64_t)a.out_d * a.out_h * a.out_w * a.c_out,
-                    (int64_t)a.sd * a.out_h * a.out_w * a.c_out,
-                    (int64_t)a.sh * a.out_w * a.c_out, (int64_t)a.sw * a.c_out};
-  const int64_t x_tap = (((int64_t)b.xd * a.in_h + b.xh) * a.in_w + b.xw) * a.c_in;
+  const T* gb = gy + (int64_t)b.g * a.cout_g + b.co0 + b_ch * 8 + wk.gy_res;
   // the k rows of the next chunk this thread copies (A's; B's where its rows differ), and the
   // step to the chunk after
   constexpr bool SAME_ROWS = CHA == CHB;  // one row serves both operands
@@ -772,10 +794,12 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
   if (b.c_beg < b.c_end) {  // a phase without outputs has no chunks (and zero counts)
     const uint32_t k0 = (uint32_t)b.c_beg * BK;
 #pragma unroll
-    for (int i = 0; i < PA; ++i) ra[i] = krow_at(k0 + a_pos + i * (NTHR / CHA), b, xs, gs);
+    for (int i = 0; i < PA; ++i)
+      ra[i] = krow_at(k0 + a_pos + i * (NTHR / CHA), b, wk.xs, wk.gs);
 #pragma unroll
-    for (int i = 0; i < NRB; ++i) rb[i] = krow_at(k0 + b_pos + i * (NTHR / CHB), b, xs, gs);
-    ks = kstep_of(BK, b, xs, gs);
+    for (int i = 0; i < NRB; ++i)
+      rb[i] = krow_at(k0 + b_pos + i * (NTHR / CHB), b, wk.xs, wk.gs);
+    ks = kstep_of(BK, b, wk.xs, wk.gs);
   }
   auto load_next = [&](int stage) {  // the chunk after the previous call's (c_beg first)
     const uint32_t sA = s_base + stage * STAGE, sB = sA + A_STAGE;
@@ -785,7 +809,7 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
       const bool valid = ra[i].n < (uint32_t)a.nbatch;
       const bool ok = a_ok && valid && krow_in_input(ra[i], b, a);
       cp_async16_ca(sA + k * (BM * 2) + ((a_ch ^ k_swz<CHA>(k)) << 4),
-                    ok ? (const void*)(xb + (ra[i].xo + x_tap)) : (const void*)x, ok);
+                    ok ? (const void*)(xb + (ra[i].xo + wk.x_tap)) : (const void*)x, ok);
       if (SAME_ROWS) {
         const bool okb = b_ok && valid;
         cp_async16_ca(sB + k * (BN * 2) + ((b_ch ^ k_swz<CHB>(k)) << 4),
@@ -868,21 +892,26 @@ void set_geometry(BwdGeometry& a, const PhaseConvBwdWeightParams& p) {
   a.packed_elems = p.packed_elems;
 }
 
-template <typename T, int WM, int WN>
-cudaError_t launch_gm_t(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
-                        cudaStream_t stream) {
+// Both tensor-core kernels' arguments: the geometry and the plan's grid decomposition.
+GmArgs gm_args(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan) {
   GmArgs a;
   set_geometry(a, p);
   a.max_taps = plan.gm.max_taps;
   a.n_cib = plan.gm.n_cib; a.n_cob = plan.gm.n_cob; a.splits = plan.gm.splits;
-  constexpr int RS = kGmBK * (int)sizeof(T) + 16;
-  const int smem = 2 * (WM + WN) * 32 * RS;
-  if (smem > 48 * 1024) {
+  return a;
+}
+
+template <typename T, int WM, int WN>
+cudaError_t launch_gm_t(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
+                        cudaStream_t stream) {
+  if (plan.smem > 48 * 1024) {
     cudaError_t err = cudaFuncSetAttribute(gw_mma_kernel<T, WM, WN>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)plan.smem);
     if (err != cudaSuccess) return err;
   }
-  gw_mma_kernel<T, WM, WN><<<(unsigned)plan.grid, WM * WN * 32, smem, stream>>>(a);
+  gw_mma_kernel<T, WM, WN><<<(unsigned)plan.grid, WM * WN * 32, plan.smem, stream>>>(
+      gm_args(p, plan));
   return cudaGetLastError();
 }
 
@@ -909,10 +938,7 @@ cudaError_t launch_gw_cl_t(const GmArgs& a, const PhaseConvBwdWeightPlan& plan,
 template <typename T>
 cudaError_t launch_gw_cl(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
                          cudaStream_t stream) {
-  GmArgs a;
-  set_geometry(a, p);
-  a.max_taps = plan.gm.max_taps;
-  a.n_cib = plan.gm.n_cib; a.n_cob = plan.gm.n_cob; a.splits = plan.gm.splits;
+  const GmArgs a = gm_args(p, plan);
   const cudaError_t err = plan.gm.wn == 1 ? launch_gw_cl_t<T, 1>(a, plan, stream)
                                           : launch_gw_cl_t<T, 2>(a, plan, stream);
   if (err != cudaSuccess) return err;
