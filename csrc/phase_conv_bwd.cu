@@ -270,12 +270,24 @@ __global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* g
 // kH, kW) one contiguous run of co_block x taps elements.  A thread takes kReduceUnroll
 // (tap, output channel) pairs of it at a time, their splits' loads issued together; a tap of a
 // phase is a row of that phase's packed block ([g][ci][tap][co]), so consecutive threads read
-// consecutive channels of a row.  The sums go to shared memory at their places in the run
-// (grad_w_index), which is then stored in order: one element-wise store per packed element had
-// every warp store touch 32 sectors (1x512->256 16^3 k2 s2: 77 us for a 2 MB gradient).  Every
-// element of the run is written: the packed layout holds each weight element once.
+// consecutive channels of a row.  The sums go to shared memory at their places in the run,
+// which is then stored in order: one element-wise store per packed element had every warp
+// store touch 32 sectors (1x512->256 16^3 k2 s2: 77 us for a 2 MB gradient).  Every element of
+// the run is written: the packed layout holds each weight element once.
+//
+// The layer's tap rows (phases in table order, each phase's taps in turn) are tabulated once a
+// block, before its runs: where row r's channel-0 pairs start in the packed layout and its
+// phase's taps (the stride from one input channel to the next), and the weight tap it is
+// (grad_w_index of its input channel 0, output channel 0): a pair then costs a division and a
+// shared-memory read, not a scan of the phase table and a load of grad_w_index.
 constexpr int kReduceUnroll = 4;
 constexpr int kReduceRunElems = 1024;  // a run's elements at most, past one 32-channel block
+
+struct TapRow {
+  int64_t ofs;   // packed element of (input channel 0, this tap, output channel 0)
+  int32_t taps;  // the phase's taps
+  int32_t tap;   // the weight tap (kd * kH + kh) * kW + kw
+};
 
 template <typename T>
 __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
@@ -286,11 +298,27 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
   typedef typename AccOf<T>::type A;
   constexpr int U = kReduceUnroll;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* run = reinterpret_cast<T*>(smem_raw);
+  TapRow* rows = reinterpret_cast<TapRow*>(smem_raw);
+  T* run = reinterpret_cast<T*>(rows + taps);
   const A* ws = static_cast<const A*>(ws_);
   T* gw = static_cast<T*>(gw_);
   const int co_blocks = (cout_g + co_block - 1) / co_block;
   const int64_t blocks = c_in * co_blocks;
+  for (int r = threadIdx.x; r < taps; r += blockDim.x) {
+    int p = 0, first = 0, seen = 0;  // row r is tap r - first of phase p
+    for (int q = 0; q < num_phases; ++q) {
+      const int64_t* e = table + (int64_t)q * PHASECONV_TABLE_STRIDE;
+      const int tq = (int)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
+      if (tq > 0 && seen <= r) { p = q; first = seen; }
+      seen += tq;
+    }
+    const int64_t* e = table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+    TapRow t;
+    t.taps = (int32_t)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
+    t.ofs = e[PT_WOFS] + (int64_t)(r - first) * cout_g;
+    t.tap = index[t.ofs];
+    rows[r] = t;
+  }
   // run blk: input channel ci, output channels co0 .. co0 + ncols - 1, from weight element base
   struct Run {
     int64_t ci, base;
@@ -307,28 +335,22 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
   bool nonfinite = false;
   for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
     const Run rn = run_of(blk);
-    const int64_t ci = rn.ci, base = rn.base;
+    const int64_t ci = rn.ci;
     const int co0 = rn.co0, ncols = rn.ncols, len = ncols * taps;
-    __syncthreads();  // the previous run is stored
+    __syncthreads();  // the tap rows are in; the previous run is stored
     for (int j0 = threadIdx.x; j0 < len; j0 += U * blockDim.x) {
       int64_t at[U];  // packed element of pair u, -1 past the run
+      int slot[U];    // its place in the run
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int j = j0 + u * blockDim.x;
         at[u] = -1;
+        slot[u] = 0;
         if (j >= len) continue;
-        // tap row r of the layer (phases in table order: phase p, its tap r - first)
-        const int r = j / ncols, co = co0 + j % ncols;
-        int p = 0, first = 0, seen = 0;
-        for (int q = 0; q < num_phases; ++q) {
-          const int64_t* e = table + (int64_t)q * PHASECONV_TABLE_STRIDE;
-          const int tq = (int)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
-          if (tq > 0 && seen <= r) { p = q; first = seen; }
-          seen += tq;
-        }
-        const int64_t* e = table + (int64_t)p * PHASECONV_TABLE_STRIDE;
-        const int64_t tp = e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W];
-        at[u] = e[PT_WOFS] + (ci * tp + (r - first)) * cout_g + co;
+        const int r = j / ncols, col = j - r * ncols;  // tap row r, output channel co0 + col
+        const TapRow t = rows[r];
+        at[u] = t.ofs + ci * t.taps * cout_g + co0 + col;
+        slot[u] = col * taps + t.tap;
       }
       A sum[U];
 #pragma unroll
@@ -339,12 +361,12 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
           if (at[u] >= 0) sum[u] += ws[(int64_t)k * elems + at[u]];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (at[u] >= 0) run[index[at[u]] - base] = from_acc<T>(sum[u]);
+        if (at[u] >= 0) run[slot[u]] = from_acc<T>(sum[u]);
     }
     __syncthreads();
     for (int j = threadIdx.x; j < len; j += blockDim.x) {
       const T v = run[j];
-      gw[phaseconv_strided_offset(view, base + j)] = v;
+      gw[phaseconv_strided_offset(view, rn.base + j)] = v;
       nonfinite |= !phaseconv_exact::finite_value(v);
     }
   }
@@ -367,7 +389,8 @@ template <typename T>
 cudaError_t launch_reduce(const PhaseConvBwdWeightParams& p, int splits, cudaStream_t stream) {
   const PhaseConvWeightView& v = p.grad_w_view;
   const int64_t cout_g = v.size[1], taps = v.size[2] * v.size[3] * v.size[4];
-  if ((size_t)32 * taps * sizeof(T) <= 48 * 1024 && p.c_in * cout_g * taps == p.packed_elems) {
+  if ((size_t)taps * (32 * sizeof(T) + sizeof(TapRow)) <= 48 * 1024 &&
+      p.c_in * cout_g * taps == p.packed_elems) {
     // 32-channel blocks, as many as keep the run within kReduceRunElems
     int64_t per32 = kReduceRunElems / (32 * taps);  // 32-channel blocks a run
     if (per32 > (cout_g + 31) / 32) per32 = (cout_g + 31) / 32;
@@ -375,7 +398,7 @@ cudaError_t launch_reduce(const PhaseConvBwdWeightParams& p, int splits, cudaStr
     const int co_block = (int)(32 * per32);
     const int64_t runs = p.c_in * ((cout_g + co_block - 1) / co_block);
     gw_reduce_rows_kernel<T><<<(unsigned)(runs < 65535 ? runs : 65535), 256,
-                               (size_t)co_block * taps * sizeof(T), stream>>>(
+                               (size_t)taps * (co_block * sizeof(T) + sizeof(TapRow)), stream>>>(
         p.workspace, p.grad_w, p.grad_w_index, v, p.table,
         (int)(p.stride_d * p.stride_h * p.stride_w), p.c_in, (int)cout_g, (int)taps, co_block,
         splits, p.packed_elems, p.exact);
@@ -765,9 +788,11 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
   constexpr int BM = WM * 32, BN = WN * 32, BK = kGmBK, STAGES = phaseconv::kGwClStages;
   constexpr int CHA = BM / 8, CHB = BN / 8;  // 16-byte chunks per k row
   constexpr int A_STAGE = BK * BM * 2, STAGE = BK * (BM + BN) * 2;
-  constexpr int PA = BK * CHA / NTHR, PB = BK * CHB / NTHR;  // chunks a thread copies
+  constexpr int PA = BK * CHA / NTHR;  // x vectors a thread copies (its k rows)
+  constexpr int RB = CHA / CHB;        // its grad_y vectors: one of every RB of its k rows
+  constexpr int ROWS = NTHR / CHA;     // k rows between a thread's successive rows
   static_assert(sizeof(T) == 2, "16-bit operands");
-  static_assert(PA * NTHR == BK * CHA && PB * NTHR == BK * CHB, "loader split");
+  static_assert(PA * NTHR == BK * CHA && RB * CHB == CHA && PA % RB == 0, "loader split");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t s_base = (uint32_t)__cvta_generic_to_shared(smem_raw);
   const T* __restrict__ x = static_cast<const T*>(a.x);
@@ -779,53 +804,38 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
   GmBlock b;
   if (!decode_block<BM, BN>(a, b)) return;  // uniform: this phase has fewer taps
 
-  // this thread's chunks: channel vector a_ch (b_ch) of k rows a_pos + i * (NTHR / CHA)
-  const int a_ch = tid % CHA, a_pos = tid / CHA, b_ch = tid % CHB, b_pos = tid / CHB;
+  // this thread's chunks: x's channel vector a_ch of k rows a_pos + i * ROWS, and grad_y's
+  // vector b_ch of those with i % RB == b_sel (a k row's CHB vectors come from CHB of the
+  // threads that copy its x vectors): one walk of a thread's rows serves both operands
+  const int a_ch = tid % CHA, a_pos = tid / CHA, b_ch = a_ch % CHB, b_sel = a_ch / CHB;
   const bool a_ok = a_ch * 8 < b.cin_n, b_ok = b_ch * 8 < b.con;  // whole vectors: C/g % 8 == 0
   const GmWalk wk = gm_walk<true>(a, b);
   const T* xb = x + (int64_t)b.g * a.cin_g + b.ci0 + a_ch * 8;
   const T* gb = gy + (int64_t)b.g * a.cout_g + b.co0 + b_ch * 8 + wk.gy_res;
-  // the k rows of the next chunk this thread copies (A's; B's where its rows differ), and the
-  // step to the chunk after
-  constexpr bool SAME_ROWS = CHA == CHB;  // one row serves both operands
-  constexpr int NRB = SAME_ROWS ? 1 : PB;
-  KRow ra[PA], rb[NRB];
+  // the k rows of the next chunk this thread copies, and the step to the chunk after
+  KRow kr[PA];
   KStep ks{};
   if (b.c_beg < b.c_end) {  // a phase without outputs has no chunks (and zero counts)
     const uint32_t k0 = (uint32_t)b.c_beg * BK;
 #pragma unroll
-    for (int i = 0; i < PA; ++i)
-      ra[i] = krow_at(k0 + a_pos + i * (NTHR / CHA), b, wk.xs, wk.gs);
-#pragma unroll
-    for (int i = 0; i < NRB; ++i)
-      rb[i] = krow_at(k0 + b_pos + i * (NTHR / CHB), b, wk.xs, wk.gs);
+    for (int i = 0; i < PA; ++i) kr[i] = krow_at(k0 + a_pos + i * ROWS, b, wk.xs, wk.gs);
     ks = kstep_of(BK, b, wk.xs, wk.gs);
   }
   auto load_next = [&](int stage) {  // the chunk after the previous call's (c_beg first)
     const uint32_t sA = s_base + stage * STAGE, sB = sA + A_STAGE;
 #pragma unroll
     for (int i = 0; i < PA; ++i) {
-      const int k = a_pos + i * (NTHR / CHA);
-      const bool valid = ra[i].n < (uint32_t)a.nbatch;
-      const bool ok = a_ok && valid && krow_in_input(ra[i], b, a);
+      const int k = a_pos + i * ROWS;
+      const bool valid = kr[i].n < (uint32_t)a.nbatch;
+      const bool ok = a_ok && valid && krow_in_input(kr[i], b, a);
       cp_async16_ca(sA + k * (BM * 2) + ((a_ch ^ k_swz<CHA>(k)) << 4),
-                    ok ? (const void*)(xb + (ra[i].xo + wk.x_tap)) : (const void*)x, ok);
-      if (SAME_ROWS) {
+                    ok ? (const void*)(xb + (kr[i].xo + wk.x_tap)) : (const void*)x, ok);
+      if (i % RB == b_sel) {
         const bool okb = b_ok && valid;
         cp_async16_ca(sB + k * (BN * 2) + ((b_ch ^ k_swz<CHB>(k)) << 4),
-                      okb ? (const void*)(gb + ra[i].go) : (const void*)gy, okb);
+                      okb ? (const void*)(gb + kr[i].go) : (const void*)gy, okb);
       }
-      krow_add(ra[i], ks, b);
-    }
-    if (!SAME_ROWS) {
-#pragma unroll
-      for (int i = 0; i < NRB; ++i) {
-        const int k = b_pos + i * (NTHR / CHB);
-        const bool ok = b_ok && rb[i].n < (uint32_t)a.nbatch;
-        cp_async16_ca(sB + k * (BN * 2) + ((b_ch ^ k_swz<CHB>(k)) << 4),
-                      ok ? (const void*)(gb + rb[i].go) : (const void*)gy, ok);
-        krow_add(rb[i], ks, b);
-      }
+      krow_add(kr[i], ks, b);
     }
   };
 

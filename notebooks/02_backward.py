@@ -466,9 +466,13 @@ print("rows walked by carries = rows decoded by division")
 # $c_\text{in}$ and a block of output channels own one contiguous run of the weight; the kernel
 # enumerates the run's (tap row, channel) pairs, tap rows in phase-table order, finds each
 # pair's packed element from the table's offsets, and writes its sum into shared memory at its
-# place in the run, which it then stores in order. Below, that enumeration (the kernel's
-# arithmetic, over the engine's own phase table and index) lands on every element of every
-# run exactly once, for ragged, empty and grouped layers.
+# place in the run, which it then stores in order. The kernel tabulates the layer's tap rows
+# once a block: where row $r$'s pairs of input channel 0 start in the packed layout, its
+# phase's tap count (one input channel's stride there), and the weight tap it is, read from
+# the index at input channel 0, output channel 0. A pair's packed element and its place in the
+# run then follow by arithmetic. Below, that enumeration (the kernel's arithmetic, over the
+# engine's own phase table and index) finds the place the index gives every pair, and lands on
+# every element of every run exactly once, for ragged, empty, grouped and dilated layers.
 
 # %%
 from phaseconv.engines.cuda import TABLE_STRIDE, host_tables  # noqa: E402
@@ -476,32 +480,41 @@ from phaseconv.engines.cuda import TABLE_STRIDE, host_tables  # noqa: E402
 PT_TAPS, PT_WOFS = (3, 4, 5), 9
 
 
+def tap_rows(table, index, cout_g):
+    """The rows kernel's table: per tap row (phases in table order), its packed element at
+    input channel 0, output channel 0; its phase's taps; its weight tap."""
+    rows = []
+    for row in table:
+        tq = row[PT_TAPS[0]] * row[PT_TAPS[1]] * row[PT_TAPS[2]]
+        for t in range(tq):
+            ofs = row[PT_WOFS] + t * cout_g
+            rows.append((ofs, tq, index[ofs]))
+    return rows
+
+
 def reduction_runs(weight_shape, groups, stride, padding, dilation, co_block):
-    """Each run's positions as the rows kernel finds them (gw_reduce_rows_kernel)."""
+    """Each run's pairs as the rows kernel places them (gw_reduce_rows_kernel), beside the
+    places the index gives them."""
     host = host_tables(weight_shape, groups, stride, padding, dilation, 0)
     table = host.table.view(-1, TABLE_STRIDE).tolist()
     index = host.index.tolist()  # packed element -> weight element
     c_in, cout_g = weight_shape[:2]
     taps = weight_shape[2] * weight_shape[3] * weight_shape[4]
+    rows = tap_rows(table, index, cout_g)
+    assert len(rows) == taps
     runs = []
     for ci in range(c_in):
         for co0 in range(0, cout_g, co_block):
             ncols = min(co_block, cout_g - co0)
             base = (ci * cout_g + co0) * taps
-            places = []
+            slots, places = [], []
             for j in range(ncols * taps):
-                r, co = j // ncols, co0 + j % ncols
-                p = first = seen = 0
-                for q, row in enumerate(table):
-                    tq = row[PT_TAPS[0]] * row[PT_TAPS[1]] * row[PT_TAPS[2]]
-                    if tq > 0 and seen <= r:
-                        p, first = q, seen
-                    seen += tq
-                row = table[p]
-                tp = row[PT_TAPS[0]] * row[PT_TAPS[1]] * row[PT_TAPS[2]]
-                i = row[PT_WOFS] + (ci * tp + (r - first)) * cout_g + co
-                places.append(index[i] - base)
-            runs.append((ncols * taps, places))
+                r, col = j // ncols, j % ncols
+                ofs, tp, tap = rows[r]
+                at = ofs + ci * tp * cout_g + co0 + col
+                slots.append(col * taps + tap)
+                places.append(index[at] - base)
+            runs.append((ncols * taps, slots, places))
     return runs
 
 
@@ -510,6 +523,8 @@ for shape, groups, stride, padding, dilation, co_block in [
         ((2, 40, 2, 2, 2), 1, (2, 2, 2), (0, 0, 0), (1, 1, 1), 32),  # 2 channel blocks
         ((3, 2, 1, 2, 3), 3, (3, 2, 4), (0, 1, 1), (1, 2, 1), 64),   # kernel < stride: empty
         ((2, 5, 3, 3, 3), 1, (2, 2, 2), (1, 1, 1), (2, 2, 2), 32)]:  # dilation
-    for length, places in reduction_runs(shape, groups, stride, padding, dilation, co_block):
-        assert sorted(places) == list(range(length)), (shape, places)
+    for length, slots, places in reduction_runs(shape, groups, stride, padding, dilation,
+                                                co_block):
+        assert slots == places, (shape, slots, places)
+        assert sorted(slots) == list(range(length)), (shape, slots)
 print("every run of the weight written exactly once")

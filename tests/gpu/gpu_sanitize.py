@@ -24,6 +24,7 @@ CASES = [
     (2, 40, 36, 1, (3, 4, 5), (3, 5, 4), (2, 2, 2), (1, 2, 1), (1, 1, 1), (1, 1, 1)),
     (1, 3, 3, 3, (2, 3, 20), (3, 3, 4), (2, 1, 2), (1, 0, 1), (1, 0, 1), (1, 2, 1)),
     (2, 40, 24, 1, (3, 4, 5), (3, 4, 3), (2, 3, 2), (1, 1, 1), (1, 2, 1), (1, 1, 2)),
+    (1, 136, 72, 1, (3, 4, 3), (3, 3, 2), (2, 2, 2), (1, 1, 0), (1, 0, 1), (1, 1, 1)),
 ]
 # every forward kernel by name (csrc/phase_conv_plan.h), and its variants; channels-last: the
 # input comes channels-last.  A kernel that refuses a case is skipped (tests/plan/test_plan.py).

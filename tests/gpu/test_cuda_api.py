@@ -525,6 +525,7 @@ _CL_BWD_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): the channels-
     (1, 160, 64, 1, (5, 6, 6), (4, 4, 4), (2, 2, 2), (1, 1, 1), (0, 0, 0), (1, 1, 1)),  # blocks
     (3, 32, 96, 1, (9, 10, 40), (1, 1, 1), (1, 1, 1), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # splits
     (2, 64, 64, 1, (3, 3, 3), (1, 2, 1), (3, 4, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # empty
+    (2, 272, 144, 2, (4, 5, 6), (3, 2, 3), (2, 2, 2), (1, 0, 1), (1, 1, 0), (1, 2, 1)),  # 2 tails
 ]
 
 
@@ -534,9 +535,9 @@ def test_channels_last_backward_kernels(case, dtype):
     """The 16-bit backward of wide layers: grad_input on the implicit GEMM (grad_y read
     channels-last at the stride) and grad_weight on the channels-last tensor-core GEMM, by
     the rule and forced, against torch in float64 from the same rounded values (ragged and
-    empty phases, dilation, groups, channel tails, several channel blocks, split reductions);
-    channels-last operands are read in place with the same bits as contiguous ones, and
-    results repeat bitwise."""
+    empty phases, dilation, groups, channel tails, several channel blocks, split reductions,
+    tails in both channels, each tile); contiguous operands (copied channels-last) give the
+    same bits as channels-last ones read in place, and results repeat bitwise."""
     from phaseconv.engines import cuda
 
     n, cin, cout, g, size, k, s, p, op, d = _CL_BWD_CASES[case]
@@ -547,6 +548,8 @@ def test_channels_last_backward_kernels(case, dtype):
     assert "grad_y channels-last" in gi_desc
     assert gw_desc.startswith("tensor-core gemm fp32-accumulate, channels-last operands"), \
         gw_desc
+    tile = "64x64" if cout // g > 32 else "64x32"
+    assert f"operands, {tile} channel tile" in gw_desc, gw_desc
     tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
     forced = dict(grad_input_kernel="implicit-gemm", grad_weight_kernel="tensor-cores-cl")
     runs = [cuda.backward(gyc, xc, wc, args), cuda.backward(gyc, xc, wc, args, **forced)]
