@@ -10,7 +10,7 @@
 #   bench:S     python -m phaseconv bench --sections S (comma-separated sections)
 #   profile     a short Nsight Compute profile of the founding example
 #   macs        executed against useful multiply-adds, every kernel family (ncu,
-#               benchmarks/executed_macs.py, executed-macs.md)
+#               benchmarks/executed_macs.py, executed-macs.md; $MACS_ARGS, e.g. --cases ...)
 #   aot         the ahead-of-time engine: a wheel built with PHASECONV_BUILD_CUDA=1 for
 #               TORCH_CUDA_ARCH_LIST="8.0;9.0", installed alone (no checkout, no editable
 #               install on the path), then the GPU suite with no nvcc on PATH, no CUDA_HOME
@@ -60,7 +60,7 @@ for s in "$@"; do
             --launch-count 4 --section SpeedOfLight --section Occupancy \
             python3 benchmarks/profile_founding.py ;;
     macs)
-        stage macs 22 python3 benchmarks/executed_macs.py --out "$OUT" ;;
+        stage macs 22 python3 benchmarks/executed_macs.py --out "$OUT" ${MACS_ARGS:-} ;;
     aot)
         python3 -m pip uninstall -y -q phaseconv >>"$OUT/all.log" 2>&1
         rm -rf /tmp/aot && mkdir -p /tmp/aot/wheel /tmp/aot/site /tmp/aot/ext /tmp/aot/run

@@ -1,6 +1,7 @@
 """Executed multiply-adds against the useful ones, every kernel family, under Nsight Compute.
 
-    python benchmarks/executed_macs.py [--out DIR]        (on the GPU machine, ncu on PATH)
+    python benchmarks/executed_macs.py [--out DIR] [--cases TEXT,...]
+        (on the GPU machine, ncu on PATH; --cases: only the cases whose label holds one of them)
 
 Each case runs one kernel forced by name (forward families, the input-gradient and the
 weight-gradient kernels) on a sweep shape it takes, in a process of its own under ``ncu``,
@@ -141,6 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--child", nargs=4, metavar=("SHAPE", "DTYPE", "DIRECTION", "KERNEL"))
     parser.add_argument("--out", default=".")
     parser.add_argument("--ncu", default="ncu")
+    parser.add_argument("--cases", default="",
+                        help="comma-separated parts of case labels: run only those cases")
     args = parser.parse_args(argv)
     if args.child:
         shape_no, dtype, direction, kernel = args.child
@@ -154,7 +157,10 @@ def main(argv=None) -> int:
              "executed MACs | executed / useful | kernels |",
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     worst = 0.0
+    wanted = [part for part in args.cases.split(",") if part]
     for case in CASES:
+        if wanted and not any(part in case[0] for part in wanted):
+            continue
         got, why = measure(args.ncu, metrics, case)
         label, shape_no, dtype = case[:3]
         if got is None:
