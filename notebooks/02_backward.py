@@ -398,6 +398,50 @@ for cfg in [dict(stride=(2, 2, 2), padding=(1, 1, 1), dilation=(1, 1, 1),
 
 
 # %% [markdown]
+# Where $\bar y$ (or $x$, for the weight gradient) arrives contiguous, one copy lays it out
+# channels-last first. For 16-bit tensors with $C$ and $P = D H W$ multiples of 8 a thread
+# moves an 8 x 8 block: eight 16-byte loads, one per channel, each holding 8 positions as four
+# 32-bit words of position pairs; one byte permute per (channel pair, position) takes the
+# low or high halves of two channels' words, which is the word of that channel pair at that
+# position; eight 16-byte stores, one per position (`to_channels_last_octets_kernel` in
+# `csrc/phase_conv_layout.cu`). The check below runs that arithmetic on 16-bit words
+# (`__byte_perm` emulated) and compares it with torch's permute.
+
+
+# %%
+def byte_perm(a, b, selector):
+    """CUDA's __byte_perm: result byte i is byte (selector nibble i) of the 8 bytes b:a."""
+    pool = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
+    return sum(pool[(selector >> (4 * i)) & 0xF] << (8 * i) for i in range(4))
+
+
+def channels_last_octets(x):
+    """(N, C, P) 16-bit words -> (N, P, C) by the kernel's 8 x 8 blocks."""
+    n, c, p = x.shape
+    y = torch.empty(n, p, c, dtype=torch.int64)
+    for b in range(n):
+        for cb in range(c // 8):
+            for pb in range(p // 8):
+                # channel i's 16-byte row: word k holds positions 2k (low) and 2k + 1 (high)
+                row = [x[b, cb * 8 + i, pb * 8:pb * 8 + 8].tolist() for i in range(8)]
+                v = [[row[i][2 * k] | row[i][2 * k + 1] << 16 for k in range(4)]
+                     for i in range(8)]
+                for k in range(4):
+                    for q in range(4):
+                        lo, hi = v[2 * q][k], v[2 * q + 1][k]
+                        for pos, sel in ((2 * k, 0x5410), (2 * k + 1, 0x7632)):
+                            word = byte_perm(lo, hi, sel)  # channels 2q (low), 2q + 1 (high)
+                            y[b, pb * 8 + pos, cb * 8 + 2 * q] = word & 0xFFFF
+                            y[b, pb * 8 + pos, cb * 8 + 2 * q + 1] = word >> 16
+    return y
+
+
+words = torch.randint(0, 1 << 16, (2, 24, 40), generator=torch.Generator().manual_seed(3))
+assert torch.equal(channels_last_octets(words), words.permute(0, 2, 1))
+print("8 x 8 blocks by byte permutes = the channels-last layout")
+
+
+# %% [markdown]
 # ## 8. The weight gradient's rows: walked by carries, stored by runs
 #
 # Section 3's weight gradient of one (phase, tap) is a GEMM whose reduction runs over the
