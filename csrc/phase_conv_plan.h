@@ -346,10 +346,10 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
 // GEMM, which reads grad_y channels-last (16-byte aligned), taps stepping by the dilation from
 // -padding (launch parameters: table one row, residue 0, every tap; pdil_* the dilation;
 // weight_mma the weight laid out [groups][kD][kH][kW][C_out/g / 8][C_in/g][8]); the
-// tensor-core kernel for
-// float32/float16/bfloat16 with C_out/g and C_in/g >= 4 when a tile fits shared memory; else
-// the naive kernel (any dtype).  force: 0 the rule, PHASECONV_DEPTHWISE, PHASECONV_GEMM,
-// PHASECONV_MMA or PHASECONV_NAIVE (false where the forced kernel does not apply).
+// tensor-core kernel for float32/float16/bfloat16 with C_out/g and C_in/g >= 4 when a tile
+// fits shared memory; else the naive kernel (any dtype).  force: 0 the rule,
+// PHASECONV_DEPTHWISE, PHASECONV_GEMM, PHASECONV_MMA or PHASECONV_NAIVE (false where the
+// forced kernel does not apply).
 bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
                                const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan);
 

@@ -197,8 +197,8 @@ def test_unknown_kernel_names_are_refused():
 
 def test_channels_last_backward_tiles():
     """The channels-last weight gradient: a 64 x 64 tile from C_out/g = 64, a 64 x 32 one where
-    C_out/g <= 32, splits that fill the device; the input
-    gradient's implicit GEMM: its rows over grad_x (one stride-1 phase)."""
+    C_out/g <= 32, splits that fill the device; the input gradient's implicit GEMM: its rows
+    over grad_x (one stride-1 phase)."""
     layer = ph.sweep_args(SWEEP[3])  # 512 -> 256, 16^3, k2 s2
     for device in ph.DEVICES:
         gw = ph.grad_weight(layer, 1, BF16, device)
