@@ -122,9 +122,10 @@ phaseconv::DevInfo device_info(const c10::Device& device) {
 }
 
 // A forward kernel forced by name (phaseconv/engines/cuda.py: ForwardKernel): family,
-// input layout, implicit-GEMM tile, one phase per block, 32-channel k steps, direct stores.
+// input layout, implicit-GEMM tile, one phase per block, 32-channel k steps, direct stores,
+// all-phase tile.
 PhaseConvForce forward_force(const std::vector<int64_t>& f) {
-  TORCH_CHECK(f.size() == 6, "phaseconv cuda engine: the forced kernel has 6 fields.");
+  TORCH_CHECK(f.size() == 7, "phaseconv cuda engine: the forced kernel has 7 fields.");
   PhaseConvForce force;
   force.family = (int)f[0];
   force.input_layout = (int)f[1];
@@ -132,6 +133,7 @@ PhaseConvForce forward_force(const std::vector<int64_t>& f) {
   force.gemm_one_phase = (int)f[3];
   force.gemm_k32 = (int)f[4];
   force.direct_stores = (int)f[5];
+  force.allph_tile = (int)f[6];
   return force;
 }
 

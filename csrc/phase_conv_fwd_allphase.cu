@@ -18,8 +18,10 @@ namespace phaseconv {
 struct AllArgs : FwdGeometry {
   const void* wm;           // pack()'s tensor-core weight layout
   int num_phases;
-  int TD, TH, TW, lg_tw, lg_thw;  // tile (powers of two), TD*TH*TW == BM
+  int TD, TH, TW, lg_tw, lg_thw, lg_td;  // tile (powers of two), TD*TH*TW == BM
   int hd, hh, hw;                 // union halo
+  FastDiv div_g, div_npos, div_hhw, div_hw;  // halo positions (G, hd*hh*hw, hh*hw, hw)
+  FastDiv div_nv, div_bh;                    // staged slab: 16-byte vectors a row, rows a plane
   int ulo_d, ulo_h, ulo_w;        // union's first input offset per axis
   int tiles_w, tiles_h, tiles_d, co_blocks;
   int G;                          // 16-byte channel groups covering C_in/g
@@ -31,15 +33,21 @@ struct AllArgs : FwdGeometry {
   // a stride of box_cs elements) in shared memory at byte box_off; the slab is then written
   // back with 16-byte stores along W (box_vec: out_w % 8 == 0) instead of 2-byte scatters
   int stage_out, box_off, box_cs, box_vec;
+  // paired W stores (the 8-warp BN 8 tile, MT * NT == 2; sw == 2, even out_w): the two W
+  // phases of a (rd, rh) are computed back to back and, on a whole tile, stored together as
+  // one 2-element vector per output pair (ow, ow + 1) instead of two scattered elements
+  int pair_w;
   int64_t total_blocks, per_cta;
 };
 
-// fp32 (3xTF32) small tiles are shared-memory limited to ~3-4 blocks: give them registers
-// (FLUSH variants, as for mma_kernel, more; choose_allph's reg_cap mirrors this).
+// fp32 (3xTF32) small tiles are shared-memory limited to ~2-4 blocks: give them registers
+// (FLUSH variants, as for mma_kernel, more; choose_allph's reg_cap mirrors this).  The
+// 8-warp small tile (MT * NT == 2) keeps 2 (fp32) or 3 blocks of 256 threads.
 template <typename T, int MT, int NT, int THREADS, bool FLUSH> struct AllMinBlocks {
   enum {
-    value = (MT * NT <= 4) ? (sizeof(T) == 4 ? (FLUSH ? 3 : 4) : 5)
-                           : (THREADS >= 256 ? 1 : (FLUSH ? 2 : 3))
+    value = (THREADS == 256 && MT * NT <= 2) ? (sizeof(T) == 4 ? 2 : 3)
+            : (MT * NT <= 4) ? (sizeof(T) == 4 ? (FLUSH ? 3 : 4) : 5)
+                             : (THREADS >= 256 ? 1 : (FLUSH ? 2 : 3))
   };
 };
 
@@ -53,6 +61,7 @@ mma_allph_kernel(const AllArgs a) {
   constexpr int BN = WARPS_N * NT * 8;
   constexpr bool TF32 = sizeof(T) == 4;
   constexpr bool FL = TF32 && FLUSH;  // accumulators flushed every kFlushTerms terms
+  constexpr bool PAIR = MT * NT == 2;  // paired W stores instead of the staged output
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ int s_pi[kAllphMaxPhases][8];  // rd rh rw cd ch cw hbase nh2
   unsigned char* s_x = smem_raw;
@@ -163,11 +172,11 @@ mma_allph_kernel(const AllArgs a) {
     const uint32_t base = sx_addr + buf * a.x_buf;
     const int nitems = G * npos;
     for (int it = tid; it < nitems; it += NTHR) {
-      const int pos = G == 1 ? it : it / G;
+      const int pos = G == 1 ? it : fast_div(it, a.div_g);
       const int grp = it - pos * G;
-      const int dd = pos / hhw;
+      const int dd = fast_div(pos, a.div_hhw);
       const int rem = pos - dd * hhw;
-      const int hr = rem / a.hw;
+      const int hr = fast_div(rem, a.div_hw);
       const int wl = rem - hr * a.hw;
       const int gd = id0 + dd, gh = ih0 + hr, gw = iw0 + wl;
       const bool ok = (unsigned)gd < (unsigned)a.in_d && (unsigned)gh < (unsigned)a.in_h &&
@@ -177,6 +186,20 @@ mma_allph_kernel(const AllArgs a) {
                     ok);
     }
   };
+  // PAIR: offset of each C fragment row's output from its tile's (0, 0, 0) output, the same
+  // for every tile and phase (int: the plan bounds sd * TD * out_h * out_w)
+  int tofs[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int m = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
+      const int rem = m & thw_mask;
+      // unsigned: where pair_w is off the product may not fit, and is never used
+      tofs[mt][half] = (int)(((unsigned)(a.sd * (m >> a.lg_thw)) * (unsigned)a.out_h +
+                              (unsigned)(a.sh * (rem >> a.lg_tw))) * (unsigned)a.out_w +
+                             2u * (unsigned)(rem & tw_mask));
+    }
   const bool async = !TF32 && a.x_cl != 0;
   int buf = 0;
 
@@ -236,11 +259,11 @@ mma_allph_kernel(const AllArgs a) {
           v[u] = make_uint4(0, 0, 0, 0);
           dst[u] = -1;
           if (it < nitems) {
-            const int grp = it / npos;
+            const int grp = fast_div(it, a.div_npos);
             const int pos = it - grp * npos;
-            const int dd = pos / hhw;
+            const int dd = fast_div(pos, a.div_hhw);
             const int rem = pos - dd * hhw;
-            const int hr = rem / a.hw;
+            const int hr = fast_div(rem, a.div_hw);
             const int wl = rem - hr * a.hw;
             const int gd = id0 + dd, gh = ih0 + hr, gw = iw0 + wl;
             dst[u] = pos * rowstride + grp * 16;
@@ -289,7 +312,7 @@ mma_allph_kernel(const AllArgs a) {
       }
     const int64_t ybase = ((int64_t)n * a.c_out + (int64_t)g * a.cout_g) * out_plane;
 
-    const bool stage = !TF32 && a.stage_out;
+    const bool stage = !PAIR && !TF32 && a.stage_out;
     const int nhw = a.sh * a.sw;  // phases per D residue (consecutive in table order)
     // writes back the slab of D residue rd (every phase with that residue has filled it)
     auto flush = [&](int rd) {
@@ -300,12 +323,12 @@ mma_allph_kernel(const AllArgs a) {
       const int oh0 = h0 * a.sh, ow0 = w0 * a.sw;
       const int nitems = BN * a.TD * BH * nv;
       for (int it = tid; it < nitems; it += NTHR) {
-        const int v = it % nv;
-        int q = it / nv;
-        const int bh_ = q % BH;
-        q /= BH;
-        const int l = q % a.TD;
-        const int col = q / a.TD;
+        int q = fast_div(it, a.div_nv);
+        const int v = it - q * nv;
+        const int q2 = fast_div(q, a.div_bh);
+        const int bh_ = q - q2 * BH;
+        const int l = q2 & (a.TD - 1);
+        const int col = q2 >> a.lg_td;
         const int od = (d0 + l) * a.sd + rd, oh = oh0 + bh_, ow = ow0 + v * 8;
         if (co_base + col >= a.cout_g || od >= a.out_d || oh >= a.out_h || ow >= a.out_w)
           continue;
@@ -325,8 +348,14 @@ mma_allph_kernel(const AllArgs a) {
       }
       __syncthreads();  // the slab is free for the next D residue
     };
+    int next_flush = nhw;  // the first phase of the next D residue
+    float held[MT][NT][4];  // PAIR: the sums of W residue 0, stored with its residue 1 partner
+    bool holding = false;
     for (int p = 0; p < np; ++p) {
-      if (stage && p > 0 && p % nhw == 0) flush(s_pi[p - 1][0]);
+      if (stage && p == next_flush) {
+        flush(s_pi[p - 1][0]);
+        next_flush += nhw;
+      }
       const int cd = s_pi[p][3], ch = s_pi[p][4], cw = s_pi[p][5];
       if (d0 >= cd || h0 >= ch || w0 >= cw) continue;  // uniform over the block
       const int hbase = s_pi[p][6], hend = hbase + s_pi[p][7];
@@ -364,6 +393,45 @@ mma_allph_kernel(const AllArgs a) {
       if (FL) merge_acc(acc, tot);
       // store: C fragment rows lane/4 and lane/4 + 8, columns 2*(lane%4) + {0, 1}
       const int rd = s_pi[p][0], rh = s_pi[p][1], rw = s_pi[p][2];
+      if (PAIR && a.pair_w) {  // uniform over the block
+        if (holding) {  // p is the partner (W residue 1) of the phase held
+          holding = false;
+          // the pair's output (ow, ow + 1) at tile position (0, 0, 0); tofs adds the position
+          T* yb = y + ybase +
+                  (((int64_t)(rd + a.sd * d0) * a.out_h + (rh + a.sh * h0)) * a.out_w +
+                   2 * (int64_t)w0);
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
+              if (co >= a.cout_g) continue;
+              T* yc = yb + (int64_t)co * out_plane;
+#pragma unroll
+              for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int half = 0; half < 2; ++half)
+                  nonfinite |= !store_pair(yc + tofs[mt][half],
+                                           held[mt][j][half * 2 + c] + bv[j][c],
+                                           acc[mt][j][half * 2 + c] + bv[j][c]);
+            }
+          }
+          continue;
+        }
+        // hold W residue 0 when its partner follows and both cover the whole tile
+        if (rw == 0 && p + 1 < np && s_pi[p + 1][0] == rd && s_pi[p + 1][1] == rh &&
+            s_pi[p + 1][2] == 1 && d0 + a.TD <= min(cd, s_pi[p + 1][3]) &&
+            h0 + a.TH <= min(ch, s_pi[p + 1][4]) && w0 + a.TW <= min(cw, s_pi[p + 1][5])) {
+          holding = true;
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) held[mt][j][e] = acc[mt][j][e];
+          continue;
+        }
+      }
       if (stage) {  // into the shared output slab (see AllArgs)
         T* box = reinterpret_cast<T*>(smem_raw + a.box_off);
         const int BH = a.TH * a.sh, BW = a.TW * a.sw;
@@ -451,8 +519,14 @@ cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t
   a.wm = p.weight_mma;
   a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
   a.TD = c.TD; a.TH = c.TH; a.TW = c.TW;
-  a.lg_tw = ilog2(c.TW); a.lg_thw = ilog2(c.TH * c.TW);
+  a.lg_tw = ilog2(c.TW); a.lg_thw = ilog2(c.TH * c.TW); a.lg_td = ilog2(c.TD);
   a.hd = c.hd; a.hh = c.hh; a.hw = c.hw;
+  a.div_g = make_fastdiv(c.G);
+  a.div_npos = make_fastdiv((int64_t)c.hd * c.hh * c.hw);
+  a.div_hhw = make_fastdiv((int64_t)c.hh * c.hw);
+  a.div_hw = make_fastdiv(c.hw);
+  a.div_nv = make_fastdiv(c.TW * p.stride_w / 8);  // TW >= 8
+  a.div_bh = make_fastdiv(c.TH * p.stride_h);
   a.ulo_d = (int)p.union_lo_d; a.ulo_h = (int)p.union_lo_h; a.ulo_w = (int)p.union_lo_w;
   a.tiles_w = (int)cdiv(cdiv(p.out_w, p.stride_w), c.TW);
   a.tiles_h = (int)cdiv(cdiv(p.out_h, p.stride_h), c.TH);
@@ -462,6 +536,7 @@ cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t
   a.x_cl = p.x_channels_last;
   a.stage_out = c.stage_out; a.box_off = c.box_off; a.box_cs = c.box_cs;
   a.box_vec = p.out_w % 8 == 0 ? 1 : 0;
+  a.pair_w = c.pair_w && reinterpret_cast<uintptr_t>(p.y) % (2 * sizeof(T)) == 0 ? 1 : 0;
   a.total_blocks = c.total_blocks; a.per_cta = c.per_cta;
   constexpr bool F = sizeof(T) == 4;  // the FLUSH variant exists for float only
   const bool fl = phase_conv_needs_flush(p, F ? PHASECONV_FLOAT32 : PHASECONV_FLOAT16);
@@ -474,6 +549,8 @@ cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t
     case 5: return launch_allph_t<T, 4, 4, 2, 2, F>(a, c, stream);
     case 6: return launch_allph_t<T, 4, 4, 2, 4, false>(a, c, stream);
     case 7: return launch_allph_t<T, 4, 4, 2, 4, F>(a, c, stream);
+    case 8: return launch_allph_t<T, 2, 1, 8, 1, false>(a, c, stream);
+    case 9: return launch_allph_t<T, 2, 1, 8, 1, F>(a, c, stream);
   }
   return cudaErrorInvalidConfiguration;
 }

@@ -65,6 +65,27 @@ __device__ __forceinline__ TileIndex decode_tile(int64_t blk, int64_t total, int
   return t;
 }
 
+// ---------------------------------------------------------------- division by a launch constant
+// n / d as a multiply-high, an add and a shift (three instructions instead of a ~20-instruction
+// signed division): with s = ceil(log2 d) and mul = floor(2^32 (2^s - d) / d) + 1,
+// n / d = (umulhi(n, mul) + n) >> s for every 0 <= n < 2^31 and 1 <= d <= 2^31 (the error of
+// the rounded-up reciprocal, under d / 2^(32+s) per unit of n, never reaches the next
+// integer; notebooks/01_phase_decomposition, section 6, checks it).  The host fills it.
+struct FastDiv {
+  uint32_t d, mul, shr;
+};
+inline FastDiv make_fastdiv(int64_t d) {
+  FastDiv f;
+  f.d = (uint32_t)d;
+  f.shr = 0;
+  while (((uint64_t)1 << f.shr) < (uint64_t)d) ++f.shr;
+  f.mul = (uint32_t)(((((uint64_t)1 << f.shr) - (uint64_t)d) << 32) / (uint64_t)d + 1);
+  return f;
+}
+__device__ __forceinline__ int fast_div(int n, const FastDiv& f) {
+  return (int)((__umulhi((uint32_t)n, f.mul) + (uint32_t)n) >> f.shr);
+}
+
 // ---------------------------------------------------------------- tensor-core tiles
 // shared by the per-phase and all-phase kernels
 template <typename T> struct MmaT;
@@ -78,6 +99,27 @@ template <> __device__ __forceinline__ unsigned short bits16<__half>(__half v) {
 }
 template <> __device__ __forceinline__ unsigned short bits16<__nv_bfloat16>(__nv_bfloat16 v) {
   return *reinterpret_cast<unsigned short*>(&v);
+}
+
+// Stores two neighbours (p[0], p[1]) = (a, b), rounded to T, as one 8- or 4-byte vector (p is
+// aligned to two elements); returns whether both stored elements are finite.
+__device__ __forceinline__ bool store_pair(float* p, float a, float b) {
+  *reinterpret_cast<float2*>(p) = make_float2(a, b);
+  return finite_value(a) && finite_value(b);
+}
+__device__ __forceinline__ uint32_t pack_pair(__nv_bfloat16*, float a, float b) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t pack_pair(__half*, float a, float b) {
+  const __half2 v = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <typename T> __device__ __forceinline__ bool store_pair(T* p, float a, float b) {
+  const uint32_t v = pack_pair(p, a, b);
+  *reinterpret_cast<uint32_t*>(p) = v;
+  const T* t = reinterpret_cast<const T*>(&v);
+  return finite_value(t[0]) && finite_value(t[1]);
 }
 
 // Loads CG channels (stride `cstride` elements, `nvalid` of them real) as one 16-byte vector.

@@ -231,17 +231,21 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
   const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
                 cw = cdiv(p.out_w, p.stride_w);
   const double avg_taps = (double)p.total_taps / (double)num_phases;
-  const int kinds_bm[4] = {256, 256, 128, 128};
-  const int kinds_bn[4] = {8, 16, 64, 128};
-  const int kinds_thr[4] = {128, 128, 128, 256};
+  // kinds (the kernel's tiles): 0 BN 8 on 4 warps, 1 BN 16, 2 BN 64, 3 BN 128 (8 warps), 4 BN 8
+  // on 8 warps (two m tiles a warp instead of four: twice the warps on the same shared memory)
+  const int kinds_bm[5] = {256, 256, 128, 128, 256};
+  const int kinds_bn[5] = {8, 16, 64, 128, 8};
+  const int kinds_thr[5] = {128, 128, 128, 256, 256};
+  const int kinds_prev_bn[5] = {0, 8, 16, 64, 0};  // a narrower tile that already covers C_out/g
   // static s_pi takes 1 KB; past ~120 KB a block runs alone on its SM and the per-phase
   // kernel (which chunks C_in/g) measured faster (k2-128, H100)
   size_t cap = dev.smem_optin > 2048 ? dev.smem_optin - 2048 : 0;
   if (cap > 120 * 1024) cap = 120 * 1024;
   bool found = false;
-  for (int kind = 0; kind < 4; ++kind) {
+  for (int kind = 0; kind < 5; ++kind) {
     const int BM = kinds_bm[kind], BN = kinds_bn[kind];
-    if (kind > 0 && kinds_bn[kind - 1] >= cout_g) continue;
+    if (force.allph_tile >= 0 ? kind != force.allph_tile : kinds_prev_bn[kind] >= cout_g)
+      continue;
     const int64_t co_blocks = cdiv(cout_g, BN);
     const int64_t wb = hbound * BN * 16;
     const int64_t hb = (hbound * 4 + 15) / 16 * 16;
@@ -263,7 +267,10 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
         // staged output slab (16-bit, BN <= 16) when it fits
         const int64_t box_cs = (int64_t)TD * TH * p.stride_h * TW * p.stride_w + 8;
         const int64_t box_bytes = (BN * box_cs * 2 + 15) / 16 * 16;
-        const bool stage_out = CG == 8 && BN <= 16 && !force.direct_stores &&
+        // paired W stores: the kernel's per-row offsets within a tile's output are ints
+        const bool pair_w = kind == 4 && p.stride_w == 2 && p.out_w % 2 == 0 &&
+                            p.stride_d * TD * p.out_h * p.out_w < ((int64_t)1 << 31);
+        const bool stage_out = CG == 8 && BN <= 16 && kind != 4 && !force.direct_stores &&
                                smem + box_bytes <= cap && box_cs < ((int64_t)1 << 24);
         if (stage_out) smem += (size_t)box_bytes;
         const int64_t tiles = cdiv(cw, TW) * cdiv(ch, TH) * cdiv(cd, TD);
@@ -271,14 +278,17 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
         const double kpad = (double)G * CG;
         const double compute = blocks * num_phases * BM * (double)BN * avg_taps * kpad / 64.0;
         const double stage = blocks * ((double)npos * kpad * 2.0);
-        const double store = blocks * num_phases * BM * (double)BN * (stage_out ? 0.3 : 1.0);
+        const double store =
+            blocks * num_phases * BM * (double)BN * (stage_out || pair_w ? 0.3 : 1.0);
         double cost = compute + stage + store;
         int64_t res = 2048 / kinds_thr[kind];
         const int64_t by_smem = (int64_t)(dev.smem_sm / (smem + 1024 + 1024));
         if (by_smem < res) res = by_smem;
         const bool fl = phase_conv_needs_flush(p, dtype_code);
-        const int64_t reg_cap =
-            kind == 0 ? (CG == 4 ? (fl ? 3 : 4) : 5) : (kind == 3 ? 1 : (fl ? 2 : 3));
+        const int64_t reg_cap = kind == 0   ? (CG == 4 ? (fl ? 3 : 4) : 5)
+                                : kind == 4 ? (CG == 4 ? 2 : 3)
+                                : kind == 3 ? 1
+                                            : (fl ? 2 : 3);
         if (res > reg_cap) res = reg_cap;  // __launch_bounds__ of the kernel (AllMinBlocks)
         if (res < 1) continue;
         cost = occupancy_and_waves(cost, blocks, res, kinds_thr[kind], dev);
@@ -289,6 +299,7 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
           c.hd = (int)hd; c.hh = (int)hh; c.hw = (int)hw;
           c.x_bytes = (int)xb; c.w_bytes = (int)wb; c.x_buf = (int)xbuf;
           c.stage_out = stage_out ? 1 : 0;
+          c.pair_w = pair_w ? 1 : 0;
           c.box_off = (int)(xb + wb + hb); c.box_cs = (int)box_cs;
           c.smem = smem; c.cost = cost;
           c.total_blocks = (int64_t)tiles * p.n * co_blocks * p.groups;
@@ -576,7 +587,8 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                "halo=(%d,%d,%d) G=%d smem=%zu grid=%lld per_cta=%lld %s (%s)",
                ac.kind, ac.BM, ac.BN, ac.threads, ac.TD, ac.TH, ac.TW, ac.hd, ac.hh, ac.hw, ac.G,
                ac.smem, (long long)ac.grid, (long long)ac.per_cta,
-               ac.stage_out ? "staged-output" : "direct-stores", layout);
+               ac.stage_out ? "staged-output" : ac.pair_w ? "paired-w-stores" : "direct-stores",
+               layout);
       return true;
     }
     MmaCfg& mc = out->mma;

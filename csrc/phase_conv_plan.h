@@ -151,6 +151,7 @@ struct PhaseConvForce {
   int gemm_one_phase = 0;  // implicit GEMM: one phase per block (no W-phase grouping)
   int gemm_k32 = 0;        // implicit GEMM: 32 channels a k step
   int direct_stores = 0;   // all-phase kernel: no staged output
+  int allph_tile = -1;     // all-phase tile kind (AllCfg::kind), -1: the rule
 };
 
 namespace phaseconv {
@@ -256,6 +257,7 @@ struct AllCfg {
   int hd, hh, hw;
   int x_bytes, w_bytes, x_buf;
   int stage_out, box_off, box_cs;  // see AllArgs
+  int pair_w;                      // paired W stores (kind 4, sw == 2, even out_w; AllArgs)
   size_t smem;
   int64_t grid, per_cta, total_blocks;
   double cost;

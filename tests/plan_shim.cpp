@@ -24,7 +24,7 @@ void copy_text(const char* text, char* out, int len) {
 
 // g: n, c_in, c_out, groups, in[3], out[3], stride[3], phase_dilation[3], max_taps[3],
 // total_taps, union_box[6], tensor-core layout available, x offered channels-last.
-// force: PhaseConvForce's six fields.  out: family, x_channels_last, weight_mma.
+// force: PhaseConvForce's seven fields.  out: family, x_channels_last, weight_mma.
 extern "C" int phaseconv_plan_forward(const int64_t* g, int dtype, const int64_t* force,
                                       const int64_t* dev, int64_t* out, char* text, int len) {
   PhaseConvFwdParams p{};
@@ -42,7 +42,7 @@ extern "C" int phaseconv_plan_forward(const int64_t* g, int dtype, const int64_t
   PhaseConvForce f;
   f.family = (int)force[0]; f.input_layout = (int)force[1]; f.gemm_tile = (int)force[2];
   f.gemm_one_phase = (int)force[3]; f.gemm_k32 = (int)force[4];
-  f.direct_stores = (int)force[5];
+  f.direct_stores = (int)force[5]; f.allph_tile = (int)force[6];
   PhaseConvFwdPlan plan;
   const bool ok = phase_conv_fwd_plan(p, dtype, f, device(dev), &plan);
   out[0] = plan.family; out[1] = plan.x_channels_last; out[2] = plan.weight_mma;

@@ -81,14 +81,18 @@ class ForwardKernel(NamedTuple):
     gemm_one_phase: bool = False    # implicit GEMM: one phase per block
     gemm_k32: bool = False          # implicit GEMM: 32 channels a k step
     direct_stores: bool = False     # all-phase kernel: no staged output
+    allph_tile: int = -1            # all-phase tile kind 0-4 (-1: the rule)
 
     def codes(self):
         """The C++ PhaseConvForce fields, in order."""
         if self.family not in FORWARD_KERNELS:
             raise ValueError(f"kernel must be one of {sorted(FORWARD_KERNELS)}, got "
                              f"{self.family!r}")
+        if not -1 <= self.allph_tile <= 4:
+            raise ValueError(f"allph_tile must be -1 (the rule) or 0-4, got {self.allph_tile!r}")
         return [FORWARD_KERNELS[self.family], int(self.contiguous_input), int(self.gemm_tile),
-                int(self.gemm_one_phase), int(self.gemm_k32), int(self.direct_stores)]
+                int(self.gemm_one_phase), int(self.gemm_k32), int(self.direct_stores),
+                int(self.allph_tile)]
 
 
 _AUTO = ForwardKernel()

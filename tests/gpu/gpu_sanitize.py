@@ -25,6 +25,8 @@ CASES = [
     (1, 3, 3, 3, (2, 3, 20), (3, 3, 4), (2, 1, 2), (1, 0, 1), (1, 0, 1), (1, 2, 1)),
     (2, 40, 24, 1, (3, 4, 5), (3, 4, 3), (2, 3, 2), (1, 1, 1), (1, 2, 1), (1, 1, 2)),
     (1, 136, 72, 1, (3, 4, 3), (3, 3, 2), (2, 2, 2), (1, 1, 0), (1, 0, 1), (1, 1, 1)),
+    # whole and partial all-phase tiles (paired W stores and the per-element stores)
+    (1, 32, 32, 4, (5, 16, 20), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1)),
 ]
 # every forward kernel by name (csrc/phase_conv_plan.h), and its variants; channels-last: the
 # input comes channels-last.  A kernel that refuses a case is skipped (tests/plan/test_plan.py).
@@ -33,6 +35,8 @@ KERNELS = [(k, False) for k in ("auto", "tiled", "naive", "tensor-cores", "mma",
     (ForwardKernel("gemm", gemm_one_phase=True), False),
     (ForwardKernel("tensor-cores", contiguous_input=True), False),
     (ForwardKernel("tensor-cores", direct_stores=True), False),
+    (ForwardKernel("tensor-cores", allph_tile=4), False),
+    (ForwardKernel("tensor-cores", allph_tile=4), True),
     ("tensor-cores", True),
 ]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

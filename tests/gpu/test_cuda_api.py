@@ -62,10 +62,10 @@ def test_explain_names_the_cuda_kernel():
     founding = phaseconv.ConvTranspose3d(32, 32, (3, 5, 7), stride=2, padding=(1, 2, 3),
                                          output_padding=1, groups=4, bias=False).cuda()
     report = phaseconv.explain(founding, (8, 32, 12, 24, 48))
-    assert report.kernel.startswith("mma-allphase") and "direct-stores" in report.kernel
+    assert report.kernel.startswith("mma-allphase") and "paired-w-stores" in report.kernel
     assert "kernel: mma-allphase" in str(report)
     half = phaseconv.explain(founding, (8, 32, 12, 24, 48), dtype=torch.bfloat16)
-    assert half.kernel.startswith("mma-allphase") and "staged-output" in half.kernel
+    assert half.kernel.startswith("mma-allphase") and "paired-w-stores" in half.kernel
     wide = dict(in_channels=128, out_channels=64, kernel_size=2, stride=2)
     report = phaseconv.explain(wide, (2, 128, 8, 8, 16), device="cuda", dtype=torch.bfloat16)
     assert report.kernel.startswith("implicit-gemm") and "contiguous input" in report.kernel

@@ -253,14 +253,19 @@ _TC_CASES = [  # grouped, dilated, odd channel counts, several C_out tilings (BN
          cout=130, n=1, ins=(3, 4, 5), bias=True),
     dict(k=(1, 1, 1), s=(1, 1, 1), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=3, cin=9,
          cout=24, n=2, ins=(2, 9, 33), bias=True),
+    # whole and partial all-phase tiles side by side (the whole ones skip the bounds checks)
+    dict(k=(3, 5, 7), s=(2, 2, 2), d=(1, 1, 1), p=(1, 2, 3), op=(1, 1, 1), groups=4, cin=32,
+         cout=32, n=1, ins=(5, 16, 20), bias=True),
 ]
 
 
 # tensor cores (the all-phase kernel where it fits), the per-phase kernel, the all-phase
-# kernel without the staged output
+# kernel without the staged output, the all-phase kernel's 8-warp BN 8 tile (any C_out/g: it
+# takes several C_out blocks)
 @pytest.mark.parametrize("kernel", ["tensor-cores", "mma",
-                                    ForwardKernel("tensor-cores", direct_stores=True)],
-                         ids=["tensor-cores", "mma", "direct-stores"])
+                                    ForwardKernel("tensor-cores", direct_stores=True),
+                                    ForwardKernel("tensor-cores", allph_tile=4)],
+                         ids=["tensor-cores", "mma", "direct-stores", "allphase-8-warps"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_TC_CASES)))
 def test_tensor_core_kernels(case, dtype, kernel):
@@ -367,14 +372,18 @@ def test_path_rules_are_visible():
     wide, grouped = _GEMM_CASES[5], _TC_CASES[0]
     assert _describe(wide, torch.bfloat16).startswith("implicit-gemm")
     assert "channels-last input" in _describe(wide, torch.bfloat16)
-    # narrow C_out/groups: the all-phase kernel, reading the input in the layout it comes in,
-    # its 16-bit output staged in shared memory
+    # C_out/groups <= 8: the all-phase kernel's 8-warp tile, reading the input in the layout it
+    # comes in, its two W phases stored in pairs (stride 2 along W); its 4-warp tile stages a
+    # 16-bit output in shared memory
     desc = _describe(grouped, torch.bfloat16)
-    assert desc.startswith("mma-allphase") and "contiguous input" in desc
-    assert "staged-output" in desc
+    assert desc.startswith("mma-allphase kind=4") and "contiguous input" in desc
+    assert "paired-w-stores" in desc
     desc = _describe(grouped, torch.bfloat16, memory_format=torch.channels_last_3d)
     assert desc.startswith("mma-allphase") and "channels-last input" in desc
-    assert "direct-stores" in _describe(grouped, torch.float32)
+    assert "paired-w-stores" in _describe(grouped, torch.float32)
+    four_warps = ForwardKernel("tensor-cores", allph_tile=0)
+    assert "staged-output" in _describe(grouped, torch.bfloat16, kernel=four_warps)
+    assert "direct-stores" in _describe(grouped, torch.float32, kernel=four_warps)
     # contiguous_input keeps the input contiguous; float64 never uses tensor cores
     desc = _describe(grouped, torch.bfloat16, kernel=CONTIGUOUS_TC,
                      memory_format=torch.channels_last_3d)

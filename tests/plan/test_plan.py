@@ -175,6 +175,33 @@ def test_forced_variants_of_the_implicit_gemm():
     assert not contiguous.channels_last and contiguous.family != "gemm"
 
 
+def test_all_phase_tiles():
+    """C_out/groups <= 8 takes the 8-warp tile (kind 4), whose two W phases are stored in pairs
+    where stride_w is 2 and the output width even; the tile can be named, and naming one that
+    does not exist is an error."""
+    from phaseconv.engines.cuda import ForwardKernel
+
+    for dtype in (F32, BF16):
+        plan = ph.forward(FOUNDING, 8, dtype, ph.H100).text
+        assert "kind=4 " in plan and "threads=256" in plan and "paired-w-stores" in plan, plan
+        four = ph.forward(FOUNDING, 8, dtype, ph.H100,
+                          kernel=ForwardKernel("tensor-cores", allph_tile=0)).text
+        assert "kind=0 " in four and "threads=128" in four
+        assert ("staged-output" if dtype == BF16 else "direct-stores") in four, four
+    # stride 1 along W, or an odd output width: no pairs
+    for args in (ph.conv_args(16, 8, 3, (4, 6, 8), (2, 2, 1), 1),
+                 ph.conv_args(16, 8, 3, (4, 6, 8), 2, 1, (0, 0, 0))):
+        assert args.stride[2] == 1 or args.out_shape[2] % 2 == 1
+        plan = ph.forward(args, 1, F32, ph.H100,
+                          kernel=ForwardKernel("tensor-cores", allph_tile=4))
+        assert plan.ok and "kind=4 " in plan.text and "direct-stores" in plan.text, plan.text
+    # any C_out/groups: several C_out blocks of 8
+    wide = ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("tensor-cores", allph_tile=4))
+    assert wide.ok and "kind=4 " in wide.text and "BN=8 " in wide.text
+    with pytest.raises(ValueError, match="allph_tile"):
+        ph.forward(FOUNDING, 8, F32, ph.H100, kernel=ForwardKernel("tensor-cores", allph_tile=5))
+
+
 def test_the_plan_reads_the_device():
     # the weight gradient's splits fill the multiprocessors: 132 on an H100, 108 on an A100
     h100 = ph.grad_weight(FOUNDING, 8, F32, ph.H100)
