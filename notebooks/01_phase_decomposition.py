@@ -28,6 +28,7 @@
 
 # %%
 import math
+import random
 
 import matplotlib.pyplot as plt
 import torch
@@ -346,3 +347,92 @@ with torch.no_grad():
     assert err < TOL
     spec = {"in_channels": 4, "out_channels": 6, "kernel_size": (2, 3, 3), **mixed}
     print(str(phaseconv.explain(spec, x.shape)).splitlines()[-1])
+
+# %% [markdown]
+# ## 6. Two pieces of kernel arithmetic
+#
+# **Division by a launch constant.** The all-phase kernel splits flat item numbers into
+# coordinates (halo positions, output rows) by divisors fixed for the launch. A signed
+# division costs ~20 instructions; `FastDiv` (csrc/phase_conv_fwd_common.cuh) uses three. With
+# $s = \lceil \log_2 d \rceil$ and $m = \lfloor 2^{32}(2^s - d)/d \rfloor + 1$ (so that
+# $2^{32} + m = \lfloor 2^{32+s}/d \rfloor + 1$, a reciprocal rounded up),
+# $$\lfloor n/d \rfloor = \big(\mathrm{umulhi}(n, m) + n\big) \gg s
+# \quad\text{for } 0 \le n < 2^{31},\ 1 \le d \le 2^{31}.$$
+# Why: the rounded-up reciprocal's excess $e = (2^{32} + m)\,d - 2^{32+s}$ lies in $[1, d]$, so
+# $n(2^{32}+m)/2^{32+s} = n/d + n e/(d\,2^{32+s})$, and the second term stays below $1/d$ while
+# $n < 2^{32} \le 2^{32+s}/e$: it never lifts the quotient past the next integer. The sum
+# $\mathrm{umulhi} + n$ fits 32 bits because $n < 2^{31}$. The cell below evaluates the formula
+# as the kernel does (32-bit words) against integer division, including the worst dividends
+# (the largest multiples of $d$ and one below), and shows that a multiplier one too small fails.
+
+# %%
+def make_fastdiv(d):
+    """(mul, shr) as csrc's make_fastdiv computes them."""
+    shr = 0
+    while (1 << shr) < d:
+        shr += 1
+    return (((1 << shr) - d) << 32) // d + 1, shr
+
+
+def fast_div(n, mul, shr):
+    """The device's (umulhi(n, mul) + n) >> shr on 32-bit words."""
+    hi = (n * mul) >> 32
+    total = hi + n
+    assert total < 1 << 32  # no carry out of the 32-bit add
+    return total >> shr
+
+
+rng = random.Random(0)
+divisors = (list(range(1, 3000)) + [1 << k for k in range(32)]
+            + [(1 << k) - 1 for k in range(2, 32)] + [(1 << k) + 1 for k in range(1, 31)]
+            + [rng.randrange(1, 1 << 31) for _ in range(3000)])
+checked = 0
+for d in divisors:
+    mul, shr = make_fastdiv(d)
+    assert mul < 1 << 32
+    top = (1 << 31) - 1
+    dividends = {0, 1, d - 1, d, d + 1, top, top - top % d, top - top % d - 1}
+    dividends |= {rng.randrange(0, 1 << 31) for _ in range(20)}
+    for n in dividends:
+        if 0 <= n < 1 << 31:
+            assert fast_div(n, mul, shr) == n // d, (n, d)
+            checked += 1
+print(f"{len(divisors)} divisors, {checked} dividends: the fast division equals n // d")
+
+# a multiplier one too small breaks it (the reciprocal must be rounded up)
+broken = [d for d in (3, 7, 24, 1000, 12345) if any(
+    fast_div(n, make_fastdiv(d)[0] - 1, make_fastdiv(d)[1]) != n // d
+    for n in range(d, 1 << 31, max(1, (1 << 31) // 4096) * d))]
+print("a multiplier one too small fails for divisors", broken)
+assert broken
+
+# %% [markdown]
+# **Paired W stores.** With stride 2 along W, the kernel's 8-warp tile computes the two W phases
+# of an (rd, rh) pair back to back and stores outputs $o_w = 2 j_w$ and $2 j_w + 1$ as one vector.
+# Its address of output $(o_d, o_h, o_w) = (r_d + s_d j_d,\ r_h + s_h j_h,\ 2 j_w)$ with
+# $j = j_0 + l$ (tile origin $j_0$, position $l$ in the tile) splits into a part of the tile and
+# phase and a part of the position alone, which the kernel computes once per block:
+# $$\big((r_d + s_d j_{0d}) H + r_h + s_h j_{0h}\big) W + 2 j_{0w}
+#   \;+\; (s_d l_d H + s_h l_h) W + 2 l_w .$$
+# The cell checks the identity over a few geometries, and that the pair lands on
+# consecutive elements of torch's output.
+
+# %%
+for (D, H, W), (sd, sh), (TD, TH, TW) in [((24, 48, 96), (2, 2), (4, 8, 8)),
+                                          ((7, 10, 12), (3, 1), (2, 4, 8)),
+                                          ((5, 6, 40), (1, 2), (1, 2, 16))]:
+    flat = torch.arange(D * H * W).reshape(D, H, W)
+    for rd in range(sd):
+        for rh in range(sh):
+            for j0 in [(0, 0, 0), (TD, TH, TW)]:
+                base = ((rd + sd * j0[0]) * H + rh + sh * j0[1]) * W + 2 * j0[2]
+                for ld in range(TD):
+                    for lh in range(TH):
+                        for lw in range(TW):
+                            od, oh, ow = (rd + sd * (j0[0] + ld), rh + sh * (j0[1] + lh),
+                                          2 * (j0[2] + lw))
+                            if od >= D or oh >= H or ow + 1 >= W:
+                                continue
+                            addr = base + (sd * ld * H + sh * lh) * W + 2 * lw
+                            assert addr == flat[od, oh, ow] and addr + 1 == flat[od, oh, ow + 1]
+print("paired-store offsets: tile part + position part equal the flat output index")
