@@ -536,6 +536,8 @@ cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t
   a.x_cl = p.x_channels_last;
   a.stage_out = c.stage_out; a.box_off = c.box_off; a.box_cs = c.box_cs;
   a.box_vec = p.out_w % 8 == 0 ? 1 : 0;
+  // the engine's output is a fresh allocation (aligned); the test keeps a pointer that is not
+  // from making misaligned vector stores
   a.pair_w = c.pair_w && reinterpret_cast<uintptr_t>(p.y) % (2 * sizeof(T)) == 0 ? 1 : 0;
   a.total_blocks = c.total_blocks; a.per_cta = c.per_cta;
   constexpr bool F = sizeof(T) == 4;  // the FLUSH variant exists for float only
