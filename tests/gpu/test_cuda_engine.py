@@ -372,9 +372,9 @@ def test_path_rules_are_visible():
     wide, grouped = _GEMM_CASES[5], _TC_CASES[0]
     assert _describe(wide, torch.bfloat16).startswith("implicit-gemm")
     assert "channels-last input" in _describe(wide, torch.bfloat16)
-    # C_out/groups <= 8: the all-phase kernel's 8-warp tile, reading the input in the layout it
-    # comes in, its two W phases stored in pairs (stride 2 along W); its 4-warp tile stages a
-    # 16-bit output in shared memory
+    # this grouped layer (C_out/groups 8): the all-phase kernel's 8-warp tile, reading the input
+    # in the layout it comes in, its two W phases stored in pairs (stride 2 along W); its 4-warp
+    # tile stages a 16-bit output in shared memory
     desc = _describe(grouped, torch.bfloat16)
     assert desc.startswith("mma-allphase kind=4") and "contiguous input" in desc
     assert "paired-w-stores" in desc

@@ -176,9 +176,9 @@ def test_forced_variants_of_the_implicit_gemm():
 
 
 def test_all_phase_tiles():
-    """C_out/groups <= 8 takes the 8-warp tile (kind 4), whose two W phases are stored in pairs
-    where stride_w is 2 and the output width even; the tile can be named, and naming one that
-    does not exist is an error."""
+    """The founding example (C_out/groups 8) takes the 8-warp tile (kind 4), whose two W phases
+    are stored in pairs where stride_w is 2 and the output width even; the tile can be named,
+    and naming one that does not exist is an error."""
     from phaseconv.engines.cuda import ForwardKernel
 
     for dtype in (F32, BF16):
