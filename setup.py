@@ -5,7 +5,8 @@ CUDA engine.
         pip install --no-build-isolation .
 
 compiles csrc/ into ``phaseconv._engine`` for the listed architectures (torch and nvcc must
-be installed; the CUDA engine then needs neither nvcc nor a first-use build).  Without the
+be installed; the CUDA engine then needs neither nvcc nor a first-use build).  List ``9.0a``
+instead of ``9.0`` (CUDA 12+) for the H100/H200 warpgroup (wgmma) kernels.  Without the
 variable nothing is compiled and the engine is built on first use, as before.
 """
 import os
@@ -31,6 +32,11 @@ def cuda_extension() -> dict:
                            for a in archs.replace(";", " ").split())
     macros = [("PHASECONV_SOURCE_HASH", "h" + cuda.source_hash()),
               ("PHASECONV_ARCHS", arch_tokens)]
+    listed = {a.split("+")[0] for a in archs.replace(";", " ").split()}
+    if "9.0a" in listed and "9.0" not in listed:
+        # sm_90 runs the sm_90a code, warpgroup (wgmma) kernels included; with 9.0 listed too
+        # the plan could not tell which of the two the driver loads
+        macros.append(("PHASECONV_SM90A", None))
     return dict(
         ext_modules=[CUDAExtension("phaseconv._engine", sources,
                                    include_dirs=[os.path.join(here, "csrc")],

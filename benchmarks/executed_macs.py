@@ -12,7 +12,12 @@ decomposition cannot avoid), and what the kernels in the range executed:
 * tensor-core kernels: warp-level HMMA instructions
   (``sm__inst_executed_pipe_tensor_op_hmma``) times the MACs of one: m16n8k16 (2,048) for
   16-bit dtypes, m16n8k8 TF32 (1,024) for float32, where 3xTF32 takes three of them for each
-  MAC counted;
+  MAC counted; plus, for the implicit GEMM's sm_90a warpgroup tile, warp-level GMMA
+  instructions (``sm__inst_executed_pipe_tensor_op_gmma``): each of a warpgroup's four warps
+  issues every m64nNk16 wgmma, so one counts 64 x N x 16 / 4 MACs (N = the tile's BN, which
+  the case reads from the plan's description).  Such a kernel issues no HMMA: its HMMA
+  column counts register moves and conversions on that pipe, as for the SIMT kernels below,
+  so its executed MACs are its GMMA alone;
 * SIMT kernels: thread-level FFMA instructions with their predicate on (one MAC each).  Their
   HMMA column is not zero: the compiler issues register moves on that pipe (HFMA2.MMA), which
   the metric counts, so a SIMT kernel's executed MACs are its FFMAs alone.
@@ -28,6 +33,7 @@ import subprocess
 import sys
 
 HMMA = "sm__inst_executed_pipe_tensor_op_hmma.sum"
+GMMA = "sm__inst_executed_pipe_tensor_op_gmma.sum"  # sm_90 only
 FFMA = "smsp__sass_thread_inst_executed_op_ffma_pred_on.sum"
 RANGE = "phaseconv"
 TENSOR_CORE_FAMILIES = ("gemm", "allphase", "mma", "tensor-cores", "implicit-gemm",
@@ -37,7 +43,8 @@ TENSOR_CORE_FAMILIES = ("gemm", "allphase", "mma", "tensor-cores", "implicit-gem
 # forward family; "grad_input" / "grad_weight" force one backward kernel and run only it
 CASES = [
     ("forward gemm", 3, "bfloat16", "forward", "gemm"),
-    ("forward gemm", 5, "bfloat16", "forward", "gemm"),
+    ("forward gemm", 5, "bfloat16", "forward", "gemm"),  # sm_90a builds: the warpgroup tile
+    ("forward gemm", 4, "bfloat16", "forward", "gemm"),
     ("forward allphase", 1, "bfloat16", "forward", "allphase"),
     ("forward allphase", 1, "float32", "forward", "allphase"),
     ("forward mma", 6, "bfloat16", "forward", "mma"),
@@ -48,6 +55,7 @@ CASES = [
     ("forward depthwise", 7, "float32", "forward", "depthwise"),
     ("grad_input tensor-cores", 2, "bfloat16", "grad_input", "tensor-cores"),
     ("grad_input implicit-gemm", 3, "bfloat16", "grad_input", "implicit-gemm"),
+    ("grad_input implicit-gemm", 5, "bfloat16", "grad_input", "implicit-gemm"),
     ("grad_input tensor-cores", 1, "float32", "grad_input", "tensor-cores"),
     ("grad_input depthwise", 7, "float32", "grad_input", "depthwise"),
     ("grad_input depthwise", 7, "bfloat16", "grad_input", "depthwise"),
@@ -92,6 +100,12 @@ def child(shape_no: int, dtype_name: str, direction: str, kernel: str) -> None:
         def call():
             return cuda.backward(gy, x, w, args, need_input=wanted, need_weight=not wanted,
                                  **kernels)
+    if direction == "forward":
+        plan = cuda.describe(args, shape.batch, dtype, x.device, kernel=kernel)
+    else:
+        plan = cuda.describe_backward(args, shape.batch, dtype, x.device)[0 if wanted else 1]
+    if "wgmma" in plan:  # the warpgroup tile: its N
+        print("wgmma_n", plan.split("BN=")[1].split()[0])
     call()
     torch.cuda.synchronize()
     torch.cuda.nvtx.range_push(RANGE)
@@ -104,7 +118,7 @@ def child(shape_no: int, dtype_name: str, direction: str, kernel: str) -> None:
 def _metrics_known(ncu: str):
     out = subprocess.run([ncu, "--query-metrics"], capture_output=True, text=True).stdout
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
-    return [m for m in (HMMA, FFMA) if m.rsplit(".", 1)[0] in names]
+    return [m for m in (HMMA, FFMA, GMMA) if m.rsplit(".", 1)[0] in names]
 
 
 def measure(ncu: str, metrics, case):
@@ -114,9 +128,14 @@ def measure(ncu: str, metrics, case):
            "--child", str(shape_no), dtype, direction, kernel]
     run = subprocess.run(cmd, capture_output=True, text=True)
     useful = None
+    wgmma_n = 0
     for line in run.stdout.splitlines():
         if line.startswith("useful_macs"):
             useful = int(line.split()[1])
+        if line.startswith("wgmma_n"):
+            wgmma_n = int(line.split()[1])
+    if wgmma_n and GMMA not in metrics:
+        return None, f"the warpgroup tile ran and ncu lacks {GMMA}"
     if run.returncode != 0 or useful is None:
         tail = (run.stdout + run.stderr).strip().splitlines()[-3:]
         return None, "; ".join(tail)
@@ -129,10 +148,13 @@ def measure(ncu: str, metrics, case):
         for m in metrics:
             sums[m] += float(str(row.get(m, "0")).replace(",", "") or 0)
     if kernel in TENSOR_CORE_FAMILIES:
-        executed = sums[HMMA] * (1024 / 3 if dtype == "float32" else 2048)
+        if wgmma_n:
+            executed = sums[GMMA] * (64 * wgmma_n * 16 / 4)
+        else:
+            executed = sums[HMMA] * (1024 / 3 if dtype == "float32" else 2048)
     else:
         executed = sums[FFMA]
-    return (useful, sums.get(HMMA, 0.0), sums.get(FFMA, 0.0), executed,
+    return (useful, sums.get(HMMA, 0.0), sums.get(GMMA, 0.0), sums.get(FFMA, 0.0), executed,
             sorted(set(names))), ""
 
 
@@ -150,12 +172,12 @@ def main(argv=None) -> int:
         child(int(shape_no), dtype, direction, kernel)
         return 0
     metrics = _metrics_known(args.ncu)
-    if len(metrics) != 2:
+    if not {HMMA, FFMA} <= set(metrics):
         print(f"executed_macs: ncu lacks {sorted({HMMA, FFMA} - set(metrics))}", file=sys.stderr)
         return 2
-    lines = ["| case | shape | dtype | useful MACs | HMMA (warp) | FFMA (thread) | "
+    lines = ["| case | shape | dtype | useful MACs | HMMA (warp) | GMMA (warp) | FFMA (thread) | "
              "executed MACs | executed / useful | kernels |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     worst = 0.0
     wanted = [part for part in args.cases.split(",") if part]
     for case in CASES:
@@ -164,14 +186,15 @@ def main(argv=None) -> int:
         got, why = measure(args.ncu, metrics, case)
         label, shape_no, dtype = case[:3]
         if got is None:
-            lines.append(f"| {label} | {shape_no} | {dtype} | failed: {why} | | | | | |")
+            lines.append(f"| {label} | {shape_no} | {dtype} | failed: {why} | | | | | | |")
             worst = float("inf")
         else:
-            useful, hmma, ffma, executed, names = got
+            useful, hmma, gmma, ffma, executed, names = got
             ratio = executed / useful
             worst = max(worst, ratio)
             lines.append(f"| {label} | {shape_no} | {dtype} | {useful:.3e} | {hmma:.3e} | "
-                         f"{ffma:.3e} | {executed:.3e} | {ratio:.3f} | {', '.join(names)} |")
+                         f"{gmma:.3e} | {ffma:.3e} | {executed:.3e} | {ratio:.3f} | "
+                         f"{', '.join(names)} |")
         print(lines[-1], flush=True)
     text = "\n".join(lines)
     os.makedirs(args.out, exist_ok=True)

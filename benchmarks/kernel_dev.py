@@ -85,6 +85,7 @@ def bench_shape(spec, dtype, reps, check=True):
                          "gemm_bn128": K("gemm", gemm_tile=2), "allph_cl": K("tensor-cores"),
                          "gemm_1ph": K("gemm", gemm_one_phase=True),
                          "gemm_bn64w8": K("gemm", gemm_tile=3),
+                         "gemm_wgmma": K("gemm", gemm_tile=4),
                          "gemm_bk32": K("gemm", gemm_k32=True),
                          "gemm_bn64w8_bk32": K("gemm", gemm_tile=3, gemm_k32=True)})
     for vname, code in variants.items():
@@ -104,7 +105,7 @@ def bench_shape(spec, dtype, reps, check=True):
         row[vname + "_us"], _ = time_fn(lambda code=code: ours(code), reps)
         row[vname + "_config"] = describe(code)
     xcl = x.contiguous(memory_format=torch.channels_last_3d)
-    row["cl_input_us"], _ = time_fn(lambda: ours(0, xcl), reps)
+    row["cl_input_us"], _ = time_fn(lambda: ours("auto", xcl), reps)
     row["cudnn_us"], row["cudnn_min_us"] = time_fn(theirs, reps)
     row["speedup"] = row["cudnn_us"] / row["ours_us"]
     macs = plan.macs_per_sample(cin, cout, g) * n

@@ -118,6 +118,14 @@ phaseconv::DevInfo device_info(const c10::Device& device) {
   info.sms = sms;
   info.smem_optin = (size_t)optin;
   info.smem_sm = (size_t)per_sm;
+  int major = 0, minor = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
+  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
+#if defined(PHASECONV_SM90A)
+  info.wgmma = major == 9 && minor == 0;  // sm_90a code runs on sm_90 only
+#else
+  info.wgmma = 0;
+#endif
   return info;
 }
 
@@ -635,6 +643,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_weight", &gather_binding,
         "The weight gathered through an int32 index map (phase_conv_pack.cuh).",
         py::arg("weight"), py::arg("index"));
+#if defined(PHASECONV_SM90A)
+  m.attr("sm90a") = true;   // built for sm_90a: the warpgroup kernels run on sm_90
+#else
+  m.attr("sm90a") = false;
+#endif
 #ifdef PHASECONV_SOURCE_HASH
   // an ahead-of-time build (setup.py): which sources and architectures it holds (passed as
   // plain tokens, h<hash> and sm80_sm90, so that no quoting reaches the build's shell)

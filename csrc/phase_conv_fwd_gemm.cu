@@ -1,4 +1,5 @@
 #include "phase_conv_fwd_common.cuh"
+#include "phase_conv_wgmma.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -16,6 +17,11 @@ namespace phaseconv {
 // of the next STAGES-1 steps overlap the mma.sync of this one.  Blocks are ordered
 // phase-fastest: the phases of one row tile run together and their interleaved output
 // writes merge in L2.  Each output is written once (no atomics, deterministic).
+// WG (sm_90a builds): the same block with wgmma instead of mma.sync.  Two warpgroups each
+// own 64 rows x BN and read A and B straight from the stages (64-channel k steps: A's rows
+// are one 128-byte swizzled row each, B's 8 x 16-byte core matrices the loader's
+// [group][column] runs); one batch of wgmma stays in flight while the next step is waited
+// for, so a stage is refilled two steps after it was read (STAGES - 2 steps of copies ahead).
 struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in)
   const void* wm;  // pack()'s tensor-core weight layout
   int num_phases, G, m_tiles, co_blocks;
@@ -51,58 +57,116 @@ __device__ __forceinline__ int64_t decode_row(int64_t m, int cw, int ch, int cd,
   return q / cd;
 }
 
-template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, int STAGES, bool WGROUP,
-          bool A_NCDHW, int BKG>
-__global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
-                                  (WARPS_M * WARPS_N >= 8 ? (MT * NT >= 16 ? 1 : 2)
-                                                          : (MT * NT >= 16 ? 3 : 4)))
-gemm_cl_kernel(const GemmArgs a) {
-  bool nonfinite = false;  // a stored element is Inf or NaN
-  constexpr int NTHR = WARPS_M * WARPS_N * 32;
-  constexpr int BM = WARPS_M * MT * 16, BN = WARPS_N * NT * 8;
-  // BKG: 16-byte channel groups per k step (4: 32 channels, 8: 64)
-  static_assert(BKG == 4 || BKG == 8, "k step of 32 or 64 channels");
-  constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
-  constexpr int A_IT = BM * BKG / NTHR, B_IT = BKG * BN / NTHR;
-  constexpr int MG = BM / 8;  // A_NCDHW: 8-row groups (16-byte vectors along W) per k row
+// The copies of one k step (tap (td, th, tw), channel chunk kc) of a phase into a stage, by
+// NTHR threads: A's BM rows x BKG 16-byte channel groups (zero-filled outside the input and
+// past C_in/g) and B's BKG groups x BN columns.  The state advances one step per load: no
+// divisions in the main loop.
+template <typename T, int BM, int BN, int BKG, int NTHR, bool A_NCDHW>
+struct GemmLoader {
+  static constexpr int A_IT = BM * BKG / NTHR, B_IT = BKG * BN / NTHR;
+  static constexpr int MG = BM / 8;  // A_NCDHW: 8-row groups (16-byte vectors along W) per k row
   static_assert(A_IT * NTHR == BM * BKG && B_IT * NTHR == BKG * BN, "loader split");
-  static_assert(NT % 2 == 0, "B fragments are loaded two n tiles at a time");
-  static_assert(NTHR >= BM && NTHR % BM == 0, "write-out: whole rows per thread");
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem_raw);
-  const uint32_t sb = sa + STAGES * A_STAGE;
-  // per row of the tile: input coordinates (d, h of its first tap; w at in_sw * jw; d far
-  // negative past the last row) and jw, the element offset of (n, d, h, w, group's first
-  // channel) in x and the element offset in y of its output at W residue 0, channel co_base
-  // (-1: past the end)
-  int4* s_rc = reinterpret_cast<int4*>(smem_raw + STAGES * (A_STAGE + B_STAGE));
-  int64_t* s_ro = reinterpret_cast<int64_t*>(s_rc + BM);
-  int64_t* s_yo = s_ro + BM;
-  // A_NCDHW: s_rc and s_ro of each 8-row group (row 8 * i), packed: conflict-free reads
-  int4* s_grc = reinterpret_cast<int4*>(s_yo + BM);
-  int64_t* s_gro = reinterpret_cast<int64_t*>(s_grc + MG);
-  // WGROUP: the output tile of all W phases, [BN][BM * sw + 8] (see GemmArgs)
-  T* s_c = reinterpret_cast<T*>(s_gro + MG);
+  const GemmArgs& a;
+  const T* x;
+  const T* wm;
+  const T* wtap;  // the packed weight of the tap, this block's group
+  int tid, ac, co_base, G, nkc, nk, Tw, Th, offw;
+  int kc = 0, tw = 0, th = 0, dd = 0, dh = 0, dw;
+  int64_t dofs;   // x offset of the tap
+  int64_t in_plane;
 
-  const T* __restrict__ x = static_cast<const T*>(a.x);
-  const T* __restrict__ wm = static_cast<const T*>(a.wm);
-  const T* __restrict__ bias = static_cast<const T*>(a.bias);
-  T* __restrict__ y = static_cast<T*>(a.y);
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wm_ = warp % WARPS_M, wn = warp / WARPS_M;
-  const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
-  const int64_t y_cs = a.y_cl ? 1 : out_plane;     // y's strides: one channel,
-  const int64_t y_ws = a.y_cl ? a.c_out : 1;       // one W position
-  const int G = a.G;
-  const int nw = WGROUP ? a.sw : 1;                 // W phases per block
-  const int units = a.num_phases / nw;              // (rd, rh) pairs, or phases
-  const int c_cs = BM * nw + 8;                     // s_c channel stride (elements)
-  // channels-last output: s_c holds [row * nw + rw][BN] instead, its 16-byte chunks XOR
-  // swizzled by the row (fragment stores and 16-byte reads both conflict-free)
-  constexpr int CH = BN / 8, CSWZ = CH < 8 ? CH - 1 : 7;
+  __device__ __forceinline__ GemmLoader(const GemmArgs& args, const int64_t* e, int g, int cb0,
+                                        int t)
+      : a(args), x(static_cast<const T*>(args.x)), wm(static_cast<const T*>(args.wm)) {
+    tid = t;
+    ac = tid % BKG;  // A: channel group ac of rows tid / BKG + i * (NTHR / BKG)
+    co_base = cb0;
+    G = a.G;
+    const int Td = (int)ldg_i64(e + PT_TAPS_D);
+    Th = (int)ldg_i64(e + PT_TAPS_H);
+    Tw = (int)ldg_i64(e + PT_TAPS_W);
+    const int taps = Td * Th * Tw;
+    offw = (int)ldg_i64(e + PT_OFF_W);
+    nkc = (G + BKG - 1) / BKG;
+    nk = taps * nkc;
+    dw = offw;
+    dofs = A_NCDHW ? (int64_t)offw : (int64_t)offw * a.c_in;
+    in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
+    wtap = wm + ldg_i64(e + PT_MOFS) + (int64_t)g * taps * G * a.cout_g * 8;
+  }
 
-  for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x) {
-    int unit, mtile, cb, g;
+  __device__ __forceinline__ void load(uint32_t sA, uint32_t sB, const int4* s_rc,
+                                       const int64_t* s_ro, const int4* s_grc,
+                                       const int64_t* s_gro) {
+    const bool cvalid = kc * BKG + ac < G;
+    const T* xk = x + dofs + kc * (BKG * 8) + ac * 8;
+    if (A_NCDHW) {  // A^T tile [32 k][BM m], 16-byte chunks swizzled by k & 7
+#pragma unroll
+      for (int i = 0; i < A_IT; ++i) {
+        const int v = tid + i * NTHR;
+        const int kk = v / MG, mg = v % MG;
+        const int4 rc = s_grc[mg];
+        const bool ok = (kc * BKG * 8 + kk < a.cin_g) &
+                        ((unsigned)(rc.x + dd) < (unsigned)a.in_d) &
+                        ((unsigned)(rc.y + dh) < (unsigned)a.in_h) &
+                        ((unsigned)(rc.z + dw) < (unsigned)a.in_w);
+        const T* src = x + s_gro[mg] + dofs + (int64_t)(kc * BKG * 8 + kk) * in_plane;
+        cp_async16_ca(sA + kk * (BM * 2) + ((mg ^ (kk & 7)) << 4),
+                      ok ? (const void*)src : (const void*)x, ok);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < A_IT; ++i) {
+        const int row = tid / BKG + i * (NTHR / BKG);
+        const int4 rc = s_rc[row];
+        // bitwise, not short-circuit: no branches around the copies
+        const bool ok = cvalid & ((unsigned)(rc.x + dd) < (unsigned)a.in_d) &
+                        ((unsigned)(rc.y + dh) < (unsigned)a.in_h) &
+                        ((unsigned)(rc.z + dw) < (unsigned)a.in_w);
+        const T* src = xk + s_ro[row];
+        cp_async16_ca(sA + row * (BKG * 16) + ((ac ^ a_swz<BKG>(row)) << 4),
+                      ok ? (const void*)src : (const void*)x, ok);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < B_IT; ++j) {
+      const int v = tid + j * NTHR;
+      const int bgrp = v / BN, bco = v % BN;
+      const int grp = kc * BKG + bgrp;
+      const bool ok = (grp < G) & (co_base + bco < a.cout_g);
+      const T* src = wtap + ((int64_t)grp * a.cout_g + co_base + bco) * 8;
+      cp_async16_cg(sB + v * 16, ok ? (const void*)src : (const void*)wm, ok);
+    }
+    if (++kc == nkc) {  // next tap
+      kc = 0;
+      wtap += (int64_t)G * a.cout_g * 8;
+      if (++tw == Tw) {
+        tw = 0;
+        if (++th == Th) {
+          th = 0;
+          dd += a.pdd;
+        }
+      }
+      dh = th * a.pdh;
+      dw = offw + tw * a.pdw;
+      dofs = ((int64_t)dd * a.in_h + dh) * a.in_w + dw;
+      if (!A_NCDHW) dofs *= a.c_in;
+    }
+  }
+};
+
+// A block's tile: (unit, row tile, C_out block, group) from its index, phase-fastest, and the
+// unit's first phase (table order is row-major over (rd, rh, rw): the W phases of one (rd, rh)
+// are consecutive, residue 0 first, which has the most outputs).
+struct GemmTile {
+  int unit, mtile, cb, g;
+  const int64_t* e0;  // the unit's first phase's table row
+  int rd, rh, cd, ch, cw, offd, offh, co_base;
+  int64_t Mp, m0;     // the phase's rows over the batch, the tile's first row
+
+  // false: the tile lies past the phase's rows (uniform over the block)
+  __device__ __forceinline__ bool decode(const GemmArgs& a, int64_t blk, int nw, int BM, int BN) {
+    const int units = a.num_phases / nw;  // (rd, rh) pairs, or phases
     if (a.total_blocks <= 0xffffffffLL) {  // 32-bit decode: 64-bit division is slow
       uint32_t r = (uint32_t)blk;
       unit = (int)(r % (uint32_t)units); r /= (uint32_t)units;
@@ -116,37 +180,236 @@ gemm_cl_kernel(const GemmArgs a) {
       cb = (int)(r % a.co_blocks);
       g = (int)(r / a.co_blocks);
     }
-    // the unit's first phase (table order is row-major over (rd, rh, rw): the W phases of
-    // one (rd, rh) are consecutive, residue 0 first, which has the most outputs)
-    const int64_t* e0 = a.table + (int64_t)unit * nw * PHASECONV_TABLE_STRIDE;
-    const int rd = (int)ldg_i64(e0 + PT_RES_D), rh = (int)ldg_i64(e0 + PT_RES_H);
-    const int cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
-              cw = axis_count(a.out_w, (int)ldg_i64(e0 + PT_RES_W), a.sw);
-    const int64_t Mp = a.nbatch * cd * ch * cw;
-    const int64_t m0 = (int64_t)mtile * BM;
-    if (m0 >= Mp) continue;  // uniform over the block
-    const int offd = (int)ldg_i64(e0 + PT_OFF_D), offh = (int)ldg_i64(e0 + PT_OFF_H);
-    const int co_base = cb * BN;
+    e0 = a.table + (int64_t)unit * nw * PHASECONV_TABLE_STRIDE;
+    rd = (int)ldg_i64(e0 + PT_RES_D);
+    rh = (int)ldg_i64(e0 + PT_RES_H);
+    cd = axis_count(a.out_d, rd, a.sd);
+    ch = axis_count(a.out_h, rh, a.sh);
+    cw = axis_count(a.out_w, (int)ldg_i64(e0 + PT_RES_W), a.sw);
+    Mp = a.nbatch * cd * ch * cw;
+    m0 = (int64_t)mtile * BM;
+    offd = (int)ldg_i64(e0 + PT_OFF_D);
+    offh = (int)ldg_i64(e0 + PT_OFF_H);
+    co_base = cb * BN;
+    return m0 < Mp;
+  }
+};
+
+// Row m of a tile of the unit (rd, rh): s_rc, s_ro and s_yo's entries (see gemm_cl_kernel).
+template <bool A_NCDHW>
+__device__ __forceinline__ void gemm_row(const GemmArgs& a, int64_t m, int64_t Mp, int cd, int ch,
+                                         int cw, int rd, int rh, int offd, int offh, int g,
+                                         int co_base, int4& rc, int64_t& ro, int64_t& yo) {
+  rc = make_int4(-(1 << 30), 0, 0, 0);
+  ro = 0;
+  yo = -1;
+  if (m >= Mp) return;
+  const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  int jd, jh, jw;
+  const int64_t n = decode_row(m, cw, ch, cd, jd, jh, jw);
+  rc = make_int4(a.in_sd * jd + offd, a.in_sh * jh + offh, a.in_sw * jw, jw);
+  if (A_NCDHW)  // (n, group's first channel, d, h, w)
+    ro = (((n * a.c_in + (int64_t)g * a.cin_g) * a.in_d + rc.x) * a.in_h + rc.y) * a.in_w + rc.z;
+  else          // (n, d, h, w, group's first channel)
+    ro = (((n * a.in_d + rc.x) * a.in_h + rc.y) * a.in_w + rc.z) * a.c_in + (int64_t)g * a.cin_g;
+  const int64_t pix = ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w +
+                      (int64_t)a.sw * jw;
+  yo = a.y_cl ? (n * out_plane + pix) * a.c_out + (int64_t)g * a.cout_g + co_base
+              : (n * a.c_out + (int64_t)g * a.cout_g + co_base) * out_plane + pix;
+}
+
+// The bias of a thread's accumulator columns (zero past C_out/g or without bias).
+template <typename T, int NT>
+__device__ __forceinline__ void gemm_bias(const GemmArgs& a, int g, int co_base, int wn, int lane,
+                                          float (&bv)[NT][2]) {
+  const T* __restrict__ bias = static_cast<const T*>(a.bias);
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
+      bv[j][c] = (bias != nullptr && co < a.cout_g)
+                     ? to_acc<float>(ldg(bias + g * a.cout_g + co)) : 0.f;
+    }
+}
+
+// The accumulators of W phase rw of a tile (warp (wm_, wn), mma.sync / wgmma fragment layout:
+// rows lane/4 and lane/4 + 8 of each m tile, columns 2*(lane%4) + {0, 1} of each n tile):
+// WGROUP into s_c (channels-last output: [row * nw + rw][chunk ^ swizzle] pairs of channels;
+// else [col][row * nw + rw]), written out by gemm_write_tile; else straight into y.
+template <typename T, int MT, int NT, int WARPS_M, int BN, bool WGROUP>
+__device__ __forceinline__ void gemm_store_acc(const GemmArgs& a, const float (&acc)[MT][NT][4],
+                                               const float (&bv)[NT][2], T* s_c,
+                                               const int4* s_rc, const int64_t* s_yo, int nw,
+                                               int rw, int wm_, int wn, int lane, int co_base,
+                                               bool& nonfinite) {
+  constexpr int BM = WARPS_M * MT * 16;
+  constexpr int CH = BN / 8, CSWZ = CH < 8 ? CH - 1 : 7;
+  const int col0 = wn * NT * 8 + (lane & 3) * 2;
+  if (WGROUP && a.y_cl) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int rq = ((wm_ * MT + mt) * 16 + (lane >> 2) + half * 8) * nw + rw;
+        T* cp = s_c + rq * BN + (lane & 3) * 2;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const int chunk = (wn * NT + j) ^ (rq & CSWZ);
+          const T pair[2] = {from_acc<T>(acc[mt][j][half * 2] + bv[j][0]),
+                             from_acc<T>(acc[mt][j][half * 2 + 1] + bv[j][1])};
+          *reinterpret_cast<uint32_t*>(cp + chunk * 8) = *reinterpret_cast<const uint32_t*>(pair);
+        }
+      }
+  } else if (WGROUP) {
+    const int c_cs = BM * nw + 8;  // s_c channel stride (elements)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        T* cp = s_c + ((wm_ * MT + mt) * 16 + (lane >> 2) + half * 8) * nw + rw;
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int c = 0; c < 2; ++c)
+            cp[(col0 + j * 8 + c) * c_cs] = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+      }
+  } else {
+    T* __restrict__ y = static_cast<T*>(a.y);
+    const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+    const int64_t y_cs = a.y_cl ? 1 : out_plane;  // y's strides: one channel,
+    const int64_t y_ws = a.y_cl ? a.c_out : 1;    // one W position
+    const bool full_cols = co_base + BN <= a.cout_g;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
+        const int64_t yo = s_yo[row];
+        if (yo < 0 || a.sw * s_rc[row].w + rw >= a.out_w) continue;
+        T* yp = y + yo + rw * y_ws + col0 * y_cs;
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int c = 0; c < 2; ++c)
+            if (full_cols || co_base + col0 + j * 8 + c < a.cout_g) {
+              const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
+              yp[(j * 8 + c) * y_cs] = out;
+              nonfinite |= !finite_value(out);
+            }
+      }
+    }
+  }
+}
+
+// Writes a tile's grouped W phases from s_c to y (after a barrier over the NTHR threads):
+// channels-last, a thread stores one 8-channel chunk of an output; else a warp stores 32 rows
+// x nw values (pairs of W phases as 4-byte words).
+template <typename T, int BM, int BN, int NTHR>
+__device__ __forceinline__ void gemm_write_tile(const GemmArgs& a, const T* s_c, const int4* s_rc,
+                                                const int64_t* s_yo, int nw, int co_base, int tid,
+                                                bool& nonfinite) {
+  static_assert(NTHR >= BM && NTHR % BM == 0, "write-out: whole rows per thread");
+  constexpr int CH = BN / 8, CSWZ = CH < 8 ? CH - 1 : 7;
+  T* __restrict__ y = static_cast<T*>(a.y);
+  const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+  const int cols = min(BN, a.cout_g - co_base);
+  if (a.y_cl) {
+    const int64_t y_ws = a.c_out;
+    for (int f = tid; f < BM * nw * CH; f += NTHR) {
+      const int chunk = f % CH, rq = f / CH, row = rq / nw, q = rq - row * nw;
+      const int64_t yo = s_yo[row];
+      if (chunk * 8 >= cols || yo < 0 || a.sw * s_rc[row].w + q >= a.out_w) continue;
+      const T* src = s_c + rq * BN + (chunk ^ (rq & CSWZ)) * 8;
+      T* dst = y + yo + q * y_ws + chunk * 8;
+      if (a.y_vec && chunk * 8 + 8 <= cols) {
+        const uint4 v = *reinterpret_cast<const uint4*>(src);
+        *reinterpret_cast<uint4*>(dst) = v;
+        nonfinite |= !all_finite<T>(v);
+      } else {
+        for (int c = 0; c < 8 && chunk * 8 + c < cols; ++c) {
+          dst[c] = src[c];
+          nonfinite |= !finite_value(src[c]);
+        }
+      }
+    }
+  } else {
+    const int c_cs = BM * nw + 8;
+    const int row = tid % BM;
+    const int64_t yo = s_yo[row];
+    if (yo < 0) return;
+    const int ow = a.sw * s_rc[row].w;
+    const bool pair = nw == 2 && ow + 2 <= a.out_w && a.y_even;
+    constexpr int CSTEP = NTHR / BM;
+    int col = tid / BM;
+    const T* src = s_c + col * c_cs + row * nw;
+    T* dst = y + yo + (int64_t)col * out_plane;
+    for (; col < cols; col += CSTEP, src += CSTEP * c_cs, dst += CSTEP * out_plane) {
+      if (pair) {
+        const uint32_t v2 = *reinterpret_cast<const uint32_t*>(src);
+        *reinterpret_cast<uint32_t*>(dst) = v2;
+        nonfinite |= !all_finite<T>(v2);
+      } else {
+        for (int q = 0; q < nw && ow + q < a.out_w; ++q) {
+          dst[q] = src[q];
+          nonfinite |= !finite_value(src[q]);
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, int STAGES, bool WGROUP,
+          bool A_NCDHW, int BKG, bool WG>
+__global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
+                                  (WARPS_M * WARPS_N >= 8 ? (MT * NT >= 16 ? 1 : 2)
+                                                          : (MT * NT >= 16 ? 3 : 4)))
+gemm_cl_kernel(const GemmArgs a) {
+  bool nonfinite = false;  // a stored element is Inf or NaN
+  constexpr int NTHR = WARPS_M * WARPS_N * 32;
+  constexpr int BM = WARPS_M * MT * 16, BN = WARPS_N * NT * 8;
+  // BKG: 16-byte channel groups per k step (4: 32 channels, 8: 64)
+  static_assert(BKG == 4 || BKG == 8, "k step of 32 or 64 channels");
+  constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
+  static_assert(NT % 2 == 0, "B fragments are loaded two n tiles at a time");
+  static_assert(NTHR >= BM && NTHR % BM == 0, "write-out: whole rows per thread");
+  static_assert(!WG || (MT == 1 && WARPS_M == 8 && WARPS_N == 1 && BKG == 8 && !A_NCDHW &&
+                        STAGES >= 3), "warpgroup tile: 2 x 64 rows, 64-channel k steps");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // WG: stages 1024-byte aligned (the 128-byte swizzle atom; the plan adds the slack)
+  const uint32_t s_base = (uint32_t)__cvta_generic_to_shared(smem_raw);
+  const uint32_t sa = WG ? (s_base + 1023u) & ~1023u : s_base;
+  unsigned char* smem = smem_raw + (sa - s_base);
+  const uint32_t sb = sa + STAGES * A_STAGE;
+  // per row of the tile: input coordinates (d, h of its first tap; w at in_sw * jw; d far
+  // negative past the last row) and jw, the element offset of (n, d, h, w, group's first
+  // channel) in x and the element offset in y of its output at W residue 0, channel co_base
+  // (-1: past the end)
+  int4* s_rc = reinterpret_cast<int4*>(smem + STAGES * (A_STAGE + B_STAGE));
+  int64_t* s_ro = reinterpret_cast<int64_t*>(s_rc + BM);
+  int64_t* s_yo = s_ro + BM;
+  // A_NCDHW: s_rc and s_ro of each 8-row group (row 8 * i), packed: conflict-free reads
+  constexpr int MG = BM / 8;
+  int4* s_grc = reinterpret_cast<int4*>(s_yo + BM);
+  int64_t* s_gro = reinterpret_cast<int64_t*>(s_grc + MG);
+  // WGROUP: the output tile of all W phases, [BN][BM * sw + 8] (see GemmArgs)
+  T* s_c = reinterpret_cast<T*>(s_gro + MG);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm_ = warp % WARPS_M, wn = warp / WARPS_M;
+  const int nw = WGROUP ? a.sw : 1;                 // W phases per block
+
+  for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x) {
+    GemmTile t;
+    if (!t.decode(a, blk, nw, BM, BN)) continue;  // uniform over the block
+    const int64_t* e0 = t.e0;
+    const int g = t.g, co_base = t.co_base;
 
     for (int row = tid; row < BM; row += NTHR) {
-      const int64_t m = m0 + row;
-      int4 rc = make_int4(-(1 << 30), 0, 0, 0);
-      int64_t ro = 0, yo = -1;
-      if (m < Mp) {
-        int jd, jh, jw;
-        const int64_t n = decode_row(m, cw, ch, cd, jd, jh, jw);
-        rc = make_int4(a.in_sd * jd + offd, a.in_sh * jh + offh, a.in_sw * jw, jw);
-        if (A_NCDHW)  // (n, group's first channel, d, h, w)
-          ro = (((n * a.c_in + (int64_t)g * a.cin_g) * a.in_d + rc.x) * a.in_h + rc.y) *
-                   a.in_w + rc.z;
-        else          // (n, d, h, w, group's first channel)
-          ro = (((n * a.in_d + rc.x) * a.in_h + rc.y) * a.in_w + rc.z) * a.c_in +
-               (int64_t)g * a.cin_g;
-        const int64_t pix = ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w +
-                            (int64_t)a.sw * jw;
-        yo = a.y_cl ? (n * out_plane + pix) * a.c_out + (int64_t)g * a.cout_g + co_base
-                    : (n * a.c_out + (int64_t)g * a.cout_g + co_base) * out_plane + pix;
-      }
+      int4 rc;
+      int64_t ro, yo;
+      gemm_row<A_NCDHW>(a, t.m0 + row, t.Mp, t.cd, t.ch, t.cw, t.rd, t.rh, t.offd, t.offh, g,
+                        co_base, rc, ro, yo);
       s_rc[row] = rc;
       s_ro[row] = ro;
       s_yo[row] = yo;
@@ -157,92 +420,56 @@ gemm_cl_kernel(const GemmArgs a) {
     }
     __syncthreads();
     float bv[NT][2];
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
-        bv[j][c] = (bias != nullptr && co < a.cout_g)
-                       ? to_acc<float>(ldg(bias + g * a.cout_g + co)) : 0.f;
-      }
-    const bool full_cols = co_base + BN <= a.cout_g;
-    const int col0 = wn * NT * 8 + (lane & 3) * 2;
+    gemm_bias<T, NT>(a, g, co_base, wn, lane, bv);
 
     for (int q = 0; q < nw; ++q) {  // the W phases of the unit, one after the other
       const int64_t* e = e0 + (int64_t)q * PHASECONV_TABLE_STRIDE;
       const int rw = (int)ldg_i64(e + PT_RES_W);
-      const int Td = (int)ldg_i64(e + PT_TAPS_D), Th = (int)ldg_i64(e + PT_TAPS_H),
-                Tw = (int)ldg_i64(e + PT_TAPS_W);
-      const int taps = Td * Th * Tw;
-      const int offw = (int)ldg_i64(e + PT_OFF_W);
-      const int nkc = (G + BKG - 1) / BKG;
-      const int nk = taps * nkc;
-      // Loader state of the next k step (tap (td, th, tw), channel chunk kc), advanced by
-      // one step per call: no divisions in the main loop.
-      const int ac = tid % BKG;  // A: channel group ac of rows tid / BKG + i * (NTHR / BKG)
-      int kc = 0, tw = 0, th = 0, dd = 0, dh = 0, dw = offw;
-      int64_t dofs = A_NCDHW ? (int64_t)offw : (int64_t)offw * a.c_in;  // x offset of the tap
-      const int64_t in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
-      const T* wtap = wm + ldg_i64(e + PT_MOFS) + (int64_t)g * taps * G * a.cout_g * 8;
+      GemmLoader<T, BM, BN, BKG, NTHR, A_NCDHW> ld(a, e, g, co_base, tid);
+      const int nk = ld.nk;
       auto load_stage = [&](int stage) {
-        const bool cvalid = kc * BKG + ac < G;
-        const T* xk = x + dofs + kc * (BKG * 8) + ac * 8;
-        const uint32_t sA = sa + stage * A_STAGE, sB = sb + stage * B_STAGE;
-        if (A_NCDHW) {  // A^T tile [32 k][BM m], 16-byte chunks swizzled by k & 7
-#pragma unroll
-          for (int i = 0; i < A_IT; ++i) {
-            const int v = tid + i * NTHR;
-            const int kk = v / MG, mg = v % MG;
-            const int4 rc = s_grc[mg];
-            const bool ok = (kc * BKG * 8 + kk < a.cin_g) &
-                            ((unsigned)(rc.x + dd) < (unsigned)a.in_d) &
-                            ((unsigned)(rc.y + dh) < (unsigned)a.in_h) &
-                            ((unsigned)(rc.z + dw) < (unsigned)a.in_w);
-            const T* src = x + s_gro[mg] + dofs + (int64_t)(kc * BKG * 8 + kk) * in_plane;
-            cp_async16_ca(sA + kk * (BM * 2) + ((mg ^ (kk & 7)) << 4),
-                          ok ? (const void*)src : (const void*)x, ok);
-          }
-        } else {
-#pragma unroll
-        for (int i = 0; i < A_IT; ++i) {
-          const int row = tid / BKG + i * (NTHR / BKG);
-          const int4 rc = s_rc[row];
-          // bitwise, not short-circuit: no branches around the copies
-          const bool ok = cvalid & ((unsigned)(rc.x + dd) < (unsigned)a.in_d) &
-                          ((unsigned)(rc.y + dh) < (unsigned)a.in_h) &
-                          ((unsigned)(rc.z + dw) < (unsigned)a.in_w);
-          const T* src = xk + s_ro[row];
-          cp_async16_ca(sA + row * (BKG * 16) + ((ac ^ a_swz<BKG>(row)) << 4),
-                        ok ? (const void*)src : (const void*)x, ok);
-        }
-        }  // A layout
-#pragma unroll
-        for (int j = 0; j < B_IT; ++j) {
-          const int v = tid + j * NTHR;
-          const int bgrp = v / BN, bco = v % BN;
-          const int grp = kc * BKG + bgrp;
-          const bool ok = (grp < G) & (co_base + bco < a.cout_g);
-          const T* src = wtap + ((int64_t)grp * a.cout_g + co_base + bco) * 8;
-          cp_async16_cg(sB + v * 16, ok ? (const void*)src : (const void*)wm, ok);
-        }
-        if (++kc == nkc) {  // next tap
-          kc = 0;
-          wtap += (int64_t)G * a.cout_g * 8;
-          if (++tw == Tw) {
-            tw = 0;
-            if (++th == Th) {
-              th = 0;
-              dd += a.pdd;
-            }
-          }
-          dh = th * a.pdh;
-          dw = offw + tw * a.pdw;
-          dofs = ((int64_t)dd * a.in_h + dh) * a.in_w + dw;
-          if (!A_NCDHW) dofs *= a.c_in;
-        }
+        ld.load(sa + stage * A_STAGE, sb + stage * B_STAGE, s_rc, s_ro, s_grc, s_gro);
       };
 
       float acc[MT][NT][4];
+      if constexpr (WG) {
+        namespace wg = phaseconv_wgmma;
+        constexpr int AHEAD = STAGES - 2;  // stages of copies in flight past the one read
+        float(&d)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(acc);
+#pragma unroll
+        for (int s = 0; s < AHEAD; ++s) {
+          if (s < nk) load_stage(s);
+          cp_async_commit();
+        }
+        const uint32_t a_rows = (uint32_t)(warp >> 2) * 64 * 128;  // the warpgroup's 64 rows
+        for (int k = 0; k < nk; ++k) {
+          cp_async_wait<AHEAD - 1>();
+          wg::fence_proxy_async();  // this thread's copies, visible to wgmma (async proxy)
+          // step k has landed for every thread; every warpgroup's batch k-2 is complete, so
+          // its stage takes step k + AHEAD
+          __syncthreads();
+          const int kn = k + AHEAD;
+          if (kn < nk) load_stage(kn % STAGES);
+          cp_async_commit();
+          const int stage = k % STAGES;
+          const uint32_t sA = sa + stage * A_STAGE + a_rows, sB = sb + stage * B_STAGE;
+          wg::fence_operand(d);
+          wg::fence();
+#pragma unroll
+          for (int ks = 0; ks < BKG / 2; ++ks) {
+            const uint64_t da = wg::smem_desc(sA + ks * 32, 16, 1024, wg::kSwizzle128);
+            const uint64_t db = wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128,
+                                              wg::kSwizzleNone);
+            wg::Wgmma<T, BN>::run(d, da, db, (k | ks) != 0);
+          }
+          wg::commit();
+          wg::wait<1>();  // batch k stays in flight while step k + 1 is waited for
+          wg::fence_operand(d);
+        }
+        wg::wait<0>();
+        wg::fence_operand(d);
+        if (nk == 0) zero_acc(acc);
+      } else {
       zero_acc(acc);
 
 #pragma unroll
@@ -289,131 +516,40 @@ gemm_cl_kernel(const GemmArgs a) {
             for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
         }
       }
+      }  // mma.sync
       cp_async_wait<0>();
       __syncthreads();  // every warp is past the last stage (the next W phase refills them)
 
-      // C fragment rows lane/4 and lane/4 + 8, columns 2*(lane%4) + {0, 1}
-      if (WGROUP && a.y_cl) {  // into s_c[row * sw + rw][chunk ^ swizzle], pairs of channels
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int rq = ((wm_ * MT + mt) * 16 + (lane >> 2) + half * 8) * nw + rw;
-            T* cp = s_c + rq * BN + (lane & 3) * 2;
-#pragma unroll
-            for (int j = 0; j < NT; ++j) {
-              const int chunk = (wn * NT + j) ^ (rq & CSWZ);
-              const T pair[2] = {from_acc<T>(acc[mt][j][half * 2] + bv[j][0]),
-                                 from_acc<T>(acc[mt][j][half * 2 + 1] + bv[j][1])};
-              *reinterpret_cast<uint32_t*>(cp + chunk * 8) =
-                  *reinterpret_cast<const uint32_t*>(pair);
-            }
-          }
-      } else if (WGROUP) {  // into s_c[col][row * sw + rw]
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            T* cp = s_c + ((wm_ * MT + mt) * 16 + (lane >> 2) + half * 8) * nw + rw;
-#pragma unroll
-            for (int j = 0; j < NT; ++j)
-#pragma unroll
-              for (int c = 0; c < 2; ++c)
-                cp[(col0 + j * 8 + c) * c_cs] = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
-          }
-      } else {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int row = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
-          const int64_t yo = s_yo[row];
-          if (yo < 0 || a.sw * s_rc[row].w + rw >= a.out_w) continue;
-          T* yp = y + yo + rw * y_ws + col0 * y_cs;
-          if (full_cols) {
-#pragma unroll
-            for (int j = 0; j < NT; ++j)
-#pragma unroll
-              for (int c = 0; c < 2; ++c) {
-                const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
-                yp[(j * 8 + c) * y_cs] = out;
-                nonfinite |= !finite_value(out);
-              }
-          } else {
-#pragma unroll
-            for (int j = 0; j < NT; ++j)
-#pragma unroll
-              for (int c = 0; c < 2; ++c)
-                if (co_base + col0 + j * 8 + c < a.cout_g) {
-                  const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
-                  yp[(j * 8 + c) * y_cs] = out;
-                  nonfinite |= !finite_value(out);
-                }
-          }
-        }
-      }
-      }  // !WGROUP
+      gemm_store_acc<T, MT, NT, WARPS_M, BN, WGROUP>(a, acc, bv, s_c, s_rc, s_yo, nw, rw, wm_, wn,
+                                                     lane, co_base, nonfinite);
     }
-    if (WGROUP && a.y_cl) {  // channels-last: a thread stores one 8-channel chunk of an output
+    if (WGROUP) {
       __syncthreads();
-      const int cols = min(BN, a.cout_g - co_base);
-      for (int f = tid; f < BM * nw * CH; f += NTHR) {
-        const int chunk = f % CH, rq = f / CH, row = rq / nw, q = rq - row * nw;
-        const int64_t yo = s_yo[row];
-        if (chunk * 8 >= cols || yo < 0 || a.sw * s_rc[row].w + q >= a.out_w) continue;
-        const T* src = s_c + rq * BN + (chunk ^ (rq & CSWZ)) * 8;
-        T* dst = y + yo + q * y_ws + chunk * 8;
-        if (a.y_vec && chunk * 8 + 8 <= cols) {
-          const uint4 v = *reinterpret_cast<const uint4*>(src);
-          *reinterpret_cast<uint4*>(dst) = v;
-          nonfinite |= !all_finite<T>(v);
-        } else {
-          for (int c = 0; c < 8 && chunk * 8 + c < cols; ++c) {
-            dst[c] = src[c];
-            nonfinite |= !finite_value(src[c]);
-          }
-        }
-      }
-    } else if (WGROUP) {  // write the W phases' outputs: a warp stores 32 rows x sw values
-      __syncthreads();
-      const int row = tid % BM;
-      const int64_t yo = s_yo[row];
-      if (yo >= 0) {
-        const int ow = a.sw * s_rc[row].w;
-        const bool pair = nw == 2 && ow + 2 <= a.out_w && a.y_even;
-        constexpr int CSTEP = NTHR / BM;
-        int col = tid / BM;
-        const T* src = s_c + col * c_cs + row * nw;
-        T* dst = y + yo + (int64_t)col * out_plane;
-        const int cols = min(BN, a.cout_g - co_base);
-        for (; col < cols; col += CSTEP, src += CSTEP * c_cs, dst += CSTEP * out_plane) {
-          if (pair) {
-            const uint32_t v2 = *reinterpret_cast<const uint32_t*>(src);
-            *reinterpret_cast<uint32_t*>(dst) = v2;
-            nonfinite |= !all_finite<T>(v2);
-          } else {
-            for (int q = 0; q < nw && ow + q < a.out_w; ++q) {
-              dst[q] = src[q];
-              nonfinite |= !finite_value(src[q]);
-            }
-          }
-        }
-      }
+      gemm_write_tile<T, BM, BN, NTHR>(a, s_c, s_rc, s_yo, nw, co_base, tid, nonfinite);
     }
     __syncthreads();  // the next tile rewrites the row tables (and s_c)
   }
   if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
 }
 
+
 // ---------------------------------------------------------------- implicit-GEMM host side
 
-template <typename T, int MT, int NT, int WM, int WN, int BKG>
+template <typename T, int MT, int NT, int WM, int WN, int BKG, bool WG = false>
 cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stream) {
-  constexpr int GS = kGemmGroupStages, S1 = kGemmStages;
-  auto kern = c.wgroup ? (c.a_ncdhw ? gemm_cl_kernel<T, MT, NT, WM, WN, GS, true, true, BKG>
-                                    : gemm_cl_kernel<T, MT, NT, WM, WN, GS, true, false, BKG>)
-                       : (c.a_ncdhw ? gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, true, BKG>
-                                    : gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG>);
+  constexpr int GS = WG ? kWgmmaGroupStages : kGemmGroupStages;
+  constexpr int S1 = WG ? kWgmmaStages : kGemmStages;
+  decltype(&gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG, WG>) kern;
+  if constexpr (WG) {  // channels-last A only
+    if (c.a_ncdhw) return cudaErrorInvalidConfiguration;
+    kern = c.wgroup ? gemm_cl_kernel<T, MT, NT, WM, WN, GS, true, false, BKG, true>
+                    : gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG, true>;
+  } else {
+    kern = c.wgroup ? (c.a_ncdhw ? gemm_cl_kernel<T, MT, NT, WM, WN, GS, true, true, BKG, false>
+                                 : gemm_cl_kernel<T, MT, NT, WM, WN, GS, true, false, BKG, false>)
+                    : (c.a_ncdhw ? gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, true, BKG, false>
+                                 : gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG, false>);
+  }
   if (c.smem > 48 * 1024) {
     cudaError_t err =
         cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)c.smem);
@@ -445,6 +581,15 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
     case 5: return launch_gemm_t<T, 4, 4, 2, 4, 8>(a, c, stream);
     case 6: return launch_gemm_t<T, 2, 4, 4, 2, 4>(a, c, stream);
     case 7: return launch_gemm_t<T, 2, 4, 4, 2, 8>(a, c, stream);
+#if defined(PHASECONV_SM90A)
+    case 9:  // the warpgroup kernel, 64-channel k steps
+      switch (c.BN) {
+        case 32: return launch_gemm_t<T, 1, 4, 8, 1, 8, true>(a, c, stream);
+        case 64: return launch_gemm_t<T, 1, 8, 8, 1, 8, true>(a, c, stream);
+        case 128: return launch_gemm_t<T, 1, 16, 8, 1, 8, true>(a, c, stream);
+      }
+      break;
+#endif
   }
   return cudaErrorInvalidConfiguration;
 }

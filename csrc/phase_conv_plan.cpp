@@ -334,7 +334,7 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
 
 // ---------------------------------------------------------------- implicit GEMM (fwd_gemm.cu)
 bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
-               GemmCfg* c);
+               double wgmma_min_k, GemmCfg* c);
 
 // Whether a channels-last copy of x can feed the 16-byte staging (CG channels per vector).
 bool cl_possible(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvForce& force) {
@@ -357,7 +357,7 @@ bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
                reinterpret_cast<uintptr_t>(p.x) % 16 == 0))
     return false;
   c->a_ncdhw = !cl;
-  return gemm_tile(p, force, dev, c);
+  return gemm_tile(p, force, dev, 512, c);
 }
 
 // The input gradient on the implicit GEMM: one stride-1 "phase" whose rows are grad_x's
@@ -370,13 +370,21 @@ bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, cons
   PhaseConvForce f;
   f.family = force == PHASECONV_GEMM ? PHASECONV_GEMM : 0;
   c->a_ncdhw = false;
-  return gemm_tile(p, f, dev, c);
+  // the warpgroup tile from 1024 reduction terms (H200, bf16: 128->64 32^3 k2, K 512: 212 vs
+  // 191 us a backward; 256->128 8^3 k4, K 8192: 393 vs 427)
+  return gemm_tile(p, f, dev, 1024, c);
+}
+
+// The implicit GEMM's pipeline depth.
+int gemm_stages(const GemmCfg& c) {
+  if (c.kind == 4) return c.wgroup ? kWgmmaGroupStages : kWgmmaStages;
+  return c.wgroup ? kGemmGroupStages : kGemmStages;
 }
 
 // The implicit GEMM's tile, shared memory and grid for parameters whose layouts the caller
 // checked (c->a_ncdhw set); false for narrow layers unless forced, or where it does not fit.
 bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
-               GemmCfg* c) {
+               double wgmma_min_k, GemmCfg* c) {
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   // wide layers only: narrow ones (C_out/g < 32) waste most of a BN >= 32 tile, and the
   // all-phase kernel's shared halo serves them better
@@ -388,23 +396,35 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   const double k_per_phase = (double)cin_g * (double)p.total_taps /
                              (double)(p.stride_d * p.stride_h * p.stride_w);
   int kind = cout_g <= 32 ? 0 : (cout_g <= 64 ? (k_per_phase >= 512 && cin_g >= 64 ? 3 : 1) : 2);
+  // sm_90a: the warpgroup tile where its 64-channel k steps hold whole channel groups (no
+  // zero-filled multiply-adds) and A is channels-last; the rule takes it for reductions of
+  // >= wgmma_min_k per phase (the forward's 512, measured on an H200, bf16 channels-last:
+  // 512->256 16^3 k2, K 512: 60.0 vs 71.4 us; 256->128 8^3 k4, K 2048: 143 vs 190; 128->64
+  // 32^3 k2, K 128: 134 vs 104)
+  const bool wg_fits = dev.wgmma && !c->a_ncdhw && cin_g % 64 == 0;
+  if (wg_fits && k_per_phase >= wgmma_min_k) kind = 4;
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
-  if (kind > 3) return false;
+  if (kind > 4 || (kind == 4 && !wg_fits)) return false;
   const int bn[4] = {32, 64, 128, 64}, thr[4] = {128, 128, 256, 256};
-  c->kind = kind; c->BM = 128; c->BN = bn[kind]; c->threads = thr[kind];
+  c->kind = kind; c->BM = 128;
+  c->BN = kind == 4 ? (cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128) : bn[kind];
+  c->threads = kind == 4 ? 256 : thr[kind];
   // group the W phases (stores of whole output rows) unless told not to (benchmarks)
   c->wgroup = p.stride_w >= 2 && p.stride_w <= kGemmMaxGroup &&
               !force.gemm_one_phase;
   // the 8-warp tiles take 64 channels a k step (half the barriers) when C_in/g allows
-  c->bkg = (kind >= 2 && cin_g >= 64 && !force.gemm_k32) ? 8 : 4;
-  const size_t tables = (size_t)c->BM * 32 + (size_t)(c->BM / 8) * 24;
+  c->bkg = kind == 4 || (kind >= 2 && cin_g >= 64 && !force.gemm_k32) ? 8 : 4;
+  const int stages = kind == 4 ? kWgmmaStages : kGemmStages;
+  const int group_stages = kind == 4 ? kWgmmaGroupStages : kGemmGroupStages;
+  // row tables; the warpgroup tile aligns its stages to 1024 bytes (the swizzle atom)
+  const size_t tables = (size_t)c->BM * 32 + (size_t)(c->BM / 8) * 24 + (kind == 4 ? 1024 : 0);
   const size_t stage = (size_t)c->bkg * 16 * (c->BM + c->BN);
   if (c->wgroup) {
-    c->smem = (size_t)kGemmGroupStages * stage + tables +
+    c->smem = (size_t)group_stages * stage + tables +
               (size_t)c->BN * (c->BM * p.stride_w + 8) * 2;
     if (c->smem > dev.smem_optin) c->wgroup = false;
   }
-  if (!c->wgroup) c->smem = (size_t)kGemmStages * stage + tables;
+  if (!c->wgroup) c->smem = (size_t)stages * stage + tables;
   if (c->smem > dev.smem_optin) return false;
   const int64_t rows = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
                        cdiv(p.out_w, p.stride_w);  // the largest phase (residue 0)
@@ -573,9 +593,10 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
       out->weight_mma = 1;
       snprintf(buf, len,
                "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d "
-               "smem=%zu grid=%lld %s (%s)", gc.kind, gc.BM, gc.BN, gc.bkg * 8, gc.threads,
-               gc.wgroup ? kGemmGroupStages : kGemmStages, gc.m_tiles, gc.smem,
-               (long long)gc.grid, gc.wgroup ? "w-phases-grouped" : "one-phase", layout);
+               "smem=%zu grid=%lld %s%s (%s)", gc.kind, gc.BM, gc.BN, gc.bkg * 8, gc.threads,
+               gemm_stages(gc), gc.m_tiles, gc.smem, (long long)gc.grid,
+               gc.wgroup ? "w-phases-grouped" : "one-phase",
+               gc.kind == 4 ? " wgmma-sm90a" : "", layout);
       return true;
     }
     AllCfg& ac = out->allph;
@@ -742,8 +763,9 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     out->family = PHASECONV_GEMM;
     snprintf(buf, len,
              "implicit-gemm grad-input kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d "
-             "m_tiles=%d smem=%zu, grad_y channels-last", gc.kind, gc.BM, gc.BN, gc.bkg * 8,
-             gc.threads, kGemmStages, gc.m_tiles, gc.smem);
+             "m_tiles=%d smem=%zu%s, grad_y channels-last", gc.kind, gc.BM, gc.BN, gc.bkg * 8,
+             gc.threads, gemm_stages(gc), gc.m_tiles, gc.smem,
+             gc.kind == 4 ? " wgmma-sm90a" : "");
     return true;
   }
   if (force == PHASECONV_GEMM)

@@ -161,6 +161,7 @@ struct DevInfo {
   int sms;
   size_t smem_optin;  // per block
   size_t smem_sm;     // per multiprocessor
+  int wgmma = 0;      // sm_90 and the engine built for sm_90a: the warpgroup kernels run
 };
 
 // Constants the kernels and the plan share.
@@ -169,6 +170,8 @@ constexpr int kAllphMaxPhases = 32;   // the all-phase kernel's phase table (sta
 constexpr int kGemmStages = 4;        // implicit GEMM pipeline depth, one phase per block
 constexpr int kGemmGroupStages = 3;   // W phases grouped (shared memory also holds the output)
 constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
+constexpr int kWgmmaStages = 5;       // implicit GEMM, warpgroup tile: pipeline depth
+constexpr int kWgmmaGroupStages = 4;  // the same, W phases grouped
 constexpr int kGwThreads = 256;       // SIMT weight-gradient block
 constexpr int kGmBK = 32;             // tensor-core weight gradient: reduction chunk
 constexpr int kGmWM = 2, kGmWN = 2;   // its warps (a 64 x 64 channel tile)
@@ -266,7 +269,8 @@ struct AllCfg {
 // implicit-GEMM kernel (phase_conv_fwd_gemm.cu: gemm_cl_kernel)
 struct GemmCfg {
   int kind;  // 0: BN 32 (MT2 NT4, 4x1 warps); 1: BN 64 (MT4 NT4, 2x2); 2: BN 128 (MT4 NT4, 2x4);
-             // 3: BN 64 (MT2 NT4, 4x2: twice the warps of 1)
+             // 3: BN 64 (MT2 NT4, 4x2: twice the warps of 1); 4: sm_90a warpgroup tile,
+             // BN 32, 64 or 128 (two warpgroups of 64 rows x BN, wgmma)
   int BM, BN, threads, m_tiles, co_blocks;
   bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together
   bool a_ncdhw;  // A read from a contiguous (N, C, D, H, W) input (16-byte vectors along W)

@@ -24,12 +24,15 @@ class Device(NamedTuple):
     sms: int
     smem_optin: int   # shared memory per block, opted in
     smem_sm: int      # shared memory per multiprocessor
+    wgmma: int = 0    # sm_90 with the engine built for sm_90a (DevInfo::wgmma)
 
 
 # recorded from the devices (CUDA device attributes)
 H100 = Device("H100 SXM5", 132, 232448, 233472)
 A100 = Device("A100 SXM4", 108, 166912, 167936)
 DEVICES = (H100, A100)
+# the H100 as the JIT engine builds for it (CUDA 12+: sm_90a, the warpgroup kernels)
+H100_SM90A = H100._replace(name="H100 SXM5, sm_90a build", wgmma=1)
 
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 FAMILIES = {0: "none", 1: "gemm", 2: "allphase", 3: "mma", 4: "tiled", 5: "naive",
@@ -74,7 +77,7 @@ def library():
 def _call(fn, geometry, dtype, force, device: Device, nout: int):
     i64 = ctypes.c_int64
     g = (i64 * len(geometry))(*geometry)
-    dev = (i64 * 3)(device.sms, device.smem_optin, device.smem_sm)
+    dev = (i64 * 4)(device.sms, device.smem_optin, device.smem_sm, device.wgmma)
     out = (i64 * nout)()
     text = ctypes.create_string_buffer(512)
     if isinstance(force, list):

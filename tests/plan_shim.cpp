@@ -13,6 +13,7 @@ phaseconv::DevInfo device(const int64_t* d) {
   dev.sms = (int)d[0];
   dev.smem_optin = (size_t)d[1];
   dev.smem_sm = (size_t)d[2];
+  dev.wgmma = (int)d[3];
   return dev;
 }
 

@@ -50,7 +50,8 @@ from . import input_layout
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _HEADERS = ("phase_conv_plan.h", "phase_conv_dtype.cuh", "phase_conv_exact.cuh",
-            "phase_conv_mma.cuh", "phase_conv_pack.cuh", "phase_conv_fwd.cuh",
+            "phase_conv_mma.cuh", "phase_conv_wgmma.cuh", "phase_conv_pack.cuh",
+            "phase_conv_fwd.cuh",
             "phase_conv_fwd_common.cuh", "phase_conv_bwd.cuh", "phase_conv_bwd_depthwise.cuh")
 # one translation unit each, compiled in parallel (kernel families: phase_conv_fwd_common.cuh)
 _CUDA_SOURCES = ("phase_conv_pack.cu", "phase_conv_layout.cu", "phase_conv_fwd_tiled.cu",
@@ -77,7 +78,7 @@ class ForwardKernel(NamedTuple):
     plan refuses a layer the named kernel cannot take; nothing is rerouted."""
     family: str = "auto"            # a key of FORWARD_KERNELS
     contiguous_input: bool = False  # never the channels-last kernels
-    gemm_tile: int = -1             # implicit GEMM tile kind 0-3 (-1: the rule)
+    gemm_tile: int = -1             # implicit GEMM tile kind 0-4 (4: sm_90a wgmma; -1: the rule)
     gemm_one_phase: bool = False    # implicit GEMM: one phase per block
     gemm_k32: bool = False          # implicit GEMM: 32 channels a k step
     direct_stores: bool = False     # all-phase kernel: no staged output
@@ -176,11 +177,22 @@ def _extension(major: int, minor: int):
     architecture and toolchain, where ninja recompiles only the units whose sources (or the
     headers they include) changed."""
     arch = f"{major}{minor}"
-    cuda_flags = ["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+    if (major, minor) == (9, 0) and _nvcc_has_sm90a():
+        # the sm_90a build holds the warpgroup (wgmma) kernels; the plan runs them on sm_90
+        # only when the engine says it was built so (PHASECONV_SM90A, DevInfo::wgmma)
+        cuda_flags = ["-O3", "-gencode=arch=compute_90a,code=sm_90a", "-DPHASECONV_SM90A"]
+    else:
+        cuda_flags = ["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}"]
     digest = hashlib.sha1(" ".join(cuda_flags).encode())
     digest.update(torch.__version__.encode())
     digest.update(str(torch.version.cuda).encode())
     return f"phaseconv_cuda_sm{arch}_{digest.hexdigest()[:12]}", cuda_flags
+
+
+def _nvcc_has_sm90a() -> bool:
+    """Whether the CUDA toolkit torch builds with knows sm_90a (CUDA 12.0 and later)."""
+    version = torch.version.cuda or "0"
+    return int(version.split(".")[0]) >= 12
 
 
 def build_root() -> Path:
@@ -218,7 +230,7 @@ def _build(major: int, minor: int):
     kwargs = dict(
         name=name,
         sources=[str(CSRC / n) for n in _CPP_SOURCES + _CUDA_SOURCES],
-        extra_cflags=["-O3"],
+        extra_cflags=["-O3"] + [f for f in cuda_flags if f.startswith("-D")],
         extra_cuda_cflags=cuda_flags,
         extra_include_paths=[str(CSRC)],
         build_directory=str(directory),

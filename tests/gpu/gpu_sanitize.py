@@ -27,12 +27,17 @@ CASES = [
     (1, 136, 72, 1, (3, 4, 3), (3, 3, 2), (2, 2, 2), (1, 1, 0), (1, 0, 1), (1, 1, 1)),
     # whole and partial all-phase tiles (paired W stores and the per-element stores)
     (1, 32, 32, 4, (5, 16, 20), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1)),
+    # C_in/groups 64 and C_out 64: the implicit GEMM's warpgroup tile (sm_90a builds), forward
+    # (forced below) and the input gradient (the rule: 1728 reduction terms)
+    (1, 64, 64, 1, (3, 4, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
 ]
 # every forward kernel by name (csrc/phase_conv_plan.h), and its variants; channels-last: the
 # input comes channels-last.  A kernel that refuses a case is skipped (tests/plan/test_plan.py).
 KERNELS = [(k, False) for k in ("auto", "tiled", "naive", "tensor-cores", "mma", "gemm",
                                  "depthwise")] + [
     (ForwardKernel("gemm", gemm_one_phase=True), False),
+    (ForwardKernel("gemm", gemm_tile=4), False),
+    (ForwardKernel("gemm", gemm_tile=4, gemm_one_phase=True), True),
     (ForwardKernel("tensor-cores", contiguous_input=True), False),
     (ForwardKernel("tensor-cores", direct_stores=True), False),
     (ForwardKernel("tensor-cores", allph_tile=4), False),

@@ -318,6 +318,60 @@ def test_implicit_gemm_kernel(case, dtype, variant):
     _check(y, ref, dtype)
 
 
+# The implicit GEMM's warpgroup tile (sm_90a wgmma; C_in/groups a multiple of 64): BN 32, 64
+# and 128 with partial C_out tiles, grouped W phases (2, 3, 4) and one phase per block, empty
+# phases (kernel < stride), several k steps a tap, long reductions, several row tiles.
+_WGMMA_CASES = [
+    dict(k=(3, 3, 3), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(1, 1, 1), groups=1, cin=64,
+         cout=32, n=2, ins=(3, 5, 9), bias=True),
+    dict(k=(2, 2, 2), s=(2, 2, 2), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=128,
+         cout=72, n=1, ins=(4, 4, 5), bias=True),
+    dict(k=(3, 4, 2), s=(2, 3, 1), d=(1, 2, 1), p=(1, 2, 0), op=(1, 2, 0), groups=2, cin=128,
+         cout=80, n=2, ins=(3, 5, 4), bias=False),
+    dict(k=(2, 3, 3), s=(1, 2, 3), d=(1, 1, 1), p=(0, 1, 1), op=(0, 1, 2), groups=1, cin=64,
+         cout=48, n=1, ins=(3, 4, 5), bias=True),
+    dict(k=(1, 1, 1), s=(1, 1, 1), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=192,
+         cout=136, n=2, ins=(2, 9, 33), bias=True),
+    dict(k=(1, 2, 1), s=(3, 4, 2), d=(1, 1, 1), p=(0, 0, 0), op=(2, 1, 1), groups=1, cin=64,
+         cout=32, n=1, ins=(2, 3, 4), bias=True),
+    dict(k=(4, 4, 4), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(0, 0, 0), groups=1, cin=256,
+         cout=128, n=2, ins=(3, 4, 5), bias=False),
+    dict(k=(1, 1, 4), s=(1, 1, 4), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=2, cin=128,
+         cout=80, n=2, ins=(2, 3, 5), bias=True),
+]
+
+
+def _wgmma_available():
+    """sm_90 and an engine built for sm_90a: the plan offers the warpgroup tile."""
+    return torch.cuda.get_device_capability() == (9, 0) and _cuda().load().sm90a
+
+
+@pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
+def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
+    cfg = _WGMMA_CASES[case]
+    kernel = {"auto": "auto", "forced": ForwardKernel("gemm", gemm_tile=4),
+              "phase-per-block": ForwardKernel("gemm", gemm_tile=4, gemm_one_phase=True)}[variant]
+    if not _wgmma_available():
+        if variant == "auto":
+            assert "wgmma" not in _describe(cfg, dtype, kernel=kernel)
+        else:  # forcing it is refused, never rerouted
+            with pytest.raises(RuntimeError, match="was forced and"):
+                _run(cfg, dtype, kernel=kernel, seed=case)
+        return
+    desc = _describe(cfg, dtype, kernel=kernel)
+    # the rule takes the warpgroup tile for reductions of >= 512 terms per phase
+    k_per_phase = (cfg["cin"] // cfg["groups"] * cfg["k"][0] * cfg["k"][1] * cfg["k"][2] /
+                   (cfg["s"][0] * cfg["s"][1] * cfg["s"][2]))
+    if variant != "auto" or k_per_phase >= 512:
+        assert desc.startswith("implicit-gemm kind=4") and "wgmma-sm90a" in desc, desc
+    else:
+        assert "wgmma" not in desc, desc
+    y, ref = _run(cfg, dtype, kernel=kernel, seed=case)
+    _check(y, ref, dtype)
+
+
 # Layers whose phases all read W at one offset (k == s along W, no padding there) and whose
 # rows come in whole 16-byte vectors along W: the implicit GEMM reads a contiguous input in
 # place (no channels-last copy).
@@ -460,7 +514,8 @@ def test_the_engine_launches_the_plan_computed_on_the_host():
     per_sm = getattr(props, "shared_memory_per_multiprocessor", None)
     if optin is None or per_sm is None:
         pytest.skip("this torch does not report the shared-memory properties")
-    device = ph.Device(props.name, props.multi_processor_count, optin, per_sm)
+    device = ph.Device(props.name, props.multi_processor_count, optin, per_sm,
+                       int(_wgmma_available()))
     cuda = _cuda()
     for shape in SWEEP:
         args = ph.sweep_args(shape)

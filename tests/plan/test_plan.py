@@ -175,6 +175,39 @@ def test_forced_variants_of_the_implicit_gemm():
     assert not contiguous.channels_last and contiguous.family != "gemm"
 
 
+def test_warpgroup_tile_of_the_implicit_gemm():
+    """sm_90a builds on sm_90: the implicit GEMM takes the warpgroup (wgmma) tile for a
+    channels-last input with C_in/groups a multiple of 64 and >= 512 reduction terms per
+    phase (the input gradient: >= 1024); shorter reductions keep the mma.sync tiles, which
+    stay nameable; the tile is refused where it cannot run (no sm_90a build, C_in/groups not
+    a multiple of 64)."""
+    from phaseconv.engines.cuda import ForwardKernel
+
+    wgmma = ForwardKernel("gemm", gemm_tile=4)
+    long_k = ph.sweep_args(SWEEP[4])   # 256->128, k4 s2: 2048 terms a phase
+    short_k = ph.sweep_args(SWEEP[2])  # 128->64, k2 s2: 128
+    plan = ph.forward(long_k, 16, BF16, ph.H100_SM90A)
+    assert plan.family == "gemm" and plan.channels_last
+    assert "kind=4 " in plan.text and "threads=256" in plan.text and "wgmma-sm90a" in plan.text
+    assert "BN=128 " in plan.text and "BK=64" in plan.text
+    assert "wgmma" not in ph.forward(long_k, 16, BF16, ph.H100).text
+    assert "wgmma" not in ph.forward(short_k, 2, BF16, ph.H100_SM90A, channels_last=True).text
+    forced = ph.forward(short_k, 2, BF16, ph.H100_SM90A, channels_last=True, kernel=wgmma)
+    assert forced.ok and "kind=4 " in forced.text and "BN=64 " in forced.text
+    for tile in (0, 1, 2, 3):  # the mma.sync tiles (the sm_80 path) on the same device
+        plan = ph.forward(long_k, 16, BF16, ph.H100_SM90A,
+                          kernel=ForwardKernel("gemm", gemm_tile=tile))
+        assert plan.ok and f"kind={tile} " in plan.text and "wgmma" not in plan.text
+    odd_channels = ph.conv_args(96, 64, 3, 8, 2, 1, 1)  # C_in/groups 96: half a k step
+    for device, args in ((ph.H100, long_k), (ph.A100, long_k), (ph.H100_SM90A, odd_channels)):
+        refused = ph.forward(args, 2, BF16, device, channels_last=True, kernel=wgmma)
+        assert not refused.ok and refused.text.startswith("refused: the "), refused.text
+    grad_input = ph.grad_input(long_k, 16, BF16, ph.H100_SM90A, "implicit-gemm")
+    assert grad_input.ok and "kind=4 " in grad_input.text and "wgmma-sm90a" in grad_input.text
+    # the input gradient takes it from 1024 terms (shape 3's is 64 x 8 taps = 512)
+    assert "wgmma" not in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm").text
+
+
 def test_all_phase_tiles():
     """The founding example (C_out/groups 8) takes the 8-warp tile (kind 4), whose two W phases
     are stored in pairs where stride_w is 2 and the output width even; the tile can be named,
