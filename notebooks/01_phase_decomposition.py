@@ -436,3 +436,76 @@ for (D, H, W), (sd, sh), (TD, TH, TW) in [((24, 48, 96), (2, 2), (4, 8, 8)),
                             addr = base + (sd * ld * H + sh * lh) * W + 2 * lw
                             assert addr == flat[od, oh, ow] and addr + 1 == flat[od, oh, ow + 1]
 print("paired-store offsets: tile part + position part equal the flat output index")
+
+# %% [markdown]
+# ## 7. The warpgroup tile's shared-memory operands (sm_90a)
+#
+# On an H100/H200 the implicit GEMM's warpgroup tile hands its `cp.async` stages straight to
+# `wgmma`, which reads each operand through a *matrix descriptor*: a start address, a leading
+# and a stride byte offset (LBO, SBO, in 16-byte units) and a swizzle mode. No shared-memory
+# copy is made for it, so the loader's layouts must *be* layouts the descriptor can name.
+# Elements are 16-bit; $k$ indexes the reduction (8 input channels per 16-byte chunk).
+#
+# **A (rows × 64 channels, 128-byte swizzle).** The loader puts chunk $c$ (channels
+# $8c \dots 8c+7$) of tile row $r$ at byte $128 r + 16\,(c \oplus (r \bmod 8))$ of a
+# 1024-byte-aligned stage. The 128-byte swizzle reads logical byte $a$ of a K-major matrix
+# with rows of 128 bytes at $a \oplus \big(((a \gg 7) \bmod 8) \ll 4\big)$, address bits 4-6
+# XOR bits 7-9, which is why the stage must be 1024-byte aligned. Its SBO steps 8 rows
+# (1024 bytes); a k16 step (two chunks) adds 32 bytes to the start address, and the XOR
+# then acts on the sum. The cell checks that every element the descriptor names for each of
+# the four k16 steps is the one the loader put there.
+
+# %%
+def swizzle128(addr):
+    return addr ^ (((addr >> 7) & 7) << 4)
+
+
+def loader_a(r, c):  # byte of chunk c of row r (csrc/phase_conv_fwd_gemm.cu: a_swz<8>)
+    return 128 * r + 16 * (c ^ (r & 7))
+
+
+def descriptor_a(start, r, k, sbo=1024):  # byte of element (r, k) of a k16 step at `start`
+    logical = start + (r // 8) * sbo + (r % 8) * 128 + 2 * k
+    return swizzle128(logical)
+
+
+for base in (0, 1024, 7 * 1024):  # stages and warpgroup row offsets are 1024-byte multiples
+    for ks in range(4):
+        for r in range(64):
+            for k in range(16):
+                c, e = divmod(16 * ks + k, 8)  # chunk and element of channel 16 ks + k
+                assert descriptor_a(base + 32 * ks, r, k) == base + loader_a(r, c) + 2 * e
+print("A: the 128-byte-swizzle descriptor reads the loader's rows, every k16 step")
+
+
+# %% [markdown]
+# **B (8 channel groups × BN columns, no swizzle).** The loader writes the weight's 16-byte
+# run of (channel group $q$, column $n$) at byte $16\,(q \cdot BN + n)$. Without swizzle a
+# K-major operand is made of core matrices of 8 rows × 16 bytes, each 128 contiguous bytes:
+# element $(k, n)$ lies at
+# $\mathrm{SBO}\,\lfloor n/8 \rfloor + \mathrm{LBO}\,\lfloor k/8 \rfloor + 16\,(n \bmod 8) + 2\,(k \bmod 8)$.
+# With LBO $= 16\,BN$ (the next channel group) and SBO $= 128$ (the next 8 columns) that is
+# the loader's byte; a k16 step starts $2 \cdot 16\,BN$ bytes further. The descriptor's
+# 14-bit fields hold every offset the tile uses (addresses below $2^{18}$, LBO $\le 2048$).
+
+# %%
+def descriptor_b(start, k, n, lbo, sbo=128):
+    return start + (n // 8) * sbo + (k // 8) * lbo + (n % 8) * 16 + (k % 8) * 2
+
+
+def smem_desc(addr, lbo, sbo, swizzle):  # csrc/phase_conv_wgmma.cuh: smem_desc
+    return (((addr & 0x3FFFF) >> 4) | (((lbo >> 4) & 0x3FFF) << 16) |
+            (((sbo >> 4) & 0x3FFF) << 32) | (swizzle << 62))
+
+
+for BN in (32, 64, 128):
+    for ks in range(4):
+        for k in range(16):
+            for n in range(BN):
+                q, e = divmod(16 * ks + k, 8)
+                assert descriptor_b(32 * BN * ks, k, n, lbo=16 * BN) == 16 * (q * BN + n) + 2 * e
+    d = smem_desc(227 * 1024 - 16, 16 * BN, 128, 0)
+    assert ((d & 0x3FFF) << 4, ((d >> 16) & 0x3FFF) << 4, ((d >> 32) & 0x3FFF) << 4) == \
+        (227 * 1024 - 16, 16 * BN, 128)
+print("B: the no-swizzle descriptor (LBO = 16 BN, SBO = 128) reads the loader's runs; "
+      "the fields round-trip")
