@@ -48,8 +48,11 @@ def report() -> str:
     for index in range(count):
         major, minor = engines.capability(torch.device("cuda", index))  # type: ignore[misc]
         path = cuda.built(major, minor)
-        lines.append(f"  sm_{major}{minor}: " + (f"built for these sources ({path})" if path
-                                                  else "not built yet for these sources"))
+        target = cuda.build_target(major, minor)
+        lines.append(f"  sm_{major}{minor} (compiled for sm_{target}"
+                     + (", warpgroup kernels" if target.endswith("a") else "") + "): "
+                     + (f"built for these sources ({path})" if path
+                        else "not built yet for these sources"))
     lines.append("prebuilt engine: " + _prebuilt_text(cuda))
     lines.append(f"engine override: ${engines.ENGINE_ENV} (auto, reference, cuda)")
     return "\n".join(lines)

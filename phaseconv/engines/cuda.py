@@ -177,22 +177,24 @@ def _extension(major: int, minor: int):
     architecture and toolchain, where ninja recompiles only the units whose sources (or the
     headers they include) changed."""
     arch = f"{major}{minor}"
-    if (major, minor) == (9, 0) and _nvcc_has_sm90a():
+    target = build_target(major, minor)
+    cuda_flags = ["-O3", f"-gencode=arch=compute_{target},code=sm_{target}"]
+    if target == "90a":
         # the sm_90a build holds the warpgroup (wgmma) kernels; the plan runs them on sm_90
         # only when the engine says it was built so (PHASECONV_SM90A, DevInfo::wgmma)
-        cuda_flags = ["-O3", "-gencode=arch=compute_90a,code=sm_90a", "-DPHASECONV_SM90A"]
-    else:
-        cuda_flags = ["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+        cuda_flags.append("-DPHASECONV_SM90A")
     digest = hashlib.sha1(" ".join(cuda_flags).encode())
     digest.update(torch.__version__.encode())
     digest.update(str(torch.version.cuda).encode())
     return f"phaseconv_cuda_sm{arch}_{digest.hexdigest()[:12]}", cuda_flags
 
 
-def _nvcc_has_sm90a() -> bool:
-    """Whether the CUDA toolkit torch builds with knows sm_90a (CUDA 12.0 and later)."""
-    version = torch.version.cuda or "0"
-    return int(version.split(".")[0]) >= 12
+def build_target(major: int, minor: int) -> str:
+    """The architecture the first-use build compiles for: the GPU's own, except sm_90a on
+    sm_90 when the CUDA toolkit torch builds with knows it (CUDA 12.0 and later)."""
+    if (major, minor) == (9, 0) and int((torch.version.cuda or "0").split(".")[0]) >= 12:
+        return "90a"
+    return f"{major}{minor}"
 
 
 def build_root() -> Path:

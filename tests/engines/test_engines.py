@@ -135,6 +135,21 @@ def test_prebuilt_engine_is_used_only_for_its_sources_and_architectures(monkeypa
     assert cuda.prebuilt(9, 0) is None  # none installed
 
 
+def test_sm90_builds_target_sm90a_with_cuda_12(monkeypatch):
+    """The first-use build compiles sm_90a (the warpgroup kernels, PHASECONV_SM90A) on sm_90
+    with CUDA 12 or newer, the GPU's own architecture otherwise; the flags name the build."""
+    from phaseconv.engines import cuda
+
+    for version, target in (("12.4", "90a"), ("13.0", "90a"), ("11.8", "90"), (None, "90")):
+        monkeypatch.setattr(torch.version, "cuda", version)
+        assert cuda.build_target(9, 0) == target
+        assert cuda.build_target(8, 0) == "80" and cuda.build_target(10, 0) == "100"
+        name, flags = cuda._extension(9, 0)
+        assert f"-gencode=arch=compute_{target},code=sm_{target}" in flags
+        assert ("-DPHASECONV_SM90A" in flags) == (target == "90a")
+        assert "-DPHASECONV_SM90A" not in cuda._extension(8, 0)[1]
+
+
 @pytest.mark.parametrize("dtype, size, batched_gemm", [
     (torch.float32, 4, True),     # 4 -> 4 channels, k3 s2: a small layer
     (torch.float64, 4, True),
