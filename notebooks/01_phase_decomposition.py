@@ -483,7 +483,8 @@ print("A: the 128-byte-swizzle descriptor reads the loader's rows, every k16 ste
 # run of (channel group $q$, column $n$) at byte $16\,(q \cdot BN + n)$. Without swizzle a
 # K-major operand is made of core matrices of 8 rows × 16 bytes, each 128 contiguous bytes:
 # element $(k, n)$ lies at
-# $\mathrm{SBO}\,\lfloor n/8 \rfloor + \mathrm{LBO}\,\lfloor k/8 \rfloor + 16\,(n \bmod 8) + 2\,(k \bmod 8)$.
+# $$\mathrm{SBO}\,\lfloor n/8 \rfloor + \mathrm{LBO}\,\lfloor k/8 \rfloor
+#   + 16\,(n \bmod 8) + 2\,(k \bmod 8).$$
 # With LBO $= 16\,BN$ (the next channel group) and SBO $= 128$ (the next 8 columns) that is
 # the loader's byte; a k16 step starts $2 \cdot 16\,BN$ bytes further. The descriptor's
 # 14-bit fields hold every offset the tile uses (addresses below $2^{18}$, LBO $\le 2048$).
