@@ -28,11 +28,10 @@ def cuda_extension() -> dict:
     if not archs:
         raise SystemExit("PHASECONV_BUILD_CUDA=1 needs TORCH_CUDA_ARCH_LIST (e.g. \"8.0;9.0\")")
     sources = [os.path.join("csrc", n) for n in cuda._CPP_SOURCES + cuda._CUDA_SOURCES]
-    arch_tokens = "_".join("sm" + a.split("+")[0].replace(".", "")
-                           for a in archs.replace(";", " ").split())
+    listed = [a.split("+")[0] for a in archs.replace(";", " ").split()]  # "8.0", "9.0a", ...
+    arch_tokens = "_".join("sm" + a.replace(".", "") for a in listed)
     macros = [("PHASECONV_SOURCE_HASH", "h" + cuda.source_hash()),
               ("PHASECONV_ARCHS", arch_tokens)]
-    listed = {a.split("+")[0] for a in archs.replace(";", " ").split()}
     if "9.0a" in listed and "9.0" not in listed:
         # sm_90 runs the sm_90a code, warpgroup (wgmma) kernels included; with 9.0 listed too
         # the plan could not tell which of the two the driver loads

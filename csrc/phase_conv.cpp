@@ -106,6 +106,13 @@ void check_cuda(cudaError_t err) {
   TORCH_CHECK(err == cudaSuccess, "phaseconv cuda engine: ", cudaGetErrorString(err), ".");
 }
 
+// Built for sm_90a (PHASECONV_SM90A): the warpgroup kernels exist and run on sm_90.
+#if defined(PHASECONV_SM90A)
+constexpr bool kSm90aBuild = true;
+#else
+constexpr bool kSm90aBuild = false;
+#endif
+
 // The properties the plan reads, of the device a plan is made for.
 phaseconv::DevInfo device_info(const c10::Device& device) {
   const int index = device.index();
@@ -121,11 +128,7 @@ phaseconv::DevInfo device_info(const c10::Device& device) {
   int major = 0, minor = 0;
   check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
   check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
-#if defined(PHASECONV_SM90A)
-  info.wgmma = major == 9 && minor == 0;  // sm_90a code runs on sm_90 only
-#else
-  info.wgmma = 0;
-#endif
+  info.wgmma = kSm90aBuild && major == 9 && minor == 0;  // sm_90a code runs on sm_90 only
   return info;
 }
 
@@ -643,11 +646,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_weight", &gather_binding,
         "The weight gathered through an int32 index map (phase_conv_pack.cuh).",
         py::arg("weight"), py::arg("index"));
-#if defined(PHASECONV_SM90A)
-  m.attr("sm90a") = true;   // built for sm_90a: the warpgroup kernels run on sm_90
-#else
-  m.attr("sm90a") = false;
-#endif
+  m.attr("sm90a") = kSm90aBuild;
 #ifdef PHASECONV_SOURCE_HASH
   // an ahead-of-time build (setup.py): which sources and architectures it holds (passed as
   // plain tokens, h<hash> and sm80_sm90, so that no quoting reaches the build's shell)

@@ -160,6 +160,17 @@ mma_allph_kernel(const AllArgs a) {
                                      a.nbatch, a.co_blocks);
     bw = ti.bw; bh = ti.bh; bd = ti.bd; n = ti.n; cb = ti.cb; g = ti.g;
   };
+  // halo position pos (D-major over hd x hh x hw) -> its input coordinates, the halo starting
+  // at (id0, ih0, iw0)
+  auto halo_coords = [&](int pos, int id0, int ih0, int iw0, int& gd, int& gh, int& gw) {
+    const int dd = fast_div(pos, a.div_hhw);
+    const int rem = pos - dd * hhw;
+    const int hr = fast_div(rem, a.div_hw);
+    const int wl = rem - hr * a.hw;
+    gd = id0 + dd;
+    gh = ih0 + hr;
+    gw = iw0 + wl;
+  };
   // 16-bit dtypes with a channels-last input: the halo of tile `blk` goes into buffer `buf`
   // by cp.async (one 16-byte copy per position and channel group, zero-filled outside the
   // input), issued while the block computes the previous tile.
@@ -174,11 +185,8 @@ mma_allph_kernel(const AllArgs a) {
     for (int it = tid; it < nitems; it += NTHR) {
       const int pos = G == 1 ? it : fast_div(it, a.div_g);
       const int grp = it - pos * G;
-      const int dd = fast_div(pos, a.div_hhw);
-      const int rem = pos - dd * hhw;
-      const int hr = fast_div(rem, a.div_hw);
-      const int wl = rem - hr * a.hw;
-      const int gd = id0 + dd, gh = ih0 + hr, gw = iw0 + wl;
+      int gd, gh, gw;
+      halo_coords(pos, id0, ih0, iw0, gd, gh, gw);
       const bool ok = (unsigned)gd < (unsigned)a.in_d && (unsigned)gh < (unsigned)a.in_h &&
                       (unsigned)gw < (unsigned)a.in_w;
       const T* src = xn + (((int64_t)gd * a.in_h + gh) * a.in_w + gw) * a.c_in + grp * CG;
@@ -261,11 +269,8 @@ mma_allph_kernel(const AllArgs a) {
           if (it < nitems) {
             const int grp = fast_div(it, a.div_npos);
             const int pos = it - grp * npos;
-            const int dd = fast_div(pos, a.div_hhw);
-            const int rem = pos - dd * hhw;
-            const int hr = fast_div(rem, a.div_hw);
-            const int wl = rem - hr * a.hw;
-            const int gd = id0 + dd, gh = ih0 + hr, gw = iw0 + wl;
+            int gd, gh, gw;
+            halo_coords(pos, id0, ih0, iw0, gd, gh, gw);
             dst[u] = pos * rowstride + grp * 16;
             if ((unsigned)gd < (unsigned)a.in_d && (unsigned)gh < (unsigned)a.in_h &&
                 (unsigned)gw < (unsigned)a.in_w) {

@@ -537,8 +537,7 @@ gemm_cl_kernel(const GemmArgs a) {
 
 template <typename T, int MT, int NT, int WM, int WN, int BKG, bool WG = false>
 cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stream) {
-  constexpr int GS = WG ? kWgmmaGroupStages : kGemmGroupStages;
-  constexpr int S1 = WG ? kWgmmaStages : kGemmStages;
+  constexpr int GS = gemm_pipeline_stages(WG, true), S1 = gemm_pipeline_stages(WG, false);
   decltype(&gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG, WG>) kern;
   if constexpr (WG) {  // channels-last A only
     if (c.a_ncdhw) return cudaErrorInvalidConfiguration;

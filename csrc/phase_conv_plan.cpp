@@ -375,12 +375,6 @@ bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, cons
   return gemm_tile(p, f, dev, 1024, c);
 }
 
-// The implicit GEMM's pipeline depth.
-int gemm_stages(const GemmCfg& c) {
-  if (c.kind == 4) return c.wgroup ? kWgmmaGroupStages : kWgmmaStages;
-  return c.wgroup ? kGemmGroupStages : kGemmStages;
-}
-
 // The implicit GEMM's tile, shared memory and grid for parameters whose layouts the caller
 // checked (c->a_ncdhw set); false for narrow layers unless forced, or where it does not fit.
 bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
@@ -414,8 +408,8 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
               !force.gemm_one_phase;
   // the 8-warp tiles take 64 channels a k step (half the barriers) when C_in/g allows
   c->bkg = kind == 4 || (kind >= 2 && cin_g >= 64 && !force.gemm_k32) ? 8 : 4;
-  const int stages = kind == 4 ? kWgmmaStages : kGemmStages;
-  const int group_stages = kind == 4 ? kWgmmaGroupStages : kGemmGroupStages;
+  const int stages = gemm_pipeline_stages(kind == 4, false);
+  const int group_stages = gemm_pipeline_stages(kind == 4, true);
   // row tables; the warpgroup tile aligns its stages to 1024 bytes (the swizzle atom)
   const size_t tables = (size_t)c->BM * 32 + (size_t)(c->BM / 8) * 24 + (kind == 4 ? 1024 : 0);
   const size_t stage = (size_t)c->bkg * 16 * (c->BM + c->BN);
@@ -594,8 +588,8 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
       snprintf(buf, len,
                "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d "
                "smem=%zu grid=%lld %s%s (%s)", gc.kind, gc.BM, gc.BN, gc.bkg * 8, gc.threads,
-               gemm_stages(gc), gc.m_tiles, gc.smem, (long long)gc.grid,
-               gc.wgroup ? "w-phases-grouped" : "one-phase",
+               gemm_pipeline_stages(gc.kind == 4, gc.wgroup), gc.m_tiles, gc.smem,
+               (long long)gc.grid, gc.wgroup ? "w-phases-grouped" : "one-phase",
                gc.kind == 4 ? " wgmma-sm90a" : "", layout);
       return true;
     }
@@ -764,7 +758,7 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     snprintf(buf, len,
              "implicit-gemm grad-input kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d "
              "m_tiles=%d smem=%zu%s, grad_y channels-last", gc.kind, gc.BM, gc.BN, gc.bkg * 8,
-             gc.threads, gemm_stages(gc), gc.m_tiles, gc.smem,
+             gc.threads, gemm_pipeline_stages(gc.kind == 4, gc.wgroup), gc.m_tiles, gc.smem,
              gc.kind == 4 ? " wgmma-sm90a" : "");
     return true;
   }

@@ -172,6 +172,12 @@ constexpr int kGemmGroupStages = 3;   // W phases grouped (shared memory also ho
 constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
 constexpr int kWgmmaStages = 5;       // implicit GEMM, warpgroup tile: pipeline depth
 constexpr int kWgmmaGroupStages = 4;  // the same, W phases grouped
+// The implicit GEMM's pipeline depth, for its launcher and its plan: the warpgroup tile or the
+// mma.sync ones, W phases grouped or one phase per block.
+constexpr int gemm_pipeline_stages(bool wgmma, bool wgroup) {
+  return wgmma ? (wgroup ? kWgmmaGroupStages : kWgmmaStages)
+               : (wgroup ? kGemmGroupStages : kGemmStages);
+}
 constexpr int kGwThreads = 256;       // SIMT weight-gradient block
 constexpr int kGmBK = 32;             // tensor-core weight gradient: reduction chunk
 constexpr int kGmWM = 2, kGmWN = 2;   // its warps (a 64 x 64 channel tile)
