@@ -37,7 +37,7 @@ GMMA = "sm__inst_executed_pipe_tensor_op_gmma.sum"  # sm_90 only
 FFMA = "smsp__sass_thread_inst_executed_op_ffma_pred_on.sum"
 RANGE = "phaseconv"
 TENSOR_CORE_FAMILIES = ("gemm", "allphase", "mma", "tensor-cores", "implicit-gemm",
-                        "tensor-cores-cl")
+                        "tensor-cores-cl", "tensor-cores-narrow")
 
 # (label, sweep shape number, dtype, direction, kernel): direction "forward" forces a
 # forward family; "grad_input" / "grad_weight" force one backward kernel and run only it
@@ -63,6 +63,8 @@ CASES = [
     ("grad_weight tensor-cores", 2, "bfloat16", "grad_weight", "tensor-cores"),
     ("grad_weight tensor-cores", 5, "float32", "grad_weight", "tensor-cores"),
     ("grad_weight tensor-cores-cl", 3, "bfloat16", "grad_weight", "tensor-cores-cl"),
+    ("grad_weight tensor-cores-narrow", 1, "bfloat16", "grad_weight", "tensor-cores-narrow"),
+    ("grad_weight tensor-cores-narrow", 8, "bfloat16", "grad_weight", "tensor-cores-narrow"),
     ("grad_weight depthwise", 7, "float32", "grad_weight", "depthwise"),
     ("grad_weight depthwise", 7, "bfloat16", "grad_weight", "depthwise"),
     ("grad_weight simt", 7, "float32", "grad_weight", "simt"),

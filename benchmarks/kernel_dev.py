@@ -137,7 +137,7 @@ def bench_backward(spec, dtype, reps):
         return ((a.double() - e).norm() / e.norm()).item()
 
     for vname, kernel in (("gw_auto", "auto"), ("gw_simt", "simt"), ("gw_tc", "tensor-cores"),
-                          ("gw_tc_cl", "tensor-cores-cl")):
+                          ("gw_tc_cl", "tensor-cores-cl"), ("gw_tc_narrow", "tensor-cores-narrow")):
         def run(kernel=kernel):
             return cuda.backward(gy, x, w, args, need_input=False, grad_weight_kernel=kernel)[1]
         try:

@@ -1,6 +1,8 @@
 // phaseconv CUDA backward: the weight gradient, phase by phase (see phase_conv_bwd.cuh).
 // CUDA headers only.  The kernels, chosen by the rule in phase_conv_plan.h:
 //
+// * gw_narrow_kernel (phase_conv_bwd_narrow.cu; float16/bfloat16 with 8 channels per group on
+//   one side): tensor cores over a staged input window, every tap of a block at its shift.
 // * gw_cl_kernel (float16/bfloat16, C_in/g and C_out/g multiples of 8 and >= 16): per
 //   (phase, tap) a GEMM on mma.sync over the phase's outputs, its operands channels-last and
 //   copied by cp.async, described where it is defined.
@@ -20,6 +22,7 @@
 // layers whose window does not fit.  The plan (phase_conv_plan.cpp) picks one and its tile.
 #include "phase_conv_bwd.cuh"
 #include "phase_conv_bwd_depthwise.cuh"
+#include "phase_conv_bwd_narrow.cuh"
 #include "phase_conv_dtype.cuh"
 #include "phase_conv_fwd.cuh"
 #include "phase_conv_mma.cuh"
@@ -1007,6 +1010,11 @@ cudaError_t run_plan(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeight
     case PHASECONV_GW_MMA_CL: return launch_gw_cl<T>(p, plan, stream);
     case PHASECONV_GW_SIMT: return launch_gw<T>(p, plan, stream);
     case PHASECONV_GW_NAIVE: return launch_gw_naive<T>(p, plan, stream);
+    case PHASECONV_GW_MMA_NARROW: {
+      const cudaError_t err = phaseconv::run_gw_narrow<T>(p, plan.narrow, stream);
+      if (err != cudaSuccess) return err;
+      return launch_reduce<T>(p, plan.narrow.splits, stream);
+    }
     case PHASECONV_GW_DEPTHWISE: {
       const cudaError_t err = phaseconv::run_dw_grad_weight<T>(p, plan.depthwise, stream);
       if (err != cudaSuccess) return err;

@@ -473,6 +473,7 @@ const char* family_name(int family) {
     case PHASECONV_NAIVE: return "naive";
     case PHASECONV_GW_MMA: return "tensor-core gemm";
     case PHASECONV_GW_MMA_CL: return "channels-last tensor-core gemm";
+    case PHASECONV_GW_MMA_NARROW: return "narrow tensor-core window";
     case PHASECONV_GW_SIMT: return "simt";
     case PHASECONV_GW_NAIVE: return "naive";
     case PHASECONV_TENSOR_CORES: return "tensor-core (all-phase or per-phase)";
@@ -859,6 +860,85 @@ bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& d
   return out->grid < ((int64_t)1 << 31);
 }
 
+// Narrow tensor-core tile (gw_narrow_kernel): octets; taps per block, all of a phase where
+// its m16n8 tiles fit the warps (kGwNarrowItems each: one staged window serves every tap);
+// and the output tile (D x H x W) of least estimated cost over the phases' output counts: per
+// tile, its k steps times the m16n8 tiles (an mma, its ldmatrix and adds, ~8 instructions a
+// warp) against its staged rows (a copy, ~20 instructions a thread).  False where no tile's
+// window fits.
+bool plan_gw_narrow(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
+                    PhaseConvBwdWeightPlan* out) {
+  GwNarrowCfg& c = out->narrow;
+  const int64_t cin_o = p.c_in / p.groups / 8, cout_o = p.c_out / p.groups / 8;
+  const int64_t max_taps = p.max_taps_d * p.max_taps_h * p.max_taps_w;
+  if (max_taps == 0 || p.packed_elems == 0 || cin_o == 0 || cout_o == 0) return false;
+  const int warps = kGwNarrowThreads / 32;
+  c.nci = cin_o >= 2 ? 2 : 1;
+  c.nco = c.nci == 1 && cout_o >= 2 ? 2 : 1;
+  // m16n8 tiles a block: ceil(taps / 2) x nco with one input octet, taps x nco with two
+  const int64_t tc_max = (c.nci == 1 ? 2 : 1) * warps * kGwNarrowItems / c.nco;
+  c.n_tch = (int)cdiv(max_taps, tc_max);
+  c.tc = (int)cdiv(max_taps, c.n_tch);
+  c.n_cib = (int)cdiv(cin_o, c.nci);
+  c.n_cob = (int)cdiv(cout_o, c.nco);
+  const double items = (double)cdiv(c.tc * c.nci, 2) * c.nco;
+  const int64_t hi[3] = {cdiv(p.out_d, p.stride_d), cdiv(p.out_h, p.stride_h),
+                         cdiv(p.out_w, p.stride_w)};
+  const int64_t lo[3] = {p.out_d / p.stride_d, p.out_h / p.stride_h, p.out_w / p.stride_w};
+  const size_t smem_cap = std::min<size_t>(dev.smem_optin, 110 * 1024);
+  const size_t sums = (size_t)warps * kGwNarrowItems * 128 * 4;  // the warps' sums
+  const int64_t max_q = kGwNarrowMaxQ;
+  double best = 0;
+  bool found = false;
+  // per axis only the least size of each tile count (a larger one costs more, covers no more)
+  auto next = [](int64_t size, int64_t count) {  // the next smaller such size, 0 past 1
+    return size <= 1 ? 0 : cdiv(count, cdiv(count, size - 1));
+  };
+  for (int64_t tw = std::min(hi[2], max_q); tw >= 1; tw = next(tw, hi[2])) {
+    for (int64_t th = std::min(hi[1], max_q / tw); th >= 1; th = next(th, hi[1])) {
+      for (int64_t td = std::min(hi[0], max_q / (tw * th)); td >= 1; td = next(td, hi[0])) {
+        const int64_t ksteps = cdiv(td * th * tw, 16), qp = ksteps * 16;
+        const int64_t win = (td + (p.max_taps_d - 1) * p.pdil_d) *
+                            (th + (p.max_taps_h - 1) * p.pdil_h) *
+                            (tw + (p.max_taps_w - 1) * p.pdil_w);
+        const size_t buf = (size_t)(c.nci * win + c.nco * qp) * 16;
+        const size_t smem = (size_t)qp * 4 + sums + 2 * buf;
+        if (smem > smem_cap) continue;
+        double cost = 0;
+        for (const int64_t* k : {hi, lo}) {
+          if (k[0] == 0 || k[1] == 0 || k[2] == 0) continue;
+          const int64_t tiles = cdiv(k[0], td) * cdiv(k[1], th) * cdiv(k[2], tw);
+          cost += (double)tiles * ((double)ksteps * items * 8 * 32 +
+                                   (double)(c.nci * win + c.nco * qp) * 20);
+        }
+        if (!found || cost < best) {
+          found = true;
+          best = cost;
+          c.tile_d = (int)td; c.tile_h = (int)th; c.tile_w = (int)tw;
+          c.ksteps = (int)ksteps;
+          c.win_max = (int)win;
+          c.smem = smem;
+        }
+      }
+    }
+  }
+  if (!found) return false;
+  const int64_t base = p.stride_d * p.stride_h * p.stride_w * p.groups * c.n_cib * c.n_cob *
+                       c.n_tch;
+  // splits of the outputs: up to two waves of two blocks a multiprocessor (a partial third
+  // wave measured a third of the time), each split at least two tiles
+  const int64_t tiles = p.n * cdiv(hi[0], c.tile_d) * cdiv(hi[1], c.tile_h) *
+                        cdiv(hi[2], c.tile_w);
+  int64_t splits = 4 * (int64_t)dev.sms / base;
+  splits = std::max<int64_t>(1, std::min<int64_t>({splits, tiles / 2, 64}));
+  c.splits = (int)splits;
+  c.grid = base * splits;
+  out->grid = c.grid;
+  out->smem = c.smem;
+  out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * sizeof(float);
+  return c.grid < ((int64_t)1 << 31);
+}
+
 // Tensor-core tile of the contiguous kernel: 64 x 64 channels.  Measured on an H100: 128 x 64
 // tied in fp32 and lost in bf16 (shape 3: 217 vs 175 us); 64 x 32 for C_out/g <= 32 lost too
 // (shape 2: 699 vs 536 us fp32, 400 vs 333 bf16).  The channels-last kernel
@@ -933,6 +1013,26 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   }
   if (force == PHASECONV_GW_DEPTHWISE)
     return refuse(buf, len, force, kNoDepthwiseBackwardTile);
+  // float16/bfloat16 with 8 channels per group on one side, both sides whole octets: the
+  // narrow tensor-core kernel, operands channels-last as below
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  const bool narrow_ok = (dtype_code == PHASECONV_FLOAT16 || dtype_code == PHASECONV_BFLOAT16) &&
+                         cin_g % 8 == 0 && cout_g % 8 == 0 && std::min(cin_g, cout_g) < 16;
+  if (force == PHASECONV_GW_MMA_NARROW && !narrow_ok)
+    return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups and "
+                  "C_out/groups multiples of 8, one of them 8");
+  if (narrow_ok && (force == 0 || force == PHASECONV_GW_MMA_NARROW) &&
+      plan_gw_narrow(p, dev, out)) {
+    const GwNarrowCfg& c = out->narrow;
+    out->family = PHASECONV_GW_MMA_NARROW;
+    snprintf(buf, len, "tensor-core window, channels-last operands, %dx%d channel tile, "
+             "%d tap(s) per block, tile(d,h,w)=(%d,%d,%d), %d split(s), %lld blocks",
+             c.nci * 8, c.nco * 8, c.tc, c.tile_d, c.tile_h, c.tile_w, c.splits,
+             (long long)out->grid);
+    return true;
+  }
+  if (force == PHASECONV_GW_MMA_NARROW)
+    return refuse(buf, len, force, "its input window does not fit shared memory");
   const bool tensor_cores = mma_possible(p, dtype_code);
   const bool cl_ok = tensor_cores && dtype_code != PHASECONV_FLOAT32 &&
                      (p.c_in / p.groups) % 8 == 0 && (p.c_out / p.groups) % 8 == 0;

@@ -100,7 +100,8 @@ struct PhaseConvFwdParams {
 };
 
 struct PhaseConvBwdWeightParams {
-  const void* x;          // (N, C_in, D, H, W) contiguous (PHASECONV_GW_MMA_CL: channels-last)
+  const void* x;          // (N, C_in, D, H, W) contiguous (PHASECONV_GW_MMA_CL and
+                          // PHASECONV_GW_MMA_NARROW: channels-last)
   const void* grad_y;     // (N, C_out, OD, OH, OW) contiguous (as x)
   void* grad_w;           // (C_in, C_out/groups, kD, kH, kW) as grad_w_view; every element written
   const int32_t* grad_w_index;       // packed element -> logical element of grad_w (device)
@@ -136,6 +137,7 @@ enum PhaseConvFamily {
                             // also the input gradient's depthwise kernel
   PHASECONV_GW_DEPTHWISE = 11,  // the weight gradient's depthwise kernel
   PHASECONV_GW_MMA_CL = 12, // per (phase, tap) GEMM on tensor cores, channels-last operands
+  PHASECONV_GW_MMA_NARROW = 13,  // tensor cores over a staged input window, 8-channel layers
 };
 
 // A kernel chosen by name instead of by the rule (tests, benchmarks).  The plan refuses a
@@ -183,6 +185,9 @@ constexpr int kGmBK = 32;             // tensor-core weight gradient: reduction 
 constexpr int kGmWM = 2, kGmWN = 2;   // its warps (a 64 x 64 channel tile)
 constexpr int kGmBlocksPerSm = 8;     // its splits: about this many blocks per multiprocessor
 constexpr int kGwClStages = 4;        // channels-last weight gradient: pipeline depth
+constexpr int kGwNarrowThreads = 256; // narrow weight gradient: threads per block
+constexpr int kGwNarrowItems = 8;     // its m16n8 tiles per warp (its warps: groups of them)
+constexpr int kGwNarrowMaxQ = 512;    // its phase outputs per tile, at most
 constexpr int kDwThreads = 256;       // depthwise kernel: threads per block
 constexpr int kDwRows = 4;            // its rows of one H phase per thread item
 constexpr int kDwTileOutputs = 2048;  // its outputs per D position of a block, about
@@ -294,6 +299,20 @@ struct GwCfg {
   int win_max;           // window positions staged at most (smem sizing)
 };
 
+// narrow tensor-core weight gradient (phase_conv_bwd_narrow.cu: gw_narrow_kernel).  A block
+// owns (split, phase, group, C_in octets, C_out octets, taps); its mma rows are (tap, input
+// octet) pairs: nci octets of one tap, or two taps of one octet when nci is 1.
+struct GwNarrowCfg {
+  int nci, nco;          // 8-channel octets per block: input (1 or 2), output (1 or 2)
+  int tc;                // taps per block
+  int n_cib, n_cob, n_tch, splits;
+  int tile_d, tile_h, tile_w;  // a tile of a phase's outputs
+  int ksteps;            // its 16-output k steps (its outputs rounded up)
+  int win_max;           // input window positions staged at most (per octet)
+  size_t smem;
+  int64_t grid;
+};
+
 // tensor-core weight gradient (phase_conv_bwd.cu: gw_mma_kernel, gw_cl_kernel)
 struct GmCfg {
   int max_taps, n_cib, n_cob, splits;
@@ -331,9 +350,10 @@ struct PhaseConvBwdInputPlan {
 
 // The weight gradient's plan (phase_conv_bwd_weight_plan).
 struct PhaseConvBwdWeightPlan {
-  int family;  // PHASECONV_EMPTY, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA_CL,
-               // PHASECONV_GW_MMA, PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE
+  int family;  // PHASECONV_EMPTY, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA_NARROW,
+               // PHASECONV_GW_MMA_CL, PHASECONV_GW_MMA, PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE
   phaseconv::GwCfg gw;
+  phaseconv::GwNarrowCfg narrow;
   phaseconv::GmCfg gm;
   phaseconv::DwBwdCfg depthwise;
   int64_t grid;
@@ -366,15 +386,17 @@ bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code,
                                const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan);
 
 // The weight gradient (phase_conv_bwd.cuh).  The rule: depthwise layers (any dtype) the
-// depthwise kernel under the input gradient's conditions; float32/float16/bfloat16 with
-// C_in/groups and C_out/groups both >= 16 (and a phase's outputs over the batch below 2^31)
-// run a tensor-core kernel: float16/bfloat16 with both multiples of 8 the one that reads x
-// and grad_y channels-last (16-byte aligned; PHASECONV_GW_MMA_CL), the others the one that
-// reads them contiguous (PHASECONV_GW_MMA); float64 and narrower layers the SIMT one, and layers
-// whose input window does not fit shared memory (huge dilations) a naive kernel, one thread
-// per weight element.  force: 0 the rule, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA_CL,
-// PHASECONV_GW_MMA, PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE; false where the forced kernel
-// cannot take the layer.
+// depthwise kernel under the input gradient's conditions; float16/bfloat16 with C_in/groups
+// and C_out/groups multiples of 8, one of them 8, the narrow tensor-core kernel
+// (PHASECONV_GW_MMA_NARROW: x and grad_y channels-last, 16-byte aligned) where a tile's window
+// fits; float32/float16/bfloat16 with C_in/groups and C_out/groups both >= 16 (and a phase's
+// outputs over the batch below 2^31) a tensor-core GEMM: float16/bfloat16 with both multiples
+// of 8 the one that reads x and grad_y channels-last (PHASECONV_GW_MMA_CL), the others the one
+// that reads them contiguous (PHASECONV_GW_MMA); float64 and the other narrow layers the SIMT
+// one, and layers whose input window does not fit shared memory (huge dilations) a naive
+// kernel, one thread per weight element.  force: 0 the rule, PHASECONV_GW_DEPTHWISE,
+// PHASECONV_GW_MMA_NARROW, PHASECONV_GW_MMA_CL, PHASECONV_GW_MMA, PHASECONV_GW_SIMT or
+// PHASECONV_GW_NAIVE; false where the forced kernel cannot take the layer.
 bool phase_conv_bwd_weight_plan(const PhaseConvBwdWeightParams& params, int dtype_code,
                                 int force, const phaseconv::DevInfo& dev,
                                 PhaseConvBwdWeightPlan* plan);

@@ -105,6 +105,7 @@ extern "C" int phaseconv_plan_grad_weight(const int64_t* g, int dtype, int force
   out[3] = plan.family == PHASECONV_GW_MMA || plan.family == PHASECONV_GW_MMA_CL
                ? plan.gm.splits
            : plan.family == PHASECONV_GW_SIMT ? plan.gw.splits
+           : plan.family == PHASECONV_GW_MMA_NARROW ? plan.narrow.splits
            : plan.family == PHASECONV_GW_DEPTHWISE ? plan.depthwise.splits : 0;
   copy_text(plan.text, text, len);
   return ok ? 1 : 0;

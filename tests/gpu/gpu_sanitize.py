@@ -30,6 +30,8 @@ CASES = [
     # C_in/groups 64 and C_out 64: the implicit GEMM's warpgroup tile (sm_90a builds), forward
     # (forced below) and the input gradient (the rule: 1728 reduction terms)
     (1, 64, 64, 1, (3, 4, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+    # 64 taps of 8 -> 16 channels: the narrow weight gradient's eight warp groups
+    (1, 8, 16, 1, (2, 3, 3), (4, 4, 4), (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1)),
 ]
 # every forward kernel by name (csrc/phase_conv_plan.h), and its variants; channels-last: the
 # input comes channels-last.  A kernel that refuses a case is skipped (tests/plan/test_plan.py).
@@ -158,6 +160,14 @@ def main() -> int:
                     forced.append(cuda.backward(gy_, x_, wd, args,
                                                 grad_input_kernel="implicit-gemm",
                                                 grad_weight_kernel="tensor-cores-cl"))
+            if dtype == torch.bfloat16 and (ci // g) % 8 == 0 and (co // g) % 8 == 0 and \
+                    min(ci, co) // g == 8:
+                # the narrow weight gradient, operands copied and read in place
+                cl = torch.channels_last_3d
+                for gy_, x_ in ((gy, xd), (gy.contiguous(memory_format=cl),
+                                           xd.contiguous(memory_format=cl))):
+                    forced.append(cuda.backward(gy_, x_, wd, args, need_input=False,
+                                                grad_weight_kernel="tensor-cores-narrow"))
             forced = [t for pair in forced for t in pair if t is not None]
             for a in forced:
                 e = rx if a.shape == rx.shape else rw

@@ -567,6 +567,53 @@ def test_channels_last_backward_kernels(case, dtype):
             assert torch.equal(a, b) and torch.equal(a, c)
 
 
+_NARROW_GW_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): 8 channels a side
+    (2, 32, 32, 4, (3, 5, 7), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1)),  # odd taps
+    (1, 16, 8, 1, (6, 7, 9), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),  # 16 -> 8
+    (2, 8, 24, 1, (4, 5, 6), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 0, 1), (2, 1, 3)),  # tails
+    (2, 40, 8, 1, (3, 3, 3), (1, 2, 1), (3, 4, 2), (0, 0, 0), (0, 0, 1), (1, 1, 1)),  # empty
+    (1, 16, 8, 1, (2, 2, 600), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),  # long W
+    (3, 32, 16, 2, (5, 6, 7), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # splits
+    (1, 8, 8, 1, (4, 4, 5), (5, 5, 5), (1, 1, 1), (2, 2, 2), (0, 0, 0), (1, 1, 1)),  # 8 groups
+    (1, 8, 16, 1, (3, 4, 5), (6, 6, 6), (1, 1, 1), (2, 2, 2), (0, 0, 0), (1, 1, 1)),  # 4 blocks
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", range(len(_NARROW_GW_CASES)))
+def test_narrow_weight_gradient(case, dtype):
+    """The 16-bit weight gradient of layers with 8 channels a group on one side (tensor cores
+    over a staged input window), by the rule and forced, against torch in float64 from the
+    same rounded values: odd tap counts (two taps share an mma tile), one and two input or
+    output octets with tails, ragged and empty phases, dilation, groups, rows longer than a
+    tile, split reductions; the SIMT kernel within the same tolerance; contiguous operands
+    (copied channels-last) give the same bits as channels-last ones, and results repeat
+    bitwise."""
+    from phaseconv.engines import cuda
+
+    n, cin, cout, g, size, k, s, p, op, d = _NARROW_GW_CASES[case]
+    xc, wc, gyc, args, expected = _layer_case(n, cin, cout, g, size, k, s, p, op, d, dtype,
+                                              case)
+    gw_desc = cuda.describe_backward(args, n, dtype, xc.device)[1]
+    assert gw_desc.startswith("tensor-core window, channels-last operands"), gw_desc
+    tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
+    runs = [cuda.backward(gyc, xc, wc, args, need_input=False)[1],
+            cuda.backward(gyc, xc, wc, args, need_input=False,
+                          grad_weight_kernel="tensor-cores-narrow")[1],
+            cuda.backward(gyc, xc, wc, args, need_input=False, grad_weight_kernel="simt")[1]]
+    e = expected[1]
+    for got in runs:
+        assert got.dtype == dtype and got.shape == e.shape
+        rel = ((got.double().cpu() - e).norm() / e.norm()).item()
+        worst = ((got.double().cpu() - e).abs().max() / e.abs().max()).item()
+        assert rel < tol and worst < 4 * tol, (rel, worst)
+    assert torch.equal(runs[0], runs[1])
+    cl = torch.channels_last_3d
+    gyl, xl = gyc.contiguous(memory_format=cl), xc.contiguous(memory_format=cl)
+    assert torch.equal(cuda.backward(gyl, xl, wc, args, need_input=False)[1], runs[0])
+    assert torch.equal(cuda.backward(gyc, xc, wc, args, need_input=False)[1], runs[0])
+
+
 def test_backward_kernel_rules():
     """The rules (phase_conv_bwd.cuh, phase_conv_fwd.cuh) are visible and forcing is checked,
     never rerouted."""
@@ -596,6 +643,8 @@ def test_backward_kernel_rules():
              dict(grad_weight_kernel="depthwise")),
             ("weight gradient: refused: the channels-last tensor-core gemm kernel was forced",
              w, narrow, dict(grad_weight_kernel="tensor-cores-cl")),
+            ("weight gradient: refused: the narrow tensor-core window kernel was forced", w,
+             narrow, dict(grad_weight_kernel="tensor-cores-narrow")),
             ("input gradient: refused: the implicit-gemm kernel was forced", w, narrow,
              dict(grad_input_kernel="implicit-gemm"))]:
         with pytest.raises(RuntimeError, match=why):

@@ -43,6 +43,10 @@ PATHS = [
     ("naive (huge dilation)", dict(in_channels=2, out_channels=3, kernel_size=3, stride=1,
                                    dilation=(40, 40, 40)), (1, 2, 1, 2, 1), torch.float32,
      "ncdhw", "naive", "naive grad-input", "naive"),
+    ("narrow weight gradient bf16", dict(in_channels=32, out_channels=32, kernel_size=3,
+                                         stride=2, padding=1, output_padding=1, groups=4),
+     (2, 32, 4, 6, 8), torch.bfloat16, "ncdhw", "mma-allphase", "mma grad-input",
+     "tensor-core window"),
 ]
 
 

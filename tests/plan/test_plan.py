@@ -71,6 +71,13 @@ def test_every_sweep_shape_has_a_plan(device):
 BACKWARD_RULE = [
     ("founding fp32", FOUNDING, F32, "mma", "simt"),         # C_out/groups 8 < 16
     ("founding fp64", FOUNDING, F64, "naive", "simt"),
+    ("founding bf16", FOUNDING, BF16, "mma", "tensor-cores-narrow"),  # 8 x 8 channels a group
+    ("eight output channels fp16", ph.sweep_args(SWEEP[7]), torch.float16, "mma",
+     "tensor-cores-narrow"),                                 # 16 -> 8
+    ("eight input channels bf16", ph.conv_args(8, 64, 3, 6, 2, 1, 1), BF16, "mma",
+     "tensor-cores-narrow"),
+    ("four channels a group bf16", ph.conv_args(8, 8, 3, 6, 2, 1, 1, 2), BF16, "mma",
+     "simt"),                                                # not whole octets
     ("wide bf16", WIDE, BF16, "gemm", "tensor-cores-cl"),    # grad_y read channels-last
     ("wider fp16", WIDER, torch.float16, "gemm", "tensor-cores-cl"),
     ("wide fp32", WIDE, F32, "mma", "tensor-cores"),
@@ -148,10 +155,15 @@ def test_forced_backward_kernels():
         assert ph.grad_weight(WIDER, 2, BF16, device, "tensor-cores").family == "tensor-cores"
         assert ph.grad_weight(WIDE, 2, BF16, device, "tensor-cores-cl").family == \
             "tensor-cores-cl"
+        assert ph.grad_weight(FOUNDING, 2, BF16, device, "simt").family == "simt"
+        assert ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-narrow").family == \
+            "tensor-cores-narrow"
         for refused in (ph.grad_input(WIDE, 2, F32, device, "implicit-gemm"),
                         ph.grad_input(NARROW, 1, BF16, device, "implicit-gemm"),
                         ph.grad_weight(WIDE, 2, F32, device, "tensor-cores-cl"),
-                        ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-cl")):
+                        ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-cl"),
+                        ph.grad_weight(FOUNDING, 2, F32, device, "tensor-cores-narrow"),
+                        ph.grad_weight(WIDE, 2, BF16, device, "tensor-cores-narrow")):
             assert not refused.ok and refused.text.startswith("refused: the "), refused.text
 
 
@@ -282,6 +294,40 @@ def test_weight_gradient_tiles_fit_the_channels():
         assert plan.family == "simt" and "simt 1x1 channel tile" in plan.text, plan.text
         plan = ph.grad_weight(FOUNDING, 8, F32, device)
         assert plan.family == "simt" and "simt 8x8 channel tile" in plan.text, plan.text
+
+
+def test_narrow_weight_gradient_tiles():
+    """The narrow tensor-core weight gradient: octets, and every tap of a phase in one block
+    where its m16n8 tiles fit the warps (one staged window serves them all); output tiles
+    (D x H x W) that cover the phases' outputs without padding where the counts allow
+    (founding: 12 x 24 x 48 outputs a phase; shape 8: 64^3), at most kGwNarrowMaxQ = 512
+    outputs, and splits of at least two tiles."""
+    import re
+
+    def tile(plan):
+        return tuple(map(int, re.search(r"tile\(d,h,w\)=\((\d+),(\d+),(\d+)\)",
+                                        plan.text).groups()))
+
+    for device in ph.DEVICES:
+        founding = ph.grad_weight(FOUNDING, 8, BF16, device)
+        assert "8x8 channel tile, 24 tap(s) per block" in founding.text, founding.text
+        shape8 = ph.grad_weight(ph.sweep_args(SWEEP[7]), 1, BF16, device)
+        assert "16x8 channel tile, 8 tap(s) per block" in shape8.text, shape8.text
+        for plan, counts in ((founding, (12, 24, 48)), (shape8, (64, 64, 64))):
+            d, h, w = tile(plan)
+            assert all(c % t == 0 for c, t in zip(counts, (d, h, w))), plan.text
+            assert (d * h * w) % 128 == 0 and d * h * w <= 512, plan.text
+        wide_out = ph.grad_weight(ph.conv_args(8, 40, 3, 6, 2, 1, 1), 2, BF16, device)
+        assert "8x16 channel tile, 8 tap(s) per block" in wide_out.text, wide_out.text
+        long_rows = ph.grad_weight(ph.conv_args(16, 8, 3, (2, 3, 700), 2, 1, 1), 1, BF16,
+                                   device)
+        assert long_rows.family == "tensor-cores-narrow" and tile(long_rows)[2] < 700, \
+            long_rows.text
+        # 1331 taps: 11 blocks of 121 (61 m16n8 tiles of 64)
+        many_taps = ph.grad_weight(ph.conv_args(8, 8, 11, 6, 1, 5), 1, BF16, device)
+        assert "8x8 channel tile, 121 tap(s) per block" in many_taps.text, many_taps.text
+        for plan in (founding, shape8, wide_out, long_rows, many_taps):
+            assert 1 <= plan.splits <= 64, plan.text
 
 
 def test_depthwise_tiles_hold_whole_phases():
