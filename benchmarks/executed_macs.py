@@ -65,6 +65,7 @@ CASES = [
     ("grad_weight tensor-cores-cl", 3, "bfloat16", "grad_weight", "tensor-cores-cl"),
     ("grad_weight tensor-cores-narrow", 1, "bfloat16", "grad_weight", "tensor-cores-narrow"),
     ("grad_weight tensor-cores-narrow", 8, "bfloat16", "grad_weight", "tensor-cores-narrow"),
+    ("grad_weight tensor-cores-narrow", 1, "float32", "grad_weight", "tensor-cores-narrow"),
     ("grad_weight depthwise", 7, "float32", "grad_weight", "depthwise"),
     ("grad_weight depthwise", 7, "bfloat16", "grad_weight", "depthwise"),
     ("grad_weight simt", 7, "float32", "grad_weight", "simt"),

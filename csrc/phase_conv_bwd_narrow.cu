@@ -1,15 +1,15 @@
-// phaseconv CUDA backward: the weight gradient of narrow 16-bit layers on tensor cores (see
+// phaseconv CUDA backward: the weight gradient of narrow layers on tensor cores (see
 // phase_conv_bwd_narrow.cuh).  CUDA headers only.
 //
-// With 8 channels per group on one side (C_in/g or C_out/g = 8) the per-tap GEMM of
-// gw_cl_kernel (phase_conv_bwd.cu) would leave most of its 64 x 32 tile empty.  Here a block
-// stages, per tile of a phase's outputs (tile_h rows x tile_w columns of one D position), the
-// input window that all its taps read and the tile's grad_y, both channels-last in 16-byte
-// channel octets ([octet][position][8], cp.async, two buffers: the next tile's copies overlap
-// this one's mmas).  An m16n8k16 tile's 16 rows are two (tap, input octet) pairs: one tap's two
-// octets, or two taps of one octet; its 8 columns one output octet; its k the tile's outputs.
-// A tap reads the window at its own shift, so every ldmatrix row address is a table entry (an
-// output's window position) plus the tap's offset: no copy per tap, no multiply on a zero the
+// With 8 channels per group on one side (C_in/g or C_out/g = 8) the per-tap GEMMs of
+// gw_cl_kernel and gw_mma_kernel (phase_conv_bwd.cu) would leave most of a 64 x 32 tile empty.
+// Here a block stages, per tile of a phase's outputs (tile_d x tile_h x tile_w), the input
+// window that all its taps read and the tile's grad_y, both channels-last in channel octets
+// ([octet][position][8], cp.async, two buffers: the next tile's copies overlap this one's
+// mmas).  An m16n8 tile's 16 rows are two (tap, input octet) pairs: one tap's two octets, or
+// two taps of one octet; its 8 columns one output octet; its k the tile's outputs.  A tap reads
+// the window at its own shift, so every fragment row address is a table entry (an output's
+// window position) plus the tap's offset: no copy per tap, no multiply on a zero the
 // decomposition removed.  The warps split the tile's k steps and add their sums in warp order
 // at the end; splits of the outputs go to workspace slices that the reduction of
 // phase_conv_bwd.cu adds in split order (the same bits every run).
@@ -27,7 +27,7 @@ namespace {
 using namespace phaseconv_dtype;  // axis_count
 using namespace phaseconv_mma;    // ldmatrix, cp.async, mma.sync
 
-constexpr int kThreads = kGwNarrowThreads, kWarps = kThreads / 32, kItems = kGwNarrowItems;
+constexpr int kThreads = kGwNarrowThreads, kWarps = kThreads / 32;
 
 struct NarrowArgs {
   const void* x;    // (N, D, H, W, C_in)
@@ -78,21 +78,29 @@ struct TileAt {
 
 // Shared memory: the tile's output table (window position of each output at the first tap),
 // the warps' sums ([warp][item][lane] float4: each lane its own), then two buffers of [NCI
-// octets][win_max positions] input rows and [NCO octets][ksteps * 16 outputs] grad_y rows, 16
-// bytes each.  The warps form item groups (each its share of the block's m16n8 tiles, kItems
-// at most) of k parts (each every k_parts-th k step of a tile).  A warp's accumulators go into
-// its sums after every tile (at most kGwNarrowMaxQ terms: the tensor cores' fp32 sums
-// truncate, so runs stay short).
+// octets][win_max positions] input rows and [NCO octets][ksteps * 16 outputs] grad_y rows (an
+// octet: 16 bytes, or 32 for float).  The warps form item groups (each its share of the
+// block's m16n8 tiles, kItems at most) of k parts (each every k_parts-th k step of a tile).  A
+// warp's accumulators go into its sums after every tile (at most gw_narrow_max_q terms: the
+// tensor cores' fp32 sums truncate, so runs stay short).
+//
+// 16-bit: m16n8k16, both fragments by ldmatrix.trans.  float: 3xTF32 m16n8k8, two k halves
+// of each 16-output step; ldmatrix moves 16-bit elements, so each fragment element is a 32-bit
+// shared load (an octet's row is 8 words: the lanes' (row, k) pairs fall on distinct banks).
 template <typename T, int NCI, int NCO>
 __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs a) {
-  static_assert(sizeof(T) == 2, "16-bit operands");
+  constexpr bool F32 = sizeof(T) == 4;
+  constexpr int kItems = gw_narrow_items((int)sizeof(T));
+  constexpr int RB = 8 * (int)sizeof(T);  // an octet's row bytes
+  constexpr int kCopies = RB / 16;        // 16-byte copies a row
+  static_assert(sizeof(T) == 2 || sizeof(T) == 4, "16-bit or float operands");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const GwNarrowCfg& c = a.c;
   const int qp = c.ksteps * 16;  // outputs a tile stages, padding included
   int* s_q = reinterpret_cast<int*>(smem_raw);
   float* s_sum = reinterpret_cast<float*>(smem_raw + ((qp * 4 + 15) & ~15));
   unsigned char* s_buf = reinterpret_cast<unsigned char*>(s_sum + kWarps * kItems * 128);
-  const int buf_bytes = (NCI * c.win_max + NCO * qp) * 16;
+  const int buf_bytes = (NCI * c.win_max + NCO * qp) * RB;
   const uint32_t s_buf0 = (uint32_t)__cvta_generic_to_shared(s_buf);
   const T* __restrict__ x = static_cast<const T*>(a.x);
   const T* __restrict__ gy = static_cast<const T*>(a.gy);
@@ -136,19 +144,30 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
     s_q[q] = q < nq ? (o.d * WH + o.h) * WW + o.w : 0;  // padding: grad_y rows are zero
   }
 
-  // this lane's rows: A (ldmatrix.x4.trans: matrices m 0-7 | m 8-15 x k 0-7 | k 8-15), B
-  // (x2.trans: k 0-7 | k 8-15); an item's A offset is its octet's plane and its tap's shift
+  // this lane's rows.  16-bit: A by ldmatrix.x4.trans (matrices m 0-7 | m 8-15 x k 0-7 |
+  // k 8-15), B by x2.trans (k 0-7 | k 8-15).  float: rows (m) lane / 4 and + 8, k lane % 4 and
+  // + 4, B's column lane / 4.  An item's A offset: its octet's plane and its tap's shift (for
+  // float both octets of the tile, the lane's channel folded in).
   const int a_k = ((lane >> 4) & 1) * 8 + (lane & 7), a_hi = (lane >> 3) & 1, b_k = lane & 15;
-  uint32_t item_ofs[kItems];
-#pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    int m = 2 * ((i0 + i) / NCO) + a_hi;
+  const int f_row = lane >> 2, f_k = lane & 3;
+  auto octet_ofs = [&](int m) {  // byte offset of (tap, input octet) pair m in a buffer
     if (m >= m_octets) m = m_octets - 1;  // an odd octet count: the last tile's upper half
     const int tl = NCI == 2 ? m >> 1 : m, o = NCI == 2 ? (m & 1) : 0;
     const int t = t0 + tl;
     const int tw = t % Tw, th = (t / Tw) % Th, td = t / (Tw * Th);
-    item_ofs[i] =
-        (uint32_t)(o * c.win_max + ((td * a.pdd) * WH + th * a.pdh) * WW + tw * a.pdw) * 16u;
+    return (uint32_t)(o * c.win_max + ((td * a.pdd) * WH + th * a.pdh) * WW + tw * a.pdw) *
+           (uint32_t)RB;
+  };
+  uint32_t item_ofs[kItems][F32 ? 2 : 1];
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int m = 2 * ((i0 + i) / NCO);
+    if constexpr (F32) {
+      item_ofs[i][0] = octet_ofs(m) + f_row * 4;
+      item_ofs[i][1] = octet_ofs(m + 1) + f_row * 4;
+    } else {
+      item_ofs[i][0] = octet_ofs(m + a_hi);
+    }
   }
 
   const int tiles_w = (cw + tile_w - 1) / tile_w, tiles_h = (ch + tile_h - 1) / tile_h,
@@ -194,7 +213,7 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
     const NarrowStage st = s_st;
     const int64_t n = nt.n;
     const int d0 = nt.bd * c.tile_d, h0 = nt.bh * c.tile_h, w0 = nt.bw * c.tile_w;
-    const uint32_t sx = s_buf0 + buf * buf_bytes, sg = sx + NCI * c.win_max * 16;
+    const uint32_t sx = s_buf0 + buf * buf_bytes, sg = sx + NCI * c.win_max * RB;
     // the input window: positions (d0, h0, w0) + offset + (wd, wh, ww), zero outside
     {
       const int xd = d0 + st.offd, xh = h0 + st.offh, xw = w0 + st.offw;
@@ -210,7 +229,10 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
 #pragma unroll
         for (int o = 0; o < NCI; ++o) {
           const bool ok = in && o < st.nci_ok;
-          cp_async16_cg(sx + (o * c.win_max + pos) * 16, ok ? xb + v + o * 8 : x, ok);
+#pragma unroll
+          for (int h = 0; h < kCopies; ++h)
+            cp_async16_cg(sx + (o * c.win_max + pos) * RB + h * 16,
+                          ok ? xb + v + o * 8 + h * (16 / (int)sizeof(T)) : x, ok);
         }
         at.w += by.w; at.h += by.h; at.d += by.d; v += st.x_by;
         if (at.w >= st.ww) { at.w -= st.ww; at.h += 1; v += st.x_cw; }
@@ -231,7 +253,10 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
 #pragma unroll
         for (int o = 0; o < NCO; ++o) {
           const bool ok = in && o < st.nco_ok;
-          cp_async16_cg(sg + (o * qp + q) * 16, ok ? gb + v + o * 8 : gy, ok);
+#pragma unroll
+          for (int h = 0; h < kCopies; ++h)
+            cp_async16_cg(sg + (o * qp + q) * RB + h * 16,
+                          ok ? gb + v + o * 8 + h * (16 / (int)sizeof(T)) : gy, ok);
         }
         at.w += by.w; at.h += by.h; at.d += by.d; v += st.g_by;
         if (at.w >= tile_w) { at.w -= tile_w; at.h += 1; v += st.g_cw; }
@@ -264,22 +289,53 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();  // this tile has landed for every thread (and the table is in)
-    const uint32_t sx = s_buf0 + buf * buf_bytes, sg = sx + NCI * c.win_max * 16;
-    for (int ks = kp; ks < c.ksteps && my_items > 0; ks += k_parts) {
-      const uint32_t pa = sx + (uint32_t)s_q[ks * 16 + a_k] * 16u;
-      uint32_t bf[NCO][2], af[2][4];
+    if constexpr (F32) {
+      const unsigned char* bx = s_buf + buf * buf_bytes;
+      const unsigned char* bg = bx + (NCI * c.win_max * RB + f_row * 4);
+      auto lds = [](const unsigned char* p) { return *reinterpret_cast<const uint32_t*>(p); };
+      for (int ks = kp; ks < c.ksteps && my_items > 0; ks += k_parts) {
 #pragma unroll
-      for (int o = 0; o < NCO; ++o)
-        ldsm_x2_trans(bf[o][0], bf[o][1], sg + (o * qp + ks * 16 + b_k) * 16);
-      ldsm_x4_trans(af[0], pa + item_ofs[0]);
-      // item i's mma while item i + 1's fragment loads; uniform branches, no mma issued for
-      // an absent item
+        for (int half = 0; half < 2; ++half) {
+          const int q0 = ks * 16 + half * 8 + f_k;
+          const uint32_t r0 = (uint32_t)s_q[q0] * RB, r1 = (uint32_t)s_q[q0 + 4] * RB;
+          uint32_t bb[NCO][2], bs[NCO][2];
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        if (i + 1 < kItems && i + 1 < my_items)
-          ldsm_x4_trans(af[(i + 1) & 1], pa + item_ofs[i + 1 < kItems ? i + 1 : i]);
-        MmaOp<T>::run(acc[i], af[i & 1], bf[i % NCO][0], bf[i % NCO][1]);
-        if (i + 1 == my_items) break;
+          for (int o = 0; o < NCO; ++o) {
+            const uint32_t b[2] = {lds(bg + (o * qp + q0) * RB),
+                                   lds(bg + (o * qp + q0 + 4) * RB)};
+            split_tf32(b, bb[o], bs[o]);
+          }
+#pragma unroll
+          for (int i = 0; i < kItems; ++i) {
+            if (i == my_items) break;  // uniform: no mma issued for an absent item
+            const uint32_t av[4] = {lds(bx + r0 + item_ofs[i][0]),
+                                    lds(bx + r0 + item_ofs[i][1]),
+                                    lds(bx + r1 + item_ofs[i][0]),
+                                    lds(bx + r1 + item_ofs[i][1])};
+            uint32_t ab[4], as[4];
+            split_tf32(av, ab, as);
+            mma_3xtf32(acc[i], ab, as, bb[i % NCO], bs[i % NCO]);
+          }
+        }
+      }
+    } else {
+      const uint32_t sx = s_buf0 + buf * buf_bytes, sg = sx + NCI * c.win_max * RB;
+      for (int ks = kp; ks < c.ksteps && my_items > 0; ks += k_parts) {
+        const uint32_t pa = sx + (uint32_t)s_q[ks * 16 + a_k] * RB;
+        uint32_t bf[NCO][2], af[2][4];
+#pragma unroll
+        for (int o = 0; o < NCO; ++o)
+          ldsm_x2_trans(bf[o][0], bf[o][1], sg + (o * qp + ks * 16 + b_k) * RB);
+        ldsm_x4_trans(af[0], pa + item_ofs[0][0]);
+        // item i's mma while item i + 1's fragment loads; uniform branches, no mma issued for
+        // an absent item
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          if (i + 1 < kItems && i + 1 < my_items)
+            ldsm_x4_trans(af[(i + 1) & 1], pa + item_ofs[i + 1 < kItems ? i + 1 : i][0]);
+          MmaOp<T>::run(acc[i], af[i & 1], bf[i % NCO][0], bf[i % NCO][1]);
+          if (i + 1 == my_items) break;
+        }
       }
     }
 #pragma unroll
@@ -327,7 +383,7 @@ cudaError_t launch(const NarrowArgs& a, cudaStream_t stream) {
 }
 
 template <typename T>
-cudaError_t run_16bit(const PhaseConvBwdWeightParams& p, const GwNarrowCfg& c,
+cudaError_t run_typed(const PhaseConvBwdWeightParams& p, const GwNarrowCfg& c,
                       cudaStream_t stream) {
   NarrowArgs a;
   a.x = p.x; a.gy = p.grad_y; a.ws = static_cast<float*>(p.workspace); a.table = p.table;
@@ -351,10 +407,10 @@ cudaError_t run_16bit(const PhaseConvBwdWeightParams& p, const GwNarrowCfg& c,
 template <typename T>
 cudaError_t run_gw_narrow(const PhaseConvBwdWeightParams& p, const GwNarrowCfg& c,
                           cudaStream_t stream) {
-  if constexpr (sizeof(T) == 2) {
-    return run_16bit<T>(p, c, stream);
+  if constexpr (sizeof(T) != 8) {
+    return run_typed<T>(p, c, stream);
   } else {
-    return cudaErrorInvalidValue;  // the plan picks it for float16/bfloat16 only
+    return cudaErrorInvalidValue;  // the plan never picks it for float64
   }
 }
 

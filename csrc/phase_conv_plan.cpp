@@ -861,22 +861,24 @@ bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& d
 }
 
 // Narrow tensor-core tile (gw_narrow_kernel): octets; taps per block, all of a phase where
-// its m16n8 tiles fit the warps (kGwNarrowItems each: one staged window serves every tap);
+// its m16n8 tiles fit the warps (gw_narrow_items each: one staged window serves every tap);
 // and the output tile (D x H x W) of least estimated cost over the phases' output counts: per
 // tile, its k steps times the m16n8 tiles (an mma, its ldmatrix and adds, ~8 instructions a
 // warp) against its staged rows (a copy, ~20 instructions a thread).  False where no tile's
 // window fits.
-bool plan_gw_narrow(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
+bool plan_gw_narrow(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& dev,
                     PhaseConvBwdWeightPlan* out) {
   GwNarrowCfg& c = out->narrow;
   const int64_t cin_o = p.c_in / p.groups / 8, cout_o = p.c_out / p.groups / 8;
   const int64_t max_taps = p.max_taps_d * p.max_taps_h * p.max_taps_w;
   if (max_taps == 0 || p.packed_elems == 0 || cin_o == 0 || cout_o == 0) return false;
   const int warps = kGwNarrowThreads / 32;
+  const int elem = dtype_code == PHASECONV_FLOAT32 ? 4 : 2;
+  const int64_t items_per_warp = gw_narrow_items(elem);
   c.nci = cin_o >= 2 ? 2 : 1;
   c.nco = c.nci == 1 && cout_o >= 2 ? 2 : 1;
   // m16n8 tiles a block: ceil(taps / 2) x nco with one input octet, taps x nco with two
-  const int64_t tc_max = (c.nci == 1 ? 2 : 1) * warps * kGwNarrowItems / c.nco;
+  const int64_t tc_max = (c.nci == 1 ? 2 : 1) * warps * items_per_warp / c.nco;
   c.n_tch = (int)cdiv(max_taps, tc_max);
   c.tc = (int)cdiv(max_taps, c.n_tch);
   c.n_cib = (int)cdiv(cin_o, c.nci);
@@ -886,8 +888,11 @@ bool plan_gw_narrow(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
                          cdiv(p.out_w, p.stride_w)};
   const int64_t lo[3] = {p.out_d / p.stride_d, p.out_h / p.stride_h, p.out_w / p.stride_w};
   const size_t smem_cap = std::min<size_t>(dev.smem_optin, 110 * 1024);
-  const size_t sums = (size_t)warps * kGwNarrowItems * 128 * 4;  // the warps' sums
-  const int64_t max_q = kGwNarrowMaxQ;
+  const size_t sums = (size_t)warps * items_per_warp * 128 * 4;  // the warps' sums
+  const int64_t max_q = gw_narrow_max_q(elem);
+  // per m16n8 tile and 16-output k step, warp instructions: an mma with its ldmatrix (16-bit),
+  // or two k halves of 3xTF32 with four shared loads and splits each (float)
+  const double mma_cost = elem == 4 ? 32 : 8;
   double best = 0;
   bool found = false;
   // per axis only the least size of each tile count (a larger one costs more, covers no more)
@@ -901,15 +906,15 @@ bool plan_gw_narrow(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
         const int64_t win = (td + (p.max_taps_d - 1) * p.pdil_d) *
                             (th + (p.max_taps_h - 1) * p.pdil_h) *
                             (tw + (p.max_taps_w - 1) * p.pdil_w);
-        const size_t buf = (size_t)(c.nci * win + c.nco * qp) * 16;
+        const size_t buf = (size_t)(c.nci * win + c.nco * qp) * 8 * elem;
         const size_t smem = (size_t)qp * 4 + sums + 2 * buf;
         if (smem > smem_cap) continue;
         double cost = 0;
         for (const int64_t* k : {hi, lo}) {
           if (k[0] == 0 || k[1] == 0 || k[2] == 0) continue;
           const int64_t tiles = cdiv(k[0], td) * cdiv(k[1], th) * cdiv(k[2], tw);
-          cost += (double)tiles * ((double)ksteps * items * 8 * 32 +
-                                   (double)(c.nci * win + c.nco * qp) * 20);
+          cost += (double)tiles * ((double)ksteps * items * mma_cost * 32 +
+                                   (double)(c.nci * win + c.nco * qp) * (elem / 2) * 20);
         }
         if (!found || cost < best) {
           found = true;
@@ -1013,22 +1018,22 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   }
   if (force == PHASECONV_GW_DEPTHWISE)
     return refuse(buf, len, force, kNoDepthwiseBackwardTile);
-  // float16/bfloat16 with 8 channels per group on one side, both sides whole octets: the
-  // narrow tensor-core kernel, operands channels-last as below
+  // float32/float16/bfloat16 with 8 channels per group on one side, both sides whole octets:
+  // the narrow tensor-core kernel, operands channels-last as below
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  const bool narrow_ok = (dtype_code == PHASECONV_FLOAT16 || dtype_code == PHASECONV_BFLOAT16) &&
-                         cin_g % 8 == 0 && cout_g % 8 == 0 && std::min(cin_g, cout_g) < 16;
+  const bool narrow_ok = dtype_code != PHASECONV_FLOAT64 && cin_g % 8 == 0 &&
+                         cout_g % 8 == 0 && std::min(cin_g, cout_g) < 16;
   if (force == PHASECONV_GW_MMA_NARROW && !narrow_ok)
-    return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups and "
+    return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_in/groups and "
                   "C_out/groups multiples of 8, one of them 8");
   if (narrow_ok && (force == 0 || force == PHASECONV_GW_MMA_NARROW) &&
-      plan_gw_narrow(p, dev, out)) {
+      plan_gw_narrow(p, dtype_code, dev, out)) {
     const GwNarrowCfg& c = out->narrow;
     out->family = PHASECONV_GW_MMA_NARROW;
-    snprintf(buf, len, "tensor-core window, channels-last operands, %dx%d channel tile, "
+    snprintf(buf, len, "tensor-core window %s, channels-last operands, %dx%d channel tile, "
              "%d tap(s) per block, tile(d,h,w)=(%d,%d,%d), %d split(s), %lld blocks",
-             c.nci * 8, c.nco * 8, c.tc, c.tile_d, c.tile_h, c.tile_w, c.splits,
-             (long long)out->grid);
+             dtype_code == PHASECONV_FLOAT32 ? "3xTF32" : "fp32-accumulate", c.nci * 8,
+             c.nco * 8, c.tc, c.tile_d, c.tile_h, c.tile_w, c.splits, (long long)out->grid);
     return true;
   }
   if (force == PHASECONV_GW_MMA_NARROW)

@@ -186,8 +186,10 @@ constexpr int kGmWM = 2, kGmWN = 2;   // its warps (a 64 x 64 channel tile)
 constexpr int kGmBlocksPerSm = 8;     // its splits: about this many blocks per multiprocessor
 constexpr int kGwClStages = 4;        // channels-last weight gradient: pipeline depth
 constexpr int kGwNarrowThreads = 256; // narrow weight gradient: threads per block
-constexpr int kGwNarrowItems = 8;     // its m16n8 tiles per warp (its warps: groups of them)
-constexpr int kGwNarrowMaxQ = 512;    // its phase outputs per tile, at most
+// the narrow weight gradient's m16n8 tiles a warp holds and phase outputs a tile holds at
+// most, by element size: float32 (3xTF32) keeps its accumulator runs within kFlushTerms
+constexpr int gw_narrow_items(int elem_size) { return elem_size == 4 ? 4 : 8; }
+constexpr int gw_narrow_max_q(int elem_size) { return elem_size == 4 ? 256 : 512; }
 constexpr int kDwThreads = 256;       // depthwise kernel: threads per block
 constexpr int kDwRows = 4;            // its rows of one H phase per thread item
 constexpr int kDwTileOutputs = 2048;  // its outputs per D position of a block, about
@@ -386,8 +388,8 @@ bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code,
                                const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan);
 
 // The weight gradient (phase_conv_bwd.cuh).  The rule: depthwise layers (any dtype) the
-// depthwise kernel under the input gradient's conditions; float16/bfloat16 with C_in/groups
-// and C_out/groups multiples of 8, one of them 8, the narrow tensor-core kernel
+// depthwise kernel under the input gradient's conditions; float32/float16/bfloat16 with
+// C_in/groups and C_out/groups multiples of 8, one of them 8, the narrow tensor-core kernel
 // (PHASECONV_GW_MMA_NARROW: x and grad_y channels-last, 16-byte aligned) where a tile's window
 // fits; float32/float16/bfloat16 with C_in/groups and C_out/groups both >= 16 (and a phase's
 // outputs over the batch below 2^31) a tensor-core GEMM: float16/bfloat16 with both multiples

@@ -160,8 +160,7 @@ def main() -> int:
                     forced.append(cuda.backward(gy_, x_, wd, args,
                                                 grad_input_kernel="implicit-gemm",
                                                 grad_weight_kernel="tensor-cores-cl"))
-            if dtype == torch.bfloat16 and (ci // g) % 8 == 0 and (co // g) % 8 == 0 and \
-                    min(ci, co) // g == 8:
+            if (ci // g) % 8 == 0 and (co // g) % 8 == 0 and min(ci, co) // g == 8:
                 # the narrow weight gradient, operands copied and read in place
                 cl = torch.channels_last_3d
                 for gy_, x_ in ((gy, xd), (gy.contiguous(memory_format=cl),

@@ -579,12 +579,12 @@ _NARROW_GW_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): 8 channels
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", range(len(_NARROW_GW_CASES)))
 def test_narrow_weight_gradient(case, dtype):
-    """The 16-bit weight gradient of layers with 8 channels a group on one side (tensor cores
-    over a staged input window), by the rule and forced, against torch in float64 from the
-    same rounded values: odd tap counts (two taps share an mma tile), one and two input or
+    """The weight gradient of layers with 8 channels a group on one side (tensor cores over a
+    staged input window; 3xTF32 for float32), by the rule and forced, against torch in float64
+    from the same rounded values: odd tap counts (two taps share an mma tile), one and two input or
     output octets with tails, ragged and empty phases, dilation, groups, rows longer than a
     tile, split reductions; the SIMT kernel within the same tolerance; contiguous operands
     (copied channels-last) give the same bits as channels-last ones, and results repeat
@@ -595,8 +595,9 @@ def test_narrow_weight_gradient(case, dtype):
     xc, wc, gyc, args, expected = _layer_case(n, cin, cout, g, size, k, s, p, op, d, dtype,
                                               case)
     gw_desc = cuda.describe_backward(args, n, dtype, xc.device)[1]
-    assert gw_desc.startswith("tensor-core window, channels-last operands"), gw_desc
-    tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
+    precision = "3xTF32" if dtype == torch.float32 else "fp32-accumulate"
+    assert gw_desc.startswith(f"tensor-core window {precision}, channels-last operands"), gw_desc
+    tol = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
     runs = [cuda.backward(gyc, xc, wc, args, need_input=False)[1],
             cuda.backward(gyc, xc, wc, args, need_input=False,
                           grad_weight_kernel="tensor-cores-narrow")[1],

@@ -69,7 +69,7 @@ def test_every_sweep_shape_has_a_plan(device):
 
 # (layer, dtype) -> (input-gradient family, weight-gradient family)
 BACKWARD_RULE = [
-    ("founding fp32", FOUNDING, F32, "mma", "simt"),         # C_out/groups 8 < 16
+    ("founding fp32", FOUNDING, F32, "mma", "tensor-cores-narrow"),  # 8 x 8 channels a group
     ("founding fp64", FOUNDING, F64, "naive", "simt"),
     ("founding bf16", FOUNDING, BF16, "mma", "tensor-cores-narrow"),  # 8 x 8 channels a group
     ("eight output channels fp16", ph.sweep_args(SWEEP[7]), torch.float16, "mma",
@@ -162,7 +162,7 @@ def test_forced_backward_kernels():
                         ph.grad_input(NARROW, 1, BF16, device, "implicit-gemm"),
                         ph.grad_weight(WIDE, 2, F32, device, "tensor-cores-cl"),
                         ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-cl"),
-                        ph.grad_weight(FOUNDING, 2, F32, device, "tensor-cores-narrow"),
+                        ph.grad_weight(FOUNDING, 2, F64, device, "tensor-cores-narrow"),
                         ph.grad_weight(WIDE, 2, BF16, device, "tensor-cores-narrow")):
             assert not refused.ok and refused.text.startswith("refused: the "), refused.text
 
@@ -292,7 +292,7 @@ def test_weight_gradient_tiles_fit_the_channels():
     for device in ph.DEVICES:
         plan = ph.grad_weight(DEPTHWISE, 4, F32, device, "simt")
         assert plan.family == "simt" and "simt 1x1 channel tile" in plan.text, plan.text
-        plan = ph.grad_weight(FOUNDING, 8, F32, device)
+        plan = ph.grad_weight(FOUNDING, 8, F32, device, "simt")
         assert plan.family == "simt" and "simt 8x8 channel tile" in plan.text, plan.text
 
 
@@ -300,8 +300,8 @@ def test_narrow_weight_gradient_tiles():
     """The narrow tensor-core weight gradient: octets, and every tap of a phase in one block
     where its m16n8 tiles fit the warps (one staged window serves them all); output tiles
     (D x H x W) that cover the phases' outputs without padding where the counts allow
-    (founding: 12 x 24 x 48 outputs a phase; shape 8: 64^3), at most kGwNarrowMaxQ = 512
-    outputs, and splits of at least two tiles."""
+    (founding: 12 x 24 x 48 outputs a phase; shape 8: 64^3), at most 512 outputs (float32:
+    256, its 3xTF32 accumulator runs within 256 terms), and splits of at least two tiles."""
     import re
 
     def tile(plan):
@@ -313,10 +313,14 @@ def test_narrow_weight_gradient_tiles():
         assert "8x8 channel tile, 24 tap(s) per block" in founding.text, founding.text
         shape8 = ph.grad_weight(ph.sweep_args(SWEEP[7]), 1, BF16, device)
         assert "16x8 channel tile, 8 tap(s) per block" in shape8.text, shape8.text
-        for plan, counts in ((founding, (12, 24, 48)), (shape8, (64, 64, 64))):
+        founding32 = ph.grad_weight(FOUNDING, 8, F32, device)
+        assert founding32.text.startswith("tensor-core window 3xTF32"), founding32.text
+        assert "8x8 channel tile, 24 tap(s) per block" in founding32.text, founding32.text
+        for plan, counts, most in ((founding, (12, 24, 48), 512), (shape8, (64, 64, 64), 512),
+                                   (founding32, (12, 24, 48), 256)):  # float32: 256 terms
             d, h, w = tile(plan)
             assert all(c % t == 0 for c, t in zip(counts, (d, h, w))), plan.text
-            assert (d * h * w) % 128 == 0 and d * h * w <= 512, plan.text
+            assert (d * h * w) % 128 == 0 and d * h * w <= most, plan.text
         wide_out = ph.grad_weight(ph.conv_args(8, 40, 3, 6, 2, 1, 1), 2, BF16, device)
         assert "8x16 channel tile, 8 tap(s) per block" in wide_out.text, wide_out.text
         long_rows = ph.grad_weight(ph.conv_args(16, 8, 3, (2, 3, 700), 2, 1, 1), 1, BF16,
@@ -326,7 +330,7 @@ def test_narrow_weight_gradient_tiles():
         # 1331 taps: 11 blocks of 121 (61 m16n8 tiles of 64)
         many_taps = ph.grad_weight(ph.conv_args(8, 8, 11, 6, 1, 5), 1, BF16, device)
         assert "8x8 channel tile, 121 tap(s) per block" in many_taps.text, many_taps.text
-        for plan in (founding, shape8, wide_out, long_rows, many_taps):
+        for plan in (founding, founding32, shape8, wide_out, long_rows, many_taps):
             assert 1 <= plan.splits <= 64, plan.text
 
 
