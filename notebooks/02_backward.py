@@ -572,3 +572,112 @@ for shape, groups, stride, padding, dilation, co_block in [
         assert slots == places, (shape, slots, places)
         assert sorted(slots) == list(range(length)), (shape, slots)
 print("every run of the weight written exactly once")
+
+# %% [markdown]
+# ## 9. Narrow layers: one staged window, every tap at its shift
+#
+# With 8 channels per group on one side, section 3's per-tap GEMM is a $16 \times 8$ (or
+# $8 \times 8$) matrix over a long reduction: a $64 \times 32$ tensor-core tile would be mostly
+# empty. The narrow kernel (`csrc/phase_conv_bwd_narrow.cu`) turns the taps into rows
+# instead. A block takes one phase and all its taps; per tile of the phase's outputs
+# ($t_D \times t_H \times t_W$ of one sample) it stages two things, channels-last:
+#
+# - the input window every tap of the tile reads: $(t_D + (T_D - 1) d'_D) \times
+#   (t_H + (T_H - 1) d'_H) \times (t_W + (T_W - 1) d'_W)$ positions from the phase's first
+#   input offset, zero outside the input ($d'$ the phase dilation, $T$ the phase's taps);
+# - $\bar y$ at the tile's outputs, zero past the phase's counts and in the padding to a
+#   multiple of 16 outputs.
+#
+# Output $q = (q_D, q_H, q_W)$ of the tile and tap $(t_D, t_H, t_W)$ meet the window position
+# $\text{pos}(q) + \text{shift}(t)$, both linear in the window's radix. So every tap is the same
+# table of positions plus one offset: the kernel's `ldmatrix` row addresses. An m16n8 tile's
+# 16 rows are two (tap, 8-channel input octet) pairs; with one input octet, two taps share a
+# tile, and an odd tap count repeats the last pair (its rows computed, never stored).
+#
+# Below: that decomposition in float64, over the engine's own phase table and packed-weight
+# index (`host_tables`), tiles that do not divide the counts, against torch autograd.
+
+# %%
+import itertools  # noqa: E402
+import math  # noqa: E402
+
+PT_RES, PT_OFF = (0, 1, 2), (6, 7, 8)
+
+
+def narrow_grad_weight(x, gy, weight_shape, groups, stride, padding, dilation, tile):
+    """The narrow kernel's decomposition: per phase, tile and pair of (tap, input octet)
+    rows, a 16 x 8 product over the tile's outputs; the sums land in the packed layout and
+    the index scatters them into the weight."""
+    host = host_tables(weight_shape, groups, stride, padding, dilation, 0)
+    table = host.table.view(-1, TABLE_STRIDE).tolist()
+    pdil = host.phase_dilation
+    n_batch, c_in = x.shape[:2]
+    cin_g, cout_g = c_in // groups, weight_shape[1]
+    out_sz, in_sz = gy.shape[2:], x.shape[2:]
+    packed = torch.zeros(host.index.numel(), dtype=x.dtype)
+    for row in table:
+        taps = [row[PT_TAPS[0]], row[PT_TAPS[1]], row[PT_TAPS[2]]]
+        ntaps = taps[0] * taps[1] * taps[2]
+        if ntaps == 0:
+            continue
+        counts = [len(range(row[PT_RES[a]], out_sz[a], stride[a])) for a in range(3)]
+        win = [tile[a] + (taps[a] - 1) * pdil[a] for a in range(3)]
+        # the tile's outputs (flattened, padded to a multiple of 16) and their window positions
+        qs = [(qd, qh, qw) for qd in range(tile[0]) for qh in range(tile[1])
+              for qw in range(tile[2])]
+        qp = -(-len(qs) // 16) * 16
+        pos = [(qd * win[1] + qh) * win[2] + qw for qd, qh, qw in qs] + [0] * (qp - len(qs))
+        shift = [(td * pdil[0] * win[1] + th * pdil[1]) * win[2] + tw * pdil[2]
+                 for td in range(taps[0]) for th in range(taps[1]) for tw in range(taps[2])]
+        for g in range(groups):
+            # (tap, input octet) pairs, two a tile; an odd count repeats the last
+            octets = [(t, o) for t in range(ntaps) for o in range(cin_g // 8)]
+            pairs = [octets[i:i + 2] if i + 1 < len(octets) else [octets[i], octets[i]]
+                     for i in range(0, len(octets), 2)]
+            sums = torch.zeros(len(pairs), 16, cout_g, dtype=x.dtype)
+            for n in range(n_batch):
+                for t0 in itertools.product(*(range(0, counts[a], tile[a]) for a in range(3))):
+                    lo = [t0[a] + row[PT_OFF[a]] for a in range(3)]  # window's first input
+                    xs = torch.zeros(cin_g, *win, dtype=x.dtype)
+                    src = [slice(max(lo[a], 0), min(lo[a] + win[a], in_sz[a])) for a in range(3)]
+                    dst = [slice(s.start - lo[a], s.stop - lo[a]) for a, s in enumerate(src)]
+                    if all(s.start < s.stop for s in src):
+                        xs[(slice(None), *dst)] = x[(n, slice(g * cin_g, (g + 1) * cin_g),
+                                                     *src)]
+                    xs = xs.reshape(cin_g, -1)
+                    gq = torch.zeros(qp, cout_g, dtype=x.dtype)
+                    for i, q in enumerate(qs):
+                        j = [t0[a] + q[a] for a in range(3)]
+                        if all(j[a] < counts[a] for a in range(3)):
+                            o = [row[PT_RES[a]] + stride[a] * j[a] for a in range(3)]
+                            gq[i] = gy[(n, slice(g * cout_g, (g + 1) * cout_g), *o)]
+                    for k, pair in enumerate(pairs):
+                        a_rows = torch.cat([xs[8 * o:8 * o + 8][:, [p + shift[t] for p in pos]]
+                                            for t, o in pair])  # 16 x qp
+                        sums[k] += a_rows @ gq
+            for k, pair in enumerate(pairs):
+                for half, (t, o) in enumerate(pair):
+                    if half and pair[0] == pair[1]:
+                        continue  # the repeated pair: computed, never stored
+                    for c in range(8):
+                        ci = g * cin_g + 8 * o + c
+                        at = row[PT_WOFS] + (ci * ntaps + t) * cout_g
+                        packed[at:at + cout_g] = sums[k, 8 * half + c]
+    grad = torch.zeros(math.prod(weight_shape), dtype=x.dtype)
+    grad[host.index.long()] = packed
+    return grad.view(weight_shape)
+
+
+for c_in, c_out, groups, size, k, s, p, op, d, tile in [
+        (8, 8, 1, (3, 4, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1), (2, 3, 4)),
+        (32, 32, 4, (3, 4, 6), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1), (2, 2, 5)),
+        (16, 8, 1, (3, 5, 4), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 0, 1), (2, 1, 3), (1, 4, 3)),
+        (8, 16, 1, (2, 3, 3), (1, 2, 1), (3, 4, 2), (0, 0, 0), (0, 0, 1), (1, 1, 1), (3, 1, 2))]:
+    x = torch.randn(2, c_in, *size, dtype=DT, requires_grad=True)
+    w = torch.randn(c_in, c_out // groups, *k, dtype=DT, requires_grad=True)
+    y = F.conv_transpose3d(x, w, None, s, p, op, groups, d)
+    gy = torch.randn_like(y)
+    (ref,) = torch.autograd.grad(y, w, gy)
+    ours = narrow_grad_weight(x.detach(), gy, tuple(w.shape), groups, s, p, d, tile)
+    assert err(ours, ref) < TOL, (c_in, c_out, groups, err(ours, ref))
+print("one window per tile, every tap at its shift, two (tap, octet) pairs a tile = autograd")
