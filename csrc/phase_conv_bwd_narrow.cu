@@ -41,11 +41,6 @@ struct NarrowArgs {
   GwNarrowCfg c;
 };
 
-__device__ __forceinline__ void ldsm_x2_trans(uint32_t& r0, uint32_t& r1, uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-               : "=r"(r0), "=r"(r1) : "r"(addr));
-}
-
 // A linear index over a (d, h, w) box, w fastest: the staging loops split a thread's first
 // index and its step once, then add with a carry per digit.
 struct Digits {
