@@ -887,7 +887,9 @@ bool plan_gw_narrow(const PhaseConvBwdWeightParams& p, int dtype_code, const Dev
   const int64_t hi[3] = {cdiv(p.out_d, p.stride_d), cdiv(p.out_h, p.stride_h),
                          cdiv(p.out_w, p.stride_w)};
   const int64_t lo[3] = {p.out_d / p.stride_d, p.out_h / p.stride_h, p.out_w / p.stride_w};
-  const size_t smem_cap = std::min<size_t>(dev.smem_optin, 110 * 1024);
+  // two blocks a multiprocessor (its launch bounds), each with the 1 KB the driver reserves
+  const size_t smem_cap = std::min<size_t>({dev.smem_optin, dev.smem_sm / 2 - 1024,
+                                            (size_t)110 * 1024});
   const size_t sums = (size_t)warps * items_per_warp * 128 * 4;  // the warps' sums
   const int64_t max_q = gw_narrow_max_q(elem);
   // per m16n8 tile and 16-output k step, warp instructions: an mma with its ldmatrix (16-bit),
@@ -1031,9 +1033,10 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
     const GwNarrowCfg& c = out->narrow;
     out->family = PHASECONV_GW_MMA_NARROW;
     snprintf(buf, len, "tensor-core window %s, channels-last operands, %dx%d channel tile, "
-             "%d tap(s) per block, tile(d,h,w)=(%d,%d,%d), %d split(s), %lld blocks",
+             "%d tap(s) per block, tile(d,h,w)=(%d,%d,%d), %d split(s), %lld blocks, smem=%zu",
              dtype_code == PHASECONV_FLOAT32 ? "3xTF32" : "fp32-accumulate", c.nci * 8,
-             c.nco * 8, c.tc, c.tile_d, c.tile_h, c.tile_w, c.splits, (long long)out->grid);
+             c.nco * 8, c.tc, c.tile_d, c.tile_h, c.tile_w, c.splits, (long long)out->grid,
+             c.smem);
     return true;
   }
   if (force == PHASECONV_GW_MMA_NARROW)

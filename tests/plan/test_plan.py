@@ -301,7 +301,8 @@ def test_narrow_weight_gradient_tiles():
     where its m16n8 tiles fit the warps (one staged window serves them all); output tiles
     (D x H x W) that cover the phases' outputs without padding where the counts allow
     (founding: 12 x 24 x 48 outputs a phase; shape 8: 64^3), at most 512 outputs (float32:
-    256, its 3xTF32 accumulator runs within 256 terms), and splits of at least two tiles."""
+    256, its 3xTF32 accumulator runs within 256 terms), splits of at least two tiles, and
+    shared memory for two blocks a multiprocessor (H100 and A100)."""
     import re
 
     def tile(plan):
@@ -332,6 +333,9 @@ def test_narrow_weight_gradient_tiles():
         assert "8x8 channel tile, 121 tap(s) per block" in many_taps.text, many_taps.text
         for plan in (founding, founding32, shape8, wide_out, long_rows, many_taps):
             assert 1 <= plan.splits <= 64, plan.text
+            # two blocks a multiprocessor (the kernel's launch bounds), 1 KB each reserved
+            smem = int(re.search(r"smem=(\d+)", plan.text).group(1))
+            assert smem <= device.smem_sm // 2 - 1024, plan.text
 
 
 def test_depthwise_tiles_hold_whole_phases():
