@@ -122,10 +122,11 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
   // m16n8 tiles: (tap, input octet) pairs two at a time, by output octet; item groups of
   // `per` tiles (a multiple of NCO: an item's output octet is its index mod NCO)
   const int m_octets = tn * NCI, items = (m_octets + 1) / 2 * NCO;
-  int groups = 1;
-  while (groups < kWarps && (items + groups - 1) / groups > kItems) groups *= 2;
-  const int k_parts = kWarps / groups;
-  const int per = ((items + groups - 1) / groups + NCO - 1) / NCO * NCO;
+  int item_groups = 1;
+  while (item_groups < kWarps && (items + item_groups - 1) / item_groups > kItems)
+    item_groups *= 2;
+  const int k_parts = kWarps / item_groups;
+  const int per = ((items + item_groups - 1) / item_groups + NCO - 1) / NCO * NCO;
   const int ig = warp / k_parts, kp = warp % k_parts;
   const int i0 = ig * per, my_items = max(0, min(per, items - i0));
 
@@ -181,7 +182,8 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
     st.offd = (int)e[PT_OFF_D]; st.offh = (int)e[PT_OFF_H]; st.offw = (int)e[PT_OFF_W];
     st.rd = rd; st.rh = rh; st.rw = rw;
     st.nci_ok = nci_ok; st.nco_ok = nco_ok;
-    const Digits xs = split_digits(kThreads, WH, WW), gs = split_digits(kThreads, tile_h, tile_w);
+    const Digits xs = split_digits(kThreads, WH, WW);
+    const Digits gs = split_digits(kThreads, tile_h, tile_w);
     const int64_t xw = a.c_in, xh = (int64_t)a.in_w * xw, xd = (int64_t)a.in_h * xh;
     st.x_by = xs.d * xd + xs.h * xh + xs.w * xw;
     st.x_cw = xh - WW * xw;

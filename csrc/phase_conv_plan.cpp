@@ -932,8 +932,8 @@ bool plan_gw_narrow(const PhaseConvBwdWeightParams& p, int dtype_code, const Dev
   if (!found) return false;
   const int64_t base = p.stride_d * p.stride_h * p.stride_w * p.groups * c.n_cib * c.n_cob *
                        c.n_tch;
-  // splits of the outputs: up to two waves of two blocks a multiprocessor (a partial third
-  // wave measured a third of the time), each split at least two tiles
+  // splits of the outputs: up to two waves of two blocks a multiprocessor (ncu put a
+  // partial third wave at up to a third of the time), each split at least two tiles
   const int64_t tiles = p.n * cdiv(hi[0], c.tile_d) * cdiv(hi[1], c.tile_h) *
                         cdiv(hi[2], c.tile_w);
   int64_t splits = 4 * (int64_t)dev.sms / base;
