@@ -522,10 +522,10 @@ class BackwardPlan {
     const c10::cuda::CUDAGuard guard(device_);
     const cudaStream_t stream = stream_of(x);
     // grad_y in the layouts the planned kernels read: channels-last for the implicit GEMM and
-    // the channels-last weight gradient (one copy where it is not), else contiguous
+    // the weight gradients that read their operands so (one copy where it is not), else
+    // contiguous
     const bool gi_cl = need_input && gi_plan_.family == PHASECONV_GEMM;
-    const bool gw_cl = need_weight && (gw_plan_.family == PHASECONV_GW_MMA_CL ||
-                                       gw_plan_.family == PHASECONV_GW_MMA_NARROW);
+    const bool gw_cl = need_weight && gw_plan_.operands_channels_last != 0;
     const at::Tensor gy_cl = gi_cl || gw_cl ? channels_last_input(grad_y, stream) : at::Tensor();
     const at::Tensor gy = (need_input && !gi_cl) || (need_weight && !gw_cl)
                               ? grad_y.contiguous() : at::Tensor();

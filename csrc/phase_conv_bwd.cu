@@ -1,14 +1,15 @@
 // phaseconv CUDA backward: the weight gradient, phase by phase (see phase_conv_bwd.cuh).
 // CUDA headers only.  The kernels, chosen by the rule in phase_conv_plan.h:
 //
-// * gw_narrow_kernel (phase_conv_bwd_narrow.cu; float16/bfloat16 with 8 channels per group on
-//   one side): tensor cores over a staged input window, every tap of a block at its shift.
+// * gw_narrow_kernel (phase_conv_bwd_narrow.cu; float32/float16/bfloat16 with 8 channels per
+//   group on one side): tensor cores over a staged input window, every tap of a block at its
+//   shift, operands channels-last.
 // * gw_cl_kernel (float16/bfloat16, C_in/g and C_out/g multiples of 8 and >= 16): per
 //   (phase, tap) a GEMM on mma.sync over the phase's outputs, its operands channels-last and
 //   copied by cp.async, described where it is defined.
 // * gw_mma_kernel (float32, and the 16-bit layers the channels-last kernel does not take):
 //   the same GEMM from contiguous (N, C, D, H, W) operands, element-wise loads.
-// * gw_partial_kernel (float64 and narrow layers): a block stages, per tile of phase outputs
+// * gw_partial_kernel (float64, and narrow layers without whole 8-channel octets): a block stages, per tile of phase outputs
 //   (one D row of TH x TW), the input window the tile's taps read (up to 32 channels, zero
 //   outside the input: no padded copy) and the tile's grad_y values (a strided gather of the
 //   phase's outputs) in shared memory; each thread owns an R x R tile of (input channel,

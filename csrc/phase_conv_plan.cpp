@@ -986,6 +986,7 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   const int len = (int)sizeof(out->text);
   out->grid = 0;
   out->smem = out->ws_bytes = 0;
+  out->operands_channels_last = 0;
   if (p.packed_elems == 0) {
     out->family = PHASECONV_EMPTY;
     snprintf(buf, len, "none (no phase has taps)");
@@ -1032,6 +1033,7 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
       plan_gw_narrow(p, dtype_code, dev, out)) {
     const GwNarrowCfg& c = out->narrow;
     out->family = PHASECONV_GW_MMA_NARROW;
+    out->operands_channels_last = 1;
     snprintf(buf, len, "tensor-core window %s, channels-last operands, %dx%d channel tile, "
              "%d tap(s) per block, tile(d,h,w)=(%d,%d,%d), %d split(s), %lld blocks, smem=%zu",
              dtype_code == PHASECONV_FLOAT32 ? "3xTF32" : "fp32-accumulate", c.nci * 8,
@@ -1053,6 +1055,7 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
     if (!plan_gm(p, dtype_code, true, dev, out))
       return refuse(buf, len, PHASECONV_GW_MMA_CL, "its grid is too large");
     out->family = PHASECONV_GW_MMA_CL;
+    out->operands_channels_last = 1;
     snprintf(buf, len, "tensor-core gemm fp32-accumulate, channels-last operands, %dx%d "
              "channel tile, %d stages, %d split(s), %lld blocks", kGmWM * 32,
              out->gm.wn * 32, kGwClStages, out->gm.splits, (long long)out->grid);

@@ -354,6 +354,8 @@ struct PhaseConvBwdInputPlan {
 struct PhaseConvBwdWeightPlan {
   int family;  // PHASECONV_EMPTY, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA_NARROW,
                // PHASECONV_GW_MMA_CL, PHASECONV_GW_MMA, PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE
+  int operands_channels_last;  // the kernel reads x and grad_y as (N, D, H, W, C), 16-byte
+                               // aligned (PHASECONV_GW_MMA_NARROW, PHASECONV_GW_MMA_CL)
   phaseconv::GwCfg gw;
   phaseconv::GwNarrowCfg narrow;
   phaseconv::GmCfg gm;

@@ -45,7 +45,7 @@ class Plan(NamedTuple):
     ok: bool           # False: refused (text says why)
     family: str        # FAMILIES' name ("none" for an empty launch)
     text: str          # what describe() prints
-    channels_last: bool = False  # forward: the kernel reads x channels-last
+    channels_last: bool = False  # the kernel reads x channels-last (weight gradient: and grad_y)
     splits: int = 0    # weight gradient: splits of the reduction
 
 
@@ -129,8 +129,8 @@ def grad_weight(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,
                 *args.out_shape, *host.stride, *host.phase_dilation, *host.max_taps, numel,
                 *args.kernel, *args.padding, *args.dilation]
     fn = library().phaseconv_plan_grad_weight
-    ok, out, text = _call(fn, geometry, dtype, cuda.GRAD_WEIGHT_KERNELS[kernel], device, 4)
-    return Plan(ok, FAMILIES[out[0]] if ok else "refused", text, splits=out[3])
+    ok, out, text = _call(fn, geometry, dtype, cuda.GRAD_WEIGHT_KERNELS[kernel], device, 5)
+    return Plan(ok, FAMILIES[out[0]] if ok else "refused", text, bool(out[4]), splits=out[3])
 
 
 def conv_args(in_channels, out_channels, kernel, size, stride=1, padding=0, output_padding=0,

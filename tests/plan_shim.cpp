@@ -84,7 +84,7 @@ extern "C" int phaseconv_plan_grad_input(const int64_t* g, int dtype, int force,
 
 // g: n, c_in, c_out, groups, in[3], out[3], stride[3], phase_dilation[3], max_taps[3],
 // packed elements, kernel[3], padding[3], dilation[3].  out: family, grid, workspace bytes,
-// splits.
+// splits, operands read channels-last.
 extern "C" int phaseconv_plan_grad_weight(const int64_t* g, int dtype, int force,
                                           const int64_t* dev, int64_t* out, char* text,
                                           int len) {
@@ -107,6 +107,7 @@ extern "C" int phaseconv_plan_grad_weight(const int64_t* g, int dtype, int force
            : plan.family == PHASECONV_GW_SIMT ? plan.gw.splits
            : plan.family == PHASECONV_GW_MMA_NARROW ? plan.narrow.splits
            : plan.family == PHASECONV_GW_DEPTHWISE ? plan.depthwise.splits : 0;
+  out[4] = plan.operands_channels_last;
   copy_text(plan.text, text, len);
   return ok ? 1 : 0;
 }

@@ -100,7 +100,10 @@ BACKWARD_RULE = [
                          ids=[c[0] for c in BACKWARD_RULE])
 def test_backward_rule_routes_every_family(device, name, args, dtype, gi, gw):
     assert ph.grad_input(args, 2, dtype, device).family == gi
-    assert ph.grad_weight(args, 2, dtype, device).family == gw
+    plan = ph.grad_weight(args, 2, dtype, device)
+    assert plan.family == gw
+    # the binding copies x and grad_y channels-last for exactly these kernels
+    assert plan.channels_last == (gw in ("tensor-cores-cl", "tensor-cores-narrow")), plan.text
 
 
 FORCED = [  # (kernel, layer, dtype): the kernel takes the layer
