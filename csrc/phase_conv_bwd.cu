@@ -44,19 +44,8 @@ constexpr int kThreads = phaseconv::kGwThreads;
 using namespace phaseconv_dtype;  // AccOf, to_acc, from_acc, ldg, axis_count
 using namespace phaseconv_mma;    // ldmatrix, mma.sync, 3xTF32 split, flush_acc
 
-// What both weight-gradient kernels read (filled by set_geometry).
-struct BwdGeometry {
-  const void* x;
-  const void* gy;
-  void* ws;
-  const int64_t* table;
-  int64_t nbatch;
-  int c_in, c_out, cin_g, cout_g;
-  int in_d, in_h, in_w, out_d, out_h, out_w;
-  int sd, sh, sw, pdd, pdh, pdw;
-  int num_phases, groups;
-  int64_t packed_elems;          // one workspace slice
-};
+using phaseconv::BwdGeometry;  // phase_conv_bwd.cuh
+using phaseconv::set_geometry;
 
 struct GwArgs : BwdGeometry {
   int ci_b, co_b, tc;            // input channels, output channels and taps per block
@@ -890,20 +879,6 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
   cp_async_wait<0>();
   merge_acc(acc, tot);
   write_warp_tile(acc, ws + (int64_t)b.split * a.packed_elems + b.wofs, a, b, wm, wn, lane);
-}
-
-// BwdGeometry from the launcher's parameters.
-void set_geometry(BwdGeometry& a, const PhaseConvBwdWeightParams& p) {
-  a.x = p.x; a.gy = p.grad_y; a.ws = p.workspace; a.table = p.table;
-  a.nbatch = p.n;
-  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out; a.groups = (int)p.groups;
-  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
-  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
-  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
-  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
-  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
-  a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
-  a.packed_elems = p.packed_elems;
 }
 
 // Both tensor-core kernels' arguments: the geometry and the plan's grid decomposition.

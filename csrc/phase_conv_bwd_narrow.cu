@@ -13,6 +13,7 @@
 // decomposition removed.  The warps split the tile's k steps and add their sums in warp order
 // at the end; splits of the outputs go to workspace slices that the reduction of
 // phase_conv_bwd.cu adds in split order (the same bits every run).
+#include "phase_conv_bwd.cuh"
 #include "phase_conv_bwd_narrow.cuh"
 #include "phase_conv_dtype.cuh"
 #include "phase_conv_mma.cuh"
@@ -29,15 +30,8 @@ using namespace phaseconv_mma;    // ldmatrix, cp.async, mma.sync
 
 constexpr int kThreads = kGwNarrowThreads, kWarps = kThreads / 32;
 
-struct NarrowArgs {
-  const void* x;    // (N, D, H, W, C_in)
-  const void* gy;   // (N, OD, OH, OW, C_out)
-  float* ws;
-  const int64_t* table;
-  int64_t nbatch, packed_elems;
-  int c_in, c_out, cin_g, cout_g, groups, num_phases;
-  int in_d, in_h, in_w, out_d, out_h, out_w;
-  int sd, sh, sw, pdd, pdh, pdw;
+// The launch geometry (x and grad_y channels-last: (N, D, H, W, C)) and the planned tile.
+struct NarrowArgs : BwdGeometry {
   GwNarrowCfg c;
 };
 
@@ -351,7 +345,7 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
 
   // each item's k parts, added in order, into this split's slice
   const float* red = s_sum;
-  float* out = a.ws + (int64_t)split * a.packed_elems + e[PT_WOFS];
+  float* out = static_cast<float*>(a.ws) + (int64_t)split * a.packed_elems + e[PT_WOFS];
   for (int it = tid; it < items * 128; it += kThreads) {
     const int i = it >> 7, ln = (it >> 2) & 31, k = it & 3;
     const int w0 = (i / per) * k_parts, li = i % per;
@@ -383,15 +377,7 @@ template <typename T>
 cudaError_t run_typed(const PhaseConvBwdWeightParams& p, const GwNarrowCfg& c,
                       cudaStream_t stream) {
   NarrowArgs a;
-  a.x = p.x; a.gy = p.grad_y; a.ws = static_cast<float*>(p.workspace); a.table = p.table;
-  a.nbatch = p.n; a.packed_elems = p.packed_elems;
-  a.c_in = (int)p.c_in; a.c_out = (int)p.c_out; a.groups = (int)p.groups;
-  a.cin_g = (int)(p.c_in / p.groups); a.cout_g = (int)(p.c_out / p.groups);
-  a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
-  a.in_d = (int)p.in_d; a.in_h = (int)p.in_h; a.in_w = (int)p.in_w;
-  a.out_d = (int)p.out_d; a.out_h = (int)p.out_h; a.out_w = (int)p.out_w;
-  a.sd = (int)p.stride_d; a.sh = (int)p.stride_h; a.sw = (int)p.stride_w;
-  a.pdd = (int)p.pdil_d; a.pdh = (int)p.pdil_h; a.pdw = (int)p.pdil_w;
+  set_geometry(a, p);
   a.c = c;
   if (c.nci == 1 && c.nco == 1) return launch<T, 1, 1>(a, stream);
   if (c.nci == 1 && c.nco == 2) return launch<T, 1, 2>(a, stream);
