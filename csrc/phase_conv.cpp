@@ -479,12 +479,15 @@ class BackwardPlan {
       std::copy(row, row + PHASECONV_TABLE_STRIDE, host.data_ptr<int64_t>());
       gi_gemm_table_ = host.to(device_, /*non_blocking=*/true);
       q.table = gi_gemm_table_.data_ptr<int64_t>();
-      q.x_channels_last = 1;
       q.pdil_d = dilation[0]; q.pdil_h = dilation[1]; q.pdil_w = dilation[2];  // in grad_y
-      // its weight layout, [groups][kD][kH][kW][C_out/g / 8][C_in/g][8] (no flip: grad_x is a
+    }
+    if (gi_plan_.grad_y_channels_last) {
+      // the implicit GEMM and the narrow kernel read grad_y channels-last and this weight
+      // layout, [groups][kD][kH][kW][C_out/g / 8][C_in/g][8] (no flip: grad_x is a
       // plain correlation of grad_y), as a gather index of the weight's logical elements
+      q.x_channels_last = 1;
       const int64_t cin_g = c_in / groups, cout_g = c_out / groups;
-      gi_gemm_index_ = at::arange(weight.numel(), at::TensorOptions().dtype(at::kInt))
+      gi_cl_index_ = at::arange(weight.numel(), at::TensorOptions().dtype(at::kInt))
                            .view({groups, cin_g, cout_g / 8, 8, weight.size(2), weight.size(3),
                                   weight.size(4)})
                            .permute({0, 4, 5, 6, 2, 1, 3})
@@ -524,7 +527,7 @@ class BackwardPlan {
     // grad_y in the layouts the planned kernels read: channels-last for the implicit GEMM and
     // the weight gradients that read their operands so (one copy where it is not), else
     // contiguous
-    const bool gi_cl = need_input && gi_plan_.family == PHASECONV_GEMM;
+    const bool gi_cl = need_input && gi_plan_.grad_y_channels_last != 0;
     const bool gw_cl = need_weight && gw_plan_.operands_channels_last != 0;
     const at::Tensor gy_cl = gi_cl || gw_cl ? channels_last_input(grad_y, stream) : at::Tensor();
     const at::Tensor gy = (need_input && !gi_cl) || (need_weight && !gw_cl)
@@ -535,7 +538,7 @@ class BackwardPlan {
       if (gi_plan_.family != PHASECONV_EMPTY) {
         int* flag = nullptr;
         const at::Tensor& gyi = gi_cl ? gy_cl : gy;
-        const at::Tensor wl = gather(weight, gi_cl ? gi_gemm_index_ : gi_index_, stream, &flag);
+        const at::Tensor wl = gather(weight, gi_cl ? gi_cl_index_ : gi_index_, stream, &flag);
         PhaseConvFwdParams q = gi_params_;
         q.x = gyi.data_ptr();
         q.weight = wl.data_ptr();
@@ -590,7 +593,7 @@ class BackwardPlan {
   c10::ScalarType dtype_;
   int dtype_code_ = -1;
   std::vector<int64_t> x_sizes_, w_sizes_, gy_sizes_;
-  at::Tensor table_, index_, gi_table_, gi_index_, gi_gemm_table_, gi_gemm_index_;
+  at::Tensor table_, index_, gi_table_, gi_index_, gi_gemm_table_, gi_cl_index_;
   PhaseConvFwdParams gi_params_;
   PhaseConvBwdInputPlan gi_plan_;
   PhaseConvBwdWeightParams gw_params_;

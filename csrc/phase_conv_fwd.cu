@@ -3,6 +3,7 @@
 // The families live in their own translation units (phase_conv_fwd_common.cuh lists them).  No atomics: each
 // output is written once by the block that owns it; results are deterministic.
 #include "phase_conv_bwd_depthwise.cuh"
+#include "phase_conv_bwd_input_narrow.cuh"
 #include "phase_conv_fwd_common.cuh"
 
 #include <stdint.h>
@@ -59,6 +60,8 @@ cudaError_t run_bwd_input(const PhaseConvFwdParams& p, const PhaseConvBwdInputPl
     case PHASECONV_EMPTY: return cudaSuccess;
     case PHASECONV_GEMM:  // one sub-problem of every tap (phase_conv_bwd_input_plan)
       return with_fixup<T>(p, run_gemm_typed<T>(p, plan.gemm, stream), stream);
+    case PHASECONV_GI_NARROW:
+      return with_fixup<T>(p, run_gi_narrow<T>(p, plan.narrow, stream), stream);
     case PHASECONV_MMA: return with_fixup<T>(p, run_mma_typed<T>(p, plan.mma, stream), stream);
     case PHASECONV_DEPTHWISE:
       return with_fixup<T>(p, run_dw_grad_input<T>(p, plan.depthwise, stream), stream);

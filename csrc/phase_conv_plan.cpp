@@ -474,6 +474,7 @@ const char* family_name(int family) {
     case PHASECONV_GW_MMA: return "tensor-core gemm";
     case PHASECONV_GW_MMA_CL: return "channels-last tensor-core gemm";
     case PHASECONV_GW_MMA_NARROW: return "narrow tensor-core window";
+    case PHASECONV_GI_NARROW: return "narrow tensor-core window";
     case PHASECONV_GW_SIMT: return "simt";
     case PHASECONV_GW_NAIVE: return "naive";
     case PHASECONV_TENSOR_CORES: return "tensor-core (all-phase or per-phase)";
@@ -722,12 +723,73 @@ int print_dw_bwd(char* buf, int len, const char* what, const DwBwdCfg& c) {
                   c.box_d, c.box_h, c.box_w, c.taps, c.smem);
 }
 
+// Narrow input-gradient tile (gi_narrow_kernel): float16/bfloat16, grad_y's channels per
+// group 8 or 16 (one or two octets: the whole group's in one window), grad_x's a multiple of 8
+// (one or two octets a block).  The tile of kGiNarrowOutputs grad_x positions (tile_w 8, 16
+// or 32: an m16 tile's rows, two runs of 8 along W) of least estimated cost: per tile, its
+// staged rows (a copy, ~20 instructions a thread) against its mma steps (an mma with its
+// ldmatrix, ~8 instructions a warp), over the tiles that cover grad_x.  False where no
+// tile's window fits.
+bool plan_gi_narrow(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
+                    GiNarrowCfg* c) {
+  if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16) return false;
+  // grad-input mode: c_in, in_* are grad_y's; c_out, out_* grad_x's
+  const int64_t gy_g = p.c_in / p.groups, gx_g = p.c_out / p.groups;
+  if (gy_g % 8 != 0 || gx_g % 8 != 0 || gy_g > 16 || gx_g == 0) return false;
+  const PhaseConvExact& e = p.exact;
+  const int64_t taps = e.k[0] * e.k[1] * e.k[2];
+  if (taps == 0) return false;
+  c->nco = (int)(gy_g / 8);
+  c->nci = gx_g >= 16 ? 2 : 1;
+  c->n_cib = (int)cdiv(gx_g / 8, c->nci);
+  c->pairs = (int)(cdiv(taps * c->nco, 2) * 2);
+  const int64_t x_sz[3] = {p.out_d, p.out_h, p.out_w};
+  const size_t wt = (size_t)c->pairs * c->nci * 8 * 16 + (size_t)c->pairs * 4;
+  const double mmas = (double)(kGiNarrowOutputs / 16) * (c->pairs / 2) * c->nci;
+  double best = 0;
+  bool found = false;
+  auto search = [&](size_t cap) {
+    for (int64_t tw = 8; tw <= 32; tw *= 2) {
+      for (int64_t th = 1; tw * th <= kGiNarrowOutputs; th *= 2) {
+        const int64_t td = kGiNarrowOutputs / (tw * th);
+        const int64_t wd = e.s[0] * (td - 1) + (e.k[0] - 1) * e.d[0] + 1,
+                      wh = e.s[1] * (th - 1) + (e.k[1] - 1) * e.d[1] + 1,
+                      ww = e.s[2] * (tw - 1) + (e.k[2] - 1) * e.d[2] + 1;
+        const int64_t ws = cdiv(ww, e.s[2]), npos = wd * wh * ws * e.s[2];
+        const size_t smem = (size_t)npos * c->nco * 16 + wt;
+        if (smem > cap) continue;
+        const double tiles = (double)cdiv(x_sz[0], td) * cdiv(x_sz[1], th) * cdiv(x_sz[2], tw);
+        const double cost = tiles * ((double)npos * c->nco * 20 + mmas * 8 * 32);
+        if (!found || cost < best) {
+          found = true;
+          best = cost;
+          c->tile_d = (int)td; c->tile_h = (int)th; c->tile_w = (int)tw;
+          c->win_d = (int)wd; c->win_h = (int)wh; c->win_ws = (int)ws;
+          c->win_w = (int)(ws * e.s[2]);
+          c->smem = smem;
+        }
+      }
+    }
+  };
+  // two blocks a multiprocessor (its launch bounds), each with the 1 KB the driver reserves;
+  // where no tile fits that, one
+  search(std::min<size_t>({dev.smem_optin, dev.smem_sm / 2 - 1024, (size_t)110 * 1024}));
+  if (!found) search(std::min<size_t>(dev.smem_optin, dev.smem_sm - 1024));
+  if (!found) return false;
+  c->tiles_d = (int)cdiv(x_sz[0], c->tile_d);
+  c->tiles_h = (int)cdiv(x_sz[1], c->tile_h);
+  c->tiles_w = (int)cdiv(x_sz[2], c->tile_w);
+  c->grid = p.n * p.groups * c->n_cib * c->tiles_d * c->tiles_h * c->tiles_w;
+  return c->grid < ((int64_t)1 << 31);
+}
+
 // ---------------------------------------------------------------- the input gradient's rule
 bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
                     const DevInfo& dev, PhaseConvBwdInputPlan* out) {
   char* buf = out->text;
   const int len = (int)sizeof(out->text);
   out->naive_grid = 0;
+  out->grad_y_channels_last = 0;
   const int64_t outputs = params.n * params.c_out * params.out_d * params.out_h * params.out_w;
   if (outputs == 0) {
     out->family = PHASECONV_EMPTY;
@@ -756,6 +818,7 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
   if ((force == 0 || force == PHASECONV_GEMM) &&
       choose_gi_gemm(params, dtype_code, force, dev, &gc)) {
     out->family = PHASECONV_GEMM;
+    out->grad_y_channels_last = 1;
     snprintf(buf, len,
              "implicit-gemm grad-input kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d "
              "m_tiles=%d smem=%zu%s, grad_y channels-last", gc.kind, gc.BM, gc.BN, gc.bkg * 8,
@@ -766,6 +829,21 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
   if (force == PHASECONV_GEMM)
     return refuse(buf, len, force, "it takes float16/bfloat16 with C_out/groups a multiple "
                   "of 8 and a tile that fits shared memory");
+  GiNarrowCfg& nc = out->narrow;
+  if ((force == 0 || force == PHASECONV_GI_NARROW) &&
+      plan_gi_narrow(params, dtype_code, dev, &nc)) {
+    out->family = PHASECONV_GI_NARROW;
+    out->grad_y_channels_last = 1;
+    snprintf(buf, len,
+             "tensor-core window grad-input fp32-accumulate, grad_y channels-last, %dx%d "
+             "channel tile, %d tap pair(s), tile(d,h,w)=(%d,%d,%d), window=(%d,%d,%d), "
+             "%lld blocks, smem=%zu", nc.nci * 8, nc.nco * 8, nc.pairs, nc.tile_d, nc.tile_h,
+             nc.tile_w, nc.win_d, nc.win_h, nc.win_w, (long long)nc.grid, nc.smem);
+    return true;
+  }
+  if (force == PHASECONV_GI_NARROW)
+    return refuse(buf, len, force, "it takes float16/bfloat16 with C_out/groups 8 or 16, "
+                  "C_in/groups a multiple of 8 and a grad_y window that fits shared memory");
   const bool mma_ok = dtype_code != PHASECONV_FLOAT64 && params.c_in / params.groups >= 4 &&
                       params.c_out / params.groups >= 4 && force != PHASECONV_NAIVE;
   MmaCfg& mc = out->mma;

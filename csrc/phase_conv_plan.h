@@ -138,6 +138,7 @@ enum PhaseConvFamily {
   PHASECONV_GW_DEPTHWISE = 11,  // the weight gradient's depthwise kernel
   PHASECONV_GW_MMA_CL = 12, // per (phase, tap) GEMM on tensor cores, channels-last operands
   PHASECONV_GW_MMA_NARROW = 13,  // tensor cores over a staged input window, 8-channel layers
+  PHASECONV_GI_NARROW = 14, // the input gradient's: tensor cores over a staged grad_y window
 };
 
 // A kernel chosen by name instead of by the rule (tests, benchmarks).  The plan refuses a
@@ -190,6 +191,8 @@ constexpr int kGwNarrowThreads = 256; // narrow weight gradient: threads per blo
 // most, by element size: float32 (3xTF32) keeps its accumulator runs within kFlushTerms
 constexpr int gw_narrow_items(int elem_size) { return elem_size == 4 ? 4 : 8; }
 constexpr int gw_narrow_max_q(int elem_size) { return elem_size == 4 ? 256 : 512; }
+constexpr int kGiNarrowThreads = 256; // narrow input gradient: threads per block
+constexpr int kGiNarrowOutputs = 256; // its grad_x positions per block (two m16 tiles a warp)
 constexpr int kDwThreads = 256;       // depthwise kernel: threads per block
 constexpr int kDwRows = 4;            // its rows of one H phase per thread item
 constexpr int kDwTileOutputs = 2048;  // its outputs per D position of a block, about
@@ -315,6 +318,21 @@ struct GwNarrowCfg {
   int64_t grid;
 };
 
+// narrow tensor-core input gradient (phase_conv_bwd_input_narrow.cu: gi_narrow_kernel).  A
+// block owns (batch, tile of kGiNarrowOutputs grad_x positions, group, nci grad_x octets); its
+// mma k steps are (tap, grad_y octet) pairs, two at a time, over a grad_y window whose W axis
+// is stored by residue (win_w = stride_w x win_ws positions).
+struct GiNarrowCfg {
+  int nci, nco;                // octets: grad_x per block (1 or 2), grad_y (the group's: 1 or 2)
+  int n_cib;                   // blocks over a group's grad_x octets
+  int tile_d, tile_h, tile_w;  // the grad_x tile (tile_w 8, 16 or 32)
+  int tiles_d, tiles_h, tiles_w;
+  int win_d, win_h, win_w, win_ws;  // the window; win_ws positions per W residue
+  int pairs;                   // (tap, grad_y octet) pairs, rounded up to even
+  size_t smem;
+  int64_t grid;
+};
+
 // tensor-core weight gradient (phase_conv_bwd.cu: gw_mma_kernel, gw_cl_kernel)
 struct GmCfg {
   int max_taps, n_cib, n_cob, splits;
@@ -341,10 +359,14 @@ struct PhaseConvFwdPlan {
 
 // The input gradient's plan (phase_conv_bwd_input_plan): one launch for all phases.
 struct PhaseConvBwdInputPlan {
-  int family;  // PHASECONV_EMPTY, PHASECONV_DEPTHWISE, PHASECONV_GEMM, PHASECONV_MMA or
-               // PHASECONV_NAIVE
+  int family;  // PHASECONV_EMPTY, PHASECONV_DEPTHWISE, PHASECONV_GEMM, PHASECONV_GI_NARROW,
+               // PHASECONV_MMA or PHASECONV_NAIVE
+  int grad_y_channels_last;  // the kernel reads grad_y as (N, D, H, W, C_out), 16-byte aligned,
+                             // and the weight laid out [groups][kD][kH][kW][C_out/g / 8]
+                             // [C_in/g][8] (PHASECONV_GEMM, PHASECONV_GI_NARROW)
   int64_t naive_grid;
   phaseconv::GemmCfg gemm;  // reads grad_y channels-last (see phase_conv_bwd_input_plan)
+  phaseconv::GiNarrowCfg narrow;
   phaseconv::MmaCfg mma;
   phaseconv::DwBwdCfg depthwise;
   char text[256];
@@ -381,11 +403,15 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
 // float16/bfloat16 wide layers (C_out/g a multiple of 8 and >= 16, C_in/g >= 32) the implicit
 // GEMM, which reads grad_y channels-last (16-byte aligned), taps stepping by the dilation from
 // -padding (launch parameters: table one row, residue 0, every tap; pdil_* the dilation;
-// weight_mma the weight laid out [groups][kD][kH][kW][C_out/g / 8][C_in/g][8]); the
-// tensor-core kernel for float32/float16/bfloat16 with C_out/g and C_in/g >= 4 when a tile
-// fits shared memory; else the naive kernel (any dtype).  force: 0 the rule,
-// PHASECONV_DEPTHWISE, PHASECONV_GEMM, PHASECONV_MMA or PHASECONV_NAIVE (false where the
-// forced kernel does not apply).
+// weight_mma the weight laid out [groups][kD][kH][kW][C_out/g / 8][C_in/g][8]);
+// float16/bfloat16 layers with C_out/g 8 or 16 and C_in/g a multiple of 8 the narrow
+// tensor-core kernel (PHASECONV_GI_NARROW: grad_y channels-last and the weight laid out as for
+// the implicit GEMM) where a tile's grad_y window fits; the tensor-core kernel for
+// float32/float16/bfloat16 with C_out/g and C_in/g >= 4 when a tile fits shared memory; else
+// the naive kernel (any dtype).  plan->grad_y_channels_last says which kernels read grad_y
+// channels-last.  force: 0 the rule, PHASECONV_DEPTHWISE, PHASECONV_GEMM,
+// PHASECONV_GI_NARROW, PHASECONV_MMA or PHASECONV_NAIVE (false where the forced kernel does
+// not apply).
 bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
                                const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan);
 

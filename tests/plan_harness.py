@@ -37,7 +37,7 @@ H100_SM90A = H100._replace(name="H100 SXM5, sm_90a build", wgmma=1)
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 FAMILIES = {0: "none", 1: "gemm", 2: "allphase", 3: "mma", 4: "tiled", 5: "naive",
             6: "tensor-cores", 7: "simt", 8: "naive", 10: "depthwise", 11: "depthwise",
-            12: "tensor-cores-cl", 13: "tensor-cores-narrow"}
+            12: "tensor-cores-cl", 13: "tensor-cores-narrow", 14: "tensor-cores-narrow"}
 _SOURCES = (cuda.CSRC / "phase_conv_plan.cpp", Path(__file__).with_name("plan_shim.cpp"))
 
 
@@ -45,7 +45,8 @@ class Plan(NamedTuple):
     ok: bool           # False: refused (text says why)
     family: str        # FAMILIES' name ("none" for an empty launch)
     text: str          # what describe() prints
-    channels_last: bool = False  # the kernel reads x channels-last (weight gradient: and grad_y)
+    channels_last: bool = False  # the kernel reads x channels-last (weight gradient: and grad_y;
+                                 # input gradient: grad_y)
     splits: int = 0    # weight gradient: splits of the reduction
 
 
@@ -114,8 +115,8 @@ def grad_input(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,
                 host.gi_table.shape[0], *host.stride, *args.kernel, *args.padding,
                 *args.dilation]
     fn = library().phaseconv_plan_grad_input
-    ok, out, text = _call(fn, geometry, dtype, cuda.GRAD_INPUT_KERNELS[kernel], device, 1)
-    return Plan(ok, FAMILIES[out[0]] if ok else "refused", text)
+    ok, out, text = _call(fn, geometry, dtype, cuda.GRAD_INPUT_KERNELS[kernel], device, 2)
+    return Plan(ok, FAMILIES[out[0]] if ok else "refused", text, bool(out[1]))
 
 
 def grad_weight(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,

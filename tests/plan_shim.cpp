@@ -60,7 +60,7 @@ static void set_layer(PhaseConvExact& e, const int64_t* g, const int64_t* stride
 
 // g (grad-input mode): n, c_in (grad_y's channels), c_out (x's), groups, in[3] (grad_y's
 // sizes), out[3] (x's), phase_dilation[3], max_taps[3], total_taps, nsub, in_stride[3],
-// kernel[3], padding[3], dilation[3].
+// kernel[3], padding[3], dilation[3].  out: family, grad_y read channels-last.
 extern "C" int phaseconv_plan_grad_input(const int64_t* g, int dtype, int force,
                                          const int64_t* dev, int64_t* out, char* text,
                                          int len) {
@@ -78,6 +78,7 @@ extern "C" int phaseconv_plan_grad_input(const int64_t* g, int dtype, int force,
   PhaseConvBwdInputPlan plan;
   const bool ok = phase_conv_bwd_input_plan(p, dtype, force, device(dev), &plan);
   out[0] = plan.family;
+  out[1] = plan.grad_y_channels_last;
   copy_text(plan.text, text, len);
   return ok ? 1 : 0;
 }

@@ -53,14 +53,14 @@ _HEADERS = ("phase_conv_plan.h", "phase_conv_dtype.cuh", "phase_conv_exact.cuh",
             "phase_conv_mma.cuh", "phase_conv_wgmma.cuh", "phase_conv_pack.cuh",
             "phase_conv_fwd.cuh",
             "phase_conv_fwd_common.cuh", "phase_conv_bwd.cuh", "phase_conv_bwd_depthwise.cuh",
-            "phase_conv_bwd_narrow.cuh")
+            "phase_conv_bwd_narrow.cuh", "phase_conv_bwd_input_narrow.cuh")
 # one translation unit each, compiled in parallel (kernel families: phase_conv_fwd_common.cuh)
 _CUDA_SOURCES = ("phase_conv_pack.cu", "phase_conv_layout.cu", "phase_conv_fwd_tiled.cu",
                  "phase_conv_fwd_naive.cu", "phase_conv_fwd_mma.cu",
                  "phase_conv_fwd_allphase.cu", "phase_conv_fwd_gemm.cu",
                  "phase_conv_fwd_depthwise.cu", "phase_conv_fwd.cu",
                  "phase_conv_bwd.cu", "phase_conv_bwd_depthwise.cu",
-                 "phase_conv_bwd_narrow.cu")
+                 "phase_conv_bwd_narrow.cu", "phase_conv_bwd_input_narrow.cu")
 # the torch binding and the kernel plan (plain C++: tests/plan/test_plan.py builds it alone)
 _CPP_SOURCES = ("phase_conv.cpp", "phase_conv_plan.cpp")
 _SOURCES = _HEADERS + _CUDA_SOURCES + _CPP_SOURCES
@@ -70,7 +70,7 @@ TABLE_STRIDE = 12
 FORWARD_KERNELS = {"auto": 0, "gemm": 1, "allphase": 2, "mma": 3, "tiled": 4, "naive": 5,
                    "tensor-cores": 9, "depthwise": 10}
 GRAD_INPUT_KERNELS = {"auto": 0, "implicit-gemm": 1, "tensor-cores": 3, "naive": 5,
-                      "depthwise": 10}
+                      "depthwise": 10, "tensor-cores-narrow": 14}
 GRAD_WEIGHT_KERNELS = {"auto": 0, "tensor-cores": 6, "simt": 7, "naive": 8, "depthwise": 11,
                        "tensor-cores-cl": 12, "tensor-cores-narrow": 13}
 

@@ -615,6 +615,54 @@ def test_narrow_weight_gradient(case, dtype):
     assert torch.equal(cuda.backward(gyc, xc, wc, args, need_input=False)[1], runs[0])
 
 
+_NARROW_GI_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): 8 or 16 grad_y channels
+    (2, 32, 32, 4, (3, 5, 7), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1)),  # odd taps
+    (1, 16, 8, 1, (6, 7, 9), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),  # 16 -> 8
+    (2, 8, 16, 1, (4, 5, 6), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 0, 1), (2, 1, 3)),  # dilation
+    (2, 24, 8, 1, (3, 3, 3), (1, 2, 1), (3, 4, 2), (0, 0, 0), (0, 0, 1), (1, 1, 1)),  # empty
+    (1, 16, 16, 1, (2, 2, 70), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),  # long W
+    (3, 32, 16, 2, (5, 6, 7), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # groups
+    (1, 8, 8, 1, (4, 4, 5), (5, 5, 5), (1, 1, 1), (2, 2, 2), (0, 0, 0), (1, 1, 1)),  # stride 1
+    (2, 40, 8, 1, (3, 4, 21), (1, 2, 4), (1, 2, 4), (0, 1, 0), (0, 1, 3), (1, 1, 1)),  # s 4
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", range(len(_NARROW_GI_CASES)))
+def test_narrow_input_gradient(case, dtype):
+    """The input gradient of layers with 8 or 16 grad_y channels a group (tensor cores over a
+    staged grad_y window, every tap at its shift), by the rule and forced, against torch in
+    float64 from the same rounded values: odd tap counts (a zero pair pads the last k step),
+    one and two octets on each side, grad_x octet blocks with a tail, strides 1 to 4,
+    dilation, ragged tiles, empty phases, groups, rows longer than a tile; the per-phase
+    tensor-core kernel within the same tolerance; a contiguous grad_y (copied channels-last)
+    gives the same bits as a channels-last one, and results repeat bitwise."""
+    from phaseconv.engines import cuda
+
+    n, cin, cout, g, size, k, s, p, op, d = _NARROW_GI_CASES[case]
+    xc, wc, gyc, args, expected = _layer_case(n, cin, cout, g, size, k, s, p, op, d, dtype,
+                                              case)
+    gi_desc = cuda.describe_backward(args, n, dtype, xc.device)[0]
+    assert gi_desc.startswith("tensor-core window grad-input fp32-accumulate, grad_y "
+                              "channels-last"), gi_desc
+    tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
+    runs = [cuda.backward(gyc, xc, wc, args, need_weight=False)[0],
+            cuda.backward(gyc, xc, wc, args, need_weight=False,
+                          grad_input_kernel="tensor-cores-narrow")[0],
+            cuda.backward(gyc, xc, wc, args, need_weight=False,
+                          grad_input_kernel="tensor-cores")[0]]
+    e = expected[0]
+    for got in runs:
+        assert got.dtype == dtype and got.shape == e.shape and got.is_contiguous()
+        rel = ((got.double().cpu() - e).norm() / e.norm()).item()
+        worst = ((got.double().cpu() - e).abs().max() / e.abs().max()).item()
+        assert rel < tol and worst < 4 * tol, (rel, worst)
+    assert torch.equal(runs[0], runs[1])
+    gyl = gyc.contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(cuda.backward(gyl, xc, wc, args, need_weight=False)[0], runs[0])
+    assert torch.equal(cuda.backward(gyc, xc, wc, args)[0], runs[0])
+
+
 def test_backward_kernel_rules():
     """The rules (phase_conv_bwd.cuh, phase_conv_fwd.cuh) are visible and forcing is checked,
     never rerouted."""
@@ -647,7 +695,9 @@ def test_backward_kernel_rules():
             ("weight gradient: refused: the narrow tensor-core window kernel was forced", w,
              narrow, dict(grad_weight_kernel="tensor-cores-narrow")),
             ("input gradient: refused: the implicit-gemm kernel was forced", w, narrow,
-             dict(grad_input_kernel="implicit-gemm"))]:
+             dict(grad_input_kernel="implicit-gemm")),
+            ("input gradient: refused: the narrow tensor-core window kernel was forced", w,
+             narrow, dict(grad_input_kernel="tensor-cores-narrow"))]:
         with pytest.raises(RuntimeError, match=why):
             cuda.backward(gy, x, weight, layer, **forced)
     wide = dict(in_channels=64, out_channels=32, kernel_size=4, stride=2, padding=1)

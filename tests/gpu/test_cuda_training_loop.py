@@ -20,7 +20,8 @@ PATHS = [
      "tensor-core window 3xTF32"),
     ("all-phase bf16 channels-last", dict(in_channels=32, out_channels=32, kernel_size=3,
                                           stride=2, padding=1, output_padding=1, groups=2),
-     (2, 32, 4, 6, 8), torch.bfloat16, "cl", "mma-allphase", "mma grad-input", "tensor-core"),
+     (2, 32, 4, 6, 8), torch.bfloat16, "cl", "mma-allphase", "tensor-core window grad-input",
+     "tensor-core"),
     ("implicit gemm bf16", dict(in_channels=64, out_channels=64, kernel_size=2, stride=2),
      (2, 64, 4, 6, 8), torch.bfloat16, "ncdhw", "implicit-gemm", "implicit-gemm grad-input",
      "tensor-core gemm fp32-accumulate, channels-last operands"),
@@ -44,9 +45,9 @@ PATHS = [
     ("naive (huge dilation)", dict(in_channels=2, out_channels=3, kernel_size=3, stride=1,
                                    dilation=(40, 40, 40)), (1, 2, 1, 2, 1), torch.float32,
      "ncdhw", "naive", "naive grad-input", "naive"),
-    ("narrow weight gradient bf16", dict(in_channels=32, out_channels=32, kernel_size=3,
-                                         stride=2, padding=1, output_padding=1, groups=4),
-     (2, 32, 4, 6, 8), torch.bfloat16, "ncdhw", "mma-allphase", "mma grad-input",
+    ("narrow gradients bf16", dict(in_channels=32, out_channels=32, kernel_size=3, stride=2,
+                                   padding=1, output_padding=1, groups=4),
+     (2, 32, 4, 6, 8), torch.bfloat16, "ncdhw", "mma-allphase", "tensor-core window grad-input",
      "tensor-core window"),
 ]
 

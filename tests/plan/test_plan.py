@@ -71,9 +71,12 @@ def test_every_sweep_shape_has_a_plan(device):
 BACKWARD_RULE = [
     ("founding fp32", FOUNDING, F32, "mma", "tensor-cores-narrow"),  # 8 x 8 channels a group
     ("founding fp64", FOUNDING, F64, "naive", "simt"),
-    ("founding bf16", FOUNDING, BF16, "mma", "tensor-cores-narrow"),  # 8 x 8 channels a group
-    ("eight output channels fp16", ph.sweep_args(SWEEP[7]), torch.float16, "mma",
-     "tensor-cores-narrow"),                                 # 16 -> 8
+    ("founding bf16", FOUNDING, BF16, "tensor-cores-narrow",
+     "tensor-cores-narrow"),                                 # 8 x 8 channels a group
+    ("eight output channels fp16", ph.sweep_args(SWEEP[7]), torch.float16,
+     "tensor-cores-narrow", "tensor-cores-narrow"),          # 16 -> 8
+    ("sixteen channels bf16", ph.conv_args(16, 16, 3, 6, 2, 1, 1), BF16,
+     "tensor-cores-narrow", "tensor-cores-cl"),              # grad_y 16 channels a group
     ("eight input channels bf16", ph.conv_args(8, 64, 3, 6, 2, 1, 1), BF16, "mma",
      "tensor-cores-narrow"),
     ("four channels a group bf16", ph.conv_args(8, 8, 3, 6, 2, 1, 1, 2), BF16, "mma",
@@ -99,7 +102,10 @@ BACKWARD_RULE = [
 @pytest.mark.parametrize("name, args, dtype, gi, gw", BACKWARD_RULE,
                          ids=[c[0] for c in BACKWARD_RULE])
 def test_backward_rule_routes_every_family(device, name, args, dtype, gi, gw):
-    assert ph.grad_input(args, 2, dtype, device).family == gi
+    gi_plan = ph.grad_input(args, 2, dtype, device)
+    assert gi_plan.family == gi
+    # the binding copies grad_y channels-last for the input gradient of exactly these kernels
+    assert gi_plan.channels_last == (gi in ("gemm", "tensor-cores-narrow")), gi_plan.text
     plan = ph.grad_weight(args, 2, dtype, device)
     assert plan.family == gw
     # the binding copies x and grad_y channels-last for exactly these kernels
@@ -297,6 +303,46 @@ def test_weight_gradient_tiles_fit_the_channels():
         assert plan.family == "simt" and "simt 1x1 channel tile" in plan.text, plan.text
         plan = ph.grad_weight(FOUNDING, 8, F32, device, "simt")
         assert plan.family == "simt" and "simt 8x8 channel tile" in plan.text, plan.text
+
+
+def test_narrow_input_gradient_tiles():
+    """The narrow tensor-core input gradient: grad_x octets per block (one, or two where the
+    group has them), every grad_y octet of the group in one window, the (tap, octet) pairs
+    rounded up to even (founding: 105 taps, 106 pairs), a tile of 256 grad_x positions with
+    whole runs of 8 along W, its window (the stride times the tile plus the dilated kernel;
+    W stored by residue), shared memory for two blocks a multiprocessor where a tile fits that
+    (H100 and A100), and refusals where it cannot take a layer (float32, 24 grad_y channels a
+    group, a window that fits no shared memory)."""
+    import re
+
+    def numbers(plan, key):
+        return tuple(map(int, re.search(key + r"=\((\d+),(\d+),(\d+)\)", plan.text).groups()))
+
+    for device in ph.DEVICES:
+        founding = ph.grad_input(FOUNDING, 8, BF16, device)
+        assert "8x8 channel tile, 106 tap pair(s)" in founding.text, founding.text
+        shape8 = ph.grad_input(ph.sweep_args(SWEEP[7]), 1, torch.float16, device)
+        assert "16x8 channel tile, 28 tap pair(s)" in shape8.text, shape8.text
+        both16 = ph.grad_input(ph.conv_args(16, 16, 3, 6, 2, 1, 1), 2, BF16, device)
+        assert "16x16 channel tile, 54 tap pair(s)" in both16.text, both16.text
+        for plan, k in ((founding, (3, 5, 7)), (shape8, (3, 3, 3)), (both16, (3, 3, 3))):
+            d, h, w = numbers(plan, r"tile\(d,h,w\)")
+            assert d * h * w == 256 and w in (8, 16, 32), plan.text
+            wd, wh, ww = numbers(plan, "window")
+            assert (wd, wh) == (2 * (d - 1) + k[0], 2 * (h - 1) + k[1]), plan.text
+            assert ww == 2 * -(-(2 * (w - 1) + k[2]) // 2), plan.text  # two W residues
+            smem = int(re.search(r"smem=(\d+)", plan.text).group(1))
+            two_blocks = min(110 * 1024, device.smem_sm // 2 - 1024)
+            # 16 + 16 channels: two windows; on the A100 no tile fits two blocks
+            assert smem <= (two_blocks if plan is not both16 or device is ph.H100
+                            else device.smem_optin), plan.text
+        for refused in (ph.grad_input(FOUNDING, 8, F32, device, "tensor-cores-narrow"),
+                        ph.grad_input(ph.conv_args(24, 24, 3, 6, 2, 1, 1), 2, BF16, device,
+                                      "tensor-cores-narrow"),
+                        ph.grad_input(ph.conv_args(8, 8, 3, 6, 1, 0, 0, dilation=200), 1, BF16,
+                                      device, "tensor-cores-narrow")):
+            assert not refused.ok and "narrow tensor-core window kernel was forced" in \
+                refused.text, refused.text
 
 
 def test_narrow_weight_gradient_tiles():

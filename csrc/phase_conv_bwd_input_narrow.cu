@@ -1,0 +1,272 @@
+// phaseconv CUDA backward: the input gradient of narrow layers on tensor cores (see
+// phase_conv_bwd_input_narrow.cuh).  CUDA headers only.
+//
+// The input gradient of a transposed convolution is a plain strided correlation,
+//
+//   grad_x[n, ci, i] = sum_{k, co} w[ci, co, k] grad_y[n, co, s * i - p + k * d],
+//
+// in which every term reads a real grad_y element: in this direction the phases only say which
+// taps meet which output, and no tap meets an inserted zero.  With 8 or 16 grad_y channels per
+// group, the per-phase kernels would run k steps of 8 channels in 16-wide tensor-core steps.
+// Here a block owns a tile of grad_x positions (kGiNarrowOutputs) of one group and stages, by
+// cp.async, the grad_y window every tap of the tile reads ([octet][position][8], channels-last)
+// and the group's weight ([pair][grad_x channel][8]).  An m16n8k16 step's k is two (tap,
+// grad_y octet) pairs; its 16 rows are grad_x positions, each read at the tap's shift: a row
+// address is the row's window position plus the pair's offset, a table entry.  The window's W
+// axis is stored by residue (position w at (w mod s_w) * win_ws + w / s_w), so the 8 rows of
+// an ldmatrix, 8 neighbours along W, are 8 consecutive 16-byte rows for every stride: no bank
+// conflict.  Each grad_x element is written once, by the warp that owns it; no atomics.
+#include "phase_conv_bwd_input_narrow.cuh"
+#include "phase_conv_dtype.cuh"
+#include "phase_conv_exact.cuh"
+#include "phase_conv_mma.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace phaseconv {
+namespace {
+
+using namespace phaseconv_dtype;  // from_acc
+using namespace phaseconv_mma;    // ldmatrix, cp.async, mma.sync
+using phaseconv_exact::finite_value;
+
+constexpr int kThreads = kGiNarrowThreads, kWarps = kThreads / 32;
+constexpr int kTilesPerWarp = kGiNarrowOutputs / 16 / kWarps;  // m16 tiles
+static_assert(kTilesPerWarp * 16 * kWarps == kGiNarrowOutputs, "whole m16 tiles per warp");
+
+// The launch: grad_y channels-last (N, OD, OH, OW, C_out), the weight gathered
+// [groups][taps][C_out/g / 8][C_in/g][8], grad_x (N, C_in, D, H, W).
+struct GiNarrowArgs {
+  const void* gy;
+  const void* w;
+  void* gx;
+  int* flag;  // set where a stored element is not finite (the fix-up recomputes it)
+  int64_t nbatch;
+  int c_in, c_out, cin_g, cout_g, groups;
+  int in_d, in_h, in_w, out_d, out_h, out_w;
+  int kd, kh, kw, sd, sh, sw, pd, ph, pw, dd, dh, dw;
+  GiNarrowCfg c;
+};
+
+// A window position as digits (d, h, r, q), q fastest: W position q * s_w + r.
+struct WinDigits {
+  int q, r, h, d;
+};
+__device__ __forceinline__ WinDigits win_digits(int i, int ws, int sw, int wh) {
+  WinDigits t;
+  t.q = i % ws; i /= ws;
+  t.r = i % sw; i /= sw;
+  t.h = i % wh;
+  t.d = i / wh;
+  return t;
+}
+
+template <typename T, int NCI, int NCO>
+__global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowArgs a) {
+  static_assert(sizeof(T) == 2, "16-bit operands");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const GiNarrowCfg& c = a.c;
+  const int npos = c.win_d * c.win_h * c.win_w;
+  const int wrows = c.pairs * NCI * 8;
+  // shared memory: the window [NCO][npos] rows, the weight [pairs][NCI * 8] rows (16 bytes),
+  // then each pair's byte offset in the window
+  const uint32_t s_win = (uint32_t)__cvta_generic_to_shared(smem_raw);
+  const uint32_t s_wt = s_win + NCO * npos * 16;
+  int* s_pair = reinterpret_cast<int*>(smem_raw + (NCO * npos + wrows) * 16);
+  const T* __restrict__ gy = static_cast<const T*>(a.gy);
+  const T* __restrict__ w = static_cast<const T*>(a.w);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  // block: (grad_x octet block, group, W tile, H tile, D tile, batch), fastest first
+  int64_t r = blockIdx.x;
+  const int cib = (int)(r % c.n_cib); r /= c.n_cib;
+  const int g = (int)(r % a.groups); r /= a.groups;
+  const int bw = (int)(r % c.tiles_w); r /= c.tiles_w;
+  const int bh = (int)(r % c.tiles_h); r /= c.tiles_h;
+  const int bd = (int)(r % c.tiles_d);
+  const int64_t n = r / c.tiles_d;
+  const int i0d = bd * c.tile_d, i0h = bh * c.tile_h, i0w = bw * c.tile_w;
+  const int ci0 = cib * NCI * 8;
+  const int taps = a.kd * a.kh * a.kw, real_pairs = taps * NCO;
+
+  // each pair's offset: its octet's plane and its tap's shift (W by residue)
+  for (int pr = tid; pr < c.pairs; pr += kThreads) {
+    int off = 0;  // the padding pair: any row (its weight is zero)
+    if (pr < real_pairs) {
+      const int t = pr / NCO, o = pr - t * NCO;
+      const int tw = t % a.kw, th = (t / a.kw) % a.kh, td = t / (a.kw * a.kh);
+      const int cw = tw * a.dw;
+      off = o * npos + ((td * a.dd) * c.win_h + th * a.dh) * c.win_w + (cw % a.sw) * c.win_ws +
+            cw / a.sw;
+    }
+    s_pair[pr] = off * 16;
+  }
+  // the weight rows of this block's grad_x channels: pair pr = tap * NCO + octet is row
+  // (pr, ci) of the gathered group, zero past the pairs and the group's channels
+  {
+    const T* wg = w + (int64_t)g * taps * a.cout_g * a.cin_g;
+    for (int rr = tid; rr < wrows; rr += kThreads) {
+      const int pr = rr / (NCI * 8), row = rr - pr * (NCI * 8);
+      const bool ok = pr < real_pairs && ci0 + row < a.cin_g;
+      cp_async16_ca(s_wt + rr * 16, ok ? wg + ((int64_t)pr * a.cin_g + ci0 + row) * 8 : w, ok);
+    }
+  }
+  // the grad_y window: positions (s * i0 - p) + (wd, wh, q * s_w + rw), walked as (wd, wh, rw,
+  // q), q fastest, kThreads positions a step (digits added with carries: no division a
+  // position); zero outside grad_y
+  {
+    const int o0d = a.sd * i0d - a.pd, o0h = a.sh * i0h - a.ph, o0w = a.sw * i0w - a.pw;
+    const T* gb = gy + (int64_t)g * a.cout_g;
+    const WinDigits by = win_digits(kThreads, c.win_ws, a.sw, c.win_h);
+    WinDigits at = win_digits(tid, c.win_ws, a.sw, c.win_h);
+    for (int pos = tid; pos < npos; pos += kThreads) {
+      const int od = o0d + at.d, oh = o0h + at.h, ow = o0w + at.q * a.sw + at.r;
+      const bool in = (unsigned)od < (unsigned)a.out_d && (unsigned)oh < (unsigned)a.out_h &&
+                      (unsigned)ow < (unsigned)a.out_w;
+      const int64_t v = (((n * a.out_d + od) * a.out_h + oh) * a.out_w + ow) * a.c_out;
+#pragma unroll
+      for (int o = 0; o < NCO; ++o)
+        cp_async16_cg(s_win + (o * npos + pos) * 16, in ? gb + v + o * 8 : gy, in);
+      at.q += by.q; at.r += by.r; at.h += by.h; at.d += by.d;
+      if (at.q >= c.win_ws) { at.q -= c.win_ws; at.r += 1; }
+      if (at.r >= a.sw) { at.r -= a.sw; at.h += 1; }
+      if (at.h >= c.win_h) { at.h -= c.win_h; at.d += 1; }
+    }
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // this lane's ldmatrix rows.  A (x4): matrices rows 0-7 | 8-15 x the step's first | second
+  // pair; a row is a grad_x position of the warp's m16 tile.  B (x2, or x4 for two octets):
+  // the first | second pair's rows of grad_x channels 0-7 (| 8-15).
+  const int a_m = (lane & 7) + ((lane >> 3) & 1) * 8, a_pair = lane >> 4;
+  const int tile_hw = c.tile_h * c.tile_w;
+  uint32_t a_row[kTilesPerWarp];
+#pragma unroll
+  for (int mt = 0; mt < kTilesPerWarp; ++mt) {
+    const int m = (warp + mt * kWarps) * 16 + a_m;
+    const int md = m / tile_hw, mh = (m / c.tile_w) % c.tile_h, mw = m % c.tile_w;
+    a_row[mt] = s_win + ((a.sd * md * c.win_h + a.sh * mh) * c.win_w + mw) * 16;
+  }
+  const uint32_t b_row = s_wt + (((lane >> 3) & 1) * NCI * 8 + (lane & 7) +
+                                 (NCI == 2 ? (lane >> 4) * 8 : 0)) * 16;
+
+  float acc[kTilesPerWarp][NCI][4];
+#pragma unroll
+  for (int mt = 0; mt < kTilesPerWarp; ++mt)
+#pragma unroll
+    for (int o = 0; o < NCI; ++o)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) acc[mt][o][k] = 0.f;
+
+  const int ksteps = c.pairs / 2;
+  for (int ks = 0; ks < ksteps; ++ks) {
+    const uint32_t po = (uint32_t)s_pair[2 * ks + a_pair];
+    uint32_t b[NCI][2];
+    const uint32_t pb = b_row + ks * (2 * NCI * 8 * 16);
+    if constexpr (NCI == 2) {
+      uint32_t r4[4];
+      ldsm_x4(r4, pb);
+      b[0][0] = r4[0]; b[0][1] = r4[1]; b[1][0] = r4[2]; b[1][1] = r4[3];
+    } else {
+      ldsm_x2(b[0][0], b[0][1], pb);
+    }
+#pragma unroll
+    for (int mt = 0; mt < kTilesPerWarp; ++mt) {
+      uint32_t af[4];
+      ldsm_x4(af, a_row[mt] + po);
+#pragma unroll
+      for (int o = 0; o < NCI; ++o) MmaOp<T>::run(acc[mt][o], af, b[o][0], b[o][1]);
+    }
+  }
+
+  // grad_x: accumulator k of a lane is row (lane / 4) + 8 (k / 2), column 2 (lane % 4) + k % 2
+  T* gx = static_cast<T*>(a.gx);
+  const int64_t plane = (int64_t)a.in_d * a.in_h * a.in_w;
+  const int nci_ok = min(NCI, (a.cin_g - ci0) >> 3);
+  bool nonfinite = false;
+#pragma unroll
+  for (int mt = 0; mt < kTilesPerWarp; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int m = (warp + mt * kWarps) * 16 + (lane >> 2) + half * 8;
+      const int id = i0d + m / tile_hw, ih = i0h + (m / c.tile_w) % c.tile_h,
+                iw = i0w + m % c.tile_w;
+      if (id >= a.in_d || ih >= a.in_h || iw >= a.in_w) continue;
+      const int64_t sp = ((int64_t)id * a.in_h + ih) * a.in_w + iw;
+#pragma unroll
+      for (int o = 0; o < NCI; ++o) {
+        if (o >= nci_ok) break;
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const int ci = g * a.cin_g + ci0 + o * 8 + (lane & 3) * 2 + k;
+          const T v = from_acc<T>(acc[mt][o][half * 2 + k]);
+          gx[(n * a.c_in + ci) * plane + sp] = v;
+          nonfinite |= !finite_value(v);
+        }
+      }
+    }
+  }
+  if (nonfinite) *a.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
+}
+
+template <typename T, int NCI, int NCO>
+cudaError_t launch(const GiNarrowArgs& a, cudaStream_t stream) {
+  auto kernel = gi_narrow_kernel<T, NCI, NCO>;
+  if (a.c.smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.c.smem);
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<(unsigned)a.c.grid, kThreads, a.c.smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t run_typed(const PhaseConvFwdParams& p, const GiNarrowCfg& c, cudaStream_t stream) {
+  // grad-input mode names grad_y the input (c_in, in_*) and grad_x the output (c_out, out_*)
+  const PhaseConvExact& e = p.exact;
+  GiNarrowArgs a;
+  a.gy = p.x; a.w = p.weight_mma; a.gx = p.y; a.flag = e.flag;
+  a.nbatch = p.n;
+  a.c_in = (int)p.c_out; a.c_out = (int)p.c_in; a.groups = (int)p.groups;
+  a.cin_g = a.c_in / a.groups; a.cout_g = a.c_out / a.groups;
+  a.in_d = (int)p.out_d; a.in_h = (int)p.out_h; a.in_w = (int)p.out_w;
+  a.out_d = (int)p.in_d; a.out_h = (int)p.in_h; a.out_w = (int)p.in_w;
+  a.kd = (int)e.k[0]; a.kh = (int)e.k[1]; a.kw = (int)e.k[2];
+  a.sd = (int)e.s[0]; a.sh = (int)e.s[1]; a.sw = (int)e.s[2];
+  a.pd = (int)e.p[0]; a.ph = (int)e.p[1]; a.pw = (int)e.p[2];
+  a.dd = (int)e.d[0]; a.dh = (int)e.d[1]; a.dw = (int)e.d[2];
+  a.c = c;
+  if (c.nci == 1 && c.nco == 1) return launch<T, 1, 1>(a, stream);
+  if (c.nci == 1 && c.nco == 2) return launch<T, 1, 2>(a, stream);
+  if (c.nci == 2 && c.nco == 1) return launch<T, 2, 1>(a, stream);
+  if (c.nci == 2 && c.nco == 2) return launch<T, 2, 2>(a, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t run_gi_narrow(const PhaseConvFwdParams& p, const GiNarrowCfg& c,
+                          cudaStream_t stream) {
+  if constexpr (sizeof(T) == 2) {
+    return run_typed<T>(p, c, stream);
+  } else {
+    return cudaErrorInvalidValue;  // the plan picks it for float16 and bfloat16 only
+  }
+}
+
+template cudaError_t run_gi_narrow<float>(const PhaseConvFwdParams&, const GiNarrowCfg&,
+                                          cudaStream_t);
+template cudaError_t run_gi_narrow<double>(const PhaseConvFwdParams&, const GiNarrowCfg&,
+                                           cudaStream_t);
+template cudaError_t run_gi_narrow<__half>(const PhaseConvFwdParams&, const GiNarrowCfg&,
+                                           cudaStream_t);
+template cudaError_t run_gi_narrow<__nv_bfloat16>(const PhaseConvFwdParams&,
+                                                  const GiNarrowCfg&, cudaStream_t);
+
+}  // namespace phaseconv
