@@ -681,3 +681,113 @@ for c_in, c_out, groups, size, k, s, p, op, d, tile in [
     ours = narrow_grad_weight(x.detach(), gy, tuple(w.shape), groups, s, p, d, tile)
     assert err(ours, ref) < TOL, (c_in, c_out, groups, err(ours, ref))
 print("one window per tile, every tap at its shift, two (tap, octet) pairs a tile = autograd")
+
+# %% [markdown]
+# ## 10. Narrow layers' input gradient: one window, W stored by residue
+#
+# Section 1's input gradient is the plain strided correlation
+# $\bar x[i] = \sum_{k, c_o} w[c_i, c_o, k]\, \bar y[s i - p + k d]$, every term a real
+# $\bar y$ element. With 8 or 16 $\bar y$ channels per group, the per-phase kernels would run
+# 8-channel reductions in 16-wide tensor-core steps. The narrow kernel
+# (`csrc/phase_conv_bwd_input_narrow.cu`) takes a tile of $t_D \times t_H \times t_W$ input
+# positions and stages the $\bar y$ window all its taps read: $s (t - 1) + (K - 1) d + 1$
+# positions per axis from $s\, i_0 - p$, zero outside $\bar y$.
+#
+# Position $m$ of the tile and tap $k$ meet window position $s\, m + k d$, linear in both, so
+# a fragment row is a table entry plus the tap's offset. Along W, though, 8 neighbours
+# $m .. m + 7$ sit $s$ rows apart: 16-byte rows at stride 2 fall on 4 of shared memory's 8
+# bank groups, a two-way conflict on every `ldmatrix`. The window therefore stores its W axis
+# by residue: position $w$ at $(w \bmod s)\, n_s + \lfloor w / s \rfloor$ with
+# $n_s = \lceil W_{win} / s \rceil$. For $w = s\, m + c$ that is $m + (c \bmod s)\, n_s +
+# \lfloor c / s \rfloor$: still the row's entry ($m$) plus the tap's offset, now with the 8
+# neighbours on 8 consecutive rows, at every stride.
+#
+# A k step of `m16n8k16` holds two (tap, $\bar y$ octet) pairs; the weight is gathered as
+# $[g][k_D][k_H][k_W][C_{out}/g / 8][C_{in}/g][8]$ (the implicit GEMM's layout), and an odd pair
+# count is padded by a pair of zero weights. Below: that decomposition in float64 against torch
+# autograd, tiles that do not divide the sizes.
+
+# %%
+def narrow_grad_input(gy, w, x_shape, groups, stride, padding, dilation, tile):
+    """The narrow kernel's decomposition: per tile, a window with W by residue; per k step two
+    (tap, octet) pairs of 8 channels; rows at the tile position's entry plus the pair's
+    offset."""
+    n_batch, c_in = x_shape[:2]
+    x_sz, y_sz = x_shape[2:], gy.shape[2:]
+    cin_g, cout_g = c_in // groups, w.shape[1]
+    kernel = w.shape[2:]
+    taps = list(itertools.product(*(range(k) for k in kernel)))
+    octets = cout_g // 8
+    # the gathered weight: [g][tap][octet][ci][8]
+    wg = (w.view(groups, cin_g, octets, 8, *kernel).permute(0, 4, 5, 6, 2, 1, 3)
+          .reshape(groups, len(taps) * octets, cin_g, 8))
+    pairs = [(t, o) for t in range(len(taps)) for o in range(octets)]
+    if len(pairs) % 2:
+        pairs.append(None)  # the padding pair: zero weights
+    win = [stride[a] * (tile[a] - 1) + (kernel[a] - 1) * dilation[a] + 1 for a in range(3)]
+    ns = -(-win[2] // stride[2])  # W positions per residue
+    wdim = (win[0], win[1], stride[2] * ns)
+
+    def slot(dd, hh, ww):  # a window position's row: W by residue
+        return (dd * wdim[1] + hh) * wdim[2] + (ww % stride[2]) * ns + ww // stride[2]
+
+    entry = {m: slot(stride[0] * m[0], stride[1] * m[1], stride[2] * m[2])
+             for m in itertools.product(*(range(t) for t in tile))}
+    # W neighbours are consecutive rows (distinct bank groups for ldmatrix), at any stride
+    assert all(entry[(a, b, c + 1)] == entry[(a, b, c)] + 1
+               for (a, b, c) in entry if c + 1 < tile[2])
+    offset = []
+    for pair in pairs:
+        if pair is None:
+            offset.append(0)
+            continue
+        (kd, kh, kw), o = taps[pair[0]], pair[1]
+        # the tap's shift, as a row offset: (c mod s) n_s + c // s along W
+        shift = slot(kd * dilation[0], kh * dilation[1], kw * dilation[2])
+        offset.append(o * math.prod(wdim) + shift)
+    for m in entry:  # linear: the row of (m, tap) is entry + offset
+        for pair, off in zip(pairs, offset):
+            if pair is not None:
+                (kd, kh, kw), o = taps[pair[0]], pair[1]
+                assert entry[m] + off == o * math.prod(wdim) + slot(
+                    stride[0] * m[0] + kd * dilation[0], stride[1] * m[1] + kh * dilation[1],
+                    stride[2] * m[2] + kw * dilation[2])
+    grad = torch.zeros(x_shape, dtype=gy.dtype)
+    for n, g in itertools.product(range(n_batch), range(groups)):
+        for i0 in itertools.product(*(range(0, x_sz[a], tile[a]) for a in range(3))):
+            lo = [stride[a] * i0[a] - padding[a] for a in range(3)]
+            rows = torch.zeros(octets * math.prod(wdim), 8, dtype=gy.dtype)
+            for dd, hh, ww in itertools.product(*(range(v) for v in win)):
+                o_ = (lo[0] + dd, lo[1] + hh, lo[2] + ww)
+                if all(0 <= o_[a] < y_sz[a] for a in range(3)):
+                    for o in range(octets):
+                        c0 = g * cout_g + 8 * o
+                        rows[o * math.prod(wdim) + slot(dd, hh, ww)] = gy[(n, slice(c0, c0 + 8),
+                                                                          *o_)]
+            for m, e in entry.items():
+                i = [i0[a] + m[a] for a in range(3)]
+                if not all(i[a] < x_sz[a] for a in range(3)):
+                    continue  # a ragged tile's rows: computed, never stored
+                acc = torch.zeros(cin_g, dtype=gy.dtype)
+                for step in range(0, len(pairs), 2):  # one m16n8k16 step: two pairs
+                    for pair, off in zip(pairs[step:step + 2], offset[step:step + 2]):
+                        b = (torch.zeros(cin_g, 8, dtype=gy.dtype) if pair is None
+                             else wg[g, pair[0] * octets + pair[1]])
+                        acc += b @ rows[e + off]
+                grad[(n, slice(g * cin_g, (g + 1) * cin_g), *i)] = acc
+    return grad
+
+
+for c_in, c_out, groups, size, k, s, p, op, d, tile in [
+        (8, 8, 1, (3, 4, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1), (2, 2, 8)),
+        (32, 32, 4, (2, 3, 6), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1), (1, 2, 4)),
+        (16, 8, 1, (3, 3, 4), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 0, 1), (2, 1, 3), (2, 1, 3)),
+        (8, 16, 1, (2, 3, 5), (1, 2, 4), (3, 4, 4), (0, 0, 1), (0, 0, 3), (1, 1, 1), (1, 2, 2))]:
+    x = torch.randn(2, c_in, *size, dtype=DT, requires_grad=True)
+    w = torch.randn(c_in, c_out // groups, *k, dtype=DT)
+    y = F.conv_transpose3d(x, w, None, s, p, op, groups, d)
+    gy = torch.randn_like(y)
+    (ref,) = torch.autograd.grad(y, x, gy)
+    ours = narrow_grad_input(gy, w, tuple(x.shape), groups, s, p, d, tile)
+    assert err(ours, ref) < TOL, (c_in, c_out, groups, err(ours, ref))
+print("one window per tile, W by residue, two (tap, octet) pairs a step = autograd")
