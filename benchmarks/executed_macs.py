@@ -59,6 +59,7 @@ CASES = [
     ("grad_input tensor-cores", 1, "float32", "grad_input", "tensor-cores"),
     ("grad_input tensor-cores-narrow", 1, "bfloat16", "grad_input", "tensor-cores-narrow"),
     ("grad_input tensor-cores-narrow", 8, "bfloat16", "grad_input", "tensor-cores-narrow"),
+    ("grad_input tensor-cores-narrow", 1, "float32", "grad_input", "tensor-cores-narrow"),
     ("grad_input depthwise", 7, "float32", "grad_input", "depthwise"),
     ("grad_input depthwise", 7, "bfloat16", "grad_input", "depthwise"),
     ("grad_input naive", 7, "float32", "grad_input", "naive"),

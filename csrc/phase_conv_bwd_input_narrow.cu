@@ -8,14 +8,17 @@
 // in which every term reads a real grad_y element: in this direction the phases only say which
 // taps meet which output, and no tap meets an inserted zero.  With 8 or 16 grad_y channels per
 // group, the per-phase kernels would run k steps of 8 channels in 16-wide tensor-core steps.
-// Here a block owns a tile of grad_x positions (kGiNarrowOutputs) of one group and stages, by
+// Here a block owns a tile of grad_x positions (gi_narrow_outputs) of one group and stages, by
 // cp.async, the grad_y window every tap of the tile reads ([octet][position][8], channels-last)
 // and the group's weight ([pair][grad_x channel][8]).  An m16n8k16 step's k is two (tap,
 // grad_y octet) pairs; its 16 rows are grad_x positions, each read at the tap's shift: a row
 // address is the row's window position plus the pair's offset, a table entry.  The window's W
 // axis is stored by residue (position w at (w mod s_w) * win_ws + w / s_w), so the 8 rows of
 // an ldmatrix, 8 neighbours along W, are 8 consecutive 16-byte rows for every stride: no bank
-// conflict.  Each grad_x element is written once, by the warp that owns it; no atomics.
+// conflict.  float32: 3xTF32 m16n8k8, one pair a k step, from 32-bit shared loads (a row is
+// 8 words; its two 16-byte halves swap on rows whose bit 2 is set, so the 8 rows a load reads
+// fall on 32 distinct banks), accumulators flushed every kFlushTerms terms.  Each grad_x
+// element is written once, by the warp that owns it; no atomics.
 #include "phase_conv_bwd_input_narrow.cuh"
 #include "phase_conv_dtype.cuh"
 #include "phase_conv_exact.cuh"
@@ -29,12 +32,18 @@ namespace phaseconv {
 namespace {
 
 using namespace phaseconv_dtype;  // from_acc
-using namespace phaseconv_mma;    // ldmatrix, cp.async, mma.sync
+using namespace phaseconv_mma;    // ldmatrix, cp.async, mma.sync, 3xTF32, flush_acc
 using phaseconv_exact::finite_value;
 
 constexpr int kThreads = kGiNarrowThreads, kWarps = kThreads / 32;
-constexpr int kTilesPerWarp = kGiNarrowOutputs / 16 / kWarps;  // m16 tiles
-static_assert(kTilesPerWarp * 16 * kWarps == kGiNarrowOutputs, "whole m16 tiles per warp");
+static_assert(gi_narrow_outputs(2) % (16 * kWarps) == 0 &&
+              gi_narrow_outputs(4) % (16 * kWarps) == 0, "whole m16 tiles a warp");
+
+// Byte offset of 32-bit word k (0-7) of row r of a float32 window or weight: the row's 16-byte
+// halves swap where bit 2 of r is set (8 consecutive rows then cover all 32 banks).
+__device__ __forceinline__ uint32_t f32_word(uint32_t r, int k) {
+  return r * 32 + ((((uint32_t)k >> 2) ^ ((r >> 2) & 1)) << 4) + (k & 3) * 4;
+}
 
 // The launch: grad_y channels-last (N, OD, OH, OW, C_out), the weight gathered
 // [groups][taps][C_out/g / 8][C_in/g][8], grad_x (N, C_in, D, H, W).
@@ -65,16 +74,20 @@ __device__ __forceinline__ WinDigits win_digits(int i, int ws, int sw, int wh) {
 
 template <typename T, int NCI, int NCO>
 __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowArgs a) {
-  static_assert(sizeof(T) == 2, "16-bit operands");
+  constexpr bool F32 = sizeof(T) == 4;
+  constexpr int kTiles = gi_narrow_outputs((int)sizeof(T)) / (16 * kWarps);  // m16 tiles a warp
+  constexpr int RB = 8 * (int)sizeof(T);  // an octet's row bytes
+  constexpr int kCopies = RB / 16;        // 16-byte copies a row
+  static_assert(sizeof(T) == 2 || sizeof(T) == 4, "16-bit or float operands");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const GiNarrowCfg& c = a.c;
   const int npos = c.win_d * c.win_h * c.win_w;
   const int wrows = c.pairs * NCI * 8;
-  // shared memory: the window [NCO][npos] rows, the weight [pairs][NCI * 8] rows (16 bytes),
-  // then each pair's byte offset in the window
+  // shared memory: the window [NCO][npos] rows, the weight [pairs][NCI * 8] rows (RB bytes),
+  // then each pair's row offset in the window
   const uint32_t s_win = (uint32_t)__cvta_generic_to_shared(smem_raw);
-  const uint32_t s_wt = s_win + NCO * npos * 16;
-  int* s_pair = reinterpret_cast<int*>(smem_raw + (NCO * npos + wrows) * 16);
+  const uint32_t s_wt = s_win + NCO * npos * RB;
+  int* s_pair = reinterpret_cast<int*>(smem_raw + (NCO * npos + wrows) * RB);
   const T* __restrict__ gy = static_cast<const T*>(a.gy);
   const T* __restrict__ w = static_cast<const T*>(a.w);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -101,7 +114,7 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
       off = o * npos + ((td * a.dd) * c.win_h + th * a.dh) * c.win_w + (cw % a.sw) * c.win_ws +
             cw / a.sw;
     }
-    s_pair[pr] = off * 16;
+    s_pair[pr] = off;
   }
   // the weight rows of this block's grad_x channels: pair pr = tap * NCO + octet is row
   // (pr, ci) of the gathered group, zero past the pairs and the group's channels
@@ -110,7 +123,11 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
     for (int rr = tid; rr < wrows; rr += kThreads) {
       const int pr = rr / (NCI * 8), row = rr - pr * (NCI * 8);
       const bool ok = pr < real_pairs && ci0 + row < a.cin_g;
-      cp_async16_ca(s_wt + rr * 16, ok ? wg + ((int64_t)pr * a.cin_g + ci0 + row) * 8 : w, ok);
+      const T* src = wg + ((int64_t)pr * a.cin_g + ci0 + row) * 8;
+#pragma unroll
+      for (int h = 0; h < kCopies; ++h)
+        cp_async16_ca(F32 ? s_wt + f32_word(rr, 4 * h) : s_wt + rr * 16,
+                      ok ? src + h * (16 / (int)sizeof(T)) : w, ok);
     }
   }
   // the grad_y window: positions (s * i0 - p) + (wd, wh, q * s_w + rw), walked as (wd, wh, rw,
@@ -127,8 +144,13 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
                       (unsigned)ow < (unsigned)a.out_w;
       const int64_t v = (((n * a.out_d + od) * a.out_h + oh) * a.out_w + ow) * a.c_out;
 #pragma unroll
-      for (int o = 0; o < NCO; ++o)
-        cp_async16_cg(s_win + (o * npos + pos) * 16, in ? gb + v + o * 8 : gy, in);
+      for (int o = 0; o < NCO; ++o) {
+        const uint32_t row = o * npos + pos;
+#pragma unroll
+        for (int h = 0; h < kCopies; ++h)
+          cp_async16_cg(F32 ? s_win + f32_word(row, 4 * h) : s_win + row * 16,
+                        in ? gb + v + o * 8 + h * (16 / (int)sizeof(T)) : gy, in);
+      }
       at.q += by.q; at.r += by.r; at.h += by.h; at.d += by.d;
       if (at.q >= c.win_ws) { at.q -= c.win_ws; at.r += 1; }
       if (at.r >= a.sw) { at.r -= a.sw; at.h += 1; }
@@ -139,47 +161,87 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
   cp_async_wait<0>();
   __syncthreads();
 
-  // this lane's ldmatrix rows.  A (x4): matrices rows 0-7 | 8-15 x the step's first | second
-  // pair; a row is a grad_x position of the warp's m16 tile.  B (x2, or x4 for two octets):
-  // the first | second pair's rows of grad_x channels 0-7 (| 8-15).
-  const int a_m = (lane & 7) + ((lane >> 3) & 1) * 8, a_pair = lane >> 4;
-  const int tile_hw = c.tile_h * c.tile_w;
-  uint32_t a_row[kTilesPerWarp];
+  float acc[kTiles][NCI][4];
+  zero_acc(acc);
+  if constexpr (F32) {
+    // A: rows (m) lane / 4 and + 8, k lane % 4 and + 4; B: column lane / 4, the same k
+    const int f_row = lane >> 2, f_k = lane & 3;
+    float tot[kTiles][NCI][4];
+    zero_acc(tot);
+    uint32_t a_row[kTiles][2];
+    const int tile_hw = c.tile_h * c.tile_w;
 #pragma unroll
-  for (int mt = 0; mt < kTilesPerWarp; ++mt) {
-    const int m = (warp + mt * kWarps) * 16 + a_m;
-    const int md = m / tile_hw, mh = (m / c.tile_w) % c.tile_h, mw = m % c.tile_w;
-    a_row[mt] = s_win + ((a.sd * md * c.win_h + a.sh * mh) * c.win_w + mw) * 16;
-  }
-  const uint32_t b_row = s_wt + (((lane >> 3) & 1) * NCI * 8 + (lane & 7) +
-                                 (NCI == 2 ? (lane >> 4) * 8 : 0)) * 16;
-
-  float acc[kTilesPerWarp][NCI][4];
+    for (int mt = 0; mt < kTiles; ++mt)
 #pragma unroll
-  for (int mt = 0; mt < kTilesPerWarp; ++mt)
+      for (int half = 0; half < 2; ++half) {
+        const int m = (warp + mt * kWarps) * 16 + f_row + half * 8;
+        const int md = m / tile_hw, mh = (m / c.tile_w) % c.tile_h, mw = m % c.tile_w;
+        a_row[mt][half] = (a.sd * md * c.win_h + a.sh * mh) * c.win_w + mw;
+      }
+    auto lds = [](uint32_t addr) {
+      uint32_t v;
+      asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+      return v;
+    };
+    int since = 0;
+    // one pair (8 terms) a k step: the padding pair is skipped, kFlushTerms / 8 steps a run
+    for (int pr = 0; pr < real_pairs; ++pr) {
+      const uint32_t po = (uint32_t)s_pair[pr];
+      uint32_t bb[NCI][2], bs[NCI][2];
 #pragma unroll
-    for (int o = 0; o < NCI; ++o)
+      for (int o = 0; o < NCI; ++o) {
+        const uint32_t br = pr * (NCI * 8) + o * 8 + f_row;
+        const uint32_t b[2] = {lds(s_wt + f32_word(br, f_k)), lds(s_wt + f32_word(br, f_k + 4))};
+        split_tf32(b, bb[o], bs[o]);
+      }
 #pragma unroll
-      for (int k = 0; k < 4; ++k) acc[mt][o][k] = 0.f;
-
-  const int ksteps = c.pairs / 2;
-  for (int ks = 0; ks < ksteps; ++ks) {
-    const uint32_t po = (uint32_t)s_pair[2 * ks + a_pair];
-    uint32_t b[NCI][2];
-    const uint32_t pb = b_row + ks * (2 * NCI * 8 * 16);
-    if constexpr (NCI == 2) {
-      uint32_t r4[4];
-      ldsm_x4(r4, pb);
-      b[0][0] = r4[0]; b[0][1] = r4[1]; b[1][0] = r4[2]; b[1][1] = r4[3];
-    } else {
-      ldsm_x2(b[0][0], b[0][1], pb);
+      for (int mt = 0; mt < kTiles; ++mt) {
+        const uint32_t r0 = a_row[mt][0] + po, r1 = a_row[mt][1] + po;
+        const uint32_t av[4] = {lds(s_win + f32_word(r0, f_k)), lds(s_win + f32_word(r1, f_k)),
+                                lds(s_win + f32_word(r0, f_k + 4)),
+                                lds(s_win + f32_word(r1, f_k + 4))};
+        uint32_t ab[4], as[4];
+        split_tf32(av, ab, as);
+#pragma unroll
+        for (int o = 0; o < NCI; ++o) mma_3xtf32(acc[mt][o], ab, as, bb[o], bs[o]);
+      }
+      step_flush<true>(tot, acc, since, kFlushTerms / 8);
     }
+    merge_acc(acc, tot);
+  } else {
+    // ldmatrix rows.  A (x4): matrices rows 0-7 | 8-15 x the step's first | second pair; a row
+    // is a grad_x position of the warp's m16 tile.  B (x2, or x4 for two octets): the first |
+    // second pair's rows of grad_x channels 0-7 (| 8-15).
+    const int a_m = (lane & 7) + ((lane >> 3) & 1) * 8, a_pair = lane >> 4;
+    const int tile_hw = c.tile_h * c.tile_w;
+    uint32_t a_row[kTiles];
 #pragma unroll
-    for (int mt = 0; mt < kTilesPerWarp; ++mt) {
-      uint32_t af[4];
-      ldsm_x4(af, a_row[mt] + po);
+    for (int mt = 0; mt < kTiles; ++mt) {
+      const int m = (warp + mt * kWarps) * 16 + a_m;
+      const int md = m / tile_hw, mh = (m / c.tile_w) % c.tile_h, mw = m % c.tile_w;
+      a_row[mt] = s_win + ((a.sd * md * c.win_h + a.sh * mh) * c.win_w + mw) * 16;
+    }
+    const uint32_t b_row = s_wt + (((lane >> 3) & 1) * NCI * 8 + (lane & 7) +
+                                   (NCI == 2 ? (lane >> 4) * 8 : 0)) * 16;
+    const int ksteps = c.pairs / 2;
+    for (int ks = 0; ks < ksteps; ++ks) {
+      const uint32_t po = (uint32_t)s_pair[2 * ks + a_pair] * 16;
+      uint32_t b[NCI][2];
+      const uint32_t pb = b_row + ks * (2 * NCI * 8 * 16);
+      if constexpr (NCI == 2) {
+        uint32_t r4[4];
+        ldsm_x4(r4, pb);
+        b[0][0] = r4[0]; b[0][1] = r4[1]; b[1][0] = r4[2]; b[1][1] = r4[3];
+      } else {
+        ldsm_x2(b[0][0], b[0][1], pb);
+      }
 #pragma unroll
-      for (int o = 0; o < NCI; ++o) MmaOp<T>::run(acc[mt][o], af, b[o][0], b[o][1]);
+      for (int mt = 0; mt < kTiles; ++mt) {
+        uint32_t af[4];
+        ldsm_x4(af, a_row[mt] + po);
+#pragma unroll
+        for (int o = 0; o < NCI; ++o) MmaOp<T>::run(acc[mt][o], af, b[o][0], b[o][1]);
+      }
     }
   }
 
@@ -188,8 +250,9 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
   const int64_t plane = (int64_t)a.in_d * a.in_h * a.in_w;
   const int nci_ok = min(NCI, (a.cin_g - ci0) >> 3);
   bool nonfinite = false;
+  const int tile_hw = c.tile_h * c.tile_w;
 #pragma unroll
-  for (int mt = 0; mt < kTilesPerWarp; ++mt) {
+  for (int mt = 0; mt < kTiles; ++mt) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int m = (warp + mt * kWarps) * 16 + (lane >> 2) + half * 8;
@@ -253,10 +316,10 @@ cudaError_t run_typed(const PhaseConvFwdParams& p, const GiNarrowCfg& c, cudaStr
 template <typename T>
 cudaError_t run_gi_narrow(const PhaseConvFwdParams& p, const GiNarrowCfg& c,
                           cudaStream_t stream) {
-  if constexpr (sizeof(T) == 2) {
+  if constexpr (sizeof(T) != 8) {
     return run_typed<T>(p, c, stream);
   } else {
-    return cudaErrorInvalidValue;  // the plan picks it for float16 and bfloat16 only
+    return cudaErrorInvalidValue;  // the plan never picks it for float64
   }
 }
 

@@ -1,7 +1,7 @@
 // phaseconv backward, the input gradient of narrow layers on tensor cores
 // (phase_conv_bwd_input_narrow.cu): the launcher of a planned tile (GiNarrowCfg,
-// phase_conv_plan.h), instantiated there for every dtype (float32 and float64 refuse: the plan
-// picks it for float16 and bfloat16 only).  CUDA headers only.
+// phase_conv_plan.h), instantiated there for every dtype (float64 refuses: the plan picks it
+// for float32, float16 and bfloat16 only).  CUDA headers only.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -723,16 +723,20 @@ int print_dw_bwd(char* buf, int len, const char* what, const DwBwdCfg& c) {
                   c.box_d, c.box_h, c.box_w, c.taps, c.smem);
 }
 
-// Narrow input-gradient tile (gi_narrow_kernel): float16/bfloat16, grad_y's channels per
-// group 8 or 16 (one or two octets: the whole group's in one window), grad_x's a multiple of 8
-// (one or two octets a block).  The tile of kGiNarrowOutputs grad_x positions (tile_w 8, 16
-// or 32: an m16 tile's rows, two runs of 8 along W) of least estimated cost: per tile, its
-// staged rows (a copy, ~20 instructions a thread) against its mma steps (an mma with its
-// ldmatrix, ~8 instructions a warp), over the tiles that cover grad_x.  False where no
-// tile's window fits.
+// Narrow input-gradient tile (gi_narrow_kernel): float32/float16/bfloat16, grad_y's channels
+// per group 8 or 16 (one or two octets: the whole group's in one window), grad_x's a multiple
+// of 8 (one or two octets a block).  The tile of gi_narrow_outputs grad_x positions (tile_w 8,
+// 16 or 32: an m16 tile's rows, two runs of 8 along W) of least estimated cost: per tile, its
+// staged rows (a 16-byte copy, ~20 instructions a thread) against its mma steps (an mma with
+// its ldmatrix, ~8 instructions a warp; 3xTF32 with its shared loads and splits, ~32), over
+// the tiles that cover grad_x.  False where no tile's window fits.
 bool plan_gi_narrow(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
                     GiNarrowCfg* c) {
-  if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16) return false;
+  if (dtype_code != PHASECONV_FLOAT32 && dtype_code != PHASECONV_FLOAT16 &&
+      dtype_code != PHASECONV_BFLOAT16)
+    return false;
+  const int elem = dtype_code == PHASECONV_FLOAT32 ? 4 : 2;
+  const int64_t outputs = gi_narrow_outputs(elem), rb = 8 * elem;  // an octet row's bytes
   // grad-input mode: c_in, in_* are grad_y's; c_out, out_* grad_x's
   const int64_t gy_g = p.c_in / p.groups, gx_g = p.c_out / p.groups;
   if (gy_g % 8 != 0 || gx_g % 8 != 0 || gy_g > 16 || gx_g == 0) return false;
@@ -744,22 +748,24 @@ bool plan_gi_narrow(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& 
   c->n_cib = (int)cdiv(gx_g / 8, c->nci);
   c->pairs = (int)(cdiv(taps * c->nco, 2) * 2);
   const int64_t x_sz[3] = {p.out_d, p.out_h, p.out_w};
-  const size_t wt = (size_t)c->pairs * c->nci * 8 * 16 + (size_t)c->pairs * 4;
-  const double mmas = (double)(kGiNarrowOutputs / 16) * (c->pairs / 2) * c->nci;
+  const size_t wt = (size_t)(c->pairs * c->nci * 8 * rb) + (size_t)c->pairs * 4;
+  // warp instructions a tile: 16-bit, an mma a k step of two pairs; float32, one pair
+  const double mma_cost = elem == 4 ? 32 * c->pairs : 8 * (c->pairs / 2);
+  const double mmas = (double)(outputs / 16) * c->nci * mma_cost;
   double best = 0;
   bool found = false;
   auto search = [&](size_t cap) {
     for (int64_t tw = 8; tw <= 32; tw *= 2) {
-      for (int64_t th = 1; tw * th <= kGiNarrowOutputs; th *= 2) {
-        const int64_t td = kGiNarrowOutputs / (tw * th);
+      for (int64_t th = 1; tw * th <= outputs; th *= 2) {
+        const int64_t td = outputs / (tw * th);
         const int64_t wd = e.s[0] * (td - 1) + (e.k[0] - 1) * e.d[0] + 1,
                       wh = e.s[1] * (th - 1) + (e.k[1] - 1) * e.d[1] + 1,
                       ww = e.s[2] * (tw - 1) + (e.k[2] - 1) * e.d[2] + 1;
         const int64_t ws = cdiv(ww, e.s[2]), npos = wd * wh * ws * e.s[2];
-        const size_t smem = (size_t)npos * c->nco * 16 + wt;
+        const size_t smem = (size_t)(npos * c->nco * rb) + wt;
         if (smem > cap) continue;
         const double tiles = (double)cdiv(x_sz[0], td) * cdiv(x_sz[1], th) * cdiv(x_sz[2], tw);
-        const double cost = tiles * ((double)npos * c->nco * 20 + mmas * 8 * 32);
+        const double cost = tiles * ((double)npos * c->nco * (elem / 2) * 20 + mmas * 32);
         if (!found || cost < best) {
           found = true;
           best = cost;
@@ -835,15 +841,17 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     out->family = PHASECONV_GI_NARROW;
     out->grad_y_channels_last = 1;
     snprintf(buf, len,
-             "tensor-core window grad-input fp32-accumulate, grad_y channels-last, %dx%d "
+             "tensor-core window grad-input %s, grad_y channels-last, %dx%d "
              "channel tile, %d tap pair(s), tile(d,h,w)=(%d,%d,%d), window=(%d,%d,%d), "
-             "%lld blocks, smem=%zu", nc.nci * 8, nc.nco * 8, nc.pairs, nc.tile_d, nc.tile_h,
+             "%lld blocks, smem=%zu",
+             dtype_code == PHASECONV_FLOAT32 ? "3xTF32" : "fp32-accumulate", nc.nci * 8,
+             nc.nco * 8, nc.pairs, nc.tile_d, nc.tile_h,
              nc.tile_w, nc.win_d, nc.win_h, nc.win_w, (long long)nc.grid, nc.smem);
     return true;
   }
   if (force == PHASECONV_GI_NARROW)
-    return refuse(buf, len, force, "it takes float16/bfloat16 with C_out/groups 8 or 16, "
-                  "C_in/groups a multiple of 8 and a grad_y window that fits shared memory");
+    return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_out/groups 8 or "
+                  "16, C_in/groups a multiple of 8 and a grad_y window that fits shared memory");
   const bool mma_ok = dtype_code != PHASECONV_FLOAT64 && params.c_in / params.groups >= 4 &&
                       params.c_out / params.groups >= 4 && force != PHASECONV_NAIVE;
   MmaCfg& mc = out->mma;

@@ -192,7 +192,9 @@ constexpr int kGwNarrowThreads = 256; // narrow weight gradient: threads per blo
 constexpr int gw_narrow_items(int elem_size) { return elem_size == 4 ? 4 : 8; }
 constexpr int gw_narrow_max_q(int elem_size) { return elem_size == 4 ? 256 : 512; }
 constexpr int kGiNarrowThreads = 256; // narrow input gradient: threads per block
-constexpr int kGiNarrowOutputs = 256; // its grad_x positions per block (two m16 tiles a warp)
+// its grad_x positions a block, by element size: two m16 tiles a warp, one for float32 (its
+// window rows are twice as wide)
+constexpr int gi_narrow_outputs(int elem_size) { return elem_size == 4 ? 128 : 256; }
 constexpr int kDwThreads = 256;       // depthwise kernel: threads per block
 constexpr int kDwRows = 4;            // its rows of one H phase per thread item
 constexpr int kDwTileOutputs = 2048;  // its outputs per D position of a block, about
@@ -319,7 +321,7 @@ struct GwNarrowCfg {
 };
 
 // narrow tensor-core input gradient (phase_conv_bwd_input_narrow.cu: gi_narrow_kernel).  A
-// block owns (batch, tile of kGiNarrowOutputs grad_x positions, group, nci grad_x octets); its
+// block owns (batch, tile of gi_narrow_outputs grad_x positions, group, nci grad_x octets); its
 // mma k steps are (tap, grad_y octet) pairs, two at a time, over a grad_y window whose W axis
 // is stored by residue (win_w = stride_w x win_ws positions).
 struct GiNarrowCfg {
@@ -404,7 +406,7 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
 // GEMM, which reads grad_y channels-last (16-byte aligned), taps stepping by the dilation from
 // -padding (launch parameters: table one row, residue 0, every tap; pdil_* the dilation;
 // weight_mma the weight laid out [groups][kD][kH][kW][C_out/g / 8][C_in/g][8]);
-// float16/bfloat16 layers with C_out/g 8 or 16 and C_in/g a multiple of 8 the narrow
+// float32/float16/bfloat16 layers with C_out/g 8 or 16 and C_in/g a multiple of 8 the narrow
 // tensor-core kernel (PHASECONV_GI_NARROW: grad_y channels-last and the weight laid out as for
 // the implicit GEMM) where a tile's grad_y window fits; the tensor-core kernel for
 // float32/float16/bfloat16 with C_out/g and C_in/g >= 4 when a tile fits shared memory; else

@@ -167,7 +167,7 @@ def main() -> int:
                                            xd.contiguous(memory_format=cl))):
                     forced.append(cuda.backward(gy_, x_, wd, args, need_input=False,
                                                 grad_weight_kernel="tensor-cores-narrow"))
-            if dtype == torch.bfloat16 and (co // g) in (8, 16) and (ci // g) % 8 == 0:
+            if (co // g) in (8, 16) and (ci // g) % 8 == 0:
                 # the narrow input gradient, grad_y copied and read in place
                 for gy_ in (gy, gy.contiguous(memory_format=torch.channels_last_3d)):
                     forced.append(cuda.backward(gy_, xd, wd, args, need_weight=False,

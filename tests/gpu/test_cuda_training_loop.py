@@ -16,8 +16,8 @@ pytestmark = pytest.mark.cuda
 PATHS = [
     ("all-phase fp32", dict(in_channels=32, out_channels=32, kernel_size=(3, 5, 7), stride=2,
                             padding=(1, 2, 3), output_padding=1, groups=4),
-     (2, 32, 4, 6, 8), torch.float32, "ncdhw", "mma-allphase", "mma grad-input",
-     "tensor-core window 3xTF32"),
+     (2, 32, 4, 6, 8), torch.float32, "ncdhw", "mma-allphase",
+     "tensor-core window grad-input 3xTF32", "tensor-core window 3xTF32"),
     ("all-phase bf16 channels-last", dict(in_channels=32, out_channels=32, kernel_size=3,
                                           stride=2, padding=1, output_padding=1, groups=2),
      (2, 32, 4, 6, 8), torch.bfloat16, "cl", "mma-allphase", "tensor-core window grad-input",

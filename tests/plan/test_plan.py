@@ -69,7 +69,8 @@ def test_every_sweep_shape_has_a_plan(device):
 
 # (layer, dtype) -> (input-gradient family, weight-gradient family)
 BACKWARD_RULE = [
-    ("founding fp32", FOUNDING, F32, "mma", "tensor-cores-narrow"),  # 8 x 8 channels a group
+    ("founding fp32", FOUNDING, F32, "tensor-cores-narrow",
+     "tensor-cores-narrow"),                                 # 8 x 8 channels a group
     ("founding fp64", FOUNDING, F64, "naive", "simt"),
     ("founding bf16", FOUNDING, BF16, "tensor-cores-narrow",
      "tensor-cores-narrow"),                                 # 8 x 8 channels a group
@@ -311,8 +312,8 @@ def test_narrow_input_gradient_tiles():
     rounded up to even (founding: 105 taps, 106 pairs), a tile of 256 grad_x positions with
     whole runs of 8 along W, its window (the stride times the tile plus the dilated kernel;
     W stored by residue), shared memory for two blocks a multiprocessor where a tile fits that
-    (H100 and A100), and refusals where it cannot take a layer (float32, 24 grad_y channels a
-    group, a window that fits no shared memory)."""
+    (H100 and A100), 128 positions in float32, and refusals where it cannot take a layer
+    (float64, 24 grad_y channels a group, a window that fits no shared memory)."""
     import re
 
     def numbers(plan, key):
@@ -336,7 +337,11 @@ def test_narrow_input_gradient_tiles():
             # 16 + 16 channels: two windows; on the A100 no tile fits two blocks
             assert smem <= (two_blocks if plan is not both16 or device is ph.H100
                             else device.smem_optin), plan.text
-        for refused in (ph.grad_input(FOUNDING, 8, F32, device, "tensor-cores-narrow"),
+        founding32 = ph.grad_input(FOUNDING, 8, F32, device)
+        assert founding32.text.startswith("tensor-core window grad-input 3xTF32"), founding32.text
+        d, h, w = numbers(founding32, r"tile\(d,h,w\)")
+        assert d * h * w == 128, founding32.text  # float32: one m16 tile a warp
+        for refused in (ph.grad_input(FOUNDING, 8, F64, device, "tensor-cores-narrow"),
                         ph.grad_input(ph.conv_args(24, 24, 3, 6, 2, 1, 1), 2, BF16, device,
                                       "tensor-cores-narrow"),
                         ph.grad_input(ph.conv_args(8, 8, 3, 6, 1, 0, 0, dilation=200), 1, BF16,
