@@ -537,10 +537,14 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     The rules (``csrc/phase_conv_plan.h``; visible in :func:`describe_backward` and
     ``explain()``):
     depthwise layers run the depthwise kernels; the input gradient of wide 16-bit layers the
-    implicit GEMM, of other float32/float16/bfloat16 layers the tensor-core kernel, else the
-    naive one; the weight gradient of 16-bit layers with channel counts per group multiples of
-    8 (and >= 16) the channels-last tensor-core GEMM, of other float32/float16/bfloat16 layers
-    with both >= 16 the contiguous one, else the SIMT kernel.  ``grad_input_kernel`` and
+    implicit GEMM, of float32/float16/bfloat16 layers with 8 or 16 output channels per group
+    (and whole octets of input channels) the narrow tensor-core kernel, of other such layers
+    the per-phase tensor-core kernel, else the naive one; the weight gradient of
+    float32/float16/bfloat16 layers with 8 channels per group on one side (whole octets on
+    the other) the narrow tensor-core kernel, of 16-bit layers with channel counts per group
+    multiples of 8 (and >= 16) the channels-last tensor-core GEMM, of other
+    float32/float16/bfloat16 layers with both >= 16 the contiguous one, else the SIMT
+    kernel.  ``grad_input_kernel`` and
     ``grad_weight_kernel`` force one by name (``GRAD_INPUT_KERNELS``, ``GRAD_WEIGHT_KERNELS``:
     tests, benchmarks); forcing a kernel on a layer it cannot take raises.
     """
