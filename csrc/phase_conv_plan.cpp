@@ -723,6 +723,15 @@ int print_dw_bwd(char* buf, int len, const char* what, const DwBwdCfg& c) {
                   c.box_d, c.box_h, c.box_w, c.taps, c.smem);
 }
 
+// Shared memory a block may take so that `blocks` of them fit a multiprocessor (the narrow
+// kernels' launch bounds ask for two), each with the 1 KB the driver reserves; for two, also
+// at most 110 KB (the narrow weight gradient's first cap, under which its tiles were timed).
+size_t smem_for_blocks(const DevInfo& dev, int blocks) {
+  const size_t per_sm = dev.smem_sm / blocks - 1024;
+  return blocks == 1 ? std::min(dev.smem_optin, per_sm)
+                     : std::min<size_t>({dev.smem_optin, per_sm, (size_t)110 * 1024});
+}
+
 // Narrow input-gradient tile (gi_narrow_kernel): float32/float16/bfloat16, grad_y's channels
 // per group 8 or 16 (one or two octets: the whole group's in one window), grad_x's a multiple
 // of 8 (one or two octets a block).  The tile of gi_narrow_outputs grad_x positions (tile_w 8,
@@ -777,10 +786,9 @@ bool plan_gi_narrow(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& 
       }
     }
   };
-  // two blocks a multiprocessor (its launch bounds), each with the 1 KB the driver reserves;
-  // where no tile fits that, one
-  search(std::min<size_t>({dev.smem_optin, dev.smem_sm / 2 - 1024, (size_t)110 * 1024}));
-  if (!found) search(std::min<size_t>(dev.smem_optin, dev.smem_sm - 1024));
+  // two blocks a multiprocessor (its launch bounds); where no tile fits that, one
+  search(smem_for_blocks(dev, 2));
+  if (!found) search(smem_for_blocks(dev, 1));
   if (!found) return false;
   c->tiles_d = (int)cdiv(x_sz[0], c->tile_d);
   c->tiles_h = (int)cdiv(x_sz[1], c->tile_h);
@@ -973,9 +981,7 @@ bool plan_gw_narrow(const PhaseConvBwdWeightParams& p, int dtype_code, const Dev
   const int64_t hi[3] = {cdiv(p.out_d, p.stride_d), cdiv(p.out_h, p.stride_h),
                          cdiv(p.out_w, p.stride_w)};
   const int64_t lo[3] = {p.out_d / p.stride_d, p.out_h / p.stride_h, p.out_w / p.stride_w};
-  // two blocks a multiprocessor (its launch bounds), each with the 1 KB the driver reserves
-  const size_t smem_cap = std::min<size_t>({dev.smem_optin, dev.smem_sm / 2 - 1024,
-                                            (size_t)110 * 1024});
+  const size_t smem_cap = smem_for_blocks(dev, 2);  // two blocks a multiprocessor
   const size_t sums = (size_t)warps * items_per_warp * 128 * 4;  // the warps' sums
   const int64_t max_q = gw_narrow_max_q(elem);
   // per m16n8 tile and 16-output k step, warp instructions: an mma with its ldmatrix (16-bit),
