@@ -59,6 +59,11 @@ struct GiNarrowArgs {
   GiNarrowCfg c;
 };
 
+// A position of a block's grad_x tile as digits.
+struct TilePos {
+  int d, h, w;
+};
+
 // A window position as digits (d, h, r, q), q fastest: W position q * s_w + r.
 struct WinDigits {
   int q, r, h, d;
@@ -161,6 +166,17 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
   cp_async_wait<0>();
   __syncthreads();
 
+  // tile position m (tile_d x tile_h x tile_w, w fastest) as digits, and its window row at
+  // the first tap (W by residue: residue 0, the row's W digit)
+  const int tile_hw = c.tile_h * c.tile_w;
+  auto tile_pos = [&](int m) {
+    return TilePos{m / tile_hw, (m / c.tile_w) % c.tile_h, m % c.tile_w};
+  };
+  auto window_row = [&](int m) {
+    const TilePos t = tile_pos(m);
+    return (a.sd * t.d * c.win_h + a.sh * t.h) * c.win_w + t.w;
+  };
+
   float acc[kTiles][NCI][4];
   zero_acc(acc);
   if constexpr (F32) {
@@ -169,15 +185,11 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
     float tot[kTiles][NCI][4];
     zero_acc(tot);
     uint32_t a_row[kTiles][2];
-    const int tile_hw = c.tile_h * c.tile_w;
 #pragma unroll
     for (int mt = 0; mt < kTiles; ++mt)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int m = (warp + mt * kWarps) * 16 + f_row + half * 8;
-        const int md = m / tile_hw, mh = (m / c.tile_w) % c.tile_h, mw = m % c.tile_w;
-        a_row[mt][half] = (a.sd * md * c.win_h + a.sh * mh) * c.win_w + mw;
-      }
+      for (int half = 0; half < 2; ++half)
+        a_row[mt][half] = window_row((warp + mt * kWarps) * 16 + f_row + half * 8);
     auto lds = [](uint32_t addr) {
       uint32_t v;
       asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
@@ -213,14 +225,10 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
     // is a grad_x position of the warp's m16 tile.  B (x2, or x4 for two octets): the first |
     // second pair's rows of grad_x channels 0-7 (| 8-15).
     const int a_m = (lane & 7) + ((lane >> 3) & 1) * 8, a_pair = lane >> 4;
-    const int tile_hw = c.tile_h * c.tile_w;
     uint32_t a_row[kTiles];
 #pragma unroll
-    for (int mt = 0; mt < kTiles; ++mt) {
-      const int m = (warp + mt * kWarps) * 16 + a_m;
-      const int md = m / tile_hw, mh = (m / c.tile_w) % c.tile_h, mw = m % c.tile_w;
-      a_row[mt] = s_win + ((a.sd * md * c.win_h + a.sh * mh) * c.win_w + mw) * 16;
-    }
+    for (int mt = 0; mt < kTiles; ++mt)
+      a_row[mt] = s_win + window_row((warp + mt * kWarps) * 16 + a_m) * 16;
     const uint32_t b_row = s_wt + (((lane >> 3) & 1) * NCI * 8 + (lane & 7) +
                                    (NCI == 2 ? (lane >> 4) * 8 : 0)) * 16;
     const int ksteps = c.pairs / 2;
@@ -250,14 +258,12 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
   const int64_t plane = (int64_t)a.in_d * a.in_h * a.in_w;
   const int nci_ok = min(NCI, (a.cin_g - ci0) >> 3);
   bool nonfinite = false;
-  const int tile_hw = c.tile_h * c.tile_w;
 #pragma unroll
   for (int mt = 0; mt < kTiles; ++mt) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int m = (warp + mt * kWarps) * 16 + (lane >> 2) + half * 8;
-      const int id = i0d + m / tile_hw, ih = i0h + (m / c.tile_w) % c.tile_h,
-                iw = i0w + m % c.tile_w;
+      const TilePos t = tile_pos((warp + mt * kWarps) * 16 + (lane >> 2) + half * 8);
+      const int id = i0d + t.d, ih = i0h + t.h, iw = i0w + t.w;
       if (id >= a.in_d || ih >= a.in_h || iw >= a.in_w) continue;
       const int64_t sp = ((int64_t)id * a.in_h + ih) * a.in_w + iw;
 #pragma unroll
