@@ -26,6 +26,7 @@
 #include "phase_conv_bwd_narrow.cuh"
 #include "phase_conv_dtype.cuh"
 #include "phase_conv_fwd.cuh"
+#include "phase_conv_launch.cuh"
 #include "phase_conv_mma.cuh"
 
 #include <cuda_bf16.h>
@@ -46,6 +47,7 @@ using namespace phaseconv_mma;    // ldmatrix, mma.sync, 3xTF32 split, flush_acc
 
 using phaseconv::BwdGeometry;  // phase_conv_bwd.cuh
 using phaseconv::set_geometry;
+using phaseconv::launch_kernel;  // phase_conv_launch.cuh
 
 struct GwArgs : BwdGeometry {
   int ci_b, co_b, tc;            // input channels, output channels and taps per block
@@ -893,15 +895,8 @@ GmArgs gm_args(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& 
 template <typename T, int WM, int WN>
 cudaError_t launch_gm_t(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
                         cudaStream_t stream) {
-  if (plan.smem > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(gw_mma_kernel<T, WM, WN>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)plan.smem);
-    if (err != cudaSuccess) return err;
-  }
-  gw_mma_kernel<T, WM, WN><<<(unsigned)plan.grid, WM * WN * 32, plan.smem, stream>>>(
-      gm_args(p, plan));
-  return cudaGetLastError();
+  return launch_kernel(gw_mma_kernel<T, WM, WN>, plan.grid, WM * WN * 32, plan.smem, stream,
+                       gm_args(p, plan));
 }
 
 template <typename T>
@@ -954,16 +949,11 @@ cudaError_t launch_gw(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeigh
   a.n_cib = c.n_cib; a.n_cob = c.n_cob; a.n_tch = c.n_tch; a.splits = c.splits;
   a.lg_tpos = c.lg_tpos; a.win_max = c.win_max;
   auto kernel = c.reg == 1 ? gw_partial_kernel<T, 1> : gw_partial_kernel<T, 4>;
-  if (plan.smem > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)plan.smem);
-    if (err != cudaSuccess) return err;
-  }
   // slices of blocks that find no taps stay unwritten: start from zeros
   cudaError_t err = cudaMemsetAsync(p.workspace, 0, plan.ws_bytes, stream);
   if (err != cudaSuccess) return err;
-  kernel<<<(unsigned)plan.grid, kThreads, plan.smem, stream>>>(a);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if ((err = launch_kernel(kernel, plan.grid, kThreads, plan.smem, stream, a)) != cudaSuccess)
+    return err;
   return launch_reduce<T>(p, c.splits, stream);
 }
 

@@ -22,6 +22,7 @@
 #include "phase_conv_bwd_input_narrow.cuh"
 #include "phase_conv_dtype.cuh"
 #include "phase_conv_exact.cuh"
+#include "phase_conv_launch.cuh"
 #include "phase_conv_mma.cuh"
 
 #include <cuda_bf16.h>
@@ -284,14 +285,7 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
 
 template <typename T, int NCI, int NCO>
 cudaError_t launch(const GiNarrowArgs& a, cudaStream_t stream) {
-  auto kernel = gi_narrow_kernel<T, NCI, NCO>;
-  if (a.c.smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.c.smem);
-    if (err != cudaSuccess) return err;
-  }
-  kernel<<<(unsigned)a.c.grid, kThreads, a.c.smem, stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel(gi_narrow_kernel<T, NCI, NCO>, a.c.grid, kThreads, a.c.smem, stream, a);
 }
 
 template <typename T>

@@ -505,16 +505,9 @@ inline int ilog2(int v) {
 
 template <typename T, int MT, int NT, int WM, int WN, bool FLUSH>
 cudaError_t launch_allph_t(const AllArgs& a, const AllCfg& c, cudaStream_t stream) {
-  if (c.smem + 1024 > 48 * 1024) {  // static + dynamic past 48 KB needs the opt-in
-    cudaError_t err = cudaFuncSetAttribute(mma_allph_kernel<T, MT, NT, WM, WN, FLUSH>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)c.smem);
-    if (err != cudaSuccess) return err;
-  }
   if (c.total_blocks == 0) return cudaSuccess;
-  mma_allph_kernel<T, MT, NT, WM, WN, FLUSH><<<(unsigned)c.grid, WM * WN * 32, c.smem,
-                                               stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel(mma_allph_kernel<T, MT, NT, WM, WN, FLUSH>, c.grid, WM * WN * 32, c.smem,
+                       stream, a);
 }
 
 template <typename T>

@@ -21,6 +21,7 @@
 #include "phase_conv_dtype.cuh"
 #include "phase_conv_exact.cuh"
 #include "phase_conv_fwd.cuh"
+#include "phase_conv_launch.cuh"
 #include "phase_conv_mma.cuh"
 #include "phase_conv_plan.h"
 

@@ -549,14 +549,8 @@ cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stre
                     : (c.a_ncdhw ? gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, true, BKG, false>
                                  : gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG, false>);
   }
-  if (c.smem > 48 * 1024) {
-    cudaError_t err =
-        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)c.smem);
-    if (err != cudaSuccess) return err;
-  }
   if (c.total_blocks == 0) return cudaSuccess;
-  kern<<<(unsigned)c.grid, WM * WN * 32, c.smem, stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel(kern, c.grid, WM * WN * 32, c.smem, stream, a);
 }
 
 template <typename T>

@@ -267,14 +267,8 @@ mma_kernel(const MmaArgs a) {
 // ---------------------------------------------------------------- tensor-core host side
 template <typename T, int MT, int NT, int WM, int WN, bool FLUSH>
 cudaError_t launch_mma_t(const MmaArgs& a, const MmaCfg& c, int64_t grid, cudaStream_t stream) {
-  if (c.smem > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(mma_kernel<T, MT, NT, WM, WN, FLUSH>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)c.smem);
-    if (err != cudaSuccess) return err;
-  }
-  mma_kernel<T, MT, NT, WM, WN, FLUSH><<<(unsigned)grid, WM * WN * 32, c.smem, stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel(mma_kernel<T, MT, NT, WM, WN, FLUSH>, grid, WM * WN * 32, c.smem, stream,
+                       a);
 }
 
 template <typename T>

@@ -239,14 +239,7 @@ __global__ void __launch_bounds__(256, 2) tiled_kernel(const TiledArgs a) {
 template <typename T, int CO_T, int M>
 cudaError_t launch_tiled_t(const TiledArgs& a, const TileCfg& c, int64_t grid,
                            cudaStream_t stream) {
-  if (c.smem > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(tiled_kernel<T, CO_T, M>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)c.smem);
-    if (err != cudaSuccess) return err;
-  }
-  tiled_kernel<T, CO_T, M><<<(unsigned)grid, c.threads, c.smem, stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel(tiled_kernel<T, CO_T, M>, grid, c.threads, c.smem, stream, a);
 }
 
 template <typename T>

@@ -51,6 +51,7 @@ from . import input_layout
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _HEADERS = ("phase_conv_plan.h", "phase_conv_dtype.cuh", "phase_conv_exact.cuh",
             "phase_conv_mma.cuh", "phase_conv_wgmma.cuh", "phase_conv_pack.cuh",
+            "phase_conv_launch.cuh",
             "phase_conv_fwd.cuh",
             "phase_conv_fwd_common.cuh", "phase_conv_bwd.cuh", "phase_conv_bwd_depthwise.cuh",
             "phase_conv_bwd_narrow.cuh", "phase_conv_bwd_input_narrow.cuh")
