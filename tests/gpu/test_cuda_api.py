@@ -496,13 +496,23 @@ def test_tensor_core_weight_gradient(case, dtype):
     phases = reference.grad_weight_phases(x.double(), gy.double(), plan, g, cout,
                                           tuple(w.shape))
     theirs = unpack_conv3d_phases(phases, tuple(w.shape), g, s, p, d)
-    ours = ours.double().cpu()
-    rel = ((ours - theirs).norm() / theirs.norm()).item()
-    worst = ((ours - theirs).abs().max() / theirs.abs().max()).item()
-    tol = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
-    assert rel < tol and worst < 4 * tol, (rel, worst)
+    _assert_gradient_close(ours, theirs, dtype)
     _, simt = cuda.backward(gyc, xc, wc, args, need_input=False, grad_weight_kernel="simt")
-    assert ((simt.double().cpu() - theirs).norm() / theirs.norm()).item() < tol
+    assert ((simt.double().cpu() - theirs).norm() / theirs.norm()).item() < _GRADIENT_TOL[dtype]
+
+
+# a tensor-core gradient against float64: relative norm of the error, by dtype
+_GRADIENT_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def _assert_gradient_close(got, expected, dtype):
+    """``got`` against its float64 value: the error's norm within the dtype's tolerance of the
+    value's, and its largest element within four times that of the largest value."""
+    err = got.double().cpu() - expected
+    rel = (err.norm() / expected.norm()).item()
+    worst = (err.abs().max() / expected.abs().max()).item()
+    tol = _GRADIENT_TOL[dtype]
+    assert rel < tol and worst < 4 * tol, (rel, worst)
 
 
 def _layer_case(n, cin, cout, g, size, k, s, p, op, d, dtype, seed):
@@ -597,17 +607,13 @@ def test_narrow_weight_gradient(case, dtype):
     gw_desc = cuda.describe_backward(args, n, dtype, xc.device)[1]
     precision = "3xTF32" if dtype == torch.float32 else "fp32-accumulate"
     assert gw_desc.startswith(f"tensor-core window {precision}, channels-last operands"), gw_desc
-    tol = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
     runs = [cuda.backward(gyc, xc, wc, args, need_input=False)[1],
             cuda.backward(gyc, xc, wc, args, need_input=False,
                           grad_weight_kernel="tensor-cores-narrow")[1],
             cuda.backward(gyc, xc, wc, args, need_input=False, grad_weight_kernel="simt")[1]]
-    e = expected[1]
     for got in runs:
-        assert got.dtype == dtype and got.shape == e.shape
-        rel = ((got.double().cpu() - e).norm() / e.norm()).item()
-        worst = ((got.double().cpu() - e).abs().max() / e.abs().max()).item()
-        assert rel < tol and worst < 4 * tol, (rel, worst)
+        assert got.dtype == dtype and got.shape == expected[1].shape
+        _assert_gradient_close(got, expected[1], dtype)
     assert torch.equal(runs[0], runs[1])
     cl = torch.channels_last_3d
     gyl, xl = gyc.contiguous(memory_format=cl), xc.contiguous(memory_format=cl)
@@ -647,18 +653,14 @@ def test_narrow_input_gradient(case, dtype):
     precision = "3xTF32" if dtype == torch.float32 else "fp32-accumulate"
     assert gi_desc.startswith(f"tensor-core window grad-input {precision}, grad_y "
                               "channels-last"), gi_desc
-    tol = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
     runs = [cuda.backward(gyc, xc, wc, args, need_weight=False)[0],
             cuda.backward(gyc, xc, wc, args, need_weight=False,
                           grad_input_kernel="tensor-cores-narrow")[0],
             cuda.backward(gyc, xc, wc, args, need_weight=False,
                           grad_input_kernel="tensor-cores")[0]]
-    e = expected[0]
     for got in runs:
-        assert got.dtype == dtype and got.shape == e.shape and got.is_contiguous()
-        rel = ((got.double().cpu() - e).norm() / e.norm()).item()
-        worst = ((got.double().cpu() - e).abs().max() / e.abs().max()).item()
-        assert rel < tol and worst < 4 * tol, (rel, worst)
+        assert got.dtype == dtype and got.shape == expected[0].shape and got.is_contiguous()
+        _assert_gradient_close(got, expected[0], dtype)
     assert torch.equal(runs[0], runs[1])
     gyl = gyc.contiguous(memory_format=torch.channels_last_3d)
     assert torch.equal(cuda.backward(gyl, xc, wc, args, need_weight=False)[0], runs[0])
