@@ -60,27 +60,42 @@ __device__ __forceinline__ int64_t decode_row(int64_t m, int cw, int ch, int cd,
 // The copies of one k step (tap (td, th, tw), channel chunk kc) of a phase into a stage, by
 // NTHR threads: A's BM rows x BKG 16-byte channel groups (zero-filled outside the input and
 // past C_in/g) and B's BKG groups x BN columns.  The state advances one step per load: no
-// divisions in the main loop.
+// divisions in the main loop.  A step's copies cost a 64-bit add, a predicate and the cp.async
+// each: the source of a thread's A rows and B columns is set once per tap (a row outside the
+// input at that tap points at x itself, a valid address for the zero-filling copy), and a
+// step only adds its channel offset.  A thread's rows are NTHR / BKG apart, a multiple of 8,
+// so they share one swizzle and their stage addresses differ by constants.
 template <typename T, int BM, int BN, int BKG, int NTHR, bool A_NCDHW>
 struct GemmLoader {
   static constexpr int A_IT = BM * BKG / NTHR, B_IT = BKG * BN / NTHR;
   static constexpr int MG = BM / 8;  // A_NCDHW: 8-row groups (16-byte vectors along W) per k row
+  static constexpr int A_ROWS = NTHR / BKG;  // rows between a thread's A copies
+  static constexpr int B_GRPS = NTHR / BN;   // channel groups between its B copies
   static_assert(A_IT * NTHR == BM * BKG && B_IT * NTHR == BKG * BN, "loader split");
+  static_assert(A_ROWS % 8 == 0 && NTHR % BN == 0, "constant offsets between a thread's copies");
   const GemmArgs& a;
   const T* x;
-  const T* wm;
   const T* wtap;  // the packed weight of the tap, this block's group
-  int tid, ac, co_base, G, nkc, nk, Tw, Th, offw;
+  int tid, ac, G, nkc, nk, Tw, Th, offw;
   int kc = 0, tw = 0, th = 0, dd = 0, dh = 0, dw;
   int64_t dofs;   // x offset of the tap
   int64_t in_plane;
+  // channels-last A: row tid / BKG + i * A_ROWS's (n, d, h, w, group's first channel) at this
+  // tap (x where the tap falls outside the input); the thread's chunk ac is added per step
+  const T* arow[A_IT];
+  bool arow_ok[A_IT];
+  // B: this thread's column (co_base + tid % BN) and first channel group (tid / BN)
+  int bgrp;
+  bool bcol_ok;
+  int64_t boff;    // element offset of (group bgrp, that column) in a tap's weight
+  int64_t bstep;   // elements between a k step's weights (BKG groups)
+  const T* wstep;  // the weight of this k step
 
   __device__ __forceinline__ GemmLoader(const GemmArgs& args, const int64_t* e, int g, int cb0,
-                                        int t)
-      : a(args), x(static_cast<const T*>(args.x)), wm(static_cast<const T*>(args.wm)) {
+                                        int t, const int4* s_rc, const int64_t* s_ro)
+      : a(args), x(static_cast<const T*>(args.x)) {
     tid = t;
-    ac = tid % BKG;  // A: channel group ac of rows tid / BKG + i * (NTHR / BKG)
-    co_base = cb0;
+    ac = tid % BKG;  // A: channel group ac of rows tid / BKG + i * A_ROWS
     G = a.G;
     const int Td = (int)ldg_i64(e + PT_TAPS_D);
     Th = (int)ldg_i64(e + PT_TAPS_H);
@@ -92,14 +107,35 @@ struct GemmLoader {
     dw = offw;
     dofs = A_NCDHW ? (int64_t)offw : (int64_t)offw * a.c_in;
     in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
-    wtap = wm + ldg_i64(e + PT_MOFS) + (int64_t)g * taps * G * a.cout_g * 8;
+    wtap = static_cast<const T*>(a.wm) + ldg_i64(e + PT_MOFS) +
+           (int64_t)g * taps * G * a.cout_g * 8;
+    bgrp = tid / BN;
+    bcol_ok = cb0 + tid % BN < a.cout_g;
+    boff = ((int64_t)bgrp * a.cout_g + cb0 + tid % BN) * 8;
+    bstep = (int64_t)BKG * a.cout_g * 8;
+    set_tap(s_rc, s_ro);
+  }
+
+  // The sources of the tap the walk has reached (dd, dh, dw, dofs, wtap set).
+  __device__ __forceinline__ void set_tap(const int4* s_rc, const int64_t* s_ro) {
+    wstep = wtap;
+    if constexpr (!A_NCDHW) {
+#pragma unroll
+      for (int i = 0; i < A_IT; ++i) {
+        const int row = tid / BKG + i * A_ROWS;
+        const int4 rc = s_rc[row];
+        arow_ok[i] = ((unsigned)(rc.x + dd) < (unsigned)a.in_d) &
+                     ((unsigned)(rc.y + dh) < (unsigned)a.in_h) &
+                     ((unsigned)(rc.z + dw) < (unsigned)a.in_w);
+        arow[i] = arow_ok[i] ? x + s_ro[row] + dofs : x;
+      }
+    }
   }
 
   __device__ __forceinline__ void load(uint32_t sA, uint32_t sB, const int4* s_rc,
                                        const int64_t* s_ro, const int4* s_grc,
                                        const int64_t* s_gro) {
     const bool cvalid = kc * BKG + ac < G;
-    const T* xk = x + dofs + kc * (BKG * 8) + ac * 8;
     if (A_NCDHW) {  // A^T tile [32 k][BM m], 16-byte chunks swizzled by k & 7
 #pragma unroll
       for (int i = 0; i < A_IT; ++i) {
@@ -115,28 +151,21 @@ struct GemmLoader {
                       ok ? (const void*)src : (const void*)x, ok);
       }
     } else {
+      // past C_in/g the copy zero-fills and reads at the row's start, inside the input
+      const int cofs = cvalid ? (kc * BKG + ac) * 8 : 0;
+      const int row0 = tid / BKG;
+      const uint32_t dst = sA + row0 * (BKG * 16) + ((ac ^ a_swz<BKG>(row0)) << 4);
 #pragma unroll
-      for (int i = 0; i < A_IT; ++i) {
-        const int row = tid / BKG + i * (NTHR / BKG);
-        const int4 rc = s_rc[row];
-        // bitwise, not short-circuit: no branches around the copies
-        const bool ok = cvalid & ((unsigned)(rc.x + dd) < (unsigned)a.in_d) &
-                        ((unsigned)(rc.y + dh) < (unsigned)a.in_h) &
-                        ((unsigned)(rc.z + dw) < (unsigned)a.in_w);
-        const T* src = xk + s_ro[row];
-        cp_async16_ca(sA + row * (BKG * 16) + ((ac ^ a_swz<BKG>(row)) << 4),
-                      ok ? (const void*)src : (const void*)x, ok);
-      }
+      for (int i = 0; i < A_IT; ++i)
+        cp_async16_ca(dst + i * (A_ROWS * BKG * 16), arow[i] + cofs, arow_ok[i] & cvalid);
     }
 #pragma unroll
     for (int j = 0; j < B_IT; ++j) {
-      const int v = tid + j * NTHR;
-      const int bgrp = v / BN, bco = v % BN;
-      const int grp = kc * BKG + bgrp;
-      const bool ok = (grp < G) & (co_base + bco < a.cout_g);
-      const T* src = wtap + ((int64_t)grp * a.cout_g + co_base + bco) * 8;
-      cp_async16_cg(sB + v * 16, ok ? (const void*)src : (const void*)wm, ok);
+      const bool ok = bcol_ok & (kc * BKG + bgrp + j * B_GRPS < G);
+      const T* src = wstep + boff + (int64_t)j * B_GRPS * a.cout_g * 8;
+      cp_async16_cg(sB + (tid + j * NTHR) * 16, ok ? (const void*)src : (const void*)wtap, ok);
     }
+    wstep += bstep;
     if (++kc == nkc) {  // next tap
       kc = 0;
       wtap += (int64_t)G * a.cout_g * 8;
@@ -151,6 +180,7 @@ struct GemmLoader {
       dw = offw + tw * a.pdw;
       dofs = ((int64_t)dd * a.in_h + dh) * a.in_w + dw;
       if (!A_NCDHW) dofs *= a.c_in;
+      set_tap(s_rc, s_ro);
     }
   }
 };
@@ -425,7 +455,7 @@ gemm_cl_kernel(const GemmArgs a) {
     for (int q = 0; q < nw; ++q) {  // the W phases of the unit, one after the other
       const int64_t* e = e0 + (int64_t)q * PHASECONV_TABLE_STRIDE;
       const int rw = (int)ldg_i64(e + PT_RES_W);
-      GemmLoader<T, BM, BN, BKG, NTHR, A_NCDHW> ld(a, e, g, co_base, tid);
+      GemmLoader<T, BM, BN, BKG, NTHR, A_NCDHW> ld(a, e, g, co_base, tid, s_rc, s_ro);
       const int nk = ld.nk;
       auto load_stage = [&](int stage) {
         ld.load(sa + stage * A_STAGE, sb + stage * B_STAGE, s_rc, s_ro, s_grc, s_gro);
