@@ -86,6 +86,7 @@ def bench_shape(spec, dtype, reps, check=True):
                          "gemm_1ph": K("gemm", gemm_one_phase=True),
                          "gemm_bn64w8": K("gemm", gemm_tile=3),
                          "gemm_wgmma": K("gemm", gemm_tile=4),
+                         "gemm_wgmma_256rows": K("gemm", gemm_tile=5),
                          "gemm_bk32": K("gemm", gemm_k32=True),
                          "gemm_bn64w8_bk32": K("gemm", gemm_tile=3, gemm_k32=True)})
     for vname, code in variants.items():

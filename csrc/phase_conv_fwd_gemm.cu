@@ -334,11 +334,12 @@ __device__ __forceinline__ void gemm_store_acc(const GemmArgs& a, const float (&
 
 // Writes a tile's grouped W phases from s_c to y (after a barrier over the NTHR threads):
 // channels-last, a thread stores one 8-channel chunk of an output; else a warp stores 32 rows
-// x nw values (pairs of W phases as 4-byte words).
+// x nw values (pairs of W phases as 4-byte words).  rw0: the W residue of s_c's first phase
+// (0 where the block runs all W phases).
 template <typename T, int BM, int BN, int NTHR>
 __device__ __forceinline__ void gemm_write_tile(const GemmArgs& a, const T* s_c, const int4* s_rc,
-                                                const int64_t* s_yo, int nw, int co_base, int tid,
-                                                bool& nonfinite) {
+                                                const int64_t* s_yo, int nw, int rw0, int co_base,
+                                                int tid, bool& nonfinite) {
   static_assert(NTHR >= BM && NTHR % BM == 0, "write-out: whole rows per thread");
   constexpr int CH = BN / 8, CSWZ = CH < 8 ? CH - 1 : 7;
   T* __restrict__ y = static_cast<T*>(a.y);
@@ -347,7 +348,7 @@ __device__ __forceinline__ void gemm_write_tile(const GemmArgs& a, const T* s_c,
   if (a.y_cl) {
     const int64_t y_ws = a.c_out;
     for (int f = tid; f < BM * nw * CH; f += NTHR) {
-      const int chunk = f % CH, rq = f / CH, row = rq / nw, q = rq - row * nw;
+      const int chunk = f % CH, rq = f / CH, row = rq / nw, q = rq - row * nw + rw0;
       const int64_t yo = s_yo[row];
       if (chunk * 8 >= cols || yo < 0 || a.sw * s_rc[row].w + q >= a.out_w) continue;
       const T* src = s_c + rq * BN + (chunk ^ (rq & CSWZ)) * 8;
@@ -368,12 +369,12 @@ __device__ __forceinline__ void gemm_write_tile(const GemmArgs& a, const T* s_c,
     const int row = tid % BM;
     const int64_t yo = s_yo[row];
     if (yo < 0) return;
-    const int ow = a.sw * s_rc[row].w;
+    const int ow = a.sw * s_rc[row].w + rw0;
     const bool pair = nw == 2 && ow + 2 <= a.out_w && a.y_even;
     constexpr int CSTEP = NTHR / BM;
     int col = tid / BM;
     const T* src = s_c + col * c_cs + row * nw;
-    T* dst = y + yo + (int64_t)col * out_plane;
+    T* dst = y + yo + rw0 + (int64_t)col * out_plane;
     for (; col < cols; col += CSTEP, src += CSTEP * c_cs, dst += CSTEP * out_plane) {
       if (pair) {
         const uint32_t v2 = *reinterpret_cast<const uint32_t*>(src);
@@ -392,8 +393,9 @@ __device__ __forceinline__ void gemm_write_tile(const GemmArgs& a, const T* s_c,
 template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, int STAGES, bool WGROUP,
           bool A_NCDHW, int BKG, bool WG>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
-                                  (WARPS_M * WARPS_N >= 8 ? (MT * NT >= 16 ? 1 : 2)
-                                                          : (MT * NT >= 16 ? 3 : 4)))
+                                  (WARPS_M * WARPS_N >= 16 || (WARPS_M * WARPS_N >= 8 &&
+                                                               MT * NT >= 16)) ? 1
+                                  : (WARPS_M * WARPS_N >= 8 ? 2 : (MT * NT >= 16 ? 3 : 4)))
 gemm_cl_kernel(const GemmArgs a) {
   bool nonfinite = false;  // a stored element is Inf or NaN
   constexpr int NTHR = WARPS_M * WARPS_N * 32;
@@ -403,8 +405,13 @@ gemm_cl_kernel(const GemmArgs a) {
   constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
   static_assert(NT % 2 == 0, "B fragments are loaded two n tiles at a time");
   static_assert(NTHR >= BM && NTHR % BM == 0, "write-out: whole rows per thread");
-  static_assert(!WG || (MT == 1 && WARPS_M == 8 && WARPS_N == 1 && BKG == 8 && !A_NCDHW &&
-                        STAGES >= 3), "warpgroup tile: 2 x 64 rows, 64-channel k steps");
+  static_assert(!WG || (MT == 1 && (WARPS_M == 8 || WARPS_M == 16) && WARPS_N == 1 &&
+                        BKG == 8 && !A_NCDHW && STAGES >= 3),
+                "warpgroup tile: 2 or 4 warpgroups of 64 rows, 64-channel k steps");
+  // The 4-warpgroup tile stages its output in the drained pipeline's shared memory, one
+  // phase a block: beside the stages, the grouped W phases' output would not fit.
+  constexpr bool C_IN_STAGES = WG && WARPS_M == 16;
+  static_assert(!C_IN_STAGES || WGROUP, "the staged output's stores");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // WG: stages 1024-byte aligned (the 128-byte swizzle atom; the plan adds the slack)
   const uint32_t s_base = (uint32_t)__cvta_generic_to_shared(smem_raw);
@@ -423,11 +430,11 @@ gemm_cl_kernel(const GemmArgs a) {
   int4* s_grc = reinterpret_cast<int4*>(s_yo + BM);
   int64_t* s_gro = reinterpret_cast<int64_t*>(s_grc + MG);
   // WGROUP: the output tile of all W phases, [BN][BM * sw + 8] (see GemmArgs)
-  T* s_c = reinterpret_cast<T*>(s_gro + MG);
+  T* s_c = C_IN_STAGES ? reinterpret_cast<T*>(smem) : reinterpret_cast<T*>(s_gro + MG);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm_ = warp % WARPS_M, wn = warp / WARPS_M;
-  const int nw = WGROUP ? a.sw : 1;                 // W phases per block
+  const int nw = WGROUP && !C_IN_STAGES ? a.sw : 1;  // W phases per block
 
   for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x) {
     GemmTile t;
@@ -550,12 +557,16 @@ gemm_cl_kernel(const GemmArgs a) {
       cp_async_wait<0>();
       __syncthreads();  // every warp is past the last stage (the next W phase refills them)
 
-      gemm_store_acc<T, MT, NT, WARPS_M, BN, WGROUP>(a, acc, bv, s_c, s_rc, s_yo, nw, rw, wm_, wn,
-                                                     lane, co_base, nonfinite);
+      // WGROUP: s_c's slot q (the unit's phases are residues 0 .. nw-1, or the one phase of
+      // C_IN_STAGES); else the output's W residue
+      gemm_store_acc<T, MT, NT, WARPS_M, BN, WGROUP>(a, acc, bv, s_c, s_rc, s_yo, nw,
+                                                     WGROUP ? q : rw, wm_, wn, lane, co_base,
+                                                     nonfinite);
     }
     if (WGROUP) {
       __syncthreads();
-      gemm_write_tile<T, BM, BN, NTHR>(a, s_c, s_rc, s_yo, nw, co_base, tid, nonfinite);
+      const int rw0 = C_IN_STAGES ? (int)ldg_i64(e0 + PT_RES_W) : 0;
+      gemm_write_tile<T, BM, BN, NTHR>(a, s_c, s_rc, s_yo, nw, rw0, co_base, tid, nonfinite);
     }
     __syncthreads();  // the next tile rewrites the row tables (and s_c)
   }
@@ -567,9 +578,13 @@ gemm_cl_kernel(const GemmArgs a) {
 
 template <typename T, int MT, int NT, int WM, int WN, int BKG, bool WG = false>
 cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stream) {
-  constexpr int GS = gemm_pipeline_stages(WG, true), S1 = gemm_pipeline_stages(WG, false);
-  decltype(&gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG, WG>) kern;
-  if constexpr (WG) {  // channels-last A only
+  constexpr int kind = WG ? (WM == 16 ? 5 : 4) : 0;  // the stage count's key
+  constexpr int GS = gemm_pipeline_stages(kind, true), S1 = gemm_pipeline_stages(kind, false);
+  void (*kern)(const GemmArgs) = nullptr;
+  if constexpr (WG && WM == 16) {  // one phase a block, its output staged in the stages
+    if (c.a_ncdhw || c.wgroup) return cudaErrorInvalidConfiguration;
+    kern = gemm_cl_kernel<T, MT, NT, WM, WN, S1, true, false, BKG, true>;
+  } else if constexpr (WG) {  // channels-last A only
     if (c.a_ncdhw) return cudaErrorInvalidConfiguration;
     kern = c.wgroup ? gemm_cl_kernel<T, MT, NT, WM, WN, GS, true, false, BKG, true>
                     : gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG, true>;
@@ -610,6 +625,12 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
         case 32: return launch_gemm_t<T, 1, 4, 8, 1, 8, true>(a, c, stream);
         case 64: return launch_gemm_t<T, 1, 8, 8, 1, 8, true>(a, c, stream);
         case 128: return launch_gemm_t<T, 1, 16, 8, 1, 8, true>(a, c, stream);
+      }
+      break;
+    case 11:  // four warpgroups: 256 rows, BN >= 64 (every thread copies B)
+      switch (c.BN) {
+        case 64: return launch_gemm_t<T, 1, 8, 16, 1, 8, true>(a, c, stream);
+        case 128: return launch_gemm_t<T, 1, 16, 16, 1, 8, true>(a, c, stream);
       }
       break;
 #endif

@@ -397,21 +397,24 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   // 32^3 k2, K 128: 134 vs 104)
   const bool wg_fits = dev.wgmma && !c->a_ncdhw && cin_g % 64 == 0;
   if (wg_fits && k_per_phase >= wgmma_min_k) kind = 4;
+  // kind 5 (four warpgroups) is taken only when named (benchmarks/NOTES.md: what it measured)
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
-  if (kind > 4 || (kind == 4 && !wg_fits)) return false;
+  const bool wg = kind >= 4;
+  if (kind > 5 || (wg && !wg_fits) || (kind == 5 && cout_g <= 32)) return false;
   const int bn[4] = {32, 64, 128, 64}, thr[4] = {128, 128, 256, 256};
-  c->kind = kind; c->BM = 128;
-  c->BN = kind == 4 ? (cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128) : bn[kind];
-  c->threads = kind == 4 ? 256 : thr[kind];
-  // group the W phases (stores of whole output rows) unless told not to (benchmarks)
-  c->wgroup = p.stride_w >= 2 && p.stride_w <= kGemmMaxGroup &&
+  c->kind = kind; c->BM = kind == 5 ? 256 : 128;
+  c->BN = wg ? (cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128) : bn[kind];
+  c->threads = wg ? c->BM * 2 : thr[kind];
+  // group the W phases (stores of whole output rows) unless told not to (benchmarks); the
+  // 4-warpgroup tile runs one phase a block
+  c->wgroup = p.stride_w >= 2 && p.stride_w <= kGemmMaxGroup && kind != 5 &&
               !force.gemm_one_phase;
   // the 8-warp tiles take 64 channels a k step (half the barriers) when C_in/g allows
-  c->bkg = kind == 4 || (kind >= 2 && cin_g >= 64 && !force.gemm_k32) ? 8 : 4;
-  const int stages = gemm_pipeline_stages(kind == 4, false);
-  const int group_stages = gemm_pipeline_stages(kind == 4, true);
-  // row tables; the warpgroup tile aligns its stages to 1024 bytes (the swizzle atom)
-  const size_t tables = (size_t)c->BM * 32 + (size_t)(c->BM / 8) * 24 + (kind == 4 ? 1024 : 0);
+  c->bkg = wg || (kind >= 2 && cin_g >= 64 && !force.gemm_k32) ? 8 : 4;
+  const int stages = gemm_pipeline_stages(kind, false);
+  const int group_stages = gemm_pipeline_stages(kind, true);
+  // row tables; the warpgroup tiles align their stages to 1024 bytes (the swizzle atom)
+  const size_t tables = (size_t)c->BM * 32 + (size_t)(c->BM / 8) * 24 + (wg ? 1024 : 0);
   const size_t stage = (size_t)c->bkg * 16 * (c->BM + c->BN);
   if (c->wgroup) {
     c->smem = (size_t)group_stages * stage + tables +
@@ -590,9 +593,9 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
       snprintf(buf, len,
                "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d "
                "smem=%zu grid=%lld %s%s (%s)", gc.kind, gc.BM, gc.BN, gc.bkg * 8, gc.threads,
-               gemm_pipeline_stages(gc.kind == 4, gc.wgroup), gc.m_tiles, gc.smem,
+               gemm_pipeline_stages(gc.kind, gc.wgroup), gc.m_tiles, gc.smem,
                (long long)gc.grid, gc.wgroup ? "w-phases-grouped" : "one-phase",
-               gc.kind == 4 ? " wgmma-sm90a" : "", layout);
+               gc.kind >= 4 ? " wgmma-sm90a" : "", layout);
       return true;
     }
     AllCfg& ac = out->allph;
@@ -836,8 +839,8 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     snprintf(buf, len,
              "implicit-gemm grad-input kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d "
              "m_tiles=%d smem=%zu%s, grad_y channels-last", gc.kind, gc.BM, gc.BN, gc.bkg * 8,
-             gc.threads, gemm_pipeline_stages(gc.kind == 4, gc.wgroup), gc.m_tiles, gc.smem,
-             gc.kind == 4 ? " wgmma-sm90a" : "");
+             gc.threads, gemm_pipeline_stages(gc.kind, gc.wgroup), gc.m_tiles, gc.smem,
+             gc.kind >= 4 ? " wgmma-sm90a" : "");
     return true;
   }
   if (force == PHASECONV_GEMM)

@@ -175,11 +175,14 @@ constexpr int kGemmGroupStages = 3;   // W phases grouped (shared memory also ho
 constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
 constexpr int kWgmmaStages = 5;       // implicit GEMM, warpgroup tile: pipeline depth
 constexpr int kWgmmaGroupStages = 4;  // the same, W phases grouped
-// The implicit GEMM's pipeline depth, for its launcher and its plan: the warpgroup tile or the
-// mma.sync ones, W phases grouped or one phase per block.
-constexpr int gemm_pipeline_stages(bool wgmma, bool wgroup) {
-  return wgmma ? (wgroup ? kWgmmaGroupStages : kWgmmaStages)
-               : (wgroup ? kGemmGroupStages : kGemmStages);
+constexpr int kWgmmaWideStages = 4;   // the 4-warpgroup tile (256 rows, 48 KB a stage)
+// The implicit GEMM's pipeline depth, for its launcher and its plan: tile `kind`
+// (GemmCfg::kind: the warpgroup tiles or the mma.sync ones), W phases grouped or one phase per
+// block.
+constexpr int gemm_pipeline_stages(int kind, bool wgroup) {
+  return kind == 5 ? kWgmmaWideStages
+         : kind == 4 ? (wgroup ? kWgmmaGroupStages : kWgmmaStages)
+                     : (wgroup ? kGemmGroupStages : kGemmStages);
 }
 constexpr int kGwThreads = 256;       // SIMT weight-gradient block
 constexpr int kGmBK = 32;             // tensor-core weight gradient: reduction chunk
@@ -288,7 +291,9 @@ struct AllCfg {
 struct GemmCfg {
   int kind;  // 0: BN 32 (MT2 NT4, 4x1 warps); 1: BN 64 (MT4 NT4, 2x2); 2: BN 128 (MT4 NT4, 2x4);
              // 3: BN 64 (MT2 NT4, 4x2: twice the warps of 1); 4: sm_90a warpgroup tile,
-             // BN 32, 64 or 128 (two warpgroups of 64 rows x BN, wgmma)
+             // BN 32, 64 or 128 (two warpgroups of 64 rows x BN, wgmma); 5: the same with
+             // four warpgroups (256 rows: a quarter less operand traffic per multiply-add at
+             // BN 128), one phase a block, its output staged in the drained stages
   int BM, BN, threads, m_tiles, co_blocks;
   bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together
   bool a_ncdhw;  // A read from a contiguous (N, C, D, H, W) input (16-byte vectors along W)

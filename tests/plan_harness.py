@@ -94,13 +94,14 @@ def _tables(args: ConvArgs, dtype: torch.dtype) -> cuda.HostTables:
 
 
 def forward(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,
-            channels_last: bool = False, kernel="auto") -> Plan:
-    """The forward's plan (what ``engines.cuda.forward_plan`` launches on ``device``)."""
+            channels_last: bool = False, kernel="auto", out_channels_last: bool = False) -> Plan:
+    """The forward's plan (what ``engines.cuda.forward_plan`` launches on ``device``);
+    ``out_channels_last``: the result is wanted ``channels_last_3d``."""
     host = _tables(args, dtype)
     geometry = ([batch, args.in_channels, args.out_channels, args.groups, *args.in_shape,
                  *args.out_shape, *host.stride, *host.phase_dilation, *host.max_taps,
                  host.total_taps, *host.union_box, int(dtype in cuda._MMA_CHANNELS),
-                 int(channels_last and dtype != torch.float64)])
+                 int(channels_last and dtype != torch.float64), int(out_channels_last)])
     fn = library().phaseconv_plan_forward
     ok, out, text = _call(fn, geometry, dtype, cuda.forward_kernel(kernel).codes(), device, 3)
     return Plan(ok, FAMILIES[out[0]] if ok else "refused", text, bool(out[1]))

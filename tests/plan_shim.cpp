@@ -40,6 +40,7 @@ extern "C" int phaseconv_plan_forward(const int64_t* g, int dtype, const int64_t
   p.union_ext_d = g[23]; p.union_ext_h = g[24]; p.union_ext_w = g[25];
   p.weight_mma = g[26] ? reinterpret_cast<const void*>(16) : nullptr;
   p.x_channels_last = (int)g[27];
+  p.y_channels_last = (int)g[28];
   PhaseConvForce f;
   f.family = (int)force[0]; f.input_layout = (int)force[1]; f.gemm_tile = (int)force[2];
   f.gemm_one_phase = (int)force[3]; f.gemm_k32 = (int)force[4];

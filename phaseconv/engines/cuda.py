@@ -81,7 +81,7 @@ class ForwardKernel(NamedTuple):
     plan refuses a layer the named kernel cannot take; nothing is rerouted."""
     family: str = "auto"            # a key of FORWARD_KERNELS
     contiguous_input: bool = False  # never the channels-last kernels
-    gemm_tile: int = -1             # implicit GEMM tile kind 0-4 (4: sm_90a wgmma; -1: the rule)
+    gemm_tile: int = -1             # implicit GEMM tile kind 0-5 (4, 5: sm_90a wgmma; -1: the rule)
     gemm_one_phase: bool = False    # implicit GEMM: one phase per block
     gemm_k32: bool = False          # implicit GEMM: 32 channels a k step
     direct_stores: bool = False     # all-phase kernel: no staged output

@@ -346,13 +346,19 @@ def _wgmma_available():
     return torch.cuda.get_device_capability() == (9, 0) and _cuda().load().sm90a
 
 
-@pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block"])
+@pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block", "four-warpgroups"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
 def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     cfg = _WGMMA_CASES[case]
     kernel = {"auto": "auto", "forced": ForwardKernel("gemm", gemm_tile=4),
-              "phase-per-block": ForwardKernel("gemm", gemm_tile=4, gemm_one_phase=True)}[variant]
+              "phase-per-block": ForwardKernel("gemm", gemm_tile=4, gemm_one_phase=True),
+              "four-warpgroups": ForwardKernel("gemm", gemm_tile=5)}[variant]
+    if variant == "four-warpgroups" and cfg["cout"] // cfg["groups"] <= 32:
+        # its 512 threads each copy B: BN >= 64, refused for C_out/groups <= 32
+        with pytest.raises(RuntimeError, match="was forced and"):
+            _run(cfg, dtype, kernel=kernel, seed=case)
+        return
     if not _wgmma_available():
         if variant == "auto":
             assert "wgmma" not in _describe(cfg, dtype, kernel=kernel)
@@ -364,12 +370,51 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     # the rule takes the warpgroup tile for reductions of >= 512 terms per phase
     k_per_phase = (cfg["cin"] // cfg["groups"] * cfg["k"][0] * cfg["k"][1] * cfg["k"][2] /
                    (cfg["s"][0] * cfg["s"][1] * cfg["s"][2]))
-    if variant != "auto" or k_per_phase >= 512:
+    if variant == "four-warpgroups":
+        assert desc.startswith("implicit-gemm kind=5 BM=256") and "one-phase" in desc, desc
+        assert "wgmma-sm90a" in desc, desc
+    elif variant != "auto" or k_per_phase >= 512:
         assert desc.startswith("implicit-gemm kind=4") and "wgmma-sm90a" in desc, desc
     else:
         assert "wgmma" not in desc, desc
     y, ref = _run(cfg, dtype, kernel=kernel, seed=case)
     _check(y, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
+def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
+    """A channels-last result from a channels-last input: the 4-warpgroup tile (256 rows, one
+    phase a block, its output staged in the drained pipeline) where C_out/groups > 32, when
+    named (the rule does not take it yet); the rule's tile for the same call."""
+    cfg = _WGMMA_CASES[case]
+    cl = torch.channels_last_3d
+    gen = torch.Generator().manual_seed(case)
+    x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], generator=gen, dtype=torch.float64)
+    w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], generator=gen,
+                    dtype=torch.float64)
+    b = torch.randn(cfg["cout"], generator=gen, dtype=torch.float64) if cfg["bias"] else None
+    xl, wl = x.to(dtype), w.to(dtype)
+    bl = b.to(dtype) if b is not None else None
+    ref = F.conv_transpose3d(xl.double(), wl.double(), bl.double() if bl is not None else None,
+                             cfg["s"], cfg["p"], cfg["op"], cfg["groups"], cfg["d"])
+    xd = xl.to(DEV).contiguous(memory_format=cl)
+    wd, bd = wl.to(DEV), (bl.to(DEV) if bl is not None else None)
+    args = check_conv_transpose3d(xd, wd, bd, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
+                                  cfg["d"])
+    wide = cfg["cout"] // cfg["groups"] > 32
+    four = ForwardKernel("gemm", gemm_tile=5)
+    for kernel in ("auto", four):
+        if kernel is four and not (wide and _wgmma_available()):
+            with pytest.raises(RuntimeError, match="was forced and"):
+                _cuda().forward(xd, wd, bd, args, kernel=kernel, out_channels_last=True)
+            continue
+        desc = _cuda().describe(args, xd.shape[0], dtype, xd.device, channels_last=True,
+                                kernel=kernel, out_channels_last=True)
+        assert ("kind=5 BM=256" in desc) == (kernel is four), desc
+        y = _cuda().forward(xd, wd, bd, args, kernel=kernel, out_channels_last=True)
+        assert y.is_contiguous(memory_format=cl)
+        _check(y, ref, dtype)
 
 
 # Layers whose phases all read W at one offset (k == s along W, no padding there) and whose

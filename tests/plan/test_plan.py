@@ -224,6 +224,23 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     for device, args in ((ph.H100, long_k), (ph.A100, long_k), (ph.H100_SM90A, odd_channels)):
         refused = ph.forward(args, 2, BF16, device, channels_last=True, kernel=wgmma)
         assert not refused.ok and refused.text.startswith("refused: the "), refused.text
+    # four warpgroups (256 rows, 512 threads), one phase a block, 4 stages of 48 KB: named
+    # only (the rule keeps two warpgroups, for either result layout); refused without an
+    # sm_90a build and where C_out/groups <= 32 (every thread copies B)
+    four = ForwardKernel("gemm", gemm_tile=5)
+    plan = ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True, kernel=four)
+    assert plan.ok and "kind=5 BM=256 BN=128 BK=64 threads=512 stages=4 " in plan.text
+    for out_cl in (False, True):
+        assert "kind=4 " in ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True,
+                                       out_channels_last=out_cl).text
+    assert "wgmma" not in ph.forward(short_k, 2, BF16, ph.H100_SM90A, channels_last=True,
+                                     out_channels_last=True).text
+    assert "one-phase" in plan.text and "wgmma-sm90a" in plan.text
+    assert f"smem={4 * 48 * 1024 + 256 * 32 + 32 * 24 + 1024} " in plan.text
+    narrow_out = ph.conv_args(64, 32, 3, 8, 2, 1, 1)
+    for device, args in ((ph.H100, long_k), (ph.H100_SM90A, narrow_out)):
+        refused = ph.forward(args, 2, BF16, device, channels_last=True, kernel=four)
+        assert not refused.ok and refused.text.startswith("refused: the "), refused.text
     grad_input = ph.grad_input(long_k, 16, BF16, ph.H100_SM90A, "implicit-gemm")
     assert grad_input.ok and "kind=4 " in grad_input.text and "wgmma-sm90a" in grad_input.text
     # the input gradient takes it from 1024 terms (shape 3's is 64 x 8 taps = 512)
