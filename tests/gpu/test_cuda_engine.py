@@ -41,10 +41,9 @@ def configs(draw, max_channels=3, max_w=6, min_n=0):
                 cin=cin_g * groups, cout=cout_g * groups, n=n, ins=tuple(ins), bias=bias)
 
 
-def _run(cfg, dtype, kernel="auto", seed=0, refusal_ok=False):
-    """(engine output, float64 reference) of a random call; ``kernel`` forces one by name.
-    With ``refusal_ok`` (properties over drawn layers) a layer the forced kernel refuses is
-    skipped: the refusals themselves are tests/plan/test_plan.py's."""
+def _random_call(cfg, dtype, seed):
+    """Random (x, weight, bias) of ``cfg`` in ``dtype`` on the CPU, and the float64 reference
+    computed from those (rounded) values."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], generator=gen, dtype=torch.float64)
     w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], generator=gen,
@@ -52,9 +51,16 @@ def _run(cfg, dtype, kernel="auto", seed=0, refusal_ok=False):
     b = torch.randn(cfg["cout"], generator=gen, dtype=torch.float64) if cfg["bias"] else None
     xl, wl = x.to(dtype), w.to(dtype)
     bl = b.to(dtype) if b is not None else None
-    # reference in float64 from the same (rounded) values, on the CPU
     ref = F.conv_transpose3d(xl.double(), wl.double(), bl.double() if bl is not None else None,
                              cfg["s"], cfg["p"], cfg["op"], cfg["groups"], cfg["d"])
+    return xl, wl, bl, ref
+
+
+def _run(cfg, dtype, kernel="auto", seed=0, refusal_ok=False):
+    """(engine output, float64 reference) of a random call; ``kernel`` forces one by name.
+    With ``refusal_ok`` (properties over drawn layers) a layer the forced kernel refuses is
+    skipped: the refusals themselves are tests/plan/test_plan.py's."""
+    xl, wl, bl, ref = _random_call(cfg, dtype, seed)
     try:
         y = _forward(xl.to(DEV), wl.to(DEV), bl.to(DEV) if bl is not None else None, cfg,
                      kernel=kernel)
@@ -386,18 +392,10 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
 def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
     """A channels-last result from a channels-last input: the 4-warpgroup tile (256 rows, one
     phase a block, its output staged in the drained pipeline) where C_out/groups > 32, when
-    named (the rule does not take it yet); the rule's tile for the same call."""
+    named (the rule does not take it); the rule's tile for the same call."""
     cfg = _WGMMA_CASES[case]
     cl = torch.channels_last_3d
-    gen = torch.Generator().manual_seed(case)
-    x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], generator=gen, dtype=torch.float64)
-    w = torch.randn((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"], generator=gen,
-                    dtype=torch.float64)
-    b = torch.randn(cfg["cout"], generator=gen, dtype=torch.float64) if cfg["bias"] else None
-    xl, wl = x.to(dtype), w.to(dtype)
-    bl = b.to(dtype) if b is not None else None
-    ref = F.conv_transpose3d(xl.double(), wl.double(), bl.double() if bl is not None else None,
-                             cfg["s"], cfg["p"], cfg["op"], cfg["groups"], cfg["d"])
+    xl, wl, bl, ref = _random_call(cfg, dtype, case)
     xd = xl.to(DEV).contiguous(memory_format=cl)
     wd, bd = wl.to(DEV), (bl.to(DEV) if bl is not None else None)
     args = check_conv_transpose3d(xd, wd, bd, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
