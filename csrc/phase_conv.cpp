@@ -608,6 +608,38 @@ at::Tensor gather_binding(const at::Tensor& weight, const at::Tensor& index) {
   return gather(weight, index, stream_of(weight));
 }
 
+// The tensor-core layout made from the layer's tap table instead of its index map
+// (phase_conv_pack.cuh: PhaseConvMmaPack; engines/cuda.py: mma_taps).
+at::Tensor pack_mma_binding(const at::Tensor& weight, const at::Tensor& taps, int64_t groups) {
+  check_weight_size(weight);
+  const auto dtype = weight.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "phaseconv cuda engine: the tensor-core layout holds float32, float16 or bfloat16 "
+              "weights, got ", c10::toString(dtype), ".");
+  TORCH_CHECK(groups >= 1 && weight.size(0) % groups == 0, "phaseconv cuda engine: groups (",
+              groups, ") must divide the weight's ", weight.size(0), " input channels.");
+  const int64_t ksize = weight.size(2) * weight.size(3) * weight.size(4);
+  TORCH_CHECK(taps.device() == weight.device() && taps.scalar_type() == at::kLong &&
+              taps.dim() == 2 && taps.size(0) == ksize && taps.size(1) == 2 &&
+              taps.is_contiguous(), "phaseconv cuda engine: the tap table must be a contiguous "
+              "(", ksize, ", 2) int64 tensor on ", weight.device().str(), ".");
+  const int64_t cg = 16 / weight.element_size();
+  PhaseConvMmaPack pk;
+  pk.taps = taps.data_ptr<int64_t>();
+  pk.ksize = ksize;
+  pk.cin_g = weight.size(0) / groups;
+  pk.cout_g = weight.size(1);
+  pk.groups = groups;
+  const c10::cuda::CUDAGuard guard(weight.device());
+  at::Tensor out = at::empty({groups * ksize * ((pk.cin_g + cg - 1) / cg) * pk.cout_g * cg},
+                             weight.options());
+  check_launch(phase_conv_pack_weight_mma(weight.data_ptr(), view_of(weight), pk,
+                                          out.data_ptr(), (int)weight.element_size(), nullptr,
+                                          stream_of(weight)),
+               "tensor-core weight pack");
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -650,6 +682,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_weight", &gather_binding,
         "The weight gathered through an int32 index map (phase_conv_pack.cuh).",
         py::arg("weight"), py::arg("index"));
+  m.def("pack_weight_mma", &pack_mma_binding,
+        "The tensor-core weight layout from the layer's tap table (phase_conv_pack.cuh).",
+        py::arg("weight"), py::arg("taps"), py::arg("groups"));
   m.attr("sm90a") = kSm90aBuild;
 #ifdef PHASECONV_SOURCE_HASH
   // an ahead-of-time build (setup.py): which sources and architectures it holds (passed as

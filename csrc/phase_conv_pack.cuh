@@ -33,9 +33,26 @@ __device__ __forceinline__ int64_t phaseconv_strided_offset(const PhaseConvWeigh
 }
 #endif
 
+// The tensor-core layout made without its index map: per kernel tap k (C order over kD, kH,
+// kW), channel c of channel group q, column co and group g lands at
+//   taps[2k] + g * taps[2k + 1] + (q * cout_g + co) * cg + c
+// (engines/cuda.py: mma_taps), holding the weight's (g * cin_g + q * cg + c, co, k), or zero
+// past cin_g.  The same bytes as the gather through index_mma, with the weight read in runs.
+struct PhaseConvMmaPack {
+  const int64_t* taps;  // (ksize, 2) on the device: position of (g 0, q 0, co 0), group step
+  int64_t ksize, cin_g, cout_g, groups;
+};
+
 // out[i] = index[i] >= 0 ? w[offset(index[i])] : 0 for i < n, elements of elem_size bytes
 // (2, 4 or 8); *flag = 0 when flag is not null (the call's non-finite flag, which the kernels
 // that read out may then set: phase_conv_exact.cuh).  Returns cudaSuccess or the launch error.
 cudaError_t phase_conv_gather_weight(const void* w, const PhaseConvWeightView& view,
                                      const int32_t* index, void* out, int64_t n, int elem_size,
                                      int* flag, cudaStream_t stream);
+
+// The tensor-core layout of w (its view: any strides) by the rule above, for 4-byte (cg 4)
+// or 2-byte (cg 8) elements; out holds groups * ksize * ceil(cin_g / cg) * cout_g * cg
+// elements, 16-byte aligned.  *flag = 0 when flag is not null (as the gather).
+cudaError_t phase_conv_pack_weight_mma(const void* w, const PhaseConvWeightView& view,
+                                       const PhaseConvMmaPack& pack, void* out, int elem_size,
+                                       int* flag, cudaStream_t stream);

@@ -32,6 +32,7 @@ directory, one build directory per architecture and toolchain: ninja compiles th
 units in parallel and, after an edit, only those whose sources changed.
 """
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -279,6 +280,9 @@ class HostTables(NamedTuple):
     union_box: Tuple[int, ...]        # first input offset over all phases' taps, then span
     gi_max_taps: Tuple[int, int, int]
     gi_total_taps: int
+    # int64 (kernel taps, 2): per kernel tap (C order over kD, kH, kW), the index_mma position
+    # of (group 0, channel group 0, column 0) and the step per group; None without the layout
+    mma_taps: Optional[torch.Tensor] = None
 
 
 def _packed_layouts(w: torch.Tensor, groups: int, stride, padding, dilation, cg: int):
@@ -292,6 +296,10 @@ def _packed_layouts(w: torch.Tensor, groups: int, stride, padding, dilation, cg:
     rows, parts, mparts = [], [], []
     offset = moffset = 0
     ngrp = -(-cin_g // cg) if cg else 0
+    ksize = math.prod(kernel)
+    # per kernel tap: where (group 0, channel group 0, column 0) of its tensor-core block
+    # lies, and the step to the next group
+    mma_taps = [[0, 0] for _ in range(ksize)] if cg else None
     for pd in plans[0]:
         for ph in plans[1]:
             for pw in plans[2]:
@@ -308,6 +316,10 @@ def _packed_layouts(w: torch.Tensor, groups: int, stride, padding, dilation, cg:
                 parts.append(sub.permute(0, 1, 3, 4, 5, 2).reshape(-1))
                 offset += groups * cin_g * cout_g * ntaps
                 if cg:
+                    run = ngrp * cg * cout_g  # one tap's block of one group
+                    for t, (kd, kh, kw) in enumerate(itertools.product(*taps)):
+                        mma_taps[(kd * kernel[1] + kh) * kernel[2] + kw] = [
+                            moffset + t * run, ntaps * run]
                     # (g, ci, co, td, th, tw) -> (g, tap, ci, co) -> (g, tap, G, co, CG)
                     m = sub.permute(0, 3, 4, 5, 1, 2).reshape(groups, ntaps, cin_g, cout_g)
                     m = torch.nn.functional.pad(m, (0, 0, 0, ngrp * cg - cin_g))
@@ -322,7 +334,7 @@ def _packed_layouts(w: torch.Tensor, groups: int, stride, padding, dilation, cg:
         spans = [(ph.offsets[0], ph.offsets[-1]) for ph in a if ph.taps]
         lo.append(min(sp[0] for sp in spans))
         ext.append(max(sp[1] for sp in spans) - lo[-1])
-    return rows, packed, packed_mma, max_taps, tuple(lo) + tuple(ext)
+    return rows, packed, packed_mma, max_taps, tuple(lo) + tuple(ext), mma_taps
 
 
 def _residue_phases(kernel: int, stride: int, padding: int, dilation: int):
@@ -380,8 +392,8 @@ def host_tables(weight_shape, groups: int, stride, padding, dilation, cg: int) -
                          f"{shape}")
     # element k is stored as k + 1, so that zero padding reads -1 after the shift back
     ids = torch.arange(1, numel + 1, dtype=torch.int64).reshape(shape)
-    rows, packed, packed_mma, max_taps, union = _packed_layouts(ids, groups, stride, padding,
-                                                                dilation, cg)
+    rows, packed, packed_mma, max_taps, union, mma_taps = _packed_layouts(
+        ids, groups, stride, padding, dilation, cg)
     gi_rows, gi_packed, gi_max, gi_total = _grad_input_layout(ids, groups, stride, padding,
                                                               dilation)
     pdil = tuple(d // math.gcd(s, d) for s, d in zip(stride, dilation))
@@ -389,7 +401,8 @@ def host_tables(weight_shape, groups: int, stride, padding, dilation, cg: int) -
         torch.tensor(rows, dtype=torch.int64), (packed - 1).to(torch.int32),
         None if packed_mma is None else (packed_mma - 1).to(torch.int32),
         torch.tensor(gi_rows, dtype=torch.int64), (gi_packed - 1).to(torch.int32),
-        stride, pdil, max_taps, sum(r[3] * r[4] * r[5] for r in rows), union, gi_max, gi_total)
+        stride, pdil, max_taps, sum(r[3] * r[4] * r[5] for r in rows), union, gi_max, gi_total,
+        None if mma_taps is None else torch.tensor(mma_taps, dtype=torch.int64))
 
 
 class LayerTables(NamedTuple):

@@ -543,6 +543,35 @@ def test_strided_weights_are_gathered_in_place(dtype, fmt):
         assert torch.equal(_forward(x, w, None, cfg, kernel=kernel), want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("geometry", [
+    ((32, 8, 3, 5, 7), 4, (2, 2, 2), (1, 2, 3), (1, 1, 1)),     # the founding layer
+    ((256, 128, 4, 4, 4), 1, (2, 2, 2), (1, 1, 1), (1, 1, 1)),  # shape 5: whole tap runs
+    ((20, 3, 3, 2, 5), 2, (2, 1, 3), (2, 0, 1), (1, 2, 1)),     # C_in/g 10: padded groups
+    ((8, 2, 11, 11, 11), 1, (3, 2, 4), (5, 4, 3), (1, 1, 1)),   # 1331 taps: split tap runs
+    ((16, 700, 1, 1, 2), 2, (1, 1, 2), (0, 0, 0), (1, 1, 1)),   # 2 taps: many column tiles
+])
+def test_tensor_core_weight_packed_from_its_tap_table(geometry, dtype):
+    """The structured pack (csrc/phase_conv_pack.cu: pack_mma_kernel) writes the bytes of the
+    gather through index_mma, NaN and Inf included, for contiguous and strided weights."""
+    shape, groups, stride, padding, dilation = geometry
+    cuda = _cuda()
+    t = cuda.layer_tables(shape, groups, stride, padding, dilation, dtype, torch.device(DEV))
+    cuda.wait_for_tables(t)
+    taps = t.host.mma_taps.to(DEV)
+    torch.manual_seed(5)
+    big = torch.randn((shape[0], 2 * shape[1]) + shape[2:], device=DEV).to(dtype)
+    big.view(-1)[::97] = float("nan")
+    big.view(-1)[::89] = float("inf")
+    for w in (big[:, ::2].contiguous(), big[:, ::2],
+              big[:, ::2].contiguous(memory_format=torch.channels_last_3d)):
+        want = cuda.gather(w, t.index_mma)
+        got = cuda.load().pack_weight_mma(w, taps, groups)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        bits = torch.int32 if dtype == torch.float32 else torch.int16
+        assert torch.equal(got.view(bits), want.view(bits))
+
+
 def test_the_engine_launches_the_plan_computed_on_the_host():
     """The plan the engine launches is the host-built plan (tests/plan/test_plan.py) for this GPU's
     properties: forward, input gradient and weight gradient, over the sweep."""

@@ -148,6 +148,31 @@ def test_tensor_core_layout_holds_the_packed_blocks(geometry, cg):
         assert not m[:, cin_g:].any()
 
 
+@pytest.mark.parametrize("cg", [4, 8])
+@pytest.mark.parametrize("geometry", GEOMETRIES + [
+    ((16, 24, 4, 4, 4), 1, (2, 2, 2), (1, 1, 1), (1, 1, 1)),   # shape 5's layer, narrowed
+    ((20, 3, 3, 2, 5), 2, (2, 1, 3), (2, 0, 1), (1, 2, 1))])   # C_in/g 10: a padded group
+def test_tensor_core_layout_from_its_tap_table(geometry, cg):
+    """``mma_taps`` (the structured pack's table, csrc/phase_conv_pack.cu): element c of
+    channel group q, column co, group g of kernel tap k lies at
+    ``base[k] + g * step[k] + (q * C_out/g + co) * CG + c``, holding the weight's
+    ``(g * C_in/g + q * CG + c, co, k)`` or zero past C_in/g: exactly index_mma."""
+    shape, groups, stride, padding, dilation = geometry
+    t = cuda.host_tables(shape, groups, stride, padding, dilation, cg)
+    cin_g, cout_g, ksize = shape[0] // groups, shape[1], shape[2] * shape[3] * shape[4]
+    ngrp = -(-cin_g // cg)
+    assert t.mma_taps.shape == (ksize, 2) and t.mma_taps.dtype == torch.int64
+    g, q, co, k, c = torch.meshgrid(*(torch.arange(n) for n in (groups, ngrp, cout_g, ksize, cg)),
+                                    indexing="ij")
+    pos = t.mma_taps[k, 0] + g * t.mma_taps[k, 1] + (q * cout_g + co) * cg + c
+    ci = q * cg + c
+    src = ((g * cin_g + ci) * cout_g + co) * ksize + k
+    rebuilt = torch.full((t.index_mma.numel(),), -2, dtype=torch.int64)
+    rebuilt[pos.reshape(-1)] = torch.where(ci < cin_g, src, torch.full_like(src, -1)).reshape(-1)
+    assert torch.equal(rebuilt, t.index_mma.long())  # every position written, as index_mma
+    assert cuda.host_tables(shape, groups, stride, padding, dilation, 0).mma_taps is None
+
+
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_grad_input_blocks_compute_the_input_gradient(geometry):
     w, x, kw = _case(geometry)
