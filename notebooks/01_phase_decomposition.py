@@ -27,6 +27,7 @@
 # dilation $d$, output padding $q$; input index $i$, tap $k$, output index $o$.
 
 # %%
+import itertools
 import math
 import random
 
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import phaseconv
-from phaseconv.geometry import axis_plan
+from phaseconv.bench import SWEEP
+from phaseconv.geometry import axis_plan, phase_plan
 from phaseconv.packing import pack_conv3d_phases
 
 torch.manual_seed(0)
@@ -510,3 +512,114 @@ for BN in (32, 64, 128):
         (227 * 1024 - 16, 16 * BN, 128)
 print("B: the no-swizzle descriptor (LBO = 16 BN, SBO = 128) reads the loader's runs; "
       "the fields round-trip")
+
+# %% [markdown]
+# ## 8. What the implicit GEMM moves: operand bytes per multiply-add
+#
+# The implicit GEMM (`csrc/phase_conv_fwd_gemm.cu`) gives a block a tile of $B_M$ rows (one
+# phase's output voxels over the batch) by $B_N$ output channels. It walks the reduction in k
+# steps of one tap and 64 input channels (16-bit elements). Each step copies the tile's A rows
+# ($B_M \times 64$) and B columns ($64 \times B_N$) from global memory into shared memory, then
+# does $64\,B_M B_N$ multiply-adds. Blocks share operands only through L2, so a layer moves
+# $$\text{bytes} \approx \text{MACs}\cdot\frac{2\,(B_M + B_N)}{B_M B_N},\qquad
+#   \text{i.e. } \frac{B_M B_N}{2\,(B_M + B_N)}\ \text{MACs a byte}$$
+# (32 for the two-warpgroup tile at $B_N = 128$, 21.3 at 64; 42.7 and 25.6 with 256 rows).
+# It is less where copies are zero-filled (rows past a phase's end, taps outside the input:
+# those copies read nothing) and more where tiles are partial.
+#
+# The cell counts both exactly for one layer by walking every block and k step as the kernel
+# does, including its test for a row inside the input at a tap. It checks the walk against a
+# closed form built from per-axis counts. Then it tabulates the sweep's wide layers.
+
+# %%
+def plan_of(shape):
+    return phase_plan(shape.size, shape.kernel, shape.stride, shape.padding,
+                      dilation=(1, 1, 1), output_padding=shape.output_padding)
+
+
+def inside(a, n_in):
+    """Per tap of axis phase ``a``: how many of its outputs read a voxel inside the input."""
+    return [sum(0 <= j + off < n_in for j in range(a.count)) for off in a.offsets]
+
+
+def gemm_bytes(shape, bm, bn, bk=64, elem=2):
+    """(useful MACs, bytes the copies would move, bytes they read) of the implicit GEMM on a
+    layer, closed form: A is read once per (row tile, C_out block), B once per row tile."""
+    cin_g, cout_g = shape.in_channels // shape.groups, shape.out_channels // shape.groups
+    macs = moved = read = 0
+    for ph in plan_of(shape).phases:
+        rows = shape.batch * ph.num_outputs
+        steps = ph.num_taps * math.ceil(cin_g / bk)
+        m_tiles, co_blocks = math.ceil(rows / bm), math.ceil(cout_g / bn)
+        macs += rows * ph.num_taps * cin_g * cout_g * shape.groups
+        moved += shape.groups * m_tiles * co_blocks * steps * (bm + bn) * bk * elem
+        valid = [inside(a, n) for a, n in zip(ph.axes, shape.size)]
+        rows_read = shape.batch * sum(d * h * w for d in valid[0] for h in valid[1]
+                                      for w in valid[2])
+        read += shape.groups * co_blocks * rows_read * cin_g * elem        # A
+        read += shape.groups * m_tiles * ph.num_taps * cin_g * cout_g * elem  # B
+    return macs, moved, read
+
+
+def gemm_bytes_walked(shape, bm, bn, bk=64, elem=2):
+    """The same by walking the kernel's blocks, k steps and copies (small layers only)."""
+    cin_g, cout_g = shape.in_channels // shape.groups, shape.out_channels // shape.groups
+    moved = read = 0
+    for ph in plan_of(shape).phases:
+        counts = ph.out_shape
+        rows = shape.batch * ph.num_outputs
+        for _g in range(shape.groups):
+            for m0 in range(0, rows, bm):
+                for co0 in range(0, cout_g, bn):
+                    for td, th, tw in itertools.product(*(a.offsets for a in ph.axes)):
+                        for k0 in range(0, cin_g, bk):
+                            moved += (bm + bn) * bk * elem
+                            chans = min(bk, cin_g - k0)
+                            for m in range(m0, m0 + bm):  # the kernel's row test
+                                if m >= rows:
+                                    continue
+                                jw = m % counts[2]
+                                jh = m // counts[2] % counts[1]
+                                jd = m // (counts[2] * counts[1]) % counts[0]
+                                if (0 <= jd + td < shape.size[0] and 0 <= jh + th < shape.size[1]
+                                        and 0 <= jw + tw < shape.size[2]):
+                                    read += chans * elem
+                            read += chans * min(bn, cout_g - co0) * elem
+    return moved, read
+
+
+tiny = SWEEP[4]._replace(batch=2, size=(3, 4, 5), in_channels=80, out_channels=40)
+for bm, bn in ((128, 64), (16, 32)):
+    macs, moved, read = gemm_bytes(tiny, bm, bn)
+    assert (moved, read) == gemm_bytes_walked(tiny, bm, bn), (bm, bn)
+    assert macs == plan_of(tiny).macs_per_sample(80, 40, 1) * 2
+print("the walk of every block and copy equals the closed form (bytes moved and read)")
+
+L2_TB_S = 5.5  # assumed L2 bandwidth (TB/s), for scale only: not measured here
+print(f"{'shape':>6} {'MACs':>9}  tile       MAC/B moved   MB moved  MB read  µs at {L2_TB_S} TB/s")
+for shape in SWEEP[1:6]:
+    cout_g = shape.out_channels // shape.groups
+    bn = 32 if cout_g <= 32 else 64 if cout_g <= 64 else 128
+    for bm in (128, 256):
+        macs, moved, read = gemm_bytes(shape, bm, bn)
+        print(f"{shape.name:>6} {macs:9.2e}  {bm:3d} x {bn:3d}  {macs / moved:8.1f} "
+              f"{moved / 1e6:9.1f} {read / 1e6:8.1f} {moved / (L2_TB_S * 1e6):8.1f}")
+
+# %% [markdown]
+# **What phases could share.** Along an axis of stride 2 the phases' taps read the input at
+# overlapping offsets: a block that held the accumulators of several phases could copy each
+# offset's A rows once for all the phases that read it. Per axis, that saves the ratio of
+# (phase, tap) pairs to distinct offsets. Over the three axes it is the product, the most a
+# block holding every phase could save on A.
+
+# %%
+for shape in SWEEP[1:6]:
+    factor, per_axis = 1.0, []
+    for axis in range(3):
+        phases = {p.axes[axis].residue: p.axes[axis] for p in plan_of(shape).phases}
+        pairs = sum(len(a.offsets) for a in phases.values())
+        distinct = len({off for a in phases.values() for off in a.offsets})
+        per_axis.append(pairs / distinct)
+        factor *= pairs / distinct
+    print(f"shape {shape.name}: A reads per distinct offset " +
+          " x ".join(f"{f:.2f}" for f in per_axis) + f" = {factor:.2f}")
