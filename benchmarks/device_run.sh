@@ -9,6 +9,10 @@
 #   main        python -m phaseconv, the KernelBench check
 #   bench:S     python -m phaseconv bench --sections S (comma-separated sections)
 #   profile     a short Nsight Compute profile of the founding example
+#   ab          benchmarks/kernel_dev.py ($AB_ARGS) timing a base tree's phaseconv, then this
+#               one's, each with its own extension cache: the base is .ab_base.tar in the root
+#               (made here by `git archive REV -o .ab_base.tar`; git ignores it, so the run
+#               names it in its carry)
 #   macs        executed against useful multiply-adds, every kernel family (ncu,
 #               benchmarks/executed_macs.py, executed-macs.md; $MACS_ARGS, e.g. --cases ...)
 #   aot         the ahead-of-time engine: a wheel built with PHASECONV_BUILD_CUDA=1 for
@@ -59,6 +63,12 @@ for s in "$@"; do
         stage profile 40 ncu -k "regex:mma_|tiled_|gemm_|gather" --launch-skip 2 \
             --launch-count 4 --section SpeedOfLight --section Occupancy \
             python3 benchmarks/profile_founding.py ;;
+    ab)
+        rm -rf /tmp/ab_base /tmp/ab_ext && mkdir -p /tmp/ab_base /tmp/ab_ext
+        tar xf .ab_base.tar -C /tmp/ab_base
+        stage ab-base 30 env TORCH_EXTENSIONS_DIR=/tmp/ab_ext PHASECONV_TREE=/tmp/ab_base \
+            PYTHONPATH=/tmp/ab_base python3 benchmarks/kernel_dev.py --tag base ${AB_ARGS:-}
+        stage ab-head 30 python3 benchmarks/kernel_dev.py --tag head ${AB_ARGS:-} ;;
     macs)
         stage macs 22 python3 benchmarks/executed_macs.py --out "$OUT" ${MACS_ARGS:-} ;;
     aot)

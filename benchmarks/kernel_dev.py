@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the checkout whose phaseconv is timed: this one, or $PHASECONV_TREE (an A/B run's base tree,
+# benchmarks/device_run.sh ab)
+sys.path.insert(0, os.environ.get("PHASECONV_TREE") or str(Path(__file__).resolve().parents[1]))
 from phaseconv.bench import SWEEP, gpu_times_us  # noqa: E402
 from phaseconv.checks import check_conv_transpose3d  # noqa: E402
 from phaseconv.engines import cuda  # noqa: E402
@@ -219,14 +221,18 @@ def main():
                     help="time grad_weight and grad_input variants instead of the forward")
     ap.add_argument("--small", action="store_true",
                     help="a few tiny cases only (for compute-sanitizer), then exit")
+    ap.add_argument("--tag", default="",
+                    help="suffix of the files written under $OUT (A/B runs of two trees)")
     args = ap.parse_args()
     if args.small:
         small_cases()
         return
     t0 = time.time()
-    cuda.load()
-    print(f"build/load: {time.time() - t0:.1f} s; device {torch.cuda.get_device_name()}; torch "
-          f"{torch.__version__}; cuDNN {torch.backends.cudnn.version()}", flush=True)
+    engine = cuda.load()
+    print(f"build/load: {time.time() - t0:.1f} s; engine {getattr(engine, '__file__', '?')} "
+          f"from {cuda.CSRC}; device {torch.cuda.get_device_name()}; torch {torch.__version__}; "
+          f"cuDNN {torch.backends.cudnn.version()}", flush=True)
+    tag = f"_{args.tag}" if args.tag else ""
     idx = [int(i) for i in args.shapes.split(",")] if args.shapes else range(len(SHAPES))
     rows = []
     if args.backward:
@@ -237,7 +243,7 @@ def main():
                 print(json.dumps(row), flush=True)
         out = os.environ.get("OUT")
         if out:
-            Path(out, "bwd_rows.json").write_text(json.dumps(rows, indent=1))
+            Path(out, f"bwd_rows{tag}.json").write_text(json.dumps(rows, indent=1))
         return
     for dname in args.dtypes.split(","):
         for i in idx:
@@ -246,7 +252,7 @@ def main():
             print(json.dumps(row), flush=True)
     extra = ["cl_input", "ncdhw", "direct", "perphase", "simt", "allph_cl", "gemm_1ph",
              "gemm_bn32", "gemm_bn64", "gemm_bn128", "gemm_bn64w8", "gemm_bk32",
-             "gemm_bn64w8_bk32"]
+             "gemm_bn64w8_bk32", "gemm_wgmma", "gemm_wgmma_256rows"]
     lines = ["{:<9} {:<9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>5} ".format(
         "shape", "dtype", "ours_us", "cudnn_us", "speedup", "GFLOP/s", "rel_err", "ok")
         + " ".join(f"{e:>10}" for e in extra)]
@@ -261,8 +267,8 @@ def main():
     print(table)
     out = os.environ.get("OUT")
     if out:
-        Path(out, "bench_table.txt").write_text(table + "\n")
-        Path(out, "bench_rows.json").write_text(json.dumps(rows, indent=1))
+        Path(out, f"bench_table{tag}.txt").write_text(table + "\n")
+        Path(out, f"bench_rows{tag}.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
