@@ -224,6 +224,17 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     for device, args in ((ph.H100, long_k), (ph.A100, long_k), (ph.H100_SM90A, odd_channels)):
         refused = ph.forward(args, 2, BF16, device, channels_last=True, kernel=wgmma)
         assert not refused.ok and refused.text.startswith("refused: the "), refused.text
+    # a contiguous input of a k == s layer is read in place, unless a channels-last copy
+    # feeds the warpgroup tile (512 -> 256 k2: K 512; the named mma.sync tiles stay in place)
+    pure_long = ph.sweep_args(SWEEP[3])
+    copied = ph.forward(pure_long, 1, BF16, ph.H100_SM90A)
+    assert copied.channels_last and "kind=4 " in copied.text, copied.text
+    for device, kernel in ((ph.H100, "auto"), (ph.H100_SM90A, ForwardKernel("gemm", gemm_tile=2)),
+                           (ph.H100_SM90A, ForwardKernel(contiguous_input=True))):
+        in_place = ph.forward(pure_long, 1, BF16, device, kernel=kernel)
+        assert in_place.ok and not in_place.channels_last, in_place.text
+        assert "contiguous input" in in_place.text and "wgmma" not in in_place.text
+    assert not ph.forward(ph.sweep_args(SWEEP[2]), 2, BF16, ph.H100_SM90A).channels_last
     # four warpgroups (256 rows, 512 threads), one phase a block, 4 stages of 48 KB: named
     # only (the rule keeps two warpgroups, for either result layout); refused without an
     # sm_90a build and where C_out/groups <= 32 (every thread copies B)
