@@ -95,6 +95,8 @@ class ForwardKernel(NamedTuple):
                              f"{self.family!r}")
         if not -1 <= self.allph_tile <= 4:
             raise ValueError(f"allph_tile must be -1 (the rule) or 0-4, got {self.allph_tile!r}")
+        if not -1 <= self.gemm_tile <= 5:
+            raise ValueError(f"gemm_tile must be -1 (the rule) or 0-5, got {self.gemm_tile!r}")
         return [FORWARD_KERNELS[self.family], int(self.contiguous_input), int(self.gemm_tile),
                 int(self.gemm_one_phase), int(self.gemm_k32), int(self.direct_stores),
                 int(self.allph_tile)]

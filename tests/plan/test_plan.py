@@ -283,6 +283,9 @@ def test_all_phase_tiles():
     assert wide.ok and "kind=4 " in wide.text and "BN=8 " in wide.text
     with pytest.raises(ValueError, match="allph_tile"):
         ph.forward(FOUNDING, 8, F32, ph.H100, kernel=ForwardKernel("tensor-cores", allph_tile=5))
+    for tile in (-2, 6):  # never read as the rule, nor passed on
+        with pytest.raises(ValueError, match="gemm_tile"):
+            ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("gemm", gemm_tile=tile))
 
 
 def test_the_plan_reads_the_device():
