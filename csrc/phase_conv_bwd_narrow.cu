@@ -167,6 +167,7 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
   const int64_t per_split = (tiles + c.splits - 1) / c.splits;
   const int64_t tb = min(tiles, (int64_t)split * per_split), te = min(tiles, tb + per_split);
   __shared__ NarrowStage s_st;
+  static_assert(sizeof(NarrowStage) <= kStaticSmemReserve, "launch_kernel's static reserve");
   if (tid == 0) {
     NarrowStage& st = s_st;
     st.x0 = (int64_t)g * a.cin_g + ci0;

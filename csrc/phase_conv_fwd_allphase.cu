@@ -64,6 +64,7 @@ mma_allph_kernel(const AllArgs a) {
   constexpr bool PAIR = MT * NT == 2;  // paired W stores instead of the staged output
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ int s_pi[kAllphMaxPhases][8];  // rd rh rw cd ch cw hbase nh2
+  static_assert(sizeof(s_pi) <= kStaticSmemReserve, "launch_kernel's static reserve");
   unsigned char* s_x = smem_raw;
   unsigned char* s_w = smem_raw + a.x_bytes;
   int* s_hoff = reinterpret_cast<int*>(smem_raw + a.x_bytes + a.w_bytes);

@@ -9,8 +9,9 @@ namespace phaseconv {
 
 // Past 48 KB of shared memory a block (dynamic plus the kernel's own __shared__ arrays) a
 // kernel must be opted in.  The kernels' own arrays stay under this reserve (the largest, the
-// all-phase kernel's phase table, is 1 KB), so opting in from 48 KB less the reserve covers
-// both parts without asking the driver for the static size at every launch.
+// all-phase kernel's phase table, is 1 KB; each such array asserts it), so opting in from
+// 48 KB less the reserve covers both parts without asking the driver for the static size at
+// every launch.
 constexpr size_t kStaticSmemReserve = 4 * 1024;
 
 // kernel<<<grid, threads, smem, stream>>>(args...), opted in to `smem` bytes of dynamic shared
