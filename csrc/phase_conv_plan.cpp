@@ -455,19 +455,19 @@ bool want_tensor_cores(const PhaseConvFwdParams& p, int dtype_code, const PhaseC
 bool plan_reads_channels_last(const PhaseConvFwdParams& p, int dtype_code,
                               const PhaseConvForce& force, const DevInfo& dev) {
   if (!want_tensor_cores(p, dtype_code, force)) return false;
-  GemmCfg gc;
+  GemmCfg gc, cl_gc;
   AllCfg ac;
   const bool offered = p.x_channels_last != 0;
-  if (!offered && may(force, PHASECONV_GEMM) && choose_gemm(p, dtype_code, force, dev, false, &gc)) {
-    // in place, unless a channels-last copy feeds the warpgroup tile (H200, bf16, 512->256
-    // 16^3 k2: 54.0 us with the copy against 61.2 in place)
-    GemmCfg wc;
-    if (!(cl_possible(p, dtype_code, force) &&
-          choose_gemm(p, dtype_code, force, dev, true, &wc) && wc.kind >= 4))
-      return false;  // reads NCDHW
-  }
-  if (!cl_possible(p, dtype_code, force)) return false;
-  if (may(force, PHASECONV_GEMM) && choose_gemm(p, dtype_code, force, dev, true, &gc)) return true;  // needs channels-last
+  const bool cl_ok = cl_possible(p, dtype_code, force);
+  const bool gemm_cl = cl_ok && may(force, PHASECONV_GEMM) &&
+                       choose_gemm(p, dtype_code, force, dev, true, &cl_gc);
+  // a k == s layer's contiguous input is read in place, unless a channels-last copy feeds the
+  // warpgroup tile (H200, bf16, 512->256 16^3 k2: 54.0 us with the copy against 61.2 in place)
+  if (!offered && may(force, PHASECONV_GEMM) && choose_gemm(p, dtype_code, force, dev, false, &gc) &&
+      !(gemm_cl && cl_gc.kind >= 4))
+    return false;  // reads NCDHW
+  if (!cl_ok) return false;
+  if (gemm_cl) return true;  // needs channels-last
   // the all-phase kernel reads either layout: channels-last only when x already is (a copy
   // measured as costly as the 16-byte staging saves, on the founding example)
   return offered && may(force, PHASECONV_ALLPHASE) &&
