@@ -119,7 +119,7 @@ def bench_shape(spec, dtype, reps, check=True):
 def bench_backward(spec, dtype, reps):
     """The backward's two halves against torch's convolution_backward (cuDNN, TF32 off) and
     float64: grad_weight per kernel (SIMT, tensor cores) and grad_input per kernel (tensor
-    cores, naive), each timed with its weight gather."""
+    cores, naive), each timed with its weight pack."""
     name, n, cin, cout, g, dhw, k, s, p, op = spec
     k, s, p, op = t3(k), t3(s), t3(p), t3(op)
     torch.manual_seed(0)

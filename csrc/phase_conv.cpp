@@ -148,25 +148,74 @@ PhaseConvForce forward_force(const std::vector<int64_t>& f) {
   return force;
 }
 
-// The weight in a kernel's layout: one gather through `index` (phase_conv_pack.cuh).  With
-// `flag`, the buffer also holds the call's non-finite flag (phase_conv_exact.cuh) past the
-// weight, zeroed by the same launch.
+// Room for a weight layout of n elements and, with `flag`, the call's non-finite flag
+// (phase_conv_exact.cuh) past it, 16-byte aligned: *flag points there, and the launch that
+// fills the layout zeroes it.
+at::Tensor layout_buffer(const at::Tensor& weight, int64_t n, int** flag) {
+  const int64_t tail = flag != nullptr ? 32 / weight.element_size() : 0;
+  at::Tensor out = at::empty({n + tail}, weight.options());
+  if (flag != nullptr) {
+    const uintptr_t end = reinterpret_cast<uintptr_t>(out.data_ptr()) + n * weight.element_size();
+    *flag = reinterpret_cast<int*>((end + 15) & ~uintptr_t(15));
+  }
+  return out;
+}
+
+// The weight in a kernel's layout: one gather through `index` (phase_conv_pack.cuh).
 at::Tensor gather(const at::Tensor& weight, const at::Tensor& index,
                      cudaStream_t stream, int** flag = nullptr) {
   const int64_t n = index.numel();
-  const int64_t tail = flag != nullptr ? 32 / weight.element_size() : 0;  // 16-byte aligned
-  at::Tensor out = at::empty({n + tail}, weight.options());
-  int* flag_ptr = nullptr;
-  if (flag != nullptr) {
-    const uintptr_t end = reinterpret_cast<uintptr_t>(out.data_ptr()) + n * weight.element_size();
-    flag_ptr = reinterpret_cast<int*>((end + 15) & ~uintptr_t(15));
-    *flag = flag_ptr;
-  }
+  at::Tensor out = layout_buffer(weight, n, flag);
   check_launch(phase_conv_gather_weight(weight.data_ptr(), view_of(weight),
                                         index.data_ptr<int32_t>(), out.data_ptr(), n,
-                                        (int)weight.element_size(), flag_ptr, stream),
+                                        (int)weight.element_size(),
+                                        flag != nullptr ? *flag : nullptr, stream),
                "weight gather");
-  return flag != nullptr ? out.narrow(0, 0, n) : out;
+  return out.narrow(0, 0, n);
+}
+
+// A tensor-core layout of `weight` (phase_conv_pack.cuh: PhaseConvMmaPack): the forward's
+// (channel groups of 16 bytes over the input channels, its taps placed by `taps`, the
+// layer's mma_taps table) or, with over_outputs, the input gradient's (octets of output
+// channels, taps in C order: taps null).
+PhaseConvMmaPack mma_pack_of(const at::Tensor& weight, int64_t groups, const int64_t* taps,
+                             bool over_outputs) {
+  PhaseConvMmaPack pk;
+  const int64_t cin_g = weight.size(0) / groups, cout_g = weight.size(1);
+  pk.taps = taps;
+  pk.ksize = weight.size(2) * weight.size(3) * weight.size(4);
+  pk.groups = groups;
+  pk.cg = over_outputs ? 8 : 16 / (int)weight.element_size();
+  pk.chans = over_outputs ? cout_g : cin_g;
+  pk.cols = over_outputs ? cin_g : cout_g;
+  pk.chan_stride = weight.stride(over_outputs ? 1 : 0);
+  pk.col_stride = weight.stride(over_outputs ? 0 : 1);
+  pk.group_stride = cin_g * weight.stride(0);
+  return pk;
+}
+
+int64_t mma_layout_elems(const PhaseConvMmaPack& pk) {
+  return pk.groups * pk.ksize * ((pk.chans + pk.cg - 1) / pk.cg) * pk.cols * pk.cg;
+}
+
+at::Tensor pack_mma(const at::Tensor& weight, const PhaseConvMmaPack& pk, cudaStream_t stream,
+                    int** flag = nullptr) {
+  const int64_t n = mma_layout_elems(pk);
+  at::Tensor out = layout_buffer(weight, n, flag);
+  check_launch(phase_conv_pack_weight_mma(weight.data_ptr(), view_of(weight), pk,
+                                          out.data_ptr(), (int)weight.element_size(),
+                                          flag != nullptr ? *flag : nullptr, stream),
+               "tensor-core weight pack");
+  return out.narrow(0, 0, n);
+}
+
+// The forward's tap table (engines/cuda.py: mma_taps) for a weight of ksize taps.
+void check_mma_taps(const at::Tensor& taps, const c10::Device& device, int64_t ksize) {
+  TORCH_CHECK(taps.device() == device && taps.scalar_type() == at::kLong && taps.dim() == 2 &&
+              taps.size(0) == ksize && taps.size(1) == 2 && taps.is_contiguous(),
+              "phaseconv cuda engine: the tensor-core tap table must be a contiguous (",
+              num(ksize), ", 2) int64 tensor on ", device.str(), ", got ", nums(taps.sizes()),
+              ".");
 }
 
 // The geometry part of PhaseConvExact (phase_conv_exact.cuh): the operands are set per call.
@@ -231,13 +280,13 @@ at::Tensor channels_last_input(const at::Tensor& x, cudaStream_t stream) {
 class ForwardPlan {
  public:
   // x, weight: tensors of the planned shapes, dtype and device (only their metadata is read);
-  // x_channels_last: x will come channels-last; table, index, index_mma: the layer's device
-  // tables (phaseconv/engines/cuda.py: LayerTables); index_mma undefined where the dtype has
+  // x_channels_last: x will come channels-last; table, index, mma_taps: the layer's device
+  // tables (phaseconv/engines/cuda.py: LayerTables); mma_taps undefined where the dtype has
   // no tensor-core layout; out_channels_last: return y channels_last_3d (written so by the
   // kernel where the plan's kernel writes that layout, else copied once).
   ForwardPlan(const at::Tensor& x, const at::Tensor& weight, bool has_bias,
               bool x_channels_last, const at::Tensor& table, const at::Tensor& index,
-              const c10::optional<at::Tensor>& index_mma, std::vector<int64_t> out_size,
+              const c10::optional<at::Tensor>& mma_taps, std::vector<int64_t> out_size,
               std::vector<int64_t> stride, std::vector<int64_t> phase_dilation,
               std::vector<int64_t> max_taps, int64_t total_taps, int64_t groups,
               std::vector<int64_t> union_box, std::vector<int64_t> padding,
@@ -277,14 +326,11 @@ class ForwardPlan {
     check_index(index, device_, weight.numel(), "packed-weight");
     TORCH_CHECK(total_taps * c_in * cout_g == weight.numel(), "phaseconv cuda engine: ",
                 num(total_taps), " taps do not cover the weight ", nums(weight.sizes()), ".");
-    const int64_t cg = x.element_size() == 4 ? 4 : 8;
-    const bool mma_layout = dtype_code_ != PHASECONV_FLOAT64 && index_mma.has_value() &&
-                            index_mma->defined();
+    const bool mma_layout = dtype_code_ != PHASECONV_FLOAT64 && mma_taps.has_value() &&
+                            mma_taps->defined();
     if (mma_layout) {
-      const int64_t gcount = (c_in / groups + cg - 1) / cg;
-      check_index(*index_mma, device_, groups * cout_g * total_taps * gcount * cg,
-                  "tensor-core weight");
-      index_mma_ = *index_mma;
+      check_mma_taps(*mma_taps, device_, weight.size(2) * weight.size(3) * weight.size(4));
+      mma_taps_ = *mma_taps;
     }
 
     PhaseConvFwdParams& p = params_;
@@ -333,7 +379,11 @@ class ForwardPlan {
     PhaseConvFwdParams p = params_;
     int* flag = nullptr;
     const at::Tensor wl =
-        gather(weight, plan_.weight_mma ? index_mma_ : index_, stream, &flag);
+        plan_.weight_mma
+            ? pack_mma(weight, mma_pack_of(weight, params_.groups, mma_taps_.data_ptr<int64_t>(),
+                                           false),
+                       stream, &flag)
+            : gather(weight, index_, stream, &flag);
     at::Tensor xl;
     if (plan_.x_channels_last) {
       xl = channels_last_input(x, stream);
@@ -392,7 +442,7 @@ class ForwardPlan {
   bool out_channels_last_;
   bool copy_out_ = false;  // the result is transposed to channels-last after the kernel
   std::vector<int64_t> x_sizes_, w_sizes_, out_sizes_;
-  at::Tensor table_, index_, index_mma_;
+  at::Tensor table_, index_, mma_taps_;
   PhaseConvFwdParams params_;
   PhaseConvFwdPlan plan_;
 };
@@ -481,20 +531,13 @@ class BackwardPlan {
       q.table = gi_gemm_table_.data_ptr<int64_t>();
       q.pdil_d = dilation[0]; q.pdil_h = dilation[1]; q.pdil_w = dilation[2];  // in grad_y
     }
+    // the implicit GEMM and the narrow kernel read grad_y channels-last and the weight as
+    // [groups][kD][kH][kW][C_out/g / 8][C_in/g][8] (no flip: grad_x is a plain correlation of
+    // grad_y), the input gradient's tensor-core layout (mma_pack_of, over_outputs)
     if (gi_plan_.grad_y_channels_last) {
-      // the implicit GEMM and the narrow kernel read grad_y channels-last and this weight
-      // layout, [groups][kD][kH][kW][C_out/g / 8][C_in/g][8] (no flip: grad_x is a
-      // plain correlation of grad_y), as a gather index of the weight's logical elements
+      TORCH_CHECK(weight.size(1) % 8 == 0, "phaseconv cuda engine: the input gradient's "
+                  "tensor-core layout takes whole octets of output channels per group.");
       q.x_channels_last = 1;
-      const int64_t cin_g = c_in / groups, cout_g = c_out / groups;
-      gi_cl_index_ = at::arange(weight.numel(), at::TensorOptions().dtype(at::kInt))
-                           .view({groups, cin_g, cout_g / 8, 8, weight.size(2), weight.size(3),
-                                  weight.size(4)})
-                           .permute({0, 4, 5, 6, 2, 1, 3})
-                           .contiguous()
-                           .view({-1})
-                           .pin_memory()
-                           .to(device_, /*non_blocking=*/true);
     }
 
     // weight gradient
@@ -538,7 +581,10 @@ class BackwardPlan {
       if (gi_plan_.family != PHASECONV_EMPTY) {
         int* flag = nullptr;
         const at::Tensor& gyi = gi_cl ? gy_cl : gy;
-        const at::Tensor wl = gather(weight, gi_cl ? gi_cl_index_ : gi_index_, stream, &flag);
+        const at::Tensor wl =
+            gi_cl ? pack_mma(weight, mma_pack_of(weight, gi_params_.groups, nullptr, true),
+                             stream, &flag)
+                  : gather(weight, gi_index_, stream, &flag);
         PhaseConvFwdParams q = gi_params_;
         q.x = gyi.data_ptr();
         q.weight = wl.data_ptr();
@@ -593,7 +639,7 @@ class BackwardPlan {
   c10::ScalarType dtype_;
   int dtype_code_ = -1;
   std::vector<int64_t> x_sizes_, w_sizes_, gy_sizes_;
-  at::Tensor table_, index_, gi_table_, gi_index_, gi_gemm_table_, gi_cl_index_;
+  at::Tensor table_, index_, gi_table_, gi_index_, gi_gemm_table_;
   PhaseConvFwdParams gi_params_;
   PhaseConvBwdInputPlan gi_plan_;
   PhaseConvBwdWeightParams gw_params_;
@@ -608,36 +654,31 @@ at::Tensor gather_binding(const at::Tensor& weight, const at::Tensor& index) {
   return gather(weight, index, stream_of(weight));
 }
 
-// The tensor-core layout made from the layer's tap table instead of its index map
-// (phase_conv_pack.cuh: PhaseConvMmaPack; engines/cuda.py: mma_taps).
-at::Tensor pack_mma_binding(const at::Tensor& weight, const at::Tensor& taps, int64_t groups) {
+// A tensor-core layout (phase_conv_pack.cuh: PhaseConvMmaPack; tests compare it with the
+// gather through its index map): the forward's from the layer's tap table (engines/cuda.py:
+// mma_taps), or with over_outputs (taps None) the input gradient's.
+at::Tensor pack_mma_binding(const at::Tensor& weight, const c10::optional<at::Tensor>& taps,
+                            int64_t groups, bool over_outputs) {
   check_weight_size(weight);
   const auto dtype = weight.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-              "phaseconv cuda engine: the tensor-core layout holds float32, float16 or bfloat16 "
-              "weights, got ", c10::toString(dtype), ".");
+              "phaseconv cuda engine: the tensor-core layouts hold float32, float16 or "
+              "bfloat16 weights, got ", c10::toString(dtype), ".");
   TORCH_CHECK(groups >= 1 && weight.size(0) % groups == 0, "phaseconv cuda engine: groups (",
               groups, ") must divide the weight's ", weight.size(0), " input channels.");
-  const int64_t ksize = weight.size(2) * weight.size(3) * weight.size(4);
-  TORCH_CHECK(taps.device() == weight.device() && taps.scalar_type() == at::kLong &&
-              taps.dim() == 2 && taps.size(0) == ksize && taps.size(1) == 2 &&
-              taps.is_contiguous(), "phaseconv cuda engine: the tap table must be a contiguous "
-              "(", ksize, ", 2) int64 tensor on ", weight.device().str(), ".");
-  const int64_t cg = 16 / weight.element_size();
-  PhaseConvMmaPack pk;
-  pk.taps = taps.data_ptr<int64_t>();
-  pk.ksize = ksize;
-  pk.cin_g = weight.size(0) / groups;
-  pk.cout_g = weight.size(1);
-  pk.groups = groups;
+  const bool with_taps = taps.has_value() && taps->defined();
+  TORCH_CHECK(with_taps != over_outputs, "phaseconv cuda engine: the forward's tensor-core "
+              "layout takes a tap table, the input gradient's none.");
+  if (with_taps)
+    check_mma_taps(*taps, weight.device(), weight.size(2) * weight.size(3) * weight.size(4));
+  TORCH_CHECK(!over_outputs || weight.size(1) % 8 == 0, "phaseconv cuda engine: the input "
+              "gradient's tensor-core layout takes whole octets of output channels, got ",
+              weight.size(1), " per group.");
   const c10::cuda::CUDAGuard guard(weight.device());
-  at::Tensor out = at::empty({groups * ksize * ((pk.cin_g + cg - 1) / cg) * pk.cout_g * cg},
-                             weight.options());
-  check_launch(phase_conv_pack_weight_mma(weight.data_ptr(), view_of(weight), pk,
-                                          out.data_ptr(), (int)weight.element_size(), nullptr,
-                                          stream_of(weight)),
-               "tensor-core weight pack");
-  return out;
+  return pack_mma(weight,
+                  mma_pack_of(weight, groups, with_taps ? taps->data_ptr<int64_t>() : nullptr,
+                              over_outputs),
+                  stream_of(weight));
 }
 
 }  // namespace
@@ -651,7 +692,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                     std::vector<int64_t>, int64_t, int64_t, std::vector<int64_t>,
                     std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, bool>(),
            py::arg("x"), py::arg("weight"), py::arg("has_bias"), py::arg("x_channels_last"),
-           py::arg("table"), py::arg("index"), py::arg("index_mma"), py::arg("out_size"),
+           py::arg("table"), py::arg("index"), py::arg("mma_taps"), py::arg("out_size"),
            py::arg("stride"), py::arg("phase_dilation"), py::arg("max_taps"),
            py::arg("total_taps"), py::arg("groups"), py::arg("union_box"),
            py::arg("padding"), py::arg("dilation"), py::arg("force"),
@@ -683,8 +724,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The weight gathered through an int32 index map (phase_conv_pack.cuh).",
         py::arg("weight"), py::arg("index"));
   m.def("pack_weight_mma", &pack_mma_binding,
-        "The tensor-core weight layout from the layer's tap table (phase_conv_pack.cuh).",
-        py::arg("weight"), py::arg("taps"), py::arg("groups"));
+        "A tensor-core weight layout: the forward's from the layer's tap table, or the input "
+        "gradient's (phase_conv_pack.cuh).",
+        py::arg("weight"), py::arg("taps"), py::arg("groups"), py::arg("over_outputs") = false);
   m.attr("sm90a") = kSm90aBuild;
 #ifdef PHASECONV_SOURCE_HASH
   // an ahead-of-time build (setup.py): which sources and architectures it holds (passed as

@@ -34,16 +34,24 @@ cudaError_t launch(const void* w, const PhaseConvWeightView& view, const int32_t
   return cudaGetLastError();
 }
 
-// The tensor-core layout by tiles (phase_conv_pack.cuh: PhaseConvMmaPack).  A block owns one
-// (group, channel group) and a tile of (column, kernel tap) pairs, at most kPackTile: it reads
-// the tile's CG weight rows (channels q * CG + c), whose (column, tap) pairs lie in runs along
-// the taps, into shared memory, then each thread stores one (tap, column)'s CG channels as
-// 16 bytes, consecutive threads consecutive columns of one tap (one contiguous run of out).
+// A tensor-core layout by tiles (phase_conv_pack.cuh: PhaseConvMmaPack).  A block owns one
+// (group, channel group) and a tile of (column, kernel tap) pairs, at most Tile: it reads the
+// tile's CG weight rows (channels q * CG + c), whose (column, tap) pairs lie in runs along the
+// taps, into shared memory, then each thread stores one (tap, column)'s CG channels as 16 or
+// 32 bytes, consecutive threads consecutive columns of one tap (one contiguous run of out).
 // Raw element copies, as the gather.
-constexpr int kPackTile = 1024;
+constexpr int kPackTileBytes = 16 * 1024;  // a tile's elements (Tile * CG of them)
+
+template <typename U, int CG>
+struct PackShape {
+  static_assert(CG * sizeof(U) == 16 || CG * sizeof(U) == 32,
+                "a channel group is one or two 16-byte stores");
+  static constexpr int kVecs = CG * (int)sizeof(U) / 16;
+  static constexpr int kTile = kPackTileBytes / (CG * (int)sizeof(U));  // pairs a tile
+};
 
 struct PackTiles {
-  int co_tile, k_tile;  // a tile's columns and taps (co_tile * k_tile <= kPackTile)
+  int co_tile, k_tile;  // a tile's columns and taps (co_tile * k_tile <= Tile)
   int64_t n_co, n_k, ngrp, blocks;
 };
 
@@ -53,14 +61,15 @@ __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
                                                        const PhaseConvMmaPack pk,
                                                        const PackTiles tl, U* __restrict__ out,
                                                        int* flag) {
-  static_assert(CG * sizeof(U) == 16, "a channel group is one 16-byte store");
-  // rows of co_tile runs of kp (odd: consecutive columns fall in different banks)
-  __shared__ U s[CG * (kPackTile + kPackTile)];
+  using Shape = PackShape<U, CG>;
+  // rows of co_tile runs of kp (odd: consecutive columns fall in different banks); 32 KB
+  __shared__ U s[CG * 2 * Shape::kTile];
   if (flag != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *flag = 0;
-  // in-tile arithmetic in 32 bits: a tile holds at most CG * kPackTile elements, and the
-  // weight (below 2^31 elements, checked by the binding) at most that many taps
+  // in-tile arithmetic in 32 bits: a tile holds at most CG * kTile elements, and the weight
+  // (below 2^31 elements, checked by the binding) at most that many taps
   const int kp = tl.k_tile | 1, pairs = tl.co_tile * tl.k_tile, row = tl.co_tile * kp;
   const int kw_n = (int)view.size[4], kh_kw = (int)(view.size[3] * view.size[4]);
+  const int64_t run = tl.ngrp * pk.cols * CG;  // one tap's block of one group (C-order taps)
   for (int64_t b = blockIdx.x; b < tl.blocks; b += gridDim.x) {
     int64_t r = b;
     const int64_t kt = r % tl.n_k; r /= tl.n_k;
@@ -68,17 +77,18 @@ __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
     const int64_t q = r % tl.ngrp;
     const int64_t g = r / tl.ngrp;
     const int64_t co0 = ct * tl.co_tile, k0 = kt * tl.k_tile;
+    const U* wg = w + g * pk.group_stride;
     for (int i = threadIdx.x; i < CG * pairs; i += blockDim.x) {
       const int c = i / pairs, rem = i - c * pairs;
       const int col = rem / tl.k_tile, kk = rem - col * tl.k_tile;
       const int64_t ci = q * CG + c, co = co0 + col;
       const int k = (int)k0 + kk;
       U v = U(0);
-      if (ci < pk.cin_g && co < pk.cout_g && k < pk.ksize) {
+      if (ci < pk.chans && co < pk.cols && k < pk.ksize) {
         const int kd = k / kh_kw, kr = k - kd * kh_kw;
         const int kh = kr / kw_n, kw = kr - kh * kw_n;
-        v = w[(g * pk.cin_g + ci) * view.stride[0] + co * view.stride[1] + kd * view.stride[2] +
-              kh * view.stride[3] + kw * view.stride[4]];
+        v = wg[ci * pk.chan_stride + co * pk.col_stride + kd * view.stride[2] +
+               kh * view.stride[3] + kw * view.stride[4]];
       }
       s[c * row + col * kp + kk] = v;
     }
@@ -86,12 +96,15 @@ __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
     for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
       const int kk = j / tl.co_tile, col = j - kk * tl.co_tile;
       const int64_t co = co0 + col, k = k0 + kk;
-      if (co >= pk.cout_g || k >= pk.ksize) continue;
+      if (co >= pk.cols || k >= pk.ksize) continue;
       alignas(16) U v[CG];
 #pragma unroll
       for (int c = 0; c < CG; ++c) v[c] = s[c * row + col * kp + kk];
-      const int64_t pos = pk.taps[2 * k] + g * pk.taps[2 * k + 1] + (q * pk.cout_g + co) * CG;
-      *reinterpret_cast<uint4*>(out + pos) = *reinterpret_cast<const uint4*>(v);
+      const int64_t base = pk.taps != nullptr ? pk.taps[2 * k] + g * pk.taps[2 * k + 1]
+                                              : (g * pk.ksize + k) * run;
+      uint4* dst = reinterpret_cast<uint4*>(out + base + (q * pk.cols + co) * CG);
+#pragma unroll
+      for (int h = 0; h < Shape::kVecs; ++h) dst[h] = reinterpret_cast<const uint4*>(v)[h];
     }
     __syncthreads();  // the next tile rewrites s
   }
@@ -100,15 +113,16 @@ __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
 template <typename U, int CG>
 cudaError_t launch_pack(const void* w, const PhaseConvWeightView& view,
                         const PhaseConvMmaPack& pk, void* out, int* flag, cudaStream_t stream) {
-  if (pk.groups * pk.cin_g * pk.cout_g * pk.ksize == 0)
+  if (pk.groups * pk.chans * pk.cols * pk.ksize == 0)
     return flag != nullptr ? cudaMemsetAsync(flag, 0, sizeof(int), stream) : cudaSuccess;
+  constexpr int kTile = PackShape<U, CG>::kTile;
   PackTiles tl;
   // whole tap runs of as many columns as fit, or one column's taps in pieces
-  tl.k_tile = (int)std::min<int64_t>(pk.ksize, kPackTile);
-  tl.co_tile = (int)std::min<int64_t>(pk.cout_g, kPackTile / tl.k_tile);
+  tl.k_tile = (int)std::min<int64_t>(pk.ksize, kTile);
+  tl.co_tile = (int)std::min<int64_t>(pk.cols, kTile / tl.k_tile);
   tl.n_k = (pk.ksize + tl.k_tile - 1) / tl.k_tile;
-  tl.n_co = (pk.cout_g + tl.co_tile - 1) / tl.co_tile;
-  tl.ngrp = (pk.cin_g + CG - 1) / CG;
+  tl.n_co = (pk.cols + tl.co_tile - 1) / tl.co_tile;
+  tl.ngrp = (pk.chans + CG - 1) / CG;
   tl.blocks = pk.groups * tl.ngrp * tl.n_co * tl.n_k;
   const int64_t grid = std::min<int64_t>(tl.blocks, 8192);  // then block-stride
   pack_mma_kernel<U, CG><<<(unsigned)grid, 256, 0, stream>>>(
@@ -137,9 +151,11 @@ cudaError_t phase_conv_pack_weight_mma(const void* w, const PhaseConvWeightView&
                                        const PhaseConvMmaPack& pack, void* out, int elem_size,
                                        int* flag, cudaStream_t stream) {
   using namespace phaseconv_pack;
-  switch (elem_size) {
-    case 2: return launch_pack<uint16_t, 8>(w, view, pack, out, flag, stream);
-    case 4: return launch_pack<uint32_t, 4>(w, view, pack, out, flag, stream);
-  }
+  if (elem_size == 2 && pack.cg == 8)
+    return launch_pack<uint16_t, 8>(w, view, pack, out, flag, stream);
+  if (elem_size == 4 && pack.cg == 4)
+    return launch_pack<uint32_t, 4>(w, view, pack, out, flag, stream);
+  if (elem_size == 4 && pack.cg == 8)
+    return launch_pack<uint32_t, 8>(w, view, pack, out, flag, stream);
   return cudaErrorInvalidValue;
 }

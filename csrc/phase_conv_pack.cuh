@@ -1,13 +1,17 @@
 // phaseconv: weight layouts on the device.
 //
 // Every layout a kernel reads (the forward's packed and tensor-core layouts, the input
-// gradient's sub-kernel blocks) is a permutation of the original (C_in, C_out/groups, kD,
-// kH, kW) weight, plus zero padding in the tensor-core layout.  Each is made by ONE gather
-// through an index map built once per layer geometry (phaseconv/engines/cuda.py):
+// gradient's sub-kernel blocks and its tensor-core layout) is a permutation of the original
+// (C_in, C_out/groups, kD, kH, kW) weight, plus zero padding in the tensor-core layouts.
+// Each is made by one launch.  The element-wise layouts are a gather through an index map
+// built once per layer geometry (phaseconv/engines/cuda.py):
 //   out[i] = index[i] >= 0 ? w[index[i]] : 0
 // where index[i] is a logical (C-order) element index of the weight, read through the
 // weight's own strides.  The weight gradient is the matching scatter (phase_conv_bwd.cu
-// writes element i of its packed result to grad_w[index[i]]).
+// writes element i of its packed result to grad_w[index[i]]).  The tensor-core layouts put
+// 16 or 32 bytes of channels innermost, where the weight has its taps: a gather would read a
+// 32-byte sector for each element, so they are made by tiles from a per-tap table instead
+// (PhaseConvMmaPack), the same bytes as a gather through their index maps.
 //
 // This header includes only CUDA's own headers, so it builds without torch.
 #pragma once
@@ -33,14 +37,21 @@ __device__ __forceinline__ int64_t phaseconv_strided_offset(const PhaseConvWeigh
 }
 #endif
 
-// The tensor-core layout made without its index map: per kernel tap k (C order over kD, kH,
-// kW), channel c of channel group q, column co and group g lands at
-//   taps[2k] + g * taps[2k + 1] + (q * cout_g + co) * cg + c
-// (engines/cuda.py: mma_taps), holding the weight's (g * cin_g + q * cg + c, co, k), or zero
-// past cin_g.  The same bytes as the gather through index_mma, with the weight read in runs.
+// A tensor-core layout made without an index map.  Per kernel tap k (C order over kD, kH,
+// kW), element c of channel group q, column col and group g lands at
+//   base(k) + g * step(k) + (q * cols + col) * cg + c,
+// base(k), step(k) = taps[2k], taps[2k + 1] where taps is given (the forward's layout, whose
+// taps lie in phase blocks: engines/cuda.py, mma_taps), else k * run, ksize * run with
+// run = ceil(chans / cg) * cols * cg (taps in C order).  It holds the weight element at
+//   g * group_stride + (q * cg + c) * chan_stride + col * col_stride + (the tap's offset),
+// or zero past chans.  The forward's layout runs its channel groups over the input channels
+// (chans C_in/g, cols C_out/g); the input gradient's over the output channels (chans C_out/g,
+// cols C_in/g, no taps table).  The weight is read in runs along its taps.
 struct PhaseConvMmaPack {
-  const int64_t* taps;  // (ksize, 2) on the device: position of (g 0, q 0, co 0), group step
-  int64_t ksize, cin_g, cout_g, groups;
+  const int64_t* taps;  // (ksize, 2) on the device, or null: taps in C order
+  int64_t ksize, chans, cols, groups;
+  int cg;  // channels a group: 16 or 32 bytes of them
+  int64_t chan_stride, col_stride, group_stride;  // in elements of the weight
 };
 
 // out[i] = index[i] >= 0 ? w[offset(index[i])] : 0 for i < n, elements of elem_size bytes
@@ -50,9 +61,10 @@ cudaError_t phase_conv_gather_weight(const void* w, const PhaseConvWeightView& v
                                      const int32_t* index, void* out, int64_t n, int elem_size,
                                      int* flag, cudaStream_t stream);
 
-// The tensor-core layout of w (its view: any strides) by the rule above, for 4-byte (cg 4)
-// or 2-byte (cg 8) elements; out holds groups * ksize * ceil(cin_g / cg) * cout_g * cg
-// elements, 16-byte aligned.  *flag = 0 when flag is not null (as the gather).
+// The tensor-core layout of w (its view gives the taps' sizes and strides) by the rule
+// above, for 2-byte elements with cg 8 or 4-byte ones with cg 4 or 8; out holds
+// groups * ksize * ceil(chans / cg) * cols * cg elements, 16-byte aligned.  *flag = 0 when
+// flag is not null (as the gather).
 cudaError_t phase_conv_pack_weight_mma(const void* w, const PhaseConvWeightView& view,
                                        const PhaseConvMmaPack& pack, void* out, int elem_size,
                                        int* flag, cudaStream_t stream);

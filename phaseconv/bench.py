@@ -6,7 +6,7 @@
 Sections (``--sections``, all by default):
 
 * ``forward``: one call, GPU time, phaseconv's layer against ``F.conv_transpose3d`` (TF32 off,
-  and torch's default flags).  Every call reads the weight as it is (one gather included).
+  and torch's default flags).  Every call reads the weight as it is (one pack included).
 * ``backward``: the backward (grad_input + grad_weight) and one forward + backward with the
   weight fixed, torch's layer against phaseconv's, every sweep shape.
 * ``host``: host (Python + launch) µs per call, phaseconv's module and functional form next to
@@ -608,7 +608,7 @@ def _onednn_version() -> str:
 SECTION_TEXT = {
     "forward": ("Forward", "One call, GPU time (CUDA events after warm-up, median of the runs, "
                 "bias off, a GPU sleep queued before each call so that the events time GPU "
-                "work). phaseconv reads the weight as it is at every call (its one gather "
+                "work). phaseconv reads the weight as it is at every call (its one weight pack "
                 "kernel included). cuDNN µs: `F.conv_transpose3d` with TF32 off (true fp32); "
                 "cuDNN default: torch's default flags. Speed-up is against the TF32-off time. "
                 "TFLOP/s: useful work (every tap of every phase) over phaseconv's time. rel. "

@@ -4,7 +4,7 @@ Each kernel tap belongs to exactly one phase per axis, so the phase sub-kernels 
 partition of the weight: packing is a gather, and its gradient is the matching scatter.
 The split depends only on kernel size, stride, padding and dilation (not on the input size or
 the weight's values): the CUDA engine turns it, once per geometry, into index maps on the
-device (``engines/cuda.py``), and every call gathers the weight through them.
+device (``engines/cuda.py``), and every call packs the weight by them.
 """
 import functools
 from typing import Optional, Tuple

@@ -12,17 +12,21 @@ groups, channels) fixes, once, a few small device tables (:func:`layer_tables`):
   kernel slice).  Entry i names the weight element (C order) that lands at i: every tap
   belongs to exactly one phase, so this is a permutation, and the weight gradient is the
   scatter through the same map.
-* ``index_mma`` (float32/float16/bfloat16): the tensor-core layout, phase p holding
-  ``[groups][taps][G][C_out/groups][CG]`` with ``CG`` channels of 16 bytes (4 for float32, 8
-  for 16-bit types), ``G = ceil((C_in/groups) / CG)``; -1 marks the zero padding.
+* ``mma_taps`` (float32/float16/bfloat16): int64 (kernel taps, 2), where the tensor-core
+  layout puts each kernel tap.  That layout holds phase p as ``[groups][taps][G][C_out/groups]
+  [CG]`` with ``CG`` channels of 16 bytes (4 for float32, 8 for 16-bit types), ``G =
+  ceil((C_in/groups) / CG)``, zero-padded past C_in/groups; it is made by tiles, the weight
+  read in runs along its taps (``pack_mma_kernel``).  Its index map ``index_mma`` (-1 for
+  padding) stays on the host: it defines the layout, and the tests check the table and the
+  pack against it.
 * ``gi_table``/``gi_index``: the input gradient's sub-kernels (each phase's stride-1 adjoint,
   its blocks concatenated) and one table row per phase with taps.
 
-Each forward gathers the weight into the layout its kernel reads (one launch,
-``csrc/phase_conv_pack.cu``) and runs the kernel; the backward gathers the input gradient's
-blocks (one launch), runs the one-launch input gradient and the weight gradient, which writes
-straight into a tensor with the weight's own strides.  The launches are planned once per
-(input shape, layout, dtype, device): :class:`ForwardPlan` / :class:`BackwardPlan` in
+Each forward packs the weight into the layout its kernel reads (one launch,
+``csrc/phase_conv_pack.cu``) and runs the kernel; the backward packs the input gradient's blocks, or
+its tensor-core layout (one launch), runs the one-launch input gradient and the weight gradient,
+which writes straight into a tensor with the weight's own strides.  The launches are planned once
+per (input shape, layout, dtype, device): :class:`ForwardPlan` / :class:`BackwardPlan` in
 ``csrc/phase_conv.cpp`` keep the kernel plan, so a call does no tile search, and no call
 waits for the GPU (the tables reach the device by asynchronous copies from pinned memory).
 
@@ -412,7 +416,7 @@ class LayerTables(NamedTuple):
     host: HostTables
     table: torch.Tensor
     index: torch.Tensor
-    index_mma: Optional[torch.Tensor]
+    mma_taps: Optional[torch.Tensor]
     gi_table: torch.Tensor
     gi_index: torch.Tensor
     ready: list  # [the copies' CUDA event, device], emptied once the event has completed
@@ -439,7 +443,7 @@ def layer_tables(weight_shape, groups: int, stride, padding, dilation, dtype: to
     host = host_tables(weight_shape, groups, stride, padding, dilation, cg)
     with torch.cuda.device(device):
         moved = [None if t is None else _to_device(t, device)
-                 for t in (host.table, host.index, host.index_mma, host.gi_table, host.gi_index)]
+                 for t in (host.table, host.index, host.mma_taps, host.gi_table, host.gi_index)]
         event = torch.cuda.Event()
         event.record()
     tables = LayerTables(host, *moved, [event, device])
@@ -515,7 +519,7 @@ def forward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.d
     def make(tables, x, weight, device):
         host = tables.host
         return load().ForwardPlan(
-            x, weight, has_bias, channels_last, tables.table, tables.index, tables.index_mma,
+            x, weight, has_bias, channels_last, tables.table, tables.index, tables.mma_taps,
             list(args.out_shape), list(host.stride), list(host.phase_dilation),
             list(host.max_taps), host.total_taps, args.groups, list(host.union_box),
             list(args.padding), list(args.dilation), kernel.codes(), out_channels_last)
@@ -608,3 +612,4 @@ def describe_backward(args: ConvArgs, batch: int, dtype: torch.dtype,
 def gather(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``weight`` in the layout of an index map (tests read the kernels' layouts so)."""
     return load().gather_weight(weight, index)
+

@@ -309,7 +309,7 @@ x = torch.randn(1, 8, 4, 4, 4, device="cuda")
 args = check_conv_transpose3d(x, w, None, (2, 2, 2), (1, 1, 1), (0, 0, 0), 2, (1, 1, 1))
 t = cuda.layer_tables(w.shape, 2, (2, 2, 2), (1, 1, 1), (1, 1, 1), w.dtype, x.device)
 h = t.host
-good = [x, w, False, False, t.table, t.index, t.index_mma, list(args.out_shape),
+good = [x, w, False, False, t.table, t.index, t.mma_taps, list(args.out_shape),
         list(h.stride), list(h.phase_dilation), list(h.max_taps), h.total_taps, 2,
         list(h.union_box), [1, 1, 1], [1, 1, 1], cuda.ForwardKernel().codes()]
 cases = {  # each past the Python checks, straight into the binding
@@ -317,6 +317,7 @@ cases = {  # each past the Python checks, straight into the binding
     "stride": lambda a: a.__setitem__(8, [2, 2]),
     "dims": lambda a: a.__setitem__(0, x[0]),
     "index": lambda a: a.__setitem__(5, t.index[1:]),
+    "mma_taps": lambda a: a.__setitem__(6, t.mma_taps[1:]),
     "dtype": lambda a: a.__setitem__(1, w.double()),
 }
 for name, spoil in cases.items():
@@ -342,6 +343,13 @@ try:
                      [1, 1, 1], [1, 1, 1], 0, 0)
 except RuntimeError as exc:
     print("refused: groups backward |", str(exc).splitlines()[0][:120])
+for name, call in {"pack taps": lambda: mod.pack_weight_mma(w, t.mma_taps[:, :1], 2),
+                   "pack layout": lambda: mod.pack_weight_mma(w, t.mma_taps, 2, True),
+                   "pack octets": lambda: mod.pack_weight_mma(w, None, 2, True)}.items():
+    try:
+        call()
+    except RuntimeError as exc:
+        print("refused:", name, "|", str(exc).splitlines()[0][:120])
 """
 
 
@@ -355,7 +363,7 @@ def test_binding_refuses_bad_arguments_without_crashing():
                             stderr=subprocess.STDOUT, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:]
     refused = [line for line in result.stdout.splitlines() if line.startswith("refused:")]
-    assert len(refused) == 9, result.stdout[-2000:]
+    assert len(refused) == 13, result.stdout[-2000:]
     assert any("does not fit 8 input channels in 3 groups" in line for line in refused)
     assert any("the bias (shape [5], dtype Float" in line for line in refused)
 

@@ -1,4 +1,6 @@
 """The CUDA engine against torch's conv_transpose3d (needs a GPU; skipped without one)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -527,9 +529,9 @@ def test_input_layouts(layout, kernel, dtype):
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last_3d])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-def test_strided_weights_are_gathered_in_place(dtype, fmt):
-    """The weight gather reads any strides: a channels-last or sliced weight gives the same
-    result as its contiguous copy, on every weight layout the kernels read."""
+def test_strided_weights_are_packed_in_place(dtype, fmt):
+    """The weight's pack (gather or tensor-core pack) reads any strides: a channels-last or sliced
+    weight gives the same result as its contiguous copy, on every weight layout the kernels read."""
     kernels = ("auto", "tiled") + (("tensor-cores",) if dtype != torch.float64 else ())
     for kernel in kernels:
         cfg = dict(_TC_CASES[0])
@@ -543,33 +545,65 @@ def test_strided_weights_are_gathered_in_place(dtype, fmt):
         assert torch.equal(_forward(x, w, None, cfg, kernel=kernel), want)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("geometry", [
+_PACK_GEOMETRIES = [
     ((32, 8, 3, 5, 7), 4, (2, 2, 2), (1, 2, 3), (1, 1, 1)),     # the founding layer
     ((256, 128, 4, 4, 4), 1, (2, 2, 2), (1, 1, 1), (1, 1, 1)),  # shape 5: whole tap runs
     ((20, 3, 3, 2, 5), 2, (2, 1, 3), (2, 0, 1), (1, 2, 1)),     # C_in/g 10: padded groups
     ((8, 2, 11, 11, 11), 1, (3, 2, 4), (5, 4, 3), (1, 1, 1)),   # 1331 taps: split tap runs
     ((16, 700, 1, 1, 2), 2, (1, 1, 2), (0, 0, 0), (1, 1, 1)),   # 2 taps: many column tiles
-])
-def test_tensor_core_weight_packed_from_its_tap_table(geometry, dtype):
-    """The structured pack (csrc/phase_conv_pack.cu: pack_mma_kernel) writes the bytes of the
-    gather through index_mma, NaN and Inf included, for contiguous and strided weights."""
-    shape, groups, stride, padding, dilation = geometry
-    cuda = _cuda()
-    t = cuda.layer_tables(shape, groups, stride, padding, dilation, dtype, torch.device(DEV))
-    cuda.wait_for_tables(t)
-    taps = t.host.mma_taps.to(DEV)
+]
+
+
+def _weights_to_pack(shape, dtype):
+    """A weight with NaN and Inf, contiguous, sliced and channels-last."""
     torch.manual_seed(5)
     big = torch.randn((shape[0], 2 * shape[1]) + shape[2:], device=DEV).to(dtype)
     big.view(-1)[::97] = float("nan")
     big.view(-1)[::89] = float("inf")
-    for w in (big[:, ::2].contiguous(), big[:, ::2],
-              big[:, ::2].contiguous(memory_format=torch.channels_last_3d)):
-        want = cuda.gather(w, t.index_mma)
-        got = cuda.load().pack_weight_mma(w, taps, groups)
-        assert got.shape == want.shape and got.dtype == want.dtype
-        bits = torch.int32 if dtype == torch.float32 else torch.int16
-        assert torch.equal(got.view(bits), want.view(bits))
+    return (big[:, ::2].contiguous(), big[:, ::2],
+            big[:, ::2].contiguous(memory_format=torch.channels_last_3d))
+
+
+def _same_bits(got, want):
+    assert got.shape == want.shape and got.dtype == want.dtype
+    bits = torch.int32 if got.dtype == torch.float32 else torch.int16
+    assert torch.equal(got.view(bits), want.view(bits))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("geometry", _PACK_GEOMETRIES)
+def test_tensor_core_weight_packed_from_its_tap_table(geometry, dtype):
+    """The forward's tensor-core pack (csrc/phase_conv_pack.cu: pack_mma_kernel, from the
+    layer's mma_taps) writes the bytes of the gather through its index map index_mma, NaN and
+    Inf included, for contiguous and strided weights."""
+    shape, groups, stride, padding, dilation = geometry
+    cuda = _cuda()
+    t = cuda.layer_tables(shape, groups, stride, padding, dilation, dtype, torch.device(DEV))
+    cuda.wait_for_tables(t)
+    index = t.host.index_mma.to(DEV)
+    for w in _weights_to_pack(shape, dtype):
+        _same_bits(cuda.load().pack_weight_mma(w, t.mma_taps, groups), cuda.gather(w, index))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape, groups", [
+    ((32, 8, 3, 5, 7), 4),      # the founding layer's weight
+    ((64, 16, 4, 4, 4), 1),     # two octets of output channels
+    ((24, 8, 11, 11, 11), 3),   # 1331 taps: split tap runs
+    ((700, 8, 1, 1, 2), 1),     # 2 taps: many column tiles
+])
+def test_input_gradient_tensor_core_weight_pack(shape, groups, dtype):
+    """The input gradient's tensor-core layout, [groups][kD][kH][kW][C_out/g / 8][C_in/g][8]
+    (pack_weight_mma with over_outputs: octets of output channels, 32 bytes in float32), is
+    the gather through that layout's index map, bit for bit."""
+    cuda = _cuda()
+    c_in, cout_g = shape[:2]
+    index = (torch.arange(math.prod(shape), dtype=torch.int32)
+             .view(groups, c_in // groups, cout_g // 8, 8, *shape[2:])
+             .permute(0, 4, 5, 6, 2, 1, 3).reshape(-1).to(DEV))
+    for w in _weights_to_pack(shape, dtype):
+        _same_bits(cuda.load().pack_weight_mma(w, None, groups, over_outputs=True),
+                   cuda.gather(w, index))
 
 
 def test_the_engine_launches_the_plan_computed_on_the_host():

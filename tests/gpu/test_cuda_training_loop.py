@@ -1,5 +1,5 @@
 """The real training loop on the CUDA engine: no host-device synchronization anywhere (first
-call of a geometry included), one weight gather per call, every kernel path.  Needs a GPU.
+call of a geometry included), one weight pack per call, every kernel path.  Needs a GPU.
 """
 import pytest
 import torch
@@ -136,27 +136,33 @@ def _cuda_activities(fn) -> list:
     return [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
 
 
-def test_one_weight_gather_per_call():
-    """A forward launches the weight gather, its kernel and the non-finite fix-up (which
-    exits at once on finite data); a backward one gather, the input gradient and its fix-up,
-    the weight gradient and its ordered reduction (and the bias' sum), plus the channels-last
-    copies of x and grad_y where the weight gradient reads them so and they are not."""
+def _packs(names):
+    """The weight-layout launches: the gather through an index map, or a tensor-core pack."""
+    return sum("gather" in n or "pack_mma" in n for n in names)
+
+
+def test_one_weight_pack_per_call():
+    """A forward launches the weight's pack (a gather or a tensor-core pack), its kernel and the
+    non-finite fix-up (which exits at once on finite data); a backward one pack, the input gradient
+    and its fix-up, the weight gradient and its ordered reduction (and the bias' sum), plus the
+    channels-last copies of x and grad_y where the weight gradient reads them so and they are
+    not."""
     layer, x = _layer_and_input(PATHS[0][1], PATHS[0][2], torch.float32, "ncdhw")
     with torch.no_grad():
         layer(x)  # plans made
         names = _cuda_activities(lambda: layer(x))
     assert len(names) == 3, names
-    assert sum("gather" in n for n in names) == 1, names
+    assert _packs(names) == 1, names
     assert sum("fixup" in n for n in names) == 1, names
     out = layer(x)
     g = torch.randn_like(out)
     torch.autograd.grad(out, (x, layer.weight, layer.bias), g, retain_graph=True)
     names = _cuda_activities(lambda: torch.autograd.grad(out, (x, layer.weight, layer.bias), g,
                                                          retain_graph=True))
-    assert sum("gather" in n for n in names) == 1, names
+    assert _packs(names) == 1, names
     copies = [n for n in names if "to_channels_last" in n]
     assert len(copies) <= 2, names  # x and grad_y
-    # gather, grad_input, fix-up, grad_weight, reduction, [memset], bias
+    # pack, grad_input, fix-up, grad_weight, reduction, [memset], bias
     assert len(names) - len(copies) <= 7, names
 
 
