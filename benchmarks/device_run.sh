@@ -13,6 +13,8 @@
 #               one's, each with its own extension cache: the base is .ab_base.tar in the root
 #               (made here by `git archive REV -o .ab_base.tar`; git ignores it, so the run
 #               names it in its carry)
+#   packs       the tensor-core weight layouts gathered against packed by tiles, every sweep
+#               shape, float32 and bfloat16 (benchmarks/kernel_dev.py --packs)
 #   macs        executed against useful multiply-adds, every kernel family (ncu,
 #               benchmarks/executed_macs.py, executed-macs.md; $MACS_ARGS, e.g. --cases ...)
 #   aot         the ahead-of-time engine: a wheel built with PHASECONV_BUILD_CUDA=1 for
@@ -69,6 +71,8 @@ for s in "$@"; do
         stage ab-base 30 env TORCH_EXTENSIONS_DIR=/tmp/ab_ext PHASECONV_TREE=/tmp/ab_base \
             PYTHONPATH=/tmp/ab_base python3 benchmarks/kernel_dev.py --tag base ${AB_ARGS:-}
         stage ab-head 30 python3 benchmarks/kernel_dev.py --tag head ${AB_ARGS:-} ;;
+    packs)
+        stage packs 20 python3 benchmarks/kernel_dev.py --packs --dtypes fp32,bf16 ;;
     macs)
         stage macs 22 python3 benchmarks/executed_macs.py --out "$OUT" ${MACS_ARGS:-} ;;
     aot)

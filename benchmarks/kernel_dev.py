@@ -2,7 +2,7 @@
 torch's conv_transpose3d (cuDNN), fp32 (TF32 off) and bf16.  Run on a GPU machine:
 
     PYTHONPATH=. python benchmarks/kernel_dev.py [--reps 50] [--shapes 0,1,...] [--dtypes fp32,bf16]
-        [--backward]
+        [--backward | --packs]
 
 Writes the table and a JSON log under $OUT when it is set.
 """
@@ -169,6 +169,39 @@ def bench_backward(spec, dtype, reps):
     return row
 
 
+def bench_packs(spec, dtype, reps):
+    """The tensor-core weight layouts two ways: the gather through their index maps against
+    the pack by tiles (csrc/phase_conv_pack.cu), the forward's and (where C_out/g is whole
+    octets) the input gradient's; each pair checked bit for bit."""
+    name, n, cin, cout, g, dhw, k, s, p, op = spec
+    k, s, p = t3(k), t3(s), t3(p)
+    shape = (cin, cout // g) + k
+    torch.manual_seed(0)
+    w = torch.randn(shape, device="cuda").to(dtype)
+    t = cuda.layer_tables(shape, g, s, p, (1, 1, 1), dtype, w.device)
+    cuda.wait_for_tables(t)
+    engine = cuda.load()
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    row = {"shape": name, "dtype": str(dtype).replace("torch.", ""), "weight_MB":
+           w.numel() * w.element_size() / 1e6}
+    layouts = {"fwd": (t.host.index_mma, lambda: engine.pack_weight_mma(w, t.mma_taps, g))}
+    if (cout // g) % 8 == 0:
+        index = (torch.arange(w.numel(), dtype=torch.int32)
+                 .view(g, cin // g, cout // g // 8, 8, *k).permute(0, 4, 5, 6, 2, 1, 3)
+                 .reshape(-1))
+        layouts["gi"] = (index, lambda: engine.pack_weight_mma(w, None, g, over_outputs=True))
+    for lname, (index, pack) in layouts.items():
+        index = index.to(w.device)
+
+        def gather(index=index):
+            return cuda.gather(w, index)
+
+        row[lname + "_same"] = torch.equal(pack().view(bits), gather().view(bits))
+        row[lname + "_gather_us"], _ = time_fn(gather, reps)
+        row[lname + "_pack_us"], _ = time_fn(pack, reps)
+    return row
+
+
 def small_cases():
     """Tiny configurations covering every kernel variant family; checked against float64."""
     cases = [  # n, cin, cout, g, dhw, k, s, p, op, d, bias
@@ -219,6 +252,8 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--backward", action="store_true",
                     help="time grad_weight and grad_input variants instead of the forward")
+    ap.add_argument("--packs", action="store_true",
+                    help="time the tensor-core weight layouts, gathered and packed by tiles")
     ap.add_argument("--small", action="store_true",
                     help="a few tiny cases only (for compute-sanitizer), then exit")
     ap.add_argument("--tag", default="",
@@ -235,6 +270,15 @@ def main():
     tag = f"_{args.tag}" if args.tag else ""
     idx = [int(i) for i in args.shapes.split(",")] if args.shapes else range(len(SHAPES))
     rows = []
+    if args.packs:
+        rows = [bench_packs(SHAPES[i], DTYPES[dname], args.reps)
+                for dname in args.dtypes.split(",") for i in idx]
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        out = os.environ.get("OUT")
+        if out:
+            Path(out, f"pack_rows{tag}.json").write_text(json.dumps(rows, indent=1))
+        return
     if args.backward:
         for dname in args.dtypes.split(","):
             for i in idx:
