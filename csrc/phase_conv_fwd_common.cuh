@@ -223,8 +223,6 @@ cudaError_t run_allph_typed<double>(const PhaseConvFwdParams&, const AllCfg&, cu
 template <typename T>
 cudaError_t run_gemm_typed(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream);
 template <>
-cudaError_t run_gemm_typed<float>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t);
-template <>
 cudaError_t run_gemm_typed<double>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t);
 
 }  // namespace phaseconv

@@ -5,11 +5,13 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 namespace phaseconv {
 
 // ---------------------------------------------------------------- implicit-GEMM kernel
-// For wide layers (16-bit dtypes, C_in/g a multiple of 8, channels-last input): every phase
-// is an implicit GEMM, rows = the phase's output voxels over the batch (n, jd, jh, jw),
+// For wide layers (C_in/g a multiple of 8, channels-last input): every phase is an implicit
+// GEMM, rows = the phase's output voxels over the batch (n, jd, jh, jw),
 // columns = C_out/g, reduction = taps x C_in/g.  A block owns BM rows x BN columns of one
 // phase and walks the reduction in k steps of (one tap, 32 channels): per step it copies
 // the BM input rows (16-byte cp.async straight from the channels-last input, zero-filled
@@ -22,6 +24,11 @@ namespace phaseconv {
 // are one 128-byte swizzled row each, B's 8 x 16-byte core matrices the loader's
 // [group][column] runs); one batch of wgmma stays in flight while the next step is waited
 // for, so a stage is refilled two steps after it was read (STAGES - 2 steps of copies ahead).
+// float32 (T float): the mma.sync tiles on the same stages, a 16-byte group holding 4
+// channels instead of 8.  ldmatrix's 8 x 16-byte matrices then hold 8 x 4 floats, which are
+// the m16n8k8 TF32 fragments (A: rows x channels 0-3 and 4-7; B: columns x channels), so a
+// pair of groups is one k8 step of 3xTF32 (phase_conv_mma.cuh: mma_3xtf32); FL flushes the
+// accumulators every kFlushTerms terms.  One phase a block, A channels-last.
 struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in)
   const void* wm;  // pack()'s tensor-core weight layout
   int num_phases, G, m_tiles, co_blocks;
@@ -67,6 +74,7 @@ __device__ __forceinline__ int64_t decode_row(int64_t m, int cw, int ch, int cd,
 // so they share one swizzle and their stage addresses differ by constants.
 template <typename T, int BM, int BN, int BKG, int NTHR, bool A_NCDHW>
 struct GemmLoader {
+  static constexpr int CPG = 16 / (int)sizeof(T);  // channels of a 16-byte group
   static constexpr int A_IT = BM * BKG / NTHR, B_IT = BKG * BN / NTHR;
   static constexpr int MG = BM / 8;  // A_NCDHW: 8-row groups (16-byte vectors along W) per k row
   static constexpr int A_ROWS = NTHR / BKG;  // rows between a thread's A copies
@@ -108,11 +116,11 @@ struct GemmLoader {
     dofs = A_NCDHW ? (int64_t)offw : (int64_t)offw * a.c_in;
     in_plane = (int64_t)a.in_d * a.in_h * a.in_w;
     wtap = static_cast<const T*>(a.wm) + ldg_i64(e + PT_MOFS) +
-           (int64_t)g * taps * G * a.cout_g * 8;
+           (int64_t)g * taps * G * a.cout_g * CPG;
     bgrp = tid / BN;
     bcol_ok = cb0 + tid % BN < a.cout_g;
-    boff = ((int64_t)bgrp * a.cout_g + cb0 + tid % BN) * 8;
-    bstep = (int64_t)BKG * a.cout_g * 8;
+    boff = ((int64_t)bgrp * a.cout_g + cb0 + tid % BN) * CPG;
+    bstep = (int64_t)BKG * a.cout_g * CPG;
     set_tap(s_rc, s_ro);
   }
 
@@ -142,17 +150,17 @@ struct GemmLoader {
         const int v = tid + i * NTHR;
         const int kk = v / MG, mg = v % MG;
         const int4 rc = s_grc[mg];
-        const bool ok = (kc * BKG * 8 + kk < a.cin_g) &
+        const bool ok = (kc * BKG * CPG + kk < a.cin_g) &
                         ((unsigned)(rc.x + dd) < (unsigned)a.in_d) &
                         ((unsigned)(rc.y + dh) < (unsigned)a.in_h) &
                         ((unsigned)(rc.z + dw) < (unsigned)a.in_w);
-        const T* src = x + s_gro[mg] + dofs + (int64_t)(kc * BKG * 8 + kk) * in_plane;
+        const T* src = x + s_gro[mg] + dofs + (int64_t)(kc * BKG * CPG + kk) * in_plane;
         cp_async16_ca(sA + kk * (BM * 2) + ((mg ^ (kk & 7)) << 4),
                       ok ? (const void*)src : (const void*)x, ok);
       }
     } else {
       // past C_in/g the copy zero-fills and reads at the row's start, inside the input
-      const int cofs = cvalid ? (kc * BKG + ac) * 8 : 0;
+      const int cofs = cvalid ? (kc * BKG + ac) * CPG : 0;
       const int row0 = tid / BKG;
       const uint32_t dst = sA + row0 * (BKG * 16) + ((ac ^ a_swz<BKG>(row0)) << 4);
 #pragma unroll
@@ -162,13 +170,13 @@ struct GemmLoader {
 #pragma unroll
     for (int j = 0; j < B_IT; ++j) {
       const bool ok = bcol_ok & (kc * BKG + bgrp + j * B_GRPS < G);
-      const T* src = wstep + boff + (int64_t)j * B_GRPS * a.cout_g * 8;
+      const T* src = wstep + boff + (int64_t)j * B_GRPS * a.cout_g * CPG;
       cp_async16_cg(sB + (tid + j * NTHR) * 16, ok ? (const void*)src : (const void*)wtap, ok);
     }
     wstep += bstep;
     if (++kc == nkc) {  // next tap
       kc = 0;
-      wtap += (int64_t)G * a.cout_g * 8;
+      wtap += (int64_t)G * a.cout_g * CPG;
       if (++tw == Tw) {
         tw = 0;
         if (++th == Th) {
@@ -390,12 +398,20 @@ __device__ __forceinline__ void gemm_write_tile(const GemmArgs& a, const T* s_c,
   }
 }
 
+// Blocks a multiprocessor the launch bounds ask for: fewer for 3xTF32 (split operands, and
+// flushed accumulators twice as many registers).
+constexpr int gemm_min_blocks(int warps, int mt_nt, bool tf32) {
+  return (warps >= 16 || (warps >= 8 && mt_nt >= 16)) ? 1
+         : warps >= 8 ? (tf32 ? 1 : 2)
+         : mt_nt >= 16 ? (tf32 ? 2 : 3)
+         : (tf32 ? 3 : 4);
+}
+
 template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, int STAGES, bool WGROUP,
-          bool A_NCDHW, int BKG, bool WG>
+          bool A_NCDHW, int BKG, bool WG, bool FL = false>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
-                                  (WARPS_M * WARPS_N >= 16 || (WARPS_M * WARPS_N >= 8 &&
-                                                               MT * NT >= 16)) ? 1
-                                  : (WARPS_M * WARPS_N >= 8 ? 2 : (MT * NT >= 16 ? 3 : 4)))
+                                  gemm_min_blocks(WARPS_M * WARPS_N, MT * NT,
+                                                  std::is_same<T, float>::value))
 gemm_cl_kernel(const GemmArgs a) {
   bool nonfinite = false;  // a stored element is Inf or NaN
   constexpr int NTHR = WARPS_M * WARPS_N * 32;
@@ -412,6 +428,10 @@ gemm_cl_kernel(const GemmArgs a) {
   // phase a block: beside the stages, the grouped W phases' output would not fit.
   constexpr bool C_IN_STAGES = WG && WARPS_M == 16;
   static_assert(!C_IN_STAGES || WGROUP, "the staged output's stores");
+  constexpr bool TF32 = std::is_same<T, float>::value;
+  static_assert(!TF32 || (!WG && !WGROUP && !A_NCDHW),
+                "float32: mma.sync tiles, one phase a block, channels-last A");
+  static_assert(!FL || TF32, "flushed accumulators are 3xTF32's");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // WG: stages 1024-byte aligned (the 128-byte swizzle atom; the plan adds the slack)
   const uint32_t s_base = (uint32_t)__cvta_generic_to_shared(smem_raw);
@@ -508,6 +528,9 @@ gemm_cl_kernel(const GemmArgs a) {
         if (nk == 0) zero_acc(acc);
       } else {
       zero_acc(acc);
+      float tot[MT][NT][4];  // FL: the flushed sums (phase_conv_mma.cuh: flush_acc)
+      if constexpr (FL) zero_acc(tot);
+      int since = 0;  // FL: k8 steps since the last flush
 
 #pragma unroll
       for (int s = 0; s < STAGES - 1; ++s) {
@@ -547,12 +570,29 @@ gemm_cl_kernel(const GemmArgs a) {
             ldsm_x4(rr, sB + row * 16);
             bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
           }
+          if constexpr (TF32) {  // 8 channels: one k8 step of 3xTF32
+            uint32_t b_big[NT][2], b_small[NT][2];
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
+            for (int j = 0; j < NT; ++j) split_tf32(bf[j], b_big[j], b_small[j]);
 #pragma unroll
-            for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+            for (int mt = 0; mt < MT; ++mt) {
+              uint32_t a_big[4], a_small[4];
+              split_tf32(af[mt], a_big, a_small);
+#pragma unroll
+              for (int j = 0; j < NT; ++j)
+                mma_3xtf32(acc[mt][j], a_big, a_small, b_big[j], b_small[j]);
+            }
+            step_flush<FL>(tot, acc, since, kFlushTerms / 8);
+          } else {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+              for (int j = 0; j < NT; ++j)
+                MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+          }
         }
       }
+      if constexpr (FL) merge_acc(acc, tot);
       }  // mma.sync
       cp_async_wait<0>();
       __syncthreads();  // every warp is past the last stage (the next W phase refills them)
@@ -581,7 +621,12 @@ cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stre
   constexpr int kind = WG ? (WM == 16 ? 5 : 4) : 0;  // the stage count's key
   constexpr int GS = gemm_pipeline_stages(kind, true), S1 = gemm_pipeline_stages(kind, false);
   void (*kern)(const GemmArgs) = nullptr;
-  if constexpr (WG && WM == 16) {  // one phase a block, its output staged in the stages
+  if constexpr (std::is_same<T, float>::value) {  // 3xTF32: see gemm_cl_kernel
+    if (WG || c.a_ncdhw || c.wgroup || !c.tf32) return cudaErrorInvalidConfiguration;
+    if constexpr (!WG)
+      kern = c.flush ? gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG, false, true>
+                     : gemm_cl_kernel<T, MT, NT, WM, WN, S1, false, false, BKG, false, false>;
+  } else if constexpr (WG && WM == 16) {  // one phase a block, its output staged in the stages
     if (c.a_ncdhw || c.wgroup) return cudaErrorInvalidConfiguration;
     kern = gemm_cl_kernel<T, MT, NT, WM, WN, S1, true, false, BKG, true>;
   } else if constexpr (WG) {  // channels-last A only
@@ -605,7 +650,8 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
   set_geometry(a, p);
   a.wm = p.weight_mma;
   a.num_phases = (int)(p.stride_d * p.stride_h * p.stride_w);
-  a.G = a.cin_g / 8; a.m_tiles = c.m_tiles; a.co_blocks = c.co_blocks;
+  a.G = a.cin_g / (16 / (int)sizeof(T));  // 16-byte channel groups (C_in/g a multiple of 8)
+  a.m_tiles = c.m_tiles; a.co_blocks = c.co_blocks;
   a.y_even = (p.out_w % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % 4 == 0) ? 1 : 0;
   a.y_cl = p.y_channels_last;
   a.y_vec = (a.y_cl && p.c_out % 8 == 0 && a.cout_g % 8 == 0 &&
@@ -643,13 +689,10 @@ cudaError_t run_gemm_typed(const PhaseConvFwdParams& p, const GemmCfg& c, cudaSt
   return run_gemm<T>(p, c, stream);
 }
 template <>
-cudaError_t run_gemm_typed<float>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t) {
-  return cudaErrorInvalidValue;
-}
-template <>
 cudaError_t run_gemm_typed<double>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t) {
   return cudaErrorInvalidValue;
 }
+template cudaError_t run_gemm_typed<float>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t);
 template cudaError_t run_gemm_typed<__half>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t);
 template cudaError_t run_gemm_typed<__nv_bfloat16>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t);
 

@@ -346,10 +346,14 @@ bool cl_possible(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
 
 // cl: the input is channels-last.  A contiguous input serves only when every phase reads W
 // at one offset, a multiple of 8, and the phases' rows come in whole 16-byte vectors along W
-// (k == s, no padding: the "pure GEMM" layers), so no layout copy is needed.
+// (k == s, no padding: the "pure GEMM" layers), so no layout copy is needed.  float32 runs
+// 3xTF32 on the mma.sync tiles from a channels-last input, taken only when named (not yet
+// measured against the per-phase kernel the rule gives float32).
 bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvForce& force,
                  const DevInfo& dev, bool cl, GemmCfg* c) {
-  if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16) return false;
+  const bool tf32 = dtype_code == PHASECONV_FLOAT32;
+  if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16 && !tf32) return false;
+  if (tf32 && (force.family != PHASECONV_GEMM || !cl)) return false;
   if (p.weight_mma == nullptr || (p.c_in / p.groups) % 8 != 0) return false;
   if (cl && !cl_possible(p, dtype_code, force)) return false;
   if (!cl && !(p.in_w % 8 == 0 && p.out_w % p.stride_w == 0 && (p.out_w / p.stride_w) % 8 == 0 &&
@@ -357,6 +361,8 @@ bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
                reinterpret_cast<uintptr_t>(p.x) % 16 == 0))
     return false;
   c->a_ncdhw = !cl;
+  c->tf32 = tf32;
+  c->flush = tf32 && phase_conv_needs_flush(p, dtype_code);
   return gemm_tile(p, force, dev, 512, c);
 }
 
@@ -370,6 +376,7 @@ bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, cons
   PhaseConvForce f;
   f.family = force == PHASECONV_GEMM ? PHASECONV_GEMM : 0;
   c->a_ncdhw = false;
+  c->tf32 = c->flush = false;
   // the warpgroup tile from 1024 reduction terms (H200, bf16: 128->64 32^3 k2, K 512: 212 vs
   // 191 us a backward; 256->128 8^3 k4, K 8192: 393 vs 427)
   return gemm_tile(p, f, dev, 1024, c);
@@ -395,7 +402,7 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   // >= wgmma_min_k per phase (the forward's 512, measured on an H200, bf16 channels-last:
   // 512->256 16^3 k2, K 512: 60.0 vs 71.4 us; 256->128 8^3 k4, K 2048: 143 vs 190; 128->64
   // 32^3 k2, K 128: 134 vs 104)
-  const bool wg_fits = dev.wgmma && !c->a_ncdhw && cin_g % 64 == 0;
+  const bool wg_fits = dev.wgmma && !c->a_ncdhw && !c->tf32 && cin_g % 64 == 0;
   if (wg_fits && k_per_phase >= wgmma_min_k) kind = 4;
   // kind 5 (four warpgroups) is taken only when named (benchmarks/NOTES.md: what it measured)
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
@@ -406,11 +413,12 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   c->BN = wg ? (cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128) : bn[kind];
   c->threads = wg ? c->BM * 2 : thr[kind];
   // group the W phases (stores of whole output rows) unless told not to (benchmarks); the
-  // 4-warpgroup tile runs one phase a block
-  c->wgroup = p.stride_w >= 2 && p.stride_w <= kGemmMaxGroup && kind != 5 &&
+  // 4-warpgroup tile and float32 run one phase a block
+  c->wgroup = p.stride_w >= 2 && p.stride_w <= kGemmMaxGroup && kind != 5 && !c->tf32 &&
               !force.gemm_one_phase;
-  // the 8-warp tiles take 64 channels a k step (half the barriers) when C_in/g allows
-  c->bkg = wg || (kind >= 2 && cin_g >= 64 && !force.gemm_k32) ? 8 : 4;
+  // the 8-warp tiles take 8 channel groups a k step (half the barriers) when C_in/g allows
+  const int64_t group_channels = c->tf32 ? 4 : 8;
+  c->bkg = wg || (kind >= 2 && cin_g >= 8 * group_channels && !force.gemm_k32) ? 8 : 4;
   const int stages = gemm_pipeline_stages(kind, false);
   const int group_stages = gemm_pipeline_stages(kind, true);
   // row tables; the warpgroup tiles align their stages to 1024 bytes (the swizzle atom)
@@ -599,10 +607,11 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
       out->weight_mma = 1;
       snprintf(buf, len,
                "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d "
-               "smem=%zu grid=%lld %s%s (%s)", gc.kind, gc.BM, gc.BN, gc.bkg * 8, gc.threads,
-               gemm_pipeline_stages(gc.kind, gc.wgroup), gc.m_tiles, gc.smem,
-               (long long)gc.grid, gc.wgroup ? "w-phases-grouped" : "one-phase",
-               gc.kind >= 4 ? " wgmma-sm90a" : "", layout);
+               "smem=%zu grid=%lld %s%s%s (%s)", gc.kind, gc.BM, gc.BN,
+               gc.bkg * (gc.tf32 ? 4 : 8), gc.threads, gemm_pipeline_stages(gc.kind, gc.wgroup),
+               gc.m_tiles, gc.smem, (long long)gc.grid,
+               gc.wgroup ? "w-phases-grouped" : "one-phase", gc.kind >= 4 ? " wgmma-sm90a" : "",
+               gc.tf32 ? (gc.flush ? " 3xTF32 flushed" : " 3xTF32") : "", layout);
       return true;
     }
     AllCfg& ac = out->allph;

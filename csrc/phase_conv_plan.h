@@ -298,6 +298,8 @@ struct GemmCfg {
   bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together
   bool a_ncdhw;  // A read from a contiguous (N, C, D, H, W) input (16-byte vectors along W)
   int bkg;       // 16-byte channel groups per k step (4 or 8)
+  bool tf32;     // float32 by 3xTF32 (mma.sync tiles 0-3, channels-last A, one phase a block)
+  bool flush;    // tf32: accumulators flushed every kFlushTerms terms (longer reductions)
   size_t smem;
   int64_t total_blocks, grid;
 };

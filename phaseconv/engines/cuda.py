@@ -88,7 +88,8 @@ class ForwardKernel(NamedTuple):
     contiguous_input: bool = False  # never the channels-last kernels
     gemm_tile: int = -1             # implicit GEMM tile kind 0-5 (4, 5: sm_90a wgmma; -1: the rule)
     gemm_one_phase: bool = False    # implicit GEMM: one phase per block
-    gemm_k32: bool = False          # implicit GEMM: 32 channels a k step
+    gemm_k32: bool = False          # implicit GEMM: 4 channel groups a k step (32 16-bit
+                                    # channels, 16 float32 ones)
     direct_stores: bool = False     # all-phase kernel: no staged output
     allph_tile: int = -1            # all-phase tile kind 0-4 (-1: the rule)
 

@@ -326,6 +326,72 @@ def test_implicit_gemm_kernel(case, dtype, variant):
     _check(y, ref, dtype)
 
 
+# The implicit GEMM in float32 (3xTF32 on the mma.sync tiles, taken only when named): one
+# phase a block, the input read channels-last (copied where it is not), the accumulators
+# flushed every 256 terms where a phase's reduction is longer.  The 16-bit cases, then long
+# reductions: 768 terms a phase (96 channels x 8 taps) and 4096 (512 x 8) with a partial
+# C_out tile.
+_TF32_GEMM_CASES = _GEMM_CASES + [
+    dict(k=(3, 3, 3), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(1, 1, 1), groups=1, cin=96,
+         cout=72, n=1, ins=(3, 4, 5), bias=True),
+    dict(k=(4, 4, 4), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(0, 0, 0), groups=1, cin=512,
+         cout=40, n=1, ins=(3, 4, 5), bias=False),
+]
+
+
+def _phase_terms(cfg):
+    """Reduction terms of a phase at most: C_in/groups x its taps."""
+    t = _cuda().host_tables((cfg["cin"], cfg["cout"] // cfg["groups"]) + cfg["k"],
+                            cfg["groups"], cfg["s"], cfg["p"], cfg["d"], 4)
+    return cfg["cin"] // cfg["groups"] * math.prod(t.max_taps)
+
+
+@pytest.mark.parametrize("result", ["ncdhw", "channels_last"])
+@pytest.mark.parametrize("variant", list(_GEMM_VARIANTS))
+@pytest.mark.parametrize("case", range(len(_TF32_GEMM_CASES)))
+def test_implicit_gemm_float32(case, variant, result):
+    """float32 on the implicit GEMM (3xTF32) within float32's tolerance at every reduction
+    length, on every mma.sync tile, either result layout."""
+    cfg, kernel = _TF32_GEMM_CASES[case], _GEMM_VARIANTS[variant]
+    desc = _describe(cfg, torch.float32, kernel=kernel)
+    assert desc.startswith("implicit-gemm") and "one-phase" in desc, desc
+    assert "channels-last input" in desc and "wgmma" not in desc, desc
+    flushed = _phase_terms(cfg) > 256
+    assert (" 3xTF32 flushed" in desc) == flushed and " 3xTF32" in desc, desc
+    xl, wl, bl, ref = _random_call(cfg, torch.float32, case)
+    x, w = xl.to(DEV), wl.to(DEV)
+    b = bl.to(DEV) if bl is not None else None
+    args = check_conv_transpose3d(x, w, b, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
+                                  cfg["d"])
+    y = _cuda().forward(x, w, b, args, kernel=kernel,
+                        out_channels_last=result == "channels_last")
+    assert y.is_contiguous(memory_format=torch.channels_last_3d if result == "channels_last"
+                           else torch.contiguous_format)
+    _check(y, ref, torch.float32)
+
+
+@pytest.mark.parametrize("case", [0, 2, len(_GEMM_CASES)])
+def test_implicit_gemm_float32_nonfinite(case):
+    """NaN and Inf in the input and the weight reach exactly the outputs torch gives them
+    (the kernel flags its non-finite stores, and the fix-up recomputes those from their real
+    pairs)."""
+    cfg = _TF32_GEMM_CASES[case]
+    x, w, b, _ = _random_call(cfg, torch.float32, case)
+    x.view(-1)[0], x.view(-1)[-1] = float("nan"), float("inf")
+    w.view(-1)[1] = float("-inf")
+    ref = F.conv_transpose3d(x.double(), w.double(), b.double() if b is not None else None,
+                             cfg["s"], cfg["p"], cfg["op"], cfg["groups"], cfg["d"])
+    y = _forward(x.to(DEV), w.to(DEV), b.to(DEV) if b is not None else None, cfg,
+                 kernel=ForwardKernel("gemm")).double().cpu()
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+    assert bool(ref.isfinite().any())
+    finite = ref.isfinite()
+    assert torch.equal(y[ref.isinf()], ref[ref.isinf()])
+    scale = max(1.0, float(ref[finite].abs().max()))
+    assert float((y[finite] - ref[finite]).abs().max()) <= 1e-5 * scale
+
+
 # The implicit GEMM's warpgroup tile (sm_90a wgmma; C_in/groups a multiple of 64): BN 32, 64
 # and 128 with partial C_out tiles, grouped W phases (2, 3, 4) and one phase per block, empty
 # phases (kernel < stride), several k steps a tap, long reductions, several row tiles.

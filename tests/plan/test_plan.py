@@ -3,11 +3,15 @@ with recorded properties (H100, A100) launches for a layer, and what forcing a k
 does.  The plan is csrc/phase_conv_plan.cpp itself, built with the host compiler
 (tests/plan_harness.py); tests/gpu/test_cuda_engine.py checks on a GPU that the engine launches
 the plan this computes."""
+import math
+import re
+
 import plan_harness as ph
 import pytest
 import torch
 
 from phaseconv.bench import SWEEP
+from phaseconv.engines import cuda
 
 pytestmark = pytest.mark.skipif(ph.compiler() is None, reason="needs a C++ compiler")
 
@@ -114,7 +118,7 @@ def test_backward_rule_routes_every_family(device, name, args, dtype, gi, gw):
 
 
 FORCED = [  # (kernel, layer, dtype): the kernel takes the layer
-    ("gemm", WIDE, BF16), ("allphase", FOUNDING, F32), ("mma", FOUNDING, BF16),
+    ("gemm", WIDE, BF16), ("gemm", WIDE, F32), ("allphase", FOUNDING, F32), ("mma", FOUNDING, BF16),
     ("tiled", WIDE, BF16), ("naive", WIDE, F32), ("tensor-cores", FOUNDING, F32),
     ("depthwise", DEPTHWISE, F32), ("tiled", DEPTHWISE, BF16),
 ]
@@ -129,8 +133,8 @@ def test_a_forced_kernel_runs_by_name(kernel, args, dtype):
 
 
 REFUSED = [  # (kernel, layer, dtype, why): a forced kernel that cannot take the layer
-    ("gemm", WIDE, F32, "no tile of it takes this layer"),          # 16-bit only
     ("gemm", NARROW, BF16, "no tile of it takes this layer"),       # C_in/groups % 8
+    ("gemm", NARROW, F32, "no tile of it takes this layer"),
     ("mma", HUGE_DILATION, F32, "no tile of it takes this layer"),
     ("allphase", MANY_PHASES, F32, "no tile of it takes this layer"),
     ("mma", FOUNDING, F64, "float64 has no tensor-core kernel"),
@@ -148,6 +152,37 @@ REFUSED = [  # (kernel, layer, dtype, why): a forced kernel that cannot take the
 def test_a_forced_kernel_that_cannot_run_is_refused(kernel, args, dtype, why):
     plan = ph.forward(args, 1, dtype, ph.H100, kernel=kernel)
     assert not plan.ok and plan.text.startswith("refused: the ") and plan.text.endswith(why)
+
+
+@pytest.mark.parametrize("device", ph.DEVICES + (ph.H100_SM90A,),
+                         ids=lambda d: d.name.split(",")[0].replace(" ", "-"))
+def test_float32_implicit_gemm_only_by_name(device):
+    """float32 reaches the implicit GEMM (3xTF32) only when it is named: the mma.sync tiles,
+    one phase a block, x read channels-last, flushed where a phase sums over 256 terms; the
+    warpgroup tiles refuse it, and the rule keeps float32's kernels."""
+    for shape in SWEEP:
+        args = ph.sweep_args(shape)
+        assert ph.forward(args, shape.batch, F32, device).family != "gemm"
+        for offered in (False, True):
+            plan = ph.forward(args, shape.batch, F32, device, channels_last=offered,
+                              kernel=cuda.ForwardKernel("gemm"))
+            cin_g = shape.in_channels // shape.groups
+            if cin_g % 8:
+                assert not plan.ok, plan.text
+                continue
+            assert plan.ok and plan.family == "gemm" and plan.channels_last, plan.text
+            assert "one-phase" in plan.text and " 3xTF32" in plan.text, plan.text
+            assert "wgmma" not in plan.text, plan.text
+            weight = (shape.in_channels, shape.out_channels // shape.groups) + shape.kernel
+            taps = math.prod(cuda.host_tables(weight, shape.groups, shape.stride,
+                                              shape.padding, 1, 4).max_taps)
+            assert ("3xTF32 flushed" in plan.text) == (cin_g * taps > 256), plan.text
+            # a k step: 32 float32 channels on the 8-warp tiles where C_in/g allows, else 16
+            assert re.search(r"BK=(16|32) ", plan.text), plan.text
+    for tile in (4, 5):
+        plan = ph.forward(WIDER, 2, F32, device,
+                          kernel=cuda.ForwardKernel("gemm", gemm_tile=tile))
+        assert not plan.ok, plan.text
 
 
 def test_forced_backward_kernels():
