@@ -174,18 +174,19 @@ at::Tensor gather(const at::Tensor& weight, const at::Tensor& index,
   return out.narrow(0, 0, n);
 }
 
-// A tensor-core layout of `weight` (phase_conv_pack.cuh: PhaseConvMmaPack): the forward's
-// (channel groups of 16 bytes over the input channels, its taps placed by `taps`, the
-// layer's mma_taps table) or, with over_outputs, the input gradient's (octets of output
-// channels, taps in C order: taps null).
+// A tensor-core layout of `weight` (phase_conv_pack.cuh: PhaseConvMmaPack) with channel
+// groups of cg: the forward's (groups of 16 bytes over the input channels, its taps placed by
+// `taps`, the layer's mma_taps table) or, with over_outputs, the input gradient's (groups of
+// output channels, taps in C order: taps null; octets for the narrow kernel, 16 bytes for the
+// implicit GEMM).
 PhaseConvMmaPack mma_pack_of(const at::Tensor& weight, int64_t groups, const int64_t* taps,
-                             bool over_outputs) {
+                             bool over_outputs, int cg) {
   PhaseConvMmaPack pk;
   const int64_t cin_g = weight.size(0) / groups, cout_g = weight.size(1);
   pk.taps = taps;
   pk.ksize = weight.size(2) * weight.size(3) * weight.size(4);
   pk.groups = groups;
-  pk.cg = over_outputs ? 8 : 16 / (int)weight.element_size();
+  pk.cg = cg;
   pk.chans = over_outputs ? cout_g : cin_g;
   pk.cols = over_outputs ? cin_g : cout_g;
   pk.chan_stride = weight.stride(over_outputs ? 1 : 0);
@@ -381,7 +382,7 @@ class ForwardPlan {
     const at::Tensor wl =
         plan_.weight_mma
             ? pack_mma(weight, mma_pack_of(weight, params_.groups, mma_taps_.data_ptr<int64_t>(),
-                                           false),
+                                           false, 16 / (int)weight.element_size()),
                        stream, &flag)
             : gather(weight, index_, stream, &flag);
     at::Tensor xl;
@@ -532,11 +533,13 @@ class BackwardPlan {
       q.pdil_d = dilation[0]; q.pdil_h = dilation[1]; q.pdil_w = dilation[2];  // in grad_y
     }
     // the implicit GEMM and the narrow kernel read grad_y channels-last and the weight as
-    // [groups][kD][kH][kW][C_out/g / 8][C_in/g][8] (no flip: grad_x is a plain correlation of
-    // grad_y), the input gradient's tensor-core layout (mma_pack_of, over_outputs)
+    // [groups][kD][kH][kW][C_out/g / cg][C_in/g][cg] (no flip: grad_x is a plain correlation
+    // of grad_y), the input gradient's tensor-core layout (mma_pack_of, over_outputs): cg 8,
+    // or 4 for the float32 implicit GEMM (its 16-byte groups)
     if (gi_plan_.grad_y_channels_last) {
-      TORCH_CHECK(weight.size(1) % 8 == 0, "phaseconv cuda engine: the input gradient's "
-                  "tensor-core layout takes whole octets of output channels per group.");
+      gi_cg_ = gi_plan_.family == PHASECONV_GEMM && weight.element_size() == 4 ? 4 : 8;
+      TORCH_CHECK(weight.size(1) % gi_cg_ == 0, "phaseconv cuda engine: the input gradient's "
+                  "tensor-core layout takes whole groups of ", num(gi_cg_), " output channels.");
       q.x_channels_last = 1;
     }
 
@@ -582,7 +585,8 @@ class BackwardPlan {
         int* flag = nullptr;
         const at::Tensor& gyi = gi_cl ? gy_cl : gy;
         const at::Tensor wl =
-            gi_cl ? pack_mma(weight, mma_pack_of(weight, gi_params_.groups, nullptr, true),
+            gi_cl ? pack_mma(weight, mma_pack_of(weight, gi_params_.groups, nullptr, true,
+                                                 gi_cg_),
                              stream, &flag)
                   : gather(weight, gi_index_, stream, &flag);
         PhaseConvFwdParams q = gi_params_;
@@ -640,6 +644,7 @@ class BackwardPlan {
   int dtype_code_ = -1;
   std::vector<int64_t> x_sizes_, w_sizes_, gy_sizes_;
   at::Tensor table_, index_, gi_table_, gi_index_, gi_gemm_table_;
+  int gi_cg_ = 8;  // the input gradient's tensor-core layout: output channels a group
   PhaseConvFwdParams gi_params_;
   PhaseConvBwdInputPlan gi_plan_;
   PhaseConvBwdWeightParams gw_params_;
@@ -656,28 +661,36 @@ at::Tensor gather_binding(const at::Tensor& weight, const at::Tensor& index) {
 
 // A tensor-core layout (phase_conv_pack.cuh: PhaseConvMmaPack; tests compare it with the
 // gather through its index map): the forward's from the layer's tap table (engines/cuda.py:
-// mma_taps), or with over_outputs (taps None) the input gradient's.
+// mma_taps), or with over_outputs (taps None) the input gradient's, in groups of cg output
+// channels (8, or 4 for float32: the implicit GEMM's).
 at::Tensor pack_mma_binding(const at::Tensor& weight, const c10::optional<at::Tensor>& taps,
-                            int64_t groups, bool over_outputs) {
+                            int64_t groups, bool over_outputs, int64_t cg) {
+  // cg 0: the layout's own (16 bytes for the forward's, octets for the input gradient's)
   check_weight_size(weight);
   const auto dtype = weight.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
               "phaseconv cuda engine: the tensor-core layouts hold float32, float16 or "
               "bfloat16 weights, got ", c10::toString(dtype), ".");
   TORCH_CHECK(groups >= 1 && weight.size(0) % groups == 0, "phaseconv cuda engine: groups (",
-              groups, ") must divide the weight's ", weight.size(0), " input channels.");
+              num(groups), ") must divide the weight's ", num(weight.size(0)),
+              " input channels.");
   const bool with_taps = taps.has_value() && taps->defined();
   TORCH_CHECK(with_taps != over_outputs, "phaseconv cuda engine: the forward's tensor-core "
               "layout takes a tap table, the input gradient's none.");
   if (with_taps)
     check_mma_taps(*taps, weight.device(), weight.size(2) * weight.size(3) * weight.size(4));
-  TORCH_CHECK(!over_outputs || weight.size(1) % 8 == 0, "phaseconv cuda engine: the input "
-              "gradient's tensor-core layout takes whole octets of output channels, got ",
-              weight.size(1), " per group.");
+  const int64_t forward_cg = 16 / weight.element_size();
+  if (cg == 0) cg = over_outputs ? 8 : forward_cg;
+  TORCH_CHECK(over_outputs ? (cg == 8 || (cg == 4 && forward_cg == 4)) : cg == forward_cg,
+              "phaseconv cuda engine: channel groups of ", num(cg), " do not make a tensor-core "
+              "layout of ", c10::toString(dtype), " weights.");
+  TORCH_CHECK(!over_outputs || weight.size(1) % cg == 0, "phaseconv cuda engine: the input "
+              "gradient's tensor-core layout takes whole groups of ", num(cg), " output "
+              "channels, got ", num(weight.size(1)), " per group.");
   const c10::cuda::CUDAGuard guard(weight.device());
   return pack_mma(weight,
                   mma_pack_of(weight, groups, with_taps ? taps->data_ptr<int64_t>() : nullptr,
-                              over_outputs),
+                              over_outputs, (int)cg),
                   stream_of(weight));
 }
 
@@ -726,7 +739,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_weight_mma", &pack_mma_binding,
         "A tensor-core weight layout: the forward's from the layer's tap table, or the input "
         "gradient's (phase_conv_pack.cuh).",
-        py::arg("weight"), py::arg("taps"), py::arg("groups"), py::arg("over_outputs") = false);
+        py::arg("weight"), py::arg("taps"), py::arg("groups"), py::arg("over_outputs") = false,
+        py::arg("cg") = 0);
   m.attr("sm90a") = kSm90aBuild;
 #ifdef PHASECONV_SOURCE_HASH
   // an ahead-of-time build (setup.py): which sources and architectures it holds (passed as

@@ -369,14 +369,19 @@ bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
 // The input gradient on the implicit GEMM: one stride-1 "phase" whose rows are grad_x's
 // voxels, reduction over every tap x C_out/g, grad_y read channels-last at stride * j -
 // padding + tap * dilation (a plain strided convolution: no tap meets an inserted zero).
+// float32 (3xTF32, see choose_gemm) only when named.
 bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, const DevInfo& dev,
                     GemmCfg* c) {
-  if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16) return false;
+  const bool tf32 = dtype_code == PHASECONV_FLOAT32;
+  if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16 &&
+      !(tf32 && force == PHASECONV_GEMM))
+    return false;
   if ((p.c_in / p.groups) % 8 != 0) return false;  // grad_y's channels: 16-byte vectors
   PhaseConvForce f;
   f.family = force == PHASECONV_GEMM ? PHASECONV_GEMM : 0;
   c->a_ncdhw = false;
-  c->tf32 = c->flush = false;
+  c->tf32 = tf32;
+  c->flush = tf32 && phase_conv_needs_flush(p, dtype_code);
   // the warpgroup tile from 1024 reduction terms (H200, bf16: 128->64 32^3 k2, K 512: 212 vs
   // 191 us a backward; 256->128 8^3 k4, K 8192: 393 vs 427)
   return gemm_tile(p, f, dev, 1024, c);
@@ -854,14 +859,15 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     out->grad_y_channels_last = 1;
     snprintf(buf, len,
              "implicit-gemm grad-input kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d "
-             "m_tiles=%d smem=%zu%s, grad_y channels-last", gc.kind, gc.BM, gc.BN, gc.bkg * 8,
-             gc.threads, gemm_pipeline_stages(gc.kind, gc.wgroup), gc.m_tiles, gc.smem,
-             gc.kind >= 4 ? " wgmma-sm90a" : "");
+             "m_tiles=%d smem=%zu%s%s, grad_y channels-last", gc.kind, gc.BM, gc.BN,
+             gc.bkg * (gc.tf32 ? 4 : 8), gc.threads, gemm_pipeline_stages(gc.kind, gc.wgroup),
+             gc.m_tiles, gc.smem, gc.kind >= 4 ? " wgmma-sm90a" : "",
+             gc.tf32 ? (gc.flush ? " 3xTF32 flushed" : " 3xTF32") : "");
     return true;
   }
   if (force == PHASECONV_GEMM)
-    return refuse(buf, len, force, "it takes float16/bfloat16 with C_out/groups a multiple "
-                  "of 8 and a tile that fits shared memory");
+    return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_out/groups a "
+                  "multiple of 8 and a tile that fits shared memory");
   GiNarrowCfg& nc = out->narrow;
   if ((force == 0 || force == PHASECONV_GI_NARROW) &&
       plan_gi_narrow(params, dtype_code, dev, &nc)) {

@@ -168,6 +168,11 @@ def main() -> int:
                                            xd.contiguous(memory_format=cl))):
                     forced.append(cuda.backward(gy_, x_, wd, args, need_input=False,
                                                 grad_weight_kernel="tensor-cores-narrow"))
+            if dtype == torch.float32 and (co // g) % 8 == 0 and co // g >= 16:
+                # float32's input gradient on the implicit GEMM (3xTF32, only by name)
+                for gy_ in (gy, gy.contiguous(memory_format=torch.channels_last_3d)):
+                    forced.append(cuda.backward(gy_, xd, wd, args, need_weight=False,
+                                                grad_input_kernel="implicit-gemm"))
             if (co // g) in (8, 16) and (ci // g) % 8 == 0:
                 # the narrow input gradient, grad_y copied and read in place
                 for gy_ in (gy, gy.contiguous(memory_format=torch.channels_last_3d)):

@@ -585,6 +585,33 @@ def test_channels_last_backward_kernels(case, dtype):
             assert torch.equal(a, b) and torch.equal(a, c)
 
 
+@pytest.mark.parametrize("case", range(len(_CL_BWD_CASES)))
+def test_float32_input_gradient_on_the_implicit_gemm(case):
+    """float32's input gradient on the implicit GEMM (3xTF32, taken only when named) within
+    float32's tolerance against torch in float64, on the wide layers' cases; grad_y read in
+    place when channels-last gives the same bits as its copy, and results repeat bitwise."""
+    from phaseconv.engines import cuda
+
+    n, cin, cout, g, size, k, s, p, op, d = _CL_BWD_CASES[case]
+    xc, wc, gyc, args, (expected, _) = _layer_case(n, cin, cout, g, size, k, s, p, op, d,
+                                                   torch.float32, case)
+    forced = dict(grad_input_kernel="implicit-gemm", need_weight=False)
+    assert not cuda.describe_backward(args, n, torch.float32, xc.device)[0].startswith(
+        "implicit-gemm")
+    desc = cuda.backward_plan(args, n, torch.float32, xc.device,
+                              grad_input_kernel="implicit-gemm")[1].grad_input_description
+    assert desc.startswith("implicit-gemm grad-input") and " 3xTF32" in desc, desc
+    got = cuda.backward(gyc, xc, wc, args, **forced)[0]
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    ref = expected.double()
+    err = float((got.double().cpu() - ref).abs().max())
+    assert err <= 1e-5 * max(1.0, float(ref.abs().max())), err
+    again = cuda.backward(gyc, xc, wc, args, **forced)[0]
+    in_place = cuda.backward(gyc.contiguous(memory_format=torch.channels_last_3d), xc, wc, args,
+                             **forced)[0]
+    assert torch.equal(got, again) and torch.equal(got, in_place)
+
+
 _NARROW_GW_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): 8 channels a side
     (2, 32, 32, 4, (3, 5, 7), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1)),  # odd taps
     (1, 16, 8, 1, (6, 7, 9), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),  # 16 -> 8

@@ -651,24 +651,26 @@ def test_tensor_core_weight_packed_from_its_tap_table(geometry, dtype):
         _same_bits(cuda.load().pack_weight_mma(w, t.mma_taps, groups), cuda.gather(w, index))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype, cg", [(torch.float32, 8), (torch.float32, 4),
+                                       (torch.float16, 8), (torch.bfloat16, 8)])
 @pytest.mark.parametrize("shape, groups", [
     ((32, 8, 3, 5, 7), 4),      # the founding layer's weight
     ((64, 16, 4, 4, 4), 1),     # two octets of output channels
     ((24, 8, 11, 11, 11), 3),   # 1331 taps: split tap runs
     ((700, 8, 1, 1, 2), 1),     # 2 taps: many column tiles
 ])
-def test_input_gradient_tensor_core_weight_pack(shape, groups, dtype):
-    """The input gradient's tensor-core layout, [groups][kD][kH][kW][C_out/g / 8][C_in/g][8]
-    (pack_weight_mma with over_outputs: octets of output channels, 32 bytes in float32), is
-    the gather through that layout's index map, bit for bit."""
+def test_input_gradient_tensor_core_weight_pack(shape, groups, dtype, cg):
+    """The input gradient's tensor-core layout, [groups][kD][kH][kW][C_out/g / cg][C_in/g][cg]
+    (pack_weight_mma with over_outputs: octets of output channels for the narrow kernel, 32
+    bytes in float32; quads for float32's implicit GEMM), is the gather through that layout's
+    index map, bit for bit."""
     cuda = _cuda()
     c_in, cout_g = shape[:2]
     index = (torch.arange(math.prod(shape), dtype=torch.int32)
-             .view(groups, c_in // groups, cout_g // 8, 8, *shape[2:])
+             .view(groups, c_in // groups, cout_g // cg, cg, *shape[2:])
              .permute(0, 4, 5, 6, 2, 1, 3).reshape(-1).to(DEV))
     for w in _weights_to_pack(shape, dtype):
-        _same_bits(cuda.load().pack_weight_mma(w, None, groups, over_outputs=True),
+        _same_bits(cuda.load().pack_weight_mma(w, None, groups, over_outputs=True, cg=cg),
                    cuda.gather(w, index))
 
 

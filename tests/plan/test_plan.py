@@ -203,7 +203,13 @@ def test_forced_backward_kernels():
         assert ph.grad_weight(FOUNDING, 2, BF16, device, "simt").family == "simt"
         assert ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-narrow").family == \
             "tensor-cores-narrow"
-        for refused in (ph.grad_input(WIDE, 2, F32, device, "implicit-gemm"),
+        # float32's input gradient on the implicit GEMM (3xTF32) only when named
+        assert ph.grad_input(WIDE, 2, F32, device).family != "gemm"
+        gi = ph.grad_input(WIDE, 2, F32, device, "implicit-gemm")
+        assert gi.family == "gemm" and gi.channels_last and " 3xTF32 flushed" in gi.text, \
+            gi.text  # 32 channels x 27 taps
+        assert "wgmma" not in gi.text and re.search(r"BK=(16|32) ", gi.text), gi.text
+        for refused in (ph.grad_input(NARROW, 1, F32, device, "implicit-gemm"),
                         ph.grad_input(NARROW, 1, BF16, device, "implicit-gemm"),
                         ph.grad_weight(WIDE, 2, F32, device, "tensor-cores-cl"),
                         ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-cl"),
