@@ -725,7 +725,9 @@ def pack_port(w, taps, groups, over_outputs, elem, tile_bytes=PACK_TILE_BYTES):
     kh_n, kw_n = w.shape[3], w.shape[4]
     ksize, cin_g = math.prod(w.shape[2:]), c_in // groups
     st = w.stride()
-    flat = w.as_strided((w.untyped_storage().nbytes() // w.element_size(),), (1,), 0)
+    # the weight's storage from its first element on (the kernel's pointer)
+    extent = sum((n - 1) * s for n, s in zip(w.shape, w.stride())) + 1
+    flat = w.as_strided((w.storage_offset() + extent,), (1,), 0)[w.storage_offset():]
     cg = 8 if over_outputs else 16 // elem
     chans, cols = (cout_g, cin_g) if over_outputs else (cin_g, cout_g)
     chan_stride, col_stride = (st[1], st[0]) if over_outputs else (st[0], st[1])
