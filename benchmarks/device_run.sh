@@ -13,6 +13,8 @@
 #               one's, each with its own extension cache: the base is .ab_base.tar in the root
 #               (made here by `git archive REV -o .ab_base.tar`; git ignores it, so the run
 #               names it in its carry)
+#   l2          L2 and DRAM bytes, L2 and SM throughput, duration of the implicit GEMM on
+#               sweep shapes 4-6 (bf16, channels-last input; ncu metrics, no replay of sections)
 #   packs       the tensor-core weight layouts gathered against packed by tiles, every sweep
 #               shape, float32 and bfloat16 (benchmarks/kernel_dev.py --packs)
 #   macs        executed against useful multiply-adds, every kernel family (ncu,
@@ -71,6 +73,11 @@ for s in "$@"; do
         stage ab-base 30 env TORCH_EXTENSIONS_DIR=/tmp/ab_ext PHASECONV_TREE=/tmp/ab_base \
             PYTHONPATH=/tmp/ab_base python3 benchmarks/kernel_dev.py --tag base ${AB_ARGS:-}
         stage ab-head 30 python3 benchmarks/kernel_dev.py --tag head ${AB_ARGS:-} ;;
+    l2)
+        stage l2 60 ncu -k "regex:gemm_cl" --metrics "gpu__time_duration.sum,lts__t_bytes.sum,\
+dram__bytes.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed,\
+sm__throughput.avg.pct_of_peak_sustained_elapsed" \
+            python3 benchmarks/profile_shapes.py --shapes 3,4,5 --dtype bf16 --channels-last ;;
     packs)
         stage packs 20 python3 benchmarks/kernel_dev.py --packs --dtypes fp32,bf16 ;;
     macs)
