@@ -146,26 +146,27 @@ def bench_backward(spec, dtype, reps):
     def rel(a, e):
         return ((a.double() - e).norm() / e.norm()).item()
 
-    for vname, kernel in (("gw_auto", "auto"), ("gw_simt", "simt"), ("gw_tc", "tensor-cores"),
-                          ("gw_tc_cl", "tensor-cores-cl"), ("gw_tc_narrow", "tensor-cores-narrow")):
-        def run(kernel=kernel):
-            return cuda.backward(gy, x, w, args, need_input=False, grad_weight_kernel=kernel)[1]
-        try:
-            row[vname + "_err"] = rel(run(), gw_ref)
-        except RuntimeError as exc:
-            row[vname] = str(exc)[:60]
-            continue
-        row[vname + "_us"], _ = time_fn(run, reps)
-    for vname, kernel in (("gi_auto", "auto"), ("gi_tc", "tensor-cores"), ("gi_naive", "naive"),
-                          ("gi_gemm", "implicit-gemm")):
-        def run(kernel=kernel):
-            return cuda.backward(gy, x, w, args, need_weight=False, grad_input_kernel=kernel)[0]
-        try:
-            row[vname + "_err"] = rel(run(), gi_ref)
-        except RuntimeError as exc:
-            row[vname] = str(exc)[:80]
-            continue
-        row[vname + "_us"], _ = time_fn(run, reps)
+    def timed(variants, need_input, ref):
+        """Each kernel's relative error and time, or why it refused the layer."""
+        for vname, kernel in variants:
+            def run(kernel=kernel):
+                if need_input:
+                    return cuda.backward(gy, x, w, args, need_weight=False,
+                                         grad_input_kernel=kernel)[0]
+                return cuda.backward(gy, x, w, args, need_input=False,
+                                     grad_weight_kernel=kernel)[1]
+            try:
+                row[vname + "_err"] = rel(run(), ref)
+            except RuntimeError as exc:
+                row[vname] = str(exc)[:80]
+                continue
+            row[vname + "_us"], _ = time_fn(run, reps)
+
+    timed((("gw_auto", "auto"), ("gw_simt", "simt"), ("gw_tc", "tensor-cores"),
+           ("gw_tc_cl", "tensor-cores-cl"), ("gw_tc_narrow", "tensor-cores-narrow")), False,
+          gw_ref)
+    timed((("gi_auto", "auto"), ("gi_tc", "tensor-cores"), ("gi_naive", "naive"),
+           ("gi_gemm", "implicit-gemm")), True, gi_ref)
     del gi_ref, gw_ref, x64, w64
 
     def theirs():
