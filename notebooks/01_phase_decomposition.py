@@ -805,3 +805,145 @@ for shape, groups in [((32, 8, 3, 5, 7), 4), ((12, 24, 2, 1, 3), 2)]:
                 assert torch.equal(got, gather_port(w, index)), (shape, elem)
 print("the pack's tile loop writes every position once, with the gather's value, "
       "for both layouts, any weight strides and split tap runs")
+
+# %% [markdown]
+# ## 10. One `ldmatrix`, two dtypes: the implicit GEMM's float32 fragments
+#
+# The implicit GEMM's `mma.sync` tiles (`csrc/phase_conv_fwd_gemm.cu`) stage a k step as
+# 16-byte channel groups: A as BM rows of BKG groups (XOR-swizzled within the row), B as
+# BKG × BN rows of one group each. A group holds 8 channels of a 16-bit type or 4 of
+# float32. Each warp loads its fragments with `ldmatrix.m8n8.x4.b16`: lanes $8i \dots 8i+7$
+# give the row addresses of matrix $i$, and thread $t$ receives, from each matrix $i$, the
+# 32-bit word $t \bmod 4$ of row $\lfloor t/4 \rfloor$. The instruction moves words. Only
+# the mma that reads them decides what they mean:
+# - `m16n8k16` (bf16/fp16) wants, with $g = \lfloor t/4 \rfloor$ and $q = t \bmod 4$:
+#   $a_0 = (g, \{2q, 2q{+}1\})$, $a_1 = (g{+}8, \cdot)$, $a_2 = (g, \{2q{+}8, 2q{+}9\})$,
+#   $a_3 = (g{+}8, \cdot)$, and $b_0 = (\{2q, 2q{+}1\}, g)$, $b_1 = (\{2q{+}8, 2q{+}9\}, g)$;
+# - `m16n8k8` (TF32) wants $a_0 = (g, q)$, $a_1 = (g{+}8, q)$, $a_2 = (g, q{+}4)$,
+#   $a_3 = (g{+}8, q{+}4)$, and $b_0 = (q, g)$, $b_1 = (q{+}4, g)$ (PTX ISA, "Matrix
+#   fragments for mma.m16n8k8").
+#
+# So the same lane addresses (a k16 step of 16-bit, a k8 step of float32: two groups either
+# way) give both. The cell stores symbolic elements with the loader's layout and runs the
+# kernel's lane addresses through a model of `ldmatrix`. It checks every register of every
+# lane against both layouts, and that each matrix's 8 rows fall in distinct 16-byte bank
+# groups.
+
+# %%
+def a_swz(row, bkg):  # csrc/phase_conv_fwd_gemm.cu: a_swz<BKG>
+    return ((row >> 1) & 3) if bkg == 4 else (row & 7)
+
+
+def staged_words(bm, bn, bkg, cpg):
+    """Shared memory of one k step as 32-bit words, each the tuple of (operand, row or
+    column, channel) it holds: A at 0, B after it (csrc/phase_conv_fwd_gemm.cu: GemmLoader)."""
+    words = {}
+    per_word = cpg // 4  # elements a word: 2 of 16 bits, 1 float32
+    for r in range(bm):
+        for c in range(bkg):
+            byte = r * bkg * 16 + ((c ^ a_swz(r, bkg)) << 4)
+            for w in range(4):
+                words[byte // 4 + w] = tuple(("A", r, c * cpg + w * per_word + e)
+                                             for e in range(per_word))
+    b0 = bm * bkg * 16
+    for c in range(bkg):
+        for n in range(bn):
+            for w in range(4):
+                words[(b0 + (c * bn + n) * 16) // 4 + w] = tuple(
+                    ("B", n, c * cpg + w * per_word + e) for e in range(per_word))
+    return words, b0
+
+
+def ldmatrix_x4(words, lane_addr):
+    """Per thread, its four registers: matrix i's row t // 4, word t % 4."""
+    return [[words[lane_addr[8 * i + t // 4] // 4 + t % 4] for i in range(4)]
+            for t in range(32)]
+
+
+def bank_groups_distinct(lane_addr):
+    return all(len({(lane_addr[8 * i + r] // 16) % 8 for r in range(8)}) == 8
+               for i in range(4))
+
+
+def expected(op, t, reg, k0, cpg, row0=0, col=0):
+    """What register `reg` of thread t must hold: A (rows row0..row0+15) or B (column col)."""
+    g, q = t // 4, t % 4
+    if cpg == 8:  # m16n8k16
+        ks = [2 * q + 8 * (reg >> 1 if op == "A" else reg) + e for e in range(2)]
+        if op == "A":
+            return tuple(("A", row0 + g + 8 * (reg & 1), k0 + k) for k in ks)
+        return tuple(("B", col, k0 + k) for k in ks)
+    k = q + 4 * (reg >> 1 if op == "A" else reg)  # m16n8k8 TF32
+    if op == "A":
+        return (("A", row0 + g + 8 * (reg & 1), k0 + k),)
+    return (("B", col, k0 + k),)
+
+
+for cpg in (8, 4):  # 16-bit, float32
+    for bm, bn, bkg, wm_tiles, wn_tiles in ((128, 32, 4, 4, 1), (128, 64, 8, 2, 2),
+                                            (128, 128, 8, 2, 4)):
+        words, b0 = staged_words(bm, bn, bkg, cpg)
+        mt_n, nt_n = bm // (16 * wm_tiles), bn // (8 * wn_tiles)  # MT, NT
+        for wm in range(wm_tiles):
+            for wn in range(wn_tiles):
+                for ks in range(bkg // 2):
+                    k0 = ks * 2 * cpg  # the step's first channel
+                    for mt in range(mt_n):
+                        lanes = []
+                        for lane in range(32):  # the kernel's A lane address
+                            row = (wm * mt_n + mt) * 16 + (lane & 15)
+                            kg = ks * 2 + (lane >> 4)
+                            lanes.append(row * bkg * 16 + ((kg ^ a_swz(row, bkg)) << 4))
+                        assert bank_groups_distinct(lanes)
+                        regs = ldmatrix_x4(words, lanes)
+                        for t in range(32):
+                            for reg in range(4):
+                                assert regs[t][reg] == expected(
+                                    "A", t, reg, k0, cpg, row0=(wm * mt_n + mt) * 16)
+                    for j in range(0, nt_n, 2):
+                        lanes = []
+                        for lane in range(32):  # the kernel's B lane address
+                            bro, bhalf, bj = lane & 7, (lane >> 3) & 1, lane >> 4
+                            row = (ks * 2 + bhalf) * bn + (wn * nt_n + j + bj) * 8 + bro
+                            lanes.append(b0 + row * 16)
+                        assert bank_groups_distinct(lanes)
+                        regs = ldmatrix_x4(words, lanes)
+                        for t in range(32):
+                            for jj, pair in ((j, (0, 1)), (j + 1, (2, 3))):
+                                col = (wn * nt_n + jj) * 8 + t // 4
+                                for reg, r in enumerate(pair):
+                                    assert regs[t][r] == expected("B", t, reg, k0, cpg,
+                                                                  col=col)
+print("one set of lane addresses gives the m16n8k16 fragments of 16-bit groups and the "
+      "m16n8k8 TF32 fragments of float32 groups, bank-conflict free")
+
+# %% [markdown]
+# **3xTF32.** TF32 keeps 10 of float32's 23 fraction bits. Each operand is split as
+# $x = x_\text{big} + x_\text{small}$, both TF32 (`cvt.rna`: nearest, ties away from zero),
+# and a product is summed as $a_s b_b + a_b b_s + a_b b_b$, leaving out $a_s b_s$.
+# $x_\text{big}$ is within $2^{-12}|x|$ of $x$, so rounding the remainder to TF32 leaves
+# $|x - x_b - x_s|$ within about $2^{-23}|x|$, and the dropped term is within about
+# $2^{-24}|ab|$. A product then carries a relative error of a few times float32's $2^{-24}$,
+# against about $2^{-11}$ for one TF32 product. The cell measures both on random operands.
+
+# %%
+def to_tf32(x):
+    """cvt.rna.tf32.f32 on float64 values that are float32: 10 fraction bits, nearest,
+    ties away from zero."""
+    m, e = torch.frexp(x)  # x = m 2^e, 0.5 <= |m| < 1
+    scaled = m * 2.0 ** 11  # 11 significant bits (1 implicit + 10)
+    return torch.sign(scaled) * torch.floor(scaled.abs() + 0.5) * 2.0 ** (e - 11)
+
+
+gen = torch.Generator().manual_seed(1)
+a = torch.randn(100_000, generator=gen, dtype=torch.float32).double()
+b = torch.randn(100_000, generator=gen, dtype=torch.float32).double()
+ab_, bb_ = to_tf32(a), to_tf32(b)
+as_, bs_ = to_tf32((a - ab_).float().double()), to_tf32((b - bb_).float().double())
+split_err = float(((a - ab_ - as_).abs() / a.abs()).max())
+prod_err = float(((as_ * bb_ + ab_ * bs_ + ab_ * bb_ - a * b).abs() / (a * b).abs()).max())
+one_tf32 = float(((ab_ * bb_ - a * b).abs() / (a * b).abs()).max())
+print(f"split: max |x - big - small| / |x| = {split_err:.2e} (2^-23 = {2.0 ** -23:.2e})")
+print(f"3xTF32 product: max relative error {prod_err:.2e}; one TF32 product {one_tf32:.2e}; "
+      f"float32 rounding 2^-24 = {2.0 ** -24:.2e}")
+assert split_err <= 2.0 ** -22 and prod_err <= 2.0 ** -20 < one_tf32
