@@ -125,6 +125,23 @@ def test_half_dtypes_match_torch(cfg, dtype, kernel):
 
 
 @st.composite
+def gemm_configs(draw):
+    """Drawn layers the implicit GEMM takes: C_in/groups a multiple of 8."""
+    cfg = draw(configs(max_channels=10))
+    return dict(cfg, cin=draw(st.sampled_from([8, 16, 24, 40])) * cfg["groups"])
+
+
+# the implicit GEMM forced on drawn layers (ragged and empty phases, dilation, groups, odd
+# C_out/groups): float32 as 3xTF32, bfloat16
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@settings(deadline=None, max_examples=40)
+@given(cfg=gemm_configs())
+def test_implicit_gemm_matches_torch_on_drawn_layers(cfg, dtype):
+    y, ref = _run(cfg, dtype, kernel=ForwardKernel("gemm"), refusal_ok=True)
+    _check(y, ref, dtype)
+
+
+@st.composite
 def depthwise_configs(draw):
     # W up to 40 inputs: output rows longer than a W group of 128; a batch (torch's CPU
     # reference rejects some empty depthwise batches)
