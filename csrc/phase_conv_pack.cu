@@ -8,6 +8,11 @@
 namespace phaseconv_pack {
 namespace {
 
+// A layout of no elements: the launch only owes the call's flag its zero.
+cudaError_t zero_flag(int* flag, cudaStream_t stream) {
+  return flag != nullptr ? cudaMemsetAsync(flag, 0, sizeof(int), stream) : cudaSuccess;
+}
+
 // Moves raw elements (U of the element's size): no arithmetic on the values, so any dtype,
 // NaN and Inf included, arrives bit for bit.
 template <typename U>
@@ -113,8 +118,7 @@ __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
 template <typename U, int CG>
 cudaError_t launch_pack(const void* w, const PhaseConvWeightView& view,
                         const PhaseConvMmaPack& pk, void* out, int* flag, cudaStream_t stream) {
-  if (pk.groups * pk.chans * pk.cols * pk.ksize == 0)
-    return flag != nullptr ? cudaMemsetAsync(flag, 0, sizeof(int), stream) : cudaSuccess;
+  if (pk.groups * pk.chans * pk.cols * pk.ksize == 0) return zero_flag(flag, stream);
   constexpr int kTile = PackShape<U, CG>::kTile;
   PackTiles tl;
   // whole tap runs of as many columns as fit, or one column's taps in pieces
@@ -137,8 +141,7 @@ cudaError_t phase_conv_gather_weight(const void* w, const PhaseConvWeightView& v
                                      const int32_t* index, void* out, int64_t n, int elem_size,
                                      int* flag, cudaStream_t stream) {
   using namespace phaseconv_pack;
-  if (n == 0) return flag != nullptr ? cudaMemsetAsync(flag, 0, sizeof(int), stream)
-                                     : cudaSuccess;
+  if (n == 0) return zero_flag(flag, stream);
   switch (elem_size) {
     case 2: return launch<uint16_t>(w, view, index, out, n, flag, stream);
     case 4: return launch<uint32_t>(w, view, index, out, n, flag, stream);
