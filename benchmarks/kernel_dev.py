@@ -194,10 +194,8 @@ def bench_packs(spec, dtype, reps):
            w.numel() * w.element_size() / 1e6}
     layouts = {"fwd": (t.host.index_mma, lambda: engine.pack_weight_mma(w, t.mma_taps, g))}
     if (cout // g) % 8 == 0:
-        index = (torch.arange(w.numel(), dtype=torch.int32)
-                 .view(g, cin // g, cout // g // 8, 8, *k).permute(0, 4, 5, 6, 2, 1, 3)
-                 .reshape(-1))
-        layouts["gi"] = (index, lambda: engine.pack_weight_mma(w, None, g, over_outputs=True))
+        layouts["gi"] = (cuda.grad_input_mma_index(shape, g),
+                         lambda: engine.pack_weight_mma(w, None, g, over_outputs=True))
     for lname, (index, pack) in layouts.items():
         index = index.to(w.device)
 

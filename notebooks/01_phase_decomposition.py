@@ -657,7 +657,7 @@ for shape in SWEEP[1:6]:
 # weight.
 
 # %%
-from phaseconv.engines.cuda import host_tables  # noqa: E402
+from phaseconv.engines.cuda import grad_input_mma_index, host_tables  # noqa: E402
 
 SECTOR = 32
 PACK_TILE_BYTES = 16 * 1024  # csrc/phase_conv_pack.cu: kPackTileBytes
@@ -719,8 +719,9 @@ for name, (shape, groups, stride, padding) in layers.items():
 # layers split their tap runs, or spread their columns over tiles, as large ones do.
 
 # %%
-def pack_port(w, taps, groups, over_outputs, elem, tile_bytes=PACK_TILE_BYTES):
-    """pack_mma_kernel and launch_pack in Python; w a float64 tensor of any strides."""
+def pack_port(w, taps, groups, over_outputs, elem, tile_bytes=PACK_TILE_BYTES, cg=None):
+    """pack_mma_kernel and launch_pack in Python; w a float64 tensor of any strides; cg the
+    channel group (by default 16 bytes of them)."""
     c_in, cout_g = w.shape[:2]
     kh_n, kw_n = w.shape[3], w.shape[4]
     ksize, cin_g = math.prod(w.shape[2:]), c_in // groups
@@ -728,7 +729,7 @@ def pack_port(w, taps, groups, over_outputs, elem, tile_bytes=PACK_TILE_BYTES):
     # the weight's storage from its first element on (the kernel's pointer)
     extent = sum((n - 1) * s for n, s in zip(w.shape, w.stride())) + 1
     flat = w.as_strided((w.storage_offset() + extent,), (1,), 0)[w.storage_offset():]
-    cg = 8 if over_outputs else 16 // elem
+    cg = cg or 16 // elem
     chans, cols = (cout_g, cin_g) if over_outputs else (cin_g, cout_g)
     chan_stride, col_stride = (st[1], st[0]) if over_outputs else (st[0], st[1])
     group_stride = cin_g * st[0]
@@ -794,15 +795,12 @@ for shape, groups, stride, padding, dilation in [
                 got = pack_port(w, t.mma_taps, groups, False, elem, tile_bytes)
                 assert torch.equal(got, gather_port(w, t.index_mma)), (shape, elem)
 for shape, groups in [((32, 8, 3, 5, 7), 4), ((12, 24, 2, 1, 3), 2)]:
-    c_in, cout_g = shape[:2]
-    index = (torch.arange(math.prod(shape), dtype=torch.int32)
-             .view(groups, c_in // groups, cout_g // 8, 8, *shape[2:])
-             .permute(0, 4, 5, 6, 2, 1, 3).reshape(-1))
-    for elem in (2, 4):
+    for elem, cg in ((2, 8), (4, 8), (4, 4)):  # octets (narrow kernel), quads (float32 GEMM)
+        index = grad_input_mma_index(shape, groups, cg)
         for w in weights_of(shape):
-            for tile_bytes in (PACK_TILE_BYTES, 8 * 8 * elem):  # 8 pairs a tile
-                got = pack_port(w, None, groups, True, elem, tile_bytes)
-                assert torch.equal(got, gather_port(w, index)), (shape, elem)
+            for tile_bytes in (PACK_TILE_BYTES, 8 * cg * elem):  # 8 pairs a tile
+                got = pack_port(w, None, groups, True, elem, tile_bytes, cg)
+                assert torch.equal(got, gather_port(w, index)), (shape, elem, cg)
 print("the pack's tile loop writes every position once, with the gather's value, "
       "for both layouts, any weight strides and split tap runs")
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from phaseconv.engines import reference
+from phaseconv.engines.cuda import grad_input_mma_index
 from phaseconv.geometry import axis_plan, phase_plan
 from phaseconv.packing import pack_conv3d_phases, unpack_conv3d_phases
 
@@ -347,9 +348,9 @@ for cfg in [dict(stride=2, padding=1, dilation=1, output_padding=0, k=4),
 # * columns: the input channels of the group.
 #
 # The weight reaches the kernel as $[g][k_D][k_H][k_W][C_\text{out}/g/8][C_\text{in}/g][8]$,
-# gathered through an index built once per geometry (`csrc/phase_conv.cpp`). The check below
-# builds that index the way the binding does and computes $\bar x$ as one matrix product per
-# (group, tap), against torch autograd.
+# packed by tiles (`csrc/phase_conv_pack.cu`). The check below reads the weight through that
+# layout's index map (`engines.cuda.grad_input_mma_index`) and computes $\bar x$ as one
+# matrix product per (group, tap), against torch autograd.
 
 
 # %%
@@ -358,8 +359,7 @@ def grad_input_implicit_gemm(gy, w, x_shape, groups, stride, padding, dilation):
     n, c_out = gy.shape[:2]
     c_in, k = w.shape[0], w.shape[2:]
     cin_g, cout_g = c_in // groups, c_out // groups
-    index = (torch.arange(w.numel()).view(groups, cin_g, cout_g // 8, 8, *k)
-             .permute(0, 4, 5, 6, 2, 1, 3).reshape(-1))  # the binding's gather index
+    index = grad_input_mma_index(w.shape, groups).long()  # the kernel's layout
     taps = k[0] * k[1] * k[2]
     wm = w.reshape(-1)[index].view(groups, taps, cout_g // 8, cin_g, 8)
     gy_cl = gy.permute(0, 2, 3, 4, 1)  # (N, OD, OH, OW, C_out)

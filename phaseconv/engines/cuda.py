@@ -412,6 +412,18 @@ def host_tables(weight_shape, groups: int, stride, padding, dilation, cg: int) -
         None if mma_taps is None else torch.tensor(mma_taps, dtype=torch.int64))
 
 
+def grad_input_mma_index(weight_shape, groups: int, cg: int = 8) -> torch.Tensor:
+    """The index map (int32, host) of the input gradient's tensor-core layout,
+    ``[groups][kD][kH][kW][C_out/g / cg][C_in/g][cg]``: groups of ``cg`` output channels (8
+    for the narrow kernel, 4 for float32's implicit GEMM).  The engine packs it by tiles
+    (``pack_weight_mma(..., over_outputs=True)``); this map defines it, for the tests."""
+    c_in, cout_g = int(weight_shape[0]), int(weight_shape[1])
+    kernel = tuple(int(k) for k in weight_shape[2:])
+    ids = torch.arange(c_in * cout_g * math.prod(kernel), dtype=torch.int32)
+    return (ids.view(groups, c_in // groups, cout_g // cg, cg, *kernel)
+            .permute(0, 4, 5, 6, 2, 1, 3).reshape(-1))
+
+
 class LayerTables(NamedTuple):
     """:class:`HostTables` on a device, plus the event that marks their copies done."""
     host: HostTables
@@ -613,4 +625,3 @@ def describe_backward(args: ConvArgs, batch: int, dtype: torch.dtype,
 def gather(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``weight`` in the layout of an index map (tests read the kernels' layouts so)."""
     return load().gather_weight(weight, index)
-

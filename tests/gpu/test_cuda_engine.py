@@ -682,10 +682,7 @@ def test_input_gradient_tensor_core_weight_pack(shape, groups, dtype, cg):
     bytes in float32; quads for float32's implicit GEMM), is the gather through that layout's
     index map, bit for bit."""
     cuda = _cuda()
-    c_in, cout_g = shape[:2]
-    index = (torch.arange(math.prod(shape), dtype=torch.int32)
-             .view(groups, c_in // groups, cout_g // cg, cg, *shape[2:])
-             .permute(0, 4, 5, 6, 2, 1, 3).reshape(-1).to(DEV))
+    index = cuda.grad_input_mma_index(shape, groups, cg).to(DEV)
     for w in _weights_to_pack(shape, dtype):
         _same_bits(cuda.load().pack_weight_mma(w, None, groups, over_outputs=True, cg=cg),
                    cuda.gather(w, index))
