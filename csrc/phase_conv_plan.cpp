@@ -336,6 +336,12 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
 bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
                double wgmma_min_k, GemmCfg* c);
 
+// Channels of one of the GEMM's 16-byte groups, and what its description adds for float32.
+int gemm_group_channels(const GemmCfg& c) { return c.tf32 ? 4 : 8; }
+const char* gemm_precision(const GemmCfg& c) {
+  return c.tf32 ? (c.flush ? " 3xTF32 flushed" : " 3xTF32") : "";
+}
+
 // Whether a channels-last copy of x can feed the 16-byte staging (CG channels per vector).
 bool cl_possible(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvForce& force) {
   if (dtype_code == PHASECONV_FLOAT64 || p.weight_mma == nullptr) return false;
@@ -422,8 +428,7 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   c->wgroup = p.stride_w >= 2 && p.stride_w <= kGemmMaxGroup && kind != 5 && !c->tf32 &&
               !force.gemm_one_phase;
   // the 8-warp tiles take 8 channel groups a k step (half the barriers) when C_in/g allows
-  const int64_t group_channels = c->tf32 ? 4 : 8;
-  c->bkg = wg || (kind >= 2 && cin_g >= 8 * group_channels && !force.gemm_k32) ? 8 : 4;
+  c->bkg = wg || (kind >= 2 && cin_g >= 8 * gemm_group_channels(*c) && !force.gemm_k32) ? 8 : 4;
   const int stages = gemm_pipeline_stages(kind, false);
   const int group_stages = gemm_pipeline_stages(kind, true);
   // row tables; the warpgroup tiles align their stages to 1024 bytes (the swizzle atom)
@@ -476,8 +481,8 @@ bool plan_reads_channels_last(const PhaseConvFwdParams& p, int dtype_code,
                        choose_gemm(p, dtype_code, force, dev, true, &cl_gc);
   // a k == s layer's contiguous input is read in place, unless a channels-last copy feeds the
   // warpgroup tile (H200, bf16, 512->256 16^3 k2: 54.0 us with the copy against 61.2 in place)
-  if (!offered && may(force, PHASECONV_GEMM) && choose_gemm(p, dtype_code, force, dev, false, &gc) &&
-      !(gemm_cl && cl_gc.kind >= 4))
+  if (!offered && may(force, PHASECONV_GEMM) &&
+      choose_gemm(p, dtype_code, force, dev, false, &gc) && !(gemm_cl && cl_gc.kind >= 4))
     return false;  // reads NCDHW
   if (!cl_ok) return false;
   if (gemm_cl) return true;  // needs channels-last
@@ -613,10 +618,11 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
       snprintf(buf, len,
                "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d "
                "smem=%zu grid=%lld %s%s%s (%s)", gc.kind, gc.BM, gc.BN,
-               gc.bkg * (gc.tf32 ? 4 : 8), gc.threads, gemm_pipeline_stages(gc.kind, gc.wgroup),
+               gc.bkg * gemm_group_channels(gc), gc.threads,
+               gemm_pipeline_stages(gc.kind, gc.wgroup),
                gc.m_tiles, gc.smem, (long long)gc.grid,
                gc.wgroup ? "w-phases-grouped" : "one-phase", gc.kind >= 4 ? " wgmma-sm90a" : "",
-               gc.tf32 ? (gc.flush ? " 3xTF32 flushed" : " 3xTF32") : "", layout);
+               gemm_precision(gc), layout);
       return true;
     }
     AllCfg& ac = out->allph;
@@ -860,9 +866,10 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     snprintf(buf, len,
              "implicit-gemm grad-input kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d "
              "m_tiles=%d smem=%zu%s%s, grad_y channels-last", gc.kind, gc.BM, gc.BN,
-             gc.bkg * (gc.tf32 ? 4 : 8), gc.threads, gemm_pipeline_stages(gc.kind, gc.wgroup),
+             gc.bkg * gemm_group_channels(gc), gc.threads,
+             gemm_pipeline_stages(gc.kind, gc.wgroup),
              gc.m_tiles, gc.smem, gc.kind >= 4 ? " wgmma-sm90a" : "",
-             gc.tf32 ? (gc.flush ? " 3xTF32 flushed" : " 3xTF32") : "");
+             gemm_precision(gc));
     return true;
   }
   if (force == PHASECONV_GEMM)
