@@ -28,19 +28,23 @@ def cuda_extension() -> dict:
     if not archs:
         raise SystemExit("PHASECONV_BUILD_CUDA=1 needs TORCH_CUDA_ARCH_LIST (e.g. \"8.0;9.0\")")
     sources = [os.path.join("csrc", n) for n in cuda._CPP_SOURCES + cuda._CUDA_SOURCES]
-    listed = [a.split("+")[0] for a in archs.replace(";", " ").split()]  # "8.0", "9.0a", ...
-    arch_tokens = "_".join("sm" + a.replace(".", "") for a in listed)
+    try:
+        gencode, names = cuda.gencode_flags(archs)  # "8.0;9.0a" -> -gencode flags, ["80", "90a"]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     macros = [("PHASECONV_SOURCE_HASH", "h" + cuda.source_hash()),
-              ("PHASECONV_ARCHS", arch_tokens)]
-    if "9.0a" in listed and "9.0" not in listed:
+              ("PHASECONV_ARCHS", "_".join("sm" + n for n in names))]
+    if "90a" in names and "90" not in names:
         # sm_90 runs the sm_90a code, warpgroup (wgmma) kernels included; with 9.0 listed too
         # the plan could not tell which of the two the driver loads
         macros.append(("PHASECONV_SM90A", None))
+    std = cuda.cxx_standard_flags()
     return dict(
         ext_modules=[CUDAExtension("phaseconv._engine", sources,
                                    include_dirs=[os.path.join(here, "csrc")],
                                    define_macros=macros,
-                                   extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]})],
+                                   extra_compile_args={"cxx": ["-O3", *std],
+                                                       "nvcc": ["-O3", *gencode, *std]})],
         cmdclass={"build_ext": BuildExtension},
     )
 

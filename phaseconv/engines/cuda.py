@@ -43,7 +43,7 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -189,7 +189,8 @@ def _extension(major: int, minor: int):
     headers they include) changed."""
     arch = f"{major}{minor}"
     target = build_target(major, minor)
-    cuda_flags = ["-O3", f"-gencode=arch=compute_{target},code=sm_{target}"]
+    cuda_flags = ["-O3", f"-gencode=arch=compute_{target},code=sm_{target}",
+                  *cxx_standard_flags()]
     if target == "90a":
         # the sm_90a build holds the warpgroup (wgmma) kernels; the plan runs them on sm_90
         # only when the engine says it was built so (PHASECONV_SM90A, DevInfo::wgmma)
@@ -198,6 +199,33 @@ def _extension(major: int, minor: int):
     digest.update(torch.__version__.encode())
     digest.update(str(torch.version.cuda).encode())
     return f"phaseconv_cuda_sm{arch}_{digest.hexdigest()[:12]}", cuda_flags
+
+
+def cxx_standard_flags() -> List[str]:
+    """The engine is C++17.  torch 2.x's extension builder says so itself; torch 1.13's passes
+    ``-std=c++14``, which a later ``-std=c++17`` overrides (nvcc notes the redefinition)."""
+    return ["-std=c++17"] if int(torch.__version__.split(".")[0]) < 2 else []
+
+
+def gencode_flags(arch_list: str) -> Tuple[List[str], List[str]]:
+    """nvcc's ``-gencode`` flags for a ``TORCH_CUDA_ARCH_LIST`` value ("8.0;9.0", "9.0a",
+    "8.6+PTX"), and the architectures' names ("80", "90a").  Given to nvcc as ours, so that
+    torch's extension builder adds none of its own: torch 1.13's refuses "9.0"."""
+    flags, names = [], []
+    for token in arch_list.replace(";", " ").split():
+        arch, ptx = (token[:-4], True) if token.endswith("+PTX") else (token, False)
+        match = re.fullmatch(r"(\d+)\.(\d)(a?)", arch)
+        if match is None:
+            raise ValueError(f"TORCH_CUDA_ARCH_LIST: {token!r} is not an architecture such as "
+                             f"8.0, 9.0, 9.0a or 8.6+PTX")
+        name = "".join(match.groups())
+        flags.append(f"-gencode=arch=compute_{name},code=sm_{name}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{name},code=compute_{name}")
+        names.append(name)
+    if not names:
+        raise ValueError("TORCH_CUDA_ARCH_LIST names no architecture (e.g. \"8.0;9.0\")")
+    return flags, names
 
 
 def build_target(major: int, minor: int) -> str:
@@ -243,7 +271,7 @@ def _build(major: int, minor: int):
     kwargs = dict(
         name=name,
         sources=[str(CSRC / n) for n in _CPP_SOURCES + _CUDA_SOURCES],
-        extra_cflags=["-O3"] + [f for f in cuda_flags if f.startswith("-D")],
+        extra_cflags=["-O3"] + [f for f in cuda_flags if f.startswith(("-D", "-std"))],
         extra_cuda_cflags=cuda_flags,
         extra_include_paths=[str(CSRC)],
         build_directory=str(directory),
@@ -263,6 +291,12 @@ def _build(major: int, minor: int):
             msg += "\n" + out.decode(errors="replace")
         elif isinstance(out, str):
             msg += "\n" + out
+        if cxx_standard_flags() and os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            # torch 1.13's builder adds $TORCH_CUDA_ARCH_LIST's architectures to ours and
+            # refuses any past 8.6
+            msg += ("\n(torch < 2 compiles the extension for $TORCH_CUDA_ARCH_LIST too, and "
+                    "knows no architecture past 8.6: unset it; the engine is built for this "
+                    "GPU's architecture)")
         raise RuntimeError("phaseconv cuda engine: building the extension failed:\n" + msg) \
             from exc
     (directory / _STAMP).write_text(source_hash() + "\n")

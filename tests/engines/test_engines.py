@@ -150,6 +150,33 @@ def test_sm90_builds_target_sm90a_with_cuda_12(monkeypatch):
         assert "-DPHASECONV_SM90A" not in cuda._extension(8, 0)[1]
 
 
+def test_ahead_of_time_flags_come_from_the_arch_list():
+    """setup.py turns $TORCH_CUDA_ARCH_LIST into nvcc's -gencode flags itself, so torch's
+    builder adds none (torch 1.13's refuses 9.0); a bad entry is refused by name."""
+    from phaseconv.engines import cuda
+
+    flags, names = cuda.gencode_flags("8.0;9.0a 8.6+PTX")
+    assert names == ["80", "90a", "86"]
+    assert flags == ["-gencode=arch=compute_80,code=sm_80",
+                     "-gencode=arch=compute_90a,code=sm_90a",
+                     "-gencode=arch=compute_86,code=sm_86",
+                     "-gencode=arch=compute_86,code=compute_86"]
+    for bad in ("", " ; ", "Ampere", "sm_80", "9", "9.0b"):
+        with pytest.raises(ValueError, match="TORCH_CUDA_ARCH_LIST"):
+            cuda.gencode_flags(bad)
+
+
+def test_engine_is_compiled_as_cxx17_on_every_torch(monkeypatch):
+    """torch 1.13's extension builder passes -std=c++14; the engine adds -std=c++17 there
+    (for nvcc and the host compiler alike) and leaves torch 2's own standard alone."""
+    from phaseconv.engines import cuda
+
+    for version, flags in (("1.13.1+cu117", ["-std=c++17"]), ("2.0.1", []), ("2.11.0", [])):
+        monkeypatch.setattr(torch, "__version__", version)
+        assert cuda.cxx_standard_flags() == flags
+        assert [f for f in cuda._extension(8, 0)[1] if f.startswith("-std")] == flags
+
+
 @pytest.mark.parametrize("dtype, size, batched_gemm", [
     (torch.float32, 4, True),     # 4 -> 4 channels, k3 s2: a small layer
     (torch.float64, 4, True),
