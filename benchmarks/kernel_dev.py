@@ -192,7 +192,8 @@ def bench_packs(spec, dtype, reps):
     bits = torch.int32 if dtype == torch.float32 else torch.int16
     row = {"shape": name, "dtype": str(dtype).replace("torch.", ""), "weight_MB":
            w.numel() * w.element_size() / 1e6}
-    layouts = {"fwd": (t.host.index_mma, lambda: engine.pack_weight_mma(w, t.mma_taps, g))}
+    layouts = {"fwd": (cuda.forward_mma_index(shape, g, s, p, (1, 1, 1), 16 // w.element_size()),
+                       lambda: engine.pack_weight_mma(w, t.mma_taps, g))}
     if (cout // g) % 8 == 0:
         layouts["gi"] = (cuda.grad_input_mma_index(shape, g),
                          lambda: engine.pack_weight_mma(w, None, g, over_outputs=True))

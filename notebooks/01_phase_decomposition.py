@@ -657,7 +657,7 @@ for shape in SWEEP[1:6]:
 # weight.
 
 # %%
-from phaseconv.engines.cuda import grad_input_mma_index, host_tables  # noqa: E402
+from phaseconv.engines.cuda import forward_mma_index, grad_input_mma_index, host_tables  # noqa: E402
 
 SECTOR = 32
 PACK_TILE_BYTES = 16 * 1024  # csrc/phase_conv_pack.cu: kPackTileBytes
@@ -699,7 +699,7 @@ layers.update({f"shape {s.name}": ((s.in_channels, s.out_channels // s.groups) +
 print(f"{'layer':>10} {'dtype':>8} {'weight MB':>9} {'gather MB':>9} {'pack MB':>8}")
 for name, (shape, groups, stride, padding) in layers.items():
     for elem, dtype in ((2, "16-bit"), (4, "float32")):
-        index = host_tables(shape, groups, stride, padding, (1, 1, 1), 16 // elem).index_mma
+        index = forward_mma_index(shape, groups, stride, padding, (1, 1, 1), 16 // elem)
         gather = warp_sectors(torch.where(index >= 0, index.long() * elem,
                                           torch.full_like(index, -1, dtype=torch.int64)))
         pack = warp_sectors(pack_read_addresses(shape, groups, elem))
@@ -793,7 +793,8 @@ for shape, groups, stride, padding, dilation in [
         for w in weights_of(shape):
             for tile_bytes in (PACK_TILE_BYTES, 8 * 16):  # 8 pairs a tile
                 got = pack_port(w, t.mma_taps, groups, False, elem, tile_bytes)
-                assert torch.equal(got, gather_port(w, t.index_mma)), (shape, elem)
+                index = forward_mma_index(shape, groups, stride, padding, dilation, 16 // elem)
+                assert torch.equal(got, gather_port(w, index)), (shape, elem)
 for shape, groups in [((32, 8, 3, 5, 7), 4), ((12, 24, 2, 1, 3), 2)]:
     for elem, cg in ((2, 8), (4, 8), (4, 4)):  # octets (narrow kernel), quads (float32 GEMM)
         index = grad_input_mma_index(shape, groups, cg)

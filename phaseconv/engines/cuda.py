@@ -16,9 +16,9 @@ groups, channels) fixes, once, a few small device tables (:func:`layer_tables`):
   layout puts each kernel tap.  That layout holds phase p as ``[groups][taps][G][C_out/groups]
   [CG]`` with ``CG`` channels of 16 bytes (4 for float32, 8 for 16-bit types), ``G =
   ceil((C_in/groups) / CG)``, zero-padded past C_in/groups; it is made by tiles, the weight
-  read in runs along its taps (``pack_mma_kernel``).  Its index map ``index_mma`` (-1 for
-  padding) stays on the host: it defines the layout, and the tests check the table and the
-  pack against it.
+  read in runs along its taps (``pack_mma_kernel``).  Its index map
+  (:func:`forward_mma_index`, -1 for padding) defines the layout; the tests check the table
+  and the pack against it, and no call builds it.
 * ``gi_table``/``gi_index``: the input gradient's sub-kernels (each phase's stride-1 adjoint,
   its blocks concatenated) and one table row per phase with taps.
 
@@ -311,7 +311,6 @@ class HostTables(NamedTuple):
     (0: no tensor-core layout)."""
     table: torch.Tensor               # int64 (num_phases, 12)
     index: torch.Tensor               # int32 (weight elements,)
-    index_mma: Optional[torch.Tensor]  # int32, -1 for padding; None without the layout
     gi_table: torch.Tensor            # int64 (phases with taps, 12)
     gi_index: torch.Tensor            # int32 (weight elements,)
     stride: Tuple[int, int, int]
@@ -321,14 +320,17 @@ class HostTables(NamedTuple):
     union_box: Tuple[int, ...]        # first input offset over all phases' taps, then span
     gi_max_taps: Tuple[int, int, int]
     gi_total_taps: int
-    # int64 (kernel taps, 2): per kernel tap (C order over kD, kH, kW), the index_mma position
-    # of (group 0, channel group 0, column 0) and the step per group; None without the layout
+    # int64 (kernel taps, 2): per kernel tap (C order over kD, kH, kW), the tensor-core layout's
+    # position of (group 0, channel group 0, column 0) and the step per group (forward_mma_index);
+    # None without the layout
     mma_taps: Optional[torch.Tensor] = None
 
 
-def _packed_layouts(w: torch.Tensor, groups: int, stride, padding, dilation, cg: int):
-    """The packed (and, with ``cg``, tensor-core) layouts of ``w`` in torch ops, with the
-    phase table rows: how the index maps are made (``w`` holds element numbers)."""
+def _packed_layouts(w: torch.Tensor, groups: int, stride, padding, dilation, cg: int,
+                    with_mma: bool = False):
+    """The packed layout of ``w`` in torch ops (and, ``with_mma``, the tensor-core layout of
+    ``cg`` channel groups), with the phase table rows and, with ``cg``, the tensor-core tap
+    table: how the index maps are made (``w`` holds element numbers)."""
     c_in, cout_g = int(w.shape[0]), int(w.shape[1])
     kernel = tuple(int(k) for k in w.shape[2:])
     plans = [_residue_phases(k, s, p, d) for k, s, p, d in zip(kernel, stride, padding, dilation)]
@@ -361,14 +363,15 @@ def _packed_layouts(w: torch.Tensor, groups: int, stride, padding, dilation, cg:
                     for t, (kd, kh, kw) in enumerate(itertools.product(*taps)):
                         mma_taps[(kd * kernel[1] + kh) * kernel[2] + kw] = [
                             moffset + t * run, ntaps * run]
+                    moffset += groups * ntaps * run
+                if with_mma:
                     # (g, ci, co, td, th, tw) -> (g, tap, ci, co) -> (g, tap, G, co, CG)
                     m = sub.permute(0, 3, 4, 5, 1, 2).reshape(groups, ntaps, cin_g, cout_g)
                     m = torch.nn.functional.pad(m, (0, 0, 0, ngrp * cg - cin_g))
                     m = m.reshape(groups, ntaps, ngrp, cg, cout_g).permute(0, 1, 2, 4, 3)
                     mparts.append(m.reshape(-1))
-                    moffset += groups * ntaps * ngrp * cg * cout_g
     packed = torch.cat(parts)
-    packed_mma = torch.cat(mparts) if cg else None
+    packed_mma = torch.cat(mparts) if with_mma else None
     max_taps = tuple(max(len(ph.taps) for ph in a) for a in plans)
     lo, ext = [], []
     for a in plans:
@@ -421,9 +424,9 @@ def _grad_input_layout(w: torch.Tensor, groups: int, stride, padding, dilation):
     return rows, torch.cat(blocks), max_taps, total
 
 
-def host_tables(weight_shape, groups: int, stride, padding, dilation, cg: int) -> HostTables:
-    """The tables of a layer geometry, made on the host from element numbers run through the
-    packing code (so an index map is the packing itself, by construction)."""
+def _element_ids(weight_shape, stride, padding, dilation):
+    """The weight's element numbers plus one (so that zero padding reads -1 after the shift
+    back), and the geometry as triples."""
     stride, padding, dilation = (triple(v, name) for v, name in
                                  ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
     shape = tuple(int(n) for n in weight_shape)
@@ -431,19 +434,33 @@ def host_tables(weight_shape, groups: int, stride, padding, dilation, cg: int) -
     if numel >= 2**31 - 1:
         raise ValueError(f"weight: the cuda engine takes weights below 2^31 elements, got shape "
                          f"{shape}")
-    # element k is stored as k + 1, so that zero padding reads -1 after the shift back
-    ids = torch.arange(1, numel + 1, dtype=torch.int64).reshape(shape)
-    rows, packed, packed_mma, max_taps, union, mma_taps = _packed_layouts(
+    return torch.arange(1, numel + 1, dtype=torch.int64).reshape(shape), stride, padding, dilation
+
+
+def host_tables(weight_shape, groups: int, stride, padding, dilation, cg: int) -> HostTables:
+    """The tables of a layer geometry, made on the host from element numbers run through the
+    packing code (so an index map is the packing itself, by construction)."""
+    ids, stride, padding, dilation = _element_ids(weight_shape, stride, padding, dilation)
+    rows, packed, _, max_taps, union, mma_taps = _packed_layouts(
         ids, groups, stride, padding, dilation, cg)
     gi_rows, gi_packed, gi_max, gi_total = _grad_input_layout(ids, groups, stride, padding,
                                                               dilation)
     pdil = tuple(d // math.gcd(s, d) for s, d in zip(stride, dilation))
     return HostTables(
         torch.tensor(rows, dtype=torch.int64), (packed - 1).to(torch.int32),
-        None if packed_mma is None else (packed_mma - 1).to(torch.int32),
         torch.tensor(gi_rows, dtype=torch.int64), (gi_packed - 1).to(torch.int32),
         stride, pdil, max_taps, sum(r[3] * r[4] * r[5] for r in rows), union, gi_max, gi_total,
         None if mma_taps is None else torch.tensor(mma_taps, dtype=torch.int64))
+
+
+def forward_mma_index(weight_shape, groups: int, stride, padding, dilation,
+                      cg: int) -> torch.Tensor:
+    """The index map (int32, host; -1 for zero padding) of the forward's tensor-core layout of
+    ``cg`` channel groups (module docstring: ``mma_taps``).  The engine packs it by tiles from
+    the layer's ``mma_taps`` (``pack_weight_mma``); this map defines it, for the tests."""
+    ids, stride, padding, dilation = _element_ids(weight_shape, stride, padding, dilation)
+    packed_mma = _packed_layouts(ids, groups, stride, padding, dilation, cg, with_mma=True)[2]
+    return (packed_mma - 1).to(torch.int32)
 
 
 def grad_input_mma_index(weight_shape, groups: int, cg: int = 8) -> torch.Tensor:

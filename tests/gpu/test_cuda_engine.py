@@ -657,13 +657,14 @@ def _same_bits(got, want):
 @pytest.mark.parametrize("geometry", _PACK_GEOMETRIES)
 def test_tensor_core_weight_packed_from_its_tap_table(geometry, dtype):
     """The forward's tensor-core pack (csrc/phase_conv_pack.cu: pack_mma_kernel, from the
-    layer's mma_taps) writes the bytes of the gather through its index map index_mma, NaN and
+    layer's mma_taps) writes the bytes of the gather through its index map, NaN and
     Inf included, for contiguous and strided weights."""
     shape, groups, stride, padding, dilation = geometry
     cuda = _cuda()
     t = cuda.layer_tables(shape, groups, stride, padding, dilation, dtype, torch.device(DEV))
     cuda.wait_for_tables(t)
-    index = t.host.index_mma.to(DEV)
+    index = cuda.forward_mma_index(shape, groups, stride, padding, dilation,
+                                   16 // torch.empty((), dtype=dtype).element_size()).to(DEV)
     for w in _weights_to_pack(shape, dtype):
         _same_bits(cuda.load().pack_weight_mma(w, t.mma_taps, groups), cuda.gather(w, index))
 

@@ -106,11 +106,13 @@ def test_index_maps_are_permutations(geometry):
         assert sorted(t.index.tolist()) == list(range(numel))
         assert sorted(t.gi_index.tolist()) == list(range(numel))
         if cg:
-            real = t.index_mma[t.index_mma >= 0]
+            index_mma = cuda.forward_mma_index(shape, groups, stride, padding, dilation, cg)
+            assert index_mma.dtype == torch.int32
+            real = index_mma[index_mma >= 0]
             assert sorted(real.tolist()) == list(range(numel))  # the rest is zero padding
-            assert t.index_mma.numel() % cg == 0
+            assert index_mma.numel() % cg == 0
         else:
-            assert t.index_mma is None
+            assert t.mma_taps is None
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
@@ -132,7 +134,8 @@ def test_tensor_core_layout_holds_the_packed_blocks(geometry, cg):
     w, _, _ = _case(geometry)
     shape, groups, stride, padding, dilation = geometry
     t = cuda.host_tables(shape, groups, stride, padding, dilation, cg)
-    packed, mma = _gather(w, t.index), _gather(w, t.index_mma)
+    packed = _gather(w, t.index)
+    mma = _gather(w, cuda.forward_mma_index(shape, groups, stride, padding, dilation, cg))
     cin_g, cout_g = shape[0] // groups, shape[1]
     ngrp = -(-cin_g // cg)
     for row in t.table.tolist():
@@ -156,7 +159,8 @@ def test_tensor_core_layout_from_its_tap_table(geometry, cg):
     """``mma_taps`` (the structured pack's table, csrc/phase_conv_pack.cu): element c of
     channel group q, column co, group g of kernel tap k lies at
     ``base[k] + g * step[k] + (q * C_out/g + co) * CG + c``, holding the weight's
-    ``(g * C_in/g + q * CG + c, co, k)`` or zero past C_in/g: exactly index_mma."""
+    ``(g * C_in/g + q * CG + c, co, k)`` or zero past C_in/g: exactly the layout's index map
+    (forward_mma_index)."""
     shape, groups, stride, padding, dilation = geometry
     t = cuda.host_tables(shape, groups, stride, padding, dilation, cg)
     cin_g, cout_g, ksize = shape[0] // groups, shape[1], shape[2] * shape[3] * shape[4]
@@ -167,9 +171,10 @@ def test_tensor_core_layout_from_its_tap_table(geometry, cg):
     pos = t.mma_taps[k, 0] + g * t.mma_taps[k, 1] + (q * cout_g + co) * cg + c
     ci = q * cg + c
     src = ((g * cin_g + ci) * cout_g + co) * ksize + k
-    rebuilt = torch.full((t.index_mma.numel(),), -2, dtype=torch.int64)
+    index_mma = cuda.forward_mma_index(shape, groups, stride, padding, dilation, cg)
+    rebuilt = torch.full((index_mma.numel(),), -2, dtype=torch.int64)
     rebuilt[pos.reshape(-1)] = torch.where(ci < cin_g, src, torch.full_like(src, -1)).reshape(-1)
-    assert torch.equal(rebuilt, t.index_mma.long())  # every position written, as index_mma
+    assert torch.equal(rebuilt, index_mma.long())  # every position written, as the map says
     assert cuda.host_tables(shape, groups, stride, padding, dilation, 0).mma_taps is None
 
 
