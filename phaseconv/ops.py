@@ -47,7 +47,7 @@ backward and forward mode work; ``functorch``'s transforms do not take custom fu
 import contextlib
 import inspect
 import os
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -340,27 +340,38 @@ except ImportError:  # torch 1.13: no torch.func transforms in core
 import torch.autograd.forward_ad as _forward_ad  # noqa: E402
 
 
-def _needs_function(*tensors) -> bool:
-    """Whether a call must go through autograd.Function: a graph to record, a forward-mode
-    tangent possible, or a torch.func transform active.  Otherwise the plain call is the same
-    result without the Function's cost."""
-    if _transform_stack() is not None or _forward_ad._current_level >= 0:
-        return True
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+class _Autograd(NamedTuple):
+    """One autograd.Function in its two forms (:func:`_autograd_function`)."""
+    eager: type                  # the classic form (ctx first)
+    transforms: Optional[type]   # torch.func's form (setup_context, vmap); torch >= 2.0
+
+
+def _form(function: _Autograd, *tensors) -> Optional[type]:
+    """The form of ``function`` a call takes: torch.func's under a torch.func transform, the
+    classic one where a graph is to be recorded or a forward-mode tangent is possible, none
+    otherwise (the plain call is the same result without the Function's cost)."""
+    if _transform_stack() is not None:
+        return function.transforms
+    if _forward_ad._current_level >= 0 or (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in tensors)):
+        return function.eager
+    return None
 
 
 def _forward(x, weight, bias, conf):
     """F(x, w) + b, differentiable in every mode."""
-    if _needs_function(x, weight, bias):
-        return _ConvTranspose3dFunction.apply(x, weight, bias, *conf)
+    form = _form(_FORWARD, x, weight, bias)
+    if form is not None:
+        return form.apply(x, weight, bias, *conf)
     return _function_value(x, weight, bias, *conf)
 
 
 def _backward(grad_out, x, weight, conf, mask):
     """(G(grad_out, w), H(x, grad_out), sum(grad_out)) where ``mask`` asks, None elsewhere;
     differentiable in every mode."""
-    if _needs_function(grad_out, x, weight):
-        return _ConvTranspose3dBackward.apply(grad_out, x, weight, conf, tuple(mask))
+    form = _form(_BACKWARD, grad_out, x, weight)
+    if form is not None:
+        return form.apply(grad_out, x, weight, conf, tuple(mask))
     return _backward_value(grad_out, x, weight, conf, mask)
 
 
@@ -572,29 +583,32 @@ def _backward_vmap(info, in_dims, grad_out, x, weight, conf, mask):
     return (gx, gw, gb), out_dims
 
 
-def _autograd_function(name: str, doc: str, value, setup, backward, jvp, vmap):
-    """An autograd.Function from its parts: torch.func's form (forward without ctx,
-    setup_context, vmap) on torch >= 2.0, the classic form (ctx first) on 1.13."""
+def _autograd_function(name: str, doc: str, value, setup, backward, jvp, vmap) -> _Autograd:
+    """An autograd.Function from its parts, in two forms: the classic one (ctx first), which
+    every call outside torch.func's transforms takes, and, on torch >= 2.0, torch.func's
+    (forward without ctx, setup_context, vmap), which the transforms need.  torch binds each
+    call of the latter to forward's signature: ~20 µs of host time a call more than the
+    classic form."""
     body = {"__doc__": doc, "backward": staticmethod(backward), "jvp": staticmethod(jvp)}
-    if _SETUP_CONTEXT:
-        # torch binds every call's arguments to forward's signature: computed once here, not
-        # by inspect at every call (tens of µs)
-        value.__signature__ = inspect.signature(value)
-        body.update(forward=staticmethod(value), setup_context=staticmethod(setup),
-                    vmap=staticmethod(vmap))
-    else:
-        def forward(ctx, *inputs):
-            output = value(*inputs)
-            setup(ctx, inputs, output)
-            return output
-        body["forward"] = staticmethod(forward)
-    return type(name, (torch.autograd.Function,), body)
+
+    def forward(ctx, *inputs):
+        output = value(*inputs)
+        setup(ctx, inputs, output)
+        return output
+
+    eager = type(name, (torch.autograd.Function,), dict(body, forward=staticmethod(forward)))
+    if not _SETUP_CONTEXT:
+        return _Autograd(eager, None)
+    value.__signature__ = inspect.signature(value)  # computed once, not at every call
+    return _Autograd(eager, type(name + "ForTransforms", (torch.autograd.Function,), dict(
+        body, forward=staticmethod(value), setup_context=staticmethod(setup),
+        vmap=staticmethod(vmap))))
 
 
-_ConvTranspose3dFunction = _autograd_function(
+_FORWARD = _autograd_function(
     "_ConvTranspose3dFunction", "F(x, w) + b: the forward, differentiable in every mode.",
     _function_value, _function_setup, _function_backward, _function_jvp, _function_vmap)
-_ConvTranspose3dBackward = _autograd_function(
+_BACKWARD = _autograd_function(
     "_ConvTranspose3dBackward", "(G(gy, w), H(x, gy), sum(gy)): the backward, differentiable "
     "in every mode.", _backward_value, _backward_setup, _backward_backward, _backward_jvp,
     _backward_vmap)

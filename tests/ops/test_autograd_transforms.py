@@ -213,3 +213,34 @@ def test_func_per_sample_gradients_cuda_low_precision(dtype):
         torch.backends.cudnn.allow_tf32 = tf32
     tol = 2e-3 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(results[0].float(), results[1].float(), rtol=tol, atol=tol * 10)
+
+
+def test_calls_take_the_autograd_form_they_need():
+    """A call that records a graph takes the classic autograd.Function (torch binds no
+    arguments to a signature for it); torch.func's transforms take the setup_context form,
+    which they need; a call that records nothing takes neither.  The gradients are torch's
+    either way."""
+    layer = phaseconv.ConvTranspose3d(2, 2, 3, stride=2, dtype=torch.float64)
+    x = torch.rand(2, 2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    assert type(y.grad_fn).__name__ == "_ConvTranspose3dFunctionBackward"
+    gx, = torch.autograd.grad(y.sin().sum(), x, create_graph=True)
+    assert type(gx.grad_fn).__name__ == "_ConvTranspose3dBackwardBackward"
+    ref = F.conv_transpose3d(x, layer.weight, layer.bias, stride=2)
+    torch.testing.assert_close(gx, torch.autograd.grad(ref.sin().sum(), x)[0])
+    with torch.no_grad():
+        assert layer(x).grad_fn is None
+    if not HAS_FUNC:
+        return
+    seen = []
+
+    def loss(w):
+        out = phaseconv.conv_transpose3d(x.detach(), w, None, stride=2)
+        seen.append(ops._form(ops._FORWARD, x.detach(), w))
+        return out.sin().sum()
+
+    g = torch.func.grad(loss)(layer.weight.detach())
+    assert seen == [ops._FORWARD.transforms]
+    w = layer.weight.detach().requires_grad_()
+    ref = F.conv_transpose3d(x.detach(), w, None, stride=2).sin().sum()
+    torch.testing.assert_close(g, torch.autograd.grad(ref, w)[0])
