@@ -219,6 +219,29 @@ void check_mma_taps(const at::Tensor& taps, const c10::Device& device, int64_t k
               ".");
 }
 
+// A tap table the caller hands the binding must tile the layout: each (tap, group) run of
+// ceil(chans / cg) * cols * cg elements once, from 0 on, or the pack would write outside the
+// layout or leave holes in it (a table made for another dtype's channel groups, or for
+// other groups).  Read on the host, so it waits for the table: the binding serves tests and
+// tools; the plans pass the tables their layer made.
+void check_mma_taps_tile(const at::Tensor& taps, const PhaseConvMmaPack& pk) {
+  const at::Tensor host = taps.cpu();
+  const int64_t* t = host.data_ptr<int64_t>();
+  const int64_t n = mma_layout_elems(pk), run = n / (pk.groups * pk.ksize);
+  std::vector<int64_t> starts;
+  starts.reserve(pk.ksize * pk.groups);
+  bool ok = true;
+  for (int64_t k = 0; k < pk.ksize && ok; ++k) {
+    ok = t[2 * k] >= 0 && t[2 * k] < n && t[2 * k + 1] >= 0 && t[2 * k + 1] <= n;
+    for (int64_t g = 0; g < pk.groups && ok; ++g) starts.push_back(t[2 * k] + g * t[2 * k + 1]);
+  }
+  std::sort(starts.begin(), starts.end());
+  for (size_t i = 0; i < starts.size() && ok; ++i) ok = starts[i] == (int64_t)i * run;
+  TORCH_CHECK(ok, "phaseconv cuda engine: the tensor-core tap table does not lay out this "
+              "weight (", num(pk.groups), " groups, channel groups of ", num(pk.cg),
+              "): it was made for another layer, groups or dtype.");
+}
+
 // The geometry part of PhaseConvExact (phase_conv_exact.cuh): the operands are set per call.
 PhaseConvExact exact_geometry(int mode, const at::Tensor& x, const at::Tensor& weight,
                               int64_t c_out, int64_t groups, const std::vector<int64_t>& out,
@@ -688,10 +711,10 @@ at::Tensor pack_mma_binding(const at::Tensor& weight, const c10::optional<at::Te
               "gradient's tensor-core layout takes whole groups of ", num(cg), " output "
               "channels, got ", num(weight.size(1)), " per group.");
   const c10::cuda::CUDAGuard guard(weight.device());
-  return pack_mma(weight,
-                  mma_pack_of(weight, groups, with_taps ? taps->data_ptr<int64_t>() : nullptr,
-                              over_outputs, (int)cg),
-                  stream_of(weight));
+  const PhaseConvMmaPack pk = mma_pack_of(
+      weight, groups, with_taps ? taps->data_ptr<int64_t>() : nullptr, over_outputs, (int)cg);
+  if (with_taps) check_mma_taps_tile(*taps, pk);
+  return pack_mma(weight, pk, stream_of(weight));
 }
 
 }  // namespace

@@ -371,8 +371,9 @@ struct PhaseConvBwdInputPlan {
   int family;  // PHASECONV_EMPTY, PHASECONV_DEPTHWISE, PHASECONV_GEMM, PHASECONV_GI_NARROW,
                // PHASECONV_MMA or PHASECONV_NAIVE
   int grad_y_channels_last;  // the kernel reads grad_y as (N, D, H, W, C_out), 16-byte aligned,
-                             // and the weight laid out [groups][kD][kH][kW][C_out/g / 8]
-                             // [C_in/g][8] (PHASECONV_GEMM, PHASECONV_GI_NARROW)
+                             // and the weight laid out [groups][kD][kH][kW][C_out/g / cg]
+                             // [C_in/g][cg], cg 8, or 4 for float32's implicit GEMM
+                             // (PHASECONV_GEMM, PHASECONV_GI_NARROW)
   int64_t naive_grid;
   phaseconv::GemmCfg gemm;  // reads grad_y channels-last (see phase_conv_bwd_input_plan)
   phaseconv::GiNarrowCfg narrow;
@@ -412,7 +413,8 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
 // float16/bfloat16 wide layers (C_out/g a multiple of 8 and >= 16, C_in/g >= 32) the implicit
 // GEMM, which reads grad_y channels-last (16-byte aligned), taps stepping by the dilation from
 // -padding (launch parameters: table one row, residue 0, every tap; pdil_* the dilation;
-// weight_mma the weight laid out [groups][kD][kH][kW][C_out/g / 8][C_in/g][8]);
+// weight_mma the weight laid out [groups][kD][kH][kW][C_out/g / cg][C_in/g][cg], cg 8 or 4
+// for float32);
 // float32/float16/bfloat16 layers with C_out/g 8 or 16 and C_in/g a multiple of 8 the narrow
 // tensor-core kernel (PHASECONV_GI_NARROW: grad_y channels-last and the weight laid out as for
 // the implicit GEMM) where a tile's grad_y window fits; the tensor-core kernel for

@@ -343,9 +343,15 @@ try:
                      [1, 1, 1], [1, 1, 1], 0, 0)
 except RuntimeError as exc:
     print("refused: groups backward |", str(exc).splitlines()[0][:120])
+other_groups = cuda.layer_tables(w.shape, 1, (2, 2, 2), (1, 1, 1), (1, 1, 1), w.dtype, x.device)
+other_dtype = cuda.layer_tables(w.shape, 2, (2, 2, 2), (1, 1, 1), (1, 1, 1), torch.bfloat16,
+                                x.device)
 for name, call in {"pack taps": lambda: mod.pack_weight_mma(w, t.mma_taps[:, :1], 2),
                    "pack layout": lambda: mod.pack_weight_mma(w, t.mma_taps, 2, True),
-                   "pack octets": lambda: mod.pack_weight_mma(w, None, 2, True)}.items():
+                   "pack octets": lambda: mod.pack_weight_mma(w, None, 2, True),
+                   "pack other groups": lambda: mod.pack_weight_mma(w, other_groups.mma_taps, 2),
+                   "pack other dtype": lambda: mod.pack_weight_mma(w, other_dtype.mma_taps, 2),
+                   }.items():
     try:
         call()
     except RuntimeError as exc:
@@ -363,8 +369,9 @@ def test_binding_refuses_bad_arguments_without_crashing():
                             stderr=subprocess.STDOUT, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:]
     refused = [line for line in result.stdout.splitlines() if line.startswith("refused:")]
-    assert len(refused) == 13, result.stdout[-2000:]
+    assert len(refused) == 15, result.stdout[-2000:]
     assert any("does not fit 8 input channels in 3 groups" in line for line in refused)
+    assert sum("tap table does not lay out this weight" in line for line in refused) == 2
     assert any("the bias (shape [5], dtype Float" in line for line in refused)
 
 
