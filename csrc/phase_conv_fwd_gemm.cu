@@ -476,8 +476,6 @@ gemm_cl_kernel(const GemmArgs a) {
       }
     }
     __syncthreads();
-    float bv[NT][2];
-    gemm_bias<T, NT>(a, g, co_base, wn, lane, bv);
 
     for (int q = 0; q < nw; ++q) {  // the W phases of the unit, one after the other
       const int64_t* e = e0 + (int64_t)q * PHASECONV_TABLE_STRIDE;
@@ -597,6 +595,9 @@ gemm_cl_kernel(const GemmArgs a) {
       cp_async_wait<0>();
       __syncthreads();  // every warp is past the last stage (the next W phase refills them)
 
+      // the bias read after the main loop: not held in registers across it
+      float bv[NT][2];
+      gemm_bias<T, NT>(a, g, co_base, wn, lane, bv);
       // WGROUP: s_c's slot q (the unit's phases are residues 0 .. nw-1, or the one phase of
       // C_IN_STAGES); else the output's W residue
       gemm_store_acc<T, MT, NT, WARPS_M, BN, WGROUP>(a, acc, bv, s_c, s_rc, s_yo, nw,

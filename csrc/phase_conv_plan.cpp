@@ -413,7 +413,9 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   // >= wgmma_min_k per phase (the forward's 512, measured on an H200, bf16 channels-last:
   // 512->256 16^3 k2, K 512: 60.0 vs 71.4 us; 256->128 8^3 k4, K 2048: 143 vs 190; 128->64
   // 32^3 k2, K 128: 134 vs 104)
-  const bool wg_fits = dev.wgmma && !c->a_ncdhw && !c->tf32 && cin_g % 64 == 0;
+  // (a named 32-channel k step is the mma.sync tiles' alone)
+  const bool wg_fits = dev.wgmma && !c->a_ncdhw && !c->tf32 && cin_g % 64 == 0 &&
+                       !force.gemm_k32;
   if (wg_fits && k_per_phase >= wgmma_min_k) kind = 4;
   // kind 5 (four warpgroups) is taken only when named (benchmarks/NOTES.md: what it measured)
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
@@ -601,7 +603,9 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
   out->x_channels_last = p.x_channels_last;
   out->weight_mma = 0;
   out->naive_grid = 0;
-  const char* layout = cl ? "channels-last input" : "contiguous input";
+  const char* layout = !cl ? "contiguous input"
+                       : params.x_channels_last ? "channels-last input"
+                                                : "channels-last input, copied";
   char* buf = out->text;
   const int len = (int)sizeof(out->text);
   const int64_t outputs = p.n * p.c_out * p.out_d * p.out_h * p.out_w;

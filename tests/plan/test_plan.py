@@ -270,11 +270,23 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     pure_long = ph.sweep_args(SWEEP[3])
     copied = ph.forward(pure_long, 1, BF16, ph.H100_SM90A)
     assert copied.channels_last and "kind=4 " in copied.text, copied.text
+    assert copied.text.endswith("(channels-last input, copied)"), copied.text
+    assert ph.forward(pure_long, 1, BF16, ph.H100_SM90A, channels_last=True).text.endswith(
+        "(channels-last input)")
+    # a named 32-channel k step is the mma.sync tiles': the rule keeps them (in place) and
+    # a named warpgroup tile is refused
+    k32 = ForwardKernel("gemm", gemm_k32=True)
     for device, kernel in ((ph.H100, "auto"), (ph.H100_SM90A, ForwardKernel("gemm", gemm_tile=2)),
-                           (ph.H100_SM90A, ForwardKernel(contiguous_input=True))):
+                           (ph.H100_SM90A, ForwardKernel(contiguous_input=True)),
+                           (ph.H100_SM90A, k32)):
         in_place = ph.forward(pure_long, 1, BF16, device, kernel=kernel)
         assert in_place.ok and not in_place.channels_last, in_place.text
         assert "contiguous input" in in_place.text and "wgmma" not in in_place.text
+    assert "BK=32" in ph.forward(pure_long, 1, BF16, ph.H100_SM90A, kernel=k32).text
+    for tile in (4, 5):
+        refused = ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True,
+                             kernel=k32._replace(gemm_tile=tile))
+        assert not refused.ok and refused.text.startswith("refused: the "), refused.text
     assert not ph.forward(ph.sweep_args(SWEEP[2]), 2, BF16, ph.H100_SM90A).channels_last
     # four warpgroups (256 rows, 512 threads), one phase a block, 4 stages of 48 KB: named
     # only (the rule keeps two warpgroups, for either result layout); refused without an
