@@ -353,13 +353,19 @@ bool cl_possible(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
 // cl: the input is channels-last.  A contiguous input serves only when every phase reads W
 // at one offset, a multiple of 8, and the phases' rows come in whole 16-byte vectors along W
 // (k == s, no padding: the "pure GEMM" layers), so no layout copy is needed.  float32 runs
-// 3xTF32 on the mma.sync tiles from a channels-last input, taken only when named (not yet
-// measured against the per-phase kernel the rule gives float32).
+// 3xTF32 on the mma.sync tiles from a channels-last input (a contiguous one copied): the rule
+// takes it for C_in/g >= 128 and C_out/g >= 64 (H200, float32 forward, copy included, against
+// the per-phase 3xTF32 kernel: 128->64 32^3 k2 338 vs 491 us, 512->256 16^3 k2 230 vs 518,
+// 256->128 8^3 k4 702 vs 1205, 128->64 8x32x32 k(3,4,4) 300 vs 456); narrower layers only
+// when it is named.
 bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvForce& force,
                  const DevInfo& dev, bool cl, GemmCfg* c) {
   const bool tf32 = dtype_code == PHASECONV_FLOAT32;
   if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16 && !tf32) return false;
-  if (tf32 && (force.family != PHASECONV_GEMM || !cl)) return false;
+  if (tf32 && (!cl || (force.family != PHASECONV_GEMM &&
+                       !(force.family == 0 && p.c_in / p.groups >= 128 &&
+                         p.c_out / p.groups >= 64))))
+    return false;
   if (p.weight_mma == nullptr || (p.c_in / p.groups) % 8 != 0) return false;
   if (cl && !cl_possible(p, dtype_code, force)) return false;
   if (!cl && !(p.in_w % 8 == 0 && p.out_w % p.stride_w == 0 && (p.out_w / p.stride_w) % 8 == 0 &&
@@ -407,7 +413,10 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   // k(3,4,4) 128->64 bf16 67.9 vs 78.6 us; 32^3 k2 128->64, K = 128: 83.7 vs 80.0 us)
   const double k_per_phase = (double)cin_g * (double)p.total_taps /
                              (double)(p.stride_d * p.stride_h * p.stride_w);
-  int kind = cout_g <= 32 ? 0 : (cout_g <= 64 ? (k_per_phase >= 512 && cin_g >= 64 ? 3 : 1) : 2);
+  // (float32 keeps the 4-warp BN 64 tile: 300 vs 337 us on 128->64 8x32x32 k(3,4,4), H200)
+  int kind = cout_g <= 32 ? 0
+             : cout_g <= 64 ? (k_per_phase >= 512 && cin_g >= 64 && !c->tf32 ? 3 : 1)
+                            : 2;
   // sm_90a: the warpgroup tile where its 64-channel k steps hold whole channel groups (no
   // zero-filled multiply-adds) and A is channels-last; the rule takes it for reductions of
   // >= wgmma_min_k per phase (the forward's 512, measured on an H200, bf16 channels-last:

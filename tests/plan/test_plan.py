@@ -34,7 +34,7 @@ FORWARD_RULE = [
     ("founding fp64", FOUNDING, 8, F64, False, "tiled", False),
     ("wide bf16", WIDE, 2, BF16, False, "gemm", True),     # copies x channels-last
     ("wide fp32", WIDE, 2, F32, False, "tiled", False),
-    ("wider fp32", WIDER, 2, F32, False, "mma", False),
+    ("wider fp32", WIDER, 2, F32, False, "gemm", True),    # 3xTF32, copies x channels-last
     ("pure gemm bf16", PURE_GEMM, 1, BF16, False, "gemm", False),  # reads NCDHW in place
     ("many phases fp32", MANY_PHASES, 1, F32, False, "mma", False),
     ("narrow fp32", NARROW, 1, F32, False, "tiled", False),
@@ -156,13 +156,20 @@ def test_a_forced_kernel_that_cannot_run_is_refused(kernel, args, dtype, why):
 
 @pytest.mark.parametrize("device", ph.DEVICES + (ph.H100_SM90A,),
                          ids=lambda d: d.name.split(",")[0].replace(" ", "-"))
-def test_float32_implicit_gemm_only_by_name(device):
-    """float32 reaches the implicit GEMM (3xTF32) only when it is named: the mma.sync tiles,
-    one phase a block, x read channels-last, flushed where a phase sums over 256 terms; the
-    warpgroup tiles refuse it, and the rule keeps float32's kernels."""
+def test_float32_implicit_gemm(device):
+    """float32 on the implicit GEMM (3xTF32): the mma.sync tiles, one phase a block, x read
+    channels-last, flushed where a phase sums over 256 terms; the warpgroup tiles refuse it.
+    The rule takes it for C_in/g >= 128 and C_out/g >= 64 (sweep shapes 3-6, measured), the
+    4-warp BN 64 tile for C_out/g 64; other layers reach it only by name."""
     for shape in SWEEP:
         args = ph.sweep_args(shape)
-        assert ph.forward(args, shape.batch, F32, device).family != "gemm"
+        rule = ph.forward(args, shape.batch, F32, device)
+        wide = (shape.in_channels // shape.groups >= 128
+                and shape.out_channels // shape.groups >= 64)
+        assert (rule.family == "gemm") == wide, rule.text
+        if wide:
+            assert rule.channels_last and "one-phase" in rule.text, rule.text
+            assert "kind=1 " in rule.text or "kind=2 " in rule.text, rule.text
         for offered in (False, True):
             plan = ph.forward(args, shape.batch, F32, device, channels_last=offered,
                               kernel=cuda.ForwardKernel("gemm"))
