@@ -381,12 +381,15 @@ bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
 // The input gradient on the implicit GEMM: one stride-1 "phase" whose rows are grad_x's
 // voxels, reduction over every tap x C_out/g, grad_y read channels-last at stride * j -
 // padding + tap * dilation (a plain strided convolution: no tap meets an inserted zero).
-// float32 (3xTF32, see choose_gemm) only when named.
+// float32 (3xTF32, see choose_gemm) where the layer's C_out/g >= 64 and C_in/g >= 128 (here
+// p.c_in and p.c_out: H200, float32, against the per-phase 3xTF32 kernel: sweep shape 3 319
+// vs 583 us, 4 218 vs 448, 5 695 vs 1364, 6 285 vs 464), narrower layers only when named.
 bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, const DevInfo& dev,
                     GemmCfg* c) {
   const bool tf32 = dtype_code == PHASECONV_FLOAT32;
   if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16 &&
-      !(tf32 && force == PHASECONV_GEMM))
+      !(tf32 && (force == PHASECONV_GEMM ||
+                 (force == 0 && p.c_in / p.groups >= 64 && p.c_out / p.groups >= 128))))
     return false;
   if ((p.c_in / p.groups) % 8 != 0) return false;  // grad_y's channels: 16-byte vectors
   PhaseConvForce f;

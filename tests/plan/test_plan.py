@@ -170,6 +170,10 @@ def test_float32_implicit_gemm(device):
         if wide:
             assert rule.channels_last and "one-phase" in rule.text, rule.text
             assert "kind=1 " in rule.text or "kind=2 " in rule.text, rule.text
+        # the input gradient likewise (its reduction runs over C_out/g, its columns C_in/g)
+        gi = ph.grad_input(args, shape.batch, F32, device)
+        assert (gi.family == "gemm") == wide, gi.text
+        assert not wide or " 3xTF32" in gi.text, gi.text
         for offered in (False, True):
             plan = ph.forward(args, shape.batch, F32, device, channels_last=offered,
                               kernel=cuda.ForwardKernel("gemm"))
