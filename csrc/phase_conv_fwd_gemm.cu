@@ -569,17 +569,7 @@ gemm_cl_kernel(const GemmArgs a) {
             bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
           }
           if constexpr (TF32) {  // 8 channels: one k8 step of 3xTF32
-            uint32_t b_big[NT][2], b_small[NT][2];
-#pragma unroll
-            for (int j = 0; j < NT; ++j) split_tf32(bf[j], b_big[j], b_small[j]);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-              uint32_t a_big[4], a_small[4];
-              split_tf32(af[mt], a_big, a_small);
-#pragma unroll
-              for (int j = 0; j < NT; ++j)
-                mma_3xtf32(acc[mt][j], a_big, a_small, b_big[j], b_small[j]);
-            }
+            mma_3xtf32_tiles(acc, af, bf);
             step_flush<FL>(tot, acc, since, kFlushTerms / 8);
           } else {
 #pragma unroll

@@ -205,16 +205,7 @@ mma_kernel(const MmaArgs a) {
           uint32_t bf[NT][2];
           load_b_halfsteps<NT, BN>(bf, sw_addr, h, wn, lane);
           if (TF32) {
-            uint32_t bb[NT][2], bs[NT][2];
-#pragma unroll
-            for (int j = 0; j < NT; ++j) split_tf32(bf[j], bb[j], bs[j]);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-              uint32_t ab[4], as[4];
-              split_tf32(af[mt], ab, as);
-#pragma unroll
-              for (int j = 0; j < NT; ++j) mma_3xtf32(acc[mt][j], ab, as, bb[j], bs[j]);
-            }
+            mma_3xtf32_tiles(acc, af, bf);
             step_flush<FL>(tot, acc, since, kFlushTerms / 8);
           } else {
 #pragma unroll

@@ -105,6 +105,23 @@ __device__ __forceinline__ void mma_3xtf32(float (&d)[4], const uint32_t (&a_big
   mma_tf32(d, a_big, b_big[0], b_big[1]);
 }
 
+// One k8 step of 3xTF32 over an MT x NT block of m16n8k8 tiles, each fragment split once
+template <int MT, int NT>
+__device__ __forceinline__ void mma_3xtf32_tiles(float (&acc)[MT][NT][4],
+                                                 const uint32_t (&af)[MT][4],
+                                                 const uint32_t (&bf)[NT][2]) {
+  uint32_t b_big[NT][2], b_small[NT][2];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) split_tf32(bf[j], b_big[j], b_small[j]);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    uint32_t a_big[4], a_small[4];
+    split_tf32(af[mt], a_big, a_small);
+#pragma unroll
+    for (int j = 0; j < NT; ++j) mma_3xtf32(acc[mt][j], a_big, a_small, b_big[j], b_small[j]);
+  }
+}
+
 // The tensor cores' fp32 accumulation truncates, an error that grows with the reduction
 // length: 3xTF32 kernels add their accumulators into a second set every kFlushTerms
 // reduction terms (fp32 adds, round to nearest), which bounds the error at that length's.
