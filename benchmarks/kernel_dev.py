@@ -179,7 +179,7 @@ def bench_backward(spec, dtype, reps):
 
 def bench_packs(spec, dtype, reps):
     """The tensor-core weight layouts two ways: the gather through their index maps against
-    the pack by tiles (csrc/phase_conv_pack.cu), the forward's and (where C_out/g is whole
+    the pack (csrc/phase_conv_pack.cu), the forward's and (where C_out/g is whole
     octets) the input gradient's; each pair checked bit for bit."""
     name, n, cin, cout, g, dhw, k, s, p, op = spec
     k, s, p = t3(k), t3(s), t3(p)
@@ -278,7 +278,7 @@ def main():
     ap.add_argument("--backward", action="store_true",
                     help="time grad_weight and grad_input variants instead of the forward")
     ap.add_argument("--packs", action="store_true",
-                    help="time the tensor-core weight layouts, gathered and packed by tiles")
+                    help="time the tensor-core weight layouts, gathered and packed")
     ap.add_argument("--small", action="store_true",
                     help="a few tiny cases only (for compute-sanitizer), then exit")
     ap.add_argument("--tag", default="",

@@ -9,9 +9,9 @@
 // where index[i] is a logical (C-order) element index of the weight, read through the
 // weight's own strides.  The weight gradient is the matching scatter (phase_conv_bwd.cu
 // writes element i of its packed result to grad_w[index[i]]).  The tensor-core layouts put
-// 16 or 32 bytes of channels innermost, where the weight has its taps: a gather would read a
-// 32-byte sector for each element, so they are made by tiles from a per-tap table instead
-// (PhaseConvMmaPack), the same bytes as a gather through their index maps.
+// 16 or 32 bytes of channels innermost, where the weight has its taps; they are made a chunk
+// of channels a thread, placed by a per-tap table (PhaseConvMmaPack) instead of an index map:
+// the same bytes as a gather through their index maps, without the map's memory and reads.
 //
 // This header includes only CUDA's own headers, so it builds without torch.
 #pragma once
@@ -46,7 +46,7 @@ __device__ __forceinline__ int64_t phaseconv_strided_offset(const PhaseConvWeigh
 //   g * group_stride + (q * cg + c) * chan_stride + col * col_stride + (the tap's offset),
 // or zero past chans.  The forward's layout runs its channel groups over the input channels
 // (chans C_in/g, cols C_out/g); the input gradient's over the output channels (chans C_out/g,
-// cols C_in/g, no taps table).  The weight is read in runs along its taps.
+// cols C_in/g, no taps table).
 struct PhaseConvMmaPack {
   const int64_t* taps;  // (ksize, 2) on the device, or null: taps in C order
   int64_t ksize, chans, cols, groups;

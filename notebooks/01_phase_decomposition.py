@@ -625,24 +625,20 @@ for shape in SWEEP[1:6]:
           " x ".join(f"{f:.2f}" for f in per_axis) + f" = {factor:.2f}")
 
 # %% [markdown]
-# ## 9. The weight's tensor-core layout, made by tiles
+# ## 9. The weight's tensor-core layout, made without an index map
 #
 # The tensor-core kernels read phase $p$'s weight as `[groups][taps][G][C_out/g][CG]`: $CG$
 # input channels (16 bytes: 8 in 16-bit types, 4 in float32) innermost, then the output
 # channels, the $G = \lceil (C_\text{in}/g) / CG \rceil$ channel groups and the phase's taps.
 # The weight `(C_in, C_out/g, kD, kH, kW)` has its taps innermost, so neighbours in the layout
-# lie $C_\text{out}/g \cdot k_D k_H k_W$ elements apart in the weight. A gather through the
-# layout's index map (one element a thread) then reads a whole 32-byte sector for each 2- or
-# 4-byte element it keeps.
+# lie $C_\text{out}/g \cdot k_D k_H k_W$ elements apart in the weight.
 #
-# The pack (`pack_mma_kernel`, `csrc/phase_conv_pack.cu`) reads the other way round. For one
-# group $g$ and channel group $q$, the $CG$ weight rows $q\,CG + c$ are each one run of
-# $C_\text{out}/g \cdot k_D k_H k_W$ elements, (column, tap) pairs with the tap innermost. A
-# block copies a tile of those pairs from the $CG$ rows (consecutive threads, consecutive
-# taps) into shared memory. It then stores each (tap, column)'s $CG$ channels as one 16-byte
-# store, consecutive threads taking consecutive columns of a tap: one contiguous run of the
-# layout. It needs, per kernel tap $k$, where its block starts. Tap $k$ is the $t$-th of its
-# phase's $T_p$ taps (C order over the phase's per-axis taps), and with
+# The pack (`pack_mma_kernel`, `csrc/phase_conv_pack.cu`) gives each thread one chunk: one
+# (group $g$, kernel tap $k$, channel group $q$, column $co$). It issues the chunk's $CG$
+# loads together and writes them as one 16-byte store (32 in float32 with octets);
+# consecutive threads take consecutive columns, so a warp's stores are one contiguous run. It
+# needs, per kernel tap $k$, where its block starts. Tap $k$ is the $t$-th of its phase's
+# $T_p$ taps (C order over the phase's per-axis taps), and with
 # $r = G \cdot C_\text{out}/g \cdot CG$ (one tap's block of one group), element $c$ of
 # (group $g$, channel group $q$, column $co$) lands at
 # $$\underbrace{m_p + t\,r}_{\text{base}(k)} + g\,\underbrace{T_p\,r}_{\text{step}(k)}
@@ -653,75 +649,23 @@ for shape in SWEEP[1:6]:
 # the roles of the channels swapped. Its octets run over the output channels, its columns over
 # the input channels, and its taps come in C order: base $k\,r$, step $k_Dk_Hk_W\,r$.
 #
-# The first cell counts the 32-byte sectors each way reads, warp by warp, for a contiguous
-# weight.
+# The reads are scattered (a 32-byte sector for each 2- or 4-byte element, as a gather
+# through the index map), but the weights sit in L2. On an H200 (`benchmarks/NOTES.md`) a
+# tiled transpose through shared memory, reading the weight in runs, measured 2-2.8x slower
+# than the element gather; the chunk-a-thread pack measures within about 0.5 µs of it (shape
+# 4's bf16 forward layout 5.1 µs against 6.5) and needs no index map on the device.
+#
+# The cell ports the kernel line by line, for both layouts. It reads the weight through its
+# strides, as the kernel does, so a sliced or channels-last weight is covered too. It checks
+# that every position of the layout is written once, with the gather's value.
 
 # %%
 from phaseconv.engines.cuda import forward_mma_index, grad_input_mma_index, host_tables  # noqa: E402
 
-SECTOR = 32
-PACK_TILE_BYTES = 16 * 1024  # csrc/phase_conv_pack.cu: kPackTileBytes
 
-
-def warp_sectors(addresses):
-    """32-byte sectors read, summed over warps of 32 consecutive threads (-1: no read)."""
-    pad = (-addresses.numel()) % 32
-    a = torch.cat([addresses, torch.full((pad,), -1, dtype=torch.int64)]).view(-1, 32)
-    s = torch.where(a >= 0, a // SECTOR, torch.full_like(a, -1)).sort(dim=1).values
-    distinct = torch.cat([s[:, :1] >= 0, (s[:, 1:] != s[:, :-1]) & (s[:, 1:] >= 0)], dim=1)
-    return int(distinct.sum())
-
-
-def pack_read_addresses(shape, groups, elem):
-    """Byte addresses of the pack's reads, thread order within each block (as the kernel's
-    first loop), blocks one after another; a block's warps start at its first thread."""
-    c_in, cout_g = shape[:2]
-    ksize, cin_g, cg = math.prod(shape[2:]), c_in // groups, 16 // elem
-    tile = PACK_TILE_BYTES // (cg * elem)
-    k_tile = min(ksize, tile)
-    co_tile = min(cout_g, tile // k_tile)
-    out = []
-    for g, q, co0, k0 in itertools.product(range(groups), range(math.ceil(cin_g / cg)),
-                                           range(0, cout_g, co_tile), range(0, ksize, k_tile)):
-        i = torch.arange(cg * co_tile * k_tile)
-        c, col, kk = i // (co_tile * k_tile), i // k_tile % co_tile, i % k_tile
-        ci, co, k = q * cg + c, co0 + col, k0 + kk
-        ok = (ci < cin_g) & (co < cout_g) & (k < ksize)
-        a = (((g * cin_g + ci) * cout_g + co) * ksize + k) * elem
-        a = torch.where(ok, a, torch.full_like(a, -1))
-        out.append(torch.cat([a, torch.full(((-a.numel()) % 32,), -1, dtype=torch.int64)]))
-    return torch.cat(out)
-
-
-layers = {"founding": ((32, 8, 3, 5, 7), 4, (2, 2, 2), (1, 2, 3))}
-layers.update({f"shape {s.name}": ((s.in_channels, s.out_channels // s.groups) + s.kernel,
-                                   s.groups, s.stride, s.padding) for s in SWEEP[3:6]})
-print(f"{'layer':>10} {'dtype':>8} {'weight MB':>9} {'gather MB':>9} {'pack MB':>8}")
-for name, (shape, groups, stride, padding) in layers.items():
-    for elem, dtype in ((2, "16-bit"), (4, "float32")):
-        index = forward_mma_index(shape, groups, stride, padding, (1, 1, 1), 16 // elem)
-        gather = warp_sectors(torch.where(index >= 0, index.long() * elem,
-                                          torch.full_like(index, -1, dtype=torch.int64)))
-        pack = warp_sectors(pack_read_addresses(shape, groups, elem))
-        print(f"{name:>10} {dtype:>8} {math.prod(shape) * elem / 1e6:9.2f} "
-              f"{gather * SECTOR / 1e6:9.2f} {pack * SECTOR / 1e6:8.2f}")
-
-# %% [markdown]
-# The gather reads 8x (float32) to 16x (16-bit) the weight's bytes; the pack reads about the
-# weight once, plus partial sectors where a tile's run starts or ends mid-sector. (On an
-# H200 the bf16 gather took 7 µs of shape 4's forward and 17 µs of shape 5's:
-# `benchmarks/NOTES.md`.)
-#
-# The second cell ports the kernel's tile loop line by line, for both layouts. It reads the
-# weight through its strides, as the kernel does, so a sliced or channels-last weight is
-# covered too. It checks that every position of the layout is written once, with the
-# gather's value. Each layer also runs with tiles of 8 pairs (`tile_bytes`), so that small
-# layers split their tap runs, or spread their columns over tiles, as large ones do.
-
-# %%
-def pack_port(w, taps, groups, over_outputs, elem, tile_bytes=PACK_TILE_BYTES, cg=None):
-    """pack_mma_kernel and launch_pack in Python; w a float64 tensor of any strides; cg the
-    channel group (by default 16 bytes of them)."""
+def pack_port(w, taps, groups, over_outputs, elem, cg=None):
+    """pack_mma_kernel in Python; w a float64 tensor of any strides; cg the channel group
+    (by default 16 bytes of them)."""
     c_in, cout_g = w.shape[:2]
     kh_n, kw_n = w.shape[3], w.shape[4]
     ksize, cin_g = math.prod(w.shape[2:]), c_in // groups
@@ -733,41 +677,28 @@ def pack_port(w, taps, groups, over_outputs, elem, tile_bytes=PACK_TILE_BYTES, c
     chans, cols = (cout_g, cin_g) if over_outputs else (cin_g, cout_g)
     chan_stride, col_stride = (st[1], st[0]) if over_outputs else (st[0], st[1])
     group_stride = cin_g * st[0]
-    tile = tile_bytes // (cg * elem)
-    k_tile = min(ksize, tile)
-    co_tile = min(cols, tile // k_tile)
-    n_k, n_co, ngrp = math.ceil(ksize / k_tile), math.ceil(cols / co_tile), math.ceil(chans / cg)
-    kp, pairs, row = k_tile | 1, co_tile * k_tile, co_tile * (k_tile | 1)
+    ngrp = math.ceil(chans / cg)
     run = ngrp * cols * cg
-    out = torch.full((groups * ksize * ngrp * cols * cg,), math.nan, dtype=torch.float64)
+    chunks = groups * ksize * ngrp * cols
+    assert chunks <= w.numel()  # the kernel's 32-bit chunk arithmetic
+    out = torch.full((chunks * cg,), math.nan, dtype=torch.float64)
     written = torch.zeros(out.numel(), dtype=torch.int64)
-    for b in range(groups * ngrp * n_co * n_k):
-        kt, ct, q, g = b % n_k, b // n_k % n_co, b // (n_k * n_co) % ngrp, b // (n_k * n_co * ngrp)
-        co0, k0 = ct * co_tile, kt * k_tile
-        s = [None] * (cg * 2 * tile)
-        for i in range(cg * pairs):  # the tile's runs into shared memory
-            c, rem = divmod(i, pairs)
-            col, kk = divmod(rem, k_tile)
-            ci, co, k = q * cg + c, co0 + col, k0 + kk
-            v = 0.0
-            if ci < chans and co < cols and k < ksize:
-                kd, kr = divmod(k, kh_n * kw_n)
-                kh, kw = divmod(kr, kw_n)
-                v = float(flat[g * group_stride + ci * chan_stride + co * col_stride
-                               + kd * st[2] + kh * st[3] + kw * st[4]])
-            s[c * row + col * kp + kk] = v
-        for j in range(pairs):  # one (tap, column)'s channels a store
-            kk, col = divmod(j, co_tile)
-            co, k = co0 + col, k0 + kk
-            if co >= cols or k >= ksize:
-                continue
-            base = (int(taps[k, 0]) + g * int(taps[k, 1]) if taps is not None
-                    else (g * ksize + k) * run)
-            pos = base + (q * cols + co) * cg
-            assert pos * elem % 16 == 0  # the 16-byte stores' alignment
-            for c in range(cg):
-                out[pos + c] = s[c * row + col * kp + kk]
-                written[pos + c] += 1
+    for i in range(chunks):
+        r, co = divmod(i, cols)
+        r, q = divmod(r, ngrp)
+        g, k = divmod(r, ksize)
+        kd, kr = divmod(k, kh_n * kw_n)
+        kh, kw = divmod(kr, kw_n)
+        src = (g * group_stride + q * cg * chan_stride + co * col_stride + kd * st[2]
+               + kh * st[3] + kw * st[4])
+        valid = chans - q * cg
+        v = [float(flat[src + c * chan_stride]) if c < valid else 0.0 for c in range(cg)]
+        base = (int(taps[k, 0]) + g * int(taps[k, 1]) if taps is not None
+                else (g * ksize + k) * run)
+        pos = base + (q * cols + co) * cg
+        assert pos * elem % 16 == 0  # the 16-byte stores' alignment
+        out[pos:pos + cg] = torch.tensor(v, dtype=torch.float64)
+        written[pos:pos + cg] += 1
     assert bool((written == 1).all())
     return out
 
@@ -787,23 +718,21 @@ def weights_of(shape):
 for shape, groups, stride, padding, dilation in [
         ((20, 3, 3, 2, 5), 2, (2, 1, 3), (2, 0, 1), (1, 2, 1)),  # C_in/g 10: padded groups
         ((9, 5, 3, 4, 2), 3, (2, 2, 1), (1, 1, 0), (1, 1, 1)),
-        ((4, 40, 1, 1, 2), 2, (1, 1, 2), (0, 0, 0), (1, 1, 1))]:  # many column tiles
+        ((4, 40, 1, 1, 2), 2, (1, 1, 2), (0, 0, 0), (1, 1, 1))]:
     for elem in (2, 4):
         t = host_tables(shape, groups, stride, padding, dilation, 16 // elem)
+        index = forward_mma_index(shape, groups, stride, padding, dilation, 16 // elem)
         for w in weights_of(shape):
-            for tile_bytes in (PACK_TILE_BYTES, 8 * 16):  # 8 pairs a tile
-                got = pack_port(w, t.mma_taps, groups, False, elem, tile_bytes)
-                index = forward_mma_index(shape, groups, stride, padding, dilation, 16 // elem)
-                assert torch.equal(got, gather_port(w, index)), (shape, elem)
+            got = pack_port(w, t.mma_taps, groups, False, elem)
+            assert torch.equal(got, gather_port(w, index)), (shape, elem)
 for shape, groups in [((32, 8, 3, 5, 7), 4), ((12, 24, 2, 1, 3), 2)]:
     for elem, cg in ((2, 8), (4, 8), (4, 4)):  # octets (narrow kernel), quads (float32 GEMM)
         index = grad_input_mma_index(shape, groups, cg)
         for w in weights_of(shape):
-            for tile_bytes in (PACK_TILE_BYTES, 8 * cg * elem):  # 8 pairs a tile
-                got = pack_port(w, None, groups, True, elem, tile_bytes, cg)
-                assert torch.equal(got, gather_port(w, index)), (shape, elem, cg)
-print("the pack's tile loop writes every position once, with the gather's value, "
-      "for both layouts, any weight strides and split tap runs")
+            got = pack_port(w, None, groups, True, elem, cg)
+            assert torch.equal(got, gather_port(w, index)), (shape, elem, cg)
+print("the pack writes every position of both layouts once, with the gather's value, "
+      "for any weight strides")
 
 # %% [markdown]
 # ## 10. One `ldmatrix`, two dtypes: the implicit GEMM's float32 fragments

@@ -348,8 +348,8 @@ for cfg in [dict(stride=2, padding=1, dilation=1, output_padding=0, k=4),
 # * columns: the input channels of the group.
 #
 # The weight reaches the kernel as $[g][k_D][k_H][k_W][C_\text{out}/g/8][C_\text{in}/g][8]$,
-# packed by tiles (`csrc/phase_conv_pack.cu`). The check below reads the weight through that
-# layout's index map (`engines.cuda.grad_input_mma_index`) and computes $\bar x$ as one
+# packed without an index map (`csrc/phase_conv_pack.cu`). The check below reads the weight
+# through that layout's index map (`engines.cuda.grad_input_mma_index`) and computes $\bar x$ as one
 # matrix product per (group, tap), against torch autograd.
 
 

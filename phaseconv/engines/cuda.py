@@ -15,8 +15,8 @@ groups, channels) fixes, once, a few small device tables (:func:`layer_tables`):
 * ``mma_taps`` (float32/float16/bfloat16): int64 (kernel taps, 2), where the tensor-core
   layout puts each kernel tap.  That layout holds phase p as ``[groups][taps][G][C_out/groups]
   [CG]`` with ``CG`` channels of 16 bytes (4 for float32, 8 for 16-bit types), ``G =
-  ceil((C_in/groups) / CG)``, zero-padded past C_in/groups; it is made by tiles, the weight
-  read in runs along its taps (``pack_mma_kernel``).  Its index map
+  ceil((C_in/groups) / CG)``, zero-padded past C_in/groups; it is made a 16-byte chunk a
+  thread, placed by this table (``pack_mma_kernel``).  Its index map
   (:func:`forward_mma_index`, -1 for padding) defines the layout; the tests check the table
   and the pack against it, and no call builds it.
 * ``gi_table``/``gi_index``: the input gradient's sub-kernels (each phase's stride-1 adjoint,
@@ -456,8 +456,8 @@ def host_tables(weight_shape, groups: int, stride, padding, dilation, cg: int) -
 def forward_mma_index(weight_shape, groups: int, stride, padding, dilation,
                       cg: int) -> torch.Tensor:
     """The index map (int32, host; -1 for zero padding) of the forward's tensor-core layout of
-    ``cg`` channel groups (module docstring: ``mma_taps``).  The engine packs it by tiles from
-    the layer's ``mma_taps`` (``pack_weight_mma``); this map defines it, for the tests."""
+    ``cg`` channel groups (module docstring: ``mma_taps``).  The engine packs it from the
+    layer's ``mma_taps`` (``pack_weight_mma``); this map defines it, for the tests."""
     ids, stride, padding, dilation = _element_ids(weight_shape, stride, padding, dilation)
     packed_mma = _packed_layouts(ids, groups, stride, padding, dilation, cg, with_mma=True)[2]
     return (packed_mma - 1).to(torch.int32)
@@ -466,8 +466,8 @@ def forward_mma_index(weight_shape, groups: int, stride, padding, dilation,
 def grad_input_mma_index(weight_shape, groups: int, cg: int = 8) -> torch.Tensor:
     """The index map (int32, host) of the input gradient's tensor-core layout,
     ``[groups][kD][kH][kW][C_out/g / cg][C_in/g][cg]``: groups of ``cg`` output channels (8
-    for the narrow kernel, 4 for float32's implicit GEMM).  The engine packs it by tiles
-    (``pack_weight_mma(..., over_outputs=True)``); this map defines it, for the tests."""
+    for the narrow kernel, 4 for float32's implicit GEMM).  The engine packs it without
+    the map (``pack_weight_mma(..., over_outputs=True)``); this map defines it, for the tests."""
     c_in, cout_g = int(weight_shape[0]), int(weight_shape[1])
     kernel = tuple(int(k) for k in weight_shape[2:])
     ids = torch.arange(c_in * cout_g * math.prod(kernel), dtype=torch.int32)

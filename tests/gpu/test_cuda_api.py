@@ -594,17 +594,19 @@ def test_channels_last_backward_kernels(case, dtype):
 
 @pytest.mark.parametrize("case", range(len(_CL_BWD_CASES)))
 def test_float32_input_gradient_on_the_implicit_gemm(case):
-    """float32's input gradient on the implicit GEMM (3xTF32, taken only when named) within
-    float32's tolerance against torch in float64, on the wide layers' cases; grad_y read in
-    place when channels-last gives the same bits as its copy, and results repeat bitwise."""
+    """float32's input gradient on the implicit GEMM (3xTF32; by the rule where C_in/g >= 128
+    and C_out/g >= 64, else only when named) within float32's tolerance against torch in
+    float64, on the wide layers' cases; grad_y read in place when channels-last gives the same
+    bits as its copy, and results repeat bitwise."""
     from phaseconv.engines import cuda
 
     n, cin, cout, g, size, k, s, p, op, d = _CL_BWD_CASES[case]
     xc, wc, gyc, args, (expected, _) = _layer_case(n, cin, cout, g, size, k, s, p, op, d,
                                                    torch.float32, case)
     forced = dict(grad_input_kernel="implicit-gemm", need_weight=False)
-    assert not cuda.describe_backward(args, n, torch.float32, xc.device)[0].startswith(
-        "implicit-gemm")
+    wide = cin // g >= 128 and cout // g >= 64
+    assert cuda.describe_backward(args, n, torch.float32, xc.device)[0].startswith(
+        "implicit-gemm") == wide
     desc = cuda.backward_plan(args, n, torch.float32, xc.device,
                               grad_input_kernel="implicit-gemm")[1].grad_input_description
     assert desc.startswith("implicit-gemm grad-input") and " 3xTF32" in desc, desc
