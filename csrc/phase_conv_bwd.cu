@@ -736,16 +736,7 @@ __global__ void __launch_bounds__(WM * WN * 32, 3) gw_mma_kernel(const GmArgs a)
         bf[2 * jp + 1][0] = rr[2]; bf[2 * jp + 1][1] = rr[3];
       }
       if (TF32) {
-        uint32_t bb[4][2], bs[4][2];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) split_tf32(bf[j], bb[j], bs[j]);
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
-          uint32_t ab[4], as[4];
-          split_tf32(af[mt], ab, as);
-#pragma unroll
-          for (int j = 0; j < 4; ++j) mma_3xtf32(acc[mt][j], ab, as, bb[j], bs[j]);
-        }
+        mma_3xtf32_tiles(acc, af, bf);
       } else {
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
