@@ -114,6 +114,33 @@ def bench_shape(spec, dtype, reps, check=True):
         row[vname + "_config"] = describe(code)
     xcl = x.contiguous(memory_format=torch.channels_last_3d)
     row["cl_input_us"], _ = time_fn(lambda: ours("auto", xcl), reps)
+    if dtype != torch.float32 and (cin // g) % 8 == 0:
+        # channels-last in and out (what a channels_last_3d module returns), by tile, against
+        # cuDNN in the same layout
+        for vname, code in {"auto": "auto", "wgmma": K("gemm", gemm_tile=4),
+                            "wgmma_256rows": K("gemm", gemm_tile=5),
+                            "bn32": K("gemm", gemm_tile=0), "bn64": K("gemm", gemm_tile=1),
+                            "allph": K("tensor-cores")}.items():
+            def cl_out(code=code):
+                return cuda.forward(xcl, w, None, args, kernel=code, out_channels_last=True)
+            try:
+                yv = cl_out()
+            except RuntimeError as exc:
+                if "was forced and" not in str(exc):
+                    raise
+                continue
+            if check:
+                ref = F.conv_transpose3d(x.float(), w.float(), None, s, p, op, g, 1)
+                row[f"clcl_{vname}_rel_err"] = ((yv.float() - ref).abs().max().item()
+                                                / max(ref.abs().max().item(), 1e-30))
+                del ref
+            del yv
+            row[f"clcl_{vname}_us"], _ = time_fn(cl_out, reps)
+            row[f"clcl_{vname}_config"] = cuda.describe(args, n, dtype, x.device, True, code,
+                                                        True)
+        wcl = w.contiguous(memory_format=torch.channels_last_3d)  # as a channels-last module
+        row["clcl_cudnn_us"], _ = time_fn(
+            lambda: F.conv_transpose3d(xcl, wcl, None, s, p, op, g, 1), reps)
     if dtype == torch.float32 and (cin // g) % 8 == 0:  # without the input's copy
         row["gemm_cl_input_us"], _ = time_fn(lambda: ours(K("gemm"), xcl), reps)
     row["cudnn_us"], row["cudnn_min_us"] = time_fn(theirs, reps)
@@ -163,7 +190,8 @@ def bench_backward(spec, dtype, reps):
             row[vname + "_us"], _ = time_fn(run, reps)
 
     timed((("gw_auto", "auto"), ("gw_simt", "simt"), ("gw_tc", "tensor-cores"),
-           ("gw_tc_cl", "tensor-cores-cl"), ("gw_tc_narrow", "tensor-cores-narrow")), False,
+           ("gw_tc_cl", "tensor-cores-cl"), ("gw_tc_wgmma", "tensor-cores-wgmma"),
+           ("gw_tc_narrow", "tensor-cores-narrow")), False,
           gw_ref)
     timed((("gi_auto", "auto"), ("gi_tc", "tensor-cores"), ("gi_naive", "naive"),
            ("gi_gemm", "implicit-gemm")), True, gi_ref)
@@ -322,7 +350,8 @@ def main():
     extra = ["cl_input", "ncdhw", "direct", "perphase", "simt", "allph_cl", "gemm_1ph",
              "gemm_cl_input",
              "gemm_bn32", "gemm_bn64", "gemm_bn128", "gemm_bn64w8", "gemm_bk32",
-             "gemm_bn64w8_bk32", "gemm_wgmma", "gemm_wgmma_256rows"]
+             "gemm_bn64w8_bk32", "gemm_wgmma", "gemm_wgmma_256rows", "clcl_cudnn", "clcl_auto",
+             "clcl_wgmma", "clcl_wgmma_256rows", "clcl_bn32", "clcl_bn64", "clcl_allph"]
     lines = ["{:<9} {:<9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>5} ".format(
         "shape", "dtype", "ours_us", "cudnn_us", "speedup", "GFLOP/s", "rel_err", "ok")
         + " ".join(f"{e:>10}" for e in extra)]

@@ -7,6 +7,8 @@
 // * gw_cl_kernel (float16/bfloat16, C_in/g and C_out/g multiples of 8 and >= 16): per
 //   (phase, tap) a GEMM on mma.sync over the phase's outputs, its operands channels-last and
 //   copied by cp.async, described where it is defined.
+// * gw_wgmma_kernel (sm_90a builds, float16/bfloat16, C_in/g >= 64 and C_out/g >= 32, both
+//   multiples of 8): gw_cl_kernel's GEMM on warpgroup MMA, larger channel tiles.
 // * gw_mma_kernel (float32, and the 16-bit layers the channels-last kernel does not take):
 //   the same GEMM from contiguous (N, C, D, H, W) operands, element-wise loads.
 // * gw_partial_kernel (float64, and narrow layers without whole 8-channel octets): a block stages, per tile of phase outputs
@@ -28,6 +30,7 @@
 #include "phase_conv_fwd.cuh"
 #include "phase_conv_launch.cuh"
 #include "phase_conv_mma.cuh"
+#include "phase_conv_wgmma.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -485,7 +488,7 @@ struct GmArgs : BwdGeometry {
 
 // A tensor-core weight-gradient block's share (gw_mma_kernel, gw_cl_kernel): blockIdx.x as
 // (split, group, phase, tap, C_in block, C_out block), the tap's input offset, the phase's
-// output counts and reduction length, and the split's chunks of kGmBK reduction terms.
+// output counts and reduction length, and the split's chunks of BK reduction terms.
 struct GmBlock {
   int g, split, t, ntaps;
   int rd, rh, rw;               // the phase's residues
@@ -497,7 +500,7 @@ struct GmBlock {
 };
 
 // False where the tap is past the phase's taps (a whole block: the grid covers the most taps).
-template <int BM, int BN>
+template <int BM, int BN, int BK = kGmBK>
 __device__ __forceinline__ bool decode_block(const GmArgs& a, GmBlock& b) {
   uint32_t r = blockIdx.x;
   const int cob = (int)(r % (uint32_t)a.n_cob); r /= (uint32_t)a.n_cob;
@@ -521,7 +524,7 @@ __device__ __forceinline__ bool decode_block(const GmArgs& a, GmBlock& b) {
   b.ch = axis_count(a.out_h, b.rh, a.sh);
   b.cw = axis_count(a.out_w, b.rw, a.sw);
   const int64_t kp = a.nbatch * b.cd * b.ch * b.cw;  // reduction length (< 2^31, plan_gm)
-  const int chunks = (int)((kp + kGmBK - 1) / kGmBK);
+  const int chunks = (int)((kp + BK - 1) / BK);
   const int per = (chunks + a.splits - 1) / a.splits;
   b.c_beg = b.split * per;
   b.c_end = min(chunks, b.c_beg + per);
@@ -874,6 +877,161 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
   write_warp_tile(acc, ws + (int64_t)b.split * a.packed_elems + b.wofs, a, b, wm, wn, lane);
 }
 
+// ---------------------------------------------------------------- warpgroup weight gradient
+// gw_cl_kernel's GEMM on wgmma (sm_90a builds; the plan offers it only where DevInfo::wgmma).
+// A block owns a BM x BN channel tile (64 input channels a warpgroup, BN 32, 64 or 128 output
+// channels) of one (phase, tap) and a split of the reduction, in chunks of BK = 64 k rows.
+// Each operand lands as gw_cl_kernel's [k][channel] rows, which is wgmma's MN-major layout:
+// rows of 64 channels (128 bytes; a 32-channel operand: 64 bytes), their 16-byte chunks
+// XOR-swizzled by the k row as the hardware's 128-byte (64-byte) swizzle reads them, every 64
+// channels a slab of BK rows of its own (GwWgOperand).  Both operands are then read by the
+// descriptors straight from the stages: no ldmatrix, no fragments in registers.  One batch of
+// wgmma stays in flight while the next chunk is waited for, so a stage is refilled two chunks
+// after it was read.  The accumulators are added into a second set every kFlushTerms terms
+// (the batch after a flush starts from zero: scale_d 0), as the mma.sync kernels do.
+template <int C, int BK> struct GwWgOperand {  // C channels a k row
+  static_assert(C == 32 || C % 64 == 0, "rows of 32 or 64-channel slabs");
+  static constexpr int ROW = C >= 64 ? 128 : 64;  // bytes of a k row in one slab
+  static constexpr int SLAB = BK * ROW;           // bytes of one 64-channel slab
+  static constexpr int BYTES = C >= 64 ? (C / 64) * SLAB : SLAB;
+  static constexpr int SWIZZLE = C >= 64 ? phaseconv_wgmma::kSwizzle128
+                                         : phaseconv_wgmma::kSwizzle64;
+  // byte offset of 16-byte chunk `ch` (channels 8 ch .. 8 ch + 7) of k row k
+  static __device__ __forceinline__ uint32_t offset(int k, int ch) {
+    if (C >= 64) return (uint32_t)((ch >> 3) * SLAB + k * ROW + (((ch & 7) ^ (k & 7)) << 4));
+    return (uint32_t)(k * ROW + ((ch ^ ((k >> 1) & 3)) << 4));
+  }
+  // descriptor of k rows 16 ks .. 16 ks + 15 from `base` (a slab): lbo to the next 64
+  // channels, sbo to the next 8 k rows
+  static __device__ __forceinline__ uint64_t desc(uint32_t base, int ks) {
+    return phaseconv_wgmma::smem_desc(base + ks * 16 * ROW, SLAB, 8 * ROW, SWIZZLE);
+  }
+};
+
+template <typename T, int WGS, int BN>
+__global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
+  namespace wg = phaseconv_wgmma;
+  constexpr int NTHR = WGS * 128, BM = WGS * 64, BK = phaseconv::kGwWgBK;
+  constexpr int STAGES = phaseconv::kGwWgStages, AHEAD = STAGES - 2;
+  using OpA = GwWgOperand<BM, BK>;
+  using OpB = GwWgOperand<BN, BK>;
+  constexpr int STAGE = OpA::BYTES + OpB::BYTES;
+  constexpr int CHA = BM / 8, CHB = BN / 8;  // 16-byte chunks per k row
+  constexpr int PA = BK * CHA / NTHR;        // x vectors a thread copies (its k rows)
+  constexpr int RB = CHA / CHB;              // its grad_y vectors: one of every RB of its rows
+  constexpr int ROWS = NTHR / CHA;           // k rows between a thread's successive rows
+  constexpr int FLUSH = phaseconv::kFlushTerms / BK;  // chunks between flushes
+  static_assert(sizeof(T) == 2, "16-bit operands (MN-major wgmma)");
+  static_assert(PA * NTHR == BK * CHA && RB * CHB == CHA && PA % RB == 0, "loader split");
+  static_assert(STAGE % 1024 == 0 && FLUSH >= 1, "1024-byte stages (the swizzle atom)");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // stages 1024-byte aligned (the plan adds the slack)
+  const uint32_t s_base = ((uint32_t)__cvta_generic_to_shared(smem_raw) + 1023u) & ~1023u;
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ gy = static_cast<const T*>(a.gy);
+  float* __restrict__ ws = static_cast<float*>(a.ws);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  GmBlock b;
+  if (!decode_block<BM, BN, BK>(a, b)) return;  // uniform: this phase has fewer taps
+
+  // the loader of gw_cl_kernel: x's vector a_ch of k rows a_pos + i * ROWS, grad_y's vector
+  // b_ch of those with i % RB == b_sel
+  const int a_ch = tid % CHA, a_pos = tid / CHA, b_ch = a_ch % CHB, b_sel = a_ch / CHB;
+  const bool a_ok = a_ch * 8 < b.cin_n, b_ok = b_ch * 8 < b.con;  // whole vectors: C/g % 8 == 0
+  const GmWalk wk = gm_walk<true>(a, b);
+  const T* xb = x + (int64_t)b.g * a.cin_g + b.ci0 + a_ch * 8;
+  const T* gb = gy + (int64_t)b.g * a.cout_g + b.co0 + b_ch * 8 + wk.gy_res;
+  KRow kr[PA];
+  KStep ks{};
+  if (b.c_beg < b.c_end) {  // a phase without outputs has no chunks (and zero counts)
+    const uint32_t k0 = (uint32_t)b.c_beg * BK;
+#pragma unroll
+    for (int i = 0; i < PA; ++i) kr[i] = krow_at(k0 + a_pos + i * ROWS, b, wk.xs, wk.gs);
+    ks = kstep_of(BK, b, wk.xs, wk.gs);
+  }
+  auto load_next = [&](int stage) {  // the chunk after the previous call's (c_beg first)
+    const uint32_t sA = s_base + stage * STAGE, sB = sA + OpA::BYTES;
+#pragma unroll
+    for (int i = 0; i < PA; ++i) {
+      const int k = a_pos + i * ROWS;
+      const bool valid = kr[i].n < (uint32_t)a.nbatch;
+      const bool ok = a_ok && valid && krow_in_input(kr[i], b, a);
+      cp_async16_ca(sA + OpA::offset(k, a_ch),
+                    ok ? (const void*)(xb + (kr[i].xo + wk.x_tap)) : (const void*)x, ok);
+      if (i % RB == b_sel) {
+        const bool okb = b_ok && valid;
+        cp_async16_ca(sB + OpB::offset(k, b_ch), okb ? (const void*)(gb + kr[i].go)
+                                                      : (const void*)gy, okb);
+      }
+      krow_add(kr[i], ks, b);
+    }
+  };
+
+  float d[BN / 2], tot[BN / 2];
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) d[i] = tot[i] = 0.f;
+#pragma unroll
+  for (int s = 0; s < AHEAD; ++s) {
+    if (b.c_beg + s < b.c_end) load_next(s);
+    cp_async_commit();
+  }
+  const uint32_t a_slab = (uint32_t)(warp >> 2) * OpA::SLAB;  // the warpgroup's 64 channels
+  int since = 0;  // chunks in d since the last flush
+  for (int c = b.c_beg; c < b.c_end; ++c) {
+    cp_async_wait<AHEAD - 1>();
+    wg::fence_proxy_async();  // this thread's copies, visible to wgmma (async proxy)
+    // chunk c has landed for every thread; every warpgroup's batch c-2 is complete, so its
+    // stage takes chunk c + AHEAD
+    __syncthreads();
+    const int cn = c + AHEAD;
+    if (cn < b.c_end) load_next((cn - b.c_beg) % STAGES);
+    cp_async_commit();
+    const uint32_t sA = s_base + ((c - b.c_beg) % STAGES) * STAGE, sB = sA + OpA::BYTES;
+    wg::fence_operand(d);
+    wg::fence();
+#pragma unroll
+    for (int k16 = 0; k16 < BK / 16; ++k16)
+      wg::Wgmma<T, BN, 1>::run(d, OpA::desc(sA + a_slab, k16), OpB::desc(sB, k16),
+                               (since | k16) != 0);
+    wg::commit();
+    if (++since == FLUSH) {
+      wg::wait<0>();
+      wg::fence_operand(d);
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) tot[i] += d[i];
+      since = 0;  // the next batch starts from zero
+    } else {
+      wg::wait<1>();  // batch c stays in flight while chunk c + 1 is waited for
+      wg::fence_operand(d);
+    }
+  }
+  wg::wait<0>();
+  wg::fence_operand(d);
+  cp_async_wait<0>();
+  if (since != 0) {
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) tot[i] += d[i];
+  }
+  // tot: rows (input channels) 64 wg + 16 (warp % 4) + lane / 4 (+ 8), columns (output
+  // channels) 8 j + 2 (lane % 4) (+ 1) at tot[4 j .. 4 j + 3]
+  float* out = ws + (int64_t)b.split * a.packed_elems + b.wofs;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int ci = (warp >> 2) * 64 + (warp & 3) * 16 + (lane >> 2) + half * 8;
+    if (ci >= b.cin_n) continue;
+    float* orow = out + (((int64_t)b.g * a.cin_g + b.ci0 + ci) * b.ntaps + b.t) * a.cout_g +
+                  b.co0;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int co = j * 8 + (lane & 3) * 2;  // C_out/g % 8 == 0: both columns or neither
+      if (co < b.con)
+        *reinterpret_cast<float2*>(orow + co) = make_float2(tot[4 * j + 2 * half],
+                                                            tot[4 * j + 2 * half + 1]);
+    }
+  }
+}
+
 // Both tensor-core kernels' arguments: the geometry and the plan's grid decomposition.
 GmArgs gm_args(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan) {
   GmArgs a;
@@ -930,6 +1088,32 @@ cudaError_t launch_gw_cl<double>(const PhaseConvBwdWeightParams&,
   return cudaErrorInvalidValue;
 }
 
+// The warpgroup tile (GmCfg: wgs warpgroups of 64 input channels, wn * 32 output channels).
+template <typename T>
+cudaError_t launch_gw_wgmma(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
+                            cudaStream_t stream) {
+  const GmArgs a = gm_args(p, plan);
+  const int tile = plan.gm.wgs * 10 + plan.gm.wn;
+  cudaError_t err =
+      tile == 24 ? launch_kernel(gw_wgmma_kernel<T, 2, 128>, plan.grid, 256, plan.smem, stream, a)
+      : tile == 22 ? launch_kernel(gw_wgmma_kernel<T, 2, 64>, plan.grid, 256, plan.smem, stream, a)
+      : tile == 12 ? launch_kernel(gw_wgmma_kernel<T, 1, 64>, plan.grid, 128, plan.smem, stream, a)
+      : tile == 11 ? launch_kernel(gw_wgmma_kernel<T, 1, 32>, plan.grid, 128, plan.smem, stream, a)
+                   : cudaErrorInvalidValue;
+  if (err != cudaSuccess) return err;
+  return launch_reduce<T>(p, plan.gm.splits, stream);
+}
+template <>
+cudaError_t launch_gw_wgmma<float>(const PhaseConvBwdWeightParams&,
+                                   const PhaseConvBwdWeightPlan&, cudaStream_t) {
+  return cudaErrorInvalidValue;  // the plan picks it for float16/bfloat16 only
+}
+template <>
+cudaError_t launch_gw_wgmma<double>(const PhaseConvBwdWeightParams&,
+                                    const PhaseConvBwdWeightPlan&, cudaStream_t) {
+  return cudaErrorInvalidValue;
+}
+
 template <typename T>
 cudaError_t launch_gw(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
                       cudaStream_t stream) {
@@ -965,6 +1149,7 @@ cudaError_t run_plan(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeight
     case PHASECONV_EMPTY: return cudaSuccess;  // no phase has taps: nothing to write
     case PHASECONV_GW_MMA: return launch_gm<T>(p, plan, stream);
     case PHASECONV_GW_MMA_CL: return launch_gw_cl<T>(p, plan, stream);
+    case PHASECONV_GW_WGMMA: return launch_gw_wgmma<T>(p, plan, stream);
     case PHASECONV_GW_SIMT: return launch_gw<T>(p, plan, stream);
     case PHASECONV_GW_NAIVE: return launch_gw_naive<T>(p, plan, stream);
     case PHASECONV_GW_MMA_NARROW: {

@@ -515,6 +515,7 @@ const char* family_name(int family) {
     case PHASECONV_NAIVE: return "naive";
     case PHASECONV_GW_MMA: return "tensor-core gemm";
     case PHASECONV_GW_MMA_CL: return "channels-last tensor-core gemm";
+    case PHASECONV_GW_WGMMA: return "warpgroup tensor-core gemm";
     case PHASECONV_GW_MMA_NARROW: return "narrow tensor-core window";
     case PHASECONV_GI_NARROW: return "narrow tensor-core window";
     case PHASECONV_GW_SIMT: return "simt";
@@ -1120,6 +1121,48 @@ bool plan_gm(const PhaseConvBwdWeightParams& p, int dtype_code, bool channels_la
   return out->grid < ((int64_t)1 << 31);
 }
 
+// The warpgroup tile (gw_wgmma_kernel): 64 input channels a warpgroup, two where C_in/g >= 128;
+// 128, 64 or 32 output channels (one warpgroup takes at most as many as it has inputs).
+// Splits: the fewest within 3% of the least modelled time, a split's time taken as the waves
+// of resident blocks the grid needs over the splits (each split at least 4 chunks long).
+bool plan_gm_wgmma(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
+                   PhaseConvBwdWeightPlan* out) {
+  GmCfg& a = out->gm;
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
+  if (a.max_taps == 0 || p.packed_elems == 0) return false;
+  a.wgs = cin_g >= 128 ? 2 : 1;
+  a.wn = cout_g >= 128 && a.wgs == 2 ? 4 : cout_g >= 64 ? 2 : 1;
+  if (a.wgs == 2 && a.wn == 1) a.wgs = 1;  // the loader's split: C_out tile <= C_in tile
+  a.n_cib = (int)cdiv(cin_g, 64 * a.wgs);
+  a.n_cob = (int)cdiv(cout_g, 32 * a.wn);
+  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
+                     cdiv(p.out_w, p.stride_w);
+  const int64_t chunks = cdiv(kp, kGwWgBK);
+  const int64_t base = p.stride_d * p.stride_h * p.stride_w * a.max_taps * p.groups *
+                       a.n_cib * a.n_cob;
+  const size_t stage = (size_t)kGwWgBK * (64 * a.wgs + 32 * a.wn) * 2;
+  out->smem = (size_t)kGwWgStages * stage + 1024;  // + the slack of the 1024-byte alignment
+  // blocks a multiprocessor holds: shared memory, and registers (ptxas, sm_90a: 212 and 156
+  // a thread for two warpgroups, 144 and 121 for one)
+  const int64_t per_sm = std::min<int64_t>((int64_t)(dev.smem_sm / (out->smem + 1024)),
+                                           a.wgs == 2 ? 1 : a.wn == 2 ? 3 : 4);
+  if (per_sm < 1) return false;
+  // the blocks that find a tap: taps of every phase, not the grid's max_taps each
+  const int64_t taps = p.packed_elems / (p.c_in * cout_g);
+  const int64_t work = taps * p.groups * a.n_cib * a.n_cob, resident = per_sm * dev.sms;
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(64, chunks / 4));
+  auto cost = [&](int64_t s) { return (double)cdiv(work * s, resident) / (double)s; };
+  double best = cost(1);
+  for (int64_t s = 2; s <= most; ++s) best = std::min(best, cost(s));
+  int64_t splits = 1;
+  while (cost(splits) > 1.03 * best) ++splits;
+  a.splits = (int)splits;
+  out->grid = base * splits;
+  out->ws_bytes = (size_t)splits * (size_t)p.packed_elems * sizeof(float);
+  return out->grid < ((int64_t)1 << 31);
+}
+
 bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int force,
                      const DevInfo& dev, PhaseConvBwdWeightPlan* out) {
   char* buf = out->text;
@@ -1186,6 +1229,22 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   const bool tensor_cores = mma_possible(p, dtype_code);
   const bool cl_ok = tensor_cores && dtype_code != PHASECONV_FLOAT32 &&
                      (p.c_in / p.groups) % 8 == 0 && (p.c_out / p.groups) % 8 == 0;
+  const bool wg_ok = cl_ok && dev.wgmma && p.c_in / p.groups >= 64 && p.c_out / p.groups >= 32;
+  if (force == PHASECONV_GW_WGMMA && !wg_ok)
+    return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups >= 64 and "
+                  "C_out/groups >= 32, both multiples of 8, on an sm_90a build");
+  // named only until it is measured against the mma.sync tile (benchmarks/NOTES.md)
+  if (wg_ok && force == PHASECONV_GW_WGMMA) {
+    if (!plan_gm_wgmma(p, dev, out))
+      return refuse(buf, len, PHASECONV_GW_WGMMA, "its grid is too large");
+    out->family = PHASECONV_GW_WGMMA;
+    out->operands_channels_last = 1;
+    snprintf(buf, len, "tensor-core gemm fp32-accumulate, channels-last operands, %dx%d "
+             "channel tile, wgmma-sm90a, %d stages, %d split(s), %lld blocks, smem=%zu",
+             64 * out->gm.wgs, 32 * out->gm.wn, kGwWgStages, out->gm.splits,
+             (long long)out->grid, out->smem);
+    return true;
+  }
   if (force == PHASECONV_GW_MMA_CL && !cl_ok)
     return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups and "
                   "C_out/groups multiples of 8 and >= 16");

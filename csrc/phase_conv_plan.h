@@ -139,6 +139,7 @@ enum PhaseConvFamily {
   PHASECONV_GW_MMA_CL = 12, // per (phase, tap) GEMM on tensor cores, channels-last operands
   PHASECONV_GW_MMA_NARROW = 13,  // tensor cores over a staged input window, 8-channel layers
   PHASECONV_GI_NARROW = 14, // the input gradient's: tensor cores over a staged grad_y window
+  PHASECONV_GW_WGMMA = 15,  // PHASECONV_GW_MMA_CL's GEMM on warpgroup MMA (sm_90a builds)
 };
 
 // A kernel chosen by name instead of by the rule (tests, benchmarks).  The plan refuses a
@@ -189,6 +190,8 @@ constexpr int kGmBK = 32;             // tensor-core weight gradient: reduction 
 constexpr int kGmWM = 2, kGmWN = 2;   // its warps (a 64 x 64 channel tile)
 constexpr int kGmBlocksPerSm = 8;     // its splits: about this many blocks per multiprocessor
 constexpr int kGwClStages = 4;        // channels-last weight gradient: pipeline depth
+constexpr int kGwWgBK = 64;           // warpgroup weight gradient: reduction chunk
+constexpr int kGwWgStages = 4;        // its pipeline depth
 constexpr int kGwNarrowThreads = 256; // narrow weight gradient: threads per block
 // the narrow weight gradient's m16n8 tiles a warp holds and phase outputs a tile holds at
 // most, by element size: float32 (3xTF32) keeps its accumulator runs within kFlushTerms
@@ -345,7 +348,9 @@ struct GiNarrowCfg {
 // tensor-core weight gradient (phase_conv_bwd.cu: gw_mma_kernel, gw_cl_kernel)
 struct GmCfg {
   int max_taps, n_cib, n_cob, splits;
-  int wn;  // gw_cl_kernel: warps along C_out/g (a 64 x 32 * wn channel tile)
+  int wn;       // gw_cl_kernel: warps along C_out/g (a 64 x 32 * wn channel tile);
+                // gw_wgmma_kernel: its tile's C_out/g is 32 * wn
+  int wgs = 0;  // gw_wgmma_kernel: warpgroups (a 64 * wgs x 32 * wn channel tile)
 };
 
 }  // namespace phaseconv
@@ -385,9 +390,11 @@ struct PhaseConvBwdInputPlan {
 // The weight gradient's plan (phase_conv_bwd_weight_plan).
 struct PhaseConvBwdWeightPlan {
   int family;  // PHASECONV_EMPTY, PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA_NARROW,
-               // PHASECONV_GW_MMA_CL, PHASECONV_GW_MMA, PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE
+               // PHASECONV_GW_WGMMA, PHASECONV_GW_MMA_CL, PHASECONV_GW_MMA, PHASECONV_GW_SIMT
+               // or PHASECONV_GW_NAIVE
   int operands_channels_last;  // the kernel reads x and grad_y as (N, D, H, W, C), 16-byte
-                               // aligned (PHASECONV_GW_MMA_NARROW, PHASECONV_GW_MMA_CL)
+                               // aligned (PHASECONV_GW_MMA_NARROW, PHASECONV_GW_MMA_CL,
+                               // PHASECONV_GW_WGMMA)
   phaseconv::GwCfg gw;
   phaseconv::GwNarrowCfg narrow;
   phaseconv::GmCfg gm;
@@ -432,12 +439,15 @@ bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code,
 // (PHASECONV_GW_MMA_NARROW: x and grad_y channels-last, 16-byte aligned) where a tile's window
 // fits; float32/float16/bfloat16 with C_in/groups and C_out/groups both >= 16 (and a phase's
 // outputs over the batch below 2^31) a tensor-core GEMM: float16/bfloat16 with both multiples
-// of 8 the one that reads x and grad_y channels-last (PHASECONV_GW_MMA_CL), the others the one
-// that reads them contiguous (PHASECONV_GW_MMA); float64 and the other narrow layers the SIMT
-// one, and layers whose input window does not fit shared memory (huge dilations) a naive
-// kernel, one thread per weight element.  force: 0 the rule, PHASECONV_GW_DEPTHWISE,
-// PHASECONV_GW_MMA_NARROW, PHASECONV_GW_MMA_CL, PHASECONV_GW_MMA, PHASECONV_GW_SIMT or
-// PHASECONV_GW_NAIVE; false where the forced kernel cannot take the layer.
+// of 8 the one that reads x and grad_y channels-last (PHASECONV_GW_MMA_CL; on sm_90a builds
+// with C_in/groups >= 64 and C_out/groups >= 32 its warpgroup form, PHASECONV_GW_WGMMA, when
+// named), the
+// others the one that reads them contiguous (PHASECONV_GW_MMA); float64 and the other narrow
+// layers the SIMT one, and layers whose input window does not fit shared memory (huge
+// dilations) a naive kernel, one thread per weight element.  force: 0 the rule,
+// PHASECONV_GW_DEPTHWISE, PHASECONV_GW_MMA_NARROW, PHASECONV_GW_WGMMA, PHASECONV_GW_MMA_CL,
+// PHASECONV_GW_MMA, PHASECONV_GW_SIMT or PHASECONV_GW_NAIVE; false where the forced kernel
+// cannot take the layer.
 bool phase_conv_bwd_weight_plan(const PhaseConvBwdWeightParams& params, int dtype_code,
                                 int force, const phaseconv::DevInfo& dev,
                                 PhaseConvBwdWeightPlan* plan);

@@ -791,3 +791,69 @@ for c_in, c_out, groups, size, k, s, p, op, d, tile in [
     ours = narrow_grad_input(gy, w, tuple(x.shape), groups, s, p, d, tile)
     assert err(ours, ref) < TOL, (c_in, c_out, groups, err(ours, ref))
 print("one window per tile, W by residue, two (tap, octet) pairs a step = autograd")
+
+# %% [markdown]
+# ## 11. Wide layers' weight gradient on warpgroups: the stage is already an MN-major operand
+#
+# Section 8's GEMM of one (phase, tap), $\partial w[c, o] = \sum_k x_k[c]\,\bar y_k[o]$, has
+# both operands *channel-contiguous*: a reduction row $k$ of the channels-last $x$ (or
+# $\bar y$) is a run of channels. `gw_cl_kernel` copies each row's 16-byte chunks into a
+# `[k][channel]` stage and transposes them with `ldmatrix.trans` into `mma.sync` fragments.
+# On sm_90a, `wgmma` reads 16-bit operands from shared memory in either major-ness
+# (`imm-trans` 1: "MN-major", M or N contiguous), so `gw_wgmma_kernel` hands the very same
+# stage to the tensor cores through descriptors, with no fragments in registers.
+#
+# The MN-major canonical layouts (16-bit elements, 8 to a 16-byte chunk), element $(m, k)$
+# of an $M \times 16$ step at logical byte
+# $$2\,(m \bmod 8) + 16\,(\lfloor m/8 \rfloor \bmod S) + \mathrm{LBO}\,\lfloor m/8S \rfloor
+#   + 16 S\,(k \bmod 8) + \mathrm{SBO}\,\lfloor k/8 \rfloor,$$
+# $S = 8$ chunks a row for the 128-byte swizzle, $S = 4$ for the 64-byte one; the swizzle
+# then XORs address bits 4-6 with bits 7-9 (128-byte) or bits 4-5 with bits 7-8 (64-byte).
+#
+# The loader (`GwWgOperand::offset`) puts chunk $c$ of row $k$ of an operand of $C$ channels
+# in slab $\lfloor c/8 \rfloor$ (64 channels, $64 \cdot 128$ bytes of a 64-row chunk) at
+# $128 k + 16\,((c \bmod 8) \oplus (k \bmod 8))$; a 32-channel operand (one slab of 64-byte
+# rows) at $64 k + 16\,(c \oplus (\lfloor k/2 \rfloor \bmod 4))$. With SBO $= 8$ rows
+# ($1024$ or $512$ bytes), LBO $=$ one slab, and a k16 step starting 16 rows further, the
+# cell checks that every element each descriptor names, in each of the chunk's four k16
+# steps, is the one the loader put there: A (one warpgroup's 64 input channels: its slab) and
+# B (32, 64 or 128 output channels).
+
+# %%
+BK = 64  # k rows a chunk (csrc/phase_conv_plan.h: kGwWgBK)
+
+
+def row_bytes(c):
+    return 128 if c >= 64 else 64
+
+
+def loader(c, k, chunk):  # csrc/phase_conv_bwd.cu: GwWgOperand<C, 64>::offset
+    if c >= 64:
+        return (chunk // 8) * BK * 128 + 128 * k + 16 * ((chunk % 8) ^ (k % 8))
+    return 64 * k + 16 * (chunk ^ ((k // 2) % 4))
+
+
+def swizzled(addr, chunks):  # the hardware's 128-byte (8 chunks) or 64-byte (4) swizzle
+    return addr ^ (((addr >> 7) & (chunks - 1)) << 4)
+
+
+def mn_major(start, m, k, lbo, sbo, chunks):  # the canonical layout's byte of (m, k)
+    logical = (start + 2 * (m % 8) + 16 * ((m // 8) % chunks) + lbo * (m // (8 * chunks))
+               + 16 * chunks * (k % 8) + sbo * (k // 8))
+    return swizzled(logical, chunks)
+
+
+for c, extent in ((64, 64), (128, 64), (32, 32), (64, 64), (128, 128)):
+    rb = row_bytes(c)
+    chunks, lbo, sbo = rb // 16, BK * rb, 8 * rb
+    for base in (0, 32 * 1024):  # stages are 1024-byte multiples
+        for slab in range(c // extent if c >= 64 else 1):  # A: each warpgroup's own slab
+            for ks in range(BK // 16):
+                start = base + slab * lbo + ks * 16 * rb
+                for m in range(extent):
+                    ch, e = divmod(slab * extent + m, 8)
+                    for k in range(16):
+                        assert mn_major(start, m, k, lbo, sbo, chunks) == \
+                            base + loader(c, 16 * ks + k, ch) + 2 * e
+print("the [k][channel] stage read MN-major: A by warpgroup slab, B of 32, 64 and 128 "
+      "channels, every k16 step of a chunk")

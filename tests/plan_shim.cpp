@@ -104,7 +104,8 @@ extern "C" int phaseconv_plan_grad_weight(const int64_t* g, int dtype, int force
   out[0] = plan.family;
   out[1] = plan.grid;
   out[2] = (int64_t)plan.ws_bytes;
-  out[3] = plan.family == PHASECONV_GW_MMA || plan.family == PHASECONV_GW_MMA_CL
+  out[3] = plan.family == PHASECONV_GW_MMA || plan.family == PHASECONV_GW_MMA_CL ||
+                   plan.family == PHASECONV_GW_WGMMA
                ? plan.gm.splits
            : plan.family == PHASECONV_GW_SIMT ? plan.gw.splits
            : plan.family == PHASECONV_GW_MMA_NARROW ? plan.narrow.splits

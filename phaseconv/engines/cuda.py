@@ -78,7 +78,8 @@ FORWARD_KERNELS = {"auto": 0, "gemm": 1, "allphase": 2, "mma": 3, "tiled": 4, "n
 GRAD_INPUT_KERNELS = {"auto": 0, "implicit-gemm": 1, "tensor-cores": 3, "naive": 5,
                       "depthwise": 10, "tensor-cores-narrow": 14}
 GRAD_WEIGHT_KERNELS = {"auto": 0, "tensor-cores": 6, "simt": 7, "naive": 8, "depthwise": 11,
-                       "tensor-cores-cl": 12, "tensor-cores-narrow": 13}
+                       "tensor-cores-cl": 12, "tensor-cores-narrow": 13,
+                       "tensor-cores-wgmma": 15}
 
 
 class ForwardKernel(NamedTuple):
@@ -626,7 +627,8 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     the per-phase tensor-core kernel, else the naive one; the weight gradient of
     float32/float16/bfloat16 layers with 8 channels per group on one side (whole octets on
     the other) the narrow tensor-core kernel, of 16-bit layers with channel counts per group
-    multiples of 8 (and >= 16) the channels-last tensor-core GEMM, of other
+    multiples of 8 (and >= 16) the channels-last tensor-core GEMM (on an sm_90a build, with
+    C_in/g >= 64 and C_out/g >= 32, its warpgroup form by name: ``tensor-cores-wgmma``), of other
     float32/float16/bfloat16 layers with both >= 16 the contiguous one, else the SIMT
     kernel.  ``grad_input_kernel`` and
     ``grad_weight_kernel`` force one by name (``GRAD_INPUT_KERNELS``, ``GRAD_WEIGHT_KERNELS``:

@@ -30,6 +30,9 @@ CASES = [
     # C_in/groups 64 and C_out 64: the implicit GEMM's warpgroup tile (sm_90a builds), forward
     # (forced below) and the input gradient (the rule: 1728 reduction terms)
     (1, 64, 64, 1, (3, 4, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+    # the warpgroup weight gradient's 128 x 128 and 64 x 32 tiles (sm_90a builds)
+    (1, 128, 128, 1, (2, 3, 3), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),
+    (1, 64, 32, 1, (3, 3, 4), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
     # 64 taps of 8 -> 16 channels: the narrow weight gradient's eight warp groups
     (1, 8, 16, 1, (2, 3, 3), (4, 4, 4), (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1)),
 ]
@@ -96,6 +99,7 @@ def _channels_last_results() -> int:
 
 def main() -> int:
     failures = runs = refused = 0
+    warpgroups = torch.cuda.get_device_capability() == (9, 0) and cuda.load().sm90a
     for n, ci, co, g, size, k, s, p, op, d in CASES:
         for dtype in DTYPES:
             x = torch.randn((n, ci) + size, device="cuda").to(dtype)
@@ -161,6 +165,11 @@ def main() -> int:
                     forced.append(cuda.backward(gy_, x_, wd, args,
                                                 grad_input_kernel="implicit-gemm",
                                                 grad_weight_kernel="tensor-cores-cl"))
+            if (dtype == torch.bfloat16 and warpgroups and ci // g >= 64 and co // g >= 32
+                    and (ci // g) % 8 == 0 and (co // g) % 8 == 0):
+                # the weight gradient's warpgroup form, named
+                forced.append(cuda.backward(gy, xd, wd, args, need_input=False,
+                                            grad_weight_kernel="tensor-cores-wgmma"))
             if (ci // g) % 8 == 0 and (co // g) % 8 == 0 and min(ci, co) // g == 8:
                 # the narrow weight gradient, operands copied and read in place
                 cl = torch.channels_last_3d

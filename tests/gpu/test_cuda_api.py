@@ -551,7 +551,16 @@ _CL_BWD_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): the channels-
     (3, 32, 96, 1, (9, 10, 40), (1, 1, 1), (1, 1, 1), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # splits
     (2, 64, 64, 1, (3, 3, 3), (1, 2, 1), (3, 4, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # empty
     (2, 272, 144, 2, (4, 5, 6), (3, 2, 3), (2, 2, 2), (1, 0, 1), (1, 1, 0), (1, 2, 1)),  # 2 tails
+    (2, 256, 160, 1, (3, 4, 5), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # 128 x 128
+    (2, 96, 40, 1, (12, 12, 12), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),  # 64 x 32
 ]
+
+
+def _wgmma_available():
+    """sm_90 and an engine built for sm_90a: the plans offer the warpgroup kernels."""
+    from phaseconv.engines import cuda
+
+    return torch.cuda.get_device_capability() == (9, 0) and cuda.load().sm90a
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -559,10 +568,12 @@ _CL_BWD_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): the channels-
 def test_channels_last_backward_kernels(case, dtype):
     """The 16-bit backward of wide layers: grad_input on the implicit GEMM (grad_y read
     channels-last at the stride) and grad_weight on the channels-last tensor-core GEMM, by
-    the rule and forced, against torch in float64 from the same rounded values (ragged and
-    empty phases, dilation, groups, channel tails, several channel blocks, split reductions,
-    tails in both channels, each tile); contiguous operands (copied channels-last) give the
-    same bits as channels-last ones read in place, and results repeat bitwise."""
+    the rule and forced (the mma.sync form everywhere; on sm_90a, for C_in/g >= 64 and
+    C_out/g >= 32, its warpgroup form by name), against torch in float64
+    from the same rounded values (ragged and empty phases, dilation, groups, channel tails,
+    several channel blocks, split reductions, tails in both channels, each tile of both
+    forms); contiguous operands (copied channels-last) give the same bits as channels-last
+    ones read in place, and results repeat bitwise."""
     from phaseconv.engines import cuda
 
     n, cin, cout, g, size, k, s, p, op, d = _CL_BWD_CASES[case]
@@ -573,11 +584,26 @@ def test_channels_last_backward_kernels(case, dtype):
     assert "grad_y channels-last" in gi_desc
     assert gw_desc.startswith("tensor-core gemm fp32-accumulate, channels-last operands"), \
         gw_desc
+    warpgroups = _wgmma_available() and cin // g >= 64 and cout // g >= 32
     tile = "64x64" if cout // g > 32 else "64x32"
-    assert f"operands, {tile} channel tile" in gw_desc, gw_desc
+    assert f"operands, {tile} channel tile" in gw_desc and "wgmma" not in gw_desc, gw_desc
     tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
-    forced = dict(grad_input_kernel="implicit-gemm", grad_weight_kernel="tensor-cores-cl")
-    runs = [cuda.backward(gyc, xc, wc, args), cuda.backward(gyc, xc, wc, args, **forced)]
+    forced = [dict(grad_input_kernel="implicit-gemm", grad_weight_kernel="tensor-cores-cl")]
+    if warpgroups:
+        forced.append(dict(grad_input_kernel="implicit-gemm",
+                           grad_weight_kernel="tensor-cores-wgmma"))
+    else:
+        with pytest.raises(RuntimeError, match="warpgroup tensor-core gemm kernel was forced"):
+            cuda.backward(gyc, xc, wc, args, grad_weight_kernel="tensor-cores-wgmma")
+    descs = [cuda.backward_plan(args, n, dtype, xc.device, **f)[1].grad_weight_description
+             for f in forced]
+    assert "wgmma" not in descs[0] and all("wgmma-sm90a" in e for e in descs[1:]), descs
+    if warpgroups:
+        rows = 128 if cin // g >= 128 and cout // g >= 64 else 64
+        cols = 128 if rows == 128 and cout // g >= 128 else 64 if cout // g >= 64 else 32
+        assert f"operands, {rows}x{cols} channel tile" in descs[1], descs[1]
+    runs = [cuda.backward(gyc, xc, wc, args)] + [cuda.backward(gyc, xc, wc, args, **f)
+                                                 for f in forced]
     for got in runs:
         for name, a, e in zip(("grad_input", "grad_weight"), got, expected):
             assert a.dtype == dtype and a.shape == e.shape, name
@@ -585,8 +611,10 @@ def test_channels_last_backward_kernels(case, dtype):
             assert rel < tol, (name, rel)
     cl = torch.channels_last_3d
     gyl, xl = gyc.contiguous(memory_format=cl), xc.contiguous(memory_format=cl)
-    again = [cuda.backward(gyc, xc, wc, args), cuda.backward(gyc, xc, wc, args, **forced)]
-    in_place = [cuda.backward(gyl, xl, wc, args), cuda.backward(gyl, xl, wc, args, **forced)]
+    again = [cuda.backward(gyc, xc, wc, args)] + [cuda.backward(gyc, xc, wc, args, **f)
+                                                  for f in forced]
+    in_place = [cuda.backward(gyl, xl, wc, args)] + [cuda.backward(gyl, xl, wc, args, **f)
+                                                     for f in forced]
     for first, repeated, read_in_place in zip(runs, again, in_place):
         for a, b, c in zip(first, repeated, read_in_place):
             assert torch.equal(a, b) and torch.equal(a, c)
@@ -742,6 +770,8 @@ def test_backward_kernel_rules():
              w, narrow, dict(grad_weight_kernel="tensor-cores-cl")),
             ("weight gradient: refused: the narrow tensor-core window kernel was forced", w,
              narrow, dict(grad_weight_kernel="tensor-cores-narrow")),
+            ("weight gradient: refused: the warpgroup tensor-core gemm kernel was forced", w,
+             narrow, dict(grad_weight_kernel="tensor-cores-wgmma")),
             ("input gradient: refused: the implicit-gemm kernel was forced", w, narrow,
              dict(grad_input_kernel="implicit-gemm")),
             ("input gradient: refused: the narrow tensor-core window kernel was forced", w,

@@ -390,6 +390,55 @@ def test_channels_last_backward_tiles():
         assert gi.family == "gemm" and "m_tiles=32 " in gi.text, gi.text  # 16^3 / 128 rows
 
 
+def test_warpgroup_weight_gradient_tiles():
+    """On sm_90a builds the channels-last weight gradient of layers with C_in/g >= 64 and
+    C_out/g >= 32 runs on warpgroup MMA where named: 64 input channels a warpgroup (two from
+    128), 128, 64 or 32 output channels; its splits fill the resident blocks in whole waves,
+    each split at least 4 chunks of 64 terms long.  By the rule (and named "tensor-cores-cl")
+    the mma.sync tile; named on a device without it, refused."""
+    expected = {2: ("64x32", 64, 32), 3: ("128x64", 128, 64), 4: ("128x128", 128, 128),
+                5: ("128x128", 128, 128), 6: ("128x64", 128, 64)}
+    for i, (tile, bm, bn) in expected.items():
+        shape = SWEEP[i - 1]
+        layer = ph.sweep_args(shape)
+        assert ph.grad_weight(layer, shape.batch, BF16, ph.H100_SM90A).family == \
+            "tensor-cores-cl"
+        gw = ph.grad_weight(layer, shape.batch, BF16, ph.H100_SM90A, "tensor-cores-wgmma")
+        assert gw.family == "tensor-cores-wgmma" and gw.channels_last, gw.text
+        assert f"operands, {tile} channel tile, wgmma-sm90a, 4 stages" in gw.text, gw.text
+        blocks = int(gw.text.split(" blocks")[0].split()[-1])
+        taps = 1
+        for t in layer.kernel:
+            taps *= t
+        phases = 1
+        for st in layer.stride:
+            phases *= st
+        max_taps = 1
+        for k, st in zip(layer.kernel, layer.stride):
+            max_taps *= -(-k // st)
+        tiles = -(-layer.in_channels // bm) * -(-layer.out_channels // bn)
+        assert blocks == phases * max_taps * tiles * gw.splits, gw.text
+        # the blocks that find a tap: at least one wave of the resident blocks
+        resident = (1 if bm == 128 else 3 if bn == 64 else 4) * ph.H100.sms
+        assert taps * tiles * gw.splits >= min(resident, taps * tiles), gw.text
+        reduction = shape.batch
+        for o, st in zip(layer.out_shape, layer.stride):
+            reduction *= -(-o // st)
+        assert gw.splits == 1 or reduction / gw.splits >= 4 * 64, gw.text
+        for device in ph.DEVICES:  # no sm_90a build: the mma.sync tile
+            plain = ph.grad_weight(layer, shape.batch, BF16, device)
+            assert plain.family == "tensor-cores-cl" and "wgmma" not in plain.text, plain.text
+            refused = ph.grad_weight(layer, shape.batch, BF16, device, "tensor-cores-wgmma")
+            assert not refused.ok and "on an sm_90a build" in refused.text, refused.text
+        named = ph.grad_weight(layer, shape.batch, BF16, ph.H100_SM90A, "tensor-cores-cl")
+        assert named.family == "tensor-cores-cl" and "wgmma" not in named.text, named.text
+    # not for it: C_in/g 32, C_out/g 16, float32
+    for layer, dtype in ((ph.conv_args(32, 64, 3, 8, 2, 1), BF16),
+                         (ph.conv_args(64, 16, 3, 8, 2, 1), BF16), (WIDER, F32)):
+        assert ph.grad_weight(layer, 2, dtype, ph.H100_SM90A).family != "tensor-cores-wgmma"
+        assert not ph.grad_weight(layer, 2, dtype, ph.H100_SM90A, "tensor-cores-wgmma").ok
+
+
 def test_weight_gradient_tiles_fit_the_channels():
     """The SIMT kernel runs a depthwise layer's weight gradient (forced) on 1 x 1 register
     tiles (a 4 x 4 tile would multiply 15 padding pairs for each real one); wider layers on
