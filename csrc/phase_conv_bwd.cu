@@ -879,8 +879,8 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
 
 // ---------------------------------------------------------------- warpgroup weight gradient
 // gw_cl_kernel's GEMM on wgmma (sm_90a builds; the plan offers it only where DevInfo::wgmma).
-// A block owns a BM x BN channel tile (64 input channels a warpgroup, BN 32, 64 or 128 output
-// channels) of one (phase, tap) and a split of the reduction, in chunks of BK = 64 k rows.
+// A block owns a BM x BN channel tile (64 input channels a warpgroup: 128 x 128, 64 x 64 or
+// 64 x 32) of one (phase, tap) and a split of the reduction, in chunks of BK = 64 k rows.
 // Each operand lands as gw_cl_kernel's [k][channel] rows, which is wgmma's MN-major layout:
 // rows of 64 channels (128 bytes; a 32-channel operand: 64 bytes), their 16-byte chunks
 // XOR-swizzled by the k row as the hardware's 128-byte (64-byte) swizzle reads them, every 64
@@ -1096,7 +1096,6 @@ cudaError_t launch_gw_wgmma(const PhaseConvBwdWeightParams& p, const PhaseConvBw
   const int tile = plan.gm.wgs * 10 + plan.gm.wn;
   cudaError_t err =
       tile == 24 ? launch_kernel(gw_wgmma_kernel<T, 2, 128>, plan.grid, 256, plan.smem, stream, a)
-      : tile == 22 ? launch_kernel(gw_wgmma_kernel<T, 2, 64>, plan.grid, 256, plan.smem, stream, a)
       : tile == 12 ? launch_kernel(gw_wgmma_kernel<T, 1, 64>, plan.grid, 128, plan.smem, stream, a)
       : tile == 11 ? launch_kernel(gw_wgmma_kernel<T, 1, 32>, plan.grid, 128, plan.smem, stream, a)
                    : cudaErrorInvalidValue;

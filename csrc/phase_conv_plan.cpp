@@ -1131,9 +1131,10 @@ bool plan_gm_wgmma(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
   if (a.max_taps == 0 || p.packed_elems == 0) return false;
-  a.wgs = cin_g >= 128 ? 2 : 1;
-  a.wn = cout_g >= 128 && a.wgs == 2 ? 4 : cout_g >= 64 ? 2 : 1;
-  if (a.wgs == 2 && a.wn == 1) a.wgs = 1;  // the loader's split: C_out tile <= C_in tile
+  // two warpgroups only for a 128 x 128 tile: 128 x 64 (one block a multiprocessor, 156
+  // registers) ran 9% slower than 64 x 64 (three) on a 128 -> 64 k2 s2 layer (H100)
+  a.wgs = cin_g >= 128 && cout_g >= 128 ? 2 : 1;
+  a.wn = a.wgs == 2 ? 4 : cout_g >= 64 ? 2 : 1;
   a.n_cib = (int)cdiv(cin_g, 64 * a.wgs);
   a.n_cob = (int)cdiv(cout_g, 32 * a.wn);
   const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
@@ -1143,15 +1144,18 @@ bool plan_gm_wgmma(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
                        a.n_cib * a.n_cob;
   const size_t stage = (size_t)kGwWgBK * (64 * a.wgs + 32 * a.wn) * 2;
   out->smem = (size_t)kGwWgStages * stage + 1024;  // + the slack of the 1024-byte alignment
-  // blocks a multiprocessor holds: shared memory, and registers (ptxas, sm_90a: 212 and 156
-  // a thread for two warpgroups, 144 and 121 for one)
+  // blocks a multiprocessor holds: shared memory, and registers (ptxas, sm_90a: 212 a thread
+  // for two warpgroups, 144 and 121 for one)
   const int64_t per_sm = std::min<int64_t>((int64_t)(dev.smem_sm / (out->smem + 1024)),
                                            a.wgs == 2 ? 1 : a.wn == 2 ? 3 : 4);
   if (per_sm < 1) return false;
   // the blocks that find a tap: taps of every phase, not the grid's max_taps each
   const int64_t taps = p.packed_elems / (p.c_in * cout_g);
   const int64_t work = taps * p.groups * a.n_cib * a.n_cob, resident = per_sm * dev.sms;
-  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(64, chunks / 4));
+  // the reduction reads every split back (latency-bound, ~0.7 TB/s): at most 8 MB of them
+  // (2x128->64 8x32x32 k(3,4,4) s(1,2,2), H100: 33 splits, 52 MB, 142 us; 4 splits 89 us)
+  const int64_t most = std::max<int64_t>(
+      1, std::min<int64_t>({64, chunks / 4, kGwWgWsElems / p.packed_elems}));
   auto cost = [&](int64_t s) { return (double)cdiv(work * s, resident) / (double)s; };
   double best = cost(1);
   for (int64_t s = 2; s <= most; ++s) best = std::min(best, cost(s));
@@ -1233,8 +1237,11 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   if (force == PHASECONV_GW_WGMMA && !wg_ok)
     return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups >= 64 and "
                   "C_out/groups >= 32, both multiples of 8, on an sm_90a build");
-  // named only until it is measured against the mma.sync tile (benchmarks/NOTES.md)
-  if (wg_ok && force == PHASECONV_GW_WGMMA) {
+  // by the rule wherever it can (bf16, copies and reduction included, the mma.sync tile's in
+  // brackets; H200: 2x64->32 32^3 k3 s2 110 (154) us, 1x512->256 16^3 k2 s2 73 (110),
+  // 16x256->128 8^3 k4 s2 149 (266); H100: 2x128->64 32^3 k2 s2 127 (142), 2x128->64
+  // 8x32x32 k(3,4,4) s(1,2,2) 89 (118))
+  if (wg_ok && (force == 0 || force == PHASECONV_GW_WGMMA)) {
     if (!plan_gm_wgmma(p, dev, out))
       return refuse(buf, len, PHASECONV_GW_WGMMA, "its grid is too large");
     out->family = PHASECONV_GW_WGMMA;

@@ -192,6 +192,7 @@ constexpr int kGmBlocksPerSm = 8;     // its splits: about this many blocks per 
 constexpr int kGwClStages = 4;        // channels-last weight gradient: pipeline depth
 constexpr int kGwWgBK = 64;           // warpgroup weight gradient: reduction chunk
 constexpr int kGwWgStages = 4;        // its pipeline depth
+constexpr int64_t kGwWgWsElems = 1 << 21;  // its workspace (splits x weight) at most, floats
 constexpr int kGwNarrowThreads = 256; // narrow weight gradient: threads per block
 // the narrow weight gradient's m16n8 tiles a warp holds and phase outputs a tile holds at
 // most, by element size: float32 (3xTF32) keeps its accumulator runs within kFlushTerms
@@ -440,8 +441,7 @@ bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code,
 // fits; float32/float16/bfloat16 with C_in/groups and C_out/groups both >= 16 (and a phase's
 // outputs over the batch below 2^31) a tensor-core GEMM: float16/bfloat16 with both multiples
 // of 8 the one that reads x and grad_y channels-last (PHASECONV_GW_MMA_CL; on sm_90a builds
-// with C_in/groups >= 64 and C_out/groups >= 32 its warpgroup form, PHASECONV_GW_WGMMA, when
-// named), the
+// with C_in/groups >= 64 and C_out/groups >= 32 its warpgroup form, PHASECONV_GW_WGMMA), the
 // others the one that reads them contiguous (PHASECONV_GW_MMA); float64 and the other narrow
 // layers the SIMT one, and layers whose input window does not fit shared memory (huge
 // dilations) a naive kernel, one thread per weight element.  force: 0 the rule,

@@ -628,7 +628,7 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     float32/float16/bfloat16 layers with 8 channels per group on one side (whole octets on
     the other) the narrow tensor-core kernel, of 16-bit layers with channel counts per group
     multiples of 8 (and >= 16) the channels-last tensor-core GEMM (on an sm_90a build, with
-    C_in/g >= 64 and C_out/g >= 32, its warpgroup form by name: ``tensor-cores-wgmma``), of other
+    C_in/g >= 64 and C_out/g >= 32, its warpgroup form ``tensor-cores-wgmma``), of other
     float32/float16/bfloat16 layers with both >= 16 the contiguous one, else the SIMT
     kernel.  ``grad_input_kernel`` and
     ``grad_weight_kernel`` force one by name (``GRAD_INPUT_KERNELS``, ``GRAD_WEIGHT_KERNELS``:

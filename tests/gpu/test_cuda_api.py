@@ -567,9 +567,9 @@ def _wgmma_available():
 @pytest.mark.parametrize("case", range(len(_CL_BWD_CASES)))
 def test_channels_last_backward_kernels(case, dtype):
     """The 16-bit backward of wide layers: grad_input on the implicit GEMM (grad_y read
-    channels-last at the stride) and grad_weight on the channels-last tensor-core GEMM, by
-    the rule and forced (the mma.sync form everywhere; on sm_90a, for C_in/g >= 64 and
-    C_out/g >= 32, its warpgroup form by name), against torch in float64
+    channels-last at the stride) and grad_weight on the channels-last tensor-core GEMM (on
+    sm_90a, for C_in/g >= 64 and C_out/g >= 32, its warpgroup form), by the rule and forced
+    (the mma.sync form everywhere, the warpgroup form where it runs), against torch in float64
     from the same rounded values (ragged and empty phases, dilation, groups, channel tails,
     several channel blocks, split reductions, tails in both channels, each tile of both
     forms); contiguous operands (copied channels-last) give the same bits as channels-last
@@ -585,8 +585,13 @@ def test_channels_last_backward_kernels(case, dtype):
     assert gw_desc.startswith("tensor-core gemm fp32-accumulate, channels-last operands"), \
         gw_desc
     warpgroups = _wgmma_available() and cin // g >= 64 and cout // g >= 32
-    tile = "64x64" if cout // g > 32 else "64x32"
-    assert f"operands, {tile} channel tile" in gw_desc and "wgmma" not in gw_desc, gw_desc
+    if warpgroups:
+        tile = ("128x128" if cin // g >= 128 and cout // g >= 128 else
+                "64x64" if cout // g >= 64 else "64x32")
+    else:
+        tile = "64x64" if cout // g > 32 else "64x32"
+    assert f"operands, {tile} channel tile" in gw_desc, gw_desc
+    assert ("wgmma-sm90a" in gw_desc) == warpgroups, gw_desc
     tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
     forced = [dict(grad_input_kernel="implicit-gemm", grad_weight_kernel="tensor-cores-cl")]
     if warpgroups:
@@ -599,9 +604,7 @@ def test_channels_last_backward_kernels(case, dtype):
              for f in forced]
     assert "wgmma" not in descs[0] and all("wgmma-sm90a" in e for e in descs[1:]), descs
     if warpgroups:
-        rows = 128 if cin // g >= 128 and cout // g >= 64 else 64
-        cols = 128 if rows == 128 and cout // g >= 128 else 64 if cout // g >= 64 else 32
-        assert f"operands, {rows}x{cols} channel tile" in descs[1], descs[1]
+        assert f"operands, {tile} channel tile" in descs[1], descs[1]
     runs = [cuda.backward(gyc, xc, wc, args)] + [cuda.backward(gyc, xc, wc, args, **f)
                                                  for f in forced]
     for got in runs:
