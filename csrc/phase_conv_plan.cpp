@@ -1134,7 +1134,7 @@ bool plan_gm_wgmma(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
   // two warpgroups only for a 128 x 128 tile: 128 x 64 (one block a multiprocessor, 156
   // registers) ran 9% slower than 64 x 64 (three) on a 128 -> 64 k2 s2 layer (H100)
   a.wgs = cin_g >= 128 && cout_g >= 128 ? 2 : 1;
-  a.wn = a.wgs == 2 ? 4 : cout_g >= 64 ? 2 : 1;
+  a.wn = a.wgs == 2 ? 4 : cout_g >= 64 ? 2 : 1;  // the loader's split: C_out tile <= C_in tile
   a.n_cib = (int)cdiv(cin_g, 64 * a.wgs);
   a.n_cob = (int)cdiv(cout_g, 32 * a.wn);
   const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
