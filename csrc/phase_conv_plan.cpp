@@ -930,12 +930,26 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
 }
 
 // ---------------------------------------------------------------- the weight gradient's rule
+// The tensor-core GEMMs' longest reduction: the largest phase's (residue 0) outputs over the
+// batch.
+int64_t gm_reduction_length(const PhaseConvBwdWeightParams& p) {
+  return p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) * cdiv(p.out_w, p.stride_w);
+}
+
+// Their grid before splits (gw_mma_kernel, gw_cl_kernel, gw_wgmma_kernel): a block per phase,
+// tap (up to the most a phase has), group and bm x bn channel tile; 0 where no phase has taps.
+int64_t gm_grid(const PhaseConvBwdWeightParams& p, int bm, int bn, GmCfg* a) {
+  a->max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
+  if (a->max_taps == 0 || p.packed_elems == 0) return 0;
+  a->n_cib = (int)cdiv(p.c_in / p.groups, bm);
+  a->n_cob = (int)cdiv(p.c_out / p.groups, bn);
+  return p.stride_d * p.stride_h * p.stride_w * a->max_taps * p.groups * a->n_cib * a->n_cob;
+}
+
 bool mma_possible(const PhaseConvBwdWeightParams& p, int dtype_code) {
   if (dtype_code == PHASECONV_FLOAT64) return false;
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
-                     cdiv(p.out_w, p.stride_w);  // the largest phase's reduction length
-  return cin_g >= 16 && cout_g >= 16 && kp < ((int64_t)1 << 31) - 64;
+  return cin_g >= 16 && cout_g >= 16 && gm_reduction_length(p) < ((int64_t)1 << 31) - 64;
 }
 
 // SIMT tile: false where the input window does not fit shared memory.
@@ -1094,17 +1108,10 @@ bool plan_gw_narrow(const PhaseConvBwdWeightParams& p, int dtype_code, const Dev
 bool plan_gm(const PhaseConvBwdWeightParams& p, int dtype_code, bool channels_last,
              const DevInfo& dev, PhaseConvBwdWeightPlan* out) {
   GmCfg& a = out->gm;
-  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
-  if (a.max_taps == 0 || p.packed_elems == 0) return false;
-  a.wn = channels_last && cout_g <= 32 ? 1 : kGmWN;
-  a.n_cib = (int)cdiv(cin_g, kGmWM * 32);
-  a.n_cob = (int)cdiv(cout_g, a.wn * 32);
-  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
-                     cdiv(p.out_w, p.stride_w);
-  const int64_t chunks = cdiv(kp, kGmBK);
-  const int64_t base = p.stride_d * p.stride_h * p.stride_w * a.max_taps * p.groups *
-                       a.n_cib * a.n_cob;
+  a.wn = channels_last && p.c_out / p.groups <= 32 ? 1 : kGmWN;
+  const int64_t base = gm_grid(p, kGmWM * 32, a.wn * 32, &a);
+  if (base == 0) return false;
+  const int64_t chunks = cdiv(gm_reduction_length(p), kGmBK);
   // splits of the reduction: about kGmBlocksPerSm blocks per multiprocessor, each split at
   // least 16 chunks (512 terms) long
   int64_t splits = cdiv(kGmBlocksPerSm * (int64_t)dev.sms, base);
@@ -1121,27 +1128,22 @@ bool plan_gm(const PhaseConvBwdWeightParams& p, int dtype_code, bool channels_la
   return out->grid < ((int64_t)1 << 31);
 }
 
-// The warpgroup tile (gw_wgmma_kernel): 64 input channels a warpgroup, two where C_in/g >= 128;
-// 128, 64 or 32 output channels (one warpgroup takes at most as many as it has inputs).
-// Splits: the fewest within 3% of the least modelled time, a split's time taken as the waves
-// of resident blocks the grid needs over the splits (each split at least 4 chunks long).
+// The warpgroup tile (gw_wgmma_kernel): 64 input channels a warpgroup; 128 x 128 (two
+// warpgroups) where C_in/g and C_out/g are both >= 128, else 64 x 64 or 64 x 32.  Splits: the
+// fewest within 3% of the least modelled time, a split's time taken as the waves of resident
+// blocks the grid needs over the splits (each split at least 4 chunks long, all of them at
+// most kGwWgWsElems of workspace).
 bool plan_gm_wgmma(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
                    PhaseConvBwdWeightPlan* out) {
   GmCfg& a = out->gm;
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  a.max_taps = (int)(p.max_taps_d * p.max_taps_h * p.max_taps_w);
-  if (a.max_taps == 0 || p.packed_elems == 0) return false;
   // two warpgroups only for a 128 x 128 tile: 128 x 64 (one block a multiprocessor, 156
   // registers) ran 9% slower than 64 x 64 (three) on a 128 -> 64 k2 s2 layer (H100)
   a.wgs = cin_g >= 128 && cout_g >= 128 ? 2 : 1;
   a.wn = a.wgs == 2 ? 4 : cout_g >= 64 ? 2 : 1;  // the loader's split: C_out tile <= C_in tile
-  a.n_cib = (int)cdiv(cin_g, 64 * a.wgs);
-  a.n_cob = (int)cdiv(cout_g, 32 * a.wn);
-  const int64_t kp = p.n * cdiv(p.out_d, p.stride_d) * cdiv(p.out_h, p.stride_h) *
-                     cdiv(p.out_w, p.stride_w);
-  const int64_t chunks = cdiv(kp, kGwWgBK);
-  const int64_t base = p.stride_d * p.stride_h * p.stride_w * a.max_taps * p.groups *
-                       a.n_cib * a.n_cob;
+  const int64_t base = gm_grid(p, 64 * a.wgs, 32 * a.wn, &a);
+  if (base == 0) return false;
+  const int64_t chunks = cdiv(gm_reduction_length(p), kGwWgBK);
   const size_t stage = (size_t)kGwWgBK * (64 * a.wgs + 32 * a.wn) * 2;
   out->smem = (size_t)kGwWgStages * stage + 1024;  // + the slack of the 1024-byte alignment
   // blocks a multiprocessor holds: shared memory, and registers (ptxas, sm_90a: 212 a thread
