@@ -486,9 +486,10 @@ struct GmArgs : BwdGeometry {
 };
 
 
-// A tensor-core weight-gradient block's share (gw_mma_kernel, gw_cl_kernel): blockIdx.x as
-// (split, group, phase, tap, C_in block, C_out block), the tap's input offset, the phase's
-// output counts and reduction length, and the split's chunks of BK reduction terms.
+// A tensor-core weight-gradient block's share (gw_mma_kernel, gw_cl_kernel, gw_wgmma_kernel):
+// blockIdx.x as (split, group, phase, tap, C_in block, C_out block), the tap's input offset,
+// the phase's output counts and reduction length, and the split's chunks of BK reduction
+// terms.
 struct GmBlock {
   int g, split, t, ntaps;
   int rd, rh, rw;               // the phase's residues
@@ -1032,7 +1033,7 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
   }
 }
 
-// Both tensor-core kernels' arguments: the geometry and the plan's grid decomposition.
+// The tensor-core GEMM kernels' arguments: the geometry and the plan's grid decomposition.
 GmArgs gm_args(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan) {
   GmArgs a;
   set_geometry(a, p);

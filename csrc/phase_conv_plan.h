@@ -346,7 +346,7 @@ struct GiNarrowCfg {
   int64_t grid;
 };
 
-// tensor-core weight gradient (phase_conv_bwd.cu: gw_mma_kernel, gw_cl_kernel)
+// tensor-core weight gradient (phase_conv_bwd.cu: gw_mma_kernel, gw_cl_kernel, gw_wgmma_kernel)
 struct GmCfg {
   int max_taps, n_cib, n_cob, splits;
   int wn;       // gw_cl_kernel: warps along C_out/g (a 64 x 32 * wn channel tile);

@@ -128,6 +128,12 @@ def _arch() -> Tuple[int, int]:
     return torch.cuda.get_device_capability(torch.cuda.current_device())
 
 
+def warpgroup_kernels() -> bool:
+    """Whether the plans on the current GPU offer the warpgroup (wgmma) kernels: an sm_90 GPU
+    and an engine built for sm_90a (the engine's DevInfo::wgmma)."""
+    return _arch() == (9, 0) and bool(load().sm90a)
+
+
 def load():
     """The compiled extension for the current GPU (built on first use, then cached)."""
     if not torch.cuda.is_available():

@@ -150,6 +150,20 @@ def test_sm90_builds_target_sm90a_with_cuda_12(monkeypatch):
         assert "-DPHASECONV_SM90A" not in cuda._extension(8, 0)[1]
 
 
+def test_warpgroup_kernels_need_sm90_and_an_sm90a_engine(monkeypatch):
+    """The plans offer the warpgroup kernels on an sm_90 GPU whose engine was built for
+    sm_90a (DevInfo::wgmma), nowhere else: an sm_90 build, or an sm_80 / sm_100 GPU."""
+    from types import SimpleNamespace
+
+    from phaseconv.engines import cuda
+
+    for arch, sm90a, offered in (((9, 0), True, True), ((9, 0), False, False),
+                                 ((8, 0), False, False), ((10, 0), False, False)):
+        monkeypatch.setattr(cuda, "_arch", lambda arch=arch: arch)
+        monkeypatch.setattr(cuda, "load", lambda sm90a=sm90a: SimpleNamespace(sm90a=sm90a))
+        assert cuda.warpgroup_kernels() is offered
+
+
 def test_ahead_of_time_flags_come_from_the_arch_list():
     """setup.py turns $TORCH_CUDA_ARCH_LIST into nvcc's -gencode flags itself, so torch's
     builder adds none (torch 1.13's refuses 9.0); a bad entry is refused by name."""

@@ -99,7 +99,7 @@ def _channels_last_results() -> int:
 
 def main() -> int:
     failures = runs = refused = 0
-    warpgroups = torch.cuda.get_device_capability() == (9, 0) and cuda.load().sm90a
+    warpgroups = cuda.warpgroup_kernels()
     for n, ci, co, g, size, k, s, p, op, d in CASES:
         for dtype in DTYPES:
             x = torch.randn((n, ci) + size, device="cuda").to(dtype)

@@ -556,13 +556,6 @@ _CL_BWD_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): the channels-
 ]
 
 
-def _wgmma_available():
-    """sm_90 and an engine built for sm_90a: the plans offer the warpgroup kernels."""
-    from phaseconv.engines import cuda
-
-    return torch.cuda.get_device_capability() == (9, 0) and cuda.load().sm90a
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", range(len(_CL_BWD_CASES)))
 def test_channels_last_backward_kernels(case, dtype):
@@ -584,7 +577,7 @@ def test_channels_last_backward_kernels(case, dtype):
     assert "grad_y channels-last" in gi_desc
     assert gw_desc.startswith("tensor-core gemm fp32-accumulate, channels-last operands"), \
         gw_desc
-    warpgroups = _wgmma_available() and cin // g >= 64 and cout // g >= 32
+    warpgroups = cuda.warpgroup_kernels() and cin // g >= 64 and cout // g >= 32
     if warpgroups:
         tile = ("128x128" if cin // g >= 128 and cout // g >= 128 else
                 "64x64" if cout // g >= 64 else "64x32")

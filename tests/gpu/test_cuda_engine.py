@@ -432,11 +432,6 @@ _WGMMA_CASES = [
 ]
 
 
-def _wgmma_available():
-    """sm_90 and an engine built for sm_90a: the plan offers the warpgroup tile."""
-    return torch.cuda.get_device_capability() == (9, 0) and _cuda().load().sm90a
-
-
 @pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block", "four-warpgroups"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
@@ -450,7 +445,7 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
         with pytest.raises(RuntimeError, match="was forced and"):
             _run(cfg, dtype, kernel=kernel, seed=case)
         return
-    if not _wgmma_available():
+    if not _cuda().warpgroup_kernels():
         if variant == "auto":
             assert "wgmma" not in _describe(cfg, dtype, kernel=kernel)
         else:  # forcing it is refused, never rerouted
@@ -488,7 +483,7 @@ def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
     wide = cfg["cout"] // cfg["groups"] > 32
     four = ForwardKernel("gemm", gemm_tile=5)
     for kernel in ("auto", four):
-        if kernel is four and not (wide and _wgmma_available()):
+        if kernel is four and not (wide and _cuda().warpgroup_kernels()):
             with pytest.raises(RuntimeError, match="was forced and"):
                 _cuda().forward(xd, wd, bd, args, kernel=kernel, out_channels_last=True)
             continue
@@ -704,7 +699,7 @@ def test_the_engine_launches_the_plan_computed_on_the_host():
     if optin is None or per_sm is None:
         pytest.skip("this torch does not report the shared-memory properties")
     device = ph.Device(props.name, props.multi_processor_count, optin, per_sm,
-                       int(_wgmma_available()))
+                       int(_cuda().warpgroup_kernels()))
     cuda = _cuda()
     for shape in SWEEP:
         args = ph.sweep_args(shape)
