@@ -235,11 +235,10 @@ __global__ void __launch_bounds__(kThreads) gw_partial_kernel(const GwArgs a) {
 // Packed element i of the gradient = sum over splits (in order) of the workspace slices,
 // written to its place in the weight's layout (grad_w_index, phase_conv_pack.cuh).
 template <typename T>
-__global__ void __launch_bounds__(256) gw_reduce_kernel(const void* ws_, void* gw_,
-                                                        const int32_t* __restrict__ index,
-                                                        const PhaseConvWeightView view,
-                                                        int splits, int64_t elems,
-                                                        const PhaseConvExact ex) {
+__global__ void __launch_bounds__(256)
+    gw_reduce_kernel(const void* ws_, void* gw_, const int32_t* __restrict__ index,
+                     const PhaseConvWeightView view, int splits, int64_t elems,
+                     const PHASECONV_GRID_CONSTANT PhaseConvExact ex) {
   typedef typename AccOf<T>::type A;
   const A* ws = static_cast<const A*>(ws_);
   T* gw = static_cast<T*>(gw_);
@@ -292,7 +291,7 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
     const void* ws_, void* gw_, const int32_t* __restrict__ index,
     const PhaseConvWeightView view, const int64_t* __restrict__ table, int num_phases,
     int64_t c_in, int cout_g, int taps, int co_block, int splits, int64_t elems,
-    const PhaseConvExact ex) {
+    const PHASECONV_GRID_CONSTANT PhaseConvExact ex) {
   typedef typename AccOf<T>::type A;
   constexpr int U = kReduceUnroll;
   extern __shared__ __align__(16) unsigned char smem_raw[];
