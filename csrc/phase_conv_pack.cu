@@ -39,13 +39,21 @@ cudaError_t launch(const void* w, const PhaseConvWeightView& view, const int32_t
   return cudaGetLastError();
 }
 
-// A tensor-core layout (phase_conv_pack.cuh: PhaseConvMmaPack), one thread a (group, tap,
-// channel group, column) chunk of CG channels: its CG loads issued together, then one 16- or
-// 32-byte store; consecutive threads take consecutive columns of one tap, so a warp's stores
-// are one contiguous run of out.  No shared memory and no index map: a tiled transpose through
-// shared memory (256 threads, 32 KB a block) measured 2-2.8x slower than the element gather
-// on an H200, the weights being L2-resident.  Raw element copies, as the gather.
-template <typename U, int CG>
+// A tensor-core layout (phase_conv_pack.cuh: PhaseConvMmaPack), one thread a (group, run of KT
+// consecutive taps, channel group, column) chunk: CG channels at each of its taps, all its
+// loads issued together, then one 16- or 32-byte store a tap.  Consecutive threads take
+// consecutive columns, so a warp's stores of one tap are one contiguous run of out.  A
+// channel's taps lie next to each other in the weight: with KT = 8 the sectors a thread's loads
+// touch serve it whole, where with one tap a thread each sector is fetched once per tap it holds
+// (256->128 k4 bf16: 19.6 -> 11.1 us).  KT = 8 leaves an eighth of the threads, too few for
+// small weights (512->256 k2: 7.7 -> 11.0 us), so it is taken where at least kPackMinThreads
+// chunks remain (both measured on an H100).  No shared memory and no index map: a tiled transpose through shared memory
+// (256 threads, 32 KB a block) measured 2-2.8x slower than the element gather on an H200, the
+// weights being L2-resident.  Raw element copies, as the gather.
+constexpr int kPackTaps = 8;
+constexpr int64_t kPackMinThreads = 32768;
+
+template <typename U, int CG, int KT>
 __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
                                                        const PhaseConvWeightView view,
                                                        const PhaseConvMmaPack pk,
@@ -58,6 +66,7 @@ __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
   // one at least), below 2^31 (checked by the binding)
   const uint32_t cols = (uint32_t)pk.cols, ksize = (uint32_t)pk.ksize;
   const uint32_t ngrp = (uint32_t)((pk.chans + CG - 1) / CG);
+  const uint32_t truns = (ksize + KT - 1) / KT;
   const uint32_t kw_n = (uint32_t)view.size[4], kh_kw = (uint32_t)(view.size[3] * view.size[4]);
   const int64_t run = (int64_t)ngrp * cols * CG;  // one tap's block of one group (C-order taps)
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < chunks;
@@ -65,34 +74,55 @@ __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
     uint32_t r = i;
     const uint32_t co = r % cols; r /= cols;
     const uint32_t q = r % ngrp; r /= ngrp;
-    const uint32_t k = r % ksize;
-    const uint32_t g = r / ksize;
-    const uint32_t kd = k / kh_kw, kr = k - kd * kh_kw;
-    const uint32_t kh = kr / kw_n, kw = kr - kh * kw_n;
+    const uint32_t k0 = (r % truns) * KT;
+    const uint32_t g = r / truns;
     const U* src = w + g * pk.group_stride + (int64_t)q * CG * pk.chan_stride +
-                   co * pk.col_stride + kd * view.stride[2] + kh * view.stride[3] +
-                   kw * view.stride[4];
+                   co * pk.col_stride;
     const int64_t valid = pk.chans - (int64_t)q * CG;  // channels of this group (CG but last)
-    alignas(16) U v[CG];
+    int64_t tap_ofs[KT];  // the weight offset of tap k0 + t
 #pragma unroll
-    for (int c = 0; c < CG; ++c) v[c] = c < valid ? src[c * pk.chan_stride] : U(0);
-    const int64_t base = pk.taps != nullptr ? pk.taps[2 * k] + g * pk.taps[2 * k + 1]
-                                            : ((int64_t)g * ksize + k) * run;
-    uint4* dst = reinterpret_cast<uint4*>(out + base + ((int64_t)q * cols + co) * CG);
+    for (int t = 0; t < KT; ++t) {
+      const uint32_t k = min(k0 + t, ksize - 1);
+      const uint32_t kd = k / kh_kw, kr = k - kd * kh_kw;
+      const uint32_t kh = kr / kw_n, kw = kr - kh * kw_n;
+      tap_ofs[t] = kd * view.stride[2] + kh * view.stride[3] + kw * view.stride[4];
+    }
+    alignas(16) U v[KT][CG];
 #pragma unroll
-    for (int h = 0; h < CG * (int)sizeof(U) / 16; ++h)
-      dst[h] = reinterpret_cast<const uint4*>(v)[h];
+    for (int c = 0; c < CG; ++c)
+#pragma unroll
+      for (int t = 0; t < KT; ++t)
+        v[t][c] = c < valid ? src[c * pk.chan_stride + tap_ofs[t]] : U(0);
+#pragma unroll
+    for (int t = 0; t < KT; ++t) {
+      const uint32_t k = k0 + t;
+      if (k >= ksize) break;
+      const int64_t base = pk.taps != nullptr ? pk.taps[2 * k] + g * pk.taps[2 * k + 1]
+                                              : ((int64_t)g * ksize + k) * run;
+      uint4* dst = reinterpret_cast<uint4*>(out + base + ((int64_t)q * cols + co) * CG);
+#pragma unroll
+      for (int h = 0; h < CG * (int)sizeof(U) / 16; ++h)
+        dst[h] = reinterpret_cast<const uint4*>(v[t])[h];
+    }
   }
 }
 
 template <typename U, int CG>
 cudaError_t launch_pack(const void* w, const PhaseConvWeightView& view,
                         const PhaseConvMmaPack& pk, void* out, int* flag, cudaStream_t stream) {
-  const int64_t chunks = pk.groups * pk.ksize * ((pk.chans + CG - 1) / CG) * pk.cols;
-  if (chunks == 0) return zero_flag(flag, stream);
+  const int64_t per_tap = pk.groups * ((pk.chans + CG - 1) / CG) * pk.cols;
+  const int64_t runs = pk.groups * ((pk.ksize + kPackTaps - 1) / kPackTaps) *
+                       ((pk.chans + CG - 1) / CG) * pk.cols;
+  if (per_tap * pk.ksize == 0) return zero_flag(flag, stream);
+  const bool tap_runs = runs >= kPackMinThreads;
+  const int64_t chunks = tap_runs ? runs : per_tap * pk.ksize;
   const int64_t grid = std::min<int64_t>((chunks + 255) / 256, 8192);  // then grid-stride
-  pack_mma_kernel<U, CG><<<(unsigned)grid, 256, 0, stream>>>(
-      static_cast<const U*>(w), view, pk, (uint32_t)chunks, static_cast<U*>(out), flag);
+  if (tap_runs)
+    pack_mma_kernel<U, CG, kPackTaps><<<(unsigned)grid, 256, 0, stream>>>(
+        static_cast<const U*>(w), view, pk, (uint32_t)chunks, static_cast<U*>(out), flag);
+  else
+    pack_mma_kernel<U, CG, 1><<<(unsigned)grid, 256, 0, stream>>>(
+        static_cast<const U*>(w), view, pk, (uint32_t)chunks, static_cast<U*>(out), flag);
   return cudaGetLastError();
 }
 

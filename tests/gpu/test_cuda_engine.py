@@ -625,7 +625,7 @@ def test_strided_weights_are_packed_in_place(dtype, fmt):
 
 _PACK_GEOMETRIES = [
     ((32, 8, 3, 5, 7), 4, (2, 2, 2), (1, 2, 3), (1, 1, 1)),     # the founding layer
-    ((256, 128, 4, 4, 4), 1, (2, 2, 2), (1, 1, 1), (1, 1, 1)),  # shape 5: whole tap runs
+    ((256, 128, 4, 4, 4), 1, (2, 2, 2), (1, 1, 1), (1, 1, 1)),  # shape 5: eight taps a thread
     ((20, 3, 3, 2, 5), 2, (2, 1, 3), (2, 0, 1), (1, 2, 1)),     # C_in/g 10: padded groups
     ((8, 2, 11, 11, 11), 1, (3, 2, 4), (5, 4, 3), (1, 1, 1)),   # 1331 taps: split tap runs
     ((16, 700, 1, 1, 2), 2, (1, 1, 2), (0, 0, 0), (1, 1, 1)),   # 2 taps: many column tiles
@@ -671,6 +671,7 @@ def test_tensor_core_weight_packed_from_its_tap_table(geometry, dtype):
     ((64, 16, 4, 4, 4), 1),     # two octets of output channels
     ((24, 8, 11, 11, 11), 3),   # 1331 taps: split tap runs
     ((700, 8, 1, 1, 2), 1),     # 2 taps: many column tiles
+    ((256, 128, 4, 4, 4), 1),   # shape 5: a thread takes eight taps (kPackMinThreads)
 ])
 def test_input_gradient_tensor_core_weight_pack(shape, groups, dtype, cg):
     """The input gradient's tensor-core layout, [groups][kD][kH][kW][C_out/g / cg][C_in/g][cg]
