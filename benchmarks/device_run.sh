@@ -5,7 +5,8 @@
 #               (timed, each unit's compile time)
 #   rebuild     edit one kernel family's unit and rebuild, timed (what ninja recompiled)
 #   tests       the GPU test suite (pytest -m cuda, 8 workers)
-#   memcheck, racecheck   compute-sanitizer on tests/gpu/gpu_sanitize.py ($SANITIZE_TIMEOUT s each)
+#   memcheck, racecheck   compute-sanitizer on tests/gpu/gpu_sanitize.py ($SANITIZE_TIMEOUT s each;
+#               $SANITIZE_ARGS, e.g. --part 1/3: racecheck of the whole workload takes minutes)
 #   main        python -m phaseconv, the KernelBench check
 #   bench:S     python -m phaseconv bench --sections S (comma-separated sections)
 #   profile     a short Nsight Compute profile of the founding example
@@ -56,7 +57,7 @@ for s in "$@"; do
             tests ;;
     memcheck|racecheck)
         stage "$s" 3 timeout "${SANITIZE_TIMEOUT:-900}" compute-sanitizer --tool "$s" \
-            --error-exitcode 9 python3 tests/gpu/gpu_sanitize.py ;;
+            --error-exitcode 9 python3 tests/gpu/gpu_sanitize.py ${SANITIZE_ARGS:-} ;;
     main)
         stage main 6 python3 -m phaseconv
         stage kernelbench 2 python3 examples/kernelbench/check.py ;;

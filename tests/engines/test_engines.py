@@ -164,6 +164,26 @@ def test_warpgroup_kernels_need_sm90_and_an_sm90a_engine(monkeypatch):
         assert cuda.warpgroup_kernels() is offered
 
 
+def test_sanitizer_parts_split_its_cases():
+    """``gpu_sanitize.py --part K/N`` (racecheck one part a call): the N parts hold every case
+    once; a bad part is refused by name."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "gpu" / "gpu_sanitize.py"
+    spec = importlib.util.spec_from_file_location("gpu_sanitize", path)
+    san = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(san)
+    assert san._part([]) == (1, 1)
+    parts = [san._part(["--part", f"{k}/3"]) for k in (1, 2, 3)]
+    assert parts == [(1, 3), (2, 3), (3, 3)]
+    cases = [case for k, n in parts for case in san.CASES[k - 1::n]]
+    assert sorted(map(repr, cases)) == sorted(map(repr, san.CASES))
+    for bad in (["--part", "0/3"], ["--part", "4/3"], ["--parts", "1/2"], ["--part"]):
+        with pytest.raises(SystemExit, match="--part"):
+            san._part(bad)
+
+
 def test_ahead_of_time_flags_come_from_the_arch_list():
     """setup.py turns $TORCH_CUDA_ARCH_LIST into nvcc's -gencode flags itself, so torch's
     builder adds none (torch 1.13's refuses 9.0); a bad entry is refused by name."""
