@@ -174,10 +174,11 @@ def test_sanitizer_parts_split_its_cases():
     spec = importlib.util.spec_from_file_location("gpu_sanitize", path)
     san = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(san)
-    assert san._part([]) == (1, 1)
+    assert san._part([]) == (1, 1, san.CASES)
     parts = [san._part(["--part", f"{k}/3"]) for k in (1, 2, 3)]
-    assert parts == [(1, 3), (2, 3), (3, 3)]
-    cases = [case for k, n in parts for case in san.CASES[k - 1::n]]
+    assert [(k, n) for k, n, _ in parts] == [(1, 3), (2, 3), (3, 3)]
+    assert all(part for _, _, part in parts)
+    cases = [case for _, _, part in parts for case in part]
     assert sorted(map(repr, cases)) == sorted(map(repr, san.CASES))
     for bad in (["--part", "0/3"], ["--part", "4/3"], ["--parts", "1/2"], ["--part"]):
         with pytest.raises(SystemExit, match="--part"):

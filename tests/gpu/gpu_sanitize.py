@@ -101,20 +101,19 @@ def _channels_last_results() -> int:
 
 
 def _part(argv) -> tuple:
-    """(K, N) of ``--part K/N``; (1, 1) without it."""
+    """(K, N, the cases of part K) of ``--part K/N``; (1, 1, every case) without it."""
     if not argv:
-        return 1, 1
+        return 1, 1, CASES
     if len(argv) != 2 or argv[0] != "--part":
         raise SystemExit("usage: gpu_sanitize.py [--part K/N]")
     k, n = (int(v) for v in argv[1].split("/"))
     if not 1 <= k <= n:
         raise SystemExit(f"--part K/N needs 1 <= K <= N, got {argv[1]}")
-    return k, n
+    return k, n, CASES[k - 1::n]
 
 
 def main(argv=()) -> int:
-    part, parts = _part(list(argv))
-    cases = CASES[part - 1::parts]
+    part, parts, cases = _part(list(argv))
     failures = runs = refused = 0
     warpgroups = cuda.warpgroup_kernels()
     for n, ci, co, g, size, k, s, p, op, d in cases:
