@@ -11,12 +11,12 @@
 //   multiples of 8): gw_cl_kernel's GEMM on warpgroup MMA, larger channel tiles.
 // * gw_mma_kernel (float32, and the 16-bit layers the channels-last kernel does not take):
 //   the same GEMM from contiguous (N, C, D, H, W) operands, element-wise loads.
-// * gw_partial_kernel (float64, and narrow layers without whole 8-channel octets): a block stages, per tile of phase outputs
-//   (one D row of TH x TW), the input window the tile's taps read (up to 32 channels, zero
-//   outside the input: no padded copy) and the tile's grad_y values (a strided gather of the
-//   phase's outputs) in shared memory; each thread owns an R x R tile of (input channel,
-//   output channel) for one tap (R = 4, or 1 for layers of one or two channels per group)
-//   and walks a share of the tile's outputs.  FMAs in fp32 (fp64
+// * gw_partial_kernel (float64, and narrow layers without whole 8-channel octets): a block
+//   stages, per tile of phase outputs (one D row of TH x TW), the input window the tile's taps
+//   read (up to 32 channels, zero outside the input: no padded copy) and the tile's grad_y
+//   values (a strided gather of the phase's outputs) in shared memory; each thread owns an
+//   R x R tile of (input channel, output channel) for one tap (R = 4, or 1 for layers of one
+//   or two channels per group) and walks a share of the tile's outputs.  FMAs in fp32 (fp64
 //   for double).
 //
 // Both write per-split workspace slices that a reduction adds in split order and stores in the
@@ -769,19 +769,93 @@ template <int CH> __device__ __forceinline__ int k_swz(int k) {
   return CH >= 8 ? (k & 7) : ((k >> 1) & 3);  // 8 chunks a row: 128 bytes; 4: two rows share
 }
 
+// gw_cl_kernel's stage rows: k row k holds C channels (C * 2 bytes), 16-byte chunk ch at
+// ch ^ k_swz(k).
+template <int C>
+struct GwClRows {
+  static __device__ __forceinline__ uint32_t offset(int k, int ch) {
+    return (uint32_t)(k * (C * 2) + ((ch ^ k_swz<C / 8>(k)) << 4));
+  }
+};
+
+// A thread's copies in both channels-last weight-gradient kernels (gw_cl_kernel,
+// gw_wgmma_kernel): x's channel vector a_ch of k rows a_pos + i * ROWS, and grad_y's vector
+// b_ch of those with i % RB == b_sel (a k row's CHB vectors come from CHB of the threads that
+// copy its x vectors), so one walk of a thread's rows serves both operands.  The walk's rows
+// and step (kr, ks) stay the kernel's locals and x, grad_y its __restrict__ pointers: as
+// members they cost the kernels' loops instructions (sm_80 and sm_90a SASS compared).
+template <typename T, int NTHR, int BM, int BN, int BK>
+struct GwClCopies {
+  static constexpr int CHA = BM / 8, CHB = BN / 8;  // 16-byte chunks per k row
+  static constexpr int PA = BK * CHA / NTHR;        // x vectors a thread copies (its k rows)
+  static constexpr int RB = CHA / CHB;     // its grad_y vectors: one of every RB of its rows
+  static constexpr int ROWS = NTHR / CHA;  // k rows between a thread's successive rows
+  static_assert(PA * NTHR == BK * CHA && RB * CHB == CHA && PA % RB == 0, "loader split");
+  int a_ch, a_pos, b_ch, b_sel;
+  bool a_ok, b_ok;  // whole vectors: C/g % 8 == 0
+  GmWalk wk;
+  const T* xb;
+  const T* gb;
+
+  // thread tid's share, in kr the k rows of the block's first chunk and in ks the step from
+  // one chunk's rows to the next's
+  static __device__ __forceinline__ GwClCopies of(KRow (&kr)[PA], KStep& ks, const T* x,
+                                                  const T* gy, const GmArgs& a,
+                                                  const GmBlock& b, int tid) {
+    GwClCopies t;
+    t.a_ch = tid % CHA;
+    t.a_pos = tid / CHA;
+    t.b_ch = t.a_ch % CHB;
+    t.b_sel = t.a_ch / CHB;
+    t.a_ok = t.a_ch * 8 < b.cin_n;
+    t.b_ok = t.b_ch * 8 < b.con;
+    t.wk = gm_walk<true>(a, b);
+    t.xb = x + (int64_t)b.g * a.cin_g + b.ci0 + t.a_ch * 8;
+    t.gb = gy + (int64_t)b.g * a.cout_g + b.co0 + t.b_ch * 8 + t.wk.gy_res;
+    ks = KStep{};
+    if (b.c_beg < b.c_end) {  // a phase without outputs has no chunks (and zero counts)
+      const uint32_t k0 = (uint32_t)b.c_beg * BK;
+#pragma unroll
+      for (int i = 0; i < PA; ++i)
+        kr[i] = krow_at(k0 + t.a_pos + i * ROWS, b, t.wk.xs, t.wk.gs);
+      ks = kstep_of(BK, b, t.wk.xs, t.wk.gs);
+    }
+    return t;
+  }
+
+  // the chunk at kr (kr then steps to the next) into a stage's A at sA and B at sB, placed by
+  // PlaceA / PlaceB::offset(k row, 16-byte chunk)
+  template <typename PlaceA, typename PlaceB>
+  __device__ __forceinline__ void copy(KRow (&kr)[PA], const KStep& ks, uint32_t sA,
+                                       uint32_t sB, const T* __restrict__ x,
+                                       const T* __restrict__ gy, const GmArgs& a,
+                                       const GmBlock& b) const {
+#pragma unroll
+    for (int i = 0; i < PA; ++i) {
+      const int k = a_pos + i * ROWS;
+      const bool valid = kr[i].n < (uint32_t)a.nbatch;
+      const bool ok = a_ok && valid && krow_in_input(kr[i], b, a);
+      cp_async16_ca(sA + PlaceA::offset(k, a_ch),
+                    ok ? (const void*)(xb + (kr[i].xo + wk.x_tap)) : (const void*)x, ok);
+      if (i % RB == b_sel) {
+        const bool okb = b_ok && valid;
+        cp_async16_ca(sB + PlaceB::offset(k, b_ch),
+                      okb ? (const void*)(gb + kr[i].go) : (const void*)gy, okb);
+      }
+      krow_add(kr[i], ks, b);
+    }
+  }
+};
+
 // Four 128-thread blocks a multiprocessor, six of 64 threads (the k-row walk's registers
 // would leave room for three and five).
 template <typename T, int WN>
 __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(const GmArgs a) {
   constexpr int WM = 2, NTHR = WM * WN * 32;
   constexpr int BM = WM * 32, BN = WN * 32, BK = kGmBK, STAGES = phaseconv::kGwClStages;
-  constexpr int CHA = BM / 8, CHB = BN / 8;  // 16-byte chunks per k row
   constexpr int A_STAGE = BK * BM * 2, STAGE = BK * (BM + BN) * 2;
-  constexpr int PA = BK * CHA / NTHR;  // x vectors a thread copies (its k rows)
-  constexpr int RB = CHA / CHB;        // its grad_y vectors: one of every RB of its k rows
-  constexpr int ROWS = NTHR / CHA;     // k rows between a thread's successive rows
+  using Copies = GwClCopies<T, NTHR, BM, BN, BK>;
   static_assert(sizeof(T) == 2, "16-bit operands");
-  static_assert(PA * NTHR == BK * CHA && RB * CHB == CHA && PA % RB == 0, "loader split");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t s_base = (uint32_t)__cvta_generic_to_shared(smem_raw);
   const T* __restrict__ x = static_cast<const T*>(a.x);
@@ -793,39 +867,12 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
   GmBlock b;
   if (!decode_block<BM, BN>(a, b)) return;  // uniform: this phase has fewer taps
 
-  // this thread's chunks: x's channel vector a_ch of k rows a_pos + i * ROWS, and grad_y's
-  // vector b_ch of those with i % RB == b_sel (a k row's CHB vectors come from CHB of the
-  // threads that copy its x vectors): one walk of a thread's rows serves both operands
-  const int a_ch = tid % CHA, a_pos = tid / CHA, b_ch = a_ch % CHB, b_sel = a_ch / CHB;
-  const bool a_ok = a_ch * 8 < b.cin_n, b_ok = b_ch * 8 < b.con;  // whole vectors: C/g % 8 == 0
-  const GmWalk wk = gm_walk<true>(a, b);
-  const T* xb = x + (int64_t)b.g * a.cin_g + b.ci0 + a_ch * 8;
-  const T* gb = gy + (int64_t)b.g * a.cout_g + b.co0 + b_ch * 8 + wk.gy_res;
-  // the k rows of the next chunk this thread copies, and the step to the chunk after
-  KRow kr[PA];
-  KStep ks{};
-  if (b.c_beg < b.c_end) {  // a phase without outputs has no chunks (and zero counts)
-    const uint32_t k0 = (uint32_t)b.c_beg * BK;
-#pragma unroll
-    for (int i = 0; i < PA; ++i) kr[i] = krow_at(k0 + a_pos + i * ROWS, b, wk.xs, wk.gs);
-    ks = kstep_of(BK, b, wk.xs, wk.gs);
-  }
+  KRow kr[Copies::PA];  // the k rows of the next chunk this thread copies
+  KStep ks;
+  const Copies cp = Copies::of(kr, ks, x, gy, a, b, tid);
   auto load_next = [&](int stage) {  // the chunk after the previous call's (c_beg first)
-    const uint32_t sA = s_base + stage * STAGE, sB = sA + A_STAGE;
-#pragma unroll
-    for (int i = 0; i < PA; ++i) {
-      const int k = a_pos + i * ROWS;
-      const bool valid = kr[i].n < (uint32_t)a.nbatch;
-      const bool ok = a_ok && valid && krow_in_input(kr[i], b, a);
-      cp_async16_ca(sA + k * (BM * 2) + ((a_ch ^ k_swz<CHA>(k)) << 4),
-                    ok ? (const void*)(xb + (kr[i].xo + wk.x_tap)) : (const void*)x, ok);
-      if (i % RB == b_sel) {
-        const bool okb = b_ok && valid;
-        cp_async16_ca(sB + k * (BN * 2) + ((b_ch ^ k_swz<CHB>(k)) << 4),
-                      okb ? (const void*)(gb + kr[i].go) : (const void*)gy, okb);
-      }
-      krow_add(kr[i], ks, b);
-    }
+    const uint32_t sA = s_base + stage * STAGE;
+    cp.template copy<GwClRows<BM>, GwClRows<BN>>(kr, ks, sA, sA + A_STAGE, x, gy, a, b);
   };
 
   float acc[2][4][4], tot[2][4][4];
@@ -853,7 +900,7 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
       for (int mt = 0; mt < 2; ++mt) {
         const int kk = ks * 16 + (mi >> 1) * 8 + (lane & 7);
         const int mg = (wm * 2 + mt) * 2 + (mi & 1);
-        ldsm_x4_trans(af[mt], sA + kk * (BM * 2) + ((mg ^ k_swz<CHA>(kk)) << 4));
+        ldsm_x4_trans(af[mt], sA + GwClRows<BM>::offset(kk, mg));
       }
       // B: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15)
 #pragma unroll
@@ -861,7 +908,7 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
         uint32_t rr[4];
         const int kk = ks * 16 + (mi & 1) * 8 + (lane & 7);
         const int ng = wn * 4 + jp * 2 + (mi >> 1);
-        ldsm_x4_trans(rr, sB + kk * (BN * 2) + ((ng ^ k_swz<CHB>(kk)) << 4));
+        ldsm_x4_trans(rr, sB + GwClRows<BN>::offset(kk, ng));
         bf[2 * jp][0] = rr[0]; bf[2 * jp][1] = rr[1];
         bf[2 * jp + 1][0] = rr[2]; bf[2 * jp + 1][1] = rr[3];
       }
@@ -916,13 +963,9 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
   using OpA = GwWgOperand<BM, BK>;
   using OpB = GwWgOperand<BN, BK>;
   constexpr int STAGE = OpA::BYTES + OpB::BYTES;
-  constexpr int CHA = BM / 8, CHB = BN / 8;  // 16-byte chunks per k row
-  constexpr int PA = BK * CHA / NTHR;        // x vectors a thread copies (its k rows)
-  constexpr int RB = CHA / CHB;              // its grad_y vectors: one of every RB of its rows
-  constexpr int ROWS = NTHR / CHA;           // k rows between a thread's successive rows
+  using Copies = GwClCopies<T, NTHR, BM, BN, BK>;  // gw_cl_kernel's copies
   constexpr int FLUSH = phaseconv::kFlushTerms / BK;  // chunks between flushes
   static_assert(sizeof(T) == 2, "16-bit operands (MN-major wgmma)");
-  static_assert(PA * NTHR == BK * CHA && RB * CHB == CHA && PA % RB == 0, "loader split");
   static_assert(STAGE % 1024 == 0 && FLUSH >= 1, "1024-byte stages (the swizzle atom)");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // stages 1024-byte aligned (the plan adds the slack)
@@ -935,37 +978,12 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
   GmBlock b;
   if (!decode_block<BM, BN, BK>(a, b)) return;  // uniform: this phase has fewer taps
 
-  // the loader of gw_cl_kernel: x's vector a_ch of k rows a_pos + i * ROWS, grad_y's vector
-  // b_ch of those with i % RB == b_sel
-  const int a_ch = tid % CHA, a_pos = tid / CHA, b_ch = a_ch % CHB, b_sel = a_ch / CHB;
-  const bool a_ok = a_ch * 8 < b.cin_n, b_ok = b_ch * 8 < b.con;  // whole vectors: C/g % 8 == 0
-  const GmWalk wk = gm_walk<true>(a, b);
-  const T* xb = x + (int64_t)b.g * a.cin_g + b.ci0 + a_ch * 8;
-  const T* gb = gy + (int64_t)b.g * a.cout_g + b.co0 + b_ch * 8 + wk.gy_res;
-  KRow kr[PA];
-  KStep ks{};
-  if (b.c_beg < b.c_end) {  // a phase without outputs has no chunks (and zero counts)
-    const uint32_t k0 = (uint32_t)b.c_beg * BK;
-#pragma unroll
-    for (int i = 0; i < PA; ++i) kr[i] = krow_at(k0 + a_pos + i * ROWS, b, wk.xs, wk.gs);
-    ks = kstep_of(BK, b, wk.xs, wk.gs);
-  }
+  KRow kr[Copies::PA];  // the k rows of the next chunk this thread copies
+  KStep ks;
+  const Copies cp = Copies::of(kr, ks, x, gy, a, b, tid);
   auto load_next = [&](int stage) {  // the chunk after the previous call's (c_beg first)
-    const uint32_t sA = s_base + stage * STAGE, sB = sA + OpA::BYTES;
-#pragma unroll
-    for (int i = 0; i < PA; ++i) {
-      const int k = a_pos + i * ROWS;
-      const bool valid = kr[i].n < (uint32_t)a.nbatch;
-      const bool ok = a_ok && valid && krow_in_input(kr[i], b, a);
-      cp_async16_ca(sA + OpA::offset(k, a_ch),
-                    ok ? (const void*)(xb + (kr[i].xo + wk.x_tap)) : (const void*)x, ok);
-      if (i % RB == b_sel) {
-        const bool okb = b_ok && valid;
-        cp_async16_ca(sB + OpB::offset(k, b_ch), okb ? (const void*)(gb + kr[i].go)
-                                                      : (const void*)gy, okb);
-      }
-      krow_add(kr[i], ks, b);
-    }
+    const uint32_t sA = s_base + stage * STAGE;
+    cp.template copy<OpA, OpB>(kr, ks, sA, sA + OpA::BYTES, x, gy, a, b);
   };
 
   float d[BN / 2], tot[BN / 2];
