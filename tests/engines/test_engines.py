@@ -241,3 +241,24 @@ def test_reference_paths_follow_the_rule_explain_shows(dtype, size, batched_gemm
 def test_a_large_layer_runs_one_conv3d_per_phase():
     layer = phaseconv.ConvTranspose3d(64, 64, 3, stride=2)
     assert phaseconv.explain(layer, (1, 64, 8, 8, 8)).kernel == "reference, one conv3d per phase"
+
+
+def test_kernels_keep_their_exact_parameter_in_parameter_memory():
+    """A kernel taking PhaseConvExact by value hands it to exact_element by reference; without
+    PHASECONV_GRID_CONSTANT (__grid_constant__) nvcc copies the ~300-byte struct to every
+    thread's stack at entry, taken or not (csrc/phase_conv_exact.cuh).  Checked in the
+    sources: every such kernel parameter carries the mark."""
+    import re
+
+    from phaseconv.engines import cuda
+
+    found = []
+    for path in sorted(cuda.CSRC.glob("*.cu*")):
+        text = path.read_text()
+        for m in re.finditer(r"__global__[^{;]*?\b(\w+)\s*\(([^)]*)\)\s*\{", text):
+            for param in m.group(2).split(","):
+                if re.search(r"\bPhaseConvExact\s+\w+\s*$", param.strip()):
+                    found.append((path.name, m.group(1)))
+                    assert "PHASECONV_GRID_CONSTANT" in param, (path.name, m.group(1), param)
+    assert {name for _, name in found} >= {"fixup_kernel", "gw_reduce_kernel",
+                                           "gw_reduce_rows_kernel"}
