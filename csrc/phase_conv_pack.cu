@@ -110,10 +110,9 @@ __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
 template <typename U, int CG>
 cudaError_t launch_pack(const void* w, const PhaseConvWeightView& view,
                         const PhaseConvMmaPack& pk, void* out, int* flag, cudaStream_t stream) {
-  const int64_t per_tap = pk.groups * ((pk.chans + CG - 1) / CG) * pk.cols;
-  const int64_t runs = pk.groups * ((pk.ksize + kPackTaps - 1) / kPackTaps) *
-                       ((pk.chans + CG - 1) / CG) * pk.cols;
+  const int64_t per_tap = pk.groups * ((pk.chans + CG - 1) / CG) * pk.cols;  // chunks a tap
   if (per_tap * pk.ksize == 0) return zero_flag(flag, stream);
+  const int64_t runs = per_tap * ((pk.ksize + kPackTaps - 1) / kPackTaps);
   const bool tap_runs = runs >= kPackMinThreads;
   const int64_t chunks = tap_runs ? runs : per_tap * pk.ksize;
   const int64_t grid = std::min<int64_t>((chunks + 255) / 256, 8192);  // then grid-stride
