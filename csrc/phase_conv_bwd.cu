@@ -943,10 +943,11 @@ template <int C, int BK> struct GwWgOperand {  // C channels a k row
   static constexpr int BYTES = C >= 64 ? (C / 64) * SLAB : SLAB;
   static constexpr int SWIZZLE = C >= 64 ? phaseconv_wgmma::kSwizzle128
                                          : phaseconv_wgmma::kSwizzle64;
-  // byte offset of 16-byte chunk `ch` (channels 8 ch .. 8 ch + 7) of k row k
+  // byte offset of 16-byte chunk `ch` (channels 8 ch .. 8 ch + 7) of k row k: gw_cl_kernel's
+  // rows within each 64-channel slab
   static __device__ __forceinline__ uint32_t offset(int k, int ch) {
-    if (C >= 64) return (uint32_t)((ch >> 3) * SLAB + k * ROW + (((ch & 7) ^ (k & 7)) << 4));
-    return (uint32_t)(k * ROW + ((ch ^ ((k >> 1) & 3)) << 4));
+    if (C >= 64) return (uint32_t)((ch >> 3) * SLAB) + GwClRows<64>::offset(k, ch & 7);
+    return GwClRows<C>::offset(k, ch);
   }
   // descriptor of k rows 16 ks .. 16 ks + 15 from `base` (a slab): lbo to the next 64
   // channels, sbo to the next 8 k rows
