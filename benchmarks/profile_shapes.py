@@ -76,11 +76,13 @@ for i in (int(v) for v in args.shapes.split(",")):
                           grad_weight_kernel=args.grad_weight_kernel,
                           grad_input_kernel=args.grad_input_kernel)
     else:
-        print(name, cuda.describe(conv, n, dtype, x.device, args.channels_last, args.kernel),
-              flush=True)
+        # a channels-last input gets a channels-last result, as torch returns
+        print(name, cuda.describe(conv, n, dtype, x.device, args.channels_last, args.kernel,
+                                  out_channels_last=args.channels_last), flush=True)
 
         def call(x=x, w=w, conv=conv):
-            cuda.forward(x, w, None, conv, kernel=args.kernel)
+            cuda.forward(x, w, None, conv, kernel=args.kernel,
+                         out_channels_last=args.channels_last)
     if args.kernels:
         kernel_table(call, args.calls)
     else:

@@ -38,6 +38,8 @@ struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in
   int y_even;  // out_w and the output's base are even: pairs of W phases store 4-byte words
   int y_cl;    // y is (N, D, H, W, C_out): a channel's stride 1, a W step's C_out
   int y_vec;   // y_cl with C_out, C_out/g and y's base 16-byte aligned: 16-byte stores
+  int G_groups;  // the layer's groups (kind 6)
+  int chunks, chunks_per_block;  // kind 6: (phase, column block) chunks, and per block
   int64_t total_blocks;
 };
 
@@ -605,6 +607,170 @@ gemm_cl_kernel(const GemmArgs a) {
 }
 
 
+// ---------------------------------------------------------------- shared-A tile (kind 6)
+// k == s layers with no padding (phase_conv_plan.cpp: phases_share_a): every phase reads input
+// voxel m for its row m at one tap, so the layer is one GEMM whose columns are (phase, output
+// channel) and whose stores are pixel-shuffled.  A block copies its BM rows' A for the whole
+// reduction (C_in/g channels) once, then walks `chunks_per_block` (phase, 64-column) chunks of
+// the weight in 64-channel k steps, kGemmSharedStages - 1 steps of copies in flight; each
+// chunk's outputs are staged in shared memory and stored as 16-byte runs of channels.  Row
+// table s_yo: the output element of row m at phase (0, 0, 0), group g's first channel (-1 past
+// the rows).
+constexpr int kShBM = 128, kShBN = 64, kShThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const GemmArgs a) {
+  constexpr int MT = 2, NT = 4, WARPS_M = 4, CPG = 8, BKG = 8, STAGES = kGemmSharedStages;
+  constexpr uint32_t B_STAGE = BKG * kShBN * 16;
+  static_assert(WARPS_M * MT * 16 == kShBM && (kShThreads / 32 / WARPS_M) * NT * 8 == kShBN,
+                "tile");
+  bool nonfinite = false;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int KG = a.G;         // 16-byte channel groups of the reduction (a multiple of 8)
+  const int KS = KG / BKG;    // k steps a chunk
+  const uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem_raw);
+  const uint32_t sb = sa + (uint32_t)kShBM * KG * 16;
+  const uint32_t sc = sb + STAGES * B_STAGE;
+  T* s_c = reinterpret_cast<T*>(smem_raw + (sc - sa));
+  int64_t* s_yo = reinterpret_cast<int64_t*>(s_c + kShBM * kShBN);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm_ = warp % WARPS_M, wn = warp / WARPS_M;
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ wm = static_cast<const T*>(a.wm);
+  T* __restrict__ y = static_cast<T*>(a.y);
+  const int64_t rows = a.nbatch * a.in_d * a.in_h * a.in_w;
+  const int splits = (a.chunks + a.chunks_per_block - 1) / a.chunks_per_block;
+
+  for (int64_t blk = blockIdx.x; blk < a.total_blocks; blk += gridDim.x) {
+    const int64_t tile = blk / splits;
+    const int split = (int)(blk - tile * splits);
+    const int g = (int)(tile % a.G_groups);
+    const int64_t m0 = (tile / a.G_groups) * kShBM;
+    const int c0 = split * a.chunks_per_block;
+    const int steps = min(a.chunks_per_block, a.chunks - c0) * KS;
+
+    for (int r = tid; r < kShBM; r += kShThreads) {
+      const int64_t m = m0 + r;
+      int64_t yo = -1;
+      if (m < rows) {
+        int jd, jh, jw;
+        const int64_t n = decode_row(m, a.in_w, a.in_h, a.in_d, jd, jh, jw);
+        yo = (((n * a.out_d + (int64_t)a.sd * jd) * a.out_h + (int64_t)a.sh * jh) * a.out_w +
+              (int64_t)a.sw * jw) * a.c_out + (int64_t)g * a.cout_g;
+      }
+      s_yo[r] = yo;
+    }
+    // A: the rows' whole reduction, row r's chunk c at (r * KG + (c ^ (r & 7))) * 16
+    for (int v = tid; v < kShBM * KG; v += kShThreads) {
+      const int r = v / KG, c = v - r * KG;
+      const bool ok = m0 + r < rows;
+      const T* src = x + (m0 + r) * a.c_in + (int64_t)g * a.cin_g + c * CPG;
+      cp_async16_ca(sa + (uint32_t)(r * KG + (c ^ (r & 7))) * 16, ok ? (const void*)src : a.x,
+                    ok);
+    }
+    // the weight of step s (chunk s / KS, k step s % KS): (group, column) at
+    // (group * BN + column) * 16 of its stage
+    auto load_step = [&](int s) {
+      const int i = s / KS, ks = s - i * KS;
+      const int chunk = c0 + i, phase = chunk / a.co_blocks;
+      const int co0 = (chunk - phase * a.co_blocks) * kShBN;
+      const int64_t* e = a.table + (int64_t)phase * PHASECONV_TABLE_STRIDE;
+      const T* wb = wm + ldg_i64(e + PT_MOFS) + ((int64_t)g * KG + ks * BKG) * a.cout_g * CPG;
+      const uint32_t dst = sb + (uint32_t)(s % STAGES) * B_STAGE;
+#pragma unroll
+      for (int it = 0; it < BKG * kShBN / kShThreads; ++it) {
+        const int v = tid + it * kShThreads;
+        const int kg = v / kShBN, col = v % kShBN;
+        const bool ok = co0 + col < a.cout_g;
+        const T* src = wb + ((int64_t)kg * a.cout_g + co0 + col) * CPG;
+        cp_async16_cg(dst + (uint32_t)v * 16, ok ? (const void*)src : a.wm, ok);
+      }
+    };
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (s < steps) load_step(s);
+      cp_async_commit();  // A joins step 0's group
+    }
+
+    float acc[MT][NT][4];
+    zero_acc(acc);
+    for (int s = 0; s < steps; ++s) {
+      cp_async_wait<STAGES - 2>();
+      // step s (and A) landed for every thread; every warp is past step s - 1's stage and
+      // the last chunk's staged stores
+      __syncthreads();
+      if (s + STAGES - 1 < steps) load_step(s + STAGES - 1);
+      cp_async_commit();
+      const int i = s / KS, ks = s - i * KS;
+      const uint32_t sB = sb + (uint32_t)(s % STAGES) * B_STAGE;
+#pragma unroll
+      for (int kk = 0; kk < BKG / 2; ++kk) {
+        uint32_t af[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          const int row = (wm_ * MT + mt) * 16 + (lane & 15);
+          const int kg = ks * BKG + kk * 2 + (lane >> 4);
+          ldsm_x4(af[mt], sa + (uint32_t)(row * KG + (kg ^ (row & 7))) * 16);
+        }
+        uint32_t bf[NT][2];
+        const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
+#pragma unroll
+        for (int j = 0; j < NT; j += 2) {
+          uint32_t rr[4];
+          const int row = (kk * 2 + bhalf) * kShBN + (wn * NT + j + bj) * 8 + bro;
+          ldsm_x4(rr, sB + (uint32_t)row * 16);
+          bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+      }
+      if (ks != KS - 1) continue;
+      // the chunk's last k step: its outputs, staged [row][8-channel chunk ^ (row & 7)]
+      const int chunk = c0 + i, phase = chunk / a.co_blocks;
+      const int co0 = (chunk - phase * a.co_blocks) * kShBN;
+      float bv[NT][2];
+      gemm_bias<T, NT>(a, g, co0, wn, lane, bv);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int r = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            const T pair[2] = {from_acc<T>(acc[mt][j][half * 2] + bv[j][0]),
+                               from_acc<T>(acc[mt][j][half * 2 + 1] + bv[j][1])};
+            *reinterpret_cast<uint32_t*>(s_c + r * kShBN + ((wn * NT + j) ^ (r & 7)) * 8 +
+                                         (lane & 3) * 2) =
+                *reinterpret_cast<const uint32_t*>(pair);
+          }
+        }
+      zero_acc(acc);
+      __syncthreads();
+      const int64_t* e = a.table + (int64_t)phase * PHASECONV_TABLE_STRIDE;
+      const int64_t phase_ofs =
+          ((ldg_i64(e + PT_RES_D) * a.out_h + ldg_i64(e + PT_RES_H)) * a.out_w +
+           ldg_i64(e + PT_RES_W)) * a.c_out + co0;
+      const int cols = min(kShBN, a.cout_g - co0);
+#pragma unroll
+      for (int it = 0; it < kShBM * (kShBN / 8) / kShThreads; ++it) {
+        const int f = tid + it * kShThreads;
+        const int r = f >> 3, j = f & 7;
+        const int64_t yo = s_yo[r];
+        if (yo < 0 || j * 8 >= cols) continue;
+        const uint4 v = *reinterpret_cast<const uint4*>(s_c + r * kShBN + (j ^ (r & 7)) * 8);
+        *reinterpret_cast<uint4*>(y + yo + phase_ofs + j * 8) = v;
+        nonfinite |= !all_finite<T>(v);
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the next tile rewrites A, the stages and the row table
+  }
+  if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
+}
+
 // ---------------------------------------------------------------- implicit-GEMM host side
 
 template <typename T, int MT, int NT, int WM, int WN, int BKG, bool WG = false>
@@ -649,6 +815,17 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
              reinterpret_cast<uintptr_t>(p.y) % 16 == 0) ? 1 : 0;
   a.in_sd = (int)p.in_stride_d; a.in_sh = (int)p.in_stride_h; a.in_sw = (int)p.in_stride_w;
   a.total_blocks = c.total_blocks;
+  a.G_groups = (int)p.groups;
+  a.chunks = c.chunks; a.chunks_per_block = c.chunks_per_block;
+  if (c.kind == 6) {  // the shared-A tile: 16-bit, channels-last A and y, 8-channel stores
+    if constexpr (std::is_same<T, float>::value) {
+      return cudaErrorInvalidConfiguration;
+    } else {
+      if (c.a_ncdhw || !a.y_vec || a.G % 8 != 0) return cudaErrorInvalidConfiguration;
+      if (c.total_blocks == 0) return cudaSuccess;
+      return launch_kernel(gemm_shared_a_kernel<T>, c.grid, kShThreads, c.smem, stream, a);
+    }
+  }
   switch (c.kind * 2 + (c.bkg == 8 ? 1 : 0)) {
     case 0: return launch_gemm_t<T, 2, 4, 4, 1, 4>(a, c, stream);
     case 2: return launch_gemm_t<T, 4, 4, 2, 2, 4>(a, c, stream);

@@ -402,6 +402,48 @@ bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, cons
   return gemm_tile(p, f, dev, 1024, c);
 }
 
+// k == s with no padding, dilation 1 and no output padding: every phase has one tap at input
+// offset 0 and as many rows as the input has voxels, so all phases read the same A (row m is
+// input voxel m).
+bool phases_share_a(const PhaseConvFwdParams& p) {
+  return p.nsub == 0 && p.max_taps_d == 1 && p.max_taps_h == 1 && p.max_taps_w == 1 &&
+         p.total_taps == p.stride_d * p.stride_h * p.stride_w && p.union_lo_d == 0 &&
+         p.union_lo_h == 0 && p.union_lo_w == 0 && p.union_ext_d == 0 && p.union_ext_h == 0 &&
+         p.union_ext_w == 0 && p.out_d == p.in_d * p.stride_d &&
+         p.out_h == p.in_h * p.stride_h && p.out_w == p.in_w * p.stride_w;
+}
+
+// The shared-A tile (kind 6) where it takes the layer: 16-bit, channels-last input and
+// output, whole 64-channel k steps and 8-channel output chunks, A of the whole reduction
+// (BM x C_in/g) resident beside kGemmSharedStages weight k steps (64 channels x BN) and the
+// output staging.  Column splits (chunks a block) keep about two blocks per multiprocessor
+// busy.
+bool gemm_shared_a_tile(const PhaseConvFwdParams& p, const DevInfo& dev, GemmCfg* c) {
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  if (c->a_ncdhw || c->tf32 || !p.y_channels_last || !phases_share_a(p) || cin_g % 64 != 0 ||
+      cout_g % 8 != 0 || p.c_out % 8 != 0)
+    return false;
+  c->kind = 6; c->BM = 128; c->BN = 64; c->threads = 256; c->bkg = 8;
+  c->wgroup = false;
+  c->smem = (size_t)c->BM * cin_g * 2 + (size_t)kGemmSharedStages * 64 * c->BN * 2 +
+            (size_t)c->BM * c->BN * 2 + (size_t)c->BM * 8;
+  if (c->smem > dev.smem_optin) return false;
+  const int64_t rows = p.n * p.in_d * p.in_h * p.in_w;
+  const int64_t m_tiles = cdiv(rows, c->BM);
+  if (m_tiles >= ((int64_t)1 << 31)) return false;
+  c->m_tiles = (int)m_tiles;
+  c->co_blocks = (int)cdiv(cout_g, c->BN);
+  c->chunks = (int)(p.stride_d * p.stride_h * p.stride_w) * c->co_blocks;
+  const int64_t row_blocks = m_tiles * p.groups;
+  int64_t splits = std::min<int64_t>(c->chunks, std::max<int64_t>(1, cdiv(2 * dev.sms,
+                                                                         row_blocks)));
+  c->chunks_per_block = (int)cdiv(c->chunks, splits);
+  splits = cdiv(c->chunks, c->chunks_per_block);
+  c->total_blocks = row_blocks * splits;
+  c->grid = c->total_blocks > 0x7fffffffLL ? 0x7fffffffLL : c->total_blocks;
+  return true;
+}
+
 // The implicit GEMM's tile, shared memory and grid for parameters whose layouts the caller
 // checked (c->a_ncdhw set); false for narrow layers unless forced, or where it does not fit.
 bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
@@ -430,7 +472,13 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
                        !force.gemm_k32;
   if (wg_fits && k_per_phase >= wgmma_min_k) kind = 4;
   // kind 5 (four warpgroups) is taken only when named (benchmarks/NOTES.md: what it measured)
+  // the shared-A tile where the phases read one A (k == s layers, channels-last in and out)
+  // and it fits; up to 256 channels a group by the rule
+  if (force.gemm_tile < 0 && !force.gemm_one_phase && !force.gemm_k32 && cin_g <= 256 &&
+      gemm_shared_a_tile(p, dev, c))
+    return true;
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
+  if (kind == 6) return !force.gemm_one_phase && !force.gemm_k32 && gemm_shared_a_tile(p, dev, c);
   const bool wg = kind >= 4;
   if (kind > 5 || (wg && !wg_fits) || (kind == 5 && cout_g <= 32)) return false;
   const int bn[4] = {32, 64, 128, 64}, thr[4] = {128, 128, 256, 256};
@@ -495,6 +543,7 @@ bool plan_reads_channels_last(const PhaseConvFwdParams& p, int dtype_code,
                        choose_gemm(p, dtype_code, force, dev, true, &cl_gc);
   // a k == s layer's contiguous input is read in place, unless a channels-last copy feeds the
   // warpgroup tile (H200, bf16, 512->256 16^3 k2: 54.0 us with the copy against 61.2 in place)
+  // or the shared-A one (kind 6)
   if (!offered && may(force, PHASECONV_GEMM) &&
       choose_gemm(p, dtype_code, force, dev, false, &gc) && !(gemm_cl && cl_gc.kind >= 4))
     return false;  // reads NCDHW
@@ -638,7 +687,8 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                gc.bkg * gemm_group_channels(gc), gc.threads,
                gemm_pipeline_stages(gc.kind, gc.wgroup),
                gc.m_tiles, gc.smem, (long long)gc.grid,
-               gc.wgroup ? "w-phases-grouped" : "one-phase", gc.kind >= 4 ? " wgmma-sm90a" : "",
+               gc.kind == 6 ? "phases-share-a" : gc.wgroup ? "w-phases-grouped" : "one-phase",
+               gc.kind == 4 || gc.kind == 5 ? " wgmma-sm90a" : "",
                gemm_precision(gc), layout);
       return true;
     }

@@ -177,11 +177,13 @@ constexpr int kGemmMaxGroup = 4;      // W phases grouped at most (stride_w)
 constexpr int kWgmmaStages = 5;       // implicit GEMM, warpgroup tile: pipeline depth
 constexpr int kWgmmaGroupStages = 4;  // the same, W phases grouped
 constexpr int kWgmmaWideStages = 4;   // the 4-warpgroup tile (256 rows, 48 KB a stage)
+constexpr int kGemmSharedStages = 4;  // the shared-A tile (kind 6): its pipeline depth
 // The implicit GEMM's pipeline depth, for its launcher and its plan: tile `kind`
 // (GemmCfg::kind: the warpgroup tiles or the mma.sync ones), W phases grouped or one phase per
 // block.
 constexpr int gemm_pipeline_stages(int kind, bool wgroup) {
-  return kind == 5 ? kWgmmaWideStages
+  return kind == 6 ? kGemmSharedStages
+         : kind == 5 ? kWgmmaWideStages
          : kind == 4 ? (wgroup ? kWgmmaGroupStages : kWgmmaStages)
                      : (wgroup ? kGemmGroupStages : kGemmStages);
 }
@@ -297,8 +299,13 @@ struct GemmCfg {
              // 3: BN 64 (MT2 NT4, 4x2: twice the warps of 1); 4: sm_90a warpgroup tile,
              // BN 32, 64 or 128 (two warpgroups of 64 rows x BN, wgmma); 5: the same with
              // four warpgroups (256 rows: a quarter less operand traffic per multiply-add at
-             // BN 128), one phase a block, its output staged in the drained stages
+             // BN 128), one phase a block, its output staged in the drained stages; 6: the
+             // phases share A (k == s, no padding: every phase reads the same input voxel with
+             // one tap), a block holds its rows' A for the whole reduction and walks
+             // (phase, BN 64 columns) chunks of the weight in 64-channel k steps (MT2 NT4,
+             // 4x2 warps, mma.sync)
   int BM, BN, threads, m_tiles, co_blocks;
+  int chunks, chunks_per_block;  // kind 6: (phase, column block) chunks, and per block
   bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together
   bool a_ncdhw;  // A read from a contiguous (N, C, D, H, W) input (16-byte vectors along W)
   int bkg;       // 16-byte channel groups per k step (4 or 8)

@@ -80,18 +80,19 @@ def _nonfinite(n, ci, co, g, size, k, s, p, op, d) -> int:
 
 
 def _channels_last_results() -> int:
-    """Channels-last results: written by the implicit GEMM, or transposed once after the
-    other kernels (the few-channel and tiled copies)."""
+    """Channels-last results: written by the implicit GEMM (the k == s layer: its shared-A
+    tile), or transposed once after the other kernels (the few-channel and tiled copies)."""
     failures = 0
     cl = torch.channels_last_3d
     for co, dtype in ((1, torch.float32), (2, torch.bfloat16), (4, torch.float32),
                       (8, torch.bfloat16), (16, torch.float32), (24, torch.bfloat16),
-                      (48, torch.bfloat16)):
-        ci = 32 if co == 48 else 8
+                      (48, torch.bfloat16), (72, torch.bfloat16)):
+        ci, k, p, op = ((32, 3, 1, 1) if co == 48 else (64, 2, 0, 0) if co == 72
+                        else (8, 3, 1, 1))
         x = torch.randn(2, ci, 3, 4, 5, device="cuda").to(dtype).contiguous(memory_format=cl)
-        w = torch.randn(ci, co, 3, 3, 3, device="cuda").to(dtype)
-        y = phaseconv.conv_transpose3d(x, w, stride=2, padding=1, output_padding=1)
-        ref = F.conv_transpose3d(x.double(), w.double(), stride=2, padding=1, output_padding=1)
+        w = torch.randn(ci, co, k, k, k, device="cuda").to(dtype)
+        y = phaseconv.conv_transpose3d(x, w, stride=2, padding=p, output_padding=op)
+        ref = F.conv_transpose3d(x.double(), w.double(), stride=2, padding=p, output_padding=op)
         err = (y.double() - ref).abs().max().item() / max(1.0, ref.abs().max().item())
         tol = 3e-2 if dtype == torch.bfloat16 else 2e-5
         if not (err <= tol and y.is_contiguous(memory_format=cl)):

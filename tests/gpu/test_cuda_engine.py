@@ -343,6 +343,80 @@ def test_implicit_gemm_kernel(case, dtype, variant):
     _check(y, ref, dtype)
 
 
+
+# The implicit GEMM's shared-A tile (kind 6): k == s layers with no padding, channels-last
+# input and result.  Several row tiles with a partial last one, partial 64-column blocks,
+# groups, unequal strides, a pointwise layer, 256 channels a group, 64 phases, few rows (the
+# (phase, column) chunks split over blocks).
+_SHARED_A_CASES = [
+    dict(k=(2, 2, 2), s=(2, 2, 2), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=128,
+         cout=64, n=2, ins=(5, 6, 7), bias=True),
+    dict(k=(2, 2, 2), s=(2, 2, 2), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=64,
+         cout=72, n=1, ins=(4, 4, 5), bias=True),
+    dict(k=(1, 2, 3), s=(1, 2, 3), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=2, cin=128,
+         cout=48, n=2, ins=(3, 5, 4), bias=False),
+    dict(k=(1, 1, 1), s=(1, 1, 1), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=256,
+         cout=96, n=2, ins=(2, 9, 33), bias=True),
+    dict(k=(4, 4, 4), s=(4, 4, 4), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=64,
+         cout=136, n=1, ins=(2, 3, 3), bias=True),
+    dict(k=(2, 2, 2), s=(2, 2, 2), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=4, cin=256,
+         cout=32, n=3, ins=(3, 3, 3), bias=False),
+]
+
+
+def _shared_a_call(cfg, dtype, seed, kernel):
+    """(result, float64 reference, plan description) of a channels-last call of ``cfg``."""
+    xl, wl, bl, ref = _random_call(cfg, dtype, seed)
+    x = xl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
+    w, b = wl.to(DEV), (bl.to(DEV) if bl is not None else None)
+    args = check_conv_transpose3d(x, w, b, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
+                                  cfg["d"])
+    desc = _cuda().describe(args, x.shape[0], dtype, x.device, channels_last=True,
+                            kernel=kernel, out_channels_last=True)
+    y = _cuda().forward(x, w, b, args, kernel=kernel, out_channels_last=True)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    return y, ref, desc
+
+
+@pytest.mark.parametrize("kernel", ["auto", "named"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(_SHARED_A_CASES)))
+def test_implicit_gemm_shared_a_tile(case, dtype, kernel):
+    cfg = _SHARED_A_CASES[case]
+    forced = ForwardKernel("gemm", gemm_tile=6) if kernel == "named" else "auto"
+    y, ref, desc = _shared_a_call(cfg, dtype, case, forced)
+    # the rule takes the implicit GEMM from 32 output channels a group
+    shared = kernel == "named" or cfg["cout"] // cfg["groups"] >= 32
+    assert ("kind=6 " in desc and "phases-share-a" in desc) == shared, desc
+    _check(y, ref, dtype)
+
+
+@pytest.mark.parametrize("case", [0, 4])
+def test_implicit_gemm_shared_a_tile_nonfinite(case):
+    """NaN and Inf reach exactly the outputs torch gives them (the tile flags its non-finite
+    stores; the fix-up recomputes those from their real pairs)."""
+    cfg = _SHARED_A_CASES[case]
+    gen = torch.Generator().manual_seed(case)
+    x = torch.randn((cfg["n"], cfg["cin"]) + cfg["ins"], generator=gen).to(torch.bfloat16)
+    w = torch.randn((cfg["cin"], cfg["cout"]) + cfg["k"], generator=gen).to(torch.bfloat16)
+    x[0, 3, 1, 1, 1], x.view(-1)[-1] = float("nan"), float("inf")
+    w[5, 7, 0, 1, 0] = float("-inf")
+    ref = F.conv_transpose3d(x.double(), w.double(), None, cfg["s"])
+    xd = x.to(DEV).contiguous(memory_format=torch.channels_last_3d)
+    args = check_conv_transpose3d(xd, w.to(DEV), None, cfg["s"], cfg["p"], cfg["op"], 1,
+                                  cfg["d"])
+    assert "kind=6 " in _cuda().describe(args, cfg["n"], torch.bfloat16, xd.device,
+                                         channels_last=True, out_channels_last=True)
+    y = _cuda().forward(xd, w.to(DEV), None, args, out_channels_last=True).double().cpu()
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+    assert torch.equal(y[ref.isinf()], ref[ref.isinf()])
+    finite = ref.isfinite()
+    assert bool(finite.any())
+    scale = max(1.0, float(ref[finite].abs().max()))
+    assert float((y[finite] - ref[finite]).abs().max()) <= 1.6e-2 * scale
+
+
 # The implicit GEMM in float32 (3xTF32 on the mma.sync tiles, taken only when named): one
 # phase a block, the input read channels-last (copied where it is not), the accumulators
 # flushed every 256 terms where a phase's reduction is longer.  The 16-bit cases, then long

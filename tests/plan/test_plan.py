@@ -322,6 +322,67 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     assert "wgmma" not in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm").text
 
 
+
+def test_shared_a_tile_of_the_implicit_gemm():
+    """k == s layers with no padding (every phase reads the same input voxel at one tap) take
+    the implicit GEMM's shared-A tile (kind 6, mma.sync: the same code on sm_80 and sm_90)
+    where the input and the result are channels-last and C_in/groups is a multiple of 64, up
+    to 256 by the rule; named, it is refused wherever the phases do not share A, the channels
+    are not whole 64-channel k steps and 8-channel stores, or A does not fit."""
+    from phaseconv.engines.cuda import ForwardKernel
+
+    shared = ForwardKernel("gemm", gemm_tile=6)
+    pure = ph.sweep_args(SWEEP[2])  # 128 -> 64, k2 s2, 2 x 32^3: 65536 rows, 8 phases
+    for device in ph.DEVICES + (ph.H100_SM90A,):
+        plan = ph.forward(pure, 2, BF16, device, channels_last=True, out_channels_last=True)
+        assert plan.ok and plan.family == "gemm" and plan.channels_last, plan.text
+        smem = 128 * 128 * 2 + 4 * 64 * 64 * 2 + 128 * 64 * 2 + 128 * 8
+        assert (f"kind=6 BM=128 BN=64 BK=64 threads=256 stages=4 m_tiles=512 smem={smem} "
+                f"grid=512 phases-share-a") in plan.text, plan.text
+        assert "wgmma" not in plan.text
+        # a contiguous result, float32, a named tile or one phase a block: not this tile
+        for other in (ph.forward(pure, 2, BF16, device, channels_last=True),
+                      ph.forward(pure, 2, F32, device, channels_last=True,
+                                 out_channels_last=True),
+                      ph.forward(pure, 2, BF16, device, channels_last=True,
+                                 out_channels_last=True, kernel=ForwardKernel("gemm", gemm_tile=1)),
+                      ph.forward(pure, 2, BF16, device, channels_last=True,
+                                 out_channels_last=True,
+                                 kernel=ForwardKernel("gemm", gemm_one_phase=True))):
+            assert other.ok and "kind=6" not in other.text, other.text
+        # a contiguous input with a channels-last result is copied for it
+        copied = ph.forward(pure, 2, BF16, device, out_channels_last=True)
+        assert "kind=6 " in copied.text and copied.text.endswith(
+            "(channels-last input, copied), channels-last output"), copied.text
+    # few rows: the (phase, 64-column) chunks split over blocks to fill the device
+    small = ph.conv_args(64, 128, 2, (4, 4, 8), 2)  # 128 rows, 8 phases x 2 column blocks
+    plan = ph.forward(small, 1, BF16, ph.H100, channels_last=True, out_channels_last=True)
+    assert "kind=6 " in plan.text and "m_tiles=1 " in plan.text and "grid=16 " in plan.text, \
+        plan.text
+    assert "kind=6 " in ph.forward(ph.conv_args(128, 64, (1, 2, 3), 5, (1, 2, 3)), 2, BF16,
+                                   ph.H100, channels_last=True, out_channels_last=True).text
+    assert "kind=6 " in ph.forward(ph.conv_args(256, 32, 1, 5), 2, BF16, ph.H100,
+                                   channels_last=True, out_channels_last=True).text
+    # 512 channels a group: not by the rule; named, A (128 KB) fits an H100 but not an A100;
+    # 1024 fit neither
+    wide = ph.sweep_args(SWEEP[3])
+    assert "kind=6" not in ph.forward(wide, 1, BF16, ph.H100_SM90A, channels_last=True,
+                                      out_channels_last=True).text
+    named = ph.forward(wide, 1, BF16, ph.H100, channels_last=True, out_channels_last=True,
+                       kernel=shared)
+    assert named.ok and "kind=6 " in named.text and "m_tiles=32 " in named.text, named.text
+    assert f"smem={128 * 512 * 2 + 4 * 64 * 64 * 2 + 128 * 64 * 2 + 128 * 8} " in named.text
+    assert not ph.forward(wide, 1, BF16, ph.A100, channels_last=True, out_channels_last=True,
+                          kernel=shared).ok
+    for args in (ph.conv_args(1024, 64, 2, 4, 2), ph.conv_args(64, 32, 3, 8, 2, 1, 1),
+                 ph.conv_args(64, 32, 2, 8, 2, 0, 1),
+                 ph.conv_args(64, 32, 4, 8, 4, 1, 2), ph.conv_args(96, 32, 2, 8, 2),
+                 ph.conv_args(64, 36, 2, 8, 2), ph.conv_args(64, 32, 2, 8, 2, dilation=2)):
+        refused = ph.forward(args, 2, BF16, ph.H100, channels_last=True, out_channels_last=True,
+                             kernel=shared)
+        assert not refused.ok and refused.text.startswith("refused: the "), refused.text
+
+
 def test_all_phase_tiles():
     """The founding example (C_out/groups 8) takes the 8-warp tile (kind 4), whose two W phases
     are stored in pairs where stride_w is 2 and the output width even; the tile can be named,
@@ -347,7 +408,7 @@ def test_all_phase_tiles():
     assert wide.ok and "kind=4 " in wide.text and "BN=8 " in wide.text
     with pytest.raises(ValueError, match="allph_tile"):
         ph.forward(FOUNDING, 8, F32, ph.H100, kernel=ForwardKernel("tensor-cores", allph_tile=5))
-    for tile in (-2, 6):  # never read as the rule, nor passed on
+    for tile in (-2, 7):  # never read as the rule, nor passed on
         with pytest.raises(ValueError, match="gemm_tile"):
             ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("gemm", gemm_tile=tile))
 
