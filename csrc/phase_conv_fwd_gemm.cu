@@ -38,8 +38,8 @@ struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in
   int y_even;  // out_w and the output's base are even: pairs of W phases store 4-byte words
   int y_cl;    // y is (N, D, H, W, C_out): a channel's stride 1, a W step's C_out
   int y_vec;   // y_cl with C_out, C_out/g and y's base 16-byte aligned: 16-byte stores
-  int G_groups;  // the layer's groups (kind 6)
-  int chunks, chunks_per_block;  // kind 6: (phase, column block) chunks, and per block
+  int G_groups;  // the layer's groups (kinds 6, 7)
+  int chunks, chunks_per_block;  // kinds 6, 7: (phase, column block) chunks, and per block
   int64_t total_blocks;
 };
 
@@ -607,31 +607,40 @@ gemm_cl_kernel(const GemmArgs a) {
 }
 
 
-// ---------------------------------------------------------------- shared-A tile (kind 6)
+// ---------------------------------------------------------------- shared-A tile (kinds 6, 7)
 // k == s layers with no padding (phase_conv_plan.cpp: phases_share_a): every phase reads input
 // voxel m for its row m at one tap, so the layer is one GEMM whose columns are (phase, output
 // channel) and whose stores are pixel-shuffled.  A block copies its BM rows' A for the whole
 // reduction (C_in/g channels) once, then walks `chunks_per_block` (phase, 64-column) chunks of
-// the weight in 64-channel k steps, kGemmSharedStages - 1 steps of copies in flight; each
-// chunk's outputs are staged in shared memory and stored as 16-byte runs of channels.  Row
-// table s_yo: the output element of row m at phase (0, 0, 0), group g's first channel (-1 past
-// the rows).
+// the weight in 64-channel k steps; each chunk's outputs are staged in shared memory and
+// stored as 16-byte runs of channels.  A is kept in 64-channel slabs of 128-byte rows in the
+// 128-byte swizzle (chunk c of row r at r * 128 + ((c ^ (r & 7)) << 4)), which both ldmatrix
+// and the wgmma descriptor read.  WG (kind 7, sm_90a): two warpgroups of 64 rows issue wgmma
+// on the slabs and the weight stages, one batch in flight while the next step is waited for;
+// else (kind 6) 4 x 2 warps of 32 x 32 on mma.sync.  Row table s_yo: the output element of
+// row m at phase (0, 0, 0), group g's first channel (-1 past the rows).
 constexpr int kShBM = 128, kShBN = 64, kShThreads = 256;
 
-template <typename T>
+template <typename T, bool WG>
 __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const GemmArgs a) {
-  constexpr int MT = 2, NT = 4, WARPS_M = 4, CPG = 8, BKG = 8, STAGES = kGemmSharedStages;
-  constexpr uint32_t B_STAGE = BKG * kShBN * 16;
+  constexpr int WARPS_M = WG ? 8 : 4, MT = WG ? 1 : 2, NT = WG ? 8 : 4;
+  constexpr int CPG = 8, BKG = 8, STAGES = kGemmSharedStages;
+  // steps of copies in flight past the one read (wgmma: a stage is refilled two steps after
+  // it was read, its batch then complete)
+  constexpr int AHEAD = WG ? STAGES - 2 : STAGES - 1;
+  constexpr uint32_t B_STAGE = BKG * kShBN * 16, A_SLAB = kShBM * 128;
   static_assert(WARPS_M * MT * 16 == kShBM && (kShThreads / 32 / WARPS_M) * NT * 8 == kShBN,
                 "tile");
   bool nonfinite = false;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int KG = a.G;         // 16-byte channel groups of the reduction (a multiple of 8)
-  const int KS = KG / BKG;    // k steps a chunk
-  const uint32_t sa = (uint32_t)__cvta_generic_to_shared(smem_raw);
-  const uint32_t sb = sa + (uint32_t)kShBM * KG * 16;
+  const int KS = KG / BKG;    // k steps (A slabs) a chunk
+  // WG: the slabs 1024-byte aligned (the swizzle atom; the plan adds the slack)
+  const uint32_t s_base = (uint32_t)__cvta_generic_to_shared(smem_raw);
+  const uint32_t sa = WG ? (s_base + 1023u) & ~1023u : s_base;
+  const uint32_t sb = sa + (uint32_t)KS * A_SLAB;
   const uint32_t sc = sb + STAGES * B_STAGE;
-  T* s_c = reinterpret_cast<T*>(smem_raw + (sc - sa));
+  T* s_c = reinterpret_cast<T*>(smem_raw + (sc - s_base));
   int64_t* s_yo = reinterpret_cast<int64_t*>(s_c + kShBM * kShBN);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -661,13 +670,14 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
       }
       s_yo[r] = yo;
     }
-    // A: the rows' whole reduction, row r's chunk c at (r * KG + (c ^ (r & 7))) * 16
+    // A: the rows' whole reduction, in slabs
     for (int v = tid; v < kShBM * KG; v += kShThreads) {
       const int r = v / KG, c = v - r * KG;
       const bool ok = m0 + r < rows;
       const T* src = x + (m0 + r) * a.c_in + (int64_t)g * a.cin_g + c * CPG;
-      cp_async16_ca(sa + (uint32_t)(r * KG + (c ^ (r & 7))) * 16, ok ? (const void*)src : a.x,
-                    ok);
+      cp_async16_ca(sa + (uint32_t)(c >> 3) * A_SLAB + (uint32_t)r * 128 +
+                        ((uint32_t)((c & 7) ^ (r & 7)) << 4),
+                    ok ? (const void*)src : a.x, ok);
     }
     // the weight of step s (chunk s / KS, k step s % KS): (group, column) at
     // (group * BN + column) * 16 of its stage
@@ -688,44 +698,69 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
       }
     };
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
+    for (int s = 0; s < AHEAD; ++s) {
       if (s < steps) load_step(s);
       cp_async_commit();  // A joins step 0's group
     }
 
     float acc[MT][NT][4];
-    zero_acc(acc);
+    if (!WG) zero_acc(acc);
     for (int s = 0; s < steps; ++s) {
-      cp_async_wait<STAGES - 2>();
-      // step s (and A) landed for every thread; every warp is past step s - 1's stage and
-      // the last chunk's staged stores
+      cp_async_wait<AHEAD - 1>();
+      if constexpr (WG) phaseconv_wgmma::fence_proxy_async();  // the copies, visible to wgmma
+      // step s (and A) landed for every thread; every warp is past the stage step s + AHEAD
+      // takes (mma.sync: read at step s - 1; wgmma: by batch s - 2, complete) and the last
+      // chunk's staged stores
       __syncthreads();
-      if (s + STAGES - 1 < steps) load_step(s + STAGES - 1);
+      if (s + AHEAD < steps) load_step(s + AHEAD);
       cp_async_commit();
       const int i = s / KS, ks = s - i * KS;
       const uint32_t sB = sb + (uint32_t)(s % STAGES) * B_STAGE;
+      if constexpr (WG) {
+        namespace wg = phaseconv_wgmma;
+        float(&d)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(acc);
+        const uint32_t slab = sa + (uint32_t)ks * A_SLAB + (uint32_t)(warp >> 2) * 64 * 128;
+        wg::fence_operand(d);
+        wg::fence();
 #pragma unroll
-      for (int kk = 0; kk < BKG / 2; ++kk) {
-        uint32_t af[MT][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          const int row = (wm_ * MT + mt) * 16 + (lane & 15);
-          const int kg = ks * BKG + kk * 2 + (lane >> 4);
-          ldsm_x4(af[mt], sa + (uint32_t)(row * KG + (kg ^ (row & 7))) * 16);
+        for (int kk = 0; kk < BKG / 2; ++kk) {
+          const uint64_t da = wg::smem_desc(slab + kk * 32, 16, 1024, wg::kSwizzle128);
+          const uint64_t db = wg::smem_desc(sB + kk * 2 * kShBN * 16, kShBN * 16, 128,
+                                            wg::kSwizzleNone);
+          wg::Wgmma<T, kShBN>::run(d, da, db, (ks | kk) != 0);
         }
-        uint32_t bf[NT][2];
-        const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
-#pragma unroll
-        for (int j = 0; j < NT; j += 2) {
-          uint32_t rr[4];
-          const int row = (kk * 2 + bhalf) * kShBN + (wn * NT + j + bj) * 8 + bro;
-          ldsm_x4(rr, sB + (uint32_t)row * 16);
-          bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
+        wg::commit();
+        if (ks == KS - 1) {
+          wg::wait<0>();  // the chunk's sums, read below
+        } else {
+          wg::wait<1>();  // batch s stays in flight while step s + 1 is waited for
         }
+        wg::fence_operand(d);
+      } else {
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+        for (int kk = 0; kk < BKG / 2; ++kk) {
+          uint32_t af[MT][4];
 #pragma unroll
-          for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+          for (int mt = 0; mt < MT; ++mt) {
+            const int row = (wm_ * MT + mt) * 16 + (lane & 15);
+            const int c = kk * 2 + (lane >> 4);
+            ldsm_x4(af[mt], sa + (uint32_t)ks * A_SLAB + (uint32_t)row * 128 +
+                                ((uint32_t)(c ^ (row & 7)) << 4));
+          }
+          uint32_t bf[NT][2];
+          const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
+#pragma unroll
+          for (int j = 0; j < NT; j += 2) {
+            uint32_t rr[4];
+            const int row = (kk * 2 + bhalf) * kShBN + (wn * NT + j + bj) * 8 + bro;
+            ldsm_x4(rr, sB + (uint32_t)row * 16);
+            bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
+          }
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+        }
       }
       if (ks != KS - 1) continue;
       // the chunk's last k step: its outputs, staged [row][8-channel chunk ^ (row & 7)]
@@ -747,7 +782,7 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
                 *reinterpret_cast<const uint32_t*>(pair);
           }
         }
-      zero_acc(acc);
+      if (!WG) zero_acc(acc);  // (wgmma: the next chunk's first batch overwrites)
       __syncthreads();
       const int64_t* e = a.table + (int64_t)phase * PHASECONV_TABLE_STRIDE;
       const int64_t phase_ofs =
@@ -817,13 +852,21 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
   a.total_blocks = c.total_blocks;
   a.G_groups = (int)p.groups;
   a.chunks = c.chunks; a.chunks_per_block = c.chunks_per_block;
-  if (c.kind == 6) {  // the shared-A tile: 16-bit, channels-last A and y, 8-channel stores
+  if (c.kind == 6 || c.kind == 7) {  // the shared-A tile: 16-bit, channels-last A and y
     if constexpr (std::is_same<T, float>::value) {
       return cudaErrorInvalidConfiguration;
     } else {
       if (c.a_ncdhw || !a.y_vec || a.G % 8 != 0) return cudaErrorInvalidConfiguration;
       if (c.total_blocks == 0) return cudaSuccess;
-      return launch_kernel(gemm_shared_a_kernel<T>, c.grid, kShThreads, c.smem, stream, a);
+      if (c.kind == 6)
+        return launch_kernel(gemm_shared_a_kernel<T, false>, c.grid, kShThreads, c.smem,
+                             stream, a);
+#if defined(PHASECONV_SM90A)
+      return launch_kernel(gemm_shared_a_kernel<T, true>, c.grid, kShThreads, c.smem, stream,
+                           a);
+#else
+      return cudaErrorInvalidConfiguration;
+#endif
     }
   }
   switch (c.kind * 2 + (c.bkg == 8 ? 1 : 0)) {

@@ -336,6 +336,9 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
 bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
                double wgmma_min_k, GemmCfg* c);
 
+// Whether a tile issues wgmma (sm_90a): the warpgroup tiles and the shared-A one of kind 7.
+bool gemm_wgmma(const GemmCfg& c) { return c.kind == 4 || c.kind == 5 || c.kind == 7; }
+
 // Channels of one of the GEMM's 16-byte groups, and what its description adds for float32.
 int gemm_group_channels(const GemmCfg& c) { return c.tf32 ? 4 : 8; }
 const char* gemm_precision(const GemmCfg& c) {
@@ -413,20 +416,22 @@ bool phases_share_a(const PhaseConvFwdParams& p) {
          p.out_h == p.in_h * p.stride_h && p.out_w == p.in_w * p.stride_w;
 }
 
-// The shared-A tile (kind 6) where it takes the layer: 16-bit, channels-last input and
-// output, whole 64-channel k steps and 8-channel output chunks, A of the whole reduction
-// (BM x C_in/g) resident beside kGemmSharedStages weight k steps (64 channels x BN) and the
-// output staging.  Column splits (chunks a block) keep about two blocks per multiprocessor
+// The shared-A tile where it takes the layer (kind 6 on mma.sync, kind 7 on wgmma: an sm_90a
+// build on sm_90): 16-bit, channels-last input and output, whole 64-channel k steps and
+// 8-channel output chunks, A of the whole reduction (BM x C_in/g) resident beside
+// kGemmSharedStages weight k steps (64 channels x BN) and the output staging (wgmma: the slabs
+// 1024-byte aligned).  Column splits (chunks a block) keep about two blocks per multiprocessor
 // busy.
-bool gemm_shared_a_tile(const PhaseConvFwdParams& p, const DevInfo& dev, GemmCfg* c) {
+bool gemm_shared_a_tile(const PhaseConvFwdParams& p, const DevInfo& dev, bool wgmma,
+                        GemmCfg* c) {
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   if (c->a_ncdhw || c->tf32 || !p.y_channels_last || !phases_share_a(p) || cin_g % 64 != 0 ||
-      cout_g % 8 != 0 || p.c_out % 8 != 0)
+      cout_g % 8 != 0 || p.c_out % 8 != 0 || (wgmma && !dev.wgmma))
     return false;
-  c->kind = 6; c->BM = 128; c->BN = 64; c->threads = 256; c->bkg = 8;
+  c->kind = wgmma ? 7 : 6; c->BM = 128; c->BN = 64; c->threads = 256; c->bkg = 8;
   c->wgroup = false;
   c->smem = (size_t)c->BM * cin_g * 2 + (size_t)kGemmSharedStages * 64 * c->BN * 2 +
-            (size_t)c->BM * c->BN * 2 + (size_t)c->BM * 8;
+            (size_t)c->BM * c->BN * 2 + (size_t)c->BM * 8 + (wgmma ? 1024 : 0);
   if (c->smem > dev.smem_optin) return false;
   const int64_t rows = p.n * p.in_d * p.in_h * p.in_w;
   const int64_t m_tiles = cdiv(rows, c->BM);
@@ -442,6 +447,12 @@ bool gemm_shared_a_tile(const PhaseConvFwdParams& p, const DevInfo& dev, GemmCfg
   c->total_blocks = row_blocks * splits;
   c->grid = c->total_blocks > 0x7fffffffLL ? 0x7fffffffLL : c->total_blocks;
   return true;
+}
+
+// Blocks of the shared-A tile a multiprocessor holds by shared memory (1 KB reserved a
+// block), at most its launch bounds' 2.
+int64_t shared_a_blocks_per_sm(const GemmCfg& c, const DevInfo& dev) {
+  return std::min<int64_t>(2, (int64_t)(dev.smem_sm / (c.smem + 1024)));
 }
 
 // The implicit GEMM's tile, shared memory and grid for parameters whose layouts the caller
@@ -473,12 +484,22 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   if (wg_fits && k_per_phase >= wgmma_min_k) kind = 4;
   // kind 5 (four warpgroups) is taken only when named (benchmarks/NOTES.md: what it measured)
   // the shared-A tile where the phases read one A (k == s layers, channels-last in and out)
-  // and it fits; up to 256 channels a group by the rule
+  // and it fits, up to 256 channels a group; on wgmma where the warpgroup kernels run and it
+  // keeps as many blocks a multiprocessor as mma.sync (its slabs' 1 KB alignment can cost
+  // one: H100, bf16 channels-last, wgmma / mma.sync: 2 x 128->64 32^3 72.0 / 74.0 us,
+  // 2 x 64->32 32^3 53.4 / 54.6; 2 x 256->128 16^3, one block a multiprocessor against two,
+  // 42.6 / 35.9)
   if (force.gemm_tile < 0 && !force.gemm_one_phase && !force.gemm_k32 && cin_g <= 256 &&
-      gemm_shared_a_tile(p, dev, c))
+      gemm_shared_a_tile(p, dev, false, c)) {
+    GemmCfg wg = *c;
+    if (dev.wgmma && gemm_shared_a_tile(p, dev, true, &wg) &&
+        shared_a_blocks_per_sm(wg, dev) >= shared_a_blocks_per_sm(*c, dev))
+      *c = wg;
     return true;
+  }
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
-  if (kind == 6) return !force.gemm_one_phase && !force.gemm_k32 && gemm_shared_a_tile(p, dev, c);
+  if (kind == 6 || kind == 7)
+    return !force.gemm_one_phase && !force.gemm_k32 && gemm_shared_a_tile(p, dev, kind == 7, c);
   const bool wg = kind >= 4;
   if (kind > 5 || (wg && !wg_fits) || (kind == 5 && cout_g <= 32)) return false;
   const int bn[4] = {32, 64, 128, 64}, thr[4] = {128, 128, 256, 256};
@@ -687,8 +708,8 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                gc.bkg * gemm_group_channels(gc), gc.threads,
                gemm_pipeline_stages(gc.kind, gc.wgroup),
                gc.m_tiles, gc.smem, (long long)gc.grid,
-               gc.kind == 6 ? "phases-share-a" : gc.wgroup ? "w-phases-grouped" : "one-phase",
-               gc.kind == 4 || gc.kind == 5 ? " wgmma-sm90a" : "",
+               gc.kind >= 6 ? "phases-share-a" : gc.wgroup ? "w-phases-grouped" : "one-phase",
+               gemm_wgmma(gc) ? " wgmma-sm90a" : "",
                gemm_precision(gc), layout);
       return true;
     }
@@ -935,7 +956,7 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
              "m_tiles=%d smem=%zu%s%s, grad_y channels-last", gc.kind, gc.BM, gc.BN,
              gc.bkg * gemm_group_channels(gc), gc.threads,
              gemm_pipeline_stages(gc.kind, gc.wgroup),
-             gc.m_tiles, gc.smem, gc.kind >= 4 ? " wgmma-sm90a" : "",
+             gc.m_tiles, gc.smem, gemm_wgmma(gc) ? " wgmma-sm90a" : "",
              gemm_precision(gc));
     return true;
   }

@@ -182,7 +182,7 @@ constexpr int kGemmSharedStages = 4;  // the shared-A tile (kind 6): its pipelin
 // (GemmCfg::kind: the warpgroup tiles or the mma.sync ones), W phases grouped or one phase per
 // block.
 constexpr int gemm_pipeline_stages(int kind, bool wgroup) {
-  return kind == 6 ? kGemmSharedStages
+  return kind >= 6 ? kGemmSharedStages
          : kind == 5 ? kWgmmaWideStages
          : kind == 4 ? (wgroup ? kWgmmaGroupStages : kWgmmaStages)
                      : (wgroup ? kGemmGroupStages : kGemmStages);
@@ -303,9 +303,9 @@ struct GemmCfg {
              // phases share A (k == s, no padding: every phase reads the same input voxel with
              // one tap), a block holds its rows' A for the whole reduction and walks
              // (phase, BN 64 columns) chunks of the weight in 64-channel k steps (MT2 NT4,
-             // 4x2 warps, mma.sync)
+             // 4x2 warps, mma.sync); 7: the same on wgmma (sm_90a), two warpgroups of 64 rows
   int BM, BN, threads, m_tiles, co_blocks;
-  int chunks, chunks_per_block;  // kind 6: (phase, column block) chunks, and per block
+  int chunks, chunks_per_block;  // kinds 6, 7: (phase, column block) chunks, and per block
   bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together
   bool a_ncdhw;  // A read from a contiguous (N, C, D, H, W) input (16-byte vectors along W)
   int bkg;       // 16-byte channel groups per k step (4 or 8)

@@ -344,10 +344,10 @@ def test_implicit_gemm_kernel(case, dtype, variant):
 
 
 
-# The implicit GEMM's shared-A tile (kind 6): k == s layers with no padding, channels-last
-# input and result.  Several row tiles with a partial last one, partial 64-column blocks,
-# groups, unequal strides, a pointwise layer, 256 channels a group, 64 phases, few rows (the
-# (phase, column) chunks split over blocks).
+# The implicit GEMM's shared-A tile (kind 6 on mma.sync, kind 7 on wgmma: sm_90a builds):
+# k == s layers with no padding, channels-last input and result.  Several row tiles with a
+# partial last one, partial 64-column blocks, groups, unequal strides, a pointwise layer, 256
+# channels a group, 64 phases, few rows (the (phase, column) chunks split over blocks).
 _SHARED_A_CASES = [
     dict(k=(2, 2, 2), s=(2, 2, 2), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=128,
          cout=64, n=2, ins=(5, 6, 7), bias=True),
@@ -378,16 +378,23 @@ def _shared_a_call(cfg, dtype, seed, kernel):
     return y, ref, desc
 
 
-@pytest.mark.parametrize("kernel", ["auto", "named"])
+@pytest.mark.parametrize("kernel", ["auto", "mma-sync", "wgmma"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_SHARED_A_CASES)))
 def test_implicit_gemm_shared_a_tile(case, dtype, kernel):
     cfg = _SHARED_A_CASES[case]
-    forced = ForwardKernel("gemm", gemm_tile=6) if kernel == "named" else "auto"
+    warpgroups = _cuda().warpgroup_kernels()
+    if kernel == "wgmma" and not warpgroups:
+        pytest.skip("no sm_90a build on an sm_90 GPU: the plan refuses kind 7 (test_plan.py)")
+    forced = {"auto": "auto", "mma-sync": ForwardKernel("gemm", gemm_tile=6),
+              "wgmma": ForwardKernel("gemm", gemm_tile=7)}[kernel]
     y, ref, desc = _shared_a_call(cfg, dtype, case, forced)
-    # the rule takes the implicit GEMM from 32 output channels a group
-    shared = kernel == "named" or cfg["cout"] // cfg["groups"] >= 32
-    assert ("kind=6 " in desc and "phases-share-a" in desc) == shared, desc
+    # the rule takes the implicit GEMM from 32 output channels a group, and its wgmma form
+    # or not by the blocks a multiprocessor holds (tests/plan/test_plan.py)
+    shared = kernel != "auto" or cfg["cout"] // cfg["groups"] >= 32
+    kinds = {"auto": ("kind=7 ", "kind=6 ") if warpgroups else ("kind=6 ",),
+             "mma-sync": ("kind=6 ",), "wgmma": ("kind=7 ",)}[kernel]
+    assert (any(k in desc for k in kinds) and "phases-share-a" in desc) == shared, desc
     _check(y, ref, dtype)
 
 
@@ -405,8 +412,8 @@ def test_implicit_gemm_shared_a_tile_nonfinite(case):
     xd = x.to(DEV).contiguous(memory_format=torch.channels_last_3d)
     args = check_conv_transpose3d(xd, w.to(DEV), None, cfg["s"], cfg["p"], cfg["op"], 1,
                                   cfg["d"])
-    assert "kind=6 " in _cuda().describe(args, cfg["n"], torch.bfloat16, xd.device,
-                                         channels_last=True, out_channels_last=True)
+    assert "phases-share-a" in _cuda().describe(args, cfg["n"], torch.bfloat16, xd.device,
+                                                channels_last=True, out_channels_last=True)
     y = _cuda().forward(xd, w.to(DEV), None, args, out_channels_last=True).double().cpu()
     assert torch.equal(torch.isnan(y), torch.isnan(ref))
     assert torch.equal(torch.isinf(y), torch.isinf(ref))

@@ -308,8 +308,9 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     for out_cl in (False, True):
         assert "kind=4 " in ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True,
                                        out_channels_last=out_cl).text
-    assert "wgmma" not in ph.forward(short_k, 2, BF16, ph.H100_SM90A, channels_last=True,
-                                     out_channels_last=True).text
+    # (a k == s layer with a channels-last result takes the shared-A tile instead)
+    assert "kind=7 " in ph.forward(short_k, 2, BF16, ph.H100_SM90A, channels_last=True,
+                                   out_channels_last=True).text
     assert "one-phase" in plan.text and "wgmma-sm90a" in plan.text
     assert f"smem={4 * 48 * 1024 + 256 * 32 + 32 * 24 + 1024} " in plan.text
     narrow_out = ph.conv_args(64, 32, 3, 8, 2, 1, 1)
@@ -325,21 +326,26 @@ def test_warpgroup_tile_of_the_implicit_gemm():
 
 def test_shared_a_tile_of_the_implicit_gemm():
     """k == s layers with no padding (every phase reads the same input voxel at one tap) take
-    the implicit GEMM's shared-A tile (kind 6, mma.sync: the same code on sm_80 and sm_90)
-    where the input and the result are channels-last and C_in/groups is a multiple of 64, up
-    to 256 by the rule; named, it is refused wherever the phases do not share A, the channels
-    are not whole 64-channel k steps and 8-channel stores, or A does not fit."""
+    the implicit GEMM's shared-A tile where the input and the result are channels-last and
+    C_in/groups is a multiple of 64, up to 256 by the rule: on wgmma (kind 7) where the
+    warpgroup kernels run (an sm_90a build on sm_90) and it keeps mma.sync's blocks a
+    multiprocessor, else on mma.sync (kind 6, which stays nameable there: the sm_80 path).
+    Named, it is refused wherever the phases do not share A, the channels are not whole
+    64-channel k steps and 8-channel stores, A does not fit, or (kind 7) there is no sm_90a
+    build."""
     from phaseconv.engines.cuda import ForwardKernel
 
-    shared = ForwardKernel("gemm", gemm_tile=6)
+    shared, shared_wg = ForwardKernel("gemm", gemm_tile=6), ForwardKernel("gemm", gemm_tile=7)
     pure = ph.sweep_args(SWEEP[2])  # 128 -> 64, k2 s2, 2 x 32^3: 65536 rows, 8 phases
+    smem = 128 * 128 * 2 + 4 * 64 * 64 * 2 + 128 * 64 * 2 + 128 * 8
     for device in ph.DEVICES + (ph.H100_SM90A,):
+        kind = 7 if device.wgmma else 6
         plan = ph.forward(pure, 2, BF16, device, channels_last=True, out_channels_last=True)
         assert plan.ok and plan.family == "gemm" and plan.channels_last, plan.text
-        smem = 128 * 128 * 2 + 4 * 64 * 64 * 2 + 128 * 64 * 2 + 128 * 8
-        assert (f"kind=6 BM=128 BN=64 BK=64 threads=256 stages=4 m_tiles=512 smem={smem} "
-                f"grid=512 phases-share-a") in plan.text, plan.text
-        assert "wgmma" not in plan.text
+        assert (f"kind={kind} BM=128 BN=64 BK=64 threads=256 stages=4 m_tiles=512 "
+                f"smem={smem + (1024 if kind == 7 else 0)} grid=512 phases-share-a") \
+            in plan.text, plan.text
+        assert ("wgmma-sm90a" in plan.text) == (kind == 7), plan.text
         # a contiguous result, float32, a named tile or one phase a block: not this tile
         for other in (ph.forward(pure, 2, BF16, device, channels_last=True),
                       ph.forward(pure, 2, F32, device, channels_last=True,
@@ -349,11 +355,18 @@ def test_shared_a_tile_of_the_implicit_gemm():
                       ph.forward(pure, 2, BF16, device, channels_last=True,
                                  out_channels_last=True,
                                  kernel=ForwardKernel("gemm", gemm_one_phase=True))):
-            assert other.ok and "kind=6" not in other.text, other.text
+            assert other.ok and "phases-share-a" not in other.text, other.text
         # a contiguous input with a channels-last result is copied for it
         copied = ph.forward(pure, 2, BF16, device, out_channels_last=True)
-        assert "kind=6 " in copied.text and copied.text.endswith(
+        assert f"kind={kind} " in copied.text and copied.text.endswith(
             "(channels-last input, copied), channels-last output"), copied.text
+        # the mma.sync tile by name everywhere; the wgmma one only on sm_90a builds
+        named = ph.forward(pure, 2, BF16, device, channels_last=True, out_channels_last=True,
+                           kernel=shared)
+        assert "kind=6 " in named.text and "wgmma" not in named.text, named.text
+        named_wg = ph.forward(pure, 2, BF16, device, channels_last=True,
+                              out_channels_last=True, kernel=shared_wg)
+        assert named_wg.ok == bool(device.wgmma), named_wg.text
     # few rows: the (phase, 64-column) chunks split over blocks to fill the device
     small = ph.conv_args(64, 128, 2, (4, 4, 8), 2)  # 128 rows, 8 phases x 2 column blocks
     plan = ph.forward(small, 1, BF16, ph.H100, channels_last=True, out_channels_last=True)
@@ -361,13 +374,20 @@ def test_shared_a_tile_of_the_implicit_gemm():
         plan.text
     assert "kind=6 " in ph.forward(ph.conv_args(128, 64, (1, 2, 3), 5, (1, 2, 3)), 2, BF16,
                                    ph.H100, channels_last=True, out_channels_last=True).text
-    assert "kind=6 " in ph.forward(ph.conv_args(256, 32, 1, 5), 2, BF16, ph.H100,
-                                   channels_last=True, out_channels_last=True).text
+    # wgmma where it keeps mma.sync's two blocks a multiprocessor: at 256 channels a group its
+    # slabs' 1 KB alignment leaves one (2 x (113 KB + 1 KB + 1 KB reserved) > 228 KB)
+    for cin, kind in ((64, 7), (192, 7), (256, 6)):
+        plan = ph.forward(ph.conv_args(cin, 32, 1, 5), 2, BF16, ph.H100_SM90A,
+                          channels_last=True, out_channels_last=True)
+        assert f"kind={kind} " in plan.text, plan.text
+    forced = ph.forward(ph.conv_args(256, 32, 1, 5), 2, BF16, ph.H100_SM90A, channels_last=True,
+                        out_channels_last=True, kernel=shared_wg)
+    assert forced.ok and "kind=7 " in forced.text, forced.text
     # 512 channels a group: not by the rule; named, A (128 KB) fits an H100 but not an A100;
     # 1024 fit neither
     wide = ph.sweep_args(SWEEP[3])
-    assert "kind=6" not in ph.forward(wide, 1, BF16, ph.H100_SM90A, channels_last=True,
-                                      out_channels_last=True).text
+    assert "phases-share-a" not in ph.forward(wide, 1, BF16, ph.H100_SM90A, channels_last=True,
+                                              out_channels_last=True).text
     named = ph.forward(wide, 1, BF16, ph.H100, channels_last=True, out_channels_last=True,
                        kernel=shared)
     assert named.ok and "kind=6 " in named.text and "m_tiles=32 " in named.text, named.text
@@ -378,9 +398,10 @@ def test_shared_a_tile_of_the_implicit_gemm():
                  ph.conv_args(64, 32, 2, 8, 2, 0, 1),
                  ph.conv_args(64, 32, 4, 8, 4, 1, 2), ph.conv_args(96, 32, 2, 8, 2),
                  ph.conv_args(64, 36, 2, 8, 2), ph.conv_args(64, 32, 2, 8, 2, dilation=2)):
-        refused = ph.forward(args, 2, BF16, ph.H100, channels_last=True, out_channels_last=True,
-                             kernel=shared)
-        assert not refused.ok and refused.text.startswith("refused: the "), refused.text
+        for device, kernel in ((ph.H100, shared), (ph.H100_SM90A, shared_wg)):
+            refused = ph.forward(args, 2, BF16, device, channels_last=True,
+                                 out_channels_last=True, kernel=kernel)
+            assert not refused.ok and refused.text.startswith("refused: the "), refused.text
 
 
 def test_all_phase_tiles():
@@ -408,7 +429,7 @@ def test_all_phase_tiles():
     assert wide.ok and "kind=4 " in wide.text and "BN=8 " in wide.text
     with pytest.raises(ValueError, match="allph_tile"):
         ph.forward(FOUNDING, 8, F32, ph.H100, kernel=ForwardKernel("tensor-cores", allph_tile=5))
-    for tile in (-2, 7):  # never read as the rule, nor passed on
+    for tile in (-2, 8):  # never read as the rule, nor passed on
         with pytest.raises(ValueError, match="gemm_tile"):
             ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("gemm", gemm_tile=tile))
 
