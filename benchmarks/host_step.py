@@ -10,13 +10,11 @@ part that waited for the GPU would show it), then torch.profiler's CPU table of 
 ``torch.autocast(dtype=bfloat16)``.
 """
 import argparse
-import copy
 import statistics
 import time
 
 import torch
 
-import phaseconv
 from phaseconv import bench
 
 
@@ -88,11 +86,7 @@ def main(argv=None) -> int:
             print(f"## shape {shape.name} ({shape.describe()}), {variant.name}"
                   f"{' under autocast bf16' if opts.amp else ''}")
             for impl in ("torch", "phaseconv"):
-                layer = copy.deepcopy(theirs)
-                if impl == "phaseconv":
-                    layer = phaseconv.convert(layer)
-                x = x0.clone(memory_format=torch.preserve_format).requires_grad_()
-                opt = torch.optim.SGD(layer.parameters(), lr=1e-4, momentum=0.9)
+                layer, x, opt = bench.loop_state(theirs, impl, x0)
                 if g is None:
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=opts.amp):
                         g = torch.randn_like(layer(x))

@@ -409,6 +409,39 @@ constexpr int gemm_min_blocks(int warps, int mt_nt, bool tf32) {
          : (tf32 ? 3 : 4);
 }
 
+// A warp's B fragments of one k16 step from a [16-byte group][column] stage (groups 2 ks and
+// 2 ks + 1; the warp's NT n tiles from column wn * NT * 8), two n tiles an ldmatrix.
+template <int NT, int BN>
+__device__ __forceinline__ void gemm_b_frags(uint32_t (&bf)[NT][2], uint32_t sB, int ks, int wn,
+                                             int lane) {
+  const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
+#pragma unroll
+  for (int j = 0; j < NT; j += 2) {
+    uint32_t rr[4];
+    const int row = (ks * 2 + bhalf) * BN + (wn * NT + j + bj) * 8 + bro;
+    ldsm_x4(rr, sB + row * 16);
+    bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
+  }
+}
+
+// One k step (BKG 16-byte groups) of a warpgroup's 64 rows x BN on wgmma, committed as one
+// batch: A from 128-byte swizzled rows (sA: the warpgroup's first row), B from a
+// [group][column] stage; `first` overwrites the accumulators instead of adding.
+template <typename T, int BN, int BKG, int R>
+__device__ __forceinline__ void wgmma_k_step(float (&d)[R], uint32_t sA, uint32_t sB,
+                                             bool first) {
+  namespace wg = phaseconv_wgmma;
+  wg::fence_operand(d);
+  wg::fence();
+#pragma unroll
+  for (int ks = 0; ks < BKG / 2; ++ks) {
+    const uint64_t da = wg::smem_desc(sA + ks * 32, 16, 1024, wg::kSwizzle128);
+    const uint64_t db = wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128, wg::kSwizzleNone);
+    wg::Wgmma<T, BN>::run(d, da, db, !first || ks != 0);
+  }
+  wg::commit();
+}
+
 template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, int STAGES, bool WGROUP,
           bool A_NCDHW, int BKG, bool WG, bool FL = false>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
@@ -509,17 +542,8 @@ gemm_cl_kernel(const GemmArgs a) {
           if (kn < nk) load_stage(kn % STAGES);
           cp_async_commit();
           const int stage = k % STAGES;
-          const uint32_t sA = sa + stage * A_STAGE + a_rows, sB = sb + stage * B_STAGE;
-          wg::fence_operand(d);
-          wg::fence();
-#pragma unroll
-          for (int ks = 0; ks < BKG / 2; ++ks) {
-            const uint64_t da = wg::smem_desc(sA + ks * 32, 16, 1024, wg::kSwizzle128);
-            const uint64_t db = wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128,
-                                              wg::kSwizzleNone);
-            wg::Wgmma<T, BN>::run(d, da, db, (k | ks) != 0);
-          }
-          wg::commit();
+          wgmma_k_step<T, BN, BKG>(d, sa + stage * A_STAGE + a_rows, sb + stage * B_STAGE,
+                                   k == 0);
           wg::wait<1>();  // batch k stays in flight while step k + 1 is waited for
           wg::fence_operand(d);
         }
@@ -562,14 +586,7 @@ gemm_cl_kernel(const GemmArgs a) {
             }
           }
           uint32_t bf[NT][2];
-          const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
-#pragma unroll
-          for (int j = 0; j < NT; j += 2) {
-            uint32_t rr[4];
-            const int row = (ks * 2 + bhalf) * BN + (wn * NT + j + bj) * 8 + bro;
-            ldsm_x4(rr, sB + row * 16);
-            bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
-          }
+          gemm_b_frags<NT, BN>(bf, sB, ks, wn, lane);
           if constexpr (TF32) {  // 8 channels: one k8 step of 3xTF32
             mma_3xtf32_tiles(acc, af, bf);
             step_flush<FL>(tot, acc, since, kFlushTerms / 8);
@@ -719,17 +736,8 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
       if constexpr (WG) {
         namespace wg = phaseconv_wgmma;
         float(&d)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(acc);
-        const uint32_t slab = sa + (uint32_t)ks * A_SLAB + (uint32_t)(warp >> 2) * 64 * 128;
-        wg::fence_operand(d);
-        wg::fence();
-#pragma unroll
-        for (int kk = 0; kk < BKG / 2; ++kk) {
-          const uint64_t da = wg::smem_desc(slab + kk * 32, 16, 1024, wg::kSwizzle128);
-          const uint64_t db = wg::smem_desc(sB + kk * 2 * kShBN * 16, kShBN * 16, 128,
-                                            wg::kSwizzleNone);
-          wg::Wgmma<T, kShBN>::run(d, da, db, (ks | kk) != 0);
-        }
-        wg::commit();
+        wgmma_k_step<T, kShBN, BKG>(
+            d, sa + (uint32_t)ks * A_SLAB + (uint32_t)(warp >> 2) * 64 * 128, sB, ks == 0);
         if (ks == KS - 1) {
           wg::wait<0>();  // the chunk's sums, read below
         } else {
@@ -748,14 +756,7 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
                                 ((uint32_t)(c ^ (row & 7)) << 4));
           }
           uint32_t bf[NT][2];
-          const int bro = lane & 7, bhalf = (lane >> 3) & 1, bj = lane >> 4;
-#pragma unroll
-          for (int j = 0; j < NT; j += 2) {
-            uint32_t rr[4];
-            const int row = (kk * 2 + bhalf) * kShBN + (wn * NT + j + bj) * 8 + bro;
-            ldsm_x4(rr, sB + (uint32_t)row * 16);
-            bf[j][0] = rr[0]; bf[j][1] = rr[1]; bf[j + 1][0] = rr[2]; bf[j + 1][1] = rr[3];
-          }
+          gemm_b_frags<NT, kShBN>(bf, sB, kk, wn, lane);
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt)
 #pragma unroll

@@ -435,6 +435,16 @@ class LoopRow(NamedTuple):
     output: torch.Tensor  # the first step's output (compared between the two)
 
 
+def loop_state(theirs: torch.nn.Module, impl: str, x0: torch.Tensor):
+    """(layer, input, optimizer) of one training-loop run: a copy of torch's layer (converted
+    for ``impl`` "phaseconv"), the input a leaf that needs its gradient, SGD with momentum."""
+    layer = copy.deepcopy(theirs)
+    if impl == "phaseconv":
+        layer = phaseconv.convert(layer)
+    x = x0.clone(memory_format=torch.preserve_format).requires_grad_()
+    return layer, x, torch.optim.SGD(layer.parameters(), lr=1e-4, momentum=0.9)
+
+
 def bench_loop(shape: Shape, variant: Variant, repeats: int, warmup: int) -> List[LoopRow]:
     """One training step of one layer, the weight changing every step: forward, backward from
     a fixed upstream gradient (input and weight gradients, as in the backward section), an
@@ -446,11 +456,7 @@ def bench_loop(shape: Shape, variant: Variant, repeats: int, warmup: int) -> Lis
     rows, g = [], None
     with _NoTF32():
         for impl in ("torch", "phaseconv"):
-            layer = copy.deepcopy(theirs)
-            if impl == "phaseconv":
-                layer = phaseconv.convert(layer)
-            x = x0.clone(memory_format=torch.preserve_format).requires_grad_()
-            opt = torch.optim.SGD(layer.parameters(), lr=1e-4, momentum=0.9)
+            layer, x, opt = loop_state(theirs, impl, x0)
             outputs = []
 
             def step(layer=layer, x=x, opt=opt, outputs=outputs):
