@@ -875,3 +875,58 @@ print(f"split: max |x - big - small| / |x| = {split_err:.2e} (2^-23 = {2.0 ** -2
 print(f"3xTF32 product: max relative error {prod_err:.2e}; one TF32 product {one_tf32:.2e}; "
       f"float32 rounding 2^-24 = {2.0 ** -24:.2e}")
 assert split_err <= 2.0 ** -22 and prod_err <= 2.0 ** -20 < one_tf32
+
+# %% [markdown]
+# ## 11. When every phase reads the same input: the shared-A tile
+#
+# On one axis take $K = s$, $p = 0$, $q = 0$ and $d = 1$. Then $L_\text{out} = (L - 1)s + s =
+# Ls$, and residue $r$ owns the taps $k \equiv r \pmod s$ with $0 \le k < s$: exactly one,
+# $k = r$. Its output $o = sj + r$ reads $i = (o + p - kd)/s = j$. So every phase has $L$
+# outputs, one tap, input offset 0, and **its row $j$ reads input $j$**, whatever the phase.
+# In 3-D the same holds axis by axis: all $s_d s_h s_w$ phases read input voxel $m$ for their
+# row $m$. The implicit GEMM's per-phase tiles reload that A once per phase, each with a
+# reduction of only $C_\text{in}/g$; the shared-A tile (`explain()`: `phases-share-a`) makes
+# the layer one GEMM whose rows are the input voxels and whose columns are (phase, output
+# channel), holds a row tile's A once, and stores each column block at its phase's position
+# (a pixel shuffle).
+#
+# The plan tests the condition on the tables, not on the arguments (every phase: one tap,
+# offset 0, $L$ rows). The cell checks, over small geometries, that the tables say so exactly
+# when $K = s$, $p = q = 0$, and $d = 1$ or $K = 1$ (a single tap ignores the dilation), and
+# that the one GEMM with its pixel-shuffled store is `conv_transpose3d`.
+
+# %%
+def phases_share_a(plan):
+    """The plan's condition on one axis (csrc/phase_conv_plan.cpp: phases_share_a)."""
+    return (len(plan.phases) == plan.stride and plan.bias_only == 0 and
+            all(len(ph.taps) == 1 and ph.offsets == (0,) and ph.count == plan.in_size
+                for ph in plan.phases))
+
+
+checked = 0
+for L, K, s, p, d, q in itertools.product(range(1, 5), range(1, 5), range(1, 5), range(3),
+                                          range(1, 3), range(3)):
+    if q >= max(s, d) or (L - 1) * s - 2 * p + d * (K - 1) + q + 1 <= 0:
+        continue  # not a layer torch takes
+    plan = axis_plan(L, K, s, p, dilation=d, output_padding=q)
+    assert phases_share_a(plan) == (K == s and p == 0 and q == 0 and (d == 1 or K == 1)), \
+        (L, K, s, p, d, q)
+    checked += 1
+print(f"{checked} axis geometries: the tables share A exactly when K = s, p = q = 0 "
+      "(d = 1 or K = 1)")
+
+gen = torch.Generator().manual_seed(2)
+n, c_in, c_out, size, s3 = 2, 6, 5, (3, 4, 5), (2, 1, 3)
+x = torch.randn((n, c_in) + size, generator=gen, dtype=torch.float64)
+w = torch.randn((c_in, c_out) + s3, generator=gen, dtype=torch.float64)
+# rows: input voxels (n, d, h, w); columns: (phase (a, b, c), output channel)
+rows = x.permute(0, 2, 3, 4, 1).reshape(-1, c_in)
+cols = w.permute(0, 2, 3, 4, 1).reshape(c_in, -1)
+gemm = (rows @ cols).reshape((n,) + size + s3 + (c_out,))
+# the store: row (n, d, h, w), phase (a, b, c) -> output (n, s d + a, s h + b, s w + c)
+y = gemm.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(
+    (n, c_out) + tuple(k * sz for k, sz in zip(s3, size)))
+ref = F.conv_transpose3d(x, w, stride=s3)
+print(f"one GEMM of {rows.shape[0]} rows x {cols.shape[1]} (phase, channel) columns, stored "
+      f"by phase: max |difference| {float((y - ref).abs().max()):.1e}")
+assert torch.allclose(y, ref, atol=1e-12)
