@@ -86,10 +86,12 @@ def _channels_last_results() -> int:
     cl = torch.channels_last_3d
     for co, dtype in ((1, torch.float32), (2, torch.bfloat16), (4, torch.float32),
                       (8, torch.bfloat16), (16, torch.float32), (24, torch.bfloat16),
-                      (48, torch.bfloat16), (72, torch.bfloat16)):
-        ci, k, p, op = ((32, 3, 1, 1) if co == 48 else (64, 2, 0, 0) if co == 72
+                      (48, torch.bfloat16), (72, torch.bfloat16), (64, torch.bfloat16)):
+        ci, k, p, op = ((32, 3, 1, 1) if co == 48 else (64, 2, 0, 0) if co in (72, 64)
                         else (8, 3, 1, 1))
-        x = torch.randn(2, ci, 3, 4, 5, device="cuda").to(dtype).contiguous(memory_format=cl)
+        # 64: 8192 rows, several (phase, column) chunks a block of the shared-A tile
+        size = (16, 16, 16) if co == 64 else (3, 4, 5)
+        x = torch.randn((2, ci) + size, device="cuda").to(dtype).contiguous(memory_format=cl)
         w = torch.randn(ci, co, k, k, k, device="cuda").to(dtype)
         y = phaseconv.conv_transpose3d(x, w, stride=2, padding=p, output_padding=op)
         ref = F.conv_transpose3d(x.double(), w.double(), stride=2, padding=p, output_padding=op)

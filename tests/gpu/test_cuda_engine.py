@@ -361,11 +361,16 @@ _SHARED_A_CASES = [
          cout=136, n=1, ins=(2, 3, 3), bias=True),
     dict(k=(2, 2, 2), s=(2, 2, 2), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=4, cin=256,
          cout=32, n=3, ins=(3, 3, 3), bias=False),
+    # 8192 rows: several (phase, column) chunks a block (staging and accumulators reused)
+    dict(k=(2, 2, 2), s=(2, 2, 2), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=128,
+         cout=64, n=2, ins=(16, 16, 16), bias=True),
 ]
 
 
 def _shared_a_call(cfg, dtype, seed, kernel):
-    """(result, float64 reference, plan description) of a channels-last call of ``cfg``."""
+    """(result, float64 reference, plan description) of a channels-last call of ``cfg``.  The
+    result's memory is NaN before the call (the allocator hands the freed block back), so an
+    output the kernel leaves unwritten fails the check."""
     xl, wl, bl, ref = _random_call(cfg, dtype, seed)
     x = xl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
     w, b = wl.to(DEV), (bl.to(DEV) if bl is not None else None)
@@ -373,6 +378,8 @@ def _shared_a_call(cfg, dtype, seed, kernel):
                                   cfg["d"])
     desc = _cuda().describe(args, x.shape[0], dtype, x.device, channels_last=True,
                             kernel=kernel, out_channels_last=True)
+    poison = torch.full((ref.numel(),), float("nan"), dtype=dtype, device=DEV)
+    del poison
     y = _cuda().forward(x, w, b, args, kernel=kernel, out_channels_last=True)
     assert y.is_contiguous(memory_format=torch.channels_last_3d)
     return y, ref, desc
@@ -388,7 +395,9 @@ def test_implicit_gemm_shared_a_tile(case, dtype, kernel):
         pytest.skip("no sm_90a build on an sm_90 GPU: the plan refuses kind 7 (test_plan.py)")
     forced = {"auto": "auto", "mma-sync": ForwardKernel("gemm", gemm_tile=6),
               "wgmma": ForwardKernel("gemm", gemm_tile=7)}[kernel]
-    y, ref, desc = _shared_a_call(cfg, dtype, case, forced)
+    # a seed of its own for each kernel: no result of another run can stand in for its own
+    seed = 3 * case + ("auto", "mma-sync", "wgmma").index(kernel)
+    y, ref, desc = _shared_a_call(cfg, dtype, seed, forced)
     # the rule takes the implicit GEMM from 32 output channels a group, and its wgmma form
     # or not by the blocks a multiprocessor holds (tests/plan/test_plan.py)
     shared = kernel != "auto" or cfg["cout"] // cfg["groups"] >= 32

@@ -372,6 +372,12 @@ def test_shared_a_tile_of_the_implicit_gemm():
     plan = ph.forward(small, 1, BF16, ph.H100, channels_last=True, out_channels_last=True)
     assert "kind=6 " in plan.text and "m_tiles=1 " in plan.text and "grid=16 " in plan.text, \
         plan.text
+    # 8192 rows: 64 row tiles, 4 splits of 2 chunks each (the GPU tests' and sanitizer's case)
+    for device in ph.DEVICES:
+        plan = ph.forward(ph.conv_args(128, 64, 2, 16, 2, batch=2), 2, BF16, device,
+                          channels_last=True, out_channels_last=True)
+        assert "kind=6 " in plan.text and "m_tiles=64 " in plan.text and "grid=256 " in \
+            plan.text, plan.text
     assert "kind=6 " in ph.forward(ph.conv_args(128, 64, (1, 2, 3), 5, (1, 2, 3)), 2, BF16,
                                    ph.H100, channels_last=True, out_channels_last=True).text
     # wgmma where it keeps mma.sync's two blocks a multiprocessor: at 256 channels a group its
