@@ -273,6 +273,30 @@ __device__ __forceinline__ void gemm_bias(const GemmArgs& a, int g, int co_base,
     }
 }
 
+// The accumulators (+ bias) of a warp (wm_, wn) staged channels-last for 16-byte stores:
+// output row r's slot r * nw + rw (nw W phases a row), [slot][8-channel chunk ^ (slot & CSWZ)],
+// pairs of channels a thread (mma.sync / wgmma fragment layout).
+template <typename T, int MT, int NT, int BN>
+__device__ __forceinline__ void gemm_stage_cl(const float (&acc)[MT][NT][4],
+                                              const float (&bv)[NT][2], T* s_c, int nw, int rw,
+                                              int wm_, int wn, int lane) {
+  constexpr int CH = BN / 8, CSWZ = CH < 8 ? CH - 1 : 7;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int rq = ((wm_ * MT + mt) * 16 + (lane >> 2) + half * 8) * nw + rw;
+      T* cp = s_c + rq * BN + (lane & 3) * 2;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const int chunk = (wn * NT + j) ^ (rq & CSWZ);
+        const T pair[2] = {from_acc<T>(acc[mt][j][half * 2] + bv[j][0]),
+                           from_acc<T>(acc[mt][j][half * 2 + 1] + bv[j][1])};
+        *reinterpret_cast<uint32_t*>(cp + chunk * 8) = *reinterpret_cast<const uint32_t*>(pair);
+      }
+    }
+}
+
 // The accumulators of W phase rw of a tile (warp (wm_, wn), mma.sync / wgmma fragment layout:
 // rows lane/4 and lane/4 + 8 of each m tile, columns 2*(lane%4) + {0, 1} of each n tile):
 // WGROUP into s_c (channels-last output: [row * nw + rw][chunk ^ swizzle] pairs of channels;
@@ -284,23 +308,9 @@ __device__ __forceinline__ void gemm_store_acc(const GemmArgs& a, const float (&
                                                int rw, int wm_, int wn, int lane, int co_base,
                                                bool& nonfinite) {
   constexpr int BM = WARPS_M * MT * 16;
-  constexpr int CH = BN / 8, CSWZ = CH < 8 ? CH - 1 : 7;
   const int col0 = wn * NT * 8 + (lane & 3) * 2;
   if (WGROUP && a.y_cl) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int rq = ((wm_ * MT + mt) * 16 + (lane >> 2) + half * 8) * nw + rw;
-        T* cp = s_c + rq * BN + (lane & 3) * 2;
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          const int chunk = (wn * NT + j) ^ (rq & CSWZ);
-          const T pair[2] = {from_acc<T>(acc[mt][j][half * 2] + bv[j][0]),
-                             from_acc<T>(acc[mt][j][half * 2 + 1] + bv[j][1])};
-          *reinterpret_cast<uint32_t*>(cp + chunk * 8) = *reinterpret_cast<const uint32_t*>(pair);
-        }
-      }
+    gemm_stage_cl<T, MT, NT, BN>(acc, bv, s_c, nw, rw, wm_, wn, lane);
   } else if (WGROUP) {
     const int c_cs = BM * nw + 8;  // s_c channel stride (elements)
 #pragma unroll
@@ -769,20 +779,7 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
       const int co0 = (chunk - phase * a.co_blocks) * kShBN;
       float bv[NT][2];
       gemm_bias<T, NT>(a, g, co0, wn, lane, bv);
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int r = (wm_ * MT + mt) * 16 + (lane >> 2) + half * 8;
-#pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            const T pair[2] = {from_acc<T>(acc[mt][j][half * 2] + bv[j][0]),
-                               from_acc<T>(acc[mt][j][half * 2 + 1] + bv[j][1])};
-            *reinterpret_cast<uint32_t*>(s_c + r * kShBN + ((wn * NT + j) ^ (r & 7)) * 8 +
-                                         (lane & 3) * 2) =
-                *reinterpret_cast<const uint32_t*>(pair);
-          }
-        }
+      gemm_stage_cl<T, MT, NT, kShBN>(acc, bv, s_c, 1, 0, wm_, wn, lane);
       if (!WG) zero_acc(acc);  // (wgmma: the next chunk's first batch overwrites)
       __syncthreads();
       const int64_t* e = a.table + (int64_t)phase * PHASECONV_TABLE_STRIDE;
