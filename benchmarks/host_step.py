@@ -4,14 +4,12 @@ against phaseconv's:
 
     python benchmarks/host_step.py [--shapes 4] [--dtypes bfloat16] [--amp]
 
-For each part of the step, the host µs it takes with the GPU kept busy (a queued sleep, so a
-part that waited for the GPU would show it), then torch.profiler's CPU table of a few steps
-(self CPU time by operator and CUDA runtime call).  ``--amp``: float32 parameters under
-``torch.autocast(dtype=bfloat16)``.
+For each part of the step, the host µs it takes with the GPU kept busy
+(``bench.median_host_us``: a queued sleep, so a part that waited for the GPU would show it),
+then torch.profiler's CPU table of a few steps (self CPU time by operator and CUDA runtime
+call).  ``--amp``: float32 parameters under ``torch.autocast(dtype=bfloat16)``.
 """
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -38,21 +36,6 @@ def _parts(layer, x, g, opt, amp):
 
     return [("zero_grad", zero), ("forward", forward), ("backward", backward),
             ("optimizer", step)]
-
-
-def _host_us(parts, rounds: int):
-    """Median host µs of each part, over ``rounds`` steps with the GPU kept busy."""
-    times = {name: [] for name, _ in parts}
-    for i in range(rounds):
-        if i % 5 == 0:
-            torch.cuda.synchronize()
-            torch.cuda._sleep(20_000_000)
-        for name, fn in parts:
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e6)
-    torch.cuda.synchronize()
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _profile(parts, steps: int, rows: int) -> str:
@@ -91,10 +74,9 @@ def main(argv=None) -> int:
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=opts.amp):
                         g = torch.randn_like(layer(x))
                 parts = _parts(layer, x, g, opt, opts.amp)
-                for _ in range(20):
-                    for _, fn in parts:
-                        fn()
-                host = _host_us(parts, opts.rounds)
+                # the parts in turn, the GPU kept busy: bench's host timer, 20 rounds of warm-up
+                host = dict(zip((name for name, _ in parts),
+                                bench.median_host_us([fn for _, fn in parts], opts.rounds, 20)))
                 total = sum(host.values())
                 print(f"{impl:10s} host µs: " + ", ".join(f"{k} {v:.1f}" for k, v in host.items())
                       + f"; step {total:.1f}")
