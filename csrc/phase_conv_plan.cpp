@@ -482,7 +482,6 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   const bool wg_fits = dev.wgmma && !c->a_ncdhw && !c->tf32 && cin_g % 64 == 0 &&
                        !force.gemm_k32;
   if (wg_fits && k_per_phase >= wgmma_min_k) kind = 4;
-  // kind 5 (four warpgroups) is taken only when named (benchmarks/NOTES.md: what it measured)
   // the shared-A tile where the phases read one A (k == s layers, channels-last in and out)
   // and it fits, up to 256 channels a group; on wgmma where the warpgroup kernels run and it
   // keeps as many blocks a multiprocessor as mma.sync (its slabs' 1 KB alignment can cost
@@ -497,6 +496,7 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
       *c = wg;
     return true;
   }
+  // kind 5 (four warpgroups) is taken only when named (benchmarks/NOTES.md: what it measured)
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
   if (kind == 6 || kind == 7)
     return !force.gemm_one_phase && !force.gemm_k32 && gemm_shared_a_tile(p, dev, kind == 7, c);
@@ -564,7 +564,7 @@ bool plan_reads_channels_last(const PhaseConvFwdParams& p, int dtype_code,
                        choose_gemm(p, dtype_code, force, dev, true, &cl_gc);
   // a k == s layer's contiguous input is read in place, unless a channels-last copy feeds the
   // warpgroup tile (H200, bf16, 512->256 16^3 k2: 54.0 us with the copy against 61.2 in place)
-  // or the shared-A one (kind 6)
+  // or the shared-A one (kinds 6, 7)
   if (!offered && may(force, PHASECONV_GEMM) &&
       choose_gemm(p, dtype_code, force, dev, false, &gc) && !(gemm_cl && cl_gc.kind >= 4))
     return false;  // reads NCDHW
