@@ -26,6 +26,9 @@ ap.add_argument("--dtype", default="bf16")
 ap.add_argument("--kernel", default="auto", choices=sorted(cuda.FORWARD_KERNELS),
                 help="a forward kernel forced by name (cuda.FORWARD_KERNELS)")
 ap.add_argument("--channels-last", action="store_true", help="pass a channels_last_3d input")
+ap.add_argument("--weight-channels-last", action="store_true",
+                help="pass a channels_last_3d weight (as the bench's channels-last rows do: a "
+                     "model moved to that memory format)")
 ap.add_argument("--backward", choices=("weight", "input", "both"),
                 help="time the backward (of the weight, the input or both) instead")
 ap.add_argument("--grad-weight-kernel", default="auto")
@@ -61,6 +64,8 @@ for i in (int(v) for v in args.shapes.split(",")):
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     w = (torch.rand((cin, cout // g) + k, device="cuda") * 0.1).to(dtype)
+    if args.weight_channels_last:
+        w = w.contiguous(memory_format=torch.channels_last_3d)
     conv = check_conv_transpose3d(x, w, None, s, p, op, g, (1, 1, 1))
     if args.backward:
         out_size = cuda.forward(x, w, None, conv).shape
