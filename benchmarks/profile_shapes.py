@@ -33,6 +33,8 @@ ap.add_argument("--backward", choices=("weight", "input", "both"),
                 help="time the backward (of the weight, the input or both) instead")
 ap.add_argument("--grad-weight-kernel", default="auto")
 ap.add_argument("--grad-input-kernel", default="auto")
+ap.add_argument("--grad-input-tile", type=int, default=None,
+                help="the input gradient's implicit-GEMM tile (its kind), named")
 ap.add_argument("--kernels", action="store_true",
                 help="print each launched kernel's mean CUDA time (torch.profiler)")
 ap.add_argument("--calls", type=int, default=2)
@@ -79,7 +81,8 @@ for i in (int(v) for v in args.shapes.split(",")):
             cuda.backward(gy, x, w, conv, need_input=args.backward != "weight",
                           need_weight=args.backward != "input",
                           grad_weight_kernel=args.grad_weight_kernel,
-                          grad_input_kernel=args.grad_input_kernel)
+                          grad_input_kernel=args.grad_input_kernel,
+                          grad_input_tile=args.grad_input_tile)
     else:
         # a channels-last input gets a channels-last result, as torch returns
         print(name, cuda.describe(conv, n, dtype, x.device, args.channels_last, args.kernel,

@@ -387,8 +387,8 @@ bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
 // float32 (3xTF32, see choose_gemm) where the layer's C_out/g >= 64 and C_in/g >= 128 (here
 // p.c_in and p.c_out: H200, float32, against the per-phase 3xTF32 kernel: sweep shape 3 319
 // vs 583 us, 4 218 vs 448, 5 695 vs 1364, 6 285 vs 464), narrower layers only when named.
-bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, const DevInfo& dev,
-                    GemmCfg* c) {
+bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, int tile,
+                    const DevInfo& dev, GemmCfg* c) {
   const bool tf32 = dtype_code == PHASECONV_FLOAT32;
   if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16 &&
       !(tf32 && (force == PHASECONV_GEMM ||
@@ -397,6 +397,7 @@ bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, cons
   if ((p.c_in / p.groups) % 8 != 0) return false;  // grad_y's channels: 16-byte vectors
   PhaseConvForce f;
   f.family = force == PHASECONV_GEMM ? PHASECONV_GEMM : 0;
+  f.gemm_tile = tile;
   c->a_ncdhw = false;
   c->tf32 = tf32;
   c->flush = tf32 && phase_conv_needs_flush(p, dtype_code);
@@ -916,10 +917,13 @@ bool plan_gi_narrow(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& 
 }
 
 // ---------------------------------------------------------------- the input gradient's rule
-bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
+// tile: the implicit GEMM's kind where it is named (force PHASECONV_GEMM), else -1.
+bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force, int tile,
                     const DevInfo& dev, PhaseConvBwdInputPlan* out) {
   char* buf = out->text;
   const int len = (int)sizeof(out->text);
+  if (tile >= 0 && force != PHASECONV_GEMM)
+    return refuse(buf, len, force, "a tile is named for the implicit GEMM alone");
   out->naive_grid = 0;
   out->grad_y_channels_last = 0;
   const int64_t outputs = params.n * params.c_out * params.out_d * params.out_h * params.out_w;
@@ -948,7 +952,7 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     return refuse(buf, len, force, kNoDepthwiseBackwardTile);
   GemmCfg& gc = out->gemm;
   if ((force == 0 || force == PHASECONV_GEMM) &&
-      choose_gi_gemm(params, dtype_code, force, dev, &gc)) {
+      choose_gi_gemm(params, dtype_code, force, tile, dev, &gc)) {
     out->family = PHASECONV_GEMM;
     out->grad_y_channels_last = 1;
     snprintf(buf, len,
@@ -960,6 +964,9 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
              gemm_precision(gc));
     return true;
   }
+  if (force == PHASECONV_GEMM && tile >= 0)
+    return refuse(buf, len, force, "the named tile cannot take the layer (or does not fit "
+                  "shared memory)");
   if (force == PHASECONV_GEMM)
     return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_out/groups a "
                   "multiple of 8 and a tile that fits shared memory");
@@ -1393,7 +1400,9 @@ bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code,
   if (params.nsub <= 0 || params.stride_d != 1 || params.stride_h != 1 || params.stride_w != 1)
     return false;
   if (dtype_code < PHASECONV_FLOAT32 || dtype_code > PHASECONV_BFLOAT16) return false;
-  return phaseconv::plan_bwd_input(params, dtype_code, force, dev, plan);
+  const int family = force & ((1 << PHASECONV_GI_TILE_SHIFT) - 1);
+  const int tile = (force >> PHASECONV_GI_TILE_SHIFT) - 1;
+  return phaseconv::plan_bwd_input(params, dtype_code, family, tile, dev, plan);
 }
 
 bool phase_conv_bwd_weight_plan(const PhaseConvBwdWeightParams& params, int dtype_code,

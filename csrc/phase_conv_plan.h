@@ -437,7 +437,9 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
 // the naive kernel (any dtype).  plan->grad_y_channels_last says which kernels read grad_y
 // channels-last.  force: 0 the rule, PHASECONV_DEPTHWISE, PHASECONV_GEMM,
 // PHASECONV_GI_NARROW, PHASECONV_MMA or PHASECONV_NAIVE (false where the forced kernel does
-// not apply).
+// not apply); PHASECONV_GEMM may name the implicit GEMM's tile too, as its kind + 1 in the
+// bits from PHASECONV_GI_TILE_SHIFT (tests, benchmarks).
+constexpr int PHASECONV_GI_TILE_SHIFT = 8;
 bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
                                const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan);
 

@@ -109,15 +109,16 @@ def forward(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,
 
 
 def grad_input(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,
-               kernel: str = "auto") -> Plan:
-    """The input gradient's plan (``engines.cuda.backward_plan``)."""
+               kernel: str = "auto", tile: Optional[int] = None) -> Plan:
+    """The input gradient's plan (``engines.cuda.backward_plan``; ``tile``: the implicit
+    GEMM's, named)."""
     host = _tables(args, dtype)
     geometry = [batch, args.out_channels, args.in_channels, args.groups, *args.out_shape,
                 *args.in_shape, *host.phase_dilation, *host.gi_max_taps, host.gi_total_taps,
                 host.gi_table.shape[0], *host.stride, *args.kernel, *args.padding,
                 *args.dilation]
     fn = library().phaseconv_plan_grad_input
-    ok, out, text = _call(fn, geometry, dtype, cuda.GRAD_INPUT_KERNELS[kernel], device, 2)
+    ok, out, text = _call(fn, geometry, dtype, cuda.grad_input_code(kernel, tile), device, 2)
     return Plan(ok, FAMILIES[out[0]] if ok else "refused", text, bool(out[1]))
 
 

@@ -621,8 +621,26 @@ def describe(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.devic
                         kernel, out_channels_last)[1].description
 
 
+GI_TILE_SHIFT = 8  # csrc/phase_conv_plan.h: PHASECONV_GI_TILE_SHIFT
+
+
+def grad_input_code(kernel: str = "auto", tile: Optional[int] = None) -> int:
+    """The plan's code of a named input-gradient kernel (``GRAD_INPUT_KERNELS``), with the
+    implicit GEMM's tile (its kind, as ``ForwardKernel.gemm_tile``) where one is named."""
+    if kernel not in GRAD_INPUT_KERNELS:
+        raise ValueError(f"grad_input_kernel must be one of {sorted(GRAD_INPUT_KERNELS)}, got "
+                         f"{kernel!r}")
+    if tile is None:
+        return GRAD_INPUT_KERNELS[kernel]
+    if kernel != "implicit-gemm" or not 0 <= tile < 8:
+        raise ValueError(f"grad_input_tile names an implicit-gemm tile (0-7), got {tile!r} for "
+                         f"{kernel!r}")
+    return GRAD_INPUT_KERNELS[kernel] | (tile + 1) << GI_TILE_SHIFT
+
+
 def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
-                  grad_input_kernel: str = "auto", grad_weight_kernel: str = "auto"):
+                  grad_input_kernel: str = "auto", grad_weight_kernel: str = "auto",
+                  grad_input_tile: Optional[int] = None):
     """The backward of ``args`` planned once: ``(tables, plan)`` with
     ``plan(grad_y, x, weight, need_input, need_weight)`` the launches (C++ ``BackwardPlan``).
 
@@ -639,11 +657,10 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     float32/float16/bfloat16 layers with both >= 16 the contiguous one, else the SIMT
     kernel.  ``grad_input_kernel`` and
     ``grad_weight_kernel`` force one by name (``GRAD_INPUT_KERNELS``, ``GRAD_WEIGHT_KERNELS``:
-    tests, benchmarks); forcing a kernel on a layer it cannot take raises.
+    tests, benchmarks), and ``grad_input_tile`` the implicit GEMM's tile; forcing a kernel on
+    a layer it cannot take raises.
     """
-    if grad_input_kernel not in GRAD_INPUT_KERNELS:
-        raise ValueError(f"grad_input_kernel must be one of {sorted(GRAD_INPUT_KERNELS)}, got "
-                         f"{grad_input_kernel!r}")
+    gi_code = grad_input_code(grad_input_kernel, grad_input_tile)
     if grad_weight_kernel not in GRAD_WEIGHT_KERNELS:
         raise ValueError(f"grad_weight_kernel must be one of {sorted(GRAD_WEIGHT_KERNELS)}, "
                          f"got {grad_weight_kernel!r}")
@@ -655,21 +672,21 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
             args.groups, list(host.stride), list(host.phase_dilation), tables.table,
             tables.index, list(host.max_taps), tables.gi_table, tables.gi_index,
             list(host.gi_max_taps), host.gi_total_taps, list(args.padding),
-            list(args.dilation), GRAD_INPUT_KERNELS[grad_input_kernel],
-            GRAD_WEIGHT_KERNELS[grad_weight_kernel])
+            list(args.dilation), gi_code, GRAD_WEIGHT_KERNELS[grad_weight_kernel])
 
-    key = (args, batch, dtype, device, grad_input_kernel, grad_weight_kernel)
+    key = (args, batch, dtype, device, gi_code, grad_weight_kernel)
     return _planned(_backward_plans, key, args, batch, dtype, device, make)
 
 
 def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, args: ConvArgs,
              need_input: bool = True, need_weight: bool = True,
-             grad_input_kernel: str = "auto", grad_weight_kernel: str = "auto"):
+             grad_input_kernel: str = "auto", grad_weight_kernel: str = "auto",
+             grad_input_tile: Optional[int] = None):
     """(grad_input, grad_weight) of a batched call, None where not asked for.  Deterministic:
     fixed summation orders, no atomics.  grad_weight has the weight's strides where the
     weight is contiguous or ``channels_last_3d``, else it is contiguous."""
     tables, plan = backward_plan(args, x.shape[0], x.dtype, x.device, grad_input_kernel,
-                                 grad_weight_kernel)
+                                 grad_weight_kernel, grad_input_tile)
     if tables.ready:
         wait_for_tables(tables)
     return plan(grad_y, x, weight, need_input, need_weight)

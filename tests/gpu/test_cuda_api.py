@@ -616,6 +616,38 @@ def test_channels_last_backward_kernels(case, dtype):
             assert torch.equal(a, b) and torch.equal(a, c)
 
 
+@pytest.mark.parametrize("case", [1, 2, 6])
+def test_input_gradient_on_each_implicit_gemm_tile(case):
+    """Every tile of the input gradient's implicit GEMM, named (grad_input_tile: what the
+    benchmarks sweep), against torch in float64 (bf16): each mma.sync kind, and the warpgroup
+    kinds where the build runs them; results repeat bitwise."""
+    from phaseconv.engines import cuda
+
+    n, cin, cout, g, size, k, s, p, op, d = _CL_BWD_CASES[case]
+    xc, wc, gyc, args, (expected, _) = _layer_case(n, cin, cout, g, size, k, s, p, op, d,
+                                                   torch.bfloat16, case)
+    ran = []
+    for tile in range(8):
+        try:
+            desc = cuda.backward_plan(args, n, torch.bfloat16, xc.device, "implicit-gemm",
+                                      grad_input_tile=tile)[1].grad_input_description
+        except RuntimeError as refused:
+            assert "the named tile cannot take the layer" in str(refused), str(refused)
+            continue
+        assert f"kind={tile} " in desc, desc
+        got = cuda.backward(gyc, xc, wc, args, need_weight=False,
+                            grad_input_kernel="implicit-gemm", grad_input_tile=tile)[0]
+        rel = ((got.double().cpu() - expected).norm() / expected.norm()).item()
+        assert rel < _GRADIENT_TOL[torch.bfloat16], (tile, rel)
+        assert torch.equal(got, cuda.backward(gyc, xc, wc, args, need_weight=False,
+                                              grad_input_kernel="implicit-gemm",
+                                              grad_input_tile=tile)[0])
+        ran.append(tile)
+    assert ran[:4] == [0, 1, 2, 3], ran
+    if cuda.warpgroup_kernels() and (cout // g) % 64 == 0:
+        assert 4 in ran, ran
+
+
 @pytest.mark.parametrize("case", range(len(_CL_BWD_CASES)))
 def test_float32_input_gradient_on_the_implicit_gemm(case):
     """float32's input gradient on the implicit GEMM (3xTF32; by the rule where C_in/g >= 128

@@ -229,6 +229,31 @@ def test_forced_backward_kernels():
             assert not refused.ok and refused.text.startswith("refused: the "), refused.text
 
 
+def test_named_tiles_of_the_input_gradient_gemm():
+    """grad_input_tile names the input gradient's implicit-GEMM tile (benchmarks sweep them):
+    each of the mma.sync kinds, the warpgroup kinds on an sm_90a build only, never the
+    shared-A ones (the input gradient is one phase); a tile with another kernel, or out of
+    range, is refused before the plan."""
+    for device in (ph.H100, ph.H100_SM90A):
+        rule = ph.grad_input(WIDER, 2, BF16, device)
+        for tile in range(8):
+            plan = ph.grad_input(WIDER, 2, BF16, device, "implicit-gemm", tile)
+            runs = tile <= 3 or (tile in (4, 5) and device.wgmma)
+            assert plan.ok == runs, (device.name, tile, plan.text)
+            if runs:
+                assert plan.family == "gemm" and f"kind={tile} " in plan.text, plan.text
+                assert ("wgmma-sm90a" in plan.text) == (tile >= 4), plan.text
+                if f"kind={tile} " in rule.text:
+                    assert plan.text == rule.text
+            else:
+                assert plan.text.startswith("refused: the implicit-gemm kernel was forced and "
+                                            "the named tile"), plan.text
+    for kernel, tile in (("auto", 1), ("tensor-cores", 1), ("implicit-gemm", 8),
+                         ("implicit-gemm", -1)):
+        with pytest.raises(ValueError, match="grad_input_tile"):
+            cuda.grad_input_code(kernel, tile)
+
+
 def test_forced_variants_of_the_implicit_gemm():
     from phaseconv.engines.cuda import ForwardKernel
 
