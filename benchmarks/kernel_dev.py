@@ -150,10 +150,12 @@ def bench_shape(spec, dtype, reps, check=True):
     return row
 
 
-def bench_backward(spec, dtype, reps):
+def bench_backward(spec, dtype, reps, channels_last=False):
     """The backward's two halves against torch's convolution_backward (cuDNN, TF32 off) and
     float64: grad_weight per kernel (SIMT, tensor cores) and grad_input per kernel (tensor
-    cores, naive), each timed with its weight pack."""
+    cores, naive, each tile of the implicit GEMM), each timed with its weight pack;
+    channels_last: x, the weight and grad_y channels_last_3d (as the bench's channels-last
+    rows: a model in that memory format)."""
     name, n, cin, cout, g, dhw, k, s, p, op = spec
     k, s, p, op = t3(k), t3(s), t3(p), t3(op)
     torch.manual_seed(0)
@@ -162,12 +164,16 @@ def bench_backward(spec, dtype, reps):
     w = ((torch.rand((cin, cout // g) + k, device="cuda") * 2 - 1) * bound).to(dtype)
     plan = phase_plan(tuple(dhw), k, s, p, dilation=(1, 1, 1), output_padding=op)
     gy = torch.randn((n, cout) + tuple(plan.out_shape), device="cuda", dtype=dtype)
+    if channels_last:
+        cl = torch.channels_last_3d
+        x, w, gy = (t.contiguous(memory_format=cl) for t in (x, w, gy))
     torch.backends.cudnn.allow_tf32 = False
     x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
     gi_ref, gw_ref = torch.autograd.grad(F.conv_transpose3d(x64, w64, None, s, p, op, g),
                                          (x64, w64), gy.double())
     args = check_conv_transpose3d(x, w, None, s, p, op, g, (1, 1, 1))
-    row = {"shape": name, "dtype": str(dtype).replace("torch.", "")}
+    row = {"shape": name, "dtype": str(dtype).replace("torch.", "") + (" cl" if channels_last
+                                                                        else "")}
     row["gi_config"], row["gw_config"] = cuda.describe_backward(args, n, dtype, x.device)
 
     def rel(a, e):
@@ -175,11 +181,11 @@ def bench_backward(spec, dtype, reps):
 
     def timed(variants, need_input, ref):
         """Each kernel's relative error and time, or why it refused the layer."""
-        for vname, kernel in variants:
-            def run(kernel=kernel):
+        for vname, kernel, *tile in variants:
+            def run(kernel=kernel, tile=tile[0] if tile else None):
                 if need_input:
                     return cuda.backward(gy, x, w, args, need_weight=False,
-                                         grad_input_kernel=kernel)[0]
+                                         grad_input_kernel=kernel, grad_input_tile=tile)[0]
                 return cuda.backward(gy, x, w, args, need_input=False,
                                      grad_weight_kernel=kernel)[1]
             try:
@@ -194,7 +200,8 @@ def bench_backward(spec, dtype, reps):
            ("gw_tc_narrow", "tensor-cores-narrow")), False,
           gw_ref)
     timed((("gi_auto", "auto"), ("gi_tc", "tensor-cores"), ("gi_naive", "naive"),
-           ("gi_gemm", "implicit-gemm")), True, gi_ref)
+           ("gi_gemm", "implicit-gemm"))
+          + tuple((f"gi_gemm_tile{t}", "implicit-gemm", t) for t in range(6)), True, gi_ref)
     del gi_ref, gw_ref, x64, w64
 
     def theirs():
@@ -305,6 +312,8 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--backward", action="store_true",
                     help="time grad_weight and grad_input variants instead of the forward")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="--backward: channels_last_3d x, weight and grad_y")
     ap.add_argument("--packs", action="store_true",
                     help="time the tensor-core weight layouts, gathered and packed")
     ap.add_argument("--small", action="store_true",
@@ -335,7 +344,7 @@ def main():
     if args.backward:
         for dname in args.dtypes.split(","):
             for i in idx:
-                row = bench_backward(SHAPES[i], DTYPES[dname], args.reps)
+                row = bench_backward(SHAPES[i], DTYPES[dname], args.reps, args.channels_last)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         out = os.environ.get("OUT")
