@@ -3,8 +3,9 @@
     python benchmarks/executed_macs.py [--out DIR] [--cases TEXT,...]
         (on the GPU machine, ncu on PATH; --cases: only the cases whose label holds one of them)
 
-Each case runs one kernel forced by name (forward families, the input-gradient and the
-weight-gradient kernels) on a sweep shape it takes, in a process of its own under ``ncu``,
+Each case runs one kernel forced by name (forward families, a tile of the implicit GEMM as
+``gemm@KIND``, the input-gradient and the weight-gradient kernels) on a sweep shape it takes,
+``forward-cl`` with a channels-last input and result, in a process of its own under ``ncu``,
 inside an NVTX range that holds that one call (plans, tables and a warm-up run before it).
 Per case: the useful MACs (``phaseconv.explain``: every tap of every phase, the work the
 decomposition cannot avoid), and what the kernels in the range executed:
@@ -12,10 +13,12 @@ decomposition cannot avoid), and what the kernels in the range executed:
 * tensor-core kernels: warp-level HMMA instructions
   (``sm__inst_executed_pipe_tensor_op_hmma``) times the MACs of one: m16n8k16 (2,048) for
   16-bit dtypes, m16n8k8 TF32 (1,024) for float32, where 3xTF32 takes three of them for each
-  MAC counted; plus, for the implicit GEMM's sm_90a warpgroup tile, warp-level GMMA
-  instructions (``sm__inst_executed_pipe_tensor_op_gmma``): each of a warpgroup's four warps
-  issues every m64nNk16 wgmma, so one counts 64 x N x 16 / 4 MACs (N = the tile's BN, which
-  the case reads from the plan's description).  Such a kernel issues no HMMA: its HMMA
+  MAC counted; plus, for the sm_90a warpgroup tiles (the implicit GEMM's, the shared-A
+  tile's, the weight gradient's), warp-level GMMA instructions
+  (``sm__inst_executed_pipe_tensor_op_gmma``): each of a warpgroup's four warps issues every
+  m64nNk16 wgmma, so one counts 64 x N x 16 / 4 MACs (N = the tile's BN, or the weight
+  gradient's output-channel tile, which the case reads from the plan's description).  Such a
+  kernel issues no HMMA: its HMMA
   column counts register moves and conversions on that pipe, as for the SIMT kernels below,
   so its executed MACs are its GMMA alone;
 * SIMT kernels: thread-level FFMA instructions with their predicate on (one MAC each).  Their
@@ -29,6 +32,7 @@ import argparse
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -37,14 +41,17 @@ GMMA = "sm__inst_executed_pipe_tensor_op_gmma.sum"  # sm_90 only
 FFMA = "smsp__sass_thread_inst_executed_op_ffma_pred_on.sum"
 RANGE = "phaseconv"
 TENSOR_CORE_FAMILIES = ("gemm", "allphase", "mma", "tensor-cores", "implicit-gemm",
-                        "tensor-cores-cl", "tensor-cores-narrow")
+                        "tensor-cores-cl", "tensor-cores-narrow", "tensor-cores-wgmma")
 
 # (label, sweep shape number, dtype, direction, kernel): direction "forward" forces a
-# forward family; "grad_input" / "grad_weight" force one backward kernel and run only it
+# forward family ("forward-cl": channels-last input and result; "gemm@KIND": that tile of the
+# implicit GEMM); "grad_input" / "grad_weight" force one backward kernel and run only it
 CASES = [
     ("forward gemm", 3, "bfloat16", "forward", "gemm"),
     ("forward gemm", 5, "bfloat16", "forward", "gemm"),  # sm_90a builds: the warpgroup tile
     ("forward gemm", 4, "bfloat16", "forward", "gemm"),
+    ("forward gemm shared-A", 3, "bfloat16", "forward-cl", "gemm@6"),
+    ("forward gemm shared-A wgmma", 3, "bfloat16", "forward-cl", "gemm@7"),  # sm_90a builds
     ("forward allphase", 1, "bfloat16", "forward", "allphase"),
     ("forward allphase", 1, "float32", "forward", "allphase"),
     ("forward mma", 6, "bfloat16", "forward", "mma"),
@@ -66,6 +73,8 @@ CASES = [
     ("grad_weight tensor-cores", 2, "bfloat16", "grad_weight", "tensor-cores"),
     ("grad_weight tensor-cores", 5, "float32", "grad_weight", "tensor-cores"),
     ("grad_weight tensor-cores-cl", 3, "bfloat16", "grad_weight", "tensor-cores-cl"),
+    ("grad_weight tensor-cores-wgmma", 3, "bfloat16", "grad_weight", "tensor-cores-wgmma"),
+    ("grad_weight tensor-cores-wgmma", 4, "bfloat16", "grad_weight", "tensor-cores-wgmma"),
     ("grad_weight tensor-cores-narrow", 1, "bfloat16", "grad_weight", "tensor-cores-narrow"),
     ("grad_weight tensor-cores-narrow", 8, "bfloat16", "grad_weight", "tensor-cores-narrow"),
     ("grad_weight tensor-cores-narrow", 1, "float32", "grad_weight", "tensor-cores-narrow"),
@@ -95,9 +104,14 @@ def child(shape_no: int, dtype_name: str, direction: str, kernel: str) -> None:
     gy = torch.rand((shape.batch, shape.out_channels) + tuple(args.out_shape), device="cuda",
                     dtype=dtype)
 
-    if direction == "forward":
+    cl = direction == "forward-cl"
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    family, _, tile = kernel.partition("@")
+    forced = cuda.ForwardKernel(family, gemm_tile=int(tile)) if tile else kernel
+    if direction.startswith("forward"):
         def call():
-            return cuda.forward(x, w, None, args, kernel=kernel)
+            return cuda.forward(x, w, None, args, kernel=forced, out_channels_last=cl)
     else:
         wanted = direction == "grad_input"
         kernels = ({"grad_input_kernel": kernel} if wanted else
@@ -106,12 +120,15 @@ def child(shape_no: int, dtype_name: str, direction: str, kernel: str) -> None:
         def call():
             return cuda.backward(gy, x, w, args, need_input=wanted, need_weight=not wanted,
                                  **kernels)
-    if direction == "forward":
-        plan = cuda.describe(args, shape.batch, dtype, x.device, kernel=kernel)
+    if direction.startswith("forward"):
+        plan = cuda.describe(args, shape.batch, dtype, x.device, cl, kernel=forced,
+                             out_channels_last=cl)
     else:
-        plan = cuda.describe_backward(args, shape.batch, dtype, x.device)[0 if wanted else 1]
-    if "wgmma" in plan:  # the warpgroup tile: its N
-        print("wgmma_n", plan.split("BN=")[1].split()[0])
+        plan = cuda.backward_plan(args, shape.batch, dtype, x.device, **kernels)[1]
+        plan = plan.grad_input_description if wanted else plan.grad_weight_description
+    if "wgmma" in plan:  # a warpgroup tile: its N (BN, or the weight gradient's C_out tile)
+        found = re.search(r"BN=(\d+)", plan) or re.search(r"\d+x(\d+) channel tile", plan)
+        print("wgmma_n", found.group(1))
     call()
     torch.cuda.synchronize()
     torch.cuda.nvtx.range_push(RANGE)
@@ -153,7 +170,7 @@ def measure(ncu: str, metrics, case):
         names.append(row.get("Kernel Name", "?").split("(")[0].split("<")[0])
         for m in metrics:
             sums[m] += float(str(row.get(m, "0")).replace(",", "") or 0)
-    if kernel in TENSOR_CORE_FAMILIES:
+    if kernel.partition("@")[0] in TENSOR_CORE_FAMILIES:
         if wgmma_n:
             executed = sums[GMMA] * (64 * wgmma_n * 16 / 4)
         else:
