@@ -28,6 +28,14 @@ from phaseconv.geometry import phase_plan  # noqa: E402
 # (name, N, C_in, C_out, groups, DHW, kernel, stride, padding, output_padding): the sweep of
 # `python -m phaseconv bench` (phaseconv/bench.py: SWEEP), one definition for every benchmark
 SHAPES = [tuple(shape) for shape in SWEEP]
+# --client: the up-convolutions of the MONAI UNet of the bench's client section
+# (channels (16, 32, 64, 128, 256), strides 2, kernel 3, batch 2 x 96^3), deepest first
+CLIENT_SHAPES = [
+    ("unet-up4", 2, 384, 64, 1, (6, 6, 6), 3, 2, 1, 1),
+    ("unet-up3", 2, 128, 32, 1, (12, 12, 12), 3, 2, 1, 1),
+    ("unet-up2", 2, 64, 16, 1, (24, 24, 24), 3, 2, 1, 1),
+    ("unet-up1", 2, 32, 2, 1, (48, 48, 48), 3, 2, 1, 1),
+]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -314,6 +322,8 @@ def main():
                     help="time grad_weight and grad_input variants instead of the forward")
     ap.add_argument("--channels-last", action="store_true",
                     help="--backward: channels_last_3d x, weight and grad_y")
+    ap.add_argument("--client", action="store_true",
+                    help="the MONAI UNet's up-convolutions (CLIENT_SHAPES) instead of the sweep")
     ap.add_argument("--packs", action="store_true",
                     help="time the tensor-core weight layouts, gathered and packed")
     ap.add_argument("--small", action="store_true",
@@ -330,10 +340,11 @@ def main():
           f"from {cuda.CSRC}; device {torch.cuda.get_device_name()}; torch {torch.__version__}; "
           f"cuDNN {torch.backends.cudnn.version()}", flush=True)
     tag = f"_{args.tag}" if args.tag else ""
-    idx = [int(i) for i in args.shapes.split(",")] if args.shapes else range(len(SHAPES))
+    shapes = CLIENT_SHAPES if args.client else SHAPES
+    idx = [int(i) for i in args.shapes.split(",")] if args.shapes else range(len(shapes))
     rows = []
     if args.packs:
-        rows = [bench_packs(SHAPES[i], DTYPES[dname], args.reps)
+        rows = [bench_packs(shapes[i], DTYPES[dname], args.reps)
                 for dname in args.dtypes.split(",") for i in idx]
         for row in rows:
             print(json.dumps(row), flush=True)
@@ -344,7 +355,7 @@ def main():
     if args.backward:
         for dname in args.dtypes.split(","):
             for i in idx:
-                row = bench_backward(SHAPES[i], DTYPES[dname], args.reps, args.channels_last)
+                row = bench_backward(shapes[i], DTYPES[dname], args.reps, args.channels_last)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         out = os.environ.get("OUT")
@@ -353,7 +364,7 @@ def main():
         return
     for dname in args.dtypes.split(","):
         for i in idx:
-            row = bench_shape(SHAPES[i], DTYPES[dname], args.reps, check=not args.no_check)
+            row = bench_shape(shapes[i], DTYPES[dname], args.reps, check=not args.no_check)
             rows.append(row)
             print(json.dumps(row), flush=True)
     extra = ["cl_input", "ncdhw", "direct", "perphase", "simt", "allph_cl", "gemm_1ph",

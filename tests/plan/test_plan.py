@@ -214,6 +214,12 @@ def test_forced_backward_kernels():
         assert ph.grad_weight(FOUNDING, 2, BF16, device, "simt").family == "simt"
         assert ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-narrow").family == \
             "tensor-cores-narrow"
+        # fewer than 4 channels a group: the naive input gradient by the rule, the per-phase
+        # tensor-core kernel when named (its channel groups zero-padded)
+        two_out = ph.conv_args(32, 2, 3, (48, 48, 48), 2, 1, 1, 1, batch=2)
+        assert ph.grad_input(two_out, 2, BF16, device).family == "naive"
+        assert ph.grad_input(two_out, 2, BF16, device, "tensor-cores").family == "mma"
+        assert not ph.grad_input(two_out, 2, F64, device, "tensor-cores").ok
         # float32's input gradient on the implicit GEMM (3xTF32) only when named
         assert ph.grad_input(WIDE, 2, F32, device).family != "gemm"
         gi = ph.grad_input(WIDE, 2, F32, device, "implicit-gemm")
