@@ -90,6 +90,8 @@ def bench_shape(spec, dtype, reps, check=True):
     K = cuda.ForwardKernel
     variants = {"ncdhw": K(contiguous_input=True), "perphase": K("mma", contiguous_input=True),
                 "simt": K("tiled"), "direct": K("tensor-cores", direct_stores=True)}
+    # the all-phase kernel's tiles (BN 8, 16, 64, 128 and the 8-warp BN 8), by name
+    variants.update({f"allph_tile{t}": K("allphase", allph_tile=t) for t in range(5)})
     if dtype != torch.float32 and (cin // g) % 8 == 0:
         variants.update({"gemm_bn32": K("gemm", gemm_tile=0), "gemm_bn64": K("gemm", gemm_tile=1),
                          "gemm_bn128": K("gemm", gemm_tile=2), "allph_cl": K("tensor-cores"),
