@@ -791,9 +791,13 @@ def test_backward_kernel_rules():
     gi, gw = cuda.describe_backward(depthwise, 1, x.dtype, x.device)
     assert gi.startswith("depthwise grad-input") and gw.startswith("depthwise weight-gradient")
     not_depthwise = "kernel was forced and the layer is not depthwise"
+    # the per-phase tensor-core input gradient runs by name below 4 channels a group, even
+    # on a depthwise layer (its one-channel groups zero-padded): the depthwise kernel's values
+    named = cuda.backward(gy, x, w[:, :1], depthwise, need_weight=False,
+                          grad_input_kernel="tensor-cores")[0]
+    by_rule = cuda.backward(gy, x, w[:, :1], depthwise, need_weight=False)[0]
+    assert (named - by_rule).abs().max() <= 1e-5 * by_rule.abs().max()
     for why, weight, layer, forced in [
-            ("input gradient: refused: the mma kernel was forced", w[:, :1], depthwise,
-             dict(grad_input_kernel="tensor-cores")),
             ("input gradient: refused: the depthwise " + not_depthwise, w, narrow,
              dict(grad_input_kernel="depthwise")),
             ("weight gradient: refused: the depthwise " + not_depthwise, w, narrow,
