@@ -731,56 +731,56 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
     }
 
     float acc[MT][NT][4];
-    if (!WG) zero_acc(acc);
-    for (int s = 0; s < steps; ++s) {
-      cp_async_wait<AHEAD - 1>();
-      if constexpr (WG) phaseconv_wgmma::fence_proxy_async();  // the copies, visible to wgmma
-      // step s (and A) landed for every thread; every warp is past the stage step s + AHEAD
-      // takes (mma.sync: read at step s - 1; wgmma: by batch s - 2, complete) and the last
-      // chunk's staged stores
-      __syncthreads();
-      if (s + AHEAD < steps) load_step(s + AHEAD);
-      cp_async_commit();
-      const int i = s / KS, ks = s - i * KS;
-      const uint32_t sB = sb + (uint32_t)(s % STAGES) * B_STAGE;
-      if constexpr (WG) {
-        namespace wg = phaseconv_wgmma;
-        float(&d)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(acc);
-        wgmma_k_step<T, kShBN, BKG>(
-            d, sa + (uint32_t)ks * A_SLAB + (uint32_t)(warp >> 2) * 64 * 128, sB, ks == 0);
-        if (ks == KS - 1) {
-          wg::wait<0>();  // the chunk's sums, read below
+    const int nchunks = steps / KS;
+    for (int i = 0, s = 0; i < nchunks; ++i) {
+      if constexpr (!WG) zero_acc(acc);  // (wgmma: the chunk's first batch overwrites)
+      for (int ks = 0; ks < KS; ++ks, ++s) {
+        cp_async_wait<AHEAD - 1>();
+        if constexpr (WG) phaseconv_wgmma::fence_proxy_async();  // the copies, visible to wgmma
+        // step s (and A) landed for every thread; every warp is past the stage step s + AHEAD
+        // takes (mma.sync: read at step s - 1; wgmma: by batch s - 2, complete) and the last
+        // chunk's staged stores
+        __syncthreads();
+        if (s + AHEAD < steps) load_step(s + AHEAD);
+        cp_async_commit();
+        const uint32_t sB = sb + (uint32_t)(s % STAGES) * B_STAGE;
+        if constexpr (WG) {
+          float(&d)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(acc);
+          wgmma_k_step<T, kShBN, BKG>(
+              d, sa + (uint32_t)ks * A_SLAB + (uint32_t)(warp >> 2) * 64 * 128, sB, ks == 0);
+          phaseconv_wgmma::wait<1>();  // batch s stays in flight while step s + 1 is waited for
+          phaseconv_wgmma::fence_operand(d);
         } else {
-          wg::wait<1>();  // batch s stays in flight while step s + 1 is waited for
-        }
-        wg::fence_operand(d);
-      } else {
 #pragma unroll
-        for (int kk = 0; kk < BKG / 2; ++kk) {
-          uint32_t af[MT][4];
+          for (int kk = 0; kk < BKG / 2; ++kk) {
+            uint32_t af[MT][4];
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            const int row = (wm_ * MT + mt) * 16 + (lane & 15);
-            const int c = kk * 2 + (lane >> 4);
-            ldsm_x4(af[mt], sa + (uint32_t)ks * A_SLAB + (uint32_t)row * 128 +
-                                ((uint32_t)(c ^ (row & 7)) << 4));
+            for (int mt = 0; mt < MT; ++mt) {
+              const int row = (wm_ * MT + mt) * 16 + (lane & 15);
+              const int c = kk * 2 + (lane >> 4);
+              ldsm_x4(af[mt], sa + (uint32_t)ks * A_SLAB + (uint32_t)row * 128 +
+                                  ((uint32_t)(c ^ (row & 7)) << 4));
+            }
+            uint32_t bf[NT][2];
+            gemm_b_frags<NT, kShBN>(bf, sB, kk, wn, lane);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+              for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
           }
-          uint32_t bf[NT][2];
-          gemm_b_frags<NT, kShBN>(bf, sB, kk, wn, lane);
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
         }
       }
-      if (ks != KS - 1) continue;
-      // the chunk's last k step: its outputs, staged [row][8-channel chunk ^ (row & 7)]
+      if constexpr (WG) {
+        float(&d)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(acc);
+        phaseconv_wgmma::wait<0>();  // the chunk's sums, read below
+        phaseconv_wgmma::fence_operand(d);
+      }
+      // the chunk's outputs, staged [row][8-channel chunk ^ (row & 7)]
       const int chunk = c0 + i, phase = chunk / a.co_blocks;
       const int co0 = (chunk - phase * a.co_blocks) * kShBN;
       float bv[NT][2];
       gemm_bias<T, NT>(a, g, co0, wn, lane, bv);
       gemm_stage_cl<T, MT, NT, kShBN>(acc, bv, s_c, 1, 0, wm_, wn, lane);
-      if (!WG) zero_acc(acc);  // (wgmma: the next chunk's first batch overwrites)
       __syncthreads();
       const int64_t* e = a.table + (int64_t)phase * PHASECONV_TABLE_STRIDE;
       const int64_t phase_ofs =
