@@ -90,6 +90,7 @@ PhaseConvWeightView view_of(const at::Tensor& t) {
     v.stride[d] = t.stride(d);
   }
   v.contiguous = t.is_contiguous() ? 1 : 0;
+  v.narrow = t.numel() <= (int64_t)UINT32_MAX ? 1 : 0;
   return v;
 }
 

@@ -267,16 +267,21 @@ __global__ void __launch_bounds__(256)
 // kH, kW) one contiguous run of co_block x taps elements.  A thread takes kReduceUnroll
 // (tap, output channel) pairs of it at a time, their splits' loads issued together; a tap of a
 // phase is a row of that phase's packed block ([g][ci][tap][co]), so consecutive threads read
-// consecutive channels of a row.  The sums go to shared memory at their places in the run,
-// which is then stored in order: one element-wise store per packed element had every warp
-// store touch 32 sectors (1x512->256 16^3 k2 s2: 77 us for a 2 MB gradient).  Every element of
-// the run is written: the packed layout holds each weight element once.
+// consecutive channels of a row.  The sums go to shared memory in the order of the weight's
+// storage, which is then stored in that order: one element-wise store per packed element had
+// every warp store touch 32 sectors (1x512->256 16^3 k2 s2: 77 us for a 2 MB gradient).  That
+// order is the run's own (taps innermost) but in a weight whose output channels are adjacent
+// (channels_last_3d: stride 1 along C_out/g), whose run is then co_block runs of channels, one
+// a tap, each placed by a table of the taps' storage offsets.  Every element of the run is
+// written: the packed layout holds each weight element once.
 //
 // The layer's tap rows (phases in table order, each phase's taps in turn) are tabulated once a
 // block, before its runs: where row r's channel-0 pairs start in the packed layout and its
 // phase's taps (the stride from one input channel to the next), and the weight tap it is
 // (grad_w_index of its input channel 0, output channel 0): a pair then costs a division and a
-// shared-memory read, not a scan of the phase table and a load of grad_w_index.
+// shared-memory read, not a scan of the phase table and a load of grad_w_index.  So are the
+// taps' storage offsets (kd, kh, kw along the weight's strides): a stored element then costs a
+// division, not the five of its logical index.
 constexpr int kReduceUnroll = 4;
 constexpr int kReduceRunElems = 1024;  // a run's elements at most, past one 32-channel block
 
@@ -296,11 +301,18 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
   constexpr int U = kReduceUnroll;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   TapRow* rows = reinterpret_cast<TapRow*>(smem_raw);
-  T* run = reinterpret_cast<T*>(rows + taps);
+  int64_t* tap_ofs = reinterpret_cast<int64_t*>(rows + taps);  // tap t's storage offset
+  T* run = reinterpret_cast<T*>(tap_ofs + taps);
   const A* ws = static_cast<const A*>(ws_);
   T* gw = static_cast<T*>(gw_);
   const int co_blocks = (cout_g + co_block - 1) / co_block;
   const int64_t blocks = c_in * co_blocks;
+  const bool co_inner = !view.contiguous && view.stride[1] == 1;  // the run's storage order
+  for (int t = threadIdx.x; t < taps; t += blockDim.x) {
+    const int kw = (int)view.size[4], kh_kw = (int)(view.size[3] * view.size[4]);
+    const int kd = t / kh_kw, kh = (t - kd * kh_kw) / kw, kx = t - kd * kh_kw - kh * kw;
+    tap_ofs[t] = kd * view.stride[2] + kh * view.stride[3] + kx * view.stride[4];
+  }
   for (int r = threadIdx.x; r < taps; r += blockDim.x) {
     int p = 0, first = 0, seen = 0;  // row r is tap r - first of phase p
     for (int q = 0; q < num_phases; ++q) {
@@ -329,12 +341,25 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
     r.base = (r.ci * cout_g + r.co0) * taps;
     return r;
   };
+  // element j of run rn in its storage order: where it is stored, and its logical (C-order)
+  // index in the weight
+  auto place = [&](const Run& rn, int j, int64_t& at, int64_t& logical) {
+    if (view.contiguous) {
+      at = logical = rn.base + j;
+      return;
+    }
+    const int major = co_inner ? j / rn.ncols : j / taps;  // tap or channel
+    const int minor = j - major * (co_inner ? rn.ncols : taps);
+    const int col = co_inner ? minor : major, tap = co_inner ? major : minor;
+    at = rn.ci * view.stride[0] + (rn.co0 + col) * view.stride[1] + tap_ofs[tap];
+    logical = rn.base + (int64_t)col * taps + tap;
+  };
   bool nonfinite = false;
   for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
     const Run rn = run_of(blk);
     const int64_t ci = rn.ci;
     const int co0 = rn.co0, ncols = rn.ncols, len = ncols * taps;
-    __syncthreads();  // the tap rows are in; the previous run is stored
+    __syncthreads();  // the tap tables are in; the previous run is stored
     for (int j0 = threadIdx.x; j0 < len; j0 += U * blockDim.x) {
       int64_t at[U];  // packed element of pair u, -1 past the run
       int slot[U];    // its place in the run
@@ -347,7 +372,7 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
         const int r = j / ncols, col = j - r * ncols;  // tap row r, output channel co0 + col
         const TapRow t = rows[r];
         at[u] = t.ofs + ci * t.taps * cout_g + co0 + col;
-        slot[u] = col * taps + t.tap;
+        slot[u] = co_inner ? t.tap * ncols + col : col * taps + t.tap;
       }
       A sum[U];
 #pragma unroll
@@ -363,18 +388,22 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
     __syncthreads();
     for (int j = threadIdx.x; j < len; j += blockDim.x) {
       const T v = run[j];
-      gw[phaseconv_strided_offset(view, rn.base + j)] = v;
+      int64_t at, logical;
+      place(rn, j, at, logical);
+      gw[at] = v;
       nonfinite |= !phaseconv_exact::finite_value(v);
     }
   }
   if (!nonfinite) return;
-  // as gw_reduce_kernel: this thread's non-finite elements, recomputed from the real pairs
+  // as gw_reduce_kernel: the non-finite elements this thread stored (the same j of the same
+  // runs), recomputed from the real pairs
   for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
     const Run rn = run_of(blk);
     for (int j = threadIdx.x; j < rn.ncols * taps; j += blockDim.x) {
-      T* out = gw + phaseconv_strided_offset(view, rn.base + j);
-      if (!phaseconv_exact::finite_value(*out))
-        *out = phaseconv_exact::exact_element<T>(ex, rn.base + j);
+      int64_t at, logical;
+      place(rn, j, at, logical);
+      if (!phaseconv_exact::finite_value(gw[at]))
+        gw[at] = phaseconv_exact::exact_element<T>(ex, logical);
     }
   }
 }
@@ -386,7 +415,8 @@ template <typename T>
 cudaError_t launch_reduce(const PhaseConvBwdWeightParams& p, int splits, cudaStream_t stream) {
   const PhaseConvWeightView& v = p.grad_w_view;
   const int64_t cout_g = v.size[1], taps = v.size[2] * v.size[3] * v.size[4];
-  if ((size_t)taps * (32 * sizeof(T) + sizeof(TapRow)) <= 48 * 1024 &&
+  const size_t per_tap = sizeof(TapRow) + sizeof(int64_t);  // its row and storage offset
+  if ((size_t)taps * (32 * sizeof(T) + per_tap) <= 48 * 1024 &&
       p.c_in * cout_g * taps == p.packed_elems) {
     // 32-channel blocks, as many as keep the run within kReduceRunElems
     int64_t per32 = kReduceRunElems / (32 * taps);  // 32-channel blocks a run
@@ -395,7 +425,7 @@ cudaError_t launch_reduce(const PhaseConvBwdWeightParams& p, int splits, cudaStr
     const int co_block = (int)(32 * per32);
     const int64_t runs = p.c_in * ((cout_g + co_block - 1) / co_block);
     gw_reduce_rows_kernel<T><<<(unsigned)(runs < 65535 ? runs : 65535), 256,
-                               (size_t)taps * (co_block * sizeof(T) + sizeof(TapRow)), stream>>>(
+                               (size_t)taps * (co_block * sizeof(T) + per_tap), stream>>>(
         p.workspace, p.grad_w, p.grad_w_index, v, p.table,
         (int)(p.stride_d * p.stride_h * p.stride_w), p.c_in, (int)cout_g, (int)taps, co_block,
         splits, p.packed_elems, p.exact);

@@ -22,18 +22,30 @@
 #include "phase_conv_plan.h"
 
 #ifdef __CUDACC__
-// Storage offset of logical (C-order) element k.
+// Storage offset of logical (C-order) element k, k < the view's elements.  The leading index
+// is what is left of k after the four trailing ones (no fifth division), and a narrow view's
+// indices are 32-bit divisions, a few instructions each (a 64-bit one tests its operands
+// first and may call a subroutine).
 __device__ __forceinline__ int64_t phaseconv_strided_offset(const PhaseConvWeightView& v,
                                                             int64_t k) {
   if (v.contiguous) return k;
   int64_t off = 0;
+  if (v.narrow) {
+    uint32_t r = (uint32_t)k;
 #pragma unroll
-  for (int d = 4; d >= 0; --d) {
-    const int64_t q = k % v.size[d];
-    k /= v.size[d];
-    off += q * v.stride[d];
+    for (int d = 4; d >= 1; --d) {
+      const uint32_t n = (uint32_t)v.size[d];
+      off += (int64_t)(r % n) * v.stride[d];
+      r /= n;
+    }
+    return off + (int64_t)r * v.stride[0];
   }
-  return off;
+#pragma unroll
+  for (int d = 4; d >= 1; --d) {
+    off += (k % v.size[d]) * v.stride[d];
+    k /= v.size[d];
+  }
+  return off + k * v.stride[0];
 }
 #endif
 

@@ -35,11 +35,13 @@ struct PhaseConvExact {
 };
 
 // A 5-D tensor's sizes and element strides; contiguous: strides are the C-order ones, so a
-// logical index is the storage offset.
+// logical index is the storage offset; narrow: fewer than 2^32 elements, so a logical index
+// splits into its five indices by 32-bit divisions.
 struct PhaseConvWeightView {
   int64_t size[5];
   int64_t stride[5];
   int contiguous;
+  int narrow;
 };
 
 // dtype codes

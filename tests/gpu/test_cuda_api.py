@@ -650,6 +650,52 @@ def test_input_gradient_on_each_implicit_gemm_tile(case):
     assert ran[:4] == [0, 1, 2, 3], ran
     if cuda.warpgroup_kernels() and (cout // g) % 64 == 0:
         assert 4 in ran, ran
+_CL_WEIGHT_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d, dtype, named kernels)
+    (2, 64, 40, 1, (5, 6, 7), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1),
+     torch.bfloat16, ("tensor-cores-cl", "tensor-cores", "simt")),  # a run's channel tail
+    (2, 32, 32, 4, (3, 4, 5), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1),
+     torch.float32, ("simt", "naive")),  # the founding layer: the narrow kernel, 105 taps
+    (1, 8, 16, 1, (3, 3, 3), (11, 11, 11), (2, 2, 2), (5, 5, 5), (0, 0, 0), (1, 1, 1),
+     torch.float32, ("simt",)),  # 1331 taps: the element-wise reduction
+    (2, 12, 18, 3, (3, 4, 5), (2, 3, 2), (2, 1, 2), (0, 1, 0), (1, 0, 1), (1, 1, 1),
+     torch.float64, ("simt", "naive")),
+]
+
+
+@pytest.mark.parametrize("case", range(len(_CL_WEIGHT_CASES)))
+def test_weight_gradient_in_a_channels_last_weight(case):
+    """A channels_last_3d weight gets its gradient in that layout (autograd then accumulates it
+    in place) holding the bits of the contiguous weight's gradient, from every weight-gradient
+    kernel (by the rule and named) and both reductions of their partial sums; Inf in the
+    input takes the non-finite fix-up through the same layout.  The contiguous gradient is
+    checked against torch in float64."""
+    from phaseconv.engines import cuda
+
+    n, cin, cout, g, size, k, s, p, op, d, dtype, named = _CL_WEIGHT_CASES[case]
+    xc, wc, gyc, args, (_, expected) = _layer_case(n, cin, cout, g, size, k, s, p, op, d, dtype,
+                                                   case)
+    cl = torch.channels_last_3d
+    wl = wc.contiguous(memory_format=cl)
+    assert not wl.is_contiguous()
+    kernels = ["auto", *named]
+    if dtype == torch.bfloat16 and cuda.warpgroup_kernels():
+        kernels.append("tensor-cores-wgmma")
+    bits = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16}
+    poisoned = xc.clone()
+    poisoned[0, 0, 0, 0, 0] = float("inf")
+    for kernel in kernels:
+        for x in (xc, poisoned):
+            plain = cuda.backward(gyc, x, wc, args, need_input=False,
+                                  grad_weight_kernel=kernel)[1]
+            in_layout = cuda.backward(gyc, x, wl, args, need_input=False,
+                                      grad_weight_kernel=kernel)[1]
+            assert plain.is_contiguous() and in_layout.is_contiguous(memory_format=cl), kernel
+            assert torch.equal(in_layout.contiguous().view(bits[dtype]),
+                               plain.view(bits[dtype])), kernel
+        assert not torch.isfinite(plain).all(), kernel
+        rel = ((cuda.backward(gyc, xc, wc, args, need_input=False, grad_weight_kernel=kernel)[1]
+                .double().cpu() - expected).norm() / expected.norm()).item()
+        assert rel < {torch.float64: 1e-12, **_GRADIENT_TOL}[dtype], (kernel, rel)
 
 
 @pytest.mark.parametrize("case", range(len(_CL_BWD_CASES)))
