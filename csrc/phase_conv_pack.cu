@@ -47,7 +47,8 @@ cudaError_t launch(const void* w, const PhaseConvWeightView& view, const int32_t
 // touch serve it whole, where with one tap a thread each sector is fetched once per tap it holds
 // (256->128 k4 bf16: 19.6 -> 11.1 us).  KT = 8 leaves an eighth of the threads, too few for
 // small weights (512->256 k2: 7.7 -> 11.0 us), so it is taken where at least kPackMinThreads
-// chunks remain (both measured on an H100).  No shared memory and no index map: a tiled
+// chunks remain (both measured on an H100).  Where a group's channels are adjacent and
+// aligned in the weight a tap's CG channels are one or two 16-byte loads.  No shared memory and no index map: a tiled
 // transpose through shared memory (256 threads, 32 KB a block) measured 2-2.8x slower than the
 // element gather on an H200, the weights being L2-resident.  Raw element copies, as the gather.
 constexpr int kPackTaps = 8;
@@ -80,19 +81,32 @@ __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
                    co * pk.col_stride;
     const int64_t valid = pk.chans - (int64_t)q * CG;  // channels of this group (CG but last)
     int64_t tap_ofs[KT];  // the weight offset of tap k0 + t
+    bool aligned = true;
 #pragma unroll
     for (int t = 0; t < KT; ++t) {
       const uint32_t k = min(k0 + t, ksize - 1);
       const uint32_t kd = k / kh_kw, kr = k - kd * kh_kw;
       const uint32_t kh = kr / kw_n, kw = kr - kh * kw_n;
       tap_ofs[t] = kd * view.stride[2] + kh * view.stride[3] + kw * view.stride[4];
+      aligned &= (reinterpret_cast<uintptr_t>(src + tap_ofs[t]) & 15) == 0;
     }
+    // the group's channels adjacent in the weight (the input gradient's layout of a
+    // channels_last_3d weight, whose output channels have stride 1): vector loads
+    const bool adjacent = pk.chan_stride == 1 && valid >= CG && aligned;
     alignas(16) U v[KT][CG];
-#pragma unroll
-    for (int c = 0; c < CG; ++c)
+    if (adjacent) {  // a whole group's channels, 16 or 32 aligned bytes a tap
 #pragma unroll
       for (int t = 0; t < KT; ++t)
-        v[t][c] = c < valid ? src[c * pk.chan_stride + tap_ofs[t]] : U(0);
+#pragma unroll
+        for (int h = 0; h < CG * (int)sizeof(U) / 16; ++h)
+          reinterpret_cast<uint4*>(v[t])[h] = reinterpret_cast<const uint4*>(src + tap_ofs[t])[h];
+    } else {
+#pragma unroll
+      for (int c = 0; c < CG; ++c)
+#pragma unroll
+        for (int t = 0; t < KT; ++t)
+          v[t][c] = c < valid ? src[c * pk.chan_stride + tap_ofs[t]] : U(0);
+    }
 #pragma unroll
     for (int t = 0; t < KT; ++t) {
       const uint32_t k = k0 + t;

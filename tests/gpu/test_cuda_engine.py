@@ -723,13 +723,15 @@ _PACK_GEOMETRIES = [
 
 
 def _weights_to_pack(shape, dtype):
-    """A weight with NaN and Inf, contiguous, sliced and channels-last."""
+    """A weight with NaN and Inf, contiguous, sliced, channels-last, and channels-last one
+    element off 16-byte alignment."""
     torch.manual_seed(5)
     big = torch.randn((shape[0], 2 * shape[1]) + shape[2:], device=DEV).to(dtype)
     big.view(-1)[::97] = float("nan")
     big.view(-1)[::89] = float("inf")
-    return (big[:, ::2].contiguous(), big[:, ::2],
-            big[:, ::2].contiguous(memory_format=torch.channels_last_3d))
+    cl = torch.channels_last_3d
+    return (big[:, ::2].contiguous(), big[:, ::2], big[:, ::2].contiguous(memory_format=cl),
+            big.contiguous(memory_format=cl)[:, 1:1 + shape[1]])
 
 
 def _same_bits(got, want):
@@ -767,7 +769,8 @@ def test_input_gradient_tensor_core_weight_pack(shape, groups, dtype, cg):
     """The input gradient's tensor-core layout, [groups][kD][kH][kW][C_out/g / cg][C_in/g][cg]
     (pack_weight_mma with over_outputs: octets of output channels for the narrow kernel, 32
     bytes in float32; quads for float32's implicit GEMM), is the gather through that layout's
-    index map, bit for bit."""
+    index map, bit for bit (a channels-last weight's aligned groups by vector loads, its
+    unaligned ones element by element)."""
     cuda = _cuda()
     index = cuda.grad_input_mma_index(shape, groups, cg).to(DEV)
     for w in _weights_to_pack(shape, dtype):
