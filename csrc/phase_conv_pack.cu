@@ -48,9 +48,10 @@ cudaError_t launch(const void* w, const PhaseConvWeightView& view, const int32_t
 // (256->128 k4 bf16: 19.6 -> 11.1 us).  KT = 8 leaves an eighth of the threads, too few for
 // small weights (512->256 k2: 7.7 -> 11.0 us), so it is taken where at least kPackMinThreads
 // chunks remain (both measured on an H100).  Where a group's channels are adjacent and
-// aligned in the weight a tap's CG channels are one or two 16-byte loads.  No shared memory and no index map: a tiled
-// transpose through shared memory (256 threads, 32 KB a block) measured 2-2.8x slower than the
-// element gather on an H200, the weights being L2-resident.  Raw element copies, as the gather.
+// aligned in the weight, a tap's CG channels are one or two 16-byte loads.  No shared memory
+// and no index map: a tiled transpose through shared memory (256 threads, 32 KB a block)
+// measured 2-2.8x slower than the element gather on an H200, the weights being L2-resident.
+// Raw element copies, as the gather.
 constexpr int kPackTaps = 8;
 constexpr int64_t kPackMinThreads = 32768;
 
