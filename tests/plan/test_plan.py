@@ -214,12 +214,20 @@ def test_forced_backward_kernels():
         assert ph.grad_weight(FOUNDING, 2, BF16, device, "simt").family == "simt"
         assert ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-narrow").family == \
             "tensor-cores-narrow"
-        # fewer than 4 channels a group: the naive input gradient by the rule, the per-phase
-        # tensor-core kernel when named (its channel groups zero-padded)
+        # fewer than 4 output channels a group (zero-padded): 16-bit layers whose input
+        # channels fill whole groups run the all-phase forward and the per-phase tensor-core
+        # input gradient by the rule; float32 ones and narrower inputs the SIMT forward and
+        # the naive input gradient, the tensor-core kernel when named
         two_out = ph.conv_args(32, 2, 3, (48, 48, 48), 2, 1, 1, 1, batch=2)
-        assert ph.grad_input(two_out, 2, BF16, device).family == "naive"
-        assert ph.grad_input(two_out, 2, BF16, device, "tensor-cores").family == "mma"
+        assert ph.forward(two_out, 2, BF16, device).family == "allphase"
+        assert ph.grad_input(two_out, 2, BF16, device).family == "mma"
+        assert ph.forward(two_out, 2, F32, device).family == "tiled"
+        assert ph.grad_input(two_out, 2, F32, device).family == "naive"
+        assert ph.grad_input(two_out, 2, F32, device, "tensor-cores").family == "mma"
         assert not ph.grad_input(two_out, 2, F64, device, "tensor-cores").ok
+        odd_in = ph.conv_args(12, 2, 3, (8, 8, 8), 2, 1, 1, 1, batch=2)  # 12: not whole octets
+        assert ph.forward(odd_in, 2, BF16, device).family == "tiled"
+        assert ph.grad_input(odd_in, 2, BF16, device).family == "naive"
         # float32's input gradient on the implicit GEMM (3xTF32) only when named
         assert ph.grad_input(WIDE, 2, F32, device).family != "gemm"
         gi = ph.grad_input(WIDE, 2, F32, device, "implicit-gemm")
