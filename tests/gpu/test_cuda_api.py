@@ -254,6 +254,35 @@ def test_channels_last_result_of_narrow_layers(c_out, dtype):
     _close(got, F.conv_transpose3d(x.double(), w.double(), stride=2, padding=1), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("c_out", [1, 2, 3])
+def test_all_phase_forward_of_fewer_than_four_output_channels(c_out, dtype):
+    """The all-phase kernel named on layers of 1-3 output channels (its 8-column tiles
+    zero-padded; the rule keeps them on the SIMT kernel), each tile that takes the layer,
+    contiguous and channels-last inputs, with a bias, against torch in float64."""
+    from phaseconv.engines import cuda
+
+    gen = torch.Generator().manual_seed(c_out)
+    x = torch.randn((2, 16, 5, 6, 7), generator=gen).to("cuda", dtype)
+    w = torch.randn((16, c_out, 3, 3, 3), generator=gen).to("cuda", dtype)
+    b = torch.randn((c_out,), generator=gen).to("cuda", dtype)
+    kw = dict(stride=2, padding=1, output_padding=1)
+    args = check_conv_transpose3d(x, w, b, (2, 2, 2), (1, 1, 1), (1, 1, 1), 1, (1, 1, 1))
+    expected = F.conv_transpose3d(x.double(), w.double(), b.double(), **kw)
+    ran = []
+    for tile in range(5):
+        kernel = cuda.ForwardKernel("allphase", allph_tile=tile)
+        for xin in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+            try:
+                got = cuda.forward(xin, w, b, args, kernel=kernel)
+            except RuntimeError as refused:
+                assert "no tile of it takes this layer" in str(refused), str(refused)
+                continue
+            _close(got, expected, dtype)
+            ran.append(tile)
+    assert 0 in ran and 4 in ran, ran
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16,
                                    torch.float64], ids=str)
 @pytest.mark.parametrize("layer", range(len(_FORMAT_LAYERS)))
