@@ -649,7 +649,8 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     depthwise layers run the depthwise kernels; the input gradient of wide 16-bit layers the
     implicit GEMM, of float32/float16/bfloat16 layers with 8 or 16 output channels per group
     (and whole octets of input channels) the narrow tensor-core kernel, of other such layers
-    the per-phase tensor-core kernel, else the naive one; the weight gradient of
+    (and of 16-bit ones with fewer than 4 output channels per group and whole octets of input
+    channels) the per-phase tensor-core kernel, else the naive one; the weight gradient of
     float32/float16/bfloat16 layers with 8 channels per group on one side (whole octets on
     the other) the narrow tensor-core kernel, of 16-bit layers with channel counts per group
     multiples of 8 (and >= 16) the channels-last tensor-core GEMM (on an sm_90a build, with
