@@ -338,11 +338,7 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
   const int co_blocks = (cout_g + co_block - 1) / co_block;
   const int64_t blocks = c_in * co_blocks;
   const bool co_inner = !view.contiguous && view.stride[1] == 1;  // the run's storage order
-  for (int t = threadIdx.x; t < taps; t += blockDim.x) {
-    const int kw = (int)view.size[4], kh_kw = (int)(view.size[3] * view.size[4]);
-    const int kd = t / kh_kw, kh = (t - kd * kh_kw) / kw, kx = t - kd * kh_kw - kh * kw;
-    tap_ofs[t] = kd * view.stride[2] + kh * view.stride[3] + kx * view.stride[4];
-  }
+  for (int t = threadIdx.x; t < taps; t += blockDim.x) tap_ofs[t] = phaseconv_tap_offset(view, t);
   for (int r = threadIdx.x; r < taps; r += blockDim.x) {
     int p = 0, first = 0, seen = 0;  // row r is tap r - first of phase p
     for (int q = 0; q < num_phases; ++q) {

@@ -69,7 +69,6 @@ __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
   const uint32_t cols = (uint32_t)pk.cols, ksize = (uint32_t)pk.ksize;
   const uint32_t ngrp = (uint32_t)((pk.chans + CG - 1) / CG);
   const uint32_t truns = (ksize + KT - 1) / KT;
-  const uint32_t kw_n = (uint32_t)view.size[4], kh_kw = (uint32_t)(view.size[3] * view.size[4]);
   const int64_t run = (int64_t)ngrp * cols * CG;  // one tap's block of one group (C-order taps)
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < chunks;
        i += gridDim.x * blockDim.x) {
@@ -85,10 +84,7 @@ __global__ void __launch_bounds__(256) pack_mma_kernel(const U* __restrict__ w,
     bool aligned = true;
 #pragma unroll
     for (int t = 0; t < KT; ++t) {
-      const uint32_t k = min(k0 + t, ksize - 1);
-      const uint32_t kd = k / kh_kw, kr = k - kd * kh_kw;
-      const uint32_t kh = kr / kw_n, kw = kr - kh * kw_n;
-      tap_ofs[t] = kd * view.stride[2] + kh * view.stride[3] + kw * view.stride[4];
+      tap_ofs[t] = phaseconv_tap_offset(view, min(k0 + t, ksize - 1));
       aligned &= (reinterpret_cast<uintptr_t>(src + tap_ofs[t]) & 15) == 0;
     }
     // the group's channels adjacent in the weight (the input gradient's layout of a

@@ -47,6 +47,16 @@ __device__ __forceinline__ int64_t phaseconv_strided_offset(const PhaseConvWeigh
   }
   return off + k * v.stride[0];
 }
+
+// Storage offset of kernel tap t (C order over kD, kH, kW) from its (input channel, output
+// channel)'s tap 0.
+__device__ __forceinline__ int64_t phaseconv_tap_offset(const PhaseConvWeightView& v,
+                                                        uint32_t t) {
+  const uint32_t kw_n = (uint32_t)v.size[4], kh_kw = (uint32_t)(v.size[3] * v.size[4]);
+  const uint32_t kd = t / kh_kw, kr = t - kd * kh_kw;
+  const uint32_t kh = kr / kw_n, kw = kr - kh * kw_n;
+  return kd * v.stride[2] + kh * v.stride[3] + kw * v.stride[4];
+}
 #endif
 
 // A tensor-core layout made without an index map.  Per kernel tap k (C order over kD, kH,
