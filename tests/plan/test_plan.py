@@ -215,12 +215,11 @@ def test_forced_backward_kernels():
         assert ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-narrow").family == \
             "tensor-cores-narrow"
         # fewer than 4 output channels a group (zero-padded): 16-bit layers whose input
-        # channels fill whole groups run the per-phase tensor-core input gradient by the rule
-        # (the forward stays on the SIMT kernel); float32 ones and narrower inputs the naive
-        # input gradient, the tensor-core kernel when named
+        # channels fill whole groups run the all-phase forward and the per-phase tensor-core
+        # input gradient by the rule; float32 ones and narrower inputs the SIMT forward and
+        # the naive input gradient, the tensor-core kernel when named
         two_out = ph.conv_args(32, 2, 3, (48, 48, 48), 2, 1, 1, 1, batch=2)
-        assert ph.forward(two_out, 2, BF16, device).family == "tiled"
-        assert ph.forward(two_out, 2, BF16, device, kernel="allphase").family == "allphase"
+        assert ph.forward(two_out, 2, BF16, device).family == "allphase"
         assert ph.grad_input(two_out, 2, BF16, device).family == "mma"
         assert ph.forward(two_out, 2, F32, device).family == "tiled"
         assert ph.grad_input(two_out, 2, F32, device).family == "naive"
