@@ -1,7 +1,8 @@
 // phaseconv CUDA backward: the weight gradient of narrow layers on tensor cores (see
 // phase_conv_bwd_narrow.cuh).  CUDA headers only.
 //
-// With 8 channels per group on one side (C_in/g or C_out/g = 8) the per-tap GEMMs of
+// With 8 channels per group on one side (C_in/g or C_out/g = 8, or C_out/g below 8: its octet
+// zero-padded) the per-tap GEMMs of
 // gw_cl_kernel and gw_mma_kernel (phase_conv_bwd.cu) would leave most of a 64 x 32 tile empty.
 // Here a block stages, per tile of a phase's outputs (tile_d x tile_h x tile_w), the input
 // window that all its taps read and the tile's grad_y, both channels-last in channel octets
@@ -22,6 +23,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 namespace phaseconv {
 namespace {
@@ -77,7 +80,12 @@ struct TileAt {
 // 16-bit: m16n8k16, both fragments by ldmatrix.trans.  float: 3xTF32 m16n8k8, two k halves
 // of each 16-output step; ldmatrix moves 16-bit elements, so each fragment element is a 32-bit
 // shared load (an octet's row is 8 words: the lanes' (row, k) pairs fall on distinct banks).
-template <typename T, int NCI, int NCO>
+//
+// FEW_CO: fewer than 8 output channels a group.  grad_y's rows are narrower than a 16-byte copy
+// (and not aligned to one), so a thread loads a position's channels one element at a time and
+// stores the octet's row with zeros past them: the mma's padding columns sum zeros, and the
+// final store skips them.
+template <typename T, int NCI, int NCO, bool FEW_CO>
 __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs a) {
   constexpr bool F32 = sizeof(T) == 4;
   constexpr int kItems = gw_narrow_items((int)sizeof(T));
@@ -113,7 +121,9 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
   const int cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
             cw = axis_count(a.out_w, rw, a.sw);
   const int ci0 = cib * NCI * 8, co0 = cob * NCO * 8;
-  const int nci_ok = min(NCI, (a.cin_g - ci0) >> 3), nco_ok = min(NCO, (a.cout_g - co0) >> 3);
+  // octets with channels: whole ones, and (FEW_CO) the one partial output octet
+  const int nci_ok = min(NCI, (a.cin_g - ci0) >> 3),
+            nco_ok = min(NCO, (a.cout_g - co0 + 7) >> 3);
   // m16n8 tiles: (tap, input octet) pairs two at a time, by output octet; item groups of
   // `per` tiles (a multiple of NCO: an item's output octet is its index mod NCO)
   const int m_octets = tn * NCI, items = (m_octets + 1) / 2 * NCO;
@@ -243,13 +253,31 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
                   a.c_out;
       for (int q = tid; q < qp; q += kThreads) {
         const bool in = q < nq && d0 + at.d < st.cd && h0 + at.h < st.ch && w0 + at.w < st.cw;
+        if constexpr (FEW_CO) {  // one partial octet: element loads, zeros past cout_g
+          using Bits = typename std::conditional<sizeof(T) == 2, uint16_t, uint32_t>::type;
+          const Bits* src = reinterpret_cast<const Bits*>(gb + v);
+          uint32_t row[kCopies * 4];
 #pragma unroll
-        for (int o = 0; o < NCO; ++o) {
-          const bool ok = in && o < st.nco_ok;
+          for (int j = 0; j < kCopies * 4; ++j) row[j] = 0;
+#pragma unroll
+          for (int j = 0; j < 7; ++j) {  // C_out/g < 8
+            const uint32_t bits = in && j < a.cout_g ? (uint32_t)src[j] : 0u;
+            if constexpr (sizeof(T) == 2) row[j >> 1] |= bits << ((j & 1) * 16);
+            else row[j] = bits;
+          }
+          uint4* dst = reinterpret_cast<uint4*>(s_buf + (sg - s_buf0) + q * RB);
 #pragma unroll
           for (int h = 0; h < kCopies; ++h)
-            cp_async16_cg(sg + (o * qp + q) * RB + h * 16,
-                          ok ? gb + v + o * 8 + h * (16 / (int)sizeof(T)) : gy, ok);
+            dst[h] = make_uint4(row[4 * h], row[4 * h + 1], row[4 * h + 2], row[4 * h + 3]);
+        } else {
+#pragma unroll
+          for (int o = 0; o < NCO; ++o) {
+            const bool ok = in && o < st.nco_ok;
+#pragma unroll
+            for (int h = 0; h < kCopies; ++h)
+              cp_async16_cg(sg + (o * qp + q) * RB + h * 16,
+                            ok ? gb + v + o * 8 + h * (16 / (int)sizeof(T)) : gy, ok);
+          }
         }
         at.w += by.w; at.h += by.h; at.d += by.d; v += st.g_by;
         if (at.w >= tile_w) { at.w -= tile_w; at.h += 1; v += st.g_cw; }
@@ -359,13 +387,15 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
     const int tl = NCI == 2 ? m >> 1 : m, o = NCI == 2 ? (m & 1) : 0;
     if (o >= nci_ok || oc >= nco_ok) continue;
     const int ci = ci0 + o * 8 + (row & 7), co = co0 + oc * 8 + col;
+    if (FEW_CO && co >= a.cout_g) continue;  // a padding column
     out[(((int64_t)g * a.cin_g + ci) * ntaps + t0 + tl) * a.cout_g + co] = s;
   }
 }
 
-template <typename T, int NCI, int NCO>
+template <typename T, int NCI, int NCO, bool FEW_CO = false>
 cudaError_t launch(const NarrowArgs& a, cudaStream_t stream) {
-  return launch_kernel(gw_narrow_kernel<T, NCI, NCO>, a.c.grid, kThreads, a.c.smem, stream, a);
+  return launch_kernel(gw_narrow_kernel<T, NCI, NCO, FEW_CO>, a.c.grid, kThreads, a.c.smem,
+                       stream, a);
 }
 
 template <typename T>
@@ -374,6 +404,10 @@ cudaError_t run_typed(const PhaseConvBwdWeightParams& p, const GwNarrowCfg& c,
   NarrowArgs a;
   set_geometry(a, p);
   a.c = c;
+  if (a.cout_g < 8) {  // the plan pairs a partial output octet with one or two input octets
+    if (c.nco != 1) return cudaErrorInvalidValue;
+    return c.nci == 1 ? launch<T, 1, 1, true>(a, stream) : launch<T, 2, 1, true>(a, stream);
+  }
   if (c.nci == 1 && c.nco == 1) return launch<T, 1, 1>(a, stream);
   if (c.nci == 1 && c.nco == 2) return launch<T, 1, 2>(a, stream);
   if (c.nci == 2 && c.nco == 1) return launch<T, 2, 1>(a, stream);

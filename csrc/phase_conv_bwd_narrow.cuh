@@ -10,7 +10,8 @@
 
 namespace phaseconv {
 
-// x and grad_y channels-last (16-byte aligned), C_in/g and C_out/g multiples of 8: c.splits
+// x and grad_y channels-last (16-byte aligned), C_in/g a multiple of 8, C_out/g one or below
+// 8 (grad_y then element-aligned, loaded by element and zero-padded to an octet): c.splits
 // workspace slices of the packed gradient (float), every element of each written; the
 // reduction of phase_conv_bwd.cu adds them in split order.
 template <typename T>

@@ -1116,7 +1116,8 @@ bool plan_gw(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& d
 bool plan_gw_narrow(const PhaseConvBwdWeightParams& p, int dtype_code, const DevInfo& dev,
                     PhaseConvBwdWeightPlan* out) {
   GwNarrowCfg& c = out->narrow;
-  const int64_t cin_o = p.c_in / p.groups / 8, cout_o = p.c_out / p.groups / 8;
+  // octets: C_out/g below 8 fills one, zero-padded
+  const int64_t cin_o = p.c_in / p.groups / 8, cout_o = cdiv(p.c_out / p.groups, 8);
   const int64_t max_taps = p.max_taps_d * p.max_taps_h * p.max_taps_w;
   if (max_taps == 0 || p.packed_elems == 0 || cin_o == 0 || cout_o == 0) return false;
   const int warps = kGwNarrowThreads / 32;
@@ -1300,24 +1301,30 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   }
   if (force == PHASECONV_GW_DEPTHWISE)
     return refuse(buf, len, force, kNoDepthwiseBackwardTile);
-  // float32/float16/bfloat16 with 8 channels per group on one side, both sides whole octets:
-  // the narrow tensor-core kernel, operands channels-last as below
+  // The narrow tensor-core kernel (operands channels-last, as below) takes float32/float16/
+  // bfloat16 with C_in/g whole octets and C_out/g whole octets or fewer than 8 (one
+  // zero-padded octet); by the rule where one side has 8 channels or fewer (H100, bf16, 2 x
+  // 32->2 48^3 k3 s2, MONAI UNet's last up-convolution: the SIMT kernel's 4 x 4 register
+  // tiles, half of them padding, took 1129 us), named on wider layers
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  const bool narrow_ok = dtype_code != PHASECONV_FLOAT64 && cin_g % 8 == 0 &&
-                         cout_g % 8 == 0 && std::min(cin_g, cout_g) < 16;
+  const bool narrow_able = dtype_code != PHASECONV_FLOAT64 && cin_g % 8 == 0 &&
+                           (cout_g % 8 == 0 || cout_g < 8);
+  const bool narrow_ok = force == PHASECONV_GW_MMA_NARROW
+                             ? narrow_able
+                             : narrow_able && std::min(cin_g, cout_g) < 16;
   if (force == PHASECONV_GW_MMA_NARROW && !narrow_ok)
-    return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_in/groups and "
-                  "C_out/groups multiples of 8, one of them 8");
+    return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_in/groups a "
+                  "multiple of 8 and C_out/groups a multiple of 8 or below 8");
   if (narrow_ok && (force == 0 || force == PHASECONV_GW_MMA_NARROW) &&
       plan_gw_narrow(p, dtype_code, dev, out)) {
     const GwNarrowCfg& c = out->narrow;
     out->family = PHASECONV_GW_MMA_NARROW;
     out->operands_channels_last = 1;
-    snprintf(buf, len, "tensor-core window %s, channels-last operands, %dx%d channel tile, "
+    snprintf(buf, len, "tensor-core window %s, channels-last operands, %dx%d channel tile%s, "
              "%d tap(s) per block, tile(d,h,w)=(%d,%d,%d), %d split(s), %lld blocks, smem=%zu",
              dtype_code == PHASECONV_FLOAT32 ? "3xTF32" : "fp32-accumulate", c.nci * 8,
-             c.nco * 8, c.tc, c.tile_d, c.tile_h, c.tile_w, c.splits, (long long)out->grid,
-             c.smem);
+             c.nco * 8, cout_g < 8 ? " (output channels zero-padded)" : "", c.tc, c.tile_d,
+             c.tile_h, c.tile_w, c.splits, (long long)out->grid, c.smem);
     return true;
   }
   if (force == PHASECONV_GW_MMA_NARROW)

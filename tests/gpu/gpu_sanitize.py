@@ -38,6 +38,9 @@ CASES = [
     (1, 64, 32, 1, (3, 3, 4), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
     # 64 taps of 8 -> 16 channels: the narrow weight gradient's eight warp groups
     (1, 8, 16, 1, (2, 3, 3), (4, 4, 4), (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1)),
+    # 3 output channels: the narrow weight gradient's zero-padded octet, the all-phase forward's
+    # and the per-phase input gradient's zero-padded groups
+    (2, 16, 3, 1, (3, 4, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
 ]
 # every forward kernel by name (csrc/phase_conv_plan.h), and its variants; channels-last: the
 # input comes channels-last.  A kernel that refuses a case is skipped (tests/plan/test_plan.py).
@@ -189,7 +192,8 @@ def main(argv=()) -> int:
                 # the weight gradient's warpgroup form, named
                 forced.append(cuda.backward(gy, xd, wd, args, need_input=False,
                                             grad_weight_kernel="tensor-cores-wgmma"))
-            if (ci // g) % 8 == 0 and (co // g) % 8 == 0 and min(ci, co) // g == 8:
+            if (ci // g) % 8 == 0 and ((co // g) % 8 == 0 and min(ci, co) // g == 8
+                                       or co // g < 8):
                 # the narrow weight gradient, operands copied and read in place
                 cl = torch.channels_last_3d
                 for gy_, x_ in ((gy, xd), (gy.contiguous(memory_format=cl),

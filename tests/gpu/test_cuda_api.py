@@ -595,7 +595,8 @@ def test_channels_last_backward_kernels(case, dtype):
     """The 16-bit backward of wide layers: grad_input on the implicit GEMM (grad_y read
     channels-last at the stride) and grad_weight on the channels-last tensor-core GEMM (on
     sm_90a, for C_in/g >= 64 and C_out/g >= 32, its warpgroup form), by the rule and forced
-    (the mma.sync form everywhere, the warpgroup form where it runs), against torch in float64
+    (the mma.sync form and the narrow window kernel everywhere, the warpgroup form where it
+    runs), against torch in float64
     from the same rounded values (ragged and empty phases, dilation, groups, channel tails,
     several channel blocks, split reductions, tails in both channels, each tile of both
     forms); contiguous operands (copied channels-last) give the same bits as channels-last
@@ -619,7 +620,9 @@ def test_channels_last_backward_kernels(case, dtype):
     assert f"operands, {tile} channel tile" in gw_desc, gw_desc
     assert ("wgmma-sm90a" in gw_desc) == warpgroups, gw_desc
     tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
-    forced = [dict(grad_input_kernel="implicit-gemm", grad_weight_kernel="tensor-cores-cl")]
+    # the narrow window kernel, named (whole octets on both sides)
+    forced = [dict(grad_input_kernel="implicit-gemm", grad_weight_kernel="tensor-cores-cl"),
+              dict(grad_input_kernel="implicit-gemm", grad_weight_kernel="tensor-cores-narrow")]
     if warpgroups:
         forced.append(dict(grad_input_kernel="implicit-gemm",
                            grad_weight_kernel="tensor-cores-wgmma"))
@@ -628,9 +631,10 @@ def test_channels_last_backward_kernels(case, dtype):
             cuda.backward(gyc, xc, wc, args, grad_weight_kernel="tensor-cores-wgmma")
     descs = [cuda.backward_plan(args, n, dtype, xc.device, **f)[1].grad_weight_description
              for f in forced]
-    assert "wgmma" not in descs[0] and all("wgmma-sm90a" in e for e in descs[1:]), descs
+    assert "wgmma" not in descs[0] and descs[1].startswith("tensor-core window") and \
+        all("wgmma-sm90a" in e for e in descs[2:]), descs
     if warpgroups:
-        assert f"operands, {tile} channel tile" in descs[1], descs[1]
+        assert f"operands, {tile} channel tile" in descs[2], descs[2]
     runs = [cuda.backward(gyc, xc, wc, args)] + [cuda.backward(gyc, xc, wc, args, **f)
                                                  for f in forced]
     for got in runs:
@@ -765,14 +769,20 @@ _NARROW_GW_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): 8 channels
     (3, 32, 16, 2, (5, 6, 7), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # splits
     (1, 8, 8, 1, (4, 4, 5), (5, 5, 5), (1, 1, 1), (2, 2, 2), (0, 0, 0), (1, 1, 1)),  # 8 groups
     (1, 8, 16, 1, (3, 4, 5), (6, 6, 6), (1, 1, 1), (2, 2, 2), (0, 0, 0), (1, 1, 1)),  # 4 blocks
+    # fewer than 8 output channels (one zero-padded octet): 32 -> 2 (two input octets), odd
+    # groups of 3 (grad_y rows off 4-byte alignment), one output channel with dilation
+    (2, 32, 2, 1, (5, 6, 7), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+    (1, 16, 6, 2, (4, 5, 6), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 0, 1), (2, 1, 3)),
+    (2, 8, 1, 1, (3, 4, 21), (3, 2, 4), (2, 2, 3), (1, 0, 1), (1, 1, 2), (1, 2, 1)),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", range(len(_NARROW_GW_CASES)))
 def test_narrow_weight_gradient(case, dtype):
-    """The weight gradient of layers with 8 channels a group on one side (tensor cores over a
-    staged input window; 3xTF32 for float32), by the rule and forced, against torch in float64
+    """The weight gradient of layers with 8 channels a group on one side, or fewer than 8
+    output channels (tensor cores over a staged input window, grad_y zero-padded to an octet;
+    3xTF32 for float32), by the rule and forced, against torch in float64
     from the same rounded values: odd tap counts (two taps share an mma tile), one and two input or
     output octets with tails, ragged and empty phases, dilation, groups, rows longer than a
     tile, split reductions; the SIMT kernel within the same tolerance; contiguous operands

@@ -86,6 +86,12 @@ BACKWARD_RULE = [
      "tensor-cores-narrow"),
     ("four channels a group bf16", ph.conv_args(8, 8, 3, 6, 2, 1, 1, 2), BF16, "mma",
      "simt"),                                                # not whole octets
+    ("two output channels bf16", ph.conv_args(32, 2, 3, 6, 2, 1, 1, 1), BF16, "mma",
+     "tensor-cores-narrow"),                                 # one zero-padded output octet
+    ("two output channels fp32", ph.conv_args(32, 2, 3, 6, 2, 1, 1, 1), F32, "naive",
+     "tensor-cores-narrow"),
+    ("two input channels bf16", ph.conv_args(2, 32, 3, 6, 2, 1, 1, 1), BF16, "naive",
+     "simt"),                                                # input octets whole only
     ("wide bf16", WIDE, BF16, "gemm", "tensor-cores-cl"),    # grad_y read channels-last
     ("wider fp16", WIDER, torch.float16, "gemm", "tensor-cores-cl"),
     ("wide fp32", WIDE, F32, "mma", "tensor-cores"),
@@ -214,6 +220,10 @@ def test_forced_backward_kernels():
         assert ph.grad_weight(FOUNDING, 2, BF16, device, "simt").family == "simt"
         assert ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-narrow").family == \
             "tensor-cores-narrow"
+        # named on wider layers too (whole octets), where the rule takes the wide GEMMs
+        assert ph.grad_weight(WIDE, 2, BF16, device, "tensor-cores-narrow").family == \
+            "tensor-cores-narrow"
+        assert ph.grad_weight(WIDE, 2, BF16, device).family != "tensor-cores-narrow"
         # fewer than 4 output channels a group (zero-padded): 16-bit layers whose input
         # channels fill whole groups run the all-phase forward and the per-phase tensor-core
         # input gradient by the rule; float32 ones and narrower inputs the SIMT forward and
@@ -239,7 +249,8 @@ def test_forced_backward_kernels():
                         ph.grad_weight(WIDE, 2, F32, device, "tensor-cores-cl"),
                         ph.grad_weight(FOUNDING, 2, BF16, device, "tensor-cores-cl"),
                         ph.grad_weight(FOUNDING, 2, F64, device, "tensor-cores-narrow"),
-                        ph.grad_weight(WIDE, 2, BF16, device, "tensor-cores-narrow")):
+                        ph.grad_weight(ph.conv_args(12, 16, 3, 6, 2, 1, 1), 2, BF16, device,
+                                       "tensor-cores-narrow")):
             assert not refused.ok and refused.text.startswith("refused: the "), refused.text
 
 
