@@ -163,7 +163,8 @@ def bench_shape(spec, dtype, reps, check=True):
 def bench_backward(spec, dtype, reps, channels_last=False):
     """The backward's two halves against torch's convolution_backward (cuDNN, TF32 off) and
     float64: grad_weight per kernel (SIMT, tensor cores) and grad_input per kernel (tensor
-    cores, naive, each tile of the implicit GEMM), each timed with its weight pack;
+    cores per phase, narrow window, naive, each tile of the implicit GEMM), each timed with
+    its weight pack;
     channels_last: x, the weight and grad_y channels_last_3d (as the bench's channels-last
     rows: a model in that memory format)."""
     name, n, cin, cout, g, dhw, k, s, p, op = spec
@@ -210,7 +211,7 @@ def bench_backward(spec, dtype, reps, channels_last=False):
            ("gw_tc_narrow", "tensor-cores-narrow")), False,
           gw_ref)
     timed((("gi_auto", "auto"), ("gi_tc", "tensor-cores"), ("gi_naive", "naive"),
-           ("gi_gemm", "implicit-gemm"))
+           ("gi_tc_narrow", "tensor-cores-narrow"), ("gi_gemm", "implicit-gemm"))
           + tuple((f"gi_gemm_tile{t}", "implicit-gemm", t) for t in range(6)), True, gi_ref)
     del gi_ref, gw_ref, x64, w64
 

@@ -562,8 +562,11 @@ class BackwardPlan {
     // or 4 for the float32 implicit GEMM (its 16-byte groups)
     if (gi_plan_.grad_y_channels_last) {
       gi_cg_ = gi_plan_.family == PHASECONV_GEMM && weight.element_size() == 4 ? 4 : 8;
-      TORCH_CHECK(weight.size(1) % gi_cg_ == 0, "phaseconv cuda engine: the input gradient's "
-                  "tensor-core layout takes whole groups of ", num(gi_cg_), " output channels.");
+      // the narrow kernel also takes one zero-padded group of fewer channels
+      TORCH_CHECK(weight.size(1) % gi_cg_ == 0 ||
+                      (gi_plan_.family == PHASECONV_GI_NARROW && weight.size(1) < gi_cg_),
+                  "phaseconv cuda engine: the input gradient's tensor-core layout takes whole "
+                  "groups of ", num(gi_cg_), " output channels.");
       q.x_channels_last = 1;
     }
 

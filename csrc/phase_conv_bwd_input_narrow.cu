@@ -7,7 +7,8 @@
 //
 // in which every term reads a real grad_y element: in this direction the phases only say which
 // taps meet which output, and no tap meets an inserted zero.  With 8 or 16 grad_y channels per
-// group, the per-phase kernels would run k steps of 8 channels in 16-wide tensor-core steps.
+// group (or fewer than 8, zero-padded to an octet), the per-phase kernels would run k steps of
+// 8 channels in 16-wide tensor-core steps.
 // Here a block owns a tile of grad_x positions (gi_narrow_outputs) of one group and stages, by
 // cp.async, the grad_y window every tap of the tile reads ([octet][position][8], channels-last)
 // and the group's weight ([pair][grad_x channel][8]).  An m16n8k16 step's k is two (tap,
@@ -28,6 +29,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 namespace phaseconv {
 namespace {
@@ -78,7 +81,11 @@ __device__ __forceinline__ WinDigits win_digits(int i, int ws, int sw, int wh) {
   return t;
 }
 
-template <typename T, int NCI, int NCO>
+// FEW_CO: fewer than 8 grad_y channels a group.  Their rows are narrower than a 16-byte copy
+// (and not aligned to one), so a thread loads a window position's channels one element at a
+// time and stores the octet's row with zeros past them; the packed weight's octet is
+// zero-padded alike (phase_conv_pack.cuh), so the padding terms add zeros.
+template <typename T, int NCI, int NCO, bool FEW_CO>
 __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowArgs a) {
   constexpr bool F32 = sizeof(T) == 4;
   constexpr int kTiles = gi_narrow_outputs((int)sizeof(T)) / (16 * kWarps);  // m16 tiles a warp
@@ -125,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
   // the weight rows of this block's grad_x channels: pair pr = tap * NCO + octet is row
   // (pr, ci) of the gathered group, zero past the pairs and the group's channels
   {
-    const T* wg = w + (int64_t)g * taps * a.cout_g * a.cin_g;
+    const T* wg = w + (int64_t)g * taps * (NCO * 8) * a.cin_g;  // octets zero-padded
     for (int rr = tid; rr < wrows; rr += kThreads) {
       const int pr = rr / (NCI * 8), row = rr - pr * (NCI * 8);
       const bool ok = pr < real_pairs && ci0 + row < a.cin_g;
@@ -149,13 +156,34 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
       const bool in = (unsigned)od < (unsigned)a.out_d && (unsigned)oh < (unsigned)a.out_h &&
                       (unsigned)ow < (unsigned)a.out_w;
       const int64_t v = (((n * a.out_d + od) * a.out_h + oh) * a.out_w + ow) * a.c_out;
+      if constexpr (FEW_CO) {  // one partial octet: element loads, zeros past cout_g
+        using Bits = typename std::conditional<sizeof(T) == 2, uint16_t, uint32_t>::type;
+        const Bits* src = reinterpret_cast<const Bits*>(gb + v);
+        uint32_t row[kCopies * 4];
 #pragma unroll
-      for (int o = 0; o < NCO; ++o) {
-        const uint32_t row = o * npos + pos;
+        for (int j = 0; j < kCopies * 4; ++j) row[j] = 0;
 #pragma unroll
-        for (int h = 0; h < kCopies; ++h)
-          cp_async16_cg(F32 ? s_win + f32_word(row, 4 * h) : s_win + row * 16,
-                        in ? gb + v + o * 8 + h * (16 / (int)sizeof(T)) : gy, in);
+        for (int j = 0; j < 7; ++j) {  // C_out/g < 8
+          const uint32_t bits = in && j < a.cout_g ? (uint32_t)src[j] : 0u;
+          if constexpr (sizeof(T) == 2) row[j >> 1] |= bits << ((j & 1) * 16);
+          else row[j] = bits;
+        }
+#pragma unroll
+        for (int h = 0; h < kCopies; ++h) {
+          const uint32_t at16 = F32 ? s_win + f32_word(pos, 4 * h) : s_win + pos * 16;
+          asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(at16),
+                       "r"(row[4 * h]), "r"(row[4 * h + 1]), "r"(row[4 * h + 2]),
+                       "r"(row[4 * h + 3]));
+        }
+      } else {
+#pragma unroll
+        for (int o = 0; o < NCO; ++o) {
+          const uint32_t row = o * npos + pos;
+#pragma unroll
+          for (int h = 0; h < kCopies; ++h)
+            cp_async16_cg(F32 ? s_win + f32_word(row, 4 * h) : s_win + row * 16,
+                          in ? gb + v + o * 8 + h * (16 / (int)sizeof(T)) : gy, in);
+        }
       }
       at.q += by.q; at.r += by.r; at.h += by.h; at.d += by.d;
       if (at.q >= c.win_ws) { at.q -= c.win_ws; at.r += 1; }
@@ -283,9 +311,10 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
   if (nonfinite) *a.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
 }
 
-template <typename T, int NCI, int NCO>
+template <typename T, int NCI, int NCO, bool FEW_CO = false>
 cudaError_t launch(const GiNarrowArgs& a, cudaStream_t stream) {
-  return launch_kernel(gi_narrow_kernel<T, NCI, NCO>, a.c.grid, kThreads, a.c.smem, stream, a);
+  return launch_kernel(gi_narrow_kernel<T, NCI, NCO, FEW_CO>, a.c.grid, kThreads, a.c.smem,
+                       stream, a);
 }
 
 template <typename T>
@@ -304,6 +333,10 @@ cudaError_t run_typed(const PhaseConvFwdParams& p, const GiNarrowCfg& c, cudaStr
   a.pd = (int)e.p[0]; a.ph = (int)e.p[1]; a.pw = (int)e.p[2];
   a.dd = (int)e.d[0]; a.dh = (int)e.d[1]; a.dw = (int)e.d[2];
   a.c = c;
+  if (a.cout_g < 8) {  // one partial grad_y octet
+    if (c.nco != 1) return cudaErrorInvalidValue;
+    return c.nci == 1 ? launch<T, 1, 1, true>(a, stream) : launch<T, 2, 1, true>(a, stream);
+  }
   if (c.nci == 1 && c.nco == 1) return launch<T, 1, 1>(a, stream);
   if (c.nci == 1 && c.nco == 2) return launch<T, 1, 2>(a, stream);
   if (c.nci == 2 && c.nco == 1) return launch<T, 2, 1>(a, stream);

@@ -11,8 +11,9 @@
 namespace phaseconv {
 
 // Grad-input mode parameters (phase_conv_bwd_input_plan): params.x is grad_y channels-last
-// (16-byte aligned), params.weight_mma the weight laid out [groups][kD][kH][kW][C_out/g / 8]
-// [C_in/g][8], params.y grad_x (N, C_in, D, H, W) contiguous, every element written.
+// (16-byte aligned; element-aligned where C_out/g < 8), params.weight_mma the weight laid out
+// [groups][kD][kH][kW][ceil(C_out/g / 8)][C_in/g][8] (zero past C_out/g), params.y grad_x
+// (N, C_in, D, H, W) contiguous, every element written.
 template <typename T>
 cudaError_t run_gi_narrow(const PhaseConvFwdParams& params, const GiNarrowCfg& c,
                           cudaStream_t stream);

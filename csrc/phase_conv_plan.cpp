@@ -857,7 +857,8 @@ size_t smem_for_blocks(const DevInfo& dev, int blocks) {
 }
 
 // Narrow input-gradient tile (gi_narrow_kernel): float32/float16/bfloat16, grad_y's channels
-// per group 8 or 16 (one or two octets: the whole group's in one window), grad_x's a multiple
+// per group 16, 8 or fewer (one or two octets, the last zero-padded: the whole group's in one
+// window), grad_x's a multiple
 // of 8 (one or two octets a block).  The tile of gi_narrow_outputs grad_x positions (tile_w 8,
 // 16 or 32: an m16 tile's rows, two runs of 8 along W) of least estimated cost: per tile, its
 // staged rows (a 16-byte copy, ~20 instructions a thread) against its mma steps (an mma with
@@ -872,11 +873,12 @@ bool plan_gi_narrow(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& 
   const int64_t outputs = gi_narrow_outputs(elem), rb = 8 * elem;  // an octet row's bytes
   // grad-input mode: c_in, in_* are grad_y's; c_out, out_* grad_x's
   const int64_t gy_g = p.c_in / p.groups, gx_g = p.c_out / p.groups;
-  if (gy_g % 8 != 0 || gx_g % 8 != 0 || gy_g > 16 || gx_g == 0) return false;
+  // grad_y: one or two octets, or fewer than 8 channels (one zero-padded octet)
+  if ((gy_g % 8 != 0 && gy_g > 8) || gx_g % 8 != 0 || gy_g > 16 || gx_g == 0) return false;
   const PhaseConvExact& e = p.exact;
   const int64_t taps = e.k[0] * e.k[1] * e.k[2];
   if (taps == 0) return false;
-  c->nco = (int)(gy_g / 8);
+  c->nco = (int)cdiv(gy_g, 8);
   c->nci = gx_g >= 16 ? 2 : 1;
   c->n_cib = (int)cdiv(gx_g / 8, c->nci);
   c->pairs = (int)(cdiv(taps * c->nco, 2) * 2);
@@ -990,8 +992,9 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     return true;
   }
   if (force == PHASECONV_GI_NARROW)
-    return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_out/groups 8 or "
-                  "16, C_in/groups a multiple of 8 and a grad_y window that fits shared memory");
+    return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_out/groups 16, "
+                  "8 or fewer, C_in/groups a multiple of 8 and a grad_y window that fits shared "
+                  "memory");
   // the per-phase tensor-core kernel by the rule where both sides have 4 channels a group or
   // more (a 16-byte channel group then at least half used), and for 16-bit layers with fewer
   // grad_y channels a group (zero-padded) where grad_x's fill whole channel groups (H100,

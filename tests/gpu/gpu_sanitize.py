@@ -205,7 +205,7 @@ def main(argv=()) -> int:
                 for gy_ in (gy, gy.contiguous(memory_format=torch.channels_last_3d)):
                     forced.append(cuda.backward(gy_, xd, wd, args, need_weight=False,
                                                 grad_input_kernel="implicit-gemm"))
-            if (co // g) in (8, 16) and (ci // g) % 8 == 0:
+            if (co // g in (8, 16) or co // g < 8) and (ci // g) % 8 == 0:
                 # the narrow input gradient, grad_y copied and read in place
                 for gy_ in (gy, gy.contiguous(memory_format=torch.channels_last_3d)):
                     forced.append(cuda.backward(gy_, xd, wd, args, need_weight=False,

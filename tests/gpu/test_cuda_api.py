@@ -819,18 +819,24 @@ _NARROW_GI_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): 8 or 16 gr
     (3, 32, 16, 2, (5, 6, 7), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # groups
     (1, 8, 8, 1, (4, 4, 5), (5, 5, 5), (1, 1, 1), (2, 2, 2), (0, 0, 0), (1, 1, 1)),  # stride 1
     (2, 40, 8, 1, (3, 4, 21), (1, 2, 4), (1, 2, 4), (0, 1, 0), (0, 1, 3), (1, 1, 1)),  # s 4
+    # fewer than 8 grad_y channels (one zero-padded octet): 32 -> 2 (two grad_x octets), odd
+    # groups of 3 (grad_y rows off 4-byte alignment), one channel with dilation
+    (2, 32, 2, 1, (5, 6, 7), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+    (1, 16, 6, 2, (4, 5, 6), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 0, 1), (2, 1, 3)),
+    (2, 8, 1, 1, (3, 4, 21), (3, 2, 4), (2, 2, 3), (1, 0, 1), (1, 1, 2), (1, 2, 1)),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", range(len(_NARROW_GI_CASES)))
 def test_narrow_input_gradient(case, dtype):
-    """The input gradient of layers with 8 or 16 grad_y channels a group (tensor cores over a
-    staged grad_y window, every tap at its shift; 3xTF32 for float32, its accumulators
-    flushed every 256 terms: the founding case sums 840), by the rule and forced, against torch in
-    float64 from the same rounded values: odd tap counts (a zero pair pads the last k step),
-    one and two octets on each side, grad_x octet blocks with a tail, strides 1 to 4,
-    dilation, ragged tiles, empty phases, groups, rows longer than a tile; the per-phase
+    """The input gradient of layers with 16, 8 or fewer grad_y channels a group (tensor cores
+    over a staged grad_y window, every tap at its shift, fewer channels zero-padded to an
+    octet; 3xTF32 for float32, its accumulators flushed every 256 terms: the founding case
+    sums 840), by the rule and forced, against torch in float64 from the same rounded values:
+    odd tap counts (a zero pair pads the last k step), one and two octets on each side,
+    grad_x octet blocks with a tail, strides 1 to 4, dilation, ragged tiles, empty phases,
+    groups, rows longer than a tile; the per-phase
     tensor-core kernel within the same tolerance; a contiguous grad_y (copied channels-last)
     gives the same bits as a channels-last one, and results repeat bitwise."""
     from phaseconv.engines import cuda

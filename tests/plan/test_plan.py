@@ -86,10 +86,10 @@ BACKWARD_RULE = [
      "tensor-cores-narrow"),
     ("four channels a group bf16", ph.conv_args(8, 8, 3, 6, 2, 1, 1, 2), BF16, "mma",
      "simt"),                                                # not whole octets
-    ("two output channels bf16", ph.conv_args(32, 2, 3, 6, 2, 1, 1, 1), BF16, "mma",
-     "tensor-cores-narrow"),                                 # one zero-padded output octet
-    ("two output channels fp32", ph.conv_args(32, 2, 3, 6, 2, 1, 1, 1), F32, "naive",
-     "tensor-cores-narrow"),
+    ("two output channels bf16", ph.conv_args(32, 2, 3, 6, 2, 1, 1, 1), BF16,
+     "tensor-cores-narrow", "tensor-cores-narrow"),          # one zero-padded output octet
+    ("two output channels fp32", ph.conv_args(32, 2, 3, 6, 2, 1, 1, 1), F32,
+     "tensor-cores-narrow", "tensor-cores-narrow"),
     ("two input channels bf16", ph.conv_args(2, 32, 3, 6, 2, 1, 1, 1), BF16, "naive",
      "simt"),                                                # input octets whole only
     ("wide bf16", WIDE, BF16, "gemm", "tensor-cores-cl"),    # grad_y read channels-last
@@ -225,15 +225,17 @@ def test_forced_backward_kernels():
             "tensor-cores-narrow"
         assert ph.grad_weight(WIDE, 2, BF16, device).family != "tensor-cores-narrow"
         # fewer than 4 output channels a group (zero-padded): 16-bit layers whose input
-        # channels fill whole groups run the all-phase forward and the per-phase tensor-core
-        # input gradient by the rule; float32 ones and narrower inputs the SIMT forward and
-        # the naive input gradient, the tensor-core kernel when named
+        # channels fill whole groups run the all-phase forward by the rule, float32 ones the
+        # SIMT forward; both the narrow input and weight gradients (one zero-padded grad_y
+        # octet); narrower inputs the SIMT forward and the naive input gradient, the
+        # per-phase tensor-core kernel when named
         two_out = ph.conv_args(32, 2, 3, (48, 48, 48), 2, 1, 1, 1, batch=2)
         assert ph.forward(two_out, 2, BF16, device).family == "allphase"
-        assert ph.grad_input(two_out, 2, BF16, device).family == "mma"
         assert ph.forward(two_out, 2, F32, device).family == "tiled"
-        assert ph.grad_input(two_out, 2, F32, device).family == "naive"
-        assert ph.grad_input(two_out, 2, F32, device, "tensor-cores").family == "mma"
+        for dtype in (BF16, F32):
+            assert ph.grad_input(two_out, 2, dtype, device).family == "tensor-cores-narrow"
+            assert ph.grad_weight(two_out, 2, dtype, device).family == "tensor-cores-narrow"
+            assert ph.grad_input(two_out, 2, dtype, device, "tensor-cores").family == "mma"
         assert not ph.grad_input(two_out, 2, F64, device, "tensor-cores").ok
         odd_in = ph.conv_args(12, 2, 3, (8, 8, 8), 2, 1, 1, 1, batch=2)  # 12: not whole octets
         assert ph.forward(odd_in, 2, BF16, device).family == "tiled"
