@@ -997,9 +997,9 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
                   "memory");
   // the per-phase tensor-core kernel by the rule where both sides have 4 channels a group or
   // more (a 16-byte channel group then at least half used), and for 16-bit layers with fewer
-  // grad_y channels a group (zero-padded) where grad_x's fill whole channel groups (H100,
-  // bf16, 2 x 32->2 48^3 k3 s2: 180 us against the naive kernel's 296); any other layer when
-  // it is named
+  // grad_y channels a group (zero-padded) where grad_x's fill whole channel groups and the
+  // narrow kernel's window does not fit (H100, bf16, 2 x 32->2 48^3 k3 s2: 180 us against the
+  // naive kernel's 296; the narrow kernel 70); any other layer when it is named
   const int64_t gy_g = params.c_in / params.groups, gx_g = params.c_out / params.groups;
   const bool narrow_gy = dtype_code != PHASECONV_FLOAT32 && gy_g < 4 && gx_g % 8 == 0;
   const bool mma_ok = dtype_code != PHASECONV_FLOAT64 && force != PHASECONV_NAIVE &&

@@ -956,9 +956,10 @@ def test_explain_follows_the_input_memory_format():
                                    torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", range(len(_BWD_CASES)))
 def test_input_gradient_kernels(case, dtype):
-    """grad_input in one launch by the tensor-core kernel (where the rule takes it, and named
-    on layers with fewer than 4 channels a group) and by the naive kernel, against torch in
-    float64."""
+    """grad_input in one launch by the kernel of the rule (the narrow window kernel on
+    whole grad_x octets and 16, 8 or fewer grad_y channels), the per-phase tensor-core kernel
+    (where the rule takes it, and named on layers with fewer than 4 channels a group) and the
+    naive kernel, against torch in float64."""
     from phaseconv.engines import cuda
 
     c = _BWD_CASES[case]
@@ -982,8 +983,11 @@ def test_input_gradient_kernels(case, dtype):
         (cin_g >= 4 and cout_g >= 4) or (sixteen and cout_g < 4 and cin_g % 8 == 0))
     gemm = (dtype in (torch.float16, torch.bfloat16) and cout_g % 8 == 0 and cout_g >= 16
             and cin_g >= 32)
-    rule = ("depthwise" if depthwise else "implicit-gemm" if gemm else "mma" if mma
-            else "naive")
+    # the narrow window kernel: grad_x channels in whole octets, grad_y's 16, 8 or fewer
+    narrow = (not depthwise and dtype != torch.float64 and cin_g % 8 == 0
+              and (cout_g in (8, 16) or cout_g < 8))
+    rule = ("depthwise" if depthwise else "implicit-gemm" if gemm else
+            "tensor-core window" if narrow else "mma" if mma else "naive")
     assert desc.startswith(rule + " grad-input"), desc
     tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3,
            torch.bfloat16: 2e-2}[dtype]
@@ -991,7 +995,8 @@ def test_input_gradient_kernels(case, dtype):
     # (narrow groups zero-padded)
     named_mma = [] if depthwise or dtype == torch.float64 else ["tensor-cores"]
     forced = {"depthwise": ["depthwise"], "mma": named_mma, "naive": named_mma,
-              "implicit-gemm": ["implicit-gemm", "tensor-cores"]}[rule]
+              "implicit-gemm": ["implicit-gemm", "tensor-cores"],
+              "tensor-core window": ["tensor-cores-narrow", "tensor-cores"]}[rule]
     for kernel in ["auto", "naive"] + forced:
         got, _ = cuda.backward(gyc, xc, wc, args, need_weight=False, grad_input_kernel=kernel)
         assert got.dtype == dtype and got.shape == expected.shape
