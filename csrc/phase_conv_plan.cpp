@@ -978,7 +978,11 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_out/groups a "
                   "multiple of 8 and a tile that fits shared memory");
   GiNarrowCfg& nc = out->narrow;
-  if ((force == 0 || force == PHASECONV_GI_NARROW) &&
+  const int64_t gy_g = params.c_in / params.groups, gx_g = params.c_out / params.groups;
+  // float32 with 16 grad_y channels a group stays on the per-phase kernel by the rule (H100,
+  // 2 x 64->16 24^3 k3 s2: 98 us against the narrow kernel's 146)
+  const bool narrow_rule = !(dtype_code == PHASECONV_FLOAT32 && gy_g > 8);
+  if (((force == 0 && narrow_rule) || force == PHASECONV_GI_NARROW) &&
       plan_gi_narrow(params, dtype_code, dev, &nc)) {
     out->family = PHASECONV_GI_NARROW;
     out->grad_y_channels_last = 1;
@@ -1000,7 +1004,6 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
   // grad_y channels a group (zero-padded) where grad_x's fill whole channel groups and the
   // narrow kernel's window does not fit (H100, bf16, 2 x 32->2 48^3 k3 s2: 180 us against the
   // naive kernel's 296; the narrow kernel 70); any other layer when it is named
-  const int64_t gy_g = params.c_in / params.groups, gx_g = params.c_out / params.groups;
   const bool narrow_gy = dtype_code != PHASECONV_FLOAT32 && gy_g < 4 && gx_g % 8 == 0;
   const bool mma_ok = dtype_code != PHASECONV_FLOAT64 && force != PHASECONV_NAIVE &&
                       (force == PHASECONV_MMA || (gy_g >= 4 && gx_g >= 4) || narrow_gy);

@@ -647,10 +647,10 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     The rules (``csrc/phase_conv_plan.h``; visible in :func:`describe_backward` and
     ``explain()``):
     depthwise layers run the depthwise kernels; the input gradient of wide 16-bit layers the
-    implicit GEMM, of float32/float16/bfloat16 layers with 16, 8 or fewer output channels per
-    group (and whole octets of input channels) the narrow tensor-core kernel, of other layers
-    with 4 channels per group or more on both sides the per-phase tensor-core kernel, else the
-    naive one; the weight gradient of float32/float16/bfloat16 layers with 8 channels per
+    implicit GEMM, of float32/float16/bfloat16 layers with 16 (16-bit only), 8 or fewer output
+    channels per group (and whole octets of input channels) the narrow tensor-core kernel, of
+    other layers with 4 channels per group or more on both sides the per-phase tensor-core
+    kernel, else the naive one; the weight gradient of float32/float16/bfloat16 layers with 8 channels per
     group on one side (whole octets on the other), or fewer than 8 output channels and whole
     octets of input channels, the narrow tensor-core kernel, of 16-bit layers with channel
     counts per group multiples of 8 (and >= 16) the channels-last tensor-core GEMM (on an

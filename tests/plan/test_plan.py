@@ -82,6 +82,8 @@ BACKWARD_RULE = [
      "tensor-cores-narrow", "tensor-cores-narrow"),          # 16 -> 8
     ("sixteen channels bf16", ph.conv_args(16, 16, 3, 6, 2, 1, 1), BF16,
      "tensor-cores-narrow", "tensor-cores-cl"),              # grad_y 16 channels a group
+    ("sixteen channels fp32", ph.conv_args(16, 16, 3, 6, 2, 1, 1), F32, "mma",
+     "tensor-cores"),                                        # float32: per phase by the rule
     ("eight input channels bf16", ph.conv_args(8, 64, 3, 6, 2, 1, 1), BF16, "mma",
      "tensor-cores-narrow"),
     ("four channels a group bf16", ph.conv_args(8, 8, 3, 6, 2, 1, 1, 2), BF16, "mma",
