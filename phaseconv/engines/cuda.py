@@ -650,16 +650,16 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     implicit GEMM, of float32/float16/bfloat16 layers with 16 (16-bit only), 8 or fewer output
     channels per group (and whole octets of input channels) the narrow tensor-core kernel, of
     other layers with 4 channels per group or more on both sides the per-phase tensor-core
-    kernel, else the naive one; the weight gradient of float32/float16/bfloat16 layers with 8 channels per
-    group on one side (whole octets on the other), or fewer than 8 output channels and whole
-    octets of input channels, the narrow tensor-core kernel, of 16-bit layers with channel
-    counts per group multiples of 8 (and >= 16) the channels-last tensor-core GEMM (on an
-    sm_90a build, with C_in/g >= 64 and C_out/g >= 32, its warpgroup form
+    kernel, else the naive one; the weight gradient of float32/float16/bfloat16 layers with 8
+    channels per group on one side (whole octets on the other), or fewer than 8 output channels
+    and whole octets of input channels, the narrow tensor-core kernel, of 16-bit layers with
+    channel counts per group multiples of 8 (and >= 16) the channels-last tensor-core GEMM (on
+    an sm_90a build, with C_in/g >= 64 and C_out/g >= 32, its warpgroup form
     ``tensor-cores-wgmma``), of other float32/float16/bfloat16 layers with both >= 16 the
-    contiguous one, else the SIMT kernel.  ``grad_input_kernel`` and ``grad_weight_kernel``
-    force one by name (``GRAD_INPUT_KERNELS``, ``GRAD_WEIGHT_KERNELS``:
-    tests, benchmarks), and ``grad_input_tile`` the implicit GEMM's tile; forcing a kernel on
-    a layer it cannot take raises.
+    contiguous one, else the SIMT kernel. ``grad_input_kernel`` and ``grad_weight_kernel`` force
+    one by name (``GRAD_INPUT_KERNELS``, ``GRAD_WEIGHT_KERNELS``: tests, benchmarks), and
+    ``grad_input_tile`` the implicit GEMM's tile; forcing a kernel on a layer it cannot take
+    raises.
     """
     gi_code = grad_input_code(grad_input_kernel, grad_input_tile)
     if grad_weight_kernel not in GRAD_WEIGHT_KERNELS:
