@@ -30,8 +30,6 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-#include <type_traits>
-
 namespace phaseconv {
 namespace {
 
@@ -157,17 +155,8 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
                       (unsigned)ow < (unsigned)a.out_w;
       const int64_t v = (((n * a.out_d + od) * a.out_h + oh) * a.out_w + ow) * a.c_out;
       if constexpr (FEW_CO) {  // one partial octet: element loads, zeros past cout_g
-        using Bits = typename std::conditional<sizeof(T) == 2, uint16_t, uint32_t>::type;
-        const Bits* src = reinterpret_cast<const Bits*>(gb + v);
         uint32_t row[kCopies * 4];
-#pragma unroll
-        for (int j = 0; j < kCopies * 4; ++j) row[j] = 0;
-#pragma unroll
-        for (int j = 0; j < 7; ++j) {  // C_out/g < 8
-          const uint32_t bits = in && j < a.cout_g ? (uint32_t)src[j] : 0u;
-          if constexpr (sizeof(T) == 2) row[j >> 1] |= bits << ((j & 1) * 16);
-          else row[j] = bits;
-        }
+        load_partial_octet(gb + v, a.cout_g, in, row);
 #pragma unroll
         for (int h = 0; h < kCopies; ++h) {
           const uint32_t at16 = F32 ? s_win + f32_word(pos, 4 * h) : s_win + pos * 16;

@@ -24,8 +24,6 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-#include <type_traits>
-
 namespace phaseconv {
 namespace {
 
@@ -254,17 +252,8 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
       for (int q = tid; q < qp; q += kThreads) {
         const bool in = q < nq && d0 + at.d < st.cd && h0 + at.h < st.ch && w0 + at.w < st.cw;
         if constexpr (FEW_CO) {  // one partial octet: element loads, zeros past cout_g
-          using Bits = typename std::conditional<sizeof(T) == 2, uint16_t, uint32_t>::type;
-          const Bits* src = reinterpret_cast<const Bits*>(gb + v);
           uint32_t row[kCopies * 4];
-#pragma unroll
-          for (int j = 0; j < kCopies * 4; ++j) row[j] = 0;
-#pragma unroll
-          for (int j = 0; j < 7; ++j) {  // C_out/g < 8
-            const uint32_t bits = in && j < a.cout_g ? (uint32_t)src[j] : 0u;
-            if constexpr (sizeof(T) == 2) row[j >> 1] |= bits << ((j & 1) * 16);
-            else row[j] = bits;
-          }
+          load_partial_octet(gb + v, a.cout_g, in, row);
           uint4* dst = reinterpret_cast<uint4*>(s_buf + (sg - s_buf0) + q * RB);
 #pragma unroll
           for (int h = 0; h < kCopies; ++h)

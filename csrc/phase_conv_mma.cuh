@@ -7,6 +7,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "phase_conv_plan.h"
 
 namespace phaseconv_mma {
@@ -41,6 +43,25 @@ __device__ __forceinline__ void cp_async16_cg(uint32_t dst, const void* src, boo
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+}
+
+// A channel octet's row (16 bytes of 16-bit T, 32 of float) from the count < 8 channels at
+// src, zeros past them and where !valid: rows narrower than a 16-byte copy (and not aligned
+// to one), loaded by element.  The caller stores the words as its shared layout wants.
+template <typename T>
+__device__ __forceinline__ void load_partial_octet(const T* src, int count, bool valid,
+                                                   uint32_t (&row)[2 * sizeof(T)]) {
+  static_assert(sizeof(T) == 2 || sizeof(T) == 4, "16-bit or float rows");
+  using Bits = typename std::conditional<sizeof(T) == 2, uint16_t, uint32_t>::type;
+  const Bits* bits = reinterpret_cast<const Bits*>(src);
+#pragma unroll
+  for (int j = 0; j < 2 * (int)sizeof(T); ++j) row[j] = 0;
+#pragma unroll
+  for (int j = 0; j < 7; ++j) {
+    const uint32_t v = valid && j < count ? (uint32_t)bits[j] : 0u;
+    if constexpr (sizeof(T) == 2) row[j >> 1] |= v << ((j & 1) * 16);
+    else row[j] = v;
+  }
 }
 
 template <typename T> struct MmaOp;
