@@ -158,12 +158,8 @@ __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowAr
         uint32_t row[kCopies * 4];
         load_partial_octet(gb + v, a.cout_g, in, row);
 #pragma unroll
-        for (int h = 0; h < kCopies; ++h) {
-          const uint32_t at16 = F32 ? s_win + f32_word(pos, 4 * h) : s_win + pos * 16;
-          asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(at16),
-                       "r"(row[4 * h]), "r"(row[4 * h + 1]), "r"(row[4 * h + 2]),
-                       "r"(row[4 * h + 3]));
-        }
+        for (int h = 0; h < kCopies; ++h)
+          st_shared16(F32 ? s_win + f32_word(pos, 4 * h) : s_win + pos * 16, row + 4 * h);
       } else {
 #pragma unroll
         for (int o = 0; o < NCO; ++o) {

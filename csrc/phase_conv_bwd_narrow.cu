@@ -2,8 +2,8 @@
 // phase_conv_bwd_narrow.cuh).  CUDA headers only.
 //
 // With 8 channels per group on one side (C_in/g or C_out/g = 8, or C_out/g below 8: its octet
-// zero-padded) the per-tap GEMMs of
-// gw_cl_kernel and gw_mma_kernel (phase_conv_bwd.cu) would leave most of a 64 x 32 tile empty.
+// zero-padded) the per-tap GEMMs of gw_cl_kernel and gw_mma_kernel (phase_conv_bwd.cu) would
+// leave most of a 64 x 32 tile empty.
 // Here a block stages, per tile of a phase's outputs (tile_d x tile_h x tile_w), the input
 // window that all its taps read and the tile's grad_y, both channels-last in channel octets
 // ([octet][position][8], cp.async, two buffers: the next tile's copies overlap this one's
@@ -254,10 +254,8 @@ __global__ void __launch_bounds__(kThreads, 2) gw_narrow_kernel(const NarrowArgs
         if constexpr (FEW_CO) {  // one partial octet: element loads, zeros past cout_g
           uint32_t row[kCopies * 4];
           load_partial_octet(gb + v, a.cout_g, in, row);
-          uint4* dst = reinterpret_cast<uint4*>(s_buf + (sg - s_buf0) + q * RB);
 #pragma unroll
-          for (int h = 0; h < kCopies; ++h)
-            dst[h] = make_uint4(row[4 * h], row[4 * h + 1], row[4 * h + 2], row[4 * h + 3]);
+          for (int h = 0; h < kCopies; ++h) st_shared16(sg + q * RB + h * 16, row + 4 * h);
         } else {
 #pragma unroll
           for (int o = 0; o < NCO; ++o) {

@@ -45,9 +45,17 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
 }
 
+// 16-byte shared store of four words: a row staged through registers where cp.async cannot
+// copy it (load_partial_octet), at the address the copy would have written.
+__device__ __forceinline__ void st_shared16(uint32_t dst, const uint32_t* w) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n"
+               :: "r"(dst), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]));
+}
+
 // A channel octet's row (16 bytes of 16-bit T, 32 of float) from the count < 8 channels at
 // src, zeros past them and where !valid: rows narrower than a 16-byte copy (and not aligned
-// to one), loaded by element.  The caller stores the words as its shared layout wants.
+// to one), loaded by element.  The caller stores the words (st_shared16) as its shared layout
+// wants.
 template <typename T>
 __device__ __forceinline__ void load_partial_octet(const T* src, int count, bool valid,
                                                    uint32_t (&row)[2 * sizeof(T)]) {

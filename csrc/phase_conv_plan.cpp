@@ -856,14 +856,13 @@ size_t smem_for_blocks(const DevInfo& dev, int blocks) {
                      : std::min<size_t>({dev.smem_optin, per_sm, (size_t)110 * 1024});
 }
 
-// Narrow input-gradient tile (gi_narrow_kernel): float32/float16/bfloat16, grad_y's channels
-// per group 16, 8 or fewer (one or two octets, the last zero-padded: the whole group's in one
-// window), grad_x's a multiple
-// of 8 (one or two octets a block).  The tile of gi_narrow_outputs grad_x positions (tile_w 8,
-// 16 or 32: an m16 tile's rows, two runs of 8 along W) of least estimated cost: per tile, its
-// staged rows (a 16-byte copy, ~20 instructions a thread) against its mma steps (an mma with
-// its ldmatrix, ~8 instructions a warp; 3xTF32 with its shared loads and splits, ~32), over
-// the tiles that cover grad_x.  False where no tile's window fits.
+// Narrow input-gradient tile (gi_narrow_kernel): float32/float16/bfloat16, grad_y's channels per
+// group 16, 8 or fewer (one or two octets, the last zero-padded: the whole group's in one
+// window), grad_x's a multiple of 8 (one or two octets a block).  The tile of gi_narrow_outputs
+// grad_x positions (tile_w 8, 16 or 32: an m16 tile's rows, two runs of 8 along W) of least
+// estimated cost: per tile, its staged rows (a 16-byte copy, ~20 instructions a thread) against
+// its mma steps (an mma with its ldmatrix, ~8 instructions a warp; 3xTF32 with its shared loads
+// and splits, ~32), over the tiles that cover grad_x.  False where no tile's window fits.
 bool plan_gi_narrow(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
                     GiNarrowCfg* c) {
   if (dtype_code != PHASECONV_FLOAT32 && dtype_code != PHASECONV_FLOAT16 &&
@@ -1315,10 +1314,9 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   const bool narrow_able = dtype_code != PHASECONV_FLOAT64 && cin_g % 8 == 0 &&
                            (cout_g % 8 == 0 || cout_g < 8);
-  const bool narrow_ok = force == PHASECONV_GW_MMA_NARROW
-                             ? narrow_able
-                             : narrow_able && std::min(cin_g, cout_g) < 16;
-  if (force == PHASECONV_GW_MMA_NARROW && !narrow_ok)
+  const bool narrow_ok =
+      narrow_able && (force == PHASECONV_GW_MMA_NARROW || std::min(cin_g, cout_g) < 16);
+  if (force == PHASECONV_GW_MMA_NARROW && !narrow_able)
     return refuse(buf, len, force, "it takes float32/float16/bfloat16 with C_in/groups a "
                   "multiple of 8 and C_out/groups a multiple of 8 or below 8");
   if (narrow_ok && (force == 0 || force == PHASECONV_GW_MMA_NARROW) &&

@@ -594,13 +594,12 @@ _CL_BWD_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): the channels-
 def test_channels_last_backward_kernels(case, dtype):
     """The 16-bit backward of wide layers: grad_input on the implicit GEMM (grad_y read
     channels-last at the stride) and grad_weight on the channels-last tensor-core GEMM (on
-    sm_90a, for C_in/g >= 64 and C_out/g >= 32, its warpgroup form), by the rule and forced
-    (the mma.sync form and the narrow window kernel everywhere, the warpgroup form where it
-    runs), against torch in float64
-    from the same rounded values (ragged and empty phases, dilation, groups, channel tails,
-    several channel blocks, split reductions, tails in both channels, each tile of both
-    forms); contiguous operands (copied channels-last) give the same bits as channels-last
-    ones read in place, and results repeat bitwise."""
+    sm_90a, for C_in/g >= 64 and C_out/g >= 32, its warpgroup form), by the rule and forced (the
+    mma.sync form and the narrow window kernel everywhere, the warpgroup form where it runs),
+    against torch in float64 from the same rounded values (ragged and empty phases, dilation,
+    groups, channel tails, several channel blocks, split reductions, tails in both channels,
+    each tile of both forms); contiguous operands (copied channels-last) give the same bits as
+    channels-last ones read in place, and results repeat bitwise."""
     from phaseconv.engines import cuda
 
     n, cin, cout, g, size, k, s, p, op, d = _CL_BWD_CASES[case]
@@ -780,14 +779,13 @@ _NARROW_GW_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): 8 channels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", range(len(_NARROW_GW_CASES)))
 def test_narrow_weight_gradient(case, dtype):
-    """The weight gradient of layers with 8 channels a group on one side, or fewer than 8
-    output channels (tensor cores over a staged input window, grad_y zero-padded to an octet;
-    3xTF32 for float32), by the rule and forced, against torch in float64
-    from the same rounded values: odd tap counts (two taps share an mma tile), one and two input or
-    output octets with tails, ragged and empty phases, dilation, groups, rows longer than a
-    tile, split reductions; the SIMT kernel within the same tolerance; contiguous operands
-    (copied channels-last) give the same bits as channels-last ones, and results repeat
-    bitwise."""
+    """The weight gradient of layers with 8 channels a group on one side, or fewer than 8 output
+    channels (tensor cores over a staged input window, grad_y zero-padded to an octet; 3xTF32
+    for float32), by the rule and forced, against torch in float64 from the same rounded values:
+    odd tap counts (two taps share an mma tile), one and two input or output octets with tails,
+    ragged and empty phases, dilation, groups, rows longer than a tile, split reductions; the
+    SIMT kernel within the same tolerance; contiguous operands (copied channels-last) give the
+    same bits as channels-last ones, and results repeat bitwise."""
     from phaseconv.engines import cuda
 
     n, cin, cout, g, size, k, s, p, op, d = _NARROW_GW_CASES[case]
