@@ -759,6 +759,14 @@ def test_float32_input_gradient_on_the_implicit_gemm(case):
     assert torch.equal(got, again) and torch.equal(got, in_place)
 
 
+# fewer than 8 output (grad_y) channels a group, one zero-padded octet, for both narrow
+# gradients: 32 -> 2 (two input octets), odd groups of 3 (grad_y rows off 4-byte alignment),
+# one output channel with dilation
+_FEW_OUTPUT_CHANNEL_CASES = [
+    (2, 32, 2, 1, (5, 6, 7), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+    (1, 16, 6, 2, (4, 5, 6), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 0, 1), (2, 1, 3)),
+    (2, 8, 1, 1, (3, 4, 21), (3, 2, 4), (2, 2, 3), (1, 0, 1), (1, 1, 2), (1, 2, 1)),
+]
 _NARROW_GW_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): 8 channels a side
     (2, 32, 32, 4, (3, 5, 7), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1)),  # odd taps
     (1, 16, 8, 1, (6, 7, 9), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),  # 16 -> 8
@@ -768,12 +776,7 @@ _NARROW_GW_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): 8 channels
     (3, 32, 16, 2, (5, 6, 7), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # splits
     (1, 8, 8, 1, (4, 4, 5), (5, 5, 5), (1, 1, 1), (2, 2, 2), (0, 0, 0), (1, 1, 1)),  # 8 groups
     (1, 8, 16, 1, (3, 4, 5), (6, 6, 6), (1, 1, 1), (2, 2, 2), (0, 0, 0), (1, 1, 1)),  # 4 blocks
-    # fewer than 8 output channels (one zero-padded octet): 32 -> 2 (two input octets), odd
-    # groups of 3 (grad_y rows off 4-byte alignment), one output channel with dilation
-    (2, 32, 2, 1, (5, 6, 7), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
-    (1, 16, 6, 2, (4, 5, 6), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 0, 1), (2, 1, 3)),
-    (2, 8, 1, 1, (3, 4, 21), (3, 2, 4), (2, 2, 3), (1, 0, 1), (1, 1, 2), (1, 2, 1)),
-]
+] + _FEW_OUTPUT_CHANNEL_CASES
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -817,12 +820,7 @@ _NARROW_GI_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): 8 or 16 gr
     (3, 32, 16, 2, (5, 6, 7), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # groups
     (1, 8, 8, 1, (4, 4, 5), (5, 5, 5), (1, 1, 1), (2, 2, 2), (0, 0, 0), (1, 1, 1)),  # stride 1
     (2, 40, 8, 1, (3, 4, 21), (1, 2, 4), (1, 2, 4), (0, 1, 0), (0, 1, 3), (1, 1, 1)),  # s 4
-    # fewer than 8 grad_y channels (one zero-padded octet): 32 -> 2 (two grad_x octets), odd
-    # groups of 3 (grad_y rows off 4-byte alignment), one channel with dilation
-    (2, 32, 2, 1, (5, 6, 7), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
-    (1, 16, 6, 2, (4, 5, 6), (2, 3, 4), (3, 1, 2), (0, 1, 2), (2, 0, 1), (2, 1, 3)),
-    (2, 8, 1, 1, (3, 4, 21), (3, 2, 4), (2, 2, 3), (1, 0, 1), (1, 1, 2), (1, 2, 1)),
-]
+] + _FEW_OUTPUT_CHANNEL_CASES
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
