@@ -28,6 +28,8 @@ struct AllArgs : FwdGeometry {
   int x_bytes, w_bytes;           // shared-memory regions: halo buffers, weights
   int x_buf;                      // bytes of one halo buffer (x_bytes holds two when x_cl or fp32)
   int x_cl;                       // 1: x is channels-last (N, D, H, W, C_in), C_in/g % CG == 0
+  int x_single;                   // x_cl, 16-bit: one halo buffer, copied at each tile and
+                                  // waited for (where two do not fit shared memory)
   // staged output (16-bit, BN <= 16): the phases sharing a D residue rd fill one slab of the
   // tile's output box (TD planes od = sd*d0 + rd + sd*l, all of TH*sh x TW*sw, BN channels at
   // a stride of box_cs elements) in shared memory at byte box_off; the slab is then written
@@ -210,13 +212,14 @@ mma_allph_kernel(const AllArgs a) {
                              2u * (unsigned)(rem & tw_mask));
     }
   const bool async = !TF32 && a.x_cl != 0;
+  const bool prefetch = async && !a.x_single;  // the next tile's halo copied during this one
   int buf = 0;
 
   int last_gc = -1;  // (group, C_out block) whose weights are staged
   const int64_t b_lo = (int64_t)blockIdx.x * a.per_cta;
   int64_t b_hi = b_lo + a.per_cta;
   if (b_hi > a.total_blocks) b_hi = a.total_blocks;
-  if (async && b_lo < b_hi) {
+  if (prefetch && b_lo < b_hi) {
     issue_halo(b_lo, 0);
     cp_async_commit();
   }
@@ -251,9 +254,14 @@ mma_allph_kernel(const AllArgs a) {
     }
     // union input halo, channels-last: s_x[pos][grp][CG]
     if (async) {
-      if (blk + 1 < b_hi) issue_halo(blk + 1, buf ^ 1);
+      // prefetch: the next tile's halo into the other buffer; else this tile's into the one
+      // buffer (free since the barrier above).  One call site: a second one spills.
+      if (!prefetch || blk + 1 < b_hi) issue_halo(prefetch ? blk + 1 : blk, prefetch ? buf ^ 1 : 0);
       cp_async_commit();
-      cp_async_wait<1>();  // this tile's halo has landed (the next one may be in flight)
+      if (prefetch)
+        cp_async_wait<1>();  // this tile's halo has landed (the next one may be in flight)
+      else
+        cp_async_wait<0>();
     } else {
       const int id0 = d0 + a.ulo_d, ih0 = h0 + a.ulo_h, iw0 = w0 + a.ulo_w;
       const int64_t xg = ((int64_t)n * a.c_in + (int64_t)g * a.cin_g) * in_plane;
@@ -304,7 +312,7 @@ mma_allph_kernel(const AllArgs a) {
     }
     __syncthreads();
     const uint32_t sxb = sx_addr + buf * a.x_buf;  // this tile's halo
-    if (async) buf ^= 1;
+    if (prefetch) buf ^= 1;
 
     // bias of this thread's columns
     float bv[NT][2];
@@ -533,6 +541,7 @@ cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t
   a.co_blocks = (int)cdiv(a.cout_g, c.BN);
   a.G = c.G; a.x_bytes = c.x_bytes; a.w_bytes = c.w_bytes; a.x_buf = c.x_buf;
   a.x_cl = p.x_channels_last;
+  a.x_single = c.x_single;
   a.stage_out = c.stage_out; a.box_off = c.box_off; a.box_cs = c.box_cs;
   a.box_vec = p.out_w % 8 == 0 ? 1 : 0;
   // the engine's output is a fresh allocation (aligned); the test keeps a pointer that is not

@@ -242,6 +242,11 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
   size_t cap = dev.smem_optin > 2048 ? dev.smem_optin - 2048 : 0;
   if (cap > 120 * 1024) cap = 120 * 1024;
   bool found = false;
+  // a 16-bit channels-last input is staged by cp.async into two halo buffers (the next tile's
+  // copies overlap this one's mma); where no tile fits with two, one buffer, filled at each
+  // tile and waited for, still reads the input in place (no copy of it to NCDHW)
+  const int passes = cl && CG == 8 ? 2 : 1;
+  for (int single = 0; single < passes && !found; ++single)
   for (int kind = 0; kind < 5; ++kind) {
     const int BM = kinds_bm[kind], BN = kinds_bn[kind];
     if (force.allph_tile >= 0 ? kind != force.allph_tile : kinds_prev_bn[kind] >= cout_g)
@@ -259,8 +264,9 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
         // fp32 stages the halo twice, already split into its tf32 big and small parts, so the
         // inner loop does no conversions (each A fragment meets only NT n-tiles); 16-bit
         // dtypes with a channels-last input keep two halo buffers (the next tile's in flight)
+        // unless `single`
         const int64_t xbuf = npos * rowstride;
-        const int64_t xb = xbuf * ((CG == 4 || cl) ? 2 : 1);
+        const int64_t xb = xbuf * ((CG == 4 || (cl && !single)) ? 2 : 1);
         if (xb >= ((int64_t)1 << 30) || wb >= ((int64_t)1 << 30)) continue;
         size_t smem = (size_t)(xb + wb + hb);
         if (smem > cap) continue;
@@ -300,6 +306,7 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
           c.x_bytes = (int)xb; c.w_bytes = (int)wb; c.x_buf = (int)xbuf;
           c.stage_out = stage_out ? 1 : 0;
           c.pair_w = pair_w ? 1 : 0;
+          c.x_single = single;
           c.box_off = (int)(xb + wb + hb); c.box_cs = (int)box_cs;
           c.smem = smem; c.cost = cost;
           c.total_blocks = (int64_t)tiles * p.n * co_blocks * p.groups;
@@ -725,11 +732,11 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
       out->weight_mma = 1;
       snprintf(buf, len,
                "mma-allphase kind=%d BM=%d BN=%d threads=%d tile(d,h,w)=(%d,%d,%d) "
-               "halo=(%d,%d,%d) G=%d smem=%zu grid=%lld per_cta=%lld %s (%s)",
+               "halo=(%d,%d,%d) G=%d smem=%zu grid=%lld per_cta=%lld %s%s (%s)",
                ac.kind, ac.BM, ac.BN, ac.threads, ac.TD, ac.TH, ac.TW, ac.hd, ac.hh, ac.hw, ac.G,
                ac.smem, (long long)ac.grid, (long long)ac.per_cta,
                ac.stage_out ? "staged-output" : ac.pair_w ? "paired-w-stores" : "direct-stores",
-               layout);
+               ac.x_single ? " one-halo-buffer" : "", layout);
       return true;
     }
     MmaCfg& mc = out->mma;

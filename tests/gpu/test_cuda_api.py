@@ -283,6 +283,33 @@ def test_all_phase_forward_of_fewer_than_four_output_channels(c_out, dtype):
     assert 0 in ran and 4 in ran, ran
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_all_phase_forward_of_a_channels_last_input_in_one_halo_buffer(dtype):
+    """Where two halo buffers do not fit shared memory (eight channel groups a position), the
+    all-phase kernel reads a channels-last input in place through one buffer, filled and
+    waited for at each tile (two tiles a block here, so the buffer is refilled), in torch's
+    values and format, as the contiguous input's path gives them."""
+    from phaseconv.engines import cuda
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn((4, 64, 24, 24, 24), generator=gen).to("cuda", dtype)
+    w = (torch.randn((64, 16, 3, 3, 3), generator=gen) / 40).to("cuda", dtype)
+    b = torch.randn((16,), generator=gen).to("cuda", dtype)
+    kw = dict(stride=2, padding=1, output_padding=1)
+    xcl = x.contiguous(memory_format=torch.channels_last_3d)
+    args = check_conv_transpose3d(xcl, w, b, (2, 2, 2), (1, 1, 1), (1, 1, 1), 1, (1, 1, 1))
+    text = cuda.describe(args, 4, dtype, x.device, True)
+    assert text.startswith("mma-allphase") and "one-halo-buffer" in text, text
+    assert text.endswith("(channels-last input)"), text
+    assert "per_cta=1 " not in text, text
+    expected = F.conv_transpose3d(x.double(), w.double(), b.double(), **kw)
+    got = phaseconv.conv_transpose3d(xcl, w, b, **kw)
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    _close(got, expected, dtype)
+    # the contiguous input's bits (the same sums in the same order)
+    assert torch.equal(got.contiguous(), phaseconv.conv_transpose3d(x, w, b, **kw))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16,
                                    torch.float64], ids=str)
 @pytest.mark.parametrize("layer", range(len(_FORMAT_LAYERS)))

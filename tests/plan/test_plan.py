@@ -764,3 +764,24 @@ def test_depthwise_backward_tiles():
                  ph.grad_input(WIDE, 1, F32, ph.H100, "depthwise"),
                  ph.grad_weight(WIDE, 1, F32, ph.H100, "depthwise")):
         assert not plan.ok and plan.text.startswith("refused: the depthwise kernel was forced")
+
+
+@pytest.mark.parametrize("device", ph.DEVICES, ids=lambda d: d.name.split()[0])
+def test_all_phase_reads_a_channels_last_input_in_one_halo_buffer_where_two_do_not_fit(device):
+    """A 16-bit channels-last input is read in place by the all-phase kernel: two halo
+    buffers (the next tile's copies in flight) where they fit, else one buffer filled at each
+    tile, rather than a copy of the input to (N, C, D, H, W).  MONAI UNet's 64 -> 16 up-
+    convolution (2 x 64 x 24^3, k3 s2): eight channel groups a position."""
+    up2 = ph.conv_args(64, 16, 3, 24, 2, 1, 1, batch=2)
+    for dtype in (BF16, torch.float16):
+        plan = ph.forward(up2, 2, dtype, device, channels_last=True)
+        assert plan.family == "allphase" and plan.channels_last, plan.text
+        assert "one-halo-buffer" in plan.text and "(channels-last input)" in plan.text
+        contiguous = ph.forward(up2, 2, dtype, device)
+        assert contiguous.family == "allphase" and not contiguous.channels_last
+        assert "one-halo-buffer" not in contiguous.text
+    # where two buffers fit, two (the founding example), and float32 stages its halo
+    # synchronously (no buffers to double)
+    founding = ph.forward(FOUNDING, 8, BF16, device, channels_last=True)
+    assert founding.channels_last and "one-halo-buffer" not in founding.text, founding.text
+    assert "one-halo-buffer" not in ph.forward(FOUNDING, 8, F32, device, channels_last=True).text
