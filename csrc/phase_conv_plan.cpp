@@ -360,21 +360,30 @@ bool cl_possible(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
   return (p.c_in / p.groups) % cg == 0;
 }
 
+// float32 layers the rule gives the implicit GEMM (3xTF32, x copied channels-last where it is
+// not): C_in/g a multiple of 8 and >= 32, C_out/g >= 16.  H200, copy included, against the
+// per-phase 3xTF32 kernel: 128->64 32^3 k2 338 vs 491 us, 512->256 16^3 k2 230 vs 518,
+// 256->128 8^3 k4 702 vs 1205, 128->64 8x32x32 k(3,4,4) 300 vs 456; H100, against the
+// per-phase and SIMT kernels: 2 x 64->64 16^3 k3 s2 90 vs 140 and 190 us, 2 x 64->32 32^3
+// 269 vs 757 and 472, 2 x 128->32 12^3 62 vs 178 and 283, 2 x 64->16 24^3 120 vs 157 and
+// 340, 2 x 32->16 32^3 152 vs 156 and 284.  With fewer output channels its 32-column tile
+// runs mostly empty (2 x 64->8 24^3: 116 vs the per-phase kernel's 110).
+bool gemm_takes_float32(int64_t cin_g, int64_t cout_g) {
+  return cin_g % 8 == 0 && cin_g >= 32 && cout_g >= 16;
+}
+
 // cl: the input is channels-last.  A contiguous input serves only when every phase reads W
 // at one offset, a multiple of 8, and the phases' rows come in whole 16-byte vectors along W
 // (k == s, no padding: the "pure GEMM" layers), so no layout copy is needed.  float32 runs
-// 3xTF32 on the mma.sync tiles from a channels-last input (a contiguous one copied): the rule
-// takes it for C_in/g >= 128 and C_out/g >= 64 (H200, float32 forward, copy included, against
-// the per-phase 3xTF32 kernel: 128->64 32^3 k2 338 vs 491 us, 512->256 16^3 k2 230 vs 518,
-// 256->128 8^3 k4 702 vs 1205, 128->64 8x32x32 k(3,4,4) 300 vs 456); narrower layers only
-// when it is named.
+// 3xTF32 on the mma.sync tiles from a channels-last input (a contiguous one copied), by the
+// rule where gemm_takes_float32, other layers only when it is named.
 bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvForce& force,
                  const DevInfo& dev, bool cl, GemmCfg* c) {
   const bool tf32 = dtype_code == PHASECONV_FLOAT32;
   if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16 && !tf32) return false;
   if (tf32 && (!cl || (force.family != PHASECONV_GEMM &&
-                       !(force.family == 0 && p.c_in / p.groups >= 128 &&
-                         p.c_out / p.groups >= 64))))
+                       !(force.family == 0 &&
+                         gemm_takes_float32(p.c_in / p.groups, p.c_out / p.groups)))))
     return false;
   if (p.weight_mma == nullptr || (p.c_in / p.groups) % 8 != 0) return false;
   if (cl && !cl_possible(p, dtype_code, force)) return false;
@@ -469,8 +478,10 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
                double wgmma_min_k, GemmCfg* c) {
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   // wide layers only: narrow ones (C_out/g < 32) waste most of a BN >= 32 tile, and the
-  // all-phase kernel's shared halo serves them better
-  if (force.family != PHASECONV_GEMM && !(force.family == 0 && cin_g >= 16 && cout_g >= 32))
+  // all-phase kernel's shared halo serves them better (float32 from 16: its all-phase halo,
+  // staged twice, fits few channels, see gemm_takes_float32)
+  if (force.family != PHASECONV_GEMM &&
+      !(force.family == 0 && cin_g >= 16 && cout_g >= (c->tf32 ? 16 : 32)))
     return false;
   // tile: the narrowest BN that covers C_out/g; for BN 64 with a long reduction (>= 512 per
   // phase) the 8-warp tile with 64-channel k steps (measured on an H100: 8x32x32
@@ -551,15 +562,18 @@ bool want_tensor_cores(const PhaseConvFwdParams& p, int dtype_code, const PhaseC
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   // float32 runs 3xTF32; past kFlushTerms reduction terms its accumulators are flushed
   // (flush_acc: as accurate as FFMA at any length; unflushed, 1.4e-5 relative at 2048 terms).
-  // Those FLUSH variants beat the SIMT kernel only on wide tiles (H100: C_out 32,
-  // K 512: 666 vs 452 us; C_out 64-256, K 512-2048: 0.70-0.95x the SIMT time): narrower layers
-  // stay on FFMA.
-  if (phase_conv_needs_flush(p, dtype_code) && cout_g < 64) return false;
-  // 16-bit layers with fewer than 4 output channels a group (an 8-column tile, zero-padded)
-  // where C_in/g fills whole channel groups: H100, bf16, 2 x 32->2 48^3 k3 s2 (MONAI UNet's
-  // last up-convolution): the all-phase kernel 69.8 us against the SIMT kernel's 621
-  // (cuDNN 222)
-  const bool narrow_out = dtype_code != PHASECONV_FLOAT32 && cout_g < 4 && cin_g % 8 == 0;
+  // Flushed layers with 16-63 output channels a group that the implicit GEMM does not take
+  // stay on FFMA: the per-phase kernel's flushed tiles lost to the SIMT kernel there (H100,
+  // 2 x 64->32 32^3 k3 s2: 757 vs 472 us), and won with fewer (2 x 64->8 24^3: 110 vs 304).
+  if (phase_conv_needs_flush(p, dtype_code) && cout_g >= 16 && cout_g < 64 &&
+      !(gemm_takes_float32(cin_g, cout_g) && cl_possible(p, dtype_code, force)))
+    return false;
+  // fewer than 4 output channels a group (an 8-column tile, zero-padded) where C_in/g fills
+  // whole 16-byte channel groups (H100, 2 x 32->2 48^3 k3 s2, MONAI UNet's last
+  // up-convolution, against the SIMT kernel): bf16 on the all-phase kernel 69.8 against
+  // 621 us, float32 on the per-phase kernel 327 against 718 (and 2 x 64->2 24^3, 109 against
+  // 289; 2 x 16->2 48^3 on the all-phase kernel, 79 against 334)
+  const bool narrow_out = cout_g < 4 && cin_g % 8 == 0;
   return cin_g >= 4 && (cout_g >= 4 || narrow_out);
 }
 

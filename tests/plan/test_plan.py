@@ -25,6 +25,8 @@ MANY_PHASES = ph.conv_args(32, 32, 4, 8, 4)                 # 64 phases: past th
 PURE_GEMM = ph.conv_args(64, 64, 2, 16, 2)                  # k == s, no padding
 HUGE_DILATION = ph.conv_args(8, 8, 3, 4, dilation=150)      # no tile's window fits
 EMPTY = ph.conv_args(8, 8, 3, 4, 2, 1, 1, batch=0)
+FEW_OUT = ph.conv_args(64, 8, 3, 24, 2, 1, 1, batch=2)      # 512 terms a phase, 8 out
+TWO_OUT = ph.conv_args(32, 2, 3, 48, 2, 1, 1, batch=2)      # MONAI UNet's last up-convolution
 
 # (layer, batch, dtype, x offered channels-last) -> (family, reads channels-last)
 FORWARD_RULE = [
@@ -33,10 +35,15 @@ FORWARD_RULE = [
     ("founding bf16", FOUNDING, 8, BF16, False, "allphase", False),
     ("founding fp64", FOUNDING, 8, F64, False, "tiled", False),
     ("wide bf16", WIDE, 2, BF16, False, "gemm", True),     # copies x channels-last
-    ("wide fp32", WIDE, 2, F32, False, "tiled", False),
+    ("wide fp32", WIDE, 2, F32, False, "gemm", True),      # 3xTF32 BN 32, copies x
     ("wider fp32", WIDER, 2, F32, False, "gemm", True),    # 3xTF32, copies x channels-last
     ("pure gemm bf16", PURE_GEMM, 1, BF16, False, "gemm", False),  # reads NCDHW in place
-    ("many phases fp32", MANY_PHASES, 1, F32, False, "mma", False),
+    ("many phases fp32", MANY_PHASES, 1, F32, False, "gemm", True),  # copies x
+    ("few output channels fp32", FEW_OUT, 2, F32, False, "mma", False),  # flushed, per phase
+    ("two output channels fp32", TWO_OUT, 2, F32, False, "mma", False),
+    ("two output channels bf16", TWO_OUT, 2, BF16, False, "allphase", False),
+    ("wide flushed, C_in/g 16, fp32", ph.conv_args(16, 32, (3, 5, 7), 12, 2, 1, 1), 1, F32,
+     False, "tiled", False),                                # 16 x 24 taps a phase, no GEMM
     ("narrow fp32", NARROW, 1, F32, False, "tiled", False),
     ("depthwise bf16", DEPTHWISE, 4, BF16, False, "depthwise", False),
     ("depthwise fp64", DEPTHWISE, 4, F64, False, "depthwise", False),
@@ -167,18 +174,23 @@ def test_a_forced_kernel_that_cannot_run_is_refused(kernel, args, dtype, why):
 def test_float32_implicit_gemm(device):
     """float32 on the implicit GEMM (3xTF32): the mma.sync tiles, one phase a block, x read
     channels-last, flushed where a phase sums over 256 terms; the warpgroup tiles refuse it.
-    The rule takes it for C_in/g >= 128 and C_out/g >= 64 (sweep shapes 3-6, measured), the
-    4-warp BN 64 tile for C_out/g 64; other layers reach it only by name."""
+    The rule takes it for C_in/g >= 32 (whole channel octets) and C_out/g >= 16 (sweep shapes
+    2-6, measured), the narrowest of the BN 32, 64 and 128 tiles that covers C_out/g; other
+    layers reach it only by name.  Its input gradient by the rule only for C_in/g >= 128 and
+    C_out/g >= 64."""
     for shape in SWEEP:
         args = ph.sweep_args(shape)
         rule = ph.forward(args, shape.batch, F32, device)
-        wide = (shape.in_channels // shape.groups >= 128
-                and shape.out_channels // shape.groups >= 64)
-        assert (rule.family == "gemm") == wide, rule.text
-        if wide:
+        cin_g = shape.in_channels // shape.groups
+        cout_g = shape.out_channels // shape.groups
+        by_rule = cin_g % 8 == 0 and cin_g >= 32 and cout_g >= 16
+        assert (rule.family == "gemm") == by_rule, rule.text
+        if by_rule:
             assert rule.channels_last and "one-phase" in rule.text, rule.text
-            assert "kind=1 " in rule.text or "kind=2 " in rule.text, rule.text
-        # the input gradient likewise (its reduction runs over C_out/g, its columns C_in/g)
+            kind = 0 if cout_g <= 32 else 1 if cout_g <= 64 else 2
+            assert f"kind={kind} " in rule.text, rule.text
+        # the input gradient (its reduction runs over C_out/g, its columns C_in/g)
+        wide = cin_g >= 128 and cout_g >= 64
         gi = ph.grad_input(args, shape.batch, F32, device)
         assert (gi.family == "gemm") == wide, gi.text
         assert not wide or " 3xTF32" in gi.text, gi.text
@@ -226,14 +238,14 @@ def test_forced_backward_kernels():
         assert ph.grad_weight(WIDE, 2, BF16, device, "tensor-cores-narrow").family == \
             "tensor-cores-narrow"
         assert ph.grad_weight(WIDE, 2, BF16, device).family != "tensor-cores-narrow"
-        # fewer than 4 output channels a group (zero-padded): 16-bit layers whose input
-        # channels fill whole groups run the all-phase forward by the rule, float32 ones the
-        # SIMT forward; both the narrow input and weight gradients (one zero-padded grad_y
-        # octet); narrower inputs the SIMT forward and the naive input gradient, the
-        # per-phase tensor-core kernel when named
+        # fewer than 4 output channels a group (zero-padded): layers whose input channels
+        # fill whole groups run the all-phase forward by the rule in 16 bits, the per-phase
+        # one in float32 (its all-phase halo does not fit 32 channels); both the narrow input
+        # and weight gradients (one zero-padded grad_y octet); narrower inputs the SIMT
+        # forward and the naive input gradient, the per-phase tensor-core kernel when named
         two_out = ph.conv_args(32, 2, 3, (48, 48, 48), 2, 1, 1, 1, batch=2)
         assert ph.forward(two_out, 2, BF16, device).family == "allphase"
-        assert ph.forward(two_out, 2, F32, device).family == "tiled"
+        assert ph.forward(two_out, 2, F32, device).family == "mma"
         for dtype in (BF16, F32):
             assert ph.grad_input(two_out, 2, dtype, device).family == "tensor-cores-narrow"
             assert ph.grad_weight(two_out, 2, dtype, device).family == "tensor-cores-narrow"
