@@ -39,6 +39,9 @@ struct AllArgs : FwdGeometry {
   // phases of a (rd, rh) are computed back to back and, on a whole tile, stored together as
   // one 2-element vector per output pair (ow, ow + 1) instead of two scattered elements
   int pair_w;
+  // y is (N, D, H, W, C_out) (the plan turns stage_out and pair_w off); y_pair: two adjacent
+  // channels stored as one vector (C_out and C_out/g even, y aligned)
+  int y_cl, y_pair;
   int64_t total_blocks, per_cta;
 };
 
@@ -324,7 +327,10 @@ mma_allph_kernel(const AllArgs a) {
         bv[j][c] = (bias != nullptr && co < a.cout_g)
                        ? to_acc<float>(ldg(bias + g * a.cout_g + co)) : 0.f;
       }
-    const int64_t ybase = ((int64_t)n * a.c_out + (int64_t)g * a.cout_g) * out_plane;
+    // y at (n, g * cout_g, 0, 0, 0): channels-last, a position's C_out channels are contiguous
+    const int64_t ybase = a.y_cl ? (int64_t)n * out_plane * a.c_out + (int64_t)g * a.cout_g
+                                 : ((int64_t)n * a.c_out + (int64_t)g * a.cout_g) * out_plane;
+    const int64_t y_cs = a.y_cl ? 1 : out_plane;  // one channel's step
 
     const bool stage = !PAIR && !TF32 && a.stage_out;
     const int nhw = a.sh * a.sw;  // phases per D residue (consecutive in table order)
@@ -480,17 +486,23 @@ mma_allph_kernel(const AllArgs a) {
           const int rem = m & thw_mask;
           const int jd = d0 + ld, jh = h0 + (rem >> a.lg_tw), jw = w0 + (rem & tw_mask);
           if (jd < cd && jh < ch && jw < cw) {
-            T* yp = y + ybase +
-                    (((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w + rw +
-                     (int64_t)a.sw * jw);
+            const int64_t pix = ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) *
+                                    a.out_w + rw + (int64_t)a.sw * jw;
+            T* yp = y + ybase + (a.y_cl ? pix * a.c_out : pix);
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
+              const int co0 = co_base + (wn * NT + j) * 8 + (lane & 3) * 2;
+              if (a.y_pair && co0 + 1 < a.cout_g) {  // both channels, one vector
+                nonfinite |= !store_pair(yp + co0, acc[mt][j][half * 2] + bv[j][0],
+                                         acc[mt][j][half * 2 + 1] + bv[j][1]);
+                continue;
+              }
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
-                const int co = co_base + (wn * NT + j) * 8 + (lane & 3) * 2 + c;
+                const int co = co0 + c;
                 if (co < a.cout_g) {
                   const T out = from_acc<T>(acc[mt][j][half * 2 + c] + bv[j][c]);
-                  yp[(int64_t)co * out_plane] = out;
+                  yp[(int64_t)co * y_cs] = out;
                   nonfinite |= !finite_value(out);
                 }
               }
@@ -547,6 +559,9 @@ cudaError_t run_allph(const PhaseConvFwdParams& p, const AllCfg& c, cudaStream_t
   // the engine's output is a fresh allocation (aligned); the test keeps a pointer that is not
   // from making misaligned vector stores
   a.pair_w = c.pair_w && reinterpret_cast<uintptr_t>(p.y) % (2 * sizeof(T)) == 0 ? 1 : 0;
+  a.y_cl = p.y_channels_last;
+  a.y_pair = a.y_cl && p.c_out % 2 == 0 && a.cout_g % 2 == 0 &&
+             reinterpret_cast<uintptr_t>(p.y) % (2 * sizeof(T)) == 0 ? 1 : 0;
   a.total_blocks = c.total_blocks; a.per_cta = c.per_cta;
   constexpr bool F = sizeof(T) == 4;  // the FLUSH variant exists for float only
   const bool fl = phase_conv_needs_flush(p, F ? PHASECONV_FLOAT32 : PHASECONV_FLOAT16);

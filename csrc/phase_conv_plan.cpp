@@ -273,11 +273,15 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
         // staged output slab (16-bit, BN <= 16) when it fits
         const int64_t box_cs = (int64_t)TD * TH * p.stride_h * TW * p.stride_w + 8;
         const int64_t box_bytes = (BN * box_cs * 2 + 15) / 16 * 16;
+        // a channels-last result is stored directly: neither paired along W nor staged (both
+        // write (N, C_out, D, H, W) rows)
+        const bool y_cl = p.y_channels_last != 0;
         // paired W stores: the kernel's per-row offsets within a tile's output are ints
-        const bool pair_w = kind == 4 && p.stride_w == 2 && p.out_w % 2 == 0 &&
+        const bool pair_w = kind == 4 && !y_cl && p.stride_w == 2 && p.out_w % 2 == 0 &&
                             p.stride_d * TD * p.out_h * p.out_w < ((int64_t)1 << 31);
-        const bool stage_out = CG == 8 && BN <= 16 && kind != 4 && !force.direct_stores &&
-                               smem + box_bytes <= cap && box_cs < ((int64_t)1 << 24);
+        const bool stage_out = CG == 8 && BN <= 16 && kind != 4 && !y_cl &&
+                               !force.direct_stores && smem + box_bytes <= cap &&
+                               box_cs < ((int64_t)1 << 24);
         if (stage_out) smem += (size_t)box_bytes;
         const int64_t tiles = cdiv(cw, TW) * cdiv(ch, TH) * cdiv(cd, TD);
         const double blocks = (double)tiles * p.n * co_blocks * p.groups;
@@ -1430,7 +1434,8 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
   if (dtype_code < PHASECONV_FLOAT32 || dtype_code > PHASECONV_BFLOAT16) return false;
   plan->y_channels_last = 0;
   if (!phaseconv::plan_fwd(params, dtype_code, force, dev, plan)) return false;
-  if (params.y_channels_last && plan->family == PHASECONV_GEMM) {
+  if (params.y_channels_last &&
+      (plan->family == PHASECONV_GEMM || plan->family == PHASECONV_ALLPHASE)) {
     plan->y_channels_last = 1;
     const size_t n = strlen(plan->text);
     snprintf(plan->text + n, sizeof(plan->text) - n, ", channels-last output");

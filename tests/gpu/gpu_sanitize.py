@@ -84,7 +84,8 @@ def _nonfinite(n, ci, co, g, size, k, s, p, op, d) -> int:
 
 def _channels_last_results() -> int:
     """Channels-last results: written by the implicit GEMM (the k == s layer: its shared-A
-    tile), or transposed once after the other kernels (the few-channel and tiled copies)."""
+    tile) and by the all-phase kernel (8 input channels: one output channel to 24, pairs of
+    channels as vectors where the count is even)."""
     failures = 0
     cl = torch.channels_last_3d
     for co, dtype in ((1, torch.float32), (2, torch.bfloat16), (4, torch.float32),

@@ -237,9 +237,9 @@ _FORMAT_LAYERS = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("c_out", [1, 2, 3, 4, 8, 16, 24])
 def test_channels_last_result_of_narrow_layers(c_out, dtype):
-    """A channels-last input to a layer whose kernel writes (N, C, D, H, W): the result is
-    transposed once (by the few-channel copy for 2, 4, 8 and 16 channels, the tiled one
-    otherwise), in torch's format and with torch's values."""
+    """A channels-last input to a narrow layer (8 input channels: the all-phase kernel, which
+    stores the channels-last result itself, one channel, two, odd counts and pairs of them),
+    in torch's format and with torch's values."""
     cl = torch.channels_last_3d
     gen = torch.Generator().manual_seed(c_out)
     x = torch.randn((2, 8, 3, 5, 7), generator=gen).to("cuda", dtype)
@@ -281,6 +281,53 @@ def test_all_phase_forward_of_fewer_than_four_output_channels(c_out, dtype):
             _close(got, expected, dtype)
             ran.append(tile)
     assert 0 in ran and 4 in ran, ran
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("c_out, groups", [(32, 4), (16, 1), (3, 1), (6, 2)])
+def test_all_phase_kernel_writes_a_channels_last_result(c_out, groups, dtype):
+    """Asked for a channels-last result, the all-phase kernel stores it itself (no copy after
+    it; adjacent channels as one vector where C_out/g is even), each tile that takes the layer,
+    either input layout, with a bias: the bits of its contiguous result (the same sums in the
+    same order), torch's format and values; an Inf in the input gives torch's non-finite
+    pattern on the channels-last result (the fix-up)."""
+    from phaseconv.engines import cuda
+
+    cl = torch.channels_last_3d
+    gen = torch.Generator().manual_seed(c_out)
+    cin = 8 * groups
+    x = torch.randn((2, cin, 3, 5, 7), generator=gen).to("cuda", dtype)
+    w = torch.randn((cin, c_out // groups, 3, 5, 7), generator=gen).to("cuda", dtype)
+    b = torch.randn((c_out,), generator=gen).to("cuda", dtype)
+    kw = dict(stride=2, padding=(1, 2, 3), output_padding=1, groups=groups)
+    args = check_conv_transpose3d(x, w, b, (2, 2, 2), (1, 2, 3), (1, 1, 1), groups, (1, 1, 1))
+    expected = F.conv_transpose3d(x.double(), w.double(), b.double(), **kw)
+    ran = []
+    for tile in range(5):
+        kernel = cuda.ForwardKernel("allphase", allph_tile=tile)
+        for xin in (x, x.contiguous(memory_format=cl)):
+            try:
+                plain = cuda.forward(xin, w, b, args, kernel=kernel)
+            except RuntimeError as refused:
+                assert "no tile of it takes this layer" in str(refused), str(refused)
+                continue
+            got = cuda.forward(xin, w, b, args, kernel=kernel, out_channels_last=True)
+            assert got.is_contiguous(memory_format=cl), (tile, got.stride())
+            assert torch.equal(got.contiguous(), plain), tile
+            _close(got, expected, dtype)
+            ran.append(tile)
+    assert 0 in ran and 4 in ran, ran
+    text = cuda.describe(args, 2, dtype, x.device, True, "allphase", True)
+    assert text.endswith("(channels-last input), channels-last output"), text
+    poisoned = x.clone()
+    poisoned[0, 0, 1, 2, 3] = float("inf")
+    got = cuda.forward(poisoned.contiguous(memory_format=cl), w, b, args, kernel="allphase",
+                       out_channels_last=True).double().cpu()
+    ref = F.conv_transpose3d(poisoned.double(), w.double(), b.double(), **kw)
+    assert not torch.isfinite(ref).all()
+    assert torch.equal(torch.isnan(got), torch.isnan(ref))
+    assert torch.equal(torch.isposinf(got), torch.isposinf(ref))
+    assert torch.equal(torch.isneginf(got), torch.isneginf(ref))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -954,9 +1001,9 @@ def test_backward_kernel_rules():
 
 def test_explain_follows_the_input_memory_format():
     """explain(memory_format=...) names the kernels a call with such an input launches: a
-    channels-last input read in place by the implicit GEMM, which writes the channels-last
-    result; other kernels' results are copied once; a module's channels-last weight counts
-    too; float64 results stay contiguous, as torch's."""
+    channels-last input read in place by the implicit GEMM and the all-phase kernel, which
+    write the channels-last result; other kernels' results are copied once; a module's
+    channels-last weight counts too; float64 results stay contiguous, as torch's."""
     cl = torch.channels_last_3d
     wide = dict(in_channels=64, out_channels=64, kernel_size=2, stride=2)
     shape = (2, 64, 6, 6, 6)
@@ -971,11 +1018,17 @@ def test_explain_follows_the_input_memory_format():
     assert "channels-last output" not in plain.kernel, plain.kernel
     founding = dict(in_channels=32, out_channels=32, kernel_size=(3, 5, 7), stride=2,
                     padding=(1, 2, 3), output_padding=1, groups=4)
-    copied = phaseconv.explain(founding, (2, 32, 4, 6, 8), device="cuda", memory_format=cl)
-    assert copied.kernel.endswith(", channels-last output (one copy)"), copied.kernel
+    in_place = phaseconv.explain(founding, (2, 32, 4, 6, 8), device="cuda", memory_format=cl)
+    assert in_place.kernel.startswith("mma-allphase") and in_place.kernel.endswith(
+        "(channels-last input), channels-last output"), in_place.kernel
     module = phaseconv.ConvTranspose3d(**founding).cuda().to(memory_format=cl)
     by_weight = phaseconv.explain(module, (2, 32, 4, 6, 8))
-    assert by_weight.kernel.endswith(", channels-last output (one copy)"), by_weight.kernel
+    assert by_weight.kernel.endswith(", channels-last output"), by_weight.kernel
+    depthwise = dict(in_channels=8, out_channels=8, kernel_size=4, stride=2, padding=1,
+                     groups=8)
+    copied = phaseconv.explain(depthwise, (2, 8, 4, 6, 8), device="cuda", memory_format=cl)
+    assert copied.kernel.startswith("depthwise") and copied.kernel.endswith(
+        ", channels-last output (one copy)"), copied.kernel
     double = phaseconv.explain(founding, (2, 32, 4, 6, 8), device="cuda", dtype=torch.float64,
                                memory_format=cl)
     assert "channels-last output" not in double.kernel, double.kernel

@@ -779,6 +779,34 @@ def test_depthwise_backward_tiles():
 
 
 @pytest.mark.parametrize("device", ph.DEVICES, ids=lambda d: d.name.split()[0])
+def test_all_phase_writes_a_channels_last_result_in_place(device):
+    """A channels-last result asked of the all-phase kernel is stored by it, a position's
+    channels together (no copy after it), for every tile and dtype and either input layout:
+    neither its paired W stores nor its staged output slab (both write (N, C, D, H, W) rows)
+    then; a contiguous result keeps them."""
+    kept = set()
+    for dtype in (F32, BF16, torch.float16):
+        for tile in range(5):
+            kernel = cuda.ForwardKernel("allphase", allph_tile=tile)
+            plain = ph.forward(FOUNDING, 8, dtype, device, kernel=kernel)
+            if not plain.ok:
+                continue
+            kept.update(t for t in ("paired-w-stores", "staged-output") if t in plain.text)
+            for offered in (False, True):
+                plan = ph.forward(FOUNDING, 8, dtype, device, channels_last=offered,
+                                  kernel=kernel, out_channels_last=True)
+                assert plan.ok and plan.family == "allphase", plan.text
+                assert plan.text.endswith(", channels-last output"), plan.text
+                assert "direct-stores" in plan.text, plan.text
+    assert kept == {"paired-w-stores", "staged-output"}, kept
+    # by the rule too: the founding example, and MONAI UNet's last up-convolution
+    for args, batch in ((FOUNDING, 8), (TWO_OUT, 2)):
+        plan = ph.forward(args, batch, BF16, device, channels_last=True, out_channels_last=True)
+        assert plan.family == "allphase" and plan.text.endswith(
+            "(channels-last input), channels-last output"), plan.text
+
+
+@pytest.mark.parametrize("device", ph.DEVICES, ids=lambda d: d.name.split()[0])
 def test_all_phase_reads_a_channels_last_input_in_one_halo_buffer_where_two_do_not_fit(device):
     """A 16-bit channels-last input is read in place by the all-phase kernel: two halo
     buffers (the next tile's copies in flight) where they fit, else one buffer filled at each
