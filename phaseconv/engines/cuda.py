@@ -581,8 +581,9 @@ def forward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.d
                  out_channels_last: bool = False):
     """The forward of ``args`` for a batch, dtype, device and input layout, planned once:
     ``(tables, plan)`` with ``plan(x, weight, bias)`` the launch (C++ ``ForwardPlan``).
-    ``out_channels_last``: the result comes ``channels_last_3d`` (the implicit GEMM writes it
-    so; the other kernels' result is copied once, which the description says).
+    ``out_channels_last``: the result comes ``channels_last_3d`` (the implicit GEMM and the
+    all-phase kernel write it so; the other kernels' result is copied once, which the
+    description says).
 
     ``kernel`` (tests, benchmarks): "auto" lets the plan choose; a family name of
     :data:`FORWARD_KERNELS` or a :class:`ForwardKernel` forces one."""
