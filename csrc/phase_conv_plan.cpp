@@ -244,13 +244,16 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
   bool found = false;
   // a 16-bit channels-last input is staged by cp.async into two halo buffers (the next tile's
   // copies overlap this one's mma); where no tile fits with two, one buffer, filled at each
-  // tile and waited for, still reads the input in place (no copy of it to NCDHW)
-  const int passes = cl && CG == 8 ? 2 : 1;
+  // tile and waited for, still reads the input in place (no copy of it to NCDHW).  float32
+  // stages its halo twice, split into its tf32 big and small parts; where no tile fits so,
+  // once, unsplit, the parts taken at each fragment load
+  const int passes = cl || CG == 4 ? 2 : 1;
   for (int single = 0; single < passes && !found; ++single)
   for (int kind = 0; kind < 5; ++kind) {
     const int BM = kinds_bm[kind], BN = kinds_bn[kind];
     if (force.allph_tile >= 0 ? kind != force.allph_tile : kinds_prev_bn[kind] >= cout_g)
       continue;
+    if (single && CG == 4 && BN > 16) continue;  // the kernel splits late on narrow tiles only
     const int64_t co_blocks = cdiv(cout_g, BN);
     const int64_t wb = hbound * BN * 16;
     const int64_t hb = (hbound * 4 + 15) / 16 * 16;
@@ -263,10 +266,10 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
         const int64_t npos = hd * hh * hw;
         // fp32 stages the halo twice, already split into its tf32 big and small parts, so the
         // inner loop does no conversions (each A fragment meets only NT n-tiles); 16-bit
-        // dtypes with a channels-last input keep two halo buffers (the next tile's in flight)
-        // unless `single`
+        // dtypes with a channels-last input keep two halo buffers (the next tile's in flight);
+        // either keeps one unless `single`
         const int64_t xbuf = npos * rowstride;
-        const int64_t xb = xbuf * ((CG == 4 || (cl && !single)) ? 2 : 1);
+        const int64_t xb = xbuf * ((CG == 4 || cl) && !single ? 2 : 1);
         if (xb >= ((int64_t)1 << 30) || wb >= ((int64_t)1 << 30)) continue;
         size_t smem = (size_t)(xb + wb + hb);
         if (smem > cap) continue;
@@ -750,7 +753,9 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                ac.kind, ac.BM, ac.BN, ac.threads, ac.TD, ac.TH, ac.TW, ac.hd, ac.hh, ac.hw, ac.G,
                ac.smem, (long long)ac.grid, (long long)ac.per_cta,
                ac.stage_out ? "staged-output" : ac.pair_w ? "paired-w-stores" : "direct-stores",
-               ac.x_single ? " one-halo-buffer" : "", layout);
+               !ac.x_single ? "" : dtype_code == PHASECONV_FLOAT32 ? " halo-split-at-load"
+                                                                   : " one-halo-buffer",
+               layout);
       return true;
     }
     MmaCfg& mc = out->mma;

@@ -283,6 +283,39 @@ def test_all_phase_forward_of_fewer_than_four_output_channels(c_out, dtype):
     assert 0 in ran and 4 in ran, ran
 
 
+@pytest.mark.parametrize("cin, cout, groups", [(32, 2, 1), (32, 3, 1), (64, 6, 2)])
+def test_float32_all_phase_forward_with_the_halo_split_at_load(cin, cout, groups):
+    """Where two float32 halo copies (split into tf32 big and small parts) do not fit, 32
+    input channels a group at k3 (MONAI UNet's 32 -> 2), the all-phase kernel stages the halo
+    once and splits each A fragment as it loads it: within float32's tolerance of torch in
+    float64, by the rule and for each narrow tile by name (the wide ones refuse it), either
+    input layout, with a bias, groups; results repeat bitwise."""
+    from phaseconv.engines import cuda
+
+    gen = torch.Generator().manual_seed(cin + cout)
+    x = torch.randn((2, cin, 6, 7, 9), generator=gen).to("cuda")
+    w = torch.randn((cin, cout // groups, 3, 3, 3), generator=gen).to("cuda")
+    b = torch.randn((cout,), generator=gen).to("cuda")
+    kw = dict(stride=2, padding=1, output_padding=1, groups=groups)
+    args = check_conv_transpose3d(x, w, b, (2, 2, 2), (1, 1, 1), (1, 1, 1), groups, (1, 1, 1))
+    text = cuda.describe(args, 2, torch.float32, x.device)
+    assert text.startswith("mma-allphase") and "halo-split-at-load" in text, text
+    expected = F.conv_transpose3d(x.double(), w.double(), b.double(), **kw)
+    ran = []
+    for kernel in ["auto"] + [cuda.ForwardKernel("allphase", allph_tile=t) for t in range(5)]:
+        for xin in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+            try:
+                got = cuda.forward(xin, w, b, args, kernel=kernel)
+            except RuntimeError as refused:
+                assert kernel != "auto" and kernel.allph_tile in (2, 3), str(refused)
+                assert "no tile of it takes this layer" in str(refused), str(refused)
+                continue
+            _close(got, expected, torch.float32)
+            assert torch.equal(got, cuda.forward(xin, w, b, args, kernel=kernel))
+            ran.append(kernel)
+    assert len(ran) == 8, ran
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_all_phase_forward_of_a_channels_last_input_in_one_halo_buffer(dtype):
     """Where two halo buffers do not fit shared memory (eight channel groups a position), the

@@ -40,7 +40,7 @@ FORWARD_RULE = [
     ("pure gemm bf16", PURE_GEMM, 1, BF16, False, "gemm", False),  # reads NCDHW in place
     ("many phases fp32", MANY_PHASES, 1, F32, False, "gemm", True),  # copies x
     ("few output channels fp32", FEW_OUT, 2, F32, False, "mma", False),  # flushed, per phase
-    ("two output channels fp32", TWO_OUT, 2, F32, False, "mma", False),
+    ("two output channels fp32", TWO_OUT, 2, F32, False, "allphase", False),  # one halo copy
     ("two output channels bf16", TWO_OUT, 2, BF16, False, "allphase", False),
     ("wide flushed, C_in/g 16, fp32", ph.conv_args(16, 32, (3, 5, 7), 12, 2, 1, 1), 1, F32,
      False, "tiled", False),                                # 16 x 24 taps a phase, no GEMM
@@ -239,13 +239,13 @@ def test_forced_backward_kernels():
             "tensor-cores-narrow"
         assert ph.grad_weight(WIDE, 2, BF16, device).family != "tensor-cores-narrow"
         # fewer than 4 output channels a group (zero-padded): layers whose input channels
-        # fill whole groups run the all-phase forward by the rule in 16 bits, the per-phase
-        # one in float32 (its all-phase halo does not fit 32 channels); both the narrow input
+        # fill whole groups run the all-phase forward by the rule (float32 with one unsplit
+        # halo copy: two do not fit 32 channels); both the narrow input
         # and weight gradients (one zero-padded grad_y octet); narrower inputs the SIMT
         # forward and the naive input gradient, the per-phase tensor-core kernel when named
         two_out = ph.conv_args(32, 2, 3, (48, 48, 48), 2, 1, 1, 1, batch=2)
         assert ph.forward(two_out, 2, BF16, device).family == "allphase"
-        assert ph.forward(two_out, 2, F32, device).family == "mma"
+        assert ph.forward(two_out, 2, F32, device).family == "allphase"
         for dtype in (BF16, F32):
             assert ph.grad_input(two_out, 2, dtype, device).family == "tensor-cores-narrow"
             assert ph.grad_weight(two_out, 2, dtype, device).family == "tensor-cores-narrow"
@@ -797,3 +797,27 @@ def test_all_phase_reads_a_channels_last_input_in_one_halo_buffer_where_two_do_n
     founding = ph.forward(FOUNDING, 8, BF16, device, channels_last=True)
     assert founding.channels_last and "one-halo-buffer" not in founding.text, founding.text
     assert "one-halo-buffer" not in ph.forward(FOUNDING, 8, F32, device, channels_last=True).text
+
+
+@pytest.mark.parametrize("device", ph.DEVICES, ids=lambda d: d.name.split()[0])
+def test_float32_all_phase_halo_split_at_load_where_two_copies_do_not_fit(device):
+    """float32 stages the all-phase halo twice, split into its tf32 big and small parts, where
+    that fits; else once, unsplit, each A fragment split as it is loaded.  MONAI UNet's
+    32 -> 2 up-convolution (2 x 32 x 48^3, k3 s2: eight float32 channel groups a position)
+    takes it by the rule, either input layout, with less shared memory than two copies need;
+    16 -> 2 and the founding example keep two copies, 16-bit dtypes never split."""
+    for offered in (False, True):
+        plan = ph.forward(TWO_OUT, 2, F32, device, channels_last=offered)
+        assert plan.family == "allphase" and "halo-split-at-load" in plan.text, plan.text
+        assert "one-halo-buffer" not in plan.text, plan.text
+        halo = re.search(r"halo=\((\d+),(\d+),(\d+)\) G=(\d+) smem=(\d+)", plan.text)
+        hd, hh, hw, groups, smem = (int(v) for v in halo.groups())
+        copy = hd * hh * hw * (groups * 16 + (0 if groups % 2 else 16))
+        # one copy in its shared memory; a second would pass the plan's 120 KB cap
+        assert copy < smem <= 120 * 1024 < smem + copy, plan.text
+    two_copies = (ph.forward(ph.conv_args(16, 2, 3, 48, 2, 1, 1, batch=2), 2, F32, device),
+                  ph.forward(FOUNDING, 8, F32, device))
+    for plan in two_copies:
+        assert plan.family == "allphase" and "halo-split-at-load" not in plan.text, plan.text
+    for dtype in (BF16, torch.float16):
+        assert "halo-split-at-load" not in ph.forward(TWO_OUT, 2, dtype, device).text
