@@ -26,7 +26,8 @@ struct AllArgs : FwdGeometry {
   int tiles_w, tiles_h, tiles_d, co_blocks;
   int G;                          // 16-byte channel groups covering C_in/g
   int x_bytes, w_bytes;           // shared-memory regions: halo buffers, weights
-  int x_buf;                      // bytes of one halo buffer (x_bytes holds two when x_cl or fp32)
+  int x_buf;                      // bytes of one halo buffer (x_bytes holds two: fp32, and
+                                  // x_cl unless x_single)
   int x_cl;                       // 1: x is channels-last (N, D, H, W, C_in), C_in/g % CG == 0
   int x_single;                   // x_cl, 16-bit: one halo buffer, copied at each tile and
                                   // waited for (where two do not fit shared memory)

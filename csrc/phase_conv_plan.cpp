@@ -481,10 +481,10 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
                double wgmma_min_k, GemmCfg* c) {
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   // wide layers only: narrow ones (C_out/g < 32) waste most of a BN >= 32 tile, and the
-  // all-phase kernel's shared halo serves them better (float32 from 16: its all-phase halo,
-  // staged twice, fits few channels, see gemm_takes_float32)
+  // all-phase kernel's shared halo serves them better.  float32's callers apply its own rule
+  // (gemm_takes_float32, choose_gi_gemm): its all-phase halo, staged twice, fits few channels
   if (force.family != PHASECONV_GEMM &&
-      !(force.family == 0 && cin_g >= 16 && cout_g >= (c->tf32 ? 16 : 32)))
+      !(force.family == 0 && (c->tf32 || (cin_g >= 16 && cout_g >= 32))))
     return false;
   // tile: the narrowest BN that covers C_out/g; for BN 64 with a long reduction (>= 512 per
   // phase) the 8-warp tile with 64-channel k steps (measured on an H100: 8x32x32
