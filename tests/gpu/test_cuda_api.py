@@ -258,8 +258,9 @@ def test_channels_last_result_of_narrow_layers(c_out, dtype):
 @pytest.mark.parametrize("c_out", [1, 2, 3])
 def test_all_phase_forward_of_fewer_than_four_output_channels(c_out, dtype):
     """The all-phase kernel named on layers of 1-3 output channels (its 8-column tiles
-    zero-padded; the rule keeps them on the SIMT kernel), each tile that takes the layer,
-    contiguous and channels-last inputs, with a bias, against torch in float64."""
+    zero-padded; the rule takes it too, 16 input channels being whole octets), each tile that
+    takes the layer, contiguous and channels-last inputs, with a bias, against torch in
+    float64."""
     from phaseconv.engines import cuda
 
     gen = torch.Generator().manual_seed(c_out)
