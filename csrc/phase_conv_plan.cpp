@@ -403,15 +403,18 @@ bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
 // The input gradient on the implicit GEMM: one stride-1 "phase" whose rows are grad_x's
 // voxels, reduction over every tap x C_out/g, grad_y read channels-last at stride * j -
 // padding + tap * dilation (a plain strided convolution: no tap meets an inserted zero).
-// float32 (3xTF32, see choose_gemm) where the layer's C_out/g >= 64 and C_in/g >= 128 (here
-// p.c_in and p.c_out: H200, float32, against the per-phase 3xTF32 kernel: sweep shape 3 319
-// vs 583 us, 4 218 vs 448, 5 695 vs 1364, 6 285 vs 464), narrower layers only when named.
+// float32 (3xTF32, see choose_gemm) where the layer's C_out/g >= 64 and C_in/g >= 128, or
+// C_out/g >= 16 and C_in/g >= 64 (here p.c_in and p.c_out).  H200, float32, against the
+// per-phase 3xTF32 kernel: sweep shape 3 319 vs 583 us, 4 218 vs 448, 5 695 vs 1364, 6 285
+// vs 464; 2 x 64->32 32^3 k3 s2 231 vs 364, 2 x 128->32 12^3 92 vs 167, 2 x 64->16 24^3 71
+// vs 99.  Narrower layers only when named.
 bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, int tile,
                     const DevInfo& dev, GemmCfg* c) {
   const bool tf32 = dtype_code == PHASECONV_FLOAT32;
+  const int64_t gy_g = p.c_in / p.groups, gx_g = p.c_out / p.groups;
+  const bool tf32_rule = (gy_g >= 64 && gx_g >= 128) || (gy_g >= 16 && gx_g >= 64);
   if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16 &&
-      !(tf32 && (force == PHASECONV_GEMM ||
-                 (force == 0 && p.c_in / p.groups >= 64 && p.c_out / p.groups >= 128))))
+      !(tf32 && (force == PHASECONV_GEMM || (force == 0 && tf32_rule))))
     return false;
   if ((p.c_in / p.groups) % 8 != 0) return false;  // grad_y's channels: 16-byte vectors
   PhaseConvForce f;
@@ -1004,8 +1007,8 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
                   "multiple of 8 and a tile that fits shared memory");
   GiNarrowCfg& nc = out->narrow;
   const int64_t gy_g = params.c_in / params.groups, gx_g = params.c_out / params.groups;
-  // float32 with 16 grad_y channels a group stays on the per-phase kernel by the rule (H100,
-  // 2 x 64->16 24^3 k3 s2: 98 us against the narrow kernel's 146)
+  // float32 with 16 grad_y channels a group stays off it by the rule (H100, 2 x 64->16 24^3
+  // k3 s2: 146 us against the per-phase kernel's 98; the implicit GEMM above takes that layer)
   const bool narrow_rule = !(dtype_code == PHASECONV_FLOAT32 && gy_g > 8);
   if (((force == 0 && narrow_rule) || force == PHASECONV_GI_NARROW) &&
       plan_gi_narrow(params, dtype_code, dev, &nc)) {

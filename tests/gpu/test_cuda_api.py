@@ -794,7 +794,8 @@ def test_weight_gradient_in_a_channels_last_weight(case):
 @pytest.mark.parametrize("case", range(len(_CL_BWD_CASES)))
 def test_float32_input_gradient_on_the_implicit_gemm(case):
     """float32's input gradient on the implicit GEMM (3xTF32; by the rule where C_in/g >= 128
-    and C_out/g >= 64, else only when named) within float32's tolerance against torch in
+    and C_out/g >= 64 or C_in/g >= 64 and C_out/g >= 16, else only when named) within
+    float32's tolerance against torch in
     float64, on the wide layers' cases; grad_y read in place when channels-last gives the same
     bits as its copy, and results repeat bitwise."""
     from phaseconv.engines import cuda
@@ -803,7 +804,8 @@ def test_float32_input_gradient_on_the_implicit_gemm(case):
     xc, wc, gyc, args, (expected, _) = _layer_case(n, cin, cout, g, size, k, s, p, op, d,
                                                    torch.float32, case)
     forced = dict(grad_input_kernel="implicit-gemm", need_weight=False)
-    wide = cin // g >= 128 and cout // g >= 64
+    wide = (cout // g) % 8 == 0 and ((cin // g >= 128 and cout // g >= 64) or
+                                     (cin // g >= 64 and cout // g >= 16))
     assert cuda.describe_backward(args, n, torch.float32, xc.device)[0].startswith(
         "implicit-gemm") == wide
     desc = cuda.backward_plan(args, n, torch.float32, xc.device,
@@ -982,8 +984,11 @@ def test_backward_kernel_rules():
     double = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda", dtype=torch.float64)
     assert double.grad_weight_kernel.startswith("simt")
     assert double.grad_input_kernel.startswith("naive grad-input")
-    assert report.grad_input_kernel.startswith("mma grad-input")
-    assert "grad_input kernel: mma grad-input" in str(report)
+    # float32: the implicit GEMM (3xTF32) from 16 grad_y and 64 grad_x channels a group
+    assert report.grad_input_kernel.startswith("implicit-gemm grad-input"), report
+    assert "grad_input kernel: implicit-gemm grad-input" in str(report)
+    narrower = phaseconv.explain(dict(wide, in_channels=32), (2, 32, 6, 6, 6), device="cuda")
+    assert narrower.grad_input_kernel.startswith("mma grad-input"), narrower
 
 
 def test_explain_follows_the_input_memory_format():
@@ -1044,8 +1049,10 @@ def test_input_gradient_kernels(case, dtype):
     # grad_y channels (zero-padded) with grad_x's in whole octets
     mma = not depthwise and dtype != torch.float64 and (
         (cin_g >= 4 and cout_g >= 4) or (sixteen and cout_g < 4 and cin_g % 8 == 0))
-    gemm = (dtype in (torch.float16, torch.bfloat16) and cout_g % 8 == 0 and cout_g >= 16
-            and cin_g >= 32)
+    gemm = cout_g % 8 == 0 and (
+        (dtype in (torch.float16, torch.bfloat16) and cout_g >= 16 and cin_g >= 32)
+        or (dtype == torch.float32 and ((cin_g >= 128 and cout_g >= 64)
+                                        or (cin_g >= 64 and cout_g >= 16))))
     # the narrow window kernel: grad_x channels in whole octets, grad_y's 16, 8 or fewer
     narrow = (not depthwise and dtype != torch.float64 and cin_g % 8 == 0
               and (cout_g in (8, 16) or cout_g < 8)

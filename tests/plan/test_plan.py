@@ -103,7 +103,7 @@ BACKWARD_RULE = [
      "simt"),                                                # input octets whole only
     ("wide bf16", WIDE, BF16, "gemm", "tensor-cores-cl"),    # grad_y read channels-last
     ("wider fp16", WIDER, torch.float16, "gemm", "tensor-cores-cl"),
-    ("wide fp32", WIDE, F32, "mma", "tensor-cores"),
+    ("wide fp32", WIDE, F32, "gemm", "tensor-cores"),     # grad-input 3xTF32
     ("channel tails bf16", ph.conv_args(40, 36, 3, 6, 2, 1, 1), BF16, "mma", "tensor-cores"),
     ("few output channels bf16", ph.conv_args(64, 16, 3, 6, 2, 1, 1), BF16, "gemm",
      "tensor-cores-cl"),                                    # grad-input reduction 16 x taps
@@ -190,7 +190,8 @@ def test_float32_implicit_gemm(device):
             kind = 0 if cout_g <= 32 else 1 if cout_g <= 64 else 2
             assert f"kind={kind} " in rule.text, rule.text
         # the input gradient (its reduction runs over C_out/g, its columns C_in/g)
-        wide = cin_g >= 128 and cout_g >= 64
+        wide = cout_g % 8 == 0 and ((cin_g >= 128 and cout_g >= 64) or
+                                    (cin_g >= 64 and cout_g >= 16))
         gi = ph.grad_input(args, shape.batch, F32, device)
         assert (gi.family == "gemm") == wide, gi.text
         assert not wide or " 3xTF32" in gi.text, gi.text
@@ -250,8 +251,11 @@ def test_forced_backward_kernels():
         odd_in = ph.conv_args(12, 2, 3, (8, 8, 8), 2, 1, 1, 1, batch=2)  # 12: not whole octets
         assert ph.forward(odd_in, 2, BF16, device).family == "tiled"
         assert ph.grad_input(odd_in, 2, BF16, device).family == "naive"
-        # float32's input gradient on the implicit GEMM (3xTF32) only when named
-        assert ph.grad_input(WIDE, 2, F32, device).family != "gemm"
+        # float32's input gradient on the implicit GEMM (3xTF32) by the rule from 16 grad_y
+        # and 64 grad_x channels a group, else only when named
+        assert ph.grad_input(WIDE, 2, F32, device).family == "gemm"
+        assert ph.grad_input(ph.conv_args(32, 32, 3, 8, 2, 1, 1), 2, F32, device).family \
+            == "mma"
         gi = ph.grad_input(WIDE, 2, F32, device, "implicit-gemm")
         assert gi.family == "gemm" and gi.channels_last and " 3xTF32 flushed" in gi.text, \
             gi.text  # 32 channels x 27 taps
