@@ -4,6 +4,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 namespace phaseconv {
 
 // ---------------------------------------------------------------- all-phase tensor-core kernel
@@ -29,8 +31,10 @@ struct AllArgs : FwdGeometry {
   int x_buf;                      // bytes of one halo buffer (x_bytes holds two: fp32, and
                                   // x_cl unless x_single)
   int x_cl;                       // 1: x is channels-last (N, D, H, W, C_in), C_in/g % CG == 0
-  int x_single;                   // x_cl, 16-bit: one halo buffer, copied at each tile and
-                                  // waited for (where two do not fit shared memory)
+  int x_single;                   // where two halo copies do not fit shared memory: 16-bit
+                                  // x_cl, one buffer, copied at each tile and waited for;
+                                  // float32, the halo staged once, unsplit, its tf32 big and
+                                  // small parts taken at each fragment load
   // staged output (16-bit, BN <= 16): the phases sharing a D residue rd fill one slab of the
   // tile's output box (TD planes od = sd*d0 + rd + sd*l, all of TH*sh x TW*sw, BN channels at
   // a stride of box_cs elements) in shared memory at byte box_off; the slab is then written
@@ -76,7 +80,11 @@ mma_allph_kernel(const AllArgs a) {
   int* s_hoff = reinterpret_cast<int*>(smem_raw + a.x_bytes + a.w_bytes);
   const uint32_t sx_addr = (uint32_t)__cvta_generic_to_shared(s_x);
   const uint32_t sw_addr = (uint32_t)__cvta_generic_to_shared(s_w);
-  const int x_small = TF32 ? a.x_buf : 0;  // byte offset of the tf32 small parts
+  // one unsplit copy of the halo: the narrow tiles only (BN <= 16; the plan offers it to no
+  // other, and a second form of the k loop would cost the wide ones registers)
+  constexpr bool LATE_TILE = TF32 && BN <= 16;
+  const bool split_late = LATE_TILE && a.x_single;
+  const int x_small = TF32 && !split_late ? a.x_buf : 0;  // byte offset of the tf32 small parts
 
   const T* __restrict__ x = static_cast<const T*>(a.x);
   const T* __restrict__ wm = static_cast<const T*>(a.wm);
@@ -302,7 +310,7 @@ mma_allph_kernel(const AllArgs a) {
 #pragma unroll
         for (int u = 0; u < SU; ++u) {
           if (dst[u] < 0) continue;
-          if (TF32) {
+          if (TF32 && !split_late) {
             uint4 big, small;
             split_tf32(v[u].x, big.x, small.x); split_tf32(v[u].y, big.y, small.y);
             split_tf32(v[u].z, big.z, small.z); split_tf32(v[u].w, big.w, small.w);
@@ -385,32 +393,45 @@ mma_allph_kernel(const AllArgs a) {
       float tot[MT][NT][4];  // FL: flushed sums (see flush_acc)
       int since = 0;
       if (FL) zero_acc(tot);
-      for (int h = hbase; h < hend; h += 2) {
-        const int off = s_hoff[h + ahalf];
-        uint32_t af[MT][4];
+      // the k steps; LATE (float32, one unsplit halo copy): each A fragment split as loaded.
+      // Its own instantiation, so that neither form's registers constrain the other's.
+      auto k_steps = [&](auto late) {
+        constexpr bool LATE = TF32 && decltype(late)::value;
+        for (int h = hbase; h < hend; h += 2) {
+          const int off = s_hoff[h + ahalf];
+          uint32_t af[MT][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) ldsm_x4(af[mt], sxb + apos[mt] + off);
-        uint32_t bf[NT][2];
-        load_b_halfsteps<NT, BN>(bf, sw_addr, h, wn, lane);
-        if (TF32) {
-          uint32_t bb[NT][2], bs[NT][2];
+          for (int mt = 0; mt < MT; ++mt) ldsm_x4(af[mt], sxb + apos[mt] + off);
+          uint32_t bf[NT][2];
+          load_b_halfsteps<NT, BN>(bf, sw_addr, h, wn, lane);
+          if (TF32) {
+            uint32_t bb[NT][2], bs[NT][2];
 #pragma unroll
-          for (int j = 0; j < NT; ++j) split_tf32(bf[j], bb[j], bs[j]);
+            for (int j = 0; j < NT; ++j) split_tf32(bf[j], bb[j], bs[j]);
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            uint32_t as[4];  // af[mt] holds the big parts already (the halo is staged split)
-            ldsm_x4(as, sxb + x_small + apos[mt] + off);
+            for (int mt = 0; mt < MT; ++mt) {
+              uint32_t as[4];  // af[mt] holds the big parts (staged split, or split here)
+              if (LATE)
+                split_tf32(af[mt], af[mt], as);
+              else
+                ldsm_x4(as, sxb + x_small + apos[mt] + off);
 #pragma unroll
-            for (int j = 0; j < NT; ++j) mma_3xtf32(acc[mt][j], af[mt], as, bb[j], bs[j]);
+              for (int j = 0; j < NT; ++j) mma_3xtf32(acc[mt][j], af[mt], as, bb[j], bs[j]);
+            }
+            step_flush<FL>(tot, acc, since, kFlushTerms / 8);
+          } else {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+              for (int j = 0; j < NT; ++j)
+                MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
           }
-          step_flush<FL>(tot, acc, since, kFlushTerms / 8);
-        } else {
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
         }
-      }
+      };
+      if (LATE_TILE && split_late)
+        k_steps(std::true_type());
+      else
+        k_steps(std::false_type());
       if (FL) merge_acc(acc, tot);
       // store: C fragment rows lane/4 and lane/4 + 8, columns 2*(lane%4) + {0, 1}
       const int rd = s_pi[p][0], rh = s_pi[p][1], rw = s_pi[p][2];

@@ -218,6 +218,14 @@ bool choose_mma(const PhaseConvFwdParams& p, int dtype_code, const DevInfo& dev,
 
 // ---------------------------------------------------------------- all-phase (fwd_allphase.cu)
 // cl: the input is channels-last; 16-bit dtypes then double-buffer the halo (cp.async).
+// The all-phase kernel stores a channels-last result itself only where a block's stores cover
+// whole positions: one group of 16 or more output channels.  With groups, or fewer channels,
+// neighbouring positions' channels belong to other blocks, and copying its contiguous result
+// once is faster.
+bool allph_stores_channels_last(const PhaseConvFwdParams& p) {
+  return p.y_channels_last != 0 && p.groups == 1 && p.c_out >= 16;
+}
+
 bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvForce& force,
                   const DevInfo& dev, bool cl, AllCfg* best) {
   if (p.weight_mma == nullptr || dtype_code == PHASECONV_FLOAT64) return false;
@@ -244,13 +252,16 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
   bool found = false;
   // a 16-bit channels-last input is staged by cp.async into two halo buffers (the next tile's
   // copies overlap this one's mma); where no tile fits with two, one buffer, filled at each
-  // tile and waited for, still reads the input in place (no copy of it to NCDHW)
-  const int passes = cl && CG == 8 ? 2 : 1;
+  // tile and waited for, still reads the input in place (no copy of it to NCDHW).  float32
+  // stages its halo twice, split into its tf32 big and small parts; where no tile fits so,
+  // once, unsplit, the parts taken at each fragment load
+  const int passes = cl || CG == 4 ? 2 : 1;
   for (int single = 0; single < passes && !found; ++single)
   for (int kind = 0; kind < 5; ++kind) {
     const int BM = kinds_bm[kind], BN = kinds_bn[kind];
     if (force.allph_tile >= 0 ? kind != force.allph_tile : kinds_prev_bn[kind] >= cout_g)
       continue;
+    if (single && CG == 4 && BN > 16) continue;  // the kernel splits late on narrow tiles only
     const int64_t co_blocks = cdiv(cout_g, BN);
     const int64_t wb = hbound * BN * 16;
     const int64_t hb = (hbound * 4 + 15) / 16 * 16;
@@ -263,19 +274,19 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
         const int64_t npos = hd * hh * hw;
         // fp32 stages the halo twice, already split into its tf32 big and small parts, so the
         // inner loop does no conversions (each A fragment meets only NT n-tiles); 16-bit
-        // dtypes with a channels-last input keep two halo buffers (the next tile's in flight)
-        // unless `single`
+        // dtypes with a channels-last input keep two halo buffers (the next tile's in flight);
+        // either keeps one unless `single`
         const int64_t xbuf = npos * rowstride;
-        const int64_t xb = xbuf * ((CG == 4 || (cl && !single)) ? 2 : 1);
+        const int64_t xb = xbuf * ((CG == 4 || cl) && !single ? 2 : 1);
         if (xb >= ((int64_t)1 << 30) || wb >= ((int64_t)1 << 30)) continue;
         size_t smem = (size_t)(xb + wb + hb);
         if (smem > cap) continue;
         // staged output slab (16-bit, BN <= 16) when it fits
         const int64_t box_cs = (int64_t)TD * TH * p.stride_h * TW * p.stride_w + 8;
         const int64_t box_bytes = (BN * box_cs * 2 + 15) / 16 * 16;
-        // a channels-last result is stored directly: neither paired along W nor staged (both
+        // a channels-last result stored directly is neither paired along W nor staged (both
         // write (N, C_out, D, H, W) rows)
-        const bool y_cl = p.y_channels_last != 0;
+        const bool y_cl = allph_stores_channels_last(p);
         // paired W stores: the kernel's per-row offsets within a tile's output are ints
         const bool pair_w = kind == 4 && !y_cl && p.stride_w == 2 && p.out_w % 2 == 0 &&
                             p.stride_d * TD * p.out_h * p.out_w < ((int64_t)1 << 31);
@@ -404,15 +415,18 @@ bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
 // The input gradient on the implicit GEMM: one stride-1 "phase" whose rows are grad_x's
 // voxels, reduction over every tap x C_out/g, grad_y read channels-last at stride * j -
 // padding + tap * dilation (a plain strided convolution: no tap meets an inserted zero).
-// float32 (3xTF32, see choose_gemm) where the layer's C_out/g >= 64 and C_in/g >= 128 (here
-// p.c_in and p.c_out: H200, float32, against the per-phase 3xTF32 kernel: sweep shape 3 319
-// vs 583 us, 4 218 vs 448, 5 695 vs 1364, 6 285 vs 464), narrower layers only when named.
+// float32 (3xTF32, see choose_gemm) where the layer's C_out/g >= 64 and C_in/g >= 128, or
+// C_out/g >= 16 and C_in/g >= 64 (here p.c_in and p.c_out).  H200, float32, against the
+// per-phase 3xTF32 kernel: sweep shape 3 319 vs 583 us, 4 218 vs 448, 5 695 vs 1364, 6 285
+// vs 464; 2 x 64->32 32^3 k3 s2 231 vs 364, 2 x 128->32 12^3 92 vs 167, 2 x 64->16 24^3 71
+// vs 99.  Narrower layers only when named.
 bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, int tile,
                     const DevInfo& dev, GemmCfg* c) {
   const bool tf32 = dtype_code == PHASECONV_FLOAT32;
+  const int64_t gy_g = p.c_in / p.groups, gx_g = p.c_out / p.groups;
+  const bool tf32_rule = (gy_g >= 64 && gx_g >= 128) || (gy_g >= 16 && gx_g >= 64);
   if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16 &&
-      !(tf32 && (force == PHASECONV_GEMM ||
-                 (force == 0 && p.c_in / p.groups >= 64 && p.c_out / p.groups >= 128))))
+      !(tf32 && (force == PHASECONV_GEMM || (force == 0 && tf32_rule))))
     return false;
   if ((p.c_in / p.groups) % 8 != 0) return false;  // grad_y's channels: 16-byte vectors
   PhaseConvForce f;
@@ -754,7 +768,9 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                ac.kind, ac.BM, ac.BN, ac.threads, ac.TD, ac.TH, ac.TW, ac.hd, ac.hh, ac.hw, ac.G,
                ac.smem, (long long)ac.grid, (long long)ac.per_cta,
                ac.stage_out ? "staged-output" : ac.pair_w ? "paired-w-stores" : "direct-stores",
-               ac.x_single ? " one-halo-buffer" : "", layout);
+               !ac.x_single ? "" : dtype_code == PHASECONV_FLOAT32 ? " halo-split-at-load"
+                                                                   : " one-halo-buffer",
+               layout);
       return true;
     }
     MmaCfg& mc = out->mma;
@@ -1003,8 +1019,8 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
                   "multiple of 8 and a tile that fits shared memory");
   GiNarrowCfg& nc = out->narrow;
   const int64_t gy_g = params.c_in / params.groups, gx_g = params.c_out / params.groups;
-  // float32 with 16 grad_y channels a group stays on the per-phase kernel by the rule (H100,
-  // 2 x 64->16 24^3 k3 s2: 98 us against the narrow kernel's 146)
+  // float32 with 16 grad_y channels a group stays off it by the rule (H100, 2 x 64->16 24^3
+  // k3 s2: 146 us against the per-phase kernel's 98; the implicit GEMM above takes that layer)
   const bool narrow_rule = !(dtype_code == PHASECONV_FLOAT32 && gy_g > 8);
   if (((force == 0 && narrow_rule) || force == PHASECONV_GI_NARROW) &&
       plan_gi_narrow(params, dtype_code, dev, &nc)) {
@@ -1434,8 +1450,8 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
   if (dtype_code < PHASECONV_FLOAT32 || dtype_code > PHASECONV_BFLOAT16) return false;
   plan->y_channels_last = 0;
   if (!phaseconv::plan_fwd(params, dtype_code, force, dev, plan)) return false;
-  if (params.y_channels_last &&
-      (plan->family == PHASECONV_GEMM || plan->family == PHASECONV_ALLPHASE)) {
+  if ((params.y_channels_last && plan->family == PHASECONV_GEMM) ||
+      (plan->family == PHASECONV_ALLPHASE && phaseconv::allph_stores_channels_last(params))) {
     plan->y_channels_last = 1;
     const size_t n = strlen(plan->text);
     snprintf(plan->text + n, sizeof(plan->text) - n, ", channels-last output");

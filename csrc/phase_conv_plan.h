@@ -290,7 +290,7 @@ struct AllCfg {
   int x_bytes, w_bytes, x_buf;
   int stage_out, box_off, box_cs;  // see AllArgs
   int pair_w;                      // paired W stores (kind 4, sw == 2, even out_w; AllArgs)
-  int x_single;                    // 16-bit channels-last: one halo buffer (AllArgs)
+  int x_single;                    // one halo copy where two do not fit (AllArgs)
   size_t smem;
   int64_t grid, per_cta, total_blocks;
   double cost;

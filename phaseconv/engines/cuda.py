@@ -581,9 +581,9 @@ def forward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.d
                  out_channels_last: bool = False):
     """The forward of ``args`` for a batch, dtype, device and input layout, planned once:
     ``(tables, plan)`` with ``plan(x, weight, bias)`` the launch (C++ ``ForwardPlan``).
-    ``out_channels_last``: the result comes ``channels_last_3d`` (the implicit GEMM and the
-    all-phase kernel write it so; the other kernels' result is copied once, which the
-    description says).
+    ``out_channels_last``: the result comes ``channels_last_3d`` (the implicit GEMM writes it
+    so, and the all-phase kernel where one group has 16 or more output channels; the other
+    kernels' result is copied once, which the description says).
 
     ``kernel`` (tests, benchmarks): "auto" lets the plan choose; a family name of
     :data:`FORWARD_KERNELS` or a :class:`ForwardKernel` forces one."""
@@ -647,7 +647,8 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
 
     The rules (``csrc/phase_conv_plan.h``; visible in :func:`describe_backward` and
     ``explain()``):
-    depthwise layers run the depthwise kernels; the input gradient of wide 16-bit layers the
+    depthwise layers run the depthwise kernels; the input gradient of wide 16-bit layers (and
+    float32 ones with C_out/g >= 16 and C_in/g >= 64, or C_out/g >= 64 and C_in/g >= 128) the
     implicit GEMM, of float32/float16/bfloat16 layers with 16 (16-bit only), 8 or fewer output
     channels per group (and whole octets of input channels) the narrow tensor-core kernel, of
     other layers with 4 channels per group or more on both sides the per-phase tensor-core

@@ -41,6 +41,9 @@ CASES = [
     # 3 output channels: the narrow weight gradient's zero-padded octet, the all-phase forward's
     # and the per-phase input gradient's zero-padded groups
     (2, 16, 3, 1, (3, 4, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+    # 32 -> 2: float32's all-phase halo staged once and split at each fragment load (two
+    # copies do not fit)
+    (1, 32, 2, 1, (3, 4, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
 ]
 # every forward kernel by name (csrc/phase_conv_plan.h), and its variants; channels-last: the
 # input comes channels-last.  A kernel that refuses a case is skipped (tests/plan/test_plan.py).

@@ -285,13 +285,14 @@ def test_all_phase_forward_of_fewer_than_four_output_channels(c_out, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("c_out, groups", [(32, 4), (16, 1), (3, 1), (6, 2)])
+@pytest.mark.parametrize("c_out, groups", [(16, 1), (17, 1), (32, 1), (32, 4), (3, 1)])
 def test_all_phase_kernel_writes_a_channels_last_result(c_out, groups, dtype):
-    """Asked for a channels-last result, the all-phase kernel stores it itself (no copy after
-    it; adjacent channels as one vector where C_out/g is even), each tile that takes the layer,
-    either input layout, with a bias: the bits of its contiguous result (the same sums in the
-    same order), torch's format and values; an Inf in the input gives torch's non-finite
-    pattern on the channels-last result (the fix-up)."""
+    """Asked for a channels-last result, the all-phase kernel stores it itself where one group
+    has 16 or more output channels (adjacent channels as one vector where C_out is even), and
+    its contiguous result is copied once otherwise (the description says which); each tile
+    that takes the layer, either input layout, with a bias: the bits of its contiguous result
+    (the same sums in the same order), torch's format and values; an Inf in the input gives
+    torch's non-finite pattern on the channels-last result (the fix-up)."""
     from phaseconv.engines import cuda
 
     cl = torch.channels_last_3d
@@ -319,16 +320,51 @@ def test_all_phase_kernel_writes_a_channels_last_result(c_out, groups, dtype):
             ran.append(tile)
     assert 0 in ran and 4 in ran, ran
     text = cuda.describe(args, 2, dtype, x.device, True, "allphase", True)
-    assert text.endswith("(channels-last input), channels-last output"), text
+    in_place = groups == 1 and c_out >= 16
+    tail = ", channels-last output" if in_place else ", channels-last output (one copy)"
+    assert text.endswith("(channels-last input)" + tail), text
     poisoned = x.clone()
     poisoned[0, 0, 1, 2, 3] = float("inf")
     got = cuda.forward(poisoned.contiguous(memory_format=cl), w, b, args, kernel="allphase",
                        out_channels_last=True).double().cpu()
-    ref = F.conv_transpose3d(poisoned.double(), w.double(), b.double(), **kw)
+    ref = F.conv_transpose3d(poisoned.double().cpu(), w.double().cpu(), b.double().cpu(), **kw)
     assert not torch.isfinite(ref).all()
     assert torch.equal(torch.isnan(got), torch.isnan(ref))
     assert torch.equal(torch.isposinf(got), torch.isposinf(ref))
     assert torch.equal(torch.isneginf(got), torch.isneginf(ref))
+
+
+@pytest.mark.parametrize("cin, cout, groups", [(32, 2, 1), (32, 3, 1), (64, 6, 2)])
+def test_float32_all_phase_forward_with_the_halo_split_at_load(cin, cout, groups):
+    """Where two float32 halo copies (split into tf32 big and small parts) do not fit, 32
+    input channels a group at k3 (MONAI UNet's 32 -> 2), the all-phase kernel stages the halo
+    once and splits each A fragment as it loads it: within float32's tolerance of torch in
+    float64, by the rule and for each narrow tile by name (the wide ones refuse it), either
+    input layout, with a bias, groups; results repeat bitwise."""
+    from phaseconv.engines import cuda
+
+    gen = torch.Generator().manual_seed(cin + cout)
+    x = torch.randn((2, cin, 6, 7, 9), generator=gen).to("cuda")
+    w = torch.randn((cin, cout // groups, 3, 3, 3), generator=gen).to("cuda")
+    b = torch.randn((cout,), generator=gen).to("cuda")
+    kw = dict(stride=2, padding=1, output_padding=1, groups=groups)
+    args = check_conv_transpose3d(x, w, b, (2, 2, 2), (1, 1, 1), (1, 1, 1), groups, (1, 1, 1))
+    text = cuda.describe(args, 2, torch.float32, x.device)
+    assert text.startswith("mma-allphase") and "halo-split-at-load" in text, text
+    expected = F.conv_transpose3d(x.double(), w.double(), b.double(), **kw)
+    ran = []
+    for kernel in ["auto"] + [cuda.ForwardKernel("allphase", allph_tile=t) for t in range(5)]:
+        for xin in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+            try:
+                got = cuda.forward(xin, w, b, args, kernel=kernel)
+            except RuntimeError as refused:
+                assert kernel != "auto" and kernel.allph_tile in (2, 3), str(refused)
+                assert "no tile of it takes this layer" in str(refused), str(refused)
+                continue
+            _close(got, expected, torch.float32)
+            assert torch.equal(got, cuda.forward(xin, w, b, args, kernel=kernel))
+            ran.append(kernel)
+    assert len(ran) == 8, ran
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -808,7 +844,8 @@ def test_weight_gradient_in_a_channels_last_weight(case):
 @pytest.mark.parametrize("case", range(len(_CL_BWD_CASES)))
 def test_float32_input_gradient_on_the_implicit_gemm(case):
     """float32's input gradient on the implicit GEMM (3xTF32; by the rule where C_in/g >= 128
-    and C_out/g >= 64, else only when named) within float32's tolerance against torch in
+    and C_out/g >= 64 or C_in/g >= 64 and C_out/g >= 16, else only when named) within
+    float32's tolerance against torch in
     float64, on the wide layers' cases; grad_y read in place when channels-last gives the same
     bits as its copy, and results repeat bitwise."""
     from phaseconv.engines import cuda
@@ -817,7 +854,8 @@ def test_float32_input_gradient_on_the_implicit_gemm(case):
     xc, wc, gyc, args, (expected, _) = _layer_case(n, cin, cout, g, size, k, s, p, op, d,
                                                    torch.float32, case)
     forced = dict(grad_input_kernel="implicit-gemm", need_weight=False)
-    wide = cin // g >= 128 and cout // g >= 64
+    wide = (cout // g) % 8 == 0 and ((cin // g >= 128 and cout // g >= 64) or
+                                     (cin // g >= 64 and cout // g >= 16))
     assert cuda.describe_backward(args, n, torch.float32, xc.device)[0].startswith(
         "implicit-gemm") == wide
     desc = cuda.backward_plan(args, n, torch.float32, xc.device,
@@ -996,8 +1034,11 @@ def test_backward_kernel_rules():
     double = phaseconv.explain(wide, (2, 64, 6, 6, 6), device="cuda", dtype=torch.float64)
     assert double.grad_weight_kernel.startswith("simt")
     assert double.grad_input_kernel.startswith("naive grad-input")
-    assert report.grad_input_kernel.startswith("mma grad-input")
-    assert "grad_input kernel: mma grad-input" in str(report)
+    # float32: the implicit GEMM (3xTF32) from 16 grad_y and 64 grad_x channels a group
+    assert report.grad_input_kernel.startswith("implicit-gemm grad-input"), report
+    assert "grad_input kernel: implicit-gemm grad-input" in str(report)
+    narrower = phaseconv.explain(dict(wide, in_channels=32), (2, 32, 6, 6, 6), device="cuda")
+    assert narrower.grad_input_kernel.startswith("mma grad-input"), narrower
 
 
 def test_explain_follows_the_input_memory_format():
@@ -1064,8 +1105,10 @@ def test_input_gradient_kernels(case, dtype):
     # grad_y channels (zero-padded) with grad_x's in whole octets
     mma = not depthwise and dtype != torch.float64 and (
         (cin_g >= 4 and cout_g >= 4) or (sixteen and cout_g < 4 and cin_g % 8 == 0))
-    gemm = (dtype in (torch.float16, torch.bfloat16) and cout_g % 8 == 0 and cout_g >= 16
-            and cin_g >= 32)
+    gemm = cout_g % 8 == 0 and (
+        (dtype in (torch.float16, torch.bfloat16) and cout_g >= 16 and cin_g >= 32)
+        or (dtype == torch.float32 and ((cin_g >= 128 and cout_g >= 64)
+                                        or (cin_g >= 64 and cout_g >= 16))))
     # the narrow window kernel: grad_x channels in whole octets, grad_y's 16, 8 or fewer
     narrow = (not depthwise and dtype != torch.float64 and cin_g % 8 == 0
               and (cout_g in (8, 16) or cout_g < 8)

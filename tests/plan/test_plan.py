@@ -40,7 +40,7 @@ FORWARD_RULE = [
     ("pure gemm bf16", PURE_GEMM, 1, BF16, False, "gemm", False),  # reads NCDHW in place
     ("many phases fp32", MANY_PHASES, 1, F32, False, "gemm", True),  # copies x
     ("few output channels fp32", FEW_OUT, 2, F32, False, "mma", False),  # flushed, per phase
-    ("two output channels fp32", TWO_OUT, 2, F32, False, "mma", False),  # halo too big
+    ("two output channels fp32", TWO_OUT, 2, F32, False, "allphase", False),  # one halo copy
     ("two output channels bf16", TWO_OUT, 2, BF16, False, "allphase", False),
     ("wide flushed, C_in/g 16, fp32", ph.conv_args(16, 32, (3, 5, 7), 12, 2, 1, 1), 1, F32,
      False, "tiled", False),                                # 16 x 24 taps a phase, no GEMM
@@ -103,7 +103,7 @@ BACKWARD_RULE = [
      "simt"),                                                # input octets whole only
     ("wide bf16", WIDE, BF16, "gemm", "tensor-cores-cl"),    # grad_y read channels-last
     ("wider fp16", WIDER, torch.float16, "gemm", "tensor-cores-cl"),
-    ("wide fp32", WIDE, F32, "mma", "tensor-cores"),
+    ("wide fp32", WIDE, F32, "gemm", "tensor-cores"),     # grad-input 3xTF32
     ("channel tails bf16", ph.conv_args(40, 36, 3, 6, 2, 1, 1), BF16, "mma", "tensor-cores"),
     ("few output channels bf16", ph.conv_args(64, 16, 3, 6, 2, 1, 1), BF16, "gemm",
      "tensor-cores-cl"),                                    # grad-input reduction 16 x taps
@@ -190,7 +190,8 @@ def test_float32_implicit_gemm(device):
             kind = 0 if cout_g <= 32 else 1 if cout_g <= 64 else 2
             assert f"kind={kind} " in rule.text, rule.text
         # the input gradient (its reduction runs over C_out/g, its columns C_in/g)
-        wide = cin_g >= 128 and cout_g >= 64
+        wide = cout_g % 8 == 0 and ((cin_g >= 128 and cout_g >= 64) or
+                                    (cin_g >= 64 and cout_g >= 16))
         gi = ph.grad_input(args, shape.batch, F32, device)
         assert (gi.family == "gemm") == wide, gi.text
         assert not wide or " 3xTF32" in gi.text, gi.text
@@ -250,8 +251,11 @@ def test_forced_backward_kernels():
         odd_in = ph.conv_args(12, 2, 3, (8, 8, 8), 2, 1, 1, 1, batch=2)  # 12: not whole octets
         assert ph.forward(odd_in, 2, BF16, device).family == "tiled"
         assert ph.grad_input(odd_in, 2, BF16, device).family == "naive"
-        # float32's input gradient on the implicit GEMM (3xTF32) only when named
-        assert ph.grad_input(WIDE, 2, F32, device).family != "gemm"
+        # float32's input gradient on the implicit GEMM (3xTF32) by the rule from 16 grad_y
+        # and 64 grad_x channels a group, else only when named
+        assert ph.grad_input(WIDE, 2, F32, device).family == "gemm"
+        assert ph.grad_input(ph.conv_args(32, 32, 3, 8, 2, 1, 1), 2, F32, device).family \
+            == "mma"
         gi = ph.grad_input(WIDE, 2, F32, device, "implicit-gemm")
         assert gi.family == "gemm" and gi.channels_last and " 3xTF32 flushed" in gi.text, \
             gi.text  # 32 channels x 27 taps
@@ -776,30 +780,43 @@ def test_depthwise_backward_tiles():
 
 @pytest.mark.parametrize("device", ph.DEVICES, ids=lambda d: d.name.split()[0])
 def test_all_phase_writes_a_channels_last_result_in_place(device):
-    """A channels-last result asked of the all-phase kernel is stored by it, a position's
-    channels together (no copy after it), for every tile and dtype and either input layout:
-    neither its paired W stores nor its staged output slab (both write (N, C, D, H, W) rows)
-    then; a contiguous result keeps them."""
-    kept = set()
+    """A channels-last result of the all-phase kernel is stored by it, a position's channels
+    together (no copy after it), where a block's stores cover whole positions: one group of 16
+    or more output channels (MONAI UNet's 64 -> 16), every tile and dtype, either input
+    layout; it then neither pairs W stores nor stages its output slab (both write
+    (N, C, D, H, W) rows).  With groups (the founding example) or fewer channels (UNet's
+    32 -> 2) its contiguous result is copied once, and it keeps both."""
+    up2 = ph.conv_args(64, 16, 3, 24, 2, 1, 1, batch=2)
     for dtype in (F32, BF16, torch.float16):
         for tile in range(5):
             kernel = cuda.ForwardKernel("allphase", allph_tile=tile)
-            plain = ph.forward(FOUNDING, 8, dtype, device, kernel=kernel)
-            if not plain.ok:
-                continue
-            kept.update(t for t in ("paired-w-stores", "staged-output") if t in plain.text)
             for offered in (False, True):
-                plan = ph.forward(FOUNDING, 8, dtype, device, channels_last=offered,
-                                  kernel=kernel, out_channels_last=True)
-                assert plan.ok and plan.family == "allphase", plan.text
+                plan = ph.forward(up2, 2, dtype, device, channels_last=offered, kernel=kernel,
+                                  out_channels_last=True)
+                if not plan.ok:
+                    continue
+                assert plan.family == "allphase", plan.text
                 assert plan.text.endswith(", channels-last output"), plan.text
                 assert "direct-stores" in plan.text, plan.text
-    assert kept == {"paired-w-stores", "staged-output"}, kept
-    # by the rule too: the founding example, and MONAI UNet's last up-convolution
+    kept = set()
     for args, batch in ((FOUNDING, 8), (TWO_OUT, 2)):
-        plan = ph.forward(args, batch, BF16, device, channels_last=True, out_channels_last=True)
-        assert plan.family == "allphase" and plan.text.endswith(
-            "(channels-last input), channels-last output"), plan.text
+        for dtype in (F32, BF16):
+            for tile in range(5):
+                kernel = cuda.ForwardKernel("allphase", allph_tile=tile)
+                plain = ph.forward(args, batch, dtype, device, kernel=kernel)
+                if not plain.ok:
+                    continue
+                kept.update(t for t in ("paired-w-stores", "staged-output") if t in plain.text)
+                copied = ph.forward(args, batch, dtype, device, channels_last=True,
+                                    kernel=kernel, out_channels_last=True)
+                assert copied.ok and not copied.text.endswith(", channels-last output")
+                assert copied.text == ph.forward(args, batch, dtype, device, channels_last=True,
+                                                 kernel=kernel).text
+    assert kept == {"paired-w-stores", "staged-output"}, kept
+    # by the rule too
+    plan = ph.forward(up2, 2, BF16, device, channels_last=True, out_channels_last=True)
+    assert plan.family == "allphase" and plan.text.endswith(
+        "(channels-last input), channels-last output"), plan.text
 
 
 @pytest.mark.parametrize("device", ph.DEVICES, ids=lambda d: d.name.split()[0])
@@ -821,3 +838,27 @@ def test_all_phase_reads_a_channels_last_input_in_one_halo_buffer_where_two_do_n
     founding = ph.forward(FOUNDING, 8, BF16, device, channels_last=True)
     assert founding.channels_last and "one-halo-buffer" not in founding.text, founding.text
     assert "one-halo-buffer" not in ph.forward(FOUNDING, 8, F32, device, channels_last=True).text
+
+
+@pytest.mark.parametrize("device", ph.DEVICES, ids=lambda d: d.name.split()[0])
+def test_float32_all_phase_halo_split_at_load_where_two_copies_do_not_fit(device):
+    """float32 stages the all-phase halo twice, split into its tf32 big and small parts, where
+    that fits; else once, unsplit, each A fragment split as it is loaded.  MONAI UNet's
+    32 -> 2 up-convolution (2 x 32 x 48^3, k3 s2: eight float32 channel groups a position)
+    takes it by the rule, either input layout, with less shared memory than two copies need;
+    16 -> 2 and the founding example keep two copies, 16-bit dtypes never split."""
+    for offered in (False, True):
+        plan = ph.forward(TWO_OUT, 2, F32, device, channels_last=offered)
+        assert plan.family == "allphase" and "halo-split-at-load" in plan.text, plan.text
+        assert "one-halo-buffer" not in plan.text, plan.text
+        halo = re.search(r"halo=\((\d+),(\d+),(\d+)\) G=(\d+) smem=(\d+)", plan.text)
+        hd, hh, hw, groups, smem = (int(v) for v in halo.groups())
+        copy = hd * hh * hw * (groups * 16 + (0 if groups % 2 else 16))
+        # one copy in its shared memory; a second would pass the plan's 120 KB cap
+        assert copy < smem <= 120 * 1024 < smem + copy, plan.text
+    two_copies = (ph.forward(ph.conv_args(16, 2, 3, 48, 2, 1, 1, batch=2), 2, F32, device),
+                  ph.forward(FOUNDING, 8, F32, device))
+    for plan in two_copies:
+        assert plan.family == "allphase" and "halo-split-at-load" not in plan.text, plan.text
+    for dtype in (BF16, torch.float16):
+        assert "halo-split-at-load" not in ph.forward(TWO_OUT, 2, dtype, device).text
