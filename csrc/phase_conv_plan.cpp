@@ -519,6 +519,13 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   const bool wg_fits = dev.wgmma && !c->a_ncdhw && !c->tf32 && cin_g % 64 == 0 &&
                        !force.gemm_k32;
   if (wg_fits && k_per_phase >= wgmma_min_k) kind = 4;
+  // the forward's four-warpgroup tile (256 rows, one phase a block, its output staged in the
+  // drained stages) where the result is channels-last, or C_out/g fits one 64-column tile.
+  // H100, bf16, µs, against the two-warpgroup tile: channels-last results 512->256 16^3 k2
+  // 44.3 vs 47.9, 16 x 256->128 8^3 k4 101.3 vs 109.3, 2 x 128->64 8x32x32 k(3,4,4) 55.9
+  // vs 66.1; (N, C, D, H, W) results 128->64 62.5 vs 69.6, but 512->256 56.9 vs 51.1 (its
+  // 128 columns: the grouped W phases' whole-row stores win there)
+  if (kind == 4 && p.nsub == 0 && cout_g > 32 && (p.y_channels_last || cout_g <= 64)) kind = 5;
   // the shared-A tile where the phases read one A (k == s layers, channels-last in and out)
   // and it fits, up to 256 channels a group; on wgmma where the warpgroup kernels run and it
   // keeps as many blocks a multiprocessor as mma.sync (its slabs' 1 KB alignment can cost
@@ -533,7 +540,6 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
       *c = wg;
     return true;
   }
-  // kind 5 (four warpgroups) is taken only when named (benchmarks/NOTES.md: what it measured)
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
   if (kind == 6 || kind == 7)
     return !force.gemm_one_phase && !force.gemm_k32 && gemm_shared_a_tile(p, dev, kind == 7, c);

@@ -519,6 +519,9 @@ _WGMMA_CASES = [
          cout=128, n=2, ins=(3, 4, 5), bias=False),
     dict(k=(1, 1, 4), s=(1, 1, 4), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=2, cin=128,
          cout=80, n=2, ins=(2, 3, 5), bias=True),
+    # 512 terms a phase, 64 output channels: four warpgroups by the rule, either result layout
+    dict(k=(4, 4, 4), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(0, 0, 0), groups=1, cin=64,
+         cout=64, n=2, ins=(3, 5, 6), bias=True),
 ]
 
 
@@ -546,7 +549,12 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     # the rule takes the warpgroup tile for reductions of >= 512 terms per phase
     k_per_phase = (cfg["cin"] // cfg["groups"] * cfg["k"][0] * cfg["k"][1] * cfg["k"][2] /
                    (cfg["s"][0] * cfg["s"][1] * cfg["s"][2]))
-    if variant == "four-warpgroups":
+    cout_g = cfg["cout"] // cfg["groups"]
+    # the rule takes four warpgroups for the forward where C_out/groups is 33-64 (an
+    # (N, C, D, H, W) result here)
+    if variant == "four-warpgroups" or (variant == "auto" and k_per_phase >= 512 and
+                                        32 < cout_g <= 64 and cfg["cin"] // cfg["groups"] % 64
+                                        == 0):
         assert desc.startswith("implicit-gemm kind=5 BM=256") and "one-phase" in desc, desc
         assert "wgmma-sm90a" in desc, desc
     elif variant != "auto" or k_per_phase >= 512:
@@ -561,8 +569,9 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
 @pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
 def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
     """A channels-last result from a channels-last input: the 4-warpgroup tile (256 rows, one
-    phase a block, its output staged in the drained pipeline) where C_out/groups > 32, when
-    named (the rule does not take it); the rule's tile for the same call."""
+    phase a block, its output staged in the drained pipeline) where C_out/groups > 32, named
+    and where the rule takes it (in place of the two-warpgroup tile); the rule's tile for the
+    same call."""
     cfg = _WGMMA_CASES[case]
     cl = torch.channels_last_3d
     xl, wl, bl, ref = _random_call(cfg, dtype, case)
@@ -579,7 +588,10 @@ def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
             continue
         desc = _cuda().describe(args, xd.shape[0], dtype, xd.device, channels_last=True,
                                 kernel=kernel, out_channels_last=True)
-        assert ("kind=5 BM=256" in desc) == (kernel is four), desc
+        if kernel is four:
+            assert "kind=5 BM=256" in desc, desc
+        elif "wgmma" in desc and wide:  # the rule: four warpgroups for the forward
+            assert desc.startswith("implicit-gemm kind=5 BM=256"), desc
         y = _cuda().forward(xd, wd, bd, args, kernel=kernel, out_channels_last=True)
         assert y.is_contiguous(memory_format=cl)
         _check(y, ref, dtype)

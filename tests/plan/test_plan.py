@@ -365,15 +365,27 @@ def test_warpgroup_tile_of_the_implicit_gemm():
                              kernel=k32._replace(gemm_tile=tile))
         assert not refused.ok and refused.text.startswith("refused: the "), refused.text
     assert not ph.forward(ph.sweep_args(SWEEP[2]), 2, BF16, ph.H100_SM90A).channels_last
-    # four warpgroups (256 rows, 512 threads), one phase a block, 4 stages of 48 KB: named
-    # only (the rule keeps two warpgroups, for either result layout); refused without an
-    # sm_90a build and where C_out/groups <= 32 (every thread copies B)
+    # four warpgroups (256 rows, 512 threads), one phase a block, 4 stages of 48 KB: by the
+    # rule where the forward's result is channels-last or C_out/groups fits 64 columns (the
+    # input gradient and 128-column (N, C, D, H, W) results keep two warpgroups); refused
+    # without an sm_90a build and where C_out/groups <= 32 (every thread copies B)
     four = ForwardKernel("gemm", gemm_tile=5)
     plan = ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True, kernel=four)
     assert plan.ok and "kind=5 BM=256 BN=128 BK=64 threads=512 stages=4 " in plan.text
+    for out_cl, kind in ((False, 4), (True, 5)):
+        assert f"kind={kind} " in ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True,
+                                             out_channels_last=out_cl).text
+    sixty_four = ph.sweep_args(SWEEP[5])  # 128 -> 64, k(3, 4, 4), s(1, 2, 2)
     for out_cl in (False, True):
-        assert "kind=4 " in ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True,
-                                       out_channels_last=out_cl).text
+        by_rule = ph.forward(sixty_four, 2, BF16, ph.H100_SM90A, out_channels_last=out_cl)
+        assert "kind=5 BM=256 BN=64 " in by_rule.text, by_rule.text
+        assert "kind=4 " in ph.forward(sixty_four, 2, BF16, ph.H100_SM90A, out_channels_last=out_cl,
+                                       kernel=ForwardKernel("gemm", gemm_tile=4)).text
+        sm80 = ph.forward(sixty_four, 2, BF16, ph.H100, out_channels_last=out_cl)
+        assert "wgmma" not in sm80.text, sm80.text
+    assert "kind=4 " in ph.forward(pure_long, 1, BF16, ph.H100_SM90A).text
+    assert "kind=5 " in ph.forward(pure_long, 1, BF16, ph.H100_SM90A, channels_last=True,
+                                   out_channels_last=True).text
     # (a k == s layer with a channels-last result takes the shared-A tile instead)
     assert "kind=7 " in ph.forward(short_k, 2, BF16, ph.H100_SM90A, channels_last=True,
                                    out_channels_last=True).text
