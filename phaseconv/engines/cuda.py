@@ -56,7 +56,7 @@ from . import input_layout
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _HEADERS = ("phase_conv_plan.h", "phase_conv_dtype.cuh", "phase_conv_exact.cuh",
             "phase_conv_mma.cuh", "phase_conv_wgmma.cuh", "phase_conv_pack.cuh",
-            "phase_conv_launch.cuh",
+            "phase_conv_launch.cuh", "phase_conv_tma.cuh",
             "phase_conv_fwd.cuh",
             "phase_conv_fwd_common.cuh", "phase_conv_bwd.cuh", "phase_conv_bwd_depthwise.cuh",
             "phase_conv_bwd_narrow.cuh", "phase_conv_bwd_input_narrow.cuh")
@@ -66,7 +66,8 @@ _CUDA_SOURCES = ("phase_conv_pack.cu", "phase_conv_layout.cu", "phase_conv_fwd_t
                  "phase_conv_fwd_allphase.cu", "phase_conv_fwd_gemm.cu",
                  "phase_conv_fwd_depthwise.cu", "phase_conv_fwd.cu",
                  "phase_conv_bwd.cu", "phase_conv_bwd_depthwise.cu",
-                 "phase_conv_bwd_narrow.cu", "phase_conv_bwd_input_narrow.cu")
+                 "phase_conv_bwd_narrow.cu", "phase_conv_bwd_input_narrow.cu",
+                 "phase_conv_tma.cu")
 # the torch binding and the kernel plan (plain C++: tests/plan/test_plan.py builds it alone)
 _CPP_SOURCES = ("phase_conv.cpp", "phase_conv_plan.cpp")
 _SOURCES = _HEADERS + _CUDA_SOURCES + _CPP_SOURCES
