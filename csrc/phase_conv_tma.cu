@@ -8,12 +8,12 @@
 #include <stdint.h>
 
 // ---------------------------------------------------------------- tensor maps (host)
-cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base, int64_t n,
-                                      int64_t d, int64_t h, int64_t w, int64_t c, int box_c,
-                                      int box_w, int box_h, int box_d) {
 #if PHASECONV_TMA_HOST
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
-  if (encode == nullptr) {
+namespace {
+// The driver's cuTensorMapEncodeTiled (through the runtime: no link to libcuda), looked up
+// once; nullptr where the driver lacks it.
+PFN_cuTensorMapEncodeTiled_v12000 encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found;
 #if CUDART_VERSION >= 12050
@@ -23,10 +23,21 @@ cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base,
     const cudaError_t err =
         cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &found);
 #endif
-    if (err != cudaSuccess || found != cudaDriverEntryPointSuccess || fn == nullptr)
-      return cudaErrorNotSupported;
-    encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }
+    return err == cudaSuccess && found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)
+               : nullptr;
+  }();
+  return encode;
+}
+}  // namespace
+#endif
+
+cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base, int64_t n,
+                                      int64_t d, int64_t h, int64_t w, int64_t c, int box_c,
+                                      int box_w, int box_h, int box_d) {
+#if PHASECONV_TMA_HOST
+  PFN_cuTensorMapEncodeTiled_v12000 encode = encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
   // innermost first: channels, W, H, D, N; the strides (bytes) of dims 1-4
   const cuuint64_t dims[5] = {(cuuint64_t)c, (cuuint64_t)w, (cuuint64_t)h, (cuuint64_t)d,
                               (cuuint64_t)n};
@@ -44,6 +55,26 @@ cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base,
 #else
   (void)map; (void)base; (void)n; (void)d; (void)h; (void)w; (void)c;
   (void)box_c; (void)box_w; (void)box_h; (void)box_d;
+  return cudaErrorNotSupported;
+#endif
+}
+
+cudaError_t phase_conv_tma_encode_rows(PhaseConvTensorMap* map, const void* base, int64_t rows,
+                                       int64_t cols, int box_cols, int box_rows) {
+#if PHASECONV_TMA_HOST
+  PFN_cuTensorMapEncodeTiled_v12000 encode = encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[3] = {8, (cuuint64_t)cols, (cuuint64_t)rows};
+  const cuuint64_t strides[2] = {16, (cuuint64_t)cols * 16};
+  const cuuint32_t box[3] = {8, (cuuint32_t)box_cols, (cuuint32_t)box_rows};
+  const cuuint32_t unit[3] = {1, 1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, const_cast<void*>(base),
+                            dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+#else
+  (void)map; (void)base; (void)rows; (void)cols; (void)box_cols; (void)box_rows;
   return cudaErrorNotSupported;
 #endif
 }

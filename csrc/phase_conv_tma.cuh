@@ -53,6 +53,12 @@ cudaError_t phase_conv_tma_box_copy(const void* x, int64_t n, int64_t d, int64_t
                                     const int* coords, int boxes, void* out,
                                     cudaStream_t stream);
 
+// The 3-D map of a tensor-core weight layout `base` (16-bit, rows x cols x 8: a 16-byte
+// vector of 8 channels per (row, column)) for boxes of {8, box_cols, box_rows}, no swizzle:
+// a box lands as [row][column][8], the layout the wgmma B descriptor reads.
+cudaError_t phase_conv_tma_encode_rows(PhaseConvTensorMap* map, const void* base, int64_t rows,
+                                       int64_t cols, int box_cols, int box_rows);
+
 #ifdef __CUDACC__
 namespace phaseconv_tma {
 
@@ -121,6 +127,20 @@ __device__ __forceinline__ void load_box(void* dst, const PhaseConvTensorMap& ma
       "[%0], [%1, {%2, %3, %4, %5, %6}], [%7];\n" ::"r"(smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(&map)), "r"(c), "r"(w), "r"(h), "r"(d), "r"(n),
       "r"(smem_addr(bar))
+      : "memory");
+#else
+  __trap();
+#endif
+}
+
+// The box of the 3-D `map` at (e, col, row) into shared memory at `dst`, completing on `bar`.
+__device__ __forceinline__ void load_rows(void* dst, const PhaseConvTensorMap& map, uint64_t* bar,
+                                          int e, int col, int row) {
+#if PHASECONV_TMA
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes "
+      "[%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(e), "r"(col), "r"(row), "r"(smem_addr(bar))
       : "memory");
 #else
   __trap();

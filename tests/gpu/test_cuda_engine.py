@@ -525,14 +525,16 @@ _WGMMA_CASES = [
 ]
 
 
-@pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block", "four-warpgroups"])
+@pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block", "four-warpgroups",
+                                     "tma"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
 def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     cfg = _WGMMA_CASES[case]
     kernel = {"auto": "auto", "forced": ForwardKernel("gemm", gemm_tile=4),
               "phase-per-block": ForwardKernel("gemm", gemm_tile=4, gemm_one_phase=True),
-              "four-warpgroups": ForwardKernel("gemm", gemm_tile=5)}[variant]
+              "four-warpgroups": ForwardKernel("gemm", gemm_tile=5),
+              "tma": ForwardKernel("gemm", gemm_tile=8)}[variant]
     if variant == "four-warpgroups" and cfg["cout"] // cfg["groups"] <= 32:
         # its 512 threads each copy B: BN >= 64, refused for C_out/groups <= 32
         with pytest.raises(RuntimeError, match="was forced and"):
@@ -552,7 +554,10 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     cout_g = cfg["cout"] // cfg["groups"]
     # the rule takes four warpgroups for the forward where C_out/groups is 33-64 (an
     # (N, C, D, H, W) result here)
-    if variant == "four-warpgroups" or (variant == "auto" and k_per_phase >= 512 and
+    if variant == "tma":
+        assert desc.startswith("implicit-gemm kind=8 BM=128") and "tma-box" in desc, desc
+        assert "wgmma-sm90a" in desc, desc
+    elif variant == "four-warpgroups" or (variant == "auto" and k_per_phase >= 512 and
                                         32 < cout_g <= 64 and cfg["cin"] // cfg["groups"] % 64
                                         == 0):
         assert desc.startswith("implicit-gemm kind=5 BM=256") and "one-phase" in desc, desc
@@ -581,7 +586,12 @@ def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
                                   cfg["d"])
     wide = cfg["cout"] // cfg["groups"] > 32
     four = ForwardKernel("gemm", gemm_tile=5)
-    for kernel in ("auto", four):
+    boxes = ForwardKernel("gemm", gemm_tile=8)
+    for kernel in ("auto", four, boxes):
+        if kernel is boxes and not _cuda().warpgroup_kernels():
+            with pytest.raises(RuntimeError, match="was forced and"):
+                _cuda().forward(xd, wd, bd, args, kernel=kernel, out_channels_last=True)
+            continue
         if kernel is four and not (wide and _cuda().warpgroup_kernels()):
             with pytest.raises(RuntimeError, match="was forced and"):
                 _cuda().forward(xd, wd, bd, args, kernel=kernel, out_channels_last=True)
@@ -590,6 +600,8 @@ def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
                                 kernel=kernel, out_channels_last=True)
         if kernel is four:
             assert "kind=5 BM=256" in desc, desc
+        elif kernel is boxes:
+            assert "kind=8 BM=128" in desc and "tma-box" in desc, desc
         elif "wgmma" in desc and wide and "phases-share-a" not in desc:
             # the rule: four warpgroups for the forward (k == s layers: the shared-A tile)
             assert desc.startswith("implicit-gemm kind=5 BM=256"), desc

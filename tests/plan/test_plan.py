@@ -395,6 +395,25 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     for device, args in ((ph.H100, long_k), (ph.H100_SM90A, narrow_out)):
         refused = ph.forward(args, 2, BF16, device, channels_last=True, kernel=four)
         assert not refused.ok and refused.text.startswith("refused: the "), refused.text
+    # the TMA tile (kind 8, named only): a box of 128 output voxels of one phase (256->128
+    # k4 s2 at 8^3: phases of 8^3, boxes of 2 x 8 x 8), a producer warp and 4 stages;
+    # refused without an sm_90a build, for float32 and where C_in/groups is not whole
+    # 64-channel steps; the rule never takes it
+    tma = ForwardKernel("gemm", gemm_tile=8)
+    for out_cl in (False, True):
+        boxes = ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True, kernel=tma,
+                           out_channels_last=out_cl)
+        assert boxes.ok and "kind=8 BM=128 BN=128 BK=64 threads=288 stages=4 " in boxes.text
+        assert "one-phase tma-box wgmma-sm90a" in boxes.text, boxes.text
+        assert f"m_tiles={16 * 4} " in boxes.text, boxes.text  # 16 samples x 4 boxes
+        assert f"smem={1024 + 4 * (16384 + 16384) + 64 + 128 * 24} " in boxes.text
+    for args, dtype, device in ((long_k, BF16, ph.H100), (long_k, F32, ph.H100_SM90A),
+                                (odd_channels, BF16, ph.H100_SM90A)):
+        refused = ph.forward(args, 2, dtype, device, channels_last=True, kernel=tma)
+        assert not refused.ok and refused.text.startswith("refused: the "), refused.text
+    for shape in SWEEP:
+        assert "kind=8" not in ph.forward(ph.sweep_args(shape), shape.batch, BF16,
+                                          ph.H100_SM90A, channels_last=True).text
     grad_input = ph.grad_input(long_k, 16, BF16, ph.H100_SM90A, "implicit-gemm")
     assert grad_input.ok and "kind=4 " in grad_input.text and "wgmma-sm90a" in grad_input.text
     # the input gradient takes it from 1024 terms (shape 3's is 64 x 8 taps = 512)
@@ -513,7 +532,7 @@ def test_all_phase_tiles():
     assert wide.ok and "kind=4 " in wide.text and "BN=8 " in wide.text
     with pytest.raises(ValueError, match="allph_tile"):
         ph.forward(FOUNDING, 8, F32, ph.H100, kernel=ForwardKernel("tensor-cores", allph_tile=5))
-    for tile in (-2, 8):  # never read as the rule, nor passed on
+    for tile in (-2, 9):  # never read as the rule, nor passed on
         with pytest.raises(ValueError, match="gemm_tile"):
             ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("gemm", gemm_tile=tile))
 
