@@ -29,6 +29,21 @@ PFN_cuTensorMapEncodeTiled_v12000 encoder() {
   }();
   return encode;
 }
+
+// A tiled map of 16-bit words (bf16 and fp16 move as bits: the map never converts), zero fill
+// outside the tensor.
+cudaError_t encode_tiled(PhaseConvTensorMap* map, const void* base, cuuint32_t rank,
+                         const cuuint64_t* dims, const cuuint64_t* strides,
+                         const cuuint32_t* box, CUtensorMapSwizzle swizzle) {
+  PFN_cuTensorMapEncodeTiled_v12000 encode = encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint32_t unit[5] = {1, 1, 1, 1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, rank, const_cast<void*>(base),
+                            dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
 }  // namespace
 #endif
 
@@ -36,8 +51,6 @@ cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base,
                                       int64_t d, int64_t h, int64_t w, int64_t c, int box_c,
                                       int box_w, int box_h, int box_d) {
 #if PHASECONV_TMA_HOST
-  PFN_cuTensorMapEncodeTiled_v12000 encode = encoder();
-  if (encode == nullptr) return cudaErrorNotSupported;
   // innermost first: channels, W, H, D, N; the strides (bytes) of dims 1-4
   const cuuint64_t dims[5] = {(cuuint64_t)c, (cuuint64_t)w, (cuuint64_t)h, (cuuint64_t)d,
                               (cuuint64_t)n};
@@ -45,13 +58,7 @@ cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base,
   const cuuint64_t strides[4] = {row, row * w, row * w * h, row * w * h * d};
   const cuuint32_t box[5] = {(cuuint32_t)box_c, (cuuint32_t)box_w, (cuuint32_t)box_h,
                              (cuuint32_t)box_d, 1};
-  const cuuint32_t unit[5] = {1, 1, 1, 1, 1};
-  // bf16 and fp16 move as 16-bit words: the map copies bits, it never converts
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 5, const_cast<void*>(base),
-                            dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return encode_tiled(map, base, 5, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B);
 #else
   (void)map; (void)base; (void)n; (void)d; (void)h; (void)w; (void)c;
   (void)box_c; (void)box_w; (void)box_h; (void)box_d;
@@ -62,17 +69,10 @@ cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base,
 cudaError_t phase_conv_tma_encode_rows(PhaseConvTensorMap* map, const void* base, int64_t rows,
                                        int64_t cols, int box_cols, int box_rows) {
 #if PHASECONV_TMA_HOST
-  PFN_cuTensorMapEncodeTiled_v12000 encode = encoder();
-  if (encode == nullptr) return cudaErrorNotSupported;
   const cuuint64_t dims[3] = {8, (cuuint64_t)cols, (cuuint64_t)rows};
   const cuuint64_t strides[2] = {16, (cuuint64_t)cols * 16};
   const cuuint32_t box[3] = {8, (cuuint32_t)box_cols, (cuuint32_t)box_rows};
-  const cuuint32_t unit[3] = {1, 1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, const_cast<void*>(base),
-                            dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return encode_tiled(map, base, 3, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_NONE);
 #else
   (void)map; (void)base; (void)rows; (void)cols; (void)box_cols; (void)box_rows;
   return cudaErrorNotSupported;
