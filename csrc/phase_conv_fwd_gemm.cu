@@ -640,10 +640,12 @@ gemm_cl_kernel(const GemmArgs a) {
 }
 
 
-// ---------------------------------------------------------------- TMA tile (kind 8, sm_90a)
+// ---------------------------------------------------------------- TMA tile (kinds 8, 9, sm_90a)
 #if defined(PHASECONV_SM90A)
 // The warpgroup tile with its operands copied by the TMA unit (phase_conv_tma.cuh).  A block's
-// 128 rows are a box of (box_d x box_h x box_w) output voxels of one phase and one sample, so
+// BM = 128 MR rows (MR 64-row wgmma blocks a consumer warpgroup: kind 8 MR 1, kind 9 MR 2, B
+// read by twice the rows) are a box of (box_d x box_h x box_w) output voxels of one phase and
+// one sample, so
 // at tap (td, th, tw) and channel chunk kc its A operand is one box of the channels-last input
 // at the corner (jw0 + offw + tw pdw, jh0 + offh + th pdh, jd0 + offd + td pdd), zero-filled
 // by the hardware outside the input (the phase's padding), landing as 128-byte swizzled rows
@@ -654,16 +656,40 @@ gemm_cl_kernel(const GemmArgs a) {
 // is complete.  No per-element address arithmetic, no cp.async, no proxy fence.  One phase a
 // block; the output is staged in the drained stages for 16-byte channels-last stores, or
 // stored from the accumulators ((N, C, D, H, W) results).  C_in/g a multiple of 64.
-constexpr int kTmaStages = kGemmTmaStages, kTmaBM = 128;
-constexpr int kTmaThreads = 288;  // two consumer warpgroups and a producer warp
+constexpr int kTmaStages = kGemmTmaStages;
+// two consumer warpgroups and a producer warp (9 warps allocate registers as 12: at most 168
+// a thread, which 256 rows at BN 128 pass by 72 bytes of spills)
+constexpr int kTmaThreads = 288;
 
-template <typename T, int BN>
+// One k step (64 channels) of a consumer warpgroup's MR 64-row blocks x BN, committed as one
+// batch: A from 128-byte swizzled rows (sA: the warpgroup's first row), B from a
+// [group][column] stage; `first` overwrites the accumulators instead of adding.
+template <typename T, int BN, int MR, int R>
+__device__ __forceinline__ void wgmma_k_step_rows(float (&d)[MR][R], uint32_t sA, uint32_t sB,
+                                                  bool first) {
+  namespace wg = phaseconv_wgmma;
+#pragma unroll
+  for (int i = 0; i < MR; ++i) wg::fence_operand(d[i]);
+  wg::fence();
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    const uint64_t db = wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128, wg::kSwizzleNone);
+#pragma unroll
+    for (int i = 0; i < MR; ++i) {
+      const uint64_t da = wg::smem_desc(sA + i * 64 * 128 + ks * 32, 16, 1024, wg::kSwizzle128);
+      wg::Wgmma<T, BN>::run(d[i], da, db, !first || ks != 0);
+    }
+  }
+  wg::commit();
+}
+
+template <typename T, int BN, int MR>
 __global__ void __launch_bounds__(kTmaThreads, 1)
 gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                 const __grid_constant__ PhaseConvTensorMap bmap) {
   namespace wg = phaseconv_wgmma;
   namespace tma = phaseconv_tma;
-  constexpr int BM = kTmaBM, NT = BN / 8, STAGES = kTmaStages;
+  constexpr int BM = 128 * MR, NT = BN / 8, STAGES = kTmaStages;
   constexpr int A_STAGE = BM * 128, B_STAGE = 8 * BN * 16;
   static_assert(BM * BN * (int)sizeof(T) <= STAGES * (A_STAGE + B_STAGE), "output tile");
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -701,9 +727,9 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
   const int nkc = a.G / 8, nk = Td * Th * Tw * nkc;  // 64-channel k steps
   const int co_base = cb * BN;
 
-  if (tid < BM) {  // the row tables of the box
+  for (int row = tid; row < BM && warp < 8; row += 256) {  // the row tables of the box
     const int hw = a.box_h * a.box_w;
-    const int jd = jd0 + tid / hw, jh = jh0 + (tid % hw) / a.box_w, jw = jw0 + tid % a.box_w;
+    const int jd = jd0 + row / hw, jh = jh0 + (row % hw) / a.box_w, jw = jw0 + row % a.box_w;
     int64_t yo = -1;
     if (jd < cd && jh < ch && jw < cw) {
       const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
@@ -712,8 +738,8 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
       yo = a.y_cl ? ((int64_t)n * out_plane + pix) * a.c_out + (int64_t)g * a.cout_g + co_base
                   : ((int64_t)n * a.c_out + (int64_t)g * a.cout_g + co_base) * out_plane + pix;
     }
-    s_rc[tid] = make_int4(0, 0, 0, jw);
-    s_yo[tid] = yo;
+    s_rc[row] = make_int4(0, 0, 0, jw);
+    s_yo[row] = yo;
   }
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
@@ -723,7 +749,7 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
   }
   __syncthreads();
 
-  float d[NT * 4];
+  float d[MR][NT * 4];
   if (warp == 8) {  // the producer warp: one thread issues every copy
     if (lane == 0) {
       const int brow0 = (int)(ldg_i64(e + PT_MOFS) / ((int64_t)a.cout_g * 8)) +
@@ -751,35 +777,43 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
         }
       }
     }
-  } else {  // two consumer warpgroups, 64 rows each
-    const uint32_t a_rows = (uint32_t)(warp >> 2) * 64 * 128;
+  } else {  // two consumer warpgroups, 64 MR rows each
+    const uint32_t a_rows = (uint32_t)(warp >> 2) * MR * 64 * 128;
     for (int k = 0; k < nk; ++k) {
       const int s = k % STAGES;
       tma::bar_wait(&full[s], (uint32_t)(k / STAGES) & 1u);
-      wgmma_k_step<T, BN, 8>(d, sa + s * A_STAGE + a_rows, sb + s * B_STAGE, k == 0);
+      wgmma_k_step_rows<T, BN, MR>(d, sa + s * A_STAGE + a_rows, sb + s * B_STAGE, k == 0);
       wg::wait<1>();  // batch k stays in flight; batch k - 1 is complete
-      wg::fence_operand(d);
+#pragma unroll
+      for (int i = 0; i < MR; ++i) wg::fence_operand(d[i]);
       if (k > 0 && (tid & 127) == 0) tma::bar_arrive(&empty[(k - 1) % STAGES]);
     }
     wg::wait<0>();
-    wg::fence_operand(d);
-    if (nk == 0) {
 #pragma unroll
-      for (int i = 0; i < NT * 4; ++i) d[i] = 0.f;
+    for (int i = 0; i < MR; ++i) {
+      wg::fence_operand(d[i]);
+      if (nk == 0) {
+#pragma unroll
+        for (int j = 0; j < NT * 4; ++j) d[i][j] = 0.f;
+      }
     }
   }
   __syncthreads();  // every copy landed and was read: the stages hold the output tile now
 
   bool nonfinite = false;
   if (warp < 8) {
-    float(&acc)[1][NT][4] = reinterpret_cast<float(&)[1][NT][4]>(d);
     float bv[NT][2];
     gemm_bias<T, NT>(a, g, co_base, 0, lane, bv);
-    if (a.y_cl) {
-      gemm_stage_cl<T, 1, NT, BN>(acc, bv, s_c, 1, 0, warp, 0, lane);
-    } else {
-      gemm_store_acc<T, 1, NT, 8, BN, false>(a, acc, bv, s_c, s_rc, s_yo, 1, rw, warp, 0, lane,
-                                             co_base, nonfinite);
+#pragma unroll
+    for (int i = 0; i < MR; ++i) {
+      // the warp's 16 rows of 64-row block i of its warpgroup, as a 16-row "warp" index
+      const int wm_ = ((warp >> 2) * MR + i) * 4 + (warp & 3);
+      float(&acc)[1][NT][4] = reinterpret_cast<float(&)[1][NT][4]>(d[i]);
+      if (a.y_cl)
+        gemm_stage_cl<T, 1, NT, BN>(acc, bv, s_c, 1, 0, wm_, 0, lane);
+      else
+        gemm_store_acc<T, 1, NT, 8 * MR, BN, false>(a, acc, bv, s_c, s_rc, s_yo, 1, rw, wm_, 0,
+                                                    lane, co_base, nonfinite);
     }
   }
   if (a.y_cl) {
@@ -1010,13 +1044,13 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
   a.chunks = c.chunks; a.chunks_per_block = c.chunks_per_block;
   a.box_d = c.box_d; a.box_h = c.box_h; a.box_w = c.box_w;
   a.box_nd = c.box_nd; a.box_nh = c.box_nh; a.box_nw = c.box_nw;
-  if (c.kind == 8) {  // the TMA tile: 16-bit, channels-last A, C_in/g a multiple of 64
+  if (c.kind == 8 || c.kind == 9) {  // the TMA tile: 16-bit, channels-last A, C_in/g % 64 == 0
 #if defined(PHASECONV_SM90A)
     if constexpr (std::is_same<T, float>::value) {
       return cudaErrorInvalidConfiguration;
     } else {
-      if (c.a_ncdhw || a.G % 8 != 0 || c.BM != kTmaBM ||
-          c.box_d * c.box_h * c.box_w != kTmaBM)
+      const int mr = c.kind == 9 ? 2 : 1;
+      if (c.a_ncdhw || a.G % 8 != 0 || c.BM != 128 * mr || c.box_d * c.box_h * c.box_w != c.BM)
         return cudaErrorInvalidConfiguration;
       if (c.total_blocks == 0) return cudaSuccess;
       PhaseConvTensorMap amap, bmap;
@@ -1027,12 +1061,16 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
       err = phase_conv_tma_encode_rows(&bmap, p.weight_mma, p.groups * p.total_taps * a.G,
                                        a.cout_g, c.BN, 8);
       if (err != cudaSuccess) return err;
+      if (mr == 2)  // 256 rows: BN 128 only (the rows double B's reuse where it is widest)
+        return c.BN == 128 ? launch_kernel(gemm_tma_kernel<T, 128, 2>, c.grid, kTmaThreads,
+                                           c.smem, stream, a, amap, bmap)
+                           : cudaErrorInvalidConfiguration;
       switch (c.BN) {
-        case 32: return launch_kernel(gemm_tma_kernel<T, 32>, c.grid, kTmaThreads, c.smem,
+        case 32: return launch_kernel(gemm_tma_kernel<T, 32, 1>, c.grid, kTmaThreads, c.smem,
                                       stream, a, amap, bmap);
-        case 64: return launch_kernel(gemm_tma_kernel<T, 64>, c.grid, kTmaThreads, c.smem,
+        case 64: return launch_kernel(gemm_tma_kernel<T, 64, 1>, c.grid, kTmaThreads, c.smem,
                                       stream, a, amap, bmap);
-        case 128: return launch_kernel(gemm_tma_kernel<T, 128>, c.grid, kTmaThreads, c.smem,
+        case 128: return launch_kernel(gemm_tma_kernel<T, 128, 1>, c.grid, kTmaThreads, c.smem,
                                        stream, a, amap, bmap);
       }
       return cudaErrorInvalidConfiguration;

@@ -360,7 +360,7 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
 
 // Whether a tile issues wgmma (sm_90a): the warpgroup tiles and the shared-A one of kind 7.
 bool gemm_wgmma(const GemmCfg& c) {
-  return c.kind == 4 || c.kind == 5 || c.kind == 7 || c.kind == 8;
+  return c.kind == 4 || c.kind == 5 || c.kind >= 7;
 }
 
 // Channels of one of the GEMM's 16-byte groups, and what its description adds for float32.
@@ -492,22 +492,24 @@ int64_t shared_a_blocks_per_sm(const GemmCfg& c, const DevInfo& dev) {
   return std::min<int64_t>(2, (int64_t)(dev.smem_sm / (c.smem + 1024)));
 }
 
-// The TMA tile (kind 8, named only): where the warpgroup kernels run, a channels-last 16-bit
-// input with C_in/g a multiple of 64, the forward.  Its 128 rows are the box of output voxels
-// (box_d x box_h x box_w = 128) that covers the largest phase with the fewest padded rows
-// (ties: the longest W run).
+// The TMA tiles (kinds 8 and 9, named only): where the warpgroup kernels run, a channels-last
+// 16-bit input with C_in/g a multiple of 64, the forward; kind 9 (256 rows) for C_out/g > 64.
+// Its BM rows (128, 256) are the box of output voxels (box_d x box_h x box_w = BM) that covers
+// the largest phase with the fewest padded rows (ties: the longest W run).
 bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
-                   GemmCfg* c) {
+                   int kind, GemmCfg* c) {
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
   if (!dev.wgmma || c->a_ncdhw || c->tf32 || p.nsub != 0 || cin_g % 64 != 0 ||
-      force.gemm_k32 || p.in_d > 0x7fffffff || p.in_h > 0x7fffffff || p.in_w > 0x7fffffff)
+      force.gemm_k32 || p.in_d > 0x7fffffff || p.in_h > 0x7fffffff || p.in_w > 0x7fffffff ||
+      (kind == 9 && cout_g <= 64))
     return false;
+  const int bm = kind == 9 ? 256 : 128;
   const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
                 cw = cdiv(p.out_w, p.stride_w);
   int64_t best = -1;
   for (int tw = 128; tw >= 4; tw /= 2)
-    for (int th = 1; tw * th <= 128; th *= 2) {
-      const int td = 128 / (tw * th);
+    for (int th = 1; tw * th <= bm; th *= 2) {
+      const int td = bm / (tw * th);
       const int64_t rows = cdiv(cd, td) * td * cdiv(ch, th) * th * cdiv(cw, tw) * tw;
       if (best < 0 || rows < best) {
         best = rows;
@@ -517,14 +519,14 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   c->box_nd = (int)cdiv(cd, c->box_d);
   c->box_nh = (int)cdiv(ch, c->box_h);
   c->box_nw = (int)cdiv(cw, c->box_w);
-  c->kind = 8; c->BM = 128;
+  c->kind = kind; c->BM = bm;
   c->BN = cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128;
   c->threads = 288;
   c->wgroup = false;
   c->bkg = 8;
   // 1 KB of alignment slack, the stages, their full and empty barriers, the row tables
-  c->smem = 1024 + (size_t)kGemmTmaStages * (128 * 128 + 8 * c->BN * 16) +
-            (size_t)kGemmTmaStages * 16 + 128 * 24;
+  c->smem = 1024 + (size_t)kGemmTmaStages * (bm * 128 + 8 * c->BN * 16) +
+            (size_t)kGemmTmaStages * 16 + (size_t)bm * 24;
   if (c->smem > dev.smem_optin) return false;
   const int64_t boxes = (int64_t)c->box_nd * c->box_nh * c->box_nw * p.n;
   if (boxes >= ((int64_t)1 << 31)) return false;
@@ -587,7 +589,7 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     return true;
   }
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
-  if (kind == 8) return gemm_tma_tile(p, force, dev, c);
+  if (kind == 8 || kind == 9) return gemm_tma_tile(p, force, dev, kind, c);
   if (kind == 6 || kind == 7)
     return !force.gemm_one_phase && !force.gemm_k32 && gemm_shared_a_tile(p, dev, kind == 7, c);
   const bool wg = kind >= 4;
@@ -806,7 +808,7 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                gc.bkg * gemm_group_channels(gc), gc.threads,
                gemm_pipeline_stages(gc.kind, gc.wgroup),
                gc.m_tiles, gc.smem, (long long)gc.grid,
-               gc.kind == 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
+               gc.kind >= 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
                : gc.wgroup ? "w-phases-grouped" : "one-phase",
                gemm_wgmma(gc) ? " wgmma-sm90a" : "",
                gemm_precision(gc), layout);

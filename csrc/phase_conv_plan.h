@@ -185,7 +185,7 @@ constexpr int kGemmTmaStages = 4;     // the TMA tile (kind 8): its pipeline dep
 // (GemmCfg::kind: the warpgroup tiles or the mma.sync ones), W phases grouped or one phase per
 // block.
 constexpr int gemm_pipeline_stages(int kind, bool wgroup) {
-  return kind == 8 ? kGemmTmaStages
+  return kind >= 8 ? kGemmTmaStages
          : kind >= 6 ? kGemmSharedStages
          : kind == 5 ? kWgmmaWideStages
          : kind == 4 ? (wgroup ? kWgmmaGroupStages : kWgmmaStages)
@@ -310,7 +310,8 @@ struct GemmCfg {
              // (phase, BN 64 columns) chunks of the weight in 64-channel k steps (MT2 NT4,
              // 4x2 warps, mma.sync); 7: the same on wgmma (sm_90a), two warpgroups of 64 rows;
              // 8: the warpgroup tile fed by the TMA unit (sm_90a, named only): 128 rows a box
-             // of one phase's output voxels, a producer warp and mbarrier stages
+             // of one phase's output voxels, a producer warp and mbarrier stages; 9: the same
+             // with 256 rows (128 a consumer warpgroup), BN 128
   int BM, BN, threads, m_tiles, co_blocks;
   int chunks, chunks_per_block;  // kinds 6, 7: (phase, column block) chunks, and per block
   bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together

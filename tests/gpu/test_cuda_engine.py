@@ -526,7 +526,7 @@ _WGMMA_CASES = [
 
 
 @pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block", "four-warpgroups",
-                                     "tma"])
+                                     "tma", "tma-256-rows"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
 def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
@@ -534,9 +534,11 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     kernel = {"auto": "auto", "forced": ForwardKernel("gemm", gemm_tile=4),
               "phase-per-block": ForwardKernel("gemm", gemm_tile=4, gemm_one_phase=True),
               "four-warpgroups": ForwardKernel("gemm", gemm_tile=5),
-              "tma": ForwardKernel("gemm", gemm_tile=8)}[variant]
-    if variant == "four-warpgroups" and cfg["cout"] // cfg["groups"] <= 32:
-        # its 512 threads each copy B: BN >= 64, refused for C_out/groups <= 32
+              "tma": ForwardKernel("gemm", gemm_tile=8),
+              "tma-256-rows": ForwardKernel("gemm", gemm_tile=9)}[variant]
+    if (variant == "four-warpgroups" and cfg["cout"] // cfg["groups"] <= 32) or (
+            variant == "tma-256-rows" and cfg["cout"] // cfg["groups"] <= 64):
+        # four warpgroups: its 512 threads each copy B (BN >= 64); the 256-row TMA tile: BN 128
         with pytest.raises(RuntimeError, match="was forced and"):
             _run(cfg, dtype, kernel=kernel, seed=case)
         return
@@ -554,8 +556,10 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     cout_g = cfg["cout"] // cfg["groups"]
     # the rule takes four warpgroups for the forward where C_out/groups is 33-64 (an
     # (N, C, D, H, W) result here)
-    if variant == "tma":
-        assert desc.startswith("implicit-gemm kind=8 BM=128") and "tma-box" in desc, desc
+    if variant in ("tma", "tma-256-rows"):
+        bm = 256 if variant == "tma-256-rows" else 128
+        assert desc.startswith(f"implicit-gemm kind={7 + bm // 128} BM={bm} "), desc
+        assert "tma-box" in desc, desc
         assert "wgmma-sm90a" in desc, desc
     elif variant == "four-warpgroups" or (variant == "auto" and k_per_phase >= 512 and
                                         32 < cout_g <= 64 and cfg["cin"] // cfg["groups"] % 64

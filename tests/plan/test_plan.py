@@ -411,6 +411,18 @@ def test_warpgroup_tile_of_the_implicit_gemm():
                                 (odd_channels, BF16, ph.H100_SM90A)):
         refused = ph.forward(args, 2, dtype, device, channels_last=True, kernel=tma)
         assert not refused.ok and refused.text.startswith("refused: the "), refused.text
+    # 256 rows (kind 9: 128 a consumer warpgroup) for C_out/groups > 64: boxes of 4 x 8 x 8
+    tma256 = ForwardKernel("gemm", gemm_tile=9)
+    boxes = ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True, kernel=tma256)
+    assert boxes.ok and "kind=9 BM=256 BN=128 BK=64 threads=288 stages=4 " in boxes.text
+    assert f"m_tiles={16 * 2} " in boxes.text, boxes.text
+    assert f"smem={1024 + 4 * (32768 + 16384) + 64 + 256 * 24} " in boxes.text, boxes.text
+    refused = ph.forward(odd_channels, 2, BF16, ph.H100_SM90A, channels_last=True,
+                         kernel=tma256)
+    assert not refused.ok, refused.text
+    refused = ph.forward(ph.sweep_args(SWEEP[5]), 2, BF16, ph.H100_SM90A, channels_last=True,
+                         kernel=tma256)  # 64 output channels
+    assert not refused.ok and refused.text.startswith("refused: the "), refused.text
     for shape in SWEEP:
         assert "kind=8" not in ph.forward(ph.sweep_args(shape), shape.batch, BF16,
                                           ph.H100_SM90A, channels_last=True).text
@@ -532,7 +544,7 @@ def test_all_phase_tiles():
     assert wide.ok and "kind=4 " in wide.text and "BN=8 " in wide.text
     with pytest.raises(ValueError, match="allph_tile"):
         ph.forward(FOUNDING, 8, F32, ph.H100, kernel=ForwardKernel("tensor-cores", allph_tile=5))
-    for tile in (-2, 9):  # never read as the rule, nor passed on
+    for tile in (-2, 10):  # never read as the rule, nor passed on
         with pytest.raises(ValueError, match="gemm_tile"):
             ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("gemm", gemm_tile=tile))
 
