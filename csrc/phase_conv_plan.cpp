@@ -256,6 +256,9 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
   // stages its halo twice, split into its tf32 big and small parts; where no tile fits so,
   // once, unsplit, the parts taken at each fragment load
   const int passes = cl || CG == 4 ? 2 : 1;
+  // a channels-last result stored directly is neither paired along W nor staged (both write
+  // (N, C_out, D, H, W) rows)
+  const bool y_cl = allph_stores_channels_last(p);
   for (int single = 0; single < passes && !found; ++single)
   for (int kind = 0; kind < 5; ++kind) {
     const int BM = kinds_bm[kind], BN = kinds_bn[kind];
@@ -284,9 +287,6 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
         // staged output slab (16-bit, BN <= 16) when it fits
         const int64_t box_cs = (int64_t)TD * TH * p.stride_h * TW * p.stride_w + 8;
         const int64_t box_bytes = (BN * box_cs * 2 + 15) / 16 * 16;
-        // a channels-last result stored directly is neither paired along W nor staged (both
-        // write (N, C_out, D, H, W) rows)
-        const bool y_cl = allph_stores_channels_last(p);
         // paired W stores: the kernel's per-row offsets within a tile's output are ints
         const bool pair_w = kind == 4 && !y_cl && p.stride_w == 2 && p.out_w % 2 == 0 &&
                             p.stride_d * TD * p.out_h * p.out_w < ((int64_t)1 << 31);
@@ -415,8 +415,8 @@ bool choose_gemm(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFor
 // The input gradient on the implicit GEMM: one stride-1 "phase" whose rows are grad_x's
 // voxels, reduction over every tap x C_out/g, grad_y read channels-last at stride * j -
 // padding + tap * dilation (a plain strided convolution: no tap meets an inserted zero).
-// float32 (3xTF32, see choose_gemm) where the layer's C_out/g >= 64 and C_in/g >= 128, or
-// C_out/g >= 16 and C_in/g >= 64 (here p.c_in and p.c_out).  H200, float32, against the
+// float32 (3xTF32, see choose_gemm) where the layer's C_out/g >= 16 and C_in/g >= 64 (here
+// p.c_in and p.c_out).  H200, float32, against the
 // per-phase 3xTF32 kernel: sweep shape 3 319 vs 583 us, 4 218 vs 448, 5 695 vs 1364, 6 285
 // vs 464; 2 x 64->32 32^3 k3 s2 231 vs 364, 2 x 128->32 12^3 92 vs 167, 2 x 64->16 24^3 71
 // vs 99.  Narrower layers only when named.
@@ -424,7 +424,7 @@ bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, int 
                     const DevInfo& dev, GemmCfg* c) {
   const bool tf32 = dtype_code == PHASECONV_FLOAT32;
   const int64_t gy_g = p.c_in / p.groups, gx_g = p.c_out / p.groups;
-  const bool tf32_rule = (gy_g >= 64 && gx_g >= 128) || (gy_g >= 16 && gx_g >= 64);
+  const bool tf32_rule = gy_g >= 16 && gx_g >= 64;
   if (dtype_code != PHASECONV_FLOAT16 && dtype_code != PHASECONV_BFLOAT16 &&
       !(tf32 && (force == PHASECONV_GEMM || (force == 0 && tf32_rule))))
     return false;

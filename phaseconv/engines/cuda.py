@@ -648,7 +648,7 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     The rules (``csrc/phase_conv_plan.h``; visible in :func:`describe_backward` and
     ``explain()``):
     depthwise layers run the depthwise kernels; the input gradient of wide 16-bit layers (and
-    float32 ones with C_out/g >= 16 and C_in/g >= 64, or C_out/g >= 64 and C_in/g >= 128) the
+    float32 ones with C_out/g >= 16 and C_in/g >= 64) the
     implicit GEMM, of float32/float16/bfloat16 layers with 16 (16-bit only), 8 or fewer output
     channels per group (and whole octets of input channels) the narrow tensor-core kernel, of
     other layers with 4 channels per group or more on both sides the per-phase tensor-core
