@@ -558,6 +558,15 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   int kind = cout_g <= 32 ? 0
              : cout_g <= 64 ? (k_per_phase >= 512 && cin_g >= 64 && !c->tf32 ? 3 : 1)
                             : 2;
+  // float32's input gradient (one stride-1 phase): the next narrower tile (BN 128 -> 64 ->
+  // 32) while the wider one's blocks would fill fewer than half the multiprocessors.  H200,
+  // 2 x 128->32 12^3 k3 s2 (grad_x 128 channels, 27 row tiles): BN 32 51.1 us, BN 64 67.5,
+  // BN 128 92.2.  (Sweep shapes 4-6, 128 blocks of BN 128, keep it: not measured narrower.)
+  if (c->tf32 && p.nsub > 0 && force.gemm_tile < 0) {
+    const int64_t row_tiles = cdiv(p.n * p.out_d * p.out_h * p.out_w, 128);
+    const int bn_of[3] = {32, 64, 128};
+    while (kind > 0 && 2 * row_tiles * cdiv(cout_g, bn_of[kind]) * p.groups < dev.sms) --kind;
+  }
   // sm_90a: the warpgroup tile where its 64-channel k steps hold whole channel groups (no
   // zero-filled multiply-adds) and A is channels-last; the rule takes it for reductions of
   // >= wgmma_min_k per phase (the forward's 512, measured on an H200, bf16 channels-last:

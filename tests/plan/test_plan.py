@@ -260,6 +260,20 @@ def test_forced_backward_kernels():
         assert gi.family == "gemm" and gi.channels_last and " 3xTF32 flushed" in gi.text, \
             gi.text  # 32 channels x 27 taps
         assert "wgmma" not in gi.text and re.search(r"BK=(16|32) ", gi.text), gi.text
+        # its tile: the narrowest that covers grad_x's channels, or narrower while the wider
+        # one's blocks would fill fewer than half the multiprocessors (MONAI UNet's 128 -> 32
+        # at 12^3: 27 row tiles, 128 grad_x channels on BN 32); sweep shapes 4-6 keep BN 128
+        up3 = ph.conv_args(128, 32, 3, 12, 2, 1, 1, batch=2)
+        bn = 128
+        while bn > 32 and 2 * 27 * (128 // bn) < device.sms:
+            bn //= 2
+        assert bn < 128 and f"BM=128 BN={bn} " in ph.grad_input(up3, 2, F32, device).text
+        assert "BN=128 " in ph.grad_input(up3, 2, F32, device, "implicit-gemm",
+                                          tile=2).text
+        assert "BN=128 " in ph.grad_input(up3, 2, BF16, device).text  # 16-bit: unchanged
+        for shape in SWEEP[3:6]:
+            wide_gi = ph.grad_input(ph.sweep_args(shape), shape.batch, F32, device)
+            assert "BN=128 " in wide_gi.text, wide_gi.text
         for refused in (ph.grad_input(NARROW, 1, F32, device, "implicit-gemm"),
                         ph.grad_input(NARROW, 1, BF16, device, "implicit-gemm"),
                         ph.grad_weight(WIDE, 2, F32, device, "tensor-cores-cl"),
