@@ -45,8 +45,8 @@ struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in
   // kind 8: a row tile is a box of (box_d, box_h, box_w) output voxels of one phase and sample,
   // box_nd x box_nh x box_nw boxes covering the largest phase; the weight layout's first row
   // (16-byte vector rows of C_out/g columns) of each group is (MOFS / (C_out/g * 8) + g *
-  // taps * G)
-  int box_d, box_h, box_w, box_nd, box_nh, box_nw;
+  // taps * G); its boxes fetch b_fold columns (b_fold x 16 bytes) a line
+  int box_d, box_h, box_w, box_nd, box_nh, box_nw, b_fold;
 };
 
 // XOR swizzle of the 16-byte chunks of row `row` of a channels-last A stage (rows of BKG
@@ -762,8 +762,8 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
         tma::load_box(smem + s * A_STAGE, amap, &full[s], g * a.cin_g + kc * 64,
                       jw0 + offw + tw * a.pdw, jh0 + offh + th * a.pdh, jd0 + offd + td * a.pdd,
                       n);
-        tma::load_rows(smem + STAGES * A_STAGE + s * B_STAGE, bmap, &full[s], 0, co_base,
-                       brow0 + tap * a.G + kc * 8);
+        tma::load_rows(smem + STAGES * A_STAGE + s * B_STAGE, bmap, &full[s], 0,
+                       co_base / a.b_fold, brow0 + tap * a.G + kc * 8);
         if (++kc == nkc) {
           kc = 0;
           ++tap;
@@ -1057,9 +1057,12 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
       cudaError_t err = phase_conv_tma_encode_box(&amap, p.x, p.n, p.in_d, p.in_h, p.in_w,
                                                   p.c_in, 64, c.box_w, c.box_h, c.box_d);
       if (err != cudaSuccess) return err;
-      // the layout's rows: groups x every phase's taps x G, of C_out/g 16-byte vectors
+      // the layout's rows: groups x every phase's taps x G, of C_out/g 16-byte vectors,
+      // fetched as lines of up to 32 columns (512 bytes), not one 16-byte line a column
+      a.b_fold = 32;
+      while (a.cout_g % a.b_fold != 0 || c.BN % a.b_fold != 0) a.b_fold /= 2;
       err = phase_conv_tma_encode_rows(&bmap, p.weight_mma, p.groups * p.total_taps * a.G,
-                                       a.cout_g, c.BN, 8);
+                                       a.cout_g, c.BN, 8, a.b_fold);
       if (err != cudaSuccess) return err;
       if (mr == 2)  // 256 rows: BN 128 only (the rows double B's reuse where it is widest)
         return c.BN == 128 ? launch_kernel(gemm_tma_kernel<T, 128, 2>, c.grid, kTmaThreads,

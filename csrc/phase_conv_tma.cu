@@ -67,14 +67,19 @@ cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base,
 }
 
 cudaError_t phase_conv_tma_encode_rows(PhaseConvTensorMap* map, const void* base, int64_t rows,
-                                       int64_t cols, int box_cols, int box_rows) {
+                                       int64_t cols, int box_cols, int box_rows, int fold) {
 #if PHASECONV_TMA_HOST
-  const cuuint64_t dims[3] = {8, (cuuint64_t)cols, (cuuint64_t)rows};
-  const cuuint64_t strides[2] = {16, (cuuint64_t)cols * 16};
-  const cuuint32_t box[3] = {8, (cuuint32_t)box_cols, (cuuint32_t)box_rows};
+  if (fold < 1 || fold > 32 || cols % fold != 0 || box_cols % fold != 0)
+    return cudaErrorInvalidValue;
+  // a row's columns in lines of `fold` 16-byte vectors: (8 fold, cols / fold, rows)
+  const cuuint64_t dims[3] = {(cuuint64_t)(8 * fold), (cuuint64_t)(cols / fold),
+                              (cuuint64_t)rows};
+  const cuuint64_t strides[2] = {(cuuint64_t)(16 * fold), (cuuint64_t)cols * 16};
+  const cuuint32_t box[3] = {(cuuint32_t)(8 * fold), (cuuint32_t)(box_cols / fold),
+                             (cuuint32_t)box_rows};
   return encode_tiled(map, base, 3, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_NONE);
 #else
-  (void)map; (void)base; (void)rows; (void)cols; (void)box_cols; (void)box_rows;
+  (void)map; (void)base; (void)rows; (void)cols; (void)box_cols; (void)box_rows; (void)fold;
   return cudaErrorNotSupported;
 #endif
 }

@@ -54,10 +54,12 @@ cudaError_t phase_conv_tma_box_copy(const void* x, int64_t n, int64_t d, int64_t
                                     cudaStream_t stream);
 
 // The 3-D map of a tensor-core weight layout `base` (16-bit, rows x cols x 8: a 16-byte
-// vector of 8 channels per (row, column)) for boxes of {8, box_cols, box_rows}, no swizzle:
-// a box lands as [row][column][8], the layout the wgmma B descriptor reads.
+// vector of 8 channels per (row, column)) for boxes of box_cols x box_rows vectors, no
+// swizzle: a box lands as [row][column][8], the layout the wgmma B descriptor reads.  The
+// map's lines are `fold` consecutive vectors of a row (fold 1-32 dividing cols and box_cols),
+// so a box at column coordinate c / fold starts at column c.
 cudaError_t phase_conv_tma_encode_rows(PhaseConvTensorMap* map, const void* base, int64_t rows,
-                                       int64_t cols, int box_cols, int box_rows);
+                                       int64_t cols, int box_cols, int box_rows, int fold);
 
 #ifdef __CUDACC__
 namespace phaseconv_tma {
