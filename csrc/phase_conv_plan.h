@@ -309,7 +309,7 @@ struct GemmCfg {
              // one tap), a block holds its rows' A for the whole reduction and walks
              // (phase, BN 64 columns) chunks of the weight in 64-channel k steps (MT2 NT4,
              // 4x2 warps, mma.sync); 7: the same on wgmma (sm_90a), two warpgroups of 64 rows;
-             // 8: the warpgroup tile fed by the TMA unit (sm_90a, named only): 128 rows a box
+             // 8: the warpgroup tile fed by the TMA unit (sm_90a): 128 rows a box
              // of one phase's output voxels, a producer warp and mbarrier stages; 9: the same
              // with 256 rows (128 a consumer warpgroup), BN 128
   int BM, BN, threads, m_tiles, co_blocks;
