@@ -99,6 +99,8 @@ def bench_shape(spec, dtype, reps, check=True):
                          "gemm_bn64w8": K("gemm", gemm_tile=3),
                          "gemm_wgmma": K("gemm", gemm_tile=4),
                          "gemm_wgmma_256rows": K("gemm", gemm_tile=5),
+                         "gemm_tma": K("gemm", gemm_tile=8),
+                         "gemm_tma256": K("gemm", gemm_tile=9),
                          "gemm_bk32": K("gemm", gemm_k32=True),
                          "gemm_bn64w8_bk32": K("gemm", gemm_tile=3, gemm_k32=True)})
     if dtype == torch.float32 and (cin // g) % 8 == 0:  # 3xTF32 on the implicit GEMM, by name
@@ -129,6 +131,8 @@ def bench_shape(spec, dtype, reps, check=True):
         # cuDNN in the same layout
         for vname, code in {"auto": "auto", "wgmma": K("gemm", gemm_tile=4),
                             "wgmma_256rows": K("gemm", gemm_tile=5),
+                            "tma": K("gemm", gemm_tile=8),
+                            "tma256": K("gemm", gemm_tile=9),
                             "bn32": K("gemm", gemm_tile=0), "bn64": K("gemm", gemm_tile=1),
                             "allph": K("tensor-cores")}.items():
             def cl_out(code=code):

@@ -29,6 +29,7 @@
 #include "phase_conv_fwd.cuh"
 #include "phase_conv_pack.cuh"
 #include "phase_conv_plan.h"
+#include "phase_conv_tma.cuh"
 
 namespace py = pybind11;
 
@@ -721,6 +722,44 @@ at::Tensor pack_mma_binding(const at::Tensor& weight, const c10::optional<at::Te
   return pack_mma(weight, pk, stream_of(weight));
 }
 
+// Tests: boxes of a channels-last 16-bit tensor as the TMA unit lands them in shared memory
+// (phase_conv_tma.cuh): coords (boxes, 5) int32 of (c, w, h, d, n), box (C, W, H, D); one row
+// of box bytes a box, swizzled.
+at::Tensor tma_box_copy_binding(const at::Tensor& x, const at::Tensor& coords,
+                                std::vector<int64_t> box) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 5 && x.element_size() == 2 &&
+                  x.is_contiguous(at::MemoryFormat::ChannelsLast3d),
+              "phaseconv cuda engine: tma_box_copy takes a channels-last 5-D CUDA tensor of "
+              "16-bit elements.");
+  TORCH_CHECK(x.size(1) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
+              "phaseconv cuda engine: tma_box_copy needs whole 16-byte channel rows.");
+  TORCH_CHECK(coords.is_cuda() && coords.device() == x.device() &&
+                  coords.scalar_type() == at::kInt && coords.dim() == 2 &&
+                  coords.size(1) == 5 && coords.is_contiguous(),
+              "phaseconv cuda engine: tma_box_copy's coords are a contiguous (boxes, 5) int32 "
+              "tensor on x's device.");
+  TORCH_CHECK(box.size() == 4 && box[0] == 64 && box[1] >= 1 && box[1] <= 256 &&
+                  box[2] >= 1 && box[2] <= 256 && box[3] >= 1 && box[3] <= 256,
+              "phaseconv cuda engine: tma_box_copy's box is (C, W, H, D): C 64 (a 128-byte "
+              "row a voxel), the others 1-256.");
+  int major = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                                    x.get_device()));
+  TORCH_CHECK(major >= 9, "phaseconv cuda engine: tma_box_copy needs an sm_90 GPU (the TMA "
+              "unit).");
+  const int64_t bytes = box[0] * 2 * box[1] * box[2] * box[3];
+  TORCH_CHECK(bytes % 1024 == 0 && bytes <= 200 * 1024,
+              "phaseconv cuda engine: tma_box_copy's box must be whole 1024-byte swizzle "
+              "atoms, at most 200 KB.");
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty({coords.size(0), bytes}, x.options().dtype(at::kByte));
+  check_cuda(phase_conv_tma_box_copy(x.data_ptr(), x.size(0), x.size(2), x.size(3), x.size(4),
+                                     x.size(1), (int)box[0], (int)box[1], (int)box[2],
+                                     (int)box[3], coords.data_ptr<int>(), (int)coords.size(0),
+                                     out.data_ptr(), stream_of(x)));
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -768,6 +807,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "gradient's (phase_conv_pack.cuh).",
         py::arg("weight"), py::arg("taps"), py::arg("groups"), py::arg("over_outputs") = false,
         py::arg("cg") = 0);
+  m.def("tma_box_copy", &tma_box_copy_binding,
+        "Boxes of a channels-last 16-bit tensor as the TMA unit lands them in shared memory "
+        "(phase_conv_tma.cuh; tests).",
+        py::arg("x"), py::arg("coords"), py::arg("box"));
   m.attr("sm90a") = kSm90aBuild;
 #ifdef PHASECONV_SOURCE_HASH
   // an ahead-of-time build (setup.py): which sources and architectures it holds (passed as

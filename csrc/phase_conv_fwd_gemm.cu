@@ -1,4 +1,5 @@
 #include "phase_conv_fwd_common.cuh"
+#include "phase_conv_tma.cuh"
 #include "phase_conv_wgmma.cuh"
 
 #include <cuda_bf16.h>
@@ -41,6 +42,11 @@ struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in
   int G_groups;  // the layer's groups (kinds 6, 7)
   int chunks, chunks_per_block;  // kinds 6, 7: (phase, column block) chunks, and per block
   int64_t total_blocks;
+  // kind 8: a row tile is a box of (box_d, box_h, box_w) output voxels of one phase and sample,
+  // box_nd x box_nh x box_nw boxes covering the largest phase; the weight layout's first row
+  // (16-byte vector rows of C_out/g columns) of each group is (MOFS / (C_out/g * 8) + g *
+  // taps * G); its boxes fetch b_fold columns (b_fold x 16 bytes) a line
+  int box_d, box_h, box_w, box_nd, box_nh, box_nw, b_fold;
 };
 
 // XOR swizzle of the 16-byte chunks of row `row` of a channels-last A stage (rows of BKG
@@ -634,6 +640,192 @@ gemm_cl_kernel(const GemmArgs a) {
 }
 
 
+// ---------------------------------------------------------------- TMA tile (kinds 8, 9, sm_90a)
+#if defined(PHASECONV_SM90A)
+// The warpgroup tile with its operands copied by the TMA unit (phase_conv_tma.cuh).  A block's
+// BM = 128 MR rows (MR 64-row wgmma blocks a consumer warpgroup: kind 8 MR 1, kind 9 MR 2, B
+// read by twice the rows) are a box of (box_d x box_h x box_w) output voxels of one phase and
+// one sample, so
+// at tap (td, th, tw) and channel chunk kc its A operand is one box of the channels-last input
+// at the corner (jw0 + offw + tw pdw, jh0 + offh + th pdh, jd0 + offd + td pdd), zero-filled
+// by the hardware outside the input (the phase's padding), landing as 128-byte swizzled rows
+// (the layout the A descriptor reads); its B operand is one box {8, BN, 8} of the weight
+// layout, landing as [group][column][8] (zero past C_out/g).  One producer warp issues both
+// copies of a stage on its `full` barrier (bytes expected) and waits for the stage's `empty`
+// barrier, which each consumer warpgroup arrives on once its wgmma batch reading the stage
+// is complete.  No per-element address arithmetic, no cp.async, no proxy fence.  One phase a
+// block; the output is staged in the drained stages for 16-byte channels-last stores, or
+// stored from the accumulators ((N, C, D, H, W) results).  C_in/g a multiple of 64.
+constexpr int kTmaStages = kGemmTmaStages;
+// two consumer warpgroups and a producer warp (9 warps allocate registers as 12: at most 168
+// a thread, which 256 rows at BN 128 pass by 72 bytes of spills)
+constexpr int kTmaThreads = 288;
+
+// One k step (64 channels) of a consumer warpgroup's MR 64-row blocks x BN, committed as one
+// batch: A from 128-byte swizzled rows (sA: the warpgroup's first row), B from a
+// [group][column] stage; `first` overwrites the accumulators instead of adding.
+template <typename T, int BN, int MR, int R>
+__device__ __forceinline__ void wgmma_k_step_rows(float (&d)[MR][R], uint32_t sA, uint32_t sB,
+                                                  bool first) {
+  namespace wg = phaseconv_wgmma;
+#pragma unroll
+  for (int i = 0; i < MR; ++i) wg::fence_operand(d[i]);
+  wg::fence();
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    const uint64_t db = wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128, wg::kSwizzleNone);
+#pragma unroll
+    for (int i = 0; i < MR; ++i) {
+      const uint64_t da = wg::smem_desc(sA + i * 64 * 128 + ks * 32, 16, 1024, wg::kSwizzle128);
+      wg::Wgmma<T, BN>::run(d[i], da, db, !first || ks != 0);
+    }
+  }
+  wg::commit();
+}
+
+template <typename T, int BN, int MR>
+__global__ void __launch_bounds__(kTmaThreads, 1)
+gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
+                const __grid_constant__ PhaseConvTensorMap bmap) {
+  namespace wg = phaseconv_wgmma;
+  namespace tma = phaseconv_tma;
+  constexpr int BM = 128 * MR, NT = BN / 8, STAGES = kTmaStages;
+  constexpr int A_STAGE = BM * 128, B_STAGE = 8 * BN * 16;
+  static_assert(BM * BN * (int)sizeof(T) <= STAGES * (A_STAGE + B_STAGE), "output tile");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // the stages 1024-byte aligned (the 128-byte swizzle's atoms; the plan adds the slack)
+  const uint32_t s_base = tma::smem_addr(smem_raw);
+  unsigned char* smem = smem_raw + (((s_base + 1023u) & ~1023u) - s_base);
+  const uint32_t sa = tma::smem_addr(smem), sb = sa + STAGES * A_STAGE;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + STAGES * (A_STAGE + B_STAGE));
+  uint64_t* empty = full + STAGES;
+  int4* s_rc = reinterpret_cast<int4*>(empty + STAGES);  // .w: the row's jw
+  int64_t* s_yo = reinterpret_cast<int64_t*>(s_rc + BM);  // gemm_row's y offset, -1: none
+  T* s_c = reinterpret_cast<T*>(smem);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  // block -> (phase, box, sample, C_out block, group), phase fastest
+  uint32_t r = blockIdx.x;
+  const int phase = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
+  const int bw = (int)(r % (uint32_t)a.box_nw); r /= (uint32_t)a.box_nw;
+  const int bh = (int)(r % (uint32_t)a.box_nh); r /= (uint32_t)a.box_nh;
+  const int bd = (int)(r % (uint32_t)a.box_nd); r /= (uint32_t)a.box_nd;
+  const int n = (int)(r % (uint32_t)a.nbatch); r /= (uint32_t)a.nbatch;
+  const int cb = (int)(r % (uint32_t)a.co_blocks);
+  const int g = (int)(r / (uint32_t)a.co_blocks);
+  const int64_t* e = a.table + (int64_t)phase * PHASECONV_TABLE_STRIDE;
+  const int rd = (int)ldg_i64(e + PT_RES_D), rh = (int)ldg_i64(e + PT_RES_H),
+            rw = (int)ldg_i64(e + PT_RES_W);
+  const int cd = axis_count(a.out_d, rd, a.sd), ch = axis_count(a.out_h, rh, a.sh),
+            cw = axis_count(a.out_w, rw, a.sw);
+  const int jd0 = bd * a.box_d, jh0 = bh * a.box_h, jw0 = bw * a.box_w;
+  if (jd0 >= cd || jh0 >= ch || jw0 >= cw) return;  // past this phase (uniform, no barrier yet)
+  const int Td = (int)ldg_i64(e + PT_TAPS_D), Th = (int)ldg_i64(e + PT_TAPS_H),
+            Tw = (int)ldg_i64(e + PT_TAPS_W);
+  const int offd = (int)ldg_i64(e + PT_OFF_D), offh = (int)ldg_i64(e + PT_OFF_H),
+            offw = (int)ldg_i64(e + PT_OFF_W);
+  const int nkc = a.G / 8, nk = Td * Th * Tw * nkc;  // 64-channel k steps
+  const int co_base = cb * BN;
+
+  for (int row = tid; row < BM && warp < 8; row += 256) {  // the row tables of the box
+    const int hw = a.box_h * a.box_w;
+    const int jd = jd0 + row / hw, jh = jh0 + (row % hw) / a.box_w, jw = jw0 + row % a.box_w;
+    int64_t yo = -1;
+    if (jd < cd && jh < ch && jw < cw) {
+      const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
+      const int64_t pix = ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w +
+                          (int64_t)a.sw * jw;
+      yo = a.y_cl ? ((int64_t)n * out_plane + pix) * a.c_out + (int64_t)g * a.cout_g + co_base
+                  : ((int64_t)n * a.c_out + (int64_t)g * a.cout_g + co_base) * out_plane + pix;
+    }
+    s_rc[row] = make_int4(0, 0, 0, jw);
+    s_yo[row] = yo;
+  }
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      tma::bar_init(&full[s], 1);
+      tma::bar_init(&empty[s], 2);  // one arrival a consumer warpgroup
+    }
+  }
+  __syncthreads();
+
+  float d[MR][NT * 4];
+  if (warp == 8) {  // the producer warp: one thread issues every copy
+    if (lane == 0) {
+      const int brow0 = (int)(ldg_i64(e + PT_MOFS) / ((int64_t)a.cout_g * 8)) +
+                        g * Td * Th * Tw * a.G;
+      int kc = 0, td = 0, th = 0, tw = 0, tap = 0;
+      for (int k = 0; k < nk; ++k) {
+        const int s = k % STAGES, use = k / STAGES;
+        if (use > 0) tma::bar_wait(&empty[s], (uint32_t)(use - 1) & 1u);
+        tma::bar_arrive_expect(&full[s], A_STAGE + B_STAGE);
+        tma::load_box(smem + s * A_STAGE, amap, &full[s], g * a.cin_g + kc * 64,
+                      jw0 + offw + tw * a.pdw, jh0 + offh + th * a.pdh, jd0 + offd + td * a.pdd,
+                      n);
+        tma::load_rows(smem + STAGES * A_STAGE + s * B_STAGE, bmap, &full[s], 0,
+                       co_base / a.b_fold, brow0 + tap * a.G + kc * 8);
+        if (++kc == nkc) {
+          kc = 0;
+          ++tap;
+          if (++tw == Tw) {
+            tw = 0;
+            if (++th == Th) {
+              th = 0;
+              ++td;
+            }
+          }
+        }
+      }
+    }
+  } else {  // two consumer warpgroups, 64 MR rows each
+    const uint32_t a_rows = (uint32_t)(warp >> 2) * MR * 64 * 128;
+    for (int k = 0; k < nk; ++k) {
+      const int s = k % STAGES;
+      tma::bar_wait(&full[s], (uint32_t)(k / STAGES) & 1u);
+      wgmma_k_step_rows<T, BN, MR>(d, sa + s * A_STAGE + a_rows, sb + s * B_STAGE, k == 0);
+      wg::wait<1>();  // batch k stays in flight; batch k - 1 is complete
+#pragma unroll
+      for (int i = 0; i < MR; ++i) wg::fence_operand(d[i]);
+      if (k > 0 && (tid & 127) == 0) tma::bar_arrive(&empty[(k - 1) % STAGES]);
+    }
+    wg::wait<0>();
+#pragma unroll
+    for (int i = 0; i < MR; ++i) {
+      wg::fence_operand(d[i]);
+      if (nk == 0) {
+#pragma unroll
+        for (int j = 0; j < NT * 4; ++j) d[i][j] = 0.f;
+      }
+    }
+  }
+  __syncthreads();  // every copy landed and was read: the stages hold the output tile now
+
+  bool nonfinite = false;
+  if (warp < 8) {
+    float bv[NT][2];
+    gemm_bias<T, NT>(a, g, co_base, 0, lane, bv);
+#pragma unroll
+    for (int i = 0; i < MR; ++i) {
+      // the warp's 16 rows of 64-row block i of its warpgroup, as a 16-row "warp" index
+      const int wm_ = ((warp >> 2) * MR + i) * 4 + (warp & 3);
+      float(&acc)[1][NT][4] = reinterpret_cast<float(&)[1][NT][4]>(d[i]);
+      if (a.y_cl)
+        gemm_stage_cl<T, 1, NT, BN>(acc, bv, s_c, 1, 0, wm_, 0, lane);
+      else
+        gemm_store_acc<T, 1, NT, 8 * MR, BN, false>(a, acc, bv, s_c, s_rc, s_yo, 1, rw, wm_, 0,
+                                                    lane, co_base, nonfinite);
+    }
+  }
+  if (a.y_cl) {
+    __syncthreads();
+    if (warp < 8)
+      gemm_write_tile<T, BM, BN, 256>(a, s_c, s_rc, s_yo, 1, rw, co_base, tid, nonfinite);
+  }
+  if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
+}
+#endif  // PHASECONV_SM90A
+
+
 // ---------------------------------------------------------------- shared-A tile (kinds 6, 7)
 // k == s layers with no padding (phase_conv_plan.cpp: phases_share_a): every phase reads input
 // voxel m for its row m at one tap, so the layer is one GEMM whose columns are (phase, output
@@ -850,6 +1042,46 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
   a.total_blocks = c.total_blocks;
   a.G_groups = (int)p.groups;
   a.chunks = c.chunks; a.chunks_per_block = c.chunks_per_block;
+  a.box_d = c.box_d; a.box_h = c.box_h; a.box_w = c.box_w;
+  a.box_nd = c.box_nd; a.box_nh = c.box_nh; a.box_nw = c.box_nw;
+  if (c.kind == 8 || c.kind == 9) {  // the TMA tile: 16-bit, channels-last A, C_in/g % 64 == 0
+#if defined(PHASECONV_SM90A)
+    if constexpr (std::is_same<T, float>::value) {
+      return cudaErrorInvalidConfiguration;
+    } else {
+      const int mr = c.kind == 9 ? 2 : 1;
+      if (c.a_ncdhw || a.G % 8 != 0 || c.BM != 128 * mr || c.box_d * c.box_h * c.box_w != c.BM)
+        return cudaErrorInvalidConfiguration;
+      if (c.total_blocks == 0) return cudaSuccess;
+      PhaseConvTensorMap amap, bmap;
+      cudaError_t err = phase_conv_tma_encode_box(&amap, p.x, p.n, p.in_d, p.in_h, p.in_w,
+                                                  p.c_in, 64, c.box_w, c.box_h, c.box_d);
+      if (err != cudaSuccess) return err;
+      // the layout's rows: groups x every phase's taps x G, of C_out/g 16-byte vectors,
+      // fetched as lines of up to 32 columns (512 bytes), not one 16-byte line a column
+      a.b_fold = 32;
+      while (a.cout_g % a.b_fold != 0 || c.BN % a.b_fold != 0) a.b_fold /= 2;
+      err = phase_conv_tma_encode_rows(&bmap, p.weight_mma, p.groups * p.total_taps * a.G,
+                                       a.cout_g, c.BN, 8, a.b_fold);
+      if (err != cudaSuccess) return err;
+      if (mr == 2)  // 256 rows: BN 128 only (the rows double B's reuse where it is widest)
+        return c.BN == 128 ? launch_kernel(gemm_tma_kernel<T, 128, 2>, c.grid, kTmaThreads,
+                                           c.smem, stream, a, amap, bmap)
+                           : cudaErrorInvalidConfiguration;
+      switch (c.BN) {
+        case 32: return launch_kernel(gemm_tma_kernel<T, 32, 1>, c.grid, kTmaThreads, c.smem,
+                                      stream, a, amap, bmap);
+        case 64: return launch_kernel(gemm_tma_kernel<T, 64, 1>, c.grid, kTmaThreads, c.smem,
+                                      stream, a, amap, bmap);
+        case 128: return launch_kernel(gemm_tma_kernel<T, 128, 1>, c.grid, kTmaThreads, c.smem,
+                                       stream, a, amap, bmap);
+      }
+      return cudaErrorInvalidConfiguration;
+    }
+#else
+    return cudaErrorInvalidConfiguration;
+#endif
+  }
   if (c.kind == 6 || c.kind == 7) {  // the shared-A tile: 16-bit, channels-last A and y
     if constexpr (std::is_same<T, float>::value) {
       return cudaErrorInvalidConfiguration;

@@ -359,7 +359,9 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
                double wgmma_min_k, GemmCfg* c);
 
 // Whether a tile issues wgmma (sm_90a): the warpgroup tiles and the shared-A one of kind 7.
-bool gemm_wgmma(const GemmCfg& c) { return c.kind == 4 || c.kind == 5 || c.kind == 7; }
+bool gemm_wgmma(const GemmCfg& c) {
+  return c.kind == 4 || c.kind == 5 || c.kind >= 7;
+}
 
 // Channels of one of the GEMM's 16-byte groups, and what its description adds for float32.
 int gemm_group_channels(const GemmCfg& c) { return c.tf32 ? 4 : 8; }
@@ -490,6 +492,53 @@ int64_t shared_a_blocks_per_sm(const GemmCfg& c, const DevInfo& dev) {
   return std::min<int64_t>(2, (int64_t)(dev.smem_sm / (c.smem + 1024)));
 }
 
+// The TMA tiles (kinds 8 and 9; gemm_tile says where the rule takes them): where the
+// warpgroup kernels run, a channels-last 16-bit input with C_in/g a multiple of 64, the
+// forward; kind 9 (256 rows) for C_out/g > 64.
+// Its BM rows (128, 256) are the box of output voxels (box_d x box_h x box_w = BM) that covers
+// the largest phase with the fewest padded rows (ties: the longest W run).
+bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
+                   int kind, GemmCfg* c) {
+  const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
+  if (!dev.wgmma || c->a_ncdhw || c->tf32 || p.nsub != 0 || cin_g % 64 != 0 ||
+      force.gemm_k32 || p.in_d > 0x7fffffff || p.in_h > 0x7fffffff || p.in_w > 0x7fffffff ||
+      (kind == 9 && cout_g <= 64))
+    return false;
+  const int bm = kind == 9 ? 256 : 128;
+  const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
+                cw = cdiv(p.out_w, p.stride_w);
+  int64_t best = -1;
+  for (int tw = 128; tw >= 4; tw /= 2)
+    for (int th = 1; tw * th <= bm; th *= 2) {
+      const int td = bm / (tw * th);
+      const int64_t rows = cdiv(cd, td) * td * cdiv(ch, th) * th * cdiv(cw, tw) * tw;
+      if (best < 0 || rows < best) {
+        best = rows;
+        c->box_d = td; c->box_h = th; c->box_w = tw;
+      }
+    }
+  c->box_nd = (int)cdiv(cd, c->box_d);
+  c->box_nh = (int)cdiv(ch, c->box_h);
+  c->box_nw = (int)cdiv(cw, c->box_w);
+  c->kind = kind; c->BM = bm;
+  c->BN = cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128;
+  c->threads = 288;
+  c->wgroup = false;
+  c->bkg = 8;
+  // 1 KB of alignment slack, the stages, their full and empty barriers, the row tables
+  c->smem = 1024 + (size_t)kGemmTmaStages * (bm * 128 + 8 * c->BN * 16) +
+            (size_t)kGemmTmaStages * 16 + (size_t)bm * 24;
+  if (c->smem > dev.smem_optin) return false;
+  const int64_t boxes = (int64_t)c->box_nd * c->box_nh * c->box_nw * p.n;
+  if (boxes >= ((int64_t)1 << 31)) return false;
+  c->m_tiles = (int)boxes;
+  c->co_blocks = (int)cdiv(cout_g, c->BN);
+  c->total_blocks = p.stride_d * p.stride_h * p.stride_w * boxes * c->co_blocks * p.groups;
+  if (c->total_blocks > 0x7fffffffLL) return false;  // one block each (32-bit decode)
+  c->grid = c->total_blocks;
+  return true;
+}
+
 // The implicit GEMM's tile, shared memory and grid for parameters whose layouts the caller
 // checked (c->a_ncdhw set); false for narrow layers unless forced, or where it does not fit.
 bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
@@ -549,7 +598,23 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
       *c = wg;
     return true;
   }
+  // sm_90a: the TMA tiles in the forward where the warpgroup tiles would run, or where the
+  // result is channels-last; 256 rows (kind 9) for C_out/g > 64.  H100, bf16, µs, against
+  // the rule before them (channels-last result / (N, C, D, H, W) result, cuDNN in brackets):
+  // 16 x 256->128 8^3 k4 72.2 vs 101.0 (67.1) / 91.1 vs 115.3 (98.2); 2 x 128->64 8x32x32
+  // k(3,4,4) 47.5 vs 55.8 (52.4) / 55.3 vs 61.9 (69.1); 512->256 16^3 k2 36.5 vs 44.6 (24.4)
+  // / 52.9 vs 51.4 (55.5); 2 x 64->32 32^3 k3 s2 84.0 vs 94.0 (57.9), its (N, C, D, H, W)
+  // result 106.1 vs 101.4 on the mma.sync tile it keeps
+  if (force.gemm_tile < 0 && !force.gemm_one_phase && wg_fits && p.nsub == 0 &&
+      (kind >= 4 || p.y_channels_last)) {
+    GemmCfg tma = *c;
+    if (gemm_tma_tile(p, force, dev, cout_g > 64 ? 9 : 8, &tma)) {
+      *c = tma;
+      return true;
+    }
+  }
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
+  if (kind == 8 || kind == 9) return gemm_tma_tile(p, force, dev, kind, c);
   if (kind == 6 || kind == 7)
     return !force.gemm_one_phase && !force.gemm_k32 && gemm_shared_a_tile(p, dev, kind == 7, c);
   const bool wg = kind >= 4;
@@ -768,7 +833,8 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                gc.bkg * gemm_group_channels(gc), gc.threads,
                gemm_pipeline_stages(gc.kind, gc.wgroup),
                gc.m_tiles, gc.smem, (long long)gc.grid,
-               gc.kind >= 6 ? "phases-share-a" : gc.wgroup ? "w-phases-grouped" : "one-phase",
+               gc.kind >= 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
+               : gc.wgroup ? "w-phases-grouped" : "one-phase",
                gemm_wgmma(gc) ? " wgmma-sm90a" : "",
                gemm_precision(gc), layout);
       return true;

@@ -180,11 +180,13 @@ constexpr int kWgmmaStages = 5;       // implicit GEMM, warpgroup tile: pipeline
 constexpr int kWgmmaGroupStages = 4;  // the same, W phases grouped
 constexpr int kWgmmaWideStages = 4;   // the 4-warpgroup tile (256 rows, 48 KB a stage)
 constexpr int kGemmSharedStages = 4;  // the shared-A tile (kind 6): its pipeline depth
+constexpr int kGemmTmaStages = 4;     // the TMA tile (kind 8): its pipeline depth
 // The implicit GEMM's pipeline depth, for its launcher and its plan: tile `kind`
 // (GemmCfg::kind: the warpgroup tiles or the mma.sync ones), W phases grouped or one phase per
 // block.
 constexpr int gemm_pipeline_stages(int kind, bool wgroup) {
-  return kind >= 6 ? kGemmSharedStages
+  return kind >= 8 ? kGemmTmaStages
+         : kind >= 6 ? kGemmSharedStages
          : kind == 5 ? kWgmmaWideStages
          : kind == 4 ? (wgroup ? kWgmmaGroupStages : kWgmmaStages)
                      : (wgroup ? kGemmGroupStages : kGemmStages);
@@ -306,7 +308,10 @@ struct GemmCfg {
              // phases share A (k == s, no padding: every phase reads the same input voxel with
              // one tap), a block holds its rows' A for the whole reduction and walks
              // (phase, BN 64 columns) chunks of the weight in 64-channel k steps (MT2 NT4,
-             // 4x2 warps, mma.sync); 7: the same on wgmma (sm_90a), two warpgroups of 64 rows
+             // 4x2 warps, mma.sync); 7: the same on wgmma (sm_90a), two warpgroups of 64 rows;
+             // 8: the warpgroup tile fed by the TMA unit (sm_90a): 128 rows a box
+             // of one phase's output voxels, a producer warp and mbarrier stages; 9: the same
+             // with 256 rows (128 a consumer warpgroup), BN 128
   int BM, BN, threads, m_tiles, co_blocks;
   int chunks, chunks_per_block;  // kinds 6, 7: (phase, column block) chunks, and per block
   bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together
@@ -314,6 +319,7 @@ struct GemmCfg {
   int bkg;       // 16-byte channel groups per k step (4 or 8)
   bool tf32;     // float32 by 3xTF32 (mma.sync tiles 0-3, channels-last A, one phase a block)
   bool flush;    // tf32: accumulators flushed every kFlushTerms terms (longer reductions)
+  int box_d, box_h, box_w, box_nd, box_nh, box_nw;  // kind 8: the row tile's box of voxels
   size_t smem;
   int64_t total_blocks, grid;
 };

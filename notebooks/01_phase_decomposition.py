@@ -930,3 +930,105 @@ ref = F.conv_transpose3d(x, w, stride=s3)
 print(f"one GEMM of {rows.shape[0]} rows x {cols.shape[1]} (phase, channel) columns, stored "
       f"by phase: max |difference| {float((y - ref).abs().max()):.1e}")
 assert torch.allclose(y, ref, atol=1e-12)
+
+# %% [markdown]
+# ## 12. A box of output voxels: the TMA tile's operands (sm_90a)
+#
+# The TMA unit copies boxes of a tensor: a start coordinate per dimension, a size per
+# dimension, and zeros wherever the box leaves the tensor. The TMA tile (kinds 8 and 9 of the
+# implicit GEMM) shapes its rows to fit. A block's $BM$ rows are a box of
+# $B_d \times B_h \times B_w = BM$ output voxels $j$ of one phase and one sample, with corner
+# $j_0$.
+#
+# Along each axis, output $j$ of a phase reads input $j + \delta_t$ at tap $t$ (section 2).
+# So at tap $t = (t_d, t_h, t_w)$ the rows' A operand is the input box of the same size at
+# corner $j_0 + \delta_t$, one channel chunk deep. The zeros the hardware fills outside the
+# input are the phase's padding. The rows past the phase's own outputs, at its far edge,
+# compute values that are never stored.
+#
+# The plan picks the box with the fewest padded rows over the largest phase (ties: the
+# longest W run). The cell does the TMA tile's arithmetic in float64 for a geometry with
+# groups, dilation, a kernel smaller than the stride on one axis, and ragged phases:
+# - each (phase, box, tap) product of the box of x with the sub-kernel's tap;
+# - the box's rows stored at $o = s j + r$.
+#
+# It checks that every output is written exactly once, and that the result is
+# `conv_transpose3d`.
+
+# %%
+def best_box(extents, bm):
+    """The plan's box (csrc/phase_conv_plan.cpp: gemm_tma_tile) of bm voxels over the phase
+    extents (D, H, W)."""
+    best = None
+    for bw in (128, 64, 32, 16, 8, 4):
+        bh = 1
+        while bw * bh <= bm:
+            bd = bm // (bw * bh)
+            rows = math.prod(-(-e // b) * b for e, b in zip(extents, (bd, bh, bw)))
+            if best is None or rows < best[0]:
+                best = (rows, (bd, bh, bw))
+            bh *= 2
+    return best[1]
+
+
+def input_box(x, n, corner, size):
+    """x[n, :, corner : corner + size] per axis, zeros outside x (what the TMA unit lands)."""
+    out = torch.zeros((x.shape[1],) + tuple(size), dtype=x.dtype)
+    src, dst = [], []
+    for c, b, full in zip(corner, size, x.shape[2:]):
+        lo, hi = max(c, 0), min(c + b, full)
+        if lo >= hi:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - c, hi - c))
+    out[(slice(None),) + tuple(dst)] = x[(n, slice(None)) + tuple(src)]
+    return out
+
+
+geometry = dict(stride=(2, 3, 2), padding=(1, 0, 2), output_padding=(1, 2, 0),
+                dilation=(1, 1, 2), groups=2)
+k3 = (3, 2, 4)  # 2 < 3 along H: one H residue without taps (bias only)
+gen = torch.Generator().manual_seed(12)
+x = torch.randn((2, 8, 3, 4, 5), generator=gen, dtype=torch.float64)
+w = torch.randn((8, 3) + k3, generator=gen, dtype=torch.float64)
+ref = F.conv_transpose3d(x, w, **geometry)
+plan3 = phase_plan(x.shape[2:], k3, geometry["stride"], geometry["padding"],
+                   dilation=geometry["dilation"], output_padding=geometry["output_padding"])
+groups, cin_g, cout_g = geometry["groups"], 4, 3
+extents = tuple(max(ph.count for ph in a.phases) for a in plan3.axes)
+y = torch.zeros_like(ref)
+written = torch.zeros(ref.shape, dtype=torch.int64)
+for bm in (128, 256):
+    box = best_box(extents, bm)
+    y.zero_()
+    written.zero_()
+    for phase in plan3.phases:
+        ad, ah, aw = phase.axes
+        starts = itertools.product(*(range(0, max(a.count, 1), b)
+                                     for a, b in zip(phase.axes, box)))
+        for n, g, j0 in itertools.product(range(x.shape[0]), range(groups), starts):
+            xg = x[:, g * cin_g:(g + 1) * cin_g]
+            acc = torch.zeros((cout_g,) + box, dtype=torch.float64)
+            for (kd, od), (kh, oh), (kw, ow) in itertools.product(
+                    *(zip(a.taps, a.offsets) for a in phase.axes)):
+                a_box = input_box(xg, n, (j0[0] + od, j0[1] + oh, j0[2] + ow), box)
+                acc += torch.einsum("cdhw,co->odhw", a_box, w[g * cin_g:(g + 1) * cin_g, :, kd,
+                                                                kh, kw])
+            # rows inside the phase, stored at o = s j + r per axis
+            keep = [min(b, a.count - j) for a, b, j in zip(phase.axes, box, j0)]
+            if min(keep) <= 0:
+                continue
+            out = tuple(slice(a.first + a_plan.stride * j, None, a_plan.stride)
+                        for a, a_plan, j in zip(phase.axes, plan3.axes, j0))
+            out = tuple(slice(o.start, o.start + a_plan.stride * (kk - 1) + 1, o.step)
+                        for o, a_plan, kk in zip(out, plan3.axes, keep))
+            sel = (n, slice(g * cout_g, (g + 1) * cout_g)) + out
+            y[sel] += acc[:, :keep[0], :keep[1], :keep[2]]
+            written[sel] += 1
+    covered = written > 0
+    bias_only = int((~covered[0, 0]).sum())
+    assert int(written.max()) == 1 and bias_only == plan3.bias_only_outputs
+    err = float((y - ref).abs().max())
+    print(f"BM {bm}: box (D, H, W) = {box} over phase extents {extents}; every output written "
+          f"once ({bias_only} bias-only voxels a channel), max |difference| {err:.1e}")
+    assert err < 1e-12

@@ -56,7 +56,7 @@ from . import input_layout
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _HEADERS = ("phase_conv_plan.h", "phase_conv_dtype.cuh", "phase_conv_exact.cuh",
             "phase_conv_mma.cuh", "phase_conv_wgmma.cuh", "phase_conv_pack.cuh",
-            "phase_conv_launch.cuh",
+            "phase_conv_launch.cuh", "phase_conv_tma.cuh",
             "phase_conv_fwd.cuh",
             "phase_conv_fwd_common.cuh", "phase_conv_bwd.cuh", "phase_conv_bwd_depthwise.cuh",
             "phase_conv_bwd_narrow.cuh", "phase_conv_bwd_input_narrow.cuh")
@@ -66,7 +66,8 @@ _CUDA_SOURCES = ("phase_conv_pack.cu", "phase_conv_layout.cu", "phase_conv_fwd_t
                  "phase_conv_fwd_allphase.cu", "phase_conv_fwd_gemm.cu",
                  "phase_conv_fwd_depthwise.cu", "phase_conv_fwd.cu",
                  "phase_conv_bwd.cu", "phase_conv_bwd_depthwise.cu",
-                 "phase_conv_bwd_narrow.cu", "phase_conv_bwd_input_narrow.cu")
+                 "phase_conv_bwd_narrow.cu", "phase_conv_bwd_input_narrow.cu",
+                 "phase_conv_tma.cu")
 # the torch binding and the kernel plan (plain C++: tests/plan/test_plan.py builds it alone)
 _CPP_SOURCES = ("phase_conv.cpp", "phase_conv_plan.cpp")
 _SOURCES = _HEADERS + _CUDA_SOURCES + _CPP_SOURCES
@@ -87,8 +88,9 @@ class ForwardKernel(NamedTuple):
     plan refuses a layer the named kernel cannot take; nothing is rerouted."""
     family: str = "auto"            # a key of FORWARD_KERNELS
     contiguous_input: bool = False  # never the channels-last kernels
-    gemm_tile: int = -1             # implicit GEMM tile kind 0-7 (4, 5: sm_90a wgmma; 6, 7: the
-                                    # phases share A, k == s layers, 7 on wgmma; -1: the rule)
+    gemm_tile: int = -1             # implicit GEMM tile kind 0-9 (4, 5: sm_90a wgmma; 6, 7: the
+                                    # phases share A, k == s layers, 7 on wgmma; 8, 9: wgmma fed
+                                    # by the TMA unit, 128 and 256 rows; -1: the rule)
     gemm_one_phase: bool = False    # implicit GEMM: one phase per block
     gemm_k32: bool = False          # implicit GEMM: 4 channel groups a k step (32 16-bit
                                     # channels, 16 float32 ones)
@@ -102,8 +104,8 @@ class ForwardKernel(NamedTuple):
                              f"{self.family!r}")
         if not -1 <= self.allph_tile <= 4:
             raise ValueError(f"allph_tile must be -1 (the rule) or 0-4, got {self.allph_tile!r}")
-        if not -1 <= self.gemm_tile <= 7:
-            raise ValueError(f"gemm_tile must be -1 (the rule) or 0-7, got {self.gemm_tile!r}")
+        if not -1 <= self.gemm_tile <= 9:
+            raise ValueError(f"gemm_tile must be -1 (the rule) or 0-9, got {self.gemm_tile!r}")
         return [FORWARD_KERNELS[self.family], int(self.contiguous_input), int(self.gemm_tile),
                 int(self.gemm_one_phase), int(self.gemm_k32), int(self.direct_stores),
                 int(self.allph_tile)]

@@ -519,22 +519,27 @@ _WGMMA_CASES = [
          cout=128, n=2, ins=(3, 4, 5), bias=False),
     dict(k=(1, 1, 4), s=(1, 1, 4), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=2, cin=128,
          cout=80, n=2, ins=(2, 3, 5), bias=True),
-    # 512 terms a phase, 64 output channels: four warpgroups by the rule, either result layout
+    # 512 terms a phase, 64 output channels: the 128-row TMA tile by the rule, either result
+    # layout
     dict(k=(4, 4, 4), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(0, 0, 0), groups=1, cin=64,
          cout=64, n=2, ins=(3, 5, 6), bias=True),
 ]
 
 
-@pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block", "four-warpgroups"])
+@pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block", "four-warpgroups",
+                                     "tma", "tma-256-rows"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
 def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     cfg = _WGMMA_CASES[case]
     kernel = {"auto": "auto", "forced": ForwardKernel("gemm", gemm_tile=4),
               "phase-per-block": ForwardKernel("gemm", gemm_tile=4, gemm_one_phase=True),
-              "four-warpgroups": ForwardKernel("gemm", gemm_tile=5)}[variant]
-    if variant == "four-warpgroups" and cfg["cout"] // cfg["groups"] <= 32:
-        # its 512 threads each copy B: BN >= 64, refused for C_out/groups <= 32
+              "four-warpgroups": ForwardKernel("gemm", gemm_tile=5),
+              "tma": ForwardKernel("gemm", gemm_tile=8),
+              "tma-256-rows": ForwardKernel("gemm", gemm_tile=9)}[variant]
+    if (variant == "four-warpgroups" and cfg["cout"] // cfg["groups"] <= 32) or (
+            variant == "tma-256-rows" and cfg["cout"] // cfg["groups"] <= 64):
+        # four warpgroups: its 512 threads each copy B (BN >= 64); the 256-row TMA tile: BN 128
         with pytest.raises(RuntimeError, match="was forced and"):
             _run(cfg, dtype, kernel=kernel, seed=case)
         return
@@ -546,18 +551,22 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
                 _run(cfg, dtype, kernel=kernel, seed=case)
         return
     desc = _describe(cfg, dtype, kernel=kernel)
-    # the rule takes the warpgroup tile for reductions of >= 512 terms per phase
+    # the rule takes the warpgroup tiles for reductions of >= 512 terms per phase, in the
+    # forward fed by the TMA unit: 256 rows where C_out/groups > 64, else 128
     k_per_phase = (cfg["cin"] // cfg["groups"] * cfg["k"][0] * cfg["k"][1] * cfg["k"][2] /
                    (cfg["s"][0] * cfg["s"][1] * cfg["s"][2]))
     cout_g = cfg["cout"] // cfg["groups"]
-    # the rule takes four warpgroups for the forward where C_out/groups is 33-64 (an
-    # (N, C, D, H, W) result here)
-    if variant == "four-warpgroups" or (variant == "auto" and k_per_phase >= 512 and
-                                        32 < cout_g <= 64 and cfg["cin"] // cfg["groups"] % 64
-                                        == 0):
+    if variant == "auto" and k_per_phase >= 512:
+        variant = "tma-256-rows" if cout_g > 64 else "tma"
+    if variant in ("tma", "tma-256-rows"):
+        bm = 256 if variant == "tma-256-rows" else 128
+        assert desc.startswith(f"implicit-gemm kind={7 + bm // 128} BM={bm} "), desc
+        assert "tma-box" in desc, desc
+        assert "wgmma-sm90a" in desc, desc
+    elif variant == "four-warpgroups":
         assert desc.startswith("implicit-gemm kind=5 BM=256") and "one-phase" in desc, desc
         assert "wgmma-sm90a" in desc, desc
-    elif variant != "auto" or k_per_phase >= 512:
+    elif variant != "auto":
         assert desc.startswith("implicit-gemm kind=4") and "wgmma-sm90a" in desc, desc
     else:
         assert "wgmma" not in desc, desc
@@ -569,9 +578,9 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
 @pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
 def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
     """A channels-last result from a channels-last input: the 4-warpgroup tile (256 rows, one
-    phase a block, its output staged in the drained pipeline) where C_out/groups > 32, named
-    and where the rule takes it (in place of the two-warpgroup tile); the rule's tile for the
-    same call."""
+    phase a block, its output staged in the drained pipeline) where C_out/groups > 32, and the
+    128-row TMA tile, both named; the rule's tile for the same call (the TMA tiles where
+    C_in/groups is whole 64-channel steps, k == s layers aside)."""
     cfg = _WGMMA_CASES[case]
     cl = torch.channels_last_3d
     xl, wl, bl, ref = _random_call(cfg, dtype, case)
@@ -581,7 +590,12 @@ def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
                                   cfg["d"])
     wide = cfg["cout"] // cfg["groups"] > 32
     four = ForwardKernel("gemm", gemm_tile=5)
-    for kernel in ("auto", four):
+    boxes = ForwardKernel("gemm", gemm_tile=8)
+    for kernel in ("auto", four, boxes):
+        if kernel is boxes and not _cuda().warpgroup_kernels():
+            with pytest.raises(RuntimeError, match="was forced and"):
+                _cuda().forward(xd, wd, bd, args, kernel=kernel, out_channels_last=True)
+            continue
         if kernel is four and not (wide and _cuda().warpgroup_kernels()):
             with pytest.raises(RuntimeError, match="was forced and"):
                 _cuda().forward(xd, wd, bd, args, kernel=kernel, out_channels_last=True)
@@ -590,9 +604,12 @@ def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
                                 kernel=kernel, out_channels_last=True)
         if kernel is four:
             assert "kind=5 BM=256" in desc, desc
-        elif "wgmma" in desc and wide and "phases-share-a" not in desc:
-            # the rule: four warpgroups for the forward (k == s layers: the shared-A tile)
-            assert desc.startswith("implicit-gemm kind=5 BM=256"), desc
+        elif kernel is boxes:
+            assert "kind=8 BM=128" in desc and "tma-box" in desc, desc
+        elif "wgmma" in desc and "phases-share-a" not in desc:
+            # the rule: the TMA tiles for a channels-last result (k == s layers: shared A)
+            kind = 9 if cfg["cout"] // cfg["groups"] > 64 else 8
+            assert desc.startswith(f"implicit-gemm kind={kind} ") and "tma-box" in desc, desc
         y = _cuda().forward(xd, wd, bd, args, kernel=kernel, out_channels_last=True)
         assert y.is_contiguous(memory_format=cl)
         _check(y, ref, dtype)

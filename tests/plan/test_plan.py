@@ -340,10 +340,12 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     wgmma = ForwardKernel("gemm", gemm_tile=4)
     long_k = ph.sweep_args(SWEEP[4])   # 256->128, k4 s2: 2048 terms a phase
     short_k = ph.sweep_args(SWEEP[2])  # 128->64, k2 s2: 128
-    plan = ph.forward(long_k, 16, BF16, ph.H100_SM90A)
+    plan = ph.forward(long_k, 16, BF16, ph.H100_SM90A, kernel=wgmma)
     assert plan.family == "gemm" and plan.channels_last
     assert "kind=4 " in plan.text and "threads=256" in plan.text and "wgmma-sm90a" in plan.text
     assert "BN=128 " in plan.text and "BK=64" in plan.text
+    # (by the rule the forward takes the TMA tiles there: test_tma_tile_rule)
+    assert "kind=9 " in ph.forward(long_k, 16, BF16, ph.H100_SM90A).text
     assert "wgmma" not in ph.forward(long_k, 16, BF16, ph.H100).text
     assert "wgmma" not in ph.forward(short_k, 2, BF16, ph.H100_SM90A, channels_last=True).text
     forced = ph.forward(short_k, 2, BF16, ph.H100_SM90A, channels_last=True, kernel=wgmma)
@@ -360,7 +362,7 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     # feeds the warpgroup tile (512 -> 256 k2: K 512; the named mma.sync tiles stay in place)
     pure_long = ph.sweep_args(SWEEP[3])
     copied = ph.forward(pure_long, 1, BF16, ph.H100_SM90A)
-    assert copied.channels_last and "kind=4 " in copied.text, copied.text
+    assert copied.channels_last and "kind=9 " in copied.text, copied.text
     assert copied.text.endswith("(channels-last input, copied)"), copied.text
     assert ph.forward(pure_long, 1, BF16, ph.H100_SM90A, channels_last=True).text.endswith(
         "(channels-last input)")
@@ -379,27 +381,21 @@ def test_warpgroup_tile_of_the_implicit_gemm():
                              kernel=k32._replace(gemm_tile=tile))
         assert not refused.ok and refused.text.startswith("refused: the "), refused.text
     assert not ph.forward(ph.sweep_args(SWEEP[2]), 2, BF16, ph.H100_SM90A).channels_last
-    # four warpgroups (256 rows, 512 threads), one phase a block, 4 stages of 48 KB: by the
-    # rule where the forward's result is channels-last or C_out/groups fits 64 columns (the
-    # input gradient and 128-column (N, C, D, H, W) results keep two warpgroups); refused
+    # four warpgroups (256 rows, 512 threads), one phase a block, 4 stages of 48 KB, by
+    # name (the rule's TMA tiles take the forward where it ran: test_tma_tile_rule); refused
     # without an sm_90a build and where C_out/groups <= 32 (every thread copies B)
     four = ForwardKernel("gemm", gemm_tile=5)
     plan = ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True, kernel=four)
     assert plan.ok and "kind=5 BM=256 BN=128 BK=64 threads=512 stages=4 " in plan.text
-    for out_cl, kind in ((False, 4), (True, 5)):
-        assert f"kind={kind} " in ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True,
-                                             out_channels_last=out_cl).text
     sixty_four = ph.sweep_args(SWEEP[5])  # 128 -> 64, k(3, 4, 4), s(1, 2, 2)
     for out_cl in (False, True):
-        by_rule = ph.forward(sixty_four, 2, BF16, ph.H100_SM90A, out_channels_last=out_cl)
-        assert "kind=5 BM=256 BN=64 " in by_rule.text, by_rule.text
+        named = ph.forward(sixty_four, 2, BF16, ph.H100_SM90A, out_channels_last=out_cl,
+                           kernel=four)
+        assert "kind=5 BM=256 BN=64 " in named.text, named.text
         assert "kind=4 " in ph.forward(sixty_four, 2, BF16, ph.H100_SM90A, out_channels_last=out_cl,
                                        kernel=ForwardKernel("gemm", gemm_tile=4)).text
         sm80 = ph.forward(sixty_four, 2, BF16, ph.H100, out_channels_last=out_cl)
         assert "wgmma" not in sm80.text, sm80.text
-    assert "kind=4 " in ph.forward(pure_long, 1, BF16, ph.H100_SM90A).text
-    assert "kind=5 " in ph.forward(pure_long, 1, BF16, ph.H100_SM90A, channels_last=True,
-                                   out_channels_last=True).text
     # (a k == s layer with a channels-last result takes the shared-A tile instead)
     assert "kind=7 " in ph.forward(short_k, 2, BF16, ph.H100_SM90A, channels_last=True,
                                    out_channels_last=True).text
@@ -409,11 +405,76 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     for device, args in ((ph.H100, long_k), (ph.H100_SM90A, narrow_out)):
         refused = ph.forward(args, 2, BF16, device, channels_last=True, kernel=four)
         assert not refused.ok and refused.text.startswith("refused: the "), refused.text
+    # the TMA tile (kind 8): a box of 128 output voxels of one phase (256->128 k4 s2 at 8^3:
+    # phases of 8^3, boxes of 2 x 8 x 8), a producer warp and 4 stages; refused without an
+    # sm_90a build, for float32 and where C_in/groups is not whole 64-channel steps
+    tma = ForwardKernel("gemm", gemm_tile=8)
+    for out_cl in (False, True):
+        boxes = ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True, kernel=tma,
+                           out_channels_last=out_cl)
+        assert boxes.ok and "kind=8 BM=128 BN=128 BK=64 threads=288 stages=4 " in boxes.text
+        assert "one-phase tma-box wgmma-sm90a" in boxes.text, boxes.text
+        assert f"m_tiles={16 * 4} " in boxes.text, boxes.text  # 16 samples x 4 boxes
+        assert f"smem={1024 + 4 * (16384 + 16384) + 64 + 128 * 24} " in boxes.text
+    for args, dtype, device in ((long_k, BF16, ph.H100), (long_k, F32, ph.H100_SM90A),
+                                (odd_channels, BF16, ph.H100_SM90A)):
+        refused = ph.forward(args, 2, dtype, device, channels_last=True, kernel=tma)
+        assert not refused.ok and refused.text.startswith("refused: the "), refused.text
+    # 256 rows (kind 9: 128 a consumer warpgroup) for C_out/groups > 64: boxes of 4 x 8 x 8
+    tma256 = ForwardKernel("gemm", gemm_tile=9)
+    boxes = ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True, kernel=tma256)
+    assert boxes.ok and "kind=9 BM=256 BN=128 BK=64 threads=288 stages=4 " in boxes.text
+    assert f"m_tiles={16 * 2} " in boxes.text, boxes.text
+    assert f"smem={1024 + 4 * (32768 + 16384) + 64 + 256 * 24} " in boxes.text, boxes.text
+    refused = ph.forward(odd_channels, 2, BF16, ph.H100_SM90A, channels_last=True,
+                         kernel=tma256)
+    assert not refused.ok, refused.text
+    refused = ph.forward(ph.sweep_args(SWEEP[5]), 2, BF16, ph.H100_SM90A, channels_last=True,
+                         kernel=tma256)  # 64 output channels
+    assert not refused.ok and refused.text.startswith("refused: the "), refused.text
     grad_input = ph.grad_input(long_k, 16, BF16, ph.H100_SM90A, "implicit-gemm")
     assert grad_input.ok and "kind=4 " in grad_input.text and "wgmma-sm90a" in grad_input.text
     # the input gradient takes it from 1024 terms (shape 3's is 64 x 8 taps = 512)
     assert "wgmma" not in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm").text
 
+
+
+def test_tma_tile_rule():
+    """sm_90a builds on sm_90: the forward's rule takes the TMA tiles (kind 9 for C_out/groups
+    > 64, else kind 8) where the warpgroup tiles would run, and where the result is
+    channels-last (C_in/groups a multiple of 64); k == s layers with a channels-last result
+    keep the shared-A tile, the input gradient its warpgroup tile, an sm_80 path (no sm_90a
+    build, an A100) the mma.sync tiles, and a named tile wins over the rule."""
+    from phaseconv.engines.cuda import ForwardKernel
+
+    for index, out_cl, kind in ((4, False, 9), (4, True, 9), (3, False, 9), (3, True, 9),
+                                (5, False, 8), (5, True, 8), (1, True, 8), (1, False, 0),
+                                (2, True, 7)):
+        shape = SWEEP[index]
+        plan = ph.forward(ph.sweep_args(shape), shape.batch, BF16, ph.H100_SM90A,
+                          channels_last=True, out_channels_last=out_cl)
+        assert plan.family == "gemm" and f"kind={kind} " in plan.text, (index, plan.text)
+        if kind >= 8:
+            assert "tma-box wgmma-sm90a" in plan.text, plan.text
+            bn = min(128, max(32, shape.out_channels))
+            assert f"BM={256 if kind == 9 else 128} BN={bn} " in plan.text, plan.text
+        for device in (ph.H100, ph.A100):
+            other = ph.forward(ph.sweep_args(shape), shape.batch, BF16, device,
+                               channels_last=True, out_channels_last=out_cl)
+            assert "tma" not in other.text and "wgmma" not in other.text, other.text
+        named = ph.forward(ph.sweep_args(shape), shape.batch, BF16, ph.H100_SM90A,
+                           channels_last=True, out_channels_last=out_cl,
+                           kernel=ForwardKernel("gemm", gemm_tile=1))
+        assert "kind=1 " in named.text and "tma" not in named.text, named.text
+    # shape 2's channels-last result: the box of 128 voxels over phases of 32^3
+    two = ph.forward(ph.sweep_args(SWEEP[1]), 2, BF16, ph.H100_SM90A, out_channels_last=True)
+    assert "BN=32 " in two.text and two.text.endswith("channels-last output"), two.text
+    # float32, the input gradient and a C_in/groups of 96 never take it
+    for plan in (ph.forward(ph.sweep_args(SWEEP[4]), 16, F32, ph.H100_SM90A),
+                 ph.grad_input(ph.sweep_args(SWEEP[4]), 16, BF16, ph.H100_SM90A),
+                 ph.forward(ph.conv_args(96, 128, 3, 8, 2, 1, 1), 2, BF16, ph.H100_SM90A,
+                            channels_last=True, out_channels_last=True)):
+        assert "tma" not in plan.text, plan.text
 
 
 def test_shared_a_tile_of_the_implicit_gemm():
@@ -527,7 +588,7 @@ def test_all_phase_tiles():
     assert wide.ok and "kind=4 " in wide.text and "BN=8 " in wide.text
     with pytest.raises(ValueError, match="allph_tile"):
         ph.forward(FOUNDING, 8, F32, ph.H100, kernel=ForwardKernel("tensor-cores", allph_tile=5))
-    for tile in (-2, 8):  # never read as the rule, nor passed on
+    for tile in (-2, 10):  # never read as the rule, nor passed on
         with pytest.raises(ValueError, match="gemm_tile"):
             ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("gemm", gemm_tile=tile))
 
