@@ -603,16 +603,20 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     return true;
   }
   // sm_90a: the TMA tiles in the forward where the warpgroup tiles would run, or where the
-  // result is channels-last; 256 rows (kind 9) for C_out/g > 64.  H100, bf16, µs, against
+  // result is channels-last, 256 rows (kind 9) for C_out/g > 64; in the input gradient.  H100, bf16, µs, against
   // the rule before them (channels-last result / (N, C, D, H, W) result, cuDNN in brackets):
   // 16 x 256->128 8^3 k4 72.2 vs 101.0 (67.1) / 91.1 vs 115.3 (98.2); 2 x 128->64 8x32x32
   // k(3,4,4) 47.5 vs 55.8 (52.4) / 55.3 vs 61.9 (69.1); 512->256 16^3 k2 36.5 vs 44.6 (24.4)
   // / 52.9 vs 51.4 (55.5); 2 x 64->32 32^3 k3 s2 84.0 vs 94.0 (57.9), its (N, C, D, H, W)
-  // result 106.1 vs 101.4 on the mma.sync tile it keeps
+  // result 106.1 vs 101.4 on the mma.sync tile it keeps.  The input gradient: 128 rows from
+  // 512 terms (H100, bf16, grad_y NCDHW / channels-last, against its tile before: shape 3
+  // 110.0 vs 121.3 / 62.8 vs 76.3 µs, shape 4 47.5 vs 62.6 / 31.5 vs 43.5, shape 5 90.5 vs
+  // 121.5 / 69.3 vs 97.1, shape 6 43.9 vs 60.4 / 35.7 vs 52.0; 256 rows ran 1.0-1.4x slower)
+  const bool gi_tma = p.nsub > 0 && k_per_phase >= 512;
   if (force.gemm_tile < 0 && !force.gemm_one_phase && wg_fits &&
-      (kind >= 4 || p.y_channels_last)) {
+      (gi_tma || (p.nsub == 0 && (kind >= 4 || p.y_channels_last)))) {
     GemmCfg tma = *c;
-    if (gemm_tma_tile(p, force, dev, cout_g > 64 ? 9 : 8, &tma)) {
+    if (gemm_tma_tile(p, force, dev, cout_g > 64 && p.nsub == 0 ? 9 : 8, &tma)) {
       *c = tma;
       return true;
     }

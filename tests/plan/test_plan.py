@@ -434,9 +434,12 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     assert not refused.ok and refused.text.startswith("refused: the "), refused.text
     grad_input = ph.grad_input(long_k, 16, BF16, ph.H100_SM90A, "implicit-gemm", tile=4)
     assert grad_input.ok and "kind=4 " in grad_input.text and "wgmma-sm90a" in grad_input.text
-    assert "kind=9 " in ph.grad_input(long_k, 16, BF16, ph.H100_SM90A).text  # the TMA rule
-    # the input gradient takes it from 1024 terms (shape 3's is 64 x 8 taps = 512)
-    assert "wgmma" not in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm").text
+    assert "kind=8 " in ph.grad_input(long_k, 16, BF16, ph.H100_SM90A).text  # the TMA rule
+    # the input gradient takes it from 1024 terms (shape 3's is 64 x 8 taps = 512), and
+    # its TMA tile from 512 (test_tma_tile_rule)
+    assert "kind=2 " in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm",
+                                      tile=2).text
+    assert "kind=8 " in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm").text
 
 
 
@@ -476,9 +479,9 @@ def test_tma_tile_rule():
                  ph.forward(ph.conv_args(96, 128, 3, 8, 2, 1, 1), 2, BF16, ph.H100_SM90A,
                             channels_last=True, out_channels_last=True)):
         assert "tma" not in plan.text, plan.text
-    # the input gradient (grad_y's boxes at the layer's stride) where its warpgroup tile would
-    # run (>= 1024 terms: shape 5's 8192, shape 4's 2048); shape 3's 512 keep mma.sync
-    for index, kind in ((4, 9), (3, 9), (2, 2)):
+    # the input gradient (grad_y's boxes at the layer's stride) on 128 rows from 512 terms
+    # (shape 5's 8192, shape 4's 2048, shape 3's 512); shape 2's 32 grad_y channels: no
+    for index, kind in ((4, 8), (3, 8), (2, 8), (5, 8), (1, 1)):
         shape = SWEEP[index]
         gi = ph.grad_input(ph.sweep_args(shape), shape.batch, BF16, ph.H100_SM90A)
         assert f"kind={kind} " in gi.text and ("tma-box wgmma-sm90a" in gi.text) == (kind >= 8), \
