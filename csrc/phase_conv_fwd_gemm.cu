@@ -645,12 +645,13 @@ gemm_cl_kernel(const GemmArgs a) {
 // The warpgroup tile with its operands copied by the TMA unit (phase_conv_tma.cuh).  A block's
 // BM = 128 MR rows (MR 64-row wgmma blocks a consumer warpgroup: kind 8 MR 1, kind 9 MR 2, B
 // read by twice the rows) are a box of (box_d x box_h x box_w) output voxels of one phase and
-// one sample, so
-// at tap (td, th, tw) and channel chunk kc its A operand is one box of the channels-last input
-// at the corner (jw0 + offw + tw pdw, jh0 + offh + th pdh, jd0 + offd + td pdd), zero-filled
-// by the hardware outside the input (the phase's padding), landing as 128-byte swizzled rows
-// (the layout the A descriptor reads); its B operand is one box {8, BN, 8} of the weight
-// layout, landing as [group][column][8] (zero past C_out/g).  One producer warp issues both
+// one sample, so at tap (td, th, tw) and channel chunk kc its A operand is one box of the
+// channels-last input at the corner (in_sw jw0 + offw + tw pdw, in_sh jh0 + offh + th pdh,
+// in_sd jd0 + offd + td pdd), every in_s-th voxel (the forward's 1; the input gradient reads
+// grad_y at the layer's stride), zero-filled by the hardware outside the input (the
+// padding), landing as 128-byte swizzled rows (the layout the A descriptor reads); its B
+// operand is one box {8, BN, 8} of the weight layout, landing as [group][column][8] (zero
+// past C_out/g).  One producer warp issues both
 // copies of a stage on its `full` barrier (bytes expected) and waits for the stage's `empty`
 // barrier, which each consumer warpgroup arrives on once its wgmma batch reading the stage
 // is complete.  No per-element address arithmetic, no cp.async, no proxy fence.  One phase a
@@ -760,8 +761,8 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
         if (use > 0) tma::bar_wait(&empty[s], (uint32_t)(use - 1) & 1u);
         tma::bar_arrive_expect(&full[s], A_STAGE + B_STAGE);
         tma::load_box(smem + s * A_STAGE, amap, &full[s], g * a.cin_g + kc * 64,
-                      jw0 + offw + tw * a.pdw, jh0 + offh + th * a.pdh, jd0 + offd + td * a.pdd,
-                      n);
+                      a.in_sw * jw0 + offw + tw * a.pdw, a.in_sh * jh0 + offh + th * a.pdh,
+                      a.in_sd * jd0 + offd + td * a.pdd, n);
         tma::load_rows(smem + STAGES * A_STAGE + s * B_STAGE, bmap, &full[s], 0,
                        co_base / a.b_fold, brow0 + tap * a.G + kc * 8);
         if (++kc == nkc) {
@@ -1054,8 +1055,10 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
         return cudaErrorInvalidConfiguration;
       if (c.total_blocks == 0) return cudaSuccess;
       PhaseConvTensorMap amap, bmap;
+      // (the input gradient reads grad_y at stride x grad_x's voxel: the box steps so)
       cudaError_t err = phase_conv_tma_encode_box(&amap, p.x, p.n, p.in_d, p.in_h, p.in_w,
-                                                  p.c_in, 64, c.box_w, c.box_h, c.box_d);
+                                                  p.c_in, 64, c.box_w, c.box_h, c.box_d,
+                                                  a.in_sw, a.in_sh, a.in_sd);
       if (err != cudaSuccess) return err;
       // the layout's rows: groups x every phase's taps x G, of C_out/g 16-byte vectors,
       // fetched as lines of up to 32 columns (512 bytes), not one 16-byte line a column

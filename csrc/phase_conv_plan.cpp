@@ -493,16 +493,16 @@ int64_t shared_a_blocks_per_sm(const GemmCfg& c, const DevInfo& dev) {
 }
 
 // The TMA tiles (kinds 8 and 9; gemm_tile says where the rule takes them): where the
-// warpgroup kernels run, a channels-last 16-bit input with C_in/g a multiple of 64, the
-// forward; kind 9 (256 rows) for C_out/g > 64.
+// warpgroup kernels run, a channels-last 16-bit input (the input gradient's grad_y, read at
+// strides up to 8) with C_in/g a multiple of 64; kind 9 (256 rows) for C_out/g > 64.
 // Its BM rows (128, 256) are the box of output voxels (box_d x box_h x box_w = BM) that covers
 // the largest phase with the fewest padded rows (ties: the longest W run).
 bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
                    int kind, GemmCfg* c) {
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  if (!dev.wgmma || c->a_ncdhw || c->tf32 || p.nsub != 0 || cin_g % 64 != 0 ||
-      force.gemm_k32 || p.in_d > 0x7fffffff || p.in_h > 0x7fffffff || p.in_w > 0x7fffffff ||
-      (kind == 9 && cout_g <= 64))
+  if (!dev.wgmma || c->a_ncdhw || c->tf32 || cin_g % 64 != 0 || force.gemm_k32 ||
+      p.in_d > 0x7fffffff || p.in_h > 0x7fffffff || p.in_w > 0x7fffffff ||
+      p.in_stride_d > 8 || p.in_stride_h > 8 || p.in_stride_w > 8 || (kind == 9 && cout_g <= 64))
     return false;
   const int bm = kind == 9 ? 256 : 128;
   const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
@@ -511,12 +511,16 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   for (int tw = 128; tw >= 4; tw /= 2)
     for (int th = 1; tw * th <= bm; th *= 2) {
       const int td = bm / (tw * th);
+      // (the input gradient's box spans stride x its voxels of grad_y: at most 256 a side)
+      if (tw * p.in_stride_w > 256 || th * p.in_stride_h > 256 || td * p.in_stride_d > 256)
+        continue;
       const int64_t rows = cdiv(cd, td) * td * cdiv(ch, th) * th * cdiv(cw, tw) * tw;
       if (best < 0 || rows < best) {
         best = rows;
         c->box_d = td; c->box_h = th; c->box_w = tw;
       }
     }
+  if (best < 0) return false;
   c->box_nd = (int)cdiv(cd, c->box_d);
   c->box_nh = (int)cdiv(ch, c->box_h);
   c->box_nw = (int)cdiv(cw, c->box_w);
@@ -599,16 +603,20 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     return true;
   }
   // sm_90a: the TMA tiles in the forward where the warpgroup tiles would run, or where the
-  // result is channels-last; 256 rows (kind 9) for C_out/g > 64.  H100, bf16, µs, against
+  // result is channels-last, 256 rows (kind 9) for C_out/g > 64; in the input gradient.  H100, bf16, µs, against
   // the rule before them (channels-last result / (N, C, D, H, W) result, cuDNN in brackets):
   // 16 x 256->128 8^3 k4 72.2 vs 101.0 (67.1) / 91.1 vs 115.3 (98.2); 2 x 128->64 8x32x32
   // k(3,4,4) 47.5 vs 55.8 (52.4) / 55.3 vs 61.9 (69.1); 512->256 16^3 k2 36.5 vs 44.6 (24.4)
   // / 52.9 vs 51.4 (55.5); 2 x 64->32 32^3 k3 s2 84.0 vs 94.0 (57.9), its (N, C, D, H, W)
-  // result 106.1 vs 101.4 on the mma.sync tile it keeps
-  if (force.gemm_tile < 0 && !force.gemm_one_phase && wg_fits && p.nsub == 0 &&
-      (kind >= 4 || p.y_channels_last)) {
+  // result 106.1 vs 101.4 on the mma.sync tile it keeps.  The input gradient: 128 rows from
+  // 512 terms (H100, bf16, grad_y NCDHW / channels-last, against its tile before: shape 3
+  // 110.0 vs 121.3 / 62.8 vs 76.3 µs, shape 4 47.5 vs 62.6 / 31.5 vs 43.5, shape 5 90.5 vs
+  // 121.5 / 69.3 vs 97.1, shape 6 43.9 vs 60.4 / 35.7 vs 52.0; 256 rows ran 1.0-1.4x slower)
+  const bool gi_tma = p.nsub > 0 && k_per_phase >= 512;
+  if (force.gemm_tile < 0 && !force.gemm_one_phase && wg_fits &&
+      (gi_tma || (p.nsub == 0 && (kind >= 4 || p.y_channels_last)))) {
     GemmCfg tma = *c;
-    if (gemm_tma_tile(p, force, dev, cout_g > 64 ? 9 : 8, &tma)) {
+    if (gemm_tma_tile(p, force, dev, cout_g > 64 && p.nsub == 0 ? 9 : 8, &tma)) {
       *c = tma;
       return true;
     }
@@ -1088,7 +1096,8 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
              "m_tiles=%d smem=%zu%s%s, grad_y channels-last", gc.kind, gc.BM, gc.BN,
              gc.bkg * gemm_group_channels(gc), gc.threads,
              gemm_pipeline_stages(gc.kind, gc.wgroup),
-             gc.m_tiles, gc.smem, gemm_wgmma(gc) ? " wgmma-sm90a" : "",
+             gc.m_tiles, gc.smem, gc.kind >= 8 ? " tma-box wgmma-sm90a"
+                                  : gemm_wgmma(gc) ? " wgmma-sm90a" : "",
              gemm_precision(gc));
     return true;
   }

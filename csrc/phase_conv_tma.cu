@@ -31,15 +31,15 @@ PFN_cuTensorMapEncodeTiled_v12000 encoder() {
 }
 
 // A tiled map of 16-bit words (bf16 and fp16 move as bits: the map never converts), zero fill
-// outside the tensor.
+// outside the tensor; `step`: the element strides of the traversal.
 cudaError_t encode_tiled(PhaseConvTensorMap* map, const void* base, cuuint32_t rank,
                          const cuuint64_t* dims, const cuuint64_t* strides,
-                         const cuuint32_t* box, CUtensorMapSwizzle swizzle) {
+                         const cuuint32_t* box, const cuuint32_t* step,
+                         CUtensorMapSwizzle swizzle) {
   PFN_cuTensorMapEncodeTiled_v12000 encode = encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
-  const cuuint32_t unit[5] = {1, 1, 1, 1, 1};
   const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, rank, const_cast<void*>(base),
-                            dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                            dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
@@ -49,19 +49,24 @@ cudaError_t encode_tiled(PhaseConvTensorMap* map, const void* base, cuuint32_t r
 
 cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base, int64_t n,
                                       int64_t d, int64_t h, int64_t w, int64_t c, int box_c,
-                                      int box_w, int box_h, int box_d) {
+                                      int box_w, int box_h, int box_d, int sw, int sh, int sd) {
 #if PHASECONV_TMA_HOST
+  if (sw < 1 || sh < 1 || sd < 1 || sw > 8 || sh > 8 || sd > 8 || box_w * sw > 256 ||
+      box_h * sh > 256 || box_d * sd > 256)
+    return cudaErrorInvalidValue;
   // innermost first: channels, W, H, D, N; the strides (bytes) of dims 1-4
   const cuuint64_t dims[5] = {(cuuint64_t)c, (cuuint64_t)w, (cuuint64_t)h, (cuuint64_t)d,
                               (cuuint64_t)n};
   const cuuint64_t row = (cuuint64_t)c * 2;
   const cuuint64_t strides[4] = {row, row * w, row * w * h, row * w * h * d};
-  const cuuint32_t box[5] = {(cuuint32_t)box_c, (cuuint32_t)box_w, (cuuint32_t)box_h,
-                             (cuuint32_t)box_d, 1};
-  return encode_tiled(map, base, 5, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B);
+  // a box traverses box_w * sw elements along W and keeps every sw-th (and so on)
+  const cuuint32_t box[5] = {(cuuint32_t)box_c, (cuuint32_t)(box_w * sw),
+                             (cuuint32_t)(box_h * sh), (cuuint32_t)(box_d * sd), 1};
+  const cuuint32_t step[5] = {1, (cuuint32_t)sw, (cuuint32_t)sh, (cuuint32_t)sd, 1};
+  return encode_tiled(map, base, 5, dims, strides, box, step, CU_TENSOR_MAP_SWIZZLE_128B);
 #else
   (void)map; (void)base; (void)n; (void)d; (void)h; (void)w; (void)c;
-  (void)box_c; (void)box_w; (void)box_h; (void)box_d;
+  (void)box_c; (void)box_w; (void)box_h; (void)box_d; (void)sw; (void)sh; (void)sd;
   return cudaErrorNotSupported;
 #endif
 }
@@ -77,7 +82,8 @@ cudaError_t phase_conv_tma_encode_rows(PhaseConvTensorMap* map, const void* base
   const cuuint64_t strides[2] = {(cuuint64_t)(16 * fold), (cuuint64_t)cols * 16};
   const cuuint32_t box[3] = {(cuuint32_t)(8 * fold), (cuuint32_t)(box_cols / fold),
                              (cuuint32_t)box_rows};
-  return encode_tiled(map, base, 3, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_NONE);
+  const cuuint32_t step[3] = {1, 1, 1};
+  return encode_tiled(map, base, 3, dims, strides, box, step, CU_TENSOR_MAP_SWIZZLE_NONE);
 #else
   (void)map; (void)base; (void)rows; (void)cols; (void)box_cols; (void)box_rows; (void)fold;
   return cudaErrorNotSupported;

@@ -635,8 +635,8 @@ def grad_input_code(kernel: str = "auto", tile: Optional[int] = None) -> int:
                          f"{kernel!r}")
     if tile is None:
         return GRAD_INPUT_KERNELS[kernel]
-    if kernel != "implicit-gemm" or not 0 <= tile < 8:
-        raise ValueError(f"grad_input_tile names an implicit-gemm tile (0-7), got {tile!r} for "
+    if kernel != "implicit-gemm" or not 0 <= tile < 10:
+        raise ValueError(f"grad_input_tile names an implicit-gemm tile (0-9), got {tile!r} for "
                          f"{kernel!r}")
     return GRAD_INPUT_KERNELS[kernel] | (tile + 1) << GI_TILE_SHIFT
 

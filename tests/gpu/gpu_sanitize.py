@@ -208,6 +208,12 @@ def main(argv=()) -> int:
                 # the weight gradient's warpgroup form, named
                 forced.append(cuda.backward(gy, xd, wd, args, need_input=False,
                                             grad_weight_kernel="tensor-cores-wgmma"))
+            if dtype == torch.bfloat16 and warpgroups and (co // g) % 64 == 0:
+                # the input gradient's TMA tiles (grad_y's boxes at the stride), named
+                for tile in (8, 9) if ci // g > 64 else (8,):
+                    forced.append(cuda.backward(gy, xd, wd, args, need_weight=False,
+                                                grad_input_kernel="implicit-gemm",
+                                                grad_input_tile=tile))
             if (ci // g) % 8 == 0 and ((co // g) % 8 == 0 and min(ci, co) // g == 8
                                        or co // g < 8):
                 # the narrow weight gradient, operands copied and read in place

@@ -697,6 +697,9 @@ _CL_BWD_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): the channels-
     (2, 272, 144, 2, (4, 5, 6), (3, 2, 3), (2, 2, 2), (1, 0, 1), (1, 1, 0), (1, 2, 1)),  # 2 tails
     (2, 256, 160, 1, (3, 4, 5), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),  # 128 x 128
     (2, 96, 40, 1, (12, 12, 12), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),  # 64 x 32
+    # whole 64-channel steps of grad_y (the TMA tiles): strides 3 and 1, dilation; groups
+    (2, 96, 64, 1, (5, 6, 7), (3, 3, 3), (3, 1, 2), (1, 1, 1), (2, 0, 1), (2, 1, 1)),
+    (2, 128, 128, 2, (4, 5, 6), (2, 3, 3), (2, 2, 1), (0, 1, 1), (1, 0, 0), (1, 1, 2)),
 ]
 
 
@@ -763,18 +766,19 @@ def test_channels_last_backward_kernels(case, dtype):
             assert torch.equal(a, b) and torch.equal(a, c)
 
 
-@pytest.mark.parametrize("case", [1, 2, 6])
+@pytest.mark.parametrize("case", [1, 2, 6, 8, 9])
 def test_input_gradient_on_each_implicit_gemm_tile(case):
     """Every tile of the input gradient's implicit GEMM, named (grad_input_tile: what the
     benchmarks sweep), against torch in float64 (bf16): each mma.sync kind, and the warpgroup
-    kinds where the build runs them; results repeat bitwise."""
+    and TMA kinds where the build runs them (the TMA boxes read grad_y at the stride);
+    results repeat bitwise."""
     from phaseconv.engines import cuda
 
     n, cin, cout, g, size, k, s, p, op, d = _CL_BWD_CASES[case]
     xc, wc, gyc, args, (expected, _) = _layer_case(n, cin, cout, g, size, k, s, p, op, d,
                                                    torch.bfloat16, case)
     ran = []
-    for tile in range(8):
+    for tile in range(10):
         try:
             desc = cuda.backward_plan(args, n, torch.bfloat16, xc.device, "implicit-gemm",
                                       grad_input_tile=tile)[1].grad_input_description
@@ -792,7 +796,7 @@ def test_input_gradient_on_each_implicit_gemm_tile(case):
         ran.append(tile)
     assert ran[:4] == [0, 1, 2, 3], ran
     if cuda.warpgroup_kernels() and (cout // g) % 64 == 0:
-        assert 4 in ran, ran
+        assert 4 in ran and 8 in ran and (9 in ran) == (cin // g > 64), ran
 _CL_WEIGHT_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d, dtype, named kernels)
     (2, 64, 40, 1, (5, 6, 7), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1),
      torch.bfloat16, ("tensor-cores-cl", "tensor-cores", "simt")),  # a run's channel tail

@@ -286,14 +286,14 @@ def test_forced_backward_kernels():
 
 def test_named_tiles_of_the_input_gradient_gemm():
     """grad_input_tile names the input gradient's implicit-GEMM tile (benchmarks sweep them):
-    each of the mma.sync kinds, the warpgroup kinds on an sm_90a build only, never the
-    shared-A ones (the input gradient is one phase); a tile with another kernel, or out of
-    range, is refused before the plan."""
+    each of the mma.sync kinds, the warpgroup and TMA kinds on an sm_90a build only, never
+    the shared-A ones (the input gradient is one phase); a tile with another kernel, or out
+    of range, is refused before the plan."""
     for device in (ph.H100, ph.H100_SM90A):
         rule = ph.grad_input(WIDER, 2, BF16, device)
-        for tile in range(8):
+        for tile in range(10):
             plan = ph.grad_input(WIDER, 2, BF16, device, "implicit-gemm", tile)
-            runs = tile <= 3 or (tile in (4, 5) and device.wgmma)
+            runs = tile <= 3 or (tile in (4, 5, 8, 9) and device.wgmma)
             assert plan.ok == runs, (device.name, tile, plan.text)
             if runs:
                 assert plan.family == "gemm" and f"kind={tile} " in plan.text, plan.text
@@ -303,7 +303,7 @@ def test_named_tiles_of_the_input_gradient_gemm():
             else:
                 assert plan.text.startswith("refused: the implicit-gemm kernel was forced and "
                                             "the named tile"), plan.text
-    for kernel, tile in (("auto", 1), ("tensor-cores", 1), ("implicit-gemm", 8),
+    for kernel, tile in (("auto", 1), ("tensor-cores", 1), ("implicit-gemm", 10),
                          ("implicit-gemm", -1)):
         with pytest.raises(ValueError, match="grad_input_tile"):
             cuda.grad_input_code(kernel, tile)
@@ -432,18 +432,22 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     refused = ph.forward(ph.sweep_args(SWEEP[5]), 2, BF16, ph.H100_SM90A, channels_last=True,
                          kernel=tma256)  # 64 output channels
     assert not refused.ok and refused.text.startswith("refused: the "), refused.text
-    grad_input = ph.grad_input(long_k, 16, BF16, ph.H100_SM90A, "implicit-gemm")
+    grad_input = ph.grad_input(long_k, 16, BF16, ph.H100_SM90A, "implicit-gemm", tile=4)
     assert grad_input.ok and "kind=4 " in grad_input.text and "wgmma-sm90a" in grad_input.text
-    # the input gradient takes it from 1024 terms (shape 3's is 64 x 8 taps = 512)
-    assert "wgmma" not in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm").text
+    assert "kind=8 " in ph.grad_input(long_k, 16, BF16, ph.H100_SM90A).text  # the TMA rule
+    # the input gradient takes it from 1024 terms (shape 3's is 64 x 8 taps = 512), and
+    # its TMA tile from 512 (test_tma_tile_rule)
+    assert "kind=2 " in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm",
+                                      tile=2).text
+    assert "kind=8 " in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm").text
 
 
 
 def test_tma_tile_rule():
-    """sm_90a builds on sm_90: the forward's rule takes the TMA tiles (kind 9 for C_out/groups
-    > 64, else kind 8) where the warpgroup tiles would run, and where the result is
-    channels-last (C_in/groups a multiple of 64); k == s layers with a channels-last result
-    keep the shared-A tile, the input gradient its warpgroup tile, an sm_80 path (no sm_90a
+    """sm_90a builds on sm_90: the rule takes the TMA tiles (kind 9 for C_out/groups > 64,
+    else kind 8) where the warpgroup tiles would run, in the forward and the input gradient,
+    and where the forward's result is channels-last (C_in/groups a multiple of 64); k == s
+    layers with a channels-last result keep the shared-A tile, an sm_80 path (no sm_90a
     build, an A100) the mma.sync tiles, and a named tile wins over the rule."""
     from phaseconv.engines.cuda import ForwardKernel
 
@@ -469,12 +473,29 @@ def test_tma_tile_rule():
     # shape 2's channels-last result: the box of 128 voxels over phases of 32^3
     two = ph.forward(ph.sweep_args(SWEEP[1]), 2, BF16, ph.H100_SM90A, out_channels_last=True)
     assert "BN=32 " in two.text and two.text.endswith("channels-last output"), two.text
-    # float32, the input gradient and a C_in/groups of 96 never take it
+    # float32 and a C_in/groups of 96 never take it
     for plan in (ph.forward(ph.sweep_args(SWEEP[4]), 16, F32, ph.H100_SM90A),
-                 ph.grad_input(ph.sweep_args(SWEEP[4]), 16, BF16, ph.H100_SM90A),
+                 ph.grad_input(ph.sweep_args(SWEEP[4]), 16, F32, ph.H100_SM90A),
                  ph.forward(ph.conv_args(96, 128, 3, 8, 2, 1, 1), 2, BF16, ph.H100_SM90A,
                             channels_last=True, out_channels_last=True)):
         assert "tma" not in plan.text, plan.text
+    # the input gradient (grad_y's boxes at the layer's stride) on 128 rows from 512 terms
+    # (shape 5's 8192, shape 4's 2048, shape 3's 512); shape 2's 32 grad_y channels: no
+    for index, kind in ((4, 8), (3, 8), (2, 8), (5, 8), (1, 1)):
+        shape = SWEEP[index]
+        gi = ph.grad_input(ph.sweep_args(shape), shape.batch, BF16, ph.H100_SM90A)
+        assert f"kind={kind} " in gi.text and ("tma-box wgmma-sm90a" in gi.text) == (kind >= 8), \
+            gi.text
+        assert "tma" not in ph.grad_input(ph.sweep_args(shape), shape.batch, BF16, ph.H100).text
+    named = ph.grad_input(ph.sweep_args(SWEEP[2]), 2, BF16, ph.H100_SM90A, "implicit-gemm",
+                          tile=8)
+    assert named.ok and "kind=8 BM=128 BN=128 " in named.text, named.text
+    # strides past 8 (grad_y's boxes step at most 8 voxels) refuse it
+    wide_stride = ph.conv_args(64, 64, 9, 4, 9, 0, 0)
+    for tile in (8, 9):
+        refused = ph.grad_input(wide_stride, 1, BF16, ph.H100_SM90A, "implicit-gemm", tile=tile)
+        assert not refused.ok, refused.text
+    assert ph.grad_input(wide_stride, 1, BF16, ph.H100_SM90A, "implicit-gemm", tile=4).ok
 
 
 def test_shared_a_tile_of_the_implicit_gemm():
