@@ -1032,3 +1032,67 @@ for bm in (128, 256):
     print(f"BM {bm}: box (D, H, W) = {box} over phase extents {extents}; every output written "
           f"once ({bias_only} bias-only voxels a channel), max |difference| {err:.1e}")
     assert err < 1e-12
+
+# %% [markdown]
+# ## 13. The input gradient's boxes step at the stride
+#
+# The input gradient of a transposed convolution is a plain strided convolution of grad_y:
+# $\partial x[j] = \sum_t \partial y[s\,j - p + t\,d] \cdot W[t]$ per axis, with no inserted
+# zeros to skip (the forward's phases came from inserting them). On the TMA tile a block's
+# rows are a box of grad_x voxels with corner $j_0$. At tap $t$ its A operand is therefore
+# grad_y's voxels $s\,j - p + t\,d$ for $j$ in the box: a box of grad_y at corner
+# $s\,j_0 - p + t\,d$ that keeps every $s$-th voxel. The tensor map says exactly that with
+# its element strides: a box spans $B \cdot s$ voxels of grad_y along an axis and lands $B$ of
+# them, zeros outside grad_y. So the hardware limit of 256 elements a box side caps
+# $B \cdot s$. The plan keeps to that, and to strides of at most 8.
+#
+# The cell computes grad_x this way in float64, box by box over every tap, for a geometry with
+# strides 3, 1 and 2, dilation, groups and padding. It checks the result against autograd's
+# gradient of `conv_transpose3d`.
+
+# %%
+def strided_box(t, n, corner, size, step):
+    """t[n, :, corner + step * i for i < size] per axis, zeros outside t (the TMA unit's box
+    with element strides `step`)."""
+    out = torch.zeros((t.shape[1],) + tuple(size), dtype=t.dtype)
+    idx = [torch.arange(b) * s + c for c, b, s in zip(corner, size, step)]
+    ok = [(i >= 0) & (i < full) for i, full in zip(idx, t.shape[2:])]
+    sel = [i[m] for i, m in zip(idx, ok)]
+    if min(len(v) for v in sel) == 0:
+        return out
+    dst = [torch.nonzero(m).flatten() for m in ok]
+    out[:, dst[0][:, None, None], dst[1][None, :, None], dst[2][None, None, :]] = \
+        t[n][:, sel[0][:, None, None], sel[1][None, :, None], sel[2][None, None, :]]
+    return out
+
+
+geometry = dict(stride=(3, 1, 2), padding=(1, 1, 0), output_padding=(2, 0, 1),
+                dilation=(2, 1, 1), groups=2)
+k3 = (3, 3, 2)
+gen = torch.Generator().manual_seed(13)
+x = torch.randn((2, 8, 3, 4, 5), generator=gen, dtype=torch.float64, requires_grad=True)
+w = torch.randn((8, 3) + k3, generator=gen, dtype=torch.float64)
+y = F.conv_transpose3d(x, w, **geometry)
+gy = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+(gx_ref,) = torch.autograd.grad(y, x, gy)
+s, p, d = geometry["stride"], geometry["padding"], geometry["dilation"]
+groups, cin_g, cout_g = geometry["groups"], 4, 3
+box = best_box(tuple(x.shape[2:]), 128)
+assert all(b * st <= 256 for b, st in zip(box, s))
+gx = torch.zeros_like(x)
+for n, g in itertools.product(range(x.shape[0]), range(groups)):
+    gyg = gy[:, g * cout_g:(g + 1) * cout_g]
+    for j0 in itertools.product(*(range(0, e, b) for e, b in zip(x.shape[2:], box))):
+        acc = torch.zeros((cin_g,) + box, dtype=torch.float64)
+        for t in itertools.product(*(range(k) for k in k3)):
+            corner = tuple(si * ji - pi + ti * di for si, ji, pi, ti, di in zip(s, j0, p, t, d))
+            a_box = strided_box(gyg, n, corner, box, s)
+            acc += torch.einsum("odhw,co->cdhw", a_box, w[g * cin_g:(g + 1) * cin_g, :, t[0],
+                                                          t[1], t[2]])
+        keep = [min(b, e - j) for b, e, j in zip(box, x.shape[2:], j0)]
+        gx[(n, slice(g * cin_g, (g + 1) * cin_g)) + tuple(
+            slice(j, j + kk) for j, kk in zip(j0, keep))] = acc[:, :keep[0], :keep[1], :keep[2]]
+err = float((gx - gx_ref).abs().max())
+print(f"box (D, H, W) = {box}, spanning {tuple(b * st for b, st in zip(box, s))} voxels of "
+      f"grad_y; max |difference| from autograd {err:.1e}")
+assert err < 1e-12
