@@ -52,6 +52,11 @@ CASES = [
     ("forward gemm", 4, "bfloat16", "forward", "gemm"),
     ("forward gemm shared-A", 3, "bfloat16", "forward-cl", "gemm@6"),
     ("forward gemm shared-A wgmma", 3, "bfloat16", "forward-cl", "gemm@7"),  # sm_90a builds
+    # the TMA tiles (sm_90a builds; shapes 4 and 5 above take them by the rule there): boxes
+    # of 128 and 256 output voxels, shape 2's 32^3 phases and shape 6's 8 x 32 x 32
+    ("forward gemm tma", 2, "bfloat16", "forward-cl", "gemm@8"),
+    ("forward gemm tma", 6, "bfloat16", "forward-cl", "gemm@8"),
+    ("forward gemm tma 256 rows", 5, "bfloat16", "forward-cl", "gemm@9"),
     ("forward allphase", 1, "bfloat16", "forward", "allphase"),
     ("forward allphase", 1, "float32", "forward", "allphase"),
     ("forward mma", 6, "bfloat16", "forward", "mma"),
