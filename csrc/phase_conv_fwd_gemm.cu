@@ -241,6 +241,17 @@ struct GemmTile {
   }
 };
 
+// The output element of phase (rd, rh, rw = 0) output (n, jd, jh, jw), group g's channel
+// co_base (s_yo's entries; the W residue is added at the store); out_plane: D x H x W of y.
+__device__ __forceinline__ int64_t gemm_y_offset(const GemmArgs& a, int64_t out_plane,
+                                                 int64_t n, int jd, int jh, int jw, int rd,
+                                                 int rh, int g, int co_base) {
+  const int64_t pix = ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w +
+                      (int64_t)a.sw * jw;
+  return a.y_cl ? (n * out_plane + pix) * a.c_out + (int64_t)g * a.cout_g + co_base
+                : (n * a.c_out + (int64_t)g * a.cout_g + co_base) * out_plane + pix;
+}
+
 // Row m of a tile of the unit (rd, rh): s_rc, s_ro and s_yo's entries (see gemm_cl_kernel).
 template <bool A_NCDHW>
 __device__ __forceinline__ void gemm_row(const GemmArgs& a, int64_t m, int64_t Mp, int cd, int ch,
@@ -258,10 +269,7 @@ __device__ __forceinline__ void gemm_row(const GemmArgs& a, int64_t m, int64_t M
     ro = (((n * a.c_in + (int64_t)g * a.cin_g) * a.in_d + rc.x) * a.in_h + rc.y) * a.in_w + rc.z;
   else          // (n, d, h, w, group's first channel)
     ro = (((n * a.in_d + rc.x) * a.in_h + rc.y) * a.in_w + rc.z) * a.c_in + (int64_t)g * a.cin_g;
-  const int64_t pix = ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w +
-                      (int64_t)a.sw * jw;
-  yo = a.y_cl ? (n * out_plane + pix) * a.c_out + (int64_t)g * a.cout_g + co_base
-              : (n * a.c_out + (int64_t)g * a.cout_g + co_base) * out_plane + pix;
+  yo = gemm_y_offset(a, out_plane, n, jd, jh, jw, rd, rh, g, co_base);
 }
 
 // The bias of a thread's accumulator columns (zero past C_out/g or without bias).
@@ -440,22 +448,34 @@ __device__ __forceinline__ void gemm_b_frags(uint32_t (&bf)[NT][2], uint32_t sB,
   }
 }
 
-// One k step (BKG 16-byte groups) of a warpgroup's 64 rows x BN on wgmma, committed as one
-// batch: A from 128-byte swizzled rows (sA: the warpgroup's first row), B from a
-// [group][column] stage; `first` overwrites the accumulators instead of adding.
-template <typename T, int BN, int BKG, int R>
-__device__ __forceinline__ void wgmma_k_step(float (&d)[R], uint32_t sA, uint32_t sB,
-                                             bool first) {
+// One k step (BKG 16-byte groups) of a warpgroup's MR 64-row blocks x BN on wgmma, committed
+// as one batch: A from 128-byte swizzled rows (sA: the warpgroup's first row), B from a
+// [group][column] stage (one B for all MR blocks); `first` overwrites the accumulators
+// instead of adding.
+template <typename T, int BN, int BKG, int MR, int R>
+__device__ __forceinline__ void wgmma_k_step_rows(float (&d)[MR][R], uint32_t sA, uint32_t sB,
+                                                  bool first) {
   namespace wg = phaseconv_wgmma;
-  wg::fence_operand(d);
+#pragma unroll
+  for (int i = 0; i < MR; ++i) wg::fence_operand(d[i]);
   wg::fence();
 #pragma unroll
   for (int ks = 0; ks < BKG / 2; ++ks) {
-    const uint64_t da = wg::smem_desc(sA + ks * 32, 16, 1024, wg::kSwizzle128);
-    const uint64_t db = wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128, wg::kSwizzleNone);
-    wg::Wgmma<T, BN>::run(d, da, db, !first || ks != 0);
+#pragma unroll
+    for (int i = 0; i < MR; ++i) {
+      const uint64_t da = wg::smem_desc(sA + i * 64 * 128 + ks * 32, 16, 1024, wg::kSwizzle128);
+      const uint64_t db = wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128, wg::kSwizzleNone);
+      wg::Wgmma<T, BN>::run(d[i], da, db, !first || ks != 0);
+    }
   }
   wg::commit();
+}
+
+// The same for one 64-row block (the cp.async warpgroup tiles).
+template <typename T, int BN, int BKG, int R>
+__device__ __forceinline__ void wgmma_k_step(float (&d)[R], uint32_t sA, uint32_t sB,
+                                             bool first) {
+  wgmma_k_step_rows<T, BN, BKG, 1>(reinterpret_cast<float(&)[1][R]>(d), sA, sB, first);
 }
 
 template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, int STAGES, bool WGROUP,
@@ -660,29 +680,7 @@ gemm_cl_kernel(const GemmArgs a) {
 constexpr int kTmaStages = kGemmTmaStages;
 // two consumer warpgroups and a producer warp (9 warps allocate registers as 12: at most 168
 // a thread, which 256 rows at BN 128 pass by 72 bytes of spills)
-constexpr int kTmaThreads = 288;
-
-// One k step (64 channels) of a consumer warpgroup's MR 64-row blocks x BN, committed as one
-// batch: A from 128-byte swizzled rows (sA: the warpgroup's first row), B from a
-// [group][column] stage; `first` overwrites the accumulators instead of adding.
-template <typename T, int BN, int MR, int R>
-__device__ __forceinline__ void wgmma_k_step_rows(float (&d)[MR][R], uint32_t sA, uint32_t sB,
-                                                  bool first) {
-  namespace wg = phaseconv_wgmma;
-#pragma unroll
-  for (int i = 0; i < MR; ++i) wg::fence_operand(d[i]);
-  wg::fence();
-#pragma unroll
-  for (int ks = 0; ks < 4; ++ks) {
-    const uint64_t db = wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128, wg::kSwizzleNone);
-#pragma unroll
-    for (int i = 0; i < MR; ++i) {
-      const uint64_t da = wg::smem_desc(sA + i * 64 * 128 + ks * 32, 16, 1024, wg::kSwizzle128);
-      wg::Wgmma<T, BN>::run(d[i], da, db, !first || ks != 0);
-    }
-  }
-  wg::commit();
-}
+constexpr int kTmaThreads = kGemmTmaThreads;
 
 template <typename T, int BN, int MR>
 __global__ void __launch_bounds__(kTmaThreads, 1)
@@ -732,13 +730,9 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
     const int hw = a.box_h * a.box_w;
     const int jd = jd0 + row / hw, jh = jh0 + (row % hw) / a.box_w, jw = jw0 + row % a.box_w;
     int64_t yo = -1;
-    if (jd < cd && jh < ch && jw < cw) {
-      const int64_t out_plane = (int64_t)a.out_d * a.out_h * a.out_w;
-      const int64_t pix = ((int64_t)(rd + a.sd * jd) * a.out_h + (rh + a.sh * jh)) * a.out_w +
-                          (int64_t)a.sw * jw;
-      yo = a.y_cl ? ((int64_t)n * out_plane + pix) * a.c_out + (int64_t)g * a.cout_g + co_base
-                  : ((int64_t)n * a.c_out + (int64_t)g * a.cout_g + co_base) * out_plane + pix;
-    }
+    if (jd < cd && jh < ch && jw < cw)
+      yo = gemm_y_offset(a, (int64_t)a.out_d * a.out_h * a.out_w, n, jd, jh, jw, rd, rh, g,
+                         co_base);
     s_rc[row] = make_int4(0, 0, 0, jw);
     s_yo[row] = yo;
   }
@@ -783,7 +777,8 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
     for (int k = 0; k < nk; ++k) {
       const int s = k % STAGES;
       tma::bar_wait(&full[s], (uint32_t)(k / STAGES) & 1u);
-      wgmma_k_step_rows<T, BN, MR>(d, sa + s * A_STAGE + a_rows, sb + s * B_STAGE, k == 0);
+      wgmma_k_step_rows<T, BN, 8, MR>(d, sa + s * A_STAGE + a_rows, sb + s * B_STAGE,
+                                      k == 0);
       wg::wait<1>();  // batch k stays in flight; batch k - 1 is complete
 #pragma unroll
       for (int i = 0; i < MR; ++i) wg::fence_operand(d[i]);

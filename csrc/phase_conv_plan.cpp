@@ -526,7 +526,7 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   c->box_nw = (int)cdiv(cw, c->box_w);
   c->kind = kind; c->BM = bm;
   c->BN = cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128;
-  c->threads = 288;
+  c->threads = kGemmTmaThreads;
   c->wgroup = false;
   c->bkg = 8;
   // 1 KB of alignment slack, the stages, their full and empty barriers, the row tables
@@ -560,6 +560,8 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   const double k_per_phase = (double)cin_g * (double)p.total_taps /
                              (double)(p.stride_d * p.stride_h * p.stride_w);
   // (float32 keeps the 4-warp BN 64 tile: 300 vs 337 us on 128->64 8x32x32 k(3,4,4), H200)
+  // the mma.sync tiles' columns and threads (kinds 0-3)
+  const int bn[4] = {32, 64, 128, 64}, thr[4] = {128, 128, 256, 256};
   int kind = cout_g <= 32 ? 0
              : cout_g <= 64 ? (k_per_phase >= 512 && cin_g >= 64 && !c->tf32 ? 3 : 1)
                             : 2;
@@ -569,8 +571,7 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   // BN 128 92.2.  (Sweep shapes 4-6, 128 blocks of BN 128, keep it: not measured narrower.)
   if (c->tf32 && p.nsub > 0 && force.gemm_tile < 0) {
     const int64_t row_tiles = cdiv(p.n * p.out_d * p.out_h * p.out_w, 128);
-    const int bn_of[3] = {32, 64, 128};
-    while (kind > 0 && 2 * row_tiles * cdiv(cout_g, bn_of[kind]) * p.groups < dev.sms) --kind;
+    while (kind > 0 && 2 * row_tiles * cdiv(cout_g, bn[kind]) * p.groups < dev.sms) --kind;
   }
   // sm_90a: the warpgroup tile where its 64-channel k steps hold whole channel groups (no
   // zero-filled multiply-adds) and A is channels-last; the rule takes it for reductions of
@@ -603,8 +604,9 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     return true;
   }
   // sm_90a: the TMA tiles in the forward where the warpgroup tiles would run, or where the
-  // result is channels-last, 256 rows (kind 9) for C_out/g > 64; in the input gradient.  H100, bf16, µs, against
-  // the rule before them (channels-last result / (N, C, D, H, W) result, cuDNN in brackets):
+  // result is channels-last, 256 rows (kind 9) for C_out/g > 64; in the input gradient (see
+  // below).  H100, bf16, µs, against the rule before them (channels-last result /
+  // (N, C, D, H, W) result, cuDNN in brackets):
   // 16 x 256->128 8^3 k4 72.2 vs 101.0 (67.1) / 91.1 vs 115.3 (98.2); 2 x 128->64 8x32x32
   // k(3,4,4) 47.5 vs 55.8 (52.4) / 55.3 vs 61.9 (69.1); 512->256 16^3 k2 36.5 vs 44.6 (24.4)
   // / 52.9 vs 51.4 (55.5); 2 x 64->32 32^3 k3 s2 84.0 vs 94.0 (57.9), its (N, C, D, H, W)
@@ -627,7 +629,6 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     return !force.gemm_one_phase && !force.gemm_k32 && gemm_shared_a_tile(p, dev, kind == 7, c);
   const bool wg = kind >= 4;
   if (kind > 5 || (wg && !wg_fits) || (kind == 5 && cout_g <= 32)) return false;
-  const int bn[4] = {32, 64, 128, 64}, thr[4] = {128, 128, 256, 256};
   c->kind = kind; c->BM = kind == 5 ? 256 : 128;
   c->BN = wg ? (cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128) : bn[kind];
   c->threads = wg ? c->BM * 2 : thr[kind];

@@ -180,7 +180,8 @@ constexpr int kWgmmaStages = 5;       // implicit GEMM, warpgroup tile: pipeline
 constexpr int kWgmmaGroupStages = 4;  // the same, W phases grouped
 constexpr int kWgmmaWideStages = 4;   // the 4-warpgroup tile (256 rows, 48 KB a stage)
 constexpr int kGemmSharedStages = 4;  // the shared-A tile (kind 6): its pipeline depth
-constexpr int kGemmTmaStages = 4;     // the TMA tile (kind 8): its pipeline depth
+constexpr int kGemmTmaStages = 4;     // the TMA tiles (kinds 8, 9): their pipeline depth
+constexpr int kGemmTmaThreads = 288;  // and their threads: two consumer warpgroups, a producer
 // The implicit GEMM's pipeline depth, for its launcher and its plan: tile `kind`
 // (GemmCfg::kind: the warpgroup tiles or the mma.sync ones), W phases grouped or one phase per
 // block.
