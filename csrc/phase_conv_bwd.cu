@@ -1015,6 +1015,44 @@ template <int C, int BK> struct GwWgOperand {  // C channels a k row
   }
 };
 
+// One chunk of a warpgroup weight-gradient block (BK k rows) on wgmma, committed as one
+// batch; `first` (the first chunk since a flush) overwrites d instead of adding.
+template <typename T, int BN, int BK, typename OpA, typename OpB>
+__device__ __forceinline__ void gw_wg_batch(float (&d)[BN / 2], uint32_t sA, uint32_t sB,
+                                            bool first) {
+  namespace wg = phaseconv_wgmma;
+  wg::fence_operand(d);
+  wg::fence();
+#pragma unroll
+  for (int k16 = 0; k16 < BK / 16; ++k16)
+    wg::Wgmma<T, BN, 1>::run(d, OpA::desc(sA, k16), OpB::desc(sB, k16), !first || k16 != 0);
+  wg::commit();
+}
+
+// A warpgroup weight-gradient block's sums into its split's workspace slice (gw_wgmma_kernel,
+// gw_tma_kernel): tot's rows (input channels) 64 wg + 16 (warp % 4) + lane / 4 (+ 8), columns
+// (output channels) 8 j + 2 (lane % 4) (+ 1) at tot[4 j .. 4 j + 3].
+template <int BN>
+__device__ __forceinline__ void gw_wg_store(const GmArgs& a, const GmBlock& b,
+                                            const float (&tot)[BN / 2], float* __restrict__ ws,
+                                            int warp, int lane) {
+  float* out = ws + (int64_t)b.split * a.packed_elems + b.wofs;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int ci = (warp >> 2) * 64 + (warp & 3) * 16 + (lane >> 2) + half * 8;
+    if (ci >= b.cin_n) continue;
+    float* orow = out + (((int64_t)b.g * a.cin_g + b.ci0 + ci) * b.ntaps + b.t) * a.cout_g +
+                  b.co0;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int co = j * 8 + (lane & 3) * 2;  // C_out/g % 8 == 0: both columns or neither
+      if (co < b.con)
+        *reinterpret_cast<float2*>(orow + co) = make_float2(tot[4 * j + 2 * half],
+                                                            tot[4 * j + 2 * half + 1]);
+    }
+  }
+}
+
 template <typename T, int WGS, int BN>
 __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
   namespace wg = phaseconv_wgmma;
@@ -1066,13 +1104,7 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
     if (cn < b.c_end) load_next((cn - b.c_beg) % STAGES);
     cp_async_commit();
     const uint32_t sA = s_base + ((c - b.c_beg) % STAGES) * STAGE, sB = sA + OpA::BYTES;
-    wg::fence_operand(d);
-    wg::fence();
-#pragma unroll
-    for (int k16 = 0; k16 < BK / 16; ++k16)
-      wg::Wgmma<T, BN, 1>::run(d, OpA::desc(sA + a_slab, k16), OpB::desc(sB, k16),
-                               (since | k16) != 0);
-    wg::commit();
+    gw_wg_batch<T, BN, BK, OpA, OpB>(d, sA + a_slab, sB, since == 0);
     if (++since == FLUSH) {
       wg::wait<0>();
       wg::fence_operand(d);
@@ -1091,23 +1123,7 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) tot[i] += d[i];
   }
-  // tot: rows (input channels) 64 wg + 16 (warp % 4) + lane / 4 (+ 8), columns (output
-  // channels) 8 j + 2 (lane % 4) (+ 1) at tot[4 j .. 4 j + 3]
-  float* out = ws + (int64_t)b.split * a.packed_elems + b.wofs;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int ci = (warp >> 2) * 64 + (warp & 3) * 16 + (lane >> 2) + half * 8;
-    if (ci >= b.cin_n) continue;
-    float* orow = out + (((int64_t)b.g * a.cin_g + b.ci0 + ci) * b.ntaps + b.t) * a.cout_g +
-                  b.co0;
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-      const int co = j * 8 + (lane & 3) * 2;  // C_out/g % 8 == 0: both columns or neither
-      if (co < b.con)
-        *reinterpret_cast<float2*>(orow + co) = make_float2(tot[4 * j + 2 * half],
-                                                            tot[4 * j + 2 * half + 1]);
-    }
-  }
+  gw_wg_store<BN>(a, b, tot, ws, warp, lane);
 }
 
 // gw_wgmma_kernel's GEMM with its operands copied by the TMA unit (sm_90a, CUDA 12+): a chunk
@@ -1197,13 +1213,7 @@ gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
     const int i = c - b.c_beg, s = i % STAGES;
     tma::bar_wait(&full[s], (uint32_t)(i / STAGES) & 1u);
     const uint32_t sA = s_base + s * STAGE, sB = sA + OpA::BYTES;
-    wg::fence_operand(d);
-    wg::fence();
-#pragma unroll
-    for (int k16 = 0; k16 < BK / 16; ++k16)
-      wg::Wgmma<T, BN, 1>::run(d, OpA::desc(sA + a_slab, k16), OpB::desc(sB, k16),
-                               (since | k16) != 0);
-    wg::commit();
+    gw_wg_batch<T, BN, BK, OpA, OpB>(d, sA + a_slab, sB, since == 0);
     int done;  // the last chunk whose batch is complete
     if (++since == FLUSH) {
       wg::wait<0>();
@@ -1226,23 +1236,7 @@ gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
 #pragma unroll
     for (int j = 0; j < BN / 2; ++j) tot[j] += d[j];
   }
-  // tot as gw_wgmma_kernel's: rows (input channels) 64 wg + 16 (warp % 4) + lane / 4 (+ 8),
-  // columns (output channels) 8 j + 2 (lane % 4) (+ 1) at tot[4 j .. 4 j + 3]
-  float* out = ws + (int64_t)b.split * a.packed_elems + b.wofs;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int ci = (warp >> 2) * 64 + (warp & 3) * 16 + (lane >> 2) + half * 8;
-    if (ci >= b.cin_n) continue;
-    float* orow = out + (((int64_t)b.g * a.cin_g + b.ci0 + ci) * b.ntaps + b.t) * a.cout_g +
-                  b.co0;
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-      const int co = j * 8 + (lane & 3) * 2;  // C_out/g % 8 == 0: both columns or neither
-      if (co < b.con)
-        *reinterpret_cast<float2*>(orow + co) = make_float2(tot[4 * j + 2 * half],
-                                                            tot[4 * j + 2 * half + 1]);
-    }
-  }
+  gw_wg_store<BN>(a, b, tot, ws, warp, lane);
 }
 
 // The tensor-core GEMM kernels' arguments: the geometry and the plan's grid decomposition.
@@ -1302,65 +1296,52 @@ cudaError_t launch_gw_cl<double>(const PhaseConvBwdWeightParams&,
   return cudaErrorInvalidValue;
 }
 
-// The warpgroup tile (GmCfg: wgs warpgroups of 64 input channels, wn * 32 output channels).
+// The warpgroup tile (GmCfg: wgs warpgroups of 64 input channels, wn * 32 output channels);
+// tma: its TMA form, after x's and grad_y's maps (channels-last, 16-byte aligned: the
+// engine's copies).  Then the reduction.
 template <typename T>
 cudaError_t launch_gw_wgmma(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, bool tma) {
   const GmArgs a = gm_args(p, plan);
   const int tile = plan.gm.wgs * 10 + plan.gm.wn;
-  cudaError_t err =
-      tile == 24 ? launch_kernel(gw_wgmma_kernel<T, 2, 128>, plan.grid, 256, plan.smem, stream, a)
-      : tile == 12 ? launch_kernel(gw_wgmma_kernel<T, 1, 64>, plan.grid, 128, plan.smem, stream, a)
-      : tile == 11 ? launch_kernel(gw_wgmma_kernel<T, 1, 32>, plan.grid, 128, plan.smem, stream, a)
-                   : cudaErrorInvalidValue;
+  cudaError_t err;
+  if (tma) {
+    const int bn = 32 * plan.gm.wn;
+    PhaseConvTensorMap xmap, gmap;
+    err = phase_conv_tma_encode_box(&xmap, p.x, p.n, p.in_d, p.in_h, p.in_w, p.c_in, 64,
+                                    a.box_w, a.box_h, a.box_d);
+    if (err != cudaSuccess) return err;
+    err = phase_conv_tma_encode_box(&gmap, p.grad_y, p.n, p.out_d, p.out_h, p.out_w, p.c_out,
+                                    bn >= 64 ? 64 : bn, a.box_w, a.box_h, a.box_d, a.sw, a.sh,
+                                    a.sd, bn >= 64 ? 128 : 64);
+    if (err != cudaSuccess) return err;
+    err = tile == 24 ? launch_kernel(gw_tma_kernel<T, 2, 128>, plan.grid, 288, plan.smem,
+                                     stream, a, xmap, gmap)
+          : tile == 12 ? launch_kernel(gw_tma_kernel<T, 1, 64>, plan.grid, 160, plan.smem,
+                                       stream, a, xmap, gmap)
+          : tile == 11 ? launch_kernel(gw_tma_kernel<T, 1, 32>, plan.grid, 160, plan.smem,
+                                       stream, a, xmap, gmap)
+                       : cudaErrorInvalidValue;
+  } else {
+    err = tile == 24 ? launch_kernel(gw_wgmma_kernel<T, 2, 128>, plan.grid, 256, plan.smem,
+                                     stream, a)
+          : tile == 12 ? launch_kernel(gw_wgmma_kernel<T, 1, 64>, plan.grid, 128, plan.smem,
+                                       stream, a)
+          : tile == 11 ? launch_kernel(gw_wgmma_kernel<T, 1, 32>, plan.grid, 128, plan.smem,
+                                       stream, a)
+                       : cudaErrorInvalidValue;
+  }
   if (err != cudaSuccess) return err;
   return launch_reduce<T>(p, plan.gm.splits, stream);
 }
 template <>
 cudaError_t launch_gw_wgmma<float>(const PhaseConvBwdWeightParams&,
-                                   const PhaseConvBwdWeightPlan&, cudaStream_t) {
+                                   const PhaseConvBwdWeightPlan&, cudaStream_t, bool) {
   return cudaErrorInvalidValue;  // the plan picks it for float16/bfloat16 only
 }
 template <>
 cudaError_t launch_gw_wgmma<double>(const PhaseConvBwdWeightParams&,
-                                    const PhaseConvBwdWeightPlan&, cudaStream_t) {
-  return cudaErrorInvalidValue;
-}
-
-// The warpgroup tile fed by the TMA unit: x's and grad_y's maps (channels-last, 16-byte
-// aligned: the engine's copies), then gw_tma_kernel and the reduction.
-template <typename T>
-cudaError_t launch_gw_tma(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
-                          cudaStream_t stream) {
-  const GmArgs a = gm_args(p, plan);
-  const int bn = 32 * plan.gm.wn;
-  PhaseConvTensorMap xmap, gmap;
-  cudaError_t err = phase_conv_tma_encode_box(&xmap, p.x, p.n, p.in_d, p.in_h, p.in_w, p.c_in,
-                                              64, a.box_w, a.box_h, a.box_d);
-  if (err != cudaSuccess) return err;
-  err = phase_conv_tma_encode_box(&gmap, p.grad_y, p.n, p.out_d, p.out_h, p.out_w, p.c_out,
-                                  bn >= 64 ? 64 : bn, a.box_w, a.box_h, a.box_d, a.sw, a.sh,
-                                  a.sd, bn >= 64 ? 128 : 64);
-  if (err != cudaSuccess) return err;
-  const int tile = plan.gm.wgs * 10 + plan.gm.wn;
-  err = tile == 24 ? launch_kernel(gw_tma_kernel<T, 2, 128>, plan.grid, 288, plan.smem, stream,
-                                   a, xmap, gmap)
-        : tile == 12 ? launch_kernel(gw_tma_kernel<T, 1, 64>, plan.grid, 160, plan.smem, stream,
-                                     a, xmap, gmap)
-        : tile == 11 ? launch_kernel(gw_tma_kernel<T, 1, 32>, plan.grid, 160, plan.smem, stream,
-                                     a, xmap, gmap)
-                     : cudaErrorInvalidValue;
-  if (err != cudaSuccess) return err;
-  return launch_reduce<T>(p, plan.gm.splits, stream);
-}
-template <>
-cudaError_t launch_gw_tma<float>(const PhaseConvBwdWeightParams&,
-                                 const PhaseConvBwdWeightPlan&, cudaStream_t) {
-  return cudaErrorInvalidValue;  // the plan picks it for float16/bfloat16 only
-}
-template <>
-cudaError_t launch_gw_tma<double>(const PhaseConvBwdWeightParams&,
-                                  const PhaseConvBwdWeightPlan&, cudaStream_t) {
+                                    const PhaseConvBwdWeightPlan&, cudaStream_t, bool) {
   return cudaErrorInvalidValue;
 }
 
@@ -1399,8 +1380,8 @@ cudaError_t run_plan(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeight
     case PHASECONV_EMPTY: return cudaSuccess;  // no phase has taps: nothing to write
     case PHASECONV_GW_MMA: return launch_gm<T>(p, plan, stream);
     case PHASECONV_GW_MMA_CL: return launch_gw_cl<T>(p, plan, stream);
-    case PHASECONV_GW_WGMMA: return launch_gw_wgmma<T>(p, plan, stream);
-    case PHASECONV_GW_WGMMA_TMA: return launch_gw_tma<T>(p, plan, stream);
+    case PHASECONV_GW_WGMMA: return launch_gw_wgmma<T>(p, plan, stream, false);
+    case PHASECONV_GW_WGMMA_TMA: return launch_gw_wgmma<T>(p, plan, stream, true);
     case PHASECONV_GW_SIMT: return launch_gw<T>(p, plan, stream);
     case PHASECONV_GW_NAIVE: return launch_gw_naive<T>(p, plan, stream);
     case PHASECONV_GW_MMA_NARROW: {
