@@ -212,7 +212,7 @@ def bench_backward(spec, dtype, reps, channels_last=False):
 
     timed((("gw_auto", "auto"), ("gw_simt", "simt"), ("gw_tc", "tensor-cores"),
            ("gw_tc_cl", "tensor-cores-cl"), ("gw_tc_wgmma", "tensor-cores-wgmma"),
-           ("gw_tc_narrow", "tensor-cores-narrow")), False,
+           ("gw_tc_narrow", "tensor-cores-narrow"), ("gw_tc_tma", "tensor-cores-tma")), False,
           gw_ref)
     timed((("gi_auto", "auto"), ("gi_tc", "tensor-cores"), ("gi_naive", "naive"),
            ("gi_tc_narrow", "tensor-cores-narrow"), ("gi_gemm", "implicit-gemm"))

@@ -30,6 +30,7 @@
 #include "phase_conv_fwd.cuh"
 #include "phase_conv_launch.cuh"
 #include "phase_conv_mma.cuh"
+#include "phase_conv_tma.cuh"
 #include "phase_conv_wgmma.cuh"
 
 #include <cuda_bf16.h>
@@ -535,6 +536,7 @@ __global__ void __launch_bounds__(256) gw_naive_kernel(const BwdGeometry a,
 struct GmArgs : BwdGeometry {
   int max_taps;
   int n_cib, n_cob, splits;
+  int box_d, box_h, box_w;  // gw_tma_kernel: a chunk is a box of phase outputs (64 of them)
 };
 
 
@@ -553,7 +555,7 @@ struct GmBlock {
 };
 
 // False where the tap is past the phase's taps (a whole block: the grid covers the most taps).
-template <int BM, int BN, int BK = kGmBK>
+template <int BM, int BN, int BK = kGmBK, bool BOXES = false>
 __device__ __forceinline__ bool decode_block(const GmArgs& a, GmBlock& b) {
   uint32_t r = blockIdx.x;
   const int cob = (int)(r % (uint32_t)a.n_cob); r /= (uint32_t)a.n_cob;
@@ -577,7 +579,11 @@ __device__ __forceinline__ bool decode_block(const GmArgs& a, GmBlock& b) {
   b.ch = axis_count(a.out_h, b.rh, a.sh);
   b.cw = axis_count(a.out_w, b.rw, a.sw);
   const int64_t kp = a.nbatch * b.cd * b.ch * b.cw;  // reduction length (< 2^31, plan_gm)
-  const int chunks = (int)((kp + BK - 1) / BK);
+  // (BOXES: chunks are boxes of phase outputs, whole boxes over the phase's extents)
+  const int chunks = BOXES ? (int)(a.nbatch * (int64_t)((b.cd + a.box_d - 1) / a.box_d) *
+                                   ((b.ch + a.box_h - 1) / a.box_h) *
+                                   ((b.cw + a.box_w - 1) / a.box_w))
+                           : (int)((kp + BK - 1) / BK);
   const int per = (chunks + a.splits - 1) / a.splits;
   b.c_beg = b.split * per;
   b.c_end = min(chunks, b.c_beg + per);
@@ -1009,6 +1015,44 @@ template <int C, int BK> struct GwWgOperand {  // C channels a k row
   }
 };
 
+// One chunk of a warpgroup weight-gradient block (BK k rows) on wgmma, committed as one
+// batch; `first` (the first chunk since a flush) overwrites d instead of adding.
+template <typename T, int BN, int BK, typename OpA, typename OpB>
+__device__ __forceinline__ void gw_wg_batch(float (&d)[BN / 2], uint32_t sA, uint32_t sB,
+                                            bool first) {
+  namespace wg = phaseconv_wgmma;
+  wg::fence_operand(d);
+  wg::fence();
+#pragma unroll
+  for (int k16 = 0; k16 < BK / 16; ++k16)
+    wg::Wgmma<T, BN, 1>::run(d, OpA::desc(sA, k16), OpB::desc(sB, k16), !first || k16 != 0);
+  wg::commit();
+}
+
+// A warpgroup weight-gradient block's sums into its split's workspace slice (gw_wgmma_kernel,
+// gw_tma_kernel): tot's rows (input channels) 64 wg + 16 (warp % 4) + lane / 4 (+ 8), columns
+// (output channels) 8 j + 2 (lane % 4) (+ 1) at tot[4 j .. 4 j + 3].
+template <int BN>
+__device__ __forceinline__ void gw_wg_store(const GmArgs& a, const GmBlock& b,
+                                            const float (&tot)[BN / 2], float* __restrict__ ws,
+                                            int warp, int lane) {
+  float* out = ws + (int64_t)b.split * a.packed_elems + b.wofs;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int ci = (warp >> 2) * 64 + (warp & 3) * 16 + (lane >> 2) + half * 8;
+    if (ci >= b.cin_n) continue;
+    float* orow = out + (((int64_t)b.g * a.cin_g + b.ci0 + ci) * b.ntaps + b.t) * a.cout_g +
+                  b.co0;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int co = j * 8 + (lane & 3) * 2;  // C_out/g % 8 == 0: both columns or neither
+      if (co < b.con)
+        *reinterpret_cast<float2*>(orow + co) = make_float2(tot[4 * j + 2 * half],
+                                                            tot[4 * j + 2 * half + 1]);
+    }
+  }
+}
+
 template <typename T, int WGS, int BN>
 __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
   namespace wg = phaseconv_wgmma;
@@ -1060,13 +1104,7 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
     if (cn < b.c_end) load_next((cn - b.c_beg) % STAGES);
     cp_async_commit();
     const uint32_t sA = s_base + ((c - b.c_beg) % STAGES) * STAGE, sB = sA + OpA::BYTES;
-    wg::fence_operand(d);
-    wg::fence();
-#pragma unroll
-    for (int k16 = 0; k16 < BK / 16; ++k16)
-      wg::Wgmma<T, BN, 1>::run(d, OpA::desc(sA + a_slab, k16), OpB::desc(sB, k16),
-                               (since | k16) != 0);
-    wg::commit();
+    gw_wg_batch<T, BN, BK, OpA, OpB>(d, sA + a_slab, sB, since == 0);
     if (++since == FLUSH) {
       wg::wait<0>();
       wg::fence_operand(d);
@@ -1085,23 +1123,120 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) tot[i] += d[i];
   }
-  // tot: rows (input channels) 64 wg + 16 (warp % 4) + lane / 4 (+ 8), columns (output
-  // channels) 8 j + 2 (lane % 4) (+ 1) at tot[4 j .. 4 j + 3]
-  float* out = ws + (int64_t)b.split * a.packed_elems + b.wofs;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int ci = (warp >> 2) * 64 + (warp & 3) * 16 + (lane >> 2) + half * 8;
-    if (ci >= b.cin_n) continue;
-    float* orow = out + (((int64_t)b.g * a.cin_g + b.ci0 + ci) * b.ntaps + b.t) * a.cout_g +
-                  b.co0;
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-      const int co = j * 8 + (lane & 3) * 2;  // C_out/g % 8 == 0: both columns or neither
-      if (co < b.con)
-        *reinterpret_cast<float2*>(orow + co) = make_float2(tot[4 * j + 2 * half],
-                                                            tot[4 * j + 2 * half + 1]);
+  gw_wg_store<BN>(a, b, tot, ws, warp, lane);
+}
+
+// gw_wgmma_kernel's GEMM with its operands copied by the TMA unit (sm_90a, CUDA 12+): a chunk
+// of the reduction is a box of box_d x box_h x box_w = BK outputs j of the phase, (n, jd0,
+// jh0, jw0) its corner, so its A is one box of the channels-last input at j0 + the tap's
+// offset (x[j + x_tap]: zero-filled outside x) per 64 input channels, and its B one box of
+// channels-last grad_y at the phase's outputs r + s j0, every s-th voxel (the map's element
+// strides; zero past grad_y, which is where j passes the phase's extent) per 64 output
+// channels (32: the 64-byte swizzle).  Both land as the [k][channel] slabs of GwWgOperand,
+// whose swizzle is the TMA unit's.  A producer warp issues a chunk's boxes on its stage's
+// `full` barrier; each consumer warpgroup releases the stage on its `empty` barrier once its
+// wgmma batch reading it is complete.  The summation order (box by box, each box's voxels in
+// W-fastest order) is fixed: results repeat bitwise.  Channels past the tile's (the next
+// group's, or past C) ride along in rows and columns that are never stored.
+template <typename T, int WGS, int BN>
+__global__ void __launch_bounds__(WGS * 128 + 32, 1)
+gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
+              const __grid_constant__ PhaseConvTensorMap gmap) {
+  namespace wg = phaseconv_wgmma;
+  namespace tma = phaseconv_tma;
+  constexpr int BM = WGS * 64, BK = phaseconv::kGwWgBK;
+  constexpr int STAGES = phaseconv::kGwWgStages;
+  using OpA = GwWgOperand<BM, BK>;
+  using OpB = GwWgOperand<BN, BK>;
+  constexpr int STAGE = OpA::BYTES + OpB::BYTES;
+  constexpr int FLUSH = phaseconv::kFlushTerms / BK;  // chunks between flushes
+  constexpr int B_BOX = BN >= 64 ? 64 : BN;           // channels of one grad_y box
+  static_assert(sizeof(T) == 2, "16-bit operands (MN-major wgmma)");
+  static_assert(STAGE % 1024 == 0 && FLUSH >= 1, "1024-byte stages (the swizzle atom)");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // stages 1024-byte aligned (the plan adds the slack), then the barriers
+  const uint32_t raw = tma::smem_addr(smem_raw);
+  unsigned char* smem = smem_raw + (((raw + 1023u) & ~1023u) - raw);
+  const uint32_t s_base = tma::smem_addr(smem);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + STAGES * STAGE);
+  uint64_t* empty = full + STAGES;
+  float* __restrict__ ws = static_cast<float*>(a.ws);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  GmBlock b;
+  if (!decode_block<BM, BN, BK, true>(a, b)) return;  // uniform: this phase has fewer taps
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      tma::bar_init(&full[s], 1);
+      tma::bar_init(&empty[s], WGS);  // one arrival a consumer warpgroup
     }
   }
+  __syncthreads();
+  const int nbw = (int)((b.cw + a.box_w - 1) / a.box_w),
+            nbh = (int)((b.ch + a.box_h - 1) / a.box_h),
+            nbd = (int)((b.cd + a.box_d - 1) / a.box_d);
+
+  if (warp == WGS * 4) {  // the producer warp: one thread issues every copy
+    if (lane == 0) {
+      const int xc = b.g * a.cin_g + b.ci0, gc = b.g * a.cout_g + b.co0;
+      for (int c = b.c_beg; c < b.c_end; ++c) {
+        const int i = c - b.c_beg, s = i % STAGES, use = i / STAGES;
+        if (use > 0) tma::bar_wait(&empty[s], (uint32_t)(use - 1) & 1u);
+        tma::bar_arrive_expect(&full[s], STAGE);
+        int r = c;
+        const int bw = r % nbw; r /= nbw;
+        const int bh = r % nbh; r /= nbh;
+        const int bd = r % nbd;
+        const int n = r / nbd;
+        const int jd0 = bd * a.box_d, jh0 = bh * a.box_h, jw0 = bw * a.box_w;
+        unsigned char* st = smem + s * STAGE;
+#pragma unroll
+        for (int slab = 0; slab < WGS; ++slab)
+          tma::load_box(st + slab * OpA::SLAB, xmap, &full[s], xc + slab * 64, jw0 + b.xw,
+                        jh0 + b.xh, jd0 + b.xd, n);
+#pragma unroll
+        for (int slab = 0; slab < BN / B_BOX; ++slab)
+          tma::load_box(st + OpA::BYTES + slab * OpB::SLAB, gmap, &full[s], gc + slab * 64,
+                        b.rw + a.sw * jw0, b.rh + a.sh * jh0, b.rd + a.sd * jd0, n);
+      }
+    }
+    return;
+  }
+
+  float d[BN / 2], tot[BN / 2];
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) d[i] = tot[i] = 0.f;
+  const uint32_t a_slab = (uint32_t)(warp >> 2) * OpA::SLAB;  // the warpgroup's 64 channels
+  int since = 0;  // chunks in d since the last flush
+  int freed = 0;  // chunks whose stage this warpgroup has released
+  for (int c = b.c_beg; c < b.c_end; ++c) {
+    const int i = c - b.c_beg, s = i % STAGES;
+    tma::bar_wait(&full[s], (uint32_t)(i / STAGES) & 1u);
+    const uint32_t sA = s_base + s * STAGE, sB = sA + OpA::BYTES;
+    gw_wg_batch<T, BN, BK, OpA, OpB>(d, sA + a_slab, sB, since == 0);
+    int done;  // the last chunk whose batch is complete
+    if (++since == FLUSH) {
+      wg::wait<0>();
+      wg::fence_operand(d);
+#pragma unroll
+      for (int j = 0; j < BN / 2; ++j) tot[j] += d[j];
+      since = 0;  // the next batch starts from zero
+      done = i;
+    } else {
+      wg::wait<1>();  // batch i stays in flight while chunk i + 1 is waited for
+      wg::fence_operand(d);
+      done = i - 1;
+    }
+    for (; freed <= done; ++freed)  // each stage released once a use
+      if ((tid & 127) == 0) tma::bar_arrive(&empty[freed % STAGES]);
+  }
+  wg::wait<0>();
+  wg::fence_operand(d);
+  if (since != 0) {
+#pragma unroll
+    for (int j = 0; j < BN / 2; ++j) tot[j] += d[j];
+  }
+  gw_wg_store<BN>(a, b, tot, ws, warp, lane);
 }
 
 // The tensor-core GEMM kernels' arguments: the geometry and the plan's grid decomposition.
@@ -1110,6 +1245,7 @@ GmArgs gm_args(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& 
   set_geometry(a, p);
   a.max_taps = plan.gm.max_taps;
   a.n_cib = plan.gm.n_cib; a.n_cob = plan.gm.n_cob; a.splits = plan.gm.splits;
+  a.box_d = plan.gm.box_d; a.box_h = plan.gm.box_h; a.box_w = plan.gm.box_w;
   return a;
 }
 
@@ -1160,28 +1296,52 @@ cudaError_t launch_gw_cl<double>(const PhaseConvBwdWeightParams&,
   return cudaErrorInvalidValue;
 }
 
-// The warpgroup tile (GmCfg: wgs warpgroups of 64 input channels, wn * 32 output channels).
+// The warpgroup tile (GmCfg: wgs warpgroups of 64 input channels, wn * 32 output channels);
+// tma: its TMA form, after x's and grad_y's maps (channels-last, 16-byte aligned: the
+// engine's copies).  Then the reduction.
 template <typename T>
 cudaError_t launch_gw_wgmma(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, bool tma) {
   const GmArgs a = gm_args(p, plan);
   const int tile = plan.gm.wgs * 10 + plan.gm.wn;
-  cudaError_t err =
-      tile == 24 ? launch_kernel(gw_wgmma_kernel<T, 2, 128>, plan.grid, 256, plan.smem, stream, a)
-      : tile == 12 ? launch_kernel(gw_wgmma_kernel<T, 1, 64>, plan.grid, 128, plan.smem, stream, a)
-      : tile == 11 ? launch_kernel(gw_wgmma_kernel<T, 1, 32>, plan.grid, 128, plan.smem, stream, a)
-                   : cudaErrorInvalidValue;
+  cudaError_t err;
+  if (tma) {
+    const int bn = 32 * plan.gm.wn;
+    PhaseConvTensorMap xmap, gmap;
+    err = phase_conv_tma_encode_box(&xmap, p.x, p.n, p.in_d, p.in_h, p.in_w, p.c_in, 64,
+                                    a.box_w, a.box_h, a.box_d);
+    if (err != cudaSuccess) return err;
+    err = phase_conv_tma_encode_box(&gmap, p.grad_y, p.n, p.out_d, p.out_h, p.out_w, p.c_out,
+                                    bn >= 64 ? 64 : bn, a.box_w, a.box_h, a.box_d, a.sw, a.sh,
+                                    a.sd, bn >= 64 ? 128 : 64);
+    if (err != cudaSuccess) return err;
+    err = tile == 24 ? launch_kernel(gw_tma_kernel<T, 2, 128>, plan.grid, 288, plan.smem,
+                                     stream, a, xmap, gmap)
+          : tile == 12 ? launch_kernel(gw_tma_kernel<T, 1, 64>, plan.grid, 160, plan.smem,
+                                       stream, a, xmap, gmap)
+          : tile == 11 ? launch_kernel(gw_tma_kernel<T, 1, 32>, plan.grid, 160, plan.smem,
+                                       stream, a, xmap, gmap)
+                       : cudaErrorInvalidValue;
+  } else {
+    err = tile == 24 ? launch_kernel(gw_wgmma_kernel<T, 2, 128>, plan.grid, 256, plan.smem,
+                                     stream, a)
+          : tile == 12 ? launch_kernel(gw_wgmma_kernel<T, 1, 64>, plan.grid, 128, plan.smem,
+                                       stream, a)
+          : tile == 11 ? launch_kernel(gw_wgmma_kernel<T, 1, 32>, plan.grid, 128, plan.smem,
+                                       stream, a)
+                       : cudaErrorInvalidValue;
+  }
   if (err != cudaSuccess) return err;
   return launch_reduce<T>(p, plan.gm.splits, stream);
 }
 template <>
 cudaError_t launch_gw_wgmma<float>(const PhaseConvBwdWeightParams&,
-                                   const PhaseConvBwdWeightPlan&, cudaStream_t) {
+                                   const PhaseConvBwdWeightPlan&, cudaStream_t, bool) {
   return cudaErrorInvalidValue;  // the plan picks it for float16/bfloat16 only
 }
 template <>
 cudaError_t launch_gw_wgmma<double>(const PhaseConvBwdWeightParams&,
-                                    const PhaseConvBwdWeightPlan&, cudaStream_t) {
+                                    const PhaseConvBwdWeightPlan&, cudaStream_t, bool) {
   return cudaErrorInvalidValue;
 }
 
@@ -1220,7 +1380,8 @@ cudaError_t run_plan(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeight
     case PHASECONV_EMPTY: return cudaSuccess;  // no phase has taps: nothing to write
     case PHASECONV_GW_MMA: return launch_gm<T>(p, plan, stream);
     case PHASECONV_GW_MMA_CL: return launch_gw_cl<T>(p, plan, stream);
-    case PHASECONV_GW_WGMMA: return launch_gw_wgmma<T>(p, plan, stream);
+    case PHASECONV_GW_WGMMA: return launch_gw_wgmma<T>(p, plan, stream, false);
+    case PHASECONV_GW_WGMMA_TMA: return launch_gw_wgmma<T>(p, plan, stream, true);
     case PHASECONV_GW_SIMT: return launch_gw<T>(p, plan, stream);
     case PHASECONV_GW_NAIVE: return launch_gw_naive<T>(p, plan, stream);
     case PHASECONV_GW_MMA_NARROW: {

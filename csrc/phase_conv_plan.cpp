@@ -720,6 +720,7 @@ const char* family_name(int family) {
     case PHASECONV_GW_MMA: return "tensor-core gemm";
     case PHASECONV_GW_MMA_CL: return "channels-last tensor-core gemm";
     case PHASECONV_GW_WGMMA: return "warpgroup tensor-core gemm";
+    case PHASECONV_GW_WGMMA_TMA: return "warpgroup tensor-core gemm on TMA boxes";
     case PHASECONV_GW_MMA_NARROW: return "narrow tensor-core window";
     case PHASECONV_GI_NARROW: return "narrow tensor-core window";
     case PHASECONV_GW_SIMT: return "simt";
@@ -1397,6 +1398,27 @@ bool plan_gm_wgmma(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
   return out->grid < ((int64_t)1 << 31);
 }
 
+// The TMA weight gradient's box of kGwWgBK phase outputs (gw_tma_kernel): over the largest
+// phase's extents, the fewest padded outputs (ties: the longest W run), each side of grad_y's
+// box (the box times the stride) at most 256.  False where no box fits.
+bool gm_tma_box(const PhaseConvBwdWeightParams& p, GmCfg* a) {
+  const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
+                cw = cdiv(p.out_w, p.stride_w);
+  int64_t best = -1;
+  for (int tw = kGwWgBK; tw >= 1; tw /= 2)
+    for (int th = 1; tw * th <= kGwWgBK; th *= 2) {
+      const int td = kGwWgBK / (tw * th);
+      if (tw * p.stride_w > 256 || th * p.stride_h > 256 || td * p.stride_d > 256) continue;
+      const int64_t rows = cdiv(cd, td) * td * cdiv(ch, th) * th * cdiv(cw, tw) * tw;
+      if (best < 0 || rows < best) {
+        best = rows;
+        a->box_d = td; a->box_h = th; a->box_w = tw;
+      }
+    }
+  // (the kernel's chunk indices: boxes of the batch, 32-bit)
+  return best >= 0 && p.n * (best / kGwWgBK) < ((int64_t)1 << 31);
+}
+
 bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int force,
                      const DevInfo& dev, PhaseConvBwdWeightPlan* out) {
   char* buf = out->text;
@@ -1484,6 +1506,25 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
     snprintf(buf, len, "tensor-core gemm fp32-accumulate, channels-last operands, %dx%d "
              "channel tile, wgmma-sm90a, %d stages, %d split(s), %lld blocks, smem=%zu",
              64 * out->gm.wgs, 32 * out->gm.wn, kGwWgStages, out->gm.splits,
+             (long long)out->grid, out->smem);
+    return true;
+  }
+  // its TMA form (named only): a chunk of the reduction is a box of 64 phase outputs, both
+  // operands copied as boxes (grad_y's at the stride, at most 8)
+  if (force == PHASECONV_GW_WGMMA_TMA) {
+    if (!wg_ok || p.stride_d > 8 || p.stride_h > 8 || p.stride_w > 8)
+      return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups >= 64 and "
+                    "C_out/groups >= 32, both multiples of 8, strides up to 8, on an sm_90a "
+                    "build");
+    if (!plan_gm_wgmma(p, dev, out) || !gm_tma_box(p, &out->gm))
+      return refuse(buf, len, force, "its grid is too large");
+    out->smem += 2 * kGwWgStages * 8;  // the stages' full and empty barriers
+    out->family = PHASECONV_GW_WGMMA_TMA;
+    out->operands_channels_last = 1;
+    snprintf(buf, len, "tensor-core gemm fp32-accumulate, channels-last operands, %dx%d "
+             "channel tile, wgmma-sm90a tma-box (%d,%d,%d), %d stages, %d split(s), %lld "
+             "blocks, smem=%zu", 64 * out->gm.wgs, 32 * out->gm.wn, out->gm.box_d,
+             out->gm.box_h, out->gm.box_w, kGwWgStages, out->gm.splits,
              (long long)out->grid, out->smem);
     return true;
   }

@@ -142,6 +142,7 @@ enum PhaseConvFamily {
   PHASECONV_GW_MMA_NARROW = 13,  // tensor cores over a staged input window, 8-channel layers
   PHASECONV_GI_NARROW = 14, // the input gradient's: tensor cores over a staged grad_y window
   PHASECONV_GW_WGMMA = 15,  // PHASECONV_GW_MMA_CL's GEMM on warpgroup MMA (sm_90a builds)
+  PHASECONV_GW_WGMMA_TMA = 16,  // the same, its operands boxes copied by the TMA unit
 };
 
 // A kernel chosen by name instead of by the rule (tests, benchmarks).  The plan refuses a
@@ -369,6 +370,7 @@ struct GmCfg {
   int wn;       // gw_cl_kernel: warps along C_out/g (a 64 x 32 * wn channel tile);
                 // gw_wgmma_kernel: its tile's C_out/g is 32 * wn
   int wgs = 0;  // gw_wgmma_kernel: warpgroups (a 64 * wgs x 32 * wn channel tile)
+  int box_d = 1, box_h = 1, box_w = 1;  // gw_tma_kernel: a chunk's box of phase outputs
 };
 
 }  // namespace phaseconv

@@ -49,10 +49,12 @@ cudaError_t encode_tiled(PhaseConvTensorMap* map, const void* base, cuuint32_t r
 
 cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base, int64_t n,
                                       int64_t d, int64_t h, int64_t w, int64_t c, int box_c,
-                                      int box_w, int box_h, int box_d, int sw, int sh, int sd) {
+                                      int box_w, int box_h, int box_d, int sw, int sh, int sd,
+                                      int swizzle) {
 #if PHASECONV_TMA_HOST
   if (sw < 1 || sh < 1 || sd < 1 || sw > 8 || sh > 8 || sd > 8 || box_w * sw > 256 ||
-      box_h * sh > 256 || box_d * sd > 256)
+      box_h * sh > 256 || box_d * sd > 256 || (swizzle != 128 && swizzle != 64) ||
+      box_c * 2 > swizzle)
     return cudaErrorInvalidValue;
   // innermost first: channels, W, H, D, N; the strides (bytes) of dims 1-4
   const cuuint64_t dims[5] = {(cuuint64_t)c, (cuuint64_t)w, (cuuint64_t)h, (cuuint64_t)d,
@@ -63,10 +65,12 @@ cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base,
   const cuuint32_t box[5] = {(cuuint32_t)box_c, (cuuint32_t)(box_w * sw),
                              (cuuint32_t)(box_h * sh), (cuuint32_t)(box_d * sd), 1};
   const cuuint32_t step[5] = {1, (cuuint32_t)sw, (cuuint32_t)sh, (cuuint32_t)sd, 1};
-  return encode_tiled(map, base, 5, dims, strides, box, step, CU_TENSOR_MAP_SWIZZLE_128B);
+  return encode_tiled(map, base, 5, dims, strides, box, step,
+                      swizzle == 64 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B);
 #else
   (void)map; (void)base; (void)n; (void)d; (void)h; (void)w; (void)c;
   (void)box_c; (void)box_w; (void)box_h; (void)box_d; (void)sw; (void)sh; (void)sd;
+  (void)swizzle;
   return cudaErrorNotSupported;
 #endif
 }

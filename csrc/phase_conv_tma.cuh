@@ -39,14 +39,14 @@ struct alignas(64) PhaseConvTensorMap {  // CUDA 11: never encoded, never read
 
 // The 5-D map of a channels-last tensor `base` (16-bit elements, n x d x h x w x c, c a
 // multiple of 8, base 16-byte aligned) for boxes of {box_c, box_w, box_h, box_d, 1} elements
-// with the 128-byte swizzle (box_c * 2 <= 128), taking every (sw, sh, sd)-th element along
-// W, H, D (the box spans box_w * sw inputs along W, at most 256).  cudaErrorNotSupported
-// without CUDA 12's driver entry point; cudaErrorInvalidValue where the driver refuses the
-// geometry.
+// with the 128-byte swizzle (box_c * 2 <= 128; `swizzle` 64: the 64-byte one, box_c * 2 <=
+// 64), taking every (sw, sh, sd)-th element along W, H, D (the box spans box_w * sw inputs
+// along W, at most 256).  cudaErrorNotSupported without CUDA 12's driver entry point;
+// cudaErrorInvalidValue where the driver refuses the geometry.
 cudaError_t phase_conv_tma_encode_box(PhaseConvTensorMap* map, const void* base, int64_t n,
                                       int64_t d, int64_t h, int64_t w, int64_t c, int box_c,
                                       int box_w, int box_h, int box_d, int sw = 1, int sh = 1,
-                                      int sd = 1);
+                                      int sd = 1, int swizzle = 128);
 
 // Tests: each of `boxes` boxes of the channels-last tensor x at coords[5 b ..] (c, w, h, d, n)
 // copied by the TMA unit into shared memory and from there, as it landed (swizzled), to

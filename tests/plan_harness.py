@@ -38,7 +38,7 @@ DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 
 FAMILIES = {0: "none", 1: "gemm", 2: "allphase", 3: "mma", 4: "tiled", 5: "naive",
             6: "tensor-cores", 7: "simt", 8: "naive", 10: "depthwise", 11: "depthwise",
             12: "tensor-cores-cl", 13: "tensor-cores-narrow", 14: "tensor-cores-narrow",
-            15: "tensor-cores-wgmma"}
+            15: "tensor-cores-wgmma", 16: "tensor-cores-tma"}
 _SOURCES = (cuda.CSRC / "phase_conv_plan.cpp", Path(__file__).with_name("plan_shim.cpp"))
 
 

@@ -80,7 +80,7 @@ GRAD_INPUT_KERNELS = {"auto": 0, "implicit-gemm": 1, "tensor-cores": 3, "naive":
                       "depthwise": 10, "tensor-cores-narrow": 14}
 GRAD_WEIGHT_KERNELS = {"auto": 0, "tensor-cores": 6, "simt": 7, "naive": 8, "depthwise": 11,
                        "tensor-cores-cl": 12, "tensor-cores-narrow": 13,
-                       "tensor-cores-wgmma": 15}
+                       "tensor-cores-wgmma": 15, "tensor-cores-tma": 16}
 
 
 class ForwardKernel(NamedTuple):
@@ -659,7 +659,8 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     and whole octets of input channels, the narrow tensor-core kernel, of 16-bit layers with
     channel counts per group multiples of 8 (and >= 16) the channels-last tensor-core GEMM (on
     an sm_90a build, with C_in/g >= 64 and C_out/g >= 32, its warpgroup form
-    ``tensor-cores-wgmma``), of other float32/float16/bfloat16 layers with both >= 16 the
+    ``tensor-cores-wgmma``, whose TMA form ``tensor-cores-tma`` runs only when named), of
+    other float32/float16/bfloat16 layers with both >= 16 the
     contiguous one, else the SIMT kernel. ``grad_input_kernel`` and ``grad_weight_kernel`` force
     one by name (``GRAD_INPUT_KERNELS``, ``GRAD_WEIGHT_KERNELS``: tests, benchmarks), and
     ``grad_input_tile`` the implicit GEMM's tile; forcing a kernel on a layer it cannot take

@@ -205,9 +205,10 @@ def main(argv=()) -> int:
                                                 grad_weight_kernel="tensor-cores-cl"))
             if (dtype == torch.bfloat16 and warpgroups and ci // g >= 64 and co // g >= 32
                     and (ci // g) % 8 == 0 and (co // g) % 8 == 0):
-                # the weight gradient's warpgroup form, named
-                forced.append(cuda.backward(gy, xd, wd, args, need_input=False,
-                                            grad_weight_kernel="tensor-cores-wgmma"))
+                # the weight gradient's warpgroup form and its TMA form, named
+                for kernel in ("tensor-cores-wgmma", "tensor-cores-tma"):
+                    forced.append(cuda.backward(gy, xd, wd, args, need_input=False,
+                                                grad_weight_kernel=kernel))
             if dtype == torch.bfloat16 and warpgroups and (co // g) % 64 == 0:
                 # the input gradient's TMA tiles (grad_y's boxes at the stride), named
                 for tile in (8, 9) if ci // g > 64 else (8,):

@@ -739,15 +739,21 @@ def test_channels_last_backward_kernels(case, dtype):
     if warpgroups:
         forced.append(dict(grad_input_kernel="implicit-gemm",
                            grad_weight_kernel="tensor-cores-wgmma"))
+        # its TMA form: chunks are boxes of phase outputs, grad_y's at the stride
+        forced.append(dict(grad_input_kernel="implicit-gemm",
+                           grad_weight_kernel="tensor-cores-tma"))
     else:
         with pytest.raises(RuntimeError, match="warpgroup tensor-core gemm kernel was forced"):
             cuda.backward(gyc, xc, wc, args, grad_weight_kernel="tensor-cores-wgmma")
+        with pytest.raises(RuntimeError, match="was forced"):
+            cuda.backward(gyc, xc, wc, args, grad_weight_kernel="tensor-cores-tma")
     descs = [cuda.backward_plan(args, n, dtype, xc.device, **f)[1].grad_weight_description
              for f in forced]
     assert "wgmma" not in descs[0] and descs[1].startswith("tensor-core window") and \
         all("wgmma-sm90a" in e for e in descs[2:]), descs
     if warpgroups:
         assert f"operands, {tile} channel tile" in descs[2], descs[2]
+        assert f"operands, {tile} channel tile" in descs[3] and "tma-box" in descs[3], descs[3]
     runs = [cuda.backward(gyc, xc, wc, args)] + [cuda.backward(gyc, xc, wc, args, **f)
                                                  for f in forced]
     for got in runs:

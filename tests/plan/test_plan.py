@@ -498,6 +498,38 @@ def test_tma_tile_rule():
     assert ph.grad_input(wide_stride, 1, BF16, ph.H100_SM90A, "implicit-gemm", tile=4).ok
 
 
+def test_weight_gradient_on_tma_boxes():
+    """The warpgroup weight gradient's TMA form (named only, sm_90a builds): its tile and
+    splits are the warpgroup kernel's, a chunk of the reduction a box of 64 phase outputs
+    that pads the fewest over the largest phase (grad_y's box, the stride times it, at most
+    256 a side); refused where the warpgroup form is, and for strides past 8."""
+    sm = ph.H100_SM90A
+    for index in (2, 3, 4, 5):
+        shape = SWEEP[index]
+        args = ph.sweep_args(shape)
+        plan = ph.grad_weight(args, shape.batch, BF16, sm, "tensor-cores-tma")
+        wgmma = ph.grad_weight(args, shape.batch, BF16, sm, "tensor-cores-wgmma")
+        box = tuple(int(v) for v in re.search(r"tma-box \((\d+),(\d+),(\d+)\)",
+                                               plan.text).groups())
+        extents = [-(-o // st) for o, st in zip(args.out_shape, args.stride)]
+        padded = math.prod(-(-e // b) * b for e, b in zip(extents, box))
+        assert math.prod(box) == 64 and padded == min(
+            math.prod(-(-e // b) * b for e, b in zip(extents, (64 // (h * w), h, w)))
+            for w in (64, 32, 16, 8, 4, 2, 1) for h in (1, 2, 4, 8, 16, 32, 64) if h * w <= 64)
+        assert all(b * st <= 256 for b, st in zip(box, args.stride))
+        tile = re.search(r"\d+x\d+ channel tile", wgmma.text).group(0)
+        splits = re.search(r"\d+ split\(s\)", wgmma.text).group(0)
+        assert tile in plan.text and splits in plan.text, (plan.text, wgmma.text)
+    for device, dtype, args in ((ph.H100, BF16, ph.sweep_args(SWEEP[3])),
+                                (sm, F32, ph.sweep_args(SWEEP[3])),
+                                (sm, BF16, NARROW),
+                                (sm, BF16, ph.conv_args(64, 64, 9, 4, 9, 0, 0))):
+        refused = ph.grad_weight(args, 2, dtype, device, "tensor-cores-tma")
+        assert not refused.ok and refused.text.startswith("refused: the "), refused.text
+    for shape in SWEEP:  # the rule never takes it
+        assert "tma" not in ph.grad_weight(ph.sweep_args(shape), shape.batch, BF16, sm).text
+
+
 def test_shared_a_tile_of_the_implicit_gemm():
     """k == s layers with no padding (every phase reads the same input voxel at one tap) take
     the implicit GEMM's shared-A tile where the input and the result are channels-last and
