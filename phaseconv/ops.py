@@ -240,7 +240,7 @@ class CallPlan:
                     from .engines.cuda import wait_for_tables
                     wait_for_tables(tables)
                 gx, gw = launch(gb, xb, weight, bool(mask[0]), bool(mask[1]),
-                                input_grad_format(xb, weight) == torch.channels_last_3d)
+                                input_grad_format(x, weight) == torch.channels_last_3d)
         else:
             if mask[0] or mask[1]:
                 with _autocast_off(x.device.type):

@@ -104,6 +104,7 @@ CASES = {  # x layout, weight layout, batched
     "channels_last_input": (torch.channels_last_3d, torch.contiguous_format, True),
     "channels_last_weight": (torch.contiguous_format, torch.channels_last_3d, True),
     "unbatched": (torch.contiguous_format, torch.contiguous_format, False),
+    "unbatched_channels_last_weight": (torch.contiguous_format, torch.channels_last_3d, False),
 }
 DEVICE_DTYPES = [("cpu", torch.float64), ("cpu", torch.float32),
                  pytest.param("cuda", torch.float32, marks=pytest.mark.cuda),
