@@ -589,10 +589,11 @@ class BackwardPlan {
                 "phaseconv cuda engine: the weight gradient: ", gw_plan_.text, ".");
   }
 
-  // (grad_input, grad_weight), None where not asked for.
+  // (grad_input, grad_weight), None where not asked for; grad_input channels_last_3d where
+  // grad_input_channels_last, else contiguous.
   std::tuple<c10::optional<at::Tensor>, c10::optional<at::Tensor>> operator()(
       const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
-      bool need_input, bool need_weight) const {
+      bool need_input, bool need_weight, bool grad_input_channels_last) const {
     check_matches(grad_y, "grad_output", gy_sizes_, device_, dtype_);
     check_matches(x, "the input", x_sizes_, device_, dtype_);
     check_matches(weight, "the weight", w_sizes_, device_, dtype_);
@@ -608,7 +609,12 @@ class BackwardPlan {
                               ? grad_y.contiguous() : at::Tensor();
     c10::optional<at::Tensor> gx, gw;
     if (need_input) {
-      at::Tensor out = at::empty(x_sizes_, x.options());
+      // grad_x channels_last_3d where asked (torch's layout for the call): written so by the
+      // implicit GEMM, else written contiguous and copied
+      const auto cl = at::MemoryFormat::ChannelsLast3d;
+      const bool gx_direct = grad_input_channels_last && gi_plan_.family == PHASECONV_GEMM;
+      at::Tensor out = at::empty(x_sizes_, x.options().memory_format(
+                                               gx_direct ? cl : at::MemoryFormat::Contiguous));
       if (gi_plan_.family != PHASECONV_EMPTY) {
         int* flag = nullptr;
         const at::Tensor& gyi = gi_cl ? gy_cl : gy;
@@ -622,6 +628,8 @@ class BackwardPlan {
         q.weight = wl.data_ptr();
         q.weight_mma = gi_cl ? wl.data_ptr() : nullptr;
         q.y = out.data_ptr();
+        q.y_channels_last = gx_direct ? 1 : 0;
+        q.exact.out_channels_last = q.y_channels_last;
         q.exact.a = gyi.data_ptr();
         set_strides(q.exact.as, gyi);
         q.exact.b = weight.data_ptr();
@@ -630,7 +638,7 @@ class BackwardPlan {
         check_launch(phase_conv_bwd_input_run(q, gi_plan_, dtype_code_, stream),
                      "input-gradient");
       }
-      gx = out;
+      gx = grad_input_channels_last && !gx_direct ? out.contiguous(cl) : out;
     }
     if (need_weight) {
       // the weight's own layout where it is dense, so that autograd accumulates in place
@@ -794,7 +802,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("gi_max_taps"), py::arg("gi_total_taps"), py::arg("padding"),
            py::arg("dilation"), py::arg("gi_kernel"), py::arg("gw_kernel"))
       .def("__call__", &BackwardPlan::operator(), py::arg("grad_y"), py::arg("x"),
-           py::arg("weight"), py::arg("need_input"), py::arg("need_weight"))
+           py::arg("weight"), py::arg("need_input"), py::arg("need_weight"),
+           py::arg("grad_input_channels_last") = false)
       .def_property_readonly("grad_input_description",
                              &BackwardPlan::grad_input_description)
       .def_property_readonly("grad_weight_description",

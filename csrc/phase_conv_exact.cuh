@@ -184,9 +184,13 @@ __global__ void __launch_bounds__(256)
     if (finite_value(out[i])) continue;
     int64_t off = i;
     if (e.out_channels_last) {  // storage (n, d, h, w, c) -> logical (n, c, d, h, w)
-      const int64_t c = i % e.c_out, pix = i / e.c_out;
-      const int64_t spatial = e.out[0] * e.out[1] * e.out[2];
-      off = ((pix / spatial) * e.c_out + c) * spatial + pix % spatial;
+      // (the input gradient's out is grad_x: C_in channels over the input's voxels)
+      const bool gi = e.mode == PHASECONV_EXACT_GRAD_INPUT;
+      const int64_t ch = gi ? e.c_in : e.c_out;
+      const int64_t* sp = gi ? e.in : e.out;
+      const int64_t c = i % ch, pix = i / ch;
+      const int64_t spatial = sp[0] * sp[1] * sp[2];
+      off = ((pix / spatial) * ch + c) * spatial + pix % spatial;
     }
     out[i] = exact_element<T>(e, off);
   }

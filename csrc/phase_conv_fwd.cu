@@ -56,6 +56,10 @@ cudaError_t by_dtype(int dtype_code, F&& f) {
 template <typename T>
 cudaError_t run_bwd_input(const PhaseConvFwdParams& p, const PhaseConvBwdInputPlan& plan,
                           cudaStream_t stream) {
+  // grad_x channels-last: the implicit GEMM's stores alone write it so
+  if ((p.y_channels_last != 0 && plan.family != PHASECONV_GEMM) ||
+      (p.y_channels_last != 0) != (p.exact.out_channels_last != 0))
+    return cudaErrorInvalidValue;
   switch (plan.family) {
     case PHASECONV_EMPTY: return cudaSuccess;
     case PHASECONV_GEMM:  // one sub-problem of every tap (phase_conv_bwd_input_plan)

@@ -14,7 +14,8 @@
 
 enum PhaseConvExactMode {
   PHASECONV_EXACT_FORWARD = 0,      // y (N, C_out, out...) contiguous; a = x, b = weight
-  PHASECONV_EXACT_GRAD_INPUT = 1,   // grad_x (N, C_in, in...) contiguous; a = grad_y, b = weight
+  PHASECONV_EXACT_GRAD_INPUT = 1,   // grad_x (N, C_in, in...) (out_channels_last: (N, in..., C_in));
+                                    // a = grad_y, b = weight
   PHASECONV_EXACT_GRAD_WEIGHT = 2,  // grad_w, by logical (C-order) element; a = x, b = grad_y
 };
 
@@ -30,7 +31,7 @@ struct PhaseConvExact {
   int64_t in[3] = {0, 0, 0}, out[3] = {0, 0, 0}, k[3] = {0, 0, 0};
   int64_t s[3] = {1, 1, 1}, p[3] = {0, 0, 0}, d[3] = {1, 1, 1};
   int mode = PHASECONV_EXACT_FORWARD;
-  int out_channels_last = 0;  // forward: y is stored (N, D, H, W, C_out)
+  int out_channels_last = 0;  // y (grad_x) is stored (N, D, H, W, C_out (C_in))
   int* flag = nullptr;  // set to 1 by a kernel that stored a non-finite element
 };
 

@@ -94,6 +94,16 @@ def weight_grad_format(weight: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def input_grad_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """The input gradient's memory format: ``channels_last_3d`` where torch (cuDNN) returns
+    it so, a batched CUDA input or the weight suggesting it (float64 aside: the forward's
+    result follows the same rule, :func:`phaseconv.engines.output_channels_last`), else
+    contiguous.  One rule for every engine and for the fake kernel that torch.compile
+    traces."""
+    return (torch.channels_last_3d if engines.output_channels_last(x, weight)
+            else torch.contiguous_format)
+
+
 def _autocast_enabled(device_type: str) -> bool:
     if _NEW_AUTOCAST_API:
         return torch.is_autocast_enabled(device_type)
@@ -229,7 +239,8 @@ class CallPlan:
                 if tables.ready:
                     from .engines.cuda import wait_for_tables
                     wait_for_tables(tables)
-                gx, gw = launch(gb, xb, weight, bool(mask[0]), bool(mask[1]))
+                gx, gw = launch(gb, xb, weight, bool(mask[0]), bool(mask[1]),
+                                input_grad_format(x, weight) == torch.channels_last_3d)
         else:
             if mask[0] or mask[1]:
                 with _autocast_off(x.device.type):
@@ -237,6 +248,8 @@ class CallPlan:
                                                       bool(mask[1]))
         if gx is not None and not args.batched:
             gx = gx.squeeze(0)
+        elif gx is not None and self.engine.name != "cuda":  # (the CUDA engine writes it so)
+            gx = gx.contiguous(memory_format=input_grad_format(x, weight))
         if mask[2]:
             gbias = reference.grad_bias(gb)
         return gx, gw, gbias
@@ -309,7 +322,9 @@ def _fake_forward(x, weight, bias, stride, padding, output_padding, groups, dila
 
 def _fake_backward(grad_out, x, weight, stride, padding, output_padding, groups, dilation,
                    mask, engine):
-    return (x.new_empty(x.shape) if mask[0] else grad_out.new_empty((0,)),
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device,
+                        memory_format=input_grad_format(x, weight))
+            if mask[0] else grad_out.new_empty((0,)),
             torch.empty(weight.shape, dtype=weight.dtype, device=weight.device,
                         memory_format=weight_grad_format(weight))
             if mask[1] else grad_out.new_empty((0,)),

@@ -50,7 +50,7 @@ import torch
 from ..checks import ConvArgs, triple
 from ..geometry import AxisPhase, axis_plan
 from ..packing import pack_conv3d_phases, select_taps
-from . import input_layout
+from . import input_layout, output_channels_last
 
 # phaseconv/csrc: a link to the repository's csrc/ in a checkout, a copy in an installed wheel.
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
@@ -687,15 +687,22 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
 def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, args: ConvArgs,
              need_input: bool = True, need_weight: bool = True,
              grad_input_kernel: str = "auto", grad_weight_kernel: str = "auto",
-             grad_input_tile: Optional[int] = None):
+             grad_input_tile: Optional[int] = None,
+             grad_input_channels_last: Optional[bool] = None):
     """(grad_input, grad_weight) of a batched call, None where not asked for.  Deterministic:
     fixed summation orders, no atomics.  grad_weight has the weight's strides where the
-    weight is contiguous or ``channels_last_3d``, else it is contiguous."""
+    weight is contiguous or ``channels_last_3d``, else it is contiguous.  grad_input is
+    ``channels_last_3d`` where ``grad_input_channels_last`` says so, by default where torch
+    returns it so (:func:`phaseconv.engines.output_channels_last`: x or the weight suggesting
+    it, float64 aside); the implicit GEMM writes it in that layout, other kernels' results
+    are copied."""
     tables, plan = backward_plan(args, x.shape[0], x.dtype, x.device, grad_input_kernel,
                                  grad_weight_kernel, grad_input_tile)
     if tables.ready:
         wait_for_tables(tables)
-    return plan(grad_y, x, weight, need_input, need_weight)
+    if grad_input_channels_last is None:
+        grad_input_channels_last = output_channels_last(x, weight)
+    return plan(grad_y, x, weight, need_input, need_weight, bool(grad_input_channels_last))
 
 
 def describe_backward(args: ConvArgs, batch: int, dtype: torch.dtype,

@@ -104,6 +104,7 @@ CASES = {  # x layout, weight layout, batched
     "channels_last_input": (torch.channels_last_3d, torch.contiguous_format, True),
     "channels_last_weight": (torch.contiguous_format, torch.channels_last_3d, True),
     "unbatched": (torch.contiguous_format, torch.contiguous_format, False),
+    "unbatched_channels_last_weight": (torch.contiguous_format, torch.channels_last_3d, False),
 }
 DEVICE_DTYPES = [("cpu", torch.float64), ("cpu", torch.float32),
                  pytest.param("cuda", torch.float32, marks=pytest.mark.cuda),
@@ -133,6 +134,16 @@ def test_fake_results_have_the_real_strides(device, dtype, case):
             assert f.shape == r.shape and f.stride() == r.stride() and f.dtype == r.dtype
     reals, _ = _fake_and_real((gy, x, w) + conf + ([False, True, False], ""), bwd)
     assert reals[1].stride() == w.stride(), "the weight gradient keeps the weight's layout"
+    # the input gradient in torch's layout on CUDA (channels_last_3d where x or the weight
+    # suggests it, float64 aside), contiguous elsewhere
+    reals, _ = _fake_and_real((gy, x, w) + conf + ([True, False, False], ""), bwd)
+    if device == "cuda" and batched:
+        xt, wt = x.detach().requires_grad_(), w.detach()
+        yt = torch.nn.functional.conv_transpose3d(xt, wt, b, *conf)
+        (gx_torch,) = torch.autograd.grad(yt, xt, gy)
+        assert reals[0].stride() == gx_torch.stride(), (reals[0].stride(), gx_torch.stride())
+    else:
+        assert reals[0].is_contiguous()
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

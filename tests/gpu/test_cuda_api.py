@@ -772,6 +772,46 @@ def test_channels_last_backward_kernels(case, dtype):
             assert torch.equal(a, b) and torch.equal(a, c)
 
 
+@pytest.mark.parametrize("case", [0, 2, 6, 8])
+def test_input_gradient_channels_last(case):
+    """grad_input channels_last_3d where asked (by default where x or the weight suggests it,
+    torch's layout): the implicit GEMM's tiles write it so, the other kernels' results are
+    copied; the same values as the contiguous result, bit for bit, for every input-gradient
+    kernel that takes the layer (bf16; float32's implicit GEMM named)."""
+    from phaseconv.engines import cuda
+
+    n, cin, cout, g, size, k, s, p, op, d = _CL_BWD_CASES[case]
+    cl = torch.channels_last_3d
+    for dtype in (torch.bfloat16, torch.float32):
+        xc, wc, gyc, args, (expected, _) = _layer_case(n, cin, cout, g, size, k, s, p, op, d,
+                                                       dtype, case)
+        named = [dict(), dict(grad_input_kernel="implicit-gemm"),
+                 dict(grad_input_kernel="tensor-cores"), dict(grad_input_kernel="naive")]
+        if cuda.warpgroup_kernels():
+            named += [dict(grad_input_kernel="implicit-gemm", grad_input_tile=t) for t in (4, 8)]
+        ran = 0
+        for kw in named:
+            try:
+                flat = cuda.backward(gyc, xc, wc, args, need_weight=False,
+                                     grad_input_channels_last=False, **kw)[0]
+            except RuntimeError as refused:
+                assert "was forced and" in str(refused), str(refused)
+                continue
+            ran += 1
+            both = cuda.backward(gyc, xc, wc, args, need_weight=False,
+                                 grad_input_channels_last=True, **kw)[0]
+            assert flat.is_contiguous() and both.is_contiguous(memory_format=cl), kw
+            assert torch.equal(both, flat), kw
+            rel = ((both.double().cpu() - expected).norm() / expected.norm()).item()
+            assert rel < _GRADIENT_TOL[dtype], (kw, rel)
+        assert ran >= 2
+        # the default: torch's layout for the call
+        by_rule = cuda.backward(gyc, xc.contiguous(memory_format=cl), wc, args,
+                                need_weight=False)[0]
+        assert by_rule.is_contiguous(memory_format=cl)
+        assert cuda.backward(gyc, xc, wc, args, need_weight=False)[0].is_contiguous()
+
+
 @pytest.mark.parametrize("case", [1, 2, 6, 8, 9])
 def test_input_gradient_on_each_implicit_gemm_tile(case):
     """Every tile of the input gradient's implicit GEMM, named (grad_input_tile: what the
