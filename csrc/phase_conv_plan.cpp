@@ -1419,6 +1419,18 @@ bool gm_tma_box(const PhaseConvBwdWeightParams& p, GmCfg* a) {
   return best >= 0 && p.n * (best / kGwWgBK) < ((int64_t)1 << 31);
 }
 
+// The outputs gw_tma_kernel's boxes cover, padding included: each phase's extents rounded up
+// to whole boxes, over all phases (the useful ones number out_d * out_h * out_w).
+int64_t gm_tma_padded_outputs(const PhaseConvBwdWeightParams& p, const GmCfg& a) {
+  auto axis = [](int64_t out, int64_t s, int64_t box) {
+    int64_t padded = 0;
+    for (int64_t r = 0; r < std::min(s, out); ++r) padded += cdiv(cdiv(out - r, s), box) * box;
+    return padded;
+  };
+  return axis(p.out_d, p.stride_d, a.box_d) * axis(p.out_h, p.stride_h, a.box_h) *
+         axis(p.out_w, p.stride_w, a.box_w);
+}
+
 bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int force,
                      const DevInfo& dev, PhaseConvBwdWeightPlan* out) {
   char* buf = out->text;
@@ -1494,7 +1506,35 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
   if (force == PHASECONV_GW_WGMMA && !wg_ok)
     return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups >= 64 and "
                   "C_out/groups >= 32, both multiples of 8, on an sm_90a build");
-  // by the rule wherever it can (bf16, copies and reduction included, the mma.sync tile's in
+  // its TMA form: a chunk of the reduction is a box of 64 phase outputs, both operands copied
+  // as boxes (grad_y's at the stride, at most 8).  By the rule where the boxes pad the phases'
+  // outputs by 5% or less (H100, bf16, µs, against the warpgroup kernel, grad_y NCDHW /
+  // channels-last: 512->256 16^3 k2 54.7 / 37.8 vs 61.0 / 43.4, 16x256->128 8^3 k4 115.8 /
+  // 96.5 vs 136.8 / 117.3, 128->64 32^3 k2 (channels-last) 58.9 vs 86.0)
+  const bool tma_able = wg_ok && p.stride_d <= 8 && p.stride_h <= 8 && p.stride_w <= 8;
+  if (force == PHASECONV_GW_WGMMA_TMA && !tma_able)
+    return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups >= 64 and "
+                  "C_out/groups >= 32, both multiples of 8, strides up to 8, on an sm_90a "
+                  "build");
+  if (tma_able && (force == 0 || force == PHASECONV_GW_WGMMA_TMA)) {
+    PhaseConvBwdWeightPlan t = *out;
+    const bool fits = plan_gm_wgmma(p, dev, &t) && gm_tma_box(p, &t.gm);
+    if (fits && (force != 0 || 20 * gm_tma_padded_outputs(p, t.gm) <=
+                                   21 * p.out_d * p.out_h * p.out_w)) {
+      *out = t;
+      out->smem += 2 * kGwWgStages * 8;  // the stages' full and empty barriers
+      out->family = PHASECONV_GW_WGMMA_TMA;
+      out->operands_channels_last = 1;
+      snprintf(buf, len, "tensor-core gemm fp32-accumulate, channels-last operands, %dx%d "
+               "channel tile, wgmma-sm90a tma-box (%d,%d,%d), %d stages, %d split(s), %lld "
+               "blocks, smem=%zu", 64 * out->gm.wgs, 32 * out->gm.wn, out->gm.box_d,
+               out->gm.box_h, out->gm.box_w, kGwWgStages, out->gm.splits,
+               (long long)out->grid, out->smem);
+      return true;
+    }
+    if (force != 0) return refuse(buf, len, force, "its grid is too large");
+  }
+  // by the rule elsewhere (bf16, copies and reduction included, the mma.sync tile's in
   // brackets; H200: 2x64->32 32^3 k3 s2 110 (154) us, 1x512->256 16^3 k2 s2 73 (110),
   // 16x256->128 8^3 k4 s2 149 (266); H100: 2x128->64 32^3 k2 s2 127 (142), 2x128->64
   // 8x32x32 k(3,4,4) s(1,2,2) 89 (118))
@@ -1506,25 +1546,6 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
     snprintf(buf, len, "tensor-core gemm fp32-accumulate, channels-last operands, %dx%d "
              "channel tile, wgmma-sm90a, %d stages, %d split(s), %lld blocks, smem=%zu",
              64 * out->gm.wgs, 32 * out->gm.wn, kGwWgStages, out->gm.splits,
-             (long long)out->grid, out->smem);
-    return true;
-  }
-  // its TMA form (named only): a chunk of the reduction is a box of 64 phase outputs, both
-  // operands copied as boxes (grad_y's at the stride, at most 8)
-  if (force == PHASECONV_GW_WGMMA_TMA) {
-    if (!wg_ok || p.stride_d > 8 || p.stride_h > 8 || p.stride_w > 8)
-      return refuse(buf, len, force, "it takes float16/bfloat16 with C_in/groups >= 64 and "
-                    "C_out/groups >= 32, both multiples of 8, strides up to 8, on an sm_90a "
-                    "build");
-    if (!plan_gm_wgmma(p, dev, out) || !gm_tma_box(p, &out->gm))
-      return refuse(buf, len, force, "its grid is too large");
-    out->smem += 2 * kGwWgStages * 8;  // the stages' full and empty barriers
-    out->family = PHASECONV_GW_WGMMA_TMA;
-    out->operands_channels_last = 1;
-    snprintf(buf, len, "tensor-core gemm fp32-accumulate, channels-last operands, %dx%d "
-             "channel tile, wgmma-sm90a tma-box (%d,%d,%d), %d stages, %d split(s), %lld "
-             "blocks, smem=%zu", 64 * out->gm.wgs, 32 * out->gm.wn, out->gm.box_d,
-             out->gm.box_h, out->gm.box_w, kGwWgStages, out->gm.splits,
              (long long)out->grid, out->smem);
     return true;
   }

@@ -659,7 +659,8 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     and whole octets of input channels, the narrow tensor-core kernel, of 16-bit layers with
     channel counts per group multiples of 8 (and >= 16) the channels-last tensor-core GEMM (on
     an sm_90a build, with C_in/g >= 64 and C_out/g >= 32, its warpgroup form
-    ``tensor-cores-wgmma``, whose TMA form ``tensor-cores-tma`` runs only when named), of
+    ``tensor-cores-wgmma``, and its TMA form ``tensor-cores-tma`` for strides up to 8 where
+    the TMA boxes pad the phases' outputs by 5% or less), of
     other float32/float16/bfloat16 layers with both >= 16 the
     contiguous one, else the SIMT kernel. ``grad_input_kernel`` and ``grad_weight_kernel`` force
     one by name (``GRAD_INPUT_KERNELS``, ``GRAD_WEIGHT_KERNELS``: tests, benchmarks), and

@@ -872,7 +872,7 @@ def test_weight_gradient_in_a_channels_last_weight(case):
     assert not wl.is_contiguous()
     kernels = ["auto", *named]
     if dtype == torch.bfloat16 and cuda.warpgroup_kernels():
-        kernels.append("tensor-cores-wgmma")
+        kernels += ["tensor-cores-wgmma", "tensor-cores-tma"]
     bits = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16}
     poisoned = xc.clone()
     poisoned[0, 0, 0, 0, 0] = float("inf")

@@ -499,7 +499,7 @@ def test_tma_tile_rule():
 
 
 def test_weight_gradient_on_tma_boxes():
-    """The warpgroup weight gradient's TMA form (named only, sm_90a builds): its tile and
+    """The warpgroup weight gradient's TMA form (sm_90a builds): its tile and
     splits are the warpgroup kernel's, a chunk of the reduction a box of 64 phase outputs
     that pads the fewest over the largest phase (grad_y's box, the stride times it, at most
     256 a side); refused where the warpgroup form is, and for strides past 8."""
@@ -526,8 +526,28 @@ def test_weight_gradient_on_tma_boxes():
                                 (sm, BF16, ph.conv_args(64, 64, 9, 4, 9, 0, 0))):
         refused = ph.grad_weight(args, 2, dtype, device, "tensor-cores-tma")
         assert not refused.ok and refused.text.startswith("refused: the "), refused.text
-    for shape in SWEEP:  # the rule never takes it
-        assert "tma" not in ph.grad_weight(ph.sweep_args(shape), shape.batch, BF16, sm).text
+    # the rule takes it where the warpgroup form runs and the boxes pad the phases' outputs,
+    # all phases counted, by 5% or less; else the warpgroup form (MONAI UNet's 6^3 phases:
+    # 64-output boxes pad 216 outputs a phase to 384 or more)
+    unet = ph.conv_args(384, 64, 3, 6, 2, 1, 1, batch=2)
+    taken = []
+    for args, batch in [(ph.sweep_args(shape), shape.batch) for shape in SWEEP] + [(unet, 2)]:
+        auto = ph.grad_weight(args, batch, BF16, sm)
+        named = ph.grad_weight(args, batch, BF16, sm, "tensor-cores-tma")
+        if not named.ok:
+            assert "tma" not in auto.text, auto.text
+            continue
+        box = [int(v) for v in re.search(r"tma-box \((\d+),(\d+),(\d+)\)",
+                                          named.text).groups()]
+        def cdiv(a, b):
+            return -(-a // b)
+        padded = math.prod(sum(cdiv(cdiv(o - r, st), b) * b for r in range(min(st, o)))
+                           for o, st, b in zip(args.out_shape, args.stride, box))
+        by_rule = 20 * padded <= 21 * math.prod(args.out_shape)
+        assert ("tma-box" in auto.text) == by_rule, (auto.text, padded, args.out_shape)
+        assert by_rule or "wgmma-sm90a" in auto.text, auto.text
+        taken.append(by_rule)
+    assert taken[-1] is False and taken.count(True) >= 4, taken
 
 
 def test_shared_a_tile_of_the_implicit_gemm():
@@ -686,7 +706,8 @@ def test_channels_last_backward_tiles():
 
 def test_warpgroup_weight_gradient_tiles():
     """On sm_90a builds the channels-last weight gradient of layers with C_in/g >= 64 and
-    C_out/g >= 32 runs on warpgroup MMA: a 128 x 128 tile (two warpgroups) where both are
+    C_out/g >= 32 runs on warpgroup MMA (named here; by the rule its TMA form where the boxes
+    fit, test_weight_gradient_on_tma_boxes): a 128 x 128 tile (two warpgroups) where both are
     >= 128, else 64 x 64 or 64 x 32 (one); its splits fill the resident blocks in whole
     waves, each split at least 4 chunks of 64 terms long, their workspace at most 8 MB.
     Elsewhere (and named "tensor-cores-cl") the mma.sync tile; named on a device without it,
@@ -696,9 +717,11 @@ def test_warpgroup_weight_gradient_tiles():
     for i, (tile, bm, bn) in expected.items():
         shape = SWEEP[i - 1]
         layer = ph.sweep_args(shape)
-        gw = ph.grad_weight(layer, shape.batch, BF16, ph.H100_SM90A)
+        gw = ph.grad_weight(layer, shape.batch, BF16, ph.H100_SM90A, "tensor-cores-wgmma")
         assert gw.family == "tensor-cores-wgmma" and gw.channels_last, gw.text
         assert f"operands, {tile} channel tile, wgmma-sm90a, 4 stages" in gw.text, gw.text
+        auto = ph.grad_weight(layer, shape.batch, BF16, ph.H100_SM90A)
+        assert auto.family in ("tensor-cores-wgmma", "tensor-cores-tma"), auto.text
         blocks = int(gw.text.split(" blocks")[0].split()[-1])
         taps = 1
         for t in layer.kernel:
