@@ -613,10 +613,14 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   // result 106.1 vs 101.4 on the mma.sync tile it keeps.  The input gradient: 128 rows from
   // 512 terms (H100, bf16, grad_y NCDHW / channels-last, against its tile before: shape 3
   // 110.0 vs 121.3 / 62.8 vs 76.3 µs, shape 4 47.5 vs 62.6 / 31.5 vs 43.5, shape 5 90.5 vs
-  // 121.5 / 69.3 vs 97.1, shape 6 43.9 vs 60.4 / 35.7 vs 52.0; 256 rows ran 1.0-1.4x slower)
+  // 121.5 / 69.3 vs 97.1, shape 6 43.9 vs 60.4 / 35.7 vs 52.0; 256 rows ran 1.0-1.4x slower).
+  // An (N, C, D, H, W) result from 256 terms a phase with C_out/g >= 32 too (H100, bf16,
+  // against the mma.sync tile: 2 x 128->32 12^3 k3 s2, K 432, 24.1 vs 31.5 µs, cuDNN 27.3;
+  // 2 x 64->32 32^3 k3 s2, K 216, 98.7 vs 100.3; 2 x 64->16 24^3, C_out 16, 45.2 vs 39.9)
   const bool gi_tma = p.nsub > 0 && k_per_phase >= 512;
-  if (force.gemm_tile < 0 && !force.gemm_one_phase && wg_fits &&
-      (gi_tma || (p.nsub == 0 && (kind >= 4 || p.y_channels_last)))) {
+  const bool fwd_tma = p.nsub == 0 && (kind >= 4 || p.y_channels_last ||
+                                       (cout_g >= 32 && k_per_phase >= 256));
+  if (force.gemm_tile < 0 && !force.gemm_one_phase && wg_fits && (gi_tma || fwd_tma)) {
     GemmCfg tma = *c;
     if (gemm_tma_tile(p, force, dev, cout_g > 64 && p.nsub == 0 ? 9 : 8, &tma)) {
       *c = tma;

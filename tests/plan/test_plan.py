@@ -446,7 +446,8 @@ def test_warpgroup_tile_of_the_implicit_gemm():
 def test_tma_tile_rule():
     """sm_90a builds on sm_90: the rule takes the TMA tiles (kind 9 for C_out/groups > 64,
     else kind 8) where the warpgroup tiles would run, in the forward and the input gradient,
-    and where the forward's result is channels-last (C_in/groups a multiple of 64); k == s
+    and where the forward's result is channels-last or comes from 256 terms a phase with
+    C_out/groups >= 32 (C_in/groups a multiple of 64); k == s
     layers with a channels-last result keep the shared-A tile, an sm_80 path (no sm_90a
     build, an A100) the mma.sync tiles, and a named tile wins over the rule."""
     from phaseconv.engines.cuda import ForwardKernel
@@ -470,6 +471,15 @@ def test_tma_tile_rule():
                            channels_last=True, out_channels_last=out_cl,
                            kernel=ForwardKernel("gemm", gemm_tile=1))
         assert "kind=1 " in named.text and "tma" not in named.text, named.text
+    # an (N, C, D, H, W) result from 256 terms a phase with C_out/groups >= 32 (MONAI UNet's
+    # 128 -> 32 at 12^3: 432 terms); shape 2 (216 terms), 64 -> 16 and 96 -> 32 do not
+    for cin, cout, size, taken in ((128, 32, 12, True), (64, 32, 32, False),
+                                   (64, 16, 24, False), (96, 32, 12, False)):
+        layer = ph.conv_args(cin, cout, 3, size, 2, 1, 1, batch=2)
+        for channels_last in (False, True):
+            plan = ph.forward(layer, 2, BF16, ph.H100_SM90A, channels_last=channels_last)
+            assert ("kind=8 " in plan.text and "tma-box" in plan.text) == taken, plan.text
+            assert "tma" not in ph.forward(layer, 2, BF16, ph.H100, channels_last).text
     # shape 2's channels-last result: the box of 128 voxels over phases of 32^3
     two = ph.forward(ph.sweep_args(SWEEP[1]), 2, BF16, ph.H100_SM90A, out_channels_last=True)
     assert "BN=32 " in two.text and two.text.endswith("channels-last output"), two.text
