@@ -857,3 +857,131 @@ for c, extent in ((64, 64), (128, 64), (32, 32), (64, 64), (128, 128)):
                             base + loader(c, 16 * ks + k, ch) + 2 * e
 print("the [k][channel] stage read MN-major: A by warpgroup slab, B of 32, 64 and 128 "
       "channels, every k16 step of a chunk")
+
+
+# %% [markdown]
+# ## 12. The weight gradient on TMA boxes: a chunk of the reduction is a box of phase outputs
+#
+# Section 3's weight gradient of one (phase, tap) sums over the phase's outputs: on one axis,
+# phase $r$ owns $o = r + s\,j$ for $0 \le j < \text{count}_r = \lceil (L_\text{out} - r)/s
+# \rceil$, and tap $k$ (where $r + p - k\,d \equiv 0 \pmod s$) reads input $j + \delta$ with
+# $\delta = (r + p - k\,d)/s$:
+# $$\partial w[c, o', k] = \sum_n \sum_j x[n, c, j + \delta]\;\bar y[n, o', r + s\,j].$$
+# `tensor-cores-tma` (`gw_tma_kernel`, sm_90a) cuts the sum over $j$ into boxes of
+# $B_d \times B_h \times B_w = 64$ phase outputs, and the TMA unit copies each operand's box
+# as a whole: x's at corner $j_0 + \delta$ with unit steps, $\bar y$'s at corner $r + s\,j_0$
+# taking every $s$-th voxel (the tensor map's element strides, as for the input gradient's
+# boxes in notebook 1, section 13; each side of $\bar y$'s box, $B \cdot s$, at most 256).
+#
+# A box may pass the phase's end. Its rows there are exactly the ones the TMA unit fills with
+# zeros, and no guard is needed: $j \ge \text{count}_r \iff s\,j \ge L_\text{out} - r \iff
+# r + s\,j \ge L_\text{out}$, so $\bar y$'s box reads past $\bar y$ on precisely those rows.
+# They multiply x (real values, or zeros past x) by zero. A non-finite x there would make
+# $0 \cdot \infty$ a NaN, and the reduction's non-finite fix-up recomputes such sums from
+# real pairs only.
+#
+# The padded rows still cost multiply-adds. The plan picks the box that pads the largest
+# phase least. The rule runs this kernel only where all phases together, each rounded up to
+# whole boxes, pad the outputs by 5% or less, so executed MACs stay within 1.05x of the
+# useful ones. The cell prints that ratio for the benchmark's wide layers and for MONAI
+# UNet's 384 -> 64 layer, whose 6^3 phases the warpgroup kernel keeps. It then computes a
+# weight gradient box by box in float64, with groups, dilation and output padding, and checks
+# it against autograd.
+
+# %%
+from phaseconv.bench import SWEEP  # noqa: E402
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+def tma_box(extents, strides, rows=64):
+    """The box of `rows` phase outputs that pads the largest phase least, ties to the longest
+    W run, each side times its stride at most 256 (csrc/phase_conv_plan.cpp: gm_tma_box)."""
+    best = None
+    for tw in (64, 32, 16, 8, 4, 2, 1):
+        for th in (1, 2, 4, 8, 16, 32, 64):
+            if tw * th > rows:
+                continue
+            box = (rows // (tw * th), th, tw)
+            if any(b * s > 256 for b, s in zip(box, strides)):
+                continue
+            padded = math.prod(-(-e // b) * b for e, b in zip(extents, box))
+            if best is None or padded < best[0]:
+                best = (padded, box)
+    return best[1]
+
+
+def padded_outputs(out, strides, box):
+    """Outputs the boxes cover over all phases (each phase's extent rounded up to whole
+    boxes; csrc/phase_conv_plan.cpp: gm_tma_padded_outputs)."""
+    return math.prod(sum(cdiv(cdiv(o - r, s), b) * b for r in range(min(s, o)))
+                     for o, s, b in zip(out, strides, box))
+
+
+def out_size(size, k, s, p, op, d=(1, 1, 1)):
+    return tuple((n - 1) * st - 2 * pp + dd * (kk - 1) + oo + 1
+                 for n, kk, st, pp, oo, dd in zip(size, k, s, p, op, d))
+
+
+layers = [(f"sweep {i + 1}", sh.size, sh.kernel, sh.stride, sh.padding, sh.output_padding)
+          for i, sh in enumerate(SWEEP) if 2 <= i + 1 <= 6]
+layers.append(("UNet 384->64", (6, 6, 6), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1)))
+for name, size, k, s, p, op in layers:
+    out = out_size(size, k, s, p, op)
+    box = tma_box([-(-o // st) for o, st in zip(out, s)], s)
+    ratio = padded_outputs(out, s, box) / math.prod(out)
+    print(f"{name:13s} output {out}, box (D, H, W) {box}: {ratio:.3f}x the useful rows, "
+          f"{'the TMA form' if ratio <= 1.05 else 'the warpgroup kernel'}")
+
+
+def strided_box(t, n, c0, nc, corner, size, step):
+    """t[n, c0:c0 + nc, corner + step * i for i < size], zeros outside t, as (rows W-fastest,
+    channels): the TMA unit's box with element strides `step`."""
+    out = torch.zeros((nc,) + tuple(size), dtype=t.dtype)
+    idx = [torch.arange(b) * st + c for c, b, st in zip(corner, size, step)]
+    ok = [(i >= 0) & (i < full) for i, full in zip(idx, t.shape[2:])]
+    if all(m.any() for m in ok):
+        src = [i[m] for i, m in zip(idx, ok)]
+        dst = [torch.nonzero(m).flatten() for m in ok]
+        out[:, dst[0][:, None, None], dst[1][None, :, None], dst[2][None, None, :]] = \
+            t[n, c0:c0 + nc][:, src[0][:, None, None], src[1][None, :, None],
+                             src[2][None, None, :]]
+    return out.reshape(nc, -1).t()
+
+
+conf = dict(stride=(3, 1, 2), padding=(1, 1, 0), output_padding=(2, 0, 1),
+            dilation=(2, 1, 1), groups=2)
+kernel = (3, 3, 2)
+gen = torch.Generator().manual_seed(12)
+x = torch.randn((2, 8, 3, 4, 5), generator=gen, dtype=DT)
+w = torch.randn((8, 3) + kernel, generator=gen, dtype=DT, requires_grad=True)
+y = F.conv_transpose3d(x, w, **conf)
+gy = torch.randn(y.shape, generator=gen, dtype=DT)
+(gw_ref,) = torch.autograd.grad(y, w, gy)
+s, p, d, groups = conf["stride"], conf["padding"], conf["dilation"], conf["groups"]
+cin_g, cout_g = 4, 3
+out = tuple(y.shape[2:])
+box = tma_box([-(-o // st) for o, st in zip(out, s)], s)
+gw = torch.zeros_like(gw_ref)
+for r in itertools.product(*(range(st) for st in s)):  # a phase: its residue per axis
+    count = [-(-(o - ri) // st) for o, ri, st in zip(out, r, s)]
+    for k in itertools.product(*(range(kk) for kk in kernel)):
+        if any((ri + pi - ki * di) % st for ri, pi, ki, di, st in zip(r, p, k, d, s)):
+            continue  # the tap does not reach this phase
+        delta = [(ri + pi - ki * di) // st for ri, pi, ki, di, st in zip(r, p, k, d, s)]
+        for n, g in itertools.product(range(x.shape[0]), range(groups)):
+            acc = torch.zeros(cin_g, cout_g, dtype=DT)
+            for j0 in itertools.product(*(range(0, c, b) for c, b in zip(count, box))):
+                a = strided_box(x, n, g * cin_g, cin_g, [j + e for j, e in zip(j0, delta)],
+                                box, (1, 1, 1))
+                b = strided_box(gy, n, g * cout_g, cout_g,
+                                [ri + st * j for ri, st, j in zip(r, s, j0)], box, s)
+                acc += a.t() @ b  # 64 rows of the reduction: one box each
+            gw[g * cin_g:(g + 1) * cin_g, :, k[0], k[1], k[2]] += acc
+largest = [cdiv(o, st) for o, st in zip(out, s)]
+assert any(c % b for c, b in zip(largest, box))  # boxes pass the phases: zero-filled rows
+print(f"box (D, H, W) = {box}; grad_y's box spans {tuple(b * st for b, st in zip(box, s))} "
+      f"voxels; relative error against autograd {err(gw, gw_ref):.1e}")
+assert err(gw, gw_ref) < TOL
