@@ -881,12 +881,12 @@ print("the [k][channel] stage read MN-major: A by warpgroup slab, B of 32, 64 an
 # real pairs only.
 #
 # The padded rows still cost multiply-adds. The plan picks the box that pads the largest
-# phase least. The rule runs this kernel only where all phases together, each rounded up to
-# whole boxes, pad the outputs by 5% or less, so executed MACs stay within 1.05x of the
-# useful ones. The cell prints that ratio for the benchmark's wide layers and for MONAI
-# UNet's 384 -> 64 layer, whose 6^3 phases the warpgroup kernel keeps. It then computes a
-# weight gradient box by box in float64, with groups, dilation and output padding, and checks
-# it against autograd.
+# phase least. The rule runs this kernel only where the padded rows, over every (phase, tap)
+# pair (each phase's extent rounded up to whole boxes, times its taps), exceed the useful
+# ones by 5% or less, so executed MACs stay within 1.05x of the useful ones. The cell prints
+# that ratio for the benchmark's wide layers and for MONAI UNet's 384 -> 64 layer, whose 6^3
+# phases the warpgroup kernel keeps. It then computes a weight gradient box by box in
+# float64, with groups, dilation and output padding, and checks it against autograd.
 
 # %%
 from phaseconv.bench import SWEEP  # noqa: E402
@@ -913,11 +913,16 @@ def tma_box(extents, strides, rows=64):
     return best[1]
 
 
-def padded_outputs(out, strides, box):
-    """Outputs the boxes cover over all phases (each phase's extent rounded up to whole
-    boxes; csrc/phase_conv_plan.cpp: gm_tma_padded_outputs)."""
-    return math.prod(sum(cdiv(cdiv(o - r, s), b) * b for r in range(min(s, o)))
-                     for o, s, b in zip(out, strides, box))
+def reduction_rows(out, kernel, strides, padding, box, boxed=True):
+    """The rows the kernel multiplies over every (phase, tap) pair: each phase's outputs
+    (rounded up to whole boxes where `boxed`) times its taps, axis by axis; dilation 1, as
+    in these layers (csrc/phase_conv_plan.cpp: gm_tma_rows)."""
+    total = 1
+    for o, k, s, p, b in zip(out, kernel, strides, padding, box):
+        taps = [sum((r + p - t) % s == 0 for t in range(k)) for r in range(min(s, o))]
+        total *= sum(n * (cdiv(cdiv(o - r, s), b) * b if boxed else cdiv(o - r, s))
+                     for r, n in enumerate(taps))
+    return total
 
 
 def out_size(size, k, s, p, op, d=(1, 1, 1)):
@@ -931,7 +936,7 @@ layers.append(("UNet 384->64", (6, 6, 6), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1
 for name, size, k, s, p, op in layers:
     out = out_size(size, k, s, p, op)
     box = tma_box([-(-o // st) for o, st in zip(out, s)], s)
-    ratio = padded_outputs(out, s, box) / math.prod(out)
+    ratio = reduction_rows(out, k, s, p, box) / reduction_rows(out, k, s, p, box, False)
     print(f"{name:13s} output {out}, box (D, H, W) {box}: {ratio:.3f}x the useful rows, "
           f"{'the TMA form' if ratio <= 1.05 else 'the warpgroup kernel'}")
 
