@@ -32,8 +32,11 @@ def _forward_plan(args, batch, dtype, device, channels_last, has_bias, out_chann
 
 
 def _backward_plan(args, batch, dtype, device):
-    return _Tables(), (lambda gy, x, w, need_x, need_w: (
-        torch.empty_like(x) if need_x else None, torch.empty_like(w) if need_w else None))
+    def launch(gy, x, w, need_x, need_w, x_channels_last):
+        fmt = torch.channels_last_3d if x_channels_last else torch.contiguous_format
+        return (torch.empty_like(x, memory_format=fmt) if need_x else None,
+                torch.empty_like(w) if need_w else None)
+    return _Tables(), launch
 
 
 def _stub_cuda_engine() -> None:
