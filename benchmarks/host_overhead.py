@@ -3,7 +3,7 @@ replaced by stand-ins that launch nothing (their results are empty tensors of th
 shapes), so what is timed is the call path itself - argument checks and the call-plan cache,
 autocast, the autograd.Function, the backward's dispatch - on CPU tensors.
 
-    python benchmarks/host_overhead.py [--profile]
+    python benchmarks/host_overhead.py [--profile] [--runs N]
 
 Median µs per call over alternating runs, beside torch's own autograd cost for one cheap op
 (relu's forward + backward).  The C++ plans' own host time (the launches) is not in it: that
@@ -32,8 +32,11 @@ def _forward_plan(args, batch, dtype, device, channels_last, has_bias, out_chann
 
 
 def _backward_plan(args, batch, dtype, device):
-    return _Tables(), (lambda gy, x, w, need_x, need_w: (
-        torch.empty_like(x) if need_x else None, torch.empty_like(w) if need_w else None))
+    def launch(gy, x, w, need_x, need_w, x_channels_last):
+        fmt = torch.channels_last_3d if x_channels_last else torch.contiguous_format
+        return (torch.empty_like(x, memory_format=fmt) if need_x else None,
+                torch.empty_like(w) if need_w else None)
+    return _Tables(), launch
 
 
 def _stub_cuda_engine() -> None:
@@ -42,8 +45,8 @@ def _stub_cuda_engine() -> None:
         engines.EngineChoice("cuda", "stand-in plans (benchmarks/host_overhead.py)")
 
 
-def _median_us(fn, runs: int = 3000) -> float:
-    for _ in range(200):
+def _median_us(fn, runs: int) -> float:
+    for _ in range(min(200, runs)):
         fn()
     times = []
     for _ in range(runs):
@@ -57,6 +60,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", action="store_true",
                         help="cProfile 2000 forward + backward steps after the timings")
+    parser.add_argument("--runs", type=int, default=3000, help="timed calls a median")
     opts = parser.parse_args(argv)
     _stub_cuda_engine()
     layer = phaseconv.ConvTranspose3d(8, 8, 3, stride=2, padding=1, output_padding=1)
@@ -71,12 +75,12 @@ def main(argv=None) -> int:
         torch.autograd.backward(y, torch.ones_like(y))
 
     with torch.no_grad():
-        inference = _median_us(lambda: layer(x))
+        inference = _median_us(lambda: layer(x), opts.runs)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"module forward, no grad:      {inference:7.1f} µs")
-    print(f"module forward, graph kept:   {_median_us(lambda: layer(x)):7.1f} µs")
-    print(f"forward + backward:           {_median_us(step):7.1f} µs")
-    print(f"torch.relu forward + backward {_median_us(step_torch):7.1f} µs "
+    print(f"module forward, graph kept:   {_median_us(lambda: layer(x), opts.runs):7.1f} µs")
+    print(f"forward + backward:           {_median_us(step, opts.runs):7.1f} µs")
+    print(f"torch.relu forward + backward {_median_us(step_torch, opts.runs):7.1f} µs "
           "(torch's autograd alone)")
     if opts.profile:
         profile = cProfile.Profile()

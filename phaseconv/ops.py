@@ -239,8 +239,9 @@ class CallPlan:
                 if tables.ready:
                     from .engines.cuda import wait_for_tables
                     wait_for_tables(tables)
+                # (input_grad_format(x, weight) is the result's format: the call's key fixes it)
                 gx, gw = launch(gb, xb, weight, bool(mask[0]), bool(mask[1]),
-                                input_grad_format(x, weight) == torch.channels_last_3d)
+                                self.out_channels_last)
         else:
             if mask[0] or mask[1]:
                 with _autocast_off(x.device.type):
@@ -249,7 +250,8 @@ class CallPlan:
         if gx is not None and not args.batched:
             gx = gx.squeeze(0)
         elif gx is not None and self.engine.name != "cuda":  # (the CUDA engine writes it so)
-            gx = gx.contiguous(memory_format=input_grad_format(x, weight))
+            gx = gx.contiguous(memory_format=torch.channels_last_3d if self.out_channels_last
+                               else torch.contiguous_format)
         if mask[2]:
             gbias = reference.grad_bias(gb)
         return gx, gw, gbias

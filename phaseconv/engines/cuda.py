@@ -645,7 +645,8 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
                   grad_input_kernel: str = "auto", grad_weight_kernel: str = "auto",
                   grad_input_tile: Optional[int] = None):
     """The backward of ``args`` planned once: ``(tables, plan)`` with
-    ``plan(grad_y, x, weight, need_input, need_weight)`` the launches (C++ ``BackwardPlan``).
+    ``plan(grad_y, x, weight, need_input, need_weight, grad_input_channels_last)`` the
+    launches (C++ ``BackwardPlan``).
 
     The rules (``csrc/phase_conv_plan.h``; visible in :func:`describe_backward` and
     ``explain()``):

@@ -33,3 +33,18 @@ def test_main_job_on_cpu(capsys):
     # per phase the share of zero insertion's MACs it skips: (0,0,0) has 9 of 105 taps
     assert "91.4%" in out and "77.1%" in out
     assert "the reference engine: each phase runs as one of torch's dense convolutions" in out
+
+
+def test_host_overhead_script_runs_its_call_path():
+    """``benchmarks/host_overhead.py`` times phaseconv's call path with stand-in CUDA plans
+    (forward, the backward's launch with its layout flag, autograd); a few calls in a process
+    of its own (it replaces the engine's planners) must run through and print every row."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_overhead.py"),
+                           "--runs", "3"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr[-2000:]
+    for row in ("module forward, no grad:", "module forward, graph kept:",
+                "forward + backward:", "torch.relu forward + backward"):
+        assert row in done.stdout, done.stdout
