@@ -1029,6 +1029,17 @@ __device__ __forceinline__ void gw_wg_batch(float (&d)[BN / 2], uint32_t sA, uin
   wg::commit();
 }
 
+// Every kFlushTerms: wait for the batches in d and add them into tot (fp32 partial sums stay
+// short; the next batch starts from zero).
+template <int BN>
+__device__ __forceinline__ void gw_wg_flush(float (&d)[BN / 2], float (&tot)[BN / 2]) {
+  namespace wg = phaseconv_wgmma;
+  wg::wait<0>();
+  wg::fence_operand(d);
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) tot[i] += d[i];
+}
+
 // A warpgroup weight-gradient block's sums into its split's workspace slice (gw_wgmma_kernel,
 // gw_tma_kernel): tot's rows (input channels) 64 wg + 16 (warp % 4) + lane / 4 (+ 8), columns
 // (output channels) 8 j + 2 (lane % 4) (+ 1) at tot[4 j .. 4 j + 3].
@@ -1106,10 +1117,7 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
     const uint32_t sA = s_base + ((c - b.c_beg) % STAGES) * STAGE, sB = sA + OpA::BYTES;
     gw_wg_batch<T, BN, BK, OpA, OpB>(d, sA + a_slab, sB, since == 0);
     if (++since == FLUSH) {
-      wg::wait<0>();
-      wg::fence_operand(d);
-#pragma unroll
-      for (int i = 0; i < BN / 2; ++i) tot[i] += d[i];
+      gw_wg_flush<BN>(d, tot);
       since = 0;  // the next batch starts from zero
     } else {
       wg::wait<1>();  // batch c stays in flight while chunk c + 1 is waited for
@@ -1216,10 +1224,7 @@ gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
     gw_wg_batch<T, BN, BK, OpA, OpB>(d, sA + a_slab, sB, since == 0);
     int done;  // the last chunk whose batch is complete
     if (++since == FLUSH) {
-      wg::wait<0>();
-      wg::fence_operand(d);
-#pragma unroll
-      for (int j = 0; j < BN / 2; ++j) tot[j] += d[j];
+      gw_wg_flush<BN>(d, tot);
       since = 0;  // the next batch starts from zero
       done = i;
     } else {
@@ -1296,6 +1301,18 @@ cudaError_t launch_gw_cl<double>(const PhaseConvBwdWeightParams&,
   return cudaErrorInvalidValue;
 }
 
+// One warpgroup tile's kernel: its TMA form where `maps` holds x's and grad_y's (one
+// producer warp more), else the cp.async one.
+template <typename T, int WGS, int BN>
+cudaError_t launch_gw_wg_tile(const GmArgs& a, const PhaseConvBwdWeightPlan& plan,
+                              cudaStream_t stream, const PhaseConvTensorMap* maps) {
+  if (maps != nullptr)
+    return launch_kernel(gw_tma_kernel<T, WGS, BN>, plan.grid, WGS * 128 + 32, plan.smem,
+                         stream, a, maps[0], maps[1]);
+  return launch_kernel(gw_wgmma_kernel<T, WGS, BN>, plan.grid, WGS * 128, plan.smem, stream,
+                       a);
+}
+
 // The warpgroup tile (GmCfg: wgs warpgroups of 64 input channels, wn * 32 output channels);
 // tma: its TMA form, after x's and grad_y's maps (channels-last, 16-byte aligned: the
 // engine's copies).  Then the reduction.
@@ -1304,33 +1321,23 @@ cudaError_t launch_gw_wgmma(const PhaseConvBwdWeightParams& p, const PhaseConvBw
                             cudaStream_t stream, bool tma) {
   const GmArgs a = gm_args(p, plan);
   const int tile = plan.gm.wgs * 10 + plan.gm.wn;
+  PhaseConvTensorMap maps[2];  // x's, grad_y's
   cudaError_t err;
   if (tma) {
     const int bn = 32 * plan.gm.wn;
-    PhaseConvTensorMap xmap, gmap;
-    err = phase_conv_tma_encode_box(&xmap, p.x, p.n, p.in_d, p.in_h, p.in_w, p.c_in, 64,
+    err = phase_conv_tma_encode_box(&maps[0], p.x, p.n, p.in_d, p.in_h, p.in_w, p.c_in, 64,
                                     a.box_w, a.box_h, a.box_d);
     if (err != cudaSuccess) return err;
-    err = phase_conv_tma_encode_box(&gmap, p.grad_y, p.n, p.out_d, p.out_h, p.out_w, p.c_out,
-                                    bn >= 64 ? 64 : bn, a.box_w, a.box_h, a.box_d, a.sw, a.sh,
-                                    a.sd, bn >= 64 ? 128 : 64);
+    err = phase_conv_tma_encode_box(&maps[1], p.grad_y, p.n, p.out_d, p.out_h, p.out_w,
+                                    p.c_out, bn >= 64 ? 64 : bn, a.box_w, a.box_h, a.box_d,
+                                    a.sw, a.sh, a.sd, bn >= 64 ? 128 : 64);
     if (err != cudaSuccess) return err;
-    err = tile == 24 ? launch_kernel(gw_tma_kernel<T, 2, 128>, plan.grid, 288, plan.smem,
-                                     stream, a, xmap, gmap)
-          : tile == 12 ? launch_kernel(gw_tma_kernel<T, 1, 64>, plan.grid, 160, plan.smem,
-                                       stream, a, xmap, gmap)
-          : tile == 11 ? launch_kernel(gw_tma_kernel<T, 1, 32>, plan.grid, 160, plan.smem,
-                                       stream, a, xmap, gmap)
-                       : cudaErrorInvalidValue;
-  } else {
-    err = tile == 24 ? launch_kernel(gw_wgmma_kernel<T, 2, 128>, plan.grid, 256, plan.smem,
-                                     stream, a)
-          : tile == 12 ? launch_kernel(gw_wgmma_kernel<T, 1, 64>, plan.grid, 128, plan.smem,
-                                       stream, a)
-          : tile == 11 ? launch_kernel(gw_wgmma_kernel<T, 1, 32>, plan.grid, 128, plan.smem,
-                                       stream, a)
-                       : cudaErrorInvalidValue;
   }
+  const PhaseConvTensorMap* m = tma ? maps : nullptr;
+  err = tile == 24   ? launch_gw_wg_tile<T, 2, 128>(a, plan, stream, m)
+        : tile == 12 ? launch_gw_wg_tile<T, 1, 64>(a, plan, stream, m)
+        : tile == 11 ? launch_gw_wg_tile<T, 1, 32>(a, plan, stream, m)
+                     : cudaErrorInvalidValue;
   if (err != cudaSuccess) return err;
   return launch_reduce<T>(p, plan.gm.splits, stream);
 }

@@ -492,6 +492,26 @@ int64_t shared_a_blocks_per_sm(const GemmCfg& c, const DevInfo& dev) {
   return std::min<int64_t>(2, (int64_t)(dev.smem_sm / (c.smem + 1024)));
 }
 
+// The TMA tiles' box of `rows` phase outputs (box[] = d, h, w, powers of two, W from w_max
+// down to w_min): the fewest padded outputs over a phase of extents cd x ch x cw (the
+// largest; ties: the longest W run), each side times its step (the box's traversal stride)
+// at most 256, the TMA unit's limit.  The padded outputs, or -1 where no box fits.
+int64_t tma_phase_box(int64_t cd, int64_t ch, int64_t cw, int rows, int w_max, int w_min,
+                      int64_t step_d, int64_t step_h, int64_t step_w, int (&box)[3]) {
+  int64_t best = -1;
+  for (int tw = w_max; tw >= w_min; tw /= 2)
+    for (int th = 1; tw * th <= rows; th *= 2) {
+      const int td = rows / (tw * th);
+      if (tw * step_w > 256 || th * step_h > 256 || td * step_d > 256) continue;
+      const int64_t padded = cdiv(cd, td) * td * cdiv(ch, th) * th * cdiv(cw, tw) * tw;
+      if (best < 0 || padded < best) {
+        best = padded;
+        box[0] = td; box[1] = th; box[2] = tw;
+      }
+    }
+  return best;
+}
+
 // The TMA tiles (kinds 8 and 9; gemm_tile says where the rule takes them): where the
 // warpgroup kernels run, a channels-last 16-bit input (the input gradient's grad_y, read at
 // strides up to 8) with C_in/g a multiple of 64; kind 9 (256 rows) for C_out/g > 64.
@@ -507,20 +527,12 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   const int bm = kind == 9 ? 256 : 128;
   const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
                 cw = cdiv(p.out_w, p.stride_w);
-  int64_t best = -1;
-  for (int tw = 128; tw >= 4; tw /= 2)
-    for (int th = 1; tw * th <= bm; th *= 2) {
-      const int td = bm / (tw * th);
-      // (the input gradient's box spans stride x its voxels of grad_y: at most 256 a side)
-      if (tw * p.in_stride_w > 256 || th * p.in_stride_h > 256 || td * p.in_stride_d > 256)
-        continue;
-      const int64_t rows = cdiv(cd, td) * td * cdiv(ch, th) * th * cdiv(cw, tw) * tw;
-      if (best < 0 || rows < best) {
-        best = rows;
-        c->box_d = td; c->box_h = th; c->box_w = tw;
-      }
-    }
-  if (best < 0) return false;
+  // (the input gradient's box steps at the layer's stride over grad_y)
+  int box[3];
+  if (tma_phase_box(cd, ch, cw, bm, 128, 4, p.in_stride_d, p.in_stride_h, p.in_stride_w,
+                    box) < 0)
+    return false;
+  c->box_d = box[0]; c->box_h = box[1]; c->box_w = box[2];
   c->box_nd = (int)cdiv(cd, c->box_d);
   c->box_nh = (int)cdiv(ch, c->box_h);
   c->box_nw = (int)cdiv(cw, c->box_w);
@@ -1402,25 +1414,17 @@ bool plan_gm_wgmma(const PhaseConvBwdWeightParams& p, const DevInfo& dev,
   return out->grid < ((int64_t)1 << 31);
 }
 
-// The TMA weight gradient's box of kGwWgBK phase outputs (gw_tma_kernel): over the largest
-// phase's extents, the fewest padded outputs (ties: the longest W run), each side of grad_y's
-// box (the box times the stride) at most 256.  False where no box fits.
+// The TMA weight gradient's box of kGwWgBK phase outputs (gw_tma_kernel), grad_y's box
+// stepping at the stride.  False where no box fits.
 bool gm_tma_box(const PhaseConvBwdWeightParams& p, GmCfg* a) {
-  const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
-                cw = cdiv(p.out_w, p.stride_w);
-  int64_t best = -1;
-  for (int tw = kGwWgBK; tw >= 1; tw /= 2)
-    for (int th = 1; tw * th <= kGwWgBK; th *= 2) {
-      const int td = kGwWgBK / (tw * th);
-      if (tw * p.stride_w > 256 || th * p.stride_h > 256 || td * p.stride_d > 256) continue;
-      const int64_t rows = cdiv(cd, td) * td * cdiv(ch, th) * th * cdiv(cw, tw) * tw;
-      if (best < 0 || rows < best) {
-        best = rows;
-        a->box_d = td; a->box_h = th; a->box_w = tw;
-      }
-    }
+  int box[3];
+  const int64_t best = tma_phase_box(cdiv(p.out_d, p.stride_d), cdiv(p.out_h, p.stride_h),
+                                     cdiv(p.out_w, p.stride_w), kGwWgBK, kGwWgBK, 1,
+                                     p.stride_d, p.stride_h, p.stride_w, box);
+  if (best < 0) return false;
+  a->box_d = box[0]; a->box_h = box[1]; a->box_w = box[2];
   // (the kernel's chunk indices: boxes of the batch, 32-bit)
-  return best >= 0 && p.n * (best / kGwWgBK) < ((int64_t)1 << 31);
+  return p.n * (best / kGwWgBK) < ((int64_t)1 << 31);
 }
 
 // The reduction rows gw_tma_kernel multiplies, over every (phase, tap) pair: each phase's

@@ -661,9 +661,9 @@ def backward_plan(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.
     channel counts per group multiples of 8 (and >= 16) the channels-last tensor-core GEMM (on
     an sm_90a build, with C_in/g >= 64 and C_out/g >= 32, its warpgroup form
     ``tensor-cores-wgmma``, and its TMA form ``tensor-cores-tma`` for strides up to 8 where
-    the TMA boxes pad the phases' outputs by 5% or less), of
-    other float32/float16/bfloat16 layers with both >= 16 the
-    contiguous one, else the SIMT kernel. ``grad_input_kernel`` and ``grad_weight_kernel`` force
+    the TMA boxes pad the reduction's rows, each phase's outputs times its taps, by 5% or
+    less), of other float32/float16/bfloat16 layers with both >= 16 the contiguous one, else
+    the SIMT kernel. ``grad_input_kernel`` and ``grad_weight_kernel`` force
     one by name (``GRAD_INPUT_KERNELS``, ``GRAD_WEIGHT_KERNELS``: tests, benchmarks), and
     ``grad_input_tile`` the implicit GEMM's tile; forcing a kernel on a layer it cannot take
     raises.
