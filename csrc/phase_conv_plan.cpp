@@ -365,6 +365,10 @@ bool gemm_wgmma(const GemmCfg& c) {
 
 // Channels of one of the GEMM's 16-byte groups, and what its description adds for float32.
 int gemm_group_channels(const GemmCfg& c) { return c.tf32 ? 4 : 8; }
+// A planned tile's pipeline depth (the TMA tiles' by their columns).
+int gemm_cfg_stages(const GemmCfg& c) {
+  return c.kind >= 8 ? gemm_tma_stages(c.BN) : gemm_pipeline_stages(c.kind, c.wgroup);
+}
 const char* gemm_precision(const GemmCfg& c) {
   return c.tf32 ? (c.flush ? " 3xTF32 flushed" : " 3xTF32") : "";
 }
@@ -542,8 +546,9 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   c->wgroup = false;
   c->bkg = 8;
   // 1 KB of alignment slack, the stages, their full and empty barriers, the row tables
-  c->smem = 1024 + (size_t)kGemmTmaStages * (bm * 128 + 8 * c->BN * 16) +
-            (size_t)kGemmTmaStages * 16 + (size_t)bm * 24;
+  const int stages = gemm_tma_stages(c->BN);
+  c->smem = 1024 + (size_t)stages * (bm * 128 + 8 * c->BN * 16) + (size_t)stages * 16 +
+            (size_t)bm * 24;
   if (c->smem > dev.smem_optin) return false;
   const int64_t boxes = (int64_t)c->box_nd * c->box_nh * c->box_nw * p.n;
   if (boxes >= ((int64_t)1 << 31)) return false;
@@ -857,7 +862,7 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d "
                "smem=%zu grid=%lld %s%s%s (%s)", gc.kind, gc.BM, gc.BN,
                gc.bkg * gemm_group_channels(gc), gc.threads,
-               gemm_pipeline_stages(gc.kind, gc.wgroup),
+               gemm_cfg_stages(gc),
                gc.m_tiles, gc.smem, (long long)gc.grid,
                gc.kind >= 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
                : gc.wgroup ? "w-phases-grouped" : "one-phase",
@@ -1113,7 +1118,7 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
              "implicit-gemm grad-input kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d "
              "m_tiles=%d smem=%zu%s%s, grad_y channels-last", gc.kind, gc.BM, gc.BN,
              gc.bkg * gemm_group_channels(gc), gc.threads,
-             gemm_pipeline_stages(gc.kind, gc.wgroup),
+             gemm_cfg_stages(gc),
              gc.m_tiles, gc.smem, gc.kind >= 8 ? " tma-box wgmma-sm90a"
                                   : gemm_wgmma(gc) ? " wgmma-sm90a" : "",
              gemm_precision(gc));

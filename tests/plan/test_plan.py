@@ -416,6 +416,12 @@ def test_warpgroup_tile_of_the_implicit_gemm():
         assert "one-phase tma-box wgmma-sm90a" in boxes.text, boxes.text
         assert f"m_tiles={16 * 4} " in boxes.text, boxes.text  # 16 samples x 4 boxes
         assert f"smem={1024 + 4 * (16384 + 16384) + 64 + 128 * 24} " in boxes.text
+    # its 32-column tile keeps three stages (three blocks a multiprocessor): sweep shape 2,
+    # 64 -> 32
+    narrow = ph.forward(ph.sweep_args(SWEEP[1]), 2, BF16, ph.H100_SM90A, channels_last=True,
+                        kernel=tma, out_channels_last=True)
+    assert narrow.ok and "kind=8 BM=128 BN=32 BK=64 threads=288 stages=3 " in narrow.text
+    assert f"smem={1024 + 3 * (16384 + 4096) + 48 + 128 * 24} " in narrow.text, narrow.text
     for args, dtype, device in ((long_k, BF16, ph.H100), (long_k, F32, ph.H100_SM90A),
                                 (odd_channels, BF16, ph.H100_SM90A)):
         refused = ph.forward(args, 2, dtype, device, channels_last=True, kernel=tma)
