@@ -182,7 +182,7 @@ constexpr int kWgmmaStages = 5;       // implicit GEMM, warpgroup tile: pipeline
 constexpr int kWgmmaGroupStages = 4;  // the same, W phases grouped
 constexpr int kWgmmaWideStages = 4;   // the 4-warpgroup tile (256 rows, 48 KB a stage)
 constexpr int kGemmSharedStages = 4;  // the shared-A tile (kind 6): its pipeline depth
-constexpr int kGemmTmaStages = 4;     // the TMA tiles (kinds 8, 9): their pipeline depth
+constexpr int kGemmTmaStages = 4;     // the TMA tiles (kinds 8, 9) past 32 columns: their depth
 constexpr int kGemmTmaThreads = 288;  // and their threads: two consumer warpgroups, a producer
 // The TMA tiles' stages and blocks a multiprocessor by their columns: the 32-column tile
 // keeps three stages, so that three blocks share a multiprocessor and one block's fill and
@@ -192,12 +192,11 @@ constexpr int kGemmTmaThreads = 288;  // and their threads: two consumer warpgro
 // 256->128 8^3 72.1 -> 78.2).
 constexpr int gemm_tma_stages(int bn) { return bn == 32 ? 3 : kGemmTmaStages; }
 constexpr int gemm_tma_min_blocks(int bn) { return bn == 32 ? 3 : 1; }
-// The implicit GEMM's pipeline depth, for its launcher and its plan: tile `kind`
-// (GemmCfg::kind: the warpgroup tiles or the mma.sync ones), W phases grouped or one phase per
-// block.
+// The implicit GEMM's pipeline depth, for its launcher and its plan: tile `kind` below 8
+// (GemmCfg::kind: the shared-A, warpgroup and mma.sync tiles; the TMA tiles' goes by their
+// columns, gemm_tma_stages), W phases grouped or one phase per block.
 constexpr int gemm_pipeline_stages(int kind, bool wgroup) {
-  return kind >= 8 ? kGemmTmaStages  // (the 32-column TMA tile: gemm_tma_stages)
-         : kind >= 6 ? kGemmSharedStages
+  return kind >= 6 ? kGemmSharedStages
          : kind == 5 ? kWgmmaWideStages
          : kind == 4 ? (wgroup ? kWgmmaGroupStages : kWgmmaStages)
                      : (wgroup ? kGemmGroupStages : kGemmStages);
