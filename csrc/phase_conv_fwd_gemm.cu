@@ -677,18 +677,17 @@ gemm_cl_kernel(const GemmArgs a) {
 // is complete.  No per-element address arithmetic, no cp.async, no proxy fence.  One phase a
 // block; the output is staged in the drained stages for 16-byte channels-last stores, or
 // stored from the accumulators ((N, C, D, H, W) results).  C_in/g a multiple of 64.
-constexpr int kTmaStages = kGemmTmaStages;
 // two consumer warpgroups and a producer warp (9 warps allocate registers as 12: at most 168
 // a thread, which 256 rows at BN 128 pass by 72 bytes of spills)
 constexpr int kTmaThreads = kGemmTmaThreads;
 
 template <typename T, int BN, int MR>
-__global__ void __launch_bounds__(kTmaThreads, 1)
+__global__ void __launch_bounds__(kTmaThreads, gemm_tma_min_blocks(BN))
 gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                 const __grid_constant__ PhaseConvTensorMap bmap) {
   namespace wg = phaseconv_wgmma;
   namespace tma = phaseconv_tma;
-  constexpr int BM = 128 * MR, NT = BN / 8, STAGES = kTmaStages;
+  constexpr int BM = 128 * MR, NT = BN / 8, STAGES = gemm_tma_stages(BN);
   constexpr int A_STAGE = BM * 128, B_STAGE = 8 * BN * 16;
   static_assert(BM * BN * (int)sizeof(T) <= STAGES * (A_STAGE + B_STAGE), "output tile");
   extern __shared__ __align__(16) unsigned char smem_raw[];

@@ -365,6 +365,10 @@ bool gemm_wgmma(const GemmCfg& c) {
 
 // Channels of one of the GEMM's 16-byte groups, and what its description adds for float32.
 int gemm_group_channels(const GemmCfg& c) { return c.tf32 ? 4 : 8; }
+// A planned tile's pipeline depth (the TMA tiles' by their columns).
+int gemm_cfg_stages(const GemmCfg& c) {
+  return c.kind >= 8 ? gemm_tma_stages(c.BN) : gemm_pipeline_stages(c.kind, c.wgroup);
+}
 const char* gemm_precision(const GemmCfg& c) {
   return c.tf32 ? (c.flush ? " 3xTF32 flushed" : " 3xTF32") : "";
 }
@@ -542,8 +546,9 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   c->wgroup = false;
   c->bkg = 8;
   // 1 KB of alignment slack, the stages, their full and empty barriers, the row tables
-  c->smem = 1024 + (size_t)kGemmTmaStages * (bm * 128 + 8 * c->BN * 16) +
-            (size_t)kGemmTmaStages * 16 + (size_t)bm * 24;
+  const int stages = gemm_tma_stages(c->BN);
+  c->smem = 1024 + (size_t)stages * (bm * 128 + 8 * c->BN * 16) + (size_t)stages * 16 +
+            (size_t)bm * 24;
   if (c->smem > dev.smem_optin) return false;
   const int64_t boxes = (int64_t)c->box_nd * c->box_nh * c->box_nw * p.n;
   if (boxes >= ((int64_t)1 << 31)) return false;
@@ -628,10 +633,13 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   // 121.5 / 69.3 vs 97.1, shape 6 43.9 vs 60.4 / 35.7 vs 52.0; 256 rows ran 1.0-1.4x slower).
   // An (N, C, D, H, W) result from 256 terms a phase with C_out/g >= 32 too (H100, bf16,
   // against the mma.sync tile: 2 x 128->32 12^3 k3 s2, K 432, 24.1 vs 31.5 µs, cuDNN 27.3;
-  // 2 x 64->32 32^3 k3 s2, K 216, 98.7 vs 100.3; 2 x 64->16 24^3, C_out 16, 45.2 vs 39.9)
+  // 2 x 64->32 32^3 k3 s2, K 216, 98.7 vs 100.3; 2 x 64->16 24^3, C_out 16, 45.2 vs 39.9);
+  // with C_out/g 32 from 128 terms, where the 32-column tile's three blocks a multiprocessor
+  // made it 84.0 against 98.0 µs on that 64->32 layer
   const bool gi_tma = p.nsub > 0 && k_per_phase >= 512;
   const bool fwd_tma = p.nsub == 0 && (kind >= 4 || p.y_channels_last ||
-                                       (cout_g >= 32 && k_per_phase >= 256));
+                                       (cout_g >= 32 && k_per_phase >= 256) ||
+                                       (cout_g == 32 && k_per_phase >= 128));
   if (force.gemm_tile < 0 && !force.gemm_one_phase && wg_fits && (gi_tma || fwd_tma)) {
     GemmCfg tma = *c;
     if (gemm_tma_tile(p, force, dev, cout_g > 64 && p.nsub == 0 ? 9 : 8, &tma)) {
@@ -857,7 +865,7 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d "
                "smem=%zu grid=%lld %s%s%s (%s)", gc.kind, gc.BM, gc.BN,
                gc.bkg * gemm_group_channels(gc), gc.threads,
-               gemm_pipeline_stages(gc.kind, gc.wgroup),
+               gemm_cfg_stages(gc),
                gc.m_tiles, gc.smem, (long long)gc.grid,
                gc.kind >= 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
                : gc.wgroup ? "w-phases-grouped" : "one-phase",
@@ -1113,7 +1121,7 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
              "implicit-gemm grad-input kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d "
              "m_tiles=%d smem=%zu%s%s, grad_y channels-last", gc.kind, gc.BM, gc.BN,
              gc.bkg * gemm_group_channels(gc), gc.threads,
-             gemm_pipeline_stages(gc.kind, gc.wgroup),
+             gemm_cfg_stages(gc),
              gc.m_tiles, gc.smem, gc.kind >= 8 ? " tma-box wgmma-sm90a"
                                   : gemm_wgmma(gc) ? " wgmma-sm90a" : "",
              gemm_precision(gc));

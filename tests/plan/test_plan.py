@@ -416,6 +416,12 @@ def test_warpgroup_tile_of_the_implicit_gemm():
         assert "one-phase tma-box wgmma-sm90a" in boxes.text, boxes.text
         assert f"m_tiles={16 * 4} " in boxes.text, boxes.text  # 16 samples x 4 boxes
         assert f"smem={1024 + 4 * (16384 + 16384) + 64 + 128 * 24} " in boxes.text
+    # its 32-column tile keeps three stages (three blocks a multiprocessor): sweep shape 2,
+    # 64 -> 32
+    narrow = ph.forward(ph.sweep_args(SWEEP[1]), 2, BF16, ph.H100_SM90A, channels_last=True,
+                        kernel=tma, out_channels_last=True)
+    assert narrow.ok and "kind=8 BM=128 BN=32 BK=64 threads=288 stages=3 " in narrow.text
+    assert f"smem={1024 + 3 * (16384 + 4096) + 48 + 128 * 24} " in narrow.text, narrow.text
     for args, dtype, device in ((long_k, BF16, ph.H100), (long_k, F32, ph.H100_SM90A),
                                 (odd_channels, BF16, ph.H100_SM90A)):
         refused = ph.forward(args, 2, dtype, device, channels_last=True, kernel=tma)
@@ -447,13 +453,13 @@ def test_tma_tile_rule():
     """sm_90a builds on sm_90: the rule takes the TMA tiles (kind 9 for C_out/groups > 64,
     else kind 8) where the warpgroup tiles would run, in the forward and the input gradient,
     and where the forward's result is channels-last or comes from 256 terms a phase with
-    C_out/groups >= 32 (C_in/groups a multiple of 64); k == s
+    C_out/groups >= 32 (128 with C_out/groups 32; C_in/groups a multiple of 64); k == s
     layers with a channels-last result keep the shared-A tile, an sm_80 path (no sm_90a
     build, an A100) the mma.sync tiles, and a named tile wins over the rule."""
     from phaseconv.engines.cuda import ForwardKernel
 
     for index, out_cl, kind in ((4, False, 9), (4, True, 9), (3, False, 9), (3, True, 9),
-                                (5, False, 8), (5, True, 8), (1, True, 8), (1, False, 0),
+                                (5, False, 8), (5, True, 8), (1, True, 8), (1, False, 8),
                                 (2, True, 7)):
         shape = SWEEP[index]
         plan = ph.forward(ph.sweep_args(shape), shape.batch, BF16, ph.H100_SM90A,
@@ -472,9 +478,11 @@ def test_tma_tile_rule():
                            kernel=ForwardKernel("gemm", gemm_tile=1))
         assert "kind=1 " in named.text and "tma" not in named.text, named.text
     # an (N, C, D, H, W) result from 256 terms a phase with C_out/groups >= 32 (MONAI UNet's
-    # 128 -> 32 at 12^3: 432 terms); shape 2 (216 terms), 64 -> 16 and 96 -> 32 do not
-    for cin, cout, size, taken in ((128, 32, 12, True), (64, 32, 32, False),
-                                   (64, 16, 24, False), (96, 32, 12, False)):
+    # 128 -> 32 at 12^3: 432 terms), from 128 with C_out/groups 32 (shape 2: 216 terms);
+    # 64 -> 48 (216 terms, 48 channels), 64 -> 16 and 96 -> 32 do not
+    for cin, cout, size, taken in ((128, 32, 12, True), (64, 32, 32, True),
+                                   (64, 48, 16, False), (64, 16, 24, False),
+                                   (96, 32, 12, False)):
         layer = ph.conv_args(cin, cout, 3, size, 2, 1, 1, batch=2)
         for channels_last in (False, True):
             plan = ph.forward(layer, 2, BF16, ph.H100_SM90A, channels_last=channels_last)
