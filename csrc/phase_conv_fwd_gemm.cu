@@ -449,13 +449,16 @@ __device__ __forceinline__ void gemm_b_frags(uint32_t (&bf)[NT][2], uint32_t sB,
 }
 
 // One k step (BKG 16-byte groups) of a warpgroup's MR 64-row blocks x BN on wgmma, committed
-// as one batch: A from 128-byte swizzled rows (sA: the warpgroup's first row), B from a
-// [group][column] stage (one B for all MR blocks); `first` overwrites the accumulators
-// instead of adding.
+// as one batch: A from rows of BKG * 16 bytes in the swizzle of that width (BKG 8: 128-byte,
+// BKG 4: 64-byte; sA: the warpgroup's first row), B from a [group][column] stage (one B for
+// all MR blocks); `first` overwrites the accumulators instead of adding.
 template <typename T, int BN, int BKG, int MR, int R>
 __device__ __forceinline__ void wgmma_k_step_rows(float (&d)[MR][R], uint32_t sA, uint32_t sB,
                                                   bool first) {
   namespace wg = phaseconv_wgmma;
+  static_assert(BKG == 4 || BKG == 8, "rows of 64 or 128 bytes");
+  constexpr int ROW = BKG * 16;
+  constexpr int SWIZZLE = BKG == 8 ? wg::kSwizzle128 : wg::kSwizzle64;
 #pragma unroll
   for (int i = 0; i < MR; ++i) wg::fence_operand(d[i]);
   wg::fence();
@@ -463,7 +466,7 @@ __device__ __forceinline__ void wgmma_k_step_rows(float (&d)[MR][R], uint32_t sA
   for (int ks = 0; ks < BKG / 2; ++ks) {
 #pragma unroll
     for (int i = 0; i < MR; ++i) {
-      const uint64_t da = wg::smem_desc(sA + i * 64 * 128 + ks * 32, 16, 1024, wg::kSwizzle128);
+      const uint64_t da = wg::smem_desc(sA + i * 64 * ROW + ks * 32, 16, 8 * ROW, SWIZZLE);
       const uint64_t db = wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128, wg::kSwizzleNone);
       wg::Wgmma<T, BN>::run(d[i], da, db, !first || ks != 0);
     }
@@ -676,19 +679,21 @@ gemm_cl_kernel(const GemmArgs a) {
 // barrier, which each consumer warpgroup arrives on once its wgmma batch reading the stage
 // is complete.  No per-element address arithmetic, no cp.async, no proxy fence.  One phase a
 // block; the output is staged in the drained stages for 16-byte channels-last stores, or
-// stored from the accumulators ((N, C, D, H, W) results).  C_in/g a multiple of 64.
+// stored from the accumulators ((N, C, D, H, W) results).  k steps of BKG 16-byte groups:
+// 64 channels (128-byte rows, C_in/g a multiple of 64) or 32 (BKG 4: 64-byte rows in the
+// 64-byte swizzle, for C_in/g an odd multiple of 32).
 // two consumer warpgroups and a producer warp (9 warps allocate registers as 12: at most 168
 // a thread, which 256 rows at BN 128 pass by 72 bytes of spills)
 constexpr int kTmaThreads = kGemmTmaThreads;
 
-template <typename T, int BN, int MR>
+template <typename T, int BN, int MR, int BKG>
 __global__ void __launch_bounds__(kTmaThreads, gemm_tma_min_blocks(BN))
 gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                 const __grid_constant__ PhaseConvTensorMap bmap) {
   namespace wg = phaseconv_wgmma;
   namespace tma = phaseconv_tma;
-  constexpr int BM = 128 * MR, NT = BN / 8, STAGES = gemm_tma_stages(BN);
-  constexpr int A_STAGE = BM * 128, B_STAGE = 8 * BN * 16;
+  constexpr int BM = 128 * MR, NT = BN / 8, STAGES = gemm_tma_stages(BN, BKG);
+  constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
   static_assert(BM * BN * (int)sizeof(T) <= STAGES * (A_STAGE + B_STAGE), "output tile");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // the stages 1024-byte aligned (the 128-byte swizzle's atoms; the plan adds the slack)
@@ -722,7 +727,7 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
             Tw = (int)ldg_i64(e + PT_TAPS_W);
   const int offd = (int)ldg_i64(e + PT_OFF_D), offh = (int)ldg_i64(e + PT_OFF_H),
             offw = (int)ldg_i64(e + PT_OFF_W);
-  const int nkc = a.G / 8, nk = Td * Th * Tw * nkc;  // 64-channel k steps
+  const int nkc = a.G / BKG, nk = Td * Th * Tw * nkc;  // k steps of BKG * 8 channels
   const int co_base = cb * BN;
 
   for (int row = tid; row < BM && warp < 8; row += 256) {  // the row tables of the box
@@ -753,11 +758,11 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
         const int s = k % STAGES, use = k / STAGES;
         if (use > 0) tma::bar_wait(&empty[s], (uint32_t)(use - 1) & 1u);
         tma::bar_arrive_expect(&full[s], A_STAGE + B_STAGE);
-        tma::load_box(smem + s * A_STAGE, amap, &full[s], g * a.cin_g + kc * 64,
+        tma::load_box(smem + s * A_STAGE, amap, &full[s], g * a.cin_g + kc * BKG * 8,
                       a.in_sw * jw0 + offw + tw * a.pdw, a.in_sh * jh0 + offh + th * a.pdh,
                       a.in_sd * jd0 + offd + td * a.pdd, n);
         tma::load_rows(smem + STAGES * A_STAGE + s * B_STAGE, bmap, &full[s], 0,
-                       co_base / a.b_fold, brow0 + tap * a.G + kc * 8);
+                       co_base / a.b_fold, brow0 + tap * a.G + kc * BKG);
         if (++kc == nkc) {
           kc = 0;
           ++tap;
@@ -772,11 +777,11 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
       }
     }
   } else {  // two consumer warpgroups, 64 MR rows each
-    const uint32_t a_rows = (uint32_t)(warp >> 2) * MR * 64 * 128;
+    const uint32_t a_rows = (uint32_t)(warp >> 2) * MR * 64 * BKG * 16;
     for (int k = 0; k < nk; ++k) {
       const int s = k % STAGES;
       tma::bar_wait(&full[s], (uint32_t)(k / STAGES) & 1u);
-      wgmma_k_step_rows<T, BN, 8, MR>(d, sa + s * A_STAGE + a_rows, sb + s * B_STAGE,
+      wgmma_k_step_rows<T, BN, BKG, MR>(d, sa + s * A_STAGE + a_rows, sb + s * B_STAGE,
                                       k == 0);
       wg::wait<1>();  // batch k stays in flight; batch k - 1 is complete
 #pragma unroll
@@ -1020,6 +1025,24 @@ cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stre
   return launch_kernel(kern, c.grid, WM * WN * 32, c.smem, stream, a);
 }
 
+#if defined(PHASECONV_SM90A)
+// The 128-row TMA tile by its columns, k steps of BKG 16-byte groups.
+template <typename T, int BKG>
+cudaError_t launch_gemm_tma(const GemmArgs& a, const GemmCfg& c,
+                            const PhaseConvTensorMap& amap, const PhaseConvTensorMap& bmap,
+                            cudaStream_t stream) {
+  switch (c.BN) {
+    case 32: return launch_kernel(gemm_tma_kernel<T, 32, 1, BKG>, c.grid, kTmaThreads, c.smem,
+                                  stream, a, amap, bmap);
+    case 64: return launch_kernel(gemm_tma_kernel<T, 64, 1, BKG>, c.grid, kTmaThreads, c.smem,
+                                  stream, a, amap, bmap);
+    case 128: return launch_kernel(gemm_tma_kernel<T, 128, 1, BKG>, c.grid, kTmaThreads,
+                                   c.smem, stream, a, amap, bmap);
+  }
+  return cudaErrorInvalidConfiguration;
+}
+#endif
+
 template <typename T>
 cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream) {
   if ((p.x_channels_last != 0) == c.a_ncdhw) return cudaErrorInvalidValue;
@@ -1039,41 +1062,37 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
   a.chunks = c.chunks; a.chunks_per_block = c.chunks_per_block;
   a.box_d = c.box_d; a.box_h = c.box_h; a.box_w = c.box_w;
   a.box_nd = c.box_nd; a.box_nh = c.box_nh; a.box_nw = c.box_nw;
-  if (c.kind == 8 || c.kind == 9) {  // the TMA tile: 16-bit, channels-last A, C_in/g % 64 == 0
+  if (c.kind == 8 || c.kind == 9) {  // the TMA tile: 16-bit, channels-last A, C_in/g % 32 == 0
 #if defined(PHASECONV_SM90A)
     if constexpr (std::is_same<T, float>::value) {
       return cudaErrorInvalidConfiguration;
     } else {
       const int mr = c.kind == 9 ? 2 : 1;
-      if (c.a_ncdhw || a.G % 8 != 0 || c.BM != 128 * mr || c.box_d * c.box_h * c.box_w != c.BM)
+      if (c.a_ncdhw || (c.bkg != 8 && c.bkg != 4) || a.G % c.bkg != 0 || c.BM != 128 * mr ||
+          c.box_d * c.box_h * c.box_w != c.BM)
         return cudaErrorInvalidConfiguration;
       if (c.total_blocks == 0) return cudaSuccess;
       PhaseConvTensorMap amap, bmap;
-      // (the input gradient reads grad_y at stride x grad_x's voxel: the box steps so)
+      // (the input gradient reads grad_y at stride x grad_x's voxel: the box steps so); a
+      // k step's channels fill one swizzled row: 64 (128 bytes) or 32 (64 bytes)
       cudaError_t err = phase_conv_tma_encode_box(&amap, p.x, p.n, p.in_d, p.in_h, p.in_w,
-                                                  p.c_in, 64, c.box_w, c.box_h, c.box_d,
-                                                  a.in_sw, a.in_sh, a.in_sd);
+                                                  p.c_in, 8 * c.bkg, c.box_w, c.box_h, c.box_d,
+                                                  a.in_sw, a.in_sh, a.in_sd, 16 * c.bkg);
       if (err != cudaSuccess) return err;
       // the layout's rows: groups x every phase's taps x G, of C_out/g 16-byte vectors,
       // fetched as lines of up to 32 columns (512 bytes), not one 16-byte line a column
       a.b_fold = 32;
       while (a.cout_g % a.b_fold != 0 || c.BN % a.b_fold != 0) a.b_fold /= 2;
       err = phase_conv_tma_encode_rows(&bmap, p.weight_mma, p.groups * p.total_taps * a.G,
-                                       a.cout_g, c.BN, 8, a.b_fold);
+                                       a.cout_g, c.BN, c.bkg, a.b_fold);
       if (err != cudaSuccess) return err;
-      if (mr == 2)  // 256 rows: BN 128 only (the rows double B's reuse where it is widest)
-        return c.BN == 128 ? launch_kernel(gemm_tma_kernel<T, 128, 2>, c.grid, kTmaThreads,
-                                           c.smem, stream, a, amap, bmap)
-                           : cudaErrorInvalidConfiguration;
-      switch (c.BN) {
-        case 32: return launch_kernel(gemm_tma_kernel<T, 32, 1>, c.grid, kTmaThreads, c.smem,
-                                      stream, a, amap, bmap);
-        case 64: return launch_kernel(gemm_tma_kernel<T, 64, 1>, c.grid, kTmaThreads, c.smem,
-                                      stream, a, amap, bmap);
-        case 128: return launch_kernel(gemm_tma_kernel<T, 128, 1>, c.grid, kTmaThreads, c.smem,
-                                       stream, a, amap, bmap);
-      }
-      return cudaErrorInvalidConfiguration;
+      if (mr == 2)  // 256 rows: BN 128, 64-channel k steps only (where B is widest)
+        return c.BN == 128 && c.bkg == 8
+                   ? launch_kernel(gemm_tma_kernel<T, 128, 2, 8>, c.grid, kTmaThreads, c.smem,
+                                   stream, a, amap, bmap)
+                   : cudaErrorInvalidConfiguration;
+      if (c.bkg == 4) return launch_gemm_tma<T, 4>(a, c, amap, bmap, stream);
+      return launch_gemm_tma<T, 8>(a, c, amap, bmap, stream);
     }
 #else
     return cudaErrorInvalidConfiguration;

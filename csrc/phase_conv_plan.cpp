@@ -367,7 +367,7 @@ bool gemm_wgmma(const GemmCfg& c) {
 int gemm_group_channels(const GemmCfg& c) { return c.tf32 ? 4 : 8; }
 // A planned tile's pipeline depth (the TMA tiles' by their columns).
 int gemm_cfg_stages(const GemmCfg& c) {
-  return c.kind >= 8 ? gemm_tma_stages(c.BN) : gemm_pipeline_stages(c.kind, c.wgroup);
+  return c.kind >= 8 ? gemm_tma_stages(c.BN, c.bkg) : gemm_pipeline_stages(c.kind, c.wgroup);
 }
 const char* gemm_precision(const GemmCfg& c) {
   return c.tf32 ? (c.flush ? " 3xTF32 flushed" : " 3xTF32") : "";
@@ -518,15 +518,18 @@ int64_t tma_phase_box(int64_t cd, int64_t ch, int64_t cw, int rows, int w_max, i
 
 // The TMA tiles (kinds 8 and 9; gemm_tile says where the rule takes them): where the
 // warpgroup kernels run, a channels-last 16-bit input (the input gradient's grad_y, read at
-// strides up to 8) with C_in/g a multiple of 64; kind 9 (256 rows) for C_out/g > 64.
+// strides up to 8) with C_in/g a multiple of 32, in k steps of 64 channels where C_in/g is a
+// multiple of 64, else of 32 (kind 8 only); kind 9 (256 rows) for C_out/g > 64.
 // Its BM rows (128, 256) are the box of output voxels (box_d x box_h x box_w = BM) that covers
 // the largest phase with the fewest padded rows (ties: the longest W run).
 bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
                    int kind, GemmCfg* c) {
   const int64_t cin_g = p.c_in / p.groups, cout_g = p.c_out / p.groups;
-  if (!dev.wgmma || c->a_ncdhw || c->tf32 || cin_g % 64 != 0 || force.gemm_k32 ||
+  const int bkg = cin_g % 64 == 0 ? 8 : 4;
+  if (!dev.wgmma || c->a_ncdhw || c->tf32 || cin_g % 32 != 0 || force.gemm_k32 ||
       p.in_d > 0x7fffffff || p.in_h > 0x7fffffff || p.in_w > 0x7fffffff ||
-      p.in_stride_d > 8 || p.in_stride_h > 8 || p.in_stride_w > 8 || (kind == 9 && cout_g <= 64))
+      p.in_stride_d > 8 || p.in_stride_h > 8 || p.in_stride_w > 8 ||
+      (kind == 9 && (cout_g <= 64 || bkg != 8)))
     return false;
   const int bm = kind == 9 ? 256 : 128;
   const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
@@ -544,10 +547,10 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   c->BN = cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128;
   c->threads = kGemmTmaThreads;
   c->wgroup = false;
-  c->bkg = 8;
+  c->bkg = bkg;
   // 1 KB of alignment slack, the stages, their full and empty barriers, the row tables
-  const int stages = gemm_tma_stages(c->BN);
-  c->smem = 1024 + (size_t)stages * (bm * 128 + 8 * c->BN * 16) + (size_t)stages * 16 +
+  const int stages = gemm_tma_stages(c->BN, bkg);
+  c->smem = 1024 + (size_t)stages * (size_t)bkg * 16 * (bm + c->BN) + (size_t)stages * 16 +
             (size_t)bm * 24;
   if (c->smem > dev.smem_optin) return false;
   const int64_t boxes = (int64_t)c->box_nd * c->box_nh * c->box_nw * p.n;
@@ -640,7 +643,15 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   const bool fwd_tma = p.nsub == 0 && (kind >= 4 || p.y_channels_last ||
                                        (cout_g >= 32 && k_per_phase >= 256) ||
                                        (cout_g == 32 && k_per_phase >= 128));
-  if (force.gemm_tile < 0 && !force.gemm_one_phase && wg_fits && (gi_tma || fwd_tma)) {
+  // The input gradient's reduction over C_out/g an odd multiple of 32 (no 64-channel k step):
+  // the TMA tile in 32-channel k steps, from 512 terms too.  H100, bf16, grad_y channels-last,
+  // against the mma.sync tile 1 (cuDNN in brackets): 2 x 64->32 32^3 k3 s2, K 864, 38.2 vs
+  // 76.0 µs (29.7); 2 x 128->32 12^3, 19.6 vs 27.7 (12.2); 2 x 96->96 16^3, 31.8 vs 46.7
+  // (28.2).  The forward takes those k steps by name only.
+  const bool tma32_fits = dev.wgmma && !c->a_ncdhw && !c->tf32 && cin_g % 64 == 32 &&
+                          !force.gemm_k32;
+  if (force.gemm_tile < 0 && !force.gemm_one_phase &&
+      ((wg_fits && (gi_tma || fwd_tma)) || (tma32_fits && gi_tma))) {
     GemmCfg tma = *c;
     if (gemm_tma_tile(p, force, dev, cout_g > 64 && p.nsub == 0 ? 9 : 8, &tma)) {
       *c = tma;

@@ -189,8 +189,11 @@ constexpr int kGemmTmaThreads = 288;  // and their threads: two consumer warpgro
 // write-out overlap the others' k steps (H100, bf16, 2 x 64->32 32^3 k3 s2: 83.4 -> 70.4 µs
 // channels-last, 98.0 -> 83.9 (N, C, D, H, W)).  Wider tiles keep four stages and one block:
 // three stages and two blocks lost there (512->256 16^3 input gradient 27.0 -> 32.6, 16 x
-// 256->128 8^3 72.1 -> 78.2).
-constexpr int gemm_tma_stages(int bn) { return bn == 32 ? 3 : kGemmTmaStages; }
+// 256->128 8^3 72.1 -> 78.2).  32-channel k steps (bkg 4: reductions over C/g an odd
+// multiple of 32) halve a stage, so twice the stages keep as many bytes in flight.
+constexpr int gemm_tma_stages(int bn, int bkg) {
+  return (bn == 32 ? 3 : kGemmTmaStages) * (bkg == 4 ? 2 : 1);
+}
 constexpr int gemm_tma_min_blocks(int bn) { return bn == 32 ? 3 : 1; }
 // The implicit GEMM's pipeline depth, for its launcher and its plan: tile `kind` below 8
 // (GemmCfg::kind: the shared-A, warpgroup and mma.sync tiles; the TMA tiles' goes by their
@@ -320,8 +323,9 @@ struct GemmCfg {
              // (phase, BN 64 columns) chunks of the weight in 64-channel k steps (MT2 NT4,
              // 4x2 warps, mma.sync); 7: the same on wgmma (sm_90a), two warpgroups of 64 rows;
              // 8: the warpgroup tile fed by the TMA unit (sm_90a): 128 rows a box
-             // of one phase's output voxels, a producer warp and mbarrier stages; 9: the same
-             // with 256 rows (128 a consumer warpgroup), BN 128
+             // of one phase's output voxels, a producer warp and mbarrier stages, k steps of
+             // 64 channels (bkg 8) or, where C_in/g is an odd multiple of 32, of 32 (bkg 4);
+             // 9: the same with 256 rows (128 a consumer warpgroup), BN 128, bkg 8
   int BM, BN, threads, m_tiles, co_blocks;
   int chunks, chunks_per_block;  // kinds 6, 7: (phase, column block) chunks, and per block
   bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together

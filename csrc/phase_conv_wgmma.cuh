@@ -18,7 +18,8 @@
 namespace phaseconv_wgmma {
 
 // Matrix descriptor of an operand in shared memory: start address, leading and stride byte
-// offsets (16-byte units, 14 bits each) and the swizzle mode (0: none, 1: 128-byte).
+// offsets (16-byte units, 14 bits each) and the swizzle mode (0: none, 1: 128-byte, 2:
+// 64-byte).
 //  - none, K-major: 8 x 16-byte core matrices, each 128 contiguous bytes; lbo steps to the
 //    next core matrix along K, sbo to the next 8 rows.
 //  - 128-byte swizzle, K-major: rows of 64 16-bit elements, 16-byte chunk c of row r stored
@@ -29,6 +30,8 @@ namespace phaseconv_wgmma {
 //    to the next 64 M (N) elements, sbo to the next 8 rows along K.
 //  - 64-byte swizzle, MN-major: the same with rows of 32 elements, chunk c of row k at
 //    c ^ ((k / 2) % 4), 8-row atoms of 512 bytes.
+//  - 64-byte swizzle, K-major: rows of 32 16-bit elements, chunk c of row r at c ^ ((r / 2)
+//    % 4) (512-byte aligned atoms); sbo steps 8 rows (512 bytes), a k16 step adds 32 bytes.
 constexpr int kSwizzleNone = 0, kSwizzle128 = 1, kSwizzle64 = 2;
 __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo,
                                               int swizzle) {

@@ -209,9 +209,10 @@ def main(argv=()) -> int:
                 for kernel in ("tensor-cores-wgmma", "tensor-cores-tma"):
                     forced.append(cuda.backward(gy, xd, wd, args, need_input=False,
                                                 grad_weight_kernel=kernel))
-            if dtype == torch.bfloat16 and warpgroups and (co // g) % 64 == 0:
-                # the input gradient's TMA tiles (grad_y's boxes at the stride), named
-                for tile in (8, 9) if ci // g > 64 else (8,):
+            if dtype == torch.bfloat16 and warpgroups and (co // g) % 32 == 0:
+                # the input gradient's TMA tiles (grad_y's boxes at the stride), named: 64- or
+                # 32-channel k steps (256 rows: 64 only)
+                for tile in (8, 9) if ci // g > 64 and (co // g) % 64 == 0 else (8,):
                     forced.append(cuda.backward(gy, xd, wd, args, need_weight=False,
                                                 grad_input_kernel="implicit-gemm",
                                                 grad_input_tile=tile))

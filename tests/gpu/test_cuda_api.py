@@ -700,6 +700,9 @@ _CL_BWD_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d): the channels-
     # whole 64-channel steps of grad_y (the TMA tiles): strides 3 and 1, dilation; groups
     (2, 96, 64, 1, (5, 6, 7), (3, 3, 3), (3, 1, 2), (1, 1, 1), (2, 0, 1), (2, 1, 1)),
     (2, 128, 128, 2, (4, 5, 6), (2, 3, 3), (2, 2, 1), (0, 1, 1), (1, 0, 0), (1, 1, 2)),
+    # 32-channel steps of grad_y (the TMA tile's 64-byte rows): 32 and 96 a group
+    (2, 64, 32, 1, (6, 7, 9), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+    (1, 96, 192, 2, (4, 5, 6), (3, 2, 3), (2, 1, 2), (1, 0, 1), (0, 0, 1), (1, 2, 1)),
 ]
 
 
@@ -812,7 +815,7 @@ def test_input_gradient_channels_last(case):
         assert cuda.backward(gyc, xc, wc, args, need_weight=False)[0].is_contiguous()
 
 
-@pytest.mark.parametrize("case", [1, 2, 6, 8, 9])
+@pytest.mark.parametrize("case", [1, 2, 6, 8, 9, 10, 11])
 def test_input_gradient_on_each_implicit_gemm_tile(case):
     """Every tile of the input gradient's implicit GEMM, named (grad_input_tile: what the
     benchmarks sweep), against torch in float64 (bf16): each mma.sync kind, and the warpgroup
@@ -841,8 +844,10 @@ def test_input_gradient_on_each_implicit_gemm_tile(case):
                                               grad_input_tile=tile)[0])
         ran.append(tile)
     assert ran[:4] == [0, 1, 2, 3], ran
-    if cuda.warpgroup_kernels() and (cout // g) % 64 == 0:
-        assert 4 in ran and 8 in ran and (9 in ran) == (cin // g > 64), ran
+    if cuda.warpgroup_kernels() and (cout // g) % 32 == 0:
+        # the TMA tile in 64- or 32-channel k steps; the others only in 64
+        whole = (cout // g) % 64 == 0
+        assert 8 in ran and (4 in ran) == whole and (9 in ran) == (whole and cin // g > 64), ran
 _CL_WEIGHT_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d, dtype, named kernels)
     (2, 64, 40, 1, (5, 6, 7), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1),
      torch.bfloat16, ("tensor-cores-cl", "tensor-cores", "simt")),  # a run's channel tail

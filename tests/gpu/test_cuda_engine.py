@@ -617,6 +617,53 @@ def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
         _check(y, ref, dtype)
 
 
+# The TMA tile's 32-channel k steps (C_in/groups an odd multiple of 32: 64-byte rows in the
+# 64-byte swizzle), named in the forward: 32 and 96 channels a group, BN 32, 64 and 128 with
+# partial C_out tiles, strides past 1 and dilation.
+_TMA_K32_CASES = [
+    dict(k=(3, 3, 3), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(1, 1, 1), groups=1, cin=32,
+         cout=32, n=2, ins=(3, 5, 9), bias=True),
+    dict(k=(2, 3, 3), s=(1, 2, 3), d=(2, 1, 1), p=(0, 1, 1), op=(0, 1, 2), groups=2, cin=192,
+         cout=80, n=1, ins=(3, 4, 5), bias=False),
+    dict(k=(4, 4, 4), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(0, 0, 0), groups=1, cin=96,
+         cout=136, n=2, ins=(3, 4, 5), bias=True),
+]
+
+
+@pytest.mark.parametrize("out_cl", [False, True], ids=["ncdhw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(_TMA_K32_CASES)))
+def test_tma_tile_32_channel_k_steps(case, dtype, out_cl):
+    """The 128-row TMA tile in 32-channel k steps, named, against torch in float64 in either
+    result layout, bitwise repeatable; the 256-row tile (64-channel steps only) is refused,
+    and the forward's rule does not take these steps."""
+    cfg = _TMA_K32_CASES[case]
+    cl = torch.channels_last_3d
+    xl, wl, bl, ref = _random_call(cfg, dtype, case)
+    xd = xl.to(DEV).contiguous(memory_format=cl)
+    wd, bd = wl.to(DEV), (bl.to(DEV) if bl is not None else None)
+    args = check_conv_transpose3d(xd, wd, bd, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
+                                  cfg["d"])
+    tma, tma256 = ForwardKernel("gemm", gemm_tile=8), ForwardKernel("gemm", gemm_tile=9)
+    if not _cuda().warpgroup_kernels():
+        with pytest.raises(RuntimeError, match="was forced and"):
+            _cuda().forward(xd, wd, bd, args, kernel=tma, out_channels_last=out_cl)
+        return
+    desc = _cuda().describe(args, xd.shape[0], dtype, xd.device, channels_last=True,
+                            kernel=tma, out_channels_last=out_cl)
+    assert "kind=8 BM=128 " in desc and " BK=32 " in desc and "tma-box" in desc, desc
+    y = _cuda().forward(xd, wd, bd, args, kernel=tma, out_channels_last=out_cl)
+    assert y.is_contiguous(memory_format=cl if out_cl else torch.contiguous_format)
+    _check(y, ref, dtype)
+    assert torch.equal(y, _cuda().forward(xd, wd, bd, args, kernel=tma,
+                                          out_channels_last=out_cl))
+    with pytest.raises(RuntimeError, match="was forced and"):
+        _cuda().forward(xd, wd, bd, args, kernel=tma256, out_channels_last=out_cl)
+    auto = _cuda().describe(args, xd.shape[0], dtype, xd.device, channels_last=True,
+                            out_channels_last=out_cl)
+    assert "tma-box" not in auto, auto
+
+
 # Layers whose phases all read W at one offset (k == s along W, no padding there) and whose
 # rows come in whole 16-byte vectors along W: the implicit GEMM reads a contiguous input in
 # place (no channels-last copy).

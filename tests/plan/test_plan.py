@@ -407,7 +407,7 @@ def test_warpgroup_tile_of_the_implicit_gemm():
         assert not refused.ok and refused.text.startswith("refused: the "), refused.text
     # the TMA tile (kind 8): a box of 128 output voxels of one phase (256->128 k4 s2 at 8^3:
     # phases of 8^3, boxes of 2 x 8 x 8), a producer warp and 4 stages; refused without an
-    # sm_90a build, for float32 and where C_in/groups is not whole 64-channel steps
+    # sm_90a build, for float32 and where C_in/groups is not whole 32-channel steps
     tma = ForwardKernel("gemm", gemm_tile=8)
     for out_cl in (False, True):
         boxes = ph.forward(long_k, 16, BF16, ph.H100_SM90A, channels_last=True, kernel=tma,
@@ -422,8 +422,15 @@ def test_warpgroup_tile_of_the_implicit_gemm():
                         kernel=tma, out_channels_last=True)
     assert narrow.ok and "kind=8 BM=128 BN=32 BK=64 threads=288 stages=3 " in narrow.text
     assert f"smem={1024 + 3 * (16384 + 4096) + 48 + 128 * 24} " in narrow.text, narrow.text
+    # C_in/groups 96 (three 32-channel steps a tap): 32-channel k steps in 64-byte rows,
+    # twice the stages (each half as large)
+    k32 = ph.forward(odd_channels, 2, BF16, ph.H100_SM90A, channels_last=True, kernel=tma,
+                     out_channels_last=True)
+    assert k32.ok and "kind=8 BM=128 BN=64 BK=32 threads=288 stages=8 " in k32.text, k32.text
+    assert f"smem={1024 + 8 * (8192 + 4096) + 128 + 128 * 24} " in k32.text, k32.text
+    quarter = ph.conv_args(40, 64, 3, 8, 2, 1, 1)  # C_in/groups 40: not whole 32-channel steps
     for args, dtype, device in ((long_k, BF16, ph.H100), (long_k, F32, ph.H100_SM90A),
-                                (odd_channels, BF16, ph.H100_SM90A)):
+                                (quarter, BF16, ph.H100_SM90A)):
         refused = ph.forward(args, 2, dtype, device, channels_last=True, kernel=tma)
         assert not refused.ok and refused.text.startswith("refused: the "), refused.text
     # 256 rows (kind 9: 128 a consumer warpgroup) for C_out/groups > 64: boxes of 4 x 8 x 8
@@ -432,8 +439,8 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     assert boxes.ok and "kind=9 BM=256 BN=128 BK=64 threads=288 stages=4 " in boxes.text
     assert f"m_tiles={16 * 2} " in boxes.text, boxes.text
     assert f"smem={1024 + 4 * (32768 + 16384) + 64 + 256 * 24} " in boxes.text, boxes.text
-    refused = ph.forward(odd_channels, 2, BF16, ph.H100_SM90A, channels_last=True,
-                         kernel=tma256)
+    refused = ph.forward(ph.conv_args(96, 128, 3, 8, 2, 1, 1), 2, BF16, ph.H100_SM90A,
+                         channels_last=True, kernel=tma256)  # 32-channel k steps: 128 rows
     assert not refused.ok, refused.text
     refused = ph.forward(ph.sweep_args(SWEEP[5]), 2, BF16, ph.H100_SM90A, channels_last=True,
                          kernel=tma256)  # 64 output channels
@@ -491,19 +498,21 @@ def test_tma_tile_rule():
     # shape 2's channels-last result: the box of 128 voxels over phases of 32^3
     two = ph.forward(ph.sweep_args(SWEEP[1]), 2, BF16, ph.H100_SM90A, out_channels_last=True)
     assert "BN=32 " in two.text and two.text.endswith("channels-last output"), two.text
-    # float32 and a C_in/groups of 96 never take it
+    # float32 never takes it, nor a forward with C_in/groups 96 (32-channel k steps: by name)
     for plan in (ph.forward(ph.sweep_args(SWEEP[4]), 16, F32, ph.H100_SM90A),
                  ph.grad_input(ph.sweep_args(SWEEP[4]), 16, F32, ph.H100_SM90A),
                  ph.forward(ph.conv_args(96, 128, 3, 8, 2, 1, 1), 2, BF16, ph.H100_SM90A,
                             channels_last=True, out_channels_last=True)):
         assert "tma" not in plan.text, plan.text
     # the input gradient (grad_y's boxes at the layer's stride) on 128 rows from 512 terms
-    # (shape 5's 8192, shape 4's 2048, shape 3's 512); shape 2's 32 grad_y channels: no
-    for index, kind in ((4, 8), (3, 8), (2, 8), (5, 8), (1, 1)):
+    # (shape 5's 8192, shape 4's 2048, shape 3's 512, shape 2's 864 in 32-channel k steps:
+    # its grad_y has 32 channels)
+    for index, kind, bk in ((4, 8, 64), (3, 8, 64), (2, 8, 64), (5, 8, 64), (1, 8, 32)):
         shape = SWEEP[index]
         gi = ph.grad_input(ph.sweep_args(shape), shape.batch, BF16, ph.H100_SM90A)
         assert f"kind={kind} " in gi.text and ("tma-box wgmma-sm90a" in gi.text) == (kind >= 8), \
             gi.text
+        assert f" BK={bk} " in gi.text, gi.text
         assert "tma" not in ph.grad_input(ph.sweep_args(shape), shape.batch, BF16, ph.H100).text
     named = ph.grad_input(ph.sweep_args(SWEEP[2]), 2, BF16, ph.H100_SM90A, "implicit-gemm",
                           tile=8)
