@@ -647,13 +647,18 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   // the TMA tile in 32-channel k steps, from 512 terms too.  H100, bf16, grad_y channels-last,
   // against the mma.sync tile 1 (cuDNN in brackets): 2 x 64->32 32^3 k3 s2, K 864, 38.2 vs
   // 76.0 µs (29.7); 2 x 128->32 12^3, 19.6 vs 27.7 (12.2); 2 x 96->96 16^3, 31.8 vs 46.7
-  // (28.2).  The forward takes those k steps by name only.
+  // (28.2).  The forward takes them for a channels-last result from 96 channels a group
+  // (2 x 96->96 16^3 k3 s2: 44.4 vs 68.6 µs (58.0); 2 x 96->128 16^3 k4 s2: 52.7 vs 84.1
+  // (43.5)); at 32 a group (one k step a tap) they lost (2 x 32->64 32^3: 98.3 vs 94.0).
   const bool tma32_fits = dev.wgmma && !c->a_ncdhw && !c->tf32 && cin_g % 64 == 32 &&
                           !force.gemm_k32;
+  const bool fwd_tma32 = fwd_tma && p.y_channels_last && cin_g >= 96;
   if (force.gemm_tile < 0 && !force.gemm_one_phase &&
-      ((wg_fits && (gi_tma || fwd_tma)) || (tma32_fits && gi_tma))) {
+      ((wg_fits && (gi_tma || fwd_tma)) || (tma32_fits && (gi_tma || fwd_tma32)))) {
     GemmCfg tma = *c;
-    if (gemm_tma_tile(p, force, dev, cout_g > 64 && p.nsub == 0 ? 9 : 8, &tma)) {
+    // (256 rows take 64-channel k steps only)
+    const bool rows256 = cout_g > 64 && p.nsub == 0 && cin_g % 64 == 0;
+    if (gemm_tma_tile(p, force, dev, rows256 ? 9 : 8, &tma)) {
       *c = tma;
       return true;
     }

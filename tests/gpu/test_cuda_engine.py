@@ -636,7 +636,8 @@ _TMA_K32_CASES = [
 def test_tma_tile_32_channel_k_steps(case, dtype, out_cl):
     """The 128-row TMA tile in 32-channel k steps, named, against torch in float64 in either
     result layout, bitwise repeatable; the 256-row tile (64-channel steps only) is refused,
-    and the forward's rule does not take these steps."""
+    and the forward's rule takes these steps for a channels-last result from 96 channels a
+    group."""
     cfg = _TMA_K32_CASES[case]
     cl = torch.channels_last_3d
     xl, wl, bl, ref = _random_call(cfg, dtype, case)
@@ -661,7 +662,8 @@ def test_tma_tile_32_channel_k_steps(case, dtype, out_cl):
         _cuda().forward(xd, wd, bd, args, kernel=tma256, out_channels_last=out_cl)
     auto = _cuda().describe(args, xd.shape[0], dtype, xd.device, channels_last=True,
                             out_channels_last=out_cl)
-    assert "tma-box" not in auto, auto
+    by_rule = out_cl and cfg["cin"] // cfg["groups"] >= 96
+    assert ("tma-box" in auto and " BK=32 " in auto) == by_rule, auto
 
 
 # Layers whose phases all read W at one offset (k == s along W, no padding there) and whose

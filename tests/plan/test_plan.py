@@ -498,12 +498,19 @@ def test_tma_tile_rule():
     # shape 2's channels-last result: the box of 128 voxels over phases of 32^3
     two = ph.forward(ph.sweep_args(SWEEP[1]), 2, BF16, ph.H100_SM90A, out_channels_last=True)
     assert "BN=32 " in two.text and two.text.endswith("channels-last output"), two.text
-    # float32 never takes it, nor a forward with C_in/groups 96 (32-channel k steps: by name)
+    # float32 never takes it; a forward with C_in/groups an odd multiple of 32 in 32-channel
+    # k steps, for a channels-last result from 96 channels a group
     for plan in (ph.forward(ph.sweep_args(SWEEP[4]), 16, F32, ph.H100_SM90A),
                  ph.grad_input(ph.sweep_args(SWEEP[4]), 16, F32, ph.H100_SM90A),
                  ph.forward(ph.conv_args(96, 128, 3, 8, 2, 1, 1), 2, BF16, ph.H100_SM90A,
+                            channels_last=True),
+                 ph.forward(ph.conv_args(32, 64, 3, 32, 2, 1, 1), 2, BF16, ph.H100_SM90A,
                             channels_last=True, out_channels_last=True)):
         assert "tma" not in plan.text, plan.text
+    for cin, groups in ((96, 1), (320, 2)):
+        plan = ph.forward(ph.conv_args(cin, 128, 3, 8, 2, 1, 1, groups=groups), 2, BF16,
+                          ph.H100_SM90A, channels_last=True, out_channels_last=True)
+        assert "kind=8 BM=128 " in plan.text and " BK=32 " in plan.text, plan.text
     # the input gradient (grad_y's boxes at the layer's stride) on 128 rows from 512 terms
     # (shape 5's 8192, shape 4's 2048, shape 3's 512, shape 2's 864 in 32-channel k steps:
     # its grad_y has 32 channels)
