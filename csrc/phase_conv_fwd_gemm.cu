@@ -850,6 +850,7 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
   constexpr uint32_t B_STAGE = BKG * kShBN * 16, A_SLAB = kShBM * 128;
   static_assert(WARPS_M * MT * 16 == kShBM && (kShThreads / 32 / WARPS_M) * NT * 8 == kShBN,
                 "tile");
+  static_assert(kShBM * 8 % kShThreads == 0, "a slab's copies: whole rounds of the block");
   bool nonfinite = false;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int KG = a.G;         // 16-byte channel groups of the reduction (a multiple of 8)
@@ -889,24 +890,31 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
       }
       s_yo[r] = yo;
     }
-    // A: the rows' whole reduction, in slabs
-    for (int v = tid; v < kShBM * KG; v += kShThreads) {
-      const int r = v / KG, c = v - r * KG;
-      const bool ok = m0 + r < rows;
-      const T* src = x + (m0 + r) * a.c_in + (int64_t)g * a.cin_g + c * CPG;
-      cp_async16_ca(sa + (uint32_t)(c >> 3) * A_SLAB + (uint32_t)r * 128 +
-                        ((uint32_t)((c & 7) ^ (r & 7)) << 4),
-                    ok ? (const void*)src : a.x, ok);
+    // A: the rows' whole reduction, slab by slab (a slab's 8 chunks of a row to 8 threads)
+    for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+      for (int it = 0; it < kShBM * 8 / kShThreads; ++it) {
+        const int v = tid + it * kShThreads, r = v >> 3, c8 = v & 7;
+        const bool ok = m0 + r < rows;
+        const T* src = x + (m0 + r) * a.c_in + (int64_t)g * a.cin_g + (ks * 8 + c8) * CPG;
+        cp_async16_ca(sa + (uint32_t)ks * A_SLAB + (uint32_t)r * 128 +
+                          ((uint32_t)(c8 ^ (r & 7)) << 4),
+                      ok ? (const void*)src : a.x, ok);
+      }
     }
-    // the weight of step s (chunk s / KS, k step s % KS): (group, column) at
-    // (group * BN + column) * 16 of its stage
-    auto load_step = [&](int s) {
-      const int i = s / KS, ks = s - i * KS;
-      const int chunk = c0 + i, phase = chunk / a.co_blocks;
-      const int co0 = (chunk - phase * a.co_blocks) * kShBN;
-      const int64_t* e = a.table + (int64_t)phase * PHASECONV_TABLE_STRIDE;
-      const T* wb = wm + ldg_i64(e + PT_MOFS) + ((int64_t)g * KG + ks * BKG) * a.cout_g * CPG;
-      const uint32_t dst = sb + (uint32_t)(s % STAGES) * B_STAGE;
+    // the weight's steps in order, step s of chunk s / KS at k step s % KS: (group, column)
+    // at (group * BN + column) * 16 of its stage.  A cursor walks them (no division a step):
+    // the next step's k step, its chunk's column block and phase, and the chunk's weight.
+    const int phase0 = c0 / a.co_blocks, cb0 = c0 - phase0 * a.co_blocks;
+    int ld_s = 0, ld_ks = 0, ld_phase = phase0, ld_cb = cb0;
+    const int64_t w_group = (int64_t)g * KG * a.cout_g * CPG;  // group g's rows of a phase
+    const int64_t w_step = (int64_t)BKG * a.cout_g * CPG;      // one k step's rows
+    const T* ld_w =
+        wm + ldg_i64(a.table + (int64_t)ld_phase * PHASECONV_TABLE_STRIDE + PT_MOFS) + w_group;
+    auto load_next = [&]() {
+      const int co0 = ld_cb * kShBN;
+      const T* wb = ld_w + ld_ks * w_step;
+      const uint32_t dst = sb + (uint32_t)(ld_s % STAGES) * B_STAGE;
 #pragma unroll
       for (int it = 0; it < BKG * kShBN / kShThreads; ++it) {
         const int v = tid + it * kShThreads;
@@ -915,15 +923,27 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
         const T* src = wb + ((int64_t)kg * a.cout_g + co0 + col) * CPG;
         cp_async16_cg(dst + (uint32_t)v * 16, ok ? (const void*)src : a.wm, ok);
       }
+      ++ld_s;
+      if (++ld_ks == KS) {  // the next chunk: the next column block, or the next phase
+        ld_ks = 0;
+        if (++ld_cb == a.co_blocks) {
+          ld_cb = 0;
+          ++ld_phase;
+          if (ld_s < steps)
+            ld_w = wm + ldg_i64(a.table + (int64_t)ld_phase * PHASECONV_TABLE_STRIDE +
+                                PT_MOFS) + w_group;
+        }
+      }
     };
 #pragma unroll
     for (int s = 0; s < AHEAD; ++s) {
-      if (s < steps) load_step(s);
+      if (s < steps) load_next();
       cp_async_commit();  // A joins step 0's group
     }
 
     float acc[MT][NT][4];
     const int nchunks = steps / KS;
+    int ep_phase = phase0, ep_cb = cb0;  // the chunk whose outputs are stored next
     for (int i = 0, s = 0; i < nchunks; ++i) {
       if constexpr (!WG) zero_acc(acc);  // (wgmma: the chunk's first batch overwrites)
       for (int ks = 0; ks < KS; ++ks, ++s) {
@@ -933,7 +953,7 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
         // takes (mma.sync: read at step s - 1; wgmma: by batch s - 2, complete) and the last
         // chunk's staged stores
         __syncthreads();
-        if (s + AHEAD < steps) load_step(s + AHEAD);
+        if (s + AHEAD < steps) load_next();  // step s + AHEAD
         cp_async_commit();
         const uint32_t sB = sb + (uint32_t)(s % STAGES) * B_STAGE;
         if constexpr (WG) {
@@ -968,8 +988,11 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
         phaseconv_wgmma::fence_operand(d);
       }
       // the chunk's outputs, staged [row][8-channel chunk ^ (row & 7)]
-      const int chunk = c0 + i, phase = chunk / a.co_blocks;
-      const int co0 = (chunk - phase * a.co_blocks) * kShBN;
+      const int phase = ep_phase, co0 = ep_cb * kShBN;
+      if (++ep_cb == a.co_blocks) {  // the next chunk's
+        ep_cb = 0;
+        ++ep_phase;
+      }
       float bv[NT][2];
       gemm_bias<T, NT>(a, g, co0, wn, lane, bv);
       gemm_stage_cl<T, MT, NT, kShBN>(acc, bv, s_c, 1, 0, wm_, wn, lane);
