@@ -647,11 +647,10 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   // the TMA tile in 32-channel k steps, from 512 terms too.  H100, bf16, grad_y channels-last,
   // against the mma.sync tile 1 (cuDNN in brackets): 2 x 64->32 32^3 k3 s2, K 864, 38.2 vs
   // 76.0 µs (29.7); 2 x 128->32 12^3, 19.6 vs 27.7 (12.2); 2 x 96->96 16^3, 31.8 vs 46.7
-  // (28.2).  The forward takes those k steps by name only.
-  const bool tma32_fits = dev.wgmma && !c->a_ncdhw && !c->tf32 && cin_g % 64 == 32 &&
-                          !force.gemm_k32;
-  if (force.gemm_tile < 0 && !force.gemm_one_phase &&
-      ((wg_fits && (gi_tma || fwd_tma)) || (tma32_fits && gi_tma))) {
+  // (28.2).  The forward takes those k steps by name only.  (gemm_tma_tile checks what the
+  // TMA tiles need: sm_90a, a channels-last 16-bit A, C_in/g a multiple of 32.)
+  const bool tma_rule = cin_g % 64 == 0 ? gi_tma || fwd_tma : gi_tma;
+  if (force.gemm_tile < 0 && !force.gemm_one_phase && tma_rule) {
     GemmCfg tma = *c;
     if (gemm_tma_tile(p, force, dev, cout_g > 64 && p.nsub == 0 ? 9 : 8, &tma)) {
       *c = tma;
