@@ -576,6 +576,17 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     _check(y, ref, dtype)
 
 
+def _channels_last_call(cfg, dtype, seed):
+    """A random call of ``cfg`` on the device, the input channels_last_3d: (x, weight, bias,
+    checked arguments, float64 reference)."""
+    xl, wl, bl, ref = _random_call(cfg, dtype, seed)
+    xd = xl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
+    wd, bd = wl.to(DEV), (bl.to(DEV) if bl is not None else None)
+    args = check_conv_transpose3d(xd, wd, bd, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
+                                  cfg["d"])
+    return xd, wd, bd, args, ref
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
 def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
@@ -585,11 +596,7 @@ def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
     C_in/groups is whole 64-channel steps, k == s layers aside)."""
     cfg = _WGMMA_CASES[case]
     cl = torch.channels_last_3d
-    xl, wl, bl, ref = _random_call(cfg, dtype, case)
-    xd = xl.to(DEV).contiguous(memory_format=cl)
-    wd, bd = wl.to(DEV), (bl.to(DEV) if bl is not None else None)
-    args = check_conv_transpose3d(xd, wd, bd, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
-                                  cfg["d"])
+    xd, wd, bd, args, ref = _channels_last_call(cfg, dtype, case)
     wide = cfg["cout"] // cfg["groups"] > 32
     four = ForwardKernel("gemm", gemm_tile=5)
     boxes = ForwardKernel("gemm", gemm_tile=8)
@@ -640,11 +647,7 @@ def test_tma_tile_32_channel_k_steps(case, dtype, out_cl):
     group."""
     cfg = _TMA_K32_CASES[case]
     cl = torch.channels_last_3d
-    xl, wl, bl, ref = _random_call(cfg, dtype, case)
-    xd = xl.to(DEV).contiguous(memory_format=cl)
-    wd, bd = wl.to(DEV), (bl.to(DEV) if bl is not None else None)
-    args = check_conv_transpose3d(xd, wd, bd, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
-                                  cfg["d"])
+    xd, wd, bd, args, ref = _channels_last_call(cfg, dtype, case)
     tma, tma256 = ForwardKernel("gemm", gemm_tile=8), ForwardKernel("gemm", gemm_tile=9)
     if not _cuda().warpgroup_kernels():
         with pytest.raises(RuntimeError, match="was forced and"):
