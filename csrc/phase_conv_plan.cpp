@@ -650,11 +650,12 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   // (28.2).  The forward takes them for a channels-last result from 96 channels a group
   // (2 x 96->96 16^3 k3 s2: 44.4 vs 68.6 µs (58.0); 2 x 96->128 16^3 k4 s2: 52.7 vs 84.1
   // (43.5)); at 32 a group (one k step a tap) they lost (2 x 32->64 32^3: 98.3 vs 94.0).
-  const bool tma32_fits = dev.wgmma && !c->a_ncdhw && !c->tf32 && cin_g % 64 == 32 &&
-                          !force.gemm_k32;
-  const bool fwd_tma32 = fwd_tma && p.y_channels_last && cin_g >= 96;
-  if (force.gemm_tile < 0 && !force.gemm_one_phase &&
-      ((wg_fits && (gi_tma || fwd_tma)) || (tma32_fits && (gi_tma || fwd_tma32)))) {
+  // (gemm_tma_tile checks what the TMA tiles need: sm_90a, a channels-last 16-bit A, C_in/g
+  // a multiple of 32.)
+  const bool tma_rule = cin_g % 64 == 0
+                            ? gi_tma || fwd_tma
+                            : gi_tma || (fwd_tma && p.y_channels_last && cin_g >= 96);
+  if (force.gemm_tile < 0 && !force.gemm_one_phase && tma_rule) {
     GemmCfg tma = *c;
     // (256 rows take 64-channel k steps only)
     const bool rows256 = cout_g > 64 && p.nsub == 0 && cin_g % 64 == 0;
