@@ -889,3 +889,50 @@ def test_the_engine_launches_the_plan_computed_on_the_host():
             gi, gw = cuda.describe_backward(args, shape.batch, dtype, torch.device(DEV))
             assert gi == ph.grad_input(args, shape.batch, dtype, device).text
             assert gw == ph.grad_weight(args, shape.batch, dtype, device).text
+
+
+# The fix-up runs after its hot kernel as a programmatic dependent launch on sm_90 (its blocks
+# start during the hot kernel's last wave and wait for it), and as a plain launch in a stream
+# being captured: either way it must see every store of a hot kernel of several waves.  Only
+# x holds non-finite values and the weight is finite, so zero padding meets finite values and
+# float64 torch on the GPU is the reference.  (n, in, out, size, dtype, channels-last, k, p,
+# op, groups): sweep shapes 4 and 3 (the 256-row TMA tile and the shared-A tile on sm_90a,
+# else the mma.sync tiles), two waves and more; the founding layer (the all-phase kernel).
+_FIXUP_LAYERS = [(1, 512, 256, (16, 16, 16), torch.bfloat16, True, 2, 0, 0, 1),
+                 (2, 128, 64, (32, 32, 32), torch.bfloat16, True, 2, 0, 0, 1),
+                 (8, 32, 32, (12, 24, 48), torch.bfloat16, False, (3, 5, 7), (1, 2, 3), 1, 4)]
+
+
+@pytest.mark.parametrize("capture", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize("layer", range(len(_FIXUP_LAYERS)))
+def test_fixup_sees_every_store_of_a_hot_kernel_of_many_waves(layer, capture):
+    n, cin, cout, size, dtype, cl, k, p, op, groups = _FIXUP_LAYERS[layer]
+    gen = torch.Generator().manual_seed(layer)
+    x = torch.randn((n, cin) + size, generator=gen).to(dtype)
+    w = torch.randn((cin, cout // groups) + ((k,) * 3 if isinstance(k, int) else k),
+                    generator=gen).to(dtype)
+    # the last voxel's outputs are written by the last blocks, the first's by the first
+    x.view(-1)[-1], x.view(-1)[0] = float("inf"), float("nan")
+    ref = F.conv_transpose3d(x.to(DEV).double(), w.to(DEV).double(), None, 2, p, op, groups)
+    fmt = torch.channels_last_3d if cl else torch.contiguous_format
+    xd, wd = x.to(DEV).contiguous(memory_format=fmt), w.to(DEV)
+    args = check_conv_transpose3d(xd, wd, None, (2, 2, 2), p, op, groups, (1, 1, 1))
+    forward = lambda: _cuda().forward(xd, wd, None, args, out_channels_last=cl)  # noqa: E731
+    y = forward()
+    if capture:
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = forward()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured.view(torch.int16), y.view(torch.int16))
+        y = captured
+    y = y.double()
+    assert bool(torch.isnan(y[0, :, 0, 0, 0]).any()) and bool(torch.isinf(y).any())
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+    assert torch.equal(y[ref.isinf()], ref[ref.isinf()])
+    finite = ref.isfinite()
+    scale = max(1.0, float(ref[finite].abs().max()))
+    assert float((y[finite] - ref[finite]).abs().max()) <= 2e-2 * scale
