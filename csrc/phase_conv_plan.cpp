@@ -367,7 +367,9 @@ bool gemm_wgmma(const GemmCfg& c) {
 int gemm_group_channels(const GemmCfg& c) { return c.tf32 ? 4 : 8; }
 // A planned tile's pipeline depth (the TMA tiles' by their columns).
 int gemm_cfg_stages(const GemmCfg& c) {
-  return c.kind >= 8 ? gemm_tma_stages(c.BN, c.bkg) : gemm_pipeline_stages(c.kind, c.wgroup);
+  return c.kind == 10 ? gemm_pingpong_stages(c.BN, c.bkg)
+         : c.kind >= 8 ? gemm_tma_stages(c.BN, c.bkg)
+                       : gemm_pipeline_stages(c.kind, c.wgroup);
 }
 const char* gemm_precision(const GemmCfg& c) {
   return c.tf32 ? (c.flush ? " 3xTF32 flushed" : " 3xTF32") : "";
@@ -545,13 +547,16 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   c->box_nw = (int)cdiv(cw, c->box_w);
   c->kind = kind; c->BM = bm;
   c->BN = cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128;
-  c->threads = kGemmTmaThreads;
+  c->threads = kind == 10 ? kGemmPingpongThreads : kGemmTmaThreads;
   c->wgroup = false;
   c->bkg = bkg;
-  // 1 KB of alignment slack, the stages, their full and empty barriers, the row tables
-  const int stages = gemm_tma_stages(c->BN, bkg);
+  // 1 KB of alignment slack, the stages, their full and empty barriers, the row tables; the
+  // ping-pong tile's two consumers each have their own output staging and row tables
+  const int stages = gemm_cfg_stages(*c);
+  const size_t consumers = kind == 10 ? 2 : 1;
   c->smem = 1024 + (size_t)stages * (size_t)bkg * 16 * (bm + c->BN) + (size_t)stages * 16 +
-            (size_t)bm * 24;
+            consumers * (size_t)bm * 24 +
+            (kind == 10 ? consumers * (size_t)bm * c->BN * 2 : 0);
   if (c->smem > dev.smem_optin) return false;
   const int64_t boxes = (int64_t)c->box_nd * c->box_nh * c->box_nw * p.n;
   if (boxes >= ((int64_t)1 << 31)) return false;
@@ -559,7 +564,8 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   c->co_blocks = (int)cdiv(cout_g, c->BN);
   c->total_blocks = p.stride_d * p.stride_h * p.stride_w * boxes * c->co_blocks * p.groups;
   if (c->total_blocks > 0x7fffffffLL) return false;  // one block each (32-bit decode)
-  c->grid = c->total_blocks;
+  // the ping-pong tile: one persistent block a multiprocessor (its shared memory)
+  c->grid = kind == 10 ? std::min<int64_t>(c->total_blocks, dev.sms) : c->total_blocks;
   return true;
 }
 
@@ -665,7 +671,7 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     }
   }
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
-  if (kind == 8 || kind == 9) return gemm_tma_tile(p, force, dev, kind, c);
+  if (kind >= 8 && kind <= 10) return gemm_tma_tile(p, force, dev, kind, c);
   if (kind == 6 || kind == 7)
     return !force.gemm_one_phase && !force.gemm_k32 && gemm_shared_a_tile(p, dev, kind == 7, c);
   const bool wg = kind >= 4;
@@ -884,7 +890,8 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                gc.bkg * gemm_group_channels(gc), gc.threads,
                gemm_cfg_stages(gc),
                gc.m_tiles, gc.smem, (long long)gc.grid,
-               gc.kind >= 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
+               gc.kind == 10 ? "one-phase tma-box ping-pong"
+               : gc.kind >= 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
                : gc.wgroup ? "w-phases-grouped" : "one-phase",
                gemm_wgmma(gc) ? " wgmma-sm90a" : "",
                gemm_precision(gc), layout);
@@ -1139,7 +1146,8 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
              "m_tiles=%d smem=%zu%s%s, grad_y channels-last", gc.kind, gc.BM, gc.BN,
              gc.bkg * gemm_group_channels(gc), gc.threads,
              gemm_cfg_stages(gc),
-             gc.m_tiles, gc.smem, gc.kind >= 8 ? " tma-box wgmma-sm90a"
+             gc.m_tiles, gc.smem, gc.kind == 10 ? " tma-box ping-pong wgmma-sm90a"
+                                  : gc.kind >= 8 ? " tma-box wgmma-sm90a"
                                   : gemm_wgmma(gc) ? " wgmma-sm90a" : "",
              gemm_precision(gc));
     return true;

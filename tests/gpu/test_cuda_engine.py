@@ -527,7 +527,7 @@ _WGMMA_CASES = [
 
 
 @pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block", "four-warpgroups",
-                                     "tma", "tma-256-rows"])
+                                     "tma", "tma-256-rows", "tma-ping-pong"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
 def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
@@ -536,7 +536,8 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
               "phase-per-block": ForwardKernel("gemm", gemm_tile=4, gemm_one_phase=True),
               "four-warpgroups": ForwardKernel("gemm", gemm_tile=5),
               "tma": ForwardKernel("gemm", gemm_tile=8),
-              "tma-256-rows": ForwardKernel("gemm", gemm_tile=9)}[variant]
+              "tma-256-rows": ForwardKernel("gemm", gemm_tile=9),
+              "tma-ping-pong": ForwardKernel("gemm", gemm_tile=10)}[variant]
     if (variant == "four-warpgroups" and cfg["cout"] // cfg["groups"] <= 32) or (
             variant == "tma-256-rows" and cfg["cout"] // cfg["groups"] <= 64):
         # four warpgroups: its 512 threads each copy B (BN >= 64); the 256-row TMA tile: BN 128
@@ -564,6 +565,10 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
         bm = 256 if variant == "tma-256-rows" else 128
         assert desc.startswith(f"implicit-gemm kind={7 + bm // 128} BM={bm} "), desc
         assert "tma-box" in desc, desc
+        assert "wgmma-sm90a" in desc, desc
+    elif variant == "tma-ping-pong":
+        assert desc.startswith("implicit-gemm kind=10 BM=128 "), desc
+        assert "tma-box ping-pong" in desc and "threads=384" in desc, desc
         assert "wgmma-sm90a" in desc, desc
     elif variant == "four-warpgroups":
         assert desc.startswith("implicit-gemm kind=5 BM=256") and "one-phase" in desc, desc

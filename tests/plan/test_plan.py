@@ -291,9 +291,9 @@ def test_named_tiles_of_the_input_gradient_gemm():
     of range, is refused before the plan."""
     for device in (ph.H100, ph.H100_SM90A):
         rule = ph.grad_input(WIDER, 2, BF16, device)
-        for tile in range(10):
+        for tile in range(11):
             plan = ph.grad_input(WIDER, 2, BF16, device, "implicit-gemm", tile)
-            runs = tile <= 3 or (tile in (4, 5, 8, 9) and device.wgmma)
+            runs = tile <= 3 or (tile in (4, 5, 8, 9, 10) and device.wgmma)
             assert plan.ok == runs, (device.name, tile, plan.text)
             if runs:
                 assert plan.family == "gemm" and f"kind={tile} " in plan.text, plan.text
@@ -303,7 +303,7 @@ def test_named_tiles_of_the_input_gradient_gemm():
             else:
                 assert plan.text.startswith("refused: the implicit-gemm kernel was forced and "
                                             "the named tile"), plan.text
-    for kernel, tile in (("auto", 1), ("tensor-cores", 1), ("implicit-gemm", 10),
+    for kernel, tile in (("auto", 1), ("tensor-cores", 1), ("implicit-gemm", 11),
                          ("implicit-gemm", -1)):
         with pytest.raises(ValueError, match="grad_input_tile"):
             cuda.grad_input_code(kernel, tile)
@@ -454,6 +454,41 @@ def test_warpgroup_tile_of_the_implicit_gemm():
                                       tile=2).text
     assert "kind=8 " in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm").text
 
+
+
+def test_tma_ping_pong_tile():
+    """Kind 10, named only: kind 8's 128-row tiles ping-ponged between two consumer
+    warpgroups of persistent blocks (one a multiprocessor): 384 threads, the ring's stages by
+    the columns and the k step, each consumer's output staging and row tables in shared
+    memory, forward and input gradient; never where kind 8 cannot run."""
+    from phaseconv.engines.cuda import ForwardKernel
+
+    named = ForwardKernel("gemm", gemm_tile=10)
+    # (layer, BN, BK, stages, shared memory): the ring, its barriers, 2 x (row tables and
+    # 16-bit output staging), 1 KB of alignment slack
+    for args, bn, bk, stages in ((ph.sweep_args(SWEEP[3]), 128, 64, 4),
+                                 (ph.sweep_args(SWEEP[2]), 64, 64, 6),
+                                 (ph.conv_args(96, 128, 3, 8, 2, 1, 1), 128, 32, 8),
+                                 (ph.sweep_args(SWEEP[1]), 32, 64, 6)):
+        for out_cl in (False, True):
+            plan = ph.forward(args, 1, BF16, ph.H100_SM90A, channels_last=True,
+                              out_channels_last=out_cl, kernel=named)
+            smem = 1024 + stages * bk * 2 * (128 + bn) + stages * 16 + 2 * 128 * 24 + \
+                2 * 128 * bn * 2
+            assert plan.ok and (f"kind=10 BM=128 BN={bn} BK={bk} threads=384 stages={stages} "
+                                in plan.text), plan.text
+            assert f" smem={smem} " in plan.text and "tma-box ping-pong wgmma-sm90a" in plan.text
+            kind8 = ph.forward(args, 1, BF16, ph.H100_SM90A, channels_last=True,
+                               out_channels_last=out_cl, kernel=ForwardKernel("gemm", gemm_tile=8))
+            tiles = int(kind8.text.split(" grid=")[1].split()[0])
+            assert f" grid={min(tiles, 132)} " in plan.text, plan.text
+        for device in (ph.H100, ph.A100):
+            assert not ph.forward(args, 1, BF16, device, channels_last=True, kernel=named).ok
+        assert not ph.forward(args, 1, F32, ph.H100_SM90A, channels_last=True,
+                              kernel=named).ok
+    gi = ph.grad_input(ph.sweep_args(SWEEP[3]), 1, BF16, ph.H100_SM90A, "implicit-gemm", tile=10)
+    assert gi.ok and "kind=10 BM=128 BN=128 " in gi.text and "tma-box ping-pong" in gi.text, \
+        gi.text
 
 
 def test_tma_tile_rule():
@@ -706,7 +741,7 @@ def test_all_phase_tiles():
     assert wide.ok and "kind=4 " in wide.text and "BN=8 " in wide.text
     with pytest.raises(ValueError, match="allph_tile"):
         ph.forward(FOUNDING, 8, F32, ph.H100, kernel=ForwardKernel("tensor-cores", allph_tile=5))
-    for tile in (-2, 10):  # never read as the rule, nor passed on
+    for tile in (-2, 11):  # never read as the rule, nor passed on
         with pytest.raises(ValueError, match="gemm_tile"):
             ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("gemm", gemm_tile=tile))
 
