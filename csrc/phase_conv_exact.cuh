@@ -237,10 +237,16 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// *allowed: the fix-up may be a programmatic dependent launch.  That needs sm_90; a stream
-// being captured into a graph takes the plain launch (capturing such launches needs a newer
-// toolkit than the engine's oldest).
+// *allowed: the fix-up may be a programmatic dependent launch.  That needs sm_90 and a CUDA
+// 12 runtime (torch's CUDA 11 builds ship an 11.7 runtime without cudaLaunchKernelEx, so a
+// build with CUDA 11 headers never asks); a stream being captured into a graph takes the
+// plain launch (capturing such launches needs a newer toolkit than the engine's oldest).
 inline cudaError_t dependent_launch_allowed(cudaStream_t stream, bool* allowed) {
+  *allowed = false;
+#if CUDART_VERSION < 12000
+  (void)stream;
+  return cudaSuccess;
+#else
   int device = 0, major = 0;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   cudaError_t err = cudaGetDevice(&device);
@@ -249,6 +255,7 @@ inline cudaError_t dependent_launch_allowed(cudaStream_t stream, bool* allowed) 
   if (err == cudaSuccess) err = cudaStreamIsCapturing(stream, &capture);
   *allowed = err == cudaSuccess && major >= 9 && capture == cudaStreamCaptureStatusNone;
   return err;
+#endif
 }
 
 template <typename T>
@@ -262,6 +269,7 @@ cudaError_t launch_fixup(const PhaseConvExact& e, void* out, int64_t numel,
   bool dependent = false;
   const cudaError_t err = dependent_launch_allowed(stream, &dependent);
   if (err != cudaSuccess) return err;
+#if CUDART_VERSION >= 12000
   if (dependent) {
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3((unsigned)blocks);
@@ -274,6 +282,7 @@ cudaError_t launch_fixup(const PhaseConvExact& e, void* out, int64_t numel,
     config.numAttrs = 1;
     return cudaLaunchKernelEx(&config, fixup_kernel<T>, e, y, numel);
   }
+#endif
   fixup_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(e, y, numel);
   return cudaGetLastError();
 }
