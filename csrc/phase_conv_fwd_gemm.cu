@@ -973,6 +973,80 @@ gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTens
   }
   if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
 }
+
+// The persistent 256-row TMA tile (kind 11): kind 9's tiles (256 rows, BN 128, 64-channel k
+// steps, each consumer warpgroup 128 of the rows) walked by persistent blocks, one a
+// multiprocessor, with one ring of stages across tiles, so the producer copies the next
+// tile's operands while the consumers write this one's output (staged apart).  The producer
+// warpgroup hands registers to the consumers as in the ping-pong tile, so their 128 x 128
+// accumulators do not spill.
+template <typename T>
+__global__ void __launch_bounds__(kGemmPingpongThreads, 1)
+gemm_tma_persistent_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
+                           const __grid_constant__ PhaseConvTensorMap bmap) {
+  phaseconv_exact::let_fixup_start();
+  namespace tma = phaseconv_tma;
+  constexpr int BM = 256, BN = 128, BKG = 8, MR = 2, STAGES = kGemmTmaPersistentStages;
+  constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
+  constexpr int RING = STAGES * (A_STAGE + B_STAGE), OUT = BM * BN * (int)sizeof(T);
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // the stages 1024-byte aligned (the swizzle's atoms; the plan adds the slack)
+  const uint32_t s_base = tma::smem_addr(smem_raw);
+  unsigned char* smem = smem_raw + (((s_base + 1023u) & ~1023u) - s_base);
+  const uint32_t sa = tma::smem_addr(smem), sb = sa + STAGES * A_STAGE;
+  // the ring, the output, the barriers, the row tables
+  T* s_c = reinterpret_cast<T*>(smem + RING);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + RING + OUT);
+  uint64_t* empty = full + STAGES;
+  int4* s_rc = reinterpret_cast<int4*>(empty + STAGES);
+  int64_t* s_yo = reinterpret_cast<int64_t*>(s_rc + BM);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const uint32_t tiles = (uint32_t)a.total_blocks;
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      tma::bar_init(&full[s], 1);
+      tma::bar_init(&empty[s], 2);  // one arrival a consumer warpgroup
+    }
+  }
+  __syncthreads();
+
+  if (warp < 4) {  // the producer warpgroup: one thread issues every copy
+    tma::warpgroup_registers_dec<40>();
+    if (tid == 0) {
+      uint32_t it = 0;  // the ring's step, across tiles
+      for (uint32_t i = blockIdx.x; i < tiles; i += gridDim.x) {
+        TmaTile t;
+        if (tma_tile<BN, BKG>(a, i, t))
+          it = tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG>(a, t, amap, bmap, smem, full,
+                                                            empty, it);
+      }
+    }
+    return;  // (no barrier over the whole block follows)
+  }
+  tma::warpgroup_registers_inc<232>();
+  const int c = (warp >> 2) - 1, ct = tid - 128;  // consumer warpgroup c, consumer thread ct
+  bool nonfinite = false;  // a stored element is Inf or NaN
+  uint32_t it = 0;
+  for (uint32_t i = blockIdx.x; i < tiles; i += gridDim.x) {
+    TmaTile t;
+    if (!tma_tile<BN, BKG>(a, i, t)) continue;
+    // (the previous tile's write-out is done with the tables: the barrier ending it)
+    tma_row(a, t, ct, s_rc, s_yo);
+    float d[MR][BN / 2];
+    it = tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE>(
+        d, t.nk, sa + (uint32_t)c * MR * 64 * BKG * 16, sb, full, empty, it, (ct & 127) == 0,
+        true);
+    tma::named_sync(1, 256);  // the row tables written
+    tma_epilogue<T, BN, MR>(a, t, d, s_c, s_rc, s_yo, c * MR * 4, warp, lane, nonfinite);
+    if (a.y_cl) {
+      tma::named_sync(1, 256);
+      gemm_write_tile<T, BM, BN, 256>(a, s_c, s_rc, s_yo, 1, t.rw, t.co_base, ct, nonfinite);
+    }
+    tma::named_sync(1, 256);  // s_c and the row tables are free for the next tile
+  }
+  if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
+}
 #endif  // PHASECONV_SM90A
 
 
@@ -1253,12 +1327,12 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
   a.chunks = c.chunks; a.chunks_per_block = c.chunks_per_block;
   a.box_d = c.box_d; a.box_h = c.box_h; a.box_w = c.box_w;
   a.box_nd = c.box_nd; a.box_nh = c.box_nh; a.box_nw = c.box_nw;
-  if (c.kind >= 8 && c.kind <= 10) {  // the TMA tiles: 16-bit, channels-last A, C_in/g % 32 == 0
+  if (c.kind >= 8 && c.kind <= 11) {  // the TMA tiles: 16-bit, channels-last A, C_in/g % 32 == 0
 #if defined(PHASECONV_SM90A)
     if constexpr (std::is_same<T, float>::value) {
       return cudaErrorInvalidConfiguration;
     } else {
-      const int mr = c.kind == 9 ? 2 : 1;
+      const int mr = c.kind == 9 || c.kind == 11 ? 2 : 1;
       if (c.a_ncdhw || (c.bkg != 8 && c.bkg != 4) || a.G % c.bkg != 0 || c.BM != 128 * mr ||
           c.box_d * c.box_h * c.box_w != c.BM)
         return cudaErrorInvalidConfiguration;
@@ -1277,7 +1351,7 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
       err = phase_conv_tma_encode_rows(&bmap, p.weight_mma, p.groups * p.total_taps * a.G,
                                        a.cout_g, c.BN, c.bkg, a.b_fold);
       if (err != cudaSuccess) return err;
-      if (mr == 2)  // 256 rows: BN 128, 64-channel k steps only (where B is widest)
+      if (c.kind == 9)  // 256 rows: BN 128, 64-channel k steps only (where B is widest)
         return c.BN == 128 && c.bkg == 8
                    ? launch_kernel(gemm_tma_kernel<T, 128, 2, 8>, c.grid, kTmaThreads, c.smem,
                                    stream, a, amap, bmap)
@@ -1285,6 +1359,11 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
       if (c.kind == 10)
         return c.bkg == 4 ? launch_gemm_pingpong<T, 4>(a, c, amap, bmap, stream)
                           : launch_gemm_pingpong<T, 8>(a, c, amap, bmap, stream);
+      if (c.kind == 11)  // 256 rows: BN 128, 64-channel k steps only
+        return c.BN == 128 && c.bkg == 8
+                   ? launch_kernel(gemm_tma_persistent_kernel<T>, c.grid, kGemmPingpongThreads,
+                                   c.smem, stream, a, amap, bmap)
+                   : cudaErrorInvalidConfiguration;
       if (c.bkg == 4) return launch_gemm_tma<T, 4>(a, c, amap, bmap, stream);
       return launch_gemm_tma<T, 8>(a, c, amap, bmap, stream);
     }

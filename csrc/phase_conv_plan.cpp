@@ -367,7 +367,8 @@ bool gemm_wgmma(const GemmCfg& c) {
 int gemm_group_channels(const GemmCfg& c) { return c.tf32 ? 4 : 8; }
 // A planned tile's pipeline depth (the TMA tiles' by their columns).
 int gemm_cfg_stages(const GemmCfg& c) {
-  return c.kind == 10 ? gemm_pingpong_stages(c.BN, c.bkg)
+  return c.kind == 11   ? kGemmTmaPersistentStages
+         : c.kind == 10 ? gemm_pingpong_stages(c.BN, c.bkg)
          : c.kind >= 8 ? gemm_tma_stages(c.BN, c.bkg)
                        : gemm_pipeline_stages(c.kind, c.wgroup);
 }
@@ -531,9 +532,9 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   if (!dev.wgmma || c->a_ncdhw || c->tf32 || cin_g % 32 != 0 || force.gemm_k32 ||
       p.in_d > 0x7fffffff || p.in_h > 0x7fffffff || p.in_w > 0x7fffffff ||
       p.in_stride_d > 8 || p.in_stride_h > 8 || p.in_stride_w > 8 ||
-      (kind == 9 && (cout_g <= 64 || bkg != 8)))
+      ((kind == 9 || kind == 11) && (cout_g <= 64 || bkg != 8)))
     return false;
-  const int bm = kind == 9 ? 256 : 128;
+  const int bm = kind == 9 || kind == 11 ? 256 : 128;
   const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
                 cw = cdiv(p.out_w, p.stride_w);
   // (the input gradient's box steps at the layer's stride over grad_y)
@@ -547,16 +548,18 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   c->box_nw = (int)cdiv(cw, c->box_w);
   c->kind = kind; c->BM = bm;
   c->BN = cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128;
-  c->threads = kind == 10 ? kGemmPingpongThreads : kGemmTmaThreads;
+  const bool persistent = kind == 10 || kind == 11;
+  c->threads = persistent ? kGemmPingpongThreads : kGemmTmaThreads;
   c->wgroup = false;
   c->bkg = bkg;
   // 1 KB of alignment slack, the stages, their full and empty barriers, the row tables; the
-  // ping-pong tile's two consumers each have their own output staging and row tables
+  // persistent tiles stage their output apart, the ping-pong tile's two consumers each their
+  // own (with their own row tables)
   const int stages = gemm_cfg_stages(*c);
   const size_t consumers = kind == 10 ? 2 : 1;
   c->smem = 1024 + (size_t)stages * (size_t)bkg * 16 * (bm + c->BN) + (size_t)stages * 16 +
             consumers * (size_t)bm * 24 +
-            (kind == 10 ? consumers * (size_t)bm * c->BN * 2 : 0);
+            (persistent ? consumers * (size_t)bm * c->BN * 2 : 0);
   if (c->smem > dev.smem_optin) return false;
   const int64_t boxes = (int64_t)c->box_nd * c->box_nh * c->box_nw * p.n;
   if (boxes >= ((int64_t)1 << 31)) return false;
@@ -564,8 +567,8 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   c->co_blocks = (int)cdiv(cout_g, c->BN);
   c->total_blocks = p.stride_d * p.stride_h * p.stride_w * boxes * c->co_blocks * p.groups;
   if (c->total_blocks > 0x7fffffffLL) return false;  // one block each (32-bit decode)
-  // the ping-pong tile: one persistent block a multiprocessor (its shared memory)
-  c->grid = kind == 10 ? std::min<int64_t>(c->total_blocks, dev.sms) : c->total_blocks;
+  // the persistent tiles: one block a multiprocessor (their shared memory)
+  c->grid = persistent ? std::min<int64_t>(c->total_blocks, dev.sms) : c->total_blocks;
   return true;
 }
 
@@ -671,7 +674,7 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     }
   }
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
-  if (kind >= 8 && kind <= 10) return gemm_tma_tile(p, force, dev, kind, c);
+  if (kind >= 8 && kind <= 11) return gemm_tma_tile(p, force, dev, kind, c);
   if (kind == 6 || kind == 7)
     return !force.gemm_one_phase && !force.gemm_k32 && gemm_shared_a_tile(p, dev, kind == 7, c);
   const bool wg = kind >= 4;
@@ -890,7 +893,8 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                gc.bkg * gemm_group_channels(gc), gc.threads,
                gemm_cfg_stages(gc),
                gc.m_tiles, gc.smem, (long long)gc.grid,
-               gc.kind == 10 ? "one-phase tma-box ping-pong"
+               gc.kind == 11 ? "one-phase tma-box persistent"
+               : gc.kind == 10 ? "one-phase tma-box ping-pong"
                : gc.kind >= 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
                : gc.wgroup ? "w-phases-grouped" : "one-phase",
                gemm_wgmma(gc) ? " wgmma-sm90a" : "",
@@ -1146,7 +1150,8 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
              "m_tiles=%d smem=%zu%s%s, grad_y channels-last", gc.kind, gc.BM, gc.BN,
              gc.bkg * gemm_group_channels(gc), gc.threads,
              gemm_cfg_stages(gc),
-             gc.m_tiles, gc.smem, gc.kind == 10 ? " tma-box ping-pong wgmma-sm90a"
+             gc.m_tiles, gc.smem, gc.kind == 11 ? " tma-box persistent wgmma-sm90a"
+                                  : gc.kind == 10 ? " tma-box ping-pong wgmma-sm90a"
                                   : gc.kind >= 8 ? " tma-box wgmma-sm90a"
                                   : gemm_wgmma(gc) ? " wgmma-sm90a" : "",
              gemm_precision(gc));

@@ -201,6 +201,9 @@ constexpr int gemm_tma_min_blocks(int bn) { return bn == 32 ? 3 : 1; }
 // each consumer stages its output apart: four stages at 128 columns, six below, twice that
 // for 32-channel k steps.
 constexpr int kGemmPingpongThreads = 384;
+// The persistent 256-row TMA tile (kind 11, the same threads): three stages of 48 KB and its
+// 64 KB output staged apart.
+constexpr int kGemmTmaPersistentStages = 3;
 constexpr int gemm_pingpong_stages(int bn, int bkg) {
   return (bn == 128 ? 4 : 6) * (bkg == 4 ? 2 : 1);
 }
@@ -336,7 +339,8 @@ struct GemmCfg {
              // 64 channels (bkg 8) or, where C_in/g is an odd multiple of 32, of 32 (bkg 4);
              // 9: the same with 256 rows (128 a consumer warpgroup), BN 128, bkg 8;
              // 10: kind 8's tiles ping-ponged: persistent blocks of a producer warpgroup and
-             // two consumer warpgroups, each consumer a whole tile, alternately
+             // two consumer warpgroups, each consumer a whole tile, alternately; 11: kind 9's
+             // tiles walked by such persistent blocks, both consumers on each tile
   int BM, BN, threads, m_tiles, co_blocks;
   int chunks, chunks_per_block;  // kinds 6, 7: (phase, column block) chunks, and per block
   bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together

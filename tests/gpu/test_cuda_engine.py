@@ -527,7 +527,8 @@ _WGMMA_CASES = [
 
 
 @pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block", "four-warpgroups",
-                                     "tma", "tma-256-rows", "tma-ping-pong"])
+                                     "tma", "tma-256-rows", "tma-ping-pong",
+                                     "tma-256-rows-persistent"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", range(len(_WGMMA_CASES)))
 def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
@@ -537,9 +538,10 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
               "four-warpgroups": ForwardKernel("gemm", gemm_tile=5),
               "tma": ForwardKernel("gemm", gemm_tile=8),
               "tma-256-rows": ForwardKernel("gemm", gemm_tile=9),
-              "tma-ping-pong": ForwardKernel("gemm", gemm_tile=10)}[variant]
+              "tma-ping-pong": ForwardKernel("gemm", gemm_tile=10),
+              "tma-256-rows-persistent": ForwardKernel("gemm", gemm_tile=11)}[variant]
     if (variant == "four-warpgroups" and cfg["cout"] // cfg["groups"] <= 32) or (
-            variant == "tma-256-rows" and cfg["cout"] // cfg["groups"] <= 64):
+            variant.startswith("tma-256-rows") and cfg["cout"] // cfg["groups"] <= 64):
         # four warpgroups: its 512 threads each copy B (BN >= 64); the 256-row TMA tile: BN 128
         with pytest.raises(RuntimeError, match="was forced and"):
             _run(cfg, dtype, kernel=kernel, seed=case)
@@ -569,6 +571,9 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     elif variant == "tma-ping-pong":
         assert desc.startswith("implicit-gemm kind=10 BM=128 "), desc
         assert "tma-box ping-pong" in desc and "threads=384" in desc, desc
+    elif variant == "tma-256-rows-persistent":
+        assert desc.startswith("implicit-gemm kind=11 BM=256 "), desc
+        assert "tma-box persistent" in desc and "threads=384" in desc, desc
         assert "wgmma-sm90a" in desc, desc
     elif variant == "four-warpgroups":
         assert desc.startswith("implicit-gemm kind=5 BM=256") and "one-phase" in desc, desc

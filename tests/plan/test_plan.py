@@ -291,9 +291,9 @@ def test_named_tiles_of_the_input_gradient_gemm():
     of range, is refused before the plan."""
     for device in (ph.H100, ph.H100_SM90A):
         rule = ph.grad_input(WIDER, 2, BF16, device)
-        for tile in range(11):
+        for tile in range(12):
             plan = ph.grad_input(WIDER, 2, BF16, device, "implicit-gemm", tile)
-            runs = tile <= 3 or (tile in (4, 5, 8, 9, 10) and device.wgmma)
+            runs = tile <= 3 or (tile in (4, 5, 8, 9, 10, 11) and device.wgmma)
             assert plan.ok == runs, (device.name, tile, plan.text)
             if runs:
                 assert plan.family == "gemm" and f"kind={tile} " in plan.text, plan.text
@@ -303,7 +303,7 @@ def test_named_tiles_of_the_input_gradient_gemm():
             else:
                 assert plan.text.startswith("refused: the implicit-gemm kernel was forced and "
                                             "the named tile"), plan.text
-    for kernel, tile in (("auto", 1), ("tensor-cores", 1), ("implicit-gemm", 11),
+    for kernel, tile in (("auto", 1), ("tensor-cores", 1), ("implicit-gemm", 12),
                          ("implicit-gemm", -1)):
         with pytest.raises(ValueError, match="grad_input_tile"):
             cuda.grad_input_code(kernel, tile)
@@ -489,6 +489,35 @@ def test_tma_ping_pong_tile():
     gi = ph.grad_input(ph.sweep_args(SWEEP[3]), 1, BF16, ph.H100_SM90A, "implicit-gemm", tile=10)
     assert gi.ok and "kind=10 BM=128 BN=128 " in gi.text and "tma-box ping-pong" in gi.text, \
         gi.text
+
+
+def test_tma_persistent_tile():
+    """Kind 11, named only: kind 9's 256-row tiles walked by persistent blocks (one a
+    multiprocessor) of a producer warpgroup and two consumer warpgroups: 384 threads, three
+    stages, the output staged apart; BN 128 and 64-channel k steps only, as kind 9."""
+    from phaseconv.engines.cuda import ForwardKernel
+
+    named = ForwardKernel("gemm", gemm_tile=11)
+    args = ph.sweep_args(SWEEP[3])
+    plan = ph.forward(args, 1, BF16, ph.H100_SM90A, channels_last=True, out_channels_last=True,
+                      kernel=named)
+    smem = 1024 + 3 * 128 * (256 + 128) + 3 * 16 + 256 * 24 + 256 * 128 * 2
+    assert plan.ok and "kind=11 BM=256 BN=128 BK=64 threads=384 stages=3 " in plan.text, \
+        plan.text
+    assert f" smem={smem} " in plan.text and "tma-box persistent wgmma-sm90a" in plan.text
+    kind9 = ph.forward(args, 1, BF16, ph.H100_SM90A, channels_last=True, out_channels_last=True,
+                       kernel=ForwardKernel("gemm", gemm_tile=9))
+    tiles = int(kind9.text.split(" grid=")[1].split()[0])
+    assert f" grid={min(tiles, 132)} " in plan.text, plan.text
+    # where kind 9 refuses: C_out/groups <= 64, 32-channel k steps; no sm_90a build
+    for refused in (ph.forward(ph.sweep_args(SWEEP[2]), 2, BF16, ph.H100_SM90A,
+                               channels_last=True, kernel=named),
+                    ph.forward(ph.conv_args(96, 128, 3, 8, 2, 1, 1), 2, BF16, ph.H100_SM90A,
+                               channels_last=True, kernel=named),
+                    ph.forward(args, 1, BF16, ph.H100, channels_last=True, kernel=named)):
+        assert not refused.ok, refused.text
+    gi = ph.grad_input(args, 1, BF16, ph.H100_SM90A, "implicit-gemm", tile=11)
+    assert gi.ok and "kind=11 BM=256 " in gi.text and "tma-box persistent" in gi.text, gi.text
 
 
 def test_tma_tile_rule():
@@ -741,7 +770,7 @@ def test_all_phase_tiles():
     assert wide.ok and "kind=4 " in wide.text and "BN=8 " in wide.text
     with pytest.raises(ValueError, match="allph_tile"):
         ph.forward(FOUNDING, 8, F32, ph.H100, kernel=ForwardKernel("tensor-cores", allph_tile=5))
-    for tile in (-2, 11):  # never read as the rule, nor passed on
+    for tile in (-2, 12):  # never read as the rule, nor passed on
         with pytest.raises(ValueError, match="gemm_tile"):
             ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("gemm", gemm_tile=tile))
 
