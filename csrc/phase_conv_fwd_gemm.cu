@@ -683,6 +683,13 @@ gemm_cl_kernel(const GemmArgs a) {
 // stored from the accumulators ((N, C, D, H, W) results).  k steps of BKG 16-byte groups:
 // 64 channels (128-byte rows, C_in/g a multiple of 64) or 32 (BKG 4: 64-byte rows in the
 // 64-byte swizzle, for C_in/g an odd multiple of 32).
+// The TMA kernels' dynamic shared memory from its first 1024-byte boundary: the stages'
+// alignment (the swizzle's atoms; the plan adds the slack).
+__device__ __forceinline__ unsigned char* tma_stages_base(unsigned char* smem_raw) {
+  const uint32_t s_base = phaseconv_tma::smem_addr(smem_raw);
+  return smem_raw + (((s_base + 1023u) & ~1023u) - s_base);
+}
+
 // A tile of the TMA kernels: (phase, box, sample, C_out block, group) from its index, phase
 // fastest, and its phase's taps; false where the box lies past its phase (a smaller
 // residue's).  nk: its k steps of BKG 16-byte groups.
@@ -839,9 +846,7 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
   constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
   static_assert(BM * BN * (int)sizeof(T) <= STAGES * (A_STAGE + B_STAGE), "output tile");
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // the stages 1024-byte aligned (the 128-byte swizzle's atoms; the plan adds the slack)
-  const uint32_t s_base = tma::smem_addr(smem_raw);
-  unsigned char* smem = smem_raw + (((s_base + 1023u) & ~1023u) - s_base);
+  unsigned char* smem = tma_stages_base(smem_raw);
   const uint32_t sa = tma::smem_addr(smem), sb = sa + STAGES * A_STAGE;
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + STAGES * (A_STAGE + B_STAGE));
   uint64_t* empty = full + STAGES;
@@ -885,6 +890,25 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
   if (nonfinite) *a.ex.flag = 1;  // the fix-up recomputes those (phase_conv_exact.cuh)
 }
 
+// The producer warpgroup of the persistent TMA tiles (kinds 10, 11): it gives registers back
+// for the consumers (setmaxnreg), and one thread copies the k steps of the block's tiles,
+// blockIdx.x, + gridDim.x, ..., through the ring in that order.
+template <int BN, int BKG, int STAGES, int A_STAGE, int B_STAGE>
+__device__ __forceinline__ void tma_produce_tiles(const GemmArgs& a,
+                                                  const PhaseConvTensorMap& amap,
+                                                  const PhaseConvTensorMap& bmap,
+                                                  unsigned char* smem, uint64_t* full,
+                                                  uint64_t* empty, int tid) {
+  phaseconv_tma::warpgroup_registers_dec<40>();
+  if (tid != 0) return;
+  uint32_t it = 0;  // the ring's step, across tiles
+  for (uint32_t i = blockIdx.x; i < (uint32_t)a.total_blocks; i += gridDim.x) {
+    TmaTile t;
+    if (tma_tile<BN, BKG>(a, i, t))
+      it = tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG>(a, t, amap, bmap, smem, full, empty, it);
+  }
+}
+
 // The ping-pong TMA tile (kind 10): persistent blocks (one a multiprocessor) of a producer
 // warpgroup and two consumer warpgroups.  A block walks tiles blockIdx.x, + gridDim.x, ...
 // (kind 8's 128-row tiles); the producer copies their k steps in that order through one
@@ -905,9 +929,7 @@ gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTens
   constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
   constexpr int RING = STAGES * (A_STAGE + B_STAGE), OUT = BM * BN * (int)sizeof(T);
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // the stages 1024-byte aligned (the swizzle's atoms; the plan adds the slack)
-  const uint32_t s_base = tma::smem_addr(smem_raw);
-  unsigned char* smem = smem_raw + (((s_base + 1023u) & ~1023u) - s_base);
+  unsigned char* smem = tma_stages_base(smem_raw);
   const uint32_t sa = tma::smem_addr(smem), sb = sa + STAGES * A_STAGE;
   // the ring, each consumer's output, the barriers, each consumer's row tables
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + RING + 2 * OUT);
@@ -928,17 +950,8 @@ gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTens
   }
   __syncthreads();
 
-  if (warp < 4) {  // the producer warpgroup: one thread issues every copy
-    tma::warpgroup_registers_dec<40>();
-    if (tid == 0) {
-      uint32_t it = 0;  // the ring's step, across tiles
-      for (uint32_t i = blockIdx.x; i < tiles; i += gridDim.x) {
-        TmaTile t;
-        if (tma_tile<BN, BKG>(a, i, t))
-          it = tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG>(a, t, amap, bmap, smem, full,
-                                                            empty, it);
-      }
-    }
+  if (warp < 4) {  // the producer warpgroup
+    tma_produce_tiles<BN, BKG, STAGES, A_STAGE, B_STAGE>(a, amap, bmap, smem, full, empty, tid);
     return;  // (no barrier over the whole block follows)
   }
   tma::warpgroup_registers_inc<232>();
@@ -990,9 +1003,7 @@ gemm_tma_persistent_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTe
   constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
   constexpr int RING = STAGES * (A_STAGE + B_STAGE), OUT = BM * BN * (int)sizeof(T);
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // the stages 1024-byte aligned (the swizzle's atoms; the plan adds the slack)
-  const uint32_t s_base = tma::smem_addr(smem_raw);
-  unsigned char* smem = smem_raw + (((s_base + 1023u) & ~1023u) - s_base);
+  unsigned char* smem = tma_stages_base(smem_raw);
   const uint32_t sa = tma::smem_addr(smem), sb = sa + STAGES * A_STAGE;
   // the ring, the output, the barriers, the row tables
   T* s_c = reinterpret_cast<T*>(smem + RING);
@@ -1011,17 +1022,8 @@ gemm_tma_persistent_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTe
   }
   __syncthreads();
 
-  if (warp < 4) {  // the producer warpgroup: one thread issues every copy
-    tma::warpgroup_registers_dec<40>();
-    if (tid == 0) {
-      uint32_t it = 0;  // the ring's step, across tiles
-      for (uint32_t i = blockIdx.x; i < tiles; i += gridDim.x) {
-        TmaTile t;
-        if (tma_tile<BN, BKG>(a, i, t))
-          it = tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG>(a, t, amap, bmap, smem, full,
-                                                            empty, it);
-      }
-    }
+  if (warp < 4) {  // the producer warpgroup
+    tma_produce_tiles<BN, BKG, STAGES, A_STAGE, B_STAGE>(a, amap, bmap, smem, full, empty, tid);
     return;  // (no barrier over the whole block follows)
   }
   tma::warpgroup_registers_inc<232>();
