@@ -664,25 +664,8 @@ gemm_cl_kernel(const GemmArgs a) {
 }
 
 
-// ---------------------------------------------------------------- TMA tile (kinds 8, 9, sm_90a)
+// ---------------------------------------------------------------- TMA tiles (kinds 8-11, sm_90a)
 #if defined(PHASECONV_SM90A)
-// The warpgroup tile with its operands copied by the TMA unit (phase_conv_tma.cuh).  A block's
-// BM = 128 MR rows (MR 64-row wgmma blocks a consumer warpgroup: kind 8 MR 1, kind 9 MR 2, B
-// read by twice the rows) are a box of (box_d x box_h x box_w) output voxels of one phase and
-// one sample, so at tap (td, th, tw) and channel chunk kc its A operand is one box of the
-// channels-last input at the corner (in_sw jw0 + offw + tw pdw, in_sh jh0 + offh + th pdh,
-// in_sd jd0 + offd + td pdd), every in_s-th voxel (the forward's 1; the input gradient reads
-// grad_y at the layer's stride), zero-filled by the hardware outside the input (the
-// padding), landing as 128-byte swizzled rows (the layout the A descriptor reads); its B
-// operand is one box {8, BN, 8} of the weight layout, landing as [group][column][8] (zero
-// past C_out/g).  One producer warp issues both
-// copies of a stage on its `full` barrier (bytes expected) and waits for the stage's `empty`
-// barrier, which each consumer warpgroup arrives on once its wgmma batch reading the stage
-// is complete.  No per-element address arithmetic, no cp.async, no proxy fence.  One phase a
-// block; the output is staged in the drained stages for 16-byte channels-last stores, or
-// stored from the accumulators ((N, C, D, H, W) results).  k steps of BKG 16-byte groups:
-// 64 channels (128-byte rows, C_in/g a multiple of 64) or 32 (BKG 4: 64-byte rows in the
-// 64-byte swizzle, for C_in/g an odd multiple of 32).
 // The TMA kernels' dynamic shared memory from its first 1024-byte boundary: the stages'
 // alignment (the swizzle's atoms; the plan adds the slack).
 __device__ __forceinline__ unsigned char* tma_stages_base(unsigned char* smem_raw) {
@@ -832,8 +815,25 @@ __device__ __forceinline__ void tma_epilogue(const GemmArgs& a, const TmaTile& t
   }
 }
 
+// The warpgroup tile with its operands copied by the TMA unit (phase_conv_tma.cuh).  A block's
+// BM = 128 MR rows (MR 64-row wgmma blocks a consumer warpgroup: kind 8 MR 1, kind 9 MR 2, B
+// read by twice the rows) are a box of (box_d x box_h x box_w) output voxels of one phase and
+// one sample, so at tap (td, th, tw) and channel chunk kc its A operand is one box of the
+// channels-last input at the corner (in_sw jw0 + offw + tw pdw, in_sh jh0 + offh + th pdh,
+// in_sd jd0 + offd + td pdd), every in_s-th voxel (the forward's 1; the input gradient reads
+// grad_y at the layer's stride), zero-filled by the hardware outside the input (the
+// padding), landing as 128-byte swizzled rows (the layout the A descriptor reads); its B
+// operand is one box {8, BN, 8} of the weight layout, landing as [group][column][8] (zero
+// past C_out/g).  One producer warp issues both
+// copies of a stage on its `full` barrier (bytes expected) and waits for the stage's `empty`
+// barrier, which each consumer warpgroup arrives on once its wgmma batch reading the stage
+// is complete.  No per-element address arithmetic, no cp.async, no proxy fence.  One phase a
+// block; the output is staged in the drained stages for 16-byte channels-last stores, or
+// stored from the accumulators ((N, C, D, H, W) results).  k steps of BKG 16-byte groups:
+// 64 channels (128-byte rows, C_in/g a multiple of 64) or 32 (BKG 4: 64-byte rows in the
+// 64-byte swizzle, for C_in/g an odd multiple of 32).
 // two consumer warpgroups and a producer warp (9 warps allocate registers as 12: at most 168
-// a thread, which 256 rows at BN 128 pass by 72 bytes of spills)
+// a thread, which 256 rows at BN 128 pass by 56 bytes of spills, none in the k loop)
 constexpr int kTmaThreads = kGemmTmaThreads;
 
 template <typename T, int BN, int MR, int BKG>
@@ -1276,35 +1276,23 @@ cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stre
 }
 
 #if defined(PHASECONV_SM90A)
-// The 128-row TMA tile by its columns, k steps of BKG 16-byte groups.
-template <typename T, int BKG>
+// The 128-row TMA tiles by their columns, k steps of BKG 16-byte groups: kind 8, or its
+// ping-pong form (kind 10).
+template <typename T, int BKG, bool PINGPONG>
 cudaError_t launch_gemm_tma(const GemmArgs& a, const GemmCfg& c,
                             const PhaseConvTensorMap& amap, const PhaseConvTensorMap& bmap,
                             cudaStream_t stream) {
+  const int threads = PINGPONG ? kGemmPingpongThreads : kTmaThreads;
   switch (c.BN) {
-    case 32: return launch_kernel(gemm_tma_kernel<T, 32, 1, BKG>, c.grid, kTmaThreads, c.smem,
-                                  stream, a, amap, bmap);
-    case 64: return launch_kernel(gemm_tma_kernel<T, 64, 1, BKG>, c.grid, kTmaThreads, c.smem,
-                                  stream, a, amap, bmap);
-    case 128: return launch_kernel(gemm_tma_kernel<T, 128, 1, BKG>, c.grid, kTmaThreads,
-                                   c.smem, stream, a, amap, bmap);
-  }
-  return cudaErrorInvalidConfiguration;
-}
-
-// The ping-pong TMA tile by its columns, k steps of BKG 16-byte groups.
-template <typename T, int BKG>
-cudaError_t launch_gemm_pingpong(const GemmArgs& a, const GemmCfg& c,
-                                 const PhaseConvTensorMap& amap,
-                                 const PhaseConvTensorMap& bmap, cudaStream_t stream) {
-  constexpr int threads = kGemmPingpongThreads;
-  switch (c.BN) {
-    case 32: return launch_kernel(gemm_tma_pingpong_kernel<T, 32, BKG>, c.grid, threads, c.smem,
-                                  stream, a, amap, bmap);
-    case 64: return launch_kernel(gemm_tma_pingpong_kernel<T, 64, BKG>, c.grid, threads, c.smem,
-                                  stream, a, amap, bmap);
-    case 128: return launch_kernel(gemm_tma_pingpong_kernel<T, 128, BKG>, c.grid, threads,
-                                   c.smem, stream, a, amap, bmap);
+    case 32: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 32, BKG>
+                                           : gemm_tma_kernel<T, 32, 1, BKG>,
+                                  c.grid, threads, c.smem, stream, a, amap, bmap);
+    case 64: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 64, BKG>
+                                           : gemm_tma_kernel<T, 64, 1, BKG>,
+                                  c.grid, threads, c.smem, stream, a, amap, bmap);
+    case 128: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 128, BKG>
+                                            : gemm_tma_kernel<T, 128, 1, BKG>,
+                                   c.grid, threads, c.smem, stream, a, amap, bmap);
   }
   return cudaErrorInvalidConfiguration;
 }
@@ -1353,21 +1341,18 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
       err = phase_conv_tma_encode_rows(&bmap, p.weight_mma, p.groups * p.total_taps * a.G,
                                        a.cout_g, c.BN, c.bkg, a.b_fold);
       if (err != cudaSuccess) return err;
-      if (c.kind == 9)  // 256 rows: BN 128, 64-channel k steps only (where B is widest)
-        return c.BN == 128 && c.bkg == 8
-                   ? launch_kernel(gemm_tma_kernel<T, 128, 2, 8>, c.grid, kTmaThreads, c.smem,
-                                   stream, a, amap, bmap)
-                   : cudaErrorInvalidConfiguration;
+      if (mr == 2) {  // 256 rows: BN 128, 64-channel k steps only (where B is widest)
+        if (c.BN != 128 || c.bkg != 8) return cudaErrorInvalidConfiguration;
+        return c.kind == 9 ? launch_kernel(gemm_tma_kernel<T, 128, 2, 8>, c.grid, kTmaThreads,
+                                           c.smem, stream, a, amap, bmap)
+                           : launch_kernel(gemm_tma_persistent_kernel<T>, c.grid,
+                                           kGemmPingpongThreads, c.smem, stream, a, amap, bmap);
+      }
       if (c.kind == 10)
-        return c.bkg == 4 ? launch_gemm_pingpong<T, 4>(a, c, amap, bmap, stream)
-                          : launch_gemm_pingpong<T, 8>(a, c, amap, bmap, stream);
-      if (c.kind == 11)  // 256 rows: BN 128, 64-channel k steps only
-        return c.BN == 128 && c.bkg == 8
-                   ? launch_kernel(gemm_tma_persistent_kernel<T>, c.grid, kGemmPingpongThreads,
-                                   c.smem, stream, a, amap, bmap)
-                   : cudaErrorInvalidConfiguration;
-      if (c.bkg == 4) return launch_gemm_tma<T, 4>(a, c, amap, bmap, stream);
-      return launch_gemm_tma<T, 8>(a, c, amap, bmap, stream);
+        return c.bkg == 4 ? launch_gemm_tma<T, 4, true>(a, c, amap, bmap, stream)
+                          : launch_gemm_tma<T, 8, true>(a, c, amap, bmap, stream);
+      return c.bkg == 4 ? launch_gemm_tma<T, 4, false>(a, c, amap, bmap, stream)
+                        : launch_gemm_tma<T, 8, false>(a, c, amap, bmap, stream);
     }
 #else
     return cudaErrorInvalidConfiguration;

@@ -201,12 +201,12 @@ constexpr int gemm_tma_min_blocks(int bn) { return bn == 32 ? 3 : 1; }
 // each consumer stages its output apart: four stages at 128 columns, six below, twice that
 // for 32-channel k steps.
 constexpr int kGemmPingpongThreads = 384;
-// The persistent 256-row TMA tile (kind 11, the same threads): three stages of 48 KB and its
-// 64 KB output staged apart.
-constexpr int kGemmTmaPersistentStages = 3;
 constexpr int gemm_pingpong_stages(int bn, int bkg) {
   return (bn == 128 ? 4 : 6) * (bkg == 4 ? 2 : 1);
 }
+// The persistent 256-row TMA tile (kind 11, the same threads): three stages of 48 KB and its
+// 64 KB output staged apart.
+constexpr int kGemmTmaPersistentStages = 3;
 // The implicit GEMM's pipeline depth, for its launcher and its plan: tile `kind` below 8
 // (GemmCfg::kind: the shared-A, warpgroup and mma.sync tiles; the TMA tiles' goes by their
 // columns, gemm_tma_stages), W phases grouped or one phase per block.
