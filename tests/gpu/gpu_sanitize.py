@@ -213,7 +213,7 @@ def main(argv=()) -> int:
                                                 grad_weight_kernel=kernel))
             if dtype == torch.bfloat16 and warpgroups and (co // g) % 32 == 0:
                 # the input gradient's TMA tiles (grad_y's boxes at the stride), named: 64- or
-                # 32-channel k steps (256 rows: 64 only), and the ping-pong tile
+                # 32-channel k steps (256 rows: 64 only), and their persistent forms (10, 11)
                 for tile in (8, 9, 10, 11) if ci // g > 64 and (co // g) % 64 == 0 else (8, 10):
                     forced.append(cuda.backward(gy, xd, wd, args, need_weight=False,
                                                 grad_input_kernel="implicit-gemm",
