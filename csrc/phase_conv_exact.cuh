@@ -58,15 +58,37 @@ __device__ __forceinline__ bool finite_value<__nv_bfloat16>(__nv_bfloat16 v) {
   return (*reinterpret_cast<const unsigned short*>(&v) & 0x7f80u) != 0x7f80u;
 }
 
-// Every element of a vector store (V: uint4 or uint32_t holding elements of T) is finite.
+// A 16-bit type's exponent field, twice (both halves of a 32-bit word), and the lowest bit
+// of that field twice: a field of all ones plus its lowest bit carries into the bit above it
+// (the sign's, cleared by the mask), a smaller one does not.
+template <typename T> struct ExponentPair;
+template <> struct ExponentPair<__half> {
+  static constexpr uint32_t mask = 0x7c007c00u, low = 0x04000400u;
+};
+template <> struct ExponentPair<__nv_bfloat16> {
+  static constexpr uint32_t mask = 0x7f807f80u, low = 0x00800080u;
+};
+
+// Every element of a vector store (V: uint4 or uint32_t holding elements of T) is finite;
+// 16-bit elements a word at a time (three integer operations a word, no per-element
+// extraction).
 template <typename T, typename V>
 __device__ __forceinline__ bool all_finite(V v) {
-  constexpr int N = sizeof(V) / sizeof(T);
-  const T* t = reinterpret_cast<const T*>(&v);
-  bool finite = true;
+  if constexpr (sizeof(T) == 2 && sizeof(V) % 4 == 0) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(&v);
+    uint32_t carry = 0;
 #pragma unroll
-  for (int i = 0; i < N; ++i) finite = finite && finite_value(t[i]);
-  return finite;
+    for (int i = 0; i < (int)(sizeof(V) / 4); ++i)
+      carry |= (w[i] & ExponentPair<T>::mask) + ExponentPair<T>::low;
+    return (carry & 0x80008000u) == 0;
+  } else {
+    constexpr int N = sizeof(V) / sizeof(T);
+    const T* t = reinterpret_cast<const T*>(&v);
+    bool finite = true;
+#pragma unroll
+    for (int i = 0; i < N; ++i) finite = finite && finite_value(t[i]);
+    return finite;
+  }
 }
 
 // The input index that output o meets through tap k along one axis, or -1.
@@ -173,11 +195,30 @@ __device__ __noinline__ T exact_element(const PhaseConvExact& e, int64_t off) {
   return from_acc<T>(acc);
 }
 
+// The fix-up is launched as a programmatic dependent of the hot kernel on sm_90 (see
+// launch_fixup): its blocks may start once every block of the hot kernel has started, and
+// wait in griddepcontrol.wait for the hot kernel to complete and its stores to be visible.
+// So its launch and its blocks' start overlap the hot kernel's last wave instead of following
+// it.  A hot kernel calls let_fixup_start() first thing; both instructions are no-ops where
+// the launch did not ask for it.
+__device__ __forceinline__ void let_fixup_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_hot_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // After a hot kernel: nothing when its flag is clear, else every non-finite element of out
 // (numel elements, the layout of e.mode) recomputed from its real pairs.
 template <typename T>
 __global__ void __launch_bounds__(256)
     fixup_kernel(const PHASECONV_GRID_CONSTANT PhaseConvExact e, T* out, int64_t numel) {
+  wait_for_hot_kernel();
   if (*reinterpret_cast<volatile const int*>(e.flag) == 0) return;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < numel;
        i += (int64_t)gridDim.x * blockDim.x) {
@@ -196,6 +237,27 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// *allowed: the fix-up may be a programmatic dependent launch.  That needs sm_90 and a CUDA
+// 12 runtime (torch's CUDA 11 builds ship an 11.7 runtime without cudaLaunchKernelEx, so a
+// build with CUDA 11 headers never asks); a stream being captured into a graph takes the
+// plain launch (capturing such launches needs a newer toolkit than the engine's oldest).
+inline cudaError_t dependent_launch_allowed(cudaStream_t stream, bool* allowed) {
+  *allowed = false;
+#if CUDART_VERSION < 12000
+  (void)stream;
+  return cudaSuccess;
+#else
+  int device = 0, major = 0;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess) err = cudaStreamIsCapturing(stream, &capture);
+  *allowed = err == cudaSuccess && major >= 9 && capture == cudaStreamCaptureStatusNone;
+  return err;
+#endif
+}
+
 template <typename T>
 cudaError_t launch_fixup(const PhaseConvExact& e, void* out, int64_t numel,
                          cudaStream_t stream) {
@@ -203,7 +265,25 @@ cudaError_t launch_fixup(const PhaseConvExact& e, void* out, int64_t numel,
   if (e.flag == nullptr) return cudaErrorInvalidValue;
   int64_t blocks = (numel + 255) / 256;
   if (blocks > 32) blocks = 32;  // few blocks: on finite data each only reads the flag
-  fixup_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(e, static_cast<T*>(out), numel);
+  T* y = static_cast<T*>(out);
+  bool dependent = false;
+  const cudaError_t err = dependent_launch_allowed(stream, &dependent);
+  if (err != cudaSuccess) return err;
+#if CUDART_VERSION >= 12000
+  if (dependent) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3((unsigned)blocks);
+    config.blockDim = dim3(256);
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, fixup_kernel<T>, e, y, numel);
+  }
+#endif
+  fixup_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(e, y, numel);
   return cudaGetLastError();
 }
 

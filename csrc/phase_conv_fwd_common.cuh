@@ -119,8 +119,7 @@ __device__ __forceinline__ uint32_t pack_pair(__half*, float a, float b) {
 template <typename T> __device__ __forceinline__ bool store_pair(T* p, float a, float b) {
   const uint32_t v = pack_pair(p, a, b);
   *reinterpret_cast<uint32_t*>(p) = v;
-  const T* t = reinterpret_cast<const T*>(&v);
-  return finite_value(t[0]) && finite_value(t[1]);
+  return all_finite<T>(v);
 }
 
 // Loads CG channels (stride `cstride` elements, `nvalid` of them real) as one 16-byte vector.

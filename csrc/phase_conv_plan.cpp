@@ -367,7 +367,10 @@ bool gemm_wgmma(const GemmCfg& c) {
 int gemm_group_channels(const GemmCfg& c) { return c.tf32 ? 4 : 8; }
 // A planned tile's pipeline depth (the TMA tiles' by their columns).
 int gemm_cfg_stages(const GemmCfg& c) {
-  return c.kind >= 8 ? gemm_tma_stages(c.BN, c.bkg) : gemm_pipeline_stages(c.kind, c.wgroup);
+  return c.kind == 11   ? kGemmTmaPersistentStages
+         : c.kind == 10 ? gemm_pingpong_stages(c.BN, c.bkg)
+         : c.kind >= 8 ? gemm_tma_stages(c.BN, c.bkg)
+                       : gemm_pipeline_stages(c.kind, c.wgroup);
 }
 const char* gemm_precision(const GemmCfg& c) {
   return c.tf32 ? (c.flush ? " 3xTF32 flushed" : " 3xTF32") : "";
@@ -529,9 +532,9 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   if (!dev.wgmma || c->a_ncdhw || c->tf32 || cin_g % 32 != 0 || force.gemm_k32 ||
       p.in_d > 0x7fffffff || p.in_h > 0x7fffffff || p.in_w > 0x7fffffff ||
       p.in_stride_d > 8 || p.in_stride_h > 8 || p.in_stride_w > 8 ||
-      (kind == 9 && (cout_g <= 64 || bkg != 8)))
+      ((kind == 9 || kind == 11) && (cout_g <= 64 || bkg != 8)))
     return false;
-  const int bm = kind == 9 ? 256 : 128;
+  const int bm = kind == 9 || kind == 11 ? 256 : 128;
   const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
                 cw = cdiv(p.out_w, p.stride_w);
   // (the input gradient's box steps at the layer's stride over grad_y)
@@ -545,13 +548,18 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   c->box_nw = (int)cdiv(cw, c->box_w);
   c->kind = kind; c->BM = bm;
   c->BN = cout_g <= 32 ? 32 : cout_g <= 64 ? 64 : 128;
-  c->threads = kGemmTmaThreads;
+  const bool persistent = kind == 10 || kind == 11;
+  c->threads = persistent ? kGemmPingpongThreads : kGemmTmaThreads;
   c->wgroup = false;
   c->bkg = bkg;
-  // 1 KB of alignment slack, the stages, their full and empty barriers, the row tables
-  const int stages = gemm_tma_stages(c->BN, bkg);
+  // 1 KB of alignment slack, the stages, their full and empty barriers, the row tables; the
+  // persistent tiles stage their output apart, the ping-pong tile's two consumers each their
+  // own (with their own row tables)
+  const int stages = gemm_cfg_stages(*c);
+  const size_t consumers = kind == 10 ? 2 : 1;
   c->smem = 1024 + (size_t)stages * (size_t)bkg * 16 * (bm + c->BN) + (size_t)stages * 16 +
-            (size_t)bm * 24;
+            consumers * (size_t)bm * 24 +
+            (persistent ? consumers * (size_t)bm * c->BN * 2 : 0);
   if (c->smem > dev.smem_optin) return false;
   const int64_t boxes = (int64_t)c->box_nd * c->box_nh * c->box_nw * p.n;
   if (boxes >= ((int64_t)1 << 31)) return false;
@@ -559,7 +567,8 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   c->co_blocks = (int)cdiv(cout_g, c->BN);
   c->total_blocks = p.stride_d * p.stride_h * p.stride_w * boxes * c->co_blocks * p.groups;
   if (c->total_blocks > 0x7fffffffLL) return false;  // one block each (32-bit decode)
-  c->grid = c->total_blocks;
+  // the persistent tiles: one block a multiprocessor (their shared memory)
+  c->grid = persistent ? std::min<int64_t>(c->total_blocks, dev.sms) : c->total_blocks;
   return true;
 }
 
@@ -647,18 +656,25 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
   // the TMA tile in 32-channel k steps, from 512 terms too.  H100, bf16, grad_y channels-last,
   // against the mma.sync tile 1 (cuDNN in brackets): 2 x 64->32 32^3 k3 s2, K 864, 38.2 vs
   // 76.0 µs (29.7); 2 x 128->32 12^3, 19.6 vs 27.7 (12.2); 2 x 96->96 16^3, 31.8 vs 46.7
-  // (28.2).  The forward takes those k steps by name only.  (gemm_tma_tile checks what the
-  // TMA tiles need: sm_90a, a channels-last 16-bit A, C_in/g a multiple of 32.)
-  const bool tma_rule = cin_g % 64 == 0 ? gi_tma || fwd_tma : gi_tma;
+  // (28.2).  The forward takes them for a channels-last result from 96 channels a group
+  // (2 x 96->96 16^3 k3 s2: 44.4 vs 68.6 µs (58.0); 2 x 96->128 16^3 k4 s2: 52.7 vs 84.1
+  // (43.5)); at 32 a group (one k step a tap) they lost (2 x 32->64 32^3: 98.3 vs 94.0).
+  // (gemm_tma_tile checks what the TMA tiles need: sm_90a, a channels-last 16-bit A, C_in/g
+  // a multiple of 32.)
+  const bool tma_rule = cin_g % 64 == 0
+                            ? gi_tma || fwd_tma
+                            : gi_tma || (fwd_tma && p.y_channels_last && cin_g >= 96);
   if (force.gemm_tile < 0 && !force.gemm_one_phase && tma_rule) {
     GemmCfg tma = *c;
-    if (gemm_tma_tile(p, force, dev, cout_g > 64 && p.nsub == 0 ? 9 : 8, &tma)) {
+    // (256 rows take 64-channel k steps only)
+    const bool rows256 = cout_g > 64 && p.nsub == 0 && cin_g % 64 == 0;
+    if (gemm_tma_tile(p, force, dev, rows256 ? 9 : 8, &tma)) {
       *c = tma;
       return true;
     }
   }
   if (force.gemm_tile >= 0) kind = force.gemm_tile;  // benchmarks: a tile
-  if (kind == 8 || kind == 9) return gemm_tma_tile(p, force, dev, kind, c);
+  if (kind >= 8 && kind <= 11) return gemm_tma_tile(p, force, dev, kind, c);
   if (kind == 6 || kind == 7)
     return !force.gemm_one_phase && !force.gemm_k32 && gemm_shared_a_tile(p, dev, kind == 7, c);
   const bool wg = kind >= 4;
@@ -877,7 +893,9 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
                gc.bkg * gemm_group_channels(gc), gc.threads,
                gemm_cfg_stages(gc),
                gc.m_tiles, gc.smem, (long long)gc.grid,
-               gc.kind >= 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
+               gc.kind == 11 ? "one-phase tma-box persistent"
+               : gc.kind == 10 ? "one-phase tma-box ping-pong"
+               : gc.kind >= 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
                : gc.wgroup ? "w-phases-grouped" : "one-phase",
                gemm_wgmma(gc) ? " wgmma-sm90a" : "",
                gemm_precision(gc), layout);
@@ -1132,7 +1150,9 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
              "m_tiles=%d smem=%zu%s%s, grad_y channels-last", gc.kind, gc.BM, gc.BN,
              gc.bkg * gemm_group_channels(gc), gc.threads,
              gemm_cfg_stages(gc),
-             gc.m_tiles, gc.smem, gc.kind >= 8 ? " tma-box wgmma-sm90a"
+             gc.m_tiles, gc.smem, gc.kind == 11 ? " tma-box persistent wgmma-sm90a"
+                                  : gc.kind == 10 ? " tma-box ping-pong wgmma-sm90a"
+                                  : gc.kind >= 8 ? " tma-box wgmma-sm90a"
                                   : gemm_wgmma(gc) ? " wgmma-sm90a" : "",
              gemm_precision(gc));
     return true;

@@ -195,6 +195,18 @@ constexpr int gemm_tma_stages(int bn, int bkg) {
   return (bn == 32 ? 3 : kGemmTmaStages) * (bkg == 4 ? 2 : 1);
 }
 constexpr int gemm_tma_min_blocks(int bn) { return bn == 32 ? 3 : 1; }
+// The ping-pong TMA tile (kind 10): a producer warpgroup and two consumer warpgroups, each
+// consumer a whole 128-row tile of its own (tiles alternate between them), so that one
+// warpgroup's write-out overlaps the other's k steps.  Its ring of stages is shared by both,
+// each consumer stages its output apart: four stages at 128 columns, six below, twice that
+// for 32-channel k steps.
+constexpr int kGemmPingpongThreads = 384;
+constexpr int gemm_pingpong_stages(int bn, int bkg) {
+  return (bn == 128 ? 4 : 6) * (bkg == 4 ? 2 : 1);
+}
+// The persistent 256-row TMA tile (kind 11, the same threads): three stages of 48 KB and its
+// 64 KB output staged apart.
+constexpr int kGemmTmaPersistentStages = 3;
 // The implicit GEMM's pipeline depth, for its launcher and its plan: tile `kind` below 8
 // (GemmCfg::kind: the shared-A, warpgroup and mma.sync tiles; the TMA tiles' goes by their
 // columns, gemm_tma_stages), W phases grouped or one phase per block.
@@ -325,7 +337,10 @@ struct GemmCfg {
              // 8: the warpgroup tile fed by the TMA unit (sm_90a): 128 rows a box
              // of one phase's output voxels, a producer warp and mbarrier stages, k steps of
              // 64 channels (bkg 8) or, where C_in/g is an odd multiple of 32, of 32 (bkg 4);
-             // 9: the same with 256 rows (128 a consumer warpgroup), BN 128, bkg 8
+             // 9: the same with 256 rows (128 a consumer warpgroup), BN 128, bkg 8;
+             // 10: kind 8's tiles ping-ponged: persistent blocks of a producer warpgroup and
+             // two consumer warpgroups, each consumer a whole tile, alternately; 11: kind 9's
+             // tiles walked by such persistent blocks, both consumers on each tile
   int BM, BN, threads, m_tiles, co_blocks;
   int chunks, chunks_per_block;  // kinds 6, 7: (phase, column block) chunks, and per block
   bool wgroup;  // a block runs all W phases of a row tile and stores their outputs together

@@ -152,5 +152,27 @@ __device__ __forceinline__ void load_rows(void* dst, const PhaseConvTensorMap& m
 #endif
 }
 
+// A warpgroup's registers a thread, set to `N` (setmaxnreg, sm_90a): every thread of the
+// warpgroup executes it.  A producer warpgroup gives registers back (dec) so that its
+// consumers may take them (inc) past what the launch bounds allot an equal share.
+template <int N>
+__device__ __forceinline__ void warpgroup_registers_dec() {
+#if PHASECONV_TMA && defined(PHASECONV_SM90A)
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void warpgroup_registers_inc() {
+#if PHASECONV_TMA && defined(PHASECONV_SM90A)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+// A barrier over the `threads` threads (whole warps) that name barrier `id` (1-15; 0 is
+// __syncthreads').
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 }  // namespace phaseconv_tma
 #endif  // __CUDACC__

@@ -88,9 +88,11 @@ class ForwardKernel(NamedTuple):
     plan refuses a layer the named kernel cannot take; nothing is rerouted."""
     family: str = "auto"            # a key of FORWARD_KERNELS
     contiguous_input: bool = False  # never the channels-last kernels
-    gemm_tile: int = -1             # implicit GEMM tile kind 0-9 (4, 5: sm_90a wgmma; 6, 7: the
-                                    # phases share A, k == s layers, 7 on wgmma; 8, 9: wgmma fed
-                                    # by the TMA unit, 128 and 256 rows; -1: the rule)
+    gemm_tile: int = -1             # implicit GEMM tile kind 0-11 (4, 5: sm_90a wgmma; 6, 7:
+                                    # the phases share A, k == s layers, 7 on wgmma; 8, 9: wgmma
+                                    # fed by the TMA unit, 128 and 256 rows; 10: 8 ping-ponged
+                                    # between two consumer warpgroups; 11: 9 in persistent
+                                    # blocks; -1: the rule)
     gemm_one_phase: bool = False    # implicit GEMM: one phase per block
     gemm_k32: bool = False          # implicit GEMM: 4 channel groups a k step (32 16-bit
                                     # channels, 16 float32 ones)
@@ -104,8 +106,8 @@ class ForwardKernel(NamedTuple):
                              f"{self.family!r}")
         if not -1 <= self.allph_tile <= 4:
             raise ValueError(f"allph_tile must be -1 (the rule) or 0-4, got {self.allph_tile!r}")
-        if not -1 <= self.gemm_tile <= 9:
-            raise ValueError(f"gemm_tile must be -1 (the rule) or 0-9, got {self.gemm_tile!r}")
+        if not -1 <= self.gemm_tile <= 11:
+            raise ValueError(f"gemm_tile must be -1 (the rule) or 0-11, got {self.gemm_tile!r}")
         return [FORWARD_KERNELS[self.family], int(self.contiguous_input), int(self.gemm_tile),
                 int(self.gemm_one_phase), int(self.gemm_k32), int(self.direct_stores),
                 int(self.allph_tile)]
@@ -635,8 +637,8 @@ def grad_input_code(kernel: str = "auto", tile: Optional[int] = None) -> int:
                          f"{kernel!r}")
     if tile is None:
         return GRAD_INPUT_KERNELS[kernel]
-    if kernel != "implicit-gemm" or not 0 <= tile < 10:
-        raise ValueError(f"grad_input_tile names an implicit-gemm tile (0-9), got {tile!r} for "
+    if kernel != "implicit-gemm" or not 0 <= tile < 12:
+        raise ValueError(f"grad_input_tile names an implicit-gemm tile (0-11), got {tile!r} for "
                          f"{kernel!r}")
     return GRAD_INPUT_KERNELS[kernel] | (tile + 1) << GI_TILE_SHIFT
 

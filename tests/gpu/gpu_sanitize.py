@@ -55,6 +55,8 @@ KERNELS = [(k, False) for k in ("auto", "tiled", "naive", "tensor-cores", "mma",
     (ForwardKernel("gemm", gemm_tile=5), True),
     (ForwardKernel("gemm", gemm_tile=8), True),
     (ForwardKernel("gemm", gemm_tile=9), True),
+    (ForwardKernel("gemm", gemm_tile=10), True),
+    (ForwardKernel("gemm", gemm_tile=11), True),
     (ForwardKernel("tensor-cores", contiguous_input=True), False),
     (ForwardKernel("tensor-cores", direct_stores=True), False),
     (ForwardKernel("tensor-cores", allph_tile=4), False),
@@ -211,8 +213,8 @@ def main(argv=()) -> int:
                                                 grad_weight_kernel=kernel))
             if dtype == torch.bfloat16 and warpgroups and (co // g) % 32 == 0:
                 # the input gradient's TMA tiles (grad_y's boxes at the stride), named: 64- or
-                # 32-channel k steps (256 rows: 64 only)
-                for tile in (8, 9) if ci // g > 64 and (co // g) % 64 == 0 else (8,):
+                # 32-channel k steps (256 rows: 64 only), and their persistent forms (10, 11)
+                for tile in (8, 9, 10, 11) if ci // g > 64 and (co // g) % 64 == 0 else (8, 10):
                     forced.append(cuda.backward(gy, xd, wd, args, need_weight=False,
                                                 grad_input_kernel="implicit-gemm",
                                                 grad_input_tile=tile))

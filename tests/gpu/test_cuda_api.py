@@ -827,7 +827,7 @@ def test_input_gradient_on_each_implicit_gemm_tile(case):
     xc, wc, gyc, args, (expected, _) = _layer_case(n, cin, cout, g, size, k, s, p, op, d,
                                                    torch.bfloat16, case)
     ran = []
-    for tile in range(10):
+    for tile in range(12):
         try:
             desc = cuda.backward_plan(args, n, torch.bfloat16, xc.device, "implicit-gemm",
                                       grad_input_tile=tile)[1].grad_input_description
@@ -848,6 +848,7 @@ def test_input_gradient_on_each_implicit_gemm_tile(case):
         # the TMA tile in 64- or 32-channel k steps; the others only in 64
         whole = (cout // g) % 64 == 0
         assert 8 in ran and (4 in ran) == whole and (9 in ran) == (whole and cin // g > 64), ran
+        assert 10 in ran and (11 in ran) == (9 in ran), ran
 _CL_WEIGHT_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d, dtype, named kernels)
     (2, 64, 40, 1, (5, 6, 7), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1),
      torch.bfloat16, ("tensor-cores-cl", "tensor-cores", "simt")),  # a run's channel tail

@@ -291,9 +291,9 @@ def test_named_tiles_of_the_input_gradient_gemm():
     of range, is refused before the plan."""
     for device in (ph.H100, ph.H100_SM90A):
         rule = ph.grad_input(WIDER, 2, BF16, device)
-        for tile in range(10):
+        for tile in range(12):
             plan = ph.grad_input(WIDER, 2, BF16, device, "implicit-gemm", tile)
-            runs = tile <= 3 or (tile in (4, 5, 8, 9) and device.wgmma)
+            runs = tile <= 3 or (tile in (4, 5, 8, 9, 10, 11) and device.wgmma)
             assert plan.ok == runs, (device.name, tile, plan.text)
             if runs:
                 assert plan.family == "gemm" and f"kind={tile} " in plan.text, plan.text
@@ -303,7 +303,7 @@ def test_named_tiles_of_the_input_gradient_gemm():
             else:
                 assert plan.text.startswith("refused: the implicit-gemm kernel was forced and "
                                             "the named tile"), plan.text
-    for kernel, tile in (("auto", 1), ("tensor-cores", 1), ("implicit-gemm", 10),
+    for kernel, tile in (("auto", 1), ("tensor-cores", 1), ("implicit-gemm", 12),
                          ("implicit-gemm", -1)):
         with pytest.raises(ValueError, match="grad_input_tile"):
             cuda.grad_input_code(kernel, tile)
@@ -456,6 +456,70 @@ def test_warpgroup_tile_of_the_implicit_gemm():
 
 
 
+def test_tma_ping_pong_tile():
+    """Kind 10, named only: kind 8's 128-row tiles ping-ponged between two consumer
+    warpgroups of persistent blocks (one a multiprocessor): 384 threads, the ring's stages by
+    the columns and the k step, each consumer's output staging and row tables in shared
+    memory, forward and input gradient; never where kind 8 cannot run."""
+    from phaseconv.engines.cuda import ForwardKernel
+
+    named = ForwardKernel("gemm", gemm_tile=10)
+    # (layer, BN, BK, stages, shared memory): the ring, its barriers, 2 x (row tables and
+    # 16-bit output staging), 1 KB of alignment slack
+    for args, bn, bk, stages in ((ph.sweep_args(SWEEP[3]), 128, 64, 4),
+                                 (ph.sweep_args(SWEEP[2]), 64, 64, 6),
+                                 (ph.conv_args(96, 128, 3, 8, 2, 1, 1), 128, 32, 8),
+                                 (ph.sweep_args(SWEEP[1]), 32, 64, 6)):
+        for out_cl in (False, True):
+            plan = ph.forward(args, 1, BF16, ph.H100_SM90A, channels_last=True,
+                              out_channels_last=out_cl, kernel=named)
+            smem = 1024 + stages * bk * 2 * (128 + bn) + stages * 16 + 2 * 128 * 24 + \
+                2 * 128 * bn * 2
+            assert plan.ok and (f"kind=10 BM=128 BN={bn} BK={bk} threads=384 stages={stages} "
+                                in plan.text), plan.text
+            assert f" smem={smem} " in plan.text and "tma-box ping-pong wgmma-sm90a" in plan.text
+            kind8 = ph.forward(args, 1, BF16, ph.H100_SM90A, channels_last=True,
+                               out_channels_last=out_cl, kernel=ForwardKernel("gemm", gemm_tile=8))
+            tiles = int(kind8.text.split(" grid=")[1].split()[0])
+            assert f" grid={min(tiles, 132)} " in plan.text, plan.text
+        for device in (ph.H100, ph.A100):
+            assert not ph.forward(args, 1, BF16, device, channels_last=True, kernel=named).ok
+        assert not ph.forward(args, 1, F32, ph.H100_SM90A, channels_last=True,
+                              kernel=named).ok
+    gi = ph.grad_input(ph.sweep_args(SWEEP[3]), 1, BF16, ph.H100_SM90A, "implicit-gemm", tile=10)
+    assert gi.ok and "kind=10 BM=128 BN=128 " in gi.text and "tma-box ping-pong" in gi.text, \
+        gi.text
+
+
+def test_tma_persistent_tile():
+    """Kind 11, named only: kind 9's 256-row tiles walked by persistent blocks (one a
+    multiprocessor) of a producer warpgroup and two consumer warpgroups: 384 threads, three
+    stages, the output staged apart; BN 128 and 64-channel k steps only, as kind 9."""
+    from phaseconv.engines.cuda import ForwardKernel
+
+    named = ForwardKernel("gemm", gemm_tile=11)
+    args = ph.sweep_args(SWEEP[3])
+    plan = ph.forward(args, 1, BF16, ph.H100_SM90A, channels_last=True, out_channels_last=True,
+                      kernel=named)
+    smem = 1024 + 3 * 128 * (256 + 128) + 3 * 16 + 256 * 24 + 256 * 128 * 2
+    assert plan.ok and "kind=11 BM=256 BN=128 BK=64 threads=384 stages=3 " in plan.text, \
+        plan.text
+    assert f" smem={smem} " in plan.text and "tma-box persistent wgmma-sm90a" in plan.text
+    kind9 = ph.forward(args, 1, BF16, ph.H100_SM90A, channels_last=True, out_channels_last=True,
+                       kernel=ForwardKernel("gemm", gemm_tile=9))
+    tiles = int(kind9.text.split(" grid=")[1].split()[0])
+    assert f" grid={min(tiles, 132)} " in plan.text, plan.text
+    # where kind 9 refuses: C_out/groups <= 64, 32-channel k steps; no sm_90a build
+    for refused in (ph.forward(ph.sweep_args(SWEEP[2]), 2, BF16, ph.H100_SM90A,
+                               channels_last=True, kernel=named),
+                    ph.forward(ph.conv_args(96, 128, 3, 8, 2, 1, 1), 2, BF16, ph.H100_SM90A,
+                               channels_last=True, kernel=named),
+                    ph.forward(args, 1, BF16, ph.H100, channels_last=True, kernel=named)):
+        assert not refused.ok, refused.text
+    gi = ph.grad_input(args, 1, BF16, ph.H100_SM90A, "implicit-gemm", tile=11)
+    assert gi.ok and "kind=11 BM=256 " in gi.text and "tma-box persistent" in gi.text, gi.text
+
+
 def test_tma_tile_rule():
     """sm_90a builds on sm_90: the rule takes the TMA tiles (kind 9 for C_out/groups > 64,
     else kind 8) where the warpgroup tiles would run, in the forward and the input gradient,
@@ -498,12 +562,19 @@ def test_tma_tile_rule():
     # shape 2's channels-last result: the box of 128 voxels over phases of 32^3
     two = ph.forward(ph.sweep_args(SWEEP[1]), 2, BF16, ph.H100_SM90A, out_channels_last=True)
     assert "BN=32 " in two.text and two.text.endswith("channels-last output"), two.text
-    # float32 never takes it, nor a forward with C_in/groups 96 (32-channel k steps: by name)
+    # float32 never takes it; a forward with C_in/groups an odd multiple of 32 in 32-channel
+    # k steps, for a channels-last result from 96 channels a group
     for plan in (ph.forward(ph.sweep_args(SWEEP[4]), 16, F32, ph.H100_SM90A),
                  ph.grad_input(ph.sweep_args(SWEEP[4]), 16, F32, ph.H100_SM90A),
                  ph.forward(ph.conv_args(96, 128, 3, 8, 2, 1, 1), 2, BF16, ph.H100_SM90A,
+                            channels_last=True),
+                 ph.forward(ph.conv_args(32, 64, 3, 32, 2, 1, 1), 2, BF16, ph.H100_SM90A,
                             channels_last=True, out_channels_last=True)):
         assert "tma" not in plan.text, plan.text
+    for cin, groups in ((96, 1), (320, 2)):
+        plan = ph.forward(ph.conv_args(cin, 128, 3, 8, 2, 1, 1, groups=groups), 2, BF16,
+                          ph.H100_SM90A, channels_last=True, out_channels_last=True)
+        assert "kind=8 BM=128 " in plan.text and " BK=32 " in plan.text, plan.text
     # the input gradient (grad_y's boxes at the layer's stride) on 128 rows from 512 terms
     # (shape 5's 8192, shape 4's 2048, shape 3's 512, shape 2's 864 in 32-channel k steps:
     # its grad_y has 32 channels)
@@ -699,7 +770,7 @@ def test_all_phase_tiles():
     assert wide.ok and "kind=4 " in wide.text and "BN=8 " in wide.text
     with pytest.raises(ValueError, match="allph_tile"):
         ph.forward(FOUNDING, 8, F32, ph.H100, kernel=ForwardKernel("tensor-cores", allph_tile=5))
-    for tile in (-2, 10):  # never read as the rule, nor passed on
+    for tile in (-2, 12):  # never read as the rule, nor passed on
         with pytest.raises(ValueError, match="gemm_tile"):
             ph.forward(WIDE, 2, BF16, ph.H100, kernel=ForwardKernel("gemm", gemm_tile=tile))
 
