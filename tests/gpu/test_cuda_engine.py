@@ -571,6 +571,7 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     elif variant == "tma-ping-pong":
         assert desc.startswith("implicit-gemm kind=10 BM=128 "), desc
         assert "tma-box ping-pong" in desc and "threads=384" in desc, desc
+        assert "wgmma-sm90a" in desc, desc
     elif variant == "tma-256-rows-persistent":
         assert desc.startswith("implicit-gemm kind=11 BM=256 "), desc
         assert "tma-box persistent" in desc and "threads=384" in desc, desc
