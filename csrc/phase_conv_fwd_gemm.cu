@@ -1322,7 +1322,7 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
     if constexpr (std::is_same<T, float>::value) {
       return cudaErrorInvalidConfiguration;
     } else {
-      const int mr = c.kind == 9 || c.kind == 11 ? 2 : 1;
+      const int mr = gemm_tma_rows(c.kind) / 128;
       if (c.a_ncdhw || (c.bkg != 8 && c.bkg != 4) || a.G % c.bkg != 0 || c.BM != 128 * mr ||
           c.box_d * c.box_h * c.box_w != c.BM)
         return cudaErrorInvalidConfiguration;

@@ -365,6 +365,10 @@ bool gemm_wgmma(const GemmCfg& c) {
 
 // Channels of one of the GEMM's 16-byte groups, and what its description adds for float32.
 int gemm_group_channels(const GemmCfg& c) { return c.tf32 ? 4 : 8; }
+// What a TMA tile's description adds for its persistent forms.
+const char* gemm_tma_form(const GemmCfg& c) {
+  return c.kind == 11 ? " persistent" : c.kind == 10 ? " ping-pong" : "";
+}
 // A planned tile's pipeline depth (the TMA tiles' by their columns).
 int gemm_cfg_stages(const GemmCfg& c) {
   return c.kind == 11   ? kGemmTmaPersistentStages
@@ -532,9 +536,9 @@ bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, con
   if (!dev.wgmma || c->a_ncdhw || c->tf32 || cin_g % 32 != 0 || force.gemm_k32 ||
       p.in_d > 0x7fffffff || p.in_h > 0x7fffffff || p.in_w > 0x7fffffff ||
       p.in_stride_d > 8 || p.in_stride_h > 8 || p.in_stride_w > 8 ||
-      ((kind == 9 || kind == 11) && (cout_g <= 64 || bkg != 8)))
+      (gemm_tma_rows(kind) == 256 && (cout_g <= 64 || bkg != 8)))
     return false;
-  const int bm = kind == 9 || kind == 11 ? 256 : 128;
+  const int bm = gemm_tma_rows(kind);
   const int64_t cd = cdiv(p.out_d, p.stride_d), ch = cdiv(p.out_h, p.stride_h),
                 cw = cdiv(p.out_w, p.stride_w);
   // (the input gradient's box steps at the layer's stride over grad_y)
@@ -889,15 +893,13 @@ bool plan_fwd(const PhaseConvFwdParams& params, int dtype_code, const PhaseConvF
       out->weight_mma = 1;
       snprintf(buf, len,
                "implicit-gemm kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d m_tiles=%d "
-               "smem=%zu grid=%lld %s%s%s (%s)", gc.kind, gc.BM, gc.BN,
+               "smem=%zu grid=%lld %s%s%s%s (%s)", gc.kind, gc.BM, gc.BN,
                gc.bkg * gemm_group_channels(gc), gc.threads,
                gemm_cfg_stages(gc),
                gc.m_tiles, gc.smem, (long long)gc.grid,
-               gc.kind == 11 ? "one-phase tma-box persistent"
-               : gc.kind == 10 ? "one-phase tma-box ping-pong"
-               : gc.kind >= 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
+               gc.kind >= 8 ? "one-phase tma-box" : gc.kind >= 6 ? "phases-share-a"
                : gc.wgroup ? "w-phases-grouped" : "one-phase",
-               gemm_wgmma(gc) ? " wgmma-sm90a" : "",
+               gemm_tma_form(gc), gemm_wgmma(gc) ? " wgmma-sm90a" : "",
                gemm_precision(gc), layout);
       return true;
     }
@@ -1147,14 +1149,11 @@ bool plan_bwd_input(const PhaseConvFwdParams& params, int dtype_code, int force,
     out->grad_y_channels_last = 1;
     snprintf(buf, len,
              "implicit-gemm grad-input kind=%d BM=%d BN=%d BK=%d threads=%d stages=%d "
-             "m_tiles=%d smem=%zu%s%s, grad_y channels-last", gc.kind, gc.BM, gc.BN,
+             "m_tiles=%d smem=%zu%s%s%s%s, grad_y channels-last", gc.kind, gc.BM, gc.BN,
              gc.bkg * gemm_group_channels(gc), gc.threads,
              gemm_cfg_stages(gc),
-             gc.m_tiles, gc.smem, gc.kind == 11 ? " tma-box persistent wgmma-sm90a"
-                                  : gc.kind == 10 ? " tma-box ping-pong wgmma-sm90a"
-                                  : gc.kind >= 8 ? " tma-box wgmma-sm90a"
-                                  : gemm_wgmma(gc) ? " wgmma-sm90a" : "",
-             gemm_precision(gc));
+             gc.m_tiles, gc.smem, gc.kind >= 8 ? " tma-box" : "", gemm_tma_form(gc),
+             gemm_wgmma(gc) ? " wgmma-sm90a" : "", gemm_precision(gc));
     return true;
   }
   if (force == PHASECONV_GEMM && tile >= 0)

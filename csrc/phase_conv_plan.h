@@ -207,6 +207,9 @@ constexpr int gemm_pingpong_stages(int bn, int bkg) {
 // The persistent 256-row TMA tile (kind 11, the same threads): three stages of 48 KB and its
 // 64 KB output staged apart.
 constexpr int kGemmTmaPersistentStages = 3;
+// A TMA tile's rows: 256 for kind 9 and its persistent form (kind 11; BN 128 and 64-channel
+// k steps only), else 128.
+constexpr int gemm_tma_rows(int kind) { return kind == 9 || kind == 11 ? 256 : 128; }
 // The implicit GEMM's pipeline depth, for its launcher and its plan: tile `kind` below 8
 // (GemmCfg::kind: the shared-A, warpgroup and mma.sync tiles; the TMA tiles' goes by their
 // columns, gemm_tma_stages), W phases grouped or one phase per block.
