@@ -357,6 +357,8 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
 // ---------------------------------------------------------------- implicit GEMM (fwd_gemm.cu)
 bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
                double wgmma_min_k, GemmCfg* c);
+bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
+                   int kind, GemmCfg* c);
 
 // Whether a tile issues wgmma (sm_90a): the warpgroup tiles and the shared-A one of kind 7.
 bool gemm_wgmma(const GemmCfg& c) {
@@ -450,7 +452,17 @@ bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, int 
   c->flush = tf32 && phase_conv_needs_flush(p, dtype_code);
   // the warpgroup tile from 1024 reduction terms (H200, bf16: 128->64 32^3 k2, K 512: 212 vs
   // 191 us a backward; 256->128 8^3 k4, K 8192: 393 vs 427)
-  return gemm_tile(p, f, dev, 1024, c);
+  if (!gemm_tile(p, f, dev, 1024, c)) return false;
+  // the rule's 128-column TMA tile in 64-channel k steps over two waves of tiles or more:
+  // the same tiles ping-ponged between two consumer warpgroups (kind 10), which hide each
+  // other's epilogue (H100, bf16, grad_y channels-last, sweep shape 3: 2 x 128->64 32^3 k2, 512 tiles:
+  // 44.2 vs 53.1 us; H200 38.8 vs 46.6); kind 8 where kind 10 does not fit
+  if (tile < 0 && c->kind == 8 && c->BN == 128 && c->bkg == 8 &&
+      c->total_blocks >= 2 * (int64_t)dev.sms) {
+    GemmCfg pingpong = *c;
+    if (gemm_tma_tile(p, f, dev, 10, &pingpong)) *c = pingpong;
+  }
+  return true;
 }
 
 // k == s with no padding, dilation 1 and no output padding: every phase has one tap at input
@@ -672,7 +684,12 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     GemmCfg tma = *c;
     // (256 rows take 64-channel k steps only)
     const bool rows256 = cout_g > 64 && p.nsub == 0 && cin_g % 64 == 0;
-    if (gemm_tma_tile(p, force, dev, rows256 ? 9 : 8, &tma)) {
+    // an (N, C, D, H, W) result from 256 rows: the persistent tile (kind 11), whose output
+    // stages apart from the ring (H100, bf16, channels-last input, against kind 9: 512->256
+    // 16^3 k2 43.7 vs 51.3 us, 16 x 256->128 8^3 k4 83.2 vs 90.5); kind 9 where it does not fit
+    const int first = !rows256 ? 8 : p.y_channels_last ? 9 : 11;
+    if (gemm_tma_tile(p, force, dev, first, &tma) ||
+        (first == 11 && (tma = *c, gemm_tma_tile(p, force, dev, 9, &tma)))) {
       *c = tma;
       return true;
     }

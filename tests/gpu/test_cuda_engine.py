@@ -555,14 +555,15 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
         return
     desc = _describe(cfg, dtype, kernel=kernel)
     # the rule takes the warpgroup tiles for reductions of >= 512 terms per phase, in the
-    # forward fed by the TMA unit: 256 rows where C_out/groups > 64, else 128; for this
-    # (N, C, D, H, W) result from 256 terms with C_out/groups >= 32 too (from 128 with 32)
+    # forward fed by the TMA unit: 256 rows where C_out/groups > 64 (for this (N, C, D, H, W)
+    # result in persistent blocks), else 128; from 256 terms with C_out/groups >= 32 too
+    # (from 128 with 32)
     k_per_phase = (cfg["cin"] // cfg["groups"] * cfg["k"][0] * cfg["k"][1] * cfg["k"][2] /
                    (cfg["s"][0] * cfg["s"][1] * cfg["s"][2]))
     cout_g = cfg["cout"] // cfg["groups"]
     if variant == "auto" and (k_per_phase >= 512 or (k_per_phase >= 256 and cout_g >= 32)
                               or (k_per_phase >= 128 and cout_g == 32)):
-        variant = "tma-256-rows" if cout_g > 64 else "tma"
+        variant = "tma-256-rows-persistent" if cout_g > 64 else "tma"
     if variant in ("tma", "tma-256-rows"):
         bm = 256 if variant == "tma-256-rows" else 128
         assert desc.startswith(f"implicit-gemm kind={7 + bm // 128} BM={bm} "), desc

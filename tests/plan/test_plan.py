@@ -345,7 +345,7 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     assert "kind=4 " in plan.text and "threads=256" in plan.text and "wgmma-sm90a" in plan.text
     assert "BN=128 " in plan.text and "BK=64" in plan.text
     # (by the rule the forward takes the TMA tiles there: test_tma_tile_rule)
-    assert "kind=9 " in ph.forward(long_k, 16, BF16, ph.H100_SM90A).text
+    assert "kind=11 " in ph.forward(long_k, 16, BF16, ph.H100_SM90A).text
     assert "wgmma" not in ph.forward(long_k, 16, BF16, ph.H100).text
     assert "wgmma" not in ph.forward(short_k, 2, BF16, ph.H100_SM90A, channels_last=True).text
     forced = ph.forward(short_k, 2, BF16, ph.H100_SM90A, channels_last=True, kernel=wgmma)
@@ -362,7 +362,7 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     # feeds the warpgroup tile (512 -> 256 k2: K 512; the named mma.sync tiles stay in place)
     pure_long = ph.sweep_args(SWEEP[3])
     copied = ph.forward(pure_long, 1, BF16, ph.H100_SM90A)
-    assert copied.channels_last and "kind=9 " in copied.text, copied.text
+    assert copied.channels_last and "kind=11 " in copied.text, copied.text
     assert copied.text.endswith("(channels-last input, copied)"), copied.text
     assert ph.forward(pure_long, 1, BF16, ph.H100_SM90A, channels_last=True).text.endswith(
         "(channels-last input)")
@@ -452,7 +452,7 @@ def test_warpgroup_tile_of_the_implicit_gemm():
     # its TMA tile from 512 (test_tma_tile_rule)
     assert "kind=2 " in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm",
                                       tile=2).text
-    assert "kind=8 " in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm").text
+    assert "kind=10 " in ph.grad_input(short_k, 2, BF16, ph.H100_SM90A, "implicit-gemm").text
 
 
 
@@ -521,15 +521,20 @@ def test_tma_persistent_tile():
 
 
 def test_tma_tile_rule():
-    """sm_90a builds on sm_90: the rule takes the TMA tiles (kind 9 for C_out/groups > 64,
+    """sm_90a builds on sm_90: the rule takes the TMA tiles (256 rows for C_out/groups > 64:
+    kind 9 for a channels-last result, the persistent kind 11 for an (N, C, D, H, W) one;
     else kind 8) where the warpgroup tiles would run, in the forward and the input gradient,
     and where the forward's result is channels-last or comes from 256 terms a phase with
     C_out/groups >= 32 (128 with C_out/groups 32; C_in/groups a multiple of 64); k == s
     layers with a channels-last result keep the shared-A tile, an sm_80 path (no sm_90a
-    build, an A100) the mma.sync tiles, and a named tile wins over the rule."""
+    build, an A100) the mma.sync tiles, and a named tile wins over the rule.  The input
+    gradient's 128-column tile in 64-channel k steps runs ping-ponged (kind 10) from two
+    waves of tiles."""
     from phaseconv.engines.cuda import ForwardKernel
 
-    for index, out_cl, kind in ((4, False, 9), (4, True, 9), (3, False, 9), (3, True, 9),
+    forms = {8: "tma-box wgmma-sm90a", 9: "tma-box wgmma-sm90a",
+             10: "tma-box ping-pong wgmma-sm90a", 11: "tma-box persistent wgmma-sm90a"}
+    for index, out_cl, kind in ((4, False, 11), (4, True, 9), (3, False, 11), (3, True, 9),
                                 (5, False, 8), (5, True, 8), (1, True, 8), (1, False, 8),
                                 (2, True, 7)):
         shape = SWEEP[index]
@@ -537,9 +542,9 @@ def test_tma_tile_rule():
                           channels_last=True, out_channels_last=out_cl)
         assert plan.family == "gemm" and f"kind={kind} " in plan.text, (index, plan.text)
         if kind >= 8:
-            assert "tma-box wgmma-sm90a" in plan.text, plan.text
+            assert forms[kind] in plan.text, plan.text
             bn = min(128, max(32, shape.out_channels))
-            assert f"BM={256 if kind == 9 else 128} BN={bn} " in plan.text, plan.text
+            assert f"BM={256 if kind in (9, 11) else 128} BN={bn} " in plan.text, plan.text
         for device in (ph.H100, ph.A100):
             other = ph.forward(ph.sweep_args(shape), shape.batch, BF16, device,
                                channels_last=True, out_channels_last=out_cl)
@@ -578,13 +583,27 @@ def test_tma_tile_rule():
     # the input gradient (grad_y's boxes at the layer's stride) on 128 rows from 512 terms
     # (shape 5's 8192, shape 4's 2048, shape 3's 512, shape 2's 864 in 32-channel k steps:
     # its grad_y has 32 channels)
-    for index, kind, bk in ((4, 8, 64), (3, 8, 64), (2, 8, 64), (5, 8, 64), (1, 8, 32)):
+    # (shape 3's 512 tiles of 128 columns are two waves and more: ping-ponged)
+    for index, kind, bk in ((4, 8, 64), (3, 8, 64), (2, 10, 64), (5, 8, 64), (1, 8, 32)):
         shape = SWEEP[index]
         gi = ph.grad_input(ph.sweep_args(shape), shape.batch, BF16, ph.H100_SM90A)
-        assert f"kind={kind} " in gi.text and ("tma-box wgmma-sm90a" in gi.text) == (kind >= 8), \
-            gi.text
+        assert f"kind={kind} " in gi.text and forms[kind] in gi.text, gi.text
         assert f" BK={bk} " in gi.text, gi.text
         assert "tma" not in ph.grad_input(ph.sweep_args(shape), shape.batch, BF16, ph.H100).text
+    # one wave of those tiles (shape 3 at batch 1: 256 tiles, 132 multiprocessors) stays on
+    # kind 8, and 32-channel k steps (shape 2) too at any batch
+    one_wave = ph.grad_input(ph.sweep_args(SWEEP[2]), 1, BF16, ph.H100_SM90A)
+    assert "kind=8 BM=128 BN=128 BK=64 " in one_wave.text, one_wave.text
+    assert "kind=8 " in ph.grad_input(ph.sweep_args(SWEEP[1]), 8, BF16, ph.H100_SM90A).text
+    # where the persistent tiles do not fit shared memory, the rule keeps kinds 8 and 9
+    # (kind 9's 4 stages of 256 + 128 rows: 203840 bytes; kind 11's 3 with its staged
+    # output: 220208; kind 10's two consumers: 203840 against kind 8's 135232)
+    small = ph.H100_SM90A._replace(smem_optin=210000)
+    four = ph.forward(ph.sweep_args(SWEEP[3]), 1, BF16, small, channels_last=True)
+    assert "kind=9 BM=256 " in four.text, four.text
+    three = ph.grad_input(ph.sweep_args(SWEEP[2]), 2, BF16, ph.H100_SM90A._replace(
+        smem_optin=200000))
+    assert "kind=8 BM=128 BN=128 " in three.text, three.text
     named = ph.grad_input(ph.sweep_args(SWEEP[2]), 2, BF16, ph.H100_SM90A, "implicit-gemm",
                           tile=8)
     assert named.ok and "kind=8 BM=128 BN=128 " in named.text, named.text
