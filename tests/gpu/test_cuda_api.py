@@ -849,6 +849,31 @@ def test_input_gradient_on_each_implicit_gemm_tile(case):
         whole = (cout // g) % 64 == 0
         assert 8 in ran and (4 in ran) == whole and (9 in ran) == (whole and cin // g > 64), ran
         assert 10 in ran and (11 in ran) == (9 in ran), ran
+def test_input_gradient_rule_ping_pongs_two_waves():
+    """Where the input gradient's rule takes the 128-column TMA tile in 64-channel k steps and
+    its tiles fill two waves of the multiprocessors (here 9 x 32 boxes), it runs them
+    ping-ponged (kind 10) on an sm_90a build: against torch in float64, the same bits as kind
+    10 named; elsewhere no TMA tile is described."""
+    from phaseconv.engines import cuda
+
+    n = 9
+    xc, wc, gyc, args, (expected, _) = _layer_case(n, 128, 64, 1, (16, 16, 16), (2, 2, 2),
+                                                   (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1),
+                                                   torch.bfloat16, 3)
+    desc = cuda.describe_backward(args, n, torch.bfloat16, xc.device)[0]
+    if cuda.warpgroup_kernels() and torch.cuda.get_device_properties(0).multi_processor_count \
+            <= 144:  # 288 tiles: two waves
+        assert "kind=10 BM=128 BN=128 BK=64 " in desc and "tma-box ping-pong" in desc, desc
+    else:
+        assert "ping-pong" not in desc, desc
+    got = cuda.backward(gyc, xc, wc, args, need_weight=False)[0]
+    _assert_gradient_close(got, expected, torch.bfloat16)
+    if "kind=10 " in desc:
+        named = cuda.backward(gyc, xc, wc, args, need_weight=False,
+                              grad_input_kernel="implicit-gemm", grad_input_tile=10)[0]
+        assert torch.equal(got, named)
+
+
 _CL_WEIGHT_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d, dtype, named kernels)
     (2, 64, 40, 1, (5, 6, 7), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1),
      torch.bfloat16, ("tensor-cores-cl", "tensor-cores", "simt")),  # a run's channel tail
