@@ -455,8 +455,9 @@ bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, int 
   if (!gemm_tile(p, f, dev, 1024, c)) return false;
   // the rule's 128-column TMA tile in 64-channel k steps over two waves of tiles or more:
   // the same tiles ping-ponged between two consumer warpgroups (kind 10), which hide each
-  // other's epilogue (H100, bf16, grad_y channels-last, sweep shape 3: 2 x 128->64 32^3 k2, 512 tiles:
-  // 44.2 vs 53.1 us; H200 38.8 vs 46.6); kind 8 where kind 10 does not fit
+  // other's epilogue (H100, bf16, grad_y channels-last, sweep shape 3: 2 x 128->64 32^3 k2,
+  // 512 tiles: 45.2 vs 54.5 us; H200 38.8 vs 46.6; under two waves it lost: sweep shapes 4-6,
+  // grad_y NCDHW, 51.9 / 90.7 / 45.8 vs 46.0 / 85.8 / 41.8); kind 8 where kind 10 does not fit
   if (tile < 0 && c->kind == 8 && c->BN == 128 && c->bkg == 8 &&
       c->total_blocks >= 2 * (int64_t)dev.sms) {
     GemmCfg pingpong = *c;
@@ -685,8 +686,9 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     // (256 rows take 64-channel k steps only)
     const bool rows256 = cout_g > 64 && p.nsub == 0 && cin_g % 64 == 0;
     // an (N, C, D, H, W) result from 256 rows: the persistent tile (kind 11), whose output
-    // stages apart from the ring (H100, bf16, channels-last input, against kind 9: 512->256
-    // 16^3 k2 43.7 vs 51.3 us, 16 x 256->128 8^3 k4 83.2 vs 90.5); kind 9 where it does not fit
+    // stages apart from the ring (H100, bf16, against kind 9 from a channels-last input:
+    // 512->256 16^3 k2 44.1 vs 47.6 us, 16 x 256->128 8^3 k4 83.4 vs 85.7, 2 x 128->128 16^3
+    // k3 s2 43.7 vs 52.4); kind 9 where it does not fit
     const int first = !rows256 ? 8 : p.y_channels_last ? 9 : 11;
     if (gemm_tma_tile(p, force, dev, first, &tma) ||
         (first == 11 && (tma = *c, gemm_tma_tile(p, force, dev, 9, &tma)))) {
