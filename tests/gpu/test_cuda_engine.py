@@ -526,6 +526,12 @@ _WGMMA_CASES = [
 ]
 
 
+def _fills_a_wave(desc: str) -> bool:
+    """Whether a described tile's blocks (its grid) fill a wave of the multiprocessors."""
+    blocks = int(desc.split(" grid=")[1].split()[0])
+    return blocks >= torch.cuda.get_device_properties(0).multi_processor_count
+
+
 @pytest.mark.parametrize("variant", ["auto", "forced", "phase-per-block", "four-warpgroups",
                                      "tma", "tma-256-rows", "tma-ping-pong",
                                      "tma-256-rows-persistent"])
@@ -555,15 +561,18 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
         return
     desc = _describe(cfg, dtype, kernel=kernel)
     # the rule takes the warpgroup tiles for reductions of >= 512 terms per phase, in the
-    # forward fed by the TMA unit: 256 rows where C_out/groups > 64 (for this (N, C, D, H, W)
-    # result in persistent blocks), else 128; from 256 terms with C_out/groups >= 32 too
-    # (from 128 with 32)
+    # forward fed by the TMA unit: 256 rows where C_out/groups > 64 and their blocks fill a
+    # wave of the multiprocessors (for this (N, C, D, H, W) result in persistent blocks),
+    # else 128; from 256 terms with C_out/groups >= 32 too (from 128 with 32)
     k_per_phase = (cfg["cin"] // cfg["groups"] * cfg["k"][0] * cfg["k"][1] * cfg["k"][2] /
                    (cfg["s"][0] * cfg["s"][1] * cfg["s"][2]))
     cout_g = cfg["cout"] // cfg["groups"]
     if variant == "auto" and (k_per_phase >= 512 or (k_per_phase >= 256 and cout_g >= 32)
                               or (k_per_phase >= 128 and cout_g == 32)):
-        variant = "tma-256-rows-persistent" if cout_g > 64 else "tma"
+        variant = "tma"
+        if cout_g > 64 and (cfg["cin"] // cfg["groups"]) % 64 == 0:
+            if _fills_a_wave(_describe(cfg, dtype, kernel=ForwardKernel("gemm", gemm_tile=9))):
+                variant = "tma-256-rows-persistent"
     if variant in ("tma", "tma-256-rows"):
         bm = 256 if variant == "tma-256-rows" else 128
         assert desc.startswith(f"implicit-gemm kind={7 + bm // 128} BM={bm} "), desc
@@ -628,8 +637,14 @@ def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
         elif kernel is boxes:
             assert "kind=8 BM=128" in desc and "tma-box" in desc, desc
         elif "wgmma" in desc and "phases-share-a" not in desc:
-            # the rule: the TMA tiles for a channels-last result (k == s layers: shared A)
-            kind = 9 if cfg["cout"] // cfg["groups"] > 64 else 8
+            # the rule: the TMA tiles for a channels-last result (k == s layers: shared A),
+            # 256 rows where C_out/groups > 64 and their blocks fill a wave
+            kind = 8
+            whole = (cfg["cin"] // cfg["groups"]) % 64 == 0
+            if cfg["cout"] // cfg["groups"] > 64 and whole and _fills_a_wave(_cuda().describe(
+                    args, xd.shape[0], dtype, xd.device, channels_last=True,
+                    kernel=ForwardKernel("gemm", gemm_tile=9), out_channels_last=True)):
+                kind = 9
             assert desc.startswith(f"implicit-gemm kind={kind} ") and "tma-box" in desc, desc
         y = _cuda().forward(xd, wd, bd, args, kernel=kernel, out_channels_last=True)
         assert y.is_contiguous(memory_format=cl)

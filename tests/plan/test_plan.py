@@ -521,15 +521,15 @@ def test_tma_persistent_tile():
 
 
 def test_tma_tile_rule():
-    """sm_90a builds on sm_90: the rule takes the TMA tiles (256 rows for C_out/groups > 64:
-    kind 9 for a channels-last result, the persistent kind 11 for an (N, C, D, H, W) one;
-    else kind 8) where the warpgroup tiles would run, in the forward and the input gradient,
-    and where the forward's result is channels-last or comes from 256 terms a phase with
-    C_out/groups >= 32 (128 with C_out/groups 32; C_in/groups a multiple of 64); k == s
-    layers with a channels-last result keep the shared-A tile, an sm_80 path (no sm_90a
-    build, an A100) the mma.sync tiles, and a named tile wins over the rule.  The input
-    gradient's 128-column tile in 64-channel k steps runs ping-ponged (kind 10) from two
-    waves of tiles."""
+    """sm_90a builds on sm_90: the rule takes the TMA tiles (256 rows for C_out/groups > 64
+    where they fill a wave of the multiprocessors: kind 9 for a channels-last result, the
+    persistent kind 11 for an (N, C, D, H, W) one; else kind 8) where the warpgroup tiles
+    would run, in the forward and the input gradient, and where the forward's result is
+    channels-last or comes from 256 terms a phase with C_out/groups >= 32 (128 with
+    C_out/groups 32; C_in/groups a multiple of 64); k == s layers with a channels-last result
+    keep the shared-A tile, an sm_80 path (no sm_90a build, an A100) the mma.sync tiles, and
+    a named tile wins over the rule.  The input gradient's 128-column tile in 64-channel k
+    steps runs ping-ponged (kind 10) from two waves of tiles."""
     from phaseconv.engines.cuda import ForwardKernel
 
     forms = {8: "tma-box wgmma-sm90a", 9: "tma-box wgmma-sm90a",
@@ -595,6 +595,21 @@ def test_tma_tile_rule():
     one_wave = ph.grad_input(ph.sweep_args(SWEEP[2]), 1, BF16, ph.H100_SM90A)
     assert "kind=8 BM=128 BN=128 BK=64 " in one_wave.text, one_wave.text
     assert "kind=8 " in ph.grad_input(ph.sweep_args(SWEEP[1]), 8, BF16, ph.H100_SM90A).text
+    # 256-row tiles that would fill less than one wave (132 multiprocessors) take 128 rows:
+    # 4 x 192->96 8^3 k3 (64 blocks of 256 rows) and 2 x 256->128 4^3 k4 (16, each box
+    # padded); 2 x 128->128 16^3 k3 (256 blocks) keeps 256
+    for layer, batch, blocks in ((ph.conv_args(192, 96, 3, 8, 2, 1, 1, batch=4), 4, 64),
+                                 (ph.conv_args(256, 128, 4, 4, 2, 1, 0, batch=2), 2, 16),
+                                 (ph.conv_args(128, 128, 3, 16, 2, 1, 1, batch=2), 2, 256)):
+        rows256 = ph.forward(layer, batch, BF16, ph.H100_SM90A, channels_last=True,
+                             kernel=ForwardKernel("gemm", gemm_tile=9))
+        assert rows256.ok and f" grid={blocks} " in rows256.text, rows256.text
+        for channels_last in (False, True):
+            plan = ph.forward(layer, batch, BF16, ph.H100_SM90A, channels_last=channels_last,
+                              out_channels_last=channels_last)
+            kind = (9 if channels_last else 11) if blocks >= 132 else 8
+            assert f"kind={kind} BM={128 if kind == 8 else 256} BN=128 " in plan.text, \
+                plan.text
     # where the persistent tiles do not fit shared memory, the rule keeps kinds 8 and 9
     # (kind 9's 4 stages of 256 + 128 rows: 203840 bytes; kind 11's 3 with its staged
     # output: 220208; kind 10's two consumers: 203840 against kind 8's 135232)
