@@ -690,12 +690,12 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     // 512->256 16^3 k2 44.1 vs 47.6 us, 16 x 256->128 8^3 k4 83.4 vs 85.7, 2 x 128->128 16^3
     // k3 s2 43.7 vs 52.4); kind 9 where it does not fit
     const int first = !rows256 ? 8 : p.y_channels_last ? 9 : 11;
-    bool fits = gemm_tma_tile(p, force, dev, first, &tma) ||
-                (first == 11 && (tma = *c, gemm_tma_tile(p, force, dev, 9, &tma)));
+    const bool fits = gemm_tma_tile(p, force, dev, first, &tma) ||
+                      (first == 11 && (tma = *c, gemm_tma_tile(p, force, dev, 9, &tma)));
     // 256-row tiles that fill less than one wave of the multiprocessors: 128 rows, twice the
     // blocks (H100, bf16, kind 8 against the 256-row rule, channels-last / NCDHW input and
     // result: 4 x 192->96 8^3 k3 s2, 64 blocks of 256 rows, 22.0-26.3 vs 30.5-36.5 us, cuDNN
-    // 23.2-37.4; 2 x 256->128 4^3 k4 s2, 16 blocks, 31.8-35.9 vs 42.5-46.3, cuDNN 27.9-35.6;
+    // 23.2-40.7; 2 x 256->128 4^3 k4 s2, 16 blocks, 31.8-35.9 vs 42.5-46.3, cuDNN 27.9-35.6;
     // sweep shapes 4 and 5, 256 blocks, keep 256 rows)
     if (fits && tma.BM == 256 && tma.total_blocks < dev.sms) {
       GemmCfg rows128 = *c;
