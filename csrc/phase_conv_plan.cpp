@@ -357,8 +357,6 @@ bool choose_allph(const PhaseConvFwdParams& p, int dtype_code, const PhaseConvFo
 // ---------------------------------------------------------------- implicit GEMM (fwd_gemm.cu)
 bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
                double wgmma_min_k, GemmCfg* c);
-bool gemm_tma_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const DevInfo& dev,
-                   int kind, GemmCfg* c);
 
 // Whether a tile issues wgmma (sm_90a): the warpgroup tiles and the shared-A one of kind 7.
 bool gemm_wgmma(const GemmCfg& c) {
@@ -452,18 +450,7 @@ bool choose_gi_gemm(const PhaseConvFwdParams& p, int dtype_code, int force, int 
   c->flush = tf32 && phase_conv_needs_flush(p, dtype_code);
   // the warpgroup tile from 1024 reduction terms (H200, bf16: 128->64 32^3 k2, K 512: 212 vs
   // 191 us a backward; 256->128 8^3 k4, K 8192: 393 vs 427)
-  if (!gemm_tile(p, f, dev, 1024, c)) return false;
-  // the rule's 128-column TMA tile in 64-channel k steps over two waves of tiles or more:
-  // the same tiles ping-ponged between two consumer warpgroups (kind 10), which hide each
-  // other's epilogue (H100, bf16, grad_y channels-last, sweep shape 3: 2 x 128->64 32^3 k2,
-  // 512 tiles: 45.2 vs 54.5 us; H200 38.8 vs 46.6; under two waves it lost: sweep shapes 4-6,
-  // grad_y NCDHW, 51.9 / 90.7 / 45.8 vs 46.0 / 85.8 / 41.8); kind 8 where kind 10 does not fit
-  if (tile < 0 && c->kind == 8 && c->BN == 128 && c->bkg == 8 &&
-      c->total_blocks >= 2 * (int64_t)dev.sms) {
-    GemmCfg pingpong = *c;
-    if (gemm_tma_tile(p, f, dev, 10, &pingpong)) *c = pingpong;
-  }
-  return true;
+  return gemm_tile(p, f, dev, 1024, c);
 }
 
 // k == s with no padding, dilation 1 and no output padding: every phase has one tap at input
@@ -700,6 +687,17 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     if (fits && tma.BM == 256 && tma.total_blocks < dev.sms) {
       GemmCfg rows128 = *c;
       if (gemm_tma_tile(p, force, dev, 8, &rows128)) tma = rows128;
+    }
+    // the input gradient's 128-column tile in 64-channel k steps over two waves of tiles or
+    // more: the same tiles ping-ponged between two consumer warpgroups (kind 10), which hide
+    // each other's epilogue (H100, bf16, grad_y channels-last, sweep shape 3: 2 x 128->64
+    // 32^3 k2, 512 tiles: 45.2 vs 54.5 us; H200 38.8 vs 46.6; under two waves it lost: sweep
+    // shapes 4-6, grad_y NCDHW, 51.9 / 90.7 / 45.8 vs 46.0 / 85.8 / 41.8); kind 8 where kind
+    // 10 does not fit
+    if (fits && p.nsub > 0 && tma.BN == 128 && tma.bkg == 8 &&
+        tma.total_blocks >= 2 * (int64_t)dev.sms) {
+      GemmCfg pingpong = *c;
+      if (gemm_tma_tile(p, force, dev, 10, &pingpong)) tma = pingpong;
     }
     if (fits) {
       *c = tma;
