@@ -83,6 +83,9 @@ GRAD_WEIGHT_KERNELS = {"auto": 0, "tensor-cores": 6, "simt": 7, "naive": 8, "dep
                        "tensor-cores-wgmma": 15, "tensor-cores-tma": 16}
 
 
+GEMM_TILE_KINDS = 12  # the implicit GEMM's tile kinds, 0-11 (csrc/phase_conv_plan.h: GemmCfg)
+
+
 class ForwardKernel(NamedTuple):
     """A forward kernel named instead of chosen by the plan's rule (tests, benchmarks).  The
     plan refuses a layer the named kernel cannot take; nothing is rerouted."""
@@ -106,8 +109,9 @@ class ForwardKernel(NamedTuple):
                              f"{self.family!r}")
         if not -1 <= self.allph_tile <= 4:
             raise ValueError(f"allph_tile must be -1 (the rule) or 0-4, got {self.allph_tile!r}")
-        if not -1 <= self.gemm_tile <= 11:
-            raise ValueError(f"gemm_tile must be -1 (the rule) or 0-11, got {self.gemm_tile!r}")
+        if not -1 <= self.gemm_tile < GEMM_TILE_KINDS:
+            raise ValueError(f"gemm_tile must be -1 (the rule) or 0-{GEMM_TILE_KINDS - 1}, got "
+                             f"{self.gemm_tile!r}")
         return [FORWARD_KERNELS[self.family], int(self.contiguous_input), int(self.gemm_tile),
                 int(self.gemm_one_phase), int(self.gemm_k32), int(self.direct_stores),
                 int(self.allph_tile)]
@@ -637,9 +641,9 @@ def grad_input_code(kernel: str = "auto", tile: Optional[int] = None) -> int:
                          f"{kernel!r}")
     if tile is None:
         return GRAD_INPUT_KERNELS[kernel]
-    if kernel != "implicit-gemm" or not 0 <= tile < 12:
-        raise ValueError(f"grad_input_tile names an implicit-gemm tile (0-11), got {tile!r} for "
-                         f"{kernel!r}")
+    if kernel != "implicit-gemm" or not 0 <= tile < GEMM_TILE_KINDS:
+        raise ValueError(f"grad_input_tile names an implicit-gemm tile (0-{GEMM_TILE_KINDS - 1}), "
+                         f"got {tile!r} for {kernel!r}")
     return GRAD_INPUT_KERNELS[kernel] | (tile + 1) << GI_TILE_SHIFT
 
 
