@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from phaseconv.bench import SWEEP, gpu_times_us  # noqa: E402
-from phaseconv.checks import check_conv_transpose3d  # noqa: E402
+from phaseconv.checks import check_conv_transpose3d, triple  # noqa: E402
 from phaseconv.engines import cuda  # noqa: E402
 
 CL = torch.channels_last_3d
@@ -36,10 +36,6 @@ LAYERS = [(f"sweep {s.name}", s.batch, s.in_channels, s.out_channels, s.size, s.
     ("2x128->128 16^3 k3", 2, 128, 128, (16, 16, 16), 3, 2, 1, 1),
     ("4x192->96 8^3 k3", 4, 192, 96, (8, 8, 8), 3, 2, 1, 1),
 ]
-
-
-def t3(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3
 
 
 def median_us(reps, fn, *args, **kwargs):
@@ -66,7 +62,8 @@ def run_layer(layer, tiles, gi_tiles, reps, out):
     name, n, cin, cout, size, k, s, p, op = layer
     torch.manual_seed(0)
     x = torch.rand((n, cin) + tuple(size), device="cuda", dtype=torch.bfloat16)
-    k3, s, p, op = t3(k), t3(s), t3(p), t3(op)
+    k3, s, p, op = (triple(k, "kernel_size"), triple(s, "stride"), triple(p, "padding"),
+                    triple(op, "output_padding"))
     w = ((torch.rand((cin, cout) + k3, device="cuda") * 2 - 1) /
          (cin * k3[0] * k3[1] * k3[2]) ** 0.5).to(torch.bfloat16)
     args = check_conv_transpose3d(x, w, None, s, p, op, 1, 1)
