@@ -526,8 +526,13 @@ _WGMMA_CASES = [
 ]
 
 
-def _fills_a_wave(desc: str) -> bool:
-    """Whether a described tile's blocks (its grid) fill a wave of the multiprocessors."""
+def _rule_takes_256_rows(cfg, describe) -> bool:
+    """Whether the forward's TMA rule takes 256 rows for ``cfg``: C_out/groups > 64, whole
+    64-channel k steps, and the named 256-row tile's blocks (its grid, from ``describe(kernel)``)
+    fill a wave of the multiprocessors."""
+    if cfg["cout"] // cfg["groups"] <= 64 or (cfg["cin"] // cfg["groups"]) % 64 != 0:
+        return False
+    desc = describe(ForwardKernel("gemm", gemm_tile=9))
     blocks = int(desc.split(" grid=")[1].split()[0])
     return blocks >= torch.cuda.get_device_properties(0).multi_processor_count
 
@@ -569,10 +574,8 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
     cout_g = cfg["cout"] // cfg["groups"]
     if variant == "auto" and (k_per_phase >= 512 or (k_per_phase >= 256 and cout_g >= 32)
                               or (k_per_phase >= 128 and cout_g == 32)):
-        variant = "tma"
-        if cout_g > 64 and (cfg["cin"] // cfg["groups"]) % 64 == 0:
-            if _fills_a_wave(_describe(cfg, dtype, kernel=ForwardKernel("gemm", gemm_tile=9))):
-                variant = "tma-256-rows-persistent"
+        variant = "tma-256-rows-persistent" if _rule_takes_256_rows(
+            cfg, lambda tile: _describe(cfg, dtype, kernel=tile)) else "tma"
     if variant in ("tma", "tma-256-rows"):
         bm = 256 if variant == "tma-256-rows" else 128
         assert desc.startswith(f"implicit-gemm kind={7 + bm // 128} BM={bm} "), desc
@@ -639,12 +642,9 @@ def test_implicit_gemm_four_warpgroups_channels_last_result(case, dtype):
         elif "wgmma" in desc and "phases-share-a" not in desc:
             # the rule: the TMA tiles for a channels-last result (k == s layers: shared A),
             # 256 rows where C_out/groups > 64 and their blocks fill a wave
-            kind = 8
-            whole = (cfg["cin"] // cfg["groups"]) % 64 == 0
-            if cfg["cout"] // cfg["groups"] > 64 and whole and _fills_a_wave(_cuda().describe(
-                    args, xd.shape[0], dtype, xd.device, channels_last=True,
-                    kernel=ForwardKernel("gemm", gemm_tile=9), out_channels_last=True)):
-                kind = 9
+            kind = 9 if _rule_takes_256_rows(cfg, lambda tile: _cuda().describe(
+                args, xd.shape[0], dtype, xd.device, channels_last=True, kernel=tile,
+                out_channels_last=True)) else 8
             assert desc.startswith(f"implicit-gemm kind={kind} ") and "tma-box" in desc, desc
         y = _cuda().forward(xd, wd, bd, args, kernel=kernel, out_channels_last=True)
         assert y.is_contiguous(memory_format=cl)
