@@ -827,7 +827,7 @@ def test_input_gradient_on_each_implicit_gemm_tile(case):
     xc, wc, gyc, args, (expected, _) = _layer_case(n, cin, cout, g, size, k, s, p, op, d,
                                                    torch.bfloat16, case)
     ran = []
-    for tile in range(12):
+    for tile in range(cuda.GEMM_TILE_KINDS):
         try:
             desc = cuda.backward_plan(args, n, torch.bfloat16, xc.device, "implicit-gemm",
                                       grad_input_tile=tile)[1].grad_input_description
@@ -849,6 +849,8 @@ def test_input_gradient_on_each_implicit_gemm_tile(case):
         whole = (cout // g) % 64 == 0
         assert 8 in ran and (4 in ran) == whole and (9 in ran) == (whole and cin // g > 64), ran
         assert 10 in ran and (11 in ran) == (9 in ran), ran
+
+
 def test_input_gradient_rule_ping_pongs_two_waves():
     """Where the input gradient's rule takes the 128-column TMA tile in 64-channel k steps and
     its tiles fill two waves of the multiprocessors (here 9 x 32 boxes), it runs them
