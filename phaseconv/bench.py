@@ -13,7 +13,8 @@ Sections (``--sections``, all by default):
   torch's, in inference; the GPU is kept busy so that no call can hide a wait.
 * ``loop``: the real training loop, one layer: forward, loss, backward and an SGD step that
   changes the weight, every step.  GPU µs, host µs and loop µs (consecutive steps, what a user
-  sees) per step, and the kernels each step launches.
+  sees; the median of several blocks, torch and phaseconv taking turns) per step, and the
+  kernels each step launches.
 * ``client``: MONAI networks (``phaseconv.bench_client``), torch against
   ``phaseconv.convert``, fp32 and AMP bf16, eager and ``torch.compile``.
 
@@ -445,21 +446,35 @@ def loop_state(theirs: torch.nn.Module, impl: str, x0: torch.Tensor):
     return layer, x, torch.optim.SGD(layer.parameters(), lr=1e-4, momentum=0.9)
 
 
+LOOP_BLOCKS = 5  # the loop's wall time: the median of this many blocks of consecutive steps
+
+
+def loop_walls_us(fns, steps: int, blocks: int, warmup: int) -> List[float]:
+    """Median wall time per step of each of ``fns`` over ``blocks`` blocks of ``steps``
+    consecutive steps (:func:`loop_us`), the functions taking turns block by block: one
+    block is one sample of a host whose speed drifts, so each side gets several, interleaved."""
+    walls = [[] for _ in fns]
+    for _ in range(blocks):
+        for fn, spent in zip(fns, walls):
+            spent.append(loop_us(fn, steps, warmup))
+    return [statistics.median(w) for w in walls]
+
+
 def bench_loop(shape: Shape, variant: Variant, repeats: int, warmup: int) -> List[LoopRow]:
     """One training step of one layer, the weight changing every step: forward, backward from
     a fixed upstream gradient (input and weight gradients, as in the backward section), an
     SGD step with momentum, ``zero_grad``.  Both layers start from the same weights and see
-    the same input."""
+    the same input; their host and wall times are taken in turns."""
     dtype = variant.dtype
     theirs, _ = _layers(shape, dtype)
     x0 = variant.fmt(torch.rand(shape.input_shape(), device="cuda", dtype=dtype))
-    rows, g = [], None
+    impls, steps, outputs, g = ("torch", "phaseconv"), [], [], None
     with _NoTF32():
-        for impl in ("torch", "phaseconv"):
+        for impl in impls:
             layer, x, opt = loop_state(theirs, impl, x0)
-            outputs = []
+            first: List[torch.Tensor] = []
 
-            def step(layer=layer, x=x, opt=opt, outputs=outputs):
+            def step(layer=layer, x=x, opt=opt, first=first):
                 nonlocal g
                 opt.zero_grad(set_to_none=True)
                 x.grad = None
@@ -468,17 +483,18 @@ def bench_loop(shape: Shape, variant: Variant, repeats: int, warmup: int) -> Lis
                     g = torch.randn_like(out)  # one upstream gradient for both
                 out.backward(g)
                 opt.step()
-                if not outputs:
-                    outputs.append(out.detach())
+                if not first:
+                    first.append(out.detach())
 
             step()
-            gpu = median_gpu_us(step, repeats, warmup)
-            host, = median_host_us([step], repeats, warmup)
-            wall = loop_us(step, repeats, warmup)
-            kernels = cuda_activities(step)
-            rows.append(LoopRow(shape, variant.name, impl, gpu, host, wall, kernels,
-                                outputs[0]))
-    return rows
+            steps.append(step)
+            outputs.append(first[0])
+        gpu = [median_gpu_us(step, repeats, warmup) for step in steps]
+        host = median_host_us(steps, repeats, warmup)
+        wall = loop_walls_us(steps, repeats, LOOP_BLOCKS, warmup)
+        kernels = [cuda_activities(step) for step in steps]
+    return [LoopRow(shape, variant.name, *row)
+            for row in zip(impls, gpu, host, wall, kernels, outputs)]
 
 
 def loop_table(rows: List[LoopRow], fixed: List[BackwardRow] = ()) -> str:
@@ -634,10 +650,11 @@ SECTION_TEXT = {
              "(bias off, input requiring grad): forward, backward from a fixed upstream "
              "gradient (as in the backward section), SGD with momentum, "
              "`zero_grad(set_to_none=True)`; TF32 off; both layers start from the same "
-             "weights and input. loop µs: "
-             "wall time per step over consecutive steps (host and GPU together, what a "
-             "training loop sees); GPU µs: CUDA events with the queue primed; host µs: the "
-             "host's time to issue a step with the GPU busy; kernels: CUDA kernels, copies and "
+             "weights and input. loop µs: wall time per step over consecutive steps (host "
+             "and GPU together, what a training loop sees), the median of "
+             f"{LOOP_BLOCKS} blocks of them, torch's and phaseconv's taking turns; GPU µs: "
+             "CUDA events with the queue primed; host µs: the host's time to issue a step "
+             "with the GPU busy (the two taking turns); kernels: CUDA kernels, copies and "
              "memsets per step (torch.profiler). The fixed-weight speed-up is the forward + "
              "backward one of the backward section, same run."),
     "client": ("Client networks (MONAI)", "`phaseconv.bench_client`: MONAI "

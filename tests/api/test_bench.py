@@ -65,6 +65,22 @@ def test_alternating_times_calls_each_function_in_turn():
     assert [len(t) for t in times] == [3, 3] and all(v >= 0 for t in times for v in t)
 
 
+def test_loop_walls_take_turns_block_by_block(monkeypatch):
+    """The loop's wall time: blocks of steps, the functions in turn, each one's median."""
+    samples = {"a": iter([5.0, 1.0, 3.0]), "b": iter([2.0, 9.0, 4.0])}
+    seen = []
+
+    def fake_loop_us(fn, steps, warmup):
+        name = fn()
+        seen.append((name, steps, warmup))
+        return next(samples[name])
+
+    monkeypatch.setattr(bench, "loop_us", fake_loop_us)
+    walls = bench.loop_walls_us([lambda: "a", lambda: "b"], steps=30, blocks=3, warmup=2)
+    assert seen == [("a", 30, 2), ("b", 30, 2)] * 3
+    assert walls == [3.0, 4.0]
+
+
 def test_cpu_tables_on_a_tiny_layer():
     """The CPU section's rows and tables, run for real on a layer small enough for CI."""
     shape = bench.Shape("t", 1, 2, 2, 1, (3, 3, 3), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1))
