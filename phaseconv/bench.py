@@ -118,11 +118,21 @@ def gpu_times_us(fn: Callable[[], object], repeats: int, warmup: int,
     return times
 
 
+def call_us(fn: Callable[[], object]) -> float:
+    """Wall-clock time in µs of one call of ``fn``."""
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e6
+
+
 def alternating_times(fns, repeats: int, warmup: int,
-                      before_round: Optional[Callable[[int], None]] = None) -> List[List[float]]:
-    """Wall-clock times in µs of ``repeats`` calls of each of ``fns``, called in turn (so that
-    the machine's drift and its neighbours' load touch them alike), after ``warmup`` rounds;
-    ``before_round(i)`` runs untimed before round ``i``: the host timer of every benchmark."""
+                      before_round: Optional[Callable[[int], None]] = None,
+                      sample: Callable[[Callable[[], object]], float] = call_us
+                      ) -> List[List[float]]:
+    """Times in µs of ``repeats`` samples of each of ``fns``, taken in turn (so that the
+    machine's drift and its neighbours' load touch them alike), after ``warmup`` rounds;
+    ``before_round(i)`` runs untimed before round ``i``.  A sample is one call's wall-clock
+    time (:func:`call_us`, the host timer of every benchmark), or ``sample(fn)``."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -131,9 +141,7 @@ def alternating_times(fns, repeats: int, warmup: int,
         if before_round is not None:
             before_round(i)
         for fn, spent in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            spent.append((time.perf_counter() - t0) * 1e6)
+            spent.append(sample(fn))
     return times
 
 
@@ -453,10 +461,7 @@ def loop_walls_us(fns, steps: int, blocks: int, warmup: int) -> List[float]:
     """Median wall time per step of each of ``fns`` over ``blocks`` blocks of ``steps``
     consecutive steps (:func:`loop_us`), the functions taking turns block by block: one
     block is one sample of a host whose speed drifts, so each side gets several, interleaved."""
-    walls = [[] for _ in fns]
-    for _ in range(blocks):
-        for fn, spent in zip(fns, walls):
-            spent.append(loop_us(fn, steps, warmup))
+    walls = alternating_times(fns, blocks, 0, sample=lambda fn: loop_us(fn, steps, warmup))
     return [statistics.median(w) for w in walls]
 
 
