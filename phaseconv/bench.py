@@ -473,13 +473,13 @@ def bench_loop(shape: Shape, variant: Variant, repeats: int, warmup: int) -> Lis
     dtype = variant.dtype
     theirs, _ = _layers(shape, dtype)
     x0 = variant.fmt(torch.rand(shape.input_shape(), device="cuda", dtype=dtype))
-    impls, steps, outputs, g = ("torch", "phaseconv"), [], [], None
+    impls = ("torch", "phaseconv")
+    steps, outputs, g = [], [], None
     with _NoTF32():
         for impl in impls:
             layer, x, opt = loop_state(theirs, impl, x0)
-            first: List[torch.Tensor] = []
 
-            def step(layer=layer, x=x, opt=opt, first=first):
+            def step(layer=layer, x=x, opt=opt):
                 nonlocal g
                 opt.zero_grad(set_to_none=True)
                 x.grad = None
@@ -488,12 +488,10 @@ def bench_loop(shape: Shape, variant: Variant, repeats: int, warmup: int) -> Lis
                     g = torch.randn_like(out)  # one upstream gradient for both
                 out.backward(g)
                 opt.step()
-                if not first:
-                    first.append(out.detach())
+                return out
 
-            step()
+            outputs.append(step().detach())  # the first step's output
             steps.append(step)
-            outputs.append(first[0])
         gpu = [median_gpu_us(step, repeats, warmup) for step in steps]
         host = median_host_us(steps, repeats, warmup)
         wall = loop_walls_us(steps, repeats, LOOP_BLOCKS, warmup)
