@@ -669,7 +669,15 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
                             ? gi_tma || fwd_tma
                             : gi_tma || (fwd_tma && p.y_channels_last && cin_g >= 96);
   if (force.gemm_tile < 0 && !force.gemm_one_phase && tma_rule) {
-    GemmCfg tma = *c;
+    // the TMA tile of a kind, planned from the rule's starting point into *out where it fits
+    // (*out untouched where it does not)
+    const auto tile_of_kind = [&](int tile, GemmCfg* out) {
+      GemmCfg t = *c;
+      if (!gemm_tma_tile(p, force, dev, tile, &t)) return false;
+      *out = t;
+      return true;
+    };
+    GemmCfg tma;
     // (256 rows take 64-channel k steps only)
     const bool rows256 = cout_g > 64 && p.nsub == 0 && cin_g % 64 == 0;
     // an (N, C, D, H, W) result from 256 rows: the persistent tile (kind 11), whose output
@@ -677,17 +685,13 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     // 512->256 16^3 k2 44.1 vs 47.6 us, 16 x 256->128 8^3 k4 83.4 vs 85.7, 2 x 128->128 16^3
     // k3 s2 43.7 vs 52.4); kind 9 where it does not fit
     const int first = !rows256 ? 8 : p.y_channels_last ? 9 : 11;
-    const bool fits = gemm_tma_tile(p, force, dev, first, &tma) ||
-                      (first == 11 && (tma = *c, gemm_tma_tile(p, force, dev, 9, &tma)));
+    const bool fits = tile_of_kind(first, &tma) || (first == 11 && tile_of_kind(9, &tma));
     // 256-row tiles that fill less than one wave of the multiprocessors: 128 rows, twice the
     // blocks (H100, bf16, kind 8 against the 256-row rule, channels-last / NCDHW input and
     // result: 4 x 192->96 8^3 k3 s2, 64 blocks of 256 rows, 22.0-26.3 vs 30.5-36.5 us, cuDNN
     // 23.2-40.7; 2 x 256->128 4^3 k4 s2, 16 blocks, 31.8-35.9 vs 42.5-46.3, cuDNN 27.9-35.6;
     // sweep shapes 4 and 5, 256 blocks, keep 256 rows)
-    if (fits && tma.BM == 256 && tma.total_blocks < dev.sms) {
-      GemmCfg rows128 = *c;
-      if (gemm_tma_tile(p, force, dev, 8, &rows128)) tma = rows128;
-    }
+    if (fits && tma.BM == 256 && tma.total_blocks < dev.sms) tile_of_kind(8, &tma);
     // the input gradient's 128-column tile in 64-channel k steps over two waves of tiles or
     // more: the same tiles ping-ponged between two consumer warpgroups (kind 10), which hide
     // each other's epilogue (H100, bf16, grad_y channels-last, sweep shape 3: 2 x 128->64
@@ -695,10 +699,8 @@ bool gemm_tile(const PhaseConvFwdParams& p, const PhaseConvForce& force, const D
     // shapes 4-6, grad_y NCDHW, 51.9 / 90.7 / 45.8 vs 46.0 / 85.8 / 41.8); kind 8 where kind
     // 10 does not fit
     if (fits && p.nsub > 0 && tma.BN == 128 && tma.bkg == 8 &&
-        tma.total_blocks >= 2 * (int64_t)dev.sms) {
-      GemmCfg pingpong = *c;
-      if (gemm_tma_tile(p, force, dev, 10, &pingpong)) tma = pingpong;
-    }
+        tma.total_blocks >= 2 * (int64_t)dev.sms)
+      tile_of_kind(10, &tma);
     if (fits) {
       *c = tma;
       return true;
