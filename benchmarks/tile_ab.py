@@ -13,7 +13,6 @@ Every result is checked against cuDNN's before it is timed.
 """
 import argparse
 import functools
-import statistics
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from phaseconv.bench import SWEEP, gpu_times_us  # noqa: E402
+from phaseconv.bench import SWEEP, median_gpu_us  # noqa: E402
 from phaseconv.checks import check_conv_transpose3d, triple  # noqa: E402
 from phaseconv.engines import cuda  # noqa: E402
 
@@ -40,7 +39,7 @@ LAYERS = [(f"sweep {s.name}", s.batch, s.in_channels, s.out_channels, s.size, s.
 
 def median_us(reps, fn, *args, **kwargs):
     """GPU µs of ``fn(*args, **kwargs)``, median of ``reps`` primed runs."""
-    return statistics.median(gpu_times_us(functools.partial(fn, *args, **kwargs), reps, 5))
+    return median_gpu_us(functools.partial(fn, *args, **kwargs), reps, 5)
 
 
 def cl_copy(fn, *args, **kwargs):
