@@ -163,6 +163,13 @@ at::Tensor layout_buffer(const at::Tensor& weight, int64_t n, int** flag) {
   return out;
 }
 
+// The call's non-finite flag alone, zeroed, where no layout is made (a weight read in place).
+at::Tensor flag_buffer(const at::Tensor& weight, cudaStream_t stream, int** flag) {
+  at::Tensor out = layout_buffer(weight, 0, flag);
+  check_launch(cudaMemsetAsync(*flag, 0, sizeof(int), stream), "non-finite flag zero");
+  return out;
+}
+
 // The weight in a kernel's layout: one gather through `index` (phase_conv_pack.cuh).
 at::Tensor gather(const at::Tensor& weight, const at::Tensor& index,
                      cudaStream_t stream, int** flag = nullptr) {
@@ -404,8 +411,12 @@ class ForwardPlan {
     at::Tensor yk = copy_out_ ? at::empty(out_sizes_, x.options()) : y;
     PhaseConvFwdParams p = params_;
     int* flag = nullptr;
+    // the weight read in place (no pack), or packed into the layout the kernel reads; the
+    // pack zeroes the call's non-finite flag, a memset does where nothing packs
+    const bool in_place = weight_in_place(weight);
     const at::Tensor wl =
-        plan_.weight_mma
+        in_place ? flag_buffer(weight, stream, &flag)
+        : plan_.weight_mma
             ? pack_mma(weight, mma_pack_of(weight, params_.groups, mma_taps_.data_ptr<int64_t>(),
                                            false, 16 / (int)weight.element_size()),
                        stream, &flag)
@@ -426,7 +437,10 @@ class ForwardPlan {
       p.bias = b.data_ptr();
     }
     p.x = xl.data_ptr();
-    if (plan_.weight_mma) {
+    if (in_place) {
+      p.weight_cl = weight.data_ptr();
+      p.weight_mma = nullptr;
+    } else if (plan_.weight_mma) {
       p.weight_mma = wl.data_ptr();
     } else {
       p.weight = wl.data_ptr();
@@ -459,6 +473,19 @@ class ForwardPlan {
   }
   bool reads_channels_last() const { return plan_.x_channels_last != 0; }
   bool reads_tensor_core_weight() const { return plan_.weight_mma != 0; }
+  // whether a call reads `weight` in place (phase_conv_fwd_weight_in_place), not packed
+  bool weight_in_place(const at::Tensor& weight) const {
+    return phase_conv_fwd_weight_in_place(plan_, weight.sizes().data(), weight.strides().data(),
+                                          (int)weight.element_size(),
+                                          reinterpret_cast<uintptr_t>(weight.data_ptr()));
+  }
+  // the same for a weight of the plan's sizes with these strides at an aligned address
+  // (describe(): a module's weight layout, no tensor)
+  bool weight_strides_in_place(const std::vector<int64_t>& strides) const {
+    TORCH_CHECK(strides.size() == 5, "phaseconv cuda engine: a weight has 5 strides.");
+    return phase_conv_fwd_weight_in_place(plan_, w_sizes_.data(), strides.data(),
+                                          (int)c10::elementSize(dtype_), 0);
+  }
 
  private:
   c10::Device device_;
@@ -789,7 +816,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("description", &ForwardPlan::description)
       .def_property_readonly("reads_channels_last", &ForwardPlan::reads_channels_last)
       .def_property_readonly("reads_tensor_core_weight",
-                             &ForwardPlan::reads_tensor_core_weight);
+                             &ForwardPlan::reads_tensor_core_weight)
+      .def("weight_in_place", &ForwardPlan::weight_strides_in_place, py::arg("strides"));
   py::class_<BackwardPlan>(m, "BackwardPlan")
       .def(py::init<const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                     std::vector<int64_t>, std::vector<int64_t>, const at::Tensor&,

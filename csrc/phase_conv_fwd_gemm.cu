@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <numeric>
 #include <type_traits>
 
 namespace phaseconv {
@@ -47,6 +48,9 @@ struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in
   // (16-byte vector rows of C_out/g columns) of each group is (MOFS / (C_out/g * 8) + g *
   // taps * G); its boxes fetch b_fold columns (b_fold x 16 bytes) a line
   int box_d, box_h, box_w, box_nd, box_nh, box_nw, b_fold;
+  // the TMA tiles reading a channels-last weight in place: kernel taps between a phase's
+  // consecutive taps per axis (s / gcd(s, dil))
+  int kt_d, kt_h, kt_w;
 };
 
 // XOR swizzle of the 16-byte chunks of row `row` of a channels-last A stage (rows of BKG
@@ -451,14 +455,18 @@ __device__ __forceinline__ void gemm_b_frags(uint32_t (&bf)[NT][2], uint32_t sB,
 // One k step (BKG 16-byte groups) of a warpgroup's MR 64-row blocks x BN on wgmma, committed
 // as one batch: A from rows of BKG * 16 bytes in the swizzle of that width (BKG 8: 128-byte,
 // BKG 4: 64-byte; sA: the warpgroup's first row), B from a [group][column] stage (one B for
-// all MR blocks); `first` overwrites the accumulators instead of adding.
-template <typename T, int BN, int BKG, int MR, int R>
+// all MR blocks), or (B_MN) from BKG * 8 rows of BN channels, MN-major: slabs of 64 columns
+// in 128-byte rows, 128-byte swizzle (BN 32: one slab of 64-byte rows, 64-byte swizzle);
+// `first` overwrites the accumulators instead of adding.
+template <typename T, int BN, int BKG, int MR, int R, bool B_MN = false>
 __device__ __forceinline__ void wgmma_k_step_rows(float (&d)[MR][R], uint32_t sA, uint32_t sB,
                                                   bool first) {
   namespace wg = phaseconv_wgmma;
   static_assert(BKG == 4 || BKG == 8, "rows of 64 or 128 bytes");
   constexpr int ROW = BKG * 16;
   constexpr int SWIZZLE = BKG == 8 ? wg::kSwizzle128 : wg::kSwizzle64;
+  constexpr int B_ROW = BN >= 64 ? 128 : 64, B_SLAB = BKG * 8 * B_ROW;  // (B_MN)
+  constexpr int B_SWIZZLE = BN >= 64 ? wg::kSwizzle128 : wg::kSwizzle64;
 #pragma unroll
   for (int i = 0; i < MR; ++i) wg::fence_operand(d[i]);
   wg::fence();
@@ -467,8 +475,10 @@ __device__ __forceinline__ void wgmma_k_step_rows(float (&d)[MR][R], uint32_t sA
 #pragma unroll
     for (int i = 0; i < MR; ++i) {
       const uint64_t da = wg::smem_desc(sA + i * 64 * ROW + ks * 32, 16, 8 * ROW, SWIZZLE);
-      const uint64_t db = wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128, wg::kSwizzleNone);
-      wg::Wgmma<T, BN>::run(d[i], da, db, !first || ks != 0);
+      const uint64_t db =
+          B_MN ? wg::smem_desc(sB + ks * 16 * B_ROW, B_SLAB, 8 * B_ROW, B_SWIZZLE)
+               : wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128, wg::kSwizzleNone);
+      wg::Wgmma<T, BN, 0, B_MN ? 1 : 0>::run(d[i], da, db, !first || ks != 0);
     }
   }
   wg::commit();
@@ -675,13 +685,16 @@ __device__ __forceinline__ unsigned char* tma_stages_base(unsigned char* smem_ra
 
 // A tile of the TMA kernels: (phase, box, sample, C_out block, group) from its index, phase
 // fastest, and its phase's taps; false where the box lies past its phase (a smaller
-// residue's).  nk: its k steps of BKG 16-byte groups.
+// residue's).  nk: its k steps of BKG 16-byte groups.  kd0, kh0, kw0 (B_CL): the kernel tap
+// of the phase's first tap per axis, which reads input offset off = (r + pad - k0 dil) / s;
+// its later taps step back by a.kt_d, kt_h, kt_w (s / gcd(s, dil)) along the kernel.
 struct TmaTile {
   const int64_t* e;  // the phase's table row
   int n, g, co_base, rd, rh, rw, cd, ch, cw, jd0, jh0, jw0, Td, Th, Tw, offd, offh, offw, nk;
+  int kd0, kh0, kw0;
 };
 
-template <int BN, int BKG>
+template <int BN, int BKG, bool B_CL = false>
 __device__ __forceinline__ bool tma_tile(const GemmArgs& a, uint32_t r, TmaTile& t) {
   const int phase = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
   const int bw = (int)(r % (uint32_t)a.box_nw); r /= (uint32_t)a.box_nw;
@@ -702,13 +715,20 @@ __device__ __forceinline__ bool tma_tile(const GemmArgs& a, uint32_t r, TmaTile&
   t.offd = (int)ldg_i64(t.e + PT_OFF_D); t.offh = (int)ldg_i64(t.e + PT_OFF_H);
   t.offw = (int)ldg_i64(t.e + PT_OFF_W);
   t.nk = t.Td * t.Th * t.Tw * (a.G / BKG);
+  if constexpr (B_CL) {
+    t.kd0 = (int)((t.rd + a.ex.p[0] - (int64_t)t.offd * a.sd) / a.ex.d[0]);
+    t.kh0 = (int)((t.rh + a.ex.p[1] - (int64_t)t.offh * a.sh) / a.ex.d[1]);
+    t.kw0 = (int)((t.rw + a.ex.p[2] - (int64_t)t.offw * a.sw) / a.ex.d[2]);
+  }
   return true;
 }
 
 // The producer's copies of tile t's k steps (one thread issues them), ring step `it` on: stage
-// it % STAGES, filled for the (it / STAGES)-th time once its previous use is released.  The
-// ring step after the tile.
-template <int STAGES, int A_STAGE, int B_STAGE, int BKG>
+// it % STAGES, filled for the (it / STAGES)-th time once its previous use is released.  B
+// from the packed layout's rows, or (B_CL) from the weight in place: BKG * 8 input channels
+// of BN output channels at the tap's kernel position, one box a 64-column slab.  The ring
+// step after the tile.
+template <int STAGES, int A_STAGE, int B_STAGE, int BKG, int BN = 0, bool B_CL = false>
 __device__ __forceinline__ uint32_t tma_copy_tile(const GemmArgs& a, const TmaTile& t,
                                                   const PhaseConvTensorMap& amap,
                                                   const PhaseConvTensorMap& bmap,
@@ -726,8 +746,18 @@ __device__ __forceinline__ uint32_t tma_copy_tile(const GemmArgs& a, const TmaTi
     tma::load_box(smem + s * A_STAGE, amap, &full[s], t.g * a.cin_g + kc * BKG * 8,
                   a.in_sw * t.jw0 + t.offw + tw * a.pdw, a.in_sh * t.jh0 + t.offh + th * a.pdh,
                   a.in_sd * t.jd0 + t.offd + td * a.pdd, t.n);
-    tma::load_rows(smem + STAGES * A_STAGE + s * B_STAGE, bmap, &full[s], 0,
-                   t.co_base / a.b_fold, brow0 + tap * a.G + kc * BKG);
+    unsigned char* sb = smem + STAGES * A_STAGE + s * B_STAGE;
+    if constexpr (B_CL) {
+      static_assert(BN == 32 || BN % 64 == 0, "B slabs of 64 columns, or one of 32");
+      const int ci = t.g * a.cin_g + kc * BKG * 8;
+      const int kd = t.kd0 - td * a.kt_d, kh = t.kh0 - th * a.kt_h, kw = t.kw0 - tw * a.kt_w;
+#pragma unroll
+      for (int j = 0; j < (BN >= 64 ? BN / 64 : 1); ++j)
+        tma::load_box(sb + j * BKG * 8 * 128, bmap, &full[s], t.co_base + 64 * j, kw, kh, kd,
+                      ci);
+    } else {
+      tma::load_rows(sb, bmap, &full[s], 0, t.co_base / a.b_fold, brow0 + tap * a.G + kc * BKG);
+    }
     if (++kc == nkc) {
       kc = 0;
       ++tap;
@@ -762,7 +792,8 @@ __device__ __forceinline__ void tma_row(const GemmArgs& a, const TmaTile& t, int
 // batch reading it is complete, the last one too where `release_last` (a ring that outlives
 // the tile).  The accumulators are zero where the tile has no k step.  The ring step after
 // the tile.
-template <typename T, int BN, int BKG, int MR, int STAGES, int A_STAGE, int B_STAGE>
+template <typename T, int BN, int BKG, int MR, int STAGES, int A_STAGE, int B_STAGE,
+          bool B_MN = false>
 __device__ __forceinline__ uint32_t tma_consume_tile(float (&d)[MR][BN / 2], int nk,
                                                      uint32_t sa_rows, uint32_t sb,
                                                      uint64_t* full, uint64_t* empty,
@@ -773,7 +804,8 @@ __device__ __forceinline__ uint32_t tma_consume_tile(float (&d)[MR][BN / 2], int
   for (int k = 0; k < nk; ++k, ++it) {
     const uint32_t s = it % STAGES;
     tma::bar_wait(&full[s], (it / STAGES) & 1u);
-    wgmma_k_step_rows<T, BN, BKG, MR>(d, sa_rows + s * A_STAGE, sb + s * B_STAGE, k == 0);
+    wgmma_k_step_rows<T, BN, BKG, MR, BN / 2, B_MN>(d, sa_rows + s * A_STAGE, sb + s * B_STAGE,
+                                                   k == 0);
     wg::wait<1>();  // batch k stays in flight; batch k - 1 is complete
 #pragma unroll
     for (int i = 0; i < MR; ++i) wg::fence_operand(d[i]);
@@ -836,7 +868,7 @@ __device__ __forceinline__ void tma_epilogue(const GemmArgs& a, const TmaTile& t
 // a thread, which 256 rows at BN 128 pass by 56 bytes of spills, none in the k loop)
 constexpr int kTmaThreads = kGemmTmaThreads;
 
-template <typename T, int BN, int MR, int BKG>
+template <typename T, int BN, int MR, int BKG, bool B_CL>
 __global__ void __launch_bounds__(kTmaThreads, gemm_tma_min_blocks(BN))
 gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                 const __grid_constant__ PhaseConvTensorMap bmap) {
@@ -856,7 +888,8 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   TmaTile t;
-  if (!tma_tile<BN, BKG>(a, blockIdx.x, t)) return;  // past this phase (uniform, no barrier yet)
+  // past this phase: uniform, no barrier yet
+  if (!tma_tile<BN, BKG, B_CL>(a, blockIdx.x, t)) return;
   for (int row = tid; row < BM && warp < 8; row += 256) tma_row(a, t, row, s_rc, s_yo);
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
@@ -869,12 +902,12 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
   float d[MR][BN / 2];
   if (warp == 8) {  // the producer warp: one thread issues every copy
     if (lane == 0)
-      tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG>(a, t, amap, bmap, smem, full, empty, 0);
+      tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG, BN, B_CL>(a, t, amap, bmap, smem, full, empty,
+                                                             0);
   } else {  // two consumer warpgroups, 64 MR rows each
     const uint32_t a_rows = (uint32_t)(warp >> 2) * MR * 64 * BKG * 16;
-    tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE>(d, t.nk, sa + a_rows, sb, full,
-                                                               empty, 0, (tid & 127) == 0,
-                                                               false);
+    tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE, B_CL>(
+        d, t.nk, sa + a_rows, sb, full, empty, 0, (tid & 127) == 0, false);
   }
   __syncthreads();  // every copy landed and was read: the stages hold the output tile now
 
@@ -893,7 +926,7 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
 // The producer warpgroup of the persistent TMA tiles (kinds 10, 11): it gives registers back
 // for the consumers (setmaxnreg), and one thread copies the k steps of the block's tiles,
 // blockIdx.x, + gridDim.x, ..., through the ring in that order.
-template <int BN, int BKG, int STAGES, int A_STAGE, int B_STAGE>
+template <int BN, int BKG, int STAGES, int A_STAGE, int B_STAGE, bool B_CL>
 __device__ __forceinline__ void tma_produce_tiles(const GemmArgs& a,
                                                   const PhaseConvTensorMap& amap,
                                                   const PhaseConvTensorMap& bmap,
@@ -904,8 +937,9 @@ __device__ __forceinline__ void tma_produce_tiles(const GemmArgs& a,
   uint32_t it = 0;  // the ring's step, across tiles
   for (uint32_t i = blockIdx.x; i < (uint32_t)a.total_blocks; i += gridDim.x) {
     TmaTile t;
-    if (tma_tile<BN, BKG>(a, i, t))
-      it = tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG>(a, t, amap, bmap, smem, full, empty, it);
+    if (tma_tile<BN, BKG, B_CL>(a, i, t))
+      it = tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG, BN, B_CL>(a, t, amap, bmap, smem, full,
+                                                                  empty, it);
   }
 }
 
@@ -919,7 +953,7 @@ __device__ __forceinline__ void tma_produce_tiles(const GemmArgs& a,
 // consumer never waits on a stage more than one use ahead of the copies (the ring's parity
 // could not tell the uses apart).  The producer warpgroup hands registers to the consumers
 // (setmaxnreg: 40 and 232 a thread), whose 128 x 128 accumulators need 128.
-template <typename T, int BN, int BKG>
+template <typename T, int BN, int BKG, bool B_CL>
 __global__ void __launch_bounds__(kGemmPingpongThreads, 1)
 gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                          const __grid_constant__ PhaseConvTensorMap bmap) {
@@ -951,7 +985,8 @@ gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTens
   __syncthreads();
 
   if (warp < 4) {  // the producer warpgroup
-    tma_produce_tiles<BN, BKG, STAGES, A_STAGE, B_STAGE>(a, amap, bmap, smem, full, empty, tid);
+    tma_produce_tiles<BN, BKG, STAGES, A_STAGE, B_STAGE, B_CL>(a, amap, bmap, smem, full, empty,
+                                                               tid);
     return;  // (no barrier over the whole block follows)
   }
   tma::warpgroup_registers_inc<232>();
@@ -964,7 +999,7 @@ gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTens
   int valid = 0;               // the block's tiles inside their phase so far
   for (uint32_t i = blockIdx.x; i < tiles; i += gridDim.x) {
     TmaTile t;
-    if (!tma_tile<BN, BKG>(a, i, t)) continue;
+    if (!tma_tile<BN, BKG>(a, i, t)) continue;  // (the kernel taps: the producer's)
     if ((valid++ & 1) != c) {  // the other consumer's tile: its k steps pass this one by
       it += t.nk;
       continue;
@@ -973,8 +1008,9 @@ gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTens
     tma_row(a, t, ct, s_rc, s_yo);
     if (valid > 1) tma::bar_wait(&turn[c], turns++ & 1u);  // the other's k steps issued
     float d[MR][BN / 2];
-    it = tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE>(d, t.nk, sa, sb, full, empty,
-                                                                    it, ct == 0, true);
+    it = tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE, B_CL>(d, t.nk, sa, sb, full,
+                                                                          empty, it, ct == 0,
+                                                                          true);
     if (ct == 0) tma::bar_arrive(&turn[c ^ 1]);
     tma::named_sync(1 + c, 128);  // the row tables written
     tma_epilogue<T, BN, MR>(a, t, d, s_c, s_rc, s_yo, 0, warp, lane, nonfinite);
@@ -993,7 +1029,7 @@ gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTens
 // tile's operands while the consumers write this one's output (staged apart).  The producer
 // warpgroup hands registers to the consumers as in the ping-pong tile, so their 128 x 128
 // accumulators do not spill.
-template <typename T>
+template <typename T, bool B_CL>
 __global__ void __launch_bounds__(kGemmPingpongThreads, 1)
 gemm_tma_persistent_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                            const __grid_constant__ PhaseConvTensorMap bmap) {
@@ -1023,7 +1059,8 @@ gemm_tma_persistent_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTe
   __syncthreads();
 
   if (warp < 4) {  // the producer warpgroup
-    tma_produce_tiles<BN, BKG, STAGES, A_STAGE, B_STAGE>(a, amap, bmap, smem, full, empty, tid);
+    tma_produce_tiles<BN, BKG, STAGES, A_STAGE, B_STAGE, B_CL>(a, amap, bmap, smem, full, empty,
+                                                               tid);
     return;  // (no barrier over the whole block follows)
   }
   tma::warpgroup_registers_inc<232>();
@@ -1032,11 +1069,11 @@ gemm_tma_persistent_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTe
   uint32_t it = 0;
   for (uint32_t i = blockIdx.x; i < tiles; i += gridDim.x) {
     TmaTile t;
-    if (!tma_tile<BN, BKG>(a, i, t)) continue;
+    if (!tma_tile<BN, BKG>(a, i, t)) continue;  // (the kernel taps: the producer's)
     // (the previous tile's write-out is done with the tables: the barrier ending it)
     tma_row(a, t, ct, s_rc, s_yo);
     float d[MR][BN / 2];
-    it = tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE>(
+    it = tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE, B_CL>(
         d, t.nk, sa + (uint32_t)c * MR * 64 * BKG * 16, sb, full, empty, it, (ct & 127) == 0,
         true);
     tma::named_sync(1, 256);  // the row tables written
@@ -1277,30 +1314,50 @@ cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stre
 
 #if defined(PHASECONV_SM90A)
 // The 128-row TMA tiles by their columns, k steps of BKG 16-byte groups: kind 8, or its
-// ping-pong form (kind 10).
-template <typename T, int BKG, bool PINGPONG>
+// ping-pong form (kind 10); B_CL: B read from the weight in place.
+template <typename T, int BKG, bool PINGPONG, bool B_CL>
 cudaError_t launch_gemm_tma(const GemmArgs& a, const GemmCfg& c,
                             const PhaseConvTensorMap& amap, const PhaseConvTensorMap& bmap,
                             cudaStream_t stream) {
   const int threads = PINGPONG ? kGemmPingpongThreads : kTmaThreads;
   switch (c.BN) {
-    case 32: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 32, BKG>
-                                           : gemm_tma_kernel<T, 32, 1, BKG>,
+    case 32: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 32, BKG, B_CL>
+                                           : gemm_tma_kernel<T, 32, 1, BKG, B_CL>,
                                   c.grid, threads, c.smem, stream, a, amap, bmap);
-    case 64: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 64, BKG>
-                                           : gemm_tma_kernel<T, 64, 1, BKG>,
+    case 64: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 64, BKG, B_CL>
+                                           : gemm_tma_kernel<T, 64, 1, BKG, B_CL>,
                                   c.grid, threads, c.smem, stream, a, amap, bmap);
-    case 128: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 128, BKG>
-                                            : gemm_tma_kernel<T, 128, 1, BKG>,
+    case 128: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 128, BKG, B_CL>
+                                            : gemm_tma_kernel<T, 128, 1, BKG, B_CL>,
                                    c.grid, threads, c.smem, stream, a, amap, bmap);
   }
   return cudaErrorInvalidConfiguration;
+}
+
+// The TMA tiles of kind c.kind (8-11), B as the maps say (B_CL: the weight in place).
+template <typename T, bool B_CL>
+cudaError_t launch_gemm_tma_kind(const GemmArgs& a, const GemmCfg& c,
+                                 const PhaseConvTensorMap& amap, const PhaseConvTensorMap& bmap,
+                                 cudaStream_t stream) {
+  if (gemm_tma_rows(c.kind) == 256) {  // BN 128, 64-channel k steps only (where B is widest)
+    if (c.BN != 128 || c.bkg != 8) return cudaErrorInvalidConfiguration;
+    return c.kind == 9 ? launch_kernel(gemm_tma_kernel<T, 128, 2, 8, B_CL>, c.grid, kTmaThreads,
+                                       c.smem, stream, a, amap, bmap)
+                       : launch_kernel(gemm_tma_persistent_kernel<T, B_CL>, c.grid,
+                                       kGemmPingpongThreads, c.smem, stream, a, amap, bmap);
+  }
+  if (c.kind == 10)
+    return c.bkg == 4 ? launch_gemm_tma<T, 4, true, B_CL>(a, c, amap, bmap, stream)
+                      : launch_gemm_tma<T, 8, true, B_CL>(a, c, amap, bmap, stream);
+  return c.bkg == 4 ? launch_gemm_tma<T, 4, false, B_CL>(a, c, amap, bmap, stream)
+                    : launch_gemm_tma<T, 8, false, B_CL>(a, c, amap, bmap, stream);
 }
 #endif
 
 template <typename T>
 cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream) {
   if ((p.x_channels_last != 0) == c.a_ncdhw) return cudaErrorInvalidValue;
+  if (p.weight_cl != nullptr && (c.kind < 8 || c.kind > 11)) return cudaErrorInvalidValue;
   GemmArgs a;
   set_geometry(a, p);
   a.wm = p.weight_mma;
@@ -1334,6 +1391,25 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
                                                   p.c_in, 8 * c.bkg, c.box_w, c.box_h, c.box_d,
                                                   a.in_sw, a.in_sh, a.in_sd, 16 * c.bkg);
       if (err != cudaSuccess) return err;
+      if (p.weight_cl != nullptr) {
+        // the weight in place (phase_conv_fwd_weight_in_place): a k step's B is BKG * 8
+        // input channels x BN output channels at one kernel tap, boxes of 64 columns (32)
+        if (p.nsub != 0 || (c.BN != 32 && c.BN % 64 != 0))
+          return cudaErrorInvalidConfiguration;
+        // (C_in, kD, kH, kW): a dimension of one element any 16 bytes (never stepped)
+        const int64_t kernel[3] = {p.exact.k[0], p.exact.k[1], p.exact.k[2]};
+        const int64_t sizes[4] = {p.c_in, kernel[0], kernel[1], kernel[2]};
+        const int64_t dims[4] = {0, 2, 3, 4};
+        int64_t strides[4];
+        for (int i = 0; i < 4; ++i) strides[i] = sizes[i] > 1 ? p.exact.bs[dims[i]] : 8;
+        err = phase_conv_tma_encode_weight_cl(&bmap, p.weight_cl, p.c_in, a.cout_g, kernel,
+                                              strides, c.BN >= 64 ? 64 : 32, 8 * c.bkg);
+        if (err != cudaSuccess) return err;
+        a.kt_d = (int)(p.stride_d / std::gcd(p.stride_d, p.exact.d[0]));
+        a.kt_h = (int)(p.stride_h / std::gcd(p.stride_h, p.exact.d[1]));
+        a.kt_w = (int)(p.stride_w / std::gcd(p.stride_w, p.exact.d[2]));
+        return launch_gemm_tma_kind<T, true>(a, c, amap, bmap, stream);
+      }
       // the layout's rows: groups x every phase's taps x G, of C_out/g 16-byte vectors,
       // fetched as lines of up to 32 columns (512 bytes), not one 16-byte line a column
       a.b_fold = 32;
@@ -1341,18 +1417,7 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
       err = phase_conv_tma_encode_rows(&bmap, p.weight_mma, p.groups * p.total_taps * a.G,
                                        a.cout_g, c.BN, c.bkg, a.b_fold);
       if (err != cudaSuccess) return err;
-      if (mr == 2) {  // 256 rows: BN 128, 64-channel k steps only (where B is widest)
-        if (c.BN != 128 || c.bkg != 8) return cudaErrorInvalidConfiguration;
-        return c.kind == 9 ? launch_kernel(gemm_tma_kernel<T, 128, 2, 8>, c.grid, kTmaThreads,
-                                           c.smem, stream, a, amap, bmap)
-                           : launch_kernel(gemm_tma_persistent_kernel<T>, c.grid,
-                                           kGemmPingpongThreads, c.smem, stream, a, amap, bmap);
-      }
-      if (c.kind == 10)
-        return c.bkg == 4 ? launch_gemm_tma<T, 4, true>(a, c, amap, bmap, stream)
-                          : launch_gemm_tma<T, 8, true>(a, c, amap, bmap, stream);
-      return c.bkg == 4 ? launch_gemm_tma<T, 4, false>(a, c, amap, bmap, stream)
-                        : launch_gemm_tma<T, 8, false>(a, c, amap, bmap, stream);
+      return launch_gemm_tma_kind<T, false>(a, c, amap, bmap, stream);
     }
 #else
     return cudaErrorInvalidConfiguration;

@@ -1698,6 +1698,18 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
   return true;
 }
 
+bool phase_conv_fwd_weight_in_place(const PhaseConvFwdPlan& plan, const int64_t* sizes,
+                                    const int64_t* strides, int elem_size, uintptr_t base) {
+  if (plan.family != PHASECONV_GEMM || plan.gemm.kind < 8 || plan.gemm.kind > 11 ||
+      elem_size != 2 || base % 16 != 0)
+    return false;
+  if (sizes[1] > 1 && strides[1] != 1) return false;
+  for (int d = 0; d < 5; ++d)
+    if (d != 1 && sizes[d] > 1 && (strides[d] <= 0 || (strides[d] * elem_size) % 16 != 0))
+      return false;
+  return true;
+}
+
 bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
                                const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan) {
   plan->text[0] = 0;

@@ -23,7 +23,9 @@ groups, channels) fixes, once, a few small device tables (:func:`layer_tables`):
   its blocks concatenated) and one table row per phase with taps.
 
 Each forward packs the weight into the layout its kernel reads (one launch,
-``csrc/phase_conv_pack.cu``) and runs the kernel; the backward packs the input gradient's blocks, or
+``csrc/phase_conv_pack.cu``) and runs the kernel, except that the TMA tiles read a 16-bit
+``channels_last_3d`` weight in place (``weight_in_place``; a memset zeroes the call's
+non-finite flag instead); the backward packs the input gradient's blocks, or
 its tensor-core layout (one launch), runs the one-launch input gradient and the weight gradient,
 which writes straight into a tensor with the weight's own strides.  The launches are planned once
 per (input shape, layout, dtype, device): :class:`ForwardPlan` / :class:`BackwardPlan` in
@@ -624,10 +626,27 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
 
 
 def describe(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
-             channels_last: bool = False, kernel="auto", out_channels_last: bool = False) -> str:
-    """The kernel and tile :func:`forward` launches for these arguments."""
-    return forward_plan(args, batch, dtype, device, channels_last, False,
-                        kernel, out_channels_last)[1].description
+             channels_last: bool = False, kernel="auto", out_channels_last: bool = False,
+             weight_strides: Optional[Tuple[int, ...]] = None) -> str:
+    """The kernel and tile :func:`forward` launches for these arguments; with
+    ``weight_strides`` (a weight's layout), whether it reads that weight in place."""
+    plan = forward_plan(args, batch, dtype, device, channels_last, False,
+                        kernel, out_channels_last)[1]
+    if weight_strides is not None and plan.weight_in_place(list(weight_strides)):
+        return plan.description + ", weight read in place (channels_last_3d)"
+    return plan.description
+
+
+def weight_in_place(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
+                    weight: torch.Tensor, channels_last: bool = False, kernel="auto",
+                    out_channels_last: bool = False) -> bool:
+    """Whether :func:`forward` reads ``weight`` in place, with no pack (the TMA tiles: a 16-bit
+    weight whose output channels are adjacent, as in ``channels_last_3d``, its other strides
+    multiples of 16 bytes, its data 16-byte aligned)."""
+    plan = forward_plan(args, batch, dtype, device, channels_last, False, kernel,
+                        out_channels_last)[1]
+    return bool(plan.weight_in_place(list(weight.stride()))
+                and weight.data_ptr() % 16 == 0)
 
 
 GI_TILE_SHIFT = 8  # csrc/phase_conv_plan.h: PHASECONV_GI_TILE_SHIFT
