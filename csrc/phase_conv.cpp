@@ -645,15 +645,19 @@ class BackwardPlan {
       if (gi_plan_.family != PHASECONV_EMPTY) {
         int* flag = nullptr;
         const at::Tensor& gyi = gi_cl ? gy_cl : gy;
+        // the weight read in place (no pack: a memset zeroes the flag), or packed
+        const bool in_place = gi_cl && weight_in_place(weight);
         const at::Tensor wl =
-            gi_cl ? pack_mma(weight, mma_pack_of(weight, gi_params_.groups, nullptr, true,
-                                                 gi_cg_),
-                             stream, &flag)
-                  : gather(weight, gi_index_, stream, &flag);
+            in_place ? flag_buffer(weight, stream, &flag)
+            : gi_cl  ? pack_mma(weight, mma_pack_of(weight, gi_params_.groups, nullptr, true,
+                                                    gi_cg_),
+                                stream, &flag)
+                     : gather(weight, gi_index_, stream, &flag);
         PhaseConvFwdParams q = gi_params_;
         q.x = gyi.data_ptr();
-        q.weight = wl.data_ptr();
-        q.weight_mma = gi_cl ? wl.data_ptr() : nullptr;
+        q.weight = in_place ? nullptr : wl.data_ptr();
+        q.weight_mma = gi_cl && !in_place ? wl.data_ptr() : nullptr;
+        q.weight_cl = in_place ? weight.data_ptr() : nullptr;
         q.y = out.data_ptr();
         q.y_channels_last = gx_direct ? 1 : 0;
         q.exact.out_channels_last = q.y_channels_last;
@@ -699,6 +703,17 @@ class BackwardPlan {
   }
 
   std::string grad_input_description() const { return gi_plan_.text; }
+  // whether the input gradient reads `weight` in place (phase_conv_bwd_input_weight_in_place)
+  bool weight_in_place(const at::Tensor& weight) const {
+    return phase_conv_bwd_input_weight_in_place(
+        gi_plan_, weight.sizes().data(), weight.strides().data(), (int)weight.element_size(),
+        reinterpret_cast<uintptr_t>(weight.data_ptr()));
+  }
+  bool weight_strides_in_place(const std::vector<int64_t>& strides) const {
+    TORCH_CHECK(strides.size() == 5, "phaseconv cuda engine: a weight has 5 strides.");
+    return phase_conv_bwd_input_weight_in_place(gi_plan_, w_sizes_.data(), strides.data(),
+                                                (int)c10::elementSize(dtype_), 0);
+  }
   std::string grad_weight_description() const { return gw_plan_.text; }
 
  private:
@@ -835,7 +850,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("grad_input_description",
                              &BackwardPlan::grad_input_description)
       .def_property_readonly("grad_weight_description",
-                             &BackwardPlan::grad_weight_description);
+                             &BackwardPlan::grad_weight_description)
+      .def("weight_in_place", &BackwardPlan::weight_strides_in_place, py::arg("strides"));
   m.def("gather_weight", &gather_binding,
         "The weight gathered through an int32 index map (phase_conv_pack.cuh).",
         py::arg("weight"), py::arg("index"));

@@ -48,10 +48,16 @@ struct GemmArgs : FwdGeometry {  // x: the channels-last input (N, D, H, W, C_in
   // (16-byte vector rows of C_out/g columns) of each group is (MOFS / (C_out/g * 8) + g *
   // taps * G); its boxes fetch b_fold columns (b_fold x 16 bytes) a line
   int box_d, box_h, box_w, box_nd, box_nh, box_nw, b_fold;
-  // the TMA tiles reading a channels-last weight in place: kernel taps between a phase's
-  // consecutive taps per axis (s / gcd(s, dil))
+  // the TMA tiles reading a weight in place: kernel taps between a phase's consecutive taps
+  // per axis (TmaTile)
   int kt_d, kt_h, kt_w;
 };
+
+// Where a TMA tile's B comes from: the packed tensor-core layout's rows, or the weight itself
+// (C_in, C_out/g, kD, kH, kW) with adjacent output channels (a channels_last_3d weight), read
+// in place: MN-major by the forward (its columns are the output channels), K-major by the
+// input gradient (its reduction runs over them).
+enum TmaB { kBPacked = 0, kBWeightMN = 1, kBWeightK = 2 };
 
 // XOR swizzle of the 16-byte chunks of row `row` of a channels-last A stage (rows of BKG
 // chunks), so that ldmatrix's 8 rows x 16 bytes hit distinct banks.
@@ -455,17 +461,18 @@ __device__ __forceinline__ void gemm_b_frags(uint32_t (&bf)[NT][2], uint32_t sB,
 // One k step (BKG 16-byte groups) of a warpgroup's MR 64-row blocks x BN on wgmma, committed
 // as one batch: A from rows of BKG * 16 bytes in the swizzle of that width (BKG 8: 128-byte,
 // BKG 4: 64-byte; sA: the warpgroup's first row), B from a [group][column] stage (one B for
-// all MR blocks), or (B_MN) from BKG * 8 rows of BN channels, MN-major: slabs of 64 columns
-// in 128-byte rows, 128-byte swizzle (BN 32: one slab of 64-byte rows, 64-byte swizzle);
+// all MR blocks), or from a weight read in place (TmaB): kBWeightMN, BKG * 8 rows of BN
+// channels, MN-major: slabs of 64 columns in 128-byte rows, 128-byte swizzle (BN 32: one slab
+// of 64-byte rows, 64-byte swizzle); kBWeightK, BN rows of BKG * 16 bytes in A's swizzle;
 // `first` overwrites the accumulators instead of adding.
-template <typename T, int BN, int BKG, int MR, int R, bool B_MN = false>
+template <typename T, int BN, int BKG, int MR, int R, int BSRC = kBPacked>
 __device__ __forceinline__ void wgmma_k_step_rows(float (&d)[MR][R], uint32_t sA, uint32_t sB,
                                                   bool first) {
   namespace wg = phaseconv_wgmma;
   static_assert(BKG == 4 || BKG == 8, "rows of 64 or 128 bytes");
   constexpr int ROW = BKG * 16;
   constexpr int SWIZZLE = BKG == 8 ? wg::kSwizzle128 : wg::kSwizzle64;
-  constexpr int B_ROW = BN >= 64 ? 128 : 64, B_SLAB = BKG * 8 * B_ROW;  // (B_MN)
+  constexpr int B_ROW = BN >= 64 ? 128 : 64, B_SLAB = BKG * 8 * B_ROW;  // (kBWeightMN)
   constexpr int B_SWIZZLE = BN >= 64 ? wg::kSwizzle128 : wg::kSwizzle64;
 #pragma unroll
   for (int i = 0; i < MR; ++i) wg::fence_operand(d[i]);
@@ -476,9 +483,11 @@ __device__ __forceinline__ void wgmma_k_step_rows(float (&d)[MR][R], uint32_t sA
     for (int i = 0; i < MR; ++i) {
       const uint64_t da = wg::smem_desc(sA + i * 64 * ROW + ks * 32, 16, 8 * ROW, SWIZZLE);
       const uint64_t db =
-          B_MN ? wg::smem_desc(sB + ks * 16 * B_ROW, B_SLAB, 8 * B_ROW, B_SWIZZLE)
-               : wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128, wg::kSwizzleNone);
-      wg::Wgmma<T, BN, 0, B_MN ? 1 : 0>::run(d[i], da, db, !first || ks != 0);
+          BSRC == kBWeightMN ? wg::smem_desc(sB + ks * 16 * B_ROW, B_SLAB, 8 * B_ROW, B_SWIZZLE)
+          : BSRC == kBWeightK ? wg::smem_desc(sB + ks * 32, 16, 8 * ROW, SWIZZLE)
+                              : wg::smem_desc(sB + ks * 2 * BN * 16, BN * 16, 128,
+                                              wg::kSwizzleNone);
+      wg::Wgmma<T, BN, 0, BSRC == kBWeightMN ? 1 : 0>::run(d[i], da, db, !first || ks != 0);
     }
   }
   wg::commit();
@@ -685,16 +694,18 @@ __device__ __forceinline__ unsigned char* tma_stages_base(unsigned char* smem_ra
 
 // A tile of the TMA kernels: (phase, box, sample, C_out block, group) from its index, phase
 // fastest, and its phase's taps; false where the box lies past its phase (a smaller
-// residue's).  nk: its k steps of BKG 16-byte groups.  kd0, kh0, kw0 (B_CL): the kernel tap
-// of the phase's first tap per axis, which reads input offset off = (r + pad - k0 dil) / s;
-// its later taps step back by a.kt_d, kt_h, kt_w (s / gcd(s, dil)) along the kernel.
+// residue's).  nk: its k steps of BKG 16-byte groups.  kd0, kh0, kw0 (B read in place): the
+// kernel tap of the phase's first tap per axis, its later taps a.kt_* apart (kernel tap
+// kd0 - td kt_d): the forward's phase reads input offset off = (r + pad - k0 dil) / s at its
+// first tap and steps back by s / gcd(s, dil) along the kernel; the input gradient's one
+// sub-problem takes the kernel's taps in order (k0 0, kt -1).
 struct TmaTile {
   const int64_t* e;  // the phase's table row
   int n, g, co_base, rd, rh, rw, cd, ch, cw, jd0, jh0, jw0, Td, Th, Tw, offd, offh, offw, nk;
   int kd0, kh0, kw0;
 };
 
-template <int BN, int BKG, bool B_CL = false>
+template <int BN, int BKG, int BSRC = kBPacked>
 __device__ __forceinline__ bool tma_tile(const GemmArgs& a, uint32_t r, TmaTile& t) {
   const int phase = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
   const int bw = (int)(r % (uint32_t)a.box_nw); r /= (uint32_t)a.box_nw;
@@ -715,20 +726,23 @@ __device__ __forceinline__ bool tma_tile(const GemmArgs& a, uint32_t r, TmaTile&
   t.offd = (int)ldg_i64(t.e + PT_OFF_D); t.offh = (int)ldg_i64(t.e + PT_OFF_H);
   t.offw = (int)ldg_i64(t.e + PT_OFF_W);
   t.nk = t.Td * t.Th * t.Tw * (a.G / BKG);
-  if constexpr (B_CL) {
+  if constexpr (BSRC == kBWeightMN) {
     t.kd0 = (int)((t.rd + a.ex.p[0] - (int64_t)t.offd * a.sd) / a.ex.d[0]);
     t.kh0 = (int)((t.rh + a.ex.p[1] - (int64_t)t.offh * a.sh) / a.ex.d[1]);
     t.kw0 = (int)((t.rw + a.ex.p[2] - (int64_t)t.offw * a.sw) / a.ex.d[2]);
+  } else {
+    t.kd0 = t.kh0 = t.kw0 = 0;
   }
   return true;
 }
 
 // The producer's copies of tile t's k steps (one thread issues them), ring step `it` on: stage
 // it % STAGES, filled for the (it / STAGES)-th time once its previous use is released.  B
-// from the packed layout's rows, or (B_CL) from the weight in place: BKG * 8 input channels
-// of BN output channels at the tap's kernel position, one box a 64-column slab.  The ring
-// step after the tile.
-template <int STAGES, int A_STAGE, int B_STAGE, int BKG, int BN = 0, bool B_CL = false>
+// from the packed layout's rows, or from the weight in place at the tap's kernel position
+// (TmaB): the forward's BKG * 8 input channels of BN output channels, one box a 64-column
+// slab; the input gradient's BN input channels (its columns) of BKG * 8 output channels.  The
+// ring step after the tile.
+template <int STAGES, int A_STAGE, int B_STAGE, int BKG, int BN = 0, int BSRC = kBPacked>
 __device__ __forceinline__ uint32_t tma_copy_tile(const GemmArgs& a, const TmaTile& t,
                                                   const PhaseConvTensorMap& amap,
                                                   const PhaseConvTensorMap& bmap,
@@ -747,14 +761,16 @@ __device__ __forceinline__ uint32_t tma_copy_tile(const GemmArgs& a, const TmaTi
                   a.in_sw * t.jw0 + t.offw + tw * a.pdw, a.in_sh * t.jh0 + t.offh + th * a.pdh,
                   a.in_sd * t.jd0 + t.offd + td * a.pdd, t.n);
     unsigned char* sb = smem + STAGES * A_STAGE + s * B_STAGE;
-    if constexpr (B_CL) {
+    const int kd = t.kd0 - td * a.kt_d, kh = t.kh0 - th * a.kt_h, kw = t.kw0 - tw * a.kt_w;
+    if constexpr (BSRC == kBWeightMN) {
       static_assert(BN == 32 || BN % 64 == 0, "B slabs of 64 columns, or one of 32");
       const int ci = t.g * a.cin_g + kc * BKG * 8;
-      const int kd = t.kd0 - td * a.kt_d, kh = t.kh0 - th * a.kt_h, kw = t.kw0 - tw * a.kt_w;
 #pragma unroll
       for (int j = 0; j < (BN >= 64 ? BN / 64 : 1); ++j)
         tma::load_box(sb + j * BKG * 8 * 128, bmap, &full[s], t.co_base + 64 * j, kw, kh, kd,
                       ci);
+    } else if constexpr (BSRC == kBWeightK) {
+      tma::load_box(sb, bmap, &full[s], kc * BKG * 8, kw, kh, kd, t.g * a.cout_g + t.co_base);
     } else {
       tma::load_rows(sb, bmap, &full[s], 0, t.co_base / a.b_fold, brow0 + tap * a.G + kc * BKG);
     }
@@ -793,7 +809,7 @@ __device__ __forceinline__ void tma_row(const GemmArgs& a, const TmaTile& t, int
 // the tile).  The accumulators are zero where the tile has no k step.  The ring step after
 // the tile.
 template <typename T, int BN, int BKG, int MR, int STAGES, int A_STAGE, int B_STAGE,
-          bool B_MN = false>
+          int BSRC = kBPacked>
 __device__ __forceinline__ uint32_t tma_consume_tile(float (&d)[MR][BN / 2], int nk,
                                                      uint32_t sa_rows, uint32_t sb,
                                                      uint64_t* full, uint64_t* empty,
@@ -804,7 +820,7 @@ __device__ __forceinline__ uint32_t tma_consume_tile(float (&d)[MR][BN / 2], int
   for (int k = 0; k < nk; ++k, ++it) {
     const uint32_t s = it % STAGES;
     tma::bar_wait(&full[s], (it / STAGES) & 1u);
-    wgmma_k_step_rows<T, BN, BKG, MR, BN / 2, B_MN>(d, sa_rows + s * A_STAGE, sb + s * B_STAGE,
+    wgmma_k_step_rows<T, BN, BKG, MR, BN / 2, BSRC>(d, sa_rows + s * A_STAGE, sb + s * B_STAGE,
                                                    k == 0);
     wg::wait<1>();  // batch k stays in flight; batch k - 1 is complete
 #pragma unroll
@@ -868,7 +884,7 @@ __device__ __forceinline__ void tma_epilogue(const GemmArgs& a, const TmaTile& t
 // a thread, which 256 rows at BN 128 pass by 56 bytes of spills, none in the k loop)
 constexpr int kTmaThreads = kGemmTmaThreads;
 
-template <typename T, int BN, int MR, int BKG, bool B_CL>
+template <typename T, int BN, int MR, int BKG, int BSRC>
 __global__ void __launch_bounds__(kTmaThreads, gemm_tma_min_blocks(BN))
 gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                 const __grid_constant__ PhaseConvTensorMap bmap) {
@@ -889,7 +905,7 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   TmaTile t;
   // past this phase: uniform, no barrier yet
-  if (!tma_tile<BN, BKG, B_CL>(a, blockIdx.x, t)) return;
+  if (!tma_tile<BN, BKG, BSRC>(a, blockIdx.x, t)) return;
   for (int row = tid; row < BM && warp < 8; row += 256) tma_row(a, t, row, s_rc, s_yo);
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
@@ -902,11 +918,11 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
   float d[MR][BN / 2];
   if (warp == 8) {  // the producer warp: one thread issues every copy
     if (lane == 0)
-      tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG, BN, B_CL>(a, t, amap, bmap, smem, full, empty,
+      tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG, BN, BSRC>(a, t, amap, bmap, smem, full, empty,
                                                              0);
   } else {  // two consumer warpgroups, 64 MR rows each
     const uint32_t a_rows = (uint32_t)(warp >> 2) * MR * 64 * BKG * 16;
-    tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE, B_CL>(
+    tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE, BSRC>(
         d, t.nk, sa + a_rows, sb, full, empty, 0, (tid & 127) == 0, false);
   }
   __syncthreads();  // every copy landed and was read: the stages hold the output tile now
@@ -926,7 +942,7 @@ gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap ama
 // The producer warpgroup of the persistent TMA tiles (kinds 10, 11): it gives registers back
 // for the consumers (setmaxnreg), and one thread copies the k steps of the block's tiles,
 // blockIdx.x, + gridDim.x, ..., through the ring in that order.
-template <int BN, int BKG, int STAGES, int A_STAGE, int B_STAGE, bool B_CL>
+template <int BN, int BKG, int STAGES, int A_STAGE, int B_STAGE, int BSRC>
 __device__ __forceinline__ void tma_produce_tiles(const GemmArgs& a,
                                                   const PhaseConvTensorMap& amap,
                                                   const PhaseConvTensorMap& bmap,
@@ -937,8 +953,8 @@ __device__ __forceinline__ void tma_produce_tiles(const GemmArgs& a,
   uint32_t it = 0;  // the ring's step, across tiles
   for (uint32_t i = blockIdx.x; i < (uint32_t)a.total_blocks; i += gridDim.x) {
     TmaTile t;
-    if (tma_tile<BN, BKG, B_CL>(a, i, t))
-      it = tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG, BN, B_CL>(a, t, amap, bmap, smem, full,
+    if (tma_tile<BN, BKG, BSRC>(a, i, t))
+      it = tma_copy_tile<STAGES, A_STAGE, B_STAGE, BKG, BN, BSRC>(a, t, amap, bmap, smem, full,
                                                                   empty, it);
   }
 }
@@ -953,7 +969,7 @@ __device__ __forceinline__ void tma_produce_tiles(const GemmArgs& a,
 // consumer never waits on a stage more than one use ahead of the copies (the ring's parity
 // could not tell the uses apart).  The producer warpgroup hands registers to the consumers
 // (setmaxnreg: 40 and 232 a thread), whose 128 x 128 accumulators need 128.
-template <typename T, int BN, int BKG, bool B_CL>
+template <typename T, int BN, int BKG, int BSRC>
 __global__ void __launch_bounds__(kGemmPingpongThreads, 1)
 gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                          const __grid_constant__ PhaseConvTensorMap bmap) {
@@ -985,7 +1001,7 @@ gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTens
   __syncthreads();
 
   if (warp < 4) {  // the producer warpgroup
-    tma_produce_tiles<BN, BKG, STAGES, A_STAGE, B_STAGE, B_CL>(a, amap, bmap, smem, full, empty,
+    tma_produce_tiles<BN, BKG, STAGES, A_STAGE, B_STAGE, BSRC>(a, amap, bmap, smem, full, empty,
                                                                tid);
     return;  // (no barrier over the whole block follows)
   }
@@ -1008,7 +1024,7 @@ gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTens
     tma_row(a, t, ct, s_rc, s_yo);
     if (valid > 1) tma::bar_wait(&turn[c], turns++ & 1u);  // the other's k steps issued
     float d[MR][BN / 2];
-    it = tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE, B_CL>(d, t.nk, sa, sb, full,
+    it = tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE, BSRC>(d, t.nk, sa, sb, full,
                                                                           empty, it, ct == 0,
                                                                           true);
     if (ct == 0) tma::bar_arrive(&turn[c ^ 1]);
@@ -1029,7 +1045,7 @@ gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTens
 // tile's operands while the consumers write this one's output (staged apart).  The producer
 // warpgroup hands registers to the consumers as in the ping-pong tile, so their 128 x 128
 // accumulators do not spill.
-template <typename T, bool B_CL>
+template <typename T, int BSRC>
 __global__ void __launch_bounds__(kGemmPingpongThreads, 1)
 gemm_tma_persistent_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                            const __grid_constant__ PhaseConvTensorMap bmap) {
@@ -1059,7 +1075,7 @@ gemm_tma_persistent_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTe
   __syncthreads();
 
   if (warp < 4) {  // the producer warpgroup
-    tma_produce_tiles<BN, BKG, STAGES, A_STAGE, B_STAGE, B_CL>(a, amap, bmap, smem, full, empty,
+    tma_produce_tiles<BN, BKG, STAGES, A_STAGE, B_STAGE, BSRC>(a, amap, bmap, smem, full, empty,
                                                                tid);
     return;  // (no barrier over the whole block follows)
   }
@@ -1073,7 +1089,7 @@ gemm_tma_persistent_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTe
     // (the previous tile's write-out is done with the tables: the barrier ending it)
     tma_row(a, t, ct, s_rc, s_yo);
     float d[MR][BN / 2];
-    it = tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE, B_CL>(
+    it = tma_consume_tile<T, BN, BKG, MR, STAGES, A_STAGE, B_STAGE, BSRC>(
         d, t.nk, sa + (uint32_t)c * MR * 64 * BKG * 16, sb, full, empty, it, (ct & 127) == 0,
         true);
     tma::named_sync(1, 256);  // the row tables written
@@ -1314,43 +1330,48 @@ cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stre
 
 #if defined(PHASECONV_SM90A)
 // The 128-row TMA tiles by their columns, k steps of BKG 16-byte groups: kind 8, or its
-// ping-pong form (kind 10); B_CL: B read from the weight in place.
-template <typename T, int BKG, bool PINGPONG, bool B_CL>
+// ping-pong form (kind 10); B from where BSRC says (TmaB).
+template <typename T, int BKG, bool PINGPONG, int BSRC>
 cudaError_t launch_gemm_tma(const GemmArgs& a, const GemmCfg& c,
                             const PhaseConvTensorMap& amap, const PhaseConvTensorMap& bmap,
                             cudaStream_t stream) {
   const int threads = PINGPONG ? kGemmPingpongThreads : kTmaThreads;
   switch (c.BN) {
-    case 32: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 32, BKG, B_CL>
-                                           : gemm_tma_kernel<T, 32, 1, BKG, B_CL>,
+    case 32: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 32, BKG, BSRC>
+                                           : gemm_tma_kernel<T, 32, 1, BKG, BSRC>,
                                   c.grid, threads, c.smem, stream, a, amap, bmap);
-    case 64: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 64, BKG, B_CL>
-                                           : gemm_tma_kernel<T, 64, 1, BKG, B_CL>,
+    case 64: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 64, BKG, BSRC>
+                                           : gemm_tma_kernel<T, 64, 1, BKG, BSRC>,
                                   c.grid, threads, c.smem, stream, a, amap, bmap);
-    case 128: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 128, BKG, B_CL>
-                                            : gemm_tma_kernel<T, 128, 1, BKG, B_CL>,
+    case 128: return launch_kernel(PINGPONG ? gemm_tma_pingpong_kernel<T, 128, BKG, BSRC>
+                                            : gemm_tma_kernel<T, 128, 1, BKG, BSRC>,
                                    c.grid, threads, c.smem, stream, a, amap, bmap);
   }
   return cudaErrorInvalidConfiguration;
 }
 
-// The TMA tiles of kind c.kind (8-11), B as the maps say (B_CL: the weight in place).
-template <typename T, bool B_CL>
+// The TMA tiles of kind c.kind (8-11), B from where BSRC says (TmaB; the input gradient's
+// weight in place: the 128-row kinds, which its rule takes).
+template <typename T, int BSRC>
 cudaError_t launch_gemm_tma_kind(const GemmArgs& a, const GemmCfg& c,
                                  const PhaseConvTensorMap& amap, const PhaseConvTensorMap& bmap,
                                  cudaStream_t stream) {
   if (gemm_tma_rows(c.kind) == 256) {  // BN 128, 64-channel k steps only (where B is widest)
-    if (c.BN != 128 || c.bkg != 8) return cudaErrorInvalidConfiguration;
-    return c.kind == 9 ? launch_kernel(gemm_tma_kernel<T, 128, 2, 8, B_CL>, c.grid, kTmaThreads,
-                                       c.smem, stream, a, amap, bmap)
-                       : launch_kernel(gemm_tma_persistent_kernel<T, B_CL>, c.grid,
-                                       kGemmPingpongThreads, c.smem, stream, a, amap, bmap);
+    if constexpr (BSRC == kBWeightK) {
+      return cudaErrorInvalidConfiguration;
+    } else {
+      if (c.BN != 128 || c.bkg != 8) return cudaErrorInvalidConfiguration;
+      return c.kind == 9 ? launch_kernel(gemm_tma_kernel<T, 128, 2, 8, BSRC>, c.grid,
+                                         kTmaThreads, c.smem, stream, a, amap, bmap)
+                         : launch_kernel(gemm_tma_persistent_kernel<T, BSRC>, c.grid,
+                                         kGemmPingpongThreads, c.smem, stream, a, amap, bmap);
+    }
   }
   if (c.kind == 10)
-    return c.bkg == 4 ? launch_gemm_tma<T, 4, true, B_CL>(a, c, amap, bmap, stream)
-                      : launch_gemm_tma<T, 8, true, B_CL>(a, c, amap, bmap, stream);
-  return c.bkg == 4 ? launch_gemm_tma<T, 4, false, B_CL>(a, c, amap, bmap, stream)
-                    : launch_gemm_tma<T, 8, false, B_CL>(a, c, amap, bmap, stream);
+    return c.bkg == 4 ? launch_gemm_tma<T, 4, true, BSRC>(a, c, amap, bmap, stream)
+                      : launch_gemm_tma<T, 8, true, BSRC>(a, c, amap, bmap, stream);
+  return c.bkg == 4 ? launch_gemm_tma<T, 4, false, BSRC>(a, c, amap, bmap, stream)
+                    : launch_gemm_tma<T, 8, false, BSRC>(a, c, amap, bmap, stream);
 }
 #endif
 
@@ -1392,23 +1413,31 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
                                                   a.in_sw, a.in_sh, a.in_sd, 16 * c.bkg);
       if (err != cudaSuccess) return err;
       if (p.weight_cl != nullptr) {
-        // the weight in place (phase_conv_fwd_weight_in_place): a k step's B is BKG * 8
-        // input channels x BN output channels at one kernel tap, boxes of 64 columns (32)
-        if (p.nsub != 0 || (c.BN != 32 && c.BN % 64 != 0))
-          return cudaErrorInvalidConfiguration;
+        // the weight (C_in, C_out/g, kD, kH, kW) in place (phase_conv_fwd_weight_in_place,
+        // phase_conv_bwd_input_weight_in_place) at one kernel tap a k step: the forward's
+        // BKG * 8 input channels x BN output channels (boxes of 64 columns, or 32), the input
+        // gradient's BN input channels x BKG * 8 output channels (its k step)
+        const bool gi = p.nsub != 0;
+        if (!gi && c.BN != 32 && c.BN % 64 != 0) return cudaErrorInvalidConfiguration;
+        const int64_t c_in = gi ? p.c_out : p.c_in, cout_g = gi ? a.cin_g : a.cout_g;
         // (C_in, kD, kH, kW): a dimension of one element any 16 bytes (never stepped)
         const int64_t kernel[3] = {p.exact.k[0], p.exact.k[1], p.exact.k[2]};
-        const int64_t sizes[4] = {p.c_in, kernel[0], kernel[1], kernel[2]};
+        const int64_t sizes[4] = {c_in, kernel[0], kernel[1], kernel[2]};
         const int64_t dims[4] = {0, 2, 3, 4};
         int64_t strides[4];
         for (int i = 0; i < 4; ++i) strides[i] = sizes[i] > 1 ? p.exact.bs[dims[i]] : 8;
-        err = phase_conv_tma_encode_weight_cl(&bmap, p.weight_cl, p.c_in, a.cout_g, kernel,
-                                              strides, c.BN >= 64 ? 64 : 32, 8 * c.bkg);
+        err = phase_conv_tma_encode_weight_cl(&bmap, p.weight_cl, c_in, cout_g, kernel, strides,
+                                              gi ? 8 * c.bkg : c.BN >= 64 ? 64 : 32,
+                                              gi ? c.BN : 8 * c.bkg);
         if (err != cudaSuccess) return err;
+        if (gi) {  // the kernel's taps in order
+          a.kt_d = a.kt_h = a.kt_w = -1;
+          return launch_gemm_tma_kind<T, kBWeightK>(a, c, amap, bmap, stream);
+        }
         a.kt_d = (int)(p.stride_d / std::gcd(p.stride_d, p.exact.d[0]));
         a.kt_h = (int)(p.stride_h / std::gcd(p.stride_h, p.exact.d[1]));
         a.kt_w = (int)(p.stride_w / std::gcd(p.stride_w, p.exact.d[2]));
-        return launch_gemm_tma_kind<T, true>(a, c, amap, bmap, stream);
+        return launch_gemm_tma_kind<T, kBWeightMN>(a, c, amap, bmap, stream);
       }
       // the layout's rows: groups x every phase's taps x G, of C_out/g 16-byte vectors,
       // fetched as lines of up to 32 columns (512 bytes), not one 16-byte line a column
@@ -1417,7 +1446,7 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
       err = phase_conv_tma_encode_rows(&bmap, p.weight_mma, p.groups * p.total_taps * a.G,
                                        a.cout_g, c.BN, c.bkg, a.b_fold);
       if (err != cudaSuccess) return err;
-      return launch_gemm_tma_kind<T, false>(a, c, amap, bmap, stream);
+      return launch_gemm_tma_kind<T, kBPacked>(a, c, amap, bmap, stream);
     }
 #else
     return cudaErrorInvalidConfiguration;

@@ -100,8 +100,9 @@ struct PhaseConvFwdParams {
   // the operands as the definition reads them: where a stored element is not finite, the
   // kernels recompute it from its real pairs (phase_conv_exact.cuh)
   PhaseConvExact exact;
-  // the forward's TMA tiles: the weight itself (exact.b, its strides exact.bs) where
-  // phase_conv_fwd_weight_in_place says they read it in place, else nullptr (weight_mma then)
+  // the TMA tiles: the weight itself (exact.b, its strides exact.bs) where
+  // phase_conv_fwd_weight_in_place (phase_conv_bwd_input_weight_in_place) says they read it
+  // in place, else nullptr (weight_mma then)
   const void* weight_cl = nullptr;
 };
 
@@ -495,6 +496,13 @@ bool phase_conv_fwd_weight_in_place(const PhaseConvFwdPlan& plan, const int64_t*
 constexpr int PHASECONV_GI_TILE_SHIFT = 8;
 bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
                                const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan);
+
+// The same as phase_conv_fwd_weight_in_place for the input gradient's plan, its 128-row TMA
+// tiles (kinds 8, 10: they read the weight's output channels as their reduction); then the
+// launch takes weight_cl.
+bool phase_conv_bwd_input_weight_in_place(const PhaseConvBwdInputPlan& plan,
+                                          const int64_t* sizes, const int64_t* strides,
+                                          int elem_size, uintptr_t base);
 
 // The weight gradient (phase_conv_bwd.cuh).  The rule: depthwise layers (any dtype) the
 // depthwise kernel under the input gradient's conditions; float32/float16/bfloat16 with

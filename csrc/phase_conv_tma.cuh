@@ -69,7 +69,9 @@ cudaError_t phase_conv_tma_encode_rows(PhaseConvTensorMap* map, const void* base
 // kH, kD, C_in), `strides` the element strides of (C_in, kD, kH, kW), each a multiple of 8,
 // base 16-byte aligned.  Boxes of {box_co, 1, 1, 1, box_ci} at (co, kw, kh, kd, ci): box_ci
 // rows of box_co output channels at one kernel tap, in the 128-byte swizzle (box_co 64) or
-// the 64-byte one (32), which is wgmma's MN-major B; zero past C_out/g.
+// the 64-byte one (32): wgmma's MN-major B where the output channels are its columns (the
+// forward), its K-major B where they are its reduction (the input gradient); zero past the
+// tensor.
 cudaError_t phase_conv_tma_encode_weight_cl(PhaseConvTensorMap* map, const void* base,
                                             int64_t c_in, int64_t cout_g, const int64_t* kernel,
                                             const int64_t* strides, int box_co, int box_ci);

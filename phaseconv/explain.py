@@ -251,5 +251,6 @@ def _cuda_kernels(plan, batch, in_channels, out_channels, groups, kernel, stride
     batch = max(batch, 1)
     forward = cuda.describe(args, batch, dtype, device, channels_last,
                             out_channels_last=out_channels_last, weight_strides=weight_strides)
-    grad_input, grad_weight = cuda.describe_backward(args, batch, dtype, device)
+    grad_input, grad_weight = cuda.describe_backward(args, batch, dtype, device,
+                                                     weight_strides)
     return forward, grad_input, grad_weight

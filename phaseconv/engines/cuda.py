@@ -23,11 +23,12 @@ groups, channels) fixes, once, a few small device tables (:func:`layer_tables`):
   its blocks concatenated) and one table row per phase with taps.
 
 Each forward packs the weight into the layout its kernel reads (one launch,
-``csrc/phase_conv_pack.cu``) and runs the kernel, except that the TMA tiles read a 16-bit
-``channels_last_3d`` weight in place (``weight_in_place``; a memset zeroes the call's
-non-finite flag instead); the backward packs the input gradient's blocks, or
-its tensor-core layout (one launch), runs the one-launch input gradient and the weight gradient,
-which writes straight into a tensor with the weight's own strides.  The launches are planned once
+``csrc/phase_conv_pack.cu``) and runs the kernel; the backward packs the input gradient's
+blocks, or its tensor-core layout (one launch), runs the one-launch input gradient and the
+weight gradient, which writes straight into a tensor with the weight's own strides.  The TMA
+tiles (forward and input gradient) read a 16-bit ``channels_last_3d`` weight in place instead
+(:func:`weight_in_place`, :func:`grad_input_weight_in_place`: no pack; a memset zeroes the
+call's non-finite flag).  The launches are planned once
 per (input shape, layout, dtype, device): :class:`ForwardPlan` / :class:`BackwardPlan` in
 ``csrc/phase_conv.cpp`` keep the kernel plan, so a call does no tile search, and no call
 waits for the GPU (the tables reach the device by asynchronous copies from pinned memory).
@@ -732,11 +733,26 @@ def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, args: 
     return plan(grad_y, x, weight, need_input, need_weight, bool(grad_input_channels_last))
 
 
-def describe_backward(args: ConvArgs, batch: int, dtype: torch.dtype,
-                      device: torch.device) -> Tuple[str, str]:
-    """(input-gradient, weight-gradient) kernels :func:`backward` launches."""
+def describe_backward(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
+                      weight_strides: Optional[Tuple[int, ...]] = None) -> Tuple[str, str]:
+    """(input-gradient, weight-gradient) kernels :func:`backward` launches; with
+    ``weight_strides`` (a weight's layout), whether the input gradient reads it in place."""
     plan = backward_plan(args, batch, dtype, device)[1]
-    return plan.grad_input_description, plan.grad_weight_description
+    grad_input = plan.grad_input_description
+    if weight_strides is not None and plan.weight_in_place(list(weight_strides)):
+        grad_input += ", weight read in place (channels_last_3d)"
+    return grad_input, plan.grad_weight_description
+
+
+def grad_input_weight_in_place(args: ConvArgs, batch: int, dtype: torch.dtype,
+                               device: torch.device, weight: torch.Tensor,
+                               grad_input_kernel: str = "auto",
+                               grad_input_tile: Optional[int] = None) -> bool:
+    """Whether :func:`backward`'s input gradient reads ``weight`` in place, with no pack (its
+    TMA tiles, under :func:`weight_in_place`'s conditions)."""
+    plan = backward_plan(args, batch, dtype, device, grad_input_kernel,
+                         grad_input_tile=grad_input_tile)[1]
+    return bool(plan.weight_in_place(list(weight.stride())) and weight.data_ptr() % 16 == 0)
 
 
 def gather(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
