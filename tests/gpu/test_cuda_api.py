@@ -1160,6 +1160,17 @@ def test_explain_follows_the_input_memory_format():
     double = phaseconv.explain(founding, (2, 32, 4, 6, 8), device="cuda", dtype=torch.float64,
                                memory_format=cl)
     assert "channels-last output" not in double.kernel, double.kernel
+    # a 16-bit channels-last weight that the rule's TMA tile reads in place (sm_90a builds)
+    tma = phaseconv.ConvTranspose3d(512, 256, 2, 2).cuda().to(torch.bfloat16)
+    flat = phaseconv.explain(tma, (1, 512, 16, 16, 16), memory_format=cl)
+    assert "weight read in place" not in flat.kernel + flat.grad_input_kernel
+    tma.to(memory_format=cl)
+    read = phaseconv.explain(tma, (1, 512, 16, 16, 16), memory_format=cl)
+    in_place = "tma-box" in read.kernel
+    assert read.kernel.endswith(", weight read in place (channels_last_3d)") == in_place
+    from phaseconv.engines import cuda
+
+    assert in_place == cuda.warpgroup_kernels(), read.kernel
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16,
