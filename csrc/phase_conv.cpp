@@ -832,7 +832,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("reads_channels_last", &ForwardPlan::reads_channels_last)
       .def_property_readonly("reads_tensor_core_weight",
                              &ForwardPlan::reads_tensor_core_weight)
-      .def("weight_in_place", &ForwardPlan::weight_strides_in_place, py::arg("strides"));
+      .def("weight_in_place", &ForwardPlan::weight_in_place, py::arg("weight"))
+      .def("weight_strides_in_place", &ForwardPlan::weight_strides_in_place,
+           py::arg("strides"));
   py::class_<BackwardPlan>(m, "BackwardPlan")
       .def(py::init<const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                     std::vector<int64_t>, std::vector<int64_t>, const at::Tensor&,
@@ -851,7 +853,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                              &BackwardPlan::grad_input_description)
       .def_property_readonly("grad_weight_description",
                              &BackwardPlan::grad_weight_description)
-      .def("weight_in_place", &BackwardPlan::weight_strides_in_place, py::arg("strides"));
+      .def("weight_in_place", &BackwardPlan::weight_in_place, py::arg("weight"))
+      .def("weight_strides_in_place", &BackwardPlan::weight_strides_in_place,
+           py::arg("strides"));
   m.def("gather_weight", &gather_binding,
         "The weight gathered through an int32 index map (phase_conv_pack.cuh).",
         py::arg("weight"), py::arg("index"));

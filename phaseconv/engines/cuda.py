@@ -633,7 +633,7 @@ def describe(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.devic
     ``weight_strides`` (a weight's layout), whether it reads that weight in place."""
     plan = forward_plan(args, batch, dtype, device, channels_last, False,
                         kernel, out_channels_last)[1]
-    if weight_strides is not None and plan.weight_in_place(list(weight_strides)):
+    if weight_strides is not None and plan.weight_strides_in_place(list(weight_strides)):
         return plan.description + ", weight read in place (channels_last_3d)"
     return plan.description
 
@@ -646,8 +646,7 @@ def weight_in_place(args: ConvArgs, batch: int, dtype: torch.dtype, device: torc
     multiples of 16 bytes, its data 16-byte aligned)."""
     plan = forward_plan(args, batch, dtype, device, channels_last, False, kernel,
                         out_channels_last)[1]
-    return bool(plan.weight_in_place(list(weight.stride()))
-                and weight.data_ptr() % 16 == 0)
+    return bool(plan.weight_in_place(weight))
 
 
 GI_TILE_SHIFT = 8  # csrc/phase_conv_plan.h: PHASECONV_GI_TILE_SHIFT
@@ -739,7 +738,7 @@ def describe_backward(args: ConvArgs, batch: int, dtype: torch.dtype, device: to
     ``weight_strides`` (a weight's layout), whether the input gradient reads it in place."""
     plan = backward_plan(args, batch, dtype, device)[1]
     grad_input = plan.grad_input_description
-    if weight_strides is not None and plan.weight_in_place(list(weight_strides)):
+    if weight_strides is not None and plan.weight_strides_in_place(list(weight_strides)):
         grad_input += ", weight read in place (channels_last_3d)"
     return grad_input, plan.grad_weight_description
 
@@ -752,7 +751,7 @@ def grad_input_weight_in_place(args: ConvArgs, batch: int, dtype: torch.dtype,
     TMA tiles, under :func:`weight_in_place`'s conditions)."""
     plan = backward_plan(args, batch, dtype, device, grad_input_kernel,
                          grad_input_tile=grad_input_tile)[1]
-    return bool(plan.weight_in_place(list(weight.stride())) and weight.data_ptr() % 16 == 0)
+    return bool(plan.weight_in_place(weight))
 
 
 def gather(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
