@@ -367,6 +367,27 @@ _SHARED_A_CASES = [
 ]
 
 
+def _channels_last_weight_call(cfg, dtype, seed):
+    """A channels-last call of ``cfg`` on the GPU with its weight both ways: (x, contiguous
+    weight, channels_last_3d weight, bias, checked arguments, float64 reference)."""
+    xl, wl, bl, ref = _random_call(cfg, dtype, seed)
+    x = xl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
+    b = bl.to(DEV) if bl is not None else None
+    w_packed = wl.to(DEV)
+    w_cl = w_packed.contiguous(memory_format=torch.channels_last_3d)
+    args = check_conv_transpose3d(x, w_cl, b, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
+                                  cfg["d"])
+    return x, w_packed, w_cl, b, args, ref
+
+
+def _misaligned_copy(w):
+    """A copy of ``w`` with its strides, 8 bytes into its storage (no 16-byte alignment)."""
+    base = torch.empty(w.numel() + 4, dtype=w.dtype, device=w.device)
+    w_off = base[4:].as_strided(w.shape, w.stride())
+    w_off.copy_(w)
+    return w_off
+
+
 def _shared_a_call(cfg, dtype, seed, kernel):
     """(result, float64 reference, plan description) of a channels-last call of ``cfg``.  The
     result's memory is NaN before the call (the allocator hands the freed block back), so an
@@ -418,13 +439,7 @@ def test_shared_a_tile_reads_a_channels_last_weight_in_place(case, dtype):
         pytest.skip("kind 7 needs an sm_90a build on an sm_90 GPU")
     cfg = _SHARED_A_CASES[case]
     kernel = ForwardKernel("gemm", gemm_tile=7)
-    xl, wl, bl, ref = _random_call(cfg, dtype, 40 + case)
-    x = xl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
-    b = bl.to(DEV) if bl is not None else None
-    w_packed = wl.to(DEV)
-    w_cl = w_packed.contiguous(memory_format=torch.channels_last_3d)
-    args = check_conv_transpose3d(x, w_cl, b, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
-                                  cfg["d"])
+    x, w_packed, w_cl, b, args, ref = _channels_last_weight_call(cfg, dtype, 40 + case)
     cuda = _cuda()
     assert cuda.weight_in_place(args, cfg["n"], dtype, x.device, w_cl, True, kernel, True)
     assert not cuda.weight_in_place(args, cfg["n"], dtype, x.device, w_packed, True, kernel,
@@ -436,9 +451,7 @@ def test_shared_a_tile_reads_a_channels_last_weight_in_place(case, dtype):
     y_packed = cuda.forward(x, w_packed, b, args, kernel=kernel, out_channels_last=True)
     assert torch.equal(y_cl, y_packed)
     _check(y_cl, ref, dtype)
-    base = torch.empty(w_cl.numel() + 4, dtype=dtype, device=DEV)
-    w_off = base[4:].as_strided(w_cl.shape, w_cl.stride())
-    w_off.copy_(w_cl)
+    w_off = _misaligned_copy(w_cl)
     assert not cuda.weight_in_place(args, cfg["n"], dtype, x.device, w_off, True, kernel, True)
     assert torch.equal(cuda.forward(x, w_off, b, args, kernel=kernel, out_channels_last=True),
                        y_packed)
@@ -674,13 +687,7 @@ def test_tma_tiles_read_a_channels_last_weight_in_place(case, dtype, tile):
     if kind in (9, 11) and (cout_g <= 64 or cin_g % 64):
         pytest.skip("the 256-row tiles take BN 128 and 64-channel k steps")
     kernel = ForwardKernel("gemm", gemm_tile=kind)
-    xl, wl, bl, ref = _random_call(cfg, dtype, case)
-    x = xl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
-    b = bl.to(DEV) if bl is not None else None
-    w_packed = wl.to(DEV)
-    w_cl = w_packed.contiguous(memory_format=torch.channels_last_3d)
-    args = check_conv_transpose3d(x, w_cl, b, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
-                                  cfg["d"])
+    x, w_packed, w_cl, b, args, ref = _channels_last_weight_call(cfg, dtype, case)
     cuda = _cuda()
     for out_cl in (False, True):
         in_place = cuda.weight_in_place(args, cfg["n"], dtype, x.device, w_cl, True, kernel,
@@ -697,9 +704,7 @@ def test_tma_tiles_read_a_channels_last_weight_in_place(case, dtype, tile):
         assert torch.equal(y_cl, y_packed)
         _check(y_cl, ref, dtype)
     # a misaligned channels-last weight (a view 8 bytes into its storage) is packed
-    base = torch.empty(w_cl.numel() + 4, dtype=dtype, device=DEV)
-    w_off = base[4:].as_strided(w_cl.shape, w_cl.stride())
-    w_off.copy_(w_cl)
+    w_off = _misaligned_copy(w_cl)
     assert not cuda.weight_in_place(args, cfg["n"], dtype, x.device, w_off, True, kernel)
     assert torch.equal(cuda.forward(x, w_off, b, args, kernel=kernel),
                        cuda.forward(x, w_packed, b, args, kernel=kernel))
