@@ -206,16 +206,11 @@ gemm_cl_kernel(const GemmArgs a) {
 // and the wgmma descriptor read.  WG (kind 7, sm_90a): two warpgroups of 64 rows issue wgmma
 // on the slabs and the weight stages, one batch in flight while the next step is waited for;
 // else (kind 6) 4 x 2 warps of 32 x 32 on mma.sync.  Row table s_yo: the output element of
-// row m at phase (0, 0, 0), group g's first channel (-1 past the rows).  WIP (kind 7 only):
-// the weight read in place (a.wm: the weight (C_in, C_out/g, kD, kH, kW) with adjacent output
-// channels, strides a.ex.bs), a k step's 64 input channels x 64 output channels copied as
-// 128-byte rows of output channels in the 128-byte swizzle: wgmma's MN-major B.  A phase's
-// one tap is kernel tap (r + pad) / dil on each axis (its input offset is 0).
+// row m at phase (0, 0, 0), group g's first channel (-1 past the rows).
 constexpr int kShBM = 128, kShBN = 64, kShThreads = 256;
 
-template <typename T, bool WG, bool WIP = false>
+template <typename T, bool WG>
 __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const GemmArgs a) {
-  static_assert(WG || !WIP, "a weight read in place: the wgmma form only");
   phaseconv_exact::let_fixup_start();
   constexpr int WARPS_M = WG ? 8 : 4, MT = WG ? 1 : 2, NT = WG ? 8 : 4;
   constexpr int CPG = 8, BKG = 8, STAGES = kGemmSharedStages;
@@ -282,22 +277,10 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
     // the next step's k step, its chunk's column block and phase, and the chunk's weight.
     const int phase0 = c0 / a.co_blocks, cb0 = c0 - phase0 * a.co_blocks;
     int ld_s = 0, ld_ks = 0, ld_phase = phase0, ld_cb = cb0;
-    // packed: group g's rows of a phase, one k step's rows; in place: group g's first input
-    // channel, one k step's input channels
-    const int64_t w_group = WIP ? (int64_t)g * a.cin_g * a.ex.bs[0]
-                                : (int64_t)g * KG * a.cout_g * CPG;
-    const int64_t w_step = WIP ? (int64_t)BKG * CPG * a.ex.bs[0] : (int64_t)BKG * a.cout_g * CPG;
-    auto phase_weight = [&](int phase) {  // the phase's weight, group g
-      const int64_t* e = a.table + (int64_t)phase * PHASECONV_TABLE_STRIDE;
-      if constexpr (WIP)
-        return wm + w_group +
-               (ldg_i64(e + PT_RES_D) + a.ex.p[0]) / a.ex.d[0] * a.ex.bs[2] +
-               (ldg_i64(e + PT_RES_H) + a.ex.p[1]) / a.ex.d[1] * a.ex.bs[3] +
-               (ldg_i64(e + PT_RES_W) + a.ex.p[2]) / a.ex.d[2] * a.ex.bs[4];
-      else
-        return wm + ldg_i64(e + PT_MOFS) + w_group;
-    };
-    const T* ld_w = phase_weight(ld_phase);
+    const int64_t w_group = (int64_t)g * KG * a.cout_g * CPG;  // group g's rows of a phase
+    const int64_t w_step = (int64_t)BKG * a.cout_g * CPG;      // one k step's rows
+    const T* ld_w =
+        wm + ldg_i64(a.table + (int64_t)ld_phase * PHASECONV_TABLE_STRIDE + PT_MOFS) + w_group;
     auto load_next = [&]() {
       const int co0 = ld_cb * kShBN;
       const T* wb = ld_w + ld_ks * w_step;
@@ -305,18 +288,10 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
 #pragma unroll
       for (int it = 0; it < BKG * kShBN / kShThreads; ++it) {
         const int v = tid + it * kShThreads;
-        if constexpr (WIP) {  // input channel `row` of the step, output channels 8 c8..8 c8+7
-          const int row = v >> 3, c8 = v & 7;
-          const bool ok = co0 + c8 * 8 < a.cout_g;
-          const T* src = wb + (int64_t)row * a.ex.bs[0] + co0 + c8 * 8;
-          cp_async16_cg(dst + (uint32_t)row * 128 + ((uint32_t)(c8 ^ (row & 7)) << 4),
-                        ok ? (const void*)src : a.wm, ok);
-        } else {
-          const int kg = v / kShBN, col = v % kShBN;
-          const bool ok = co0 + col < a.cout_g;
-          const T* src = wb + ((int64_t)kg * a.cout_g + co0 + col) * CPG;
-          cp_async16_cg(dst + (uint32_t)v * 16, ok ? (const void*)src : a.wm, ok);
-        }
+        const int kg = v / kShBN, col = v % kShBN;
+        const bool ok = co0 + col < a.cout_g;
+        const T* src = wb + ((int64_t)kg * a.cout_g + co0 + col) * CPG;
+        cp_async16_cg(dst + (uint32_t)v * 16, ok ? (const void*)src : a.wm, ok);
       }
       ++ld_s;
       if (++ld_ks == KS) {  // the next chunk: the next column block, or the next phase
@@ -324,7 +299,9 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
         if (++ld_cb == a.co_blocks) {
           ld_cb = 0;
           ++ld_phase;
-          if (ld_s < steps) ld_w = phase_weight(ld_phase);
+          if (ld_s < steps)
+            ld_w = wm + ldg_i64(a.table + (int64_t)ld_phase * PHASECONV_TABLE_STRIDE +
+                                PT_MOFS) + w_group;
         }
       }
     };
@@ -351,9 +328,8 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
         const uint32_t sB = sb + (uint32_t)(s % STAGES) * B_STAGE;
         if constexpr (WG) {
           float(&d)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(acc);
-          wgmma_k_step_rows<T, kShBN, BKG, 1, NT * 4, WIP ? kBWeightMN : kBPacked>(
-              reinterpret_cast<float(&)[1][NT * 4]>(d),
-              sa + (uint32_t)ks * A_SLAB + (uint32_t)(warp >> 2) * 64 * 128, sB, ks == 0);
+          wgmma_k_step<T, kShBN, BKG>(
+              d, sa + (uint32_t)ks * A_SLAB + (uint32_t)(warp >> 2) * 64 * 128, sB, ks == 0);
           phaseconv_wgmma::wait<1>();  // batch s stays in flight while step s + 1 is waited for
           phaseconv_wgmma::fence_operand(d);
         } else {
@@ -446,7 +422,7 @@ cudaError_t launch_gemm_t(const GemmArgs& a, const GemmCfg& c, cudaStream_t stre
 template <typename T>
 cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream) {
   if ((p.x_channels_last != 0) == c.a_ncdhw) return cudaErrorInvalidValue;
-  if (p.weight_cl != nullptr && (c.kind < 7 || c.kind > 11)) return cudaErrorInvalidValue;
+  if (p.weight_cl != nullptr && (c.kind < 8 || c.kind > 11)) return cudaErrorInvalidValue;
   GemmArgs a;
   set_geometry(a, p);
   a.wm = p.weight_mma;
@@ -530,11 +506,6 @@ cudaError_t run_gemm(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t
         return launch_kernel(gemm_shared_a_kernel<T, false>, c.grid, kShThreads, c.smem,
                              stream, a);
 #if defined(PHASECONV_SM90A)
-      if (p.weight_cl != nullptr) {  // the weight in place (phase_conv_fwd_weight_in_place)
-        a.wm = p.weight_cl;
-        return launch_kernel(gemm_shared_a_kernel<T, true, true>, c.grid, kShThreads, c.smem,
-                             stream, a);
-      }
       return launch_kernel(gemm_shared_a_kernel<T, true>, c.grid, kShThreads, c.smem, stream,
                            a);
 #else

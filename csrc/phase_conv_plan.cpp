@@ -1699,12 +1699,11 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
 }
 
 namespace {
-// The weight itself as the TMA tiles' map (kinds 8-11) or the warpgroup shared-A tile's 16-byte
-// copies (kind 7) read it: 16-bit, output channels adjacent, the other strides whole 16 bytes
-// (dimensions longer than 1), the base 16-byte aligned.
-bool gemm_weight_in_place(int family, const phaseconv::GemmCfg& gemm, const int64_t* sizes,
-                          const int64_t* strides, int elem_size, uintptr_t base) {
-  if (family != PHASECONV_GEMM || gemm.kind < 7 || gemm.kind > 11 || elem_size != 2 ||
+// A TMA tile's map of the weight itself: 16-bit, output channels adjacent, the other strides
+// whole 16 bytes (dimensions longer than 1), the base 16-byte aligned.
+bool tma_weight_in_place(int family, const phaseconv::GemmCfg& gemm, const int64_t* sizes,
+                         const int64_t* strides, int elem_size, uintptr_t base) {
+  if (family != PHASECONV_GEMM || gemm.kind < 8 || gemm.kind > 11 || elem_size != 2 ||
       base % 16 != 0)
     return false;
   if (sizes[1] > 1 && strides[1] != 1) return false;
@@ -1717,7 +1716,7 @@ bool gemm_weight_in_place(int family, const phaseconv::GemmCfg& gemm, const int6
 
 bool phase_conv_fwd_weight_in_place(const PhaseConvFwdPlan& plan, const int64_t* sizes,
                                     const int64_t* strides, int elem_size, uintptr_t base) {
-  return gemm_weight_in_place(plan.family, plan.gemm, sizes, strides, elem_size, base);
+  return tma_weight_in_place(plan.family, plan.gemm, sizes, strides, elem_size, base);
 }
 
 bool phase_conv_bwd_input_weight_in_place(const PhaseConvBwdInputPlan& plan,
@@ -1725,7 +1724,7 @@ bool phase_conv_bwd_input_weight_in_place(const PhaseConvBwdInputPlan& plan,
                                           int elem_size, uintptr_t base) {
   // (the 128-row kinds: the input gradient's rule takes no other)
   return plan.grad_y_channels_last && phaseconv::gemm_tma_rows(plan.gemm.kind) == 128 &&
-         gemm_weight_in_place(plan.family, plan.gemm, sizes, strides, elem_size, base);
+         tma_weight_in_place(plan.family, plan.gemm, sizes, strides, elem_size, base);
 }
 
 bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,

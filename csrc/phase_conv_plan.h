@@ -100,7 +100,7 @@ struct PhaseConvFwdParams {
   // the operands as the definition reads them: where a stored element is not finite, the
   // kernels recompute it from its real pairs (phase_conv_exact.cuh)
   PhaseConvExact exact;
-  // the TMA tiles and kind 7: the weight itself (exact.b, its strides exact.bs) where
+  // the TMA tiles: the weight itself (exact.b, its strides exact.bs) where
   // phase_conv_fwd_weight_in_place (phase_conv_bwd_input_weight_in_place) says they read it
   // in place, else nullptr (weight_mma then)
   const void* weight_cl = nullptr;
@@ -469,8 +469,8 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
                          PhaseConvFwdPlan* plan);
 
 // Whether the planned forward reads a weight (C_in, C_out/g, kD, kH, kW) of these sizes and
-// element strides at address `base` in place, with no pack: the TMA tiles (kinds 8-11) and
-// the warpgroup shared-A tile (kind 7) do where the output channels are adjacent (stride 1, as in a channels_last_3d weight), every
+// element strides at address `base` in place, with no pack: the TMA tiles (kinds 8-11) do
+// where the output channels are adjacent (stride 1, as in a channels_last_3d weight), every
 // other stride of a dimension longer than 1 is a multiple of 16 bytes, and base is 16-byte
 // aligned.  Then the launch takes params.weight_cl, not weight_mma.
 bool phase_conv_fwd_weight_in_place(const PhaseConvFwdPlan& plan, const int64_t* sizes,

@@ -26,8 +26,7 @@ Each forward packs the weight into the layout its kernel reads (one launch,
 ``csrc/phase_conv_pack.cu``) and runs the kernel; the backward packs the input gradient's
 blocks, or its tensor-core layout (one launch), runs the one-launch input gradient and the
 weight gradient, which writes straight into a tensor with the weight's own strides.  The TMA
-tiles (forward and input gradient) and the forward's warpgroup shared-A tile read a 16-bit
-``channels_last_3d`` weight in place instead
+tiles (forward and input gradient) read a 16-bit ``channels_last_3d`` weight in place instead
 (:func:`weight_in_place`, :func:`grad_input_weight_in_place`: no pack; a memset zeroes the
 call's non-finite flag).  The launches are planned once
 per (input shape, layout, dtype, device): :class:`ForwardPlan` / :class:`BackwardPlan` in
@@ -645,9 +644,9 @@ def describe(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.devic
 def weight_in_place(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
                     weight: torch.Tensor, channels_last: bool = False, kernel="auto",
                     out_channels_last: bool = False) -> bool:
-    """Whether :func:`forward` reads ``weight`` in place, with no pack (the TMA tiles and the
-    warpgroup shared-A tile: a 16-bit weight whose output channels are adjacent, as in
-    ``channels_last_3d``, its other strides multiples of 16 bytes, its data 16-byte aligned)."""
+    """Whether :func:`forward` reads ``weight`` in place, with no pack (the TMA tiles: a 16-bit
+    weight whose output channels are adjacent, as in ``channels_last_3d``, its other strides
+    multiples of 16 bytes, its data 16-byte aligned)."""
     plan = forward_plan(args, batch, dtype, device, channels_last, False, kernel,
                         out_channels_last)[1]
     return bool(plan.weight_in_place(weight))

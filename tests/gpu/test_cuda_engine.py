@@ -428,44 +428,6 @@ def test_implicit_gemm_shared_a_tile(case, dtype, kernel):
     _check(y, ref, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("case", range(len(_SHARED_A_CASES)))
-def test_shared_a_tile_reads_a_channels_last_weight_in_place(case, dtype):
-    """The warpgroup shared-A tile (kind 7) reads a channels_last_3d weight in place (each
-    phase's one kernel tap, 128-byte rows of output channels): bit for bit the result of the
-    same tile reading the packed weight, and torch's; a misaligned weight is packed; an Inf in
-    the weight reaches exactly the outputs torch gives Inf or NaN."""
-    if not _cuda().warpgroup_kernels():
-        pytest.skip("kind 7 needs an sm_90a build on an sm_90 GPU")
-    cfg = _SHARED_A_CASES[case]
-    kernel = ForwardKernel("gemm", gemm_tile=7)
-    x, w_packed, w_cl, b, args, ref = _channels_last_weight_call(cfg, dtype, 40 + case)
-    cuda = _cuda()
-    assert cuda.weight_in_place(args, cfg["n"], dtype, x.device, w_cl, True, kernel, True)
-    assert not cuda.weight_in_place(args, cfg["n"], dtype, x.device, w_packed, True, kernel,
-                                    True)
-    desc = cuda.describe(args, cfg["n"], dtype, x.device, True, kernel, True,
-                         weight_strides=w_cl.stride())
-    assert "kind=7 " in desc and desc.endswith(", weight read in place (channels_last_3d)"), desc
-    y_cl = cuda.forward(x, w_cl, b, args, kernel=kernel, out_channels_last=True)
-    y_packed = cuda.forward(x, w_packed, b, args, kernel=kernel, out_channels_last=True)
-    assert torch.equal(y_cl, y_packed)
-    _check(y_cl, ref, dtype)
-    w_off = _misaligned_copy(w_cl)
-    assert not cuda.weight_in_place(args, cfg["n"], dtype, x.device, w_off, True, kernel, True)
-    assert torch.equal(cuda.forward(x, w_off, b, args, kernel=kernel, out_channels_last=True),
-                       y_packed)
-    w_cl[1, 2, 0, 0, 0] = float("-inf")
-    y = cuda.forward(x, w_cl, b, args, kernel=kernel, out_channels_last=True).double()
-    inf_ref = F.conv_transpose3d(x.double(), w_cl.double(),
-                                 b.double() if b is not None else None, cfg["s"], cfg["p"],
-                                 cfg["op"], cfg["groups"], cfg["d"])
-    assert bool(torch.isinf(inf_ref).any())
-    assert torch.equal(torch.isnan(y), torch.isnan(inf_ref))
-    assert torch.equal(torch.isinf(y), torch.isinf(inf_ref))
-    assert torch.equal(y[inf_ref.isinf()], inf_ref[inf_ref.isinf()])
-
-
 @pytest.mark.parametrize("case", [0, 4])
 def test_implicit_gemm_shared_a_tile_nonfinite(case):
     """NaN and Inf reach exactly the outputs torch gives them (the tile flags its non-finite

@@ -1171,9 +1171,9 @@ def test_float32_all_phase_halo_split_at_load_where_two_copies_do_not_fit(device
 
 
 def test_tma_tiles_read_a_channels_last_weight_in_place():
-    """The forward's TMA tiles and its warpgroup shared-A tile (kind 7) read a 16-bit weight in
-    place (no pack) where its output channels are adjacent and its other strides are whole 16
-    bytes, its data 16-byte aligned; every other tile, layout or address is packed."""
+    """The forward's TMA tiles read a 16-bit weight in place (no pack) where its output
+    channels are adjacent and its other strides are whole 16 bytes, its data 16-byte aligned;
+    every other tile, layout or address is packed."""
     args = ph.sweep_args(SWEEP[3])  # 512 -> 256, 16^3, k2 s2: the TMA tiles
     cout_g, k = args.out_channels, tuple(args.kernel)
     taps = k[0] * k[1] * k[2]
@@ -1193,28 +1193,14 @@ def test_tma_tiles_read_a_channels_last_weight_in_place():
         # an expanded (stride 0) input channel
         assert not ph.weight_in_place(args, 1, dtype, dev, (0,) + cl[1:], channels_last=True,
                                       out_channels_last=True)
-    # neither: the sm_80 build's tiles, float32, the mma.sync shared-A tile named
+    # no TMA tile: the sm_80 build's tiles, float32, the shared-A tile named
     assert not ph.weight_in_place(args, 1, BF16, ph.H100, cl, channels_last=True,
                                   out_channels_last=True)
     assert not ph.weight_in_place(args, 1, F32, dev, cl, channels_last=True,
                                   out_channels_last=True)
     assert not ph.weight_in_place(args, 1, BF16, dev, cl, channels_last=True,
                                   out_channels_last=True,
-                                  kernel=cuda.ForwardKernel("gemm", gemm_tile=6))
-    # the warpgroup shared-A tile, named here and by the rule for sweep shape 3, reads it in
-    # place under the same conditions
-    assert ph.weight_in_place(args, 1, BF16, dev, cl, channels_last=True,
-                              out_channels_last=True,
-                              kernel=cuda.ForwardKernel("gemm", gemm_tile=7))
-    shared = ph.sweep_args(SWEEP[2])  # 128 -> 64, 32^3, k2 s2
-    k3 = tuple(shared.kernel)
-    shared_cl = (8 * 64, 1, k3[1] * k3[2] * 64, k3[2] * 64, 64)
-    assert "kind=7 " in ph.forward(shared, 2, BF16, dev, channels_last=True,
-                                   out_channels_last=True).text
-    assert ph.weight_in_place(shared, 2, BF16, dev, shared_cl, channels_last=True,
-                              out_channels_last=True)
-    assert not ph.weight_in_place(shared, 2, BF16, dev, shared_cl, base=8, channels_last=True,
-                                  out_channels_last=True)
+                                  kernel=cuda.ForwardKernel("gemm", gemm_tile=7))
     # 36 output channels: a kernel step of 72 bytes is no whole 16
     odd = ph.conv_args(128, 36, 2, 8, stride=2)
     assert "tma-box" in ph.forward(odd, 2, BF16, dev, channels_last=True,
