@@ -373,7 +373,8 @@ def _channels_last_weight_call(cfg, dtype, seed):
     xl, wl, bl, ref = _random_call(cfg, dtype, seed)
     x = xl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
     b = bl.to(DEV) if bl is not None else None
-    w_packed = wl.to(DEV)
+    # output channels never adjacent (a contiguous 1 x 1 x 1 weight is channels-last too)
+    w_packed = wl.to(DEV).transpose(0, 1).contiguous().transpose(0, 1)
     w_cl = w_packed.contiguous(memory_format=torch.channels_last_3d)
     args = check_conv_transpose3d(x, w_cl, b, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
                                   cfg["d"])
