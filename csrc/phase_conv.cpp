@@ -163,6 +163,13 @@ at::Tensor layout_buffer(const at::Tensor& weight, int64_t n, int** flag) {
   return out;
 }
 
+// The call's non-finite flag alone, zeroed, where no layout is made (a weight read in place).
+at::Tensor flag_buffer(const at::Tensor& weight, cudaStream_t stream, int** flag) {
+  at::Tensor out = layout_buffer(weight, 0, flag);
+  check_launch(cudaMemsetAsync(*flag, 0, sizeof(int), stream), "non-finite flag zero");
+  return out;
+}
+
 // The weight in a kernel's layout: one gather through `index` (phase_conv_pack.cuh).
 at::Tensor gather(const at::Tensor& weight, const at::Tensor& index,
                      cudaStream_t stream, int** flag = nullptr) {
@@ -404,8 +411,12 @@ class ForwardPlan {
     at::Tensor yk = copy_out_ ? at::empty(out_sizes_, x.options()) : y;
     PhaseConvFwdParams p = params_;
     int* flag = nullptr;
+    // the weight read in place (no pack), or packed into the layout the kernel reads; the
+    // pack zeroes the call's non-finite flag, a memset does where nothing packs
+    const bool in_place = weight_in_place(weight);
     const at::Tensor wl =
-        plan_.weight_mma
+        in_place ? flag_buffer(weight, stream, &flag)
+        : plan_.weight_mma
             ? pack_mma(weight, mma_pack_of(weight, params_.groups, mma_taps_.data_ptr<int64_t>(),
                                            false, 16 / (int)weight.element_size()),
                        stream, &flag)
@@ -426,7 +437,10 @@ class ForwardPlan {
       p.bias = b.data_ptr();
     }
     p.x = xl.data_ptr();
-    if (plan_.weight_mma) {
+    if (in_place) {
+      p.weight_cl = weight.data_ptr();
+      p.weight_mma = nullptr;
+    } else if (plan_.weight_mma) {
       p.weight_mma = wl.data_ptr();
     } else {
       p.weight = wl.data_ptr();
@@ -459,6 +473,19 @@ class ForwardPlan {
   }
   bool reads_channels_last() const { return plan_.x_channels_last != 0; }
   bool reads_tensor_core_weight() const { return plan_.weight_mma != 0; }
+  // whether a call reads `weight` in place (phase_conv_fwd_weight_in_place), not packed
+  bool weight_in_place(const at::Tensor& weight) const {
+    return phase_conv_fwd_weight_in_place(plan_, weight.sizes().data(), weight.strides().data(),
+                                          (int)weight.element_size(),
+                                          reinterpret_cast<uintptr_t>(weight.data_ptr()));
+  }
+  // the same for a weight of the plan's sizes with these strides at an aligned address
+  // (describe(): a module's weight layout, no tensor)
+  bool weight_strides_in_place(const std::vector<int64_t>& strides) const {
+    TORCH_CHECK(strides.size() == 5, "phaseconv cuda engine: a weight has 5 strides.");
+    return phase_conv_fwd_weight_in_place(plan_, w_sizes_.data(), strides.data(),
+                                          (int)c10::elementSize(dtype_), 0);
+  }
 
  private:
   c10::Device device_;
@@ -618,15 +645,19 @@ class BackwardPlan {
       if (gi_plan_.family != PHASECONV_EMPTY) {
         int* flag = nullptr;
         const at::Tensor& gyi = gi_cl ? gy_cl : gy;
+        // the weight read in place (no pack: a memset zeroes the flag), or packed
+        const bool in_place = gi_cl && weight_in_place(weight);
         const at::Tensor wl =
-            gi_cl ? pack_mma(weight, mma_pack_of(weight, gi_params_.groups, nullptr, true,
-                                                 gi_cg_),
-                             stream, &flag)
-                  : gather(weight, gi_index_, stream, &flag);
+            in_place ? flag_buffer(weight, stream, &flag)
+            : gi_cl  ? pack_mma(weight, mma_pack_of(weight, gi_params_.groups, nullptr, true,
+                                                    gi_cg_),
+                                stream, &flag)
+                     : gather(weight, gi_index_, stream, &flag);
         PhaseConvFwdParams q = gi_params_;
         q.x = gyi.data_ptr();
-        q.weight = wl.data_ptr();
-        q.weight_mma = gi_cl ? wl.data_ptr() : nullptr;
+        q.weight = in_place ? nullptr : wl.data_ptr();
+        q.weight_mma = gi_cl && !in_place ? wl.data_ptr() : nullptr;
+        q.weight_cl = in_place ? weight.data_ptr() : nullptr;
         q.y = out.data_ptr();
         q.y_channels_last = gx_direct ? 1 : 0;
         q.exact.out_channels_last = q.y_channels_last;
@@ -672,6 +703,17 @@ class BackwardPlan {
   }
 
   std::string grad_input_description() const { return gi_plan_.text; }
+  // whether the input gradient reads `weight` in place (phase_conv_bwd_input_weight_in_place)
+  bool weight_in_place(const at::Tensor& weight) const {
+    return phase_conv_bwd_input_weight_in_place(
+        gi_plan_, weight.sizes().data(), weight.strides().data(), (int)weight.element_size(),
+        reinterpret_cast<uintptr_t>(weight.data_ptr()));
+  }
+  bool weight_strides_in_place(const std::vector<int64_t>& strides) const {
+    TORCH_CHECK(strides.size() == 5, "phaseconv cuda engine: a weight has 5 strides.");
+    return phase_conv_bwd_input_weight_in_place(gi_plan_, w_sizes_.data(), strides.data(),
+                                                (int)c10::elementSize(dtype_), 0);
+  }
   std::string grad_weight_description() const { return gw_plan_.text; }
 
  private:
@@ -789,7 +831,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("description", &ForwardPlan::description)
       .def_property_readonly("reads_channels_last", &ForwardPlan::reads_channels_last)
       .def_property_readonly("reads_tensor_core_weight",
-                             &ForwardPlan::reads_tensor_core_weight);
+                             &ForwardPlan::reads_tensor_core_weight)
+      .def("weight_in_place", &ForwardPlan::weight_in_place, py::arg("weight"))
+      .def("weight_strides_in_place", &ForwardPlan::weight_strides_in_place,
+           py::arg("strides"));
   py::class_<BackwardPlan>(m, "BackwardPlan")
       .def(py::init<const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                     std::vector<int64_t>, std::vector<int64_t>, const at::Tensor&,
@@ -807,7 +852,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("grad_input_description",
                              &BackwardPlan::grad_input_description)
       .def_property_readonly("grad_weight_description",
-                             &BackwardPlan::grad_weight_description);
+                             &BackwardPlan::grad_weight_description)
+      .def("weight_in_place", &BackwardPlan::weight_in_place, py::arg("weight"))
+      .def("weight_strides_in_place", &BackwardPlan::weight_strides_in_place,
+           py::arg("strides"));
   m.def("gather_weight", &gather_binding,
         "The weight gathered through an int32 index map (phase_conv_pack.cuh).",
         py::arg("weight"), py::arg("index"));

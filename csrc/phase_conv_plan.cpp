@@ -1698,6 +1698,35 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
   return true;
 }
 
+namespace {
+// A TMA tile's map of the weight itself: 16-bit, output channels adjacent, the other strides
+// whole 16 bytes (dimensions longer than 1), the base 16-byte aligned.
+bool tma_weight_in_place(int family, const phaseconv::GemmCfg& gemm, const int64_t* sizes,
+                         const int64_t* strides, int elem_size, uintptr_t base) {
+  if (family != PHASECONV_GEMM || gemm.kind < 8 || gemm.kind > 11 || elem_size != 2 ||
+      base % 16 != 0)
+    return false;
+  if (sizes[1] > 1 && strides[1] != 1) return false;
+  for (int d = 0; d < 5; ++d)
+    if (d != 1 && sizes[d] > 1 && (strides[d] <= 0 || (strides[d] * elem_size) % 16 != 0))
+      return false;
+  return true;
+}
+}  // namespace
+
+bool phase_conv_fwd_weight_in_place(const PhaseConvFwdPlan& plan, const int64_t* sizes,
+                                    const int64_t* strides, int elem_size, uintptr_t base) {
+  return tma_weight_in_place(plan.family, plan.gemm, sizes, strides, elem_size, base);
+}
+
+bool phase_conv_bwd_input_weight_in_place(const PhaseConvBwdInputPlan& plan,
+                                          const int64_t* sizes, const int64_t* strides,
+                                          int elem_size, uintptr_t base) {
+  // (the 128-row kinds: the input gradient's rule takes no other)
+  return plan.grad_y_channels_last && phaseconv::gemm_tma_rows(plan.gemm.kind) == 128 &&
+         tma_weight_in_place(plan.family, plan.gemm, sizes, strides, elem_size, base);
+}
+
 bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
                                const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan) {
   plan->text[0] = 0;

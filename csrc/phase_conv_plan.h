@@ -100,6 +100,10 @@ struct PhaseConvFwdParams {
   // the operands as the definition reads them: where a stored element is not finite, the
   // kernels recompute it from its real pairs (phase_conv_exact.cuh)
   PhaseConvExact exact;
+  // the TMA tiles: the weight itself (exact.b, its strides exact.bs) where
+  // phase_conv_fwd_weight_in_place (phase_conv_bwd_input_weight_in_place) says they read it
+  // in place, else nullptr (weight_mma then)
+  const void* weight_cl = nullptr;
 };
 
 struct PhaseConvBwdWeightParams {
@@ -464,6 +468,14 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
                          const PhaseConvForce& force, const phaseconv::DevInfo& dev,
                          PhaseConvFwdPlan* plan);
 
+// Whether the planned forward reads a weight (C_in, C_out/g, kD, kH, kW) of these sizes and
+// element strides at address `base` in place, with no pack: the TMA tiles (kinds 8-11) do
+// where the output channels are adjacent (stride 1, as in a channels_last_3d weight), every
+// other stride of a dimension longer than 1 is a multiple of 16 bytes, and base is 16-byte
+// aligned.  Then the launch takes params.weight_cl, not weight_mma.
+bool phase_conv_fwd_weight_in_place(const PhaseConvFwdPlan& plan, const int64_t* sizes,
+                                    const int64_t* strides, int elem_size, uintptr_t base);
+
 // The input gradient in grad-input mode (phase_conv_fwd.cuh).  The rule: depthwise layers
 // (C_in/groups = C_out/groups = 1, any dtype) the depthwise kernel where a tile's grad_y box
 // fits 48 KB of shared memory and the taps of all phases number at most kDwBwdMaxTaps;
@@ -484,6 +496,13 @@ bool phase_conv_fwd_plan(const PhaseConvFwdParams& params, int dtype_code,
 constexpr int PHASECONV_GI_TILE_SHIFT = 8;
 bool phase_conv_bwd_input_plan(const PhaseConvFwdParams& params, int dtype_code, int force,
                                const phaseconv::DevInfo& dev, PhaseConvBwdInputPlan* plan);
+
+// The same as phase_conv_fwd_weight_in_place for the input gradient's plan, its 128-row TMA
+// tiles (kinds 8, 10: they read the weight's output channels as their reduction); then the
+// launch takes weight_cl.
+bool phase_conv_bwd_input_weight_in_place(const PhaseConvBwdInputPlan& plan,
+                                          const int64_t* sizes, const int64_t* strides,
+                                          int elem_size, uintptr_t base);
 
 // The weight gradient (phase_conv_bwd.cuh).  The rule: depthwise layers (any dtype) the
 // depthwise kernel under the input gradient's conditions; float32/float16/bfloat16 with

@@ -94,6 +94,28 @@ cudaError_t phase_conv_tma_encode_rows(PhaseConvTensorMap* map, const void* base
 #endif
 }
 
+cudaError_t phase_conv_tma_encode_weight_cl(PhaseConvTensorMap* map, const void* base,
+                                            int64_t c_in, int64_t cout_g, const int64_t* kernel,
+                                            const int64_t* strides, int box_co, int box_ci) {
+#if PHASECONV_TMA_HOST
+  if ((box_co != 64 && box_co != 32) || box_ci < 1 || box_ci > 256) return cudaErrorInvalidValue;
+  // innermost first: C_out/g, kW, kH, kD, C_in (a channels_last_3d weight's order); strides
+  // in bytes of dims 1-4
+  const cuuint64_t dims[5] = {(cuuint64_t)cout_g, (cuuint64_t)kernel[2], (cuuint64_t)kernel[1],
+                              (cuuint64_t)kernel[0], (cuuint64_t)c_in};
+  const cuuint64_t bytes[4] = {(cuuint64_t)strides[3] * 2, (cuuint64_t)strides[2] * 2,
+                               (cuuint64_t)strides[1] * 2, (cuuint64_t)strides[0] * 2};
+  const cuuint32_t box[5] = {(cuuint32_t)box_co, 1, 1, 1, (cuuint32_t)box_ci};
+  const cuuint32_t step[5] = {1, 1, 1, 1, 1};
+  return encode_tiled(map, base, 5, dims, bytes, box, step,
+                      box_co == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B);
+#else
+  (void)map; (void)base; (void)c_in; (void)cout_g; (void)kernel; (void)strides; (void)box_co;
+  (void)box_ci;
+  return cudaErrorNotSupported;
+#endif
+}
+
 #if PHASECONV_TMA_HOST
 namespace phaseconv {
 

@@ -64,6 +64,18 @@ cudaError_t phase_conv_tma_box_copy(const void* x, int64_t n, int64_t d, int64_t
 cudaError_t phase_conv_tma_encode_rows(PhaseConvTensorMap* map, const void* base, int64_t rows,
                                        int64_t cols, int box_cols, int box_rows, int fold);
 
+// The 5-D map of a weight (C_in, C_out/g, kD, kH, kW) whose output channels are adjacent
+// (stride 1: a channels_last_3d weight), read in place: dims innermost first (C_out/g, kW,
+// kH, kD, C_in), `strides` the element strides of (C_in, kD, kH, kW), each a multiple of 8,
+// base 16-byte aligned.  Boxes of {box_co, 1, 1, 1, box_ci} at (co, kw, kh, kd, ci): box_ci
+// rows of box_co output channels at one kernel tap, in the 128-byte swizzle (box_co 64) or
+// the 64-byte one (32): wgmma's MN-major B where the output channels are its columns (the
+// forward), its K-major B where they are its reduction (the input gradient); zero past the
+// tensor.
+cudaError_t phase_conv_tma_encode_weight_cl(PhaseConvTensorMap* map, const void* base,
+                                            int64_t c_in, int64_t cout_g, const int64_t* kernel,
+                                            const int64_t* strides, int box_co, int box_ci);
+
 #ifdef __CUDACC__
 namespace phaseconv_tma {
 

@@ -79,17 +79,18 @@ template <int R> __device__ __forceinline__ void fence_operand(float (&d)[R]) {
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// D[64 x N] (+)= A[64 x 16] * B[16 x N], both K-major in shared memory (MN: both MN-major);
+// D[64 x N] (+)= A[64 x 16] * B[16 x N] in shared memory, each K-major or (MN_A, MN_B 1)
+// MN-major;
 // f32 accumulators, thread t of warp w holding rows 16w + t/4 (+8), columns 8j + 2(t%4) (+1)
 // at d[4j .. 4j+3] (the mma.sync m16n8 accumulator layout, repeated over N/8).  scale_d 0:
 // D = A*B.
-template <typename T, int N, int MN = 0> struct Wgmma;
+template <typename T, int N, int MN_A = 0, int MN_B = MN_A> struct Wgmma;
 
 #if PHASECONV_WGMMA
 // The m64n{32,64,128}k16 shapes for 16-bit type T (PTX type name TY): inline PTX needs its
 // operand list spelled out.
 #define PHASECONV_WGMMA_SHAPES(T, TY) \
-template <int MN> struct Wgmma<T, 32, MN> { \
+template <int MN_A, int MN_B> struct Wgmma<T, 32, MN_A, MN_B> { \
   static __device__ __forceinline__ void run(float (&d)[16], uint64_t da, uint64_t db, \
                                              int scale_d) { \
     asm volatile( \
@@ -97,14 +98,14 @@ template <int MN> struct Wgmma<T, 32, MN> { \
         "setp.ne.b32 p, %18, 0;\n" \
         "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " " \
         "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, " \
-        "%16, %17, p, 1, 1, %19, %19;\n}\n" \
+        "%16, %17, p, 1, 1, %19, %20;\n}\n" \
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), \
           "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), \
           "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]) \
-        : "l"(da), "l"(db), "r"(scale_d), "n"(MN)); \
+        : "l"(da), "l"(db), "r"(scale_d), "n"(MN_A), "n"(MN_B)); \
   } \
 }; \
-template <int MN> struct Wgmma<T, 64, MN> { \
+template <int MN_A, int MN_B> struct Wgmma<T, 64, MN_A, MN_B> { \
   static __device__ __forceinline__ void run(float (&d)[32], uint64_t da, uint64_t db, \
                                              int scale_d) { \
     asm volatile( \
@@ -113,17 +114,17 @@ template <int MN> struct Wgmma<T, 64, MN> { \
         "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " \
         "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15," \
         "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, " \
-        "%32, %33, p, 1, 1, %35, %35;\n}\n" \
+        "%32, %33, p, 1, 1, %35, %36;\n}\n" \
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), \
           "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), \
           "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), \
           "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), \
           "+f"(d[30]), "+f"(d[31]) \
-        : "l"(da), "l"(db), "r"(scale_d), "n"(MN)); \
+        : "l"(da), "l"(db), "r"(scale_d), "n"(MN_A), "n"(MN_B)); \
   } \
 }; \
-template <int MN> struct Wgmma<T, 128, MN> { \
+template <int MN_A, int MN_B> struct Wgmma<T, 128, MN_A, MN_B> { \
   static __device__ __forceinline__ void run(float (&d)[64], uint64_t da, uint64_t db, \
                                              int scale_d) { \
     asm volatile( \
@@ -134,7 +135,7 @@ template <int MN> struct Wgmma<T, 128, MN> { \
         "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31," \
         "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47," \
         "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, " \
-        "%64, %65, p, 1, 1, %67, %67;\n}\n" \
+        "%64, %65, p, 1, 1, %67, %68;\n}\n" \
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), \
           "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), \
           "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), \
@@ -146,7 +147,7 @@ template <int MN> struct Wgmma<T, 128, MN> { \
           "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), \
           "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), \
           "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
-        : "l"(da), "l"(db), "r"(scale_d), "n"(MN)); \
+        : "l"(da), "l"(db), "r"(scale_d), "n"(MN_A), "n"(MN_B)); \
   } \
 };
 
@@ -154,7 +155,7 @@ PHASECONV_WGMMA_SHAPES(__nv_bfloat16, "bf16")
 PHASECONV_WGMMA_SHAPES(__half, "f16")
 #undef PHASECONV_WGMMA_SHAPES
 #else
-template <typename T, int N, int MN> struct Wgmma {
+template <typename T, int N, int MN_A, int MN_B> struct Wgmma {
   static __device__ __forceinline__ void run(float (&)[N / 2], uint64_t, uint64_t, int) {
     __trap();
   }

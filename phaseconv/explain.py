@@ -221,7 +221,7 @@ def explain(layer_or_args: LayerSpec, input_shape: Sequence[int],
         kernel_text, grad_input_text, grad_weight_text = _cuda_kernels(
             plan, batch, in_channels, out_channels, groups, kernel, stride, padding, dilation,
             device, dtype, engines.input_layout(xm) == 1,
-            engines.output_channels_last(xm, wm, device))
+            engines.output_channels_last(xm, wm, device), weight_strides)
     return Explanation(plan, batch, in_channels, out_channels, groups, engine,
                        batch * plan.macs_per_sample(in_channels, out_channels, groups),
                        batch * plan.zero_insertion_macs_per_sample(in_channels, out_channels,
@@ -238,9 +238,11 @@ def _reference_path(plan, in_channels, out_channels, groups, device, dtype) -> s
 
 
 def _cuda_kernels(plan, batch, in_channels, out_channels, groups, kernel, stride, padding,
-                  dilation, device, dtype, channels_last, out_channels_last):
+                  dilation, device, dtype, channels_last, out_channels_last,
+                  weight_strides=None):
     """(forward, input-gradient, weight-gradient) kernel descriptions from the CUDA engine's
-    plans for these arguments (the plans a call would use; no tensor of the input's size)."""
+    plans for these arguments (the plans a call would use; no tensor of the input's size);
+    ``weight_strides``: a module's weight layout (whether the forward reads it in place)."""
     from .engines import cuda  # builds the extension on first use
 
     args = ConvArgs(True, tuple(stride), tuple(padding),
@@ -248,6 +250,7 @@ def _cuda_kernels(plan, batch, in_channels, out_channels, groups, kernel, stride
                     tuple(kernel), in_channels, out_channels, plan.in_shape, plan.out_shape)
     batch = max(batch, 1)
     forward = cuda.describe(args, batch, dtype, device, channels_last,
-                            out_channels_last=out_channels_last)
-    grad_input, grad_weight = cuda.describe_backward(args, batch, dtype, device)
+                            out_channels_last=out_channels_last, weight_strides=weight_strides)
+    grad_input, grad_weight = cuda.describe_backward(args, batch, dtype, device,
+                                                     weight_strides)
     return forward, grad_input, grad_weight

@@ -94,18 +94,44 @@ def _tables(args: ConvArgs, dtype: torch.dtype) -> cuda.HostTables:
                             cuda._MMA_CHANNELS.get(dtype, 0))
 
 
+def _forward_geometry(args: ConvArgs, batch: int, dtype: torch.dtype, channels_last: bool,
+                      out_channels_last: bool) -> list:
+    host = _tables(args, dtype)
+    return [batch, args.in_channels, args.out_channels, args.groups, *args.in_shape,
+            *args.out_shape, *host.stride, *host.phase_dilation, *host.max_taps,
+            host.total_taps, *host.union_box, int(dtype in cuda._MMA_CHANNELS),
+            int(channels_last and dtype != torch.float64), int(out_channels_last)]
+
+
 def forward(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,
             channels_last: bool = False, kernel="auto", out_channels_last: bool = False) -> Plan:
     """The forward's plan (what ``engines.cuda.forward_plan`` launches on ``device``);
     ``out_channels_last``: the result is wanted ``channels_last_3d``."""
-    host = _tables(args, dtype)
-    geometry = ([batch, args.in_channels, args.out_channels, args.groups, *args.in_shape,
-                 *args.out_shape, *host.stride, *host.phase_dilation, *host.max_taps,
-                 host.total_taps, *host.union_box, int(dtype in cuda._MMA_CHANNELS),
-                 int(channels_last and dtype != torch.float64), int(out_channels_last)])
+    geometry = _forward_geometry(args, batch, dtype, channels_last, out_channels_last)
     fn = library().phaseconv_plan_forward
     ok, out, text = _call(fn, geometry, dtype, cuda.forward_kernel(kernel).codes(), device, 3)
     return Plan(ok, FAMILIES[out[0]] if ok else "refused", text, bool(out[1]))
+
+
+def weight_in_place(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,
+                    strides, base: int = 0, channels_last: bool = False, kernel="auto",
+                    out_channels_last: bool = False) -> bool:
+    """Whether the forward's plan reads a weight of these element strides at address ``base``
+    in place (``engines.cuda.weight_in_place``)."""
+    geometry = _forward_geometry(args, batch, dtype, channels_last, out_channels_last)
+    sizes = (args.in_channels, args.out_channels // args.groups) + tuple(args.kernel)
+    i64 = ctypes.c_int64
+    g = (i64 * len(geometry))(*geometry)
+    dev = (i64 * 4)(device.sms, device.smem_optin, device.smem_sm, device.wgmma)
+    force = (i64 * 7)(*cuda.forward_kernel(kernel).codes())
+    w = (i64 * 10)(*sizes, *strides)
+    fn = library().phaseconv_plan_forward_weight_in_place
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.c_void_p, ctypes.c_int, i64]
+    ok = fn(g, DTYPES[dtype], force, dev, w, torch.empty((), dtype=dtype).element_size(),
+            base)
+    assert ok >= 0, "no plan"
+    return bool(ok)
 
 
 def grad_input(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,

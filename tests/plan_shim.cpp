@@ -24,10 +24,10 @@ void copy_text(const char* text, char* out, int len) {
 }  // namespace
 
 // g: n, c_in, c_out, groups, in[3], out[3], stride[3], phase_dilation[3], max_taps[3],
-// total_taps, union_box[6], tensor-core layout available, x offered channels-last.
-// force: PhaseConvForce's seven fields.  out: family, x_channels_last, weight_mma.
-extern "C" int phaseconv_plan_forward(const int64_t* g, int dtype, const int64_t* force,
-                                      const int64_t* dev, int64_t* out, char* text, int len) {
+// total_taps, union_box[6], tensor-core layout available, x offered channels-last, y wanted
+// channels-last.  force: PhaseConvForce's seven fields.
+static bool plan_forward(const int64_t* g, int dtype, const int64_t* force, const int64_t* dev,
+                         PhaseConvFwdPlan* plan) {
   PhaseConvFwdParams p{};
   p.n = g[0]; p.c_in = g[1]; p.c_out = g[2]; p.groups = g[3];
   p.in_d = g[4]; p.in_h = g[5]; p.in_w = g[6];
@@ -45,11 +45,28 @@ extern "C" int phaseconv_plan_forward(const int64_t* g, int dtype, const int64_t
   f.family = (int)force[0]; f.input_layout = (int)force[1]; f.gemm_tile = (int)force[2];
   f.gemm_one_phase = (int)force[3]; f.gemm_k32 = (int)force[4];
   f.direct_stores = (int)force[5]; f.allph_tile = (int)force[6];
+  return phase_conv_fwd_plan(p, dtype, f, device(dev), plan);
+}
+
+// The forward's plan (g, force: plan_forward's).  out: family, x_channels_last, weight_mma.
+extern "C" int phaseconv_plan_forward(const int64_t* g, int dtype, const int64_t* force,
+                                      const int64_t* dev, int64_t* out, char* text, int len) {
   PhaseConvFwdPlan plan;
-  const bool ok = phase_conv_fwd_plan(p, dtype, f, device(dev), &plan);
+  const bool ok = plan_forward(g, dtype, force, dev, &plan);
   out[0] = plan.family; out[1] = plan.x_channels_last; out[2] = plan.weight_mma;
   copy_text(plan.text, text, len);
   return ok ? 1 : 0;
+}
+
+// Whether the forward's plan reads a weight of sizes w[0..4] and element strides w[5..9]
+// (elem_size bytes an element) at address `base` in place; -1 where no plan is made.
+extern "C" int phaseconv_plan_forward_weight_in_place(const int64_t* g, int dtype,
+                                                      const int64_t* force, const int64_t* dev,
+                                                      const int64_t* w, int elem_size,
+                                                      int64_t base) {
+  PhaseConvFwdPlan plan;
+  if (!plan_forward(g, dtype, force, dev, &plan)) return -1;
+  return phase_conv_fwd_weight_in_place(plan, w, w + 5, elem_size, (uintptr_t)base) ? 1 : 0;
 }
 
 // The layer's kernel, padding and dilation (g[0..8]) with its stride, as the exact geometry.

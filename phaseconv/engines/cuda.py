@@ -23,9 +23,12 @@ groups, channels) fixes, once, a few small device tables (:func:`layer_tables`):
   its blocks concatenated) and one table row per phase with taps.
 
 Each forward packs the weight into the layout its kernel reads (one launch,
-``csrc/phase_conv_pack.cu``) and runs the kernel; the backward packs the input gradient's blocks, or
-its tensor-core layout (one launch), runs the one-launch input gradient and the weight gradient,
-which writes straight into a tensor with the weight's own strides.  The launches are planned once
+``csrc/phase_conv_pack.cu``) and runs the kernel; the backward packs the input gradient's
+blocks, or its tensor-core layout (one launch), runs the one-launch input gradient and the
+weight gradient, which writes straight into a tensor with the weight's own strides.  The TMA
+tiles (forward and input gradient) read a 16-bit ``channels_last_3d`` weight in place instead
+(:func:`weight_in_place`, :func:`grad_input_weight_in_place`: no pack; a memset zeroes the
+call's non-finite flag).  The launches are planned once
 per (input shape, layout, dtype, device): :class:`ForwardPlan` / :class:`BackwardPlan` in
 ``csrc/phase_conv.cpp`` keep the kernel plan, so a call does no tile search, and no call
 waits for the GPU (the tables reach the device by asynchronous copies from pinned memory).
@@ -58,12 +61,15 @@ _HEADERS = ("phase_conv_plan.h", "phase_conv_dtype.cuh", "phase_conv_exact.cuh",
             "phase_conv_mma.cuh", "phase_conv_wgmma.cuh", "phase_conv_pack.cuh",
             "phase_conv_launch.cuh", "phase_conv_tma.cuh",
             "phase_conv_fwd.cuh",
-            "phase_conv_fwd_common.cuh", "phase_conv_bwd.cuh", "phase_conv_bwd_depthwise.cuh",
+            "phase_conv_fwd_common.cuh", "phase_conv_fwd_gemm.cuh", "phase_conv_fwd_gemm_tma.cuh",
+            "phase_conv_bwd.cuh", "phase_conv_bwd_depthwise.cuh",
             "phase_conv_bwd_narrow.cuh", "phase_conv_bwd_input_narrow.cuh")
 # one translation unit each, compiled in parallel (kernel families: phase_conv_fwd_common.cuh)
 _CUDA_SOURCES = ("phase_conv_pack.cu", "phase_conv_layout.cu", "phase_conv_fwd_tiled.cu",
                  "phase_conv_fwd_naive.cu", "phase_conv_fwd_mma.cu",
                  "phase_conv_fwd_allphase.cu", "phase_conv_fwd_gemm.cu",
+                 "phase_conv_fwd_gemm_tma_packed.cu", "phase_conv_fwd_gemm_tma_weight_mn.cu",
+                 "phase_conv_fwd_gemm_tma_weight_k.cu",
                  "phase_conv_fwd_depthwise.cu", "phase_conv_fwd.cu",
                  "phase_conv_bwd.cu", "phase_conv_bwd_depthwise.cu",
                  "phase_conv_bwd_narrow.cu", "phase_conv_bwd_input_narrow.cu",
@@ -624,10 +630,26 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
 
 
 def describe(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
-             channels_last: bool = False, kernel="auto", out_channels_last: bool = False) -> str:
-    """The kernel and tile :func:`forward` launches for these arguments."""
-    return forward_plan(args, batch, dtype, device, channels_last, False,
-                        kernel, out_channels_last)[1].description
+             channels_last: bool = False, kernel="auto", out_channels_last: bool = False,
+             weight_strides: Optional[Tuple[int, ...]] = None) -> str:
+    """The kernel and tile :func:`forward` launches for these arguments; with
+    ``weight_strides`` (a weight's layout), whether it reads that weight in place."""
+    plan = forward_plan(args, batch, dtype, device, channels_last, False,
+                        kernel, out_channels_last)[1]
+    if weight_strides is not None and plan.weight_strides_in_place(list(weight_strides)):
+        return plan.description + ", weight read in place (channels_last_3d)"
+    return plan.description
+
+
+def weight_in_place(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
+                    weight: torch.Tensor, channels_last: bool = False, kernel="auto",
+                    out_channels_last: bool = False) -> bool:
+    """Whether :func:`forward` reads ``weight`` in place, with no pack (the TMA tiles: a 16-bit
+    weight whose output channels are adjacent, as in ``channels_last_3d``, its other strides
+    multiples of 16 bytes, its data 16-byte aligned)."""
+    plan = forward_plan(args, batch, dtype, device, channels_last, False, kernel,
+                        out_channels_last)[1]
+    return bool(plan.weight_in_place(weight))
 
 
 GI_TILE_SHIFT = 8  # csrc/phase_conv_plan.h: PHASECONV_GI_TILE_SHIFT
@@ -713,11 +735,26 @@ def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, args: 
     return plan(grad_y, x, weight, need_input, need_weight, bool(grad_input_channels_last))
 
 
-def describe_backward(args: ConvArgs, batch: int, dtype: torch.dtype,
-                      device: torch.device) -> Tuple[str, str]:
-    """(input-gradient, weight-gradient) kernels :func:`backward` launches."""
+def describe_backward(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
+                      weight_strides: Optional[Tuple[int, ...]] = None) -> Tuple[str, str]:
+    """(input-gradient, weight-gradient) kernels :func:`backward` launches; with
+    ``weight_strides`` (a weight's layout), whether the input gradient reads it in place."""
     plan = backward_plan(args, batch, dtype, device)[1]
-    return plan.grad_input_description, plan.grad_weight_description
+    grad_input = plan.grad_input_description
+    if weight_strides is not None and plan.weight_strides_in_place(list(weight_strides)):
+        grad_input += ", weight read in place (channels_last_3d)"
+    return grad_input, plan.grad_weight_description
+
+
+def grad_input_weight_in_place(args: ConvArgs, batch: int, dtype: torch.dtype,
+                               device: torch.device, weight: torch.Tensor,
+                               grad_input_kernel: str = "auto",
+                               grad_input_tile: Optional[int] = None) -> bool:
+    """Whether :func:`backward`'s input gradient reads ``weight`` in place, with no pack (its
+    TMA tiles, under :func:`weight_in_place`'s conditions)."""
+    plan = backward_plan(args, batch, dtype, device, grad_input_kernel,
+                         grad_input_tile=grad_input_tile)[1]
+    return bool(plan.weight_in_place(weight))
 
 
 def gather(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -103,6 +103,17 @@ def test_package_carries_its_cuda_sources():
     assert {"phase_conv_fwd.cu", "phase_conv_fwd.cuh", "phase_conv.cpp"} <= names
 
 
+def test_source_hash_covers_every_shipped_source():
+    """An edit to any file of csrc/ changes the hash that decides whether a built engine is
+    used, and every .cu and .cpp file is compiled."""
+    from phaseconv.engines import cuda
+
+    names = {p.name for p in cuda.CSRC.iterdir() if p.suffix in (".h", ".cuh", ".cu", ".cpp")}
+    assert names == set(cuda._SOURCES)
+    assert {n for n in names if n.endswith((".cu", ".cpp"))} == set(cuda._CUDA_SOURCES +
+                                                                    cuda._CPP_SOURCES)
+
+
 def test_info_reports_versions_engines_and_the_build_cache():
     result = subprocess.run([sys.executable, "-m", "phaseconv", "info"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=300)

@@ -147,21 +147,27 @@ def main(argv=()) -> int:
             b = torch.randn(co, device="cuda").to(dtype)
             ref = F.conv_transpose3d(x.double(), w.double(), b.double(), s, p, op, g, d)
             args = check_conv_transpose3d(x, w, b, s, p, op, g, d)
+            w_cl = w.contiguous(memory_format=torch.channels_last_3d)
             for kernel, channels_last in KERNELS:
                 xin = x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
-                try:
-                    y = cuda.forward(xin, w, b, args, kernel=kernel)
-                except RuntimeError as exc:
-                    if "was forced and" not in str(exc):
-                        raise
-                    refused += 1
-                    continue
-                runs += 1
-                err = (y.double() - ref).abs().max().item() / max(1.0, ref.abs().max().item())
-                tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 2e-5
-                if not err <= tol:
-                    failures += 1
-                    print("FAIL", (n, ci, co, g, size, k, s, p, op, d), dtype, kernel, err)
+                # the TMA tiles also read a channels-last weight in place
+                tma = isinstance(kernel, ForwardKernel) and kernel.gemm_tile >= 8
+                for win in (w, w_cl) if tma and dtype != torch.float32 else (w,):
+                    try:
+                        y = cuda.forward(xin, win, b, args, kernel=kernel)
+                    except RuntimeError as exc:
+                        if "was forced and" not in str(exc):
+                            raise
+                        refused += 1
+                        continue
+                    runs += 1
+                    err = (y.double() - ref).abs().max().item() / max(1.0,
+                                                                      ref.abs().max().item())
+                    tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 2e-5
+                    if not err <= tol:
+                        failures += 1
+                        print("FAIL", (n, ci, co, g, size, k, s, p, op, d), dtype, kernel,
+                              "weight", "channels-last" if win is w_cl else "", err)
         # the CUDA backward by the rule, then every kernel forced: grad_input on the
         # tensor-core kernel (where it applies) and the naive kernel, grad_weight on tensor
         # cores (where they apply) and the SIMT kernel, both depthwise kernels on depthwise

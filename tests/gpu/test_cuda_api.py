@@ -827,6 +827,7 @@ def test_input_gradient_on_each_implicit_gemm_tile(case):
     xc, wc, gyc, args, (expected, _) = _layer_case(n, cin, cout, g, size, k, s, p, op, d,
                                                    torch.bfloat16, case)
     ran = []
+    w_cl = wc.contiguous(memory_format=torch.channels_last_3d)
     for tile in range(cuda.GEMM_TILE_KINDS):
         try:
             desc = cuda.backward_plan(args, n, torch.bfloat16, xc.device, "implicit-gemm",
@@ -835,13 +836,21 @@ def test_input_gradient_on_each_implicit_gemm_tile(case):
             assert "the named tile cannot take the layer" in str(refused), str(refused)
             continue
         assert f"kind={tile} " in desc, desc
-        got = cuda.backward(gyc, xc, wc, args, need_weight=False,
-                            grad_input_kernel="implicit-gemm", grad_input_tile=tile)[0]
+        named = dict(grad_input_kernel="implicit-gemm", grad_input_tile=tile)
+        got = cuda.backward(gyc, xc, wc, args, need_weight=False, **named)[0]
         rel = ((got.double().cpu() - expected).norm() / expected.norm()).item()
         assert rel < _GRADIENT_TOL[torch.bfloat16], (tile, rel)
         assert torch.equal(got, cuda.backward(gyc, xc, wc, args, need_weight=False,
-                                              grad_input_kernel="implicit-gemm",
-                                              grad_input_tile=tile)[0])
+                                              **named)[0])
+        # a channels_last_3d weight: read in place by the 128-row TMA tiles (whole 16 bytes of
+        # output channels a kernel tap), else packed; the same bits either way
+        in_place = cuda.grad_input_weight_in_place(args, n, torch.bfloat16, xc.device, w_cl,
+                                                   **named)
+        assert in_place == (tile in (8, 10) and (cout // g) % 8 == 0), (tile, in_place)
+        assert not cuda.grad_input_weight_in_place(args, n, torch.bfloat16, xc.device, wc,
+                                                   **named)
+        assert torch.equal(got, cuda.backward(gyc, xc, w_cl, args, need_weight=False,
+                                              **named)[0]), tile
         ran.append(tile)
     assert ran[:4] == [0, 1, 2, 3], ran
     if cuda.warpgroup_kernels() and (cout // g) % 32 == 0:
@@ -1151,6 +1160,17 @@ def test_explain_follows_the_input_memory_format():
     double = phaseconv.explain(founding, (2, 32, 4, 6, 8), device="cuda", dtype=torch.float64,
                                memory_format=cl)
     assert "channels-last output" not in double.kernel, double.kernel
+    # a 16-bit channels-last weight that the rule's TMA tile reads in place (sm_90a builds)
+    tma = phaseconv.ConvTranspose3d(512, 256, 2, 2).cuda().to(torch.bfloat16)
+    flat = phaseconv.explain(tma, (1, 512, 16, 16, 16), memory_format=cl)
+    assert "weight read in place" not in flat.kernel + flat.grad_input_kernel
+    tma.to(memory_format=cl)
+    read = phaseconv.explain(tma, (1, 512, 16, 16, 16), memory_format=cl)
+    in_place = "tma-box" in read.kernel
+    assert read.kernel.endswith(", weight read in place (channels_last_3d)") == in_place
+    from phaseconv.engines import cuda
+
+    assert in_place == cuda.warpgroup_kernels(), read.kernel
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16,

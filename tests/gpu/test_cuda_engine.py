@@ -367,6 +367,28 @@ _SHARED_A_CASES = [
 ]
 
 
+def _channels_last_weight_call(cfg, dtype, seed):
+    """A channels-last call of ``cfg`` on the GPU with its weight both ways: (x, contiguous
+    weight, channels_last_3d weight, bias, checked arguments, float64 reference)."""
+    xl, wl, bl, ref = _random_call(cfg, dtype, seed)
+    x = xl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
+    b = bl.to(DEV) if bl is not None else None
+    # output channels never adjacent (a contiguous 1 x 1 x 1 weight is channels-last too)
+    w_packed = wl.to(DEV).transpose(0, 1).contiguous().transpose(0, 1)
+    w_cl = w_packed.contiguous(memory_format=torch.channels_last_3d)
+    args = check_conv_transpose3d(x, w_cl, b, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
+                                  cfg["d"])
+    return x, w_packed, w_cl, b, args, ref
+
+
+def _misaligned_copy(w):
+    """A copy of ``w`` with its strides, 8 bytes into its storage (no 16-byte alignment)."""
+    base = torch.empty(w.numel() + 4, dtype=w.dtype, device=w.device)
+    w_off = base[4:].as_strided(w.shape, w.stride())
+    w_off.copy_(w)
+    return w_off
+
+
 def _shared_a_call(cfg, dtype, seed, kernel):
     """(result, float64 reference, plan description) of a channels-last call of ``cfg``.  The
     result's memory is NaN before the call (the allocator hands the freed block back), so an
@@ -598,6 +620,110 @@ def test_implicit_gemm_warpgroup_tile(case, dtype, variant):
         assert "wgmma" not in desc, desc
     y, ref = _run(cfg, dtype, kernel=kernel, seed=case)
     _check(y, ref, dtype)
+
+
+_TMA_TILES = {"tma": 8, "tma-256-rows": 9, "tma-ping-pong": 10, "tma-256-rows-persistent": 11}
+# the warpgroup cases, and C_in/groups odd multiples of 32 (the TMA tiles' 32-channel k steps)
+# with BN 32, 128 and 64
+_TMA_WEIGHT_CASES = _WGMMA_CASES + [
+    dict(k=(3, 3, 3), s=(2, 2, 2), d=(1, 1, 1), p=(1, 1, 1), op=(1, 1, 1), groups=1, cin=96,
+         cout=32, n=2, ins=(3, 5, 9), bias=True),
+    dict(k=(3, 4, 2), s=(2, 3, 1), d=(1, 2, 1), p=(1, 2, 0), op=(1, 2, 0), groups=2, cin=192,
+         cout=144, n=2, ins=(3, 5, 4), bias=False),
+    dict(k=(2, 2, 2), s=(2, 2, 2), d=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), groups=1, cin=32,
+         cout=64, n=2, ins=(4, 4, 5), bias=True),
+]
+
+
+@pytest.mark.parametrize("tile", sorted(_TMA_TILES))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(_TMA_WEIGHT_CASES)))
+def test_tma_tiles_read_a_channels_last_weight_in_place(case, dtype, tile):
+    """A channels_last_3d weight read in place by each TMA tile (its B boxes at the phase's
+    flipped, strided kernel taps) gives bit for bit the result of the same tile reading the
+    packed weight, and matches torch; a weight the rule does not take is packed."""
+    cfg = _TMA_WEIGHT_CASES[case]
+    cout_g, cin_g = cfg["cout"] // cfg["groups"], cfg["cin"] // cfg["groups"]
+    kind = _TMA_TILES[tile]
+    if not _cuda().warpgroup_kernels():
+        pytest.skip("the TMA tiles need an sm_90a build on an sm_90 GPU")
+    if kind in (9, 11) and (cout_g <= 64 or cin_g % 64):
+        pytest.skip("the 256-row tiles take BN 128 and 64-channel k steps")
+    kernel = ForwardKernel("gemm", gemm_tile=kind)
+    x, w_packed, w_cl, b, args, ref = _channels_last_weight_call(cfg, dtype, case)
+    cuda = _cuda()
+    for out_cl in (False, True):
+        in_place = cuda.weight_in_place(args, cfg["n"], dtype, x.device, w_cl, True, kernel,
+                                        out_cl)
+        assert in_place == (cout_g % 8 == 0)
+        assert not cuda.weight_in_place(args, cfg["n"], dtype, x.device, w_packed, True, kernel,
+                                        out_cl)
+        desc = cuda.describe(args, cfg["n"], dtype, x.device, True, kernel, out_cl,
+                             weight_strides=w_cl.stride())
+        assert desc.startswith(f"implicit-gemm kind={kind} "), desc
+        assert desc.endswith(", weight read in place (channels_last_3d)") == in_place, desc
+        y_cl = cuda.forward(x, w_cl, b, args, kernel=kernel, out_channels_last=out_cl)
+        y_packed = cuda.forward(x, w_packed, b, args, kernel=kernel, out_channels_last=out_cl)
+        assert torch.equal(y_cl, y_packed)
+        _check(y_cl, ref, dtype)
+    # a misaligned channels-last weight (a view 8 bytes into its storage) is packed
+    w_off = _misaligned_copy(w_cl)
+    assert not cuda.weight_in_place(args, cfg["n"], dtype, x.device, w_off, True, kernel)
+    assert torch.equal(cuda.forward(x, w_off, b, args, kernel=kernel),
+                       cuda.forward(x, w_packed, b, args, kernel=kernel))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_tma_weight_in_place_nonfinite_and_captured(dtype):
+    """A weight read in place (no pack to zero the call's non-finite flag: a memset does)
+    puts NaN and Inf exactly where torch does, call after call and in a CUDA graph."""
+    if not _cuda().warpgroup_kernels():
+        pytest.skip("the TMA tiles need an sm_90a build on an sm_90 GPU")
+    cfg = _WGMMA_CASES[0]
+    kernel = ForwardKernel("gemm", gemm_tile=8)
+    xl, wl, bl, _ = _random_call(cfg, dtype, 3)
+    x = xl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
+    b = bl.to(DEV) if bl is not None else None
+    w = wl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
+    args = check_conv_transpose3d(x, w, b, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
+                                  cfg["d"])
+    cuda = _cuda()
+    assert cuda.weight_in_place(args, cfg["n"], dtype, x.device, w, True, kernel)
+
+    def reference():
+        return F.conv_transpose3d(x.double(), w.double(), b.double() if b is not None else None,
+                                  cfg["s"], cfg["p"], cfg["op"], cfg["groups"], cfg["d"])
+
+    def check(y, ref):
+        y = y.double()
+        assert torch.equal(torch.isnan(y), torch.isnan(ref))
+        assert torch.equal(torch.isinf(y), torch.isinf(ref))
+        assert torch.equal(y[ref.isinf()], ref[ref.isinf()])
+        finite = ref.isfinite()
+        assert bool(finite.any())
+        _check(torch.where(finite, y, ref.new_zeros(())).to(dtype),
+               torch.where(finite, ref, ref.new_zeros(())).cpu(), dtype)
+
+    finite_w = w.clone()
+    w[1, 2, 0, 1, 2] = float("inf")
+    check(cuda.forward(x, w, b, args, kernel=kernel), reference())
+    # the next call's flag starts at zero again: all finite, nothing recomputed
+    w.copy_(finite_w)
+    check(cuda.forward(x, w, b, args, kernel=kernel), reference())
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        cuda.forward(x, w, b, args, kernel=kernel)  # planned outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = cuda.forward(x, w, b, args, kernel=kernel)
+    w[0, 0, 1, 1, 1] = float("nan")
+    graph.replay()
+    check(y, reference())
+    w.copy_(finite_w)
+    graph.replay()
+    check(y, reference())
 
 
 def _channels_last_call(cfg, dtype, seed):

@@ -1168,3 +1168,47 @@ def test_float32_all_phase_halo_split_at_load_where_two_copies_do_not_fit(device
         assert plan.family == "allphase" and "halo-split-at-load" not in plan.text, plan.text
     for dtype in (BF16, torch.float16):
         assert "halo-split-at-load" not in ph.forward(TWO_OUT, 2, dtype, device).text
+
+
+def test_tma_tiles_read_a_channels_last_weight_in_place():
+    """The forward's TMA tiles read a 16-bit weight in place (no pack) where its output
+    channels are adjacent and its other strides are whole 16 bytes, its data 16-byte aligned;
+    every other tile, layout or address is packed."""
+    args = ph.sweep_args(SWEEP[3])  # 512 -> 256, 16^3, k2 s2: the TMA tiles
+    cout_g, k = args.out_channels, tuple(args.kernel)
+    taps = k[0] * k[1] * k[2]
+    cl = (taps * cout_g, 1, k[1] * k[2] * cout_g, k[2] * cout_g, cout_g)
+    contiguous = (cout_g * taps, taps, k[1] * k[2], k[2], 1)
+    dev = ph.H100_SM90A
+    for dtype in (BF16, torch.float16):
+        tma = ph.forward(args, 1, dtype, dev, channels_last=True, out_channels_last=True)
+        assert "tma-box" in tma.text, tma.text
+        assert ph.weight_in_place(args, 1, dtype, dev, cl, channels_last=True,
+                                  out_channels_last=True)
+        assert not ph.weight_in_place(args, 1, dtype, dev, contiguous, channels_last=True,
+                                      out_channels_last=True)
+        # a misaligned address (a view into a larger buffer)
+        assert not ph.weight_in_place(args, 1, dtype, dev, cl, base=8, channels_last=True,
+                                      out_channels_last=True)
+        # an expanded (stride 0) input channel
+        assert not ph.weight_in_place(args, 1, dtype, dev, (0,) + cl[1:], channels_last=True,
+                                      out_channels_last=True)
+    # no TMA tile: the sm_80 build's tiles, float32, the shared-A tile named
+    assert not ph.weight_in_place(args, 1, BF16, ph.H100, cl, channels_last=True,
+                                  out_channels_last=True)
+    assert not ph.weight_in_place(args, 1, F32, dev, cl, channels_last=True,
+                                  out_channels_last=True)
+    assert not ph.weight_in_place(args, 1, BF16, dev, cl, channels_last=True,
+                                  out_channels_last=True,
+                                  kernel=cuda.ForwardKernel("gemm", gemm_tile=7))
+    # 36 output channels: a kernel step of 72 bytes is no whole 16
+    odd = ph.conv_args(128, 36, 2, 8, stride=2)
+    assert "tma-box" in ph.forward(odd, 2, BF16, dev, channels_last=True,
+                                   kernel=cuda.ForwardKernel("gemm", gemm_tile=8)).text
+    odd_cl = (8 * 36, 1, 4 * 36, 2 * 36, 36)
+    assert not ph.weight_in_place(odd, 2, BF16, dev, odd_cl, channels_last=True,
+                                  kernel=cuda.ForwardKernel("gemm", gemm_tile=8))
+    # a 1 x 1 x 1 kernel: the strides of its one-element dimensions are never stepped
+    pointwise = ph.conv_args(128, 64, 1, 8)
+    assert ph.weight_in_place(pointwise, 2, BF16, dev, (64, 1, 3, 5, 7), channels_last=True,
+                              kernel=cuda.ForwardKernel("gemm", gemm_tile=8))
