@@ -6,8 +6,8 @@
 //   phase_conv_fwd_naive.cu     one thread per output (forward and grad-input mode)
 //   phase_conv_fwd_mma.cu       per-phase implicit GEMM on mma.sync (also grad-input mode)
 //   phase_conv_fwd_allphase.cu  every phase of a tile in one block, on mma.sync
-//   phase_conv_fwd_gemm.cu      implicit GEMM of wide layers (float32 as 3xTF32, by name); its
-//                               TMA tiles in phase_conv_fwd_gemm_tma_*.cu, a unit per source of B
+//   phase_conv_fwd_gemm_*.cu    implicit GEMM of wide layers (float32 as 3xTF32, by name), a
+//                               unit per dtype; its TMA tiles a unit per source of B
 //   phase_conv_layout.cu        the channels-last copy of a contiguous input
 // phase_conv_plan.cpp holds the rule that picks one and each family's tile search (the plan,
 // plain C++); phase_conv_fwd.cu the dispatch by dtype.  Each family exposes `run_<family>`

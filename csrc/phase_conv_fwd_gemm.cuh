@@ -1,8 +1,9 @@
 // phaseconv CUDA forward engine: the implicit GEMM's shared parts (the arguments, the loader,
 // the row tables, the write-out, the warpgroup k step), included by its translation units:
-// phase_conv_fwd_gemm.cu (the mma.sync and warpgroup cp.async tiles, the shared-A tile and
-// run_gemm) and phase_conv_fwd_gemm_tma_*.cu (the TMA tiles of sm_90a builds, one unit for
-// each source of B, compiled in parallel).  CUDA headers only.
+// phase_conv_fwd_gemm_{float,half,bfloat16}.cu (phase_conv_fwd_gemm_tiles.cuh: the mma.sync and
+// warpgroup cp.async tiles, the shared-A tile and run_gemm, a unit per dtype) and
+// phase_conv_fwd_gemm_tma_*.cu (the TMA tiles of sm_90a builds, a unit per source of B), compiled
+// in parallel.  CUDA headers only.
 #pragma once
 
 #include "phase_conv_fwd_common.cuh"

@@ -330,7 +330,7 @@ struct AllCfg {
   double cost;
 };
 
-// implicit-GEMM kernel (phase_conv_fwd_gemm.cu: gemm_cl_kernel)
+// implicit-GEMM kernel (phase_conv_fwd_gemm_tiles.cuh: gemm_cl_kernel)
 struct GemmCfg {
   int kind;  // 0: BN 32 (MT2 NT4, 4x1 warps); 1: BN 64 (MT4 NT4, 2x2); 2: BN 128 (MT4 NT4, 2x4);
              // 3: BN 64 (MT2 NT4, 4x2: twice the warps of 1); 4: sm_90a warpgroup tile,

@@ -462,7 +462,7 @@ def swizzle128(addr):
     return addr ^ (((addr >> 7) & 7) << 4)
 
 
-def loader_a(r, c):  # byte of chunk c of row r (csrc/phase_conv_fwd_gemm.cu: a_swz<8>)
+def loader_a(r, c):  # byte of chunk c of row r (csrc/phase_conv_fwd_gemm.cuh: a_swz<8>)
     return 128 * r + 16 * (c ^ (r & 7))
 
 
@@ -516,7 +516,7 @@ print("B: the no-swizzle descriptor (LBO = 16 BN, SBO = 128) reads the loader's 
 # %% [markdown]
 # ## 8. What the implicit GEMM moves: operand bytes per multiply-add
 #
-# The implicit GEMM (`csrc/phase_conv_fwd_gemm.cu`) gives a block a tile of $B_M$ rows (one
+# The implicit GEMM (`csrc/phase_conv_fwd_gemm*.cu*`) gives a block a tile of $B_M$ rows (one
 # phase's output voxels over the batch) by $B_N$ output channels. It walks the reduction in k
 # steps of one tap and 64 input channels (16-bit elements). Each step copies the tile's A rows
 # ($B_M \times 64$) and B columns ($64 \times B_N$) from global memory into shared memory, then
@@ -737,7 +737,7 @@ print("the pack writes every position of both layouts once, with the gather's va
 # %% [markdown]
 # ## 10. One `ldmatrix`, two dtypes: the implicit GEMM's float32 fragments
 #
-# The implicit GEMM's `mma.sync` tiles (`csrc/phase_conv_fwd_gemm.cu`) stage a k step as
+# The implicit GEMM's `mma.sync` tiles (`csrc/phase_conv_fwd_gemm_tiles.cuh`) stage a k step as
 # 16-byte channel groups: A as BM rows of BKG groups (XOR-swizzled within the row), B as
 # BKG × BN rows of one group each. A group holds 8 channels of a 16-bit type or 4 of
 # float32. Each warp loads its fragments with `ldmatrix.m8n8.x4.b16`: lanes $8i \dots 8i+7$
@@ -758,13 +758,13 @@ print("the pack writes every position of both layouts once, with the gather's va
 # groups.
 
 # %%
-def a_swz(row, bkg):  # csrc/phase_conv_fwd_gemm.cu: a_swz<BKG>
+def a_swz(row, bkg):  # csrc/phase_conv_fwd_gemm.cuh: a_swz<BKG>
     return ((row >> 1) & 3) if bkg == 4 else (row & 7)
 
 
 def staged_words(bm, bn, bkg, cpg):
     """Shared memory of one k step as 32-bit words, each the tuple of (operand, row or
-    column, channel) it holds: A at 0, B after it (csrc/phase_conv_fwd_gemm.cu: GemmLoader)."""
+    column, channel) it holds: A at 0, B after it (csrc/phase_conv_fwd_gemm.cuh: GemmLoader)."""
     words = {}
     per_word = cpg // 4  # elements a word: 2 of 16 bits, 1 float32
     for r in range(bm):

@@ -1,6 +1,9 @@
 // phaseconv CUDA forward engine: the implicit GEMM's mma.sync and cp.async warpgroup tiles,
 // the shared-A tile, and run_gemm, the launch of a planned tile of any kind (the TMA tiles:
-// phase_conv_fwd_gemm_tma.cuh).  Shared parts: phase_conv_fwd_gemm.cuh.
+// phase_conv_fwd_gemm_tma.cuh), which phase_conv_fwd_gemm_{float,half,bfloat16}.cu
+// instantiate, one dtype a unit.  Shared parts: phase_conv_fwd_gemm.cuh.  CUDA headers only.
+#pragma once
+
 #include "phase_conv_fwd_gemm.cuh"
 
 #include <cuda_bf16.h>
@@ -543,12 +546,5 @@ template <typename T>
 cudaError_t run_gemm_typed(const PhaseConvFwdParams& p, const GemmCfg& c, cudaStream_t stream) {
   return run_gemm<T>(p, c, stream);
 }
-template <>
-cudaError_t run_gemm_typed<double>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t) {
-  return cudaErrorInvalidValue;
-}
-template cudaError_t run_gemm_typed<float>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t);
-template cudaError_t run_gemm_typed<__half>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t);
-template cudaError_t run_gemm_typed<__nv_bfloat16>(const PhaseConvFwdParams&, const GemmCfg&, cudaStream_t);
 
 }  // namespace phaseconv
