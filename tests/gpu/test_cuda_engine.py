@@ -368,8 +368,9 @@ _SHARED_A_CASES = [
 
 
 def _channels_last_weight_call(cfg, dtype, seed):
-    """A channels-last call of ``cfg`` on the GPU with its weight both ways: (x, contiguous
-    weight, channels_last_3d weight, bias, checked arguments, float64 reference)."""
+    """A channels-last call of ``cfg`` on the GPU with its weight both ways: (x, a weight with
+    no adjacent output channels (always packed), the channels_last_3d weight, bias, checked
+    arguments, float64 reference)."""
     xl, wl, bl, ref = _random_call(cfg, dtype, seed)
     x = xl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
     b = bl.to(DEV) if bl is not None else None
