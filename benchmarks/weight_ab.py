@@ -24,8 +24,7 @@ def row(sh) -> None:
     w = (torch.randn((sh.in_channels, sh.out_channels // sh.groups) + sh.kernel, device="cuda")
          / 30).to(dt)
     wc = w.contiguous(memory_format=cl)
-    kw = dict(stride=sh.stride, padding=sh.padding, output_padding=sh.output_padding,
-              groups=sh.groups)
+    kw = sh.functional_args()
     args = check_conv_transpose3d(x, wc, None, sh.stride, sh.padding, sh.output_padding,
                                   sh.groups, (1, 1, 1))
     inp = cuda.weight_in_place(args, x.shape[0], dt, x.device, wc, True, "auto", True)
@@ -40,9 +39,8 @@ def row(sh) -> None:
     ref = F.conv_transpose3d(x.float(), w.float(), **kw)
     err = ((f_cl().float() - ref).abs().max() / ref.abs().max()).item()
     g = [median_gpu_us(f, 30, 5) for f in (f_cl, f_pk, f_dnn)]
-    m_cl = phaseconv.ConvTranspose3d(sh.in_channels, sh.out_channels, sh.kernel, sh.stride,
-                                     sh.padding, sh.output_padding, sh.groups, bias=False,
-                                     device="cuda", dtype=dt).to(memory_format=cl)
+    m_cl = phaseconv.ConvTranspose3d(**sh.layer_args(), bias=False, device="cuda",
+                                     dtype=dt).to(memory_format=cl)
     with torch.no_grad():
         m_cl.weight.copy_(w)
         gm = median_gpu_us(lambda: m_cl(x), 30, 5)

@@ -55,6 +55,11 @@ class Shape(NamedTuple):
                     kernel_size=self.kernel, stride=self.stride, padding=self.padding,
                     output_padding=self.output_padding, groups=self.groups)
 
+    def functional_args(self) -> dict:
+        """The keyword arguments of ``F.conv_transpose3d`` past the weight and bias."""
+        return dict(stride=self.stride, padding=self.padding,
+                    output_padding=self.output_padding, groups=self.groups)
+
     def input_shape(self) -> Tuple[int, ...]:
         return (self.batch, self.in_channels) + self.size
 
@@ -293,8 +298,7 @@ def bench_forward(shape: Shape, variant: Variant, repeats: int, warmup: int) -> 
               else torch.contiguous_format)
     x = variant.fmt(torch.rand(shape.input_shape(), device="cuda", dtype=dtype))
     w = theirs.weight.detach()
-    kw = dict(stride=shape.stride, padding=shape.padding, output_padding=shape.output_padding,
-              groups=shape.groups)
+    kw = shape.functional_args()
     with torch.no_grad(), _NoTF32():
         ref = (F.conv_transpose3d(x.double(), w.double(), **kw)
                if shape.batch * w.numel() < 2**26 else F.conv_transpose3d(x.float(), w.float(),
@@ -408,8 +412,7 @@ def bench_host(shape: Shape, variant: Variant, repeats: int, warmup: int) -> Hos
     theirs, ours = _layers(shape, dtype, bias=True)
     x = variant.fmt(torch.rand(shape.input_shape(), device="cuda", dtype=dtype))
     w, b = theirs.weight, theirs.bias
-    kw = dict(stride=shape.stride, padding=shape.padding, output_padding=shape.output_padding,
-              groups=shape.groups)
+    kw = shape.functional_args()
     with torch.no_grad():
         res = median_host_us([lambda: theirs(x), lambda: F.conv_transpose3d(x, w, b, **kw),
                               lambda: ours(x), lambda: phaseconv.conv_transpose3d(x, w, b, **kw)],
