@@ -800,10 +800,7 @@ __global__ void __launch_bounds__(WM * WN * 32, 3) gw_mma_kernel(const GmArgs a)
       if (TF32) {
         mma_3xtf32_tiles(acc, af, bf);
       } else {
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+        mma_tiles<T>(acc, af, bf);
       }
     }
     step_flush<true>(tot, acc, since, kFlushTerms / BK);
@@ -971,10 +968,7 @@ __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(con
         bf[2 * jp][0] = rr[0]; bf[2 * jp][1] = rr[1];
         bf[2 * jp + 1][0] = rr[2]; bf[2 * jp + 1][1] = rr[3];
       }
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+      mma_tiles<T>(acc, af, bf);
     }
     step_flush<true>(tot, acc, since, kFlushTerms / BK);
   }

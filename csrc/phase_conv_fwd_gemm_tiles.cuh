@@ -165,11 +165,7 @@ gemm_cl_kernel(const GemmArgs a) {
             mma_3xtf32_tiles(acc, af, bf);
             step_flush<FL>(tot, acc, since, kFlushTerms / 8);
           } else {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-              for (int j = 0; j < NT; ++j)
-                MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+            mma_tiles<T>(acc, af, bf);
           }
         }
       }
@@ -348,10 +344,7 @@ __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const Gemm
             }
             uint32_t bf[NT][2];
             gemm_b_frags<NT, kShBN>(bf, sB, kk, wn, lane);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-              for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+            mma_tiles<T>(acc, af, bf);
           }
         }
       }

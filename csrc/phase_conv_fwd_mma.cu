@@ -209,10 +209,7 @@ mma_kernel(const MmaArgs a) {
             mma_3xtf32_tiles(acc, af, bf);
             step_flush<FL>(tot, acc, since, kFlushTerms / 8);
           } else {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-              for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+            mma_tiles<T>(acc, af, bf);
           }
         }
       }

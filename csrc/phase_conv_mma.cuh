@@ -151,6 +151,16 @@ __device__ __forceinline__ void mma_3xtf32_tiles(float (&acc)[MT][NT][4],
   }
 }
 
+// One k16 step of 16-bit mma.sync over an MT x NT block of m16n8k16 tiles
+template <typename T, int MT, int NT>
+__device__ __forceinline__ void mma_tiles(float (&acc)[MT][NT][4], const uint32_t (&af)[MT][4],
+                                          const uint32_t (&bf)[NT][2]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NT; ++j) MmaOp<T>::run(acc[mt][j], af[mt], bf[j][0], bf[j][1]);
+}
+
 // The tensor cores' fp32 accumulation truncates, an error that grows with the reduction
 // length: 3xTF32 kernels add their accumulators into a second set every kFlushTerms
 // reduction terms (fp32 adds, round to nearest), which bounds the error at that length's.
