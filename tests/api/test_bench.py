@@ -103,3 +103,22 @@ def test_cpu_section_writes_its_table(tmp_path, monkeypatch):
     text = (tmp_path / "results-cpu.md").read_text()
     assert "torch threads" in text and "| 1 | 1, 2->2, g1, 2x2x2" in text
     assert "| forward + backward |" in text
+
+
+def test_client_times_blocks_of_steps_and_reports_their_median(tmp_path):
+    """A client configuration takes its turns a block of steps at a time (the lock file of
+    its barrier) and reports the median of its blocks' step times and their range; run for
+    real on the CPU at a small size."""
+    pytest.importorskip("monai")
+    from phaseconv import bench_client
+
+    r = bench_client.run_one("unet", "phaseconv", "fp32", "eager", steps=1, warmup=0,
+                             size=32, batch=1, barrier=str(tmp_path / "barrier"), parties=1,
+                             device="cpu", blocks=3)
+    lo, hi = r["step_ms_range"]
+    assert 0 < lo <= r["step_ms"] <= hi
+    assert r["converted"] > 0 and r["transposed_share"] is None
+    torch_row = dict(r, impl="torch", step_ms=6.0, step_ms_range=[5.0, 9.0], converted=0)
+    ours = dict(r, step_ms=4.0, step_ms_range=[3.5, 4.5])
+    text = bench_client.table([torch_row, ours])
+    assert "| unet | fp32 | eager | 6.0 | 4.0 | 1.50x | 5.0-9.0 / 3.5-4.5 |" in text, text
