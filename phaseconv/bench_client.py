@@ -7,15 +7,16 @@ num_res_units=2)``, ``BasicUNet(upsample="deconv")`` and ``DynUNet`` (kernel 3, 
 [1, 2, 2, 2, 2]); each in fp32 (TF32 off) and AMP bf16, eager and ``torch.compile`` (inductor).
 
 Every configuration runs in a process of its own, as a user's training does.  The compiled
-ones compile side by side (compilation is CPU work), the eager ones in pairs (torch's and
-phaseconv's of a network and precision); then they take the GPU in turns, a block of steps at
-a time (a lock file), so that no measurement shares the machine and its drift from block to
-block falls on every configuration alike.  The steps of these networks are often bound by the
-host's time to issue them, which moves by tens of percent from process to process and minute
-to minute.  Per configuration: the first step's loss (same weights and data for torch and
-phaseconv), the wall time per step (the median of its blocks' means, and their range), and in
-eager mode the share of the step's GPU time spent in transposed convolutions (CUDA events
-around each ConvTranspose3d's forward and backward, in a separate step).
+ones compile side by side (compilation is CPU work; ``parallel`` at once, in whole pairs of
+torch's and phaseconv's of a network and precision), the eager ones in such pairs; then they
+take the GPU in turns, a block of steps at a time (a lock file), so that no measurement shares
+the machine and its drift from block to block falls on every configuration alike.  The steps
+of these networks are often bound by the host's time to issue them, which moves by tens of
+percent from process to process and minute to minute.  Per configuration: the first step's
+loss (same weights and data for torch and phaseconv), the wall time per step (the median of
+its blocks' means, and their range), and in eager mode the share of the step's GPU time
+spent in transposed convolutions (CUDA events around each ConvTranspose3d's forward and
+backward, in a separate step).
 
     python -m phaseconv.bench_client --one unet,phaseconv,amp,compile   # one configuration
 """
@@ -178,6 +179,15 @@ def _spawn(config: str, out: str, extra: List[str]) -> subprocess.Popen:
                              "--json", out] + extra)
 
 
+def _side_by_side(configs, barrier: str, steps: str, blocks: str) -> None:
+    """``(config, json path)`` pairs in processes of their own, meeting at ``barrier`` and
+    taking the GPU in turns; returns when all have ended."""
+    running = [_spawn(c, path, ["--steps", steps, "--blocks", blocks, "--barrier", barrier,
+                                "--parties", str(len(configs))]) for c, path in configs]
+    for proc in running:
+        proc.wait()
+
+
 def run_section(options: str = "") -> str:
     """Every configuration, the compiled ones side by side; the markdown table."""
     opts = dict(kv.split("=", 1) for kv in options.split(",") if kv)
@@ -188,27 +198,20 @@ def run_section(options: str = "") -> str:
     with tempfile.TemporaryDirectory() as tmp:
         modes = opts.get("modes", "+".join(MODES)).split("+")
         precisions = opts.get("precisions", "+".join(PRECISIONS)).split("+")
-        compiled = [f"{n},{i},{p},compile" for n in nets for i in IMPLS for p in precisions
+        # torch's and phaseconv's of a network and precision next to each other, and in one
+        # group: they take turns with each other
+        compiled = [f"{n},{i},{p},compile" for n in nets for p in precisions for i in IMPLS
                     if "compile" in modes]
         procs = [(c, os.path.join(tmp, f"c{k}.json")) for k, c in enumerate(compiled)]
-        group = int(opts.get("parallel", "6"))  # compiled models held on the GPU at once
+        # compiled models held on the GPU at once: whole pairs
+        group = max(len(IMPLS), int(opts.get("parallel", "6")) // len(IMPLS) * len(IMPLS))
         for g0 in range(0, len(procs), group):
             batch = procs[g0:g0 + group]
-            barrier = os.path.join(tmp, f"barrier{g0}")
-            running = [_spawn(c, path, ["--steps", steps, "--blocks", blocks, "--barrier",
-                                        barrier, "--parties", str(len(batch))])
-                       for c, path in batch]
-            for p in running:
-                p.wait()
+            _side_by_side(batch, os.path.join(tmp, f"barrier{g0}"), steps, blocks)
         eager = [(n, p) for n in nets for p in precisions if "eager" in modes]
         for k, (n, p) in enumerate(eager):  # torch's and phaseconv's side by side
             pair = [(f"{n},{i},{p},eager", os.path.join(tmp, f"e{k}{i}.json")) for i in IMPLS]
-            barrier = os.path.join(tmp, f"eager{k}")
-            running = [_spawn(c, path, ["--steps", steps, "--blocks", blocks, "--barrier",
-                                        barrier, "--parties", str(len(pair))])
-                       for c, path in pair]
-            for proc in running:
-                proc.wait()
+            _side_by_side(pair, os.path.join(tmp, f"eager{k}"), steps, blocks)
             procs.extend(pair)
         for c, path in procs:
             try:
