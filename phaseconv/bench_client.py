@@ -133,13 +133,13 @@ def run_one(net: str, impl: str, precision: str, mode: str, steps: int = 10,
     if barrier:
         _wait_for_all(barrier, parties)
     lock = open(barrier + ".lock", "w") if barrier else None
+    if lock is not None:
+        import fcntl  # (POSIX; imported only where configurations take turns)
     block_ms: List[float] = []
     share = None
     try:
         for b in range(blocks):
             if lock is not None:
-                import fcntl
-
                 fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 step()  # untimed: the GPU comes from another configuration's block
