@@ -20,7 +20,8 @@
 //   for double).
 //
 // Both write per-split workspace slices that a reduction adds in split order and stores in the
-// weight's layout (gw_reduce_rows_kernel, coalesced through shared memory, or gw_reduce_kernel
+// weight's layout (gw_reduce_cl_kernel straight to a weight with adjacent output channels,
+// gw_reduce_rows_kernel coalesced through shared memory to another, or gw_reduce_kernel
 // element-wise where a run does not fit); a naive kernel (one thread per weight element) takes
 // layers whose window does not fit.  The plan (phase_conv_plan.cpp) picks one and its tile.
 #include "phase_conv_bwd.cuh"
@@ -322,6 +323,31 @@ struct TapRow {
   int32_t tap;   // the weight tap (kd * kH + kh) * kW + kw
 };
 
+// The layer's tap rows and the taps' storage offsets, in shared memory (the block's threads
+// in turn; the caller synchronizes before reading them).
+__device__ __forceinline__ void build_tap_rows(TapRow* rows, int64_t* tap_ofs,
+                                               const PhaseConvWeightView& view,
+                                               const int32_t* __restrict__ index,
+                                               const int64_t* __restrict__ table,
+                                               int num_phases, int cout_g, int taps) {
+  for (int t = threadIdx.x; t < taps; t += blockDim.x) tap_ofs[t] = phaseconv_tap_offset(view, t);
+  for (int r = threadIdx.x; r < taps; r += blockDim.x) {
+    int p = 0, first = 0, seen = 0;  // row r is tap r - first of phase p
+    for (int q = 0; q < num_phases; ++q) {
+      const int64_t* e = table + (int64_t)q * PHASECONV_TABLE_STRIDE;
+      const int tq = (int)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
+      if (tq > 0 && seen <= r) { p = q; first = seen; }
+      seen += tq;
+    }
+    const int64_t* e = table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+    TapRow t;
+    t.taps = (int32_t)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
+    t.ofs = e[PT_WOFS] + (int64_t)(r - first) * cout_g;
+    t.tap = index[t.ofs];
+    rows[r] = t;
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
     const void* ws_, void* gw_, const int32_t* __restrict__ index,
@@ -339,22 +365,7 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
   const int co_blocks = (cout_g + co_block - 1) / co_block;
   const int64_t blocks = c_in * co_blocks;
   const bool co_inner = !view.contiguous && view.stride[1] == 1;  // the run's storage order
-  for (int t = threadIdx.x; t < taps; t += blockDim.x) tap_ofs[t] = phaseconv_tap_offset(view, t);
-  for (int r = threadIdx.x; r < taps; r += blockDim.x) {
-    int p = 0, first = 0, seen = 0;  // row r is tap r - first of phase p
-    for (int q = 0; q < num_phases; ++q) {
-      const int64_t* e = table + (int64_t)q * PHASECONV_TABLE_STRIDE;
-      const int tq = (int)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
-      if (tq > 0 && seen <= r) { p = q; first = seen; }
-      seen += tq;
-    }
-    const int64_t* e = table + (int64_t)p * PHASECONV_TABLE_STRIDE;
-    TapRow t;
-    t.taps = (int32_t)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
-    t.ofs = e[PT_WOFS] + (int64_t)(r - first) * cout_g;
-    t.tap = index[t.ofs];
-    rows[r] = t;
-  }
+  build_tap_rows(rows, tap_ofs, view, index, table, num_phases, cout_g, taps);
   // run blk: input channel ci, output channels co0 .. co0 + ncols - 1, from weight element base
   struct Run {
     int64_t ci, base;
@@ -432,16 +443,137 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
   }
 }
 
-// The rows kernel where a run of 32 channels fits its shared memory (and the packed layout
-// holds the weight's elements once, as pack() makes it), else the element-wise kernel.  Both
-// add the splits in order: the same bits.
+// The same sums for a weight whose output channels are adjacent (channels_last_3d: stride 1
+// along C_out/g).  There a packed tap row's output channels (input channel ci, tap row r) are
+// contiguous in the workspace and in the weight alike, so each sum goes straight to its place,
+// coalesced both ways, with no staging.  Element i of the packed order is (ci, r, co), its
+// digits over (C_in, taps, C_out/g): consecutive threads take consecutive output channels.
+// A thread issues up to kClLoads loads together, B splits (the splits rounded up to a power
+// of two, at most 16) of U = kClLoads / B elements (at most 4: more spill) a grid apart, and
+// adds each element's splits in order; a short last batch neither loads nor adds its missing
+// splits.  So the sums are the rows kernel's, bit for bit, in fewer round trips: 19 splits
+// (64 -> 32 k3) take two where the rows kernel, four splits a batch and then one at a time,
+// took seven; 2 splits (512 -> 256 k2) one where it took two.  The grid is one resident wave:
+// a block builds the tap-row table once and walks the elements (the rows kernel builds it for
+// each run it takes).
+constexpr int kClLoads = 16;
+
+template <typename T, int B>
+__global__ void __launch_bounds__(256, 4) gw_reduce_cl_kernel(
+    const void* ws_, void* gw_, const int32_t* __restrict__ index,
+    const PhaseConvWeightView view, const int64_t* __restrict__ table, int num_phases,
+    int cout_g, int taps, int splits, int64_t elems,
+    const PHASECONV_GRID_CONSTANT PhaseConvExact ex) {
+  typedef typename AccOf<T>::type A;
+  constexpr int U = kClLoads / B < 4 ? kClLoads / B : 4;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  TapRow* rows = reinterpret_cast<TapRow*>(smem_raw);
+  int64_t* tap_ofs = reinterpret_cast<int64_t*>(rows + taps);  // tap t's storage offset
+  const A* ws = static_cast<const A*>(ws_);
+  T* gw = static_cast<T*>(gw_);
+  build_tap_rows(rows, tap_ofs, view, index, table, num_phases, cout_g, taps);
+  __syncthreads();
+  // element i: its packed element, where its sum is stored, its logical (C-order) index
+  auto place = [&](int64_t i, int64_t& at, int64_t& stored, int64_t& logical) {
+    const int64_t q = i / cout_g;  // ci * taps + r
+    const int co = (int)(i - q * cout_g);
+    const int64_t ci = q / taps;
+    const TapRow t = rows[(int)(q - ci * taps)];
+    at = t.ofs + ci * t.taps * cout_g + co;
+    stored = ci * view.stride[0] + co * view.stride[1] + tap_ofs[t.tap];
+    logical = (ci * cout_g + co) * taps + t.tap;
+  };
+  const int64_t apart = (int64_t)gridDim.x * blockDim.x;  // a thread's elements this far apart
+  bool nonfinite = false;
+  for (int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i0 < elems;
+       i0 += U * apart) {
+    int64_t at[U];  // packed element of element u, -1 past the end
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      int64_t stored, logical;
+      at[u] = -1;
+      if (i0 + u * apart < elems) place(i0 + u * apart, at[u], stored, logical);
+    }
+    A sum[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) sum[u] = 0;
+    for (int k = 0; k < splits; k += B) {
+      A v[B][U];
+#pragma unroll
+      for (int b = 0; b < B; ++b)
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          v[b][u] = at[u] >= 0 && k + b < splits ? ws[(int64_t)(k + b) * elems + at[u]] : A(0);
+#pragma unroll
+      for (int b = 0; b < B; ++b)
+        if (k + b < splits)
+#pragma unroll
+          for (int u = 0; u < U; ++u) sum[u] += v[b][u];
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (at[u] < 0) continue;
+      int64_t a, stored, logical;
+      place(i0 + u * apart, a, stored, logical);
+      const T v = from_acc<T>(sum[u]);
+      gw[stored] = v;
+      nonfinite |= !phaseconv_exact::finite_value(v);
+    }
+  }
+  if (!nonfinite) return;
+  // as gw_reduce_kernel: the non-finite elements this thread stored, recomputed from the
+  // real pairs
+  for (int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i0 < elems; i0 += apart) {
+    int64_t at, stored, logical;
+    place(i0, at, stored, logical);
+    if (!phaseconv_exact::finite_value(gw[stored]))
+      gw[stored] = phaseconv_exact::exact_element<T>(ex, logical);
+  }
+}
+
+template <typename T, int B>
+cudaError_t launch_reduce_cl(const PhaseConvBwdWeightParams& p, int splits, int64_t blocks,
+                             size_t smem, cudaStream_t stream) {
+  const PhaseConvWeightView& v = p.grad_w_view;
+  gw_reduce_cl_kernel<T, B><<<(unsigned)blocks, 256, smem, stream>>>(
+      p.workspace, p.grad_w, p.grad_w_index, v, p.table,
+      (int)(p.stride_d * p.stride_h * p.stride_w), (int)v.size[1],
+      (int)(v.size[2] * v.size[3] * v.size[4]), splits, p.packed_elems, p.exact);
+  return cudaGetLastError();
+}
+
+// Where the packed layout holds the weight's elements once (as pack() makes it): the
+// channels-last kernel for a weight with adjacent output channels, the rows kernel where a
+// run of 32 channels fits its shared memory; else the element-wise kernel.  All add the
+// splits in order: the same bits.
 template <typename T>
 cudaError_t launch_reduce(const PhaseConvBwdWeightParams& p, int splits, cudaStream_t stream) {
   const PhaseConvWeightView& v = p.grad_w_view;
   const int64_t cout_g = v.size[1], taps = v.size[2] * v.size[3] * v.size[4];
   const size_t per_tap = sizeof(TapRow) + sizeof(int64_t);  // its row and storage offset
-  if ((size_t)taps * (32 * sizeof(T) + per_tap) <= 48 * 1024 &&
-      p.c_in * cout_g * taps == p.packed_elems) {
+  const bool once = p.c_in * cout_g * taps == p.packed_elems;
+  if (once && !v.contiguous && v.stride[1] == 1 && (size_t)taps * per_tap <= 48 * 1024) {
+    int device = 0, sms = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess)
+      err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+    const int64_t wave = (int64_t)sms * 4;  // __launch_bounds__(256, 4): resident blocks
+    const size_t smem = (size_t)taps * per_tap;
+    const int64_t per_load = (p.packed_elems + 255) / 256;  // blocks at one element a thread
+    // B splits a batch, U = kClLoads / B elements a thread
+    const int b = splits <= 2 ? 2 : splits <= 4 ? 4 : splits <= 8 ? 8 : 16;
+    const int u = kClLoads / b < 4 ? kClLoads / b : 4;  // as the kernel's U
+    int64_t blocks = (per_load + u - 1) / u;
+    if (blocks > wave) blocks = wave;
+    switch (b) {
+      case 2: return launch_reduce_cl<T, 2>(p, splits, blocks, smem, stream);
+      case 4: return launch_reduce_cl<T, 4>(p, splits, blocks, smem, stream);
+      case 8: return launch_reduce_cl<T, 8>(p, splits, blocks, smem, stream);
+      default: return launch_reduce_cl<T, 16>(p, splits, blocks, smem, stream);
+    }
+  }
+  if ((size_t)taps * (32 * sizeof(T) + per_tap) <= 48 * 1024 && once) {
     // 32-channel blocks, as many as keep the run within kReduceRunElems
     int64_t per32 = kReduceRunElems / (32 * taps);  // 32-channel blocks a run
     if (per32 > (cout_g + 31) / 32) per32 = (cout_g + 31) / 32;

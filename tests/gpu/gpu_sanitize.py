@@ -203,6 +203,10 @@ def main(argv=()) -> int:
             if min(ci, co) // g >= 16:
                 forced.append(cuda.backward(gy, xd, wd, args, need_input=False,
                                             grad_weight_kernel="tensor-cores"))
+            # a channels_last_3d weight: its gradient's sums stored in that layout (the
+            # channels-last reduction where the kernel splits)
+            forced.append(cuda.backward(gy, xd, wd.contiguous(memory_format=torch.channels_last_3d),
+                                        args, need_input=False))
             if dtype == torch.bfloat16 and ci // g >= 32 and (co // g) % 8 == 0 and co // g >= 16:
                 # the channels-last kernels, operands copied and read in place
                 cl = torch.channels_last_3d
