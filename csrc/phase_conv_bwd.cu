@@ -566,6 +566,7 @@ cudaError_t launch_reduce(const PhaseConvBwdWeightParams& p, int splits, cudaStr
     const int u = kClLoads / b < 4 ? kClLoads / b : 4;  // as the kernel's U
     int64_t blocks = (per_load + u - 1) / u;
     if (blocks > wave) blocks = wave;
+    if (blocks < 1) blocks = 1;  // (no elements: the table alone)
     switch (b) {
       case 2: return launch_reduce_cl<T, 2>(p, splits, blocks, smem, stream);
       case 4: return launch_reduce_cl<T, 4>(p, splits, blocks, smem, stream);
