@@ -454,8 +454,8 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
 // splits.  So the sums are the rows kernel's, bit for bit, in fewer round trips: 19 splits
 // (64 -> 32 k3) take two where the rows kernel, four splits a batch and then one at a time,
 // took seven; 2 splits (512 -> 256 k2) one where it took two.  The grid is one resident wave:
-// a block builds the tap-row table once and walks the elements (the rows kernel builds it for
-// each run it takes).
+// a block builds the tap-row table once and walks the elements (the rows kernel's grid is a
+// block a run, each building the table: 1,024 of them for 512 -> 256 k2).
 constexpr int kClLoads = 16;
 
 template <typename T, int B>
@@ -513,8 +513,8 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_cl_kernel(
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (at[u] < 0) continue;
-      int64_t a, stored, logical;
-      place(i0 + u * apart, a, stored, logical);
+      int64_t packed, stored, logical;
+      place(i0 + u * apart, packed, stored, logical);
       const T v = from_acc<T>(sum[u]);
       gw[stored] = v;
       nonfinite |= !phaseconv_exact::finite_value(v);
