@@ -5,13 +5,18 @@
 
 or with --kernels, the CUDA time of every kernel a call launches (torch.profiler, the mean of
 --calls calls after one warm-up), what a backward's copies, gathers and reductions cost
-beside its main kernel.
+beside its main kernel.  --torch makes the same calls through torch (cuDNN), for its kernels
+on the same layer, input and weight:
+
+    python benchmarks/profile_shapes.py --shapes 3 --channels-last --weight-channels-last \
+        --backward both --kernels --torch
 """
 import argparse
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,6 +43,9 @@ ap.add_argument("--grad-input-tile", type=int, default=None,
 ap.add_argument("--kernels", action="store_true",
                 help="print each launched kernel's mean CUDA time (torch.profiler)")
 ap.add_argument("--calls", type=int, default=2)
+ap.add_argument("--torch", action="store_true",
+                help="the same calls through torch (F.conv_transpose3d and its autograd "
+                     "backward: cuDNN), not phaseconv; the kernel names are ignored")
 args = ap.parse_args()
 
 
@@ -69,7 +77,19 @@ for i in (int(v) for v in args.shapes.split(",")):
     if args.weight_channels_last:
         w = w.contiguous(memory_format=torch.channels_last_3d)
     conv = check_conv_transpose3d(x, w, None, s, p, op, g, (1, 1, 1))
-    if args.backward:
+    if args.torch:
+        xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
+        y = F.conv_transpose3d(xg, wg, None, s, p, op, g)
+        gy = torch.randn_like(y)
+        wanted = {"weight": (wg,), "input": (xg,), "both": (xg, wg)}.get(args.backward)
+        print(name, args.dtype, "torch", "backward" if wanted else "forward", flush=True)
+
+        def call(x=x, w=w, y=y, gy=gy, wanted=wanted, conf=(s, p, op, g)):
+            if wanted:
+                torch.autograd.grad(y, wanted, gy, retain_graph=True)
+            else:
+                F.conv_transpose3d(x, w, None, *conf)
+    elif args.backward:
         out_size = cuda.forward(x, w, None, conv).shape
         gy = torch.randn(out_size, device="cuda", dtype=dtype)
         if args.channels_last:

@@ -1,5 +1,6 @@
 """The benchmark's own arithmetic (``phaseconv.bench``): the work a sweep shape does, the
 hardware floor it is measured against, and the variants ``--dtypes`` names."""
+import json
 import math
 
 import pytest
@@ -103,3 +104,60 @@ def test_cpu_section_writes_its_table(tmp_path, monkeypatch):
     text = (tmp_path / "results-cpu.md").read_text()
     assert "torch threads" in text and "| 1 | 1, 2->2, g1, 2x2x2" in text
     assert "| forward + backward |" in text
+
+
+def test_client_times_blocks_of_steps_and_reports_their_median(tmp_path):
+    """A client configuration takes its turns a block of steps at a time (the lock file of
+    its barrier) and reports the median of its blocks' step times and their range; run for
+    real on the CPU at a small size."""
+    pytest.importorskip("monai")
+    from phaseconv import bench_client
+
+    r = bench_client.run_one("unet", "phaseconv", "fp32", "eager", steps=1, warmup=0,
+                             size=32, batch=1, barrier=str(tmp_path / "barrier"), parties=1,
+                             device="cpu", blocks=3)
+    lo, hi = r["step_ms_range"]
+    assert 0 < lo <= r["step_ms"] <= hi
+    assert r["converted"] > 0 and r["transposed_share"] is None
+    torch_row = dict(r, impl="torch", step_ms=6.0, step_ms_range=[5.0, 9.0], converted=0)
+    ours = dict(r, step_ms=4.0, step_ms_range=[3.5, 4.5])
+    text = bench_client.table([torch_row, ours])
+    assert "| unet | fp32 | eager | 6.0 | 4.0 | 1.50x | 5.0-9.0 / 3.5-4.5 |" in text, text
+
+
+def test_client_section_runs_pairs_side_by_side(monkeypatch, tmp_path):
+    """The client section spawns the compiled configurations in groups of whole (torch,
+    phaseconv) pairs and the eager ones in pairs, each meeting at a barrier of its group with
+    the blocks asked for, and tables what they wrote."""
+    from phaseconv import bench_client
+
+    spawned = []
+
+    class Done:
+        def wait(self):
+            return 0
+
+    def fake_spawn(config, out, extra):
+        net, impl, precision, mode = config.split(",")
+        spawned.append((config, extra[extra.index("--barrier") + 1].rsplit("/", 1)[-1],
+                        extra[extra.index("--parties") + 1], extra[extra.index("--blocks") + 1]))
+        with open(out, "w") as f:
+            json.dump(dict(net=net, impl=impl, precision=precision, mode=mode, converted=4,
+                           first_loss=1.0, step_ms=2.0 if impl == "torch" else 1.0,
+                           step_ms_range=[1.0, 3.0], first_step_s=1.0,
+                           transposed_share=None), f)
+        return Done()
+
+    monkeypatch.setattr(bench_client, "_spawn", fake_spawn)
+    text = bench_client.run_section("nets=unet,precisions=fp32+amp,blocks=3,parallel=3")
+    assert spawned == [
+        ("unet,torch,fp32,compile", "barrier0", "2", "3"),
+        ("unet,phaseconv,fp32,compile", "barrier0", "2", "3"),
+        ("unet,torch,amp,compile", "barrier2", "2", "3"),
+        ("unet,phaseconv,amp,compile", "barrier2", "2", "3"),
+        ("unet,torch,fp32,eager", "eager0", "2", "3"),
+        ("unet,phaseconv,fp32,eager", "eager0", "2", "3"),
+        ("unet,torch,amp,eager", "eager1", "2", "3"),
+        ("unet,phaseconv,amp,eager", "eager1", "2", "3"),
+    ]
+    assert text.count("| 2.0 | 1.0 | 2.00x | 1.0-3.0 / 1.0-3.0 |") == 4, text
