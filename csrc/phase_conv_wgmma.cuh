@@ -80,10 +80,9 @@ template <int R> __device__ __forceinline__ void fence_operand(float (&d)[R]) {
 }
 
 // D[64 x N] (+)= A[64 x 16] * B[16 x N] in shared memory, each K-major or (MN_A, MN_B 1)
-// MN-major;
-// f32 accumulators, thread t of warp w holding rows 16w + t/4 (+8), columns 8j + 2(t%4) (+1)
-// at d[4j .. 4j+3] (the mma.sync m16n8 accumulator layout, repeated over N/8).  scale_d 0:
-// D = A*B.
+// MN-major; f32 accumulators, thread t of warp w holding rows 16w + t/4 (+8), columns
+// 8j + 2(t%4) (+1) at d[4j .. 4j+3] (the mma.sync m16n8 accumulator layout, repeated over
+// N/8).  scale_d 0: D = A*B.
 template <typename T, int N, int MN_A = 0, int MN_B = MN_A> struct Wgmma;
 
 #if PHASECONV_WGMMA

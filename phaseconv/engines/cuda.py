@@ -28,10 +28,10 @@ blocks, or its tensor-core layout (one launch), runs the one-launch input gradie
 weight gradient, which writes straight into a tensor with the weight's own strides.  The TMA
 tiles (forward and input gradient) read a 16-bit ``channels_last_3d`` weight in place instead
 (:func:`weight_in_place`, :func:`grad_input_weight_in_place`: no pack; a memset zeroes the
-call's non-finite flag).  The launches are planned once
-per (input shape, layout, dtype, device): :class:`ForwardPlan` / :class:`BackwardPlan` in
-``csrc/phase_conv.cpp`` keep the kernel plan, so a call does no tile search, and no call
-waits for the GPU (the tables reach the device by asynchronous copies from pinned memory).
+call's non-finite flag).  The launches are planned once per (input shape, layout, dtype,
+device): :class:`ForwardPlan` / :class:`BackwardPlan` in ``csrc/phase_conv.cpp`` keep the
+kernel plan, so a call does no tile search, and no call waits for the GPU (the tables reach
+the device by asynchronous copies from pinned memory).
 
 :func:`load` builds the extension on first use (one line on stderr while nvcc runs) for the
 present GPU's architecture only, and caches it across processes in torch's extension
@@ -631,6 +631,10 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     return plan(x, weight, bias)
 
 
+# what a description adds where the kernel reads the weight itself (no pack)
+WEIGHT_IN_PLACE_NOTE = ", weight read in place (channels_last_3d)"
+
+
 def describe(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.device,
              channels_last: bool = False, kernel="auto", out_channels_last: bool = False,
              weight_strides: Optional[Tuple[int, ...]] = None) -> str:
@@ -639,7 +643,7 @@ def describe(args: ConvArgs, batch: int, dtype: torch.dtype, device: torch.devic
     plan = forward_plan(args, batch, dtype, device, channels_last, False,
                         kernel, out_channels_last)[1]
     if weight_strides is not None and plan.weight_strides_in_place(list(weight_strides)):
-        return plan.description + ", weight read in place (channels_last_3d)"
+        return plan.description + WEIGHT_IN_PLACE_NOTE
     return plan.description
 
 
@@ -744,7 +748,7 @@ def describe_backward(args: ConvArgs, batch: int, dtype: torch.dtype, device: to
     plan = backward_plan(args, batch, dtype, device)[1]
     grad_input = plan.grad_input_description
     if weight_strides is not None and plan.weight_strides_in_place(list(weight_strides)):
-        grad_input += ", weight read in place (channels_last_3d)"
+        grad_input += WEIGHT_IN_PLACE_NOTE
     return grad_input, plan.grad_weight_description
 
 

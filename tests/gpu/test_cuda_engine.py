@@ -682,12 +682,7 @@ def test_tma_weight_in_place_nonfinite_and_captured(dtype):
         pytest.skip("the TMA tiles need an sm_90a build on an sm_90 GPU")
     cfg = _WGMMA_CASES[0]
     kernel = ForwardKernel("gemm", gemm_tile=8)
-    xl, wl, bl, _ = _random_call(cfg, dtype, 3)
-    x = xl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
-    b = bl.to(DEV) if bl is not None else None
-    w = wl.to(DEV).contiguous(memory_format=torch.channels_last_3d)
-    args = check_conv_transpose3d(x, w, b, cfg["s"], cfg["p"], cfg["op"], cfg["groups"],
-                                  cfg["d"])
+    x, _, w, b, args, _ = _channels_last_weight_call(cfg, dtype, 3)
     cuda = _cuda()
     assert cuda.weight_in_place(args, cfg["n"], dtype, x.device, w, True, kernel)
 
