@@ -28,6 +28,7 @@
 #include "phase_conv_bwd_depthwise.cuh"
 #include "phase_conv_bwd_narrow.cuh"
 #include "phase_conv_dtype.cuh"
+#include "phase_conv_fastdiv.cuh"
 #include "phase_conv_fwd.cuh"
 #include "phase_conv_launch.cuh"
 #include "phase_conv_mma.cuh"
@@ -455,15 +456,16 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
 // (64 -> 32 k3) take two where the rows kernel, four splits a batch and then one at a time,
 // took seven; 2 splits (512 -> 256 k2) one where it took two.  The grid is one resident wave:
 // a block builds the tap-row table once and walks the elements (the rows kernel's grid is a
-// block a run, each building the table: 1,024 of them for 512 -> 256 k2).
+// block a run, each building the table: 1,024 of them for 512 -> 256 k2).  Elements are
+// numbered in 32 bits (fewer than 2^31), so their digits come from multiply-high divisions.
 constexpr int kClLoads = 16;
 
 template <typename T, int B>
 __global__ void __launch_bounds__(256, 4) gw_reduce_cl_kernel(
     const void* ws_, void* gw_, const int32_t* __restrict__ index,
     const PhaseConvWeightView view, const int64_t* __restrict__ table, int num_phases,
-    int cout_g, int taps, int splits, int64_t elems,
-    const PHASECONV_GRID_CONSTANT PhaseConvExact ex) {
+    int cout_g, int taps, phaseconv::FastDiv by_cout_g, phaseconv::FastDiv by_taps, int splits,
+    int64_t elems, const PHASECONV_GRID_CONSTANT PhaseConvExact ex) {
   typedef typename AccOf<T>::type A;
   constexpr int U = kClLoads / B < 4 ? kClLoads / B : 4;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -474,11 +476,12 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_cl_kernel(
   build_tap_rows(rows, tap_ofs, view, index, table, num_phases, cout_g, taps);
   __syncthreads();
   // element i: its packed element, where its sum is stored, its logical (C-order) index
+  // (elems < 2^31: multiply-high divisions; 64-bit ones cost more than the loads)
   auto place = [&](int64_t i, int64_t& at, int64_t& stored, int64_t& logical) {
-    const int64_t q = i / cout_g;  // ci * taps + r
-    const int co = (int)(i - q * cout_g);
-    const int64_t ci = q / taps;
-    const TapRow t = rows[(int)(q - ci * taps)];
+    const int q = phaseconv::fast_div((int)i, by_cout_g);  // ci * taps + r
+    const int co = (int)i - q * cout_g;
+    const int64_t ci = phaseconv::fast_div(q, by_taps);
+    const TapRow t = rows[q - (int)ci * taps];
     at = t.ofs + ci * t.taps * cout_g + co;
     stored = ci * view.stride[0] + co * view.stride[1] + tap_ofs[t.tap];
     logical = (ci * cout_g + co) * taps + t.tap;
@@ -513,7 +516,7 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_cl_kernel(
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (at[u] < 0) continue;
-      int64_t packed, stored, logical;
+      int64_t packed, stored, logical;  // (placed again: fewer registers live over the loads)
       place(i0 + u * apart, packed, stored, logical);
       const T v = from_acc<T>(sum[u]);
       gw[stored] = v;
@@ -538,12 +541,15 @@ cudaError_t launch_reduce_cl(const PhaseConvBwdWeightParams& p, int splits, int6
   gw_reduce_cl_kernel<T, B><<<(unsigned)blocks, 256, smem, stream>>>(
       p.workspace, p.grad_w, p.grad_w_index, v, p.table,
       (int)(p.stride_d * p.stride_h * p.stride_w), (int)v.size[1],
-      (int)(v.size[2] * v.size[3] * v.size[4]), splits, p.packed_elems, p.exact);
+      (int)(v.size[2] * v.size[3] * v.size[4]), phaseconv::make_fastdiv(v.size[1]),
+      phaseconv::make_fastdiv(v.size[2] * v.size[3] * v.size[4]), splits, p.packed_elems,
+      p.exact);
   return cudaGetLastError();
 }
 
 // Where the packed layout holds the weight's elements once (as pack() makes it): the
-// channels-last kernel for a weight with adjacent output channels, the rows kernel where a
+// channels-last kernel for a weight with adjacent output channels (under 2^31 elements),
+// the rows kernel where a
 // run of 32 channels fits its shared memory; else the element-wise kernel.  All add the
 // splits in order: the same bits.
 template <typename T>
@@ -552,7 +558,8 @@ cudaError_t launch_reduce(const PhaseConvBwdWeightParams& p, int splits, cudaStr
   const int64_t cout_g = v.size[1], taps = v.size[2] * v.size[3] * v.size[4];
   const size_t per_tap = sizeof(TapRow) + sizeof(int64_t);  // its row and storage offset
   const bool once = p.c_in * cout_g * taps == p.packed_elems;
-  if (once && !v.contiguous && v.stride[1] == 1 && (size_t)taps * per_tap <= 48 * 1024) {
+  if (once && !v.contiguous && v.stride[1] == 1 && (size_t)taps * per_tap <= 48 * 1024 &&
+      p.packed_elems <= INT32_MAX) {
     int device = 0, sms = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err == cudaSuccess)
