@@ -475,6 +475,7 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_cl_kernel(
   T* gw = static_cast<T*>(gw_);
   build_tap_rows(rows, tap_ofs, view, index, table, num_phases, cout_g, taps);
   __syncthreads();
+  phaseconv_exact::wait_for_hot_kernel();  // the splits' sums are the kernel's before
   // element i: its packed element, where its sum is stored, its logical (C-order) index
   // (elems < 2^31: multiply-high divisions; 64-bit ones cost more than the loads)
   auto place = [&](int64_t i, int64_t& at, int64_t& stored, int64_t& logical) {
@@ -538,13 +539,13 @@ template <typename T, int B>
 cudaError_t launch_reduce_cl(const PhaseConvBwdWeightParams& p, int splits, int64_t blocks,
                              size_t smem, cudaStream_t stream) {
   const PhaseConvWeightView& v = p.grad_w_view;
-  gw_reduce_cl_kernel<T, B><<<(unsigned)blocks, 256, smem, stream>>>(
-      p.workspace, p.grad_w, p.grad_w_index, v, p.table,
-      (int)(p.stride_d * p.stride_h * p.stride_w), (int)v.size[1],
-      (int)(v.size[2] * v.size[3] * v.size[4]), phaseconv::make_fastdiv(v.size[1]),
-      phaseconv::make_fastdiv(v.size[2] * v.size[3] * v.size[4]), splits, p.packed_elems,
+  const int cout_g = (int)v.size[1], taps = (int)(v.size[2] * v.size[3] * v.size[4]);
+  // (a dependent launch: its table is built while the weight-gradient kernel ends)
+  return phaseconv_exact::launch_dependent(
+      gw_reduce_cl_kernel<T, B>, blocks, 256, smem, stream, p.workspace, p.grad_w,
+      p.grad_w_index, v, p.table, (int)(p.stride_d * p.stride_h * p.stride_w), cout_g, taps,
+      phaseconv::make_fastdiv(cout_g), phaseconv::make_fastdiv(taps), splits, p.packed_elems,
       p.exact);
-  return cudaGetLastError();
 }
 
 // Where the packed layout holds the weight's elements once (as pack() makes it): the
@@ -1047,6 +1048,7 @@ struct GwClCopies {
 // would leave room for three and five).
 template <typename T, int WN>
 __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(const GmArgs a) {
+  phaseconv_exact::let_dependents_start();  // the reduction may start (launch_reduce)
   constexpr int WM = 2, NTHR = WM * WN * 32;
   constexpr int BM = WM * 32, BN = WN * 32, BK = kGmBK, STAGES = phaseconv::kGwClStages;
   constexpr int A_STAGE = BK * BM * 2, STAGE = BK * (BM + BN) * 2;
@@ -1200,6 +1202,7 @@ __device__ __forceinline__ void gw_wg_store(const GmArgs& a, const GmBlock& b,
 
 template <typename T, int WGS, int BN>
 __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
+  phaseconv_exact::let_dependents_start();  // the reduction may start (launch_reduce)
   namespace wg = phaseconv_wgmma;
   constexpr int NTHR = WGS * 128, BM = WGS * 64, BK = phaseconv::kGwWgBK;
   constexpr int STAGES = phaseconv::kGwWgStages, AHEAD = STAGES - 2;
@@ -1284,6 +1287,7 @@ template <typename T, int WGS, int BN>
 __global__ void __launch_bounds__(WGS * 128 + 32, 1)
 gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
               const __grid_constant__ PhaseConvTensorMap gmap) {
+  phaseconv_exact::let_dependents_start();  // the reduction may start (launch_reduce)
   namespace wg = phaseconv_wgmma;
   namespace tma = phaseconv_tma;
   constexpr int BM = WGS * 64, BK = phaseconv::kGwWgBK;
