@@ -678,11 +678,18 @@ struct GmArgs : BwdGeometry {
   int max_taps;
   int n_cib, n_cob, splits;
   int box_d, box_h, box_w;  // gw_tma_kernel: a chunk is a box of phase outputs (64 of them)
+  // gw_tma_kernel with a tile's splits in one cluster (gw_cluster_sum): the gradient, its
+  // layout and the packed index (a tap's kernel position)
+  void* gw;
+  PhaseConvWeightView view;
+  const int32_t* index;
 };
 
 
 // A tensor-core weight-gradient block's share (gw_mma_kernel, gw_cl_kernel, gw_wgmma_kernel):
-// blockIdx.x as (split, group, phase, tap, C_in block, C_out block), the tap's input offset,
+// blockIdx.x as (split, group, phase, tap, C_in block, C_out block) (SPLIT_FIRST: (group,
+// phase, tap, C_in block, C_out block, split), a tile's splits in consecutive blocks, which
+// a cluster holds), the tap's input offset,
 // the phase's output counts and reduction length, and the split's chunks of BK reduction
 // terms.
 struct GmBlock {
@@ -696,15 +703,19 @@ struct GmBlock {
 };
 
 // False where the tap is past the phase's taps (a whole block: the grid covers the most taps).
-template <int BM, int BN, int BK = kGmBK, bool BOXES = false>
+template <int BM, int BN, int BK = kGmBK, bool BOXES = false, bool SPLIT_FIRST = false>
 __device__ __forceinline__ bool decode_block(const GmArgs& a, GmBlock& b) {
   uint32_t r = blockIdx.x;
+  if (SPLIT_FIRST) {
+    b.split = (int)(r % (uint32_t)a.splits);
+    r /= (uint32_t)a.splits;
+  }
   const int cob = (int)(r % (uint32_t)a.n_cob); r /= (uint32_t)a.n_cob;
   const int cib = (int)(r % (uint32_t)a.n_cib); r /= (uint32_t)a.n_cib;
   b.t = (int)(r % (uint32_t)a.max_taps); r /= (uint32_t)a.max_taps;
   const int p = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
   b.g = (int)(r % (uint32_t)a.groups);
-  b.split = (int)(r / (uint32_t)a.groups);
+  if (!SPLIT_FIRST) b.split = (int)(r / (uint32_t)a.groups);
 
   const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
   const int Td = (int)e[PT_TAPS_D], Th = (int)e[PT_TAPS_H], Tw = (int)e[PT_TAPS_W];
@@ -1271,6 +1282,65 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
   gw_wg_store<BN>(a, b, tot, ws, warp, lane);
 }
 
+// The splits of a tile added where a cluster holds them all (gw_tma_kernel, CLUSTER): each
+// block stages its partial sums (float, rows of BN + 8: a half warp's float2 stores fall on
+// distinct banks) in its drained stages; after a cluster barrier, block `split` adds rows
+// split, split + splits, ... of every block's tile, in split order from zero, as the
+// reduction kernels add the workspace's slices (the same bits), and stores them in the
+// weight's layout, a non-finite sum recomputed from its real pairs; a last barrier keeps
+// every block's tile until the others have read it.  No workspace, no second kernel.
+template <typename T, int WGS, int BN>
+__device__ __forceinline__ void gw_cluster_sum(const GmArgs& a, const GmBlock& b,
+                                               const float (&tot)[BN / 2], float* part,
+                                               const PhaseConvExact& ex, int warp, int lane,
+                                               int tid) {
+  namespace tma = phaseconv_tma;
+  constexpr int PITCH = BN + 8, PAIRS = BN / 2, NTHR = WGS * 128 + 32;
+  __syncthreads();  // every warpgroup's last batch is complete: the stages are free
+  if (warp < WGS * 4) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = (warp >> 2) * 64 + (warp & 3) * 16 + (lane >> 2) + half * 8;
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j)
+        *reinterpret_cast<float2*>(part + row * PITCH + j * 8 + (lane & 3) * 2) =
+            make_float2(tot[4 * j + 2 * half], tot[4 * j + 2 * half + 1]);
+    }
+  }
+  __syncwarp();
+  tma::cluster_sync();  // every split's tile is staged (every warp converged: .aligned)
+  const int splits = a.splits;
+  const int rows = b.cin_n > b.split ? (b.cin_n - b.split + splits - 1) / splits : 0;
+  const int taps = (int)(a.view.size[2] * a.view.size[3] * a.view.size[4]);
+  const int tap = a.index[b.wofs + (int64_t)b.t * a.cout_g];  // (ci 0, co 0: the tap itself)
+  const int64_t tap_ofs = phaseconv_tap_offset(a.view, (uint32_t)tap);
+  const uint32_t base = tma::smem_addr(part);
+  T* gw = static_cast<T*>(a.gw);
+  for (int i = tid; i < rows * PAIRS; i += NTHR) {
+    const int row = b.split + (i / PAIRS) * splits, col = (i % PAIRS) * 2;
+    if (col >= b.con) continue;  // (C_out/g % 8 == 0: both columns or neither)
+    float s0 = 0.f, s1 = 0.f;
+    for (int k = 0; k < splits; ++k) {
+      const float2 v = tma::load_peer_float2(base + 4u * (uint32_t)(row * PITCH + col),
+                                             (uint32_t)k);
+      s0 += v.x;
+      s1 += v.y;
+    }
+    const int64_t ci = (int64_t)b.g * a.cin_g + b.ci0 + row;
+    const int co = b.co0 + col;
+    const float sum[2] = {s0, s1};
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      T v = from_acc<T>(sum[e]);
+      if (!phaseconv_exact::finite_value(v))
+        v = phaseconv_exact::exact_element<T>(ex, (ci * a.cout_g + co + e) * taps + tap);
+      gw[ci * a.view.stride[0] + (int64_t)(co + e) * a.view.stride[1] + tap_ofs] = v;
+    }
+  }
+  __syncwarp();
+  tma::cluster_sync();  // the other blocks have read this block's tile
+}
+
 // gw_wgmma_kernel's GEMM with its operands copied by the TMA unit (sm_90a, CUDA 12+): a chunk
 // of the reduction is a box of box_d x box_h x box_w = BK outputs j of the phase, (n, jd0,
 // jh0, jw0) its corner, so its A is one box of the channels-last input at j0 + the tap's
@@ -1282,11 +1352,14 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
 // `full` barrier; each consumer warpgroup releases the stage on its `empty` barrier once its
 // wgmma batch reading it is complete.  The summation order (box by box, each box's voxels in
 // W-fastest order) is fixed: results repeat bitwise.  Channels past the tile's (the next
-// group's, or past C) ride along in rows and columns that are never stored.
-template <typename T, int WGS, int BN>
+// group's, or past C) ride along in rows and columns that are never stored.  CLUSTER: a
+// tile's splits are one cluster's blocks, which add them (gw_cluster_sum); else each split
+// writes its workspace slice for the reduction kernels.
+template <typename T, int WGS, int BN, bool CLUSTER>
 __global__ void __launch_bounds__(WGS * 128 + 32, 1)
 gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
-              const __grid_constant__ PhaseConvTensorMap gmap) {
+              const __grid_constant__ PhaseConvTensorMap gmap,
+              const PHASECONV_GRID_CONSTANT PhaseConvExact ex) {
   phaseconv_exact::let_dependents_start();  // the reduction may start (launch_reduce)
   namespace wg = phaseconv_wgmma;
   namespace tma = phaseconv_tma;
@@ -1299,6 +1372,7 @@ gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
   constexpr int B_BOX = BN >= 64 ? 64 : BN;           // channels of one grad_y box
   static_assert(sizeof(T) == 2, "16-bit operands (MN-major wgmma)");
   static_assert(STAGE % 1024 == 0 && FLUSH >= 1, "1024-byte stages (the swizzle atom)");
+  static_assert(!CLUSTER || BM * (BN + 8) * 4 <= STAGES * STAGE, "the staged partial tile");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // stages 1024-byte aligned (the plan adds the slack), then the barriers
   const uint32_t raw = tma::smem_addr(smem_raw);
@@ -1310,7 +1384,8 @@ gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   GmBlock b;
-  if (!decode_block<BM, BN, BK, true>(a, b)) return;  // uniform: this phase has fewer taps
+  // uniform (over the cluster too): this phase has fewer taps
+  if (!decode_block<BM, BN, BK, true, CLUSTER>(a, b)) return;
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       tma::bar_init(&full[s], 1);
@@ -1346,6 +1421,11 @@ gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
                         b.rw + a.sw * jw0, b.rh + a.sh * jh0, b.rd + a.sd * jd0, n);
       }
     }
+    if constexpr (CLUSTER) {  // (every thread of the cluster takes its barriers)
+      float none[BN / 2];
+      gw_cluster_sum<T, WGS, BN>(a, b, none, reinterpret_cast<float*>(smem), ex, warp, lane,
+                                 tid);
+    }
     return;
   }
 
@@ -1379,7 +1459,10 @@ gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
 #pragma unroll
     for (int j = 0; j < BN / 2; ++j) tot[j] += d[j];
   }
-  gw_wg_store<BN>(a, b, tot, ws, warp, lane);
+  if constexpr (CLUSTER)
+    gw_cluster_sum<T, WGS, BN>(a, b, tot, reinterpret_cast<float*>(smem), ex, warp, lane, tid);
+  else
+    gw_wg_store<BN>(a, b, tot, ws, warp, lane);
 }
 
 // The tensor-core GEMM kernels' arguments: the geometry and the plan's grid decomposition.
@@ -1439,25 +1522,60 @@ cudaError_t launch_gw_cl<double>(const PhaseConvBwdWeightParams&,
   return cudaErrorInvalidValue;
 }
 
+// The TMA tile with a tile's splits in one cluster of plan.gm.cluster blocks (CUDA 12+).
+template <typename T, int WGS, int BN>
+cudaError_t launch_gw_tma_cluster(const GmArgs& a, const PhaseConvBwdWeightPlan& plan,
+                                  cudaStream_t stream, const PhaseConvTensorMap* maps,
+                                  const PhaseConvExact& ex) {
+#if CUDART_VERSION >= 12000
+  auto kernel = gw_tma_kernel<T, WGS, BN, true>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)plan.smem);
+  if (err != cudaSuccess) return err;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3((unsigned)plan.grid);
+  config.blockDim = dim3(WGS * 128 + 32);
+  config.dynamicSmemBytes = plan.smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = (unsigned)plan.gm.cluster;
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, a, maps[0], maps[1], ex);
+#else
+  (void)a; (void)plan; (void)stream; (void)maps; (void)ex;
+  return cudaErrorNotSupported;
+#endif
+}
+
 // One warpgroup tile's kernel: its TMA form where `maps` holds x's and grad_y's (one
-// producer warp more), else the cp.async one.
+// producer warp more; its splits in a cluster where the plan says), else the cp.async one.
 template <typename T, int WGS, int BN>
 cudaError_t launch_gw_wg_tile(const GmArgs& a, const PhaseConvBwdWeightPlan& plan,
-                              cudaStream_t stream, const PhaseConvTensorMap* maps) {
+                              cudaStream_t stream, const PhaseConvTensorMap* maps,
+                              const PhaseConvExact& ex) {
+  if (maps != nullptr && plan.gm.cluster > 0)
+    return launch_gw_tma_cluster<T, WGS, BN>(a, plan, stream, maps, ex);
   if (maps != nullptr)
-    return launch_kernel(gw_tma_kernel<T, WGS, BN>, plan.grid, WGS * 128 + 32, plan.smem,
-                         stream, a, maps[0], maps[1]);
+    return launch_kernel(gw_tma_kernel<T, WGS, BN, false>, plan.grid, WGS * 128 + 32,
+                         plan.smem, stream, a, maps[0], maps[1], ex);
   return launch_kernel(gw_wgmma_kernel<T, WGS, BN>, plan.grid, WGS * 128, plan.smem, stream,
                        a);
 }
 
 // The warpgroup tile (GmCfg: wgs warpgroups of 64 input channels, wn * 32 output channels);
 // tma: its TMA form, after x's and grad_y's maps (channels-last, 16-byte aligned: the
-// engine's copies).  Then the reduction.
+// engine's copies).  Then the reduction, unless a cluster added the splits.
 template <typename T>
 cudaError_t launch_gw_wgmma(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
                             cudaStream_t stream, bool tma) {
-  const GmArgs a = gm_args(p, plan);
+  GmArgs a = gm_args(p, plan);
+  a.gw = p.grad_w;
+  a.view = p.grad_w_view;
+  a.index = p.grad_w_index;
   const int tile = plan.gm.wgs * 10 + plan.gm.wn;
   PhaseConvTensorMap maps[2];  // x's, grad_y's
   cudaError_t err;
@@ -1472,11 +1590,12 @@ cudaError_t launch_gw_wgmma(const PhaseConvBwdWeightParams& p, const PhaseConvBw
     if (err != cudaSuccess) return err;
   }
   const PhaseConvTensorMap* m = tma ? maps : nullptr;
-  err = tile == 24   ? launch_gw_wg_tile<T, 2, 128>(a, plan, stream, m)
-        : tile == 12 ? launch_gw_wg_tile<T, 1, 64>(a, plan, stream, m)
-        : tile == 11 ? launch_gw_wg_tile<T, 1, 32>(a, plan, stream, m)
+  err = tile == 24   ? launch_gw_wg_tile<T, 2, 128>(a, plan, stream, m, p.exact)
+        : tile == 12 ? launch_gw_wg_tile<T, 1, 64>(a, plan, stream, m, p.exact)
+        : tile == 11 ? launch_gw_wg_tile<T, 1, 32>(a, plan, stream, m, p.exact)
                      : cudaErrorInvalidValue;
   if (err != cudaSuccess) return err;
+  if (tma && plan.gm.cluster > 0) return cudaSuccess;
   return launch_reduce<T>(p, plan.gm.splits, stream);
 }
 template <>

@@ -1611,11 +1611,21 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
       out->smem += 2 * kGwWgStages * 8;  // the stages' full and empty barriers
       out->family = PHASECONV_GW_WGMMA_TMA;
       out->operands_channels_last = 1;
+      // a tile's splits in one cluster (at most the portable 8 blocks), which adds them and
+      // stores the gradient (a lone split stores its own)
+      if (out->gm.splits <= kGwClusterMax) {
+        out->gm.cluster = out->gm.splits;
+        out->ws_bytes = 0;
+      }
       snprintf(buf, len, "tensor-core gemm fp32-accumulate, channels-last operands, %dx%d "
-               "channel tile, wgmma-sm90a tma-box (%d,%d,%d), %d stages, %d split(s), %lld "
+               "channel tile, wgmma-sm90a tma-box (%d,%d,%d), %d stages, %d split(s)%s, %lld "
                "blocks, smem=%zu", 64 * out->gm.wgs, 32 * out->gm.wn, out->gm.box_d,
                out->gm.box_h, out->gm.box_w, kGwWgStages, out->gm.splits,
-               (long long)out->grid, out->smem);
+               out->gm.cluster > 1    ? " added in a cluster"
+               : out->gm.cluster == 1 ? " stored by the kernel"
+                                      : "",
+               (long long)out->grid,
+               out->smem);
       return true;
     }
     if (force != 0) return refuse(buf, len, force, "its grid is too large");
