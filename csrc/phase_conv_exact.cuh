@@ -261,12 +261,15 @@ inline cudaError_t dependent_launch_allowed(cudaStream_t stream, bool* allowed) 
 
 // kernel<<<blocks, threads, smem, stream>>>(args...), as a programmatic dependent of the
 // kernel before it where dependent_launch_allowed says so: the kernel then waits in
-// wait_for_hot_kernel() before it reads what the one before wrote.
+// wait_for_hot_kernel() before it reads what the one before wrote.  Dynamic shared memory
+// past 48 KB is opted in first.
 template <typename... Params, typename... Args>
 cudaError_t launch_dependent(void (*kernel)(Params...), int64_t blocks, int threads,
                              size_t smem, cudaStream_t stream, const Args&... args) {
   bool dependent = false;
-  const cudaError_t err = dependent_launch_allowed(stream, &dependent);
+  cudaError_t err = dependent_launch_allowed(stream, &dependent);
+  if (err == cudaSuccess && smem > 48 * 1024)
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
 #if CUDART_VERSION >= 12000
   if (dependent) {
