@@ -180,21 +180,11 @@ __device__ __forceinline__ void warpgroup_registers_inc() {
 #endif
 }
 
-// Thread block clusters (sm_90): this block's rank in its cluster; a barrier over every
-// thread of every block of the cluster (each thread arrives, release, then waits, acquire:
-// shared-memory writes before it are visible to the cluster's blocks after it); and a float
-// pair in the shared memory of block `rank` of the cluster at the address this block's
-// `addr` has in its own.
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r = 0;
-#if PHASECONV_TMA
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-#else
-  __trap();
-#endif
-  return r;
-}
-
+// Thread block clusters (sm_90): a barrier over every thread of every block of the cluster
+// (each thread arrives, release, then waits, acquire: shared-memory writes before it are
+// visible to the cluster's blocks after it); and a float pair in the shared memory of block
+// `rank` of the cluster (a 1-D cluster's rank is blockIdx.x % its size) at the address this
+// block's `addr` has in its own.
 __device__ __forceinline__ void cluster_sync() {
 #if PHASECONV_TMA
   asm volatile("barrier.cluster.arrive.release.aligned;\n"
