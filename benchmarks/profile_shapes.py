@@ -79,9 +79,10 @@ for i in (int(v) for v in args.shapes.split(",")):
     conv = check_conv_transpose3d(x, w, None, s, p, op, g, (1, 1, 1))
     if args.torch:
         xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
-        y = F.conv_transpose3d(xg, wg, None, s, p, op, g)
-        gy = torch.randn_like(y)
         wanted = {"weight": (wg,), "input": (xg,), "both": (xg, wg)}.get(args.backward)
+        # (the graph a backward needs; a forward alone builds none, so none lands in a profile)
+        y = F.conv_transpose3d(xg, wg, None, s, p, op, g) if wanted else None
+        gy = torch.randn_like(y) if wanted else None
         print(name, args.dtype, "torch", "backward" if wanted else "forward", flush=True)
 
         def call(x=x, w=w, y=y, gy=gy, wanted=wanted, conf=(s, p, op, g)):

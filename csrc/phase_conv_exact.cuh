@@ -25,6 +25,7 @@
 
 #ifdef __CUDACC__
 #include "phase_conv_dtype.cuh"
+#include "phase_conv_launch.cuh"
 
 // A kernel that hands its PhaseConvExact parameter to exact_element (which takes it by
 // reference) marks it PHASECONV_GRID_CONSTANT: the reference then points into parameter memory.
@@ -262,32 +263,23 @@ inline cudaError_t dependent_launch_allowed(cudaStream_t stream, bool* allowed) 
 // kernel<<<blocks, threads, smem, stream>>>(args...), as a programmatic dependent of the
 // kernel before it where dependent_launch_allowed says so: the kernel then waits in
 // wait_for_hot_kernel() before it reads what the one before wrote.  Dynamic shared memory
-// past 48 KB is opted in first.
+// past 48 KB is opted in first (phaseconv::launch_kernel).
 template <typename... Params, typename... Args>
 cudaError_t launch_dependent(void (*kernel)(Params...), int64_t blocks, int threads,
                              size_t smem, cudaStream_t stream, const Args&... args) {
   bool dependent = false;
-  cudaError_t err = dependent_launch_allowed(stream, &dependent);
-  if (err == cudaSuccess && smem > 48 * 1024)
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  const cudaError_t err = dependent_launch_allowed(stream, &dependent);
   if (err != cudaSuccess) return err;
 #if CUDART_VERSION >= 12000
   if (dependent) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3((unsigned)blocks);
-    config.blockDim = dim3(threads);
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    return cudaLaunchKernelEx(&config, kernel, args...);
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    return phaseconv::launch_kernel_with(attribute, kernel, blocks, threads, smem, stream,
+                                         args...);
   }
 #endif
-  kernel<<<(unsigned)blocks, threads, smem, stream>>>(args...);
-  return cudaGetLastError();
+  return phaseconv::launch_kernel(kernel, blocks, threads, smem, stream, args...);
 }
 
 template <typename T>
