@@ -1528,23 +1528,14 @@ cudaError_t launch_gw_tma_cluster(const GmArgs& a, const PhaseConvBwdWeightPlan&
                                   cudaStream_t stream, const PhaseConvTensorMap* maps,
                                   const PhaseConvExact& ex) {
 #if CUDART_VERSION >= 12000
-  auto kernel = gw_tma_kernel<T, WGS, BN, true>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)plan.smem);
-  if (err != cudaSuccess) return err;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3((unsigned)plan.grid);
-  config.blockDim = dim3(WGS * 128 + 32);
-  config.dynamicSmemBytes = plan.smem;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = (unsigned)plan.gm.cluster;
-  attribute[0].val.clusterDim.y = 1;
-  attribute[0].val.clusterDim.z = 1;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, a, maps[0], maps[1], ex);
+  cudaLaunchAttribute attribute = {};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = (unsigned)plan.gm.cluster;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  return phaseconv::launch_kernel_with(attribute, gw_tma_kernel<T, WGS, BN, true>, plan.grid,
+                                       WGS * 128 + 32, plan.smem, stream, a, maps[0], maps[1],
+                                       ex);
 #else
   (void)a; (void)plan; (void)stream; (void)maps; (void)ex;
   return cudaErrorNotSupported;
