@@ -20,13 +20,15 @@
 //   for double).
 //
 // Both write per-split workspace slices that a reduction adds in split order and stores in the
-// weight's layout (gw_reduce_rows_kernel, coalesced through shared memory, or gw_reduce_kernel
+// weight's layout (gw_reduce_cl_kernel straight to a weight with adjacent output channels,
+// gw_reduce_rows_kernel coalesced through shared memory to another, or gw_reduce_kernel
 // element-wise where a run does not fit); a naive kernel (one thread per weight element) takes
 // layers whose window does not fit.  The plan (phase_conv_plan.cpp) picks one and its tile.
 #include "phase_conv_bwd.cuh"
 #include "phase_conv_bwd_depthwise.cuh"
 #include "phase_conv_bwd_narrow.cuh"
 #include "phase_conv_dtype.cuh"
+#include "phase_conv_fastdiv.cuh"
 #include "phase_conv_fwd.cuh"
 #include "phase_conv_launch.cuh"
 #include "phase_conv_mma.cuh"
@@ -322,6 +324,31 @@ struct TapRow {
   int32_t tap;   // the weight tap (kd * kH + kh) * kW + kw
 };
 
+// The layer's tap rows and the taps' storage offsets, in shared memory (the block's threads
+// in turn; the caller synchronizes before reading them).
+__device__ __forceinline__ void build_tap_rows(TapRow* rows, int64_t* tap_ofs,
+                                               const PhaseConvWeightView& view,
+                                               const int32_t* __restrict__ index,
+                                               const int64_t* __restrict__ table,
+                                               int num_phases, int cout_g, int taps) {
+  for (int t = threadIdx.x; t < taps; t += blockDim.x) tap_ofs[t] = phaseconv_tap_offset(view, t);
+  for (int r = threadIdx.x; r < taps; r += blockDim.x) {
+    int p = 0, first = 0, seen = 0;  // row r is tap r - first of phase p
+    for (int q = 0; q < num_phases; ++q) {
+      const int64_t* e = table + (int64_t)q * PHASECONV_TABLE_STRIDE;
+      const int tq = (int)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
+      if (tq > 0 && seen <= r) { p = q; first = seen; }
+      seen += tq;
+    }
+    const int64_t* e = table + (int64_t)p * PHASECONV_TABLE_STRIDE;
+    TapRow t;
+    t.taps = (int32_t)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
+    t.ofs = e[PT_WOFS] + (int64_t)(r - first) * cout_g;
+    t.tap = index[t.ofs];
+    rows[r] = t;
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
     const void* ws_, void* gw_, const int32_t* __restrict__ index,
@@ -339,22 +366,7 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
   const int co_blocks = (cout_g + co_block - 1) / co_block;
   const int64_t blocks = c_in * co_blocks;
   const bool co_inner = !view.contiguous && view.stride[1] == 1;  // the run's storage order
-  for (int t = threadIdx.x; t < taps; t += blockDim.x) tap_ofs[t] = phaseconv_tap_offset(view, t);
-  for (int r = threadIdx.x; r < taps; r += blockDim.x) {
-    int p = 0, first = 0, seen = 0;  // row r is tap r - first of phase p
-    for (int q = 0; q < num_phases; ++q) {
-      const int64_t* e = table + (int64_t)q * PHASECONV_TABLE_STRIDE;
-      const int tq = (int)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
-      if (tq > 0 && seen <= r) { p = q; first = seen; }
-      seen += tq;
-    }
-    const int64_t* e = table + (int64_t)p * PHASECONV_TABLE_STRIDE;
-    TapRow t;
-    t.taps = (int32_t)(e[PT_TAPS_D] * e[PT_TAPS_H] * e[PT_TAPS_W]);
-    t.ofs = e[PT_WOFS] + (int64_t)(r - first) * cout_g;
-    t.tap = index[t.ofs];
-    rows[r] = t;
-  }
+  build_tap_rows(rows, tap_ofs, view, index, table, num_phases, cout_g, taps);
   // run blk: input channel ci, output channels co0 .. co0 + ncols - 1, from weight element base
   struct Run {
     int64_t ci, base;
@@ -432,16 +444,145 @@ __global__ void __launch_bounds__(256, 4) gw_reduce_rows_kernel(
   }
 }
 
-// The rows kernel where a run of 32 channels fits its shared memory (and the packed layout
-// holds the weight's elements once, as pack() makes it), else the element-wise kernel.  Both
-// add the splits in order: the same bits.
+// The same sums for a weight whose output channels are adjacent (channels_last_3d: stride 1
+// along C_out/g).  There a packed tap row's output channels (input channel ci, tap row r) are
+// contiguous in the workspace and in the weight alike, so each sum goes straight to its place,
+// coalesced both ways, with no staging.  Element i of the packed order is (ci, r, co), its
+// digits over (C_in, taps, C_out/g): consecutive threads take consecutive output channels.
+// A thread issues up to kClLoads loads together, B splits (the splits rounded up to a power
+// of two, at most 16) of U = kClLoads / B elements (at most 4: more spill) a grid apart, and
+// adds each element's splits in order; a short last batch neither loads nor adds its missing
+// splits.  So the sums are the rows kernel's, bit for bit, in fewer round trips: 19 splits
+// (64 -> 32 k3) take two where the rows kernel, four splits a batch and then one at a time,
+// took seven; 2 splits (512 -> 256 k2) one where it took two.  The grid is one resident wave:
+// a block builds the tap-row table once and walks the elements (the rows kernel's grid is a
+// block a run, each building the table: 1,024 of them for 512 -> 256 k2).  Elements are
+// numbered in 32 bits (fewer than 2^31), so their digits come from multiply-high divisions.
+constexpr int kClLoads = 16;
+
+template <typename T, int B>
+__global__ void __launch_bounds__(256, 4) gw_reduce_cl_kernel(
+    const void* ws_, void* gw_, const int32_t* __restrict__ index,
+    const PhaseConvWeightView view, const int64_t* __restrict__ table, int num_phases,
+    int cout_g, int taps, phaseconv::FastDiv by_cout_g, phaseconv::FastDiv by_taps, int splits,
+    int64_t elems, const PHASECONV_GRID_CONSTANT PhaseConvExact ex) {
+  typedef typename AccOf<T>::type A;
+  constexpr int U = kClLoads / B < 4 ? kClLoads / B : 4;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  TapRow* rows = reinterpret_cast<TapRow*>(smem_raw);
+  int64_t* tap_ofs = reinterpret_cast<int64_t*>(rows + taps);  // tap t's storage offset
+  const A* ws = static_cast<const A*>(ws_);
+  T* gw = static_cast<T*>(gw_);
+  build_tap_rows(rows, tap_ofs, view, index, table, num_phases, cout_g, taps);
+  __syncthreads();
+  phaseconv_exact::wait_for_hot_kernel();  // the splits' sums are the kernel's before
+  // element i: its packed element, where its sum is stored, its logical (C-order) index
+  // (elems < 2^31: multiply-high divisions; 64-bit ones cost more than the loads)
+  auto place = [&](int64_t i, int64_t& at, int64_t& stored, int64_t& logical) {
+    const int q = phaseconv::fast_div((int)i, by_cout_g);  // ci * taps + r
+    const int co = (int)i - q * cout_g;
+    const int64_t ci = phaseconv::fast_div(q, by_taps);
+    const TapRow t = rows[q - (int)ci * taps];
+    at = t.ofs + ci * t.taps * cout_g + co;
+    stored = ci * view.stride[0] + co * view.stride[1] + tap_ofs[t.tap];
+    logical = (ci * cout_g + co) * taps + t.tap;
+  };
+  const int64_t apart = (int64_t)gridDim.x * blockDim.x;  // a thread's elements this far apart
+  bool nonfinite = false;
+  for (int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i0 < elems;
+       i0 += U * apart) {
+    int64_t at[U];  // packed element of element u, -1 past the end
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      int64_t stored, logical;
+      at[u] = -1;
+      if (i0 + u * apart < elems) place(i0 + u * apart, at[u], stored, logical);
+    }
+    A sum[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) sum[u] = 0;
+    for (int k = 0; k < splits; k += B) {
+      A v[B][U];
+#pragma unroll
+      for (int b = 0; b < B; ++b)
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          v[b][u] = at[u] >= 0 && k + b < splits ? ws[(int64_t)(k + b) * elems + at[u]] : A(0);
+#pragma unroll
+      for (int b = 0; b < B; ++b)
+        if (k + b < splits)
+#pragma unroll
+          for (int u = 0; u < U; ++u) sum[u] += v[b][u];
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (at[u] < 0) continue;
+      int64_t packed, stored, logical;  // (placed again: fewer registers live over the loads)
+      place(i0 + u * apart, packed, stored, logical);
+      const T v = from_acc<T>(sum[u]);
+      gw[stored] = v;
+      nonfinite |= !phaseconv_exact::finite_value(v);
+    }
+  }
+  if (!nonfinite) return;
+  // as gw_reduce_kernel: the non-finite elements this thread stored, recomputed from the
+  // real pairs
+  for (int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i0 < elems; i0 += apart) {
+    int64_t at, stored, logical;
+    place(i0, at, stored, logical);
+    if (!phaseconv_exact::finite_value(gw[stored]))
+      gw[stored] = phaseconv_exact::exact_element<T>(ex, logical);
+  }
+}
+
+template <typename T, int B>
+cudaError_t launch_reduce_cl(const PhaseConvBwdWeightParams& p, int splits, int64_t blocks,
+                             size_t smem, cudaStream_t stream) {
+  const PhaseConvWeightView& v = p.grad_w_view;
+  const int cout_g = (int)v.size[1], taps = (int)(v.size[2] * v.size[3] * v.size[4]);
+  // (a dependent launch: its table is built while the weight-gradient kernel ends)
+  return phaseconv_exact::launch_dependent(
+      gw_reduce_cl_kernel<T, B>, blocks, 256, smem, stream, p.workspace, p.grad_w,
+      p.grad_w_index, v, p.table, (int)(p.stride_d * p.stride_h * p.stride_w), cout_g, taps,
+      phaseconv::make_fastdiv(cout_g), phaseconv::make_fastdiv(taps), splits, p.packed_elems,
+      p.exact);
+}
+
+// Where the packed layout holds the weight's elements once (as pack() makes it): the
+// channels-last kernel for a weight with adjacent output channels (under 2^31 elements),
+// the rows kernel where a
+// run of 32 channels fits its shared memory; else the element-wise kernel.  All add the
+// splits in order: the same bits.
 template <typename T>
 cudaError_t launch_reduce(const PhaseConvBwdWeightParams& p, int splits, cudaStream_t stream) {
   const PhaseConvWeightView& v = p.grad_w_view;
   const int64_t cout_g = v.size[1], taps = v.size[2] * v.size[3] * v.size[4];
   const size_t per_tap = sizeof(TapRow) + sizeof(int64_t);  // its row and storage offset
-  if ((size_t)taps * (32 * sizeof(T) + per_tap) <= 48 * 1024 &&
-      p.c_in * cout_g * taps == p.packed_elems) {
+  const bool once = p.c_in * cout_g * taps == p.packed_elems;
+  if (once && !v.contiguous && v.stride[1] == 1 && (size_t)taps * per_tap <= 48 * 1024 &&
+      p.packed_elems <= INT32_MAX) {
+    int device = 0, sms = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess)
+      err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+    const int64_t wave = (int64_t)sms * 4;  // __launch_bounds__(256, 4): resident blocks
+    const size_t smem = (size_t)taps * per_tap;
+    const int64_t per_load = (p.packed_elems + 255) / 256;  // blocks at one element a thread
+    // B splits a batch, U = kClLoads / B elements a thread
+    const int b = splits <= 2 ? 2 : splits <= 4 ? 4 : splits <= 8 ? 8 : 16;
+    const int u = kClLoads / b < 4 ? kClLoads / b : 4;  // as the kernel's U
+    int64_t blocks = (per_load + u - 1) / u;
+    if (blocks > wave) blocks = wave;
+    if (blocks < 1) blocks = 1;  // (no elements: the table alone)
+    switch (b) {
+      case 2: return launch_reduce_cl<T, 2>(p, splits, blocks, smem, stream);
+      case 4: return launch_reduce_cl<T, 4>(p, splits, blocks, smem, stream);
+      case 8: return launch_reduce_cl<T, 8>(p, splits, blocks, smem, stream);
+      default: return launch_reduce_cl<T, 16>(p, splits, blocks, smem, stream);
+    }
+  }
+  if ((size_t)taps * (32 * sizeof(T) + per_tap) <= 48 * 1024 && once) {
     // 32-channel blocks, as many as keep the run within kReduceRunElems
     int64_t per32 = kReduceRunElems / (32 * taps);  // 32-channel blocks a run
     if (per32 > (cout_g + 31) / 32) per32 = (cout_g + 31) / 32;
@@ -537,11 +678,18 @@ struct GmArgs : BwdGeometry {
   int max_taps;
   int n_cib, n_cob, splits;
   int box_d, box_h, box_w;  // gw_tma_kernel: a chunk is a box of phase outputs (64 of them)
+  // gw_tma_kernel with a tile's splits in one cluster (gw_cluster_sum): the gradient, its
+  // layout and the packed index (a tap's kernel position)
+  void* gw;
+  PhaseConvWeightView view;
+  const int32_t* index;
 };
 
 
 // A tensor-core weight-gradient block's share (gw_mma_kernel, gw_cl_kernel, gw_wgmma_kernel):
-// blockIdx.x as (split, group, phase, tap, C_in block, C_out block), the tap's input offset,
+// blockIdx.x as (split, group, phase, tap, C_in block, C_out block) (SPLIT_FIRST: (group,
+// phase, tap, C_in block, C_out block, split), a tile's splits in consecutive blocks, which
+// a cluster holds), the tap's input offset,
 // the phase's output counts and reduction length, and the split's chunks of BK reduction
 // terms.
 struct GmBlock {
@@ -555,15 +703,19 @@ struct GmBlock {
 };
 
 // False where the tap is past the phase's taps (a whole block: the grid covers the most taps).
-template <int BM, int BN, int BK = kGmBK, bool BOXES = false>
+template <int BM, int BN, int BK = kGmBK, bool BOXES = false, bool SPLIT_FIRST = false>
 __device__ __forceinline__ bool decode_block(const GmArgs& a, GmBlock& b) {
   uint32_t r = blockIdx.x;
+  if (SPLIT_FIRST) {
+    b.split = (int)(r % (uint32_t)a.splits);
+    r /= (uint32_t)a.splits;
+  }
   const int cob = (int)(r % (uint32_t)a.n_cob); r /= (uint32_t)a.n_cob;
   const int cib = (int)(r % (uint32_t)a.n_cib); r /= (uint32_t)a.n_cib;
   b.t = (int)(r % (uint32_t)a.max_taps); r /= (uint32_t)a.max_taps;
   const int p = (int)(r % (uint32_t)a.num_phases); r /= (uint32_t)a.num_phases;
   b.g = (int)(r % (uint32_t)a.groups);
-  b.split = (int)(r / (uint32_t)a.groups);
+  if (!SPLIT_FIRST) b.split = (int)(r / (uint32_t)a.groups);
 
   const int64_t* e = a.table + (int64_t)p * PHASECONV_TABLE_STRIDE;
   const int Td = (int)e[PT_TAPS_D], Th = (int)e[PT_TAPS_H], Tw = (int)e[PT_TAPS_W];
@@ -907,6 +1059,7 @@ struct GwClCopies {
 // would leave room for three and five).
 template <typename T, int WN>
 __global__ void __launch_bounds__(2 * WN * 32, WN == 1 ? 6 : 4) gw_cl_kernel(const GmArgs a) {
+  phaseconv_exact::let_dependents_start();  // the reduction may start (launch_reduce)
   constexpr int WM = 2, NTHR = WM * WN * 32;
   constexpr int BM = WM * 32, BN = WN * 32, BK = kGmBK, STAGES = phaseconv::kGwClStages;
   constexpr int A_STAGE = BK * BM * 2, STAGE = BK * (BM + BN) * 2;
@@ -1060,6 +1213,7 @@ __device__ __forceinline__ void gw_wg_store(const GmArgs& a, const GmBlock& b,
 
 template <typename T, int WGS, int BN>
 __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
+  phaseconv_exact::let_dependents_start();  // the reduction may start (launch_reduce)
   namespace wg = phaseconv_wgmma;
   constexpr int NTHR = WGS * 128, BM = WGS * 64, BK = phaseconv::kGwWgBK;
   constexpr int STAGES = phaseconv::kGwWgStages, AHEAD = STAGES - 2;
@@ -1128,6 +1282,65 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
   gw_wg_store<BN>(a, b, tot, ws, warp, lane);
 }
 
+// The splits of a tile added where a cluster holds them all (gw_tma_kernel, CLUSTER): each
+// block stages its partial sums (float, rows of BN + 8: a half warp's float2 stores fall on
+// distinct banks) in its drained stages; after a cluster barrier, block `split` adds rows
+// split, split + splits, ... of every block's tile, in split order from zero, as the
+// reduction kernels add the workspace's slices (the same bits), and stores them in the
+// weight's layout, a non-finite sum recomputed from its real pairs; a last barrier keeps
+// every block's tile until the others have read it.  No workspace, no second kernel.
+template <typename T, int WGS, int BN>
+__device__ __forceinline__ void gw_cluster_sum(const GmArgs& a, const GmBlock& b,
+                                               const float (&tot)[BN / 2], float* part,
+                                               const PhaseConvExact& ex, int warp, int lane,
+                                               int tid) {
+  namespace tma = phaseconv_tma;
+  constexpr int PITCH = BN + 8, PAIRS = BN / 2, NTHR = WGS * 128 + 32;
+  __syncthreads();  // every warpgroup's last batch is complete: the stages are free
+  if (warp < WGS * 4) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = (warp >> 2) * 64 + (warp & 3) * 16 + (lane >> 2) + half * 8;
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j)
+        *reinterpret_cast<float2*>(part + row * PITCH + j * 8 + (lane & 3) * 2) =
+            make_float2(tot[4 * j + 2 * half], tot[4 * j + 2 * half + 1]);
+    }
+  }
+  __syncwarp();
+  tma::cluster_sync();  // every split's tile is staged (every warp converged: .aligned)
+  const int splits = a.splits;
+  const int rows = b.cin_n > b.split ? (b.cin_n - b.split + splits - 1) / splits : 0;
+  const int taps = (int)(a.view.size[2] * a.view.size[3] * a.view.size[4]);
+  const int tap = a.index[b.wofs + (int64_t)b.t * a.cout_g];  // (ci 0, co 0: the tap itself)
+  const int64_t tap_ofs = phaseconv_tap_offset(a.view, (uint32_t)tap);
+  const uint32_t base = tma::smem_addr(part);
+  T* gw = static_cast<T*>(a.gw);
+  for (int i = tid; i < rows * PAIRS; i += NTHR) {
+    const int row = b.split + (i / PAIRS) * splits, col = (i % PAIRS) * 2;
+    if (col >= b.con) continue;  // (C_out/g % 8 == 0: both columns or neither)
+    float s0 = 0.f, s1 = 0.f;
+    for (int k = 0; k < splits; ++k) {
+      const float2 v = tma::load_peer_float2(base + 4u * (uint32_t)(row * PITCH + col),
+                                             (uint32_t)k);
+      s0 += v.x;
+      s1 += v.y;
+    }
+    const int64_t ci = (int64_t)b.g * a.cin_g + b.ci0 + row;
+    const int co = b.co0 + col;
+    const float sum[2] = {s0, s1};
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      T v = from_acc<T>(sum[e]);
+      if (!phaseconv_exact::finite_value(v))
+        v = phaseconv_exact::exact_element<T>(ex, (ci * a.cout_g + co + e) * taps + tap);
+      gw[ci * a.view.stride[0] + (int64_t)(co + e) * a.view.stride[1] + tap_ofs] = v;
+    }
+  }
+  __syncwarp();
+  tma::cluster_sync();  // the other blocks have read this block's tile
+}
+
 // gw_wgmma_kernel's GEMM with its operands copied by the TMA unit (sm_90a, CUDA 12+): a chunk
 // of the reduction is a box of box_d x box_h x box_w = BK outputs j of the phase, (n, jd0,
 // jh0, jw0) its corner, so its A is one box of the channels-last input at j0 + the tap's
@@ -1139,11 +1352,15 @@ __global__ void __launch_bounds__(WGS * 128) gw_wgmma_kernel(const GmArgs a) {
 // `full` barrier; each consumer warpgroup releases the stage on its `empty` barrier once its
 // wgmma batch reading it is complete.  The summation order (box by box, each box's voxels in
 // W-fastest order) is fixed: results repeat bitwise.  Channels past the tile's (the next
-// group's, or past C) ride along in rows and columns that are never stored.
-template <typename T, int WGS, int BN>
+// group's, or past C) ride along in rows and columns that are never stored.  CLUSTER: a
+// tile's splits are one cluster's blocks, which add them (gw_cluster_sum); else each split
+// writes its workspace slice for the reduction kernels.
+template <typename T, int WGS, int BN, bool CLUSTER>
 __global__ void __launch_bounds__(WGS * 128 + 32, 1)
 gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
-              const __grid_constant__ PhaseConvTensorMap gmap) {
+              const __grid_constant__ PhaseConvTensorMap gmap,
+              const PHASECONV_GRID_CONSTANT PhaseConvExact ex) {
+  phaseconv_exact::let_dependents_start();  // the reduction may start (launch_reduce)
   namespace wg = phaseconv_wgmma;
   namespace tma = phaseconv_tma;
   constexpr int BM = WGS * 64, BK = phaseconv::kGwWgBK;
@@ -1155,6 +1372,7 @@ gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
   constexpr int B_BOX = BN >= 64 ? 64 : BN;           // channels of one grad_y box
   static_assert(sizeof(T) == 2, "16-bit operands (MN-major wgmma)");
   static_assert(STAGE % 1024 == 0 && FLUSH >= 1, "1024-byte stages (the swizzle atom)");
+  static_assert(!CLUSTER || BM * (BN + 8) * 4 <= STAGES * STAGE, "the staged partial tile");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // stages 1024-byte aligned (the plan adds the slack), then the barriers
   const uint32_t raw = tma::smem_addr(smem_raw);
@@ -1166,7 +1384,8 @@ gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   GmBlock b;
-  if (!decode_block<BM, BN, BK, true>(a, b)) return;  // uniform: this phase has fewer taps
+  // uniform (over the cluster too): this phase has fewer taps
+  if (!decode_block<BM, BN, BK, true, CLUSTER>(a, b)) return;
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       tma::bar_init(&full[s], 1);
@@ -1202,6 +1421,11 @@ gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
                         b.rw + a.sw * jw0, b.rh + a.sh * jh0, b.rd + a.sd * jd0, n);
       }
     }
+    if constexpr (CLUSTER) {  // (every thread of the cluster takes its barriers)
+      float none[BN / 2];
+      gw_cluster_sum<T, WGS, BN>(a, b, none, reinterpret_cast<float*>(smem), ex, warp, lane,
+                                 tid);
+    }
     return;
   }
 
@@ -1235,7 +1459,10 @@ gw_tma_kernel(const GmArgs a, const __grid_constant__ PhaseConvTensorMap xmap,
 #pragma unroll
     for (int j = 0; j < BN / 2; ++j) tot[j] += d[j];
   }
-  gw_wg_store<BN>(a, b, tot, ws, warp, lane);
+  if constexpr (CLUSTER)
+    gw_cluster_sum<T, WGS, BN>(a, b, tot, reinterpret_cast<float*>(smem), ex, warp, lane, tid);
+  else
+    gw_wg_store<BN>(a, b, tot, ws, warp, lane);
 }
 
 // The tensor-core GEMM kernels' arguments: the geometry and the plan's grid decomposition.
@@ -1295,25 +1522,51 @@ cudaError_t launch_gw_cl<double>(const PhaseConvBwdWeightParams&,
   return cudaErrorInvalidValue;
 }
 
+// The TMA tile with a tile's splits in one cluster of plan.gm.cluster blocks (CUDA 12+).
+template <typename T, int WGS, int BN>
+cudaError_t launch_gw_tma_cluster(const GmArgs& a, const PhaseConvBwdWeightPlan& plan,
+                                  cudaStream_t stream, const PhaseConvTensorMap* maps,
+                                  const PhaseConvExact& ex) {
+#if CUDART_VERSION >= 12000
+  cudaLaunchAttribute attribute = {};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = (unsigned)plan.gm.cluster;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  return phaseconv::launch_kernel_with(attribute, gw_tma_kernel<T, WGS, BN, true>, plan.grid,
+                                       WGS * 128 + 32, plan.smem, stream, a, maps[0], maps[1],
+                                       ex);
+#else
+  (void)a; (void)plan; (void)stream; (void)maps; (void)ex;
+  return cudaErrorNotSupported;
+#endif
+}
+
 // One warpgroup tile's kernel: its TMA form where `maps` holds x's and grad_y's (one
-// producer warp more), else the cp.async one.
+// producer warp more; its splits in a cluster where the plan says), else the cp.async one.
 template <typename T, int WGS, int BN>
 cudaError_t launch_gw_wg_tile(const GmArgs& a, const PhaseConvBwdWeightPlan& plan,
-                              cudaStream_t stream, const PhaseConvTensorMap* maps) {
+                              cudaStream_t stream, const PhaseConvTensorMap* maps,
+                              const PhaseConvExact& ex) {
+  if (maps != nullptr && plan.gm.cluster > 0)
+    return launch_gw_tma_cluster<T, WGS, BN>(a, plan, stream, maps, ex);
   if (maps != nullptr)
-    return launch_kernel(gw_tma_kernel<T, WGS, BN>, plan.grid, WGS * 128 + 32, plan.smem,
-                         stream, a, maps[0], maps[1]);
+    return launch_kernel(gw_tma_kernel<T, WGS, BN, false>, plan.grid, WGS * 128 + 32,
+                         plan.smem, stream, a, maps[0], maps[1], ex);
   return launch_kernel(gw_wgmma_kernel<T, WGS, BN>, plan.grid, WGS * 128, plan.smem, stream,
                        a);
 }
 
 // The warpgroup tile (GmCfg: wgs warpgroups of 64 input channels, wn * 32 output channels);
 // tma: its TMA form, after x's and grad_y's maps (channels-last, 16-byte aligned: the
-// engine's copies).  Then the reduction.
+// engine's copies).  Then the reduction, unless a cluster added the splits.
 template <typename T>
 cudaError_t launch_gw_wgmma(const PhaseConvBwdWeightParams& p, const PhaseConvBwdWeightPlan& plan,
                             cudaStream_t stream, bool tma) {
-  const GmArgs a = gm_args(p, plan);
+  GmArgs a = gm_args(p, plan);
+  a.gw = p.grad_w;
+  a.view = p.grad_w_view;
+  a.index = p.grad_w_index;
   const int tile = plan.gm.wgs * 10 + plan.gm.wn;
   PhaseConvTensorMap maps[2];  // x's, grad_y's
   cudaError_t err;
@@ -1328,11 +1581,12 @@ cudaError_t launch_gw_wgmma(const PhaseConvBwdWeightParams& p, const PhaseConvBw
     if (err != cudaSuccess) return err;
   }
   const PhaseConvTensorMap* m = tma ? maps : nullptr;
-  err = tile == 24   ? launch_gw_wg_tile<T, 2, 128>(a, plan, stream, m)
-        : tile == 12 ? launch_gw_wg_tile<T, 1, 64>(a, plan, stream, m)
-        : tile == 11 ? launch_gw_wg_tile<T, 1, 32>(a, plan, stream, m)
+  err = tile == 24   ? launch_gw_wg_tile<T, 2, 128>(a, plan, stream, m, p.exact)
+        : tile == 12 ? launch_gw_wg_tile<T, 1, 64>(a, plan, stream, m, p.exact)
+        : tile == 11 ? launch_gw_wg_tile<T, 1, 32>(a, plan, stream, m, p.exact)
                      : cudaErrorInvalidValue;
   if (err != cudaSuccess) return err;
+  if (tma && plan.gm.cluster > 0) return cudaSuccess;
   return launch_reduce<T>(p, plan.gm.splits, stream);
 }
 template <>

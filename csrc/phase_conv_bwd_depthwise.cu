@@ -121,7 +121,7 @@ __device__ __forceinline__ DwTile tile_origin(const DwBwdArgs& a, int tile) {
 // fixed offsets).
 template <typename T, int SH>
 __global__ void __launch_bounds__(kDwBwdThreads) dw_grad_input_kernel(const DwBwdArgs a) {
-  phaseconv_exact::let_fixup_start();
+  phaseconv_exact::let_dependents_start();
   typedef typename AccOf<T>::type A;
   extern __shared__ __align__(16) unsigned char smem[];
   DwTap<A>* s_tap = reinterpret_cast<DwTap<A>*>(smem);

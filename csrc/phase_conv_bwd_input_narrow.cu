@@ -85,7 +85,7 @@ __device__ __forceinline__ WinDigits win_digits(int i, int ws, int sw, int wh) {
 // zero-padded alike (phase_conv_pack.cuh), so the padding terms add zeros.
 template <typename T, int NCI, int NCO, bool FEW_CO>
 __global__ void __launch_bounds__(kThreads, 2) gi_narrow_kernel(const GiNarrowArgs a) {
-  phaseconv_exact::let_fixup_start();
+  phaseconv_exact::let_dependents_start();
   constexpr bool F32 = sizeof(T) == 4;
   constexpr int kTiles = gi_narrow_outputs((int)sizeof(T)) / (16 * kWarps);  // m16 tiles a warp
   constexpr int RB = 8 * (int)sizeof(T);  // an octet's row bytes

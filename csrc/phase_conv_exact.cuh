@@ -25,6 +25,7 @@
 
 #ifdef __CUDACC__
 #include "phase_conv_dtype.cuh"
+#include "phase_conv_launch.cuh"
 
 // A kernel that hands its PhaseConvExact parameter to exact_element (which takes it by
 // reference) marks it PHASECONV_GRID_CONSTANT: the reference then points into parameter memory.
@@ -195,13 +196,14 @@ __device__ __noinline__ T exact_element(const PhaseConvExact& e, int64_t off) {
   return from_acc<T>(acc);
 }
 
-// The fix-up is launched as a programmatic dependent of the hot kernel on sm_90 (see
-// launch_fixup): its blocks may start once every block of the hot kernel has started, and
-// wait in griddepcontrol.wait for the hot kernel to complete and its stores to be visible.
-// So its launch and its blocks' start overlap the hot kernel's last wave instead of following
-// it.  A hot kernel calls let_fixup_start() first thing; both instructions are no-ops where
-// the launch did not ask for it.
-__device__ __forceinline__ void let_fixup_start() {
+// The fix-up (and the weight gradient's channels-last reduction) is launched as a
+// programmatic dependent of the hot kernel on sm_90 (see launch_dependent): its blocks may
+// start once every block of the hot kernel has started, and wait in griddepcontrol.wait for
+// the hot kernel to complete and its stores to be visible.  So its launch and its blocks'
+// start overlap the hot kernel's last wave instead of following it.  A hot kernel calls
+// let_dependents_start() first thing; both instructions are no-ops where the launch did not
+// ask for it.
+__device__ __forceinline__ void let_dependents_start() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
@@ -258,6 +260,28 @@ inline cudaError_t dependent_launch_allowed(cudaStream_t stream, bool* allowed) 
 #endif
 }
 
+// kernel<<<blocks, threads, smem, stream>>>(args...), as a programmatic dependent of the
+// kernel before it where dependent_launch_allowed says so: the kernel then waits in
+// wait_for_hot_kernel() before it reads what the one before wrote.  Dynamic shared memory
+// past 48 KB is opted in first (phaseconv::launch_kernel).
+template <typename... Params, typename... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), int64_t blocks, int threads,
+                             size_t smem, cudaStream_t stream, const Args&... args) {
+  bool dependent = false;
+  const cudaError_t err = dependent_launch_allowed(stream, &dependent);
+  if (err != cudaSuccess) return err;
+#if CUDART_VERSION >= 12000
+  if (dependent) {
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    return phaseconv::launch_kernel_with(attribute, kernel, blocks, threads, smem, stream,
+                                         args...);
+  }
+#endif
+  return phaseconv::launch_kernel(kernel, blocks, threads, smem, stream, args...);
+}
+
 template <typename T>
 cudaError_t launch_fixup(const PhaseConvExact& e, void* out, int64_t numel,
                          cudaStream_t stream) {
@@ -265,26 +289,8 @@ cudaError_t launch_fixup(const PhaseConvExact& e, void* out, int64_t numel,
   if (e.flag == nullptr) return cudaErrorInvalidValue;
   int64_t blocks = (numel + 255) / 256;
   if (blocks > 32) blocks = 32;  // few blocks: on finite data each only reads the flag
-  T* y = static_cast<T*>(out);
-  bool dependent = false;
-  const cudaError_t err = dependent_launch_allowed(stream, &dependent);
-  if (err != cudaSuccess) return err;
-#if CUDART_VERSION >= 12000
-  if (dependent) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3((unsigned)blocks);
-    config.blockDim = dim3(256);
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    return cudaLaunchKernelEx(&config, fixup_kernel<T>, e, y, numel);
-  }
-#endif
-  fixup_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(e, y, numel);
-  return cudaGetLastError();
+  return launch_dependent(fixup_kernel<T>, blocks, 256, 0, stream, e, static_cast<T*>(out),
+                          numel);
 }
 
 }  // namespace phaseconv_exact

@@ -26,7 +26,7 @@ struct DepthwiseArgs : FwdGeometry {
 // place, the H taps of a column read once into a register window: phase dilation 1 in H)
 template <typename T, int KT>
 __global__ void __launch_bounds__(kDwThreads) depthwise_kernel(const DepthwiseArgs a) {
-  phaseconv_exact::let_fixup_start();
+  phaseconv_exact::let_dependents_start();
   typedef typename AccOf<T>::type A;
   extern __shared__ __align__(16) unsigned char smem[];
   const int nph = a.sh * a.sw;

@@ -21,7 +21,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
                                   gemm_min_blocks(WARPS_M * WARPS_N, MT * NT,
                                                   std::is_same<T, float>::value))
 gemm_cl_kernel(const GemmArgs a) {
-  phaseconv_exact::let_fixup_start();
+  phaseconv_exact::let_dependents_start();
   bool nonfinite = false;  // a stored element is Inf or NaN
   constexpr int NTHR = WARPS_M * WARPS_N * 32;
   constexpr int BM = WARPS_M * MT * 16, BN = WARPS_N * NT * 8;
@@ -210,7 +210,7 @@ constexpr int kShBM = 128, kShBN = 64, kShThreads = 256;
 
 template <typename T, bool WG>
 __global__ void __launch_bounds__(kShThreads, 2) gemm_shared_a_kernel(const GemmArgs a) {
-  phaseconv_exact::let_fixup_start();
+  phaseconv_exact::let_dependents_start();
   constexpr int WARPS_M = WG ? 8 : 4, MT = WG ? 1 : 2, NT = WG ? 8 : 4;
   constexpr int CPG = 8, BKG = 8, STAGES = kGemmSharedStages;
   // steps of copies in flight past the one read (wgmma: a stage is refilled two steps after

@@ -212,7 +212,7 @@ template <typename T, int BN, int MR, int BKG, int BSRC>
 __global__ void __launch_bounds__(kTmaThreads, gemm_tma_min_blocks(BN))
 gemm_tma_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                 const __grid_constant__ PhaseConvTensorMap bmap) {
-  phaseconv_exact::let_fixup_start();
+  phaseconv_exact::let_dependents_start();
   namespace tma = phaseconv_tma;
   constexpr int BM = 128 * MR, STAGES = gemm_tma_stages(BN, BKG);
   constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
@@ -297,7 +297,7 @@ template <typename T, int BN, int BKG, int BSRC>
 __global__ void __launch_bounds__(kGemmPingpongThreads, 1)
 gemm_tma_pingpong_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                          const __grid_constant__ PhaseConvTensorMap bmap) {
-  phaseconv_exact::let_fixup_start();
+  phaseconv_exact::let_dependents_start();
   namespace tma = phaseconv_tma;
   constexpr int BM = 128, MR = 2, STAGES = gemm_pingpong_stages(BN, BKG);
   constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;
@@ -373,7 +373,7 @@ template <typename T, int BSRC>
 __global__ void __launch_bounds__(kGemmPingpongThreads, 1)
 gemm_tma_persistent_kernel(const GemmArgs a, const __grid_constant__ PhaseConvTensorMap amap,
                            const __grid_constant__ PhaseConvTensorMap bmap) {
-  phaseconv_exact::let_fixup_start();
+  phaseconv_exact::let_dependents_start();
   namespace tma = phaseconv_tma;
   constexpr int BM = 256, BN = 128, BKG = 8, MR = 2, STAGES = kGemmTmaPersistentStages;
   constexpr int A_STAGE = BM * BKG * 16, B_STAGE = BKG * BN * 16;

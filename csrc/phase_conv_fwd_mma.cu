@@ -42,7 +42,7 @@ template <typename T, int MT, int NT, int WARPS_M, int WARPS_N, bool FLUSH>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32,
                                   (MmaMinBlocks<MT, NT, WARPS_M * WARPS_N * 32, FLUSH>::value))
 mma_kernel(const MmaArgs a) {
-  phaseconv_exact::let_fixup_start();
+  phaseconv_exact::let_dependents_start();
   bool nonfinite = false;  // a stored element is Inf or NaN
   constexpr int CG = MmaT<T>::CG;
   constexpr int NTHR = WARPS_M * WARPS_N * 32;

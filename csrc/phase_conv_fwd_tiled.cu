@@ -64,7 +64,7 @@ struct TiledArgs : FwdGeometry {
 
 template <typename T, int CO_T, int M>
 __global__ void __launch_bounds__(256, 2) tiled_kernel(const TiledArgs a) {
-  phaseconv_exact::let_fixup_start();
+  phaseconv_exact::let_dependents_start();
   bool nonfinite = false;  // a stored element is Inf or NaN
   typedef typename AccOf<T>::type A;
   extern __shared__ __align__(16) unsigned char smem_raw[];

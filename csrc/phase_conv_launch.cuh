@@ -14,18 +14,41 @@ namespace phaseconv {
 // every launch.
 constexpr size_t kStaticSmemReserve = 4 * 1024;
 
+// The opt-in to `smem` bytes of dynamic shared memory where the block may pass 48 KB.
+template <typename... Params>
+cudaError_t allow_shared_memory(void (*kernel)(Params...), size_t smem) {
+  if (smem + kStaticSmemReserve <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+}
+
 // kernel<<<grid, threads, smem, stream>>>(args...), opted in to `smem` bytes of dynamic shared
 // memory first where the block may pass 48 KB; the first error.
 template <typename... Params, typename... Args>
 cudaError_t launch_kernel(void (*kernel)(Params...), int64_t grid, int threads, size_t smem,
                           cudaStream_t stream, const Args&... args) {
-  if (smem + kStaticSmemReserve > 48 * 1024) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (err != cudaSuccess) return err;
-  }
+  const cudaError_t err = allow_shared_memory(kernel, smem);
+  if (err != cudaSuccess) return err;
   kernel<<<(unsigned)grid, threads, smem, stream>>>(args...);
   return cudaGetLastError();
 }
+
+#if CUDART_VERSION >= 12000
+// The same launch with one launch attribute (cudaLaunchKernelEx: CUDA 12 and newer).
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel_with(cudaLaunchAttribute attribute, void (*kernel)(Params...),
+                               int64_t grid, int threads, size_t smem, cudaStream_t stream,
+                               const Args&... args) {
+  const cudaError_t err = allow_shared_memory(kernel, smem);
+  if (err != cudaSuccess) return err;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3((unsigned)grid);
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, args...);
+}
+#endif
 
 }  // namespace phaseconv

@@ -1611,11 +1611,25 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
       out->smem += 2 * kGwWgStages * 8;  // the stages' full and empty barriers
       out->family = PHASECONV_GW_WGMMA_TMA;
       out->operands_channels_last = 1;
+      // a tile's splits in one cluster (at most the portable 8 blocks), which adds them and
+      // stores the gradient (a lone split stores its own); only where the grid is at most a
+      // block a multiprocessor: a cluster's blocks must be resident together, and a grid of
+      // several a multiprocessor then took a second wave (H100, bf16 channels-last backward,
+      // µs, cluster / workspace: 512->256 16^3 k2, 128 blocks, 54.8 / 61.5; 2 x 128->64
+      // 8x32x32 k(3,4,4) s(1,2,2), 384 blocks of 4 splits, 103.7 / 77.0)
+      if (out->gm.splits <= kGwClusterMax && out->grid <= dev.sms) {
+        out->gm.cluster = out->gm.splits;
+        out->ws_bytes = 0;
+      }
       snprintf(buf, len, "tensor-core gemm fp32-accumulate, channels-last operands, %dx%d "
-               "channel tile, wgmma-sm90a tma-box (%d,%d,%d), %d stages, %d split(s), %lld "
+               "channel tile, wgmma-sm90a tma-box (%d,%d,%d), %d stages, %d split(s)%s, %lld "
                "blocks, smem=%zu", 64 * out->gm.wgs, 32 * out->gm.wn, out->gm.box_d,
                out->gm.box_h, out->gm.box_w, kGwWgStages, out->gm.splits,
-               (long long)out->grid, out->smem);
+               out->gm.cluster > 1    ? " added in a cluster"
+               : out->gm.cluster == 1 ? " stored by the kernel"
+                                      : "",
+               (long long)out->grid,
+               out->smem);
       return true;
     }
     if (force != 0) return refuse(buf, len, force, "its grid is too large");

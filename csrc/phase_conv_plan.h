@@ -231,6 +231,7 @@ constexpr int kGwClStages = 4;        // channels-last weight gradient: pipeline
 constexpr int kGwWgBK = 64;           // warpgroup weight gradient: reduction chunk
 constexpr int kGwWgStages = 4;        // its pipeline depth
 constexpr int64_t kGwWgWsElems = 1 << 21;  // its workspace (splits x weight) at most, floats
+constexpr int kGwClusterMax = 8;      // its TMA form: most splits a cluster adds (portable)
 constexpr int kGwNarrowThreads = 256; // narrow weight gradient: threads per block
 // the narrow weight gradient's m16n8 tiles a warp holds and phase outputs a tile holds at
 // most, by element size: float32 (3xTF32) keeps its accumulator runs within kFlushTerms
@@ -405,6 +406,9 @@ struct GmCfg {
                 // gw_wgmma_kernel: its tile's C_out/g is 32 * wn
   int wgs = 0;  // gw_wgmma_kernel: warpgroups (a 64 * wgs x 32 * wn channel tile)
   int box_d = 1, box_h = 1, box_w = 1;  // gw_tma_kernel: a chunk's box of phase outputs
+  int cluster = 0;  // gw_tma_kernel: a tile's splits are one cluster of this many blocks
+                    // (1-8), which add them and store the gradient (no workspace, no
+                    // reduction kernel); 0: each split writes the workspace
 };
 
 }  // namespace phaseconv

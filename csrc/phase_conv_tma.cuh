@@ -180,6 +180,35 @@ __device__ __forceinline__ void warpgroup_registers_inc() {
 #endif
 }
 
+// Thread block clusters (sm_90): a barrier over every thread of every block of the cluster
+// (each thread arrives, release, then waits, acquire: shared-memory writes before it are
+// visible to the cluster's blocks after it); and a float pair in the shared memory of block
+// `rank` of the cluster (a 1-D cluster's rank is blockIdx.x % its size) at the address this
+// block's `addr` has in its own.
+__device__ __forceinline__ void cluster_sync() {
+#if PHASECONV_TMA
+  asm volatile("barrier.cluster.arrive.release.aligned;\n"
+               "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ float2 load_peer_float2(uint32_t addr, uint32_t rank) {
+  float2 v = make_float2(0.f, 0.f);
+#if PHASECONV_TMA
+  uint32_t peer;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(peer) : "r"(addr), "r"(rank));
+  asm volatile("ld.shared::cluster.v2.f32 {%0, %1}, [%2];\n"
+               : "=f"(v.x), "=f"(v.y)
+               : "r"(peer)
+               : "memory");
+#else
+  __trap();
+#endif
+  return v;
+}
+
 // A barrier over the `threads` threads (whole warps) that name barrier `id` (1-15; 0 is
 // __syncthreads').
 __device__ __forceinline__ void named_sync(int id, int threads) {

@@ -49,6 +49,7 @@ class Plan(NamedTuple):
     channels_last: bool = False  # the kernel reads x channels-last (weight gradient: and grad_y;
                                  # input gradient: grad_y)
     splits: int = 0    # weight gradient: splits of the reduction
+    workspace: int = 0  # weight gradient: bytes of the splits' workspace
 
 
 def compiler() -> Optional[str]:
@@ -160,7 +161,8 @@ def grad_weight(args: ConvArgs, batch: int, dtype: torch.dtype, device: Device,
                 *args.kernel, *args.padding, *args.dilation]
     fn = library().phaseconv_plan_grad_weight
     ok, out, text = _call(fn, geometry, dtype, cuda.GRAD_WEIGHT_KERNELS[kernel], device, 5)
-    return Plan(ok, FAMILIES[out[0]] if ok else "refused", text, bool(out[4]), splits=out[3])
+    return Plan(ok, FAMILIES[out[0]] if ok else "refused", text, bool(out[4]), splits=out[3],
+                workspace=out[2])
 
 
 def conv_args(in_channels, out_channels, kernel, size, stride=1, padding=0, output_padding=0,

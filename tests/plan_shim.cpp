@@ -122,7 +122,7 @@ extern "C" int phaseconv_plan_grad_weight(const int64_t* g, int dtype, int force
   out[1] = plan.grid;
   out[2] = (int64_t)plan.ws_bytes;
   out[3] = plan.family == PHASECONV_GW_MMA || plan.family == PHASECONV_GW_MMA_CL ||
-                   plan.family == PHASECONV_GW_WGMMA
+                   plan.family == PHASECONV_GW_WGMMA || plan.family == PHASECONV_GW_WGMMA_TMA
                ? plan.gm.splits
            : plan.family == PHASECONV_GW_SIMT ? plan.gw.splits
            : plan.family == PHASECONV_GW_MMA_NARROW ? plan.narrow.splits

@@ -59,7 +59,7 @@ from . import input_layout, output_channels_last
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _HEADERS = ("phase_conv_plan.h", "phase_conv_dtype.cuh", "phase_conv_exact.cuh",
             "phase_conv_mma.cuh", "phase_conv_wgmma.cuh", "phase_conv_pack.cuh",
-            "phase_conv_launch.cuh", "phase_conv_tma.cuh",
+            "phase_conv_launch.cuh", "phase_conv_tma.cuh", "phase_conv_fastdiv.cuh",
             "phase_conv_fwd.cuh",
             "phase_conv_fwd_common.cuh", "phase_conv_fwd_gemm.cuh", "phase_conv_fwd_gemm_tiles.cuh",
             "phase_conv_fwd_gemm_tma.cuh",

@@ -33,9 +33,12 @@ CASES = [
     # C_in/groups 64 and C_out 64: the implicit GEMM's warpgroup tile (sm_90a builds), forward
     # (forced below) and the input gradient (the rule: 1728 reduction terms)
     (1, 64, 64, 1, (3, 4, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
-    # the warpgroup weight gradient's 128 x 128 and 64 x 32 tiles (sm_90a builds)
+    # the warpgroup weight gradient's 128 x 128 and 64 x 32 tiles (sm_90a builds); the TMA
+    # form's one split storing its sums, and (the last two) 2 and 4 splits added in a cluster
     (1, 128, 128, 1, (2, 3, 3), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),
     (1, 64, 32, 1, (3, 3, 4), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+    (1, 128, 128, 1, (8, 8, 8), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),
+    (2, 128, 64, 1, (8, 8, 8), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1)),
     # 64 taps of 8 -> 16 channels: the narrow weight gradient's eight warp groups
     (1, 8, 16, 1, (2, 3, 3), (4, 4, 4), (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1)),
     # 3 output channels: the narrow weight gradient's zero-padded octet, the all-phase forward's
@@ -203,6 +206,10 @@ def main(argv=()) -> int:
             if min(ci, co) // g >= 16:
                 forced.append(cuda.backward(gy, xd, wd, args, need_input=False,
                                             grad_weight_kernel="tensor-cores"))
+            # a channels_last_3d weight: its gradient's sums stored in that layout (the
+            # channels-last reduction where the kernel splits)
+            forced.append(cuda.backward(gy, xd, wd.contiguous(memory_format=torch.channels_last_3d),
+                                        args, need_input=False))
             if dtype == torch.bfloat16 and ci // g >= 32 and (co // g) % 8 == 0 and co // g >= 16:
                 # the channels-last kernels, operands copied and read in place
                 cl = torch.channels_last_3d

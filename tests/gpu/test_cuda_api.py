@@ -891,7 +891,20 @@ _CL_WEIGHT_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d, dtype, name
     (2, 32, 32, 4, (3, 4, 5), (3, 5, 7), (2, 2, 2), (1, 2, 3), (1, 1, 1), (1, 1, 1),
      torch.float32, ("simt", "naive")),  # the founding layer: the narrow kernel, 105 taps
     (1, 8, 16, 1, (3, 3, 3), (11, 11, 11), (2, 2, 2), (5, 5, 5), (0, 0, 0), (1, 1, 1),
-     torch.float32, ("simt",)),  # 1331 taps: the element-wise reduction
+     torch.float32, ("simt",)),  # 1331 taps: the contiguous weight's element-wise reduction
+    # the channels-last reduction's batches (on an H100, 132 multiprocessors): tensor-cores-cl
+    # 2 splits, 3 (a short batch of 4), 6 (of 8), 17 (a batch of 16 and a short one); the
+    # warpgroup kernel 4, 8, 13, 19; its TMA form's 8 and (the last) 4 splits added in a cluster
+    (2, 64, 32, 1, (8, 8, 8), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1),
+     torch.bfloat16, ("tensor-cores-cl",)),
+    (2, 64, 40, 1, (10, 10, 10), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1),
+     torch.bfloat16, ("tensor-cores-cl",)),
+    (2, 64, 32, 1, (12, 12, 12), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1),
+     torch.bfloat16, ("tensor-cores-cl",)),
+    (2, 64, 32, 1, (20, 20, 20), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1),
+     torch.bfloat16, ("tensor-cores-cl",)),
+    (2, 128, 64, 1, (8, 8, 8), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1),
+     torch.bfloat16, ("tensor-cores-cl",)),
     (2, 12, 18, 3, (3, 4, 5), (2, 3, 2), (2, 1, 2), (0, 1, 0), (1, 0, 1), (1, 1, 1),
      torch.float64, ("simt", "naive")),
 ]
@@ -901,7 +914,8 @@ _CL_WEIGHT_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d, dtype, name
 def test_weight_gradient_in_a_channels_last_weight(case):
     """A channels_last_3d weight gets its gradient in that layout (autograd then accumulates it
     in place) holding the bits of the contiguous weight's gradient, from every weight-gradient
-    kernel (by the rule and named) and both reductions of their partial sums; Inf in the
+    kernel (by the rule and named) and every reduction of their partial sums (the contiguous
+    weight's rows or element-wise kernel against the channels-last kernel); Inf in the
     input takes the non-finite fix-up through the same layout.  The contiguous gradient is
     checked against torch in float64."""
     from phaseconv.engines import cuda
