@@ -1612,12 +1612,14 @@ bool plan_bwd_weight(const PhaseConvBwdWeightParams& p, int dtype_code, int forc
       out->family = PHASECONV_GW_WGMMA_TMA;
       out->operands_channels_last = 1;
       // a tile's splits in one cluster (at most the portable 8 blocks), which adds them and
-      // stores the gradient (a lone split stores its own); only where the grid is at most a
-      // block a multiprocessor: a cluster's blocks must be resident together, and a grid of
-      // several a multiprocessor then took a second wave (H100, bf16 channels-last backward,
-      // µs, cluster / workspace: 512->256 16^3 k2, 128 blocks, 54.8 / 61.5; 2 x 128->64
-      // 8x32x32 k(3,4,4) s(1,2,2), 384 blocks of 4 splits, 103.7 / 77.0)
-      if (out->gm.splits <= kGwClusterMax && out->grid <= dev.sms) {
+      // stores the gradient; only where the grid is at most a block a multiprocessor: a
+      // cluster's blocks must be resident together, and a grid of several a multiprocessor
+      // ran slower, likely in a second wave (H100, bf16 channels-last backward, µs, cluster /
+      // workspace: 512->256 16^3 k2, 128 blocks, 54.8 / 61.5; 2 x 128->64 8x32x32 k(3,4,4)
+      // s(1,2,2), 384 blocks of 4 splits, 103.7 / 77.0).  A lone split stores its own sums at
+      // any grid (a cluster of one block places like a plain launch)
+      if (out->gm.splits == 1 ||
+          (out->gm.splits <= kGwClusterMax && out->grid <= dev.sms)) {
         out->gm.cluster = out->gm.splits;
         out->ws_bytes = 0;
       }

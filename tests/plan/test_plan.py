@@ -695,21 +695,23 @@ def test_weight_gradient_on_tma_boxes():
 
 def test_weight_gradient_splits_added_in_a_cluster():
     """The TMA weight gradient with 2 to 8 splits adds them in one cluster of that many blocks
-    and one split stores its own sums (no workspace, no reduction kernel), where its grid is at
-    most a block a multiprocessor; more splits than a portable cluster holds, or a larger grid,
-    keep the workspace and the reduction."""
+    where its grid is at most a block a multiprocessor, and one split stores its own sums at any
+    grid (no workspace, no reduction kernel); more splits than a portable cluster holds, or a
+    larger grid, keep the workspace and the reduction."""
     sm = ph.H100_SM90A
     seen = set()
+    lone_over_a_wave = False
     layers = [(ph.sweep_args(shape), shape.batch) for shape in SWEEP[1:6]]
     layers += [(ph.conv_args(128, 128, 2, 8, 2, batch=1), 1),
                (ph.conv_args(128, 64, 2, 8, 2, batch=2), 2),
-               (ph.conv_args(64, 32, 3, 32, 2, 1, 1, batch=2), 2)]
+               (ph.conv_args(64, 32, 3, 32, 2, 1, 1, batch=2), 2),
+               (ph.conv_args(512, 256, 3, 4, 2, 1, 1, batch=1), 1)]
     for args, batch in layers:
         plan = ph.grad_weight(args, batch, BF16, sm, "tensor-cores-tma")
         assert plan.ok and plan.splits >= 1, plan.text
         packed = args.in_channels * (args.out_channels // args.groups) * math.prod(args.kernel)
         blocks = int(re.search(r"(\d+) blocks", plan.text).group(1))
-        clustered = plan.splits <= 8 and blocks <= sm.sms
+        clustered = plan.splits == 1 or (plan.splits <= 8 and blocks <= sm.sms)
         if not clustered:
             assert "cluster" not in plan.text and "stored" not in plan.text, plan.text
         elif plan.splits >= 2:
@@ -718,12 +720,13 @@ def test_weight_gradient_splits_added_in_a_cluster():
             assert "1 split(s) stored by the kernel" in plan.text, plan.text
         assert plan.workspace == (0 if clustered else plan.splits * packed * 4)
         seen.add((clustered, min(plan.splits, 3)))
+        lone_over_a_wave |= plan.splits == 1 and blocks > sm.sms
         # the warpgroup kernel's splits are the same, always through the workspace
         wgmma = ph.grad_weight(args, batch, BF16, sm, "tensor-cores-wgmma")
         assert "cluster" not in wgmma.text and wgmma.workspace == wgmma.splits * packed * 4
-    # a lone split, 2 and 4 in a cluster; 4 splits over a grid of 384 blocks and 19-24 splits
-    # through the workspace
-    assert seen == {(True, 1), (True, 2), (True, 3), (False, 3)}, seen
+    # a lone split (also over 512 blocks), 2 and 4 in a cluster; 4 splits over a grid of 384
+    # blocks and 19-24 splits through the workspace
+    assert seen == {(True, 1), (True, 2), (True, 3), (False, 3)} and lone_over_a_wave, seen
 
 
 def test_shared_a_tile_of_the_implicit_gemm():
