@@ -894,7 +894,8 @@ _CL_WEIGHT_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d, dtype, name
      torch.float32, ("simt",)),  # 1331 taps: the contiguous weight's element-wise reduction
     # the channels-last reduction's batches (on an H100, 132 multiprocessors): tensor-cores-cl
     # 2 splits, 3 (a short batch of 4), 6 (of 8), 17 (a batch of 16 and a short one); the
-    # warpgroup kernel 4, 8, 13, 19; its TMA form's 8 and (the last) 4 splits added in a cluster
+    # warpgroup kernel 4, 8, 13, 19; its TMA form's 8 and 4 splits added in a cluster, and
+    # (the last) a lone split stored by the kernel over 512 blocks
     (2, 64, 32, 1, (8, 8, 8), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1),
      torch.bfloat16, ("tensor-cores-cl",)),
     (2, 64, 40, 1, (10, 10, 10), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1),
@@ -904,6 +905,8 @@ _CL_WEIGHT_CASES = [  # (n, cin, cout, groups, size, k, s, p, op, d, dtype, name
     (2, 64, 32, 1, (20, 20, 20), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1),
      torch.bfloat16, ("tensor-cores-cl",)),
     (2, 128, 64, 1, (8, 8, 8), (2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1),
+     torch.bfloat16, ("tensor-cores-cl",)),
+    (1, 512, 256, 1, (4, 4, 4), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 1, 1),
      torch.bfloat16, ("tensor-cores-cl",)),
     (2, 12, 18, 3, (3, 4, 5), (2, 3, 2), (2, 1, 2), (0, 1, 0), (1, 0, 1), (1, 1, 1),
      torch.float64, ("simt", "naive")),
