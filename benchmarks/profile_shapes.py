@@ -80,9 +80,10 @@ for i in (int(v) for v in args.shapes.split(",")):
     if args.torch:
         xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
         wanted = {"weight": (wg,), "input": (xg,), "both": (xg, wg)}.get(args.backward)
-        # (the graph a backward needs; a forward alone builds none, so none lands in a profile)
-        y = F.conv_transpose3d(xg, wg, None, s, p, op, g) if wanted else None
-        gy = torch.randn_like(y) if wanted else None
+        y = gy = None
+        if wanted:  # the graph a backward needs (a forward alone builds none for a profile)
+            y = F.conv_transpose3d(xg, wg, None, s, p, op, g)
+            gy = torch.randn_like(y)
         print(name, args.dtype, "torch", "backward" if wanted else "forward", flush=True)
 
         def call(x=x, w=w, y=y, gy=gy, wanted=wanted, conf=(s, p, op, g)):
